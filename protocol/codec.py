@@ -22,7 +22,6 @@ import types
 import typing
 from dataclasses import dataclass
 from enum import Enum
-from functools import cache
 from typing import Any, TypeVar, Union
 
 import msgpack
@@ -125,7 +124,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         raise UnknownMessageType(f"unknown message type {type_name[:64]!r}")
     if not isinstance(sender, str) or not sender:
         raise MalformedFrame("sender must be a non-empty string")
-    message = _struct_from_wire(cls, payload, type_name)
+    message: Message = _struct_from_wire(cls, payload, type_name)
     return Envelope(version=version, sender=sender, message=message)
 
 
@@ -185,14 +184,22 @@ def _check_depth(obj: Any, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-@cache
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(cls)
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = dataclasses.fields(cls)
+    return found
 
 
-@cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
 
 
 def _struct_from_wire(cls: type[T], wire: Any, where: str) -> T:
@@ -208,7 +215,7 @@ def _struct_from_wire(cls: type[T], wire: Any, where: str) -> T:
     return cls(**kwargs)
 
 
-def _from_wire(hint: Any, value: Any, where: str) -> Any:  # noqa: C901 - one branch per type
+def _from_wire(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):

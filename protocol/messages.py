@@ -14,11 +14,11 @@ how SWIM disseminates membership changes without extra packets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import ClassVar, Union
 
 
-class MemberState(str, Enum):
+class MemberState(StrEnum):
     """What one node believes about another."""
 
     ALIVE = "alive"

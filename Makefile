@@ -1,0 +1,45 @@
+# NovaCron: `make test` and `make demo` set up everything they need on a fresh
+# Debian 12 machine as root (system packages, a virtualenv, the package).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit deps venv bench clean
+
+test: deps lint typecheck unit
+
+deps: $(STAMP)
+
+# System packages (one list, in one script), then the virtualenv and the
+# package with its test extras. Re-run when pyproject.toml changes.
+$(STAMP): pyproject.toml scripts/install-system-deps.sh
+	sh scripts/install-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# mypy cannot follow setuptools' editable import hook, so it reads the package
+# through a tree of links laid out as the installed names (novacron.agent, ...).
+.typecheck/novacron:
+	mkdir -p .typecheck/novacron
+	for d in agent coordinator protocol simulations; do ln -sfn ../../$$d .typecheck/novacron/$$d; done
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: deps .typecheck/novacron
+	MYPYPATH=.typecheck $(VENV)/bin/mypy -p novacron
+	MYPYPATH=.typecheck $(VENV)/bin/mypy tests benchmarks
+
+unit: deps
+	$(VENV)/bin/pytest -q
+
+bench: deps
+	$(PY) benchmarks/record_codec.py
+
+clean:
+	rm -rf $(VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache .hypothesis
