@@ -45,3 +45,58 @@ class InvalidField(ProtocolError):
 
 class IdentityError(ProtocolError):
     """Base class for key, certificate, signature and revocation failures."""
+
+
+# --- identity: files, certificates, signed records, revocations ---------------
+
+
+class IdentityFileError(IdentityError):
+    """A key, certificate or revocation file is missing, unreadable or corrupt."""
+
+
+class KeyFileTooOpen(IdentityFileError):
+    """A private-key file is readable or writable by group or other users."""
+
+
+class InvalidNodeId(IdentityError):
+    """A node id is empty, too long, or uses characters outside [A-Za-z0-9._-]."""
+
+
+class MalformedCertificate(IdentityError):
+    """The bytes are not a well-formed certificate (decoding failed)."""
+
+
+class BadCertificateSignature(IdentityError):
+    """The certificate's signature does not verify under this cluster's CA key."""
+
+
+class CertificateFromOtherCA(BadCertificateSignature):
+    """The certificate names, and was presumably signed by, a different CA."""
+
+
+class CertificateExpired(IdentityError):
+    """`now` is at or after the certificate's `not_after`."""
+
+
+class CertificateNotYetValid(IdentityError):
+    """`now` is before the certificate's `not_before`."""
+
+
+class CertificateRevoked(IdentityError):
+    """The certificate's serial is on the CA's revocation list."""
+
+
+class InvalidRevocationList(IdentityError):
+    """A revocation list is malformed, badly signed, or from another CA."""
+
+
+class MalformedRecord(IdentityError):
+    """A signed record's bytes do not decode, or disagree with its envelope."""
+
+
+class BadRecordSignature(IdentityError):
+    """A signed record's signature does not verify under its owner's key."""
+
+
+class RecordSignerMismatch(IdentityError):
+    """The record was checked against a certificate issued to another node."""

@@ -1,0 +1,58 @@
+"""Hypothesis strategies that build any message of the catalogue from its type hints."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from enum import Enum
+from typing import Any, Union
+
+from hypothesis import strategies as st
+
+from novacron.protocol.messages import CATALOGUE
+
+_text = st.text(max_size=24)
+_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+_floats = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def for_hint(hint: Any, depth: int = 0) -> st.SearchStrategy[Any]:
+    """A strategy for values of `hint`, as the catalogue uses them."""
+    origin = typing.get_origin(hint)
+    simple: dict[Any, st.SearchStrategy[Any]] = {
+        bool: st.booleans(),
+        int: _ints,
+        float: _floats,
+        str: _text,
+        bytes: st.binary(max_size=64),
+    }
+    if hint in simple:
+        return simple[hint]
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return st.sampled_from(list(hint))
+    if origin is tuple:
+        return st.lists(for_hint(typing.get_args(hint)[0], depth + 1), max_size=3).map(tuple)
+    if origin is dict:
+        key, value = typing.get_args(hint)
+        return st.dictionaries(for_hint(key), for_hint(value, depth + 1), max_size=3)
+    if origin is Union or origin is types.UnionType:
+        return st.one_of([for_hint(choice, depth + 1) for choice in typing.get_args(hint)])
+    if dataclasses.is_dataclass(hint):
+        return for_struct(hint)  # type: ignore[arg-type]
+    raise TypeError(f"no strategy for {hint!r}")
+
+
+def for_struct(cls: type) -> st.SearchStrategy[Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: st.deferred(lambda h=hints[f.name]: for_hint(h)) for f in dataclasses.fields(cls)
+    }
+    return st.builds(cls, **fields)
+
+
+def any_message() -> st.SearchStrategy[Any]:
+    return st.one_of([for_struct(cls) for cls in CATALOGUE.values()])
+
+
+node_ids = st.text(min_size=1, max_size=32)

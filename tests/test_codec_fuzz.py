@@ -1,0 +1,113 @@
+"""Property tests: generated messages round-trip; hostile bytes give only ProtocolError.
+
+The fuzz tests together run well over 10,000 examples in the normal suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from novacron.protocol import codec
+from novacron.protocol import messages as m
+from novacron.protocol.errors import ProtocolError
+
+from .strategies import any_message, for_struct, node_ids
+
+FUZZ = settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decode_or_protocol_error(data: bytes) -> None:
+    """Decoding either succeeds or raises a ProtocolError; anything else fails the test."""
+    with contextlib.suppress(ProtocolError):
+        codec.decode(data)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=any_message(), sender=node_ids)
+def test_generated_messages_round_trip(message: m.Message, sender: str) -> None:
+    envelope = codec.decode(codec.encode(message, sender))
+    assert envelope.message == message
+    assert envelope.sender == sender
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=for_struct(m.NodeRecord))
+def test_generated_records_round_trip(record: m.NodeRecord) -> None:
+    assert codec.unpack_struct(m.NodeRecord, codec.pack_struct(record)) == record
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_random_bytes_give_only_protocol_errors(data: bytes) -> None:
+    _decode_or_protocol_error(data)
+
+
+@FUZZ
+@given(message=any_message(), data=st.data())
+def test_bit_flips_give_only_protocol_errors(message: m.Message, data: st.DataObject) -> None:
+    frame = bytearray(codec.encode(message, "edge-1"))
+    flips = data.draw(st.lists(st.integers(0, len(frame) * 8 - 1), min_size=1, max_size=8))
+    for bit in flips:
+        frame[bit // 8] ^= 1 << (bit % 8)
+    _decode_or_protocol_error(bytes(frame))
+
+
+@FUZZ
+@given(message=any_message(), data=st.data())
+def test_truncation_gives_only_protocol_errors(message: m.Message, data: st.DataObject) -> None:
+    frame = codec.encode(message, "edge-1")
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    _decode_or_protocol_error(frame[:cut])
+
+
+# msgpack headers that announce enormous lengths: str32, bin32, array32, map32, ext32.
+HUGE_PREFIXES = [b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9"]
+
+
+@FUZZ
+@given(
+    message=any_message(),
+    prefix=st.sampled_from(HUGE_PREFIXES),
+    length=st.integers(2**20, 2**32 - 1),
+    data=st.data(),
+)
+def test_huge_length_prefixes_give_only_protocol_errors(
+    message: m.Message, prefix: bytes, length: int, data: st.DataObject
+) -> None:
+    frame = codec.encode(message, "edge-1")
+    at = data.draw(st.integers(0, len(frame)))
+    hostile = frame[:at] + prefix + length.to_bytes(4, "big") + frame[at:]
+    _decode_or_protocol_error(hostile)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(depth=st.integers(1, 5000), opener=st.sampled_from([b"\x91", b"\x81\xa1k"]))
+def test_deep_nesting_gives_only_protocol_errors(depth: int, opener: bytes) -> None:
+    _decode_or_protocol_error(opener * depth + b"\xc0")
+    # A valid envelope whose unknown field hides deep nesting is refused too.
+    nested = opener * depth + b"\xc0"
+    head = msgpack.packb([1, "nack", "edge-1"])[1:]  # drop the 3-element array header
+    payload = b"\x82" + msgpack.packb("seq") + b"\x01" + msgpack.packb("x") + nested
+    _decode_or_protocol_error(b"\x94" + head + payload)
+
+
+@FUZZ
+@given(
+    obj=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text()
+        | st.binary(),
+        lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+        max_leaves=20,
+    )
+)
+def test_arbitrary_msgpack_payloads_give_only_protocol_errors(obj: object) -> None:
+    for type_name in m.CATALOGUE:
+        _decode_or_protocol_error(msgpack.packb([1, type_name, "edge-1", obj]))
