@@ -51,6 +51,11 @@ def for_struct(cls: type) -> st.SearchStrategy[Any]:
     return st.builds(cls, **fields)
 
 
+def _deferred(hint: Any) -> st.SearchStrategy[Any]:
+    # Deferred so that recursive structures are built lazily.
+    return st.deferred(lambda: for_hint(hint))
+
+
 def any_message() -> st.SearchStrategy[Any]:
     return st.one_of([for_struct(cls) for cls in CATALOGUE.values()])
 

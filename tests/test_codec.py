@@ -77,7 +77,8 @@ def test_record_round_trips_without_envelope() -> None:
 
 
 def _frame(version: object, type_name: object, sender: object, payload: object) -> bytes:
-    return msgpack.packb([version, type_name, sender, payload], use_bin_type=True)
+    frame: bytes = msgpack.packb([version, type_name, sender, payload], use_bin_type=True)
+    return frame
 
 
 def test_unknown_fields_are_ignored() -> None:
