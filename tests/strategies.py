@@ -53,7 +53,10 @@ def for_struct(cls: type) -> st.SearchStrategy[Any]:
 
 def _deferred(hint: Any) -> st.SearchStrategy[Any]:
     # Deferred so that recursive structures are built lazily.
-    return st.deferred(lambda: for_hint(hint))
+    def build() -> st.SearchStrategy[Any]:
+        return for_hint(hint)
+
+    return st.deferred(build)
 
 
 def any_message() -> st.SearchStrategy[Any]:
