@@ -30,9 +30,7 @@ def public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
 
 def private_bytes(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
     """The 32 raw bytes of a private key (CurveZMQ wants the X25519 secret this way)."""
-    return key.private_bytes(
-        _RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:

@@ -45,9 +45,7 @@ def for_hint(hint: Any, depth: int = 0) -> st.SearchStrategy[Any]:
 
 def for_struct(cls: type) -> st.SearchStrategy[Any]:
     hints = typing.get_type_hints(cls)
-    fields = {
-        f.name: st.deferred(lambda h=hints[f.name]: for_hint(h)) for f in dataclasses.fields(cls)
-    }
+    fields = {f.name: _deferred(hints[f.name]) for f in dataclasses.fields(cls)}
     return st.builds(cls, **fields)
 
 
