@@ -20,6 +20,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar, Union
@@ -31,7 +32,6 @@ from .errors import (
     InvalidField,
     LimitExceeded,
     MalformedFrame,
-    ProtocolError,
     UnknownMessageType,
     UnsupportedVersion,
 )
@@ -72,36 +72,90 @@ class Envelope:
 
 
 # --- encoding ------------------------------------------------------------------
+#
+# Converters are compiled once per type from the dataclasses' type hints, so
+# encoding and decoding do no reflection per message.
+
+Converter = Callable[[Any], Any]
 
 
 def encode(message: Message, sender: str, version: int = PROTOCOL_VERSION) -> bytes:
     """Encode `message` from `sender` as one frame."""
-    frame = [version, message.TYPE, sender, _struct_to_wire(message)]
+    frame = [version, message.TYPE, sender, to_wire(message)]
     return msgpack.packb(frame, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def pack_struct(obj: Any) -> bytes:
     """Encode one catalogue dataclass (e.g. a `NodeRecord`) without an envelope."""
-    return msgpack.packb(_struct_to_wire(obj), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(to_wire(obj), use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _to_wire(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        wire = _struct_to_wire(value)
-        # Members of a union (gossip items) carry their type name as a tag.
-        type_name = getattr(type(value), "TYPE", None)
-        return [type_name, wire] if type_name is not None else wire
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_wire(v) for k, v in value.items()}
-    return value
+def to_wire(obj: Any) -> dict[str, Any]:
+    """The plain map (field name to msgpack-ready value) for one catalogue dataclass."""
+    return _struct_encoder(type(obj))(obj)  # type: ignore[no-any-return]
 
 
-def _struct_to_wire(obj: Any) -> dict[str, Any]:
-    return {f.name: _to_wire(getattr(obj, f.name)) for f in _fields(type(obj))}
+_ENCODERS: dict[Any, Converter | None] = {}
+
+
+def _encoder(hint: Any) -> Converter | None:
+    """The function that makes a value of `hint` msgpack-ready; None when it already is."""
+    if hint in _ENCODERS:
+        return _ENCODERS[hint]
+    origin = typing.get_origin(hint)
+    encoder: Converter | None = None
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        encoder = _enum_value
+    elif origin is tuple:
+        item = _encoder(typing.get_args(hint)[0])
+        encoder = list if item is None else _list_of(item)
+    elif origin is dict:
+        value = _encoder(typing.get_args(hint)[1])
+        encoder = None if value is None else _map_of(value)
+    elif origin is Union or origin is types.UnionType:
+        encoder = _tagged_encoder
+    elif dataclasses.is_dataclass(hint):
+        encoder = _struct_encoder(hint)  # type: ignore[arg-type]
+    _ENCODERS[hint] = encoder
+    return encoder
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value
+
+
+def _list_of(item: Converter) -> Converter:
+    return lambda values: [item(v) for v in values]
+
+
+def _map_of(value: Converter) -> Converter:
+    return lambda mapping: {k: value(v) for k, v in mapping.items()}
+
+
+def _tagged_encoder(value: Any) -> list[Any]:
+    # Members of a union (gossip items) carry their type name as a tag.
+    return [type(value).TYPE, to_wire(value)]
+
+
+_STRUCT_ENCODERS: dict[type, Converter] = {}
+
+
+def _struct_encoder(cls: type) -> Converter:
+    found = _STRUCT_ENCODERS.get(cls)
+    if found is not None:
+        return found
+    hints = typing.get_type_hints(cls)
+    plan = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def encode_struct(obj: Any) -> dict[str, Any]:
+        wire = {}
+        for name, convert in plan:
+            value = getattr(obj, name)
+            wire[name] = value if convert is None else convert(value)
+        return wire
+
+    _STRUCT_ENCODERS[cls] = encode_struct
+    return encode_struct
 
 
 # --- decoding ------------------------------------------------------------------
@@ -124,13 +178,15 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         raise UnknownMessageType(f"unknown message type {type_name[:64]!r}")
     if not isinstance(sender, str) or not sender:
         raise MalformedFrame("sender must be a non-empty string")
-    message: Message = _struct_from_wire(cls, payload, type_name)
+    if len(frame) > 4 and not _fits_depth(frame[4:], limits.max_depth - 1):
+        raise LimitExceeded(f"nesting deeper than {limits.max_depth} levels")
+    message: Message = _struct_from_wire(cls, payload, type_name, limits.max_depth - 1)
     return Envelope(version=version, sender=sender, message=message)
 
 
 def unpack_struct(cls: type[T], data: bytes, limits: Limits = DEFAULT_LIMITS) -> T:
     """Decode bytes made by `pack_struct` back into `cls`, strictly."""
-    return _struct_from_wire(cls, _unpack(data, limits), cls.__name__)
+    return _struct_from_wire(cls, _unpack(data, limits), cls.__name__, limits.max_depth)
 
 
 def _unpack(data: bytes, limits: Limits) -> Any:
@@ -164,115 +220,244 @@ def _unpack(data: bytes, limits: Limits) -> Any:
         raise MalformedFrame(f"not valid msgpack: {text}") from exc
     except Exception as exc:  # any other msgpack failure is still bad input
         raise MalformedFrame(f"not valid msgpack: {type(exc).__name__}: {exc}") from exc
-    _check_depth(obj, limits.max_depth)
     return obj
 
 
-def _check_depth(obj: Any, max_depth: int) -> None:
-    """Refuse structures nested deeper than `max_depth` (iteratively: no recursion)."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
+def _check_unknown_depth(wire: dict[str, Any], known: frozenset[str], room: int) -> None:
+    for name, value in wire.items():
+        if name not in known and not _fits_depth(value, room):
+            raise _FieldError(f".{name[:32]}", "unknown field nested too deep", too_deep=True)
+
+
+def _fits_depth(obj: Any, room: int) -> bool:
+    """Whether `obj` has at most `room` levels of containers (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, room)]
     while stack:
-        item, depth = stack.pop()
+        item, left = stack.pop()
         if isinstance(item, list):
             children: Any = item
         elif isinstance(item, dict):
             children = item.values()
         else:
             continue
-        if depth > max_depth:
-            raise LimitExceeded(f"nesting deeper than {max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
+        if left <= 0:
+            return False
+        stack.extend((child, left - 1) for child in children)
+    return True
 
 
-_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
-_HINTS: dict[type, dict[str, Any]] = {}
+class _FieldError(Exception):
+    """Raised inside converters; `decode` adds where it happened and re-raises it."""
+
+    def __init__(
+        self, path: str, text: str, unknown_type: bool = False, too_deep: bool = False
+    ) -> None:
+        self.path = path
+        self.text = text
+        self.unknown_type = unknown_type
+        self.too_deep = too_deep
+
+    def at(self, prefix: str) -> _FieldError:
+        self.path = prefix + self.path
+        return self
 
 
-def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    found = _FIELDS.get(cls)
+def _struct_from_wire(cls: type[T], wire: Any, where: str, max_depth: int) -> T:
+    try:
+        return _struct_decoder(cls)(wire, max_depth - 1)  # type: ignore[no-any-return]
+    except _FieldError as exc:
+        text = f"{where}{exc.path}: {exc.text}"
+        if exc.too_deep:
+            raise LimitExceeded(text) from None
+        raise (UnknownMessageType(text) if exc.unknown_type else InvalidField(text)) from None
+
+
+# A decoder takes the wire value and `room`, the number of container levels
+# still allowed below it, which enforces Limits.max_depth without a separate
+# walk over the whole frame.
+Decoder = Callable[[Any, int], Any]
+
+_DECODERS: dict[Any, Decoder] = {}
+
+
+def _too_deep() -> _FieldError:
+    return _FieldError("", "nested deeper than the depth limit", too_deep=True)
+
+
+def _decoder(hint: Any) -> Decoder:
+    """The function that checks a wire value against `hint` and converts it."""
+    found = _DECODERS.get(hint)
     if found is None:
-        found = _FIELDS[cls] = dataclasses.fields(cls)
+        found = _DECODERS[hint] = _make_decoder(hint)
     return found
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    found = _HINTS.get(cls)
-    if found is None:
-        found = _HINTS[cls] = typing.get_type_hints(cls)
-    return found
-
-
-def _struct_from_wire(cls: type[T], wire: Any, where: str) -> T:
-    if not isinstance(wire, dict):
-        raise InvalidField(f"{where}: expected a map, got {_kind(wire)}")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in _fields(cls):
-        if f.name in wire:
-            kwargs[f.name] = _from_wire(hints[f.name], wire[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise InvalidField(f"{where}: required field {f.name!r} is missing")
-    return cls(**kwargs)
-
-
-def _from_wire(hint: Any, value: Any, where: str) -> Any:
+def _make_decoder(hint: Any) -> Decoder:
+    scalar = _SCALAR_DECODERS.get(hint)
+    if scalar is not None:
+        return scalar
     origin = typing.get_origin(hint)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InvalidField(f"{where}: expected a boolean, got {_kind(value)}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidField(f"{where}: expected an integer, got {_kind(value)}")
-        return value
-    if hint is float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise InvalidField(f"{where}: expected a number, got {_kind(value)}")
-        if not math.isfinite(value):
-            raise InvalidField(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise InvalidField(f"{where}: expected a string, got {_kind(value)}")
-        return value
-    if hint is bytes:
-        if not isinstance(value, bytes):
-            raise InvalidField(f"{where}: expected bytes, got {_kind(value)}")
-        return value
     if isinstance(hint, type) and issubclass(hint, Enum):
-        try:
-            return hint(value)
-        except (ValueError, TypeError):
-            allowed = ", ".join(str(m.value) for m in hint)
-            raise InvalidField(f"{where}: {str(value)[:32]!r} is not one of {allowed}") from None
+        return _enum_decoder(hint)
     if origin is tuple:
-        item_hint = typing.get_args(hint)[0]
-        if not isinstance(value, list):
-            raise InvalidField(f"{where}: expected an array, got {_kind(value)}")
-        return tuple(_from_wire(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return _tuple_decoder(_decoder(typing.get_args(hint)[0]))
     if origin is dict:
         key_hint, value_hint = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise InvalidField(f"{where}: expected a map, got {_kind(value)}")
-        return {
-            _from_wire(key_hint, k, f"{where} key"): _from_wire(value_hint, v, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
+        return _dict_decoder(_decoder(key_hint), _decoder(value_hint))
     if origin is Union or origin is types.UnionType:
-        return _tagged_from_wire(typing.get_args(hint), value, where)
+        return _tagged_decoder(typing.get_args(hint))
     if dataclasses.is_dataclass(hint):
-        return _struct_from_wire(hint, value, where)  # type: ignore[arg-type]
-    raise ProtocolError(f"{where}: codec cannot decode type {hint!r}")  # a catalogue bug
+        return _struct_decoder(hint)  # type: ignore[arg-type]
+    raise TypeError(f"codec cannot decode type {hint!r}")  # a catalogue bug, found at import
 
 
-def _tagged_from_wire(choices: tuple[type, ...], value: Any, where: str) -> Any:
-    if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
-        raise InvalidField(f"{where}: expected [type, payload], got {_kind(value)}")
-    type_name, payload = value
-    for cls in choices:
-        if getattr(cls, "TYPE", None) == type_name:
-            return _struct_from_wire(cls, payload, f"{where}<{type_name}>")
-    raise UnknownMessageType(f"{where}: {type_name[:64]!r} is not allowed here")
+def _decode_bool(value: Any, room: int) -> bool:
+    if value is True or value is False:
+        return value
+    raise _FieldError("", f"expected a boolean, got {_kind(value)}")
+
+
+def _decode_int(value: Any, room: int) -> int:
+    if type(value) is int:
+        return value
+    raise _FieldError("", f"expected an integer, got {_kind(value)}")
+
+
+def _decode_float(value: Any, room: int) -> float:
+    if type(value) is float or type(value) is int:
+        if math.isfinite(value):
+            return float(value)
+        raise _FieldError("", f"expected a finite number, got {value!r}")
+    raise _FieldError("", f"expected a number, got {_kind(value)}")
+
+
+def _decode_str(value: Any, room: int) -> str:
+    if type(value) is str:
+        return value
+    raise _FieldError("", f"expected a string, got {_kind(value)}")
+
+
+def _decode_bytes(value: Any, room: int) -> bytes:
+    if type(value) is bytes:
+        return value
+    raise _FieldError("", f"expected bytes, got {_kind(value)}")
+
+
+_SCALAR_DECODERS: dict[Any, Decoder] = {
+    bool: _decode_bool,
+    int: _decode_int,
+    float: _decode_float,
+    str: _decode_str,
+    bytes: _decode_bytes,
+}
+
+
+def _enum_decoder(enum: type[Enum]) -> Decoder:
+    allowed = ", ".join(str(m.value) for m in enum)
+
+    def decode_enum(value: Any, room: int) -> Enum:
+        try:
+            return enum(value)
+        except (ValueError, TypeError):
+            raise _FieldError("", f"{str(value)[:32]!r} is not one of {allowed}") from None
+
+    return decode_enum
+
+
+def _tuple_decoder(item: Decoder) -> Decoder:
+    def decode_tuple(value: Any, room: int) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise _FieldError("", f"expected an array, got {_kind(value)}")
+        if room <= 0:
+            raise _too_deep()
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v, room - 1))
+            except _FieldError as exc:
+                raise exc.at(f"[{i}]") from None
+        return tuple(out)
+
+    return decode_tuple
+
+
+def _dict_decoder(key: Decoder, item: Decoder) -> Decoder:
+    def decode_dict(value: Any, room: int) -> dict[Any, Any]:
+        if type(value) is not dict:
+            raise _FieldError("", f"expected a map, got {_kind(value)}")
+        if room <= 0:
+            raise _too_deep()
+        out = {}
+        for k, v in value.items():
+            try:
+                out[key(k, room - 1)] = item(v, room - 1)
+            except _FieldError as exc:
+                raise exc.at(f"[{str(k)[:32]!r}]") from None
+        return out
+
+    return decode_dict
+
+
+def _tagged_decoder(choices: tuple[type, ...]) -> Decoder:
+    by_type = {getattr(cls, "TYPE", cls.__name__): _struct_decoder(cls) for cls in choices}
+
+    def decode_tagged(value: Any, room: int) -> Any:
+        if type(value) is not list or len(value) != 2 or type(value[0]) is not str:
+            raise _FieldError("", f"expected [type, payload], got {_kind(value)}")
+        if room <= 0:
+            raise _too_deep()
+        decode_item = by_type.get(value[0])
+        if decode_item is None:
+            raise _FieldError("", f"{value[0][:64]!r} is not allowed here", unknown_type=True)
+        try:
+            return decode_item(value[1], room - 1)
+        except _FieldError as exc:
+            raise exc.at(f"<{value[0]}>") from None
+
+    return decode_tagged
+
+
+_STRUCT_DECODERS: dict[type, Decoder] = {}
+
+
+def _struct_decoder(cls: type) -> Decoder:
+    found = _STRUCT_DECODERS.get(cls)
+    if found is not None:
+        return found
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    # Placeholder first: a struct may (indirectly) contain itself.
+    _STRUCT_DECODERS[cls] = lambda wire, room: decode_struct(wire, room)
+    plan = [(f.name, _decoder(hints[f.name])) for f in fields]
+    known = frozenset(f.name for f in fields)
+
+    def decode_struct(wire: Any, room: int) -> Any:
+        if type(wire) is not dict:
+            raise _FieldError("", f"expected a map, got {_kind(wire)}")
+        if room <= 0:
+            raise _too_deep()
+        kwargs = {}
+        for name, convert in plan:
+            if name in wire:
+                try:
+                    kwargs[name] = convert(wire[name], room - 1)
+                except _FieldError as exc:
+                    raise exc.at(f".{name}") from None
+        if len(kwargs) < len(wire):  # unknown fields are ignored, but not unbounded
+            _check_unknown_depth(wire, known, room - 1)
+        if len(kwargs) < len(plan):
+            for name in required:
+                if name not in kwargs:
+                    raise _FieldError("", f"required field {name!r} is missing")
+        return cls(**kwargs)
+
+    _STRUCT_DECODERS[cls] = decode_struct
+    return decode_struct
 
 
 def _kind(value: Any) -> str:

@@ -81,6 +81,13 @@ def _frame(version: object, type_name: object, sender: object, payload: object) 
     return frame
 
 
+def _deep(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def test_unknown_fields_are_ignored() -> None:
     frame = _frame(1, "ping", "edge-1", {"seq": 4, "target": "edge-2", "from_the_future": [1, 2]})
     assert codec.decode(frame).message == m.Ping(seq=4, target="edge-2")
@@ -148,7 +155,9 @@ def test_unsupported_version_says_what_we_speak() -> None:
         (msgpack.packb([1, "nack", "", {"seq": 1}]), MalformedFrame, "sender"),
         (msgpack.packb([1, "nack", "a", [1]]), InvalidField, "expected a map"),
         (codec.encode(m.Nack(seq=1), "a") + b"\x00", MalformedFrame, "trailing bytes"),
-        (b"\x91" * 100 + b"\xc0", LimitExceeded, "nesting"),
+        (b"\x91" * 100 + b"\xc0", MalformedFrame, "not an envelope"),
+        (_frame(1, "nack", "a", {"seq": 1, "x": _deep(100)}), LimitExceeded, "nested too deep"),
+        (msgpack.packb([1, "nack", "a", {"seq": 1}, _deep(40)]), LimitExceeded, "nesting"),
         # A 4 GiB length prefix with nothing behind it: refused, nothing allocated.
         (b"\xdb\xff\xff\xff\xff", MalformedFrame, "incomplete input"),
         (b"\xdd\xff\xff\xff\xff", LimitExceeded, "exceeds max_array_len"),
@@ -175,7 +184,7 @@ def test_long_strings_over_the_limit_are_refused() -> None:
 def test_nesting_limit_is_configurable() -> None:
     frame = codec.encode(m.Ping(seq=1, target="b", gossip=GOSSIP), "edge-1")
     assert codec.decode(frame, codec.Limits(max_depth=8)).message.TYPE == "ping"
-    with pytest.raises(LimitExceeded, match="nesting deeper than 3"):
+    with pytest.raises(LimitExceeded, match="deeper than the depth limit"):
         codec.decode(frame, codec.Limits(max_depth=3))
 
 
