@@ -1,0 +1,403 @@
+"""`nova`, the field engineer's command line.
+
+One argparse parser with a subcommand per command group (`nova ca ...`
+today; `nova status`, `nova members`, `nova vm ...` later). Adding a group is
+one function that registers its subparsers and sets a `handler` on each, plus
+its name in `COMMAND_GROUPS`. A handler takes the parsed arguments and an
+`Output`, and returns the exit code.
+
+Exit codes: 0 success, 1 the command failed, 2 the command line is wrong.
+Errors are one line on stderr, `nova: error: ...`; with `--json`, stdout also
+gets `{"ok": false, "error": ...}`. User errors never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from novacron.protocol import keyfiles
+from novacron.protocol.certificates import (
+    MAX_SERIAL,
+    Certificate,
+    check_node_id,
+    check_signature,
+    decode_certificate,
+    format_time,
+    issue_certificate,
+    verify_certificate,
+)
+from novacron.protocol.errors import IdentityError, InvalidNodeId
+from novacron.protocol.keys import NodeKey, key_id
+from novacron.protocol.revocation import (
+    RevocationList,
+    sign_revocation_list,
+    verify_revocation_list,
+)
+
+PROG = "nova"
+DEFAULT_CA_DIR = "/etc/novacron/ca"
+CA_DIR_ENV = "NOVACRON_CA_DIR"
+CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
+DEFAULT_DAYS = 365
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+class CommandError(Exception):
+    """The command could not do its job, for a reason the user can fix (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become one line and an exit code, not `sys.exit`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass
+class Output:
+    """Where a command's results and errors go: text for people, JSON for scripts."""
+
+    json: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def result(self, data: dict[str, Any], lines: Iterable[str]) -> None:
+        """Print one result: `data` as a JSON object, or `lines` as text."""
+        if self.json:
+            print(json.dumps({"ok": True, **data}, indent=2, sort_keys=True), file=self.stdout)
+        else:
+            for line in lines:
+                print(line, file=self.stdout)
+
+    def error(self, message: str, data: dict[str, Any] | None = None) -> None:
+        """Report a failure: one line on stderr (and a JSON object on stdout with --json)."""
+        if self.json:
+            body = {**(data or {}), "ok": False, "error": message}
+            print(json.dumps(body, indent=2, sort_keys=True), file=self.stdout)
+        print(f"{PROG}: error: {message}", file=self.stderr)
+
+
+Handler = Callable[[argparse.Namespace, Output], int]
+Groups = argparse._SubParsersAction  # what a command group registers its parser with
+
+
+# --- the parser ------------------------------------------------------------------
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps a subcommand's default from overwriting `nova --json ...`.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `nova` command line: one subparser per command group."""
+    parser = _Parser(prog=PROG, description="NovaCron: VMs on fleets of edge hosts.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for add_group in COMMAND_GROUPS:
+        add_group(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `nova` with `argv` (default: the process arguments); return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        Output(json="--json" in argv).error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version print and "exit"
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    out = Output(json=args.json)
+    handler: Handler = args.handler
+    try:
+        return handler(args, out)
+    except UsageError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except (CommandError, IdentityError) as exc:
+        out.error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+
+
+# --- nova ca -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaFiles:
+    """The files of a cluster CA directory."""
+
+    root: Path
+
+    @property
+    def key(self) -> Path:
+        return self.root / "ca.key"  # Ed25519 private key, 0600: only the operator has it
+
+    @property
+    def public(self) -> Path:
+        return self.root / "ca.pub"  # Ed25519 public key, 0644: every node has it
+
+    @property
+    def revocations(self) -> Path:
+        return self.root / "revoked.crl"  # CA-signed revocation list, 0644
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CaFiles:
+        """`--dir`, else $NOVACRON_CA_DIR, else /etc/novacron/ca."""
+        return cls(Path(args.dir or os.environ.get(CA_DIR_ENV) or DEFAULT_CA_DIR))
+
+    def load_key(self) -> Ed25519PrivateKey:
+        """The CA private key, or a hint to run `nova ca init` if there is none."""
+        if not self.key.exists() and not self.public.exists():
+            raise CommandError(
+                f"no CA in {self.root}: create one with 'nova ca init --dir {self.root}'"
+            )
+        return keyfiles.load_ca_key(self.key)
+
+    def load_revocations(self, ca_public: Ed25519PublicKey) -> RevocationList | None:
+        """The current revocation list, verified, or None if nothing was ever revoked."""
+        if not self.revocations.exists():
+            return None
+        return verify_revocation_list(keyfiles.read_revocation_list(self.revocations), ca_public)
+
+
+def add_ca_commands(groups: Groups[_Parser]) -> None:
+    """Register `nova ca init|issue|revoke|show`: the operator's certificate authority."""
+    ca = groups.add_parser(
+        "ca", help="cluster certificate authority: issue and revoke node certificates"
+    )
+    _json_flag(ca)
+    commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    dir_help = f"CA directory (default: ${CA_DIR_ENV} or {DEFAULT_CA_DIR})"
+
+    init = commands.add_parser("init", help="create the cluster CA key pair")
+    init.add_argument("--dir", help=dir_help)
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing CA (invalidates all certificates)"
+    )
+    init.set_defaults(handler=ca_init)
+
+    issue = commands.add_parser("issue", help="create a node's keys and certificate")
+    issue.add_argument(
+        "node_id", metavar="NODE_ID", type=_node_id_arg, help="1-64 of A-Z a-z 0-9 . _ -"
+    )
+    issue.add_argument("--dir", help=dir_help)
+    issue.add_argument(
+        "--out", default=".", help="where NODE_ID.key and NODE_ID.crt go (default: .)"
+    )
+    issue.add_argument(
+        "--days", type=_days_arg, default=DEFAULT_DAYS, help=f"validity (default: {DEFAULT_DAYS})"
+    )
+    issue.add_argument("--force", action="store_true", help="replace existing NODE_ID.key/.crt")
+    issue.set_defaults(handler=ca_issue)
+
+    revoke = commands.add_parser("revoke", help="revoke a certificate by serial or file")
+    revoke.add_argument("target", metavar="SERIAL|CERTFILE")
+    revoke.add_argument("--dir", help=dir_help)
+    revoke.set_defaults(handler=ca_revoke)
+
+    show = commands.add_parser("show", help="print a certificate and verify it against the CA")
+    show.add_argument("certfile", metavar="CERTFILE")
+    show.add_argument("--dir", help=dir_help)
+    show.set_defaults(handler=ca_show)
+
+    for sub in (init, issue, revoke, show):
+        _json_flag(sub)
+
+
+def _node_id_arg(text: str) -> str:
+    try:
+        return check_node_id(text)
+    except InvalidNodeId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _days_arg(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= 36500:
+        raise argparse.ArgumentTypeError(f"invalid day count {text!r}: use a whole number 1-36500")
+    return int(text)
+
+
+def ca_init(args: argparse.Namespace, out: Output) -> int:
+    """Create the CA key (0600) and public key (0644); refuse to replace one without --force."""
+    ca = CaFiles.from_args(args)
+    existing = [p for p in (ca.key, ca.public) if p.exists()]
+    if existing and not args.force:
+        raise CommandError(
+            f"a CA already exists in {ca.root} ({existing[0].name}); --force replaces it "
+            "and invalidates every certificate it issued"
+        )
+    _make_dir(ca.root, 0o700)
+    key = Ed25519PrivateKey.generate()
+    keyfiles.write_ca_key(ca.key, key)
+    keyfiles.write_ca_public(ca.public, key.public_key())
+    ca.revocations.unlink(missing_ok=True)  # signed by the old CA, if any
+    data = {
+        "ca_dir": str(ca.root),
+        "key_file": str(ca.key),
+        "public_file": str(ca.public),
+        "key_id": key_id(key),
+    }
+    out.result(
+        data,
+        [
+            f"created cluster CA {data['key_id']} in {ca.root}",
+            f"  private key: {ca.key} (mode 0600; keep it secret, off the nodes)",
+            f"  public key:  {ca.public} (copy to every node)",
+        ],
+    )
+    return EXIT_OK
+
+
+def ca_issue(args: argparse.Namespace, out: Output) -> int:
+    """Generate a node's Ed25519 and X25519 keys and a CA-signed certificate for them."""
+    ca = CaFiles.from_args(args)
+    ca_key = ca.load_key()
+    outdir = Path(args.out)
+    key_file, cert_file = outdir / f"{args.node_id}.key", outdir / f"{args.node_id}.crt"
+    existing = [p for p in (key_file, cert_file) if p.exists()]
+    if existing and not args.force:
+        raise CommandError(f"{existing[0]} already exists; --force replaces it")
+    now = time.time()
+    node_key = NodeKey.generate()
+    cert = issue_certificate(
+        ca_key,
+        args.node_id,
+        node_key.signing_public,
+        node_key.curve_public,
+        not_before=now - CLOCK_SKEW,
+        not_after=now + args.days * 86400.0,
+        serial=secrets.randbelow(2**63 - 1) + 1,
+    )
+    _make_dir(outdir, 0o755)
+    keyfiles.write_node_key(key_file, node_key, args.node_id)
+    keyfiles.write_certificate(cert_file, cert.encoded)
+    data = {**_describe(cert), "key_file": str(key_file), "cert_file": str(cert_file)}
+    out.result(
+        data,
+        [
+            f"issued certificate for node {cert.node_id}",
+            *_describe_lines(cert),
+            f"  key file:     {key_file} (mode 0600)",
+            f"  certificate:  {cert_file}",
+        ],
+    )
+    return EXIT_OK
+
+
+def ca_revoke(args: argparse.Namespace, out: Output) -> int:
+    """Add a serial to the CA's signed revocation list (idempotent)."""
+    ca = CaFiles.from_args(args)
+    ca_key = ca.load_key()
+    serial = _serial_to_revoke(args.target, ca_key.public_key())
+    current = ca.load_revocations(ca_key.public_key())
+    serials = current.serials if current else ()
+    already = serial in serials
+    if not already:
+        # A newer list must say so even if the clock stepped back since the last one.
+        issued_at = max(time.time(), current.issued_at + 0.001 if current else 0.0)
+        signed = sign_revocation_list(ca_key, (*serials, serial), issued_at=issued_at)
+        keyfiles.write_revocation_list(ca.revocations, signed)
+        serials = (*serials, serial)
+    data = {
+        "serial": serial,
+        "already_revoked": already,
+        "revoked_count": len(serials),
+        "revocation_file": str(ca.revocations),
+    }
+    verb = "was already revoked" if already else "revoked"
+    out.result(
+        data, [f"serial {serial} {verb}; {data['revoked_count']} revoked in {ca.revocations}"]
+    )
+    return EXIT_OK
+
+
+def _serial_to_revoke(target: str, ca_public: Ed25519PublicKey) -> int:
+    """A serial from the command line, or from a certificate file this CA issued."""
+    if Path(target).is_file():
+        cert = decode_certificate(keyfiles.read_certificate(target))
+        check_signature(cert, ca_public)
+        return cert.serial
+    if re.fullmatch(r"[0-9]+", target) and int(target) <= MAX_SERIAL:
+        return int(target)
+    raise UsageError(f"{target!r} is neither a serial number nor a certificate file")
+
+
+def ca_show(args: argparse.Namespace, out: Output) -> int:
+    """Print a certificate's contents, then verify it against the CA (exit 1 if invalid)."""
+    ca = CaFiles.from_args(args)
+    data = keyfiles.read_certificate(args.certfile)
+    cert = decode_certificate(data)
+    details = _describe(cert)
+    try:
+        ca_public = keyfiles.load_ca_public(ca.public)
+        verify_certificate(data, ca_public, time.time(), ca.load_revocations(ca_public))
+    except IdentityError as exc:
+        if not out.json:
+            out.result(details, _describe_lines(cert))
+        out.error(str(exc), {**details, "verified": False})
+        return EXIT_FAILED
+    lines = [*_describe_lines(cert), f"  status:       valid (verified against CA in {ca.root})"]
+    out.result({**details, "verified": True}, lines)
+    return EXIT_OK
+
+
+def _describe(cert: Certificate) -> dict[str, Any]:
+    return {
+        "node_id": cert.node_id,
+        "serial": cert.serial,
+        "not_before": format_time(cert.not_before),
+        "not_after": format_time(cert.not_after),
+        "issuer": cert.issuer,
+        "fingerprint": f"sha256:{cert.fingerprint}",
+        "curve_public_z85": cert.curve_public_z85(),
+    }
+
+
+def _describe_lines(cert: Certificate) -> list[str]:
+    d = _describe(cert)
+    return [
+        f"  node id:      {d['node_id']}",
+        f"  serial:       {d['serial']}",
+        f"  valid from:   {d['not_before']}",
+        f"  valid until:  {d['not_after']}",
+        f"  issuer CA:    {d['issuer']}",
+        f"  fingerprint:  {d['fingerprint']}",
+        f"  curve key:    {d['curve_public_z85']}",
+    ]
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create directory {path}: {exc.strerror or exc}") from None
+
+
+# Each adds one group of subcommands; `nova status`, `nova vm ...` go here.
+COMMAND_GROUPS: tuple[Callable[[Groups[_Parser]], None], ...] = (add_ca_commands,)
