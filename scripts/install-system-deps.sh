@@ -10,6 +10,7 @@ python3-dev
 python3-venv
 pkg-config
 iproute2
+iputils-ping
 libvirt-daemon
 libvirt-daemon-driver-qemu
 libvirt-clients

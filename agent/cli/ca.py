@@ -1,29 +1,15 @@
-"""`nova`, the field engineer's command line.
-
-One argparse parser with a subcommand per command group (`nova ca ...`
-today; `nova status`, `nova members`, `nova vm ...` later). Adding a group is
-one function that registers its subparsers and sets a `handler` on each, plus
-its name in `COMMAND_GROUPS`. A handler takes the parsed arguments and an
-`Output`, and returns the exit code.
-
-Exit codes: 0 success, 1 the command failed, 2 the command line is wrong.
-Errors are one line on stderr, `nova: error: ...`; with `--json`, stdout also
-gets `{"ok": false, "error": ...}`. User errors never print a traceback.
-"""
+"""`nova ca`: the operator's cluster certificate authority."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
-import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -46,106 +32,21 @@ from novacron.protocol.revocation import (
     verify_revocation_list,
 )
 
-PROG = "nova"
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    Groups,
+    Output,
+    Parser,
+    UsageError,
+    json_flag,
+)
+
 DEFAULT_CA_DIR = "/etc/novacron/ca"
 CA_DIR_ENV = "NOVACRON_CA_DIR"
 CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
 DEFAULT_DAYS = 365
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """The command line is wrong (exit code 2)."""
-
-
-class CommandError(Exception):
-    """The command could not do its job, for a reason the user can fix (exit code 1)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors become one line and an exit code, not `sys.exit`."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-@dataclass
-class Output:
-    """Where a command's results and errors go: text for people, JSON for scripts."""
-
-    json: bool = False
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-
-    def result(self, data: dict[str, Any], lines: Iterable[str]) -> None:
-        """Print one result: `data` as a JSON object, or `lines` as text."""
-        if self.json:
-            print(json.dumps({"ok": True, **data}, indent=2, sort_keys=True), file=self.stdout)
-        else:
-            for line in lines:
-                print(line, file=self.stdout)
-
-    def error(self, message: str, data: dict[str, Any] | None = None) -> None:
-        """Report a failure: one line on stderr (and a JSON object on stdout with --json)."""
-        if self.json:
-            body = {**(data or {}), "ok": False, "error": message}
-            print(json.dumps(body, indent=2, sort_keys=True), file=self.stdout)
-        print(f"{PROG}: error: {message}", file=self.stderr)
-
-
-Handler = Callable[[argparse.Namespace, Output], int]
-Groups = argparse._SubParsersAction  # what a command group registers its parser with
-
-
-# --- the parser ------------------------------------------------------------------
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS keeps a subcommand's default from overwriting `nova --json ...`.
-    parser.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole `nova` command line: one subparser per command group."""
-    parser = _Parser(prog=PROG, description="NovaCron: VMs on fleets of edge hosts.")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for add_group in COMMAND_GROUPS:
-        add_group(groups)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `nova` with `argv` (default: the process arguments); return the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        Output(json="--json" in argv).error(str(exc))
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help and --version print and "exit"
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    out = Output(json=args.json)
-    handler: Handler = args.handler
-    try:
-        return handler(args, out)
-    except UsageError as exc:
-        out.error(str(exc))
-        return EXIT_USAGE
-    except (CommandError, IdentityError) as exc:
-        out.error(str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return 130
-
-
-# --- nova ca -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -186,12 +87,12 @@ class CaFiles:
         return verify_revocation_list(keyfiles.read_revocation_list(self.revocations), ca_public)
 
 
-def add_ca_commands(groups: Groups[_Parser]) -> None:
+def add_ca_commands(groups: Groups[Parser]) -> None:
     """Register `nova ca init|issue|revoke|show`: the operator's certificate authority."""
     ca = groups.add_parser(
         "ca", help="cluster certificate authority: issue and revoke node certificates"
     )
-    _json_flag(ca)
+    json_flag(ca)
     commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
     dir_help = f"CA directory (default: ${CA_DIR_ENV} or {DEFAULT_CA_DIR})"
 
@@ -227,7 +128,7 @@ def add_ca_commands(groups: Groups[_Parser]) -> None:
     show.set_defaults(handler=ca_show)
 
     for sub in (init, issue, revoke, show):
-        _json_flag(sub)
+        json_flag(sub)
 
 
 def _node_id_arg(text: str) -> str:
@@ -397,7 +298,3 @@ def _make_dir(path: Path, mode: int) -> None:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandError(f"cannot create directory {path}: {exc.strerror or exc}") from None
-
-
-# Each adds one group of subcommands; `nova status`, `nova vm ...` go here.
-COMMAND_GROUPS: tuple[Callable[[Groups[_Parser]], None], ...] = (add_ca_commands,)

@@ -1,0 +1,70 @@
+"""`nova`, the field engineer's command line.
+
+One argparse parser with a subcommand per command group. Adding a group is
+one module with an `add_commands(groups)` function that registers its
+subparsers and sets a `handler` on each, listed in `COMMAND_GROUPS`. A
+handler takes the parsed arguments and an `Output`, and returns the exit code.
+
+Exit codes: 0 success, 1 the command failed, 2 the command line is wrong,
+3 the agent is not running. Errors are one line on stderr, `nova: error:
+...`; with `--json`, stdout also gets `{"ok": false, "error": ...}`. User
+errors never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from novacron.protocol.errors import IdentityError
+
+from . import ca
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROG,
+    AddGroup,
+    CommandError,
+    Handler,
+    Output,
+    Parser,
+    UsageError,
+)
+
+# Each adds one group of subcommands.
+COMMAND_GROUPS: tuple[AddGroup, ...] = (ca.add_ca_commands,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `nova` command line: one subparser per command group."""
+    parser = Parser(prog=PROG, description="NovaCron: VMs on fleets of edge hosts.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for add_group in COMMAND_GROUPS:
+        add_group(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `nova` with `argv` (default: the process arguments); return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        Output(json="--json" in argv).error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version print and "exit"
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    out = Output(json=args.json)
+    handler: Handler = args.handler
+    try:
+        return handler(args, out)
+    except UsageError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except (CommandError, IdentityError) as exc:
+        out.error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130

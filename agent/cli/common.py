@@ -1,0 +1,67 @@
+"""What every `nova` command shares: exit codes, errors, output for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TextIO
+
+PROG = "nova"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+class CommandError(Exception):
+    """The command could not do its job, for a reason the user can fix (exit code 1)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become one line and an exit code, not `sys.exit`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass
+class Output:
+    """Where a command's results and errors go: text for people, JSON for scripts."""
+
+    json: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def result(self, data: dict[str, Any], lines: Iterable[str]) -> None:
+        """Print one result: `data` as a JSON object, or `lines` as text."""
+        if self.json:
+            print(json.dumps({"ok": True, **data}, indent=2, sort_keys=True), file=self.stdout)
+        else:
+            for line in lines:
+                print(line, file=self.stdout)
+
+    def error(self, message: str, data: dict[str, Any] | None = None) -> None:
+        """Report a failure: one line on stderr (and a JSON object on stdout with --json)."""
+        if self.json:
+            body = {**(data or {}), "ok": False, "error": message}
+            print(json.dumps(body, indent=2, sort_keys=True), file=self.stdout)
+        print(f"{PROG}: error: {message}", file=self.stderr)
+
+
+Handler = Callable[[argparse.Namespace, Output], int]
+Groups = argparse._SubParsersAction  # what a command group registers its parser with
+AddGroup = Callable[["Groups[Parser]"], None]
+
+
+def json_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps a subcommand's default from overwriting `nova --json ...`.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )

@@ -1,0 +1,208 @@
+"""Agent configuration: defaults, then a TOML file, then environment, then flags.
+
+Every setting has one name used in all three places: `bind_address` in the
+TOML file is `NOVACRON_BIND_ADDRESS` in the environment and `--bind-address`
+on the command line. A bad value is a `ConfigError` that names the setting
+and where it came from, so the operator knows which file or flag to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_FILE = "/etc/novacron/agent.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the setting and its source."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to start on one host."""
+
+    node_id: str = ""  # defaults to the node id in the certificate
+    data_dir: str = "/var/lib/novacron"
+    bind_address: str = "0.0.0.0"  # where the gossip ROUTER socket listens
+    advertise_address: str = ""  # the address peers use; default: first address of interface
+    interface: str = ""  # interface for mDNS and the advertised address; "" = all
+    port: int = 7946  # gossip port (memberlist's default)
+    seeds: tuple[str, ...] = ()  # "address:port" of peers to join where multicast fails
+    mdns: bool = True  # advertise and browse _novacron._tcp.local.
+    libvirt_uri: str = "qemu:///system"
+    ca_file: str = "/etc/novacron/ca.pub"
+    cert_file: str = ""  # default: /etc/novacron/<node id or hostname>.crt
+    key_file: str = ""  # default: /etc/novacron/<node id or hostname>.key
+    crl_file: str = ""  # the CA's signed revocation list, if any
+    api_socket: str = "/run/novacron/agent.sock"
+    log_format: str = "kv"  # kv or json
+    log_level: str = "info"
+    inventory_interval: float = 10.0  # seconds between psutil/libvirt refreshes
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+_CHOICES = {"log_format": ("kv", "json"), "log_level": ("debug", "info", "warning", "error")}
+
+
+def load(
+    argv_values: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> AgentConfig:
+    """Merge the sources, later ones winning: file < environment < flags."""
+    environ = os.environ if environ is None else environ
+    path = config_file or environ.get("NOVACRON_CONFIG") or DEFAULT_CONFIG_FILE
+    values: dict[str, Any] = {}
+    values.update(_from_file(path, required=config_file is not None))
+    values.update(_from_environment(environ))
+    values.update({k: v for k, v in argv_values.items() if v is not None and k in _FIELDS})
+    return _validated(AgentConfig(**values))
+
+
+def _from_file(path: str, required: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as source:
+            data = tomllib.load(source)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values = {}
+    for key, raw in data.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        values[name] = _coerce(name, raw, f"config file {path}")
+    return values
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for name in _FIELDS:
+        raw = environ.get(f"NOVACRON_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw, f"environment NOVACRON_{name.upper()}")
+    return values
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or say why not."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            return raw if isinstance(raw, bool) else _parse_bool(str(raw))
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "tuple[str, ...]":
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "dict[str, str]":
+            return _parse_labels(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: bad value for {name}: {exc}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _parse_labels(raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    labels = {}
+    for pair in str(raw).split(","):
+        if pair.strip():
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"label {pair!r} is not key=value")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
+def _validated(config: AgentConfig) -> AgentConfig:
+    for name, allowed in _CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
+    if not 1 <= config.port <= 65535:
+        raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
+    for seed in config.seeds:
+        _split_seed(seed)
+    if config.inventory_interval <= 0:
+        raise ConfigError("inventory_interval must be positive")
+    return config
+
+
+def _split_seed(seed: str) -> tuple[str, int]:
+    host, sep, port = seed.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"seed {seed!r} is not address:port")
+    return host, int(port)
+
+
+def seed_addresses(config: AgentConfig) -> list[tuple[str, int]]:
+    """The static seeds as (address, port) pairs."""
+    return [_split_seed(seed) for seed in config.seeds]
+
+
+def identity_paths(config: AgentConfig, hostname: str) -> tuple[Path, Path]:
+    """Certificate and key file paths, defaulting to /etc/novacron/<name>.crt/.key."""
+    stem = config.node_id or hostname
+    cert = Path(config.cert_file or f"/etc/novacron/{stem}.crt")
+    key = Path(config.key_file or f"/etc/novacron/{stem}.key")
+    return cert, key
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, all defaulting to None so that unset flags do not override."""
+    parser.add_argument("--config", help=f"TOML config file (default {DEFAULT_CONFIG_FILE})")
+    for name, spec in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if spec.type == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+        elif spec.type == "tuple[str, ...]":
+            parser.add_argument(flag, dest=name, type=_comma_list, metavar="A,B")
+        elif spec.type == "dict[str, str]":
+            parser.add_argument(flag, dest=name, type=_parse_labels, metavar="K=V,K=V")
+        else:
+            kind = {"int": int, "float": float}.get(str(spec.type), str)
+            parser.add_argument(flag, dest=name, type=kind)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def as_dict(config: AgentConfig) -> dict[str, Any]:
+    """The configuration as plain data (for `nova status --json` and logs)."""
+    return dataclasses.asdict(config)
+
+
+def from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The flags that were actually given."""
+    return {k: v for k, v in vars(namespace).items() if k in _FIELDS and v is not None}
+
+
+def parse_cli(argv: Sequence[str] | None = None) -> tuple[AgentConfig, argparse.Namespace]:
+    """Parse `nova-agent` flags and load the merged configuration."""
+    parser = argparse.ArgumentParser(prog="nova-agent", description="NovaCron agent")
+    add_arguments(parser)
+    namespace = parser.parse_args(argv)
+    return load(from_namespace(namespace), config_file=namespace.config), namespace
