@@ -1,0 +1,100 @@
+"""The agent's local control API: HTTP over a root-only unix socket (aiohttp).
+
+`nova` on the same host talks to it. Read-only views of the agent's state;
+every answer is JSON, errors included (`{"error": "..."}` with a 4xx code).
+The socket is created with mode 0600 so that only root can drive the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+API_VERSION = "v1"
+
+
+class AgentView(Protocol):
+    """What the API needs from the daemon: plain, JSON-ready snapshots of its state."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def members(self) -> list[dict[str, Any]]: ...
+
+    def host(self, node_id: str | None) -> dict[str, Any] | None: ...
+
+    def vms(self) -> list[dict[str, Any]]: ...
+
+
+VIEW_KEY = web.AppKey("view", AgentView)
+
+
+def build_app(view: AgentView) -> web.Application:
+    """The aiohttp application serving `view` under /v1."""
+    app = web.Application(middlewares=[_json_errors])
+    app[VIEW_KEY] = view
+    app.router.add_get(f"/{API_VERSION}/status", _status)
+    app.router.add_get(f"/{API_VERSION}/members", _members)
+    app.router.add_get(f"/{API_VERSION}/hosts/self", _host)
+    app.router.add_get(f"/{API_VERSION}/hosts/{{node_id}}", _host)
+    app.router.add_get(f"/{API_VERSION}/vms", _vms)
+    return app
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[VIEW_KEY].status())
+
+
+async def _members(request: web.Request) -> web.Response:
+    return web.json_response({"members": request.app[VIEW_KEY].members()})
+
+
+async def _host(request: web.Request) -> web.Response:
+    node_id = request.match_info.get("node_id")
+    host = request.app[VIEW_KEY].host(node_id)
+    if host is None:
+        raise web.HTTPNotFound(reason=f"no host {node_id!r} in this agent's view of the mesh")
+    return web.json_response(host)
+
+
+async def _vms(request: web.Request) -> web.Response:
+    return web.json_response({"vms": request.app[VIEW_KEY].vms()})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error is JSON too, so scripts never have to parse HTML."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        return web.json_response({"error": exc.reason}, status=exc.status)
+
+
+class ApiServer:
+    """Serves the API on a unix socket that only root may open."""
+
+    def __init__(self, view: AgentView, socket_path: str) -> None:
+        self._runner = web.AppRunner(build_app(view), access_log=None)
+        self.socket_path = Path(socket_path)
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from a crashed agent
+        await self._runner.setup()
+        # umask while binding, so the socket is never briefly group/world-accessible
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(self._runner, str(self.socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()

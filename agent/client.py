@@ -1,0 +1,77 @@
+"""`nova`'s side of the local control API: plain HTTP over the agent's unix socket.
+
+Synchronous on purpose: the CLI makes one or two requests and exits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from typing import Any
+
+DEFAULT_SOCKET = "/run/novacron/agent.sock"
+SOCKET_ENV = "NOVACRON_SOCKET"
+
+
+class AgentUnavailable(Exception):
+    """The agent cannot be reached; the message says why and what to do."""
+
+
+class AgentRequestFailed(Exception):
+    """The agent answered with an error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def socket_path(explicit: str | None = None) -> str:
+    """`--socket`, else $NOVACRON_SOCKET, else /run/novacron/agent.sock."""
+    return explicit or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def get(path: str, socket_file: str | None = None, timeout: float = 10.0) -> Any:
+    """GET `path` from the agent and return the decoded JSON body."""
+    where = socket_path(socket_file)
+    connection = _UnixConnection(where, timeout)
+    try:
+        connection.request("GET", path, headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+    except FileNotFoundError:
+        raise AgentUnavailable(
+            f"the agent is not running: no socket at {where} "
+            "(start it with 'systemctl start novacron-agent', or pass --socket)"
+        ) from None
+    except ConnectionRefusedError:
+        raise AgentUnavailable(
+            f"the agent is not running: {where} refuses connections (stale socket?)"
+        ) from None
+    except PermissionError:
+        raise AgentUnavailable(f"permission denied on {where}: run nova as root") from None
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        raise AgentUnavailable(f"the agent at {where} did not answer: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise AgentRequestFailed(response.status, "the agent sent a non-JSON answer") from None
+    if response.status >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise AgentRequestFailed(response.status, str(message or f"HTTP {response.status}"))
+    return data

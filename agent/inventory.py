@@ -1,0 +1,410 @@
+"""What this host has and runs: psutil for the machine, libvirt for its VMs.
+
+The inventory produces the content of the node's gossiped `NodeRecord`
+(capacity, usage, load, VMs, labels, addresses, libvirt URI); the core owns
+the record's version and decides when to gossip it.
+
+The hypervisor is the source of truth for what runs here, so VM changes
+should reach the record quickly: libvirt's domain lifecycle events (through
+its default event loop, run in one background thread for the process) wake
+`wait_changed`, and polling every `poll_interval` seconds catches anything
+events miss. libvirt calls block, so every one runs in a worker thread
+(`asyncio.to_thread`), never on the event loop.
+
+An unreachable libvirt is an operational state, not a crash: the record then
+lists no VMs, `warning` says why, one warning is logged, and the connection
+is retried every `retry_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import psutil
+
+from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+DEFAULT_URI = "qemu:///system"
+POLL_INTERVAL = 10.0  # seconds between refreshes when libvirt sends no events
+RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
+
+VM_STATES: dict[int, str] = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+# --- libvirt's event loop (one per process) -----------------------------------------
+
+_event_loop_lock = threading.Lock()
+_event_loop_running = False
+
+
+def start_libvirt_event_loop() -> None:
+    """Register libvirt's default event implementation and run it in a daemon thread.
+
+    Idempotent and process-wide. Must happen before a connection is opened
+    for that connection to deliver domain events and close notifications;
+    other adapters (the hypervisor) can call it too.
+    """
+    global _event_loop_running
+    with _event_loop_lock:
+        if _event_loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
+        thread.start()
+        _event_loop_running = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            log.error("libvirt event loop iteration failed")
+            time.sleep(1.0)  # do not spin on a persistent failure
+
+
+# --- the host, through psutil ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    """One reading of the machine's figures (more than the record carries)."""
+
+    cpu_count: int
+    cpu_busy: float  # fraction of all CPUs busy since the previous sample, 0..1
+    memory_total_mib: int
+    memory_available_mib: int
+    disk_total_gib: float  # the filesystem holding the data directory
+    disk_used_gib: float
+    load_1m: float
+    net_bytes_sent: int
+    net_bytes_recv: int
+
+    @property
+    def capacity(self) -> Resources:
+        return Resources(
+            vcpus=float(self.cpu_count),
+            memory_mib=self.memory_total_mib,
+            disk_gib=self.disk_total_gib,
+        )
+
+    @property
+    def usage(self) -> Resources:
+        return Resources(
+            vcpus=round(self.cpu_busy * self.cpu_count, 3),
+            memory_mib=self.memory_total_mib - self.memory_available_mib,
+            disk_gib=self.disk_used_gib,
+        )
+
+
+class CpuMeter:
+    """Busy fraction between successive readings, independent of psutil's global state.
+
+    `psutil.cpu_percent(interval=None)` keeps one process-wide "last reading",
+    so any other caller would skew our figure; this keeps its own.
+    """
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+
+    def busy(self) -> float:
+        now = psutil.cpu_times()
+        total = sum(now) - sum(self._last)
+        idle = _idle(now) - _idle(self._last)
+        self._last = now
+        if total <= 0:
+            return min(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # too soon to tell
+        return min(1.0, max(0.0, 1.0 - idle / total))
+
+
+def _idle(times: Any) -> float:
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
+def existing_dir(path: Path) -> Path:
+    """`path`, or its nearest existing ancestor: the data dir may not exist yet."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def sample_host(data_dir: Path, cpu: CpuMeter) -> HostSample:
+    """Read the machine's figures (blocking, but only for microseconds)."""
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(str(existing_dir(data_dir)))
+    net = psutil.net_io_counters()
+    return HostSample(
+        cpu_count=psutil.cpu_count() or 1,
+        cpu_busy=cpu.busy(),
+        memory_total_mib=memory.total // MIB,
+        memory_available_mib=memory.available // MIB,
+        disk_total_gib=round(disk.total / GIB, 3),
+        disk_used_gib=round(disk.used / GIB, 3),
+        load_1m=psutil.getloadavg()[0],
+        net_bytes_sent=net.bytes_sent if net else 0,
+        net_bytes_recv=net.bytes_recv if net else 0,
+    )
+
+
+# --- the VMs, through libvirt ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSample:
+    """One domain as libvirt reports it, before CPU load is derived."""
+
+    name: str
+    uuid: str
+    state: str
+    vcpus: int
+    memory_mib: int  # maximum memory: what the VM may claim, hence what a target reserves
+    cpu_time_ns: int
+
+
+def read_domains(conn: Any) -> list[DomainSample]:
+    """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped."""
+    samples = []
+    for dom in conn.listAllDomains(0):
+        try:
+            state, max_kib, _kib, vcpus, cpu_time = dom.info()
+            samples.append(
+                DomainSample(
+                    name=dom.name(),
+                    uuid=dom.UUIDString(),
+                    state=VM_STATES.get(state, "unknown"),
+                    vcpus=int(vcpus),
+                    memory_mib=int(max_kib) // 1024,
+                    cpu_time_ns=int(cpu_time),
+                )
+            )
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    return samples
+
+
+@dataclass
+class _CpuHistory:
+    """Last CPU time per domain, to turn cumulative nanoseconds into cores in use."""
+
+    last: dict[str, tuple[int, float]] = field(default_factory=dict)  # uuid -> (ns, when)
+
+    def load(self, sample: DomainSample, now: float) -> float:
+        previous = self.last.get(sample.uuid)
+        self.last[sample.uuid] = (sample.cpu_time_ns, now)
+        if previous is None or now <= previous[1] or sample.cpu_time_ns < previous[0]:
+            return 0.0
+        return round((sample.cpu_time_ns - previous[0]) / 1e9 / (now - previous[1]), 3)
+
+    def keep_only(self, uuids: set[str]) -> None:
+        for uuid in set(self.last) - uuids:
+            del self.last[uuid]
+
+
+# --- the inventory -------------------------------------------------------------------------
+
+
+class Inventory:
+    """Builds this node's record content from psutil and libvirt, and says when it changed."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        libvirt_uri: str = DEFAULT_URI,
+        data_dir: Path | str = "/var/lib/novacron",
+        labels: Mapping[str, str] | None = None,
+        addresses: Sequence[str] = (),
+        poll_interval: float = POLL_INTERVAL,
+        retry_interval: float = RETRY_INTERVAL,
+        use_events: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.libvirt_uri = libvirt_uri  # where the VMs are managed; also gossiped
+        self.warning: str | None = None  # why libvirt is unusable right now, if it is
+        self._data_dir = Path(data_dir)  # its filesystem's size is the disk capacity
+        self._labels = dict(labels or {})
+        self._addresses = tuple(addresses)
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._use_events = use_events
+        self._clock = clock
+        self._cpu = CpuMeter()
+        self._history = _CpuHistory()
+        self._conn: Any = None  # libvirt.virConnect while connected
+        self._event_id: int | None = None  # lifecycle callback registration
+        self._last_attempt: float | None = None  # when we last tried to connect
+        self._changed = asyncio.Event()  # set by libvirt callbacks (via the loop)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def start(self) -> None:
+        """Connect to libvirt and subscribe to domain events; an unreachable libvirt is fine."""
+        self._loop = asyncio.get_running_loop()
+        if self._use_events:
+            await asyncio.to_thread(start_libvirt_event_loop)
+        await self._connect()
+
+    async def close(self) -> None:
+        """Unsubscribe and close the libvirt connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.to_thread(self._disconnect, conn)
+
+    # --- the record ------------------------------------------------------------------
+
+    async def host(self) -> HostSample:
+        """The machine's current figures."""
+        return await asyncio.to_thread(sample_host, self._data_dir, self._cpu)
+
+    async def vms(self) -> tuple[VmSummary, ...]:
+        """The VMs libvirt knows here; none while libvirt is unreachable."""
+        if self._conn is None and self._retry_due():
+            await self._connect()
+        conn = self._conn
+        if conn is None:
+            return ()
+        try:
+            samples = await asyncio.to_thread(read_domains, conn)
+        except libvirt.libvirtError as exc:
+            await self._lost(conn, f"listing domains failed: {exc}")
+            return ()
+        return self._summaries(samples)
+
+    async def record(self, version: int = 0) -> NodeRecord:
+        """This node's record content now; the caller sets the version it gossips."""
+        host, vms = await asyncio.gather(self.host(), self.vms())
+        uri = self.libvirt_uri
+        return NodeRecord(
+            node_id=self.node_id,
+            version=version,
+            capacity=host.capacity,
+            usage=host.usage,
+            load=host.load_1m,
+            vms=vms,
+            labels=dict(self._labels),
+            addresses=self._addresses,
+            libvirt_uri=uri,
+        )
+
+    def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
+        now = self._clock()
+        self._history.keep_only({s.uuid for s in samples})
+        return tuple(
+            VmSummary(
+                name=s.name,
+                uuid=s.uuid,
+                state=s.state,
+                vcpus=s.vcpus,
+                memory_mib=s.memory_mib,
+                cpu_load=self._history.load(s, now) if s.state == "running" else 0.0,
+            )
+            for s in sorted(samples, key=lambda s: s.name)
+        )
+
+    async def wait_changed(self, timeout: float | None = None) -> bool:
+        """Wait for a libvirt domain event (True) or the poll interval to pass (False)."""
+        wait = self._poll_interval if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._changed.wait(), wait)
+        except TimeoutError:
+            return False
+        self._changed.clear()
+        return True
+
+    # --- the libvirt connection ---------------------------------------------------------
+
+    def _retry_due(self) -> bool:
+        last = self._last_attempt
+        return last is None or self._clock() - last >= self._retry_interval
+
+    async def _connect(self) -> None:
+        self._last_attempt = self._clock()
+        try:
+            self._conn = await asyncio.to_thread(self._open)
+        except libvirt.libvirtError as exc:
+            self._unreachable(f"cannot connect: {exc}")
+            return
+        if self.warning is not None:
+            log.info("libvirt at %s is reachable again", self.libvirt_uri)
+        self.warning = None
+
+    def _open(self) -> Any:
+        """Open the connection and subscribe to events (blocking; in a worker thread)."""
+        conn = libvirt.open(self.libvirt_uri)
+        if self._use_events:
+            try:
+                self._event_id = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_domain_event, None
+                )
+                conn.registerCloseCallback(self._on_close, None)
+            except libvirt.libvirtError as exc:
+                log.info("libvirt at %s gives no events (%s); polling", self.libvirt_uri, exc)
+        return conn
+
+    def _disconnect(self, conn: Any) -> None:
+        """Unsubscribe and close (blocking). A dead connection may refuse both: ignore."""
+        event_id, self._event_id = self._event_id, None
+        with contextlib.suppress(libvirt.libvirtError):
+            if event_id is not None:
+                conn.domainEventDeregisterAny(event_id)
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    async def _lost(self, conn: Any, why: str) -> None:
+        if self._conn is conn:
+            self._conn = None
+            await asyncio.to_thread(self._disconnect, conn)
+        self._unreachable(why)
+
+    def _unreachable(self, why: str) -> None:
+        warning = f"libvirt at {self.libvirt_uri} unavailable ({why})"
+        if warning != self.warning:
+            log.warning(
+                "%s; reporting no VMs, retrying every %.0f s", warning, self._retry_interval
+            )
+        self.warning = warning
+
+    # --- libvirt callbacks (in the libvirt event thread) --------------------------------
+
+    def _on_domain_event(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        self._wake()
+
+    def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
+        """libvirt closed the connection (daemon restarted): reconnect on the next read."""
+        self._last_attempt = None
+        self._wake()
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._changed.set)

@@ -1,0 +1,137 @@
+"""The inventory against libvirt's `test:///default` driver and the real machine.
+
+`test:///default` needs no daemon and has one predefined running domain,
+"test" (2 vCPUs, 8 GiB maximum memory). Its state is shared by every
+connection in the process, so a test that changes it restores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from novacron.agent.inventory import Inventory
+
+TIMEOUT = 10.0
+TEST_URI = "test:///default"
+
+ONE_VM = """<node>
+  <domain type='test'>
+    <name>vm1</name>
+    <uuid>11111111-2222-3333-4444-555555555555</uuid>
+    <memory>1048576</memory>
+    <vcpu>1</vcpu>
+    <os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+@pytest.fixture
+async def inventory(tmp_path: Path) -> AsyncIterator[Inventory]:
+    inv = Inventory(
+        "edge-1",
+        libvirt_uri=TEST_URI,
+        data_dir=tmp_path,
+        labels={"site": "lab"},
+        addresses=("127.0.0.1",),
+    )
+    await asyncio.wait_for(inv.start(), TIMEOUT)
+    yield inv
+    await asyncio.wait_for(inv.close(), TIMEOUT)
+
+
+@pytest.fixture
+def test_domain() -> Iterator[libvirt.virDomain]:
+    """A second connection to the shared test driver, as an operator's `virsh` would be."""
+    conn = libvirt.open(TEST_URI)
+    dom = conn.lookupByName("test")
+    try:
+        yield dom
+    finally:
+        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        conn.close()
+
+
+async def test_record_lists_the_running_test_domain(inventory: Inventory) -> None:
+    record = await asyncio.wait_for(inventory.record(version=3), TIMEOUT)
+
+    assert (record.node_id, record.version) == ("edge-1", 3)
+    assert record.libvirt_uri == TEST_URI
+    assert record.labels == {"site": "lab"} and record.addresses == ("127.0.0.1",)
+    vm = next(vm for vm in record.vms if vm.name == "test")
+    assert vm.state == "running"
+    assert vm.vcpus == 2
+    assert vm.memory_mib == 8192
+    assert len(vm.uuid) == 36
+    assert inventory.warning is None
+
+
+async def test_host_figures_are_sane(inventory: Inventory) -> None:
+    record = await asyncio.wait_for(inventory.record(), TIMEOUT)
+    capacity, usage = record.capacity, record.usage
+
+    assert capacity.vcpus >= 1
+    assert 0 <= usage.vcpus <= capacity.vcpus
+    assert capacity.memory_mib >= usage.memory_mib > 0
+    assert capacity.disk_gib >= usage.disk_gib > 0
+    assert record.load >= 0
+    host = await asyncio.wait_for(inventory.host(), TIMEOUT)
+    assert host.net_bytes_recv >= 0 and host.net_bytes_sent >= 0
+    assert 0.0 <= host.cpu_busy <= 1.0
+
+
+async def test_domain_lifecycle_event_wakes_the_inventory(
+    inventory: Inventory, test_domain: libvirt.virDomain
+) -> None:
+    await asyncio.to_thread(test_domain.suspend)
+    assert await inventory.wait_changed(timeout=TIMEOUT) is True
+    record = await asyncio.wait_for(inventory.record(), TIMEOUT)
+    assert next(vm for vm in record.vms if vm.name == "test").state == "paused"
+
+    await asyncio.to_thread(test_domain.resume)
+    assert await inventory.wait_changed(timeout=TIMEOUT) is True
+    record = await asyncio.wait_for(inventory.record(), TIMEOUT)
+    assert next(vm for vm in record.vms if vm.name == "test").state == "running"
+
+
+async def test_without_events_the_poll_interval_still_returns(tmp_path: Path) -> None:
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, use_events=False)
+    await asyncio.wait_for(inv.start(), TIMEOUT)
+    try:
+        assert await inv.wait_changed(timeout=0.05) is False
+    finally:
+        await asyncio.wait_for(inv.close(), TIMEOUT)
+
+
+async def test_unreachable_libvirt_gives_no_vms_a_warning_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "hypervisor.xml"  # the test driver reads its "host" from this file
+    inv = Inventory(
+        "edge-1",
+        libvirt_uri=f"test://{config}",
+        data_dir=tmp_path / "not" / "yet",
+        retry_interval=0.0,
+    )
+    await asyncio.wait_for(inv.start(), TIMEOUT)
+    try:
+        record = await asyncio.wait_for(inv.record(), TIMEOUT)
+        assert record.vms == ()
+        assert record.capacity.memory_mib > 0  # the host part still works
+        assert inv.warning is not None and f"test://{config}" in inv.warning
+        assert not inv.connected
+
+        config.write_text(ONE_VM)  # "libvirtd is back"
+        record = await asyncio.wait_for(inv.record(), TIMEOUT)
+        assert [(vm.name, vm.state, vm.vcpus, vm.memory_mib) for vm in record.vms] == [
+            ("vm1", "running", 1, 1024)
+        ]
+        assert inv.warning is None and inv.connected
+    finally:
+        await asyncio.wait_for(inv.close(), TIMEOUT)
