@@ -1,0 +1,158 @@
+"""`nova status`, `nova members`, `nova host show`, `nova vm list`: the mesh as this host sees it.
+
+Each asks the local agent over its unix socket. When the agent is not
+running, the command says so and exits 3, so scripts can tell "no agent"
+from "the command failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from novacron.agent import client
+
+from .common import EXIT_FAILED, EXIT_OK, Groups, Output, Parser, json_flag
+from .table import age, render
+
+EXIT_NO_AGENT = 3
+
+
+def add_mesh_commands(groups: Groups[Parser]) -> None:
+    """Register the read-only mesh commands."""
+    status = groups.add_parser("status", help="this agent: identity, health, member counts")
+    _common(status)
+    status.set_defaults(handler=show_status)
+
+    members = groups.add_parser("members", help="every member this agent knows, with its state")
+    _common(members)
+    members.set_defaults(handler=list_members)
+
+    host = groups.add_parser("host", help="hosts of the mesh")
+    json_flag(host)
+    host_commands = host.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
+    show = host_commands.add_parser("show", help="one host's record (default: this host)")
+    show.add_argument("node_id", nargs="?", metavar="ID", help="host node id")
+    _common(show)
+    show.set_defaults(handler=show_host)
+
+    vm = groups.add_parser("vm", help="virtual machines")
+    json_flag(vm)
+    vm_commands = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
+    vm_list = vm_commands.add_parser("list", help="every VM the mesh knows, with its host")
+    _common(vm_list)
+    vm_list.set_defaults(handler=list_vms)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    json_flag(parser)
+    parser.add_argument(
+        "--socket",
+        help=f"agent API socket (default: ${client.SOCKET_ENV} or {client.DEFAULT_SOCKET})",
+    )
+
+
+def _get(args: argparse.Namespace, out: Output, path: str) -> Any:
+    """GET from the agent; None (after reporting why) when that is impossible."""
+    try:
+        return client.get(path, args.socket)
+    except client.AgentUnavailable as exc:
+        out.error(str(exc))
+        return None
+    except client.AgentRequestFailed as exc:
+        out.error(str(exc))
+        return None
+
+
+def _failed(args: argparse.Namespace) -> int:
+    try:
+        client.get("/v1/status", args.socket, timeout=2.0)
+    except client.AgentUnavailable:
+        return EXIT_NO_AGENT
+    except client.AgentRequestFailed:
+        pass
+    return EXIT_FAILED
+
+
+def show_status(args: argparse.Namespace, out: Output) -> int:
+    status = _get(args, out, "/v1/status")
+    if status is None:
+        return _failed(args)
+    counts = status["members"]
+    libvirt = "connected" if status["libvirt_connected"] else "NOT connected"
+    if status["libvirt_warning"]:
+        libvirt += f": {status['libvirt_warning']}"
+    lines = [
+        f"node:         {status['node_id']} at {status['address']}",
+        f"incarnation:  {status['incarnation']}   health: {_health(status['awareness'])}",
+        "members:      " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+        f"record:       version {status['record_version']}, {status['records']} records known",
+        f"libvirt:      {status['libvirt_uri']} "
+        + (
+            "connected"
+            if status["libvirt_connected"]
+            else f"NOT connected: {status['libvirt_warning']}"
+        ),
+        f"uptime:       {age(status['uptime_s'])}",
+    ]
+    if status.get("last_refusal"):
+        lines.append(f"last refusal: {status['last_refusal']}")
+    out.result({"status": status}, lines)
+    return EXIT_OK
+
+
+def _health(awareness: int) -> str:
+    return "ok" if awareness == 0 else f"degraded (Lifeguard score {awareness})"
+
+
+def list_members(args: argparse.Namespace, out: Output) -> int:
+    data = _get(args, out, "/v1/members")
+    if data is None:
+        return _failed(args)
+    rows = [
+        (
+            m["node_id"] + (" (self)" if m["self"] else ""),
+            m["address"],
+            m["state"],
+            m["incarnation"],
+            m["load"],
+            age(m["last_heard_s"]),
+        )
+        for m in data["members"]
+    ]
+    headers = ("id", "address", "state", "incarnation", "load", "last heard")
+    out.result(data, render(headers, rows))
+    return EXIT_OK
+
+
+def show_host(args: argparse.Namespace, out: Output) -> int:
+    path = f"/v1/hosts/{args.node_id}" if args.node_id else "/v1/hosts/self"
+    host = _get(args, out, path)
+    if host is None:
+        return _failed(args)
+    record = host["record"] or {}
+    capacity, usage = record.get("capacity", {}), record.get("usage", {})
+    lines = [
+        f"host:      {host['node_id']}   state: {host['state']}   address: {host['address']}",
+        f"cpu:       {usage.get('vcpus', 0):.1f} of {capacity.get('vcpus', 0):g} cores busy,"
+        f" load {record.get('load', 0):.2f}",
+        f"memory:    {usage.get('memory_mib', 0)} of {capacity.get('memory_mib', 0)} MiB used",
+        f"disk:      {usage.get('disk_gib', 0):.1f} of {capacity.get('disk_gib', 0):.1f} GiB used",
+        f"libvirt:   {record.get('libvirt_uri', '-')}",
+        f"labels:    {', '.join(f'{k}={v}' for k, v in record.get('labels', {}).items()) or '-'}",
+        f"draining:  {'yes' if record.get('draining') else 'no'}",
+        f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
+    ]
+    out.result({"host": host}, lines)
+    return EXIT_OK
+
+
+def list_vms(args: argparse.Namespace, out: Output) -> int:
+    data = _get(args, out, "/v1/vms")
+    if data is None:
+        return _failed(args)
+    rows = [
+        (vm["name"], vm["state"], vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
+    ]
+    out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
+    return EXIT_OK
