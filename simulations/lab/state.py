@@ -19,8 +19,10 @@ from typing import Any
 
 from novacron.simulations.lab.errors import LabError
 
-DEFAULT_STATE_ROOT = Path("/run/novacron-lab")
-"""On tmpfs: a reboot clears it, exactly as it clears the namespaces it describes."""
+DEFAULT_STATE_ROOT = Path("/var/lib/novacron-lab")
+"""Not under /run: every host mounts a private /run, and processes inside the
+hosts (agents) read their keys and write their logs here. After a reboot the
+namespaces are gone but this is not; `down` removes it."""
 
 STATE_FILE = "state.json"
 

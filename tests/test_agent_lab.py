@@ -1,0 +1,168 @@
+"""End to end: real `nova-agent` processes in lab hosts (namespaces, own libvirtd).
+
+Needs root (namespaces); CI runs as root. One 5-host lab serves the module;
+each test leaves the mesh healthy for the next. Waits poll the agents'
+answers with generous limits; timings are measured by benchmarks, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from novacron.simulations.lab import Lab
+from novacron.simulations.lab.agents import LabAgents, wait_for
+from novacron.simulations.lab.host import LabHost
+
+if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+
+HOSTS = 5
+VM_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+</domain>"""
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+    lab = Lab(f"e2e{os.getpid() % 100000}", HOSTS)
+    with lab:
+        agents = LabAgents(lab)
+        agents.start_all()
+        try:
+            for host in lab.hosts:
+                wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=60)
+            yield lab, agents
+        finally:
+            agents.stop_all()
+
+
+def _all_alive(hosts: list[LabHost]) -> Callable[[dict[str, str]], bool]:
+    names = {h.name for h in hosts}
+    return lambda states: {n for n, s in states.items() if s == "alive"} == names
+
+
+def _everyone_sees(agents: LabAgents, observers: list[LabHost], node: str, state: str) -> None:
+    for host in observers:
+        wait_for(partial(_state_of, agents, host, node), lambda s: s == state, timeout=60)
+
+
+def _state_of(agents: LabAgents, host: LabHost, node: str) -> str | None:
+    return agents.states(host).get(node)
+
+
+def _row_of(agents: LabAgents, host: LabHost, node: str) -> dict[str, Any]:
+    return agents.members(host).get(node, {})
+
+
+def _vms_of(agents: LabAgents, host: LabHost) -> list[dict[str, Any]]:
+    vms: list[dict[str, Any]] = agents.nova(host, "vm", "list").get("vms", [])
+    return vms
+
+
+def _failed_events(agents: LabAgents, host: LabHost) -> list[dict[str, Any]]:
+    """MemberFailed events in `host`'s recent history: who was failed, and by whom."""
+    status = agents.nova(host, "status").get("status", {})
+    return [e for e in status.get("recent_events", []) if e["event"] == "MemberFailed"]
+
+
+def test_five_hosts_find_each_other_by_mdns_and_agree(mesh: tuple[Lab, LabAgents]) -> None:
+    lab, agents = mesh
+    views = [agents.nova(host, "members") for host in lab.hosts]
+    for view in views:
+        assert view["ok"] is True
+        rows = {m["node_id"]: m for m in view["members"]}
+        assert set(rows) == {h.name for h in lab.hosts}
+        assert {m["state"] for m in rows.values()} == {"alive"}
+        assert {m["address"] for m in rows.values()} == {f"{h.address}:7946" for h in lab.hosts}
+
+
+def test_vm_started_on_one_host_appears_in_every_vm_list(mesh: tuple[Lab, LabAgents]) -> None:
+    lab, agents = mesh
+    owner = lab.hosts[1]
+    xml = agents.host_dir(owner) / "e2e-vm.xml"
+    xml.write_text(VM_XML.format(name="e2e-vm"))
+    virsh = ["virsh", "-c", "qemu:///system"]
+    owner.run([*virsh, "define", str(xml)], check=True, capture_output=True)
+    owner.run([*virsh, "start", "e2e-vm"], check=True, capture_output=True)
+    try:
+        for host in lab.hosts:
+            rows = wait_for(
+                partial(_vms_of, agents, host),
+                lambda vms: any(v["name"] == "e2e-vm" and v["state"] == "running" for v in vms),
+                timeout=30,
+            )
+            vm = next(v for v in rows if v["name"] == "e2e-vm")
+            assert vm["host"] == owner.name
+    finally:
+        owner.run([*virsh, "destroy", "e2e-vm"], capture_output=True)
+        owner.run([*virsh, "undefine", "e2e-vm"], capture_output=True)
+
+
+def test_killed_agent_is_failed_then_rejoins_with_higher_incarnation(
+    mesh: tuple[Lab, LabAgents],
+) -> None:
+    lab, agents = mesh
+    victim, others = lab.hosts[-1], lab.hosts[:-1]
+    before = agents.members(others[0])[victim.name]["incarnation"]
+    agents.kill(victim, signal.SIGKILL)
+    _everyone_sees(agents, others, victim.name, "dead")
+    agents.start(victim)
+    for host in lab.hosts:
+        row = wait_for(
+            partial(_row_of, agents, host, victim.name),
+            lambda r: r.get("state") == "alive" and r.get("incarnation", 0) > before,
+            timeout=60,
+        )
+        assert row["incarnation"] > before
+
+
+def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, LabAgents]) -> None:
+    lab, agents = mesh
+    cut, others = lab.hosts[3], [h for h in lab.hosts if h is not lab.hosts[3]]
+    failed_before = {h.name: _failed_events(agents, h) for h in others}
+    cut_at = time.monotonic()
+    cut.link_down()
+    try:
+        _everyone_sees(agents, others, cut.name, "dead")
+        time.sleep(max(0.0, 30 - (time.monotonic() - cut_at)))
+    finally:
+        cut.link_up()
+    for host in lab.hosts:
+        wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=120)
+    for host in others:  # nobody but the cut host was ever declared failed
+        new = _failed_events(agents, host)[len(failed_before[host.name]) :]
+        assert {e["node_id"] for e in new} <= {cut.name}, f"{host.name} failed {new}"
+
+
+def test_agent_with_another_cas_certificate_never_becomes_member(
+    mesh: tuple[Lab, LabAgents],
+) -> None:
+    lab, agents = mesh
+    rogue, others = lab.hosts[2], [h for h in lab.hosts if h is not lab.hosts[2]]
+    agents.kill(rogue, signal.SIGTERM)
+    _everyone_sees(agents, others, rogue.name, "left")
+    agents.create_ca("rogue-ca")
+    agents.issue(rogue, ca="rogue-ca")
+    agents.start(rogue, ca="rogue-ca")
+    try:
+        time.sleep(10)  # mDNS finds it at once; give it every chance to get in
+        for host in others:
+            assert agents.states(host)[rogue.name] == "left"
+            assert "another CA" in agents.log(host), f"{host.name}'s log does not say why"
+    finally:
+        agents.kill(rogue, signal.SIGTERM)
+        agents.issue(rogue)
+        agents.start(rogue)
+    for host in lab.hosts:
+        wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=60)
