@@ -6,9 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit deps venv bench clean
+.PHONY: test demo lint typecheck unit deps venv bench clean
 
 test: deps lint typecheck unit
+
+# Three lab hosts with real agents: membership, a failure, a rejoin (needs root).
+demo: deps
+	$(PY) -m novacron.simulations.demo
 
 deps: $(STAMP)
 
