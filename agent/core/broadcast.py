@@ -1,0 +1,159 @@
+"""The retransmit-limited broadcast queue: what to piggyback on the next packet.
+
+SWIM disseminates by infection: every member that learns something news-worthy
+queues it and hands it to a few random members on each packet it sends, a
+bounded number of times (`retransmit_mult * ceil(log10(N + 1))`), which is
+enough for it to reach everyone with high probability. (memberlist `queue.go`.)
+
+Rules, as memberlist's `TransmitLimitedQueue`:
+
+- the next packet takes the least-transmitted items first and, among equals,
+  the newest first, as many as fit in the byte budget;
+- each taken item counts one transmission; at the limit it is dropped;
+- queuing an item under a key (one per member, one per record owner) replaces
+  whatever was queued under that key: newer news about a node makes older news
+  about it worthless (Alive inc 5 makes Suspect inc 4 moot).
+
+Sizes are cheap estimates of the msgpack encoding (no encoding on the hot
+path); `estimate_size` errs on the large side by a few bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+from novacron.protocol.messages import Alive, Dead, Gossip, Leave, Suspect
+
+BroadcastKey = tuple[str, str]
+"""("member", node id) for membership news, ("record", node id) for records."""
+
+MIN_ITEM_SIZE = 32  # below this much free budget no gossip item can fit
+
+# Per-type constant part of the encoding: tag, map header, field names, small
+# ints (incarnations and versions up to 2**32 fit; larger ones cost 4 bytes more).
+_ALIVE_OVERHEAD = 60
+_SUSPECT_OVERHEAD = 44
+_LEAVE_OVERHEAD = 36
+_RECORD_OVERHEAD = 70
+
+
+def retransmit_limit(retransmit_mult: int, n: int) -> int:
+    """How many times one item is sent in a cluster of `n` members."""
+    return retransmit_mult * math.ceil(math.log10(n + 1))
+
+
+def estimate_size(item: Gossip) -> int:
+    """Bytes this item adds to a packet, estimated from its variable-length parts."""
+    if isinstance(item, Alive):
+        return _ALIVE_OVERHEAD + len(item.node_id) + len(item.address) + len(item.certificate)
+    if isinstance(item, Suspect | Dead):
+        return _SUSPECT_OVERHEAD + len(item.node_id) + len(item.by)
+    if isinstance(item, Leave):
+        return _LEAVE_OVERHEAD + len(item.node_id)
+    signed = item.signed
+    return _RECORD_OVERHEAD + len(signed.node_id) + len(signed.record) + len(signed.signature)
+
+
+class _Item:
+    """One queued gossip item and how often it went out."""
+
+    __slots__ = ("key", "message", "seq", "size", "transmits")
+
+    def __init__(self, key: BroadcastKey, message: Gossip, seq: int, size: int) -> None:
+        self.key = key  # what it is about; a newer item with the same key replaces it
+        self.message = message  # the gossip item itself, sent as is
+        self.seq = seq  # queue order: higher is newer
+        self.size = size  # estimated encoded bytes
+        self.transmits = 0  # how many packets carried it so far
+
+
+class BroadcastQueue:
+    """Gossip items waiting to be piggybacked, bucketed by transmit count.
+
+    `_buckets[t]` lists the sequence numbers of the items sent `t` times in
+    ascending (age) order, so the next packet scans bucket 0 newest-first,
+    then bucket 1, and so on. Keeping each bucket sorted costs a binary
+    search and a memmove per promotion; no sorting on the hot path.
+    """
+
+    __slots__ = ("_buckets", "_by_key", "_items", "_next_seq")
+
+    def __init__(self) -> None:
+        self._buckets: list[list[int]] = []  # index = transmits so far; sorted seqs
+        self._items: dict[int, _Item] = {}  # every live item by sequence number
+        self._by_key: dict[BroadcastKey, _Item] = {}  # the one live item per key
+        self._next_seq = 0  # sequence number of the next queued item
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_key)
+
+    def queue(self, key: BroadcastKey, message: Gossip) -> None:
+        """Queue `message`, replacing any older item about the same key."""
+        old = self._by_key.get(key)
+        if old is not None:
+            self._unlink(old)
+        item = _Item(key, message, self._next_seq, estimate_size(message))
+        self._next_seq += 1
+        self._by_key[key] = item
+        self._items[item.seq] = item
+        self._bucket(0).append(item.seq)  # the newest: appending keeps the order
+
+    def take(self, budget: int, limit: int) -> list[Gossip]:
+        """Items for one packet of `budget` bytes, counting one transmission each.
+
+        Items already sent `limit` times are dropped first. An item larger than
+        the whole budget still goes out, alone, so a big record is never stuck.
+        """
+        self._drop_over(limit)
+        chosen = self._choose(budget)
+        for item in chosen:
+            bucket = self._buckets[item.transmits]
+            del bucket[bisect.bisect_left(bucket, item.seq)]
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._by_key[item.key]
+                del self._items[item.seq]
+            else:
+                bisect.insort(self._bucket(item.transmits), item.seq)
+        return [item.message for item in chosen]
+
+    def _choose(self, budget: int) -> list[_Item]:
+        chosen: list[_Item] = []
+        free = budget
+        for bucket in self._buckets:
+            for seq in reversed(bucket):
+                item = self._items[seq]
+                if item.size <= free:
+                    chosen.append(item)
+                    free -= item.size
+                elif not chosen:
+                    return [item]  # oversized: goes out on a packet of its own
+                if free < MIN_ITEM_SIZE:
+                    return chosen
+        return chosen
+
+    def _unlink(self, item: _Item) -> None:
+        bucket = self._buckets[item.transmits]
+        del bucket[bisect.bisect_left(bucket, item.seq)]
+        del self._items[item.seq]
+        del self._by_key[item.key]
+
+    def _drop_over(self, limit: int) -> None:
+        """Forget items that reached a (possibly lowered) retransmit limit."""
+        while len(self._buckets) > max(limit, 0):
+            for seq in self._buckets.pop():
+                item = self._items.pop(seq)
+                del self._by_key[item.key]
+
+    def _bucket(self, transmits: int) -> list[int]:
+        while len(self._buckets) <= transmits:
+            self._buckets.append([])
+        return self._buckets[transmits]
+
+    def items(self) -> list[tuple[Gossip, int]]:
+        """Queued items with their transmit counts (for tests and diagnostics)."""
+        return [(item.message, item.transmits) for item in self._by_key.values()]

@@ -1,0 +1,54 @@
+"""Tunables of the membership protocol, with memberlist's LAN profile as defaults.
+
+Every timing in the core derives from this one frozen value, so a test, the
+simulator and the daemon can each pick a profile without touching the logic.
+All durations are seconds of the driver's clock (virtual or real).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    """Knobs for SWIM probing, Lifeguard, dissemination and anti-entropy."""
+
+    gossip_interval: float = 0.2  # how often queued gossip is pushed to random members
+    gossip_nodes: int = 3  # fanout: members per gossip round
+    probe_interval: float = 1.0  # one direct probe per interval (scaled by awareness)
+    probe_timeout: float = 0.5  # wait this long for an Ack before asking relays
+    suspicion_mult: int = 4  # suspicion timeout = mult * log10(N) * probe_interval
+    suspicion_max_timeout_mult: int = 6  # upper bound, as a multiple of the minimum
+    indirect_checks: int = 3  # relays asked to probe a target that did not answer
+    retransmit_mult: int = 4  # each gossip item is sent mult * log10(N+1) times
+    push_pull_interval: float = 30.0  # full anti-entropy exchange (scaled up above 32 nodes)
+    awareness_max_multiplier: int = 8  # Lifeguard: local health score is 0..max-1
+    gossip_to_the_dead_time: float = 30.0  # keep gossiping to a failed member this long
+    reconnect_interval: float = 30.0  # Serf: retry one failed member this often ...
+    reconnect_timeout: float = 86400.0  # ... for members failed less than this long
+    packet_budget: int = 1400  # bytes of gossip per packet (estimated sizes)
+    lifeguard: bool = True  # False = plain SWIM: fixed timeouts, no awareness, no nacks
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would stall or divide by zero, at construction time."""
+        positive = {
+            "gossip_interval": self.gossip_interval,
+            "probe_interval": self.probe_interval,
+            "probe_timeout": self.probe_timeout,
+            "push_pull_interval": self.push_pull_interval,
+            "reconnect_interval": self.reconnect_interval,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.probe_timeout > self.probe_interval:
+            raise ValueError("probe_timeout must not exceed probe_interval")
+        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
+            raise ValueError("suspicion multipliers must be at least 1")
+        if self.awareness_max_multiplier < 1:
+            raise ValueError("awareness_max_multiplier must be at least 1")
+        if self.gossip_nodes < 0 or self.indirect_checks < 0 or self.retransmit_mult < 1:
+            raise ValueError("fanouts must be non-negative and retransmit_mult at least 1")
+        if self.packet_budget < 64:
+            raise ValueError("packet_budget must be at least 64 bytes")

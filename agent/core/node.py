@@ -1,0 +1,920 @@
+"""`MembershipNode`: the public entry point of the membership and state-gossip core.
+
+One instance per host. It composes the pieces, each in its own module:
+`members` (the table), `transitions` (the rules), `suspicion` (timeouts),
+`awareness` (Lifeguard health), `broadcast` (the retransmit queue), `probe`
+(SWIM bookkeeping), `records` (signed records), `pushpull` (anti-entropy).
+
+Sans-IO: the driver calls `receive(sender, message, now)` for every message,
+`tick(now)` whenever `next_deadline()` has come, and the lifecycle methods
+(`join`, `leave`, `update_record`); each returns an `Output` of sends (by
+destination node id) and events. Nothing here reads a clock, sleeps, or draws
+randomness except from the injected `random.Random`.
+
+How gossip travels (a design choice the driver should know):
+
+- *Piggybacking*: every probe message (`Ping`, `IndirectPing`, `Ack`, `Nack`)
+  carries queued gossip items in its `gossip` field, within `packet_budget`.
+- *Gossip rounds*: every `gossip_interval`, when the queue is not empty, the
+  node picks `gossip_nodes` random members and sends each a packet's worth of
+  items *as individual messages* (`Alive`, `Suspect`, `Dead`, `Leave`,
+  `RecordUpdate`), consecutively in `Output.sends`. No carrier message, so a
+  gossip round never triggers replies; a driver may coalesce consecutive sends
+  to one destination into a single datagram.
+
+What is re-gossiped: every accepted claim heard by gossip (Alive, Suspect,
+Dead, Leave, a newer record) is queued again, which is how infection-style
+dissemination works. What a push-pull `Delta` teaches is re-gossiped only when
+it *changes* something we knew (a refutation, a failure, a newer version of a
+record we had): a node catching up on a whole cluster must not flood it with
+thousands of items everyone already has. The handlers' `announce_new` flag
+carries that choice.
+
+Who may talk to us: a sender that is not a member (in any state) nor a join
+seed is admitted only for what introduces members: `Ping` and `Digest` (a
+newcomer must be answered before anyone gossiped about it) and `Alive` claims
+(how members are learnt at all). Anything else from an unknown sender
+(Suspect, Dead, Leave, records, IndirectPing, Ack, Nack, Delta), on its own or
+piggybacked, is dropped and counted in `stats.messages_from_unknown`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from novacron.protocol.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Delta,
+    Digest,
+    Gossip,
+    IndirectPing,
+    Leave,
+    MemberDigest,
+    MemberState,
+    Message,
+    Nack,
+    NodeRecord,
+    Ping,
+    RecordUpdate,
+    SignedRecord,
+    Suspect,
+)
+
+from .awareness import Awareness
+from .broadcast import BroadcastKey, BroadcastQueue, retransmit_limit
+from .config import MembershipConfig
+from .events import (
+    MemberAlive,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspected,
+    Output,
+    RecordRejected,
+    RecordUpdated,
+)
+from .members import Member, MemberInfo, MemberTable, ProbeOrder
+from .probe import PendingProbe, ProbeTracker, RelayedProbe
+from .pushpull import build_delta, build_digest, push_pull_scale
+from .records import RecordStore, RecordVerdict, RecordVerifier, admit
+from .snapshot import ClusterSnapshot
+from .stats import NodeStats
+from .suspicion import Suspicion, suspicion_timeout
+from .transitions import Verdict, on_alive, on_dead, on_leave, on_suspect, supersedes
+
+__all__ = [
+    "MemberInfo",
+    "MembershipNode",
+    "NodeStats",
+    "RecordSigner",
+    "RecordVerifier",
+]
+
+RecordSigner = Callable[[NodeRecord], SignedRecord]
+"""Encodes and signs this node's record with its own key."""
+
+INF = float("inf")
+# Module constants: reading an enum member through its class costs a descriptor call.
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
+PROBE_OVERHEAD = 64  # bytes of a probe message besides its piggybacked gossip
+_LIVE = (ALIVE, SUSPECT)  # states worth probing
+
+Handler = Callable[["MembershipNode", str, Any, float, Output], None]
+
+
+class MembershipNode:
+    """SWIM + Lifeguard membership, gossip dissemination and signed-record state."""
+
+    __slots__ = (
+        "_awareness",
+        "_digest_lines",
+        "_heard",
+        "_left",
+        "_members",
+        "_next_gossip_at",
+        "_next_probe_at",
+        "_next_push_pull_at",
+        "_next_reconnect_at",
+        "_own_record",
+        "_probe_order",
+        "_probes",
+        "_queue",
+        "_records",
+        "_rng",
+        "_seeds",
+        "_signer",
+        "_suspicion_heap",
+        "_suspicions",
+        "_verifier",
+        "_version_floor",
+        "address",
+        "config",
+        "node_id",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        address: str,
+        config: MembershipConfig,
+        rng: random.Random,
+        signer: RecordSigner,
+        verifier: RecordVerifier,
+        now: float,
+    ) -> None:
+        """A node that knows only itself; `join` introduces it to seeds."""
+        self._setup(
+            node_id, address, config, rng, signer, verifier, MemberTable(), RecordStore(), {}
+        )
+        self._members.put(Member(node_id, address, 1, ALIVE, now))
+        self._start_timers(now)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        node_id: str,
+        snapshot: ClusterSnapshot,
+        *,
+        address: str,
+        config: MembershipConfig,
+        rng: random.Random,
+        signer: RecordSigner,
+        verifier: RecordVerifier,
+        now: float,
+    ) -> MembershipNode:
+        """A node that starts converged, sharing `snapshot` copy-on-write."""
+        node = cls.__new__(cls)
+        members = MemberTable(snapshot.members, snapshot.node_ids, snapshot.state_counts)
+        records = RecordStore(snapshot.signed_records, snapshot.records)
+        lines = snapshot.member_digests
+        node._setup(node_id, address, config, rng, signer, verifier, members, records, lines)
+        me = node._members.get(node_id)
+        if me is None or me.address != address:
+            incarnation = me.incarnation if me is not None else 1
+            node._members.put(Member(node_id, address, incarnation, ALIVE, now))
+        node._own_record = snapshot.records.get(node_id)
+        node._start_timers(now)
+        return node
+
+    def _setup(
+        self,
+        node_id: str,
+        address: str,
+        config: MembershipConfig,
+        rng: random.Random,
+        signer: RecordSigner,
+        verifier: RecordVerifier,
+        members: MemberTable,
+        records: RecordStore,
+        digest_lines: Mapping[str, MemberDigest],
+    ) -> None:
+        self.node_id = node_id  # our id: the key of everything we own
+        self.address = address  # where others reach us (announced in Alive)
+        self.config = config  # protocol tunables
+        self.stats = NodeStats()  # counters
+        self._rng = rng  # the only source of randomness
+        self._signer = signer  # signs our record
+        self._verifier = verifier  # verifies others' records
+        self._members = members  # who we know (copy-on-write over a snapshot's base)
+        self._records = records  # verified records (copy-on-write likewise)
+        self._digest_lines = digest_lines  # the snapshot's shared push-pull lines
+        self._queue = BroadcastQueue()  # gossip waiting to go out
+        self._awareness = Awareness(config.awareness_max_multiplier)  # Lifeguard health
+        self._suspicions: dict[str, Suspicion] = {}  # open suspicions by member id
+        self._suspicion_heap: list[tuple[float, str]] = []  # (deadline, id), lazily pruned
+        self._probes = ProbeTracker()  # our probe and the probes we relay
+        self._probe_order = ProbeOrder()  # shuffled round-robin over members
+        self._heard: dict[str, float] = {}  # id -> last direct protocol message from it
+        self._seeds: dict[str, str] = {}  # join seeds: id -> address (admitted before known)
+        self._own_record: NodeRecord | None = None  # our record's contents, for re-issue
+        self._version_floor = 0  # highest version of our record seen from an older life
+        self._left = False  # we left gracefully: no probing, no refuting
+
+    def _start_timers(self, now: float) -> None:
+        """Stagger the periodic work so a fleet started together does not beat in step."""
+        cfg, rng = self.config, self._rng
+        self._next_probe_at = now + rng.random() * cfg.probe_interval
+        self._next_gossip_at = now + rng.random() * cfg.gossip_interval
+        push_pull = push_pull_scale(cfg.push_pull_interval, len(self._members))
+        self._next_push_pull_at = now + rng.random() * push_pull
+        self._next_reconnect_at = now + rng.random() * cfg.reconnect_interval
+
+    # --- public API -------------------------------------------------------------
+
+    def join(self, peers: Iterable[tuple[str, str]], now: float) -> Output:
+        """Introduce ourselves to seed `(node id, address)` pairs by push-pull."""
+        out = Output()
+        me = self._me()
+        self._queue.queue(
+            _member_key(self.node_id), Alive(self.node_id, me.incarnation, self.address)
+        )
+        digest: Digest | None = None
+        for node_id, address in peers:
+            if node_id == self.node_id:
+                continue
+            self._seeds[node_id] = address
+            digest = digest or self._digest(reply=True)
+            out.sends.append((node_id, digest))
+        return out
+
+    def receive(self, sender: str, message: Message, now: float) -> Output:
+        """Handle one message from `sender` (a node id)."""
+        out = Output()
+        self.stats.messages_received += 1
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
+            self.stats.messages_unhandled += 1
+        elif not sender or sender == self.node_id:
+            self.stats.messages_invalid += 1
+        elif not self._admits(sender, message):
+            self.stats.messages_from_unknown += 1
+        else:
+            handler(self, sender, message, now, out)
+        return out
+
+    def tick(self, now: float) -> Output:
+        """Do whatever is due at `now`; see `next_deadline`."""
+        out = Output()
+        self._tick_probe(now, out)
+        self._tick_relays(now, out)
+        self._tick_suspicions(now, out)
+        if not self._left:
+            self._tick_push_pull(now, out)
+            self._tick_reconnect(now, out)
+        if now >= self._next_gossip_at and self._queue:
+            self._gossip_round(now, out)
+            self._next_gossip_at = now + self.config.gossip_interval
+        return out
+
+    def next_deadline(self) -> float:
+        """The earliest time at which `tick` has something to do (inf: nothing)."""
+        deadline = INF
+        pending = self._probes.pending
+        if pending is not None:
+            deadline = pending.deadline if pending.indirect_sent else pending.timeout_at
+        if not self._left:
+            deadline = min(
+                deadline, self._next_probe_at, self._next_push_pull_at, self._next_reconnect_at
+            )
+        if self._queue:
+            deadline = min(deadline, self._next_gossip_at)
+        if self._suspicion_heap:
+            deadline = min(deadline, self._suspicion_heap[0][0])
+        if self._probes.relays:
+            deadline = min(deadline, self._probes.next_relay_deadline())
+        return deadline
+
+    def leave(self, now: float) -> Output:
+        """Leave on purpose: gossip a Leave (starting now) and stop probing."""
+        out = Output()
+        if self._left:
+            return out
+        me = self._me()
+        self._left = True
+        self._probes.pending = None
+        self._members.put(dataclasses.replace(me, state=LEFT, state_since=now))
+        self._queue.queue(_member_key(self.node_id), Leave(self.node_id, me.incarnation))
+        self._gossip_round(now, out)
+        self._next_gossip_at = now + self.config.gossip_interval
+        return out
+
+    def update_record(self, record: NodeRecord, now: float) -> Output:
+        """Publish new contents for our record: next version, signed, stored, gossiped."""
+        if record.node_id != self.node_id:
+            raise ValueError(f"{self.node_id} cannot publish a record of {record.node_id}")
+        version = max(self._records.version(self.node_id), self._version_floor) + 1
+        out = Output()
+        self._publish(dataclasses.replace(record, version=version), out)
+        return out
+
+    def members(self) -> list[MemberInfo]:
+        """Every member this node knows, in any state (O(N): not for hot paths)."""
+        return [self._info(m) for m in self._members]
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        """What this node knows about one member, or None."""
+        member = self._members.get(node_id)
+        return self._info(member) if member is not None else None
+
+    def address_of(self, node_id: str) -> str | None:
+        """Where to send to `node_id` (a member's or a join seed's address), O(1)."""
+        member = self._members.get(node_id)
+        if member is not None and member.address:
+            return member.address
+        return self._seeds.get(node_id)
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        """Verified records by owner id (our own included): a live read-only view."""
+        return self._records.view()
+
+    def record_version(self, node_id: str) -> int:
+        """The version of `node_id`'s record we hold, 0 if none."""
+        return self._records.version(node_id)
+
+    @property
+    def incarnation(self) -> int:
+        """Our own incarnation number."""
+        return self._me().incarnation
+
+    @property
+    def awareness(self) -> int:
+        """Our Lifeguard health score (0 = healthy)."""
+        return self._awareness.score
+
+    @property
+    def has_left(self) -> bool:
+        """Whether `leave` was called."""
+        return self._left
+
+    def pending_gossip(self) -> int:
+        """How many gossip items wait in the broadcast queue."""
+        return len(self._queue)
+
+    def private_entries(self) -> int:
+        """Member and record entries held privately (not shared with a snapshot)."""
+        return self._members.overlay_size() + self._records.overlay_size()
+
+    # --- admission ----------------------------------------------------------------
+
+    def _admits(self, sender: str, message: Message) -> bool:
+        """Whether a message from `sender` may be processed (see module docstring)."""
+        if sender in self._members or sender in self._seeds:
+            return True
+        return isinstance(message, Ping | Digest | Alive)
+
+    # --- failure detection: our probes ----------------------------------------------
+
+    def _tick_probe(self, now: float, out: Output) -> None:
+        pending = self._probes.pending
+        if pending is not None and not pending.indirect_sent and now >= pending.timeout_at:
+            self._send_indirect(pending, out)
+        if pending is not None and now >= pending.deadline:
+            self._probes.pending = None
+            self._probe_failed(pending, now, out)
+        if not self._left and now >= self._next_probe_at:
+            if self._probes.pending is None:
+                self._start_probe(now, out)
+            self._next_probe_at = now + self._scaled(self.config.probe_interval)
+
+    def _start_probe(self, now: float, out: Output) -> None:
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._probes.next_seq()
+        self._probes.pending = PendingProbe(
+            target=target.node_id,
+            incarnation=target.incarnation,
+            seq=seq,
+            started=now,
+            timeout_at=now + self._scaled(self.config.probe_timeout),
+            deadline=now + self._scaled(self.config.probe_interval),
+        )
+        self.stats.probes_sent += 1
+        out.sends.append((target.node_id, Ping(seq, target.node_id, self._piggyback())))
+
+    def _next_probe_target(self) -> Member | None:
+        """The next alive or suspect member in this round's shuffled order."""
+        table = self._members
+        size = len(table)
+        for _ in range(size):
+            member = table.get(table.id_at(self._probe_order.next_index(self._rng, size)))
+            if member is not None and member.node_id != self.node_id and member.state in _LIVE:
+                return member
+        return None
+
+    def _send_indirect(self, pending: PendingProbe, out: Output) -> None:
+        """The target did not answer in time: ask k relays to try for us."""
+        pending.indirect_sent = True
+        target = self._members.get(pending.target)
+        address = target.address if target is not None else ""
+
+        def is_relay(member: Member) -> bool:
+            return member.state is ALIVE and member.node_id not in (
+                self.node_id,
+                pending.target,
+            )
+
+        relays = self._members.sample(self._rng, self.config.indirect_checks, is_relay)
+        want_nack = self.config.lifeguard
+        pending.expected_nacks = len(relays) if want_nack else 0
+        for relay in relays:
+            message = IndirectPing(
+                pending.seq, pending.target, self.node_id, address, want_nack, self._piggyback()
+            )
+            out.sends.append((relay.node_id, message))
+        self.stats.indirect_probes_sent += len(relays)
+
+    def _probe_failed(self, pending: PendingProbe, now: float, out: Output) -> None:
+        """No Ack at all within the probe interval: adjust health, suspect the target."""
+        self.stats.probes_failed += 1
+        if pending.expected_nacks > 0:
+            # Relays that did not even Nack point at our own network, not the target.
+            self._health(pending.expected_nacks - pending.nacks)
+        else:
+            self._health(1)
+        self._handle_suspect(Suspect(pending.target, pending.incarnation, self.node_id), now, out)
+
+    def _on_ack(self, sender: str, message: Ack, now: float, out: Output) -> None:
+        self._heard[sender] = now
+        pending = self._probes.pending
+        if pending is not None and message.seq == pending.seq:
+            self._probes.pending = None
+            self.stats.acks_received += 1
+            if not pending.indirect_sent:
+                self._health(-1)
+        elif message.seq in self._probes.relays:
+            relay = self._probes.relays.pop(message.seq)
+            self.stats.acks_relayed += 1
+            ack = Ack(relay.requester_seq, self._piggyback())
+            out.sends.append((relay.requester, ack))
+        else:
+            self.stats.acks_unexpected += 1
+        self._handle_gossip(sender, message.gossip, now, out)
+
+    def _on_nack(self, sender: str, message: Nack, now: float, out: Output) -> None:
+        self._heard[sender] = now
+        pending = self._probes.pending
+        if pending is not None and message.seq == pending.seq:
+            pending.nacks += 1
+            self.stats.nacks_received += 1
+        self._handle_gossip(sender, message.gossip, now, out)
+
+    # --- failure detection: answering and relaying ------------------------------------
+
+    def _on_ping(self, sender: str, message: Ping, now: float, out: Output) -> None:
+        if message.target != self.node_id:
+            self.stats.messages_invalid += 1  # meant for someone else (stale address)
+            return
+        self._heard[sender] = now
+        out.sends.append((sender, Ack(message.seq, self._piggyback())))
+        self._handle_gossip(sender, message.gossip, now, out)
+
+    def _on_indirect_ping(
+        self, sender: str, message: IndirectPing, now: float, out: Output
+    ) -> None:
+        if message.requester != sender or message.target in (self.node_id, sender):
+            self.stats.messages_invalid += 1
+            return
+        self._heard[sender] = now
+        if message.target in self._members:
+            seq = self._probes.next_seq()
+            self._probes.relays[seq] = RelayedProbe(
+                requester=sender,
+                requester_seq=message.seq,
+                want_nack=message.want_nack,
+                nack_at=now + self.config.probe_timeout,
+            )
+            out.sends.append((message.target, Ping(seq, message.target, self._piggyback())))
+        else:
+            self.stats.gossip_about_unknown += 1
+        self._handle_gossip(sender, message.gossip, now, out)
+
+    def _tick_relays(self, now: float, out: Output) -> None:
+        if not self._probes.relays:
+            return
+        for relay in self._probes.expired_relays(now):
+            if relay.want_nack:
+                self.stats.nacks_sent += 1
+                out.sends.append((relay.requester, Nack(relay.requester_seq, self._piggyback())))
+
+    # --- suspicion ----------------------------------------------------------------------
+
+    def _start_suspicion(self, node_id: str, incarnation: int, accuser: str, now: float) -> None:
+        cfg = self.config
+        n = len(self._members)
+        k = cfg.suspicion_mult - 2 if cfg.lifeguard else 0
+        if n - 2 < k:
+            k = 0  # too few members to expect independent confirmations
+        min_timeout = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        max_timeout = min_timeout * cfg.suspicion_max_timeout_mult if cfg.lifeguard else min_timeout
+        suspicion = Suspicion(accuser, incarnation, now, k, min_timeout, max_timeout)
+        self._suspicions[node_id] = suspicion
+        heapq.heappush(self._suspicion_heap, (suspicion.deadline(), node_id))
+        self.stats.suspicions_started += 1
+
+    def _tick_suspicions(self, now: float, out: Output) -> None:
+        heap = self._suspicion_heap
+        while heap and heap[0][0] <= now:
+            _, node_id = heapq.heappop(heap)
+            suspicion = self._suspicions.get(node_id)
+            if suspicion is None or suspicion.deadline() > now:
+                continue  # refuted, already dead, or a newer suspicion with its own entry
+            del self._suspicions[node_id]
+            member = self._members.get(node_id)
+            if member is not None and member.state is SUSPECT:
+                self._handle_dead(Dead(node_id, member.incarnation, self.node_id), now, out)
+
+    # --- membership claims ----------------------------------------------------------------
+
+    def _handle_gossip(
+        self, sender: str, items: tuple[Gossip, ...], now: float, out: Output
+    ) -> None:
+        """Apply piggybacked gossip, item by item (admission re-checked per item)."""
+        for item in items:
+            if self._admits(sender, item):
+                _GOSSIP_HANDLERS[type(item)](self, item, now, out, True)
+            else:
+                self.stats.messages_from_unknown += 1
+
+    def _on_gossip_message(self, sender: str, message: Gossip, now: float, out: Output) -> None:
+        _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+
+    def _handle_alive(self, message: Alive, now: float, out: Output, announce_new: bool) -> None:
+        """Alive: a join, a refutation, or old news (see `transitions.on_alive`)."""
+        if not _valid_claim(message.node_id, message.incarnation):
+            self.stats.messages_invalid += 1
+            return
+        current = self._members.get(message.node_id)
+        about_self = message.node_id == self.node_id
+        verdict = on_alive(current, message.incarnation, about_self)
+        if verdict is Verdict.REFUTE:
+            self._refute(message.incarnation, now)
+        elif verdict is Verdict.ACCEPT:
+            self._set_alive(current, message, now, out)
+            if announce_new or current is not None:
+                self._queue.queue(_member_key(message.node_id), message)
+        else:
+            self.stats.gossip_ignored += 1
+
+    def _set_alive(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+        node_id, incarnation = message.node_id, message.incarnation
+        address = message.address or (current.address if current is not None else "")
+        if current is None:
+            out.events.append(MemberJoined(node_id, incarnation, address))
+            since = now
+        elif current.state is not ALIVE:
+            out.events.append(MemberAlive(node_id, incarnation))
+            since = now
+        else:
+            since = current.state_since
+        self._suspicions.pop(node_id, None)
+        self._members.put(Member(node_id, address, incarnation, ALIVE, since))
+
+    def _handle_suspect(
+        self, message: Suspect, now: float, out: Output, announce_new: bool = True
+    ) -> None:
+        """Suspect: start a suspicion, confirm one, or refute it if it is about us."""
+        if not _valid_claim(message.node_id, message.incarnation) or not message.by:
+            self.stats.messages_invalid += 1
+            return
+        node_id = message.node_id
+        current = self._members.get(node_id)
+        suspicion = self._suspicions.get(node_id)
+        verdict = on_suspect(
+            current, message.incarnation, node_id == self.node_id, suspicion is not None
+        )
+        if verdict is Verdict.REFUTE:
+            self._refute(message.incarnation, now)
+        elif verdict is Verdict.CONFIRM:
+            assert suspicion is not None
+            if suspicion.confirm(message.by):
+                self.stats.suspicions_confirmed += 1
+                heapq.heappush(self._suspicion_heap, (suspicion.deadline(), node_id))
+                self._queue.queue(_member_key(node_id), message)
+        elif verdict is Verdict.ACCEPT:
+            assert current is not None
+            self._members.put(Member(node_id, current.address, message.incarnation, SUSPECT, now))
+            self._start_suspicion(node_id, message.incarnation, message.by, now)
+            self._queue.queue(_member_key(node_id), message)
+            out.events.append(MemberSuspected(node_id, message.incarnation, message.by))
+        else:
+            self._count_ignored(verdict)
+
+    def _handle_dead(
+        self, message: Dead, now: float, out: Output, announce_new: bool = True
+    ) -> None:
+        """Dead: declare the member failed, or refute it if it is about us."""
+        if not _valid_claim(message.node_id, message.incarnation) or not message.by:
+            self.stats.messages_invalid += 1
+            return
+        current = self._members.get(message.node_id)
+        verdict = on_dead(current, message.incarnation, message.node_id == self.node_id)
+        if verdict is Verdict.REFUTE:
+            self._refute(message.incarnation, now)
+        elif verdict is Verdict.ACCEPT:
+            assert current is not None
+            self._set_gone(current, message.incarnation, DEAD, now)
+            self._queue.queue(_member_key(message.node_id), message)
+            self.stats.members_failed += 1
+            out.events.append(MemberFailed(message.node_id, message.incarnation, message.by))
+        else:
+            self._count_ignored(verdict)
+
+    def _handle_leave(
+        self, message: Leave, now: float, out: Output, announce_new: bool = True
+    ) -> None:
+        """Leave: the member is gone on purpose (not a failure)."""
+        if not _valid_claim(message.node_id, message.incarnation):
+            self.stats.messages_invalid += 1
+            return
+        current = self._members.get(message.node_id)
+        verdict = on_leave(current, message.incarnation, message.node_id == self.node_id)
+        if verdict is Verdict.REFUTE:
+            self._refute(message.incarnation, now)
+        elif verdict is Verdict.ACCEPT:
+            assert current is not None
+            self._set_gone(current, message.incarnation, LEFT, now)
+            self._queue.queue(_member_key(message.node_id), message)
+            out.events.append(MemberLeft(message.node_id, message.incarnation))
+        else:
+            self._count_ignored(verdict)
+
+    def _set_gone(self, current: Member, incarnation: int, state: MemberState, now: float) -> None:
+        self._suspicions.pop(current.node_id, None)
+        self._members.put(Member(current.node_id, current.address, incarnation, state, now))
+
+    def _refute(self, accused: int, now: float) -> None:
+        """Someone believes something false about us: out-number it with a new incarnation."""
+        me = self._me()
+        incarnation = max(me.incarnation, accused) + 1
+        self._members.put(dataclasses.replace(me, incarnation=incarnation))
+        self._queue.queue(_member_key(self.node_id), Alive(self.node_id, incarnation, self.address))
+        self.stats.refutations += 1
+        self._health(1)
+
+    def _count_ignored(self, verdict: Verdict) -> None:
+        if verdict is Verdict.UNKNOWN:
+            self.stats.gossip_about_unknown += 1
+        else:
+            self.stats.gossip_ignored += 1
+
+    # --- records --------------------------------------------------------------------------
+
+    def _handle_record(
+        self, message: RecordUpdate, now: float, out: Output, announce_new: bool = True
+    ) -> None:
+        self._offer_record(message.signed, now, out, announce_new, message)
+
+    def _offer_record(
+        self,
+        signed: SignedRecord,
+        now: float,
+        out: Output,
+        announce_new: bool,
+        message: RecordUpdate | None = None,
+    ) -> None:
+        """Store a newer verified record and re-gossip it (rules in `records.py`)."""
+        if not signed.node_id or signed.version < 1:
+            self.stats.messages_invalid += 1
+            return
+        if signed.node_id == self.node_id:
+            self._own_record_seen(signed, out)
+            return
+        had_one = self._records.version(signed.node_id) > 0
+        admission = admit(self._records, signed, self._verifier, self._is_owner(signed, now))
+        verdict = admission.verdict
+        if verdict is RecordVerdict.ACCEPT:
+            assert admission.record is not None
+            self._records.put(signed, admission.record)
+            self.stats.records_accepted += 1
+            out.events.append(RecordUpdated(admission.record))
+            if announce_new or had_one:
+                self._queue.queue(_record_key(signed.node_id), message or RecordUpdate(signed))
+        elif verdict is RecordVerdict.STALE:
+            self.stats.records_rejected_stale += 1
+        else:
+            if verdict is RecordVerdict.NOT_MEMBER:
+                self.stats.records_rejected_not_member += 1
+            else:
+                self.stats.records_rejected_bad_signature += 1
+            out.events.append(RecordRejected(signed.node_id, signed.version, verdict.value))
+
+    def _is_owner(self, signed: SignedRecord, now: float) -> bool:
+        """Whether the record's owner is a member whose records we still take."""
+        member = self._members.get(signed.node_id)
+        if member is None or member.state is LEFT:
+            return False
+        expired = now - member.state_since > self.config.reconnect_timeout
+        return not (member.state is DEAD and expired)
+
+    def _own_record_seen(self, signed: SignedRecord, out: Output) -> None:
+        """A copy of our record came back; if a past life of ours published a higher
+        version, re-issue our contents above it so the cluster takes them."""
+        if signed.version <= self._records.version(self.node_id):
+            return
+        self._version_floor = max(self._version_floor, signed.version)
+        if self._own_record is not None:
+            self._publish(dataclasses.replace(self._own_record, version=signed.version + 1), out)
+
+    def _publish(self, record: NodeRecord, out: Output) -> None:
+        signed = self._signer(record)
+        self._records.put(signed, record)
+        self._own_record = record
+        self._queue.queue(_record_key(self.node_id), RecordUpdate(signed))
+        out.events.append(RecordUpdated(record))
+
+    # --- anti-entropy ----------------------------------------------------------------------
+
+    def _digest(self, *, reply: bool) -> Digest:
+        return build_digest(self._members, self._records, self._digest_lines, reply=reply)
+
+    def _tick_push_pull(self, now: float, out: Output) -> None:
+        if now < self._next_push_pull_at:
+            return
+        interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
+        self._next_push_pull_at = now + interval
+
+        def is_peer(member: Member) -> bool:
+            return member.state is ALIVE and member.node_id != self.node_id
+
+        peers = self._members.sample(self._rng, 1, is_peer)
+        if peers:
+            self.stats.push_pulls_sent += 1
+            out.sends.append((peers[0].node_id, self._digest(reply=True)))
+
+    def _tick_reconnect(self, now: float, out: Output) -> None:
+        """Serf-style: retry one failed member, so healed partitions find each other."""
+        if now < self._next_reconnect_at:
+            return
+        self._next_reconnect_at = now + self.config.reconnect_interval
+        candidates = [
+            node_id
+            for node_id in self._members.dead_ids()
+            if now - self._state_since(node_id) < self.config.reconnect_timeout
+        ]
+        if candidates:
+            self.stats.reconnects_attempted += 1
+            out.sends.append((self._rng.choice(candidates), self._digest(reply=True)))
+
+    def _on_digest(self, sender: str, message: Digest, now: float, out: Output) -> None:
+        """Answer a push-pull: a Delta of what we know newer, and our Digest if asked.
+
+        Before answering, two lines of the digest are applied: the sender's own
+        (a newcomer introducing itself) and the one about us (so a failure
+        claim is refuted first and the Delta already carries our new Alive).
+        """
+        self._heard[sender] = now
+        self.stats.digests_received += 1
+        for line in message.members:
+            if line.node_id in (sender, self.node_id):
+                self._merge_line(sender, line, now, out, announce_new=True)
+        delta = build_delta(message, self._members, self._records, self._digest_lines)
+        if delta.members or delta.records:
+            out.sends.append((sender, delta))
+        if message.reply:
+            out.sends.append((sender, self._digest(reply=False)))
+
+    def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
+        """Apply what a push-pull peer knew newer: members first, then their records."""
+        self._heard[sender] = now
+        for line in message.members:
+            self._merge_line(sender, line, now, out, announce_new=line.node_id == sender)
+        for signed in message.records:
+            self._offer_record(signed, now, out, announce_new=False)
+
+    def _merge_line(
+        self, sender: str, line: MemberDigest, now: float, out: Output, *, announce_new: bool
+    ) -> None:
+        """Apply one push-pull line with the gossip rules (memberlist `mergeState`).
+
+        DEAD is merged as a suspicion, so a peer's stale belief (typically the
+        other side of a healed partition) makes the member refute instead of
+        killing it outright.
+        """
+        current = self._members.get(line.node_id)
+        if (
+            current is not None
+            and line.node_id != self.node_id
+            and not supersedes(line.incarnation, line.state, current.incarnation, current.state)
+        ):
+            return  # the common case: nothing new, no message objects built
+        if line.state is ALIVE:
+            alive = Alive(line.node_id, line.incarnation, line.address)
+            self._handle_alive(alive, now, out, announce_new)
+        elif line.state is LEFT:
+            self._handle_leave(Leave(line.node_id, line.incarnation), now, out)
+        else:
+            self._handle_suspect(Suspect(line.node_id, line.incarnation, sender), now, out)
+
+    # --- dissemination ---------------------------------------------------------------------
+
+    def _gossip_round(self, now: float, out: Output) -> None:
+        """Send a packet's worth of queued items to each of a few random members."""
+        if not self._queue:
+            return
+        dead_time = self.config.gossip_to_the_dead_time
+
+        def is_target(member: Member) -> bool:
+            if member.node_id == self.node_id:
+                return False
+            return member.state in _LIVE or now - member.state_since < dead_time
+
+        targets = self._members.sample(self._rng, self.config.gossip_nodes, is_target)
+        limit = self._retransmit_limit()
+        for target in targets:
+            items = self._queue.take(self.config.packet_budget, limit)
+            if not items:
+                break
+            self.stats.gossip_sent += len(items)
+            out.sends.extend((target.node_id, item) for item in items)
+
+    def _piggyback(self) -> tuple[Gossip, ...]:
+        """Gossip items for one probe message (empty when nothing is queued)."""
+        if not self._queue:
+            return ()
+        budget = self.config.packet_budget - PROBE_OVERHEAD
+        items = self._queue.take(budget, self._retransmit_limit())
+        self.stats.piggybacked += len(items)
+        return tuple(items)
+
+    def _retransmit_limit(self) -> int:
+        return retransmit_limit(self.config.retransmit_mult, len(self._members))
+
+    # --- small helpers -----------------------------------------------------------------------
+
+    def _me(self) -> Member:
+        me = self._members.get(self.node_id)
+        assert me is not None  # we are always in our own table
+        return me
+
+    def _state_since(self, node_id: str) -> float:
+        member = self._members.get(node_id)
+        return member.state_since if member is not None else -INF
+
+    def _scaled(self, timeout: float) -> float:
+        """A probe timing stretched by our health score (Lifeguard only)."""
+        return self._awareness.scale(timeout) if self.config.lifeguard else timeout
+
+    def _health(self, delta: int) -> None:
+        if self.config.lifeguard:
+            self._awareness.apply_delta(delta)
+
+    def _info(self, member: Member) -> MemberInfo:
+        return MemberInfo(
+            node_id=member.node_id,
+            address=member.address,
+            incarnation=member.incarnation,
+            state=member.state,
+            state_since=member.state_since,
+            last_heard=self._heard.get(member.node_id, member.state_since),
+        )
+
+
+def _member_key(node_id: str) -> BroadcastKey:
+    return ("member", node_id)
+
+
+def _record_key(node_id: str) -> BroadcastKey:
+    return ("record", node_id)
+
+
+def _valid_claim(node_id: str, incarnation: int) -> bool:
+    return bool(node_id) and incarnation >= 0
+
+
+GossipHandler = Callable[[MembershipNode, Any, float, Output, bool], None]
+
+_GOSSIP_HANDLERS: dict[type, GossipHandler] = {
+    Alive: MembershipNode._handle_alive,
+    Suspect: MembershipNode._handle_suspect,
+    Dead: MembershipNode._handle_dead,
+    Leave: MembershipNode._handle_leave,
+    RecordUpdate: MembershipNode._handle_record,
+}
+
+_HANDLERS: dict[type, Handler] = {
+    Ping: MembershipNode._on_ping,
+    IndirectPing: MembershipNode._on_indirect_ping,
+    Ack: MembershipNode._on_ack,
+    Nack: MembershipNode._on_nack,
+    Digest: MembershipNode._on_digest,
+    Delta: MembershipNode._on_delta,
+    Alive: MembershipNode._on_gossip_message,
+    Suspect: MembershipNode._on_gossip_message,
+    Dead: MembershipNode._on_gossip_message,
+    Leave: MembershipNode._on_gossip_message,
+    RecordUpdate: MembershipNode._on_gossip_message,
+}

@@ -1,0 +1,69 @@
+"""Bookkeeping of SWIM probes: ours in flight, and the ones we relay for others.
+
+A probe of ours goes through three phases, all decided by `tick(now)`:
+
+1. `Ping` sent; an `Ack` before `timeout_at` is a direct success;
+2. at `timeout_at` without an Ack, `IndirectPing`s go to k relays, which ping
+   the target for us and forward its Ack (or, with Lifeguard, send a `Nack`
+   when the target did not answer them either);
+3. at `deadline` (one probe interval after the start) without any Ack, the
+   target is suspected.
+
+Relayed probes wait for the target's Ack until `nack_at` (one probe timeout);
+past it the relay sends a Nack if asked to, and forgets the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class PendingProbe:
+    """Our probe of one member, from Ping to verdict."""
+
+    target: str  # the member being probed
+    incarnation: int  # its incarnation when the probe started (what we suspect)
+    seq: int  # sequence number the Ack must carry
+    started: float  # when the Ping went out
+    timeout_at: float  # no Ack by then: ask relays
+    deadline: float  # no Ack by then: suspect the target
+    indirect_sent: bool = False  # relays were asked
+    expected_nacks: int = 0  # relays asked to send a Nack (Lifeguard)
+    nacks: int = 0  # Nacks received so far
+
+
+@dataclass(slots=True)
+class RelayedProbe:
+    """An indirect probe we perform for `requester`."""
+
+    requester: str  # who asked; gets the forwarded Ack or a Nack
+    requester_seq: int  # the requester's sequence number, echoed back
+    want_nack: bool  # the requester wants to hear about silence (Lifeguard)
+    nack_at: float  # when we give up on the target
+
+
+class ProbeTracker:
+    """Sequence numbers, our pending probe, and the relays we owe an answer."""
+
+    __slots__ = ("_next_seq", "pending", "relays")
+
+    def __init__(self) -> None:
+        self._next_seq = 1  # 0 is never used, so a zero seq never matches
+        self.pending: PendingProbe | None = None  # at most one probe of ours at a time
+        self.relays: dict[int, RelayedProbe] = {}  # our relay ping seq -> request
+
+    def next_seq(self) -> int:
+        """A fresh sequence number for a Ping."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def next_relay_deadline(self) -> float:
+        """The earliest relay that may need a Nack (inf if none)."""
+        return min((r.nack_at for r in self.relays.values()), default=float("inf"))
+
+    def expired_relays(self, now: float) -> list[RelayedProbe]:
+        """Remove and return relayed probes whose target stayed silent until `now`."""
+        expired = [seq for seq, relay in self.relays.items() if relay.nack_at <= now]
+        return [self.relays.pop(seq) for seq in expired]

@@ -1,0 +1,46 @@
+"""Counters a membership node keeps about itself, for metrics and tests.
+
+Plain integers, incremented on the hot path (cheaper than events), read by
+the daemon's metrics endpoint and by the simulator's measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """What one node did and refused, since it started."""
+
+    messages_received: int = 0  # every message handed to receive()
+    messages_from_unknown: int = 0  # dropped: sender is not a member and not introducing itself
+    messages_invalid: int = 0  # dropped: semantically malformed (negative incarnation, ...)
+    messages_unhandled: int = 0  # not a membership message (e.g. migration traffic)
+    gossip_about_unknown: int = 0  # Suspect/Dead/Leave about a member never heard of
+    gossip_ignored: int = 0  # old or redundant claims
+    probes_sent: int = 0  # direct Pings of our own
+    probes_failed: int = 0  # probes that ended without any Ack (target suspected)
+    indirect_probes_sent: int = 0  # IndirectPings sent to relays
+    acks_received: int = 0  # Acks that concluded a probe of ours
+    acks_unexpected: int = 0  # Acks for no pending probe (late or bogus)
+    acks_relayed: int = 0  # Acks forwarded to a requester of an indirect probe
+    nacks_received: int = 0  # Nacks for our pending probe
+    nacks_sent: int = 0  # Nacks sent as a relay (target silent)
+    suspicions_started: int = 0  # members this node began to suspect
+    suspicions_confirmed: int = 0  # new independent confirmations counted
+    members_failed: int = 0  # members moved to DEAD
+    refutations: int = 0  # times we raised our incarnation to deny a claim
+    gossip_sent: int = 0  # gossip items sent in gossip rounds
+    piggybacked: int = 0  # gossip items piggybacked on probe messages
+    push_pulls_sent: int = 0  # push-pull digests sent on the timer
+    reconnects_attempted: int = 0  # push-pulls sent to failed members
+    digests_received: int = 0  # push-pull digests answered
+    records_accepted: int = 0  # newer verified records stored
+    records_rejected_bad_signature: int = 0  # signature or header did not verify
+    records_rejected_not_member: int = 0  # owner unknown, left, or failed too long ago
+    records_rejected_stale: int = 0  # not newer than ours (never verified)
+
+    def as_dict(self) -> dict[str, int]:
+        """All counters by name (for metrics export)."""
+        return asdict(self)

@@ -1,0 +1,233 @@
+"""A tiny virtual network for testing the membership core: no sockets, no sleeping.
+
+`Net` holds `MembershipNode`s by id and a heap of timed entries (packet
+deliveries and node wake-ups). Links have a fixed small latency; loss, dead
+links and partitions are decided with a seeded RNG, so every run is exact and
+repeatable. Signatures are real: HMAC-SHA256 under a per-node key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from novacron.agent.core.config import MembershipConfig
+from novacron.agent.core.events import Event, Output
+from novacron.agent.core.node import MembershipNode, RecordSigner
+from novacron.agent.core.snapshot import ClusterSnapshot
+from novacron.protocol.codec import pack_struct, unpack_struct
+from novacron.protocol.errors import IdentityError, ProtocolError
+from novacron.protocol.messages import MemberState, Message, NodeRecord, SignedRecord
+
+INF = float("inf")
+
+
+def key_of(node_id: str) -> bytes:
+    """Each test node's HMAC key."""
+    return hashlib.sha256(b"core-test:" + node_id.encode()).digest()
+
+
+def make_signer(node_id: str, key: bytes | None = None) -> RecordSigner:
+    """Signs `node_id`'s records (with another key: a forger)."""
+
+    def sign(record: NodeRecord) -> SignedRecord:
+        data = pack_struct(record)
+        mac = hmac.digest(key or key_of(record.node_id), data, "sha256")
+        return SignedRecord(record.node_id, record.version, data, mac)
+
+    return sign
+
+
+def verify(signed: SignedRecord) -> NodeRecord:
+    """Checks the MAC under the owner's key, then decodes."""
+    expected = hmac.digest(key_of(signed.node_id), signed.record, "sha256")
+    if not hmac.compare_digest(expected, signed.signature):
+        raise IdentityError(f"bad signature on the record of {signed.node_id}")
+    record = unpack_struct(NodeRecord, signed.record)
+    if record.node_id != signed.node_id or record.version != signed.version:
+        raise ProtocolError("record header does not match its contents")
+    return record
+
+
+def record_for(node_id: str, load: float = 0.0) -> NodeRecord:
+    """Record contents a test node publishes (the node assigns the version)."""
+    return NodeRecord(node_id=node_id, version=0, load=load, addresses=(address_of(node_id),))
+
+
+def address_of(node_id: str) -> str:
+    return f"test://{node_id}"
+
+
+def ids(count: int) -> list[str]:
+    return [f"n{i:03d}" for i in range(count)]
+
+
+def make_node(
+    node_id: str, config: MembershipConfig, seed: int = 0, now: float = 0.0
+) -> MembershipNode:
+    return MembershipNode(
+        node_id,
+        address=address_of(node_id),
+        config=config,
+        rng=random.Random(f"{seed}/{node_id}"),
+        signer=make_signer(node_id),
+        verifier=verify,
+        now=now,
+    )
+
+
+@dataclass
+class Net:
+    """Nodes on a virtual clock, with latency, loss, broken links and partitions."""
+
+    config: MembershipConfig = field(default_factory=MembershipConfig)
+    seed: int = 0
+    latency: float = 0.002  # one-way delay of every packet
+    loss: float = 0.0  # probability any packet is lost
+    now: float = 0.0
+    nodes: dict[str, MembershipNode] = field(default_factory=dict)
+    crashed: set[str] = field(default_factory=set)  # nodes that stopped dead
+    broken: set[frozenset[str]] = field(default_factory=set)  # links dropping everything
+    groups: dict[str, int] | None = None  # partition: only same-group nodes talk
+    events: list[tuple[float, str, Event]] = field(default_factory=list)
+    sent: list[tuple[str, str, Message]] = field(default_factory=list)  # every send
+    _heap: list[tuple[float, int, str, str, Message | None]] = field(default_factory=list)
+    _seq: int = 0
+    _wake: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    # --- building -----------------------------------------------------------------
+
+    def add(self, node: MembershipNode, output: Output | None = None) -> MembershipNode:
+        self.nodes[node.node_id] = node
+        self._wake[node.node_id] = INF
+        if output is not None:
+            self.apply(node.node_id, output)
+        self._schedule(node.node_id)
+        return node
+
+    def start_joined(self, count: int, spacing: float = 0.1) -> list[str]:
+        """`count` fresh nodes, one every `spacing` seconds, each joining through
+        a random earlier one, each publishing its record first."""
+        names = ids(count)
+        for i, node_id in enumerate(names):
+            node = self.add(make_node(node_id, self.config, self.seed, self.now))
+            self.apply(node_id, node.update_record(record_for(node_id), self.now))
+            if i:
+                seed = names[self.rng.randrange(i)]
+                self.apply(node_id, node.join([(seed, address_of(seed))], self.now))
+            self.run_for(spacing)
+        return names
+
+    def start_converged(self, count: int) -> ClusterSnapshot:
+        """`count` nodes sharing one converged snapshot."""
+        names = ids(count)
+        signed = [make_signer(n)(record_for_version(n, 1)) for n in names]
+        snapshot = ClusterSnapshot.converged(
+            [(n, address_of(n)) for n in names], signed, now=self.now, verifier=verify
+        )
+        for node_id in names:
+            node = MembershipNode.from_snapshot(
+                node_id,
+                snapshot,
+                address=address_of(node_id),
+                config=self.config,
+                rng=random.Random(f"{self.seed}/{node_id}"),
+                signer=make_signer(node_id),
+                verifier=verify,
+                now=self.now,
+            )
+            self.add(node)
+        return snapshot
+
+    # --- faults -------------------------------------------------------------------
+
+    def crash(self, node_id: str) -> None:
+        self.crashed.add(node_id)
+
+    def break_link(self, a: str, b: str) -> None:
+        self.broken.add(frozenset((a, b)))
+
+    def partition(self, *sides: Iterable[str]) -> None:
+        self.groups = {n: i for i, side in enumerate(sides) for n in side}
+
+    def heal(self) -> None:
+        self.groups = None
+
+    def _delivers(self, src: str, dst: str) -> bool:
+        if dst in self.crashed or src in self.crashed or dst not in self.nodes:
+            return False
+        if frozenset((src, dst)) in self.broken:
+            return False
+        if self.groups is not None and self.groups.get(src) != self.groups.get(dst):
+            return False
+        return not (self.loss and self.rng.random() < self.loss)
+
+    # --- running ------------------------------------------------------------------
+
+    def apply(self, src: str, output: Output) -> None:
+        for dst, message in output.sends:
+            self.sent.append((src, dst, message))
+            if self._delivers(src, dst):
+                self._push(self.now + self.latency, dst, src, message)
+        self.events.extend((self.now, src, event) for event in output.events)
+
+    def run_until(self, until: float) -> None:
+        while self._heap and self._heap[0][0] <= until:
+            time, _, dst, src, message = heapq.heappop(self._heap)
+            self.now = max(self.now, time)
+            node = self.nodes.get(dst)
+            if node is None or dst in self.crashed:
+                continue
+            if message is not None:
+                self.apply(dst, node.receive(src, message, self.now))
+            elif time == self._wake.get(dst):
+                self._wake[dst] = INF
+                self.apply(dst, node.tick(self.now))
+                assert node.next_deadline() > self.now, "tick left work due"
+            self._schedule(dst)
+        self.now = max(self.now, until)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    def _schedule(self, node_id: str) -> None:
+        deadline = max(self.nodes[node_id].next_deadline(), self.now)
+        if deadline < self._wake[node_id]:
+            self._wake[node_id] = deadline
+            self._push(deadline, node_id, node_id, None)
+
+    def _push(self, time: float, dst: str, src: str, message: Message | None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time, self._seq, dst, src, message))
+
+    # --- observations ---------------------------------------------------------------
+
+    def live(self) -> list[str]:
+        return [n for n in self.nodes if n not in self.crashed]
+
+    def state_in(self, observer: str, node_id: str) -> MemberState | None:
+        member = self.nodes[observer].member(node_id)
+        return member.state if member is not None else None
+
+    def all_see(self, node_id: str, state: MemberState) -> bool:
+        """Every live node other than `node_id` sees it in `state`."""
+        return all(self.state_in(o, node_id) is state for o in self.live() if o != node_id)
+
+    def converged(self) -> bool:
+        """Every live node sees every live node alive, and no live node as anything else."""
+        live = self.live()
+        return all(self.state_in(o, n) is MemberState.ALIVE for o in live for n in live)
+
+    def events_of(self, kind: type) -> list[tuple[float, str, Event]]:
+        return [e for e in self.events if isinstance(e[2], kind)]
+
+
+def record_for_version(node_id: str, version: int, load: float = 0.0) -> NodeRecord:
+    return NodeRecord(node_id=node_id, version=version, load=load, addresses=(address_of(node_id),))

@@ -1,0 +1,102 @@
+"""The retransmit-limited broadcast queue, and awareness (both small, pure pieces)."""
+
+from __future__ import annotations
+
+from novacron.agent.core.awareness import Awareness
+from novacron.agent.core.broadcast import BroadcastQueue, estimate_size, retransmit_limit
+from novacron.protocol.codec import encode
+from novacron.protocol.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    Leave,
+    RecordUpdate,
+    SignedRecord,
+    Suspect,
+)
+
+
+def test_retransmit_limit_is_mult_times_log10_n() -> None:
+    assert retransmit_limit(4, 1) == 4
+    assert retransmit_limit(4, 9) == 4
+    assert retransmit_limit(4, 10) == 8  # ceil(log10(11)) = 2
+    assert retransmit_limit(4, 50) == 8
+    assert retransmit_limit(4, 10_000) == 20
+
+
+def test_each_item_is_sent_at_most_limit_times() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("member", "a"), Alive("a", 1))
+    sent = 0
+    for _ in range(10):
+        sent += len(queue.take(1400, limit=3))
+    assert sent == 3
+    assert len(queue) == 0
+
+
+def test_newer_news_about_a_node_replaces_older() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("member", "a"), Suspect("a", 4, "b"))
+    queue.queue(("member", "a"), Alive("a", 5))
+    queue.queue(("record", "a"), _record("a", 1))
+    queue.queue(("record", "a"), _record("a", 2))
+    items = queue.take(1400, limit=5)
+    assert Alive("a", 5) in items and Suspect("a", 4, "b") not in items
+    assert [i.signed.version for i in items if isinstance(i, RecordUpdate)] == [2]
+    assert len(queue) == 2  # a member item and a record item, distinct keys
+
+
+def test_least_transmitted_then_newest_first_within_budget() -> None:
+    queue = BroadcastQueue()
+    for name in ("a", "b", "c"):
+        queue.queue(("member", name), Alive(name, 1))
+    one = estimate_size(Alive("a", 1))
+    assert queue.take(one, limit=10) == [Alive("c", 1)]  # newest first
+    assert queue.take(one, limit=10) == [Alive("b", 1)]  # then the untransmitted
+    assert queue.take(one, limit=10) == [Alive("a", 1)]
+    queue.queue(("member", "d"), Alive("d", 1))
+    assert queue.take(2 * one, limit=10) == [Alive("d", 1), Alive("c", 1)]
+
+
+def test_budget_limits_a_packet_and_oversized_items_go_alone() -> None:
+    queue = BroadcastQueue()
+    for i in range(100):
+        queue.queue(("member", f"n{i}"), Alive(f"n{i}", 1, "addr"))
+    items = queue.take(1400, limit=4)
+    assert 0 < sum(estimate_size(i) for i in items) <= 1400
+    big = _record("big", 1, size=5000)
+    queue = BroadcastQueue()
+    queue.queue(("record", "big"), big)
+    assert queue.take(1400, limit=4) == [big]
+
+
+def test_size_estimates_cover_the_encoding() -> None:
+    items: list[Gossip] = [
+        Alive("node-00042", 2**31, "198.18.0.42:7946"),
+        Alive("n", 1, "", b"c" * 300),
+        Suspect("node-00042", 7, "node-00001"),
+        Dead("node-00042", 7, "node-00001"),
+        Leave("node-00042", 7),
+        _record("node-00042", 12, size=400),
+    ]
+    for item in items:
+        # the item's share of a packet: its encoding as piggybacked gossip
+        actual = len(encode(Ack(1, (item,)), "x")) - len(encode(Ack(1, ()), "x"))
+        assert actual <= estimate_size(item) <= actual + 40, item
+
+
+def test_awareness_is_bounded_and_scales_timeouts() -> None:
+    awareness = Awareness(max_multiplier=8)
+    awareness.apply_delta(-1)
+    assert awareness.score == 0
+    for _ in range(20):
+        awareness.apply_delta(1)
+    assert awareness.score == 7
+    assert awareness.scale(0.5) == 4.0
+    awareness.apply_delta(-3)
+    assert awareness.score == 4
+
+
+def _record(node_id: str, version: int, size: int = 100) -> RecordUpdate:
+    return RecordUpdate(SignedRecord(node_id, version, b"r" * size, b"s" * 32))
