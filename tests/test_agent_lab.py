@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -166,3 +167,39 @@ def test_agent_with_another_cas_certificate_never_becomes_member(
         agents.start(rogue)
     for host in lab.hosts:
         wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=60)
+
+
+BROWSE = """
+import sys, time
+from zeroconf import ServiceBrowser, Zeroconf
+names = set()
+class Listener:
+    def add_service(self, zc, type_, name): names.add(name)
+    def update_service(self, zc, type_, name): pass
+    def remove_service(self, zc, type_, name): pass
+zc = Zeroconf(interfaces=[sys.argv[1]])
+ServiceBrowser(zc, "_novacron._tcp.local.", Listener())
+deadline = time.time() + 20
+while time.time() < deadline and len(names) < int(sys.argv[2]):
+    time.sleep(0.2)
+for name in sorted(names):
+    info = zc.get_service_info("_novacron._tcp.local.", name, timeout=3000)
+    props = {k.decode(): (v or b"").decode() for k, v in (info.properties if info else {}).items()}
+    print(name, info.port if info else None, props.get("id"))
+zc.close()
+"""
+
+
+def test_python_zeroconf_browser_finds_every_agent(mesh: tuple[Lab, LabAgents]) -> None:
+    """The adverts are valid mDNS: python-zeroconf's own browser, in its own process, reads them."""
+    lab, _ = mesh
+    browser_host = lab.hosts[0]
+    done = browser_host.run(
+        [sys.executable, "-c", BROWSE, browser_host.address, str(HOSTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = {line.split()[2]: int(line.split()[1]) for line in done.stdout.splitlines()}
+    assert found == {h.name: 7946 for h in lab.hosts}

@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca, mesh
+from . import ca, completion, mesh
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -32,7 +32,11 @@ from .common import (
 )
 
 # Each adds one group of subcommands.
-COMMAND_GROUPS: tuple[AddGroup, ...] = (ca.add_ca_commands, mesh.add_mesh_commands)
+COMMAND_GROUPS: tuple[AddGroup, ...] = (
+    ca.add_ca_commands,
+    mesh.add_mesh_commands,
+    completion.add_completion_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
