@@ -128,6 +128,24 @@ def test_a_node_declared_dead_refutes_unless_it_left() -> None:
     assert node.has_left
 
 
+def test_dead_about_a_member_held_alive_is_only_a_suspicion() -> None:
+    """A node back from isolation declares others dead: they must get to refute it."""
+    node = node_in(snapshot_of(5))
+    out = node.receive("n004", Dead("n001", 1, "n004"), 1.0)
+    assert out.events == [MemberSuspected("n001", 1, "n004")]
+    info = node.member("n001")
+    assert info is not None and info.state is MemberState.SUSPECT
+    assert node.receive("n001", Alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
+    assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
+
+
+def test_dead_about_a_suspected_member_fails_it_at_once() -> None:
+    node = node_in(snapshot_of(5))
+    node.receive("n002", Suspect("n001", 1, "n002"), 1.0)
+    out = node.receive("n002", Dead("n001", 1, "n002"), 1.1)
+    assert out.events == [MemberFailed("n001", 1, "n002")]
+
+
 def test_an_alive_claim_from_an_older_life_is_outnumbered() -> None:
     node = node_in(snapshot_of(5))
     node.receive("n001", Alive("n000", 7), 1.0)

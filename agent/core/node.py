@@ -624,6 +624,9 @@ class MembershipNode:
         verdict = on_dead(current, message.incarnation, message.node_id == self.node_id)
         if verdict is Verdict.REFUTE:
             self._refute(message.incarnation, now)
+        elif verdict is Verdict.SUSPECT_FIRST:
+            suspect = Suspect(message.node_id, message.incarnation, message.by)
+            self._handle_suspect(suspect, now, out, announce_new)
         elif verdict is Verdict.ACCEPT:
             assert current is not None
             self._set_gone(current, message.incarnation, DEAD, now)

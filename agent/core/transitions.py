@@ -12,10 +12,20 @@ The rules are memberlist's (`state.go`: aliveNode, suspectNode, deadNode):
 |         |              |           | we did not leave)           |                              |
 | Suspect | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | CONFIRM if already suspected;|
 |         |              |           |                             | ACCEPT if ALIVE, else IGNORE |
-| Dead    | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | ACCEPT unless DEAD or LEFT   |
+| Dead    | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | SUSPECT_FIRST if ALIVE;      |
+|         |              |           |                             | ACCEPT if SUSPECT, else      |
+|         |              |           |                             | IGNORE                       |
 | Leave   | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | ACCEPT unless LEFT           |
 
-"older inc" means the claim's incarnation is below the one we hold. At equal
+"older inc" means the claim's incarnation is below the one we hold.
+
+One deliberate departure from memberlist: a Dead claim about a member we
+still hold ALIVE starts a suspicion instead of failing it outright. A node
+that was cut off declares everyone dead while alone, and the moment its link
+returns those Dead messages would fail healthy members everywhere (seen in the
+lab). Treated as a suspicion, the claim reaches the member, which refutes it.
+In a real failure the accuser gossiped Suspect before Dead, so peers already
+suspect the member and accept the Dead at once; detection is not slowed. At equal
 incarnation the stronger state wins (ALIVE < SUSPECT < DEAD, LEFT), which is
 why an Alive needs a *higher* incarnation to override a suspicion: only the
 member itself raises its incarnation, so only it can refute.
@@ -36,6 +46,7 @@ class Verdict(Enum):
     ACCEPT = "accept"  # move the member to the claimed state and re-gossip the claim
     CONFIRM = "confirm"  # an already suspected member: count another accuser
     REFUTE = "refute"  # a false claim about us: raise our incarnation, gossip Alive
+    SUSPECT_FIRST = "suspect-first"  # Dead about a member we hold alive: suspect it instead
     IGNORE = "ignore"  # old or redundant news
     UNKNOWN = "unknown"  # about a member we never heard of: cannot be judged
 
@@ -95,6 +106,8 @@ def on_dead(current: Member | None, incarnation: int, about_self: bool) -> Verdi
         return Verdict.IGNORE if current.state is MemberState.LEFT else Verdict.REFUTE
     if current.state in (MemberState.DEAD, MemberState.LEFT):
         return Verdict.IGNORE
+    if current.state is MemberState.ALIVE:
+        return Verdict.SUSPECT_FIRST
     return Verdict.ACCEPT
 
 
