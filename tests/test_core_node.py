@@ -142,8 +142,16 @@ def test_dead_about_a_member_held_alive_is_only_a_suspicion() -> None:
 def test_dead_about_a_suspected_member_fails_it_at_once() -> None:
     node = node_in(snapshot_of(5))
     node.receive("n002", Suspect("n001", 1, "n002"), 1.0)
-    out = node.receive("n002", Dead("n001", 1, "n002"), 1.1)
-    assert out.events == [MemberFailed("n001", 1, "n002")]
+    out = node.receive("n003", Dead("n001", 1, "n003"), 1.1)
+    assert out.events == [MemberFailed("n001", 1, "n003")]
+
+
+def test_a_lone_accusers_dead_does_not_cut_the_suspicion_short() -> None:
+    node = node_in(snapshot_of(5))
+    node.receive("n004", Suspect("n001", 1, "n004"), 1.0)
+    assert node.receive("n004", Dead("n001", 1, "n004"), 1.1).events == []
+    assert node.receive("n001", Alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
+    assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
 def test_an_alive_claim_from_an_older_life_is_outnumbered() -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from novacron.protocol.messages import Message, NodeRecord
 
+from .migration_policy import MigrationPolicy
+
 
 @dataclass(frozen=True, slots=True)
 class MemberJoined:
@@ -93,3 +95,223 @@ class Output:
     def extend(self, other: Output) -> None:
         self.sends.extend(other.sends)
         self.events.extend(other.events)
+
+
+# --- migration ---------------------------------------------------------------
+#
+# The migration core (`migration.py`) answers with a `MigrationOutput`: sends
+# and events as above, plus *actions*, the hypervisor work only the driver
+# can do (libvirt calls). The driver reports the results back as inputs
+# (`migration_progress`, `migration_finished`, `vm_location`).
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRefused:
+    """A migration request was refused before anything moved; nothing changed."""
+
+    vm: str  # the VM that was to move
+    target: str  # the host it was to move to
+    reason: str  # a sentence for the operator: "no capacity: target h2 has ..."
+    migration_id: str = ""  # empty when refused locally before an id was made
+    by: str = ""  # the host that refused: this one (local checks) or the target
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProposed:
+    """Source side: the target was asked for a reservation; the saga has begun."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM to move
+    source: str  # this host
+    target: str  # the host asked
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationAccepted:
+    """Source side: the target reserved room; libvirt is being asked to migrate."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM moving
+    target: str  # the host that reserved
+    reservation_expires: float  # the lease end on the target's clock (renewed by progress)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProgressed:
+    """libvirt job statistics of a running migration (both sides emit it)."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM moving
+    source: str  # sending host
+    target: str  # receiving host
+    percent: float  # 0..100
+    phase: str  # precopy, postcopy
+    data_remaining: int = 0  # bytes still to send
+    bandwidth: float = 0.0  # bytes per second
+    dirty_rate: float = 0.0  # pages per second
+    iteration: int = 0  # pre-copy round
+    expected_downtime_ms: int = 0  # libvirt's estimate of the final pause
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationEscalated:
+    """Source side: the completion timeout passed; post-copy or abort was requested."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM moving
+    step: str  # "postcopy" or "abort"
+    reason: str  # why: "did not converge within 60 s (30 s/GiB of 2 GiB)"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInDoubt:
+    """Source side: the outcome is unknown; the driver was asked where the VM runs."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM whose host is in doubt
+    reason: str  # what went wrong
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationCompleted:
+    """Source side: the VM runs on the target; the saga committed."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM that moved
+    source: str  # where it ran
+    target: str  # where it runs now
+    duration: float  # seconds from proposal to commit
+    note: str = ""  # e.g. "cancel came too late" or "found on the target by reconcile"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationFailed:
+    """Source side: the VM stays on (or was found back on) the source; the saga aborted."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM that did not move
+    source: str  # where it still runs
+    target: str  # where it was to go
+    reason: str  # why, for `nova migrations` and the operator
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationCancelRefused:
+    """`cancel` could not be honoured (unknown id, already ending, or in post-copy)."""
+
+    migration_id: str  # the id given
+    reason: str  # why not
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationMade:
+    """Target side: room was reserved for an incoming VM."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the incoming VM
+    source: str  # the host sending it
+    memory_mib: int  # memory held
+    expires: float  # lease end unless renewed
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRefused:
+    """Target side: a proposal was refused."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM that will not come
+    source: str  # the host that asked
+    reason: str  # the same sentence the source receives
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationReleased:
+    """Target side: a reservation ended."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM it was for
+    source: str  # the host that sent it
+    outcome: str  # "committed", "aborted", "expired" or "settled" (record shows the VM)
+    reason: str = ""  # the abort's reason, or why it expired
+
+
+MigrationEvent = (
+    MigrationRefused
+    | MigrationProposed
+    | MigrationAccepted
+    | MigrationProgressed
+    | MigrationEscalated
+    | MigrationInDoubt
+    | MigrationCompleted
+    | MigrationFailed
+    | MigrationCancelRefused
+    | ReservationMade
+    | ReservationRefused
+    | ReservationReleased
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StartLibvirtMigration:
+    """Action: migrate `vm` live to `target` (migrateToURI3, peer to peer) under `policy`.
+
+    Report every job-stats sample with `migration_progress` and the end with
+    `migration_finished`. Flags: LIVE | PEER2PEER | PERSIST_DEST |
+    UNDEFINE_SOURCE (+ NON_SHARED_INC/DISK for local disks); post-copy must be
+    *enabled* (VIR_MIGRATE_POSTCOPY) when `policy.post_copy` so that
+    `SwitchToPostCopy` can start it later.
+    """
+
+    migration_id: str  # the saga's id, to tag the reports
+    vm: str  # domain name
+    target: str  # target node id
+    target_uri: str  # the target's libvirt URI (its record's `libvirt_uri`)
+    migration_uri: str  # where QEMU connects (from the target's accept), may be empty
+    policy: MigrationPolicy  # bandwidth, max downtime, auto-converge, post-copy allowed
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchToPostCopy:
+    """Action: switch the running migration to post-copy (virDomainMigrateStartPostCopy)."""
+
+    migration_id: str  # the saga's id
+    vm: str  # domain name
+
+
+@dataclass(frozen=True, slots=True)
+class AbortLibvirtMigration:
+    """Action: abort the running migration job (virDomainAbortJob); the VM stays put."""
+
+    migration_id: str  # the saga's id
+    vm: str  # domain name
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileVm:
+    """Action: ask the hypervisors where `vm` runs, and report it with `vm_location`.
+
+    Contract: answer only once the domain has no migration job running on
+    `hosts` (a job still in flight may yet move it), with the host whose
+    libvirt has the domain active, or None if none has.
+    """
+
+    vm: str  # domain name
+    migration_id: str  # the saga whose outcome depends on the answer
+    hosts: tuple[str, ...]  # where to look: (source, target)
+
+
+MigrationAction = StartLibvirtMigration | SwitchToPostCopy | AbortLibvirtMigration | ReconcileVm
+
+
+@dataclass(slots=True)
+class MigrationOutput:
+    """Result of one call into the migration core: sends, events, and actions for the driver."""
+
+    sends: list[tuple[str, Message]] = field(default_factory=list)  # (destination, message)
+    events: list[MigrationEvent] = field(default_factory=list)  # what happened
+    actions: list[MigrationAction] = field(default_factory=list)  # hypervisor work, in order
+
+    def extend(self, other: MigrationOutput) -> None:
+        self.sends.extend(other.sends)
+        self.events.extend(other.events)
+        self.actions.extend(other.actions)

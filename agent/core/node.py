@@ -627,6 +627,10 @@ class MembershipNode:
         elif verdict is Verdict.SUSPECT_FIRST:
             suspect = Suspect(message.node_id, message.incarnation, message.by)
             self._handle_suspect(suspect, now, out, announce_new)
+        elif verdict is Verdict.ACCEPT and self._single_source(message):
+            # The same lone accuser again (typically a node back from isolation):
+            # not new evidence; let the suspicion run so the member can refute.
+            self.stats.gossip_ignored += 1
         elif verdict is Verdict.ACCEPT:
             assert current is not None
             self._set_gone(current, message.incarnation, DEAD, now)
@@ -635,6 +639,15 @@ class MembershipNode:
             out.events.append(MemberFailed(message.node_id, message.incarnation, message.by))
         else:
             self._count_ignored(verdict)
+
+    def _single_source(self, message: Dead) -> bool:
+        """Whether our suspicion rests on nothing but this Dead's own accuser."""
+        suspicion = self._suspicions.get(message.node_id)
+        return (
+            suspicion is not None
+            and message.by != self.node_id
+            and suspicion.only_evidence_is(message.by)
+        )
 
     def _handle_leave(
         self, message: Leave, now: float, out: Output, announce_new: bool = True

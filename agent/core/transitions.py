@@ -24,8 +24,10 @@ still hold ALIVE starts a suspicion instead of failing it outright. A node
 that was cut off declares everyone dead while alone, and the moment its link
 returns those Dead messages would fail healthy members everywhere (seen in the
 lab). Treated as a suspicion, the claim reaches the member, which refutes it.
-In a real failure the accuser gossiped Suspect before Dead, so peers already
-suspect the member and accept the Dead at once; detection is not slowed. At equal
+Likewise a Dead from the very node whose Suspect is our only evidence is not
+new evidence (`MembershipNode` keeps the suspicion running). In a real
+failure several members suspect it, or our own probe failed, and the Dead is
+accepted at once. At equal
 incarnation the stronger state wins (ALIVE < SUSPECT < DEAD, LEFT), which is
 why an Alive needs a *higher* incarnation to override a suspicion: only the
 member itself raises its incarnation, so only it can refute.

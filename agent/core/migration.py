@@ -1,0 +1,1150 @@
+"""`MigrationCore`: the live-migration saga of one host, as source and as target, sans-IO.
+
+One instance per host. As a *source* it runs a saga per outgoing VM: validate
+the request against its own view, propose to the target, drive libvirt through
+actions, escalate a migration that does not converge, and end by committing or
+aborting. As a *target* it admits or refuses proposals against its real free
+capacity minus pending reservations (`reservations.py`) and holds leases that
+expire when the source goes quiet.
+
+Inputs: `request_migration`, `cancel`, `receive(sender, message, now)` for
+the Migration* messages, the driver's reports `migration_progress`,
+`migration_finished` and `vm_location`, and `tick(now)` whenever
+`next_deadline()` has come. Each returns a `MigrationOutput`: messages to
+send, events, and *actions* (`StartLibvirtMigration`, `SwitchToPostCopy`,
+`AbortLibvirtMigration`, `ReconcileVm`) that only the driver can perform.
+Nothing here reads a clock, sleeps or does I/O; ids come from the injected RNG.
+
+The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
+
+| phase       | trigger          | next        | what the core does                          |
+|-------------|------------------|-------------|---------------------------------------------|
+| proposed    | accept           | migrating   | action StartLibvirtMigration                |
+| proposed    | refuse           | aborted     | event MigrationRefused (target's reason)    |
+| proposed    | no-answer        | aborted     | send Abort (frees a reservation we missed)  |
+| proposed    | target-gone      | aborted     | send Abort                                  |
+| proposed    | cancel           | aborted     | send Abort                                  |
+| migrating   | progress         | migrating   | event, forward Progress to target (renews)  |
+| migrating   | switched         | postcopy    | (libvirt entered post-copy by itself)       |
+| migrating   | timeout-postcopy | postcopy    | action SwitchToPostCopy                     |
+| migrating   | timeout-abort    | aborting    | action AbortLibvirtMigration                |
+| migrating   | cancel           | aborting    | action AbortLibvirtMigration                |
+| migrating,  | finished-ok      | committed   | send Commit, event MigrationCompleted       |
+| postcopy,   |                  |             |                                             |
+| aborting,   |                  |             |                                             |
+| reconciling |                  |             |                                             |
+| migrating,  | finished-failed  | reconciling | action ReconcileVm (where does it run?)     |
+| postcopy,   |                  |             |                                             |
+| aborting    |                  |             |                                             |
+| aborting    | abort-stalled    | reconciling | action AbortLibvirtMigration + ReconcileVm  |
+| reconciling | on-target        | committed   | send Commit, event MigrationCompleted       |
+| reconciling | on-source        | aborted     | send Abort, event MigrationFailed (also    |
+|             |                  |             | when found on a third host: not our move)   |
+| reconciling | nowhere          | reconciling | ask again after `reconcile_retry`           |
+
+`adopt_job` starts a saga directly in `aborting` (or `postcopy`) for a job a
+restarted agent finds running in libvirt without a saga of this life.
+
+A failed libvirt job always goes through `reconciling`: a failure report does
+not prove where the domain is (the connection may have dropped after the
+switchover), and the hypervisor is the source of truth. Cancel in post-copy is
+refused: the guest's memory is split between the hosts and aborting would lose
+it. A VM whose saga has not ended cannot be proposed again, so one VM never
+has two libvirt jobs.
+
+Fault table (the invariant: afterwards the VM runs on exactly one host, and
+the saga's outcome says which):
+
+| fault                          | what the core does                                         |
+|--------------------------------|------------------------------------------------------------|
+| target agent killed mid-       | libvirtd drives a p2p migration, so the job goes on: its   |
+| migration                      | end is reported by the source's driver. ok -> Commit (lost |
+|                                | or "unknown" to the restarted target, which counts and     |
+|                                | ignores it; its inventory shows the VM); failed ->         |
+|                                | reconcile -> committed or aborted by where the VM runs.    |
+|                                | Before the accept: no answer -> aborted, nothing started.  |
+| target libvirtd killed         | the job fails -> reconcile -> the VM is still active on    |
+|                                | the source (pre-copy) -> aborted with libvirt's reason;    |
+|                                | Abort frees the target's reservation.                      |
+| source agent killed and        | the new core holds no saga. The job (driven by libvirtd)   |
+| restarted                      | ends by itself; the agent rebuilds its record from libvirt.|
+|                                | The target hears no renewals: its lease expires, it emits  |
+|                                | ReservationReleased(expired) + ReconcileVm; late messages  |
+|                                | for the old id are counted, an Accept is answered Abort.   |
+|                                | The driver hands jobs it finds running to `adopt_job`:     |
+|                                | pre-copy -> abort -> reconcile -> aborted, with the reason |
+|                                | "source agent restarted mid-migration"; post-copy: waits.  |
+| link cut mid-migration         | libvirt's keepalive fails the job -> reconcile -> aborted  |
+|                                | (VM on the source) or committed (switchover had happened). |
+|                                | The Commit/Abort may be lost: the target's lease expires,  |
+|                                | it reconciles with its own hypervisor.                     |
+| cancel                         | proposed: Abort sent, aborted. migrating: AbortLibvirt-    |
+|                                | Migration, then the job's end decides (failed -> reconcile |
+|                                | -> usually aborted; ok -> committed, "cancel came too      |
+|                                | late"). post-copy: refused. aborting/reconciling: no-op.   |
+| escalation without post-copy   | AbortLibvirtMigration; a job that does not end within      |
+| or a stuck abort               | `abort_timeout` -> abort again + reconcile.                |
+| messages lost, duplicated,     | Propose is resent until answered; duplicates are answered  |
+| reordered                      | idempotently; a Propose after its Abort is refused (the    |
+|                                | id is remembered); leases bound any leak on the target.    |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from novacron.protocol.messages import (
+    MemberState,
+    Message,
+    MigrationAbort,
+    MigrationAccept,
+    MigrationCommit,
+    MigrationProgress,
+    MigrationPropose,
+    MigrationRefuse,
+    NodeRecord,
+    VmSummary,
+)
+
+from .events import (
+    AbortLibvirtMigration,
+    MigrationAccepted,
+    MigrationCancelRefused,
+    MigrationCompleted,
+    MigrationEscalated,
+    MigrationFailed,
+    MigrationInDoubt,
+    MigrationOutput,
+    MigrationProgressed,
+    MigrationProposed,
+    MigrationRefused,
+    ReconcileVm,
+    ReservationMade,
+    ReservationRefused,
+    ReservationReleased,
+    StartLibvirtMigration,
+    SwitchToPostCopy,
+)
+from .members import MemberInfo
+from .migration_policy import (
+    INBOUND_LABEL,
+    MIB_PER_GIB,
+    MigrationLimits,
+    MigrationPolicy,
+    PolicyError,
+    cluster_limit,
+    cluster_migrations,
+    completion_timeout,
+    published_count,
+    record_labels,
+    with_overrides,
+)
+from .reservations import (
+    Demand,
+    Reservation,
+    ReservationBook,
+    ReservationConfig,
+    capacity_refusal,
+    free_capacity,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "ClusterView",
+    "MigrationConfig",
+    "MigrationCore",
+    "MigrationInfo",
+    "MigrationStats",
+    "Phase",
+    "Trigger",
+    "next_phase",
+]
+
+INF = float("inf")
+CANCELLED = "cancelled by operator"
+POSTCOPY_CANCEL = (
+    "cannot cancel in post-copy: the guest's memory is split between both hosts, "
+    "so the migration can only finish"
+)
+
+
+class Phase(StrEnum):
+    """Where a source saga stands."""
+
+    PROPOSED = "proposed"  # Propose sent, waiting for Accept or Refuse
+    MIGRATING = "migrating"  # libvirt job running (pre-copy)
+    POSTCOPY = "postcopy"  # libvirt job running in post-copy: it can only finish
+    ABORTING = "aborting"  # abort of the libvirt job requested, waiting for its end
+    RECONCILING = "reconciling"  # outcome in doubt, waiting for `vm_location`
+    COMMITTED = "committed"  # ended: the VM runs on the target
+    ABORTED = "aborted"  # ended: the VM runs on the source (refused, failed, cancelled)
+
+
+TERMINAL = frozenset({Phase.COMMITTED, Phase.ABORTED})
+
+
+class Trigger(StrEnum):
+    """An input to a source saga."""
+
+    ACCEPT = "accept"  # the target reserved room
+    REFUSE = "refuse"  # the target said no
+    NO_ANSWER = "no-answer"  # no Accept/Refuse within `answer_timeout`
+    TARGET_GONE = "target-gone"  # the target failed or left before answering
+    CANCEL = "cancel"  # operator's cancel
+    PROGRESS = "progress"  # a job-stats sample from the driver
+    SWITCHED = "switched"  # the driver reports the job is in post-copy
+    TIMEOUT_POSTCOPY = "timeout-postcopy"  # completion timeout passed, post-copy allowed
+    TIMEOUT_ABORT = "timeout-abort"  # completion timeout passed, post-copy not allowed
+    FINISHED_OK = "finished-ok"  # libvirt says the domain now runs on the target
+    FINISHED_FAILED = "finished-failed"  # libvirt says the job failed (location unproven)
+    ABORT_STALLED = "abort-stalled"  # an abort did not end the job within `abort_timeout`
+    ON_TARGET = "on-target"  # reconcile: the domain is active on the target
+    ON_SOURCE = "on-source"  # reconcile: the domain is active on the source
+    NOWHERE = "nowhere"  # reconcile: no host has it active (yet): ask again later
+
+
+_P, _T = Phase, Trigger
+TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
+    (_P.PROPOSED, _T.ACCEPT): _P.MIGRATING,
+    (_P.PROPOSED, _T.REFUSE): _P.ABORTED,
+    (_P.PROPOSED, _T.NO_ANSWER): _P.ABORTED,
+    (_P.PROPOSED, _T.TARGET_GONE): _P.ABORTED,
+    (_P.PROPOSED, _T.CANCEL): _P.ABORTED,
+    (_P.MIGRATING, _T.PROGRESS): _P.MIGRATING,
+    (_P.MIGRATING, _T.SWITCHED): _P.POSTCOPY,
+    (_P.MIGRATING, _T.TIMEOUT_POSTCOPY): _P.POSTCOPY,
+    (_P.MIGRATING, _T.TIMEOUT_ABORT): _P.ABORTING,
+    (_P.MIGRATING, _T.CANCEL): _P.ABORTING,
+    (_P.MIGRATING, _T.FINISHED_OK): _P.COMMITTED,
+    (_P.MIGRATING, _T.FINISHED_FAILED): _P.RECONCILING,
+    (_P.POSTCOPY, _T.PROGRESS): _P.POSTCOPY,
+    (_P.POSTCOPY, _T.SWITCHED): _P.POSTCOPY,
+    (_P.POSTCOPY, _T.FINISHED_OK): _P.COMMITTED,
+    (_P.POSTCOPY, _T.FINISHED_FAILED): _P.RECONCILING,
+    (_P.ABORTING, _T.PROGRESS): _P.ABORTING,
+    (_P.ABORTING, _T.FINISHED_OK): _P.COMMITTED,
+    (_P.ABORTING, _T.FINISHED_FAILED): _P.RECONCILING,
+    (_P.ABORTING, _T.ABORT_STALLED): _P.RECONCILING,
+    (_P.RECONCILING, _T.FINISHED_OK): _P.COMMITTED,
+    (_P.RECONCILING, _T.ON_TARGET): _P.COMMITTED,
+    (_P.RECONCILING, _T.ON_SOURCE): _P.ABORTED,
+    (_P.RECONCILING, _T.NOWHERE): _P.RECONCILING,
+}
+"""Every legal move of a source saga; anything else is ignored and counted."""
+
+
+def next_phase(phase: Phase, trigger: Trigger) -> Phase | None:
+    """The phase `trigger` leads to from `phase`, or None if it means nothing there."""
+    return TRANSITIONS.get((phase, trigger))
+
+
+class ClusterView(Protocol):
+    """What the migration core reads of the membership core (`MembershipNode` fits)."""
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        """What this host knows about one member, or None."""
+        ...
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        """Verified records by node id, this host's own included."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationConfig:
+    """Timings and defaults of the migration core (seconds of the driver's clock)."""
+
+    policy: MigrationPolicy = field(default_factory=MigrationPolicy)  # per-migration defaults
+    limits: MigrationLimits = field(default_factory=MigrationLimits)  # concurrency limits
+    reservations: ReservationConfig = field(default_factory=ReservationConfig)  # target side
+    answer_timeout: float = 5.0  # wait this long for Accept/Refuse before giving up
+    propose_retry: float = 1.0  # resend the Propose this often while unanswered (loss)
+    progress_interval: float = 1.0  # forward progress to the target at most this often ...
+    renew_interval: float = 5.0  # ... and at least this often (it renews the lease)
+    abort_timeout: float = 30.0  # an abort that has not ended the job by then: reconcile
+    reconcile_retry: float = 10.0  # ask again where a VM runs if no usable answer came
+    history: int = 100  # ended migrations kept for `migrations()`, per direction
+
+    def __post_init__(self) -> None:
+        """Refuse timings that would stall a saga or let leases lapse while it is alive."""
+        for name in ("answer_timeout", "propose_retry", "progress_interval", "renew_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if not self.abort_timeout > 0 or not self.reconcile_retry > 0 or self.history < 0:
+            raise ValueError("abort_timeout and reconcile_retry must be positive")
+        if self.renew_interval >= self.reservations.ttl:
+            raise ValueError("renew_interval must be shorter than the reservation ttl")
+
+
+@dataclass(slots=True)
+class MigrationStats:
+    """Counters of one host's migration core, for metrics and tests."""
+
+    requested: int = 0  # request_migration calls
+    refused_locally: int = 0  # requests refused by this host's own checks
+    proposals_received: int = 0  # Propose messages handled as a target
+    proposals_refused: int = 0  # of those, refused
+    committed: int = 0  # outbound sagas that ended with the VM on the target
+    aborted: int = 0  # outbound sagas that ended with the VM on the source
+    reservations_expired: int = 0  # leases that ran out (source silent)
+    reconciles: int = 0  # ReconcileVm actions emitted
+    escalations: int = 0  # post-copy switches or aborts for a timeout
+    unknown_migration: int = 0  # messages or reports for an id this host does not hold
+    wrong_peer: int = 0  # messages from a host that is not the saga's peer
+    invalid: int = 0  # malformed messages or reports that mean nothing in this phase
+    duplicates: int = 0  # repeated or late messages for a known saga (answered idempotently)
+    unsolicited_locations: int = 0  # vm_location reports nobody was waiting for
+    unhandled: int = 0  # non-migration messages handed to receive()
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInfo:
+    """One migration as `nova migrations` shows it."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM
+    source: str  # sending host
+    target: str  # receiving host
+    direction: str  # "outbound" (we send) or "inbound" (we receive)
+    phase: str  # a `Phase` value outbound; reserved/precopy/postcopy/landed/ended inbound
+    percent: float  # last progress, 0..100
+    outcome: str  # "" while running; committed, aborted, refused, expired
+    reason: str  # why it failed or was refused ("" if it did not)
+    started: float  # when it was proposed (this host's clock)
+    ended: float | None  # when it ended, None while running
+    purpose: str = ""  # why it was requested: manual, drain, rebalance
+
+
+@dataclass(slots=True)
+class _Saga:
+    """The source side of one migration."""
+
+    migration_id: str  # our id, also the target's reservation key
+    vm: str  # the VM moving
+    source: str  # this host
+    target: str  # the host receiving it: the only peer whose answers count
+    demand: Demand  # what it needs on the target
+    policy: MigrationPolicy  # defaults with the request's overrides
+    purpose: str  # manual, drain, rebalance
+    started: float  # when proposed
+    phase: Phase = Phase.PROPOSED  # where it stands (moved only through TRANSITIONS)
+    timer: float = INF  # the phase's deadline: answer, escalation, abort or reconcile retry
+    retry_at: float = INF  # next Propose resend (proposed phase only)
+    renew_at: float = INF  # next progress forward to the target at the latest
+    forwarded_at: float = -INF  # last progress forward (rate limit)
+    percent: float = 0.0  # last progress
+    last_progress: MigrationProgress | None = None  # last sample, re-sent as a renewal
+    cancelled: bool = False  # the operator cancelled after libvirt started
+    adopted: bool = False  # taken over after a restart: the target does not know this id
+    error: str = ""  # the first cause of failure, kept through reconcile
+    outcome: str = ""  # committed, aborted or refused once ended
+    ended: float | None = None  # when it ended
+
+
+class MigrationCore:
+    """Source and target sides of live migration for one host (see module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        view: ClusterView,
+        rng: random.Random,
+        config: MigrationConfig | None = None,
+        migration_uri: str = "",
+    ) -> None:
+        """`migration_uri`: where QEMU on a source should connect to us, e.g. tcp://198.18.0.2."""
+        self.node_id = node_id  # this host
+        self.config = config or MigrationConfig()  # timings, defaults, limits
+        self.migration_uri = migration_uri  # told to sources in every Accept
+        self.stats = MigrationStats()  # counters
+        self._view = view  # membership and records, read only
+        self._rng = rng  # the only source of randomness (ids)
+        self._sagas: dict[str, _Saga] = {}  # running outbound sagas by id
+        self._busy: dict[str, str] = {}  # VM name -> id of its running outbound saga
+        self._ended: OrderedDict[str, _Saga] = OrderedDict()  # recent outbound, oldest first
+        self._book = ReservationBook()  # inbound reservations
+        self._inbound_ended: OrderedDict[str, MigrationInfo] = OrderedDict()  # recent inbound
+        self._awaiting_location: dict[str, str] = {}  # VM -> expired inbound id to annotate
+
+    # --- source side: requests ----------------------------------------------------
+
+    def request_migration(
+        self,
+        vm: str,
+        target: str,
+        policy_overrides: Mapping[str, Any] | None,
+        now: float,
+        *,
+        purpose: str = "manual",
+    ) -> MigrationOutput:
+        """Start moving `vm` to `target`, or refuse at once with a reason (nothing changes)."""
+        out = MigrationOutput()
+        self.stats.requested += 1
+        records = self._view.records()
+        summary = _find_vm(records.get(self.node_id), vm)
+        try:
+            policy = with_overrides(self.config.policy, policy_overrides)
+        except PolicyError as exc:
+            return self._refuse_locally(vm, target, f"bad policy: {exc}", out)
+        reason = self._request_refusal(vm, summary, target, records)
+        if reason is not None or summary is None:
+            return self._refuse_locally(vm, target, reason or f"unknown VM: {vm}", out)
+        saga = _Saga(
+            migration_id=self._new_id(),
+            vm=vm,
+            source=self.node_id,
+            target=target,
+            demand=Demand(summary.vcpus, summary.memory_mib),
+            policy=policy,
+            purpose=purpose,
+            started=now,
+            timer=now + self.config.answer_timeout,
+            retry_at=now + self.config.propose_retry,
+        )
+        self._sagas[saga.migration_id] = saga
+        self._busy[vm] = saga.migration_id
+        out.sends.append((target, self._proposal(saga)))
+        out.events.append(MigrationProposed(saga.migration_id, vm, self.node_id, target))
+        return out
+
+    def _request_refusal(
+        self,
+        vm: str,
+        summary: VmSummary | None,
+        target: str,
+        records: Mapping[str, NodeRecord],
+    ) -> str | None:
+        """Why this host will not even propose: the checks it can make from its own view."""
+        limits = self.config.limits
+        if target == self.node_id:
+            return f"cannot migrate to itself: {vm} already runs on {target}"
+        if summary is None:
+            return f"unknown VM: {vm} does not run on {self.node_id}"
+        member = self._view.member(target)
+        if member is None:
+            return f"unknown host: {target}"
+        if member.state is not MemberState.ALIVE:
+            return f"host {target} is {member.state.value}"
+        if summary.state != "running":
+            return f"VM not running: {vm} is {summary.state}"
+        if vm in self._busy:
+            return f"VM {vm} is already migrating ({self._busy[vm]})"
+        record = records.get(target)
+        if record is None:
+            return f"unknown host: no record of {target} yet"
+        if record.draining:
+            return f"host draining: {target} takes no new VMs"
+        if len(self._sagas) >= limits.max_outbound:
+            return f"too many migrations: {self.node_id} already runs {len(self._sagas)} outbound"
+        ours = sum(1 for s in self._sagas.values() if s.target == target)
+        inbound = max(published_count(record, INBOUND_LABEL), ours)
+        if inbound >= limits.max_inbound:
+            return f"too many migrations: {target} already receives {inbound} inbound"
+        alive = sum(
+            1
+            for node_id in records
+            if (m := self._view.member(node_id)) is not None and m.state is MemberState.ALIVE
+        )
+        running = cluster_migrations(records, self.node_id, len(self._sagas))
+        ceiling = cluster_limit(limits, alive)
+        if running >= ceiling:
+            return f"too many migrations: {running} running in the cluster, limit {ceiling}"
+        free = free_capacity(record, [], self.config.reservations.vcpu_overcommit)
+        demand = Demand(summary.vcpus, summary.memory_mib)
+        return capacity_refusal(target, free, demand, check_disk=False)
+
+    def _refuse_locally(
+        self, vm: str, target: str, reason: str, out: MigrationOutput
+    ) -> MigrationOutput:
+        self.stats.refused_locally += 1
+        out.events.append(MigrationRefused(vm, target, reason, "", self.node_id))
+        return out
+
+    def _new_id(self) -> str:
+        """A fresh 64-bit hex id from the injected RNG, unique among what we remember."""
+        while True:
+            migration_id = f"{self._rng.getrandbits(64):016x}"
+            if migration_id not in self._sagas and migration_id not in self._ended:
+                return migration_id
+
+    def _proposal(self, saga: _Saga) -> MigrationPropose:
+        return MigrationPropose(
+            migration_id=saga.migration_id,
+            vm=saga.vm,
+            source=self.node_id,
+            target=saga.target,
+            vcpus=saga.demand.vcpus,
+            memory_mib=saga.demand.memory_mib,
+            disk_gib=saga.demand.disk_gib,
+            reason=saga.purpose,
+        )
+
+    def cancel(self, migration_id: str, now: float) -> MigrationOutput:
+        """Stop a migration at whatever stage it is (refused only in post-copy)."""
+        out = MigrationOutput()
+        saga = self._sagas.get(migration_id)
+        if saga is None:
+            ended = self._ended.get(migration_id)
+            why = f"already ended: {ended.outcome}" if ended else "unknown migration"
+            out.events.append(MigrationCancelRefused(migration_id, why))
+            return out
+        if saga.phase is Phase.POSTCOPY:
+            out.events.append(MigrationCancelRefused(migration_id, POSTCOPY_CANCEL))
+        elif saga.phase is Phase.PROPOSED:
+            self._abort_before_start(saga, Trigger.CANCEL, CANCELLED, now, out)
+        elif saga.phase is Phase.MIGRATING:
+            saga.cancelled = True
+            saga.error = CANCELLED
+            self._move(saga, Trigger.CANCEL, now)
+            saga.timer = now + self.config.abort_timeout
+            out.actions.append(AbortLibvirtMigration(migration_id, saga.vm))
+        else:
+            why = f"already stopping ({saga.phase.value})"
+            out.events.append(MigrationCancelRefused(migration_id, why))
+        return out
+
+    def cancel_vm(self, vm: str, now: float) -> MigrationOutput:
+        """`cancel` the running migration of `vm` (the CLI names VMs, not ids)."""
+        return self.cancel(self._busy.get(vm, ""), now)
+
+    def adopt_job(self, vm: str, target: str, postcopy: bool, now: float) -> MigrationOutput:
+        """Take charge of an outgoing libvirt job found at start-up (this agent restarted).
+
+        libvirtd drives a peer-to-peer migration on its own, so a job can
+        outlive the agent that started it, with no saga left to escalate or
+        report it. The driver lists such jobs when the agent starts and hands
+        each here: a pre-copy job is aborted (the VM stays here, the failure
+        is reported with its reason), a post-copy one can only finish. The new
+        saga has a new id (the old one died with the old agent), which the
+        driver uses to report the job's end; the target's old reservation
+        lapses on its own.
+        """
+        out = MigrationOutput()
+        if vm in self._busy or target == self.node_id:
+            self.stats.invalid += 1
+            return out
+        summary = _find_vm(self._view.records().get(self.node_id), vm)
+        demand = Demand(summary.vcpus, summary.memory_mib) if summary else Demand(0, 0)
+        saga = _Saga(
+            migration_id=self._new_id(),
+            vm=vm,
+            source=self.node_id,
+            target=target,
+            demand=demand,
+            policy=self.config.policy,
+            purpose="adopted",
+            started=now,
+            phase=Phase.POSTCOPY if postcopy else Phase.ABORTING,
+            error="source agent restarted mid-migration",
+            adopted=True,
+        )
+        self._sagas[saga.migration_id] = saga
+        self._busy[vm] = saga.migration_id
+        if not postcopy:
+            saga.timer = now + self.config.abort_timeout
+            out.actions.append(AbortLibvirtMigration(saga.migration_id, vm))
+        why = f"source agent restarted mid-migration: job adopted as {saga.migration_id}"
+        out.events.append(MigrationInDoubt(saga.migration_id, vm, why))
+        return out
+
+    # --- the driver's reports -----------------------------------------------------
+
+    def migration_progress(
+        self, migration_id: str, stats: MigrationProgress, now: float
+    ) -> MigrationOutput:
+        """A libvirt job-stats sample: show it, forward it (renews the lease), maybe escalate."""
+        out = MigrationOutput()
+        saga = self._sagas.get(migration_id)
+        if saga is None or stats.migration_id != migration_id:
+            self._count_unknown(migration_id)
+            return out
+        trigger = Trigger.SWITCHED if stats.phase == "postcopy" else Trigger.PROGRESS
+        if saga.phase is Phase.ABORTING:
+            trigger = Trigger.PROGRESS
+        if next_phase(saga.phase, trigger) is None:
+            self.stats.invalid += 1
+            return out
+        previous = saga.phase
+        self._move(saga, trigger, now)
+        saga.percent = max(0.0, min(100.0, stats.percent))
+        saga.last_progress = stats
+        out.events.append(
+            MigrationProgressed(
+                migration_id,
+                saga.vm,
+                saga.source,
+                saga.target,
+                saga.percent,
+                stats.phase,
+                stats.data_remaining,
+                stats.bandwidth,
+                stats.dirty_rate,
+                stats.iteration,
+                stats.expected_downtime_ms,
+            )
+        )
+        if saga.phase is not previous or now >= saga.forwarded_at + self.config.progress_interval:
+            self._forward(saga, now, out)
+        self._check_escalation(saga, now, out)
+        return out
+
+    def migration_finished(
+        self, migration_id: str, ok: bool, reason: str, now: float
+    ) -> MigrationOutput:
+        """The libvirt job ended: success commits; failure asks where the VM really runs."""
+        out = MigrationOutput()
+        saga = self._sagas.get(migration_id)
+        if saga is None:
+            self._count_unknown(migration_id)
+            return out
+        trigger = Trigger.FINISHED_OK if ok else Trigger.FINISHED_FAILED
+        if next_phase(saga.phase, trigger) is None:
+            self.stats.invalid += 1  # not started, or a second failure while reconciling
+            return out
+        if ok:
+            note = "cancel came too late" if saga.cancelled else ""
+            self._commit(saga, now, note, out)
+        else:
+            saga.error = saga.error or reason or "libvirt migration failed"
+            self._move(saga, trigger, now)
+            self._reconcile(saga, now, f"libvirt job failed: {reason or 'no reason given'}", out)
+        return out
+
+    def vm_location(self, vm: str, host: str | None, now: float) -> MigrationOutput:
+        """Where the hypervisors say `vm` runs (None: nowhere): resolves a saga in doubt."""
+        out = MigrationOutput()
+        saga = self._sagas.get(self._busy.get(vm, ""))
+        if saga is None or saga.phase is not Phase.RECONCILING:
+            self._inbound_location(vm, host)
+            return out
+        if host == saga.target:
+            self._commit(saga, now, "found on the target by reconcile", out)
+        elif host is not None:
+            # On the source, or on a third host (another job moved it): not our move.
+            self._move(saga, Trigger.ON_SOURCE, now)
+            reason = saga.error or "migration failed"
+            if host != saga.source:
+                reason = f"{reason}; {vm} found on {host}"
+            out.sends.append((saga.target, MigrationAbort(saga.migration_id, reason)))
+            self._end(saga, "aborted", now)
+            out.events.append(
+                MigrationFailed(saga.migration_id, vm, saga.source, saga.target, reason)
+            )
+        else:
+            self._move(saga, Trigger.NOWHERE, now)
+            saga.timer = now + self.config.reconcile_retry
+            out.events.append(
+                MigrationInDoubt(saga.migration_id, vm, f"hypervisors report {vm} on no host")
+            )
+        return out
+
+    def _inbound_location(self, vm: str, host: str | None) -> None:
+        """A target-side reconcile answer: note it on the expired reservation's history."""
+        migration_id = self._awaiting_location.pop(vm, None)
+        info = self._inbound_ended.get(migration_id or "")
+        if info is None:
+            self.stats.unsolicited_locations += 1
+            return
+        outcome = "committed" if host == self.node_id else "aborted"
+        where = f"on {host}" if host else "on no host"
+        reason = f"{info.reason}; reconcile found {vm} {where}"
+        self._inbound_ended[info.migration_id] = dataclasses.replace(
+            info, outcome=outcome, reason=reason
+        )
+
+    # --- messages -----------------------------------------------------------------
+
+    def receive(self, sender: str, message: Message, now: float) -> MigrationOutput:
+        """Handle one Migration* message from `sender`; anything else is counted and ignored."""
+        out = MigrationOutput()
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
+            self.stats.unhandled += 1
+        elif not sender or sender == self.node_id:
+            self.stats.invalid += 1
+        else:
+            handler(self, sender, message, now, out)
+        return out
+
+    def _on_accept(
+        self, sender: str, message: MigrationAccept, now: float, out: MigrationOutput
+    ) -> None:
+        saga = self._sagas.get(message.migration_id)
+        if saga is None:
+            ended = self._ended.get(message.migration_id)
+            if ended is None:
+                self._count_unknown(message.migration_id)
+            elif ended.target != sender:
+                self.stats.wrong_peer += 1
+                return
+            else:
+                self.stats.duplicates += 1
+            if ended is None or ended.outcome != "committed":
+                # A reservation we no longer want (we gave up, or restarted): free it now.
+                why = ended.error if ended else "unknown migration"
+                out.sends.append((sender, MigrationAbort(message.migration_id, why)))
+            return
+        if sender != saga.target:
+            self.stats.wrong_peer += 1
+            return
+        if saga.phase is not Phase.PROPOSED:
+            self.stats.duplicates += 1
+            return
+        self._move(saga, Trigger.ACCEPT, now)
+        timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
+        saga.timer = now + timeout
+        saga.renew_at = now + self.config.renew_interval
+        saga.forwarded_at = now
+        record = self._view.records().get(saga.target)
+        target_uri = record.libvirt_uri if record is not None else ""
+        out.events.append(
+            MigrationAccepted(saga.migration_id, saga.vm, sender, message.reservation_expires)
+        )
+        out.actions.append(
+            StartLibvirtMigration(
+                saga.migration_id,
+                saga.vm,
+                saga.target,
+                target_uri,
+                message.migration_uri,
+                saga.policy,
+            )
+        )
+
+    def _on_refuse(
+        self, sender: str, message: MigrationRefuse, now: float, out: MigrationOutput
+    ) -> None:
+        saga = self._sagas.get(message.migration_id)
+        if saga is None:
+            ended = self._ended.get(message.migration_id)
+            if ended is None:
+                self._count_unknown(message.migration_id)
+            elif ended.target != sender:
+                self.stats.wrong_peer += 1
+            else:
+                self.stats.duplicates += 1
+            return
+        if sender != saga.target:
+            self.stats.wrong_peer += 1
+            return
+        if saga.phase is not Phase.PROPOSED:
+            self.stats.duplicates += 1  # a late answer to a resent Propose
+            return
+        reason = message.reason or f"refused by {sender}"
+        saga.error = reason
+        self._move(saga, Trigger.REFUSE, now)
+        self._end(saga, "refused", now)
+        out.events.append(MigrationRefused(saga.vm, sender, reason, saga.migration_id, sender))
+
+    # --- target side ----------------------------------------------------------------
+
+    def _on_propose(
+        self, sender: str, message: MigrationPropose, now: float, out: MigrationOutput
+    ) -> None:
+        self.stats.proposals_received += 1
+        if (
+            message.source != sender
+            or message.target != self.node_id
+            or not message.vm
+            or not message.migration_id
+            or message.vcpus < 0
+            or message.memory_mib < 0
+            or not message.disk_gib >= 0
+        ):
+            self.stats.invalid += 1
+            return
+        held = self._book.get(message.migration_id)
+        if held is not None:
+            if held.source != sender:
+                self.stats.wrong_peer += 1
+                return
+            self.stats.duplicates += 1  # our Accept was lost or is late: say it again
+            if not held.landed:
+                out.sends.append((sender, self._accept(held)))
+            return
+        reason = self._admission_refusal(message)
+        if reason is not None:
+            self.stats.proposals_refused += 1
+            out.sends.append((sender, MigrationRefuse(message.migration_id, reason)))
+            out.events.append(ReservationRefused(message.migration_id, message.vm, sender, reason))
+            return
+        ttl = self.config.reservations.ttl
+        held = Reservation(
+            migration_id=message.migration_id,
+            vm=message.vm,
+            source=sender,
+            vcpus=message.vcpus,
+            memory_mib=message.memory_mib,
+            disk_gib=message.disk_gib,
+            created=now,
+            expires=now + ttl,
+        )
+        self._book.add(held)
+        out.sends.append((sender, self._accept(held)))
+        out.events.append(
+            ReservationMade(held.migration_id, held.vm, sender, held.memory_mib, held.expires)
+        )
+
+    def _accept(self, held: Reservation) -> MigrationAccept:
+        return MigrationAccept(held.migration_id, held.expires, self.migration_uri)
+
+    def _admission_refusal(self, message: MigrationPropose) -> str | None:
+        """Why this host will not reserve room for the proposed VM (None: it will)."""
+        if message.migration_id in self._inbound_ended:
+            return f"migration {message.migration_id} already ended here"
+        record = self._view.records().get(self.node_id)
+        self._book.settle(record)
+        if record is not None and record.draining:
+            return f"host draining: {self.node_id} takes no new VMs"
+        if record is not None and any(vm.name == message.vm for vm in record.vms):
+            return f"VM {message.vm} already runs on {self.node_id}"
+        if self._book.for_vm(message.vm) is not None:
+            return f"VM {message.vm} is already arriving on {self.node_id}"
+        inbound = self._book.inbound()
+        if inbound >= self.config.limits.max_inbound:
+            return f"too many migrations: {self.node_id} already receives {inbound} inbound"
+        demand = Demand(message.vcpus, message.memory_mib, message.disk_gib)
+        return self._book.admit(self.node_id, record, demand, self.config.reservations)
+
+    def _held_from(self, sender: str, migration_id: str) -> Reservation | None:
+        """The reservation `migration_id` if `sender` owns it; counts why not otherwise."""
+        held = self._book.get(migration_id)
+        if held is None:
+            if migration_id in self._inbound_ended:
+                self.stats.duplicates += 1
+            else:
+                self._count_unknown(migration_id)
+            return None
+        if held.source != sender:
+            self.stats.wrong_peer += 1
+            return None
+        return held
+
+    def _on_progress(
+        self, sender: str, message: MigrationProgress, now: float, out: MigrationOutput
+    ) -> None:
+        held = self._held_from(sender, message.migration_id)
+        if held is None:
+            return
+        if held.landed:
+            self.stats.duplicates += 1
+            return
+        self._book.renew(held.migration_id, now, self.config.reservations.ttl)
+        held.percent = max(0.0, min(100.0, message.percent))
+        held.phase = message.phase
+        out.events.append(
+            MigrationProgressed(
+                held.migration_id,
+                held.vm,
+                sender,
+                self.node_id,
+                held.percent,
+                message.phase,
+                message.data_remaining,
+                message.bandwidth,
+                message.dirty_rate,
+                message.iteration,
+                message.expected_downtime_ms,
+            )
+        )
+
+    def _on_commit(
+        self, sender: str, message: MigrationCommit, now: float, out: MigrationOutput
+    ) -> None:
+        held = self._held_from(sender, message.migration_id)
+        if held is None:
+            return
+        if held.landed:
+            self.stats.duplicates += 1
+            return
+        self._book.land(held.migration_id, now, self.config.reservations.landed_hold)
+        self._end_inbound(held, "committed", "", now)
+        out.events.append(ReservationReleased(held.migration_id, held.vm, sender, "committed"))
+
+    def _on_abort(
+        self, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
+    ) -> None:
+        held = self._book.get(message.migration_id)
+        if held is None and message.migration_id not in self._inbound_ended:
+            # Overtaken by its own Abort (reordering), or for a saga we never heard of:
+            # remember the id so a late Propose is refused rather than reserved.
+            self._count_unknown(message.migration_id)
+            tombstone = Reservation(message.migration_id, "", sender, 0, 0, 0.0, now, now)
+            self._inbound_ended[message.migration_id] = _inbound_info(
+                tombstone, self.node_id, "aborted", message.reason, now
+            )
+            self._trim(self._inbound_ended)
+            return
+        held = self._held_from(sender, message.migration_id)
+        if held is None:
+            return
+        if held.landed:
+            self.stats.invalid += 1  # a commit cannot be taken back: the VM is here
+            return
+        self._book.release(held.migration_id)
+        self._end_inbound(held, "aborted", message.reason, now)
+        out.events.append(
+            ReservationReleased(held.migration_id, held.vm, sender, "aborted", message.reason)
+        )
+
+    def _end_inbound(self, held: Reservation, outcome: str, reason: str, now: float) -> None:
+        info = _inbound_info(held, self.node_id, outcome, reason, now)
+        self._inbound_ended[held.migration_id] = info
+        self._trim(self._inbound_ended)
+
+    # --- time -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> MigrationOutput:
+        """Do whatever is due at `now`: answers overdue, escalations, renewals, lease expiry."""
+        out = MigrationOutput()
+        for saga in list(self._sagas.values()):
+            self._tick_saga(saga, now, out)
+        self._book.settle(self._view.records().get(self.node_id))
+        for held in self._book.expire(now):
+            if held.landed:
+                continue  # the record never showed it within the hold: nothing to tell
+            self.stats.reservations_expired += 1
+            self.stats.reconciles += 1
+            reason = f"no word from {held.source} for {self.config.reservations.ttl:g} s"
+            self._end_inbound(held, "expired", reason, now)
+            self._awaiting_location[held.vm] = held.migration_id
+            out.events.append(
+                ReservationReleased(held.migration_id, held.vm, held.source, "expired", reason)
+            )
+            out.actions.append(ReconcileVm(held.vm, held.migration_id, (held.source, self.node_id)))
+        return out
+
+    def _tick_saga(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
+        cfg = self.config
+        if saga.phase is Phase.PROPOSED:
+            member = self._view.member(saga.target)
+            if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
+                why = f"target {saga.target} failed before answering"
+                self._abort_before_start(saga, Trigger.TARGET_GONE, why, now, out)
+            elif now >= saga.timer:
+                why = f"no answer from {saga.target} within {cfg.answer_timeout:g} s"
+                self._abort_before_start(saga, Trigger.NO_ANSWER, why, now, out)
+            elif now >= saga.retry_at:
+                saga.retry_at = now + cfg.propose_retry
+                out.sends.append((saga.target, self._proposal(saga)))
+            return
+        if now >= saga.renew_at:
+            self._forward(saga, now, out)
+        if saga.phase is Phase.MIGRATING:
+            self._check_escalation(saga, now, out)
+        elif saga.phase is Phase.ABORTING and now >= saga.timer:
+            self._move(saga, Trigger.ABORT_STALLED, now)
+            out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+            why = f"abort did not end the libvirt job within {cfg.abort_timeout:g} s"
+            self._reconcile(saga, now, why, out)
+        elif saga.phase is Phase.RECONCILING and now >= saga.timer:
+            self._reconcile(saga, now, "still no usable answer on where the VM runs", out)
+
+    def next_deadline(self) -> float:
+        """The earliest time at which `tick` has something to do (inf: nothing)."""
+        deadline = self._book.next_deadline()
+        for saga in self._sagas.values():
+            due = min(saga.timer, saga.retry_at) if saga.phase is Phase.PROPOSED else saga.timer
+            if saga.phase is Phase.POSTCOPY:
+                due = INF  # no deadline of its own: post-copy can only finish
+            deadline = min(deadline, due, saga.renew_at)
+        return deadline
+
+    # --- saga mechanics ---------------------------------------------------------------
+
+    def _move(self, saga: _Saga, trigger: Trigger, now: float) -> None:
+        """Apply one transition of the table (callers checked it is legal)."""
+        phase = next_phase(saga.phase, trigger)
+        if phase is None:  # a bug in this module, not bad input: inputs are checked first
+            raise AssertionError(f"no transition from {saga.phase} on {trigger}")
+        saga.phase = phase
+
+    def _end(self, saga: _Saga, outcome: str, now: float) -> None:
+        """The saga reached a terminal phase: unlock the VM, move it to history."""
+        saga.outcome = outcome
+        saga.ended = now
+        saga.timer = saga.retry_at = saga.renew_at = INF
+        del self._sagas[saga.migration_id]
+        self._busy.pop(saga.vm, None)
+        self._ended[saga.migration_id] = saga
+        self._trim(self._ended)
+        if outcome == "committed":
+            self.stats.committed += 1
+        else:
+            self.stats.aborted += 1
+
+    def _trim(self, history: OrderedDict[str, Any]) -> None:
+        while len(history) > self.config.history:
+            history.popitem(last=False)
+
+    def _commit(self, saga: _Saga, now: float, note: str, out: MigrationOutput) -> None:
+        trigger = Trigger.ON_TARGET if saga.phase is Phase.RECONCILING else Trigger.FINISHED_OK
+        self._move(saga, trigger, now)
+        saga.percent = 100.0
+        saga.error = ""
+        out.sends.append((saga.target, MigrationCommit(saga.migration_id)))
+        self._end(saga, "committed", now)
+        out.events.append(
+            MigrationCompleted(
+                saga.migration_id, saga.vm, saga.source, saga.target, now - saga.started, note
+            )
+        )
+
+    def _abort_before_start(
+        self, saga: _Saga, trigger: Trigger, reason: str, now: float, out: MigrationOutput
+    ) -> None:
+        """End a saga whose libvirt job never started: the VM certainly stayed here."""
+        saga.error = reason
+        self._move(saga, trigger, now)
+        out.sends.append((saga.target, MigrationAbort(saga.migration_id, reason)))
+        self._end(saga, "aborted", now)
+        out.events.append(
+            MigrationFailed(saga.migration_id, saga.vm, saga.source, saga.target, reason)
+        )
+
+    def _reconcile(self, saga: _Saga, now: float, why: str, out: MigrationOutput) -> None:
+        """Ask the driver where the VM runs; the answer (`vm_location`) ends the saga."""
+        self.stats.reconciles += 1
+        saga.timer = now + self.config.reconcile_retry
+        out.events.append(MigrationInDoubt(saga.migration_id, saga.vm, why))
+        out.actions.append(ReconcileVm(saga.vm, saga.migration_id, (saga.source, saga.target)))
+
+    def _forward(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
+        """Send the latest progress to the target: shows there, and renews its lease."""
+        if saga.adopted:
+            return  # the target holds no lease under this id
+        sample = saga.last_progress or MigrationProgress(saga.migration_id, saga.percent)
+        if saga.phase is Phase.POSTCOPY and sample.phase != "postcopy":
+            sample = dataclasses.replace(sample, phase="postcopy")
+        saga.forwarded_at = now
+        saga.renew_at = now + self.config.renew_interval
+        out.sends.append((saga.target, sample))
+
+    def _check_escalation(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
+        """Past the completion timeout: post-copy if the policy allows it, else abort."""
+        if saga.phase is not Phase.MIGRATING or now < saga.timer:
+            return
+        self.stats.escalations += 1
+        timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
+        gib = saga.demand.memory_mib / MIB_PER_GIB
+        why = (
+            f"did not converge within {timeout:g} s "
+            f"({saga.policy.completion_timeout_per_gib:g} s per GiB of {gib:g} GiB)"
+        )
+        if saga.policy.post_copy:
+            self._move(saga, Trigger.TIMEOUT_POSTCOPY, now)
+            saga.timer = INF
+            out.actions.append(SwitchToPostCopy(saga.migration_id, saga.vm))
+            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "postcopy", why))
+        else:
+            self._move(saga, Trigger.TIMEOUT_ABORT, now)
+            saga.error = why
+            saga.timer = now + self.config.abort_timeout
+            out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
+
+    def _count_unknown(self, migration_id: str) -> None:
+        if migration_id in self._ended:
+            self.stats.duplicates += 1  # late news about a saga that already ended
+        else:
+            self.stats.unknown_migration += 1
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def outbound(self) -> int:
+        """Outgoing migrations not yet ended (they count against `max_outbound`)."""
+        return len(self._sagas)
+
+    def inbound(self) -> int:
+        """Incoming migrations still arriving (they count against `max_inbound`)."""
+        return self._book.inbound()
+
+    def record_labels(self) -> dict[str, str]:
+        """Labels the daemon merges into this host's record so peers can count migrations."""
+        return record_labels(self.outbound(), self.inbound())
+
+    def busy(self, vm: str) -> bool:
+        """Whether `vm` has an outgoing saga that has not ended (it cannot be moved again)."""
+        return vm in self._busy
+
+    def phase_of(self, migration_id: str) -> Phase | None:
+        """The phase of an outbound saga, running or remembered; None if unknown."""
+        saga = self._sagas.get(migration_id) or self._ended.get(migration_id)
+        return saga.phase if saga is not None else None
+
+    def reservations(self) -> list[Reservation]:
+        """Inbound reservations held now (copies are not made: do not mutate)."""
+        return list(self._book)
+
+    def migrations(self) -> list[MigrationInfo]:
+        """Running migrations (oldest first), then recent ended ones (newest first)."""
+        running: list[MigrationInfo] = [_info(s) for s in self._sagas.values()]
+        running += [
+            _inbound_info(r, self.node_id, "", "", None) for r in self._book if not r.landed
+        ]
+        running.sort(key=lambda info: info.started)
+        ended: list[MigrationInfo] = [_info(s) for s in self._ended.values()]
+        ended += [info for info in self._inbound_ended.values() if info.vm]
+        ended.sort(key=lambda info: info.ended or 0.0, reverse=True)
+        return running + ended
+
+
+def _find_vm(record: NodeRecord | None, vm: str) -> VmSummary | None:
+    if record is None:
+        return None
+    return next((summary for summary in record.vms if summary.name == vm), None)
+
+
+def _inbound_info(
+    held: Reservation, target: str, outcome: str, reason: str, ended: float | None
+) -> MigrationInfo:
+    """How an inbound migration shows in `migrations()` (running if `ended` is None)."""
+    return MigrationInfo(
+        migration_id=held.migration_id,
+        vm=held.vm,
+        source=held.source,
+        target=target,
+        direction="inbound",
+        phase=held.phase if ended is None else "ended",
+        percent=held.percent,
+        outcome=outcome,
+        reason=reason,
+        started=held.created,
+        ended=ended,
+    )
+
+
+def _info(saga: _Saga) -> MigrationInfo:
+    return MigrationInfo(
+        migration_id=saga.migration_id,
+        vm=saga.vm,
+        source=saga.source,
+        target=saga.target,
+        direction="outbound",
+        phase=saga.phase.value,
+        percent=saga.percent,
+        outcome=saga.outcome,
+        reason=saga.error,
+        started=saga.started,
+        ended=saga.ended,
+        purpose=saga.purpose,
+    )
+
+
+Handler = Callable[[MigrationCore, str, Any, float, MigrationOutput], None]
+
+_HANDLERS: dict[type, Handler] = {
+    MigrationPropose: MigrationCore._on_propose,
+    MigrationAccept: MigrationCore._on_accept,
+    MigrationRefuse: MigrationCore._on_refuse,
+    MigrationProgress: MigrationCore._on_progress,
+    MigrationCommit: MigrationCore._on_commit,
+    MigrationAbort: MigrationCore._on_abort,
+}

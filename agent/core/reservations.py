@@ -1,0 +1,193 @@
+"""Target-side admission: room held for incoming VMs until they arrive or the source goes quiet.
+
+A target admits a proposed VM against its *real* free capacity, computed from
+its own latest record (capacity minus the VMs the hypervisor reports) minus
+what it already promised to other pending migrations. Without the second
+term two hot hosts could each be told "yes" for the last 2 GiB of the same
+cold host; reservations are the arbiter the rebalancer relies on.
+
+A reservation is a lease. It expires `ttl` seconds after it was made unless
+the source renews it (every `MigrationProgress` does), so a source that dies
+mid-migration cannot pin capacity forever. On commit the reservation is not
+dropped at once: it is *held* until the host's own record lists the VM
+(the inventory refresh lags the hypervisor), so the freed memory is not
+promised twice in between. A reservation whose VM already appears in the
+record is not counted again (the incoming domain is visible in libvirt while
+pre-copy runs), so nothing is subtracted twice either.
+
+Pure bookkeeping: the saga (`migration.py`) decides when to call what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from novacron.protocol.messages import NodeRecord, Resources
+
+INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationConfig:
+    """Target-side admission knobs."""
+
+    ttl: float = 30.0  # seconds a reservation lives without a renewal from its source
+    landed_hold: float = 30.0  # after commit, hold the room at most this long for the record
+    vcpu_overcommit: float = 4.0  # vCPUs promised per physical core (memory is never overcommitted)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would admit nothing or never expire."""
+        if not self.ttl > 0 or not self.landed_hold >= 0:
+            raise ValueError("ttl must be positive and landed_hold non-negative")
+        if not self.vcpu_overcommit > 0:
+            raise ValueError("vcpu_overcommit must be positive")
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Room held on this host for one incoming VM."""
+
+    migration_id: str  # the saga's id, chosen by the source
+    vm: str  # the VM's name
+    source: str  # node id of the source host: the only one who may renew or end this
+    vcpus: int  # vCPUs held
+    memory_mib: int  # memory held
+    disk_gib: float  # disk held (local disks are copied)
+    created: float  # when it was made (this host's clock)
+    expires: float  # when it lapses unless renewed (or, once landed, is dropped)
+    landed: bool = False  # the commit arrived; held until our record shows the VM
+    percent: float = 0.0  # last progress the source reported, for `nova migrations`
+    phase: str = "reserved"  # reserved, precopy, postcopy, landed
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one VM needs on its target."""
+
+    vcpus: int  # virtual CPUs
+    memory_mib: int  # guest memory
+    disk_gib: float = 0.0  # local disk to copy
+
+
+def free_capacity(
+    record: NodeRecord, reservations: Iterable[Reservation], overcommit: float
+) -> Resources:
+    """What the host can still promise: capacity minus its VMs minus pending reservations.
+
+    vCPUs are counted against `capacity.vcpus * overcommit`; memory is not
+    overcommitted. Disk counts `usage.disk_gib` (the hypervisor's figure).
+    Reservations whose VM the record already lists are skipped (no double count).
+    """
+    present = {vm.name for vm in record.vms}
+    vcpus = record.capacity.vcpus * overcommit - sum(vm.vcpus for vm in record.vms)
+    memory = record.capacity.memory_mib - sum(vm.memory_mib for vm in record.vms)
+    disk = record.capacity.disk_gib - record.usage.disk_gib
+    for held in reservations:
+        if held.vm in present:
+            continue
+        vcpus -= held.vcpus
+        memory -= held.memory_mib
+        disk -= held.disk_gib
+    return Resources(vcpus=vcpus, memory_mib=memory, disk_gib=disk)
+
+
+def capacity_refusal(host: str, free: Resources, demand: Demand, check_disk: bool) -> str | None:
+    """Why `demand` does not fit in `free` on `host` (memory first), or None if it fits."""
+    if demand.memory_mib > free.memory_mib:
+        return (
+            f"no capacity: target {host} has {max(free.memory_mib, 0)} MiB free, "
+            f"{demand.memory_mib} MiB needed"
+        )
+    if demand.vcpus > free.vcpus:
+        return (
+            f"no capacity: target {host} has {max(free.vcpus, 0):g} vCPUs free, "
+            f"{demand.vcpus} needed"
+        )
+    if check_disk and demand.disk_gib > free.disk_gib:
+        return (
+            f"no capacity: target {host} has {max(free.disk_gib, 0):g} GiB of disk free, "
+            f"{demand.disk_gib:g} GiB needed"
+        )
+    return None
+
+
+class ReservationBook:
+    """The reservations one host holds, by migration id."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Reservation] = {}  # migration id -> reservation
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Reservation]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, migration_id: str) -> Reservation | None:
+        """The reservation of `migration_id`, if held."""
+        return self._by_id.get(migration_id)
+
+    def for_vm(self, vm: str) -> Reservation | None:
+        """The reservation held for a VM of that name, if any."""
+        return next((r for r in self._by_id.values() if r.vm == vm), None)
+
+    def inbound(self) -> int:
+        """Migrations still arriving (landed ones are done: they no longer load the link)."""
+        return sum(1 for r in self._by_id.values() if not r.landed)
+
+    def add(self, reservation: Reservation) -> None:
+        """Hold room (the caller admitted it)."""
+        self._by_id[reservation.migration_id] = reservation
+
+    def release(self, migration_id: str) -> Reservation | None:
+        """Drop a reservation; returns it, or None if it was not held."""
+        return self._by_id.pop(migration_id, None)
+
+    def admit(
+        self, host: str, record: NodeRecord | None, demand: Demand, config: ReservationConfig
+    ) -> str | None:
+        """Why `demand` cannot be reserved now (None: it can)."""
+        if record is None:
+            return f"not ready: {host} has no inventory yet"
+        free = free_capacity(record, self, config.vcpu_overcommit)
+        return capacity_refusal(host, free, demand, check_disk=record.capacity.disk_gib > 0)
+
+    def renew(self, migration_id: str, now: float, ttl: float) -> None:
+        """Push the lease out: its source is alive and migrating."""
+        held = self._by_id.get(migration_id)
+        if held is not None and not held.landed:
+            held.expires = max(held.expires, now + ttl)
+
+    def land(self, migration_id: str, now: float, hold: float) -> Reservation | None:
+        """The commit arrived: keep the room until our record shows the VM (or `hold` passes)."""
+        held = self._by_id.get(migration_id)
+        if held is not None and not held.landed:
+            held.landed = True
+            held.phase = "landed"
+            held.percent = 100.0
+            held.expires = now + hold
+        return held
+
+    def settle(self, record: NodeRecord | None) -> list[Reservation]:
+        """Drop landed reservations whose VM our record now lists; returns them."""
+        if record is None:
+            return []
+        present = {vm.name for vm in record.vms}
+        done = [r for r in self._by_id.values() if r.landed and r.vm in present]
+        for held in done:
+            del self._by_id[held.migration_id]
+        return done
+
+    def expire(self, now: float) -> list[Reservation]:
+        """Drop every reservation whose lease ran out; returns them."""
+        gone = [r for r in self._by_id.values() if now >= r.expires]
+        for held in gone:
+            del self._by_id[held.migration_id]
+        return gone
+
+    def next_deadline(self) -> float:
+        """When the next lease runs out (inf: none held)."""
+        return min((r.expires for r in self._by_id.values()), default=INF)
