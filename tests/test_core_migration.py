@@ -1,0 +1,678 @@
+"""`MigrationCore` one rule at a time: the saga between two cores, refusals, reservations,
+limits, escalation, cancel, and bad inputs. Virtual clock, no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from novacron.agent.core.events import (
+    AbortLibvirtMigration,
+    MigrationAccepted,
+    MigrationCancelRefused,
+    MigrationCompleted,
+    MigrationEscalated,
+    MigrationFailed,
+    MigrationInDoubt,
+    MigrationProgressed,
+    MigrationProposed,
+    MigrationRefused,
+    ReconcileVm,
+    ReservationMade,
+    ReservationRefused,
+    ReservationReleased,
+    StartLibvirtMigration,
+    SwitchToPostCopy,
+)
+from novacron.agent.core.migration import (
+    TRANSITIONS,
+    MigrationConfig,
+    MigrationCore,
+    Phase,
+    Trigger,
+    next_phase,
+)
+from novacron.agent.core.migration_policy import (
+    INBOUND_LABEL,
+    OUTBOUND_LABEL,
+    MigrationLimits,
+    MigrationPolicy,
+)
+from novacron.agent.core.reservations import ReservationConfig
+from novacron.protocol.messages import (
+    MemberState,
+    MigrationAbort,
+    MigrationAccept,
+    MigrationCommit,
+    MigrationProgress,
+    MigrationPropose,
+    MigrationRefuse,
+    Ping,
+)
+from tests.test_core_migration_harness import Mesh, View, host, vm
+
+
+def two_hosts(**kwargs: object) -> Mesh:
+    """h1 runs vm1 (1 GiB, 1 vCPU); h2 is empty with 8 GiB and 4 cores."""
+    return Mesh([host("h1", vm("vm1")), host("h2")], **kwargs)  # type: ignore[arg-type]
+
+
+def started(mesh: Mesh, source: str = "h1") -> StartLibvirtMigration:
+    return mesh.of(source, StartLibvirtMigration)[-1]
+
+
+def propose(mid: str = "m1", source: str = "h1", memory_mib: int = 1024) -> MigrationPropose:
+    return MigrationPropose(mid, f"vm-{mid}", source, "h2", 1, memory_mib)
+
+
+# --- the transition table -------------------------------------------------------------
+
+
+def test_terminal_phases_have_no_way_out() -> None:
+    for phase in (Phase.COMMITTED, Phase.ABORTED):
+        assert all(next_phase(phase, t) is None for t in Trigger)
+
+
+def test_postcopy_cannot_be_cancelled_or_aborted() -> None:
+    assert next_phase(Phase.POSTCOPY, Trigger.CANCEL) is None
+    assert next_phase(Phase.POSTCOPY, Trigger.TIMEOUT_ABORT) is None
+    assert {p for (p, t) in TRANSITIONS if t is Trigger.FINISHED_FAILED} == {
+        Phase.MIGRATING,
+        Phase.POSTCOPY,
+        Phase.ABORTING,
+    }
+    assert all(
+        TRANSITIONS[(p, Trigger.FINISHED_FAILED)] is Phase.RECONCILING
+        for p in (Phase.MIGRATING, Phase.POSTCOPY, Phase.ABORTING)
+    )
+
+
+# --- happy path -------------------------------------------------------------------------
+
+
+def test_happy_path_between_two_cores() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    (proposed,) = mesh.of("h1", MigrationProposed)
+    mid = proposed.migration_id
+    assert len(mid) == 16 and int(mid, 16) >= 0
+    (made,) = mesh.of("h2", ReservationMade)
+    assert (made.vm, made.source, made.memory_mib) == ("vm1", "h1", 1024)
+    assert made.expires == pytest.approx(30.0)
+    (accepted,) = mesh.of("h1", MigrationAccepted)
+    assert accepted.target == "h2"
+    action = started(mesh)
+    assert action.target_uri == "qemu+tcp://h2/system"
+    assert action.migration_uri == "tcp://h2"
+    assert action.policy == MigrationPolicy()
+    assert mesh.core("h1").phase_of(mid) is Phase.MIGRATING
+
+    mesh.now = 1.0
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, percent=50.0))
+    assert [e.percent for e in mesh.of("h1", MigrationProgressed)] == [50.0]
+    assert [e.percent for e in mesh.of("h2", MigrationProgressed)] == [50.0]
+    (inbound,) = [m for m in mesh.core("h2").migrations() if m.direction == "inbound"]
+    assert (inbound.percent, inbound.outcome, inbound.ended) == (50.0, "", None)
+
+    mesh.now = 2.0
+    mesh.call("h1", "migration_finished", mid, True, "")
+    (done,) = mesh.of("h1", MigrationCompleted)
+    assert (done.vm, done.source, done.target, done.duration) == ("vm1", "h1", "h2", 2.0)
+    (released,) = mesh.of("h2", ReservationReleased)
+    assert released.outcome == "committed"
+    out_info = mesh.core("h1").migrations()[0]
+    assert (out_info.outcome, out_info.phase, out_info.percent) == ("committed", "committed", 100)
+    assert (out_info.started, out_info.ended, out_info.direction) == (0.0, 2.0, "outbound")
+    in_info = mesh.core("h2").migrations()[0]
+    assert (in_info.outcome, in_info.direction, in_info.vm) == ("committed", "inbound", "vm1")
+
+    # The room stays held until h2's own record shows the VM, then it is settled.
+    assert [r.landed for r in mesh.core("h2").reservations()] == [True]
+    mesh.view.move_vm("vm1", "h1", "h2")
+    mesh.run(3.0)
+    assert mesh.core("h2").reservations() == []
+    assert mesh.core("h1").outbound() == 0 and not mesh.core("h1").busy("vm1")
+
+
+def test_ids_come_from_the_injected_rng() -> None:
+    a, b = two_hosts(), two_hosts()
+    a.request("h1", "vm1", "h2")
+    b.request("h1", "vm1", "h2")
+    ida = a.of("h1", MigrationProposed)[0].migration_id
+    assert ida == b.of("h1", MigrationProposed)[0].migration_id
+    assert ida == f"{random.Random('h1/0').getrandbits(64):016x}"
+
+
+def test_overrides_reach_the_driver() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2", {"bandwidth_mib_s": 30, "post_copy": False})
+    policy = started(mesh).policy
+    assert (policy.bandwidth_mib_s, policy.post_copy) == (30, False)
+
+
+def test_progress_forwarding_is_rate_limited_but_renews_the_lease() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    for i in range(10):  # ten samples within one second: one forward
+        mesh.now = 0.1 * (i + 1)
+        mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, percent=i))
+    assert len(mesh.sent_of(MigrationProgress)) == 1
+    # With the driver silent, the core still renews every renew_interval: no expiry.
+    mesh.run(100.0)
+    assert mesh.of("h2", ReservationReleased) == []
+    assert len(mesh.sent_of(MigrationProgress)) >= 100 / 5
+    assert mesh.core("h2").reservations()[0].expires > 100.0
+
+
+# --- refusals at the source ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setup", "name", "target", "reason"),
+    [
+        ({}, "vm9", "h2", "unknown VM: vm9 does not run on h1"),
+        ({}, "vm1", "h9", "unknown host: h9"),
+        ({}, "vm1", "h1", "cannot migrate to itself: vm1 already runs on h1"),
+        ({"state": "shutoff"}, "vm1", "h2", "VM not running: vm1 is shutoff"),
+        ({"draining": True}, "vm1", "h2", "host draining: h2 takes no new VMs"),
+        ({"memory": 2048}, "vm1", "h2", "no capacity: target h2 has 512 MiB free, 2048 MiB needed"),
+        (
+            {"vcpus": 5, "memory": 256},
+            "vm1",
+            "h2",
+            "no capacity: target h2 has 4 vCPUs free, 5 needed",
+        ),
+        ({"dead": True}, "vm1", "h2", "host h2 is dead"),
+        ({"inbound": "2"}, "vm1", "h2", "too many migrations: h2 already receives 2 inbound"),
+        ({"cluster": "2"}, "vm1", "h2", "too many migrations: 2 running in the cluster, limit 2"),
+    ],
+)
+def test_source_refuses_with_a_reason_and_changes_nothing(
+    setup: dict[str, object], name: str, target: str, reason: str
+) -> None:
+    memory = int(setup.get("memory", 1024))  # type: ignore[call-overload]
+    vcpus = int(setup.get("vcpus", 1))  # type: ignore[call-overload]
+    records = [
+        host("h1", vm("vm1", memory, vcpus, str(setup.get("state", "running")))),
+        host(
+            "h2",
+            vm("big", 8192 - 512, 0),
+            memory_mib=8192,
+            vcpus=1.0,
+            draining=bool(setup.get("draining")),
+            labels={INBOUND_LABEL: str(setup.get("inbound", "0"))},
+        ),
+        host("h3", labels={OUTBOUND_LABEL: str(setup.get("cluster", "0"))}),
+    ]
+    mesh = Mesh(records, config=MigrationConfig(reservations=ReservationConfig()))
+    if setup.get("dead"):
+        mesh.view.states["h2"] = MemberState.DEAD
+    out = mesh.request("h1", name, target)
+    assert out.events == [MigrationRefused(name, target, reason, "", "h1")]
+    assert out.sends == [] and out.actions == []
+    core = mesh.core("h1")
+    assert core.outbound() == 0 and core.migrations() == []
+    assert core.stats.refused_locally == 1
+
+
+def test_bad_policy_is_refused() -> None:
+    mesh = two_hosts()
+    (event,) = mesh.request("h1", "vm1", "h2", {"max_downtime": 10}).events
+    assert isinstance(event, MigrationRefused)
+    assert event.reason == "bad policy: unknown policy setting 'max_downtime'"
+    (event,) = mesh.request("h1", "vm1", "h2", {"max_downtime_ms": 0}).events
+    assert isinstance(event, MigrationRefused)
+    assert event.reason == "bad policy: max downtime must be >= 1 ms, got 0"
+
+
+def test_a_vm_already_migrating_is_refused() -> None:
+    mesh = Mesh([host("h1", vm("vm1")), host("h2"), host("h3")])
+    mesh.request("h1", "vm1", "h2")
+    mid = mesh.of("h1", MigrationProposed)[0].migration_id
+    (event,) = mesh.request("h1", "vm1", "h3").events
+    assert isinstance(event, MigrationRefused)
+    assert event.reason == f"VM vm1 is already migrating ({mid})"
+
+
+def test_outbound_limit() -> None:
+    mesh = Mesh([host("h1", vm("a"), vm("b"), vm("c")), host("h2"), host("h3"), host("h4")])
+    mesh.request("h1", "a", "h2")
+    mesh.request("h1", "b", "h3")
+    (event,) = mesh.request("h1", "c", "h4").events
+    assert isinstance(event, MigrationRefused)
+    assert event.reason == "too many migrations: h1 already runs 2 outbound"
+    assert mesh.core("h1").record_labels() == {OUTBOUND_LABEL: "2", INBOUND_LABEL: "0"}
+
+
+def test_cluster_limit_derived_from_alive_hosts() -> None:
+    # 12 hosts: the derived ceiling is max(2, ceil(0.25 * 12)) = 3.
+    records = [host("h1", vm("vm1"))] + [host(f"x{i}") for i in range(11)]
+    records[1] = host("x0", labels={OUTBOUND_LABEL: "2"})
+    mesh = Mesh(records)
+    assert mesh.request("h1", "vm1", "x1").events[0].__class__ is MigrationProposed
+    records[2] = host("x1", labels={OUTBOUND_LABEL: "1"})
+    mesh2 = Mesh(records)
+    (event,) = mesh2.request("h1", "vm1", "x2").events
+    assert isinstance(event, MigrationRefused)
+    assert event.reason == "too many migrations: 3 running in the cluster, limit 3"
+
+
+# --- the target: admission and reservations -------------------------------------------------
+
+
+def test_two_concurrent_proposals_cannot_share_the_last_room() -> None:
+    """h1 and h3 each send a 5 GiB VM to h2 (8 GiB) at once: the second is refused."""
+    mesh = Mesh([host("h1", vm("a", 5120)), host("h3", vm("b", 5120)), host("h2")])
+    mesh.request("h1", "a", "h2")
+    mesh.request("h3", "b", "h2")
+    assert len(mesh.of("h1", StartLibvirtMigration)) == 1
+    (refused,) = mesh.of("h3", MigrationRefused)
+    assert refused.by == "h2" and refused.migration_id
+    assert refused.reason == "no capacity: target h2 has 3072 MiB free, 5120 MiB needed"
+    (seen,) = mesh.of("h2", ReservationRefused)
+    assert seen.reason == refused.reason and seen.source == "h3"
+    info = mesh.core("h3").migrations()[0]
+    assert (info.outcome, info.reason) == ("refused", refused.reason)
+    assert not mesh.core("h3").busy("b")
+
+
+def test_released_reservation_frees_room() -> None:
+    mesh = Mesh([host("h1", vm("a", 5120)), host("h3", vm("b", 5120)), host("h2")])
+    mesh.request("h1", "a", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "cancel", mid)
+    mesh.call("h1", "migration_finished", mid, False, "operation aborted")
+    mesh.call("h1", "vm_location", "a", "h1")
+    assert mesh.core("h2").reservations() == []
+    mesh.request("h3", "b", "h2")
+    assert len(mesh.of("h3", StartLibvirtMigration)) == 1
+
+
+def test_reservation_of_a_vm_already_listed_is_not_counted_twice() -> None:
+    core = MigrationCore("h2", view=View([host("h2", vm("a", 4096))]), rng=random.Random(1))
+    core.receive("h1", propose("m1", memory_mib=2048), 0.0)
+    # The incoming domain shows in the inventory while pre-copy runs.
+    record = host("h2", vm("a", 4096), vm("vm-m1", 2048))
+    core2 = MigrationCore("h2", view=View([record, host("h1")]), rng=random.Random(1))
+    core2.receive("h1", propose("m1", memory_mib=2048), 0.0)
+    out = core2.receive("h3", propose("m2", "h3", memory_mib=2048), 0.0)
+    assert isinstance(out.sends[0][1], MigrationAccept)  # 8192 - 4096 - 2048 = 2048 left
+    out = core2.receive("h4", propose("m3", "h4", memory_mib=1), 0.0)
+    assert isinstance(out.sends[0][1], MigrationRefuse)  # inbound limit (2) reached
+
+
+def test_target_side_refusals() -> None:
+    view = View([host("h2", vm("here")), host("h1"), host("h3"), host("h4")])
+    core = MigrationCore("h2", view=view, rng=random.Random(1))
+
+    def answer(message: MigrationPropose, sender: str = "h1") -> str:
+        ((dest, reply),) = core.receive(sender, message, 0.0).sends
+        assert dest == sender
+        return reply.reason if isinstance(reply, MigrationRefuse) else "accepted"
+
+    assert answer(MigrationPropose("m0", "here", "h1", "h2", 1, 1)) == "VM here already runs on h2"
+    assert answer(propose("m1")) == "accepted"
+    assert answer(MigrationPropose("m2", "vm-m1", "h3", "h2", 1, 1), "h3") == (
+        "VM vm-m1 is already arriving on h2"
+    )
+    assert answer(propose("m3", "h3"), "h3") == "accepted"
+    assert answer(propose("m4", "h4"), "h4") == "too many migrations: h2 already receives 2 inbound"
+    view.update("h2", draining=True)
+    assert answer(propose("m5", "h4"), "h4") == "host draining: h2 takes no new VMs"
+    assert core.stats.proposals_refused == 4
+
+
+def test_target_without_inventory_refuses() -> None:
+    core = MigrationCore("h2", view=View([host("h1")]), rng=random.Random(1))
+    ((_, reply),) = core.receive("h1", propose(), 0.0).sends
+    assert isinstance(reply, MigrationRefuse)
+    assert reply.reason == "not ready: h2 has no inventory yet"
+
+
+def test_reservation_expires_when_the_source_goes_quiet() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.kill_agent("h1")
+    mesh.run(29.5)
+    assert len(mesh.core("h2").reservations()) == 1
+    assert mesh.core("h2").next_deadline() == pytest.approx(30.0)
+    mesh.run(30.0)
+    (released,) = mesh.of("h2", ReservationReleased)
+    assert (released.outcome, released.reason) == ("expired", "no word from h1 for 30 s")
+    (reconcile,) = mesh.of("h2", ReconcileVm)
+    assert (reconcile.vm, reconcile.migration_id, reconcile.hosts) == ("vm1", mid, ("h1", "h2"))
+    assert mesh.core("h2").reservations() == []
+    assert mesh.core("h2").stats.reservations_expired == 1
+    mesh.call("h2", "vm_location", "vm1", "h2")
+    info = mesh.core("h2").migrations()[0]
+    assert info.outcome == "committed"
+    assert info.reason == "no word from h1 for 30 s; reconcile found vm1 on h2"
+
+
+def test_landed_hold_ends_even_if_the_record_never_shows_the_vm() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mesh.call("h1", "migration_finished", started(mesh).migration_id, True, "")
+    assert len(mesh.core("h2").reservations()) == 1
+    mesh.run(31.0)
+    assert mesh.core("h2").reservations() == []
+    assert mesh.of("h2", ReconcileVm) == []  # a landed hold lapsing is not a fault
+
+
+def test_duplicate_propose_is_answered_once_reserved() -> None:
+    core = MigrationCore("h2", view=View([host("h2"), host("h1")]), rng=random.Random(1))
+    first = core.receive("h1", propose(), 0.0).sends
+    again = core.receive("h1", propose(), 1.0).sends
+    assert first == again and isinstance(first[0][1], MigrationAccept)
+    assert len(core.reservations()) == 1 and core.stats.duplicates == 1
+
+
+def test_propose_overtaken_by_its_abort_is_refused() -> None:
+    core = MigrationCore("h2", view=View([host("h2"), host("h1")]), rng=random.Random(1))
+    core.receive("h1", MigrationAbort("m1", "cancelled by operator"), 0.0)
+    ((_, reply),) = core.receive("h1", propose(), 0.1).sends
+    assert isinstance(reply, MigrationRefuse)
+    assert reply.reason == "migration m1 already ended here"
+    assert core.reservations() == []
+    assert core.migrations() == []  # a tombstone is not a migration to show
+
+
+def test_inbound_limit_through_the_mesh() -> None:
+    mesh = Mesh([host("a", vm("va")), host("b", vm("vb")), host("c", vm("vc")), host("h2")])
+    for source in ("a", "b", "c"):
+        mesh.request(source, f"v{source}", "h2")
+    assert [len(mesh.of(s, StartLibvirtMigration)) for s in "abc"] == [1, 1, 0]
+    (refused,) = mesh.of("c", MigrationRefused)
+    assert refused.reason == "too many migrations: h2 already receives 2 inbound"
+    assert mesh.core("h2").inbound() == 2
+
+
+# --- timeouts and escalation ----------------------------------------------------------------
+
+
+def test_no_answer_resends_then_gives_up() -> None:
+    mesh = two_hosts()
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    mesh.run(4.5)
+    assert len(mesh.sent_of(MigrationPropose)) == 5  # at 0, 1, 2, 3, 4
+    assert mesh.of("h1", MigrationFailed) == []
+    mesh.run(5.0)
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "no answer from h2 within 5 s"
+    assert mesh.sent_of(MigrationAbort, "h1")[-1].reason == failed.reason
+    assert mesh.core("h1").outbound() == 0
+
+
+def test_lost_propose_is_recovered_by_resending() -> None:
+    mesh = two_hosts()
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    mesh.cut.clear()
+    mesh.run(1.0)
+    assert len(mesh.of("h1", StartLibvirtMigration)) == 1
+
+
+def test_target_failing_before_answering_ends_the_saga() -> None:
+    mesh = two_hosts()
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    mesh.view.states["h2"] = MemberState.DEAD
+    mesh.run(1.0)
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "target h2 failed before answering"
+
+
+def test_escalation_to_postcopy_after_the_per_gib_timeout() -> None:
+    mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    assert mesh.core("h1").next_deadline() == pytest.approx(5.0)  # lease renewal first
+    mesh.run(59.5)
+    assert mesh.of("h1", SwitchToPostCopy) == []
+    mesh.run(60.0)
+    assert mesh.of("h1", SwitchToPostCopy) == [SwitchToPostCopy(mid, "vm1")]
+    (escalated,) = mesh.of("h1", MigrationEscalated)
+    assert escalated.step == "postcopy"
+    assert escalated.reason == "did not converge within 60 s (30 s per GiB of 2 GiB)"
+    assert mesh.core("h1").phase_of(mid) is Phase.POSTCOPY
+    mesh.run(100.0)  # no further escalation, no abort, lease kept alive
+    assert mesh.of("h1", AbortLibvirtMigration) == []
+    assert mesh.of("h2", ReservationReleased) == []
+    mesh.call("h1", "migration_finished", mid, True, "")
+    assert len(mesh.of("h1", MigrationCompleted)) == 1
+
+
+def test_escalation_is_also_checked_on_progress() -> None:
+    mesh = Mesh([host("h1", vm("vm1", 256)), host("h2")])
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.now = 10.0  # the 10 s floor applies to small guests
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, percent=90))
+    assert len(mesh.of("h1", SwitchToPostCopy)) == 1
+
+
+def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
+    mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
+    mesh.request("h1", "vm1", "h2", {"post_copy": False, "completion_timeout_per_gib": 10.0})
+    mid = started(mesh).migration_id
+    mesh.run(20.0)
+    assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
+    assert mesh.of("h1", MigrationEscalated)[0].step == "abort"
+    mesh.call("h1", "migration_finished", mid, False, "operation aborted")
+    assert mesh.of("h1", ReconcileVm)[-1].hosts == ("h1", "h2")
+    mesh.call("h1", "vm_location", "vm1", "h1")
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "did not converge within 20 s (10 s per GiB of 2 GiB)"
+    assert mesh.sent_of(MigrationAbort)[-1].reason == failed.reason
+    assert mesh.of("h2", ReservationReleased)[-1].outcome == "aborted"
+
+
+def test_stuck_abort_turns_into_reconcile() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "cancel", mid)
+    mesh.run(30.0)
+    assert len(mesh.of("h1", AbortLibvirtMigration)) == 2
+    assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
+    mesh.run(40.0)  # no answer yet: ask again
+    assert len(mesh.of("h1", ReconcileVm)) == 2
+    mesh.call("h1", "vm_location", "vm1", None)  # nowhere (yet): keep asking
+    assert mesh.of("h1", MigrationInDoubt)[-1].reason == "hypervisors report vm1 on no host"
+    assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
+    mesh.call("h1", "vm_location", "vm1", "h1")
+    assert mesh.of("h1", MigrationFailed)[0].reason == "cancelled by operator"
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+def test_cancel_before_accept() -> None:
+    mesh = two_hosts(max_delay=0.4)
+    mesh.request("h1", "vm1", "h2")
+    mid = mesh.of("h1", MigrationProposed)[0].migration_id
+    mesh.call("h1", "cancel", mid)
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "cancelled by operator"
+    assert mesh.sent_of(MigrationAbort, "h1") == [MigrationAbort(mid, "cancelled by operator")]
+    mesh.run(2.0)  # whatever order Propose and Abort arrive in, nothing stays reserved
+    assert mesh.core("h2").reservations() == []
+    assert mesh.of("h1", StartLibvirtMigration) == []
+
+
+def test_cancel_during_libvirt_migration() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "cancel_vm", "vm1")
+    assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
+    assert mesh.core("h1").phase_of(mid) is Phase.ABORTING
+    mesh.call("h1", "migration_finished", mid, False, "operation aborted")
+    mesh.call("h1", "vm_location", "vm1", "h1")
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "cancelled by operator"
+    assert mesh.of("h2", ReservationReleased)[0].outcome == "aborted"
+
+
+def test_cancel_that_comes_too_late_still_commits() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "cancel", mid)
+    mesh.call("h1", "migration_finished", mid, True, "")
+    (done,) = mesh.of("h1", MigrationCompleted)
+    assert done.note == "cancel came too late"
+
+
+def test_cancel_refusals() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 80, phase="postcopy"))
+    assert mesh.core("h1").phase_of(mid) is Phase.POSTCOPY
+    mesh.call("h1", "cancel", mid)
+    mesh.call("h1", "migration_finished", mid, False, "connection lost")
+    mesh.call("h1", "cancel", mid)
+    mesh.call("h1", "vm_location", "vm1", "h2")
+    mesh.call("h1", "cancel", mid)
+    mesh.call("h1", "cancel", "nope")
+    reasons = [e.reason for e in mesh.of("h1", MigrationCancelRefused)]
+    assert reasons[0].startswith("cannot cancel in post-copy")
+    assert reasons[1:] == [
+        "already stopping (reconciling)",
+        "already ended: committed",
+        "unknown migration",
+    ]
+    assert mesh.of("h1", MigrationCompleted)[0].note == "found on the target by reconcile"
+
+
+# --- bad inputs: ignored, counted, never a crash -----------------------------------------
+
+
+def test_bad_inputs_are_ignored_and_counted() -> None:
+    mesh = Mesh([host("h1", vm("vm1")), host("h2"), host("h3")])
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    h1, h2 = mesh.core("h1"), mesh.core("h2")
+    before = list(mesh.sent)
+
+    assert h1.migration_progress("zz", MigrationProgress("zz"), 1.0).sends == []
+    assert h1.migration_progress(mid, MigrationProgress("other"), 1.0).sends == []
+    assert h1.migration_finished("zz", True, "", 1.0).sends == []
+    assert h1.stats.unknown_migration == 3
+
+    assert h1.receive("h3", MigrationAccept(mid, 9.0), 1.0).sends == []  # not the peer
+    assert h1.receive("h3", MigrationRefuse(mid, "no"), 1.0).sends == []
+    assert h1.stats.wrong_peer == 2
+    assert h1.receive("h2", MigrationAccept(mid, 9.0), 1.0).sends == []  # duplicate
+    assert h1.stats.duplicates == 1
+
+    assert h2.receive("h3", MigrationCommit("never"), 1.0).sends == []  # never proposed
+    assert h2.receive("h3", MigrationCommit(mid), 1.0).sends == []  # not the source
+    assert h2.receive("h3", MigrationProgress(mid, 99), 1.0).sends == []
+    assert h2.receive("h3", MigrationAbort(mid, "x"), 1.0).sends == []
+    assert h2.stats.unknown_migration == 1 and h2.stats.wrong_peer == 3
+    assert h2.receive("h3", MigrationPropose("p", "v", "h1", "h2", 1, 1), 1.0).sends == []
+    assert h2.receive("h3", MigrationPropose("p", "v", "h3", "h9", 1, 1), 1.0).sends == []
+    assert h2.receive("h3", MigrationPropose("p", "v", "h3", "h2", -1, 1), 1.0).sends == []
+    assert h2.stats.invalid == 3
+    assert h2.receive("h2", MigrationCommit(mid), 1.0).sends == []  # from ourselves
+    assert h2.receive("h3", Ping(1, "h2"), 1.0).sends == []
+    assert (h2.stats.invalid, h2.stats.unhandled) == (4, 1)
+
+    assert h1.vm_location("vm1", "h2", 1.0).sends == []  # nobody asked
+    assert h1.stats.unsolicited_locations == 1
+    assert h1.migration_finished(mid, False, "x", 1.0).actions  # the saga still works
+    assert mesh.sent == before
+    assert h1.phase_of(mid) is Phase.RECONCILING and len(h2.reservations()) == 1
+
+
+def test_finished_before_accept_is_invalid() -> None:
+    mesh = two_hosts()
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    mid = mesh.of("h1", MigrationProposed)[0].migration_id
+    out = mesh.core("h1").migration_finished(mid, True, "", 0.5)
+    assert out.events == [] and mesh.core("h1").stats.invalid == 1
+    assert mesh.core("h1").phase_of(mid) is Phase.PROPOSED
+
+
+def test_accept_for_an_unknown_migration_frees_the_reservation() -> None:
+    """A restarted source answers a stray Accept with Abort, so the target frees its room."""
+    mesh = two_hosts()
+    out = mesh.core("h1").receive("h2", MigrationAccept("old", 30.0), 0.0)
+    assert out.sends == [("h2", MigrationAbort("old", "unknown migration"))]
+    assert mesh.core("h1").stats.unknown_migration == 1
+
+
+def test_late_accept_after_giving_up_is_answered_with_abort() -> None:
+    mesh = two_hosts()
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    mid = mesh.of("h1", MigrationProposed)[0].migration_id
+    mesh.run(5.0)
+    out = mesh.core("h1").receive("h2", MigrationAccept(mid, 35.0), 5.5)
+    reason = "no answer from h2 within 5 s"
+    assert out.sends == [("h2", MigrationAbort(mid, reason))]
+    assert out.actions == []
+
+
+def test_history_is_bounded_and_running_come_first() -> None:
+    config = MigrationConfig(history=3, limits=MigrationLimits(max_outbound=1, max_cluster=9))
+    mesh = Mesh([host("h1", *(vm(f"v{i}", 64) for i in range(6))), host("h2")], config=config)
+    for i in range(5):
+        mesh.now = float(i)
+        mesh.request("h1", f"v{i}", "h2")
+        mesh.call("h1", "cancel", started(mesh).migration_id)
+        mesh.call("h1", "migration_finished", started(mesh).migration_id, False, "aborted")
+        mesh.call("h1", "vm_location", f"v{i}", "h1")
+    mesh.now = 9.0
+    mesh.request("h1", "v5", "h2")
+    infos = mesh.core("h1").migrations()
+    assert [(i.vm, i.outcome) for i in infos] == [
+        ("v5", ""),
+        ("v4", "aborted"),
+        ("v3", "aborted"),
+        ("v2", "aborted"),
+    ]
+    inbound = mesh.core("h2").migrations()
+    assert [i.vm for i in inbound] == ["v5", "v4", "v3", "v2"]
+    assert inbound[0].phase == "reserved"
+
+
+def test_next_deadline_tracks_the_earliest_timer() -> None:
+    mesh = two_hosts()
+    assert mesh.core("h1").next_deadline() == float("inf")
+    mesh.cut.add(frozenset(("h1", "h2")))
+    mesh.request("h1", "vm1", "h2")
+    assert mesh.core("h1").next_deadline() == 1.0  # resend
+    mesh.cut.clear()
+    mesh.run(1.0)
+    assert mesh.core("h2").next_deadline() == pytest.approx(31.0)  # lease
+
+
+def test_the_membership_node_is_a_cluster_view() -> None:
+    """The daemon hands its `MembershipNode` to the migration core as is."""
+    from novacron.agent.core.config import MembershipConfig
+    from novacron.agent.core.migration import ClusterView
+    from novacron.agent.core.node import MembershipNode
+    from tests.core_harness import make_signer, verify
+
+    node = MembershipNode(
+        "h1",
+        address="198.18.0.1",
+        config=MembershipConfig(),
+        rng=random.Random(1),
+        signer=make_signer("h1"),
+        verifier=verify,
+        now=0.0,
+    )
+    node.update_record(host("h1", vm("vm1")), 0.0)
+    view: ClusterView = node
+    core = MigrationCore("h1", view=view, rng=random.Random(1))
+    (event,) = core.request_migration("vm1", "h2", None, 0.0).events
+    assert event == MigrationRefused("vm1", "h2", "unknown host: h2", "", "h1")

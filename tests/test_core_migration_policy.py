@@ -1,0 +1,137 @@
+"""The pure parts of migration: policy overrides, limits, cost estimates, free capacity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from novacron.agent.core.migration_cost import (
+    converges,
+    data_to_send_mib,
+    expected_migration_seconds,
+    migration_cost,
+    precopy_seconds,
+)
+from novacron.agent.core.migration_policy import (
+    OUTBOUND_LABEL,
+    MigrationLimits,
+    MigrationPolicy,
+    PolicyError,
+    cluster_limit,
+    cluster_migrations,
+    completion_timeout,
+    published_count,
+    record_labels,
+    with_overrides,
+)
+from novacron.agent.core.reservations import (
+    Demand,
+    Reservation,
+    ReservationBook,
+    ReservationConfig,
+    capacity_refusal,
+    free_capacity,
+)
+from tests.test_core_migration_harness import host, vm
+
+
+def test_overrides_are_checked_by_name_type_and_range() -> None:
+    base = MigrationPolicy()
+    assert with_overrides(base, None) is base
+    assert with_overrides(base, {"max_downtime_ms": 10}).max_downtime_ms == 10
+    assert with_overrides(base, {"bandwidth_mib_s": 30}).bandwidth_mib_s == 30
+    with pytest.raises(PolicyError, match="unknown policy setting 'speed'"):
+        with_overrides(base, {"speed": 1})
+    with pytest.raises(PolicyError, match="wrong type"):
+        with_overrides(base, {"max_downtime_ms": 1.5})
+    with pytest.raises(PolicyError, match="wrong type"):
+        with_overrides(base, {"bandwidth_mib_s": True})
+    with pytest.raises(PolicyError, match="wrong type"):
+        with_overrides(base, {"post_copy": "yes"})
+    with pytest.raises(PolicyError, match="bandwidth must be >= 0"):
+        with_overrides(base, {"bandwidth_mib_s": -1})
+
+
+def test_completion_timeout_scales_per_gib_with_a_floor() -> None:
+    policy = MigrationPolicy(completion_timeout_per_gib=30.0, completion_timeout_min=10.0)
+    assert completion_timeout(policy, 4096) == 120.0
+    assert completion_timeout(policy, 128) == 10.0
+
+
+def test_limits() -> None:
+    limits = MigrationLimits()
+    assert (limits.max_outbound, limits.max_inbound) == (2, 2)
+    assert cluster_limit(limits, 3) == 2
+    assert cluster_limit(limits, 100) == 25
+    assert cluster_limit(MigrationLimits(max_cluster=7), 100) == 7
+    with pytest.raises(ValueError):
+        MigrationLimits(max_outbound=0)
+
+
+def test_cluster_count_from_gossiped_labels() -> None:
+    records = {
+        "h1": host("h1", labels={OUTBOUND_LABEL: "5"}),  # ours: our live count wins
+        "h2": host("h2", labels=record_labels(2, 0)),
+        "h3": host("h3", labels={OUTBOUND_LABEL: "garbage"}),
+        "h4": host("h4"),
+    }
+    assert cluster_migrations(records, "h1", 1) == 3
+    assert published_count(None, OUTBOUND_LABEL) == 0
+
+
+def test_precopy_arithmetic() -> None:
+    assert converges(100, 20) and not converges(30, 30) and not converges(0, 0)
+    assert data_to_send_mib(1024, 100, 0) == 1024
+    assert data_to_send_mib(1000, 100, 50) == 2000
+    assert precopy_seconds(1000, 100, 50) == 20
+    assert math.isinf(precopy_seconds(512, 30, 30))
+
+
+def test_expected_time_accounts_for_escalation() -> None:
+    policy = MigrationPolicy()  # 30 s per GiB, post-copy allowed
+    assert expected_migration_seconds(1024, 100, 0, policy) == pytest.approx(10.24)
+    # The KubeVirt #3504 guest: dirtying as fast as the link, 512 MiB.
+    assert expected_migration_seconds(512, 30, 30, policy) == pytest.approx(15 + 512 / 30)
+    no_postcopy = MigrationPolicy(post_copy=False)
+    assert math.isinf(expected_migration_seconds(512, 30, 30, no_postcopy))
+
+
+def test_cost_grows_with_memory_dirt_and_recent_moves() -> None:
+    base = migration_cost(1024, 0, 100)
+    assert migration_cost(2048, 0, 100) > base
+    assert migration_cost(1024, 50, 100) > base
+    assert migration_cost(1024, 0, 100, recent_moves=2) == 4 * base
+    assert math.isfinite(migration_cost(1024, 200, 100))
+
+
+def test_free_capacity_subtracts_vms_and_pending_reservations_once() -> None:
+    record = host("h2", vm("a", 2048, 2), vm("incoming", 1024, 1), memory_mib=8192, vcpus=2)
+    held = [
+        Reservation("m1", "incoming", "h1", 1, 1024, 0.0, 0.0, 30.0),  # already listed
+        Reservation("m2", "other", "h3", 1, 1024, 0.0, 0.0, 30.0),
+    ]
+    free = free_capacity(record, held, overcommit=4.0)
+    assert (free.memory_mib, free.vcpus) == (8192 - 2048 - 1024 - 1024, 8 - 3 - 1)
+    assert capacity_refusal("h2", free, Demand(1, 4096), False) is None
+    assert capacity_refusal("h2", free, Demand(1, 4097), False) == (
+        "no capacity: target h2 has 4096 MiB free, 4097 MiB needed"
+    )
+    assert capacity_refusal("h2", free, Demand(5, 1), False) == (
+        "no capacity: target h2 has 4 vCPUs free, 5 needed"
+    )
+
+
+def test_book_leases_land_settle_and_expire() -> None:
+    book = ReservationBook()
+    config = ReservationConfig(ttl=30.0, landed_hold=10.0)
+    book.add(Reservation("m1", "a", "h1", 1, 1024, 0.0, 0.0, 30.0))
+    book.add(Reservation("m2", "b", "h1", 1, 1024, 0.0, 0.0, 30.0))
+    assert book.inbound() == 2 and book.next_deadline() == 30.0
+    book.renew("m1", 20.0, config.ttl)
+    book.land("m2", 25.0, config.landed_hold)
+    assert book.inbound() == 1 and book.next_deadline() == 35.0
+    assert [r.migration_id for r in book.settle(host("h2", vm("b")))] == ["m2"]
+    assert book.expire(49.0) == [] and [r.vm for r in book.expire(50.0)] == ["a"]
+    assert len(book) == 0 and book.release("m1") is None
+    assert book.admit("h2", None, Demand(1, 1), config) == "not ready: h2 has no inventory yet"
