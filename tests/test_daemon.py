@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,35 @@ def test_nova_says_when_the_agent_is_not_running(tmp_path: Path) -> None:
     )
     assert done.returncode == 3
     assert "the agent is not running" in done.stderr
+
+
+def test_two_agents_meet_through_a_static_seed_without_mdns(ca: Path) -> None:
+    """Where multicast does not pass: --seeds alone builds the mesh."""
+    assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
+    first, second = _free_port(), _free_port()
+    (ca / "absent.toml").write_text("")
+    one = _args(ca, first)
+    two = _args(ca, second, node="n2")
+    two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
+    two[two.index("--data-dir") + 1] = str(ca / "data2")
+    two += ["--seeds", f"127.0.0.1:{first}"]
+    procs = [subprocess.Popen(args, stderr=subprocess.DEVNULL) for args in (one, two)]
+    try:
+        for sock in ("agent.sock", "agent2.sock"):
+            for _ in range(60):
+                out = subprocess.run(
+                    [str(BIN / "nova"), "--json", "members", "--socket", str(ca / sock)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                rows = json.loads(out.stdout).get("members", [])
+                states = {m["node_id"]: m["state"] for m in rows}
+                if states == {"n1": "alive", "n2": "alive"}:
+                    break
+                time.sleep(0.5)
+            assert states == {"n1": "alive", "n2": "alive"}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
