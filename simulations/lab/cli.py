@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=3, metavar="N")
     up.add_argument("--no-libvirt", action="store_true", help="hosts without libvirtd")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds per host to start")
+    up.add_argument(
+        "--agents", action="store_true", help="also issue certificates and start nova-agent"
+    )
     down = sub.add_parser("down", help="remove a lab and everything it created")
     status = sub.add_parser("status", help="show labs (all, or --name)")
     run = sub.add_parser("exec", help="run a command inside a host: exec h1 -- CMD...")
@@ -68,11 +71,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     lab.up()
+    if args.agents:
+        _start_agents(lab, out)
     if args.json:
         emit(lab_status(args.state_root, args.name))
     else:
         print(f"lab {args.name} is up; remove it with `{PROG} down --name {args.name}`")
     return 0
+
+
+def _start_agents(lab: Lab, out: Any) -> None:
+    """One agent per host; they outlive this command and `down` stops them."""
+    from novacron.simulations.lab.agents import BIN, LabAgents  # only needed with --agents
+
+    agents = LabAgents(lab)
+    agents.start_all()
+    for host in lab.hosts:
+        print(f"  {host.name}: nova-agent started; log {agents.host_dir(host)}/agent.log", file=out)
+    print(f"  see the mesh: {PROG} exec h1 --name {lab.name} -- {BIN}/nova members", file=out)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
