@@ -17,6 +17,7 @@ libvirt-clients
 libvirt-dev
 qemu-system-x86
 qemu-utils
+busybox-static
 "
 
 missing=""
