@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import NodeRecord, SignedRecord
+from novacron.protocol.messages import Message, NodeRecord, SignedRecord
 from novacron.protocol.records import sign_record, verify_record
 
 from . import logs
@@ -40,6 +40,7 @@ from .discovery import Discovery, PeerEvent, PeerFound
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
 from .inventory import Inventory
+from .migrator import Migrator
 from .sdnotify import Notifier
 from .security import TrustStore
 from .transport import Transport, TransportError
@@ -91,6 +92,15 @@ class Agent:
             verifier=self._verify,
             now=clock(),
         )
+        self.migrator = Migrator(
+            self.node_id,
+            self.core,
+            host=advertise_address(config),
+            libvirt_uri=config.libvirt_uri,
+            send=self._send,
+            clock=clock,
+            on_change=self._wake_timers,
+        )
         self.inventory = Inventory(
             self.node_id,
             libvirt_uri=config.libvirt_uri,
@@ -101,13 +111,15 @@ class Agent:
         )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
-            MeshView(lambda: self.core, clock, self._daemon_status), config.api_socket
+            MeshView(lambda: self.core, clock, self._daemon_status),
+            config.api_socket,
+            migrations=self.migrator,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._wake = asyncio.Event()  # the core's next deadline may have moved earlier
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # running loops and introductions
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
 
@@ -154,6 +166,8 @@ class Agent:
     async def run(self) -> None:
         """Serve until `stop()` is called, then leave the mesh gracefully."""
         await self._publish_inventory()
+        for host, port in seed_addresses(self.config):
+            await self._introduce_and_join(host, port, expected=None)
         self._spawn(self._receive_loop(), "receive")
         self._spawn(self._timer_loop(), "timers")
         self._spawn(self._inventory_loop(), "inventory")
@@ -167,13 +181,15 @@ class Agent:
         self._stop.set()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.discovery is not None:
             await self.discovery.close()
+        await self.migrator.close()
         await self.inventory.close()
         await self.api.close()
         await self.introductions.close()
@@ -191,9 +207,10 @@ class Agent:
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
         task.add_done_callback(self._task_done)
-        self._tasks.append(task)
+        self._tasks.add(task)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s loop crashed", task.get_name(), exc_info=task.exception())
             self.stop()  # systemd restarts us: better than limping on half-wired
@@ -203,18 +220,28 @@ class Agent:
     async def _receive_loop(self) -> None:
         while True:
             sender, message = await self.transport.recv()
-            await self._dispatch(self.core.receive(sender, message, self._clock()))
+            if self.migrator.handles(message):
+                await self.migrator.receive(sender, message)
+            else:
+                await self._dispatch(self.core.receive(sender, message, self._clock()))
             self._wake.set()
 
     async def _timer_loop(self) -> None:
         while True:
-            delay = self.core.next_deadline() - self._clock()
+            delay = min(self.core.next_deadline(), self.migrator.next_deadline()) - self._clock()
             if delay > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
                 continue
-            await self._dispatch(self.core.tick(self._clock()))
+            if self.core.next_deadline() <= self._clock():
+                await self._dispatch(self.core.tick(self._clock()))
+            if self.migrator.next_deadline() <= self._clock():
+                await self.migrator.tick()
+                await asyncio.sleep(0)  # a deadline the tick did not move must not starve the loop
+
+    def _wake_timers(self) -> None:
+        self._wake.set()
 
     async def _inventory_loop(self) -> None:
         while True:
@@ -223,6 +250,8 @@ class Agent:
 
     async def _publish_inventory(self) -> None:
         record = await self.inventory.record()
+        labels = {**record.labels, **self.migrator.record_labels()}
+        record = dataclasses.replace(record, labels=labels)
         content = dataclasses.replace(record, version=0)
         if content != self._last_record:
             self._last_record = content
@@ -230,12 +259,23 @@ class Agent:
             self._wake.set()
 
     async def _seed_loop(self) -> None:
+        """Keep knocking: static seeds while we are alone, and advertised peers we lack.
+
+        An mDNS advert is announced once; if the introduction that followed it
+        failed (the peer was still starting, the host was busy), nothing would
+        ever try again, and two groups that never met would stay apart.
+        """
         seeds = seed_addresses(self.config)
-        while seeds:
-            if self._alone():
+        while True:
+            await asyncio.sleep(SEED_RETRY)
+            if seeds and self._alone():
                 for host, port in seeds:
                     await self._introduce_and_join(host, port, expected=None)
-            await asyncio.sleep(SEED_RETRY)
+            for peer in self.discovery.peers if self.discovery is not None else []:
+                member = self.core.member(peer.node_id)
+                if member is None or member.state.value != "alive":
+                    join = self._introduce_and_join(peer.addresses[0], peer.port, peer.node_id)
+                    self._spawn(join, "mdns-retry")
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -288,17 +328,21 @@ class Agent:
 
     async def _dispatch(self, out: Output) -> None:
         for destination, message in out.sends:
-            address = self.core.address_of(destination)
-            if address is None:
-                continue
-            if self.trust.certificate_for(destination) is None:
-                # Learnt by gossip or push-pull before we met: swap certificates first.
-                host, _, port = address.rpartition(":")
-                self._spawn(self._introduce_only(host, int(port)), "introduce")
-                continue
-            await self.transport.send(destination, address, message)
+            await self._send(destination, message)
         for event in out.events:
             self._log_event(event)
+
+    async def _send(self, destination: str, message: Message) -> None:
+        """Send one message of a core (membership or migration) to a member."""
+        address = self.core.address_of(destination)
+        if address is None:
+            return
+        if self.trust.certificate_for(destination) is None:
+            # Learnt by gossip or push-pull before we met: swap certificates first.
+            host, _, port = address.rpartition(":")
+            self._spawn(self._introduce_only(host, int(port)), "introduce")
+            return
+        await self.transport.send(destination, address, message)
 
     async def _introduce_only(self, host: str, port: int) -> None:
         await self._introduce(host, port)

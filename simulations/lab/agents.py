@@ -111,7 +111,11 @@ class LabAgents:
         """Send `sig` to `host`'s agent and wait for it to end."""
         proc = self.processes.pop(host.name)
         proc.send_signal(sig)
-        proc.wait(timeout=15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a wedged agent must not wedge the lab too
+            proc.kill()
+            proc.wait(timeout=10)
 
     def stop_all(self) -> None:
         for name in list(self.processes):
