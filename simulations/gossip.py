@@ -1,0 +1,86 @@
+"""Command line: `python -m novacron.simulations.gossip --nodes N --loss P ...`.
+
+Runs one scenario of the membership simulator against the real sans-IO core,
+prints a human summary and, with `--json PATH`, writes the full report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .network import JITTER_KINDS
+from .report import run, summary_lines, to_json
+from .scenarios import SCENARIOS, Params
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI's arguments; defaults come from `Params`."""
+    d = Params()
+    p = argparse.ArgumentParser(
+        prog="python -m novacron.simulations.gossip",
+        description="Deterministic discrete-event simulation of NovaCron membership.",
+    )
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="dissemination")
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    p.add_argument("--loss", type=float, default=d.loss, help="packet loss probability")
+    p.add_argument("--duration", type=float, default=None, help="time limit, simulated seconds")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-lifeguard", action="store_true", help="plain SWIM baseline")
+    p.add_argument("--slow-fraction", type=float, default=d.slow_fraction)
+    p.add_argument("--slow-delay", type=float, default=d.slow_delay, help="inbox lag, s")
+    p.add_argument("--latency-ms", type=float, default=d.latency * 1000)
+    p.add_argument("--jitter-ms", type=float, default=d.jitter * 1000)
+    p.add_argument("--jitter", choices=JITTER_KINDS, default=d.jitter_kind)
+    p.add_argument("--warmup", type=float, default=d.warmup)
+    p.add_argument("--isolation", type=float, default=d.isolation, help="catch-up only")
+    p.add_argument("--updaters", type=int, default=d.updaters, help="catch-up only")
+    p.add_argument(
+        "--bytes-every", type=int, default=d.bytes_every, help="1 exact, k sampled, 0 auto"
+    )
+    p.add_argument("--no-verify-cache", action="store_true")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--no-runtime", action="store_true", help="omit wall-clock and memory")
+    return p
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    """Translate parsed arguments into scenario parameters."""
+    return Params(
+        nodes=args.nodes,
+        loss=args.loss,
+        duration=args.duration,
+        seed=args.seed,
+        lifeguard=not args.no_lifeguard,
+        slow_fraction=args.slow_fraction,
+        slow_delay=args.slow_delay,
+        bytes_every=args.bytes_every,
+        latency=args.latency_ms / 1000,
+        jitter=args.jitter_ms / 1000,
+        jitter_kind=args.jitter,
+        warmup=args.warmup,
+        isolation=args.isolation,
+        updaters=args.updaters,
+        verify_cache=not args.no_verify_cache,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one scenario; exit status 0."""
+    args = parser().parse_args(argv)
+    if args.nodes < 2:
+        print("need at least 2 nodes", file=sys.stderr)
+        return 2
+    report = run(args.scenario, params_from(args), with_runtime=not args.no_runtime)
+    print("\n".join(summary_lines(report)))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json(report))
+        print(f"  report written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

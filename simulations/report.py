@@ -1,0 +1,141 @@
+"""One run of one scenario, as a JSON-ready report and a human summary.
+
+A report has two parts on purpose:
+
+- everything except `runtime` is a pure function of the parameters: the same
+  seed gives byte-identical JSON (floats are rounded, dicts sorted, nothing
+  depends on PYTHONHASHSEED);
+- `runtime` holds what the machine measured (wall-clock seconds, RSS), which
+  differs from run to run; `--no-runtime` leaves it out so files can be diffed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from typing import Any
+
+import psutil
+
+from .cluster import Cluster
+from .metrics import rounded, summary
+from .scenarios import SCENARIOS, Params, Results, build
+
+MIB = 1024 * 1024
+
+
+def rss() -> int:
+    """Resident set size of this process, in bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def run(name: str, params: Params, *, with_runtime: bool = True) -> dict[str, Any]:
+    """Build a converged cluster, run scenario `name` on it, and report."""
+    scenario = SCENARIOS[name]
+    began, rss_before = time.perf_counter(), rss()
+    cluster = build(params)
+    built, rss_built = time.perf_counter(), rss()
+    results = scenario(cluster, params)
+    finished, rss_after = time.perf_counter(), rss()
+    report: dict[str, Any] = {
+        "scenario": name,
+        "params": dataclasses.asdict(params),
+        "membership": dataclasses.asdict(cluster.settings.membership),
+        "results": results,
+        "traffic_total": traffic_total(cluster),
+        "simulation": simulation_stats(cluster),
+    }
+    if with_runtime:
+        nodes = max(1, params.nodes)
+        report["runtime"] = {
+            "wall_clock_s": round(finished - began, 2),
+            "build_s": round(built - began, 2),
+            "run_s": round(finished - built, 2),
+            "simulated_s": rounded(cluster.engine.now, 2),
+            "rss_mib": round(rss_after / MIB, 1),
+            "memory_per_node_kib_after_build": round((rss_built - rss_before) / nodes / 1024, 2),
+            "memory_per_node_kib_after_run": round((rss_after - rss_before) / nodes / 1024, 2),
+            "python": platform.python_version(),
+        }
+    return report
+
+
+def traffic_total(cluster: Cluster) -> Results:
+    """Whole-run traffic: per node per second, by message type, largest packet."""
+    meter, seconds = cluster.meter, max(cluster.engine.now, 1e-9)
+    nodes = max(1, len(cluster.ids))
+    return {
+        "accounting": meter.mode(),
+        "bytes_per_node_s": rounded(meter.bytes / nodes / seconds, 1),
+        "packets_per_node_s": rounded(meter.packets / nodes / seconds, 2),
+        "bytes_per_node_s_spread": summary(
+            [meter.bytes_by_node.get(n, 0) / seconds for n in cluster.ids]
+        ),
+        "bytes_by_type": dict(sorted(meter.bytes_by_type.items())),
+        "packets_by_type": dict(sorted(meter.packets_by_type.items())),
+        "datagrams_per_node_s": rounded(cluster.engine.datagrams / nodes / seconds, 2),
+        "largest_message_bytes": meter.max_packet,
+        "largest_datagram_message_bytes": meter.max_datagram_message,
+        "datagram_messages_over_budget": meter.over_budget,
+    }
+
+
+def simulation_stats(cluster: Cluster) -> Results:
+    """What the engine did: ticks, deliveries, drops, verification cache use."""
+    engine, network = cluster.engine, cluster.network
+    return {
+        "simulated_s": rounded(engine.now, 4),
+        "engine": dict(sorted(engine.stats.items())),
+        "heap_entries_pushed": engine.clock.pushed,
+        "drops": dict(sorted(network.drops.items())),
+        "delivered": network.delivered,
+        "verification": {
+            "shared_cache": cluster.verifier.enabled,
+            "verified": cluster.verifier.misses,
+            "cache_hits": cluster.verifier.hits,
+        },
+    }
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """Canonical JSON: sorted keys, fixed indentation, trailing newline."""
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human-readable account of a report."""
+    params = report["params"]
+    lines = [
+        f"scenario {report['scenario']}: {params['nodes']} nodes, loss {params['loss']:.1%}, "
+        f"seed {params['seed']}, lifeguard {'on' if params['lifeguard'] else 'off'}"
+        + (
+            f", {params['slow_fraction']:.0%} slow (+{params['slow_delay']} s)"
+            if params["slow_fraction"]
+            else ""
+        )
+    ]
+    lines += [f"  {key}: {_show(value)}" for key, value in report["results"].items()]
+    traffic = report["traffic_total"]
+    lines.append(
+        f"  whole run: {traffic['bytes_per_node_s']} B/node/s, "
+        f"{traffic['packets_per_node_s']} packets/node/s "
+        f"(bytes {traffic['accounting']['mode']}, every {traffic['accounting']['every']}), "
+        f"largest message {traffic['largest_message_bytes']} B "
+        f"(non-push-pull {traffic['largest_datagram_message_bytes']} B)"
+    )
+    runtime = report.get("runtime")
+    if runtime:
+        lines.append(
+            f"  wall clock {runtime['wall_clock_s']} s for {runtime['simulated_s']} simulated s "
+            f"(build {runtime['build_s']} s); RSS {runtime['rss_mib']} MiB, "
+            f"~{runtime['memory_per_node_kib_after_run']} KiB per node"
+        )
+    return lines
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items() if k != "formula")
+    return "-" if value is None else str(value)

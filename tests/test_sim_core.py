@@ -1,0 +1,124 @@
+"""Small simulations of the real membership core: outcomes, and reproducibility.
+
+About 50 nodes each, a few simulated minutes in all; the assertions are the
+protocol's promises (an update reaches everyone, a crash is detected by every
+live node, a healed partition converges, no false alarms on a clean network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron.protocol.errors import ProtocolError
+from novacron.protocol.messages import MemberState, SignedRecord
+from novacron.simulations.cluster import initial_record
+from novacron.simulations.report import run, to_json
+from novacron.simulations.scenarios import Params, build
+from novacron.simulations.signing import VerificationCache, make_signer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results(name: str, **overrides: Any) -> dict[str, Any]:
+    params = Params(**{"nodes": 50, "seed": 3, **overrides})
+    report = run(name, params, with_runtime=False)
+    assert report["simulation"]["engine"].get("deadline-not-advanced", 0) == 0
+    found: dict[str, Any] = report["results"]
+    return found
+
+
+def test_an_update_reaches_every_node() -> None:
+    r = results("dissemination", loss=0.05)
+    assert r["coverage"] == 1.0
+    assert r["time_to_50pct_s"] <= r["time_to_99pct_s"] <= r["time_to_100pct_s"] < 30.0
+
+
+def test_a_crash_is_detected_by_every_live_node() -> None:
+    r = results("failure-detection")
+    assert r["marked_failed_by"] == r["live_nodes"] == 49
+    bounds = r["memberlist_suspicion_timeout"]
+    assert r["first_suspicion_s"] is not None
+    assert r["all_marked_failed_s"] < bounds["max_s"] + 5
+
+
+def test_a_healed_partition_converges() -> None:
+    r = results("partition-heal")
+    assert r["cross_pairs_declared_failed"] == r["cross_pairs"]
+    assert r["everyone_alive_again_s"] is not None
+    assert r["pairs_not_alive_at_end"] == 0
+
+
+def test_an_isolated_node_catches_up_within_two_push_pull_intervals() -> None:
+    r = results("catch-up", isolation=30.0)
+    assert r["records_missing_at_heal"] > 0
+    assert r["records_still_missing"] == 0
+    assert r["within_two_push_pull_intervals"] is True
+
+
+def test_no_false_positives_without_loss() -> None:
+    r = results("false-positives", duration=60.0)
+    assert r["healthy_nodes_marked_failed"] == 0
+    assert r["healthy_nodes_suspected"] == 0
+
+
+def test_same_seed_gives_identical_json() -> None:
+    params = Params(nodes=30, seed=9, loss=0.1, duration=10.0)
+    first = to_json(run("failure-detection", params, with_runtime=False))
+    assert first == to_json(run("failure-detection", params, with_runtime=False))
+    other = to_json(run("failure-detection", Params(nodes=30, seed=10, loss=0.1, duration=10.0)))
+    assert json.loads(first)["results"] != json.loads(other)["results"]
+
+
+def test_results_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    outputs = []
+    for hash_seed in ("1", "12345"):
+        out = tmp_path / f"run-{hash_seed}.json"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        command = [
+            sys.executable, "-m", "novacron.simulations.gossip", "--scenario", "dissemination",
+            "--nodes", "30", "--loss", "0.1", "--seed", "4", "--duration", "10",
+            "--json", str(out), "--no-runtime",
+        ]  # fmt: skip
+        subprocess.run(command, check=True, env=env, cwd=ROOT, capture_output=True)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_hmac_records_verify_and_forgeries_do_not() -> None:
+    cache = VerificationCache()
+    signed = make_signer("node-1")(initial_record("node-1", 4))
+    assert cache(signed).version == 4
+    assert cache(signed).version == 4
+    assert (cache.misses, cache.hits) == (1, 1)
+    forged = SignedRecord("node-1", 4, signed.record + b"x", signed.signature)
+    with pytest.raises(ProtocolError):
+        cache(forged)
+    stolen = SignedRecord("node-2", 4, signed.record, signed.signature)
+    with pytest.raises(ProtocolError):
+        cache(stolen)
+    with pytest.raises(ValueError):
+        make_signer("node-2")(initial_record("node-1"))
+
+
+def test_a_restarted_node_rejoins_with_a_higher_incarnation() -> None:
+    cluster = build(Params(nodes=30, seed=5))
+    victim = "node-00007"
+    cluster.engine.run(3.0)
+    cluster.crash(victim)
+    cluster.engine.run(30.0)
+    live = cluster.live_ids()
+    before = [cluster.members[n].member(victim) for n in live]
+    assert all(v is not None and v.state is MemberState.DEAD for v in before)
+    cluster.restart(victim)
+    cluster.engine.run(60.0)
+    views = [cluster.members[n].member(victim) for n in live]
+    assert all(v is not None and v.state is MemberState.ALIVE for v in views)
+    assert cluster.members[victim].incarnation > 1
+    assert len(cluster.members[victim].members()) == 30

@@ -1,0 +1,238 @@
+"""The simulator's engine and network model, driven with small stand-in nodes.
+
+These tests do not need the membership core: a stand-in that floods a value
+and one that pings on a timer are enough to check time, loss, partitions,
+crashes, slow inboxes, wake-up scheduling and determinism.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from novacron.agent.core.events import Output
+from novacron.protocol.messages import Ack, Message, Ping
+from novacron.simulations.clock import VirtualClock
+from novacron.simulations.engine import Engine
+from novacron.simulations.metrics import ByteMeter, percentile
+from novacron.simulations.network import LinkModel, Network, NetworkConfig, link_base
+
+FIXED = LinkModel(base_latency=0.01, jitter="none", link_spread=0.0)
+
+
+class Pinger:
+    """Pings one peer every `interval` seconds; logs what it sees and when."""
+
+    def __init__(self, node_id: str, peers: list[str], interval: float, now: float = 0.0):
+        self.node_id = node_id
+        self.peers = peers
+        self.interval = interval
+        self.next = now + interval
+        self.seq = 0
+        self.ticks: list[float] = []
+        self.pings: list[tuple[float, str]] = []  # (time, sender)
+        self.acks: list[tuple[float, int]] = []  # (time, seq)
+
+    def receive(self, sender: str, message: Message, now: float) -> Output:
+        if isinstance(message, Ping):
+            self.pings.append((now, sender))
+            return Output(sends=[(sender, Ack(seq=message.seq))])
+        if isinstance(message, Ack):
+            self.acks.append((now, message.seq))
+        return Output()
+
+    def tick(self, now: float) -> Output:
+        out = Output()
+        if now >= self.next:
+            self.ticks.append(now)
+            self.next = now + self.interval
+            for peer in self.peers:
+                self.seq += 1
+                out.sends.append((peer, Ping(seq=self.seq, target=peer)))
+        return out
+
+    def next_deadline(self) -> float:
+        return self.next
+
+
+class Flooder:
+    """Forwards a value the first time it hears it to `fanout` random peers."""
+
+    def __init__(self, node_id: str, peers: list[str], rng: random.Random, fanout: int = 3):
+        self.node_id = node_id
+        self.peers = peers
+        self.rng = rng
+        self.fanout = fanout
+        self.heard_at: float | None = None
+
+    def start(self, now: float) -> Output:
+        self.heard_at = now
+        return self._forward()
+
+    def receive(self, sender: str, message: Message, now: float) -> Output:
+        if self.heard_at is not None:
+            return Output()
+        self.heard_at = now
+        return self._forward()
+
+    def _forward(self) -> Output:
+        targets = self.rng.sample(self.peers, self.fanout)
+        return Output(sends=[(t, Ping(seq=1, target=t)) for t in targets])
+
+    def tick(self, now: float) -> Output:
+        return Output()
+
+    def next_deadline(self) -> float:
+        return float("inf")
+
+
+def make_engine(config: NetworkConfig, seed: int = 1) -> Engine:
+    return Engine(Network(config, random.Random(seed)), ByteMeter())
+
+
+def pair(config: NetworkConfig, interval: float = 1.0) -> tuple[Engine, Pinger, Pinger]:
+    engine = make_engine(config)
+    a, b = Pinger("a", ["b"], interval), Pinger("b", [], 1000.0)
+    engine.add("a", a)
+    engine.add("b", b)
+    return engine, a, b
+
+
+def test_clock_orders_same_instant_by_insertion() -> None:
+    clock = VirtualClock()
+    for label in "xyz":
+        clock.push(1.0, 2, label)
+    clock.push(0.5, 2, "first")
+    assert [clock.pop()[3] for _ in range(4)] == ["first", "x", "y", "z"]
+    assert clock.now == 1.0
+
+
+def test_ticks_fire_exactly_at_deadlines_and_packets_take_the_link_latency() -> None:
+    engine, a, b = pair(NetworkConfig(link=FIXED))
+    engine.run(3.5)
+    assert a.ticks == [1.0, 2.0, 3.0]
+    assert [t for t, _ in b.pings] == pytest.approx([1.01, 2.01, 3.01])
+    assert [t for t, _ in a.acks] == pytest.approx([1.02, 2.02, 3.02])
+    assert engine.now == 3.5
+
+
+def test_an_earlier_deadline_replaces_the_pending_wake_up() -> None:
+    engine, a, _ = pair(NetworkConfig(link=FIXED), interval=10.0)
+    engine.run(1.0)
+    a.next = 2.5  # what a receive() would do: the node now wants to wake earlier
+    engine.add("a", a)  # re-register: reads next_deadline again
+    engine.run(3.0)
+    assert a.ticks == [2.5]
+
+
+def test_loss_drops_the_configured_fraction() -> None:
+    network = Network(NetworkConfig(link=FIXED, loss=0.3), random.Random(7))
+    delivered = sum(network.route("a", "b", 0.0) is not None for _ in range(20_000))
+    assert delivered / 20_000 == pytest.approx(0.7, abs=0.02)
+    assert network.drops["loss"] == 20_000 - delivered
+
+
+def test_partition_drops_across_groups_until_healed() -> None:
+    network = Network(NetworkConfig(link=FIXED), random.Random(1))
+    network.partition([["a", "b"], ["c"]])
+    assert network.route("a", "b", 0.0) is not None
+    assert network.route("a", "c", 0.0) is None
+    network.heal()
+    assert network.route("a", "c", 0.0) is not None
+    network.isolate("c")
+    assert network.route("a", "c", 0.0) is None
+    assert network.route("a", "b", 0.0) is not None
+    assert network.drops["partition"] == 2
+
+
+def test_partitioned_pinger_gets_no_acks_then_recovers() -> None:
+    engine, a, _ = pair(NetworkConfig(link=FIXED))
+    engine.at(1.5, lambda: engine.network.isolate("b"))
+    engine.at(3.5, engine.network.heal)
+    engine.run(4.5)
+    assert [seq for _, seq in a.acks] == [1, 4]
+
+
+def test_crashed_node_neither_ticks_nor_receives_and_restart_is_fresh() -> None:
+    engine, a, b = pair(NetworkConfig(link=FIXED))
+    engine.at(1.5, lambda: engine.crash("a"))
+    engine.run(3.0)
+    assert a.ticks == [1.0]
+    engine.crash("b")
+    engine.add("a", a)  # the old object comes back; ticks resume at its deadline
+    engine.run(5.0)
+    assert len(b.pings) == 1
+    assert engine.network.drops["crashed"] >= 1
+    fresh = Pinger("b", [], 1000.0)
+    engine.add("b", fresh)
+    engine.run(6.5)
+    assert len(fresh.pings) == 1 and len(b.pings) == 1
+
+
+def test_packet_in_flight_to_a_node_that_crashes_is_dropped_on_arrival() -> None:
+    engine, _, b = pair(NetworkConfig(link=FIXED))
+    engine.at(1.005, lambda: engine.crash("b"))  # the ping left at 1.0, lands at 1.01
+    engine.run(1.5)
+    assert b.pings == []
+    assert engine.stats["dropped-on-arrival"] == 1
+
+
+def test_slow_node_serves_its_inbox_late_but_its_timers_fire_on_time() -> None:
+    engine, a, b = pair(NetworkConfig(link=FIXED, slow_delay=0.7))
+    engine.network.set_slow(["a"])
+    engine.run(2.5)
+    assert a.ticks == [1.0, 2.0]  # timers on time
+    assert [t for t, _ in b.pings] == pytest.approx([1.01, 2.01])
+    assert [t for t, _ in a.acks] == pytest.approx([1.72])  # served 0.7 s late
+    assert engine.network.slow_nodes == {"a": 0.7}
+
+
+def test_jitter_is_never_negative_and_links_differ_stably() -> None:
+    for kind in ("exponential", "lognormal"):
+        link = LinkModel(base_latency=0.001, jitter=kind, jitter_mean=0.002, link_spread=1.0)
+        network = Network(NetworkConfig(link=link), random.Random(3))
+        samples = [network.latency("a", "b") for _ in range(5000)]
+        assert min(samples) >= 0.001
+        expected = link_base("a", "b", link) + 0.002
+        assert sum(samples) / len(samples) == pytest.approx(expected, rel=0.1)
+    link = LinkModel(base_latency=0.001, link_spread=1.0)
+    assert link_base("a", "b", link) == link_base("b", "a", link)
+    assert link_base("a", "b", link) != link_base("a", "c", link)
+    assert 0.001 <= link_base("a", "b", link) < 0.002
+
+
+def flood(seed: int, loss: float = 0.0, size: int = 200) -> list[float | None]:
+    link = LinkModel(jitter="exponential", jitter_mean=0.005)
+    engine = make_engine(NetworkConfig(link=link, loss=loss), seed)
+    ids = [f"n{i:03d}" for i in range(size)]
+    nodes = [Flooder(i, [p for p in ids if p != i], random.Random(f"{seed}/{i}")) for i in ids]
+    for node in nodes:
+        engine.add(node.node_id, node)
+    engine.add(ids[0], nodes[0], nodes[0].start(0.0))
+    engine.run(10.0)
+    return [n.heard_at for n in nodes]
+
+
+def test_same_seed_same_run_different_seed_different_run() -> None:
+    assert flood(5, loss=0.1) == flood(5, loss=0.1)
+    assert flood(5, loss=0.1) != flood(6, loss=0.1)
+
+
+def test_flood_reaches_most_nodes_in_causal_order() -> None:
+    times = flood(9)
+    heard = [t for t in times if t is not None]
+    assert len(heard) > 0.9 * len(times)  # infect-once fanout 3 misses ~e^-3 of nodes
+    assert times[0] == 0.0 and min(heard) == 0.0
+
+
+def test_byte_meter_exact_and_sampled() -> None:
+    exact, sampled = ByteMeter(), ByteMeter(sample_every=4)
+    message = Ping(seq=1, target="peer")
+    for _ in range(8):
+        exact.count("me", message)
+        sampled.count("me", message)
+    assert exact.bytes == sampled.bytes == 8 * exact.size("me", message)
+    assert exact.packets == sampled.packets == 8
+    assert sampled.mode() == {"mode": "sampled", "every": 4}
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
