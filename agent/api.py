@@ -1,7 +1,8 @@
 """The agent's local control API: HTTP over a root-only unix socket (aiohttp).
 
-`nova` on the same host talks to it. Read-only views of the agent's state;
-every answer is JSON, errors included (`{"error": "..."}` with a 4xx code).
+`nova` on the same host talks to it. Read-only views of the agent's state,
+plus the migration controls (start, cancel); every answer is JSON, errors
+included (`{"error": "..."}` with a 4xx code).
 The socket is created with mode 0600 so that only root can drive the agent.
 """
 
@@ -29,13 +30,43 @@ class AgentView(Protocol):
     def vms(self) -> list[dict[str, Any]]: ...
 
 
+class Refusal(Exception):
+    """A control will not do what was asked: `status` is the HTTP code (4xx), the message why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class MigrationControl(Protocol):
+    """What the API needs to drive migrations (the daemon's `Migrator` fits).
+
+    `migrate` and `cancel` raise `Refusal` with the reason when they will not act.
+    """
+
+    async def migrate(self, vm: str, body: dict[str, Any]) -> str: ...
+
+    async def cancel(self, migration_id: str) -> None: ...
+
+    def migrations(self) -> list[dict[str, Any]]: ...
+
+    def migration(self, migration_id: str) -> dict[str, Any] | None: ...
+
+
 VIEW_KEY = web.AppKey("view", AgentView)
+CONTROL_KEY = web.AppKey("migrations", MigrationControl)
 
 
-def build_app(view: AgentView) -> web.Application:
-    """The aiohttp application serving `view` under /v1."""
+def build_app(view: AgentView, migrations: MigrationControl | None = None) -> web.Application:
+    """The aiohttp application serving `view` (and `migrations`, if given) under /v1."""
     app = web.Application(middlewares=[_json_errors])
     app[VIEW_KEY] = view
+    if migrations is not None:
+        app[CONTROL_KEY] = migrations
+        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/migrate", _migrate)
+        app.router.add_get(f"/{API_VERSION}/migrations", _migrations)
+        app.router.add_get(f"/{API_VERSION}/migrations/{{migration_id}}", _migration)
+        app.router.add_post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", _cancel)
     app.router.add_get(f"/{API_VERSION}/status", _status)
     app.router.add_get(f"/{API_VERSION}/members", _members)
     app.router.add_get(f"/{API_VERSION}/hosts/self", _host)
@@ -64,6 +95,53 @@ async def _vms(request: web.Request) -> web.Response:
     return web.json_response({"vms": request.app[VIEW_KEY].vms()})
 
 
+async def _migrate(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason="the request body must be a JSON object")
+    vm = request.match_info["name"]
+    try:
+        migration_id = await request.app[CONTROL_KEY].migrate(vm, body)
+    except Refusal as exc:
+        raise _http_error(exc) from None
+    return web.json_response({"migration_id": migration_id, "vm": vm}, status=202)
+
+
+async def _migrations(request: web.Request) -> web.Response:
+    return web.json_response({"migrations": request.app[CONTROL_KEY].migrations()})
+
+
+async def _migration(request: web.Request) -> web.Response:
+    migration_id = request.match_info["migration_id"]
+    found = request.app[CONTROL_KEY].migration(migration_id)
+    if found is None:
+        raise web.HTTPNotFound(reason=f"no migration {migration_id!r} on this host")
+    return web.json_response({"migration": found})
+
+
+async def _cancel(request: web.Request) -> web.Response:
+    migration_id = request.match_info["migration_id"]
+    try:
+        await request.app[CONTROL_KEY].cancel(migration_id)
+    except Refusal as exc:
+        raise _http_error(exc) from None
+    return web.json_response({"migration_id": migration_id, "cancelling": True}, status=202)
+
+
+_ERRORS: dict[int, type[web.HTTPClientError]] = {
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+}
+
+
+def _http_error(refusal: Refusal) -> web.HTTPClientError:
+    """The HTTP error for a control's refusal (400 for anything not listed)."""
+    return _ERRORS.get(refusal.status, web.HTTPBadRequest)(reason=str(refusal))
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every error is JSON too, so scripts never have to parse HTML."""
@@ -77,8 +155,10 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 class ApiServer:
     """Serves the API on a unix socket that only root may open."""
 
-    def __init__(self, view: AgentView, socket_path: str) -> None:
-        self._runner = web.AppRunner(build_app(view), access_log=None)
+    def __init__(
+        self, view: AgentView, socket_path: str, migrations: MigrationControl | None = None
+    ) -> None:
+        self._runner = web.AppRunner(build_app(view, migrations), access_log=None)
         self.socket_path = Path(socket_path)
 
     async def start(self) -> None:

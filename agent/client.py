@@ -46,12 +46,31 @@ def socket_path(explicit: str | None = None) -> str:
 
 def get(path: str, socket_file: str | None = None, timeout: float = 10.0) -> Any:
     """GET `path` from the agent and return the decoded JSON body."""
+    return _request("GET", path, None, socket_file, timeout)
+
+
+def post(
+    path: str, body: dict[str, Any], socket_file: str | None = None, timeout: float = 10.0
+) -> Any:
+    """POST `body` as JSON to `path` and return the decoded JSON answer."""
+    return _request("POST", path, body, socket_file, timeout)
+
+
+def _request(
+    method: str, path: str, body: dict[str, Any] | None, socket_file: str | None, timeout: float
+) -> Any:
+    """One request; `AgentUnavailable` or `AgentRequestFailed` (with the agent's reason)."""
     where = socket_path(socket_file)
     connection = _UnixConnection(where, timeout)
+    headers = {"Accept": "application/json"}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     try:
-        connection.request("GET", path, headers={"Accept": "application/json"})
+        connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
-        body = response.read()
+        data = response.read()
     except FileNotFoundError:
         raise AgentUnavailable(
             f"the agent is not running: no socket at {where} "
@@ -67,11 +86,15 @@ def get(path: str, socket_file: str | None = None, timeout: float = 10.0) -> Any
         raise AgentUnavailable(f"the agent at {where} did not answer: {exc}") from None
     finally:
         connection.close()
+    return _decode(response.status, data)
+
+
+def _decode(status: int, body: bytes) -> Any:
     try:
         data = json.loads(body)
     except ValueError:
-        raise AgentRequestFailed(response.status, "the agent sent a non-JSON answer") from None
-    if response.status >= 400:
+        raise AgentRequestFailed(status, "the agent sent a non-JSON answer") from None
+    if status >= 400:
         message = data.get("error") if isinstance(data, dict) else None
-        raise AgentRequestFailed(response.status, str(message or f"HTTP {response.status}"))
+        raise AgentRequestFailed(status, str(message or f"HTTP {status}"))
     return data

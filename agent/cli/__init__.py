@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca, completion, mesh
+from . import ca, completion, mesh, migrate
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -35,6 +35,7 @@ from .common import (
 COMMAND_GROUPS: tuple[AddGroup, ...] = (
     ca.add_ca_commands,
     mesh.add_mesh_commands,
+    migrate.add_migration_commands,
     completion.add_completion_commands,
 )
 

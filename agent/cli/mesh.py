@@ -13,6 +13,7 @@ from typing import Any
 from novacron.agent import client
 
 from .common import EXIT_FAILED, EXIT_OK, Groups, Output, Parser, json_flag
+from .migrate import add_vm_migration_commands
 from .table import age, render
 
 EXIT_NO_AGENT = 3
@@ -42,6 +43,7 @@ def add_mesh_commands(groups: Groups[Parser]) -> None:
     vm_list = vm_commands.add_parser("list", help="every VM the mesh knows, with its host")
     _common(vm_list)
     vm_list.set_defaults(handler=list_vms)
+    add_vm_migration_commands(vm_commands)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -776,6 +776,13 @@ class MembershipNode:
         if now < self._next_reconnect_at:
             return
         self._next_reconnect_at = now + self.config.reconnect_interval
+        # Serf's damping: retry with probability failed/alive, so that a
+        # thousand members do not all push their full state at one dead node
+        # every interval, while a healed half (many "failed") retries eagerly.
+        failed = self._members.count(MemberState.DEAD)
+        alive = max(1, self._members.count(MemberState.ALIVE))
+        if failed == 0 or self._rng.random() > failed / alive:
+            return
         candidates = [
             node_id
             for node_id in self._members.dead_ids()
