@@ -21,13 +21,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import psutil
 
 from novacron.simulations.lab import Lab
-from novacron.simulations.lab.agents import LabAgents, wait_for
+from novacron.simulations.lab.agents import LabAgents
 
 BASELINE = "import novacron.agent.daemon, time; time.sleep({seconds})"
 
@@ -38,14 +37,7 @@ def measure_size(size: int, idle: float, libvirt: bool) -> dict[str, Any]:
         started = time.monotonic()
         agents.start_all()
         try:
-            names = {h.name for h in lab.hosts}
-            for host in lab.hosts:
-                wait_for(
-                    partial(agents.states, host),
-                    lambda s: {n for n, v in s.items() if v == "alive"} == names,
-                    timeout=300,
-                    interval=1.0,
-                )
+            agents.wait_for_full_mesh(timeout=300, interval=1.0)
             converged = time.monotonic() - started
             rss, uss, cpu = idle_usage([p.pid for p in agents.processes.values()], idle)
         finally:

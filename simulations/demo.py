@@ -50,13 +50,7 @@ def run(hosts: int) -> None:
         say(f"starting {hosts} agents (certificates from a fresh cluster CA, no seeds: mDNS only)")
         agents.start_all()
         try:
-            names = {h.name for h in lab.hosts}
-            for host in lab.hosts:
-                wait_for(
-                    partial(agents.states, host),
-                    lambda s: {n for n, v in s.items() if v == "alive"} == names,
-                    timeout=60,
-                )
+            agents.wait_for_full_mesh(timeout=60)
             say("every agent sees every host alive")
             show_members(agents, lab.hosts[0])
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -41,16 +41,10 @@ def mesh() -> Iterator[tuple[Lab, LabAgents]]:
         agents = LabAgents(lab)
         agents.start_all()
         try:
-            for host in lab.hosts:
-                wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=60)
+            agents.wait_for_full_mesh(timeout=60)
             yield lab, agents
         finally:
             agents.stop_all()
-
-
-def _all_alive(hosts: list[LabHost]) -> Callable[[dict[str, str]], bool]:
-    names = {h.name for h in hosts}
-    return lambda states: {n for n, s in states.items() if s == "alive"} == names
 
 
 def _everyone_sees(agents: LabAgents, observers: list[LabHost], node: str, state: str) -> None:
@@ -139,8 +133,7 @@ def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, La
         time.sleep(max(0.0, 30 - (time.monotonic() - cut_at)))
     finally:
         cut.link_up()
-    for host in lab.hosts:
-        wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=120)
+    agents.wait_for_full_mesh(timeout=120)
     for host in others:  # nobody but the cut host was ever declared failed
         new = _failed_events(agents, host)[len(failed_before[host.name]) :]
         assert {e["node_id"] for e in new} <= {cut.name}, f"{host.name} failed {new}"
@@ -165,8 +158,7 @@ def test_agent_with_another_cas_certificate_never_becomes_member(
         agents.kill(rogue, signal.SIGTERM)
         agents.issue(rogue)
         agents.start(rogue)
-    for host in lab.hosts:
-        wait_for(partial(agents.states, host), _all_alive(lab.hosts), timeout=60)
+    agents.wait_for_full_mesh(timeout=60)
 
 
 BROWSE = """

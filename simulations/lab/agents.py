@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,6 +144,16 @@ class LabAgents:
 
     def states(self, host: LabHost) -> dict[str, str]:
         return {node: row["state"] for node, row in self.members(host).items()}
+
+    def all_alive(self, host: LabHost) -> bool:
+        """Whether `host`'s agent sees every lab host, itself included, alive."""
+        alive = {node for node, state in self.states(host).items() if state == "alive"}
+        return alive == {h.name for h in self.lab.hosts}
+
+    def wait_for_full_mesh(self, timeout: float, interval: float = 0.5) -> None:
+        """Wait until every agent sees every host alive (TimeoutError names the laggard)."""
+        for host in self.lab.hosts:
+            wait_for(partial(self.all_alive, host), bool, timeout, interval)
 
 
 def _nova(*args: str) -> None:
