@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_novacron._tcp.local."
 RESOLVE_TIMEOUT = 3.0  # seconds to wait for a peer's SRV/TXT/A answers
+RESOLVE_ATTEMPTS = 6  # tries (with back-off, about a minute in all) before giving up
 MAX_FINGERPRINT = 128  # characters; a SHA-256 hex digest has 64
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
@@ -225,8 +226,16 @@ class Discovery:
         if self._zc is None:
             return
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zc.zeroconf, self._resolve_ms):
-            log.debug("mDNS advert %s did not resolve in time", name)
+        # An advert is announced once: if its answers are lost (a busy host,
+        # a burst of fifty peers starting together) nobody would ask again.
+        for attempt in range(RESOLVE_ATTEMPTS):
+            if self._zc is None:
+                return
+            if await info.async_request(self._zc.zeroconf, self._resolve_ms):
+                break
+            await asyncio.sleep(min(2**attempt, 10))
+        else:
+            log.info("mDNS advert %s did not resolve after %d tries", name, RESOLVE_ATTEMPTS)
             return
         try:
             found = parse_advert(info)
