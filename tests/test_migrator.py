@@ -1,0 +1,242 @@
+"""The migration driver without a lab: its libvirt arguments, its refusals, its API.
+
+What libvirt does with these arguments is tested for real in
+tests/test_migration_lab.py; here the pure pieces and the request handling
+are checked in milliseconds, with a fake cluster view and no libvirt calls.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import libvirt
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from novacron.agent.api import Refusal, build_app
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.migration_policy import MigrationPolicy
+from novacron.agent.migrator import (
+    BASE_FLAGS,
+    Migrator,
+    has_local_disks,
+    migration_flags,
+    migration_params,
+    progress_sample,
+)
+from novacron.protocol.messages import (
+    MemberState,
+    Message,
+    MigrationAccept,
+    MigrationPropose,
+    NodeRecord,
+    Ping,
+    Resources,
+    VmSummary,
+)
+
+# --- libvirt arguments ----------------------------------------------------------------
+
+
+def test_flags_follow_the_policy_and_the_disks() -> None:
+    plain = MigrationPolicy(auto_converge=False, post_copy=False)
+    assert migration_flags(plain, local_disks=False) == BASE_FLAGS
+    full = migration_flags(MigrationPolicy(), local_disks=True)
+    for flag in (
+        libvirt.VIR_MIGRATE_NON_SHARED_INC,
+        libvirt.VIR_MIGRATE_AUTO_CONVERGE,
+        libvirt.VIR_MIGRATE_POSTCOPY,
+        libvirt.VIR_MIGRATE_LIVE,
+        libvirt.VIR_MIGRATE_PEER2PEER,
+        libvirt.VIR_MIGRATE_PERSIST_DEST,
+        libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
+    ):
+        assert full & flag
+
+
+def test_params_carry_the_migration_uri_and_the_bandwidth_cap() -> None:
+    assert migration_params(MigrationPolicy(), "") == {}
+    params = migration_params(MigrationPolicy(bandwidth_mib_s=2.4), "tcp://198.18.0.2")
+    assert params == {
+        libvirt.VIR_MIGRATE_PARAM_URI: "tcp://198.18.0.2",
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("devices", "local"),
+    [
+        ("", False),
+        ("<disk type='file' device='disk'><source file='/d/a.qcow2'/></disk>", True),
+        ("<disk type='file' device='cdrom'><source file='/i.iso'/><readonly/></disk>", False),
+        ("<disk type='file' device='disk'><source file='/s'/><shareable/></disk>", False),
+    ],
+)
+def test_local_disks_are_writable_unshared_disks(devices: str, local: bool) -> None:
+    xml = f"<domain><devices>{devices}</devices></domain>"
+    assert has_local_disks(xml) is local
+
+
+def test_job_stats_become_progress() -> None:
+    raw = {
+        "type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+        "data_total": 200,
+        "data_remaining": 50,
+        "memory_bps": 1000,
+        "memory_dirty_rate": 7,
+        "memory_iteration": 3,
+        "downtime": 40,
+    }
+    sample = progress_sample("m1", raw, postcopy=True)
+    assert sample is not None
+    assert (sample.percent, sample.bandwidth, sample.dirty_rate) == (75.0, 1000.0, 7.0)
+    assert (sample.iteration, sample.expected_downtime_ms, sample.phase) == (3, 40, "postcopy")
+    assert progress_sample("m1", {"type": libvirt.VIR_DOMAIN_JOB_NONE}, False) is None
+
+
+# --- requests, with a fake mesh --------------------------------------------------------
+
+
+class FakeView:
+    """Two alive hosts; h1 runs `vm1` (running) and `off` (shut off)."""
+
+    def __init__(self) -> None:
+        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off"))
+        room = Resources(vcpus=4, memory_mib=4096, disk_gib=10)
+        self._records = {
+            "h1": NodeRecord("h1", 1, capacity=room, vms=vms, libvirt_uri="qemu:///system"),
+            "h2": NodeRecord("h2", 1, capacity=room, libvirt_uri="qemu:///system"),
+        }
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        if node_id not in self._records:
+            return None
+        address = f"198.18.0.{node_id[1:]}:7946"
+        return MemberInfo(node_id, address, 1, MemberState.ALIVE, 0.0, 0.0)
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return self._records
+
+
+def migrator(sent: list[tuple[str, Message]]) -> Migrator:
+    async def send(destination: str, message: Message) -> None:
+        sent.append((destination, message))
+
+    return Migrator(
+        "h1",
+        FakeView(),
+        host="198.18.0.1",
+        libvirt_uri="test:///default",
+        send=send,
+        clock=lambda: 100.0,
+        rng=random.Random(1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("vm", "body", "status", "reason"),
+    [
+        ("ghost", {"to": "h2"}, 404, "unknown VM: ghost does not run on h1"),
+        ("vm1", {"to": "h9"}, 404, "unknown host: h9"),
+        ("vm1", {"to": "h1"}, 409, "cannot migrate to itself"),
+        ("off", {"to": "h2"}, 409, "VM not running: off is unknown"),
+        ("vm1", {}, 400, "no target host given"),
+        ("vm1", {"to": "h2", "speed": 1}, 400, "unknown setting(s): speed"),
+        ("vm1", {"to": "h2", "max_downtime_ms": 1.5}, 400, "bad policy"),
+    ],
+)
+async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
+    vm: str, body: dict[str, Any], status: int, reason: str
+) -> None:
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    with pytest.raises(Refusal) as refused:
+        await driver.migrate(vm, body)
+    assert refused.value.status == status
+    assert reason in str(refused.value)
+    assert sent == [] and driver.migrations() == []
+    await driver.close()
+
+
+async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    migration_id = await driver.migrate("vm1", {"to": "h2", "bandwidth_mib_s": 5})
+    assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
+    row = driver.migration(migration_id)
+    assert row is not None
+    assert (row["vm"], row["target"], row["phase"], row["outcome"]) == ("vm1", "h2", "proposed", "")
+    with pytest.raises(Refusal, match="already migrating"):
+        await driver.migrate("vm1", {"to": "h2"})
+    await driver.cancel(migration_id)
+    assert driver.migration(migration_id)["outcome"] == "aborted"  # type: ignore[index]
+    with pytest.raises(Refusal, match="already ended") as again:
+        await driver.cancel(migration_id)
+    assert again.value.status == 409
+    await driver.close()
+
+
+def test_only_migration_messages_go_to_the_driver() -> None:
+    assert Migrator.handles(MigrationAccept("m", 1.0))
+    assert not Migrator.handles(Ping(1, "h1"))
+
+
+# --- the local API ---------------------------------------------------------------------
+
+
+class NoView:
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def members(self) -> list[dict[str, Any]]:
+        return []
+
+    def host(self, node_id: str | None) -> dict[str, Any] | None:
+        return None
+
+    def vms(self) -> list[dict[str, Any]]:
+        return []
+
+
+async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals() -> None:
+    driver = migrator([])
+    async with TestClient(TestServer(build_app(NoView(), driver))) as http:
+        refused = await http.post("/v1/vms/ghost/migrate", json={"to": "h2"})
+        assert refused.status == 404
+        assert "unknown VM" in (await refused.json())["error"]
+        bad = await http.post("/v1/vms/vm1/migrate", data=b"not json")
+        assert bad.status == 400
+        started = await http.post("/v1/vms/vm1/migrate", json={"to": "h2"})
+        assert started.status == 202
+        migration_id = (await started.json())["migration_id"]
+        listing = await (await http.get("/v1/migrations")).json()
+        assert [m["migration_id"] for m in listing["migrations"]] == [migration_id]
+        one = await http.get(f"/v1/migrations/{migration_id}")
+        assert (await one.json())["migration"]["phase"] == "proposed"
+        assert (await http.post(f"/v1/migrations/{migration_id}/cancel")).status == 202
+        again = await http.post(f"/v1/migrations/{migration_id}/cancel")
+        assert again.status == 409
+        assert (await http.get("/v1/migrations/nope")).status == 404
+        assert (await http.post("/v1/migrations/nope/cancel")).status == 404
+    await driver.close()
+
+
+def test_progress_line_shows_what_the_operator_watches() -> None:
+    from novacron.agent.cli.migrate import progress_line
+
+    stats = {
+        "phase": "precopy",
+        "data_remaining": 3 * 1024 * 1024,
+        "bandwidth": 2 * 1024 * 1024,
+        "dirty_rate": 256,
+        "iteration": 2,
+        "expected_downtime_ms": 40,
+    }
+    row = {"percent": 42.0, "phase": "migrating", "stats": stats}
+    assert progress_line(row) == (
+        "[ 42.0%] migrating (precopy)  remaining 3.0 MiB  2.0 MiB/s  dirty 1.0 MiB/s"
+        "  iteration 2  expected downtime 40 ms"
+    )
+    assert progress_line({**row, "stats": None}) == "[ 42.0%] migrating"
