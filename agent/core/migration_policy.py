@@ -43,15 +43,17 @@ class PolicyError(ValueError):
 class MigrationPolicy:
     """How to drive one live migration (libvirt `migrateToURI3` parameters and escalation).
 
-    The defaults aim at the issue's goal of tens of milliseconds of downtime
-    for idle guests (QEMU's own default of 300 ms is far above that), and at
+    Max downtime stays at QEMU's own default (300 ms) for now: with 50 ms and
+    a bandwidth cap, TCG guests in the lab panicked on the target after the
+    switchover (reproduced with raw `migrateToURI3`, no agent involved), so a
+    lower default waits until that is understood. The policy also aims at
     finishing guests that dirty memory faster than the link: after the
     completion timeout such a guest switches to post-copy, which always
     converges (KubeVirt #3504 is what happens without it).
     """
 
     bandwidth_mib_s: float = 0.0  # cap on migration traffic in MiB/s; 0 = libvirt's default
-    max_downtime_ms: int = 50  # longest pause allowed for the final switchover
+    max_downtime_ms: int = 300  # longest pause allowed for the final switchover (QEMU's)
     auto_converge: bool = True  # let QEMU throttle the guest's vCPUs when it does not converge
     post_copy: bool = True  # on timeout switch to post-copy (True) or abort (False)
     completion_timeout_per_gib: float = 30.0  # seconds per GiB of guest memory before escalation
