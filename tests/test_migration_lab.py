@@ -56,13 +56,7 @@ def mesh() -> Iterator[tuple[Lab, LabAgents]]:
         agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
         agents.start_all()
         try:
-            names = {h.name for h in lab.hosts}
-            for host in lab.hosts:
-                wait_for(
-                    partial(agents.states, host),
-                    lambda states: {n for n, s in states.items() if s == "alive"} == names,
-                    timeout=60,
-                )
+            agents.wait_for_full_mesh(timeout=60)
             yield lab, agents
         finally:
             agents.stop_all()
