@@ -148,6 +148,21 @@ def test_agent_tells_systemd_it_is_ready_and_serves_nova(
     status = json.loads(out.stdout)["status"]
     assert status["node_id"] == "n1"
     assert status["members"]["alive"] == 1
+    shown = subprocess.run(
+        [str(BIN / "nova"), "--json", "vm", "show", "test", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    vm = json.loads(shown.stdout)["vm"]  # libvirt's test driver runs a VM named "test"
+    assert [(row["host"], row["state"]) for row in vm] == [("n1", "running")]
+    missing = subprocess.run(
+        [str(BIN / "nova"), "vm", "show", "nope", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 1 and "no VM named 'nope'" in missing.stderr
     proc.send_signal(signal.SIGTERM)
     assert any("STOPPING=1" in line for line in _notifications(notify, "STOPPING=1"))
     assert proc.wait(timeout=30) == 0

@@ -43,6 +43,10 @@ def add_mesh_commands(groups: Groups[Parser]) -> None:
     vm_list = vm_commands.add_parser("list", help="every VM the mesh knows, with its host")
     _common(vm_list)
     vm_list.set_defaults(handler=list_vms)
+    vm_show = vm_commands.add_parser("show", help="one VM: where it runs and its migrations")
+    vm_show.add_argument("name", metavar="VM")
+    _common(vm_show)
+    vm_show.set_defaults(handler=show_vm)
     add_vm_migration_commands(vm_commands)
 
 
@@ -157,4 +161,36 @@ def list_vms(args: argparse.Namespace, out: Output) -> int:
         (vm["name"], vm["state"], vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
     out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
+    return EXIT_OK
+
+
+def show_vm(args: argparse.Namespace, out: Output) -> int:
+    """Every host that reports the VM (normally one) and the migrations that moved it."""
+    data = _get(args, out, "/v1/vms")
+    if data is None:
+        return _failed(args)
+    rows = [vm for vm in data["vms"] if vm["name"] == args.name]
+    if not rows:
+        out.error(
+            f"no VM named {args.name!r} in this agent's view of the mesh (see 'nova vm list')"
+        )
+        return EXIT_FAILED
+    try:
+        moves = client.get("/v1/migrations", args.socket)
+    except (client.AgentUnavailable, client.AgentRequestFailed):
+        moves = {}  # the VM's place is known; its history is a bonus
+    history = [m for m in moves.get("migrations", []) if m.get("vm") == args.name]
+    lines = [
+        f"vm {vm['name']}: {vm['state']} on {vm['host']} ({vm['host_state']}), "
+        f"{vm['vcpus']} vCPU, {vm['memory_mib']} MiB, uuid {vm['uuid'] or '-'}"
+        for vm in rows
+    ]
+    if len(rows) > 1:
+        lines.append("warning: more than one host reports this VM (a migration may be ending)")
+    lines += [
+        f"  migration {m['migration_id']}: {m['source']} -> {m['target']}, "
+        f"{m.get('outcome') or m.get('phase')}{': ' + m['reason'] if m.get('reason') else ''}"
+        for m in history
+    ]
+    out.result({"vm": rows, "migrations": history}, lines)
     return EXIT_OK
