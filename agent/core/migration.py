@@ -678,14 +678,9 @@ class MigrationCore:
     ) -> None:
         saga = self._sagas.get(message.migration_id)
         if saga is None:
-            ended = self._ended.get(message.migration_id)
-            if ended is None:
-                self._count_unknown(message.migration_id)
-            elif ended.target != sender:
-                self.stats.wrong_peer += 1
+            if not self._count_late_reply(sender, message.migration_id):
                 return
-            else:
-                self.stats.duplicates += 1
+            ended = self._ended.get(message.migration_id)
             if ended is None or ended.outcome != "committed":
                 # A reservation we no longer want (we gave up, or restarted): free it now.
                 why = ended.error if ended else "unknown migration"
@@ -723,13 +718,7 @@ class MigrationCore:
     ) -> None:
         saga = self._sagas.get(message.migration_id)
         if saga is None:
-            ended = self._ended.get(message.migration_id)
-            if ended is None:
-                self._count_unknown(message.migration_id)
-            elif ended.target != sender:
-                self.stats.wrong_peer += 1
-            else:
-                self.stats.duplicates += 1
+            self._count_late_reply(sender, message.migration_id)
             return
         if sender != saga.target:
             self.stats.wrong_peer += 1
@@ -1049,6 +1038,18 @@ class MigrationCore:
             saga.timer = now + self.config.abort_timeout
             out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
             out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
+
+    def _count_late_reply(self, sender: str, migration_id: str) -> bool:
+        """Count a target's reply to no running saga; False if it is not even that target's."""
+        ended = self._ended.get(migration_id)
+        if ended is None:
+            self.stats.unknown_migration += 1
+        elif ended.target != sender:
+            self.stats.wrong_peer += 1
+            return False
+        else:
+            self.stats.duplicates += 1
+        return True
 
     def _count_unknown(self, migration_id: str) -> None:
         if migration_id in self._ended:
