@@ -129,6 +129,8 @@ class TrustStore:
         self._revocations = revocations  # newest verified list, or None
         self._clock = clock  # wall clock: certificate windows are in unix seconds
         self._by_key: dict[bytes, Certificate] = {}  # raw Curve key -> verified certificate
+        # node id -> its Curve keys in `_by_key`: every send looks a peer up by id
+        self._keys_of: dict[str, set[bytes]] = {}
         self._refused: OrderedDict[bytes, PeerRefused] = OrderedDict()  # key -> why, LRU
         self._max_refused = max_remembered_refusals
         self.refusals: Counter[Refusal] = Counter()  # refusals by kind, since start
@@ -170,7 +172,10 @@ class TrustStore:
         """Bind the key to `cert`; a renewal (later expiry) replaces an older certificate."""
         known = self._by_key.get(cert.curve_key)
         if known is None or cert.not_after >= known.not_after:
+            if known is not None:
+                self._keys_of.get(known.node_id, set()).discard(cert.curve_key)
             self._by_key[cert.curve_key] = cert
+            self._keys_of.setdefault(cert.node_id, set()).add(cert.curve_key)
         self._refused.pop(cert.curve_key, None)
 
     def update_revocations(self, data: bytes) -> bool:
@@ -188,7 +193,7 @@ class TrustStore:
 
     def forget(self, node_id: str) -> None:
         """Drop every certificate of `node_id` (e.g. it left for good)."""
-        for key in [k for k, c in self._by_key.items() if c.node_id == node_id]:
+        for key in self._keys_of.pop(node_id, set()):
             del self._by_key[key]
 
     # --- judging -----------------------------------------------------------------
@@ -212,8 +217,9 @@ class TrustStore:
         """The valid certificate of `node_id` with the latest expiry, to connect to it."""
         now = self._now(now)
         best: Certificate | None = None
-        for cert in self._by_key.values():
-            if cert.node_id != node_id or self._current_problem(cert, now) is not None:
+        for key in self._keys_of.get(node_id, ()):
+            cert = self._by_key[key]
+            if self._current_problem(cert, now) is not None:
                 continue
             if best is None or cert.not_after > best.not_after:
                 best = cert
