@@ -88,7 +88,7 @@ def run(hosts: int) -> None:
 
 def heartbeats(host: LabHost) -> list[int]:
     """The guest's heartbeat counters as logged on `host` (seen through its init's root)."""
-    log = Path(f"/proc/{host.init_pid}/root") / CONSOLE.relative_to("/")
+    log = host.path(CONSOLE)
     return guest_files.heartbeats(log.read_bytes()) if log.exists() else []
 
 

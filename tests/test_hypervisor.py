@@ -93,7 +93,7 @@ def opener_in(host: LabHost) -> Callable[[str], Any]:
 
 def host_path(host: LabHost, path: Path) -> Path:
     """`path` as `host` sees it (its private mounts), readable from this process."""
-    return Path(f"/proc/{host.init_pid}/root") / path.relative_to("/")
+    return host.path(path)
 
 
 @pytest.fixture(scope="module")

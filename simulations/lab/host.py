@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from novacron.simulations.lab import netns
@@ -48,6 +49,10 @@ class LabHost:
     def libvirt_uri(self) -> str:
         """qemu+tcp://<address>/system: reachable from every other lab host."""
         return libvirt_uri(self.address)
+
+    def path(self, path: Path) -> Path:
+        """Absolute `path` as this host sees it (its private mounts), readable from outside."""
+        return Path(f"/proc/{self.init_pid}/root") / path.relative_to("/")
 
     def command(self, cmd: Sequence[str]) -> list[str]:
         """`cmd` prefixed with the nsenter call that runs it inside this host."""
