@@ -444,6 +444,11 @@ def test_escalation_to_postcopy_after_the_per_gib_timeout() -> None:
     assert mesh.of("h2", ReservationReleased) == []
     mesh.call("h1", "migration_finished", mid, True, "")
     assert len(mesh.of("h1", MigrationCompleted)) == 1
+    (row,) = mesh.core("h1").migrations()
+    assert (row.outcome, row.escalation) == (
+        "committed",
+        "post-copy after 60.0 s: did not converge within 60 s (30 s per GiB of 2 GiB)",
+    )
 
 
 def test_escalation_is_also_checked_on_progress() -> None:
@@ -469,6 +474,7 @@ def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
     assert failed.reason == "did not converge within 20 s (10 s per GiB of 2 GiB)"
     assert mesh.sent_of(MigrationAbort)[-1].reason == failed.reason
     assert mesh.of("h2", ReservationReleased)[-1].outcome == "aborted"
+    assert mesh.core("h1").migrations()[0].escalation.startswith("aborted after 20.0 s")
 
 
 def test_stuck_abort_turns_into_reconcile() -> None:

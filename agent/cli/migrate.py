@@ -136,8 +136,10 @@ def _draw(line: str, previous: str, live: bool) -> None:
 def _ended(out: Output, migration: dict[str, Any]) -> int:
     what = f"{migration['vm']} from {migration['source']} to {migration['target']}"
     if migration["outcome"] == "committed":
-        line = f"migrated {what} in {migration['elapsed_s']:.1f} s"
-        out.result({"migration": migration}, [line])
+        lines = [f"migrated {what} in {migration['elapsed_s']:.1f} s"]
+        if migration.get("escalation"):
+            lines.append(f"escalated: {migration['escalation']}")
+        out.result({"migration": migration}, lines)
         return EXIT_OK
     reason = migration["reason"] or migration["outcome"]
     out.error(f"migration of {what} {migration['outcome']}: {reason}", {"migration": migration})

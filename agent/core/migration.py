@@ -319,6 +319,7 @@ class MigrationInfo:
     started: float  # when it was proposed (this host's clock)
     ended: float | None  # when it ended, None while running
     purpose: str = ""  # why it was requested: manual, drain, rebalance
+    escalation: str = ""  # e.g. "post-copy after 20 s: did not converge ..." ("" if none)
 
 
 @dataclass(slots=True)
@@ -343,6 +344,7 @@ class _Saga:
     cancelled: bool = False  # the operator cancelled after libvirt started
     adopted: bool = False  # taken over after a restart: the target does not know this id
     error: str = ""  # the first cause of failure, kept through reconcile
+    escalation: str = ""  # how a non-converging migration was escalated, for the report
     outcome: str = ""  # committed, aborted or refused once ended
     ended: float | None = None  # when it ended
 
@@ -1027,6 +1029,8 @@ class MigrationCore:
             f"did not converge within {timeout:g} s "
             f"({saga.policy.completion_timeout_per_gib:g} s per GiB of {gib:g} GiB)"
         )
+        saga.escalation = f"{'post-copy' if saga.policy.post_copy else 'aborted'} after "
+        saga.escalation += f"{now - saga.started:.1f} s: {why}"
         if saga.policy.post_copy:
             self._move(saga, Trigger.TIMEOUT_POSTCOPY, now)
             saga.timer = INF
@@ -1136,6 +1140,7 @@ def _info(saga: _Saga) -> MigrationInfo:
         started=saga.started,
         ended=saga.ended,
         purpose=saga.purpose,
+        escalation=saga.escalation,
     )
 
 
