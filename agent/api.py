@@ -1,7 +1,8 @@
 """The agent's local control API: HTTP over a root-only unix socket (aiohttp).
 
 `nova` on the same host talks to it. Read-only views of the agent's state,
-plus the migration controls (start, cancel); every answer is JSON, errors
+plus the controls: VM lifecycle (create, start, stop, delete), migrations
+(start, cancel) and drain; every answer is JSON, errors
 included (`{"error": "..."}` with a 4xx code).
 The socket is created with mode 0600 so that only root can drive the agent.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,14 +55,57 @@ class MigrationControl(Protocol):
     def migration(self, migration_id: str) -> dict[str, Any] | None: ...
 
 
+class VmLifecycle(Protocol):
+    """What the API needs to create and run VMs on this host (`vms.VmControl` fits).
+
+    Every method raises `Refusal` with the reason when it will not act.
+    """
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def start(self, name: str) -> dict[str, Any]: ...
+
+    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class DrainControl(Protocol):
+    """What the API needs to drain this host (`drain.Drain` fits)."""
+
+    async def drain(self) -> dict[str, Any]: ...
+
+    async def undrain(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 VIEW_KEY = web.AppKey("view", AgentView)
 CONTROL_KEY = web.AppKey("migrations", MigrationControl)
+VMS_KEY = web.AppKey("vms", VmLifecycle)
+DRAIN_KEY = web.AppKey("drain", DrainControl)
 
 
-def build_app(view: AgentView, migrations: MigrationControl | None = None) -> web.Application:
-    """The aiohttp application serving `view` (and `migrations`, if given) under /v1."""
+def build_app(
+    view: AgentView,
+    migrations: MigrationControl | None = None,
+    vms: VmLifecycle | None = None,
+    drain: DrainControl | None = None,
+) -> web.Application:
+    """The aiohttp application serving `view` (and the controls given) under /v1."""
     app = web.Application(middlewares=[_json_errors])
     app[VIEW_KEY] = view
+    if vms is not None:
+        app[VMS_KEY] = vms
+        app.router.add_post(f"/{API_VERSION}/vms", _create)
+        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/start", _start)
+        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/stop", _stop)
+        app.router.add_delete(f"/{API_VERSION}/vms/{{name}}", _delete)
+    if drain is not None:
+        app[DRAIN_KEY] = drain
+        app.router.add_get(f"/{API_VERSION}/drain", _drain_status)
+        app.router.add_post(f"/{API_VERSION}/drain", _drain)
+        app.router.add_post(f"/{API_VERSION}/undrain", _undrain)
     if migrations is not None:
         app[CONTROL_KEY] = migrations
         app.router.add_post(f"/{API_VERSION}/vms/{{name}}/migrate", _migrate)
@@ -95,19 +140,69 @@ async def _vms(request: web.Request) -> web.Response:
     return web.json_response({"vms": request.app[VIEW_KEY].vms()})
 
 
-async def _migrate(request: web.Request) -> web.Response:
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object ({} when there is no body), or 400 saying what is wrong."""
+    if not request.can_read_body:
+        return {}
     try:
         body = await request.json()
     except ValueError:
         raise web.HTTPBadRequest(reason="the request body is not JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(reason="the request body must be a JSON object")
+    return body
+
+
+async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> web.Response:
+    """Run a control's call; its answer as JSON, or its refusal as the HTTP error."""
+    try:
+        answer = await call
+    except Refusal as exc:
+        raise _http_error(exc) from None
+    return web.json_response(answer, status=status)
+
+
+async def _create(request: web.Request) -> web.Response:
+    return await _controlled(request.app[VMS_KEY].create(await _body(request)), status=201)
+
+
+async def _start(request: web.Request) -> web.Response:
+    return await _controlled(request.app[VMS_KEY].start(request.match_info["name"]))
+
+
+async def _stop(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return await _controlled(request.app[VMS_KEY].stop(name, await _body(request)))
+
+
+async def _delete(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    force = request.query.get("force", "") in ("1", "true", "yes")
+    return await _controlled(request.app[VMS_KEY].delete(name, {"force": force}))
+
+
+async def _drain_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DRAIN_KEY].status())
+
+
+async def _drain(request: web.Request) -> web.Response:
+    return await _controlled(request.app[DRAIN_KEY].drain(), status=202)
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    return await _controlled(request.app[DRAIN_KEY].undrain())
+
+
+async def _migrate(request: web.Request) -> web.Response:
+    body = await _body(request)
     vm = request.match_info["name"]
     try:
         migration_id = await request.app[CONTROL_KEY].migrate(vm, body)
     except Refusal as exc:
         raise _http_error(exc) from None
-    return web.json_response({"migration_id": migration_id, "vm": vm}, status=202)
+    row = request.app[CONTROL_KEY].migration(migration_id) or {}
+    answer = {"migration_id": migration_id, "vm": vm, "to": row.get("target")}
+    return web.json_response(answer, status=202)
 
 
 async def _migrations(request: web.Request) -> web.Response:
@@ -131,13 +226,14 @@ async def _cancel(request: web.Request) -> web.Response:
     return web.json_response({"migration_id": migration_id, "cancelling": True}, status=202)
 
 
-_ERRORS: dict[int, type[web.HTTPClientError]] = {
+_ERRORS: dict[int, type[web.HTTPError]] = {
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
+    503: web.HTTPServiceUnavailable,
 }
 
 
-def _http_error(refusal: Refusal) -> web.HTTPClientError:
+def _http_error(refusal: Refusal) -> web.HTTPError:
     """The HTTP error for a control's refusal (400 for anything not listed)."""
     return _ERRORS.get(refusal.status, web.HTTPBadRequest)(reason=str(refusal))
 
@@ -156,9 +252,15 @@ class ApiServer:
     """Serves the API on a unix socket that only root may open."""
 
     def __init__(
-        self, view: AgentView, socket_path: str, migrations: MigrationControl | None = None
+        self,
+        view: AgentView,
+        socket_path: str,
+        migrations: MigrationControl | None = None,
+        vms: VmLifecycle | None = None,
+        drain: DrainControl | None = None,
     ) -> None:
-        self._runner = web.AppRunner(build_app(view, migrations), access_log=None)
+        app = build_app(view, migrations, vms, drain)
+        self._runner = web.AppRunner(app, access_log=None)
         self.socket_path = Path(socket_path)
 
     async def start(self) -> None:

@@ -56,6 +56,11 @@ def post(
     return _request("POST", path, body, socket_file, timeout)
 
 
+def delete(path: str, socket_file: str | None = None, timeout: float = 10.0) -> Any:
+    """DELETE `path` and return the decoded JSON answer."""
+    return _request("DELETE", path, None, socket_file, timeout)
+
+
 def _request(
     method: str, path: str, body: dict[str, Any] | None, socket_file: str | None, timeout: float
 ) -> Any:

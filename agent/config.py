@@ -37,6 +37,8 @@ class AgentConfig:
     seeds: tuple[str, ...] = ()  # "address:port" of peers to join where multicast fails
     mdns: bool = True  # advertise and browse _novacron._tcp.local.
     libvirt_uri: str = "qemu:///system"
+    domain_type: str = "auto"  # VMs created here: kvm, qemu (TCG), or auto (kvm if it boots)
+    disk_dir: str = "/var/lib/novacron/disks"  # VM disk overlays (local to this host)
     ca_file: str = "/etc/novacron/ca.pub"
     cert_file: str = ""  # default: /etc/novacron/<node id or hostname>.crt
     key_file: str = ""  # default: /etc/novacron/<node id or hostname>.key
@@ -49,7 +51,11 @@ class AgentConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
-_CHOICES = {"log_format": ("kv", "json"), "log_level": ("debug", "info", "warning", "error")}
+_CHOICES = {
+    "log_format": ("kv", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "domain_type": ("auto", "kvm", "qemu"),
+}
 
 
 def load(

@@ -36,7 +36,10 @@ from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_ad
 from .core.config import MembershipConfig
 from .core.events import Event, Output
 from .core.node import MembershipNode
+from .core.reservations import free_capacity
 from .discovery import Discovery, PeerEvent, PeerFound
+from .drain import Drain
+from .hypervisor import Hypervisor
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
 from .inventory import Inventory
@@ -45,12 +48,14 @@ from .sdnotify import Notifier
 from .security import TrustStore
 from .transport import Transport, TransportError
 from .view import MeshView
+from .vms import VmControl
 
 log = logging.getLogger("novacron.agent")
 
 SEED_RETRY = 10.0  # seconds between attempts to reach static seeds while alone
 INTRO_RETRY = 5.0  # seconds before introducing ourselves to the same address again
 LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
+DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
 RECENT_EVENTS = 50  # membership events kept for `nova status`
 
 
@@ -109,11 +114,31 @@ class Agent:
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
         )
+        self.drain = Drain(
+            self.migrator,
+            Path(config.data_dir) / DRAIN_FILE,
+            publish=self._publish_inventory,
+            clock=clock,
+        )
+        self.hypervisor = Hypervisor(
+            config.libvirt_uri,
+            domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
+            disk_dir=Path(config.disk_dir),
+        )
+        vms = VmControl(
+            self.hypervisor,
+            self.node_id,
+            draining=lambda: self.drain.draining,
+            migrating=self.migrator.core.busy,
+            free_memory_mib=self._free_memory_mib,
+        )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
             MeshView(lambda: self.core, clock, self._daemon_status),
             config.api_socket,
             migrations=self.migrator,
+            vms=vms,
+            drain=self.drain,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -173,6 +198,7 @@ class Agent:
         self._spawn(self._inventory_loop(), "inventory")
         self._spawn(self._seed_loop(), "seeds")
         self._spawn(self._watchdog_loop(), "watchdog")
+        await self.drain.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
         await self._stop.wait()
         await self._leave()
@@ -189,7 +215,9 @@ class Agent:
                 await task
         if self.discovery is not None:
             await self.discovery.close()
+        await self.drain.close()
         await self.migrator.close()
+        await self.hypervisor.close()
         await self.inventory.close()
         await self.api.close()
         await self.introductions.close()
@@ -251,7 +279,7 @@ class Agent:
     async def _publish_inventory(self) -> None:
         record = await self.inventory.record()
         labels = {**record.labels, **self.migrator.record_labels()}
-        record = dataclasses.replace(record, labels=labels)
+        record = dataclasses.replace(record, labels=labels, draining=self.drain.draining)
         content = dataclasses.replace(record, version=0)
         if content != self._last_record:
             self._last_record = content
@@ -283,6 +311,15 @@ class Agent:
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
             await asyncio.sleep(interval)
+
+    def _free_memory_mib(self) -> int | None:
+        """Memory this host can still promise a new VM (None before the first inventory)."""
+        record = self.core.records().get(self.node_id)
+        if record is None:
+            return None
+        reservations = self.migrator.core.reservations()
+        overcommit = self.migrator.core.config.reservations.vcpu_overcommit
+        return int(free_capacity(record, reservations, overcommit).memory_mib)
 
     # --- peers ---------------------------------------------------------------------
 

@@ -170,14 +170,34 @@ class Migrator:
 
     async def migrate(self, vm: str, body: dict[str, Any]) -> str:
         """Start moving `vm` as `body` says; the migration id, or `Refusal` with the reason."""
-        target = body.get("to")
-        if not target or not isinstance(target, str):
-            raise Refusal(400, "no target host given: say where to move the VM ('to')")
-        unknown = sorted(set(body) - {"to", *OVERRIDES})
+        unknown = sorted(set(body) - {"to", "auto", *OVERRIDES})
         if unknown:
             raise Refusal(400, f"unknown setting(s): {', '.join(unknown)}")
+        target = self._target(vm, body)
         overrides = {k: body[k] for k in OVERRIDES if body.get(k) is not None}
-        out = self.core.request_migration(vm, target, overrides, self._clock())
+        return await self.start_migration(vm, target, overrides)
+
+    def _target(self, vm: str, body: dict[str, Any]) -> str:
+        """The host named by 'to', or the best one when 'auto' is set (exactly one of them)."""
+        target, auto = body.get("to"), body.get("auto")
+        if auto is not None and not isinstance(auto, bool):
+            raise Refusal(400, f"'auto' must be true or false, got {auto!r}")
+        if target is not None and auto:
+            raise Refusal(400, "give a target host ('to') or 'auto', not both")
+        if auto:
+            placement = self.core.place(vm)
+            if placement.target is None:
+                raise Refusal(_refusal_status(placement.reason), placement.reason)
+            return placement.target
+        if not target or not isinstance(target, str):
+            raise Refusal(400, "no target host given: say where to move the VM ('to' or 'auto')")
+        return target
+
+    async def start_migration(
+        self, vm: str, target: str, overrides: dict[str, Any], purpose: str = "manual"
+    ) -> str:
+        """Propose moving `vm` to `target`; the migration id, or `Refusal` with the reason."""
+        out = self.core.request_migration(vm, target, overrides, self._clock(), purpose=purpose)
         refused = next((e for e in out.events if isinstance(e, MigrationRefused)), None)
         proposed = next((e for e in out.events if isinstance(e, MigrationProposed)), None)
         await self._apply(out)
@@ -198,6 +218,11 @@ class Migrator:
     def migrations(self) -> list[dict[str, Any]]:
         """Running and recent migrations, with their latest job statistics."""
         return [self._row(info) for info in self.core.migrations()]
+
+    def local_vms(self) -> dict[str, str]:
+        """This host's VMs and their states, as its own latest record lists them."""
+        record = self._view.records().get(self.node_id)
+        return {vm.name: vm.state for vm in record.vms} if record is not None else {}
 
     def migration(self, migration_id: str) -> dict[str, Any] | None:
         return next((r for r in self.migrations() if r["migration_id"] == migration_id), None)

@@ -9,11 +9,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
+from novacron.agent import client
+
 PROG = "nova"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NO_AGENT = 3
 
 
 class UsageError(Exception):
@@ -65,3 +68,24 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+
+
+def agent_flags(parser: argparse.ArgumentParser) -> None:
+    """`--json` and `--socket`: what every command that asks the agent takes."""
+    json_flag(parser)
+    parser.add_argument(
+        "--socket",
+        help=f"agent API socket (default: ${client.SOCKET_ENV} or {client.DEFAULT_SOCKET})",
+    )
+
+
+def ask(out: Output, call: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    """Call the agent; (answer, EXIT_OK), or (None, exit code) after reporting why."""
+    try:
+        return call(*args), EXIT_OK
+    except client.AgentUnavailable as exc:
+        out.error(str(exc))
+        return None, EXIT_NO_AGENT
+    except client.AgentRequestFailed as exc:
+        out.error(str(exc))
+        return None, EXIT_FAILED

@@ -12,21 +12,30 @@ from typing import Any
 
 from novacron.agent import client
 
-from .common import EXIT_FAILED, EXIT_OK, Groups, Output, Parser, json_flag
+from .common import (
+    EXIT_FAILED,
+    EXIT_NO_AGENT,
+    EXIT_OK,
+    Groups,
+    Output,
+    Parser,
+    agent_flags,
+    json_flag,
+)
+from .drain import add_drain_commands
 from .migrate import add_vm_migration_commands
 from .table import age, render
-
-EXIT_NO_AGENT = 3
+from .vms import add_vm_lifecycle_commands
 
 
 def add_mesh_commands(groups: Groups[Parser]) -> None:
     """Register the read-only mesh commands."""
     status = groups.add_parser("status", help="this agent: identity, health, member counts")
-    _common(status)
+    agent_flags(status)
     status.set_defaults(handler=show_status)
 
     members = groups.add_parser("members", help="every member this agent knows, with its state")
-    _common(members)
+    agent_flags(members)
     members.set_defaults(handler=list_members)
 
     host = groups.add_parser("host", help="hosts of the mesh")
@@ -34,28 +43,22 @@ def add_mesh_commands(groups: Groups[Parser]) -> None:
     host_commands = host.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
     show = host_commands.add_parser("show", help="one host's record (default: this host)")
     show.add_argument("node_id", nargs="?", metavar="ID", help="host node id")
-    _common(show)
+    agent_flags(show)
     show.set_defaults(handler=show_host)
+    add_drain_commands(host_commands)
 
     vm = groups.add_parser("vm", help="virtual machines")
     json_flag(vm)
     vm_commands = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
     vm_list = vm_commands.add_parser("list", help="every VM the mesh knows, with its host")
-    _common(vm_list)
+    agent_flags(vm_list)
     vm_list.set_defaults(handler=list_vms)
     vm_show = vm_commands.add_parser("show", help="one VM: where it runs and its migrations")
     vm_show.add_argument("name", metavar="VM")
-    _common(vm_show)
+    agent_flags(vm_show)
     vm_show.set_defaults(handler=show_vm)
+    add_vm_lifecycle_commands(vm_commands)
     add_vm_migration_commands(vm_commands)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    json_flag(parser)
-    parser.add_argument(
-        "--socket",
-        help=f"agent API socket (default: ${client.SOCKET_ENV} or {client.DEFAULT_SOCKET})",
-    )
 
 
 def _get(args: argparse.Namespace, out: Output, path: str) -> Any:

@@ -15,10 +15,17 @@ from typing import Any
 
 from novacron.agent import client
 
-from .common import EXIT_FAILED, EXIT_OK, Groups, Output, Parser, json_flag
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Groups,
+    Output,
+    Parser,
+    agent_flags,
+    ask,
+)
 from .table import render
 
-EXIT_NO_AGENT = 3
 WAIT_POLL = 0.5  # seconds between looks at a migration being waited for
 MIB = 1024 * 1024
 PAGE = 4096  # libvirt reports the dirty rate in pages per second
@@ -28,7 +35,11 @@ def add_vm_migration_commands(vm_commands: Groups[Parser]) -> None:
     """Register `nova vm migrate` and `nova vm cancel` in the `vm` group."""
     migrate = vm_commands.add_parser("migrate", help="move a running VM live to another host")
     migrate.add_argument("vm", metavar="VM", help="name of a VM running on this host")
-    migrate.add_argument("--to", required=True, metavar="HOST", help="target host id")
+    where = migrate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="HOST", help="target host id")
+    where.add_argument(
+        "--auto", action="store_true", help="let the agent pick the host with the most room"
+    )
     migrate.add_argument("--bandwidth", type=float, metavar="MiB/s", help="bandwidth cap")
     migrate.add_argument("--max-downtime", type=int, metavar="ms", help="longest final pause")
     migrate.add_argument(
@@ -44,47 +55,27 @@ def add_vm_migration_commands(vm_commands: Groups[Parser]) -> None:
         help="escalate (post-copy or abort) after at least this long (default: the policy's)",
     )
     migrate.add_argument("--wait", action="store_true", help="follow it to the end")
-    _common(migrate)
+    agent_flags(migrate)
     migrate.set_defaults(handler=migrate_vm)
 
     cancel = vm_commands.add_parser("cancel", help="cancel a running migration (id or VM)")
     cancel.add_argument("id", metavar="ID", help="migration id, or the name of a migrating VM")
-    _common(cancel)
+    agent_flags(cancel)
     cancel.set_defaults(handler=cancel_migration)
 
 
 def add_migration_commands(groups: Groups[Parser]) -> None:
     """Register `nova migrations`."""
     listing = groups.add_parser("migrations", help="running and recent migrations of this host")
-    _common(listing)
+    agent_flags(listing)
     listing.set_defaults(handler=list_migrations)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    json_flag(parser)
-    parser.add_argument(
-        "--socket",
-        help=f"agent API socket (default: ${client.SOCKET_ENV} or {client.DEFAULT_SOCKET})",
-    )
-
-
-def _ask(out: Output, call: Any, *args: Any) -> tuple[Any, int]:
-    """Call the agent; (answer, EXIT_OK), or (None, exit code) after reporting why."""
-    try:
-        return call(*args), EXIT_OK
-    except client.AgentUnavailable as exc:
-        out.error(str(exc))
-        return None, EXIT_NO_AGENT
-    except client.AgentRequestFailed as exc:
-        out.error(str(exc))
-        return None, EXIT_FAILED
 
 
 # --- nova vm migrate ---------------------------------------------------------------------
 
 
 def migrate_vm(args: argparse.Namespace, out: Output) -> int:
-    body: dict[str, Any] = {"to": args.to}
+    body: dict[str, Any] = {"auto": True} if args.auto else {"to": args.to}
     if args.bandwidth is not None:
         body["bandwidth_mib_s"] = args.bandwidth
     if args.max_downtime is not None:
@@ -93,13 +84,13 @@ def migrate_vm(args: argparse.Namespace, out: Output) -> int:
         body["completion_timeout_min"] = args.completion_timeout
     if args.post_copy is not None:
         body["post_copy"] = args.post_copy
-    answer, code = _ask(out, client.post, f"/v1/vms/{args.vm}/migrate", body, args.socket)
+    answer, code = ask(out, client.post, f"/v1/vms/{args.vm}/migrate", body, args.socket)
     if answer is None:
         return code
-    migration_id = answer["migration_id"]
+    migration_id, target = answer["migration_id"], answer["to"]
     if not args.wait:
-        line = f"migration {migration_id} of {args.vm} to {args.to} started"
-        out.result({"migration_id": migration_id, "vm": args.vm, "to": args.to}, [line])
+        line = f"migration {migration_id} of {args.vm} to {target} started"
+        out.result({"migration_id": migration_id, "vm": args.vm, "to": target}, [line])
         return EXIT_OK
     return _wait(args, out, migration_id)
 
@@ -109,7 +100,7 @@ def _wait(args: argparse.Namespace, out: Output, migration_id: str) -> int:
     live = not out.json and sys.stderr.isatty()
     last_line = ""
     while True:
-        answer, code = _ask(out, client.get, f"/v1/migrations/{migration_id}", args.socket)
+        answer, code = ask(out, client.get, f"/v1/migrations/{migration_id}", args.socket)
         if answer is None:
             return code
         migration = answer["migration"]
@@ -165,11 +156,11 @@ def progress_line(migration: dict[str, Any]) -> str:
 
 
 def cancel_migration(args: argparse.Namespace, out: Output) -> int:
-    listing, code = _ask(out, client.get, "/v1/migrations", args.socket)
+    listing, code = ask(out, client.get, "/v1/migrations", args.socket)
     if listing is None:
         return code
     migration_id = _resolve(listing["migrations"], args.id)
-    answer, code = _ask(out, client.post, f"/v1/migrations/{migration_id}/cancel", {}, args.socket)
+    answer, code = ask(out, client.post, f"/v1/migrations/{migration_id}/cancel", {}, args.socket)
     if answer is None:
         return code
     out.result(answer, [f"cancelling migration {migration_id}"])
@@ -189,7 +180,7 @@ def _resolve(migrations: list[dict[str, Any]], given: str) -> str:
 
 
 def list_migrations(args: argparse.Namespace, out: Output) -> int:
-    data, code = _ask(out, client.get, "/v1/migrations", args.socket)
+    data, code = ask(out, client.get, "/v1/migrations", args.socket)
     if data is None:
         return code
     rows = [

@@ -145,6 +145,7 @@ from .migration_policy import (
     record_labels,
     with_overrides,
 )
+from .placement import Placement, choose_target
 from .reservations import (
     Demand,
     Reservation,
@@ -415,6 +416,21 @@ class MigrationCore:
         out.sends.append((target, self._proposal(saga)))
         out.events.append(MigrationProposed(saga.migration_id, vm, self.node_id, target))
         return out
+
+    def place(self, vm: str) -> Placement:
+        """Where `vm` (running here) would go now: the best target, or why there is none."""
+        records = self._view.records()
+        summary = _find_vm(records.get(self.node_id), vm)
+        if summary is None:
+            return Placement(None, f"unknown VM: {vm} does not run on {self.node_id}")
+        return choose_target(
+            records,
+            self._view.member,
+            self.node_id,
+            Demand(summary.vcpus, summary.memory_mib),
+            self.config.limits,
+            self.config.reservations.vcpu_overcommit,
+        )
 
     def _request_refusal(
         self,

@@ -25,6 +25,9 @@ T = TypeVar("T")
 
 BIN = Path(sys.executable).parent  # nova and nova-agent live beside this Python
 GOSSIP_PORT = 7946
+DISK_DIR = "/var/lib/libvirt/novacron-disks"
+"""Where lab agents put VM disks: /var/lib/libvirt is private to each lab host, so every
+host has its own disks at the same path, as separate machines would (local storage)."""
 
 
 class LabAgents:
@@ -93,6 +96,8 @@ class LabAgents:
             "--libvirt-uri", "qemu:///system" if self.lab.libvirt else "test:///default",
             "--inventory-interval", str(self.inventory_interval),
             "--mdns" if self.mdns else "--no-mdns",
+            "--domain-type", "qemu",  # TCG: KVM guests hang on these machines
+            "--disk-dir", DISK_DIR,
         ]  # fmt: skip
         if self.seeds and host.name != "h1":
             args += ["--seeds", f"{self.lab.hosts[0].address}:{GOSSIP_PORT}"]

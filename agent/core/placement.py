@@ -1,0 +1,78 @@
+"""Where a VM may go: target selection for `nova vm migrate --auto` and for drains, sans-IO.
+
+A host qualifies when it is alive, not draining, not the source, receives
+fewer migrations than the per-host limit (as its record publishes), and its
+free capacity (capacity minus its VMs, vCPUs overcommitted by the configured
+ratio) holds the VM. Of those, the one with the most free memory wins, ties
+broken by fewest inbound migrations and then by node id, so every agent
+given the same view picks the same host and the choice is reproducible.
+
+When nothing qualifies, the answer says why for each host, so an operator
+sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from novacron.protocol.messages import MemberState, NodeRecord
+
+from .members import MemberInfo
+from .migration_policy import INBOUND_LABEL, MigrationLimits, published_count
+from .reservations import Demand, capacity_refusal, free_capacity
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The chosen host, or None with the reason every candidate was turned down."""
+
+    target: str | None
+    reason: str = ""  # why there is no target ("" when there is one)
+
+
+def choose_target(
+    records: Mapping[str, NodeRecord],
+    member: Callable[[str], MemberInfo | None],
+    source: str,
+    demand: Demand,
+    limits: MigrationLimits,
+    overcommit: float,
+) -> Placement:
+    """The best host for a VM needing `demand` that now runs on `source`."""
+    candidates: list[tuple[float, int, str]] = []
+    refusals: list[str] = []
+    for node_id, record in sorted(records.items()):
+        if node_id == source:
+            continue
+        why = _unfit(record, member(node_id), demand, limits, overcommit)
+        if why is not None:
+            refusals.append(f"{node_id}: {why}")
+            continue
+        free = free_capacity(record, [], overcommit).memory_mib
+        inbound = published_count(record, INBOUND_LABEL)
+        candidates.append((-free, inbound, node_id))
+    if candidates:
+        return Placement(min(candidates)[2])
+    if not refusals:
+        return Placement(None, "no other host in the mesh")
+    return Placement(None, "no host can take it: " + "; ".join(refusals))
+
+
+def _unfit(
+    record: NodeRecord,
+    member: MemberInfo | None,
+    demand: Demand,
+    limits: MigrationLimits,
+    overcommit: float,
+) -> str | None:
+    """Why `record`'s host cannot take the VM now (None if it can)."""
+    if member is None or member.state is not MemberState.ALIVE:
+        return "not alive" if member is None else member.state.value
+    if record.draining:
+        return "host draining"
+    inbound = published_count(record, INBOUND_LABEL)
+    if inbound >= limits.max_inbound:
+        return f"too many migrations ({inbound} inbound)"
+    free = free_capacity(record, [], overcommit)
+    return capacity_refusal(record.node_id, free, demand, check_disk=False)

@@ -1,0 +1,150 @@
+"""VM lifecycle on this host for the local API: create, start, stop, delete.
+
+The hypervisor adapter does the work; this module turns an API request into a
+`VmSpec`, checks what the adapter cannot know (this host is draining, the VM is
+migrating, the host has no room) and turns every failure into a `Refusal`
+with an HTTP status and a sentence for the operator. Nothing changes when a
+request is refused. The inventory sees the result through libvirt's events,
+so the mesh learns of a new or stopped VM within moments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .api import Refusal
+from .hypervisor import Hypervisor, LibvirtUnreachable, UnknownVm, VmExists
+from .vmspec import BadSpec, DiskSpec, HypervisorError, VmSpec
+
+CREATE_FIELDS = {
+    "name": str,
+    "vcpus": int,
+    "memory_mib": int,
+    "kernel": str,
+    "initrd": str,
+    "cmdline": str,
+    "disks": list,
+    "labels": dict,
+    "start": bool,
+}
+REQUIRED = ("name", "vcpus", "memory_mib")
+STOP_TIMEOUT = 30.0  # seconds a guest gets to power off before it is destroyed
+
+
+class VmControl:
+    """Implements `api.VmLifecycle` over a `Hypervisor` on this host's libvirtd."""
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        node_id: str,
+        *,
+        draining: Callable[[], bool],
+        migrating: Callable[[str], bool],
+        free_memory_mib: Callable[[], int | None],
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.node_id = node_id
+        self._draining = draining  # this host takes no new VMs while draining
+        self._migrating = migrating  # a VM with a running migration is left alone
+        self._free_memory_mib = free_memory_mib  # None until the first inventory
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        spec = spec_from_body(body)
+        if self._draining():
+            raise Refusal(409, f"host draining: {self.node_id} takes no new VMs")
+        free = self._free_memory_mib()
+        if free is not None and spec.memory_mib > free:
+            raise Refusal(
+                409,
+                f"no capacity: {self.node_id} has {max(free, 0)} MiB free, "
+                f"{spec.memory_mib} MiB needed",
+            )
+        info = await self._run(self.hypervisor.create(spec))
+        started = bool(body.get("start")) and await self._run(self.hypervisor.start(spec.name))
+        return {"name": info.name, "uuid": info.uuid, "started": started, "host": self.node_id}
+
+    async def start(self, name: str) -> dict[str, Any]:
+        started = await self._run(self.hypervisor.start(name))
+        return {"name": name, "started": started, "host": self.node_id}
+
+    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        timeout = body.get("timeout", STOP_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise Refusal(400, f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self._not_migrating(name, "stop")
+        how = await self._run(self.hypervisor.stop(name, float(timeout)))
+        return {"name": name, "stopped": how, "host": self.node_id}
+
+    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._not_migrating(name, "delete")
+        if not body.get("force"):
+            stats = await self._run(self.hypervisor.stats(name))
+            if stats.state == "running":
+                raise Refusal(409, f"VM {name} is running: stop it first, or delete with force")
+        removed = await self._run(self.hypervisor.delete(name))
+        return {"name": name, "deleted": True, "removed": [str(p) for p in removed]}
+
+    def _not_migrating(self, name: str, what: str) -> None:
+        if self._migrating(name):
+            raise Refusal(409, f"VM {name} is migrating: cancel the migration before {what}")
+
+    async def _run(self, call: Any) -> Any:
+        """Await an adapter call, its errors turned into refusals with a status."""
+        try:
+            return await call
+        except BadSpec as exc:
+            raise Refusal(400, str(exc)) from None
+        except UnknownVm as exc:
+            raise Refusal(404, f"unknown VM: {exc}") from None
+        except VmExists as exc:
+            raise Refusal(409, str(exc)) from None
+        except LibvirtUnreachable as exc:
+            raise Refusal(503, str(exc)) from None
+        except HypervisorError as exc:
+            raise Refusal(409, str(exc)) from None
+
+
+def spec_from_body(body: dict[str, Any]) -> VmSpec:
+    """The `VmSpec` a create request describes, or `Refusal(400)` naming what is wrong."""
+    unknown = sorted(set(body) - set(CREATE_FIELDS))
+    if unknown:
+        raise Refusal(400, f"unknown field(s): {', '.join(unknown)}")
+    missing = [name for name in REQUIRED if name not in body]
+    if missing:
+        raise Refusal(400, f"missing field(s): {', '.join(missing)}")
+    for name, kind in CREATE_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind)
+        ):
+            raise Refusal(400, f"field {name!r} must be {kind.__name__}, got {value!r}")
+    spec = VmSpec(
+        name=body["name"],
+        vcpus=body["vcpus"],
+        memory_mib=body["memory_mib"],
+        kernel=_path(body.get("kernel")),
+        initrd=_path(body.get("initrd")),
+        cmdline=body.get("cmdline") or "",
+        disks=tuple(_disk(d) for d in body.get("disks") or []),
+        labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
+    )
+    problems = spec.problems()
+    if problems:
+        raise Refusal(400, f"bad spec for VM {spec.name!r}: " + "; ".join(problems))
+    return spec
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _disk(item: Any) -> DiskSpec:
+    if not isinstance(item, dict) or not isinstance(item.get("base"), str):
+        raise Refusal(400, f"each disk must be {{'base': PATH, 'size_mib': N}}, got {item!r}")
+    size = item.get("size_mib")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise Refusal(400, f"disk size_mib must be a whole number of MiB, got {size!r}")
+    return DiskSpec(Path(item["base"]), size)
