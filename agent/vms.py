@@ -81,8 +81,8 @@ class VmControl:
     async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self._not_migrating(name, "delete")
         if not body.get("force"):
-            stats = await self._run(self.hypervisor.stats(name))
-            if stats.state == "running":
+            vms = await self._run(self.hypervisor.list())
+            if any(vm.name == name and vm.state == "running" for vm in vms):
                 raise Refusal(409, f"VM {name} is running: stop it first, or delete with force")
         removed = await self._run(self.hypervisor.delete(name))
         return {"name": name, "deleted": True, "removed": [str(p) for p in removed]}

@@ -145,6 +145,9 @@ def migrator(sent: list[tuple[str, Message]]) -> Migrator:
         ("vm1", {}, 400, "no target host given"),
         ("vm1", {"to": "h2", "speed": 1}, 400, "unknown setting(s): speed"),
         ("vm1", {"to": "h2", "max_downtime_ms": 1.5}, 400, "bad policy"),
+        ("vm1", {"to": "h2", "auto": True}, 400, "not both"),
+        ("vm1", {"auto": "yes"}, 400, "'auto' must be true or false"),
+        ("ghost", {"auto": True}, 404, "unknown VM: ghost does not run on h1"),
     ],
 )
 async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
@@ -175,6 +178,15 @@ async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
     with pytest.raises(Refusal, match="already ended") as again:
         await driver.cancel(migration_id)
     assert again.value.status == 409
+    await driver.close()
+
+
+async def test_auto_picks_the_host_with_room() -> None:
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    migration_id = await driver.migrate("vm1", {"auto": True})
+    assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
+    assert driver.migration(migration_id)["target"] == "h2"  # type: ignore[index]
     await driver.close()
 
 

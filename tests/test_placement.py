@@ -1,0 +1,88 @@
+"""Target selection (`core/placement.py`): who may take a VM, and why not. Pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.migration_policy import INBOUND_LABEL, MigrationLimits
+from novacron.agent.core.placement import Placement, choose_target
+from novacron.agent.core.reservations import Demand
+from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
+
+GIB = 1024
+
+
+def record(node: str, memory_mib: int, *vms: int, **kw: object) -> NodeRecord:
+    return NodeRecord(
+        node,
+        1,
+        capacity=Resources(vcpus=4, memory_mib=memory_mib, disk_gib=100),
+        vms=tuple(VmSummary(f"{node}-vm{i}", vcpus=1, memory_mib=m) for i, m in enumerate(vms)),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def members(*dead: str) -> Callable[[str], MemberInfo]:
+    def member(node_id: str) -> MemberInfo:
+        state = MemberState.DEAD if node_id in dead else MemberState.ALIVE
+        return MemberInfo(node_id, f"{node_id}:7946", 1, state, 0.0, 0.0)
+
+    return member
+
+
+SMALL = Demand(1, 512)
+
+
+def choose(records: list[NodeRecord], demand: Demand = SMALL, *dead: str) -> Placement:
+    by_id = {r.node_id: r for r in records}
+    return choose_target(by_id, members(*dead), "h1", demand, MigrationLimits(), 4.0)
+
+
+def test_the_host_with_most_free_memory_wins() -> None:
+    placement = choose(
+        [record("h1", 8 * GIB), record("h2", 8 * GIB, 4096), record("h3", 8 * GIB, 1024)]
+    )
+    assert (placement.target, placement.reason) == ("h3", "")
+
+
+def test_ties_go_to_the_lower_node_id_so_every_agent_agrees() -> None:
+    assert choose([record("h1", GIB), record("h3", 8 * GIB), record("h2", 8 * GIB)]).target == "h2"
+
+
+def test_the_source_never_takes_its_own_vm() -> None:
+    placement = choose([record("h1", 64 * GIB)])
+    assert (placement.target, placement.reason) == (None, "no other host in the mesh")
+
+
+def test_draining_dead_full_and_busy_hosts_are_skipped_with_their_reasons() -> None:
+    busy = {INBOUND_LABEL: "2"}
+    placement = choose(
+        [
+            record("h1", 8 * GIB),
+            record("h2", 8 * GIB, draining=True),
+            record("h3", 8 * GIB),
+            record("h4", 8 * GIB, 7936),
+            record("h5", 8 * GIB, labels=busy),
+        ],
+        Demand(1, 512),
+        "h3",
+    )
+    assert placement.target is None
+    assert placement.reason == (
+        "no host can take it: h2: host draining; h3: dead; "
+        "h4: no capacity: target h4 has 256 MiB free, 512 MiB needed; "
+        "h5: too many migrations (2 inbound)"
+    )
+
+
+def test_vcpus_count_with_the_overcommit_ratio() -> None:
+    # 4 cores x 4.0 = 16 vCPUs; 15 are taken on h2
+    full = NodeRecord(
+        "h2",
+        1,
+        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
+        vms=(VmSummary("big", vcpus=15, memory_mib=1024),),
+    )
+    assert choose([record("h1", GIB), full], Demand(1, 512)).target == "h2"
+    assert choose([record("h1", GIB), full], Demand(2, 512)).target is None
