@@ -9,32 +9,35 @@ libvirt connections opened inside the lab host's namespace (`opener_in`).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import signal
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from novacron.agent.hypervisor import Hypervisor
-from novacron.agent.vmspec import VmSpec
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
-from novacron.simulations.lab import Lab, LabHost
-from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
-from tests.test_hypervisor import host_path, opener_in
+from novacron.simulations.lab import Lab
+from novacron.simulations.lab.agents import LabAgents, wait_for
+from tests.lab_vms import (
+    beats,
+    delete_guest,
+    everyone_sees,
+    hosts_of,
+    migrations,
+    nova,
+    start_guest,
+    wait_beat_above,
+)
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
 
 RUN = f"m{os.getpid() % 100000}"
 HOSTS = 3
-MEMORY_MIB = 128
 
 
 @pytest.fixture(scope="module")
@@ -60,79 +63,6 @@ def mesh() -> Iterator[tuple[Lab, LabAgents]]:
             yield lab, agents
         finally:
             agents.stop_all()
-
-
-def hv(host: LabHost, disk_dir: Path) -> Hypervisor:
-    return Hypervisor(
-        host.libvirt_uri, domain_type="qemu", disk_dir=disk_dir, opener=opener_in(host)
-    )
-
-
-def beats(host: LabHost, name: str) -> list[int]:
-    """Heartbeat counters in VM `name`'s console log on `host`."""
-    log = host_path(host, Hypervisor(domain_type="qemu").console_log(name))
-    return guest_mod.heartbeats(log.read_bytes()) if log.exists() else []
-
-
-def wait_beat_above(host: LabHost, name: str, above: int, timeout: float = 30) -> list[int]:
-    return wait_for(partial(beats, host, name), lambda b: bool(b) and b[-1] > above, timeout, 0.1)
-
-
-def nova(host: LabHost, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
-    """`nova --json ARGS` inside `host`: exit code and JSON answer."""
-    done = host.run(
-        [str(BIN / "nova"), "--json", *args], capture_output=True, text=True, timeout=timeout
-    )
-    try:
-        return done.returncode, json.loads(done.stdout)
-    except ValueError:
-        return done.returncode, {"ok": False, "error": done.stderr.strip() or "no output"}
-
-
-def hosts_of(agents: LabAgents, observer: LabHost, vm: str) -> list[tuple[str, str]]:
-    """(host, state) of every row for `vm` in `observer`'s `nova vm list`."""
-    rows = agents.nova(observer, "vm", "list").get("vms", [])
-    return sorted((r["host"], r["state"]) for r in rows if r["name"] == vm)
-
-
-def everyone_sees(agents: LabAgents, lab: Lab, vm: str, host: str, timeout: float = 15) -> None:
-    for observer in lab.hosts:
-        wait_for(
-            partial(hosts_of, agents, observer, vm), lambda r: r == [(host, "running")], timeout
-        )
-
-
-def migrations(host: LabHost) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = nova(host, "migrations")[1].get("migrations", [])
-    return rows
-
-
-def start_guest(
-    lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, name: str, **kw: Any
-) -> int:
-    """Define and start `name` on h1; wait for its heartbeat and every agent to see it."""
-    h1 = lab.hosts[0]
-    spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
-    adapter = hv(h1, disk_dir)
-
-    async def create() -> None:
-        await adapter.create(spec)
-        await adapter.start(name)
-        await adapter.close()
-
-    asyncio.run(create())
-    first = wait_beat_above(h1, name, 5)[-1]
-    everyone_sees(agents, lab, name, h1.name, timeout=30)
-    return first
-
-
-def delete_guest(host: LabHost, disk_dir: Path, name: str) -> None:
-    async def delete() -> None:
-        adapter = hv(host, disk_dir)
-        await adapter.delete(name)
-        await adapter.close()
-
-    asyncio.run(delete())
 
 
 def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
