@@ -42,6 +42,7 @@ ZAP_DOMAIN = "*"  # pyzmq's default domain: every socket of this context
 SEND_HWM = 1000  # frames queued per peer before sends are dropped (gossip is lossy)
 RECV_HWM = 10_000  # frames queued on the ROUTER before libzmq pushes back on senders
 RECONNECT_MAX_MS = 5_000  # back-off cap when a peer is down: retry, but not in a tight loop
+RESET_AFTER = 5.0  # seconds between rebuilds of a DEALER whose sends keep failing
 LOG_INTERVAL = 5.0  # seconds between repeated warnings about the same peer and problem
 
 
@@ -155,6 +156,7 @@ class Transport:
         self._auth: AsyncioAuthenticator | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._dealers: dict[str, tuple[str, bytes, zmq.asyncio.Socket]] = {}  # peer -> ...
+        self._resets: dict[str, float] = {}  # peer -> when its DEALER was last rebuilt
         self._warn = _WarnOnce()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -278,6 +280,7 @@ class Transport:
         except zmq.Again:
             self.stats.dropped_queue_full += 1
             self._warn(peer_id, "full", "send queue to %s at %s is full", peer_id, address)
+            self._reset_stuck(peer_id)
             return False
         self.stats.sent += 1
         return True
@@ -304,6 +307,19 @@ class Transport:
             raise
         self._dealers[peer_id] = (address, cert.curve_key, dealer)
         return dealer
+
+    def _reset_stuck(self, peer_id: str) -> None:
+        """Rebuild a DEALER that cannot send, at most every `RESET_AFTER` seconds.
+
+        libzmq may give up on a connection for good after the peer's ZAP
+        handler refused it once (libzmq #3519): a restarted peer refuses us
+        until it has learnt our certificate, and the old DEALER would then
+        never reach it again. A new socket means a new handshake.
+        """
+        now = time.monotonic()
+        if now - self._resets.get(peer_id, -RESET_AFTER) >= RESET_AFTER:
+            self._resets[peer_id] = now
+            self.forget(peer_id)
 
     def forget(self, peer_id: str) -> None:
         """Close the connection to `peer_id` (it left, died, or moved)."""

@@ -122,6 +122,18 @@ def test_killed_agent_is_failed_then_rejoins_with_higher_incarnation(
         assert row["incarnation"] > before
 
 
+def test_agent_restarted_at_once_is_back_in_the_mesh(mesh: tuple[Lab, LabAgents]) -> None:
+    """Restarted before anyone noticed: peers' connections to it are refused until it
+    has learnt their certificates again, and must not stay dead after that."""
+    lab, agents = mesh
+    victim = lab.hosts[0]
+    agents.kill(victim, signal.SIGKILL)
+    agents.start(victim)
+    agents.wait_for_full_mesh(timeout=60)
+    for host in lab.hosts:
+        assert agents.states(host) == {h.name: "alive" for h in lab.hosts}
+
+
 def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, LabAgents]) -> None:
     lab, agents = mesh
     cut, others = lab.hosts[3], [h for h in lab.hosts if h is not lab.hosts[3]]
