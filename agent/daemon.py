@@ -43,6 +43,7 @@ from .hypervisor import Hypervisor
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
 from .inventory import Inventory
+from .journal import MigrationJournal
 from .migrator import Migrator
 from .sdnotify import Notifier
 from .security import TrustStore
@@ -55,6 +56,7 @@ log = logging.getLogger("novacron.agent")
 SEED_RETRY = 10.0  # seconds between attempts to reach static seeds while alone
 INTRO_RETRY = 5.0  # seconds before introducing ourselves to the same address again
 LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
+JOURNAL_DIR = "migrations"  # under the data dir: outbound migrations in flight
 DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
 RECENT_EVENTS = 50  # membership events kept for `nova status`
 
@@ -105,6 +107,7 @@ class Agent:
             send=self._send,
             clock=clock,
             on_change=self._wake_timers,
+            journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
         )
         self.inventory = Inventory(
             self.node_id,
@@ -191,6 +194,7 @@ class Agent:
     async def run(self) -> None:
         """Serve until `stop()` is called, then leave the mesh gracefully."""
         await self._publish_inventory()
+        await self.migrator.adopt_unfinished()
         for host, port in seed_addresses(self.config):
             await self._introduce_and_join(host, port, expected=None)
         self._spawn(self._receive_loop(), "receive")

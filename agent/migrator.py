@@ -62,6 +62,7 @@ from .core.events import (
 from .core.migration import ClusterView, MigrationConfig, MigrationCore, MigrationInfo
 from .core.migration_policy import MigrationPolicy
 from .hypervisor import job_stats
+from .journal import JournalEntry, MigrationJournal
 
 log = logging.getLogger("novacron.migrator")
 
@@ -115,6 +116,7 @@ class Migrator:
         config: MigrationConfig | None = None,
         opener: Callable[[str], Any] = libvirt.open,
         rng: random.Random | None = None,
+        journal: MigrationJournal | None = None,
     ) -> None:
         """`host`: this host's address as QEMU on a source must reach it (tcp://host)."""
         self.core = MigrationCore(
@@ -131,6 +133,7 @@ class Migrator:
         self._clock = clock  # the core's clock
         self._on_change = on_change  # the core's next deadline may have moved earlier
         self._opener = opener  # opens a libvirt connection (tests may substitute)
+        self._journal = journal  # outbound jobs in flight, for the next life of the agent
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
@@ -156,6 +159,24 @@ class Migrator:
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
         return self.core.record_labels()
+
+    async def adopt_unfinished(self) -> None:
+        """Take charge of outbound jobs an earlier life of this agent left running.
+
+        Each journal entry goes to `core.adopt_job`: a job still in pre-copy is
+        aborted, one in post-copy can only finish, and one that ended while no
+        agent ran is found by the reconcile that follows; every one ends with
+        a reported outcome.
+        """
+        if self._journal is None:
+            return
+        for entry in self._journal.take_all():
+            postcopy = await self._blocking(_in_postcopy, self._opener, self.libvirt_uri, entry.vm)
+            log.warning(
+                "adopting a migration left by an earlier agent",
+                extra={"fields": {"vm": entry.vm, "id": entry.migration_id, "to": entry.target}},
+            )
+            await self._apply(self.core.adopt_job(entry.vm, entry.target, postcopy, self._clock()))
 
     async def close(self) -> None:
         """Stop polling and waiting; running libvirt jobs go on under libvirtd."""
@@ -308,10 +329,15 @@ class Migrator:
             conn = await self._blocking(self._opener, self.libvirt_uri)
             dom = await self._blocking(conn.lookupByName, action.vm)
             poller = asyncio.ensure_future(self._poll(action.migration_id, action.vm))
+            entry = JournalEntry(action.vm, action.migration_id, action.target)
             try:
+                if self._journal is not None:
+                    self._journal.record(entry)
                 await self._blocking(self._run_job, dom, action)
                 ok = True
             finally:
+                if self._journal is not None:
+                    self._journal.forget(action.vm, action.migration_id)
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
@@ -517,6 +543,20 @@ def _sample(dom: Any) -> tuple[dict[str, Any], bool]:
     state, reason = dom.state()
     postcopy = state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
     return raw, postcopy
+
+
+def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
+    """Whether `vm` on the libvirtd at `uri` is paused for post-copy (its memory is split)."""
+    conn = opener(uri)
+    try:
+        state, reason = conn.lookupByName(vm).state()
+        paused = state == libvirt.VIR_DOMAIN_PAUSED
+        return bool(paused and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+    except libvirt.libvirtError:
+        return False
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
 
 
 def _domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> str:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from novacron.simulations.lab import netns
+from novacron.simulations.lab.errors import LabError
 from novacron.simulations.lab.naming import libvirt_uri
 from novacron.simulations.lab.state import HostRecord
+
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")  # in the host's private /run
 
 
 @dataclass(frozen=True)
@@ -77,3 +83,32 @@ class LabHost:
     def link_state(self) -> str:
         """ "up", "down" or "missing"."""
         return netns.port_state(self.switch_netns, self.switch_port)
+
+    def libvirtd_pid(self) -> int | None:
+        """The pid of this host's libvirtd, if it runs."""
+        try:
+            pid = int(self.path(LIBVIRTD_PIDFILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if Path(f"/proc/{pid}").exists() else None
+
+    def kill_libvirtd(self) -> None:
+        """SIGKILL this host's libvirtd (its guests' QEMU processes live on)."""
+        pid = self.libvirtd_pid()
+        if pid is None:
+            raise LabError(f"{self.name}: libvirtd is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start_libvirtd(self, timeout: float = 30.0) -> None:
+        """Start this host's libvirtd again and wait until it answers."""
+        self.run(["libvirtd", "-d", "-l"], check=True, capture_output=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = self.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True)
+            if probe.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise LabError(f"{self.name}: libvirtd did not answer within {timeout:g} s of starting")

@@ -1,0 +1,170 @@
+"""Faults in the middle of a live migration, in the lab, with real QEMU guests.
+
+Each test starts a guest that dirties memory faster than the migration's
+bandwidth cap (so the job is certainly still in pre-copy when the fault hits,
+and escalation is off so only the fault ends it), breaks something, and then
+checks what an operator would: the VM runs on exactly one host, its heartbeat
+never restarted, every agent agrees where it is, and the failed migration is
+reported with a reason. The target-agent crash and cancel are in
+tests/test_migration_lab.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron.simulations import guest as guest_mod
+from novacron.simulations.guest import Guest
+from novacron.simulations.lab import Lab, LabHost
+from novacron.simulations.lab.agents import LabAgents, wait_for
+from tests.lab_vms import (
+    beats,
+    everyone_sees,
+    migrations,
+    nova,
+    remove_everywhere,
+    running_on,
+    start_guest,
+    wait_beat_above,
+)
+
+if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+
+RUN = f"f{os.getpid() % 100000}"
+# Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.
+SLOW = (
+    *("--bandwidth", "4", "--max-downtime", "300"),
+    *("--no-post-copy", "--completion-timeout", "600"),
+)
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    return guest_mod.build()
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+    with Lab(RUN, 3) as lab:
+        agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
+        agents.start_all()
+        try:
+            agents.wait_for_full_mesh(timeout=60)
+            yield lab, agents
+        finally:
+            for vm in ("fa-vm", "fb-vm", "fc-vm"):
+                remove_everywhere(lab, vm)
+            agents.stop_all()
+
+
+@pytest.fixture(scope="module")
+def disk_dir() -> Iterator[Path]:
+    path = Path("/var/lib/novacron-test") / RUN
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def migrating(lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, vm: str, to: str) -> int:
+    """Start `vm` on h1, migrate it slowly to `to`; the heartbeat just before the fault."""
+    h1 = lab.hosts[0]
+    start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=32, dirty_rate=10)
+    code, started = nova(h1, "vm", "migrate", vm, "--to", to, *SLOW)
+    assert (code, started["ok"]) == (0, True), started
+    wait_for(
+        lambda: _row(h1, vm),
+        lambda m: m is not None and m["phase"] == "migrating" and m["percent"] > 0,
+        timeout=60,
+        interval=0.2,
+    )
+    return beats(h1, vm)[-1]
+
+
+def ended(host: LabHost, vm: str, timeout: float) -> dict[str, Any]:
+    """`host`'s latest outbound migration of `vm`, once it has an outcome."""
+    row = wait_for(lambda: _row(host, vm), lambda m: m is not None and m["outcome"], timeout)
+    assert row is not None
+    return row
+
+
+def _row(host: LabHost, vm: str) -> dict[str, Any] | None:
+    rows = [m for m in migrations(host) if m["vm"] == vm and m["direction"] == "outbound"]
+    return rows[0] if rows else None
+
+
+def settled_on(lab: Lab, agents: LabAgents, vm: str, host: LabHost, before: int) -> None:
+    """`vm` runs on `host` alone, its heartbeat unbroken since boot, and everyone agrees."""
+    dead = {name: p.poll() for name, p in agents.processes.items() if p.poll() is not None}
+    assert not dead, f"agents exited: {dead}"
+    wait_for(lambda: running_on(lab, vm), lambda hosts: hosts == [host.name], 90)
+    series = wait_beat_above(host, vm, before + 10)
+    assert series == list(range(series[0], series[0] + len(series))), "the guest restarted"
+    everyone_sees(agents, lab, vm, host.name, timeout=90)
+
+
+def test_target_libvirtd_killed_the_vm_stays_on_the_source(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    before = migrating(lab, agents, disk_dir, guest, "fa-vm", h2.name)
+
+    h2.kill_libvirtd()
+    try:
+        row = ended(h1, "fa-vm", timeout=90)
+    finally:
+        h2.start_libvirtd()
+
+    assert row["outcome"] == "aborted" and row["reason"], row
+    print(f"reported: {row['outcome']}: {row['reason']}")
+    settled_on(lab, agents, "fa-vm", h1, before)
+
+
+def test_source_agent_killed_and_restarted_the_job_is_adopted_and_reported(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, h3 = lab.hosts[0], lab.hosts[2]
+    before = migrating(lab, agents, disk_dir, guest, "fb-vm", h3.name)
+    old_id = _row(h1, "fb-vm")["migration_id"]  # type: ignore[index]
+
+    agents.kill(h1, signal.SIGKILL)
+    agents.start(h1)
+
+    row = ended(h1, "fb-vm", timeout=120)
+    assert (row["purpose"], row["outcome"]) == ("adopted", "aborted"), row
+    assert row["reason"] == "source agent restarted mid-migration"
+    settled_on(lab, agents, "fb-vm", h1, before)
+    on_target = wait_for(
+        lambda: [m for m in migrations(h3) if m["migration_id"] == old_id],
+        lambda rows: bool(rows) and bool(rows[0]["outcome"]),
+        timeout=60,
+    )
+    assert on_target[0]["outcome"] in ("expired", "aborted"), on_target
+
+
+def test_link_cut_mid_migration_the_vm_stays_on_the_source(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    before = migrating(lab, agents, disk_dir, guest, "fc-vm", h2.name)
+
+    h2.link_down()
+    try:
+        row = ended(h1, "fc-vm", timeout=120)
+    finally:
+        h2.link_up()
+
+    assert row["outcome"] == "aborted" and row["reason"], row
+    print(f"reported: {row['outcome']}: {row['reason']}")
+    agents.wait_for_full_mesh(timeout=90)
+    settled_on(lab, agents, "fc-vm", h1, before)
