@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import logging
 import random
-import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -61,6 +60,13 @@ from .core.events import (
 )
 from .core.migration import ClusterView, MigrationConfig, MigrationCore, MigrationInfo
 from .core.migration_policy import MigrationPolicy
+from .disks import (
+    LocalDisk,
+    incremental,
+    local_disks,
+    prepare_on_target,
+    remove_source_copies,
+)
 from .hypervisor import job_stats
 from .journal import JournalEntry, MigrationJournal
 
@@ -333,8 +339,9 @@ class Migrator:
             try:
                 if self._journal is not None:
                     self._journal.record(entry)
-                await self._blocking(self._run_job, dom, action)
+                disks = await self._blocking(self._run_job, dom, action)
                 ok = True
+                await self._blocking(remove_source_copies, disks)
             finally:
                 if self._journal is not None:
                     self._journal.forget(action.vm, action.migration_id)
@@ -352,18 +359,34 @@ class Migrator:
             self.core.migration_finished(action.migration_id, ok, reason, self._clock())
         )
 
-    def _run_job(self, dom: Any, action: StartLibvirtMigration) -> None:
-        """The blocking `migrateToURI3` call (a worker thread)."""
-        flags = migration_flags(action.policy, has_local_disks(dom.XMLDesc(0)))
+    def _run_job(self, dom: Any, action: StartLibvirtMigration) -> list[LocalDisk]:
+        """The blocking `migrateToURI3` call (a worker thread); the local disks it copied."""
+        target_uri = self._peer_uri(action.target, action.target_uri)
+        disks = local_disks(dom.XMLDesc(0))
+        if disks:
+            self._prepare_disks(dom, disks, action.target, target_uri)
+        flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
         _set_max_downtime(dom, action.policy.max_downtime_ms)
-        log.info(
-            "libvirt migration starting",
-            extra={
-                "fields": {"vm": action.vm, "to": self._peer_uri(action.target, action.target_uri)}
-            },
-        )
-        dom.migrateToURI3(self._peer_uri(action.target, action.target_uri), params, flags)
+        fields = {"vm": action.vm, "to": target_uri, "disks": len(disks)}
+        log.info("libvirt migration starting", extra={"fields": fields})
+        dom.migrateToURI3(target_uri, params, flags)
+        return disks
+
+    def _prepare_disks(self, dom: Any, disks: list[LocalDisk], target: str, uri: str) -> None:
+        """Create the target's copies of `dom`'s local disks (a worker thread)."""
+        capacities = [int(dom.blockInfo(disk.path)[0]) for disk in disks]
+        try:
+            conn = self._opener(uri)
+        except libvirt.libvirtError as exc:
+            raise RuntimeError(f"cannot reach {target}'s libvirt to prepare disks: {exc}") from None
+        try:
+            prepare_on_target(conn, disks, capacities)
+        except libvirt.libvirtError as exc:
+            raise RuntimeError(f"cannot prepare the VM's disks on {target}: {exc}") from None
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     async def _poll(self, migration_id: str, vm: str) -> None:
         """Sample the job every `POLL_INTERVAL` s and report it to the core.
@@ -466,11 +489,16 @@ def _refusal_status(reason: str) -> int:
     return 409
 
 
-def migration_flags(policy: MigrationPolicy, local_disks: bool) -> int:
-    """migrateToURI3 flags for `policy`; post-copy is only *enabled*, started on demand."""
+def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:
+    """migrateToURI3 flags for `policy` and the disks to copy; post-copy is only *enabled*,
+    started on demand. Overlays on known bases copy incrementally, other disks whole."""
     flags: int = BASE_FLAGS
-    if local_disks:
-        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    if disks:
+        flags |= (
+            libvirt.VIR_MIGRATE_NON_SHARED_INC
+            if incremental(disks)
+            else libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        )
     if policy.auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if policy.post_copy:
@@ -486,16 +514,6 @@ def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, A
     if policy.bandwidth_mib_s > 0:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, round(policy.bandwidth_mib_s))
     return params
-
-
-def has_local_disks(domain_xml: str) -> bool:
-    """Whether the domain has writable disks on files (copied with NON_SHARED_INC)."""
-    for disk in ET.fromstring(domain_xml).iter("disk"):
-        if disk.get("device", "disk") != "disk" or disk.find("readonly") is not None:
-            continue
-        if disk.find("shareable") is None and disk.find("source") is not None:
-            return True
-    return False
 
 
 def progress_sample(

@@ -118,3 +118,8 @@ def remove_everywhere(lab: Lab, vm: str) -> None:
     for host in lab.hosts:
         for verb in ("destroy", "undefine"):
             host.run(["virsh", "-c", "qemu:///system", verb, vm], capture_output=True)
+
+
+def console_log(vm: str) -> Path:
+    """Where `vm`'s serial console is logged on the host it runs on (use `host.path`)."""
+    return Hypervisor(domain_type="qemu").console_log(vm)

@@ -362,6 +362,18 @@ def test_landed_hold_ends_even_if_the_record_never_shows_the_vm() -> None:
     assert mesh.of("h2", ReconcileVm) == []  # a landed hold lapsing is not a fault
 
 
+def test_a_vm_that_landed_and_left_again_may_come_back_at_once() -> None:
+    """The landed hold is capacity bookkeeping, not an arrival: it must not refuse the VM."""
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mesh.call("h1", "migration_finished", started(mesh).migration_id, True, "")
+    mesh.now = 3.0  # moved back to h1 by hand before h2's record ever listed it
+    mesh.request("h1", "vm1", "h2")
+    assert mesh.of("h2", ReservationRefused) == []
+    assert len(mesh.of("h1", StartLibvirtMigration)) == 2
+    assert [r.landed for r in mesh.core("h2").reservations()] == [False]
+
+
 def test_duplicate_propose_is_answered_once_reserved() -> None:
     core = MigrationCore("h2", view=View([host("h2"), host("h1")]), rng=random.Random(1))
     first = core.receive("h1", propose(), 0.0).sends

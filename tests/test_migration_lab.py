@@ -21,9 +21,10 @@ import pytest
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab
-from novacron.simulations.lab.agents import LabAgents, wait_for
+from novacron.simulations.lab.agents import DISK_DIR, LabAgents, wait_for
 from tests.lab_vms import (
     beats,
+    console_log,
     delete_guest,
     everyone_sees,
     hosts_of,
@@ -98,7 +99,7 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
 def dirty_vm(mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path) -> Iterator[str]:
     """A guest on h1 that keeps dirtying memory with non-zero data."""
     lab, agents = mesh
-    start_guest(lab, agents, disk_dir, guest, "dirty-vm", dirty_mib=64, dirty_rate=20)
+    start_guest(lab, agents, disk_dir, guest, "dirty-vm", dirty_mib=32, dirty_rate=20)
     yield "dirty-vm"
     for host in lab.hosts:
         host.run(["virsh", "-c", "qemu:///system", "destroy", "dirty-vm"], capture_output=True)
@@ -211,3 +212,69 @@ def test_target_agent_killed_mid_migration_the_vm_lands_on_the_target_once(
     assert "fault-vm" not in on_h1.stdout.decode()
     everyone_sees(agents, lab, "fault-vm", h3.name, timeout=60)
     delete_guest(h3, disk_dir, "fault-vm")
+
+
+def test_migrating_a_guest_that_dirties_memory_keeps_it_running(
+    mesh: tuple[Lab, LabAgents], dirty_vm: str
+) -> None:
+    lab, agents = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    before = wait_beat_above(h1, dirty_vm, 10)[-1]
+    dirtied = wait_for(
+        lambda: guest_mod.dirty_rates(h1.path(console_log(dirty_vm)).read_bytes()),
+        bool,
+        timeout=30,
+    )
+    assert dirtied[-1] > 10, f"the guest does not dirty memory as asked: {dirtied}"
+
+    code, answer = nova(h1, "vm", "migrate", dirty_vm, "--to", h2.name, "--wait")
+
+    assert (code, answer["migration"]["outcome"]) == (0, "committed"), answer
+    after = wait_beat_above(h2, dirty_vm, before + 10)
+    assert after == list(range(after[0], after[0] + len(after))), "no gaps, no restart"
+    assert after[0] > before, "the guest rebooted"
+    rates = wait_for(
+        lambda: guest_mod.dirty_rates(h2.path(console_log(dirty_vm)).read_bytes()),
+        lambda r: len(r) >= 2,
+        timeout=30,
+    )
+    assert rates[-1] > 0, "the guest stopped dirtying memory on the target"
+    everyone_sees(agents, lab, dirty_vm, h2.name)
+
+
+def test_local_disk_contents_move_with_the_guest(mesh: tuple[Lab, LabAgents], guest: Guest) -> None:
+    """No shared storage: the disk overlay lives in each host's private /var/lib/libvirt."""
+    lab, agents = mesh
+    h1, h3 = lab.hosts[0], lab.hosts[2]
+    marker = f"written-on-h1-{RUN}"
+    cmdline = guest.cmdline(disk_marker=marker, disk_check=1)
+    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", cmdline)
+    disk = ("--disk", str(guest.disk), "--start")
+    code, created = nova(h1, "vm", "create", "disk-vm", "--memory", "128", *boot, *disk)
+    assert code == 0, created
+    wait_for(
+        lambda: guest_mod.disk_lines(h1.path(console_log("disk-vm")).read_bytes()),
+        lambda lines: marker in lines,
+        timeout=60,
+    )
+    before = wait_beat_above(h1, "disk-vm", 5)[-1]
+    everyone_sees(agents, lab, "disk-vm", h1.name, timeout=30)
+
+    code, answer = nova(h1, "vm", "migrate", "disk-vm", "--to", h3.name, "--wait")
+
+    assert (code, answer["migration"]["outcome"]) == (0, "committed"), answer
+    after = wait_beat_above(h3, "disk-vm", before + 5)
+    assert after == list(range(after[0], after[0] + len(after))), "no gaps, no restart"
+    # The guest re-reads the sector every second with its page cache dropped: from h3's disk.
+    lines = wait_for(
+        lambda: guest_mod.disk_lines(h3.path(console_log("disk-vm")).read_bytes()),
+        lambda lines: len(lines) >= 3,
+        timeout=30,
+    )
+    assert lines[-3:] == [marker] * 3
+    overlay = Path(DISK_DIR) / "disk-vm-vda.qcow2"
+    assert h3.path(overlay).exists(), "the disk was not copied to the target's own storage"
+    assert not h1.path(overlay).exists(), "the source's copy was left behind"
+    everyone_sees(agents, lab, "disk-vm", h3.name)
+    code, _ = nova(h3, "vm", "delete", "disk-vm", "--force")
+    assert code == 0

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from novacron.agent.api import Refusal, build_app
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_policy import MigrationPolicy
+from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
     BASE_FLAGS,
     Migrator,
-    has_local_disks,
     migration_flags,
     migration_params,
     progress_sample,
@@ -42,8 +42,9 @@ from novacron.protocol.messages import (
 
 def test_flags_follow_the_policy_and_the_disks() -> None:
     plain = MigrationPolicy(auto_converge=False, post_copy=False)
-    assert migration_flags(plain, local_disks=False) == BASE_FLAGS
-    full = migration_flags(MigrationPolicy(), local_disks=True)
+    assert migration_flags(plain, []) == BASE_FLAGS
+    overlay = LocalDisk("/d/vm-vda.qcow2", "qcow2", "/base.qcow2", "qcow2")
+    full = migration_flags(MigrationPolicy(), [overlay])
     for flag in (
         libvirt.VIR_MIGRATE_NON_SHARED_INC,
         libvirt.VIR_MIGRATE_AUTO_CONVERGE,
@@ -54,6 +55,8 @@ def test_flags_follow_the_policy_and_the_disks() -> None:
         libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
     ):
         assert full & flag
+    whole = migration_flags(plain, [overlay, LocalDisk("/d/raw.img", "raw", None, None)])
+    assert whole == BASE_FLAGS | libvirt.VIR_MIGRATE_NON_SHARED_DISK
 
 
 def test_params_carry_the_migration_uri_and_the_bandwidth_cap() -> None:
@@ -76,7 +79,21 @@ def test_params_carry_the_migration_uri_and_the_bandwidth_cap() -> None:
 )
 def test_local_disks_are_writable_unshared_disks(devices: str, local: bool) -> None:
     xml = f"<domain><devices>{devices}</devices></domain>"
-    assert has_local_disks(xml) is local
+    assert bool(local_disks(xml)) is local
+
+
+def test_a_live_overlay_names_its_base_and_formats() -> None:
+    xml = """<domain><devices><disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='/d/vm-vda.qcow2'/>
+      <backingStore type='file'><format type='qcow2'/><source file='/b/base.qcow2'/>
+      <backingStore/></backingStore><target dev='vda'/></disk></devices></domain>"""
+    (disk,) = local_disks(xml)
+    assert disk == LocalDisk("/d/vm-vda.qcow2", "qcow2", "/b/base.qcow2", "qcow2")
+    assert volume_xml(disk, 1 << 30, with_backing=True) == (
+        "<volume><name>vm-vda.qcow2</name><capacity unit='bytes'>1073741824</capacity>"
+        "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
+        "<backingStore><path>/b/base.qcow2</path><format type='qcow2'/></backingStore></volume>"
+    )
 
 
 def test_job_stats_become_progress() -> None:

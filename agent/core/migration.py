@@ -812,7 +812,12 @@ class MigrationCore:
             return f"host draining: {self.node_id} takes no new VMs"
         if record is not None and any(vm.name == message.vm for vm in record.vms):
             return f"VM {message.vm} already runs on {self.node_id}"
-        if self._book.for_vm(message.vm) is not None:
+        arriving = self._book.for_vm(message.vm)
+        if arriving is not None and arriving.landed:
+            # It landed here and has left again (its source holds it now): the
+            # hold was only keeping room until our record caught up.
+            self._book.release(arriving.migration_id)
+        elif arriving is not None:
             return f"VM {message.vm} is already arriving on {self.node_id}"
         inbound = self._book.inbound()
         if inbound >= self.config.limits.max_inbound:
