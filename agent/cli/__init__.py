@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca, completion, mesh, migrate
+from . import ca_commands, completion, mesh, migrate
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -33,7 +33,7 @@ from .common import (
 
 # Each adds one group of subcommands.
 COMMAND_GROUPS: tuple[AddGroup, ...] = (
-    ca.add_ca_commands,
+    ca_commands.add_ca_commands,
     mesh.add_mesh_commands,
     migrate.add_migration_commands,
     completion.add_completion_commands,

@@ -17,14 +17,13 @@ from novacron.protocol import keyfiles
 from novacron.protocol.certificates import (
     MAX_SERIAL,
     Certificate,
-    check_node_id,
     check_signature,
     decode_certificate,
     format_time,
     issue_certificate,
     verify_certificate,
 )
-from novacron.protocol.errors import IdentityError, InvalidNodeId
+from novacron.protocol.errors import IdentityError
 from novacron.protocol.keys import NodeKey, key_id
 from novacron.protocol.revocation import (
     RevocationList,
@@ -32,21 +31,16 @@ from novacron.protocol.revocation import (
     verify_revocation_list,
 )
 
+from .ca_commands import CA_DIR_ENV, DEFAULT_CA_DIR
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandError,
-    Groups,
     Output,
-    Parser,
     UsageError,
-    json_flag,
 )
 
-DEFAULT_CA_DIR = "/etc/novacron/ca"
-CA_DIR_ENV = "NOVACRON_CA_DIR"
 CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
-DEFAULT_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -85,63 +79,6 @@ class CaFiles:
         if not self.revocations.exists():
             return None
         return verify_revocation_list(keyfiles.read_revocation_list(self.revocations), ca_public)
-
-
-def add_ca_commands(groups: Groups[Parser]) -> None:
-    """Register `nova ca init|issue|revoke|show`: the operator's certificate authority."""
-    ca = groups.add_parser(
-        "ca", help="cluster certificate authority: issue and revoke node certificates"
-    )
-    json_flag(ca)
-    commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
-    dir_help = f"CA directory (default: ${CA_DIR_ENV} or {DEFAULT_CA_DIR})"
-
-    init = commands.add_parser("init", help="create the cluster CA key pair")
-    init.add_argument("--dir", help=dir_help)
-    init.add_argument(
-        "--force", action="store_true", help="replace an existing CA (invalidates all certificates)"
-    )
-    init.set_defaults(handler=ca_init)
-
-    issue = commands.add_parser("issue", help="create a node's keys and certificate")
-    issue.add_argument(
-        "node_id", metavar="NODE_ID", type=_node_id_arg, help="1-64 of A-Z a-z 0-9 . _ -"
-    )
-    issue.add_argument("--dir", help=dir_help)
-    issue.add_argument(
-        "--out", default=".", help="where NODE_ID.key and NODE_ID.crt go (default: .)"
-    )
-    issue.add_argument(
-        "--days", type=_days_arg, default=DEFAULT_DAYS, help=f"validity (default: {DEFAULT_DAYS})"
-    )
-    issue.add_argument("--force", action="store_true", help="replace existing NODE_ID.key/.crt")
-    issue.set_defaults(handler=ca_issue)
-
-    revoke = commands.add_parser("revoke", help="revoke a certificate by serial or file")
-    revoke.add_argument("target", metavar="SERIAL|CERTFILE")
-    revoke.add_argument("--dir", help=dir_help)
-    revoke.set_defaults(handler=ca_revoke)
-
-    show = commands.add_parser("show", help="print a certificate and verify it against the CA")
-    show.add_argument("certfile", metavar="CERTFILE")
-    show.add_argument("--dir", help=dir_help)
-    show.set_defaults(handler=ca_show)
-
-    for sub in (init, issue, revoke, show):
-        json_flag(sub)
-
-
-def _node_id_arg(text: str) -> str:
-    try:
-        return check_node_id(text)
-    except InvalidNodeId as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _days_arg(text: str) -> int:
-    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= 36500:
-        raise argparse.ArgumentTypeError(f"invalid day count {text!r}: use a whole number 1-36500")
-    return int(text)
 
 
 def ca_init(args: argparse.Namespace, out: Output) -> int:

@@ -26,7 +26,7 @@ from .common import (
 )
 from .table import render
 
-WAIT_POLL = 0.5  # seconds between looks at a migration being waited for
+WAIT_POLL = 0.1  # seconds between looks at a migration being waited for (ends count)
 MIB = 1024 * 1024
 PAGE = 4096  # libvirt reports the dirty rate in pages per second
 
