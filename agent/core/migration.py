@@ -71,7 +71,7 @@ the saga's outcome says which):
 |                                | The target hears no renewals: its lease expires, it emits  |
 |                                | ReservationReleased(expired) + ReconcileVm; late messages  |
 |                                | for the old id are counted, an Accept is answered Abort.   |
-|                                | The driver hands jobs it finds running to `adopt_job`:     |
+|                                | The driver hands its journal's jobs to `adopt_job`:        |
 |                                | pre-copy -> abort -> reconcile -> aborted, with the reason |
 |                                | "source agent restarted mid-migration"; post-copy: waits.  |
 | link cut mid-migration         | libvirt's keepalive fails the job -> reconcile -> aborted  |
