@@ -1,0 +1,140 @@
+"""The rebalancing planner's rules (`agent/core/rebalance.py`), one by one. Pure, no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from novacron.agent.core.migration_policy import INBOUND_LABEL
+from novacron.agent.core.rebalance import (
+    AFFINITY_LABEL,
+    ANTI_AFFINITY_LABEL,
+    Decision,
+    RebalanceConfig,
+    plan,
+)
+from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+
+GIB = 1024
+
+
+def vm(name: str, load: float, memory: int = GIB, **labels: str) -> VmSummary:
+    return VmSummary(
+        name, state="running", vcpus=2, memory_mib=memory, cpu_load=load, labels=labels
+    )
+
+
+def host(
+    node: str, *vms: VmSummary, cores: int = 10, memory: int = 64 * GIB, **kw: object
+) -> NodeRecord:
+    capacity = Resources(vcpus=cores, memory_mib=memory)
+    return NodeRecord(node, 1, capacity=capacity, vms=vms, **kw)  # type: ignore[arg-type]
+
+
+def decide(
+    records: list[NodeRecord],
+    *,
+    moved: dict[str, float] | None = None,
+    busy: tuple[str, ...] = (),
+    alive: set[str] | None = None,
+    seed: int = 1,
+    **config: object,
+) -> Decision:
+    by_id = {r.node_id: r for r in records}
+    return plan(
+        "h1",
+        by_id,
+        alive if alive is not None else set(by_id),
+        moved or {},
+        busy,
+        1000.0,
+        random.Random(seed),
+        RebalanceConfig(**config),  # type: ignore[arg-type]
+    )
+
+
+HOT = host("h1", vm("a", 3.0), vm("b", 2.0, memory=4 * GIB), vm("c", 1.0))  # 0.6 of 10 cores
+COLD = host("h2", vm("d", 0.5))  # 0.05; mean 0.325, so a target may reach 0.375
+
+
+def test_a_balanced_host_does_nothing() -> None:
+    decision = decide([host("h1", vm("a", 2.0)), host("h2", vm("b", 1.5))])
+    assert decision.move is None
+    assert decision.reason == "balanced: 0.20 <= mean 0.17 + 0.15"
+
+
+def test_a_hot_host_moves_the_vm_with_the_best_benefit_for_its_cost() -> None:
+    decision = decide([HOT, COLD])
+    assert decision.move is not None
+    # a leaves 0.30/0.35, b 0.40/0.25 (a bit less balanced, and 4x the memory): a wins
+    assert (decision.move.vm, decision.move.target) == ("a", "h2")
+    assert decision.reason == (
+        "h1 at 0.60 > mean 0.33 + 0.15: a (3.00 cores, 1024 MiB) to h2 at 0.05"
+    )
+
+
+def test_hysteresis_no_move_may_push_the_target_above_the_band() -> None:
+    big = host("h1", vm("huge", 6.0))  # 0.6; moving it makes h2 0.65, far above the band
+    decision = decide([big, COLD])
+    assert decision.move is None
+    assert "no move fits capacity, affinity and hysteresis" in decision.reason
+
+
+def test_a_vm_that_moved_lately_stays_put() -> None:
+    decision = decide([HOT, COLD], moved={"a": 900.0})  # 100 s ago, cooldown 600 s
+    assert decision.move is not None and decision.move.vm != "a"
+    assert decide([HOT, COLD], moved={"a": 300.0}).move.vm == "a"  # type: ignore[union-attr]
+
+
+def test_the_outbound_limit_and_busy_vms() -> None:
+    decision = decide([HOT, COLD], busy=("b", "c"))
+    assert (decision.move, decision.reason) == (None, "already moving 2 VMs (limit 2)")
+    assert decide([HOT, COLD], busy=("a",)).move.vm != "a"  # type: ignore[union-attr]
+
+
+def test_targets_at_their_inbound_limit_draining_or_dead_take_nothing() -> None:
+    full = host("h2", vm("d", 0.5), labels={INBOUND_LABEL: "2"})
+    draining = host("h3", draining=True)
+    dead = host("h4")
+    decision = decide([HOT, full, draining, dead], alive={"h1", "h2", "h3"})
+    assert decision.move is None
+    assert decision.reason == "hot (0.60), but no host below mean 0.33 has inbound room"
+
+
+def test_a_draining_host_leaves_its_vms_to_the_drain() -> None:
+    draining = host("h1", vm("a", 9.0), draining=True)
+    assert decide([draining, COLD]).reason == "draining: the drain moves this host's VMs"
+
+
+def test_capacity_memory_is_never_overcommitted() -> None:
+    tight = host("h2", vm("d", 0.5, memory=63 * GIB))  # 1 GiB free: b does not fit
+    decision = decide([host("h1", vm("b", 3.0, memory=4 * GIB), vm("c", 2.0)), tight])
+    assert decision.move is not None and decision.move.vm == "c"
+
+
+def test_anti_affinity_two_vms_of_a_group_never_share_a_host() -> None:
+    source = host("h1", vm("a", 3.0, **{ANTI_AFFINITY_LABEL: "db"}), vm("c", 3.0))
+    target = host("h2", vm("d", 0.5, **{ANTI_AFFINITY_LABEL: "db"}))
+    decision = decide([source, target])
+    assert decision.move is not None and decision.move.vm == "c"
+
+
+def test_affinity_groups_are_never_split() -> None:
+    pair = {AFFINITY_LABEL: "web"}
+    source = host("h1", vm("a", 3.0, **pair), vm("b", 3.0, **pair))
+    decision = decide([source, COLD])
+    assert decision.move is None
+    assert "no VM may move" in decision.reason
+
+
+def test_many_hot_hosts_spread_over_the_cold_ones() -> None:
+    colds = [host(f"c{i}", vm(f"v{i}", 0.5)) for i in range(8)]
+    targets = {decide([HOT, *colds], seed=seed).move.target for seed in range(20)}  # type: ignore[union-attr]
+    assert len(targets) >= 4, targets  # power of two choices, not everyone on the coldest
+
+
+@pytest.mark.parametrize("bad", [{"target": 0.2}, {"sample": 0}, {"bandwidth_mib_s": 0}])
+def test_nonsense_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RebalanceConfig(**bad)  # type: ignore[arg-type]
