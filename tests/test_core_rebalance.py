@@ -114,15 +114,15 @@ def test_capacity_memory_is_never_overcommitted() -> None:
 
 
 def test_anti_affinity_two_vms_of_a_group_never_share_a_host() -> None:
-    source = host("h1", vm("a", 3.0, **{ANTI_AFFINITY_LABEL: "db"}), vm("c", 3.0))
-    target = host("h2", vm("d", 0.5, **{ANTI_AFFINITY_LABEL: "db"}))
+    source = host("h1", vm("a", 3.0, labels={ANTI_AFFINITY_LABEL: "db"}), vm("c", 3.0))
+    target = host("h2", vm("d", 0.5, labels={ANTI_AFFINITY_LABEL: "db"}))
     decision = decide([source, target])
     assert decision.move is not None and decision.move.vm == "c"
 
 
 def test_affinity_groups_are_never_split() -> None:
     pair = {AFFINITY_LABEL: "web"}
-    source = host("h1", vm("a", 3.0, **pair), vm("b", 3.0, **pair))
+    source = host("h1", vm("a", 3.0, labels=pair), vm("b", 3.0, labels=pair))
     decision = decide([source, COLD])
     assert decision.move is None
     assert "no VM may move" in decision.reason
