@@ -19,10 +19,10 @@ from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 GIB = 1024
 
 
-def vm(name: str, load: float, memory: int = GIB, **labels: str) -> VmSummary:
-    return VmSummary(
-        name, state="running", vcpus=2, memory_mib=memory, cpu_load=load, labels=labels
-    )
+def vm(
+    name: str, load: float, memory: int = GIB, labels: dict[str, str] | None = None
+) -> VmSummary:
+    return VmSummary(name, "", "running", 2, memory, load, labels=labels or {})
 
 
 def host(
