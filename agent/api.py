@@ -80,10 +80,23 @@ class DrainControl(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class RebalanceControl(Protocol):
+    """What the API needs to show and steer rebalancing (`rebalancer.Rebalancer` fits)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def preview(self) -> dict[str, Any]: ...
+
+    async def pause(self) -> dict[str, Any]: ...
+
+    async def resume(self) -> dict[str, Any]: ...
+
+
 VIEW_KEY = web.AppKey("view", AgentView)
 CONTROL_KEY = web.AppKey("migrations", MigrationControl)
 VMS_KEY = web.AppKey("vms", VmLifecycle)
 DRAIN_KEY = web.AppKey("drain", DrainControl)
+REBALANCE_KEY = web.AppKey("rebalance", RebalanceControl)
 
 
 def build_app(
@@ -91,6 +104,7 @@ def build_app(
     migrations: MigrationControl | None = None,
     vms: VmLifecycle | None = None,
     drain: DrainControl | None = None,
+    rebalance: RebalanceControl | None = None,
 ) -> web.Application:
     """The aiohttp application serving `view` (and the controls given) under /v1."""
     app = web.Application(middlewares=[_json_errors])
@@ -106,6 +120,12 @@ def build_app(
         app.router.add_get(f"/{API_VERSION}/drain", _drain_status)
         app.router.add_post(f"/{API_VERSION}/drain", _drain)
         app.router.add_post(f"/{API_VERSION}/undrain", _undrain)
+    if rebalance is not None:
+        app[REBALANCE_KEY] = rebalance
+        app.router.add_get(f"/{API_VERSION}/rebalance", _rebalance_status)
+        app.router.add_get(f"/{API_VERSION}/rebalance/plan", _rebalance_plan)
+        app.router.add_post(f"/{API_VERSION}/rebalance/pause", _rebalance_pause)
+        app.router.add_post(f"/{API_VERSION}/rebalance/resume", _rebalance_resume)
     if migrations is not None:
         app[CONTROL_KEY] = migrations
         app.router.add_post(f"/{API_VERSION}/vms/{{name}}/migrate", _migrate)
@@ -193,6 +213,22 @@ async def _undrain(request: web.Request) -> web.Response:
     return await _controlled(request.app[DRAIN_KEY].undrain())
 
 
+async def _rebalance_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[REBALANCE_KEY].status())
+
+
+async def _rebalance_plan(request: web.Request) -> web.Response:
+    return web.json_response(request.app[REBALANCE_KEY].preview())
+
+
+async def _rebalance_pause(request: web.Request) -> web.Response:
+    return await _controlled(request.app[REBALANCE_KEY].pause())
+
+
+async def _rebalance_resume(request: web.Request) -> web.Response:
+    return await _controlled(request.app[REBALANCE_KEY].resume())
+
+
 async def _migrate(request: web.Request) -> web.Response:
     body = await _body(request)
     vm = request.match_info["name"]
@@ -258,8 +294,9 @@ class ApiServer:
         migrations: MigrationControl | None = None,
         vms: VmLifecycle | None = None,
         drain: DrainControl | None = None,
+        rebalance: RebalanceControl | None = None,
     ) -> None:
-        app = build_app(view, migrations, vms, drain)
+        app = build_app(view, migrations, vms, drain, rebalance)
         self._runner = web.AppRunner(app, access_log=None)
         self.socket_path = Path(socket_path)
 

@@ -47,6 +47,8 @@ class AgentConfig:
     log_format: str = "kv"  # kv or json
     log_level: str = "info"
     inventory_interval: float = 10.0  # seconds between psutil/libvirt refreshes
+    rebalance: bool = True  # move VMs away automatically when this host runs hot
+    rebalance_interval: float = 5.0  # seconds between rebalancing decisions
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -153,6 +155,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
         _split_seed(seed)
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
+    if config.rebalance_interval <= 0:
+        raise ConfigError("rebalance_interval must be positive")
     return config
 
 

@@ -45,6 +45,7 @@ from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, i
 from .inventory import Inventory
 from .journal import MigrationJournal
 from .migrator import Migrator
+from .rebalancer import Rebalancer
 from .sdnotify import Notifier
 from .security import TrustStore
 from .transport import Transport, TransportError
@@ -123,6 +124,14 @@ class Agent:
             publish=self._publish_inventory,
             clock=clock,
         )
+        self.rebalancer = Rebalancer(
+            self.migrator,
+            lambda: self.core,
+            publish=self._publish_inventory,
+            clock=clock,
+            enabled=config.rebalance,
+            interval=config.rebalance_interval,
+        )
         self.hypervisor = Hypervisor(
             config.libvirt_uri,
             domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
@@ -142,6 +151,7 @@ class Agent:
             migrations=self.migrator,
             vms=vms,
             drain=self.drain,
+            rebalance=self.rebalancer,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -203,6 +213,7 @@ class Agent:
         self._spawn(self._seed_loop(), "seeds")
         self._spawn(self._watchdog_loop(), "watchdog")
         await self.drain.start()
+        self.rebalancer.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
         await self._stop.wait()
         await self._leave()
@@ -220,6 +231,7 @@ class Agent:
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain.close()
+        await self.rebalancer.close()
         await self.migrator.close()
         await self.hypervisor.close()
         await self.inventory.close()
@@ -282,7 +294,11 @@ class Agent:
 
     async def _publish_inventory(self) -> None:
         record = await self.inventory.record()
-        labels = {**record.labels, **self.migrator.record_labels()}
+        labels = {
+            **record.labels,
+            **self.migrator.record_labels(),
+            **self.rebalancer.record_labels(),
+        }
         record = dataclasses.replace(record, labels=labels, draining=self.drain.draining)
         content = dataclasses.replace(record, version=0)
         if content != self._last_record:

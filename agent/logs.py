@@ -16,7 +16,8 @@ class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         millis = int(record.msecs)  # ordering a migration's steps needs more than seconds
-        parts = [f"ts={stamp}.{millis:03d}Z", f"level={record.levelname.lower()}", f"logger={record.name}"]
+        parts = [f"ts={stamp}.{millis:03d}Z", f"level={record.levelname.lower()}"]
+        parts.append(f"logger={record.name}")
         parts.append(f"msg={_quote(record.getMessage())}")
         for key, value in _fields(record).items():
             parts.append(f"{key}={_quote(str(value))}")

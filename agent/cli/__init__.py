@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca_commands, completion, mesh, migrate
+from . import ca_commands, completion, mesh, migrate, rebalance
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -36,6 +36,7 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     ca_commands.add_ca_commands,
     mesh.add_mesh_commands,
     migrate.add_migration_commands,
+    rebalance.add_rebalance_commands,
     completion.add_completion_commands,
 )
 

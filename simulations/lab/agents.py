@@ -40,6 +40,7 @@ class LabAgents:
         mdns: bool = True,
         seeds: bool = False,
         inventory_interval: float = 2.0,
+        rebalance: bool = False,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.lab = lab
@@ -47,6 +48,7 @@ class LabAgents:
         self.mdns = mdns  # discover peers by multicast DNS
         self.seeds = seeds  # also give every agent h1 as a static seed
         self.inventory_interval = inventory_interval
+        self.rebalance = rebalance  # off unless asked: tests place their VMs on purpose
         self.extra_args = list(extra_args)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -98,6 +100,7 @@ class LabAgents:
             "--mdns" if self.mdns else "--no-mdns",
             "--domain-type", "qemu",  # TCG: KVM guests hang on these machines
             "--disk-dir", DISK_DIR,
+            "--rebalance" if self.rebalance else "--no-rebalance",
         ]  # fmt: skip
         if self.seeds and host.name != "h1":
             args += ["--seeds", f"{self.lab.hosts[0].address}:{GOSSIP_PORT}"]

@@ -1,0 +1,248 @@
+"""Automatic rebalancing on one host: runs the planner, starts its moves, explains them.
+
+Every `interval` seconds the agent asks `core/rebalance.plan` what this host
+should do, from its own gossiped view, and starts the move it gets (purpose
+"rebalance") through the migrator, which applies every limit and reservation
+as for a manual migration. The planner's cooldown needs to know which VMs
+moved lately: a VM's last move is the end of the committed migration that
+brought it here (or took it from here), from the migration core's history.
+
+Pause and resume are mesh-wide: the setting travels as a label in every
+host's record, `novacron/rebalance` = "paused@<unix time>" or
+"active@<unix time>"; each agent adopts the newest it sees and republishes
+it, so one `nova rebalance pause` on any host stops every host within a
+gossip round, and the setting survives the host it was given on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from novacron.protocol.messages import MemberState, NodeRecord
+
+from .api import Refusal
+from .core.members import MemberInfo
+from .core.rebalance import Decision, RebalanceConfig, plan
+from .migrator import Migrator
+
+log = logging.getLogger("novacron.rebalance")
+
+SETTING_LABEL = "novacron/rebalance"
+"""Record label carrying the mesh-wide setting: "active@<unix time>" or "paused@<unix time>"."""
+
+INTERVAL = 5.0  # seconds between planning rounds
+HISTORY = 50  # moves kept for `nova rebalance status`
+
+
+class MeshState(Protocol):
+    """What the rebalancer reads of the membership core (`MembershipNode` fits)."""
+
+    def records(self) -> Mapping[str, NodeRecord]: ...
+
+    def members(self) -> Sequence[MemberInfo]: ...
+
+
+class Rebalancer:
+    """One host's rebalancing loop, its history, and the mesh-wide pause setting."""
+
+    def __init__(
+        self,
+        migrator: Migrator,
+        membership: Callable[[], MeshState],
+        *,
+        publish: Callable[[], Awaitable[None]],
+        clock: Callable[[], float],
+        enabled: bool = True,
+        interval: float = INTERVAL,
+        config: RebalanceConfig | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._migrator = migrator
+        self._membership = membership
+        self._publish = publish  # republishes this host's record (with the setting label)
+        self._clock = clock  # the cores' clock (migration history uses it)
+        self._wall = wall_clock  # orders pause/resume across hosts
+        self.enabled = enabled  # this agent's configuration: False never plans
+        self.interval = interval
+        limits = migrator.core.config.limits
+        self.config = config or RebalanceConfig(
+            max_outbound=limits.max_outbound, max_inbound=limits.max_inbound
+        )
+        self._rng = rng or random.Random()
+        self.setting = f"active@{0:.3f}"  # until the mesh says otherwise
+        self.last: Decision | None = None  # the latest round's decision
+        self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="rebalance")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def record_labels(self) -> dict[str, str]:
+        return {SETTING_LABEL: self.setting}
+
+    @property
+    def paused(self) -> bool:
+        return self.setting.startswith("paused@")
+
+    # --- the local API's side ------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Recent moves with reasons and outcomes, and what the last round decided."""
+        rows = {m["migration_id"]: m for m in self._migrator.migrations()}
+        moves = []
+        for move in self.moves:
+            row = rows.get(move["migration_id"], {})
+            outcome = row.get("outcome") or ("running" if row else "unknown")
+            moves.append({**move, "outcome": outcome, "outcome_reason": row.get("reason", "")})
+        last = self.last
+        return {
+            "node_id": self._migrator.node_id,
+            "enabled": self.enabled,
+            "paused": self.paused,
+            "setting": self.setting,
+            "last_decision": _decision_dict(last) if last is not None else None,
+            "moves": moves,
+        }
+
+    def preview(self) -> dict[str, Any]:
+        """What this host would do now, without doing it (a copy of the RNG: no side effect)."""
+        rng = random.Random()
+        rng.setstate(self._rng.getstate())
+        return _decision_dict(self._decide(rng))
+
+    async def pause(self) -> dict[str, Any]:
+        await self._set(f"paused@{self._wall():.3f}")
+        return self.status()
+
+    async def resume(self) -> dict[str, Any]:
+        await self._set(f"active@{self._wall():.3f}")
+        return self.status()
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.adopt_mesh_setting()
+            if self.enabled and not self.paused:
+                await self.round()
+
+    async def round(self) -> None:
+        """One planning round: decide, and start the move if there is one."""
+        decision = self._decide(self._rng)
+        self.last = decision
+        move = decision.move
+        if move is None:
+            return
+        try:
+            mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
+        except Refusal as exc:
+            self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
+            log.info("rebalance move refused", extra={"fields": {"vm": move.vm, "why": str(exc)}})
+            return
+        self.moves.appendleft(
+            {
+                "migration_id": mid,
+                "vm": move.vm,
+                "source": move.source,
+                "target": move.target,
+                "reason": move.reason,
+                "benefit": round(move.benefit, 6),
+                "cost_mib": round(move.cost, 1),
+                "wall_time": round(self._wall(), 3),
+            }
+        )
+        fields = {"vm": move.vm, "to": move.target, "why": move.reason}
+        log.info("rebalance move", extra={"fields": fields})
+
+    def _decide(self, rng: random.Random) -> Decision:
+        core = self._membership()
+        records = core.records()
+        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+        return plan(
+            self._migrator.node_id,
+            records,
+            alive,
+            self._recent_moves(),
+            self._busy(),
+            self._clock(),
+            rng,
+            self.config,
+        )
+
+    def _recent_moves(self) -> dict[str, float]:
+        """VM -> when it last moved to or from this host (committed migrations)."""
+        moved: dict[str, float] = {}
+        for info in self._migrator.core.migrations():
+            if info.outcome == "committed" and info.ended is not None:
+                moved[info.vm] = max(moved.get(info.vm, info.ended), info.ended)
+        return moved
+
+    def _busy(self) -> set[str]:
+        return {
+            info.vm
+            for info in self._migrator.core.migrations()
+            if info.direction == "outbound" and not info.outcome
+        }
+
+    # --- the mesh-wide setting -------------------------------------------------------
+
+    async def adopt_mesh_setting(self) -> None:
+        newest = newest_setting(self._membership().records(), self.setting)
+        if newest != self.setting:
+            log.info("rebalance setting from the mesh", extra={"fields": {"setting": newest}})
+            self.setting = newest
+            await self._publish()
+
+    async def _set(self, setting: str) -> None:
+        self.setting = setting
+        log.info("rebalance setting changed here", extra={"fields": {"setting": setting}})
+        await self._publish()
+
+
+def newest_setting(records: Mapping[str, NodeRecord], own: str) -> str:
+    """The most recent pause/resume setting among `records` and `own` (garbled ones ignored)."""
+    best, best_time = own, _setting_time(own)
+    for record in records.values():
+        value = record.labels.get(SETTING_LABEL, "")
+        stamp = _setting_time(value)
+        if stamp > best_time:
+            best, best_time = value, stamp
+    return best
+
+
+def _setting_time(value: str) -> float:
+    state, _, stamp = value.partition("@")
+    if state not in ("active", "paused"):
+        return -1.0
+    try:
+        return float(stamp)
+    except ValueError:
+        return -1.0
+
+
+def _decision_dict(decision: Decision) -> dict[str, Any]:
+    move = decision.move
+    return {
+        "move": dataclasses.asdict(move) if move is not None else None,
+        "reason": decision.reason,
+        "utilization": round(decision.utilization, 4),
+        "mean": round(decision.mean, 4),
+    }

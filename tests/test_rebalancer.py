@@ -1,0 +1,121 @@
+"""The agent's rebalancing loop (`agent/rebalancer.py`) without a lab: moves, history, pause.
+
+The migrator runs against a fake view, so a move shows as a sent Propose; the
+real moves are in tests/test_rebalance_lab.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.migrator import Migrator
+from novacron.agent.rebalancer import SETTING_LABEL, Rebalancer, newest_setting
+from novacron.protocol.messages import (
+    MemberState,
+    Message,
+    MigrationPropose,
+    NodeRecord,
+    Resources,
+    VmSummary,
+)
+
+ROOM = Resources(vcpus=4, memory_mib=8192)
+
+
+class Mesh:
+    """h1 runs three busy VMs, h2 and h3 idle."""
+
+    def __init__(self) -> None:
+        busy = tuple(
+            VmSummary(f"vm{i}", state="running", vcpus=1, memory_mib=256, cpu_load=1.0)
+            for i in range(3)
+        )
+        self._records = {
+            "h1": NodeRecord("h1", 1, capacity=ROOM, vms=busy),
+            "h2": NodeRecord("h2", 1, capacity=ROOM),
+            "h3": NodeRecord("h3", 1, capacity=ROOM),
+        }
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        if node_id not in self._records:
+            return None
+        return MemberInfo(node_id, f"198.18.0.{node_id[1:]}:7946", 1, MemberState.ALIVE, 0.0, 0.0)
+
+    def members(self) -> list[MemberInfo]:
+        return [m for n in self._records if (m := self.member(n)) is not None]
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return self._records
+
+    def label(self, node_id: str, value: str) -> None:
+        record = self._records[node_id]
+        self._records[node_id] = NodeRecord(
+            node_id, 2, capacity=record.capacity, vms=record.vms, labels={SETTING_LABEL: value}
+        )
+
+
+def setup() -> tuple[Mesh, Rebalancer, list[tuple[str, Message]], list[str], Migrator]:
+    mesh = Mesh()
+    sent: list[tuple[str, Message]] = []
+    published: list[str] = []
+
+    async def send(destination: str, message: Message) -> None:
+        sent.append((destination, message))
+
+    migrator = Migrator(
+        "h1",
+        mesh,
+        host="198.18.0.1",
+        libvirt_uri="test:///default",
+        send=send,
+        clock=lambda: 100.0,
+        rng=random.Random(1),
+    )
+
+    async def publish() -> None:
+        published.append(rebalancer.setting)
+
+    rebalancer = Rebalancer(
+        migrator,
+        lambda: mesh,
+        publish=publish,
+        clock=lambda: 100.0,
+        rng=random.Random(1),
+        wall_clock=lambda: 1700000000.0,
+    )
+    return mesh, rebalancer, sent, published, migrator
+
+
+async def test_a_hot_host_proposes_a_move_and_explains_it() -> None:
+    _, rebalancer, sent, _, migrator = setup()
+    preview = rebalancer.preview()
+    assert preview["move"] is not None and preview["utilization"] == 0.75
+    assert sent == []  # a preview moves nothing
+
+    await rebalancer.round()
+
+    (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    assert (proposal.vm, proposal.target) == (preview["move"]["vm"], preview["move"]["target"])
+    status = rebalancer.status()
+    (move,) = status["moves"]
+    assert (move["vm"], move["outcome"]) == (proposal.vm, "running")
+    assert move["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15")
+    assert status["last_decision"]["move"]["vm"] == proposal.vm
+    await migrator.close()
+
+
+async def test_pause_is_mesh_wide_and_the_newest_setting_wins() -> None:
+    mesh, rebalancer, _, published, migrator = setup()
+    await rebalancer.pause()
+    assert rebalancer.paused and published == ["paused@1700000000.000"]
+    assert rebalancer.record_labels() == {SETTING_LABEL: "paused@1700000000.000"}
+
+    mesh.label("h2", "active@1700000001.000")  # someone resumed later, elsewhere
+    assert newest_setting(mesh.records(), rebalancer.setting) == "active@1700000001.000"
+    mesh.label("h3", "garbled@9999999999")
+    assert newest_setting(mesh.records(), rebalancer.setting) == "active@1700000001.000"
+    await rebalancer.adopt_mesh_setting()
+    assert not rebalancer.paused and published[-1] == "active@1700000001.000"
+    await migrator.close()
