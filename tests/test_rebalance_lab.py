@@ -1,0 +1,142 @@
+"""Automatic rebalancing in the lab: guests piled onto one host spread out, then stay put.
+
+Three lab hosts run agents with rebalancing on. Rebalancing is paused (from
+h3: the pause is mesh-wide), guests that dirty memory are started on h1, and
+rebalancing is resumed. The agents must move guests until h1 is within the
+threshold, stop, keep every guest's heartbeat running, and say why they moved
+each one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from novacron.simulations import guest as guest_mod
+from novacron.simulations.guest import Guest
+from novacron.simulations.lab import Lab, LabHost
+from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
+from tests.lab_vms import (
+    beats,
+    everyone_sees,
+    migrations,
+    nova,
+    remove_everywhere,
+    running_on,
+    start_guest,
+    wait_beat_above,
+)
+
+if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+
+RUN = f"r{os.getpid() % 100000}"
+GUESTS = ("busy-1", "busy-2", "busy-3", "busy-4")
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    return guest_mod.build()
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+    with Lab(RUN, 3) as lab:
+        agents = LabAgents(
+            lab,
+            seeds=True,
+            inventory_interval=1.0,
+            rebalance=True,
+            extra_args=["--rebalance-interval", "2"],
+        )
+        agents.start_all()
+        try:
+            agents.wait_for_full_mesh(timeout=60)
+            yield lab, agents
+        finally:
+            for vm in GUESTS:
+                remove_everywhere(lab, vm)
+            agents.stop_all()
+
+
+@pytest.fixture(scope="module")
+def disk_dir() -> Iterator[Path]:
+    path = Path("/var/lib/novacron-test") / RUN
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
+def rebalance(host: LabHost, verb: str) -> dict[str, object]:
+    code, answer = nova(host, "rebalance", verb)
+    assert code == 0, answer
+    return answer
+
+
+def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, _, h3 = lab.hosts
+    rebalance(h3, "pause")
+    for host in lab.hosts:  # the pause reached every agent
+        wait_for(lambda h=host: rebalance(h, "status")["rebalance"]["paused"], bool, 15)  # type: ignore[index,misc]
+    before = {}
+    for vm in GUESTS:
+        start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=24, dirty_rate=30)
+        before[vm] = beats(h1, vm)[-1]
+    time.sleep(5)  # paused: nothing may move, however hot h1 is
+    assert [m for m in migrations(h1) if m["direction"] == "outbound"] == []
+    hot = rebalance(h1, "plan")["plan"]
+    print(f"h1 before: {hot}")
+
+    rebalance(h1, "resume")
+
+    _wait_until_settled(lab, h1, quiet=30, timeout=300)
+    moves = rebalance(h1, "status")["rebalance"]["moves"]  # type: ignore[index]
+    assert moves, "h1 was hot, yet nothing moved"
+    assert {m["outcome"] for m in moves} == {"committed"}, moves
+    for move in moves:
+        assert move["reason"].startswith("h1 at "), move
+    counts = _migration_counts(lab)
+    time.sleep(20)  # balanced: nobody moves anything any more
+    assert _migration_counts(lab) == counts, "the agents kept moving VMs after balancing"
+    back = [m for h in lab.hosts for m in migrations(h) if m["target"] == h1.name]
+    assert back == [], "a VM was moved back to the hot host"
+
+    for vm in GUESTS:
+        (where,) = running_on(lab, vm)
+        host = lab.hosts[int(where[1:]) - 1]
+        series = wait_beat_above(host, vm, before[vm])
+        assert series == list(range(series[0], series[0] + len(series))), f"{vm} restarted"
+        everyone_sees(agents, lab, vm, where)
+    done = h1.run([str(BIN / "nova"), "rebalance", "status"], capture_output=True, text=True)
+    print(done.stdout)
+    for move in moves:
+        assert move["vm"] in done.stdout and move["reason"] in done.stdout
+
+
+def _wait_until_settled(lab: Lab, hot: LabHost, quiet: float, timeout: float) -> None:
+    """Until `hot` is within the threshold by its own view and no migration started or ran
+    anywhere for `quiet` seconds (load readings are noisy: one balanced look is not enough)."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        plan = rebalance(hot, "plan")["plan"]
+        now_counts = _migration_counts(lab)
+        running = any(not m["outcome"] for h in lab.hosts for m in migrations(h))
+        balanced = plan["move"] is None and str(plan["reason"]).startswith("balanced")  # type: ignore[index]
+        if now_counts != counts or running or not balanced:
+            counts, since = now_counts, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(2)
+    raise AssertionError(f"not settled after {timeout:g} s: {plan}, migrations {counts}")
+
+
+def _migration_counts(lab: Lab) -> dict[str, int]:
+    return {host.name: len(migrations(host)) for host in lab.hosts}
