@@ -9,6 +9,7 @@ The socket is created with mode 0600 so that only root can drive the agent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable
@@ -18,6 +19,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 API_VERSION = "v1"
+MAX_WAIT = 10.0  # longest a `?wait=` request is held
+WAIT_STEP = 0.01  # how often a held request looks again (in-process: cheap)
 
 
 class AgentView(Protocol):
@@ -246,11 +249,22 @@ async def _migrations(request: web.Request) -> web.Response:
 
 
 async def _migration(request: web.Request) -> web.Response:
+    """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
+    most `MAX_WAIT`), so a waiting client learns of the end at once instead of polling."""
     migration_id = request.match_info["migration_id"]
-    found = request.app[CONTROL_KEY].migration(migration_id)
-    if found is None:
-        raise web.HTTPNotFound(reason=f"no migration {migration_id!r} on this host")
-    return web.json_response({"migration": found})
+    control = request.app[CONTROL_KEY]
+    try:
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
+    except ValueError:
+        raise web.HTTPBadRequest(reason="wait must be a number of seconds") from None
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        found = control.migration(migration_id)
+        if found is None:
+            raise web.HTTPNotFound(reason=f"no migration {migration_id!r} on this host")
+        if found["outcome"] or asyncio.get_running_loop().time() >= deadline:
+            return web.json_response({"migration": found})
+        await asyncio.sleep(WAIT_STEP)
 
 
 async def _cancel(request: web.Request) -> web.Response:

@@ -244,9 +244,14 @@ async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals() -
         assert [m["migration_id"] for m in listing["migrations"]] == [migration_id]
         one = await http.get(f"/v1/migrations/{migration_id}")
         assert (await one.json())["migration"]["phase"] == "proposed"
+        held = await http.get(f"/v1/migrations/{migration_id}?wait=0.05")  # not ended: held
+        assert (await held.json())["migration"]["outcome"] == ""
+        assert (await http.get(f"/v1/migrations/{migration_id}?wait=soon")).status == 400
         assert (await http.post(f"/v1/migrations/{migration_id}/cancel")).status == 202
         again = await http.post(f"/v1/migrations/{migration_id}/cancel")
         assert again.status == 409
+        ended = await http.get(f"/v1/migrations/{migration_id}?wait=10")  # ended: at once
+        assert (await ended.json())["migration"]["outcome"] == "aborted"
         assert (await http.get("/v1/migrations/nope")).status == 404
         assert (await http.post("/v1/migrations/nope/cancel")).status == 404
     await driver.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 from novacron.agent import client
@@ -26,7 +25,7 @@ from .common import (
 )
 from .table import render
 
-WAIT_POLL = 0.1  # seconds between looks at a migration being waited for (ends count)
+WAIT_HOLD = 0.5  # seconds the agent holds each look (it answers at once when the migration ends)
 MIB = 1024 * 1024
 PAGE = 4096  # libvirt reports the dirty rate in pages per second
 
@@ -100,7 +99,8 @@ def _wait(args: argparse.Namespace, out: Output, migration_id: str) -> int:
     live = not out.json and sys.stderr.isatty()
     last_line = ""
     while True:
-        answer, code = ask(out, client.get, f"/v1/migrations/{migration_id}", args.socket)
+        path = f"/v1/migrations/{migration_id}?wait={WAIT_HOLD}"
+        answer, code = ask(out, client.get, path, args.socket)
         if answer is None:
             return code
         migration = answer["migration"]
@@ -110,7 +110,6 @@ def _wait(args: argparse.Namespace, out: Output, migration_id: str) -> int:
         if line != last_line and not out.json:
             _draw(line, last_line, live)
             last_line = line
-        time.sleep(WAIT_POLL)
     if live:
         print(file=sys.stderr)
     return _ended(out, migration)
