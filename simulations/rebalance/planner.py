@@ -1,0 +1,117 @@
+"""The one place the simulator touches the agent's rebalancing planner and placement rule.
+
+Everything the mesh strategy calls from `novacron.agent.core` goes through
+here, so a change of the planner's signature is a one-place fix.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+
+from novacron.agent.core import rebalance
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.migration_cost import expected_migration_seconds
+from novacron.agent.core.migration_policy import (
+    INBOUND_LABEL,
+    OUTBOUND_LABEL,
+    MigrationLimits,
+    MigrationPolicy,
+)
+from novacron.agent.core.placement import choose_target
+from novacron.agent.core.reservations import Demand
+from novacron.protocol.messages import MemberState, NodeRecord
+
+RebalanceConfig = rebalance.RebalanceConfig
+Move = rebalance.Move
+Decision = rebalance.Decision
+utilization = rebalance.utilization
+
+__all__ = [
+    "INBOUND_LABEL",
+    "OUTBOUND_LABEL",
+    "Decision",
+    "Move",
+    "Overlay",
+    "PlanCall",
+    "RebalanceConfig",
+    "migration_seconds",
+    "place",
+    "plan",
+    "utilization",
+]
+
+_POLICY = MigrationPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCall:
+    """What one host hands the planner (kept for the decision log)."""
+
+    node_id: str
+    now: float
+
+
+def plan(
+    node_id: str,
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    recent_moves: Mapping[str, float],
+    busy: Collection[str],
+    now: float,
+    rng: random.Random,
+    config: RebalanceConfig,
+) -> Decision:
+    """The agent's `plan`, unchanged."""
+    return rebalance.plan(node_id, records, alive, recent_moves, busy, now, rng, config)
+
+
+def migration_seconds(memory_mib: float, bandwidth_mib_s: float, dirty_rate_mib_s: float) -> float:
+    """How long the migration takes under the default policy (inf: it would be aborted)."""
+    return expected_migration_seconds(memory_mib, bandwidth_mib_s, dirty_rate_mib_s, _POLICY)
+
+
+def place(
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    source: str,
+    vcpus: int,
+    memory_mib: int,
+    limits: MigrationLimits,
+    overcommit: float,
+) -> str | None:
+    """The drain loop's target (`placement.choose_target`, most free memory) or None."""
+
+    def member(node_id: str) -> MemberInfo | None:
+        if node_id not in alive:
+            return None
+        return MemberInfo(node_id, "", 1, MemberState.ALIVE, 0.0, 0.0)
+
+    return choose_target(
+        records, member, source, Demand(vcpus, memory_mib), limits, overcommit
+    ).target
+
+
+class Overlay(Mapping[str, NodeRecord]):
+    """A gossiped view with this host's own, current record laid over its stale copy."""
+
+    __slots__ = ("_base", "_key", "_own")
+
+    def __init__(self, base: Mapping[str, NodeRecord], key: str, own: NodeRecord) -> None:
+        self._base = base
+        self._key = key
+        self._own = own
+
+    def __getitem__(self, key: str) -> NodeRecord:
+        if key == self._key:
+            return self._own
+        return self._base[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        if self._key not in self._base:
+            yield self._key
+
+    def __len__(self) -> int:
+        return len(self._base) + (0 if self._key in self._base else 1)

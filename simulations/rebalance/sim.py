@@ -1,0 +1,920 @@
+"""Hosts, VMs and migrations in discrete time, with one balancing strategy per run.
+
+The model (what is real and what is simplified):
+
+- Time advances in 1 s steps. VM loads are resampled every
+  `sample_interval` (10 s, the agent's inventory interval) by `workload`;
+  a host's measured load is the sum of its VMs' demand, scaled down to its
+  cores when the demand exceeds them (CPU time cannot exceed the cores).
+- A migration is admitted by its target against the target's TRUE state, as
+  the reservation protocol does: not failed, not draining, fewer than 2
+  inbound, memory and vCPUs (x `vcpu_overcommit`) free after its VMs and its
+  pending inbound reservations. The source must have fewer than 2 outbound,
+  and the cluster fewer than max(2, ceil(25% of hosts)) running (enforced on
+  the true count here; the agents estimate it from gossiped counters). The
+  target does not check anti-affinity, like `ReservationBook.admit`.
+- A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
+  MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
+  VM's load counts on the source, then on the target.
+- Strategy "mesh": every host runs the real `plan()` (through `planner.py`)
+  every `plan_interval` seconds, at its own phase, on its own view: the
+  records of every host as they were `gossip_delay` seconds ago (the issue-3
+  simulator measured a record update reaching every live node in 0.21 s at
+  100 nodes and 0.41-0.89 s at 1,000 nodes (0-10% loss), BENCHMARKS.md), with
+  its own record current. It replaces simulating the gossip itself. A
+  drained host runs the real drain loop (`placement.choose_target` on its
+  view, 2 outbound at a time, blocked VMs retried after 10 s).
+- Strategy "greedy": a central controller on the true state, every
+  `plan_interval`: first drains, then repeatedly the single move that most
+  lowers the variance (so the standard deviation) of host utilization,
+  counting migrations in flight as landed, while some host is above mean +
+  trigger, within the same limits, constraints and VM cooldown.
+- Strategy "solver": `solver.solve` on a snapshot (t = 0 in steady, the event
+  otherwise), then its moves are started as the limits allow.
+- Scenario "failure": the failed host's VMs vanish at the failure and are
+  restarted elsewhere (by the placement rule, most free memory) once the
+  failure is detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the
+  issue-3 figures). Restarts are not migrations.
+
+Everything is deterministic for a seed: the workload's draws do not depend
+on the strategy, and every other random choice has its own seeded RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from novacron.agent.core.migration_policy import MigrationLimits, cluster_limit
+from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+
+from . import planner
+from .workload import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, Sample, VmSpec, Workload, WorkloadConfig
+
+SCENARIOS = ("steady", "hotspot", "drain", "failure")
+STRATEGIES = ("none", "greedy", "solver", "mesh")
+OSCILLATION_WINDOW = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """One run: the cluster, the scenario and the knobs shared by every strategy."""
+
+    hosts: int = 100
+    vms: int = 1000
+    scenario: str = "steady"
+    seed: int = 1
+    duration: float = 0.0  # 0: the scenario's default
+    event_at: float = 60.0  # when the hotspot / drain / failure happens
+    cores: int = 16
+    memory_gib: int = 64
+    bandwidth_mib_s: float = 1024.0
+    gossip_delay: float = 1.0
+    plan_interval: float = 2.0
+    detect_delay: float = 0.0  # 0: the issue-3 figure for the size
+    rebalance: planner.RebalanceConfig = field(default_factory=planner.RebalanceConfig)
+    solver_budget: int = 0  # 0: derived (see `run_all`)
+    solver_time_limit: float = 30.0
+    hot_utilization: float = 0.9  # hotspot: share of its vCPUs each hot VM then uses
+
+    def horizon(self) -> float:
+        if self.duration > 0:
+            return self.duration
+        return 600.0 if self.scenario == "steady" else self.event_at + 300.0
+
+    def detection(self) -> float:
+        if self.detect_delay > 0:
+            return self.detect_delay
+        return 9.25 if self.hosts <= 300 else 13.6
+
+
+@dataclass(slots=True)
+class Host:
+    name: str
+    cores: int
+    memory_mib: int
+    vms: set[str] = field(default_factory=set)
+    outbound: set[str] = field(default_factory=set)  # VMs migrating away
+    inbound: set[str] = field(default_factory=set)  # VMs migrating here
+    draining: bool = False
+    failed: bool = False
+    version: int = 0
+
+
+@dataclass(slots=True)
+class Migration:
+    vm: str
+    source: str
+    target: str
+    start: float
+    end: float
+    vcpus: int
+    memory_mib: int
+    purpose: str
+
+
+@dataclass(slots=True)
+class Stats:
+    migrations: int = 0
+    by_purpose: dict[str, int] = field(default_factory=dict)
+    mib_moved: float = 0.0
+    oscillations: int = 0
+    oscillation_examples: list[str] = field(default_factory=list)
+    violations: dict[str, int] = field(default_factory=dict)
+    violation_examples: list[str] = field(default_factory=list)
+    refusals: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    plan_calls: int = 0
+    max_concurrent: int = 0
+    restarts: int = 0
+    lost: int = 0
+
+
+class Cluster:
+    """The true state: where every VM is, what it loads, what is migrating."""
+
+    def __init__(self, config: SimConfig, workload: Workload) -> None:
+        self.config = config
+        self.workload = workload
+        self.limits = MigrationLimits()
+        self.hosts: dict[str, Host] = {
+            f"h{i:04d}": Host(f"h{i:04d}", config.cores, config.memory_gib * 1024)
+            for i in range(config.hosts)
+        }
+        self.where: dict[str, str] = {}
+        self.samples: dict[str, Sample] = {}
+        self.measured: dict[str, float] = {}
+        self.migrations: dict[str, Migration] = {}
+        self.recent_moves: dict[str, float] = {}
+        self.moves: dict[str, list[tuple[float, str, str]]] = {}
+        self.stats = Stats()
+        self._records: dict[str, NodeRecord] = {}
+        self._dirty_hosts: set[str] = set(self.hosts)
+        self.pending_restart: list[tuple[float, str]] = []
+        self._broken: dict[str, set[tuple[str, str]]] = {}
+        self.now = 0.0
+
+    # -- state ---------------------------------------------------------------
+
+    def spec(self, vm: str) -> VmSpec:
+        return self.workload.vms[vm]
+
+    def touch(self, host: str) -> None:
+        self._dirty_hosts.add(host)
+
+    def add_vm(self, vm: str, host: str) -> None:
+        self.where[vm] = host
+        self.hosts[host].vms.add(vm)
+        self.touch(host)
+
+    def remove_vm(self, vm: str) -> None:
+        host = self.where.pop(vm, None)
+        mig = self.migrations.pop(vm, None)
+        if mig is not None:
+            self.hosts[mig.source].outbound.discard(vm)
+            self.hosts[mig.target].inbound.discard(vm)
+            self.touch(mig.target)
+            self.touch(mig.source)
+        if host is not None:
+            self.hosts[host].vms.discard(vm)
+            self.touch(host)
+        self.measured.pop(vm, None)
+
+    def eligible(self) -> list[Host]:
+        """Hosts that take VMs (the planner's pool): alive and not draining."""
+        return [h for h in self.hosts.values() if not h.failed and not h.draining]
+
+    def load(self, host: Host) -> float:
+        return sum(self.measured.get(vm, 0.0) for vm in host.vms)
+
+    def util(self, host: Host) -> float:
+        return self.load(host) / host.cores
+
+    def remeasure(self, hosts: list[Host] | None = None) -> None:
+        """Measured loads: demand, scaled to the host's cores when it exceeds them."""
+        for host in hosts if hosts is not None else list(self.hosts.values()):
+            demand = sum(self.samples[vm].load for vm in host.vms if vm in self.samples)
+            scale = host.cores / demand if demand > host.cores else 1.0
+            for vm in host.vms:
+                sample = self.samples.get(vm)
+                self.measured[vm] = sample.load * scale if sample else 0.0
+            self.touch(host.name)
+
+    def free(self, host: Host) -> tuple[float, int]:
+        """vCPUs and MiB the host can still promise (its VMs and pending inbound deducted)."""
+        ratio = self.config.rebalance.vcpu_overcommit
+        vcpus = host.cores * ratio
+        memory = host.memory_mib
+        for vm in host.vms | host.inbound:
+            spec = self.spec(vm)
+            vcpus -= spec.vcpus
+            memory -= spec.memory_mib
+        return vcpus, memory
+
+    def fits(self, vm: str, host: Host) -> bool:
+        spec = self.spec(vm)
+        vcpus, memory = self.free(host)
+        return spec.memory_mib <= memory and spec.vcpus <= vcpus
+
+    def anti_affine_clash(self, vm: str, host: Host) -> bool:
+        group = self.spec(vm).labels.get(ANTI_AFFINITY_LABEL)
+        if not group:
+            return False
+        return any(
+            other != vm and self.spec(other).labels.get(ANTI_AFFINITY_LABEL) == group
+            for other in host.vms | host.inbound
+        )
+
+    def held_by_affinity(self, vm: str) -> bool:
+        """Part of an affinity group that shares its host (the planner never splits those)."""
+        group = self.spec(vm).labels.get(AFFINITY_LABEL)
+        if not group:
+            return False
+        host = self.hosts[self.where[vm]]
+        return any(o != vm and self.spec(o).labels.get(AFFINITY_LABEL) == group for o in host.vms)
+
+    def record(self, name: str) -> NodeRecord:
+        """The host's gossiped record as it would publish it now."""
+        if name in self._dirty_hosts or name not in self._records:
+            host = self.hosts[name]
+            host.version += 1
+            vms = tuple(
+                VmSummary(
+                    name=vm,
+                    state="running",
+                    vcpus=self.spec(vm).vcpus,
+                    memory_mib=self.spec(vm).memory_mib,
+                    cpu_load=self.measured.get(vm, 0.0),
+                    dirty_rate_mib_s=self.samples[vm].dirty_rate_mib_s
+                    if vm in self.samples
+                    else 0.0,
+                    labels=self.spec(vm).labels,
+                )
+                for vm in sorted(host.vms)
+            )
+            self._records[name] = NodeRecord(
+                node_id=name,
+                version=host.version,
+                capacity=Resources(vcpus=float(host.cores), memory_mib=host.memory_mib),
+                vms=vms,
+                labels={
+                    planner.OUTBOUND_LABEL: str(len(host.outbound)),
+                    planner.INBOUND_LABEL: str(len(host.inbound)),
+                },
+                draining=host.draining,
+            )
+            self._dirty_hosts.discard(name)
+        return self._records[name]
+
+    def records(self) -> dict[str, NodeRecord]:
+        return {name: self.record(name) for name in self.hosts}
+
+    # -- migrations ----------------------------------------------------------
+
+    def cluster_limit(self) -> int:
+        alive = sum(1 for h in self.hosts.values() if not h.failed)
+        return cluster_limit(self.limits, alive)
+
+    def refuse(self, why: str) -> None:
+        self.stats.refusals[why] = self.stats.refusals.get(why, 0) + 1
+
+    def start(self, vm: str, target: str, purpose: str) -> bool:
+        """Ask `target` to admit `vm` now and start the migration; False (counted) if refused."""
+        source = self.where.get(vm)
+        if source is None:
+            self.refuse("vm gone")
+            return False
+        if vm in self.migrations:
+            self.refuse("vm already migrating")
+            return False
+        src, dst = self.hosts[source], self.hosts[target]
+        if source == target:
+            self.refuse("target is the source")
+            return False
+        if src.failed or dst.failed:
+            self.refuse("host failed")
+            return False
+        if dst.draining:
+            self.refuse("target draining")
+            return False
+        if len(src.outbound) >= self.limits.max_outbound:
+            self.refuse("source outbound limit")
+            return False
+        if len(dst.inbound) >= self.limits.max_inbound:
+            self.refuse("target inbound limit")
+            return False
+        if len(self.migrations) >= self.cluster_limit():
+            self.refuse("cluster limit")
+            return False
+        if not self.fits(vm, dst):
+            self.refuse("target capacity")
+            return False
+        spec = self.spec(vm)
+        dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
+        seconds = planner.migration_seconds(spec.memory_mib, self.config.bandwidth_mib_s, dirty)
+        if math.isinf(seconds):
+            self.refuse("would not converge")
+            return False
+        self.migrations[vm] = Migration(
+            vm, source, target, self.now, self.now + seconds, spec.vcpus, spec.memory_mib, purpose
+        )
+        src.outbound.add(vm)
+        dst.inbound.add(vm)
+        self.touch(source)
+        self.touch(target)
+        self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
+        return True
+
+    def finish_due(self) -> list[Migration]:
+        done = sorted(
+            (m for m in self.migrations.values() if m.end <= self.now), key=lambda m: (m.end, m.vm)
+        )
+        for mig in done:
+            del self.migrations[mig.vm]
+            src, dst = self.hosts[mig.source], self.hosts[mig.target]
+            src.outbound.discard(mig.vm)
+            dst.inbound.discard(mig.vm)
+            src.vms.discard(mig.vm)
+            dst.vms.add(mig.vm)
+            self.where[mig.vm] = mig.target
+            self.recent_moves[mig.vm] = self.now
+            self.stats.migrations += 1
+            self.stats.by_purpose[mig.purpose] = self.stats.by_purpose.get(mig.purpose, 0) + 1
+            self.stats.mib_moved += mig.memory_mib
+            if dst.draining:
+                self.violation("drained host received", f"{mig.vm} landed on draining {dst.name}")
+            history = self.moves.setdefault(mig.vm, [])
+            for when, a, b in history:
+                if a == mig.target and b == mig.source and self.now - when <= OSCILLATION_WINDOW:
+                    self.stats.oscillations += 1
+                    if len(self.stats.oscillation_examples) < 5:
+                        self.stats.oscillation_examples.append(
+                            f"{mig.vm}: {a}->{b} at {when:.0f}s, back at {self.now:.0f}s"
+                        )
+                    break
+            history.append((self.now, mig.source, mig.target))
+            self.check_host(dst)
+            self.remeasure([src, dst])
+        return done
+
+    # -- constraint checker --------------------------------------------------
+
+    def violation(self, kind: str, detail: str) -> None:
+        self.stats.violations[kind] = self.stats.violations.get(kind, 0) + 1
+        if len(self.stats.violation_examples) < 10:
+            self.stats.violation_examples.append(f"t={self.now:.0f}s {kind}: {detail}")
+
+    def check_host(self, host: Host) -> None:
+        """Count each rule `host` newly breaks (capacity, anti-affinity), once per episode."""
+        now_broken = {
+            (kind, detail.split(":")[0] if kind == "anti-affinity" else ""): detail
+            for kind, detail in host_violations(self, host)
+        }
+        before = self._broken.get(host.name, set())
+        for key, detail in now_broken.items():
+            if key not in before:
+                self.violation(key[0], detail)
+        self._broken[host.name] = set(now_broken)
+
+    def check_all(self) -> None:
+        for host in self.hosts.values():
+            if not host.failed:
+                self.check_host(host)
+
+
+def host_violations(cluster: Cluster, host: Host) -> list[tuple[str, str]]:
+    """The rules `host` breaks: memory, vCPUs over the overcommit ratio, anti-affinity."""
+    out: list[tuple[str, str]] = []
+    memory = sum(cluster.spec(vm).memory_mib for vm in host.vms)
+    vcpus = sum(cluster.spec(vm).vcpus for vm in host.vms)
+    if memory > host.memory_mib:
+        out.append(("memory capacity", f"{host.name} holds {memory} of {host.memory_mib} MiB"))
+    limit = host.cores * cluster.config.rebalance.vcpu_overcommit
+    if vcpus > limit:
+        out.append(("vcpu capacity", f"{host.name} holds {vcpus} of {limit:g} vCPUs"))
+    groups: dict[str, int] = {}
+    for vm in host.vms:
+        group = cluster.spec(vm).labels.get(ANTI_AFFINITY_LABEL)
+        if group:
+            groups[group] = groups.get(group, 0) + 1
+    for group, count in sorted(groups.items()):
+        if count > 1:
+            out.append(("anti-affinity", f"group {group} on {host.name}: {count} VMs"))
+    return out
+
+
+# -- initial placement -------------------------------------------------------
+
+
+def place_initial(cluster: Cluster, balanced: bool, rng: random.Random) -> None:
+    """Put every VM on a host: random fit (steady), or least expected load first (others).
+
+    Random fit is what a scheduler that ignores load produces; the balanced
+    placement (largest expected load first onto the least loaded host that
+    fits) gives the event scenarios a calm start, so what the strategies do
+    afterwards is about the event.
+    """
+    specs = sorted(cluster.workload.vms.values(), key=lambda s: s.name)
+    units: list[list[VmSpec]] = []
+    by_group: dict[str, list[VmSpec]] = {}
+    for spec in specs:
+        group = spec.labels.get(AFFINITY_LABEL)
+        if group:
+            by_group.setdefault(group, []).append(spec)
+            if len(by_group[group]) == 1:
+                units.append(by_group[group])
+        else:
+            units.append([spec])
+    if balanced:
+        units.sort(key=lambda u: (-sum(s.base * s.vcpus for s in u), u[0].name))
+    hosts = list(cluster.hosts.values())
+    expected = {h.name: 0.0 for h in hosts}
+    for unit in units:
+        order = list(hosts)
+        if balanced:
+            order.sort(key=lambda h: (expected[h.name] / h.cores, h.name))
+        else:
+            rng.shuffle(order)
+        for host in order:
+            vcpus, memory = cluster.free(host)
+            if (
+                sum(s.memory_mib for s in unit) <= memory
+                and sum(s.vcpus for s in unit) <= vcpus
+                and not any(cluster.anti_affine_clash(s.name, host) for s in unit)
+            ):
+                for s in unit:
+                    cluster.add_vm(s.name, host.name)
+                    expected[host.name] += s.base * s.vcpus
+                break
+
+
+def typical_host(cluster: Cluster) -> str:
+    """The scenario's host: as many VMs as the median host, then the lowest name."""
+    counts = sorted(len(h.vms) for h in cluster.hosts.values())
+    median = counts[len(counts) // 2]
+    return min(cluster.hosts.values(), key=lambda h: (abs(len(h.vms) - median), h.name)).name
+
+
+def place_new(cluster: Cluster, vm: str, exclude: str = "") -> str | None:
+    """Where a new or restarted VM goes: the placement rule (most free memory that fits)."""
+    best: tuple[int, str] | None = None
+    for host in cluster.hosts.values():
+        if host.failed or host.draining or host.name == exclude:
+            continue
+        if not cluster.fits(vm, host) or cluster.anti_affine_clash(vm, host):
+            continue
+        memory = cluster.free(host)[1]
+        key = (-memory, host.name)
+        if best is None or key < best:
+            best = key
+    return best[1] if best else None
+
+
+# -- strategies --------------------------------------------------------------
+
+
+class Strategy:
+    name = "none"
+
+    def __init__(self, cluster: Cluster, seed: int) -> None:
+        self.cluster = cluster
+        self.seed = seed
+        self.info: dict[str, Any] = {}
+        self._drain_blocked: dict[str, float] = {}
+        self._views: deque[tuple[float, dict[str, NodeRecord], frozenset[str]]] = deque()
+        self.failed_at: dict[str, float] = {}
+
+    def step(self, now: float) -> None:
+        """Balancing for this second. The base strategy does nothing but run drains."""
+        self.drain_loop(now)
+
+    def on_event(self, now: float) -> None:
+        """Called right after the scenario's event (and at t = 0)."""
+
+    # Gossiped views: the true records as they were `gossip_delay` ago.
+    def remember(self, now: float) -> None:
+        c = self.cluster
+        detection = c.config.detection()
+        alive = frozenset(
+            h.name
+            for h in c.hosts.values()
+            if not h.failed or now - self.failed_at.get(h.name, now) < detection
+        )
+        self._views.append((now, c.records(), alive))
+        cutoff = now - c.config.gossip_delay
+        while len(self._views) > 1 and self._views[1][0] <= cutoff + 1e-9:
+            self._views.popleft()
+
+    def view(self, now: float) -> tuple[dict[str, NodeRecord], frozenset[str]]:
+        cutoff = now - self.cluster.config.gossip_delay
+        chosen = self._views[0]
+        for entry in self._views:
+            if entry[0] <= cutoff + 1e-9:
+                chosen = entry
+            else:
+                break
+        return chosen[1], chosen[2]
+
+    def drain_loop(self, now: float) -> None:
+        """The agent's drain loop on every draining host (real `choose_target` on its view)."""
+        c = self.cluster
+        draining = [h for h in c.hosts.values() if h.draining and not h.failed]
+        if not draining:
+            return
+        if not self._views:
+            self.remember(now)
+        records, alive = self.view(now)
+        for host in draining:
+            own = planner.Overlay(records, host.name, c.record(host.name))
+            for vm in sorted(host.vms):
+                if vm in c.migrations or self._drain_blocked.get(vm, -1.0) > now:
+                    continue
+                if len(host.outbound) >= c.limits.max_outbound:
+                    break
+                spec = c.spec(vm)
+                target = planner.place(
+                    own,
+                    alive,
+                    host.name,
+                    spec.vcpus,
+                    spec.memory_mib,
+                    c.limits,
+                    c.config.rebalance.vcpu_overcommit,
+                )
+                if target is None or not c.start(vm, target, "drain"):
+                    self._drain_blocked[vm] = now + 10.0
+
+
+class Mesh(Strategy):
+    """Every host runs the agent's planner on its own (delayed) view."""
+
+    name = "mesh"
+
+    def __init__(self, cluster: Cluster, seed: int) -> None:
+        super().__init__(cluster, seed)
+        interval = cluster.config.plan_interval
+        phase_rng = random.Random(seed * 31 + 5)
+        self.phase = {h: phase_rng.uniform(0.0, interval) for h in cluster.hosts}
+        self.rngs = {h: random.Random(f"{seed}:{h}") for h in cluster.hosts}
+        self.log: list[dict[str, Any]] = []
+
+    def step(self, now: float) -> None:
+        c = self.cluster
+        self.remember(now)
+        self.drain_loop(now)
+        records, alive = self.view(now)
+        interval = c.config.plan_interval
+        cfg = c.config.rebalance
+        pool = [
+            (n, planner.utilization(r)) for n, r in records.items() if n in alive and not r.draining
+        ]
+        total = sum(u for _, u in pool)
+        in_pool = dict(pool)
+        for name, host in c.hosts.items():
+            if host.failed or host.draining:
+                continue
+            # This host's timer falls due within this second.
+            k = math.floor((now - self.phase[name]) / interval)
+            if now < self.phase[name] or self.phase[name] + k * interval <= now - 1.0:
+                continue
+            own = c.record(name)
+            mine = planner.utilization(own)
+            others = total - in_pool.get(name, 0.0)
+            count = len(pool) - (1 if name in in_pool else 0) + 1
+            if count <= 1:
+                continue
+            mean = (others + mine) / count
+            if mine < mean + cfg.trigger - 1e-9:
+                continue  # `plan` would answer "balanced" (same arithmetic, skipped for speed)
+            c.stats.plan_calls += 1
+            decision = planner.plan(
+                name,
+                planner.Overlay(records, name, own),
+                alive,
+                c.recent_moves,
+                set(host.outbound),
+                now,
+                self.rngs[name],
+                cfg,
+            )
+            key = decision.reason.split(":")[0] if decision.move is None else "move"
+            c.stats.decisions[key] = c.stats.decisions.get(key, 0) + 1
+            if decision.move is not None:
+                move = decision.move
+                ok = c.start(move.vm, move.target, "rebalance")
+                if len(self.log) < 200:
+                    self.log.append(
+                        {
+                            "t": now,
+                            "host": name,
+                            "vm": move.vm,
+                            "target": move.target,
+                            "admitted": ok,
+                            "reason": move.reason,
+                        }
+                    )
+
+
+class Greedy(Strategy):
+    """Central controller: the single move that most lowers the utilization variance, repeated."""
+
+    name = "greedy"
+    candidates = 20
+
+    def step(self, now: float) -> None:
+        c = self.cluster
+        if now % c.config.plan_interval != 0:
+            return
+        cfg = c.config.rebalance
+        proj = {h.name: c.load(h) for h in c.hosts.values()}
+        for mig in c.migrations.values():
+            x = c.measured.get(mig.vm, 0.0)
+            proj[mig.source] -= x
+            proj[mig.target] += x
+        pool = c.eligible()
+        if len(pool) < 2:
+            return
+        util = {h.name: proj[h.name] / h.cores for h in c.hosts.values()}
+        self._drain(now, pool, util)
+        while len(c.migrations) < c.cluster_limit():
+            mean = sum(util[h.name] for h in pool) / len(pool)
+            hot = [
+                h
+                for h in pool
+                if util[h.name] > mean + cfg.trigger and len(h.outbound) < c.limits.max_outbound
+            ]
+            if not hot:
+                return
+            cold = sorted(
+                (h for h in pool if len(h.inbound) < c.limits.max_inbound),
+                key=lambda h: (util[h.name], h.name),
+            )[: self.candidates]
+            best: tuple[float, str, str] | None = None
+            for src in hot:
+                for vm in sorted(src.vms):
+                    if not self._movable(vm, now):
+                        continue
+                    x = c.measured.get(vm, 0.0)
+                    for dst in cold:
+                        if dst is src or not c.fits(vm, dst) or c.anti_affine_clash(vm, dst):
+                            continue
+                        us, ut = util[src.name], util[dst.name]
+                        us2, ut2 = us - x / src.cores, ut + x / dst.cores
+                        drop = (
+                            (us - mean) ** 2
+                            + (ut - mean) ** 2
+                            - (us2 - mean) ** 2
+                            - (ut2 - mean) ** 2
+                        )
+                        if drop > cfg.min_benefit and (best is None or drop > best[0]):
+                            best = (drop, vm, dst.name)
+            if best is None:
+                return
+            _, vm, target = best
+            source = c.where[vm]
+            if not c.start(vm, target, "rebalance"):
+                return
+            x = c.measured.get(vm, 0.0)
+            util[source] -= x / c.hosts[source].cores
+            util[target] += x / c.hosts[target].cores
+
+    def _movable(self, vm: str, now: float) -> bool:
+        c = self.cluster
+        cooldown = c.config.rebalance.vm_cooldown
+        return (
+            vm not in c.migrations
+            and now - c.recent_moves.get(vm, -math.inf) >= cooldown
+            and not c.held_by_affinity(vm)
+            and c.measured.get(vm, 0.0) > 0
+        )
+
+    def _drain(self, now: float, pool: list[Host], util: dict[str, float]) -> None:
+        c = self.cluster
+        for host in c.hosts.values():
+            if not host.draining or host.failed:
+                continue
+            for vm in sorted(host.vms):
+                if vm in c.migrations or len(host.outbound) >= c.limits.max_outbound:
+                    continue
+                x = c.measured.get(vm, 0.0)
+                options = sorted(
+                    (util[h.name] + x / h.cores, h.name)
+                    for h in pool
+                    if len(h.inbound) < c.limits.max_inbound
+                    and c.fits(vm, h)
+                    and not c.anti_affine_clash(vm, h)
+                )
+                if options and c.start(vm, options[0][1], "drain"):
+                    util[options[0][1]] = options[0][0]
+
+
+class Solver(Strategy):
+    """A CP-SAT plan for one snapshot, carried out as the limits allow."""
+
+    name = "solver"
+
+    def __init__(self, cluster: Cluster, seed: int, budget: int, time_limit: float) -> None:
+        super().__init__(cluster, seed)
+        self.budget = budget
+        self.time_limit = time_limit
+        self.queue: list[tuple[str, str, str, float]] = []  # (vm, target, purpose, deadline)
+
+    def on_event(self, now: float) -> None:
+        from . import solver
+
+        result = solver.solve(self.cluster, self.budget, self.time_limit, self.seed)
+        self.info.setdefault("solves", []).append({"t": now, **result.summary()})
+        self.queue = [(vm, target, purpose, now + 300.0) for vm, target, purpose in result.moves]
+
+    def step(self, now: float) -> None:
+        c = self.cluster
+        keep: list[tuple[str, str, str, float]] = []
+        for vm, target, purpose, deadline in self.queue:
+            if vm not in c.where or now > deadline:
+                continue
+            if c.where[vm] == target:
+                continue
+            if not c.start(vm, target, purpose):
+                keep.append((vm, target, purpose, deadline))
+        self.queue = keep
+        # A drained host's VMs the plan left behind (e.g. over budget) go by the drain loop.
+        self.drain_loop(now)
+
+
+# -- the run -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    strategy: str
+    report: dict[str, Any]
+
+
+def _imbalance(cluster: Cluster) -> tuple[float, float, float]:
+    """(std dev, max/mean, mean) of utilization over hosts that take VMs."""
+    utils = [cluster.util(h) for h in cluster.eligible()]
+    if not utils:
+        return 0.0, 0.0, 0.0
+    mean = sum(utils) / len(utils)
+    std = statistics.pstdev(utils)
+    return std, (max(utils) / mean if mean > 0 else 0.0), mean
+
+
+def simulate(
+    config: SimConfig,
+    strategy: str,
+    solver_budget: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """One strategy on the scenario; returns its report (JSON-ready)."""
+    wall = time.perf_counter()
+    workload = Workload(WorkloadConfig(seed=config.seed, vms=config.vms))
+    cluster = Cluster(config, workload)
+    place_initial(cluster, balanced=config.scenario != "steady", rng=random.Random(config.seed))
+    unplaced = len(workload.vms) - len(cluster.where)
+    strat: Strategy
+    if strategy == "mesh":
+        strat = Mesh(cluster, config.seed)
+    elif strategy == "greedy":
+        strat = Greedy(cluster, config.seed)
+    elif strategy == "solver":
+        budget = solver_budget or config.solver_budget or max(1, config.vms // 20)
+        strat = Solver(cluster, config.seed, budget, config.solver_time_limit)
+    elif strategy == "none":
+        strat = Strategy(cluster, config.seed)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    horizon = config.horizon()
+    interval = workload.config.sample_interval
+    event_host = typical_host(cluster)
+    series: list[list[float]] = []
+    hotspot: dict[str, Any] = {}
+    drain: dict[str, Any] = {}
+    failure: dict[str, Any] = {}
+    solve_at = 0.0 if config.scenario == "steady" else config.event_at
+    if config.scenario == "failure":
+        solve_at = float(math.ceil(config.event_at + config.detection()) + 1)
+    cfg = config.rebalance
+    steps = int(horizon)
+    for step in range(steps + 1):
+        now = float(step)
+        cluster.now = now
+        cluster.finish_due()
+        # Scenario events.
+        if config.scenario != "steady" and now == config.event_at:
+            host = cluster.hosts[event_host]
+            if config.scenario == "hotspot":
+                hot = sorted(host.vms)
+                workload.make_hot(hot, config.hot_utilization)
+                hotspot = {"host": event_host, "vms": len(hot), "onset": now, "resolved_at": None}
+            elif config.scenario == "drain":
+                host.draining = True
+                cluster.touch(event_host)
+                drain = {"host": event_host, "vms": len(host.vms), "start": now, "done_at": None}
+            elif config.scenario == "failure":
+                host.failed = True
+                strat.failed_at[event_host] = now
+                lost = sorted(host.vms)
+                for vm in lost:
+                    cluster.remove_vm(vm)
+                for mig in list(cluster.migrations.values()):
+                    if event_host in (mig.source, mig.target):
+                        cluster.remove_vm(mig.vm)
+                        if mig.target == event_host:
+                            cluster.add_vm(mig.vm, mig.source)
+                cluster.pending_restart = [(now + config.detection(), vm) for vm in lost]
+                failure = {"host": event_host, "vms": len(lost), "at": now}
+        for due, vm in list(cluster.pending_restart):
+            if due <= now:
+                cluster.pending_restart.remove((due, vm))
+                if vm not in workload.vms:
+                    continue
+                target = place_new(cluster, vm, exclude=event_host)
+                if target is None:
+                    cluster.stats.lost += 1
+                else:
+                    cluster.add_vm(vm, target)
+                    cluster.stats.restarts += 1
+                    cluster.check_host(cluster.hosts[target])
+        # Workload sample and churn.
+        if step % int(interval) == 0:
+            if step > 0:
+                arriving, leaving = workload.churn(now - interval, now)
+                for vm in leaving:
+                    cluster.remove_vm(vm)
+                for spec in arriving:
+                    target = place_new(cluster, spec.name)
+                    if target is not None:
+                        cluster.add_vm(spec.name, target)
+            cluster.samples = workload.sample(now)
+            cluster.remeasure()
+            cluster.check_all()
+        if now == solve_at:
+            strat.on_event(now)
+        strat.step(now)
+        std, maxmean, mean = _imbalance(cluster)
+        if step % int(interval) == 0 or step == steps:
+            series.append([now, round(std, 5), round(maxmean, 4), round(mean, 4)])
+        if hotspot and hotspot["resolved_at"] is None and now >= hotspot["onset"]:
+            hot_host = cluster.hosts[event_host]
+            if cluster.util(hot_host) <= mean + cfg.trigger:
+                hotspot["resolved_at"] = now
+                hotspot["seconds"] = now - hotspot["onset"]
+        if drain and drain["done_at"] is None and not cluster.hosts[event_host].vms:
+            drain["done_at"] = now
+            drain["seconds"] = now - drain["start"]
+        if progress and step % 100 == 0:
+            progress(f"{strategy} t={now:.0f} std={std:.4f} migrations={cluster.stats.migrations}")
+    if hotspot:
+        hotspot["final_util"] = round(cluster.util(cluster.hosts[event_host]), 4)
+    if drain:
+        drain["left"] = len(cluster.hosts[event_host].vms)
+    tail = [row[1] for row in series if row[0] >= horizon - 60.0]
+    tail_mm = [row[2] for row in series if row[0] >= horizon - 60.0]
+    stats = cluster.stats
+    report: dict[str, Any] = {
+        "strategy": strategy,
+        "final": {
+            "std": series[-1][1],
+            "max_over_mean": series[-1][2],
+            "std_last_60s": round(sum(tail) / len(tail), 5),
+            "max_over_mean_last_60s": round(sum(tail_mm) / len(tail_mm), 4),
+        },
+        "initial": {"std": series[0][1], "max_over_mean": series[0][2]},
+        "migrations": stats.migrations,
+        "migrations_by_purpose": dict(sorted(stats.by_purpose.items())),
+        "gib_moved": round(stats.mib_moved / 1024.0, 2),
+        "still_migrating": len(cluster.migrations),
+        "max_concurrent_migrations": stats.max_concurrent,
+        "cluster_limit": cluster.cluster_limit(),
+        "oscillations": stats.oscillations,
+        "oscillation_examples": stats.oscillation_examples,
+        "violations": dict(sorted(stats.violations.items())),
+        "violation_examples": stats.violation_examples,
+        "refusals": dict(sorted(stats.refusals.items())),
+        "unplaced_at_start": unplaced,
+        "series": series,
+    }
+    if strategy == "mesh":
+        report["plan_calls"] = stats.plan_calls
+        report["decisions"] = dict(sorted(stats.decisions.items()))
+        assert isinstance(strat, Mesh)
+        report["decision_log_head"] = strat.log[:20]
+    if hotspot:
+        report["hotspot"] = hotspot
+    if drain:
+        report["drain"] = drain
+    if failure:
+        failure["restarted"] = stats.restarts
+        failure["not_restarted"] = stats.lost
+        report["failure"] = failure
+    if strategy == "solver":
+        report["solver"] = strat.info.get("solves", [])
+    report["wall_seconds"] = round(time.perf_counter() - wall, 2)
+    return report
