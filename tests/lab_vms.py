@@ -9,7 +9,10 @@ its namespace (`opener_in`), never from the root namespace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -123,3 +126,32 @@ def remove_everywhere(lab: Lab, vm: str) -> None:
 def console_log(vm: str) -> Path:
     """Where `vm`'s serial console is logged on the host it runs on (use `host.path`)."""
     return Hypervisor(domain_type="qemu").console_log(vm)
+
+
+@contextlib.contextmanager
+def running_mesh(
+    run: str, vms: Sequence[str] = (), hosts: int = 3, **agent_options: Any
+) -> Iterator[tuple[Lab, LabAgents]]:
+    """`hosts` lab hosts with agents (h1 everyone's seed, inventory every second), up and
+    meshed; on the way out the VMs named are removed from every host."""
+    with Lab(run, hosts) as lab:
+        agents = LabAgents(lab, seeds=True, inventory_interval=1.0, **agent_options)
+        agents.start_all()
+        try:
+            agents.wait_for_full_mesh(timeout=60)
+            yield lab, agents
+        finally:
+            for vm in vms:
+                remove_everywhere(lab, vm)
+            agents.stop_all()
+
+
+@contextlib.contextmanager
+def scratch_dir(run: str) -> Iterator[Path]:
+    """A directory for one test module's files, removed afterwards."""
+    path = Path("/var/lib/novacron-test") / run
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -23,12 +23,6 @@ from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 
 
-@pytest.fixture(scope="session")
-def guest() -> Guest:
-    """The built guest (idempotent: a second session only checks it is up to date)."""
-    return guest_mod.build()
-
-
 @contextmanager
 def booted(
     guest: Guest, console: Path, cmdline: str, disk: Path | None = None

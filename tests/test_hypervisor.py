@@ -97,11 +97,6 @@ def host_path(host: LabHost, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def guest() -> Guest:
-    return guest_mod.build()
-
-
-@pytest.fixture(scope="module")
 def disk_dir() -> Iterator[Path]:
     path = Path("/var/lib/novacron-test") / RUN / "disks"
     path.mkdir(parents=True, exist_ok=True)

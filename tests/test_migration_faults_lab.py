@@ -12,7 +12,6 @@ tests/test_migration_lab.py.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import LabAgents, wait_for
@@ -29,8 +27,9 @@ from tests.lab_vms import (
     everyone_sees,
     migrations,
     nova,
-    remove_everywhere,
+    running_mesh,
     running_on,
+    scratch_dir,
     start_guest,
     wait_beat_above,
 )
@@ -47,30 +46,15 @@ SLOW = (
 
 
 @pytest.fixture(scope="module")
-def guest() -> Guest:
-    return guest_mod.build()
-
-
-@pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with Lab(RUN, 3) as lab:
-        agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
-        agents.start_all()
-        try:
-            agents.wait_for_full_mesh(timeout=60)
-            yield lab, agents
-        finally:
-            for vm in ("fa-vm", "fb-vm", "fc-vm"):
-                remove_everywhere(lab, vm)
-            agents.stop_all()
+    with running_mesh(RUN, ("fa-vm", "fb-vm", "fc-vm")) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="module")
 def disk_dir() -> Iterator[Path]:
-    path = Path("/var/lib/novacron-test") / RUN
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(RUN) as path:
+        yield path
 
 
 def migrating(lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, vm: str, to: str) -> int:

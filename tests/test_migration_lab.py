@@ -10,7 +10,6 @@ libvirt connections opened inside the lab host's namespace (`opener_in`).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from functools import partial
@@ -30,6 +29,8 @@ from tests.lab_vms import (
     hosts_of,
     migrations,
     nova,
+    running_mesh,
+    scratch_dir,
     start_guest,
     wait_beat_above,
 )
@@ -42,28 +43,15 @@ HOSTS = 3
 
 
 @pytest.fixture(scope="module")
-def guest() -> Guest:
-    return guest_mod.build()
-
-
-@pytest.fixture(scope="module")
 def disk_dir() -> Iterator[Path]:
-    path = Path("/var/lib/novacron-test") / RUN
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(RUN) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with Lab(RUN, HOSTS) as lab:
-        agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
-        agents.start_all()
-        try:
-            agents.wait_for_full_mesh(timeout=60)
-            yield lab, agents
-        finally:
-            agents.stop_all()
+    with running_mesh(RUN, hosts=HOSTS) as mesh:
+        yield mesh
 
 
 def test_migrate_keeps_the_guest_running_and_every_agent_agrees(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
@@ -25,8 +26,9 @@ from tests.lab_vms import (
     everyone_sees,
     migrations,
     nova,
-    remove_everywhere,
+    running_mesh,
     running_on,
+    scratch_dir,
     start_guest,
     wait_beat_above,
 )
@@ -39,38 +41,20 @@ GUESTS = ("busy-1", "busy-2", "busy-3", "busy-4")
 
 
 @pytest.fixture(scope="module")
-def guest() -> Guest:
-    return guest_mod.build()
-
-
-@pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with Lab(RUN, 3) as lab:
-        agents = LabAgents(
-            lab,
-            seeds=True,
-            inventory_interval=1.0,
-            rebalance=True,
-            extra_args=["--rebalance-interval", "2"],
-        )
-        agents.start_all()
-        try:
-            agents.wait_for_full_mesh(timeout=60)
-            yield lab, agents
-        finally:
-            for vm in GUESTS:
-                remove_everywhere(lab, vm)
-            agents.stop_all()
+    with running_mesh(
+        RUN, GUESTS, rebalance=True, extra_args=["--rebalance-interval", "2"]
+    ) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="module")
 def disk_dir() -> Iterator[Path]:
-    path = Path("/var/lib/novacron-test") / RUN
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
+    with scratch_dir(RUN) as path:
+        yield path
 
 
-def rebalance(host: LabHost, verb: str) -> dict[str, object]:
+def rebalance(host: LabHost, verb: str) -> dict[str, Any]:
     code, answer = nova(host, "rebalance", verb)
     assert code == 0, answer
     return answer
@@ -83,7 +67,7 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
     h1, _, h3 = lab.hosts
     rebalance(h3, "pause")
     for host in lab.hosts:  # the pause reached every agent
-        wait_for(lambda h=host: rebalance(h, "status")["rebalance"]["paused"], bool, 15)  # type: ignore[index,misc]
+        wait_for(partial(_paused, host), bool, 15)
     before = {}
     for vm in GUESTS:
         start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=24, dirty_rate=30)
@@ -96,7 +80,7 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
     rebalance(h1, "resume")
 
     _wait_until_settled(lab, h1, quiet=30, timeout=300)
-    moves = rebalance(h1, "status")["rebalance"]["moves"]  # type: ignore[index]
+    moves = rebalance(h1, "status")["rebalance"]["moves"]
     assert moves, "h1 was hot, yet nothing moved"
     assert {m["outcome"] for m in moves} == {"committed"}, moves
     for move in moves:
@@ -119,6 +103,10 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
         assert move["vm"] in done.stdout and move["reason"] in done.stdout
 
 
+def _paused(host: LabHost) -> bool:
+    return bool(rebalance(host, "status")["rebalance"]["paused"])
+
+
 def _wait_until_settled(lab: Lab, hot: LabHost, quiet: float, timeout: float) -> None:
     """Until `hot` is within the threshold by its own view and no migration started or ran
     anywhere for `quiet` seconds (load readings are noisy: one balanced look is not enough)."""
@@ -129,7 +117,7 @@ def _wait_until_settled(lab: Lab, hot: LabHost, quiet: float, timeout: float) ->
         plan = rebalance(hot, "plan")["plan"]
         now_counts = _migration_counts(lab)
         running = any(not m["outcome"] for h in lab.hosts for m in migrations(h))
-        balanced = plan["move"] is None and str(plan["reason"]).startswith("balanced")  # type: ignore[index]
+        balanced = plan["move"] is None and str(plan["reason"]).startswith("balanced")
         if now_counts != counts or running or not balanced:
             counts, since = now_counts, time.monotonic()
         elif time.monotonic() - since >= quiet:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, DISK_DIR, LabAgents, wait_for
@@ -27,7 +26,7 @@ from tests.lab_vms import (
     hosts_of,
     migrations,
     nova,
-    remove_everywhere,
+    running_mesh,
     running_on,
     wait_beat_above,
 )
@@ -40,22 +39,9 @@ VMS = ("life-vm", "ballast", "auto-vm", "d1", "d2")
 
 
 @pytest.fixture(scope="module")
-def guest() -> Guest:
-    return guest_mod.build()
-
-
-@pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with Lab(RUN, 3) as lab:
-        agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
-        agents.start_all()
-        try:
-            agents.wait_for_full_mesh(timeout=60)
-            yield lab, agents
-        finally:
-            for vm in VMS:
-                remove_everywhere(lab, vm)
-            agents.stop_all()
+    with running_mesh(RUN, VMS) as mesh:
+        yield mesh
 
 
 def create(
