@@ -30,7 +30,7 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .api import Refusal
 from .core.members import MemberInfo
-from .core.rebalance import Decision, RebalanceConfig, plan
+from .core.rebalance import Decision, Move, RebalanceConfig, plan_round
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
@@ -125,7 +125,12 @@ class Rebalancer:
         """What this host would do now, without doing it (a copy of the RNG: no side effect)."""
         rng = random.Random()
         rng.setstate(self._rng.getstate())
-        return _decision_dict(self._decide(rng))
+        moves, decision = self._decide(rng)
+        answer = _decision_dict(decision)
+        answer["moves"] = [dataclasses.asdict(m) for m in moves]
+        if moves:  # the first move explains the round; the last decision why it stopped
+            answer["move"], answer["reason"] = answer["moves"][0], moves[0].reason
+        return answer
 
     async def pause(self) -> dict[str, Any]:
         await self._set(f"paused@{self._wall():.3f}")
@@ -145,38 +150,38 @@ class Rebalancer:
                 await self.round()
 
     async def round(self) -> None:
-        """One planning round: decide, and start the move if there is one."""
-        decision = self._decide(self._rng)
+        """One planning round: decide, and start every move the free slots allow."""
+        moves, decision = self._decide(self._rng)
         self.last = decision
-        move = decision.move
-        if move is None:
-            return
-        try:
-            mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
-        except Refusal as exc:
-            self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
-            log.info("rebalance move refused", extra={"fields": {"vm": move.vm, "why": str(exc)}})
-            return
-        self.moves.appendleft(
-            {
-                "migration_id": mid,
-                "vm": move.vm,
-                "source": move.source,
-                "target": move.target,
-                "reason": move.reason,
-                "benefit": round(move.benefit, 6),
-                "cost_mib": round(move.cost, 1),
-                "wall_time": round(self._wall(), 3),
-            }
-        )
-        fields = {"vm": move.vm, "to": move.target, "why": move.reason}
-        log.info("rebalance move", extra={"fields": fields})
+        for move in moves:
+            try:
+                mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
+            except Refusal as exc:
+                self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
+                log.info(
+                    "rebalance move refused", extra={"fields": {"vm": move.vm, "why": str(exc)}}
+                )
+                continue
+            self.moves.appendleft(
+                {
+                    "migration_id": mid,
+                    "vm": move.vm,
+                    "source": move.source,
+                    "target": move.target,
+                    "reason": move.reason,
+                    "benefit": round(move.benefit, 6),
+                    "cost_mib": round(move.cost, 1),
+                    "wall_time": round(self._wall(), 3),
+                }
+            )
+            fields = {"vm": move.vm, "to": move.target, "why": move.reason}
+            log.info("rebalance move", extra={"fields": fields})
 
-    def _decide(self, rng: random.Random) -> Decision:
+    def _decide(self, rng: random.Random) -> tuple[list[Move], Decision]:
         core = self._membership()
         records = core.records()
         alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
-        return plan(
+        return plan_round(
             self._migrator.node_id,
             records,
             alive,

@@ -13,6 +13,7 @@ from novacron.agent.core.rebalance import (
     Decision,
     RebalanceConfig,
     plan,
+    plan_round,
 )
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
@@ -138,3 +139,27 @@ def test_many_hot_hosts_spread_over_the_cold_ones() -> None:
 def test_nonsense_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RebalanceConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_round_uses_every_free_slot_planning_on_the_view_as_it_will_be() -> None:
+    very_hot = host("h1", *(vm(f"v{i}", 2.0) for i in range(5)))  # 1.0
+    colds = [host("h2"), host("h3"), host("h4")]
+    by_id = {r.node_id: r for r in (very_hot, *colds)}
+    moves, last = plan_round(
+        "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig()
+    )
+    assert len(moves) == 2 and len({m.vm for m in moves}) == 2
+    assert last.reason == "already moving 2 VMs (limit 2)"
+    # each target stays below the trigger line as the round left it
+    assert all(m.benefit > 0 for m in moves)
+
+
+def test_a_vm_bigger_than_the_old_band_can_still_leave_a_hot_host() -> None:
+    # 16 cores at the mean (0.25) elsewhere; a 1.5-core VM adds 0.094 to its target
+    cores16 = Resources(vcpus=16, memory_mib=64 * GIB)
+    hot = NodeRecord("h1", 1, capacity=cores16, vms=tuple(vm(f"b{i}", 1.5) for i in range(8)))
+    others = [
+        NodeRecord(f"h{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 4.0),)) for i in range(2, 6)
+    ]
+    decision = decide([hot, *others])
+    assert decision.move is not None and decision.move.vm.startswith("b")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_policy import INBOUND_LABEL, MigrationLimits
-from novacron.agent.core.placement import Placement, choose_target
+from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, Placement, choose_target
 from novacron.agent.core.reservations import Demand
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
 
@@ -86,3 +86,19 @@ def test_vcpus_count_with_the_overcommit_ratio() -> None:
     )
     assert choose([record("h1", GIB), full], Demand(1, 512)).target == "h2"
     assert choose([record("h1", GIB), full], Demand(2, 512)).target is None
+
+
+def test_a_host_with_a_vm_of_the_same_anti_affinity_group_is_skipped() -> None:
+    group = {ANTI_AFFINITY_LABEL: "db"}
+    taken = NodeRecord(
+        "h2",
+        1,
+        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
+        vms=(VmSummary("db-1", vcpus=1, memory_mib=512, labels=group),),
+    )
+    by_id = {r.node_id: r for r in (record("h1", GIB), taken, record("h3", 8 * GIB))}
+    placement = choose_target(by_id, members(), "h1", SMALL, MigrationLimits(), 4.0, "db")
+    assert placement.target == "h3"  # h2 has far more room, but a db VM already runs there
+    alone = {k: v for k, v in by_id.items() if k != "h3"}
+    refused = choose_target(alone, members(), "h1", SMALL, MigrationLimits(), 4.0, "db")
+    assert refused.reason == "no host can take it: h2: anti-affinity: a VM of group db runs there"

@@ -88,21 +88,25 @@ def setup() -> tuple[Mesh, Rebalancer, list[tuple[str, Message]], list[str], Mig
     return mesh, rebalancer, sent, published, migrator
 
 
-async def test_a_hot_host_proposes_a_move_and_explains_it() -> None:
+async def test_a_hot_host_proposes_moves_and_explains_them() -> None:
     _, rebalancer, sent, _, migrator = setup()
     preview = rebalancer.preview()
     assert preview["move"] is not None and preview["utilization"] == 0.75
+    assert len(preview["moves"]) == 2  # both outbound slots: 0.75 stays hot after one move
     assert sent == []  # a preview moves nothing
 
     await rebalancer.round()
 
-    (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
-    assert (proposal.vm, proposal.target) == (preview["move"]["vm"], preview["move"]["target"])
+    proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    assert [(p.vm, p.target) for p in proposals] == [
+        (m["vm"], m["target"]) for m in preview["moves"]
+    ]
     status = rebalancer.status()
-    (move,) = status["moves"]
-    assert (move["vm"], move["outcome"]) == (proposal.vm, "running")
-    assert move["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15")
-    assert status["last_decision"]["move"]["vm"] == proposal.vm
+    assert [(m["vm"], m["outcome"]) for m in status["moves"]] == [
+        (p.vm, "running") for p in reversed(proposals)
+    ]
+    assert status["moves"][-1]["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15")
+    assert status["last_decision"]["reason"].startswith("balanced: 0.25")  # after both moves
     await migrator.close()
 
 

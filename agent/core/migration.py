@@ -145,7 +145,7 @@ from .migration_policy import (
     record_labels,
     with_overrides,
 )
-from .placement import Placement, choose_target
+from .placement import ANTI_AFFINITY_LABEL, Placement, choose_target
 from .reservations import (
     Demand,
     Reservation,
@@ -430,6 +430,7 @@ class MigrationCore:
             Demand(summary.vcpus, summary.memory_mib),
             self.config.limits,
             self.config.reservations.vcpu_overcommit,
+            summary.labels.get(ANTI_AFFINITY_LABEL, ""),
         )
 
     def _request_refusal(

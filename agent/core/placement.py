@@ -6,6 +6,7 @@ free capacity (capacity minus its VMs, vCPUs overcommitted by the configured
 ratio) holds the VM. Of those, the one with the most free memory wins, ties
 broken by fewest inbound migrations and then by node id, so every agent
 given the same view picks the same host and the choice is reproducible.
+A host already running a VM of the same anti-affinity group never qualifies.
 
 When nothing qualifies, the answer says why for each host, so an operator
 sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
@@ -21,6 +22,12 @@ from novacron.protocol.messages import MemberState, NodeRecord
 from .members import MemberInfo
 from .migration_policy import INBOUND_LABEL, MigrationLimits, published_count
 from .reservations import Demand, capacity_refusal, free_capacity
+
+ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
+"""VM label: VMs with the same value never share a host."""
+
+AFFINITY_LABEL = "novacron/affinity"
+"""VM label: VMs with the same value stay on one host (never split by the rebalancer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +45,16 @@ def choose_target(
     demand: Demand,
     limits: MigrationLimits,
     overcommit: float,
+    anti_affinity: str = "",
 ) -> Placement:
-    """The best host for a VM needing `demand` that now runs on `source`."""
+    """The best host for a VM needing `demand` that now runs on `source` (and belongs to
+    anti-affinity group `anti_affinity`, if not "")."""
     candidates: list[tuple[float, int, str]] = []
     refusals: list[str] = []
     for node_id, record in sorted(records.items()):
         if node_id == source:
             continue
-        why = _unfit(record, member(node_id), demand, limits, overcommit)
+        why = _unfit(record, member(node_id), demand, limits, overcommit, anti_affinity)
         if why is not None:
             refusals.append(f"{node_id}: {why}")
             continue
@@ -65,6 +74,7 @@ def _unfit(
     demand: Demand,
     limits: MigrationLimits,
     overcommit: float,
+    anti_affinity: str,
 ) -> str | None:
     """Why `record`'s host cannot take the VM now (None if it can)."""
     if member is None or member.state is not MemberState.ALIVE:
@@ -74,5 +84,9 @@ def _unfit(
     inbound = published_count(record, INBOUND_LABEL)
     if inbound >= limits.max_inbound:
         return f"too many migrations ({inbound} inbound)"
+    if anti_affinity and any(
+        vm.labels.get(ANTI_AFFINITY_LABEL) == anti_affinity for vm in record.vms
+    ):
+        return f"anti-affinity: a VM of group {anti_affinity} runs there"
     free = free_capacity(record, [], overcommit)
     return capacity_refusal(record.node_id, free, demand, check_disk=False)

@@ -9,10 +9,15 @@ the best benefit for its cost.
   sum of squared deviations of host utilization from the mean (the variance
   that the pre-vSphere-7 DRS metric takes the root of).
 - Cost: `migration_cost` (MiB on the wire, growing with memory and dirty rate,
-  doubled per recent move of the VM).
-- Hysteresis: a move may not push its target above mean + `target`, well
-  below the trigger, so the host that received a VM never has reason to
-  send it on or back.
+  doubled per recent move of the VM). Moves are ranked by benefit / (1 +
+  cost / `cost_scale`): a 4 GiB copy halves a move's appeal, but a move that
+  fixes much more still wins over a cheap one that fixes little (a hot host
+  must shed its big VMs too, not only its small ones).
+- Hysteresis: a receiving host should end at least `target` below the trigger
+  line (mean + trigger - target), so the host that received a VM has no
+  reason to send it on or back. A VM too big for that band may still go
+  where the pair's peak drops by `target` or more; the variance still falls
+  with every move and the cooldown keeps the VM there, so nothing cycles.
 - Cooldown: a VM that moved is not moved again within `vm_cooldown` seconds
   (at least the 10 minutes an oscillation is counted over).
 - Spreading: each decision samples `sample` cold hosts at random (power of
@@ -30,6 +35,7 @@ shows exactly what the agent would do.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -38,13 +44,19 @@ from novacron.protocol.messages import NodeRecord, VmSummary
 
 from .migration_cost import migration_cost
 from .migration_policy import INBOUND_LABEL, published_count
+from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL
 from .reservations import Demand, capacity_refusal, free_capacity
 
-ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
-"""VM label: VMs with the same value never share a host."""
-
-AFFINITY_LABEL = "novacron/affinity"
-"""VM label: VMs with the same value stay on one host (the planner never splits them)."""
+__all__ = [
+    "AFFINITY_LABEL",
+    "ANTI_AFFINITY_LABEL",
+    "Decision",
+    "Move",
+    "RebalanceConfig",
+    "plan",
+    "plan_round",
+    "utilization",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +64,13 @@ class RebalanceConfig:
     """When a host acts and how far it goes (defaults for small edge fleets)."""
 
     trigger: float = 0.15  # act when own utilization > cluster mean + trigger
-    target: float = 0.05  # hysteresis: no move may push a target above mean + target
+    target: float = 0.05  # hysteresis: a target must end at least this far below the trigger
     vm_cooldown: float = 600.0  # seconds before a VM that moved may move again
     sample: int = 2  # cold hosts sampled per decision (power of two choices)
     min_benefit: float = 1e-4  # smaller variance drops are not worth a migration
     vcpu_overcommit: float = 4.0  # vCPUs promised per core (memory is never overcommitted)
     bandwidth_mib_s: float = 1024.0  # link speed assumed for the cost estimate
+    cost_scale: float = 4096.0  # MiB of copying that halves a move's score
     max_outbound: int = 2  # moves this host may run at once
     max_inbound: int = 2  # moves a target may receive at once
 
@@ -66,8 +79,8 @@ class RebalanceConfig:
             raise ValueError("need 0 <= target < trigger (hysteresis)")
         if self.sample < 1 or self.max_outbound < 1 or self.max_inbound < 1:
             raise ValueError("sample and migration limits must be at least 1")
-        if self.vm_cooldown < 0 or not self.bandwidth_mib_s > 0:
-            raise ValueError("vm_cooldown must be >= 0 and bandwidth positive")
+        if self.vm_cooldown < 0 or not self.bandwidth_mib_s > 0 or not self.cost_scale > 0:
+            raise ValueError("vm_cooldown must be >= 0, bandwidth and cost_scale positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,19 +207,21 @@ def _best_move(
     util: Mapping[str, float],
     config: RebalanceConfig,
 ) -> Move | None:
-    """The (VM, target) pair with the best benefit per cost that keeps every rule."""
-    best: tuple[float, str, str] | None = None
+    """The (VM, target) pair with the best benefit per cost that keeps every rule;
+    moves that leave the target inside the hysteresis band come first."""
+    best: tuple[bool, float] | None = None
     found: Move | None = None
     for vm in vms:
         cost = migration_cost(vm.memory_mib, vm.dirty_rate_mib_s, config.bandwidth_mib_s)
         for target in targets:
-            benefit = _benefit(vm, own, pool[target], mine, util[target], mean, config)
-            if benefit is None or benefit < config.min_benefit:
+            judged = _benefit(vm, own, pool[target], mine, util[target], mean, config)
+            if judged is None or judged[0] < config.min_benefit:
                 continue
             if not _fits(vm, pool[target], config):
                 continue
-            key = (benefit / max(cost, 1.0), vm.name, target)
-            if best is None or key[0] > best[0]:
+            benefit, in_band = judged
+            key = (in_band, benefit / (1.0 + cost / config.cost_scale))
+            if best is None or key > best:
                 best = key
                 found = Move(
                     vm=vm.name,
@@ -215,9 +230,10 @@ def _best_move(
                     benefit=benefit,
                     cost=cost,
                     reason=(
-                        f"{source} at {mine:.2f} > mean {mean:.2f} + {config.trigger}: "
+                        f"{source} at {mine:.2f} > mean {mean:.2f} + {config.trigger:g}: "
                         f"{vm.name} ({vm.cpu_load:.2f} cores, {vm.memory_mib} MiB) to "
                         f"{target} at {util[target]:.2f}"
+                        + ("" if in_band else " (too big for the band: the pair's peak drops)")
                     ),
                 )
     return found
@@ -231,15 +247,22 @@ def _benefit(
     theirs: float,
     mean: float,
     config: RebalanceConfig,
-) -> float | None:
-    """Drop in squared deviation from moving `vm`; None if it would make the target hot."""
+) -> tuple[float, bool] | None:
+    """Drop in squared deviation from moving `vm`, and whether the target stays in the band.
+
+    In the band, the target ends at least `target` below the trigger line. A VM
+    too big for that may still go where the pair's peak drops by `target` or
+    more (the target ends clearly cooler than the source is now); anything
+    else would only swap which host is hot. None: the move is not allowed.
+    """
     src_after = mine - vm.cpu_load / own.capacity.vcpus
     dst_after = theirs + vm.cpu_load / target.capacity.vcpus
-    if dst_after > mean + config.target:
+    in_band = dst_after <= mean + config.trigger - config.target
+    if not in_band and dst_after > mine - config.target:
         return None
     before = (mine - mean) ** 2 + (theirs - mean) ** 2
     after = (src_after - mean) ** 2 + (dst_after - mean) ** 2
-    return before - after
+    return before - after, in_band
 
 
 def _fits(vm: VmSummary, target: NodeRecord, config: RebalanceConfig) -> bool:
@@ -250,3 +273,55 @@ def _fits(vm: VmSummary, target: NodeRecord, config: RebalanceConfig) -> bool:
     free = free_capacity(target, [], config.vcpu_overcommit)
     demand = Demand(vm.vcpus, vm.memory_mib)
     return capacity_refusal(target.node_id, free, demand, check_disk=False) is None
+
+
+def plan_round(
+    node_id: str,
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    recent_moves: Mapping[str, float],
+    busy: Collection[str],
+    now: float,
+    rng: random.Random,
+    config: RebalanceConfig | None = None,
+) -> tuple[list[Move], Decision]:
+    """Every move this host should start now (up to its free outbound slots), and the
+    decision that ended the round (why it stopped: balanced, no slot, nothing fits),
+    with this host's utilization and the mean as they are now, before any of the moves.
+
+    Each further move is planned on the view with the earlier ones applied, so one
+    round of a very hot host uses all its slots instead of one move per round.
+    """
+    config = config or RebalanceConfig()
+    view = dict(records)
+    moving = set(busy)
+    moves: list[Move] = []
+    first: Decision | None = None
+    while True:
+        decision = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
+        first = first or decision
+        if decision.move is None:
+            return moves, dataclasses.replace(
+                decision, utilization=first.utilization, mean=first.mean
+            )
+        moves.append(decision.move)
+        moving.add(decision.move.vm)
+        view = _moved(view, decision.move)
+
+
+def _moved(records: Mapping[str, NodeRecord], move: Move) -> dict[str, NodeRecord]:
+    """`records` as they will be once `move` is done (the target also counts one more inbound)."""
+    source, target = records[move.source], records[move.target]
+    vm = next(v for v in source.vms if v.name == move.vm)
+    inbound = published_count(target, INBOUND_LABEL) + 1
+    return {
+        **records,
+        move.source: dataclasses.replace(
+            source, vms=tuple(v for v in source.vms if v.name != move.vm)
+        ),
+        move.target: dataclasses.replace(
+            target,
+            vms=(*target.vms, vm),
+            labels={**target.labels, INBOUND_LABEL: str(inbound)},
+        ),
+    }

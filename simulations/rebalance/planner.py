@@ -23,12 +23,14 @@ from novacron.agent.core.placement import choose_target
 from novacron.agent.core.reservations import Demand
 from novacron.protocol.messages import MemberState, NodeRecord
 
+ANTI_AFFINITY_LABEL = rebalance.ANTI_AFFINITY_LABEL
 RebalanceConfig = rebalance.RebalanceConfig
 Move = rebalance.Move
 Decision = rebalance.Decision
 utilization = rebalance.utilization
 
 __all__ = [
+    "ANTI_AFFINITY_LABEL",
     "INBOUND_LABEL",
     "OUTBOUND_LABEL",
     "Decision",
@@ -39,6 +41,7 @@ __all__ = [
     "migration_seconds",
     "place",
     "plan",
+    "plan_round",
     "utilization",
 ]
 
@@ -67,6 +70,20 @@ def plan(
     return rebalance.plan(node_id, records, alive, recent_moves, busy, now, rng, config)
 
 
+def plan_round(
+    node_id: str,
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    recent_moves: Mapping[str, float],
+    busy: Collection[str],
+    now: float,
+    rng: random.Random,
+    config: RebalanceConfig,
+) -> tuple[list[Move], Decision]:
+    """The agent's `plan_round` (every move its free slots allow), unchanged."""
+    return rebalance.plan_round(node_id, records, alive, recent_moves, busy, now, rng, config)
+
+
 def migration_seconds(memory_mib: float, bandwidth_mib_s: float, dirty_rate_mib_s: float) -> float:
     """How long the migration takes under the default policy (inf: it would be aborted)."""
     return expected_migration_seconds(memory_mib, bandwidth_mib_s, dirty_rate_mib_s, _POLICY)
@@ -80,6 +97,7 @@ def place(
     memory_mib: int,
     limits: MigrationLimits,
     overcommit: float,
+    anti_affinity: str = "",
 ) -> str | None:
     """The drain loop's target (`placement.choose_target`, most free memory) or None."""
 
@@ -89,7 +107,7 @@ def place(
         return MemberInfo(node_id, "", 1, MemberState.ALIVE, 0.0, 0.0)
 
     return choose_target(
-        records, member, source, Demand(vcpus, memory_mib), limits, overcommit
+        records, member, source, Demand(vcpus, memory_mib), limits, overcommit, anti_affinity
     ).target
 
 

@@ -546,6 +546,7 @@ class Strategy:
                     spec.memory_mib,
                     c.limits,
                     c.config.rebalance.vcpu_overcommit,
+                    spec.labels.get(planner.ANTI_AFFINITY_LABEL, ""),
                 )
                 if target is None or not c.start(vm, target, "drain"):
                     self._drain_blocked[vm] = now + 10.0
@@ -593,7 +594,7 @@ class Mesh(Strategy):
             if mine < mean + cfg.trigger - 1e-9:
                 continue  # `plan` would answer "balanced" (same arithmetic, skipped for speed)
             c.stats.plan_calls += 1
-            decision = planner.plan(
+            moves, decision = planner.plan_round(
                 name,
                 planner.Overlay(records, name, own),
                 alive,
@@ -603,10 +604,10 @@ class Mesh(Strategy):
                 self.rngs[name],
                 cfg,
             )
-            key = decision.reason.split(":")[0] if decision.move is None else "move"
+            key = decision.reason.split(":")[0]
             c.stats.decisions[key] = c.stats.decisions.get(key, 0) + 1
-            if decision.move is not None:
-                move = decision.move
+            c.stats.decisions["move"] = c.stats.decisions.get("move", 0) + len(moves)
+            for move in moves:
                 ok = c.start(move.vm, move.target, "rebalance")
                 if len(self.log) < 200:
                     self.log.append(
@@ -863,9 +864,13 @@ def simulate(
             series.append([now, round(std, 5), round(maxmean, 4), round(mean, 4)])
         if hotspot and hotspot["resolved_at"] is None and now >= hotspot["onset"]:
             hot_host = cluster.hosts[event_host]
-            if cluster.util(hot_host) <= mean + cfg.trigger:
+            # A host left with one VM that alone is over the line cannot get cooler: any
+            # host holding that VM would be as hot. That hotspot is as resolved as it gets.
+            alone = len(hot_host.vms) == 1
+            if cluster.util(hot_host) <= mean + cfg.trigger or alone:
                 hotspot["resolved_at"] = now
                 hotspot["seconds"] = now - hotspot["onset"]
+                hotspot["by"] = "single VM over the line left" if alone else "within the trigger"
         if drain and drain["done_at"] is None and not cluster.hosts[event_host].vms:
             drain["done_at"] = now
             drain["seconds"] = now - drain["start"]
@@ -873,6 +878,7 @@ def simulate(
             progress(f"{strategy} t={now:.0f} std={std:.4f} migrations={cluster.stats.migrations}")
     if hotspot:
         hotspot["final_util"] = round(cluster.util(cluster.hosts[event_host]), 4)
+        hotspot["vms_left"] = len(cluster.hosts[event_host].vms)
     if drain:
         drain["left"] = len(cluster.hosts[event_host].vms)
     tail = [row[1] for row in series if row[0] >= horizon - 60.0]
