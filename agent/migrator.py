@@ -75,7 +75,6 @@ log = logging.getLogger("novacron.migrator")
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
-POLL_DELAY = 1.0  # first sample after this long: a short job finishes unwatched, undisturbed
 LOCATE_RETRY = 1.0  # seconds between looks while a migration job still holds the domain
 LOCATE_ATTEMPTS = 60  # looks before answering "nowhere" (the core asks again later)
 PEER_URI = "qemu+tcp://{host}/system"  # a peer's libvirt when its record names a local URI
@@ -407,7 +406,6 @@ class Migrator:
         On a connection of its own: the one blocked in `migrateToURI3` answers other
         calls late. Post-copy switches and aborts use this connection too.
         """
-        await asyncio.sleep(POLL_DELAY)  # its own connection and lookups slowed short jobs
         try:
             conn = await self._blocking(self._opener, self.libvirt_uri)
         except libvirt.libvirtError as exc:
