@@ -867,10 +867,14 @@ def simulate(
             # A host left with one VM that alone is over the line cannot get cooler: any
             # host holding that VM would be as hot. That hotspot is as resolved as it gets.
             alone = len(hot_host.vms) == 1
-            if cluster.util(hot_host) <= mean + cfg.trigger or alone:
+            hot_util = cluster.util(hot_host)
+            within = hot_util <= mean + cfg.trigger
+            if within or alone:
                 hotspot["resolved_at"] = now
                 hotspot["seconds"] = now - hotspot["onset"]
-                hotspot["by"] = "single VM over the line left" if alone else "within the trigger"
+                hotspot["by"] = "within the trigger" if within else "single VM over the line left"
+                hotspot["util_at_resolution"] = round(hot_util, 4)
+                hotspot["line_at_resolution"] = round(mean + cfg.trigger, 4)
         if drain and drain["done_at"] is None and not cluster.hosts[event_host].vms:
             drain["done_at"] = now
             drain["seconds"] = now - drain["start"]

@@ -26,8 +26,9 @@ def rows(report: dict[str, Any]) -> list[str]:
         event = ""
         if "hotspot" in r:
             h = r["hotspot"]
+            how = f" ({h['by']})" if h.get("by") else ""
             event = (
-                f"resolved {_fmt(h.get('seconds'), 0)} s"
+                f"resolved {_fmt(h.get('seconds'), 0)} s{how}"
                 if h.get("seconds") is not None
                 else (f"not resolved (host at {h['final_util']:.2f})")
             )
