@@ -145,7 +145,7 @@ def plan(
     vms = _movable(own, recent_moves, busy, now, config)
     if not vms:
         return none(f"hot ({mine:.2f}), but no VM may move (cooldown, migrating, or affinity)")
-    targets = _sample_targets(pool, util, mean, config, rng)
+    targets = _sample_targets(pool, util, mean, vms, config, rng)
     if not targets:
         return none(f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room")
     best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config)
@@ -182,14 +182,18 @@ def _sample_targets(
     pool: Mapping[str, NodeRecord],
     util: Mapping[str, float],
     mean: float,
+    vms: list[VmSummary],
     config: RebalanceConfig,
     rng: random.Random,
 ) -> list[str]:
-    """Up to `sample` random hosts below the mean with inbound room (sorted for determinism)."""
+    """Up to `sample` random hosts below the mean with inbound room that can hold at least
+    one of `vms` (sorted for determinism): a sample of hosts that fit nothing wastes a round."""
     cold = sorted(
         h
         for h, u in util.items()
-        if u < mean and published_count(pool[h], INBOUND_LABEL) < config.max_inbound
+        if u < mean
+        and published_count(pool[h], INBOUND_LABEL) < config.max_inbound
+        and any(_fits(vm, pool[h], config) for vm in vms)
     )
     if len(cold) <= config.sample:
         return cold
@@ -207,9 +211,8 @@ def _best_move(
     util: Mapping[str, float],
     config: RebalanceConfig,
 ) -> Move | None:
-    """The (VM, target) pair with the best benefit per cost that keeps every rule;
-    moves that leave the target inside the hysteresis band come first."""
-    best: tuple[bool, float] | None = None
+    """The (VM, target) pair with the best benefit per cost that keeps every rule."""
+    best: float | None = None
     found: Move | None = None
     for vm in vms:
         cost = migration_cost(vm.memory_mib, vm.dirty_rate_mib_s, config.bandwidth_mib_s)
@@ -220,7 +223,7 @@ def _best_move(
             if not _fits(vm, pool[target], config):
                 continue
             benefit, in_band = judged
-            key = (in_band, benefit / (1.0 + cost / config.cost_scale))
+            key = benefit / (1.0 + cost / config.cost_scale)
             if best is None or key > best:
                 best = key
                 found = Move(
