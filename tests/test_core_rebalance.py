@@ -163,3 +163,11 @@ def test_a_vm_bigger_than_the_old_band_can_still_leave_a_hot_host() -> None:
     ]
     decision = decide([hot, *others])
     assert decision.move is not None and decision.move.vm.startswith("b")
+
+
+def test_targets_are_sampled_only_among_cold_hosts_that_can_hold_a_vm() -> None:
+    full = [host(f"f{i}", vm(f"x{i}", 0.5, memory=64 * GIB - 512)) for i in range(6)]
+    roomy = host("r1", vm("y", 0.5))
+    for seed in range(10):
+        decision = decide([HOT, *full, roomy], seed=seed, sample=1)
+        assert decision.move is not None and decision.move.target == "r1"
