@@ -6,7 +6,6 @@ here, so a change of the planner's signature is a one-place fix.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -56,32 +55,8 @@ class PlanCall:
     now: float
 
 
-def plan(
-    node_id: str,
-    records: Mapping[str, NodeRecord],
-    alive: Collection[str],
-    recent_moves: Mapping[str, float],
-    busy: Collection[str],
-    now: float,
-    rng: random.Random,
-    config: RebalanceConfig,
-) -> Decision:
-    """The agent's `plan`, unchanged."""
-    return rebalance.plan(node_id, records, alive, recent_moves, busy, now, rng, config)
-
-
-def plan_round(
-    node_id: str,
-    records: Mapping[str, NodeRecord],
-    alive: Collection[str],
-    recent_moves: Mapping[str, float],
-    busy: Collection[str],
-    now: float,
-    rng: random.Random,
-    config: RebalanceConfig,
-) -> tuple[list[Move], Decision]:
-    """The agent's `plan_round` (every move its free slots allow), unchanged."""
-    return rebalance.plan_round(node_id, records, alive, recent_moves, busy, now, rng, config)
+plan = rebalance.plan  # the agent's planner, unchanged
+plan_round = rebalance.plan_round  # every move a host's free slots allow, unchanged
 
 
 def migration_seconds(memory_mib: float, bandwidth_mib_s: float, dirty_rate_mib_s: float) -> float:
