@@ -84,6 +84,14 @@ def _unfit(
     inbound = published_count(record, INBOUND_LABEL)
     if inbound >= limits.max_inbound:
         return f"too many migrations ({inbound} inbound)"
+    return room_refusal(record, demand, overcommit, anti_affinity)
+
+
+def room_refusal(
+    record: NodeRecord, demand: Demand, overcommit: float, anti_affinity: str = ""
+) -> str | None:
+    """Why the VM does not fit on `record`'s host: a VM of its anti-affinity group runs
+    there, or memory or vCPUs are short (None: it fits). Shared with the rebalancer."""
     if anti_affinity and any(
         vm.labels.get(ANTI_AFFINITY_LABEL) == anti_affinity for vm in record.vms
     ):

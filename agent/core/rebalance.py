@@ -44,8 +44,8 @@ from novacron.protocol.messages import NodeRecord, VmSummary
 
 from .migration_cost import migration_cost
 from .migration_policy import INBOUND_LABEL, published_count
-from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL
-from .reservations import Demand, capacity_refusal, free_capacity
+from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, room_refusal
+from .reservations import Demand
 
 __all__ = [
     "AFFINITY_LABEL",
@@ -269,13 +269,10 @@ def _benefit(
 
 
 def _fits(vm: VmSummary, target: NodeRecord, config: RebalanceConfig) -> bool:
-    """Capacity and anti-affinity on the target."""
-    group = vm.labels.get(ANTI_AFFINITY_LABEL)
-    if group and any(v.labels.get(ANTI_AFFINITY_LABEL) == group for v in target.vms):
-        return False
-    free = free_capacity(target, [], config.vcpu_overcommit)
+    """Capacity and anti-affinity on the target (the same rule as drain placement)."""
     demand = Demand(vm.vcpus, vm.memory_mib)
-    return capacity_refusal(target.node_id, free, demand, check_disk=False) is None
+    group = vm.labels.get(ANTI_AFFINITY_LABEL, "")
+    return room_refusal(target, demand, config.vcpu_overcommit, group) is None
 
 
 def plan_round(
