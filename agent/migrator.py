@@ -252,7 +252,8 @@ class Migrator:
         return {vm.name: vm.state for vm in record.vms} if record is not None else {}
 
     def migration(self, migration_id: str) -> dict[str, Any] | None:
-        return next((r for r in self.migrations() if r["migration_id"] == migration_id), None)
+        info = self.core.migration(migration_id)
+        return self._row(info) if info is not None else None
 
     def _row(self, info: MigrationInfo) -> dict[str, Any]:
         row = dataclasses.asdict(info)

@@ -694,3 +694,21 @@ def test_the_membership_node_is_a_cluster_view() -> None:
     core = MigrationCore("h1", view=view, rng=random.Random(1))
     (event,) = core.request_migration("vm1", "h2", None, 0.0).events
     assert event == MigrationRefused("vm1", "h2", "unknown host: h2", "", "h1")
+
+
+def test_one_migration_by_id_is_what_the_list_shows() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+
+    def same(node: str) -> None:
+        core = mesh.core(node)
+        (listed,) = [m for m in core.migrations() if m.migration_id == mid]
+        assert core.migration(mid) == listed
+
+    same("h1")  # outbound, running
+    same("h2")  # inbound, reserved
+    mesh.call("h1", "migration_finished", mid, True, "")
+    same("h1")  # outbound, ended
+    same("h2")  # inbound, landed and ended
+    assert mesh.core("h1").migration("no-such-id") is None

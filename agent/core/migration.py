@@ -1122,6 +1122,18 @@ class MigrationCore:
         ended.sort(key=lambda info: info.ended or 0.0, reverse=True)
         return running + ended
 
+    def migration(self, migration_id: str) -> MigrationInfo | None:
+        """One migration as `migrations()` shows it, found by id without building the list
+        (clients waiting on a migration look it up many times a second)."""
+        saga = self._sagas.get(migration_id) or self._ended.get(migration_id)
+        if saga is not None:
+            return _info(saga)
+        held = self._book.get(migration_id)
+        if held is not None and not held.landed:
+            return _inbound_info(held, self.node_id, "", "", None)
+        info = self._inbound_ended.get(migration_id)
+        return info if info is not None and info.vm else None
+
 
 def _find_vm(record: NodeRecord | None, vm: str) -> VmSummary | None:
     if record is None:
