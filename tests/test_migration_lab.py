@@ -25,10 +25,12 @@ from tests.lab_vms import (
     beats,
     console_log,
     delete_guest,
+    domains,
     everyone_sees,
     hosts_of,
     migrations,
     nova,
+    remove_everywhere,
     running_mesh,
     scratch_dir,
     start_guest,
@@ -89,9 +91,7 @@ def dirty_vm(mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path) -> Itera
     lab, agents = mesh
     start_guest(lab, agents, disk_dir, guest, "dirty-vm", dirty_mib=32, dirty_rate=20)
     yield "dirty-vm"
-    for host in lab.hosts:
-        host.run(["virsh", "-c", "qemu:///system", "destroy", "dirty-vm"], capture_output=True)
-        host.run(["virsh", "-c", "qemu:///system", "undefine", "dirty-vm"], capture_output=True)
+    remove_everywhere(lab, "dirty-vm")
 
 
 @pytest.mark.parametrize(
@@ -146,10 +146,7 @@ def test_cancel_mid_migration_leaves_the_guest_on_the_source(
     row = next(m for m in ended if m["migration_id"] == migration_id)
     assert (row["outcome"], row["reason"]) == ("aborted", "cancelled by operator")
     wait_beat_above(h1, dirty_vm, before + 10)
-    on_h2 = h2.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True
-    )
-    assert dirty_vm not in on_h2.stdout.decode()
+    assert dirty_vm not in domains(h2, "--all")
     everyone_sees(agents, lab, dirty_vm, h1.name)
     inbound = wait_for(
         partial(migrations, h2),
@@ -194,10 +191,7 @@ def test_target_agent_killed_mid_migration_the_vm_lands_on_the_target_once(
     after = wait_beat_above(h3, "fault-vm", before + 10)
     assert after == list(range(after[0], after[0] + len(after))), "no gaps, no restart"
     assert after[0] > before, "the guest rebooted"
-    on_h1 = h1.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True
-    )
-    assert "fault-vm" not in on_h1.stdout.decode()
+    assert "fault-vm" not in domains(h1, "--all")
     everyone_sees(agents, lab, "fault-vm", h3.name, timeout=60)
     delete_guest(h3, disk_dir, "fault-vm")
 
