@@ -1,18 +1,23 @@
 """`nova`'s side of the local control API: plain HTTP over the agent's unix socket.
 
-Synchronous on purpose: the CLI makes one or two requests and exits.
+Synchronous on purpose: the CLI makes one or two requests and exits. The
+request is written and the answer read by hand (HTTP/1.1, one request per
+connection, `Connection: close`): `http.client` drags in the `email` package
+and `ssl`, a third of the CLI's start-up, and every `nova` command pays that.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import re
 import socket
 from typing import Any
 
 DEFAULT_SOCKET = "/run/novacron/agent.sock"
 SOCKET_ENV = "NOVACRON_SOCKET"
+MAX_ANSWER = 64 * 1024 * 1024  # no answer of the local API is near this; stop a runaway
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 class AgentUnavailable(Exception):
@@ -27,16 +32,8 @@ class AgentRequestFailed(Exception):
         self.status = status
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+class MalformedAnswer(Exception):
+    """What came back is not an HTTP/1.x answer."""
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -66,16 +63,12 @@ def _request(
 ) -> Any:
     """One request; `AgentUnavailable` or `AgentRequestFailed` (with the agent's reason)."""
     where = socket_path(socket_file)
-    connection = _UnixConnection(where, timeout)
-    headers = {"Accept": "application/json"}
-    payload = None
-    if body is not None:
-        payload = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
     try:
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(where)
+            sock.sendall(encode_request(method, path, body))
+            status, data = parse_answer(_read_all(sock))
     except FileNotFoundError:
         raise AgentUnavailable(
             f"the agent is not running: no socket at {where} "
@@ -87,11 +80,76 @@ def _request(
         ) from None
     except PermissionError:
         raise AgentUnavailable(f"permission denied on {where}: run nova as root") from None
-    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+    except (TimeoutError, OSError, MalformedAnswer) as exc:
         raise AgentUnavailable(f"the agent at {where} did not answer: {exc}") from None
-    finally:
-        connection.close()
-    return _decode(response.status, data)
+    return _decode(status, data)
+
+
+def encode_request(method: str, path: str, body: dict[str, Any] | None) -> bytes:
+    """The request's bytes: one request, then the agent closes the connection."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = [
+        f"{method} {path} HTTP/1.1",
+        "Host: localhost",
+        "Accept: application/json",
+        "Connection: close",
+        f"Content-Length: {len(payload)}",
+    ]
+    if body is not None:
+        head.append("Content-Type: application/json")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise MalformedAnswer(f"answer larger than {MAX_ANSWER} bytes")
+    return b"".join(chunks)
+
+
+def parse_answer(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a whole HTTP/1.x answer read to the connection's end."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise MalformedAnswer("the connection closed before the answer's headers ended")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS.fullmatch(parts[1]):
+        raise MalformedAnswer(f"not an HTTP answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise MalformedAnswer(f"bad header line {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return int(parts[1]), _dechunk(rest)
+    length = headers.get("content-length")
+    if length is None:
+        return int(parts[1]), rest  # the body runs to the connection's end
+    if not _DIGITS.fullmatch(length) or int(length) > len(rest):
+        raise MalformedAnswer("the connection closed before the answer's body ended")
+    return int(parts[1]), rest[: int(length)]
+
+
+def _dechunk(data: bytes) -> bytes:
+    body = bytearray()
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        digits = size_line.split(b";")[0].strip()
+        if not re.fullmatch(rb"[0-9a-fA-F]{1,8}", digits):
+            raise MalformedAnswer(f"bad chunk size {size_line[:20]!r}")
+        size = int(digits, 16)
+        if not sep or len(data) < size + 2:
+            raise MalformedAnswer("the connection closed inside a chunk")
+        if size == 0:
+            return bytes(body)
+        body += data[:size]
+        data = data[size + 2 :]
 
 
 def _decode(status: int, body: bytes) -> Any:

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
 from novacron.agent import client
@@ -34,13 +33,19 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-@dataclass
 class Output:
-    """Where a command's results and errors go: text for people, JSON for scripts."""
+    """Where a command's results and errors go: text for people, JSON for scripts.
 
-    json: bool = False
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    A plain class, not a dataclass: `dataclasses` (and the `inspect` it loads)
+    would add to every `nova` command's start-up.
+    """
+
+    def __init__(
+        self, json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
+        self.json = json
+        self.stdout = sys.stdout if stdout is None else stdout
+        self.stderr = sys.stderr if stderr is None else stderr
 
     def result(self, data: dict[str, Any], lines: Iterable[str]) -> None:
         """Print one result: `data` as a JSON object, or `lines` as text."""
