@@ -8,7 +8,7 @@ and the same noise on the shared machine. Per migration:
 
 - wall time of the whole command: `nova --json vm migrate VM --to HOST --wait`
   run inside the source host (CLI start, proposal, reservation, libvirt job,
-  commit, and the CLI's 0.5 s polling), and `virsh migrate --live --p2p
+  commit, and the CLI's held wait for the end), and `virsh migrate --live --p2p
   --persistent --undefinesource VM qemu+tcp://TARGET/system --migrateuri
   tcp://TARGET` (the peer and migration URIs the agent uses);
 - for NovaCron also the agent's own elapsed time (proposal to commit);
@@ -19,9 +19,14 @@ and the same noise on the shared machine. Per migration:
 
 Settings are the same for both: the max downtime is set on the domain before
 each virsh run to the value NovaCron uses (its policy's default unless the
-config overrides it), and the bandwidth cap where a config sets one. NovaCron
-additionally enables auto-converge and post-copy (post-copy only starts after
-its completion timeout); virsh runs plain unless a config says otherwise.
+config overrides it), the bandwidth cap where a config sets one, and the
+flags NovaCron's policy sets on every job (`--auto-converge --postcopy`:
+post-copy enabled; NovaCron starts it only after its completion timeout,
+virsh never unless a config adds `--postcopy-after-precopy`).
+
+Ratios: per config, medians of each method, and the paired ratios of the two
+methods of the same run (mean with a 95% bootstrap interval), which cancel
+most of what a shared machine does to both.
 
 Run as root:
 `.venv/bin/python -m benchmarks.migration --runs 3 --json benchmarks/results/migration.json`
@@ -36,6 +41,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -58,6 +64,13 @@ from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents
 
 VIRSH = ("virsh", "-c", "qemu:///system")
+# NovaCron's default policy enables auto-converge and post-copy on every job
+# (post-copy is only *started* when the completion timeout passes); virsh gets
+# the same flags, so that both runs differ only in who drives the job.
+SAME_FLAGS = (
+    *(("--auto-converge",) if MigrationPolicy().auto_converge else ()),
+    *(("--postcopy",) if MigrationPolicy().post_copy else ()),
+)
 MIB = 1024 * 1024
 VM = "bench-vm"
 SETTLE_BEATS = 15  # heartbeats (1.5 s) the guest must show on the target after a migration
@@ -86,7 +99,8 @@ class Config:
     max_downtime_ms: int | None = None  # None: NovaCron's policy default (set on virsh too)
     runs: int = 3
     virsh_timeout: float = 180.0  # seconds before a virsh run is aborted (domjobabort)
-    virsh_extra: tuple[str, ...] = ()  # extra `virsh migrate` flags
+    virsh_extra: tuple[str, ...] = ()  # extra `virsh migrate` flags, after SAME_FLAGS
+    same_flags: bool = True  # give virsh NovaCron's policy flags (False: plain pre-copy)
     virsh_variants: tuple[tuple[str, ...], ...] = ()  # more virsh runs with these flags
     nova: bool = True  # run NovaCron too
     note: str = ""
@@ -150,6 +164,7 @@ def matrix(runs: int, quick: bool) -> list[Config]:
             bandwidth=30,
             runs=1,
             virsh_timeout=60.0,
+            same_flags=False,
             virsh_variants=(("--postcopy", "--postcopy-after-precopy"),),
             note="dirties faster than the cap: plain pre-copy never converges",
         )
@@ -327,6 +342,9 @@ def migrate_nova(bench: Bench, config: Config, source: LabHost, target: LabHost)
 def migrate_virsh(
     bench: Bench, config: Config, source: LabHost, target: LabHost, extra: Sequence[str]
 ) -> dict[str, Any]:
+    # Start, as NovaCron does, once both agents have taken in the last move (untimed).
+    if not agents_agree(bench, source):
+        return {"ok": False, "note": "agents never agreed the VM runs on the source"}
     virsh(source, "migrate-setmaxdowntime", VM, str(config.downtime_ms))
     cmd = [
         *VIRSH,
@@ -395,7 +413,9 @@ def one_migration(bench: Bench, config: Config, method: str, run: int) -> dict[s
     if method == "novacron":
         row = migrate_nova(bench, config, source, target)
     else:
-        extra = config.virsh_extra if method == "virsh" else tuple(method.split()[1:])
+        variant = config.virsh_extra if method == "virsh" else tuple(method.split()[1:])
+        same = SAME_FLAGS if config.same_flags else ()
+        extra = same + tuple(flag for flag in variant if flag not in same)
         row = migrate_virsh(bench, config, source, target, extra)
     landed = target if row["ok"] else source
     if row["ok"]:
@@ -499,8 +519,43 @@ def summary(results: list[dict[str, Any]], configs: list[Config]) -> list[dict[s
                 row["ratio_agent"] = round(nova["agent_elapsed_s"] / raw["wall_s"], 3)
         if nova.get("job_ms") and raw.get("job_ms"):
             row["ratio_job"] = round(nova["job_ms"] / raw["job_ms"], 3)
+        mine = [r for r in results if r["config"] == config.name]
+        for key, numerator in (("paired_agent", "agent_elapsed_s"), ("paired_wall", "wall_s")):
+            paired = paired_ratios(mine, numerator)
+            if paired:
+                row[key] = ratio_summary(paired)
         rows.append(row)
     return rows
+
+
+def paired_ratios(runs: list[dict[str, Any]], numerator: str) -> list[float]:
+    """Per run index: NovaCron's `numerator` over virsh's wall time of the same run.
+
+    The two methods of one run follow each other within seconds, so a ratio
+    of the pair cancels most of what the shared machine does to both.
+    """
+    by_run: dict[int, dict[str, dict[str, Any]]] = {}
+    for row in runs:
+        if row.get("ok") and row["method"] in ("novacron", "virsh"):
+            by_run.setdefault(row["run"], {})[row["method"]] = row
+    ratios = []
+    for pair in by_run.values():
+        nova, raw = pair.get("novacron", {}), pair.get("virsh", {})
+        if isinstance(nova.get(numerator), int | float) and raw.get("wall_s"):
+            ratios.append(nova[numerator] / raw["wall_s"])
+    return ratios
+
+
+def ratio_summary(ratios: list[float], resamples: int = 4000) -> dict[str, Any]:
+    """Median and mean of paired ratios, with a 95% bootstrap interval of the mean."""
+    rng = random.Random(0)  # the interval is the same for the same runs
+    means = sorted(statistics.fmean(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return {
+        "n": len(ratios),
+        "median": round(statistics.median(ratios), 3),
+        "mean": round(statistics.fmean(ratios), 3),
+        "mean_ci95": [round(means[int(q * resamples)], 3) for q in (0.025, 0.975)],
+    }
 
 
 def config_settings(config: Config) -> dict[str, Any]:
@@ -512,6 +567,7 @@ def config_settings(config: Config) -> dict[str, Any]:
         "max_downtime_ms": config.downtime_ms,
         "max_downtime_source": "override" if config.max_downtime_ms else "policy default",
         "virsh_timeout_s": config.virsh_timeout,
+        "virsh_flags": [*(SAME_FLAGS if config.same_flags else ()), *config.virsh_extra],
         "note": config.note,
     }
 
@@ -616,7 +672,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if "ratio_wall" in row:
             print(
                 f"{'':<28} NovaCron/virsh: wall {row['ratio_wall']},"
-                f" agent {row.get('ratio_agent')}, job {row.get('ratio_job')}"
+                f" agent {row.get('ratio_agent')}, job {row.get('ratio_job')};"
+                f" paired agent {row.get('paired_agent')}, paired wall {row.get('paired_wall')}"
             )
 
 
