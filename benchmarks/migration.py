@@ -54,6 +54,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from novacron.agent.config import AgentConfig
 from novacron.agent.core.migration_policy import MigrationPolicy
 from novacron.agent.hypervisor import DEFAULT_CONSOLE_DIR
 from novacron.agent.migrator import PEER_URI
@@ -632,7 +633,8 @@ def main() -> None:
     print(json.dumps(result["machine"]))
     guest = guest_mod.build()
     with tempfile.TemporaryDirectory(prefix="novacron-bench-") as tmp, Lab("migbench", 2) as lab:
-        agents = LabAgents(lab, seeds=True, inventory_interval=1.0)
+        # The agent as shipped: its default inventory interval (libvirt events do the rest).
+        agents = LabAgents(lab, seeds=True, inventory_interval=AgentConfig().inventory_interval)
         agents.start_all()
         bench = Bench(lab, agents, guest, Path(tmp))
         try:
