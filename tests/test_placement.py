@@ -39,11 +39,28 @@ def choose(records: list[NodeRecord], demand: Demand = SMALL, *dead: str) -> Pla
     return choose_target(by_id, members(*dead), "h1", demand, MigrationLimits(), 4.0)
 
 
-def test_the_host_with_most_free_memory_wins() -> None:
+def test_among_equally_loaded_hosts_the_one_with_most_free_memory_wins() -> None:
     placement = choose(
         [record("h1", 8 * GIB), record("h2", 8 * GIB, 4096), record("h3", 8 * GIB, 1024)]
     )
     assert (placement.target, placement.reason) == ("h3", "")
+
+
+def test_the_least_utilized_host_wins_over_the_one_with_most_free_memory() -> None:
+    """A drained host's VMs go where they lower the imbalance; memory only breaks ties."""
+    busy = NodeRecord(
+        "h2",
+        1,
+        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
+        vms=(VmSummary("hot", vcpus=2, memory_mib=1024, cpu_load=2.0),),
+    )
+    calm = NodeRecord(
+        "h3",
+        1,
+        capacity=Resources(vcpus=4, memory_mib=8 * GIB),
+        vms=(VmSummary("idle", vcpus=2, memory_mib=4096, cpu_load=0.2),),
+    )
+    assert choose([record("h1", GIB), busy, calm]).target == "h3"
 
 
 def test_ties_go_to_the_lower_node_id_so_every_agent_agrees() -> None:

@@ -3,9 +3,12 @@
 A host qualifies when it is alive, not draining, not the source, receives
 fewer migrations than the per-host limit (as its record publishes), and its
 free capacity (capacity minus its VMs, vCPUs overcommitted by the configured
-ratio) holds the VM. Of those, the one with the most free memory wins, ties
-broken by fewest inbound migrations and then by node id, so every agent
-given the same view picks the same host and the choice is reproducible.
+ratio) holds the VM. Of those, the least utilized (CPU in use over cores)
+wins: a drained host's VMs then land where they lower the imbalance instead
+of piling onto whichever host has room (memory says nothing about load).
+Ties go to the most free memory, then the fewest inbound migrations, then
+the node id, so every agent given the same view picks the same host and the
+choice is reproducible.
 A host already running a VM of the same anti-affinity group never qualifies.
 
 When nothing qualifies, the answer says why for each host, so an operator
@@ -49,7 +52,7 @@ def choose_target(
 ) -> Placement:
     """The best host for a VM needing `demand` that now runs on `source` (and belongs to
     anti-affinity group `anti_affinity`, if not "")."""
-    candidates: list[tuple[float, int, str]] = []
+    candidates: list[tuple[float, float, int, str]] = []
     refusals: list[str] = []
     for node_id, record in sorted(records.items()):
         if node_id == source:
@@ -60,12 +63,18 @@ def choose_target(
             continue
         free = free_capacity(record, [], overcommit).memory_mib
         inbound = published_count(record, INBOUND_LABEL)
-        candidates.append((-free, inbound, node_id))
+        candidates.append((utilization(record), -free, inbound, node_id))
     if candidates:
-        return Placement(min(candidates)[2])
+        return Placement(min(candidates)[3])
     if not refusals:
         return Placement(None, "no other host in the mesh")
     return Placement(None, "no host can take it: " + "; ".join(refusals))
+
+
+def utilization(record: NodeRecord) -> float:
+    """CPU in use over cores (0 for a host that reports no cores)."""
+    cores = record.capacity.vcpus
+    return sum(vm.cpu_load for vm in record.vms) / cores if cores > 0 else 0.0
 
 
 def _unfit(

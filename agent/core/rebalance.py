@@ -44,7 +44,7 @@ from novacron.protocol.messages import NodeRecord, VmSummary
 
 from .migration_cost import migration_cost
 from .migration_policy import INBOUND_LABEL, published_count
-from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, room_refusal
+from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, room_refusal, utilization
 from .reservations import Demand
 
 __all__ = [
@@ -103,12 +103,6 @@ class Decision:
     reason: str
     utilization: float  # this host's
     mean: float  # the cluster's, over alive hosts that take VMs
-
-
-def utilization(record: NodeRecord) -> float:
-    """CPU in use over cores (0 for a host that reports no cores)."""
-    cores = record.capacity.vcpus
-    return sum(vm.cpu_load for vm in record.vms) / cores if cores > 0 else 0.0
 
 
 def plan(

@@ -74,7 +74,7 @@ def place(
     overcommit: float,
     anti_affinity: str = "",
 ) -> str | None:
-    """The drain loop's target (`placement.choose_target`, most free memory) or None."""
+    """The drain loop's target (`placement.choose_target`, least utilized that fits) or None."""
 
     def member(node_id: str) -> MemberInfo | None:
         if node_id not in alive:
