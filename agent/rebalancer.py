@@ -1,11 +1,16 @@
 """Automatic rebalancing on one host: runs the planner, starts its moves, explains them.
 
-Every `interval` seconds the agent asks `core/rebalance.plan` what this host
-should do, from its own gossiped view, and starts the move it gets (purpose
-"rebalance") through the migrator, which applies every limit and reservation
-as for a manual migration. The planner's cooldown needs to know which VMs
-moved lately: a VM's last move is the end of the committed migration that
-brought it here (or took it from here), from the migration core's history.
+Every `interval` seconds the agent asks `core/rebalance.plan_round` what this
+host should do, from its own gossiped view, and starts the moves it gets
+(purpose "rebalance") through the migrator, which applies every limit and
+reservation as for a manual migration. It also plans as soon as one of its
+outbound migrations has ended and its record shows the VM gone: a hot host
+with more to shed would otherwise leave the freed slot idle until the next
+tick, up to an interval per move.
+
+The planner's cooldown needs to know which VMs moved lately: a VM's last
+move is the end of the committed migration that brought it here (or took it
+from here), from the migration core's history.
 
 Pause and resume are mesh-wide: the setting travels as a label in every
 host's record, `novacron/rebalance` = "paused@<unix time>" or
@@ -39,6 +44,7 @@ SETTING_LABEL = "novacron/rebalance"
 """Record label carrying the mesh-wide setting: "active@<unix time>" or "paused@<unix time>"."""
 
 INTERVAL = 5.0  # seconds between planning rounds
+POLL = 0.25  # seconds between looks for a freed outbound slot
 HISTORY = 50  # moves kept for `nova rebalance status`
 
 
@@ -82,6 +88,8 @@ class Rebalancer:
         self.last: Decision | None = None  # the latest round's decision
         self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self._task: asyncio.Task[None] | None = None
+        self._outbound_after = 0  # outbound migrations running after the last round
+        self._vms_after: frozenset[str] = frozenset()  # this host's VMs as its record then said
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -144,10 +152,33 @@ class Rebalancer:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self._wait()
             await self.adopt_mesh_setting()
             if self.enabled and not self.paused:
                 await self.round()
+            else:
+                self._note_slots()
+
+    async def _wait(self) -> None:
+        """Until the next round: `interval` seconds, or less once a slot has freed."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.interval
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(POLL, left))
+            if self.slot_freed():
+                return
+
+    def slot_freed(self) -> bool:
+        """Whether to plan now: an outbound migration ended since the last round, and this
+        host's record no longer lists the same VMs (planning on a record that still lists
+        the VM that left would count its load here and move too much)."""
+        if self._migrator.core.outbound() >= self._outbound_after:
+            return False
+        return self._own_vms() != self._vms_after
+
+    def _own_vms(self) -> frozenset[str]:
+        own = self._membership().records().get(self._migrator.node_id)
+        return frozenset(vm.name for vm in own.vms) if own is not None else frozenset()
 
     async def round(self) -> None:
         """One planning round: decide, and start every move the free slots allow."""
@@ -176,6 +207,11 @@ class Rebalancer:
             )
             fields = {"vm": move.vm, "to": move.target, "why": move.reason}
             log.info("rebalance move", extra={"fields": fields})
+        self._note_slots()
+
+    def _note_slots(self) -> None:
+        self._outbound_after = self._migrator.core.outbound()
+        self._vms_after = self._own_vms()
 
     def _decide(self, rng: random.Random) -> tuple[list[Move], Decision]:
         core = self._membership()

@@ -49,6 +49,12 @@ class Mesh:
     def records(self) -> Mapping[str, NodeRecord]:
         return self._records
 
+    def gone(self, node_id: str, vm: str) -> None:
+        """The host's record no longer lists `vm` (its inventory saw it leave)."""
+        record = self._records[node_id]
+        vms = tuple(v for v in record.vms if v.name != vm)
+        self._records[node_id] = NodeRecord(node_id, 2, capacity=record.capacity, vms=vms)
+
     def label(self, node_id: str, value: str) -> None:
         record = self._records[node_id]
         self._records[node_id] = NodeRecord(
@@ -122,4 +128,24 @@ async def test_pause_is_mesh_wide_and_the_newest_setting_wins() -> None:
     assert newest_setting(mesh.records(), rebalancer.setting) == "active@1700000001.000"
     await rebalancer.adopt_mesh_setting()
     assert not rebalancer.paused and published[-1] == "active@1700000001.000"
+    await migrator.close()
+
+
+async def test_a_freed_slot_triggers_the_next_round_once_the_record_shows_the_vm_gone() -> None:
+    """A hot host plans again when a move ends, not a whole interval later, but not on a
+    record that still lists the VM that left (its load would count twice)."""
+    mesh, rebalancer, _, _, migrator = setup()
+    assert not rebalancer.slot_freed()  # no round yet
+    await rebalancer.round()
+    assert migrator.core.outbound() == 2 and not rebalancer.slot_freed()
+
+    first = rebalancer.moves[-1]
+    await migrator.cancel(first["migration_id"])  # one of the two moves ends
+    assert migrator.core.outbound() == 1
+    assert not rebalancer.slot_freed()  # the record still lists the same VMs
+
+    mesh.gone("h1", first["vm"])
+    assert rebalancer.slot_freed()
+    await rebalancer.round()
+    assert not rebalancer.slot_freed()  # noted again after the round
     await migrator.close()
