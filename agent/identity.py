@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import Certificate, verify_certificate
 from novacron.protocol.errors import IdentityError
-from novacron.protocol.keys import NodeKey
+from novacron.protocol.keys import Ed25519PublicKey, NodeKey
 from novacron.protocol.revocation import RevocationList, verify_revocation_list
 
 

@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from novacron.protocol import z85
 from novacron.protocol.certificates import (
     Certificate,
@@ -44,7 +42,7 @@ from novacron.protocol.errors import (
     IdentityError,
     MalformedCertificate,
 )
-from novacron.protocol.keys import RAW_KEY_SIZE, key_id
+from novacron.protocol.keys import RAW_KEY_SIZE, Ed25519PublicKey, key_id
 from novacron.protocol.revocation import RevocationList, verify_revocation_list
 
 MAX_REMEMBERED_REFUSALS = 4096  # refused keys kept for precise reasons; oldest forgotten

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from . import codec
 from .errors import (
     BadCertificateSignature,
@@ -30,7 +28,14 @@ from .errors import (
     MalformedCertificate,
     ProtocolError,
 )
-from .keys import RAW_KEY_SIZE, curve_z85, key_id, signature_valid
+from .keys import (
+    RAW_KEY_SIZE,
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+    curve_z85,
+    key_id,
+    signature_valid,
+)
 from .sealed import seal, unseal
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Files that hold identity material: private keys, the CA's public key, certificates.
 
-Private keys are PEM (PKCS#8, readable by `openssl pkey`) in files of mode
-0600; they are refused if group or other users could read them. Every file is
+Private keys are PEM (PKCS#8, readable by `openssl pkey`; see `pem`) in files
+of mode 0600; they are refused if group or other users could read them. Every file is
 written atomically (temporary file in the same directory, created 0600 with
 O_EXCL, fsync, rename), so a crash leaves the old file or the new one, never
 half of one, and a secret is never readable by others even for an instant.
@@ -21,13 +21,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
+from . import pem
 from .errors import IdentityFileError, KeyFileTooOpen
-from .keys import NodeKey
+from .keys import Ed25519PrivateKey, Ed25519PublicKey, NodeKey, X25519PrivateKey
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -76,18 +72,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def write_ca_key(path: Path | str, key: Ed25519PrivateKey) -> None:
     """Write the CA's private key, mode 0600."""
     header = b"# NovaCron cluster CA private key (Ed25519). Keep secret: mode 0600.\n"
-    write_atomic(path, header + _pem(key), PRIVATE_MODE)
+    write_atomic(path, header + pem.private_pem(key), PRIVATE_MODE)
 
 
 def write_node_key(path: Path | str, node_key: NodeKey, node_id: str) -> None:
@@ -96,15 +84,16 @@ def write_node_key(path: Path | str, node_key: NodeKey, node_id: str) -> None:
         f"# NovaCron node key for {node_id}: Ed25519 (signing), then X25519 (CurveZMQ).\n"
         "# Keep secret: mode 0600.\n"
     ).encode()
-    write_atomic(path, header + _pem(node_key.signing) + _pem(node_key.curve), PRIVATE_MODE)
+    write_atomic(
+        path,
+        header + pem.private_pem(node_key.signing) + pem.private_pem(node_key.curve),
+        PRIVATE_MODE,
+    )
 
 
 def write_ca_public(path: Path | str, public: Ed25519PublicKey) -> None:
     """Write the CA's public key (PEM SubjectPublicKeyInfo), mode 0644: nodes need it."""
-    pem = public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    write_atomic(path, pem, PUBLIC_MODE)
+    write_atomic(path, pem.public_pem(public), PUBLIC_MODE)
 
 
 def write_armored(path: Path | str, label: str, data: bytes) -> None:
@@ -170,13 +159,13 @@ def check_private_mode(path: Path | str, mode: int) -> None:
         )
 
 
-def _private_keys(path: Path | str, what: str) -> list[object]:
+def _private_keys(path: Path | str, what: str) -> list[pem.PrivateKey]:
     data = read_file(path, what, private=True)
-    keys: list[object] = []
+    keys: list[pem.PrivateKey] = []
     for block in _PEM_PRIVATE.findall(data):
         try:
-            keys.append(serialization.load_pem_private_key(block, password=None))
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            keys.append(pem.private_from_pem(block))
+        except pem.KeyFormatError as exc:
             raise IdentityFileError(f"{what} {path} is corrupt: {exc}") from None
     return keys
 
@@ -207,8 +196,8 @@ def load_ca_public(path: Path | str) -> Ed25519PublicKey:
     """Load the CA public key written by `write_ca_public`."""
     data = read_file(path, "CA public key")
     try:
-        public = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        public = pem.public_from_pem(data)
+    except pem.KeyFormatError as exc:
         raise IdentityFileError(f"CA public key {path} is corrupt: {exc}") from None
     if not isinstance(public, Ed25519PublicKey):
         raise IdentityFileError(f"CA public key {path} is not an Ed25519 key")

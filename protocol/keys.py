@@ -1,36 +1,185 @@
 """Node and CA keys: Ed25519 for signatures, X25519 (Curve25519) for CurveZMQ.
 
-Keys travel in certificates as 32 raw bytes; this module converts between raw
-bytes and `cryptography` key objects, and names a signing key by a short,
-stable key id so a certificate can say which CA issued it.
+Keys travel in certificates as 32 raw bytes. The four key classes here are
+thin, immutable wrappers around libsodium (through PyNaCl's low-level
+bindings) with the small part of the `cryptography` key API this project
+uses (`generate`, `from_private_bytes`, `public_key`, `sign`, `verify`, ...),
+so a signature made here is byte for byte the one `cryptography` or OpenSSL
+makes (Ed25519 is deterministic). This module also names a signing key by a
+short, stable key id so a certificate can say which CA issued it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from . import z85
 
-RAW_KEY_SIZE = 32  # bytes, for Ed25519 and X25519 public and private keys
-SIGNATURE_SIZE = 64  # bytes, Ed25519
+RAW_KEY_SIZE: Final = 32  # bytes, for Ed25519 and X25519 public and private keys
+SIGNATURE_SIZE: Final = 64  # bytes, Ed25519
 
-_RAW = serialization.Encoding.Raw
+
+class InvalidSignature(Exception):
+    """An Ed25519 signature does not verify (what `Ed25519PublicKey.verify` raises)."""
+
+
+def _bytes(data: bytes, what: str) -> bytes:
+    """`data` (any bytes-like object) as bytes; TypeError for anything else."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} must be bytes, not {type(data).__name__}")
+    return bytes(data)
+
+
+def _raw(data: bytes, what: str) -> bytes:
+    """`data` as exactly 32 immutable bytes, or TypeError/ValueError naming `what`."""
+    raw = _bytes(data, what)
+    if len(raw) != RAW_KEY_SIZE:
+        raise ValueError(f"{what} is {RAW_KEY_SIZE} bytes long, got {len(raw)}")
+    return raw
+
+
+class Ed25519PublicKey:
+    """An Ed25519 public key: verifies signatures. Equal keys compare equal."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = _raw(raw, "an Ed25519 public key")
+
+    @classmethod
+    def from_public_bytes(cls, data: bytes) -> Ed25519PublicKey:
+        """The key whose 32 raw bytes are `data`; ValueError if it has another length."""
+        return cls(data)
+
+    def public_bytes_raw(self) -> bytes:
+        return self._raw
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Return if `signature` is this key's signature over exactly `data`, else raise
+        `InvalidSignature` (also for a signature of the wrong length)."""
+        signature = _bytes(signature, "a signature")
+        if len(signature) != SIGNATURE_SIZE:
+            raise InvalidSignature(f"an Ed25519 signature is {SIGNATURE_SIZE} bytes")
+        try:
+            sodium.crypto_sign_open(signature + _bytes(data, "signed data"), self._raw)
+        except BadSignatureError:
+            raise InvalidSignature("signature does not verify") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ed25519PublicKey):
+            return NotImplemented
+        return self._raw == other._raw
+
+    def __hash__(self) -> int:
+        return hash((Ed25519PublicKey, self._raw))
+
+    def __repr__(self) -> str:
+        return f"<Ed25519PublicKey {key_id(self)}>"
+
+
+class Ed25519PrivateKey:
+    """An Ed25519 private key (its 32-byte seed): signs. Compares by identity."""
+
+    __slots__ = ("_public", "_secret", "_seed")
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = _raw(seed, "an Ed25519 private key")
+        public, self._secret = sodium.crypto_sign_seed_keypair(self._seed)  # 64-byte expanded
+        self._public = Ed25519PublicKey(public)
+
+    @classmethod
+    def generate(cls) -> Ed25519PrivateKey:
+        """A fresh key from the operating system's CSPRNG."""
+        return cls(os.urandom(RAW_KEY_SIZE))
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> Ed25519PrivateKey:
+        """The key whose 32-byte seed (RFC 8032 "private key") is `data`."""
+        return cls(data)
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._public
+
+    def private_bytes_raw(self) -> bytes:
+        return self._seed
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte Ed25519 signature over `data` (deterministic, RFC 8032)."""
+        return sodium.crypto_sign(_bytes(data, "data to sign"), self._secret)[:SIGNATURE_SIZE]
+
+    def __repr__(self) -> str:
+        return f"<Ed25519PrivateKey {key_id(self._public)}>"  # never the secret
+
+
+class X25519PublicKey:
+    """An X25519 (Curve25519) public key: a node's CurveZMQ identity."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = _raw(raw, "an X25519 public key")
+
+    @classmethod
+    def from_public_bytes(cls, data: bytes) -> X25519PublicKey:
+        return cls(data)
+
+    def public_bytes_raw(self) -> bytes:
+        return self._raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, X25519PublicKey):
+            return NotImplemented
+        return self._raw == other._raw
+
+    def __hash__(self) -> int:
+        return hash((X25519PublicKey, self._raw))
+
+    def __repr__(self) -> str:
+        return f"<X25519PublicKey {z85.encode(self._raw)}>"
+
+
+class X25519PrivateKey:
+    """An X25519 private key, kept as its 32 raw bytes exactly as given (unclamped)."""
+
+    __slots__ = ("_public", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = _raw(raw, "an X25519 private key")
+        self._public = X25519PublicKey(sodium.crypto_scalarmult_base(self._raw))
+
+    @classmethod
+    def generate(cls) -> X25519PrivateKey:
+        """A fresh key from the operating system's CSPRNG."""
+        return cls(os.urandom(RAW_KEY_SIZE))
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> X25519PrivateKey:
+        return cls(data)
+
+    def public_key(self) -> X25519PublicKey:
+        return self._public
+
+    def private_bytes_raw(self) -> bytes:
+        return self._raw
+
+    def __repr__(self) -> str:
+        return f"<X25519PrivateKey {z85.encode(self._public.public_bytes_raw())}>"
 
 
 def public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     """The 32 raw bytes of a public key, as certificates carry it."""
-    return key.public_bytes(_RAW, serialization.PublicFormat.Raw)
+    return key.public_bytes_raw()
 
 
 def private_bytes(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
     """The 32 raw bytes of a private key (CurveZMQ wants the X25519 secret this way)."""
-    return key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return key.private_bytes_raw()
 
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:

@@ -7,12 +7,10 @@ check that the decoded record agrees with the envelope it arrived in.
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from . import codec
 from .certificates import Certificate
 from .errors import BadRecordSignature, MalformedRecord, ProtocolError, RecordSignerMismatch
-from .keys import NodeKey, signature_valid
+from .keys import Ed25519PrivateKey, Ed25519PublicKey, NodeKey, signature_valid
 from .messages import NodeRecord, SignedRecord
 
 

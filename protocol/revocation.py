@@ -12,11 +12,9 @@ import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from . import codec
 from .errors import InvalidRevocationList, ProtocolError
-from .keys import key_id, signature_valid
+from .keys import Ed25519PrivateKey, Ed25519PublicKey, key_id, signature_valid
 from .sealed import seal, unseal
 
 if TYPE_CHECKING:

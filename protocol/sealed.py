@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from . import codec
 from .errors import IdentityError, ProtocolError
+from .keys import Ed25519PrivateKey
 
 
 @dataclass(frozen=True, slots=True)

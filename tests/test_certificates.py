@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from novacron.protocol import codec, z85
 from novacron.protocol.certificates import (
@@ -26,7 +25,7 @@ from novacron.protocol.errors import (
     InvalidRevocationList,
     MalformedCertificate,
 )
-from novacron.protocol.keys import NodeKey, key_id, private_bytes
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey, key_id, private_bytes
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
 from novacron.protocol.sealed import seal
 

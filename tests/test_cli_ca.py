@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from novacron.agent.cli import main
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import issue_certificate, verify_certificate
-from novacron.protocol.keys import NodeKey, key_id
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey, key_id
 from novacron.protocol.revocation import verify_revocation_list
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +13,7 @@ from novacron.protocol import codec
 from novacron.protocol import messages as m
 from novacron.protocol.certificates import issue_certificate, verify_certificate
 from novacron.protocol.errors import IdentityError, ProtocolError
-from novacron.protocol.keys import NodeKey
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
 from novacron.protocol.records import sign_record, verify_record
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
 

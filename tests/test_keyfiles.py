@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from novacron.protocol import keyfiles
 from novacron.protocol.errors import IdentityError, IdentityFileError, KeyFileTooOpen
-from novacron.protocol.keys import NodeKey, private_bytes, public_bytes
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey, private_bytes, public_bytes
 
 
 def mode(path: Path) -> int:

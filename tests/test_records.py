@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from novacron.protocol import codec
 from novacron.protocol import messages as m
@@ -17,7 +16,7 @@ from novacron.protocol.errors import (
     ProtocolError,
     RecordSignerMismatch,
 )
-from novacron.protocol.keys import NodeKey
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
 from novacron.protocol.records import sign_record, verify_record
 
 RECORD = m.NodeRecord(

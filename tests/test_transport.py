@@ -16,14 +16,13 @@ from typing import TypeVar
 import pytest
 import zmq
 import zmq.asyncio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from novacron.agent.security import PeerRefused, Refusal, TrustStore
 from novacron.agent.transport import AddressInUse, Transport, raw_curve_key
 from novacron.protocol import codec, z85
 from novacron.protocol.certificates import Certificate, issue_certificate
 from novacron.protocol.codec import Limits
-from novacron.protocol.keys import NodeKey, key_id
+from novacron.protocol.keys import Ed25519PrivateKey, NodeKey, key_id
 from novacron.protocol.messages import Ack, Alive, Ping
 from novacron.protocol.revocation import sign_revocation_list
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import (
     MAX_SERIAL,
@@ -24,7 +22,7 @@ from novacron.protocol.certificates import (
     verify_certificate,
 )
 from novacron.protocol.errors import IdentityError
-from novacron.protocol.keys import NodeKey, key_id
+from novacron.protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, NodeKey, key_id
 from novacron.protocol.revocation import (
     RevocationList,
     sign_revocation_list,

@@ -1,8 +1,8 @@
 """The `nova ca` command line: its parser, with the work in `ca.py` loaded on use.
 
-`ca.py` needs the cryptography stack, about a tenth of a second to import;
-every `nova` invocation builds the whole parser, so this module defers that
-import to the moment a `nova ca` command actually runs.
+`ca.py` needs the signing library (PyNaCl, which loads libsodium) and the
+certificate code; every `nova` invocation builds the whole parser, so this
+module defers that import to the moment a `nova ca` command actually runs.
 """
 
 from __future__ import annotations
