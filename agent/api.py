@@ -1,22 +1,26 @@
-"""The agent's local control API: HTTP over a root-only unix socket (aiohttp).
+"""The agent's local control API: HTTP over a root-only unix socket.
 
 `nova` on the same host talks to it. Read-only views of the agent's state,
 plus the controls: VM lifecycle (create, start, stop, delete), migrations
-(start, cancel) and drain; every answer is JSON, errors
-included (`{"error": "..."}` with a 4xx code).
+(start, cancel), drain and rebalancing; every answer is JSON, errors
+included (`{"error": "..."}` with a 4xx or 5xx code).
 The socket is created with mode 0600 so that only root can drive the agent.
+The routes and handlers are here; the HTTP plumbing (asyncio and h11, no web
+framework: the agent's memory matters more than a framework's features) is
+in `httpd`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
+from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
@@ -95,207 +99,180 @@ class RebalanceControl(Protocol):
     async def resume(self) -> dict[str, Any]: ...
 
 
-VIEW_KEY = web.AppKey("view", AgentView)
-CONTROL_KEY = web.AppKey("migrations", MigrationControl)
-VMS_KEY = web.AppKey("vms", VmLifecycle)
-DRAIN_KEY = web.AppKey("drain", DrainControl)
-REBALANCE_KEY = web.AppKey("rebalance", RebalanceControl)
-
-
-def build_app(
+def build_router(
     view: AgentView,
     migrations: MigrationControl | None = None,
     vms: VmLifecycle | None = None,
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
-) -> web.Application:
-    """The aiohttp application serving `view` (and the controls given) under /v1."""
-    app = web.Application(middlewares=[_json_errors])
-    app[VIEW_KEY] = view
+) -> Router:
+    """The routes serving `view` (and the controls given) under /v1."""
+    router = Router()
     if vms is not None:
-        app[VMS_KEY] = vms
-        app.router.add_post(f"/{API_VERSION}/vms", _create)
-        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/start", _start)
-        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/stop", _stop)
-        app.router.add_delete(f"/{API_VERSION}/vms/{{name}}", _delete)
+        _vm_routes(router, vms)
     if drain is not None:
-        app[DRAIN_KEY] = drain
-        app.router.add_get(f"/{API_VERSION}/drain", _drain_status)
-        app.router.add_post(f"/{API_VERSION}/drain", _drain)
-        app.router.add_post(f"/{API_VERSION}/undrain", _undrain)
+        _drain_routes(router, drain)
     if rebalance is not None:
-        app[REBALANCE_KEY] = rebalance
-        app.router.add_get(f"/{API_VERSION}/rebalance", _rebalance_status)
-        app.router.add_get(f"/{API_VERSION}/rebalance/plan", _rebalance_plan)
-        app.router.add_post(f"/{API_VERSION}/rebalance/pause", _rebalance_pause)
-        app.router.add_post(f"/{API_VERSION}/rebalance/resume", _rebalance_resume)
+        _rebalance_routes(router, rebalance)
     if migrations is not None:
-        app[CONTROL_KEY] = migrations
-        app.router.add_post(f"/{API_VERSION}/vms/{{name}}/migrate", _migrate)
-        app.router.add_get(f"/{API_VERSION}/migrations", _migrations)
-        app.router.add_get(f"/{API_VERSION}/migrations/{{migration_id}}", _migration)
-        app.router.add_post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", _cancel)
-    app.router.add_get(f"/{API_VERSION}/status", _status)
-    app.router.add_get(f"/{API_VERSION}/members", _members)
-    app.router.add_get(f"/{API_VERSION}/hosts/self", _host)
-    app.router.add_get(f"/{API_VERSION}/hosts/{{node_id}}", _host)
-    app.router.add_get(f"/{API_VERSION}/vms", _vms)
-    return app
+        _migration_routes(router, migrations)
+    _view_routes(router, view)
+    return router
 
 
-async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[VIEW_KEY].status())
+def _view_routes(router: Router, view: AgentView) -> None:
+    async def status(request: Request) -> Response:
+        return json_response(view.status())
+
+    async def members(request: Request) -> Response:
+        return json_response({"members": view.members()})
+
+    async def host(request: Request) -> Response:
+        node_id = request.params.get("node_id")
+        found = view.host(node_id)
+        if found is None:
+            raise HttpError(404, f"no host {node_id!r} in this agent's view of the mesh")
+        return json_response(found)
+
+    async def vms(request: Request) -> Response:
+        return json_response({"vms": view.vms()})
+
+    router.get(f"/{API_VERSION}/status", status)
+    router.get(f"/{API_VERSION}/members", members)
+    router.get(f"/{API_VERSION}/hosts/self", host)
+    router.get(f"/{API_VERSION}/hosts/{{node_id}}", host)
+    router.get(f"/{API_VERSION}/vms", vms)
 
 
-async def _members(request: web.Request) -> web.Response:
-    return web.json_response({"members": request.app[VIEW_KEY].members()})
+def _vm_routes(router: Router, vms: VmLifecycle) -> None:
+    async def create(request: Request) -> Response:
+        return await _controlled(vms.create(_body(request)), status=201)
+
+    async def start(request: Request) -> Response:
+        return await _controlled(vms.start(request.params["name"]))
+
+    async def stop(request: Request) -> Response:
+        return await _controlled(vms.stop(request.params["name"], _body(request)))
+
+    async def delete(request: Request) -> Response:
+        force = request.query.get("force", "") in ("1", "true", "yes")
+        return await _controlled(vms.delete(request.params["name"], {"force": force}))
+
+    router.post(f"/{API_VERSION}/vms", create)
+    router.post(f"/{API_VERSION}/vms/{{name}}/start", start)
+    router.post(f"/{API_VERSION}/vms/{{name}}/stop", stop)
+    router.delete(f"/{API_VERSION}/vms/{{name}}", delete)
 
 
-async def _host(request: web.Request) -> web.Response:
-    node_id = request.match_info.get("node_id")
-    host = request.app[VIEW_KEY].host(node_id)
-    if host is None:
-        raise web.HTTPNotFound(reason=f"no host {node_id!r} in this agent's view of the mesh")
-    return web.json_response(host)
+def _drain_routes(router: Router, drain: DrainControl) -> None:
+    async def status(request: Request) -> Response:
+        return json_response(drain.status())
+
+    async def start(request: Request) -> Response:
+        return await _controlled(drain.drain(), status=202)
+
+    async def stop(request: Request) -> Response:
+        return await _controlled(drain.undrain())
+
+    router.get(f"/{API_VERSION}/drain", status)
+    router.post(f"/{API_VERSION}/drain", start)
+    router.post(f"/{API_VERSION}/undrain", stop)
 
 
-async def _vms(request: web.Request) -> web.Response:
-    return web.json_response({"vms": request.app[VIEW_KEY].vms()})
+def _rebalance_routes(router: Router, rebalance: RebalanceControl) -> None:
+    async def status(request: Request) -> Response:
+        return json_response(rebalance.status())
+
+    async def plan(request: Request) -> Response:
+        return json_response(rebalance.preview())
+
+    async def pause(request: Request) -> Response:
+        return await _controlled(rebalance.pause())
+
+    async def resume(request: Request) -> Response:
+        return await _controlled(rebalance.resume())
+
+    router.get(f"/{API_VERSION}/rebalance", status)
+    router.get(f"/{API_VERSION}/rebalance/plan", plan)
+    router.post(f"/{API_VERSION}/rebalance/pause", pause)
+    router.post(f"/{API_VERSION}/rebalance/resume", resume)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+def _migration_routes(router: Router, control: MigrationControl) -> None:
+    async def migrate(request: Request) -> Response:
+        body = _body(request)
+        vm = request.params["name"]
+        try:
+            migration_id = await control.migrate(vm, body)
+        except Refusal as exc:
+            raise _http_error(exc) from None
+        row = control.migration(migration_id) or {}
+        answer = {"migration_id": migration_id, "vm": vm, "to": row.get("target")}
+        return json_response(answer, status=202)
+
+    async def listing(request: Request) -> Response:
+        return json_response({"migrations": control.migrations()})
+
+    async def one(request: Request) -> Response:
+        """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
+        most `MAX_WAIT`), so a waiting client learns of the end at once instead of polling."""
+        migration_id = request.params["migration_id"]
+        try:
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
+        except ValueError:
+            raise HttpError(400, "wait must be a number of seconds") from None
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            found = control.migration(migration_id)
+            if found is None:
+                raise HttpError(404, f"no migration {migration_id!r} on this host")
+            if found["outcome"] or asyncio.get_running_loop().time() >= deadline:
+                return json_response({"migration": found})
+            await asyncio.sleep(WAIT_STEP)
+
+    async def cancel(request: Request) -> Response:
+        migration_id = request.params["migration_id"]
+        try:
+            await control.cancel(migration_id)
+        except Refusal as exc:
+            raise _http_error(exc) from None
+        return json_response({"migration_id": migration_id, "cancelling": True}, status=202)
+
+    router.post(f"/{API_VERSION}/vms/{{name}}/migrate", migrate)
+    router.get(f"/{API_VERSION}/migrations", listing)
+    router.get(f"/{API_VERSION}/migrations/{{migration_id}}", one)
+    router.post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", cancel)
+
+
+def _body(request: Request) -> dict[str, Any]:
     """The request's JSON object ({} when there is no body), or 400 saying what is wrong."""
-    if not request.can_read_body:
+    if not request.body:
         return {}
     try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(reason="the request body is not JSON") from None
+        body = json.loads(request.body.decode("utf-8"))
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise HttpError(400, "the request body is not JSON") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(reason="the request body must be a JSON object")
+        raise HttpError(400, "the request body must be a JSON object")
     return body
 
 
-async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> web.Response:
+async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Response:
     """Run a control's call; its answer as JSON, or its refusal as the HTTP error."""
     try:
         answer = await call
     except Refusal as exc:
         raise _http_error(exc) from None
-    return web.json_response(answer, status=status)
+    return json_response(answer, status=status)
 
 
-async def _create(request: web.Request) -> web.Response:
-    return await _controlled(request.app[VMS_KEY].create(await _body(request)), status=201)
+_REFUSAL_CODES = frozenset({404, 409, 503})
 
 
-async def _start(request: web.Request) -> web.Response:
-    return await _controlled(request.app[VMS_KEY].start(request.match_info["name"]))
-
-
-async def _stop(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    return await _controlled(request.app[VMS_KEY].stop(name, await _body(request)))
-
-
-async def _delete(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    force = request.query.get("force", "") in ("1", "true", "yes")
-    return await _controlled(request.app[VMS_KEY].delete(name, {"force": force}))
-
-
-async def _drain_status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DRAIN_KEY].status())
-
-
-async def _drain(request: web.Request) -> web.Response:
-    return await _controlled(request.app[DRAIN_KEY].drain(), status=202)
-
-
-async def _undrain(request: web.Request) -> web.Response:
-    return await _controlled(request.app[DRAIN_KEY].undrain())
-
-
-async def _rebalance_status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[REBALANCE_KEY].status())
-
-
-async def _rebalance_plan(request: web.Request) -> web.Response:
-    return web.json_response(request.app[REBALANCE_KEY].preview())
-
-
-async def _rebalance_pause(request: web.Request) -> web.Response:
-    return await _controlled(request.app[REBALANCE_KEY].pause())
-
-
-async def _rebalance_resume(request: web.Request) -> web.Response:
-    return await _controlled(request.app[REBALANCE_KEY].resume())
-
-
-async def _migrate(request: web.Request) -> web.Response:
-    body = await _body(request)
-    vm = request.match_info["name"]
-    try:
-        migration_id = await request.app[CONTROL_KEY].migrate(vm, body)
-    except Refusal as exc:
-        raise _http_error(exc) from None
-    row = request.app[CONTROL_KEY].migration(migration_id) or {}
-    answer = {"migration_id": migration_id, "vm": vm, "to": row.get("target")}
-    return web.json_response(answer, status=202)
-
-
-async def _migrations(request: web.Request) -> web.Response:
-    return web.json_response({"migrations": request.app[CONTROL_KEY].migrations()})
-
-
-async def _migration(request: web.Request) -> web.Response:
-    """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
-    most `MAX_WAIT`), so a waiting client learns of the end at once instead of polling."""
-    migration_id = request.match_info["migration_id"]
-    control = request.app[CONTROL_KEY]
-    try:
-        wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
-    except ValueError:
-        raise web.HTTPBadRequest(reason="wait must be a number of seconds") from None
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        found = control.migration(migration_id)
-        if found is None:
-            raise web.HTTPNotFound(reason=f"no migration {migration_id!r} on this host")
-        if found["outcome"] or asyncio.get_running_loop().time() >= deadline:
-            return web.json_response({"migration": found})
-        await asyncio.sleep(WAIT_STEP)
-
-
-async def _cancel(request: web.Request) -> web.Response:
-    migration_id = request.match_info["migration_id"]
-    try:
-        await request.app[CONTROL_KEY].cancel(migration_id)
-    except Refusal as exc:
-        raise _http_error(exc) from None
-    return web.json_response({"migration_id": migration_id, "cancelling": True}, status=202)
-
-
-_ERRORS: dict[int, type[web.HTTPError]] = {
-    404: web.HTTPNotFound,
-    409: web.HTTPConflict,
-    503: web.HTTPServiceUnavailable,
-}
-
-
-def _http_error(refusal: Refusal) -> web.HTTPError:
-    """The HTTP error for a control's refusal (400 for anything not listed)."""
-    return _ERRORS.get(refusal.status, web.HTTPBadRequest)(reason=str(refusal))
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error is JSON too, so scripts never have to parse HTML."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:
-        return web.json_response({"error": exc.reason}, status=exc.status)
+def _http_error(refusal: Refusal) -> HttpError:
+    """The HTTP error for a control's refusal (400 for any code not listed)."""
+    status = refusal.status if refusal.status in _REFUSAL_CODES else 400
+    return HttpError(status, str(refusal))
 
 
 class ApiServer:
@@ -310,24 +287,22 @@ class ApiServer:
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
     ) -> None:
-        app = build_app(view, migrations, vms, drain, rebalance)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._http = HttpServer(build_router(view, migrations, vms, drain, rebalance))
         self.socket_path = Path(socket_path)
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a crashed agent
-        await self._runner.setup()
         # umask while binding, so the socket is never briefly group/world-accessible
         old_umask = os.umask(0o177)
         try:
-            await web.UnixSite(self._runner, str(self.socket_path)).start()
+            await self._http.start_unix(str(self.socket_path))
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        await self._http.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from novacron.agent.api import Refusal, build_app
+from novacron.agent.api import ApiServer, Refusal
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_policy import MigrationPolicy
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
@@ -36,6 +36,7 @@ from novacron.protocol.messages import (
     Resources,
     VmSummary,
 )
+from tests.test_api_http import call
 
 # --- libvirt arguments ----------------------------------------------------------------
 
@@ -229,32 +230,48 @@ class NoView:
         return []
 
 
-async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals() -> None:
+async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals(
+    tmp_path: Path,
+) -> None:
     driver = migrator([])
-    async with TestClient(TestServer(build_app(NoView(), driver))) as http:
-        refused = await http.post("/v1/vms/ghost/migrate", json={"to": "h2"})
-        assert refused.status == 404
-        assert "unknown VM" in (await refused.json())["error"]
-        bad = await http.post("/v1/vms/vm1/migrate", data=b"not json")
-        assert bad.status == 400
-        started = await http.post("/v1/vms/vm1/migrate", json={"to": "h2"})
-        assert started.status == 202
-        migration_id = (await started.json())["migration_id"]
-        listing = await (await http.get("/v1/migrations")).json()
+    server = ApiServer(NoView(), str(tmp_path / "api.sock"), migrations=driver)
+    await server.start()
+    sock = str(server.socket_path)
+    try:
+        status, refused = await call(sock, "POST", "/v1/vms/ghost/migrate", json={"to": "h2"})
+        assert status == 404
+        assert "unknown VM" in refused["error"]
+        status, bad = await call(sock, "POST", "/v1/vms/vm1/migrate", data=b"not json")
+        assert (status, bad) == (400, {"error": "the request body is not JSON"})
+        status, started = await call(sock, "POST", "/v1/vms/vm1/migrate", json={"to": "h2"})
+        assert status == 202
+        migration_id = started["migration_id"]
+        assert started == {"migration_id": migration_id, "vm": "vm1", "to": "h2"}
+        _, listing = await call(sock, "GET", "/v1/migrations")
         assert [m["migration_id"] for m in listing["migrations"]] == [migration_id]
-        one = await http.get(f"/v1/migrations/{migration_id}")
-        assert (await one.json())["migration"]["phase"] == "proposed"
-        held = await http.get(f"/v1/migrations/{migration_id}?wait=0.05")  # not ended: held
-        assert (await held.json())["migration"]["outcome"] == ""
-        assert (await http.get(f"/v1/migrations/{migration_id}?wait=soon")).status == 400
-        assert (await http.post(f"/v1/migrations/{migration_id}/cancel")).status == 202
-        again = await http.post(f"/v1/migrations/{migration_id}/cancel")
-        assert again.status == 409
-        ended = await http.get(f"/v1/migrations/{migration_id}?wait=10")  # ended: at once
-        assert (await ended.json())["migration"]["outcome"] == "aborted"
-        assert (await http.get("/v1/migrations/nope")).status == 404
-        assert (await http.post("/v1/migrations/nope/cancel")).status == 404
-    await driver.close()
+        _, one = await call(sock, "GET", f"/v1/migrations/{migration_id}")
+        assert one["migration"]["phase"] == "proposed"
+        _, held = await call(sock, "GET", f"/v1/migrations/{migration_id}?wait=0.05")
+        assert held["migration"]["outcome"] == ""  # not ended: held, then answered
+        assert (await call(sock, "GET", f"/v1/migrations/{migration_id}?wait=soon")) == (
+            400,
+            {"error": "wait must be a number of seconds"},
+        )
+        assert (await call(sock, "POST", f"/v1/migrations/{migration_id}/cancel")) == (
+            202,
+            {"migration_id": migration_id, "cancelling": True},
+        )
+        assert (await call(sock, "POST", f"/v1/migrations/{migration_id}/cancel"))[0] == 409
+        _, ended = await call(sock, "GET", f"/v1/migrations/{migration_id}?wait=10")
+        assert ended["migration"]["outcome"] == "aborted"  # ended: answered at once
+        assert (await call(sock, "GET", "/v1/migrations/nope")) == (
+            404,
+            {"error": "no migration 'nope' on this host"},
+        )
+        assert (await call(sock, "POST", "/v1/migrations/nope/cancel"))[0] == 404
+    finally:
+        await server.close()
+        await driver.close()
 
 
 def test_progress_line_shows_what_the_operator_watches() -> None:

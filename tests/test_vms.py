@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from novacron.agent.api import Refusal, build_app
+from novacron.agent.api import ApiServer, Refusal
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vms import VmControl, spec_from_body
+from tests.test_api_http import call
 from tests.test_migrator import NoView
 
 
@@ -38,7 +38,8 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Host]]:
+async def api(tmp_path: Path) -> AsyncIterator[tuple[str, Host]]:
+    """(the API's socket, the host's settable state): the real server on a unix socket."""
     host = Host()
     hypervisor = Hypervisor(
         "test:///default", domain_type="qemu", disk_dir=tmp_path / "disks", console_dir=tmp_path
@@ -50,19 +51,14 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Host]
         migrating=lambda name: name in host.migrating,
         free_memory_mib=lambda: host.free_mib,
     )
-    async with TestClient(TestServer(build_app(NoView(), vms=vms))) as http:
-        yield http, host
+    server = ApiServer(NoView(), str(tmp_path / "api.sock"), vms=vms)
+    await server.start()
+    yield str(server.socket_path), host
+    await server.close()
     await hypervisor.close()
 
 
-async def call(http: TestClient[Any, Any], method: str, path: str, **kw: Any) -> tuple[int, Any]:
-    response = await http.request(method, path, **kw)
-    return response.status, await response.json()
-
-
-async def test_create_start_stop_delete(
-    api: tuple[TestClient[Any, Any], Host], files: dict[str, str]
-) -> None:
+async def test_create_start_stop_delete(api: tuple[str, Host], files: dict[str, str]) -> None:
     http, _ = api
     body = {"name": "vm1", "vcpus": 1, "memory_mib": 128, **files, "labels": {"team": "edge"}}
     status, created = await call(http, "POST", "/v1/vms", json=body)
@@ -96,9 +92,7 @@ async def test_create_start_stop_delete(
     assert (await call(http, "DELETE", "/v1/vms/vm2?force=1"))[0] == 200
 
 
-async def test_refusals_change_nothing(
-    api: tuple[TestClient[Any, Any], Host], files: dict[str, str]
-) -> None:
+async def test_refusals_change_nothing(api: tuple[str, Host], files: dict[str, str]) -> None:
     http, host = api
     body = {"name": "vm3", "vcpus": 1, "memory_mib": 128, **files, "start": True}
     host.draining = True
@@ -152,7 +146,7 @@ def test_bad_create_requests_say_what_is_wrong(body: dict[str, Any], error: str)
 
 
 async def test_a_create_with_missing_files_is_refused(
-    api: tuple[TestClient[Any, Any], Host],
+    api: tuple[str, Host],
 ) -> None:
     http, _ = api
     body = {"name": "vm4", "vcpus": 1, "memory_mib": 128, "kernel": "/nonexistent/vmlinuz"}
