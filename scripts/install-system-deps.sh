@@ -18,6 +18,7 @@ libvirt-dev
 qemu-system-x86
 qemu-utils
 busybox-static
+openssl
 "
 
 missing=""

@@ -48,8 +48,7 @@ FILE_FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-OPENSSL = shutil.which("openssl")
-needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl command")
+OPENSSL = shutil.which("openssl")  # scripts/install-system-deps.sh installs it
 
 # --- RFC 8032 section 7.1 test vectors (secret seed, public key, message, signature) ---
 
@@ -247,8 +246,7 @@ def test_our_files_load_in_cryptography(tmp_path: Path) -> None:
 
 def test_curve_keys_agree_with_libzmq() -> None:
     """libzmq derives the public half from our Z85 secret exactly as libsodium did here."""
-    if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
+    assert zmq.has("curve"), "this pyzmq's libzmq has no CURVE: the agent cannot run on it"
     for _ in range(10):
         node = NodeKey.generate()
         secret = node.curve_secret_z85().encode()
@@ -259,13 +257,12 @@ def test_curve_keys_agree_with_libzmq() -> None:
 
 
 def openssl(*args: str, data: bytes | None = None) -> bytes:
-    assert OPENSSL is not None
+    assert OPENSSL is not None, "no openssl command (scripts/install-system-deps.sh installs it)"
     return subprocess.run(
         [OPENSSL, *args], input=data, capture_output=True, check=True, timeout=60
     ).stdout
 
 
-@needs_openssl
 def test_openssl_keys_load_in_ours(tmp_path: Path) -> None:
     ed = openssl("genpkey", "-algorithm", "ed25519")
     x = openssl("genpkey", "-algorithm", "x25519")
@@ -280,7 +277,6 @@ def test_openssl_keys_load_in_ours(tmp_path: Path) -> None:
     assert pem.public_from_der(x_public_der) == node.curve.public_key()
 
 
-@needs_openssl
 def test_our_keys_load_in_openssl(tmp_path: Path) -> None:
     ca = Ed25519PrivateKey.generate()
     keyfiles.write_ca_key(tmp_path / "ca.key", ca)
@@ -296,7 +292,6 @@ def test_our_keys_load_in_openssl(tmp_path: Path) -> None:
     )
 
 
-@needs_openssl
 def test_openssl_signature_verifies_in_ours_and_ours_in_openssl(tmp_path: Path) -> None:
     ca = Ed25519PrivateKey.generate()
     keyfiles.write_ca_key(tmp_path / "ca.key", ca)
@@ -315,7 +310,6 @@ def test_openssl_signature_verifies_in_ours_and_ours_in_openssl(tmp_path: Path) 
     assert b"Signature Verified Successfully" in out
 
 
-@needs_openssl
 @pytest.mark.parametrize("algorithm", ["ed448", "x448", "EC"])
 def test_keys_of_other_algorithms_are_clear_errors(tmp_path: Path, algorithm: str) -> None:
     options = ["-pkeyopt", "ec_paramgen_curve:P-256"] if algorithm == "EC" else []
@@ -328,7 +322,6 @@ def test_keys_of_other_algorithms_are_clear_errors(tmp_path: Path, algorithm: st
         keyfiles.load_ca_public(tmp_path / "ca.pub")
 
 
-@needs_openssl
 def test_encrypted_key_is_a_clear_error(tmp_path: Path) -> None:
     key = openssl("genpkey", "-algorithm", "ed25519", "-aes-256-cbc", "-pass", "pass:secret")
     assert b"ENCRYPTED PRIVATE KEY" in key
