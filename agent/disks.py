@@ -10,7 +10,8 @@ every host keeps at the same path), of the same virtual size. A disk whose
 base is unknown is copied whole instead, into a plain image of its size.
 
 After a successful move the source's copies are deleted (libvirt leaves
-them behind when it undefines the source domain).
+them behind when it undefines the source domain); after a failed one, the
+copies prepared on the target, unless the VM is there after all.
 
 The target's directory becomes a transient libvirt `dir` storage pool when
 it is not one already: that is how libvirt creates files on another host.
@@ -143,6 +144,36 @@ def remove_source_copies(disks: list[LocalDisk]) -> None:
             )
             continue
         log.info("removed the source copy of a moved disk", extra={"fields": {"path": disk.path}})
+
+
+def remove_target_copies(conn: Any, vm: str, disks: list[LocalDisk]) -> None:
+    """Delete the images `prepare_on_target` made behind `conn`, after a failed job (blocking).
+
+    Left alone when the target has a domain called `vm` (the VM may be there,
+    on these very images) or when its libvirtd cannot tell.
+    """
+    try:
+        conn.lookupByName(vm)
+        return  # the VM is there: these are its disks
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            log.warning("target copies kept", extra={"fields": {"vm": vm, "why": str(exc)}})
+            return
+    for disk in disks:
+        try:
+            pool = conn.storagePoolLookupByTargetPath(os.path.dirname(disk.path))
+            pool.refresh(0)
+            pool.storageVolLookupByName(os.path.basename(disk.path)).delete(0)
+        except libvirt.libvirtError as exc:
+            log.warning(
+                "cannot remove the target's copy of a disk",
+                extra={"fields": {"path": disk.path, "why": str(exc)}},
+            )
+            continue
+        log.info(
+            "removed the target's copy of a disk after a failed migration",
+            extra={"fields": {"vm": vm, "path": disk.path}},
+        )
 
 
 def _pool_for(conn: Any, directory: str) -> Any:

@@ -66,6 +66,7 @@ from .disks import (
     local_disks,
     prepare_on_target,
     remove_source_copies,
+    remove_target_copies,
 )
 from .hypervisor import job_stats
 from .journal import JournalEntry, MigrationJournal
@@ -335,7 +336,8 @@ class Migrator:
         closing them can wait for a last job-statistics call to return, and the
         commit must not (it cost ~0.2 s per migration when it did).
         """
-        ok, reason, disks = False, "", []
+        ok, reason = False, ""
+        prepared: list[LocalDisk] = []  # disks created on the target, filled by _run_job
         conn = None
         poller: asyncio.Future[None] | None = None
         try:
@@ -344,7 +346,7 @@ class Migrator:
             poller = asyncio.ensure_future(self._poll(action.migration_id, action.vm))
             if self._journal is not None:
                 self._journal.record(JournalEntry(action.vm, action.migration_id, action.target))
-            disks = await self._blocking(self._run_job, dom, action)
+            await self._blocking(self._run_job, dom, action, prepared)
             ok = True
         except Exception as exc:  # any failure is the job's failure: reconcile decides
             reason = str(exc) or type(exc).__name__
@@ -357,34 +359,57 @@ class Migrator:
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock())
         )
-        await self._clean_up(poller, conn, disks)
+        await self._clean_up(poller, conn)
+        if prepared and ok:
+            await self._blocking(remove_source_copies, prepared)
+        elif prepared:
+            uri = self._peer_uri(action.target, action.target_uri)
+            await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
 
-    async def _clean_up(
-        self, poller: asyncio.Future[None] | None, conn: Any, disks: list[LocalDisk]
-    ) -> None:
-        """After a job: stop its sampler, close its connection, drop moved disks' copies."""
+    async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
+        """After a job: stop its sampler, close its connection."""
         if poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 await self._blocking(conn.close)
-        if disks:
-            await self._blocking(remove_source_copies, disks)
 
-    def _run_job(self, dom: Any, action: StartLibvirtMigration) -> list[LocalDisk]:
-        """The blocking `migrateToURI3` call (a worker thread); the local disks it copied."""
+    def _run_job(self, dom: Any, action: StartLibvirtMigration, prepared: list[LocalDisk]) -> None:
+        """The blocking `migrateToURI3` call (a worker thread); the local disks it copies are
+        added to `prepared` once their images exist on the target."""
         target_uri = self._peer_uri(action.target, action.target_uri)
         disks = local_disks(dom.XMLDesc(0))
         if disks:
             self._prepare_disks(dom, disks, action.target, target_uri)
+            prepared.extend(disks)
         flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
         _set_max_downtime(dom, action.policy.max_downtime_ms)
         fields = {"vm": action.vm, "to": target_uri, "disks": len(disks)}
         log.info("libvirt migration starting", extra={"fields": fields})
         dom.migrateToURI3(target_uri, params, flags)
-        return disks
+
+    def _remove_target_copies(self, vm: str, uri: str, disks: list[LocalDisk]) -> None:
+        """After a failed job: delete the images prepared on the target (a worker thread).
+
+        Only when the target has no domain of that name: if the VM got there after
+        all (the job failed after the switchover), the images are its disks.
+        An unreachable target keeps them until the next attempt replaces them.
+        """
+        try:
+            conn = self._opener(uri)
+        except libvirt.libvirtError as exc:
+            log.warning(
+                "cannot remove the target's copies of a failed migration's disks",
+                extra={"fields": {"vm": vm, "why": str(exc)}},
+            )
+            return
+        try:
+            remove_target_copies(conn, vm, disks)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     def _prepare_disks(self, dom: Any, disks: list[LocalDisk], target: str, uri: str) -> None:
         """Create the target's copies of `dom`'s local disks (a worker thread)."""

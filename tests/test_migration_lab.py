@@ -260,3 +260,49 @@ def test_local_disk_contents_move_with_the_guest(mesh: tuple[Lab, LabAgents], gu
     everyone_sees(agents, lab, "disk-vm", h3.name)
     code, _ = nova(h3, "vm", "delete", "disk-vm", "--force")
     assert code == 0
+
+
+def test_a_failed_local_disk_migration_leaves_no_copy_on_the_target(
+    mesh: tuple[Lab, LabAgents], guest: Guest
+) -> None:
+    """The source prepares the disk's image on the target; a migration that fails removes it."""
+    lab, agents = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    marker = f"kept-on-h1-{RUN}"
+    cmdline = guest.cmdline(disk_marker=marker, disk_check=1)
+    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", cmdline)
+    disk = ("--disk", str(guest.disk), "--start")
+    code, created = nova(h1, "vm", "create", "stay-vm", "--memory", "128", *boot, *disk)
+    assert code == 0, created
+    wait_beat_above(h1, "stay-vm", 5)
+    everyone_sees(agents, lab, "stay-vm", h1.name, timeout=30)
+    overlay = Path(DISK_DIR) / "stay-vm-vda.qcow2"
+    slow = ("--bandwidth", "1", "--no-post-copy", "--completion-timeout", "120")
+    code, started = nova(h1, "vm", "migrate", "stay-vm", "--to", h2.name, *slow)
+    assert (code, started["ok"]) == (0, True), started
+    wait_for(lambda: h2.path(overlay).exists(), bool, timeout=60, interval=0.2)
+
+    code, answer = nova(h1, "vm", "cancel", started["migration_id"])
+
+    assert code == 0, answer
+    ended = wait_for(
+        lambda: nova(h1, "migrations")[1]["migrations"],
+        lambda ms: any(m["migration_id"] == started["migration_id"] and m["outcome"] for m in ms),
+        timeout=30,
+    )
+    assert [m["outcome"] for m in ended if m["migration_id"] == started["migration_id"]] == [
+        "aborted"
+    ]
+    assert wait_for(lambda: not h2.path(overlay).exists(), bool, timeout=15), (
+        "the target kept the image prepared for the failed migration"
+    )
+    assert h1.path(overlay).exists(), "the source's own disk must stay"
+    lines = wait_for(
+        lambda: guest_mod.disk_lines(h1.path(console_log("stay-vm")).read_bytes()),
+        lambda lines: len(lines) >= 3,
+        timeout=30,
+    )
+    assert lines[-3:] == [marker] * 3
+    everyone_sees(agents, lab, "stay-vm", h1.name)
+    code, _ = nova(h1, "vm", "delete", "stay-vm", "--force")
+    assert code == 0
