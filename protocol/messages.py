@@ -237,6 +237,7 @@ class MigrationPropose:
     memory_mib: int
     disk_gib: float = 0.0
     reason: str = ""  # manual, drain, rebalance
+    anti_affinity: str = ""  # the VM's group: refused where one of it runs or is arriving
 
 
 @dataclass(frozen=True, slots=True)

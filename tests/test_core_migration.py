@@ -3,6 +3,7 @@ limits, escalation, cancel, and bad inputs. Virtual clock, no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -39,6 +40,7 @@ from novacron.agent.core.migration_policy import (
     MigrationLimits,
     MigrationPolicy,
 )
+from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
     MemberState,
@@ -49,6 +51,7 @@ from novacron.protocol.messages import (
     MigrationPropose,
     MigrationRefuse,
     Ping,
+    VmSummary,
 )
 from tests.test_core_migration_harness import Mesh, View, host, vm
 
@@ -322,6 +325,46 @@ def test_target_side_refusals() -> None:
     view.update("h2", draining=True)
     assert answer(propose("m5", "h4"), "h4") == "host draining: h2 takes no new VMs"
     assert core.stats.proposals_refused == 4
+
+
+def grouped(name: str, group: str) -> VmSummary:
+    return dataclasses.replace(vm(name), labels={ANTI_AFFINITY_LABEL: group})
+
+
+def test_two_sources_cannot_bring_one_anti_affinity_group_together() -> None:
+    """h1 and h3 each send a VM of group "db" to the empty h2 at once: only the first may
+    land; neither source could see the other's move, so the target is the arbiter."""
+    mesh = Mesh([host("h1", grouped("db-1", "db")), host("h3", grouped("db-2", "db")), host("h2")])
+    mesh.request("h1", "db-1", "h2")
+    mesh.request("h3", "db-2", "h2")
+    assert len(mesh.of("h1", StartLibvirtMigration)) == 1
+    (refused,) = mesh.of("h3", MigrationRefused)
+    assert (refused.by, refused.reason) == (
+        "h2",
+        "anti-affinity: db-1 of group db is already arriving here",
+    )
+    assert not mesh.core("h3").busy("db-2")
+
+
+def test_the_target_refuses_a_vm_whose_group_already_runs_there() -> None:
+    view = View([host("h2", grouped("db-1", "db")), host("h1")])
+    core = MigrationCore("h2", view=view, rng=random.Random(1))
+    arriving = MigrationPropose("m1", "db-2", "h1", "h2", 1, 1024, anti_affinity="db")
+    ((_, reply),) = core.receive("h1", arriving, 0.0).sends
+    assert isinstance(reply, MigrationRefuse)
+    assert reply.reason == "anti-affinity: a VM of group db runs on h2"
+    assert core.reservations() == []
+    other_group = dataclasses.replace(arriving, anti_affinity="web")
+    ((_, reply),) = core.receive("h1", other_group, 0.0).sends
+    assert isinstance(reply, MigrationAccept)
+
+
+def test_the_source_says_why_before_proposing_into_a_group_clash() -> None:
+    mesh = Mesh([host("h1", grouped("db-2", "db")), host("h2", grouped("db-1", "db"))])
+    mesh.request("h1", "db-2", "h2")
+    (refused,) = mesh.of("h1", MigrationRefused)
+    assert refused.reason == "anti-affinity: a VM of group db runs there"
+    assert mesh.of("h2", ReservationRefused) == []  # nothing was sent
 
 
 def test_target_without_inventory_refuses() -> None:

@@ -145,14 +145,18 @@ from .migration_policy import (
     record_labels,
     with_overrides,
 )
-from .placement import ANTI_AFFINITY_LABEL, Placement, choose_target
+from .placement import (
+    ANTI_AFFINITY_LABEL,
+    Placement,
+    anti_affinity_clash,
+    choose_target,
+    room_refusal,
+)
 from .reservations import (
     Demand,
     Reservation,
     ReservationBook,
     ReservationConfig,
-    capacity_refusal,
-    free_capacity,
 )
 
 __all__ = [
@@ -404,7 +408,7 @@ class MigrationCore:
             vm=vm,
             source=self.node_id,
             target=target,
-            demand=Demand(summary.vcpus, summary.memory_mib),
+            demand=_demand(summary),
             policy=policy,
             purpose=purpose,
             started=now,
@@ -475,9 +479,9 @@ class MigrationCore:
         ceiling = cluster_limit(limits, alive)
         if running >= ceiling:
             return f"too many migrations: {running} running in the cluster, limit {ceiling}"
-        free = free_capacity(record, [], self.config.reservations.vcpu_overcommit)
-        demand = Demand(summary.vcpus, summary.memory_mib)
-        return capacity_refusal(target, free, demand, check_disk=False)
+        overcommit = self.config.reservations.vcpu_overcommit
+        demand = _demand(summary)
+        return room_refusal(record, demand, overcommit, demand.anti_affinity)
 
     def _refuse_locally(
         self, vm: str, target: str, reason: str, out: MigrationOutput
@@ -503,6 +507,7 @@ class MigrationCore:
             memory_mib=saga.demand.memory_mib,
             disk_gib=saga.demand.disk_gib,
             reason=saga.purpose,
+            anti_affinity=saga.demand.anti_affinity,
         )
 
     def cancel(self, migration_id: str, now: float) -> MigrationOutput:
@@ -793,6 +798,7 @@ class MigrationCore:
             disk_gib=message.disk_gib,
             created=now,
             expires=now + ttl,
+            anti_affinity=message.anti_affinity,
         )
         self._book.add(held)
         out.sends.append((sender, self._accept(held)))
@@ -823,8 +829,23 @@ class MigrationCore:
         inbound = self._book.inbound()
         if inbound >= self.config.limits.max_inbound:
             return f"too many migrations: {self.node_id} already receives {inbound} inbound"
-        demand = Demand(message.vcpus, message.memory_mib, message.disk_gib)
+        clash = self._group_refusal(record, message.anti_affinity)
+        if clash is not None:
+            return clash
+        demand = Demand(message.vcpus, message.memory_mib, message.disk_gib, message.anti_affinity)
         return self._book.admit(self.node_id, record, demand, self.config.reservations)
+
+    def _group_refusal(self, record: NodeRecord | None, group: str) -> str | None:
+        """Why a VM of anti-affinity `group` may not arrive here: one of its group runs here
+        or is arriving (the sources' own checks cannot see each other's moves)."""
+        if not group:
+            return None
+        if record is not None and anti_affinity_clash(record, group):
+            return f"anti-affinity: a VM of group {group} runs on {self.node_id}"
+        other = self._book.arriving_group(group)
+        if other is not None:
+            return f"anti-affinity: {other.vm} of group {group} is already arriving here"
+        return None
 
     def _held_from(self, sender: str, migration_id: str) -> Reservation | None:
         """The reservation `migration_id` if `sender` owns it; counts why not otherwise."""
@@ -1188,3 +1209,10 @@ _HANDLERS: dict[type, Handler] = {
     MigrationCommit: MigrationCore._on_commit,
     MigrationAbort: MigrationCore._on_abort,
 }
+
+
+def _demand(summary: VmSummary) -> Demand:
+    """What `summary`'s VM asks of a target: its size and its anti-affinity group."""
+    return Demand(
+        summary.vcpus, summary.memory_mib, 0.0, summary.labels.get(ANTI_AFFINITY_LABEL, "")
+    )

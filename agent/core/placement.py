@@ -101,9 +101,12 @@ def room_refusal(
 ) -> str | None:
     """Why the VM does not fit on `record`'s host: a VM of its anti-affinity group runs
     there, or memory or vCPUs are short (None: it fits). Shared with the rebalancer."""
-    if anti_affinity and any(
-        vm.labels.get(ANTI_AFFINITY_LABEL) == anti_affinity for vm in record.vms
-    ):
+    if anti_affinity and anti_affinity_clash(record, anti_affinity):
         return f"anti-affinity: a VM of group {anti_affinity} runs there"
     free = free_capacity(record, [], overcommit)
     return capacity_refusal(record.node_id, free, demand, check_disk=False)
+
+
+def anti_affinity_clash(record: NodeRecord, group: str) -> bool:
+    """Whether a VM of anti-affinity group `group` runs on `record`'s host."""
+    return any(vm.labels.get(ANTI_AFFINITY_LABEL) == group for vm in record.vms)

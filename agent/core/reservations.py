@@ -59,6 +59,7 @@ class Reservation:
     landed: bool = False  # the commit arrived; held until our record shows the VM
     percent: float = 0.0  # last progress the source reported, for `nova migrations`
     phase: str = "reserved"  # reserved, precopy, postcopy, landed
+    anti_affinity: str = ""  # the arriving VM's anti-affinity group ("" for none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Demand:
     vcpus: int  # virtual CPUs
     memory_mib: int  # guest memory
     disk_gib: float = 0.0  # local disk to copy
+    anti_affinity: str = ""  # its anti-affinity group ("" for none)
 
 
 def free_capacity(
@@ -154,6 +156,10 @@ class ReservationBook:
             return f"not ready: {host} has no inventory yet"
         free = free_capacity(record, self, config.vcpu_overcommit)
         return capacity_refusal(host, free, demand, check_disk=record.capacity.disk_gib > 0)
+
+    def arriving_group(self, group: str) -> Reservation | None:
+        """A pending arrival of anti-affinity group `group`, if any."""
+        return next((r for r in self._by_id.values() if r.anti_affinity == group), None)
 
     def renew(self, migration_id: str, now: float, ttl: float) -> None:
         """Push the lease out: its source is alive and migrating."""
