@@ -533,8 +533,8 @@ class Strategy:
         draining = [h for h in c.hosts.values() if h.draining and not h.failed]
         if not draining:
             return
-        if not self._views:
-            self.remember(now)
+        if not self._views or self._views[-1][0] < now:
+            self.remember(now)  # strategies other than the mesh keep no views of their own
         records, alive = self.view(now)
         for host in draining:
             own = planner.Overlay(records, host.name, c.record(host.name))
@@ -638,6 +638,7 @@ class Greedy(Strategy):
 
     name = "greedy"
     candidates = 20
+    min_drop = 1e-4  # its own threshold, fixed: the planner's `min_benefit` is not its business
 
     def step(self, now: float) -> None:
         c = self.cluster
@@ -684,7 +685,7 @@ class Greedy(Strategy):
                             - (us2 - mean) ** 2
                             - (ut2 - mean) ** 2
                         )
-                        if drop > cfg.min_benefit and (best is None or drop > best[0]):
+                        if drop > self.min_drop and (best is None or drop > best[0]):
                             best = (drop, vm, dst.name)
             if best is None:
                 return
