@@ -171,3 +171,14 @@ def test_targets_are_sampled_only_among_cold_hosts_that_can_hold_a_vm() -> None:
     for seed in range(10):
         decision = decide([HOT, *full, roomy], seed=seed, sample=1)
         assert decision.move is not None and decision.move.target == "r1"
+
+
+def test_a_move_too_small_to_matter_is_not_worth_a_migration() -> None:
+    """A hot host whose big VM just arrived holds only crumbs besides: it does not send
+    them off one by one for a change nobody could measure."""
+    crumbs = host("h1", vm("big", 5.0), *(vm(f"t{i}", 0.02) for i in range(5)))  # 0.51
+    decision = decide([crumbs, COLD], moved={"big": 900.0})
+    assert decision.move is None
+    assert decision.reason.endswith("and is worth a migration")
+    worth = host("h1", vm("big", 5.0), vm("some", 0.5))
+    assert decide([worth, COLD], moved={"big": 900.0}).move.vm == "some"  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ the best benefit for its cost.
 - Cooldown: a VM that moved is not moved again within `vm_cooldown` seconds
   (at least the 10 minutes an oscillation is counted over).
 - Spreading: each decision samples `sample` cold hosts at random (power of
-  two choices), so many hot hosts deciding at once do not all pick the same
+  d choices), so many hot hosts deciding at once do not all pick the same
   coldest host; the target's reservation is the final arbiter.
 - Constraints: draining, dead and busy (inbound limit) hosts take nothing;
   memory is never overcommitted, vCPUs by `vcpu_overcommit`; two VMs of one
@@ -66,8 +66,14 @@ class RebalanceConfig:
     trigger: float = 0.15  # act when own utilization > cluster mean + trigger
     target: float = 0.05  # hysteresis: a target must end at least this far below the trigger
     vm_cooldown: float = 600.0  # seconds before a VM that moved may move again
-    sample: int = 2  # cold hosts sampled per decision (power of two choices)
-    min_benefit: float = 1e-4  # smaller variance drops are not worth a migration
+    # Cold hosts sampled per decision: 4 finds colder targets than 2 (steady imbalance
+    # 6% lower in the simulator); 16 starts to pile hot hosts onto the same few.
+    sample: int = 4
+    # Smaller drops are not worth a migration: 2e-3 is about 0.5% of a host's cores moved
+    # from a host at the trigger to one 0.05 below the mean. At 1e-4 a host left holding
+    # only small VMs moved them one by one at 0.01-0.05 cores each, a live migration
+    # apiece for nothing measurable.
+    min_benefit: float = 2e-3
     vcpu_overcommit: float = 4.0  # vCPUs promised per core (memory is never overcommitted)
     bandwidth_mib_s: float = 1024.0  # link speed assumed for the cost estimate
     cost_scale: float = 4096.0  # MiB of copying that halves a move's score
@@ -144,7 +150,10 @@ def plan(
         return none(f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room")
     best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config)
     if best is None:
-        return none(f"hot ({mine:.2f}), but no move fits capacity, affinity and hysteresis")
+        return none(
+            f"hot ({mine:.2f}), but no move fits capacity, affinity and hysteresis "
+            "and is worth a migration"
+        )
     return Decision(best, best.reason, mine, mean)
 
 
