@@ -12,7 +12,8 @@ The model (what is real and what is simplified):
   pending inbound reservations. The source must have fewer than 2 outbound,
   and the cluster fewer than max(2, ceil(25% of hosts)) running (enforced on
   the true count here; the agents estimate it from gossiped counters). The
-  target does not check anti-affinity, like `ReservationBook.admit`.
+  target refuses a VM whose anti-affinity group runs there or is arriving,
+  as the migration core's admission does (since d8dd6ac).
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
   MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
   VM's load counts on the source, then on the target.
@@ -318,6 +319,9 @@ class Cluster:
             return False
         if not self.fits(vm, dst):
             self.refuse("target capacity")
+            return False
+        if self.anti_affine_clash(vm, dst):
+            self.refuse("target anti-affinity")
             return False
         spec = self.spec(vm)
         dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
