@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from novacron.simulations.rebalance import trace_profile
@@ -143,6 +144,15 @@ def test_mesh_sheds_a_host_whose_vms_all_run_hot():
     mesh = simulate(_hotspot(0.9), "mesh")
     assert mesh["hotspot"]["resolved_at"] is not None, mesh["hotspot"]
     assert mesh["oscillations"] == 0 and mesh["violations"] == {}
+
+
+def test_mesh_hosts_plan_again_as_soon_as_a_migration_ends():
+    """Rounds 120 s apart: a host whose VMs all run hot still sheds them back to back,
+    because each migration that ends starts its next round (as the agent's rebalancer)."""
+    mesh = simulate(dataclasses.replace(_hotspot(0.9), plan_interval=120.0), "mesh")
+    assert mesh["hotspot"]["seconds"] < 120.0  # resolved before the host's next timed round
+    hot = [e for e in mesh["decision_log_head"] if e["host"] == mesh["hotspot"]["host"]]
+    assert len(hot) > 2  # more than one round's two outbound slots
 
 
 def test_mesh_drain_empties_the_host(tmp_path):
