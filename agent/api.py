@@ -2,7 +2,8 @@
 
 `nova` on the same host talks to it. Read-only views of the agent's state,
 plus the controls: VM lifecycle (create, start, stop, delete), migrations
-(start, cancel), drain and rebalancing; every answer is JSON, errors
+(start, cancel), drain (of this host, or of any host of the mesh through its
+agent) and rebalancing; every answer is JSON, errors
 included (`{"error": "..."}` with a 4xx or 5xx code).
 The socket is created with mode 0600 so that only root can drive the agent.
 The routes and handlers are here; the HTTP plumbing (asyncio and h11, no web
@@ -87,6 +88,18 @@ class DrainControl(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class HostDrainControl(Protocol):
+    """What the API needs to drain any host of the mesh (`drain.DrainRequests` fits).
+
+    `ask` and `status_of` raise `Refusal` with the reason when they cannot act
+    (unknown host 404, host not alive or refusing 409, no answer 504).
+    """
+
+    async def ask(self, node: str, drain: bool, requested_by: str = "") -> dict[str, Any]: ...
+
+    def status_of(self, node: str) -> dict[str, Any]: ...
+
+
 class RebalanceControl(Protocol):
     """What the API needs to show and steer rebalancing (`rebalancer.Rebalancer` fits)."""
 
@@ -105,6 +118,7 @@ def build_router(
     vms: VmLifecycle | None = None,
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
+    host_drain: HostDrainControl | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1."""
     router = Router()
@@ -112,6 +126,8 @@ def build_router(
         _vm_routes(router, vms)
     if drain is not None:
         _drain_routes(router, drain)
+    if host_drain is not None:
+        _host_drain_routes(router, host_drain)
     if rebalance is not None:
         _rebalance_routes(router, rebalance)
     if migrations is not None:
@@ -177,6 +193,36 @@ def _drain_routes(router: Router, drain: DrainControl) -> None:
     router.get(f"/{API_VERSION}/drain", status)
     router.post(f"/{API_VERSION}/drain", start)
     router.post(f"/{API_VERSION}/undrain", stop)
+
+
+def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
+    """Drain any host from this one: the request goes over the mesh to that host's agent."""
+
+    async def status(request: Request) -> Response:
+        try:
+            return json_response(control.status_of(request.params["node_id"]))
+        except Refusal as exc:
+            raise _http_error(exc) from None
+
+    async def start(request: Request) -> Response:
+        by = _requested_by(_body(request))
+        return await _controlled(control.ask(request.params["node_id"], True, by), status=202)
+
+    async def stop(request: Request) -> Response:
+        by = _requested_by(_body(request))
+        return await _controlled(control.ask(request.params["node_id"], False, by))
+
+    router.get(f"/{API_VERSION}/hosts/{{node_id}}/drain", status)
+    router.post(f"/{API_VERSION}/hosts/{{node_id}}/drain", start)
+    router.post(f"/{API_VERSION}/hosts/{{node_id}}/undrain", stop)
+
+
+def _requested_by(body: dict[str, Any]) -> str:
+    """Who asks, as the request names them (only logged, on the drained host)."""
+    by = body.get("requested_by", "")
+    if not isinstance(by, str):
+        raise HttpError(400, "requested_by must be a string")
+    return by
 
 
 def _rebalance_routes(router: Router, rebalance: RebalanceControl) -> None:
@@ -266,7 +312,7 @@ async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Res
     return json_response(answer, status=status)
 
 
-_REFUSAL_CODES = frozenset({404, 409, 503})
+_REFUSAL_CODES = frozenset({404, 409, 503, 504})
 
 
 def _http_error(refusal: Refusal) -> HttpError:
@@ -286,8 +332,10 @@ class ApiServer:
         vms: VmLifecycle | None = None,
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
+        host_drain: HostDrainControl | None = None,
     ) -> None:
-        self._http = HttpServer(build_router(view, migrations, vms, drain, rebalance))
+        router = build_router(view, migrations, vms, drain, rebalance, host_drain)
+        self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
 
     async def start(self) -> None:

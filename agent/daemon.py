@@ -38,7 +38,7 @@ from .core.events import Event, Output
 from .core.node import MembershipNode
 from .core.reservations import free_capacity
 from .discovery import Discovery, PeerEvent, PeerFound
-from .drain import Drain
+from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
@@ -124,6 +124,9 @@ class Agent:
             publish=self._publish_inventory,
             clock=clock,
         )
+        self.drain_requests = DrainRequests(
+            self.drain, self.node_id, lambda: self.core, send=self._send
+        )
         self.rebalancer = Rebalancer(
             self.migrator,
             lambda: self.core,
@@ -152,6 +155,7 @@ class Agent:
             vms=vms,
             drain=self.drain,
             rebalance=self.rebalancer,
+            host_drain=self.drain_requests,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -230,6 +234,7 @@ class Agent:
                 await task
         if self.discovery is not None:
             await self.discovery.close()
+        await self.drain_requests.close()
         await self.drain.close()
         await self.rebalancer.close()
         await self.migrator.close()
@@ -266,6 +271,8 @@ class Agent:
             sender, message = await self.transport.recv()
             if self.migrator.handles(message):
                 await self.migrator.receive(sender, message)
+            elif self.drain_requests.handles(message):
+                await self.drain_requests.receive(sender, message)
             else:
                 await self._dispatch(self.core.receive(sender, message, self._clock()))
             self._wake.set()

@@ -11,6 +11,13 @@ clears it (migrations already running finish).
 
 Stopped VMs are not moved (they have no memory to move live); the status
 lists them, so the operator knows what is left on the host.
+
+An operator may drain a host from any host of the mesh: `DrainRequests`
+sends a `DrainRequest` over the mesh's authenticated transport to the host
+named, whose agent starts (or ends) its own drain exactly as a local
+`nova host drain` does and answers with a `DrainAnswer`. While it runs, the
+asking host follows it in what the mesh knows: the drained host's gossiped
+record (its `draining` flag and the VMs it still runs).
 """
 
 from __future__ import annotations
@@ -18,17 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
+
 from .api import Refusal
+from .core.migration import ClusterView
+from .core.migration_policy import OUTBOUND_LABEL, published_count
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.drain")
 
 INTERVAL = 1.0  # seconds between looks at what is left to move
 RETRY_AFTER = 10.0  # seconds before a VM that could not be moved is tried again
+ANSWER_TIMEOUT = 5.0  # seconds a drain asked over the mesh waits for the host's answer
+MAX_REQUESTER = 64  # characters of a request's `requested_by` kept (it is only logged)
+
+Send = Callable[[str, Message], Awaitable[None]]
 
 
 class Drain:
@@ -164,3 +180,201 @@ def _brief(migration: dict[str, Any]) -> dict[str, Any]:
         "phase": migration["phase"],
         "percent": migration["percent"],
     }
+
+
+class DrainRequests:
+    """Drains asked across the mesh: this agent asks another host, or answers one's request.
+
+    Asking: `ask` sends a `DrainRequest` to the host named and waits up to
+    `timeout` seconds for its `DrainAnswer`; a host this agent does not know,
+    or does not see alive, is not asked at all. Answering: a request from a
+    member that names this host starts (or ends) this host's `Drain`, and is
+    logged with who asked; one that names another host is refused. `status_of`
+    shows another host's drain as the mesh knows it. For this host itself
+    every call goes straight to the local `Drain`.
+    """
+
+    def __init__(
+        self,
+        drain: Drain,
+        node_id: str,
+        mesh: Callable[[], ClusterView],
+        *,
+        send: Send,
+        timeout: float = ANSWER_TIMEOUT,
+    ) -> None:
+        self._drain = drain  # this host's drain, which requests from peers start and end
+        self.node_id = node_id
+        self._mesh = mesh  # members and their gossiped records, as this agent sees them
+        self._send = send  # hands a message to the transport
+        self._timeout = timeout
+        self._pending: dict[str, tuple[str, asyncio.Future[DrainAnswer]]] = {}  # id -> asked
+        self._lock = asyncio.Lock()  # one peer's request at a time changes the drain
+        self._tasks: set[asyncio.Task[None]] = set()  # requests being answered
+
+    # --- the daemon's side -----------------------------------------------------------
+
+    @staticmethod
+    def handles(message: Message) -> bool:
+        """Whether `message` belongs to drains asked over the mesh."""
+        return isinstance(message, DrainRequest | DrainAnswer)
+
+    async def receive(self, sender: str, message: Message) -> None:
+        """A message from `sender`, a certified member (the transport admits no one else)."""
+        if isinstance(message, DrainAnswer):
+            self._settle(sender, message)
+        elif isinstance(message, DrainRequest):
+            # In a task: starting a drain reads libvirt; the receive loop must not wait for it.
+            task = asyncio.create_task(self._answer(sender, message), name="drain-request")
+            self._tasks.add(task)
+            task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("answering a drain request failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _, future in self._pending.values():
+            future.cancel()
+
+    # --- the local API's side --------------------------------------------------------
+
+    async def ask(self, node: str, drain: bool, requested_by: str = "") -> dict[str, Any]:
+        """Start (`drain`) or end `node`'s drain; its status, or `Refusal` saying why not."""
+        if node == self.node_id:
+            return await (self._drain.drain() if drain else self._drain.undrain())
+        self._check_alive(node)
+        request_id = os.urandom(8).hex()
+        future: asyncio.Future[DrainAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (node, future)
+        request = DrainRequest(request_id, node, drain, requested_by[:MAX_REQUESTER])
+        try:
+            await self._send(node, request)
+            answer = await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            verb = "drain" if drain else "undrain"
+            raise Refusal(
+                504,
+                f"no answer from {node} within {self._timeout:g} s: its agent may be down or "
+                f"unreachable; if the request reached it, it may {verb} all the same "
+                f"(see 'nova host drain {node} --status')",
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not answer.accepted:
+            raise Refusal(409, f"{node} refused: {answer.reason}")
+        log.info(
+            "drain asked over the mesh",
+            extra={"fields": {"node": node, "drain": drain, "draining": answer.draining}},
+        )
+        return {
+            **self._seen(node),
+            "draining": answer.draining,
+            "done": answer.draining and not answer.running,
+            "running": list(answer.running),
+            "record_version": answer.record_version,
+        }
+
+    def status_of(self, node: str) -> dict[str, Any]:
+        """`node`'s drain: this host's own status, or another's as its gossiped record shows it."""
+        if node == self.node_id:
+            return self._drain.status()
+        return self._seen(node)
+
+    # --- asking --------------------------------------------------------------------
+
+    def _check_alive(self, node: str) -> None:
+        member = self._mesh().member(node)
+        if member is None:
+            raise Refusal(404, self._unknown(node))
+        if member.state != MemberState.ALIVE:
+            raise Refusal(
+                409,
+                f"host not alive: {node} is {member.state.value} in {self.node_id}'s view of the "
+                "mesh; a drain needs its agent, which moves its VMs away",
+            )
+
+    def _unknown(self, node: str) -> str:
+        return f"unknown host: {node} is not in {self.node_id}'s view of the mesh"
+
+    def _seen(self, node: str) -> dict[str, Any]:
+        """`node`'s drain as its gossiped record shows it (the same keys as `Drain.status`,
+        but for what only the drained host knows: what it is moving and why VMs wait)."""
+        mesh = self._mesh()
+        member = mesh.member(node)
+        record = mesh.records().get(node)
+        if member is None and record is None:
+            raise Refusal(404, self._unknown(node))
+        vms = {vm.name: vm.state for vm in record.vms} if record is not None else {}
+        running = sorted(name for name, state in vms.items() if state == "running")
+        draining = record.draining if record is not None else False
+        return {
+            "node_id": node,
+            "remote": True,  # seen through the mesh, from `seen_from`
+            "seen_from": self.node_id,
+            "state": member.state.value if member is not None else None,
+            "draining": draining,
+            "done": draining and not running,
+            "running": running,
+            "not_moved": {n: s for n, s in sorted(vms.items()) if s != "running"},
+            "migrations_out": published_count(record, OUTBOUND_LABEL),
+            "record_version": record.version if record is not None else 0,
+        }
+
+    def _settle(self, sender: str, answer: DrainAnswer) -> None:
+        pending = self._pending.get(answer.request_id)
+        if pending is None or pending[0] != sender or pending[1].done():
+            log.info(
+                "drain answer not awaited; ignored",
+                extra={"fields": {"from": sender, "id": answer.request_id[:32]}},
+            )
+            return
+        pending[1].set_result(answer)
+
+    # --- answering -----------------------------------------------------------------
+
+    async def _answer(self, sender: str, request: DrainRequest) -> None:
+        fields = {
+            "from": sender,
+            "by": request.requested_by[:MAX_REQUESTER],
+            "node": request.node[:MAX_REQUESTER],
+            "drain": request.drain,
+        }
+        why = self._refusal(sender, request)
+        if why:
+            log.warning("drain request refused", extra={"fields": {**fields, "why": why}})
+            await self._send(sender, DrainAnswer(request.request_id, accepted=False, reason=why))
+            return
+        log.info("drain requested over the mesh", extra={"fields": fields})
+        try:
+            async with self._lock:
+                status = await (self._drain.drain() if request.drain else self._drain.undrain())
+        except OSError as exc:  # the flag file could not be written or removed
+            why = f"{self.node_id} could not change its drain flag: {exc}"
+            log.error("drain request failed", extra={"fields": {**fields, "why": why}})
+            await self._send(sender, DrainAnswer(request.request_id, accepted=False, reason=why))
+            return
+        own = self._mesh().records().get(self.node_id)
+        answer = DrainAnswer(
+            request.request_id,
+            accepted=True,
+            draining=status["draining"],
+            running=tuple(status["running"]),
+            record_version=own.version if own is not None else 0,
+        )
+        await self._send(sender, answer)
+
+    def _refusal(self, sender: str, request: DrainRequest) -> str:
+        """Why this host will not act on `request` ("" if it will)."""
+        if request.node != self.node_id:
+            return f"this is {self.node_id}, not {request.node[:MAX_REQUESTER]}"
+        member = self._mesh().member(sender)
+        if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
+            return f"{sender} is not a member in {self.node_id}'s view of the mesh"
+        return ""

@@ -291,6 +291,37 @@ class MigrationAbort:
     reason: str
 
 
+# --- drain -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    """An operator on another host asks `node` to start (`drain`) or end its drain.
+
+    The drained host's own agent carries the drain out, as a local `nova host
+    drain` would; it refuses a request that names another node than itself.
+    """
+
+    TYPE: ClassVar[str] = "drain-request"
+    request_id: str
+    node: str  # the host to drain: must be the receiver
+    drain: bool  # True: start draining; False: take new VMs again
+    requested_by: str = ""  # the operator, as the asking host names them (for the log)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainAnswer:
+    """The asked host's answer to a `DrainRequest` with the same `request_id`."""
+
+    TYPE: ClassVar[str] = "drain-answer"
+    request_id: str
+    accepted: bool
+    reason: str = ""  # why not, when refused
+    draining: bool = False  # the host's flag after the request
+    running: tuple[str, ...] = ()  # VMs still running there
+    record_version: int = 0  # its record's version carrying that flag (gossip catches up)
+
+
 Message = Union[  # noqa: UP007
     Alive,
     Suspect,
@@ -309,6 +340,8 @@ Message = Union[  # noqa: UP007
     MigrationProgress,
     MigrationCommit,
     MigrationAbort,
+    DrainRequest,
+    DrainAnswer,
 ]
 
 GOSSIP_TYPES: tuple[type, ...] = (Alive, Suspect, Dead, Leave, RecordUpdate)
@@ -333,5 +366,7 @@ CATALOGUE: dict[str, type] = {
         MigrationProgress,
         MigrationCommit,
         MigrationAbort,
+        DrainRequest,
+        DrainAnswer,
     )
 }

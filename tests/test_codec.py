@@ -57,6 +57,8 @@ EXAMPLES: list[m.Message] = [
     m.MigrationProgress("mig-1", percent=42.0, data_remaining=1 << 20, bandwidth=3e7, iteration=3),
     m.MigrationCommit("mig-1"),
     m.MigrationAbort("mig-1", reason="cancelled by operator"),
+    m.DrainRequest("req-1", node="edge-2", drain=True, requested_by="alice"),
+    m.DrainAnswer("req-1", accepted=True, draining=True, running=("web", "db"), record_version=12),
 ]
 
 
@@ -197,3 +199,60 @@ def test_every_error_is_a_protocol_error() -> None:
 def test_decoding_does_not_accept_non_bytes() -> None:
     with pytest.raises(MalformedFrame, match="must be bytes"):
         codec.decode("a string")  # type: ignore[arg-type]
+
+
+def test_drain_messages_keep_their_optional_fields_optional() -> None:
+    request = _frame(1, "drain-request", "edge-1", {"request_id": "r", "node": "b", "drain": False})
+    assert codec.decode(request).message == m.DrainRequest("r", "b", False, requested_by="")
+    answer = _frame(1, "drain-answer", "edge-2", {"request_id": "r", "accepted": False})
+    assert codec.decode(answer).message == m.DrainAnswer("r", accepted=False)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "payload", "error", "text"),
+    [
+        ("drain-request", {"request_id": "r", "node": "b"}, InvalidField, "field 'drain'"),
+        (
+            "drain-request",
+            {"request_id": "r", "node": "b", "drain": 1},
+            InvalidField,
+            r"drain-request\.drain: expected a boolean, got int",
+        ),
+        (
+            "drain-request",
+            {"request_id": "r", "node": None, "drain": True},
+            InvalidField,
+            r"drain-request\.node: expected a string, got nil",
+        ),
+        (
+            "drain-request",
+            {"request_id": "r", "node": "b", "drain": True, "requested_by": "x" * 20_000},
+            LimitExceeded,
+            "exceeds max_str_len",
+        ),
+        ("drain-answer", {"accepted": True}, InvalidField, "field 'request_id'"),
+        (
+            "drain-answer",
+            {"request_id": "r", "accepted": True, "running": ["web", 3]},
+            InvalidField,
+            r"drain-answer\.running\[1\]: expected a string, got int",
+        ),
+        (
+            "drain-answer",
+            {"request_id": "r", "accepted": True, "record_version": 1.5},
+            InvalidField,
+            r"drain-answer\.record_version: expected an integer, got float",
+        ),
+        (
+            "drain-answer",
+            {"request_id": "r", "accepted": True, "later": _deep(40)},
+            LimitExceeded,
+            "nested too deep",
+        ),
+    ],
+)
+def test_malformed_drain_messages_are_named_protocol_errors(
+    type_name: str, payload: dict[str, object], error: type, text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        codec.decode(_frame(1, type_name, "edge-1", payload))
