@@ -4,8 +4,9 @@ One asyncio loop. The membership core decides; this module only carries:
 frames from the ZeroMQ transport into `core.receive`, the clock into
 `core.tick` when `core.next_deadline()` comes, inventory changes into
 `core.update_record`, mDNS adverts and static seeds into introductions and
-`core.join`, and the core's sends back out through the transport. The local
-API reads the core through `MeshView`.
+`core.join`, and the core's sends back out through the transport. Migration
+messages go to the `Migrator`, drain requests and answers to `DrainRequests`.
+The local API reads the core through `MeshView`.
 """
 
 from __future__ import annotations
