@@ -1,0 +1,115 @@
+"""Draining a host from another host of the mesh, in the lab: `nova host drain h2` on h1.
+
+Three lab hosts with their own libvirtd and agents; a real TCG test guest
+runs on h2, whose heartbeat on the serial console proves it kept running
+through the move. The operator is logged into h1 only: the request crosses
+the mesh to h2's agent, which moves its own VMs away.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+
+from novacron.simulations.guest import Guest
+from novacron.simulations.lab import Lab, LabHost
+from novacron.simulations.lab.agents import LabAgents, wait_for
+from tests.lab_vms import (
+    MEMORY_MIB,
+    everyone_sees,
+    migrations,
+    nova,
+    running_mesh,
+    running_on,
+    wait_beat_above,
+)
+
+if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+
+RUN = f"dr{os.getpid() % 100000}"
+VM = "far-vm"
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+    with running_mesh(RUN, (VM,)) as mesh:
+        yield mesh
+
+
+def draining(observer: LabHost, node: str) -> bool:
+    """Whether `observer`'s agent sees `node` draining (`nova host show NODE`)."""
+    host = nova(observer, "host", "show", node)[1].get("host") or {}
+    return bool((host.get("record") or {}).get("draining"))
+
+
+def test_a_host_is_drained_and_undrained_from_another_host(
+    mesh: tuple[Lab, LabAgents], guest: Guest
+) -> None:
+    lab, agents = mesh
+    h1, h2, _ = lab.hosts
+    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd))
+    code, created = nova(
+        h2, "vm", "create", VM, "--memory", str(MEMORY_MIB), *boot,
+        "--cmdline", guest.cmdline(), "--start",
+    )  # fmt: skip
+    assert (code, created["host"]) == (0, "h2"), created
+    before = wait_beat_above(h2, VM, 5)[-1]
+    everyone_sees(agents, lab, VM, "h2", timeout=30)
+
+    code, answer = nova(h1, "host", "drain", "h2", "--wait", "--json", timeout=300)
+
+    assert code == 0, answer
+    drain = answer["drain"]
+    assert (drain["node_id"], drain["draining"], drain["done"], drain["running"]) == (
+        "h2",
+        True,
+        True,
+        [],
+    )
+    (host,) = running_on(lab, VM)
+    assert host in ("h1", "h3")
+    after = wait_beat_above(lab.host(host), VM, before)
+    assert after[0] > before, "the guest rebooted"
+    assert after == list(range(after[0], after[0] + len(after))), "the heartbeat was reset"
+    everyone_sees(agents, lab, VM, host)
+    for observer in lab.hosts:
+        wait_for(partial(draining, observer, "h2"), bool, 15, 0.5)
+    # h2 moved it itself, as a drain, and logged who asked.
+    moves = [m for m in migrations(h2) if m["vm"] == VM and m["direction"] == "outbound"]
+    assert ("drain", host, "committed") in [
+        (m["purpose"], m["target"], m["outcome"]) for m in moves
+    ]
+    asked = [line for line in agents.log(h2).splitlines() if "drain requested over the" in line]
+    assert len(asked) == 1 and "from=h1" in asked[0] and "drain=True" in asked[0], asked
+    code, refused = nova(lab.host(host), "vm", "migrate", VM, "--to", "h2")
+    assert (code, refused["error"]) == (1, "host draining: h2 takes no new VMs")
+
+    code, undrained = nova(h1, "host", "undrain", "h2")
+
+    assert (code, undrained["drain"]["node_id"], undrained["drain"]["draining"]) == (
+        0,
+        "h2",
+        False,
+    ), undrained
+    for observer in lab.hosts:
+        wait_for(partial(draining, observer, "h2"), lambda d: not d, 15, 0.5)
+    code, status = nova(h1, "host", "drain", "h2", "--status")
+    assert (code, status["drain"]["draining"], status["drain"]["seen_from"]) == (0, False, "h1")
+
+
+def test_a_remote_drain_of_an_unknown_host_fails_cleanly(mesh: tuple[Lab, LabAgents]) -> None:
+    lab, _ = mesh
+    h1 = lab.hosts[0]
+    for command in (("drain", "h9"), ("drain", "h9", "--wait"), ("undrain", "h9")):
+        code, answer = nova(h1, "host", *command)
+        assert (code, answer["ok"], answer["error"]) == (
+            1,
+            False,
+            "unknown host: h9 is not in h1's view of the mesh",
+        ), command
+    for host in lab.hosts:
+        assert not draining(h1, host.name)  # nothing changed anywhere
