@@ -49,6 +49,7 @@ from .migrator import Migrator
 from .rebalancer import Rebalancer
 from .sdnotify import Notifier
 from .security import TrustStore
+from .tasks import cancel_and_wait
 from .transport import Transport, TransportError
 from .view import MeshView
 from .vms import VmControl
@@ -227,12 +228,7 @@ class Agent:
         self._stop.set()
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain_requests.close()

@@ -31,6 +31,8 @@ from novacron.protocol.certificates import check_node_id
 from novacron.protocol.codec import PROTOCOL_VERSION
 from novacron.protocol.errors import InvalidNodeId
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_novacron._tcp.local."
@@ -184,10 +186,7 @@ class Discovery:
 
     async def close(self) -> None:
         """Stop browsing, withdraw our advert (peers see `PeerLost`), close sockets."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._browser is not None:
             await self._browser.async_cancel()
             self._browser = None

@@ -36,6 +36,7 @@ from .api import Refusal
 from .core.migration import ClusterView
 from .core.migration_policy import OUTBOUND_LABEL, published_count
 from .migrator import Migrator
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.drain")
 
@@ -235,11 +236,7 @@ class DrainRequests:
             log.error("answering a drain request failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for _, future in self._pending.values():
             future.cancel()
 

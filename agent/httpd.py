@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger("novacron.httpd")
 
 MAX_BODY_BYTES = 1 << 20  # a request body larger than this is refused (413)
@@ -185,10 +187,7 @@ class HttpServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._connections)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -70,6 +70,7 @@ from .disks import (
 )
 from .hypervisor import job_stats
 from .journal import JournalEntry, MigrationJournal
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.migrator")
 
@@ -187,11 +188,7 @@ class Migrator:
 
     async def close(self) -> None:
         """Stop polling and waiting; running libvirt jobs go on under libvirtd."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- the local API's side --------------------------------------------------------------
