@@ -62,3 +62,22 @@ def any_message() -> st.SearchStrategy[Any]:
 
 
 node_ids = st.text(min_size=1, max_size=32)
+
+
+@st.composite
+def mutations(draw: st.DrawFn, original: bytes) -> bytes:
+    """`original` with random bits flipped, bytes overwritten, cut, or inserted."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "set", "cut", "insert"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            del data[at : at + draw(st.integers(1, 16))]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+    mutated = bytes(data)
+    return mutated if mutated != original else mutated + b"\x00"

@@ -16,6 +16,7 @@ from novacron.protocol.errors import IdentityError, ProtocolError
 from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
 from novacron.protocol.records import sign_record, verify_record
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
+from tests.strategies import mutations
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -33,25 +34,6 @@ CERT = issue_certificate(
 RECORD = m.NodeRecord("edge-1", 3, labels={"rack": "2"}, addresses=("198.18.0.1",))
 SIGNED = sign_record(NODE_KEY, RECORD)
 REVOCATIONS = sign_revocation_list(CA_KEY, [1, 99], issued_at=150.0)
-
-
-@st.composite
-def mutations(draw: st.DrawFn, original: bytes) -> bytes:
-    """`original` with random bits flipped, bytes overwritten, cut, or inserted."""
-    data = bytearray(original)
-    for _ in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["flip", "set", "cut", "insert"]))
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            del data[at : at + draw(st.integers(1, 16))]
-        else:
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-    mutated = bytes(data)
-    return mutated if mutated != original else mutated + b"\x00"
 
 
 @FUZZ

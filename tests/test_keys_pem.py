@@ -41,6 +41,7 @@ from novacron.protocol.keys import (
     signature_valid,
 )
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
+from tests.strategies import mutations
 
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILE_FUZZ = settings(
@@ -436,24 +437,6 @@ def check_public_der(der: bytes) -> None:
     theirs = serialization.load_der_public_key(der)
     assert isinstance(theirs, c_ed25519.Ed25519PublicKey | c_x25519.X25519PublicKey)
     assert theirs.public_bytes_raw() == key.public_bytes_raw()
-
-
-@st.composite
-def mutations(draw: st.DrawFn, original: bytes) -> bytes:
-    """`original` with bits flipped, bytes overwritten, cut or inserted (at least once)."""
-    data = bytearray(original)
-    for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["flip", "set", "cut", "insert"]))
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            del data[at : at + draw(st.integers(1, 8))]
-        else:
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-    return bytes(data)
 
 
 @FUZZ
