@@ -19,7 +19,7 @@ import pytest
 
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
-from novacron.simulations.lab import Lab
+from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import DISK_DIR, LabAgents, wait_for
 from tests.lab_vms import (
     beats,
@@ -224,16 +224,22 @@ def test_migrating_a_guest_that_dirties_memory_keeps_it_running(
     everyone_sees(agents, lab, dirty_vm, h2.name)
 
 
+def create_disk_guest(host: LabHost, guest: Guest, name: str, marker: str) -> None:
+    """`nova vm create` a 128 MiB guest with a local disk overlay that writes `marker` to it
+    and re-reads it every second (console lines), and start it on `host`."""
+    cmdline = guest.cmdline(disk_marker=marker, disk_check=1)
+    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", cmdline)
+    disk = ("--disk", str(guest.disk), "--start")
+    code, created = nova(host, "vm", "create", name, "--memory", "128", *boot, *disk)
+    assert code == 0, created
+
+
 def test_local_disk_contents_move_with_the_guest(mesh: tuple[Lab, LabAgents], guest: Guest) -> None:
     """No shared storage: the disk overlay lives in each host's private /var/lib/libvirt."""
     lab, agents = mesh
     h1, h3 = lab.hosts[0], lab.hosts[2]
     marker = f"written-on-h1-{RUN}"
-    cmdline = guest.cmdline(disk_marker=marker, disk_check=1)
-    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", cmdline)
-    disk = ("--disk", str(guest.disk), "--start")
-    code, created = nova(h1, "vm", "create", "disk-vm", "--memory", "128", *boot, *disk)
-    assert code == 0, created
+    create_disk_guest(h1, guest, "disk-vm", marker)
     wait_for(
         lambda: guest_mod.disk_lines(h1.path(console_log("disk-vm")).read_bytes()),
         lambda lines: marker in lines,
@@ -269,11 +275,7 @@ def test_a_failed_local_disk_migration_leaves_no_copy_on_the_target(
     lab, agents = mesh
     h1, h2 = lab.hosts[0], lab.hosts[1]
     marker = f"kept-on-h1-{RUN}"
-    cmdline = guest.cmdline(disk_marker=marker, disk_check=1)
-    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", cmdline)
-    disk = ("--disk", str(guest.disk), "--start")
-    code, created = nova(h1, "vm", "create", "stay-vm", "--memory", "128", *boot, *disk)
-    assert code == 0, created
+    create_disk_guest(h1, guest, "stay-vm", marker)
     wait_beat_above(h1, "stay-vm", 5)
     everyone_sees(agents, lab, "stay-vm", h1.name, timeout=30)
     overlay = Path(DISK_DIR) / "stay-vm-vda.qcow2"
