@@ -46,7 +46,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _quote(text: str) -> str:
-    if text and not any(c in text for c in ' "=\n\t'):
+    """`text` bare when it is one plain word; JSON-quoted otherwise, so a value from a
+    peer or an operator (a CR, a newline, "x=y") cannot forge fields or lines."""
+    if text and text.isprintable() and not any(c in text for c in ' "='):
         return text
     return json.dumps(text)
 
