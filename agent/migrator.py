@@ -59,7 +59,7 @@ from .core.events import (
     SwitchToPostCopy,
 )
 from .core.migration import ClusterView, MigrationConfig, MigrationCore, MigrationInfo
-from .core.migration_policy import MigrationPolicy, switchover_limit_ms
+from .core.migration_policy import MigrationPolicy
 from .disks import (
     LocalDisk,
     incremental,
@@ -382,7 +382,7 @@ class Migrator:
             prepared.extend(disks)
         flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
-        _set_max_downtime(dom, switchover_limit_ms(action.policy))
+        _set_max_downtime(dom, action.policy.max_downtime_ms)
         fields = {"vm": action.vm, "to": target_uri, "disks": len(disks)}
         log.info("libvirt migration starting", extra={"fields": fields})
         dom.migrateToURI3(target_uri, params, flags)

@@ -23,7 +23,6 @@ from novacron.agent.core.migration_policy import (
     completion_timeout,
     published_count,
     record_labels,
-    switchover_limit_ms,
     with_overrides,
 )
 from novacron.agent.core.reservations import (
@@ -54,12 +53,8 @@ def test_overrides_are_checked_by_name_type_and_range() -> None:
         with_overrides(base, {"bandwidth_mib_s": -1})
 
 
-def test_switchover_limit_is_50_ms_unless_capped_or_set() -> None:
-    assert switchover_limit_ms(MigrationPolicy()) == 50
-    capped = with_overrides(MigrationPolicy(), {"bandwidth_mib_s": 30})
-    assert switchover_limit_ms(capped) == 300  # a low limit under a cap panicked TCG guests
-    assert switchover_limit_ms(with_overrides(capped, {"max_downtime_ms": 20})) == 20
-    assert switchover_limit_ms(MigrationPolicy(max_downtime_ms=500)) == 500
+def test_max_downtime_defaults_to_qemus_and_is_checked() -> None:
+    assert MigrationPolicy().max_downtime_ms == 300
     with pytest.raises(PolicyError, match="max downtime must be >= 1 ms"):
         with_overrides(MigrationPolicy(), {"max_downtime_ms": 0})
 
