@@ -111,7 +111,6 @@ class Agent:
             clock=clock,
             on_change=self._wake_timers,
             journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
-            dirty_rate=lambda vm: self.inventory.dirty_rate(vm),
         )
         self.inventory = Inventory(
             self.node_id,

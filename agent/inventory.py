@@ -40,8 +40,6 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 DEFAULT_URI = "qemu:///system"
 POLL_INTERVAL = 10.0  # seconds between refreshes when libvirt sends no events
-DIRTY_RATE_PERIOD = 1  # seconds QEMU samples a VM's memory writes over (read at the next refresh)
-DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
 RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
 
 VM_STATES: dict[int, str] = {
@@ -183,80 +181,28 @@ class DomainSample:
     vcpus: int
     memory_mib: int  # maximum memory: what the VM may claim, hence what a target reserves
     cpu_time_ns: int
-    dirty_mib_s: float | None = None  # memory written per second, when libvirt measured it
 
 
 def read_domains(conn: Any) -> list[DomainSample]:
-    """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
-
-    Running domains also get their dirty rate: the measurement started at the
-    previous read (QEMU's page sampling over `DIRTY_RATE_PERIOD` s) is read
-    back, and a new one is started for the next read.
-    """
-    dirty = _measured_dirty_rates(conn)
+    """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped."""
     samples = []
     for dom in conn.listAllDomains(0):
         try:
             state, max_kib, _kib, vcpus, cpu_time = dom.info()
-            uuid = dom.UUIDString()
             samples.append(
                 DomainSample(
                     name=dom.name(),
-                    uuid=uuid,
+                    uuid=dom.UUIDString(),
                     state=VM_STATES.get(state, "unknown"),
                     vcpus=int(vcpus),
                     memory_mib=int(max_kib) // 1024,
                     cpu_time_ns=int(cpu_time),
-                    dirty_mib_s=dirty.get(uuid),
                 )
             )
-            if state == libvirt.VIR_DOMAIN_RUNNING:
-                _start_dirty_rate(dom)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
     return samples
-
-
-def _measured_dirty_rates(conn: Any) -> dict[str, float]:
-    """uuid -> MiB/s of every running domain whose last dirty-rate measurement finished."""
-    try:
-        stats = conn.getAllDomainStats(
-            libvirt.VIR_DOMAIN_STATS_DIRTYRATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
-        )
-    except libvirt.libvirtError:  # a driver without it (test:///default): rates stay unknown
-        return {}
-    return {
-        dom.UUIDString(): float(fields["dirtyrate.megabytes_per_second"])
-        for dom, fields in stats
-        if fields.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
-        and "dirtyrate.megabytes_per_second" in fields
-    }
-
-
-def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) -> float | None:
-    """MiB/s `dom` wrote in its last finished measurement, if that started within `max_age`
-    seconds (blocking). The inventory starts one at every refresh; None if there is none."""
-    try:
-        ((_, fields),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
-    except (libvirt.libvirtError, ValueError):
-        return None
-    if fields.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-        return None
-    # QEMU stamps the start with its monotonic clock, in seconds: the host's CLOCK_MONOTONIC.
-    started = fields.get("dirtyrate.calc_start_time")
-    if not isinstance(started, int) or time.monotonic() - started > max_age:
-        return None
-    rate = fields.get("dirtyrate.megabytes_per_second")
-    return float(rate) if isinstance(rate, int | float) else None
-
-
-def _start_dirty_rate(dom: Any) -> None:
-    """Start measuring how fast `dom` writes memory (page sampling: reads, no dirty logging)."""
-    try:
-        dom.startDirtyRateCalc(DIRTY_RATE_PERIOD, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
-    except libvirt.libvirtError as exc:  # unsupported, migrating, or already measuring
-        log.debug("no dirty-rate measurement for %s: %s", dom.name(), exc)
 
 
 @dataclass
@@ -308,7 +254,6 @@ class Inventory:
         self._clock = clock
         self._cpu = CpuMeter()
         self._history = _CpuHistory()
-        self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
         self._conn: Any = None  # libvirt.virConnect while connected
         self._event_id: int | None = None  # lifecycle callback registration
         self._last_attempt: float | None = None  # when we last tried to connect
@@ -368,21 +313,9 @@ class Inventory:
             libvirt_uri=uri,
         )
 
-    def dirty_rate(self, vm: str) -> float | None:
-        """MiB/s `vm` last wrote to memory here, if measured in the last `DIRTY_RATE_MAX_AGE` s."""
-        known = self._dirty.get(vm)
-        if known is None or self._clock() - known[1] > DIRTY_RATE_MAX_AGE:
-            return None
-        return known[0]
-
     def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
         now = self._clock()
         self._history.keep_only({s.uuid for s in samples})
-        for s in samples:
-            if s.dirty_mib_s is not None:
-                self._dirty[s.name] = (s.dirty_mib_s, now)
-        for name in set(self._dirty) - {s.name for s in samples if s.state == "running"}:
-            del self._dirty[name]  # gone or stopped: its rate says nothing any more
         return tuple(
             VmSummary(
                 name=s.name,
@@ -391,7 +324,6 @@ class Inventory:
                 vcpus=s.vcpus,
                 memory_mib=s.memory_mib,
                 cpu_load=self._history.load(s, now) if s.state == "running" else 0.0,
-                dirty_rate_mib_s=self.dirty_rate(s.name) or 0.0,
             )
             for s in sorted(samples, key=lambda s: s.name)
         )
