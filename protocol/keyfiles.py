@@ -13,8 +13,6 @@ or corrupt file is an operator's problem to fix, not a traceback.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import secrets
@@ -103,9 +101,7 @@ def write_armored(path: Path | str, label: str, data: bytes) -> None:
 
 def armor(label: str, data: bytes) -> bytes:
     """`data` as PEM-style text: it survives copy and paste and e-mail."""
-    encoded = base64.b64encode(data).decode()
-    lines = [encoded[i : i + 64] for i in range(0, len(encoded), 64)]
-    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
+    return pem.encode(label, data)
 
 
 # --- reading -------------------------------------------------------------------
@@ -211,20 +207,13 @@ def read_armored(path: Path | str, label: str, what: str) -> bytes:
 
 def dearmor(text: bytes, label: str, what: str) -> bytes:
     """Inverse of `armor`; `IdentityFileError` naming `what` if the text is not one."""
-    pattern = re.compile(
-        rb"-----BEGIN "
-        + re.escape(label.encode())
-        + rb"-----(.*?)-----END "
-        + re.escape(label.encode())
-        + rb"-----",
-        re.S,
-    )
-    found = pattern.search(text)
-    if found is None:
-        raise IdentityFileError(f"{what} is not a {label.lower()} file (no BEGIN/END lines)")
     try:
-        return base64.b64decode(b"".join(found.group(1).split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return pem.decode(text, label)
+    except pem.NoPemBlock:
+        raise IdentityFileError(
+            f"{what} is not a {label.lower()} file (no BEGIN/END lines)"
+        ) from None
+    except pem.KeyFormatError as exc:
         raise IdentityFileError(f"{what} is corrupt: {exc}") from None
 
 

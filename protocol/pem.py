@@ -52,6 +52,10 @@ class KeyFormatError(ValueError):
     """The bytes are not one of the four key encodings this module knows."""
 
 
+class NoPemBlock(KeyFormatError):
+    """The text holds no BEGIN/END block of the label asked for."""
+
+
 # --- DER -----------------------------------------------------------------------
 
 
@@ -121,7 +125,7 @@ def decode(text: bytes, label: str) -> bytes:
     begin, end = f"-----BEGIN {label}-----".encode(), f"-----END {label}-----".encode()
     found = re.search(re.escape(begin) + rb"(.*?)" + re.escape(end), bytes(text), re.S)
     if found is None:
-        raise KeyFormatError(f"no {label} PEM block (-----BEGIN {label}-----)")
+        raise NoPemBlock(f"no {label} PEM block (-----BEGIN {label}-----)")
     try:
         return base64.b64decode(b"".join(found.group(1).split()), validate=True)
     except (binascii.Error, ValueError) as exc:
