@@ -313,8 +313,12 @@ async def test_a_refusal_from_the_asked_host_is_passed_on(tmp_path: Path) -> Non
 
 
 @contextlib.asynccontextmanager
-async def api_of(requests: DrainRequests, tmp_path: Path) -> AsyncIterator[str]:
-    server = ApiServer(NoView(), str(tmp_path / "api.sock"), host_drain=requests)
+async def api_of(
+    requests: DrainRequests, tmp_path: Path, view: NoView | None = None
+) -> AsyncIterator[str]:
+    """A local API (view: `NoView` unless given) whose remote drains go through `requests`;
+    yields its socket."""
+    server = ApiServer(view or NoView(), str(tmp_path / "api.sock"), host_drain=requests)
     await server.start()
     try:
         yield str(server.socket_path)
@@ -388,68 +392,60 @@ async def test_nova_drains_another_host_and_waits_for_its_record_to_show_it_empt
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli_drain, "WAIT_POLL", 0.01)
-    async with two_hosts(tmp_path) as (mesh, _, h1, h2):
-        server = ApiServer(StatusView(), str(tmp_path / "api.sock"), host_drain=h2.requests)
-        await server.start()
-        sock = str(server.socket_path)
-        try:
-            waiting = asyncio.create_task(
-                asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait", "--json")
-            )
-            await until(lambda: h1.drain.draining)
-            # Gossip lags: an older record of h1 (no flag yet) is not a cancelled drain.
-            record = mesh.records()["h1"]
-            mesh._records["h1"] = dataclasses.replace(record, version=1, draining=False)
-            await asyncio.sleep(0.1)
-            assert not waiting.done()
-            mesh._records["h1"] = record
-            await asyncio.sleep(0.1)
-            assert not waiting.done()  # vm1 still runs on h1
-            mesh.vm_gone("h1", "vm1")
-            code, stdout, _ = await asyncio.wait_for(waiting, 10)
-            answer = json.loads(stdout)
-            assert (code, answer["ok"], answer["drain"]["done"]) == (0, True, True)
-            assert (answer["drain"]["node_id"], answer["drain"]["running"]) == ("h1", [])
+    async with (
+        two_hosts(tmp_path) as (mesh, _, h1, h2),
+        api_of(h2.requests, tmp_path, StatusView()) as sock,
+    ):
+        waiting = asyncio.create_task(
+            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait", "--json")
+        )
+        await until(lambda: h1.drain.draining)
+        # Gossip lags: an older record of h1 (no flag yet) is not a cancelled drain.
+        record = mesh.records()["h1"]
+        mesh._records["h1"] = dataclasses.replace(record, version=1, draining=False)
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        mesh._records["h1"] = record
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # vm1 still runs on h1
+        mesh.vm_gone("h1", "vm1")
+        code, stdout, _ = await asyncio.wait_for(waiting, 10)
+        answer = json.loads(stdout)
+        assert (code, answer["ok"], answer["drain"]["done"]) == (0, True, True)
+        assert (answer["drain"]["node_id"], answer["drain"]["running"]) == ("h1", [])
 
-            code, text, _ = await asyncio.to_thread(nova, sock, "host", "drain", "h1", "--status")
-            assert (code, text.splitlines()) == (
-                0,
-                [
-                    "h1 drained: no VM runs there (as h2 sees it)",
-                    "  left off: unknown (only running VMs move)",
-                ],
-            )
+        code, text, _ = await asyncio.to_thread(nova, sock, "host", "drain", "h1", "--status")
+        assert (code, text.splitlines()) == (
+            0,
+            [
+                "h1 drained: no VM runs there (as h2 sees it)",
+                "  left off: unknown (only running VMs move)",
+            ],
+        )
 
-            code, text, _ = await asyncio.to_thread(nova, sock, "host", "undrain", "h1")
-            assert (code, text) == (0, "h1 takes new VMs again\n")
-            assert not h1.drain.draining
+        code, text, _ = await asyncio.to_thread(nova, sock, "host", "undrain", "h1")
+        assert (code, text) == (0, "h1 takes new VMs again\n")
+        assert not h1.drain.draining
 
-            code, stdout, stderr = await asyncio.to_thread(
-                nova, sock, "host", "drain", "h9", "--json"
-            )
-            assert code == 1 and json.loads(stdout)["error"] == stderr.split("error: ")[1][:-1]
-            assert "unknown host: h9 is not in h2's view of the mesh" in stderr
-        finally:
-            await server.close()
+        code, stdout, stderr = await asyncio.to_thread(nova, sock, "host", "drain", "h9", "--json")
+        assert code == 1 and json.loads(stdout)["error"] == stderr.split("error: ")[1][:-1]
+        assert "unknown host: h9 is not in h2's view of the mesh" in stderr
 
 
 async def test_nova_wait_ends_with_an_error_when_another_host_undrains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli_drain, "WAIT_POLL", 0.01)
-    async with two_hosts(tmp_path) as (_, _net, h1, h2):
-        server = ApiServer(StatusView(), str(tmp_path / "api.sock"), host_drain=h2.requests)
-        await server.start()
-        sock = str(server.socket_path)
-        try:
-            waiting = asyncio.create_task(
-                asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait")
-            )
-            await until(lambda: h1.drain.draining)
-            await h1.drain.undrain()  # someone on h1 undrains it
-            code, _, stderr = await asyncio.wait_for(waiting, 10)
-            assert code == 1
-            assert "the drain of h1 was cancelled (nova host undrain)" in stderr
-            assert "h1 draining: 1 VM(s) still running there (vm1)" in stderr  # the progress
-        finally:
-            await server.close()
+    async with (
+        two_hosts(tmp_path) as (_, _net, h1, h2),
+        api_of(h2.requests, tmp_path, StatusView()) as sock,
+    ):
+        waiting = asyncio.create_task(
+            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait")
+        )
+        await until(lambda: h1.drain.draining)
+        await h1.drain.undrain()  # someone on h1 undrains it
+        code, _, stderr = await asyncio.wait_for(waiting, 10)
+        assert code == 1
+        assert "the drain of h1 was cancelled (nova host undrain)" in stderr
+        assert "h1 draining: 1 VM(s) still running there (vm1)" in stderr  # the progress
