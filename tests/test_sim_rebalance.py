@@ -155,6 +155,13 @@ def test_mesh_hosts_plan_again_as_soon_as_a_migration_ends():
     assert len(hot) > 2  # more than one round's two outbound slots
 
 
+def test_a_migration_ends_when_it_ends_not_at_the_next_whole_second():
+    """A freed slot is used at the rebalancer's next look (0.25 s), not the next 1 s step."""
+    mesh = simulate(dataclasses.replace(_hotspot(0.9), plan_interval=120.0), "mesh")
+    hot = [e["t"] for e in mesh["decision_log_head"] if e["host"] == mesh["hotspot"]["host"]]
+    assert any(t != int(t) and (t * 4) == int(t * 4) for t in hot)  # on the 0.25 s grid
+
+
 def test_mesh_drain_empties_the_host(tmp_path):
     config = SimConfig(hosts=20, vms=200, scenario="drain", event_at=20.0, duration=200.0)
     mesh = simulate(config, "mesh")

@@ -16,11 +16,14 @@ The model (what is real and what is simplified):
   as the migration core's admission does (since d8dd6ac).
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
   MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
-  VM's load counts on the source, then on the target.
+  VM's load counts on the source, then on the target. It ends at that exact
+  time, between the 1 s steps when it falls there (as a real migration
+  does), and the hotspot and drain are judged at that moment too.
 - Strategy "mesh": every host runs the real `plan_round()` (through
-  `planner.py`) every `plan_interval` seconds, at its own phase, and at once
-  when one of its migrations ends (as the agent's rebalancer does; its next
-  round is then a whole interval later), on its own view: the
+  `planner.py`) every `plan_interval` seconds, at its own phase (seen at the
+  next whole second), and when one of its migrations ends, at the
+  rebalancer's next look for a freed slot (every 0.25 s, `POLL`; its next
+  timed round is then a whole interval later), on its own view: the
   records of every host as they were `gossip_delay` seconds ago (the issue-3
   simulator measured a record update reaching every live node in 0.21 s at
   100 nodes and 0.41-0.89 s at 1,000 nodes (0-10% loss), BENCHMARKS.md), with
@@ -64,6 +67,7 @@ from .workload import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, Sample, VmSpec, Workl
 SCENARIOS = ("steady", "hotspot", "drain", "failure")
 STRATEGIES = ("none", "greedy", "solver", "mesh")
 OSCILLATION_WINDOW = 600.0
+POLL = 0.25  # the agent's rebalancer looks for a freed outbound slot this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +511,13 @@ class Strategy:
     def on_event(self, now: float) -> None:
         """Called right after the scenario's event (and at t = 0)."""
 
+    def wakeups(self, before: float) -> list[float]:
+        """Times before `before` at which this strategy wants `substep` (none: whole seconds)."""
+        return []
+
+    def substep(self, now: float) -> None:
+        """Between whole seconds, right after migrations ended at `now` (or a wakeup)."""
+
     # Gossiped views: the true records as they were `gossip_delay` ago.
     def remember(self, now: float) -> None:
         c = self.cluster
@@ -574,11 +585,39 @@ class Mesh(Strategy):
         self.phase = {h: phase_rng.uniform(0.0, interval) for h in cluster.hosts}
         self.rngs = {h: random.Random(f"{seed}:{h}") for h in cluster.hosts}
         self.log: list[dict[str, Any]] = []
+        self.replan: dict[str, float] = {}  # host -> when it plans for a freed slot
+
+    def wakeups(self, before: float) -> list[float]:
+        return [t for t in self.replan.values() if t < before]
+
+    def substep(self, now: float) -> None:
+        """A migration ended (records changed: remember them) or a freed host's poll is due."""
+        self.note_freed(now)
+        self.remember(now)
+        names = [name for name, t in self.replan.items() if t <= now + 1e-9]
+        if names:
+            self._plan(now, set(names))
+
+    def note_freed(self, now: float) -> None:
+        """Hosts whose outbound migration just ended plan at their rebalancer's next poll
+        for a freed slot (`agent/rebalancer.py` looks every POLL seconds)."""
+        c = self.cluster
+        for name in c.freed:
+            at = math.ceil(now / POLL - 1e-9) * POLL
+            self.replan[name] = min(self.replan.get(name, at), at)
+        c.freed = set()
 
     def step(self, now: float) -> None:
         c = self.cluster
+        self.note_freed(now)
         self.remember(now)
         self.drain_loop(now)
+        due = {n for n in c.hosts if self._due(n, now) or self.replan.get(n, math.inf) <= now}
+        self._plan(now, due)
+
+    def _plan(self, now: float, due: set[str]) -> None:
+        """Every host in `due` runs a planning round on its view."""
+        c = self.cluster
         records, alive = self.view(now)
         cfg = c.config.rebalance
         pool = [
@@ -586,12 +625,12 @@ class Mesh(Strategy):
         ]
         total = sum(u for _, u in pool)
         in_pool = dict(pool)
-        for name, host in c.hosts.items():
-            if host.failed or host.draining:
-                continue
-            if name in c.freed and not self._due(name, now):
+        for name in sorted(due):
+            host = c.hosts[name]
+            freed = self.replan.pop(name, None) is not None
+            if freed and not (now.is_integer() and self._due(name, now)):
                 self.phase[name] = now  # the agent plans at once and waits a whole interval
-            elif not self._due(name, now):
+            if host.failed or host.draining:
                 continue
             own = c.record(name)
             mine = planner.utilization(own)
@@ -817,7 +856,6 @@ def simulate(
     solve_at = 0.0 if config.scenario == "steady" else config.event_at
     if config.scenario == "failure":
         solve_at = float(math.ceil(config.event_at + config.detection()) + 1)
-    cfg = config.rebalance
     steps = int(horizon)
     for step in range(steps + 1):
         now = float(step)
@@ -878,22 +916,8 @@ def simulate(
         std, maxmean, mean = _imbalance(cluster)
         if step % int(interval) == 0 or step == steps:
             series.append([now, round(std, 5), round(maxmean, 4), round(mean, 4)])
-        if hotspot and hotspot["resolved_at"] is None and now >= hotspot["onset"]:
-            hot_host = cluster.hosts[event_host]
-            # A host left with one VM that alone is over the line cannot get cooler: any
-            # host holding that VM would be as hot. That hotspot is as resolved as it gets.
-            alone = len(hot_host.vms) == 1
-            hot_util = cluster.util(hot_host)
-            within = hot_util <= mean + cfg.trigger
-            if within or alone:
-                hotspot["resolved_at"] = now
-                hotspot["seconds"] = now - hotspot["onset"]
-                hotspot["by"] = "within the trigger" if within else "single VM over the line left"
-                hotspot["util_at_resolution"] = round(hot_util, 4)
-                hotspot["line_at_resolution"] = round(mean + cfg.trigger, 4)
-        if drain and drain["done_at"] is None and not cluster.hosts[event_host].vms:
-            drain["done_at"] = now
-            drain["seconds"] = now - drain["start"]
+        _watch_events(cluster, event_host, hotspot, drain, now, mean)
+        _between_seconds(cluster, strat, event_host, hotspot, drain, now)
         if progress and step % 100 == 0:
             progress(f"{strategy} t={now:.0f} std={std:.4f} migrations={cluster.stats.migrations}")
     if hotspot:
@@ -944,3 +968,55 @@ def simulate(
         report["solver"] = strat.info.get("solves", [])
     report["wall_seconds"] = round(time.perf_counter() - wall, 2)
     return report
+
+
+def _between_seconds(
+    cluster: Cluster,
+    strat: Strategy,
+    event_host: str,
+    hotspot: dict[str, Any],
+    drain: dict[str, Any],
+    now: float,
+) -> None:
+    """Migrations that end between `now` and the next second end then, as real ones do:
+    the VM lands, the source's slot frees and its agent may plan again at once."""
+    before = now + 1.0
+    while True:
+        ends = [m.end for m in cluster.migrations.values() if m.end < before]
+        times = ends + strat.wakeups(before)
+        if not times:
+            return
+        t = max(min(times), now)
+        cluster.now = t
+        ended = cluster.finish_due()
+        strat.substep(t)
+        if ended:
+            _watch_events(cluster, event_host, hotspot, drain, t, _imbalance(cluster)[2])
+
+
+def _watch_events(
+    cluster: Cluster,
+    event_host: str,
+    hotspot: dict[str, Any],
+    drain: dict[str, Any],
+    now: float,
+    mean: float,
+) -> None:
+    """Note when the hotspot is resolved or the drained host empty (at `now`, exactly)."""
+    if hotspot and hotspot["resolved_at"] is None and now >= hotspot["onset"]:
+        hot_host = cluster.hosts[event_host]
+        # A host left with one VM that alone is over the line cannot get cooler: any
+        # host holding that VM would be as hot. That hotspot is as resolved as it gets.
+        alone = len(hot_host.vms) == 1
+        hot_util = cluster.util(hot_host)
+        line = mean + cluster.config.rebalance.trigger
+        within = hot_util <= line
+        if within or alone:
+            hotspot["resolved_at"] = round(now, 3)
+            hotspot["seconds"] = round(now - hotspot["onset"], 3)
+            hotspot["by"] = "within the trigger" if within else "single VM over the line left"
+            hotspot["util_at_resolution"] = round(hot_util, 4)
+            hotspot["line_at_resolution"] = round(line, 4)
+    if drain and drain["done_at"] is None and not cluster.hosts[event_host].vms:
+        drain["done_at"] = round(now, 3)
+        drain["seconds"] = round(now - drain["start"], 3)
