@@ -111,6 +111,7 @@ class Agent:
             clock=clock,
             on_change=self._wake_timers,
             journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
+            dirty_rate=lambda vm: self.inventory.dirty_rate(vm),
         )
         self.inventory = Inventory(
             self.node_id,
@@ -119,6 +120,7 @@ class Agent:
             labels=config.labels,
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
+            measuring_allowed=lambda: self.migrator.idle(),
         )
         self.drain = Drain(
             self.migrator,

@@ -40,6 +40,8 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 DEFAULT_URI = "qemu:///system"
 POLL_INTERVAL = 10.0  # seconds between refreshes when libvirt sends no events
+DIRTY_RATE_PERIOD = 1  # seconds QEMU samples a VM's memory writes over (read at the next refresh)
+DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
 RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
 
 VM_STATES: dict[int, str] = {
@@ -181,28 +183,95 @@ class DomainSample:
     vcpus: int
     memory_mib: int  # maximum memory: what the VM may claim, hence what a target reserves
     cpu_time_ns: int
+    dirty_mib_s: float | None = None  # memory written per second, when libvirt measured it
 
 
-def read_domains(conn: Any) -> list[DomainSample]:
-    """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped."""
+def read_domains(conn: Any, measure: bool = True) -> list[DomainSample]:
+    """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
+
+    Running domains also get their dirty rate: the measurement started at the
+    previous read (QEMU's page sampling over `DIRTY_RATE_PERIOD` s) is read
+    back, and, if `measure`, a new one is started for the next read on every
+    running domain that no job (a migration) holds.
+    """
+    dirty = _measured_dirty_rates(conn)
     samples = []
     for dom in conn.listAllDomains(0):
         try:
             state, max_kib, _kib, vcpus, cpu_time = dom.info()
+            uuid = dom.UUIDString()
             samples.append(
                 DomainSample(
                     name=dom.name(),
-                    uuid=dom.UUIDString(),
+                    uuid=uuid,
                     state=VM_STATES.get(state, "unknown"),
                     vcpus=int(vcpus),
                     memory_mib=int(max_kib) // 1024,
                     cpu_time_ns=int(cpu_time),
+                    dirty_mib_s=dirty.get(uuid),
                 )
             )
+            if measure and state == libvirt.VIR_DOMAIN_RUNNING and _no_job(dom):
+                _start_dirty_rate(dom)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
     return samples
+
+
+def _measured_dirty_rates(conn: Any) -> dict[str, float]:
+    """uuid -> MiB/s of every running domain whose last dirty-rate measurement finished."""
+    try:
+        stats = conn.getAllDomainStats(
+            libvirt.VIR_DOMAIN_STATS_DIRTYRATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+        )
+    except libvirt.libvirtError:  # a driver without it (test:///default): rates stay unknown
+        return {}
+    return {
+        dom.UUIDString(): float(fields["dirtyrate.megabytes_per_second"])
+        for dom, fields in stats
+        if fields.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
+        and "dirtyrate.megabytes_per_second" in fields
+    }
+
+
+def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) -> float | None:
+    """MiB/s `dom` wrote in its last finished measurement, if that started within `max_age`
+    seconds (blocking). The inventory starts one at every refresh; None if there is none."""
+    try:
+        ((_, fields),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+    except (libvirt.libvirtError, ValueError):
+        return None
+    if fields.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+        return None
+    # QEMU stamps the start with its monotonic clock, in seconds: the host's CLOCK_MONOTONIC.
+    started = fields.get("dirtyrate.calc_start_time")
+    if not isinstance(started, int) or time.monotonic() - started > max_age:
+        return None
+    rate = fields.get("dirtyrate.megabytes_per_second")
+    return float(rate) if isinstance(rate, int | float) else None
+
+
+def _no_job(dom: Any) -> bool:
+    """Whether no libvirt job (a migration, someone's `virsh migrate`) runs on `dom`.
+
+    A measurement never overlaps a migration the agent can see: one migration
+    stalled at its switchover while the inventory measured (2026-11-27, cause
+    not found), and libvirt holds a measurement's start until a migration ends
+    (30 s, then fails), which would hold this read too. Unknown counts as busy.
+    """
+    try:
+        return bool(dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE)
+    except libvirt.libvirtError:  # a driver without jobs (test:///default) measures nothing
+        return False
+
+
+def _start_dirty_rate(dom: Any) -> None:
+    """Start measuring how fast `dom` writes memory (page sampling: reads, no dirty logging)."""
+    try:
+        dom.startDirtyRateCalc(DIRTY_RATE_PERIOD, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+    except libvirt.libvirtError as exc:  # unsupported, migrating, or already measuring
+        log.debug("no dirty-rate measurement for %s: %s", dom.name(), exc)
 
 
 @dataclass
@@ -241,7 +310,10 @@ class Inventory:
         retry_interval: float = RETRY_INTERVAL,
         use_events: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        measuring_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`measuring_allowed`: whether VMs' dirty rates may be measured now (the agent says
+        no while a migration of its own runs, in or out, from its decision on)."""
         self.node_id = node_id
         self.libvirt_uri = libvirt_uri  # where the VMs are managed; also gossiped
         self.warning: str | None = None  # why libvirt is unusable right now, if it is
@@ -252,8 +324,10 @@ class Inventory:
         self._retry_interval = retry_interval
         self._use_events = use_events
         self._clock = clock
+        self._measuring_allowed = measuring_allowed
         self._cpu = CpuMeter()
         self._history = _CpuHistory()
+        self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
         self._conn: Any = None  # libvirt.virConnect while connected
         self._event_id: int | None = None  # lifecycle callback registration
         self._last_attempt: float | None = None  # when we last tried to connect
@@ -291,7 +365,7 @@ class Inventory:
         if conn is None:
             return ()
         try:
-            samples = await asyncio.to_thread(read_domains, conn)
+            samples = await asyncio.to_thread(read_domains, conn, self._measuring_allowed())
         except libvirt.libvirtError as exc:
             await self._lost(conn, f"listing domains failed: {exc}")
             return ()
@@ -313,9 +387,21 @@ class Inventory:
             libvirt_uri=uri,
         )
 
+    def dirty_rate(self, vm: str) -> float | None:
+        """MiB/s `vm` last wrote to memory here, if measured in the last `DIRTY_RATE_MAX_AGE` s."""
+        known = self._dirty.get(vm)
+        if known is None or self._clock() - known[1] > DIRTY_RATE_MAX_AGE:
+            return None
+        return known[0]
+
     def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
         now = self._clock()
         self._history.keep_only({s.uuid for s in samples})
+        for s in samples:
+            if s.dirty_mib_s is not None:
+                self._dirty[s.name] = (s.dirty_mib_s, now)
+        for name in set(self._dirty) - {s.name for s in samples if s.state == "running"}:
+            del self._dirty[name]  # gone or stopped: its rate says nothing any more
         return tuple(
             VmSummary(
                 name=s.name,
@@ -324,6 +410,7 @@ class Inventory:
                 vcpus=s.vcpus,
                 memory_mib=s.memory_mib,
                 cpu_load=self._history.load(s, now) if s.state == "running" else 0.0,
+                dirty_rate_mib_s=self.dirty_rate(s.name) or 0.0,
             )
             for s in sorted(samples, key=lambda s: s.name)
         )

@@ -59,7 +59,7 @@ from .core.events import (
     SwitchToPostCopy,
 )
 from .core.migration import ClusterView, MigrationConfig, MigrationCore, MigrationInfo
-from .core.migration_policy import MigrationPolicy
+from .core.migration_policy import MigrationPolicy, switchover_limit_ms
 from .disks import (
     LocalDisk,
     incremental,
@@ -69,6 +69,7 @@ from .disks import (
     remove_target_copies,
 )
 from .hypervisor import job_stats
+from .inventory import recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .tasks import cancel_and_wait
 
@@ -125,8 +126,10 @@ class Migrator:
         opener: Callable[[str], Any] = libvirt.open,
         rng: random.Random | None = None,
         journal: MigrationJournal | None = None,
+        dirty_rate: Callable[[str], float | None] = lambda vm: None,
     ) -> None:
-        """`host`: this host's address as QEMU on a source must reach it (tcp://host)."""
+        """`host`: this host's address as QEMU on a source must reach it (tcp://host);
+        `dirty_rate`: the inventory's last measurement of a local VM (MiB/s), None if none."""
         self.core = MigrationCore(
             node_id,
             view=view,
@@ -142,6 +145,8 @@ class Migrator:
         self._on_change = on_change  # the core's next deadline may have moved earlier
         self._opener = opener  # opens a libvirt connection (tests may substitute)
         self._journal = journal  # outbound jobs in flight, for the next life of the agent
+        self._dirty_rate = dirty_rate  # for the switchover limit
+        self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
@@ -163,6 +168,10 @@ class Migrator:
 
     async def tick(self) -> None:
         await self._apply(self.core.tick(self._clock()))
+
+    def idle(self) -> bool:
+        """Whether no migration of this host's runs, out or in (from the proposal on)."""
+        return self.core.outbound() == 0 and self.core.inbound() == 0
 
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
@@ -258,6 +267,7 @@ class Migrator:
         now = self._clock()
         row["elapsed_s"] = round((info.ended if info.ended is not None else now) - info.started, 3)
         row["started"] = row["ended"] = None  # monotonic clock values mean nothing outside
+        row["max_downtime_ms"] = self._limits.get(info.migration_id)  # None on the target
         sample = self._progress.get(info.migration_id)
         row["stats"] = None
         if sample is not None:
@@ -296,6 +306,8 @@ class Migrator:
         known = {info.migration_id for info in self.core.migrations()}
         for migration_id in [m for m in self._progress if m not in known]:
             del self._progress[migration_id]
+        for migration_id in [m for m in self._limits if m not in known]:
+            del self._limits[migration_id]
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -382,8 +394,20 @@ class Migrator:
             prepared.extend(disks)
         flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
-        _set_max_downtime(dom, action.policy.max_downtime_ms)
-        fields = {"vm": action.vm, "to": target_uri, "disks": len(disks)}
+        # The measurement the inventory started last, if finished; else the one before.
+        dirty = recent_dirty_rate(dom.connect(), dom)
+        if dirty is None:
+            dirty = self._dirty_rate(action.vm)
+        limit = switchover_limit_ms(action.policy, dirty)
+        self._limits[action.migration_id] = limit
+        _set_max_downtime(dom, limit)
+        fields = {
+            "vm": action.vm,
+            "to": target_uri,
+            "disks": len(disks),
+            "max_downtime_ms": limit,
+            "dirty_mib_s": dirty,
+        }
         log.info("libvirt migration starting", extra={"fields": fields})
         dom.migrateToURI3(target_uri, params, flags)
 

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron.agent.config import AgentConfig
-from novacron.agent.core.migration_policy import MigrationPolicy
+from novacron.agent.core.migration_policy import MigrationPolicy, switchover_limit_ms
 from novacron.agent.hypervisor import DEFAULT_CONSOLE_DIR
 from novacron.agent.migrator import PEER_URI
 from novacron.agent.vmspec import VmSpec, domain_xml
@@ -108,9 +108,10 @@ class Config:
 
     @property
     def downtime_ms(self) -> int:
-        if self.max_downtime_ms is not None:
-            return self.max_downtime_ms
-        return MigrationPolicy().max_downtime_ms
+        # What NovaCron's policy picks for this guest (it measures the dirty rate itself;
+        # the row's `max_downtime_ms` says what it picked), given to virsh as well.
+        policy = MigrationPolicy(self.bandwidth, self.max_downtime_ms)
+        return switchover_limit_ms(policy, self.dirty_rate)
 
 
 def matrix(runs: int, quick: bool) -> list[Config]:
@@ -337,6 +338,7 @@ def migrate_nova(bench: Bench, config: Config, source: LabHost, target: LabHost)
         "escalation": migration.get("escalation"),
         "outcome": migration.get("outcome"),
         "reason": migration.get("reason") or answer.get("error"),
+        "max_downtime_ms": migration.get("max_downtime_ms"),
     }
 
 
@@ -626,7 +628,8 @@ def main() -> None:
         "machine": machine(),
         "code": code_version(),
         "policy_default": {
-            "max_downtime_ms": MigrationPolicy().max_downtime_ms,
+            "max_downtime_ms_idle": switchover_limit_ms(MigrationPolicy(), 0.0),
+            "max_downtime_ms": switchover_limit_ms(MigrationPolicy(), None),
             "bandwidth_mib_s": MigrationPolicy().bandwidth_mib_s,
         },
     }

@@ -49,7 +49,7 @@ class VmSummary:
     vcpus: int = 0
     memory_mib: int = 0
     cpu_load: float = 0.0  # cores in use, for the rebalancer
-    dirty_rate_mib_s: float = 0.0  # for migration cost estimates
+    dirty_rate_mib_s: float = 0.0  # memory written per second (0 until measured), for costs
     labels: dict[str, str] = field(default_factory=dict)
 
 

@@ -111,6 +111,21 @@ def domains(host: LabHost, *flags: str) -> list[str]:
     return [line for line in done.stdout.split() if line]
 
 
+def dirty_rate_started(host: LabHost, vm: str) -> int:
+    """When QEMU last started measuring `vm`'s dirty rate (its monotonic seconds; 0: never)."""
+    done = host.run(
+        ["virsh", "-c", "qemu:///system", "domstats", "--dirtyrate", vm],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for line in done.stdout.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "dirtyrate.calc_start_time":
+            return int(value)
+    return 0
+
+
 def running_on(lab: Lab, vm: str) -> list[str]:
     """The hosts whose libvirtd runs `vm` now (exactly one, after any migration)."""
     return [host.name for host in lab.hosts if vm in domains(host)]

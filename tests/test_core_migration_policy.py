@@ -23,6 +23,7 @@ from novacron.agent.core.migration_policy import (
     completion_timeout,
     published_count,
     record_labels,
+    switchover_limit_ms,
     with_overrides,
 )
 from novacron.agent.core.reservations import (
@@ -53,10 +54,17 @@ def test_overrides_are_checked_by_name_type_and_range() -> None:
         with_overrides(base, {"bandwidth_mib_s": -1})
 
 
-def test_max_downtime_defaults_to_qemus_and_is_checked() -> None:
-    assert MigrationPolicy().max_downtime_ms == 300
+def test_only_a_guest_measured_idle_gets_the_low_switchover_limit() -> None:
+    policy = MigrationPolicy()
+    assert switchover_limit_ms(policy, 0.0) == 50
+    assert switchover_limit_ms(policy, 8.0) == 50
+    assert switchover_limit_ms(policy, 16.0) == 300  # more passes: TCG guests broke
+    assert switchover_limit_ms(policy, None) == 300  # not measured: no risk taken
+    capped = with_overrides(policy, {"bandwidth_mib_s": 30})
+    assert switchover_limit_ms(capped, 0.0) == 300  # a low limit under a cap broke guests
+    assert switchover_limit_ms(with_overrides(capped, {"max_downtime_ms": 20}), 50.0) == 20
     with pytest.raises(PolicyError, match="max downtime must be >= 1 ms"):
-        with_overrides(MigrationPolicy(), {"max_downtime_ms": 0})
+        with_overrides(policy, {"max_downtime_ms": 0})
 
 
 def test_completion_timeout_scales_per_gib_with_a_floor() -> None:

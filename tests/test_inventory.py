@@ -8,13 +8,14 @@ connection in the process, so a test that changes it restores it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from novacron.agent.inventory import Inventory
+from novacron.agent.inventory import DomainSample, Inventory
 
 TIMEOUT = 10.0
 TEST_URI = "test:///default"
@@ -135,3 +136,29 @@ async def test_unreachable_libvirt_gives_no_vms_a_warning_and_is_retried(
         assert inv.warning is None and inv.connected
     finally:
         await asyncio.wait_for(inv.close(), TIMEOUT)
+
+
+async def test_a_driver_without_dirty_rates_leaves_them_unknown(inventory: Inventory) -> None:
+    record = await asyncio.wait_for(inventory.record(), TIMEOUT)
+    (vm,) = [v for v in record.vms if v.name == "test"]
+    assert vm.dirty_rate_mib_s == 0.0
+    assert inventory.dirty_rate("test") is None  # so a migration takes no risk with it
+
+
+def test_a_measured_dirty_rate_is_trusted_for_a_minute_and_forgotten_when_the_vm_stops(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
+    running = DomainSample("vm1", "u1", "running", 1, 1024, 0, dirty_mib_s=16.0)
+    (vm,) = inv._summaries([running])
+    assert (vm.dirty_rate_mib_s, inv.dirty_rate("vm1")) == (16.0, 16.0)
+    now[0] += 30
+    inv._summaries([dataclasses.replace(running, dirty_mib_s=None)])  # still measuring
+    assert inv.dirty_rate("vm1") == 16.0
+    now[0] += 31
+    assert inv.dirty_rate("vm1") is None  # too old to decide a migration on
+    inv._summaries([dataclasses.replace(running, dirty_mib_s=0.0)])
+    assert inv.dirty_rate("vm1") == 0.0
+    inv._summaries([dataclasses.replace(running, state="shutoff", dirty_mib_s=None)])
+    assert inv.dirty_rate("vm1") is None

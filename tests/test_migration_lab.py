@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from novacron.agent.inventory import read_domains
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
@@ -25,6 +27,7 @@ from tests.lab_vms import (
     beats,
     console_log,
     delete_guest,
+    dirty_rate_started,
     domains,
     everyone_sees,
     hosts_of,
@@ -36,6 +39,7 @@ from tests.lab_vms import (
     start_guest,
     wait_beat_above,
 )
+from tests.test_hypervisor import opener_in
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
@@ -62,12 +66,14 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
     lab, agents = mesh
     h1, h2 = lab.hosts[0], lab.hosts[1]
     start_guest(lab, agents, disk_dir, guest, "test-vm")
-    before = wait_beat_above(h1, "test-vm", 10)[-1]
+    # 3 s of heartbeats: the inventory (every 1 s here) has measured the booted guest idle.
+    before = wait_beat_above(h1, "test-vm", 30)[-1]
 
     code, answer = nova(h1, "vm", "migrate", "test-vm", "--to", h2.name, "--wait")
 
     assert (code, answer["ok"]) == (0, True), answer
     migration = answer["migration"]
+    assert migration["max_downtime_ms"] == 50, "an idle guest gets the short switchover pause"
     assert (migration["outcome"], migration["source"], migration["target"]) == (
         "committed",
         h1.name,
@@ -134,6 +140,17 @@ def test_cancel_mid_migration_leaves_the_guest_on_the_source(
         interval=0.2,
     )
     before = beats(h1, dirty_vm)[-1]
+    # The inventory measures no VM's dirty rate while it migrates: libvirt would hold that
+    # call until the migration ends (30 s, then fails), and the inventory with it.
+    measured = dirty_rate_started(h1, dirty_vm)
+    conn = opener_in(h1)(h1.libvirt_uri)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            read = pool.submit(read_domains, conn)
+            assert dirty_vm in [d.name for d in read.result(timeout=10)], "the read got stuck"
+    finally:
+        conn.close()
+    assert dirty_rate_started(h1, dirty_vm) == measured, "a measurement overlapped a migration"
 
     code, answer = nova(h1, "vm", "cancel", migration_id)
 
@@ -212,6 +229,7 @@ def test_migrating_a_guest_that_dirties_memory_keeps_it_running(
     code, answer = nova(h1, "vm", "migrate", dirty_vm, "--to", h2.name, "--wait")
 
     assert (code, answer["migration"]["outcome"]) == (0, "committed"), answer
+    assert answer["migration"]["max_downtime_ms"] == 300, "a guest writing memory: QEMU's limit"
     after = wait_beat_above(h2, dirty_vm, before + 10)
     assert after == list(range(after[0], after[0] + len(after))), "no gaps, no restart"
     assert after[0] > before, "the guest rebooted"

@@ -43,22 +43,26 @@ class PolicyError(ValueError):
 class MigrationPolicy:
     """How to drive one live migration (libvirt `migrateToURI3` parameters and escalation).
 
-    Max downtime stays at QEMU's own default, 300 ms. Lower limits make the
-    switchover pause shorter (an idle 128 MiB guest: 40 ms at 50 ms against
-    150-175 ms at 300 ms in the lab on 2026-11-27) but mean more pre-copy
-    passes, and TCG guests in the lab panicked after the switchover when a
-    migration took many passes: with a bandwidth cap at 50 ms (3 of 3), and
-    with a guest dirtying 100 MiB/s at 50 ms (6 of 8, NovaCron and raw virsh
-    alike). A guest that crashes has lost more than a pause, so the default
-    does not trade that risk for downtime; `--max-downtime` sets it per
-    migration. The policy also aims at finishing guests that dirty memory
-    faster than the link: after the completion timeout such a guest switches
-    to post-copy, which always converges (KubeVirt #3504 is what happens
+    Max downtime, unless set (`switchover_limit_ms`): 50 ms for a guest
+    measured idle (writing at most `IDLE_DIRTY_MIB_S`) with no bandwidth cap,
+    else QEMU's own 300 ms. QEMU switches over as soon as what is left to
+    copy fits the limit, so at 300 ms an idle 128 MiB guest paused 150-175 ms
+    in the lab on 2026-11-27 and at 50 ms 40 ms, its migration taking the
+    same 3 pre-copy passes. A guest that writes memory needs more passes
+    under a low limit, and TCG guests in the lab panicked after switchovers
+    that took 4 or more passes (at 50 ms: 6 of 8 dirtying 100 MiB/s, raw
+    virsh alike; with a cap at 50 ms: 3 of 3), so only measured-idle guests
+    get the low limit; an unmeasured one gets 300 ms: a guest that crashes
+    has lost more than a pause. `--max-downtime` sets it per migration.
+
+    The policy also aims at finishing guests that dirty memory faster than
+    the link: after the completion timeout such a guest switches to
+    post-copy, which always converges (KubeVirt #3504 is what happens
     without it).
     """
 
     bandwidth_mib_s: float = 0.0  # cap on migration traffic in MiB/s; 0 = libvirt's default
-    max_downtime_ms: int = 300  # longest pause allowed for the final switchover (QEMU's)
+    max_downtime_ms: int | None = None  # longest final switchover pause; None: see above
     auto_converge: bool = True  # let QEMU throttle the guest's vCPUs when it does not converge
     post_copy: bool = True  # on timeout switch to post-copy (True) or abort (False)
     completion_timeout_per_gib: float = 30.0  # seconds per GiB of guest memory before escalation
@@ -68,7 +72,7 @@ class MigrationPolicy:
         """Refuse values libvirt would reject or that make escalation meaningless."""
         if not self.bandwidth_mib_s >= 0:
             raise PolicyError(f"bandwidth must be >= 0 MiB/s, got {self.bandwidth_mib_s!r}")
-        if self.max_downtime_ms < 1:
+        if self.max_downtime_ms is not None and self.max_downtime_ms < 1:
             raise PolicyError(f"max downtime must be >= 1 ms, got {self.max_downtime_ms!r}")
         if not self.completion_timeout_per_gib > 0:
             raise PolicyError(
@@ -109,6 +113,21 @@ def with_overrides(policy: MigrationPolicy, overrides: Mapping[str, Any] | None)
             raise PolicyError(f"policy setting {name!r} has the wrong type: {value!r}")
         changes[name] = value
     return dataclasses.replace(policy, **changes)
+
+
+IDLE_MAX_DOWNTIME_MS = 50  # switchover limit for a guest measured idle, without a cap
+DEFAULT_MAX_DOWNTIME_MS = 300  # for every other guest (QEMU's own default)
+IDLE_DIRTY_MIB_S = 8.0  # "idle": the heartbeat guest measures 0-4, one writing 20 MiB/s 16
+
+
+def switchover_limit_ms(policy: MigrationPolicy, dirty_mib_s: float | None) -> int:
+    """The max downtime for a guest that last wrote `dirty_mib_s` (None: not measured)."""
+    if policy.max_downtime_ms is not None:
+        return policy.max_downtime_ms
+    idle = dirty_mib_s is not None and dirty_mib_s <= IDLE_DIRTY_MIB_S
+    if idle and policy.bandwidth_mib_s == 0:
+        return IDLE_MAX_DOWNTIME_MS
+    return DEFAULT_MAX_DOWNTIME_MS
 
 
 def completion_timeout(policy: MigrationPolicy, memory_mib: int) -> float:
