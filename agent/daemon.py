@@ -120,7 +120,7 @@ class Agent:
             labels=config.labels,
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
-            measuring_allowed=lambda: self.migrator.idle(),
+            may_measure=lambda vm: not self.migrator.moving(vm),
         )
         self.drain = Drain(
             self.migrator,

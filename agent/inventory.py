@@ -41,6 +41,7 @@ GIB = 1024 * MIB
 DEFAULT_URI = "qemu:///system"
 POLL_INTERVAL = 10.0  # seconds between refreshes when libvirt sends no events
 DIRTY_RATE_PERIOD = 1  # seconds QEMU samples a VM's memory writes over (read at the next refresh)
+REMEASURE_DELAY = 0.5  # seconds before trying again to measure a VM a job held
 DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
 RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
 
@@ -184,35 +185,41 @@ class DomainSample:
     memory_mib: int  # maximum memory: what the VM may claim, hence what a target reserves
     cpu_time_ns: int
     dirty_mib_s: float | None = None  # memory written per second, when libvirt measured it
+    held: bool = False  # to be measured, but a libvirt job held it (e.g. it just arrived)
 
 
-def read_domains(conn: Any, measure: bool = True) -> list[DomainSample]:
+def read_domains(
+    conn: Any, may_measure: Callable[[str], bool] = lambda vm: True
+) -> list[DomainSample]:
     """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
 
     Running domains also get their dirty rate: the measurement started at the
     previous read (QEMU's page sampling over `DIRTY_RATE_PERIOD` s) is read
-    back, and, if `measure`, a new one is started for the next read on every
-    running domain that no job (a migration) holds.
+    back, and a new one is started for the next read on every running domain
+    that `may_measure` allows and no libvirt job (a migration) holds.
     """
     dirty = _measured_dirty_rates(conn)
     samples = []
     for dom in conn.listAllDomains(0):
         try:
             state, max_kib, _kib, vcpus, cpu_time = dom.info()
-            uuid = dom.UUIDString()
+            uuid, name = dom.UUIDString(), dom.name()
+            wanted = state == libvirt.VIR_DOMAIN_RUNNING and may_measure(name)
+            job = _in_job(dom) if wanted else None
+            if wanted and job is False:
+                _start_dirty_rate(dom)
             samples.append(
                 DomainSample(
-                    name=dom.name(),
+                    name=name,
                     uuid=uuid,
                     state=VM_STATES.get(state, "unknown"),
                     vcpus=int(vcpus),
                     memory_mib=int(max_kib) // 1024,
                     cpu_time_ns=int(cpu_time),
                     dirty_mib_s=dirty.get(uuid),
+                    held=bool(job),
                 )
             )
-            if measure and state == libvirt.VIR_DOMAIN_RUNNING and _no_job(dom):
-                _start_dirty_rate(dom)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
@@ -252,18 +259,19 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
     return float(rate) if isinstance(rate, int | float) else None
 
 
-def _no_job(dom: Any) -> bool:
-    """Whether no libvirt job (a migration, someone's `virsh migrate`) runs on `dom`.
+def _in_job(dom: Any) -> bool | None:
+    """Whether a libvirt job (a migration, someone's `virsh migrate`) runs on `dom`; None if
+    the driver cannot tell (test:///default).
 
     A measurement never overlaps a migration the agent can see: one migration
     stalled at its switchover while the inventory measured (2026-11-27, cause
     not found), and libvirt holds a measurement's start until a migration ends
-    (30 s, then fails), which would hold this read too. Unknown counts as busy.
+    (30 s, then fails), which would hold this read too.
     """
     try:
-        return bool(dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE)
-    except libvirt.libvirtError:  # a driver without jobs (test:///default) measures nothing
-        return False
+        return bool(dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE)
+    except libvirt.libvirtError:
+        return None
 
 
 def _start_dirty_rate(dom: Any) -> None:
@@ -310,10 +318,10 @@ class Inventory:
         retry_interval: float = RETRY_INTERVAL,
         use_events: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        measuring_allowed: Callable[[], bool] = lambda: True,
+        may_measure: Callable[[str], bool] = lambda vm: True,
     ) -> None:
-        """`measuring_allowed`: whether VMs' dirty rates may be measured now (the agent says
-        no while a migration of its own runs, in or out, from its decision on)."""
+        """`may_measure(vm)`: whether that VM's dirty rate may be measured now (the agent
+        says no while it moves the VM, from its decision on)."""
         self.node_id = node_id
         self.libvirt_uri = libvirt_uri  # where the VMs are managed; also gossiped
         self.warning: str | None = None  # why libvirt is unusable right now, if it is
@@ -324,7 +332,8 @@ class Inventory:
         self._retry_interval = retry_interval
         self._use_events = use_events
         self._clock = clock
-        self._measuring_allowed = measuring_allowed
+        self._may_measure = may_measure
+        self._held = False  # a measurement could not start for a libvirt job: look again soon
         self._cpu = CpuMeter()
         self._history = _CpuHistory()
         self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
@@ -365,7 +374,7 @@ class Inventory:
         if conn is None:
             return ()
         try:
-            samples = await asyncio.to_thread(read_domains, conn, self._measuring_allowed())
+            samples = await asyncio.to_thread(read_domains, conn, self._may_measure)
         except libvirt.libvirtError as exc:
             await self._lost(conn, f"listing domains failed: {exc}")
             return ()
@@ -396,6 +405,7 @@ class Inventory:
 
     def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
         now = self._clock()
+        self._held = any(s.held for s in samples)
         self._history.keep_only({s.uuid for s in samples})
         for s in samples:
             if s.dirty_mib_s is not None:
@@ -418,6 +428,8 @@ class Inventory:
     async def wait_changed(self, timeout: float | None = None) -> bool:
         """Wait for a libvirt domain event (True) or the poll interval to pass (False)."""
         wait = self._poll_interval if timeout is None else timeout
+        if self._held:  # e.g. a VM that just arrived, still in libvirt's migration job
+            wait = min(wait, REMEASURE_DELAY)
         try:
             await asyncio.wait_for(self._changed.wait(), wait)
         except TimeoutError:

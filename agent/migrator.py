@@ -169,9 +169,9 @@ class Migrator:
     async def tick(self) -> None:
         await self._apply(self.core.tick(self._clock()))
 
-    def idle(self) -> bool:
-        """Whether no migration of this host's runs, out or in (from the proposal on)."""
-        return self.core.outbound() == 0 and self.core.inbound() == 0
+    def moving(self, vm: str) -> bool:
+        """Whether this host is moving `vm` away (from its decision until the migration ends)."""
+        return self.core.busy(vm)
 
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
