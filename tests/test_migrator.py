@@ -291,3 +291,28 @@ def test_progress_line_shows_what_the_operator_watches() -> None:
         "  iteration 2  expected downtime 40 ms"
     )
     assert progress_line({**row, "stats": None}) == "[ 42.0%] migrating"
+
+
+def test_the_end_of_a_migration_says_which_switchover_limit_it_got() -> None:
+    import io
+
+    from novacron.agent.cli.common import Output
+    from novacron.agent.cli.migrate import _ended
+
+    row = {
+        "vm": "web-1",
+        "source": "edge-01",
+        "target": "edge-02",
+        "outcome": "committed",
+        "elapsed_s": 2.34,
+        "escalation": None,
+        "max_downtime_ms": 50,
+    }
+    text = io.StringIO()
+    assert _ended(Output(stdout=text), row) == 0
+    assert text.getvalue() == (
+        "migrated web-1 from edge-01 to edge-02 in 2.3 s (switchover limit 50 ms)\n"
+    )
+    text = io.StringIO()
+    _ended(Output(stdout=text), {**row, "max_downtime_ms": None})  # the target's row
+    assert text.getvalue() == "migrated web-1 from edge-01 to edge-02 in 2.3 s\n"

@@ -126,7 +126,9 @@ def _draw(line: str, previous: str, live: bool) -> None:
 def _ended(out: Output, migration: dict[str, Any]) -> int:
     what = f"{migration['vm']} from {migration['source']} to {migration['target']}"
     if migration["outcome"] == "committed":
-        lines = [f"migrated {what} in {migration['elapsed_s']:.1f} s"]
+        limit = migration.get("max_downtime_ms")
+        pause = f" (switchover limit {limit} ms)" if limit is not None else ""
+        lines = [f"migrated {what} in {migration['elapsed_s']:.1f} s{pause}"]
         if migration.get("escalation"):
             lines.append(f"escalated: {migration['escalation']}")
         out.result({"migration": migration}, lines)
