@@ -89,9 +89,11 @@ def test_a_vm_that_moved_lately_stays_put() -> None:
 
 
 def test_the_outbound_limit_and_busy_vms() -> None:
-    decision = decide([HOT, COLD], busy=("b", "c"))
+    hotter = host("h1", *(vm(f"v{i}", 1.6) for i in range(5)))  # 0.8, 0.48 without two; mean 0.21
+    decision = decide([hotter, COLD, host("h3"), host("h4")], busy=("v0", "v1"))
     assert (decision.move, decision.reason) == (None, "already moving 2 VMs (limit 2)")
-    assert decide([HOT, COLD], busy=("a",)).move.vm != "a"  # type: ignore[union-attr]
+    # still hot without "c" (0.5 > 0.475): the next move is another VM
+    assert decide([HOT, COLD], busy=("c",)).move.vm != "c"  # type: ignore[union-attr]
 
 
 def test_targets_at_their_inbound_limit_draining_or_dead_take_nothing() -> None:
@@ -182,3 +184,21 @@ def test_a_move_too_small_to_matter_is_not_worth_a_migration() -> None:
     assert decision.reason.endswith("and is worth a migration")
     worth = host("h1", vm("big", 5.0), vm("some", 0.5))
     assert decide([worth, COLD], moved={"big": 900.0}).move.vm == "some"  # type: ignore[union-attr]
+
+
+def test_load_already_leaving_is_not_shed_twice() -> None:
+    """A host whose VM is on its way out plans as if it had gone: it does not send a
+    second VM for load that is already leaving."""
+    warm = host("h1", vm("a", 3.0), vm("b", 1.0), vm("c", 1.0))  # 0.5; without "a": 0.2
+    colds = [host(f"h{i}", vm(f"x{i}", 0.5)) for i in range(2, 6)]  # mean 0.14
+    assert decide([warm, *colds]).move is not None
+    decision = decide([warm, *colds], busy=("a",))
+    assert decision.move is None and decision.reason.startswith("balanced")
+
+
+def test_a_saturated_host_keeps_shedding_while_a_vm_is_leaving() -> None:
+    """At its cores' limit a host's loads understate demand: the VM leaving still counts."""
+    full = host("h1", vm("a", 4.0), vm("b", 3.0), vm("c", 3.0))  # 1.0 of 10 cores
+    colds = [host(f"h{i}", vm(f"x{i}", 0.5)) for i in range(2, 6)]
+    decision = decide([full, *colds], busy=("a",))
+    assert decision.move is not None and decision.move.vm in ("b", "c")
