@@ -25,7 +25,6 @@ from .httpd import HttpError, HttpServer, Request, Response, Router, json_respon
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
-WAIT_STEP = 0.01  # how often a held request looks again (in-process: cheap)
 
 
 class AgentView(Protocol):
@@ -61,6 +60,8 @@ class MigrationControl(Protocol):
     def migrations(self) -> list[dict[str, Any]]: ...
 
     def migration(self, migration_id: str) -> dict[str, Any] | None: ...
+
+    async def wait_change(self, timeout: float) -> None: ...
 
 
 class VmLifecycle(Protocol):
@@ -272,9 +273,10 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
             found = control.migration(migration_id)
             if found is None:
                 raise HttpError(404, f"no migration {migration_id!r} on this host")
-            if found["outcome"] or asyncio.get_running_loop().time() >= deadline:
+            left = deadline - asyncio.get_running_loop().time()
+            if found["outcome"] or left <= 0:
                 return json_response({"migration": found})
-            await asyncio.sleep(WAIT_STEP)
+            await control.wait_change(left)
 
     async def cancel(request: Request) -> Response:
         migration_id = request.params["migration_id"]

@@ -150,6 +150,7 @@ class Migrator:
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
+        self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
         self._postcopy: set[str] = set()  # migration ids switched to post-copy by us
         self._progress: dict[str, MigrationProgressed] = {}  # last sample per migration id
 
@@ -292,6 +293,17 @@ class Migrator:
         for action in out.actions:
             self._spawn(self._perform(action), f"{type(action).__name__}:{action.migration_id}")
         self._on_change()
+        change, self._change = self._change, None
+        if change is not None and not change.done():
+            change.set_result(None)
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return at this host's next migration change (a sample, a reply, an end) or after
+        `timeout` s: a held API request wakes when there is news, not on a timer."""
+        if self._change is None:
+            self._change = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._change), timeout)
 
     def _note(self, event: Any) -> None:
         if isinstance(event, MigrationProgressed):

@@ -177,6 +177,21 @@ class Migrations:
     def __init__(self) -> None:
         self.row: dict[str, Any] = {"migration_id": "m1", "outcome": "", "target": "h2"}
         self.looks = 0
+        self.waiting = 0  # held requests waiting for news right now
+        self._news = asyncio.Event()
+
+    def end(self, outcome: str) -> None:
+        """m1 ends, and held requests hear of it (the migrator's `wait_change`)."""
+        self.row["outcome"] = outcome
+        self._news.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), timeout)
+        finally:
+            self.waiting -= 1
 
     async def migrate(self, vm: str, body: dict[str, Any]) -> str:
         raise Refusal(404, f"unknown VM {vm}")
@@ -478,13 +493,11 @@ async def test_close_ends_held_requests_and_open_connections(tmp_path: Path) -> 
     reader, writer = await asyncio.open_unix_connection(sock)
     writer.write(b"GET /v1/migrations/m1?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    await until(lambda: migrations.looks > 1)
+    await until(lambda: migrations.waiting == 1)
     await asyncio.wait_for(server.close(), timeout=5)
     assert server.connections == 0
     assert await asyncio.wait_for(reader.read(), timeout=5) == b""
-    looks = migrations.looks
-    await asyncio.sleep(0.1)
-    assert migrations.looks == looks  # the held handler stopped
+    assert migrations.waiting == 0  # the held handler stopped
     writer.close()
 
 
@@ -497,9 +510,9 @@ async def test_a_held_request_answers_when_the_migration_ends(
     sock, _, migrations = served
     started = time.monotonic()
     waiting = asyncio.ensure_future(call(sock, "GET", "/v1/migrations/m1?wait=10"))
-    await until(lambda: migrations.looks > 2)
-    assert not waiting.done()
-    migrations.row["outcome"] = "completed"
+    await until(lambda: migrations.waiting == 1)
+    assert not waiting.done() and migrations.looks == 1  # it waits for news, not a timer
+    migrations.end("completed")
     status, body = await asyncio.wait_for(waiting, timeout=5)
     assert (status, body["migration"]["outcome"]) == (200, "completed")
     assert time.monotonic() - started < 5
@@ -524,12 +537,10 @@ async def test_a_client_that_hangs_up_during_a_held_request_cancels_it(
     _, writer = await asyncio.open_unix_connection(sock)
     writer.write(b"GET /v1/migrations/m1?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    await until(lambda: migrations.looks > 2)
+    await until(lambda: migrations.waiting == 1)
     writer.close()
     await until(lambda: server.connections == 0, timeout=2)
-    looks = migrations.looks
-    await asyncio.sleep(0.1)
-    assert migrations.looks == looks  # the handler was cancelled, not left polling
+    assert migrations.waiting == 0  # the handler was cancelled, not left waiting
     assert (await call(sock, "GET", "/v1/status"))[0] == 200
 
 

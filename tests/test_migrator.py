@@ -7,6 +7,7 @@ are checked in milliseconds, with a fake cluster view and no libvirt calls.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -257,10 +258,16 @@ async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals(
             400,
             {"error": "wait must be a number of seconds"},
         )
+        path = f"/v1/migrations/{migration_id}?wait=10"
+        waiting = asyncio.ensure_future(call(sock, "GET", path))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
         assert (await call(sock, "POST", f"/v1/migrations/{migration_id}/cancel")) == (
             202,
             {"migration_id": migration_id, "cancelling": True},
         )
+        _, woken = await asyncio.wait_for(waiting, 5)  # by the end, well before its 10 s
+        assert woken["migration"]["outcome"] == "aborted"
         assert (await call(sock, "POST", f"/v1/migrations/{migration_id}/cancel"))[0] == 409
         _, ended = await call(sock, "GET", f"/v1/migrations/{migration_id}?wait=10")
         assert ended["migration"]["outcome"] == "aborted"  # ended: answered at once
