@@ -35,7 +35,7 @@ from novacron.simulations.lab.agents import BIN, LabAgents
 
 
 def state_of(host: LabHost) -> dict[str, Any]:
-    """The guest's domain state and current job on `host`, for a stall's report."""
+    """The guest's domain state, libvirt's job and QEMU's own migration state on `host`."""
     done = host.run(
         [str(BIN / "python"), "-c", M.JOB_STATS, M.VM, "current"],
         capture_output=True,
@@ -43,32 +43,49 @@ def state_of(host: LabHost) -> dict[str, Any]:
         timeout=60,
     )
     job = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {}
+    qemu = M.virsh(host, "qemu-monitor-command", M.VM, "--hmp", "info migrate", timeout=30)
+    status = M.virsh(host, "qemu-monitor-command", M.VM, "--hmp", "info status", timeout=30)
     return {
         "domstate": M.virsh(host, "domstate", "--reason", M.VM).stdout.strip(),
         "job": M.summarise_job(job, completed=False) if job else None,
+        "job_raw": job,
+        "qemu_migrate": [line for line in qemu.stdout.splitlines() if line.strip()][-25:],
+        "qemu_status": status.stdout.strip() or status.stderr.strip(),
     }
 
 
-def move(bench: M.Bench, config: M.Config, number: int) -> dict[str, Any]:
-    """One migration; a stall is reported, aborted and recovered from."""
+def stalled(bench: M.Bench, config: M.Config, number: int, workdir: Path) -> dict[str, Any]:
+    """Report a stalled move, abort it, and say where the guest ended up."""
     source, target = bench.hosts[bench.where], bench.hosts[1 - bench.where]
+    row: dict[str, Any] = {
+        "ok": False,
+        "stalled": True,
+        "run": number,
+        "source": source.name,
+        "target": target.name,
+        "states": {h.name: state_of(h) for h in bench.hosts},
+    }
+    print(f"#{number} STALLED {source.name}->{target.name}: {row['states']}", flush=True)
+    for host in bench.hosts:  # the agents' own account, kept beside the results
+        log = bench.agents.log(host)
+        (workdir / f"stall{number}-{host.name}-agent.log").write_text(log[-200_000:])
+    M.virsh(source, "domjobabort", M.VM)
+    time.sleep(10)
+    row["after_abort"] = {
+        h.name: M.virsh(h, "domstate", "--reason", M.VM).stdout.strip() for h in bench.hosts
+    }
+    print(f"#{number} after domjobabort: {row['after_abort']}", flush=True)
+    bench.results.append(row)
+    M.boot(bench, config)  # whatever the abort left, start over from a fresh guest
+    return row
+
+
+def move(bench: M.Bench, config: M.Config, number: int, workdir: Path) -> dict[str, Any]:
+    """One migration; a stall is reported, aborted and recovered from."""
     try:
         return M.one_migration(bench, config, "novacron", number)
     except subprocess.TimeoutExpired:
-        row = {
-            "ok": False,
-            "stalled": True,
-            "run": number,
-            "source": source.name,
-            "target": target.name,
-            "states": {h.name: state_of(h) for h in bench.hosts},
-        }
-        print(f"#{number} STALLED {source.name}->{target.name}: {row['states']}", flush=True)
-        M.virsh(source, "domjobabort", M.VM)
-        time.sleep(5)
-        bench.results.append(row)
-        M.boot(bench, config)  # whatever the abort left, start over from a fresh guest
-        return row
+        return stalled(bench, config, number, workdir)
 
 
 def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -99,6 +116,7 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=90.0, help="seconds that make a stall")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write the moves and the report here")
+    parser.add_argument("--logs", default=".", help="where a stall's agent logs go")
     args = parser.parse_args()
     M.NOVA_TIMEOUT = args.stall  # `nova --wait` is given up on (and reported) after this
     rng = random.Random(args.seed)
@@ -120,7 +138,7 @@ def main() -> None:
             agents.wait_for_full_mesh(timeout=60)
             M.boot(bench, config)
             for number in range(args.moves):
-                move(bench, config, number)
+                move(bench, config, number, Path(args.logs))
                 if args.json and number % 10 == 9:
                     write(args.json, result, bench.results)
                 time.sleep(rng.uniform(0, args.pause))
