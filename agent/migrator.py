@@ -486,12 +486,13 @@ class Migrator:
     async def _report(self, migration_id: str, dom: Any) -> None:
         """One job sample, to the core (a failed sample is skipped: the next may work)."""
         try:
-            raw, paused_for_postcopy = await self._blocking(_sample, dom)
+            raw, paused = await self._blocking(_sample, dom)
         except libvirt.libvirtError as exc:
             log.debug("job sample failed: %s", exc)
             return
-        postcopy = paused_for_postcopy or migration_id in self._postcopy
-        sample = progress_sample(migration_id, raw, postcopy)
+        if not paused and migration_id in self._postcopy:
+            paused = "postcopy"  # requested: the source pauses for it in a moment
+        sample = progress_sample(migration_id, raw, paused or "precopy")
         if sample is not None:
             await self._apply(self.core.migration_progress(migration_id, sample, self._clock()))
 
@@ -587,10 +588,11 @@ def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, A
     return params
 
 
-def progress_sample(
-    migration_id: str, raw: dict[str, Any], postcopy: bool
-) -> MigrationProgress | None:
-    """A `MigrationProgress` from libvirt's jobStats(), or None when no job runs."""
+def progress_sample(migration_id: str, raw: dict[str, Any], phase: str) -> MigrationProgress | None:
+    """A `MigrationProgress` from libvirt's jobStats(), or None when no job runs.
+
+    `phase`: precopy, switchover (the source is paused for the final copy) or postcopy.
+    """
     stats = job_stats(raw)
     if stats is None or stats.kind not in ("bounded", "unbounded"):
         return None
@@ -604,7 +606,7 @@ def progress_sample(
         dirty_rate=float(raw.get("memory_dirty_rate", 0)),
         iteration=stats.iteration,
         expected_downtime_ms=stats.downtime_ms,
-        phase="postcopy" if postcopy else "precopy",
+        phase=phase,
     )
 
 
@@ -626,12 +628,18 @@ def _set_max_downtime(dom: Any, milliseconds: int) -> None:
         log.warning("cannot set the max downtime", extra={"fields": {"why": str(exc)}})
 
 
-def _sample(dom: Any) -> tuple[dict[str, Any], bool]:
-    """jobStats() and whether the source is paused for post-copy."""
+PAUSES = {
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY: "postcopy",
+    libvirt.VIR_DOMAIN_PAUSED_MIGRATION: "switchover",
+}
+
+
+def _sample(dom: Any) -> tuple[dict[str, Any], str]:
+    """jobStats() and why the source is paused for the migration: "postcopy", "switchover"
+    (the final copy with the guest stopped) or "" (it runs)."""
     raw = dom.jobStats()
     state, reason = dom.state()
-    postcopy = state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
-    return raw, postcopy
+    return raw, PAUSES.get(reason, "") if state == libvirt.VIR_DOMAIN_PAUSED else ""
 
 
 def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:

@@ -271,7 +271,7 @@ class MigrationProgress:
     dirty_rate: float = 0.0  # pages per second
     iteration: int = 0
     expected_downtime_ms: int = 0
-    phase: str = "precopy"  # precopy, postcopy
+    phase: str = "precopy"  # precopy, switchover (source paused for the final copy), postcopy
 
 
 @dataclass(frozen=True, slots=True)

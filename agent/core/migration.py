@@ -29,6 +29,8 @@ The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
 | migrating   | timeout-postcopy | postcopy    | action SwitchToPostCopy                     |
 | migrating   | timeout-abort    | aborting    | action AbortLibvirtMigration                |
 | migrating   | cancel           | aborting    | action AbortLibvirtMigration                |
+| migrating   | switchover-      | aborting    | action AbortLibvirtMigration (the source    |
+|             | stalled          |             | sat paused for the final copy too long)     |
 | migrating,  | finished-ok      | committed   | send Commit, event MigrationCompleted       |
 | postcopy,   |                  |             |                                             |
 | aborting,   |                  |             |                                             |
@@ -209,6 +211,7 @@ class Trigger(StrEnum):
     FINISHED_OK = "finished-ok"  # libvirt says the domain now runs on the target
     FINISHED_FAILED = "finished-failed"  # libvirt says the job failed (location unproven)
     ABORT_STALLED = "abort-stalled"  # an abort did not end the job within `abort_timeout`
+    SWITCHOVER_STALLED = "switchover-stalled"  # paused for the final copy too long: abort
     ON_TARGET = "on-target"  # reconcile: the domain is active on the target
     ON_SOURCE = "on-source"  # reconcile: the domain is active on the source
     NOWHERE = "nowhere"  # reconcile: no host has it active (yet): ask again later
@@ -226,6 +229,7 @@ TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
     (_P.MIGRATING, _T.TIMEOUT_POSTCOPY): _P.POSTCOPY,
     (_P.MIGRATING, _T.TIMEOUT_ABORT): _P.ABORTING,
     (_P.MIGRATING, _T.CANCEL): _P.ABORTING,
+    (_P.MIGRATING, _T.SWITCHOVER_STALLED): _P.ABORTING,
     (_P.MIGRATING, _T.FINISHED_OK): _P.COMMITTED,
     (_P.MIGRATING, _T.FINISHED_FAILED): _P.RECONCILING,
     (_P.POSTCOPY, _T.PROGRESS): _P.POSTCOPY,
@@ -273,6 +277,7 @@ class MigrationConfig:
     progress_interval: float = 1.0  # forward progress to the target at most this often ...
     renew_interval: float = 5.0  # ... and at least this often (it renews the lease)
     abort_timeout: float = 30.0  # an abort that has not ended the job by then: reconcile
+    switchover_stall: float = 10.0  # source paused this long for the final copy: abort
     reconcile_retry: float = 10.0  # ask again where a VM runs if no usable answer came
     history: int = 100  # ended migrations kept for `migrations()`, per direction
 
@@ -283,6 +288,8 @@ class MigrationConfig:
                 raise ValueError(f"{name} must be positive")
         if not self.abort_timeout > 0 or not self.reconcile_retry > 0 or self.history < 0:
             raise ValueError("abort_timeout and reconcile_retry must be positive")
+        if not self.switchover_stall > 0:
+            raise ValueError("switchover_stall must be positive")
         if self.renew_interval >= self.reservations.ttl:
             raise ValueError("renew_interval must be shorter than the reservation ttl")
 
@@ -350,6 +357,7 @@ class _Saga:
     adopted: bool = False  # taken over after a restart: the target does not know this id
     error: str = ""  # the first cause of failure, kept through reconcile
     escalation: str = ""  # how a non-converging migration was escalated, for the report
+    paused_since: float | None = None  # first sample showing the source paused for the switchover
     outcome: str = ""  # committed, aborted or refused once ended
     ended: float | None = None  # when it ended
 
@@ -616,6 +624,7 @@ class MigrationCore:
         )
         if saga.phase is not previous or now >= saga.forwarded_at + self.config.progress_interval:
             self._forward(saga, now, out)
+        self._check_switchover(saga, stats, now, out)
         self._check_escalation(saga, now, out)
         return out
 
@@ -1061,9 +1070,39 @@ class MigrationCore:
         saga.renew_at = now + self.config.renew_interval
         out.sends.append((saga.target, sample))
 
+    def _check_switchover(
+        self, saga: _Saga, stats: MigrationProgress, now: float, out: MigrationOutput
+    ) -> None:
+        """Abort a job whose source has been paused for the final copy for longer than
+        `switchover_stall` (the max downtime is meant to bound that pause to milliseconds).
+
+        Seen in the lab (QEMU 7.2, TCG): both sides paused, nothing left to copy, the job
+        running for minutes; post-copy cannot start there, an abort ended it (the guest then
+        ran on the target). Where the VM is afterwards, reconcile finds out.
+        """
+        if saga.phase is not Phase.MIGRATING or stats.phase != "switchover":
+            saga.paused_since = None
+            return
+        if saga.paused_since is None:
+            saga.paused_since = now
+        paused = now - saga.paused_since
+        if paused < self.config.switchover_stall:
+            return
+        self.stats.escalations += 1
+        why = f"stalled at the switchover: the VM was paused {paused:.0f} s, the job still running"
+        saga.escalation = f"aborted after {now - saga.started:.1f} s: {why}"
+        self._move(saga, Trigger.SWITCHOVER_STALLED, now)
+        saga.error = why
+        saga.timer = now + self.config.abort_timeout
+        out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+        out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
+
     def _check_escalation(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
-        """Past the completion timeout: post-copy if the policy allows it, else abort."""
-        if saga.phase is not Phase.MIGRATING or now < saga.timer:
+        """Past the completion timeout: post-copy if the policy allows it, else abort.
+
+        Not while the source is paused for the switchover: the job is finishing, and
+        post-copy cannot start there (`_check_switchover` watches that pause)."""
+        if saga.phase is not Phase.MIGRATING or now < saga.timer or saga.paused_since is not None:
             return
         self.stats.escalations += 1
         timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
