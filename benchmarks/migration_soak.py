@@ -43,15 +43,31 @@ def state_of(host: LabHost) -> dict[str, Any]:
         timeout=60,
     )
     job = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {}
-    qemu = M.virsh(host, "qemu-monitor-command", M.VM, "--hmp", "info migrate", timeout=30)
-    status = M.virsh(host, "qemu-monitor-command", M.VM, "--hmp", "info status", timeout=30)
     return {
         "domstate": M.virsh(host, "domstate", "--reason", M.VM).stdout.strip(),
         "job": M.summarise_job(job, completed=False) if job else None,
         "job_raw": job,
-        "qemu_migrate": [line for line in qemu.stdout.splitlines() if line.strip()][-25:],
-        "qemu_status": status.stdout.strip() or status.stderr.strip(),
     }
+
+
+def qemu_threads() -> dict[str, list[str]]:
+    """Every bench-vm QEMU's threads: name, state and kernel wait channel (libvirt holds the
+    monitor during a migration job, so this is what can be seen of a stuck QEMU)."""
+    found: dict[str, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"guest={M.VM}".encode() not in (proc / "cmdline").read_bytes():
+                continue
+            threads = []
+            for task in sorted((proc / "task").iterdir()):
+                name = (task / "comm").read_text().strip()
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (task / "wchan").read_text().strip()
+                threads.append(f"{name} {state} {wchan}")
+            found[proc.name] = threads
+        except OSError:
+            continue
+    return found
 
 
 def stalled(bench: M.Bench, config: M.Config, number: int, workdir: Path) -> dict[str, Any]:
@@ -64,6 +80,7 @@ def stalled(bench: M.Bench, config: M.Config, number: int, workdir: Path) -> dic
         "source": source.name,
         "target": target.name,
         "states": {h.name: state_of(h) for h in bench.hosts},
+        "qemu_threads": qemu_threads(),
     }
     print(f"#{number} STALLED {source.name}->{target.name}: {row['states']}", flush=True)
     for host in bench.hosts:  # the agents' own account, kept beside the results
@@ -114,6 +131,7 @@ def main() -> None:
     parser.add_argument("--dirty-rate", type=int, default=0, help="guest MiB/s (0: idle)")
     parser.add_argument("--pause", type=float, default=3.0, help="longest random pause, s")
     parser.add_argument("--stall", type=float, default=90.0, help="seconds that make a stall")
+    parser.add_argument("--max-downtime", type=int, help="ms, for every move (default: policy)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write the moves and the report here")
     parser.add_argument("--logs", default=".", help="where a stall's agent logs go")
@@ -122,7 +140,13 @@ def main() -> None:
     rng = random.Random(args.seed)
     dirty_mib = (32 if args.memory == 128 else 256) if args.dirty_rate else 0
     name = f"{args.memory}MiB-dirty{args.dirty_rate}"
-    config = M.Config(name, args.memory, dirty_rate=args.dirty_rate, dirty_mib=dirty_mib)
+    config = M.Config(
+        name,
+        args.memory,
+        dirty_rate=args.dirty_rate,
+        dirty_mib=dirty_mib,
+        max_downtime_ms=args.max_downtime,
+    )
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks.migration_soak " + " ".join(sys.argv[1:]),
