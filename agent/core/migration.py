@@ -277,7 +277,7 @@ class MigrationConfig:
     progress_interval: float = 1.0  # forward progress to the target at most this often ...
     renew_interval: float = 5.0  # ... and at least this often (it renews the lease)
     abort_timeout: float = 30.0  # an abort that has not ended the job by then: reconcile
-    switchover_stall: float = 10.0  # source paused this long for the final copy: abort
+    switchover_stall: float = 5.0  # source paused this long for the final copy, no progress: abort
     reconcile_retry: float = 10.0  # ask again where a VM runs if no usable answer came
     history: int = 100  # ended migrations kept for `migrations()`, per direction
 
@@ -357,7 +357,8 @@ class _Saga:
     adopted: bool = False  # taken over after a restart: the target does not know this id
     error: str = ""  # the first cause of failure, kept through reconcile
     escalation: str = ""  # how a non-converging migration was escalated, for the report
-    paused_since: float | None = None  # first sample showing the source paused for the switchover
+    paused_since: float | None = None  # since when the source sits paused for the switchover
+    paused_remaining: int = 0  # ... with this much left to copy (less left: progress, reset)
     outcome: str = ""  # committed, aborted or refused once ended
     ended: float | None = None  # when it ended
 
@@ -1074,7 +1075,8 @@ class MigrationCore:
         self, saga: _Saga, stats: MigrationProgress, now: float, out: MigrationOutput
     ) -> None:
         """Abort a job whose source has been paused for the final copy for longer than
-        `switchover_stall` (the max downtime is meant to bound that pause to milliseconds).
+        `switchover_stall` without copying anything (the max downtime is meant to bound
+        that pause to milliseconds; a slow final copy that still moves data is left alone).
 
         Seen in the lab (QEMU 7.2, TCG): both sides paused, nothing left to copy, the job
         running for minutes; post-copy cannot start there, an abort ended it (the guest then
@@ -1083,13 +1085,13 @@ class MigrationCore:
         if saga.phase is not Phase.MIGRATING or stats.phase != "switchover":
             saga.paused_since = None
             return
-        if saga.paused_since is None:
-            saga.paused_since = now
+        if saga.paused_since is None or stats.data_remaining < saga.paused_remaining:
+            saga.paused_since, saga.paused_remaining = now, stats.data_remaining
         paused = now - saga.paused_since
         if paused < self.config.switchover_stall:
             return
         self.stats.escalations += 1
-        why = f"stalled at the switchover: the VM was paused {paused:.0f} s, the job still running"
+        why = f"stalled at the switchover: the VM sat paused {paused:.0f} s, nothing copied"
         saga.escalation = f"aborted after {now - saga.started:.1f} s: {why}"
         self._move(saga, Trigger.SWITCHOVER_STALLED, now)
         saga.error = why
