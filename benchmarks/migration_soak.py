@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=90.0, help="seconds that make a stall")
     parser.add_argument("--max-downtime", type=int, help="ms, for every move (default: policy)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--lab", default="soak", help="lab name (two soaks need two)")
     parser.add_argument("--json", help="write the moves and the report here")
     parser.add_argument("--logs", default=".", help="where a stall's agent logs go")
     args = parser.parse_args()
@@ -154,7 +155,7 @@ def main() -> None:
         "code": M.code_version(),
     }
     guest = guest_mod.build()
-    with tempfile.TemporaryDirectory(prefix="novacron-soak-") as tmp, Lab("soak", 2) as lab:
+    with tempfile.TemporaryDirectory(prefix="novacron-soak-") as tmp, Lab(args.lab, 2) as lab:
         agents = LabAgents(lab, seeds=True, inventory_interval=AgentConfig().inventory_interval)
         agents.start_all()
         bench = M.Bench(lab, agents, guest, Path(tmp))
