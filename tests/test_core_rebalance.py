@@ -202,3 +202,33 @@ def test_a_saturated_host_keeps_shedding_while_a_vm_is_leaving() -> None:
     colds = [host(f"h{i}", vm(f"x{i}", 0.5)) for i in range(2, 6)]
     decision = decide([full, *colds], busy=("a",))
     assert decision.move is not None and decision.move.vm in ("b", "c")
+
+
+def test_a_host_that_is_shedding_goes_on_down_to_the_band() -> None:
+    """Hysteresis on the source: shedding starts above mean + trigger and, while the
+    host's moves are under way, goes on to mean + trigger - target."""
+    between = host("h1", vm("a", 1.0), vm("b", 0.5), vm("c", 0.5), vm("m", 0.06))  # 0.206
+    colds = [host(f"h{i}", vm(f"x{i}", 0.5)) for i in range(2, 6)]  # 0.05 each; mean 0.081
+    resting = decide([between, *colds])  # 0.125 above the mean: under the trigger
+    assert resting.move is None and resting.reason.startswith("balanced")
+    shedding = decide([between, *colds], busy=("m",))  # 0.2 without "m": 0.119 above
+    assert shedding.move is not None and shedding.move.vm == "a"
+
+
+def test_targets_that_receive_nothing_yet_are_preferred() -> None:
+    receiving = [host(f"r{i}", vm(f"y{i}", 0.1), labels={INBOUND_LABEL: "1"}) for i in range(4)]
+    quiet = [host(f"q{i}", vm(f"z{i}", 0.5)) for i in range(4)]
+    for seed in range(5):
+        decision = decide([HOT, *receiving, *quiet], seed=seed)
+        assert decision.move is not None and decision.move.target.startswith("q")
+
+
+def test_a_saturated_host_sends_the_vm_that_frees_most_first() -> None:
+    """At its cores' limit, the big VM leaves first even though its copy costs most."""
+    cores16 = Resources(vcpus=16, memory_mib=64 * GIB)
+    full = NodeRecord(
+        "h1", 1, capacity=cores16,
+        vms=(vm("big", 6.0, memory=16 * GIB), *(vm(f"s{i}", 2.5, memory=GIB) for i in range(4))),
+    )  # fmt: skip
+    colds = [NodeRecord(f"h{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 2.0),)) for i in range(2, 8)]
+    assert decide([full, *colds]).move.vm == "big"  # type: ignore[union-attr]

@@ -41,6 +41,7 @@ __all__ = [
     "place",
     "plan",
     "plan_round",
+    "shedding_line",
     "utilization",
 ]
 
@@ -57,6 +58,7 @@ class PlanCall:
 
 plan = rebalance.plan  # the agent's planner, unchanged
 plan_round = rebalance.plan_round  # every move a host's free slots allow, unchanged
+shedding_line = rebalance.shedding_line  # how far above the mean a host may stay
 
 
 def migration_seconds(memory_mib: float, bandwidth_mib_s: float, dirty_rate_mib_s: float) -> float:

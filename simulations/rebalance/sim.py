@@ -639,8 +639,9 @@ class Mesh(Strategy):
             if count <= 1:
                 continue
             mean = (others + mine) / count
-            if mine < mean + cfg.trigger - 1e-9:
-                continue  # `plan` would answer "balanced" (same arithmetic, skipped for speed)
+            if mine < mean + planner.shedding_line(cfg, host.outbound) - 1e-9:
+                # `plan` would answer "balanced" (it counts no more load, skipped for speed)
+                continue
             c.stats.plan_calls += 1
             moves, decision = planner.plan_round(
                 name,
