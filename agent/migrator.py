@@ -406,7 +406,8 @@ class Migrator:
             prepared.extend(disks)
         flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
-        # The measurement the inventory started last, if finished; else the one before.
+        # The measurement the inventory started last (waited for if still running); else
+        # the one before.
         dirty = recent_dirty_rate(dom.connect(), dom)
         if dirty is None:
             dirty = self._dirty_rate(action.vm)

@@ -111,19 +111,35 @@ def domains(host: LabHost, *flags: str) -> list[str]:
     return [line for line in done.stdout.split() if line]
 
 
-def dirty_rate_started(host: LabHost, vm: str) -> int:
-    """When QEMU last started measuring `vm`'s dirty rate (its monotonic seconds; 0: never)."""
+def dirty_rate_stats(host: LabHost, vm: str) -> dict[str, str]:
+    """libvirt's dirty-rate statistics of `vm` on `host` (`virsh domstats --dirtyrate`)."""
     done = host.run(
         ["virsh", "-c", "qemu:///system", "domstats", "--dirtyrate", vm],
         capture_output=True,
         text=True,
         check=True,
     )
-    for line in done.stdout.splitlines():
-        key, _, value = line.strip().partition("=")
-        if key == "dirtyrate.calc_start_time":
-            return int(value)
-    return 0
+    pairs = (line.strip().partition("=") for line in done.stdout.splitlines())
+    return {key: value for key, sep, value in pairs if sep}
+
+
+def dirty_rate_started(host: LabHost, vm: str) -> int:
+    """When QEMU last started measuring `vm`'s dirty rate (its monotonic seconds; 0: never)."""
+    return int(dirty_rate_stats(host, vm).get("dirtyrate.calc_start_time", 0))
+
+
+def wait_measured_idle(host: LabHost, vm: str, timeout: float = 40) -> None:
+    """Until the agent's inventory has measured `vm` writing at most 8 MiB/s (a guest is
+    measured at its start, booting and busy, then every 10 s)."""
+    wait_for(
+        partial(dirty_rate_stats, host, vm),
+        lambda stats: (
+            stats.get("dirtyrate.calc_status") == "2"
+            and int(stats.get("dirtyrate.megabytes_per_second", "99")) <= 8
+        ),
+        timeout=timeout,
+        interval=0.5,
+    )
 
 
 def running_on(lab: Lab, vm: str) -> list[str]:

@@ -162,3 +162,30 @@ def test_a_measured_dirty_rate_is_trusted_for_a_minute_and_forgotten_when_the_vm
     assert inv.dirty_rate("vm1") == 0.0
     inv._summaries([dataclasses.replace(running, state="shutoff", dirty_mib_s=None)])
     assert inv.dirty_rate("vm1") is None
+
+
+def test_a_vm_is_measured_every_ten_seconds_at_most_and_never_while_the_agent_moves_it(
+    tmp_path: Path,
+) -> None:
+    now, moving = [100.0], set()
+    inv = Inventory(
+        "edge-1",
+        libvirt_uri=TEST_URI,
+        data_dir=tmp_path,
+        clock=lambda: now[0],
+        may_measure=lambda vm: vm not in moving,
+    )
+    running = DomainSample("vm1", "u1", "running", 1, 1024, 0)
+    assert inv._measure_due("vm1")
+    inv._summaries([dataclasses.replace(running, measuring=True)])
+    now[0] += 9.9
+    assert not inv._measure_due("vm1")  # the refresh may run every second: QEMU rests
+    now[0] += 0.1
+    assert inv._measure_due("vm1")
+    moving.add("vm1")
+    assert not inv._measure_due("vm1")
+    moving.clear()
+    inv._summaries([dataclasses.replace(running, measuring=True)])
+    inv._summaries([])  # it left ...
+    inv._summaries([running])  # ... and came back: measured at once
+    assert inv._measure_due("vm1")

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import libvirt
 import pytest
 
-from novacron.agent.inventory import read_domains
+from novacron.agent.inventory import read_domains, recent_dirty_rate
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
@@ -38,6 +39,7 @@ from tests.lab_vms import (
     scratch_dir,
     start_guest,
     wait_beat_above,
+    wait_measured_idle,
 )
 from tests.test_hypervisor import opener_in
 
@@ -66,7 +68,7 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
     lab, agents = mesh
     h1, h2 = lab.hosts[0], lab.hosts[1]
     start_guest(lab, agents, disk_dir, guest, "test-vm")
-    # 3 s of heartbeats: the inventory (every 1 s here) has measured the booted guest idle.
+    wait_measured_idle(h1, "test-vm")
     before = wait_beat_above(h1, "test-vm", 30)[-1]
 
     code, answer = nova(h1, "vm", "migrate", "test-vm", "--to", h2.name, "--wait")
@@ -98,6 +100,31 @@ def dirty_vm(mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path) -> Itera
     start_guest(lab, agents, disk_dir, guest, "dirty-vm", dirty_mib=32, dirty_rate=20)
     yield "dirty-vm"
     remove_everywhere(lab, "dirty-vm")
+
+
+def test_a_migration_waits_for_a_dirty_rate_measurement_in_progress(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1 = lab.hosts[0]
+    start_guest(lab, agents, disk_dir, guest, "measured-vm")
+    wait_beat_above(h1, "measured-vm", 30)
+    conn = opener_in(h1)(h1.libvirt_uri)
+    try:
+        dom = conn.lookupByName("measured-vm")
+        try:
+            dom.startDirtyRateCalc(1, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+        except libvirt.libvirtError as exc:  # the agent's inventory started one just now
+            assert "already being measured" in str(exc)
+
+        rate = recent_dirty_rate(conn, dom)  # what the migrator asks before a job
+
+        assert rate is not None and rate < 8.0, "the measurement was waited for: idle"
+        ((_, fields),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+        assert fields["dirtyrate.calc_status"] == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
+    finally:
+        conn.close()
+        delete_guest(h1, disk_dir, "measured-vm")
 
 
 @pytest.mark.parametrize(
