@@ -19,6 +19,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _seconds(event: dict[str, Any]) -> float | None:
+    """The event's time in seconds (older reports, whole seconds, hold ints)."""
+    value = event.get("seconds")
+    return None if value is None else float(value)
+
+
 def rows(report: dict[str, Any]) -> list[str]:
     cfg = report["config"]
     out = []
@@ -28,14 +34,14 @@ def rows(report: dict[str, Any]) -> list[str]:
             h = r["hotspot"]
             how = f" ({h['by']})" if h.get("by") else ""
             event = (
-                f"resolved {_fmt(h.get('seconds'), 0)} s{how}"
+                f"resolved {_fmt(_seconds(h), 1)} s{how}"
                 if h.get("seconds") is not None
                 else (f"not resolved (host at {h['final_util']:.2f})")
             )
         elif "drain" in r:
             d = r["drain"]
             event = (
-                f"empty after {_fmt(d.get('seconds'), 0)} s"
+                f"empty after {_fmt(_seconds(d), 1)} s"
                 if d.get("seconds") is not None
                 else (f"{d['left']} VMs left")
             )
