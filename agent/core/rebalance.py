@@ -160,7 +160,7 @@ def plan(
     targets = _sample_targets(pool, util, mean, vms, config, rng)
     if not targets:
         return none(f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room")
-    best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config)
+    best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config, line)
     if best is None:
         return none(
             f"hot ({mine:.2f}), but no move fits capacity, affinity and hysteresis "
@@ -261,8 +261,10 @@ def _best_move(
     pool: Mapping[str, NodeRecord],
     util: Mapping[str, float],
     config: RebalanceConfig,
+    line: float,
 ) -> Move | None:
-    """The (VM, target) pair with the best benefit per cost that keeps every rule."""
+    """The (VM, target) pair with the best benefit per cost that keeps every rule (`line`:
+    how far above the mean this host may stay, for the reason)."""
     best: float | None = None
     found: Move | None = None
     # A saturated host's VMs are starved for CPU: the loads that free most go first and
@@ -288,7 +290,7 @@ def _best_move(
                     benefit=benefit,
                     cost=cost,
                     reason=(
-                        f"{source} at {mine:.2f} > mean {mean:.2f} + {config.trigger:g}: "
+                        f"{source} at {mine:.2f} > mean {mean:.2f} + {line:g}: "
                         f"{vm.name} ({vm.cpu_load:.2f} cores, {vm.memory_mib} MiB) to "
                         f"{target} at {util[target]:.2f}"
                         + ("" if in_band else " (too big for the band: the pair's peak drops)")
