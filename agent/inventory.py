@@ -42,7 +42,8 @@ DEFAULT_URI = "qemu:///system"
 POLL_INTERVAL = 10.0  # seconds between refreshes when libvirt sends no events
 DIRTY_RATE_PERIOD = 1  # seconds QEMU samples a VM's memory writes over (read at the next refresh)
 DIRTY_RATE_EVERY = 10.0  # seconds between a VM's measurements, however often the refresh runs
-REMEASURE_DELAY = 0.5  # seconds before trying again to measure a VM a job held
+REMEASURE_DELAY = 0.5  # seconds before trying again to measure a VM a job held ...
+REMEASURE_WINDOW = 5.0  # ... for this long; then at the normal refresh interval
 DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
 RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
 
@@ -258,14 +259,17 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
     deadline = time.monotonic() + DIRTY_RATE_PERIOD + 0.5
     while fields.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURING:
         if time.monotonic() > deadline:
+            log.warning("a dirty-rate measurement is still running as a migration starts")
             return None
         time.sleep(0.1)
         fields = _dirty_rate_fields(conn, dom)
     if fields.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
         return None
-    # QEMU stamps the start with its monotonic clock, in seconds: the host's CLOCK_MONOTONIC.
+    # QEMU 7.2 stamps the start with the host's CLOCK_MONOTONIC, in seconds (later QEMUs
+    # with wall-clock time: a start in the future is a clock this cannot judge).
     started = fields.get("dirtyrate.calc_start_time")
-    if not isinstance(started, int) or time.monotonic() - started > max_age:
+    age = time.monotonic() - started if isinstance(started, int) else None
+    if age is None or not -5 <= age <= max_age:
         return None
     rate = fields.get("dirtyrate.megabytes_per_second")
     return float(rate) if isinstance(rate, int | float) else None
@@ -358,6 +362,7 @@ class Inventory:
         self._may_measure = may_measure
         self._measured: dict[str, float] = {}  # VM name -> when its last measurement started
         self._held = False  # a measurement could not start for a libvirt job: look again soon
+        self._held_since: float | None = None  # since when jobs have held VMs to be measured
         self._cpu = CpuMeter()
         self._history = _CpuHistory()
         self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
@@ -435,15 +440,18 @@ class Inventory:
 
     def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
         now = self._clock()
-        self._held = any(s.held for s in samples)
+        self._note_held(any(s.held for s in samples), now)
         running = {s.name for s in samples if s.state == "running"}  # one back is measured anew
         self._measured = {name: t for name, t in self._measured.items() if name in running}
+        # A rate read now is QEMU's last finished measurement: the one this inventory started
+        # last (QEMU keeps no other), so that start is its age; a rate whose start this
+        # inventory does not know (an earlier life's) is not trusted.
+        for s in samples:
+            if s.dirty_mib_s is not None and s.name in self._measured:
+                self._dirty[s.name] = (s.dirty_mib_s, self._measured[s.name])
         self._measured |= {s.name: now for s in samples if s.measuring}
         self._history.keep_only({s.uuid for s in samples})
-        for s in samples:
-            if s.dirty_mib_s is not None:
-                self._dirty[s.name] = (s.dirty_mib_s, now)
-        for name in set(self._dirty) - {s.name for s in samples if s.state == "running"}:
+        for name in set(self._dirty) - running:
             del self._dirty[name]  # gone or stopped: its rate says nothing any more
         return tuple(
             VmSummary(
@@ -457,6 +465,16 @@ class Inventory:
             )
             for s in sorted(samples, key=lambda s: s.name)
         )
+
+    def _note_held(self, held: bool, now: float) -> None:
+        """Look again soon while a job holds a VM to be measured, for `REMEASURE_WINDOW` s:
+        a VM that just arrived is free in a moment; a long job (someone's backup, a
+        `virsh migrate`) must not make every refresh twice a second."""
+        if not held:
+            self._held_since = None
+        elif self._held_since is None:
+            self._held_since = now
+        self._held = held and now - (self._held_since or now) < REMEASURE_WINDOW
 
     async def wait_changed(self, timeout: float | None = None) -> bool:
         """Wait for a libvirt domain event (True) or the poll interval to pass (False)."""

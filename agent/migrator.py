@@ -293,9 +293,10 @@ class Migrator:
         for action in out.actions:
             self._spawn(self._perform(action), f"{type(action).__name__}:{action.migration_id}")
         self._on_change()
-        change, self._change = self._change, None
-        if change is not None and not change.done():
-            change.set_result(None)
+        if out.sends or out.events or out.actions:  # news for held `?wait=` requests
+            change, self._change = self._change, None
+            if change is not None and not change.done():
+                change.set_result(None)
 
     async def wait_change(self, timeout: float) -> None:
         """Return at this host's next migration change (a sample, a reply, an end) or after
@@ -318,7 +319,8 @@ class Migrator:
         known = {info.migration_id for info in self.core.migrations()}
         for migration_id in [m for m in self._progress if m not in known]:
             del self._progress[migration_id]
-        for migration_id in [m for m in self._limits if m not in known]:
+        # list(): `_run_job` adds limits from a worker thread (one C-level copy holds the GIL)
+        for migration_id in [m for m in list(self._limits) if m not in known]:
             del self._limits[migration_id]
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:

@@ -550,13 +550,43 @@ def test_a_switchover_that_stalls_is_aborted_and_the_vm_located() -> None:
     paused_for_switchover(mesh, mid, 12.0)
     assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
     (escalated,) = mesh.of("h1", MigrationEscalated)
-    why = "stalled at the switchover: the VM sat paused 5 s, nothing copied"
+    why = "stalled at the switchover: the VM sat paused 5 s, nothing copied for 5 s"
     assert (escalated.step, escalated.reason) == ("abort", why)
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
     mesh.call("h1", "vm_location", "vm1", "h2")  # the abort let it finish on the target
     assert len(mesh.of("h1", MigrationCompleted)) == 1
     (row,) = mesh.core("h1").migrations()
     assert (row.outcome, row.escalation) == ("committed", f"aborted after 12.0 s: {why}")
+
+
+def test_a_stalled_switchover_is_aborted_even_when_the_job_samples_stop() -> None:
+    mesh = Mesh([host("h1", vm("vm1", 256)), host("h2")])  # completion timeout 10 s
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    paused_for_switchover(mesh, mid, 9.0)  # the last sample: QEMU holds on from here
+    assert mesh.core("h1").next_deadline() == pytest.approx(14.0)  # not the past 10 s timeout
+    mesh.run(13.9)
+    assert mesh.of("h1", AbortLibvirtMigration) == []
+    mesh.run(14.1)
+    assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
+    assert "nothing copied for 5 s" in mesh.of("h1", MigrationEscalated)[0].reason
+    assert mesh.core("h1").next_deadline() > 14.1  # nothing left due: no busy loop
+
+
+def test_a_final_copy_that_trickles_past_the_timeout_is_aborted_not_switched() -> None:
+    mesh = Mesh([host("h1", vm("vm1", 256)), host("h2")])  # completion timeout 10 s
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    for at, left in ((8.0, 900), (11.0, 800), (12.9, 700)):  # paused, still copying
+        paused_for_switchover(mesh, mid, at, left)
+    assert mesh.of("h1", MigrationEscalated) == []  # 5 s into the pause not yet reached
+    paused_for_switchover(mesh, mid, 13.0, 600)
+    assert mesh.of("h1", SwitchToPostCopy) == []  # post-copy cannot start in the final copy
+    (escalated,) = mesh.of("h1", MigrationEscalated)
+    assert (escalated.step, escalated.reason) == (
+        "abort",
+        "did not converge within 10 s (30 s per GiB of 0.25 GiB)",
+    )
 
 
 def test_a_switchover_pause_that_ends_or_still_copies_is_not_a_stall() -> None:

@@ -145,22 +145,34 @@ async def test_a_driver_without_dirty_rates_leaves_them_unknown(inventory: Inven
     assert inventory.dirty_rate("test") is None  # so a migration takes no risk with it
 
 
-def test_a_measured_dirty_rate_is_trusted_for_a_minute_and_forgotten_when_the_vm_stops(
+def test_a_dirty_rate_is_trusted_a_minute_from_its_start_and_forgotten_when_the_vm_stops(
     tmp_path: Path,
 ) -> None:
     now = [100.0]
     inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
-    running = DomainSample("vm1", "u1", "running", 1, 1024, 0, dirty_mib_s=16.0)
-    (vm,) = inv._summaries([running])
+    running = DomainSample("vm1", "u1", "running", 1, 1024, 0)
+    inv._summaries([dataclasses.replace(running, measuring=True)])  # started at 100
+    now[0] += 2
+    (vm,) = inv._summaries([dataclasses.replace(running, dirty_mib_s=16.0)])  # its result
     assert (vm.dirty_rate_mib_s, inv.dirty_rate("vm1")) == (16.0, 16.0)
-    now[0] += 30
-    inv._summaries([dataclasses.replace(running, dirty_mib_s=None)])  # still measuring
+    now[0] += 58  # QEMU still returns that result on every read, but no new one started
+    inv._summaries([dataclasses.replace(running, dirty_mib_s=16.0)])
     assert inv.dirty_rate("vm1") == 16.0
-    now[0] += 31
+    now[0] += 1  # 61 s after the measurement began
+    inv._summaries([dataclasses.replace(running, dirty_mib_s=16.0)])
     assert inv.dirty_rate("vm1") is None  # too old to decide a migration on
+    inv._summaries([dataclasses.replace(running, measuring=True)])
+    now[0] += 2
     inv._summaries([dataclasses.replace(running, dirty_mib_s=0.0)])
     assert inv.dirty_rate("vm1") == 0.0
-    inv._summaries([dataclasses.replace(running, state="shutoff", dirty_mib_s=None)])
+    inv._summaries([dataclasses.replace(running, state="shutoff")])
+    assert inv.dirty_rate("vm1") is None
+
+
+def test_a_rate_this_inventory_did_not_start_is_not_trusted(tmp_path: Path) -> None:
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: 100.0)
+    # e.g. QEMU's result from the agent's previous life: its age is unknown
+    inv._summaries([DomainSample("vm1", "u1", "running", 1, 1024, 0, dirty_mib_s=0.0)])
     assert inv.dirty_rate("vm1") is None
 
 
@@ -189,3 +201,22 @@ def test_a_vm_is_measured_every_ten_seconds_at_most_and_never_while_the_agent_mo
     inv._summaries([])  # it left ...
     inv._summaries([running])  # ... and came back: measured at once
     assert inv._measure_due("vm1")
+
+
+def test_a_vm_a_job_holds_is_looked_at_again_soon_but_not_for_the_whole_job(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
+    held = DomainSample("vm1", "u1", "running", 1, 1024, 0, held=True)
+    inv._summaries([held])
+    assert inv._held  # e.g. it just arrived: libvirt's migration job ends in a moment
+    now[0] += 4.9
+    inv._summaries([held])
+    assert inv._held
+    now[0] += 0.2
+    inv._summaries([held])
+    assert not inv._held  # a long job (a backup): back to the normal refresh interval
+    inv._summaries([dataclasses.replace(held, held=False)])
+    inv._summaries([held])
+    assert inv._held  # a new hold starts a new window

@@ -358,7 +358,8 @@ class _Saga:
     error: str = ""  # the first cause of failure, kept through reconcile
     escalation: str = ""  # how a non-converging migration was escalated, for the report
     paused_since: float | None = None  # since when the source sits paused for the switchover
-    paused_remaining: int = 0  # ... with this much left to copy (less left: progress, reset)
+    copied_at: float = 0.0  # ... when that pause last copied something (or began)
+    paused_remaining: int = 0  # ... and what was left to copy then
     outcome: str = ""  # committed, aborted or refused once ended
     ended: float | None = None  # when it ended
 
@@ -982,6 +983,7 @@ class MigrationCore:
         if now >= saga.renew_at:
             self._forward(saga, now, out)
         if saga.phase is Phase.MIGRATING:
+            self._check_stall(saga, now, out)  # also when the samples stopped coming
             self._check_escalation(saga, now, out)
         elif saga.phase is Phase.ABORTING and now >= saga.timer:
             self._move(saga, Trigger.ABORT_STALLED, now)
@@ -998,6 +1000,8 @@ class MigrationCore:
             due = min(saga.timer, saga.retry_at) if saga.phase is Phase.PROPOSED else saga.timer
             if saga.phase is Phase.POSTCOPY:
                 due = INF  # no deadline of its own: post-copy can only finish
+            elif saga.phase is Phase.MIGRATING and saga.paused_since is not None:
+                due = min(self._escalation_due(saga), saga.copied_at + self.config.switchover_stall)
             deadline = min(deadline, due, saga.renew_at)
         return deadline
 
@@ -1074,58 +1078,81 @@ class MigrationCore:
     def _check_switchover(
         self, saga: _Saga, stats: MigrationProgress, now: float, out: MigrationOutput
     ) -> None:
-        """Abort a job whose source has been paused for the final copy for longer than
-        `switchover_stall` without copying anything (the max downtime is meant to bound
-        that pause to milliseconds; a slow final copy that still moves data is left alone).
+        """Follow the source's pause for the final copy from the job samples: when it
+        began, when it last copied something."""
+        if saga.phase is not Phase.MIGRATING:
+            return
+        if stats.phase != "switchover":
+            saga.paused_since = None
+            return
+        if saga.paused_since is None:
+            saga.paused_since = saga.copied_at = now
+            saga.paused_remaining = stats.data_remaining
+        elif stats.data_remaining < saga.paused_remaining:
+            saga.copied_at, saga.paused_remaining = now, stats.data_remaining
+        self._check_stall(saga, now, out)
+
+    def _check_stall(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
+        """Abort a job whose source has sat paused for the final copy, copying nothing, for
+        `switchover_stall` s (the max downtime is meant to bound that pause to milliseconds;
+        a slow final copy that still moves data is left to the completion timeout).
 
         Seen in the lab (QEMU 7.2, TCG): both sides paused, nothing left to copy, the job
         running for minutes; post-copy cannot start there, an abort ended it (the guest then
-        ran on the target). Where the VM is afterwards, reconcile finds out.
+        ran on the target). Where the VM is afterwards, reconcile finds out. Checked on
+        ticks too: job samples may stop coming while QEMU is stuck.
         """
-        if saga.phase is not Phase.MIGRATING or stats.phase != "switchover":
-            saga.paused_since = None
+        if saga.phase is not Phase.MIGRATING or saga.paused_since is None:
             return
-        if saga.paused_since is None or stats.data_remaining < saga.paused_remaining:
-            saga.paused_since, saga.paused_remaining = now, stats.data_remaining
-        paused = now - saga.paused_since
-        if paused < self.config.switchover_stall:
+        idle = now - saga.copied_at
+        if idle < self.config.switchover_stall:
             return
-        self.stats.escalations += 1
-        why = f"stalled at the switchover: the VM sat paused {paused:.0f} s, nothing copied"
-        saga.escalation = f"aborted after {now - saga.started:.1f} s: {why}"
-        self._move(saga, Trigger.SWITCHOVER_STALLED, now)
-        saga.error = why
-        saga.timer = now + self.config.abort_timeout
-        out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
-        out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
+        why = (
+            f"stalled at the switchover: the VM sat paused {now - saga.paused_since:.0f} s, "
+            f"nothing copied for {idle:.0f} s"
+        )
+        self._abort_job(saga, Trigger.SWITCHOVER_STALLED, why, now, out)
+
+    def _escalation_due(self, saga: _Saga) -> float:
+        """When the completion timeout acts: its time, but while the source is paused for
+        the final copy not before `switchover_stall` into that pause (it may be finishing)."""
+        if saga.paused_since is None:
+            return saga.timer
+        return max(saga.timer, saga.paused_since + self.config.switchover_stall)
 
     def _check_escalation(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
         """Past the completion timeout: post-copy if the policy allows it, else abort.
-
-        Not while the source is paused for the switchover: the job is finishing, and
-        post-copy cannot start there (`_check_switchover` watches that pause)."""
-        if saga.phase is not Phase.MIGRATING or now < saga.timer or saga.paused_since is not None:
+        A source paused for the final copy (and still copying) is aborted: post-copy
+        cannot start there."""
+        if saga.phase is not Phase.MIGRATING or now < self._escalation_due(saga):
             return
-        self.stats.escalations += 1
         timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
         gib = saga.demand.memory_mib / MIB_PER_GIB
         why = (
             f"did not converge within {timeout:g} s "
             f"({saga.policy.completion_timeout_per_gib:g} s per GiB of {gib:g} GiB)"
         )
-        saga.escalation = f"{'post-copy' if saga.policy.post_copy else 'aborted'} after "
-        saga.escalation += f"{now - saga.started:.1f} s: {why}"
-        if saga.policy.post_copy:
-            self._move(saga, Trigger.TIMEOUT_POSTCOPY, now)
-            saga.timer = INF
-            out.actions.append(SwitchToPostCopy(saga.migration_id, saga.vm))
-            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "postcopy", why))
-        else:
-            self._move(saga, Trigger.TIMEOUT_ABORT, now)
-            saga.error = why
-            saga.timer = now + self.config.abort_timeout
-            out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
-            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
+        if not saga.policy.post_copy or saga.paused_since is not None:
+            self._abort_job(saga, Trigger.TIMEOUT_ABORT, why, now, out)
+            return
+        self.stats.escalations += 1
+        saga.escalation = f"post-copy after {now - saga.started:.1f} s: {why}"
+        self._move(saga, Trigger.TIMEOUT_POSTCOPY, now)
+        saga.timer = INF
+        out.actions.append(SwitchToPostCopy(saga.migration_id, saga.vm))
+        out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "postcopy", why))
+
+    def _abort_job(
+        self, saga: _Saga, trigger: Trigger, why: str, now: float, out: MigrationOutput
+    ) -> None:
+        """Escalate by aborting the libvirt job (`trigger`: a timeout or a stall)."""
+        self.stats.escalations += 1
+        saga.escalation = f"aborted after {now - saga.started:.1f} s: {why}"
+        self._move(saga, trigger, now)
+        saga.error = why
+        saga.timer = now + self.config.abort_timeout
+        out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+        out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", why))
 
     def _count_late_reply(self, sender: str, migration_id: str) -> bool:
         """Count a target's reply to no running saga; False if it is not even that target's."""
