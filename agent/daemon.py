@@ -120,7 +120,7 @@ class Agent:
             labels=config.labels,
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
-            may_measure=lambda vm: not self.migrator.moving(vm),
+            may_measure=lambda vm: not self.migrator.core.busy(vm),
         )
         self.drain = Drain(
             self.migrator,

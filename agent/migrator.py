@@ -170,10 +170,6 @@ class Migrator:
     async def tick(self) -> None:
         await self._apply(self.core.tick(self._clock()))
 
-    def moving(self, vm: str) -> bool:
-        """Whether this host is moving `vm` away (from its decision until the migration ends)."""
-        return self.core.busy(vm)
-
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
         return self.core.record_labels()
