@@ -238,12 +238,16 @@ def _measured_dirty_rates(conn: Any) -> dict[str, float]:
         )
     except libvirt.libvirtError:  # a driver without it (test:///default): rates stay unknown
         return {}
-    return {
-        dom.UUIDString(): float(fields["dirtyrate.megabytes_per_second"])
-        for dom, fields in stats
-        if fields.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
-        and "dirtyrate.megabytes_per_second" in fields
-    }
+    rates = {dom.UUIDString(): _finished_rate(fields) for dom, fields in stats}
+    return {uuid: rate for uuid, rate in rates.items() if rate is not None}
+
+
+def _finished_rate(fields: Mapping[str, Any]) -> float | None:
+    """MiB/s of the finished measurement in libvirt's dirty-rate `fields`, None if none."""
+    if fields.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+        return None
+    rate = fields.get("dirtyrate.megabytes_per_second")
+    return float(rate) if isinstance(rate, int | float) else None
 
 
 def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) -> float | None:
@@ -263,16 +267,13 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
             return None
         time.sleep(0.1)
         fields = _dirty_rate_fields(conn, dom)
-    if fields.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-        return None
     # QEMU 7.2 stamps the start with the host's CLOCK_MONOTONIC, in seconds (later QEMUs
     # with wall-clock time: a start in the future is a clock this cannot judge).
     started = fields.get("dirtyrate.calc_start_time")
     age = time.monotonic() - started if isinstance(started, int) else None
     if age is None or not -5 <= age <= max_age:
         return None
-    rate = fields.get("dirtyrate.megabytes_per_second")
-    return float(rate) if isinstance(rate, int | float) else None
+    return _finished_rate(fields)
 
 
 def _dirty_rate_fields(conn: Any, dom: Any) -> dict[str, Any]:
