@@ -362,7 +362,6 @@ class Inventory:
         self._clock = clock
         self._may_measure = may_measure
         self._measured: dict[str, float] = {}  # VM name -> when its last measurement started
-        self._held = False  # a measurement could not start for a libvirt job: look again soon
         self._held_since: float | None = None  # since when jobs have held VMs to be measured
         self._cpu = CpuMeter()
         self._history = _CpuHistory()
@@ -468,19 +467,24 @@ class Inventory:
         )
 
     def _note_held(self, held: bool, now: float) -> None:
-        """Look again soon while a job holds a VM to be measured, for `REMEASURE_WINDOW` s:
-        a VM that just arrived is free in a moment; a long job (someone's backup, a
-        `virsh migrate`) must not make every refresh twice a second."""
+        """Remember since when libvirt jobs have held VMs the inventory wanted to measure."""
         if not held:
             self._held_since = None
         elif self._held_since is None:
             self._held_since = now
-        self._held = held and now - (self._held_since or now) < REMEASURE_WINDOW
+
+    def _look_again_soon(self) -> bool:
+        """Whether to refresh after `REMEASURE_DELAY`: a job held a VM to be measured, for
+        at most `REMEASURE_WINDOW` s (a VM that just arrived is free in a moment; a long
+        job, someone's backup or `virsh migrate`, must not make every refresh twice a
+        second)."""
+        held = self._held_since
+        return held is not None and self._clock() - held < REMEASURE_WINDOW
 
     async def wait_changed(self, timeout: float | None = None) -> bool:
         """Wait for a libvirt domain event (True) or the poll interval to pass (False)."""
         wait = self._poll_interval if timeout is None else timeout
-        if self._held:  # e.g. a VM that just arrived, still in libvirt's migration job
+        if self._look_again_soon():  # e.g. a VM that just arrived, in libvirt's migration job
             wait = min(wait, REMEASURE_DELAY)
         try:
             await asyncio.wait_for(self._changed.wait(), wait)

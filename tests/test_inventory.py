@@ -210,13 +210,13 @@ def test_a_vm_a_job_holds_is_looked_at_again_soon_but_not_for_the_whole_job(
     inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
     held = DomainSample("vm1", "u1", "running", 1, 1024, 0, held=True)
     inv._summaries([held])
-    assert inv._held  # e.g. it just arrived: libvirt's migration job ends in a moment
+    assert inv._look_again_soon()  # e.g. it just arrived: libvirt's migration job ends in a moment
     now[0] += 4.9
     inv._summaries([held])
-    assert inv._held
+    assert inv._look_again_soon()
     now[0] += 0.2
     inv._summaries([held])
-    assert not inv._held  # a long job (a backup): back to the normal refresh interval
+    assert not inv._look_again_soon()  # a long job (a backup): back to the normal refresh interval
     inv._summaries([dataclasses.replace(held, held=False)])
     inv._summaries([held])
-    assert inv._held  # a new hold starts a new window
+    assert inv._look_again_soon()  # a new hold starts a new window
