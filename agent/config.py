@@ -34,6 +34,7 @@ class AgentConfig:
     advertise_address: str = ""  # the address peers use; default: first address of interface
     interface: str = ""  # interface for mDNS and the advertised address; "" = all
     port: int = 7946  # gossip port (memberlist's default)
+    peer_heartbeat: float = 2.0  # seconds between ZMTP heartbeats on peer connections; 0 = off
     seeds: tuple[str, ...] = ()  # "address:port" of peers to join where multicast fails
     mdns: bool = True  # advertise and browse _novacron._tcp.local.
     libvirt_uri: str = "qemu:///system"
@@ -153,6 +154,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
     for seed in config.seeds:
         _split_seed(seed)
+    if config.peer_heartbeat < 0:
+        raise ConfigError("peer_heartbeat must be 0 (off) or a positive number of seconds")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
     if config.rebalance_interval <= 0:

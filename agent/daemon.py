@@ -88,7 +88,12 @@ class Agent:
         self.trust = TrustStore(identity.ca_public, identity.revocations)
         self.trust.add_certificate(identity.certificate_bytes)  # we may talk to ourselves
         self.transport = Transport(
-            self.node_id, identity.key, self.trust, config.bind_address, config.port
+            self.node_id,
+            identity.key,
+            self.trust,
+            config.bind_address,
+            config.port,
+            heartbeat=config.peer_heartbeat,
         )
         self.introductions = IntroductionServer(
             identity.certificate_bytes, self.trust, config.bind_address, config.port + PORT_OFFSET

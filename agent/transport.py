@@ -41,7 +41,16 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = "*"  # pyzmq's default domain: every socket of this context
 SEND_HWM = 1000  # frames queued per peer before sends are dropped (gossip is lossy)
 RECV_HWM = 10_000  # frames queued on the ROUTER before libzmq pushes back on senders
-RECONNECT_MAX_MS = 5_000  # back-off cap when a peer is down: retry, but not in a tight loop
+RECONNECT_MAX_MS = 2_000  # back-off cap when a peer is down: retry, but not in a tight loop
+# A link that drops for a minute leaves TCP retransmitting on a back-off that
+# reaches two minutes, so a connection could stay silent long after the link
+# returned. ZMTP heartbeats notice a connection that carries nothing back and
+# have libzmq drop it and connect anew; a connect gets its own short timeout
+# for the same reason (SYN retries back off too). The ROUTER beats as well, so
+# a peer's connection whose far end vanished with the link is closed, not kept.
+HEARTBEAT_S = 2.0  # default: PING a peer every this many seconds...
+HEARTBEAT_MISSES = 3  # ...and drop the connection after this many intervals without a word
+CONNECT_TIMEOUT_MS = 2_000  # a TCP connect still pending after this is retried
 RESET_AFTER = 5.0  # seconds between rebuilds of a DEALER whose sends keep failing
 LOG_INTERVAL = 5.0  # seconds between repeated warnings about the same peer and problem
 
@@ -143,6 +152,7 @@ class Transport:
         *,
         limits: Limits = DEFAULT_LIMITS,
         linger: float = 0.2,
+        heartbeat: float = HEARTBEAT_S,
     ) -> None:
         self.node_id = node_id  # our sender id on every frame
         self.trust = trust  # decides which Curve keys may connect
@@ -152,6 +162,7 @@ class Transport:
         self._port = port  # 0: let the OS choose; see `port` after start()
         self._limits = limits  # MAXMSGSIZE and the decoder use the same bound
         self._linger_ms = int(linger * 1000)  # how long close() lets queued frames drain
+        self._heartbeat_ms = int(heartbeat * 1000)  # 0: TCP's own back-off alone, as before
         self._ctx: zmq.asyncio.Context | None = None  # own context: ZAP is per context
         self._auth: AsyncioAuthenticator | None = None
         self._router: zmq.asyncio.Socket | None = None
@@ -171,6 +182,7 @@ class Transport:
         router = self._socket(zmq.ROUTER)
         router.curve_server = True
         router.rcvhwm = RECV_HWM
+        self._beat(router)
         self._router = router
         try:
             self._bind_router(router)
@@ -202,6 +214,13 @@ class Transport:
         sock.maxmsgsize = self._limits.max_frame
         sock.linger = self._linger_ms
         return sock
+
+    def _beat(self, sock: zmq.asyncio.Socket) -> None:
+        """ZMTP heartbeats and a connect timeout on `sock`, unless heartbeats are off."""
+        if self._heartbeat_ms > 0:
+            sock.heartbeat_ivl = self._heartbeat_ms
+            sock.heartbeat_timeout = self._heartbeat_ms * HEARTBEAT_MISSES
+            sock.connect_timeout = CONNECT_TIMEOUT_MS
 
     @property
     def port(self) -> int:
@@ -299,6 +318,7 @@ class Transport:
         dealer.sndhwm = SEND_HWM
         dealer.rcvhwm = 1  # peers never answer on this socket; do not buffer if they try
         dealer.reconnect_ivl_max = RECONNECT_MAX_MS
+        self._beat(dealer)
         dealer.ipv6 = address.startswith("[")
         try:
             dealer.connect(f"tcp://{address}")

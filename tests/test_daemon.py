@@ -40,6 +40,11 @@ def _free_port() -> int:
     raise RuntimeError("no free port pair")
 
 
+def test_negative_peer_heartbeat_is_refused_by_name(ca: Path) -> None:
+    error = _start_refused([*_args(ca, _free_port()), "--peer-heartbeat", "-1"])
+    assert "peer_heartbeat" in error and "0 (off)" in error
+
+
 @pytest.fixture
 def ca(tmp_path: Path) -> Path:
     assert nova(["ca", "init", "--dir", str(tmp_path / "ca")]) == 0
