@@ -316,6 +316,7 @@ class Agent:
             self._last_record = content
             await self._dispatch(self.core.update_record(record, self._clock()))
             self._wake.set()
+            self.rebalancer.poke()
 
     async def _seed_loop(self) -> None:
         """Keep knocking: static seeds while we are alone, and advertised peers we lack.

@@ -3,10 +3,13 @@
 Every `interval` seconds the agent asks `core/rebalance.plan_round` what this
 host should do, from its own gossiped view, and starts the moves it gets
 (purpose "rebalance") through the migrator, which applies every limit and
-reservation as for a manual migration. It also plans as soon as one of its
-outbound migrations has ended and its record shows the VM gone: a hot host
-with more to shed would otherwise leave the freed slot idle until the next
-tick, up to an interval per move.
+reservation as for a manual migration. It plans sooner, as soon as it hears
+of it (the daemon's `poke` when this host's record is republished, the
+migrator's next change), when an outbound slot is free and either one of its
+outbound migrations has ended and its record shows the VM gone, or a new
+record of its own shows the host above its shedding line: a hot host would
+otherwise leave a freed slot idle, or a new hotspot unattended, until the
+next tick (the simulator: the 100-host hotspot took 1-2 s longer).
 
 The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
@@ -35,7 +38,7 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .api import Refusal
 from .core.members import MemberInfo
-from .core.rebalance import Decision, Move, RebalanceConfig, plan_round
+from .core.rebalance import Decision, Move, RebalanceConfig, over_line, plan_round
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
@@ -44,7 +47,7 @@ SETTING_LABEL = "novacron/rebalance"
 """Record label carrying the mesh-wide setting: "active@<unix time>" or "paused@<unix time>"."""
 
 INTERVAL = 5.0  # seconds between planning rounds
-POLL = 0.25  # seconds between looks for a freed outbound slot
+POLL = 0.25  # seconds between looks for a freed outbound slot when no news wakes the loop
 HISTORY = 50  # moves kept for `nova rebalance status`
 
 
@@ -90,6 +93,8 @@ class Rebalancer:
         self._task: asyncio.Task[None] | None = None
         self._outbound_after = 0  # outbound migrations running after the last round
         self._vms_after: frozenset[str] = frozenset()  # this host's VMs as its record then said
+        self._version_after = -1  # this host's record version then
+        self._poked = asyncio.Event()  # this host's record was republished
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -159,14 +164,39 @@ class Rebalancer:
             else:
                 self._note_slots()
 
+    def poke(self) -> None:
+        """This host's record was republished: look at once whether to plan now."""
+        self._poked.set()
+
     async def _wait(self) -> None:
-        """Until the next round: `interval` seconds, or less once a slot has freed."""
+        """Until the next round: `interval` seconds, or less once planning is due now."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.interval
         while (left := end - loop.time()) > 0:
-            await asyncio.sleep(min(POLL, left))
-            if self.slot_freed():
+            await self._news(min(POLL, left))
+            if self.due_now():
                 return
+
+    async def _news(self, timeout: float) -> None:
+        """Until this host's record is republished, its migrator changes, or `timeout`."""
+        if self._poked.is_set():
+            self._poked.clear()
+            return
+        waits = {
+            asyncio.ensure_future(self._poked.wait()),
+            asyncio.ensure_future(self._migrator.wait_change(timeout)),
+        }
+        _, pending = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+        for task in pending:
+            task.cancel()
+        self._poked.clear()
+
+    def due_now(self) -> bool:
+        """Whether to plan before the interval is up: a free outbound slot, and a freed
+        slot or a new record of this host's showing it above its shedding line."""
+        if self._migrator.core.outbound() >= self.config.max_outbound:
+            return False
+        return self.slot_freed() or self._newly_hot()
 
     def slot_freed(self) -> bool:
         """Whether to plan now: an outbound migration ended since the last round, and this
@@ -176,8 +206,20 @@ class Rebalancer:
             return False
         return self._own_vms() != self._vms_after
 
+    def _newly_hot(self) -> bool:
+        """A record of this host newer than the last round's puts it above its line."""
+        own = self._own()
+        if own is None or own.version == self._version_after:
+            return False
+        core = self._membership()
+        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+        return over_line(self._migrator.node_id, core.records(), alive, self._busy(), self.config)
+
+    def _own(self) -> NodeRecord | None:
+        return self._membership().records().get(self._migrator.node_id)
+
     def _own_vms(self) -> frozenset[str]:
-        own = self._membership().records().get(self._migrator.node_id)
+        own = self._own()
         return frozenset(vm.name for vm in own.vms) if own is not None else frozenset()
 
     async def round(self) -> None:
@@ -212,6 +254,8 @@ class Rebalancer:
     def _note_slots(self) -> None:
         self._outbound_after = self._migrator.core.outbound()
         self._vms_after = self._own_vms()
+        own = self._own()
+        self._version_after = own.version if own is not None else -1
 
     def _decide(self, rng: random.Random) -> tuple[list[Move], Decision]:
         core = self._membership()

@@ -232,3 +232,31 @@ def test_a_saturated_host_sends_the_vm_that_frees_most_first() -> None:
     )  # fmt: skip
     colds = [NodeRecord(f"h{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 2.0),)) for i in range(2, 8)]
     assert decide([full, *colds]).move.vm == "big"  # type: ignore[union-attr]
+
+
+def _round(hot: NodeRecord, moved: dict[str, float]) -> list[str]:
+    colds = [host(f"h{i}", vm(f"x{i}", 0.5)) for i in range(2, 6)]  # 0.05 each
+    by_id = {r.node_id: r for r in (hot, *colds)}
+    moves, last = plan_round(
+        "h1", by_id, set(by_id), moved, (), 1000.0, random.Random(1), RebalanceConfig()
+    )
+    assert last.reason == "already moving 2 VMs (limit 2)"
+    return [m.vm for m in moves]
+
+
+def test_a_round_starts_the_longest_copies_of_what_must_go_first() -> None:
+    """Three VMs must go through two slots: the 4 GiB copy starts now, beside a 1 GiB one,
+    not after both 1 GiB copies (the host is done when its last copy ends)."""
+    hot = host(
+        "h1", vm("s1", 1.5), vm("s2", 1.5), vm("long", 1.5, memory=4 * GIB), vm("k", 2.5)
+    )  # 0.7; "k" moved lately and stays. One at a time, the planner's order is s1, s2, long
+    assert _round(hot, {"k": 900.0}) == ["long", "s1"]
+
+
+def test_a_long_copy_only_worth_it_below_the_trigger_waits_for_the_needed_ones() -> None:
+    """The move that only takes the host on into the band below the trigger line is not
+    worth starting first: the two that bring it under the line go now."""
+    hot = host(
+        "h1", vm("s1", 1.5), vm("s2", 1.5), vm("long", 0.8, memory=4 * GIB), vm("k", 2.2)
+    )  # 0.6; after s1 and s2 0.30, under mean 0.16 + 0.15
+    assert _round(hot, {"k": 900.0}) == ["s1", "s2"]

@@ -6,6 +6,8 @@ real moves are in tests/test_rebalance_lab.py.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import random
 from collections.abc import Mapping
 
@@ -148,4 +150,46 @@ async def test_a_freed_slot_triggers_the_next_round_once_the_record_shows_the_vm
     assert rebalancer.slot_freed()
     await rebalancer.round()
     assert not rebalancer.slot_freed()  # noted again after the round
+    await migrator.close()
+
+
+def _loads(mesh: Mesh, node_id: str, load: float) -> None:
+    """A new record of `node_id` (its inventory's next refresh) with every VM at `load`."""
+    record = mesh.records()[node_id]
+    vms = tuple(dataclasses.replace(v, cpu_load=load) for v in record.vms)
+    mesh._records[node_id] = dataclasses.replace(record, version=record.version + 1, vms=vms)
+
+
+async def test_a_new_record_showing_the_host_hot_plans_at_once() -> None:
+    """A hotspot is acted on when this host's record shows it, not at the next round."""
+    mesh, rebalancer, sent, _, migrator = setup()
+    _loads(mesh, "h1", 0.2)  # 0.15 of 4 cores: balanced
+    await rebalancer.round()
+    assert sent == [] and not rebalancer.due_now()
+
+    waiting = asyncio.create_task(rebalancer._wait())  # the next round is a minute away
+    rebalancer.interval = 60.0
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    _loads(mesh, "h1", 1.0)  # the next refresh: 0.75
+    rebalancer.poke()
+    await asyncio.wait_for(waiting, timeout=5)
+
+    assert rebalancer.due_now()
+    await rebalancer.round()
+    assert len([m for _, m in sent if isinstance(m, MigrationPropose)]) == 2
+    assert not rebalancer.due_now()  # no free slot, and nothing new
+    await migrator.close()
+
+
+async def test_only_a_record_newer_than_the_last_round_makes_a_round_due() -> None:
+    mesh, rebalancer, sent, _, migrator = setup()
+    _loads(mesh, "h1", 0.2)
+    await rebalancer.round()  # balanced, on version 2
+    record = mesh.records()["h1"]
+    hot = tuple(dataclasses.replace(v, cpu_load=1.0) for v in record.vms)
+    mesh._records["h1"] = dataclasses.replace(record, vms=hot)  # same version
+    assert not rebalancer.due_now()
+    _loads(mesh, "h1", 1.0)
+    assert rebalancer.due_now() and sent == []
     await migrator.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
+from typing import Any
 
 from novacron.simulations.rebalance import trace_profile
 from novacron.simulations.rebalance.cli import main
@@ -146,20 +148,36 @@ def test_mesh_sheds_a_host_whose_vms_all_run_hot():
     assert mesh["oscillations"] == 0 and mesh["violations"] == {}
 
 
+@functools.cache
+def _slow_rounds() -> dict[str, Any]:
+    """A hotspot where timed rounds are 120 s apart: what the host does sooner is due to
+    the agent's wake-ups (a migration ended, a new sample of its own)."""
+    # The hot host's timed rounds fall at 29.7 s, 149.7 s, ...: the hotspot starts after one.
+    return simulate(dataclasses.replace(_hotspot(0.9), plan_interval=120.0, event_at=40.0), "mesh")
+
+
+def _hot_host_decisions() -> list[float]:
+    mesh = _slow_rounds()
+    return [e["t"] for e in mesh["decision_log_head"] if e["host"] == mesh["hotspot"]["host"]]
+
+
 def test_mesh_hosts_plan_again_as_soon_as_a_migration_ends():
     """Rounds 120 s apart: a host whose VMs all run hot still sheds them back to back,
     because each migration that ends starts its next round (as the agent's rebalancer)."""
-    mesh = simulate(dataclasses.replace(_hotspot(0.9), plan_interval=120.0), "mesh")
-    assert mesh["hotspot"]["seconds"] < 120.0  # resolved before the host's next timed round
-    hot = [e for e in mesh["decision_log_head"] if e["host"] == mesh["hotspot"]["host"]]
-    assert len(hot) > 2  # more than one round's two outbound slots
+    assert _slow_rounds()["hotspot"]["seconds"] < 120.0  # before the host's next timed round
+    assert len(_hot_host_decisions()) > 2  # more than one round's two outbound slots
 
 
-def test_a_migration_ends_when_it_ends_not_at_the_next_whole_second():
-    """A freed slot is used at the rebalancer's next look (0.25 s), not the next 1 s step."""
-    mesh = simulate(dataclasses.replace(_hotspot(0.9), plan_interval=120.0), "mesh")
-    hot = [e["t"] for e in mesh["decision_log_head"] if e["host"] == mesh["hotspot"]["host"]]
-    assert any(t != int(t) and (t * 4) == int(t * 4) for t in hot)  # on the 0.25 s grid
+def test_a_freed_slot_is_used_when_the_migration_ends():
+    """Not at the next 1 s step, nor at a 0.25 s poll: the rebalancer wakes on its
+    migrator's change."""
+    assert any(t * 4 != int(t * 4) for t in _hot_host_decisions())
+
+
+def test_a_host_whose_new_sample_shows_it_hot_plans_at_once():
+    """The hot host acts at the sample that shows the hotspot, not at its next timed
+    round (the agent's rebalancer wakes when its record is republished)."""
+    assert _hot_host_decisions()[0] == _slow_rounds()["hotspot"]["onset"]
 
 
 def test_mesh_drain_empties_the_host(tmp_path):

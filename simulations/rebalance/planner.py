@@ -38,6 +38,7 @@ __all__ = [
     "PlanCall",
     "RebalanceConfig",
     "migration_seconds",
+    "over_line",
     "place",
     "plan",
     "plan_round",
@@ -59,6 +60,7 @@ class PlanCall:
 plan = rebalance.plan  # the agent's planner, unchanged
 plan_round = rebalance.plan_round  # every move a host's free slots allow, unchanged
 shedding_line = rebalance.shedding_line  # how far above the mean a host may stay
+over_line = rebalance.over_line  # whether a new record of its own makes the agent plan at once
 
 
 def migration_seconds(memory_mib: float, bandwidth_mib_s: float, dirty_rate_mib_s: float) -> float:

@@ -21,9 +21,11 @@ The model (what is real and what is simplified):
   does), and the hotspot and drain are judged at that moment too.
 - Strategy "mesh": every host runs the real `plan_round()` (through
   `planner.py`) every `plan_interval` seconds, at its own phase (seen at the
-  next whole second), and when one of its migrations ends, at the
-  rebalancer's next look for a freed slot (every 0.25 s, `POLL`; its next
-  timed round is then a whole interval later), on its own view: the
+  next whole second), and sooner, as the agent's rebalancer does: when one
+  of its migrations ends (the migrator's change wakes it), and when a new
+  sample of its own load puts it above its shedding line (its record's
+  republication wakes it); its next timed round is then a whole interval
+  later. It plans on its own view: the
   records of every host as they were `gossip_delay` seconds ago (the issue-3
   simulator measured a record update reaching every live node in 0.21 s at
   100 nodes and 0.41-0.89 s at 1,000 nodes (0-10% loss), BENCHMARKS.md), with
@@ -54,7 +56,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +69,6 @@ from .workload import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, Sample, VmSpec, Workl
 SCENARIOS = ("steady", "hotspot", "drain", "failure")
 STRATEGIES = ("none", "greedy", "solver", "mesh")
 OSCILLATION_WINDOW = 600.0
-POLL = 0.25  # the agent's rebalancer looks for a freed outbound slot this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,12 +600,11 @@ class Mesh(Strategy):
             self._plan(now, set(names))
 
     def note_freed(self, now: float) -> None:
-        """Hosts whose outbound migration just ended plan at their rebalancer's next poll
-        for a freed slot (`agent/rebalancer.py` looks every POLL seconds)."""
+        """Hosts whose outbound migration just ended plan at once (the agent's rebalancer
+        wakes on its migrator's change and sees its record without the VM)."""
         c = self.cluster
         for name in c.freed:
-            at = math.ceil(now / POLL - 1e-9) * POLL
-            self.replan[name] = min(self.replan.get(name, at), at)
+            self.replan[name] = min(self.replan.get(name, now), now)
         c.freed = set()
 
     def step(self, now: float) -> None:
@@ -613,10 +613,12 @@ class Mesh(Strategy):
         self.remember(now)
         self.drain_loop(now)
         due = {n for n in c.hosts if self._due(n, now) or self.replan.get(n, math.inf) <= now}
-        self._plan(now, due)
+        sampled = now % c.workload.config.sample_interval == 0
+        self._plan(now, due, set(c.hosts) - due if sampled else set())
 
-    def _plan(self, now: float, due: set[str]) -> None:
-        """Every host in `due` runs a planning round on its view."""
+    def _plan(self, now: float, due: set[str], if_hot: Collection[str] = ()) -> None:
+        """Every host in `due` runs a planning round on its view, and every host in
+        `if_hot` whose own new sample puts it above its shedding line."""
         c = self.cluster
         records, alive = self.view(now)
         cfg = c.config.rebalance
@@ -625,7 +627,7 @@ class Mesh(Strategy):
         ]
         total = sum(u for _, u in pool)
         in_pool = dict(pool)
-        for name in sorted(due):
+        for name in sorted({*due, *if_hot}):
             host = c.hosts[name]
             freed = self.replan.pop(name, None) is not None
             if freed and not (now.is_integer() and self._due(name, now)):
@@ -642,6 +644,13 @@ class Mesh(Strategy):
             if mine < mean + planner.shedding_line(cfg, host.outbound) - 1e-9:
                 # `plan` would answer "balanced" (it counts no more load, skipped for speed)
                 continue
+            if name not in due:  # woken by its new sample: the agent's `due_now`
+                overlay = planner.Overlay(records, name, own)
+                if len(host.outbound) >= cfg.max_outbound or not planner.over_line(
+                    name, overlay, alive, host.outbound, cfg
+                ):
+                    continue
+                self.phase[name] = now
             c.stats.plan_calls += 1
             moves, decision = planner.plan_round(
                 name,
