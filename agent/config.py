@@ -154,8 +154,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
     for seed in config.seeds:
         _split_seed(seed)
-    if config.peer_heartbeat < 0:
-        raise ConfigError("peer_heartbeat must be 0 (off) or a positive number of seconds")
+    if not (config.peer_heartbeat == 0 or 0.1 <= config.peer_heartbeat <= 600):
+        raise ConfigError("peer_heartbeat must be 0 (off) or between 0.1 and 600 seconds")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
     if config.rebalance_interval <= 0:

@@ -94,6 +94,7 @@ class Rebalancer:
         self._outbound_after = 0  # outbound migrations running after the last round
         self._vms_after: frozenset[str] = frozenset()  # this host's VMs as its record then said
         self._version_after = -1  # this host's record version then
+        self._judged = (-1, False)  # the latest version `_newly_hot` looked at, and its verdict
         self._poked = asyncio.Event()  # this host's record was republished
 
     # --- lifecycle -----------------------------------------------------------------
@@ -186,9 +187,11 @@ class Rebalancer:
             asyncio.ensure_future(self._poked.wait()),
             asyncio.ensure_future(self._migrator.wait_change(timeout)),
         }
-        _, pending = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
-        for task in pending:
-            task.cancel()
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:  # also when the loop is cancelled: leave no waiter behind
+            for task in waits:
+                task.cancel()
         self._poked.clear()
 
     def due_now(self) -> bool:
@@ -207,13 +210,19 @@ class Rebalancer:
         return self._own_vms() != self._vms_after
 
     def _newly_hot(self) -> bool:
-        """A record of this host newer than the last round's puts it above its line."""
+        """A record of this host newer than the last round's puts it above its line (each
+        version judged once: the view's scan is not for every wake-up)."""
         own = self._own()
         if own is None or own.version == self._version_after:
             return False
-        core = self._membership()
-        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
-        return over_line(self._migrator.node_id, core.records(), alive, self._busy(), self.config)
+        if self._judged[0] != own.version:
+            core = self._membership()
+            alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+            hot = over_line(
+                self._migrator.node_id, core.records(), alive, self._busy(), self.config
+            )
+            self._judged = (own.version, hot)
+        return self._judged[1]
 
     def _own(self) -> NodeRecord | None:
         return self._membership().records().get(self._migrator.node_id)
@@ -224,8 +233,10 @@ class Rebalancer:
 
     async def round(self) -> None:
         """One planning round: decide, and start every move the free slots allow."""
+        seen = self._snapshot()  # what this round plans on; news during its awaits is news
         moves, decision = self._decide(self._rng)
         self.last = decision
+        started = 0
         for move in moves:
             try:
                 mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
@@ -249,13 +260,18 @@ class Rebalancer:
             )
             fields = {"vm": move.vm, "to": move.target, "why": move.reason}
             log.info("rebalance move", extra={"fields": fields})
-        self._note_slots()
+            started += 1
+        outbound, self._vms_after, self._version_after = seen
+        self._outbound_after = outbound + started
 
     def _note_slots(self) -> None:
-        self._outbound_after = self._migrator.core.outbound()
-        self._vms_after = self._own_vms()
+        self._outbound_after, self._vms_after, self._version_after = self._snapshot()
+
+    def _snapshot(self) -> tuple[int, frozenset[str], int]:
+        """Outbound migrations, this host's VMs and its record's version, as now."""
         own = self._own()
-        self._version_after = own.version if own is not None else -1
+        version = own.version if own is not None else -1
+        return self._migrator.core.outbound(), self._own_vms(), version
 
     def _decide(self, rng: random.Random) -> tuple[list[Move], Decision]:
         core = self._membership()

@@ -216,7 +216,8 @@ class Transport:
         return sock
 
     def _beat(self, sock: zmq.asyncio.Socket) -> None:
-        """ZMTP heartbeats and a connect timeout on `sock`, unless heartbeats are off."""
+        """ZMTP heartbeats and a connect timeout on `sock`, unless heartbeats are off (the
+        connect timeout only matters to the DEALERs, which connect)."""
         if self._heartbeat_ms > 0:
             sock.heartbeat_ivl = self._heartbeat_ms
             sock.heartbeat_timeout = self._heartbeat_ms * HEARTBEAT_MISSES

@@ -260,3 +260,31 @@ def test_a_long_copy_only_worth_it_below_the_trigger_waits_for_the_needed_ones()
         "h1", vm("s1", 1.5), vm("s2", 1.5), vm("long", 0.8, memory=4 * GIB), vm("k", 2.2)
     )  # 0.6; after s1 and s2 0.30, under mean 0.16 + 0.15
     assert _round(hot, {"k": 900.0}) == ["s1", "s2"]
+
+
+def test_a_round_never_reports_a_move_it_did_not_start() -> None:
+    """Whatever the cluster: at most the free slots, each VM once, and the decision that
+    ends the round is the reason it stopped, not one more move (status shows it)."""
+    for seed in range(150):  # with one sampled target, seeds 140 and 141 once reported one
+        rng = random.Random(seed)
+        records = [
+            host(
+                f"h{h}",
+                *(
+                    vm(f"v{h}-{i}", rng.uniform(0.05, 3.0), GIB * rng.choice((1, 2, 4, 8)))
+                    for i in range(rng.randint(0, 6))
+                ),
+                labels={INBOUND_LABEL: str(rng.randint(0, 2))},
+            )
+            for h in range(1, rng.randint(3, 9))
+        ]
+        own = [v.name for v in records[0].vms]
+        busy = tuple(own[: rng.randint(0, min(2, len(own)))])
+        by_id = {r.node_id: r for r in records}
+        config = RebalanceConfig(sample=1 + seed % 4)
+        moves, last = plan_round(
+            "h1", by_id, set(by_id), {}, busy, 1000.0, random.Random(seed), config
+        )
+        assert last.move is None, (seed, last)
+        assert len(moves) <= 2 - len(busy)
+        assert len({m.vm for m in moves}) == len(moves) and not {m.vm for m in moves} & set(busy)

@@ -40,8 +40,9 @@ def _free_port() -> int:
     raise RuntimeError("no free port pair")
 
 
-def test_negative_peer_heartbeat_is_refused_by_name(ca: Path) -> None:
-    error = _start_refused([*_args(ca, _free_port()), "--peer-heartbeat", "-1"])
+@pytest.mark.parametrize("bad", ["-1", "nan", "0.01", "1e9"])
+def test_a_peer_heartbeat_out_of_range_is_refused_by_name(ca: Path, bad: str) -> None:
+    error = _start_refused([*_args(ca, _free_port()), "--peer-heartbeat", bad])
     assert "peer_heartbeat" in error and "0 (off)" in error
 
 

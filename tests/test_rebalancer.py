@@ -11,6 +11,9 @@ import dataclasses
 import random
 from collections.abc import Mapping
 
+import pytest
+
+from novacron.agent import rebalancer as rebalancer_module
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.migrator import Migrator
 from novacron.agent.rebalancer import SETTING_LABEL, Rebalancer, newest_setting
@@ -160,15 +163,18 @@ def _loads(mesh: Mesh, node_id: str, load: float) -> None:
     mesh._records[node_id] = dataclasses.replace(record, version=record.version + 1, vms=vms)
 
 
-async def test_a_new_record_showing_the_host_hot_plans_at_once() -> None:
+async def test_a_new_record_showing_the_host_hot_plans_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A hotspot is acted on when this host's record shows it, not at the next round."""
+    monkeypatch.setattr(rebalancer_module, "POLL", 60.0)  # only the poke can wake it
     mesh, rebalancer, sent, _, migrator = setup()
     _loads(mesh, "h1", 0.2)  # 0.15 of 4 cores: balanced
     await rebalancer.round()
     assert sent == [] and not rebalancer.due_now()
 
-    waiting = asyncio.create_task(rebalancer._wait())  # the next round is a minute away
-    rebalancer.interval = 60.0
+    rebalancer.interval = 60.0  # the next round is a minute away
+    waiting = asyncio.create_task(rebalancer._wait())
     await asyncio.sleep(0.3)
     assert not waiting.done()
     _loads(mesh, "h1", 1.0)  # the next refresh: 0.75

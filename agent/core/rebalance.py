@@ -384,22 +384,30 @@ def plan_round(
     target and reason are those of the moment it starts.
     """
     config = config or RebalanceConfig()
+    first = plan(node_id, records, alive, recent_moves, busy, now, rng, config)
+    free = config.max_outbound - len(busy)
+    if first.move is None or free <= 0:
+        return [], first  # balanced, no free slot, or nothing fits: nothing to order
     unlimited = dataclasses.replace(config, max_outbound=len(busy) + MAX_PLANNED)
-    needed, more = _sequence(node_id, records, alive, recent_moves, busy, now, rng, unlimited)
-    longest_first = sorted(needed, key=lambda m: -m.cost) + more  # stable: plan order on ties
+    needed, more = _sequence(node_id, records, alive, recent_moves, busy, now, rng, unlimited, free)
     view = dict(records)
     moving = set(busy)
     moves: list[Move] = []
-    first = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
-    for wanted in longest_first:
+    for wanted in sorted(needed, key=lambda m: -m.cost) + more:  # stable: plan order on ties
+        if len(moving) >= config.max_outbound:
+            break
         decision = plan(node_id, view, alive, recent_moves, moving, now, rng, config, {wanted.vm})
-        if decision.move is None:
-            continue
-        moves.append(decision.move)
-        moving.add(decision.move.vm)
-        view = _moved(view, decision.move)
-    last = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
-    return moves, dataclasses.replace(last, utilization=first.utilization, mean=first.mean)
+        if decision.move is not None:
+            moves.append(decision.move)
+            moving.add(decision.move.vm)
+            view = _moved(view, decision.move)
+    while True:  # what is left: a slot the look-ahead's moves did not fill, or why it stops
+        last = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
+        if last.move is None:
+            return moves, dataclasses.replace(last, utilization=first.utilization, mean=first.mean)
+        moves.append(last.move)
+        moving.add(last.move.vm)
+        view = _moved(view, last.move)
 
 
 MAX_PLANNED = 16  # moves a round looks ahead when it orders the shedding
@@ -414,15 +422,16 @@ def _sequence(
     now: float,
     rng: random.Random,
     config: RebalanceConfig,
+    slots: int,
 ) -> tuple[list[Move], list[Move]]:
     """The moves `plan` would make one after another if slots were no limit: those that
     bring this host down to the trigger line, and those that go on into the band below
-    it (hysteresis; not worth starting a long copy first for)."""
+    it (hysteresis; not worth starting a long copy first for), at most `slots` of them."""
     view = dict(records)
     moving = set(busy)
     needed: list[Move] = []
     more: list[Move] = []
-    while len(needed) + len(more) < MAX_PLANNED:
+    while len(needed) + len(more) < MAX_PLANNED and len(more) < slots:
         decision = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
         if decision.move is None:
             break
