@@ -4,9 +4,10 @@ Lab hosts running `nova-agent` as shipped; the last host's cable is unplugged
 for `--downs` seconds and plugged back in. From that moment the benchmark
 polls every 0.25 s (each look in its own thread) for two things an operator
 would check: every agent sees every host alive again (`nova members`), and
-every other host gets an answer from the cut host over the mesh (`nova host undrain HOST`: a request the cut
-host's agent answers over the hosts' direct connections, as it answers a
-migration proposal; the host is not draining, so it changes nothing).
+every other host gets an answer from the cut host over the mesh (`nova host
+undrain HOST`: a request the cut host's agent answers over the hosts' direct
+connections, as it answers a migration proposal; the host is not draining,
+so it changes nothing). An answer counts when it came, not when it was asked.
 
 Both are measured with ZMTP heartbeats on peer connections (`--peer-heartbeat
 2`, the default) and off (`0`, TCP's own retransmission back-off alone: the
@@ -59,9 +60,10 @@ def heal(agents: LabAgents, lab: Lab, cut: LabHost, down: float) -> dict[str, An
     up = time.monotonic()
 
     def first(ok: Callable[[], bool]) -> float | None:
-        while (elapsed := time.monotonic() - up) < GIVE_UP:
+        """Seconds from link-up to the end of the first look that `ok` liked."""
+        while time.monotonic() - up < GIVE_UP:
             if ok():
-                return elapsed
+                return time.monotonic() - up  # an answer counts when it came
             time.sleep(POLL)
         return None
 
