@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from novacron.protocol.messages import NodeRecord, VmSummary
 
@@ -384,25 +385,34 @@ def plan_round(
     target and reason are those of the moment it starts.
     """
     config = config or RebalanceConfig()
-    first = plan(node_id, records, alive, recent_moves, busy, now, rng, config)
+
+    def ask(
+        view: Mapping[str, NodeRecord],
+        moving: Collection[str],
+        limits: RebalanceConfig = config,
+        only: Collection[str] | None = None,
+    ) -> Decision:
+        return plan(node_id, view, alive, recent_moves, moving, now, rng, limits, only)
+
+    first = ask(records, busy)
     free = config.max_outbound - len(busy)
     if first.move is None or free <= 0:
         return [], first  # balanced, no free slot, or nothing fits: nothing to order
     unlimited = dataclasses.replace(config, max_outbound=len(busy) + MAX_PLANNED)
-    needed, more = _sequence(node_id, records, alive, recent_moves, busy, now, rng, unlimited, free)
+    needed, more = _sequence(partial(ask, limits=unlimited), records, busy, config.trigger, free)
     view = dict(records)
     moving = set(busy)
     moves: list[Move] = []
     for wanted in sorted(needed, key=lambda m: -m.cost) + more:  # stable: plan order on ties
         if len(moving) >= config.max_outbound:
             break
-        decision = plan(node_id, view, alive, recent_moves, moving, now, rng, config, {wanted.vm})
+        decision = ask(view, moving, only={wanted.vm})
         if decision.move is not None:
             moves.append(decision.move)
             moving.add(decision.move.vm)
             view = _moved(view, decision.move)
     while True:  # what is left: a slot the look-ahead's moves did not fill, or why it stops
-        last = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
+        last = ask(view, moving)
         if last.move is None:
             return moves, dataclasses.replace(last, utilization=first.utilization, mean=first.mean)
         moves.append(last.move)
@@ -414,28 +424,25 @@ MAX_PLANNED = 16  # moves a round looks ahead when it orders the shedding
 
 
 def _sequence(
-    node_id: str,
+    ask: Callable[[Mapping[str, NodeRecord], Collection[str]], Decision],
     records: Mapping[str, NodeRecord],
-    alive: Collection[str],
-    recent_moves: Mapping[str, float],
     busy: Collection[str],
-    now: float,
-    rng: random.Random,
-    config: RebalanceConfig,
+    trigger: float,
     slots: int,
 ) -> tuple[list[Move], list[Move]]:
-    """The moves `plan` would make one after another if slots were no limit: those that
-    bring this host down to the trigger line, and those that go on into the band below
-    it (hysteresis; not worth starting a long copy first for), at most `slots` of them."""
+    """The moves `ask` (this host's `plan`, slots no limit) gives one after another: those
+    that bring this host down to the trigger line, and those that go on into the band
+    below it (hysteresis; not worth starting a long copy first for), at most `slots` of
+    those."""
     view = dict(records)
     moving = set(busy)
     needed: list[Move] = []
     more: list[Move] = []
     while len(needed) + len(more) < MAX_PLANNED and len(more) < slots:
-        decision = plan(node_id, view, alive, recent_moves, moving, now, rng, config)
+        decision = ask(view, moving)
         if decision.move is None:
             break
-        above = decision.utilization > decision.mean + config.trigger
+        above = decision.utilization > decision.mean + trigger
         (needed if above else more).append(decision.move)
         moving.add(decision.move.vm)
         view = _moved(view, decision.move)
