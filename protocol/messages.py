@@ -95,6 +95,10 @@ class MemberDigest:
     incarnation: int
     state: MemberState
     address: str = ""
+    # The member's own signature of its Alive at (incarnation, address), or of its
+    # Leave when left (`claims.line_claim`): what lets a receiver apply the line.
+    signature: bytes = b""
+    certificate: bytes = b""  # the member's certificate, for a receiver that lacks it
 
 
 # --- gossip items (also sent on their own) -----------------------------------
@@ -108,7 +112,8 @@ class Alive:
     node_id: str
     incarnation: int
     address: str = ""
-    certificate: bytes = b""  # the node's certificate, so peers can verify it
+    certificate: bytes = b""  # the node's certificate, for members that do not know it yet
+    signature: bytes = b""  # by `node_id` itself, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ class Suspect:
     node_id: str
     incarnation: int
     by: str
+    signature: bytes = b""  # by the accuser `by`, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class Dead:
     node_id: str
     incarnation: int
     by: str
+    signature: bytes = b""  # by the accuser `by`, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,7 @@ class Leave:
     TYPE: ClassVar[str] = "leave"
     node_id: str
     incarnation: int
+    signature: bytes = b""  # by `node_id` itself, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
