@@ -62,6 +62,7 @@ LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
 JOURNAL_DIR = "migrations"  # under the data dir: outbound migrations in flight
 DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
 RECENT_EVENTS = 50  # membership events kept for `nova status`
+EXIT_FAILURE = 1  # the agent stopped on its own after a fault: systemd restarts it
 
 
 class StartupError(Exception):
@@ -171,6 +172,9 @@ class Agent:
         self._wake = asyncio.Event()  # the core's next deadline may have moved earlier
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # running loops and introductions
+        self._throttle = logs.Throttle(log)  # repeated failures cost one line per interval
+        self.handling_failures = 0  # messages whose handling raised (dropped, counted)
+        self.failure: str | None = None  # why the agent stopped, when it was not asked to
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
 
@@ -266,20 +270,40 @@ class Agent:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s loop crashed", task.get_name(), exc_info=task.exception())
-            self.stop()  # systemd restarts us: better than limping on half-wired
+            # Leave, then exit non-zero so systemd (Restart=on-failure) brings us
+            # back: better than limping on half-wired.
+            self.failure = f"the {task.get_name()} loop crashed"
+            self.stop()
 
     # --- the loops ---------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         while True:
             sender, message = await self.transport.recv()
-            if self.migrator.handles(message):
-                await self.migrator.receive(sender, message)
-            elif self.drain_requests.handles(message):
-                await self.drain_requests.receive(sender, message)
-            else:
-                await self._dispatch(self.core.receive(sender, message, self._clock()))
+            try:
+                await self._handle(sender, message)
+            except Exception:
+                # One message from a peer must never stop the agent: drop it,
+                # count it, and say so (at most once per interval per kind).
+                self.handling_failures += 1
+                kind = type(message).__name__
+                self._throttle(
+                    (sender, kind),
+                    logging.ERROR,
+                    "handling a %s from %s failed",
+                    kind,
+                    sender,
+                    exc_info=True,
+                )
             self._wake.set()
+
+    async def _handle(self, sender: str, message: Message) -> None:
+        if self.migrator.handles(message):
+            await self.migrator.receive(sender, message)
+        elif self.drain_requests.handles(message):
+            await self.drain_requests.receive(sender, message)
+        else:
+            await self._dispatch(self.core.receive(sender, message, self._clock()))
 
     async def _timer_loop(self) -> None:
         while True:
@@ -434,6 +458,7 @@ class Agent:
             "libvirt_connected": self.inventory.connected,
             "libvirt_warning": self.inventory.warning,
             "transport": dataclasses.asdict(self.transport.stats),
+            "handling_failures": self.handling_failures,
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": self.trust.last_refusal.reason if self.trust.last_refusal else None,
             "recent_events": list(self.recent_events)[-20:],
@@ -483,6 +508,9 @@ async def _serve(agent: Agent) -> int:
         await agent.run()
     finally:
         await agent.close()
+    if agent.failure is not None:
+        print(f"nova-agent: error: stopped because {agent.failure}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

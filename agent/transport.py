@@ -34,6 +34,7 @@ from novacron.protocol.errors import ProtocolError
 from novacron.protocol.keys import RAW_KEY_SIZE, NodeKey
 from novacron.protocol.messages import Message
 
+from .logs import Throttle
 from .security import TrustStore, key_text
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,13 @@ class TransportStats:
 
 
 class _WarnOnce:
-    """Rate-limits repeated warnings so a misbehaving peer cannot flood the log."""
+    """Warnings about peers, rate-limited per peer and problem (a peer cannot flood the log)."""
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._last: dict[tuple[str, str], float] = {}
+        self._throttle = Throttle(log, interval)
 
     def __call__(self, peer: str, kind: str, text: str, *args: object) -> None:
-        now = time.monotonic()
-        key = (peer, kind)
-        if now - self._last.get(key, -self._interval) >= self._interval:
-            if len(self._last) > 4096:
-                self._last.clear()
-            self._last[key] = now
-            log.warning(text, *args)
-        else:
-            log.debug(text, *args)
+        self._throttle((peer, kind), logging.WARNING, text, *args)
 
 
 def raw_curve_key(key: bytes | str) -> bytes:

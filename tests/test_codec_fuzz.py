@@ -20,6 +20,8 @@ from .strategies import any_message, for_struct, node_ids
 
 FUZZ = settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+V = codec.PROTOCOL_VERSION  # the version every hand-made frame below speaks
+
 
 def _decode_or_protocol_error(data: bytes) -> None:
     """Decoding either succeeds or raises a ProtocolError; anything else fails the test."""
@@ -91,7 +93,7 @@ def test_deep_nesting_gives_only_protocol_errors(depth: int, opener: bytes) -> N
     _decode_or_protocol_error(opener * depth + b"\xc0")
     # A valid envelope whose unknown field hides deep nesting is refused too.
     nested = opener * depth + b"\xc0"
-    head = msgpack.packb([1, "nack", "edge-1"])[1:]  # drop the 3-element array header
+    head = msgpack.packb([V, "nack", "edge-1"])[1:]  # drop the 3-element array header
     payload = b"\x82" + msgpack.packb("seq") + b"\x01" + msgpack.packb("x") + nested
     _decode_or_protocol_error(b"\x94" + head + payload)
 
@@ -111,7 +113,7 @@ def test_deep_nesting_gives_only_protocol_errors(depth: int, opener: bytes) -> N
 )
 def test_arbitrary_msgpack_payloads_give_only_protocol_errors(obj: object) -> None:
     for type_name in m.CATALOGUE:
-        _decode_or_protocol_error(msgpack.packb([1, type_name, "edge-1", obj]))
+        _decode_or_protocol_error(msgpack.packb([V, type_name, "edge-1", obj]))
 
 
 # The drain messages travel between hosts like the others; a field-aware fuzz of their
@@ -136,7 +138,7 @@ def test_malformed_drain_messages_give_only_protocol_errors(
     names = [f.name for f in dataclasses.fields(cls)]
     payload = data.draw(st.dictionaries(st.sampled_from([*names, "extra"]), _any_value))
     try:
-        message = codec.decode(msgpack.packb([1, cls.TYPE, "edge-1", payload])).message
+        message = codec.decode(msgpack.packb([V, cls.TYPE, "edge-1", payload])).message
     except ProtocolError:
         return
     assert isinstance(message, cls)  # accepted: then it encodes and decodes to itself

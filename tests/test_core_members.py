@@ -8,6 +8,7 @@ import pytest
 
 from novacron.agent.core.members import Member, MemberTable, ProbeOrder
 from novacron.agent.core.snapshot import ClusterSnapshot
+from novacron.simulations.signing import sign_claim_as_signer
 from novacron.agent.core.transitions import (
     Verdict,
     on_alive,
@@ -31,7 +32,8 @@ def member(state: MemberState = ALIVE, incarnation: int = 5) -> Member:
 
 
 def test_snapshot_table_shares_the_base_and_keeps_changes_private() -> None:
-    snapshot = ClusterSnapshot.converged([(f"n{i}", f"a{i}") for i in range(1000)])
+    members = [(f"n{i}", f"a{i}") for i in range(1000)]
+    snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
     one, two = (
         MemberTable(snapshot.members, snapshot.node_ids),
         MemberTable(snapshot.members, snapshot.node_ids),
