@@ -14,12 +14,16 @@ in `httpd`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import os
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
+
+from novacron.protocol.operators import OperatorCommand
 
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 
@@ -96,7 +100,13 @@ class HostDrainControl(Protocol):
     (unknown host 404, host not alive or refusing 409, no answer 504).
     """
 
-    async def ask(self, node: str, drain: bool, requested_by: str = "") -> dict[str, Any]: ...
+    async def ask(
+        self,
+        node: str,
+        drain: bool,
+        requested_by: str = "",
+        command: OperatorCommand | None = None,
+    ) -> dict[str, Any]: ...
 
     def status_of(self, node: str) -> dict[str, Any]: ...
 
@@ -206,16 +216,47 @@ def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
             raise _http_error(exc) from None
 
     async def start(request: Request) -> Response:
-        by = _requested_by(_body(request))
-        return await _controlled(control.ask(request.params["node_id"], True, by), status=202)
+        body = _body(request)
+        node = request.params["node_id"]
+        asked = control.ask(node, True, _requested_by(body), _operator_command(body))
+        return await _controlled(asked, status=202)
 
     async def stop(request: Request) -> Response:
-        by = _requested_by(_body(request))
-        return await _controlled(control.ask(request.params["node_id"], False, by))
+        body = _body(request)
+        node = request.params["node_id"]
+        asked = control.ask(node, False, _requested_by(body), _operator_command(body))
+        return await _controlled(asked)
 
     router.get(f"/{API_VERSION}/hosts/{{node_id}}/drain", status)
     router.post(f"/{API_VERSION}/hosts/{{node_id}}/drain", start)
     router.post(f"/{API_VERSION}/hosts/{{node_id}}/undrain", stop)
+
+
+def _operator_command(body: dict[str, Any]) -> OperatorCommand | None:
+    """The operator's signed command in `body["operator"]` (see `cli.operator`), if any."""
+    given = body.get("operator")
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise HttpError(400, "operator must be an object")
+    try:
+        return OperatorCommand(
+            action=_text(given, "action"),
+            target=_text(given, "target"),
+            request_id=_text(given, "request_id"),
+            issued_at=float(given["issued_at"]),
+            certificate=base64.b64decode(_text(given, "certificate"), validate=True),
+            signature=base64.b64decode(_text(given, "signature"), validate=True),
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise HttpError(400, f"operator: malformed signed command ({exc})") from None
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body[name]
+    if not isinstance(value, str) or len(value) > 8192:
+        raise ValueError(f"{name} must be a string")
+    return value
 
 
 def _requested_by(body: dict[str, Any]) -> str:

@@ -27,9 +27,8 @@ from typing import Any
 
 import psutil
 
-from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import Message, NodeRecord, SignedRecord
-from novacron.protocol.records import sign_record, verify_record
+from novacron.protocol.messages import Message, NodeRecord
+from novacron.protocol.operators import OperatorCommand, verify_command
 
 from . import logs
 from .api import ApiServer
@@ -45,6 +44,7 @@ from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
 from .inventory import Inventory
 from .journal import MigrationJournal
+from .keyring import AgentKeyring
 from .migrator import Migrator
 from .rebalancer import Rebalancer
 from .sdnotify import Notifier
@@ -99,13 +99,13 @@ class Agent:
         self.introductions = IntroductionServer(
             identity.certificate_bytes, self.trust, config.bind_address, config.port + PORT_OFFSET
         )
+        self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
             self.node_id,
             address=self.address,
             config=membership or MembershipConfig(),
             rng=random.Random(),
-            signer=self._sign,
-            verifier=self._verify,
+            keyring=self.keyring,
             now=clock(),
         )
         self.migrator = Migrator(
@@ -135,7 +135,7 @@ class Agent:
             clock=clock,
         )
         self.drain_requests = DrainRequests(
-            self.drain, self.node_id, lambda: self.core, send=self._send
+            self.drain, self.node_id, lambda: self.core, send=self._send, authority=self._operator
         )
         self.rebalancer = Rebalancer(
             self.migrator,
@@ -177,17 +177,6 @@ class Agent:
         self.failure: str | None = None  # why the agent stopped, when it was not asked to
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
-
-    # --- identity glue -----------------------------------------------------------
-
-    def _sign(self, record: NodeRecord) -> SignedRecord:
-        return sign_record(self.identity.key, record)
-
-    def _verify(self, signed: SignedRecord) -> NodeRecord:
-        cert = self.trust.certificate_for(signed.node_id)
-        if cert is None:
-            raise ProtocolError(f"no valid certificate known for {signed.node_id!r}")
-        return verify_record(signed, cert)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -376,6 +365,11 @@ class Agent:
         reservations = self.migrator.core.reservations()
         overcommit = self.migrator.core.config.reservations.vcpu_overcommit
         return int(free_capacity(record, reservations, overcommit).memory_mib)
+
+    def _operator(self, command: OperatorCommand) -> str:
+        """The operator who signed `command`, or `CommandRefused` (see `protocol/operators`)."""
+        ca = self.identity.ca_public
+        return verify_command(command, ca, time.time(), self.trust.revocations).node_id
 
     # --- peers ---------------------------------------------------------------------
 

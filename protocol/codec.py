@@ -7,7 +7,8 @@ nodes talking:
 - the version comes first and is checked first; an unsupported version is an
   `UnsupportedVersion` error naming what this node speaks;
 - unknown payload fields are ignored, missing optional fields get their
-  defaults, missing required fields are an `InvalidField` error;
+  defaults, missing required fields are an `InvalidField` error; optional
+  fields at their default are not encoded at all;
 - an unknown message type is an `UnknownMessageType` error;
 - extra envelope elements after the payload are ignored (room to grow).
 
@@ -143,6 +144,17 @@ def _tagged_encoder(value: Any) -> list[Any]:
 
 
 _STRUCT_ENCODERS: dict[type, Converter] = {}
+_REQUIRED = object()  # marks a field without a default: always encoded
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, or `_REQUIRED`. Optional fields at their default are
+    left out of the encoding (so a new optional field changes no existing bytes)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _REQUIRED
 
 
 def _struct_encoder(cls: type) -> Converter:
@@ -150,12 +162,14 @@ def _struct_encoder(cls: type) -> Converter:
     if found is not None:
         return found
     hints = typing.get_type_hints(cls, include_extras=True)
-    plan = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+    plan = [(f.name, _encoder(hints[f.name]), _default(f)) for f in dataclasses.fields(cls)]
 
     def encode_struct(obj: Any) -> dict[str, Any]:
         wire = {}
-        for name, convert in plan:
+        for name, convert, default in plan:
             value = getattr(obj, name)
+            if value is default or (default is not _REQUIRED and value == default):
+                continue  # the decoder restores it: fewer bytes on the wire
             wire[name] = value if convert is None else convert(value)
         return wire
 

@@ -368,7 +368,9 @@ class DrainRequest:
     """An operator on another host asks `node` to start (`drain`) or end its drain.
 
     The drained host's own agent carries the drain out, as a local `nova host
-    drain` would; it refuses a request that names another node than itself.
+    drain` would; it refuses a request that names another node than itself,
+    and one that an operator did not sign (action "drain" or "undrain",
+    target `node`, id `request_id`).
     """
 
     TYPE: ClassVar[str] = "drain-request"
@@ -376,6 +378,10 @@ class DrainRequest:
     node: str  # the host to drain: must be the receiver
     drain: bool  # True: start draining; False: take new VMs again
     requested_by: str = ""  # the operator, as the asking host names them (for the log)
+    # The operator's authority (`operators.py`): a member alone may not drain a host.
+    issued_at: float = 0.0  # when the operator signed the command (unix seconds)
+    operator_certificate: bytes = b""  # a certificate with the operator role
+    signature: bytes = b""  # by that certificate's key over `operators.command_bytes`
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from typing import TypeVar
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Event, Output

@@ -8,7 +8,6 @@ import pytest
 
 from novacron.agent.core.members import Member, MemberTable, ProbeOrder
 from novacron.agent.core.snapshot import ClusterSnapshot
-from novacron.simulations.signing import sign_claim_as_signer
 from novacron.agent.core.transitions import (
     Verdict,
     on_alive,
@@ -18,6 +17,7 @@ from novacron.agent.core.transitions import (
     supersedes,
 )
 from novacron.protocol.messages import MemberState
+from novacron.simulations.signing import sign_claim_as_signer
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

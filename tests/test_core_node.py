@@ -41,13 +41,13 @@ from novacron.protocol.messages import (
 )
 from novacron.simulations.signing import SimKeyring, certificate_of, sign_claim_as_signer
 from tests.core_harness import (
-    sign,
     address_of,
     ids,
     make_node,
     make_signer,
     record_for,
     record_for_version,
+    sign,
     verify,
 )
 
@@ -82,6 +82,11 @@ def node_in(
     )
 
 
+def alive(node_id: str, incarnation: int) -> Alive:
+    """`node_id`'s own signed Alive at its address."""
+    return sign(Alive(node_id, incarnation, address_of(node_id)))
+
+
 def sends_of(out: Output, kind: type) -> list[tuple[str, Message]]:
     return [(dest, m) for dest, m in out.sends if isinstance(m, kind)]
 
@@ -107,15 +112,15 @@ def test_a_suspected_node_refutes_with_a_higher_incarnation() -> None:
     gossip = [m for _, m in out.sends if isinstance(m, Alive)] + [
         g for _, m in out.sends if isinstance(m, Ping) for g in m.gossip
     ]
-    assert sign(Alive("n000", 2, address_of("n000"))) in gossip
+    assert alive("n000", 2) in gossip
 
 
 def test_alive_with_higher_incarnation_overrides_suspicion() -> None:
     node = node_in(snapshot_of(5))
     out = node.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
     assert out.events == [MemberSuspected("n001", 1, "n002")]
-    assert node.receive("n003", sign(Alive("n001", 1, address_of("n001"))), 1.5).events == []  # same incarnation: no
-    out = node.receive("n003", sign(Alive("n001", 2, address_of("n001"))), 2.0)
+    assert node.receive("n003", alive("n001", 1), 1.5).events == []  # same incarnation: no
+    out = node.receive("n003", alive("n001", 2), 2.0)
     assert out.events == [MemberAlive("n001", 2)]
     info = node.member("n001")
     assert info is not None and info.state is MemberState.ALIVE and info.incarnation == 2
@@ -141,7 +146,7 @@ def test_dead_about_a_member_held_alive_is_only_a_suspicion() -> None:
     assert out.events == [MemberSuspected("n001", 1, "n004")]
     info = node.member("n001")
     assert info is not None and info.state is MemberState.SUSPECT
-    assert node.receive("n001", sign(Alive("n001", 2, address_of("n001"))), 1.5).events == [MemberAlive("n001", 2)]
+    assert node.receive("n001", alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
     assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
@@ -156,13 +161,13 @@ def test_a_lone_accusers_dead_does_not_cut_the_suspicion_short() -> None:
     node = node_in(snapshot_of(5))
     node.receive("n004", sign(Suspect("n001", 1, "n004")), 1.0)
     assert node.receive("n004", sign(Dead("n001", 1, "n004")), 1.1).events == []
-    assert node.receive("n001", sign(Alive("n001", 2, address_of("n001"))), 1.5).events == [MemberAlive("n001", 2)]
+    assert node.receive("n001", alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
     assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
 def test_an_alive_claim_from_an_older_life_is_outnumbered() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n001", sign(Alive("n000", 7, address_of("n000"))), 1.0)
+    node.receive("n001", alive("n000", 7), 1.0)
     assert node.incarnation == 8
 
 
@@ -370,7 +375,7 @@ def test_push_pull_sends_only_newer_records_and_members() -> None:
     ((_, delta),) = sends_of(out, Delta)
     assert isinstance(delta, Delta)
     assert [s.version for s in delta.records] == [4]
-    proof = sign(Alive("n009", 1, address_of("n009"))).signature  # the member's own, passed on
+    proof = alive("n009", 1).signature  # the member's own, passed on
     line = MemberDigest("n009", 1, MemberState.SUSPECT, address_of("n009"), proof)
     assert delta.members == (line,)
     ((_, reply),) = sends_of(out, Digest)
@@ -392,7 +397,7 @@ def test_a_digest_that_declares_us_dead_is_refuted_in_the_reply() -> None:
     out = node.receive("n001", Digest(members=lines, reply=False), 1.0)
     ((_, delta),) = sends_of(out, Delta)
     assert isinstance(delta, Delta)
-    proof = sign(Alive("n000", 2, address_of("n000"))).signature
+    proof = alive("n000", 2).signature
     assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000"), proof) in delta.members
 
 
@@ -447,7 +452,7 @@ def test_strangers_may_only_introduce_themselves() -> None:
 
 def test_nonsense_is_counted_not_crashed_on() -> None:
     node = node_in(snapshot_of(3))
-    node.receive("n001", sign(Alive("n002", -1, address_of("n002"))), 1.0)
+    node.receive("n001", alive("n002", -1), 1.0)
     node.receive("n001", sign(Suspect("", 1, "n001")), 1.0)
     node.receive("n001", sign(Dead("n002", 1, "")), 1.0)
     node.receive("n001", RecordUpdate(SignedRecord("n002", -3, b"", b"")), 1.0)

@@ -117,10 +117,15 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
     outdir = Path(args.out)
     key_file, cert_file = outdir / f"{args.node_id}.key", outdir / f"{args.node_id}.crt"
     existing = [p for p in (key_file, cert_file) if p.exists()]
-    if existing and not args.force:
-        raise CommandError(f"{existing[0]} already exists; --force replaces it")
+    if args.renew:
+        node_key = _key_to_renew(key_file)
+    elif existing and not args.force:
+        raise CommandError(
+            f"{existing[0]} already exists; --force replaces it, --renew keeps its key"
+        )
+    else:
+        node_key = NodeKey.generate()
     now = time.time()
-    node_key = NodeKey.generate()
     cert = issue_certificate(
         ca_key,
         args.node_id,
@@ -129,9 +134,11 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         not_before=now - CLOCK_SKEW,
         not_after=now + args.days * 86400.0,
         serial=secrets.randbelow(2**63 - 1) + 1,
+        roles=() if args.role == "node" else (args.role,),
     )
     _make_dir(outdir, 0o755)
-    keyfiles.write_node_key(key_file, node_key, args.node_id)
+    if not args.renew:
+        keyfiles.write_node_key(key_file, node_key, args.node_id)
     keyfiles.write_certificate(cert_file, cert.encoded)
     data = {**_describe(cert), "key_file": str(key_file), "cert_file": str(cert_file)}
     out.result(
@@ -144,6 +151,16 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _key_to_renew(key_file: Path) -> NodeKey:
+    """The key pair a renewed certificate is for: the node keeps its identity."""
+    if not key_file.exists():
+        raise CommandError(f"--renew: {key_file} does not exist (issue without --renew first)")
+    try:
+        return keyfiles.load_node_key(key_file)
+    except IdentityError as exc:
+        raise CommandError(f"--renew: {exc}") from None
 
 
 def ca_revoke(args: argparse.Namespace, out: Output) -> int:
@@ -212,6 +229,7 @@ def _describe(cert: Certificate) -> dict[str, Any]:
         "issuer": cert.issuer,
         "fingerprint": f"sha256:{cert.fingerprint}",
         "curve_public_z85": cert.curve_public_z85(),
+        "roles": list(cert.body.roles) or ["node"],
     }
 
 

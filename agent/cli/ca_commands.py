@@ -56,6 +56,17 @@ def add_ca_commands(groups: Groups[Parser]) -> None:
         "--days", type=_days_arg, default=DEFAULT_DAYS, help=f"validity (default: {DEFAULT_DAYS})"
     )
     issue.add_argument("--force", action="store_true", help="replace existing NODE_ID.key/.crt")
+    issue.add_argument(
+        "--renew",
+        action="store_true",
+        help="new certificate for the keys in NODE_ID.key (a running agent reloads it)",
+    )
+    issue.add_argument(
+        "--role",
+        choices=("node", "operator"),
+        default="node",
+        help="node: a mesh member (default); operator: a person who may command any host",
+    )
     issue.set_defaults(handler=_later("ca_issue"))
 
     revoke = commands.add_parser("revoke", help="revoke a certificate by serial or file")

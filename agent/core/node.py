@@ -34,7 +34,8 @@ Who may talk to us: a sender that is not a member (in any state) nor a join
 seed is admitted only for what introduces members: `Ping` and `Digest` (a
 newcomer must be answered before anyone gossiped about it), `Alive` claims
 (how members are learnt at all), its own record (held until it is a
-member) and certificate requests and answers (certificates are public). Anything else from an unknown sender (Suspect, Dead, Leave, others'
+member) and certificate requests and answers (certificates are public).
+Anything else from an unknown sender (Suspect, Dead, Leave, others'
 records, IndirectPing, Ack, Nack, Delta), on its own or piggybacked, is
 dropped and counted in `stats.messages_from_unknown`.
 

@@ -176,9 +176,7 @@ def record_problem(record: NodeRecord, bounds: RecordBounds, owner_address: str)
         problem = (
             _amount_problem(f"VM {vm.name[:64]!r} vcpus", vm.vcpus, bounds.max_vcpus)
             or _amount_problem(f"VM {vm.name[:64]!r} memory", vm.memory_mib, bounds.max_memory_mib)
-            or _amount_problem(
-                f"VM {vm.name[:64]!r} cpu load", vm.cpu_load, max(vm.vcpus, 1) * 1.5
-            )
+            or _amount_problem(f"VM {vm.name[:64]!r} cpu load", vm.cpu_load, max(vm.vcpus, 1) * 1.5)
             or _amount_problem(
                 f"VM {vm.name[:64]!r} dirty rate", vm.dirty_rate_mib_s, bounds.max_dirty_rate_mib_s
             )
