@@ -111,6 +111,14 @@ class HostDrainControl(Protocol):
     def status_of(self, node: str) -> dict[str, Any]: ...
 
 
+class IdentityControl(Protocol):
+    """What the API needs to reload the identity files and spread revocations (the daemon)."""
+
+    async def reload(self) -> dict[str, Any]: ...
+
+    async def publish_revocations(self, data: bytes) -> dict[str, Any]: ...
+
+
 class RebalanceControl(Protocol):
     """What the API needs to show and steer rebalancing (`rebalancer.Rebalancer` fits)."""
 
@@ -130,9 +138,12 @@ def build_router(
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
     host_drain: HostDrainControl | None = None,
+    identity: IdentityControl | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1."""
     router = Router()
+    if identity is not None:
+        _identity_routes(router, identity)
     if vms is not None:
         _vm_routes(router, vms)
     if drain is not None:
@@ -145,6 +156,22 @@ def build_router(
         _migration_routes(router, migrations)
     _view_routes(router, view)
     return router
+
+
+def _identity_routes(router: Router, identity: IdentityControl) -> None:
+    async def reload(request: Request) -> Response:
+        return await _controlled(identity.reload())
+
+    async def revocations(request: Request) -> Response:
+        body = _body(request)
+        try:
+            data = base64.b64decode(_text(body, "crl"), validate=True)
+        except (KeyError, ValueError, binascii.Error) as exc:
+            raise HttpError(400, f"crl: the signed list, base64 ({exc})") from None
+        return await _controlled(identity.publish_revocations(data))
+
+    router.post(f"/{API_VERSION}/reload", reload)
+    router.post(f"/{API_VERSION}/revocations", revocations)
 
 
 def _view_routes(router: Router, view: AgentView) -> None:
@@ -355,7 +382,7 @@ async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Res
     return json_response(answer, status=status)
 
 
-_REFUSAL_CODES = frozenset({404, 409, 503, 504})
+_REFUSAL_CODES = frozenset({403, 404, 409, 503, 504})
 
 
 def _http_error(refusal: Refusal) -> HttpError:
@@ -376,8 +403,9 @@ class ApiServer:
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
         host_drain: HostDrainControl | None = None,
+        identity: IdentityControl | None = None,
     ) -> None:
-        router = build_router(view, migrations, vms, drain, rebalance, host_drain)
+        router = build_router(view, migrations, vms, drain, rebalance, host_drain, identity)
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
 

@@ -50,6 +50,10 @@ class IntroductionServer:
         self._task: asyncio.Task[None] | None = None
         self.refused = 0  # introductions we turned down
 
+    def set_certificate(self, certificate: bytes) -> None:
+        """Answer with `certificate` from now on (a renewed one, after a reload)."""
+        self._certificate = certificate
+
     async def start(self) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.maxmsgsize = MAX_FRAME

@@ -91,13 +91,19 @@ class Throttle:
         self._held: dict[tuple[str, str], int] = {}  # key -> repeats since then
 
     def __call__(
-        self, key: tuple[str, str], level: int, text: str, *args: object, exc_info: bool = False
+        self,
+        key: tuple[str, str],
+        level: int,
+        text: str,
+        *args: object,
+        exc_info: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
             self._held[key] = self._held.get(key, 0) + 1
-            self._log.debug(text, *args)
+            self._log.debug(text, *args, extra=extra)
             return
         if len(self._last) >= self._max_keys:
             self._last.clear()
@@ -105,4 +111,4 @@ class Throttle:
         self._last[key] = now
         held = self._held.pop(key, 0)
         suffix = f" ({held} more like it in the last {now - last:.0f} s)" if held and last else ""
-        self._log.log(level, text + suffix, *args, exc_info=exc_info)
+        self._log.log(level, text + suffix, *args, exc_info=exc_info, extra=extra)

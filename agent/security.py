@@ -135,6 +135,9 @@ class TrustStore:
         self._max_refused = max_remembered_refusals
         self.refusals: Counter[Refusal] = Counter()  # refusals by kind, since start
         self.last_refusal: PeerRefused | None = None  # the most recent, for tests and logs
+        # The most recent refusal of a certificate someone presented: an unknown key
+        # is ordinary life (a member that restarted, not yet reintroduced), not this.
+        self.last_certificate_refusal: PeerRefused | None = None
 
     @property
     def ca_key_id(self) -> str:
@@ -210,6 +213,10 @@ class TrustStore:
         for key in self._keys_of.pop(node_id, set()):
             self._by_encoding.pop(self._by_key.pop(key).encoded, None)
 
+    def certificates(self) -> list[Certificate]:
+        """Every certificate held (valid or not: the caller judges)."""
+        return list(self._by_key.values())
+
     def is_revoked(self, node_id: str) -> bool:
         """Whether certificates of `node_id` are known and the revocation list revokes them all."""
         keys = self._keys_of.get(node_id)
@@ -279,6 +286,8 @@ class TrustStore:
     def _count(self, refused: PeerRefused) -> PeerRefused:
         self.refusals[refused.kind] += 1
         self.last_refusal = refused
+        if refused.kind is not Refusal.UNKNOWN_KEY:
+            self.last_certificate_refusal = refused
         return refused
 
     def _now(self, now: float | None) -> float:

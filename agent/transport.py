@@ -35,7 +35,7 @@ from novacron.protocol.keys import RAW_KEY_SIZE, NodeKey
 from novacron.protocol.messages import Message
 
 from .logs import Throttle
-from .security import TrustStore, key_text
+from .security import Refusal, TrustStore, key_text
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,10 @@ class _WarnOnce:
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
         self._throttle = Throttle(log, interval)
 
-    def __call__(self, peer: str, kind: str, text: str, *args: object) -> None:
-        self._throttle((peer, kind), logging.WARNING, text, *args)
+    def __call__(
+        self, peer: str, kind: str, text: str, *args: object, level: int = logging.WARNING
+    ) -> None:
+        self._throttle((peer, kind), level, text, *args)
 
 
 def raw_curve_key(key: bytes | str) -> bytes:
@@ -120,7 +122,11 @@ class _TrustProvider:
         if verdict.admitted:
             return True
         self._stats.refused_connections += 1
-        self._warn(key_text(raw), "zap", "peer refused: %s", verdict.reason)
+        # A key we have no certificate for is mostly a member that restarted and has
+        # not been introduced again yet: normal life, retried in seconds. A refused
+        # certificate (another CA, revoked, expired) is worth a warning.
+        level = logging.INFO if verdict.refusal is Refusal.UNKNOWN_KEY else logging.WARNING
+        self._warn(key_text(raw), "zap", "peer refused: %s", verdict.reason, level=level)
         return False
 
 

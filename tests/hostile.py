@@ -92,7 +92,7 @@ class CertificateAuthority:
         keyfiles.write_ca_public(self.public_file, self.key.public_key())
 
     def issue(
-        self, node_id: str, *, valid_for: float = DAY, key: NodeKey | None = None
+        self, node_id: str, *, valid_for: float = 30 * DAY, key: NodeKey | None = None
     ) -> tuple[NodeKey, Certificate]:
         """A key pair (new unless given) and a certificate for `node_id`, also as files."""
         key = key or NodeKey.generate()
@@ -179,15 +179,27 @@ class Mesh:
         return started
 
     def start_agent(
-        self, node_id: str, extra: Sequence[str] = (), *, certify: bool = True
+        self,
+        node_id: str,
+        extra: Sequence[str] = (),
+        *,
+        certify: bool = True,
+        name: str | None = None,
+        wait: bool = True,
+        seed: str | None = None,
     ) -> AgentProcess:
+        """Start `node_id`'s agent (issuing its certificate unless `certify` is False);
+        `name` tells apart two processes of one node id (a clone)."""
+        name = name or node_id
         if certify:
             self.ca.issue(node_id)
-        directory = self.root / node_id
+        directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "agent.toml").write_text("")  # every setting from flags below
         port = free_port_pair()
         seeds = [a.address for a in self.agents.values() if a.running()]
+        if seed is not None:
+            seeds = [self.agents[seed].address]
         args = [
             str(BIN / "nova-agent"),
             "--config", str(directory / "agent.toml"),
@@ -209,8 +221,9 @@ class Mesh:
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         agent = AgentProcess(node_id, port, directory, proc, log_file)
-        self.agents[node_id] = agent
-        wait_until(lambda: _answers(agent), 20, f"{node_id}'s API answers")
+        self.agents[name] = agent
+        if wait:
+            wait_until(lambda: _answers(agent), 20, f"{name}'s API answers")
         return agent
 
     def wait_converged(self, timeout: float = 30) -> None:

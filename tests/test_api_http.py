@@ -299,7 +299,7 @@ async def test_refusals_keep_their_code_and_a_bug_is_a_json_500(
     served: tuple[str, HttpServer, Migrations], caplog: pytest.LogCaptureFixture
 ) -> None:
     sock, _, _ = served
-    for code, expected in ((404, 404), (409, 409), (503, 503), (403, 400), (500, 400)):
+    for code, expected in ((404, 404), (409, 409), (503, 503), (403, 403), (418, 400), (500, 400)):
         assert await call(sock, "POST", "/v1/vms", json={"refuse": code}) == (
             expected,
             {"error": "refused on purpose"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from novacron.agent import client
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import (
     MAX_SERIAL,
@@ -36,6 +38,7 @@ from .common import (
     CommandError,
     Output,
     UsageError,
+    ask,
 )
 
 CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
@@ -199,6 +202,23 @@ def _serial_to_revoke(target: str, ca_public: Ed25519PublicKey) -> int:
     if re.fullmatch(r"[0-9]+", target) and int(target) <= MAX_SERIAL:
         return int(target)
     raise UsageError(f"{target!r} is neither a serial number nor a certificate file")
+
+
+def ca_publish(args: argparse.Namespace, out: Output) -> int:
+    """Give the CA's revocation list to the local agent, which adopts it and gossips it."""
+    path = Path(args.crl) if args.crl else CaFiles.from_args(args).revocations
+    data = keyfiles.read_revocation_list(path)
+    body = {"crl": base64.b64encode(data).decode()}
+    answer, code = ask(out, client.post, "/v1/revocations", body, args.socket)
+    if answer is None:
+        return code
+    state = "adopted and spreading" if answer["adopted"] else "not newer than the agent's"
+    revoked = ", ".join(answer["revoked_members"]) or "none"
+    out.result(
+        answer,
+        [f"revocation list of {answer['issued_at']}: {state}", f"  members expelled: {revoked}"],
+    )
+    return EXIT_OK
 
 
 def ca_show(args: argparse.Namespace, out: Output) -> int:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import re
 
-from .common import Groups, Handler, Output, Parser, json_flag
+from .common import Groups, Handler, Output, Parser, agent_flags, json_flag
 
 DEFAULT_CA_DIR = "/etc/novacron/ca"
 CA_DIR_ENV = "NOVACRON_CA_DIR"
@@ -78,6 +78,14 @@ def add_ca_commands(groups: Groups[Parser]) -> None:
     show.add_argument("certfile", metavar="CERTFILE")
     show.add_argument("--dir", help=dir_help)
     show.set_defaults(handler=_later("ca_show"))
+
+    publish = commands.add_parser(
+        "publish", help="hand the revocation list to this host's agent; the mesh spreads it"
+    )
+    publish.add_argument("--dir", help=dir_help)
+    publish.add_argument("--crl", metavar="FILE", help="the list to publish (default: DIR/crl.pem)")
+    agent_flags(publish)
+    publish.set_defaults(handler=_later("ca_publish"))
 
     for sub in (init, issue, revoke, show):
         json_flag(sub)

@@ -139,6 +139,7 @@ class MembershipNode:
         "_awareness",
         "_born",
         "_digest_lines",
+        "_forwarded",
         "_heard",
         "_held_records",
         "_keyring",
@@ -245,6 +246,7 @@ class MembershipNode:
         self._refuted_clone_at = 0  # incarnation we set against a self-claim from elsewhere
         self._moves: dict[str, tuple[str, float]] = {}  # id -> (address it left, when)
         self._held_records: dict[str, SignedRecord] = {}  # records that came before their owner
+        self._forwarded: dict[str, int] = {}  # id -> incarnation whose second address we passed on
         self._awaiting: dict[str, tuple[Alive, float]] = {}  # id -> (Alive, asked at)
 
     def _own_member(self, incarnation: int, now: float) -> Member:
@@ -348,6 +350,13 @@ class MembershipNode:
         version = max(self._records.version(self.node_id), self._version_floor) + 1
         out = Output()
         self._publish(dataclasses.replace(record, version=version), out)
+        return out
+
+    def adopt_revocations(self, data: bytes, now: float) -> Output:
+        """A revocation list from the operator (a file, the API): adopt it if newer, spread
+        it, and expel whom it revokes (see `_handle_revocations`)."""
+        out = Output()
+        self._handle_revocations(Revocations(data), now, out)
         return out
 
     def members(self) -> list[MemberInfo]:
@@ -611,7 +620,9 @@ class MembershipNode:
         current = self._members.get(message.node_id)
         about_self = message.node_id == self.node_id
         verdict = on_alive(current, message.incarnation, about_self)
-        if verdict is Verdict.IGNORE:
+        if verdict is Verdict.IGNORE and _two_addresses(current, message):
+            self._two_places(current, message, now, out)
+        elif verdict is Verdict.IGNORE:
             self.stats.gossip_ignored += 1
         elif current is None and not message.certificate:
             self._await_certificate(message, sender, now, out)
@@ -821,6 +832,23 @@ class MembershipNode:
         self._queue.queue(_member_key(self.node_id), alive)
         self.stats.refutations += 1
         self._health(1)
+
+    def _two_places(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+        """The node signed two addresses at one incarnation: two processes hold its key
+        (or it restarted elsewhere and its old life is silent). If it is us, the other
+        one must hear from us; if not, the node at the address we hold must see the other
+        claim. Either way, the two then out-number each other and show themselves."""
+        assert current is not None
+        if not self._keyring.verify_claim(message):
+            self.stats.claims_bad_signature += 1
+        elif current.node_id == self.node_id:
+            self._note_claim_from_elsewhere(message, out)
+            self._refute(message.incarnation, now)
+        elif self._forwarded.get(current.node_id) != current.incarnation:
+            if len(self._forwarded) > MAX_TRACKED_MOVES:
+                self._forwarded.clear()
+            self._forwarded[current.node_id] = current.incarnation
+            out.sends.append((current.node_id, message))
 
     def _note_claim_from_elsewhere(self, message: Alive, out: Output) -> None:
         """An Alive about us, signed with our key, that we did not make.
@@ -1207,6 +1235,16 @@ def _member_key(node_id: str) -> BroadcastKey:
 
 def _record_key(node_id: str) -> BroadcastKey:
     return ("record", node_id)
+
+
+def _two_addresses(current: Member | None, message: Alive) -> bool:
+    """An Alive at the incarnation we hold, from another address (the rest is old news)."""
+    return (
+        current is not None
+        and current.state is not LEFT
+        and message.incarnation == current.incarnation
+        and message.address != current.address
+    )
 
 
 def _valid_claim(node_id: str, incarnation: int) -> bool:
