@@ -115,7 +115,7 @@ def lab() -> Iterator[Lab]:
 
 
 def adapter(host: LabHost, disk_dir: Path, **kw: Any) -> Hypervisor:
-    kw.setdefault("domain_type", "qemu")
+    kw.setdefault("domain_type", "qemu")  # TCG: `auto` is KVM here, where KVM guests hang
     return Hypervisor(host.libvirt_uri, disk_dir=disk_dir, opener=opener_in(host), **kw)
 
 
