@@ -23,7 +23,7 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.migration import MigrationConfig
 from novacron.agent.core.migration_policy import MigrationLimits
-from tests.test_core_migration_harness import Lab, host, vm
+from tests.migration_harness import Lab, host, vm
 
 HOSTS = ("h1", "h2", "h3")
 
@@ -310,3 +310,15 @@ def test_seeded_soak_of_dense_fault_schedules() -> None:
     # The schedules really exercise the paths this file is about.
     assert outcomes["completed"] >= 30 and outcomes["failed"] >= 30, outcomes
     assert outcomes["adopted"] >= 3, outcomes
+
+
+def test_lab_moves_a_vm_and_keeps_one_owner() -> None:
+    """The harness itself: a plain migration moves the domain and both records follow."""
+    lab = Lab([host("h1", vm("vm1")), host("h2")])
+    lab.request("h1", "vm1", "h2")
+    lab.run(20.0)
+    assert lab.location == {"vm1": "h2"}
+    assert lab.view.owners("vm1") == ["h2"]
+    lab.check_invariant()
+    lab.settle(60.0)
+    lab.check_quiet()

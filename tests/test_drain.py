@@ -36,8 +36,8 @@ from novacron.protocol.messages import (
     Message,
     MigrationPropose,
 )
-from tests.test_api_http import call, until
-from tests.test_migrator import FakeView, NoView, migrator
+from tests.api_client import call, until
+from tests.fake_mesh import FakeView, NoView, migrator
 
 
 async def settle() -> None:
