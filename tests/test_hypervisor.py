@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,54 +45,11 @@ from novacron.agent.vmspec import DiskSpec, VmSpec, domain_xml, parse_metadata
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
+from tests.lab_vms import host_path, opener_in
+
+pytestmark = pytest.mark.lab
 
 RUN = f"t{os.getpid()}"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("tests/test_hypervisor.py needs root (lab namespaces, libvirtd)", pytrace=False)
-
-
-def opener_in(host: LabHost) -> Callable[[str], Any]:
-    """A libvirt opener whose connections are made from inside `host`'s network.
-
-    setns(CLONE_NEWNET) affects only the calling thread, and a socket stays in
-    the namespace it was created in, so a short-lived thread joins the host's
-    namespace, opens the connection and ends; the connection is then usable
-    from any thread.
-    """
-
-    def open_in_host(uri: str) -> Any:
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                fd = os.open(f"/proc/{host.init_pid}/ns/net", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns into {host.name}")
-                finally:
-                    os.close(fd)
-                box["conn"] = libvirt.open(uri)
-            except BaseException as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=run, name=f"libvirt-open-{host.name}")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["conn"]
-
-    return open_in_host
-
-
-def host_path(host: LabHost, path: Path) -> Path:
-    """`path` as `host` sees it (its private mounts), readable from this process."""
-    return host.path(path)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +64,6 @@ def disk_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    require_root()
     with Lab(f"{RUN}hv", hosts=2) as lab:
         yield lab
 
