@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.agent.core.events import (
@@ -23,6 +23,7 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.migration import MigrationConfig
 from novacron.agent.core.migration_policy import MigrationLimits
+from tests.fuzzing import fuzz
 from tests.migration_harness import Lab, host, vm
 
 HOSTS = ("h1", "h2", "h3")
@@ -226,7 +227,7 @@ def apply(world: Lab, op: Op) -> None:
         world.cut.discard(frozenset((first, second)))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz(150)
 @given(
     seed=st.integers(0, 2**16),
     loss=st.sampled_from([0.0, 0.1, 0.3]),
