@@ -299,7 +299,7 @@ class Agent:
                 await asyncio.sleep(0)  # a deadline the tick did not move must not starve the loop
 
     async def _domain_type_loop(self) -> None:
-        """Decide the domain type VMs get (logged, shown by `nova status`) while libvirt is away."""
+        """Decide the domain type VMs get (shown by `nova status`); retry while libvirt is away."""
         while True:
             try:
                 await self.hypervisor.resolve_domain_type()
