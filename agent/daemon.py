@@ -43,7 +43,7 @@ from .core.node import MembershipNode
 from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
-from .hypervisor import Hypervisor
+from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
 from .inventory import Inventory
@@ -158,7 +158,9 @@ class Agent:
             config.libvirt_uri,
             domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
             disk_dir=Path(config.disk_dir),
+            probe=_probe_guest(config),
         )
+        self._domain_type_problem = "not decided yet"  # why there is no verdict (status)
         vms = VmControl(
             self.hypervisor,
             self.node_id,
@@ -238,6 +240,7 @@ class Agent:
         self._spawn(self._seed_loop(), "seeds")
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
+        self._spawn(self._domain_type_loop(), "domain-type")
         await self.drain.start()
         self.rebalancer.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
@@ -328,6 +331,16 @@ class Agent:
             if self.migrator.next_deadline() <= self._clock():
                 await self.migrator.tick()
                 await asyncio.sleep(0)  # a deadline the tick did not move must not starve the loop
+
+    async def _domain_type_loop(self) -> None:
+        """Decide the domain type VMs get (shown by `nova status`); retry while libvirt is away."""
+        while True:
+            try:
+                await self.hypervisor.resolve_domain_type()
+                return
+            except HypervisorError as exc:
+                self._domain_type_problem = f"not decided yet: {exc}"
+            await asyncio.sleep(self.config.inventory_interval)
 
     def _wake_timers(self) -> None:
         self._wake.set()
@@ -641,12 +654,19 @@ class Agent:
             "libvirt_uri": self.config.libvirt_uri,
             "libvirt_connected": self.inventory.connected,
             "libvirt_warning": self.inventory.warning,
+            **self._domain_type_status(),
             "transport": dataclasses.asdict(self.transport.stats),
             "handling_failures": self.handling_failures,
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],
         }
+
+    def _domain_type_status(self) -> dict[str, Any]:
+        verdict = self.hypervisor.verdict
+        if verdict is None:
+            return {"domain_type": None, "domain_type_reason": self._domain_type_problem}
+        return {"domain_type": verdict.domain_type, "domain_type_reason": verdict.reason}
 
     def _status_line(self) -> str:
         alive = sum(1 for m in self.core.members() if m.state.value == "alive")
@@ -678,6 +698,13 @@ def _is_own_address(host: str, port: int, own_port: int) -> bool:
     except ValueError:
         return False
     return host in {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def _probe_guest(config: AgentConfig) -> ProbeGuest | None:
+    """The guest `auto` boots under KVM before using it, if the operator gave one."""
+    if not config.kvm_probe_kernel:
+        return None
+    return ProbeGuest(Path(config.kvm_probe_kernel), Path(config.kvm_probe_initrd))
 
 
 def advertise_address(config: AgentConfig) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import logging
 import re
@@ -28,55 +27,9 @@ from hypothesis import strategies as st
 from novacron.agent import client, httpd
 from novacron.agent.api import ApiServer, Refusal, build_router
 from novacron.agent.httpd import HttpServer
+from tests.api_client import UnixHTTPConnection, call, request, until
 
 # --- clients --------------------------------------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket: keep-alive, as a long-lived client would use it."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def request(
-    sock: str,
-    method: str,
-    path: str,
-    json_body: Any = None,
-    data: bytes | None = None,
-    connection: UnixHTTPConnection | None = None,
-) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, decoded JSON body or None) of one request."""
-    conn = connection or UnixHTTPConnection(sock)
-    headers = {}
-    if json_body is not None:
-        data = json.dumps(json_body).encode()
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        answer_headers = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        if connection is None:
-            conn.close()
-    return response.status, answer_headers, json.loads(raw) if raw else None
-
-
-async def call(
-    sock: str, method: str, path: str, json: Any = None, data: bytes | None = None
-) -> tuple[int, Any]:
-    """(status, JSON body) of one request, from a thread so the server's loop runs on."""
-    status, _, body = await asyncio.to_thread(request, sock, method, path, json, data)
-    return status, body
 
 
 def exchange(sock: str, data: bytes, half_close: bool = True, timeout: float = 10.0) -> bytes:
@@ -220,13 +173,6 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, HttpServer, Migrati
     await server.start_unix(sock)
     yield sock, server, migrations
     await server.close()
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 # --- routing and answers --------------------------------------------------------------

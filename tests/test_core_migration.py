@@ -53,7 +53,7 @@ from novacron.protocol.messages import (
     Ping,
     VmSummary,
 )
-from tests.test_core_migration_harness import Mesh, View, host, vm
+from tests.migration_harness import Mesh, View, host, vm
 
 
 def two_hosts(**kwargs: object) -> Mesh:

@@ -38,9 +38,9 @@ from novacron.protocol.messages import (
     MigrationPropose,
 )
 from novacron.protocol.operators import OperatorCommand
+from tests.api_client import call, until
+from tests.fake_mesh import FakeView, NoView, migrator
 from tests.operators import Operator
-from tests.test_api_http import call, until
-from tests.test_migrator import FakeView, NoView, migrator
 
 
 async def settle() -> None:

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from novacron.protocol import keyfiles
 from novacron.protocol.messages import Ping
-from tests.hostile import Mallory, Mesh, wait_until
+from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
 
 
 @pytest.fixture
@@ -52,11 +53,7 @@ async def test_a_revocation_published_on_one_host_expels_the_member_everywhere(
     assert answer["adopted"] is True and answer["revoked_members"] == ["mallory"]
 
     for agent in mesh.agents.values():  # gossip carries it to the others
-        wait_until(
-            lambda agent=agent: agent.members()["mallory"]["note"] == "revoked",
-            10,
-            f"{agent.node_id} expels mallory",
-        )
+        wait_until(partial(_expelled, agent, "mallory"), 10, f"{agent.node_id} expels mallory")
         assert agent.status()["revoked_members"] == ["mallory"]
         assert agent.members()["mallory"]["state"] == "left"
     refused = mesh["n2"].status()["transport"]["unauthorized"]
@@ -69,6 +66,10 @@ async def test_a_revocation_published_on_one_host_expels_the_member_everywhere(
     mesh.wait_converged()  # the honest members are untouched
     again = mesh["n3"].post("/v1/revocations", {"crl": data})
     assert again["adopted"] is False  # not newer: nothing to spread
+
+
+def _expelled(agent: AgentProcess, node_id: str) -> bool:
+    return bool(agent.members()[node_id]["note"] == "revoked")
 
 
 def test_an_agent_warns_before_its_certificate_expires_and_stops_cleanly_at_expiry(

@@ -121,6 +121,7 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
             if status["libvirt_connected"]
             else f"NOT connected: {status['libvirt_warning']}"
         ),
+        f"domain type:  {status.get('domain_type') or 'none'} ({status.get('domain_type_reason')})",
         f"uptime:       {age(status['uptime_s'])}",
     ]
     cert = status.get("certificate")

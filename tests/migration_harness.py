@@ -432,15 +432,3 @@ class Lab(Mesh):
             assert core is not None
             assert core.outbound() == 0, core.migrations()
             assert core.reservations() == [], core.reservations()
-
-
-def test_lab_moves_a_vm_and_keeps_one_owner() -> None:
-    """The harness itself: a plain migration moves the domain and both records follow."""
-    lab = Lab([host("h1", vm("vm1")), host("h2")])
-    lab.request("h1", "vm1", "h2")
-    lab.run(20.0)
-    assert lab.location == {"vm1": "h2"}
-    assert lab.view.owners("vm1") == ["h2"]
-    lab.check_invariant()
-    lab.settle(60.0)
-    lab.check_quiet()
