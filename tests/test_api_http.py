@@ -1,6 +1,7 @@
 """The local API's HTTP plumbing (`agent/httpd.py`) over a real unix socket.
 
-Routing, the error answers (400, 404, 405, 408, 413, 431, 500, 503), keep-alive
+Routing, the error answers (400, 404, 405, 408, 413, 431, 500; 503 is in
+test_hostile_api.py, with the other connection limits), keep-alive
 and `Connection: close`, held requests, clients that hang up or stall, and a
 fuzz test: whatever bytes arrive, the answer is well-formed HTTP or a clean
 close, and the server keeps serving.
@@ -451,23 +452,6 @@ async def test_a_client_that_disconnects_mid_request_leaves_nothing_behind(
         await until(lambda: server.connections == 0)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert (await call(sock, "GET", "/v1/status"))[0] == 200
-
-
-async def test_too_many_connections_are_answered_503(tmp_path: Path) -> None:
-    server = HttpServer(router(), max_connections=2)
-    sock = str(tmp_path / "api.sock")
-    await server.start_unix(sock)
-    try:
-        held = [await asyncio.open_unix_connection(sock) for _ in range(2)]
-        await until(lambda: server.connections == 2)
-        (answer,) = answers(await asyncio.to_thread(exchange, sock, b""))
-        assert answer[0] == 503 and "too many" in error_of(answer)
-        for _, writer in held:
-            writer.close()
-        await until(lambda: server.connections == 0)
-        assert (await call(sock, "GET", "/v1/status"))[0] == 200
-    finally:
-        await server.close()
 
 
 async def test_the_api_socket_is_root_only_and_removed_on_close(tmp_path: Path) -> None:

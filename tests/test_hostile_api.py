@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -67,6 +68,20 @@ async def test_pipelined_requests_never_read_are_not_buffered_without_bound(
     assert await call(sock, "GET", "/v1/status") == (200, {"node_id": "n1"})
 
 
+async def test_a_client_that_pipelines_behind_a_held_request_and_hangs_up_frees_its_slot(
+    served: tuple[str, HttpServer, Migrations],
+) -> None:
+    sock, server, migrations = served
+    _, writer = await asyncio.open_unix_connection(sock)
+    writer.write(b"GET /v1/migrations/m1?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(STATUS * 8000)  # ~300 KiB queued behind it: more than the server reads ahead
+    await until(lambda: migrations.waiting == 1)
+    writer.close()
+    # The hang-up is noticed although the server stopped reading: the held handler
+    # is cancelled and the slot freed, without waiting out the 10 s.
+    await until(lambda: server.connections == 0 and migrations.waiting == 0, timeout=3)
+
+
 @pytest.mark.parametrize("wait", ["nan", "NaN", "inf", "-inf", "-1", "-0.5", "1e400"])
 async def test_a_wait_that_is_not_a_finite_non_negative_number_is_refused(
     served: tuple[str, HttpServer, Migrations], wait: str
@@ -94,7 +109,7 @@ async def test_a_huge_wait_is_held_no_longer_than_the_maximum(
 
 
 async def test_idle_connections_are_closed_before_a_new_client_is_refused(
-    served: tuple[str, HttpServer, Migrations],
+    served: tuple[str, HttpServer, Migrations], caplog: pytest.LogCaptureFixture
 ) -> None:
     sock, server, _ = served
     idle = [await asyncio.open_unix_connection(sock) for _ in range(httpd.MAX_CONNECTIONS)]
@@ -116,6 +131,7 @@ async def test_idle_connections_are_closed_before_a_new_client_is_refused(
         for _, writer in idle:
             writer.close()
     await until(lambda: server.connections == 0)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_connection_in_the_middle_of_a_request_is_not_closed_to_make_room(
