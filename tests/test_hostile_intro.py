@@ -1,0 +1,384 @@
+"""A stranger at the introduction port costs the agent nothing.
+
+The introduction port (gossip port + 1) answers before any authentication, so
+anyone who can reach it is a stranger we must serve cheaply. Real agents
+(`nova-agent` processes on loopback, libvirt's test driver) form a two-node
+mesh; a real stranger, from its own loopback address (every 127/8 address is
+local on Linux), floods n1's introduction port over real sockets: forged
+certificates as fast as it can send them, thousands of idle connections,
+half-sent requests, a huge frame. Through all of it, what a user would check:
+n2 never suspects n1, n1's API answers, n1's log and memory stay bounded, and
+an honest newcomer from another address still gets introduced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from novacron.agent import client
+from novacron.agent.cli import main as nova
+from novacron.agent.identity import NodeIdentity, load_identity
+from novacron.agent.introduction import introduce
+from novacron.agent.security import TrustStore
+from novacron.protocol import codec, keyfiles
+from novacron.protocol.certificates import Certificate
+from novacron.protocol.sealed import Sealed
+
+from .test_daemon import _args, _free_port
+
+STRANGER = "127.0.0.9"  # the stranger's own address; members and newcomers use 127.0.0.1
+FLOOD_SECONDS = 8.0
+RSS_BOUND = 40 << 20  # n1's memory may grow this much under any of these attacks
+LOG_LINES_BOUND = 20  # lines n1 may write about a whole flood
+
+
+# --- the mesh -------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    port: int  # gossip; introductions listen on port + 1
+    sock: Path  # its API socket
+    log: Path  # its stderr
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+    def members(self) -> dict[str, str]:
+        rows = client.get("/v1/members", str(self.sock))["members"]
+        return {row["node_id"]: row["state"] for row in rows}
+
+
+@dataclass
+class Mesh:
+    n1: Node  # the one the stranger floods
+    n2: Node  # a member watching n1
+    newcomer: NodeIdentity  # n3: certified, not yet introduced to anyone
+
+    def introduce_newcomer(self) -> Certificate:
+        """An honest introduction to n1 from 127.0.0.1, as a joining agent makes it."""
+        trust = TrustStore(self.newcomer.ca_public)
+        cert = self.newcomer.certificate_bytes
+        return asyncio.run(introduce(cert, trust, "127.0.0.1", self.n1.port))
+
+    def suspicions_of_n1(self) -> list[str]:
+        return [
+            line
+            for line in self.n2.log_lines()
+            if ("MemberSuspected" in line or "MemberFailed" in line) and "node_id=n1" in line
+        ]
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    ca = tmp_path / "ca"
+    assert nova(["ca", "init", "--dir", str(ca)]) == 0
+    for name in ("n1", "n2", "n3"):
+        assert nova(["ca", "issue", name, "--dir", str(ca), "--out", str(tmp_path)]) == 0
+    (tmp_path / "absent.toml").write_text("")
+    nodes: list[Node] = []
+    try:
+        for name in ("n1", "n2"):
+            port = _free_port()
+            args = _args(tmp_path, port, node=name)
+            args[args.index("--api-socket") + 1] = str(tmp_path / f"{name}.sock")
+            args[args.index("--data-dir") + 1] = str(tmp_path / f"data-{name}")
+            if nodes:
+                args += ["--seeds", f"127.0.0.1:{nodes[0].port}"]
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(args, stderr=out)
+            nodes.append(Node(name, port, tmp_path / f"{name}.sock", log, proc))
+        for node in nodes:
+            _wait(lambda n=node: _states(n) == {"n1": "alive", "n2": "alive"}, 60)
+        newcomer = load_identity(
+            ca / "ca.pub", tmp_path / "n3.crt", tmp_path / "n3.key", None, time.time()
+        )
+        yield Mesh(nodes[0], nodes[1], newcomer)
+    finally:
+        for node in nodes:
+            node.proc.terminate()
+        for node in nodes:
+            try:
+                node.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+
+
+def _states(node: Node) -> dict[str, str]:
+    try:
+        return node.members()
+    except client.AgentUnavailable:
+        return {}
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+# --- watching n1 while it is attacked -------------------------------------------------
+
+
+@dataclass
+class Watch:
+    """What a user checks while the attack runs: n1's API, n2's view of n1, n1's memory."""
+
+    api_failures: list[str] = field(default_factory=list)
+    api_answers: int = 0
+    slowest_answer: float = 0.0  # seconds (reported, not asserted: the machine is shared)
+    n2_views: list[str] = field(default_factory=list)  # n1's state as n2 saw it, each look
+    peak_rss: int = 0
+
+
+@contextlib.contextmanager
+def watching(mesh: Mesh) -> Iterator[Watch]:
+    watch = Watch(peak_rss=mesh.n1.process().memory_info().rss)
+    stop = threading.Event()
+
+    def look() -> None:
+        started = time.monotonic()
+        try:
+            client.get("/v1/status", str(mesh.n1.sock))
+            watch.api_answers += 1
+            watch.slowest_answer = max(watch.slowest_answer, time.monotonic() - started)
+        except (client.AgentUnavailable, client.AgentRequestFailed) as exc:
+            watch.api_failures.append(str(exc))
+        watch.n2_views.append(_states(mesh.n2).get("n1", "unknown"))
+        rss = mesh.n1.process().memory_info().rss
+        watch.peak_rss = max(watch.peak_rss, rss)
+
+    def keep_looking() -> None:
+        while not stop.wait(0.25):
+            look()
+
+    looker = threading.Thread(target=keep_looking, daemon=True)
+    looker.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        looker.join(timeout=30)
+        look()  # and once more after the attack, however short it was
+
+
+def assert_unharmed(mesh: Mesh, watch: Watch, rss_before: int, log_before: int) -> None:
+    assert not watch.api_failures, watch.api_failures[:3]
+    assert watch.api_answers >= 1
+    assert set(watch.n2_views) == {"alive"}, watch.n2_views
+    assert not mesh.suspicions_of_n1()
+    grown = watch.peak_rss - rss_before
+    assert grown < RSS_BOUND, f"n1 grew by {grown >> 20} MiB"
+    written = mesh.n1.log_lines()[log_before:]
+    assert len(written) <= LOG_LINES_BOUND, f"{len(written)} lines, e.g. {written[-3:]}"
+    assert mesh.n1.proc.poll() is None
+
+
+# --- the tests ------------------------------------------------------------------------
+
+
+def test_a_flood_of_forged_certificates_costs_n1_nothing(mesh: Mesh, tmp_path: Path) -> None:
+    genuine = keyfiles.read_certificate(tmp_path / "n2.crt")
+    rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
+    # The stranger is its own process, as it would be: it shares no GIL with the watch.
+    spawn = multiprocessing.get_context("spawn")
+    sent = spawn.Value("q", 0)
+    flood = spawn.Process(target=flood_forged, args=(mesh.n1.port, genuine, FLOOD_SECONDS, sent))
+    with watching(mesh) as watch:
+        flood.start()
+        time.sleep(FLOOD_SECONDS / 2)
+        newcomer_met = mesh.introduce_newcomer()  # an honest introduction, mid-flood
+        flood.join(timeout=FLOOD_SECONDS + 30)
+    assert flood.exitcode == 0
+    assert newcomer_met.node_id == "n1"
+    assert sent.value >= 1000, "the stranger could not send: nothing was tested"
+    assert_unharmed(mesh, watch, rss_before, log_before)
+    # The refusals were counted and summarised, not dropped silently.
+    _wait(lambda: refusals_logged(mesh.n1, log_before) >= sent.value // 2, 30)
+
+
+def test_thousands_of_idle_connections_cost_n1_nothing(mesh: Mesh) -> None:
+    stranger = Stranger(mesh.n1.port)
+    fds_before = mesh.n1.process().num_fds()
+    rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
+    with watching(mesh) as watch, stranger.idle(3000) as held:
+        assert len(held) >= 2000, "the stranger could not connect: nothing was tested"
+        time.sleep(2)
+        assert mesh.n1.process().num_fds() < fds_before + 200
+        assert mesh.introduce_newcomer().node_id == "n1"
+        time.sleep(FLOOD_SECONDS / 2)
+    assert_unharmed(mesh, watch, rss_before, log_before)
+
+
+def test_half_sent_requests_are_dropped_at_their_deadline(mesh: Mesh) -> None:
+    stranger = Stranger(mesh.n1.port)
+    rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
+    with watching(mesh) as watch, stranger.half_requests(200) as held:
+        assert mesh.introduce_newcomer().node_id == "n1"
+        # n1 hangs up on every one of them: none may hold a connection for long.
+        deadline = time.monotonic() + 10
+        still_open = [conn for conn in held if not _hung_up_by_peer(conn, deadline)]
+        assert not still_open, f"{len(still_open)} of {len(held)} still held after 10 s"
+    assert_unharmed(mesh, watch, rss_before, log_before)
+
+
+def test_a_huge_frame_is_refused_before_it_is_read(mesh: Mesh) -> None:
+    stranger = Stranger(mesh.n1.port)
+    rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
+    with watching(mesh) as watch:
+        streamed = stranger.huge_frame(limit=256 << 20, stall=5.0)
+        assert mesh.introduce_newcomer().node_id == "n1"
+    assert streamed < 64 << 20, f"n1 kept taking the frame: {streamed >> 20} MiB"
+    assert_unharmed(mesh, watch, rss_before, log_before)
+
+
+# --- the stranger ---------------------------------------------------------------------
+
+
+def flood_forged(gossip_port: int, genuine: bytes, seconds: float, sent: Any) -> None:
+    """The flooding stranger's process: forged certificates for `seconds`; `sent` counts."""
+    stranger = Stranger(gossip_port)
+    stranger.flood(forged_certificates(genuine), seconds)
+    sent.value = stranger.sent
+
+
+def forged_certificates(genuine: bytes) -> Iterator[bytes]:
+    """Certificates that name our CA and are well formed, each with its own random
+    signature: none is in any cache and each needs the Ed25519 check to be refused."""
+    sealed = codec.unpack_struct(Sealed, genuine)
+    while True:
+        yield codec.pack_struct(Sealed(body=sealed.body, signature=os.urandom(64)))
+
+
+def _hung_up_by_peer(conn: socket.socket, deadline: float) -> bool:
+    """Read whatever the peer says until it closes (True) or `deadline` passes (False)."""
+    try:
+        while True:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            if not conn.recv(4096):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def refusals_logged(node: Node, since: int) -> int:
+    """How many refusals `node`'s summary lines since line `since` account for."""
+    counts = [re.search(r"\bcount=(\d+)", line) for line in node.log_lines()[since:]]
+    return sum(int(found.group(1)) for found in counts if found)
+
+
+class Stranger:
+    """Someone who can reach n1's introduction port and has no certificate of ours."""
+
+    def __init__(self, gossip_port: int) -> None:
+        self.port = gossip_port + 1
+        self.sent = 0  # forged introductions sent by `flood`
+
+    def _connect(self) -> socket.socket:
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        conn.bind((STRANGER, 0))
+        conn.settimeout(2)
+        conn.connect(("127.0.0.1", self.port))
+        return conn
+
+    @contextlib.contextmanager
+    def idle(self, count: int) -> Iterator[list[socket.socket]]:
+        """`count` connections that never send a byte (fewer if connecting stalls)."""
+        held: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                try:
+                    held.append(self._connect())
+                except OSError:
+                    break
+            yield held
+        finally:
+            for conn in held:
+                conn.close()
+
+    @contextlib.contextmanager
+    def half_requests(self, count: int) -> Iterator[list[socket.socket]]:
+        """`count` connections that each send the first half of a request, then stall."""
+        with self.idle(count) as held:
+            for conn in held:
+                with contextlib.suppress(OSError):
+                    conn.sendall(self._half_request())
+            yield held
+
+    # The wire: what is specific to the introduction protocol.
+
+    def flood(self, certificates: Iterator[bytes], seconds: float) -> None:
+        """Send introductions carrying `certificates` as fast as possible for `seconds`."""
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = 100_000
+        sock.connect(f"tcp://{STRANGER}:0;127.0.0.1:{self.port}")
+        until = time.monotonic() + seconds
+        try:
+            while time.monotonic() < until:
+                try:
+                    sock.send_multipart([b"novacron-intro/1", next(certificates)], zmq.NOBLOCK)
+                    self.sent += 1
+                except zmq.Again:
+                    time.sleep(0.001)
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        sock.recv_multipart(zmq.NOBLOCK)
+        finally:
+            sock.close()
+            ctx.term()
+
+    def _half_request(self) -> bytes:
+        return b"\xff\x00\x00\x00\x00"  # the first half of ZMTP's greeting signature
+
+    def huge_frame(self, limit: int, stall: float) -> int:
+        """Announce a frame far over any limit and stream it; return how much went out
+        before n1 hung up (or `limit`, or what went out before a send stalled `stall` s)."""
+        greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
+        greeting += b"\x00" * 32
+        ready = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+        head = greeting + bytes([0x04, len(ready)]) + ready
+        head += bytes([0x02]) + (1 << 40).to_bytes(8, "big")
+        return self._stream(head, limit, stall)
+
+    def _stream(self, head: bytes, limit: int, stall: float) -> int:
+        conn = self._connect()
+        conn.settimeout(stall)
+        junk = b"\xaa" * (1 << 20)
+        sent = 0
+        try:
+            conn.sendall(head)
+            while sent < limit:
+                sent += conn.send(junk)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+        finally:
+            conn.close()
+        return sent
