@@ -434,6 +434,7 @@ class Agent:
             "libvirt_connected": self.inventory.connected,
             "libvirt_warning": self.inventory.warning,
             "transport": dataclasses.asdict(self.transport.stats),
+            "introductions": self.introductions.stats(),
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": self.trust.last_refusal.reason if self.trust.last_refusal else None,
             "recent_events": list(self.recent_events)[-20:],
