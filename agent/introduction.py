@@ -54,6 +54,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from novacron.protocol.certificates import (
     Certificate,
@@ -168,7 +169,7 @@ class IntroductionServer:
         """Introductions and connections turned down since start."""
         return sum(self._tally.total.values())
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         """For `nova status`: connections open now, introductions made, refusals by kind."""
         return {
             "open": self._gate.open,
@@ -434,7 +435,11 @@ async def introduce(
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, gossip_port + PORT_OFFSET)
+            try:
+                reader, writer = await asyncio.open_connection(host, gossip_port + PORT_OFFSET)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                raise IntroductionFailed(f"cannot reach {endpoint}: {why}") from None
             writer.write(request_bytes(certificate))
             await writer.drain()
             status = await reader.readexactly(1)
@@ -444,11 +449,8 @@ async def introduce(
             payload = await reader.readexactly(size)
     except TimeoutError:
         raise IntroductionFailed(f"no answer from {endpoint} within {timeout:g}s") from None
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, OSError):
         raise IntroductionFailed(f"{endpoint} closed the connection without answering") from None
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise IntroductionFailed(f"cannot reach {endpoint}: {why}") from None
     finally:
         if writer is not None:
             writer.close()

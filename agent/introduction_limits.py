@@ -159,6 +159,7 @@ class RememberedVerdicts:
         if now >= until:
             del self._known[data]
             return None
+        self._known.move_to_end(data)  # a certificate sent again and again stays remembered
         return verdict
 
     def remember(self, data: bytes, verdict: Verdict, now: float) -> None:
