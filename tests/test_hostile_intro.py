@@ -3,25 +3,22 @@
 The introduction port (gossip port + 1) answers before any authentication, so
 anyone who can reach it is a stranger we must serve cheaply. Real agents
 (`nova-agent` processes on loopback, libvirt's test driver) form a two-node
-mesh; a real stranger, from its own loopback address (every 127/8 address is
-local on Linux), floods n1's introduction port over real sockets: forged
-certificates as fast as it can send them, thousands of idle connections,
-half-sent requests, a huge frame. Through all of it, what a user would check:
-n2 never suspects n1, n1's API answers, n1's log and memory stay bounded, and
-an honest newcomer from another address still gets introduced.
+mesh; a real stranger (`simulations/stranger.py`), from 254 loopback addresses
+of its own (every 127/8 address is local on Linux), attacks n1's introduction
+port over real sockets: forged certificates as fast as one process can send
+them, thousands of idle connections, half-sent requests, a huge frame. Through
+all of it, what a user would check: n2 never suspects n1, n1's API answers,
+n1's log and memory stay bounded, and an honest newcomer from another address
+still gets introduced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import multiprocessing
-import os
 import re
-import selectors
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -37,11 +34,11 @@ import pytest
 from novacron.agent import client
 from novacron.agent.cli import main as nova
 from novacron.agent.identity import NodeIdentity, load_identity
-from novacron.agent.introduction import PROTOCOL, introduce, request_bytes
+from novacron.agent.introduction import introduce
 from novacron.agent.security import TrustStore
-from novacron.protocol import codec, keyfiles
+from novacron.protocol import keyfiles
 from novacron.protocol.certificates import Certificate
-from novacron.protocol.sealed import Sealed
+from novacron.simulations.stranger import Stranger, forged_certificates
 
 from .test_daemon import _args, _free_port
 
@@ -242,7 +239,7 @@ def test_a_flood_of_forged_certificates_costs_n1_nothing(mesh: Mesh, tmp_path: P
 
 
 def test_thousands_of_idle_connections_cost_n1_nothing(mesh: Mesh) -> None:
-    stranger = Stranger(mesh.n1.port)
+    stranger = Stranger("127.0.0.1", mesh.n1.port, STRANGER)
     fds_before = mesh.n1.process().num_fds()
     rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
     with watching(mesh) as watch, stranger.idle(3000) as held:
@@ -255,7 +252,7 @@ def test_thousands_of_idle_connections_cost_n1_nothing(mesh: Mesh) -> None:
 
 
 def test_half_sent_requests_are_dropped_at_their_deadline(mesh: Mesh) -> None:
-    stranger = Stranger(mesh.n1.port)
+    stranger = Stranger("127.0.0.1", mesh.n1.port, STRANGER)
     rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
     with watching(mesh) as watch, stranger.half_requests(200) as held:
         assert mesh.introduce_newcomer().node_id == "n1"
@@ -267,7 +264,7 @@ def test_half_sent_requests_are_dropped_at_their_deadline(mesh: Mesh) -> None:
 
 
 def test_a_huge_frame_is_refused_before_it_is_read(mesh: Mesh) -> None:
-    stranger = Stranger(mesh.n1.port)
+    stranger = Stranger("127.0.0.1", mesh.n1.port, STRANGER)
     rss_before, log_before = mesh.n1.process().memory_info().rss, len(mesh.n1.log_lines())
     with watching(mesh) as watch:
         streamed = stranger.huge_frame(limit=256 << 20, stall=5.0)
@@ -281,17 +278,8 @@ def test_a_huge_frame_is_refused_before_it_is_read(mesh: Mesh) -> None:
 
 def flood_forged(gossip_port: int, genuine: bytes, seconds: float, sent: Any) -> None:
     """The flooding stranger's process: forged certificates for `seconds`; `sent` counts."""
-    stranger = Stranger(gossip_port)
-    stranger.flood(forged_certificates(genuine), seconds)
-    sent.value = stranger.sent
-
-
-def forged_certificates(genuine: bytes) -> Iterator[bytes]:
-    """Certificates that name our CA and are well formed, each with its own random
-    signature: none is in any cache and each needs the Ed25519 check to be refused."""
-    sealed = codec.unpack_struct(Sealed, genuine)
-    while True:
-        yield codec.pack_struct(Sealed(body=sealed.body, signature=os.urandom(64)))
+    stranger = Stranger("127.0.0.1", gossip_port, STRANGER)
+    sent.value = stranger.flood(forged_certificates(genuine), seconds).sent
 
 
 def _hung_up_by_peer(conn: socket.socket, deadline: float) -> bool:
@@ -311,111 +299,3 @@ def refusals_logged(node: Node, since: int) -> int:
     """How many refusals `node`'s summary lines since line `since` account for."""
     counts = [re.search(r"\bcount=(\d+)", line) for line in node.log_lines()[since:]]
     return sum(int(found.group(1)) for found in counts if found)
-
-
-class Stranger:
-    """Someone who can reach n1's introduction port and has no certificate of ours."""
-
-    def __init__(self, gossip_port: int) -> None:
-        self.port = gossip_port + 1
-        self.sent = 0  # forged introductions sent by `flood`
-        self._addresses = itertools.cycle(STRANGER)  # each connection from the next one
-
-    def _socket(self) -> socket.socket:
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        conn.bind((next(self._addresses), 0))
-        return conn
-
-    def _connect(self) -> socket.socket:
-        conn = self._socket()
-        conn.settimeout(2)
-        conn.connect(("127.0.0.1", self.port))
-        return conn
-
-    @contextlib.contextmanager
-    def idle(self, count: int) -> Iterator[list[socket.socket]]:
-        """`count` connections that never send a byte (fewer if connecting stalls)."""
-        held: list[socket.socket] = []
-        try:
-            for _ in range(count):
-                try:
-                    held.append(self._connect())
-                except OSError:
-                    break
-            yield held
-        finally:
-            for conn in held:
-                conn.close()
-
-    @contextlib.contextmanager
-    def half_requests(self, count: int) -> Iterator[list[socket.socket]]:
-        """`count` connections that each send the first half of a request, then stall."""
-        with self.idle(count) as held:
-            for conn in held:
-                with contextlib.suppress(OSError):
-                    conn.sendall(self._half_request())
-            yield held
-
-    # The wire: what is specific to the introduction protocol.
-
-    def flood(self, certificates: Iterator[bytes], seconds: float, in_flight: int = 128) -> None:
-        """Introduce `certificates` as fast as one process can for `seconds`: `in_flight`
-        connections at once, each closed (with a reset) once n1 answers or hangs up."""
-        selector = selectors.DefaultSelector()
-        started: dict[socket.socket, float] = {}
-
-        def drop(conn: socket.socket) -> None:
-            selector.unregister(conn)
-            del started[conn]
-            conn.close()
-
-        until = time.monotonic() + seconds
-        while (now := time.monotonic()) < until:
-            while len(started) < in_flight:
-                conn = self._socket()
-                conn.setblocking(False)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                with contextlib.suppress(BlockingIOError):
-                    conn.connect(("127.0.0.1", self.port))
-                selector.register(conn, selectors.EVENT_WRITE, next(certificates))
-                started[conn] = now
-            for key, _ in selector.select(timeout=0.05):
-                conn = key.fileobj  # type: ignore[assignment]
-                if key.data is None:  # an answer, or the end: either way, next
-                    drop(conn)
-                    continue
-                try:
-                    conn.send(request_bytes(key.data))
-                    self.sent += 1
-                    selector.modify(conn, selectors.EVENT_READ, None)
-                except OSError:
-                    drop(conn)
-            for conn in [c for c, t in started.items() if now - t > 2]:
-                drop(conn)
-        for conn in list(started):
-            drop(conn)
-        selector.close()
-
-    def _half_request(self) -> bytes:
-        whole = request_bytes(b"\x00" * 300)
-        return whole[: len(whole) // 2]
-
-    def huge_frame(self, limit: int, stall: float) -> int:
-        """Announce a certificate far over the limit and stream it; return how much went
-        out before n1 hung up (or `limit`, or what went out before a send stalled)."""
-        return self._stream(PROTOCOL + (0xFFFF).to_bytes(2, "big"), limit, stall)
-
-    def _stream(self, head: bytes, limit: int, stall: float) -> int:
-        conn = self._connect()
-        conn.settimeout(stall)
-        junk = b"\xaa" * (1 << 20)
-        sent = 0
-        try:
-            conn.sendall(head)
-            while sent < limit:
-                sent += conn.send(junk)
-        except (ConnectionResetError, BrokenPipeError, TimeoutError):
-            pass
-        finally:
-            conn.close()
-        return sent

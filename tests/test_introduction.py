@@ -39,8 +39,7 @@ from novacron.agent.introduction_limits import (
 from novacron.agent.security import Refusal, TrustStore
 from novacron.protocol.certificates import Certificate, issue_certificate
 from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
-
-from .test_hostile_intro import forged_certificates
+from novacron.simulations.stranger import forged_certificates
 
 NOW = time.time()
 
