@@ -28,7 +28,8 @@ source only once the message is whole (ZMQ_MAXMSGSIZE bounds only its size),
 and cannot close one peer's connection. With our own socket and framing:
 
 - connections are capped in all and per address, and each address has a rate;
-  one over a limit is closed at accept, before a byte is read;
+  one over a limit is reset at accept, before a byte is read, unanswered (an
+  answer would cost as much again as the accept);
 - a request must arrive whole within `request_timeout`, read into a buffer of
   exactly its announced size, which is refused at once if over the limit;
   when every slot is taken the oldest connection still sending is closed to
@@ -49,8 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +92,7 @@ INTRODUCED = b"+"
 REFUSED = b"-"
 _LENGTH = 2  # bytes of every length prefix
 BACKLOG = 128  # connections the kernel holds until we accept them
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends a reset
 ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of descriptors
 
 
@@ -246,7 +250,7 @@ class IntroductionServer:
             reason = "too many introductions at once: try again in a few seconds"
         if reason is not None:
             self._note(BUSY, reason, source)
-            _refuse_at_once(conn, reason)
+            _reset(conn)
             return
         connection = _Connection(conn, source, self._clock())
         task = asyncio.get_running_loop().create_task(self._serve(connection))
@@ -300,7 +304,10 @@ class IntroductionServer:
                 await loop.sock_sendall(conn, answer)
         except _Refused as refused:
             self._note(refused.kind, refused.reason, connection.source)
-            _refuse_at_once(conn, refused.reason)
+            if refused.kind == BUSY:
+                _reset(conn)
+            else:
+                _refuse_at_once(conn, refused.reason)
         except (OSError, TimeoutError):
             pass  # the stranger went away or does not read its answer
         finally:
@@ -387,6 +394,18 @@ class IntroductionServer:
         log.warning("introductions refused", extra={"fields": fields})
 
 
+def _reset(conn: socket.socket) -> None:
+    """Close with a reset and no answer: what a connection over a limit gets.
+
+    Answering costs a send, which on loopback and veth links runs the peer's
+    side of TCP too: as much again as accepting, in a flood. A reset also
+    leaves no TIME_WAIT behind. The reason is in the log's summary.
+    """
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    conn.close()
+
+
 def _refuse_at_once(conn: socket.socket, reason: str) -> None:
     """Send the refusal if the socket takes it now, and close; never wait for a stranger.
 
@@ -438,6 +457,8 @@ async def introduce(
             try:
                 reader, writer = await asyncio.open_connection(host, gossip_port + PORT_OFFSET)
             except OSError as exc:
+                if exc.errno == errno.ECONNRESET:  # it accepted, then reset us: see below
+                    raise
                 why = exc.strerror or str(exc)
                 raise IntroductionFailed(f"cannot reach {endpoint}: {why}") from None
             writer.write(request_bytes(certificate))
@@ -450,7 +471,9 @@ async def introduce(
     except TimeoutError:
         raise IntroductionFailed(f"no answer from {endpoint} within {timeout:g}s") from None
     except (asyncio.IncompleteReadError, OSError):
-        raise IntroductionFailed(f"{endpoint} closed the connection without answering") from None
+        why = f"{endpoint} closed the connection without answering"
+        hint = "it refuses introductions over its limits that way: try again later"
+        raise IntroductionFailed(f"{why} ({hint})") from None
     finally:
         if writer is not None:
             writer.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-BUSY = "busy"  # a cap or a rate limit; nothing was read or checked
+BUSY = "busy"  # a cap, a rate or a bar; nothing checked, the connection reset unanswered
 INCOMPLETE = "incomplete"  # the request did not arrive whole within its deadline
 NOT_AN_INTRODUCTION = "not-an-introduction"  # the bytes do not start as ours do
 TOO_LARGE = "too-large"  # the announced certificate is over the size limit
@@ -39,7 +39,7 @@ class IntroductionLimits:
     remember_for: float = 60.0  # seconds (a not-yet-valid one may become valid)
     request_timeout: float = 3.0  # seconds from accept until the whole request has arrived
     reply_timeout: float = 3.0  # seconds to hand over the answer
-    accept_batch: int = 64  # connections accepted before the loop is yielded to others
+    accept_batch: int = 16  # connections accepted before the loop is yielded to others
     log_interval: float = 10.0  # seconds between two summary lines of refusals
 
 
