@@ -266,23 +266,24 @@ class IntroductionServer:
             return False
         _, task = min(receiving, key=lambda pair: pair[0])
         connection = self._serving[task]
-        self._release(connection)
+        self._give_back(connection)
         why = "closed to make room: its introduction was still arriving"
         self._note(INCOMPLETE, why, connection.source)
-        task.cancel()
+        task.cancel()  # its socket is closed by the task, once its read is unregistered
         return True
 
-    def _release(self, connection: _Connection) -> None:
-        """Close the connection and give its slot back, at once (a done callback would
-        run a turn of the loop later, and the accepts of this turn would find no room)."""
-        connection.sock.close()
+    def _give_back(self, connection: _Connection) -> None:
+        """Give the connection's slot back, at once: a done callback would run a turn of
+        the loop later, and the accepts of this turn would find no room."""
         if not connection.released:
             connection.released = True
             self._gate.release(connection.source)
 
     def _served(self, task: asyncio.Task[None]) -> None:
-        """After the task, however it ended (one cancelled before it ran never released)."""
-        self._release(self._serving.pop(task))
+        """After the task, however it ended (one cancelled before it ran did nothing)."""
+        connection = self._serving.pop(task)
+        connection.sock.close()
+        self._give_back(connection)
         if not task.cancelled() and task.exception() is not None:
             log.error("an introduction failed", exc_info=task.exception())
 
@@ -311,7 +312,8 @@ class IntroductionServer:
         except (OSError, TimeoutError):
             pass  # the stranger went away or does not read its answer
         finally:
-            self._release(connection)
+            conn.close()
+            self._give_back(connection)
 
     async def _read_request(self, conn: socket.socket) -> bytes:
         head = await _receive(conn, len(PROTOCOL) + _LENGTH, prefix=PROTOCOL)
@@ -329,8 +331,9 @@ class IntroductionServer:
             raise _Refused(verdict.kind, verdict.reason)
         if verdict is None or not self._still_admitted(verdict.node_id, data):
             if not self._gate.may_check(source, now):
-                why = f"a certificate from {source} was refused within the last minute"
-                raise _Refused(BUSY, f"{why}: try again later")
+                barred = self.limits.barred_for
+                why = f"a certificate from {source} was refused within the last {barred:g} s"
+                raise _Refused(BUSY, why)
             if not self._checks.take(now):
                 raise _Refused(BUSY, "too many introductions to check: try again in a few seconds")
             self.checked += 1
