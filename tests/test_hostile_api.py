@@ -16,7 +16,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,12 @@ import pytest
 from novacron.agent import api, httpd
 from novacron.agent.httpd import HttpServer
 
+from . import test_api_http
 from .test_api_http import Migrations, answers, call, error_of, exchange, router, until
 
+served = test_api_http.served  # the fixture: (socket, server, migrations), the API on a socket
+
 STATUS = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[str, HttpServer, Migrations]]:
-    migrations = Migrations()
-    server = HttpServer(router(migrations))
-    sock = str(tmp_path / "api.sock")
-    await server.start_unix(sock)
-    yield sock, server, migrations
-    await server.close()
 
 
 def _pipeline_without_reading(sock: str, limit: int, stall: float) -> int:
