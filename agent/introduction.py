@@ -66,11 +66,12 @@ from typing import Any, NamedTuple
 
 from novacron.protocol.certificates import (
     Certificate,
+    check_issuer,
     check_not_revoked,
     check_validity,
     decode_certificate,
 )
-from novacron.protocol.errors import CertificateFromOtherCA, IdentityError
+from novacron.protocol.errors import IdentityError
 
 from .introduction_limits import (
     BUSY,
@@ -85,7 +86,7 @@ from .introduction_limits import (
     TokenBucket,
     Verdict,
 )
-from .security import PeerRefused, TrustStore, describe
+from .security import PeerRefused, TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -381,16 +382,12 @@ class IntroductionServer:
         cert: Certificate | None = None
         try:
             cert = decode_certificate(data)
-            if cert.issuer != self._trust.ca_key_id:
-                raise CertificateFromOtherCA(
-                    f"{cert.label} was issued by CA {cert.issuer[:64]!r}, "
-                    f"not by this cluster's CA {self._trust.ca_key_id!r}"
-                )
+            check_issuer(cert, self._trust.ca_key_id)
             check_validity(cert, self._wall_clock())
             if self._trust.revocations is not None:
                 check_not_revoked(cert, self._trust.revocations)
         except IdentityError as exc:
-            raise describe(exc, cert) from None
+            raise self._trust.refuse(exc, cert) from None
         return self._trust.add_certificate(data)
 
     # --- refusals --------------------------------------------------------------------
