@@ -21,6 +21,8 @@ from novacron.protocol import keyfiles
 from novacron.protocol.messages import Ping
 from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
