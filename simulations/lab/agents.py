@@ -165,6 +165,10 @@ class LabAgents:
     def states(self, host: LabHost) -> dict[str, str]:
         return {node: row["state"] for node, row in self.members(host).items()}
 
+    def all_alive(self, host: LabHost) -> bool:
+        """Whether `host`'s agent sees every lab host, itself included, alive."""
+        return self.states(host) == {h.name: "alive" for h in self.lab.hosts}
+
     def wait_for_full_mesh(self, timeout: float, interval: float = 0.5) -> None:
         """Wait until every agent sees every host alive (TimeoutError names the laggard)."""
         everyone = {h.name: "alive" for h in self.lab.hosts}
