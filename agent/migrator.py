@@ -12,8 +12,9 @@ become libvirt calls:
   `jobStats()` every `POLL_INTERVAL` seconds and reports each sample with
   `migration_progress`; the call's return or error is `migration_finished`.
 - `SwitchToPostCopy`: `migrateStartPostCopy`; `AbortLibvirtMigration`: `abortJob`.
-- `ReconcileVm`: asks the libvirt of every host named where the domain is
-  active, once no migration job holds it, and reports `vm_location`.
+- `ReconcileVm`: looks at the domain in the libvirt of every host named
+  (`locator.Locator`) and reports what each said with `vm_presence`;
+  `RetireStaleCopy`: removes a copy left where the VM provably does not run.
 
 libvirt calls block, so each runs in a thread of this driver's own pool: a
 long `migrateToURI3` must not starve the inventory's worker threads. The
@@ -28,10 +29,11 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import libvirt
 
@@ -55,6 +57,7 @@ from .core.events import (
     MigrationProposed,
     MigrationRefused,
     ReconcileVm,
+    RetireStaleCopy,
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
@@ -71,6 +74,7 @@ from .disks import (
 from .hypervisor import job_stats
 from .inventory import recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
+from .locator import Locator
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.migrator")
@@ -78,9 +82,6 @@ log = logging.getLogger("novacron.migrator")
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
-LOCATE_RETRY = 1.0  # seconds between looks while a migration job still holds the domain
-LOCATE_ATTEMPTS = 60  # looks before answering "nowhere" (the core asks again later)
-PEER_URI = "qemu+tcp://{host}/system"  # a peer's libvirt when its record names a local URI
 WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its whole run)
 OVERRIDES = (  # policy settings a request may override (`MigrationPolicy` fields)
     "bandwidth_mib_s",
@@ -136,6 +137,7 @@ class Migrator:
             rng=rng or random.Random(),
             config=config,
             migration_uri=f"tcp://{host}",
+            wall=lambda now: time.time() - clock() + now,
         )
         self.node_id = node_id
         self.libvirt_uri = libvirt_uri  # this host's libvirtd
@@ -148,6 +150,9 @@ class Migrator:
         self._dirty_rate = dirty_rate  # for the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
+        self.locator = Locator(
+            node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
@@ -263,7 +268,10 @@ class Migrator:
         row = dataclasses.asdict(info)
         now = self._clock()
         row["elapsed_s"] = round((info.ended if info.ended is not None else now) - info.started, 3)
-        row["started"] = row["ended"] = None  # monotonic clock values mean nothing outside
+        # Wall-clock times, as the source stamped them: the same on both hosts.
+        row["started"] = _iso(info.started_at)
+        row["ended"] = _iso(info.ended_at)
+        del row["started_at"], row["ended_at"]
         row["max_downtime_ms"] = self._limits.get(info.migration_id)  # None on the target
         sample = self._progress.get(info.migration_id)
         row["stats"] = None
@@ -345,8 +353,12 @@ class Migrator:
         elif isinstance(action, AbortLibvirtMigration):
             await self._on_domain(action.migration_id, action.vm, "abortJob")
         elif isinstance(action, ReconcileVm):
-            host = await self._locate(action.vm, action.hosts)
-            await self._apply(self.core.vm_location(action.vm, host, self._clock()))
+            seen = await self.locator.look(action.vm, action.hosts)
+            await self._apply(self.core.vm_presence(action.vm, seen, self._clock()))
+        elif isinstance(action, RetireStaleCopy):
+            done = await self.locator.retire(action.vm, action.host, action.uuid)
+            fields = {"vm": action.vm, "host": action.host, "runs_on": action.runs_on, "done": done}
+            log.warning("stale copy of a VM retired", extra={"fields": fields})
 
     async def _migrate(self, action: StartLibvirtMigration) -> None:
         """Run one libvirt migration job to its end, sampling it while it runs.
@@ -382,7 +394,7 @@ class Migrator:
         if prepared and ok:
             await self._blocking(remove_source_copies, prepared)
         elif prepared:
-            uri = self._peer_uri(action.target, action.target_uri)
+            uri = self.locator.uri(action.target, action.target_uri)
             await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
 
     async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
@@ -397,7 +409,7 @@ class Migrator:
     def _run_job(self, dom: Any, action: StartLibvirtMigration, prepared: list[LocalDisk]) -> None:
         """The blocking `migrateToURI3` call (a worker thread); the local disks it copies are
         added to `prepared` once their images exist on the target."""
-        target_uri = self._peer_uri(action.target, action.target_uri)
+        target_uri = self.locator.uri(action.target, action.target_uri)
         disks = local_disks(dom.XMLDesc(0))
         if disks:
             self._prepare_disks(dom, disks, action.target, target_uri)
@@ -511,44 +523,17 @@ class Migrator:
                 with contextlib.suppress(libvirt.libvirtError):
                     await self._blocking(conn.close)
 
-    # --- reconcile -------------------------------------------------------------------------
-
-    async def _locate(self, vm: str, hosts: tuple[str, ...]) -> str | None:
-        """The host whose libvirt runs `vm` once no migration job holds it; None if none."""
-        for _ in range(LOCATE_ATTEMPTS):
-            answers = [await self._look(vm, host) for host in hosts]
-            if "busy" not in answers:
-                found = [
-                    host for host, answer in zip(hosts, answers, strict=True) if answer == "active"
-                ]
-                return found[0] if found else None
-            await asyncio.sleep(LOCATE_RETRY)
-        return None
-
-    async def _look(self, vm: str, host: str) -> str:
-        """'active', 'busy' (a migration job holds it), 'absent', or 'unknown'."""
-        uri = self.libvirt_uri if host == self.node_id else self._peer_uri(host, "")
-        try:
-            return await self._blocking(_domain_presence, self._opener, uri, vm)
-        except libvirt.libvirtError as exc:
-            log.warning(
-                "cannot look for a VM", extra={"fields": {"vm": vm, "host": host, "why": str(exc)}}
-            )
-            return "unknown"
-
-    def _peer_uri(self, node_id: str, record_uri: str) -> str:
-        """How this host's libvirtd reaches `node_id`'s: its record's URI if remote, else ours."""
-        if not record_uri:
-            record = self._view.records().get(node_id)
-            record_uri = record.libvirt_uri if record is not None else ""
-        if record_uri and urlparse(record_uri).hostname:
-            return record_uri
-        member = self._view.member(node_id)
-        address = member.address if member is not None else node_id
-        return PEER_URI.format(host=address.rpartition(":")[0] or address)
-
 
 # --- pure helpers (no I/O) ---------------------------------------------------------------
+
+
+def _iso(wall: float | None) -> str | None:
+    """A wall-clock time as ISO 8601 UTC with milliseconds (None stays None)."""
+    if not wall:
+        return None
+    return (
+        datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _refusal_status(reason: str) -> int:
@@ -650,30 +635,6 @@ def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
         return bool(paused and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
     except libvirt.libvirtError:
         return False
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-
-def _domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> str:
-    """Whether `vm` is active on the libvirtd at `uri`, and free of migration jobs."""
-    conn = opener(uri)
-    try:
-        try:
-            dom = conn.lookupByName(vm)
-        except libvirt.libvirtError as exc:
-            if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_NO_DOMAIN:
-                return "absent"
-            raise
-        if not dom.isActive():
-            return "absent"
-        state, reason = dom.state()
-        migrating = state == libvirt.VIR_DOMAIN_PAUSED and reason in (
-            libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
-            libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
-        )
-        job = dom.jobInfo()[0]
-        return "busy" if migrating or job != libvirt.VIR_DOMAIN_JOB_NONE else "active"
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()

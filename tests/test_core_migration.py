@@ -26,6 +26,7 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.migration import (
     TRANSITIONS,
     MigrationConfig,
@@ -53,7 +54,7 @@ from novacron.protocol.messages import (
     Ping,
     VmSummary,
 )
-from tests.test_core_migration_harness import Mesh, View, host, vm
+from tests.test_core_migration_harness import Mesh, View, host, seen, vm
 
 
 def two_hosts(**kwargs: object) -> Mesh:
@@ -287,7 +288,7 @@ def test_released_reservation_frees_room() -> None:
     mid = started(mesh).migration_id
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "a", "h1")
+    mesh.call("h1", "vm_presence", "a", seen("h1"))
     assert mesh.core("h2").reservations() == []
     mesh.request("h3", "b", "h2")
     assert len(mesh.of("h3", StartLibvirtMigration)) == 1
@@ -389,7 +390,7 @@ def test_reservation_expires_when_the_source_goes_quiet() -> None:
     assert (reconcile.vm, reconcile.migration_id, reconcile.hosts) == ("vm1", mid, ("h1", "h2"))
     assert mesh.core("h2").reservations() == []
     assert mesh.core("h2").stats.reservations_expired == 1
-    mesh.call("h2", "vm_location", "vm1", "h2")
+    mesh.call("h2", "vm_presence", "vm1", seen("h2"))
     info = mesh.core("h2").migrations()[0]
     assert info.outcome == "committed"
     assert info.reason == "no word from h1 for 30 s; reconcile found vm1 on h2"
@@ -524,7 +525,7 @@ def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
     assert mesh.of("h1", MigrationEscalated)[0].step == "abort"
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
     assert mesh.of("h1", ReconcileVm)[-1].hosts == ("h1", "h2")
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     (failed,) = mesh.of("h1", MigrationFailed)
     assert failed.reason == "did not converge within 20 s (10 s per GiB of 2 GiB)"
     assert mesh.sent_of(MigrationAbort)[-1].reason == failed.reason
@@ -553,7 +554,7 @@ def test_a_switchover_that_stalls_is_aborted_and_the_vm_located() -> None:
     why = "stalled at the switchover: the VM sat paused 5 s, nothing copied for 5 s"
     assert (escalated.step, escalated.reason) == ("abort", why)
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "vm1", "h2")  # the abort let it finish on the target
+    mesh.call("h1", "vm_presence", "vm1", seen("h2"))  # the abort let it finish on the target
     assert len(mesh.of("h1", MigrationCompleted)) == 1
     (row,) = mesh.core("h1").migrations()
     assert (row.outcome, row.escalation) == ("committed", f"aborted after 12.0 s: {why}")
@@ -613,10 +614,12 @@ def test_stuck_abort_turns_into_reconcile() -> None:
     assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
     mesh.run(40.0)  # no answer yet: ask again
     assert len(mesh.of("h1", ReconcileVm)) == 2
-    mesh.call("h1", "vm_location", "vm1", None)  # nowhere (yet): keep asking
-    assert mesh.of("h1", MigrationInDoubt)[-1].reason == "hypervisors report vm1 on no host"
+    holding = seen(None, h1=Presence(Where.MIGRATING, "paused (migrating)"))
+    mesh.call("h1", "vm_presence", "vm1", holding)  # a job still holds it: look again soon
+    assert mesh.of("h1", MigrationInDoubt)[-1].reason == "h1: paused (migrating)"
     assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    assert mesh.core("h1").next_deadline() == pytest.approx(41.0)
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     assert mesh.of("h1", MigrationFailed)[0].reason == "cancelled by operator"
 
 
@@ -644,7 +647,7 @@ def test_cancel_during_libvirt_migration() -> None:
     assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
     assert mesh.core("h1").phase_of(mid) is Phase.ABORTING
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     (failed,) = mesh.of("h1", MigrationFailed)
     assert failed.reason == "cancelled by operator"
     assert mesh.of("h2", ReservationReleased)[0].outcome == "aborted"
@@ -669,7 +672,7 @@ def test_cancel_refusals() -> None:
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "migration_finished", mid, False, "connection lost")
     mesh.call("h1", "cancel", mid)
-    mesh.call("h1", "vm_location", "vm1", "h2")
+    mesh.call("h1", "vm_presence", "vm1", seen("h2"))
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "cancel", "nope")
     reasons = [e.reason for e in mesh.of("h1", MigrationCancelRefused)]
@@ -716,7 +719,7 @@ def test_bad_inputs_are_ignored_and_counted() -> None:
     assert h2.receive("h3", Ping(1, "h2"), 1.0).sends == []
     assert (h2.stats.invalid, h2.stats.unhandled) == (4, 1)
 
-    assert h1.vm_location("vm1", "h2", 1.0).sends == []  # nobody asked
+    assert h1.vm_presence("vm1", seen("h2"), 1.0).sends == []  # nobody asked
     assert h1.stats.unsolicited_locations == 1
     assert h1.migration_finished(mid, False, "x", 1.0).actions  # the saga still works
     assert mesh.sent == before
@@ -761,7 +764,7 @@ def test_history_is_bounded_and_running_come_first() -> None:
         mesh.request("h1", f"v{i}", "h2")
         mesh.call("h1", "cancel", started(mesh).migration_id)
         mesh.call("h1", "migration_finished", started(mesh).migration_id, False, "aborted")
-        mesh.call("h1", "vm_location", f"v{i}", "h1")
+        mesh.call("h1", "vm_presence", f"v{i}", seen("h1"))
     mesh.now = 9.0
     mesh.request("h1", "v5", "h2")
     infos = mesh.core("h1").migrations()

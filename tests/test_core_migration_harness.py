@@ -31,6 +31,7 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration import MigrationConfig, MigrationCore
 from novacron.protocol.messages import (
@@ -69,6 +70,18 @@ def host(
         draining=draining,
         labels=dict(labels or {}),
     )
+
+
+def seen(
+    where: str | None, hosts: Iterable[str] = ("h1", "h2"), **others: Presence
+) -> dict[str, Presence]:
+    """What the hypervisors of `hosts` say: the VM runs on `where` (None: nowhere), is absent
+    from the others; `others` overrides a host's answer."""
+    found = {
+        h: Presence(Where.RUNNING, "running", "u1") if h == where else Presence(Where.ABSENT)
+        for h in hosts
+    }
+    return found | others
 
 
 class View:
@@ -272,7 +285,7 @@ class Lab(Mesh):
         self.libvirtd_down: set[str] = set()  # hosts whose libvirtd is dead
         self.violations: list[str] = []  # broken libvirt rules
         self._reports: list[tuple[str, str, tuple[Any, ...]]] = []  # driver -> core, next step
-        self._reconciles: list[tuple[str, str]] = []  # (asking host, VM) awaiting an answer
+        self._reconciles: list[tuple[str, ReconcileVm]] = []  # (asking host, action) to answer
         super().__init__(
             records,
             config=config,
@@ -324,7 +337,7 @@ class Lab(Mesh):
                 else:
                     job.abort_requested = True
         elif isinstance(action, ReconcileVm):
-            self._reconciles.append((node_id, action.vm))
+            self._reconciles.append((node_id, action))
 
     def _start(self, node_id: str, action: StartLibvirtMigration) -> None:
         busy = any(j.vm == action.vm for j in self.jobs.values())
@@ -359,25 +372,29 @@ class Lab(Mesh):
         """The hypervisor: run jobs, answer reconciles, deliver the driver's reports."""
         for job in list(self.jobs.values()):
             self._run_job(job)
-        for asking, name in list(self._reconciles):
-            if any(j.vm == name for j in self.jobs.values()):
-                continue  # contract: answer once no job may still move it
-            self._reconciles.remove((asking, name))
-            self._report(asking, "vm_location", name, self._locate(asking, name))
+        reconciles, self._reconciles = self._reconciles, []
+        for asking, action in reconciles:
+            self._report(asking, "vm_presence", action.vm, self._seen(asking, action))
         reports, self._reports = self._reports, []
         for node_id, method, args in reports:
             core = self.cores.get(node_id)
             if core is not None:  # a dead agent's driver reports to no one
                 self.absorb(node_id, getattr(core, method)(*args, self.now))
 
-    def _locate(self, asking: str, name: str) -> str | None:
-        """What the asking host's driver can find out (its own libvirt, the peer's if reachable)."""
-        where = self.location[name]
-        if asking in self.libvirtd_down:
-            return None
-        if where == asking or self._reachable(asking, where):
-            return where
-        return None
+    def _seen(self, asking: str, action: ReconcileVm) -> dict[str, Presence]:
+        """What the asking host's driver finds in each host's libvirt (its own, the peers' it
+        can reach): the VM running where it is, a job holding it, or nothing."""
+        found = {}
+        for h in action.hosts:
+            if h in self.libvirtd_down or (h != asking and not self._reachable(asking, h)):
+                found[h] = Presence(Where.UNKNOWN, "unreachable")
+            elif any(j.vm == action.vm and h in (j.source, j.target) for j in self.jobs.values()):
+                found[h] = Presence(Where.MIGRATING, "a job holds it", "u1")
+            elif self.location[action.vm] == h:
+                found[h] = Presence(Where.RUNNING, "running", "u1")
+            else:
+                found[h] = Presence(Where.ABSENT)
+        return found
 
     def _run_job(self, job: Job) -> None:
         if job.switched_at is not None:

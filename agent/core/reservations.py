@@ -60,6 +60,8 @@ class Reservation:
     percent: float = 0.0  # last progress the source reported, for `nova migrations`
     phase: str = "reserved"  # reserved, precopy, postcopy, landed
     anti_affinity: str = ""  # the arriving VM's anti-affinity group ("" for none)
+    started_at: float = 0.0  # when the source proposed it, on the source's wall clock
+    purpose: str = ""  # why the source moves it: manual, drain, rebalance
 
 
 @dataclass(frozen=True, slots=True)
