@@ -79,6 +79,12 @@ class VmLifecycle(Protocol):
     async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class RecoveryControl(Protocol):
+    """What the API needs to settle a VM in doubt (`recovery.Recoveries` fits)."""
+
+    async def recover(self, vm: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class DrainControl(Protocol):
     """What the API needs to drain this host (`drain.Drain` fits)."""
 
@@ -120,11 +126,18 @@ def build_router(
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
     host_drain: HostDrainControl | None = None,
+    recovery: RecoveryControl | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1."""
     router = Router()
     if vms is not None:
         _vm_routes(router, vms)
+    if recovery is not None:
+
+        async def recover(request: Request) -> Response:
+            return await _controlled(recovery.recover(request.params["name"], _body(request)))
+
+        router.post(f"/{API_VERSION}/vms/{{name}}/recover", recover)
     if drain is not None:
         _drain_routes(router, drain)
     if host_drain is not None:
@@ -335,8 +348,9 @@ class ApiServer:
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
         host_drain: HostDrainControl | None = None,
+        recovery: RecoveryControl | None = None,
     ) -> None:
-        router = build_router(view, migrations, vms, drain, rebalance, host_drain)
+        router = build_router(view, migrations, vms, drain, rebalance, host_drain, recovery)
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
 

@@ -47,6 +47,7 @@ from .inventory import Inventory
 from .journal import MigrationJournal
 from .migrator import Migrator
 from .rebalancer import Rebalancer
+from .recovery import Recoveries
 from .sdnotify import Notifier
 from .security import TrustStore
 from .tasks import cancel_and_wait
@@ -125,6 +126,7 @@ class Agent:
             labels=config.labels,
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
+            retry_interval=config.inventory_interval,
             may_measure=lambda vm: not self.migrator.core.busy(vm),
         )
         self.drain = Drain(
@@ -149,12 +151,14 @@ class Agent:
             domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
             disk_dir=Path(config.disk_dir),
         )
+        self.recoveries = Recoveries(self.node_id, lambda: self.core, self.migrator)
         vms = VmControl(
             self.hypervisor,
             self.node_id,
             draining=lambda: self.drain.draining,
             migrating=self.migrator.core.busy,
             free_memory_mib=self._free_memory_mib,
+            start_refusal=self.recoveries.start_refusal,
         )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
@@ -165,6 +169,7 @@ class Agent:
             drain=self.drain,
             rebalance=self.rebalancer,
             host_drain=self.drain_requests,
+            recovery=self.recoveries,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)

@@ -125,16 +125,22 @@ class Locator:
         if not done.cancelled():
             done.exception()  # retrieved: it was reported as "unknown" already
 
-    async def retire(self, vm: str, host: str, uuid: str) -> str:
-        """Remove the copy of `vm` (domain `uuid`) on `host`: what was done, for the log."""
+    async def retire(self, vm: str, host: str, uuid: str, force: bool = False) -> str:
+        """Remove the copy of `vm` (domain `uuid`; "" for any) on `host`, unless it runs there
+        (`force`: even then): what was done, for the log."""
+        return await self._act(host, retire_copy, self.uri(host), vm, uuid, force)
+
+    async def boot(self, vm: str, host: str) -> str:
+        """Start `vm` afresh on `host` (whatever half-copy is active there is destroyed)."""
+        return await self._act(host, cold_boot, self.uri(host), vm)
+
+    async def _act(self, host: str, fn: Callable[..., str], *args: Any) -> str:
         loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(
-            self._executor, retire_copy, self._opener, self.uri(host), vm, uuid
-        )
+        call = loop.run_in_executor(self._executor, fn, self._opener, *args)
         try:
             return await asyncio.wait_for(call, self._timeout * 3)
         except TimeoutError:
-            return f"{host}'s libvirt did not answer"
+            return f"failed: {host}'s libvirt did not answer"
         except libvirt.libvirtError as exc:
             return f"failed: {exc}"
 
@@ -162,20 +168,24 @@ def _presence(dom: Any) -> Presence:
     state, reason = (int(x) for x in dom.state())
     uuid = dom.UUIDString()
     name = _STATES.get(state, "unknown state")
+    persistent = bool(dom.isPersistent())
     if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED) or not dom.isActive():
         why = _SHUTOFF.get(reason, "")
         detail = f"{name} ({why})" if why else name
         leftover = reason == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED
-        return Presence(Where.STOPPED, detail, uuid, leftover=leftover)
+        return Presence(Where.STOPPED, detail, uuid, leftover, persistent)
     if state == libvirt.VIR_DOMAIN_PAUSED and reason in _PAUSED_FOR_MIGRATION:
-        return Presence(Where.MIGRATING, f"paused ({_PAUSED_FOR_MIGRATION[reason]})", uuid)
+        detail = f"paused ({_PAUSED_FOR_MIGRATION[reason]})"
+        split = reason != libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+        return Presence(Where.MIGRATING, detail, uuid, persistent=persistent, split=split)
     if state == libvirt.VIR_DOMAIN_RUNNING and reason in _RUNNING_FOR_MIGRATION:
-        return Presence(Where.MIGRATING, f"running ({_RUNNING_FOR_MIGRATION[reason]})", uuid)
+        detail = f"running ({_RUNNING_FOR_MIGRATION[reason]})"
+        return Presence(Where.MIGRATING, detail, uuid, persistent=persistent, split=True)
     if _in_job(dom):
-        return Presence(Where.MIGRATING, f"{name}, a libvirt job holds it", uuid)
-    if state == libvirt.VIR_DOMAIN_PAUSED:
-        return Presence(Where.PAUSED, name, uuid)
-    return Presence(Where.RUNNING, name, uuid)
+        detail = f"{name}, a libvirt job holds it"
+        return Presence(Where.MIGRATING, detail, uuid, persistent=persistent)
+    where = Where.PAUSED if state == libvirt.VIR_DOMAIN_PAUSED else Where.RUNNING
+    return Presence(where, name, uuid, persistent=persistent)
 
 
 def _in_job(dom: Any) -> bool:
@@ -189,8 +199,11 @@ def _in_job(dom: Any) -> bool:
         raise
 
 
-def retire_copy(opener: Callable[[str], Any], uri: str, vm: str, uuid: str) -> str:
-    """Destroy and undefine `vm` at `uri` if it is domain `uuid` and does not run (blocking)."""
+def retire_copy(
+    opener: Callable[[str], Any], uri: str, vm: str, uuid: str, force: bool = False
+) -> str:
+    """Destroy and undefine `vm` at `uri` if it is domain `uuid` ("": any) and does not run
+    (`force`: even if it runs) (blocking)."""
     conn = opener(uri)
     try:
         try:
@@ -202,7 +215,7 @@ def retire_copy(opener: Callable[[str], Any], uri: str, vm: str, uuid: str) -> s
         presence = _presence(dom)
         if uuid and presence.uuid != uuid:
             return f"left alone: another domain of that name (uuid {presence.uuid})"
-        if presence.where is Where.RUNNING:
+        if presence.where is Where.RUNNING and not force:
             return "left alone: it runs there"
         done = []
         if dom.isActive():
@@ -217,6 +230,22 @@ def retire_copy(opener: Callable[[str], Any], uri: str, vm: str, uuid: str) -> s
             dom.undefineFlags(flags)
             done.append("undefined")
         return " and ".join(done) or "nothing to do"
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
+def cold_boot(opener: Callable[[str], Any], uri: str, vm: str) -> str:
+    """Start `vm` at `uri` from its definition, destroying any active half-copy first."""
+    conn = opener(uri)
+    try:
+        dom = conn.lookupByName(vm)
+        done = []
+        if dom.isActive():
+            dom.destroy()
+            done.append("destroyed what was left")
+        dom.create()
+        return " and ".join([*done, "started"])
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()

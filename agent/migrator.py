@@ -563,12 +563,16 @@ def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:
 
 
 def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, Any]:
-    """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap."""
+    """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap, which holds
+    in post-copy too (QEMU's post-copy is otherwise unlimited: a capped link would be
+    flooded the moment a migration escalates)."""
     params: dict[str, Any] = {}
     if migration_uri:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
     if policy.bandwidth_mib_s > 0:
-        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, round(policy.bandwidth_mib_s))
+        cap = max(1, round(policy.bandwidth_mib_s))
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = cap
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = cap
     return params
 
 

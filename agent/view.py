@@ -12,6 +12,7 @@ from typing import Any
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .core.node import MembershipNode
+from .core.placement import libvirt_down
 
 
 class MeshView:
@@ -89,6 +90,7 @@ class MeshView:
         for host_id, record in sorted(core.records().items()):
             member = core.member(host_id)
             host_state = member.state.value if member is not None else "unknown"
+            since = libvirt_down(record)  # the host's list is its last known one
             for vm in record.vms:
                 rows.append(
                     {
@@ -100,6 +102,7 @@ class MeshView:
                         "vcpus": vm.vcpus,
                         "memory_mib": vm.memory_mib,
                         "cpu_load": vm.cpu_load,
+                        "libvirt_unreachable_since": since,
                     }
                 )
         return sorted(rows, key=lambda row: (row["name"], row["host"]))

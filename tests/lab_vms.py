@@ -26,6 +26,11 @@ from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 from tests.test_hypervisor import host_path, opener_in
 
 MEMORY_MIB = 128
+# Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.
+SLOW = (
+    *("--bandwidth", "4", "--max-downtime", "300"),
+    *("--no-post-copy", "--completion-timeout", "600"),
+)
 
 
 def hv(host: LabHost, disk_dir: Path) -> Hypervisor:
@@ -157,6 +162,61 @@ def remove_everywhere(lab: Lab, vm: str) -> None:
 def console_log(vm: str) -> Path:
     """Where `vm`'s serial console is logged on the host it runs on (use `host.path`)."""
     return Hypervisor(domain_type="qemu").console_log(vm)
+
+
+def migrating(lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, vm: str, to: str) -> int:
+    """Start `vm` on h1, migrate it slowly to `to`; the heartbeat just before the fault."""
+    h1 = lab.hosts[0]
+    start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=32, dirty_rate=10)
+    code, started = nova(h1, "vm", "migrate", vm, "--to", to, *SLOW)
+    assert (code, started["ok"]) == (0, True), started
+    wait_for(
+        lambda: outbound_row(h1, vm),
+        lambda m: m is not None and m["phase"] == "migrating" and m["percent"] > 0,
+        timeout=60,
+        interval=0.2,
+    )
+    return beats(h1, vm)[-1]
+
+
+def ended(host: LabHost, vm: str, timeout: float) -> dict[str, Any]:
+    """`host`'s latest outbound migration of `vm`, once it has an outcome."""
+    row = wait_for(
+        lambda: outbound_row(host, vm), lambda m: m is not None and m["outcome"], timeout
+    )
+    assert row is not None
+    return row
+
+
+def outbound_row(host: LabHost, vm: str) -> dict[str, Any] | None:
+    rows = [m for m in migrations(host) if m["vm"] == vm and m["direction"] == "outbound"]
+    return rows[0] if rows else None
+
+
+def settled_on(lab: Lab, agents: LabAgents, vm: str, host: LabHost, before: int) -> None:
+    """`vm` runs on `host` alone, its heartbeat unbroken since boot, and everyone agrees."""
+    dead = {name: p.poll() for name, p in agents.processes.items() if p.poll() is not None}
+    assert not dead, f"agents exited: {dead}"
+    wait_for(lambda: running_on(lab, vm), lambda hosts: hosts == [host.name], 90)
+    series = wait_beat_above(host, vm, before + 10)
+    assert series == list(range(series[0], series[0] + len(series))), "the guest restarted"
+    everyone_sees(agents, lab, vm, host.name, timeout=90)
+
+
+def defined_on(lab: Lab, vm: str) -> list[str]:
+    """The hosts whose libvirtd holds `vm` in any state, definitions included."""
+    return [host.name for host in lab.hosts if vm in domains(host, "--all")]
+
+
+def domstate(host: LabHost, vm: str) -> str:
+    """`virsh domstate --reason VM` on `host` ("" if it has no such domain)."""
+    done = host.run(
+        ["virsh", "-c", "qemu:///system", "domstate", "--reason", vm],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return str(done.stdout).strip()
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from novacron.agent.core.migration_policy import (
     MigrationLimits,
     MigrationPolicy,
 )
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
+from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, LIBVIRT_DOWN_LABEL
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
     MemberState,
@@ -829,3 +829,19 @@ def test_one_migration_by_id_is_what_the_list_shows() -> None:
     same("h1")  # outbound, ended
     same("h2")  # inbound, landed and ended
     assert mesh.core("h1").migration("no-such-id") is None
+
+
+def test_a_target_that_cannot_count_its_vms_admits_nothing_and_no_source_proposes() -> None:
+    down = {LIBVIRT_DOWN_LABEL: "2026-12-03T10:00:00Z"}
+    mesh = Mesh([host("h1", vm("vm1")), host("h2", vm("old", 1024, state="unknown"), labels=down)])
+    out = mesh.request("h1", "vm1", "h2")
+    (refused,) = out.events
+    assert isinstance(refused, MigrationRefused)
+    assert refused.reason == (
+        "libvirt unreachable on h2 since 2026-12-03T10:00:00Z: its VMs cannot be counted"
+    )
+    assert mesh.core("h1").place("vm1").target is None
+    reply = mesh.core("h2").receive("h1", propose("m9"), 0.0)
+    (answer,) = [m for _, m in reply.sends]
+    assert isinstance(answer, MigrationRefuse)
+    assert answer.reason.startswith("libvirt unreachable on h2 since 2026-12-03T10:00:00Z")

@@ -15,21 +15,21 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from novacron.simulations.guest import Guest
-from novacron.simulations.lab import Lab, LabHost
+from novacron.simulations.lab import Lab
 from novacron.simulations.lab.agents import LabAgents, wait_for
 from tests.lab_vms import (
-    beats,
-    everyone_sees,
+    ended,
+    migrating,
     migrations,
     nova,
+    outbound_row,
     running_mesh,
-    running_on,
     scratch_dir,
+    settled_on,
     start_guest,
     wait_beat_above,
 )
@@ -38,11 +38,6 @@ if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
 
 RUN = f"f{os.getpid() % 100000}"
-# Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.
-SLOW = (
-    *("--bandwidth", "4", "--max-downtime", "300"),
-    *("--no-post-copy", "--completion-timeout", "600"),
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,43 +50,6 @@ def mesh() -> Iterator[tuple[Lab, LabAgents]]:
 def disk_dir() -> Iterator[Path]:
     with scratch_dir(RUN) as path:
         yield path
-
-
-def migrating(lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, vm: str, to: str) -> int:
-    """Start `vm` on h1, migrate it slowly to `to`; the heartbeat just before the fault."""
-    h1 = lab.hosts[0]
-    start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=32, dirty_rate=10)
-    code, started = nova(h1, "vm", "migrate", vm, "--to", to, *SLOW)
-    assert (code, started["ok"]) == (0, True), started
-    wait_for(
-        lambda: _row(h1, vm),
-        lambda m: m is not None and m["phase"] == "migrating" and m["percent"] > 0,
-        timeout=60,
-        interval=0.2,
-    )
-    return beats(h1, vm)[-1]
-
-
-def ended(host: LabHost, vm: str, timeout: float) -> dict[str, Any]:
-    """`host`'s latest outbound migration of `vm`, once it has an outcome."""
-    row = wait_for(lambda: _row(host, vm), lambda m: m is not None and m["outcome"], timeout)
-    assert row is not None
-    return row
-
-
-def _row(host: LabHost, vm: str) -> dict[str, Any] | None:
-    rows = [m for m in migrations(host) if m["vm"] == vm and m["direction"] == "outbound"]
-    return rows[0] if rows else None
-
-
-def settled_on(lab: Lab, agents: LabAgents, vm: str, host: LabHost, before: int) -> None:
-    """`vm` runs on `host` alone, its heartbeat unbroken since boot, and everyone agrees."""
-    dead = {name: p.poll() for name, p in agents.processes.items() if p.poll() is not None}
-    assert not dead, f"agents exited: {dead}"
-    wait_for(lambda: running_on(lab, vm), lambda hosts: hosts == [host.name], 90)
-    series = wait_beat_above(host, vm, before + 10)
-    assert series == list(range(series[0], series[0] + len(series))), "the guest restarted"
-    everyone_sees(agents, lab, vm, host.name, timeout=90)
 
 
 def test_target_libvirtd_killed_the_vm_stays_on_the_source(
@@ -118,7 +76,7 @@ def test_source_agent_killed_and_restarted_the_job_is_adopted_and_reported(
     lab, agents = mesh
     h1, h3 = lab.hosts[0], lab.hosts[2]
     before = migrating(lab, agents, disk_dir, guest, "fb-vm", h3.name)
-    old_id = _row(h1, "fb-vm")["migration_id"]  # type: ignore[index]
+    old_id = outbound_row(h1, "fb-vm")["migration_id"]  # type: ignore[index]
 
     agents.kill(h1, signal.SIGKILL)
     agents.start(h1)
@@ -172,13 +130,15 @@ def test_target_libvirtd_frozen_at_the_switchover_is_reported_and_the_vm_lands_o
     before = wait_beat_above(h1, "fd-vm", 10)[-1]
     code, started = nova(h1, "vm", "migrate", "fd-vm", "--to", h2.name, "--bandwidth", "16")
     assert (code, started["ok"]) == (0, True), started
-    wait_for(lambda: _row(h1, "fd-vm"), lambda m: m is not None and m["percent"] > 0, 60, 0.2)
+    wait_for(
+        lambda: outbound_row(h1, "fd-vm"), lambda m: m is not None and m["percent"] > 0, 60, 0.2
+    )
     libvirtd = h2.libvirtd_pid()
     assert libvirtd is not None
     os.kill(libvirtd, signal.SIGSTOP)  # QEMU copies on; libvirt's finish will not answer
     try:
         stalled = wait_for(
-            lambda: _row(h1, "fd-vm"),
+            lambda: outbound_row(h1, "fd-vm"),
             lambda m: m is not None and "stalled at the switchover" in (m["escalation"] or ""),
             timeout=60,
             interval=0.5,

@@ -61,12 +61,13 @@ def test_flags_follow_the_policy_and_the_disks() -> None:
     assert whole == BASE_FLAGS | libvirt.VIR_MIGRATE_NON_SHARED_DISK
 
 
-def test_params_carry_the_migration_uri_and_the_bandwidth_cap() -> None:
+def test_params_carry_the_migration_uri_and_the_bandwidth_cap_for_post_copy_too() -> None:
     assert migration_params(MigrationPolicy(), "") == {}
     params = migration_params(MigrationPolicy(bandwidth_mib_s=2.4), "tcp://198.18.0.2")
     assert params == {
         libvirt.VIR_MIGRATE_PARAM_URI: "tcp://198.18.0.2",
         libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 2,
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 2,
     }
 
 

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from novacron.agent import client
+from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
 
 from .common import (
     EXIT_FAILED,
@@ -147,7 +148,7 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
         f" load {record.get('load', 0):.2f}",
         f"memory:    {usage.get('memory_mib', 0)} of {capacity.get('memory_mib', 0)} MiB used",
         f"disk:      {usage.get('disk_gib', 0):.1f} of {capacity.get('disk_gib', 0):.1f} GiB used",
-        f"libvirt:   {record.get('libvirt_uri', '-')}",
+        f"libvirt:   {record.get('libvirt_uri', '-')}{_unreachable(record)}",
         f"labels:    {', '.join(f'{k}={v}' for k, v in record.get('labels', {}).items()) or '-'}",
         f"draining:  {'yes' if record.get('draining') else 'no'}",
         f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
@@ -156,12 +157,23 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _unreachable(record: dict[str, Any]) -> str:
+    since = record.get("labels", {}).get(LIBVIRT_DOWN_LABEL)
+    return f"  unreachable since {since} (VMs as last listed)" if since else ""
+
+
+def _vm_state(vm: dict[str, Any]) -> str:
+    """A VM's state, saying so when its host cannot ask libvirt (the last state it knew)."""
+    since = vm.get("libvirt_unreachable_since")
+    return f"{vm['state']} (libvirt unreachable since {since})" if since else str(vm["state"])
+
+
 def list_vms(args: argparse.Namespace, out: Output) -> int:
     data = _get(args, out, "/v1/vms")
     if data is None:
         return _failed(args)
     rows = [
-        (vm["name"], vm["state"], vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
+        (vm["name"], _vm_state(vm), vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
     out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
     return EXIT_OK

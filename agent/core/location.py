@@ -54,6 +54,8 @@ class Presence:
     detail: str = ""  # libvirt's own words ("paused (post-copy)", the error), for people
     uuid: str = ""  # the domain's UUID ("" if absent or unknown)
     leftover: bool = False  # shut off by a migration ("shut off (migrated)"): never to run again
+    persistent: bool = False  # defined (it can be started again), not only a running process
+    split: bool = False  # one half of a post-copy (paused for it, or failed): useless alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,31 +88,41 @@ def locate(seen: Mapping[str, Presence]) -> Verdict:
     """Where the VM runs, from each host's `Presence` (see the module docstring)."""
     running = sorted(h for h, p in seen.items() if p.where is Where.RUNNING)
     if len(running) > 1:
-        return Doubt(f"it runs on {_and(running)} at once", tuple(running))
+        return Doubt(f"runs on {_and(running)} at once", tuple(running))
     if running:
         host = running[0]
         stale = [h for h, p in seen.items() if h != host and _copy(p)]
         return On(host, tuple(sorted(stale)))
     waiting = sorted(h for h, p in seen.items() if p.where in (Where.MIGRATING, Where.UNKNOWN))
-    if waiting:
+    if waiting and not _broken_postcopy(seen):
         return Wait("; ".join(f"{h}: {_said(seen[h])}" for h in waiting))
+    if waiting:
+        (half,) = waiting
+        why = f"lost half of its post-copy: only {half} holds a part ({_said(seen[half])})"
+        return Doubt(why, tuple(sorted(h for h, p in seen.items() if p.persistent)))
     paused = sorted(h for h, p in seen.items() if p.where is Where.PAUSED)
     if len(paused) == 1:
         host = paused[0]
         return On(host, tuple(sorted(h for h, p in seen.items() if h != host and _copy(p))))
     if paused:
-        return Doubt(f"it is paused on {_and(paused)} at once", tuple(paused))
+        return Doubt(f"is paused on {_and(paused)} at once", tuple(paused))
     defined = tuple(sorted(h for h, p in seen.items() if p.where is Where.STOPPED))
-    return Doubt("it runs on no host", defined)
+    return Doubt("runs on no host", defined)
 
 
 def undecided(seen: Mapping[str, Presence], waited: str) -> Doubt:
     """The `Doubt` for a look that stayed `Wait` too long (`waited`: for how long)."""
     verdict = locate(seen)
     why = verdict.why if isinstance(verdict, Wait | Doubt) else ""
-    return Doubt(
-        f"undecided after {waited}: {why}", tuple(sorted(h for h, p in seen.items() if _copy(p)))
-    )
+    copies = tuple(sorted(h for h, p in seen.items() if _copy(p)))
+    return Doubt(f"could not be located within {waited} ({why})", copies)
+
+
+def _broken_postcopy(seen: Mapping[str, Presence]) -> bool:
+    """One host holds half of a post-copy and no other host holds anything active: the
+    other half is gone, so waiting cannot make it whole."""
+    waiting = [p for p in seen.values() if p.where in (Where.MIGRATING, Where.UNKNOWN)]
+    return len(waiting) == 1 and waiting[0].split
 
 
 def _copy(presence: Presence) -> bool:
@@ -124,6 +136,38 @@ def _said(presence: Presence) -> str:
 
 def _and(hosts: list[str]) -> str:
     return ", ".join(hosts[:-1]) + f" and {hosts[-1]}" if len(hosts) > 1 else "".join(hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What `nova vm recover VM --on HOST` does: remove the copies on `remove`, then start the
+    VM on `host` (destroying first whatever half-copy holds it there) unless it runs there."""
+
+    host: str  # where it will run
+    remove: tuple[str, ...]  # hosts whose copies go (destroyed if active, undefined)
+    start: bool  # False: it already runs on `host`, only stale copies go
+
+
+def recovery(seen: Mapping[str, Presence], host: str, vm: str) -> Recovery | str:
+    """The recovery of `vm` on `host` from each host's evidence, or why it must not be done."""
+    unknown = sorted(h for h, p in seen.items() if p.where is Where.UNKNOWN)
+    if unknown:
+        said = "; ".join(f"{h}: {_said(seen[h])}" for h in unknown)
+        return f"cannot tell whether {vm} runs elsewhere ({said}): recover once every host answers"
+    live = sorted(h for h, p in seen.items() if p.where in (Where.RUNNING, Where.PAUSED))
+    if [h for h in live if h != host] and host not in live:
+        where = ", ".join(f"{h} ({_said(seen[h])})" for h in live)
+        return f"{vm} runs on {where}: nothing to recover (or recover it --on one of those)"
+    moving = sorted(h for h, p in seen.items() if p.where is Where.MIGRATING)
+    if len(moving) > 1:
+        return f"a migration between {_and(moving)} still holds {vm}: wait for it to end"
+    here = seen.get(host, Presence(Where.ABSENT))
+    if host not in live and not here.persistent:
+        holders = sorted(h for h, p in seen.items() if p.persistent)
+        where = f": {_and(holders)} hold(s) one" if holders else ""
+        return f"{host} holds no definition of {vm}{where}"
+    remove = tuple(sorted(h for h, p in seen.items() if h != host and _copy(p)))
+    return Recovery(host, remove, start=host not in live)
 
 
 def claimants(records: Mapping[str, NodeRecord]) -> dict[str, tuple[str, ...]]:

@@ -184,6 +184,7 @@ from .placement import (
     Placement,
     anti_affinity_clash,
     choose_target,
+    libvirt_down,
     room_refusal,
 )
 from .reservations import (
@@ -990,6 +991,9 @@ class MigrationCore:
         self._book.settle(record)
         if record is not None and record.draining:
             return f"host draining: {self.node_id} takes no new VMs"
+        down = libvirt_down(record) if record is not None else None
+        if down is not None:
+            return f"libvirt unreachable on {self.node_id} since {down}: it cannot count its memory"
         if record is not None and any(vm.name == message.vm for vm in record.vms):
             return f"VM {message.vm} already runs on {self.node_id}"
         arriving = self._book.for_vm(message.vm)
@@ -1166,7 +1170,9 @@ class MigrationCore:
         elif saga.phase is Phase.RECONCILING and now >= saga.timer:
             since = saga.reconciling_since if saga.reconciling_since is not None else now
             if now - since >= cfg.reconcile_deadline:  # the looks themselves never came back
-                why = f"no hypervisor answered within {cfg.reconcile_deadline:g} s"
+                why = (
+                    f"could not be located: no hypervisor answered in {cfg.reconcile_deadline:g} s"
+                )
                 self._give_up(saga, Doubt(why), now, out)
             else:
                 self._reconcile(saga, now, saga.doubt_note or "no answer yet", out)
