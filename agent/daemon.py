@@ -127,6 +127,7 @@ class Agent:
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
             retry_interval=config.inventory_interval,
+            reserved_memory_mib=config.reserved_memory_mib,
             may_measure=lambda vm: not self.migrator.core.busy(vm),
         )
         self.drain = Drain(

@@ -122,6 +122,11 @@ class HostSample:
             disk_gib=self.disk_total_gib,
         )
 
+    def offered(self, reserved_memory_mib: int) -> Resources:
+        """The capacity VMs may be given: all but the memory kept for the host itself."""
+        memory = max(0, self.memory_total_mib - reserved_memory_mib)
+        return dataclasses.replace(self.capacity, memory_mib=memory)
+
     @property
     def usage(self) -> Resources:
         return Resources(
@@ -361,6 +366,7 @@ class Inventory:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         may_measure: Callable[[str], bool] = lambda vm: True,
+        reserved_memory_mib: int = 0,
     ) -> None:
         """`may_measure(vm)`: whether that VM's dirty rate may be measured now (the agent
         says no while it moves the VM, from its decision on)."""
@@ -376,6 +382,7 @@ class Inventory:
         self._clock = clock
         self._wall = wall  # stamps when libvirt became unreachable, for people
         self._may_measure = may_measure
+        self._reserved_memory_mib = reserved_memory_mib  # kept for the host, never for VMs
         self._known: tuple[VmSummary, ...] = ()  # what libvirt last listed
         self.unreachable_since: float | None = None  # wall clock; None while reachable
         self._measured: dict[str, float] = {}  # VM name -> when its last measurement started
@@ -441,7 +448,7 @@ class Inventory:
         return NodeRecord(
             node_id=self.node_id,
             version=version,
-            capacity=host.capacity,
+            capacity=host.offered(self._reserved_memory_mib),
             usage=host.usage,
             load=host.load_1m,
             vms=vms,

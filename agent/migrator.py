@@ -175,6 +175,11 @@ class Migrator:
     async def tick(self) -> None:
         await self._apply(self.core.tick(self._clock()))
 
+    async def set_draining(self, draining: bool) -> None:
+        """This host begins or ends a drain: inbound migrations are refused from now on, and
+        those still in pre-copy are asked to stop."""
+        await self._apply(self.core.set_draining(draining, self._clock()))
+
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
         return self.core.record_labels()

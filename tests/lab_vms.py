@@ -79,12 +79,18 @@ def migrations(host: LabHost) -> list[dict[str, Any]]:
 
 
 def start_guest(
-    lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, name: str, **kw: Any
+    lab: Lab,
+    agents: LabAgents,
+    disk_dir: Path,
+    guest: Guest,
+    name: str,
+    on: LabHost | None = None,
+    **kw: Any,
 ) -> int:
-    """Define and start `name` on h1; wait for its heartbeat and every agent to see it."""
-    h1 = lab.hosts[0]
+    """Define and start `name` on `on` (h1); wait for its heartbeat and every agent to see it."""
+    host = on or lab.hosts[0]
     spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
-    adapter = hv(h1, disk_dir)
+    adapter = hv(host, disk_dir)
 
     async def create() -> None:
         await adapter.create(spec)
@@ -92,8 +98,8 @@ def start_guest(
         await adapter.close()
 
     asyncio.run(create())
-    first = wait_beat_above(h1, name, 5)[-1]
-    everyone_sees(agents, lab, name, h1.name, timeout=30)
+    first = wait_beat_above(host, name, 5)[-1]
+    everyone_sees(agents, lab, name, host.name, timeout=30)
     return first
 
 

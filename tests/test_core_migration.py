@@ -845,3 +845,55 @@ def test_a_target_that_cannot_count_its_vms_admits_nothing_and_no_source_propose
     (answer,) = [m for _, m in reply.sends]
     assert isinstance(answer, MigrationRefuse)
     assert answer.reason.startswith("libvirt unreachable on h2 since 2026-12-03T10:00:00Z")
+
+
+# --- a drain begun on the target --------------------------------------------------------
+
+
+def test_a_drain_refuses_proposals_before_its_record_says_so() -> None:
+    mesh = two_hosts()
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 0.0))
+    out = mesh.request("h1", "vm1", "h2")  # h1 sees no flag in h2's record yet
+    assert isinstance(out.events[0], MigrationProposed)
+    (refused,) = mesh.of("h1", MigrationRefused)
+    assert refused.reason == "host draining: h2 takes no new VMs"
+    assert mesh.core("h2").reservations() == []
+
+
+def test_a_drain_stops_a_migration_admitted_a_moment_before_it() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id  # admitted, libvirt asked to start
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 0.1))
+    mesh.flush()
+    assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
+    assert mesh.core("h1").phase_of(mid) is Phase.ABORTING
+    mesh.call("h1", "migration_finished", mid, False, "operation aborted")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "host draining: h2 takes no new VMs"
+    assert mesh.core("h2").reservations() == []
+    assert mesh.core("h2").migrations()[0].outcome == "aborted"
+
+
+def test_a_drain_lets_a_migration_in_post_copy_land() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 90, phase="postcopy"))
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 1.0))
+    mesh.flush()
+    assert mesh.of("h1", AbortLibvirtMigration) == []
+    assert mesh.core("h2").arriving("vm1")
+    mesh.call("h1", "migration_finished", mid, True, "")
+    assert mesh.core("h1").phase_of(mid) is Phase.COMMITTED
+    assert not mesh.core("h2").arriving("vm1")  # landed: the drain moves it on
+
+
+def test_only_the_target_may_withdraw_a_reservation() -> None:
+    mesh = Mesh([host("h1", vm("vm1")), host("h2"), host("h3")])
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.core("h1").receive("h3", MigrationAbort(mid, "h3 says stop"), 0.5)
+    assert mesh.core("h1").phase_of(mid) is Phase.MIGRATING
+    assert mesh.core("h1").stats.wrong_peer == 1

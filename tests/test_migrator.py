@@ -123,7 +123,7 @@ class FakeView:
     """Two alive hosts; h1 runs `vm1` (running) and `off` (shut off)."""
 
     def __init__(self) -> None:
-        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off"))
+        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off", state="shutoff"))
         room = Resources(vcpus=4, memory_mib=4096, disk_gib=10)
         self._records = {
             "h1": NodeRecord("h1", 1, capacity=room, vms=vms, libvirt_uri="qemu:///system"),
@@ -161,7 +161,7 @@ def migrator(sent: list[tuple[str, Message]]) -> Migrator:
         ("ghost", {"to": "h2"}, 404, "unknown VM: ghost does not run on h1"),
         ("vm1", {"to": "h9"}, 404, "unknown host: h9"),
         ("vm1", {"to": "h1"}, 409, "cannot migrate to itself"),
-        ("off", {"to": "h2"}, 409, "VM not running: off is unknown"),
+        ("off", {"to": "h2"}, 409, "VM not running: off is shutoff"),
         ("vm1", {}, 400, "no target host given"),
         ("vm1", {"to": "h2", "speed": 1}, 400, "unknown setting(s): speed"),
         ("vm1", {"to": "h2", "max_downtime_ms": 1.5}, 400, "bad policy"),

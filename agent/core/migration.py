@@ -25,11 +25,15 @@ The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
 | proposed    | no-answer        | aborted     | send Abort (frees a reservation we missed)  |
 | proposed    | target-gone      | aborted     | send Abort                                  |
 | proposed    | cancel           | aborted     | send Abort                                  |
+| proposed    | revoked          | aborted     | (the target began draining) send Abort      |
 | migrating   | progress         | migrating   | event, forward Progress to target (renews)  |
 | migrating   | switched         | postcopy    | (libvirt entered post-copy by itself)       |
 | migrating   | timeout-postcopy | postcopy    | action SwitchToPostCopy                     |
 | migrating   | timeout-abort    | aborting    | action AbortLibvirtMigration                |
 | migrating   | cancel           | aborting    | action AbortLibvirtMigration                |
+| migrating   | revoked          | aborting    | action AbortLibvirtMigration (the target    |
+|             |                  |             | began draining; post-copy: it lands, then   |
+|             |                  |             | the drain moves it on)                      |
 | migrating   | switchover-      | aborting    | action AbortLibvirtMigration (the source    |
 |             | stalled          |             | sat paused for the final copy too long)     |
 | migrating,  | finished-ok      | committed   | send Commit, event MigrationCompleted       |
@@ -207,6 +211,7 @@ __all__ = [
 ]
 
 INF = float("inf")
+MOVABLE = ("running", "paused")  # states a VM can be moved live in (a paused one stays paused)
 CANCELLED = "cancelled by operator"
 POSTCOPY_CANCEL = (
     "cannot cancel in post-copy: the guest's memory is split between both hosts, "
@@ -238,6 +243,7 @@ class Trigger(StrEnum):
     NO_ANSWER = "no-answer"  # no Accept/Refuse within `answer_timeout`
     TARGET_GONE = "target-gone"  # the target failed or left before answering
     CANCEL = "cancel"  # operator's cancel
+    REVOKED = "revoked"  # the target withdrew its reservation (it began draining)
     PROGRESS = "progress"  # a job-stats sample from the driver
     SWITCHED = "switched"  # the driver reports the job is in post-copy
     TIMEOUT_POSTCOPY = "timeout-postcopy"  # completion timeout passed, post-copy allowed
@@ -259,11 +265,13 @@ TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
     (_P.PROPOSED, _T.NO_ANSWER): _P.ABORTED,
     (_P.PROPOSED, _T.TARGET_GONE): _P.ABORTED,
     (_P.PROPOSED, _T.CANCEL): _P.ABORTED,
+    (_P.PROPOSED, _T.REVOKED): _P.ABORTED,
     (_P.MIGRATING, _T.PROGRESS): _P.MIGRATING,
     (_P.MIGRATING, _T.SWITCHED): _P.POSTCOPY,
     (_P.MIGRATING, _T.TIMEOUT_POSTCOPY): _P.POSTCOPY,
     (_P.MIGRATING, _T.TIMEOUT_ABORT): _P.ABORTING,
     (_P.MIGRATING, _T.CANCEL): _P.ABORTING,
+    (_P.MIGRATING, _T.REVOKED): _P.ABORTING,
     (_P.MIGRATING, _T.SWITCHOVER_STALLED): _P.ABORTING,
     (_P.MIGRATING, _T.FINISHED_OK): _P.COMMITTED,
     (_P.MIGRATING, _T.FINISHED_FAILED): _P.RECONCILING,
@@ -464,6 +472,7 @@ class MigrationCore:
         self._inbound_ended: OrderedDict[str, MigrationInfo] = OrderedDict()  # recent inbound
         self._locating: dict[str, _Locating] = {}  # VM -> expired inbound reservation's look
         self._wall = wall  # `now` -> wall-clock seconds
+        self._draining = False  # this host drains: it admits nothing (before its record says so)
         self._doubts: dict[str, Doubted] = {}  # VM -> why its location is the operator's call
 
     # --- source side: requests ----------------------------------------------------
@@ -542,7 +551,7 @@ class MigrationCore:
             return f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
             return f"host {target} is {member.state.value}"
-        if summary.state != "running":
+        if summary.state not in MOVABLE:
             return f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
             return f"VM {vm} is already migrating ({self._busy[vm]})"
@@ -928,7 +937,45 @@ class MigrationCore:
         self._end(saga, "refused", now)
         out.events.append(MigrationRefused(saga.vm, sender, reason, saga.migration_id, sender))
 
+    def _on_revoke(
+        self, saga: _Saga, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
+    ) -> None:
+        """The target withdrew its reservation (it began draining): stop while we still can.
+        In post-copy the guest is already split: it lands, and the target's drain moves it on."""
+        if sender != saga.target:
+            self.stats.wrong_peer += 1
+            return
+        reason = message.reason or f"{sender} withdrew its reservation"
+        if saga.phase is Phase.PROPOSED:
+            self._abort_before_start(saga, Trigger.REVOKED, reason, now, out)
+        elif saga.phase is Phase.MIGRATING:
+            saga.error = reason
+            saga.escalation = f"aborted after {now - saga.started:.1f} s: {reason}"
+            self._move(saga, Trigger.REVOKED, now)
+            saga.timer = now + self.config.abort_timeout
+            out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", reason))
+        else:
+            self.stats.duplicates += 1  # post-copy can only finish; or it is ending already
+
     # --- target side ----------------------------------------------------------------
+
+    def set_draining(self, draining: bool, now: float) -> MigrationOutput:
+        """This host begins (or ends) a drain. From this moment it admits nothing, and the
+        source of every migration still arriving before post-copy is asked to stop it (a
+        reservation made a moment before the drain must not land a VM on a draining host)."""
+        out = MigrationOutput()
+        self._draining = draining
+        if not draining:
+            return out
+        reason = f"host draining: {self.node_id} takes no new VMs"
+        for held in self._book:
+            if held.landed or held.revoked or held.phase == "postcopy":
+                continue
+            held.revoked = True
+            out.sends.append((held.source, MigrationAbort(held.migration_id, reason)))
+            out.events.append(ReservationRefused(held.migration_id, held.vm, held.source, reason))
+        return out
 
     def _on_propose(
         self, sender: str, message: MigrationPropose, now: float, out: MigrationOutput
@@ -989,7 +1036,7 @@ class MigrationCore:
             return f"migration {message.migration_id} already ended here"
         record = self._view.records().get(self.node_id)
         self._book.settle(record)
-        if record is not None and record.draining:
+        if self._draining or (record is not None and record.draining):
             return f"host draining: {self.node_id} takes no new VMs"
         down = libvirt_down(record) if record is not None else None
         if down is not None:
@@ -1082,6 +1129,10 @@ class MigrationCore:
     def _on_abort(
         self, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
     ) -> None:
+        saga = self._sagas.get(message.migration_id)
+        if saga is not None:
+            self._on_revoke(saga, sender, message, now, out)
+            return
         held = self._book.get(message.migration_id)
         if held is None and message.migration_id not in self._inbound_ended:
             # Overtaken by its own Abort (reordering), or for a saga we never heard of:
@@ -1387,6 +1438,11 @@ class MigrationCore:
     def reservations(self) -> list[Reservation]:
         """Inbound reservations held now (copies are not made: do not mutate)."""
         return list(self._book)
+
+    def arriving(self, vm: str) -> bool:
+        """Whether `vm` is arriving here (an inbound migration of it has not landed)."""
+        held = self._book.for_vm(vm)
+        return held is not None and not held.landed
 
     def migrations(self) -> list[MigrationInfo]:
         """Running migrations (oldest first), then recent ended ones (newest first)."""

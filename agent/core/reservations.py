@@ -62,6 +62,7 @@ class Reservation:
     anti_affinity: str = ""  # the arriving VM's anti-affinity group ("" for none)
     started_at: float = 0.0  # when the source proposed it, on the source's wall clock
     purpose: str = ""  # why the source moves it: manual, drain, rebalance
+    revoked: bool = False  # this host asked its source to stop it (it began draining)
 
 
 @dataclass(frozen=True, slots=True)
