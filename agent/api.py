@@ -38,6 +38,8 @@ class AgentView(Protocol):
 
     def vms(self) -> list[dict[str, Any]]: ...
 
+    def conflicts(self) -> list[dict[str, Any]]: ...
+
 
 class Refusal(Exception):
     """A control will not do what was asked: `status` is the HTTP code (4xx), the message why."""
@@ -165,7 +167,7 @@ def _view_routes(router: Router, view: AgentView) -> None:
         return json_response(found)
 
     async def vms(request: Request) -> Response:
-        return json_response({"vms": view.vms()})
+        return json_response({"vms": view.vms(), "conflicts": view.conflicts()})
 
     router.get(f"/{API_VERSION}/status", status)
     router.get(f"/{API_VERSION}/members", members)

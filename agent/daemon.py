@@ -33,6 +33,7 @@ from novacron.protocol.records import sign_record, verify_record
 
 from . import logs
 from .api import ApiServer
+from .claims import ClaimCheck
 from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_addresses
 from .core.config import MembershipConfig
 from .core.events import Event, Output
@@ -153,6 +154,13 @@ class Agent:
             disk_dir=Path(config.disk_dir),
         )
         self.recoveries = Recoveries(self.node_id, lambda: self.core, self.migrator)
+        self.claims = ClaimCheck(
+            self.node_id,
+            lambda: self.core,
+            self.migrator.locator,
+            clock=clock,
+            in_flight=lambda vm: self.migrator.core.busy(vm) or self.migrator.core.arriving(vm),
+        )
         vms = VmControl(
             self.hypervisor,
             self.node_id,
@@ -163,7 +171,7 @@ class Agent:
         )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
-            MeshView(lambda: self.core, clock, self._daemon_status),
+            MeshView(lambda: self.core, clock, self._daemon_status, lambda: self.claims.verdicts),
             config.api_socket,
             migrations=self.migrator,
             vms=vms,
@@ -233,6 +241,7 @@ class Agent:
         self._spawn(self._watchdog_loop(), "watchdog")
         await self.drain.start()
         self.rebalancer.start()
+        self.claims.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
         await self._stop.wait()
         await self._leave()
@@ -247,6 +256,7 @@ class Agent:
         await self.drain_requests.close()
         await self.drain.close()
         await self.rebalancer.close()
+        await self.claims.close()
         await self.migrator.close()
         await self.hypervisor.close()
         await self.inventory.close()

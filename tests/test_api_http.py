@@ -147,6 +147,9 @@ class View:
     def host(self, node_id: str | None) -> dict[str, Any] | None:
         return {"id": node_id or "n1"} if node_id in (None, "n1") else None
 
+    def conflicts(self) -> list[dict[str, Any]]:
+        return []
+
     def vms(self) -> list[dict[str, Any]]:
         return []
 

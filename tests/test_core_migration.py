@@ -159,6 +159,7 @@ def test_progress_forwarding_is_rate_limited_but_renews_the_lease() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
     for i in range(10):  # ten samples within one second: one forward
         mesh.now = 0.1 * (i + 1)
         mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, percent=i))
@@ -379,6 +380,7 @@ def test_reservation_expires_when_the_source_goes_quiet() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     mesh.kill_agent("h1")
     mesh.run(29.5)
     assert len(mesh.core("h2").reservations()) == 1
@@ -486,6 +488,7 @@ def test_escalation_to_postcopy_after_the_per_gib_timeout() -> None:
     mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     assert mesh.core("h1").next_deadline() == pytest.approx(5.0)  # lease renewal first
     mesh.run(59.5)
     assert mesh.of("h1", SwitchToPostCopy) == []
@@ -520,6 +523,7 @@ def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
     mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
     mesh.request("h1", "vm1", "h2", {"post_copy": False, "completion_timeout_per_gib": 10.0})
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     mesh.run(20.0)
     assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
     assert mesh.of("h1", MigrationEscalated)[0].step == "abort"
@@ -787,7 +791,10 @@ def test_next_deadline_tracks_the_earliest_timer() -> None:
     assert mesh.core("h1").next_deadline() == 1.0  # resend
     mesh.cut.clear()
     mesh.run(1.0)
-    assert mesh.core("h2").next_deadline() == pytest.approx(31.0)  # lease
+    assert mesh.core("h2").next_deadline() == pytest.approx(21.0)  # libvirt must show it
+    mesh.view.arriving("vm1", "h1", "h2")
+    mesh.run(2.0)
+    assert mesh.core("h2").next_deadline() == pytest.approx(22.0)  # seen at 2 s
 
 
 def test_the_membership_node_is_a_cluster_view() -> None:
@@ -897,3 +904,63 @@ def test_only_the_target_may_withdraw_a_reservation() -> None:
     mesh.core("h1").receive("h3", MigrationAbort(mid, "h3 says stop"), 0.5)
     assert mesh.core("h1").phase_of(mid) is Phase.MIGRATING
     assert mesh.core("h1").stats.wrong_peer == 1
+
+
+# --- reservations a member cannot hold with words alone ----------------------------------
+
+
+def test_a_reservation_libvirt_never_shows_lapses_however_often_it_is_renewed() -> None:
+    mesh = two_hosts()
+    h2 = mesh.core("h2")
+    h2.receive("h1", propose("m1"), 0.0)
+    for t in range(1, 20):  # the source keeps "renewing": no domain ever arrives
+        h2.receive("h1", MigrationProgress("m1", percent=t), float(t))
+    assert len(h2.reservations()) == 1
+    out = h2.tick(20.0)
+    assert h2.reservations() == []
+    (released,) = [e for e in out.events if isinstance(e, ReservationReleased)]
+    assert released.reason == "vm-m1 never showed in h2's libvirt within 20 s; h1 refused for 60 s"
+    assert h2.stats.reservations_unused == 1
+    reply = h2.receive("h1", propose("m2"), 21.0)
+    (refusal,) = [m for _, m in reply.sends]
+    assert isinstance(refusal, MigrationRefuse)
+    assert refusal.reason == (
+        "refused for 59 s more: h1's last reservation here never showed in libvirt"
+    )
+    reply = h2.receive("h3", propose("m3", "h3"), 21.0)  # others are not punished
+    assert isinstance(reply.sends[0][1], MigrationAccept)
+
+
+def test_the_penalty_doubles_and_a_migration_that_shows_restores_good_standing() -> None:
+    mesh = two_hosts()
+    h2 = mesh.core("h2")
+    h2.receive("h1", propose("m1"), 0.0)
+    h2.tick(20.0)
+    h2.receive("h1", propose("m2"), 81.0)  # after 60 s: admitted again, and again unused
+    h2.tick(101.0)
+    reply = h2.receive("h1", propose("m3"), 220.0)
+    assert "refused for 1 s more" in reply.sends[0][1].reason  # type: ignore[union-attr]
+    reply = h2.receive("h1", propose("m4"), 222.0)
+    assert isinstance(reply.sends[0][1], MigrationAccept)
+    mesh.view.arriving("vm1", "h1", "h2")  # a real migration shows in libvirt ...
+    mesh.view.update("h2", vms=(vm("vm-m4", state="paused"),))
+    h2.tick(223.0)
+    h2.receive("h1", MigrationAbort("m4", "done"), 224.0)
+    h2.receive("h1", propose("m5"), 225.0)
+    h2.tick(245.0)  # ... so an unused one costs 60 s again, not 240
+    reply = h2.receive("h1", propose("m6"), 246.0)
+    assert "refused for 59 s more" in reply.sends[0][1].reason  # type: ignore[union-attr]
+
+
+def test_one_source_holds_at_most_one_reservation_not_yet_in_libvirt() -> None:
+    mesh = Mesh([host("h1", vm("a"), vm("b")), host("h2", memory_mib=65536), host("h3")])
+    h2 = mesh.core("h2")
+    assert isinstance(h2.receive("h1", propose("m1"), 0.0).sends[0][1], MigrationAccept)
+    reply = h2.receive("h1", propose("m2"), 0.5)
+    assert reply.sends[0][1] == MigrationRefuse(
+        "m2", "too many migrations from h1: 1 reserved here not started yet"
+    )
+    assert isinstance(h2.receive("h3", propose("m3", "h3"), 0.5).sends[0][1], MigrationAccept)
+    h2.receive("h3", MigrationAbort("m3", "changed its mind"), 0.6)
+    mesh.view.update("h2", vms=(vm("vm-m1", state="paused"),))  # h1's migration shows
+    assert isinstance(h2.receive("h1", propose("m4"), 1.0).sends[0][1], MigrationAccept)

@@ -110,7 +110,20 @@ class View:
         """What the inventories of both hosts report after the domain moved."""
         moving = next(v for v in self.recs[source].vms if v.name == name)
         self.update(source, vms=tuple(v for v in self.recs[source].vms if v.name != name))
-        self.update(target, vms=(*self.recs[target].vms, moving))
+        self.update(target, vms=(*self._without(target, name), moving))
+
+    def arriving(self, name: str, source: str, target: str) -> None:
+        """The target's inventory lists the incoming domain (paused) while a job runs."""
+        moving = next(v for v in self.recs[source].vms if v.name == name)
+        incoming = dataclasses.replace(moving, state="paused")
+        self.update(target, vms=(*self._without(target, name), incoming))
+
+    def gone(self, name: str, node_id: str) -> None:
+        """The incoming domain of a failed job is gone from `node_id`."""
+        self.update(node_id, vms=self._without(node_id, name))
+
+    def _without(self, node_id: str, name: str) -> tuple[VmSummary, ...]:
+        return tuple(v for v in self.recs[node_id].vms if v.name != name)
 
     def update(self, node_id: str, **changes: Any) -> None:
         record = self.recs[node_id]
@@ -348,6 +361,7 @@ class Lab(Mesh):
             self._report(node_id, "migration_finished", action.migration_id, False, why)
             return
         duration = INF if action.vm in self.hot else self.job_seconds
+        self.view.arriving(action.vm, node_id, action.target)
         self.jobs[action.migration_id] = Job(
             action.migration_id,
             action.vm,
@@ -422,6 +436,8 @@ class Lab(Mesh):
         if moved:
             self.location[job.vm] = job.target
             self.view.move_vm(job.vm, job.source, job.target)
+        else:
+            self.view.gone(job.vm, job.target)
         self._report(job.source, "migration_finished", job.migration_id, ok, why)
 
     # --- checks -----------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_a_guest_lost_in_post_copy_is_in_doubt_until_the_operator_recovers_it(
     row = ended(h1, vm, timeout=90)
     print(f"reported: {row['outcome']}: {row['reason']}")
     assert row["outcome"] == "in-doubt", row
-    assert f"run `nova vm recover {vm} --on HOST` (HOST: h1 hold a copy)" in row["reason"]
+    assert f"run `nova vm recover {vm} --on HOST` (HOST: h1" in row["reason"], row
     code, refused = nova(h1, "vm", "start", vm)
     assert code == 1 and refused["error"].startswith(f"VM {vm} is in doubt"), refused
     assert running_on(lab, vm) == []

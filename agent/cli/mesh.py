@@ -175,8 +175,18 @@ def list_vms(args: argparse.Namespace, out: Output) -> int:
     rows = [
         (vm["name"], _vm_state(vm), vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
-    out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
+    lines = render(("name", "state", "host", "vcpus", "memory mib"), rows)
+    out.result(data, lines + _conflict_lines(data.get("conflicts", [])))
     return EXIT_OK
+
+
+def _conflict_lines(conflicts: list[dict[str, Any]]) -> list[str]:
+    """Claims on VMs that the claimant's libvirt denies: shown apart, not as locations."""
+    return [
+        f"not believed: {c['host']} claims {c['name']} ({c['state']}), which runs on "
+        f"{', '.join(c['runs_on'])}: {c['why']}"
+        for c in conflicts
+    ]
 
 
 def show_vm(args: argparse.Namespace, out: Output) -> int:

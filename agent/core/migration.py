@@ -196,6 +196,7 @@ from .reservations import (
     Reservation,
     ReservationBook,
     ReservationConfig,
+    unseen,
 )
 
 __all__ = [
@@ -355,7 +356,8 @@ class MigrationStats:
     proposals_refused: int = 0  # of those, refused
     committed: int = 0  # outbound sagas that ended with the VM on the target
     aborted: int = 0  # outbound sagas that ended with the VM on the source
-    reservations_expired: int = 0  # leases that ran out (source silent)
+    reservations_expired: int = 0  # leases that ran out (source silent, or libvirt shows nothing)
+    reservations_unused: int = 0  # of those, never shown by libvirt: the source is penalized
     reconciles: int = 0  # ReconcileVm actions emitted
     escalations: int = 0  # post-copy switches or aborts for a timeout
     in_doubt: int = 0  # outbound sagas that ended in doubt
@@ -473,6 +475,7 @@ class MigrationCore:
         self._locating: dict[str, _Locating] = {}  # VM -> expired inbound reservation's look
         self._wall = wall  # `now` -> wall-clock seconds
         self._draining = False  # this host drains: it admits nothing (before its record says so)
+        self._penalties: dict[str, tuple[float, int]] = {}  # source -> (refused until, strikes)
         self._doubts: dict[str, Doubted] = {}  # VM -> why its location is the operator's call
 
     # --- source side: requests ----------------------------------------------------
@@ -1001,7 +1004,7 @@ class MigrationCore:
             if not held.landed:
                 out.sends.append((sender, self._accept(held)))
             return
-        reason = self._admission_refusal(message)
+        reason = self._admission_refusal(message, now)
         if reason is not None:
             self.stats.proposals_refused += 1
             out.sends.append((sender, MigrationRefuse(message.migration_id, reason)))
@@ -1030,12 +1033,23 @@ class MigrationCore:
     def _accept(self, held: Reservation) -> MigrationAccept:
         return MigrationAccept(held.migration_id, held.expires, self.migration_uri)
 
-    def _admission_refusal(self, message: MigrationPropose) -> str | None:
+    def _admission_refusal(self, message: MigrationPropose, now: float) -> str | None:
         """Why this host will not reserve room for the proposed VM (None: it will)."""
         if message.migration_id in self._inbound_ended:
             return f"migration {message.migration_id} already ended here"
         record = self._view.records().get(self.node_id)
         self._book.settle(record)
+        self._observe(record, now)
+        source, config = message.source, self.config.reservations
+        until = self._penalties.get(source, (0.0, 0))[0]
+        if now < until:
+            return (
+                f"refused for {until - now:.0f} s more: {source}'s last reservation here never "
+                "showed in libvirt"
+            )
+        unseen = self._book.unseen_from(source)
+        if unseen >= config.per_source:
+            return f"too many migrations from {source}: {unseen} reserved here not started yet"
         if self._draining or (record is not None and record.draining):
             return f"host draining: {self.node_id} takes no new VMs"
         down = libvirt_down(record) if record is not None else None
@@ -1157,6 +1171,28 @@ class MigrationCore:
             ReservationReleased(held.migration_id, held.vm, sender, "aborted", message.reason)
         )
 
+    def _observe(self, record: NodeRecord | None, now: float) -> None:
+        """Note which arrivals this host's libvirt shows; a source whose migration shows is
+        in good standing again."""
+        for held in self._book.observe(record, now):
+            self._penalties.pop(held.source, None)
+
+    def _lapse(self, held: Reservation, now: float) -> str:
+        """Why `held` lapsed; a reservation libvirt never showed earns its source a penalty."""
+        config = self.config.reservations
+        if not unseen(held, now, config.confirm_within):
+            return f"no word from {held.source} for {config.ttl:g} s"
+        if held.seen is not None:
+            return f"{held.vm} no longer shows in {self.node_id}'s libvirt"
+        strikes = self._penalties.get(held.source, (0.0, 0))[1] + 1
+        wait = min(config.max_penalty, config.penalty * 2 ** (strikes - 1))
+        self._penalties[held.source] = (now + wait, strikes)
+        self.stats.reservations_unused += 1
+        return (
+            f"{held.vm} never showed in {self.node_id}'s libvirt within "
+            f"{config.confirm_within:g} s; {held.source} refused for {wait:g} s"
+        )
+
     def _end_inbound(
         self, held: Reservation, outcome: str, reason: str, now: float, ended_at: float = 0.0
     ) -> None:
@@ -1173,13 +1209,16 @@ class MigrationCore:
         out = MigrationOutput()
         for saga in list(self._sagas.values()):
             self._tick_saga(saga, now, out)
-        self._book.settle(self._view.records().get(self.node_id))
-        for held in self._book.expire(now):
+        record = self._view.records().get(self.node_id)
+        self._book.settle(record)
+        self._observe(record, now)
+        within = self.config.reservations.confirm_within
+        for held in self._book.expire(now, within):
             if held.landed:
                 continue  # the record never showed it within the hold: nothing to tell
             self.stats.reservations_expired += 1
             self.stats.reconciles += 1
-            reason = f"no word from {held.source} for {self.config.reservations.ttl:g} s"
+            reason = self._lapse(held, now)
             self._end_inbound(held, "expired", reason, now)
             hosts = (held.source, self.node_id)
             self._locating[held.vm] = _Locating(held.migration_id, hosts, now, now)
@@ -1230,7 +1269,7 @@ class MigrationCore:
 
     def next_deadline(self) -> float:
         """The earliest time at which `tick` has something to do (inf: nothing)."""
-        deadline = self._book.next_deadline()
+        deadline = self._book.next_deadline(self.config.reservations.confirm_within)
         for saga in self._sagas.values():
             due = min(saga.timer, saga.retry_at) if saga.phase is Phase.PROPOSED else saga.timer
             if saga.phase is Phase.POSTCOPY:

@@ -1,0 +1,158 @@
+"""A certified member that lies about migrations and VMs, in the lab: real agents, real libvirtd,
+and h3 running a real agent with an attack beside it (tests/hostile_agent.py).
+
+- It proposes VMs to h1 that never come, and keeps "renewing" them, to hold h1's
+  inbound slots and memory: VM creation and honest migrations on h1 must work again
+  within seconds, whatever it keeps saying.
+- Its signed record claims h1's VM as running on h3: no agent may believe it; the
+  conflict is reported, and h3's libvirt (which has no such VM) settles it.
+
+Every host offers 300 MiB to VMs (the rest reserved), so a 150 MiB pair of lies is
+all of h1's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from novacron.simulations.guest import Guest
+from novacron.simulations.lab import Lab, LabHost
+from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
+from tests.lab_vms import (
+    MEMORY_MIB,
+    hosts_of,
+    migrations,
+    nova,
+    running_mesh,
+    running_on,
+    scratch_dir,
+    start_guest,
+)
+
+if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+
+RUN = f"hm{os.getpid() % 100000}"
+OFFERED_MIB = 300
+VMS = ("hma-vm", "hmb-vm", "hmc-vm")
+HOSTILE = Path(__file__).with_name("hostile_agent.py")
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+    reserved = psutil.virtual_memory().total // 2**20 - OFFERED_MIB  # lab hosts share it
+    with running_mesh(RUN, VMS, extra_args=["--reserved-memory-mib", str(reserved)]) as mesh:
+        yield mesh
+
+
+@pytest.fixture(scope="module")
+def disk_dir() -> Iterator[Path]:
+    with scratch_dir(RUN) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def hostile(lab: Lab, agents: LabAgents, mode: str, **env: str) -> Iterator[None]:
+    """h3's agent replaced by the hostile one (same certificate), attacking h1."""
+    h3 = lab.hosts[2]
+    agents.kill(h3, signal.SIGTERM)
+    args = agents.command(h3)[1:]
+    log = open(agents.host_dir(h3) / "hostile.log", "ab")  # noqa: SIM115 - the child owns it
+    environment = {**os.environ, "HOSTILE_VICTIM": "h1", "HOSTILE_MODE": mode, **env}
+    proc = h3.popen([str(BIN / "python"), str(HOSTILE), *args], env=environment, stdout=log)
+    log.close()
+    try:
+        wait_for(lambda: agents.states(lab.hosts[0]).get("h3"), lambda s: s == "alive", 60)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        agents.start(h3)
+        agents.wait_for_full_mesh(timeout=90)
+
+
+def inbound_from(host: LabHost, source: str) -> list[dict[str, Any]]:
+    """`host`'s inbound migrations from `source` that have not ended."""
+    return [
+        m
+        for m in migrations(host)
+        if m["direction"] == "inbound" and m["source"] == source and not m["outcome"]
+    ]
+
+
+def create(host: LabHost, guest: Guest, name: str) -> tuple[int, dict[str, Any]]:
+    boot = ("--kernel", str(guest.kernel), "--initrd", str(guest.initrd))
+    memory = ("--memory", str(MEMORY_MIB), "--cmdline", guest.cmdline())
+    return nova(host, "vm", "create", name, *memory, *boot)
+
+
+def test_a_member_cannot_hold_a_hosts_memory_and_slots_with_proposals_it_keeps_renewing(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, h2, _ = lab.hosts
+    start_guest(lab, agents, disk_dir, guest, "hma-vm", on=h2)
+    with hostile(lab, agents, "reserve", HOSTILE_COUNT="2", HOSTILE_MIB="150"):
+        wait_for(lambda: inbound_from(h1, "h3"), bool, 60)  # the lies reach h1
+        started = time.monotonic()
+        held = []
+        created: tuple[int, dict[str, Any]] = (1, {})
+        while time.monotonic() - started < 60 and created[0] != 0:
+            held.append(len(inbound_from(h1, "h3")))
+            created = create(h1, guest, "hmb-vm")
+            time.sleep(1)
+        print(f"h3's reservations held on h1, once a second: {held}")
+        assert created[0] == 0, f"no VM could be created on h1 for 60 s: {created[1]}"
+        assert max(held) <= 1, "h3 held more than one reservation not seen in libvirt"
+        assert nova(h1, "vm", "delete", "hmb-vm")[0] == 0
+
+        # An honest migration into h1 gets a slot and the memory while the lies go on.
+        code, moved = nova(h2, "vm", "migrate", "hma-vm", "--to", "h1", "--wait")
+
+        assert (code, moved["migration"]["outcome"]) == (0, "committed"), moved
+        assert running_on(lab, "hma-vm") == ["h1"]
+        assert len(inbound_from(h1, "h3")) <= 1
+
+
+def test_a_host_claiming_another_hosts_vm_is_not_believed(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    lab, agents = mesh
+    h1, h2, _ = lab.hosts
+    start_guest(lab, agents, disk_dir, guest, "hmc-vm", on=h1)
+    with hostile(lab, agents, "claim"):
+        wait_for(
+            lambda: nova(h2, "host", "show", "h3")[1]["host"]["record"]["vms"],
+            lambda vms: "hmc-vm" in [vm["name"] for vm in vms],
+            60,
+        )  # the lie is gossiped, signed by h3
+        for observer in lab.hosts[:2]:
+            wait_for(
+                partial(hosts_of, agents, observer, "hmc-vm"),
+                lambda rows: rows == [("h1", "running")],
+                30,
+            )
+            _, listing = nova(observer, "vm", "list")
+            (conflict,) = [c for c in listing["conflicts"] if c["name"] == "hmc-vm"]
+            assert (conflict["host"], conflict["runs_on"]) == ("h3", ["h1"]), conflict
+            assert "h3's libvirt: not defined" in conflict["why"], conflict
+        assert running_on(lab, "hmc-vm") == ["h1"]
+        # The lie does not keep the VM from its own host either.
+        assert nova(h1, "vm", "stop", "hmc-vm", "--timeout", "0")[0] == 0
+        code, answer = nova(h1, "vm", "start", "hmc-vm")
+        assert (code, answer["started"]) == (0, True), answer
