@@ -61,6 +61,8 @@ class MigrationControl(Protocol):
 
     def migrations(self) -> list[dict[str, Any]]: ...
 
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]: ...
+
     def migration(self, migration_id: str) -> dict[str, Any] | None: ...
 
     async def wait_change(self, timeout: float) -> None: ...
@@ -302,6 +304,12 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         return json_response({"migration_id": migration_id, "cancelling": True}, status=202)
 
     router.post(f"/{API_VERSION}/vms/{{name}}/migrate", migrate)
+
+    async def history(request: Request) -> Response:
+        """A VM's migrations as it carries them, with this host's own (the same anywhere)."""
+        return json_response({"migrations": await control.vm_history(request.params["name"])})
+
+    router.get(f"/{API_VERSION}/vms/{{name}}/migrations", history)
     router.get(f"/{API_VERSION}/migrations", listing)
     router.get(f"/{API_VERSION}/migrations/{{migration_id}}", one)
     router.post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", cancel)

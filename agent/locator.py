@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import libvirt
@@ -29,6 +29,8 @@ from .core.location import Presence, Where
 from .core.migration import ClusterView
 
 log = logging.getLogger("novacron.locator")
+
+T = TypeVar("T")
 
 LOOK_TIMEOUT = 10.0  # seconds a libvirt look may take before it counts as "unknown"
 PEER_URI = "qemu+tcp://{host}/system"  # a peer's libvirt when its record names a local URI
@@ -133,6 +135,13 @@ class Locator:
     async def boot(self, vm: str, host: str) -> str:
         """Start `vm` afresh on `host` (whatever half-copy is active there is destroyed)."""
         return await self._act(host, cold_boot, self.uri(host), vm)
+
+    async def run(self, host: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the worker threads, given up on (TimeoutError) after the look
+        timeout; libvirt errors are raised as they are."""
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self._executor, fn, *args)
+        return await asyncio.wait_for(call, self._timeout)
 
     async def _act(self, host: str, fn: Callable[..., str], *args: Any) -> str:
         loop = asyncio.get_running_loop()

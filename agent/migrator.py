@@ -32,7 +32,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import libvirt
@@ -52,6 +51,8 @@ from .core.events import (
     AbortLibvirtMigration,
     MigrationAction,
     MigrationCancelRefused,
+    MigrationCompleted,
+    MigrationFailed,
     MigrationOutput,
     MigrationProgressed,
     MigrationProposed,
@@ -71,6 +72,7 @@ from .disks import (
     remove_source_copies,
     remove_target_copies,
 )
+from .history import HistoryEntry, VmHistory, iso
 from .hypervisor import job_stats
 from .inventory import recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
@@ -153,6 +155,8 @@ class Migrator:
         self.locator = Locator(
             node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
         )
+        self.history = VmHistory(node_id, view, self.locator, self.migrations, opener)
+        self._jobs: set[str] = set()  # migration ids whose libvirt job started (their history)
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
@@ -260,6 +264,10 @@ class Migrator:
         """Running and recent migrations, with their latest job statistics."""
         return [self._row(info) for info in self.core.migrations()]
 
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
+        """Every migration of `vm`: what it carries from host to host, and this host's own."""
+        return await self.history.of(vm)
+
     def local_vms(self) -> dict[str, str]:
         """This host's VMs and their states, as its own latest record lists them."""
         record = self._view.records().get(self.node_id)
@@ -274,8 +282,8 @@ class Migrator:
         now = self._clock()
         row["elapsed_s"] = round((info.ended if info.ended is not None else now) - info.started, 3)
         # Wall-clock times, as the source stamped them: the same on both hosts.
-        row["started"] = _iso(info.started_at)
-        row["ended"] = _iso(info.ended_at)
+        row["started"] = iso(info.started_at)
+        row["ended"] = iso(info.ended_at)
         del row["started_at"], row["ended_at"]
         row["max_downtime_ms"] = self._limits.get(info.migration_id)  # None on the target
         sample = self._progress.get(info.migration_id)
@@ -320,6 +328,10 @@ class Migrator:
             self._progress[event.migration_id] = event
             self._forget_old_progress()
             return  # frequent: shown by the API, not logged
+        if isinstance(event, MigrationCompleted):
+            self._carry(event.migration_id, event.target)
+        elif isinstance(event, MigrationFailed):
+            self._carry(event.migration_id, event.source)
         fields = dataclasses.asdict(event)
         level = logging.WARNING if "Failed" in type(event).__name__ else logging.INFO
         log.log(level, type(event).__name__, extra={"fields": fields})
@@ -331,6 +343,25 @@ class Migrator:
         # list(): `_run_job` adds limits from a worker thread (one C-level copy holds the GIL)
         for migration_id in [m for m in list(self._limits) if m not in known]:
             del self._limits[migration_id]
+
+    def _carry(self, migration_id: str, host: str) -> None:
+        """A migration that ran a libvirt job ended: the VM carries it in its history (on
+        `host`, where the VM is now)."""
+        info = self.core.migration(migration_id)
+        if migration_id not in self._jobs or info is None or info.ended_at is None:
+            return
+        self._jobs.discard(migration_id)
+        entry = HistoryEntry(
+            migration_id,
+            info.source,
+            info.target,
+            info.outcome,
+            info.started_at,
+            info.ended_at,
+            info.reason,
+            info.purpose,
+        )
+        self._spawn(self.history.record(entry, info.vm, host), f"history:{migration_id}")
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -351,6 +382,7 @@ class Migrator:
 
     async def _perform(self, action: MigrationAction) -> None:
         if isinstance(action, StartLibvirtMigration):
+            self._jobs.add(action.migration_id)
             await self._migrate(action)
         elif isinstance(action, SwitchToPostCopy):
             await self._on_domain(action.migration_id, action.vm, "migrateStartPostCopy", 0)
@@ -530,15 +562,6 @@ class Migrator:
 
 
 # --- pure helpers (no I/O) ---------------------------------------------------------------
-
-
-def _iso(wall: float | None) -> str | None:
-    """A wall-clock time as ISO 8601 UTC with milliseconds (None stays None)."""
-    if not wall:
-        return None
-    return (
-        datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def _refusal_status(reason: str) -> int:

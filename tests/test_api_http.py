@@ -205,6 +205,9 @@ class Migrations:
     def migrations(self) -> list[dict[str, Any]]:
         return [self.row]
 
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
+        return [self.row]
+
     def migration(self, migration_id: str) -> dict[str, Any] | None:
         self.looks += 1
         return self.row if migration_id == "m1" else None

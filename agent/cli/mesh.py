@@ -201,10 +201,11 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_FAILED
     try:
-        moves = client.get("/v1/migrations", args.socket)
+        moves = client.get(f"/v1/vms/{args.name}/migrations", args.socket)
     except (client.AgentUnavailable, client.AgentRequestFailed):
         moves = {}  # the VM's place is known; its history is a bonus
-    history = [m for m in moves.get("migrations", []) if m.get("vm") == args.name]
+    history = moves.get("migrations", [])
+    conflicts = [c for c in data.get("conflicts", []) if c["name"] == args.name]
     lines = [
         f"vm {vm['name']}: {vm['state']} on {vm['host']} ({vm['host_state']}), "
         f"{vm['vcpus']} vCPU, {vm['memory_mib']} MiB, uuid {vm['uuid'] or '-'}"
@@ -212,10 +213,12 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
     ]
     if len(rows) > 1:
         lines.append("warning: more than one host reports this VM (a migration may be ending)")
+    lines += _conflict_lines(conflicts)
     lines += [
         f"  migration {m['migration_id']}: {m['source']} -> {m['target']}, "
-        f"{m.get('outcome') or m.get('phase')}{': ' + m['reason'] if m.get('reason') else ''}"
+        f"{m.get('outcome') or m.get('phase')}, {m.get('started') or '?'} .. "
+        f"{m.get('ended') or 'running'}{': ' + m['reason'] if m.get('reason') else ''}"
         for m in history
     ]
-    out.result({"vm": rows, "migrations": history}, lines)
+    out.result({"vm": rows, "migrations": history, "conflicts": conflicts}, lines)
     return EXIT_OK
