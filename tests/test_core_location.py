@@ -22,11 +22,13 @@ from novacron.agent.core.location import (
     Doubt,
     On,
     Presence,
+    Recovery,
     Wait,
     Where,
     claimants,
     locate,
     others_claiming,
+    recovery,
 )
 from novacron.agent.core.migration import MigrationConfig, Phase
 from novacron.protocol.messages import MigrationAbort, MigrationCommit, MigrationPropose
@@ -233,4 +235,41 @@ def test_both_hosts_show_the_sources_wall_clock_times() -> None:
             "committed",
             "committed",
         )
+    )
+
+
+# --- nova vm recover ---------------------------------------------------------------------
+
+DEFINED = Presence(Where.STOPPED, "shut off (crashed)", "u1", persistent=True)
+HALF = Presence(Where.MIGRATING, "paused (post-copy failed)", "u1", persistent=True, split=True)
+
+
+@pytest.mark.parametrize(
+    ("seen", "host", "plan"),
+    [
+        ({"h1": HALF, "h2": ABSENT}, "h1", Recovery("h1", (), start=True)),
+        ({"h1": HALF, "h2": DEFINED}, "h1", Recovery("h1", ("h2",), start=True)),
+        ({"h1": DEFINED, "h2": HALF}, "h1", Recovery("h1", ("h2",), start=True)),
+        ({"h1": RUNNING, "h2": LEFTOVER}, "h1", Recovery("h1", ("h2",), start=False)),
+        ({"h1": RUNNING, "h2": RUNNING}, "h2", Recovery("h2", ("h1",), start=False)),
+        ({"h1": RUNNING, "h2": DEFINED}, "h2", "vm1 runs on h1 (running): nothing to recover"),
+        ({"h1": HALF, "h2": UNKNOWN}, "h1", "cannot tell whether vm1 runs elsewhere"),
+        ({"h1": HALF, "h2": POSTCOPY_SOURCE}, "h1", "a migration between h1 and h2 still"),
+        ({"h1": HALF, "h2": ABSENT}, "h2", "h2 holds no definition of vm1: h1 hold(s) one"),
+    ],
+)
+def test_recovery_is_planned_from_the_evidence_or_refused_with_a_reason(
+    seen: dict[str, Presence], host: str, plan: Recovery | str
+) -> None:
+    found = recovery(seen, host, "vm1")
+    if isinstance(plan, str):
+        assert isinstance(found, str) and found.startswith(plan), found
+    else:
+        assert found == plan
+
+
+def test_a_post_copy_that_lost_its_other_half_is_in_doubt_without_waiting() -> None:
+    verdict = locate({"h1": HALF, "h2": ABSENT})
+    assert verdict == Doubt(
+        "lost half of its post-copy: only h1 holds a part (paused (post-copy failed))", ("h1",)
     )
