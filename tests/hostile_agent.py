@@ -34,11 +34,20 @@ class HostileAgent(daemon.Agent):
         super().__init__(*args, **kwargs)
         self.victim = os.environ["HOSTILE_VICTIM"]
         self.mode = os.environ.get("HOSTILE_MODE", "reserve")
+        self.ghosts: set[str] = set()  # ids of the proposals she made up
+        honest = self.migrator.receive
+
+        async def receive(sender: str, message: Any) -> None:
+            # Her own agent would answer an Accept of a made-up id with an Abort: silence it.
+            if getattr(message, "migration_id", None) not in self.ghosts:
+                await honest(sender, message)
+
+        self.migrator.receive = receive  # type: ignore[method-assign]
         if self.mode == "claim":
-            honest = self.inventory.vms
+            listed = self.inventory.vms
 
             async def vms() -> tuple[VmSummary, ...]:
-                return (*await honest(), *self._stolen())
+                return (*await listed(), *self._stolen())
 
             self.inventory.vms = vms  # type: ignore[method-assign]
 
@@ -67,6 +76,7 @@ class HostileAgent(daemon.Agent):
             for i in range(count):
                 mid = f"{round_:08x}{i:08x}"
                 proposed.append(mid)
+                self.ghosts.add(mid)
                 propose = MigrationPropose(
                     mid, f"ghost-{round_}-{i}", self.node_id, self.victim, 1, memory
                 )

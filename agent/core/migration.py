@@ -365,7 +365,7 @@ class MigrationStats:
     wrong_peer: int = 0  # messages from a host that is not the saga's peer
     invalid: int = 0  # malformed messages or reports that mean nothing in this phase
     duplicates: int = 0  # repeated or late messages for a known saga (answered idempotently)
-    unsolicited_locations: int = 0  # vm_location reports nobody was waiting for
+    unsolicited_locations: int = 0  # vm_presence reports nobody was waiting for
     unhandled: int = 0  # non-migration messages handed to receive()
 
 
@@ -1220,8 +1220,10 @@ class MigrationCore:
             self.stats.reconciles += 1
             reason = self._lapse(held, now)
             self._end_inbound(held, "expired", reason, now)
-            hosts = (held.source, self.node_id)
-            self._locating[held.vm] = _Locating(held.migration_id, hosts, now, now)
+            if held.seen is not None or not unseen(held, now, within):
+                # It may have moved: look where it went (one never seen here did not).
+                hosts = (held.source, self.node_id)
+                self._locating[held.vm] = _Locating(held.migration_id, hosts, now, now)
             out.events.append(
                 ReservationReleased(held.migration_id, held.vm, held.source, "expired", reason)
             )
