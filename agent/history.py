@@ -17,7 +17,6 @@ at most `MAX_BYTES`, `KEEP` entries, `MAX_TEXT` characters per attribute.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
@@ -28,7 +27,7 @@ from typing import Any
 import libvirt
 
 from .core.migration import ClusterView
-from .locator import Locator
+from .locator import Locator, connected, find
 
 log = logging.getLogger("novacron.history")
 
@@ -93,35 +92,27 @@ def from_xml(text: str) -> list[HistoryEntry]:
 
 def read_history(opener: Callable[[str], Any], uri: str, vm: str) -> list[HistoryEntry]:
     """The history `vm` carries on the libvirtd at `uri` ([] if none or no such VM)."""
-    conn = opener(uri)
+    with connected(opener, uri) as conn:
+        dom = find(conn, vm)
+        return _carried(dom) if dom is not None else []
+
+
+def _carried(dom: Any) -> list[HistoryEntry]:
     try:
-        dom = conn.lookupByName(vm)
         return from_xml(str(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)))
-    except libvirt.libvirtError:
+    except libvirt.libvirtError:  # no history element yet
         return []
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 def add_history(opener: Callable[[str], Any], uri: str, vm: str, entry: HistoryEntry) -> None:
     """Append `entry` to the history `vm` carries at `uri` (its live and persistent XML)."""
-    conn = opener(uri)
-    try:
+    with connected(opener, uri) as conn:
         dom = conn.lookupByName(vm)
-        try:
-            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
-            entries = from_xml(str(raw))
-        except libvirt.libvirtError:
-            entries = []
-        entries = [e for e in entries if e.migration_id != entry.migration_id] + [entry]
+        entries = [e for e in _carried(dom) if e.migration_id != entry.migration_id] + [entry]
         flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
         if dom.isPersistent():
             flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 class VmHistory:

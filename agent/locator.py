@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -157,20 +157,32 @@ class Locator:
 # --- blocking helpers (worker threads) ----------------------------------------------------
 
 
-def domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> Presence:
-    """What the libvirtd at `uri` says about `vm` (blocking; libvirtError if unreachable)."""
+@contextlib.contextmanager
+def connected(opener: Callable[[str], Any], uri: str) -> Iterator[Any]:
+    """A connection to the libvirtd at `uri`, closed afterwards (blocking)."""
     conn = opener(uri)
     try:
-        try:
-            dom = conn.lookupByName(vm)
-        except libvirt.libvirtError as exc:
-            if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_NO_DOMAIN:
-                return Presence(Where.ABSENT, "not defined")
-            raise
-        return _presence(dom)
+        yield conn
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
+
+
+def find(conn: Any, vm: str) -> Any | None:
+    """The domain `vm` on `conn`, or None if there is none."""
+    try:
+        return conn.lookupByName(vm)
+    except libvirt.libvirtError as exc:
+        if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> Presence:
+    """What the libvirtd at `uri` says about `vm` (blocking; libvirtError if unreachable)."""
+    with connected(opener, uri) as conn:
+        dom = find(conn, vm)
+        return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
 
 
 def _presence(dom: Any) -> Presence:
@@ -213,14 +225,10 @@ def retire_copy(
 ) -> str:
     """Destroy and undefine `vm` at `uri` if it is domain `uuid` ("": any) and does not run
     (`force`: even if it runs) (blocking)."""
-    conn = opener(uri)
-    try:
-        try:
-            dom = conn.lookupByName(vm)
-        except libvirt.libvirtError as exc:
-            if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_NO_DOMAIN:
-                return "already gone"
-            raise
+    with connected(opener, uri) as conn:
+        dom = find(conn, vm)
+        if dom is None:
+            return "already gone"
         presence = _presence(dom)
         if uuid and presence.uuid != uuid:
             return f"left alone: another domain of that name (uuid {presence.uuid})"
@@ -239,15 +247,11 @@ def retire_copy(
             dom.undefineFlags(flags)
             done.append("undefined")
         return " and ".join(done) or "nothing to do"
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 def cold_boot(opener: Callable[[str], Any], uri: str, vm: str) -> str:
     """Start `vm` at `uri` from its definition, destroying any active half-copy first."""
-    conn = opener(uri)
-    try:
+    with connected(opener, uri) as conn:
         dom = conn.lookupByName(vm)
         done = []
         if dom.isActive():
@@ -255,6 +259,3 @@ def cold_boot(opener: Callable[[str], Any], uri: str, vm: str) -> str:
             done.append("destroyed what was left")
         dom.create()
         return " and ".join([*done, "started"])
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()

@@ -17,6 +17,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psutil
+import pytest
+
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vmspec import VmSpec
 from novacron.simulations import guest as guest_mod
@@ -241,6 +244,31 @@ def running_mesh(
             for vm in vms:
                 remove_everywhere(lab, vm)
             agents.stop_all()
+
+
+def lab_fixtures(run: str, vms: Sequence[str] = (), **agent_options: Any) -> tuple[Any, Any]:
+    """The module-scoped fixtures a lab test module with guests uses: `mesh` (three hosts
+    with agents, `running_mesh`) and `disk_dir` (`scratch_dir`). In the module:
+    `mesh, disk_dir = lab_fixtures(RUN, VMS)`."""
+
+    @pytest.fixture(scope="module")
+    def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+        with running_mesh(run, vms, **agent_options) as built:
+            yield built
+
+    @pytest.fixture(scope="module")
+    def disk_dir() -> Iterator[Path]:
+        with scratch_dir(run) as path:
+            yield path
+
+    return mesh, disk_dir
+
+
+def offering(memory_mib: int) -> list[str]:
+    """Agent options that make every lab host offer VMs `memory_mib` (they share this
+    machine's memory; the rest is reserved for "the host")."""
+    reserved = psutil.virtual_memory().total // 2**20 - memory_mib
+    return ["--reserved-memory-mib", str(reserved)]
 
 
 @contextlib.contextmanager

@@ -23,11 +23,10 @@ from tests.lab_vms import (
     defined_on,
     domstate,
     ended,
+    lab_fixtures,
     migrating,
     nova,
-    running_mesh,
     running_on,
-    scratch_dir,
     start_guest,
     wait_beat_above,
 )
@@ -40,16 +39,7 @@ RUN = f"dra{os.getpid() % 100000}"
 VMS = ("dra-vm", "drb-vm", "drc-vm")
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with running_mesh(RUN, VMS) as mesh:
-        yield mesh
-
-
-@pytest.fixture(scope="module")
-def disk_dir() -> Iterator[Path]:
-    with scratch_dir(RUN) as path:
-        yield path
+mesh, disk_dir = lab_fixtures(RUN, VMS)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from novacron.simulations.guest import Guest
@@ -32,11 +31,11 @@ from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 from tests.lab_vms import (
     MEMORY_MIB,
     hosts_of,
+    lab_fixtures,
     migrations,
     nova,
-    running_mesh,
+    offering,
     running_on,
-    scratch_dir,
     start_guest,
 )
 
@@ -49,17 +48,7 @@ VMS = ("hma-vm", "hmb-vm", "hmc-vm")
 HOSTILE = Path(__file__).with_name("hostile_agent.py")
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    reserved = psutil.virtual_memory().total // 2**20 - OFFERED_MIB  # lab hosts share it
-    with running_mesh(RUN, VMS, extra_args=["--reserved-memory-mib", str(reserved)]) as mesh:
-        yield mesh
-
-
-@pytest.fixture(scope="module")
-def disk_dir() -> Iterator[Path]:
-    with scratch_dir(RUN) as path:
-        yield path
+mesh, disk_dir = lab_fixtures(RUN, VMS, extra_args=offering(OFFERED_MIB))
 
 
 @contextlib.contextmanager

@@ -11,12 +11,10 @@ agent may stop seeing h3's guest while libvirtd is away.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
@@ -26,10 +24,10 @@ from novacron.simulations.lab.agents import LabAgents, wait_for
 from tests.lab_vms import (
     MEMORY_MIB,
     hosts_of,
+    lab_fixtures,
     nova,
-    running_mesh,
+    offering,
     running_on,
-    scratch_dir,
     start_guest,
 )
 
@@ -41,17 +39,7 @@ OFFERED_MIB = 300  # each host's memory for VMs: one guest more fits on h3, two 
 VMS = ("lua-vm", "lub-vm", "luc-vm")
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    reserved = psutil.virtual_memory().total // 2**20 - OFFERED_MIB  # lab hosts share it
-    with running_mesh(RUN, VMS, extra_args=["--reserved-memory-mib", str(reserved)]) as mesh:
-        yield mesh
-
-
-@pytest.fixture(scope="module")
-def disk_dir() -> Iterator[Path]:
-    with scratch_dir(RUN) as path:
-        yield path
+mesh, disk_dir = lab_fixtures(RUN, VMS, extra_args=offering(OFFERED_MIB))
 
 
 def race(moves: list[tuple[LabHost, str]], target: str, *flags: str) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,11 @@ from novacron.simulations.lab import Lab
 from novacron.simulations.lab.agents import LabAgents, wait_for
 from tests.lab_vms import (
     ended,
+    lab_fixtures,
     migrating,
     migrations,
     nova,
     outbound_row,
-    running_mesh,
-    scratch_dir,
     settled_on,
     start_guest,
     wait_beat_above,
@@ -40,16 +38,7 @@ if os.geteuid() != 0:  # pragma: no cover - CI runs as root
 RUN = f"f{os.getpid() % 100000}"
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with running_mesh(RUN, ("fa-vm", "fb-vm", "fc-vm", "fd-vm")) as mesh:
-        yield mesh
-
-
-@pytest.fixture(scope="module")
-def disk_dir() -> Iterator[Path]:
-    with scratch_dir(RUN) as path:
-        yield path
+mesh, disk_dir = lab_fixtures(RUN, ("fa-vm", "fb-vm", "fc-vm", "fd-vm"))
 
 
 def test_target_libvirtd_killed_the_vm_stays_on_the_source(

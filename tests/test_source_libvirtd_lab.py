@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,12 @@ from tests.lab_vms import (
     ended,
     everyone_sees,
     hosts_of,
+    lab_fixtures,
     migrating,
     migrations,
     nova,
     outbound_row,
-    running_mesh,
     running_on,
-    scratch_dir,
     settled_on,
     start_guest,
     wait_beat_above,
@@ -53,16 +51,7 @@ VMS = ("sla-vm", "slb-vm", "slc-vm", "sld-vm")
 POSTCOPY = ("--bandwidth", "4", "--max-downtime", "300", "--post-copy", "--completion-timeout", "8")
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with running_mesh(RUN, VMS) as mesh:
-        yield mesh
-
-
-@pytest.fixture(scope="module")
-def disk_dir() -> Iterator[Path]:
-    with scratch_dir(RUN) as path:
-        yield path
+mesh, disk_dir = lab_fixtures(RUN, VMS)
 
 
 def restart_libvirtd(host: LabHost, after: float = 3.0) -> None:
