@@ -388,7 +388,7 @@ class DrainRequests:
             request.request_id,
             accepted=True,
             draining=status["draining"],
-            running=tuple(status["running"]) + arriving,
+            running=tuple(dict.fromkeys((*status["running"], *arriving))),
             record_version=own.version if own is not None else 0,
         )
         await self._send(sender, answer)

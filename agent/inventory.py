@@ -215,19 +215,30 @@ def read_domains(
     """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
 
     Running domains also get their dirty rate: the last measurement (QEMU's
-    page sampling over `DIRTY_RATE_PERIOD` s) is read back, and a new one is
-    started on every running domain that `may_measure` allows (the inventory:
-    not measured in the last `DIRTY_RATE_EVERY` s, not being moved by this
-    agent) and no libvirt job (a migration) holds.
+    page sampling over `DIRTY_RATE_PERIOD` s) is read back from every running
+    domain no libvirt job holds, and a new one is started on those that
+    `may_measure` allows (the inventory: not measured in the last
+    `DIRTY_RATE_EVERY` s, not being moved by this agent). A domain a job holds
+    is not asked at all: on a migration's target libvirt makes the statistics
+    call wait for the job (the whole post-copy, in the lab), and this read with
+    it.
     """
-    dirty = _measured_dirty_rates(conn)
-    samples = []
+    domains = []
     for dom in conn.listAllDomains(0):
         try:
-            state, max_kib, _kib, vcpus, cpu_time = dom.info()
+            info = dom.info()
+            job = in_job(dom) if info[0] == libvirt.VIR_DOMAIN_RUNNING else None
+            domains.append((dom, info, job))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    free = [dom for dom, info, job in domains if info[0] == libvirt.VIR_DOMAIN_RUNNING and not job]
+    dirty = _measured_dirty_rates(conn, free)
+    samples = []
+    for dom, (state, max_kib, _kib, vcpus, cpu_time), job in domains:
+        try:
             uuid, name = dom.UUIDString(), dom.name()
             wanted = state == libvirt.VIR_DOMAIN_RUNNING and may_measure(name)
-            job = _in_job(dom) if wanted else None
             measuring = wanted and job is False and _start_dirty_rate(dom)
             samples.append(
                 DomainSample(
@@ -238,7 +249,7 @@ def read_domains(
                     memory_mib=int(max_kib) // 1024,
                     cpu_time_ns=int(cpu_time),
                     dirty_mib_s=dirty.get(uuid),
-                    held=bool(job),
+                    held=wanted and bool(job),
                     measuring=measuring,
                 )
             )
@@ -248,12 +259,12 @@ def read_domains(
     return samples
 
 
-def _measured_dirty_rates(conn: Any) -> dict[str, float]:
-    """uuid -> MiB/s of every running domain whose last dirty-rate measurement finished."""
+def _measured_dirty_rates(conn: Any, domains: list[Any]) -> dict[str, float]:
+    """uuid -> MiB/s of each of `domains` whose last dirty-rate measurement finished."""
+    if not domains:
+        return {}
     try:
-        stats = conn.getAllDomainStats(
-            libvirt.VIR_DOMAIN_STATS_DIRTYRATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
-        )
+        stats = conn.domainListGetStats(domains, libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
     except libvirt.libvirtError:  # a driver without it (test:///default): rates stay unknown
         return {}
     rates = {dom.UUIDString(): _finished_rate(fields) for dom, fields in stats}
@@ -303,9 +314,10 @@ def _dirty_rate_fields(conn: Any, dom: Any) -> dict[str, Any]:
     return dict(fields)
 
 
-def _in_job(dom: Any) -> bool | None:
+def in_job(dom: Any) -> bool | None:
     """Whether a libvirt job (a migration, someone's `virsh migrate`) runs on `dom`; None if
-    the driver cannot tell (test:///default).
+    the driver cannot tell (test:///default). An incoming migration's job has no
+    statistics to give ("only on the source host"), which says as much.
 
     A measurement never overlaps a migration the agent can see (see
     `recent_dirty_rate`), and libvirt holds a measurement's start until a
@@ -313,8 +325,8 @@ def _in_job(dom: Any) -> bool | None:
     """
     try:
         return bool(dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE)
-    except libvirt.libvirtError:
-        return None
+    except libvirt.libvirtError as exc:
+        return True if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED else None
 
 
 def _start_dirty_rate(dom: Any) -> bool:

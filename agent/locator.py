@@ -27,6 +27,7 @@ import libvirt
 
 from .core.location import Presence, Where
 from .core.migration import ClusterView
+from .inventory import in_job
 
 log = logging.getLogger("novacron.locator")
 
@@ -202,22 +203,11 @@ def _presence(dom: Any) -> Presence:
     if state == libvirt.VIR_DOMAIN_RUNNING and reason in _RUNNING_FOR_MIGRATION:
         detail = f"running ({_RUNNING_FOR_MIGRATION[reason]})"
         return Presence(Where.MIGRATING, detail, uuid, persistent=persistent, split=True)
-    if _in_job(dom):
+    if in_job(dom):
         detail = f"{name}, a libvirt job holds it"
         return Presence(Where.MIGRATING, detail, uuid, persistent=persistent)
     where = Where.PAUSED if state == libvirt.VIR_DOMAIN_PAUSED else Where.RUNNING
     return Presence(where, name, uuid, persistent=persistent)
-
-
-def _in_job(dom: Any) -> bool:
-    """Whether a job holds the domain; an incoming migration's job has no statistics to give
-    ("only on the source host"), which says as much."""
-    try:
-        return bool(dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE)
-    except libvirt.libvirtError as exc:
-        if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
-            return True
-        raise
 
 
 def retire_copy(
