@@ -161,6 +161,8 @@ class Migrator:
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
         self._postcopy: set[str] = set()  # migration ids switched to post-copy by us
+        # Aborts asked for: one asked before libvirt's job began must still stop it.
+        self._aborts: dict[str, bool] = {}  # migration id -> asked again once the job ran
         self._progress: dict[str, MigrationProgressed] = {}  # last sample per migration id
 
     # --- the daemon's side ---------------------------------------------------------------
@@ -388,6 +390,7 @@ class Migrator:
             await self._on_domain(action.migration_id, action.vm, "migrateStartPostCopy", 0)
             self._postcopy.add(action.migration_id)
         elif isinstance(action, AbortLibvirtMigration):
+            self._aborts.setdefault(action.migration_id, False)
             await self._on_domain(action.migration_id, action.vm, "abortJob")
         elif isinstance(action, ReconcileVm):
             seen = await self.locator.look(action.vm, action.hosts)
@@ -424,6 +427,7 @@ class Migrator:
             if poller is not None:
                 poller.cancel()
             self._postcopy.discard(action.migration_id)
+            self._aborts.pop(action.migration_id, None)
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock())
         )
@@ -461,6 +465,8 @@ class Migrator:
         limit = switchover_limit_ms(action.policy, dirty)
         self._limits[action.migration_id] = limit
         _set_max_downtime(dom, limit)
+        if action.migration_id in self._aborts:  # cancelled or revoked while it was prepared
+            raise RuntimeError("abort asked for before libvirt's job began")
         fields = {
             "vm": action.vm,
             "to": target_uri,
@@ -541,6 +547,11 @@ class Migrator:
         if not paused and migration_id in self._postcopy:
             paused = "postcopy"  # requested: the source pauses for it in a moment
         sample = progress_sample(migration_id, raw, paused or "precopy")
+        if sample is not None and self._aborts.get(migration_id) is False:
+            # Asked before this job began (the abortJob found none): ask the job itself.
+            self._aborts[migration_id] = True
+            with contextlib.suppress(libvirt.libvirtError):
+                await self._blocking(dom.abortJob)
         if sample is not None:
             await self._apply(self.core.migration_progress(migration_id, sample, self._clock()))
 
