@@ -3,8 +3,9 @@ or run twice, and how long until the mesh settles?
 
 A three-host lab with `nova-agent` as shipped (10 s inventory) and `--guests`
 TCG test guests. Each round starts `nova vm migrate` of a random guest to a
-random other host (some rounds capped and escalated to post-copy), waits a
-random moment into the migration, and breaks one thing at random: the source's
+random other host (capped at 8 MiB/s, or in 40 % of the rounds at 4 MiB/s and
+escalated to post-copy after 8 s), waits a random moment (0.5-15 s) into the
+migration, and breaks one thing at random: the source's
 or the target's libvirtd killed (started again 0-5 s later), its agent killed
 with SIGKILL (started again 0-5 s later), its link cut (for 2-20 s), or
 nothing (the control). Then everything is healed and the round waits until the
@@ -58,6 +59,7 @@ FAULTS = (
     "target-link",
 )
 MEMORY_MIB = 128
+CAPPED = ("--bandwidth", "8")  # about 15 s of pre-copy: faults land mid-migration
 POSTCOPY = ("--bandwidth", "4", "--post-copy", "--completion-timeout", "8")
 
 
@@ -188,7 +190,7 @@ def round_(soak: Soak, number: int, settle: float) -> dict[str, Any]:
     source = lab.host(placed[vm][0])
     target = rng.choice([h for h in lab.hosts if h is not source])
     kind = rng.choice(FAULTS)
-    flags = POSTCOPY if rng.random() < 0.4 else ()
+    flags = POSTCOPY if rng.random() < 0.4 else CAPPED
     before = heartbeat(source, vm)
     started = iso(time.time() - 1) or ""
     code, answer = nova(source, "vm", "migrate", vm, "--to", target.name, *flags)
@@ -202,7 +204,7 @@ def round_(soak: Soak, number: int, settle: float) -> dict[str, Any]:
         "started": code == 0,
         "refused": None if code == 0 else answer.get("error"),
     }
-    time.sleep(rng.uniform(0.5, 10))
+    time.sleep(rng.uniform(0.5, 15))
     row["phase_at_fault"] = _phase(source, answer.get("migration_id", ""))
     row["done"] = fault(soak, kind, source, target)
     healed = time.monotonic()
