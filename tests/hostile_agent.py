@@ -10,7 +10,7 @@ the product's own code over real CurveZMQ sockets, and then, as
 - `claim`: lists in its own signed record every VM the victim's record lists,
   as running here (a host claiming another host's VMs).
 
-Used by tests/test_hostile_migrations_lab.py; not a test itself.
+Used by tests/test_admission_lab.py; not a test itself.
 """
 
 from __future__ import annotations

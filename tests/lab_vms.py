@@ -29,6 +29,9 @@ from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 from tests.test_hypervisor import host_path, opener_in
 
 MEMORY_MIB = 128
+# A guest that cannot converge in pre-copy (10 MiB/s dirtied, 4 MiB/s sent) switches to
+# post-copy after 8 s; the cap holds in post-copy too, so that phase lasts seconds.
+POSTCOPY = ("--bandwidth", "4", "--max-downtime", "300", "--post-copy", "--completion-timeout", "8")
 # Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.
 SLOW = (
     *("--bandwidth", "4", "--max-downtime", "300"),
@@ -262,6 +265,19 @@ def lab_fixtures(run: str, vms: Sequence[str] = (), **agent_options: Any) -> tup
             yield path
 
     return mesh, disk_dir
+
+
+def removed_after(vms: Sequence[str]) -> Any:
+    """An autouse fixture that removes `vms` from every host after each test (an idle TCG
+    guest still costs CPU; a later test must not find an earlier one's guests)."""
+
+    @pytest.fixture(autouse=True)
+    def removed(mesh: tuple[Lab, LabAgents]) -> Iterator[None]:
+        yield
+        for vm in vms:
+            remove_everywhere(mesh[0], vm)
+
+    return removed
 
 
 def offering(memory_mib: int) -> list[str]:

@@ -1,7 +1,7 @@
 """VMs claimed by several records: judged by each claimant's libvirt (agent/claims.py).
 
 The looks are a stand-in here (what each libvirt says is the test's input); the lab
-(tests/test_hostile_migrations_lab.py) has a real member lying, with real libvirtd.
+(tests/test_admission_lab.py) has a real member lying, with real libvirtd.
 """
 
 from __future__ import annotations
