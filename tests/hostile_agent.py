@@ -8,7 +8,8 @@ the product's own code over real CurveZMQ sockets, and then, as
   at a time, `HOSTILE_MIB` each) and keeps renewing every proposal with
   progress messages, to hold the victim's inbound slots and memory;
 - `claim`: lists in its own signed record every VM the victim's record lists,
-  as running here (a host claiming another host's VMs).
+  as running here (a host claiming another host's VMs);
+- both, given as `reserve,claim`.
 
 Used by tests/test_admission_lab.py; not a test itself.
 """
@@ -33,7 +34,7 @@ class HostileAgent(daemon.Agent):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.victim = os.environ["HOSTILE_VICTIM"]
-        self.mode = os.environ.get("HOSTILE_MODE", "reserve")
+        self.modes = set(os.environ.get("HOSTILE_MODE", "reserve").split(","))
         self.ghosts: set[str] = set()  # ids of the proposals she made up
         honest = self.migrator.receive
 
@@ -43,7 +44,7 @@ class HostileAgent(daemon.Agent):
                 await honest(sender, message)
 
         self.migrator.receive = receive  # type: ignore[method-assign]
-        if self.mode == "claim":
+        if "claim" in self.modes:
             listed = self.inventory.vms
 
             async def vms() -> tuple[VmSummary, ...]:
@@ -58,7 +59,7 @@ class HostileAgent(daemon.Agent):
         return tuple(dataclasses.replace(vm, state="running") for vm in record.vms)
 
     async def run(self) -> None:
-        if self.mode == "reserve":
+        if "reserve" in self.modes:
             self._spawn(self._hold_reservations(), "attack")
         await super().run()
 

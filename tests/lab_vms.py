@@ -94,18 +94,32 @@ def start_guest(
     **kw: Any,
 ) -> int:
     """Define and start `name` on `on` (h1); wait for its heartbeat and every agent to see it."""
-    host = on or lab.hosts[0]
-    spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
-    adapter = hv(host, disk_dir)
+    return start_guests(lab, agents, disk_dir, guest, {name: on or lab.hosts[0]}, **kw)[name]
 
-    async def create() -> None:
-        await adapter.create(spec)
-        await adapter.start(name)
-        await adapter.close()
 
-    asyncio.run(create())
-    first = wait_beat_above(host, name, 5)[-1]
-    everyone_sees(agents, lab, name, host.name, timeout=30)
+def start_guests(
+    lab: Lab,
+    agents: LabAgents,
+    disk_dir: Path,
+    guest: Guest,
+    where: dict[str, LabHost],
+    **kw: Any,
+) -> dict[str, int]:
+    """Define and start each guest on its host, all booting at once; wait for their
+    heartbeats and every agent to see them; each one's heartbeat then."""
+    for name, host in where.items():
+        spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
+        adapter = hv(host, disk_dir)
+
+        async def create(adapter: Hypervisor = adapter, spec: VmSpec = spec) -> None:
+            await adapter.create(spec)
+            await adapter.start(spec.name)
+            await adapter.close()
+
+        asyncio.run(create())
+    first = {name: wait_beat_above(host, name, 5)[-1] for name, host in where.items()}
+    for name, host in where.items():
+        everyone_sees(agents, lab, name, host.name, timeout=30)
     return first
 
 

@@ -16,7 +16,6 @@ fits where one runs, two do not; two 150 MiB lies are all of a host's memory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -43,6 +42,7 @@ from tests.lab_vms import (
     removed_after,
     running_on,
     start_guest,
+    start_guests,
 )
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
@@ -76,9 +76,7 @@ def test_a_host_without_libvirt_keeps_its_vms_and_is_never_overcommitted(
 ) -> None:
     lab, agents = mesh
     h1, h2, h3 = lab.hosts
-    start_guest(lab, agents, disk_dir, guest, "luc-vm", on=h3)
-    start_guest(lab, agents, disk_dir, guest, "lua-vm", on=h1)
-    start_guest(lab, agents, disk_dir, guest, "lub-vm", on=h2)
+    start_guests(lab, agents, disk_dir, guest, {"luc-vm": h3, "lua-vm": h1, "lub-vm": h2})
     assert record_of(h1, "h3")["capacity"]["memory_mib"] == OFFERED_MIB
 
     h3.kill_libvirtd()
@@ -115,15 +113,19 @@ def test_a_host_without_libvirt_keeps_its_vms_and_is_never_overcommitted(
         assert len(running_on(lab, vm)) == 1, vm
 
 
-@contextlib.contextmanager
-def hostile(lab: Lab, agents: LabAgents, mode: str, **env: str) -> Iterator[None]:
-    """h3's agent replaced by the hostile one (same certificate), attacking h1."""
+@pytest.fixture(scope="module")
+def mallory(mesh: tuple[Lab, LabAgents]) -> Iterator[None]:
+    """h3's agent replaced by the hostile one (same certificate), attacking h1 both ways,
+    for the tests that ask for her (after the ones that need an honest h3)."""
+    lab, agents = mesh
     h3 = lab.hosts[2]
     agents.kill(h3, signal.SIGTERM)
     args = agents.command(h3)[1:]
     log = open(agents.host_dir(h3) / "hostile.log", "ab")  # noqa: SIM115 - the child owns it
-    environment = {**os.environ, "HOSTILE_VICTIM": "h1", "HOSTILE_MODE": mode, **env}
-    proc = h3.popen([str(BIN / "python"), str(HOSTILE), *args], env=environment, stdout=log)
+    attack = {"HOSTILE_VICTIM": "h1", "HOSTILE_MODE": "reserve,claim", "HOSTILE_MIB": "150"}
+    proc = h3.popen(
+        [str(BIN / "python"), str(HOSTILE), *args], env={**os.environ, **attack}, stdout=log
+    )
     log.close()
     try:
         wait_for(lambda: agents.states(lab.hosts[0]).get("h3"), lambda s: s == "alive", 60)
@@ -139,12 +141,12 @@ def hostile(lab: Lab, agents: LabAgents, mode: str, **env: str) -> Iterator[None
         agents.wait_for_full_mesh(timeout=90)
 
 
-def inbound_from(host: LabHost, source: str) -> list[dict[str, Any]]:
-    """`host`'s inbound migrations from `source` that have not ended."""
+def inbound_from(host: LabHost, source: str, ended: bool = False) -> list[dict[str, Any]]:
+    """`host`'s inbound migrations from `source` that have not ended (`ended`: all)."""
     return [
         m
         for m in migrations(host)
-        if m["direction"] == "inbound" and m["source"] == source and not m["outcome"]
+        if m["direction"] == "inbound" and m["source"] == source and (ended or not m["outcome"])
     ]
 
 
@@ -155,57 +157,55 @@ def create(host: LabHost, guest: Guest, name: str) -> tuple[int, dict[str, Any]]
 
 
 def test_a_member_cannot_hold_a_hosts_memory_and_slots_with_proposals_it_keeps_renewing(
-    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, mallory: None
 ) -> None:
     lab, agents = mesh
     h1, h2, _ = lab.hosts
     start_guest(lab, agents, disk_dir, guest, "hma-vm", on=h2)
-    with hostile(lab, agents, "reserve", HOSTILE_COUNT="2", HOSTILE_MIB="150"):
-        wait_for(lambda: inbound_from(h1, "h3"), bool, 60)  # the lies reach h1
-        started = time.monotonic()
-        held = []
-        created: tuple[int, dict[str, Any]] = (1, {})
-        while time.monotonic() - started < 60 and created[0] != 0:
-            held.append(len(inbound_from(h1, "h3")))
-            created = create(h1, guest, "hmb-vm")
-            time.sleep(1)
-        print(f"h3's reservations held on h1, once a second: {held}")
-        assert created[0] == 0, f"no VM could be created on h1 for 60 s: {created[1]}"
-        assert max(held) <= 1, "h3 held more than one reservation not seen in libvirt"
-        assert nova(h1, "vm", "delete", "hmb-vm")[0] == 0
+    wait_for(lambda: inbound_from(h1, "h3", ended=True), bool, 60)  # the lies reach h1
+    started = time.monotonic()
+    held = []
+    created: tuple[int, dict[str, Any]] = (1, {})
+    while time.monotonic() - started < 60 and created[0] != 0:
+        held.append(len(inbound_from(h1, "h3")))
+        created = create(h1, guest, "hmb-vm")
+        time.sleep(1)
+    print(f"h3's reservations held on h1, once a second: {held}")
+    assert created[0] == 0, f"no VM could be created on h1 for 60 s: {created[1]}"
+    assert max(held) <= 1, "h3 held more than one reservation not seen in libvirt"
+    assert nova(h1, "vm", "delete", "hmb-vm")[0] == 0
 
-        # An honest migration into h1 gets a slot and the memory while the lies go on.
-        code, moved = nova(h2, "vm", "migrate", "hma-vm", "--to", "h1", "--wait")
+    # An honest migration into h1 gets a slot and the memory while the lies go on.
+    code, moved = nova(h2, "vm", "migrate", "hma-vm", "--to", "h1", "--wait")
 
-        assert (code, moved["migration"]["outcome"]) == (0, "committed"), moved
-        assert running_on(lab, "hma-vm") == ["h1"]
-        assert len(inbound_from(h1, "h3")) <= 1
+    assert (code, moved["migration"]["outcome"]) == (0, "committed"), moved
+    assert running_on(lab, "hma-vm") == ["h1"]
+    assert len(inbound_from(h1, "h3")) <= 1
 
 
 def test_a_host_claiming_another_hosts_vm_is_not_believed(
-    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, mallory: None
 ) -> None:
     lab, agents = mesh
     h1, h2, _ = lab.hosts
     start_guest(lab, agents, disk_dir, guest, "hmc-vm", on=h1)
-    with hostile(lab, agents, "claim"):
+    wait_for(
+        lambda: nova(h2, "host", "show", "h3")[1]["host"]["record"]["vms"],
+        lambda vms: "hmc-vm" in [vm["name"] for vm in vms],
+        60,
+    )  # the lie is gossiped, signed by h3
+    for observer in lab.hosts[:2]:
         wait_for(
-            lambda: nova(h2, "host", "show", "h3")[1]["host"]["record"]["vms"],
-            lambda vms: "hmc-vm" in [vm["name"] for vm in vms],
-            60,
-        )  # the lie is gossiped, signed by h3
-        for observer in lab.hosts[:2]:
-            wait_for(
-                partial(hosts_of, agents, observer, "hmc-vm"),
-                lambda rows: rows == [("h1", "running")],
-                30,
-            )
-            _, listing = nova(observer, "vm", "list")
-            (conflict,) = [c for c in listing["conflicts"] if c["name"] == "hmc-vm"]
-            assert (conflict["host"], conflict["runs_on"]) == ("h3", ["h1"]), conflict
-            assert "h3's libvirt: not defined" in conflict["why"], conflict
-        assert running_on(lab, "hmc-vm") == ["h1"]
-        # The lie does not keep the VM from its own host either.
-        assert nova(h1, "vm", "stop", "hmc-vm", "--timeout", "0")[0] == 0
-        code, answer = nova(h1, "vm", "start", "hmc-vm")
-        assert (code, answer["started"]) == (0, True), answer
+            partial(hosts_of, agents, observer, "hmc-vm"),
+            lambda rows: rows == [("h1", "running")],
+            30,
+        )
+        _, listing = nova(observer, "vm", "list")
+        (conflict,) = [c for c in listing["conflicts"] if c["name"] == "hmc-vm"]
+        assert (conflict["host"], conflict["runs_on"]) == ("h3", ["h1"]), conflict
+        assert "h3's libvirt: not defined" in conflict["why"], conflict
+    assert running_on(lab, "hmc-vm") == ["h1"]
+    # The lie does not keep the VM from its own host either.
+    assert nova(h1, "vm", "stop", "hmc-vm", "--timeout", "0")[0] == 0
+    code, answer = nova(h1, "vm", "start", "hmc-vm")
+    assert (code, answer["started"]) == (0, True), answer
