@@ -74,9 +74,9 @@ from .disks import (
 )
 from .history import HistoryEntry, VmHistory, iso
 from .hypervisor import job_stats
-from .inventory import recent_dirty_rate
+from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
-from .locator import Locator
+from .locator import Locator, connected, find
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.migrator")
@@ -194,9 +194,10 @@ class Migrator:
         """Take charge of outbound jobs an earlier life of this agent left running.
 
         Each journal entry goes to `core.adopt_job`: a job still in pre-copy is
-        aborted, one in post-copy can only finish, and one that ended while no
-        agent ran is found by the reconcile that follows; every one ends with
-        a reported outcome.
+        aborted, one in post-copy can only finish. Either way this driver follows
+        the job until libvirt says it has ended (one that ended while no agent
+        ran, at once) and reports that end like any job's: the evidence of both
+        hosts' libvirt then decides, so every one ends with a reported outcome.
         """
         if self._journal is None:
             return
@@ -206,7 +207,26 @@ class Migrator:
                 "adopting a migration left by an earlier agent",
                 extra={"fields": {"vm": entry.vm, "id": entry.migration_id, "to": entry.target}},
             )
-            await self._apply(self.core.adopt_job(entry.vm, entry.target, postcopy, self._clock()))
+            out = self.core.adopt_job(entry.vm, entry.target, postcopy, self._clock())
+            await self._apply(out)
+            for event in out.events:
+                self._jobs.add(event.migration_id)
+                self._spawn(self._follow(event.migration_id, entry.vm), f"adopted:{entry.vm}")
+
+    async def _follow(self, migration_id: str, vm: str) -> None:
+        """Watch a job an earlier agent started (sampling it) until libvirt says it has ended;
+        its end goes to the core as a failed job's does: the evidence decides the outcome."""
+        poller = asyncio.ensure_future(self._poll(migration_id, vm))
+        try:
+            while await self._blocking(_job_running, self._opener, self.libvirt_uri, vm):
+                await asyncio.sleep(POLL_INTERVAL)
+        except libvirt.libvirtError as exc:
+            log.warning("cannot follow an adopted job", extra={"fields": {"why": str(exc)}})
+        finally:
+            poller.cancel()
+            await self._clean_up(poller, None)
+        why = "the job an earlier agent started has ended"
+        await self._apply(self.core.migration_finished(migration_id, False, why, self._clock()))
 
     async def close(self) -> None:
         """Stop polling and waiting; running libvirt jobs go on under libvirtd."""
@@ -667,6 +687,13 @@ def _sample(dom: Any) -> tuple[dict[str, Any], str]:
     raw = dom.jobStats()
     state, reason = dom.state()
     return raw, PAUSES.get(reason, "") if state == libvirt.VIR_DOMAIN_PAUSED else ""
+
+
+def _job_running(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
+    """Whether a libvirt job still holds `vm` at `uri` (False once it is gone from there)."""
+    with connected(opener, uri) as conn:
+        dom = find(conn, vm)
+        return dom is not None and bool(in_job(dom))
 
 
 def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:

@@ -199,7 +199,7 @@ def round_(soak: Soak, number: int, settle: float) -> dict[str, Any]:
         "vm": vm,
         "source": source.name,
         "target": target.name,
-        "postcopy": bool(flags),
+        "postcopy": flags is POSTCOPY,
         "fault": kind,
         "started": code == 0,
         "refused": None if code == 0 else answer.get("error"),

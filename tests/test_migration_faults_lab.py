@@ -314,3 +314,26 @@ def test_a_guest_lost_in_post_copy_is_in_doubt_until_the_operator_recovers_it(
     everyone_sees(agents, lab, vm, "h1", timeout=30)
     rows = [m for m in migrations(h1) if m["migration_id"] == row["migration_id"]]
     assert [(m["phase"], m["outcome"]) for m in rows] == [("in-doubt", "in-doubt")]
+
+
+def test_source_agent_killed_in_post_copy_the_adopted_job_ends_on_the_target(
+    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path
+) -> None:
+    """The fault soak's: the source's agent killed in post-copy; its next life adopts a job
+    that can only finish, and must see it finish (it once waited for ever, the VM locked)."""
+    lab, agents = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    start_guest(lab, agents, disk_dir, guest, "sle-vm", dirty_mib=32, dirty_rate=10)
+    before = wait_beat_above(h1, "sle-vm", 10)[-1]
+    code, started = nova(h1, "vm", "migrate", "sle-vm", "--to", h2.name, *POSTCOPY)
+    assert (code, started["ok"]) == (0, True), started
+    wait_for(lambda: domstate(h1, "sle-vm"), lambda s: "post-copy" in s, 90, 0.02)
+
+    agents.kill(h1, signal.SIGKILL)
+    agents.start(h1)
+
+    row = ended(h1, "sle-vm", timeout=120)
+    print(f"reported: {row['outcome']}: {row['reason'] or ''}")
+    assert (row["purpose"], row["outcome"]) == ("adopted", "committed"), row
+    settled_on(lab, agents, "sle-vm", h2, before)
+    one_definition(lab, agents, "sle-vm", h2)
