@@ -38,7 +38,9 @@ class AgentConfig:
     seeds: tuple[str, ...] = ()  # "address:port" of peers to join where multicast fails
     mdns: bool = True  # advertise and browse _novacron._tcp.local.
     libvirt_uri: str = "qemu:///system"
-    domain_type: str = "auto"  # VMs created here: kvm, qemu (TCG), or auto (kvm if it boots)
+    domain_type: str = "auto"  # VMs created here: kvm, qemu (TCG), or auto (kvm where it runs)
+    kvm_probe_kernel: str = ""  # with kvm_probe_initrd: a guest `auto` must boot under KVM first
+    kvm_probe_initrd: str = ""
     disk_dir: str = "/var/lib/novacron/disks"  # VM disk overlays (local to this host)
     ca_file: str = "/etc/novacron/ca.pub"
     cert_file: str = ""  # default: /etc/novacron/<node id or hostname>.crt
@@ -157,6 +159,11 @@ def _validated(config: AgentConfig) -> AgentConfig:
         _split_seed(seed)
     if not (config.peer_heartbeat == 0 or 0.1 <= config.peer_heartbeat <= 600):
         raise ConfigError("peer_heartbeat must be 0 (off) or between 0.1 and 600 seconds")
+    if bool(config.kvm_probe_kernel) != bool(config.kvm_probe_initrd):
+        raise ConfigError("kvm_probe_kernel and kvm_probe_initrd go together: give both or neither")
+    for name in ("kvm_probe_kernel", "kvm_probe_initrd"):
+        if getattr(config, name) and not Path(getattr(config, name)).is_absolute():
+            raise ConfigError(f"{name} must be an absolute path")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
     if config.reserved_memory_mib < 0:
