@@ -48,6 +48,8 @@ from tests.lab_vms import (
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
 
+pytestmark = pytest.mark.lab
+
 RUN = f"ad{os.getpid() % 100000}"
 OFFERED_MIB = 300
 VMS = ("lua-vm", "lub-vm", "luc-vm", "hma-vm", "hmb-vm", "hmc-vm")
