@@ -329,10 +329,10 @@ def main() -> None:
             while time.monotonic() < deadline:
                 soak.rows.append(round_(soak, number, args.settle))
                 number += 1
-                write(args.json, result, soak.rows)
+                write(args.json, result | {"complete": False}, soak.rows)
         finally:
             agents.stop_all()
-    print(json.dumps(write(args.json, result, soak.rows), indent=1))
+    print(json.dumps(write(args.json, result | {"complete": True}, soak.rows), indent=1))
 
 
 def write(path: str | None, result: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -60,6 +60,12 @@ def issue_operator(agents: LabAgents, name: str = "alice") -> Path:
     return ca / f"{name}.crt"
 
 
+@pytest.fixture(scope="module")
+def operator(mesh: tuple[Lab, LabAgents]) -> tuple[str, str]:
+    """`--operator CERT`: the engineer's own certificate, which a drain of another host needs."""
+    return ("--operator", str(issue_operator(mesh[1])))
+
+
 def draining(observer: LabHost, node: str) -> bool:
     """Whether `observer`'s agent sees `node` draining (`nova host show NODE`)."""
     host = nova(observer, "host", "show", node)[1].get("host") or {}
@@ -67,7 +73,7 @@ def draining(observer: LabHost, node: str) -> bool:
 
 
 def test_a_host_is_drained_and_undrained_from_another_host(
-    mesh: tuple[Lab, LabAgents], guest: Guest
+    mesh: tuple[Lab, LabAgents], guest: Guest, operator: tuple[str, str]
 ) -> None:
     lab, agents = mesh
     h1, h2, _ = lab.hosts
@@ -79,7 +85,6 @@ def test_a_host_is_drained_and_undrained_from_another_host(
     assert (code, created["host"]) == (0, "h2"), created
     before = wait_beat_above(h2, VM, 5)[-1]
     everyone_sees(agents, lab, VM, "h2", timeout=30)
-    operator = ("--operator", str(issue_operator(agents)))  # the engineer's own certificate
 
     code, answer = nova(h1, "host", "drain", "h2", "--wait", "--json", *operator, timeout=300)
 
@@ -144,32 +149,40 @@ def undrain(mesh: tuple[Lab, LabAgents]) -> Iterator[None]:
 
 
 def test_a_drain_begun_as_a_migration_is_proposed_takes_nothing(
-    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, undrain: None
+    mesh: tuple[Lab, LabAgents],
+    guest: Guest,
+    disk_dir: Path,
+    undrain: None,
+    operator: tuple[str, str],
 ) -> None:
     lab, agents = mesh
     h1, _, h3 = lab.hosts
     start_guest(lab, agents, disk_dir, guest, "dra-vm")
     with ThreadPoolExecutor(2) as pool:
-        drain = pool.submit(nova, h3, "host", "drain", "h2")
+        drain = pool.submit(nova, h3, "host", "drain", "h2", *operator)
         move = pool.submit(nova, h1, "vm", "migrate", "dra-vm", "--to", "h2", "--wait")
         (code, drained), (moved_code, moved) = drain.result(), move.result()
     assert code == 0, drained
     print(f"migration: {moved}")
     assert moved_code == 1 and "host draining: h2 takes no new VMs" in moved["error"], moved
     assert running_on(lab, "dra-vm") == ["h1"]
-    code, waited = nova(h3, "host", "drain", "h2", "--wait", timeout=120)
+    code, waited = nova(h3, "host", "drain", "h2", "--wait", *operator, timeout=120)
     assert (code, waited["drain"]["done"]) == (0, True), waited
     assert defined_on(lab, "dra-vm") == ["h1"]
 
 
 def test_a_drain_begun_while_a_vm_is_copied_in_stops_that_migration(
-    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, undrain: None
+    mesh: tuple[Lab, LabAgents],
+    guest: Guest,
+    disk_dir: Path,
+    undrain: None,
+    operator: tuple[str, str],
 ) -> None:
     lab, agents = mesh
     h1, _, h3 = lab.hosts
     before = migrating(lab, agents, disk_dir, guest, "drb-vm", "h2")  # pre-copy, for minutes
 
-    code, answer = nova(h3, "host", "drain", "h2", "--wait", timeout=300)
+    code, answer = nova(h3, "host", "drain", "h2", "--wait", *operator, timeout=300)
 
     assert code == 0, answer
     assert answer["drain"]["done"] is True, answer
@@ -184,7 +197,11 @@ def test_a_drain_begun_while_a_vm_is_copied_in_stops_that_migration(
 
 
 def test_a_drain_begun_in_post_copy_lets_the_vm_land_then_moves_it_on(
-    mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, undrain: None
+    mesh: tuple[Lab, LabAgents],
+    guest: Guest,
+    disk_dir: Path,
+    undrain: None,
+    operator: tuple[str, str],
 ) -> None:
     lab, agents = mesh
     h1, _, h3 = lab.hosts
@@ -194,7 +211,7 @@ def test_a_drain_begun_in_post_copy_lets_the_vm_land_then_moves_it_on(
     assert (code, started["ok"]) == (0, True), started
     wait_for(lambda: domstate(h1, "drc-vm"), lambda s: "post-copy" in s, 90, 0.02)
 
-    code, answer = nova(h3, "host", "drain", "h2", "--wait", timeout=300)
+    code, answer = nova(h3, "host", "drain", "h2", "--wait", *operator, timeout=300)
 
     assert code == 0, answer
     assert answer["drain"]["done"] is True, answer
