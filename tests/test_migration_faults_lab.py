@@ -136,7 +136,10 @@ def test_target_libvirtd_frozen_at_the_switchover_is_reported_and_the_vm_lands_o
     h1, h2 = lab.hosts[0], lab.hosts[1]
     start_guest(lab, agents, disk_dir, guest, "fd-vm")  # idle: it converges at once
     before = wait_beat_above(h1, "fd-vm", 10)[-1]
-    code, started = nova(h1, "vm", "migrate", "fd-vm", "--to", h2.name, "--bandwidth", "16")
+    # The cap leaves time to freeze libvirtd mid-copy; the long completion timeout keeps
+    # a loaded machine's slow copy from being aborted before it reaches the switchover.
+    args = ["--to", h2.name, "--bandwidth", "16", "--completion-timeout", "300"]
+    code, started = nova(h1, "vm", "migrate", "fd-vm", *args)
     assert (code, started["ok"]) == (0, True), started
     wait_for(
         lambda: outbound_row(h1, "fd-vm"), lambda m: m is not None and m["percent"] > 0, 60, 0.2
