@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -40,8 +43,76 @@ def beats(host: LabHost, name: str) -> list[int]:
     return guest_mod.heartbeats(log.read_bytes()) if log.exists() else []
 
 
-def wait_beat_above(host: LabHost, name: str, above: int, timeout: float = 30) -> list[int]:
-    return wait_for(partial(beats, host, name), lambda b: bool(b) and b[-1] > above, timeout, 0.1)
+# What a broken guest prints on its console: a kernel panic, an oops, a lockup. (A
+# reboot restarts the counter: the callers' checks that it continues catch that.)
+BROKEN = re.compile(rb"Kernel panic|Fatal exception|Oops|BUG: ")
+STALL = 30.0  # seconds a guest may go without running an instruction before it counts as stuck
+LIMIT = 600.0  # seconds after which even a guest that keeps running has taken too long
+WAITS_ENV = "NOVACRON_LAB_WAITS"  # a file to append one JSON line per heartbeat wait to
+
+
+def vcpu_seconds(host: LabHost, name: str) -> float | None:
+    """CPU time `name`'s vCPUs have run on `host`, or None if it is not running there."""
+    done = host.run(
+        ["virsh", "-c", "qemu:///system", "domstats", "--vcpu", "--state", name],
+        capture_output=True,
+        text=True,
+    )
+    pairs = dict(line.strip().partition("=")[::2] for line in done.stdout.splitlines())
+    if done.returncode != 0 or pairs.get("state.state") != "1":  # 1: VIR_DOMAIN_RUNNING
+        return None
+    return sum(int(v) for k, v in pairs.items() if re.fullmatch(r"vcpu\.\d+\.time", k)) / 1e9
+
+
+def wait_beat_above(host: LabHost, name: str, above: int) -> list[int]:
+    """Until VM `name`'s console on `host` shows a heartbeat above `above`; its heartbeats.
+
+    Follows the guest, not the clock: on a loaded machine a TCG guest may need
+    a minute to print its next line, so the wait lasts as long as the guest's
+    vCPUs keep running. It fails at once when the console shows the guest broken
+    (panic, oops, lockup), and when the guest has not run for `STALL` seconds
+    (not running on `host`, or paused there), with the console's tail and the
+    guest's state as evidence.
+    """
+    log = host_path(host, Hypervisor(domain_type="qemu").console_log(name))
+    start = ran_at = time.monotonic()
+    looked = start - 1.0
+    ran: float | None = None  # the guest's vCPU seconds when last seen to grow
+    while True:
+        console = log.read_bytes() if log.exists() else b""
+        series = guest_mod.heartbeats(console)
+        if series and series[-1] > above:
+            _note_wait(host, name, time.monotonic() - start)
+            return series
+        now = time.monotonic()
+        if now - looked >= 1.0:
+            looked, seconds = now, vcpu_seconds(host, name)
+            if seconds is not None and (ran is None or seconds > ran):
+                ran, ran_at = seconds, now
+        broken = BROKEN.search(console)
+        if broken or now - ran_at > STALL or now - start > LIMIT:
+            why = (
+                f"broken ({broken.group().decode()})"
+                if broken
+                else f"not run for {now - ran_at:.0f} s"
+                if now - ran_at > STALL
+                else "running, but too slow"
+            )
+            raise AssertionError(
+                f"{name} on {host.name}: no heartbeat above {above} after {now - start:.0f} s; "
+                f"guest {why}; vCPU time {ran} s; last heartbeat {series[-1:]}; console ends:\n"
+                + console[-800:].decode(errors="replace")
+            )
+        time.sleep(0.1)
+
+
+def _note_wait(host: LabHost, name: str, seconds: float) -> None:
+    """Record how long a heartbeat took, for benchmarks/lab_soak.py (when it asks)."""
+    path = os.environ.get(WAITS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"host": host.name, "vm": name, "seconds": round(seconds, 2)}))
+            out.write("\n")
 
 
 def nova(host: LabHost, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
