@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 
 test: deps lint typecheck unit
 
-# Three lab hosts with real agents: membership, a failure, a rejoin (needs root).
+# Three lab hosts with real agents: membership, a failure, a rejoin, a live migration
+# (needs root). `make demo DEMO_LAB=NAME` names the lab (default: demo<pid>).
 demo: deps
-	$(PY) -m novacron.simulations.demo
+	$(PY) -m novacron.simulations.demo $(if $(DEMO_LAB),--name $(DEMO_LAB))
 
 deps: $(STAMP)
 
