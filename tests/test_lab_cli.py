@@ -13,13 +13,13 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from novacron.simulations.lab.agents import wait_for
 from novacron.simulations.lab.netns import netns_pids
 from novacron.simulations.lab.state import DEFAULT_STATE_ROOT
 from novacron.simulations.lab.teardown import tear_down
@@ -66,14 +66,6 @@ def members(host: str = "h1") -> dict[str, str]:
     return {row["node_id"]: row["state"] for row in rows}
 
 
-def wait_until(probe: Any, accept: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while not accept(value := probe()):
-        assert time.monotonic() < deadline, f"last: {value!r}"
-        time.sleep(0.5)
-    return value
-
-
 def agent_pids() -> dict[str, int | None]:
     done = lab("status", "--name", NAME, "--json")
     (status,) = json.loads(done.stdout)["labs"]
@@ -90,7 +82,7 @@ def test_the_printed_command_works_as_printed(printed: dict[str, str], tmp_path:
     done = run_printed(printed["see"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert re.search(r"^h1 \(self\)\s+198\.18\.0\.1", done.stdout, re.M), done.stdout
-    wait_until(members, lambda view: view == {"h1": "alive", "h2": "alive"})
+    wait_for(members, lambda view: view == {"h1": "alive", "h2": "alive"}, timeout=90)
 
 
 def test_exec_runs_in_the_current_directory(printed: dict[str, str], tmp_path: Path) -> None:
@@ -123,19 +115,19 @@ def test_kill_start_stop_and_restart_one_agent(printed: dict[str, str]) -> None:
     assert done.stdout == f"{NAME}/h2: agent {first} killed\n"
     assert nova_agents_in("h2") == [] and agent_pids()["h2"] is None
     assert "agent STOPPED" in lab("status", "--name", NAME).stdout
-    wait_until(members, lambda view: view.get("h2") in ("suspect", "dead"))
+    wait_for(members, lambda view: view.get("h2") in ("suspect", "dead"), timeout=90)
 
     done = lab("agent", "start", "h2", "--name", NAME, "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert (answer["pid_before"], answer["pid"]) == (None, nova_agents_in("h2")[0])
-    wait_until(members, lambda view: view.get("h2") == "alive")
+    wait_for(members, lambda view: view.get("h2") == "alive", timeout=90)
     again = lab("agent", "start", "h2", "--name", NAME)
     assert again.returncode == 1 and "already runs" in again.stderr
 
     done = lab("agent", "stop", "h2", "--name", NAME)
     assert done.returncode == 0 and nova_agents_in("h2") == []
-    wait_until(members, lambda view: view.get("h2") == "left")  # SIGTERM: it said goodbye
+    wait_for(members, lambda view: view.get("h2") == "left", timeout=90)  # SIGTERM: it said goodbye
 
     lab("agent", "start", "h2", "--name", NAME, check=True)
     before = agent_pids()["h2"]
@@ -143,7 +135,7 @@ def test_kill_start_stop_and_restart_one_agent(printed: dict[str, str]) -> None:
     after = agent_pids()["h2"]
     assert done.returncode == 0 and after not in (None, before)
     assert done.stdout.startswith(f"{NAME}/h2: agent {before} restarted; now pid {after}")
-    wait_until(members, lambda view: view == {"h1": "alive", "h2": "alive"})
+    wait_for(members, lambda view: view == {"h1": "alive", "h2": "alive"}, timeout=90)
 
 
 def test_the_printed_down_command_removes_the_lab(printed: dict[str, str], tmp_path: Path) -> None:
