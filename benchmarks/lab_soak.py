@@ -37,8 +37,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 LAB_TESTS = (
     "tests/test_lab.py",
+    "tests/test_lab_cli.py",
     "tests/test_hypervisor.py",
     "tests/test_agent_lab.py",
+    "tests/test_systemd_lab.py",
     "tests/test_vm_control_lab.py",
     "tests/test_migration_lab.py",
     "tests/test_migration_faults_lab.py",
