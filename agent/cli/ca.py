@@ -227,9 +227,9 @@ def _to_revoke(ca: CaFiles, target: str, ca_public: Ed25519PublicKey) -> tuple[i
         cert = decode_certificate(keyfiles.read_certificate(target))
         check_signature(cert, ca_public)
         return cert.serial, cert.node_id
+    if len(target) > len(str(MAX_SERIAL)) or int(target) > MAX_SERIAL:
+        raise UsageError(f"serial {target[:40]} is out of range (at most {MAX_SERIAL})")
     serial = int(target)
-    if serial > MAX_SERIAL:
-        raise UsageError(f"serial {target} is out of range (at most {MAX_SERIAL})")
     if not ca.ledger.exists():
         raise CommandError(
             f"the CA in {ca.root} keeps no ledger of the serials it issued (it was made by "
