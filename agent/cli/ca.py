@@ -223,7 +223,7 @@ def _to_revoke(ca: CaFiles, target: str, ca_public: Ed25519PublicKey) -> tuple[i
     for `ca show`; a serial must be in the CA's ledger, so a mistyped one is
     refused instead of revoking nothing while looking done.
     """
-    if Path(target).is_file() or not re.fullmatch(r"[0-9]+", target):
+    if os.path.isfile(target) or not re.fullmatch(r"[0-9]+", target):  # False on any OSError
         cert = decode_certificate(keyfiles.read_certificate(target))
         check_signature(cert, ca_public)
         return cert.serial, cert.node_id
