@@ -48,7 +48,8 @@ LAB_TESTS = (
     "tests/test_rebalance_lab.py",
 )
 WAITS_ENV = "NOVACRON_LAB_WAITS"  # read by tests/lab_vms.py
-FILE_TIMEOUT = 1800.0  # seconds: a test file hung this long is a failure, and is killed
+FILE_TIMEOUT = 1800.0  # seconds: a test file hung this long is a failure, and is stopped
+TEARDOWN = 180.0  # seconds an interrupted pytest gets to take its labs down
 
 
 def machine() -> dict[str, Any]:
@@ -88,24 +89,23 @@ def run_file(test_file: str, waits: Path, keep: Path, label: str) -> dict[str, A
     env = {**os.environ, WAITS_ENV: str(waits)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]
     started = time.monotonic()
+    pytest = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # our Ctrl-C is not its: it gets one SIGINT, from `interrupt`
+    )
     try:
-        done = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=FILE_TIMEOUT,
-            start_new_session=True,
-        )
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code = -1
-        parts = [
-            p.decode(errors="replace") if isinstance(p, bytes) else p or ""
-            for p in (exc.stdout, exc.stderr)
-        ]
-        output = "".join(parts) + f"\nlab_soak: killed after {FILE_TIMEOUT:g} s"
+        output, _ = pytest.communicate(timeout=FILE_TIMEOUT)
+        code = pytest.returncode
+    except subprocess.TimeoutExpired:
+        code, output = -1, interrupt(pytest) + f"\nlab_soak: stopped after {FILE_TIMEOUT:g} s"
+    except BaseException:  # the soak itself is stopped: so is the test, tidily
+        interrupt(pytest)
+        raise
     row: dict[str, Any] = {
         "file": test_file,
         "ok": code == 0,
@@ -119,6 +119,18 @@ def run_file(test_file: str, waits: Path, keep: Path, label: str) -> dict[str, A
         row["failed"] = [line for line in output.splitlines() if line.startswith("FAILED")]
         row["log"] = str(log)
     return row
+
+
+def interrupt(pytest: subprocess.Popen[str]) -> str:
+    """SIGINT, as Ctrl-C: pytest stops and its fixtures take their labs down; SIGKILL to
+    its process group only if it has not ended after `TEARDOWN` seconds. Its output."""
+    pytest.send_signal(signal.SIGINT)
+    try:
+        output, _ = pytest.communicate(timeout=TEARDOWN)
+    except subprocess.TimeoutExpired:
+        os.killpg(pytest.pid, signal.SIGKILL)
+        output, _ = pytest.communicate()
+    return output or ""
 
 
 def read_waits(path: Path) -> list[dict[str, Any]]:
@@ -141,36 +153,45 @@ def wait_summary(waits: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds until the goal or the limit; the report is written after every round, so a
+    soak stopped early (SIGTERM, Ctrl-C) keeps what it found."""
     args.keep.mkdir(parents=True, exist_ok=True)
     rounds: list[dict[str, Any]] = []
     streak = 0
-    all_waits: list[dict[str, Any]] = []
     load = start_load(args.load)
     try:
         while streak < args.passes and len(rounds) < args.max_rounds:
-            number = len(rounds) + 1
-            waits = args.keep / f"round{number}-waits.jsonl"
-            started = time.monotonic()
-            files = []
-            for test_file in args.tests:
-                row = run_file(test_file, waits, args.keep, f"round{number}")
-                files.append(row)
-                print(f"round {number}: {test_file} {'ok' if row['ok'] else 'FAILED'} "
-                      f"in {row['seconds']:.0f} s: {row['summary']}", flush=True)  # fmt: skip
-            round_waits = read_waits(waits)
-            all_waits += round_waits
-            ok = all(row["ok"] for row in files)
-            streak = streak + 1 if ok else 0
-            rounds.append({
-                "round": number,
-                "ok": ok,
-                "seconds": round(time.monotonic() - started, 1),
-                "files": files,
-                "heartbeat_waits": wait_summary(round_waits),
-            })  # fmt: skip
-            print(f"round {number}: {'passed' if ok else 'FAILED'}; {streak} in a row", flush=True)
+            rounds.append(one_round(args, len(rounds) + 1))
+            streak = streak + 1 if rounds[-1]["ok"] else 0
+            print(f"round {len(rounds)}: {'passed' if rounds[-1]['ok'] else 'FAILED'}; "
+                  f"{streak} in a row", flush=True)  # fmt: skip
+            write(args, report(args, rounds, streak))
     finally:
         stop_load(load)
+    return report(args, rounds, streak)
+
+
+def one_round(args: argparse.Namespace, number: int) -> dict[str, Any]:
+    """Every test file once, one after another."""
+    waits = args.keep / f"round{number}-waits.jsonl"
+    started = time.monotonic()
+    files = []
+    for test_file in args.tests:
+        row = run_file(test_file, waits, args.keep, f"round{number}")
+        files.append(row)
+        print(f"round {number}: {test_file} {'ok' if row['ok'] else 'FAILED'} "
+              f"in {row['seconds']:.0f} s: {row['summary']}", flush=True)  # fmt: skip
+    return {
+        "round": number,
+        "ok": all(row["ok"] for row in files),
+        "seconds": round(time.monotonic() - started, 1),
+        "files": files,
+        "heartbeat_waits": read_waits(waits),
+    }
+
+
+def report(args: argparse.Namespace, rounds: list[dict[str, Any]], streak: int) -> dict[str, Any]:
+    waits = [wait for r in rounds for wait in r["heartbeat_waits"]]
     return {
         "command": shlex.join(
             [Path(sys.executable).name, "-m", "benchmarks.lab_soak", *sys.argv[1:]]
@@ -184,9 +205,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rounds_run": len(rounds),
         "rounds_failed": sum(1 for r in rounds if not r["ok"]),
         "streak": streak,
-        "heartbeat_waits": wait_summary(all_waits),
+        "heartbeat_waits": wait_summary(waits),
         "rounds": rounds,
     }
+
+
+def write(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main() -> int:
@@ -203,15 +229,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("lab_soak: run as root (the lab tests build network namespaces)", file=sys.stderr)
         return 1
-    report = soak(args)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    # SIGTERM ends the soak as Ctrl-C does: the running test's labs come down, load stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    done = soak(args)
+    write(args, done)
     print(
-        f"{report['rounds_run']} rounds, {report['rounds_failed']} failed, "
-        f"{report['streak']} passed in a row (goal {args.passes}); heartbeat waits "
-        f"{report['heartbeat_waits']}; failing output in {args.keep}"
+        f"{done['rounds_run']} rounds, {done['rounds_failed']} failed, "
+        f"{done['streak']} passed in a row (goal {args.passes}); heartbeat waits "
+        f"{done['heartbeat_waits']}; failing output in {args.keep}"
     )
-    return 0 if report["reached"] else 1
+    return 0 if done["reached"] else 1
 
 
 if __name__ == "__main__":
