@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 BIN = Path(sys.executable).parent  # nova and nova-agent live beside this Python
 GOSSIP_PORT = 7946
+START_TIMEOUT = 30.0  # seconds for nsenter to enter a host and exec the agent
 DISK_DIR = "/var/lib/libvirt/novacron-disks"
 """Where lab agents put VM disks: /var/lib/libvirt is private to each lab host, so every
 host has its own disks at the same path, as separate machines would (local storage)."""
@@ -125,7 +126,20 @@ class LabAgents:
         log.close()
         self.processes[host.name] = proc
         agent_record.save(data, AgentRecord(command, proc.pid))
+        self._wait_running(host, proc)
         return proc
+
+    def _wait_running(self, host: LabHost, proc: subprocess.Popen[bytes]) -> None:
+        """Until `proc` runs the agent inside `host` (nsenter has entered it and exec'd the
+        agent), so that `running_pid`, `lab status` and `lab agent` see it from now on."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.running_pid(host) != proc.pid:
+            if proc.poll() is not None:
+                log = self.host_dir(host) / "agent.log"
+                raise LabError(f"{host.name}: nova-agent exited at once ({proc.returncode}); {log}")
+            if time.monotonic() > deadline:
+                raise LabError(f"{host.name}: nova-agent not running after {START_TIMEOUT:g} s")
+            time.sleep(0.02)
 
     def kill(self, host: LabHost, sig: int = signal.SIGKILL) -> int:
         """Send `sig` to `host`'s agent and wait for it to end; its PID."""
