@@ -6,9 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit deps venv bench clean
+.PHONY: test test-unit suite demo lint typecheck deps venv bench clean
 
-test: deps lint typecheck unit
+# What CI runs (.ci/run), as root: lint, types, and every test, the lab's
+# included (a lab test that cannot run fails, it never skips: tests/conftest.py).
+test: deps lint typecheck suite
 
 # Three lab hosts with real agents: membership, a failure, a rejoin, a live migration
 # (needs root). `make demo DEMO_LAB=NAME` names the lab (default: demo<pid>).
@@ -40,8 +42,13 @@ typecheck: deps .typecheck/novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy -p novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy tests benchmarks
 
-unit: deps
-	$(VENV)/bin/pytest -q
+# Every test, with the fuzz tests at full strength (tests/fuzzing.py).
+suite: deps
+	NOVACRON_FUZZ=full $(VENV)/bin/pytest -q
+
+# The tests that need neither root nor the lab, in about a minute, as any user.
+test-unit: deps
+	$(VENV)/bin/pytest -q -m "not lab and not agents"
 
 bench: deps
 	$(PY) benchmarks/record_codec.py

@@ -14,12 +14,17 @@ in `httpd`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
+import math
 import os
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
+
+from novacron.protocol.operators import OperatorCommand
 
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 
@@ -96,9 +101,23 @@ class HostDrainControl(Protocol):
     (unknown host 404, host not alive or refusing 409, no answer 504).
     """
 
-    async def ask(self, node: str, drain: bool, requested_by: str = "") -> dict[str, Any]: ...
+    async def ask(
+        self,
+        node: str,
+        drain: bool,
+        requested_by: str = "",
+        command: OperatorCommand | None = None,
+    ) -> dict[str, Any]: ...
 
     def status_of(self, node: str) -> dict[str, Any]: ...
+
+
+class IdentityControl(Protocol):
+    """What the API needs to reload the identity files and spread revocations (the daemon)."""
+
+    async def reload(self) -> dict[str, Any]: ...
+
+    async def publish_revocations(self, data: bytes) -> dict[str, Any]: ...
 
 
 class RebalanceControl(Protocol):
@@ -120,9 +139,12 @@ def build_router(
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
     host_drain: HostDrainControl | None = None,
+    identity: IdentityControl | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1."""
     router = Router()
+    if identity is not None:
+        _identity_routes(router, identity)
     if vms is not None:
         _vm_routes(router, vms)
     if drain is not None:
@@ -135,6 +157,22 @@ def build_router(
         _migration_routes(router, migrations)
     _view_routes(router, view)
     return router
+
+
+def _identity_routes(router: Router, identity: IdentityControl) -> None:
+    async def reload(request: Request) -> Response:
+        return await _controlled(identity.reload())
+
+    async def revocations(request: Request) -> Response:
+        body = _body(request)
+        try:
+            data = base64.b64decode(_text(body, "crl"), validate=True)
+        except (KeyError, ValueError, binascii.Error) as exc:
+            raise HttpError(400, f"crl: the signed list, base64 ({exc})") from None
+        return await _controlled(identity.publish_revocations(data))
+
+    router.post(f"/{API_VERSION}/reload", reload)
+    router.post(f"/{API_VERSION}/revocations", revocations)
 
 
 def _view_routes(router: Router, view: AgentView) -> None:
@@ -206,16 +244,47 @@ def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
             raise _http_error(exc) from None
 
     async def start(request: Request) -> Response:
-        by = _requested_by(_body(request))
-        return await _controlled(control.ask(request.params["node_id"], True, by), status=202)
+        body = _body(request)
+        node = request.params["node_id"]
+        asked = control.ask(node, True, _requested_by(body), _operator_command(body))
+        return await _controlled(asked, status=202)
 
     async def stop(request: Request) -> Response:
-        by = _requested_by(_body(request))
-        return await _controlled(control.ask(request.params["node_id"], False, by))
+        body = _body(request)
+        node = request.params["node_id"]
+        asked = control.ask(node, False, _requested_by(body), _operator_command(body))
+        return await _controlled(asked)
 
     router.get(f"/{API_VERSION}/hosts/{{node_id}}/drain", status)
     router.post(f"/{API_VERSION}/hosts/{{node_id}}/drain", start)
     router.post(f"/{API_VERSION}/hosts/{{node_id}}/undrain", stop)
+
+
+def _operator_command(body: dict[str, Any]) -> OperatorCommand | None:
+    """The operator's signed command in `body["operator"]` (see `cli.operator`), if any."""
+    given = body.get("operator")
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise HttpError(400, "operator must be an object")
+    try:
+        return OperatorCommand(
+            action=_text(given, "action"),
+            target=_text(given, "target"),
+            request_id=_text(given, "request_id"),
+            issued_at=float(given["issued_at"]),
+            certificate=base64.b64decode(_text(given, "certificate"), validate=True),
+            signature=base64.b64decode(_text(given, "signature"), validate=True),
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise HttpError(400, f"operator: malformed signed command ({exc})") from None
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body[name]
+    if not isinstance(value, str) or len(value) > 8192:
+        raise ValueError(f"{name} must be a string")
+    return value
 
 
 def _requested_by(body: dict[str, Any]) -> str:
@@ -264,10 +333,7 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
         most `MAX_WAIT`), so a waiting client learns of the end at once instead of polling."""
         migration_id = request.params["migration_id"]
-        try:
-            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
-        except ValueError:
-            raise HttpError(400, "wait must be a number of seconds") from None
+        wait = _wait_seconds(request)
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = control.migration(migration_id)
@@ -292,6 +358,21 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
     router.post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", cancel)
 
 
+def _wait_seconds(request: Request) -> float:
+    """`?wait=`: a finite, non-negative number of seconds, held at most `MAX_WAIT`.
+
+    NaN and infinities are refused: NaN compares false with every bound, so a
+    clamp would let it through and hold the request forever.
+    """
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise HttpError(400, "wait must be a number of seconds") from None
+    if not math.isfinite(wait) or wait < 0:
+        raise HttpError(400, "wait must be a finite, non-negative number of seconds")
+    return min(wait, MAX_WAIT)
+
+
 def _body(request: Request) -> dict[str, Any]:
     """The request's JSON object ({} when there is no body), or 400 saying what is wrong."""
     if not request.body:
@@ -314,7 +395,7 @@ async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Res
     return json_response(answer, status=status)
 
 
-_REFUSAL_CODES = frozenset({404, 409, 503, 504})
+_REFUSAL_CODES = frozenset({403, 404, 409, 503, 504})
 
 
 def _http_error(refusal: Refusal) -> HttpError:
@@ -335,8 +416,9 @@ class ApiServer:
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
         host_drain: HostDrainControl | None = None,
+        identity: IdentityControl | None = None,
     ) -> None:
-        router = build_router(view, migrations, vms, drain, rebalance, host_drain)
+        router = build_router(view, migrations, vms, drain, rebalance, host_drain, identity)
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
 

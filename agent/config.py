@@ -49,7 +49,11 @@ class AgentConfig:
     )
     mdns: bool = _setting(True, "advertise and browse _novacron._tcp.local.")
     libvirt_uri: str = _setting("qemu:///system", "the libvirtd whose VMs this agent runs")
-    domain_type: str = _setting("auto", "how VMs run: kvm, qemu (TCG), or auto (kvm if it boots)")
+    domain_type: str = _setting("auto", "how VMs run: kvm, qemu (TCG), or auto (kvm where it runs)")
+    kvm_probe_kernel: str = _setting(
+        "", "with kvm_probe_initrd: a guest auto must boot under KVM first (default: none)"
+    )
+    kvm_probe_initrd: str = _setting("", "the probe guest's initrd (default: none)")
     disk_dir: str = _setting("/var/lib/novacron/disks", "VM disk overlays (local to this host)")
     ca_file: str = _setting("/etc/novacron/ca.pub", "the cluster CA's public key")
     cert_file: str = _setting(
@@ -174,6 +178,11 @@ def _validated(config: AgentConfig) -> AgentConfig:
         _split_seed(seed)
     if not (config.peer_heartbeat == 0 or 0.1 <= config.peer_heartbeat <= 600):
         raise ConfigError("peer_heartbeat must be 0 (off) or between 0.1 and 600 seconds")
+    if bool(config.kvm_probe_kernel) != bool(config.kvm_probe_initrd):
+        raise ConfigError("kvm_probe_kernel and kvm_probe_initrd go together: give both or neither")
+    for name in ("kvm_probe_kernel", "kvm_probe_initrd"):
+        if getattr(config, name) and not Path(getattr(config, name)).is_absolute():
+            raise ConfigError(f"{name} must be an absolute path")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
     if config.rebalance_interval <= 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
 import signal
@@ -27,28 +28,38 @@ from typing import Any
 
 import psutil
 
-from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import Message, NodeRecord, SignedRecord
-from novacron.protocol.records import sign_record, verify_record
+from novacron.protocol.certificates import format_time
+from novacron.protocol.errors import IdentityError
+from novacron.protocol.messages import Message, NodeRecord
+from novacron.protocol.operators import OperatorCommand, verify_command
+from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
-from .api import ApiServer
+from .api import ApiServer, Refusal
 from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_addresses
 from .core.config import MembershipConfig
-from .core.events import Event, Output
+from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.node import MembershipNode
 from .core.reservations import free_capacity
-from .discovery import Discovery, PeerEvent, PeerFound
+from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
-from .hypervisor import Hypervisor
+from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
-from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
+from .introduction import (
+    PORT_OFFSET,
+    Introduction,
+    IntroductionFailed,
+    IntroductionServer,
+    introduce,
+)
 from .inventory import Inventory
 from .journal import MigrationJournal
+from .keyring import AgentKeyring
 from .migrator import Migrator
+from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
 from .sdnotify import Notifier
-from .security import TrustStore
+from .security import PeerRefused, TrustStore
 from .tasks import cancel_and_wait
 from .transport import Transport, TransportError
 from .view import MeshView
@@ -62,6 +73,11 @@ LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
 JOURNAL_DIR = "migrations"  # under the data dir: outbound migrations in flight
 DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
 RECENT_EVENTS = 50  # membership events kept for `nova status`
+EXIT_FAILURE = 1  # the agent stopped on its own after a fault: systemd restarts it
+NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id elsewhere yields
+CERTIFICATE_WARNING = 14 * 86400.0  # warn this long before our certificate expires
+CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate (and saves of peers')
+PEER_CERTIFICATES = "peer-certificates"  # under the data dir: members' certificates, for restarts
 
 
 class StartupError(Exception):
@@ -96,15 +112,20 @@ class Agent:
             heartbeat=config.peer_heartbeat,
         )
         self.introductions = IntroductionServer(
-            identity.certificate_bytes, self.trust, config.bind_address, config.port + PORT_OFFSET
+            identity.certificate_bytes,
+            self.trust,
+            config.bind_address,
+            config.port + PORT_OFFSET,
+            known_at=self._known_at,
+            on_twin=self._twin_introduced,
         )
+        self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
             self.node_id,
             address=self.address,
             config=membership or MembershipConfig(),
             rng=random.Random(),
-            signer=self._sign,
-            verifier=self._verify,
+            keyring=self.keyring,
             now=clock(),
         )
         self.migrator = Migrator(
@@ -134,7 +155,7 @@ class Agent:
             clock=clock,
         )
         self.drain_requests = DrainRequests(
-            self.drain, self.node_id, lambda: self.core, send=self._send
+            self.drain, self.node_id, lambda: self.core, send=self._send, authority=self._operator
         )
         self.rebalancer = Rebalancer(
             self.migrator,
@@ -148,7 +169,9 @@ class Agent:
             config.libvirt_uri,
             domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
             disk_dir=Path(config.disk_dir),
+            probe=_probe_guest(config),
         )
+        self._domain_type_problem = "not decided yet"  # why there is no verdict (status)
         vms = VmControl(
             self.hypervisor,
             self.node_id,
@@ -158,32 +181,30 @@ class Agent:
         )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
-            MeshView(lambda: self.core, clock, self._daemon_status),
+            MeshView(lambda: self.core, clock, self._daemon_status, self._member_notes),
             config.api_socket,
             migrations=self.migrator,
             vms=vms,
             drain=self.drain,
             rebalance=self.rebalancer,
             host_drain=self.drain_requests,
+            identity=self,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._wake = asyncio.Event()  # the core's next deadline may have moved earlier
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # running loops and introductions
+        self._throttle = logs.Throttle(log)  # repeated failures cost one line per interval
+        self._expiry_warning = logs.Throttle(log, 3600.0)  # an expiring certificate: hourly
+        self.handling_failures = 0  # messages whose handling raised (dropped, counted)
+        self.failure: str | None = None  # why the agent stopped, when it was not asked to
+        self.revoked_members: set[str] = set()  # expelled by the CA's revocation list
+        self.clashes: dict[str, list[str]] = {}  # node id -> the addresses it speaks from
+        self._peer_certificates = Path(config.data_dir) / PEER_CERTIFICATES
+        load_peer_certificates(self._peer_certificates, self.trust)
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
-
-    # --- identity glue -----------------------------------------------------------
-
-    def _sign(self, record: NodeRecord) -> SignedRecord:
-        return sign_record(self.identity.key, record)
-
-    def _verify(self, signed: SignedRecord) -> NodeRecord:
-        cert = self.trust.certificate_for(signed.node_id)
-        if cert is None:
-            raise ProtocolError(f"no valid certificate known for {signed.node_id!r}")
-        return verify_record(signed, cert)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -208,7 +229,11 @@ class Agent:
                 interfaces=_interface_addresses(self.config.interface),
                 on_event=self._on_peer_event,
             )
-            await self.discovery.start()
+            try:
+                await self.discovery.start()
+            except DuplicateNode as exc:
+                await self.close()
+                raise StartupError(str(exc)) from None
         log.info(
             "agent started",
             extra={"fields": {"node": self.node_id, "address": self.address}},
@@ -225,6 +250,8 @@ class Agent:
         self._spawn(self._inventory_loop(), "inventory")
         self._spawn(self._seed_loop(), "seeds")
         self._spawn(self._watchdog_loop(), "watchdog")
+        self._spawn(self._certificate_loop(), "certificate")
+        self._spawn(self._domain_type_loop(), "domain-type")
         await self.drain.start()
         self.rebalancer.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
@@ -236,6 +263,7 @@ class Agent:
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
+        save_peer_certificates(self._peer_certificates, self.trust)
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain_requests.close()
@@ -266,20 +294,40 @@ class Agent:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s loop crashed", task.get_name(), exc_info=task.exception())
-            self.stop()  # systemd restarts us: better than limping on half-wired
+            # Leave, then exit non-zero so systemd (Restart=on-failure) brings us
+            # back: better than limping on half-wired.
+            self.failure = f"the {task.get_name()} loop crashed"
+            self.stop()
 
     # --- the loops ---------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         while True:
             sender, message = await self.transport.recv()
-            if self.migrator.handles(message):
-                await self.migrator.receive(sender, message)
-            elif self.drain_requests.handles(message):
-                await self.drain_requests.receive(sender, message)
-            else:
-                await self._dispatch(self.core.receive(sender, message, self._clock()))
+            try:
+                await self._handle(sender, message)
+            except Exception:
+                # One message from a peer must never stop the agent: drop it,
+                # count it, and say so (at most once per interval per kind).
+                self.handling_failures += 1
+                kind = type(message).__name__
+                self._throttle(
+                    (sender, kind),
+                    logging.ERROR,
+                    "handling a %s from %s failed",
+                    kind,
+                    sender,
+                    exc_info=True,
+                )
             self._wake.set()
+
+    async def _handle(self, sender: str, message: Message) -> None:
+        if self.migrator.handles(message):
+            await self.migrator.receive(sender, message)
+        elif self.drain_requests.handles(message):
+            await self.drain_requests.receive(sender, message)
+        else:
+            await self._dispatch(self.core.receive(sender, message, self._clock()))
 
     async def _timer_loop(self) -> None:
         while True:
@@ -294,6 +342,16 @@ class Agent:
             if self.migrator.next_deadline() <= self._clock():
                 await self.migrator.tick()
                 await asyncio.sleep(0)  # a deadline the tick did not move must not starve the loop
+
+    async def _domain_type_loop(self) -> None:
+        """Decide the domain type VMs get (shown by `nova status`); retry while libvirt is away."""
+        while True:
+            try:
+                await self.hypervisor.resolve_domain_type()
+                return
+            except HypervisorError as exc:
+                self._domain_type_problem = f"not decided yet: {exc}"
+            await asyncio.sleep(self.config.inventory_interval)
 
     def _wake_timers(self) -> None:
         self._wake.set()
@@ -353,6 +411,117 @@ class Agent:
         overcommit = self.migrator.core.config.reservations.vcpu_overcommit
         return int(free_capacity(record, reservations, overcommit).memory_mib)
 
+    async def _certificate_loop(self) -> None:
+        """Warn ahead of our certificate's expiry; stop cleanly, with the reason, at it."""
+        while True:
+            left = self.identity.certificate.not_after - time.time()
+            if left <= 0:
+                when = format_time(self.identity.certificate.not_after)
+                self._fail(
+                    f"this node's certificate expired at {when}; issue a new one "
+                    f"(nova ca issue {self.node_id} --renew) and start the agent again"
+                )
+                return
+            if left < CERTIFICATE_WARNING:
+                self._expiry_warning(
+                    ("self", "expiry"),
+                    logging.WARNING,
+                    "this node's certificate expires in %.1f days: renew it "
+                    "(nova ca issue %s --renew, then nova reload)",
+                    left / 86400,
+                    self.node_id,
+                )
+            save_peer_certificates(self._peer_certificates, self.trust)
+            await asyncio.sleep(min(left, CERTIFICATE_CHECK))
+
+    def reload_in_background(self) -> None:
+        """SIGHUP (systemctl reload): reload, and log the refusal if there is one."""
+
+        async def reload() -> None:
+            try:
+                await self.reload()
+            except Refusal as exc:
+                log.error("%s", exc)
+
+        self._spawn(reload(), "reload")
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the identity files again: a renewed certificate, a newer revocation list.
+
+        The keys must stay the same (a new key means a new identity: restart);
+        members learn the renewed certificate by a new introduction, so they
+        keep admitting us after the old one expires.
+        """
+        cert_file, key_file = identity_paths(self.config, socket.gethostname())
+        crl = Path(self.config.crl_file) if self.config.crl_file else None
+        try:
+            identity = load_identity(
+                Path(self.config.ca_file), cert_file, key_file, crl, time.time()
+            )
+        except IdentityProblem as exc:
+            raise Refusal(409, f"reload refused, nothing changed: {exc}") from None
+        problem = _identity_change(self.identity, identity)
+        if problem:
+            raise Refusal(409, f"reload refused, nothing changed: {problem}")
+        self.identity = identity
+        self.trust.add_certificate(identity.certificate_bytes)
+        self.introductions.set_certificate(identity.certificate_bytes)
+        if identity.revocations_bytes:
+            await self._adopt_revocations(identity.revocations_bytes)
+        self._spawn(self._reintroduce(), "reintroduce")
+        log.info("identity reloaded", extra={"fields": self._certificate_status()})
+        return self._certificate_status()
+
+    async def publish_revocations(self, data: bytes) -> dict[str, Any]:
+        """A revocation list from the operator: adopt it and spread it through the mesh."""
+        try:
+            verify_revocation_list(data, self.identity.ca_public)
+        except IdentityError as exc:
+            raise Refusal(400, f"not a revocation list of this cluster's CA: {exc}") from None
+        adopted = await self._adopt_revocations(data)
+        issued_at, _ = self.keyring.revocations()
+        return {
+            "adopted": adopted,
+            "issued_at": format_time(issued_at),
+            "revoked_members": sorted(self.revoked_members),
+        }
+
+    async def _adopt_revocations(self, data: bytes) -> bool:
+        before = self.keyring.revocations()[0]
+        await self._dispatch(self.core.adopt_revocations(data, self._clock()))
+        self._wake.set()
+        return self.keyring.revocations()[0] > before
+
+    async def _reintroduce(self) -> None:
+        """Hand our (renewed) certificate to every member, through its introduction port."""
+        for member in self.core.members():
+            if member.node_id == self.node_id or member.state.value != "alive":
+                continue
+            host, _, port = member.address.rpartition(":")
+            if host and port.isdigit():
+                await self._introduce(host, int(port))
+
+    def _member_notes(self) -> dict[str, str]:
+        notes = {node: "revoked" for node in self.revoked_members}
+        for node, addresses in self.clashes.items():
+            notes[node] = f"one id at {len(addresses)} addresses: {', '.join(addresses)}"
+        return notes
+
+    def _certificate_status(self) -> dict[str, Any]:
+        cert = self.identity.certificate
+        left = cert.not_after - time.time()
+        return {
+            "serial": cert.serial,
+            "not_after": format_time(cert.not_after),
+            "expires_in_s": round(left),
+            "expiring": left < CERTIFICATE_WARNING,
+        }
+
+    def _operator(self, command: OperatorCommand) -> str:
+        """The operator who signed `command`, or `CommandRefused` (see `protocol/operators`)."""
+        ca = self.identity.ca_public
+        return verify_command(command, ca, time.time(), self.trust.revocations).node_id
+
     # --- peers ---------------------------------------------------------------------
 
     def _alone(self) -> bool:
@@ -367,8 +536,12 @@ class Agent:
 
     async def _introduce_and_join(self, host: str, port: int, expected: str | None) -> None:
         address = f"{host}:{port}"
-        cert = await self._introduce(host, port)
-        if cert is None:
+        introduction = await self._introduce(host, port)
+        if introduction is None:
+            return
+        cert = introduction.certificate
+        if cert.node_id == self.node_id:  # not us (we never introduce ourselves): a twin
+            self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
             return
         if expected is not None and cert.node_id != expected:
             log.warning(
@@ -376,13 +549,49 @@ class Agent:
                 extra={"fields": {"advertised": expected, "certified": cert.node_id}},
             )
             return
+        if introduction.known_at and introduction.known_at != self.address:
+            await self._look_for_twin(introduction.known_at, cert.node_id)
         member = self.core.member(cert.node_id)
         if member is None or member.state.value != "alive":
             await self._dispatch(self.core.join([(cert.node_id, address)], self._clock()))
             self._wake.set()
 
-    async def _introduce(self, host: str, port: int) -> Any:
+    def _known_at(self, node_id: str) -> str:
+        """Where this agent knows `node_id` alive ("" if it does not): told to whoever
+        introduces itself with that id, so a second agent with one identity finds out."""
+        member = self.core.member(node_id)
+        if member is None or member.state.value != "alive" or node_id == self.node_id:
+            return ""
+        return member.address
+
+    def _twin_introduced(self, source: str) -> None:
+        """Someone introduced itself with our own certificate: an agent started elsewhere
+        with our identity (it stops when it sees us answer; we report it)."""
+        where = f"an agent at {source}"
+        self._clash(IdentityClash(self.node_id, (self.address, where), None))
+
+    async def _look_for_twin(self, address: str, told_by: str) -> None:
+        """A peer knows our id alive at another address: a previous life of ours (we
+        moved, it died) or another agent running with our key. Whoever answers there
+        with our own certificate is the second one."""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            return
+        try:
+            there = await introduce(self.identity.certificate_bytes, self.trust, host, int(port))
+        except IntroductionFailed:
+            return  # nobody, or not us: a previous life, which the mesh will fail
+        if there.certificate.node_id == self.node_id:
+            log.error(
+                "our node id answers at another address",
+                extra={"fields": {"address": address, "told_by": told_by}},
+            )
+            self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
+
+    async def _introduce(self, host: str, port: int) -> Introduction | None:
         address = f"{host}:{port}"
+        if _is_own_address(host, port, self.config.port):
+            return None  # a seed list naming every host names us too
         now = self._clock()
         if now - self._intro_attempts.get(address, -INTRO_RETRY) < INTRO_RETRY:
             return None
@@ -399,7 +608,7 @@ class Agent:
         for destination, message in out.sends:
             await self._send(destination, message)
         for event in out.events:
-            self._log_event(event)
+            self._on_event(event)
 
     async def _send(self, destination: str, message: Message) -> None:
         """Send one message of a core (membership or migration) to a member."""
@@ -416,6 +625,60 @@ class Agent:
     async def _introduce_only(self, host: str, port: int) -> None:
         await self._introduce(host, port)
 
+    def _on_event(self, event: Event) -> None:
+        """What the core said happened: log it, and act on what concerns this agent."""
+        if isinstance(event, MemberRevoked):
+            self._revoked(event.node_id)
+        elif isinstance(event, IdentityClash):
+            self._clash(event)
+        elif isinstance(event, RecordRejected):
+            self._throttle(
+                (event.node_id, "record"),
+                logging.WARNING,
+                "record refused: %s version %s: %s",
+                event.node_id,
+                event.version,
+                event.reason,
+            )
+            return
+        self._log_event(event)
+
+    def _revoked(self, node_id: str) -> None:
+        if node_id == self.node_id:
+            self._fail("the CA revoked this node's certificate; ask the operator for a new one")
+            return
+        self.transport.forget(node_id)  # and ZAP refuses it from now on
+        self.revoked_members.add(node_id)
+        log.warning(
+            "member expelled: its certificate is revoked", extra={"fields": {"node": node_id}}
+        )
+
+    def _clash(self, event: IdentityClash) -> None:
+        """One node id in two places: two agents hold one key (a cloned disk, a copied key)."""
+        self.clashes[event.node_id] = list(event.addresses)
+        fields = {"node": event.node_id, "addresses": ",".join(event.addresses)}
+        self._throttle(
+            (event.node_id, "clash"),
+            logging.ERROR,
+            "one node id is speaking from two addresses: two agents hold the same key",
+            extra={"fields": fields},
+        )
+        began = event.this_life_began
+        if began is not None and self._clock() - began < NEWCOMER_WINDOW:
+            others = [a for a in event.addresses if a != self.address]
+            self._fail(
+                f"another agent already runs as node {self.node_id} at "
+                f"{', '.join(others) or 'another address'}; this one started later and stops "
+                "(give each host its own certificate: nova ca issue)"
+            )
+
+    def _fail(self, reason: str) -> None:
+        """Stop on our own, with a reason, and exit non-zero (see `_serve`)."""
+        if self.failure is None:
+            log.error("stopping: %s", reason)
+            self.failure = reason
+        self.stop()
+
     def _log_event(self, event: Event) -> None:
         kind = type(event).__name__
         fields = {k: v for k, v in dataclasses.asdict(event).items() if k != "record"}
@@ -428,20 +691,68 @@ class Agent:
     # --- status -------------------------------------------------------------------
 
     def _daemon_status(self) -> dict[str, Any]:
+        issued_at = self.keyring.revocations()[0]
         return {
+            "certificate": self._certificate_status(),
+            "revocations_issued_at": format_time(issued_at) if issued_at else None,
+            "revoked_members": sorted(self.revoked_members),
+            "identity_clashes": dict(self.clashes),
             "uptime_s": round(self._clock() - self._started, 1),
             "libvirt_uri": self.config.libvirt_uri,
             "libvirt_connected": self.inventory.connected,
             "libvirt_warning": self.inventory.warning,
+            **self._domain_type_status(),
             "transport": dataclasses.asdict(self.transport.stats),
+            "handling_failures": self.handling_failures,
+            "introductions": self.introductions.stats(),
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
-            "last_refusal": self.trust.last_refusal.reason if self.trust.last_refusal else None,
+            "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],
         }
+
+    def _domain_type_status(self) -> dict[str, Any]:
+        verdict = self.hypervisor.verdict
+        if verdict is None:
+            return {"domain_type": None, "domain_type_reason": self._domain_type_problem}
+        return {"domain_type": verdict.domain_type, "domain_type_reason": verdict.reason}
 
     def _status_line(self) -> str:
         alive = sum(1 for m in self.core.members() if m.state.value == "alive")
         return f"{alive} members alive, incarnation {self.core.incarnation}"
+
+
+def _reason(refusal: PeerRefused | None) -> str | None:
+    return refusal.reason if refusal is not None else None
+
+
+def _identity_change(old: NodeIdentity, new: NodeIdentity) -> str:
+    """Why `new` cannot replace `old` in a running agent ("" if it can)."""
+    if new.node_id != old.node_id:
+        return f"the certificate is for {new.node_id}, this agent runs as {old.node_id}"
+    if new.key.signing_public != old.key.signing_public or (
+        new.key.curve_public != old.key.curve_public
+    ):
+        return "the keys changed: a new key is a new identity; restart the agent"
+    return ""
+
+
+def _is_own_address(host: str, port: int, own_port: int) -> bool:
+    """Whether `host:port` is this agent itself (a seed list naming every host, us too)."""
+    if port != own_port:
+        return False
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        return False
+    return host in {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def _probe_guest(config: AgentConfig) -> ProbeGuest | None:
+    """The guest `auto` boots under KVM before using it, if the operator gave one."""
+    if not config.kvm_probe_kernel:
+        return None
+    return ProbeGuest(Path(config.kvm_probe_kernel), Path(config.kvm_probe_initrd))
 
 
 def advertise_address(config: AgentConfig) -> str:
@@ -474,6 +785,7 @@ async def _serve(agent: Agent) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_in_background)
     try:
         await agent.start()
     except StartupError as exc:
@@ -483,6 +795,9 @@ async def _serve(agent: Agent) -> int:
         await agent.run()
     finally:
         await agent.close()
+    if agent.failure is not None:
+        print(f"nova-agent: error: stopped because {agent.failure}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psutil
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from novacron.protocol.certificates import check_node_id
@@ -110,6 +110,10 @@ def _int_property(props: dict[str, str | None], name: str, low: int, high: int) 
     return int(text)
 
 
+class DuplicateNode(Exception):
+    """Another agent already advertises our node id: we must not run beside it."""
+
+
 class Discovery:
     """Advertises this node over mDNS and reports other nodes' adverts.
 
@@ -172,7 +176,16 @@ class Discovery:
         self._info = self.advert()
         # The first await probes the name (refusing a duplicate); the second
         # waits for the announcements, so peers may already know us on return.
-        announced = await self._zc.async_register_service(self._info)
+        try:
+            announced = await self._zc.async_register_service(self._info)
+        except NonUniqueNameException:
+            self._info = None
+            await self.close()
+            raise DuplicateNode(
+                f"another agent already advertises node {self.node_id} on this network "
+                f"(mDNS name {self.service_name}): two agents with one identity; stop one, "
+                "or give this host its own certificate (nova ca issue)"
+            ) from None
         await announced
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change]

@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
+from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .api import Refusal
 from .core.migration import ClusterView
@@ -46,6 +47,8 @@ ANSWER_TIMEOUT = 5.0  # seconds a drain asked over the mesh waits for the host's
 MAX_REQUESTER = 64  # characters of a request's `requested_by` kept (it is only logged)
 
 Send = Callable[[str, Message], Awaitable[None]]
+Authority = Callable[[OperatorCommand], str]
+"""Checks an operator's signed command: the operator's name, or raises `CommandRefused`."""
 
 
 class Drain:
@@ -202,12 +205,17 @@ class DrainRequests:
         mesh: Callable[[], ClusterView],
         *,
         send: Send,
+        authority: Authority,
+        clock: Callable[[], float] = time.time,
         timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self._drain = drain  # this host's drain, which requests from peers start and end
         self.node_id = node_id
         self._mesh = mesh  # members and their gossiped records, as this agent sees them
         self._send = send  # hands a message to the transport
+        self._authority = authority  # checks an operator's signed command (raises if none)
+        self._clock = clock  # wall clock: commands are dated in unix seconds
+        self._used: dict[str, float] = {}  # command ids already obeyed -> when (no replays)
         self._timeout = timeout
         self._pending: dict[str, tuple[str, asyncio.Future[DrainAnswer]]] = {}  # id -> asked
         self._lock = asyncio.Lock()  # one peer's request at a time changes the drain
@@ -242,15 +250,35 @@ class DrainRequests:
 
     # --- the local API's side --------------------------------------------------------
 
-    async def ask(self, node: str, drain: bool, requested_by: str = "") -> dict[str, Any]:
-        """Start (`drain`) or end `node`'s drain; its status, or `Refusal` saying why not."""
+    async def ask(
+        self,
+        node: str,
+        drain: bool,
+        requested_by: str = "",
+        command: OperatorCommand | None = None,
+    ) -> dict[str, Any]:
+        """Start (`drain`) or end `node`'s drain; its status, or `Refusal` saying why not.
+
+        Another host obeys only an operator's signed `command` (this agent
+        relays it; the drained host checks it); this host itself obeys its
+        local socket, whose caller is root here.
+        """
         if node == self.node_id:
             return await (self._drain.drain() if drain else self._drain.undrain())
         self._check_alive(node)
-        request_id = os.urandom(8).hex()
+        command = self._check_command(command, node, drain)
+        request_id = command.request_id
         future: asyncio.Future[DrainAnswer] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (node, future)
-        request = DrainRequest(request_id, node, drain, requested_by[:MAX_REQUESTER])
+        request = DrainRequest(
+            request_id,
+            node,
+            drain,
+            requested_by[:MAX_REQUESTER],
+            issued_at=command.issued_at,
+            operator_certificate=command.certificate,
+            signature=command.signature,
+        )
         try:
             await self._send(node, request)
             answer = await asyncio.wait_for(future, self._timeout)
@@ -285,6 +313,26 @@ class DrainRequests:
         return self._seen(node)
 
     # --- asking --------------------------------------------------------------------
+
+    def _check_command(
+        self, command: OperatorCommand | None, node: str, drain: bool
+    ) -> OperatorCommand:
+        """Refuse here, before anything is sent, what the drained host would refuse."""
+        if command is None:
+            raise Refusal(
+                403,
+                f"draining {node} from {self.node_id} needs an operator's signed command: "
+                "pass --operator CERT (a certificate from 'nova ca issue NAME --role "
+                f"operator'), or run 'nova host drain' on {node} itself",
+            )
+        action = "drain" if drain else "undrain"
+        if command.action != action or command.target != node:
+            raise Refusal(400, f"the signed command is for {command.action} {command.target}")
+        try:
+            self._authority(command)
+        except CommandRefused as exc:
+            raise Refusal(403, str(exc)) from None
+        return command
 
     def _check_alive(self, node: str) -> None:
         member = self._mesh().member(node)
@@ -374,4 +422,22 @@ class DrainRequests:
         member = self._mesh().member(sender)
         if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
             return f"{sender} is not a member in {self.node_id}'s view of the mesh"
+        command = OperatorCommand(
+            "drain" if request.drain else "undrain",
+            request.node,
+            request.request_id,
+            request.issued_at,
+            request.operator_certificate,
+            request.signature,
+        )
+        try:
+            operator = self._authority(command)
+        except CommandRefused as exc:
+            return f"not authorized: {exc}"
+        now = self._clock()
+        self._used = {k: t for k, t in self._used.items() if now - t <= 2 * MAX_AGE}
+        if request.request_id in self._used:
+            return f"not authorized: command {request.request_id[:32]!r} was already used"
+        self._used[request.request_id] = now
+        log.info("operator command checked", extra={"fields": {"operator": operator}})
         return ""

@@ -9,13 +9,14 @@ between short threaded calls, never inside one long blocking call.
 The adapter runs on the host whose libvirtd it manages: the disk overlays it
 creates with qemu-img must be visible to that libvirtd at the same path.
 
-Domain type: "kvm", "qemu" (TCG), or "auto". Seeing /dev/kvm is not enough:
-on the development machines KVM accepts a guest and then hangs early in its
-boot. So "auto" boots a probe guest (the test guest, or any kernel that
-prints "heartbeat" on its serial console) as a transient KVM domain, reads its
-console through libvirt, and uses KVM only if a heartbeat arrives in time;
-otherwise TCG. The verdict, with its reason, is cached per libvirt URI (and
-probe guest) for the life of the process.
+Domain type: "kvm", "qemu" (TCG), or "auto": KVM wherever libvirt offers it
+and /dev/kvm answers, TCG only where not (the rule is `domain_type.choose`).
+Where the operator gave a probe guest (the test guest, or any kernel that
+prints "heartbeat" on its serial console), "auto" also boots it as a
+transient KVM domain, reads its console through libvirt, and keeps KVM only
+if a heartbeat arrives in time: on some machines KVM accepts a guest and
+then hangs early in its boot. The verdict, with its reason, is cached per
+libvirt URI (and probe guest) for the life of the process.
 
 Errors are HypervisorError subclasses with messages for humans: BadSpec,
 VmExists, UnknownVm, LibvirtUnreachable.
@@ -39,6 +40,12 @@ from typing import Any, Literal, TypeVar
 
 import libvirt
 
+from novacron.agent.domain_type import (
+    DomainTypeVerdict,
+    ProbeOutcome,
+    choose,
+    kvm_device_problem,
+)
 from novacron.agent.inventory import VM_STATES
 from novacron.agent.vmspec import (
     NAMESPACE,
@@ -105,14 +112,6 @@ class ProbeGuest:
     cmdline: str = "console=ttyS0 quiet"
     memory_mib: int = 128
     marker: bytes = b"heartbeat"  # what the console shows once the guest runs
-
-
-@dataclass(frozen=True)
-class DomainTypeVerdict:
-    """Which domain type VMs get, and why (shown to operators, logged once)."""
-
-    domain_type: Literal["kvm", "qemu"]
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -225,12 +224,13 @@ class Hypervisor:
         self.domain_type: DomainType = domain_type  # as configured
         self.disk_dir = disk_dir  # where VM disk overlays are created (on the libvirt host)
         self.console_dir = console_dir  # where each VM's console log goes (on its host)
-        self.probe = probe  # the guest `auto` boots under KVM to prove KVM works
+        self.probe = probe  # if given, `auto` keeps KVM only if this guest boots under it
         self.probe_timeout = probe_timeout  # seconds a KVM probe may take to show a heartbeat
         self.opener = opener  # opens a connection to a URI; tests open inside a lab host
         self._conn: Any = None  # libvirt.virConnect, opened on first use
         self._conn_lock = threading.Lock()  # one thread (re)opens the connection at a time
         self._probe_lock = asyncio.Lock()  # concurrent creates under `auto` probe once
+        self.verdict: DomainTypeVerdict | None = None  # the domain type in use, once decided
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -307,45 +307,36 @@ class Hypervisor:
     # -- domain type ----------------------------------------------------------------
 
     async def resolve_domain_type(self) -> DomainTypeVerdict:
-        """The domain type VMs get here, with the reason; probes KVM once for `auto`."""
+        """The domain type VMs get here, with the reason; decided once per process."""
         if self.domain_type != "auto":
-            return DomainTypeVerdict(self.domain_type, f"configured as {self.domain_type}")
+            self.verdict = choose(self.domain_type, capabilities_xml="", device_problem=None)
+            return self.verdict
         async with self._probe_lock:
             with _verdict_lock:
-                cached = _verdicts.get((self.uri, self.probe))
-            if cached is not None:
-                return cached
-            verdict = await self._probe_kvm()
-            log.info("domain type for %s: %s (%s)", self.uri, verdict.domain_type, verdict.reason)
-            with _verdict_lock:
-                _verdicts[(self.uri, self.probe)] = verdict
+                verdict = _verdicts.get((self.uri, self.probe))
+            if verdict is None:
+                verdict = await self._decide_auto()
+                log.info(
+                    "domain type for %s: %s (%s)", self.uri, verdict.domain_type, verdict.reason
+                )
+                with _verdict_lock:
+                    _verdicts[(self.uri, self.probe)] = verdict
+        self.verdict = verdict
+        return verdict
+
+    async def _decide_auto(self) -> DomainTypeVerdict:
+        """KVM if libvirt offers it, /dev/kvm answers and the probe (if any) boots."""
+        capabilities = await self._call("read libvirt's capabilities", self._capabilities)
+        device = await asyncio.to_thread(kvm_device_problem)
+        verdict = choose("auto", capabilities_xml=capabilities, device_problem=device)
+        if verdict.domain_type != "kvm" or self.probe is None:
             return verdict
+        outcome = ProbeOutcome(await self._boot_probe(self.probe), self.probe_timeout)
+        return choose("auto", capabilities_xml=capabilities, device_problem=device, probe=outcome)
 
-    async def _probe_kvm(self) -> DomainTypeVerdict:
-        """Decide kvm or qemu: KVM only if libvirt offers it and a KVM guest really runs."""
-        offered = await self._call("check KVM", self._kvm_offered)
-        if offered is not None:
-            return DomainTypeVerdict("qemu", offered)
-        if self.probe is None:
-            return DomainTypeVerdict("qemu", "no probe guest configured, so KVM is unproven")
-        seen = await self._boot_probe(self.probe)
-        if seen is None:
-            return DomainTypeVerdict(
-                "qemu",
-                f"a KVM guest showed no heartbeat within {self.probe_timeout:g} s "
-                "(KVM does not run guests here, or the probe could not start); using TCG",
-            )
-        return DomainTypeVerdict("kvm", f"a KVM guest's first heartbeat came after {seen:.1f} s")
-
-    def _kvm_offered(self) -> str | None:
-        """None if libvirt offers KVM for x86_64, else why not (blocking)."""
-        try:
-            self._connection().getDomainCapabilities(None, "x86_64", None, "kvm", 0)
-        except libvirt.libvirtError as exc:
-            if _code(exc) in _CONNECTION_ERRORS:
-                raise
-            return f"libvirt offers no KVM here: {exc.get_error_message()}"
-        return None
+    def _capabilities(self) -> str:
+        """libvirt's capabilities XML: the guests and domain types it offers (blocking)."""
+        return str(self._connection().getCapabilities())
 
     async def _boot_probe(self, probe: ProbeGuest) -> float | None:
         """Boot `probe` as a transient KVM domain; seconds to its marker, or None."""

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -62,3 +63,52 @@ def configure(log_format: str, level: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("zeroconf", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Rate-limits a repeated log line, per key (a peer and a kind of problem).
+
+    The first line of a key goes out at its level; for `interval` seconds
+    after it, repeats go to debug only and are counted, and the next line at
+    its level says how many were held back. A peer that misbehaves a thousand
+    times a second thus costs one line per interval, and the count still
+    tells the operator how bad it was.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 4096,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._max_keys = max_keys  # a flood of distinct keys forgets old ones, not memory
+        self._last: dict[tuple[str, str], float] = {}  # key -> when it last went out
+        self._held: dict[tuple[str, str], int] = {}  # key -> repeats since then
+
+    def __call__(
+        self,
+        key: tuple[str, str],
+        level: int,
+        text: str,
+        *args: object,
+        exc_info: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            self._log.debug(text, *args, extra=extra)
+            return
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+            self._held.clear()
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        suffix = f" ({held} more like it in the last {now - last:.0f} s)" if held and last else ""
+        self._log.log(level, text + suffix, *args, exc_info=exc_info, extra=extra)

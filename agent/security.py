@@ -58,6 +58,7 @@ class Refusal(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not-yet-valid"
     REVOKED = "revoked"
+    NOT_A_NODE = "not-a-node"  # a valid certificate, but for an operator, not a member
 
 
 class PeerRefused(IdentityError):
@@ -127,12 +128,16 @@ class TrustStore:
         self._revocations = revocations  # newest verified list, or None
         self._clock = clock  # wall clock: certificate windows are in unix seconds
         self._by_key: dict[bytes, Certificate] = {}  # raw Curve key -> verified certificate
+        self._by_encoding: dict[bytes, Certificate] = {}  # the same, by the bytes as issued
         # node id -> its Curve keys in `_by_key`: every send looks a peer up by id
         self._keys_of: dict[str, set[bytes]] = {}
         self._refused: OrderedDict[bytes, PeerRefused] = OrderedDict()  # key -> why, LRU
         self._max_refused = max_remembered_refusals
         self.refusals: Counter[Refusal] = Counter()  # refusals by kind, since start
         self.last_refusal: PeerRefused | None = None  # the most recent, for tests and logs
+        # The most recent refusal of a certificate someone presented: an unknown key
+        # is ordinary life (a member that restarted, not yet reintroduced), not this.
+        self.last_certificate_refusal: PeerRefused | None = None
 
     @property
     def ca_key_id(self) -> str:
@@ -152,6 +157,9 @@ class TrustStore:
         key is remembered so a later connection attempt gets the same reason.
         """
         now = self._now(now)
+        known = self._by_encoding.get(bytes(data))
+        if known is not None and self._current_problem(known, now) is None:
+            return known  # verified before: a second Ed25519 check would say the same
         try:
             cert = decode_certificate(data)
         except MalformedCertificate as exc:
@@ -159,12 +167,26 @@ class TrustStore:
         try:
             verify_certificate(data, self._ca, now, self._revocations)
         except IdentityError as exc:
-            refused = self._count(describe(exc, cert))
-            if cert.curve_key not in self._by_key:
-                self._remember_refusal(cert.curve_key, refused)
-            raise refused from None
+            raise self.refuse(exc, cert) from None
+        if not cert.is_member:
+            refused = self._count(
+                PeerRefused(
+                    Refusal.NOT_A_NODE,
+                    f"{cert.label} has roles {', '.join(cert.body.roles)}: not a mesh member",
+                )
+            )
+            self._remember_refusal(cert.curve_key, refused)
+            raise refused
         self._keep(cert)
         return cert
+
+    def refuse(self, error: IdentityError, cert: Certificate | None) -> PeerRefused:
+        """Count a certificate refused by `error` (here, or by a cheaper check elsewhere)
+        and remember why by its Curve key, so a later connection is told the cause."""
+        refused = self._count(describe(error, cert))
+        if cert is not None and cert.curve_key not in self._by_key:
+            self._remember_refusal(cert.curve_key, refused)
+        return refused
 
     def _keep(self, cert: Certificate) -> None:
         """Bind the key to `cert`; a renewal (later expiry) replaces an older certificate."""
@@ -172,7 +194,9 @@ class TrustStore:
         if known is None or cert.not_after >= known.not_after:
             if known is not None:
                 self._keys_of.get(known.node_id, set()).discard(cert.curve_key)
+                self._by_encoding.pop(known.encoded, None)
             self._by_key[cert.curve_key] = cert
+            self._by_encoding[cert.encoded] = cert
             self._keys_of.setdefault(cert.node_id, set()).add(cert.curve_key)
         self._refused.pop(cert.curve_key, None)
 
@@ -192,7 +216,19 @@ class TrustStore:
     def forget(self, node_id: str) -> None:
         """Drop every certificate of `node_id` (e.g. it left for good)."""
         for key in self._keys_of.pop(node_id, set()):
-            del self._by_key[key]
+            self._by_encoding.pop(self._by_key.pop(key).encoded, None)
+
+    def certificates(self) -> list[Certificate]:
+        """Every certificate held (valid or not: the caller judges)."""
+        return list(self._by_key.values())
+
+    def is_revoked(self, node_id: str) -> bool:
+        """Whether certificates of `node_id` are known and the revocation list revokes them all."""
+        keys = self._keys_of.get(node_id)
+        if not keys or self._revocations is None:
+            return False
+        held = self._revocations
+        return all(held.is_revoked(self._by_key[key]) for key in keys)
 
     # --- judging -----------------------------------------------------------------
 
@@ -255,6 +291,8 @@ class TrustStore:
     def _count(self, refused: PeerRefused) -> PeerRefused:
         self.refusals[refused.kind] += 1
         self.last_refusal = refused
+        if refused.kind is not Refusal.UNKNOWN_KEY:
+            self.last_certificate_refusal = refused
         return refused
 
     def _now(self, now: float | None) -> float:

@@ -34,7 +34,8 @@ from novacron.protocol.errors import ProtocolError
 from novacron.protocol.keys import RAW_KEY_SIZE, NodeKey
 from novacron.protocol.messages import Message
 
-from .security import TrustStore, key_text
+from .logs import Throttle
+from .security import Refusal, TrustStore, key_text
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,15 @@ class TransportStats:
 
 
 class _WarnOnce:
-    """Rate-limits repeated warnings so a misbehaving peer cannot flood the log."""
+    """Warnings about peers, rate-limited per peer and problem (a peer cannot flood the log)."""
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._last: dict[tuple[str, str], float] = {}
+        self._throttle = Throttle(log, interval)
 
-    def __call__(self, peer: str, kind: str, text: str, *args: object) -> None:
-        now = time.monotonic()
-        key = (peer, kind)
-        if now - self._last.get(key, -self._interval) >= self._interval:
-            if len(self._last) > 4096:
-                self._last.clear()
-            self._last[key] = now
-            log.warning(text, *args)
-        else:
-            log.debug(text, *args)
+    def __call__(
+        self, peer: str, kind: str, text: str, *args: object, level: int = logging.WARNING
+    ) -> None:
+        self._throttle((peer, kind), level, text, *args)
 
 
 def raw_curve_key(key: bytes | str) -> bytes:
@@ -128,7 +122,11 @@ class _TrustProvider:
         if verdict.admitted:
             return True
         self._stats.refused_connections += 1
-        self._warn(key_text(raw), "zap", "peer refused: %s", verdict.reason)
+        # A key we have no certificate for is mostly a member that restarted and has
+        # not been introduced again yet: normal life, retried in seconds. A refused
+        # certificate (another CA, revoked, expired) is worth a warning.
+        level = logging.INFO if verdict.refusal is Refusal.UNKNOWN_KEY else logging.WARNING
+        self._warn(key_text(raw), "zap", "peer refused: %s", verdict.reason, level=level)
         return False
 
 

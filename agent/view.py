@@ -22,10 +22,12 @@ class MeshView:
         core: Callable[[], MembershipNode],
         clock: Callable[[], float],
         extra_status: Callable[[], dict[str, Any]],
+        notes: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self._core = core  # the live node (replaced on restart of the core)
         self._clock = clock  # the core's clock, to turn times into ages
         self._extra_status = extra_status  # daemon-level facts (uptime, libvirt, ...)
+        self._notes = notes  # node id -> what is wrong with it (revoked, one id in two places)
 
     def status(self) -> dict[str, Any]:
         core = self._core()
@@ -49,6 +51,7 @@ class MeshView:
         core = self._core()
         now = self._clock()
         records = core.records()
+        notes = self._notes()
         rows = []
         for member in sorted(core.members(), key=lambda m: m.node_id):
             record = records.get(member.node_id)
@@ -64,6 +67,7 @@ class MeshView:
                     else _age(now, member.last_heard),
                     "state_for_s": round(max(0.0, now - member.state_since), 3),
                     "self": member.node_id == core.node_id,
+                    "note": notes.get(member.node_id),
                 }
             )
         return rows

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -35,18 +36,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LAB_TESTS = (
-    "tests/test_lab.py",
-    "tests/test_lab_cli.py",
-    "tests/test_hypervisor.py",
-    "tests/test_agent_lab.py",
-    "tests/test_systemd_lab.py",
-    "tests/test_vm_control_lab.py",
-    "tests/test_migration_lab.py",
-    "tests/test_migration_faults_lab.py",
-    "tests/test_drain_lab.py",
-    "tests/test_rebalance_lab.py",
-)
+LAB_MARK = re.compile(r"^pytestmark = pytest\.mark\.lab$", re.MULTILINE)  # tests/conftest.py
+
+
+def lab_test_files() -> list[str]:
+    """Every test module marked `lab`, as tests/test_suite_layout.py makes them."""
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    return [str(path.relative_to(ROOT)) for path in tests if LAB_MARK.search(path.read_text())]
+
+
 WAITS_ENV = "NOVACRON_LAB_WAITS"  # read by tests/lab_vms.py
 FILE_TIMEOUT = 1800.0  # seconds: a test file hung this long is a failure, and is stopped
 TEARDOWN = 180.0  # seconds an interrupted pytest gets to take its labs down
@@ -220,7 +218,13 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=10, help="rounds in a row to pass (10)")
     parser.add_argument("--max-rounds", type=int, default=30, help="give up after (30)")
     parser.add_argument("--load", type=int, default=1, help="cores stress-ng keeps busy (1)")
-    parser.add_argument("--tests", nargs="+", default=list(LAB_TESTS), metavar="FILE")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        default=lab_test_files(),
+        metavar="FILE",
+        help="test files to run (default: every module marked lab)",
+    )
     parser.add_argument(
         "--keep", type=Path, default=Path(f"/var/lib/novacron-test/soak-{os.getpid()}")
     )

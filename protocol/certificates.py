@@ -78,6 +78,14 @@ class CertificateBody:
     not_after: float  # unix seconds; invalid from this instant on
     serial: int  # unique per CA; what a revocation list names
     issuer: str  # key id of the CA that signed (see keys.key_id)
+    # What the CA lets the holder do besides nothing: () is a node, a mesh member;
+    # ("operator",) a person who may command hosts from anywhere, never a member.
+    roles: tuple[str, ...] = ()
+
+
+ROLE_RE = re.compile(
+    r"[a-z][a-z0-9-]{0,31}"
+)  # a role's name; roles an agent does not know grant nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,14 @@ class Certificate:
         return self.body.curve_key
 
     @property
+    def is_member(self) -> bool:
+        """Whether the certificate makes its holder a member of the mesh (a node)."""
+        return not self.body.roles or "node" in self.body.roles
+
+    def has_role(self, role: str) -> bool:
+        return role in self.body.roles
+
+    @property
     def fingerprint(self) -> str:
         """SHA-256 of the whole certificate, hex: how operators compare certificates."""
         return hashlib.sha256(self.encoded).hexdigest()
@@ -143,6 +159,7 @@ def issue_certificate(
     not_before: float,
     not_after: float,
     serial: int,
+    roles: tuple[str, ...] = (),
 ) -> Certificate:
     """Sign a certificate for `node_id`'s raw public keys, valid in [not_before, not_after)."""
     body = CertificateBody(
@@ -153,6 +170,7 @@ def issue_certificate(
         not_after=float(not_after),
         serial=serial,
         issuer=key_id(ca_key),
+        roles=tuple(roles),
     )
     problem = _body_problem(body)
     if problem:
@@ -189,6 +207,9 @@ def _body_problem(body: CertificateBody) -> str:
         return "not_before must be earlier than not_after"
     if not 0 <= body.serial <= MAX_SERIAL:
         return "serial must be an unsigned 64-bit integer"
+    bad = [role for role in body.roles if ROLE_RE.fullmatch(role) is None]
+    if bad or len(set(body.roles)) != len(body.roles) or len(body.roles) > 8:
+        return "roles must be at most 8 distinct names of a-z, 0-9 and '-'"
     return ""
 
 
@@ -212,6 +233,16 @@ def verify_certificate(
     return cert
 
 
+def check_issuer(cert: Certificate, ca_key_id: str) -> None:
+    """Raise `CertificateFromOtherCA` unless `cert` names the CA with key id `ca_key_id`
+    (cheap: no signature is checked, so a match proves nothing by itself)."""
+    if cert.issuer != ca_key_id:
+        raise CertificateFromOtherCA(
+            f"{cert.label} was issued by CA {cert.issuer[:64]!r}, "
+            f"not by this cluster's CA {ca_key_id!r}"
+        )
+
+
 def check_signature(cert: Certificate, ca_public: Ed25519PublicKey) -> None:
     """Raise unless the CA with key `ca_public` signed `cert` (time is not considered).
 
@@ -221,11 +252,7 @@ def check_signature(cert: Certificate, ca_public: Ed25519PublicKey) -> None:
     if signature_valid(ca_public, cert.signature, codec.pack_struct(cert.body)):
         return
     expected = key_id(ca_public)
-    if cert.issuer != expected:
-        raise CertificateFromOtherCA(
-            f"{cert.label} was issued by CA {cert.issuer[:64]!r}, "
-            f"not by this cluster's CA {expected!r}"
-        )
+    check_issuer(cert, expected)
     raise BadCertificateSignature(
         f"{cert.label}: signature does not verify under CA {expected!r} (altered or forged)"
     )

@@ -7,7 +7,8 @@ nodes talking:
 - the version comes first and is checked first; an unsupported version is an
   `UnsupportedVersion` error naming what this node speaks;
 - unknown payload fields are ignored, missing optional fields get their
-  defaults, missing required fields are an `InvalidField` error;
+  defaults, missing required fields are an `InvalidField` error; optional
+  fields at their default are not encoded at all;
 - an unknown message type is an `UnknownMessageType` error;
 - extra envelope elements after the payload are ignored (room to grow).
 
@@ -35,10 +36,13 @@ from .errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from .messages import CATALOGUE, Message
+from .messages import CATALOGUE, Message, Range
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+# Version 2: membership claims are signed by the node they are about (or their
+# accuser) and counters are bounded; a version 1 node's unsigned claims would
+# be refused anyway, so the two do not pretend to speak one protocol.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS: tuple[int, ...] = (2,)
 
 T = TypeVar("T")
 
@@ -104,7 +108,9 @@ def _encoder(hint: Any) -> Converter | None:
         return _ENCODERS[hint]
     origin = typing.get_origin(hint)
     encoder: Converter | None = None
-    if isinstance(hint, type) and issubclass(hint, Enum):
+    if origin is typing.Annotated:
+        encoder = _encoder(typing.get_args(hint)[0])
+    elif isinstance(hint, type) and issubclass(hint, Enum):
         encoder = _enum_value
     elif origin is tuple:
         item = _encoder(typing.get_args(hint)[0])
@@ -138,19 +144,32 @@ def _tagged_encoder(value: Any) -> list[Any]:
 
 
 _STRUCT_ENCODERS: dict[type, Converter] = {}
+_REQUIRED = object()  # marks a field without a default: always encoded
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, or `_REQUIRED`. Optional fields at their default are
+    left out of the encoding (so a new optional field changes no existing bytes)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _REQUIRED
 
 
 def _struct_encoder(cls: type) -> Converter:
     found = _STRUCT_ENCODERS.get(cls)
     if found is not None:
         return found
-    hints = typing.get_type_hints(cls)
-    plan = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    plan = [(f.name, _encoder(hints[f.name]), _default(f)) for f in dataclasses.fields(cls)]
 
     def encode_struct(obj: Any) -> dict[str, Any]:
         wire = {}
-        for name, convert in plan:
+        for name, convert, default in plan:
             value = getattr(obj, name)
+            if value is default or (default is not _REQUIRED and value == default):
+                continue  # the decoder restores it: fewer bytes on the wire
             wire[name] = value if convert is None else convert(value)
         return wire
 
@@ -297,6 +316,12 @@ def _make_decoder(hint: Any) -> Decoder:
     if scalar is not None:
         return scalar
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        bounds = next((e for e in extras if isinstance(e, Range)), None)
+        if base is int and bounds is not None:
+            return _bounded_int_decoder(bounds)
+        return _decoder(base)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return _enum_decoder(hint)
     if origin is tuple:
@@ -321,6 +346,17 @@ def _decode_int(value: Any, room: int) -> int:
     if type(value) is int:
         return value
     raise _FieldError("", f"expected an integer, got {_kind(value)}")
+
+
+def _bounded_int_decoder(bounds: Range) -> Decoder:
+    def decode_bounded(value: Any, room: int) -> int:
+        if type(value) is not int:
+            raise _FieldError("", f"expected an integer, got {_kind(value)}")
+        if not bounds.low <= value <= bounds.high:
+            raise _FieldError("", f"{value} is outside {bounds.low}..{bounds.high}")
+        return value
+
+    return decode_bounded
 
 
 def _decode_float(value: Any, room: int) -> float:
@@ -356,9 +392,13 @@ def _enum_decoder(enum: type[Enum]) -> Decoder:
     allowed = ", ".join(str(m.value) for m in enum)
 
     def decode_enum(value: Any, room: int) -> Enum:
+        # Only a scalar can name a member; anything else (a container nested
+        # a thousand deep, say) is refused by its kind, never looked up or printed.
+        if type(value) not in (str, int):
+            raise _FieldError("", f"expected one of {allowed}, got {_kind(value)}")
         try:
             return enum(value)
-        except (ValueError, TypeError):
+        except ValueError:
             raise _FieldError("", f"{str(value)[:32]!r} is not one of {allowed}") from None
 
     return decode_enum
@@ -424,7 +464,7 @@ def _struct_decoder(cls: type) -> Decoder:
     found = _STRUCT_DECODERS.get(cls)
     if found is not None:
         return found
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = dataclasses.fields(cls)
     required = [
         f.name

@@ -15,7 +15,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Union
+from typing import Annotated, ClassVar, Union
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Inclusive bounds of an integer field; the codec refuses a value outside them."""
+
+    low: int
+    high: int
+
+
+MAX_COUNTER = 2**53 - 1
+"""The largest incarnation, version or sequence number the protocol speaks.
+
+Counters only ever grow by one (a refutation, a new record, a probe), so no
+honest node comes near it; the bound keeps every counter encodable and exact
+in JSON (the local API, the coordinator), and a peer that sends a larger one
+sends a malformed frame.
+"""
+
+Counter = Annotated[int, Range(0, MAX_COUNTER)]
 
 
 class MemberState(StrEnum):
@@ -61,7 +81,7 @@ class NodeRecord:
     """
 
     node_id: str
-    version: int
+    version: Counter
     capacity: Resources = field(default_factory=Resources)
     usage: Resources = field(default_factory=Resources)
     load: float = 0.0  # 1-minute load average
@@ -82,7 +102,7 @@ class SignedRecord:
     """
 
     node_id: str
-    version: int
+    version: Counter
     record: bytes  # msgpack encoding of the NodeRecord
     signature: bytes  # Ed25519 over `record`
 
@@ -92,9 +112,13 @@ class MemberDigest:
     """One line of a push-pull membership exchange."""
 
     node_id: str
-    incarnation: int
+    incarnation: Counter
     state: MemberState
     address: str = ""
+    # The member's own signature of its Alive at (incarnation, address), or of its
+    # Leave when left (`claims.line_claim`): what lets a receiver apply the line.
+    signature: bytes = b""
+    certificate: bytes = b""  # the member's certificate, for a receiver that lacks it
 
 
 # --- gossip items (also sent on their own) -----------------------------------
@@ -106,9 +130,10 @@ class Alive:
 
     TYPE: ClassVar[str] = "alive"
     node_id: str
-    incarnation: int
+    incarnation: Counter
     address: str = ""
-    certificate: bytes = b""  # the node's certificate, so peers can verify it
+    certificate: bytes = b""  # the node's certificate, for members that do not know it yet
+    signature: bytes = b""  # by `node_id` itself, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +142,9 @@ class Suspect:
 
     TYPE: ClassVar[str] = "suspect"
     node_id: str
-    incarnation: int
+    incarnation: Counter
     by: str
+    signature: bytes = b""  # by the accuser `by`, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +153,9 @@ class Dead:
 
     TYPE: ClassVar[str] = "dead"
     node_id: str
-    incarnation: int
+    incarnation: Counter
     by: str
+    signature: bytes = b""  # by the accuser `by`, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +164,8 @@ class Leave:
 
     TYPE: ClassVar[str] = "leave"
     node_id: str
-    incarnation: int
+    incarnation: Counter
+    signature: bytes = b""  # by `node_id` itself, over `claims.claim_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +176,19 @@ class RecordUpdate:
     signed: SignedRecord
 
 
-Gossip = Union[Alive, Suspect, Dead, Leave, RecordUpdate]  # noqa: UP007
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """The CA's signed revocation list; a newer one (by its issue time) replaces an older.
+
+    Any member passes it on; only the CA's signature makes it count
+    (`revocation.verify_revocation_list`), so a relay can delay it, not forge it.
+    """
+
+    TYPE: ClassVar[str] = "revocations"
+    crl: bytes  # `revocation.sign_revocation_list`'s output, as the CA made it
+
+
+Gossip = Union[Alive, Suspect, Dead, Leave, RecordUpdate, Revocations]  # noqa: UP007
 
 
 # --- failure detection -------------------------------------------------------
@@ -159,7 +199,7 @@ class Ping:
     """Direct probe of `target`; answered by an `Ack` with the same `seq`."""
 
     TYPE: ClassVar[str] = "ping"
-    seq: int
+    seq: Counter
     target: str
     gossip: tuple[Gossip, ...] = ()
 
@@ -169,7 +209,7 @@ class IndirectPing:
     """Ask the receiver to probe `target` on behalf of `requester`."""
 
     TYPE: ClassVar[str] = "indirect-ping"
-    seq: int
+    seq: Counter
     target: str
     requester: str
     target_address: str = ""
@@ -182,7 +222,7 @@ class Ack:
     """Answer to a `Ping` (or relayed answer to an `IndirectPing`)."""
 
     TYPE: ClassVar[str] = "ack"
-    seq: int
+    seq: Counter
     gossip: tuple[Gossip, ...] = ()
 
 
@@ -191,7 +231,7 @@ class Nack:
     """The relay of an indirect probe got no answer from the target in time."""
 
     TYPE: ClassVar[str] = "nack"
-    seq: int
+    seq: Counter
     gossip: tuple[Gossip, ...] = ()
 
 
@@ -208,8 +248,9 @@ class Digest:
 
     TYPE: ClassVar[str] = "digest"
     members: tuple[MemberDigest, ...] = ()
-    records: dict[str, int] = field(default_factory=dict)  # node id -> version
+    records: dict[str, Counter] = field(default_factory=dict)  # node id -> version
     reply: bool = False
+    crl_issued_at: float = 0.0  # issue time of the newest revocation list the sender holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +260,34 @@ class Delta:
     TYPE: ClassVar[str] = "delta"
     members: tuple[MemberDigest, ...] = ()
     records: tuple[SignedRecord, ...] = ()
+    crl: bytes = b""  # a revocation list newer than the digest's, when the sender has one
+
+
+# --- certificates --------------------------------------------------------------
+
+
+MAX_CERTIFICATES = 8  # node ids one request is answered for (a request names one, usually)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRequest:
+    """Ask a member for the certificates of nodes it told us about.
+
+    Gossip carries no certificates (a certificate is several times the size
+    of an Alive, and would be resent a dozen times by every node): a member
+    that hears of a node it cannot check asks whoever told it, once.
+    """
+
+    TYPE: ClassVar[str] = "certificate-request"
+    node_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Certificates:
+    """Certificates the sender holds, by node id; each is checked against the CA."""
+
+    TYPE: ClassVar[str] = "certificates"
+    certificates: dict[str, bytes] = field(default_factory=dict)
 
 
 # --- migration ---------------------------------------------------------------
@@ -299,7 +368,9 @@ class DrainRequest:
     """An operator on another host asks `node` to start (`drain`) or end its drain.
 
     The drained host's own agent carries the drain out, as a local `nova host
-    drain` would; it refuses a request that names another node than itself.
+    drain` would; it refuses a request that names another node than itself,
+    and one that an operator did not sign (action "drain" or "undrain",
+    target `node`, id `request_id`).
     """
 
     TYPE: ClassVar[str] = "drain-request"
@@ -307,6 +378,10 @@ class DrainRequest:
     node: str  # the host to drain: must be the receiver
     drain: bool  # True: start draining; False: take new VMs again
     requested_by: str = ""  # the operator, as the asking host names them (for the log)
+    # The operator's authority (`operators.py`): a member alone may not drain a host.
+    issued_at: float = 0.0  # when the operator signed the command (unix seconds)
+    operator_certificate: bytes = b""  # a certificate with the operator role
+    signature: bytes = b""  # by that certificate's key over `operators.command_bytes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +394,7 @@ class DrainAnswer:
     reason: str = ""  # why not, when refused
     draining: bool = False  # the host's flag after the request
     running: tuple[str, ...] = ()  # VMs still running there
-    record_version: int = 0  # its record's version carrying that flag (gossip catches up)
+    record_version: Counter = 0  # its record's version carrying that flag (gossip catches up)
 
 
 Message = Union[  # noqa: UP007
@@ -328,12 +403,15 @@ Message = Union[  # noqa: UP007
     Dead,
     Leave,
     RecordUpdate,
+    Revocations,
     Ping,
     IndirectPing,
     Ack,
     Nack,
     Digest,
     Delta,
+    CertificateRequest,
+    Certificates,
     MigrationPropose,
     MigrationAccept,
     MigrationRefuse,
@@ -344,7 +422,7 @@ Message = Union[  # noqa: UP007
     DrainAnswer,
 ]
 
-GOSSIP_TYPES: tuple[type, ...] = (Alive, Suspect, Dead, Leave, RecordUpdate)
+GOSSIP_TYPES: tuple[type, ...] = (Alive, Suspect, Dead, Leave, RecordUpdate, Revocations)
 
 CATALOGUE: dict[str, type] = {
     cls.TYPE: cls
@@ -354,12 +432,15 @@ CATALOGUE: dict[str, type] = {
         Dead,
         Leave,
         RecordUpdate,
+        Revocations,
         Ping,
         IndirectPing,
         Ack,
         Nack,
         Digest,
         Delta,
+        CertificateRequest,
+        Certificates,
         MigrationPropose,
         MigrationAccept,
         MigrationRefuse,

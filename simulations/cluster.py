@@ -28,7 +28,7 @@ from novacron.protocol.messages import NodeRecord, Resources
 from .engine import Engine
 from .metrics import ByteMeter
 from .network import Network, NetworkConfig
-from .signing import VerificationCache, make_signer
+from .signing import SimKeyring, VerificationCache, make_signer, sign_claim_as_signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ def initial_record(node_id: str, version: int = 1) -> NodeRecord:
         capacity=Resources(vcpus=16, memory_mib=65536, disk_gib=500),
         usage=Resources(vcpus=1.0, memory_mib=2048, disk_gib=20),
         addresses=(address_of(node_id),),
-        libvirt_uri="qemu+tcp://localhost/system",
+        libvirt_uri="qemu:///system",  # local: peers reach it through its address
         labels={"site": "sim"},
     )
 
@@ -101,8 +101,7 @@ class Cluster:
                 address=address_of(node_id),
                 config=self.settings.membership,
                 rng=self.rng_for(node_id),
-                signer=make_signer(node_id),
-                verifier=self.verifier,
+                keyring=SimKeyring(node_id, self.verifier),
                 now=now,
             )
             self._register(node_id, node, None)
@@ -112,7 +111,9 @@ class Cluster:
         for n in self.ids:
             self.latest_version[n] = 1
         members = [(n, address_of(n)) for n in self.ids]
-        return ClusterSnapshot.converged(members, records, now=now, verifier=self.verifier)
+        return ClusterSnapshot.converged(
+            members, records, now=now, verifier=self.verifier, sign_claim=sign_claim_as_signer
+        )
 
     def start_fresh(self, node_id: str, seeds: Iterable[str], now: float) -> None:
         """Start a new process for `node_id` that joins through `seeds`."""
@@ -122,8 +123,7 @@ class Cluster:
             address=address_of(node_id),
             config=self.settings.membership,
             rng=self.rng_for(node_id),
-            signer=make_signer(node_id),
-            verifier=self.verifier,
+            keyring=SimKeyring(node_id, self.verifier),
             now=now,
         )
         output = node.join([(s, address_of(s)) for s in seeds], now)

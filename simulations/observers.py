@@ -19,6 +19,7 @@ from novacron.agent.core.events import (
     MemberFailed,
     MemberJoined,
     MemberLeft,
+    MemberRevoked,
     MemberSuspected,
     RecordUpdated,
 )
@@ -55,6 +56,30 @@ class RecordSpread:
         """Fraction of `population` that holds it now."""
         members = list(population)
         return sum(n in self.reached for n in members) / len(members) if members else 1.0
+
+
+class RevocationSpread:
+    """When did each node expel `revoked` (adopting the CA's list that revokes it)?"""
+
+    def __init__(self, revoked: str, start: float) -> None:
+        self.revoked = revoked  # the member the CA revoked
+        self.start = start  # when the list was handed to its first node
+        self.expelled: dict[str, float] = {}  # node -> when it expelled `revoked`
+
+    def __call__(self, now: float, observer: str, event: Event) -> None:
+        if (
+            isinstance(event, MemberRevoked)
+            and event.node_id == self.revoked
+            and observer != self.revoked  # it learns its own fate too, and stops
+        ):
+            self.expelled.setdefault(observer, now)
+
+    def time_to_fraction(self, population: Iterable[str], fraction: float) -> float | None:
+        """Seconds from the operator's publication until `fraction` of `population` expelled."""
+        members = list(population)
+        times = sorted(self.expelled[n] - self.start for n in members if n in self.expelled)
+        needed = max(1, math.ceil(fraction * len(members) - 1e-9))
+        return rounded(times[needed - 1]) if len(times) >= needed else None
 
 
 class FailureWatch:

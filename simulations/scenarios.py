@@ -25,7 +25,8 @@ from novacron.agent.core.events import Event, RecordUpdated
 from .cluster import Cluster, ClusterSettings
 from .metrics import rounded, summary
 from .network import LinkModel, NetworkConfig
-from .observers import Accusations, FailureWatch, PartitionWatch, RecordSpread
+from .observers import Accusations, FailureWatch, PartitionWatch, RecordSpread, RevocationSpread
+from .signing import SimCA
 
 Results = dict[str, Any]
 
@@ -313,6 +314,31 @@ def partition_heal(cluster: Cluster, params: Params) -> Results:
     }
 
 
+def revocation(cluster: Cluster, params: Params) -> Results:
+    """The operator revokes one member and hands the list to one node: how long until
+    every other live node has expelled it (gossip first, push-pull as the backstop)."""
+    cluster.engine.run(params.warmup)
+    revoked, origin = pick(params, "revocation", cluster.ids, 2)
+    start = cluster.engine.now
+    traffic = Traffic(cluster)
+    spread = RevocationSpread(revoked, start)
+    cluster.engine.listeners.append(spread)
+    crl = SimCA.revocation_list(start, [revoked])
+    cluster.engine.feed(origin, cluster.members[origin].adopt_revocations(crl, start))
+    others = [n for n in cluster.live_ids() if n != revoked]
+    run_until(cluster, start + params.limit(60.0), lambda: len(spread.expelled) >= len(others))
+    return {
+        "revoked": revoked,
+        "published_at": origin,
+        "time_to_50pct_s": spread.time_to_fraction(others, 0.5),
+        "time_to_99pct_s": spread.time_to_fraction(others, 0.99),
+        "time_to_100pct_s": spread.time_to_fraction(others, 1.0),
+        "expelled_by": len(spread.expelled),
+        "live_nodes": len(others),
+        "traffic_during": traffic.rates(),
+    }
+
+
 def cost(cluster: Cluster, params: Params) -> Results:
     """Steady state: what a member costs in bytes per second (memory: in `runtime`)."""
     cluster.engine.run(params.warmup)
@@ -332,5 +358,6 @@ SCENARIOS: dict[str, Callable[[Cluster, Params], Results]] = {
     "false-positives": false_positives,
     "catch-up": catch_up,
     "partition-heal": partition_heal,
+    "revocation": revocation,
     "cost": cost,
 }

@@ -1,11 +1,72 @@
-"""Fixtures every test module may use."""
+"""Fixtures every test module may use, and the rule for tests that need the lab.
+
+Shared helpers live in this folder's helper modules (the ones not named
+test_*: agent_process, api_client, core_harness, fake_mesh, fuzzing,
+lab_vms, migration_harness, strategies). Test modules import from those,
+never from one another (tests/test_suite_layout.py checks).
+
+The `lab` marker (a module's `pytestmark = pytest.mark.lab`) is for tests
+that need root and what the lab builds on: network namespaces, libvirtd,
+QEMU, the test guest. The rule:
+
+- A selected lab test runs, or FAILS saying what is missing (root, a program
+  and its Debian package). It never skips: a CI run, which runs `make test`
+  as root, must not report the lab as working when nothing checked it.
+- The one way not to run lab tests is to deselect them: `pytest -m "not lab"`
+  (`make test-unit`), which passes as an ordinary user. Everything else is
+  plain code, loopback sockets and libvirt's test driver.
+"""
 
 from __future__ import annotations
+
+import functools
+import os
 
 import pytest
 
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
+from novacron.simulations.lab import preflight
+
+pytest_plugins = ("tests.api_server",)  # its `served` fixture, for the API's tests
+
+DESELECT = "deselect lab tests with -m 'not lab' (make test-unit)"
+
+
+@functools.cache
+def lab_missing() -> str | None:
+    """What this run lacks for the lab, or None; asked once per session."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (namespaces, veths, mounts, libvirtd)")
+    programs = preflight.missing_binaries(libvirt=True)
+    if programs:
+        listing = ", ".join(
+            f"{name} (Debian package {pkg})" for name, pkg in sorted(programs.items())
+        )
+        missing.append(f"{listing}: sh scripts/install-system-deps.sh")
+    return "; ".join(missing) or None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A lab test without its prerequisites fails here, before its fixtures build anything."""
+    if item.get_closest_marker("lab") is None:
+        return
+    missing = lab_missing()
+    if missing is not None:
+        pytest.fail(f"lab test, but this run lacks {missing}; {DESELECT}", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line saying why lab tests failed wholesale, and how to leave them out."""
+    missing = lab_missing() if lab_missing.cache_info().currsize else None
+    if missing is not None:
+        terminalreporter.write_line(
+            f"lab tests could not run: this run lacks {missing}. Run the suite as root "
+            f"(make test, as CI does), or {DESELECT}.",
+            red=True,
+        )
 
 
 @pytest.fixture(scope="session")

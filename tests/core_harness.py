@@ -3,54 +3,50 @@
 `Net` holds `MembershipNode`s by id and a heap of timed entries (packet
 deliveries and node wake-ups). Links have a fixed small latency; loss, dead
 links and partitions are decided with a seeded RNG, so every run is exact and
-repeatable. Signatures are real: HMAC-SHA256 under a per-node key.
+repeatable. Signatures are real: the simulator's MACs under per-node keys
+(`simulations/signing.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import heapq
-import hmac
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Event, Output
-from novacron.agent.core.node import MembershipNode, RecordSigner
+from novacron.agent.core.node import MembershipNode
 from novacron.agent.core.snapshot import ClusterSnapshot
-from novacron.protocol.codec import pack_struct, unpack_struct
-from novacron.protocol.errors import IdentityError, ProtocolError
-from novacron.protocol.messages import MemberState, Message, NodeRecord, SignedRecord
+from novacron.protocol.messages import (
+    Alive,
+    Dead,
+    Leave,
+    MemberState,
+    Message,
+    NodeRecord,
+    Suspect,
+)
+from novacron.simulations.signing import (
+    SimKeyring,
+    make_signer,
+    sign_claim_as_signer,
+    verify_uncached,
+)
 
 INF = float("inf")
+verify = verify_uncached  # checks a record's MAC under its owner's key, then decodes
+
+__all__ = ["make_signer", "verify"]
+
+ClaimT = TypeVar("ClaimT", Alive, Suspect, Dead, Leave)
 
 
-def key_of(node_id: str) -> bytes:
-    """Each test node's HMAC key."""
-    return hashlib.sha256(b"core-test:" + node_id.encode()).digest()
-
-
-def make_signer(node_id: str, key: bytes | None = None) -> RecordSigner:
-    """Signs `node_id`'s records (with another key: a forger)."""
-
-    def sign(record: NodeRecord) -> SignedRecord:
-        data = pack_struct(record)
-        mac = hmac.digest(key or key_of(record.node_id), data, "sha256")
-        return SignedRecord(record.node_id, record.version, data, mac)
-
-    return sign
-
-
-def verify(signed: SignedRecord) -> NodeRecord:
-    """Checks the MAC under the owner's key, then decodes."""
-    expected = hmac.digest(key_of(signed.node_id), signed.record, "sha256")
-    if not hmac.compare_digest(expected, signed.signature):
-        raise IdentityError(f"bad signature on the record of {signed.node_id}")
-    record = unpack_struct(NodeRecord, signed.record)
-    if record.node_id != signed.node_id or record.version != signed.version:
-        raise ProtocolError("record header does not match its contents")
-    return record
+def sign(claim: ClaimT, key: bytes | None = None) -> ClaimT:
+    """`claim` signed by whoever must sign it (with another `key`: forged)."""
+    return dataclasses.replace(claim, signature=sign_claim_as_signer(claim, key))
 
 
 def record_for(node_id: str, load: float = 0.0) -> NodeRecord:
@@ -74,8 +70,7 @@ def make_node(
         address=address_of(node_id),
         config=config,
         rng=random.Random(f"{seed}/{node_id}"),
-        signer=make_signer(node_id),
-        verifier=verify,
+        keyring=SimKeyring(node_id),
         now=now,
     )
 
@@ -130,7 +125,11 @@ class Net:
         names = ids(count)
         signed = [make_signer(n)(record_for_version(n, 1)) for n in names]
         snapshot = ClusterSnapshot.converged(
-            [(n, address_of(n)) for n in names], signed, now=self.now, verifier=verify
+            [(n, address_of(n)) for n in names],
+            signed,
+            now=self.now,
+            verifier=verify,
+            sign_claim=sign_claim_as_signer,
         )
         for node_id in names:
             node = MembershipNode.from_snapshot(
@@ -139,8 +138,7 @@ class Net:
                 address=address_of(node_id),
                 config=self.config,
                 rng=random.Random(f"{self.seed}/{node_id}"),
-                signer=make_signer(node_id),
-                verifier=verify,
+                keyring=SimKeyring(node_id),
                 now=self.now,
             )
             self.add(node)

@@ -1,7 +1,7 @@
 """Helpers for the lab tests that run guests under agents: `nova` in a host, heartbeats, views.
 
-Shared by tests/test_migration_lab.py, tests/test_migration_faults_lab.py and
-tests/test_vm_control_lab.py. Guests are the TCG test guest
+Shared by the lab tests that run guests (test_hypervisor, test_migration_lab,
+test_migration_faults_lab, test_vm_control_lab, ...). Guests are the TCG test guest
 (simulations/guest.py); libvirt connections to a lab host are opened inside
 its namespace (`opener_in`), never from the root namespace.
 """
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import libvirt
 
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vmspec import VmSpec
@@ -25,9 +29,50 @@ from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost, heartbeat
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
-from tests.test_hypervisor import host_path, opener_in
 
 MEMORY_MIB = 128
+
+CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def opener_in(host: LabHost) -> Callable[[str], Any]:
+    """A libvirt opener whose connections are made from inside `host`'s network.
+
+    setns(CLONE_NEWNET) affects only the calling thread, and a socket stays in
+    the namespace it was created in, so a short-lived thread joins the host's
+    namespace, opens the connection and ends; the connection is then usable
+    from any thread.
+    """
+
+    def open_in_host(uri: str) -> Any:
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                fd = os.open(f"/proc/{host.init_pid}/ns/net", os.O_RDONLY)
+                try:
+                    if _libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns into {host.name}")
+                finally:
+                    os.close(fd)
+                box["conn"] = libvirt.open(uri)
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"libvirt-open-{host.name}")
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["conn"]
+
+    return open_in_host
+
+
+def host_path(host: LabHost, path: Path) -> Path:
+    """`path` as `host` sees it (its private mounts), readable from this process."""
+    return host.path(path)
 
 
 def hv(host: LabHost, disk_dir: Path) -> Hypervisor:

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 from hypothesis import strategies as st
 
-from novacron.protocol.messages import CATALOGUE
+from novacron.protocol.messages import CATALOGUE, Range
 
 _text = st.text(max_size=24)
 _ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -20,6 +20,12 @@ _floats = st.floats(allow_nan=False, allow_infinity=False)
 def for_hint(hint: Any, depth: int = 0) -> st.SearchStrategy[Any]:
     """A strategy for values of `hint`, as the catalogue uses them."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        bounds = next((e for e in extras if isinstance(e, Range)), None)
+        if base is int and bounds is not None:
+            return st.integers(bounds.low, bounds.high)
+        return for_hint(base, depth)
     simple: dict[Any, st.SearchStrategy[Any]] = {
         bool: st.booleans(),
         int: _ints,
@@ -44,7 +50,7 @@ def for_hint(hint: Any, depth: int = 0) -> st.SearchStrategy[Any]:
 
 
 def for_struct(cls: type) -> st.SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: _deferred(hints[f.name]) for f in dataclasses.fields(cls)}
     return st.builds(cls, **fields)
 

@@ -21,8 +21,7 @@ from novacron.simulations.lab import Lab
 from novacron.simulations.lab.agents import LabAgents, wait_for
 from novacron.simulations.lab.host import LabHost
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 HOSTS = 5
 VM_XML = """<domain type='qemu'>

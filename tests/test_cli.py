@@ -34,6 +34,7 @@ def leaf_commands(
 def test_every_command_takes_json() -> None:
     commands = dict(leaf_commands(build_parser()))
     assert ("completion",) in commands and ("ca", "revoke") in commands
+    assert {("reload",), ("ca", "publish"), ("host", "drain"), ("host", "undrain")} <= set(commands)
     without = [
         " ".join(path)
         for path, parser in commands.items()

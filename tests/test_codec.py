@@ -17,6 +17,8 @@ from novacron.protocol.errors import (
     UnsupportedVersion,
 )
 
+V = codec.PROTOCOL_VERSION  # the version every hand-made frame below speaks
+
 RECORD = m.NodeRecord(
     node_id="edge-1",
     version=7,
@@ -32,11 +34,12 @@ SIGNED = m.SignedRecord(
     node_id="edge-1", version=7, record=codec.pack_struct(RECORD), signature=b"s" * 64
 )
 GOSSIP: tuple[m.Gossip, ...] = (
-    m.Alive("edge-2", 3, address="198.18.0.2", certificate=b"cert"),
-    m.Suspect("edge-3", 1, by="edge-1"),
-    m.Dead("edge-4", 2, by="edge-1"),
-    m.Leave("edge-5", 9),
+    m.Alive("edge-2", 3, address="198.18.0.2", certificate=b"cert", signature=b"a" * 64),
+    m.Suspect("edge-3", 1, by="edge-1", signature=b"s" * 64),
+    m.Dead("edge-4", 2, by="edge-1", signature=b"d" * 64),
+    m.Leave("edge-5", 9, signature=b"l" * 64),
     m.RecordUpdate(SIGNED),
+    m.Revocations(b"signed revocation list"),
 )
 
 EXAMPLES: list[m.Message] = [
@@ -50,7 +53,13 @@ EXAMPLES: list[m.Message] = [
         records={"edge-1": 7, "edge-2": 1},
         reply=True,
     ),
-    m.Delta(members=(m.MemberDigest("edge-4", 2, m.MemberState.DEAD),), records=(SIGNED,)),
+    m.Delta(
+        members=(m.MemberDigest("edge-4", 2, m.MemberState.DEAD, "a:1", b"p" * 64, b"cert"),),
+        records=(SIGNED,),
+        crl=b"list",
+    ),
+    m.CertificateRequest(("edge-4", "edge-5")),
+    m.Certificates({"edge-4": b"cert"}),
     m.MigrationPropose("mig-1", "web", "edge-1", "edge-2", vcpus=2, memory_mib=2048, disk_gib=10),
     m.MigrationAccept("mig-1", reservation_expires=123.5, migration_uri="tcp://198.18.0.2"),
     m.MigrationRefuse("mig-1", reason="no capacity: 1024 MiB free, 2048 MiB needed"),
@@ -91,58 +100,58 @@ def _deep(levels: int) -> object:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    frame = _frame(1, "ping", "edge-1", {"seq": 4, "target": "edge-2", "from_the_future": [1, 2]})
+    frame = _frame(V, "ping", "edge-1", {"seq": 4, "target": "edge-2", "from_the_future": [1, 2]})
     assert codec.decode(frame).message == m.Ping(seq=4, target="edge-2")
 
 
 def test_missing_optional_fields_get_defaults() -> None:
-    frame = _frame(1, "indirect-ping", "edge-1", {"seq": 4, "target": "b", "requester": "a"})
+    frame = _frame(V, "indirect-ping", "edge-1", {"seq": 4, "target": "b", "requester": "a"})
     message = codec.decode(frame).message
     assert message == m.IndirectPing(seq=4, target="b", requester="a", want_nack=True, gossip=())
 
 
 def test_extra_envelope_elements_are_ignored() -> None:
-    frame = msgpack.packb([1, "nack", "edge-1", {"seq": 9}, "later-extension"])
+    frame = msgpack.packb([V, "nack", "edge-1", {"seq": 9}, "later-extension"])
     assert codec.decode(frame).message == m.Nack(seq=9)
 
 
 def test_missing_required_field_is_named() -> None:
     with pytest.raises(InvalidField, match="required field 'target'"):
-        codec.decode(_frame(1, "ping", "edge-1", {"seq": 4}))
+        codec.decode(_frame(V, "ping", "edge-1", {"seq": 4}))
 
 
 def test_wrong_field_type_is_named() -> None:
     with pytest.raises(InvalidField, match=r"ping\.seq: expected an integer, got str"):
-        codec.decode(_frame(1, "ping", "edge-1", {"seq": "4", "target": "b"}))
+        codec.decode(_frame(V, "ping", "edge-1", {"seq": "4", "target": "b"}))
 
 
 def test_bad_enum_value_lists_the_allowed_ones() -> None:
     payload = {"members": [{"node_id": "a", "incarnation": 1, "state": "zombie"}]}
     with pytest.raises(InvalidField, match="not one of alive, suspect, dead, left"):
-        codec.decode(_frame(1, "digest", "edge-1", payload))
+        codec.decode(_frame(V, "digest", "edge-1", payload))
 
 
 def test_non_finite_numbers_are_refused() -> None:
     payload = {"migration_id": "m", "reservation_expires": float("nan")}
     with pytest.raises(InvalidField, match="finite"):
-        codec.decode(_frame(1, "migration-accept", "edge-1", payload))
+        codec.decode(_frame(V, "migration-accept", "edge-1", payload))
 
 
 def test_unknown_message_type_is_a_clear_error() -> None:
     with pytest.raises(UnknownMessageType, match="unknown message type 'teleport'"):
-        codec.decode(_frame(1, "teleport", "edge-1", {}))
+        codec.decode(_frame(V, "teleport", "edge-1", {}))
 
 
 def test_non_gossip_message_cannot_be_piggybacked() -> None:
     payload = {"seq": 1, "target": "b", "gossip": [["ping", {"seq": 1, "target": "c"}]]}
     with pytest.raises(UnknownMessageType, match="not allowed here"):
-        codec.decode(_frame(1, "ping", "edge-1", payload))
+        codec.decode(_frame(V, "ping", "edge-1", payload))
 
 
 def test_unsupported_version_says_what_we_speak() -> None:
-    with pytest.raises(UnsupportedVersion, match="version 2; this node speaks 1") as info:
-        codec.decode(codec.encode(m.Nack(seq=1), "edge-1", version=2))
-    assert info.value.version == 2
+    with pytest.raises(UnsupportedVersion, match=f"version {V + 1}; this node speaks {V}") as info:
+        codec.decode(codec.encode(m.Nack(seq=1), "edge-1", version=V + 1))
+    assert info.value.version == V + 1
 
 
 @pytest.mark.parametrize(
@@ -151,15 +160,15 @@ def test_unsupported_version_says_what_we_speak() -> None:
         (b"", MalformedFrame, "empty frame"),
         (b"\xc1", MalformedFrame, "not valid msgpack"),
         (msgpack.packb({"not": "a list"}), MalformedFrame, "not an envelope"),
-        (msgpack.packb([1, "ping"]), MalformedFrame, "not an envelope"),
+        (msgpack.packb([V, "ping"]), MalformedFrame, "not an envelope"),
         (msgpack.packb(["1", "ping", "a", {}]), MalformedFrame, "version must be an integer"),
-        (msgpack.packb([1, 7, "a", {}]), MalformedFrame, "type must be a string"),
-        (msgpack.packb([1, "nack", "", {"seq": 1}]), MalformedFrame, "sender"),
-        (msgpack.packb([1, "nack", "a", [1]]), InvalidField, "expected a map"),
+        (msgpack.packb([V, 7, "a", {}]), MalformedFrame, "type must be a string"),
+        (msgpack.packb([V, "nack", "", {"seq": 1}]), MalformedFrame, "sender"),
+        (msgpack.packb([V, "nack", "a", [1]]), InvalidField, "expected a map"),
         (codec.encode(m.Nack(seq=1), "a") + b"\x00", MalformedFrame, "trailing bytes"),
         (b"\x91" * 100 + b"\xc0", MalformedFrame, "not an envelope"),
-        (_frame(1, "nack", "a", {"seq": 1, "x": _deep(100)}), LimitExceeded, "nested too deep"),
-        (msgpack.packb([1, "nack", "a", {"seq": 1}, _deep(40)]), LimitExceeded, "nesting"),
+        (_frame(V, "nack", "a", {"seq": 1, "x": _deep(100)}), LimitExceeded, "nested too deep"),
+        (msgpack.packb([V, "nack", "a", {"seq": 1}, _deep(40)]), LimitExceeded, "nesting"),
         # A 4 GiB length prefix with nothing behind it: refused, nothing allocated.
         (b"\xdb\xff\xff\xff\xff", MalformedFrame, "incomplete input"),
         (b"\xdd\xff\xff\xff\xff", LimitExceeded, "exceeds max_array_len"),
@@ -202,9 +211,9 @@ def test_decoding_does_not_accept_non_bytes() -> None:
 
 
 def test_drain_messages_keep_their_optional_fields_optional() -> None:
-    request = _frame(1, "drain-request", "edge-1", {"request_id": "r", "node": "b", "drain": False})
+    request = _frame(V, "drain-request", "edge-1", {"request_id": "r", "node": "b", "drain": False})
     assert codec.decode(request).message == m.DrainRequest("r", "b", False, requested_by="")
-    answer = _frame(1, "drain-answer", "edge-2", {"request_id": "r", "accepted": False})
+    answer = _frame(V, "drain-answer", "edge-2", {"request_id": "r", "accepted": False})
     assert codec.decode(answer).message == m.DrainAnswer("r", accepted=False)
 
 
@@ -255,4 +264,4 @@ def test_malformed_drain_messages_are_named_protocol_errors(
     type_name: str, payload: dict[str, object], error: type, text: str
 ) -> None:
     with pytest.raises(error, match=text):
-        codec.decode(_frame(1, type_name, "edge-1", payload))
+        codec.decode(_frame(V, type_name, "edge-1", payload))

@@ -1,6 +1,7 @@
 """Property tests: generated messages round-trip; hostile bytes give only ProtocolError.
 
-The fuzz tests together run well over 10,000 examples in the normal suite.
+The fuzz tests together run well over 10,000 examples in `make test`
+(a tenth in quick runs: tests/fuzzing.py).
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ import contextlib
 import dataclasses
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.protocol import codec
 from novacron.protocol import messages as m
 from novacron.protocol.errors import ProtocolError
 
+from .fuzzing import fuzz
 from .strategies import any_message, for_struct, node_ids
 
-FUZZ = settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz(2500)
+
+V = codec.PROTOCOL_VERSION  # the version every hand-made frame below speaks
 
 
 def _decode_or_protocol_error(data: bytes) -> None:
@@ -27,7 +31,7 @@ def _decode_or_protocol_error(data: bytes) -> None:
         codec.decode(data)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz(1000)
 @given(message=any_message(), sender=node_ids)
 def test_generated_messages_round_trip(message: m.Message, sender: str) -> None:
     envelope = codec.decode(codec.encode(message, sender))
@@ -35,7 +39,7 @@ def test_generated_messages_round_trip(message: m.Message, sender: str) -> None:
     assert envelope.sender == sender
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz(300)
 @given(record=for_struct(m.NodeRecord))
 def test_generated_records_round_trip(record: m.NodeRecord) -> None:
     assert codec.unpack_struct(m.NodeRecord, codec.pack_struct(record)) == record
@@ -85,13 +89,13 @@ def test_huge_length_prefixes_give_only_protocol_errors(
     _decode_or_protocol_error(hostile)
 
 
-@settings(max_examples=1000, deadline=None)
+@fuzz(1000)
 @given(depth=st.integers(1, 5000), opener=st.sampled_from([b"\x91", b"\x81\xa1k"]))
 def test_deep_nesting_gives_only_protocol_errors(depth: int, opener: bytes) -> None:
     _decode_or_protocol_error(opener * depth + b"\xc0")
     # A valid envelope whose unknown field hides deep nesting is refused too.
     nested = opener * depth + b"\xc0"
-    head = msgpack.packb([1, "nack", "edge-1"])[1:]  # drop the 3-element array header
+    head = msgpack.packb([V, "nack", "edge-1"])[1:]  # drop the 3-element array header
     payload = b"\x82" + msgpack.packb("seq") + b"\x01" + msgpack.packb("x") + nested
     _decode_or_protocol_error(b"\x94" + head + payload)
 
@@ -111,7 +115,7 @@ def test_deep_nesting_gives_only_protocol_errors(depth: int, opener: bytes) -> N
 )
 def test_arbitrary_msgpack_payloads_give_only_protocol_errors(obj: object) -> None:
     for type_name in m.CATALOGUE:
-        _decode_or_protocol_error(msgpack.packb([1, type_name, "edge-1", obj]))
+        _decode_or_protocol_error(msgpack.packb([V, type_name, "edge-1", obj]))
 
 
 # The drain messages travel between hosts like the others; a field-aware fuzz of their
@@ -136,7 +140,7 @@ def test_malformed_drain_messages_give_only_protocol_errors(
     names = [f.name for f in dataclasses.fields(cls)]
     payload = data.draw(st.dictionaries(st.sampled_from([*names, "extra"]), _any_value))
     try:
-        message = codec.decode(msgpack.packb([1, cls.TYPE, "edge-1", payload])).message
+        message = codec.decode(msgpack.packb([V, cls.TYPE, "edge-1", payload])).message
     except ProtocolError:
         return
     assert isinstance(message, cls)  # accepted: then it encodes and decodes to itself

@@ -17,6 +17,7 @@ from novacron.agent.core.transitions import (
     supersedes,
 )
 from novacron.protocol.messages import MemberState
+from novacron.simulations.signing import sign_claim_as_signer
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,
@@ -31,7 +32,8 @@ def member(state: MemberState = ALIVE, incarnation: int = 5) -> Member:
 
 
 def test_snapshot_table_shares_the_base_and_keeps_changes_private() -> None:
-    snapshot = ClusterSnapshot.converged([(f"n{i}", f"a{i}") for i in range(1000)])
+    members = [(f"n{i}", f"a{i}") for i in range(1000)]
+    snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
     one, two = (
         MemberTable(snapshot.members, snapshot.node_ids),
         MemberTable(snapshot.members, snapshot.node_ids),

@@ -53,7 +53,7 @@ from novacron.protocol.messages import (
     Ping,
     VmSummary,
 )
-from tests.test_core_migration_harness import Mesh, View, host, vm
+from tests.migration_harness import Mesh, View, host, vm
 
 
 def two_hosts(**kwargs: object) -> Mesh:
@@ -792,15 +792,14 @@ def test_the_membership_node_is_a_cluster_view() -> None:
     from novacron.agent.core.config import MembershipConfig
     from novacron.agent.core.migration import ClusterView
     from novacron.agent.core.node import MembershipNode
-    from tests.core_harness import make_signer, verify
+    from novacron.simulations.signing import SimKeyring
 
     node = MembershipNode(
         "h1",
         address="198.18.0.1",
         config=MembershipConfig(),
         rng=random.Random(1),
-        signer=make_signer("h1"),
-        verifier=verify,
+        keyring=SimKeyring("h1"),
         now=0.0,
     )
     node.update_record(host("h1", vm("vm1")), 0.0)

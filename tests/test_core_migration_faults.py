@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.agent.core.events import (
@@ -23,7 +23,8 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.migration import MigrationConfig
 from novacron.agent.core.migration_policy import MigrationLimits
-from tests.test_core_migration_harness import Lab, host, vm
+from tests.fuzzing import fuzz
+from tests.migration_harness import Lab, host, vm
 
 HOSTS = ("h1", "h2", "h3")
 
@@ -226,7 +227,7 @@ def apply(world: Lab, op: Op) -> None:
         world.cut.discard(frozenset((first, second)))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz(150)
 @given(
     seed=st.integers(0, 2**16),
     loss=st.sampled_from([0.0, 0.1, 0.3]),
@@ -310,3 +311,15 @@ def test_seeded_soak_of_dense_fault_schedules() -> None:
     # The schedules really exercise the paths this file is about.
     assert outcomes["completed"] >= 30 and outcomes["failed"] >= 30, outcomes
     assert outcomes["adopted"] >= 3, outcomes
+
+
+def test_lab_moves_a_vm_and_keeps_one_owner() -> None:
+    """The harness itself: a plain migration moves the domain and both records follow."""
+    lab = Lab([host("h1", vm("vm1")), host("h2")])
+    lab.request("h1", "vm1", "h2")
+    lab.run(20.0)
+    assert lab.location == {"vm1": "h2"}
+    assert lab.view.owners("vm1") == ["h2"]
+    lab.check_invariant()
+    lab.settle(60.0)
+    lab.check_quiet()

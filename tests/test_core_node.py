@@ -39,6 +39,7 @@ from novacron.protocol.messages import (
     SignedRecord,
     Suspect,
 )
+from novacron.simulations.signing import SimKeyring, certificate_of, sign_claim_as_signer
 from tests.core_harness import (
     address_of,
     ids,
@@ -46,6 +47,7 @@ from tests.core_harness import (
     make_signer,
     record_for,
     record_for_version,
+    sign,
     verify,
 )
 
@@ -55,7 +57,12 @@ CONFIG = MembershipConfig()
 def snapshot_of(count: int) -> ClusterSnapshot:
     names = ids(count)
     signed = [make_signer(n)(record_for_version(n, 1)) for n in names]
-    return ClusterSnapshot.converged([(n, address_of(n)) for n in names], signed, verifier=verify)
+    return ClusterSnapshot.converged(
+        [(n, address_of(n)) for n in names],
+        signed,
+        verifier=verify,
+        sign_claim=sign_claim_as_signer,
+    )
 
 
 def node_in(
@@ -70,10 +77,14 @@ def node_in(
         address=address_of(node_id),
         config=config,
         rng=random.Random(node_id),
-        signer=make_signer(node_id),
-        verifier=verifier,  # type: ignore[arg-type]
+        keyring=SimKeyring(node_id, verifier),  # type: ignore[arg-type]
         now=0.0,
     )
+
+
+def alive(node_id: str, incarnation: int) -> Alive:
+    """`node_id`'s own signed Alive at its address."""
+    return sign(Alive(node_id, incarnation, address_of(node_id)))
 
 
 def sends_of(out: Output, kind: type) -> list[tuple[str, Message]]:
@@ -94,22 +105,22 @@ def signed(node_id: str, version: int, load: float = 0.0) -> SignedRecord:
 
 def test_a_suspected_node_refutes_with_a_higher_incarnation() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n001", Suspect("n000", 1, "n001"), 1.0)
+    node.receive("n001", sign(Suspect("n000", 1, "n001")), 1.0)
     assert node.incarnation == 2
     assert node.awareness == 1  # having to refute is a sign of our own trouble
     out = node.tick(node.next_deadline())
     gossip = [m for _, m in out.sends if isinstance(m, Alive)] + [
         g for _, m in out.sends if isinstance(m, Ping) for g in m.gossip
     ]
-    assert Alive("n000", 2, address_of("n000")) in gossip
+    assert alive("n000", 2) in gossip
 
 
 def test_alive_with_higher_incarnation_overrides_suspicion() -> None:
     node = node_in(snapshot_of(5))
-    out = node.receive("n002", Suspect("n001", 1, "n002"), 1.0)
+    out = node.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
     assert out.events == [MemberSuspected("n001", 1, "n002")]
-    assert node.receive("n003", Alive("n001", 1), 1.5).events == []  # same incarnation: no
-    out = node.receive("n003", Alive("n001", 2), 2.0)
+    assert node.receive("n003", alive("n001", 1), 1.5).events == []  # same incarnation: no
+    out = node.receive("n003", alive("n001", 2), 2.0)
     assert out.events == [MemberAlive("n001", 2)]
     info = node.member("n001")
     assert info is not None and info.state is MemberState.ALIVE and info.incarnation == 2
@@ -119,11 +130,11 @@ def test_alive_with_higher_incarnation_overrides_suspicion() -> None:
 
 def test_a_node_declared_dead_refutes_unless_it_left() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n001", Dead("n000", 1, "n001"), 1.0)
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 1.0)
     assert node.incarnation == 2
     node.leave(2.0)
-    node.receive("n001", Dead("n000", 2, "n001"), 3.0)
-    node.receive("n001", Suspect("n000", 2, "n001"), 3.0)
+    node.receive("n001", sign(Dead("n000", 2, "n001")), 3.0)
+    node.receive("n001", sign(Suspect("n000", 2, "n001")), 3.0)
     assert node.incarnation == 2
     assert node.has_left
 
@@ -131,39 +142,39 @@ def test_a_node_declared_dead_refutes_unless_it_left() -> None:
 def test_dead_about_a_member_held_alive_is_only_a_suspicion() -> None:
     """A node back from isolation declares others dead: they must get to refute it."""
     node = node_in(snapshot_of(5))
-    out = node.receive("n004", Dead("n001", 1, "n004"), 1.0)
+    out = node.receive("n004", sign(Dead("n001", 1, "n004")), 1.0)
     assert out.events == [MemberSuspected("n001", 1, "n004")]
     info = node.member("n001")
     assert info is not None and info.state is MemberState.SUSPECT
-    assert node.receive("n001", Alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
+    assert node.receive("n001", alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
     assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
 def test_dead_about_a_suspected_member_fails_it_at_once() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n002", Suspect("n001", 1, "n002"), 1.0)
-    out = node.receive("n003", Dead("n001", 1, "n003"), 1.1)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
+    out = node.receive("n003", sign(Dead("n001", 1, "n003")), 1.1)
     assert out.events == [MemberFailed("n001", 1, "n003")]
 
 
 def test_a_lone_accusers_dead_does_not_cut_the_suspicion_short() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n004", Suspect("n001", 1, "n004"), 1.0)
-    assert node.receive("n004", Dead("n001", 1, "n004"), 1.1).events == []
-    assert node.receive("n001", Alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
+    node.receive("n004", sign(Suspect("n001", 1, "n004")), 1.0)
+    assert node.receive("n004", sign(Dead("n001", 1, "n004")), 1.1).events == []
+    assert node.receive("n001", alive("n001", 2), 1.5).events == [MemberAlive("n001", 2)]
     assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
 def test_an_alive_claim_from_an_older_life_is_outnumbered() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n001", Alive("n000", 7), 1.0)
+    node.receive("n001", alive("n000", 7), 1.0)
     assert node.incarnation == 8
 
 
 def test_suspect_then_dead_after_the_timeout() -> None:
     snapshot = snapshot_of(5)
     node = node_in(snapshot)
-    node.receive("n002", Suspect("n001", 1, "n002"), 10.0)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 10.0)
     minimum = suspicion_timeout(CONFIG.suspicion_mult, 5, CONFIG.probe_interval)
     # 5 members: n - 2 = 3 >= k = 2, so confirmations are expected and we start at max
     maximum = minimum * CONFIG.suspicion_max_timeout_mult
@@ -175,12 +186,12 @@ def test_suspect_then_dead_after_the_timeout() -> None:
 def test_confirmations_shrink_the_suspicion_timeout() -> None:
     node = node_in(snapshot_of(20))
     minimum = suspicion_timeout(CONFIG.suspicion_mult, 20, CONFIG.probe_interval)
-    node.receive("n002", Suspect("n001", 1, "n002"), 0.0)
-    node.receive("n002", Suspect("n001", 1, "n002"), 0.0)  # same accuser: no confirmation
-    node.receive("n003", Suspect("n001", 1, "n003"), 0.0)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 0.0)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 0.0)  # same accuser: no confirmation
+    node.receive("n003", sign(Suspect("n001", 1, "n003")), 0.0)
     assert node.stats.suspicions_confirmed == 1
     assert not [e for e in node.tick(minimum + 0.01).events if isinstance(e, MemberFailed)]
-    node.receive("n004", Suspect("n001", 1, "n004"), minimum + 0.02)  # k = mult - 2 = 2
+    node.receive("n004", sign(Suspect("n001", 1, "n004")), minimum + 0.02)  # k = mult - 2 = 2
     out = node.tick(minimum + 0.03)
     assert MemberFailed("n001", 1, "n000") in out.events
 
@@ -189,8 +200,8 @@ def test_without_lifeguard_the_timeout_is_fixed_at_the_minimum() -> None:
     config = MembershipConfig(lifeguard=False)
     node = node_in(snapshot_of(20), config=config)
     minimum = suspicion_timeout(config.suspicion_mult, 20, config.probe_interval)
-    node.receive("n002", Suspect("n001", 1, "n002"), 0.0)
-    node.receive("n003", Suspect("n001", 1, "n003"), 0.0)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 0.0)
+    node.receive("n003", sign(Suspect("n001", 1, "n003")), 0.0)
     assert node.stats.suspicions_confirmed == 0
     assert not [e for e in node.tick(minimum - 0.01).events if isinstance(e, MemberFailed)]
     assert MemberFailed("n001", 1, "n000") in node.tick(minimum + 0.01).events
@@ -213,7 +224,7 @@ def drive_probe(node: MembershipNode, now: float) -> tuple[float, Ping, str]:
 
 def test_an_ack_ends_the_probe_and_improves_health() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n001", Suspect("n000", 1, "n001"), 0.0)  # awareness 1
+    node.receive("n001", sign(Suspect("n000", 1, "n001")), 0.0)  # awareness 1
     now, ping, target = drive_probe(node, 0.0)
     node.receive(target, Ack(ping.seq), now + 0.01)
     assert node.awareness == 0 and node.stats.acks_received == 1
@@ -272,11 +283,11 @@ def test_a_relay_forwards_the_ack_or_sends_a_nack() -> None:
 
 def test_pings_are_answered_with_piggybacked_gossip() -> None:
     node = node_in(snapshot_of(5))
-    node.receive("n002", Suspect("n001", 1, "n002"), 0.0)
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 0.0)
     out = node.receive("n003", Ping(9, "n000"), 0.1)
     ((dest, ack),) = out.sends
     assert dest == "n003" and isinstance(ack, Ack) and ack.seq == 9
-    assert Suspect("n001", 1, "n002") in ack.gossip
+    assert sign(Suspect("n001", 1, "n002")) in ack.gossip
 
 
 # --- leave ----------------------------------------------------------------------------------
@@ -287,8 +298,8 @@ def test_leave_is_broadcast_and_received_as_left_not_failed() -> None:
     leaver, other = node_in(snapshot, "n004"), node_in(snapshot, "n001")
     out = leaver.leave(5.0)
     leaves = sends_of(out, Leave)
-    assert leaves and all(m == Leave("n004", 1) for _, m in leaves)
-    out = other.receive("n004", Leave("n004", 1), 5.01)
+    assert leaves and all(m == sign(Leave("n004", 1)) for _, m in leaves)
+    out = other.receive("n004", sign(Leave("n004", 1)), 5.01)
     assert out.events == [MemberLeft("n004", 1)]
     info = other.member("n004")
     assert info is not None and info.state is MemberState.LEFT
@@ -344,7 +355,7 @@ def test_a_bad_signature_is_dropped_and_counted() -> None:
 def test_records_of_non_members_are_rejected() -> None:
     node = node_in(snapshot_of(3))
     node.receive("n002", RecordUpdate(signed("stranger", 1)), 1.0)
-    node.receive("n002", Leave("n001", 1), 1.0)
+    node.receive("n002", sign(Leave("n001", 1)), 1.0)
     node.receive("n002", RecordUpdate(signed("n001", 2)), 1.0)
     assert node.stats.records_rejected_not_member == 2
     assert "stranger" not in node.records()
@@ -357,14 +368,16 @@ def test_push_pull_sends_only_newer_records_and_members() -> None:
     snapshot = snapshot_of(50)
     old, new = node_in(snapshot, "n000"), node_in(snapshot, "n001")
     new.receive("n007", RecordUpdate(signed("n007", 4)), 1.0)
-    new.receive("n009", Suspect("n009", 1, "n001"), 1.0)
+    new.receive("n009", sign(Suspect("n009", 1, "n001")), 1.0)
     digest = old._digest(reply=True)
     assert len(digest.members) == 50 and len(digest.records) == 50
     out = new.receive("n000", digest, 2.0)
     ((_, delta),) = sends_of(out, Delta)
     assert isinstance(delta, Delta)
     assert [s.version for s in delta.records] == [4]
-    assert delta.members == (MemberDigest("n009", 1, MemberState.SUSPECT, address_of("n009")),)
+    proof = alive("n009", 1).signature  # the member's own, passed on
+    line = MemberDigest("n009", 1, MemberState.SUSPECT, address_of("n009"), proof)
+    assert delta.members == (line,)
     ((_, reply),) = sends_of(out, Digest)
     assert isinstance(reply, Digest) and not reply.reply
     # the initiator answers the reply digest with what *it* has newer: nothing
@@ -384,7 +397,8 @@ def test_a_digest_that_declares_us_dead_is_refuted_in_the_reply() -> None:
     out = node.receive("n001", Digest(members=lines, reply=False), 1.0)
     ((_, delta),) = sends_of(out, Delta)
     assert isinstance(delta, Delta)
-    assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000")) in delta.members
+    proof = alive("n000", 2).signature
+    assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000"), proof) in delta.members
 
 
 def test_a_dead_line_in_a_delta_is_merged_as_a_suspicion() -> None:
@@ -419,8 +433,8 @@ def test_join_introduces_a_fresh_node_through_a_seed() -> None:
 def test_strangers_may_only_introduce_themselves() -> None:
     node = node_in(snapshot_of(3))
     for message in (
-        Suspect("n001", 1, "zed"),
-        Dead("n001", 1, "zed"),
+        sign(Suspect("n001", 1, "zed")),
+        sign(Dead("n001", 1, "zed")),
         Ack(1),
         Nack(1),
         IndirectPing(1, "n001", "zed"),
@@ -431,22 +445,22 @@ def test_strangers_may_only_introduce_themselves() -> None:
     assert node.stats.messages_from_unknown == 7
     assert node.record_version("n001") == 1
     assert node.receive("zed", Ping(1, "n000"), 1.0).sends  # answered
-    node.receive("zed", Alive("zed", 1, "addr"), 1.0)
-    node.receive("zed", Suspect("n001", 1, "zed"), 1.0)  # now a member: admitted
+    node.receive("zed", sign(Alive("zed", 1, "addr", certificate_of("zed"))), 1.0)
+    node.receive("zed", sign(Suspect("n001", 1, "zed")), 1.0)  # now a member: admitted
     assert node.stats.messages_from_unknown == 7
 
 
 def test_nonsense_is_counted_not_crashed_on() -> None:
     node = node_in(snapshot_of(3))
-    node.receive("n001", Alive("n002", -1), 1.0)
-    node.receive("n001", Suspect("", 1, "n001"), 1.0)
-    node.receive("n001", Dead("n002", 1, ""), 1.0)
+    node.receive("n001", alive("n002", -1), 1.0)
+    node.receive("n001", sign(Suspect("", 1, "n001")), 1.0)
+    node.receive("n001", sign(Dead("n002", 1, "")), 1.0)
     node.receive("n001", RecordUpdate(SignedRecord("n002", -3, b"", b"")), 1.0)
     node.receive("n001", Ping(1, "someone-else"), 1.0)
     node.receive("n001", IndirectPing(1, "n002", "n009"), 1.0)  # requester is not the sender
     node.receive("n000", Ping(1, "n000"), 1.0)  # from ourselves
     assert node.stats.messages_invalid == 7
-    node.receive("n001", Suspect("ghost", 1, "n001"), 1.0)
-    node.receive("n001", Leave("ghost", 1), 1.0)
+    node.receive("n001", sign(Suspect("ghost", 1, "n001")), 1.0)
+    node.receive("n001", sign(Leave("ghost", 1)), 1.0)
     assert node.stats.gossip_about_unknown == 2
     assert all(m.state is MemberState.ALIVE for m in node.members())

@@ -12,7 +12,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,53 +19,27 @@ from pathlib import Path
 import pytest
 
 from novacron.agent.cli import main as nova
+from tests.agent_process import (
+    BIN,
+    agent_args,
+    free_port_pair,
+    make_ca,
+    notifications,
+    running_agent,
+)
 
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    # Two consecutive free ports: gossip and introductions.
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
+pytestmark = pytest.mark.agents  # real agent processes on loopback
 
 
 @pytest.mark.parametrize("bad", ["-1", "nan", "0.01", "1e9"])
 def test_a_peer_heartbeat_out_of_range_is_refused_by_name(ca: Path, bad: str) -> None:
-    error = _start_refused([*_args(ca, _free_port()), "--peer-heartbeat", bad])
+    error = _start_refused([*agent_args(ca, free_port_pair()), "--peer-heartbeat", bad])
     assert "peer_heartbeat" in error and "0 (off)" in error
 
 
 @pytest.fixture
 def ca(tmp_path: Path) -> Path:
-    assert nova(["ca", "init", "--dir", str(tmp_path / "ca")]) == 0
-    assert nova(["ca", "issue", "n1", "--dir", str(tmp_path / "ca"), "--out", str(tmp_path)]) == 0
-    return tmp_path
-
-
-def _args(tmp: Path, port: int, node: str = "n1") -> list[str]:
-    return [
-        str(BIN / "nova-agent"),
-        "--config", str(tmp / "absent.toml"),
-        "--ca-file", str(tmp / "ca" / "ca.pub"),
-        "--cert-file", str(tmp / f"{node}.crt"),
-        "--key-file", str(tmp / f"{node}.key"),
-        "--bind-address", "127.0.0.1",
-        "--port", str(port),
-        "--no-mdns",
-        "--libvirt-uri", "test:///default",
-        "--data-dir", str(tmp / "data"),
-        "--api-socket", str(tmp / "agent.sock"),
-    ]  # fmt: skip
+    return make_ca(tmp_path)
 
 
 def _start_refused(args: list[str]) -> str:
@@ -79,7 +52,7 @@ def _start_refused(args: list[str]) -> str:
 
 def test_missing_certificate_is_named(ca: Path) -> None:
     (ca / "n1.crt").unlink()
-    error = _start_refused(_args(ca, _free_port()))
+    error = _start_refused(agent_args(ca, free_port_pair()))
     assert "nova-agent: error:" in error and "n1.crt" in error
 
 
@@ -87,62 +60,43 @@ def test_certificate_of_another_ca_is_refused(ca: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert nova(["ca", "init", "--dir", str(other / "ca")]) == 0
     assert nova(["ca", "issue", "n1", "--dir", str(other / "ca"), "--out", str(ca), "--force"]) == 0
-    error = _start_refused(_args(ca, _free_port()))
+    error = _start_refused(agent_args(ca, free_port_pair()))
     assert "another CA" in error or "not by this cluster's CA" in error
 
 
 def test_key_that_does_not_match_the_certificate_is_refused(ca: Path) -> None:
     assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
     (ca / "n2.key").rename(ca / "n1.key")
-    error = _start_refused(_args(ca, _free_port()))
+    error = _start_refused(agent_args(ca, free_port_pair()))
     assert "does not belong to certificate" in error
 
 
 def test_loose_key_permissions_are_refused(ca: Path) -> None:
     os.chmod(ca / "n1.key", 0o644)
-    error = _start_refused(_args(ca, _free_port()))
+    error = _start_refused(agent_args(ca, free_port_pair()))
     assert "chmod 600" in error
 
 
 def test_port_in_use_is_named(ca: Path) -> None:
-    port = _free_port()
+    port = free_port_pair()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        error = _start_refused(_args(ca, port))
+        error = _start_refused(agent_args(ca, port))
     assert f"127.0.0.1:{port}" in error and "in use" in error
 
 
 @pytest.fixture
 def running(ca: Path) -> Iterator[tuple[subprocess.Popen[str], socket.socket, Path]]:
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(ca / "notify.sock"))
-    notify.settimeout(20)
-    args = _args(ca, _free_port())
-    (ca / "absent.toml").write_text("")
-    env = {**os.environ, "NOTIFY_SOCKET": str(ca / "notify.sock")}
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc, notify, ca
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        notify.close()
-
-
-def _notifications(notify: socket.socket, until: str) -> list[str]:
-    seen: list[str] = []
-    while not any(until in line for line in seen):
-        seen += notify.recv(4096).decode().splitlines()
-    return seen
+    with running_agent(ca) as agent:
+        yield agent
 
 
 def test_agent_tells_systemd_it_is_ready_and_serves_nova(
     running: tuple[subprocess.Popen[str], socket.socket, Path],
 ) -> None:
     proc, notify, tmp = running
-    assert "READY=1" in _notifications(notify, "READY=1")
+    assert "READY=1" in notifications(notify, "READY=1")
     sock = tmp / "agent.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600  # root-only control socket
     out = subprocess.run(
@@ -170,7 +124,7 @@ def test_agent_tells_systemd_it_is_ready_and_serves_nova(
     )
     assert missing.returncode == 1 and "no VM named 'nope'" in missing.stderr
     proc.send_signal(signal.SIGTERM)
-    assert any("STOPPING=1" in line for line in _notifications(notify, "STOPPING=1"))
+    assert any("STOPPING=1" in line for line in notifications(notify, "STOPPING=1"))
     assert proc.wait(timeout=30) == 0
     assert not sock.exists()
 
@@ -189,10 +143,10 @@ def test_nova_says_when_the_agent_is_not_running(tmp_path: Path) -> None:
 def test_two_agents_meet_through_a_static_seed_without_mdns(ca: Path) -> None:
     """Where multicast does not pass: --seeds alone builds the mesh."""
     assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
-    first, second = _free_port(), _free_port()
+    first, second = free_port_pair(), free_port_pair()
     (ca / "absent.toml").write_text("")
-    one = _args(ca, first)
-    two = _args(ca, second, node="n2")
+    one = agent_args(ca, first)
+    two = agent_args(ca, second, node="n2")
     two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
     two[two.index("--data-dir") + 1] = str(ca / "data2")
     two += ["--seeds", f"127.0.0.1:{first}"]

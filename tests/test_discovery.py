@@ -65,7 +65,9 @@ async def test_two_agents_discover_each_other_with_their_properties(
         protocol_version=PROTOCOL_VERSION,
     )
     assert seen_by_alpha.address == f"{LOOPBACK}:47002"
-    assert seen_by_beta == PeerFound(f"alpha-{suffix}", (LOOPBACK,), 47001, "aa" * 32, 1)
+    assert seen_by_beta == PeerFound(
+        f"alpha-{suffix}", (LOOPBACK,), 47001, "aa" * 32, PROTOCOL_VERSION
+    )
 
 
 async def test_an_agent_ignores_its_own_advert(

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ from novacron.protocol.messages import (
     Message,
     MigrationPropose,
 )
-from tests.test_api_http import call, until
-from tests.test_migrator import FakeView, NoView, migrator
+from novacron.protocol.operators import OperatorCommand
+from tests.api_client import call, until
+from tests.fake_mesh import FakeView, NoView, migrator
+from tests.operators import Operator
 
 
 async def settle() -> None:
@@ -161,6 +164,15 @@ class Host:
     drain: Drain
     driver: Migrator
     sent: list[tuple[str, Message]]  # what its migrator sent
+    operator: Operator  # alice, whom every host's CA certified as an operator
+
+    def command(self, drain: bool, node: str = "h1") -> OperatorCommand:
+        return self.operator.command("drain" if drain else "undrain", node)
+
+    @property
+    def flags(self) -> tuple[str, str]:
+        """`nova`'s flags that sign a remote command as alice."""
+        return ("--operator", str(self.operator.cert_file))
 
 
 @contextlib.asynccontextmanager
@@ -169,6 +181,7 @@ async def two_hosts(
 ) -> AsyncIterator[tuple[Mesh, Net, Host, Host]]:
     """h1 (runs vm1) and h2, each with its drain and its `DrainRequests`, over `Net`."""
     mesh, net = Mesh(), Net()
+    operator = Operator(tmp_path / "operator")
     hosts = []
     for node in ("h1", "h2"):
         sent: list[tuple[str, Message]] = []
@@ -190,9 +203,16 @@ async def two_hosts(
             mesh.publish(node, (tmp_path / node / "draining").exists())
 
         drain = Drain(driver, tmp_path / node / "draining", publish=publish, clock=lambda: 100.0)
-        requests = DrainRequests(drain, node, lambda: mesh, send=net.sender(node), timeout=timeout)
+        requests = DrainRequests(
+            drain,
+            node,
+            lambda: mesh,
+            send=net.sender(node),
+            authority=operator.authority,
+            timeout=timeout,
+        )
         net.hosts[node] = requests
-        hosts.append(Host(requests, drain, driver, sent))
+        hosts.append(Host(requests, drain, driver, sent, operator))
     try:
         yield mesh, net, hosts[0], hosts[1]
     finally:
@@ -208,7 +228,7 @@ async def test_a_drain_asked_from_another_host_is_carried_out_by_the_drained_hos
     monkeypatch.setattr(drain_mod, "INTERVAL", 0.01)
     caplog.set_level(logging.INFO, logger="novacron.drain")
     async with two_hosts(tmp_path) as (mesh, _, h1, h2):
-        answer = await h2.requests.ask("h1", True, "alice")
+        answer = await h2.requests.ask("h1", True, "alice", h2.command(True))
 
         assert (answer["node_id"], answer["draining"], answer["done"]) == ("h1", True, False)
         assert answer["running"] == ["vm1"] and answer["remote"] is True
@@ -232,10 +252,10 @@ async def test_a_drain_asked_from_another_host_is_carried_out_by_the_drained_hos
         assert h2.requests.status_of("h1")["done"] is True
         assert h1.requests.status_of("h1") == h1.drain.status()  # its own: the local status
 
-        again = await h2.requests.ask("h1", True, "bob")  # asking twice changes nothing
+        again = await h2.requests.ask("h1", True, "bob", h2.command(True))  # changes nothing
         assert again["draining"] is True and again["record_version"] == 3
 
-        undrained = await h2.requests.ask("h1", False, "alice")
+        undrained = await h2.requests.ask("h1", False, "alice", h2.command(False))
         assert (undrained["draining"], undrained["node_id"]) == (False, "h1")
         assert not h1.drain.draining and not (tmp_path / "h1" / "draining").exists()
         assert h2.requests.status_of("h1")["draining"] is False
@@ -288,7 +308,7 @@ async def test_unknown_dead_or_silent_hosts_are_clear_refusals_and_change_nothin
         net.forge = trouble == "forged"
         for drain in (True, False):
             with pytest.raises(Refusal) as refused:
-                await h2.requests.ask(node, drain, "alice")
+                await h2.requests.ask(node, drain, "alice", h2.command(drain, node))
             assert refused.value.status == status
             assert str(refused.value).startswith(reason)
         assert not h1.drain.draining and not h2.drain.draining
@@ -301,7 +321,7 @@ async def test_a_refusal_from_the_asked_host_is_passed_on(tmp_path: Path) -> Non
     async with two_hosts(tmp_path) as (_, _net, h1, h2):
         h1.requests.node_id = "h1-renamed"  # it now refuses requests naming h1
         with pytest.raises(Refusal) as refused:
-            await h2.requests.ask("h1", True)
+            await h2.requests.ask("h1", True, "", h2.command(True))
         assert (refused.value.status, str(refused.value)) == (
             409,
             "h1 refused: this is h1-renamed, not h1",
@@ -331,8 +351,12 @@ async def test_api_drains_and_undrains_any_host_and_shows_its_drain(tmp_path: Pa
         two_hosts(tmp_path, timeout=0.05) as (_, net, h1, h2),
         api_of(h2.requests, tmp_path) as sock,
     ):
+        alice = h2.operator
         status, started = await call(
-            sock, "POST", "/v1/hosts/h1/drain", json={"requested_by": "al"}
+            sock,
+            "POST",
+            "/v1/hosts/h1/drain",
+            json={"requested_by": "al", "operator": alice.body("drain", "h1")},
         )
         assert status == 202 and (started["draining"], started["running"]) == (True, ["vm1"])
         assert h1.drain.draining
@@ -353,7 +377,8 @@ async def test_api_drains_and_undrains_any_host_and_shows_its_drain(tmp_path: Pa
             404,
             {"error": "unknown host: h9 is not in h2's view of the mesh"},
         )
-        assert (await call(sock, "POST", "/v1/hosts/h9/drain")) == (
+        signed = {"operator": alice.body("drain", "h9")}
+        assert (await call(sock, "POST", "/v1/hosts/h9/drain", json=signed)) == (
             404,
             {"error": "unknown host: h9 is not in h2's view of the mesh"},
         )
@@ -363,10 +388,12 @@ async def test_api_drains_and_undrains_any_host_and_shows_its_drain(tmp_path: Pa
         )
         assert h1.drain.draining  # the bad request changed nothing
         net.lost = True
-        status, silent = await call(sock, "POST", "/v1/hosts/h1/undrain")
+        undrain = {"operator": alice.body("undrain", "h1")}
+        status, silent = await call(sock, "POST", "/v1/hosts/h1/undrain", json=undrain)
         assert status == 504 and silent["error"].startswith("no answer from h1 within 0.05 s")
         net.lost = False
-        status, undrained = await call(sock, "POST", "/v1/hosts/h1/undrain")
+        undrain = {"operator": alice.body("undrain", "h1")}
+        status, undrained = await call(sock, "POST", "/v1/hosts/h1/undrain", json=undrain)
         assert (status, undrained["draining"]) == (200, False)
         assert not h1.drain.draining
 
@@ -397,7 +424,7 @@ async def test_nova_drains_another_host_and_waits_for_its_record_to_show_it_empt
         api_of(h2.requests, tmp_path, StatusView()) as sock,
     ):
         waiting = asyncio.create_task(
-            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait", "--json")
+            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait", "--json", *h2.flags)
         )
         await until(lambda: h1.drain.draining)
         # Gossip lags: an older record of h1 (no flag yet) is not a cancelled drain.
@@ -423,7 +450,7 @@ async def test_nova_drains_another_host_and_waits_for_its_record_to_show_it_empt
             ],
         )
 
-        code, text, _ = await asyncio.to_thread(nova, sock, "host", "undrain", "h1")
+        code, text, _ = await asyncio.to_thread(nova, sock, "host", "undrain", "h1", *h2.flags)
         assert (code, text) == (0, "h1 takes new VMs again\n")
         assert not h1.drain.draining
 
@@ -441,7 +468,7 @@ async def test_nova_wait_ends_with_an_error_when_another_host_undrains(
         api_of(h2.requests, tmp_path, StatusView()) as sock,
     ):
         waiting = asyncio.create_task(
-            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait")
+            asyncio.to_thread(nova, sock, "host", "drain", "h1", "--wait", *h2.flags)
         )
         await until(lambda: h1.drain.draining)
         await h1.drain.undrain()  # someone on h1 undrains it
@@ -449,3 +476,62 @@ async def test_nova_wait_ends_with_an_error_when_another_host_undrains(
         assert code == 1
         assert "the drain of h1 was cancelled (nova host undrain)" in stderr
         assert "h1 draining: 1 VM(s) still running there (vm1)" in stderr  # the progress
+
+
+# --- who may drain another host ------------------------------------------------------
+
+
+async def test_a_member_without_an_operators_command_cannot_drain_a_host(tmp_path: Path) -> None:
+    async with two_hosts(tmp_path) as (_, net, h1, h2):
+        with pytest.raises(Refusal) as refused:
+            await h2.requests.ask("h1", True, "alice")  # no signed command: not even sent
+        assert refused.value.status == 403 and "operator" in str(refused.value)
+        assert net.sent == []
+        await h1.requests.receive("h2", DrainRequest("r1", "h1", True, "h2 itself"))
+        await settle()
+        ((_, _, answer),) = net.sent
+        assert isinstance(answer, DrainAnswer) and not answer.accepted
+        assert answer.reason.startswith("not authorized: ")
+        assert not h1.drain.draining
+
+
+async def test_a_node_certificate_an_old_or_a_replayed_command_is_refused(tmp_path: Path) -> None:
+    async with two_hosts(tmp_path) as (_, net, h1, h2):
+        node_cert = Operator(tmp_path / "node", name="h2", role="node", ca=h2.operator.ca)
+        bad = [
+            node_cert.command("drain", "h1"),  # a member's own key and certificate
+            h2.operator.command("drain", "h1", issued_at=time.time() - 3600),
+            h2.operator.command("undrain", "h1"),  # signed for another action
+        ]
+        for command in bad:
+            request = DrainRequest(
+                command.request_id,
+                "h1",
+                True,
+                issued_at=command.issued_at,
+                operator_certificate=command.certificate,
+                signature=command.signature,
+            )
+            await h1.requests.receive("h2", request)
+        good = h2.command(True)
+        signed = DrainRequest(
+            good.request_id,
+            "h1",
+            True,
+            issued_at=good.issued_at,
+            operator_certificate=good.certificate,
+            signature=good.signature,
+        )
+        await h1.requests.receive("h2", signed)
+        await settle()
+        await h1.drain.undrain()
+        await h1.requests.receive("h2", signed)  # the same command again: a replay
+        await settle()
+        answers = [m for _, _, m in net.sent if isinstance(m, DrainAnswer)]
+        reasons = [a.reason for a in answers]
+        assert [a.accepted for a in answers] == [False, False, False, True, False], reasons
+        assert "no operator role" in reasons[0]
+        assert "from this host's clock" in reasons[1]
+        assert "signature does not verify" in reasons[2]
+        assert "already used" in reasons[4]
+        assert not h1.drain.draining

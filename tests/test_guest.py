@@ -22,6 +22,8 @@ import pytest
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 
+pytestmark = pytest.mark.lab  # QEMU and the test guest, built as root
+
 
 @contextmanager
 def booted(

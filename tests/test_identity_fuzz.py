@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.protocol import codec
@@ -16,9 +16,10 @@ from novacron.protocol.errors import IdentityError, ProtocolError
 from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
 from novacron.protocol.records import sign_record, verify_record
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
+from tests.fuzzing import fuzz
 from tests.strategies import mutations
 
-FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz(1000)
 
 CA_KEY = Ed25519PrivateKey.generate()
 NODE_KEY = NodeKey.generate()

@@ -24,7 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519 as c_ed25519
 from cryptography.hazmat.primitives.asymmetric import x25519 as c_x25519
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from novacron.protocol import keyfiles, pem
@@ -41,14 +41,11 @@ from novacron.protocol.keys import (
     signature_valid,
 )
 from novacron.protocol.revocation import sign_revocation_list, verify_revocation_list
+from tests.fuzzing import fuzz
 from tests.strategies import mutations
 
-FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FILE_FUZZ = settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz(500)
+FILE_FUZZ = fuzz(200, suppress=[HealthCheck.function_scoped_fixture])
 OPENSSL = shutil.which("openssl")  # scripts/install-system-deps.sh installs it
 
 # --- RFC 8032 section 7.1 test vectors (secret seed, public key, message, signature) ---

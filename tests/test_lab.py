@@ -36,6 +36,8 @@ from novacron.simulations.lab.naming import owns_netns, validate_lab_name
 from novacron.simulations.lab.netns import list_netns, netns_pids
 from novacron.simulations.lab.state import HostRecord
 
+pytestmark = pytest.mark.lab
+
 RUN = f"t{os.getpid()}"
 LAB_CLI = [sys.executable, "-m", "novacron.simulations.lab"]
 
@@ -60,19 +62,9 @@ s.sendto(sys.argv[1].encode(), ("224.0.0.251", 5353))
 """
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail(
-            "tests/test_lab.py needs root: it builds network namespaces, veths and "
-            "libvirtd instances. Run the suite as root (CI does).",
-            pytrace=False,
-        )
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """One three-host lab with libvirtd, shared by the read-mostly tests."""
-    require_root()
     lab = Lab(f"{RUN}m", hosts=3).up()
     try:
         yield lab
@@ -211,7 +203,6 @@ def test_a_lab_name_in_use_is_refused_and_left_alone(lab: Lab) -> None:
 
 
 def test_down_removes_namespaces_processes_and_state() -> None:
-    require_root()
     lab = Lab(f"{RUN}d", hosts=2).up()
     names = [ns for ns in list_netns() if owns_netns(lab.name, ns)]
     assert len(names) == 3
@@ -232,7 +223,6 @@ def started_hosts(state_file: Path) -> int:
 
 
 def test_down_after_the_lab_process_was_killed_mid_up() -> None:
-    require_root()
     name = f"{RUN}c"
     state_file = DEFAULT_STATE_ROOT / name / "state.json"
     up = subprocess.Popen(
@@ -254,7 +244,6 @@ def test_down_after_the_lab_process_was_killed_mid_up() -> None:
 
 
 def test_down_without_state_json_finds_the_lab_by_its_names() -> None:
-    require_root()
     lab = Lab(f"{RUN}s", hosts=2, libvirt=False).up()
     names, _ = lab_leftovers(lab.name)
     pids = all_pids(names)
@@ -268,7 +257,6 @@ def test_down_without_state_json_finds_the_lab_by_its_names() -> None:
 def test_libvirtd_that_fails_to_start_is_reported_with_its_log(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    require_root()
 
     original = host_init.libvirtd_conf
 

@@ -24,8 +24,7 @@ from novacron.simulations.lab.netns import netns_pids
 from novacron.simulations.lab.state import DEFAULT_STATE_ROOT
 from novacron.simulations.lab.teardown import tear_down
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 NAME = f"c{os.getpid() % 100000}"
 LAB = [sys.executable, "-m", "novacron.simulations.lab"]

@@ -34,8 +34,7 @@ from tests.lab_vms import (
     wait_beat_above,
 )
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 RUN = f"f{os.getpid() % 100000}"
 # Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.

@@ -34,6 +34,7 @@ from tests.lab_vms import (
     hosts_of,
     migrations,
     nova,
+    opener_in,
     remove_everywhere,
     running_mesh,
     scratch_dir,
@@ -41,10 +42,8 @@ from tests.lab_vms import (
     wait_beat_above,
     wait_measured_idle,
 )
-from tests.test_hypervisor import opener_in
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 RUN = f"m{os.getpid() % 100000}"
 HOSTS = 3

@@ -8,8 +8,6 @@ are checked in milliseconds, with a fake cluster view and no libvirt calls.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ import libvirt
 import pytest
 
 from novacron.agent.api import ApiServer, Refusal
-from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_policy import MigrationPolicy
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
@@ -28,16 +25,13 @@ from novacron.agent.migrator import (
     progress_sample,
 )
 from novacron.protocol.messages import (
-    MemberState,
     Message,
     MigrationAccept,
     MigrationPropose,
-    NodeRecord,
     Ping,
-    Resources,
-    VmSummary,
 )
-from tests.test_api_http import call
+from tests.api_client import call
+from tests.fake_mesh import NoView, migrator
 
 # --- libvirt arguments ----------------------------------------------------------------
 
@@ -118,42 +112,6 @@ def test_job_stats_become_progress() -> None:
 # --- requests, with a fake mesh --------------------------------------------------------
 
 
-class FakeView:
-    """Two alive hosts; h1 runs `vm1` (running) and `off` (shut off)."""
-
-    def __init__(self) -> None:
-        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off"))
-        room = Resources(vcpus=4, memory_mib=4096, disk_gib=10)
-        self._records = {
-            "h1": NodeRecord("h1", 1, capacity=room, vms=vms, libvirt_uri="qemu:///system"),
-            "h2": NodeRecord("h2", 1, capacity=room, libvirt_uri="qemu:///system"),
-        }
-
-    def member(self, node_id: str) -> MemberInfo | None:
-        if node_id not in self._records:
-            return None
-        address = f"198.18.0.{node_id[1:]}:7946"
-        return MemberInfo(node_id, address, 1, MemberState.ALIVE, 0.0, 0.0)
-
-    def records(self) -> Mapping[str, NodeRecord]:
-        return self._records
-
-
-def migrator(sent: list[tuple[str, Message]]) -> Migrator:
-    async def send(destination: str, message: Message) -> None:
-        sent.append((destination, message))
-
-    return Migrator(
-        "h1",
-        FakeView(),
-        host="198.18.0.1",
-        libvirt_uri="test:///default",
-        send=send,
-        clock=lambda: 100.0,
-        rng=random.Random(1),
-    )
-
-
 @pytest.mark.parametrize(
     ("vm", "body", "status", "reason"),
     [
@@ -215,20 +173,6 @@ def test_only_migration_messages_go_to_the_driver() -> None:
 
 
 # --- the local API ---------------------------------------------------------------------
-
-
-class NoView:
-    def status(self) -> dict[str, Any]:
-        return {}
-
-    def members(self) -> list[dict[str, Any]]:
-        return []
-
-    def host(self, node_id: str | None) -> dict[str, Any] | None:
-        return None
-
-    def vms(self) -> list[dict[str, Any]]:
-        return []
 
 
 async def test_api_starts_lists_and_cancels_migrations_and_explains_refusals(

@@ -33,8 +33,7 @@ from tests.lab_vms import (
     wait_beat_above,
 )
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 RUN = f"r{os.getpid() % 100000}"
 GUESTS = ("busy-1", "busy-2", "busy-3", "busy-4")

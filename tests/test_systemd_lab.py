@@ -26,8 +26,7 @@ from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 from tests.lab_vms import beats, remove_everywhere, scratch_dir, wait_beat_above
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 RUN = f"u{os.getpid() % 100000}"
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "novacron-agent.service"

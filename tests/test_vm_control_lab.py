@@ -31,8 +31,7 @@ from tests.lab_vms import (
     wait_beat_above,
 )
 
-if os.geteuid() != 0:  # pragma: no cover - CI runs as root
-    pytest.fail("the lab tests need root (network namespaces); run them as root", pytrace=False)
+pytestmark = pytest.mark.lab
 
 RUN = f"v{os.getpid() % 100000}"
 VMS = ("life-vm", "ballast", "auto-vm", "d1", "d2")

@@ -17,8 +17,8 @@ import pytest
 from novacron.agent.api import ApiServer, Refusal
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vms import VmControl, spec_from_body
-from tests.test_api_http import call
-from tests.test_migrator import NoView
+from tests.api_client import call
+from tests.fake_mesh import NoView
 
 
 class Host:

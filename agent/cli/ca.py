@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from novacron.agent import client
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import (
     MAX_SERIAL,
@@ -37,6 +39,7 @@ from .common import (
     CommandError,
     Output,
     UsageError,
+    ask,
 )
 
 CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
@@ -154,10 +157,15 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
     outdir = Path(args.out)
     key_file, cert_file = outdir / f"{args.node_id}.key", outdir / f"{args.node_id}.crt"
     existing = [p for p in (key_file, cert_file) if p.exists()]
-    if existing and not args.force:
-        raise CommandError(f"{existing[0]} already exists; --force replaces it")
+    if args.renew:
+        node_key = _key_to_renew(key_file)
+    elif existing and not args.force:
+        raise CommandError(
+            f"{existing[0]} already exists; --force replaces it, --renew keeps its key"
+        )
+    else:
+        node_key = NodeKey.generate()
     now = time.time()
-    node_key = NodeKey.generate()
     cert = issue_certificate(
         ca_key,
         args.node_id,
@@ -166,10 +174,12 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         not_before=now - CLOCK_SKEW,
         not_after=now + args.days * 86400.0,
         serial=secrets.randbelow(2**63 - 1) + 1,
+        roles=() if args.role == "node" else (args.role,),
     )
     _make_dir(outdir, 0o755)
     ca.record_issued(cert)
-    keyfiles.write_node_key(key_file, node_key, args.node_id)
+    if not args.renew:
+        keyfiles.write_node_key(key_file, node_key, args.node_id)
     keyfiles.write_certificate(cert_file, cert.encoded)
     data = {**_describe(cert), "key_file": str(key_file), "cert_file": str(cert_file)}
     out.result(
@@ -182,6 +192,16 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _key_to_renew(key_file: Path) -> NodeKey:
+    """The key pair a renewed certificate is for: the node keeps its identity."""
+    if not key_file.exists():
+        raise CommandError(f"--renew: {key_file} does not exist (issue without --renew first)")
+    try:
+        return keyfiles.load_node_key(key_file)
+    except IdentityError as exc:
+        raise CommandError(f"--renew: {exc}") from None
 
 
 def ca_revoke(args: argparse.Namespace, out: Output) -> int:
@@ -249,6 +269,23 @@ def _to_revoke(ca: CaFiles, target: str, ca_public: Ed25519PublicKey) -> tuple[i
     return serial, issued[serial]
 
 
+def ca_publish(args: argparse.Namespace, out: Output) -> int:
+    """Give the CA's revocation list to the local agent, which adopts it and gossips it."""
+    path = Path(args.crl) if args.crl else CaFiles.from_args(args).revocations
+    data = keyfiles.read_revocation_list(path)
+    body = {"crl": base64.b64encode(data).decode()}
+    answer, code = ask(out, client.post, "/v1/revocations", body, args.socket)
+    if answer is None:
+        return code
+    state = "adopted and spreading" if answer["adopted"] else "not newer than the agent's"
+    revoked = ", ".join(answer["revoked_members"]) or "none"
+    out.result(
+        answer,
+        [f"revocation list of {answer['issued_at']}: {state}", f"  members expelled: {revoked}"],
+    )
+    return EXIT_OK
+
+
 def ca_show(args: argparse.Namespace, out: Output) -> int:
     """Print a certificate's contents, then verify it against the CA (exit 1 if invalid)."""
     ca = CaFiles.from_args(args)
@@ -277,6 +314,7 @@ def _describe(cert: Certificate) -> dict[str, Any]:
         "issuer": cert.issuer,
         "fingerprint": f"sha256:{cert.fingerprint}",
         "curve_public_z85": cert.curve_public_z85(),
+        "roles": list(cert.body.roles) or ["node"],
     }
 
 

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import re
 
-from .common import Groups, Handler, Output, Parser, json_flag
+from .common import Groups, Handler, Output, Parser, agent_flags, json_flag
 
 DEFAULT_CA_DIR = "/etc/novacron/ca"
 CA_DIR_ENV = "NOVACRON_CA_DIR"
@@ -56,6 +56,17 @@ def add_ca_commands(groups: Groups[Parser]) -> None:
         "--days", type=_days_arg, default=DEFAULT_DAYS, help=f"validity (default: {DEFAULT_DAYS})"
     )
     issue.add_argument("--force", action="store_true", help="replace existing NODE_ID.key/.crt")
+    issue.add_argument(
+        "--renew",
+        action="store_true",
+        help="new certificate for the keys in NODE_ID.key (a running agent reloads it)",
+    )
+    issue.add_argument(
+        "--role",
+        choices=("node", "operator"),
+        default="node",
+        help="node: a mesh member (default); operator: a person who may command any host",
+    )
     issue.set_defaults(handler=_later("ca_issue"))
 
     revoke = commands.add_parser("revoke", help="revoke a certificate by serial or file")
@@ -67,6 +78,14 @@ def add_ca_commands(groups: Groups[Parser]) -> None:
     show.add_argument("certfile", metavar="CERTFILE")
     show.add_argument("--dir", help=dir_help)
     show.set_defaults(handler=_later("ca_show"))
+
+    publish = commands.add_parser(
+        "publish", help="hand the revocation list to this host's agent; the mesh spreads it"
+    )
+    publish.add_argument("--dir", help=dir_help)
+    publish.add_argument("--crl", metavar="FILE", help="the list to publish (default: DIR/crl.pem)")
+    agent_flags(publish)
+    publish.set_defaults(handler=_later("ca_publish"))
 
     for sub in (init, issue, revoke, show):
         json_flag(sub)

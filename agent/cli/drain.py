@@ -3,7 +3,9 @@
 Draining is done by the drained host's own agent (it is the source of every
 move). On that host the commands talk to its agent directly; on any other
 host of the mesh they ask the local agent to forward the request over the
-mesh (`POST /v1/hosts/HOST/drain`), and print the drained host's answer.
+mesh (`POST /v1/hosts/HOST/drain`), signed with the operator's certificate
+(`--operator`: another host obeys an operator, not a member), and print the
+drained host's answer.
 `--wait` follows the drain until no VM runs there any more: on the drained
 host with what moves where, elsewhere from the host's gossiped record (its
 `draining` flag and the VMs it still runs).
@@ -20,6 +22,7 @@ from typing import Any
 from novacron.agent import client
 
 from .common import EXIT_FAILED, EXIT_OK, Groups, Output, Parser, agent_flags, ask
+from .operator import operator_flags, signed_command
 
 WAIT_POLL = 1.0  # seconds between looks at a drain being waited for
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as certificates allow
@@ -37,6 +40,7 @@ def add_drain_commands(host_commands: Groups[Parser]) -> None:
     drain.add_argument(
         "--status", action="store_true", help="only show how the drain stands; change nothing"
     )
+    operator_flags(drain)
     agent_flags(drain)
     drain.set_defaults(handler=drain_host)
 
@@ -44,6 +48,7 @@ def add_drain_commands(host_commands: Groups[Parser]) -> None:
     undrain.add_argument(
         "node_id", nargs="?", metavar="HOST", help="the host to undrain (default: this host)"
     )
+    operator_flags(undrain)
     agent_flags(undrain)
     undrain.set_defaults(handler=undrain_host)
 
@@ -71,7 +76,7 @@ def undrain_host(args: argparse.Namespace, out: Output) -> int:
     if code != EXIT_OK:
         return code
     if remote is not None:
-        path, body = f"/v1/hosts/{remote}/undrain", {"requested_by": _operator()}
+        path, body = f"/v1/hosts/{remote}/undrain", _remote_body(args, "undrain", remote)
         answer, code = ask(out, client.post, path, body, args.socket)
     else:
         answer, code = ask(out, client.post, "/v1/undrain", {}, args.socket)
@@ -100,13 +105,23 @@ def _operator() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME", "")
 
 
+def _remote_body(args: argparse.Namespace, action: str, node: str) -> dict[str, Any]:
+    """Who asks, and the operator's signed command that the other host will check."""
+    body: dict[str, Any] = {"requested_by": _operator()}
+    command = signed_command(args, action, node)
+    if command is not None:
+        body["operator"] = command
+    return body
+
+
 def _drain_remote(args: argparse.Namespace, out: Output, node: str) -> int:
     """Drain `node` (or show its drain) through this host's agent and the mesh."""
     path = f"/v1/hosts/{node}/drain"
     if args.status:
         answer, code = ask(out, client.get, path, args.socket)
     else:
-        answer, code = ask(out, client.post, path, {"requested_by": _operator()}, args.socket)
+        body = _remote_body(args, "drain", node)
+        answer, code = ask(out, client.post, path, body, args.socket)
     if answer is None:
         return code
     if not args.wait:

@@ -33,6 +33,12 @@ def add_mesh_commands(groups: Groups[Parser]) -> None:
     agent_flags(status)
     status.set_defaults(handler=show_status)
 
+    reload = groups.add_parser(
+        "reload", help="the agent reads its certificate, key and revocation list again"
+    )
+    agent_flags(reload)
+    reload.set_defaults(handler=reload_identity)
+
     members = groups.add_parser("members", help="every member this agent knows, with its state")
     agent_flags(members)
     members.set_defaults(handler=list_members)
@@ -60,6 +66,18 @@ def add_mesh_commands(groups: Groups[Parser]) -> None:
     add_vm_migration_commands(vm_commands)
 
 
+def reload_identity(args: argparse.Namespace, out: Output) -> int:
+    """`nova reload`: after `nova ca issue NODE --renew` or a new revocation list file."""
+    answer, code = ask(out, client.post, "/v1/reload", {}, args.socket)
+    if answer is None:
+        return code
+    out.result(
+        {"certificate": answer},
+        [f"reloaded: certificate serial {answer['serial']} valid until {answer['not_after']}"],
+    )
+    return EXIT_OK
+
+
 def show_status(args: argparse.Namespace, out: Output) -> int:
     status, code = ask(out, client.get, "/v1/status", args.socket)
     if status is None:
@@ -79,8 +97,23 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
             if status["libvirt_connected"]
             else f"NOT connected: {status['libvirt_warning']}"
         ),
+        f"domain type:  {status.get('domain_type') or 'none'} ({status.get('domain_type_reason')})",
         f"uptime:       {age(status['uptime_s'])}",
     ]
+    cert = status.get("certificate")
+    if cert:
+        warn = (
+            "  EXPIRING: renew it (nova ca issue --renew, nova reload)" if cert["expiring"] else ""
+        )
+        lines.append(
+            f"certificate:  serial {cert['serial']}, valid until {cert['not_after']}{warn}"
+        )
+    for node, addresses in (status.get("identity_clashes") or {}).items():
+        lines.append(
+            f"IDENTITY:     node {node} speaks from {', '.join(addresses)}: two agents, one key"
+        )
+    if status.get("revoked_members"):
+        lines.append(f"revoked:      {', '.join(status['revoked_members'])} (expelled)")
     if status.get("last_refusal"):
         lines.append(f"last refusal: {status['last_refusal']}")
     out.result({"status": status}, lines)
@@ -99,7 +132,7 @@ def list_members(args: argparse.Namespace, out: Output) -> int:
         (
             m["node_id"] + (" (self)" if m["self"] else ""),
             m["address"],
-            m["state"],
+            m["state"] + (f" ({m['note']})" if m.get("note") else ""),
             m["incarnation"],
             m["load"],
             age(m["last_heard_s"]),

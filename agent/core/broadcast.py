@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from novacron.protocol.messages import Alive, Dead, Gossip, Leave, Suspect
+from novacron.protocol.messages import Alive, Dead, Gossip, Leave, Revocations, Suspect
 
 BroadcastKey = tuple[str, str]
 """("member", node id) for membership news, ("record", node id) for records."""
@@ -32,10 +32,11 @@ MIN_ITEM_SIZE = 32  # below this much free budget no gossip item can fit
 
 # Per-type constant part of the encoding: tag, map header, field names, small
 # ints (incarnations and versions up to 2**32 fit; larger ones cost 4 bytes more).
-_ALIVE_OVERHEAD = 60
-_SUSPECT_OVERHEAD = 44
-_LEAVE_OVERHEAD = 36
+_ALIVE_OVERHEAD = 80
+_SUSPECT_OVERHEAD = 56
+_LEAVE_OVERHEAD = 48
 _RECORD_OVERHEAD = 70
+_REVOCATIONS_OVERHEAD = 32
 
 
 def retransmit_limit(retransmit_mult: int, n: int) -> int:
@@ -46,11 +47,14 @@ def retransmit_limit(retransmit_mult: int, n: int) -> int:
 def estimate_size(item: Gossip) -> int:
     """Bytes this item adds to a packet, estimated from its variable-length parts."""
     if isinstance(item, Alive):
-        return _ALIVE_OVERHEAD + len(item.node_id) + len(item.address) + len(item.certificate)
+        variable = len(item.address) + len(item.certificate) + len(item.signature)
+        return _ALIVE_OVERHEAD + len(item.node_id) + variable
     if isinstance(item, Suspect | Dead):
-        return _SUSPECT_OVERHEAD + len(item.node_id) + len(item.by)
+        return _SUSPECT_OVERHEAD + len(item.node_id) + len(item.by) + len(item.signature)
     if isinstance(item, Leave):
-        return _LEAVE_OVERHEAD + len(item.node_id)
+        return _LEAVE_OVERHEAD + len(item.node_id) + len(item.signature)
+    if isinstance(item, Revocations):
+        return _REVOCATIONS_OVERHEAD + len(item.crl)
     signed = item.signed
     return _RECORD_OVERHEAD + len(signed.node_id) + len(signed.record) + len(signed.signature)
 

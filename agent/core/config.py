@@ -7,7 +7,9 @@ All durations are seconds of the driver's clock (virtual or real).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .records import RecordBounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,10 @@ class MembershipConfig:
     reconnect_timeout: float = 86400.0  # ... for members failed less than this long
     packet_budget: int = 1400  # bytes of gossip per packet (estimated sizes)
     lifeguard: bool = True  # False = plain SWIM: fixed timeouts, no awareness, no nacks
+    accusations_per_probe: float = 2.0  # an accuser's Suspects and Deads per probe interval...
+    accusation_burst: float = 10.0  # ...with at most this many at once (`accusations.py`)
+    max_delta_bytes: int = 1024 * 1024  # a push-pull answer is split into Deltas this large
+    record_bounds: RecordBounds = field(default_factory=RecordBounds)  # what a record may say
 
     def __post_init__(self) -> None:
         """Refuse settings that would stall or divide by zero, at construction time."""
@@ -50,5 +56,9 @@ class MembershipConfig:
             raise ValueError("awareness_max_multiplier must be at least 1")
         if self.gossip_nodes < 0 or self.indirect_checks < 0 or self.retransmit_mult < 1:
             raise ValueError("fanouts must be non-negative and retransmit_mult at least 1")
+        if not self.accusations_per_probe > 0 or self.accusation_burst < 1:
+            raise ValueError("accusations_per_probe must be positive and accusation_burst >= 1")
+        if self.max_delta_bytes < 4096:
+            raise ValueError("max_delta_bytes must be at least 4096")
         if self.packet_budget < 64:
             raise ValueError("packet_budget must be at least 64 bytes")

@@ -59,6 +59,26 @@ class MemberLeft:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberRevoked:
+    """The CA revoked `node_id`'s certificate: expelled (our own id: we must stop)."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityClash:
+    """One node id speaks from two places: two processes hold the same key.
+
+    `this_life_began` is set when the clash is about this node itself: when
+    our own life began, so the driver can tell whether we are the newcomer.
+    """
+
+    node_id: str
+    addresses: tuple[str, ...]
+    this_life_began: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class RecordUpdated:
     """A newer, verified version of `record.node_id`'s record was accepted."""
 
@@ -80,6 +100,8 @@ Event = (
     | MemberSuspected
     | MemberFailed
     | MemberLeft
+    | MemberRevoked
+    | IdentityClash
     | RecordUpdated
     | RecordRejected
 )

@@ -36,6 +36,9 @@ class Member:
     incarnation: int  # the member's own counter; higher always wins
     state: MemberState  # alive, suspect, dead or left
     state_since: float  # when this node moved it into `state`
+    # The member's own signature of its Alive at (incarnation, address), or of
+    # its Leave once left: what push-pull hands on so others can check it.
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,21 @@ carries that choice.
 
 Who may talk to us: a sender that is not a member (in any state) nor a join
 seed is admitted only for what introduces members: `Ping` and `Digest` (a
-newcomer must be answered before anyone gossiped about it) and `Alive` claims
-(how members are learnt at all). Anything else from an unknown sender
-(Suspect, Dead, Leave, records, IndirectPing, Ack, Nack, Delta), on its own or
-piggybacked, is dropped and counted in `stats.messages_from_unknown`.
+newcomer must be answered before anyone gossiped about it), `Alive` claims
+(how members are learnt at all), its own record (held until it is a
+member) and certificate requests and answers (certificates are public).
+Anything else from an unknown sender (Suspect, Dead, Leave, others'
+records, IndirectPing, Ack, Nack, Delta), on its own or piggybacked, is
+dropped and counted in `stats.messages_from_unknown`.
+
+Whom we believe (the driver authenticated the sender; the claims it relays
+are another matter): an Alive or a Leave only if signed by the node it is
+about, a Suspect or a Dead only if signed by its accuser, within the
+accuser's budget and at an incarnation the accused signed (`claims.py`,
+`accusations.py`). A node we never heard of is checked against its
+certificate, which push-pull lines carry and which gossip does not: we ask
+whoever told us (`CertificateRequest`), once. Records must be signed by their
+owner and within `RecordBounds`. Every refusal is a counter in `stats`.
 """
 
 from __future__ import annotations
@@ -44,11 +55,16 @@ import dataclasses
 import heapq
 import random
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from novacron.protocol.claims import line_claim
 from novacron.protocol.messages import (
+    MAX_CERTIFICATES,
+    MAX_COUNTER,
     Ack,
     Alive,
+    CertificateRequest,
+    Certificates,
     Dead,
     Delta,
     Digest,
@@ -62,42 +78,43 @@ from novacron.protocol.messages import (
     NodeRecord,
     Ping,
     RecordUpdate,
+    Revocations,
     SignedRecord,
     Suspect,
 )
 
+from .accusations import AccusationBudget
 from .awareness import Awareness
 from .broadcast import BroadcastKey, BroadcastQueue, retransmit_limit
 from .config import MembershipConfig
 from .events import (
+    IdentityClash,
     MemberAlive,
     MemberFailed,
     MemberJoined,
     MemberLeft,
+    MemberRevoked,
     MemberSuspected,
     Output,
     RecordRejected,
     RecordUpdated,
 )
+from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
-from .pushpull import build_delta, build_digest, push_pull_scale
-from .records import RecordStore, RecordVerdict, RecordVerifier, admit
+from .pushpull import build_deltas, build_digest, push_pull_scale
+from .records import RecordStore, RecordVerdict, admit
 from .snapshot import ClusterSnapshot
 from .stats import NodeStats
 from .suspicion import Suspicion, suspicion_timeout
 from .transitions import Verdict, on_alive, on_dead, on_leave, on_suspect, supersedes
 
 __all__ = [
+    "Keyring",
     "MemberInfo",
     "MembershipNode",
     "NodeStats",
-    "RecordSigner",
-    "RecordVerifier",
 ]
-
-RecordSigner = Callable[[NodeRecord], SignedRecord]
-"""Encodes and signs this node's record with its own key."""
 
 INF = float("inf")
 # Module constants: reading an enum member through its class costs a descriptor call.
@@ -117,11 +134,18 @@ class MembershipNode:
     """SWIM + Lifeguard membership, gossip dissemination and signed-record state."""
 
     __slots__ = (
+        "_accusations",
+        "_awaiting",
         "_awareness",
+        "_born",
         "_digest_lines",
+        "_forwarded",
         "_heard",
+        "_held_records",
+        "_keyring",
         "_left",
         "_members",
+        "_moves",
         "_next_gossip_at",
         "_next_probe_at",
         "_next_push_pull_at",
@@ -131,12 +155,11 @@ class MembershipNode:
         "_probes",
         "_queue",
         "_records",
+        "_refuted_clone_at",
         "_rng",
         "_seeds",
-        "_signer",
         "_suspicion_heap",
         "_suspicions",
-        "_verifier",
         "_version_floor",
         "address",
         "config",
@@ -151,15 +174,12 @@ class MembershipNode:
         address: str,
         config: MembershipConfig,
         rng: random.Random,
-        signer: RecordSigner,
-        verifier: RecordVerifier,
+        keyring: Keyring,
         now: float,
     ) -> None:
         """A node that knows only itself; `join` introduces it to seeds."""
-        self._setup(
-            node_id, address, config, rng, signer, verifier, MemberTable(), RecordStore(), {}
-        )
-        self._members.put(Member(node_id, address, 1, ALIVE, now))
+        self._setup(node_id, address, config, rng, keyring, MemberTable(), RecordStore(), {}, now)
+        self._members.put(self._own_member(1, now))
         self._start_timers(now)
 
     @classmethod
@@ -171,8 +191,7 @@ class MembershipNode:
         address: str,
         config: MembershipConfig,
         rng: random.Random,
-        signer: RecordSigner,
-        verifier: RecordVerifier,
+        keyring: Keyring,
         now: float,
     ) -> MembershipNode:
         """A node that starts converged, sharing `snapshot` copy-on-write."""
@@ -180,11 +199,11 @@ class MembershipNode:
         members = MemberTable(snapshot.members, snapshot.node_ids, snapshot.state_counts)
         records = RecordStore(snapshot.signed_records, snapshot.records)
         lines = snapshot.member_digests
-        node._setup(node_id, address, config, rng, signer, verifier, members, records, lines)
+        node._setup(node_id, address, config, rng, keyring, members, records, lines, now)
         me = node._members.get(node_id)
         if me is None or me.address != address:
             incarnation = me.incarnation if me is not None else 1
-            node._members.put(Member(node_id, address, incarnation, ALIVE, now))
+            node._members.put(node._own_member(incarnation, now))
         node._own_record = snapshot.records.get(node_id)
         node._start_timers(now)
         return node
@@ -195,19 +214,18 @@ class MembershipNode:
         address: str,
         config: MembershipConfig,
         rng: random.Random,
-        signer: RecordSigner,
-        verifier: RecordVerifier,
+        keyring: Keyring,
         members: MemberTable,
         records: RecordStore,
         digest_lines: Mapping[str, MemberDigest],
+        now: float,
     ) -> None:
         self.node_id = node_id  # our id: the key of everything we own
         self.address = address  # where others reach us (announced in Alive)
         self.config = config  # protocol tunables
         self.stats = NodeStats()  # counters
         self._rng = rng  # the only source of randomness
-        self._signer = signer  # signs our record
-        self._verifier = verifier  # verifies others' records
+        self._keyring = keyring  # signs what we say, checks what others say
         self._members = members  # who we know (copy-on-write over a snapshot's base)
         self._records = records  # verified records (copy-on-write likewise)
         self._digest_lines = digest_lines  # the snapshot's shared push-pull lines
@@ -222,6 +240,19 @@ class MembershipNode:
         self._own_record: NodeRecord | None = None  # our record's contents, for re-issue
         self._version_floor = 0  # highest version of our record seen from an older life
         self._left = False  # we left gracefully: no probing, no refuting
+        self._born = now  # when this life began: a clone newer than this one must yield
+        rate = config.accusations_per_probe / config.probe_interval
+        self._accusations = AccusationBudget(rate, config.accusation_burst)  # per accuser
+        self._refuted_clone_at = 0  # incarnation we set against a self-claim from elsewhere
+        self._moves: dict[str, tuple[str, float]] = {}  # id -> (address it left, when)
+        self._held_records: dict[str, SignedRecord] = {}  # records that came before their owner
+        self._forwarded: dict[str, int] = {}  # id -> incarnation whose second address we passed on
+        self._awaiting: dict[str, tuple[Alive, float]] = {}  # id -> (Alive, asked at)
+
+    def _own_member(self, incarnation: int, now: float) -> Member:
+        """Our own table entry, with our signed Alive as its proof."""
+        proof = self._keyring.sign_claim(Alive(self.node_id, incarnation, self.address))
+        return Member(self.node_id, self.address, incarnation, ALIVE, now, proof)
 
     def _start_timers(self, now: float) -> None:
         """Stagger the periodic work so a fleet started together does not beat in step."""
@@ -238,9 +269,7 @@ class MembershipNode:
         """Introduce ourselves to seed `(node id, address)` pairs by push-pull."""
         out = Output()
         me = self._me()
-        self._queue.queue(
-            _member_key(self.node_id), Alive(self.node_id, me.incarnation, self.address)
-        )
+        self._queue.queue(_member_key(self.node_id), self._own_alive(me))
         digest: Digest | None = None
         for node_id, address in peers:
             if node_id == self.node_id:
@@ -305,8 +334,11 @@ class MembershipNode:
         me = self._me()
         self._left = True
         self._probes.pending = None
-        self._members.put(dataclasses.replace(me, state=LEFT, state_since=now))
-        self._queue.queue(_member_key(self.node_id), Leave(self.node_id, me.incarnation))
+        leave = self._sign(Leave(self.node_id, me.incarnation))
+        self._members.put(
+            dataclasses.replace(me, state=LEFT, state_since=now, proof=leave.signature)
+        )
+        self._queue.queue(_member_key(self.node_id), leave)
         self._gossip_round(now, out)
         self._next_gossip_at = now + self.config.gossip_interval
         return out
@@ -318,6 +350,13 @@ class MembershipNode:
         version = max(self._records.version(self.node_id), self._version_floor) + 1
         out = Output()
         self._publish(dataclasses.replace(record, version=version), out)
+        return out
+
+    def adopt_revocations(self, data: bytes, now: float) -> Output:
+        """A revocation list from the operator (a file, the API): adopt it if newer, spread
+        it, and expel whom it revokes (see `_handle_revocations`)."""
+        out = Output()
+        self._handle_revocations(Revocations(data), now, out)
         return out
 
     def members(self) -> list[MemberInfo]:
@@ -373,7 +412,12 @@ class MembershipNode:
         """Whether a message from `sender` may be processed (see module docstring)."""
         if sender in self._members or sender in self._seeds:
             return True
-        return isinstance(message, Ping | Digest | Alive)
+        if isinstance(message, RecordUpdate):
+            return message.signed.node_id == sender  # its own: held until it is a member
+        # Certificates are public and asked for by whoever heard of a node from
+        # us, newcomers we do not know yet included; only answers to our own
+        # requests are checked.
+        return isinstance(message, Ping | Digest | Alive | CertificateRequest | Certificates)
 
     # --- failure detection: our probes ----------------------------------------------
 
@@ -445,7 +489,8 @@ class MembershipNode:
             self._health(pending.expected_nacks - pending.nacks)
         else:
             self._health(1)
-        self._handle_suspect(Suspect(pending.target, pending.incarnation, self.node_id), now, out)
+        accusation = self._sign(Suspect(pending.target, pending.incarnation, self.node_id))
+        self._handle_suspect(accusation, now, out)
 
     def _on_ack(self, sender: str, message: Ack, now: float, out: Output) -> None:
         self._heard[sender] = now
@@ -535,9 +580,14 @@ class MembershipNode:
             del self._suspicions[node_id]
             member = self._members.get(node_id)
             if member is not None and member.state is SUSPECT:
-                self._handle_dead(Dead(node_id, member.incarnation, self.node_id), now, out)
+                dead = self._sign(Dead(node_id, member.incarnation, self.node_id))
+                self._handle_dead(dead, now, out)
 
     # --- membership claims ----------------------------------------------------------------
+    #
+    # Every claim is judged in the same order: its shape, then the table
+    # (`transitions`: most claims are old news and stop here), then the
+    # accuser's budget, and only then its signature, the one costly check.
 
     def _handle_gossip(
         self, sender: str, items: tuple[Gossip, ...], now: float, out: Output
@@ -545,100 +595,185 @@ class MembershipNode:
         """Apply piggybacked gossip, item by item (admission re-checked per item)."""
         for item in items:
             if self._admits(sender, item):
-                _GOSSIP_HANDLERS[type(item)](self, item, now, out, True)
+                self._on_gossip_message(sender, item, now, out)
             else:
                 self.stats.messages_from_unknown += 1
 
     def _on_gossip_message(self, sender: str, message: Gossip, now: float, out: Output) -> None:
-        _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+        if isinstance(message, Alive):
+            self._handle_alive(message, now, out, True, sender)
+        else:
+            _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
 
-    def _handle_alive(self, message: Alive, now: float, out: Output, announce_new: bool) -> None:
-        """Alive: a join, a refutation, or old news (see `transitions.on_alive`)."""
-        if not _valid_claim(message.node_id, message.incarnation):
-            self.stats.messages_invalid += 1
+    def _handle_alive(
+        self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
+    ) -> None:
+        """Alive: a join, a refutation, or old news (see `transitions.on_alive`).
+
+        Believed only when signed by the node it is about. A member we never
+        heard of cannot be checked without its certificate: the Alive waits
+        while we ask `sender` (who believed it, so holds the certificate).
+        """
+        if not _valid_claim(message.node_id, message.incarnation) or not message.address:
+            self.stats.messages_invalid += 1  # an Alive names where its node is
             return
         current = self._members.get(message.node_id)
         about_self = message.node_id == self.node_id
         verdict = on_alive(current, message.incarnation, about_self)
-        if verdict is Verdict.REFUTE:
+        if verdict is Verdict.IGNORE and _two_addresses(current, message):
+            self._two_places(current, message, now, out)
+        elif verdict is Verdict.IGNORE:
+            self.stats.gossip_ignored += 1
+        elif current is None and not message.certificate:
+            self._await_certificate(message, sender, now, out)
+        elif current is None and not self._learn(message.node_id, message.certificate):
+            self.stats.claims_without_certificate += 1
+        elif not self._keyring.verify_claim(message):
+            self.stats.claims_bad_signature += 1
+        elif verdict is Verdict.REFUTE:
+            self._note_claim_from_elsewhere(message, out)
             self._refute(message.incarnation, now)
-        elif verdict is Verdict.ACCEPT:
+        else:
+            self._note_move(current, message, now, out)
             self._set_alive(current, message, now, out)
             if announce_new or current is not None:
-                self._queue.queue(_member_key(message.node_id), message)
-        else:
-            self.stats.gossip_ignored += 1
+                # Passed on without the certificate: who lacks it asks for it, once.
+                gossip = (
+                    dataclasses.replace(message, certificate=b"")
+                    if message.certificate
+                    else message
+                )
+                self._queue.queue(_member_key(message.node_id), gossip)
+
+    def _learn(self, node_id: str, certificate: bytes) -> bool:
+        return bool(certificate) and self._keyring.learn_certificate(node_id, certificate)
 
     def _set_alive(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
-        node_id, incarnation = message.node_id, message.incarnation
-        address = message.address or (current.address if current is not None else "")
+        node_id, incarnation, address = message.node_id, message.incarnation, message.address
+        held = None
         if current is None:
             out.events.append(MemberJoined(node_id, incarnation, address))
             since = now
+            held = self._held_records.pop(node_id, None)
         elif current.state is not ALIVE:
             out.events.append(MemberAlive(node_id, incarnation))
             since = now
         else:
             since = current.state_since
         self._suspicions.pop(node_id, None)
-        self._members.put(Member(node_id, address, incarnation, ALIVE, since))
+        proof = message.signature
+        self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
+        if held is not None:
+            self._offer_record(held, now, out, announce_new=True)
 
     def _handle_suspect(
-        self, message: Suspect, now: float, out: Output, announce_new: bool = True
+        self,
+        message: Suspect,
+        now: float,
+        out: Output,
+        announce_new: bool = True,
+        *,
+        signed: bool = True,
     ) -> None:
-        """Suspect: start a suspicion, confirm one, or refute it if it is about us."""
+        """Suspect: start a suspicion, confirm one, or refute it if it is about us.
+
+        `signed=False` is a suspicion a push-pull peer vouches for in its own
+        name (the sender is authenticated): applied here, never re-gossiped.
+        """
         if not _valid_claim(message.node_id, message.incarnation) or not message.by:
             self.stats.messages_invalid += 1
             return
         node_id = message.node_id
         current = self._members.get(node_id)
+        if current is not None and message.incarnation > current.incarnation:
+            # Only the accused raises its incarnation (by a signed Alive); an
+            # accusation above it is either ahead of that Alive or a forgery
+            # meant to push the accused out of reach. Either way: not yet.
+            self.stats.claims_ahead_of_member += 1
+            return
         suspicion = self._suspicions.get(node_id)
         verdict = on_suspect(
             current, message.incarnation, node_id == self.node_id, suspicion is not None
         )
-        if verdict is Verdict.REFUTE:
+        if verdict in (Verdict.IGNORE, Verdict.UNKNOWN):
+            self._count_ignored(verdict)
+        elif not self._accusation_allowed(message, verdict, now, signed):
+            return
+        elif verdict is Verdict.REFUTE:
             self._refute(message.incarnation, now)
         elif verdict is Verdict.CONFIRM:
             assert suspicion is not None
             if suspicion.confirm(message.by):
                 self.stats.suspicions_confirmed += 1
                 heapq.heappush(self._suspicion_heap, (suspicion.deadline(), node_id))
-                self._queue.queue(_member_key(node_id), message)
-        elif verdict is Verdict.ACCEPT:
-            assert current is not None
-            self._members.put(Member(node_id, current.address, message.incarnation, SUSPECT, now))
-            self._start_suspicion(node_id, message.incarnation, message.by, now)
-            self._queue.queue(_member_key(node_id), message)
-            out.events.append(MemberSuspected(node_id, message.incarnation, message.by))
+                if signed:
+                    self._queue.queue(_member_key(node_id), message)
         else:
-            self._count_ignored(verdict)
+            assert current is not None
+            self._suspect(current, message.incarnation, message.by, now, out)
+            if signed:
+                self._queue.queue(_member_key(node_id), message)
+
+    def _suspect(self, current: Member, incarnation: int, by: str, now: float, out: Output) -> None:
+        node_id = current.node_id
+        self._members.put(dataclasses.replace(current, state=SUSPECT, state_since=now))
+        self._start_suspicion(node_id, incarnation, by, now)
+        out.events.append(MemberSuspected(node_id, incarnation, by))
+
+    def _accusation_allowed(
+        self, claim: Suspect | Dead, verdict: Verdict, now: float, signed: bool
+    ) -> bool:
+        """Budget (for what costs someone something), then signature; counted when refused."""
+        if claim.by == self.node_id:
+            return True  # our own, made and signed here
+        costly = verdict is not Verdict.CONFIRM  # a confirmation only shortens a timeout
+        if costly and not self._accusations.allow(claim.by, now):
+            self.stats.accusations_over_budget += 1
+            return False
+        if signed and not self._keyring.verify_claim(claim):
+            self.stats.claims_bad_signature += 1
+            return False
+        return True
 
     def _handle_dead(
-        self, message: Dead, now: float, out: Output, announce_new: bool = True
+        self,
+        message: Dead,
+        now: float,
+        out: Output,
+        announce_new: bool = True,
     ) -> None:
         """Dead: declare the member failed, or refute it if it is about us."""
         if not _valid_claim(message.node_id, message.incarnation) or not message.by:
             self.stats.messages_invalid += 1
             return
         current = self._members.get(message.node_id)
+        if current is not None and message.incarnation > current.incarnation:
+            self.stats.claims_ahead_of_member += 1  # as for Suspect
+            return
         verdict = on_dead(current, message.incarnation, message.node_id == self.node_id)
-        if verdict is Verdict.REFUTE:
-            self._refute(message.incarnation, now)
-        elif verdict is Verdict.SUSPECT_FIRST:
-            suspect = Suspect(message.node_id, message.incarnation, message.by)
-            self._handle_suspect(suspect, now, out, announce_new)
+        if verdict in (Verdict.IGNORE, Verdict.UNKNOWN):
+            self._count_ignored(verdict)
         elif verdict is Verdict.ACCEPT and self._single_source(message):
             # The same lone accuser again (typically a node back from isolation):
             # not new evidence; let the suspicion run so the member can refute.
             self.stats.gossip_ignored += 1
-        elif verdict is Verdict.ACCEPT:
+        elif not self._accusation_allowed(message, verdict, now, signed=True):
+            return
+        elif verdict is Verdict.REFUTE:
+            self._refute(message.incarnation, now)
+        elif verdict is Verdict.SUSPECT_FIRST:
+            # Held alive here: suspect it (so it can refute) and pass the Dead on,
+            # signed as its accuser made it; every receiver applies this same rule.
+            assert current is not None
+            if message.node_id not in self._suspicions:
+                self._suspect(current, message.incarnation, message.by, now, out)
+            self._queue.queue(_member_key(message.node_id), message)
+        else:
             assert current is not None
             self._set_gone(current, message.incarnation, DEAD, now)
             self._queue.queue(_member_key(message.node_id), message)
             self.stats.members_failed += 1
             out.events.append(MemberFailed(message.node_id, message.incarnation, message.by))
-        else:
-            self._count_ignored(verdict)
 
     def _single_source(self, message: Dead) -> bool:
         """Whether our suspicion rests on nothing but this Dead's own accuser."""
@@ -652,40 +787,176 @@ class MembershipNode:
     def _handle_leave(
         self, message: Leave, now: float, out: Output, announce_new: bool = True
     ) -> None:
-        """Leave: the member is gone on purpose (not a failure)."""
+        """Leave: the member is gone on purpose (not a failure); only it can say so."""
         if not _valid_claim(message.node_id, message.incarnation):
             self.stats.messages_invalid += 1
             return
         current = self._members.get(message.node_id)
         verdict = on_leave(current, message.incarnation, message.node_id == self.node_id)
-        if verdict is Verdict.REFUTE:
+        if verdict in (Verdict.IGNORE, Verdict.UNKNOWN):
+            self._count_ignored(verdict)
+        elif not self._keyring.verify_claim(message):
+            self.stats.claims_bad_signature += 1
+        elif verdict is Verdict.REFUTE:
             self._refute(message.incarnation, now)
-        elif verdict is Verdict.ACCEPT:
+        else:
             assert current is not None
-            self._set_gone(current, message.incarnation, LEFT, now)
+            self._set_gone(current, message.incarnation, LEFT, now, message.signature)
             self._queue.queue(_member_key(message.node_id), message)
             out.events.append(MemberLeft(message.node_id, message.incarnation))
-        else:
-            self._count_ignored(verdict)
 
-    def _set_gone(self, current: Member, incarnation: int, state: MemberState, now: float) -> None:
+    def _set_gone(
+        self,
+        current: Member,
+        incarnation: int,
+        state: MemberState,
+        now: float,
+        proof: bytes | None = None,
+    ) -> None:
         self._suspicions.pop(current.node_id, None)
-        self._members.put(Member(current.node_id, current.address, incarnation, state, now))
+        proof = current.proof if proof is None else proof
+        self._members.put(Member(current.node_id, current.address, incarnation, state, now, proof))
 
     def _refute(self, accused: int, now: float) -> None:
         """Someone believes something false about us: out-number it with a new incarnation."""
         me = self._me()
         incarnation = max(me.incarnation, accused) + 1
-        self._members.put(dataclasses.replace(me, incarnation=incarnation))
-        self._queue.queue(_member_key(self.node_id), Alive(self.node_id, incarnation, self.address))
+        if incarnation > MAX_COUNTER:
+            # Unreachable by honest means (one step per refutation, and no one
+            # may accuse above what we signed); refuting would send an invalid frame.
+            self.stats.incarnation_exhausted += 1
+            return
+        member = self._own_member(incarnation, me.state_since)
+        self._members.put(member)
+        alive = Alive(self.node_id, incarnation, self.address, signature=member.proof)
+        self._queue.queue(_member_key(self.node_id), alive)
         self.stats.refutations += 1
         self._health(1)
+
+    def _two_places(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+        """The node signed two addresses at one incarnation: two processes hold its key
+        (or it restarted elsewhere and its old life is silent). If it is us, the other
+        one must hear from us; if not, the node at the address we hold must see the other
+        claim. Either way, the two then out-number each other and show themselves."""
+        assert current is not None
+        if not self._keyring.verify_claim(message):
+            self.stats.claims_bad_signature += 1
+        elif current.node_id == self.node_id:
+            self._note_claim_from_elsewhere(message, out)
+            self._refute(message.incarnation, now)
+        elif self._forwarded.get(current.node_id) != current.incarnation:
+            if len(self._forwarded) > MAX_TRACKED_MOVES:
+                self._forwarded.clear()
+            self._forwarded[current.node_id] = current.incarnation
+            out.sends.append((current.node_id, message))
+
+    def _note_claim_from_elsewhere(self, message: Alive, out: Output) -> None:
+        """An Alive about us, signed with our key, that we did not make.
+
+        Once, after a restart, it is our previous life. When it comes again
+        above the incarnation we refuted it with, another process holds our
+        key and refutes us back: two agents with one identity.
+        """
+        if message.address == self.address:
+            return
+        if self._refuted_clone_at and message.incarnation > self._refuted_clone_at:
+            out.events.append(
+                IdentityClash(self.node_id, (self.address, message.address), self._born)
+            )
+        self._refuted_clone_at = max(message.incarnation, self._me().incarnation) + 1
+
+    def _note_move(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+        """A member's address flipping back and forth means one id is in two places."""
+        if current is None or not message.address or message.address == current.address:
+            return
+        moved = self._moves.get(message.node_id)
+        if moved is not None and moved[0] == message.address and now - moved[1] < CLASH_WINDOW:
+            out.events.append(
+                IdentityClash(message.node_id, (current.address, message.address), None)
+            )
+        if len(self._moves) > MAX_TRACKED_MOVES:
+            self._moves.clear()
+        self._moves[message.node_id] = (current.address, now)
 
     def _count_ignored(self, verdict: Verdict) -> None:
         if verdict is Verdict.UNKNOWN:
             self.stats.gossip_about_unknown += 1
         else:
             self.stats.gossip_ignored += 1
+
+    def _sign(self, claim: ClaimT) -> ClaimT:
+        """`claim` with our signature."""
+        return dataclasses.replace(claim, signature=self._keyring.sign_claim(claim))
+
+    def _own_alive(self, me: Member) -> Alive:
+        return Alive(self.node_id, me.incarnation, self.address, signature=me.proof)
+
+    # --- certificates on demand ---------------------------------------------------------
+
+    def _await_certificate(self, message: Alive, sender: str, now: float, out: Output) -> None:
+        """Keep an Alive about a node we cannot check yet, and ask `sender` for its certificate.
+
+        One request per node per `CERTIFICATE_WAIT`; the newest Alive wins;
+        at most `MAX_AWAITED` nodes wait (a flood of invented ones pushes out
+        the oldest, which costs nothing: they are asked for again if real).
+        """
+        waiting = self._awaiting
+        held = waiting.get(message.node_id)
+        if held is not None and now - held[1] < CERTIFICATE_WAIT:
+            if message.incarnation > held[0].incarnation:
+                waiting[message.node_id] = (message, held[1])
+            return
+        if not sender or (sender == message.node_id and sender not in self._members):
+            self.stats.claims_without_certificate += 1  # nobody we can ask
+            return
+        waiting.pop(message.node_id, None)
+        waiting[message.node_id] = (message, now)
+        if len(waiting) > MAX_AWAITED:
+            del waiting[next(iter(waiting))]
+        self.stats.certificates_requested += 1
+        out.sends.append((sender, CertificateRequest((message.node_id,))))
+
+    def _on_certificate_request(
+        self, sender: str, message: CertificateRequest, now: float, out: Output
+    ) -> None:
+        """Hand out the certificates we hold of the nodes asked for (public documents)."""
+        found = {}
+        for node_id in message.node_ids[:MAX_CERTIFICATES]:
+            certificate = self._keyring.certificate(node_id)
+            if certificate and node_id in self._members:
+                found[node_id] = certificate
+        if found:
+            out.sends.append((sender, Certificates(found)))
+
+    def _on_certificates(self, sender: str, message: Certificates, now: float, out: Output) -> None:
+        """Certificates we asked for: the Alives that waited for them are judged now."""
+        for node_id, certificate in list(message.certificates.items())[:MAX_CERTIFICATES]:
+            held = self._awaiting.pop(node_id, None)
+            if held is None:
+                continue  # not asked for (or already answered): not worth checking
+            alive = dataclasses.replace(held[0], certificate=certificate)
+            self._handle_alive(alive, now, out, True)
+
+    # --- revocation -------------------------------------------------------------------
+
+    def _handle_revocations(
+        self, message: Revocations, now: float, out: Output, announce_new: bool = True
+    ) -> None:
+        """A signed revocation list: adopt it if newer, pass it on, expel whom it revokes."""
+        if not self._keyring.adopt_revocations(message.crl):
+            self.stats.gossip_ignored += 1
+            return
+        self.stats.revocations_adopted += 1
+        self._queue.queue(_REVOCATIONS_KEY, message)
+        self._expel_revoked(now, out)
+
+    def _expel_revoked(self, now: float, out: Output) -> None:
+        for member in list(self._members):
+            if member.state is LEFT or not self._keyring.revoked(member.node_id):
+                continue
+            if member.node_id != self.node_id:
+                self._set_gone(member, member.incarnation, LEFT, now)
+            out.events.append(MemberRevoked(member.node_id))
 
     # --- records --------------------------------------------------------------------------
 
@@ -710,7 +981,9 @@ class MembershipNode:
             self._own_record_seen(signed, out)
             return
         had_one = self._records.version(signed.node_id) > 0
-        admission = admit(self._records, signed, self._verifier, self._is_owner(signed, now))
+        owner = self._owner_address(signed, now)
+        bounds = self.config.record_bounds
+        admission = admit(self._records, signed, self._keyring.verify_record, owner, bounds)
         verdict = admission.verdict
         if verdict is RecordVerdict.ACCEPT:
             assert admission.record is not None
@@ -724,17 +997,37 @@ class MembershipNode:
         else:
             if verdict is RecordVerdict.NOT_MEMBER:
                 self.stats.records_rejected_not_member += 1
+                self._hold_for_member(signed)
+            elif verdict is RecordVerdict.OUT_OF_BOUNDS:
+                self.stats.records_rejected_out_of_bounds += 1
             else:
                 self.stats.records_rejected_bad_signature += 1
-            out.events.append(RecordRejected(signed.node_id, signed.version, verdict.value))
+            reason = admission.reason or verdict.value
+            out.events.append(RecordRejected(signed.node_id, signed.version, reason))
 
-    def _is_owner(self, signed: SignedRecord, now: float) -> bool:
-        """Whether the record's owner is a member whose records we still take."""
+    def _owner_address(self, signed: SignedRecord, now: float) -> str | None:
+        """The address the record's owner signed, if it is a member whose records we take."""
         member = self._members.get(signed.node_id)
         if member is None or member.state is LEFT:
-            return False
+            return None
         expired = now - member.state_since > self.config.reconnect_timeout
-        return not (member.state is DEAD and expired)
+        return None if member.state is DEAD and expired else member.address
+
+    def _hold_for_member(self, signed: SignedRecord) -> None:
+        """Keep a record that outran its owner's Alive, until the owner joins.
+
+        Gossip does not keep order: a newcomer's record can reach us before
+        the news that it exists, and then only the next push-pull (minutes, in
+        a large mesh) would bring it again. Unverified and bounded: a flood of
+        invented owners only pushes older held records out.
+        """
+        if signed.node_id in self._members:
+            return  # a member we no longer take records from
+        held = self._held_records
+        held.pop(signed.node_id, None)
+        held[signed.node_id] = signed
+        if len(held) > MAX_HELD_RECORDS:
+            del held[next(iter(held))]
 
     def _own_record_seen(self, signed: SignedRecord, out: Output) -> None:
         """A copy of our record came back; if a past life of ours published a higher
@@ -746,7 +1039,7 @@ class MembershipNode:
             self._publish(dataclasses.replace(self._own_record, version=signed.version + 1), out)
 
     def _publish(self, record: NodeRecord, out: Output) -> None:
-        signed = self._signer(record)
+        signed = self._keyring.sign_record(record)
         self._records.put(signed, record)
         self._own_record = record
         self._queue.queue(_record_key(self.node_id), RecordUpdate(signed))
@@ -755,7 +1048,14 @@ class MembershipNode:
     # --- anti-entropy ----------------------------------------------------------------------
 
     def _digest(self, *, reply: bool) -> Digest:
-        return build_digest(self._members, self._records, self._digest_lines, reply=reply)
+        """What we know, with our own line signed and certified (a newcomer's introduction)."""
+        me = self._me()
+        cert = self._keyring.certificate(self.node_id)
+        own = MemberDigest(self.node_id, me.incarnation, me.state, me.address, me.proof, cert)
+        crl_issued_at = self._keyring.revocations()[0]
+        return build_digest(
+            self._members, self._records, self._digest_lines, own, crl_issued_at, reply=reply
+        )
 
     def _tick_push_pull(self, now: float, out: Output) -> None:
         if now < self._next_push_pull_at:
@@ -793,7 +1093,7 @@ class MembershipNode:
             out.sends.append((self._rng.choice(candidates), self._digest(reply=True)))
 
     def _on_digest(self, sender: str, message: Digest, now: float, out: Output) -> None:
-        """Answer a push-pull: a Delta of what we know newer, and our Digest if asked.
+        """Answer a push-pull: Deltas of what we know newer, and our Digest if asked.
 
         Before answering, two lines of the digest are applied: the sender's own
         (a newcomer introducing itself) and the one about us (so a failure
@@ -802,30 +1102,68 @@ class MembershipNode:
         self._heard[sender] = now
         self.stats.digests_received += 1
         for line in message.members:
+            if line.node_id == sender:
+                self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
-        delta = build_delta(message, self._members, self._records, self._digest_lines)
-        if delta.members or delta.records:
-            out.sends.append((sender, delta))
+        issued_at, crl = self._keyring.revocations()
+        newer_crl = crl if issued_at > message.crl_issued_at else b""
+        deltas = build_deltas(
+            message,
+            self._members,
+            self._records,
+            self._keyring.certificate,
+            newer_crl,
+            self.config.max_delta_bytes,
+        )
+        out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
             out.sends.append((sender, self._digest(reply=False)))
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
-        """Apply what a push-pull peer knew newer: members first, then their records."""
+        """Apply what a push-pull peer knew newer: revocations, members, then records."""
         self._heard[sender] = now
+        if message.crl:
+            self._handle_revocations(Revocations(message.crl), now, out)
         for line in message.members:
             self._merge_line(sender, line, now, out, announce_new=line.node_id == sender)
         for signed in message.records:
             self._offer_record(signed, now, out, announce_new=False)
+
+    def _note_return(self, line: MemberDigest) -> None:
+        """A member we hold left or failed speaks to us from a new address, at the
+        incarnation we hold (a restart elsewhere: a new port, a new DHCP lease).
+
+        Its old life is gone, so its own signed line says where it is now: our
+        answers go there, and it learns from them what we hold and refutes it.
+        Otherwise they would go to the old address, and it would never rejoin.
+        """
+        current = self._members.get(line.node_id)
+        if (
+            current is not None
+            and current.state in (LEFT, DEAD)
+            and line.state is ALIVE
+            and line.incarnation == current.incarnation
+            and line.address
+            and line.address != current.address
+            and self._keyring.verify_claim(line_claim(line))
+        ):
+            # A Leave's signature does not cover the address; a failed member's proof
+            # is its Alive, now the one at the new address.
+            proof = current.proof if current.state is LEFT else line.signature
+            self._members.put(dataclasses.replace(current, address=line.address, proof=proof))
 
     def _merge_line(
         self, sender: str, line: MemberDigest, now: float, out: Output, *, announce_new: bool
     ) -> None:
         """Apply one push-pull line with the gossip rules (memberlist `mergeState`).
 
-        DEAD is merged as a suspicion, so a peer's stale belief (typically the
-        other side of a healed partition) makes the member refute instead of
-        killing it outright.
+        What the line says of liveness, address and leaving is the member's
+        own signed claim (`claims.line_claim`) and goes through the same
+        handlers as gossip. A suspicion or failure is the sender's word: it
+        starts a suspicion in the sender's name (DEAD too, so a peer's stale
+        belief, typically the other side of a healed partition, makes the
+        member refute instead of killing it), applied here and not passed on.
         """
         current = self._members.get(line.node_id)
         if (
@@ -834,13 +1172,23 @@ class MembershipNode:
             and not supersedes(line.incarnation, line.state, current.incarnation, current.state)
         ):
             return  # the common case: nothing new, no message objects built
-        if line.state is ALIVE:
-            alive = Alive(line.node_id, line.incarnation, line.address)
-            self._handle_alive(alive, now, out, announce_new)
-        elif line.state is LEFT:
-            self._handle_leave(Leave(line.node_id, line.incarnation), now, out)
-        else:
-            self._handle_suspect(Suspect(line.node_id, line.incarnation, sender), now, out)
+        ahead = current is not None and line.incarnation > current.incarnation
+        if line.node_id == self.node_id and line.state is ALIVE and not ahead:
+            return  # what we say of ourselves, echoed back
+        if line.state in (ALIVE, LEFT) or ahead:
+            if not line.signature:
+                self.stats.lines_unsigned += 1
+                return
+            claim = line_claim(line)
+            if isinstance(claim, Leave):
+                self._handle_leave(claim, now, out)
+                return
+            alive = dataclasses.replace(claim, certificate=line.certificate)
+            self._handle_alive(alive, now, out, announce_new and line.state is ALIVE)
+            if line.state is ALIVE:
+                return
+        suspect = Suspect(line.node_id, line.incarnation, sender)
+        self._handle_suspect(suspect, now, out, signed=False)
 
     # --- dissemination ---------------------------------------------------------------------
 
@@ -914,8 +1262,27 @@ def _record_key(node_id: str) -> BroadcastKey:
     return ("record", node_id)
 
 
+def _two_addresses(current: Member | None, message: Alive) -> bool:
+    """An Alive at the incarnation we hold, from another address (the rest is old news)."""
+    return (
+        current is not None
+        and current.state is not LEFT
+        and message.incarnation == current.incarnation
+        and message.address != current.address
+    )
+
+
 def _valid_claim(node_id: str, incarnation: int) -> bool:
-    return bool(node_id) and incarnation >= 0
+    return bool(node_id) and 0 <= incarnation <= MAX_COUNTER
+
+
+_REVOCATIONS_KEY: BroadcastKey = ("revocations", "")  # one list: a newer one replaces it
+ClaimT = TypeVar("ClaimT", Alive, Suspect, Dead, Leave)
+CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two nodes, not a move
+MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
+MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
+MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 
 
 GossipHandler = Callable[[MembershipNode, Any, float, Output, bool], None]
@@ -926,6 +1293,7 @@ _GOSSIP_HANDLERS: dict[type, GossipHandler] = {
     Dead: MembershipNode._handle_dead,
     Leave: MembershipNode._handle_leave,
     RecordUpdate: MembershipNode._handle_record,
+    Revocations: MembershipNode._handle_revocations,
 }
 
 _HANDLERS: dict[type, Handler] = {
@@ -935,9 +1303,12 @@ _HANDLERS: dict[type, Handler] = {
     Nack: MembershipNode._on_nack,
     Digest: MembershipNode._on_digest,
     Delta: MembershipNode._on_delta,
+    CertificateRequest: MembershipNode._on_certificate_request,
+    Certificates: MembershipNode._on_certificates,
     Alive: MembershipNode._on_gossip_message,
     Suspect: MembershipNode._on_gossip_message,
     Dead: MembershipNode._on_gossip_message,
     Leave: MembershipNode._on_gossip_message,
     RecordUpdate: MembershipNode._on_gossip_message,
+    Revocations: MembershipNode._on_gossip_message,
 }

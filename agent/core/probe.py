@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from novacron.protocol.messages import MAX_COUNTER
+
 
 @dataclass(slots=True)
 class PendingProbe:
@@ -56,7 +58,7 @@ class ProbeTracker:
     def next_seq(self) -> int:
         """A fresh sequence number for a Ping."""
         seq = self._next_seq
-        self._next_seq += 1
+        self._next_seq = seq + 1 if seq < MAX_COUNTER else 1  # never past the wire's bound
         return seq
 
     def next_relay_deadline(self) -> float:

@@ -18,9 +18,9 @@ Delta goes through the node's normal transition rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from novacron.protocol.messages import Delta, Digest, MemberDigest, MemberState
+from novacron.protocol.messages import Delta, Digest, MemberDigest, MemberState, SignedRecord
 
 from .members import Member, MemberTable
 from .records import RecordStore
@@ -41,7 +41,11 @@ def push_pull_scale(interval: float, n: int) -> float:
 def digest_line(
     member: Member, table: MemberTable, shared: Mapping[str, MemberDigest]
 ) -> MemberDigest:
-    """The digest line for `member`, reusing the snapshot's line when unchanged."""
+    """The digest line for `member`, reusing the snapshot's line when unchanged.
+
+    Digest lines say only what we know (incarnation and state), unsigned: the
+    receiver compares, it does not apply them (but for the sender's own line).
+    """
     if table.is_shared(member):
         cached = shared.get(member.node_id)
         if cached is not None:
@@ -53,27 +57,43 @@ def build_digest(
     table: MemberTable,
     store: RecordStore,
     shared: Mapping[str, MemberDigest],
+    own: MemberDigest,
+    crl_issued_at: float,
     *,
     reply: bool,
 ) -> Digest:
-    """Everything this node knows, as (incarnation, state) lines and record versions."""
-    members = tuple(digest_line(m, table, shared) for m in table)
-    return Digest(members=members, records=store.versions(), reply=reply)
+    """Everything this node knows, as (incarnation, state) lines and record versions.
+
+    `own` is the sender's line about itself, signed and with its certificate,
+    because the receiver applies it: that is how a newcomer introduces itself.
+    """
+    members = tuple(
+        own if m.node_id == own.node_id else digest_line(m, table, shared) for m in table
+    )
+    return Digest(
+        members=members, records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
+    )
 
 
-def build_delta(
+def build_deltas(
     digest: Digest,
     table: MemberTable,
     store: RecordStore,
-    shared: Mapping[str, MemberDigest],
-) -> Delta:
-    """What this node knows that is newer than `digest` says.
+    certificate: Callable[[str], bytes],
+    crl: bytes,
+    max_bytes: int,
+) -> list[Delta]:
+    """What this node knows that is newer than `digest` says, in Deltas of `max_bytes`.
 
-    A member the digest does not list is sent only when alive: a suspicion or
-    failure about a member the peer never heard of would be ignored there.
+    Each line carries the member's own signature (its `proof`), so the
+    receiver can apply it; a member the digest does not list is sent only
+    when alive (a suspicion or failure about a member the peer never heard of
+    would be ignored there), with its certificate, which the peer lacks.
+    Large answers (a newcomer in a big mesh) are split so that no frame comes
+    near the frame limit. Empty when there is nothing to send.
     """
     theirs = {line.node_id: line for line in digest.members}
-    lines: list[MemberDigest] = []
+    items: list[MemberDigest | SignedRecord] = []
     for member in table:
         line = theirs.get(member.node_id)
         if line is None:
@@ -81,5 +101,48 @@ def build_delta(
         else:
             newer = supersedes(member.incarnation, member.state, line.incarnation, line.state)
         if newer:
-            lines.append(digest_line(member, table, shared))
-    return Delta(members=tuple(lines), records=tuple(store.newer_than(digest.records)))
+            cert = certificate(member.node_id) if line is None else b""
+            items.append(
+                MemberDigest(
+                    member.node_id,
+                    member.incarnation,
+                    member.state,
+                    member.address,
+                    member.proof,
+                    cert,
+                )
+            )
+    items.extend(store.newer_than(digest.records))
+    return _split(items, crl, max_bytes)
+
+
+def _split(items: list[MemberDigest | SignedRecord], crl: bytes, max_bytes: int) -> list[Delta]:
+    deltas: list[Delta] = []
+    lines: list[MemberDigest] = []
+    records: list[SignedRecord] = []
+    size = len(crl)
+    for item in items:
+        item_size = _size(item)
+        if size + item_size > max_bytes and (lines or records):
+            deltas.append(Delta(tuple(lines), tuple(records), crl if not deltas else b""))
+            lines, records, size = [], [], 0
+        if isinstance(item, MemberDigest):
+            lines.append(item)
+        else:
+            records.append(item)
+        size += item_size
+    if lines or records or (crl and not deltas):
+        deltas.append(Delta(tuple(lines), tuple(records), crl if not deltas else b""))
+    return deltas
+
+
+def _size(item: MemberDigest | SignedRecord) -> int:
+    """Encoded bytes of one item, estimated on the large side (field names included)."""
+    if isinstance(item, MemberDigest):
+        variable = len(item.address) + len(item.signature) + len(item.certificate)
+        return _LINE_OVERHEAD + len(item.node_id) + variable
+    return _RECORD_OVERHEAD + len(item.node_id) + len(item.record) + len(item.signature)
+
+
+_LINE_OVERHEAD = 80  # map header, six field names, integers and headers of a MemberDigest
+_RECORD_OVERHEAD = 60  # the same for a SignedRecord

@@ -10,7 +10,12 @@ accepted only when (in this order, cheapest check first):
    signature is *not* checked (verification is the expensive step and an old
    record is worthless anyway);
 3. the signature verifies and the signed header matches the contents:
-   otherwise "bad-signature".
+   otherwise "bad-signature";
+4. its contents are within bounds (`RecordBounds`): finite, non-negative
+   amounts no host could exceed, and a libvirt URI on the owner's own
+   signed address: otherwise "out-of-bounds", with the reason. A member may
+   say what it has; it may not say what no host has, nor point migrations
+   at another machine.
 
 Like the member table, the store is copy-on-write over an optional shared
 base (a `ClusterSnapshot`'s records), so memory per node is O(changes).
@@ -18,12 +23,14 @@ base (a `ClusterSnapshot`'s records), so memory per node is O(changes).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import NodeRecord, SignedRecord
+from novacron.protocol.messages import NodeRecord, Resources, SignedRecord
 
 RecordVerifier = Callable[[SignedRecord], NodeRecord]
 """Checks a signed record against its owner's key; raises `ProtocolError` if bad."""
@@ -36,6 +43,7 @@ class RecordVerdict(Enum):
     NOT_MEMBER = "not-a-member"
     STALE = "stale"
     BAD_SIGNATURE = "bad-signature"
+    OUT_OF_BOUNDS = "out-of-bounds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,25 @@ class Admission:
 
     verdict: RecordVerdict  # accepted, or why not
     record: NodeRecord | None = None  # the verified contents (only when accepted)
+    reason: str = ""  # what was out of bounds
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBounds:
+    """The most any one host can honestly report; a record beyond is refused.
+
+    Generous on purpose (today's largest servers are far below), so that
+    only a lie or a broken agent reaches them: what they stop is a single
+    record that would draw every placement (a million cores) or turn the
+    mesh's mean load into infinity.
+    """
+
+    max_vcpus: float = 4096.0  # cores of one host
+    max_memory_mib: int = 64 * 1024 * 1024  # 64 TiB
+    max_disk_gib: float = 1024.0 * 1024.0  # 1 PiB
+    max_vms: int = 10_000  # VMs on one host
+    max_load_per_core: float = 64.0  # load average (and VM load) per core, overcommitted
+    max_dirty_rate_mib_s: float = 1024.0 * 1024.0  # memory written per second by one VM
 
 
 class RecordStore:
@@ -105,10 +132,18 @@ class RecordStore:
 
 
 def admit(
-    store: RecordStore, signed: SignedRecord, verifier: RecordVerifier, owner_is_member: bool
+    store: RecordStore,
+    signed: SignedRecord,
+    verifier: RecordVerifier,
+    owner_address: str | None,
+    bounds: RecordBounds,
 ) -> Admission:
-    """Decide whether `signed` may replace what the store holds (see module docstring)."""
-    if not owner_is_member:
+    """Decide whether `signed` may replace what the store holds (see module docstring).
+
+    `owner_address` is the address the owner signed in its Alive, or None
+    when the owner is not a member whose records we take.
+    """
+    if owner_address is None:
         return Admission(RecordVerdict.NOT_MEMBER)
     if signed.version <= store.version(signed.node_id):
         return Admission(RecordVerdict.STALE)
@@ -118,7 +153,65 @@ def admit(
         return Admission(RecordVerdict.BAD_SIGNATURE)
     if record.node_id != signed.node_id or record.version != signed.version:
         return Admission(RecordVerdict.BAD_SIGNATURE)  # a valid record under a false header
+    problem = record_problem(record, bounds, owner_address)
+    if problem:
+        return Admission(RecordVerdict.OUT_OF_BOUNDS, reason=problem)
     return Admission(RecordVerdict.ACCEPT, record)
+
+
+def record_problem(record: NodeRecord, bounds: RecordBounds, owner_address: str) -> str:
+    """What in `record` no honest host would report, or "" (see `RecordBounds`)."""
+    cores = max(record.capacity.vcpus, 1.0)
+    problem = (
+        _resources_problem("capacity", record.capacity, bounds, 1.0)
+        or _resources_problem("usage", record.usage, bounds, bounds.max_load_per_core)
+        or _amount_problem("load", record.load, cores * bounds.max_load_per_core)
+        or _uri_problem(record.libvirt_uri, owner_address)
+    )
+    if problem:
+        return problem
+    if len(record.vms) > bounds.max_vms:
+        return f"{len(record.vms)} VMs (at most {bounds.max_vms})"
+    for vm in record.vms:
+        problem = (
+            _amount_problem(f"VM {vm.name[:64]!r} vcpus", vm.vcpus, bounds.max_vcpus)
+            or _amount_problem(f"VM {vm.name[:64]!r} memory", vm.memory_mib, bounds.max_memory_mib)
+            or _amount_problem(f"VM {vm.name[:64]!r} cpu load", vm.cpu_load, max(vm.vcpus, 1) * 1.5)
+            or _amount_problem(
+                f"VM {vm.name[:64]!r} dirty rate", vm.dirty_rate_mib_s, bounds.max_dirty_rate_mib_s
+            )
+        )
+        if problem:
+            return problem
+    return ""
+
+
+def _resources_problem(what: str, amount: Resources, bounds: RecordBounds, factor: float) -> str:
+    return (
+        _amount_problem(f"{what} vcpus", amount.vcpus, bounds.max_vcpus * factor)
+        or _amount_problem(f"{what} memory", amount.memory_mib, bounds.max_memory_mib * factor)
+        or _amount_problem(f"{what} disk", amount.disk_gib, bounds.max_disk_gib * factor)
+    )
+
+
+def _amount_problem(what: str, value: float, most: float) -> str:
+    if not math.isfinite(value) or value < 0 or value > most:
+        return f"{what} {value:g} (must be 0 to {most:g})"
+    return ""
+
+
+def _uri_problem(libvirt_uri: str, owner_address: str) -> str:
+    """A libvirt URI naming a host must name the owner's own signed address."""
+    try:
+        host = urlsplit(libvirt_uri).hostname
+    except ValueError:
+        return f"libvirt URI {libvirt_uri[:120]!r} does not parse"
+    if host is None:
+        return ""  # a local URI (qemu:///system): peers reach it through the owner's address
+    own = owner_address.rpartition(":")[0].strip("[]").lower() or owner_address.lower()
+    if host.lower() != own:
+        return f"libvirt URI host {host[:80]!r} is not the host's own address {own[:80]!r}"
+    return ""
 
 
 class _OverlayView(Mapping[str, NodeRecord]):

@@ -12,11 +12,12 @@ member lookup of every node goes through them, and the proxy costs a call.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from novacron.protocol.claims import Claim
 from novacron.protocol.codec import unpack_struct
-from novacron.protocol.messages import MemberDigest, MemberState, NodeRecord, SignedRecord
+from novacron.protocol.messages import Alive, MemberDigest, MemberState, NodeRecord, SignedRecord
 
 from .members import Member
 from .records import RecordVerifier
@@ -44,20 +45,28 @@ class ClusterSnapshot:
         *,
         now: float = 0.0,
         verifier: RecordVerifier | None = None,
+        sign_claim: Callable[[Claim], bytes],
     ) -> ClusterSnapshot:
         """Build a snapshot from (node id, address) pairs and signed records.
 
         With a `verifier` each record is verified once here; without one the
         records are trusted (the caller signed them) and only decoded.
+        `sign_claim` signs each member's Alive as that member (a simulator or
+        test holds every key), the proof every member entry carries.
         """
         addresses = dict(members)
         node_ids = tuple(sorted(addresses))
-        table = {
-            node_id: Member(
-                node_id, addresses[node_id], SNAPSHOT_INCARNATION, MemberState.ALIVE, now
+        table = {}
+        for node_id in node_ids:
+            alive = Alive(node_id, SNAPSHOT_INCARNATION, addresses[node_id])
+            table[node_id] = Member(
+                node_id,
+                addresses[node_id],
+                SNAPSHOT_INCARNATION,
+                MemberState.ALIVE,
+                now,
+                sign_claim(alive),
             )
-            for node_id in node_ids
-        }
         digests = {
             node_id: MemberDigest(
                 node_id, SNAPSHOT_INCARNATION, MemberState.ALIVE, addresses[node_id]

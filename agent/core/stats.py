@@ -40,6 +40,15 @@ class NodeStats:
     records_rejected_bad_signature: int = 0  # signature or header did not verify
     records_rejected_not_member: int = 0  # owner unknown, left, or failed too long ago
     records_rejected_stale: int = 0  # not newer than ours (never verified)
+    records_rejected_out_of_bounds: int = 0  # contents no honest host reports
+    claims_bad_signature: int = 0  # a claim not signed by whom it must be (forged or altered)
+    claims_without_certificate: int = 0  # about a member we never met, uncheckable
+    certificates_requested: int = 0  # Alives of unknown nodes that made us ask whoever told us
+    claims_ahead_of_member: int = 0  # accusations above the incarnation the member signed
+    accusations_over_budget: int = 0  # an accuser accusing faster than probing allows
+    lines_unsigned: int = 0  # push-pull lines that lacked the member's signature
+    incarnation_exhausted: int = 0  # refutations impossible at the protocol's bound
+    revocations_adopted: int = 0  # newer revocation lists taken
 
     def as_dict(self) -> dict[str, int]:
         """All counters by name (for metrics export)."""

@@ -103,7 +103,9 @@ class LabAgents:
             "--libvirt-uri", "qemu:///system" if self.lab.libvirt else "test:///default",
             "--inventory-interval", str(self.inventory_interval),
             "--mdns" if self.mdns else "--no-mdns",
-            "--domain-type", "qemu",  # TCG: KVM guests hang on these machines
+            # TCG, set explicitly: `auto` would pick KVM here (libvirt offers it and
+            # /dev/kvm answers), but KVM guests hang early in boot on these machines.
+            "--domain-type", "qemu",
             "--disk-dir", DISK_DIR,
             "--rebalance" if self.rebalance else "--no-rebalance",
         ]  # fmt: skip

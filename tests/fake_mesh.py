@@ -1,0 +1,69 @@
+"""Fake views of the mesh for tests of the migrator and the local API, and a migrator over one.
+
+`FakeView` is two alive hosts (h1 runs `vm1` and the stopped `off`), the view
+a `Migrator` asks; `NoView` is an empty mesh view for an `ApiServer` whose
+tests are about other routes; `migrator(sent)` is h1's migrator on libvirt's
+test driver, its messages appended to `sent`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.migrator import Migrator
+from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
+
+
+class FakeView:
+    """Two alive hosts; h1 runs `vm1` (running) and `off` (shut off)."""
+
+    def __init__(self) -> None:
+        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off"))
+        room = Resources(vcpus=4, memory_mib=4096, disk_gib=10)
+        self._records = {
+            "h1": NodeRecord("h1", 1, capacity=room, vms=vms, libvirt_uri="qemu:///system"),
+            "h2": NodeRecord("h2", 1, capacity=room, libvirt_uri="qemu:///system"),
+        }
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        if node_id not in self._records:
+            return None
+        address = f"198.18.0.{node_id[1:]}:7946"
+        return MemberInfo(node_id, address, 1, MemberState.ALIVE, 0.0, 0.0)
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return self._records
+
+
+def migrator(sent: list[tuple[str, Message]]) -> Migrator:
+    async def send(destination: str, message: Message) -> None:
+        sent.append((destination, message))
+
+    return Migrator(
+        "h1",
+        FakeView(),
+        host="198.18.0.1",
+        libvirt_uri="test:///default",
+        send=send,
+        clock=lambda: 100.0,
+        rng=random.Random(1),
+    )
+
+
+class NoView:
+    """A mesh with nothing in it."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def members(self) -> list[dict[str, Any]]:
+        return []
+
+    def host(self, node_id: str | None) -> dict[str, Any] | None:
+        return None
+
+    def vms(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,434 @@
+"""A tiny world for the migration core: hosts, a virtual network and a fake hypervisor.
+
+`Mesh` holds one `MigrationCore` per host over a shared cluster view and
+delivers their messages (optionally lossy, duplicating and reordering, from a
+seeded RNG); tests drive the libvirt side by hand. `Lab` adds a fake
+hypervisor with libvirt's semantics as far as the saga cares: one active
+domain per VM, a job that moves it only on success, post-copy that cannot be
+aborted, a domain with a running job that refuses a second one, and faults
+(agent killed, libvirtd killed, link cut). The hypervisor is the truth the
+tests check the sagas against. No sockets, no sleeping: a virtual clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from novacron.agent.core.events import (
+    AbortLibvirtMigration,
+    MigrationAction,
+    MigrationCompleted,
+    MigrationEvent,
+    MigrationFailed,
+    MigrationOutput,
+    MigrationRefused,
+    ReconcileVm,
+    StartLibvirtMigration,
+    SwitchToPostCopy,
+)
+from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.migration import MigrationConfig, MigrationCore
+from novacron.protocol.messages import (
+    MemberState,
+    Message,
+    MigrationProgress,
+    NodeRecord,
+    Resources,
+    VmSummary,
+)
+
+E = TypeVar("E")
+INF = float("inf")
+
+
+def vm(name: str, memory_mib: int = 1024, vcpus: int = 1, state: str = "running") -> VmSummary:
+    """A VM as an inventory reports it."""
+    return VmSummary(name=name, state=state, vcpus=vcpus, memory_mib=memory_mib)
+
+
+def host(
+    node_id: str,
+    *vms: VmSummary,
+    memory_mib: int = 8192,
+    vcpus: float = 4.0,
+    draining: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> NodeRecord:
+    """A host's record with its VMs."""
+    return NodeRecord(
+        node_id=node_id,
+        version=1,
+        capacity=Resources(vcpus=vcpus, memory_mib=memory_mib),
+        vms=tuple(vms),
+        libvirt_uri=f"qemu+tcp://{node_id}/system",
+        draining=draining,
+        labels=dict(labels or {}),
+    )
+
+
+class View:
+    """A cluster view shared by every host of a test (they all agree, which is the easy case)."""
+
+    def __init__(self, records: Iterable[NodeRecord]) -> None:
+        self.states: dict[str, MemberState] = {}  # node id -> membership state
+        self.recs: dict[str, NodeRecord] = {}  # node id -> latest record
+        for record in records:
+            self.put(record)
+
+    def put(self, record: NodeRecord, state: MemberState = MemberState.ALIVE) -> None:
+        self.recs[record.node_id] = record
+        self.states.setdefault(record.node_id, state)
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        state = self.states.get(node_id)
+        if state is None:
+            return None
+        return MemberInfo(node_id, f"198.18.0.{len(node_id)}", 1, state, 0.0, 0.0)
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return self.recs
+
+    def move_vm(self, name: str, source: str, target: str) -> None:
+        """What the inventories of both hosts report after the domain moved."""
+        moving = next(v for v in self.recs[source].vms if v.name == name)
+        self.update(source, vms=tuple(v for v in self.recs[source].vms if v.name != name))
+        self.update(target, vms=(*self.recs[target].vms, moving))
+
+    def update(self, node_id: str, **changes: Any) -> None:
+        record = self.recs[node_id]
+        self.recs[node_id] = dataclasses.replace(record, version=record.version + 1, **changes)
+
+    def owners(self, name: str) -> list[str]:
+        """Hosts whose record lists VM `name`."""
+        return [n for n, r in self.recs.items() if any(v.name == name for v in r.vms)]
+
+
+class Mesh:
+    """Migration cores on a virtual network; drive time with `run`, messages with `flush`."""
+
+    def __init__(
+        self,
+        records: Iterable[NodeRecord],
+        *,
+        config: MigrationConfig | None = None,
+        seed: int = 1,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        max_delay: float = 0.0,
+    ) -> None:
+        self.view = View(records)
+        self.config = config or MigrationConfig()
+        self.net_rng = random.Random(seed)  # loss, duplication, delay
+        self.loss, self.duplicate, self.max_delay = loss, duplicate, max_delay
+        self.now = 0.0
+        self.cores: dict[str, MigrationCore | None] = {}
+        self.lives: dict[str, int] = {}  # restarts per host, to seed each life differently
+        for node_id in self.view.recs:
+            self.start_agent(node_id)
+        self.cut: set[frozenset[str]] = set()  # links that drop everything
+        self._inflight: list[tuple[float, int, str, str, Message]] = []  # heap by arrival
+        self._seq = 0
+        self.events: list[tuple[str, MigrationEvent]] = []  # (host, event) in order
+        self.actions: list[tuple[str, MigrationAction]] = []  # (host, action) in order
+        self.sent: list[tuple[str, str, Message]] = []  # (from, to, message) as sent
+
+    def core(self, node_id: str) -> MigrationCore:
+        core = self.cores[node_id]
+        assert core is not None, f"agent {node_id} is down"
+        return core
+
+    def start_agent(self, node_id: str) -> None:
+        life = self.lives.get(node_id, 0)
+        self.lives[node_id] = life + 1
+        rng = random.Random(f"{node_id}/{life}")
+        uri = f"tcp://{node_id}"
+        self.cores[node_id] = MigrationCore(
+            node_id, view=self.view, rng=rng, config=self.config, migration_uri=uri
+        )
+
+    def kill_agent(self, node_id: str) -> None:
+        self.cores[node_id] = None
+
+    def absorb(self, node_id: str, out: MigrationOutput) -> MigrationOutput:
+        """Take a core's output: queue its sends, log its events, hand actions to `on_action`."""
+        for destination, message in out.sends:
+            self.sent.append((node_id, destination, message))
+            self._send(node_id, destination, message)
+        self.events.extend((node_id, event) for event in out.events)
+        for action in out.actions:
+            self.actions.append((node_id, action))
+            self.on_action(node_id, action)
+        return out
+
+    def on_action(self, node_id: str, action: MigrationAction) -> None:
+        """Mesh: tests perform actions by hand. `Lab` overrides this."""
+
+    def _send(self, source: str, destination: str, message: Message) -> None:
+        copies = 1
+        if self.net_rng.random() < self.loss:
+            copies = 0
+        elif self.net_rng.random() < self.duplicate:
+            copies = 2
+        for _ in range(copies):
+            delay = self.net_rng.uniform(0.0, self.max_delay) if self.max_delay else 0.0
+            self._seq += 1
+            heapq.heappush(
+                self._inflight, (self.now + delay, self._seq, source, destination, message)
+            )
+
+    def flush(self) -> None:
+        """Deliver everything due by now, including replies (a tiny event loop)."""
+        while self._inflight and self._inflight[0][0] <= self.now:
+            _, _, source, destination, message = heapq.heappop(self._inflight)
+            core = self.cores.get(destination)
+            if core is None or frozenset((source, destination)) in self.cut:
+                continue
+            self.absorb(destination, core.receive(source, message, self.now))
+
+    def request(
+        self, source: str, name: str, target: str, overrides: Mapping[str, Any] | None = None
+    ) -> MigrationOutput:
+        out = self.absorb(
+            source, self.core(source).request_migration(name, target, overrides, self.now)
+        )
+        self.flush()
+        return out
+
+    def call(self, node_id: str, method: str, *args: Any) -> MigrationOutput:
+        """Call a driver-facing method (`migration_finished`, `cancel`, ...) at `now`."""
+        out = self.absorb(node_id, getattr(self.core(node_id), method)(*args, self.now))
+        self.flush()
+        return out
+
+    def step(self) -> None:
+        """One slice of time: deliveries, then every live core's tick."""
+        self.flush()
+        for node_id, core in list(self.cores.items()):
+            if core is not None:
+                self.absorb(node_id, core.tick(self.now))
+        self.flush()
+
+    def run(self, until: float, step: float = 0.5) -> None:
+        while self.now + step <= until + 1e-9:
+            self.now += step
+            self.before_step()
+            self.step()
+
+    def before_step(self) -> None:
+        """Hook for `Lab`: the hypervisor moves before the agents look."""
+
+    def of(self, node_id: str, kind: type[E]) -> list[E]:
+        """Events or actions of one type that `node_id` emitted."""
+        emitted: list[tuple[str, object]] = [*self.events, *self.actions]
+        return [x for n, x in emitted if n == node_id and isinstance(x, kind)]
+
+    def sent_of(self, kind: type[E], source: str | None = None) -> list[E]:
+        return [m for s, _, m in self.sent if isinstance(m, kind) and source in (None, s)]
+
+
+@dataclass
+class Job:
+    """A libvirt migration job in the fake hypervisor."""
+
+    migration_id: str  # the saga that asked for it
+    vm: str  # domain
+    source: str  # where it ran
+    target: str  # where it goes
+    started: float  # when it began
+    duration: float  # pre-copy time to converge (inf: never)
+    post_copy_allowed: bool  # the policy enabled post-copy
+    switched_at: float | None = None  # when post-copy began
+    abort_requested: bool = False  # virDomainAbortJob was called
+
+
+class Lab(Mesh):
+    """A `Mesh` whose actions run against a fake hypervisor with fault injection."""
+
+    def __init__(
+        self,
+        records: Iterable[NodeRecord],
+        *,
+        config: MigrationConfig | None = None,
+        seed: int = 1,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        max_delay: float = 0.0,
+        job_seconds: float = 4.0,
+        postcopy_seconds: float = 2.0,
+        hot: Iterable[str] = (),
+    ) -> None:
+        records = list(records)
+        self.job_seconds = job_seconds  # pre-copy time of a converging guest
+        self.postcopy_seconds = postcopy_seconds  # time to finish once in post-copy
+        self.hot = frozenset(hot)  # VMs that never converge in pre-copy
+        self.location = {v.name: r.node_id for r in records for v in r.vms}  # VM -> active host
+        self.jobs: dict[str, Job] = {}  # running jobs by migration id
+        self.moved: dict[str, bool] = {}  # ended job -> whether the VM moved
+        self.libvirtd_down: set[str] = set()  # hosts whose libvirtd is dead
+        self.violations: list[str] = []  # broken libvirt rules
+        self._reports: list[tuple[str, str, tuple[Any, ...]]] = []  # driver -> core, next step
+        self._reconciles: list[tuple[str, str]] = []  # (asking host, VM) awaiting an answer
+        super().__init__(
+            records,
+            config=config,
+            seed=seed,
+            loss=loss,
+            duplicate=duplicate,
+            max_delay=max_delay,
+        )
+
+    # --- the driver ----------------------------------------------------------------------
+
+    def start_agent(self, node_id: str) -> None:
+        """A (re)started agent; its driver hands over jobs libvirtd still runs for it."""
+        super().start_agent(node_id)
+        for job in [j for j in self.jobs.values() if j.source == node_id]:
+            core = self.core(node_id)
+            out = core.adopt_job(job.vm, job.target, job.switched_at is not None, self.now)
+            (event,) = out.events
+            del self.jobs[job.migration_id]
+            job.migration_id = event.migration_id
+            self.jobs[job.migration_id] = job
+            self.absorb(node_id, out)
+
+    def absorb(self, node_id: str, out: MigrationOutput) -> MigrationOutput:
+        """Check each saga's verdict against the hypervisor the moment it is given."""
+        for event in out.events:
+            if isinstance(event, MigrationCompleted):
+                if self.location[event.vm] != event.target:
+                    self.violations.append(f"completed but {event.vm} is elsewhere: {event}")
+            elif isinstance(event, MigrationFailed | MigrationRefused) and event.migration_id:
+                if self.moved.get(event.migration_id):
+                    self.violations.append(f"failed but the job moved the VM: {event}")
+                if self.location[event.vm] == event.target and event.migration_id in self.moved:
+                    self.violations.append(f"failed but {event.vm} is on the target: {event}")
+        return super().absorb(node_id, out)
+
+    def on_action(self, node_id: str, action: MigrationAction) -> None:
+        if isinstance(action, StartLibvirtMigration):
+            self._start(node_id, action)
+        elif isinstance(action, SwitchToPostCopy):
+            job = self.jobs.get(action.migration_id)
+            if job is not None and job.post_copy_allowed and job.switched_at is None:
+                job.switched_at = self.now
+        elif isinstance(action, AbortLibvirtMigration):
+            job = self.jobs.get(action.migration_id)
+            if job is not None:
+                if job.switched_at is not None:
+                    self.violations.append(f"abort requested in post-copy: {job}")
+                else:
+                    job.abort_requested = True
+        elif isinstance(action, ReconcileVm):
+            self._reconciles.append((node_id, action.vm))
+
+    def _start(self, node_id: str, action: StartLibvirtMigration) -> None:
+        busy = any(j.vm == action.vm for j in self.jobs.values())
+        reachable = self._reachable(node_id, action.target)
+        if busy or self.location.get(action.vm) != node_id or not reachable:
+            why = "domain has a job" if busy else "cannot start"
+            self.moved[action.migration_id] = False
+            self._report(node_id, "migration_finished", action.migration_id, False, why)
+            return
+        duration = INF if action.vm in self.hot else self.job_seconds
+        self.jobs[action.migration_id] = Job(
+            action.migration_id,
+            action.vm,
+            node_id,
+            action.target,
+            self.now,
+            duration,
+            action.policy.post_copy,
+        )
+
+    def _reachable(self, a: str, b: str) -> bool:
+        return (
+            a not in self.libvirtd_down
+            and b not in self.libvirtd_down
+            and frozenset((a, b)) not in self.cut
+        )
+
+    def _report(self, node_id: str, method: str, *args: Any) -> None:
+        self._reports.append((node_id, method, args))
+
+    def before_step(self) -> None:
+        """The hypervisor: run jobs, answer reconciles, deliver the driver's reports."""
+        for job in list(self.jobs.values()):
+            self._run_job(job)
+        for asking, name in list(self._reconciles):
+            if any(j.vm == name for j in self.jobs.values()):
+                continue  # contract: answer once no job may still move it
+            self._reconciles.remove((asking, name))
+            self._report(asking, "vm_location", name, self._locate(asking, name))
+        reports, self._reports = self._reports, []
+        for node_id, method, args in reports:
+            core = self.cores.get(node_id)
+            if core is not None:  # a dead agent's driver reports to no one
+                self.absorb(node_id, getattr(core, method)(*args, self.now))
+
+    def _locate(self, asking: str, name: str) -> str | None:
+        """What the asking host's driver can find out (its own libvirt, the peer's if reachable)."""
+        where = self.location[name]
+        if asking in self.libvirtd_down:
+            return None
+        if where == asking or self._reachable(asking, where):
+            return where
+        return None
+
+    def _run_job(self, job: Job) -> None:
+        if job.switched_at is not None:
+            done = self.now >= job.switched_at + self.postcopy_seconds
+        else:
+            done = self.now >= job.started + job.duration
+        if not self._reachable(job.source, job.target):
+            # Pre-copy: the guest never left. Post-copy: it already runs on the target,
+            # yet libvirt reports the job as failed.
+            self._end_job(job, moved=job.switched_at is not None, ok=False, why="connection lost")
+        elif job.abort_requested:
+            self._end_job(job, moved=False, ok=False, why="operation aborted")
+        elif done:
+            self._end_job(job, moved=True, ok=True, why="")
+        else:
+            elapsed = self.now - job.started
+            percent = min(99.0, 100.0 * elapsed / job.duration) if job.duration < INF else 40.0
+            phase = "postcopy" if job.switched_at is not None else "precopy"
+            stats = MigrationProgress(job.migration_id, percent=percent, phase=phase)
+            self._report(job.source, "migration_progress", job.migration_id, stats)
+
+    def _end_job(self, job: Job, moved: bool, ok: bool, why: str) -> None:
+        del self.jobs[job.migration_id]
+        self.moved[job.migration_id] = moved
+        if moved:
+            self.location[job.vm] = job.target
+            self.view.move_vm(job.vm, job.source, job.target)
+        self._report(job.source, "migration_finished", job.migration_id, ok, why)
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def settle(self, seconds: float = 300.0) -> None:
+        """Heal every fault and let timers run out: leases, reconciles, escalations."""
+        self.cut.clear()
+        self.libvirtd_down.clear()
+        self.loss = self.duplicate = 0.0
+        for node_id, core in self.cores.items():
+            if core is None:
+                self.start_agent(node_id)
+        self.run(self.now + seconds)
+
+    def check_invariant(self) -> None:
+        """Each VM on exactly one host; each saga outcome agrees with the hypervisor."""
+        assert not self.violations, self.violations
+        for name, where in self.location.items():
+            assert self.view.owners(name) == [where], (name, self.view.owners(name), where)
+
+    def check_quiet(self) -> None:
+        """After `settle`: no saga running, no reservation held, no job left."""
+        assert not self.jobs
+        for core in self.cores.values():
+            assert core is not None
+            assert core.outbound() == 0, core.migrations()
+            assert core.reservations() == [], core.reservations()
