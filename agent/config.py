@@ -67,6 +67,9 @@ class AgentConfig:
     log_format: str = _setting("kv", "log lines as kv or json")
     log_level: str = _setting("info", "debug, info, warning or error")
     inventory_interval: float = _setting(10.0, "seconds between libvirt and host refreshes")
+    reserved_memory_mib: int = _setting(
+        0, "memory kept for the host itself, never promised to VMs (MiB)"
+    )
     rebalance: bool = _setting(True, "move VMs away automatically when this host runs hot")
     rebalance_interval: float = _setting(5.0, "seconds between rebalancing decisions")
     labels: dict[str, str] = field(
@@ -185,6 +188,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{name} must be an absolute path")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
+    if config.reserved_memory_mib < 0:
+        raise ConfigError("reserved_memory_mib must not be negative")
     if config.rebalance_interval <= 0:
         raise ConfigError("rebalance_interval must be positive")
     return config
