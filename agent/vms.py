@@ -88,7 +88,11 @@ class VmControl:
         if not body.get("force"):
             vms = await self._run(self.hypervisor.list())
             if any(vm.name == name and vm.state == "running" for vm in vms):
-                raise Refusal(409, f"VM {name} is running: stop it first, or delete with force")
+                raise Refusal(
+                    409,
+                    f"VM {name} is running: stop it first, "
+                    "or delete it with --force (?force=1 over HTTP)",
+                )
         removed = await self._run(self.hypervisor.delete(name))
         return {"name": name, "deleted": True, "removed": [str(p) for p in removed]}
 

@@ -1,8 +1,8 @@
 """`nova status`, `nova members`, `nova host show`, `nova vm list`: the mesh as this host sees it.
 
 Each asks the local agent over its unix socket. When the agent is not
-running, the command says so and exits 3, so scripts can tell "no agent"
-from "the command failed".
+running, the command says so and exits 3 (4 when its socket refuses this
+user), so scripts can tell "no agent" from "the command failed".
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
 
 from .common import (
     EXIT_FAILED,
-    EXIT_NO_AGENT,
     EXIT_OK,
     Groups,
     Output,
@@ -81,32 +80,10 @@ def reload_identity(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _get(args: argparse.Namespace, out: Output, path: str) -> Any:
-    """GET from the agent; None (after reporting why) when that is impossible."""
-    try:
-        return client.get(path, args.socket)
-    except client.AgentUnavailable as exc:
-        out.error(str(exc))
-        return None
-    except client.AgentRequestFailed as exc:
-        out.error(str(exc))
-        return None
-
-
-def _failed(args: argparse.Namespace) -> int:
-    try:
-        client.get("/v1/status", args.socket, timeout=2.0)
-    except client.AgentUnavailable:
-        return EXIT_NO_AGENT
-    except client.AgentRequestFailed:
-        pass
-    return EXIT_FAILED
-
-
 def show_status(args: argparse.Namespace, out: Output) -> int:
-    status = _get(args, out, "/v1/status")
+    status, code = ask(out, client.get, "/v1/status", args.socket)
     if status is None:
-        return _failed(args)
+        return code
     counts = status["members"]
     libvirt = "connected" if status["libvirt_connected"] else "NOT connected"
     if status["libvirt_warning"]:
@@ -150,9 +127,9 @@ def _health(awareness: int) -> str:
 
 
 def list_members(args: argparse.Namespace, out: Output) -> int:
-    data = _get(args, out, "/v1/members")
+    data, code = ask(out, client.get, "/v1/members", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [
         (
             m["node_id"] + (" (self)" if m["self"] else ""),
@@ -171,9 +148,9 @@ def list_members(args: argparse.Namespace, out: Output) -> int:
 
 def show_host(args: argparse.Namespace, out: Output) -> int:
     path = f"/v1/hosts/{args.node_id}" if args.node_id else "/v1/hosts/self"
-    host = _get(args, out, path)
+    host, code = ask(out, client.get, path, args.socket)
     if host is None:
-        return _failed(args)
+        return code
     record = host["record"] or {}
     capacity, usage = record.get("capacity", {}), record.get("usage", {})
     lines = [
@@ -203,9 +180,9 @@ def _vm_state(vm: dict[str, Any]) -> str:
 
 
 def list_vms(args: argparse.Namespace, out: Output) -> int:
-    data = _get(args, out, "/v1/vms")
+    data, code = ask(out, client.get, "/v1/vms", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [
         (vm["name"], _vm_state(vm), vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
@@ -225,9 +202,9 @@ def _conflict_lines(conflicts: list[dict[str, Any]]) -> list[str]:
 
 def show_vm(args: argparse.Namespace, out: Output) -> int:
     """Every host that reports the VM (normally one) and the migrations that moved it."""
-    data = _get(args, out, "/v1/vms")
+    data, code = ask(out, client.get, "/v1/vms", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [vm for vm in data["vms"] if vm["name"] == args.name]
     if not rows:
         out.error(
