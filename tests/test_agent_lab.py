@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,41 @@ def test_agent_with_another_cas_certificate_never_becomes_member(
         agents.issue(rogue)
         agents.start(rogue)
     agents.wait_for_full_mesh(timeout=60)
+
+
+def test_a_second_agent_with_a_members_identity_refuses_to_run(
+    mesh: tuple[Lab, LabAgents],
+) -> None:
+    """A host given another's certificate and key (a copied disk image, a wrong file)
+    finds it over mDNS and refuses to run, in one line, while the owner stays a member."""
+    lab, agents = mesh
+    owner, spare = lab.hosts[0], lab.hosts[4]
+    agents.kill(spare, signal.SIGTERM)
+    _everyone_sees(agents, lab.hosts[:4], spare.name, "left")
+    try:
+        twin = _with_identity_of(agents.command(spare), agents.host_dir(owner), owner.name)
+        done = spare.run(twin, capture_output=True, text=True, timeout=60)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, output
+        assert "Traceback" not in output, output
+        error = [line for line in output.splitlines() if "error" in line]
+        assert error and owner.name in error[-1], output
+        for host in lab.hosts[:4]:
+            assert agents.states(host)[owner.name] == "alive"
+    finally:
+        agents.start(spare)
+    agents.wait_for_full_mesh(timeout=60)
+
+
+def _with_identity_of(command: list[str], owner_dir: Path, owner: str) -> list[str]:
+    """`command` with `owner`'s certificate and key, and a data directory of its own."""
+    swapped = {
+        "--cert-file": str(owner_dir / f"{owner}.crt"),
+        "--key-file": str(owner_dir / f"{owner}.key"),
+        "--data-dir": str(owner_dir.parent / f"twin-of-{owner}"),
+    }
+    after = zip(["", *command[:-1]], command, strict=True)  # (the flag before, the argument)
+    return [swapped.get(flag, arg) for flag, arg in after]
 
 
 BROWSE = """
