@@ -16,7 +16,11 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   number of packets.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
-that is what the node's uplink carries. Push-pull messages (`Digest`,
+that is what the node's uplink carries. They are also added to the current
+time slot (`SLOT` seconds, set by the engine before each node's output), with
+the number of live nodes at that moment, so a report can state the peak over
+any 1 s window (`peak_rate`: the busiest run of `SLOTS_PER_SECOND` consecutive
+slots, per live node), not only averages. Push-pull messages (`Digest`,
 `Delta`) are full-state exchanges that a real transport sends as a stream;
 they are counted like everything else but not checked against the packet
 budget, which applies to datagrams (probes and gossip).
@@ -33,6 +37,8 @@ from novacron.protocol.codec import encode
 from novacron.protocol.messages import Message
 
 _CACHE_LIMIT = 4096  # identity cache entries before it is cleared
+SLOTS_PER_SECOND = 10  # time slots per second: windows slide by a tenth of a second
+SLOT = 1.0 / SLOTS_PER_SECOND
 STREAM_TYPES = frozenset({"digest", "delta"})  # push-pull: a stream, not bound by the budget
 
 
@@ -54,6 +60,20 @@ class ByteMeter:
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._cache: dict[int, tuple[Message, int, int]] = {}
+        self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
+        self.slot_nodes: list[int] = []  # live nodes when each slot was last written
+        self._slot = -1  # index of the slot bytes are being added to
+
+    def at(self, now: float, live: int) -> None:
+        """Make `now`'s slot the current one (the engine calls this before counting)."""
+        slot = int(now * SLOTS_PER_SECOND)
+        if slot != self._slot:
+            grow = slot + 1 - len(self.slot_bytes)
+            if grow > 0:
+                self.slot_bytes.extend([0] * grow)
+                self.slot_nodes.extend([live] * grow)
+            self._slot = slot
+        self.slot_nodes[slot] = live
 
     def count(self, sender: str, message: Message) -> None:
         """Account for one message `sender` sends."""
@@ -72,6 +92,8 @@ class ByteMeter:
         self.bytes += size
         self.bytes_by_node[sender] += size
         self.bytes_by_type[kind] += size
+        if self._slot >= 0:
+            self.slot_bytes[self._slot] += size
 
     def size(self, sender: str, message: Message) -> int:
         """Encoded size of `message` from `sender`, encoding each object once.
@@ -94,6 +116,26 @@ class ByteMeter:
             if self.budget and size > self.budget:
                 self.over_budget += 1
         return size
+
+    def peak_rate(self, start: float = 0.0, end: float = math.inf) -> float | None:
+        """The most bytes per live node sent in any 1 s window within [start, end).
+
+        Windows are `SLOTS_PER_SECOND` consecutive slots; a range shorter than a
+        second is one window scaled to a second. None when nothing was recorded.
+        """
+        first = max(0, int(start * SLOTS_PER_SECOND + 1e-9))
+        last = min(len(self.slot_bytes), math.ceil(end * SLOTS_PER_SECOND - 1e-9))
+        if last <= first:
+            return None
+        width = min(SLOTS_PER_SECOND, last - first)
+        best = 0.0
+        window = sum(self.slot_bytes[first : first + width])
+        for slot in range(first + width, last + 1):
+            nodes = max(1, min(self.slot_nodes[slot - width : slot]))  # the higher rate
+            best = max(best, window / nodes)
+            if slot < last:
+                window += self.slot_bytes[slot] - self.slot_bytes[slot - width]
+        return best * SLOTS_PER_SECOND / width
 
     def mode(self) -> dict[str, Any]:
         """How bytes were measured, for the report."""
