@@ -15,6 +15,7 @@ import dataclasses
 import json
 import platform
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -96,7 +97,16 @@ def simulation_stats(cluster: Cluster) -> Results:
             "verified": cluster.verifier.misses,
             "cache_hits": cluster.verifier.hits,
         },
+        "core_counters": core_counters(cluster),
     }
+
+
+def core_counters(cluster: Cluster) -> dict[str, int]:
+    """The cores' own counters (`NodeStats`), summed over the processes running at the end."""
+    totals: Counter[str] = Counter()
+    for node in cluster.members.values():
+        totals.update(node.stats.as_dict())
+    return {name: count for name, count in sorted(totals.items()) if count}
 
 
 def to_json(report: dict[str, Any]) -> str:
