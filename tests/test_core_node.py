@@ -230,18 +230,37 @@ def test_an_ack_ends_the_probe_and_improves_health() -> None:
     assert node.awareness == 0 and node.stats.acks_received == 1
 
 
-def test_missing_acks_ask_relays_then_suspect_and_grow_awareness() -> None:
+def test_missing_acks_ask_relays_and_ping_again_then_suspect_and_grow_awareness() -> None:
     node = node_in(snapshot_of(5))
     now, ping, target = drive_probe(node, 0.0)
     out = node.tick(now + CONFIG.probe_timeout)
     relays = sends_of(out, IndirectPing)
     assert len(relays) == CONFIG.indirect_checks
     assert all(m.target == target and m.want_nack for _, m in relays)  # type: ignore[union-attr]
+    assert (target, Ping(ping.seq, target)) in sends_of(out, Ping)  # once more, directly
     one_nack = relays[0][0]
     node.receive(one_nack, Nack(ping.seq), now + 0.7)
     out = node.tick(now + CONFIG.probe_interval)
-    assert MemberSuspected(target, 1, "n000") in out.events
+    assert not out.events  # a first attempt that failed is repeated before anyone is accused
+    ((again, repeat),) = sends_of(out, Ping)
+    assert again == target and isinstance(repeat, Ping) and repeat.seq != ping.seq
     assert node.awareness == 2  # three relays asked, one answered: two missing nacks
+    second = now + CONFIG.probe_interval
+    node.tick(second + 3 * CONFIG.probe_timeout)  # awareness 2 stretches the timings
+    out = node.tick(second + 3 * CONFIG.probe_interval)
+    assert MemberSuspected(target, 1, "n000") in out.events
+
+
+def test_an_ack_to_the_repeat_spares_the_target() -> None:
+    node = node_in(snapshot_of(5))
+    now, ping, target = drive_probe(node, 0.0)
+    node.tick(now + CONFIG.probe_timeout)
+    out = node.tick(now + CONFIG.probe_interval)
+    ((_, repeat),) = sends_of(out, Ping)
+    node.receive(target, Ack(repeat.seq), now + CONFIG.probe_interval + 0.01)  # type: ignore[union-attr]
+    later = node.tick(now + 10 * CONFIG.probe_interval)
+    assert not [e for e in later.events if isinstance(e, MemberSuspected)]
+    assert node.stats.probes_failed == 1
 
 
 def test_plain_swim_asks_for_no_nacks_and_keeps_no_health_score() -> None:
@@ -250,18 +269,23 @@ def test_plain_swim_asks_for_no_nacks_and_keeps_no_health_score() -> None:
     now, _, target = drive_probe(node, 0.0)
     relays = sends_of(node.tick(now + config.probe_timeout), IndirectPing)
     assert relays and not any(m.want_nack for _, m in relays)  # type: ignore[union-attr]
-    out = node.tick(now + config.probe_interval)
+    node.tick(now + config.probe_interval)  # the first attempt failed: the repeat
+    node.tick(now + config.probe_interval + config.probe_timeout)
+    out = node.tick(now + 2 * config.probe_interval)
     assert MemberSuspected(target, 1, "n000") in out.events
     assert node.awareness == 0
 
 
 def test_awareness_is_capped_and_stretches_the_probe_interval() -> None:
     node = node_in(snapshot_of(200))
-    pings: list[float] = []
+    pings: list[float] = []  # when each probe attempt began (its repeated Ping not counted)
+    seqs: set[int] = set()
     for _ in range(2000):  # nobody ever answers: every probe fails, no relay nacks
         now = node.next_deadline()
-        if sends_of(node.tick(now), Ping):
-            pings.append(now)
+        for _, ping in sends_of(node.tick(now), Ping):
+            if ping.seq not in seqs:  # type: ignore[union-attr]
+                seqs.add(ping.seq)  # type: ignore[union-attr]
+                pings.append(now)
         if len(pings) >= 12:
             break
     assert node.awareness == CONFIG.awareness_max_multiplier - 1

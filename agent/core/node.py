@@ -434,7 +434,16 @@ class MembershipNode:
             self._next_probe_at = now + self._scaled(self.config.probe_interval)
 
     def _start_probe(self, now: float, out: Output) -> None:
-        target = self._next_probe_target()
+        attempt, target = 1, None
+        retry = self._probes.retry
+        self._probes.retry = None
+        if retry is not None:
+            target = self._members.get(retry)
+            attempt = 2
+            if target is None or target.state not in _LIVE:
+                attempt, target = 1, None  # refuted away, failed, left: probe on
+        if target is None:
+            target = self._next_probe_target()
         if target is None:
             return
         seq = self._probes.next_seq()
@@ -445,6 +454,7 @@ class MembershipNode:
             started=now,
             timeout_at=now + self._scaled(self.config.probe_timeout),
             deadline=now + self._scaled(self.config.probe_interval),
+            attempt=attempt,
         )
         self.stats.probes_sent += 1
         out.sends.append((target.node_id, Ping(seq, target.node_id, self._piggyback())))
@@ -480,15 +490,21 @@ class MembershipNode:
             )
             out.sends.append((relay.node_id, message))
         self.stats.indirect_probes_sent += len(relays)
+        out.sends.append((pending.target, Ping(pending.seq, pending.target)))  # once more, direct
 
     def _probe_failed(self, pending: PendingProbe, now: float, out: Output) -> None:
-        """No Ack at all within the probe interval: adjust health, suspect the target."""
+        """No Ack at all within the probe interval: adjust health; probe the target once
+        more, or suspect it if this was the second attempt (see `probe.py`)."""
         self.stats.probes_failed += 1
         if pending.expected_nacks > 0:
             # Relays that did not even Nack point at our own network, not the target.
             self._health(pending.expected_nacks - pending.nacks)
         else:
             self._health(1)
+        if pending.attempt == 1:
+            self._probes.retry = pending.target
+            self._next_probe_at = now  # the repeat goes out in this same tick
+            return
         accusation = self._sign(Suspect(pending.target, pending.incarnation, self.node_id))
         self._handle_suspect(accusation, now, out)
 

@@ -20,7 +20,7 @@ class NodeStats:
     gossip_about_unknown: int = 0  # Suspect/Dead/Leave about a member never heard of
     gossip_ignored: int = 0  # old or redundant claims
     probes_sent: int = 0  # direct Pings of our own
-    probes_failed: int = 0  # probes that ended without any Ack (target suspected)
+    probes_failed: int = 0  # probe attempts that ended without any Ack (the second: suspected)
     indirect_probes_sent: int = 0  # IndirectPings sent to relays
     acks_received: int = 0  # Acks that concluded a probe of ours
     acks_unexpected: int = 0  # Acks for no pending probe (late or bogus)
