@@ -13,7 +13,12 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
 - sampled (`sample_every=k`): every k-th sent message (a deterministic
   counter, not a random draw) is encoded and its size counted k times. Packet
   counts stay exact; byte totals are estimates whose error shrinks with the
-  number of packets.
+  number of packets. Push-pull messages are never sampled: at 10,000 nodes a
+  digest is most of a second's traffic, and counting one in ten, ten times
+  over, would put spikes into the per-second figures that no node sent.
+  A `Digest` is sized from its parts (the encoded size of each line, cached
+  per line object: most lines are a snapshot's shared ones), exactly as
+  `codec.encode` would, without encoding its 10,000 lines every time.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
 that is what the node's uplink carries. They are also added to the current
@@ -33,8 +38,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from novacron.protocol.codec import encode
-from novacron.protocol.messages import Message
+from novacron.protocol.codec import encode, pack_struct
+from novacron.protocol.messages import Digest, MemberDigest, Message
 
 _CACHE_LIMIT = 4096  # identity cache entries before it is cleared
 SLOTS_PER_SECOND = 10  # time slots per second: windows slide by a tenth of a second
@@ -60,6 +65,7 @@ class ByteMeter:
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._cache: dict[int, tuple[Message, int, int]] = {}
+        self._digests = DigestSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
         self._slot = -1  # index of the slot bytes are being added to
@@ -80,15 +86,18 @@ class ByteMeter:
         self.packets += 1
         kind = message.TYPE
         self.packets_by_type[kind] += 1
-        self._countdown -= 1
-        if self._countdown:
-            return
-        self._countdown = self.sample_every
-        hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
-        if hit is not None and hit[0] is message and hit[1] == len(sender):
-            size = hit[2] * self.sample_every
+        if kind in STREAM_TYPES:
+            size = self.size(sender, message)  # never sampled (module docstring)
         else:
-            size = self.size(sender, message) * self.sample_every
+            self._countdown -= 1
+            if self._countdown:
+                return
+            self._countdown = self.sample_every
+            hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
+            if hit is not None and hit[0] is message and hit[1] == len(sender):
+                size = hit[2] * self.sample_every
+            else:
+                size = self.size(sender, message) * self.sample_every
         self.bytes += size
         self.bytes_by_node[sender] += size
         self.bytes_by_type[kind] += size
@@ -106,7 +115,10 @@ class ByteMeter:
         hit = self._cache.get(key)
         if hit is not None and hit[0] is message and hit[1] == len(sender):
             return hit[2]
-        size = len(encode(message, sender))
+        if isinstance(message, Digest):
+            size = self._digests.size(sender, message)
+        else:
+            size = len(encode(message, sender))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = (message, len(sender), size)
@@ -124,7 +136,9 @@ class ByteMeter:
         second is one window scaled to a second. None when nothing was recorded.
         """
         first = max(0, int(start * SLOTS_PER_SECOND + 1e-9))
-        last = min(len(self.slot_bytes), math.ceil(end * SLOTS_PER_SECOND - 1e-9))
+        last = len(self.slot_bytes)
+        if end < math.inf:
+            last = min(last, math.ceil(end * SLOTS_PER_SECOND - 1e-9))
         if last <= first:
             return None
         width = min(SLOTS_PER_SECOND, last - first)
@@ -142,6 +156,63 @@ class ByteMeter:
         if self.sample_every == 1:
             return {"mode": "exact", "every": 1}
         return {"mode": "sampled", "every": self.sample_every}
+
+
+class DigestSizer:
+    """The encoded size of a `Digest`, from the sizes of its parts.
+
+    `codec.encode` writes `[version, type, sender, {field: value}]`, leaving
+    out fields at their default. So the size is that of the same digest with
+    no lines and no records, plus, for each of the two when present, its key,
+    its container header and its entries: each line's own encoding (cached
+    per line object) and each record entry's string and integer.
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[int, tuple[MemberDigest, int]] = {}  # id -> (line, encoded size)
+
+    def size(self, sender: str, digest: Digest) -> int:
+        bare = Digest(reply=digest.reply, crl_issued_at=digest.crl_issued_at)
+        total = len(encode(bare, sender))
+        if digest.members:
+            total += _str_size("members") + _container_header(len(digest.members))
+            lines = self._lines
+            for line in digest.members:
+                hit = lines.get(id(line))
+                if hit is None or hit[0] is not line:
+                    if len(lines) >= _LINE_CACHE_LIMIT:
+                        lines.clear()
+                    hit = lines[id(line)] = (line, len(pack_struct(line)))
+                total += hit[1]
+        if digest.records:
+            total += _str_size("records") + _container_header(len(digest.records))
+            total += sum(_str_size(k) + _int_size(v) for k, v in digest.records.items())
+        return total
+
+
+_LINE_CACHE_LIMIT = 200_000  # digest lines whose size is remembered (the shared ones)
+
+
+def _container_header(length: int) -> int:
+    """Bytes of a msgpack array or map header for `length` entries."""
+    return 1 if length < 16 else 3 if length < 65536 else 5
+
+
+def _str_size(text: str) -> int:
+    """Bytes of a msgpack string (header included)."""
+    n = len(text.encode())
+    return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
+
+
+def _int_size(value: int) -> int:
+    """Bytes of a msgpack integer (the smallest form that holds it)."""
+    if -32 <= value < 128:
+        return 1
+    if value >= 0:
+        limits = ((2, 1 << 8), (3, 1 << 16), (5, 1 << 32))
+        return next((size for size, limit in limits if value < limit), 9)
+    limits = ((2, 1 << 7), (3, 1 << 15), (5, 1 << 31))
+    return next((size for size, limit in limits if -value <= limit), 9)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
