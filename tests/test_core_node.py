@@ -150,11 +150,29 @@ def test_dead_about_a_member_held_alive_is_only_a_suspicion() -> None:
     assert not [e for e in node.tick(1000.0).events if isinstance(e, MemberFailed)]
 
 
-def test_dead_about_a_suspected_member_fails_it_at_once() -> None:
-    node = node_in(snapshot_of(5))
+def test_another_members_dead_is_a_confirmation_never_the_verdict() -> None:
+    """The side of a healed partition that could not reach a member declares it dead;
+    the side that could must let the member refute, however many accusers there are."""
+    node = node_in(snapshot_of(20))
+    minimum = suspicion_timeout(CONFIG.suspicion_mult, 20, CONFIG.probe_interval)
     node.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
-    out = node.receive("n003", sign(Dead("n001", 1, "n003")), 1.1)
-    assert out.events == [MemberFailed("n001", 1, "n003")]
+    assert node.receive("n003", sign(Dead("n001", 1, "n003")), 1.1).events == []
+    assert node.receive("n004", sign(Dead("n001", 1, "n004")), 1.2).events == []
+    assert node.stats.suspicions_confirmed == 2  # shortened to the minimum, not ended
+    assert node.receive("n001", alive("n001", 2), 1.0 + minimum - 0.1).events == [
+        MemberAlive("n001", 2)
+    ]
+    other = node_in(snapshot_of(20), "n009")
+    other.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
+    other.receive("n003", sign(Dead("n001", 1, "n003")), 1.1)
+    other.receive("n004", sign(Dead("n001", 1, "n004")), 1.2)
+    assert not [e for e in other.tick(1.0 + minimum - 0.01).events if isinstance(e, MemberFailed)]
+    out = other.tick(1.0 + minimum + 0.01)
+    assert MemberFailed("n001", 1, "n009") in out.events  # its own verdict, in its own name
+    out.extend(other.tick(1.0 + minimum + CONFIG.gossip_interval + 0.01))
+    assert sign(Dead("n001", 1, "n009")) in [m for _, m in out.sends] + [
+        g for _, m in out.sends if isinstance(m, Ping) for g in m.gossip
+    ]
 
 
 def test_a_lone_accusers_dead_does_not_cut_the_suspicion_short() -> None:
@@ -253,7 +271,7 @@ def test_missing_acks_ask_relays_and_ping_again_then_suspect_and_grow_awareness(
 
 def test_an_ack_to_the_repeat_spares_the_target() -> None:
     node = node_in(snapshot_of(5))
-    now, ping, target = drive_probe(node, 0.0)
+    now, _, target = drive_probe(node, 0.0)
     node.tick(now + CONFIG.probe_timeout)
     out = node.tick(now + CONFIG.probe_interval)
     ((_, repeat),) = sends_of(out, Ping)
@@ -408,7 +426,8 @@ def test_push_pull_sends_only_newer_records_and_members() -> None:
     assert not old.receive("n001", reply, 2.1).sends
     out = old.receive("n001", delta, 2.1)
     assert old.record_version("n007") == 4
-    assert MemberSuspected("n009", 1, "n001") in out.events
+    assert not out.events[1:]  # the record; n001's word that n009 is suspect is checked:
+    assert drive_probe(old, 2.1)[2] == "n009"  # our next probe goes to n009
 
 
 def test_a_digest_that_declares_us_dead_is_refuted_in_the_reply() -> None:
@@ -425,10 +444,23 @@ def test_a_digest_that_declares_us_dead_is_refuted_in_the_reply() -> None:
     assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000"), proof) in delta.members
 
 
-def test_a_dead_line_in_a_delta_is_merged_as_a_suspicion() -> None:
-    node = node_in(snapshot_of(4), "n000")
-    out = node.receive("n001", Delta(members=(MemberDigest("n002", 1, MemberState.DEAD),)), 1.0)
-    assert out.events == [MemberSuspected("n002", 1, "n001")]
+def test_a_dead_line_in_a_delta_is_checked_by_our_own_probe_not_believed() -> None:
+    """A peer on the other side of a healed partition still holds our neighbours dead.
+    Suspecting them silently on its word failed them here (nobody told them, so nobody
+    refuted); we probe them ourselves instead, and accuse only what fails our probe."""
+    for answers_probe in (True, False):
+        node = node_in(snapshot_of(40), "n000")
+        line = MemberDigest("n002", 1, MemberState.DEAD)
+        assert node.receive("n001", Delta(members=(line,)), 1.0).events == []
+        now, ping, target = drive_probe(node, 1.0)
+        assert target == "n002"
+        if answers_probe:
+            node.receive("n002", Ack(ping.seq), now + 0.01)
+        events: list[object] = []
+        for _ in range(200):
+            events += node.tick(node.next_deadline()).events
+        suspected = MemberSuspected("n002", 1, "n000") in events
+        assert suspected is not answers_probe
 
 
 # --- joining, strangers and nonsense -------------------------------------------------------------

@@ -27,7 +27,7 @@ class MembershipConfig:
     push_pull_interval: float = 30.0  # full anti-entropy exchange (scaled up above 32 nodes)
     awareness_max_multiplier: int = 8  # Lifeguard: local health score is 0..max-1
     gossip_to_the_dead_time: float = 30.0  # keep gossiping to a failed member this long
-    reconnect_interval: float = 30.0  # Serf: retry one failed member this often ...
+    reconnect_interval: float = 10.0  # try one failed member this often (Serf: 30 s) ...
     reconnect_timeout: float = 86400.0  # ... for members failed less than this long
     packet_budget: int = 1400  # bytes of gossip per packet (estimated sizes)
     lifeguard: bool = True  # False = plain SWIM: fixed timeouts, no awareness, no nacks

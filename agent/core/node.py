@@ -135,6 +135,7 @@ class MembershipNode:
 
     __slots__ = (
         "_accusations",
+        "_answered",
         "_awaiting",
         "_awareness",
         "_born",
@@ -143,6 +144,7 @@ class MembershipNode:
         "_heard",
         "_held_records",
         "_keyring",
+        "_last_push_pull",
         "_left",
         "_members",
         "_moves",
@@ -153,6 +155,7 @@ class MembershipNode:
         "_own_record",
         "_probe_order",
         "_probes",
+        "_pull_from",
         "_queue",
         "_records",
         "_refuted_clone_at",
@@ -160,6 +163,7 @@ class MembershipNode:
         "_seeds",
         "_suspicion_heap",
         "_suspicions",
+        "_told",
         "_version_floor",
         "address",
         "config",
@@ -248,6 +252,10 @@ class MembershipNode:
         self._held_records: dict[str, SignedRecord] = {}  # records that came before their owner
         self._forwarded: dict[str, int] = {}  # id -> incarnation whose second address we passed on
         self._awaiting: dict[str, tuple[Alive, float]] = {}  # id -> (Alive, asked at)
+        self._told: dict[str, float] = {}  # failed member -> when we last told it so
+        self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
+        self._last_push_pull = -INF  # when we last sent a push-pull digest
+        self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -292,6 +300,7 @@ class MembershipNode:
             self.stats.messages_from_unknown += 1
         else:
             handler(self, sender, message, now, out)
+            self._tell_if_failed(sender, now, out)
         return out
 
     def tick(self, now: float) -> Output:
@@ -438,10 +447,12 @@ class MembershipNode:
         retry = self._probes.retry
         self._probes.retry = None
         if retry is not None:
-            target = self._members.get(retry)
+            target = self._live_member(retry)
             attempt = 2
-            if target is None or target.state not in _LIVE:
-                attempt, target = 1, None  # refuted away, failed, left: probe on
+        if target is None:
+            attempt = 1
+            check = self._probes.next_check()
+            target = self._live_member(check) if check is not None else None
         if target is None:
             target = self._next_probe_target()
         if target is None:
@@ -458,6 +469,13 @@ class MembershipNode:
         )
         self.stats.probes_sent += 1
         out.sends.append((target.node_id, Ping(seq, target.node_id, self._piggyback())))
+
+    def _live_member(self, node_id: str) -> Member | None:
+        """`node_id`'s entry if it is another member worth probing (alive or suspect)."""
+        member = self._members.get(node_id)
+        if member is None or member.node_id == self.node_id or member.state not in _LIVE:
+            return None
+        return member
 
     def _next_probe_target(self) -> Member | None:
         """The next alive or suspect member in this round's shuffled order."""
@@ -596,8 +614,15 @@ class MembershipNode:
             del self._suspicions[node_id]
             member = self._members.get(node_id)
             if member is not None and member.state is SUSPECT:
-                dead = self._sign(Dead(node_id, member.incarnation, self.node_id))
-                self._handle_dead(dead, now, out)
+                self._declare_failed(member, now, out)
+
+    def _declare_failed(self, member: Member, now: float, out: Output) -> None:
+        """Our suspicion ran out: the member is failed, and we say so in our name."""
+        dead = self._sign(Dead(member.node_id, member.incarnation, self.node_id))
+        self._set_gone(member, member.incarnation, DEAD, now)
+        self._queue.queue(_member_key(member.node_id), dead)
+        self.stats.members_failed += 1
+        out.events.append(MemberFailed(member.node_id, member.incarnation, self.node_id))
 
     # --- membership claims ----------------------------------------------------------------
     #
@@ -618,8 +643,12 @@ class MembershipNode:
     def _on_gossip_message(self, sender: str, message: Gossip, now: float, out: Output) -> None:
         if isinstance(message, Alive):
             self._handle_alive(message, now, out, True, sender)
-        else:
-            _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+            return
+        accused_us = isinstance(message, Suspect | Dead) and message.node_id == self.node_id
+        incarnation = self._me().incarnation if accused_us else 0
+        _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+        if accused_us:
+            self._answer_accusation(sender, message, incarnation, now, out)
 
     def _handle_alive(
         self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
@@ -769,10 +798,6 @@ class MembershipNode:
         verdict = on_dead(current, message.incarnation, message.node_id == self.node_id)
         if verdict in (Verdict.IGNORE, Verdict.UNKNOWN):
             self._count_ignored(verdict)
-        elif verdict is Verdict.ACCEPT and self._single_source(message):
-            # The same lone accuser again (typically a node back from isolation):
-            # not new evidence; let the suspicion run so the member can refute.
-            self.stats.gossip_ignored += 1
         elif not self._accusation_allowed(message, verdict, now, signed=True):
             return
         elif verdict is Verdict.REFUTE:
@@ -781,24 +806,18 @@ class MembershipNode:
             # Held alive here: suspect it (so it can refute) and pass the Dead on,
             # signed as its accuser made it; every receiver applies this same rule.
             assert current is not None
-            if message.node_id not in self._suspicions:
-                self._suspect(current, message.incarnation, message.by, now, out)
+            self._suspect(current, message.incarnation, message.by, now, out)
             self._queue.queue(_member_key(message.node_id), message)
         else:
+            # Suspected here: one more accuser, never the verdict (`transitions.py`).
             assert current is not None
-            self._set_gone(current, message.incarnation, DEAD, now)
-            self._queue.queue(_member_key(message.node_id), message)
-            self.stats.members_failed += 1
-            out.events.append(MemberFailed(message.node_id, message.incarnation, message.by))
-
-    def _single_source(self, message: Dead) -> bool:
-        """Whether our suspicion rests on nothing but this Dead's own accuser."""
-        suspicion = self._suspicions.get(message.node_id)
-        return (
-            suspicion is not None
-            and message.by != self.node_id
-            and suspicion.only_evidence_is(message.by)
-        )
+            suspicion = self._suspicions.get(message.node_id)
+            if suspicion is None:  # not expected (every suspicion has a timer): start one
+                self._suspect(current, message.incarnation, message.by, now, out)
+            elif suspicion.confirm(message.by):
+                self.stats.suspicions_confirmed += 1
+                heapq.heappush(self._suspicion_heap, (suspicion.deadline(), message.node_id))
+                self._queue.queue(_member_key(message.node_id), message)
 
     def _handle_leave(
         self, message: Leave, now: float, out: Output, announce_new: bool = True
@@ -893,6 +912,44 @@ class MembershipNode:
         if len(self._moves) > MAX_TRACKED_MOVES:
             self._moves.clear()
         self._moves[message.node_id] = (current.address, now)
+
+    def _tell_if_failed(self, sender: str, now: float, out: Output) -> None:
+        """A member we hold failed just spoke to us: it is reachable and believes it is
+        alive. It learns what we hold (our signed Dead, directly), refutes, and sends
+        its refutation back to us (`_answer_accusation`): the two see each other again
+        without waiting for anyone's luck. Once per member per probe interval."""
+        member = self._members.get(sender)
+        if member is None or member.state is not DEAD or self._left:
+            return
+        if now - self._told.get(sender, -INF) < self.config.probe_interval:
+            return
+        self._remember(self._told, sender, now)
+        self.stats.failed_members_told += 1
+        out.sends.append((sender, self._sign(Dead(sender, member.incarnation, self.node_id))))
+
+    def _answer_accusation(
+        self, sender: str, claim: Suspect | Dead, incarnation: int, now: float, out: Output
+    ) -> None:
+        """`sender` told us someone accuses us. Whether we just refuted it or had
+        already (the claim is about an older incarnation), the sender holds a wrong
+        belief about us: it gets our current Alive directly, not by chance of gossip.
+        A Dead about us means we were cut off from someone: we also push-pull with the
+        sender soon, for the state we missed. Once per sender per gossip interval."""
+        if self._left or claim.incarnation > incarnation:
+            return  # we left (stay gone), or an accusation ahead of us (not believed)
+        if now - self._answered.get(sender, -INF) < self.config.gossip_interval:
+            return
+        self._remember(self._answered, sender, now)
+        out.sends.append((sender, self._own_alive(self._me())))
+        if isinstance(claim, Dead) and self._me().incarnation > incarnation:
+            self._push_pull_soon(sender, now)
+
+    def _remember(self, times: dict[str, float], node_id: str, now: float) -> None:
+        """Note when we last did something for `node_id`, in a bounded map."""
+        times.pop(node_id, None)
+        times[node_id] = now
+        if len(times) > MAX_TRACKED_MOVES:
+            del times[next(iter(times))]
 
     def _count_ignored(self, verdict: Verdict) -> None:
         if verdict is Verdict.UNKNOWN:
@@ -1078,23 +1135,43 @@ class MembershipNode:
             return
         interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
         self._next_push_pull_at = now + interval
+        chosen, self._pull_from = self._pull_from, None
+        peer = self._live_member(chosen) if chosen is not None else None
+        if peer is None:
 
-        def is_peer(member: Member) -> bool:
-            return member.state is ALIVE and member.node_id != self.node_id
+            def is_peer(member: Member) -> bool:
+                return member.state is ALIVE and member.node_id != self.node_id
 
-        peers = self._members.sample(self._rng, 1, is_peer)
-        if peers:
+            peers = self._members.sample(self._rng, 1, is_peer)
+            peer = peers[0] if peers else None
+        if peer is not None:
             self.stats.push_pulls_sent += 1
-            out.sends.append((peers[0].node_id, self._digest(reply=True)))
+            self._last_push_pull = now
+            out.sends.append((peer.node_id, self._digest(reply=True)))
+
+    def _push_pull_soon(self, peer: str, now: float) -> None:
+        """Make `peer` our next push-pull partner, and that push-pull come as soon as
+        one push-pull interval (unscaled) after our last one allows."""
+        self._pull_from = peer
+        soonest = max(now, self._last_push_pull + self.config.push_pull_interval)
+        self._next_push_pull_at = min(self._next_push_pull_at, soonest)
 
     def _tick_reconnect(self, now: float, out: Output) -> None:
-        """Serf-style: retry one failed member, so healed partitions find each other."""
+        """Serf-style: try one failed member, so healed partitions find each other.
+
+        The attempt is a Ping carrying our signed Dead about it: if it is
+        reachable it refutes and sends us its refutation, and, holding us
+        failed too, tells us so (`_tell_if_failed`), and we do the same. A few
+        hundred bytes, where Serf pushes its whole state; so it can be tried
+        every few seconds, and every healed pair finds each other on a clock,
+        not by luck.
+        """
         if now < self._next_reconnect_at:
             return
         self._next_reconnect_at = now + self.config.reconnect_interval
-        # Serf's damping: retry with probability failed/alive, so that a
-        # thousand members do not all push their full state at one dead node
-        # every interval, while a healed half (many "failed") retries eagerly.
+        # Serf's damping: try with probability failed/alive, so that a mesh
+        # does not hammer its few dead hosts, while a healed side (many
+        # "failed") tries at every interval.
         failed = self._members.count(MemberState.DEAD)
         alive = max(1, self._members.count(MemberState.ALIVE))
         if failed == 0 or self._rng.random() > failed / alive:
@@ -1104,9 +1181,14 @@ class MembershipNode:
             for node_id in self._members.dead_ids()
             if now - self._state_since(node_id) < self.config.reconnect_timeout
         ]
-        if candidates:
-            self.stats.reconnects_attempted += 1
-            out.sends.append((self._rng.choice(candidates), self._digest(reply=True)))
+        target = self._members.get(self._rng.choice(candidates)) if candidates else None
+        if target is None:
+            return
+        self.stats.reconnects_attempted += 1
+        self._remember(self._told, target.node_id, now)
+        claim = self._sign(Dead(target.node_id, target.incarnation, self.node_id))
+        ping = Ping(self._probes.next_seq(), target.node_id, (claim,))
+        out.sends.append((target.node_id, ping))
 
     def _on_digest(self, sender: str, message: Digest, now: float, out: Output) -> None:
         """Answer a push-pull: Deltas of what we know newer, and our Digest if asked.
@@ -1135,14 +1217,18 @@ class MembershipNode:
             out.sends.append((sender, self._digest(reply=False)))
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
-        """Apply what a push-pull peer knew newer: revocations, members, then records."""
+        """Apply what a push-pull peer knew newer: revocations, members, then records.
+        If it held us failed, it gets our refutation at once, not by chance of gossip."""
         self._heard[sender] = now
+        incarnation = self._me().incarnation
         if message.crl:
             self._handle_revocations(Revocations(message.crl), now, out)
         for line in message.members:
             self._merge_line(sender, line, now, out, announce_new=line.node_id == sender)
         for signed in message.records:
             self._offer_record(signed, now, out, announce_new=False)
+        if self._me().incarnation > incarnation:
+            out.sends.append((sender, self._own_alive(self._me())))
 
     def _merge_line(
         self, sender: str, line: MemberDigest, now: float, out: Output, *, announce_new: bool
@@ -1178,6 +1264,12 @@ class MembershipNode:
             self._handle_alive(alive, now, out, announce_new and line.state is ALIVE)
             if line.state is ALIVE:
                 return
+        if current is not None and current.state is ALIVE and line.node_id != self.node_id:
+            # Hearsay: the peer cannot reach it, or missed its refutation. We do
+            # not suspect it silently (the member would never hear of it, and
+            # our timer would fail it); we probe it ourselves, next.
+            self._probes.check(line.node_id)
+            return
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from novacron.protocol.messages import MAX_COUNTER
 
+MAX_CHECKS = 64  # members waiting to be probed because a peer said they failed
+
 
 @dataclass(slots=True)
 class PendingProbe:
@@ -59,13 +61,37 @@ class RelayedProbe:
 class ProbeTracker:
     """Sequence numbers, our pending probe, and the relays we owe an answer."""
 
-    __slots__ = ("_next_seq", "pending", "relays", "retry")
+    __slots__ = ("_checks", "_next_seq", "checked_last", "pending", "relays", "retry")
 
     def __init__(self) -> None:
         self._next_seq = 1  # 0 is never used, so a zero seq never matches
         self.pending: PendingProbe | None = None  # at most one probe of ours at a time
         self.retry: str | None = None  # member whose first attempt failed: probed next
         self.relays: dict[int, RelayedProbe] = {}  # our relay ping seq -> request
+        self._checks: dict[str, None] = {}  # members others said failed: to probe ourselves
+        self.checked_last = False  # the last probe was such a check (they alternate)
+
+    def check(self, node_id: str) -> None:
+        """Probe `node_id` soon: a peer says it failed while we hold it alive.
+
+        At most `MAX_CHECKS` wait (the oldest is dropped), and checks take
+        every other probe slot, so a peer listing everyone as failed steers
+        half our probes at most and delays no one's turn for long.
+        """
+        self._checks.pop(node_id, None)
+        self._checks[node_id] = None
+        if len(self._checks) > MAX_CHECKS:
+            del self._checks[next(iter(self._checks))]
+
+    def next_check(self) -> str | None:
+        """The member to check in this probe slot, if it is a check's turn."""
+        if self.checked_last or not self._checks:
+            self.checked_last = False
+            return None
+        node_id = next(iter(self._checks))
+        del self._checks[node_id]
+        self.checked_last = True
+        return node_id
 
     def next_seq(self) -> int:
         """A fresh sequence number for a Ping."""

@@ -34,7 +34,8 @@ class NodeStats:
     gossip_sent: int = 0  # gossip items sent in gossip rounds
     piggybacked: int = 0  # gossip items piggybacked on probe messages
     push_pulls_sent: int = 0  # push-pull digests sent on the timer
-    reconnects_attempted: int = 0  # push-pulls sent to failed members
+    reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
+    failed_members_told: int = 0  # members we hold failed that spoke to us, told so
     digests_received: int = 0  # push-pull digests answered
     records_accepted: int = 0  # newer verified records stored
     records_rejected_bad_signature: int = 0  # signature or header did not verify
