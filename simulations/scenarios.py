@@ -131,6 +131,7 @@ class Traffic:
         self.start = cluster.engine.now
         self.bytes = cluster.meter.bytes
         self.packets = cluster.meter.packets
+        self.by_type = dict(cluster.meter.bytes_by_type)
 
     def rates(self) -> Results:
         """Per-node rates since construction, over the currently live nodes, and the
@@ -145,6 +146,11 @@ class Traffic:
             "bytes_per_node_s": rounded((meter.bytes - self.bytes) / nodes / elapsed, 1),
             "peak_1s_bytes_per_node_s": rounded(meter.peak_rate(self.start, now), 1),
             "packets_per_node_s": rounded((meter.packets - self.packets) / nodes / elapsed, 2),
+            "bytes_per_node_s_by_type": {
+                kind: rounded((count - self.by_type.get(kind, 0)) / nodes / elapsed, 1)
+                for kind, count in sorted(meter.bytes_by_type.items())
+                if count > self.by_type.get(kind, 0)
+            },
         }
 
 

@@ -24,6 +24,8 @@ from novacron.agent.core.suspicion import suspicion_timeout
 from novacron.protocol.messages import (
     Ack,
     Alive,
+    CertificateRequest,
+    Certificates,
     Dead,
     Delta,
     Digest,
@@ -274,7 +276,8 @@ def test_an_ack_to_the_repeat_spares_the_target() -> None:
     now, _, target = drive_probe(node, 0.0)
     node.tick(now + CONFIG.probe_timeout)
     out = node.tick(now + CONFIG.probe_interval)
-    ((_, repeat),) = sends_of(out, Ping)
+    ((again, repeat),) = sends_of(out, Ping)
+    assert again == target
     node.receive(target, Ack(repeat.seq), now + CONFIG.probe_interval + 0.01)  # type: ignore[union-attr]
     later = node.tick(now + 10 * CONFIG.probe_interval)
     assert not [e for e in later.events if isinstance(e, MemberSuspected)]
@@ -461,6 +464,94 @@ def test_a_dead_line_in_a_delta_is_checked_by_our_own_probe_not_believed() -> No
             events += node.tick(node.next_deadline()).events
         suspected = MemberSuspected("n002", 1, "n000") in events
         assert suspected is not answers_probe
+
+
+# --- healing: members held failed ------------------------------------------------------------
+
+
+def failed_in(node: MembershipNode, *members: str) -> float:
+    """Make `node` hold `members` failed (its own suspicions of them ran out); the time."""
+    for member in members:
+        node.receive("n002", sign(Suspect(member, 1, "n002")), 0.0)
+    node.tick(1000.0)
+    node.tick(1000.0 + CONFIG.probe_interval)  # a probe under way then is over
+    for member in members:
+        info = node.member(member)
+        assert info is not None and info.state is MemberState.DEAD
+    return 1000.0 + CONFIG.probe_interval
+
+
+def test_a_member_we_hold_failed_that_speaks_to_us_is_told_so() -> None:
+    node = node_in(snapshot_of(10), "n000")
+    now = failed_in(node, "n005")
+    out = node.receive("n005", Ping(7, "n000"), now)
+    assert ("n005", sign(Dead("n005", 1, "n000"))) in out.sends
+    assert not sends_of(node.receive("n005", Ping(8, "n000"), now + 0.1), Dead)  # once a second
+
+
+def test_whoever_accuses_us_gets_our_alive_directly_and_a_dead_earns_a_push_pull() -> None:
+    node = node_in(snapshot_of(10), "n000")
+    out = node.receive("n004", sign(Dead("n000", 1, "n007")), 1.0)  # relayed by n004
+    assert node.incarnation == 2
+    assert ("n004", alive("n000", 2)) in out.sends  # not left to the luck of gossip
+    out = node.receive("n006", sign(Suspect("n000", 1, "n008")), 1.5)  # stale: we refuted
+    assert ("n006", alive("n000", 2)) in out.sends and node.incarnation == 2
+    digests = []
+    for _ in range(400):
+        digests += sends_of(node.tick(node.next_deadline()), Digest)
+        if digests:
+            break
+    assert digests[0][0] == "n004" and node.next_deadline() < 1.0 + 2 * CONFIG.push_pull_interval
+
+
+def test_reconnecting_is_a_ping_carrying_our_dead_not_our_whole_state() -> None:
+    node = node_in(snapshot_of(10), "n000")
+    failed = ("n005", "n006", "n007", "n008", "n009")  # 5 failed, 5 alive: no damping
+    now = start = failed_in(node, *failed)
+    pings: list[tuple[str, Message]] = []
+    while now < start + 3 * CONFIG.reconnect_interval:
+        now = node.next_deadline()
+        out = node.tick(now)
+        assert not [d for d, _ in sends_of(out, Digest) if d in failed]
+        pings += [(d, p) for d, p in sends_of(out, Ping) if d in failed]
+    assert len(pings) >= 2
+    for dest, ping in pings:
+        assert isinstance(ping, Ping) and ping.gossip == (sign(Dead(dest, 1, "n000")),)
+
+
+def test_told_we_were_held_dead_we_retry_whom_we_suspect_or_hold_failed() -> None:
+    """A node cut off alone suspects and fails a few members; healed, it must not
+    fail them (they never heard of it) nor wait for chance to meet them again."""
+    node = node_in(snapshot_of(40), "n000")
+    now = failed_in(node, "n005")
+    node.receive("n002", sign(Suspect("n006", 1, "n002")), now)
+    node.receive("n003", sign(Dead("n000", 1, "n003")), now)  # we were held dead
+    sent: list[tuple[str, Message]] = []
+    for step in range(1, 6):
+        sent += node.tick(now + step * CONFIG.gossip_interval).sends
+    assert ("n006", Ping) in [(d, type(m)) for d, m in sent]
+    claims = {d: m.gossip for d, m in sent if isinstance(m, Ping) and d in ("n005", "n006")}
+    assert claims["n005"] == (sign(Dead("n005", 1, "n000")),)
+    assert claims["n006"] == (sign(Suspect("n006", 1, "n000")),)
+
+
+# --- certificates on demand ----------------------------------------------------------------
+
+
+def test_a_certificate_request_that_goes_unanswered_is_asked_of_another_member() -> None:
+    """A newcomer's Alive is gossiped for about a second; one lost request or answer
+    used to keep it unknown here until the next push-pull, minutes in a large mesh."""
+    node = node_in(snapshot_of(10), "n000")
+    newcomer = sign(Alive("n100", 1, address_of("n100")))
+    out = node.receive("n003", newcomer, 1.0)
+    assert sends_of(out, CertificateRequest) == [("n003", CertificateRequest(("n100",)))]
+    assert not sends_of(node.receive("n004", newcomer, 1.5), CertificateRequest)  # asked
+    assert node.next_deadline() <= 2.0  # one CERTIFICATE_WAIT after the first request
+    out = node.tick(2.0)
+    ((whom, request),) = sends_of(out, CertificateRequest)
+    assert whom not in ("n000", "n003") and request == CertificateRequest(("n100",))
+    out = node.receive(whom, Certificates({"n100": certificate_of("n100")}), 2.1)
+    assert MemberJoined("n100", 1, address_of("n100")) in out.events
 
 
 # --- joining, strangers and nonsense -------------------------------------------------------------

@@ -33,6 +33,7 @@ class NodeStats:
     refutations: int = 0  # times we raised our incarnation to deny a claim
     gossip_sent: int = 0  # gossip items sent in gossip rounds
     piggybacked: int = 0  # gossip items piggybacked on probe messages
+    gossip_deferred: int = 0  # gossip rounds cut short: the gossip budget was spent
     push_pulls_sent: int = 0  # push-pull digests sent on the timer
     reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
     failed_members_told: int = 0  # members we hold failed that spoke to us, told so
