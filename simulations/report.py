@@ -96,6 +96,8 @@ def simulation_stats(cluster: Cluster) -> Results:
             "shared_cache": cluster.verifier.enabled,
             "verified": cluster.verifier.misses,
             "cache_hits": cluster.verifier.hits,
+            "claims_verified": cluster.claims.misses if cluster.claims else None,
+            "claim_cache_hits": cluster.claims.hits if cluster.claims else None,
         },
         "core_counters": core_counters(cluster),
     }

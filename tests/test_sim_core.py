@@ -7,6 +7,7 @@ live node, a healed partition converges, no false alarms on a clean network).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,11 +18,17 @@ from typing import Any
 import pytest
 
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import MemberState, SignedRecord
+from novacron.protocol.messages import MemberState, SignedRecord, Suspect
 from novacron.simulations.cluster import initial_record
 from novacron.simulations.report import run, to_json
 from novacron.simulations.scenarios import Params, build, parse_groups
-from novacron.simulations.signing import VerificationCache, make_signer
+from novacron.simulations.signing import (
+    ClaimCache,
+    SimKeyring,
+    VerificationCache,
+    make_signer,
+    sign_claim_as_signer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +134,20 @@ def test_hmac_records_verify_and_forgeries_do_not() -> None:
         cache(stolen)
     with pytest.raises(ValueError):
         make_signer("node-2")(initial_record("node-1"))
+
+
+def test_shared_claim_checks_refuse_forgeries_and_check_each_claim_once() -> None:
+    cache = ClaimCache()
+    claim = dataclasses.replace(
+        Suspect("node-1", 3, "node-2"),
+        signature=sign_claim_as_signer(Suspect("node-1", 3, "node-2")),
+    )
+    assert cache(claim) and cache(claim)
+    assert (cache.misses, cache.hits) == (1, 1)
+    forged = dataclasses.replace(claim, by="node-3")  # node-2's signature, node-3's name
+    assert not cache(forged)
+    assert not SimKeyring("node-9", claims=cache).verify_claim(forged)
+    assert SimKeyring("node-9", claims=cache).verify_claim(claim)
 
 
 def test_a_restarted_node_rejoins_with_a_higher_incarnation() -> None:
