@@ -40,6 +40,7 @@ BroadcastKey = tuple[str, str]
 """("member", node id) for membership news, ("record", node id) for records."""
 
 MIN_ITEM_SIZE = 32  # below this much free budget no gossip item can fit
+MAX_MISFITS = 8  # items too large for what is left of a packet before we stop looking
 
 # Per-type constant part of the encoding: tag, map header, field names, small
 # ints (incarnations and versions up to 2**32 fit; larger ones cost 4 bytes more).
@@ -159,16 +160,22 @@ class BroadcastQueue:
     def _choose(self, budget: int) -> list[_Item]:
         chosen: list[_Item] = []
         free = budget
+        misfits = 0
+        items = self._items
         for bucket in self._buckets:
             for seq in bucket:
-                item = self._items[seq]
+                item = items[seq]
                 if item.size <= free:
                     chosen.append(item)
                     free -= item.size
+                    if free < MIN_ITEM_SIZE:
+                        return chosen
                 elif not chosen:
                     return [item]  # oversized: goes out on a packet of its own
-                if free < MIN_ITEM_SIZE:
-                    return chosen
+                else:
+                    misfits += 1
+                    if misfits > MAX_MISFITS:
+                        return chosen  # the packet is as good as full: stop looking
         return chosen
 
     def _unlink(self, item: _Item) -> None:
