@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from novacron.agent.core.awareness import Awareness
-from novacron.agent.core.broadcast import BroadcastQueue, estimate_size, retransmit_limit
+from novacron.agent.core.broadcast import (
+    MAX_MISFITS,
+    BroadcastQueue,
+    estimate_size,
+    retransmit_limit,
+)
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
     Ack,
@@ -106,6 +111,32 @@ def test_budget_limits_a_packet_and_oversized_items_go_alone() -> None:
     queue = BroadcastQueue()
     queue.queue(("record", "big"), big)
     assert queue.take(1400, limit=4) == [big]
+
+
+def test_a_small_item_behind_a_few_large_ones_still_fills_the_packet() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("record", "first"), _record("first", 1, size=700))
+    for i in range(MAX_MISFITS):
+        queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
+    queue.queue(("member", "small"), Alive("small", 1))
+    items = queue.take(1400, limit=4)
+    assert items == [_record("first", 1, size=700), Alive("small", 1)]
+
+
+def test_a_packet_as_good_as_full_stops_looking_but_nothing_starves() -> None:
+    """Past MAX_MISFITS items too large for what is left, the packet goes as it is; the
+    small item further back is not lost, it goes out once the large ones have gone."""
+    queue = BroadcastQueue()
+    queue.queue(("record", "first"), _record("first", 1, size=700))
+    for i in range(MAX_MISFITS + 1):
+        queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
+    queue.queue(("member", "small"), Alive("small", 1))
+    assert queue.take(1400, limit=4) == [_record("first", 1, size=700)]
+    sent_small = 0
+    for _ in range(4 * (MAX_MISFITS + 3)):
+        sent_small += queue.take(1400, limit=4).count(Alive("small", 1))
+    assert sent_small == 4
+    assert len(queue) == 0
 
 
 def test_size_estimates_cover_the_encoding() -> None:
