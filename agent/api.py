@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 from collections.abc import Awaitable
 from pathlib import Path
@@ -332,10 +333,7 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
         most `MAX_WAIT`), so a waiting client learns of the end at once instead of polling."""
         migration_id = request.params["migration_id"]
-        try:
-            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
-        except ValueError:
-            raise HttpError(400, "wait must be a number of seconds") from None
+        wait = _wait_seconds(request)
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = control.migration(migration_id)
@@ -358,6 +356,21 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
     router.get(f"/{API_VERSION}/migrations", listing)
     router.get(f"/{API_VERSION}/migrations/{{migration_id}}", one)
     router.post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", cancel)
+
+
+def _wait_seconds(request: Request) -> float:
+    """`?wait=`: a finite, non-negative number of seconds, held at most `MAX_WAIT`.
+
+    NaN and infinities are refused: NaN compares false with every bound, so a
+    clamp would let it through and hold the request forever.
+    """
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise HttpError(400, "wait must be a number of seconds") from None
+    if not math.isfinite(wait) or wait < 0:
+        raise HttpError(400, "wait must be a finite, non-negative number of seconds")
+    return min(wait, MAX_WAIT)
 
 
 def _body(request: Request) -> dict[str, Any]:

@@ -45,7 +45,13 @@ from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
-from .introduction import PORT_OFFSET, IntroductionFailed, IntroductionServer, introduce
+from .introduction import (
+    PORT_OFFSET,
+    Introduction,
+    IntroductionFailed,
+    IntroductionServer,
+    introduce,
+)
 from .inventory import Inventory
 from .journal import MigrationJournal
 from .keyring import AgentKeyring
@@ -106,7 +112,12 @@ class Agent:
             heartbeat=config.peer_heartbeat,
         )
         self.introductions = IntroductionServer(
-            identity.certificate_bytes, self.trust, config.bind_address, config.port + PORT_OFFSET
+            identity.certificate_bytes,
+            self.trust,
+            config.bind_address,
+            config.port + PORT_OFFSET,
+            known_at=self._known_at,
+            on_twin=self._twin_introduced,
         )
         self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
@@ -525,12 +536,12 @@ class Agent:
 
     async def _introduce_and_join(self, host: str, port: int, expected: str | None) -> None:
         address = f"{host}:{port}"
-        cert = await self._introduce(host, port)
-        if cert is None:
+        introduction = await self._introduce(host, port)
+        if introduction is None:
             return
-        if cert.node_id == self.node_id:
-            if not _is_own_address(host, port, self.config.port):
-                self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
+        cert = introduction.certificate
+        if cert.node_id == self.node_id:  # not us (we never introduce ourselves): a twin
+            self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
             return
         if expected is not None and cert.node_id != expected:
             log.warning(
@@ -538,13 +549,49 @@ class Agent:
                 extra={"fields": {"advertised": expected, "certified": cert.node_id}},
             )
             return
+        if introduction.known_at and introduction.known_at != self.address:
+            await self._look_for_twin(introduction.known_at, cert.node_id)
         member = self.core.member(cert.node_id)
         if member is None or member.state.value != "alive":
             await self._dispatch(self.core.join([(cert.node_id, address)], self._clock()))
             self._wake.set()
 
-    async def _introduce(self, host: str, port: int) -> Any:
+    def _known_at(self, node_id: str) -> str:
+        """Where this agent knows `node_id` alive ("" if it does not): told to whoever
+        introduces itself with that id, so a second agent with one identity finds out."""
+        member = self.core.member(node_id)
+        if member is None or member.state.value != "alive" or node_id == self.node_id:
+            return ""
+        return member.address
+
+    def _twin_introduced(self, source: str) -> None:
+        """Someone introduced itself with our own certificate: an agent started elsewhere
+        with our identity (it stops when it sees us answer; we report it)."""
+        where = f"an agent at {source}"
+        self._clash(IdentityClash(self.node_id, (self.address, where), None))
+
+    async def _look_for_twin(self, address: str, told_by: str) -> None:
+        """A peer knows our id alive at another address: a previous life of ours (we
+        moved, it died) or another agent running with our key. Whoever answers there
+        with our own certificate is the second one."""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            return
+        try:
+            there = await introduce(self.identity.certificate_bytes, self.trust, host, int(port))
+        except IntroductionFailed:
+            return  # nobody, or not us: a previous life, which the mesh will fail
+        if there.certificate.node_id == self.node_id:
+            log.error(
+                "our node id answers at another address",
+                extra={"fields": {"address": address, "told_by": told_by}},
+            )
+            self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
+
+    async def _introduce(self, host: str, port: int) -> Introduction | None:
         address = f"{host}:{port}"
+        if _is_own_address(host, port, self.config.port):
+            return None  # a seed list naming every host names us too
         now = self._clock()
         if now - self._intro_attempts.get(address, -INTRO_RETRY) < INTRO_RETRY:
             return None
@@ -657,6 +704,7 @@ class Agent:
             **self._domain_type_status(),
             "transport": dataclasses.asdict(self.transport.stats),
             "handling_failures": self.handling_failures,
+            "introductions": self.introductions.stats(),
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],

@@ -11,6 +11,14 @@ a malformed request 400, headers over `MAX_HEADER_BYTES` 431, a body over
 408, an unknown path 404, a known path with another method 405. A client
 that hangs up while its request is being handled has its handler cancelled;
 one that only half-closes (shuts down its sending side) still gets the answer.
+
+Every client costs bounded memory and a slot only while it uses it: at most
+`MAX_PIPELINED_BYTES` of requests are read ahead of the one being answered
+(a client that pipelines without reading its answers stops being read, then
+is dropped after `WRITE_TIMEOUT`), and when all `MAX_CONNECTIONS` slots are
+taken the connection idle the longest (waiting for its next request, none of
+it sent) is closed to make room; a new client is refused (503) only when
+every connection is busy.
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ IDLE_TIMEOUT = 30.0  # a connection with no request in flight is closed after th
 WRITE_TIMEOUT = 10.0  # a client that does not read its answer is dropped after this
 LINGER = 1.0  # after an error that closes the connection: unread input drained this long
 LINGER_BYTES = 16 * MAX_BODY_BYTES  # and at most this much of it
-MAX_CONNECTIONS = 64  # more at once are answered 503 and closed
+MAX_CONNECTIONS = 64  # past this, the longest idle is closed; if none is idle, 503
 READ_CHUNK = 64 * 1024
-MAX_PIPELINED_BYTES = 64 * 1024  # read ahead while a handler runs, to notice a hang-up
+MAX_PIPELINED_BYTES = 64 * 1024  # unparsed input held while a handler runs (read: hang-ups)
+HANGUP_POLL = 0.5  # seconds between hang-up checks while that input is full and not read
 
 
 class HttpError(Exception):
@@ -176,7 +185,8 @@ class HttpServer:
         self.router = router
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}  # each holds a slot
+        self._evicted: set[asyncio.Task[Any]] = set()  # idle ones closed for room, ending
         self._closing = False
 
     async def start_unix(self, path: str) -> None:
@@ -187,7 +197,7 @@ class HttpServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        await cancel_and_wait(self._connections)
+        await cancel_and_wait([*self._connections, *self._evicted])
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -204,15 +214,33 @@ class HttpServer:
         if self._closing:  # accepted just before `close()`
             writer.close()
             return
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= self.max_connections and not self._close_longest_idle():
             with contextlib.suppress(Exception):
                 await connection.refuse(HttpError(503, "too many connections to the agent's API"))
             return
-        self._connections.add(task)
+        self._connections[task] = connection
         try:
             await connection.serve()
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
+
+    def _close_longest_idle(self) -> bool:
+        """Free the slot of the connection idle the longest; False if none is idle.
+
+        Closing an idle keep-alive connection is every HTTP server's right; its
+        client opens a new one for its next request. The socket is closed rather
+        than the task cancelled: its read then ends as a hang-up would, and the
+        task ends normally.
+        """
+        idle = [(conn.idle_since, task) for task, conn in self._connections.items()]
+        waiting = [(since, task) for since, task in idle if since is not None]
+        if not waiting:
+            return False
+        _, task = min(waiting, key=lambda pair: pair[0])
+        self._connections.pop(task).writer.close()
+        self._evicted.add(task)
+        task.add_done_callback(self._evicted.discard)
+        return True
 
 
 class _Connection:
@@ -226,6 +254,9 @@ class _Connection:
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._head = False  # the request being answered is a HEAD: no body in the answer
+        # Loop time since which the client has sent nothing of its next request; None
+        # while a request is arriving or being answered. The longest idle makes room.
+        self.idle_since: float | None = asyncio.get_running_loop().time()
 
     async def serve(self) -> None:
         try:
@@ -281,6 +312,8 @@ class _Connection:
         loop = asyncio.get_running_loop()
         idle_until = loop.time() + IDLE_TIMEOUT
         request_until = loop.time() + REQUEST_TIMEOUT if self.h11.trailing_data[0] else None
+        if request_until is not None:
+            self.idle_since = None  # a pipelined request is already here
         start: h11.Request | None = None
         body = bytearray()
         self._head = False
@@ -298,6 +331,8 @@ class _Connection:
                         self._encode(h11.InformationalResponse(status_code=100, headers=[]))
                     )
                 deadline = idle_until if request_until is None else request_until
+                if request_until is None and self.idle_since is None:
+                    self.idle_since = loop.time()
                 try:
                     async with asyncio.timeout_at(deadline):
                         data = await self.reader.read(READ_CHUNK)
@@ -306,6 +341,7 @@ class _Connection:
                         return None  # idle: close quietly
                     late = f"the request did not arrive within {REQUEST_TIMEOUT:g} s"
                     raise HttpError(408, late) from None
+                self.idle_since = None
                 if data and request_until is None:
                     request_until = loop.time() + REQUEST_TIMEOUT
                 self.h11.receive_data(data)
@@ -364,14 +400,21 @@ class _Connection:
     async def _until_done_or_hung_up(self, task: asyncio.Task[Response]) -> None:
         """Wait for `task`, reading meanwhile so that a client's hang-up is noticed.
 
-        What is read is kept for h11 (a pipelined next request), up to
-        `MAX_PIPELINED_BYTES`; past that, or once the client half-closed, just wait.
+        What is read is kept for h11 (pipelined next requests) while h11 holds
+        less than `MAX_PIPELINED_BYTES` unparsed, over every request of the
+        connection; past that, or once the client half-closed, nothing more is
+        read and a hang-up is found by polling the socket instead.
         """
-        ahead = 0
         while not task.done():
-            if ahead > MAX_PIPELINED_BYTES or self.h11.trailing_data[1]:
+            unparsed, closed = self.h11.trailing_data
+            if closed:
                 await asyncio.wait([task])
                 return
+            if len(unparsed) >= MAX_PIPELINED_BYTES:
+                await asyncio.wait([task], timeout=HANGUP_POLL)
+                if _hung_up(self.writer):
+                    return
+                continue
             read = asyncio.ensure_future(self.reader.read(READ_CHUNK))
             try:
                 await asyncio.wait([task, read], return_when=asyncio.FIRST_COMPLETED)
@@ -385,7 +428,6 @@ class _Connection:
                 return  # the connection broke
             data = read.result()
             self.h11.receive_data(data)
-            ahead += len(data)
             if not data and _hung_up(self.writer):
                 return
 

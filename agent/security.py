@@ -167,10 +167,7 @@ class TrustStore:
         try:
             verify_certificate(data, self._ca, now, self._revocations)
         except IdentityError as exc:
-            refused = self._count(describe(exc, cert))
-            if cert.curve_key not in self._by_key:
-                self._remember_refusal(cert.curve_key, refused)
-            raise refused from None
+            raise self.refuse(exc, cert) from None
         if not cert.is_member:
             refused = self._count(
                 PeerRefused(
@@ -182,6 +179,14 @@ class TrustStore:
             raise refused
         self._keep(cert)
         return cert
+
+    def refuse(self, error: IdentityError, cert: Certificate | None) -> PeerRefused:
+        """Count a certificate refused by `error` (here, or by a cheaper check elsewhere)
+        and remember why by its Curve key, so a later connection is told the cause."""
+        refused = self._count(describe(error, cert))
+        if cert is not None and cert.curve_key not in self._by_key:
+            self._remember_refusal(cert.curve_key, refused)
+        return refused
 
     def _keep(self, cert: Certificate) -> None:
         """Bind the key to `cert`; a renewal (later expiry) replaces an older certificate."""

@@ -233,6 +233,16 @@ def verify_certificate(
     return cert
 
 
+def check_issuer(cert: Certificate, ca_key_id: str) -> None:
+    """Raise `CertificateFromOtherCA` unless `cert` names the CA with key id `ca_key_id`
+    (cheap: no signature is checked, so a match proves nothing by itself)."""
+    if cert.issuer != ca_key_id:
+        raise CertificateFromOtherCA(
+            f"{cert.label} was issued by CA {cert.issuer[:64]!r}, "
+            f"not by this cluster's CA {ca_key_id!r}"
+        )
+
+
 def check_signature(cert: Certificate, ca_public: Ed25519PublicKey) -> None:
     """Raise unless the CA with key `ca_public` signed `cert` (time is not considered).
 
@@ -242,11 +252,7 @@ def check_signature(cert: Certificate, ca_public: Ed25519PublicKey) -> None:
     if signature_valid(ca_public, cert.signature, codec.pack_struct(cert.body)):
         return
     expected = key_id(ca_public)
-    if cert.issuer != expected:
-        raise CertificateFromOtherCA(
-            f"{cert.label} was issued by CA {cert.issuer[:64]!r}, "
-            f"not by this cluster's CA {expected!r}"
-        )
+    check_issuer(cert, expected)
     raise BadCertificateSignature(
         f"{cert.label}: signature does not verify under CA {expected!r} (altered or forged)"
     )

@@ -21,6 +21,8 @@ from novacron.protocol import keyfiles
 from novacron.protocol.messages import Ping
 from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
@@ -132,6 +134,29 @@ def test_a_second_agent_with_the_same_identity_refuses_to_run(mesh: Mesh, seed: 
     log = clone.log()
     assert "another agent already runs as node n1" in log and "Traceback" not in log
     assert n1.running() and mesh["n2"].state_of("n1") == "alive"
-    if seed == "n2":  # it spoke in the mesh: the original saw its id at two addresses
+    if seed == "n2":  # it looked for the n1 that n2 knows, and introduced itself to it
         wait_until(lambda: "n1" in n1.status()["identity_clashes"], 10, "n1 reports the clash")
-        assert clone.address in n1.status()["identity_clashes"]["n1"]
+        reported = n1.status()["identity_clashes"]["n1"]
+        assert reported[0] == n1.address and "127.0.0.1" in reported[1]
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["same-address", "new-address"])
+def test_an_ordinary_restart_is_not_reported_as_an_attack(mesh: Mesh, moved: bool) -> None:
+    mesh.start(3)
+    n2 = mesh["n2"]
+    n2.proc.send_signal(signal.SIGTERM)
+    assert n2.proc.wait(timeout=20) == 0
+    port = None if moved else n2.port  # a new port stands for a new DHCP lease
+    mesh.start_agent("n2", certify=False, port=port, seed="n1")
+    mesh.wait_converged()
+    time.sleep(3)  # the others' connections to the old n2 retry meanwhile
+    for agent in mesh.agents.values():
+        if not agent.running():
+            continue
+        warnings = [
+            line
+            for line in agent.log().splitlines()
+            if "level=warning" in line and "peer refused" in line
+        ]
+        assert warnings == [], agent.node_id
+        assert agent.status()["last_refusal"] is None, agent.node_id

@@ -1,0 +1,166 @@
+"""The local API served on a unix socket for tests: fake controls, raw exchanges, parsing.
+
+`served` (a fixture) runs the API's router in the test's loop over stand-ins
+for the agent's controls (`View`, `Vms`, `Migrations`); `exchange` sends raw
+bytes and reads whatever comes back; `answers` splits it into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron.agent import httpd
+from novacron.agent.api import Refusal, build_router
+from novacron.agent.httpd import HttpServer
+
+
+def exchange(sock: str, data: bytes, half_close: bool = True, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, then read everything the server says until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(sock)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.sendall(data)
+            if half_close:
+                conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9]{2}) [^\r\n]*")
+
+
+def answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a connection's output into whole HTTP answers; assert it is nothing else."""
+    found = []
+    while raw:
+        head, sep, raw = raw.partition(b"\r\n\r\n")
+        assert sep, f"headers never end: {head[:200]!r}"
+        lines = head.split(b"\r\n")
+        status_line = STATUS_LINE.fullmatch(lines[0])
+        assert status_line, f"not a status line: {lines[0][:200]!r}"
+        status = int(status_line.group(1))
+        headers = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            assert colon, f"bad header line {line!r}"
+            headers[name.decode().strip().lower()] = value.decode().strip()
+        if status < 200:
+            found.append((status, headers, b""))
+            continue
+        length = int(headers["content-length"])
+        if length and (not raw or raw.startswith(b"HTTP/1.1 ")):
+            body = b""  # the answer to a HEAD (bodies are JSON): the length, not the body
+        else:
+            assert len(raw) >= length, "body cut short"
+            body, raw = raw[:length], raw[length:]
+        found.append((status, headers, body))
+    return found
+
+
+def error_of(answer: tuple[int, dict[str, str], bytes]) -> str:
+    status, headers, body = answer
+    assert status >= 400 and headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert isinstance(error, str) and error
+    return error
+
+
+# --- what the API serves --------------------------------------------------------------
+
+
+class View:
+    def status(self) -> dict[str, Any]:
+        return {"node_id": "n1"}
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"id": "n1"}]
+
+    def host(self, node_id: str | None) -> dict[str, Any] | None:
+        return {"id": node_id or "n1"} if node_id in (None, "n1") else None
+
+    def vms(self) -> list[dict[str, Any]]:
+        return []
+
+
+class Vms:
+    """Echoes what the API passed it; `fail` and `refuse` in a body make it misbehave."""
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("fail"):
+            raise RuntimeError("a bug")
+        if "refuse" in body:
+            raise Refusal(body["refuse"], "refused on purpose")
+        return {"created": body}
+
+    async def start(self, name: str) -> dict[str, Any]:
+        return {"name": name, "started": True}
+
+    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "body": body}
+
+    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, **body}
+
+
+class Migrations:
+    """One migration, m1, whose outcome the tests set; counts how often it is looked up."""
+
+    def __init__(self) -> None:
+        self.row: dict[str, Any] = {"migration_id": "m1", "outcome": "", "target": "h2"}
+        self.looks = 0
+        self.waiting = 0  # held requests waiting for news right now
+        self._news = asyncio.Event()
+
+    def end(self, outcome: str) -> None:
+        """m1 ends, and held requests hear of it (the migrator's `wait_change`)."""
+        self.row["outcome"] = outcome
+        self._news.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), timeout)
+        finally:
+            self.waiting -= 1
+
+    async def migrate(self, vm: str, body: dict[str, Any]) -> str:
+        raise Refusal(404, f"unknown VM {vm}")
+
+    async def cancel(self, migration_id: str) -> None:
+        raise Refusal(409, "not now")
+
+    def migrations(self) -> list[dict[str, Any]]:
+        return [self.row]
+
+    def migration(self, migration_id: str) -> dict[str, Any] | None:
+        self.looks += 1
+        return self.row if migration_id == "m1" else None
+
+
+def router(migrations: Migrations | None = None) -> httpd.Router:
+    return build_router(View(), migrations or Migrations(), vms=Vms())
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, HttpServer, Migrations]]:
+    """The API on a unix socket in this test's loop: (socket, server, migrations)."""
+    migrations = Migrations()
+    server = HttpServer(router(migrations))
+    sock = str(tmp_path / "api.sock")
+    await server.start_unix(sock)
+    yield sock, server, migrations
+    await server.close()
