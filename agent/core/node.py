@@ -673,11 +673,15 @@ class MembershipNode:
         if isinstance(message, Alive):
             self._handle_alive(message, now, out, True, sender)
             return
-        accused_us = isinstance(message, Suspect | Dead) and message.node_id == self.node_id
-        incarnation = self._me().incarnation if accused_us else 0
+        accusation = (
+            message
+            if isinstance(message, Suspect | Dead) and message.node_id == self.node_id
+            else None
+        )
+        incarnation = self._me().incarnation if accusation is not None else 0
         _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
-        if accused_us:
-            self._answer_accusation(sender, message, incarnation, now, out)
+        if accusation is not None:
+            self._answer_accusation(sender, accusation, incarnation, now, out)
 
     def _handle_alive(
         self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
