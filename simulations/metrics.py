@@ -69,6 +69,11 @@ class ByteMeter:
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
         self._slot = -1  # index of the slot bytes are being added to
+        # The budget is per agent, so the busiest agent's busiest second is the figure to
+        # hold against it: per node, the most bytes sent within one whole second (0-1 s,
+        # 1-2 s, ...; a sliding window's peak is at most twice that).
+        self.node_peak_second: Counter[str] = Counter()
+        self._node_second: dict[str, tuple[int, int]] = {}  # node -> (second, bytes in it)
 
     def at(self, now: float, live: int) -> None:
         """Make `now`'s slot the current one (the engine calls this before counting)."""
@@ -103,6 +108,15 @@ class ByteMeter:
         self.bytes_by_type[kind] += size
         if self._slot >= 0:
             self.slot_bytes[self._slot] += size
+            self._count_second(sender, size)
+
+    def _count_second(self, sender: str, size: int) -> None:
+        second = self._slot // SLOTS_PER_SECOND
+        current = self._node_second.get(sender)
+        sent = size if current is None or current[0] != second else current[1] + size
+        self._node_second[sender] = (second, sent)
+        if sent > self.node_peak_second[sender]:
+            self.node_peak_second[sender] = sent
 
     def size(self, sender: str, message: Message) -> int:
         """Encoded size of `message` from `sender`, encoding each object once.

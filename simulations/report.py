@@ -74,6 +74,10 @@ def traffic_total(cluster: Cluster) -> Results:
         "bytes_per_node_s_spread": summary(
             [meter.bytes_by_node.get(n, 0) / seconds for n in cluster.ids]
         ),
+        "peak_1s_bytes_per_node_s": rounded(meter.peak_rate(), 1),
+        "busiest_second_of_each_node_bytes": summary(
+            [float(meter.node_peak_second.get(n, 0)) for n in cluster.ids]
+        ),
         "bytes_by_type": dict(sorted(meter.bytes_by_type.items())),
         "packets_by_type": dict(sorted(meter.packets_by_type.items())),
         "datagrams_per_node_s": rounded(cluster.engine.datagrams / nodes / seconds, 2),
@@ -131,7 +135,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"  {key}: {_show(value)}" for key, value in report["results"].items()]
     traffic = report["traffic_total"]
     lines.append(
-        f"  whole run: {traffic['bytes_per_node_s']} B/node/s, "
+        f"  whole run: {traffic['bytes_per_node_s']} B/node/s "
+        f"(busiest 1 s window {traffic['peak_1s_bytes_per_node_s']} B/node/s; "
+        f"busiest node's busiest second {traffic['busiest_second_of_each_node_bytes']['max']} B), "
         f"{traffic['packets_per_node_s']} packets/node/s "
         f"(bytes {traffic['accounting']['mode']}, every {traffic['accounting']['every']}), "
         f"largest message {traffic['largest_message_bytes']} B "

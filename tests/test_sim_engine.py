@@ -277,3 +277,17 @@ def test_peak_rate_is_the_busiest_second_per_live_node() -> None:
     assert meter.peak_rate(3.0, 5.0) == pytest.approx(10 * size / 4)
     assert meter.peak_rate(2.5, 2.7) == pytest.approx(10 * size / 4 * 10)  # scaled to 1 s
     assert meter.peak_rate(6.0, 7.0) is None
+
+
+def test_each_nodes_busiest_second_is_kept() -> None:
+    meter = ByteMeter()
+    message = Ping(seq=1, target="peer")
+    size = meter.size("me", message)
+    for tenth in range(30):  # "me" sends once a tenth, five times a tenth in second 1
+        meter.at(tenth / 10, live=2)
+        for _ in range(5 if 10 <= tenth < 20 else 1):
+            meter.count("me", message)
+        if tenth == 25:
+            meter.count("other", message)
+    assert meter.node_peak_second["me"] == 10 * 5 * size
+    assert meter.node_peak_second["other"] == meter.size("other", message)
