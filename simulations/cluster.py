@@ -28,7 +28,13 @@ from novacron.protocol.messages import NodeRecord, Resources
 from .engine import Engine
 from .metrics import ByteMeter
 from .network import Network, NetworkConfig
-from .signing import SimKeyring, VerificationCache, make_signer, sign_claim_as_signer
+from .signing import (
+    ClaimCache,
+    SimKeyring,
+    VerificationCache,
+    make_signer,
+    sign_claim_as_signer,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class Cluster:
         self.meter.budget = settings.membership.packet_budget
         self.engine = Engine(self.network, self.meter)
         self.verifier = VerificationCache(settings.verify_cache)
+        self.claims = ClaimCache() if settings.verify_cache else None  # shared claim checks
         self.members: dict[str, MembershipNode] = {}  # current process of each live node
         self.crashed: set[str] = set()  # nodes currently down
         self.ever_crashed: set[str] = set()  # nodes that were down at some point
@@ -101,7 +108,7 @@ class Cluster:
                 address=address_of(node_id),
                 config=self.settings.membership,
                 rng=self.rng_for(node_id),
-                keyring=SimKeyring(node_id, self.verifier),
+                keyring=SimKeyring(node_id, self.verifier, self.claims),
                 now=now,
             )
             self._register(node_id, node, None)
@@ -123,7 +130,7 @@ class Cluster:
             address=address_of(node_id),
             config=self.settings.membership,
             rng=self.rng_for(node_id),
-            keyring=SimKeyring(node_id, self.verifier),
+            keyring=SimKeyring(node_id, self.verifier, self.claims),
             now=now,
         )
         output = node.join([(s, address_of(s)) for s in seeds], now)

@@ -121,6 +121,7 @@ class Engine:
         clock = self.clock
         now = clock.now
         if output.sends:
+            self.meter.at(now, len(self.nodes))
             count = self.meter.count
             route = self.network.route
             heap = clock.heap

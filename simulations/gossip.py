@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .network import JITTER_KINDS
 from .report import run, summary_lines, to_json
-from .scenarios import SCENARIOS, Params
+from .scenarios import SCENARIOS, Params, parse_groups
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +37,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=d.warmup)
     p.add_argument("--isolation", type=float, default=d.isolation, help="catch-up only")
     p.add_argument("--updaters", type=int, default=d.updaters, help="catch-up only")
+    p.add_argument(
+        "--groups",
+        default=d.groups,
+        help='partition-heal: "K" equal sides, or sizes such as "1,*" (one node alone) '
+        'or "100,300,*" ("*": the rest)',
+    )
+    p.add_argument("--split", type=float, default=None, help="partition-heal: longest split, s")
+    p.add_argument("--churn", type=float, default=d.churn, help="churn: fraction per period")
+    p.add_argument("--churn-period", type=float, default=d.churn_period, help="churn: s")
+    p.add_argument("--downtime", type=float, default=d.downtime, help="churn: mean time down, s")
     p.add_argument(
         "--bytes-every", type=int, default=d.bytes_every, help="1 exact, k sampled, 0 auto"
     )
@@ -64,7 +74,27 @@ def params_from(args: argparse.Namespace) -> Params:
         isolation=args.isolation,
         updaters=args.updaters,
         verify_cache=not args.no_verify_cache,
+        groups=args.groups,
+        split=args.split,
+        churn=args.churn,
+        churn_period=args.churn_period,
+        downtime=args.downtime,
     )
+
+
+def bad_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the scenario's own arguments, in one line (None: nothing)."""
+    try:
+        parse_groups(args.groups, args.nodes)
+    except ValueError as error:
+        return str(error)
+    if not 0.0 <= args.churn <= 1.0:
+        return f"--churn {args.churn}: a fraction between 0 and 1"
+    if args.churn_period <= 0 or args.downtime < 0:
+        return "--churn-period must be positive and --downtime not negative"
+    if args.split is not None and args.split < 0:
+        return "--split must not be negative"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.nodes < 2:
         print("need at least 2 nodes", file=sys.stderr)
+        return 2
+    problem = bad_arguments(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     report = run(args.scenario, params_from(args), with_runtime=not args.no_runtime)
     print("\n".join(summary_lines(report)))

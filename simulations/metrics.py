@@ -13,10 +13,19 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
 - sampled (`sample_every=k`): every k-th sent message (a deterministic
   counter, not a random draw) is encoded and its size counted k times. Packet
   counts stay exact; byte totals are estimates whose error shrinks with the
-  number of packets.
+  number of packets. Push-pull messages are never sampled: at 10,000 nodes a
+  digest is most of a second's traffic, and counting one in ten, ten times
+  over, would put spikes into the per-second figures that no node sent.
+  A `Digest` is sized from its parts (the encoded size of each line, cached
+  per line object: most lines are a snapshot's shared ones), exactly as
+  `codec.encode` would, without encoding its 10,000 lines every time.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
-that is what the node's uplink carries. Push-pull messages (`Digest`,
+that is what the node's uplink carries. They are also added to the current
+time slot (`SLOT` seconds, set by the engine before each node's output), with
+the number of live nodes at that moment, so a report can state the peak over
+any 1 s window (`peak_rate`: the busiest run of `SLOTS_PER_SECOND` consecutive
+slots, per live node), not only averages. Push-pull messages (`Digest`,
 `Delta`) are full-state exchanges that a real transport sends as a stream;
 they are counted like everything else but not checked against the packet
 budget, which applies to datagrams (probes and gossip).
@@ -29,10 +38,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from novacron.protocol.codec import encode
-from novacron.protocol.messages import Message
+from novacron.protocol.codec import encode, pack_struct
+from novacron.protocol.messages import Digest, MemberDigest, Message
 
 _CACHE_LIMIT = 4096  # identity cache entries before it is cleared
+SLOTS_PER_SECOND = 10  # time slots per second: windows slide by a tenth of a second
+SLOT = 1.0 / SLOTS_PER_SECOND
 STREAM_TYPES = frozenset({"digest", "delta"})  # push-pull: a stream, not bound by the budget
 
 
@@ -54,24 +65,58 @@ class ByteMeter:
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._cache: dict[int, tuple[Message, int, int]] = {}
+        self._digests = DigestSizer()
+        self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
+        self.slot_nodes: list[int] = []  # live nodes when each slot was last written
+        self._slot = -1  # index of the slot bytes are being added to
+        # The budget is per agent, so the busiest agent's busiest second is the figure to
+        # hold against it: per node, the most bytes sent within one whole second (0-1 s,
+        # 1-2 s, ...; a sliding window's peak is at most twice that).
+        self.node_peak_second: Counter[str] = Counter()
+        self._node_second: dict[str, tuple[int, int]] = {}  # node -> (second, bytes in it)
+
+    def at(self, now: float, live: int) -> None:
+        """Make `now`'s slot the current one (the engine calls this before counting)."""
+        slot = int(now * SLOTS_PER_SECOND)
+        if slot != self._slot:
+            grow = slot + 1 - len(self.slot_bytes)
+            if grow > 0:
+                self.slot_bytes.extend([0] * grow)
+                self.slot_nodes.extend([live] * grow)
+            self._slot = slot
+        self.slot_nodes[slot] = live
 
     def count(self, sender: str, message: Message) -> None:
         """Account for one message `sender` sends."""
         self.packets += 1
         kind = message.TYPE
         self.packets_by_type[kind] += 1
-        self._countdown -= 1
-        if self._countdown:
-            return
-        self._countdown = self.sample_every
-        hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
-        if hit is not None and hit[0] is message and hit[1] == len(sender):
-            size = hit[2] * self.sample_every
+        if kind in STREAM_TYPES:
+            size = self.size(sender, message)  # never sampled (module docstring)
         else:
-            size = self.size(sender, message) * self.sample_every
+            self._countdown -= 1
+            if self._countdown:
+                return
+            self._countdown = self.sample_every
+            hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
+            if hit is not None and hit[0] is message and hit[1] == len(sender):
+                size = hit[2] * self.sample_every
+            else:
+                size = self.size(sender, message) * self.sample_every
         self.bytes += size
         self.bytes_by_node[sender] += size
         self.bytes_by_type[kind] += size
+        if self._slot >= 0:
+            self.slot_bytes[self._slot] += size
+            self._count_second(sender, size)
+
+    def _count_second(self, sender: str, size: int) -> None:
+        second = self._slot // SLOTS_PER_SECOND
+        current = self._node_second.get(sender)
+        sent = size if current is None or current[0] != second else current[1] + size
+        self._node_second[sender] = (second, sent)
+        if sent > self.node_peak_second[sender]:
+            self.node_peak_second[sender] = sent
 
     def size(self, sender: str, message: Message) -> int:
         """Encoded size of `message` from `sender`, encoding each object once.
@@ -84,7 +129,10 @@ class ByteMeter:
         hit = self._cache.get(key)
         if hit is not None and hit[0] is message and hit[1] == len(sender):
             return hit[2]
-        size = len(encode(message, sender))
+        if isinstance(message, Digest):
+            size = self._digests.size(sender, message)
+        else:
+            size = len(encode(message, sender))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = (message, len(sender), size)
@@ -95,11 +143,90 @@ class ByteMeter:
                 self.over_budget += 1
         return size
 
+    def peak_rate(self, start: float = 0.0, end: float = math.inf) -> float | None:
+        """The most bytes per live node sent in any 1 s window within [start, end).
+
+        Windows are `SLOTS_PER_SECOND` consecutive slots; a range shorter than a
+        second is one window scaled to a second. None when nothing was recorded.
+        """
+        first = max(0, int(start * SLOTS_PER_SECOND + 1e-9))
+        last = len(self.slot_bytes)
+        if end < math.inf:
+            last = min(last, math.ceil(end * SLOTS_PER_SECOND - 1e-9))
+        if last <= first:
+            return None
+        width = min(SLOTS_PER_SECOND, last - first)
+        best = 0.0
+        window = sum(self.slot_bytes[first : first + width])
+        for slot in range(first + width, last + 1):
+            nodes = max(1, min(self.slot_nodes[slot - width : slot]))  # the higher rate
+            best = max(best, window / nodes)
+            if slot < last:
+                window += self.slot_bytes[slot] - self.slot_bytes[slot - width]
+        return best * SLOTS_PER_SECOND / width
+
     def mode(self) -> dict[str, Any]:
         """How bytes were measured, for the report."""
         if self.sample_every == 1:
             return {"mode": "exact", "every": 1}
         return {"mode": "sampled", "every": self.sample_every}
+
+
+class DigestSizer:
+    """The encoded size of a `Digest`, from the sizes of its parts.
+
+    `codec.encode` writes `[version, type, sender, {field: value}]`, leaving
+    out fields at their default. So the size is that of the same digest with
+    no lines and no records, plus, for each of the two when present, its key,
+    its container header and its entries: each line's own encoding (cached
+    per line object) and each record entry's string and integer.
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[int, tuple[MemberDigest, int]] = {}  # id -> (line, encoded size)
+
+    def size(self, sender: str, digest: Digest) -> int:
+        bare = Digest(reply=digest.reply, crl_issued_at=digest.crl_issued_at)
+        total = len(encode(bare, sender))
+        if digest.members:
+            total += _str_size("members") + _container_header(len(digest.members))
+            lines = self._lines
+            for line in digest.members:
+                hit = lines.get(id(line))
+                if hit is None or hit[0] is not line:
+                    if len(lines) >= _LINE_CACHE_LIMIT:
+                        lines.clear()
+                    hit = lines[id(line)] = (line, len(pack_struct(line)))
+                total += hit[1]
+        if digest.records:
+            total += _str_size("records") + _container_header(len(digest.records))
+            total += sum(_str_size(k) + _int_size(v) for k, v in digest.records.items())
+        return total
+
+
+_LINE_CACHE_LIMIT = 200_000  # digest lines whose size is remembered (the shared ones)
+
+
+def _container_header(length: int) -> int:
+    """Bytes of a msgpack array or map header for `length` entries."""
+    return 1 if length < 16 else 3 if length < 65536 else 5
+
+
+def _str_size(text: str) -> int:
+    """Bytes of a msgpack string (header included)."""
+    n = len(text.encode())
+    return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
+
+
+def _int_size(value: int) -> int:
+    """Bytes of a msgpack integer (the smallest form that holds it)."""
+    if -32 <= value < 128:
+        return 1
+    if value >= 0:
+        limits = ((2, 1 << 8), (3, 1 << 16), (5, 1 << 32))
+        return next((size for size, limit in limits if value < limit), 9)
+    limits = ((2, 1 << 7), (3, 1 << 15), (5, 1 << 31))
+    return next((size for size, limit in limits if -value <= limit), 9)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import platform
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -73,6 +74,10 @@ def traffic_total(cluster: Cluster) -> Results:
         "bytes_per_node_s_spread": summary(
             [meter.bytes_by_node.get(n, 0) / seconds for n in cluster.ids]
         ),
+        "peak_1s_bytes_per_node_s": rounded(meter.peak_rate(), 1),
+        "busiest_second_of_each_node_bytes": summary(
+            [float(meter.node_peak_second.get(n, 0)) for n in cluster.ids]
+        ),
         "bytes_by_type": dict(sorted(meter.bytes_by_type.items())),
         "packets_by_type": dict(sorted(meter.packets_by_type.items())),
         "datagrams_per_node_s": rounded(cluster.engine.datagrams / nodes / seconds, 2),
@@ -95,8 +100,19 @@ def simulation_stats(cluster: Cluster) -> Results:
             "shared_cache": cluster.verifier.enabled,
             "verified": cluster.verifier.misses,
             "cache_hits": cluster.verifier.hits,
+            "claims_verified": cluster.claims.misses if cluster.claims else None,
+            "claim_cache_hits": cluster.claims.hits if cluster.claims else None,
         },
+        "core_counters": core_counters(cluster),
     }
+
+
+def core_counters(cluster: Cluster) -> dict[str, int]:
+    """The cores' own counters (`NodeStats`), summed over the processes running at the end."""
+    totals: Counter[str] = Counter()
+    for node in cluster.members.values():
+        totals.update(node.stats.as_dict())
+    return {name: count for name, count in sorted(totals.items()) if count}
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -119,7 +135,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"  {key}: {_show(value)}" for key, value in report["results"].items()]
     traffic = report["traffic_total"]
     lines.append(
-        f"  whole run: {traffic['bytes_per_node_s']} B/node/s, "
+        f"  whole run: {traffic['bytes_per_node_s']} B/node/s "
+        f"(busiest 1 s window {traffic['peak_1s_bytes_per_node_s']} B/node/s; "
+        f"busiest node's busiest second {traffic['busiest_second_of_each_node_bytes']['max']} B), "
         f"{traffic['packets_per_node_s']} packets/node/s "
         f"(bytes {traffic['accounting']['mode']}, every {traffic['accounting']['every']}), "
         f"largest message {traffic['largest_message_bytes']} B "

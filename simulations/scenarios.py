@@ -21,11 +21,19 @@ from typing import Any
 
 from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Event, RecordUpdated
+from novacron.protocol.messages import MemberState
 
 from .cluster import Cluster, ClusterSettings
 from .metrics import rounded, summary
 from .network import LinkModel, NetworkConfig
-from .observers import Accusations, FailureWatch, PartitionWatch, RecordSpread, RevocationSpread
+from .observers import (
+    Accusations,
+    FailureWatch,
+    PairViews,
+    RecordSpread,
+    Restarts,
+    RevocationSpread,
+)
 from .signing import SimCA
 
 Results = dict[str, Any]
@@ -50,6 +58,11 @@ class Params:
     isolation: float = 60.0  # catch-up: how long the node is cut off
     updaters: int = 0  # catch-up: nodes that update records meanwhile (0: auto)
     verify_cache: bool = True
+    groups: str = "2"  # partition-heal: "K" equal sides, or sizes "1,*" ("*": the rest)
+    split: float | None = None  # partition-heal: longest split (None: until all failed)
+    churn: float = 0.1  # churn: fraction of the nodes restarted in each period
+    churn_period: float = 60.0  # churn: seconds per period
+    downtime: float = 20.0  # churn: mean seconds a restarting node is down (0.5x-1.5x)
 
     def limit(self, default: float) -> float:
         """The scenario's time limit: --duration if given, else its default."""
@@ -118,17 +131,26 @@ class Traffic:
         self.start = cluster.engine.now
         self.bytes = cluster.meter.bytes
         self.packets = cluster.meter.packets
+        self.by_type = dict(cluster.meter.bytes_by_type)
 
     def rates(self) -> Results:
-        """Per-node rates since construction, over the currently live nodes."""
-        meter, elapsed = self.cluster.meter, self.cluster.engine.now - self.start
+        """Per-node rates since construction, over the currently live nodes, and the
+        busiest 1 s window in that time (bytes per live node)."""
+        meter, now = self.cluster.meter, self.cluster.engine.now
+        elapsed = now - self.start
         nodes = max(1, len(self.cluster.live_ids()))
         if elapsed <= 0:
             return {"seconds": 0.0, "bytes_per_node_s": None, "packets_per_node_s": None}
         return {
             "seconds": rounded(elapsed),
             "bytes_per_node_s": rounded((meter.bytes - self.bytes) / nodes / elapsed, 1),
+            "peak_1s_bytes_per_node_s": rounded(meter.peak_rate(self.start, now), 1),
             "packets_per_node_s": rounded((meter.packets - self.packets) / nodes / elapsed, 2),
+            "bytes_per_node_s_by_type": {
+                kind: rounded((count - self.by_type.get(kind, 0)) / nodes / elapsed, 1)
+                for kind, count in sorted(meter.bytes_by_type.items())
+                if count > self.by_type.get(kind, 0)
+            },
         }
 
 
@@ -257,13 +279,14 @@ def catch_up(cluster: Cluster, params: Params) -> Results:
     start = cluster.engine.now
     updaters = _schedule_updates(cluster, params, target, start)
     cluster.network.isolate(target)
-    watch = PartitionWatch({n: int(n == target) for n in cluster.ids})
-    cluster.engine.listeners.append(watch)
+    views = PairViews(cluster.ids, {target: 1})
+    cluster.engine.listeners.append(views)
     cluster.engine.run(start + params.isolation)
-    it_failed = len(watch.failed[target])
-    others_failed = sum(target in watch.failed[n] for n in cluster.ids if n != target)
+    it_failed = views.failed_by(target)
+    others_failed = views.holding_failed(target)
     cluster.network.heal()
     healed = cluster.engine.now
+    views.mark_heal(healed)
     node = cluster.members[target]
     latest = cluster.latest_version
     missing = {o for o in cluster.ids if o != target and node.record_version(o) < latest[o]}
@@ -272,7 +295,7 @@ def catch_up(cluster: Cluster, params: Params) -> Results:
     cluster.engine.listeners.append(tracker)
     limit = healed + params.limit(120.0)
     current_at = run_until(cluster, limit, lambda: not tracker.missing)
-    alive_at = run_until(cluster, limit, watch.all_alive)
+    alive_at = run_until(cluster, limit, views.all_alive)
     interval = cluster.settings.membership.push_pull_interval
     return {
         "isolated": target,
@@ -290,28 +313,87 @@ def catch_up(cluster: Cluster, params: Params) -> Results:
     }
 
 
+def parse_groups(spec: str, nodes: int) -> list[int]:
+    """Side sizes from "K" (K sides as equal as can be) or "a,b,..." ("*": the rest)."""
+    text = spec.replace(" ", "")
+    if text.isdigit():
+        count = int(text)
+        if not 2 <= count <= nodes:
+            raise ValueError(f"--groups {spec}: need 2 to {nodes} sides")
+        return [nodes // count + (i < nodes % count) for i in range(count)]
+    parts = text.split(",")
+    if len(parts) < 2 or parts.count("*") > 1:
+        raise ValueError(f"--groups {spec}: give K, or two or more sizes with at most one *")
+    if not all(p == "*" or (p.isdigit() and int(p) > 0) for p in parts):
+        raise ValueError(f"--groups {spec}: sizes must be positive integers or *")
+    fixed = sum(int(p) for p in parts if p != "*")
+    rest = nodes - fixed
+    if ("*" in parts and rest < 1) or ("*" not in parts and rest != 0):
+        raise ValueError(f"--groups {spec}: sizes must add up to --nodes {nodes}")
+    return [rest if p == "*" else int(p) for p in parts]
+
+
+HEAL_CHECKPOINTS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)  # s after the heal
+RECOVERY_FRACTIONS = (0.5, 0.9, 0.99, 0.999, 1.0)
+
+
 def partition_heal(cluster: Cluster, params: Params) -> Results:
-    """Split 50/50 until each half declares the other failed; heal; time to full view."""
+    """Split into sides of any sizes until each has failed the others (or `split`
+    seconds); heal; how long until every node sees every node alive again."""
     cluster.engine.run(params.warmup)
-    half = set(pick(params, "partition", cluster.ids, params.nodes // 2))
-    groups = {n: int(n in half) for n in cluster.ids}
-    watch = PartitionWatch(groups)
-    cluster.engine.listeners.append(watch)
+    sizes = parse_groups(params.groups, params.nodes)
+    order = pick(params, "partition", cluster.ids, params.nodes)
+    sides, at = [], 0
+    for size in sizes:
+        sides.append(sorted(order[at : at + size]))
+        at += size
+    views = PairViews(cluster.ids, {n: i for i, side in enumerate(sides) for n in side})
+    cluster.engine.listeners.append(views)
     start = cluster.engine.now
-    cluster.network.partition([sorted(half)])
-    split_at = run_until(cluster, start + params.limit(300.0), watch.all_failed)
-    failed_pairs = watch.failed_pairs
+    split_traffic = Traffic(cluster)
+    cluster.network.partition(sides)
+    split_limit = start + (params.split if params.split is not None else 600.0)
+    all_failed_at = run_until(cluster, split_limit, views.all_cross_failed)
+    failed_at_heal, not_alive_at_heal = views.cross_failed, views.not_alive_pairs()
+    split_rates = split_traffic.rates()
+    false_in_split = views.false_failures
     cluster.network.heal()
     healed = cluster.engine.now
-    alive_at = run_until(cluster, healed + params.limit(300.0), watch.all_alive)
+    views.mark_heal(healed)
+    heal_traffic = Traffic(cluster)
+    apart: dict[str, int] = {}
+    for seconds in HEAL_CHECKPOINTS:
+        cluster.engine.at(healed + seconds, _count_apart(views, apart, seconds))
+    alive_at = run_until(cluster, healed + params.limit(300.0), views.all_alive)
+    for seconds in HEAL_CHECKPOINTS:  # pairs apart at checkpoints never reached: none left
+        if healed + seconds > cluster.engine.now and alive_at is not None:
+            apart.setdefault(f"{seconds:g}s", 0)
     return {
-        "sides": [params.nodes - len(half), len(half)],
-        "both_sides_declared_failed_s": rounded(None if split_at is None else split_at - start),
-        "cross_pairs": watch.pairs,
-        "cross_pairs_declared_failed": failed_pairs,
+        "sides": sizes,
+        "split_s": rounded(healed - start),
+        "cross_pairs": views.cross_pairs,
+        "cross_pairs_failed_at_heal": failed_at_heal,
+        "all_cross_pairs_failed_s": rounded(
+            None if all_failed_at is None else all_failed_at - start
+        ),
+        "pairs_not_alive_at_heal": not_alive_at_heal,
         "everyone_alive_again_s": rounded(None if alive_at is None else alive_at - healed),
-        "pairs_not_alive_at_end": watch.not_alive_pairs,
+        "pairs_not_alive_after_heal": apart,
+        "pair_recovery_s": views.recovery_times(RECOVERY_FRACTIONS),
+        "pairs_not_alive_at_end": views.not_alive_pairs(),
+        "false_failures_during_split": false_in_split,
+        "false_failures_after_heal": views.false_failures - false_in_split,
+        "nodes_falsely_failed": len(views.falsely_failed),
+        "traffic_split": split_rates,
+        "traffic_heal": heal_traffic.rates(),
     }
+
+
+def _count_apart(views: PairViews, apart: dict[str, int], seconds: float) -> Callable[[], None]:
+    def count() -> None:
+        apart[f"{seconds:g}s"] = views.not_alive_pairs()
+
+    return count
 
 
 def revocation(cluster: Cluster, params: Params) -> Results:
@@ -352,12 +434,135 @@ def cost(cluster: Cluster, params: Params) -> Results:
     }
 
 
+RETURN_POLLS = tuple(i / 4 for i in range(1, 21)) + tuple(float(i) for i in range(6, 61))
+"""Seconds after a node's return at which the scenario looks whether all see it alive."""
+RETURN_DEADLINE = 5.0  # a returning node should be seen alive by all within this
+
+
+def churn(cluster: Cluster, params: Params) -> Results:
+    """Nodes restarting all the time: in every period `churn` of them go down at a
+    random moment for about `downtime` seconds and come back as fresh processes
+    (incarnation 1, joining through three live seeds). Nobody up may be marked
+    failed; each returning node must be seen alive by every live node soon."""
+    engine = cluster.engine
+    engine.run(params.warmup)
+    start = engine.now
+    restarts = Restarts(cluster.members)
+    engine.listeners.append(restarts)
+    seen: list[float | None] = []  # per return: seconds until every live node saw it alive
+    apart_at_5s: list[int] = []  # per return: live nodes not seeing it alive 5 s after
+    traffic = Traffic(cluster)
+    end = start + params.limit(600.0)
+    rng = random.Random(f"{params.seed}/churn")
+    per_period = round(params.churn * params.nodes)
+    skipped = scheduled = 0
+    period_start = start
+    busy_until: dict[str, float] = {}  # node -> when its scheduled restart is over
+    while period_start < end:
+        for node in rng.sample(cluster.ids, per_period):
+            down_at = period_start + rng.uniform(0.0, params.churn_period)
+            back_at = down_at + params.downtime * rng.uniform(0.5, 1.5)
+            if down_at >= end or busy_until.get(node, -1.0) >= down_at:
+                skipped += 1
+                continue
+            busy_until[node] = back_at
+            scheduled += 1
+            engine.at(down_at, _go_down(cluster, restarts, node))
+            engine.at(back_at, _come_back(cluster, restarts, node, seen, apart_at_5s))
+        period_start += params.churn_period
+    engine.run(end)
+    returned = [t for t in seen if t is not None]
+    return {
+        "restarts": scheduled,
+        "restarts_skipped_node_already_down": skipped,
+        "returns_measured": len(seen),
+        "healthy_nodes_marked_failed": len(set(restarts.false_failures) - restarts.ever_down),
+        "restarted_nodes_marked_failed_while_up": len(
+            set(restarts.false_failures) & restarts.ever_down
+        ),
+        "false_failure_declarations": sum(restarts.false_failures.values()),
+        "late_declarations_about_a_previous_life": restarts.late_failures,
+        "down_nodes_failed_by_all_before_return": len(restarts.detected_after),
+        "time_to_fail_by_all_s": summary(restarts.detected_after),
+        "return_seen_alive_by_all_s": summary(returned),
+        "returns_seen_by_all_within_5s": sum(1 for t in returned if t <= RETURN_DEADLINE),
+        "returns_never_seen_by_all": len(seen) - len(returned),
+        "observers_not_seeing_a_return_at_5s": summary([float(n) for n in apart_at_5s]),
+        "traffic": traffic.rates(),
+    }
+
+
+def _go_down(cluster: Cluster, restarts: Restarts, node: str) -> Callable[[], None]:
+    def down() -> None:
+        process = cluster.members.get(node)
+        if process is not None:
+            restarts.went_down(node, process.incarnation, cluster.engine.now)
+            cluster.crash(node)
+
+    return down
+
+
+def _come_back(
+    cluster: Cluster,
+    restarts: Restarts,
+    node: str,
+    seen: list[float | None],
+    apart_at_5s: list[int],
+) -> Callable[[], None]:
+    def back() -> None:
+        if node not in restarts.down_since:
+            return
+        restarts.came_back(node)
+        cluster.restart(node)
+        returned = cluster.engine.now
+        process = cluster.members[node]
+        index = len(seen)
+        seen.append(None)
+        for after in RETURN_POLLS:
+            cluster.engine.at(returned + after, _poll(cluster, node, process, index, after))
+
+    def _poll(
+        cluster: Cluster, node: str, process: object, index: int, after: float
+    ) -> Callable[[], None]:
+        def look() -> None:
+            if cluster.members.get(node) is not process:
+                return  # down again: this life is over
+            if seen[index] is not None:
+                if after == RETURN_DEADLINE:
+                    apart_at_5s.append(0)
+                return
+            blind = _not_seeing_alive(cluster, node, stop_at_first=after != RETURN_DEADLINE)
+            if after == RETURN_DEADLINE:
+                apart_at_5s.append(blind)
+            if blind == 0:
+                seen[index] = after
+
+        return look
+
+    return back
+
+
+def _not_seeing_alive(cluster: Cluster, node: str, *, stop_at_first: bool) -> int:
+    """How many live nodes do not hold `node` alive (1 at most if `stop_at_first`)."""
+    blind = 0
+    for observer, process in cluster.members.items():
+        if observer == node:
+            continue
+        view = process.member(node)
+        if view is None or view.state is not MemberState.ALIVE:
+            blind += 1
+            if stop_at_first:
+                return blind
+    return blind
+
+
 SCENARIOS: dict[str, Callable[[Cluster, Params], Results]] = {
     "dissemination": dissemination,
     "failure-detection": failure_detection,
     "false-positives": false_positives,
     "catch-up": catch_up,
     "partition-heal": partition_heal,
+    "churn": churn,
     "revocation": revocation,
     "cost": cost,
 }

@@ -12,10 +12,11 @@ a real mesh sends.
 
 `SimKeyring` implements the core's `Keyring` for one node; `SimCA` issues the
 simulated CA's revocation lists. Records are verified through a
-`VerificationCache` shared by all simulated nodes: each signed record is
-MAC-checked and decoded once per process instead of once per node (a hit
-requires the exact same bytes). The cache is a simulator shortcut: a real
-node verifies for itself.
+`VerificationCache` and claims through a `ClaimCache`, each shared by all
+simulated nodes: each signed record or claim is checked once per process
+instead of once per node (a hit requires the exact same bytes, or the same
+claim object). The caches are a simulator shortcut: a real node verifies for
+itself.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CERTIFICATE_SIZE = 293  # a real certificate's encoded size, for a 13-character 
 CA_ID = "sim-ca"  # the simulated CA's key name
 
 
+@functools.cache
 def node_key(node_id: str) -> bytes:
     """The simulated node's signing key: a pure function of its id."""
     return hashlib.sha256(b"novacron-sim-key:" + node_id.encode()).digest()
@@ -109,6 +111,38 @@ class VerificationCache:
         return record
 
 
+class ClaimCache:
+    """Claim verifications shared by all simulated nodes: each claim object is checked
+    once per process. Gossip relays the very objects it received, so one accusation
+    heard by ten thousand nodes costs one MAC here, as records do with
+    `VerificationCache`. A hit requires the same object (held, so its id is not
+    reused while cached); a forgery is another object and is checked, and refused,
+    on its own. A real node verifies every claim itself."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit  # entries before the cache is emptied
+        self._seen: dict[int, tuple[Claim, bool]] = {}  # id -> (claim, verdict)
+        self.hits = 0  # verifications answered from the cache
+        self.misses = 0  # verifications computed
+
+    def __call__(self, claim: Claim) -> bool:
+        found = self._seen.get(id(claim))
+        if found is not None and found[0] is claim:
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        verdict = hmac.compare_digest(sign_claim_as_signer(claim), claim.signature)
+        if len(self._seen) >= self.limit:
+            self._seen.clear()
+        self._seen[id(claim)] = (claim, verdict)
+        return verdict
+
+
+def verify_claim_uncached(claim: Claim) -> bool:
+    """Whether `claim` carries the MAC of whoever must sign it."""
+    return hmac.compare_digest(sign_claim_as_signer(claim), claim.signature)
+
+
 class SimCA:
     """The simulated CA: signs revocation lists naming revoked node ids."""
 
@@ -133,11 +167,17 @@ class SimCA:
 class SimKeyring:
     """One simulated node's keyring (the core's `Keyring`), with MACs for signatures."""
 
-    __slots__ = ("_crl", "_revoked", "_verify_record", "node_id")
+    __slots__ = ("_crl", "_revoked", "_verify_claim", "_verify_record", "node_id")
 
-    def __init__(self, node_id: str, records: RecordVerifier | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        records: RecordVerifier | None = None,
+        claims: Callable[[Claim], bool] | None = None,
+    ) -> None:
         self.node_id = node_id  # whose claims and records this keyring signs
         self._verify_record = records or verify_uncached  # shared cache or plain checks
+        self._verify_claim = claims or verify_claim_uncached  # likewise for claims
         self._crl: tuple[float, bytes] = (0.0, b"")  # newest revocation list adopted
         self._revoked: frozenset[str] = frozenset()  # the ids it revokes
 
@@ -155,10 +195,9 @@ class SimKeyring:
         return sign_claim_as_signer(claim)
 
     def verify_claim(self, claim: Claim) -> bool:
-        signer = signer_of(claim)
-        if signer in self._revoked:
+        if self._revoked and signer_of(claim) in self._revoked:
             return False
-        return hmac.compare_digest(sign_claim_as_signer(claim), claim.signature)
+        return self._verify_claim(claim)
 
     def learn_certificate(self, node_id: str, certificate: bytes) -> bool:
         return node_id not in self._revoked and certificate == certificate_of(node_id)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from novacron.agent.core.awareness import Awareness
-from novacron.agent.core.broadcast import BroadcastQueue, estimate_size, retransmit_limit
+from novacron.agent.core.broadcast import (
+    MAX_MISFITS,
+    BroadcastQueue,
+    estimate_size,
+    retransmit_limit,
+)
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
     Ack,
@@ -47,16 +52,55 @@ def test_newer_news_about_a_node_replaces_older() -> None:
     assert len(queue) == 2  # a member item and a record item, distinct keys
 
 
-def test_least_transmitted_then_newest_first_within_budget() -> None:
+def test_least_transmitted_then_oldest_first_within_budget() -> None:
     queue = BroadcastQueue()
     for name in ("a", "b", "c"):
         queue.queue(("member", name), Alive(name, 1))
     one = estimate_size(Alive("a", 1))
-    assert queue.take(one, limit=10) == [Alive("c", 1)]  # newest first
-    assert queue.take(one, limit=10) == [Alive("b", 1)]  # then the untransmitted
-    assert queue.take(one, limit=10) == [Alive("a", 1)]
+    assert queue.take(one, limit=10) == [Alive("a", 1)]  # oldest first: none starves
+    assert queue.take(one, limit=10) == [Alive("b", 1)]
+    assert queue.take(one, limit=10) == [Alive("c", 1)]
     queue.queue(("member", "d"), Alive("d", 1))
-    assert queue.take(2 * one, limit=10) == [Alive("d", 1), Alive("c", 1)]
+    assert queue.take(2 * one, limit=10) == [Alive("d", 1), Alive("a", 1)]  # untransmitted
+
+
+def test_urgent_news_goes_first_and_starts_afresh() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("member", "a"), Alive("a", 1))
+    queue.queue(("member", "me"), Alive("me", 2))
+    queue.take(1400, limit=10)  # both sent once
+    queue.queue(("member", "b"), Alive("b", 1))
+    queue.queue(("member", "me"), Alive("me", 3), urgent=True)  # a refutation of ours
+    one = estimate_size(Alive("a", 1))
+    assert queue.take(one, limit=10) == [Alive("me", 3)]
+    assert dict(queue.items())[Alive("me", 3)] == 1
+
+
+def test_same_kind_news_continues_its_spread_and_a_new_kind_restarts_it() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("record", "h"), _record("h", 1))
+    queue.queue(("member", "x"), Suspect("x", 1, "a"))
+    for _ in range(3):
+        queue.take(1400, limit=10)
+    queue.queue(("record", "h"), _record("h", 2))  # a newer record: same spread, 3 sent
+    queue.queue(("member", "x"), Alive("x", 2))  # a refutation: spread afresh
+    counts = {type(m).__name__: n for m, n in queue.items()}
+    assert counts == {"RecordUpdate": 3, "Alive": 0}
+
+
+def test_a_member_publishing_as_fast_as_it_can_does_not_starve_the_rest() -> None:
+    """Each new version of a hostile member's large record used to be untransmitted, so
+    it rode at the head of every packet and an honest record no longer fitted beside it."""
+    queue = BroadcastQueue()
+    limit, honest_sent = 8, 0
+    queue.queue(("record", "honest"), _record("honest", 1, size=700))
+    for version in range(1, 200):
+        queue.queue(("record", "hostile"), _record("hostile", version, size=900))
+        items = queue.take(1400, limit)
+        honest_sent += sum(
+            1 for i in items if isinstance(i, RecordUpdate) and i.signed.node_id == "honest"
+        )
+    assert honest_sent == limit
 
 
 def test_budget_limits_a_packet_and_oversized_items_go_alone() -> None:
@@ -69,6 +113,32 @@ def test_budget_limits_a_packet_and_oversized_items_go_alone() -> None:
     queue = BroadcastQueue()
     queue.queue(("record", "big"), big)
     assert queue.take(1400, limit=4) == [big]
+
+
+def test_a_small_item_behind_a_few_large_ones_still_fills_the_packet() -> None:
+    queue = BroadcastQueue()
+    queue.queue(("record", "first"), _record("first", 1, size=700))
+    for i in range(MAX_MISFITS):
+        queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
+    queue.queue(("member", "small"), Alive("small", 1))
+    items = queue.take(1400, limit=4)
+    assert items == [_record("first", 1, size=700), Alive("small", 1)]
+
+
+def test_a_packet_as_good_as_full_stops_looking_but_nothing_starves() -> None:
+    """Past MAX_MISFITS items too large for what is left, the packet goes as it is; the
+    small item further back is not lost, it goes out once the large ones have gone."""
+    queue = BroadcastQueue()
+    queue.queue(("record", "first"), _record("first", 1, size=700))
+    for i in range(MAX_MISFITS + 1):
+        queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
+    queue.queue(("member", "small"), Alive("small", 1))
+    assert queue.take(1400, limit=4) == [_record("first", 1, size=700)]
+    sent_small = 0
+    for _ in range(4 * (MAX_MISFITS + 3)):
+        sent_small += queue.take(1400, limit=4).count(Alive("small", 1))
+    assert sent_small == 4
+    assert len(queue) == 0
 
 
 def test_size_estimates_cover_the_encoding() -> None:

@@ -110,7 +110,7 @@ def test_suspect_rules() -> None:
 
 def test_dead_and_leave_rules() -> None:
     assert on_dead(None, 1, False) is Verdict.UNKNOWN
-    assert on_dead(member(SUSPECT, 5), 5, False) is Verdict.ACCEPT
+    assert on_dead(member(SUSPECT, 5), 5, False) is Verdict.CONFIRM  # an accuser, no verdict
     assert on_dead(member(DEAD, 5), 6, False) is Verdict.IGNORE
     assert on_dead(member(ALIVE, 5), 5, True) is Verdict.REFUTE
     assert on_leave(member(DEAD, 5), 5, False) is Verdict.ACCEPT  # gone on purpose after all

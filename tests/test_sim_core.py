@@ -7,6 +7,7 @@ live node, a healed partition converges, no false alarms on a clean network).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,11 +18,17 @@ from typing import Any
 import pytest
 
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import MemberState, SignedRecord
+from novacron.protocol.messages import MemberState, SignedRecord, Suspect
 from novacron.simulations.cluster import initial_record
 from novacron.simulations.report import run, to_json
-from novacron.simulations.scenarios import Params, build
-from novacron.simulations.signing import VerificationCache, make_signer
+from novacron.simulations.scenarios import Params, build, parse_groups
+from novacron.simulations.signing import (
+    ClaimCache,
+    SimKeyring,
+    VerificationCache,
+    make_signer,
+    sign_claim_as_signer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,11 +55,33 @@ def test_a_crash_is_detected_by_every_live_node() -> None:
     assert r["all_marked_failed_s"] < bounds["max_s"] + 5
 
 
-def test_a_healed_partition_converges() -> None:
-    r = results("partition-heal")
-    assert r["cross_pairs_declared_failed"] == r["cross_pairs"]
+@pytest.mark.parametrize("groups", ["2", "3", "1,*", "5,10,*"])
+def test_a_healed_partition_of_any_shape_converges(groups: str) -> None:
+    r = results("partition-heal", groups=groups, split=120.0)
+    assert r["sides"] == parse_groups(groups, 50)
+    assert r["cross_pairs_failed_at_heal"] > 0
     assert r["everyone_alive_again_s"] is not None
     assert r["pairs_not_alive_at_end"] == 0
+    assert r["false_failures_during_split"] == 0
+
+
+def test_partition_sides_are_parsed_and_bad_shapes_refused() -> None:
+    assert parse_groups("3", 100) == [34, 33, 33]
+    assert parse_groups("1,*", 1000) == [1, 999]
+    assert parse_groups("10, 20, 70", 100) == [10, 20, 70]
+    for bad in ("1", "0,*", "*,*", "10,20", "x,*", "200,*", "101"):
+        with pytest.raises(ValueError):
+            parse_groups(bad, 100)
+
+
+def test_churn_marks_no_healthy_node_failed_and_returns_are_seen() -> None:
+    r = results("churn", loss=0.01, duration=120.0, churn=0.2, downtime=20.0)
+    assert r["restarts"] >= 15
+    assert r["healthy_nodes_marked_failed"] == 0
+    assert r["restarted_nodes_marked_failed_while_up"] == 0
+    assert r["down_nodes_failed_by_all_before_return"] > 0  # the long absences were noticed
+    assert r["returns_never_seen_by_all"] == 0
+    assert r["return_seen_alive_by_all_s"]["max"] <= 5.0
 
 
 def test_an_isolated_node_catches_up_within_two_push_pull_intervals() -> None:
@@ -105,6 +134,20 @@ def test_hmac_records_verify_and_forgeries_do_not() -> None:
         cache(stolen)
     with pytest.raises(ValueError):
         make_signer("node-2")(initial_record("node-1"))
+
+
+def test_shared_claim_checks_refuse_forgeries_and_check_each_claim_once() -> None:
+    cache = ClaimCache()
+    claim = dataclasses.replace(
+        Suspect("node-1", 3, "node-2"),
+        signature=sign_claim_as_signer(Suspect("node-1", 3, "node-2")),
+    )
+    assert cache(claim) and cache(claim)
+    assert (cache.misses, cache.hits) == (1, 1)
+    forged = dataclasses.replace(claim, by="node-3")  # node-2's signature, node-3's name
+    assert not cache(forged)
+    assert not SimKeyring("node-9", claims=cache).verify_claim(forged)
+    assert SimKeyring("node-9", claims=cache).verify_claim(claim)
 
 
 def test_a_restarted_node_rejoins_with_a_higher_incarnation() -> None:

@@ -12,10 +12,11 @@ import random
 import pytest
 
 from novacron.agent.core.events import Output
-from novacron.protocol.messages import Ack, Message, Ping
+from novacron.protocol.codec import encode
+from novacron.protocol.messages import Ack, Digest, MemberDigest, MemberState, Message, Ping
 from novacron.simulations.clock import VirtualClock
 from novacron.simulations.engine import Engine
-from novacron.simulations.metrics import ByteMeter, percentile
+from novacron.simulations.metrics import ByteMeter, DigestSizer, percentile
 from novacron.simulations.network import LinkModel, Network, NetworkConfig, link_base
 
 FIXED = LinkModel(base_latency=0.01, jitter="none", link_spread=0.0)
@@ -236,3 +237,57 @@ def test_byte_meter_exact_and_sampled() -> None:
     assert exact.packets == sampled.packets == 8
     assert sampled.mode() == {"mode": "sampled", "every": 4}
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+
+
+def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
+    rng = random.Random(1)
+    sizer = DigestSizer()
+    for trial in range(100):
+        count = 70_000 if trial == 0 else rng.choice([0, 1, 15, 16, 17, 300])
+        lines = tuple(
+            MemberDigest(
+                f"node-{i:05d}",
+                rng.choice([1, 127, 128, 255, 256, 70_000, 2**32 + 5]),
+                rng.choice(list(MemberState)),
+                rng.choice(["", "sim://node:7946"]),
+                rng.choice([b"", bytes(64)]),
+            )
+            for i in range(count)
+        )
+        versions = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**31, 2**32, 2**53 - 1]
+        records = {f"node-{i:05d}": rng.choice(versions) for i in range(rng.choice([0, 3, 300]))}
+        digest = Digest(lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]))
+        sender = rng.choice(["a", "node-00001", "x" * 40])
+        assert sizer.size(sender, digest) == len(encode(digest, sender))
+    meter = ByteMeter(sample_every=10)
+    digest = Digest((MemberDigest("a", 1, MemberState.ALIVE),), {"a": 1})
+    meter.count("me", digest)  # the first of ten: a sampled message would count nothing
+    assert meter.bytes == len(encode(digest, "me"))
+
+
+def test_peak_rate_is_the_busiest_second_per_live_node() -> None:
+    meter = ByteMeter()
+    message = Ping(seq=1, target="peer")
+    size = meter.size("me", message)
+    for tenth in range(50):  # 5 s: one message per tenth, ten in the tenths of second 2
+        meter.at(tenth / 10, live=4)
+        for _ in range(10 if 20 <= tenth < 30 else 1):
+            meter.count("me", message)
+    assert meter.peak_rate() == pytest.approx(10 * 10 * size / 4)
+    assert meter.peak_rate(3.0, 5.0) == pytest.approx(10 * size / 4)
+    assert meter.peak_rate(2.5, 2.7) == pytest.approx(10 * size / 4 * 10)  # scaled to 1 s
+    assert meter.peak_rate(6.0, 7.0) is None
+
+
+def test_each_nodes_busiest_second_is_kept() -> None:
+    meter = ByteMeter()
+    message = Ping(seq=1, target="peer")
+    size = meter.size("me", message)
+    for tenth in range(30):  # "me" sends once a tenth, five times a tenth in second 1
+        meter.at(tenth / 10, live=2)
+        for _ in range(5 if 10 <= tenth < 20 else 1):
+            meter.count("me", message)
+        if tenth == 25:
+            meter.count("other", message)
+    assert meter.node_peak_second["me"] == 10 * 5 * size
+    assert meter.node_peak_second["other"] == meter.size("other", message)

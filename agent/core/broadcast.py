@@ -5,14 +5,25 @@ queues it and hands it to a few random members on each packet it sends, a
 bounded number of times (`retransmit_mult * ceil(log10(N + 1))`), which is
 enough for it to reach everyone with high probability. (memberlist `queue.go`.)
 
-Rules, as memberlist's `TransmitLimitedQueue`:
+Rules, after memberlist's `TransmitLimitedQueue`, with three differences:
 
 - the next packet takes the least-transmitted items first and, among equals,
-  the newest first, as many as fit in the byte budget;
+  the *oldest* first (memberlist: newest), as many as fit in the byte budget.
+  Under a rate limit the queue can back up; newest-first then starves the
+  oldest untransmitted items for as long as new ones keep coming, so the
+  slowest item's delay, the tail, grows without bound. Oldest-first bounds it;
+- items `urgent` when queued (news about this node itself: its refutations,
+  which no one else can send) go before all others of their transmit count,
+  and always start afresh;
 - each taken item counts one transmission; at the limit it is dropped;
 - queuing an item under a key (one per member, one per record owner) replaces
   whatever was queued under that key: newer news about a node makes older news
-  about it worthless (Alive inc 5 makes Suspect inc 4 moot).
+  about it worthless (Alive inc 5 makes Suspect inc 4 moot). A replacement of
+  the *same kind* (a newer record for a record, an Alive for an Alive, one more
+  accuser's Suspect for a Suspect) continues its predecessor's spread, keeping
+  its transmit count; a change of kind (Suspect to Alive: a refutation) starts
+  afresh. Otherwise a member that re-publishes as fast as it can would stay at
+  zero transmissions and ride at the head of every packet in the mesh.
 
 Sizes are cheap estimates of the msgpack encoding (no encoding on the hot
 path); `estimate_size` errs on the large side by a few bytes.
@@ -29,6 +40,7 @@ BroadcastKey = tuple[str, str]
 """("member", node id) for membership news, ("record", node id) for records."""
 
 MIN_ITEM_SIZE = 32  # below this much free budget no gossip item can fit
+MAX_MISFITS = 8  # items too large for what is left of a packet before we stop looking
 
 # Per-type constant part of the encoding: tag, map header, field names, small
 # ints (incarnations and versions up to 2**32 fit; larger ones cost 4 bytes more).
@@ -76,18 +88,20 @@ class BroadcastQueue:
     """Gossip items waiting to be piggybacked, bucketed by transmit count.
 
     `_buckets[t]` lists the sequence numbers of the items sent `t` times in
-    ascending (age) order, so the next packet scans bucket 0 newest-first,
-    then bucket 1, and so on. Keeping each bucket sorted costs a binary
-    search and a memmove per promotion; no sorting on the hot path.
+    ascending order, so the next packet scans bucket 0 oldest-first, then
+    bucket 1, and so on. Urgent items get negative sequence numbers (the most
+    recent the lowest), so they sort first. Keeping each bucket sorted costs a
+    binary search and a memmove per promotion; no sorting on the hot path.
     """
 
-    __slots__ = ("_buckets", "_by_key", "_items", "_next_seq")
+    __slots__ = ("_buckets", "_by_key", "_items", "_next_seq", "_next_urgent")
 
     def __init__(self) -> None:
         self._buckets: list[list[int]] = []  # index = transmits so far; sorted seqs
         self._items: dict[int, _Item] = {}  # every live item by sequence number
         self._by_key: dict[BroadcastKey, _Item] = {}  # the one live item per key
-        self._next_seq = 0  # sequence number of the next queued item
+        self._next_seq = 1  # sequence number of the next queued item
+        self._next_urgent = -1  # sequence number of the next urgent item (decreasing)
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -95,16 +109,30 @@ class BroadcastQueue:
     def __bool__(self) -> bool:
         return bool(self._by_key)
 
-    def queue(self, key: BroadcastKey, message: Gossip) -> None:
-        """Queue `message`, replacing any older item about the same key."""
+    def queue(self, key: BroadcastKey, message: Gossip, *, urgent: bool = False) -> None:
+        """Queue `message`, replacing any older item about the same key (see the module
+        docstring for what a replacement of the same kind keeps)."""
+        transmits = 0
         old = self._by_key.get(key)
         if old is not None:
             self._unlink(old)
-        item = _Item(key, message, self._next_seq, estimate_size(message))
-        self._next_seq += 1
+            if type(old.message) is type(message) and not urgent:
+                transmits = old.transmits
+        if urgent:
+            seq, self._next_urgent = self._next_urgent, self._next_urgent - 1
+        else:
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+        item = _Item(key, message, seq, estimate_size(message))
+        item.transmits = transmits
         self._by_key[key] = item
-        self._items[item.seq] = item
-        self._bucket(0).append(item.seq)  # the newest: appending keeps the order
+        self._items[seq] = item
+        bucket = self._bucket(transmits)
+        if urgent:
+            bucket.insert(0, seq)  # the lowest sequence number of all
+        elif not bucket or bucket[-1] < seq:
+            bucket.append(seq)  # the newest ordinary item: appending keeps the order
+        else:
+            bisect.insort(bucket, seq)
 
     def take(self, budget: int, limit: int) -> list[Gossip]:
         """Items for one packet of `budget` bytes, counting one transmission each.
@@ -112,6 +140,10 @@ class BroadcastQueue:
         Items already sent `limit` times are dropped first. An item larger than
         the whole budget still goes out, alone, so a big record is never stuck.
         """
+        return self.take_sized(budget, limit)[0]
+
+    def take_sized(self, budget: int, limit: int) -> tuple[list[Gossip], int]:
+        """`take`, with the estimated bytes of what it took."""
         self._drop_over(limit)
         chosen = self._choose(budget)
         for item in chosen:
@@ -123,21 +155,27 @@ class BroadcastQueue:
                 del self._items[item.seq]
             else:
                 bisect.insort(self._bucket(item.transmits), item.seq)
-        return [item.message for item in chosen]
+        return [item.message for item in chosen], sum(item.size for item in chosen)
 
     def _choose(self, budget: int) -> list[_Item]:
         chosen: list[_Item] = []
         free = budget
+        misfits = 0
+        items = self._items
         for bucket in self._buckets:
-            for seq in reversed(bucket):
-                item = self._items[seq]
+            for seq in bucket:
+                item = items[seq]
                 if item.size <= free:
                     chosen.append(item)
                     free -= item.size
+                    if free < MIN_ITEM_SIZE:
+                        return chosen
                 elif not chosen:
                     return [item]  # oversized: goes out on a packet of its own
-                if free < MIN_ITEM_SIZE:
-                    return chosen
+                else:
+                    misfits += 1
+                    if misfits > MAX_MISFITS:
+                        return chosen  # the packet is as good as full: stop looking
         return chosen
 
     def _unlink(self, item: _Item) -> None:

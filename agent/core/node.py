@@ -52,6 +52,7 @@ owner and within `RecordBounds`. Every refusal is a counter in `stats`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -85,7 +86,14 @@ from novacron.protocol.messages import (
 
 from .accusations import AccusationBudget
 from .awareness import Awareness
-from .broadcast import BroadcastKey, BroadcastQueue, retransmit_limit
+from .bandwidth import GossipBudget
+from .broadcast import (
+    MIN_ITEM_SIZE,
+    BroadcastKey,
+    BroadcastQueue,
+    estimate_size,
+    retransmit_limit,
+)
 from .config import MembershipConfig
 from .events import (
     IdentityClash,
@@ -135,31 +143,38 @@ class MembershipNode:
 
     __slots__ = (
         "_accusations",
+        "_answered",
         "_awaiting",
         "_awareness",
         "_born",
+        "_budget",
         "_digest_lines",
         "_forwarded",
         "_heard",
         "_held_records",
         "_keyring",
+        "_last_push_pull",
         "_left",
         "_members",
         "_moves",
         "_next_gossip_at",
         "_next_probe_at",
         "_next_push_pull_at",
+        "_next_recheck_at",
         "_next_reconnect_at",
         "_own_record",
         "_probe_order",
         "_probes",
+        "_pull_from",
         "_queue",
+        "_recheck",
         "_records",
         "_refuted_clone_at",
         "_rng",
         "_seeds",
         "_suspicion_heap",
         "_suspicions",
+        "_told",
         "_version_floor",
         "address",
         "config",
@@ -230,6 +245,8 @@ class MembershipNode:
         self._records = records  # verified records (copy-on-write likewise)
         self._digest_lines = digest_lines  # the snapshot's shared push-pull lines
         self._queue = BroadcastQueue()  # gossip waiting to go out
+        burst = config.gossip_nodes * config.packet_budget  # one full gossip round
+        self._budget = GossipBudget(config.gossip_rate, burst, now)  # bytes of gossip we may send
         self._awareness = Awareness(config.awareness_max_multiplier)  # Lifeguard health
         self._suspicions: dict[str, Suspicion] = {}  # open suspicions by member id
         self._suspicion_heap: list[tuple[float, str]] = []  # (deadline, id), lazily pruned
@@ -247,7 +264,14 @@ class MembershipNode:
         self._moves: dict[str, tuple[str, float]] = {}  # id -> (address it left, when)
         self._held_records: dict[str, SignedRecord] = {}  # records that came before their owner
         self._forwarded: dict[str, int] = {}  # id -> incarnation whose second address we passed on
-        self._awaiting: dict[str, tuple[Alive, float]] = {}  # id -> (Alive, asked at)
+        # id -> (its Alive, when we last asked for its certificate, whom, how often)
+        self._awaiting: dict[str, tuple[Alive, float, str, int]] = {}
+        self._told: dict[str, float] = {}  # failed member -> when we last told it so
+        self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
+        self._last_push_pull = -INF  # when we last sent a push-pull digest
+        self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
+        self._recheck: list[str] = []  # failed members to try again, the next one last
+        self._next_recheck_at = INF  # when the next of them is tried
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -269,7 +293,7 @@ class MembershipNode:
         """Introduce ourselves to seed `(node id, address)` pairs by push-pull."""
         out = Output()
         me = self._me()
-        self._queue.queue(_member_key(self.node_id), self._own_alive(me))
+        self._queue.queue(_member_key(self.node_id), self._own_alive(me), urgent=True)
         digest: Digest | None = None
         for node_id, address in peers:
             if node_id == self.node_id:
@@ -292,6 +316,7 @@ class MembershipNode:
             self.stats.messages_from_unknown += 1
         else:
             handler(self, sender, message, now, out)
+            self._tell_if_failed(sender, now, out)
         return out
 
     def tick(self, now: float) -> Output:
@@ -300,9 +325,12 @@ class MembershipNode:
         self._tick_probe(now, out)
         self._tick_relays(now, out)
         self._tick_suspicions(now, out)
+        if self._awaiting:
+            self._tick_certificates(now, out)
         if not self._left:
             self._tick_push_pull(now, out)
             self._tick_reconnect(now, out)
+            self._tick_recheck(now, out)
         if now >= self._next_gossip_at and self._queue:
             self._gossip_round(now, out)
             self._next_gossip_at = now + self.config.gossip_interval
@@ -318,10 +346,14 @@ class MembershipNode:
             deadline = min(
                 deadline, self._next_probe_at, self._next_push_pull_at, self._next_reconnect_at
             )
+            if self._recheck:
+                deadline = min(deadline, self._next_recheck_at)
         if self._queue:
             deadline = min(deadline, self._next_gossip_at)
         if self._suspicion_heap:
             deadline = min(deadline, self._suspicion_heap[0][0])
+        if self._awaiting:
+            deadline = min(deadline, next(iter(self._awaiting.values()))[1] + CERTIFICATE_WAIT)
         if self._probes.relays:
             deadline = min(deadline, self._probes.next_relay_deadline())
         return deadline
@@ -338,7 +370,7 @@ class MembershipNode:
         self._members.put(
             dataclasses.replace(me, state=LEFT, state_since=now, proof=leave.signature)
         )
-        self._queue.queue(_member_key(self.node_id), leave)
+        self._queue.queue(_member_key(self.node_id), leave, urgent=True)
         self._gossip_round(now, out)
         self._next_gossip_at = now + self.config.gossip_interval
         return out
@@ -424,7 +456,7 @@ class MembershipNode:
     def _tick_probe(self, now: float, out: Output) -> None:
         pending = self._probes.pending
         if pending is not None and not pending.indirect_sent and now >= pending.timeout_at:
-            self._send_indirect(pending, out)
+            self._send_indirect(pending, now, out)
         if pending is not None and now >= pending.deadline:
             self._probes.pending = None
             self._probe_failed(pending, now, out)
@@ -434,7 +466,18 @@ class MembershipNode:
             self._next_probe_at = now + self._scaled(self.config.probe_interval)
 
     def _start_probe(self, now: float, out: Output) -> None:
-        target = self._next_probe_target()
+        attempt, target = 1, None
+        retry = self._probes.retry
+        self._probes.retry = None
+        if retry is not None:
+            target = self._live_member(retry)
+            attempt = 2
+        if target is None:
+            attempt = 1
+            check = self._probes.next_check()
+            target = self._live_member(check) if check is not None else None
+        if target is None:
+            target = self._next_probe_target()
         if target is None:
             return
         seq = self._probes.next_seq()
@@ -445,9 +488,23 @@ class MembershipNode:
             started=now,
             timeout_at=now + self._scaled(self.config.probe_timeout),
             deadline=now + self._scaled(self.config.probe_interval),
+            attempt=attempt,
         )
         self.stats.probes_sent += 1
-        out.sends.append((target.node_id, Ping(seq, target.node_id, self._piggyback())))
+        gossip = self._piggyback(now)
+        if target.state is SUSPECT:
+            # Lifeguard's buddy system: a suspect we probe hears of the suspicion from
+            # us, in our name, so it can refute even if the gossip never reached it.
+            buddy = self._sign(Suspect(target.node_id, target.incarnation, self.node_id))
+            gossip = (buddy, *gossip)
+        out.sends.append((target.node_id, Ping(seq, target.node_id, gossip)))
+
+    def _live_member(self, node_id: str) -> Member | None:
+        """`node_id`'s entry if it is another member worth probing (alive or suspect)."""
+        member = self._members.get(node_id)
+        if member is None or member.node_id == self.node_id or member.state not in _LIVE:
+            return None
+        return member
 
     def _next_probe_target(self) -> Member | None:
         """The next alive or suspect member in this round's shuffled order."""
@@ -459,7 +516,7 @@ class MembershipNode:
                 return member
         return None
 
-    def _send_indirect(self, pending: PendingProbe, out: Output) -> None:
+    def _send_indirect(self, pending: PendingProbe, now: float, out: Output) -> None:
         """The target did not answer in time: ask k relays to try for us."""
         pending.indirect_sent = True
         target = self._members.get(pending.target)
@@ -476,19 +533,25 @@ class MembershipNode:
         pending.expected_nacks = len(relays) if want_nack else 0
         for relay in relays:
             message = IndirectPing(
-                pending.seq, pending.target, self.node_id, address, want_nack, self._piggyback()
+                pending.seq, pending.target, self.node_id, address, want_nack, self._piggyback(now)
             )
             out.sends.append((relay.node_id, message))
         self.stats.indirect_probes_sent += len(relays)
+        out.sends.append((pending.target, Ping(pending.seq, pending.target)))  # once more, direct
 
     def _probe_failed(self, pending: PendingProbe, now: float, out: Output) -> None:
-        """No Ack at all within the probe interval: adjust health, suspect the target."""
+        """No Ack at all within the probe interval: adjust health; probe the target once
+        more, or suspect it if this was the second attempt (see `probe.py`)."""
         self.stats.probes_failed += 1
         if pending.expected_nacks > 0:
             # Relays that did not even Nack point at our own network, not the target.
             self._health(pending.expected_nacks - pending.nacks)
         else:
             self._health(1)
+        if pending.attempt == 1:
+            self._probes.retry = pending.target
+            self._next_probe_at = now  # the repeat goes out in this same tick
+            return
         accusation = self._sign(Suspect(pending.target, pending.incarnation, self.node_id))
         self._handle_suspect(accusation, now, out)
 
@@ -503,7 +566,7 @@ class MembershipNode:
         elif message.seq in self._probes.relays:
             relay = self._probes.relays.pop(message.seq)
             self.stats.acks_relayed += 1
-            ack = Ack(relay.requester_seq, self._piggyback())
+            ack = Ack(relay.requester_seq, self._piggyback(now))
             out.sends.append((relay.requester, ack))
         else:
             self.stats.acks_unexpected += 1
@@ -524,7 +587,7 @@ class MembershipNode:
             self.stats.messages_invalid += 1  # meant for someone else (stale address)
             return
         self._heard[sender] = now
-        out.sends.append((sender, Ack(message.seq, self._piggyback())))
+        out.sends.append((sender, Ack(message.seq, self._piggyback(now))))
         self._handle_gossip(sender, message.gossip, now, out)
 
     def _on_indirect_ping(
@@ -542,7 +605,7 @@ class MembershipNode:
                 want_nack=message.want_nack,
                 nack_at=now + self.config.probe_timeout,
             )
-            out.sends.append((message.target, Ping(seq, message.target, self._piggyback())))
+            out.sends.append((message.target, Ping(seq, message.target, self._piggyback(now))))
         else:
             self.stats.gossip_about_unknown += 1
         self._handle_gossip(sender, message.gossip, now, out)
@@ -553,7 +616,7 @@ class MembershipNode:
         for relay in self._probes.expired_relays(now):
             if relay.want_nack:
                 self.stats.nacks_sent += 1
-                out.sends.append((relay.requester, Nack(relay.requester_seq, self._piggyback())))
+                out.sends.append((relay.requester, Nack(relay.requester_seq, self._piggyback(now))))
 
     # --- suspicion ----------------------------------------------------------------------
 
@@ -580,8 +643,15 @@ class MembershipNode:
             del self._suspicions[node_id]
             member = self._members.get(node_id)
             if member is not None and member.state is SUSPECT:
-                dead = self._sign(Dead(node_id, member.incarnation, self.node_id))
-                self._handle_dead(dead, now, out)
+                self._declare_failed(member, now, out)
+
+    def _declare_failed(self, member: Member, now: float, out: Output) -> None:
+        """Our suspicion ran out: the member is failed, and we say so in our name."""
+        dead = self._sign(Dead(member.node_id, member.incarnation, self.node_id))
+        self._set_gone(member, member.incarnation, DEAD, now)
+        self._queue.queue(_member_key(member.node_id), dead)
+        self.stats.members_failed += 1
+        out.events.append(MemberFailed(member.node_id, member.incarnation, self.node_id))
 
     # --- membership claims ----------------------------------------------------------------
     #
@@ -602,8 +672,16 @@ class MembershipNode:
     def _on_gossip_message(self, sender: str, message: Gossip, now: float, out: Output) -> None:
         if isinstance(message, Alive):
             self._handle_alive(message, now, out, True, sender)
-        else:
-            _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+            return
+        accusation = (
+            message
+            if isinstance(message, Suspect | Dead) and message.node_id == self.node_id
+            else None
+        )
+        incarnation = self._me().incarnation if accusation is not None else 0
+        _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
+        if accusation is not None:
+            self._answer_accusation(sender, accusation, incarnation, now, out)
 
     def _handle_alive(
         self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
@@ -753,10 +831,6 @@ class MembershipNode:
         verdict = on_dead(current, message.incarnation, message.node_id == self.node_id)
         if verdict in (Verdict.IGNORE, Verdict.UNKNOWN):
             self._count_ignored(verdict)
-        elif verdict is Verdict.ACCEPT and self._single_source(message):
-            # The same lone accuser again (typically a node back from isolation):
-            # not new evidence; let the suspicion run so the member can refute.
-            self.stats.gossip_ignored += 1
         elif not self._accusation_allowed(message, verdict, now, signed=True):
             return
         elif verdict is Verdict.REFUTE:
@@ -765,24 +839,18 @@ class MembershipNode:
             # Held alive here: suspect it (so it can refute) and pass the Dead on,
             # signed as its accuser made it; every receiver applies this same rule.
             assert current is not None
-            if message.node_id not in self._suspicions:
-                self._suspect(current, message.incarnation, message.by, now, out)
+            self._suspect(current, message.incarnation, message.by, now, out)
             self._queue.queue(_member_key(message.node_id), message)
         else:
+            # Suspected here: one more accuser, never the verdict (`transitions.py`).
             assert current is not None
-            self._set_gone(current, message.incarnation, DEAD, now)
-            self._queue.queue(_member_key(message.node_id), message)
-            self.stats.members_failed += 1
-            out.events.append(MemberFailed(message.node_id, message.incarnation, message.by))
-
-    def _single_source(self, message: Dead) -> bool:
-        """Whether our suspicion rests on nothing but this Dead's own accuser."""
-        suspicion = self._suspicions.get(message.node_id)
-        return (
-            suspicion is not None
-            and message.by != self.node_id
-            and suspicion.only_evidence_is(message.by)
-        )
+            suspicion = self._suspicions.get(message.node_id)
+            if suspicion is None:  # not expected (every suspicion has a timer): start one
+                self._suspect(current, message.incarnation, message.by, now, out)
+            elif suspicion.confirm(message.by):
+                self.stats.suspicions_confirmed += 1
+                heapq.heappush(self._suspicion_heap, (suspicion.deadline(), message.node_id))
+                self._queue.queue(_member_key(message.node_id), message)
 
     def _handle_leave(
         self, message: Leave, now: float, out: Output, announce_new: bool = True
@@ -829,7 +897,7 @@ class MembershipNode:
         member = self._own_member(incarnation, me.state_since)
         self._members.put(member)
         alive = Alive(self.node_id, incarnation, self.address, signature=member.proof)
-        self._queue.queue(_member_key(self.node_id), alive)
+        self._queue.queue(_member_key(self.node_id), alive, urgent=True)
         self.stats.refutations += 1
         self._health(1)
 
@@ -892,6 +960,64 @@ class MembershipNode:
             self._moves.clear()
         self._moves[message.node_id] = (current.address, now)
 
+    def _tell_if_failed(self, sender: str, now: float, out: Output) -> None:
+        """A member we hold failed just spoke to us: it is reachable and believes it is
+        alive. It learns what we hold (our signed Dead, directly), refutes, and sends
+        its refutation back to us (`_answer_accusation`): the two see each other again
+        without waiting for anyone's luck. Once per member per probe interval."""
+        member = self._members.get(sender)
+        if member is None or member.state is not DEAD or self._left:
+            return
+        if now - self._told.get(sender, -INF) < self.config.probe_interval:
+            return
+        self._remember(self._told, sender, now)
+        self.stats.failed_members_told += 1
+        self._send_directly(sender, self._sign(Dead(sender, member.incarnation, self.node_id)), out)
+
+    def _answer_accusation(
+        self, sender: str, claim: Suspect | Dead, incarnation: int, now: float, out: Output
+    ) -> None:
+        """`sender` told us someone accuses us. Whether we just refuted it or had
+        already (the claim is about an older incarnation), the sender holds a wrong
+        belief about us: it gets our current Alive directly, not by chance of gossip.
+        A Dead about us means we were cut off from someone: we also push-pull with the
+        sender soon, for the state we missed. Once per sender per gossip interval."""
+        if self._left or claim.incarnation > incarnation:
+            return  # we left (stay gone), or an accusation ahead of us (not believed)
+        if now - self._answered.get(sender, -INF) < self.config.gossip_interval:
+            return
+        self._remember(self._answered, sender, now)
+        self._send_directly(sender, self._own_alive(self._me()), out)
+        if isinstance(claim, Dead) and self._me().incarnation > incarnation:
+            self._push_pull_soon(sender, now)
+            self._recheck_failed(now)
+
+    def _recheck_failed(self, now: float) -> None:
+        """We were held failed, so we were probably cut off, and so may be wrong about
+        whom we suspect or hold failed: each of them gets a Ping carrying our claim (at
+        most `MAX_RECHECKS`, the suspects and the most recently failed first, one per
+        gossip interval). Reconnects alone, random and damped, may take minutes to come
+        round to the few a cut-off node holds failed; and a suspicion it started while
+        cut off would time out and fail a member that never heard of it."""
+        if self._recheck:
+            return  # a sweep is under way
+        doubtful = list(self._suspicions)[-MAX_RECHECKS:]
+        doubtful += self._members.dead_ids()[len(doubtful) - MAX_RECHECKS :]
+        self._recheck = doubtful[::-1]
+        self._next_recheck_at = now
+
+    def _send_directly(self, peer: str, item: Gossip, out: Output) -> None:
+        """A gossip item for one peer only: sent now, paid from the gossip budget."""
+        self._budget.spend(estimate_size(item))
+        out.sends.append((peer, item))
+
+    def _remember(self, times: dict[str, float], node_id: str, now: float) -> None:
+        """Note when we last did something for `node_id`, in a bounded map."""
+        times.pop(node_id, None)
+        times[node_id] = now
+        if len(times) > MAX_TRACKED_MOVES:
+            del times[next(iter(times))]
+
     def _count_ignored(self, verdict: Verdict) -> None:
         if verdict is Verdict.UNKNOWN:
             self.stats.gossip_about_unknown += 1
@@ -916,19 +1042,41 @@ class MembershipNode:
         """
         waiting = self._awaiting
         held = waiting.get(message.node_id)
-        if held is not None and now - held[1] < CERTIFICATE_WAIT:
+        if held is not None:
             if message.incarnation > held[0].incarnation:
-                waiting[message.node_id] = (message, held[1])
-            return
+                waiting[message.node_id] = (message, *held[1:])
+            return  # asked already; `_tick_certificates` asks again if need be
         if not sender or (sender == message.node_id and sender not in self._members):
             self.stats.claims_without_certificate += 1  # nobody we can ask
             return
-        waiting.pop(message.node_id, None)
-        waiting[message.node_id] = (message, now)
+        waiting[message.node_id] = (message, now, sender, 1)
         if len(waiting) > MAX_AWAITED:
             del waiting[next(iter(waiting))]
         self.stats.certificates_requested += 1
         out.sends.append((sender, CertificateRequest((message.node_id,))))
+
+    def _tick_certificates(self, now: float, out: Output) -> None:
+        """Certificates asked for and not come within `CERTIFICATE_WAIT` (a request or
+        its answer lost): ask another member, which holds it if it took the node in, up
+        to `CERTIFICATE_ATTEMPTS` times. Gossip about a newcomer lasts about a second;
+        without this, one lost datagram kept it unknown here until the next push-pull."""
+        waiting = self._awaiting
+        while waiting:
+            node_id, (alive, asked, whom, attempts) = next(iter(waiting.items()))
+            if now - asked < CERTIFICATE_WAIT:
+                return
+            del waiting[node_id]
+            peers = self._members.sample(self._rng, 1, functools.partial(self._is_other, whom))
+            if attempts >= CERTIFICATE_ATTEMPTS or not peers:
+                self.stats.claims_without_certificate += 1
+                continue
+            waiting[node_id] = (alive, now, peers[0].node_id, attempts + 1)
+            self.stats.certificates_requested += 1
+            out.sends.append((peers[0].node_id, CertificateRequest((node_id,))))
+
+    def _is_other(self, besides: str, member: Member) -> bool:
+        """Whether `member` is alive and neither us nor `besides`."""
+        return member.state is ALIVE and member.node_id not in (self.node_id, besides)
 
     def _on_certificate_request(
         self, sender: str, message: CertificateRequest, now: float, out: Output
@@ -1076,23 +1224,45 @@ class MembershipNode:
             return
         interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
         self._next_push_pull_at = now + interval
+        chosen, self._pull_from = self._pull_from, None
+        peer = self._live_member(chosen) if chosen is not None else None
+        if peer is None:
 
-        def is_peer(member: Member) -> bool:
-            return member.state is ALIVE and member.node_id != self.node_id
+            def is_peer(member: Member) -> bool:
+                return member.state is ALIVE and member.node_id != self.node_id
 
-        peers = self._members.sample(self._rng, 1, is_peer)
-        if peers:
+            peers = self._members.sample(self._rng, 1, is_peer)
+            peer = peers[0] if peers else None
+        if peer is not None:
             self.stats.push_pulls_sent += 1
-            out.sends.append((peers[0].node_id, self._digest(reply=True)))
+            self._last_push_pull = now
+            out.sends.append((peer.node_id, self._digest(reply=True)))
+
+    def _push_pull_soon(self, peer: str, now: float) -> None:
+        """Make `peer` our next push-pull partner, within one push-pull interval (unscaled;
+        at a random moment in it, so that a healed side does not send all its digests in
+        the same second) and no sooner than one interval after our last push-pull."""
+        self._pull_from = peer
+        interval = self.config.push_pull_interval
+        soonest = max(now, self._last_push_pull + interval) + self._rng.random() * interval
+        self._next_push_pull_at = min(self._next_push_pull_at, soonest)
 
     def _tick_reconnect(self, now: float, out: Output) -> None:
-        """Serf-style: retry one failed member, so healed partitions find each other."""
+        """Serf-style: try one failed member, so healed partitions find each other.
+
+        The attempt is a Ping carrying our signed Dead about it: if it is
+        reachable it refutes and sends us its refutation, and, holding us
+        failed too, tells us so (`_tell_if_failed`), and we do the same. A few
+        hundred bytes, where Serf pushes its whole state; so it can be tried
+        every few seconds, and every healed pair finds each other on a clock,
+        not by luck.
+        """
         if now < self._next_reconnect_at:
             return
         self._next_reconnect_at = now + self.config.reconnect_interval
-        # Serf's damping: retry with probability failed/alive, so that a
-        # thousand members do not all push their full state at one dead node
-        # every interval, while a healed half (many "failed") retries eagerly.
+        # Serf's damping: try with probability failed/alive, so that a mesh
+        # does not hammer its few dead hosts, while a healed side (many
+        # "failed") tries at every interval.
         failed = self._members.count(MemberState.DEAD)
         alive = max(1, self._members.count(MemberState.ALIVE))
         if failed == 0 or self._rng.random() > failed / alive:
@@ -1102,9 +1272,29 @@ class MembershipNode:
             for node_id in self._members.dead_ids()
             if now - self._state_since(node_id) < self.config.reconnect_timeout
         ]
-        if candidates:
-            self.stats.reconnects_attempted += 1
-            out.sends.append((self._rng.choice(candidates), self._digest(reply=True)))
+        target = self._members.get(self._rng.choice(candidates)) if candidates else None
+        if target is not None:
+            self._reconnect(target, now, out)
+
+    def _tick_recheck(self, now: float, out: Output) -> None:
+        """The next member of a sweep (`_recheck_failed`), if it is due and still doubted."""
+        while self._recheck and now >= self._next_recheck_at:
+            member = self._members.get(self._recheck.pop())
+            if member is not None and member.state in (SUSPECT, DEAD):
+                self._reconnect(member, now, out)
+                self._next_recheck_at = now + self.config.gossip_interval
+
+    def _reconnect(self, target: Member, now: float, out: Output) -> None:
+        """A Ping to a member we hold failed (or suspect), carrying our signed claim."""
+        self.stats.reconnects_attempted += 1
+        self._remember(self._told, target.node_id, now)
+        claim: Suspect | Dead
+        if target.state is DEAD:
+            claim = self._sign(Dead(target.node_id, target.incarnation, self.node_id))
+        else:
+            claim = self._sign(Suspect(target.node_id, target.incarnation, self.node_id))
+        ping = Ping(self._probes.next_seq(), target.node_id, (claim,))
+        out.sends.append((target.node_id, ping))
 
     def _on_digest(self, sender: str, message: Digest, now: float, out: Output) -> None:
         """Answer a push-pull: Deltas of what we know newer, and our Digest if asked.
@@ -1135,14 +1325,18 @@ class MembershipNode:
             out.sends.append((sender, self._digest(reply=False)))
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
-        """Apply what a push-pull peer knew newer: revocations, members, then records."""
+        """Apply what a push-pull peer knew newer: revocations, members, then records.
+        If it held us failed, it gets our refutation at once, not by chance of gossip."""
         self._heard[sender] = now
+        incarnation = self._me().incarnation
         if message.crl:
             self._handle_revocations(Revocations(message.crl), now, out)
         for line in message.members:
             self._merge_line(sender, line, now, out, announce_new=line.node_id == sender)
         for signed in message.records:
             self._offer_record(signed, now, out, announce_new=False)
+        if self._me().incarnation > incarnation:
+            self._send_directly(sender, self._own_alive(self._me()), out)
 
     def _note_return(self, line: MemberDigest) -> None:
         """A member we hold left or failed speaks to us from a new address, at the
@@ -1206,14 +1400,21 @@ class MembershipNode:
             self._handle_alive(alive, now, out, announce_new and line.state is ALIVE)
             if line.state is ALIVE:
                 return
+        if current is not None and current.state is ALIVE and line.node_id != self.node_id:
+            # Hearsay: the peer cannot reach it, or missed its refutation. We do
+            # not suspect it silently (the member would never hear of it, and
+            # our timer would fail it); we probe it ourselves, next.
+            self._probes.check(line.node_id)
+            return
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
 
     # --- dissemination ---------------------------------------------------------------------
 
     def _gossip_round(self, now: float, out: Output) -> None:
-        """Send a packet's worth of queued items to each of a few random members."""
-        if not self._queue:
+        """Send a packet's worth of queued items to each of a few random members, as far
+        as the gossip budget allows (`bandwidth.py`)."""
+        if not self._queue or self._budget.available(now) < MIN_ITEM_SIZE:
             return
         dead_time = self.config.gossip_to_the_dead_time
 
@@ -1225,18 +1426,27 @@ class MembershipNode:
         targets = self._members.sample(self._rng, self.config.gossip_nodes, is_target)
         limit = self._retransmit_limit()
         for target in targets:
-            items = self._queue.take(self.config.packet_budget, limit)
+            budget = min(self.config.packet_budget, int(self._budget.available(now)))
+            if budget < MIN_ITEM_SIZE:
+                self.stats.gossip_deferred += 1
+                break
+            items, size = self._queue.take_sized(budget, limit)
             if not items:
                 break
+            self._budget.spend(size)
             self.stats.gossip_sent += len(items)
             out.sends.extend((target.node_id, item) for item in items)
 
-    def _piggyback(self) -> tuple[Gossip, ...]:
-        """Gossip items for one probe message (empty when nothing is queued)."""
+    def _piggyback(self, now: float) -> tuple[Gossip, ...]:
+        """Gossip items for one probe message, as far as the gossip budget allows
+        (empty when nothing is queued or the budget is spent)."""
         if not self._queue:
             return ()
-        budget = self.config.packet_budget - PROBE_OVERHEAD
-        items = self._queue.take(budget, self._retransmit_limit())
+        budget = min(self.config.packet_budget - PROBE_OVERHEAD, int(self._budget.available(now)))
+        if budget < MIN_ITEM_SIZE:
+            return ()
+        items, size = self._queue.take_sized(budget, self._retransmit_limit())
+        self._budget.spend(size)
         self.stats.piggybacked += len(items)
         return tuple(items)
 
@@ -1302,7 +1512,9 @@ CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two node
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
+CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
 
 
 GossipHandler = Callable[[MembershipNode, Any, float, Output, bool], None]

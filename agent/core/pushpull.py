@@ -43,14 +43,18 @@ def digest_line(
 ) -> MemberDigest:
     """The digest line for `member`, reusing the snapshot's line when unchanged.
 
-    Digest lines say only what we know (incarnation and state), unsigned: the
-    receiver compares, it does not apply them (but for the sender's own line).
+    Digest lines say only what we know (incarnation and state), unsigned and
+    without the address: the receiver compares them, it does not apply them
+    (but for the sender's own line, built with its address and signature, and
+    the line about the receiver itself, which only ever makes it refute). A
+    third of a digest's bytes were addresses, and digests are most of what a
+    large mesh sends.
     """
     if table.is_shared(member):
         cached = shared.get(member.node_id)
         if cached is not None:
             return cached
-    return MemberDigest(member.node_id, member.incarnation, member.state, member.address)
+    return MemberDigest(member.node_id, member.incarnation, member.state)
 
 
 def build_digest(

@@ -31,7 +31,7 @@ class ClusterSnapshot:
 
     node_ids: tuple[str, ...]  # member ids, sorted: the stable positions of the base
     members: Mapping[str, Member]  # id -> alive member at incarnation 1 (shared values)
-    member_digests: Mapping[str, MemberDigest]  # id -> its push-pull line, built once
+    member_digests: Mapping[str, MemberDigest]  # id -> its push-pull digest line, built once
     signed_records: Mapping[str, SignedRecord]  # owner id -> signed record
     records: Mapping[str, NodeRecord]  # owner id -> verified contents
     taken_at: float  # the time the view describes (members' `state_since`)
@@ -68,9 +68,7 @@ class ClusterSnapshot:
                 sign_claim(alive),
             )
         digests = {
-            node_id: MemberDigest(
-                node_id, SNAPSHOT_INCARNATION, MemberState.ALIVE, addresses[node_id]
-            )
+            node_id: MemberDigest(node_id, SNAPSHOT_INCARNATION, MemberState.ALIVE)
             for node_id in node_ids
         }
         signed_by_owner: dict[str, SignedRecord] = {}

@@ -20,7 +20,7 @@ class NodeStats:
     gossip_about_unknown: int = 0  # Suspect/Dead/Leave about a member never heard of
     gossip_ignored: int = 0  # old or redundant claims
     probes_sent: int = 0  # direct Pings of our own
-    probes_failed: int = 0  # probes that ended without any Ack (target suspected)
+    probes_failed: int = 0  # probe attempts that ended without any Ack (the second: suspected)
     indirect_probes_sent: int = 0  # IndirectPings sent to relays
     acks_received: int = 0  # Acks that concluded a probe of ours
     acks_unexpected: int = 0  # Acks for no pending probe (late or bogus)
@@ -33,8 +33,10 @@ class NodeStats:
     refutations: int = 0  # times we raised our incarnation to deny a claim
     gossip_sent: int = 0  # gossip items sent in gossip rounds
     piggybacked: int = 0  # gossip items piggybacked on probe messages
+    gossip_deferred: int = 0  # gossip rounds cut short: the gossip budget was spent
     push_pulls_sent: int = 0  # push-pull digests sent on the timer
-    reconnects_attempted: int = 0  # push-pulls sent to failed members
+    reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
+    failed_members_told: int = 0  # members we hold failed that spoke to us, told so
     digests_received: int = 0  # push-pull digests answered
     records_accepted: int = 0  # newer verified records stored
     records_rejected_bad_signature: int = 0  # signature or header did not verify

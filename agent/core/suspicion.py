@@ -86,10 +86,6 @@ class Suspicion:
         self._confirmations.add(by)
         return True
 
-    def only_evidence_is(self, node_id: str) -> bool:
-        """Whether `node_id` is the accuser and nobody has confirmed it."""
-        return self._confirmations == {node_id}
-
     def deadline(self) -> float:
         """The time at which the suspect is declared dead unless it refutes."""
         total = suspicion_total_timeout(

@@ -13,21 +13,23 @@ The rules are memberlist's (`state.go`: aliveNode, suspectNode, deadNode):
 | Suspect | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | CONFIRM if already suspected;|
 |         |              |           |                             | ACCEPT if ALIVE, else IGNORE |
 | Dead    | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | SUSPECT_FIRST if ALIVE;      |
-|         |              |           |                             | ACCEPT if SUSPECT, else      |
+|         |              |           |                             | CONFIRM if SUSPECT, else     |
 |         |              |           |                             | IGNORE                       |
 | Leave   | UNKNOWN      | IGNORE    | REFUTE (IGNORE if we left)  | ACCEPT unless LEFT           |
 
 "older inc" means the claim's incarnation is below the one we hold.
 
-One deliberate departure from memberlist: a Dead claim about a member we
-still hold ALIVE starts a suspicion instead of failing it outright. A node
-that was cut off declares everyone dead while alone, and the moment its link
-returns those Dead messages would fail healthy members everywhere (seen in the
-lab). Treated as a suspicion, the claim reaches the member, which refutes it.
-Likewise a Dead from the very node whose Suspect is our only evidence is not
-new evidence (`MembershipNode` keeps the suspicion running). In a real
-failure several members suspect it, or our own probe failed, and the Dead is
-accepted at once. At equal
+One deliberate departure from memberlist: another member's Dead is never
+our verdict, only its accusation. About a member we hold ALIVE it starts a
+suspicion; about one we already suspect it is one more confirmation (which
+shortens the suspicion, down to its minimum, but never ends it). Only our
+own suspicion timing out fails a member here. Why: the side of a partition
+that could not reach a member declares it dead, and the moment the link
+returns those Dead messages flood into the side that could reach it all
+along; two of them from different accusers used to fail it at once (seen in
+the lab and in three-way splits). As accusations, they reach the member,
+which refutes them within the minimum timeout. In a real failure many
+members suspect it, so every suspicion runs at its minimum anyway. At equal
 incarnation the stronger state wins (ALIVE < SUSPECT < DEAD, LEFT), which is
 why an Alive needs a *higher* incarnation to override a suspicion: only the
 member itself raises its incarnation, so only it can refute.
@@ -110,7 +112,7 @@ def on_dead(current: Member | None, incarnation: int, about_self: bool) -> Verdi
         return Verdict.IGNORE
     if current.state is MemberState.ALIVE:
         return Verdict.SUSPECT_FIRST
-    return Verdict.ACCEPT
+    return Verdict.CONFIRM
 
 
 def on_leave(current: Member | None, incarnation: int, about_self: bool) -> Verdict:
