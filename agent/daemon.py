@@ -35,8 +35,15 @@ from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
-from .api import ApiServer, Refusal
-from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_addresses
+from .api import ApiServer, MetricsServer, MetricsSource, Refusal
+from .config import (
+    AgentConfig,
+    ConfigError,
+    identity_paths,
+    metrics_address,
+    parse_cli,
+    seed_addresses,
+)
 from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.node import MembershipNode
@@ -180,6 +187,11 @@ class Agent:
             free_memory_mib=self._free_memory_mib,
         )
         self.discovery: Discovery | None = None
+        metrics = self._metrics_source() if config.metrics else None
+        listen = metrics_address(config)
+        self.metrics_server = (
+            MetricsServer(metrics, *listen) if metrics is not None and listen else None
+        )
         self.api = ApiServer(
             MeshView(lambda: self.core, clock, self._daemon_status, self._member_notes),
             config.api_socket,
@@ -189,6 +201,7 @@ class Agent:
             rebalance=self.rebalancer,
             host_drain=self.drain_requests,
             identity=self,
+            metrics=metrics,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -206,6 +219,13 @@ class Agent:
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
 
+    def _metrics_source(self) -> MetricsSource:
+        """The exposition of this agent's metrics, built at each scrape."""
+        from . import metrics  # only when on: an agent with metrics off never loads the library
+
+        registry = metrics.registry_for(self, self._clock)
+        return lambda: (metrics.exposition(registry), metrics.CONTENT_TYPE)
+
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
@@ -220,6 +240,14 @@ class Agent:
             await self.transport.close()
             raise StartupError(str(exc)) from None
         await self.api.start()
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                await self.api.close()
+                await self.introductions.close()
+                await self.transport.close()
+                raise StartupError(f"metrics_listen {self.config.metrics_listen}: {exc}") from None
         await self.inventory.start()
         if self.config.mdns:
             self.discovery = Discovery(
@@ -273,6 +301,8 @@ class Agent:
         await self.hypervisor.close()
         await self.inventory.close()
         await self.api.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await self.introductions.close()
         await self.transport.close()
 
