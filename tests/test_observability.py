@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from novacron.agent.config import ConfigError, load, metrics_address
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
@@ -117,3 +119,20 @@ def test_standing_is_the_line_over_line_decides_on() -> None:
     cold = standing("b", records, alive, set())
     assert cold is not None and not cold.over and not over_line("b", records, alive, set())
     assert standing("a", {"a": records["a"]}, {"a"}, set()) is None  # alone: nothing applies
+
+
+def test_metrics_listen_must_be_an_address_and_port_with_metrics_on() -> None:
+    assert metrics_address(load({}, environ={}, config_file="/dev/null")) is None
+    listen = load({"metrics_listen": "[::1]:9101"}, environ={}, config_file="/dev/null")
+    assert metrics_address(listen) == ("::1", 9101)
+    env = load({}, environ={"NOVACRON_METRICS_LISTEN": "0.0.0.0:9101"}, config_file="/dev/null")
+    assert metrics_address(env) == ("0.0.0.0", 9101)
+    for bad in ("9101", "host:", ":9101", "host:0", "host:70000", "host:port"):
+        with pytest.raises(ConfigError, match="is not ADDR:PORT"):
+            load({"metrics_listen": bad}, environ={}, config_file="/dev/null")
+    with pytest.raises(ConfigError, match="needs metrics on"):
+        load(
+            {"metrics_listen": "127.0.0.1:9101", "metrics": False},
+            environ={},
+            config_file="/dev/null",
+        )
