@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,19 +25,22 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .core.migration import MigrationCore
 from .core.node import MembershipNode
 from .core.rebalance import standing
+from .core.stats import Histogram
 from .drain import Drain
 from .identity import NodeIdentity
 from .migrator import Migrator
 from .rebalancer import Rebalancer
 from .transport import Transport, TransportStats
 
-# What `generate_latest` writes: the text format every Prometheus 2.x parses.
+# The text format every Prometheus 2.x parses (`exposition` writes it).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1024 * 1024
 # libvirt's domain states, always exported (a state with no VM reads 0, not absent).
@@ -82,7 +84,7 @@ class AgentCollector(Collector):
         yield from _transport(agent.transport.stats, agent.handling_failures)
         own = agent.core.records().get(agent.node_id)
         yield from _host(agent, own)
-        yield from _vms(own)
+        yield from vm_families(own)
         yield from _migrations(agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
@@ -101,8 +103,42 @@ def registry_for(
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in Prometheus' text format."""
-    return bytes(generate_latest(registry))
+    """The registry in Prometheus' text format: what `generate_latest` writes, byte for byte
+    (tests/test_observability.py compares them), at a fraction of its cost.
+
+    `generate_latest` validates and escapes every metric and label name of every
+    sample (about 25 us a sample on the development machines: 11 ms a scrape for
+    100 VMs' four families alone). Our names are constants that promtool checks,
+    so only label values and help texts are escaped here.
+    """
+    lines: list[str] = []
+    for family in registry.collect():
+        name, kind = family.name, family.type
+        if kind not in EXPOSED_TYPES:
+            raise ValueError(f"{name}: {kind} families are not exposed by this agent")
+        if kind == "counter":
+            name += "_total"
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        lines.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        lines.extend(_sample_line(sample) for sample in family.samples)
+    return "".join(lines).encode()
+
+
+EXPOSED_TYPES = frozenset({"counter", "gauge", "histogram"})  # none with OpenMetrics-only samples
+_LABEL_ESCAPES = str.maketrans({"\\": r"\\", "\n": r"\n", '"': r"\""})
+
+
+def _sample_line(sample: Sample) -> str:
+    value: str = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+    stamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
+    labels = sample.labels
+    if not labels:
+        return f"{sample.name} {value}{stamp}\n"
+    if len(labels) == 1:  # most samples (one per VM and family): no sort, no join
+        ((key, text),) = labels.items()
+        return f'{sample.name}{{{key}="{text.translate(_LABEL_ESCAPES)}"}} {value}{stamp}\n'
+    pairs = ",".join(f'{k}="{v.translate(_LABEL_ESCAPES)}"' for k, v in sorted(labels.items()))
+    return f"{sample.name}{{{pairs}}} {value}{stamp}\n"
 
 
 # --- families, one function per part of the agent --------------------------------------
@@ -245,7 +281,7 @@ def _host(agent: AgentState, own: NodeRecord | None) -> Iterable[Metric]:
     )
 
 
-def _vms(own: NodeRecord | None) -> Iterable[Metric]:
+def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
     vms = own.vms if own is not None else ()
     phases = GaugeMetricFamily(
         "novacron_vmis", "VMs on this host by libvirt state (KubeVirt: phase).", labels=["phase"]
@@ -323,13 +359,16 @@ def _migrations(core: MigrationCore) -> Iterable[Metric]:
         labels=["outcome"],
     )
     for outcome, histogram in core.durations.items():
-        buckets = [(_bound(le), count) for le, count in histogram.cumulative()]
-        durations.add_metric([outcome], buckets, histogram.sum)
+        durations.add_metric([outcome], buckets(histogram), histogram.sum)
     yield durations
 
 
-def _bound(le: float) -> str:
-    return "+Inf" if le == float("inf") else repr(float(le))
+def buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    """A core histogram's cumulative buckets as `HistogramMetricFamily` takes them."""
+    return [
+        ("+Inf" if le == float("inf") else repr(float(le)), count)
+        for le, count in histogram.cumulative()
+    ]
 
 
 def _rebalancer(rebalancer: Rebalancer) -> Iterable[Metric]:

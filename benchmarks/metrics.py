@@ -53,7 +53,8 @@ def get(agent: AgentProcess, path: str) -> bytes:
 def footprint(root: Path, count: int, idle: float) -> dict[str, Any]:
     mesh = Mesh(root)
     try:
-        on, off = [], []
+        on: list[AgentProcess] = []
+        off: list[AgentProcess] = []
         for i in range(1, count + 1):
             metrics = i % 2 == 1
             agent = mesh.start_agent(f"n{i}", [] if metrics else ["--no-metrics"])

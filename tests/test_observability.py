@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from novacron.agent.config import ConfigError, load, metrics_address
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
+from novacron.agent.metrics import buckets, exposition, vm_families
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 from tests.prometheus_server import RULES, promtool
 
@@ -136,3 +147,35 @@ def test_metrics_listen_must_be_an_address_and_port_with_metrics_on() -> None:
             environ={},
             config_file="/dev/null",
         )
+
+
+class _Families(Collector):
+    """Families of every kind the agent exposes, with label values that need escaping."""
+
+    def collect(self) -> Iterator[Metric]:
+        vms = tuple(
+            VmSummary(name, state="running", vcpus=2, memory_mib=3 << 10, cpu_load=0.25)
+            for name in ("plain", 'quote"d', "back\\slash", "new\nline", "ünï")
+        )
+        yield from vm_families(NodeRecord("n1", 1, vms=vms))
+        counter = CounterMetricFamily("c", "help with \\ and\nnewline", labels=["a", "b"])
+        counter.add_metric(["x", "y"], 3)
+        counter.add_metric(["z", ""], 1e21)
+        yield counter
+        yield GaugeMetricFamily("g", "big and small", value=1.7988997282826102e09)
+        yield GaugeMetricFamily("g_inf", "not a number", value=float("nan"))
+        histogram = HistogramMetricFamily("h_seconds", "durations", labels=["outcome"])
+        durations = Histogram((0.5, 1, 2.5))
+        for value in (0.1, 0.7, 3):
+            durations.observe(value)
+        histogram.add_metric(["committed"], buckets(durations), durations.sum)
+        yield histogram
+
+
+def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families())
+    ProcessCollector(registry=registry)
+    ours = exposition(registry)
+    assert ours == generate_latest(registry)
+    assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
