@@ -10,6 +10,9 @@
    node file) runs 100 domains; sequential GET /metrics over the API socket, a
    new connection each, against GET /v1/status (a JSON route of the same server)
    as the baseline of the same run.
+3. The serializer alone, in process: the 100 VMs' families through
+   `agent.metrics.exposition` against prometheus_client's `generate_latest`
+   (same bytes; interleaved rounds).
 
 Run: `.venv/bin/python -m benchmarks.metrics --agents 6 --idle 30 --scrapes 300
 --json benchmarks/results/metrics.json` (no root needed).
@@ -25,12 +28,18 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client import generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
+from novacron.agent.metrics import exposition, vm_families
+from novacron.protocol.messages import NodeRecord, VmSummary
 from tests.hostile import AgentProcess, Mesh, wait_until
 
 MIB = 1024 * 1024
@@ -151,6 +160,34 @@ def scrape_time(root: Path, vms: int, scrapes: int) -> dict[str, Any]:
     }
 
 
+def serializer(vms: int, rounds: int) -> dict[str, Any]:
+    records = NodeRecord(
+        "n1",
+        1,
+        vms=tuple(
+            VmSummary(f"vm-{i:03d}", state="running", vcpus=1, memory_mib=256, cpu_load=0.1)
+            for i in range(vms)
+        ),
+    )
+
+    class Families(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from vm_families(records)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families())
+    assert exposition(registry) == generate_latest(registry)
+    spent: dict[str, list[float]] = {"exposition": [], "generate_latest": []}
+    for _ in range(rounds):
+        for name, write in (("exposition", exposition), ("generate_latest", generate_latest)):
+            started = time.perf_counter()
+            write(registry)
+            spent[name].append(1000 * (time.perf_counter() - started))
+    summary = {name: _summary(ms) for name, ms in spent.items()}
+    ratio = summary["exposition"]["median"] / summary["generate_latest"]["median"]
+    return {"vms": vms, "rounds": rounds, "ms": summary, "median_ratio": round(ratio, 2)}
+
+
 def _timed(agent: AgentProcess, path: str, count: int) -> list[float]:
     spent = []
     for _ in range(count):
@@ -184,6 +221,7 @@ def main() -> int:
             "python": platform.python_version(),
             "footprint": footprint(Path(tmp) / "idle", args.agents, args.idle),
             "scrape": scrape_time(Path(tmp) / "scrape", args.vms, args.scrapes),
+            "serializer": serializer(args.vms, args.scrapes),
         }
     text = json.dumps(result, indent=2)
     print(text)
