@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from novacron.agent.client import AgentRequestFailed, parse_answer
-from tests.hostile import AgentProcess, Mesh, kill
+from tests.hostile import AgentProcess, Mesh, kill, wait_until
 from tests.prometheus_server import (
     dashboard_queries,
     free_port,
@@ -91,6 +91,28 @@ def test_a_refused_migration_is_counted(mesh: tuple[Mesh, dict[str, int]]) -> No
         agent.post("/v1/vms/absent-vm/migrate", {"to": "n2"})
     after = sample(scrape_socket(agent)[1], 'novacron_vmi_migrations_refused_total{side="source"}')
     assert after == before + 1
+
+
+def test_pause_and_drain_show_in_every_agents_metrics(mesh: tuple[Mesh, dict[str, int]]) -> None:
+    agents = mesh[0]
+    paused = "novacron_rebalance_paused"
+
+    def everywhere(series: str, value: float) -> bool:
+        return all(sample(scrape_socket(agents[n])[1], series) == value for n in ("n1", "n2", "n3"))
+
+    agents["n1"].post("/v1/rebalance/pause", {})
+    try:
+        wait_until(lambda: everywhere(paused, 1), 20, "every agent's metrics say paused")
+    finally:
+        agents["n1"].post("/v1/rebalance/resume", {})
+    wait_until(lambda: everywhere(paused, 0), 20, "every agent's metrics say resumed")
+    agents["n2"].post("/v1/drain", {})
+    try:
+        assert sample(scrape_socket(agents["n2"])[1], "novacron_drain_active") == 1
+        assert sample(scrape_socket(agents["n1"])[1], "novacron_drain_active") == 0
+    finally:
+        agents["n2"].post("/v1/undrain", {})
+    assert sample(scrape_socket(agents["n2"])[1], "novacron_drain_active") == 0
 
 
 def test_metrics_listen_in_use_is_a_one_line_refusal(tmp_path: Path) -> None:
