@@ -32,7 +32,6 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .core.migration import MigrationCore
 from .core.node import MembershipNode
-from .core.rebalance import standing
 from .core.stats import Histogram
 from .drain import Drain
 from .identity import NodeIdentity
@@ -252,10 +251,7 @@ def _host(agent: AgentState, own: NodeRecord | None) -> Iterable[Metric]:
         yield GaugeMetricFamily(
             "novacron_host_load1", "This host's 1-minute load average.", value=own.load
         )
-    core = agent.core
-    alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
-    busy = {info.vm for info in agent.migrator.core.migrations() if _running_outbound(info)}
-    found = standing(agent.node_id, core.records(), alive, busy, agent.rebalancer.config)
+    found = agent.rebalancer.standing()
     over = GaugeMetricFamily(
         "novacron_host_over_line",
         "1 while this host's CPU utilization is above the line where it sheds VMs.",
@@ -313,10 +309,6 @@ def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
         for vm in vms:
             family.add_metric([vm.name], read(vm))
         yield family
-
-
-def _running_outbound(info: Any) -> bool:
-    return bool(info.direction == "outbound" and not info.outcome)
 
 
 def _migrations(core: MigrationCore) -> Iterable[Metric]:

@@ -39,7 +39,15 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .api import Refusal
 from .core.members import MemberInfo
-from .core.rebalance import Decision, Move, RebalanceConfig, over_line, plan_round
+from .core.rebalance import (
+    Decision,
+    Move,
+    RebalanceConfig,
+    Standing,
+    over_line,
+    plan_round,
+    standing,
+)
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
@@ -311,6 +319,13 @@ class Rebalancer:
             if info.outcome == "committed" and info.ended is not None:
                 moved[info.vm] = max(moved.get(info.vm, info.ended), info.ended)
         return moved
+
+    def standing(self) -> Standing | None:
+        """Where this host stands against its shedding line now, as a round would judge it
+        (None where balancing does not apply: no record yet, draining, no other host)."""
+        core = self._membership()
+        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+        return standing(self._migrator.node_id, core.records(), alive, self._busy(), self.config)
 
     def _busy(self) -> set[str]:
         return {
