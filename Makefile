@@ -12,9 +12,10 @@ STAMP  := $(VENV)/.installed
 # included (a lab test that cannot run fails, it never skips: tests/conftest.py).
 test: deps lint typecheck suite
 
-# Three lab hosts with real agents: membership, a failure, a rejoin (needs root).
+# Three lab hosts with real agents: membership, a failure, a rejoin, a live migration
+# (needs root). `make demo DEMO_LAB=NAME` names the lab (default: demo<pid>).
 demo: deps
-	$(PY) -m novacron.simulations.demo
+	$(PY) -m novacron.simulations.demo $(if $(DEMO_LAB),--name $(DEMO_LAB))
 
 deps: $(STAMP)
 

@@ -24,6 +24,10 @@ class AgentUnavailable(Exception):
     """The agent cannot be reached; the message says why and what to do."""
 
 
+class AgentPermissionDenied(AgentUnavailable):
+    """The agent's socket is there, but this user may not use it (not root)."""
+
+
 class AgentRequestFailed(Exception):
     """The agent answered with an error."""
 
@@ -79,7 +83,7 @@ def _request(
             f"the agent is not running: {where} refuses connections (stale socket?)"
         ) from None
     except PermissionError:
-        raise AgentUnavailable(f"permission denied on {where}: run nova as root") from None
+        raise AgentPermissionDenied(f"permission denied on {where}: run nova as root") from None
     except (TimeoutError, OSError, MalformedAnswer) as exc:
         raise AgentUnavailable(f"the agent at {where} did not answer: {exc}") from None
     return _decode(status, data)

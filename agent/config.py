@@ -24,37 +24,62 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the setting and its source."""
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A setting's default and its one-line help (`nova-agent --help` shows both)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to start on one host."""
 
-    node_id: str = ""  # defaults to the node id in the certificate
-    data_dir: str = "/var/lib/novacron"
-    bind_address: str = "0.0.0.0"  # where the gossip ROUTER socket listens
-    advertise_address: str = ""  # the address peers use; default: first address of interface
-    interface: str = ""  # interface for mDNS and the advertised address; "" = all
-    port: int = 7946  # gossip port (memberlist's default)
-    peer_heartbeat: float = 2.0  # seconds between ZMTP heartbeats on peer connections; 0 = off
-    seeds: tuple[str, ...] = ()  # "address:port" of peers to join where multicast fails
-    mdns: bool = True  # advertise and browse _novacron._tcp.local.
-    libvirt_uri: str = "qemu:///system"
-    domain_type: str = "auto"  # VMs created here: kvm, qemu (TCG), or auto (kvm where it runs)
-    kvm_probe_kernel: str = ""  # with kvm_probe_initrd: a guest `auto` must boot under KVM first
-    kvm_probe_initrd: str = ""
-    disk_dir: str = "/var/lib/novacron/disks"  # VM disk overlays (local to this host)
-    ca_file: str = "/etc/novacron/ca.pub"
-    cert_file: str = ""  # default: /etc/novacron/<node id or hostname>.crt
-    key_file: str = ""  # default: /etc/novacron/<node id or hostname>.key
-    crl_file: str = ""  # the CA's signed revocation list, if any
-    api_socket: str = "/run/novacron/agent.sock"
-    log_format: str = "kv"  # kv or json
-    log_level: str = "info"
-    inventory_interval: float = 10.0  # seconds between psutil/libvirt refreshes
-    rebalance: bool = True  # move VMs away automatically when this host runs hot
-    rebalance_interval: float = 5.0  # seconds between rebalancing decisions
-    metrics: bool = True  # serve Prometheus metrics at GET /metrics on the API socket
-    metrics_listen: str = ""  # "ADDR:PORT": serve /metrics (only) on TCP there too; "" = off
-    labels: dict[str, str] = field(default_factory=dict)
+    node_id: str = _setting("", "this host's node id (default: the certificate's)")
+    data_dir: str = _setting("/var/lib/novacron", "drain flag and migration journal")
+    bind_address: str = _setting("0.0.0.0", "address the gossip socket listens on")
+    advertise_address: str = _setting(
+        "", "address peers use (default: the interface's first address)"
+    )
+    interface: str = _setting("", "interface for mDNS and the advertised address (default: all)")
+    port: int = _setting(7946, "gossip port; introductions use the next one")
+    peer_heartbeat: float = _setting(
+        2.0, "seconds between heartbeats on peer connections; 0 turns them off"
+    )
+    seeds: tuple[str, ...] = _setting(
+        (), "ADDRESS:PORT of peers to join where multicast does not pass (default: none)"
+    )
+    mdns: bool = _setting(True, "advertise and browse _novacron._tcp.local.")
+    libvirt_uri: str = _setting("qemu:///system", "the libvirtd whose VMs this agent runs")
+    domain_type: str = _setting("auto", "how VMs run: kvm, qemu (TCG), or auto (kvm where it runs)")
+    kvm_probe_kernel: str = _setting(
+        "", "with kvm_probe_initrd: a guest auto must boot under KVM first (default: none)"
+    )
+    kvm_probe_initrd: str = _setting("", "the probe guest's initrd (default: none)")
+    disk_dir: str = _setting("/var/lib/novacron/disks", "VM disk overlays (local to this host)")
+    ca_file: str = _setting("/etc/novacron/ca.pub", "the cluster CA's public key")
+    cert_file: str = _setting(
+        "", "this host's certificate (default: /etc/novacron/<node id or hostname>.crt)"
+    )
+    key_file: str = _setting(
+        "", "this host's private keys (default: /etc/novacron/<node id or hostname>.key)"
+    )
+    crl_file: str = _setting("", "the CA's signed revocation list (default: none)")
+    api_socket: str = _setting("/run/novacron/agent.sock", "where `nova` reaches the agent")
+    log_format: str = _setting("kv", "log lines as kv or json")
+    log_level: str = _setting("info", "debug, info, warning or error")
+    inventory_interval: float = _setting(10.0, "seconds between libvirt and host refreshes")
+    reserved_memory_mib: int = _setting(
+        0, "memory kept for the host itself, never promised to VMs (MiB)"
+    )
+    rebalance: bool = _setting(True, "move VMs away automatically when this host runs hot")
+    rebalance_interval: float = _setting(5.0, "seconds between rebalancing decisions")
+    metrics: bool = _setting(True, "serve Prometheus metrics at GET /metrics on the API socket")
+    metrics_listen: str = _setting(
+        "", "ADDR:PORT where /metrics (only) is served on TCP too (default: socket only)"
+    )
+    labels: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
@@ -167,6 +192,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{name} must be an absolute path")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
+    if config.reserved_memory_mib < 0:
+        raise ConfigError("reserved_memory_mib must not be negative")
     if config.rebalance_interval <= 0:
         raise ConfigError("rebalance_interval must be positive")
     if config.metrics_listen:
@@ -211,18 +238,42 @@ def identity_paths(config: AgentConfig, hostname: str) -> tuple[Path, Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, all defaulting to None so that unset flags do not override."""
-    parser.add_argument("--config", help=f"TOML config file (default {DEFAULT_CONFIG_FILE})")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"TOML config file (default: {DEFAULT_CONFIG_FILE})"
+    )
     for name, spec in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
+        help = _help(spec)
         if spec.type == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help)
         elif spec.type == "tuple[str, ...]":
-            parser.add_argument(flag, dest=name, type=_comma_list, metavar="A,B")
+            parser.add_argument(flag, dest=name, type=_comma_list, metavar="A,B", help=help)
         elif spec.type == "dict[str, str]":
-            parser.add_argument(flag, dest=name, type=_parse_labels, metavar="K=V,K=V")
+            parser.add_argument(flag, dest=name, type=_parse_labels, metavar="K=V,K=V", help=help)
         else:
             kind = {"int": int, "float": float}.get(str(spec.type), str)
-            parser.add_argument(flag, dest=name, type=kind)
+            parser.add_argument(flag, dest=name, type=kind, metavar=_metavar(spec), help=help)
+
+
+def _help(spec: dataclasses.Field[Any]) -> str:
+    """The setting's help, ending in its default unless the help already names it."""
+    text = str(spec.metadata["help"])
+    if "default" in text:
+        return text
+    default = spec.default
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{text} (default: {shown})"
+
+
+def _metavar(spec: dataclasses.Field[Any]) -> str:
+    if spec.name in _CHOICES:
+        return "{" + ",".join(_CHOICES[spec.name]) + "}"
+    kinds = {"int": "N", "float": "SECONDS"}
+    suffixes = {"_dir": "DIR", "_file": "FILE", "_address": "ADDRESS", "_socket": "PATH"}
+    for suffix, metavar in suffixes.items():
+        if spec.name.endswith(suffix):
+            return metavar
+    return kinds.get(str(spec.type), spec.name.upper())
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -241,7 +292,26 @@ def from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:
 
 def parse_cli(argv: Sequence[str] | None = None) -> tuple[AgentConfig, argparse.Namespace]:
     """Parse `nova-agent` flags and load the merged configuration."""
-    parser = argparse.ArgumentParser(prog="nova-agent", description="NovaCron agent")
+    parser = argparse.ArgumentParser(
+        prog="nova-agent",
+        description="NovaCron agent: one per host; gossip membership, VMs, live migration.",
+        epilog=(
+            f"Every setting can also be set in the config file ({DEFAULT_CONFIG_FILE}: "
+            "port = 7946) or the environment (NOVACRON_PORT=7946); flags win over the "
+            "environment, which wins over the file."
+        ),
+    )
     add_arguments(parser)
+    parser.add_argument(
+        "--print-unit-dropin",
+        action="store_true",
+        help="print the systemd drop-in these settings need (paths outside the unit's), and exit",
+    )
     namespace = parser.parse_args(argv)
-    return load(from_namespace(namespace), config_file=namespace.config), namespace
+    config = load(from_namespace(namespace), config_file=namespace.config)
+    if namespace.print_unit_dropin:  # like --help: prints, and the agent never starts
+        from .unit_dropin import dropin
+
+        print(dropin(config, namespace.config), end="")
+        raise SystemExit(0)
+    return config, namespace

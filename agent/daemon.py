@@ -36,6 +36,7 @@ from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
 from .api import ApiServer, MetricsServer, MetricsSource, Refusal
+from .claims import ClaimCheck
 from .config import (
     AgentConfig,
     ConfigError,
@@ -65,6 +66,7 @@ from .keyring import AgentKeyring
 from .migrator import Migrator
 from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
+from .recovery import Recoveries
 from .sdnotify import Notifier
 from .security import PeerRefused, TrustStore
 from .tasks import cancel_and_wait
@@ -153,6 +155,8 @@ class Agent:
             labels=config.labels,
             addresses=(self.address,),
             poll_interval=config.inventory_interval,
+            retry_interval=config.inventory_interval,
+            reserved_memory_mib=config.reserved_memory_mib,
             may_measure=lambda vm: not self.migrator.core.busy(vm),
         )
         self.drain = Drain(
@@ -178,6 +182,14 @@ class Agent:
             disk_dir=Path(config.disk_dir),
             probe=_probe_guest(config),
         )
+        self.recoveries = Recoveries(self.node_id, lambda: self.core, self.migrator)
+        self.claims = ClaimCheck(
+            self.node_id,
+            lambda: self.core,
+            self.migrator.locator,
+            clock=clock,
+            in_flight=lambda vm: self.migrator.core.busy(vm) or self.migrator.core.arriving(vm),
+        )
         self._domain_type_problem = "not decided yet"  # why there is no verdict (status)
         vms = VmControl(
             self.hypervisor,
@@ -185,6 +197,7 @@ class Agent:
             draining=lambda: self.drain.draining,
             migrating=self.migrator.core.busy,
             free_memory_mib=self._free_memory_mib,
+            start_refusal=self.recoveries.start_refusal,
         )
         self.discovery: Discovery | None = None
         metrics = self._metrics_source() if config.metrics else None
@@ -193,13 +206,20 @@ class Agent:
             MetricsServer(metrics, *listen) if metrics is not None and listen else None
         )
         self.api = ApiServer(
-            MeshView(lambda: self.core, clock, self._daemon_status, self._member_notes),
+            MeshView(
+                lambda: self.core,
+                clock,
+                self._daemon_status,
+                lambda: self.claims.verdicts,
+                self._member_notes,
+            ),
             config.api_socket,
             migrations=self.migrator,
             vms=vms,
             drain=self.drain,
             rebalance=self.rebalancer,
             host_drain=self.drain_requests,
+            recovery=self.recoveries,
             identity=self,
             metrics=metrics,
         )
@@ -282,6 +302,7 @@ class Agent:
         self._spawn(self._domain_type_loop(), "domain-type")
         await self.drain.start()
         self.rebalancer.start()
+        self.claims.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
         await self._stop.wait()
         await self._leave()
@@ -297,6 +318,7 @@ class Agent:
         await self.drain_requests.close()
         await self.drain.close()
         await self.rebalancer.close()
+        await self.claims.close()
         await self.migrator.close()
         await self.hypervisor.close()
         await self.inventory.close()

@@ -324,7 +324,8 @@ def _migrations(core: MigrationCore) -> Iterable[Metric]:
     ended = CounterMetricFamily(
         "novacron_vmi_migrations",
         "Outbound migrations ended, by outcome (committed: the VM runs on the target; "
-        "aborted: it stayed here; refused: the target said no).",
+        "aborted: it stayed here; refused: the target said no; in-doubt: an operator "
+        "settles where it runs).",
         labels=["outcome"],
     )
     for outcome, histogram in core.durations.items():

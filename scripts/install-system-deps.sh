@@ -20,6 +20,7 @@ qemu-utils
 busybox-static
 openssl
 prometheus
+stress-ng
 "
 
 missing=""

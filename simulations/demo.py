@@ -5,8 +5,9 @@ Brings up 3 lab hosts (network namespaces, each with its own libvirtd and a
 SIGKILL, shows the others detect the failure, restarts it, shows it rejoin
 with a higher incarnation; then boots a test guest on h1 and migrates it live
 to h2 with `nova vm migrate --wait`, showing its heartbeat carrying on; and
-removes everything it made, even on Ctrl-C.
-Run as root: `python -m novacron.simulations.demo [--hosts N]`.
+removes everything it made, even on Ctrl-C. Every line says when (wall clock,
+and seconds since the start), and every wait says what it waits for.
+Run as root: `python -m novacron.simulations.demo [--hosts N] [--name LAB]`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
 from functools import partial
@@ -21,26 +23,29 @@ from pathlib import Path
 
 from novacron.agent.vmspec import VmSpec, domain_xml
 from novacron.simulations import guest as guest_files
-from novacron.simulations.lab import Lab
+from novacron.simulations.lab import Lab, LabError
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
+from novacron.simulations.lab.heartbeat import GuestNotBeating, wait_heartbeat_above
 from novacron.simulations.lab.host import LabHost
 
 VM = "demo-vm"
 CONSOLE = Path("/var/log/libvirt/qemu") / f"{VM}.console.log"  # per host (private mount)
+MESH_TIMEOUT = 60.0  # seconds for the agents to find each other
 
 _START = time.monotonic()
 
 
 def say(text: str) -> None:
-    print(f"[{time.monotonic() - _START:6.1f}s] {text}", flush=True)
+    """One line, stamped with the wall clock and the seconds since the demo began."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp} {time.monotonic() - _START:+6.1f}s] {text}", flush=True)
 
 
 def show_members(agents: LabAgents, host: LabHost) -> None:
     rows = agents.members(host)
     say(f"`nova members` on {host.name}:")
     for node, row in sorted(rows.items()):
-        line = f"{node:4} {row['address']:18} {row['state']:7} incarnation {row['incarnation']}"
-        print(" " * 11 + line)
+        say(f"    {node:4} {row['address']:18} {row['state']:7} incarnation {row['incarnation']}")
 
 
 def states(agents: LabAgents, host: LabHost, node: str) -> str | None:
@@ -52,18 +57,36 @@ def _reached(want: str, state: str | None) -> bool:
     return state in (want, "dead")
 
 
-def run(hosts: int) -> None:
-    with Lab(f"demo{os.getpid() % 100000}", hosts, progress=lambda line: say(line.strip())) as lab:
+def watch_mesh(agents: LabAgents, lab: Lab) -> None:
+    """Until every agent sees every host alive, saying each time an agent's view grows."""
+    seen: dict[str, list[str]] = {}
+    deadline = time.monotonic() + MESH_TIMEOUT
+    while True:
+        for host in lab.hosts:
+            alive = sorted(n for n, s in agents.states(host).items() if s == "alive")
+            if alive != seen.get(host.name):
+                seen[host.name] = alive
+                say(f"{host.name} sees alive: {', '.join(alive) or 'nobody yet'}")
+        if all(len(alive) == len(lab.hosts) for alive in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the agents did not all meet within {MESH_TIMEOUT:g} s: {seen}")
+        time.sleep(0.5)
+
+
+def run(hosts: int, name: str) -> None:
+    with Lab(name, hosts, progress=lambda line: say(line.strip())) as lab:
         agents = LabAgents(lab)
         say(f"starting {hosts} agents (certificates from a fresh cluster CA, no seeds: mDNS only)")
         agents.start_all()
         try:
-            agents.wait_for_full_mesh(timeout=60)
+            say("waiting for the agents to find each other by mDNS and gossip")
+            watch_mesh(agents, lab)
             say("every agent sees every host alive")
             show_members(agents, lab.hosts[0])
 
             victim, observer = lab.hosts[-1], lab.hosts[0]
-            say(f"kill -9 the agent on {victim.name}")
+            say(f"kill -9 the agent on {victim.name}; waiting for the others to notice")
             agents.kill(victim, signal.SIGKILL)
             for state in ("suspect", "dead"):
                 wait_for(
@@ -73,7 +96,7 @@ def run(hosts: int) -> None:
                 say(f"{observer.name} now marks {victim.name} {now}")
             show_members(agents, observer)
 
-            say(f"restart the agent on {victim.name}")
+            say(f"restart the agent on {victim.name}; waiting for every host to see it alive")
             agents.start(victim)
             for host in lab.hosts:
                 wait_for(partial(states, agents, host, victim.name), lambda s: s == "alive", 60)
@@ -81,15 +104,35 @@ def run(hosts: int) -> None:
             show_members(agents, observer)
             migrate_a_guest(lab, agents)
         finally:
-            say("stopping agents and removing the lab")
-            agents.stop_all()
+            stop_agents(lab, agents)
+            say("removing the lab: host inits, libvirtd and virtlogd, then the namespaces")
     say("done: no namespaces, processes or files left behind")
+
+
+def stop_agents(lab: Lab, agents: LabAgents) -> None:
+    """Each agent gets SIGTERM, leaves the mesh (it tells its peers) and exits."""
+    for host in lab.hosts:
+        if host.name in agents.processes:
+            say(f"stopping the agent on {host.name} (SIGTERM: it leaves the mesh, then exits)")
+            started = time.monotonic()
+            agents.kill(host, signal.SIGTERM)
+            say(f"  {host.name}'s agent exited after {time.monotonic() - started:.1f} s")
 
 
 def heartbeats(host: LabHost) -> list[int]:
     """The guest's heartbeat counters as logged on `host` (seen through its init's root)."""
     log = host.path(CONSOLE)
     return guest_files.heartbeats(log.read_bytes()) if log.exists() else []
+
+
+def narrated(host: LabHost, command: list[str]) -> None:
+    """Run `command` in `host`, each line of its output stamped as it comes."""
+    proc = host.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        say(f"    {line.rstrip()}")
+    if proc.wait() != 0:
+        raise LabError(f"`{' '.join(command)}` failed (exit {proc.returncode})")
 
 
 def migrate_a_guest(lab: Lab, agents: LabAgents) -> None:
@@ -102,17 +145,21 @@ def migrate_a_guest(lab: Lab, agents: LabAgents) -> None:
     virsh = ["virsh", "-q", "-c", "qemu:///system"]
     source.run([*virsh, "define", str(xml)], check=True, capture_output=True)
     source.run([*virsh, "start", VM], check=True, capture_output=True)
-    beats = wait_for(partial(heartbeats, source), lambda b: len(b) >= 10, timeout=60, interval=0.2)
-    say(f"{VM} boots on {source.name} (TCG); its console says 'heartbeat {beats[-1]}'")
+    say(f"{VM} started on {source.name} (TCG, no KVM); waiting for its console's heartbeats")
+    beats = wait_heartbeat_above(source, VM, CONSOLE, 9)
+    say(f"{VM} boots on {source.name}; its console says 'heartbeat {beats[-1]}'")
+    say(f"waiting until the agents' gossip lists {VM} on {source.name}")
     wait_for(partial(_vm_host, agents, target), lambda h: h == source.name, timeout=30)
     say(f"every agent lists {VM} on {source.name}; now: nova vm migrate {VM} --to {target.name}")
-    source.run([str(BIN / "nova"), "vm", "migrate", VM, "--to", target.name, "--wait"], check=True)
+    narrated(source, [str(BIN / "nova"), "vm", "migrate", VM, "--to", target.name, "--wait"])
     before = heartbeats(source)[-1]
-    after = wait_for(partial(heartbeats, target), lambda b: len(b) >= 5, timeout=30, interval=0.2)
+    say(f"waiting for {VM}'s heartbeat on {target.name} (for as long as the guest runs)")
+    after = wait_heartbeat_above(target, VM, CONSOLE, before)
     say(f"last heartbeat on {source.name}: {before}; first on {target.name}: {after[0]} "
         f"(no reboot: it would restart from 1)")  # fmt: skip
     wait_for(partial(_vm_host, agents, lab.hosts[-1]), lambda h: h == target.name, timeout=30)
     say(f"every agent now lists {VM} on {target.name}")
+    say(f"removing {VM} (virsh destroy and undefine on {target.name})")
     target.run([*virsh, "destroy", VM], capture_output=True)
     target.run([*virsh, "undefine", VM], capture_output=True)
 
@@ -124,12 +171,21 @@ def _vm_host(agents: LabAgents, observer: LabHost) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--hosts", type=int, default=3, help="lab hosts (default: 3)")
+    parser.add_argument(
+        "--name",
+        default=f"demo{os.getpid() % 100000}",
+        help="lab name, for its namespaces and /var/lib/novacron-lab/NAME (default: demo<pid>)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("demo: error: run as root (it creates network namespaces)", file=sys.stderr)
         return 1
-    run(args.hosts)
+    try:
+        run(args.hosts, args.name)
+    except (LabError, GuestNotBeating, TimeoutError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -104,11 +104,16 @@ def test_init_force_replaces_the_ca_and_its_revocations(
     ca_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old_id = key_id(keyfiles.load_ca_key(ca_dir / "ca.key"))
-    assert run(capsys, "ca", "revoke", "5", "--dir", str(ca_dir))[0] == 0
+    serial = run_json(capsys, "ca", "issue", "n1", "--dir", str(ca_dir), "--out", str(ca_dir))[1]
+    assert run(capsys, "ca", "revoke", str(serial["serial"]), "--dir", str(ca_dir))[0] == 0
     code, data = run_json(capsys, "ca", "init", "--dir", str(ca_dir), "--force")
     assert code == 0
     assert data["key_id"] != old_id
     assert not (ca_dir / "revoked.crl").exists()
+    # The old CA's serials are not the new one's to revoke.
+    code, _, err = run(capsys, "ca", "revoke", str(serial["serial"]), "--dir", str(ca_dir))
+    assert code == 1
+    assert_one_line_error(err, "never issued")
 
 
 def test_ca_dir_defaults_to_the_environment(
@@ -276,22 +281,89 @@ def test_revoke_by_file_then_show_reports_revoked(
     assert "revoked" in shown["error"]
 
 
+def issue(capsys: pytest.CaptureFixture[str], ca_dir: Path, node: str, out: Path) -> int:
+    code, data = run_json(capsys, "ca", "issue", node, "--dir", str(ca_dir), "--out", str(out))
+    assert code == 0, data
+    serial: int = data["serial"]
+    return serial
+
+
 def test_revoke_by_serial_is_idempotent_and_accumulates(
-    ca_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run_json(capsys, "ca", "revoke", "17", "--dir", str(ca_dir))[1]["revoked_count"] == 1
-    code, data = run_json(capsys, "ca", "revoke", "17", "--dir", str(ca_dir))
-    assert (code, data["already_revoked"], data["revoked_count"]) == (0, True, 1)
-    code, out, _ = run(capsys, "ca", "revoke", "18", "--dir", str(ca_dir))
-    assert code == 0 and "serial 18 revoked; 2 revoked" in out
-
-
-def test_revoke_refuses_nonsense_and_foreign_certificates(
     ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    first, second = (issue(capsys, ca_dir, node, tmp_path) for node in ("n1", "n2"))
+    code, data = run_json(capsys, "ca", "revoke", str(first), "--dir", str(ca_dir))
+    assert (code, data["revoked_count"], data["node_id"]) == (0, 1, "n1")
+    code, data = run_json(capsys, "ca", "revoke", str(first), "--dir", str(ca_dir))
+    assert (code, data["already_revoked"], data["revoked_count"]) == (0, True, 1)
+    code, out, _ = run(capsys, "ca", "revoke", str(second), "--dir", str(ca_dir))
+    assert code == 0 and f"serial {second} (node n2) revoked; 2 revoked" in out
+
+
+def test_revoke_refuses_a_serial_the_ca_never_issued(
+    ca_dir: Path, issued: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    never = issued["serial"] + 1
+    code, data, err = run_json_err(capsys, "ca", "revoke", str(never), "--dir", str(ca_dir))
+    assert (code, data["ok"]) == (1, False)
+    assert_one_line_error(err, f"serial {never} was never issued by the CA in {ca_dir}")
+    assert not (ca_dir / "revoked.crl").exists()
+    for huge in (str(2**64), "9" * 5000):  # 5000 digits: more than int() reads by default
+        code, _, err = run(capsys, "ca", "revoke", huge, "--dir", str(ca_dir))
+        assert code == 2
+        assert_one_line_error(err, "out of range")
+
+
+def test_revoke_of_a_missing_file_says_so_as_show_does(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "gone" / "edge-9.crt")
+    for command in ("revoke", "show"):
+        code, out, err = run(capsys, "ca", command, missing, "--dir", str(ca_dir))
+        assert (code, out) == (1, "")
+        assert_one_line_error(err, f"certificate {missing} does not exist")
     code, _, err = run(capsys, "ca", "revoke", "not-a-serial", "--dir", str(ca_dir))
-    assert code == 2
-    assert_one_line_error(err, "neither a serial number nor a certificate file")
+    assert code == 1
+    assert_one_line_error(err, "certificate not-a-serial does not exist")
+    assert not (ca_dir / "revoked.crl").exists()
+
+
+def test_the_ledger_lists_every_issued_certificate_privately(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serials = [issue(capsys, ca_dir, node, tmp_path / str(i)) for i, node in enumerate("aba")]
+    ledger = ca_dir / "issued.jsonl"
+    assert mode(ledger) == 0o600
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(row["serial"], row["node_id"]) for row in rows] == list(
+        zip(serials, "aba", strict=True)
+    )
+    with ledger.open("a") as out:
+        out.write('{"serial": 12')  # a crash mid-append: that certificate was never written
+    assert run(capsys, "ca", "revoke", str(serials[1]), "--dir", str(ca_dir))[0] == 0
+    assert run(capsys, "ca", "revoke", "12", "--dir", str(ca_dir))[0] == 1
+
+
+def test_a_ca_without_a_ledger_revokes_by_file_and_keeps_one_from_then_on(
+    ca_dir: Path, tmp_path: Path, issued: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ca_dir / "issued.jsonl").unlink()  # as a CA made before the ledger existed
+    old = str(issued["serial"])
+    code, _, err = run(capsys, "ca", "revoke", old, "--dir", str(ca_dir))
+    assert code == 1
+    assert_one_line_error(err, "keeps no ledger", "revoke by certificate file")
+    newer = issue(capsys, ca_dir, "n2", tmp_path)
+    code, _, err = run(capsys, "ca", "revoke", old, "--dir", str(ca_dir))
+    assert code == 1
+    assert_one_line_error(err, "kept since", "revoke an older certificate by its file")
+    assert run(capsys, "ca", "revoke", str(newer), "--dir", str(ca_dir))[0] == 0
+    code, data = run_json(capsys, "ca", "revoke", issued["cert_file"], "--dir", str(ca_dir))
+    assert (code, data["serial"], data["revoked_count"]) == (0, issued["serial"], 2)
+
+
+def test_revoke_refuses_foreign_certificates(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other"
     run(capsys, "ca", "init", "--dir", str(other))
     run(capsys, "ca", "issue", "x1", "--dir", str(other), "--out", str(tmp_path))

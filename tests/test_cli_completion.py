@@ -30,9 +30,14 @@ def test_bash_completion_follows_the_parser(tmp_path: Path) -> None:
     assert {"ca", "status", "members", "host", "vm", "completion"} <= set(_complete(script, ""))
     assert _complete(script, "ca", "i") == ["init", "issue"]
     vm_words = ["--help", "--json", "-h", "cancel", "create", "delete", "list", "migrate"]
-    vm_words += ["show", "start", "stop"]
+    vm_words += ["recover", "show", "start", "stop"]
     assert _complete(script, "vm", "") == vm_words
     assert "--socket" in _complete(script, "members", "--")
+    assert "reload" in _complete(script, "re")
+    assert _complete(script, "ca", "p") == ["publish"]
+    assert {"--role", "--renew"} <= set(_complete(script, "ca", "issue", "--r"))
+    assert "--operator" in _complete(script, "host", "drain", "--")
+    assert "--json" in _complete(script, "completion", "--")
 
 
 def test_completion_command_exits_zero(capsys: object) -> None:

@@ -90,6 +90,11 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
     back = [m for h in lab.hosts for m in migrations(h) if m["target"] == h1.name]
     assert back == [], "a VM was moved back to the hot host"
 
+    for host in lab.hosts:  # evidence, shown if a guest below is found broken
+        for row in migrations(host):
+            print(f"{host.name}: {row['vm']} {row['source']}->{row['target']} {row['outcome']} "
+                  f"{row['elapsed_s']} s, limit {row['max_downtime_ms']} ms, "
+                  f"last sample {row['stats']}")  # fmt: skip
     for vm in GUESTS:
         (where,) = running_on(lab, vm)
         host = lab.hosts[int(where[1:]) - 1]

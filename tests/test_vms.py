@@ -79,7 +79,7 @@ async def test_create_start_stop_delete(api: tuple[str, Host], files: dict[str, 
     status, refused = await call(http, "DELETE", "/v1/vms/vm1")
     assert (status, refused["error"]) == (
         409,
-        "VM vm1 is running: stop it first, or delete with force",
+        "VM vm1 is running: stop it first, or delete it with --force (?force=1 over HTTP)",
     )
     status, stopped = await call(http, "POST", "/v1/vms/vm1/stop", json={"timeout": 1})
     assert (status, stopped["stopped"]) == (200, "graceful")

@@ -6,20 +6,24 @@ subparsers and sets a `handler` on each, listed in `COMMAND_GROUPS`. A
 handler takes the parsed arguments and an `Output`, and returns the exit code.
 
 Exit codes: 0 success, 1 the command failed, 2 the command line is wrong,
-3 the agent is not running. Errors are one line on stderr, `nova: error:
-...`; with `--json`, stdout also gets `{"ok": false, "error": ...}`. User
-errors never print a traceback.
+3 the agent is not running, 4 permission denied on the agent's socket (not
+root), 141 the reader of the output went away (`nova ... | head -1`; what a
+shell reports for any tool ended by SIGPIPE). Errors are one line on stderr,
+`nova: error: ...`; with `--json`, stdout also gets `{"ok": false, "error":
+...}`. User errors never print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from novacron.protocol.errors import IdentityError
 
 from . import ca_commands, completion, mesh, migrate, rebalance
 from .common import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_USAGE,
     PROG,
@@ -53,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `nova` with `argv` (default: the process arguments); return the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a pipe's buffer is written here, at the latest
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _run(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -74,3 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: the reader is gone (`nova ... | head -1`), and what
+    is still buffered would otherwise fail again, with a traceback, as Python exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import secrets
@@ -62,6 +63,10 @@ class CaFiles:
     def revocations(self) -> Path:
         return self.root / "revoked.crl"  # CA-signed revocation list, 0644
 
+    @property
+    def ledger(self) -> Path:
+        return self.root / "issued.jsonl"  # one line per certificate issued, 0600
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CaFiles:
         """`--dir`, else $NOVACRON_CA_DIR, else /etc/novacron/ca."""
@@ -74,6 +79,37 @@ class CaFiles:
                 f"no CA in {self.root}: create one with 'nova ca init --dir {self.root}'"
             )
         return keyfiles.load_ca_key(self.key)
+
+    def record_issued(self, cert: Certificate) -> None:
+        """Append `cert` to the ledger, durably, before its files are written: a serial
+        the ledger lacks was never handed out (by this CA since the ledger began)."""
+        entry = json.dumps(_describe(cert), sort_keys=True) + "\n"
+        if not self.ledger.exists():  # a CA made by an older nova: it knows no older serials
+            entry = json.dumps({"ledger_since": format_time(time.time())}) + "\n" + entry
+        try:
+            fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, entry.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CommandError(f"cannot record the certificate in {self.ledger}: {exc}") from None
+
+    def issued(self) -> tuple[dict[int, str], str | None]:
+        """(serial -> node id of every certificate in the ledger, and when the ledger
+        began if it does not go back to `ca init`)."""
+        issued, since = {}, None
+        for line in self.ledger.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                if "ledger_since" in entry:
+                    since = str(entry["ledger_since"])
+                else:
+                    issued[int(entry["serial"])] = str(entry["node_id"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a line cut short by a crash: its certificate was never written
+        return issued, since
 
     def load_revocations(self, ca_public: Ed25519PublicKey) -> RevocationList | None:
         """The current revocation list, verified, or None if nothing was ever revoked."""
@@ -96,6 +132,7 @@ def ca_init(args: argparse.Namespace, out: Output) -> int:
     keyfiles.write_ca_key(ca.key, key)
     keyfiles.write_ca_public(ca.public, key.public_key())
     ca.revocations.unlink(missing_ok=True)  # signed by the old CA, if any
+    keyfiles.write_atomic(ca.ledger, b"", 0o600)  # from here on, every serial issued
     data = {
         "ca_dir": str(ca.root),
         "key_file": str(ca.key),
@@ -140,6 +177,7 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         roles=() if args.role == "node" else (args.role,),
     )
     _make_dir(outdir, 0o755)
+    ca.record_issued(cert)
     if not args.renew:
         keyfiles.write_node_key(key_file, node_key, args.node_id)
     keyfiles.write_certificate(cert_file, cert.encoded)
@@ -167,10 +205,10 @@ def _key_to_renew(key_file: Path) -> NodeKey:
 
 
 def ca_revoke(args: argparse.Namespace, out: Output) -> int:
-    """Add a serial to the CA's signed revocation list (idempotent)."""
+    """Add a serial this CA issued to its signed revocation list (idempotent)."""
     ca = CaFiles.from_args(args)
     ca_key = ca.load_key()
-    serial = _serial_to_revoke(args.target, ca_key.public_key())
+    serial, node_id = _to_revoke(ca, args.target, ca_key.public_key())
     current = ca.load_revocations(ca_key.public_key())
     serials = current.serials if current else ()
     already = serial in serials
@@ -182,26 +220,53 @@ def ca_revoke(args: argparse.Namespace, out: Output) -> int:
         serials = (*serials, serial)
     data = {
         "serial": serial,
+        "node_id": node_id,
         "already_revoked": already,
         "revoked_count": len(serials),
         "revocation_file": str(ca.revocations),
     }
     verb = "was already revoked" if already else "revoked"
     out.result(
-        data, [f"serial {serial} {verb}; {data['revoked_count']} revoked in {ca.revocations}"]
+        data,
+        [
+            f"serial {serial} (node {node_id}) {verb}; "
+            f"{data['revoked_count']} revoked in {ca.revocations}"
+        ],
     )
     return EXIT_OK
 
 
-def _serial_to_revoke(target: str, ca_public: Ed25519PublicKey) -> int:
-    """A serial from the command line, or from a certificate file this CA issued."""
-    if Path(target).is_file():
+def _to_revoke(ca: CaFiles, target: str, ca_public: Ed25519PublicKey) -> tuple[int, str]:
+    """(serial, node id) from a certificate file this CA signed, or from a serial it issued.
+
+    Anything but digits names a file, so a missing file is "does not exist", as
+    for `ca show`; a serial must be in the CA's ledger, so a mistyped one is
+    refused instead of revoking nothing while looking done.
+    """
+    if os.path.isfile(target) or not re.fullmatch(r"[0-9]+", target):  # False on any OSError
         cert = decode_certificate(keyfiles.read_certificate(target))
         check_signature(cert, ca_public)
-        return cert.serial
-    if re.fullmatch(r"[0-9]+", target) and int(target) <= MAX_SERIAL:
-        return int(target)
-    raise UsageError(f"{target!r} is neither a serial number nor a certificate file")
+        return cert.serial, cert.node_id
+    if len(target) > len(str(MAX_SERIAL)) or int(target) > MAX_SERIAL:
+        raise UsageError(f"serial {target[:40]} is out of range (at most {MAX_SERIAL})")
+    serial = int(target)
+    if not ca.ledger.exists():
+        raise CommandError(
+            f"the CA in {ca.root} keeps no ledger of the serials it issued (it was made by "
+            "an older nova): revoke by certificate file"
+        )
+    issued, since = ca.issued()
+    if serial not in issued and since:
+        raise CommandError(
+            f"serial {serial} is not in the ledger of the CA in {ca.root} "
+            f"({ca.ledger.name}, kept since {since}); revoke an older certificate by its file"
+        )
+    if serial not in issued:
+        raise CommandError(
+            f"serial {serial} was never issued by the CA in {ca.root}; "
+            "check the number with 'nova ca show CERTFILE', or revoke by file"
+        )
+    return serial, issued[serial]
 
 
 def ca_publish(args: argparse.Namespace, out: Output) -> int:

@@ -16,6 +16,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_AGENT = 3
+EXIT_DENIED = 4  # the agent's socket refuses this user (nova runs as root)
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE (128 + 13)
 
 
 class UsageError(Exception):
@@ -88,6 +90,9 @@ def ask(out: Output, call: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     """Call the agent; (answer, EXIT_OK), or (None, exit code) after reporting why."""
     try:
         return call(*args), EXIT_OK
+    except client.AgentPermissionDenied as exc:
+        out.error(str(exc))
+        return None, EXIT_DENIED
     except client.AgentUnavailable as exc:
         out.error(str(exc))
         return None, EXIT_NO_AGENT

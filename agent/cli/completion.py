@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from .common import EXIT_OK, Groups, Output, Parser
+from .common import EXIT_OK, Groups, Output, Parser, json_flag
 
 
 def add_completion_commands(groups: Groups[Parser]) -> None:
     completion = groups.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash"], help="the shell (zsh: via bashcompinit)")
+    json_flag(completion)
     completion.set_defaults(handler=print_completion)
 
 
@@ -61,5 +62,9 @@ complete -o default -F _nova nova
 def print_completion(args: argparse.Namespace, out: Output) -> int:
     from . import build_parser  # the whole parser, built the same way `nova` builds it
 
-    print(bash_script(build_parser()), file=out.stdout, end="")
+    script = bash_script(build_parser())
+    if out.json:
+        out.result({"shell": args.shell, "script": script}, [])
+    else:
+        print(script, file=out.stdout, end="")
     return EXIT_OK

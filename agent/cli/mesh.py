@@ -1,8 +1,8 @@
 """`nova status`, `nova members`, `nova host show`, `nova vm list`: the mesh as this host sees it.
 
 Each asks the local agent over its unix socket. When the agent is not
-running, the command says so and exits 3, so scripts can tell "no agent"
-from "the command failed".
+running, the command says so and exits 3 (4 when its socket refuses this
+user), so scripts can tell "no agent" from "the command failed".
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import argparse
 from typing import Any
 
 from novacron.agent import client
+from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
 
 from .common import (
     EXIT_FAILED,
-    EXIT_NO_AGENT,
     EXIT_OK,
     Groups,
     Output,
@@ -80,32 +80,10 @@ def reload_identity(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _get(args: argparse.Namespace, out: Output, path: str) -> Any:
-    """GET from the agent; None (after reporting why) when that is impossible."""
-    try:
-        return client.get(path, args.socket)
-    except client.AgentUnavailable as exc:
-        out.error(str(exc))
-        return None
-    except client.AgentRequestFailed as exc:
-        out.error(str(exc))
-        return None
-
-
-def _failed(args: argparse.Namespace) -> int:
-    try:
-        client.get("/v1/status", args.socket, timeout=2.0)
-    except client.AgentUnavailable:
-        return EXIT_NO_AGENT
-    except client.AgentRequestFailed:
-        pass
-    return EXIT_FAILED
-
-
 def show_status(args: argparse.Namespace, out: Output) -> int:
-    status = _get(args, out, "/v1/status")
+    status, code = ask(out, client.get, "/v1/status", args.socket)
     if status is None:
-        return _failed(args)
+        return code
     counts = status["members"]
     libvirt = "connected" if status["libvirt_connected"] else "NOT connected"
     if status["libvirt_warning"]:
@@ -149,9 +127,9 @@ def _health(awareness: int) -> str:
 
 
 def list_members(args: argparse.Namespace, out: Output) -> int:
-    data = _get(args, out, "/v1/members")
+    data, code = ask(out, client.get, "/v1/members", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [
         (
             m["node_id"] + (" (self)" if m["self"] else ""),
@@ -170,9 +148,9 @@ def list_members(args: argparse.Namespace, out: Output) -> int:
 
 def show_host(args: argparse.Namespace, out: Output) -> int:
     path = f"/v1/hosts/{args.node_id}" if args.node_id else "/v1/hosts/self"
-    host = _get(args, out, path)
+    host, code = ask(out, client.get, path, args.socket)
     if host is None:
-        return _failed(args)
+        return code
     record = host["record"] or {}
     capacity, usage = record.get("capacity", {}), record.get("usage", {})
     lines = [
@@ -181,7 +159,7 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
         f" load {record.get('load', 0):.2f}",
         f"memory:    {usage.get('memory_mib', 0)} of {capacity.get('memory_mib', 0)} MiB used",
         f"disk:      {usage.get('disk_gib', 0):.1f} of {capacity.get('disk_gib', 0):.1f} GiB used",
-        f"libvirt:   {record.get('libvirt_uri', '-')}",
+        f"libvirt:   {record.get('libvirt_uri', '-')}{_unreachable(record)}",
         f"labels:    {', '.join(f'{k}={v}' for k, v in record.get('labels', {}).items()) or '-'}",
         f"draining:  {'yes' if record.get('draining') else 'no'}",
         f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
@@ -190,22 +168,43 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _unreachable(record: dict[str, Any]) -> str:
+    since = record.get("labels", {}).get(LIBVIRT_DOWN_LABEL)
+    return f"  unreachable since {since} (VMs as last listed)" if since else ""
+
+
+def _vm_state(vm: dict[str, Any]) -> str:
+    """A VM's state, saying so when its host cannot ask libvirt (the last state it knew)."""
+    since = vm.get("libvirt_unreachable_since")
+    return f"{vm['state']} (libvirt unreachable since {since})" if since else str(vm["state"])
+
+
 def list_vms(args: argparse.Namespace, out: Output) -> int:
-    data = _get(args, out, "/v1/vms")
+    data, code = ask(out, client.get, "/v1/vms", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [
-        (vm["name"], vm["state"], vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
+        (vm["name"], _vm_state(vm), vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
-    out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
+    lines = render(("name", "state", "host", "vcpus", "memory mib"), rows)
+    out.result(data, lines + _conflict_lines(data.get("conflicts", [])))
     return EXIT_OK
+
+
+def _conflict_lines(conflicts: list[dict[str, Any]]) -> list[str]:
+    """Claims on VMs that the claimant's libvirt denies: shown apart, not as locations."""
+    return [
+        f"not believed: {c['host']} claims {c['name']} ({c['state']}), which runs on "
+        f"{', '.join(c['runs_on'])}: {c['why']}"
+        for c in conflicts
+    ]
 
 
 def show_vm(args: argparse.Namespace, out: Output) -> int:
     """Every host that reports the VM (normally one) and the migrations that moved it."""
-    data = _get(args, out, "/v1/vms")
+    data, code = ask(out, client.get, "/v1/vms", args.socket)
     if data is None:
-        return _failed(args)
+        return code
     rows = [vm for vm in data["vms"] if vm["name"] == args.name]
     if not rows:
         out.error(
@@ -213,10 +212,11 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_FAILED
     try:
-        moves = client.get("/v1/migrations", args.socket)
+        moves = client.get(f"/v1/vms/{args.name}/migrations", args.socket)
     except (client.AgentUnavailable, client.AgentRequestFailed):
         moves = {}  # the VM's place is known; its history is a bonus
-    history = [m for m in moves.get("migrations", []) if m.get("vm") == args.name]
+    history = moves.get("migrations", [])
+    conflicts = [c for c in data.get("conflicts", []) if c["name"] == args.name]
     lines = [
         f"vm {vm['name']}: {vm['state']} on {vm['host']} ({vm['host_state']}), "
         f"{vm['vcpus']} vCPU, {vm['memory_mib']} MiB, uuid {vm['uuid'] or '-'}"
@@ -224,10 +224,12 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
     ]
     if len(rows) > 1:
         lines.append("warning: more than one host reports this VM (a migration may be ending)")
+    lines += _conflict_lines(conflicts)
     lines += [
         f"  migration {m['migration_id']}: {m['source']} -> {m['target']}, "
-        f"{m.get('outcome') or m.get('phase')}{': ' + m['reason'] if m.get('reason') else ''}"
+        f"{m.get('outcome') or m.get('phase')}, {m.get('started') or '?'} .. "
+        f"{m.get('ended') or 'running'}{': ' + m['reason'] if m.get('reason') else ''}"
         for m in history
     ]
-    out.result({"vm": rows, "migrations": history}, lines)
+    out.result({"vm": rows, "migrations": history, "conflicts": conflicts}, lines)
     return EXIT_OK

@@ -9,6 +9,7 @@ host to see the mesh as that host sees it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from novacron.simulations.lab import agent_record, processes
+from novacron.simulations.lab.agent_record import AgentRecord
+from novacron.simulations.lab.errors import LabError
 from novacron.simulations.lab.host import LabHost
 from novacron.simulations.lab.instance import Lab
 
@@ -25,6 +29,7 @@ T = TypeVar("T")
 
 BIN = Path(sys.executable).parent  # nova and nova-agent live beside this Python
 GOSSIP_PORT = 7946
+START_TIMEOUT = 30.0  # seconds for nsenter to enter a host and exec the agent
 DISK_DIR = "/var/lib/libvirt/novacron-disks"
 """Where lab agents put VM disks: /var/lib/libvirt is private to each lab host, so every
 host has its own disks at the same path, as separate machines would (local storage)."""
@@ -118,25 +123,73 @@ class LabAgents:
             args += ["--seeds", f"{self.lab.hosts[0].address}:{GOSSIP_PORT}"]
         return args + self.extra_args
 
-    def start(self, host: LabHost, ca: str = "ca") -> subprocess.Popen[bytes]:
-        """Start `host`'s agent in the background, logging to its directory."""
+    def start(
+        self, host: LabHost, ca: str = "ca", argv: Sequence[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `host`'s agent in the background (`argv`, or `command`), logging to its
+        directory; agent.json there names it for `lab agent` and `lab status`."""
         data = self.host_dir(host)
+        if self.running_pid(host) is not None:
+            raise LabError(f"{host.name}: an agent already runs (pid {self.running_pid(host)})")
         (data / "none.toml").write_text("# settings come from flags\n")
+        command = list(argv) if argv else self.command(host, ca)
         log = open(data / "agent.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = host.popen(self.command(host, ca), stdout=log, stderr=subprocess.STDOUT)
+        proc = host.popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.processes[host.name] = proc
+        agent_record.save(data, AgentRecord(command, proc.pid))
+        self._wait_running(host, proc)
         return proc
 
-    def kill(self, host: LabHost, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to `host`'s agent and wait for it to end."""
-        proc = self.processes.pop(host.name)
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # a wedged agent must not wedge the lab too
-            proc.kill()
-            proc.wait(timeout=10)
+    def _wait_running(self, host: LabHost, proc: subprocess.Popen[bytes]) -> None:
+        """Until `proc` runs the agent inside `host` (nsenter has entered it and exec'd the
+        agent), so that `running_pid`, `lab status` and `lab agent` see it from now on."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.running_pid(host) != proc.pid:
+            if proc.poll() is not None:
+                log = self.host_dir(host) / "agent.log"
+                raise LabError(f"{host.name}: nova-agent exited at once ({proc.returncode}); {log}")
+            if time.monotonic() > deadline:
+                raise LabError(f"{host.name}: nova-agent not running after {START_TIMEOUT:g} s")
+            time.sleep(0.02)
+
+    def kill(self, host: LabHost, sig: int = signal.SIGKILL) -> int:
+        """Send `sig` to `host`'s agent and wait for it to end; its PID."""
+        proc = self.processes.pop(host.name, None)
+        if proc is not None:  # our child: wait() also reaps it
+            pid = proc.pid
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a wedged agent must not wedge the lab too
+                proc.kill()
+                proc.wait(timeout=10)
+        else:  # started by another command (`lab up --agents`): found through agent.json
+            found = self.running_pid(host)
+            if found is None:
+                raise LabError(f"{host.name}: no agent is running")
+            pid = found
+            os.kill(pid, sig)
+            if processes.wait_gone([pid], 20):
+                processes.terminate([pid], grace=0)
+        record = agent_record.load(self.host_dir(host))
+        if record is not None:
+            agent_record.save(self.host_dir(host), AgentRecord(record.argv, None))
+        return pid
+
+    def restart(self, host: LabHost) -> subprocess.Popen[bytes]:
+        """Stop `host`'s agent (SIGTERM: it leaves the mesh) if it runs, and start it again
+        with the command line it had."""
+        record = agent_record.load(self.host_dir(host))
+        if record is None:
+            raise LabError(f"{host.name} never ran an agent (start the lab with `up --agents`)")
+        if host.name in self.processes or self.running_pid(host) is not None:
+            self.kill(host, signal.SIGTERM)
+        return self.start(host, argv=record.argv)
+
+    def running_pid(self, host: LabHost) -> int | None:
+        """The PID of `host`'s agent while it runs, whoever started it."""
+        return agent_record.running_pid(self.host_dir(host), host.netns)
 
     def stop_all(self) -> None:
         for name in list(self.processes):

@@ -60,9 +60,11 @@ class LabHost:
         """Absolute `path` as this host sees it (its private mounts), readable from outside."""
         return Path(f"/proc/{self.init_pid}/root") / path.relative_to("/")
 
-    def command(self, cmd: Sequence[str]) -> list[str]:
-        """`cmd` prefixed with the nsenter call that runs it inside this host."""
-        return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-u", "--", *cmd]
+    def command(self, cmd: Sequence[str], cwd: Path | None = None) -> list[str]:
+        """`cmd` prefixed with the nsenter call that runs it inside this host, in directory
+        `cwd` (entering a mount namespace otherwise moves a process to its root)."""
+        where = [f"--wd={cwd}"] if cwd is not None else []
+        return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-u", *where, "--", *cmd]
 
     def run(self, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """subprocess.run(cmd, **kw), inside this host."""

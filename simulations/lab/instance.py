@@ -108,7 +108,7 @@ class Lab:
         if clashing:
             raise LabError(
                 f"lab name {self.name!r} is in use (namespaces {', '.join(clashing)}); "
-                f"remove it with `python -m novacron.simulations.lab down --name {self.name}`"
+                f"remove it with `{naming.lab_command('down', '--name', self.name)}`"
             )
         self.state_root.mkdir(parents=True, exist_ok=True)
         try:
@@ -116,7 +116,7 @@ class Lab:
         except FileExistsError:
             raise LabError(
                 f"lab name {self.name!r} is in use (state in {self.state_dir}); remove it "
-                f"with `python -m novacron.simulations.lab down --name {self.name}`"
+                f"with `{naming.lab_command('down', '--name', self.name)}`"
             ) from None
         switch = naming.switch_netns(self.name)
         self._record = LabRecord(self.name, switch, self.libvirt, os.getpid())

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
+import sys
 
 from novacron.simulations.lab.errors import LabError
 
@@ -28,6 +30,9 @@ BRIDGE = "br0"
 
 HOST_IFACE = "eth0"
 """The host-side end of each veth pair, the host's only network interface."""
+
+MODULE = "novacron.simulations.lab"
+"""The lab's command line, run as `python -m MODULE`."""
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 
@@ -86,3 +91,9 @@ def owns_netns(lab: str, netns: str) -> bool:
     """True if `netns` is one of the namespaces lab `lab` creates."""
     pattern = rf"{re.escape(NETNS_PREFIX)}-{re.escape(lab)}-(sw|h[1-9][0-9]*)"
     return re.fullmatch(pattern, netns) is not None
+
+
+def lab_command(*args: str) -> str:
+    """A lab command line that works as printed, from any directory, in a virtualenv or
+    not: this Python by its full path (a bare `python` may lack the package)."""
+    return shlex.join([sys.executable, "-m", MODULE, *args])

@@ -33,6 +33,14 @@ def is_running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def name(pid: int) -> str:
+    """The process's command name (`libvirtd`), or "?" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def marked_pids(lab: str) -> list[int]:
     """PIDs whose environment carries `NCLAB_LAB=<lab>` (kernel threads excluded)."""
     marker = f"{MARKER_VAR}={lab}".encode()

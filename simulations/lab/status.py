@@ -1,11 +1,11 @@
-"""What is running: each lab's hosts, whether they live, their links and libvirtd."""
+"""What is running: each lab's hosts, whether they live, their links, libvirtd and agent."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from novacron.simulations.lab import netns, processes
+from novacron.simulations.lab import agent_record, netns, processes
 from novacron.simulations.lab.naming import libvirt_uri
 from novacron.simulations.lab.state import HostRecord, LabRecord, lab_dir, list_labs, load
 
@@ -19,7 +19,7 @@ def _daemon_running(init_pid: int, pidfile: str) -> bool:
     return processes.is_running(pid)
 
 
-def host_status(record: LabRecord, host: HostRecord) -> dict[str, Any]:
+def host_status(record: LabRecord, host: HostRecord, directory: Path) -> dict[str, Any]:
     """One host's status as plain data (the `status --json` host object)."""
     pid = host.init_pid
     alive = pid is not None and processes.is_running(pid) and pid in netns.netns_pids(host.netns)
@@ -35,6 +35,10 @@ def host_status(record: LabRecord, host: HostRecord) -> dict[str, Any]:
     if record.libvirt:
         status["libvirt_uri"] = libvirt_uri(host.address)
         status["libvirtd"] = alive and pid is not None and _daemon_running(pid, "libvirtd.pid")
+    agent_dir = directory / "agents" / host.name
+    if agent_record.load(agent_dir) is not None:  # the lab runs agents
+        status["agent_pid"] = agent_record.running_pid(agent_dir, host.netns) if alive else None
+        status["agent_log"] = str(agent_dir / "agent.log")
     return status
 
 
@@ -51,7 +55,7 @@ def lab_status(state_root: Path, name: str) -> dict[str, Any]:
         "libvirt": record.libvirt,
         "switch_netns": record.switch_netns,
         "creator_pid": record.creator_pid,
-        "hosts": [host_status(record, h) for h in record.hosts],
+        "hosts": [host_status(record, h, directory) for h in record.hosts],
     }
 
 
@@ -71,8 +75,10 @@ def format_status(labs: list[dict[str, Any]]) -> str:
         for h in lab["hosts"]:
             state = "running" if h["running"] else "STOPPED"
             extra = f"  libvirtd {'up' if h.get('libvirtd') else 'DOWN'}" if "libvirtd" in h else ""
+            if "agent_pid" in h:
+                extra += f"  agent {'pid ' + str(h['agent_pid']) if h['agent_pid'] else 'STOPPED'}"
             lines.append(
                 f"  {h['name']:<4} {h['address']:<15} {state:<8} link {h['link']:<7}"
-                f" pid {h['init_pid']}{extra}"
+                f" init pid {h['init_pid']}{extra}"
             )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ state directory.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,19 @@ def end_processes(lab: str, namespaces: list[str], progress: Progress) -> list[i
         pids = lab_pids(lab, namespaces)
         if not pids:
             return killed
-        progress(f"stopping {len(pids)} processes")
+        progress(f"stopping {len(pids)} processes ({_names(pids)})")
         survivors = processes.terminate(pids)
         killed.extend(sorted(pids - set(survivors)))
     left = lab_pids(lab, namespaces)
     if left:
         raise LabError(f"lab {lab!r}: processes {sorted(left)} survive SIGKILL")
     return killed
+
+
+def _names(pids: set[int]) -> str:
+    """`3 libvirtd, 3 virtlogd, ...`: what is being stopped, for the progress line."""
+    names = Counter(processes.name(pid) for pid in pids)
+    return ", ".join(f"{count} {name}" for name, count in sorted(names.items()))
 
 
 def tear_down(lab: str, state_root: Path, progress: Progress | None = None) -> TeardownReport:
