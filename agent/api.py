@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +44,11 @@ class AgentView(Protocol):
     def vms(self) -> list[dict[str, Any]]: ...
 
     def conflicts(self) -> list[dict[str, Any]]: ...
+
+
+# The metrics in Prometheus' text format and its content type (`metrics.exposition`);
+# a callable so that an agent with metrics off never imports the metrics library.
+MetricsSource = Callable[[], tuple[bytes, str]]
 
 
 class Refusal(Exception):
@@ -151,9 +156,12 @@ def build_router(
     host_drain: HostDrainControl | None = None,
     recovery: RecoveryControl | None = None,
     identity: IdentityControl | None = None,
+    metrics: MetricsSource | None = None,
 ) -> Router:
-    """The routes serving `view` (and the controls given) under /v1."""
+    """The routes serving `view` (and the controls given) under /v1, and /metrics."""
     router = Router()
+    if metrics is not None:
+        add_metrics_route(router, metrics)
     if identity is not None:
         _identity_routes(router, identity)
     if vms is not None:
@@ -174,6 +182,16 @@ def build_router(
         _migration_routes(router, migrations)
     _view_routes(router, view)
     return router
+
+
+def add_metrics_route(router: Router, metrics: MetricsSource) -> None:
+    """GET /metrics: what Prometheus scrapes (outside /v1: its path is a convention)."""
+
+    async def scrape(request: Request) -> Response:
+        body, content_type = metrics()
+        return Response(200, body, content_type=content_type)
+
+    router.get("/metrics", scrape)
 
 
 def _identity_routes(router: Router, identity: IdentityControl) -> None:
@@ -441,9 +459,10 @@ class ApiServer:
         host_drain: HostDrainControl | None = None,
         recovery: RecoveryControl | None = None,
         identity: IdentityControl | None = None,
+        metrics: MetricsSource | None = None,
     ) -> None:
         router = build_router(
-            view, migrations, vms, drain, rebalance, host_drain, recovery, identity
+            view, migrations, vms, drain, rebalance, host_drain, recovery, identity, metrics
         )
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
@@ -464,3 +483,25 @@ class ApiServer:
         await self._http.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+class MetricsServer:
+    """GET /metrics on TCP (`metrics_listen`) for a Prometheus elsewhere: that route alone.
+
+    The control API stays on the root-only socket: nothing but the exposition,
+    which holds no secret, is reachable over the network.
+    """
+
+    def __init__(self, metrics: MetricsSource, host: str, port: int) -> None:
+        router = Router()
+        add_metrics_route(router, metrics)
+        self._http = HttpServer(router)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> None:
+        await self._http.start_tcp(self.host, self.port)
+        self.port = self._http.tcp_port or self.port
+
+    async def close(self) -> None:
+        await self._http.close()

@@ -72,6 +72,10 @@ class AgentConfig:
     )
     rebalance: bool = _setting(True, "move VMs away automatically when this host runs hot")
     rebalance_interval: float = _setting(5.0, "seconds between rebalancing decisions")
+    metrics: bool = _setting(True, "serve Prometheus metrics at GET /metrics on the API socket")
+    metrics_listen: str = _setting(
+        "", "ADDR:PORT where /metrics (only) is served on TCP too (default: socket only)"
+    )
     labels: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
@@ -192,6 +196,10 @@ def _validated(config: AgentConfig) -> AgentConfig:
         raise ConfigError("reserved_memory_mib must not be negative")
     if config.rebalance_interval <= 0:
         raise ConfigError("rebalance_interval must be positive")
+    if config.metrics_listen:
+        if not config.metrics:
+            raise ConfigError("metrics_listen needs metrics on (metrics = true)")
+        metrics_address(config)
     return config
 
 
@@ -199,6 +207,19 @@ def _split_seed(seed: str) -> tuple[str, int]:
     host, sep, port = seed.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"seed {seed!r} is not address:port")
+    return host, int(port)
+
+
+def metrics_address(config: AgentConfig) -> tuple[str, int] | None:
+    """Where to serve /metrics on TCP, as (host, port), or None (`metrics_listen` unset)."""
+    if not config.metrics_listen:
+        return None
+    host, sep, port = config.metrics_listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9100
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"metrics_listen {config.metrics_listen!r} is not ADDR:PORT (e.g. 0.0.0.0:9101)"
+        )
     return host, int(port)
 
 

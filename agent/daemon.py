@@ -35,9 +35,16 @@ from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
-from .api import ApiServer, Refusal
+from .api import ApiServer, MetricsServer, MetricsSource, Refusal
 from .claims import ClaimCheck
-from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_addresses
+from .config import (
+    AgentConfig,
+    ConfigError,
+    identity_paths,
+    metrics_address,
+    parse_cli,
+    seed_addresses,
+)
 from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.node import MembershipNode
@@ -193,6 +200,11 @@ class Agent:
             start_refusal=self.recoveries.start_refusal,
         )
         self.discovery: Discovery | None = None
+        metrics = self._metrics_source() if config.metrics else None
+        listen = metrics_address(config)
+        self.metrics_server = (
+            MetricsServer(metrics, *listen) if metrics is not None and listen else None
+        )
         self.api = ApiServer(
             MeshView(
                 lambda: self.core,
@@ -209,6 +221,7 @@ class Agent:
             host_drain=self.drain_requests,
             recovery=self.recoveries,
             identity=self,
+            metrics=metrics,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -226,6 +239,13 @@ class Agent:
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
 
+    def _metrics_source(self) -> MetricsSource:
+        """The exposition of this agent's metrics, built at each scrape."""
+        from . import metrics  # only when on: an agent with metrics off never loads the library
+
+        registry = metrics.registry_for(self, self._clock)
+        return lambda: (metrics.exposition(registry), metrics.CONTENT_TYPE)
+
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
@@ -240,6 +260,14 @@ class Agent:
             await self.transport.close()
             raise StartupError(str(exc)) from None
         await self.api.start()
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                await self.api.close()
+                await self.introductions.close()
+                await self.transport.close()
+                raise StartupError(f"metrics_listen {self.config.metrics_listen}: {exc}") from None
         await self.inventory.start()
         if self.config.mdns:
             self.discovery = Discovery(
@@ -295,6 +323,8 @@ class Agent:
         await self.hypervisor.close()
         await self.inventory.close()
         await self.api.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await self.introductions.close()
         await self.transport.close()
 

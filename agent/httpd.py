@@ -179,7 +179,7 @@ def parse_request(event: h11.Request, body: bytes) -> Request:
 
 
 class HttpServer:
-    """Serves a `Router` on a unix socket, one task per connection."""
+    """Serves a `Router` on a unix socket or a TCP address, one task per connection."""
 
     def __init__(self, router: Router, max_connections: int = MAX_CONNECTIONS) -> None:
         self.router = router
@@ -191,6 +191,18 @@ class HttpServer:
 
     async def start_unix(self, path: str) -> None:
         self._server = await asyncio.start_unix_server(self._accept, path)
+
+    async def start_tcp(self, host: str, port: int) -> None:
+        """Listen on `host`:`port` (raises OSError when the address is in use or not ours)."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port listened on (port 0 picks one), or None when not on TCP."""
+        if self._server is None or not self._server.sockets:
+            return None
+        name = self._server.sockets[0].getsockname()
+        return int(name[1]) if isinstance(name, tuple) else None
 
     async def close(self) -> None:
         """Stop listening, cancel what connections are doing, and wait until they closed."""

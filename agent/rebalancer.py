@@ -32,13 +32,22 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .api import Refusal
 from .core.members import MemberInfo
-from .core.rebalance import Decision, Move, RebalanceConfig, over_line, plan_round
+from .core.rebalance import (
+    Decision,
+    Move,
+    RebalanceConfig,
+    Standing,
+    over_line,
+    plan_round,
+    standing,
+)
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
@@ -57,6 +66,16 @@ class MeshState(Protocol):
     def records(self) -> Mapping[str, NodeRecord]: ...
 
     def members(self) -> Sequence[MemberInfo]: ...
+
+
+@dataclass(slots=True)
+class RebalanceCounts:
+    """What the rebalancing loop did since the agent started."""
+
+    rounds: int = 0  # planning rounds run (not paused, not disabled)
+    planned: int = 0  # moves the rounds chose
+    started: int = 0  # of those, migrations started
+    refused: int = 0  # of those, refused when starting (limits, reservations, a VM busy)
 
 
 class Rebalancer:
@@ -90,6 +109,7 @@ class Rebalancer:
         self.setting = f"active@{0:.3f}"  # until the mesh says otherwise
         self.last: Decision | None = None  # the latest round's decision
         self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.counts = RebalanceCounts()  # since start, for metrics
         self._task: asyncio.Task[None] | None = None
         self._outbound_after = 0  # outbound migrations running after the last round
         self._vms_after: frozenset[str] = frozenset()  # this host's VMs as its record then said
@@ -236,11 +256,14 @@ class Rebalancer:
         seen = self._snapshot()  # what this round plans on; news during its awaits is news
         moves, decision = self._decide(self._rng)
         self.last = decision
+        self.counts.rounds += 1
+        self.counts.planned += len(moves)
         started = 0
         for move in moves:
             try:
                 mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
             except Refusal as exc:
+                self.counts.refused += 1
                 self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
                 log.info(
                     "rebalance move refused", extra={"fields": {"vm": move.vm, "why": str(exc)}}
@@ -261,6 +284,7 @@ class Rebalancer:
             fields = {"vm": move.vm, "to": move.target, "why": move.reason}
             log.info("rebalance move", extra={"fields": fields})
             started += 1
+        self.counts.started += started
         outbound, self._vms_after, self._version_after = seen
         self._outbound_after = outbound + started
 
@@ -295,6 +319,13 @@ class Rebalancer:
             if info.outcome == "committed" and info.ended is not None:
                 moved[info.vm] = max(moved.get(info.vm, info.ended), info.ended)
         return moved
+
+    def standing(self) -> Standing | None:
+        """Where this host stands against its shedding line now, as a round would judge it
+        (None where balancing does not apply: no record yet, draining, no other host)."""
+        core = self._membership()
+        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+        return standing(self._migrator.node_id, core.records(), alive, self._busy(), self.config)
 
     def _busy(self) -> set[str]:
         return {

@@ -69,11 +69,13 @@ class TransportStats:
     """Counters for the daemon's statistics; all start at zero."""
 
     sent: int = 0  # frames handed to libzmq
+    bytes_sent: int = 0  # their encoded size
     dropped_queue_full: int = 0  # a peer's send queue was full (peer slow or down)
     dropped_no_certificate: int = 0  # no valid certificate known for the peer
     dropped_bad_address: int = 0  # libzmq could not use the peer's address
     dropped_too_large: int = 0  # encoded frame over the limit (peers would disconnect)
     received: int = 0  # messages returned by recv()
+    bytes_received: int = 0  # their encoded size
     malformed: int = 0  # frames that failed to decode (ProtocolError) or bad framing
     spoofed: int = 0  # envelope sender differed from the node id of the Curve key
     unauthorized: int = 0  # frames from a key no longer admitted (revoked, expired)
@@ -301,6 +303,7 @@ class Transport:
             self._reset_stuck(peer_id)
             return False
         self.stats.sent += 1
+        self.stats.bytes_sent += len(frame)
         return True
 
     def _dealer(self, peer_id: str, address: str) -> zmq.asyncio.Socket | None:
@@ -361,6 +364,7 @@ class Transport:
             received = self._accept(frames)
             if received is not None:
                 self.stats.received += 1
+                self.stats.bytes_received += len(frames[1])
                 return received
 
     def _accept(self, frames: list[zmq.Frame]) -> tuple[str, Message] | None:

@@ -180,12 +180,40 @@ def over_line(
 ) -> bool:
     """Whether this host is above its shedding line (the first thing `plan` checks): the
     agent plans at once when a new record of its own says so, not at its next round."""
+    found = standing(node_id, records, alive, busy, config)
+    return found is not None and found.over
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a host stands against the mesh, as `plan` sees it (shown as metrics)."""
+
+    utilization: float  # this host's, once the VMs already leaving it have gone
+    mean: float  # the mesh's, over alive hosts that take VMs
+    line: float  # the utilization above which this host sheds VMs
+
+    @property
+    def over(self) -> bool:
+        return self.utilization > self.line
+
+
+def standing(
+    node_id: str,
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    busy: Collection[str],
+    config: RebalanceConfig | None = None,
+) -> Standing | None:
+    """This host's standing, or None where balancing does not apply to it (no record of
+    it yet, draining, or no other host that could take its VMs)."""
     config = config or RebalanceConfig()
     own = records.get(node_id)
     if own is None or own.draining:
-        return False
+        return None
     pool, _, mean = _others(node_id, own, records, alive)
-    return bool(pool) and _committed(own, busy) > mean + shedding_line(config, busy)
+    if not pool:
+        return None
+    return Standing(_committed(own, busy), mean, mean + shedding_line(config, busy))
 
 
 def _others(

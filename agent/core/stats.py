@@ -6,6 +6,8 @@ the daemon's metrics endpoint and by the simulator's measurements.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -55,3 +57,34 @@ class NodeStats:
     def as_dict(self) -> dict[str, int]:
         """All counters by name (for metrics export)."""
         return asdict(self)
+
+
+class Histogram:
+    """Observations counted into fixed buckets, as Prometheus histograms keep them.
+
+    Counts are per bucket (not cumulative) so an observation costs one bisect and
+    one increment; `cumulative()` turns them into the `le` series at scrape time.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError("histogram bounds must be distinct and ascending")
+        self.bounds = tuple(float(b) for b in bounds)  # upper bounds, +Inf implied after
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, the last one above every bound
+        self.sum = 0.0  # of every observation
+        self.count = 0  # observations
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it), +Inf last."""
+        rows, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            rows.append((bound, total))
+        return rows

@@ -1,0 +1,181 @@
+"""The alerting and recording rules, their unit tests and runbooks, and the dashboards.
+
+`promtool` checks and unit-tests the rules as Prometheus would load them; every
+alert must say how bad it is, point at its runbook section, and have a unit
+test that expects it to fire. The dashboards must be what their builder
+(Grafana's foundation SDK) makes. The queries themselves run against real
+agents in tests/test_metrics_agents.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from novacron.agent.config import ConfigError, load, metrics_address
+from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
+from novacron.agent.core.stats import Histogram
+from novacron.agent.metrics import buckets, exposition, vm_families
+from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+from tests.prometheus_server import RULES, promtool
+
+ROOT = Path(__file__).resolve().parent.parent
+RULE_TESTS = ROOT / "observability" / "prometheus" / "tests" / "rules_test.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+GRAFANA = ROOT / "observability" / "grafana"
+
+
+def alerts() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_promtool_checks_the_rules() -> None:
+    output = promtool("check", "rules", str(RULES))
+    assert "SUCCESS" in output
+
+
+def test_promtool_unit_tests_of_the_rules_pass() -> None:
+    output = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+    assert "SUCCESS" in output
+
+
+def test_every_alert_has_severity_runbook_and_a_test_that_fires_it() -> None:
+    anchors = {
+        re.sub(r"[^a-z0-9-]", "", line[3:].strip().lower().replace(" ", "-"))
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+    names = [rule["alert"] for rule in alerts()]
+    assert {"NovaCronMemberDead", "NovaCronMigrationFailureRate", "NovaCronHostOverLine",
+            "NovaCronCertificateExpiringSoon"} <= set(names)  # fmt: skip
+    for rule in alerts():
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "docs/runbooks.md", rule["alert"]
+        assert anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
+        assert rule["alert"] in fired, f"no unit test expects {rule['alert']} to fire"
+
+
+def test_dashboards_are_what_the_builder_makes() -> None:
+    import observability.grafana.build as build  # needs the test extra grafana-foundation-sdk
+
+    rendered = dict(build.rendered())
+    assert {p.name for p in rendered} == {"mesh-health.json", "migrations.json", "balance.json"}
+    for path, text in rendered.items():
+        assert path.read_text() == text, f"{path.name} is stale: python {build.__file__}"
+        dashboard = json.loads(text)
+        panels = dashboard["panels"]
+        assert len({p["id"] for p in panels}) == len(panels), path.name
+        for panel in panels:
+            if panel["type"] == "row":
+                continue
+            refs = [t["refId"] for t in panel["targets"]]
+            assert refs and len(set(refs)) == len(refs), (path.name, panel["title"])
+            assert all(t["expr"] for t in panel["targets"]), (path.name, panel["title"])
+
+
+def test_histogram_counts_into_cumulative_buckets() -> None:
+    histogram = Histogram((1, 5))
+    for value in (0.5, 1, 3, 7, 100):
+        histogram.observe(value)
+    assert histogram.cumulative() == [(1.0, 2), (5.0, 3), (float("inf"), 5)]
+    assert (histogram.count, histogram.sum) == (5, 111.5)
+
+
+def test_histogram_refuses_unordered_bounds() -> None:
+    for bounds in ((), (5, 1), (1, 1)):
+        try:
+            Histogram(bounds)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bounds}")
+
+
+def _host(node_id: str, load: float) -> NodeRecord:
+    vm = VmSummary("vm-" + node_id, state="running", vcpus=1, memory_mib=256, cpu_load=load)
+    return NodeRecord(
+        node_id, 1, capacity=Resources(4, 8192), usage=Resources(load, 256), vms=(vm,)
+    )
+
+
+def test_standing_is_the_line_over_line_decides_on() -> None:
+    records = {"a": _host("a", 3.6), "b": _host("b", 0.4), "c": _host("c", 0.4)}
+    alive = set(records)
+    found = standing("a", records, alive, set())
+    assert found is not None and found.over and over_line("a", records, alive, set())
+    assert found.line == found.mean + RebalanceConfig().trigger
+    cold = standing("b", records, alive, set())
+    assert cold is not None and not cold.over and not over_line("b", records, alive, set())
+    assert standing("a", {"a": records["a"]}, {"a"}, set()) is None  # alone: nothing applies
+
+
+def test_metrics_listen_must_be_an_address_and_port_with_metrics_on() -> None:
+    assert metrics_address(load({}, environ={}, config_file="/dev/null")) is None
+    listen = load({"metrics_listen": "[::1]:9101"}, environ={}, config_file="/dev/null")
+    assert metrics_address(listen) == ("::1", 9101)
+    env = load({}, environ={"NOVACRON_METRICS_LISTEN": "0.0.0.0:9101"}, config_file="/dev/null")
+    assert metrics_address(env) == ("0.0.0.0", 9101)
+    for bad in ("9101", "host:", ":9101", "host:0", "host:70000", "host:port"):
+        with pytest.raises(ConfigError, match="is not ADDR:PORT"):
+            load({"metrics_listen": bad}, environ={}, config_file="/dev/null")
+    with pytest.raises(ConfigError, match="needs metrics on"):
+        load(
+            {"metrics_listen": "127.0.0.1:9101", "metrics": False},
+            environ={},
+            config_file="/dev/null",
+        )
+
+
+class _Families(Collector):
+    """Families of every kind the agent exposes, with label values that need escaping."""
+
+    def collect(self) -> Iterator[Metric]:
+        vms = tuple(
+            VmSummary(name, state="running", vcpus=2, memory_mib=3 << 10, cpu_load=0.25)
+            for name in ("plain", 'quote"d', "back\\slash", "new\nline", "ünï")
+        )
+        yield from vm_families(NodeRecord("n1", 1, vms=vms))
+        counter = CounterMetricFamily("c", "help with \\ and\nnewline", labels=["a", "b"])
+        counter.add_metric(["x", "y"], 3)
+        counter.add_metric(["z", ""], 1e21)
+        yield counter
+        yield GaugeMetricFamily("g", "big and small", value=1.7988997282826102e09)
+        yield GaugeMetricFamily("g_inf", "not a number", value=float("nan"))
+        histogram = HistogramMetricFamily("h_seconds", "durations", labels=["outcome"])
+        durations = Histogram((0.5, 1, 2.5))
+        for value in (0.1, 0.7, 3):
+            durations.observe(value)
+        histogram.add_metric(["committed"], buckets(durations), durations.sum)
+        yield histogram
+
+
+def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families())
+    ProcessCollector(registry=registry)
+    ours = exposition(registry)
+    assert ours == generate_latest(registry)
+    assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
