@@ -34,7 +34,7 @@ import pytest
 from novacron.agent import client
 from novacron.agent.cli import main as nova
 from novacron.agent.identity import NodeIdentity, load_identity
-from novacron.agent.introduction import introduce
+from novacron.agent.introduction import IntroductionFailed, introduce
 from novacron.agent.security import TrustStore
 from novacron.protocol import keyfiles
 from novacron.protocol.certificates import Certificate
@@ -79,10 +79,15 @@ class Mesh:
     n2: Node  # a member watching n1
     newcomer: NodeIdentity  # n3: certified, not yet introduced to anyone
 
-    def introduce_newcomer(self) -> Certificate:
-        """An honest introduction to n1 from 127.0.0.1, as a joining agent makes it."""
+    def introduce_newcomer(self, attempts: int = 3) -> Certificate:
+        """An honest introduction to n1 from 127.0.0.1, as a joining agent makes it: one
+        that finds every slot taken mid-flood tries again (the agent's seed loop does)."""
         trust = TrustStore(self.newcomer.ca_public)
         cert = self.newcomer.certificate_bytes
+        for _ in range(attempts - 1):
+            with contextlib.suppress(IntroductionFailed):
+                return asyncio.run(introduce(cert, trust, "127.0.0.1", self.n1.port)).certificate
+            time.sleep(1.0)
         return asyncio.run(introduce(cert, trust, "127.0.0.1", self.n1.port)).certificate
 
     def suspicions_of_n1(self) -> list[str]:
