@@ -190,6 +190,7 @@ class Ack:
     TYPE: ClassVar[str] = "ack"
     stream: str
     seq: Counter  # every delta of `stream` up to and including this one is committed
+    cancelled: tuple[str, ...] = ()  # pins in these deltas it refuses: do not run those keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,3 +270,11 @@ def _check_command(command: Command) -> None:
 def hello_bytes(nonce: bytes, ca_public: bytes) -> bytes:
     """What the gateway signs: bound to this connection's nonce and to the site's CA."""
     return msgpack.packb([DOMAIN, nonce, ca_public], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+ENROLL_DOMAIN = "novacron-site-enroll/1"
+
+
+def enroll_bytes(token: str, ca_public: bytes) -> bytes:
+    """What `nova site enroll` signs with the node's key: the token, bound to the CA."""
+    return msgpack.packb([ENROLL_DOMAIN, token, ca_public], use_bin_type=True)  # type: ignore[no-any-return]

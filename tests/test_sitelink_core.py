@@ -107,6 +107,18 @@ def test_a_command_runs_only_after_its_pin_is_acknowledged() -> None:
     assert not stream.pinned("k1")
 
 
+def test_a_pin_the_coordinator_cancels_never_runs_and_its_outcome_says_so() -> None:
+    stream = SiteStream("s1")
+    stream.observe(view(host("h1", 1)))
+    stream.pin(create("k1"), "h1")
+    stream.pin(create("k2"), "h1")
+    (delta,) = stream.observe(view(host("h1", 1)))
+    released = stream.ack(wire.Ack("s1", delta.seq, cancelled=("k1",)))
+    assert [c.key for c in released] == ["k2"]
+    (report,) = stream.observe(view(host("h1", 1)))
+    assert [(o.key, o.ok) for o in report.outcomes] == [("k1", False)]
+
+
 def test_pins_and_outcomes_survive_a_new_stream() -> None:
     stream = SiteStream("s1")
     stream.observe(view(host("h1", 1)))

@@ -32,6 +32,7 @@ from novacron.protocol.sitelink import (
 
 MAX_UNACKED = 256  # deltas in flight; beyond it nothing new is sent until acks come
 MAX_VMS_PER_DELTA = 8_000  # keeps a delta of large hosts well under the frame limit
+CANCELLED = "cancelled by the coordinator before it ran"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +90,21 @@ class SiteStream:
         self._outcomes = {key: (outcome, 0) for key, (outcome, _) in self._outcomes.items()}
 
     def ack(self, ack: Ack) -> list[Command]:
-        """Drop what `ack` covers; the commands whose pin it covers may now run."""
+        """Drop what `ack` covers; the commands whose pin it covers may now run.
+
+        A pin the coordinator refuses (`ack.cancelled`: the operation was
+        cancelled or gave up meanwhile) is not run; its outcome says so."""
         if ack.stream != self.stream or ack.seq >= self._next_seq:
             return []  # about another stream, or beyond what we sent: nothing to trust
         self._acknowledge(ack.seq)
-        released = [cmd for key, (cmd, seq) in self._pins.items() if 0 < seq <= ack.seq]
-        for command in released:
+        covered = [cmd for key, (cmd, seq) in self._pins.items() if 0 < seq <= ack.seq]
+        for command in covered:
             del self._pins[command.key]
-        return released
+            if command.key in ack.cancelled:
+                self.report(
+                    Outcome(command.key, ok=False, host=command.host, status=409, detail=CANCELLED)
+                )
+        return [command for command in covered if command.key not in ack.cancelled]
 
     def _acknowledge(self, seq: int) -> None:
         while self._unacked and self._unacked[0].seq <= seq:
