@@ -53,6 +53,8 @@ class AgentConfig:
     rebalance: bool = True  # move VMs away automatically when this host runs hot
     rebalance_interval: float = 5.0  # seconds between rebalancing decisions
     labels: dict[str, str] = field(default_factory=dict)
+    coordinator: tuple[str, ...] = ()  # https:// URLs of the coordinator(s): may hold the site link
+    coordinator_ca: str = ""  # PEM bundle that signed the coordinator's TLS certificate
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
@@ -167,6 +169,9 @@ def _validated(config: AgentConfig) -> AgentConfig:
         raise ConfigError("inventory_interval must be positive")
     if config.rebalance_interval <= 0:
         raise ConfigError("rebalance_interval must be positive")
+    for url in config.coordinator:
+        if not url.startswith("https://") or len(url) <= len("https://"):
+            raise ConfigError(f"coordinator URL {url!r} must be https:// (the link is TLS)")
     return config
 
 

@@ -39,10 +39,12 @@ from .api import ApiServer, Refusal
 from .config import AgentConfig, ConfigError, identity_paths, parse_cli, seed_addresses
 from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
+from .core.gateway import GATEWAY_LABEL, elect
 from .core.node import MembershipNode
 from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
+from .gateway import Gateway, client_tls
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import (
@@ -60,6 +62,8 @@ from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
 from .sdnotify import Notifier
 from .security import PeerRefused, TrustStore
+from .site_commands import SiteCommands
+from .site_controls import SiteControls
 from .tasks import cancel_and_wait
 from .transport import Transport, TransportError
 from .view import MeshView
@@ -78,6 +82,7 @@ NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id el
 CERTIFICATE_WARNING = 14 * 86400.0  # warn this long before our certificate expires
 CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate (and saves of peers')
 PEER_CERTIFICATES = "peer-certificates"  # under the data dir: members' certificates, for restarts
+SITE_COMMANDS = "site-commands.log"  # under the data dir: coordinator commands started here
 
 
 class StartupError(Exception):
@@ -179,6 +184,24 @@ class Agent:
             migrating=self.migrator.core.busy,
             free_memory_mib=self._free_memory_mib,
         )
+        self.site_commands = SiteCommands(
+            SiteControls(self.node_id, vms, self.migrator, self.drain),
+            Path(config.data_dir) / SITE_COMMANDS,
+            send=self._send,
+            gateway=lambda: elect(self.core.members(), self.core.records()),
+            member_state=lambda node: m.state if (m := self.core.member(node)) else None,
+        )
+        self.gateway: Gateway | None = None  # the site link, if this agent may hold it
+        if config.coordinator:
+            self.gateway = Gateway(
+                config.coordinator,
+                client_tls(config.coordinator_ca),
+                identity=lambda: self.identity,
+                core=lambda: self.core,
+                revocations=lambda: self.keyring.revocations()[1],
+                commands=self.site_commands,
+                migration=self.migrator.core.config,
+            )
         self.discovery: Discovery | None = None
         self.api = ApiServer(
             MeshView(lambda: self.core, clock, self._daemon_status, self._member_notes),
@@ -252,6 +275,8 @@ class Agent:
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
         self._spawn(self._domain_type_loop(), "domain-type")
+        if self.gateway is not None:
+            self._spawn(self.gateway.run(), "site-link")
         await self.drain.start()
         self.rebalancer.start()
         self.notifier.ready(f"member of a mesh at {self.address}")
@@ -267,6 +292,9 @@ class Agent:
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain_requests.close()
+        await self.site_commands.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.drain.close()
         await self.rebalancer.close()
         await self.migrator.close()
@@ -326,6 +354,8 @@ class Agent:
             await self.migrator.receive(sender, message)
         elif self.drain_requests.handles(message):
             await self.drain_requests.receive(sender, message)
+        elif self.site_commands.handles(message):
+            await self.site_commands.receive(sender, message)
         else:
             await self._dispatch(self.core.receive(sender, message, self._clock()))
 
@@ -367,6 +397,7 @@ class Agent:
             **record.labels,
             **self.migrator.record_labels(),
             **self.rebalancer.record_labels(),
+            **({GATEWAY_LABEL: "1"} if self.gateway is not None else {}),
         }
         record = dataclasses.replace(record, labels=labels, draining=self.drain.draining)
         content = dataclasses.replace(record, version=0)
@@ -708,6 +739,7 @@ class Agent:
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],
+            "site_link": self.gateway.as_dict() if self.gateway is not None else None,
         }
 
     def _domain_type_status(self) -> dict[str, Any]:

@@ -141,9 +141,14 @@ class Store:
     async def _event(
         self, tx: Connection, index: int, kind: str, subject: str, site: str, data: dict[str, Any]
     ) -> None:
+        """Record an event under a global index of its own (a write may record several;
+        `index` is the write's, which the event's is never below)."""
+        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'index'")
+        row = await tx.fetchone("SELECT value FROM counters WHERE name = 'index'")
+        assert row is not None
         await tx.execute(
             "INSERT INTO events (idx, at, type, subject, site, data) VALUES (?, ?, ?, ?, ?, ?)",
-            index,
+            int(row["value"]),
             self._clock(),
             kind,
             subject,

@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca_commands, completion, mesh, migrate, rebalance
+from . import ca_commands, completion, mesh, migrate, rebalance, site
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -37,6 +37,7 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     mesh.add_mesh_commands,
     migrate.add_migration_commands,
     rebalance.add_rebalance_commands,
+    site.add_site_commands,
     completion.add_completion_commands,
 )
 

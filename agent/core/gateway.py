@@ -32,8 +32,13 @@ def is_candidate(record: NodeRecord | None) -> bool:
 
 
 def elect(members: Iterable[MemberInfo], records: Mapping[str, NodeRecord]) -> str | None:
-    """The site's gateway in this view, or None when no live member is a candidate."""
-    candidates = [
-        m.node_id for m in members if m.state in HOLDING and is_candidate(records.get(m.node_id))
-    ]
+    """The site's gateway in this view, or None when no live member is a candidate.
+
+    None too while a live member's record is still missing: an agent that has
+    just joined does not yet know who else is a candidate, and would take the
+    link from the real gateway for a moment."""
+    live = [m.node_id for m in members if m.state in HOLDING]
+    if any(node not in records for node in live):
+        return None
+    candidates = [node for node in live if is_candidate(records[node])]
     return min(candidates) if candidates else None

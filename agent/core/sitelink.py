@@ -15,20 +15,26 @@ No I/O, no clock, no randomness: stream ids come from the caller.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from novacron.protocol.messages import MemberState
+from novacron.protocol.messages import MemberState, NodeRecord
 from novacron.protocol.sitelink import (
     MAX_HOSTS_PER_DELTA,
     Accepted,
     Ack,
     Command,
+    CommandKind,
     Delta,
     HostState,
     Outcome,
     Welcome,
 )
+
+from .members import MemberInfo
+from .migration_policy import MigrationLimits
+from .placement import ANTI_AFFINITY_LABEL, choose_target
+from .reservations import Demand
 
 MAX_UNACKED = 256  # deltas in flight; beyond it nothing new is sent until acks come
 MAX_VMS_PER_DELTA = 8_000  # keeps a delta of large hosts well under the frame limit
@@ -220,3 +226,51 @@ class SiteStream:
     @property
     def next_seq(self) -> int:
         return self._next_seq
+
+
+# --- which host runs a command ------------------------------------------------------
+
+
+def pin_host(
+    command: Command,
+    records: Mapping[str, NodeRecord],
+    member: Callable[[str], MemberInfo | None],
+    limits: MigrationLimits,
+    overcommit: float,
+) -> tuple[str | None, str]:
+    """The host that must run `command` in this view, or (None, why no host can).
+
+    A new VM goes where the agents' own placement puts it (`choose_target`,
+    as `nova vm migrate --auto` does); a command about a VM goes to the host
+    that runs it (the running copy, while a migration shows two); a drain to
+    the host it names."""
+    if command.kind is CommandKind.CREATE:
+        spec = command.spec
+        where = _hosts_of(records, spec.name)
+        if where:
+            return None, f"a VM named {spec.name} already exists on {where[0]}"
+        group = spec.labels.get(ANTI_AFFINITY_LABEL, "")
+        demand = Demand(spec.vcpus, spec.memory_mib, anti_affinity=group)
+        placement = choose_target(records, member, "", demand, limits, overcommit, group)
+        return placement.target, placement.reason
+    if command.kind in (CommandKind.DRAIN, CommandKind.UNDRAIN):
+        info = member(command.target)
+        if info is None or info.state is not MemberState.ALIVE:
+            state = "unknown" if info is None else info.state.value
+            return None, f"host {command.target} is {state} in the site's view"
+        return command.target, ""
+    where = _hosts_of(records, command.vm)
+    if not where:
+        return None, f"unknown VM: no host of the site runs {command.vm}"
+    return where[0], ""
+
+
+def _hosts_of(records: Mapping[str, NodeRecord], vm: str) -> list[str]:
+    """Hosts whose record lists `vm`, the one running it first."""
+    found = [
+        (summary.state != "running", node)
+        for node, record in records.items()
+        for summary in record.vms
+        if summary.name == vm
+    ]
+    return [node for _, node in sorted(found)]
