@@ -48,6 +48,8 @@ DEFAULT_PER_PAGE = 100
 INDEX_HEADER = "X-Nova-Index"
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("principal")  # None: anonymous
 
 
 class ApiError(Exception):
@@ -132,19 +134,19 @@ class Api:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["request_id"] = request.headers.get("X-Request-Id", "")[:64] or str(uuid.uuid4())
+        request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or str(uuid.uuid4())
         route = request.match_info.route.resource
         path = route.canonical if route is not None else ""
         key = (request.method, path)
         role = self.roles.get(key)
-        request["principal"] = None
+        request[PRINCIPAL] = None
         try:
             if role is None:
                 if path in ("/v1/openapi.json", "/v1/sitelink"):
                     return await handler(request)
                 raise _not_routed(request)
             if role != "none":
-                request["principal"] = await self._authorize(request, role)
+                request[PRINCIPAL] = await self._authorize(request, role)
             if request.method in MUTATING and not self.c.is_leader():
                 raise self._not_leader(request)
             response = await handler(request)
@@ -163,7 +165,7 @@ class Api:
             response = error_response(ApiError(status, code, str(exc)))
         if request.method in MUTATING and key in self.roles:
             await self._audit(request, self.operation_ids[key], response)
-        response.headers["X-Request-Id"] = request["request_id"]
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
         return response
 
     async def _authorize(self, request: web.Request, role: str) -> Principal:
@@ -174,7 +176,7 @@ class Api:
         principal = await self.store.authenticate(bearer.strip())
         if principal is None:
             raise ApiError(401, "unauthorized", "token unknown, malformed or revoked")
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         wait = self.c.limiter.take(principal.token_id or principal.name, time.monotonic())
         if wait > 0:
             error = ApiError(429, "rate_limited", f"too many requests; retry in {wait:.2f} s")
@@ -195,7 +197,7 @@ class Api:
         return ApiError(503, "no_leader", "no coordinator leads right now; try again shortly")
 
     async def _audit(self, request: web.Request, action: str, response: web.StreamResponse) -> None:
-        principal = request["principal"] or Principal("anonymous", "none")
+        principal = request[PRINCIPAL] or Principal("anonymous", "none")
         target = "/".join(str(v) for v in request.match_info.values())
         detail = ""
         if isinstance(response, web.Response) and response.status >= 400 and response.body:
@@ -208,7 +210,7 @@ class Api:
             target,
             response.status,
             detail,
-            request["request_id"],
+            request[REQUEST_ID],
         )
 
     # --- helpers ---------------------------------------------------------------------------
@@ -280,7 +282,7 @@ class Api:
     async def add_site(self, request: web.Request) -> web.Response:
         body = await self._body(request, "SiteCreate")
         site, token = await self.store.add_site(
-            body["name"], body.get("labels", {}), float(body.get("cost", 0)), request["principal"]
+            body["name"], body.get("labels", {}), float(body.get("cost", 0)), _who(request)
         )
         return web.json_response({"site": site, "enrollment_token": token}, status=201)
 
@@ -296,18 +298,18 @@ class Api:
             body.get("labels"),
             float(body["cost"]) if "cost" in body else None,
             revision,
-            request["principal"],
+            _who(request),
         )
         return web.json_response(site, headers={"ETag": f'"{site["revision"]}"'})
 
     async def revoke_site(self, request: web.Request) -> web.Response:
-        site = await self.store.revoke_site(request.match_info["site"], request["principal"])
+        site = await self.store.revoke_site(request.match_info["site"], _who(request))
         await self.c.links.drop(site["name"], "the site was revoked")
         return web.json_response(site)
 
     async def new_enrollment(self, request: web.Request) -> web.Response:
         name = request.match_info["site"]
-        token = await self.store.new_enrollment(name, request["principal"])
+        token = await self.store.new_enrollment(name, _who(request))
         return web.json_response({"site": name, "enrollment_token": token}, status=201)
 
     async def enroll(self, request: web.Request) -> web.Response:
@@ -442,9 +444,7 @@ class Api:
         existing = await self.store.operation_for_key(command["key"])
         if existing is not None:
             return existing
-        return await self.store.start_operation(
-            kind, site, target, body, command, request["principal"]
-        )
+        return await self.store.start_operation(kind, site, target, body, command, _who(request))
 
     async def _repeated(self, request: web.Request, key: str) -> web.Response | None:
         """The answer to a create already made with this Idempotency-Key, if any."""
@@ -502,7 +502,7 @@ class Api:
         return web.json_response(await self.c.operation_view(request.match_info["id"]))
 
     async def cancel_operation(self, request: web.Request) -> web.Response:
-        op = await self.store.cancel_operation(request.match_info["id"], request["principal"])
+        op = await self.store.cancel_operation(request.match_info["id"], _who(request))
         return web.json_response(op)
 
     async def wait_operation(self, request: web.Request) -> web.Response:
@@ -569,16 +569,24 @@ class Api:
     async def create_token(self, request: web.Request) -> web.Response:
         body = await self._body(request, "TokenCreate")
         token, secret = await self.store.create_token(
-            body["name"], body["role"], body.get("tenant", ""), request["principal"]
+            body["name"], body["role"], body.get("tenant", ""), _who(request)
         )
         return web.json_response({"token": token, "secret": secret}, status=201)
 
     async def revoke_token(self, request: web.Request) -> web.Response:
-        token = await self.store.revoke_token(request.match_info["id"], request["principal"])
+        token = await self.store.revoke_token(request.match_info["id"], _who(request))
         return web.json_response(token)
 
 
 # --- request parts ------------------------------------------------------------------------------
+
+
+def _who(request: web.Request) -> Principal:
+    """The authenticated principal of a request (the middleware checked the token)."""
+    principal = request[PRINCIPAL]
+    if principal is None:
+        raise ApiError(401, "unauthorized", "no bearer token: send Authorization: Bearer ...")
+    return principal
 
 
 def _not_routed(request: web.Request) -> ApiError:
@@ -599,7 +607,7 @@ def _command_key(request: web.Request) -> str:
         return str(uuid.uuid4())
     if len(given) > 128 or not given.isprintable():
         raise bad("Idempotency-Key", "at most 128 printable characters")
-    principal: Principal = request["principal"]
+    principal = _who(request)
     return f"{principal.token_id or principal.name}:{given}"
 
 
