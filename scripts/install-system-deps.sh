@@ -19,6 +19,7 @@ qemu-system-x86
 qemu-utils
 busybox-static
 openssl
+postgresql
 "
 
 missing=""

@@ -14,18 +14,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "novacron-agent.service"
-INSTALLED = "/usr/local/bin/nova-agent"
+import pytest
+
+SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+UNIT = SYSTEMD / "novacron-agent.service"
+COORDINATOR_UNIT = SYSTEMD / "novacron-coordinator.service"
+UNITS = {UNIT: "nova-agent", COORDINATOR_UNIT: "nova-coordinator"}
 MAX_EXPOSURE = 5.0
 
 
-def _copy_for_this_machine(tmp_path: Path) -> Path:
-    agent = Path(sys.executable).parent / "nova-agent"
-    assert agent.exists(), f"{agent} missing: is the package installed (pip install -e .)?"
-    text = UNIT.read_text()
-    assert INSTALLED in text
-    copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(INSTALLED, str(agent)))
+def _copy_for_this_machine(tmp_path: Path, unit: Path = UNIT) -> Path:
+    program = UNITS[unit]
+    installed = Path(sys.executable).parent / program
+    assert installed.exists(), f"{installed} missing: is the package installed (pip install -e .)?"
+    text = unit.read_text()
+    assert f"/usr/local/bin/{program}" in text
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace(f"/usr/local/bin/{program}", str(installed)))
     return copy
 
 
@@ -35,8 +40,9 @@ def _systemd_analyze() -> str:
     return found
 
 
-def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
-    unit = _copy_for_this_machine(tmp_path)
+@pytest.mark.parametrize("original", list(UNITS), ids=lambda p: p.stem)
+def test_unit_verifies_without_any_output(tmp_path: Path, original: Path) -> None:
+    unit = _copy_for_this_machine(tmp_path, original)
     done = subprocess.run(
         [_systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
@@ -44,8 +50,9 @@ def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
     assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
 
 
-def test_unit_exposure_score_is_at_most_five(tmp_path: Path) -> None:
-    unit = _copy_for_this_machine(tmp_path)
+@pytest.mark.parametrize("original", list(UNITS), ids=lambda p: p.stem)
+def test_unit_exposure_score_is_at_most_five(tmp_path: Path, original: Path) -> None:
+    unit = _copy_for_this_machine(tmp_path, original)
     done = subprocess.run(
         [_systemd_analyze(), "security", "--offline=yes", str(unit)],
         capture_output=True,
@@ -70,3 +77,14 @@ def test_unit_declares_what_the_agent_relies_on() -> None:
     # Every relaxed directive says why, right above it.
     relaxed = [line for line in text.splitlines() if line.startswith("# Relaxed:")]
     assert len(relaxed) >= 3
+
+
+def test_the_coordinator_unit_runs_unprivileged_and_notifies() -> None:
+    text = COORDINATOR_UNIT.read_text()
+    for directive in (
+        "Type=notify",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+    ):
+        assert directive in text, directive
