@@ -10,13 +10,16 @@ that does not trust the coordinator's certificate are refused.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .federation import Api, CoordinatorProcess, Site, tls_files, wait_until
+from .federation import BIN, Api, CoordinatorProcess, Site, tls_files, wait_until
 
 
 class Federation:
@@ -206,3 +209,46 @@ def test_the_gateway_killed_another_host_takes_the_link_and_commands_still_run(
     done = fed.api.wait_operation(op["id"])
     assert done["status"] == "succeeded" and done["result"]["host"] == "n2", done
     wait_until("n1 dead in the coordinator's view", lambda: fed.hosts("lyon").get("n1") == "dead")
+
+
+def cli(fed: Federation, *args: str, config: Path | None = None) -> tuple[int, Any, str]:
+    """`nova --json ARGS` as a field engineer runs it; (exit code, JSON answer, stderr)."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config or fed.root / "xdg")}
+    env.pop("NOVACRON_COORDINATOR", None)
+    done = subprocess.run(
+        [str(BIN / "nova"), "--json", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    return done.returncode, json.loads(done.stdout) if done.stdout else None, done.stderr
+
+
+def test_nova_talks_to_the_coordinator_through_a_context(fed: Federation) -> None:
+    assert fed.api is not None
+    c = fed.coordinator
+    code, _, err = cli(
+        fed, "context", "add", "prod", c.url, "--token", fed.api.token, "--ca", str(fed.tls[0])
+    )
+    assert code == 0, err
+    assert (fed.root / "xdg" / "novacron" / "config.toml").stat().st_mode & 0o077 == 0
+    code, listed, _ = cli(fed, "context", "list")
+    assert listed["contexts"] == [{"name": "prod", "url": c.url, "current": True}]
+    code, sites, _ = cli(fed, "sites")
+    assert code == 0 and {s["name"] for s in sites["sites"]} >= {"lyon", "paris"}
+    (fed.root / "vmlinuz").write_bytes(b"kernel")
+    code, made, err = cli(
+        fed, "vm", "create", "api-1", "--memory", "64", "--kernel", str(fed.root / "vmlinuz"),
+        "--where", "region=eu-central", "--wait",
+    )  # fmt: skip
+    assert code == 0, err
+    assert made["operation"]["status"] == "succeeded" and made["operation"]["site"] == "paris"
+    wait_until("api-1 in the view", lambda: copies(fed, "api-1"))
+    code, vms, _ = cli(fed, "vm", "list", "--site", "paris")
+    assert code == 0 and "api-1" in {vm["name"] for vm in vms["vms"]}
+    assert {vm["site"] for vm in vms["vms"]} == {"paris"}
+    code, ops, _ = cli(fed, "operations")
+    assert code == 0 and ops["operations"][0]["target"] == "api-1"
+    code, answer, err = cli(
+        fed, "vm", "create", "x", "--memory", "64", "--kernel", "/k", "--where", "region=mars"
+    )
+    assert code == 1 and "no target fits" in answer["error"]
+    code, answer, _ = cli(fed, "--coordinator", "https://127.0.0.1:1", "sites")
+    assert code == 3 and "cannot reach the coordinator" in answer["error"]

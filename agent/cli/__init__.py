@@ -18,7 +18,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca_commands, completion, mesh, migrate, rebalance, site
+from . import ca_commands, completion, federation, mesh, migrate, rebalance, site
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -38,6 +38,7 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     migrate.add_migration_commands,
     rebalance.add_rebalance_commands,
     site.add_site_commands,
+    federation.add_federation_commands,
     completion.add_completion_commands,
 )
 
@@ -46,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole `nova` command line: one subparser per command group."""
     parser = Parser(prog=PROG, description="NovaCron: VMs on fleets of edge hosts.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    federation.global_flags(parser)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     for add_group in COMMAND_GROUPS:
         add_group(groups)
+    federation.extend(parser)
     return parser
 
 
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version print and "exit"
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out = Output(json=args.json)
-    handler: Handler = args.handler
     try:
+        handler: Handler = federation.federated(args.handler, args)
         return handler(args, out)
     except UsageError as exc:
         out.error(str(exc))
