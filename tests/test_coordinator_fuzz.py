@@ -22,7 +22,6 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from .federation import BIN, free_port, wait_until
 from .fuzzing import FULL
 
-
 EXAMPLES = 30 if FULL else 8  # generated requests per operation
 
 
