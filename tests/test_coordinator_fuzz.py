@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from .federation import BIN, free_port, wait_until
+from novacron.simulations.federation import BIN, wait_until
+from novacron.simulations.ports import free_port
+
 from .fuzzing import FULL
 
 EXAMPLES = 30 if FULL else 8  # generated requests per operation

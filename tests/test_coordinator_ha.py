@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .federation import Api, CoordinatorProcess, Site, tls_files, wait_until
+from novacron.simulations.federation import Api, CoordinatorProcess, Site, tls_files, wait_until
+
 from .postgres import running_postgres
 
 TAKEOVER = 10.0  # seconds the issue allows for another coordinator to lead

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from .federation import BIN, Api, CoordinatorProcess, Site, tls_files, wait_until
+from novacron.simulations.federation import (
+    BIN,
+    Api,
+    CoordinatorProcess,
+    Site,
+    tls_files,
+    wait_until,
+)
 
 
 class Federation:

@@ -1,4 +1,4 @@
-"""Coordinators and sites as real processes on loopback, for the federation tests.
+"""Coordinators and sites as real processes on loopback: the federation tests and demo.
 
 `tls_files` makes a throwaway TLS CA and a certificate for 127.0.0.1 (never
 a network service); `CoordinatorProcess` runs `nova-coordinator serve` over
@@ -30,8 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from novacron.agent.cli import main as nova
-
-from .agent_process import free_port_pair
+from novacron.simulations.ports import free_port, free_port_pair
 
 BIN = Path(sys.executable).parent
 
@@ -80,12 +79,6 @@ def tls_files(directory: Path) -> tuple[Path, Path, Path]:
     )
     os.chmod(paths[2], 0o600)
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
