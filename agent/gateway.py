@@ -264,6 +264,9 @@ class Gateway:
 
     async def _push(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
+            if not self._elected():  # another agent holds the link now: let it
+                await ws.close(message=b"another agent is the site's gateway now")
+                return
             for delta in self._stream.observe(self.view()):
                 await self._send(ws, delta)
             await asyncio.sleep(PUSH_INTERVAL)
