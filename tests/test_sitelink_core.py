@@ -262,6 +262,12 @@ def test_the_ledger_forgets_old_and_excess_keys() -> None:
     assert ledger.entries() == []
 
 
+def test_a_key_that_never_finished_is_kept_past_the_age_limit() -> None:
+    ledger = CommandLedger([LedgerEntry("k1", 0.0)], keep=10.0)
+    outcome = ledger.admit("k1", 1_000_000.0)
+    assert outcome is not None and "interrupted" in outcome.detail
+
+
 def test_ledger_lines_replace_earlier_ones_about_the_same_key() -> None:
     outcome = wire.Outcome("k1", ok=True)
     ledger = CommandLedger([LedgerEntry("k1", 1.0), LedgerEntry("k1", 2.0, outcome)])

@@ -7,8 +7,8 @@ cannot lead to a second run); a key that finished is answered with its
 recorded outcome; a key that started and never finished (the agent died in
 the middle) is answered as interrupted and is never run again, because the
 ledger cannot know how far it got. The ledger forgets keys after `keep`
-seconds (far longer than the coordinator retries one) and holds at most
-`max_entries`, oldest forgotten first.
+seconds once they finished (an unfinished key is kept: see `_forget`) and
+holds at most `max_entries`, oldest forgotten first.
 """
 
 from __future__ import annotations
@@ -89,10 +89,18 @@ class CommandLedger:
         return list(self._entries.values())
 
     def _forget(self, now: float) -> None:
-        while self._entries:
-            key, oldest = next(iter(self._entries.items()))
-            if len(self._entries) <= self._max and now - oldest.at <= self._keep:
-                return
+        """Forget finished keys older than `keep`, and the oldest beyond `max_entries`.
+
+        A key that started and never finished is kept whatever its age (only
+        the cap removes it): the coordinator may redeliver its command for as
+        long as no outcome reached it, and forgetting the key would let it run.
+        """
+        for key, entry in list(self._entries.items()):  # oldest first
             if key in self._running:
-                return
-            del self._entries[key]
+                continue
+            if len(self._entries) > self._max or (
+                entry.outcome is not None and now - entry.at > self._keep
+            ):
+                del self._entries[key]
+            elif now - entry.at <= self._keep:
+                return  # the rest are younger
