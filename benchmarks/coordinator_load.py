@@ -117,7 +117,18 @@ class SimSite:
         await ws.send_bytes(wire.encode(hello, "gw"))
         welcome = wire.decode((await ws.receive()).data)[1]
         assert isinstance(welcome, wire.Welcome), welcome
+        # Read all the time: aiohttp answers the coordinator's pings only while reading.
+        self.acks: asyncio.Queue[int] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read(ws))
         return ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                message = wire.decode(msg.data)[1]
+                if isinstance(message, wire.Ack):
+                    self.acks.put_nowait(message.seq)
+        self.acks.put_nowait(-1)
 
     async def snapshot(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """A new stream: every host, in deltas, then wait for the last ack."""
@@ -136,11 +147,10 @@ class SimSite:
 
     async def _acked(self, ws: aiohttp.ClientWebSocketResponse, seq: int) -> None:
         while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                raise RuntimeError(f"link closed: {msg}")
-            message = wire.decode(msg.data)[1]
-            if isinstance(message, wire.Ack) and message.seq >= seq:
+            acked = await self.acks.get()
+            if acked < 0:
+                raise RuntimeError(f"{self.name}: the coordinator closed the link")
+            if acked >= seq:
                 return
 
     async def churn(self, ws: aiohttp.ClientWebSocketResponse, stop: float) -> int:

@@ -13,7 +13,7 @@ import itertools
 import os
 import random
 
-from locust import HttpUser, constant_throughput, task
+from locust import FastHttpUser, constant_throughput, task
 
 TOKEN = os.environ.get("NOVA_TOKEN", "")
 SITES = int(os.environ.get("NOVA_SITES", "100"))
@@ -22,11 +22,10 @@ RATE = float(os.environ.get("NOVA_RATE", "4"))
 _names = itertools.count()
 
 
-class ApiUser(HttpUser):
+class ApiUser(FastHttpUser):
     wait_time = constant_throughput(RATE)
 
-    def on_start(self) -> None:
-        self.client.headers["Authorization"] = f"Bearer {TOKEN}"
+    default_headers = {"Authorization": f"Bearer {TOKEN}"}
 
     @task(6)
     def list_vms(self) -> None:

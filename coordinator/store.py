@@ -530,6 +530,14 @@ class Store:
             rows = await self.db.fetch("SELECT * FROM hosts ORDER BY site, node_id")
         return [_host_row(r) for r in rows]
 
+    async def host_capacities(self) -> list[Row]:
+        """Capacity and VM totals of every host that takes new VMs (alive, not draining):
+        what placement needs, without the rest of the rows."""
+        return await self.db.fetch(
+            "SELECT site, vcpus, memory_mib, vm_vcpus, vm_memory_mib FROM hosts "
+            "WHERE state = 'alive' AND draining = 0"
+        )
+
     async def host(self, site: str, node: str) -> Row:
         row = await self.db.fetchone(
             "SELECT * FROM hosts WHERE site = ? AND node_id = ?", site, node

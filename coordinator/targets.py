@@ -39,11 +39,9 @@ class SiteTarget:
 
 
 def host_room(host: Mapping[str, Any]) -> tuple[float, int]:
-    """(vCPUs, MiB) a host has free for a new VM, 0 if it takes none."""
-    if host["state"] != "alive" or host["draining"]:
-        return 0.0, 0
-    vcpus = host["capacity"]["vcpus"] * OVERCOMMIT - host["vms"]["vcpus"]
-    memory = host["capacity"]["memory_mib"] - host["vms"]["memory_mib"]
+    """(vCPUs, MiB) free for a new VM on a host that takes new VMs (`host_capacities`)."""
+    vcpus = float(host["vcpus"]) * OVERCOMMIT - int(host["vm_vcpus"])
+    memory = int(host["memory_mib"]) - int(host["vm_memory_mib"])
     return max(vcpus, 0.0), max(memory, 0)
 
 
@@ -55,7 +53,7 @@ async def site_targets(store: Store, request: Request) -> list[SiteTarget]:
         else set()
     )
     rooms: dict[str, tuple[float, int]] = {}
-    for host in await store.hosts(None):
+    for host in await store.host_capacities():
         vcpus, memory = host_room(host)
         best = rooms.get(host["site"], (0.0, 0))
         if (memory, vcpus) > (best[1], best[0]):
