@@ -10,8 +10,8 @@ and carries commands, with the bookkeeping in the sans-IO `SiteStream`.
 The edge never waits for it: nothing in the mesh awaits this loop, a
 coordinator that is gone costs one connection attempt per backoff step
 (doubling to `MAX_BACKOFF`, with jitter), and commands run through the
-agent's own controls (`site_commands.py`). aiohttp is imported here only,
-so an agent without a coordinator never loads it.
+agent's own controls (`site_commands.py`). aiohttp is imported only by the
+agent that holds the link, so no other agent pays its memory.
 """
 
 from __future__ import annotations
@@ -122,11 +122,13 @@ class Gateway:
 
     async def run(self) -> None:
         """Forever: hold the link while this agent is the gateway, retry with backoff."""
-        import aiohttp
-
         backoff = FIRST_BACKOFF
         attempt = 0
         await asyncio.sleep(SETTLE)
+        while not self._elected():
+            await asyncio.sleep(CHECK_INTERVAL)
+        import aiohttp  # only once this agent holds the link: a candidate never loads it
+
         async with aiohttp.ClientSession() as session:
             while True:
                 if not self._elected():
