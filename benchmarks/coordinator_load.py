@@ -295,12 +295,22 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
             "--only-summary", "--loglevel", "WARNING",
         ]  # fmt: skip
         env["NOVA_RATE"] = str(args.rate)
+        coordinator = psutil.Process(server.pid)
+        before, began = coordinator.cpu_times(), time.monotonic()
         subprocess.run(locust, env=env, capture_output=True, timeout=args.duration + 120)
+        after, ended = coordinator.cpu_times(), time.monotonic()
+        busy = (after.user + after.system - before.user - before.system) / (ended - began)
         result = out.get(timeout=600)
         sites.join(timeout=60)
         rss = psutil.Process(server.pid).memory_info().rss
         stats = _stats(Path(f"{csv_prefix}_stats.csv"))
-        return {**result, "coordinator_rss_mib": round(rss / 2**20, 1), "requests": stats}
+        return {
+            **result,
+            "coordinator_rss_mib": round(rss / 2**20, 1),
+            "coordinator_cpu_percent_of_a_core": round(100 * busy, 1),
+            "load_average_1min": round(os.getloadavg()[0], 1),
+            "requests": stats,
+        }
     finally:
         server.terminate()
         server.wait(timeout=60)

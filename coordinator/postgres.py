@@ -1,6 +1,7 @@
 """PostgreSQL under the store (asyncpg): for several coordinators on one database.
 
-Statements use the store's `?` placeholders, numbered here. A transaction on
+Statements use the store's `?` placeholders, numbered here. Transactions take
+turns within the process (see `_writes`). A transaction on
 a coordinator that writes as the leader first checks that the `leader` row
 still names it (`fence`): a leader that lost its lock (its lock connection
 died, another took over) can no longer commit anything, even if it has not
@@ -9,6 +10,7 @@ noticed yet.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +32,9 @@ class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.fence: str | None = None  # the node id writes must lead as (None: not checked)
+        # Every write stamps the one global index row, so writes are serial anyway: taking
+        # turns here keeps waiting writers from holding pool connections that reads need.
+        self._writes = asyncio.Lock()
 
     @classmethod
     async def connect(cls, url: str) -> PostgresDatabase:
@@ -54,7 +59,7 @@ class PostgresDatabase:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._writes, self._pool.acquire() as conn, conn.transaction():
             tx = _PostgresTx(conn)
             if self.fence is not None:
                 row = await tx.fetchone("SELECT holder FROM leader WHERE id = 1 FOR SHARE")
