@@ -51,7 +51,7 @@ suite: deps
 
 # The tests that need neither root nor the lab, in about a minute, as any user.
 test-unit: deps
-	$(VENV)/bin/pytest -q -m "not lab"
+	$(VENV)/bin/pytest -q -m "not lab and not agents"
 
 bench: deps
 	$(PY) benchmarks/record_codec.py

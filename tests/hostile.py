@@ -187,6 +187,7 @@ class Mesh:
         name: str | None = None,
         wait: bool = True,
         seed: str | None = None,
+        port: int | None = None,
     ) -> AgentProcess:
         """Start `node_id`'s agent (issuing its certificate unless `certify` is False);
         `name` tells apart two processes of one node id (a clone)."""
@@ -196,7 +197,7 @@ class Mesh:
         directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "agent.toml").write_text("")  # every setting from flags below
-        port = free_port_pair()
+        port = port or free_port_pair()
         seeds = [a.address for a in self.agents.values() if a.running()]
         if seed is not None:
             seeds = [self.agents[seed].address]

@@ -28,6 +28,8 @@ from tests.agent_process import (
     running_agent,
 )
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 
 @pytest.mark.parametrize("bad", ["-1", "nan", "0.01", "1e9"])
 def test_a_peer_heartbeat_out_of_range_is_refused_by_name(ca: Path, bad: str) -> None:

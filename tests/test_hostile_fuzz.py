@@ -29,6 +29,8 @@ from novacron.protocol import messages as m
 from tests.hostile import Mallory, Mesh, wait_until
 from tests.strategies import any_message
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 FRAMES = 400  # examples drawn; each becomes one frame on the wire
 
 _BOUNDARY_INTS = [0, -1, 1, m.MAX_COUNTER, m.MAX_COUNTER + 1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)]

@@ -41,6 +41,8 @@ from novacron.protocol.certificates import Certificate
 from novacron.simulations.stranger import Stranger, forged_certificates
 from tests.agent_process import agent_args, free_port_pair
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 # The stranger's own addresses, a /24 of them as one machine on a LAN may take; members
 # and the honest newcomer use 127.0.0.1.
 STRANGER = [f"127.0.9.{host}" for host in range(1, 255)]

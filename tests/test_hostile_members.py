@@ -31,6 +31,8 @@ from novacron.protocol.messages import (
 from novacron.protocol.records import sign_record
 from tests.hostile import Mallory, Mesh, wait_until
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 HUGE = 2**64 - 1  # the largest integer msgpack encodes
 
 

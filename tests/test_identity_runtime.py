@@ -21,6 +21,8 @@ from novacron.protocol import keyfiles
 from novacron.protocol.messages import Ping
 from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
@@ -136,3 +138,25 @@ def test_a_second_agent_with_the_same_identity_refuses_to_run(mesh: Mesh, seed: 
         wait_until(lambda: "n1" in n1.status()["identity_clashes"], 10, "n1 reports the clash")
         reported = n1.status()["identity_clashes"]["n1"]
         assert reported[0] == n1.address and "127.0.0.1" in reported[1]
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["same-address", "new-address"])
+def test_an_ordinary_restart_is_not_reported_as_an_attack(mesh: Mesh, moved: bool) -> None:
+    mesh.start(3)
+    n2 = mesh["n2"]
+    n2.proc.send_signal(signal.SIGTERM)
+    assert n2.proc.wait(timeout=20) == 0
+    port = None if moved else n2.port  # a new port stands for a new DHCP lease
+    mesh.start_agent("n2", certify=False, port=port, seed="n1")
+    mesh.wait_converged()
+    time.sleep(3)  # the others' connections to the old n2 retry meanwhile
+    for agent in mesh.agents.values():
+        if not agent.running():
+            continue
+        warnings = [
+            line
+            for line in agent.log().splitlines()
+            if "level=warning" in line and "peer refused" in line
+        ]
+        assert warnings == [], agent.node_id
+        assert agent.status()["last_refusal"] is None, agent.node_id

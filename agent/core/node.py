@@ -1102,6 +1102,8 @@ class MembershipNode:
         self._heard[sender] = now
         self.stats.digests_received += 1
         for line in message.members:
+            if line.node_id == sender:
+                self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
         issued_at, crl = self._keyring.revocations()
@@ -1127,6 +1129,29 @@ class MembershipNode:
             self._merge_line(sender, line, now, out, announce_new=line.node_id == sender)
         for signed in message.records:
             self._offer_record(signed, now, out, announce_new=False)
+
+    def _note_return(self, line: MemberDigest) -> None:
+        """A member we hold left or failed speaks to us from a new address, at the
+        incarnation we hold (a restart elsewhere: a new port, a new DHCP lease).
+
+        Its old life is gone, so its own signed line says where it is now: our
+        answers go there, and it learns from them what we hold and refutes it.
+        Otherwise they would go to the old address, and it would never rejoin.
+        """
+        current = self._members.get(line.node_id)
+        if (
+            current is not None
+            and current.state in (LEFT, DEAD)
+            and line.state is ALIVE
+            and line.incarnation == current.incarnation
+            and line.address
+            and line.address != current.address
+            and self._keyring.verify_claim(line_claim(line))
+        ):
+            # A Leave's signature does not cover the address; a failed member's proof
+            # is its Alive, now the one at the new address.
+            proof = current.proof if current.state is LEFT else line.signature
+            self._members.put(dataclasses.replace(current, address=line.address, proof=proof))
 
     def _merge_line(
         self, sender: str, line: MemberDigest, now: float, out: Output, *, announce_new: bool
