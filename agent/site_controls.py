@@ -5,6 +5,15 @@ runs (`VmControl` for `nova vm create/start/stop/delete`, `Migrator.migrate`
 for `nova vm migrate`, `Drain` for `nova host drain` on the host itself), so
 it gets the same checks and refusals. Nothing else in the site link touches
 those controls: when they change, only this module does.
+
+A drain or undrain from the coordinator runs here, on the pinned host, as
+this host's own local command (`DrainControl`, what `nova host drain` on the
+host itself calls), not as a request from another member (`DrainRequests`,
+which needs an operator's signed command). What authorizes it is the site
+link: the coordinator proved itself with its TLS certificate to the gateway,
+the site enrolled with it, the operator behind the request holds a
+coordinator token with the operator role (audited there), and this host
+obeys a relay only from the member it sees as the site's gateway.
 """
 
 from __future__ import annotations

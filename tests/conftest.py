@@ -29,7 +29,7 @@ from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import preflight
 
-pytest_plugins = ("tests.api_server",)  # its `served` fixture, for the API's tests
+pytest_plugins = ("tests.api_server", "tests.postgres")  # `served`; the session's `postgres`
 
 DESELECT = "deselect lab tests with -m 'not lab' (make test-unit)"
 

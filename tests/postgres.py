@@ -4,8 +4,9 @@ Debian's server binaries (`scripts/install-system-deps.sh` installs
 `postgresql`): `initdb` in a temporary directory and `pg_ctl start` on a free
 loopback port, as the `postgres` user when the tests run as root (PostgreSQL
 refuses to run as root), as the current user otherwise; stopped and removed
-afterwards. Each test gets a database of its own. Missing binaries fail the
-test with what to install: they never skip it.
+afterwards. One server per test session (the `postgres` fixture, registered
+in conftest.py); each test gets a database of its own. Missing binaries fail
+the test with what to install: they never skip it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from novacron.simulations.ports import free_port
 
@@ -99,3 +102,10 @@ def running_postgres() -> Iterator[Postgres]:
             timeout=60,
         )
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The session's one server (started only if a test asks for it)."""
+    with running_postgres() as server:
+        yield server

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,7 @@ from .coordinator_harness import (
     served,
     site_identity,
 )
-from .postgres import Postgres, running_postgres
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with running_postgres() as server:
-        yield server
+from .postgres import Postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -16,25 +16,28 @@ import pytest
 
 from novacron.simulations.federation import Api, CoordinatorProcess, Site, tls_files, wait_until
 
-from .postgres import running_postgres
+from .postgres import Postgres
+
+pytestmark = pytest.mark.agents  # real agent processes on loopback
 
 TAKEOVER = 10.0  # seconds the issue allows for another coordinator to lead
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess, str]]:
+def pair(
+    tmp_path: Path, postgres: Postgres
+) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess, str]]:
     tls = tls_files(tmp_path / "tls")
-    with running_postgres() as postgres:
-        database = postgres.database()
-        one = CoordinatorProcess(tmp_path / "c1", tls, database)
-        two = CoordinatorProcess(tmp_path / "c2", tls, database)
-        for c in (one, two):
-            c.directory.mkdir()
-        try:
-            yield one, two, database
-        finally:
-            one.stop()
-            two.stop()
+    database = postgres.database()
+    one = CoordinatorProcess(tmp_path / "c1", tls, database)
+    two = CoordinatorProcess(tmp_path / "c2", tls, database)
+    for c in (one, two):
+        c.directory.mkdir()
+    try:
+        yield one, two, database
+    finally:
+        one.stop()
+        two.stop()
 
 
 def named(api: Api, name: str) -> list[dict[str, str]]:

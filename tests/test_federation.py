@@ -28,6 +28,8 @@ from novacron.simulations.federation import (
     wait_until,
 )
 
+pytestmark = pytest.mark.agents  # real agent processes on loopback
+
 
 class Federation:
     def __init__(self, root: Path) -> None:
