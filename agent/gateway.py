@@ -61,7 +61,10 @@ CHECK_INTERVAL = 1.0  # seconds between looks at who the gateway is
 SETTLE = 3.0  # seconds after start before the first election: the view fills in first
 PUSH_INTERVAL = 0.5  # seconds between deltas (changes within it travel together)
 FIRST_BACKOFF = 1.0  # seconds before the first retry of a failed connection
-MAX_BACKOFF = 60.0  # the longest wait between attempts while the coordinator is away
+# The longest wait between attempts while the coordinator is away: a site is back
+# within 10 s of its uplink healing (at most 7.5 s with the jitter, then the handshake
+# and the snapshot); each absent site costs the coordinator one attempt per ~5 s.
+MAX_BACKOFF = 5.0
 HANDSHAKE_TIMEOUT = 15.0
 HEARTBEAT = 15.0  # seconds between WebSocket pings: a dead link is noticed within ~2 of them
 AGENT_VERSION = "novacron-agent/1"

@@ -3,11 +3,13 @@
 `tls_files` makes a throwaway TLS CA and a certificate for 127.0.0.1 (never
 a network service); `CoordinatorProcess` runs `nova-coordinator serve` over
 TLS on a free port; `Site` is a cluster CA with agents (libvirt's test
-driver) that know the coordinator; `Api` is a small client of `/v1`.
+driver) that know the coordinator; `Api` is a small client of `/v1`;
+`Cable` is a site's uplink that can be cut and healed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -17,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -292,3 +295,73 @@ class Site:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class Cable:
+    """A site's uplink: a TCP relay on loopback to the coordinator's port that can be cut.
+
+    Cut, it closes every connection through it and closes each new one at once,
+    so the site's attempts fail as over a dead uplink while the coordinator
+    stays up for the API's clients. TLS passes through untouched (the
+    coordinator's certificate names 127.0.0.1, as the relay does).
+    """
+
+    def __init__(self, to_port: int) -> None:
+        self._to = to_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._cut = False
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._open.clear()
+
+    def heal(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._cut:
+                    near.close()
+                    continue
+            try:
+                far = socket.create_connection(("127.0.0.1", self._to), timeout=5)
+            except OSError:
+                near.close()
+                continue
+            with self._lock:
+                self._open.update((near, far))
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for conn in (source, sink):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._open.discard(source)
+            self._open.discard(sink)
+        source.close()  # each socket is the source of exactly one pump

@@ -9,6 +9,8 @@ types, schemas, headers).
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from novacron.simulations.federation import BIN, wait_until
 from novacron.simulations.ports import free_port
 
+from .agent_process import notifications
 from .fuzzing import FULL
 
 EXAMPLES = 30 if FULL else 8  # generated requests per operation
@@ -46,7 +49,18 @@ class Plain:
 
 
 @pytest.fixture(scope="module")
-def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[socket.socket]:
+    """A NOTIFY_SOCKET as systemd gives a Type=notify service."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path_factory.mktemp("systemd") / "notify.sock"))
+        sock.settimeout(30)
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def coordinator(
+    tmp_path_factory: pytest.TempPathFactory, notify: socket.socket
+) -> Iterator[tuple[str, str]]:
     plain = Plain(tmp_path_factory.mktemp("fuzzed"))
     token = plain.admin("token", "create", "fuzzer", "--role", "admin")
     plain.admin("site", "add", "lyon")
@@ -54,7 +68,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     proc = subprocess.Popen(
         [str(BIN / "nova-coordinator"), "--data-dir", str(plain.directory), "serve",
          "--listen", f"127.0.0.1:{plain.port}", "--rate", "0"],
-        stdout=log, stderr=log,
+        stdout=log, stderr=log, env={**os.environ, "NOTIFY_SOCKET": notify.getsockname()},
     )  # fmt: skip
     try:
         wait_until("the coordinator", lambda: _answers(plain.url), 30)
@@ -64,6 +78,13 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         proc.wait(timeout=30)
         log.close()
         assert b"Traceback" not in (plain.directory / "log").read_bytes()
+
+
+def test_the_coordinator_tells_systemd_it_is_ready_once_it_serves(
+    coordinator: tuple[str, str], notify: socket.socket
+) -> None:
+    """What the unit's Type=notify waits for (systemd/novacron-coordinator.service)."""
+    assert "READY=1" in notifications(notify, "READY=1")
 
 
 def _answers(url: str) -> bool:

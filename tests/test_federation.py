@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from novacron.simulations.federation import (
     BIN,
     Api,
+    Cable,
     CoordinatorProcess,
     Site,
     tls_files,
@@ -39,6 +41,7 @@ class Federation:
         self.coordinator.directory.mkdir()
         self.sites: dict[str, Site] = {}
         self.api: Api | None = None
+        self.cable: Cable | None = None  # paris's uplink
 
     def hosts(self, site: str) -> dict[str, str]:
         assert self.api is not None
@@ -61,14 +64,16 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     admin = c.admin("token", "create", "ops", "--role", "admin")["secret"]
     c.start()
     fed.api = Api(c.url, admin, fed.tls[0])
+    fed.cable = Cable(c.port)
     fed.sites["lyon"] = Site(fed.root / "lyon", "lyon", ("n1", "n2"))
     fed.sites["paris"] = Site(fed.root / "paris", "paris", ("p1",))
     assert fed.sites["lyon"].enroll(c, lyon_token)[0] == 0
     assert fed.sites["paris"].enroll(c, paris_token)[0] == 0
     try:
         for site in fed.sites.values():
+            url = fed.cable.url if site.name == "paris" else c.url
             for node in site.nodes:
-                site.start(node, (c.url,), fed.tls[0])
+                site.start(node, (url,), fed.tls[0])
         wait_until(
             "both sites' views at the coordinator",
             lambda: (
@@ -82,6 +87,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         for site in fed.sites.values():
             site.stop()
         c.stop()
+        fed.cable.close()
 
 
 def _linked(fed: Federation, site: str, gateway: str) -> bool:
@@ -174,6 +180,67 @@ def test_a_vm_created_through_the_api_runs_on_the_site_its_constraints_select(
     assert status == 409 and "already runs" in conflict["error"]["message"]
 
 
+UPLINK_CUT = float(os.environ.get("NOVACRON_UPLINK_CUT", "20"))  # seconds; the issue's 300
+
+
+def views_of_paris(fed: Federation) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """(the coordinator's, the site's own) {(VM, host, state)} of paris."""
+    assert fed.api is not None
+    coordinator = fed.api.get("/v1/vms?site=paris&per_page=1000")["items"]
+    code, local, _ = local_nova(fed, "p1", "vm", "list")
+    site = local["vms"] if code == 0 else []
+    return (
+        {(vm["name"], vm["host"], vm["state"]) for vm in coordinator},
+        {(vm["name"], vm["host"], vm["state"]) for vm in site},
+    )
+
+
+def test_an_uplink_cut_the_site_goes_on_a_command_waits_visibly_and_runs_once_on_heal(
+    fed: Federation,
+) -> None:
+    assert fed.api is not None and fed.cable is not None
+    wait_until("paris connected", lambda: fed.site("paris")["connected"])
+    fed.cable.cut()
+    wait_until("paris seen away", lambda: not fed.site("paris")["connected"], timeout=30)
+    kernel = str(fed.root / "vmlinuz")
+    (fed.root / "vmlinuz").write_bytes(b"kernel")
+    code, made, err = local_nova(
+        fed, "p1", "vm", "create", "alone-1", "--memory", "64", "--kernel", kernel
+    )
+    assert code == 0, (made, err)  # the site's own CLI goes on without the coordinator
+    status, refused = create(fed, "late-0", "eu-central")
+    assert status == 409 and "link down" in refused["error"]["message"]  # placement looks away
+    status, op, _ = fed.api.call(
+        "POST",
+        "/v1/vms",
+        {"name": "late-1", "vcpus": 1, "memory_mib": 64, "kernel": kernel,
+         "constraints": {"site": "paris"}},
+    )  # fmt: skip
+    assert status == 202 and op["site"] == "paris"  # a site named explicitly: it waits for it
+    try:
+        time.sleep(UPLINK_CUT)  # the cut itself: the scenario, not a wait for a condition
+        pending = fed.api.get(f"/v1/operations/{op['id']}")
+        assert pending["status"] == "pending" and "link is down" in pending["detail"], pending
+        assert not copies(fed, "late-1") and not copies(fed, "alone-1")
+    finally:
+        fed.cable.heal()
+    _, site = wait_until(
+        "the coordinator's view of paris equal to the site's, with both VMs",
+        lambda: (
+            (views := views_of_paris(fed))[0] == views[1]
+            and {"alone-1", "late-1"} <= {name for name, _, _ in views[1]}
+            and views
+        ),
+        timeout=10,
+    )
+    assert ("late-1", "p1", "running") in site
+    done = fed.api.wait_operation(op["id"])
+    assert done["status"] == "succeeded", done
+    assert len(copies(fed, "late-1")) == 1
+    code, listed, _ = local_nova(fed, "p1", "vm", "list")
+    assert [vm["name"] for vm in listed["vms"]].count("late-1") == 1  # it ran once
+
+
 def test_explain_shows_every_site_and_why(fed: Federation) -> None:
     assert fed.api is not None
     status, answer, _ = fed.api.call(
@@ -218,6 +285,12 @@ def test_the_gateway_killed_another_host_takes_the_link_and_commands_still_run(
     done = fed.api.wait_operation(op["id"])
     assert done["status"] == "succeeded" and done["result"]["host"] == "n2", done
     wait_until("n1 dead in the coordinator's view", lambda: fed.hosts("lyon").get("n1") == "dead")
+
+
+def local_nova(fed: Federation, node: str, *args: str) -> tuple[int, Any, str]:
+    """`nova --json ARGS` on a host of paris, asking its own agent (no coordinator)."""
+    site = fed.sites["paris"]
+    return cli(fed, *args, "--socket", str(site.socket(node)), config=fed.root / "xdg-local")
 
 
 def cli(fed: Federation, *args: str, config: Path | None = None) -> tuple[int, Any, str]:
