@@ -29,7 +29,7 @@ from novacron.simulations.ports import free_port
 from .agent_process import notifications
 from .fuzzing import FULL
 
-EXAMPLES = 30 if FULL else 8  # generated requests per operation
+EXAMPLES = 15 if FULL else 8  # generated requests per operation (bounded: make test's time)
 
 
 class Plain:

@@ -180,7 +180,7 @@ def test_a_vm_created_through_the_api_runs_on_the_site_its_constraints_select(
     assert status == 409 and "already runs" in conflict["error"]["message"]
 
 
-UPLINK_CUT = float(os.environ.get("NOVACRON_UPLINK_CUT", "20"))  # seconds; the 300
+UPLINK_CUT = float(os.environ.get("NOVACRON_UPLINK_CUT", "10"))  # seconds; the 300
 
 
 def views_of_paris(fed: Federation) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
