@@ -43,6 +43,8 @@ class AgentView(Protocol):
 
     def vms(self) -> list[dict[str, Any]]: ...
 
+    def conflicts(self) -> list[dict[str, Any]]: ...
+
 
 class Refusal(Exception):
     """A control will not do what was asked: `status` is the HTTP code (4xx), the message why."""
@@ -64,6 +66,8 @@ class MigrationControl(Protocol):
 
     def migrations(self) -> list[dict[str, Any]]: ...
 
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]: ...
+
     def migration(self, migration_id: str) -> dict[str, Any] | None: ...
 
     async def wait_change(self, timeout: float) -> None: ...
@@ -82,6 +86,12 @@ class VmLifecycle(Protocol):
     async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
     async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class RecoveryControl(Protocol):
+    """What the API needs to settle a VM in doubt (`recovery.Recoveries` fits)."""
+
+    async def recover(self, vm: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class DrainControl(Protocol):
@@ -139,6 +149,7 @@ def build_router(
     drain: DrainControl | None = None,
     rebalance: RebalanceControl | None = None,
     host_drain: HostDrainControl | None = None,
+    recovery: RecoveryControl | None = None,
     identity: IdentityControl | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1."""
@@ -147,6 +158,12 @@ def build_router(
         _identity_routes(router, identity)
     if vms is not None:
         _vm_routes(router, vms)
+    if recovery is not None:
+
+        async def recover(request: Request) -> Response:
+            return await _controlled(recovery.recover(request.params["name"], _body(request)))
+
+        router.post(f"/{API_VERSION}/vms/{{name}}/recover", recover)
     if drain is not None:
         _drain_routes(router, drain)
     if host_drain is not None:
@@ -190,7 +207,7 @@ def _view_routes(router: Router, view: AgentView) -> None:
         return json_response(found)
 
     async def vms(request: Request) -> Response:
-        return json_response({"vms": view.vms()})
+        return json_response({"vms": view.vms(), "conflicts": view.conflicts()})
 
     router.get(f"/{API_VERSION}/status", status)
     router.get(f"/{API_VERSION}/members", members)
@@ -353,6 +370,12 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         return json_response({"migration_id": migration_id, "cancelling": True}, status=202)
 
     router.post(f"/{API_VERSION}/vms/{{name}}/migrate", migrate)
+
+    async def history(request: Request) -> Response:
+        """A VM's migrations as it carries them, with this host's own (the same anywhere)."""
+        return json_response({"migrations": await control.vm_history(request.params["name"])})
+
+    router.get(f"/{API_VERSION}/vms/{{name}}/migrations", history)
     router.get(f"/{API_VERSION}/migrations", listing)
     router.get(f"/{API_VERSION}/migrations/{{migration_id}}", one)
     router.post(f"/{API_VERSION}/migrations/{{migration_id}}/cancel", cancel)
@@ -416,9 +439,12 @@ class ApiServer:
         drain: DrainControl | None = None,
         rebalance: RebalanceControl | None = None,
         host_drain: HostDrainControl | None = None,
+        recovery: RecoveryControl | None = None,
         identity: IdentityControl | None = None,
     ) -> None:
-        router = build_router(view, migrations, vms, drain, rebalance, host_drain, identity)
+        router = build_router(
+            view, migrations, vms, drain, rebalance, host_drain, recovery, identity
+        )
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)
 

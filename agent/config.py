@@ -50,6 +50,7 @@ class AgentConfig:
     log_format: str = "kv"  # kv or json
     log_level: str = "info"
     inventory_interval: float = 10.0  # seconds between psutil/libvirt refreshes
+    reserved_memory_mib: int = 0  # memory kept for the host itself: never promised to VMs
     rebalance: bool = True  # move VMs away automatically when this host runs hot
     rebalance_interval: float = 5.0  # seconds between rebalancing decisions
     labels: dict[str, str] = field(default_factory=dict)
@@ -167,6 +168,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{name} must be an absolute path")
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
+    if config.reserved_memory_mib < 0:
+        raise ConfigError("reserved_memory_mib must not be negative")
     if config.rebalance_interval <= 0:
         raise ConfigError("rebalance_interval must be positive")
     for url in config.coordinator:

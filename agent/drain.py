@@ -1,16 +1,24 @@
 """Draining a host: no new VMs, then every running VM moved away live.
 
-`nova host drain` sets the flag; the host's record carries `draining`, so
-every other agent stops proposing VMs to it and this agent refuses creates
-and inbound migrations. A loop then starts a migration for each running VM
-(target chosen by `MigrationCore.place`, purpose "drain") as long as the
-per-host outbound limit allows, and retries VMs that found no target or whose
-migration failed, after `RETRY_AFTER` seconds. The flag is kept in a file
-under the data directory, so a drain survives an agent restart; `undrain`
-clears it (migrations already running finish).
+`nova host drain` first tells the migration core (`set_draining`): from that
+moment the host admits no migration, and the source of every migration still
+arriving in pre-copy is asked to stop it (reserved a moment before, or
+already copying); one already in post-copy can only land, and is then moved
+on like any other VM. Then the flag is written and published: the host's
+record carries `draining`, so every other agent stops proposing VMs to it
+and this agent refuses creates. A loop starts a migration for each running
+(or paused) VM (target chosen by `MigrationCore.place`, purpose "drain") as
+long as the per-host outbound limit allows, and retries VMs that found no
+target or whose migration failed, after `RETRY_AFTER` seconds. The flag is
+kept in a file under the data directory, so a drain survives an agent
+restart; `undrain` clears it (migrations already running finish).
 
-Stopped VMs are not moved (they have no memory to move live); the status
-lists them, so the operator knows what is left on the host.
+A drain is done when no VM runs or is paused here and none is arriving: an
+operator who powers the host off after `--wait` loses nothing. Stopped VMs
+are not moved (they have no memory to move live); the status lists them, so
+the operator knows what is left on the host. A VM in doubt (its location is
+the operator's call, `nova vm recover`) is not moved either, and blocks the
+end of the drain until it is settled.
 
 An operator may drain a host from any host of the mesh: `DrainRequests`
 sends a `DrainRequest` over the mesh's authenticated transport to the host
@@ -35,7 +43,7 @@ from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .api import Refusal
 from .core.migration import ClusterView
-from .core.migration_policy import OUTBOUND_LABEL, published_count
+from .core.migration_policy import INBOUND_LABEL, OUTBOUND_LABEL, published_count
 from .migrator import Migrator
 from .tasks import cancel_and_wait
 
@@ -45,6 +53,8 @@ INTERVAL = 1.0  # seconds between looks at what is left to move
 RETRY_AFTER = 10.0  # seconds before a VM that could not be moved is tried again
 ANSWER_TIMEOUT = 5.0  # seconds a drain asked over the mesh waits for the host's answer
 MAX_REQUESTER = 64  # characters of a request's `requested_by` kept (it is only logged)
+MOVABLE = ("running", "paused")  # VM states the drain moves away live
+STAYING = ("running", "paused", "blocked", "unknown")  # states that keep a drain from being done
 
 Send = Callable[[str, Message], Awaitable[None]]
 Authority = Callable[[OperatorCommand], str]
@@ -75,6 +85,7 @@ class Drain:
         """Resume a drain that was under way when the agent stopped."""
         if self.draining:
             log.info("resuming drain", extra={"fields": {"node": self._migrator.node_id}})
+            await self._migrator.set_draining(True)
             self._spawn()
 
     async def close(self) -> None:
@@ -85,6 +96,7 @@ class Drain:
 
     async def drain(self) -> dict[str, Any]:
         if not self.draining:
+            await self._migrator.set_draining(True)  # before anything else: nothing lands
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
             self._state_file.write_text("draining\n")
             self.draining = True
@@ -100,6 +112,7 @@ class Drain:
         if self.draining:
             self._state_file.unlink(missing_ok=True)
             self.draining = False
+            await self._migrator.set_draining(False)
             await self.close()
             self._task = None
             await self._publish()
@@ -109,7 +122,12 @@ class Drain:
     def status(self) -> dict[str, Any]:
         """What a drain has done and what is left, for `nova host drain`."""
         vms = self._migrator.local_vms()
-        running = sorted(name for name, state in vms.items() if state == "running")
+        running = sorted(name for name, state in vms.items() if state in STAYING)
+        core = self._migrator.core
+        arriving = [
+            {"vm": held.vm, "source": held.source, "phase": held.phase}
+            for held in sorted(core.reservations(), key=lambda held: held.vm)
+        ]
         migrations = {m["migration_id"]: m for m in self._migrator.migrations()}
         moving = [
             {"vm": vm, **_brief(migrations[mid])}
@@ -124,12 +142,13 @@ class Drain:
         return {
             "node_id": self._migrator.node_id,
             "draining": self.draining,
-            "done": self.draining and not running,
+            "done": self.draining and not running and not arriving,
             "running": running,
+            "arriving": arriving,
             "moving": moving,
             "moved": moved,
             "blocked": {vm: why for vm, (why, _) in sorted(self._blocked.items())},
-            "not_moved": {n: s for n, s in sorted(vms.items()) if s != "running"},
+            "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
         }
 
     def _spawn(self) -> None:
@@ -146,7 +165,11 @@ class Drain:
         core = self._migrator.core
         self._note_failures(now)
         for vm, state in sorted(self._migrator.local_vms().items()):
-            if state != "running" or core.busy(vm):
+            if state not in MOVABLE or core.busy(vm) or core.arriving(vm):
+                continue
+            doubt = core.doubt(vm)
+            if doubt is not None:
+                self._blocked[vm] = (doubt.reason, now + RETRY_AFTER)
                 continue
             if vm in self._blocked and now < self._blocked[vm][1]:
                 continue
@@ -357,18 +380,20 @@ class DrainRequests:
         if member is None and record is None:
             raise Refusal(404, self._unknown(node))
         vms = {vm.name: vm.state for vm in record.vms} if record is not None else {}
-        running = sorted(name for name, state in vms.items() if state == "running")
+        running = sorted(name for name, state in vms.items() if state in STAYING)
         draining = record.draining if record is not None else False
+        arriving = published_count(record, INBOUND_LABEL)
         return {
             "node_id": node,
             "remote": True,  # seen through the mesh, from `seen_from`
             "seen_from": self.node_id,
             "state": member.state.value if member is not None else None,
             "draining": draining,
-            "done": draining and not running,
+            "done": draining and not running and not arriving,
             "running": running,
-            "not_moved": {n: s for n, s in sorted(vms.items()) if s != "running"},
+            "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
             "migrations_out": published_count(record, OUTBOUND_LABEL),
+            "migrations_in": arriving,
             "record_version": record.version if record is not None else 0,
         }
 
@@ -406,11 +431,12 @@ class DrainRequests:
             await self._send(sender, DrainAnswer(request.request_id, accepted=False, reason=why))
             return
         own = self._mesh().records().get(self.node_id)
+        arriving = tuple(a["vm"] for a in status["arriving"])  # here too, in a moment
         answer = DrainAnswer(
             request.request_id,
             accepted=True,
             draining=status["draining"],
-            running=tuple(status["running"]),
+            running=tuple(dict.fromkeys((*status["running"], *arriving))),
             record_version=own.version if own is not None else 0,
         )
         await self._send(sender, answer)

@@ -11,21 +11,28 @@ its default event loop, run in one background thread for the process) wake
 events miss. libvirt calls block, so every one runs in a worker thread
 (`asyncio.to_thread`), never on the event loop.
 
-An unreachable libvirt is an operational state, not a crash: the record then
-lists no VMs, `warning` says why, one warning is logged, and the connection
-is retried every `retry_interval` seconds.
+An unreachable libvirt is an operational state, not a crash, and it does not
+mean "this host runs nothing": the record keeps the last VMs libvirt listed,
+each in state "unknown", and carries the label `LIBVIRT_DOWN_LABEL` (since
+when, wall clock), so every agent still sees them, counts their memory, and
+sends the host nothing until it can count again (`placement.room_refusal`,
+the target's admission). `warning` says why, one warning is logged, and the
+connection is retried at every refresh (`retry_interval`, by default the
+poll interval), so the first refresh after libvirtd is back lists the VMs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,8 @@ import libvirt
 import psutil
 
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+
+from .core.placement import LIBVIRT_DOWN_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,6 @@ DIRTY_RATE_EVERY = 10.0  # seconds between a VM's measurements, however often th
 REMEASURE_DELAY = 0.5  # seconds before trying again to measure a VM a job held ...
 REMEASURE_WINDOW = 5.0  # ... for this long; then at the normal refresh interval
 DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
-RETRY_INTERVAL = 30.0  # seconds between attempts to reach an unreachable libvirt
 
 VM_STATES: dict[int, str] = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -114,6 +122,11 @@ class HostSample:
             disk_gib=self.disk_total_gib,
         )
 
+    def offered(self, reserved_memory_mib: int) -> Resources:
+        """The capacity VMs may be given: all but the memory kept for the host itself."""
+        memory = max(0, self.memory_total_mib - reserved_memory_mib)
+        return dataclasses.replace(self.capacity, memory_mib=memory)
+
     @property
     def usage(self) -> Resources:
         return Resources(
@@ -145,6 +158,11 @@ class CpuMeter:
 
 def _idle(times: Any) -> float:
     return float(times.idle + getattr(times, "iowait", 0.0))
+
+
+def wall_time(seconds: float) -> str:
+    """Wall-clock `seconds` as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def existing_dir(path: Path) -> Path:
@@ -197,19 +215,30 @@ def read_domains(
     """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
 
     Running domains also get their dirty rate: the last measurement (QEMU's
-    page sampling over `DIRTY_RATE_PERIOD` s) is read back, and a new one is
-    started on every running domain that `may_measure` allows (the inventory:
-    not measured in the last `DIRTY_RATE_EVERY` s, not being moved by this
-    agent) and no libvirt job (a migration) holds.
+    page sampling over `DIRTY_RATE_PERIOD` s) is read back from every running
+    domain no libvirt job holds, and a new one is started on those that
+    `may_measure` allows (the inventory: not measured in the last
+    `DIRTY_RATE_EVERY` s, not being moved by this agent). A domain a job holds
+    is not asked at all: on a migration's target libvirt makes the statistics
+    call wait for the job (the whole post-copy, in the lab), and this read with
+    it.
     """
-    dirty = _measured_dirty_rates(conn)
-    samples = []
+    domains = []
     for dom in conn.listAllDomains(0):
         try:
-            state, max_kib, _kib, vcpus, cpu_time = dom.info()
+            info = dom.info()
+            job = in_job(dom) if info[0] == libvirt.VIR_DOMAIN_RUNNING else None
+            domains.append((dom, info, job))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    free = [dom for dom, info, job in domains if info[0] == libvirt.VIR_DOMAIN_RUNNING and not job]
+    dirty = _measured_dirty_rates(conn, free)
+    samples = []
+    for dom, (state, max_kib, _kib, vcpus, cpu_time), job in domains:
+        try:
             uuid, name = dom.UUIDString(), dom.name()
             wanted = state == libvirt.VIR_DOMAIN_RUNNING and may_measure(name)
-            job = _in_job(dom) if wanted else None
             measuring = wanted and job is False and _start_dirty_rate(dom)
             samples.append(
                 DomainSample(
@@ -220,7 +249,7 @@ def read_domains(
                     memory_mib=int(max_kib) // 1024,
                     cpu_time_ns=int(cpu_time),
                     dirty_mib_s=dirty.get(uuid),
-                    held=bool(job),
+                    held=wanted and bool(job),
                     measuring=measuring,
                 )
             )
@@ -230,12 +259,12 @@ def read_domains(
     return samples
 
 
-def _measured_dirty_rates(conn: Any) -> dict[str, float]:
-    """uuid -> MiB/s of every running domain whose last dirty-rate measurement finished."""
+def _measured_dirty_rates(conn: Any, domains: list[Any]) -> dict[str, float]:
+    """uuid -> MiB/s of each of `domains` whose last dirty-rate measurement finished."""
+    if not domains:
+        return {}
     try:
-        stats = conn.getAllDomainStats(
-            libvirt.VIR_DOMAIN_STATS_DIRTYRATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
-        )
+        stats = conn.domainListGetStats(domains, libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
     except libvirt.libvirtError:  # a driver without it (test:///default): rates stay unknown
         return {}
     rates = {dom.UUIDString(): _finished_rate(fields) for dom, fields in stats}
@@ -285,9 +314,10 @@ def _dirty_rate_fields(conn: Any, dom: Any) -> dict[str, Any]:
     return dict(fields)
 
 
-def _in_job(dom: Any) -> bool | None:
+def in_job(dom: Any) -> bool | None:
     """Whether a libvirt job (a migration, someone's `virsh migrate`) runs on `dom`; None if
-    the driver cannot tell (test:///default).
+    the driver cannot tell (test:///default). An incoming migration's job has no
+    statistics to give ("only on the source host"), which says as much.
 
     A measurement never overlaps a migration the agent can see (see
     `recent_dirty_rate`), and libvirt holds a measurement's start until a
@@ -295,8 +325,8 @@ def _in_job(dom: Any) -> bool | None:
     """
     try:
         return bool(dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE)
-    except libvirt.libvirtError:
-        return None
+    except libvirt.libvirtError as exc:
+        return True if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED else None
 
 
 def _start_dirty_rate(dom: Any) -> bool:
@@ -343,10 +373,12 @@ class Inventory:
         labels: Mapping[str, str] | None = None,
         addresses: Sequence[str] = (),
         poll_interval: float = POLL_INTERVAL,
-        retry_interval: float = RETRY_INTERVAL,
+        retry_interval: float | None = None,
         use_events: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         may_measure: Callable[[str], bool] = lambda vm: True,
+        reserved_memory_mib: int = 0,
     ) -> None:
         """`may_measure(vm)`: whether that VM's dirty rate may be measured now (the agent
         says no while it moves the VM, from its decision on)."""
@@ -357,10 +389,14 @@ class Inventory:
         self._labels = dict(labels or {})
         self._addresses = tuple(addresses)
         self._poll_interval = poll_interval
-        self._retry_interval = retry_interval
+        self._retry_interval = poll_interval if retry_interval is None else retry_interval
         self._use_events = use_events
         self._clock = clock
+        self._wall = wall  # stamps when libvirt became unreachable, for people
         self._may_measure = may_measure
+        self._reserved_memory_mib = reserved_memory_mib  # kept for the host, never for VMs
+        self._known: tuple[VmSummary, ...] = ()  # what libvirt last listed
+        self.unreachable_since: float | None = None  # wall clock; None while reachable
         self._measured: dict[str, float] = {}  # VM name -> when its last measurement started
         self._held_since: float | None = None  # since when jobs have held VMs to be measured
         self._cpu = CpuMeter()
@@ -396,33 +432,41 @@ class Inventory:
         return await asyncio.to_thread(sample_host, self._data_dir, self._cpu)
 
     async def vms(self) -> tuple[VmSummary, ...]:
-        """The VMs libvirt knows here; none while libvirt is unreachable."""
+        """The VMs libvirt knows here; while it is unreachable, the last ones it listed, in
+        state "unknown" (they have not stopped running because libvirtd did)."""
         if self._conn is None and self._retry_due():
             await self._connect()
         conn = self._conn
         if conn is None:
-            return ()
+            return self._unknown()
         try:
             samples = await asyncio.to_thread(read_domains, conn, self._measure_due)
         except libvirt.libvirtError as exc:
             await self._lost(conn, f"listing domains failed: {exc}")
-            return ()
-        return self._summaries(samples)
+            return self._unknown()
+        self.unreachable_since = None
+        self._known = self._summaries(samples)
+        return self._known
+
+    def _unknown(self) -> tuple[VmSummary, ...]:
+        return tuple(dataclasses.replace(vm, state="unknown") for vm in self._known)
 
     async def record(self, version: int = 0) -> NodeRecord:
         """This node's record content now; the caller sets the version it gossips."""
         host, vms = await asyncio.gather(self.host(), self.vms())
-        uri = self.libvirt_uri
+        labels = dict(self._labels)
+        if self.unreachable_since is not None:
+            labels[LIBVIRT_DOWN_LABEL] = wall_time(self.unreachable_since)
         return NodeRecord(
             node_id=self.node_id,
             version=version,
-            capacity=host.capacity,
+            capacity=host.offered(self._reserved_memory_mib),
             usage=host.usage,
             load=host.load_1m,
             vms=vms,
-            labels=dict(self._labels),
+            labels=labels,
             addresses=self._addresses,
-            libvirt_uri=uri,
+            libvirt_uri=self.libvirt_uri,
         )
 
     def _measure_due(self, vm: str) -> bool:
@@ -540,10 +584,15 @@ class Inventory:
         self._unreachable(why)
 
     def _unreachable(self, why: str) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = self._wall()
         warning = f"libvirt at {self.libvirt_uri} unavailable ({why})"
         if warning != self.warning:
             log.warning(
-                "%s; reporting no VMs, retrying every %.0f s", warning, self._retry_interval
+                "%s; its %d VMs reported as unknown, retrying every %g s",
+                warning,
+                len(self._known),
+                self._retry_interval,
             )
         self.warning = warning
 

@@ -12,8 +12,9 @@ become libvirt calls:
   `jobStats()` every `POLL_INTERVAL` seconds and reports each sample with
   `migration_progress`; the call's return or error is `migration_finished`.
 - `SwitchToPostCopy`: `migrateStartPostCopy`; `AbortLibvirtMigration`: `abortJob`.
-- `ReconcileVm`: asks the libvirt of every host named where the domain is
-  active, once no migration job holds it, and reports `vm_location`.
+- `ReconcileVm`: looks at the domain in the libvirt of every host named
+  (`locator.Locator`) and reports what each said with `vm_presence`;
+  `RetireStaleCopy`: removes a copy left where the VM provably does not run.
 
 libvirt calls block, so each runs in a thread of this driver's own pool: a
 long `migrateToURI3` must not starve the inventory's worker threads. The
@@ -28,10 +29,10 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import libvirt
 
@@ -50,11 +51,14 @@ from .core.events import (
     AbortLibvirtMigration,
     MigrationAction,
     MigrationCancelRefused,
+    MigrationCompleted,
+    MigrationFailed,
     MigrationOutput,
     MigrationProgressed,
     MigrationProposed,
     MigrationRefused,
     ReconcileVm,
+    RetireStaleCopy,
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
@@ -68,9 +72,11 @@ from .disks import (
     remove_source_copies,
     remove_target_copies,
 )
+from .history import HistoryEntry, VmHistory, iso
 from .hypervisor import job_stats
-from .inventory import recent_dirty_rate
+from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
+from .locator import Locator, connected, find
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.migrator")
@@ -78,9 +84,6 @@ log = logging.getLogger("novacron.migrator")
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
-LOCATE_RETRY = 1.0  # seconds between looks while a migration job still holds the domain
-LOCATE_ATTEMPTS = 60  # looks before answering "nowhere" (the core asks again later)
-PEER_URI = "qemu+tcp://{host}/system"  # a peer's libvirt when its record names a local URI
 WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its whole run)
 OVERRIDES = (  # policy settings a request may override (`MigrationPolicy` fields)
     "bandwidth_mib_s",
@@ -136,6 +139,7 @@ class Migrator:
             rng=rng or random.Random(),
             config=config,
             migration_uri=f"tcp://{host}",
+            wall=lambda now: time.time() - clock() + now,
         )
         self.node_id = node_id
         self.libvirt_uri = libvirt_uri  # this host's libvirtd
@@ -148,10 +152,17 @@ class Migrator:
         self._dirty_rate = dirty_rate  # for the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
+        self.locator = Locator(
+            node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
+        )
+        self.history = VmHistory(node_id, view, self.locator, self.migrations, opener)
+        self._jobs: set[str] = set()  # migration ids whose libvirt job started (their history)
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
         self._postcopy: set[str] = set()  # migration ids switched to post-copy by us
+        # Aborts asked for: one asked before libvirt's job began must still stop it.
+        self._aborts: dict[str, bool] = {}  # migration id -> asked again once the job ran
         self._progress: dict[str, MigrationProgressed] = {}  # last sample per migration id
 
     # --- the daemon's side ---------------------------------------------------------------
@@ -170,6 +181,11 @@ class Migrator:
     async def tick(self) -> None:
         await self._apply(self.core.tick(self._clock()))
 
+    async def set_draining(self, draining: bool) -> None:
+        """This host begins or ends a drain: inbound migrations are refused from now on, and
+        those still in pre-copy are asked to stop."""
+        await self._apply(self.core.set_draining(draining, self._clock()))
+
     def record_labels(self) -> dict[str, str]:
         """Migration counters for this host's record, so peers can respect the limits."""
         return self.core.record_labels()
@@ -178,9 +194,10 @@ class Migrator:
         """Take charge of outbound jobs an earlier life of this agent left running.
 
         Each journal entry goes to `core.adopt_job`: a job still in pre-copy is
-        aborted, one in post-copy can only finish, and one that ended while no
-        agent ran is found by the reconcile that follows; every one ends with
-        a reported outcome.
+        aborted, one in post-copy can only finish. Either way this driver follows
+        the job until libvirt says it has ended (one that ended while no agent
+        ran, at once) and reports that end like any job's: the evidence of both
+        hosts' libvirt then decides, so every one ends with a reported outcome.
         """
         if self._journal is None:
             return
@@ -190,7 +207,26 @@ class Migrator:
                 "adopting a migration left by an earlier agent",
                 extra={"fields": {"vm": entry.vm, "id": entry.migration_id, "to": entry.target}},
             )
-            await self._apply(self.core.adopt_job(entry.vm, entry.target, postcopy, self._clock()))
+            out = self.core.adopt_job(entry.vm, entry.target, postcopy, self._clock())
+            await self._apply(out)
+            for event in out.events:
+                self._jobs.add(event.migration_id)
+                self._spawn(self._follow(event.migration_id, entry.vm), f"adopted:{entry.vm}")
+
+    async def _follow(self, migration_id: str, vm: str) -> None:
+        """Watch a job an earlier agent started (sampling it) until libvirt says it has ended;
+        its end goes to the core as a failed job's does: the evidence decides the outcome."""
+        poller = asyncio.ensure_future(self._poll(migration_id, vm))
+        try:
+            while await self._blocking(_job_running, self._opener, self.libvirt_uri, vm):
+                await asyncio.sleep(POLL_INTERVAL)
+        except libvirt.libvirtError as exc:
+            log.warning("cannot follow an adopted job", extra={"fields": {"why": str(exc)}})
+        finally:
+            poller.cancel()
+            await self._clean_up(poller, None)
+        why = "the job an earlier agent started has ended"
+        await self._apply(self.core.migration_finished(migration_id, False, why, self._clock()))
 
     async def close(self) -> None:
         """Stop polling and waiting; running libvirt jobs go on under libvirtd."""
@@ -250,6 +286,10 @@ class Migrator:
         """Running and recent migrations, with their latest job statistics."""
         return [self._row(info) for info in self.core.migrations()]
 
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
+        """Every migration of `vm`: what it carries from host to host, and this host's own."""
+        return await self.history.of(vm)
+
     def local_vms(self) -> dict[str, str]:
         """This host's VMs and their states, as its own latest record lists them."""
         record = self._view.records().get(self.node_id)
@@ -263,7 +303,10 @@ class Migrator:
         row = dataclasses.asdict(info)
         now = self._clock()
         row["elapsed_s"] = round((info.ended if info.ended is not None else now) - info.started, 3)
-        row["started"] = row["ended"] = None  # monotonic clock values mean nothing outside
+        # Wall-clock times, as the source stamped them: the same on both hosts.
+        row["started"] = iso(info.started_at)
+        row["ended"] = iso(info.ended_at)
+        del row["started_at"], row["ended_at"]
         row["max_downtime_ms"] = self._limits.get(info.migration_id)  # None on the target
         sample = self._progress.get(info.migration_id)
         row["stats"] = None
@@ -307,6 +350,10 @@ class Migrator:
             self._progress[event.migration_id] = event
             self._forget_old_progress()
             return  # frequent: shown by the API, not logged
+        if isinstance(event, MigrationCompleted):
+            self._carry(event.migration_id, event.target)
+        elif isinstance(event, MigrationFailed):
+            self._carry(event.migration_id, event.source)
         fields = dataclasses.asdict(event)
         level = logging.WARNING if "Failed" in type(event).__name__ else logging.INFO
         log.log(level, type(event).__name__, extra={"fields": fields})
@@ -318,6 +365,25 @@ class Migrator:
         # list(): `_run_job` adds limits from a worker thread (one C-level copy holds the GIL)
         for migration_id in [m for m in list(self._limits) if m not in known]:
             del self._limits[migration_id]
+
+    def _carry(self, migration_id: str, host: str) -> None:
+        """A migration that ran a libvirt job ended: the VM carries it in its history (on
+        `host`, where the VM is now)."""
+        info = self.core.migration(migration_id)
+        if migration_id not in self._jobs or info is None or info.ended_at is None:
+            return
+        self._jobs.discard(migration_id)
+        entry = HistoryEntry(
+            migration_id,
+            info.source,
+            info.target,
+            info.outcome,
+            info.started_at,
+            info.ended_at,
+            info.reason,
+            info.purpose,
+        )
+        self._spawn(self.history.record(entry, info.vm, host), f"history:{migration_id}")
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -338,15 +404,21 @@ class Migrator:
 
     async def _perform(self, action: MigrationAction) -> None:
         if isinstance(action, StartLibvirtMigration):
+            self._jobs.add(action.migration_id)
             await self._migrate(action)
         elif isinstance(action, SwitchToPostCopy):
             await self._on_domain(action.migration_id, action.vm, "migrateStartPostCopy", 0)
             self._postcopy.add(action.migration_id)
         elif isinstance(action, AbortLibvirtMigration):
+            self._aborts.setdefault(action.migration_id, False)
             await self._on_domain(action.migration_id, action.vm, "abortJob")
         elif isinstance(action, ReconcileVm):
-            host = await self._locate(action.vm, action.hosts)
-            await self._apply(self.core.vm_location(action.vm, host, self._clock()))
+            seen = await self.locator.look(action.vm, action.hosts)
+            await self._apply(self.core.vm_presence(action.vm, seen, self._clock()))
+        elif isinstance(action, RetireStaleCopy):
+            done = await self.locator.retire(action.vm, action.host, action.uuid)
+            fields = {"vm": action.vm, "host": action.host, "runs_on": action.runs_on, "done": done}
+            log.warning("stale copy of a VM retired", extra={"fields": fields})
 
     async def _migrate(self, action: StartLibvirtMigration) -> None:
         """Run one libvirt migration job to its end, sampling it while it runs.
@@ -375,6 +447,7 @@ class Migrator:
             if poller is not None:
                 poller.cancel()
             self._postcopy.discard(action.migration_id)
+            self._aborts.pop(action.migration_id, None)
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock())
         )
@@ -382,7 +455,7 @@ class Migrator:
         if prepared and ok:
             await self._blocking(remove_source_copies, prepared)
         elif prepared:
-            uri = self._peer_uri(action.target, action.target_uri)
+            uri = self.locator.uri(action.target, action.target_uri)
             await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
 
     async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
@@ -397,7 +470,7 @@ class Migrator:
     def _run_job(self, dom: Any, action: StartLibvirtMigration, prepared: list[LocalDisk]) -> None:
         """The blocking `migrateToURI3` call (a worker thread); the local disks it copies are
         added to `prepared` once their images exist on the target."""
-        target_uri = self._peer_uri(action.target, action.target_uri)
+        target_uri = self.locator.uri(action.target, action.target_uri)
         disks = local_disks(dom.XMLDesc(0))
         if disks:
             self._prepare_disks(dom, disks, action.target, target_uri)
@@ -412,6 +485,8 @@ class Migrator:
         limit = switchover_limit_ms(action.policy, dirty)
         self._limits[action.migration_id] = limit
         _set_max_downtime(dom, limit)
+        if action.migration_id in self._aborts:  # cancelled or revoked while it was prepared
+            raise RuntimeError("abort asked for before libvirt's job began")
         fields = {
             "vm": action.vm,
             "to": target_uri,
@@ -492,6 +567,11 @@ class Migrator:
         if not paused and migration_id in self._postcopy:
             paused = "postcopy"  # requested: the source pauses for it in a moment
         sample = progress_sample(migration_id, raw, paused or "precopy")
+        if sample is not None and self._aborts.get(migration_id) is False:
+            # Asked before this job began (the abortJob found none): ask the job itself.
+            self._aborts[migration_id] = True
+            with contextlib.suppress(libvirt.libvirtError):
+                await self._blocking(dom.abortJob)
         if sample is not None:
             await self._apply(self.core.migration_progress(migration_id, sample, self._clock()))
 
@@ -510,42 +590,6 @@ class Migrator:
             if conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     await self._blocking(conn.close)
-
-    # --- reconcile -------------------------------------------------------------------------
-
-    async def _locate(self, vm: str, hosts: tuple[str, ...]) -> str | None:
-        """The host whose libvirt runs `vm` once no migration job holds it; None if none."""
-        for _ in range(LOCATE_ATTEMPTS):
-            answers = [await self._look(vm, host) for host in hosts]
-            if "busy" not in answers:
-                found = [
-                    host for host, answer in zip(hosts, answers, strict=True) if answer == "active"
-                ]
-                return found[0] if found else None
-            await asyncio.sleep(LOCATE_RETRY)
-        return None
-
-    async def _look(self, vm: str, host: str) -> str:
-        """'active', 'busy' (a migration job holds it), 'absent', or 'unknown'."""
-        uri = self.libvirt_uri if host == self.node_id else self._peer_uri(host, "")
-        try:
-            return await self._blocking(_domain_presence, self._opener, uri, vm)
-        except libvirt.libvirtError as exc:
-            log.warning(
-                "cannot look for a VM", extra={"fields": {"vm": vm, "host": host, "why": str(exc)}}
-            )
-            return "unknown"
-
-    def _peer_uri(self, node_id: str, record_uri: str) -> str:
-        """How this host's libvirtd reaches `node_id`'s: its record's URI if remote, else ours."""
-        if not record_uri:
-            record = self._view.records().get(node_id)
-            record_uri = record.libvirt_uri if record is not None else ""
-        if record_uri and urlparse(record_uri).hostname:
-            return record_uri
-        member = self._view.member(node_id)
-        address = member.address if member is not None else node_id
-        return PEER_URI.format(host=address.rpartition(":")[0] or address)
 
 
 # --- pure helpers (no I/O) ---------------------------------------------------------------
@@ -578,12 +622,16 @@ def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:
 
 
 def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, Any]:
-    """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap."""
+    """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap, which holds
+    in post-copy too (QEMU's post-copy is otherwise unlimited: a capped link would be
+    flooded the moment a migration escalates)."""
     params: dict[str, Any] = {}
     if migration_uri:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
     if policy.bandwidth_mib_s > 0:
-        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, round(policy.bandwidth_mib_s))
+        cap = max(1, round(policy.bandwidth_mib_s))
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = cap
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = cap
     return params
 
 
@@ -641,6 +689,13 @@ def _sample(dom: Any) -> tuple[dict[str, Any], str]:
     return raw, PAUSES.get(reason, "") if state == libvirt.VIR_DOMAIN_PAUSED else ""
 
 
+def _job_running(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
+    """Whether a libvirt job still holds `vm` at `uri` (False once it is gone from there)."""
+    with connected(opener, uri) as conn:
+        dom = find(conn, vm)
+        return dom is not None and bool(in_job(dom))
+
+
 def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
     """Whether `vm` on the libvirtd at `uri` is paused for post-copy (its memory is split)."""
     conn = opener(uri)
@@ -650,30 +705,6 @@ def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
         return bool(paused and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
     except libvirt.libvirtError:
         return False
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-
-def _domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> str:
-    """Whether `vm` is active on the libvirtd at `uri`, and free of migration jobs."""
-    conn = opener(uri)
-    try:
-        try:
-            dom = conn.lookupByName(vm)
-        except libvirt.libvirtError as exc:
-            if int(exc.get_error_code() or 0) == libvirt.VIR_ERR_NO_DOMAIN:
-                return "absent"
-            raise
-        if not dom.isActive():
-            return "absent"
-        state, reason = dom.state()
-        migrating = state == libvirt.VIR_DOMAIN_PAUSED and reason in (
-            libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
-            libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
-        )
-        job = dom.jobInfo()[0]
-        return "busy" if migrating or job != libvirt.VIR_DOMAIN_JOB_NONE else "active"
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()

@@ -6,12 +6,14 @@ Reads the membership core and the records it holds; never changes anything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
+from .claims import ClaimVerdict
 from .core.node import MembershipNode
+from .core.placement import libvirt_down
 
 
 class MeshView:
@@ -22,11 +24,13 @@ class MeshView:
         core: Callable[[], MembershipNode],
         clock: Callable[[], float],
         extra_status: Callable[[], dict[str, Any]],
+        claims: Callable[[], Mapping[str, ClaimVerdict]] = dict,
         notes: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self._core = core  # the live node (replaced on restart of the core)
         self._clock = clock  # the core's clock, to turn times into ages
         self._extra_status = extra_status  # daemon-level facts (uptime, libvirt, ...)
+        self._claims = claims  # verdicts on VMs several records claim (libvirt's word)
         self._notes = notes  # node id -> what is wrong with it (revoked, one id in two places)
 
     def status(self) -> dict[str, Any]:
@@ -88,11 +92,30 @@ class MeshView:
         }
 
     def vms(self) -> list[dict[str, Any]]:
+        """Every VM where the records put it, but for claims libvirt denied (`conflicts`)."""
+        return [row for row in self._all_vms() if not self._denied(row)]
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """Claims on VMs that the claimant's own libvirt denies: reported, not believed."""
+        rows = []
+        for row in self._all_vms():
+            why = self._denied(row)
+            if why:
+                runs_on = list(self._claims()[row["name"]].runs_on)
+                rows.append({**row, "why": why, "runs_on": runs_on})
+        return rows
+
+    def _denied(self, row: dict[str, Any]) -> str | None:
+        verdict = self._claims().get(row["name"])
+        return verdict.denied.get(row["host"]) if verdict is not None else None
+
+    def _all_vms(self) -> list[dict[str, Any]]:
         core = self._core()
         rows = []
         for host_id, record in sorted(core.records().items()):
             member = core.member(host_id)
             host_state = member.state.value if member is not None else "unknown"
+            since = libvirt_down(record)  # the host's list is its last known one
             for vm in record.vms:
                 rows.append(
                     {
@@ -104,6 +127,7 @@ class MeshView:
                         "vcpus": vm.vcpus,
                         "memory_mib": vm.memory_mib,
                         "cpu_load": vm.cpu_load,
+                        "libvirt_unreachable_since": since,
                     }
                 )
         return sorted(rows, key=lambda row: (row["name"], row["host"]))

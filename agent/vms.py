@@ -10,7 +10,7 @@ so the mesh learns of a new or stopped VM within moments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,14 @@ class VmControl:
         draining: Callable[[], bool],
         migrating: Callable[[str], bool],
         free_memory_mib: Callable[[], int | None],
+        start_refusal: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.node_id = node_id
         self._draining = draining  # this host takes no new VMs while draining
         self._migrating = migrating  # a VM with a running migration is left alone
         self._free_memory_mib = free_memory_mib  # None until the first inventory
+        self._start_refusal = start_refusal  # why a VM must not start here (runs elsewhere)
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         spec = spec_from_body(body)
@@ -67,6 +69,9 @@ class VmControl:
         return {"name": info.name, "uuid": info.uuid, "started": started, "host": self.node_id}
 
     async def start(self, name: str) -> dict[str, Any]:
+        why = await self._start_refusal(name) if self._start_refusal is not None else None
+        if why:
+            raise Refusal(409, why)
         started = await self._run(self.hypervisor.start(name))
         return {"name": name, "started": started, "host": self.node_id}
 

@@ -57,7 +57,7 @@ from typing import Any
 from novacron.agent.config import AgentConfig
 from novacron.agent.core.migration_policy import MigrationPolicy, switchover_limit_ms
 from novacron.agent.hypervisor import DEFAULT_CONSOLE_DIR
-from novacron.agent.migrator import PEER_URI
+from novacron.agent.locator import PEER_URI
 from novacron.agent.vmspec import VmSpec, domain_xml
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest

@@ -307,6 +307,7 @@ class MigrationPropose:
     disk_gib: float = 0.0
     reason: str = ""  # manual, drain, rebalance
     anti_affinity: str = ""  # the VM's group: refused where one of it runs or is arriving
+    started_at: float = 0.0  # when the source proposed it, wall clock (s): shown on both hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,15 +350,22 @@ class MigrationCommit:
 
     TYPE: ClassVar[str] = "migration-commit"
     migration_id: str
+    ended_at: float = 0.0  # when the source committed, wall clock (s): shown on both hosts
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationAbort:
-    """The migration stopped; the VM stays on the source. Frees the reservation."""
+    """The migration stopped; the VM stays on the source. Frees the reservation.
+
+    Sent by the source to end a saga; sent by the target to ask its source to
+    stop a migration it can no longer take (it began draining).
+    """
 
     TYPE: ClassVar[str] = "migration-abort"
     migration_id: str
     reason: str
+    ended_at: float = 0.0  # when the source ended it, wall clock (s); 0 from a target
+    outcome: str = "aborted"  # how the source's saga ended: aborted, or in-doubt
 
 
 # --- drain -------------------------------------------------------------------

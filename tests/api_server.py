@@ -91,6 +91,9 @@ class View:
     def host(self, node_id: str | None) -> dict[str, Any] | None:
         return {"id": node_id or "n1"} if node_id in (None, "n1") else None
 
+    def conflicts(self) -> list[dict[str, Any]]:
+        return []
+
     def vms(self) -> list[dict[str, Any]]:
         return []
 
@@ -144,6 +147,9 @@ class Migrations:
         raise Refusal(409, "not now")
 
     def migrations(self) -> list[dict[str, Any]]:
+        return [self.row]
+
+    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
         return [self.row]
 
     def migration(self, migration_id: str) -> dict[str, Any] | None:

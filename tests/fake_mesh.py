@@ -21,7 +21,10 @@ class FakeView:
     """Two alive hosts; h1 runs `vm1` (running) and `off` (shut off)."""
 
     def __init__(self) -> None:
-        vms = (VmSummary("vm1", state="running", vcpus=1, memory_mib=128), VmSummary("off"))
+        vms = (
+            VmSummary("vm1", state="running", vcpus=1, memory_mib=128),
+            VmSummary("off", state="shutoff"),
+        )
         room = Resources(vcpus=4, memory_mib=4096, disk_gib=10)
         self._records = {
             "h1": NodeRecord("h1", 1, capacity=room, vms=vms, libvirt_uri="qemu:///system"),
@@ -64,6 +67,9 @@ class NoView:
 
     def host(self, node_id: str | None) -> dict[str, Any] | None:
         return None
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        return []
 
     def vms(self) -> list[dict[str, Any]]:
         return []

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import psutil
+import pytest
 
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vmspec import VmSpec
@@ -30,6 +32,14 @@ from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 
 MEMORY_MIB = 128
+# A guest that cannot converge in pre-copy (10 MiB/s dirtied, 4 MiB/s sent) switches to
+# post-copy after 8 s; the cap holds in post-copy too, so that phase lasts seconds.
+POSTCOPY = ("--bandwidth", "4", "--max-downtime", "300", "--post-copy", "--completion-timeout", "8")
+# Pre-copy that cannot converge (10 MiB/s dirtied, 4 MiB/s sent) and never escalates.
+SLOW = (
+    *("--bandwidth", "4", "--max-downtime", "300"),
+    *("--no-post-copy", "--completion-timeout", "600"),
+)
 
 CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -120,21 +130,41 @@ def migrations(host: LabHost) -> list[dict[str, Any]]:
 
 
 def start_guest(
-    lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, name: str, **kw: Any
+    lab: Lab,
+    agents: LabAgents,
+    disk_dir: Path,
+    guest: Guest,
+    name: str,
+    on: LabHost | None = None,
+    **kw: Any,
 ) -> int:
-    """Define and start `name` on h1; wait for its heartbeat and every agent to see it."""
-    h1 = lab.hosts[0]
-    spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
-    adapter = hv(h1, disk_dir)
+    """Define and start `name` on `on` (h1); wait for its heartbeat and every agent to see it."""
+    return start_guests(lab, agents, disk_dir, guest, {name: on or lab.hosts[0]}, **kw)[name]
 
-    async def create() -> None:
-        await adapter.create(spec)
-        await adapter.start(name)
-        await adapter.close()
 
-    asyncio.run(create())
-    first = wait_beat_above(h1, name, 5)[-1]
-    everyone_sees(agents, lab, name, h1.name, timeout=30)
+def start_guests(
+    lab: Lab,
+    agents: LabAgents,
+    disk_dir: Path,
+    guest: Guest,
+    where: dict[str, LabHost],
+    **kw: Any,
+) -> dict[str, int]:
+    """Define and start each guest on its host, all booting at once; wait for their
+    heartbeats and every agent to see them; each one's heartbeat then."""
+    for name, host in where.items():
+        spec = VmSpec(name, 1, MEMORY_MIB, guest.kernel, guest.initrd, guest.cmdline(**kw))
+        adapter = hv(host, disk_dir)
+
+        async def create(adapter: Hypervisor = adapter, spec: VmSpec = spec) -> None:
+            await adapter.create(spec)
+            await adapter.start(spec.name)
+            await adapter.close()
+
+        asyncio.run(create())
+    first = {name: wait_beat_above(host, name, 5)[-1] for name, host in where.items()}
+    for name, host in where.items():
+        everyone_sees(agents, lab, name, host.name, timeout=30)
     return first
 
 
@@ -205,6 +235,61 @@ def console_log(vm: str) -> Path:
     return Hypervisor(domain_type="qemu").console_log(vm)
 
 
+def migrating(lab: Lab, agents: LabAgents, disk_dir: Path, guest: Guest, vm: str, to: str) -> int:
+    """Start `vm` on h1, migrate it slowly to `to`; the heartbeat just before the fault."""
+    h1 = lab.hosts[0]
+    start_guest(lab, agents, disk_dir, guest, vm, dirty_mib=32, dirty_rate=10)
+    code, started = nova(h1, "vm", "migrate", vm, "--to", to, *SLOW)
+    assert (code, started["ok"]) == (0, True), started
+    wait_for(
+        lambda: outbound_row(h1, vm),
+        lambda m: m is not None and m["phase"] == "migrating" and m["percent"] > 0,
+        timeout=60,
+        interval=0.2,
+    )
+    return beats(h1, vm)[-1]
+
+
+def ended(host: LabHost, vm: str, timeout: float) -> dict[str, Any]:
+    """`host`'s latest outbound migration of `vm`, once it has an outcome."""
+    row = wait_for(
+        lambda: outbound_row(host, vm), lambda m: m is not None and m["outcome"], timeout
+    )
+    assert row is not None
+    return row
+
+
+def outbound_row(host: LabHost, vm: str) -> dict[str, Any] | None:
+    rows = [m for m in migrations(host) if m["vm"] == vm and m["direction"] == "outbound"]
+    return rows[0] if rows else None
+
+
+def settled_on(lab: Lab, agents: LabAgents, vm: str, host: LabHost, before: int) -> None:
+    """`vm` runs on `host` alone, its heartbeat unbroken since boot, and everyone agrees."""
+    dead = {name: p.poll() for name, p in agents.processes.items() if p.poll() is not None}
+    assert not dead, f"agents exited: {dead}"
+    wait_for(lambda: running_on(lab, vm), lambda hosts: hosts == [host.name], 90)
+    series = wait_beat_above(host, vm, before + 10)
+    assert series == list(range(series[0], series[0] + len(series))), "the guest restarted"
+    everyone_sees(agents, lab, vm, host.name, timeout=90)
+
+
+def defined_on(lab: Lab, vm: str) -> list[str]:
+    """The hosts whose libvirtd holds `vm` in any state, definitions included."""
+    return [host.name for host in lab.hosts if vm in domains(host, "--all")]
+
+
+def domstate(host: LabHost, vm: str) -> str:
+    """`virsh domstate --reason VM` on `host` ("" if it has no such domain)."""
+    done = host.run(
+        ["virsh", "-c", "qemu:///system", "domstate", "--reason", vm],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return str(done.stdout).strip()
+
+
 @contextlib.contextmanager
 def running_mesh(
     run: str, vms: Sequence[str] = (), hosts: int = 3, **agent_options: Any
@@ -221,6 +306,44 @@ def running_mesh(
             for vm in vms:
                 remove_everywhere(lab, vm)
             agents.stop_all()
+
+
+def lab_fixtures(run: str, vms: Sequence[str] = (), **agent_options: Any) -> tuple[Any, Any]:
+    """The module-scoped fixtures a lab test module with guests uses: `mesh` (three hosts
+    with agents, `running_mesh`) and `disk_dir` (`scratch_dir`). In the module:
+    `mesh, disk_dir = lab_fixtures(RUN, VMS)`."""
+
+    @pytest.fixture(scope="module")
+    def mesh() -> Iterator[tuple[Lab, LabAgents]]:
+        with running_mesh(run, vms, **agent_options) as built:
+            yield built
+
+    @pytest.fixture(scope="module")
+    def disk_dir() -> Iterator[Path]:
+        with scratch_dir(run) as path:
+            yield path
+
+    return mesh, disk_dir
+
+
+def removed_after(vms: Sequence[str]) -> Any:
+    """An autouse fixture that removes `vms` from every host after each test (an idle TCG
+    guest still costs CPU; a later test must not find an earlier one's guests)."""
+
+    @pytest.fixture(autouse=True)
+    def removed(mesh: tuple[Lab, LabAgents]) -> Iterator[None]:
+        yield
+        for vm in vms:
+            remove_everywhere(mesh[0], vm)
+
+    return removed
+
+
+def offering(memory_mib: int) -> list[str]:
+    """Agent options that make every lab host offer VMs `memory_mib` (they share this
+    machine's memory; the rest is reserved for "the host")."""
+    reserved = psutil.virtual_memory().total // 2**20 - memory_mib
+    return ["--reserved-memory-mib", str(reserved)]
 
 
 @contextlib.contextmanager

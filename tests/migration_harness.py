@@ -31,6 +31,7 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration import MigrationConfig, MigrationCore
 from novacron.protocol.messages import (
@@ -71,6 +72,18 @@ def host(
     )
 
 
+def seen(
+    where: str | None, hosts: Iterable[str] = ("h1", "h2"), **others: Presence
+) -> dict[str, Presence]:
+    """What the hypervisors of `hosts` say: the VM runs on `where` (None: nowhere), is absent
+    from the others; `others` overrides a host's answer."""
+    found = {
+        h: Presence(Where.RUNNING, "running", "u1") if h == where else Presence(Where.ABSENT)
+        for h in hosts
+    }
+    return found | others
+
+
 class View:
     """A cluster view shared by every host of a test (they all agree, which is the easy case)."""
 
@@ -97,7 +110,20 @@ class View:
         """What the inventories of both hosts report after the domain moved."""
         moving = next(v for v in self.recs[source].vms if v.name == name)
         self.update(source, vms=tuple(v for v in self.recs[source].vms if v.name != name))
-        self.update(target, vms=(*self.recs[target].vms, moving))
+        self.update(target, vms=(*self._without(target, name), moving))
+
+    def arriving(self, name: str, source: str, target: str) -> None:
+        """The target's inventory lists the incoming domain (paused) while a job runs."""
+        moving = next(v for v in self.recs[source].vms if v.name == name)
+        incoming = dataclasses.replace(moving, state="paused")
+        self.update(target, vms=(*self._without(target, name), incoming))
+
+    def gone(self, name: str, node_id: str) -> None:
+        """The incoming domain of a failed job is gone from `node_id`."""
+        self.update(node_id, vms=self._without(node_id, name))
+
+    def _without(self, node_id: str, name: str) -> tuple[VmSummary, ...]:
+        return tuple(v for v in self.recs[node_id].vms if v.name != name)
 
     def update(self, node_id: str, **changes: Any) -> None:
         record = self.recs[node_id]
@@ -272,7 +298,7 @@ class Lab(Mesh):
         self.libvirtd_down: set[str] = set()  # hosts whose libvirtd is dead
         self.violations: list[str] = []  # broken libvirt rules
         self._reports: list[tuple[str, str, tuple[Any, ...]]] = []  # driver -> core, next step
-        self._reconciles: list[tuple[str, str]] = []  # (asking host, VM) awaiting an answer
+        self._reconciles: list[tuple[str, ReconcileVm]] = []  # (asking host, action) to answer
         super().__init__(
             records,
             config=config,
@@ -324,7 +350,7 @@ class Lab(Mesh):
                 else:
                     job.abort_requested = True
         elif isinstance(action, ReconcileVm):
-            self._reconciles.append((node_id, action.vm))
+            self._reconciles.append((node_id, action))
 
     def _start(self, node_id: str, action: StartLibvirtMigration) -> None:
         busy = any(j.vm == action.vm for j in self.jobs.values())
@@ -335,6 +361,7 @@ class Lab(Mesh):
             self._report(node_id, "migration_finished", action.migration_id, False, why)
             return
         duration = INF if action.vm in self.hot else self.job_seconds
+        self.view.arriving(action.vm, node_id, action.target)
         self.jobs[action.migration_id] = Job(
             action.migration_id,
             action.vm,
@@ -359,25 +386,29 @@ class Lab(Mesh):
         """The hypervisor: run jobs, answer reconciles, deliver the driver's reports."""
         for job in list(self.jobs.values()):
             self._run_job(job)
-        for asking, name in list(self._reconciles):
-            if any(j.vm == name for j in self.jobs.values()):
-                continue  # contract: answer once no job may still move it
-            self._reconciles.remove((asking, name))
-            self._report(asking, "vm_location", name, self._locate(asking, name))
+        reconciles, self._reconciles = self._reconciles, []
+        for asking, action in reconciles:
+            self._report(asking, "vm_presence", action.vm, self._seen(asking, action))
         reports, self._reports = self._reports, []
         for node_id, method, args in reports:
             core = self.cores.get(node_id)
             if core is not None:  # a dead agent's driver reports to no one
                 self.absorb(node_id, getattr(core, method)(*args, self.now))
 
-    def _locate(self, asking: str, name: str) -> str | None:
-        """What the asking host's driver can find out (its own libvirt, the peer's if reachable)."""
-        where = self.location[name]
-        if asking in self.libvirtd_down:
-            return None
-        if where == asking or self._reachable(asking, where):
-            return where
-        return None
+    def _seen(self, asking: str, action: ReconcileVm) -> dict[str, Presence]:
+        """What the asking host's driver finds in each host's libvirt (its own, the peers' it
+        can reach): the VM running where it is, a job holding it, or nothing."""
+        found = {}
+        for h in action.hosts:
+            if h in self.libvirtd_down or (h != asking and not self._reachable(asking, h)):
+                found[h] = Presence(Where.UNKNOWN, "unreachable")
+            elif any(j.vm == action.vm and h in (j.source, j.target) for j in self.jobs.values()):
+                found[h] = Presence(Where.MIGRATING, "a job holds it", "u1")
+            elif self.location[action.vm] == h:
+                found[h] = Presence(Where.RUNNING, "running", "u1")
+            else:
+                found[h] = Presence(Where.ABSENT)
+        return found
 
     def _run_job(self, job: Job) -> None:
         if job.switched_at is not None:
@@ -405,6 +436,8 @@ class Lab(Mesh):
         if moved:
             self.location[job.vm] = job.target
             self.view.move_vm(job.vm, job.source, job.target)
+        else:
+            self.view.gone(job.vm, job.target)
         self._report(job.source, "migration_finished", job.migration_id, ok, why)
 
     # --- checks -----------------------------------------------------------------------------

@@ -151,8 +151,9 @@ def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, La
     # Healed means usable: once everyone sees everyone alive, a request over the mesh to
     # or from the cut host is answered at the first try, as a migration proposal must be
     # (the connections must not still sit in TCP's retransmission back-off).
+    operator = str(agents.operator())
     for asker, asked in [*((h, cut) for h in others), *((cut, h) for h in others)]:
-        answer = agents.nova(asker, "host", "undrain", asked.name)
+        answer = agents.nova(asker, "host", "undrain", asked.name, "--operator", operator)
         assert answer["ok"] is True, f"{asker.name} asked {asked.name}: {answer}"
 
 

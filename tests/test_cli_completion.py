@@ -30,7 +30,7 @@ def test_bash_completion_follows_the_parser(tmp_path: Path) -> None:
     assert {"ca", "status", "members", "host", "vm", "completion"} <= set(_complete(script, ""))
     assert _complete(script, "ca", "i") == ["init", "issue"]
     vm_words = ["--help", "--json", "-h", "cancel", "create", "delete", "list", "migrate"]
-    vm_words += ["show", "start", "stop"]
+    vm_words += ["recover", "show", "start", "stop"]
     assert _complete(script, "vm", "") == vm_words
     assert "--socket" in _complete(script, "members", "--")
 

@@ -26,6 +26,7 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.migration import (
     TRANSITIONS,
     MigrationConfig,
@@ -40,7 +41,7 @@ from novacron.agent.core.migration_policy import (
     MigrationLimits,
     MigrationPolicy,
 )
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
+from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, LIBVIRT_DOWN_LABEL
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
     MemberState,
@@ -53,7 +54,7 @@ from novacron.protocol.messages import (
     Ping,
     VmSummary,
 )
-from tests.migration_harness import Mesh, View, host, vm
+from tests.migration_harness import Mesh, View, host, seen, vm
 
 
 def two_hosts(**kwargs: object) -> Mesh:
@@ -158,6 +159,7 @@ def test_progress_forwarding_is_rate_limited_but_renews_the_lease() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
     for i in range(10):  # ten samples within one second: one forward
         mesh.now = 0.1 * (i + 1)
         mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, percent=i))
@@ -287,7 +289,7 @@ def test_released_reservation_frees_room() -> None:
     mid = started(mesh).migration_id
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "a", "h1")
+    mesh.call("h1", "vm_presence", "a", seen("h1"))
     assert mesh.core("h2").reservations() == []
     mesh.request("h3", "b", "h2")
     assert len(mesh.of("h3", StartLibvirtMigration)) == 1
@@ -378,6 +380,7 @@ def test_reservation_expires_when_the_source_goes_quiet() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     mesh.kill_agent("h1")
     mesh.run(29.5)
     assert len(mesh.core("h2").reservations()) == 1
@@ -389,7 +392,7 @@ def test_reservation_expires_when_the_source_goes_quiet() -> None:
     assert (reconcile.vm, reconcile.migration_id, reconcile.hosts) == ("vm1", mid, ("h1", "h2"))
     assert mesh.core("h2").reservations() == []
     assert mesh.core("h2").stats.reservations_expired == 1
-    mesh.call("h2", "vm_location", "vm1", "h2")
+    mesh.call("h2", "vm_presence", "vm1", seen("h2"))
     info = mesh.core("h2").migrations()[0]
     assert info.outcome == "committed"
     assert info.reason == "no word from h1 for 30 s; reconcile found vm1 on h2"
@@ -485,6 +488,7 @@ def test_escalation_to_postcopy_after_the_per_gib_timeout() -> None:
     mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     assert mesh.core("h1").next_deadline() == pytest.approx(5.0)  # lease renewal first
     mesh.run(59.5)
     assert mesh.of("h1", SwitchToPostCopy) == []
@@ -519,12 +523,13 @@ def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
     mesh = Mesh([host("h1", vm("vm1", 2048)), host("h2")])
     mesh.request("h1", "vm1", "h2", {"post_copy": False, "completion_timeout_per_gib": 10.0})
     mid = started(mesh).migration_id
+    mesh.view.arriving("vm1", "h1", "h2")
     mesh.run(20.0)
     assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
     assert mesh.of("h1", MigrationEscalated)[0].step == "abort"
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
     assert mesh.of("h1", ReconcileVm)[-1].hosts == ("h1", "h2")
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     (failed,) = mesh.of("h1", MigrationFailed)
     assert failed.reason == "did not converge within 20 s (10 s per GiB of 2 GiB)"
     assert mesh.sent_of(MigrationAbort)[-1].reason == failed.reason
@@ -553,7 +558,7 @@ def test_a_switchover_that_stalls_is_aborted_and_the_vm_located() -> None:
     why = "stalled at the switchover: the VM sat paused 5 s, nothing copied for 5 s"
     assert (escalated.step, escalated.reason) == ("abort", why)
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "vm1", "h2")  # the abort let it finish on the target
+    mesh.call("h1", "vm_presence", "vm1", seen("h2"))  # the abort let it finish on the target
     assert len(mesh.of("h1", MigrationCompleted)) == 1
     (row,) = mesh.core("h1").migrations()
     assert (row.outcome, row.escalation) == ("committed", f"aborted after 12.0 s: {why}")
@@ -613,10 +618,12 @@ def test_stuck_abort_turns_into_reconcile() -> None:
     assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
     mesh.run(40.0)  # no answer yet: ask again
     assert len(mesh.of("h1", ReconcileVm)) == 2
-    mesh.call("h1", "vm_location", "vm1", None)  # nowhere (yet): keep asking
-    assert mesh.of("h1", MigrationInDoubt)[-1].reason == "hypervisors report vm1 on no host"
+    holding = seen(None, h1=Presence(Where.MIGRATING, "paused (migrating)"))
+    mesh.call("h1", "vm_presence", "vm1", holding)  # a job still holds it: look again soon
+    assert mesh.of("h1", MigrationInDoubt)[-1].reason == "h1: paused (migrating)"
     assert mesh.core("h1").phase_of(mid) is Phase.RECONCILING
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    assert mesh.core("h1").next_deadline() == pytest.approx(41.0)
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     assert mesh.of("h1", MigrationFailed)[0].reason == "cancelled by operator"
 
 
@@ -644,7 +651,7 @@ def test_cancel_during_libvirt_migration() -> None:
     assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
     assert mesh.core("h1").phase_of(mid) is Phase.ABORTING
     mesh.call("h1", "migration_finished", mid, False, "operation aborted")
-    mesh.call("h1", "vm_location", "vm1", "h1")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
     (failed,) = mesh.of("h1", MigrationFailed)
     assert failed.reason == "cancelled by operator"
     assert mesh.of("h2", ReservationReleased)[0].outcome == "aborted"
@@ -669,7 +676,7 @@ def test_cancel_refusals() -> None:
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "migration_finished", mid, False, "connection lost")
     mesh.call("h1", "cancel", mid)
-    mesh.call("h1", "vm_location", "vm1", "h2")
+    mesh.call("h1", "vm_presence", "vm1", seen("h2"))
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "cancel", "nope")
     reasons = [e.reason for e in mesh.of("h1", MigrationCancelRefused)]
@@ -716,7 +723,7 @@ def test_bad_inputs_are_ignored_and_counted() -> None:
     assert h2.receive("h3", Ping(1, "h2"), 1.0).sends == []
     assert (h2.stats.invalid, h2.stats.unhandled) == (4, 1)
 
-    assert h1.vm_location("vm1", "h2", 1.0).sends == []  # nobody asked
+    assert h1.vm_presence("vm1", seen("h2"), 1.0).sends == []  # nobody asked
     assert h1.stats.unsolicited_locations == 1
     assert h1.migration_finished(mid, False, "x", 1.0).actions  # the saga still works
     assert mesh.sent == before
@@ -761,7 +768,7 @@ def test_history_is_bounded_and_running_come_first() -> None:
         mesh.request("h1", f"v{i}", "h2")
         mesh.call("h1", "cancel", started(mesh).migration_id)
         mesh.call("h1", "migration_finished", started(mesh).migration_id, False, "aborted")
-        mesh.call("h1", "vm_location", f"v{i}", "h1")
+        mesh.call("h1", "vm_presence", f"v{i}", seen("h1"))
     mesh.now = 9.0
     mesh.request("h1", "v5", "h2")
     infos = mesh.core("h1").migrations()
@@ -784,7 +791,10 @@ def test_next_deadline_tracks_the_earliest_timer() -> None:
     assert mesh.core("h1").next_deadline() == 1.0  # resend
     mesh.cut.clear()
     mesh.run(1.0)
-    assert mesh.core("h2").next_deadline() == pytest.approx(31.0)  # lease
+    assert mesh.core("h2").next_deadline() == pytest.approx(21.0)  # libvirt must show it
+    mesh.view.arriving("vm1", "h1", "h2")
+    mesh.run(2.0)
+    assert mesh.core("h2").next_deadline() == pytest.approx(22.0)  # seen at 2 s
 
 
 def test_the_membership_node_is_a_cluster_view() -> None:
@@ -825,3 +835,132 @@ def test_one_migration_by_id_is_what_the_list_shows() -> None:
     same("h1")  # outbound, ended
     same("h2")  # inbound, landed and ended
     assert mesh.core("h1").migration("no-such-id") is None
+
+
+def test_a_target_that_cannot_count_its_vms_admits_nothing_and_no_source_proposes() -> None:
+    down = {LIBVIRT_DOWN_LABEL: "2026-12-03T10:00:00Z"}
+    mesh = Mesh([host("h1", vm("vm1")), host("h2", vm("old", 1024, state="unknown"), labels=down)])
+    out = mesh.request("h1", "vm1", "h2")
+    (refused,) = out.events
+    assert isinstance(refused, MigrationRefused)
+    assert refused.reason == (
+        "libvirt unreachable on h2 since 2026-12-03T10:00:00Z: its VMs cannot be counted"
+    )
+    assert mesh.core("h1").place("vm1").target is None
+    reply = mesh.core("h2").receive("h1", propose("m9"), 0.0)
+    (answer,) = [m for _, m in reply.sends]
+    assert isinstance(answer, MigrationRefuse)
+    assert answer.reason.startswith("libvirt unreachable on h2 since 2026-12-03T10:00:00Z")
+
+
+# --- a drain begun on the target --------------------------------------------------------
+
+
+def test_a_drain_refuses_proposals_before_its_record_says_so() -> None:
+    mesh = two_hosts()
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 0.0))
+    out = mesh.request("h1", "vm1", "h2")  # h1 sees no flag in h2's record yet
+    assert isinstance(out.events[0], MigrationProposed)
+    (refused,) = mesh.of("h1", MigrationRefused)
+    assert refused.reason == "host draining: h2 takes no new VMs"
+    assert mesh.core("h2").reservations() == []
+
+
+def test_a_drain_stops_a_migration_admitted_a_moment_before_it() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id  # admitted, libvirt asked to start
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 0.1))
+    mesh.flush()
+    assert mesh.of("h1", AbortLibvirtMigration) == [AbortLibvirtMigration(mid, "vm1")]
+    assert mesh.core("h1").phase_of(mid) is Phase.ABORTING
+    mesh.call("h1", "migration_finished", mid, False, "operation aborted")
+    mesh.call("h1", "vm_presence", "vm1", seen("h1"))
+    (failed,) = mesh.of("h1", MigrationFailed)
+    assert failed.reason == "host draining: h2 takes no new VMs"
+    assert mesh.core("h2").reservations() == []
+    assert mesh.core("h2").migrations()[0].outcome == "aborted"
+
+
+def test_a_drain_lets_a_migration_in_post_copy_land() -> None:
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 90, phase="postcopy"))
+    mesh.absorb("h2", mesh.core("h2").set_draining(True, 1.0))
+    mesh.flush()
+    assert mesh.of("h1", AbortLibvirtMigration) == []
+    assert mesh.core("h2").arriving("vm1")
+    mesh.call("h1", "migration_finished", mid, True, "")
+    assert mesh.core("h1").phase_of(mid) is Phase.COMMITTED
+    assert not mesh.core("h2").arriving("vm1")  # landed: the drain moves it on
+
+
+def test_only_the_target_may_withdraw_a_reservation() -> None:
+    mesh = Mesh([host("h1", vm("vm1")), host("h2"), host("h3")])
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    mesh.core("h1").receive("h3", MigrationAbort(mid, "h3 says stop"), 0.5)
+    assert mesh.core("h1").phase_of(mid) is Phase.MIGRATING
+    assert mesh.core("h1").stats.wrong_peer == 1
+
+
+# --- reservations a member cannot hold with words alone ----------------------------------
+
+
+def test_a_reservation_libvirt_never_shows_lapses_however_often_it_is_renewed() -> None:
+    mesh = two_hosts()
+    h2 = mesh.core("h2")
+    h2.receive("h1", propose("m1"), 0.0)
+    for t in range(1, 20):  # the source keeps "renewing": no domain ever arrives
+        h2.receive("h1", MigrationProgress("m1", percent=t), float(t))
+    assert len(h2.reservations()) == 1
+    out = h2.tick(20.0)
+    assert h2.reservations() == []
+    (released,) = [e for e in out.events if isinstance(e, ReservationReleased)]
+    assert released.reason == "vm-m1 never showed in h2's libvirt within 20 s; h1 refused for 60 s"
+    assert out.actions == []  # it never came: there is nothing to look for
+    assert h2.stats.reservations_unused == 1
+    reply = h2.receive("h1", propose("m2"), 21.0)
+    (refusal,) = [m for _, m in reply.sends]
+    assert isinstance(refusal, MigrationRefuse)
+    assert refusal.reason == (
+        "refused for 59 s more: h1's last reservation here never showed in libvirt"
+    )
+    reply = h2.receive("h3", propose("m3", "h3"), 21.0)  # others are not punished
+    assert isinstance(reply.sends[0][1], MigrationAccept)
+
+
+def test_the_penalty_doubles_and_a_migration_that_shows_restores_good_standing() -> None:
+    mesh = two_hosts()
+    h2 = mesh.core("h2")
+    h2.receive("h1", propose("m1"), 0.0)
+    h2.tick(20.0)
+    h2.receive("h1", propose("m2"), 81.0)  # after 60 s: admitted again, and again unused
+    h2.tick(101.0)
+    reply = h2.receive("h1", propose("m3"), 220.0)
+    assert "refused for 1 s more" in reply.sends[0][1].reason  # type: ignore[union-attr]
+    reply = h2.receive("h1", propose("m4"), 222.0)
+    assert isinstance(reply.sends[0][1], MigrationAccept)
+    mesh.view.arriving("vm1", "h1", "h2")  # a real migration shows in libvirt ...
+    mesh.view.update("h2", vms=(vm("vm-m4", state="paused"),))
+    h2.tick(223.0)
+    h2.receive("h1", MigrationAbort("m4", "done"), 224.0)
+    h2.receive("h1", propose("m5"), 225.0)
+    h2.tick(245.0)  # ... so an unused one costs 60 s again, not 240
+    reply = h2.receive("h1", propose("m6"), 246.0)
+    assert "refused for 59 s more" in reply.sends[0][1].reason  # type: ignore[union-attr]
+
+
+def test_one_source_holds_at_most_one_reservation_not_yet_in_libvirt() -> None:
+    mesh = Mesh([host("h1", vm("a"), vm("b")), host("h2", memory_mib=65536), host("h3")])
+    h2 = mesh.core("h2")
+    assert isinstance(h2.receive("h1", propose("m1"), 0.0).sends[0][1], MigrationAccept)
+    reply = h2.receive("h1", propose("m2"), 0.5)
+    assert reply.sends[0][1] == MigrationRefuse(
+        "m2", "too many migrations from h1: 1 reserved here not started yet"
+    )
+    assert isinstance(h2.receive("h3", propose("m3", "h3"), 0.5).sends[0][1], MigrationAccept)
+    h2.receive("h3", MigrationAbort("m3", "changed its mind"), 0.6)
+    mesh.view.update("h2", vms=(vm("vm-m1", state="paused"),))  # h1's migration shows
+    assert isinstance(h2.receive("h1", propose("m4"), 1.0).sends[0][1], MigrationAccept)

@@ -18,10 +18,11 @@ from novacron.agent.core.events import (
     RecordRejected,
     RecordUpdated,
 )
-from novacron.agent.core.node import MembershipNode
+from novacron.agent.core.node import MAX_UNPROVEN_LEAP, MembershipNode
 from novacron.agent.core.snapshot import ClusterSnapshot
 from novacron.agent.core.suspicion import suspicion_timeout
 from novacron.protocol.messages import (
+    MAX_COUNTER,
     Ack,
     Alive,
     Dead,
@@ -399,6 +400,38 @@ def test_a_digest_that_declares_us_dead_is_refuted_in_the_reply() -> None:
     assert isinstance(delta, Delta)
     proof = alive("n000", 2).signature
     assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000"), proof) in delta.members
+
+
+def test_a_digest_holding_us_left_under_our_old_key_is_refuted() -> None:
+    """We left, then came back with a re-issued certificate (a new key) at the same
+    incarnation: the peer's Leave carries our old key's signature, which our new key
+    cannot check; that the peer holds us gone is all that matters, so we refute it."""
+    node = node_in(snapshot_of(4), "n000")
+    old_leave = sign(Leave("n000", 1), key=b"the key n000 held before" * 2)
+    line = MemberDigest("n000", 1, MemberState.LEFT, address_of("n000"), old_leave.signature)
+    out = node.receive("n001", Digest(members=(line,), reply=False), 1.0)
+    ((_, delta),) = sends_of(out, Delta)
+    assert isinstance(delta, Delta)
+    proof = alive("n000", 2).signature
+    assert MemberDigest("n000", 2, MemberState.ALIVE, address_of("n000"), proof) in delta.members
+
+
+def test_a_restarted_node_outnumbers_a_leave_from_its_previous_life() -> None:
+    """Held left at incarnation 2 by a life before a restart (and a key rotation), we
+    restart at 1: the line cannot be checked, yet it is what the peer believes."""
+    node = node_in(snapshot_of(4), "n000")
+    assert node.incarnation == 1
+    old_leave = sign(Leave("n000", 2), key=b"the key n000 held before" * 2)
+    line = MemberDigest("n000", 2, MemberState.LEFT, address_of("n000"), old_leave.signature)
+    node.receive("n001", Digest(members=(line,), reply=False), 1.0)
+    assert node.incarnation == 3
+
+
+def test_a_line_we_cannot_check_moves_our_incarnation_a_bounded_step() -> None:
+    node = node_in(snapshot_of(4), "n000")
+    line = MemberDigest("n000", MAX_COUNTER - 1, MemberState.DEAD, address_of("n000"), b"x" * 64)
+    node.receive("n001", Digest(members=(line,), reply=False), 1.0)
+    assert node.incarnation == 1 + MAX_UNPROVEN_LEAP + 1
 
 
 def test_a_dead_line_in_a_delta_is_merged_as_a_suspicion() -> None:

@@ -16,6 +16,7 @@ import pytest
 from novacron.agent.discovery import (
     SERVICE_TYPE,
     Discovery,
+    DuplicateNode,
     PeerEvent,
     PeerFound,
     PeerLost,
@@ -104,3 +105,17 @@ def _drain(discovery: Discovery) -> list[PeerEvent]:
     while not discovery.events.empty():
         events.append(discovery.events.get_nowait())
     return events
+
+
+async def test_a_second_advert_of_one_node_id_is_refused_in_one_line(suffix: str) -> None:
+    first = Discovery(f"twin-{suffix}", 47003, "cc" * 32, interfaces=[LOOPBACK])
+    await asyncio.wait_for(first.start(), TIMEOUT)
+    try:
+        twin = Discovery(f"twin-{suffix}", 47004, "dd" * 32, interfaces=[LOOPBACK])
+        with pytest.raises(DuplicateNode) as refused:
+            await asyncio.wait_for(twin.start(), TIMEOUT)
+        reason = str(refused.value)
+        assert f"another agent already advertises node twin-{suffix}" in reason
+        assert "\n" not in reason
+    finally:
+        await asyncio.wait_for(first.close(), TIMEOUT)

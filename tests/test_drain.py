@@ -77,7 +77,7 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
     assert status["moving"][0]["vm"] == "vm1" and status["moving"][0]["target"] == "h2"
     assert (status["running"], status["not_moved"], status["done"]) == (
         ["vm1"],
-        {"off": "unknown"},
+        {"off": "shutoff"},
         False,
     )
     assert driver.migration(proposals[0].migration_id)["purpose"] == "drain"  # type: ignore[index]
@@ -247,7 +247,7 @@ async def test_a_drain_asked_from_another_host_is_carried_out_by_the_drained_hos
 
         status = h2.requests.status_of("h1")  # what the mesh shows h2
         assert (status["draining"], status["running"], status["done"]) == (True, ["vm1"], False)
-        assert status["seen_from"] == "h2" and status["not_moved"] == {"off": "unknown"}
+        assert status["seen_from"] == "h2" and status["not_moved"] == {"off": "shutoff"}
         mesh.vm_gone("h1", "vm1")
         assert h2.requests.status_of("h1")["done"] is True
         assert h1.requests.status_of("h1") == h1.drain.status()  # its own: the local status
@@ -446,7 +446,7 @@ async def test_nova_drains_another_host_and_waits_for_its_record_to_show_it_empt
             0,
             [
                 "h1 drained: no VM runs there (as h2 sees it)",
-                "  left off: unknown (only running VMs move)",
+                "  left off: shutoff (only running VMs move)",
             ],
         )
 

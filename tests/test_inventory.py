@@ -15,6 +15,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL, room_refusal
+from novacron.agent.core.reservations import Demand
 from novacron.agent.inventory import DomainSample, Inventory
 
 TIMEOUT = 10.0
@@ -110,7 +112,7 @@ async def test_without_events_the_poll_interval_still_returns(tmp_path: Path) ->
         await asyncio.wait_for(inv.close(), TIMEOUT)
 
 
-async def test_unreachable_libvirt_gives_no_vms_a_warning_and_is_retried(
+async def test_unreachable_libvirt_keeps_the_last_vms_as_unknown_says_since_when_and_retries(
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "hypervisor.xml"  # the test driver reads its "host" from this file
@@ -118,12 +120,14 @@ async def test_unreachable_libvirt_gives_no_vms_a_warning_and_is_retried(
         "edge-1",
         libvirt_uri=f"test://{config}",
         data_dir=tmp_path / "not" / "yet",
-        retry_interval=0.0,
+        poll_interval=0.0,  # retried at every refresh
+        wall=lambda: 1_800_000_000.0,
     )
     await asyncio.wait_for(inv.start(), TIMEOUT)
     try:
         record = await asyncio.wait_for(inv.record(), TIMEOUT)
-        assert record.vms == ()
+        assert record.vms == ()  # never reached: nothing known
+        assert record.labels[LIBVIRT_DOWN_LABEL] == "2027-01-15T08:00:00Z"
         assert record.capacity.memory_mib > 0  # the host part still works
         assert inv.warning is not None and f"test://{config}" in inv.warning
         assert not inv.connected
@@ -133,7 +137,19 @@ async def test_unreachable_libvirt_gives_no_vms_a_warning_and_is_retried(
         assert [(vm.name, vm.state, vm.vcpus, vm.memory_mib) for vm in record.vms] == [
             ("vm1", "running", 1, 1024)
         ]
+        assert LIBVIRT_DOWN_LABEL not in record.labels
         assert inv.warning is None and inv.connected
+
+        config.unlink()  # "libvirtd is gone again": the VMs have not stopped for that
+        inv._conn.close()
+        record = await asyncio.wait_for(inv.record(), TIMEOUT)
+        assert [(vm.name, vm.state, vm.memory_mib) for vm in record.vms] == [
+            ("vm1", "unknown", 1024)
+        ]
+        assert LIBVIRT_DOWN_LABEL in record.labels
+        assert room_refusal(record, Demand(1, 1), 4.0) == (
+            "libvirt unreachable on edge-1 since 2027-01-15T08:00:00Z: its VMs cannot be counted"
+        )
     finally:
         await asyncio.wait_for(inv.close(), TIMEOUT)
 

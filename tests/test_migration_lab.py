@@ -89,7 +89,32 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
     inbound = [m for m in migrations(h2) if m["migration_id"] == migration["migration_id"]]
     assert [m["outcome"] for m in inbound] == ["committed"]
     print(f"migrated in {migration['elapsed_s']} s; heartbeat ..{last_on_source} | {after[0]}..")
+    the_same_migration_everywhere(lab, agents, "test-vm", migration["migration_id"])
     delete_guest(h2, disk_dir, "test-vm")
+
+
+def the_same_migration_everywhere(lab: Lab, agents: LabAgents, vm: str, mid: str) -> None:
+    """`nova vm show` on the host the VM left (its agent restarted since: it forgot what it
+    remembered), on its new host and on a bystander: the migration that moved it, with the
+    same outcome and the same wall-clock times."""
+    h1 = lab.hosts[0]
+    agents.kill(h1, signal.SIGKILL)
+    agents.start(h1)
+    agents.wait_for_full_mesh(timeout=60)
+    shown = {}
+    for host in lab.hosts:
+        code, show = nova(host, "vm", "show", vm)
+        assert code == 0, show
+        shown[host.name] = [
+            (m["source"], m["target"], m["phase"], m["outcome"], m["started"], m["ended"])
+            for m in show["migrations"]
+            if m["migration_id"] == mid
+        ]
+    print(shown)
+    (row,) = shown["h1"]
+    assert row[:4] == ("h1", "h2", "committed", "committed")
+    assert row[4] is not None and row[5] is not None and row[4] < row[5]
+    assert shown["h2"] == shown["h3"] == [row]
 
 
 @pytest.fixture(scope="module")

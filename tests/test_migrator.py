@@ -55,12 +55,13 @@ def test_flags_follow_the_policy_and_the_disks() -> None:
     assert whole == BASE_FLAGS | libvirt.VIR_MIGRATE_NON_SHARED_DISK
 
 
-def test_params_carry_the_migration_uri_and_the_bandwidth_cap() -> None:
+def test_params_carry_the_migration_uri_and_the_bandwidth_cap_for_post_copy_too() -> None:
     assert migration_params(MigrationPolicy(), "") == {}
     params = migration_params(MigrationPolicy(bandwidth_mib_s=2.4), "tcp://198.18.0.2")
     assert params == {
         libvirt.VIR_MIGRATE_PARAM_URI: "tcp://198.18.0.2",
         libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 2,
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 2,
     }
 
 
@@ -118,7 +119,7 @@ def test_job_stats_become_progress() -> None:
         ("ghost", {"to": "h2"}, 404, "unknown VM: ghost does not run on h1"),
         ("vm1", {"to": "h9"}, 404, "unknown host: h9"),
         ("vm1", {"to": "h1"}, 409, "cannot migrate to itself"),
-        ("off", {"to": "h2"}, 409, "VM not running: off is unknown"),
+        ("off", {"to": "h2"}, 409, "VM not running: off is shutoff"),
         ("vm1", {}, 400, "no target host given"),
         ("vm1", {"to": "h2", "speed": 1}, 400, "unknown setting(s): speed"),
         ("vm1", {"to": "h2", "max_downtime_ms": 1.5}, 400, "bad policy"),

@@ -197,13 +197,18 @@ def summary(drain: dict[str, Any]) -> list[str]:
     elif drain["done"]:
         lines = [f"{node} drained: no VM runs here; moved {', '.join(drain['moved']) or 'none'}"]
     elif remote:
-        out = drain["migrations_out"]
+        out, arriving = drain["migrations_out"], drain.get("migrations_in", 0)
         lines = [
             f"{node} draining: {len(drain['running'])} VM(s) still running there"
-            f" ({', '.join(drain['running'])}), {out} migration(s) out{seen}"
+            f" ({', '.join(drain['running'])}), {out} migration(s) out, {arriving} arriving{seen}"
         ]
     else:
         lines = [f"{node} draining: {len(drain['running'])} VM(s) still running here"]
+    for arrival in drain.get("arriving", []):
+        lines.append(
+            f"  arriving {arrival['vm']} <- {arrival['source']} ({arrival['phase']}): "
+            "it is stopped before post-copy, else moved on once it lands"
+        )
     for move in drain.get("moving", []):
         lines.append(
             f"  moving {move['vm']} -> {move['target']} ({move['phase']}, {move['percent']:.0f}%)"

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from novacron.agent import client
+from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
 
 from .common import (
     EXIT_FAILED,
@@ -192,7 +193,7 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
         f" load {record.get('load', 0):.2f}",
         f"memory:    {usage.get('memory_mib', 0)} of {capacity.get('memory_mib', 0)} MiB used",
         f"disk:      {usage.get('disk_gib', 0):.1f} of {capacity.get('disk_gib', 0):.1f} GiB used",
-        f"libvirt:   {record.get('libvirt_uri', '-')}",
+        f"libvirt:   {record.get('libvirt_uri', '-')}{_unreachable(record)}",
         f"labels:    {', '.join(f'{k}={v}' for k, v in record.get('labels', {}).items()) or '-'}",
         f"draining:  {'yes' if record.get('draining') else 'no'}",
         f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
@@ -201,15 +202,36 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _unreachable(record: dict[str, Any]) -> str:
+    since = record.get("labels", {}).get(LIBVIRT_DOWN_LABEL)
+    return f"  unreachable since {since} (VMs as last listed)" if since else ""
+
+
+def _vm_state(vm: dict[str, Any]) -> str:
+    """A VM's state, saying so when its host cannot ask libvirt (the last state it knew)."""
+    since = vm.get("libvirt_unreachable_since")
+    return f"{vm['state']} (libvirt unreachable since {since})" if since else str(vm["state"])
+
+
 def list_vms(args: argparse.Namespace, out: Output) -> int:
     data = _get(args, out, "/v1/vms")
     if data is None:
         return _failed(args)
     rows = [
-        (vm["name"], vm["state"], vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
+        (vm["name"], _vm_state(vm), vm["host"], vm["vcpus"], vm["memory_mib"]) for vm in data["vms"]
     ]
-    out.result(data, render(("name", "state", "host", "vcpus", "memory mib"), rows))
+    lines = render(("name", "state", "host", "vcpus", "memory mib"), rows)
+    out.result(data, lines + _conflict_lines(data.get("conflicts", [])))
     return EXIT_OK
+
+
+def _conflict_lines(conflicts: list[dict[str, Any]]) -> list[str]:
+    """Claims on VMs that the claimant's libvirt denies: shown apart, not as locations."""
+    return [
+        f"not believed: {c['host']} claims {c['name']} ({c['state']}), which runs on "
+        f"{', '.join(c['runs_on'])}: {c['why']}"
+        for c in conflicts
+    ]
 
 
 def show_vm(args: argparse.Namespace, out: Output) -> int:
@@ -224,10 +246,11 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_FAILED
     try:
-        moves = client.get("/v1/migrations", args.socket)
+        moves = client.get(f"/v1/vms/{args.name}/migrations", args.socket)
     except (client.AgentUnavailable, client.AgentRequestFailed):
         moves = {}  # the VM's place is known; its history is a bonus
-    history = [m for m in moves.get("migrations", []) if m.get("vm") == args.name]
+    history = moves.get("migrations", [])
+    conflicts = [c for c in data.get("conflicts", []) if c["name"] == args.name]
     lines = [
         f"vm {vm['name']}: {vm['state']} on {vm['host']} ({vm['host_state']}), "
         f"{vm['vcpus']} vCPU, {vm['memory_mib']} MiB, uuid {vm['uuid'] or '-'}"
@@ -235,10 +258,12 @@ def show_vm(args: argparse.Namespace, out: Output) -> int:
     ]
     if len(rows) > 1:
         lines.append("warning: more than one host reports this VM (a migration may be ending)")
+    lines += _conflict_lines(conflicts)
     lines += [
         f"  migration {m['migration_id']}: {m['source']} -> {m['target']}, "
-        f"{m.get('outcome') or m.get('phase')}{': ' + m['reason'] if m.get('reason') else ''}"
+        f"{m.get('outcome') or m.get('phase')}, {m.get('started') or '?'} .. "
+        f"{m.get('ended') or 'running'}{': ' + m['reason'] if m.get('reason') else ''}"
         for m in history
     ]
-    out.result({"vm": rows, "migrations": history}, lines)
+    out.result({"vm": rows, "migrations": history, "conflicts": conflicts}, lines)
     return EXIT_OK

@@ -56,6 +56,16 @@ def add_vm_lifecycle_commands(vm_commands: Groups[Parser]) -> None:
     agent_flags(delete)
     delete.set_defaults(handler=delete_vm)
 
+    recover = vm_commands.add_parser(
+        "recover", help="run a VM in doubt on one host (every other copy is removed)"
+    )
+    recover.add_argument("name", metavar="VM")
+    recover.add_argument(
+        "--on", required=True, metavar="HOST", help="the host to run it on (holds its definition)"
+    )
+    agent_flags(recover)
+    recover.set_defaults(handler=recover_vm)
+
 
 def create_vm(args: argparse.Namespace, out: Output) -> int:
     body: dict[str, Any] = {
@@ -107,6 +117,20 @@ def delete_vm(args: argparse.Namespace, out: Output) -> int:
     if answer is None:
         return code
     lines = [f"VM {args.name} deleted"] + [f"  removed {p}" for p in answer["removed"]]
+    out.result(answer, lines)
+    return EXIT_OK
+
+
+def recover_vm(args: argparse.Namespace, out: Output) -> int:
+    path = f"/v1/vms/{args.name}/recover"
+    answer, code = ask(out, client.post, path, {"on": args.on}, args.socket, 120.0)
+    if answer is None:
+        return code
+    what = "started afresh" if answer["started"] else "already ran there"
+    lines = [f"VM {args.name} recovered on {answer['host']}: {what}"]
+    lines += [f"  {host}: {done}" for host, done in answer["removed"].items()]
+    if answer["was"]:
+        lines.append(f"  was {answer['was']}")
     out.result(answer, lines)
     return EXIT_OK
 

@@ -124,7 +124,7 @@ class Output:
 # The migration core (`migration.py`) answers with a `MigrationOutput`: sends
 # and events as above, plus *actions*, the hypervisor work only the driver
 # can do (libvirt calls). The driver reports the results back as inputs
-# (`migration_progress`, `migration_finished`, `vm_location`).
+# (`migration_progress`, `migration_finished`, `vm_presence`).
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +192,17 @@ class MigrationInDoubt:
     migration_id: str  # the saga's id
     vm: str  # the VM whose host is in doubt
     reason: str  # what went wrong
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationUndecided:
+    """Source side: the evidence could not say where the VM should run; the saga ended in
+    doubt and an operator settles it (`nova vm recover VM --on HOST`)."""
+
+    migration_id: str  # the saga's id
+    vm: str  # the VM in doubt
+    reason: str  # what the hypervisors said, and the command that settles it
+    candidates: tuple[str, ...] = ()  # hosts holding a copy it may be recovered on
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +275,7 @@ MigrationEvent = (
     | MigrationProgressed
     | MigrationEscalated
     | MigrationInDoubt
+    | MigrationUndecided
     | MigrationCompleted
     | MigrationFailed
     | MigrationCancelRefused
@@ -310,19 +322,33 @@ class AbortLibvirtMigration:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileVm:
-    """Action: ask the hypervisors where `vm` runs, and report it with `vm_location`.
-
-    Contract: answer only once the domain has no migration job running on
-    `hosts` (a job still in flight may yet move it), with the host whose
-    libvirt has the domain active, or None if none has.
-    """
+    """Action: look at `vm` in the libvirt of each of `hosts`, and report what each said
+    with `vm_presence` (one look per host; the core asks again while it cannot decide)."""
 
     vm: str  # domain name
     migration_id: str  # the saga whose outcome depends on the answer
     hosts: tuple[str, ...]  # where to look: (source, target)
 
 
-MigrationAction = StartLibvirtMigration | SwitchToPostCopy | AbortLibvirtMigration | ReconcileVm
+@dataclass(frozen=True, slots=True)
+class RetireStaleCopy:
+    """Action: remove the copy of `vm` on `host`, where it provably does not run (it runs on
+    `runs_on`): destroy it if a paused QEMU holds it, undefine its definition.
+
+    The driver checks again first and leaves the copy alone if it is not the same
+    domain (`uuid`) or if it runs after all.
+    """
+
+    migration_id: str  # the saga whose reconcile found it
+    vm: str  # domain name
+    host: str  # where the stale copy is
+    uuid: str  # the running domain's UUID: only a copy of that domain is removed
+    runs_on: str  # where the VM runs, for the log
+
+
+MigrationAction = (
+    StartLibvirtMigration | SwitchToPostCopy | AbortLibvirtMigration | ReconcileVm | RetireStaleCopy
+)
 
 
 @dataclass(slots=True)

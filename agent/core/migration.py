@@ -9,10 +9,11 @@ expire when the source goes quiet.
 
 Inputs: `request_migration`, `cancel`, `receive(sender, message, now)` for
 the Migration* messages, the driver's reports `migration_progress`,
-`migration_finished` and `vm_location`, and `tick(now)` whenever
+`migration_finished` and `vm_presence`, and `tick(now)` whenever
 `next_deadline()` has come. Each returns a `MigrationOutput`: messages to
 send, events, and *actions* (`StartLibvirtMigration`, `SwitchToPostCopy`,
-`AbortLibvirtMigration`, `ReconcileVm`) that only the driver can perform.
+`AbortLibvirtMigration`, `ReconcileVm`, `RetireStaleCopy`) that only the
+driver can perform.
 Nothing here reads a clock, sleeps or does I/O; ids come from the injected RNG.
 
 The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
@@ -24,11 +25,15 @@ The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
 | proposed    | no-answer        | aborted     | send Abort (frees a reservation we missed)  |
 | proposed    | target-gone      | aborted     | send Abort                                  |
 | proposed    | cancel           | aborted     | send Abort                                  |
+| proposed    | revoked          | aborted     | (the target began draining) send Abort      |
 | migrating   | progress         | migrating   | event, forward Progress to target (renews)  |
 | migrating   | switched         | postcopy    | (libvirt entered post-copy by itself)       |
 | migrating   | timeout-postcopy | postcopy    | action SwitchToPostCopy                     |
 | migrating   | timeout-abort    | aborting    | action AbortLibvirtMigration                |
 | migrating   | cancel           | aborting    | action AbortLibvirtMigration                |
+| migrating   | revoked          | aborting    | action AbortLibvirtMigration (the target    |
+|             |                  |             | began draining; post-copy: it lands, then   |
+|             |                  |             | the drain moves it on)                      |
 | migrating   | switchover-      | aborting    | action AbortLibvirtMigration (the source    |
 |             | stalled          |             | sat paused for the final copy too long)     |
 | migrating,  | finished-ok      | committed   | send Commit, event MigrationCompleted       |
@@ -42,7 +47,20 @@ The source saga is an explicit state machine (`TRANSITIONS`, h11 style):
 | reconciling | on-target        | committed   | send Commit, event MigrationCompleted       |
 | reconciling | on-source        | aborted     | send Abort, event MigrationFailed (also    |
 |             |                  |             | when found on a third host: not our move)   |
-| reconciling | nowhere          | reconciling | ask again after `reconcile_retry`           |
+| reconciling | nowhere          | reconciling | look again after `locate_retry`             |
+| reconciling | undecided        | in-doubt    | event MigrationUndecided: the operator     |
+|             |                  |             | settles it (`nova vm recover VM --on HOST`) |
+
+Where the VM runs is decided by evidence (`location.locate` over what each
+host's libvirt says), never by the saga's last word: a copy left behind on
+the other host (a definition a killed libvirtd did not undefine, a source
+paused for post-copy after the target finished) is retired with
+`RetireStaleCopy`. Evidence that cannot decide (no host runs it, two do, a
+libvirtd that does not answer) is looked at again every `locate_retry`
+seconds for at most `reconcile_deadline` seconds; then the saga ends
+`in-doubt`, visibly, naming the hosts an operator may recover it on. An
+in-doubt VM is no longer locked by the saga (it can be recovered, deleted)
+and is remembered (`doubt`) until some host runs it again.
 
 `adopt_job` starts a saga directly in `aborting` (or `postcopy`) for a job a
 restarted agent finds running in libvirt without a saga of this life.
@@ -55,7 +73,7 @@ it. A VM whose saga has not ended cannot be proposed again, so one VM never
 has two libvirt jobs.
 
 Fault table (the invariant: afterwards the VM runs on exactly one host, and
-the saga's outcome says which):
+the saga's outcome says which, or the saga says `in-doubt` and why):
 
 | fault                          | what the core does                                         |
 |--------------------------------|------------------------------------------------------------|
@@ -89,6 +107,21 @@ the saga's outcome says which):
 | messages lost, duplicated,     | Propose is resent until answered; duplicates are answered  |
 | reordered                      | idempotently; a Propose after its Abort is refused (the    |
 |                                | id is remembered); leases bound any leak on the target.    |
+| source libvirtd killed         | the job fails -> reconcile. Pre-copy: the restarted        |
+|                                | libvirtd resumes the guest on the source -> aborted.       |
+|                                | Switchover or post-copy: once the target runs the whole    |
+|                                | guest -> committed, and the source's paused copy or        |
+|                                | "shut off (migrated)" definition is retired. Guest on no   |
+|                                | host (libvirtd killed it) -> in-doubt.                     |
+
+Post-copy policy (QEMU's failure modes): until the switch, the source is
+authoritative (an abort leaves the guest there). From the switch on, the
+guest's memory is split: cancel is refused, nothing is aborted or destroyed
+while the target still pulls pages ("running (post-copy)" there), and once
+the target runs the whole guest it is authoritative: any copy left on the
+source is stale and retired. If the target's half dies (QEMU gone, "paused
+(post-copy failed)" for `reconcile_deadline`), no host can run the guest as
+it was: in-doubt, and the operator chooses where it boots again.
 """
 
 from __future__ import annotations
@@ -126,13 +159,16 @@ from .events import (
     MigrationProgressed,
     MigrationProposed,
     MigrationRefused,
+    MigrationUndecided,
     ReconcileVm,
     ReservationMade,
     ReservationRefused,
     ReservationReleased,
+    RetireStaleCopy,
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from .location import Doubt, On, Presence, Wait, locate, undecided
 from .members import MemberInfo
 from .migration_policy import (
     INBOUND_LABEL,
@@ -152,6 +188,7 @@ from .placement import (
     Placement,
     anti_affinity_clash,
     choose_target,
+    libvirt_down,
     room_refusal,
 )
 from .reservations import (
@@ -159,6 +196,7 @@ from .reservations import (
     Reservation,
     ReservationBook,
     ReservationConfig,
+    unseen,
 )
 
 __all__ = [
@@ -174,6 +212,7 @@ __all__ = [
 ]
 
 INF = float("inf")
+MOVABLE = ("running", "paused")  # states a VM can be moved live in (a paused one stays paused)
 CANCELLED = "cancelled by operator"
 POSTCOPY_CANCEL = (
     "cannot cancel in post-copy: the guest's memory is split between both hosts, "
@@ -188,12 +227,13 @@ class Phase(StrEnum):
     MIGRATING = "migrating"  # libvirt job running (pre-copy)
     POSTCOPY = "postcopy"  # libvirt job running in post-copy: it can only finish
     ABORTING = "aborting"  # abort of the libvirt job requested, waiting for its end
-    RECONCILING = "reconciling"  # outcome in doubt, waiting for `vm_location`
+    RECONCILING = "reconciling"  # outcome unknown, waiting for `vm_presence`
     COMMITTED = "committed"  # ended: the VM runs on the target
     ABORTED = "aborted"  # ended: the VM runs on the source (refused, failed, cancelled)
+    IN_DOUBT = "in-doubt"  # ended: the evidence could not say; an operator settles it
 
 
-TERMINAL = frozenset({Phase.COMMITTED, Phase.ABORTED})
+TERMINAL = frozenset({Phase.COMMITTED, Phase.ABORTED, Phase.IN_DOUBT})
 
 
 class Trigger(StrEnum):
@@ -204,6 +244,7 @@ class Trigger(StrEnum):
     NO_ANSWER = "no-answer"  # no Accept/Refuse within `answer_timeout`
     TARGET_GONE = "target-gone"  # the target failed or left before answering
     CANCEL = "cancel"  # operator's cancel
+    REVOKED = "revoked"  # the target withdrew its reservation (it began draining)
     PROGRESS = "progress"  # a job-stats sample from the driver
     SWITCHED = "switched"  # the driver reports the job is in post-copy
     TIMEOUT_POSTCOPY = "timeout-postcopy"  # completion timeout passed, post-copy allowed
@@ -214,7 +255,8 @@ class Trigger(StrEnum):
     SWITCHOVER_STALLED = "switchover-stalled"  # paused for the final copy too long: abort
     ON_TARGET = "on-target"  # reconcile: the domain is active on the target
     ON_SOURCE = "on-source"  # reconcile: the domain is active on the source
-    NOWHERE = "nowhere"  # reconcile: no host has it active (yet): ask again later
+    NOWHERE = "nowhere"  # reconcile: the evidence cannot decide yet: look again soon
+    UNDECIDED = "undecided"  # reconcile: it could not decide within the deadline
 
 
 _P, _T = Phase, Trigger
@@ -224,11 +266,13 @@ TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
     (_P.PROPOSED, _T.NO_ANSWER): _P.ABORTED,
     (_P.PROPOSED, _T.TARGET_GONE): _P.ABORTED,
     (_P.PROPOSED, _T.CANCEL): _P.ABORTED,
+    (_P.PROPOSED, _T.REVOKED): _P.ABORTED,
     (_P.MIGRATING, _T.PROGRESS): _P.MIGRATING,
     (_P.MIGRATING, _T.SWITCHED): _P.POSTCOPY,
     (_P.MIGRATING, _T.TIMEOUT_POSTCOPY): _P.POSTCOPY,
     (_P.MIGRATING, _T.TIMEOUT_ABORT): _P.ABORTING,
     (_P.MIGRATING, _T.CANCEL): _P.ABORTING,
+    (_P.MIGRATING, _T.REVOKED): _P.ABORTING,
     (_P.MIGRATING, _T.SWITCHOVER_STALLED): _P.ABORTING,
     (_P.MIGRATING, _T.FINISHED_OK): _P.COMMITTED,
     (_P.MIGRATING, _T.FINISHED_FAILED): _P.RECONCILING,
@@ -244,6 +288,7 @@ TRANSITIONS: Mapping[tuple[Phase, Trigger], Phase] = {
     (_P.RECONCILING, _T.ON_TARGET): _P.COMMITTED,
     (_P.RECONCILING, _T.ON_SOURCE): _P.ABORTED,
     (_P.RECONCILING, _T.NOWHERE): _P.RECONCILING,
+    (_P.RECONCILING, _T.UNDECIDED): _P.IN_DOUBT,
 }
 """Every legal move of a source saga; anything else is ignored and counted."""
 
@@ -278,7 +323,10 @@ class MigrationConfig:
     renew_interval: float = 5.0  # ... and at least this often (it renews the lease)
     abort_timeout: float = 30.0  # an abort that has not ended the job by then: reconcile
     switchover_stall: float = 5.0  # source paused this long for the final copy, no progress: abort
-    reconcile_retry: float = 10.0  # ask again where a VM runs if no usable answer came
+    reconcile_retry: float = 10.0  # ask again where a VM runs if no answer came at all
+    locate_retry: float = 1.0  # look again this soon when the evidence could not decide
+    doubt_after: float = 5.0  # evidence of "on no host" or "on two" counts after this long
+    reconcile_deadline: float = 120.0  # undecided this long after the fault: in doubt
     history: int = 100  # ended migrations kept for `migrations()`, per direction
 
     def __post_init__(self) -> None:
@@ -288,6 +336,10 @@ class MigrationConfig:
                 raise ValueError(f"{name} must be positive")
         if not self.abort_timeout > 0 or not self.reconcile_retry > 0 or self.history < 0:
             raise ValueError("abort_timeout and reconcile_retry must be positive")
+        if not self.locate_retry > 0 or not self.doubt_after >= 0:
+            raise ValueError("locate_retry must be positive and doubt_after not negative")
+        if not self.reconcile_deadline >= self.doubt_after:
+            raise ValueError("reconcile_deadline must not be shorter than doubt_after")
         if not self.switchover_stall > 0:
             raise ValueError("switchover_stall must be positive")
         if self.renew_interval >= self.reservations.ttl:
@@ -304,14 +356,16 @@ class MigrationStats:
     proposals_refused: int = 0  # of those, refused
     committed: int = 0  # outbound sagas that ended with the VM on the target
     aborted: int = 0  # outbound sagas that ended with the VM on the source
-    reservations_expired: int = 0  # leases that ran out (source silent)
+    reservations_expired: int = 0  # leases that ran out (source silent, or libvirt shows nothing)
+    reservations_unused: int = 0  # of those, never shown by libvirt: the source is penalized
     reconciles: int = 0  # ReconcileVm actions emitted
     escalations: int = 0  # post-copy switches or aborts for a timeout
+    in_doubt: int = 0  # outbound sagas that ended in doubt
     unknown_migration: int = 0  # messages or reports for an id this host does not hold
     wrong_peer: int = 0  # messages from a host that is not the saga's peer
     invalid: int = 0  # malformed messages or reports that mean nothing in this phase
     duplicates: int = 0  # repeated or late messages for a known saga (answered idempotently)
-    unsolicited_locations: int = 0  # vm_location reports nobody was waiting for
+    unsolicited_locations: int = 0  # vm_presence reports nobody was waiting for
     unhandled: int = 0  # non-migration messages handed to receive()
 
 
@@ -324,14 +378,27 @@ class MigrationInfo:
     source: str  # sending host
     target: str  # receiving host
     direction: str  # "outbound" (we send) or "inbound" (we receive)
-    phase: str  # a `Phase` value outbound; reserved/precopy/postcopy/landed/ended inbound
+    phase: str  # a `Phase` value; inbound while running: reserved/precopy/postcopy/landed
     percent: float  # last progress, 0..100
-    outcome: str  # "" while running; committed, aborted, refused, expired
+    outcome: str  # "" while running; committed, aborted, refused, expired, in-doubt
     reason: str  # why it failed or was refused ("" if it did not)
     started: float  # when it was proposed (this host's clock)
     ended: float | None  # when it ended, None while running
     purpose: str = ""  # why it was requested: manual, drain, rebalance
     escalation: str = ""  # e.g. "post-copy after 20 s: did not converge ..." ("" if none)
+    started_at: float = 0.0  # when it was proposed, wall clock (the source's, on both sides)
+    ended_at: float | None = None  # when it ended, wall clock (the source's, on both sides)
+
+
+@dataclass(frozen=True, slots=True)
+class Doubted:
+    """A VM whose migration ended in doubt: where it should run is the operator's call."""
+
+    vm: str  # the VM
+    migration_id: str  # the saga that could not decide
+    reason: str  # what the evidence said
+    candidates: tuple[str, ...]  # hosts holding a copy it could be recovered on
+    since: float  # when the saga gave up (this host's clock)
 
 
 @dataclass(slots=True)
@@ -360,8 +427,22 @@ class _Saga:
     paused_since: float | None = None  # since when the source sits paused for the switchover
     copied_at: float = 0.0  # ... when that pause last copied something (or began)
     paused_remaining: int = 0  # ... and what was left to copy then
-    outcome: str = ""  # committed, aborted or refused once ended
+    outcome: str = ""  # committed, aborted, refused or in-doubt once ended
     ended: float | None = None  # when it ended
+    started_at: float = 0.0  # `started` on the wall clock (for people, and the target)
+    ended_at: float | None = None  # `ended` on the wall clock
+    reconciling_since: float | None = None  # when the evidence was first asked for
+    doubt_note: str = ""  # why the outcome is unknown, as last reported
+
+
+@dataclass(slots=True)
+class _Locating:
+    """Target side: the look at where a VM went after its reservation expired."""
+
+    migration_id: str  # the expired reservation
+    hosts: tuple[str, ...]  # where to look: its source and this host
+    since: float  # when the lease expired
+    due: float  # when to ask (again)
 
 
 class MigrationCore:
@@ -375,8 +456,11 @@ class MigrationCore:
         rng: random.Random,
         config: MigrationConfig | None = None,
         migration_uri: str = "",
+        wall: Callable[[float], float] = float,
     ) -> None:
-        """`migration_uri`: where QEMU on a source should connect to us, e.g. tcp://198.18.0.2."""
+        """`migration_uri`: where QEMU on a source should connect to us, e.g. tcp://198.18.0.2;
+        `wall`: this host's clock reading `now` as wall-clock seconds (for people and peers:
+        times shown must be the same on both hosts of a migration)."""
         self.node_id = node_id  # this host
         self.config = config or MigrationConfig()  # timings, defaults, limits
         self.migration_uri = migration_uri  # told to sources in every Accept
@@ -388,7 +472,11 @@ class MigrationCore:
         self._ended: OrderedDict[str, _Saga] = OrderedDict()  # recent outbound, oldest first
         self._book = ReservationBook()  # inbound reservations
         self._inbound_ended: OrderedDict[str, MigrationInfo] = OrderedDict()  # recent inbound
-        self._awaiting_location: dict[str, str] = {}  # VM -> expired inbound id to annotate
+        self._locating: dict[str, _Locating] = {}  # VM -> expired inbound reservation's look
+        self._wall = wall  # `now` -> wall-clock seconds
+        self._draining = False  # this host drains: it admits nothing (before its record says so)
+        self._penalties: dict[str, tuple[float, int]] = {}  # source -> (refused until, strikes)
+        self._doubts: dict[str, Doubted] = {}  # VM -> why its location is the operator's call
 
     # --- source side: requests ----------------------------------------------------
 
@@ -424,6 +512,7 @@ class MigrationCore:
             started=now,
             timer=now + self.config.answer_timeout,
             retry_at=now + self.config.propose_retry,
+            started_at=self._wall(now),
         )
         self._sagas[saga.migration_id] = saga
         self._busy[vm] = saga.migration_id
@@ -465,7 +554,7 @@ class MigrationCore:
             return f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
             return f"host {target} is {member.state.value}"
-        if summary.state != "running":
+        if summary.state not in MOVABLE:
             return f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
             return f"VM {vm} is already migrating ({self._busy[vm]})"
@@ -518,6 +607,7 @@ class MigrationCore:
             disk_gib=saga.demand.disk_gib,
             reason=saga.purpose,
             anti_affinity=saga.demand.anti_affinity,
+            started_at=saga.started_at,
         )
 
     def cancel(self, migration_id: str, now: float) -> MigrationOutput:
@@ -578,6 +668,7 @@ class MigrationCore:
             phase=Phase.POSTCOPY if postcopy else Phase.ABORTING,
             error="source agent restarted mid-migration",
             adopted=True,
+            started_at=self._wall(now),
         )
         self._sagas[saga.migration_id] = saga
         self._busy[vm] = saga.migration_id
@@ -652,47 +743,129 @@ class MigrationCore:
             self._reconcile(saga, now, f"libvirt job failed: {reason or 'no reason given'}", out)
         return out
 
-    def vm_location(self, vm: str, host: str | None, now: float) -> MigrationOutput:
-        """Where the hypervisors say `vm` runs (None: nowhere): resolves a saga in doubt."""
+    def vm_presence(self, vm: str, seen: Mapping[str, Presence], now: float) -> MigrationOutput:
+        """What each host's libvirt says about `vm` (answering `ReconcileVm`): the evidence
+        that ends a saga in doubt, or an expired reservation's story."""
         out = MigrationOutput()
         saga = self._sagas.get(self._busy.get(vm, ""))
         if saga is None or saga.phase is not Phase.RECONCILING:
-            self._inbound_location(vm, host)
+            self._inbound_location(vm, seen, now, out)
             return out
-        if host == saga.target:
-            self._commit(saga, now, "found on the target by reconcile", out)
-        elif host is not None:
-            # On the source, or on a third host (another job moved it): not our move.
-            self._move(saga, Trigger.ON_SOURCE, now)
-            reason = saga.error or "migration failed"
-            if host != saga.source:
-                reason = f"{reason}; {vm} found on {host}"
-            out.sends.append((saga.target, MigrationAbort(saga.migration_id, reason)))
-            self._end(saga, "aborted", now)
-            out.events.append(
-                MigrationFailed(saga.migration_id, vm, saga.source, saga.target, reason)
-            )
+        verdict = locate(seen)
+        since = saga.reconciling_since if saga.reconciling_since is not None else now
+        waited = now - since
+        if isinstance(verdict, On):
+            self._retire(vm, saga.migration_id, verdict, seen, out)
+            self._settle_on(saga, verdict.host, now, out)
+        elif isinstance(verdict, Doubt) and waited >= self.config.doubt_after:
+            self._give_up(saga, verdict, now, out)
+        elif waited >= self.config.reconcile_deadline:
+            self._give_up(saga, undecided(seen, f"{waited:.0f} s"), now, out)
         else:
             self._move(saga, Trigger.NOWHERE, now)
-            saga.timer = now + self.config.reconcile_retry
-            out.events.append(
-                MigrationInDoubt(saga.migration_id, vm, f"hypervisors report {vm} on no host")
-            )
+            saga.timer = now + self.config.locate_retry
+            self._note_doubt(saga, verdict.why, out)
         return out
 
-    def _inbound_location(self, vm: str, host: str | None) -> None:
-        """A target-side reconcile answer: note it on the expired reservation's history."""
-        migration_id = self._awaiting_location.pop(vm, None)
-        info = self._inbound_ended.get(migration_id or "")
-        if info is None:
+    def _settle_on(self, saga: _Saga, host: str, now: float, out: MigrationOutput) -> None:
+        """The evidence found the VM on `host`: the saga ends by where it is."""
+        if host == saga.target:
+            self._commit(saga, now, "found on the target by reconcile", out)
+            return
+        # On the source, or on a third host (another job moved it): not our move.
+        self._move(saga, Trigger.ON_SOURCE, now)
+        reason = saga.error or "migration failed"
+        if host != saga.source:
+            reason = f"{reason}; {saga.vm} found on {host}"
+        self._end(saga, "aborted", now)
+        out.sends.append((saga.target, self._abort_message(saga, reason)))
+        out.events.append(
+            MigrationFailed(saga.migration_id, saga.vm, saga.source, saga.target, reason)
+        )
+
+    def _give_up(self, saga: _Saga, doubt: Doubt, now: float, out: MigrationOutput) -> None:
+        """The evidence cannot say where the VM should run: end visibly, for the operator."""
+        self._move(saga, Trigger.UNDECIDED, now)
+        cause = f" ({saga.error})" if saga.error else ""
+        reason = f"in doubt: {saga.vm} {doubt.why}{cause}; {recover_hint(saga.vm, doubt)}"
+        saga.error = reason
+        self._end(saga, "in-doubt", now)
+        self._doubts[saga.vm] = Doubted(saga.vm, saga.migration_id, reason, doubt.candidates, now)
+        out.sends.append((saga.target, self._abort_message(saga, reason)))
+        out.events.append(MigrationUndecided(saga.migration_id, saga.vm, reason, doubt.candidates))
+
+    def _abort_message(self, saga: _Saga, reason: str) -> MigrationAbort:
+        """The Abort telling the target how an ended saga came out (and when)."""
+        outcome = "in-doubt" if saga.phase is Phase.IN_DOUBT else "aborted"
+        return MigrationAbort(
+            saga.migration_id, reason, ended_at=saga.ended_at or 0.0, outcome=outcome
+        )
+
+    def _retire(
+        self,
+        vm: str,
+        migration_id: str,
+        verdict: On,
+        seen: Mapping[str, Presence],
+        out: MigrationOutput,
+    ) -> None:
+        """Ask the driver to remove every copy of `vm` left where it does not run."""
+        uuid = seen[verdict.host].uuid
+        for host in verdict.stale:
+            out.actions.append(RetireStaleCopy(migration_id, vm, host, uuid, verdict.host))
+
+    def _note_doubt(self, saga: _Saga, why: str, out: MigrationOutput) -> None:
+        """Say why the outcome is still unknown, once per new reason (the looks repeat)."""
+        if why != saga.doubt_note:
+            saga.doubt_note = why
+            out.events.append(MigrationInDoubt(saga.migration_id, saga.vm, why))
+
+    def _inbound_location(
+        self, vm: str, seen: Mapping[str, Presence], now: float, out: MigrationOutput
+    ) -> None:
+        """A target-side look after a lease expired: note what it found on the history."""
+        locating = self._locating.get(vm)
+        info = self._inbound_ended.get(locating.migration_id) if locating else None
+        if locating is None or info is None:
+            self._locating.pop(vm, None)
             self.stats.unsolicited_locations += 1
             return
-        outcome = "committed" if host == self.node_id else "aborted"
-        where = f"on {host}" if host else "on no host"
-        reason = f"{info.reason}; reconcile found {vm} {where}"
+        verdict = locate(seen)
+        if isinstance(verdict, Wait) and now - locating.since < self.config.reconcile_deadline:
+            locating.due = now + self.config.locate_retry
+            return
+        del self._locating[vm]
+        if isinstance(verdict, On):
+            self._retire(vm, locating.migration_id, verdict, seen, out)
+            outcome = "committed" if verdict.host == self.node_id else "aborted"
+            found = f"reconcile found {vm} on {verdict.host}"
+        else:
+            doubt = verdict if isinstance(verdict, Doubt) else undecided(seen, "the deadline")
+            outcome, found = "in-doubt", f"in doubt: {vm} {doubt.why}"
         self._inbound_ended[info.migration_id] = dataclasses.replace(
-            info, outcome=outcome, reason=reason
+            info, outcome=outcome, phase=outcome, reason=f"{info.reason}; {found}"
         )
+
+    # --- doubts ---------------------------------------------------------------------
+
+    def doubt(self, vm: str) -> Doubted | None:
+        """Why `vm`'s location is in doubt here, if it is (until a host runs it again)."""
+        return self._doubts.get(vm)
+
+    def doubts(self) -> list[Doubted]:
+        """Every VM whose migration from here ended in doubt and that no host runs yet."""
+        return list(self._doubts.values())
+
+    def settle_doubt(self, vm: str) -> Doubted | None:
+        """The operator recovered `vm`: forget the doubt (returned, if there was one)."""
+        return self._doubts.pop(vm, None)
+
+    def _clear_doubts(self) -> None:
+        """A doubt ends when some host's record shows the VM active again."""
+        for record in self._view.records().values():
+            for summary in record.vms:
+                if summary.name in self._doubts and summary.state in ("running", "paused"):
+                    del self._doubts[summary.name]
 
     # --- messages -----------------------------------------------------------------
 
@@ -767,7 +940,45 @@ class MigrationCore:
         self._end(saga, "refused", now)
         out.events.append(MigrationRefused(saga.vm, sender, reason, saga.migration_id, sender))
 
+    def _on_revoke(
+        self, saga: _Saga, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
+    ) -> None:
+        """The target withdrew its reservation (it began draining): stop while we still can.
+        In post-copy the guest is already split: it lands, and the target's drain moves it on."""
+        if sender != saga.target:
+            self.stats.wrong_peer += 1
+            return
+        reason = message.reason or f"{sender} withdrew its reservation"
+        if saga.phase is Phase.PROPOSED:
+            self._abort_before_start(saga, Trigger.REVOKED, reason, now, out)
+        elif saga.phase is Phase.MIGRATING:
+            saga.error = reason
+            saga.escalation = f"aborted after {now - saga.started:.1f} s: {reason}"
+            self._move(saga, Trigger.REVOKED, now)
+            saga.timer = now + self.config.abort_timeout
+            out.actions.append(AbortLibvirtMigration(saga.migration_id, saga.vm))
+            out.events.append(MigrationEscalated(saga.migration_id, saga.vm, "abort", reason))
+        else:
+            self.stats.duplicates += 1  # post-copy can only finish; or it is ending already
+
     # --- target side ----------------------------------------------------------------
+
+    def set_draining(self, draining: bool, now: float) -> MigrationOutput:
+        """This host begins (or ends) a drain. From this moment it admits nothing, and the
+        source of every migration still arriving before post-copy is asked to stop it (a
+        reservation made a moment before the drain must not land a VM on a draining host)."""
+        out = MigrationOutput()
+        self._draining = draining
+        if not draining:
+            return out
+        reason = f"host draining: {self.node_id} takes no new VMs"
+        for held in self._book:
+            if held.landed or held.revoked or held.phase == "postcopy":
+                continue
+            held.revoked = True
+            out.sends.append((held.source, MigrationAbort(held.migration_id, reason)))
+            out.events.append(ReservationRefused(held.migration_id, held.vm, held.source, reason))
+        return out
 
     def _on_propose(
         self, sender: str, message: MigrationPropose, now: float, out: MigrationOutput
@@ -793,7 +1004,7 @@ class MigrationCore:
             if not held.landed:
                 out.sends.append((sender, self._accept(held)))
             return
-        reason = self._admission_refusal(message)
+        reason = self._admission_refusal(message, now)
         if reason is not None:
             self.stats.proposals_refused += 1
             out.sends.append((sender, MigrationRefuse(message.migration_id, reason)))
@@ -810,6 +1021,8 @@ class MigrationCore:
             created=now,
             expires=now + ttl,
             anti_affinity=message.anti_affinity,
+            started_at=message.started_at or self._wall(now),
+            purpose=message.reason,
         )
         self._book.add(held)
         out.sends.append((sender, self._accept(held)))
@@ -820,14 +1033,28 @@ class MigrationCore:
     def _accept(self, held: Reservation) -> MigrationAccept:
         return MigrationAccept(held.migration_id, held.expires, self.migration_uri)
 
-    def _admission_refusal(self, message: MigrationPropose) -> str | None:
+    def _admission_refusal(self, message: MigrationPropose, now: float) -> str | None:
         """Why this host will not reserve room for the proposed VM (None: it will)."""
         if message.migration_id in self._inbound_ended:
             return f"migration {message.migration_id} already ended here"
         record = self._view.records().get(self.node_id)
         self._book.settle(record)
-        if record is not None and record.draining:
+        self._observe(record, now)
+        source, config = message.source, self.config.reservations
+        until = self._penalties.get(source, (0.0, 0))[0]
+        if now < until:
+            return (
+                f"refused for {until - now:.0f} s more: {source}'s last reservation here never "
+                "showed in libvirt"
+            )
+        unseen = self._book.unseen_from(source)
+        if unseen >= config.per_source:
+            return f"too many migrations from {source}: {unseen} reserved here not started yet"
+        if self._draining or (record is not None and record.draining):
             return f"host draining: {self.node_id} takes no new VMs"
+        down = libvirt_down(record) if record is not None else None
+        if down is not None:
+            return f"libvirt unreachable on {self.node_id} since {down}: it cannot count its memory"
         if record is not None and any(vm.name == message.vm for vm in record.vms):
             return f"VM {message.vm} already runs on {self.node_id}"
         arriving = self._book.for_vm(message.vm)
@@ -910,12 +1137,16 @@ class MigrationCore:
             self.stats.duplicates += 1
             return
         self._book.land(held.migration_id, now, self.config.reservations.landed_hold)
-        self._end_inbound(held, "committed", "", now)
+        self._end_inbound(held, "committed", "", now, message.ended_at)
         out.events.append(ReservationReleased(held.migration_id, held.vm, sender, "committed"))
 
     def _on_abort(
         self, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
     ) -> None:
+        saga = self._sagas.get(message.migration_id)
+        if saga is not None:
+            self._on_revoke(saga, sender, message, now, out)
+            return
         held = self._book.get(message.migration_id)
         if held is None and message.migration_id not in self._inbound_ended:
             # Overtaken by its own Abort (reordering), or for a saga we never heard of:
@@ -923,7 +1154,7 @@ class MigrationCore:
             self._count_unknown(message.migration_id)
             tombstone = Reservation(message.migration_id, "", sender, 0, 0, 0.0, now, now)
             self._inbound_ended[message.migration_id] = _inbound_info(
-                tombstone, self.node_id, "aborted", message.reason, now
+                tombstone, self.node_id, "aborted", message.reason, now, self._wall(now)
             )
             self._trim(self._inbound_ended)
             return
@@ -934,13 +1165,40 @@ class MigrationCore:
             self.stats.invalid += 1  # a commit cannot be taken back: the VM is here
             return
         self._book.release(held.migration_id)
-        self._end_inbound(held, "aborted", message.reason, now)
+        outcome = message.outcome if message.outcome in ("aborted", "in-doubt") else "aborted"
+        self._end_inbound(held, outcome, message.reason, now, message.ended_at)
         out.events.append(
             ReservationReleased(held.migration_id, held.vm, sender, "aborted", message.reason)
         )
 
-    def _end_inbound(self, held: Reservation, outcome: str, reason: str, now: float) -> None:
-        info = _inbound_info(held, self.node_id, outcome, reason, now)
+    def _observe(self, record: NodeRecord | None, now: float) -> None:
+        """Note which arrivals this host's libvirt shows; a source whose migration shows is
+        in good standing again."""
+        for held in self._book.observe(record, now):
+            self._penalties.pop(held.source, None)
+
+    def _lapse(self, held: Reservation, now: float) -> str:
+        """Why `held` lapsed; a reservation libvirt never showed earns its source a penalty."""
+        config = self.config.reservations
+        if not unseen(held, now, config.confirm_within):
+            return f"no word from {held.source} for {config.ttl:g} s"
+        if held.seen is not None:
+            return f"{held.vm} no longer shows in {self.node_id}'s libvirt"
+        strikes = self._penalties.get(held.source, (0.0, 0))[1] + 1
+        wait = min(config.max_penalty, config.penalty * 2 ** (strikes - 1))
+        self._penalties[held.source] = (now + wait, strikes)
+        self.stats.reservations_unused += 1
+        return (
+            f"{held.vm} never showed in {self.node_id}'s libvirt within "
+            f"{config.confirm_within:g} s; {held.source} refused for {wait:g} s"
+        )
+
+    def _end_inbound(
+        self, held: Reservation, outcome: str, reason: str, now: float, ended_at: float = 0.0
+    ) -> None:
+        """Move an inbound migration to history; `ended_at`: the source's wall-clock end (0 if
+        it did not say: this host's clock)."""
+        info = _inbound_info(held, self.node_id, outcome, reason, now, ended_at or self._wall(now))
         self._inbound_ended[held.migration_id] = info
         self._trim(self._inbound_ended)
 
@@ -951,19 +1209,30 @@ class MigrationCore:
         out = MigrationOutput()
         for saga in list(self._sagas.values()):
             self._tick_saga(saga, now, out)
-        self._book.settle(self._view.records().get(self.node_id))
-        for held in self._book.expire(now):
+        record = self._view.records().get(self.node_id)
+        self._book.settle(record)
+        self._observe(record, now)
+        within = self.config.reservations.confirm_within
+        for held in self._book.expire(now, within):
             if held.landed:
                 continue  # the record never showed it within the hold: nothing to tell
             self.stats.reservations_expired += 1
             self.stats.reconciles += 1
-            reason = f"no word from {held.source} for {self.config.reservations.ttl:g} s"
+            reason = self._lapse(held, now)
             self._end_inbound(held, "expired", reason, now)
-            self._awaiting_location[held.vm] = held.migration_id
+            if held.seen is not None or not unseen(held, now, within):
+                # It may have moved: look where it went (one never seen here did not).
+                hosts = (held.source, self.node_id)
+                self._locating[held.vm] = _Locating(held.migration_id, hosts, now, now)
             out.events.append(
                 ReservationReleased(held.migration_id, held.vm, held.source, "expired", reason)
             )
-            out.actions.append(ReconcileVm(held.vm, held.migration_id, (held.source, self.node_id)))
+        for vm, locating in self._locating.items():
+            if now >= locating.due:
+                locating.due = now + self.config.reconcile_retry
+                out.actions.append(ReconcileVm(vm, locating.migration_id, locating.hosts))
+        if self._doubts:
+            self._clear_doubts()
         return out
 
     def _tick_saga(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
@@ -991,11 +1260,18 @@ class MigrationCore:
             why = f"abort did not end the libvirt job within {cfg.abort_timeout:g} s"
             self._reconcile(saga, now, why, out)
         elif saga.phase is Phase.RECONCILING and now >= saga.timer:
-            self._reconcile(saga, now, "still no usable answer on where the VM runs", out)
+            since = saga.reconciling_since if saga.reconciling_since is not None else now
+            if now - since >= cfg.reconcile_deadline:  # the looks themselves never came back
+                why = (
+                    f"could not be located: no hypervisor answered in {cfg.reconcile_deadline:g} s"
+                )
+                self._give_up(saga, Doubt(why), now, out)
+            else:
+                self._reconcile(saga, now, saga.doubt_note or "no answer yet", out)
 
     def next_deadline(self) -> float:
         """The earliest time at which `tick` has something to do (inf: nothing)."""
-        deadline = self._book.next_deadline()
+        deadline = self._book.next_deadline(self.config.reservations.confirm_within)
         for saga in self._sagas.values():
             due = min(saga.timer, saga.retry_at) if saga.phase is Phase.PROPOSED else saga.timer
             if saga.phase is Phase.POSTCOPY:
@@ -1003,7 +1279,7 @@ class MigrationCore:
             elif saga.phase is Phase.MIGRATING and saga.paused_since is not None:
                 due = min(self._escalation_due(saga), saga.copied_at + self.config.switchover_stall)
             deadline = min(deadline, due, saga.renew_at)
-        return deadline
+        return min([deadline, *(locating.due for locating in self._locating.values())])
 
     # --- saga mechanics ---------------------------------------------------------------
 
@@ -1018,6 +1294,7 @@ class MigrationCore:
         """The saga reached a terminal phase: unlock the VM, move it to history."""
         saga.outcome = outcome
         saga.ended = now
+        saga.ended_at = self._wall(now)
         saga.timer = saga.retry_at = saga.renew_at = INF
         del self._sagas[saga.migration_id]
         self._busy.pop(saga.vm, None)
@@ -1025,6 +1302,8 @@ class MigrationCore:
         self._trim(self._ended)
         if outcome == "committed":
             self.stats.committed += 1
+        elif outcome == "in-doubt":
+            self.stats.in_doubt += 1
         else:
             self.stats.aborted += 1
 
@@ -1037,8 +1316,8 @@ class MigrationCore:
         self._move(saga, trigger, now)
         saga.percent = 100.0
         saga.error = ""
-        out.sends.append((saga.target, MigrationCommit(saga.migration_id)))
         self._end(saga, "committed", now)
+        out.sends.append((saga.target, MigrationCommit(saga.migration_id, saga.ended_at or 0.0)))
         out.events.append(
             MigrationCompleted(
                 saga.migration_id, saga.vm, saga.source, saga.target, now - saga.started, note
@@ -1051,17 +1330,19 @@ class MigrationCore:
         """End a saga whose libvirt job never started: the VM certainly stayed here."""
         saga.error = reason
         self._move(saga, trigger, now)
-        out.sends.append((saga.target, MigrationAbort(saga.migration_id, reason)))
         self._end(saga, "aborted", now)
+        out.sends.append((saga.target, self._abort_message(saga, reason)))
         out.events.append(
             MigrationFailed(saga.migration_id, saga.vm, saga.source, saga.target, reason)
         )
 
     def _reconcile(self, saga: _Saga, now: float, why: str, out: MigrationOutput) -> None:
-        """Ask the driver where the VM runs; the answer (`vm_location`) ends the saga."""
+        """Ask the driver what each host's libvirt says; the answer (`vm_presence`) decides."""
         self.stats.reconciles += 1
+        if saga.reconciling_since is None:
+            saga.reconciling_since = now
         saga.timer = now + self.config.reconcile_retry
-        out.events.append(MigrationInDoubt(saga.migration_id, saga.vm, why))
+        self._note_doubt(saga, why, out)
         out.actions.append(ReconcileVm(saga.vm, saga.migration_id, (saga.source, saga.target)))
 
     def _forward(self, saga: _Saga, now: float, out: MigrationOutput) -> None:
@@ -1199,6 +1480,11 @@ class MigrationCore:
         """Inbound reservations held now (copies are not made: do not mutate)."""
         return list(self._book)
 
+    def arriving(self, vm: str) -> bool:
+        """Whether `vm` is arriving here (an inbound migration of it has not landed)."""
+        held = self._book.for_vm(vm)
+        return held is not None and not held.landed
+
     def migrations(self) -> list[MigrationInfo]:
         """Running migrations (oldest first), then recent ended ones (newest first)."""
         running: list[MigrationInfo] = [_info(s) for s in self._sagas.values()]
@@ -1224,6 +1510,14 @@ class MigrationCore:
         return info if info is not None and info.vm else None
 
 
+def recover_hint(vm: str, doubt: Doubt) -> str:
+    """What the operator runs to settle a VM in doubt."""
+    command = f"run `nova vm recover {vm} --on HOST`"
+    if doubt.candidates:
+        return f"{command} (HOST: {', '.join(doubt.candidates)} hold a copy)"
+    return f"{command} on a host that holds its definition and disks"
+
+
 def _find_vm(record: NodeRecord | None, vm: str) -> VmSummary | None:
     if record is None:
         return None
@@ -1231,21 +1525,30 @@ def _find_vm(record: NodeRecord | None, vm: str) -> VmSummary | None:
 
 
 def _inbound_info(
-    held: Reservation, target: str, outcome: str, reason: str, ended: float | None
+    held: Reservation,
+    target: str,
+    outcome: str,
+    reason: str,
+    ended: float | None,
+    ended_at: float | None = None,
 ) -> MigrationInfo:
-    """How an inbound migration shows in `migrations()` (running if `ended` is None)."""
+    """How an inbound migration shows in `migrations()` (running if `ended` is None); an
+    ended one shows its outcome as its phase, as the source's saga does."""
     return MigrationInfo(
         migration_id=held.migration_id,
         vm=held.vm,
         source=held.source,
         target=target,
         direction="inbound",
-        phase=held.phase if ended is None else "ended",
+        phase=held.phase if ended is None else outcome,
         percent=held.percent,
         outcome=outcome,
         reason=reason,
         started=held.created,
         ended=ended,
+        purpose=held.purpose,
+        started_at=held.started_at,
+        ended_at=ended_at,
     )
 
 
@@ -1264,6 +1567,8 @@ def _info(saga: _Saga) -> MigrationInfo:
         ended=saga.ended,
         purpose=saga.purpose,
         escalation=saga.escalation,
+        started_at=saga.started_at,
+        ended_at=saga.ended_at,
     )
 
 

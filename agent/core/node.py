@@ -833,6 +833,20 @@ class MembershipNode:
         self.stats.refutations += 1
         self._health(1)
 
+    def _refute_held_gone(self, incarnation: int, now: float) -> None:
+        """A push-pull peer holds us suspect, failed or left at `incarnation`.
+
+        That is what it believes, whoever signed it: a Leave of ours signed by the
+        key we held before a re-issued certificate, or an incarnation from a life
+        before a restart, which we no longer know. Only our Alive above it changes
+        its mind. A line we cannot check may move us at most MAX_UNPROVEN_LEAP
+        ahead per refutation, so no member can exhaust our incarnations with one.
+        """
+        me = self._me()
+        if self._left or incarnation < me.incarnation:
+            return  # we said goodbye; or our newer Alive, in this exchange, answers it
+        self._refute(min(incarnation, me.incarnation + MAX_UNPROVEN_LEAP), now)
+
     def _two_places(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
         """The node signed two addresses at one incarnation: two processes hold its key
         (or it restarted elsewhere and its old life is silent). If it is us, the other
@@ -1164,6 +1178,7 @@ class MembershipNode:
         starts a suspicion in the sender's name (DEAD too, so a peer's stale
         belief, typically the other side of a healed partition, makes the
         member refute instead of killing it), applied here and not passed on.
+        A line holding us gone is refuted whoever signed it (`_refute_held_gone`).
         """
         current = self._members.get(line.node_id)
         if (
@@ -1173,8 +1188,12 @@ class MembershipNode:
         ):
             return  # the common case: nothing new, no message objects built
         ahead = current is not None and line.incarnation > current.incarnation
-        if line.node_id == self.node_id and line.state is ALIVE and not ahead:
+        about_us = line.node_id == self.node_id
+        if about_us and line.state is ALIVE and not ahead:
             return  # what we say of ourselves, echoed back
+        if about_us and line.state is not ALIVE:
+            self._refute_held_gone(line.incarnation, now)
+            return
         if line.state in (ALIVE, LEFT) or ahead:
             if not line.signature:
                 self.stats.lines_unsigned += 1
@@ -1278,6 +1297,7 @@ def _valid_claim(node_id: str, incarnation: int) -> bool:
 
 _REVOCATIONS_KEY: BroadcastKey = ("revocations", "")  # one list: a newer one replaces it
 ClaimT = TypeVar("ClaimT", Alive, Suspect, Dead, Leave)
+MAX_UNPROVEN_LEAP = 64  # incarnations a refutation may jump over a line it cannot check
 CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two nodes, not a move
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member

@@ -32,6 +32,15 @@ ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 AFFINITY_LABEL = "novacron/affinity"
 """VM label: VMs with the same value stay on one host (never split by the rebalancer)."""
 
+LIBVIRT_DOWN_LABEL = "novacron/libvirt-unreachable-since"
+"""Host record label: its libvirt has not answered since this time (ISO 8601, UTC); its VMs
+are the last ones listed, state unknown, and it takes no VM until it can count again."""
+
+
+def libvirt_down(record: NodeRecord) -> str | None:
+    """Since when `record`'s host cannot reach its libvirt (None: it can)."""
+    return record.labels.get(LIBVIRT_DOWN_LABEL)
+
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -99,8 +108,12 @@ def _unfit(
 def room_refusal(
     record: NodeRecord, demand: Demand, overcommit: float, anti_affinity: str = ""
 ) -> str | None:
-    """Why the VM does not fit on `record`'s host: a VM of its anti-affinity group runs
-    there, or memory or vCPUs are short (None: it fits). Shared with the rebalancer."""
+    """Why the VM does not fit on `record`'s host: it cannot count its VMs (libvirt
+    unreachable), a VM of its anti-affinity group runs there, or memory or vCPUs are short
+    (None: it fits). Shared with the rebalancer."""
+    down = libvirt_down(record)
+    if down is not None:
+        return f"libvirt unreachable on {record.node_id} since {down}: its VMs cannot be counted"
     if anti_affinity and anti_affinity_clash(record, anti_affinity):
         return f"anti-affinity: a VM of group {anti_affinity} runs there"
     free = free_capacity(record, [], overcommit)

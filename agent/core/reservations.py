@@ -8,7 +8,15 @@ cold host; reservations are the arbiter the rebalancer relies on.
 
 A reservation is a lease. It expires `ttl` seconds after it was made unless
 the source renews it (every `MigrationProgress` does), so a source that dies
-mid-migration cannot pin capacity forever. On commit the reservation is not
+mid-migration cannot pin capacity forever. Renewals are the source's word,
+though, and a member may lie: a reservation also lives only while this
+host's own libvirt shows the migration (the incoming domain in its record),
+at the latest `confirm_within` seconds after it was made or last seen there,
+whatever the source says. A source holds at most `per_source` reservations
+not yet seen in libvirt, and one whose reservation lapsed unseen is refused
+for `penalty` seconds (doubling with each repeat, up to `max_penalty`), so a
+member cannot keep a host's memory and inbound slots with proposals it keeps
+renewing. On commit the reservation is not
 dropped at once: it is *held* until the host's own record lists the VM
 (the inventory refresh lags the hypervisor), so the freed memory is not
 promised twice in between. A reservation whose VM already appears in the
@@ -35,6 +43,10 @@ class ReservationConfig:
     ttl: float = 30.0  # seconds a reservation lives without a renewal from its source
     landed_hold: float = 30.0  # after commit, hold the room at most this long for the record
     vcpu_overcommit: float = 4.0  # vCPUs promised per physical core (memory is never overcommitted)
+    confirm_within: float = 20.0  # libvirt must show the migration within this, and keep showing it
+    per_source: int = 1  # reservations one source may hold that libvirt does not show yet
+    penalty: float = 60.0  # a source whose reservation lapsed unseen is refused this long ...
+    max_penalty: float = 600.0  # ... doubling with each repeat, up to this
 
     def __post_init__(self) -> None:
         """Refuse values that would admit nothing or never expire."""
@@ -42,6 +54,10 @@ class ReservationConfig:
             raise ValueError("ttl must be positive and landed_hold non-negative")
         if not self.vcpu_overcommit > 0:
             raise ValueError("vcpu_overcommit must be positive")
+        if not self.confirm_within > 0 or self.per_source < 1:
+            raise ValueError("confirm_within must be positive and per_source at least 1")
+        if not 0 <= self.penalty <= self.max_penalty:
+            raise ValueError("penalty must be between 0 and max_penalty")
 
 
 @dataclass(slots=True)
@@ -60,6 +76,10 @@ class Reservation:
     percent: float = 0.0  # last progress the source reported, for `nova migrations`
     phase: str = "reserved"  # reserved, precopy, postcopy, landed
     anti_affinity: str = ""  # the arriving VM's anti-affinity group ("" for none)
+    started_at: float = 0.0  # when the source proposed it, on the source's wall clock
+    purpose: str = ""  # why the source moves it: manual, drain, rebalance
+    revoked: bool = False  # this host asked its source to stop it (it began draining)
+    seen: float | None = None  # when this host's libvirt last showed the incoming VM
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +197,28 @@ class ReservationBook:
             held.expires = now + hold
         return held
 
+    def observe(self, record: NodeRecord | None, now: float) -> list[Reservation]:
+        """Note which arriving VMs this host's libvirt shows (its record lists them); returns
+        the reservations seen there for the first time."""
+        if record is None:
+            return []
+        present = {vm.name for vm in record.vms}
+        first = []
+        for held in self._by_id.values():
+            if not held.landed and held.vm in present:
+                if held.seen is None:
+                    first.append(held)
+                held.seen = now
+        return first
+
+    def unseen_from(self, source: str) -> int:
+        """Reservations of `source` that libvirt has not shown yet."""
+        return sum(
+            1
+            for r in self._by_id.values()
+            if r.source == source and not r.landed and r.seen is None
+        )
+
     def settle(self, record: NodeRecord | None) -> list[Reservation]:
         """Drop landed reservations whose VM our record now lists; returns them."""
         if record is None:
@@ -187,13 +229,28 @@ class ReservationBook:
             del self._by_id[held.migration_id]
         return done
 
-    def expire(self, now: float) -> list[Reservation]:
-        """Drop every reservation whose lease ran out; returns them."""
-        gone = [r for r in self._by_id.values() if now >= r.expires]
+    def expire(self, now: float, confirm_within: float = INF) -> list[Reservation]:
+        """Drop every reservation whose lease ran out, or that libvirt has not shown for
+        `confirm_within` seconds; returns them."""
+        gone = [r for r in self._by_id.values() if now >= _deadline(r, confirm_within)]
         for held in gone:
             del self._by_id[held.migration_id]
         return gone
 
-    def next_deadline(self) -> float:
-        """When the next lease runs out (inf: none held)."""
-        return min((r.expires for r in self._by_id.values()), default=INF)
+    def next_deadline(self, confirm_within: float = INF) -> float:
+        """When the next reservation lapses (inf: none held)."""
+        return min((_deadline(r, confirm_within) for r in self._by_id.values()), default=INF)
+
+
+def _deadline(held: Reservation, confirm_within: float) -> float:
+    """When `held` lapses: its lease, or (arriving) its libvirt evidence going stale."""
+    if held.landed:
+        return held.expires
+    evidence = held.seen if held.seen is not None else held.created
+    return min(held.expires, evidence + confirm_within)
+
+
+def unseen(held: Reservation, now: float, confirm_within: float) -> bool:
+    """Whether `held` lapsed for want of libvirt's evidence (not for a silent source)."""
+    evidence = held.seen if held.seen is not None else held.created
+    return not held.landed and now >= evidence + confirm_within and now < held.expires

@@ -69,6 +69,16 @@ class LabAgents:
         out = self.host_dir(host)
         _nova("ca", "issue", host.name, "--dir", str(self.ca_dir(ca)), "--out", str(out), "--force")
 
+    def operator(self, name: str = "ops", ca: str = "ca") -> Path:
+        """An operator's certificate from CA `ca` (`nova ca issue NAME --role operator`); its
+        key lies beside it, where `nova --operator CERT` looks."""
+        out = self.root / "operators"
+        cert = out / f"{name}.crt"
+        if not cert.exists():
+            _nova("ca", "issue", name, "--role", "operator", "--dir", str(self.ca_dir(ca)),
+                  "--out", str(out))  # fmt: skip
+        return cert
+
     def host_dir(self, host: LabHost) -> Path:
         path = self.root / host.name
         path.mkdir(parents=True, exist_ok=True)
@@ -157,13 +167,16 @@ class LabAgents:
 
     def all_alive(self, host: LabHost) -> bool:
         """Whether `host`'s agent sees every lab host, itself included, alive."""
-        alive = {node for node, state in self.states(host).items() if state == "alive"}
-        return alive == {h.name for h in self.lab.hosts}
+        return self.states(host) == {h.name: "alive" for h in self.lab.hosts}
 
     def wait_for_full_mesh(self, timeout: float, interval: float = 0.5) -> None:
         """Wait until every agent sees every host alive (TimeoutError names the laggard)."""
+        everyone = {h.name: "alive" for h in self.lab.hosts}
         for host in self.lab.hosts:
-            wait_for(partial(self.all_alive, host), bool, timeout, interval)
+            try:
+                wait_for(partial(self.states, host), everyone.__eq__, timeout, interval)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{host.name}'s view: {exc}") from None
 
 
 def _nova(*args: str) -> None:
