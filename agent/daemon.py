@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from novacron.protocol.certificates import format_time
+from novacron.protocol.coordinator_commands import CoordinatorTrust
 from novacron.protocol.errors import IdentityError
 from novacron.protocol.messages import Message, NodeRecord
 from novacron.protocol.operators import OperatorCommand, verify_command
@@ -203,6 +204,9 @@ class Agent:
             send=self._send,
             gateway=lambda: elect(self.core.members(), self.core.records()),
             member_state=lambda node: m.state if (m := self.core.member(node)) else None,
+            trust=CoordinatorTrust.from_config(config.coordinator, config.coordinator_ca)
+            if config.coordinator
+            else None,
         )
         self.gateway: Gateway | None = None  # the site link, if this agent may hold it
         if config.coordinator:
@@ -762,6 +766,7 @@ class Agent:
             "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],
             "site_link": self.gateway.as_dict() if self.gateway is not None else None,
+            "site_commands_refused": self.site_commands.refused,
         }
 
     def _domain_type_status(self) -> dict[str, Any]:

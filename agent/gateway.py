@@ -251,8 +251,9 @@ class Gateway:
         while True:
             message = await self._next(ws, None)
             if isinstance(message, Ack):
-                for command in self._stream.ack(message):
-                    self._start(command)
+                # A pin it covers runs once the coordinator sends that command pinned and
+                # signed (right after the ack): the pinned host runs only what it signed.
+                self._stream.ack(message)
             elif isinstance(message, Command):
                 self._command(message)
             elif isinstance(message, Resync):

@@ -4,7 +4,10 @@ The gateway hands each command (pinned, its pin acknowledged) to `run`. A
 command pinned to this host runs here; one pinned to another host is relayed
 over the mesh (`SiteCommandRelay`, authenticated like every mesh message)
 and that host answers with its outcome. The receiving host obeys only the
-member it sees as the site's gateway. Before a command runs, its key goes
+member it sees as the site's gateway, and runs only what the coordinator
+signed for it (`CoordinatorTrust`: the gateway relays, it does not command;
+a host with no coordinator configured runs nothing from the site link).
+Before a command runs, its key goes
 into the ledger file with an fsync, so no crash can make it run twice
 (`core/commands.py`); a key seen again is answered from the ledger, and a
 relay repeated while the command still runs waits for the same run.
@@ -24,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from novacron.protocol import codec
+from novacron.protocol.coordinator_commands import CoordinatorTrust
 from novacron.protocol.errors import ProtocolError
 from novacron.protocol.messages import MemberState, Message, SiteCommandRelay, SiteCommandResult
+from novacron.protocol.operators import CommandRefused
 from novacron.protocol.sitelink import Command, Outcome
 
 from .core.commands import CommandLedger, LedgerEntry
@@ -49,6 +54,7 @@ class SiteCommands:
         send: Send,
         gateway: Callable[[], str | None],
         member_state: Callable[[str], MemberState | None],
+        trust: CoordinatorTrust | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = controls.node_id
@@ -57,6 +63,8 @@ class SiteCommands:
         self._send = send
         self._gateway = gateway  # the site's gateway in this host's view
         self._member_state = member_state
+        self._trust = trust  # None: no coordinator configured, every command is refused
+        self.refused = 0  # commands refused for want of the coordinator's authority
         self._clock = clock
         entries = _read(ledger_file)
         self._lines = len(entries)  # lines in the file (compacted beyond MAX_LEDGER_LINES)
@@ -102,9 +110,19 @@ class SiteCommands:
     async def run_here(self, command: Command) -> Outcome:
         """Run `command` on this host at most once (see the module docstring)."""
         running = self._running.get(command.key)
+        known = self.ledger.admit(command.key, self._clock()) if running is None else None
+        # A key already run here is answered from the ledger whatever its age: a
+        # redelivery never runs it again, so only a new key must be fresh.
+        why = self._refusal(command, fresh=running is None and known is None)
+        if why is not None:
+            self.refused += 1
+            log.warning(
+                "site command refused",
+                extra={"fields": {"key": command.key, "kind": command.kind.value, "why": why}},
+            )
+            return Outcome(command.key, False, self.node_id, 403, f"refused: {why}")
         if running is not None:
             return await asyncio.shield(running)
-        known = self.ledger.admit(command.key, self._clock())
         if known is not None:
             return known
         self._append(self.ledger.start(command.key, self._clock()))  # persisted before acting
@@ -123,6 +141,19 @@ class SiteCommands:
             extra={"fields": {"key": command.key, "kind": command.kind.value, "ok": outcome.ok}},
         )
         return outcome
+
+    def _refusal(self, command: Command, *, fresh: bool) -> str | None:
+        """Why `command` lacks the coordinator's authority here (None: it has it)."""
+        if self._trust is None:
+            return (
+                f"{self.node_id} has no coordinator configured (coordinator, coordinator_ca), "
+                "so it obeys no coordinator command"
+            )
+        try:
+            self._trust.verify(command, self.node_id, self._clock(), fresh=fresh)
+        except CommandRefused as exc:
+            return str(exc)
+        return None
 
     @staticmethod
     def handles(message: Message) -> bool:

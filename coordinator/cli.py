@@ -205,7 +205,14 @@ async def _serve(args: argparse.Namespace) -> int:
     store = Store(db, poll=1.0)
     coordinator = Coordinator(
         store,
-        ServiceConfig(node=args.node, url=args.url, rate=args.rate, burst=max(2 * args.rate, 1)),
+        ServiceConfig(
+            node=args.node,
+            url=args.url,
+            rate=args.rate,
+            burst=max(2 * args.rate, 1),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        ),
         is_leader=leadership.is_leader if leadership else lambda: True,
         leader_url=leadership.leader_url if leadership else lambda: "",
     )

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from novacron.protocol.certificates import verify_certificate
+from novacron.protocol.coordinator_commands import CommandSigner
 from novacron.protocol.errors import IdentityError
 from novacron.protocol.keys import Ed25519PublicKey, signature_valid
 from novacron.protocol.sitelink import PATH, enroll_bytes
@@ -45,6 +46,8 @@ class ServiceConfig:
     url: str = ""  # how others reach this coordinator (redirects from followers name it)
     rate: float = 100.0  # API requests a second per token (0: no limit)
     burst: float = 200.0
+    tls_cert: str = ""  # the TLS certificate and key: they also sign the site-link commands
+    tls_key: str = ""
 
 
 class Coordinator:
@@ -66,6 +69,10 @@ class Coordinator:
         self._is_leader = is_leader
         self._leader_url = leader_url
         self._clock = clock
+        # Unsigned without TLS: agents (which reach it only over https) refuse those.
+        self.signer = (
+            CommandSigner.from_files(config.tls_cert, config.tls_key) if config.tls_cert else None
+        )
         self.links = SiteLinks(self)
         self.api = Api(self)
 

@@ -119,8 +119,24 @@ class SiteLinks:
                 if body["key"] in link.sent or self._links.get(link.site) is not link:
                     continue
                 link.sent.add(body["key"])
-                await link.send(encode(command_from(body), self.c.node))
+                await link.send(self._command_frame(body))
                 await self.store.command_sent(body["key"])
+
+    async def _send_pinned(self, link: Link, keys: set[str]) -> None:
+        """The commands whose pins were just committed, pinned and signed for their host.
+
+        The gateway runs a pinned command only as the coordinator signed it: the
+        host checks that signature, which covers the host it runs on."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for body in await self.store.commands_to_send(link.site):
+                if body["key"] in keys and body.get("host"):
+                    await link.send(self._command_frame(body))
+
+    def _command_frame(self, body: dict[str, Any]) -> bytes:
+        command = command_from(body)
+        if self.c.signer is not None:
+            command = self.c.signer.sign(command, self.c.now())
+        return encode(command, self.c.node)
 
     # --- one connection ------------------------------------------------------------------
 
@@ -210,6 +226,8 @@ class SiteLinks:
             await link.send(encode(Resync(why), self.c.node))
             return
         await link.send(encode(Ack(delta.stream, delta.seq, refused), self.c.node))
+        if delta.accepted:
+            await self._send_pinned(link, {a.key for a in delta.accepted} - set(refused))
         if delta.outcomes or delta.accepted:
             self.c.operations_changed()
 

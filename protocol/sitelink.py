@@ -231,6 +231,11 @@ class Command:
     spec: VmSpec = field(default_factory=VmSpec)  # create
     force: bool = False  # delete a running VM
     stop_timeout: float = 30.0  # seconds the guest gets to power off
+    # The coordinator's proof (`coordinator_commands.py`): when it signed, its TLS
+    # certificate (DER) and its signature over every field above and `issued_at`.
+    issued_at: float = 0.0
+    certificate: bytes = b""
+    signature: bytes = b""
 
 
 CATALOGUE: dict[str, type] = {
