@@ -246,10 +246,18 @@ class Site:
         )  # fmt: skip
         return out.returncode, json.loads(out.stdout) if out.stdout else out.stderr
 
-    def start(self, node: str, coordinators: tuple[str, ...], tls_ca: Path) -> None:
+    def start(
+        self,
+        node: str,
+        coordinators: tuple[str, ...],
+        tls_ca: Path,
+        program: tuple[str, ...] = (str(BIN / "nova-agent"),),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start `node`'s agent (`program`: another build of it, e.g. a hostile one)."""
         seeds = ",".join(f"127.0.0.1:{self.ports[n]}" for n in self.nodes if n != node)
         cmd = [
-            str(BIN / "nova-agent"),
+            *program,
             "--config", str(self.directory / "absent.toml"),
             "--ca-file", str(self.directory / "ca" / "ca.pub"),
             "--cert-file", str(self.directory / f"{node}.crt"),
@@ -270,7 +278,8 @@ class Site:
             cmd += ["--coordinator", ",".join(coordinators), "--coordinator-ca", str(tls_ca)]
         (self.directory / "absent.toml").write_text("")
         log = open(self.directory / f"{node}.log", "ab")  # noqa: SIM115 (closed with the process)
-        self.procs[node] = subprocess.Popen(cmd, stdout=log, stderr=log)
+        environment = {**os.environ, **env} if env else None
+        self.procs[node] = subprocess.Popen(cmd, stdout=log, stderr=log, env=environment)
 
     def status(self, node: str) -> dict[str, Any]:
         out = subprocess.run(
