@@ -9,11 +9,11 @@ those controls: when they change, only this module does.
 A drain or undrain from the coordinator runs here, on the pinned host, as
 this host's own local command (`DrainControl`, what `nova host drain` on the
 host itself calls), not as a request from another member (`DrainRequests`,
-which needs an operator's signed command). What authorizes it is the site
-link: the coordinator proved itself with its TLS certificate to the gateway,
-the site enrolled with it, the operator behind the request holds a
-coordinator token with the operator role (audited there), and this host
-obeys a relay only from the member it sees as the site's gateway.
+which needs an operator's signed command). What authorizes it is the
+coordinator's signature on the command, checked by this host before it gets
+here (`SiteCommands`, `protocol/coordinator_commands.py`): the gateway that
+relayed it can neither make one up nor alter one. The operator behind it
+holds a coordinator token with the operator role (checked and audited there).
 """
 
 from __future__ import annotations

@@ -144,6 +144,9 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
     link = status.get("site_link")
     if link:
         lines.append(f"site link:    {_site_link(link, status['node_id'])}")
+    if status.get("site_commands_refused"):
+        refused = status["site_commands_refused"]
+        lines.append(f"site link:    {refused} command(s) refused: not the coordinator's (see log)")
     out.result({"status": status}, lines)
     return EXIT_OK
 
