@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-unit suite demo lint typecheck deps venv bench clean
+.PHONY: test test-unit suite demo demo-federation lint typecheck deps venv bench clean
 
 # What CI runs (.ci/run), as root: lint, types, and every test, the lab's
 # included (a lab test that cannot run fails, it never skips: tests/conftest.py).
@@ -16,6 +16,10 @@ test: deps lint typecheck suite
 # (needs root). `make demo DEMO_LAB=NAME` names the lab (default: demo<pid>).
 demo: deps
 	$(PY) -m novacron.simulations.demo $(if $(DEMO_LAB),--name $(DEMO_LAB))
+
+# Two sites of three agents and a coordinator, on loopback (no root needed).
+demo-federation: deps
+	$(PY) -m novacron.simulations.federation_demo
 
 deps: $(STAMP)
 

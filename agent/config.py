@@ -80,6 +80,12 @@ class AgentConfig:
         default_factory=dict,
         metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
     )
+    coordinator: tuple[str, ...] = _setting(
+        (), "https:// URLs of the coordinator(s); such an agent may hold the site link"
+    )
+    coordinator_ca: str = _setting(
+        "", "PEM bundle that issued the coordinator's TLS certificate (default: the system's)"
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
@@ -200,6 +206,9 @@ def _validated(config: AgentConfig) -> AgentConfig:
         if not config.metrics:
             raise ConfigError("metrics_listen needs metrics on (metrics = true)")
         metrics_address(config)
+    for url in config.coordinator:
+        if not url.startswith("https://") or len(url) <= len("https://"):
+            raise ConfigError(f"coordinator URL {url!r} must be https:// (the link is TLS)")
     return config
 
 

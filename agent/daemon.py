@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -47,10 +47,12 @@ from .config import (
 )
 from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
+from .core.gateway import GATEWAY_LABEL, elect
 from .core.node import MembershipNode
 from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
+from .gateway import Gateway, client_tls
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import (
@@ -69,10 +71,15 @@ from .rebalancer import Rebalancer
 from .recovery import Recoveries
 from .sdnotify import Notifier
 from .security import PeerRefused, TrustStore
+from .site_commands import SiteCommands
+from .site_controls import SiteControls
 from .tasks import cancel_and_wait
 from .transport import Transport, TransportError
 from .view import MeshView
 from .vms import VmControl
+
+if TYPE_CHECKING:  # loaded only by an agent that has a coordinator (_coordinator_trust)
+    from novacron.protocol.coordinator_commands import CoordinatorTrust
 
 log = logging.getLogger("novacron.agent")
 
@@ -87,6 +94,7 @@ NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id el
 CERTIFICATE_WARNING = 14 * 86400.0  # warn this long before our certificate expires
 CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate (and saves of peers')
 PEER_CERTIFICATES = "peer-certificates"  # under the data dir: members' certificates, for restarts
+SITE_COMMANDS = "site-commands.log"  # under the data dir: coordinator commands started here
 
 
 class StartupError(Exception):
@@ -199,6 +207,25 @@ class Agent:
             free_memory_mib=self._free_memory_mib,
             start_refusal=self.recoveries.start_refusal,
         )
+        self.site_commands = SiteCommands(
+            SiteControls(self.node_id, vms, self.migrator, self.drain),
+            Path(config.data_dir) / SITE_COMMANDS,
+            send=self._send,
+            gateway=lambda: elect(self.core.members(), self.core.records()),
+            member_state=lambda node: m.state if (m := self.core.member(node)) else None,
+            trust=_coordinator_trust(config),
+        )
+        self.gateway: Gateway | None = None  # the site link, if this agent may hold it
+        if config.coordinator:
+            self.gateway = Gateway(
+                config.coordinator,
+                client_tls(config.coordinator_ca),
+                identity=lambda: self.identity,
+                core=lambda: self.core,
+                revocations=lambda: self.keyring.revocations()[1],
+                commands=self.site_commands,
+                migration=self.migrator.core.config,
+            )
         self.discovery: Discovery | None = None
         metrics = self._metrics_source() if config.metrics else None
         listen = metrics_address(config)
@@ -300,6 +327,8 @@ class Agent:
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
         self._spawn(self._domain_type_loop(), "domain-type")
+        if self.gateway is not None:
+            self._spawn(self.gateway.run(), "site-link")
         await self.drain.start()
         self.rebalancer.start()
         self.claims.start()
@@ -316,6 +345,9 @@ class Agent:
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain_requests.close()
+        await self.site_commands.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.drain.close()
         await self.rebalancer.close()
         await self.claims.close()
@@ -378,6 +410,8 @@ class Agent:
             await self.migrator.receive(sender, message)
         elif self.drain_requests.handles(message):
             await self.drain_requests.receive(sender, message)
+        elif self.site_commands.handles(message):
+            await self.site_commands.receive(sender, message)
         else:
             await self._dispatch(self.core.receive(sender, message, self._clock()))
 
@@ -419,6 +453,7 @@ class Agent:
             **record.labels,
             **self.migrator.record_labels(),
             **self.rebalancer.record_labels(),
+            **({GATEWAY_LABEL: "1"} if self.gateway is not None else {}),
         }
         record = dataclasses.replace(record, labels=labels, draining=self.drain.draining)
         content = dataclasses.replace(record, version=0)
@@ -760,6 +795,8 @@ class Agent:
             "refusals": {str(k): v for k, v in self.trust.refusals.items()},
             "last_refusal": _reason(self.trust.last_certificate_refusal),
             "recent_events": list(self.recent_events)[-20:],
+            "site_link": self.gateway.as_dict() if self.gateway is not None else None,
+            "site_commands_refused": self.site_commands.refused,
         }
 
     def _domain_type_status(self) -> dict[str, Any]:
@@ -831,6 +868,16 @@ def _all_addresses() -> list[str]:
             continue
         found += [a.address for a in addrs if a.family == socket.AF_INET]
     return found
+
+
+def _coordinator_trust(config: AgentConfig) -> CoordinatorTrust | None:
+    """What checks a coordinator's signed commands; None without a coordinator (then
+    `cryptography`, which costs the agent several MiB, is never loaded)."""
+    if not config.coordinator:
+        return None
+    from novacron.protocol.coordinator_commands import CoordinatorTrust
+
+    return CoordinatorTrust.from_config(config.coordinator, config.coordinator_ca)
 
 
 async def _serve(agent: Agent) -> int:

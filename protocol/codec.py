@@ -180,19 +180,28 @@ def _struct_encoder(cls: type) -> Converter:
 # --- decoding ------------------------------------------------------------------
 
 
-def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
-    """Decode one frame, or raise a `ProtocolError` saying what is wrong."""
+def decode(
+    data: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    catalogue: dict[str, type] = CATALOGUE,
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+) -> Envelope:
+    """Decode one frame, or raise a `ProtocolError` saying what is wrong.
+
+    `catalogue` and `versions` default to the mesh's; another wire with the
+    same envelope (the site link, `sitelink.py`) passes its own."""
     frame = _unpack(data, limits)
     if not isinstance(frame, list) or len(frame) < 4:
         raise MalformedFrame("frame is not an envelope [version, type, sender, payload]")
     version, type_name, sender, payload = frame[:4]
     if not isinstance(version, int) or isinstance(version, bool):
         raise MalformedFrame(f"protocol version must be an integer, got {type(version).__name__}")
-    if version not in SUPPORTED_VERSIONS:
-        raise UnsupportedVersion(version, SUPPORTED_VERSIONS)
+    if version not in versions:
+        raise UnsupportedVersion(version, versions)
     if not isinstance(type_name, str):
         raise MalformedFrame("message type must be a string")
-    cls = CATALOGUE.get(type_name)
+    cls = catalogue.get(type_name)
     if cls is None:
         raise UnknownMessageType(f"unknown message type {type_name[:64]!r}")
     if not isinstance(sender, str) or not sender:

@@ -405,6 +405,33 @@ class DrainAnswer:
     record_version: Counter = 0  # its record's version carrying that flag (gossip catches up)
 
 
+# --- coordinator commands relayed by the site's gateway ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCommandRelay:
+    """The site's gateway hands a coordinator command to the host it is pinned to.
+
+    `command` is a `sitelink.Command` (`codec.pack_struct`), decoded strictly
+    by the receiver. The receiver obeys only the member it sees as the site's
+    gateway (`agent/core/gateway.py`), runs the command at most once (its
+    ledger) and answers with a `SiteCommandResult`.
+    """
+
+    TYPE: ClassVar[str] = "site-command"
+    request_id: str
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCommandResult:
+    """How a relayed command ended: a `sitelink.Outcome` (`codec.pack_struct`)."""
+
+    TYPE: ClassVar[str] = "site-command-result"
+    request_id: str
+    outcome: bytes
+
+
 Message = Union[  # noqa: UP007
     Alive,
     Suspect,
@@ -428,6 +455,8 @@ Message = Union[  # noqa: UP007
     MigrationAbort,
     DrainRequest,
     DrainAnswer,
+    SiteCommandRelay,
+    SiteCommandResult,
 ]
 
 GOSSIP_TYPES: tuple[type, ...] = (Alive, Suspect, Dead, Leave, RecordUpdate, Revocations)
@@ -457,5 +486,7 @@ CATALOGUE: dict[str, type] = {
         MigrationAbort,
         DrainRequest,
         DrainAnswer,
+        SiteCommandRelay,
+        SiteCommandResult,
     )
 }

@@ -15,24 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from novacron.agent.cli import main as nova
+from novacron.simulations.ports import free_port_pair as free_port_pair  # for the tests
 
 BIN = Path(sys.executable).parent  # where this venv installed nova and nova-agent
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too: gossip and introductions."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def make_ca(tmp: Path) -> Path:

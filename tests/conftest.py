@@ -1,8 +1,9 @@
 """Fixtures every test module may use, and the rule for tests that need the lab.
 
 Shared helpers live in this folder's helper modules (the ones not named
-test_*: agent_process, api_client, core_harness, fake_mesh, fuzzing,
-lab_vms, migration_harness, strategies). Test modules import from those,
+test_*: agent_process, api_client, coordinator_harness, core_harness,
+fake_mesh, fuzzing, lab_vms, migration_harness, postgres, strategies; the
+federation's processes live in novacron.simulations.federation). Test modules import from those,
 never from one another (tests/test_suite_layout.py checks).
 
 The `lab` marker (a module's `pytestmark = pytest.mark.lab`) is for tests
@@ -28,7 +29,7 @@ from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import preflight
 
-pytest_plugins = ("tests.api_server",)  # its `served` fixture, for the API's tests
+pytest_plugins = ("tests.api_server", "tests.postgres")  # `served`; the session's `postgres`
 
 DESELECT = "deselect lab tests with -m 'not lab' (make test-unit)"
 

@@ -68,6 +68,8 @@ EXAMPLES: list[m.Message] = [
     m.MigrationAbort("mig-1", reason="cancelled by operator"),
     m.DrainRequest("req-1", node="edge-2", drain=True, requested_by="alice"),
     m.DrainAnswer("req-1", accepted=True, draining=True, running=("web", "db"), record_version=12),
+    m.SiteCommandRelay("req-2", command=b"\x81\xa3key\xa2k1"),
+    m.SiteCommandResult("req-2", outcome=b"\x81\xa3key\xa2k1"),
 ]
 
 

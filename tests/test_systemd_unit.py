@@ -188,3 +188,53 @@ def test_the_printed_dropin_makes_moved_directories_writable(root: Path, tmp_pat
     finally:
         shutil.rmtree(dropin_dir)
     assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+
+
+# --- the coordinator's unit ---------------------------------------------------------
+
+COORDINATOR_UNIT = REPO / "systemd" / "novacron-coordinator.service"
+
+
+def _coordinator_unit_here(tmp_path: Path) -> Path:
+    """The coordinator's unit with ExecStart at the `nova-coordinator` of this environment
+    (verification needs the binary to exist; the unit's own path is /usr/local/bin)."""
+    installed = Path(sys.executable).parent / "nova-coordinator"
+    assert installed.exists(), f"{installed} missing: is the package installed (pip install -e .)?"
+    text = COORDINATOR_UNIT.read_text()
+    assert "/usr/local/bin/nova-coordinator" in text
+    copy = tmp_path / COORDINATOR_UNIT.name
+    copy.write_text(text.replace("/usr/local/bin/nova-coordinator", str(installed)))
+    return copy
+
+
+def test_the_coordinator_unit_verifies_without_any_output(tmp_path: Path) -> None:
+    unit = _coordinator_unit_here(tmp_path)
+    done = subprocess.run(
+        [_systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
+
+
+def test_the_coordinator_unit_exposure_score_is_at_most_five(tmp_path: Path) -> None:
+    unit = _coordinator_unit_here(tmp_path)
+    done = subprocess.run(
+        [_systemd_analyze(), "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE
+
+
+def test_the_coordinator_unit_runs_unprivileged_and_notifies() -> None:
+    text = COORDINATOR_UNIT.read_text()
+    for directive in (
+        "Type=notify",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+    ):
+        assert directive in text, directive

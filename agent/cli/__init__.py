@@ -21,7 +21,7 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca_commands, completion, mesh, migrate, rebalance
+from . import ca_commands, completion, federation, mesh, migrate, rebalance, site
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -41,6 +41,8 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     mesh.add_mesh_commands,
     migrate.add_migration_commands,
     rebalance.add_rebalance_commands,
+    site.add_site_commands,
+    federation.add_federation_commands,
     completion.add_completion_commands,
 )
 
@@ -49,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole `nova` command line: one subparser per command group."""
     parser = Parser(prog=PROG, description="NovaCron: VMs on fleets of edge hosts.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    federation.global_flags(parser)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     for add_group in COMMAND_GROUPS:
         add_group(groups)
+    federation.extend(parser)
     return parser
 
 
@@ -75,8 +79,8 @@ def _run(argv: list[str]) -> int:
     except SystemExit as exc:  # --help and --version print and "exit"
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out = Output(json=args.json)
-    handler: Handler = args.handler
     try:
+        handler: Handler = federation.federated(args.handler, args)
         return handler(args, out)
     except UsageError as exc:
         out.error(str(exc))

@@ -118,8 +118,22 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
         lines.append(f"revoked:      {', '.join(status['revoked_members'])} (expelled)")
     if status.get("last_refusal"):
         lines.append(f"last refusal: {status['last_refusal']}")
+    link = status.get("site_link")
+    if link:
+        lines.append(f"site link:    {_site_link(link, status['node_id'])}")
+    if status.get("site_commands_refused"):
+        refused = status["site_commands_refused"]
+        lines.append(f"site link:    {refused} command(s) refused: not the coordinator's (see log)")
     out.result({"status": status}, lines)
     return EXIT_OK
+
+
+def _site_link(link: dict[str, Any], node: str) -> str:
+    if link["gateway"] != node:
+        return f"held by the site's gateway, {link['gateway'] or 'none yet'}"
+    if link["connected"]:
+        return f"connected to {link['coordinator']} as site {link['site']}"
+    return f"NOT connected to {link['coordinator'] or 'a coordinator'}: {link['last_error']}"
 
 
 def _health(awareness: int) -> str:

@@ -1,0 +1,102 @@
+"""The one adapter between coordinator commands and this agent's own controls.
+
+A command from the coordinator runs through exactly the code the local CLI
+runs (`VmControl` for `nova vm create/start/stop/delete`, `Migrator.migrate`
+for `nova vm migrate`, `Drain` for `nova host drain` on the host itself), so
+it gets the same checks and refusals. Nothing else in the site link touches
+those controls: when they change, only this module does.
+
+A drain or undrain from the coordinator runs here, on the pinned host, as
+this host's own local command (`DrainControl`, what `nova host drain` on the
+host itself calls), not as a request from another member (`DrainRequests`,
+which needs an operator's signed command). What authorizes it is the
+coordinator's signature on the command, checked by this host before it gets
+here (`SiteCommands`, `protocol/coordinator_commands.py`): the gateway that
+relayed it can neither make one up nor alter one. The operator behind it
+holds a coordinator token with the operator role (checked and audited there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from novacron.protocol.sitelink import Command, CommandKind, Outcome
+
+from .api import DrainControl, MigrationControl, Refusal, VmLifecycle
+
+
+@dataclass(frozen=True)
+class SiteControls:
+    """This host's controls, as the local API has them."""
+
+    node_id: str
+    vms: VmLifecycle
+    migrations: MigrationControl
+    drain: DrainControl
+
+    async def execute(self, command: Command) -> Outcome:
+        """Run `command` here; its outcome (a refusal is an outcome, not an error)."""
+        try:
+            return await self._execute(command)
+        except Refusal as exc:
+            return Outcome(
+                command.key,
+                ok=False,
+                host=self.node_id,
+                status=exc.status,
+                detail=str(exc),
+                vm=command.vm or command.spec.name,
+            )
+
+    async def _execute(self, command: Command) -> Outcome:
+        key, here = command.key, self.node_id
+        kind = command.kind
+        if kind is CommandKind.CREATE:
+            result = await self.vms.create(create_body(command))
+            started = " and started" if result.get("started") else ""
+            return Outcome(key, True, here, 201, f"created on {here}{started}", command.spec.name)
+        if kind is CommandKind.START:
+            await self.vms.start(command.vm)
+            return Outcome(key, True, here, 200, f"started on {here}", command.vm)
+        if kind is CommandKind.STOP:
+            result = await self.vms.stop(command.vm, {"timeout": command.stop_timeout})
+            return Outcome(key, True, here, 200, f"stopped ({result.get('stopped')})", command.vm)
+        if kind is CommandKind.DELETE:
+            await self.vms.delete(command.vm, {"force": command.force})
+            return Outcome(key, True, here, 200, f"deleted from {here}", command.vm)
+        if kind is CommandKind.MIGRATE:
+            body: dict[str, Any] = {"to": command.target} if command.target else {"auto": True}
+            migration = await self.migrations.migrate(command.vm, body)
+            return Outcome(
+                key,
+                True,
+                here,
+                202,
+                f"migration {migration} started from {here}",
+                command.vm,
+                migration,
+            )
+        status = await (self.drain.drain() if kind is CommandKind.DRAIN else self.drain.undrain())
+        what = "draining" if status["draining"] else "not draining"
+        return Outcome(key, True, here, 200, f"{here} {what}")
+
+
+def create_body(command: Command) -> dict[str, Any]:
+    """The body `nova vm create` would send for the command's spec."""
+    spec = command.spec
+    body: dict[str, Any] = {
+        "name": spec.name,
+        "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib,
+        "labels": dict(spec.labels),
+        "start": spec.start,
+    }
+    for name in ("kernel", "initrd", "cmdline"):
+        if getattr(spec, name):
+            body[name] = getattr(spec, name)
+    if spec.disks:
+        body["disks"] = [
+            {"base": d.base, **({"size_mib": d.size_mib} if d.size_mib else {})} for d in spec.disks
+        ]
+    return body

@@ -1,0 +1,51 @@
+"""Locust clients for `benchmarks/coordinator_load.py` (configured by its environment).
+
+Each user reads a site's VMs (100 a page), reads one VM, asks for a VM to be
+created, or reads `/v1/status` (6:3:1:1), at `NOVA_RATE` requests a second.
+`/v1/status` is the baseline: a request that touches the database once, so
+the others' figures can be read against the server's own cost on the same,
+shared machine in the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+from locust import FastHttpUser, constant_throughput, task
+
+TOKEN = os.environ.get("NOVA_TOKEN", "")
+SITES = int(os.environ.get("NOVA_SITES", "100"))
+VM_IDS = os.environ.get("NOVA_VM_IDS", "").split(",")
+RATE = float(os.environ.get("NOVA_RATE", "4"))
+_names = itertools.count()
+
+
+class ApiUser(FastHttpUser):
+    wait_time = constant_throughput(RATE)
+
+    default_headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    @task(6)
+    def list_vms(self) -> None:
+        site = f"site{random.randrange(SITES):03}"
+        self.client.get(f"/v1/vms?site={site}&state=running&per_page=100", name="GET /v1/vms?site")
+
+    @task(3)
+    def one_vm(self) -> None:
+        self.client.get(f"/v1/vms/{random.choice(VM_IDS)}", name="GET /v1/vms/{id}")
+
+    @task(1)
+    def baseline(self) -> None:
+        self.client.get("/v1/status", name="GET /v1/status (baseline)")
+
+    @task(1)
+    def create_vm(self) -> None:
+        body = {
+            "name": f"bench-{os.getpid()}-{next(_names)}",
+            "vcpus": 1,
+            "memory_mib": 128,
+            "kernel": "/boot/vmlinuz",
+        }
+        self.client.post("/v1/vms", json=body, name="POST /v1/vms")

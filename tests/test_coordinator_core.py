@@ -1,0 +1,257 @@
+"""The coordinator's and the site's sans-IO decisions, and the command ledger on disk.
+
+Placement across targets (constraints in order, policies, explain), the rate
+limiter, and `SiteCommands` running a command at most once across a restart
+of the agent (the ledger file), obeying only the site's gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron.agent.api import Refusal
+from novacron.agent.site_commands import SiteCommands
+from novacron.agent.site_controls import SiteControls
+from novacron.coordinator.placement import Request, place
+from novacron.coordinator.ratelimit import RateLimiter
+from novacron.protocol import codec
+from novacron.protocol import sitelink as wire
+from novacron.protocol.coordinator_commands import CommandSigner, CoordinatorTrust
+from novacron.protocol.messages import MemberState, Message, SiteCommandRelay, SiteCommandResult
+from novacron.simulations.federation import tls_files
+
+
+@dataclass(frozen=True)
+class Region:
+    """A placement target that is not a site (as a cloud region will be)."""
+
+    name: str
+    labels: Mapping[str, str]
+    free: tuple[float, int] = (64.0, 65536)
+    reachable: bool = True
+    cost: float = 1.0
+    runs: frozenset[str] = field(default_factory=frozenset)
+    kind: str = "cloud"
+
+    def room(self) -> tuple[float, int]:
+        return self.free
+
+    def groups(self) -> frozenset[str]:
+        return self.runs
+
+
+TARGETS = [
+    Region("lyon", {"region": "eu-west", "residency": "fr"}, (8.0, 4096), cost=3.0),
+    Region("paris", {"region": "eu-west", "residency": "fr"}, (16.0, 16384), cost=5.0),
+    Region("aws-eu-central-1", {"region": "eu-central"}, cost=1.0),
+    Region("down", {"region": "eu-west", "residency": "fr"}, reachable=False),
+    Region("busy", {"region": "eu-west", "residency": "fr"}, runs=frozenset({"db"})),
+]
+
+
+def test_placement_takes_the_fitting_target_the_policy_prefers_and_explains_the_rest() -> None:
+    want = Request(2, 2048, labels={"residency": "fr"}, anti_affinity="db")
+    spread = place(TARGETS, want)
+    assert spread.chosen == "paris"
+    reasons = {c.name: c.reason for c in spread.candidates}
+    assert "residency=fr wanted" in reasons["aws-eu-central-1"]
+    assert "link down" in reasons["down"] and "anti-affinity" in reasons["busy"]
+    assert (
+        place(TARGETS, Request(2, 2048, labels={"residency": "fr"}, policy="pack")).chosen == "lyon"
+    )
+    assert place(TARGETS, Request(2, 2048, policy="cheapest")).chosen == "aws-eu-central-1"
+    assert place(TARGETS, Request(2, 8192, target="lyon")).chosen is None  # no room there
+    none = place(TARGETS, Request(2, 2048, labels={"region": "mars"}))
+    assert none.chosen is None and none.reason.startswith("no target fits: ")
+    assert place([], Request(1, 1)).reason == "no targets known"
+
+
+def test_an_unreachable_target_named_explicitly_is_taken_and_the_command_waits() -> None:
+    assert place(TARGETS, Request(1, 64, target="down")).chosen == "down"
+
+
+def test_the_rate_limiter_allows_bursts_then_the_rate_and_forgets_idle_principals() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3.0)
+    assert [limiter.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a", 0.0) == pytest.approx(0.5)
+    assert limiter.take("a", 0.5) == 0.0  # half a second later: one more
+    assert limiter.take("b", 0.5) == 0.0  # others are not affected
+    assert RateLimiter(0.0, 0.0).take("a", 0.0) == 0.0  # off
+
+
+# --- commands on the pinned host ------------------------------------------------------
+
+
+class Vms:
+    """The VM controls, counting what they were asked to do."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body["name"] == "taken":
+            raise Refusal(409, "VM taken exists")
+        self.created.append(body["name"])
+        return {"name": body["name"], "started": body.get("start", False)}
+
+    async def start(self, name: str) -> dict[str, Any]:
+        return {}
+
+    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"stopped": "shutdown"}
+
+    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+class Nothing:
+    async def migrate(self, vm: str, body: dict[str, Any]) -> str:
+        return "m-1"
+
+    async def drain(self) -> dict[str, Any]:
+        return {"draining": True}
+
+    async def undrain(self) -> dict[str, Any]:
+        return {"draining": False}
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A coordinator's TLS identity (it signs) and a host's trust in it (it checks)."""
+
+    signer: CommandSigner
+    trust: CoordinatorTrust
+    stranger: CommandSigner  # a certificate of another CA, for the same address
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    ca, cert, key = tls_files(tmp_path_factory.mktemp("tls"))
+    _, other_cert, other_key = tls_files(tmp_path_factory.mktemp("other-tls"))
+    return Authority(
+        CommandSigner.from_files(str(cert), str(key)),
+        CoordinatorTrust.from_config(("https://127.0.0.1:8443",), str(ca)),
+        CommandSigner.from_files(str(other_cert), str(other_key)),
+    )
+
+
+def commands(
+    tmp_path: Path,
+    vms: Vms,
+    sent: list[tuple[str, Message]],
+    authority: Authority | None,
+    gateway: str = "g",
+) -> SiteCommands:
+    async def send(to: str, message: Message) -> None:
+        sent.append((to, message))
+
+    controls = SiteControls("h1", vms, Nothing(), Nothing())  # type: ignore[arg-type]
+    return SiteCommands(
+        controls,
+        tmp_path / "ledger",
+        send=send,
+        gateway=lambda: gateway,
+        member_state=lambda node: MemberState.ALIVE,
+        trust=authority.trust if authority else None,
+    )
+
+
+def create(key: str, name: str = "web", signer: CommandSigner | None = None) -> wire.Command:
+    command = wire.Command(
+        key, wire.CommandKind.CREATE, host="h1", spec=wire.VmSpec(name, 1, 64, kernel="/k")
+    )
+    return signer.sign(command, time.time()) if signer else command
+
+
+async def test_a_command_runs_once_even_after_the_agent_restarts(
+    tmp_path: Path, authority: Authority
+) -> None:
+    vms = Vms()
+    first = commands(tmp_path, vms, [], authority)
+    k1 = create("k1", signer=authority.signer)
+    outcome = await first.run(k1)
+    assert outcome.ok and outcome.host == "h1" and vms.created == ["web"]
+    assert await first.run(k1) == outcome
+    later = commands(tmp_path, vms, [], authority)  # the agent's next life reads the ledger file
+    assert await later.run(create("k1", signer=authority.signer)) == outcome
+    assert vms.created == ["web"]
+    refused = await later.run(create("k2", "taken", authority.signer))
+    assert (refused.ok, refused.status) == (False, 409)
+
+
+async def test_a_command_cut_short_by_a_crash_is_reported_interrupted_not_run_again(
+    tmp_path: Path, authority: Authority
+) -> None:
+    (tmp_path / "ledger").write_text(
+        json.dumps({"key": "k1", "at": 1.0, "outcome": None}) + "\n{torn"
+    )
+    vms = Vms()
+    outcome = await commands(tmp_path, vms, [], authority).run(
+        create("k1", signer=authority.signer)
+    )
+    assert not outcome.ok and "interrupted" in outcome.detail and vms.created == []
+
+
+async def test_a_relayed_command_is_obeyed_only_from_the_sites_gateway(
+    tmp_path: Path, authority: Authority
+) -> None:
+    vms = Vms()
+    sent: list[tuple[str, Message]] = []
+    here = commands(tmp_path, vms, sent, authority, gateway="g")
+    relay = SiteCommandRelay("r1", codec.pack_struct(create("k1", signer=authority.signer)))
+    await here.receive("intruder", relay)
+    signed = create("k2", "ok", authority.signer)
+    await here.receive("g", SiteCommandRelay("r2", codec.pack_struct(signed)))
+    await here.receive("g", SiteCommandRelay("r3", b"\xc1garbage"))
+    for task in list(here._tasks):
+        await task
+    answers = {
+        m.request_id: codec.unpack_struct(wire.Outcome, m.outcome)
+        for _, m in sent
+        if isinstance(m, SiteCommandResult)
+    }
+    assert answers["r1"].status == 403 and "not the site's gateway" in answers["r1"].detail
+    assert answers["r2"].ok and vms.created == ["ok"]
+    assert answers["r3"].status == 400
+
+
+async def test_the_pinned_host_runs_only_what_the_coordinator_signed_for_it(
+    tmp_path: Path, authority: Authority
+) -> None:
+    """The gateway relays; it cannot make up, alter, re-pin, stale-date or replay a command."""
+    vms = Vms()
+    here = commands(tmp_path, vms, [], authority)
+    signed = create("k1", "honest", authority.signer)
+    forged = {
+        "unsigned": create("k2", "made-up"),
+        "other CA": create("k3", "made-up", authority.stranger),
+        "altered": dataclasses.replace(create("k4", "x", authority.signer), force=True),
+        "re-pinned": dataclasses.replace(create("k5", "x", authority.signer), host="h2"),
+        "stale": authority.signer.sign(create("k6", "x"), time.time() - 3600),
+        "spliced": dataclasses.replace(signed, key="k7"),
+    }
+    for what, command in forged.items():
+        outcome = await here.run_here(command)
+        assert (outcome.ok, outcome.status) == (False, 403), what
+        assert outcome.detail.startswith("refused: "), (what, outcome.detail)
+    assert vms.created == [] and here.refused == len(forged)
+    assert (await here.run_here(signed)).ok
+    assert (await here.run_here(signed)).ok and vms.created == ["honest"]  # a replay: the ledger
+
+
+async def test_a_host_with_no_coordinator_configured_refuses_every_command(
+    tmp_path: Path, authority: Authority
+) -> None:
+    vms = Vms()
+    here = commands(tmp_path, vms, [], None)
+    outcome = await here.run_here(create("k1", signer=authority.signer))
+    assert outcome.status == 403 and "no coordinator configured" in outcome.detail
+    assert vms.created == [] and here.refused == 1
