@@ -46,9 +46,10 @@ typecheck: deps .typecheck/novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy -p novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy tests benchmarks
 
-# Every test, with the fuzz tests at full strength (tests/fuzzing.py).
+# Every test, with the fuzz tests at full strength (tests/fuzzing.py); the slowest 25
+# listed, so a CI log shows where the time goes.
 suite: deps
-	NOVACRON_FUZZ=full $(VENV)/bin/pytest -q
+	NOVACRON_FUZZ=full $(VENV)/bin/pytest -q --durations=25
 
 # The tests that need neither root nor the lab, in about a minute, as any user.
 test-unit: deps

@@ -246,11 +246,21 @@ def running_on(lab: Lab, vm: str) -> list[str]:
     return [host.name for host in lab.hosts if vm in domains(host)]
 
 
-def remove_everywhere(lab: Lab, vm: str) -> None:
-    """Destroy and undefine `vm` on every host (cleanup after a test, whatever happened)."""
+def remove_everywhere(lab: Lab, *vms: str) -> None:
+    """Destroy and undefine each of `vms` on every host (cleanup after a test, whatever
+    happened). Only the ones a host lists are touched: a module names many guests and a test
+    leaves few, and each virsh call is a process entering the host's namespaces. A host whose
+    libvirtd does not answer the listing gets every name tried, as it would without one."""
     for host in lab.hosts:
-        for verb in ("destroy", "undefine"):
-            host.run(["virsh", "-c", "qemu:///system", verb, vm], capture_output=True)
+        listed = host.run(
+            ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+            capture_output=True,
+            text=True,
+        )
+        present = set(listed.stdout.split()) if listed.returncode == 0 else set(vms)
+        for vm in (vm for vm in vms if vm in present):
+            for verb in ("destroy", "undefine"):
+                host.run(["virsh", "-c", "qemu:///system", verb, vm], capture_output=True)
 
 
 def console_log(vm: str) -> Path:
@@ -326,8 +336,7 @@ def running_mesh(
             agents.wait_for_full_mesh(timeout=60)
             yield lab, agents
         finally:
-            for vm in vms:
-                remove_everywhere(lab, vm)
+            remove_everywhere(lab, *vms)
             agents.stop_all()
 
 
@@ -356,8 +365,7 @@ def removed_after(vms: Sequence[str]) -> Any:
     @pytest.fixture(autouse=True)
     def removed(mesh: tuple[Lab, LabAgents]) -> Iterator[None]:
         yield
-        for vm in vms:
-            remove_everywhere(mesh[0], vm)
+        remove_everywhere(mesh[0], *vms)
 
     return removed
 
