@@ -121,6 +121,15 @@ def write_contexts(data: dict[str, Any], path: Path = CONFIG) -> None:
     os.replace(temporary, path)
 
 
+def _may_hold_contexts(path: Path) -> bool:
+    """Whether `path` exists; a home we may not even look into (another user's, as under
+    `sudo -u`) holds no contexts of ours, so the command goes to the local agent."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return False
+
+
 def selected(args: argparse.Namespace) -> Coordinator | None:
     """The coordinator this command line selects, or None (the local agent)."""
     url = getattr(args, "coordinator", None) or os.environ.get("NOVACRON_COORDINATOR", "")
@@ -128,7 +137,7 @@ def selected(args: argparse.Namespace) -> Coordinator | None:
     token = getattr(args, "token", None) or os.environ.get("NOVACRON_TOKEN", "")
     if url:
         return Coordinator(url, token, getattr(args, "coordinator_ca", None) or "")
-    data = read_contexts() if name or CONFIG.exists() else {}
+    data = read_contexts() if name or _may_hold_contexts(CONFIG) else {}
     name = name or data.get("current")
     if not name:
         return None
@@ -155,6 +164,7 @@ def add_federation_commands(groups: Groups[Parser]) -> None:
     add.add_argument("--token", dest="context_token", required=True)
     add.add_argument("--ca", default="", help="PEM that signed its TLS certificate")
     add.set_defaults(handler=context_add)
+    json_flag(add)
     for name, handler, text in (
         ("use", context_use, "make a context the current one"),
         ("remove", context_remove, "forget a context"),
@@ -162,6 +172,7 @@ def add_federation_commands(groups: Groups[Parser]) -> None:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("name")
         sub.set_defaults(handler=handler)
+        json_flag(sub)
     commands.add_parser("list", help="contexts").set_defaults(handler=context_list)
     json_flag(commands.choices["list"])
 
