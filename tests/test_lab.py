@@ -31,6 +31,7 @@ from novacron.simulations.lab import (
     processes,
     tear_down,
 )
+from novacron.simulations.lab.agents import wait_for
 from novacron.simulations.lab.cli import main
 from novacron.simulations.lab.naming import owns_netns, validate_lab_name
 from novacron.simulations.lab.netns import list_netns, netns_pids
@@ -173,7 +174,8 @@ def test_link_down_cuts_a_host_off_and_link_up_restores_it(lab: Lab) -> None:
     finally:
         h3.link_up()
     assert h3.link_state() == "up"
-    assert ping(h1, h3.address) == 0
+    # The neighbour entry that failed while the link was down is retried, not instant.
+    wait_for(lambda: ping(h1, h3.address), lambda code: code == 0, timeout=15)
 
 
 def test_status_json_lists_running_hosts(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
