@@ -73,9 +73,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield scratch
 
 
-def verify(root: Path) -> subprocess.CompletedProcess[str]:
+def verify(root: Path, name: str = NAME) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_systemd_analyze(), "verify", f"--root={root}", NAME],
+        [_systemd_analyze(), "verify", f"--root={root}", name],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,31 +195,19 @@ def test_the_printed_dropin_makes_moved_directories_writable(root: Path, tmp_pat
 COORDINATOR_UNIT = REPO / "systemd" / "novacron-coordinator.service"
 
 
-def _coordinator_unit_here(tmp_path: Path) -> Path:
-    """The coordinator's unit with ExecStart at the `nova-coordinator` of this environment
-    (verification needs the binary to exist; the unit's own path is /usr/local/bin)."""
-    installed = Path(sys.executable).parent / "nova-coordinator"
-    assert installed.exists(), f"{installed} missing: is the package installed (pip install -e .)?"
-    text = COORDINATOR_UNIT.read_text()
-    assert "/usr/local/bin/nova-coordinator" in text
-    copy = tmp_path / COORDINATOR_UNIT.name
-    copy.write_text(text.replace("/usr/local/bin/nova-coordinator", str(installed)))
-    return copy
+def test_the_installed_coordinator_unit_verifies_without_any_output(root: Path) -> None:
+    installed = root / "etc/systemd/system" / COORDINATOR_UNIT.name
+    assert installed.read_text() == COORDINATOR_UNIT.read_text()
+    (start,) = directives(COORDINATOR_UNIT.read_text())["ExecStart"]
+    program = start.split()[0]
+    assert os.readlink(root / "usr/local/bin/nova-coordinator") == program
+    done = verify(root, COORDINATOR_UNIT.name)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-def test_the_coordinator_unit_verifies_without_any_output(tmp_path: Path) -> None:
-    unit = _coordinator_unit_here(tmp_path)
+def test_the_coordinator_unit_exposure_score_is_at_most_five(root: Path) -> None:
     done = subprocess.run(
-        [_systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0
-    assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
-
-
-def test_the_coordinator_unit_exposure_score_is_at_most_five(tmp_path: Path) -> None:
-    unit = _coordinator_unit_here(tmp_path)
-    done = subprocess.run(
-        [_systemd_analyze(), "security", "--offline=yes", str(unit)],
+        [_systemd_analyze(), "security", "--offline=yes", f"--root={root}", COORDINATOR_UNIT.name],
         capture_output=True,
         text=True,
         timeout=60,
@@ -231,10 +219,6 @@ def test_the_coordinator_unit_exposure_score_is_at_most_five(tmp_path: Path) -> 
 
 def test_the_coordinator_unit_runs_unprivileged_and_notifies() -> None:
     text = COORDINATOR_UNIT.read_text()
-    for directive in (
-        "Type=notify",
-        "Restart=on-failure",
-        "DynamicUser=yes",
-        "NoNewPrivileges=yes",
-    ):
+    wanted = ("Type=notify", "Restart=on-failure", "DynamicUser=yes", "NoNewPrivileges=yes")
+    for directive in wanted:
         assert directive in text, directive
