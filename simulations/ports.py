@@ -16,6 +16,8 @@ def free_port_pair() -> int:
     """A free port whose successor is free too: an agent's gossip and introduction ports."""
     for _ in range(50):
         port = free_port()
+        if port >= 65535:
+            continue  # no successor
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("127.0.0.1", port))

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,27 +45,10 @@ from novacron.protocol.messages import (
     Ping,
 )
 from novacron.protocol.revocation import sign_revocation_list
+from novacron.simulations.ports import free_port_pair
 
 BIN = Path(sys.executable).parent
 DAY = 86400.0
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 free on loopback (gossip and introductions)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port >= 65535:
-            continue
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on loopback")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
