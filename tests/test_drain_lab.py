@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from novacron.agent.cli import main as nova_cli
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import LabAgents, wait_for
@@ -52,18 +51,10 @@ mesh, disk_dir = lab_fixtures(RUN, VMS)
 removed = removed_after(VMS)
 
 
-def issue_operator(agents: LabAgents, name: str = "alice") -> Path:
-    """An operator certificate from the lab's CA (`nova ca issue NAME --role operator`)."""
-    ca = agents.ca_dir()
-    args = ["ca", "issue", name, "--role", "operator", "--dir", str(ca), "--out", str(ca)]
-    assert nova_cli([*args, "--force"]) == 0
-    return ca / f"{name}.crt"
-
-
 @pytest.fixture(scope="module")
 def operator(mesh: tuple[Lab, LabAgents]) -> tuple[str, str]:
     """`--operator CERT`: the engineer's own certificate, which a drain of another host needs."""
-    return ("--operator", str(issue_operator(mesh[1])))
+    return ("--operator", str(mesh[1].operator()))
 
 
 def draining(observer: LabHost, node: str) -> bool:

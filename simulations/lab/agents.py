@@ -220,11 +220,15 @@ class LabAgents:
 
     def all_alive(self, host: LabHost) -> bool:
         """Whether `host`'s agent sees every lab host, itself included, alive."""
-        return self.states(host) == {h.name: "alive" for h in self.lab.hosts}
+        return self.states(host) == self._everyone_alive()
+
+    def _everyone_alive(self) -> dict[str, str]:
+        """The view of a full mesh: every lab host, alive."""
+        return {h.name: "alive" for h in self.lab.hosts}
 
     def wait_for_full_mesh(self, timeout: float, interval: float = 0.5) -> None:
         """Wait until every agent sees every host alive (TimeoutError names the laggard)."""
-        everyone = {h.name: "alive" for h in self.lab.hosts}
+        everyone = self._everyone_alive()
         for host in self.lab.hosts:
             try:
                 wait_for(partial(self.states, host), everyone.__eq__, timeout, interval)
