@@ -172,10 +172,21 @@ class _Families(Collector):
         yield histogram
 
 
+class _Snapshot(Collector):
+    """Families collected once, yielded unchanged on every scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
 def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families())
-    ProcessCollector(registry=registry)
+    # The process families read live values (CPU seconds, RSS); both writers get one snapshot.
+    registry.register(_Snapshot(list(ProcessCollector(registry=None).collect())))
     ours = exposition(registry)
     assert ours == generate_latest(registry)
     assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
