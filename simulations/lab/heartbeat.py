@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from novacron.simulations import guest as guest_files
-from novacron.simulations.guest_health import LOOK_EVERY, STALL, Sample, verdict
+from novacron.simulations.guest_health import BROKEN, LOOK_EVERY, STALL, Sample, verdict
 from novacron.simulations.lab.host import LabHost
 
 PIDFILES = Path("/run/libvirt/qemu")  # NAME.pid, in the host's private /run
@@ -22,6 +22,15 @@ PIDFILES = Path("/run/libvirt/qemu")  # NAME.pid, in the host's private /run
 
 class GuestNotBeating(Exception):
     """The guest did not print the heartbeat waited for; the message says why, with evidence."""
+
+
+def console_evidence(text: bytes) -> str:
+    """What of a console explains a broken guest: its first report of trouble and what
+    followed (the oops' first lines name the fault), or the last lines of a silent one."""
+    shown = BROKEN.search(text)
+    start = max(0, shown.start() - 400 if shown else len(text) - 800)
+    picked = text[start : start + 3000]
+    return picked.decode(errors="replace") + ("\n[...]" if start + 3000 < len(text) else "")
 
 
 def vcpu_threads(host: LabHost, name: str) -> list[Path]:
@@ -79,7 +88,7 @@ def wait_heartbeat_above(host: LabHost, name: str, console: Path, above: int) ->
         if why:
             raise GuestNotBeating(
                 f"{name} on {host.name}: no heartbeat above {above} after {now - start:.0f} s: "
-                f"{why}; last heartbeat {series[-1] if series else None}; console ends:\n"
-                + text[-800:].decode(errors="replace")
+                f"{why}; last heartbeat {series[-1] if series else None}; console:\n"
+                + console_evidence(text)
             )
         time.sleep(0.1)
