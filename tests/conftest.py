@@ -20,6 +20,7 @@ QEMU, the test guest. The rule:
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 
@@ -60,7 +61,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line saying why lab tests failed wholesale, and how to leave them out."""
+    """The modules that took longest (setup, call and teardown together: a module's lab
+    or services count, which `--durations` splits over its tests), and one line saying why
+    lab tests failed wholesale, and how to leave them out."""
+    _slowest_modules(terminalreporter)
     missing = lab_missing() if lab_missing.cache_info().currsize else None
     if missing is not None:
         terminalreporter.write_line(
@@ -68,6 +72,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"(make test, as CI does), or {DESELECT}.",
             red=True,
         )
+
+
+def _slowest_modules(terminalreporter: pytest.TerminalReporter, shown: int = 15) -> None:
+    spent: collections.Counter[str] = collections.Counter()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                spent[report.nodeid.split("::")[0]] += report.duration
+    if spent:
+        terminalreporter.write_sep("=", f"slowest {shown} modules")
+        for module, seconds in spent.most_common(shown):
+            terminalreporter.write_line(f"{seconds:8.1f}s {module}")
 
 
 @pytest.fixture(scope="session")
