@@ -84,7 +84,7 @@ class AgentCollector(Collector):
         own = agent.core.records().get(agent.node_id)
         yield from _host(agent, own)
         yield from vm_families(own)
-        yield from _migrations(agent.migrator.core)
+        yield from migration_families(agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
 
@@ -311,7 +311,7 @@ def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
         yield family
 
 
-def _migrations(core: MigrationCore) -> Iterable[Metric]:
+def migration_families(core: MigrationCore) -> Iterable[Metric]:
     running = GaugeMetricFamily(
         "novacron_vmi_migrations_running",
         "Migrations in flight on this host, by direction.",
@@ -354,6 +354,22 @@ def _migrations(core: MigrationCore) -> Iterable[Metric]:
     for outcome, histogram in core.durations.items():
         durations.add_metric([outcome], buckets(histogram), histogram.sum)
     yield durations
+    transferred = HistogramMetricFamily(
+        "novacron_vmi_migration_data_processed_bytes",
+        "Bytes each outbound migration's libvirt job sent (memory and local disks), by "
+        "outcome, from the job's final statistics.",
+        labels=["outcome"],
+    )
+    for outcome, histogram in core.transferred.items():
+        transferred.add_metric([outcome], buckets(histogram), histogram.sum)
+    yield transferred
+    downtime = HistogramMetricFamily(
+        "novacron_vmi_migration_downtime_seconds",
+        "How long each committed outbound migration paused the guest at the switchover.",
+        buckets=buckets(core.downtimes),
+        sum_value=core.downtimes.sum,
+    )
+    yield downtime
 
 
 def buckets(histogram: Histogram) -> list[tuple[str, float]]:
