@@ -33,11 +33,19 @@ from novacron.agent.core.events import StartLibvirtMigration
 from novacron.agent.core.migration import JobTotals
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
-from novacron.agent.metrics import buckets, exposition, migration_families, vm_families
+from novacron.agent.metrics import (
+    buckets,
+    exposition,
+    membership_families,
+    migration_families,
+    vm_families,
+)
 from novacron.agent.migrator import job_totals
-from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
+from tests.core_harness import sign
 from tests.migration_harness import Mesh, host, seen, vm
 from tests.prometheus_server import RULES, promtool
+from tests.test_core_node import node_in, signed, snapshot_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_TESTS = ROOT / "observability" / "prometheus" / "tests" / "rules_test.yml"
@@ -250,3 +258,18 @@ def test_job_totals_come_from_a_finished_jobs_statistics_only() -> None:
     running = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "data_processed": 7, "downtime": 30}
     assert job_totals(running) is None  # a running job's downtime is an estimate
     assert job_totals({"type": libvirt.VIR_DOMAIN_JOB_NONE}) is None
+
+
+def test_record_age_is_exported_per_member_and_as_the_oldest_alive() -> None:
+    node = node_in(snapshot_of(3))
+    node.receive("n002", RecordUpdate(signed("n001", 3)), 1.0)
+    node.receive("n001", RecordUpdate(signed("n002", 3)), 7.0)
+    text = _families(*membership_families(node, 10.0))
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n001"}') == 9.0
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n002"}') == 3.0
+    assert _sample(text, "novacron_record_age_max_seconds") == 9.0
+    node.receive("n002", sign(Leave("n001", 1)), 11.0)  # gone: its record may age freely
+    text = _families(*membership_families(node, 12.0))
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n001"}') == 11.0
+    assert _sample(text, "novacron_record_age_max_seconds") == 5.0
+    assert promtool("check", "metrics", stdin=text).strip() == ""
