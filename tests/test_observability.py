@@ -83,7 +83,7 @@ def test_every_alert_has_severity_runbook_and_a_test_that_fires_it() -> None:
     }
     names = [rule["alert"] for rule in alerts()]
     assert {"NovaCronMemberDead", "NovaCronMigrationFailureRate", "NovaCronHostOverLine",
-            "NovaCronCertificateExpiringSoon"} <= set(names)  # fmt: skip
+            "NovaCronCertificateExpiringSoon", "NovaCronSiteLinkDown"} <= set(names)  # fmt: skip
     for rule in alerts():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
