@@ -96,7 +96,12 @@ def test_dashboards_are_what_the_builder_makes() -> None:
     import observability.grafana.build as build  # needs the test extra grafana-foundation-sdk
 
     rendered = dict(build.rendered())
-    assert {p.name for p in rendered} == {"mesh-health.json", "migrations.json", "balance.json"}
+    assert {p.name for p in rendered} == {
+        "mesh-health.json",
+        "migrations.json",
+        "balance.json",
+        "federation.json",
+    }
     for path, text in rendered.items():
         assert path.read_text() == text, f"{path.name} is stale: python {build.__file__}"
         dashboard = json.loads(text)
