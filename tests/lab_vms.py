@@ -150,7 +150,7 @@ def agent_metrics(host: LabHost) -> str:
     """The exposition of `host`'s agent, read from its API socket inside the host."""
     done = host.run([str(BIN / "python"), "-c", SCRAPE], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return str(done.stdout)
 
 
 def metric(exposition: str, series: str) -> float:
