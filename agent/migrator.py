@@ -92,6 +92,9 @@ T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
 WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its whole run)
+# Seconds the end of a job waits for its final statistics: they feed metrics only, and a
+# libvirtd that hangs must not hold back the commit of a VM that already moved.
+TOTALS_TIMEOUT = 2.0
 OVERRIDES = (  # policy settings a request may override (`MigrationPolicy` fields)
     "bandwidth_mib_s",
     "max_downtime_ms",
@@ -460,9 +463,9 @@ class Migrator:
         if ok:  # the source's domain is gone (UNDEFINE_SOURCE): the target's libvirt keeps
             # the job's statistics, the source's sent in the migration cookie
             uri = self.locator.uri(action.target, action.target_uri)
-            totals = await self._blocking(_final_totals, self._opener, uri, action.vm)
+            totals = await self.job_totals(final_totals, self._opener, uri, action.vm)
         elif dom is not None:
-            totals = await self._blocking(_completed_totals, dom)
+            totals = await self.job_totals(_completed_totals, dom)
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock(), totals)
         )
@@ -472,6 +475,20 @@ class Migrator:
         elif prepared:
             uri = self.locator.uri(action.target, action.target_uri)
             await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
+
+    async def job_totals(
+        self, read: Callable[..., JobTotals | None], *args: Any
+    ) -> JobTotals | None:
+        """A finished job's statistics by `read` (a worker thread), or None if libvirt does
+        not answer within `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
+        try:
+            return await asyncio.wait_for(self._blocking(read, *args), TOTALS_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "no final job statistics: libvirt did not answer in time",
+                extra={"fields": {"timeout_s": TOTALS_TIMEOUT}},
+            )
+            return None
 
     async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
         """After a job: stop its sampler, close its connection."""
@@ -700,7 +717,7 @@ def _completed_totals(dom: Any) -> JobTotals | None:
         return None
 
 
-def _final_totals(opener: Callable[[str], Any], uri: str, vm: str) -> JobTotals | None:
+def final_totals(opener: Callable[[str], Any], uri: str, vm: str) -> JobTotals | None:
     """The finished job's totals as the libvirt at `uri` (the target) kept them."""
     try:
         with connected(opener, uri) as conn:
