@@ -17,7 +17,7 @@ from novacron.protocol import sitelink as wire
 
 from .coordinator_harness import FakeSite, Served, enrolled_site, host_state, served
 from .postgres import Postgres
-from .prometheus_server import promtool
+from .prometheus_server import promtool, running_prometheus
 
 REQUESTS = "novacron_coordinator_http_request_duration_seconds"
 
@@ -137,3 +137,33 @@ async def test_the_leader_fence_passes_through_the_timed_database(
     sqlite = TimedDatabase(await open_database("", tmp_path), lambda operation, seconds: None)
     assert not hasattr(sqlite, "fence")  # the service sets a fence only where one exists
     await sqlite.close()
+
+
+async def test_prometheus_scrapes_the_coordinator_and_sees_a_site_link_go_down(
+    api: Served, tmp_path: Path
+) -> None:
+    """A real Prometheus, configured as docs/metrics.md says (a reader token), with the
+    rules loaded: the link's series follows the site, and the alert is pending while down.
+    Prometheus is driven from threads: the coordinator answers on this test's loop."""
+    identity = await enrolled_site(api, "lyon", tmp_path / "lyon")
+    target = api.url.removeprefix("http://")
+    site_up = 'novacron_coordinator_site_link_up{site="lyon"}'
+    with running_prometheus(tmp_path, [], [target], api.tokens["reader"]) as prometheus:
+
+        async def until(expr: str, expected: dict[str, float], what: str) -> None:
+            def holds() -> bool:
+                return prometheus.values(expr) == expected
+
+            await asyncio.to_thread(prometheus.wait_for, holds, 30, what)
+
+        job = f"instance={target},job=novacron-coordinator"
+        await until('up{job="novacron-coordinator"}', {job: 1.0}, "scraping")
+        await until(site_up, {f"{job},site=lyon": 0.0}, "lyon's link down")
+        pending = 'ALERTS{alertname="NovaCronSiteLinkDown",alertstate="pending"}'
+        alert = "alertname=NovaCronSiteLinkDown,alertstate=pending,severity=warning,site=lyon"
+        await until(pending, {alert: 1.0}, "the alert pending")
+        site = FakeSite(api.url, identity)
+        assert isinstance(await site.connect(), wire.Welcome)
+        await until(site_up, {f"{job},site=lyon": 1.0}, "lyon's link up")
+        await until(pending, {}, "the alert gone")
+        await site.close()
