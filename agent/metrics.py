@@ -79,12 +79,12 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         agent = self._agent
         yield from _identity(agent)
-        yield from _membership(agent.core, self._clock())
+        yield from membership_families(agent.core, self._clock())
         yield from _transport(agent.transport.stats, agent.handling_failures)
         own = agent.core.records().get(agent.node_id)
         yield from _host(agent, own)
         yield from vm_families(own)
-        yield from _migrations(agent.migrator.core)
+        yield from migration_families(agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
 
@@ -158,7 +158,7 @@ def _identity(agent: AgentState) -> Iterable[Metric]:
     )
 
 
-def _membership(core: MembershipNode, now: float) -> Iterable[Metric]:
+def membership_families(core: MembershipNode, now: float) -> Iterable[Metric]:
     members = core.members()
     by_state = GaugeMetricFamily(
         "novacron_members", "Members this agent knows, by state.", labels=["state"]
@@ -199,12 +199,35 @@ def _membership(core: MembershipNode, now: float) -> Iterable[Metric]:
     yield GaugeMetricFamily(
         "novacron_records", "Verified host records this agent holds.", value=len(core.records())
     )
+    yield from _record_ages(
+        core.record_ages(now), {m.node_id for m in members if m.state is MemberState.ALIVE}
+    )
     for name, value in core.stats.as_dict().items():
         yield CounterMetricFamily(
             f"novacron_membership_{name}",
             f"Membership core counter {name} (agent/core/stats.py says what it counts).",
             value=value,
         )
+
+
+def _record_ages(ages: dict[str, float], alive: set[str]) -> Iterable[Metric]:
+    """Per member, like `novacron_member_last_heard_seconds`: N series on each of N agents
+    (a million at 1,000 hosts), which the `member` families already cost. A mesh that
+    cannot afford them drops the `member`-labelled families when scraping and keeps the
+    oldest, one series per agent, which is what an alert needs: a view going stale."""
+    per_member = GaugeMetricFamily(
+        "novacron_member_record_age_seconds",
+        "Seconds since the record this agent holds of each other member arrived.",
+        labels=["member"],
+    )
+    for member, age in sorted(ages.items()):
+        per_member.add_metric([member], age)
+    yield per_member
+    yield GaugeMetricFamily(
+        "novacron_record_age_max_seconds",
+        "The oldest record among alive members, as this agent holds them (0 with none).",
+        value=max((age for member, age in ages.items() if member in alive), default=0.0),
+    )
 
 
 def _transport(stats: TransportStats, handling_failures: int) -> Iterable[Metric]:
@@ -311,7 +334,7 @@ def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
         yield family
 
 
-def _migrations(core: MigrationCore) -> Iterable[Metric]:
+def migration_families(core: MigrationCore) -> Iterable[Metric]:
     running = GaugeMetricFamily(
         "novacron_vmi_migrations_running",
         "Migrations in flight on this host, by direction.",
@@ -354,6 +377,22 @@ def _migrations(core: MigrationCore) -> Iterable[Metric]:
     for outcome, histogram in core.durations.items():
         durations.add_metric([outcome], buckets(histogram), histogram.sum)
     yield durations
+    transferred = HistogramMetricFamily(
+        "novacron_vmi_migration_data_processed_bytes",
+        "Bytes each outbound migration's libvirt job sent (memory and local disks), by "
+        "outcome, from the job's final statistics.",
+        labels=["outcome"],
+    )
+    for outcome, histogram in core.transferred.items():
+        transferred.add_metric([outcome], buckets(histogram), histogram.sum)
+    yield transferred
+    downtime = HistogramMetricFamily(
+        "novacron_vmi_migration_downtime_seconds",
+        "How long each committed outbound migration paused the guest at the switchover.",
+        buckets=buckets(core.downtimes),
+        sum_value=core.downtimes.sum,
+    )
+    yield downtime
 
 
 def buckets(histogram: Histogram) -> list[tuple[str, float]]:

@@ -10,7 +10,8 @@ become libvirt calls:
   UNDEFINE_SOURCE, + NON_SHARED_INC for local disks, + AUTO_CONVERGE and
   POSTCOPY as the policy allows) in a worker thread, while a poller reads
   `jobStats()` every `POLL_INTERVAL` seconds and reports each sample with
-  `migration_progress`; the call's return or error is `migration_finished`.
+  `migration_progress`; the call's return or error is `migration_finished`, with
+  the job's final statistics (`JobTotals`: bytes sent, the guest's pause).
 - `SwitchToPostCopy`: `migrateStartPostCopy`; `AbortLibvirtMigration`: `abortJob`.
 - `ReconcileVm`: looks at the domain in the libvirt of every host named
   (`locator.Locator`) and reports what each said with `vm_presence`;
@@ -62,7 +63,13 @@ from .core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
-from .core.migration import ClusterView, MigrationConfig, MigrationCore, MigrationInfo
+from .core.migration import (
+    ClusterView,
+    JobTotals,
+    MigrationConfig,
+    MigrationCore,
+    MigrationInfo,
+)
 from .core.migration_policy import MigrationPolicy, switchover_limit_ms
 from .disks import (
     LocalDisk,
@@ -85,6 +92,9 @@ T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
 WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its whole run)
+# Seconds the end of a job waits for its final statistics: they feed metrics only, and a
+# libvirtd that hangs must not hold back the commit of a VM that already moved.
+TOTALS_TIMEOUT = 2.0
 OVERRIDES = (  # policy settings a request may override (`MigrationPolicy` fields)
     "bandwidth_mib_s",
     "max_downtime_ms",
@@ -430,7 +440,9 @@ class Migrator:
         ok, reason = False, ""
         prepared: list[LocalDisk] = []  # disks created on the target, filled by _run_job
         conn = None
+        dom: Any = None
         poller: asyncio.Future[None] | None = None
+        totals: JobTotals | None = None
         try:
             conn = await self._blocking(self._opener, self.libvirt_uri)
             dom = await self._blocking(conn.lookupByName, action.vm)
@@ -448,8 +460,14 @@ class Migrator:
                 poller.cancel()
             self._postcopy.discard(action.migration_id)
             self._aborts.pop(action.migration_id, None)
+        if ok:  # the source's domain is gone (UNDEFINE_SOURCE): the target's libvirt keeps
+            # the job's statistics, the source's sent in the migration cookie
+            uri = self.locator.uri(action.target, action.target_uri)
+            totals = await self.job_totals(final_totals, self._opener, uri, action.vm)
+        elif dom is not None:
+            totals = await self.job_totals(_completed_totals, dom)
         await self._apply(
-            self.core.migration_finished(action.migration_id, ok, reason, self._clock())
+            self.core.migration_finished(action.migration_id, ok, reason, self._clock(), totals)
         )
         await self._clean_up(poller, conn)
         if prepared and ok:
@@ -457,6 +475,20 @@ class Migrator:
         elif prepared:
             uri = self.locator.uri(action.target, action.target_uri)
             await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
+
+    async def job_totals(
+        self, read: Callable[..., JobTotals | None], *args: Any
+    ) -> JobTotals | None:
+        """A finished job's statistics by `read` (a worker thread), or None if libvirt does
+        not answer within `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
+        try:
+            return await asyncio.wait_for(self._blocking(read, *args), TOTALS_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "no final job statistics: libvirt did not answer in time",
+                extra={"fields": {"timeout_s": TOTALS_TIMEOUT}},
+            )
+            return None
 
     async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
         """After a job: stop its sampler, close its connection."""
@@ -657,7 +689,43 @@ def progress_sample(migration_id: str, raw: dict[str, Any], phase: str) -> Migra
     )
 
 
+def job_totals(raw: dict[str, Any]) -> JobTotals | None:
+    """What a finished job cost, from libvirt's jobStats(COMPLETED); None when it kept none.
+
+    libvirt reports the pause only for a job that switched over (`downtime`, ms);
+    `data_processed` counts memory and local disks together.
+    """
+    stats = job_stats(raw)
+    if stats is None or stats.kind in ("bounded", "unbounded"):
+        return None  # no finished job, or one still running
+    downtime = raw.get("downtime")
+    return JobTotals(
+        data_bytes=max(0, stats.data_processed),
+        downtime_s=None if downtime is None else max(0, int(downtime)) / 1000,
+    )
+
+
 # --- blocking helpers (worker threads) ----------------------------------------------------
+
+
+def _completed_totals(dom: Any) -> JobTotals | None:
+    """The finished job's totals from `dom`'s libvirt; None if it cannot say."""
+    try:
+        return job_totals(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+    except libvirt.libvirtError as exc:
+        log.debug("no final job statistics: %s", exc)
+        return None
+
+
+def final_totals(opener: Callable[[str], Any], uri: str, vm: str) -> JobTotals | None:
+    """The finished job's totals as the libvirt at `uri` (the target) kept them."""
+    try:
+        with connected(opener, uri) as conn:
+            dom = find(conn, vm)
+            return None if dom is None else _completed_totals(dom)
+    except libvirt.libvirtError as exc:
+        log.debug("no final job statistics from %s: %s", uri, exc)
+        return None
 
 
 def _set_max_downtime(dom: Any, milliseconds: int) -> None:

@@ -96,6 +96,9 @@ class Api:
                 if method != "parameters":
                     self.roles[(method.upper(), path)] = spec["x-nova-role"]
                     self.operation_ids[(method.upper(), path)] = spec["operationId"]
+        # Prometheus' scrape, outside /v1 as Prometheus expects: any token may read it
+        # (it names routes and enrolled sites, which every reader may list anyway).
+        self.roles[("GET", "/metrics")] = "reader"
 
     def routes(self, app: web.Application) -> None:
         r = app.router

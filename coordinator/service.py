@@ -30,6 +30,8 @@ from novacron.protocol.keys import Ed25519PublicKey, signature_valid
 from novacron.protocol.sitelink import PATH, enroll_bytes
 
 from .api import Api, ApiError
+from .metrics import COORDINATOR, CoordinatorMetrics, TimedDatabase
+from .metrics import PATH as METRICS_PATH
 from .ratelimit import RateLimiter
 from .sitelink import SiteLinks
 from .store import TERMINAL, Store
@@ -60,6 +62,9 @@ class Coordinator:
         leader_url: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.metrics = CoordinatorMetrics()
+        # Every database call the store makes is timed (the metrics' database latency).
+        store.db = TimedDatabase(store.db, self.metrics.observe_database)
         self.store = store
         self.config = config
         self.node = config.node
@@ -100,9 +105,13 @@ class Coordinator:
         self.store.changes.notify(("operations",))
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.api.middleware], client_max_size=1024 * 1024)
+        # The metrics' middleware first: it times what the API's (auth, errors) answered.
+        middlewares = [self.metrics.middleware, self.api.middleware]
+        app = web.Application(middlewares=middlewares, client_max_size=1024 * 1024)
+        app[COORDINATOR] = self
         self.api.routes(app)
         app.router.add_get(PATH, self.links.handle)
+        app.router.add_get(METRICS_PATH, self.metrics.handle)
         return app
 
     async def operation_view(self, op_id: str) -> dict[str, Any]:

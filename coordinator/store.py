@@ -762,6 +762,15 @@ class Store:
         )
         return [{**json.loads(r["body"]), "host": r["host"]} for r in rows]
 
+    async def unfinished_commands(self) -> dict[tuple[str, str], int]:
+        """How many commands each site has not finished, by (site, state)."""
+        rows = await self.db.fetch(
+            "SELECT site, state, COUNT(*) AS n FROM commands WHERE state IN (?, ?, ?) "
+            "GROUP BY site, state",
+            *UNFINISHED_COMMANDS,
+        )
+        return {(r["site"], r["state"]): int(r["n"]) for r in rows}
+
     async def command_sent(self, key: str) -> None:
         async with self.db.transaction() as tx:
             row = await tx.fetchone("SELECT operation, state FROM commands WHERE key = ?", key)

@@ -134,6 +134,33 @@ def nova(host: LabHost, *args: str, timeout: float = 120) -> tuple[int, dict[str
         return done.returncode, {"ok": False, "error": done.stderr.strip() or "no output"}
 
 
+SCRAPE = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect("/run/novacron/agent.sock")
+    sock.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: agent\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+sys.stdout.write(data.decode().partition("\\r\\n\\r\\n")[2])
+"""
+
+
+def agent_metrics(host: LabHost) -> str:
+    """The exposition of `host`'s agent, read from its API socket inside the host."""
+    done = host.run([str(BIN / "python"), "-c", SCRAPE], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return str(done.stdout)
+
+
+def metric(exposition: str, series: str) -> float:
+    """The value of one series line (`name{labels}`) in an exposition."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {series} in the exposition")
+
+
 def hosts_of(agents: LabAgents, observer: LabHost, vm: str) -> list[tuple[str, str]]:
     """(host, state) of every row for `vm` in `observer`'s `nova vm list`."""
     rows = agents.nova(observer, "vm", "list").get("vms", [])

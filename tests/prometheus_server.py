@@ -76,22 +76,41 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
 
 
 class PrometheusServer:
-    """One Prometheus process on 127.0.0.1, scraping `targets` every second."""
+    """One Prometheus process on 127.0.0.1, scraping `targets` (agents) every second and,
+    with a bearer token, `coordinators` as docs/metrics.md says to."""
 
-    def __init__(self, directory: Path, targets: Sequence[str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        targets: Sequence[str],
+        coordinators: Sequence[str] = (),
+        token: str = "",
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        jobs: list[dict[str, Any]] = [
+            {
+                "job_name": "novacron-agent",
+                "scrape_timeout": "1s",
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ]
+        if coordinators:
+            token_file = directory / "coordinator.token"
+            token_file.write_text(token)
+            jobs.append(
+                {
+                    "job_name": "novacron-coordinator",
+                    "scrape_timeout": "1s",
+                    "authorization": {"credentials_file": str(token_file)},
+                    "static_configs": [{"targets": list(coordinators)}],
+                }
+            )
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
-            "scrape_configs": [
-                {
-                    "job_name": "novacron-agent",
-                    "scrape_timeout": "1s",
-                    "static_configs": [{"targets": list(targets)}],
-                }
-            ],
+            "scrape_configs": jobs,
         }
         self.config_file = directory / "prometheus.yml"
         self.config_file.write_text(yaml.safe_dump(config))
@@ -159,8 +178,10 @@ class PrometheusServer:
 
 
 @contextmanager
-def running_prometheus(directory: Path, targets: Sequence[str]) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(directory, targets)
+def running_prometheus(
+    directory: Path, targets: Sequence[str], coordinators: Sequence[str] = (), token: str = ""
+) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(directory, targets, coordinators, token)
     try:
         server.start()
         yield server

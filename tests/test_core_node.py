@@ -644,3 +644,14 @@ def test_nonsense_is_counted_not_crashed_on() -> None:
     node.receive("n001", sign(Leave("ghost", 1)), 1.0)
     assert node.stats.gossip_about_unknown == 2
     assert all(m.state is MemberState.ALIVE for m in node.members())
+
+
+def test_record_age_counts_from_the_arrival_of_the_version_held() -> None:
+    node = node_in(snapshot_of(3))
+    assert node.record_ages(5.0) == {}  # the snapshot's records never arrived here
+    node.receive("n002", RecordUpdate(signed("n001", 3)), 1.0)
+    node.receive("n002", RecordUpdate(signed("n001", 3)), 4.0)  # the same version again
+    node.update_record(record_for("n000", load=1.0), 4.0)  # our own never ages here
+    assert node.record_ages(10.0) == {"n001": 9.0}
+    node.receive("n002", RecordUpdate(signed("n001", 4)), 12.0)
+    assert node.record_ages(12.5) == {"n001": 0.5}

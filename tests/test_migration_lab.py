@@ -25,6 +25,7 @@ from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import DISK_DIR, LabAgents, wait_for
 from tests.lab_vms import (
+    agent_metrics,
     beats,
     console_log,
     delete_guest,
@@ -32,6 +33,7 @@ from tests.lab_vms import (
     domains,
     everyone_sees,
     hosts_of,
+    metric,
     migrations,
     nova,
     opener_in,
@@ -88,6 +90,13 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
     everyone_sees(agents, lab, "test-vm", h2.name)
     inbound = [m for m in migrations(h2) if m["migration_id"] == migration["migration_id"]]
     assert [m["outcome"] for m in inbound] == ["committed"]
+    # What the job cost, from libvirt's final statistics, in the source agent's metrics.
+    scraped = agent_metrics(h1)
+    assert metric(scraped, "novacron_vmi_migration_downtime_seconds_count") == 1
+    assert 0 < metric(scraped, "novacron_vmi_migration_downtime_seconds_sum") < 5
+    sent = "novacron_vmi_migration_data_processed_bytes"
+    assert metric(scraped, f'{sent}_count{{outcome="committed"}}') == 1
+    assert metric(scraped, f'{sent}_sum{{outcome="committed"}}') > 1 << 20  # the guest's memory
     print(f"migrated in {migration['elapsed_s']} s; heartbeat ..{last_on_source} | {after[0]}..")
     the_same_migration_everywhere(lab, agents, "test-vm", migration["migration_id"])
     delete_guest(h2, disk_dir, "test-vm")

@@ -8,18 +8,21 @@ are checked in milliseconds, with a fake cluster view and no libvirt calls.
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
+from novacron.agent import migrator as migrator_module
 from novacron.agent.api import ApiServer, Refusal
 from novacron.agent.core.migration_policy import MigrationPolicy
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
     BASE_FLAGS,
     Migrator,
+    final_totals,
     migration_flags,
     migration_params,
     progress_sample,
@@ -268,3 +271,28 @@ def test_the_end_of_a_migration_says_which_switchover_limit_it_got() -> None:
     text = io.StringIO()
     _ended(Output(stdout=text), {**row, "max_downtime_ms": None})  # the target's row
     assert text.getvalue() == "migrated web-1 from edge-01 to edge-02 in 2.3 s\n"
+
+
+async def test_a_hung_libvirtd_does_not_hold_back_the_end_of_a_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The target's libvirtd accepts the connection and never answers: the job's end goes
+    to the core without its statistics, instead of waiting on libvirt."""
+    monkeypatch.setattr(migrator_module, "TOTALS_TIMEOUT", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    held: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+    accepting = loop.run_in_executor(None, lambda: held.append(silent.accept()[0]))
+    driver = migrator([])
+    try:
+        uri = f"qemu+tcp://127.0.0.1:{port}/system"
+        read = driver.job_totals(final_totals, libvirt.open, uri, "vm1")
+        assert await asyncio.wait_for(read, 30) is None
+        await accepting
+        assert held, "the libvirt client reached the silent daemon"
+    finally:
+        for conn in held:
+            conn.close()  # the blocked libvirt call fails, its thread ends
+        silent.close()
+        await driver.close()

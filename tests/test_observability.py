@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -28,11 +29,23 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from novacron.agent.config import ConfigError, load, metrics_address
+from novacron.agent.core.events import StartLibvirtMigration
+from novacron.agent.core.migration import JobTotals
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
-from novacron.agent.metrics import buckets, exposition, vm_families
-from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+from novacron.agent.metrics import (
+    buckets,
+    exposition,
+    membership_families,
+    migration_families,
+    vm_families,
+)
+from novacron.agent.migrator import job_totals
+from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
+from tests.core_harness import sign
+from tests.migration_harness import Mesh, host, seen, vm
 from tests.prometheus_server import RULES, promtool
+from tests.test_core_node import node_in, signed, snapshot_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_TESTS = ROOT / "observability" / "prometheus" / "tests" / "rules_test.yml"
@@ -70,7 +83,7 @@ def test_every_alert_has_severity_runbook_and_a_test_that_fires_it() -> None:
     }
     names = [rule["alert"] for rule in alerts()]
     assert {"NovaCronMemberDead", "NovaCronMigrationFailureRate", "NovaCronHostOverLine",
-            "NovaCronCertificateExpiringSoon"} <= set(names)  # fmt: skip
+            "NovaCronCertificateExpiringSoon", "NovaCronSiteLinkDown"} <= set(names)  # fmt: skip
     for rule in alerts():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
@@ -83,7 +96,12 @@ def test_dashboards_are_what_the_builder_makes() -> None:
     import observability.grafana.build as build  # needs the test extra grafana-foundation-sdk
 
     rendered = dict(build.rendered())
-    assert {p.name for p in rendered} == {"mesh-health.json", "migrations.json", "balance.json"}
+    assert {p.name for p in rendered} == {
+        "mesh-health.json",
+        "migrations.json",
+        "balance.json",
+        "federation.json",
+    }
     for path, text in rendered.items():
         assert path.read_text() == text, f"{path.name} is stale: python {build.__file__}"
         dashboard = json.loads(text)
@@ -190,3 +208,73 @@ def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
     ours = exposition(registry)
     assert ours == generate_latest(registry)
     assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
+
+
+def _families(*families: Metric) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(list(families)))
+    return exposition(registry)
+
+
+def _sample(text: bytes, series: str) -> float:
+    for line in text.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {series} in the exposition")
+
+
+def test_a_migrations_downtime_and_bytes_are_observed_when_its_saga_ends() -> None:
+    mesh = Mesh([host("h1", vm("vm1"), vm("vm2")), host("h2")])
+    core = mesh.core("h1")
+    mesh.request("h1", "vm1", "h2")
+    moved = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    mesh.now = 3.0
+    totals = JobTotals(data_bytes=300 << 20, downtime_s=0.042)
+    mesh.absorb("h1", core.migration_finished(moved, True, "", mesh.now, totals))
+    mesh.flush()
+    mesh.request("h1", "vm2", "h2")
+    failed = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    job = JobTotals(data_bytes=100 << 20, downtime_s=0.5)  # a pause, but the VM stayed
+    mesh.absorb("h1", core.migration_finished(failed, False, "link cut", mesh.now, job))
+    mesh.flush()
+    # Not counted until the saga ends: the failed job's VM is looked for first.
+    assert core.transferred["aborted"].count == 0
+    mesh.call("h1", "vm_presence", "vm2", seen("h1"))
+
+    text = _families(*migration_families(core))
+    sent = "novacron_vmi_migration_data_processed_bytes"
+    assert _sample(text, f'{sent}_count{{outcome="committed"}}') == 1
+    assert _sample(text, f'{sent}_sum{{outcome="committed"}}') == 300 << 20
+    assert _sample(text, f'{sent}_bucket{{le="268435456.0",outcome="committed"}}') == 0
+    assert _sample(text, f'{sent}_bucket{{le="1073741824.0",outcome="committed"}}') == 1
+    assert _sample(text, f'{sent}_sum{{outcome="aborted"}}') == 100 << 20
+    assert _sample(text, "novacron_vmi_migration_downtime_seconds_count") == 1
+    assert _sample(text, "novacron_vmi_migration_downtime_seconds_sum") == 0.042
+    assert _sample(text, 'novacron_vmi_migration_downtime_seconds_bucket{le="0.05"}') == 1
+    assert _sample(text, 'novacron_vmi_migration_downtime_seconds_bucket{le="0.025"}') == 0
+    assert promtool("check", "metrics", stdin=text).strip() == ""
+
+
+def test_job_totals_come_from_a_finished_jobs_statistics_only() -> None:
+    done = {"type": libvirt.VIR_DOMAIN_JOB_COMPLETED, "data_processed": 5 << 20, "downtime": 37}
+    assert job_totals(done) == JobTotals(data_bytes=5 << 20, downtime_s=0.037)
+    failed = {"type": libvirt.VIR_DOMAIN_JOB_FAILED, "data_processed": 7}
+    assert job_totals(failed) == JobTotals(data_bytes=7, downtime_s=None)
+    running = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "data_processed": 7, "downtime": 30}
+    assert job_totals(running) is None  # a running job's downtime is an estimate
+    assert job_totals({"type": libvirt.VIR_DOMAIN_JOB_NONE}) is None
+
+
+def test_record_age_is_exported_per_member_and_as_the_oldest_alive() -> None:
+    node = node_in(snapshot_of(3))
+    node.receive("n002", RecordUpdate(signed("n001", 3)), 1.0)
+    node.receive("n001", RecordUpdate(signed("n002", 3)), 7.0)
+    text = _families(*membership_families(node, 10.0))
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n001"}') == 9.0
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n002"}') == 3.0
+    assert _sample(text, "novacron_record_age_max_seconds") == 9.0
+    node.receive("n002", sign(Leave("n001", 1)), 11.0)  # gone: its record may age freely
+    text = _families(*membership_families(node, 12.0))
+    assert _sample(text, 'novacron_member_record_age_seconds{member="n001"}') == 11.0
+    assert _sample(text, "novacron_record_age_max_seconds") == 5.0
+    assert promtool("check", "metrics", stdin=text).strip() == ""

@@ -203,6 +203,7 @@ from .stats import Histogram
 __all__ = [
     "TRANSITIONS",
     "ClusterView",
+    "JobTotals",
     "MigrationConfig",
     "MigrationCore",
     "MigrationInfo",
@@ -240,6 +241,12 @@ OUTCOMES = ("committed", "aborted", "refused", "in-doubt")
 # Seconds, proposal to end: a small idle VM moves in about a second on a LAN, a large
 # busy one with post-copy in minutes; a completion timeout ends anything past an hour.
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Seconds the guest stood still at the switchover: the max downtime defaults to 300 ms
+# (QEMU's) and to 50 ms for an idle guest; seconds mean the limit could not hold.
+DOWNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Bytes one job sent, memory and local disks: from a small guest's 64 MiB to a 256 GiB
+# disk copied alongside its memory, by fours.
+TRANSFER_BUCKETS = tuple(float(1 << bits) for bits in range(26, 40, 2))
 
 
 class Trigger(StrEnum):
@@ -376,6 +383,14 @@ class MigrationStats:
 
 
 @dataclass(frozen=True, slots=True)
+class JobTotals:
+    """What a libvirt migration job cost, from its final statistics (the driver reads them)."""
+
+    data_bytes: int  # bytes the job sent: memory, and local disks copied with it
+    downtime_s: float | None = None  # the guest's pause at the switchover; None if unknown
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationInfo:
     """One migration as `nova migrations` shows it."""
 
@@ -439,6 +454,7 @@ class _Saga:
     ended_at: float | None = None  # `ended` on the wall clock
     reconciling_since: float | None = None  # when the evidence was first asked for
     doubt_note: str = ""  # why the outcome is unknown, as last reported
+    totals: JobTotals | None = None  # the libvirt job's final statistics, if the driver had them
 
 
 @dataclass(slots=True)
@@ -471,8 +487,12 @@ class MigrationCore:
         self.config = config or MigrationConfig()  # timings, defaults, limits
         self.migration_uri = migration_uri  # told to sources in every Accept
         self.stats = MigrationStats()  # counters
-        # How long outbound migrations took, proposal to end, by outcome (for metrics).
+        # Outbound migrations for metrics, observed when each ends (`_end`): how long they
+        # took, proposal to end, and what their libvirt job sent, by outcome; how long the
+        # guest paused, for those that moved it (an aborted job's pause is not a move's).
         self.durations = {outcome: Histogram(DURATION_BUCKETS) for outcome in OUTCOMES}
+        self.transferred = {outcome: Histogram(TRANSFER_BUCKETS) for outcome in OUTCOMES}
+        self.downtimes = Histogram(DOWNTIME_BUCKETS)
         self._view = view  # membership and records, read only
         self._rng = rng  # the only source of randomness (ids)
         self._sagas: dict[str, _Saga] = {}  # running outbound sagas by id
@@ -730,9 +750,15 @@ class MigrationCore:
         return out
 
     def migration_finished(
-        self, migration_id: str, ok: bool, reason: str, now: float
+        self,
+        migration_id: str,
+        ok: bool,
+        reason: str,
+        now: float,
+        totals: JobTotals | None = None,
     ) -> MigrationOutput:
-        """The libvirt job ended: success commits; failure asks where the VM really runs."""
+        """The libvirt job ended: success commits; failure asks where the VM really runs.
+        `totals`: what the job cost by libvirt's final statistics, counted when the saga ends."""
         out = MigrationOutput()
         saga = self._sagas.get(migration_id)
         if saga is None:
@@ -742,6 +768,7 @@ class MigrationCore:
         if next_phase(saga.phase, trigger) is None:
             self.stats.invalid += 1  # not started, or a second failure while reconciling
             return out
+        saga.totals = totals or saga.totals
         if ok:
             note = "cancel came too late" if saga.cancelled else ""
             self._commit(saga, now, note, out)
@@ -1315,6 +1342,10 @@ class MigrationCore:
         else:
             self.stats.aborted += 1
         self.durations[outcome].observe(now - saga.started)
+        if saga.totals is not None:
+            self.transferred[outcome].observe(saga.totals.data_bytes)
+            if outcome == "committed" and saga.totals.downtime_s is not None:
+                self.downtimes.observe(saga.totals.downtime_s)
 
     def _trim(self, history: OrderedDict[str, Any]) -> None:
         while len(history) > self.config.history:

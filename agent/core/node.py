@@ -411,6 +411,12 @@ class MembershipNode:
         """Verified records by owner id (our own included): a live read-only view."""
         return self._records.view()
 
+    def record_ages(self, now: float) -> dict[str, float]:
+        """Seconds since the record we hold of each other member arrived here: how stale
+        this host's view of it may be (owners publish when their contents change, which a
+        host's load does within an inventory refresh or two)."""
+        return {owner: max(0.0, now - at) for owner, at in self._records.received().items()}
+
     def record_version(self, node_id: str) -> int:
         """The version of `node_id`'s record we hold, 0 if none."""
         return self._records.version(node_id)
@@ -1149,7 +1155,7 @@ class MembershipNode:
         verdict = admission.verdict
         if verdict is RecordVerdict.ACCEPT:
             assert admission.record is not None
-            self._records.put(signed, admission.record)
+            self._records.put(signed, admission.record, now)
             self.stats.records_accepted += 1
             out.events.append(RecordUpdated(admission.record))
             if announce_new or had_one:

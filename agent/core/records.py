@@ -76,7 +76,7 @@ class RecordBounds:
 class RecordStore:
     """Signed records and their verified contents, by owner id."""
 
-    __slots__ = ("_base_records", "_base_signed", "_records", "_signed", "_view")
+    __slots__ = ("_base_records", "_base_signed", "_received", "_records", "_signed", "_view")
 
     def __init__(
         self,
@@ -87,6 +87,7 @@ class RecordStore:
         self._base_records: Mapping[str, NodeRecord] = base_records or {}  # decoded base
         self._signed: dict[str, SignedRecord] = {}  # this node's newer records
         self._records: dict[str, NodeRecord] = {}  # their verified contents
+        self._received: dict[str, float] = {}  # owner id -> when its stored version arrived
         self._view = _OverlayView(self._base_records, self._records)  # live public view
 
     def version(self, node_id: str) -> int:
@@ -99,11 +100,19 @@ class RecordStore:
         signed = self._signed.get(node_id)
         return signed if signed is not None else self._base_signed.get(node_id)
 
-    def put(self, signed: SignedRecord, record: NodeRecord) -> None:
-        """Store a verified record (the caller checked it is newer)."""
+    def put(self, signed: SignedRecord, record: NodeRecord, now: float | None = None) -> None:
+        """Store a verified record (the caller checked it is newer), received at `now`
+        (None: our own, which never arrives)."""
         self._view.note_key(signed.node_id)
         self._signed[signed.node_id] = signed
         self._records[signed.node_id] = record
+        if now is not None:
+            self._received[signed.node_id] = now
+
+    def received(self) -> Mapping[str, float]:
+        """When each stored record arrived, by owner: records taken from a shared snapshot
+        (the simulator's) and our own have no arrival and are absent."""
+        return self._received
 
     def overlay_size(self) -> int:
         """How many records this node holds privately (memory diagnostics)."""

@@ -110,6 +110,13 @@ def mesh_health() -> Dashboard:
         )
         .with_panel(
             _series(
+                "Oldest record of an alive member (per agent)",
+                "s",
+                ("novacron_record_age_max_seconds", "{{instance}}"),
+            )
+        )
+        .with_panel(
+            _series(
                 "Certificate expires in",
                 "s",
                 ("novacron_certificate_expiry_timestamp_seconds - time()", "{{instance}}"),
@@ -140,6 +147,26 @@ def migrations() -> Dashboard:
                  "(rate(novacron_vmi_migration_duration_seconds_bucket[15m])))", "p50"),
                 ("histogram_quantile(0.95, sum by (le) "
                  "(rate(novacron_vmi_migration_duration_seconds_bucket[15m])))", "p95"),
+            )
+        )
+        .with_panel(
+            _series(
+                "Guest downtime at the switchover (p50, p95)",
+                "s",
+                ("histogram_quantile(0.5, sum by (le) "
+                 "(rate(novacron_vmi_migration_downtime_seconds_bucket[15m])))", "p50"),
+                ("histogram_quantile(0.95, sum by (le) "
+                 "(rate(novacron_vmi_migration_downtime_seconds_bucket[15m])))", "p95"),
+            )
+        )
+        .with_panel(
+            _series(
+                "Data sent per migration (mean), and in all",
+                "bytes",
+                ("sum(rate(novacron_vmi_migration_data_processed_bytes_sum[15m])) / "
+                 "sum(rate(novacron_vmi_migration_data_processed_bytes_count[15m]))", "mean"),
+                ("sum(increase(novacron_vmi_migration_data_processed_bytes_sum[15m]))",
+                 "all (15 min)"),
             )
         )
         .with_panel(
@@ -213,7 +240,56 @@ def balance() -> Dashboard:
     )
 
 
-DASHBOARDS = {"mesh-health": mesh_health, "migrations": migrations, "balance": balance}
+REQUESTS = "novacron_coordinator_http_request_duration_seconds"
+
+
+def federation() -> Dashboard:
+    return (
+        _dashboard("novacron-federation", "NovaCron / Federation")
+        .with_row(Row("Sites"))
+        .with_panel(_stat("Site links up",
+                          "sum(max by (site) (novacron_coordinator_site_link_up))"))
+        .with_panel(_stat("Site links down",
+                          "count(max by (site) (novacron_coordinator_site_link_up) == 0)"))
+        .with_panel(_stat("Commands pending", "sum(novacron_coordinator_commands_pending)"))
+        .with_panel(_stat("Coordinators leading", "sum(novacron_coordinator_leader)"))
+        .with_panel(
+            _series("Site links (1: up)", "none",
+                    ("max by (site) (novacron_coordinator_site_link_up)", "{{site}}"))
+        )
+        .with_panel(
+            _series("Commands not done, by site", "none",
+                    ("sum by (site, state) (novacron_coordinator_commands_pending)",
+                     "{{site}} {{state}}"))
+        )
+        .with_row(Row("API and database"))
+        .with_panel(
+            _series("Requests by route and code", "reqps",
+                    (f"sum by (route, code) (rate({REQUESTS}_count[5m]))", "{{route}} {{code}}"))
+        )
+        .with_panel(
+            _series("Request duration p95 by route", "s",
+                    (f"histogram_quantile(0.95, sum by (route, le) (rate({REQUESTS}_bucket[5m])))",
+                     "{{route}}"))
+        )
+        .with_panel(
+            _series(
+                "Database latency p95 by kind",
+                "s",
+                ("histogram_quantile(0.95, sum by (operation, le) "
+                 "(rate(novacron_coordinator_database_duration_seconds_bucket[5m])))",
+                 "{{operation}}"),
+            )
+        )
+    )  # fmt: skip
+
+
+DASHBOARDS = {
+    "mesh-health": mesh_health,
+    "migrations": migrations,
+    "balance": balance,
+    "federation": federation,
+}
 
 
 def rendered() -> Iterator[tuple[Path, str]]:
