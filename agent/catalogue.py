@@ -33,6 +33,7 @@ from novacron.protocol.keys import Ed25519PrivateKey, key_id
 
 from .core.templates import (
     MAX_MANIFEST,
+    VERSION_RE,
     Boot,
     DefaultSpec,
     MalformedManifest,
@@ -242,8 +243,10 @@ def publish(
     every copy of a version anywhere is the same template.
     """
     manifest_file = root / manifest_path(what.name, what.version)
-    if manifest_file.exists():
-        raise CatalogueError(f"{what.name}:{what.version} is already published in {root}")
+    for existing in (root / "manifests" / what.name).glob("*.manifest"):
+        held = existing.name.removesuffix(".manifest")
+        if VERSION_RE.fullmatch(held) and version_key(held) == version_key(what.version):
+            raise CatalogueError(f"{what.name}:{what.version} is already published in {root}")
     sources = [("image", image), ("kernel", kernel), ("initrd", initrd)]
     files = tuple(
         _add_file(root, role, path, progress) for role, path in sources if path is not None
