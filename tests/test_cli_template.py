@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from novacron.agent.cli import main
+from novacron.agent.cli import build_parser, main
+from novacron.agent.cli.common import CommandError, UsageError
+from novacron.agent.cli.vms import create_request
 from novacron.agent.core.templates import decode_manifest
 from novacron.protocol import codec
 from novacron.protocol.sealed import Sealed
@@ -328,3 +330,29 @@ def test_a_kernel_template_with_a_bad_initrd_keeps_none_of_its_files(
     code, answer, _ = run_json(capsys, "template", "pull", "debian-12", "--from", site["url"])
     assert code == 0 and answer["template"]["spec"]["boot"] == "kernel"
     assert [f["role"] for f in answer["template"]["files"]] == ["image", "kernel", "initrd"]
+
+
+def test_vm_create_from_a_template_uses_its_verified_image_and_defaults(
+    site: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(site, "1")
+    publish(site, "2", image=site["tmp"] / "agent.toml")
+    assert main(["template", "pull", "debian-12:1", "--from", str(site["root"])]) == 0
+    parser = build_parser()
+
+    def request(*flags: str) -> dict[str, Any]:
+        return create_request(parser.parse_args(["vm", "create", "web-1", *flags]))
+
+    body = request("--template", "debian-12", "--label", "team=core", "--disk", "/data.qcow2")
+    image = Path(site["store"], "files", hashlib.sha256(IMAGE).hexdigest())
+    assert body["disks"] == [{"base": str(image)}, {"base": "/data.qcow2"}]
+    assert (body["memory_mib"], body["vcpus"]) == (256, 1)
+    assert body["labels"] == {"team": "core", "novacron/template": "debian-12:1"}
+    assert request("--template", "debian-12:1", "--memory", "512")["memory_mib"] == 512
+    with pytest.raises(CommandError, match="pull it first"):
+        request("--template", "debian-12:2")  # published, never pulled here
+    image.unlink()
+    with pytest.raises(CommandError, match="gone from the store"):
+        request("--template", "debian-12")
+    with pytest.raises(UsageError, match="--memory is required"):
+        request()

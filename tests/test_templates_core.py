@@ -109,7 +109,7 @@ def test_a_manifest_whose_image_hash_was_swapped_under_its_signature_is_refused(
 def test_a_manifest_that_breaks_the_rules_is_malformed_even_when_signed(
     changes: dict[str, object],
 ) -> None:
-    bad = manifest(**changes)
+    bad = dataclasses.replace(manifest(), **changes)  # type: ignore[arg-type]
     data = codec.pack_struct(Sealed(body=codec.pack_struct(bad), signature=b"x" * 64))
     with pytest.raises(MalformedManifest):
         decode_manifest(data)

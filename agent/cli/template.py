@@ -43,6 +43,7 @@ from .table import render
 from .vms import _label
 
 MiB = 1024 * 1024
+TEMPLATE_LABEL = "novacron/template"  # on a VM made from a template: NAME:VERSION
 
 
 @contextmanager
@@ -84,7 +85,7 @@ class ProgressLine:
 
 def _settings(args: argparse.Namespace) -> AgentConfig:
     try:
-        return load({}, config_file=args.config)
+        return load({}, config_file=getattr(args, "config", None))
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
 
@@ -298,3 +299,32 @@ def _describe_lines(manifest: Manifest, where: str, checked: str) -> list[str]:
     for f in manifest.files:
         lines.append(f"  {f.role + ':':12} sha256:{f.digest} ({f.size} bytes)")
     return lines
+
+
+def template_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """What `nova vm create --template NAME[:VERSION]` starts from: the held template's
+    image as the first disk's base, its kernel and initrd, its spec, and a label naming it."""
+    name, version = _ref(args.template)
+    store = TemplateStore(Path(_settings(args).template_dir))
+    try:
+        manifest = store.find(name, version)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    missing = store.missing_files(manifest)
+    if missing:
+        raise CommandError(
+            f"template {manifest.ref}: {store.file(missing[0])} is gone from the store; "
+            f"remove and pull it again (nova template rm {manifest.ref})"
+        )
+    spec = manifest.spec
+    defaults: dict[str, Any] = {
+        "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib,
+        "cmdline": spec.cmdline,
+        "disks": [{"base": str(store.file(manifest.image))}],
+        "labels": {**spec.labels, TEMPLATE_LABEL: manifest.ref},
+    }
+    for role in ("kernel", "initrd"):
+        if manifest.has(role):
+            defaults[role] = str(store.file(manifest.file(role)))
+    return defaults
