@@ -7,19 +7,12 @@ builds the whole parser, so the import waits until a template command runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from .common import Groups, Handler, Output, Parser, json_flag
+from .common import Groups, Handler, Parser, handled_later, json_flag
 
 
 def _later(name: str) -> Handler:
-    """A handler that imports `template.py` and runs its `name` when called."""
-
-    def run(args: argparse.Namespace, out: Output) -> int:
-        handler: Handler = getattr(importlib.import_module(f"{__package__}.template"), name)
-        return handler(args, out)
-
-    return run
+    return handled_later("template", name)
 
 
 def add_template_commands(groups: Groups[Parser]) -> None:
