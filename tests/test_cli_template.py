@@ -356,3 +356,45 @@ def test_vm_create_from_a_template_uses_its_verified_image_and_defaults(
         request("--template", "debian-12")
     with pytest.raises(UsageError, match="--memory is required"):
         request()
+
+
+class _CutsFiles(_Quiet):
+    """Serves the catalogue, but every file of files/ stops halfway and the connection
+    closes, under a Content-Length that promised all of it: a link cut mid-transfer."""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/files/"):
+            super().do_GET()
+            return
+        data = Path(self.directory, self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_a_link_cut_mid_transfer_keeps_nothing_and_a_later_pull_completes(
+    site: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(site, "1")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_CutsFiles, directory=str(site["root"]))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        capsys.readouterr()
+        code, answer, err = run_json(capsys, "template", "pull", "debian-12", "--from", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert code == 1 and answer["ok"] is False and "Traceback" not in err
+    assert answer["reason"] == "truncated"
+    assert f"ended after {len(IMAGE) // 2} of {len(IMAGE)} bytes" in answer["error"]
+    assert [p for p in snapshot(site["store"]) if not p.startswith(".lock")] == []
+    code, answer, _ = run_json(capsys, "template", "pull", "debian-12", "--from", site["url"])
+    assert code == 0 and Path(answer["image_path"]).read_bytes() == IMAGE
