@@ -112,10 +112,10 @@ class Catalogue(Protocol):
 
 
 def open_catalogue(location: str) -> Catalogue:
-    """An http(s):// URL is served over HTTP; anything else is a directory."""
+    """An http(s):// URL is served over HTTP; a file:// URL or anything else is a directory."""
     if location.startswith(("http://", "https://")):
         return HttpCatalogue(location.rstrip("/"))
-    return DirectoryCatalogue(Path(location))
+    return DirectoryCatalogue(Path(location.removeprefix("file://")))
 
 
 class DirectoryCatalogue:

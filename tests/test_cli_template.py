@@ -398,3 +398,20 @@ def test_a_link_cut_mid_transfer_keeps_nothing_and_a_later_pull_completes(
     assert [p for p in snapshot(site["store"]) if not p.startswith(".lock")] == []
     code, answer, _ = run_json(capsys, "template", "pull", "debian-12", "--from", site["url"])
     assert code == 0 and Path(answer["image_path"]).read_bytes() == IMAGE
+
+
+def test_keygen_writes_a_secret_key_and_a_public_one_and_publish_refuses_an_open_key(
+    site: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = Path(site["keys"])
+    assert (keys / "acme.key").stat().st_mode & 0o777 == 0o600
+    assert (keys / "acme.pub").stat().st_mode & 0o777 == 0o644
+    code, answer, _ = run_json(capsys, "template", "keygen", "acme", "--out", str(keys))
+    assert code == 1 and "already exists" in answer["error"]
+    (keys / "acme.key").chmod(0o644)
+    code, answer, _ = run_json(
+        capsys, "template", "publish", str(site["image"]), "--name", "debian-12", "--version",
+        "1", "--key", str(keys / "acme.key"), "--to", str(site["root"]), "--memory", "64",
+    )  # fmt: skip
+    assert code == 1 and "chmod 600" in answer["error"]
+    assert not Path(site["root"], "index.json").exists()
