@@ -54,9 +54,15 @@ from .core.templates import (
     version_key,
 )
 
+QCOW2_MAGIC = b"QFI\xfb"
+
 
 class StoreError(Exception):
     """The local store cannot do what was asked (not found, no room, unwritable)."""
+
+
+class InUse(StoreError):
+    """A template's file is the base of a VM's disk on this host."""
 
 
 class Pulled(Enum):
@@ -213,9 +219,16 @@ class TemplateStore:
 
     # --- removing -----------------------------------------------------------------
 
-    def remove(self, name: str, version: str | None) -> tuple[list[Manifest], list[Path]]:
+    def remove(
+        self, name: str, version: str | None, disk_dir: Path | None = None, force: bool = False
+    ) -> tuple[list[Manifest], list[Path]]:
         """Forget NAME:VERSION (or every version of NAME) and delete the files no other
-        held template uses; (manifests removed, files deleted)."""
+        held template uses; (manifests removed, files deleted).
+
+        Refused (`InUse`), unless `force`, while a qcow2 overlay in `disk_dir` (the
+        agent's VM disks) has one of those files as its base: deleting it would
+        leave a VM that cannot boot again.
+        """
         with self._locked():
             held = self.held()
             gone = [
@@ -227,17 +240,60 @@ class TemplateStore:
             if not gone:
                 ref = name if version is None else f"{name}:{version}"
                 raise StoreError(f"template {ref} is not on this host ({self.root})")
+            kept = {f.digest for s in held if s.manifest not in gone for f in s.manifest.files}
+            doomed = {self.file(f) for m in gone for f in m.files if f.digest not in kept}
+            users = overlays_on(doomed, disk_dir) if disk_dir is not None else []
+            if users and not force:
+                raise InUse(
+                    f"{', '.join(m.ref for m in gone)} is the base of VM disk "
+                    f"{', '.join(str(u) for u in users[:5])}: delete those VMs first "
+                    "(or --force, and they will not boot again)"
+                )
             for manifest in gone:
                 (self.root / manifest_path(manifest.name, manifest.version)).unlink()
-            kept = {f.digest for s in held if s.manifest not in gone for f in s.manifest.files}
-            deleted = []
-            for manifest in gone:
-                for template_file in manifest.files:
-                    path = self.file(template_file)
-                    if template_file.digest not in kept and path.exists():
-                        path.unlink()
-                        deleted.append(path)
+            deleted = sorted(path for path in doomed if path.exists())
+            for path in deleted:
+                path.unlink()
         return gone, deleted
+
+
+def overlays_on(bases: set[Path], disk_dir: Path) -> list[Path]:
+    """The qcow2 files in `disk_dir` whose backing file is one of `bases`."""
+    wanted = {str(base.resolve()) for base in bases}
+    try:
+        candidates = sorted(p for p in disk_dir.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot list VM disks in {disk_dir}: {exc}") from None
+    found = []
+    for path in candidates:
+        backing = qcow2_backing_file(path)
+        if backing is not None and str((disk_dir / backing).resolve()) in wanted:
+            found.append(path)
+    return found
+
+
+def qcow2_backing_file(path: Path) -> str | None:
+    """The backing file a qcow2 image names in its header, or None (none, or not qcow2).
+
+    The header (qemu's docs/interop/qcow2.txt) starts with the magic, then at
+    byte 8 the backing file name's offset (u64) and at 16 its length (u32),
+    big-endian; a name is at most 1023 bytes.
+    """
+    try:
+        with open(path, "rb") as image:
+            header = image.read(20)
+            if len(header) < 20 or header[:4] != QCOW2_MAGIC:
+                return None
+            offset = int.from_bytes(header[8:16], "big")
+            size = int.from_bytes(header[16:20], "big")
+            if offset == 0 or not 0 < size < 1024:
+                return None
+            image.seek(offset)
+            return image.read(size).decode(errors="replace")
+    except OSError:
+        return None
 
 
 def newest_listed(catalogue: Catalogue, name: str) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import json
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,12 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     assert main(["template", "keygen", "mallory", "--out", str(keys)]) == 0
     store = tmp_path / "store"
     config = tmp_path / "agent.toml"
-    config.write_text(f'template_dir = "{store}"\ntrusted_publishers = ["{keys / "acme.pub"}"]\n')
+    disks = tmp_path / "disks"  # the agent's VM disks: what `rm` looks at for users
+    disks.mkdir()
+    config.write_text(
+        f'template_dir = "{store}"\ntrusted_publishers = ["{keys / "acme.pub"}"]\n'
+        f'disk_dir = "{disks}"\n'
+    )
     monkeypatch.setenv("NOVACRON_CONFIG", str(config))
     image = tmp_path / "debian.qcow2"
     image.write_bytes(IMAGE)
@@ -415,3 +421,29 @@ def test_keygen_writes_a_secret_key_and_a_public_one_and_publish_refuses_an_open
     )  # fmt: skip
     assert code == 1 and "chmod 600" in answer["error"]
     assert not Path(site["root"], "index.json").exists()
+
+
+def test_rm_refuses_a_template_a_vm_disk_is_based_on_unless_forced(
+    site: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VM's overlay (made by qemu-img, as libvirt makes them) names the template's image
+    as its base: removing the image would leave a VM that never boots again."""
+    publish(site, "1")
+    capsys.readouterr()
+    code, pulled, _ = run_json(capsys, "template", "pull", "debian-12", "--from", site["url"])
+    disks = Path(site["tmp"], "disks")
+    overlay = disks / "web-1-vda.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b",
+         pulled["image_path"], str(overlay), "64M"],
+        check=True,
+    )  # fmt: skip
+    (disks / "other.qcow2").write_bytes(b"QFI\xfb" + b"\xff" * 60)  # a header that lies
+    before = snapshot(site["store"])
+    code, answer, _ = run_json(capsys, "template", "rm", "debian-12")
+    assert code == 1 and "web-1-vda.qcow2" in answer["error"] and "--force" in answer["error"]
+    assert snapshot(site["store"]) == before
+
+    code, answer, _ = run_json(capsys, "template", "rm", "debian-12", "--force")
+    assert code == 0 and answer["deleted_files"] == [pulled["image_path"]]
+    assert not Path(pulled["image_path"]).exists()

@@ -250,7 +250,8 @@ def pull(args: argparse.Namespace, out: Output) -> int:
 def remove(args: argparse.Namespace, out: Output) -> int:
     name, version = _ref(args.ref)
     with _refusals(out) as code:
-        gone, deleted = _store(args).remove(name, version)
+        disk_dir = Path(_settings(args).disk_dir)
+        gone, deleted = _store(args).remove(name, version, disk_dir, args.force)
         data = {"removed": [m.ref for m in gone], "deleted_files": [str(p) for p in deleted]}
         lines = [f"removed {m.ref}" for m in gone] + [f"  deleted {p}" for p in deleted]
         out.result(data, lines)

@@ -69,6 +69,9 @@ def add_template_commands(groups: Groups[Parser]) -> None:
 
     remove = commands.add_parser("rm", help="remove a template (all versions without :VERSION)")
     remove.add_argument("ref", metavar="NAME[:VERSION]")
+    remove.add_argument(
+        "--force", action="store_true", help="even if a VM's disk (in disk_dir) is based on it"
+    )
     _store_flags(remove)
     remove.set_defaults(handler=_later("remove"))
 
