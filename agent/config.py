@@ -55,6 +55,12 @@ class AgentConfig:
     )
     kvm_probe_initrd: str = _setting("", "the probe guest's initrd (default: none)")
     disk_dir: str = _setting("/var/lib/novacron/disks", "VM disk overlays (local to this host)")
+    template_dir: str = _setting(
+        "/var/lib/novacron/templates", "templates pulled to this host: verified images, manifests"
+    )
+    trusted_publishers: tuple[str, ...] = _setting(
+        (), "public key files of template publishers this host takes templates from (default: none)"
+    )
     ca_file: str = _setting("/etc/novacron/ca.pub", "the cluster CA's public key")
     cert_file: str = _setting(
         "", "this host's certificate (default: /etc/novacron/<node id or hostname>.crt)"

@@ -72,7 +72,12 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_ca_key(path: Path | str, key: Ed25519PrivateKey) -> None:
     """Write the CA's private key, mode 0600."""
-    header = b"# NovaCron cluster CA private key (Ed25519). Keep secret: mode 0600.\n"
+    write_signing_key(path, key, "cluster CA private key")
+
+
+def write_signing_key(path: Path | str, key: Ed25519PrivateKey, what: str) -> None:
+    """Write one Ed25519 private key (a CA's, a template publisher's), mode 0600."""
+    header = f"# NovaCron {what} (Ed25519). Keep secret: mode 0600.\n".encode()
     write_atomic(path, header + pem.private_pem(key), PRIVATE_MODE)
 
 
@@ -91,6 +96,11 @@ def write_node_key(path: Path | str, node_key: NodeKey, node_id: str) -> None:
 
 def write_ca_public(path: Path | str, public: Ed25519PublicKey) -> None:
     """Write the CA's public key (PEM SubjectPublicKeyInfo), mode 0644: nodes need it."""
+    write_public_key(path, public)
+
+
+def write_public_key(path: Path | str, public: Ed25519PublicKey) -> None:
+    """Write an Ed25519 public key (PEM SubjectPublicKeyInfo), mode 0644."""
     write_atomic(path, pem.public_pem(public), PUBLIC_MODE)
 
 
@@ -168,9 +178,14 @@ def _private_keys(path: Path | str, what: str) -> list[pem.PrivateKey]:
 
 def load_ca_key(path: Path | str) -> Ed25519PrivateKey:
     """Load the CA private key written by `write_ca_key`."""
-    keys = _private_keys(path, "CA key")
+    return load_signing_key(path, "CA key")
+
+
+def load_signing_key(path: Path | str, what: str) -> Ed25519PrivateKey:
+    """Load one Ed25519 private key written by `write_signing_key`."""
+    keys = _private_keys(path, what)
     if len(keys) != 1 or not isinstance(keys[0], Ed25519PrivateKey):
-        raise IdentityFileError(f"CA key {path} is corrupt: expected one Ed25519 private key")
+        raise IdentityFileError(f"{what} {path} is corrupt: expected one Ed25519 private key")
     return keys[0]
 
 
@@ -190,13 +205,18 @@ def load_node_key(path: Path | str) -> NodeKey:
 
 def load_ca_public(path: Path | str) -> Ed25519PublicKey:
     """Load the CA public key written by `write_ca_public`."""
-    data = read_file(path, "CA public key")
+    return load_public_key(path, "CA public key")
+
+
+def load_public_key(path: Path | str, what: str) -> Ed25519PublicKey:
+    """Load an Ed25519 public key written by `write_public_key` (or `openssl pkey -pubout`)."""
+    data = read_file(path, what)
     try:
         public = pem.public_from_pem(data)
     except pem.KeyFormatError as exc:
-        raise IdentityFileError(f"CA public key {path} is corrupt: {exc}") from None
+        raise IdentityFileError(f"{what} {path} is corrupt: {exc}") from None
     if not isinstance(public, Ed25519PublicKey):
-        raise IdentityFileError(f"CA public key {path} is not an Ed25519 key")
+        raise IdentityFileError(f"{what} {path} is not an Ed25519 key")
     return public
 
 

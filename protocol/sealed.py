@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import codec
-from .errors import IdentityError, ProtocolError
+from .errors import ProtocolError
 from .keys import Ed25519PrivateKey
 
 
@@ -29,7 +29,7 @@ def seal(key: Ed25519PrivateKey, body: bytes) -> bytes:
     return codec.pack_struct(Sealed(body=body, signature=key.sign(body)))
 
 
-def unseal(data: bytes, malformed: type[IdentityError], what: str) -> Sealed:
+def unseal(data: bytes, malformed: type[ProtocolError], what: str) -> Sealed:
     """Decode the envelope, raising `malformed` (naming `what`) for any bad input.
 
     The signature is not checked here: the caller knows which key should have made it.

@@ -21,7 +21,16 @@ import sys
 
 from novacron.protocol.errors import IdentityError
 
-from . import ca_commands, completion, federation, mesh, migrate, rebalance, site
+from . import (
+    ca_commands,
+    completion,
+    federation,
+    mesh,
+    migrate,
+    rebalance,
+    site,
+    template_commands,
+)
 from .common import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -42,6 +51,7 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     migrate.add_migration_commands,
     rebalance.add_rebalance_commands,
     site.add_site_commands,
+    template_commands.add_template_commands,
     federation.add_federation_commands,
     completion.add_completion_commands,
 )

@@ -8,10 +8,9 @@ module defers that import to the moment a `nova ca` command actually runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 
-from .common import Groups, Handler, Output, Parser, agent_flags, json_flag
+from .common import Groups, Handler, Parser, agent_flags, handled_later, json_flag
 
 DEFAULT_CA_DIR = "/etc/novacron/ca"
 CA_DIR_ENV = "NOVACRON_CA_DIR"
@@ -19,13 +18,7 @@ DEFAULT_DAYS = 365
 
 
 def _later(name: str) -> Handler:
-    """A handler that imports `ca.py` and runs its `name` when called."""
-
-    def run(args: argparse.Namespace, out: Output) -> int:
-        handler: Handler = getattr(importlib.import_module(f"{__package__}.ca"), name)
-        return handler(args, out)
-
-    return run
+    return handled_later("ca", name)
 
 
 def add_ca_commands(groups: Groups[Parser]) -> None:

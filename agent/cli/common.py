@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -68,6 +69,17 @@ class Output:
 Handler = Callable[[argparse.Namespace, Output], int]
 Groups = argparse._SubParsersAction  # what a command group registers its parser with
 AddGroup = Callable[["Groups[Parser]"], None]
+
+
+def handled_later(module: str, name: str) -> Handler:
+    """A handler that imports the sibling `module` (e.g. "ca") and runs its `name` when
+    called: building the parser, which every `nova` command does, loads none of its work."""
+
+    def run(args: argparse.Namespace, out: Output) -> int:
+        handler: Handler = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return handler(args, out)
+
+    return run
 
 
 def json_flag(parser: argparse.ArgumentParser) -> None:

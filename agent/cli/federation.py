@@ -360,6 +360,10 @@ def _vm_id(c: Coordinator, name: str, site: str | None) -> str:
 
 
 def remote_create_vm(c: Coordinator, args: argparse.Namespace, out: Output) -> int:
+    if getattr(args, "template", None):
+        raise UsageError("--template names a template pulled to this host: not with a coordinator")
+    if args.memory is None:
+        raise UsageError("--memory is required")
     body: dict[str, Any] = {
         "name": args.name,
         "vcpus": args.vcpus,

@@ -18,11 +18,19 @@ def add_vm_lifecycle_commands(vm_commands: Groups[Parser]) -> None:
     """Register create, start, stop and delete in the `vm` group."""
     create = vm_commands.add_parser("create", help="define a VM on this host (and start it)")
     create.add_argument("name", metavar="VM")
-    create.add_argument("--vcpus", type=int, default=1, help="virtual CPUs (default 1)")
-    create.add_argument("--memory", type=int, required=True, metavar="MiB", help="memory")
+    create.add_argument(
+        "--template",
+        metavar="NAME[:VERSION]",
+        help="a template pulled to this host (nova template pull): its image is the first "
+        "disk's base, its spec the defaults of the flags below",
+    )
+    create.add_argument("--vcpus", type=int, help="virtual CPUs (default: the template's, or 1)")
+    create.add_argument(
+        "--memory", type=int, metavar="MiB", help="memory (required without --template)"
+    )
     create.add_argument("--kernel", metavar="PATH", help="kernel for direct boot")
     create.add_argument("--initrd", metavar="PATH", help="initramfs for direct boot")
-    create.add_argument("--cmdline", default="", help="kernel command line")
+    create.add_argument("--cmdline", help="kernel command line")
     create.add_argument(
         "--disk",
         action="append",
@@ -68,24 +76,36 @@ def add_vm_lifecycle_commands(vm_commands: Groups[Parser]) -> None:
 
 
 def create_vm(args: argparse.Namespace, out: Output) -> int:
-    body: dict[str, Any] = {
-        "name": args.name,
-        "vcpus": args.vcpus,
-        "memory_mib": args.memory,
-        "cmdline": args.cmdline,
-        "disks": [_disk(text) for text in args.disk],
-        "labels": dict(_label(text) for text in args.label),
-        "start": args.start,
-    }
-    for key in ("kernel", "initrd"):
-        if getattr(args, key):
-            body[key] = getattr(args, key)
-    answer, code = ask(out, client.post, "/v1/vms", body, args.socket)
+    answer, code = ask(out, client.post, "/v1/vms", create_request(args), args.socket)
     if answer is None:
         return code
     what = "created and started" if answer["started"] else "created (not started)"
     out.result(answer, [f"VM {args.name} {what} on {answer['host']}"])
     return EXIT_OK
+
+
+def create_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent's create request: the flags, over a template's defaults if one is named."""
+    base: dict[str, Any] = {"vcpus": 1, "cmdline": "", "disks": [], "labels": {}}
+    if args.template:
+        from .template import template_defaults  # loads the signing library: only when used
+
+        base = template_defaults(args)
+    elif args.memory is None:
+        raise UsageError("--memory is required (or --template, whose spec gives it)")
+    body: dict[str, Any] = {
+        "name": args.name,
+        "vcpus": base["vcpus"] if args.vcpus is None else args.vcpus,
+        "memory_mib": base.get("memory_mib") if args.memory is None else args.memory,
+        "cmdline": base["cmdline"] if args.cmdline is None else args.cmdline,
+        "disks": base["disks"] + [_disk(text) for text in args.disk],
+        "labels": {**base["labels"], **dict(_label(text) for text in args.label)},
+        "start": args.start,
+    }
+    for key in ("kernel", "initrd"):
+        if getattr(args, key) or base.get(key):
+            body[key] = getattr(args, key) or base[key]
+    return body
 
 
 def start_vm(args: argparse.Namespace, out: Output) -> int:

@@ -1,0 +1,326 @@
+"""Template catalogues: a directory, or the same directory served over HTTP(S).
+
+A catalogue is static files, so any web server serves one and an air-gapped
+site mirrors one with `cp -r` or `rsync`:
+
+    index.json                          what is there (name, version, OS, ...)
+    manifests/NAME/VERSION.manifest     signed manifests (agent/core/templates.py)
+    files/SHA256                        images, kernels, initrds, named by content
+
+Nothing a catalogue serves is trusted: the index only says which versions
+exist (it is unsigned, and paths are never taken from it), every manifest is
+checked against the host's trusted publisher keys, every file against its
+manifest's SHA-256 and size. `publish` writes a directory catalogue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from novacron.protocol import keyfiles
+from novacron.protocol.keys import Ed25519PrivateKey, key_id
+
+from .core.templates import (
+    MAX_MANIFEST,
+    VERSION_RE,
+    Boot,
+    DefaultSpec,
+    MalformedManifest,
+    Manifest,
+    TemplateFile,
+    decode_manifest,
+    parse_ref,
+    sign_manifest,
+    version_key,
+)
+
+INDEX = "index.json"
+INDEX_FORMAT = 1
+MAX_INDEX = 16 * 1024 * 1024  # bytes; a catalogue of thousands of templates is far less
+CHUNK = 1024 * 1024  # bytes read and hashed at a time
+HTTP_TIMEOUT = 30.0  # seconds without a byte before an HTTP catalogue counts as gone
+
+Progress = Callable[[str, int, int], None]
+"""Told (what, bytes done, bytes in all) as a long copy goes."""
+
+
+def no_progress(what: str, done: int, total: int) -> None:
+    """A `Progress` that shows nothing."""
+
+
+class CatalogueError(Exception):
+    """A catalogue cannot be read or written (missing, unreachable, not a catalogue)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One template version as the index lists it (unverified: for listing and choosing)."""
+
+    name: str
+    version: str
+    os: str
+    description: str
+    publisher: str
+    publisher_key: str
+    image_sha256: str
+    size: int  # bytes of all its files
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Entry:
+        return cls(
+            name=manifest.name,
+            version=manifest.version,
+            os=manifest.os,
+            description=manifest.description,
+            publisher=manifest.publisher,
+            publisher_key=manifest.publisher_key,
+            image_sha256=manifest.image.digest,
+            size=sum(f.size for f in manifest.files),
+        )
+
+
+def manifest_path(name: str, version: str) -> str:
+    """Where a manifest lives in a catalogue, from a name and version already validated."""
+    return f"manifests/{name}/{version}.manifest"
+
+
+def file_path(digest: str) -> str:
+    return f"files/{digest}"
+
+
+class Catalogue(Protocol):
+    """Where templates are pulled from."""
+
+    location: str  # the directory or URL, for messages
+
+    def read(self, path: str, limit: int) -> bytes:
+        """A small file of the catalogue (at most `limit` bytes, else CatalogueError)."""
+
+    def open(self, path: str) -> AbstractContextManager[IO[bytes]]:
+        """A large file of the catalogue, to read in chunks."""
+
+
+def open_catalogue(location: str) -> Catalogue:
+    """An http(s):// URL is served over HTTP; a file:// URL or anything else is a directory."""
+    if location.startswith(("http://", "https://")):
+        return HttpCatalogue(location.rstrip("/"))
+    return DirectoryCatalogue(Path(location.removeprefix("file://")))
+
+
+class DirectoryCatalogue:
+    """A catalogue in a local directory (or a mounted share)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def read(self, path: str, limit: int) -> bytes:
+        try:
+            with open(self.root / path, "rb") as source:
+                data = source.read(limit + 1)
+        except FileNotFoundError:
+            raise CatalogueError(f"catalogue {self.location} has no {path}") from None
+        except OSError as exc:
+            raise CatalogueError(f"cannot read {path} in {self.location}: {exc}") from None
+        if len(data) > limit:
+            raise CatalogueError(f"{path} in {self.location} is over {limit} bytes")
+        return data
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[IO[bytes]]:
+        try:
+            source = open(self.root / path, "rb")  # noqa: SIM115 (closed by the with below)
+        except FileNotFoundError:
+            raise CatalogueError(f"catalogue {self.location} has no {path}") from None
+        except OSError as exc:
+            raise CatalogueError(f"cannot read {path} in {self.location}: {exc}") from None
+        with source:
+            yield source
+
+
+class HttpCatalogue:
+    """A catalogue served by any web server over HTTP or HTTPS (system trust store)."""
+
+    def __init__(self, url: str) -> None:
+        self.location = url
+
+    def read(self, path: str, limit: int) -> bytes:
+        with self.open(path) as response:
+            data = response.read(limit + 1)
+        if len(data) > limit:
+            raise CatalogueError(f"{self.location}/{path} is over {limit} bytes")
+        return data
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[IO[bytes]]:
+        url = f"{self.location}/{path}"
+        try:
+            response = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            raise CatalogueError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CatalogueError(f"cannot reach catalogue {self.location}: {reason}") from None
+        with response:
+            try:
+                yield response
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                raise CatalogueError(f"{url}: the transfer failed: {exc}") from None
+
+
+# --- reading ---------------------------------------------------------------------
+
+
+def read_index(catalogue: Catalogue) -> list[Entry]:
+    """Every template version the catalogue lists, newest version of each name first."""
+    data = catalogue.read(INDEX, MAX_INDEX)
+    where = f"{INDEX} of catalogue {catalogue.location}"
+    try:
+        index = json.loads(data)
+        if index.get("format") != INDEX_FORMAT:
+            raise CatalogueError(f"{where} is format {index.get('format')!r}, not {INDEX_FORMAT}")
+        entries = [_entry(item) for item in index["templates"]]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CatalogueError(f"{where} is not a catalogue index: {exc}") from None
+    entries.sort(key=lambda e: version_key(e.version), reverse=True)
+    return sorted(entries, key=lambda e: e.name)  # stable: newest first within a name
+
+
+def _entry(item: dict[str, Any]) -> Entry:
+    """One index entry, its fields of the right types, its name and version valid."""
+    entry = Entry(**item)
+    texts = [v for k, v in entry.__dict__.items() if k != "size"]
+    if not all(isinstance(v, str) for v in texts) or type(entry.size) is not int:
+        raise ValueError(f"an entry has fields of the wrong types: {str(item)[:200]}")
+    parse_ref(f"{entry.name}:{entry.version}")
+    return entry
+
+
+def read_manifest(catalogue: Catalogue, name: str, version: str) -> bytes:
+    """The manifest bytes of NAME:VERSION (checked by the caller, never here)."""
+    return catalogue.read(manifest_path(name, version), MAX_MANIFEST)
+
+
+# --- publishing into a directory ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a publisher says about a template besides its files."""
+
+    name: str
+    version: str
+    publisher: str
+    spec: DefaultSpec
+    os: str = ""
+    description: str = ""
+
+
+def publish(
+    root: Path,
+    key: Ed25519PrivateKey,
+    what: Publication,
+    image: Path,
+    kernel: Path | None,
+    initrd: Path | None,
+    now: float,
+    progress: Progress = no_progress,
+) -> Manifest:
+    """Copy the files into the catalogue at `root`, sign the manifest, rewrite the index.
+
+    A version is published once: the same NAME:VERSION again is refused, so
+    every copy of a version anywhere is the same template.
+    """
+    manifest_file = root / manifest_path(what.name, what.version)
+    for existing in (root / "manifests" / what.name).glob("*.manifest"):
+        held = existing.name.removesuffix(".manifest")
+        if VERSION_RE.fullmatch(held) and version_key(held) == version_key(what.version):
+            raise CatalogueError(f"{what.name}:{what.version} is already published in {root}")
+    sources = [("image", image), ("kernel", kernel), ("initrd", initrd)]
+    files = tuple(
+        _add_file(root, role, path, progress) for role, path in sources if path is not None
+    )
+    spec = what.spec
+    if kernel is not None:
+        spec = DefaultSpec(spec.memory_mib, spec.vcpus, Boot.KERNEL, spec.cmdline, spec.labels)
+    manifest = Manifest(
+        format=1,
+        name=what.name,
+        version=what.version,
+        publisher=what.publisher,
+        publisher_key=key_id(key),
+        files=files,
+        spec=spec,
+        os=what.os,
+        description=what.description,
+        published_at=now,
+    )
+    try:
+        signed = sign_manifest(key, manifest)
+    except ValueError as exc:
+        raise CatalogueError(f"cannot publish {what.name}:{what.version}: {exc}") from None
+    _make_dir(manifest_file.parent)
+    keyfiles.write_atomic(manifest_file, signed, 0o644)
+    write_index(root)
+    return manifest
+
+
+def _add_file(root: Path, role: str, source: Path, progress: Progress) -> TemplateFile:
+    """Copy `source` into root/files/ under its SHA-256, hashing it on the way."""
+    _make_dir(root / "files")
+    tmp = root / "files" / f".incoming.{secrets.token_hex(6)}"
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as src, open(tmp, "xb") as dst:
+            total = os.fstat(src.fileno()).st_size
+            done = 0
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+                done += len(chunk)
+                progress(f"{role} {source.name}", done, total)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, root / file_path(digest.hexdigest()))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CatalogueError(f"cannot publish {role} {source}: {exc.strerror or exc}") from None
+    return TemplateFile(role=role, sha256=digest.digest(), size=done)
+
+
+def write_index(root: Path) -> list[Entry]:
+    """Rewrite root/index.json from the manifests present (they are the truth)."""
+    entries = []
+    for path in sorted((root / "manifests").glob("*/*.manifest")):
+        try:
+            entries.append(Entry.of(decode_manifest(path.read_bytes()).manifest))
+        except (OSError, MalformedManifest):
+            continue  # not a manifest this version reads: listed by nobody
+    index = {"format": INDEX_FORMAT, "templates": [e.__dict__ for e in entries]}
+    data = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
+    keyfiles.write_atomic(root / INDEX, data, 0o644)
+    return entries
+
+
+def describe(entry: Entry) -> dict[str, Any]:
+    """An index entry as `--json` prints it."""
+    return dict(entry.__dict__)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatalogueError(f"cannot create directory {path}: {exc.strerror or exc}") from None
