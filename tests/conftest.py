@@ -75,14 +75,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def _slowest_modules(terminalreporter: pytest.TerminalReporter, shown: int = 15) -> None:
-    spent: collections.Counter[str] = collections.Counter()
+    spent: dict[str, float] = collections.defaultdict(float)
     for reports in terminalreporter.stats.values():
         for report in reports:
             if isinstance(report, pytest.TestReport):
                 spent[report.nodeid.split("::")[0]] += report.duration
     if spent:
         terminalreporter.write_sep("=", f"slowest {shown} modules")
-        for module, seconds in spent.most_common(shown):
+        for module, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:shown]:
             terminalreporter.write_line(f"{seconds:8.1f}s {module}")
 
 
