@@ -27,6 +27,7 @@ from novacron.protocol.messages import (
     MemberState,
     Message,
     NodeRecord,
+    SignedRecord,
     Suspect,
 )
 from novacron.simulations.signing import (
@@ -229,3 +230,38 @@ class Net:
 
 def record_for_version(node_id: str, version: int, load: float = 0.0) -> NodeRecord:
     return NodeRecord(node_id=node_id, version=version, load=load, addresses=(address_of(node_id),))
+
+
+CONFIG = MembershipConfig()
+
+
+def snapshot_of(count: int) -> ClusterSnapshot:
+    names = ids(count)
+    signed = [make_signer(n)(record_for_version(n, 1)) for n in names]
+    return ClusterSnapshot.converged(
+        [(n, address_of(n)) for n in names],
+        signed,
+        verifier=verify,
+        sign_claim=sign_claim_as_signer,
+    )
+
+
+def node_in(
+    snapshot: ClusterSnapshot,
+    node_id: str = "n000",
+    config: MembershipConfig = CONFIG,
+    verifier: object = verify,
+) -> MembershipNode:
+    return MembershipNode.from_snapshot(
+        node_id,
+        snapshot,
+        address=address_of(node_id),
+        config=config,
+        rng=random.Random(node_id),
+        keyring=SimKeyring(node_id, verifier),  # type: ignore[arg-type]
+        now=0.0,
+    )
+
+
+def signed(node_id: str, version: int, load: float = 0.0) -> SignedRecord:
+    return make_signer(node_id)(record_for_version(node_id, version, load))

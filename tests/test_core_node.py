@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 
 import pytest
@@ -19,7 +18,6 @@ from novacron.agent.core.events import (
     RecordUpdated,
 )
 from novacron.agent.core.node import MAX_UNPROVEN_LEAP, MembershipNode
-from novacron.agent.core.snapshot import ClusterSnapshot
 from novacron.agent.core.suspicion import suspicion_timeout
 from novacron.protocol.messages import (
     MAX_COUNTER,
@@ -42,47 +40,21 @@ from novacron.protocol.messages import (
     SignedRecord,
     Suspect,
 )
-from novacron.simulations.signing import SimKeyring, certificate_of, sign_claim_as_signer
+from novacron.simulations.signing import certificate_of
 from tests.core_harness import (
+    CONFIG,
     address_of,
     ids,
     make_node,
     make_signer,
+    node_in,
     record_for,
     record_for_version,
     sign,
+    signed,
+    snapshot_of,
     verify,
 )
-
-CONFIG = MembershipConfig()
-
-
-def snapshot_of(count: int) -> ClusterSnapshot:
-    names = ids(count)
-    signed = [make_signer(n)(record_for_version(n, 1)) for n in names]
-    return ClusterSnapshot.converged(
-        [(n, address_of(n)) for n in names],
-        signed,
-        verifier=verify,
-        sign_claim=sign_claim_as_signer,
-    )
-
-
-def node_in(
-    snapshot: ClusterSnapshot,
-    node_id: str = "n000",
-    config: MembershipConfig = CONFIG,
-    verifier: object = verify,
-) -> MembershipNode:
-    return MembershipNode.from_snapshot(
-        node_id,
-        snapshot,
-        address=address_of(node_id),
-        config=config,
-        rng=random.Random(node_id),
-        keyring=SimKeyring(node_id, verifier),  # type: ignore[arg-type]
-        now=0.0,
-    )
 
 
 def alive(node_id: str, incarnation: int) -> Alive:
@@ -97,10 +69,6 @@ def sends_of(out: Output, kind: type) -> list[tuple[str, Message]]:
 def answers(out: Output) -> list[tuple[str, str, int]]:
     """(destination, kind, seq) of every Ack and Nack sent."""
     return [(dest, type(m).__name__, m.seq) for dest, m in out.sends if isinstance(m, Ack | Nack)]
-
-
-def signed(node_id: str, version: int, load: float = 0.0) -> SignedRecord:
-    return make_signer(node_id)(record_for_version(node_id, version, load))
 
 
 # --- incarnations and refutation ------------------------------------------------------

@@ -42,10 +42,9 @@ from novacron.agent.metrics import (
 )
 from novacron.agent.migrator import job_totals
 from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
-from tests.core_harness import sign
+from tests.core_harness import node_in, sign, signed, snapshot_of
 from tests.migration_harness import Mesh, host, seen, vm
 from tests.prometheus_server import RULES, promtool
-from tests.test_core_node import node_in, signed, snapshot_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_TESTS = ROOT / "observability" / "prometheus" / "tests" / "rules_test.yml"
