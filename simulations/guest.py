@@ -82,12 +82,8 @@ virtio, the ACPI button and evdev as modules; the .deb ships no modules.dep)."""
 BASE_DISK_SIZE = "64M"
 """Virtual size of the blank base image that VM disks are overlays on."""
 
-DEFAULT_CMDLINE = "console=ttyS0 quiet idle=halt"
-"""Kernel arguments every boot gets: console on the first serial port, and a plain HLT
-when idle. TCG's default CPU (qemu64) reports an AMD family with erratum 400, so the
-kernel would otherwise idle through `amd_e400_idle`, handing its tick to the broadcast
-timer on every idle entry; guests doing that while being live-migrated died on their
-new host in the timer interrupt (rb_erase in __hrtimer_run_queues)."""
+DEFAULT_CMDLINE = "console=ttyS0 quiet"
+"""Kernel arguments every boot gets: console on the first serial port."""
 
 FORMAT = 1
 """Bump when the build's layout changes, so old build directories are redone."""

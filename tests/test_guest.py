@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from novacron.simulations import guest as guest_mod
-from novacron.simulations.guest import DEFAULT_CMDLINE, Guest
+from novacron.simulations.guest import Guest
 
 pytestmark = pytest.mark.lab  # QEMU and the test guest, built as root
 
@@ -105,6 +105,6 @@ def test_disk_marker_persists_across_boots(guest: Guest, tmp_path: Path) -> None
 
 def test_cmdline_selects_behaviour() -> None:
     line = Guest.cmdline(dirty_mib=64, dirty_rate=20, disk_marker="m", powerbutton=False)
-    assert line == f"{DEFAULT_CMDLINE} dirty_mib=64 dirty_rate=20 disk_marker=m powerbutton=ignore"
+    assert line == "console=ttyS0 quiet dirty_mib=64 dirty_rate=20 disk_marker=m powerbutton=ignore"
     with pytest.raises(ValueError, match="disk marker"):
         Guest.cmdline(disk_marker="two words")
