@@ -46,10 +46,12 @@ typecheck: deps .typecheck/novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy -p novacron
 	MYPYPATH=.typecheck $(VENV)/bin/mypy tests benchmarks
 
-# Every test, with the fuzz tests at full strength (tests/fuzzing.py); the slowest 25
-# listed, so a CI log shows where the time goes.
+# Every test, with the fuzz tests at full strength (tests/fuzzing.py), on two workers: the
+# lab's tests in order on one, the real agents' in order, and the rest wherever a worker is
+# free (tests/conftest.py says why); the slowest 25 listed, so a CI log shows where the
+# time goes.
 suite: deps
-	NOVACRON_FUZZ=full $(VENV)/bin/pytest -q --durations=25
+	NOVACRON_FUZZ=full $(VENV)/bin/pytest -q -n 2 --dist loadgroup --durations=25
 
 # The tests that need neither root nor the lab, in about a minute, as any user.
 test-unit: deps

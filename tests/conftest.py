@@ -50,6 +50,25 @@ def lab_missing() -> str | None:
     return "; ".join(missing) or None
 
 
+# `make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`). Tests that
+# share a machine-wide resource run one after another in one group: the lab's (root,
+# namespaces, the lab libvirtd, TCG guests that want a core each) and the real agents'
+# on the host's own loopback and multicast (mDNS), with discovery's. Everything else,
+# sockets on port 0 and files in temporary directories, goes to whichever worker is free.
+HOST_NETWORK_MODULES = frozenset({"test_discovery.py"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("lab") is not None:
+            item.add_marker(pytest.mark.xdist_group("lab"))
+        elif (
+            item.get_closest_marker("agents") is not None or item.path.name in HOST_NETWORK_MODULES
+        ):
+            item.add_marker(pytest.mark.xdist_group("host-network"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A lab test without its prerequisites fails here, before its fixtures build anything."""
