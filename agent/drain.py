@@ -79,6 +79,10 @@ class Drain:
         self.draining = state_file.exists()
         self._task: asyncio.Task[None] | None = None
         self._moves: dict[str, str] = {}  # VM -> id of the drain migration moving it
+        # Every migration this drain started (id -> VM), failed ones too: an outcome can
+        # still change after the drain gave up on it (an in-doubt move whose VM is then
+        # found running on the target is committed after all).
+        self._started: dict[str, str] = {}
         self._blocked: dict[str, tuple[str, float]] = {}  # VM -> (why, when to retry)
 
     async def start(self) -> None:
@@ -101,6 +105,7 @@ class Drain:
             self._state_file.write_text("draining\n")
             self.draining = True
             self._moves.clear()
+            self._started.clear()
             self._blocked.clear()
             await self._publish()
             log.info("drain started", extra={"fields": {"node": self._migrator.node_id}})
@@ -134,11 +139,9 @@ class Drain:
             for vm, mid in sorted(self._moves.items())
             if mid in migrations and not migrations[mid]["outcome"]
         ]
-        moved = sorted(
-            vm
-            for vm, mid in self._moves.items()
-            if mid in migrations and migrations[mid]["outcome"] == "committed"
-        )
+        moved = sorted(self._moved(migrations))
+        # A VM no longer here waits for nothing, whatever stopped an earlier attempt.
+        blocked = {vm: why for vm, (why, _) in sorted(self._blocked.items()) if vm in vms}
         return {
             "node_id": self._migrator.node_id,
             "draining": self.draining,
@@ -147,8 +150,18 @@ class Drain:
             "arriving": arriving,
             "moving": moving,
             "moved": moved,
-            "blocked": {vm: why for vm, (why, _) in sorted(self._blocked.items())},
+            "blocked": blocked,
             "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
+        }
+
+    def _moved(self, migrations: dict[str, dict[str, Any]] | None = None) -> set[str]:
+        """The VMs a migration of this drain moved away (committed)."""
+        if migrations is None:
+            migrations = {m["migration_id"]: m for m in self._migrator.migrations()}
+        return {
+            vm
+            for mid, vm in self._started.items()
+            if mid in migrations and migrations[mid]["outcome"] == "committed"
         }
 
     def _spawn(self) -> None:
@@ -164,8 +177,11 @@ class Drain:
         now = self._clock()
         core = self._migrator.core
         self._note_failures(now)
+        moved = self._moved()
         for vm, state in sorted(self._migrator.local_vms().items()):
             if state not in MOVABLE or core.busy(vm) or core.arriving(vm):
+                continue
+            if vm in moved:  # gone already: this host's record lists it until the next refresh
                 continue
             doubt = core.doubt(vm)
             if doubt is not None:
@@ -198,6 +214,7 @@ class Drain:
             return
         self._blocked.pop(vm, None)
         self._moves[vm] = mid
+        self._started[mid] = vm
 
 
 def _brief(migration: dict[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,47 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
     await driver.close()
 
 
+async def test_a_vm_the_drain_moved_is_not_moved_again_while_the_record_still_lists_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's record lists a VM until the next inventory refresh after it left; a
+    second move started in that window finds no domain here and ends in doubt, and the
+    drain's summary lost the first move. The core is freed (cancel) and its row reads
+    committed, as the real one does once the VM runs on the target."""
+    monkeypatch.setattr(drain_mod, "INTERVAL", 0.01)
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    drain = Drain(driver, tmp_path / "draining", publish=_nothing, clock=lambda: 100.0)
+    await drain.drain()
+    await settle()
+    (first,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    real_rows = driver.migrations
+
+    def rows() -> list[dict[str, Any]]:
+        found = real_rows()
+        for row in found:
+            if row["migration_id"] == first.migration_id:
+                row.update(outcome="committed", phase="committed")
+        return found
+
+    def row(migration_id: str) -> dict[str, Any] | None:
+        return next((r for r in rows() if r["migration_id"] == migration_id), None)
+
+    monkeypatch.setattr(driver, "migrations", rows)
+    monkeypatch.setattr(driver, "migration", row)
+    await driver.cancel(first.migration_id)  # the core no longer holds vm1
+    await settle()
+    assert [m.vm for _, m in sent if isinstance(m, MigrationPropose)] == ["vm1"]
+    status = drain.status()
+    assert (status["moved"], status["blocked"]) == (["vm1"], {})
+    await drain.close()
+    await driver.close()
+
+
+async def _nothing() -> None:
+    return None
+
+
 # --- a drain asked from another host of the mesh ---------------------------------------
 
 
