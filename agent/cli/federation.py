@@ -39,6 +39,7 @@ from .common import (
     json_flag,
 )
 from .table import render
+from .vms import DEFAULT_VCPUS
 
 CONFIG = (
     Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "novacron" / "config.toml"
@@ -366,7 +367,7 @@ def remote_create_vm(c: Coordinator, args: argparse.Namespace, out: Output) -> i
         raise UsageError("--memory is required")
     body: dict[str, Any] = {
         "name": args.name,
-        "vcpus": args.vcpus,
+        "vcpus": DEFAULT_VCPUS if args.vcpus is None else args.vcpus,
         "memory_mib": args.memory,
         "start": True,
     }

@@ -13,6 +13,8 @@ from novacron.agent import client
 
 from .common import EXIT_OK, Groups, Output, Parser, UsageError, agent_flags, ask
 
+DEFAULT_VCPUS = 1  # a VM's vCPUs when neither --vcpus nor a template says
+
 
 def add_vm_lifecycle_commands(vm_commands: Groups[Parser]) -> None:
     """Register create, start, stop and delete in the `vm` group."""
@@ -86,7 +88,7 @@ def create_vm(args: argparse.Namespace, out: Output) -> int:
 
 def create_request(args: argparse.Namespace) -> dict[str, Any]:
     """The agent's create request: the flags, over a template's defaults if one is named."""
-    base: dict[str, Any] = {"vcpus": 1, "cmdline": "", "disks": [], "labels": {}}
+    base: dict[str, Any] = {"vcpus": DEFAULT_VCPUS, "cmdline": "", "disks": [], "labels": {}}
     if args.template:
         from .template import template_defaults  # loads the signing library: only when used
 
