@@ -40,6 +40,7 @@ from .common import (
     Output,
     UsageError,
     ask,
+    make_dir,
 )
 
 CLOCK_SKEW = 300.0  # seconds a new certificate is backdated, for hosts whose clock lags
@@ -127,7 +128,7 @@ def ca_init(args: argparse.Namespace, out: Output) -> int:
             f"a CA already exists in {ca.root} ({existing[0].name}); --force replaces it "
             "and invalidates every certificate it issued"
         )
-    _make_dir(ca.root, 0o700)
+    make_dir(ca.root, 0o700)
     key = Ed25519PrivateKey.generate()
     keyfiles.write_ca_key(ca.key, key)
     keyfiles.write_ca_public(ca.public, key.public_key())
@@ -176,7 +177,7 @@ def ca_issue(args: argparse.Namespace, out: Output) -> int:
         serial=secrets.randbelow(2**63 - 1) + 1,
         roles=() if args.role == "node" else (args.role,),
     )
-    _make_dir(outdir, 0o755)
+    make_dir(outdir, 0o755)
     ca.record_issued(cert)
     if not args.renew:
         keyfiles.write_node_key(key_file, node_key, args.node_id)
@@ -329,10 +330,3 @@ def _describe_lines(cert: Certificate) -> list[str]:
         f"  fingerprint:  {d['fingerprint']}",
         f"  curve key:    {d['curve_public_z85']}",
     ]
-
-
-def _make_dir(path: Path, mode: int) -> None:
-    try:
-        path.mkdir(mode=mode, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CommandError(f"cannot create directory {path}: {exc.strerror or exc}") from None

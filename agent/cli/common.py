@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from novacron.agent import client
@@ -27,6 +28,14 @@ class UsageError(Exception):
 
 class CommandError(Exception):
     """The command could not do its job, for a reason the user can fix (exit code 1)."""
+
+
+def make_dir(path: Path, mode: int) -> None:
+    """Create `path` and its parents (an existing one is fine), or say in one line why not."""
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create directory {path}: {exc.strerror or exc}") from None
 
 
 class Parser(argparse.ArgumentParser):

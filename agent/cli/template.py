@@ -38,7 +38,7 @@ from novacron.agent.template_store import (
 from novacron.protocol import keyfiles
 from novacron.protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, key_id
 
-from .common import EXIT_FAILED, EXIT_OK, CommandError, Output, UsageError
+from .common import EXIT_FAILED, EXIT_OK, CommandError, Output, UsageError, make_dir
 from .table import render
 from .vms import _label
 
@@ -122,10 +122,7 @@ def keygen(args: argparse.Namespace, out: Output) -> int:
     existing = [p for p in (key_file, public_file) if p.exists()]
     if existing and not args.force:
         raise CommandError(f"{existing[0]} already exists; --force replaces it")
-    try:
-        outdir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CommandError(f"cannot create directory {outdir}: {exc.strerror or exc}") from None
+    make_dir(outdir, 0o755)
     key = Ed25519PrivateKey.generate()
     keyfiles.write_signing_key(key_file, key, f"template publisher key of {args.name}")
     keyfiles.write_public_key(public_file, key.public_key())
