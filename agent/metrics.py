@@ -369,23 +369,17 @@ def migration_families(core: MigrationCore) -> Iterable[Metric]:
          stats.reservations_expired),
     ):  # fmt: skip
         yield CounterMetricFamily(f"novacron_vmi_migration_{name}", text, value=value)
-    durations = HistogramMetricFamily(
+    yield _by_outcome(
         "novacron_vmi_migration_duration_seconds",
         "Outbound migrations, proposal to end, by outcome.",
-        labels=["outcome"],
+        core.durations,
     )
-    for outcome, histogram in core.durations.items():
-        durations.add_metric([outcome], buckets(histogram), histogram.sum)
-    yield durations
-    transferred = HistogramMetricFamily(
+    yield _by_outcome(
         "novacron_vmi_migration_data_processed_bytes",
         "Bytes each outbound migration's libvirt job sent (memory and local disks), by "
         "outcome, from the job's final statistics.",
-        labels=["outcome"],
+        core.transferred,
     )
-    for outcome, histogram in core.transferred.items():
-        transferred.add_metric([outcome], buckets(histogram), histogram.sum)
-    yield transferred
     downtime = HistogramMetricFamily(
         "novacron_vmi_migration_downtime_seconds",
         "How long each committed outbound migration paused the guest at the switchover.",
@@ -393,6 +387,14 @@ def migration_families(core: MigrationCore) -> Iterable[Metric]:
         sum_value=core.downtimes.sum,
     )
     yield downtime
+
+
+def _by_outcome(name: str, text: str, histograms: dict[str, Histogram]) -> Metric:
+    """One histogram family with a series per migration outcome."""
+    family = HistogramMetricFamily(name, text, labels=["outcome"])
+    for outcome, histogram in histograms.items():
+        family.add_metric([outcome], buckets(histogram), histogram.sum)
+    return family
 
 
 def buckets(histogram: Histogram) -> list[tuple[str, float]]:
