@@ -79,10 +79,10 @@ class Drain:
         self.draining = state_file.exists()
         self._task: asyncio.Task[None] | None = None
         self._moves: dict[str, str] = {}  # VM -> id of the drain migration moving it
-        # Every migration this drain started (id -> VM), failed ones too: an outcome can
+        # The ids of every migration this drain started, failed ones too: an outcome can
         # still change after the drain gave up on it (an in-doubt move whose VM is then
         # found running on the target is committed after all).
-        self._started: dict[str, str] = {}
+        self._started: set[str] = set()
         self._blocked: dict[str, tuple[str, float]] = {}  # VM -> (why, when to retry)
 
     async def start(self) -> None:
@@ -139,7 +139,7 @@ class Drain:
             for vm, mid in sorted(self._moves.items())
             if mid in migrations and not migrations[mid]["outcome"]
         ]
-        moved = sorted(self._moved(migrations))
+        moved = sorted(self._moved())
         # A VM no longer here waits for nothing, whatever stopped an earlier attempt.
         blocked = {vm: why for vm, (why, _) in sorted(self._blocked.items()) if vm in vms}
         return {
@@ -154,15 +154,10 @@ class Drain:
             "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
         }
 
-    def _moved(self, migrations: dict[str, dict[str, Any]] | None = None) -> set[str]:
+    def _moved(self) -> set[str]:
         """The VMs a migration of this drain moved away (committed)."""
-        if migrations is None:
-            migrations = {m["migration_id"]: m for m in self._migrator.migrations()}
-        return {
-            vm
-            for mid, vm in self._started.items()
-            if mid in migrations and migrations[mid]["outcome"] == "committed"
-        }
+        rows = (self._migrator.migration(mid) for mid in self._started)
+        return {row["vm"] for row in rows if row is not None and row["outcome"] == "committed"}
 
     def _spawn(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="drain")
@@ -214,7 +209,7 @@ class Drain:
             return
         self._blocked.pop(vm, None)
         self._moves[vm] = mid
-        self._started[mid] = vm
+        self._started.add(mid)
 
 
 def _brief(migration: dict[str, Any]) -> dict[str, Any]:
