@@ -79,9 +79,8 @@ class Drain:
         self.draining = state_file.exists()
         self._task: asyncio.Task[None] | None = None
         self._moves: dict[str, str] = {}  # VM -> id of the drain migration moving it
-        # The ids of every migration this drain started, failed ones too: an outcome can
-        # still change after the drain gave up on it (an in-doubt move whose VM is then
-        # found running on the target is committed after all).
+        # The ids of every migration this drain started: `_moves` holds only each VM's
+        # latest attempt, and what the drain moved is every one of them that committed.
         self._started: set[str] = set()
         self._blocked: dict[str, tuple[str, float]] = {}  # VM -> (why, when to retry)
 
