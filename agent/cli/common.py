@@ -30,6 +30,14 @@ class CommandError(Exception):
     """The command could not do its job, for a reason the user can fix (exit code 1)."""
 
 
+def key_value(text: str, what: str) -> tuple[str, str]:
+    """KEY=VALUE (a label, a constraint) as a pair; a usage error naming `what` otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"{what} {text!r} is not KEY=VALUE")
+    return key, value
+
+
 def make_dir(path: Path, mode: int) -> None:
     """Create `path` and its parents (an existing one is fine), or say in one line why not."""
     try:

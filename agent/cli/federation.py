@@ -37,6 +37,7 @@ from .common import (
     Parser,
     UsageError,
     json_flag,
+    key_value,
 )
 from .table import render
 from .vms import DEFAULT_VCPUS
@@ -399,13 +400,7 @@ def _disk(text: str) -> dict[str, Any]:
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} {item!r} is not KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
+    return [key_value(item, flag) for item in items]
 
 
 def remote_start_vm(c: Coordinator, args: argparse.Namespace, out: Output) -> int:

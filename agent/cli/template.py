@@ -38,9 +38,8 @@ from novacron.agent.template_store import (
 from novacron.protocol import keyfiles
 from novacron.protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, key_id
 
-from .common import EXIT_FAILED, EXIT_OK, CommandError, Output, UsageError, make_dir
+from .common import EXIT_FAILED, EXIT_OK, CommandError, Output, UsageError, key_value, make_dir
 from .table import render
-from .vms import _label
 
 MiB = 1024 * 1024
 TEMPLATE_LABEL = "novacron/template"  # on a VM made from a template: NAME:VERSION
@@ -152,7 +151,7 @@ def publish(args: argparse.Namespace, out: Output) -> int:
             memory_mib=args.memory,
             vcpus=args.vcpus,
             cmdline=args.cmdline,
-            labels=dict(_label(text) for text in args.label),
+            labels=dict(key_value(text, "label") for text in args.label),
         ),
         os=args.os,
         description=args.description,

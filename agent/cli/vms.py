@@ -11,7 +11,7 @@ from typing import Any
 
 from novacron.agent import client
 
-from .common import EXIT_OK, Groups, Output, Parser, UsageError, agent_flags, ask
+from .common import EXIT_OK, Groups, Output, Parser, UsageError, agent_flags, ask, key_value
 
 DEFAULT_VCPUS = 1  # a VM's vCPUs when neither --vcpus nor a template says
 
@@ -101,7 +101,7 @@ def create_request(args: argparse.Namespace) -> dict[str, Any]:
         "memory_mib": base.get("memory_mib") if args.memory is None else args.memory,
         "cmdline": base["cmdline"] if args.cmdline is None else args.cmdline,
         "disks": base["disks"] + [_disk(text) for text in args.disk],
-        "labels": {**base["labels"], **dict(_label(text) for text in args.label)},
+        "labels": {**base["labels"], **dict(key_value(text, "label") for text in args.label)},
         "start": args.start,
     }
     for key in ("kernel", "initrd"):
@@ -162,10 +162,3 @@ def _disk(text: str) -> dict[str, Any]:
     if sep and size.isdigit():
         return {"base": base, "size_mib": int(size)}
     return {"base": text}
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"label {text!r} is not KEY=VALUE")
-    return key, value
