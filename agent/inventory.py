@@ -42,6 +42,7 @@ import psutil
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from .core.placement import LIBVIRT_DOWN_LABEL
+from .core.records import vm_load_limit
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +208,13 @@ class DomainSample:
     dirty_mib_s: float | None = None  # memory written per second, when libvirt measured it
     held: bool = False  # to be measured, but a libvirt job held it (e.g. it just arrived)
     measuring: bool = False  # a dirty-rate measurement was started by this read
+    read_at: float = 0.0  # the inventory's clock when libvirt gave `cpu_time_ns`
 
 
 def read_domains(
-    conn: Any, may_measure: Callable[[str], bool] = lambda vm: True
+    conn: Any,
+    may_measure: Callable[[str], bool] = lambda vm: True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[DomainSample]:
     """Every domain defined on `conn` (blocking). Domains vanishing mid-read are skipped.
 
@@ -226,16 +230,16 @@ def read_domains(
     domains = []
     for dom in conn.listAllDomains(0):
         try:
-            info = dom.info()
+            info, read_at = dom.info(), clock()
             job = in_job(dom) if info[0] == libvirt.VIR_DOMAIN_RUNNING else None
-            domains.append((dom, info, job))
+            domains.append((dom, info, read_at, job))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-    free = [dom for dom, info, job in domains if info[0] == libvirt.VIR_DOMAIN_RUNNING and not job]
+    free = [d for d, info, _, job in domains if info[0] == libvirt.VIR_DOMAIN_RUNNING and not job]
     dirty = _measured_dirty_rates(conn, free)
     samples = []
-    for dom, (state, max_kib, _kib, vcpus, cpu_time), job in domains:
+    for dom, (state, max_kib, _kib, vcpus, cpu_time), read_at, job in domains:
         try:
             uuid, name = dom.UUIDString(), dom.name()
             wanted = state == libvirt.VIR_DOMAIN_RUNNING and may_measure(name)
@@ -251,6 +255,7 @@ def read_domains(
                     dirty_mib_s=dirty.get(uuid),
                     held=wanted and bool(job),
                     measuring=measuring,
+                    read_at=read_at,
                 )
             )
         except libvirt.libvirtError as exc:
@@ -342,16 +347,27 @@ def _start_dirty_rate(dom: Any) -> bool:
 
 @dataclass
 class _CpuHistory:
-    """Last CPU time per domain, to turn cumulative nanoseconds into cores in use."""
+    """Last CPU time per domain, to turn cumulative nanoseconds into cores in use.
 
-    last: dict[str, tuple[int, float]] = field(default_factory=dict)  # uuid -> (ns, when)
+    The time divided by is when libvirt gave each reading (`DomainSample.read_at`),
+    not when the summary is made: a busy event loop can take a summary a second
+    late, and the next interval would then look that much shorter (a one-vCPU
+    guest seen using three cores). QEMU's own threads (TCG, a migration) can
+    take a VM past its vCPU count, never past its host's cores: the load is
+    capped there, the bound peers hold every record to (`vm_load_limit`).
+    """
 
-    def load(self, sample: DomainSample, now: float) -> float:
+    cores: float  # this host's
+    last: dict[str, tuple[int, float]] = field(default_factory=dict)  # uuid -> (ns, read at)
+
+    def load(self, sample: DomainSample) -> float:
         previous = self.last.get(sample.uuid)
+        now = sample.read_at
         self.last[sample.uuid] = (sample.cpu_time_ns, now)
         if previous is None or now <= previous[1] or sample.cpu_time_ns < previous[0]:
             return 0.0
-        return round((sample.cpu_time_ns - previous[0]) / 1e9 / (now - previous[1]), 3)
+        cores = (sample.cpu_time_ns - previous[0]) / 1e9 / (now - previous[1])
+        return round(min(cores, vm_load_limit(self.cores)), 3)
 
     def keep_only(self, uuids: set[str]) -> None:
         for uuid in set(self.last) - uuids:
@@ -400,7 +416,7 @@ class Inventory:
         self._measured: dict[str, float] = {}  # VM name -> when its last measurement started
         self._held_since: float | None = None  # since when jobs have held VMs to be measured
         self._cpu = CpuMeter()
-        self._history = _CpuHistory()
+        self._history = _CpuHistory(cores=float(psutil.cpu_count() or 1))
         self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
         self._conn: Any = None  # libvirt.virConnect while connected
         self._event_id: int | None = None  # lifecycle callback registration
@@ -440,7 +456,7 @@ class Inventory:
         if conn is None:
             return self._unknown()
         try:
-            samples = await asyncio.to_thread(read_domains, conn, self._measure_due)
+            samples = await asyncio.to_thread(read_domains, conn, self._measure_due, self._clock)
         except libvirt.libvirtError as exc:
             await self._lost(conn, f"listing domains failed: {exc}")
             return self._unknown()
@@ -504,7 +520,7 @@ class Inventory:
                 state=s.state,
                 vcpus=s.vcpus,
                 memory_mib=s.memory_mib,
-                cpu_load=self._history.load(s, now) if s.state == "running" else 0.0,
+                cpu_load=self._history.load(s) if s.state == "running" else 0.0,
                 dirty_rate_mib_s=self.dirty_rate(s.name) or 0.0,
             )
             for s in sorted(samples, key=lambda s: s.name)

@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import libvirt
+import psutil
 import pytest
 
 from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL, room_refusal
+from novacron.agent.core.records import RecordBounds, record_problem, vm_load_limit
 from novacron.agent.core.reservations import Demand
 from novacron.agent.inventory import DomainSample, Inventory
+from novacron.protocol.messages import NodeRecord, Resources
 
 TIMEOUT = 10.0
 TEST_URI = "test:///default"
@@ -236,3 +239,34 @@ def test_a_vm_a_job_holds_is_looked_at_again_soon_but_not_for_the_whole_job(
     inv._summaries([dataclasses.replace(held, held=False)])
     inv._summaries([held])
     assert inv._look_again_soon()  # a new hold starts a new window
+
+
+def test_a_vms_cpu_load_is_timed_by_when_libvirt_read_it_not_by_when_it_was_summed_up(
+    tmp_path: Path,
+) -> None:
+    """A busy event loop summarizes a read a second late; the next interval must not look
+    that much shorter (a one-vCPU guest seen using three cores: every peer refused the record)."""
+    now = [100.0]
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
+    busy = DomainSample("vm1", "u1", "running", 1, 1024, 0, read_at=100.0)
+    inv._summaries([busy])
+    now[0] = 101.5  # the first read, summarized 1.5 s late
+    (vm,) = inv._summaries([dataclasses.replace(busy, cpu_time_ns=2 * 10**9, read_at=102.0)])
+    assert vm.cpu_load == 1.0  # 2 s of CPU in the 2 s between the reads
+
+
+def test_a_vms_cpu_load_never_exceeds_what_its_peers_accept(tmp_path: Path) -> None:
+    """QEMU's threads can take a VM past its vCPUs, never past its host's cores: a reading
+    beyond them (a clock that jumped) is capped where every peer's bound is."""
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path)
+    cores = float(psutil.cpu_count() or 1)
+    busy = DomainSample("vm1", "u1", "running", 1, 1024, 0, read_at=100.0)
+    inv._summaries([busy])
+    over = int((cores * 10 + 1) * 10**9)
+    (vm,) = inv._summaries([dataclasses.replace(busy, cpu_time_ns=over, read_at=110.0)])
+    assert vm.cpu_load == vm_load_limit(cores) == cores
+    record = NodeRecord("edge-1", 1, capacity=Resources(vcpus=cores), vms=(vm,))
+    assert record_problem(record, RecordBounds(), "198.18.0.1:7946") == ""
+    beyond = dataclasses.replace(vm, cpu_load=cores * 1.01)
+    problem = record_problem(dataclasses.replace(record, vms=(beyond,)), RecordBounds(), "")
+    assert "cpu load" in problem

@@ -185,7 +185,7 @@ def record_problem(record: NodeRecord, bounds: RecordBounds, owner_address: str)
         problem = (
             _amount_problem(f"VM {vm.name[:64]!r} vcpus", vm.vcpus, bounds.max_vcpus)
             or _amount_problem(f"VM {vm.name[:64]!r} memory", vm.memory_mib, bounds.max_memory_mib)
-            or _amount_problem(f"VM {vm.name[:64]!r} cpu load", vm.cpu_load, max(vm.vcpus, 1) * 1.5)
+            or _amount_problem(f"VM {vm.name[:64]!r} cpu load", vm.cpu_load, vm_load_limit(cores))
             or _amount_problem(
                 f"VM {vm.name[:64]!r} dirty rate", vm.dirty_rate_mib_s, bounds.max_dirty_rate_mib_s
             )
@@ -193,6 +193,12 @@ def record_problem(record: NodeRecord, bounds: RecordBounds, owner_address: str)
         if problem:
             return problem
     return ""
+
+
+def vm_load_limit(host_cores: float) -> float:
+    """The most CPU one VM can be seen using: every core of its host. Not its vCPU count:
+    QEMU's own threads (TCG's, a migration's, I/O) work beside the vCPUs."""
+    return max(host_cores, 1.0)
 
 
 def _resources_problem(what: str, amount: Resources, bounds: RecordBounds, factor: float) -> str:
