@@ -10,9 +10,13 @@ where it runs and lists the denied claims as conflicts; a migration in flight
 (a migration job holds the domain) is left alone until it ends. A copy on
 this very host that a migration left behind while the VM provably runs
 elsewhere, the same domain, is retired: "shut off (migrated)" (a killed
-libvirtd never undefined it), or still paused for a migration that ended
-(its libvirtd came back after the saga had decided). Any other copy is left
-alone; `nova vm start` refuses it (`recovery.start_refusal`).
+libvirtd never undefined it), still paused for a migration that ended (its
+libvirtd came back after the saga had decided), or stopped in any way after
+this host's own committed migration took the VM where it runs (a restarted
+libvirtd may shut the source's half down as "destroyed" or "failed"). A
+retire that fails is tried again at the next look, not after `RECHECK`. Any
+other copy is left alone; `nova vm start` refuses it
+(`recovery.start_refusal`).
 """
 
 from __future__ import annotations
@@ -55,12 +59,14 @@ class ClaimCheck:
         *,
         clock: Callable[[], float],
         in_flight: Callable[[str], bool] = lambda vm: False,
+        moved_to: Callable[[str], str | None] = lambda vm: None,
     ) -> None:
         self.node_id = node_id
         self._mesh = mesh  # records as this agent holds them
         self._locator = locator  # looks at a VM in each host's libvirt
         self._clock = clock
         self._in_flight = in_flight  # a migration of ours moves it: its saga decides
+        self._moved_to = moved_to  # where our last committed migration of a VM took it
         self.verdicts: dict[str, ClaimVerdict] = {}  # VM -> the last verdict
         self._task: asyncio.Task[None] | None = None
 
@@ -122,13 +128,20 @@ class ClaimCheck:
                 log.warning("a host's claim on a VM is not believed", extra={"fields": fields})
         self.verdicts[vm] = fresh
         own = seen.get(self.node_id)
-        if own is not None and self.node_id in verdict.stale and _left_behind(own, uuid):
+        moved_there = self._moved_to(vm) == verdict.host
+        if (
+            own is not None
+            and self.node_id in verdict.stale
+            and _left_behind(own, uuid, moved_there)
+        ):
             await self._retire_own(vm, verdict.host, own)
 
     async def _retire_own(self, vm: str, runs_on: str, own: Presence) -> None:
         done = await self._locator.retire(vm, self.node_id, own.uuid)
         fields = {"vm": vm, "host": self.node_id, "runs_on": runs_on, "done": done}
         log.warning("stale copy of a VM retired", extra={"fields": fields})
+        if done.startswith("failed"):
+            self.verdicts.pop(vm, None)  # judged again at the next look
 
     @staticmethod
     def _warn_twice(vm: str, seen: Mapping[str, Presence]) -> None:
@@ -147,6 +160,11 @@ class ClaimCheck:
         return verdict.runs_on if verdict is not None else ()
 
 
-def _left_behind(own: Presence, uuid: str) -> bool:
-    """Whether this host's copy of the domain `uuid` is what a migration left behind."""
-    return own.uuid == uuid and (own.leftover or own.where is Where.MIGRATING)
+def _left_behind(own: Presence, uuid: str, moved_there: bool) -> bool:
+    """Whether this host's copy of the domain `uuid` is what a migration left behind
+    (`moved_there`: our own committed migration took the VM where it runs)."""
+    if own.uuid != uuid:
+        return False
+    return (
+        own.leftover or own.where is Where.MIGRATING or (moved_there and own.where is Where.STOPPED)
+    )

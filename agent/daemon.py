@@ -197,6 +197,7 @@ class Agent:
             self.migrator.locator,
             clock=clock,
             in_flight=lambda vm: self.migrator.core.busy(vm) or self.migrator.core.arriving(vm),
+            moved_to=self.migrator.core.moved_to,
         )
         self._domain_type_problem = "not decided yet"  # why there is no verdict (status)
         vms = VmControl(

@@ -96,3 +96,39 @@ async def test_a_vm_being_migrated_is_left_to_its_migration() -> None:
     claims = ClaimCheck("h2", lambda: view, looks, clock=lambda: 0.0, in_flight=lambda v: True)  # type: ignore[arg-type]
     await claims.check()
     assert looks.looked == [] and claims.verdicts == {}
+
+
+async def test_a_stopped_copy_left_where_our_own_migration_moved_the_vm_from_is_retired() -> None:
+    """A restarted libvirtd may shut the source's half down in its own words ("destroyed",
+    "failed"): after this host's committed migration to where it runs, it still goes."""
+    view = View([host("h1", vm("web")), host("h2", vm("web", state="shutoff"))])
+    shut = Presence(Where.STOPPED, "shut off (destroyed)", "u1", persistent=True)
+    looks = Looks({"h1": RUNNING, "h2": shut})
+    moved_to = {"web": "h1"}
+    claims = ClaimCheck("h2", lambda: view, looks, clock=lambda: 0.0, moved_to=moved_to.get)  # type: ignore[arg-type]
+    await claims.check()
+    assert looks.retired == [("web", "h2", "u1")]
+
+    looks = Looks({"h1": RUNNING, "h2": shut})  # our last move of it went elsewhere, or failed
+    for elsewhere in ({"web": "h3"}, {}):
+        claims = ClaimCheck("h2", lambda: view, looks, clock=lambda: 0.0, moved_to=elsewhere.get)  # type: ignore[arg-type]
+        await claims.check()
+    assert looks.retired == []
+
+
+class FailingLooks(Looks):
+    """A libvirtd that cannot retire the copy the first time (its job lock is still held)."""
+
+    async def retire(self, name: str, node: str, uuid: str, force: bool = False) -> str:
+        self.retired.append((name, node, uuid))
+        return "failed: h2's libvirt did not answer" if len(self.retired) == 1 else "undefined"
+
+
+async def test_a_retire_that_failed_is_tried_again_at_the_next_look() -> None:
+    view = View([host("h1", vm("web")), host("h2", vm("web", state="shutoff"))])
+    leftover = Presence(Where.STOPPED, "shut off (migrated)", "u1", leftover=True)
+    looks = FailingLooks({"h1": RUNNING, "h2": leftover})
+    claims = check(view, looks)
+    await claims.check()
+    await claims.check()  # the claims did not change, yet the copy is still there
+    assert looks.retired == [("web", "h2", "u1")] * 2

@@ -964,3 +964,25 @@ def test_one_source_holds_at_most_one_reservation_not_yet_in_libvirt() -> None:
     h2.receive("h3", MigrationAbort("m3", "changed its mind"), 0.6)
     mesh.view.update("h2", vms=(vm("vm-m1", state="paused"),))  # h1's migration shows
     assert isinstance(h2.receive("h1", propose("m4"), 1.0).sends[0][1], MigrationAccept)
+
+
+def test_the_source_remembers_where_its_last_committed_move_of_a_vm_took_it() -> None:
+    mesh = two_hosts()
+    assert mesh.core("h1").moved_to("vm1") is None
+    mesh.request("h1", "vm1", "h2")
+    mid = started(mesh).migration_id
+    assert mesh.core("h1").moved_to("vm1") is None  # not while it runs
+    mesh.call("h1", "migration_finished", mid, True, "")
+    assert mesh.core("h1").moved_to("vm1") == "h2"
+    assert mesh.core("h2").moved_to("vm1") is None  # the target moved nothing
+
+
+def test_a_target_that_does_not_show_our_last_proposal_yet_is_full_from_here() -> None:
+    """The source's mirror of the target's rule (one unseen reservation per source): until
+    the target's record lists the arriving VM, another proposal there would be refused."""
+    mesh = two_hosts()
+    assert mesh.core("h1").targets_full_from_here() == set()
+    mesh.request("h1", "vm1", "h2")
+    assert mesh.core("h1").targets_full_from_here() == {"h2"}
+    mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
+    assert mesh.core("h1").targets_full_from_here() == set()

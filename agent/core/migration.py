@@ -1511,6 +1511,29 @@ class MigrationCore:
         """Whether `vm` has an outgoing saga that has not ended (it cannot be moved again)."""
         return vm in self._busy
 
+    def targets_full_from_here(self) -> set[str]:
+        """Targets that would refuse another proposal from this host now: each admits at
+        most `per_source` migrations from one source that its libvirt does not show yet
+        (`reservations`), and its record does not list that many of ours yet."""
+        records = self._view.records()
+        unseen: dict[str, int] = {}
+        for saga in self._sagas.values():
+            record = records.get(saga.target)
+            if record is None or all(vm.name != saga.vm for vm in record.vms):
+                unseen[saga.target] = unseen.get(saga.target, 0) + 1
+        limit = self.config.reservations.per_source
+        return {target for target, count in unseen.items() if count >= limit}
+
+    def moved_to(self, vm: str) -> str | None:
+        """Where this host's latest remembered outbound migration of `vm` took it, if that
+        migration committed (None: it failed, or none is remembered)."""
+        latest = max(
+            (s for s in self._ended.values() if s.vm == vm and s.source == self.node_id),
+            key=lambda s: s.ended or 0.0,
+            default=None,
+        )
+        return latest.target if latest is not None and latest.outcome == "committed" else None
+
     def phase_of(self, migration_id: str) -> Phase | None:
         """The phase of an outbound saga, running or remembered; None if unknown."""
         saga = self._sagas.get(migration_id) or self._ended.get(migration_id)
