@@ -310,6 +310,7 @@ class Rebalancer:
             self._clock(),
             rng,
             self.config,
+            self._migrator.core.targets_full_from_here(),  # they would refuse a proposal now
         )
 
     def _recent_moves(self) -> dict[str, float]:

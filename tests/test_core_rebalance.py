@@ -288,3 +288,35 @@ def test_a_round_never_reports_a_move_it_did_not_start() -> None:
         assert last.move is None, (seed, last)
         assert len(moves) <= 2 - len(busy)
         assert len({m.vm for m in moves}) == len(moves) and not {m.vm for m in moves} & set(busy)
+
+
+def test_a_round_proposes_to_each_target_once() -> None:
+    """A target admits one migration from a source that its libvirt does not show yet: a
+    second proposal sent in the same instant would be refused. With one cold host, a round
+    starts one move; with two, one move to each."""
+    very_hot = host("h1", *(vm(f"v{i}", 2.0) for i in range(5)))  # 1.0
+    for colds, expected in (([host("h2")], 1), ([host("h2"), host("h3")], 2)):
+        by_id = {r.node_id: r for r in (very_hot, *colds)}
+        moves, _ = plan_round(
+            "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig()
+        )
+        assert len(moves) == expected
+        assert len({m.target for m in moves}) == len(moves), moves
+
+
+def test_a_closed_target_takes_nothing_but_still_counts_in_the_mean() -> None:
+    """A host whose earlier proposal from us it does not show yet is closed to this round;
+    its load still counts: the mean (and so the line) is the mesh's, not the open hosts'."""
+    very_hot = host("h1", *(vm(f"v{i}", 2.0) for i in range(5)))
+    colds = [host("h2"), host("h3", vm("w", 2.0))]
+    by_id = {r.node_id: r for r in (very_hot, *colds)}
+    moves, last = plan_round(
+        "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig(), {"h2"}
+    )
+    assert [m.target for m in moves] == ["h3"]
+    everyone = plan("h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1))
+    assert last.mean == everyone.mean
+    moves, last = plan_round(
+        "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig(), {"h2", "h3"}
+    )
+    assert moves == [] and "no host below mean" in last.reason

@@ -133,8 +133,11 @@ def plan(
     rng: random.Random,
     config: RebalanceConfig | None = None,
     only: Collection[str] | None = None,
+    closed: Collection[str] = (),
 ) -> Decision:
-    """The move this host should start now (of the VMs in `only`, if given), or why none."""
+    """The move this host should start now (of the VMs in `only`, if given), or why none.
+    `closed`: hosts that would refuse a proposal from this one now (they still count in
+    the mean)."""
     config = config or RebalanceConfig()
     own = records.get(node_id)
     if own is None:
@@ -159,7 +162,8 @@ def plan(
         vms = [vm for vm in vms if vm.name in only]
     if not vms:
         return none(f"hot ({mine:.2f}), but no VM may move (cooldown, migrating, or affinity)")
-    targets = _sample_targets(pool, util, mean, vms, config, rng)
+    open_util = {h: u for h, u in util.items() if h not in closed}
+    targets = _sample_targets(pool, open_util, mean, vms, config, rng)
     if not targets:
         return none(f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room")
     best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config, line)
@@ -399,6 +403,7 @@ def plan_round(
     now: float,
     rng: random.Random,
     config: RebalanceConfig | None = None,
+    closed: Collection[str] = (),
 ) -> tuple[list[Move], Decision]:
     """Every move this host should start now (up to its free outbound slots), and the
     decision that ended the round (why it stopped: balanced, no slot, nothing fits),
@@ -419,8 +424,9 @@ def plan_round(
         moving: Collection[str],
         limits: RebalanceConfig = config,
         only: Collection[str] | None = None,
+        shut: Collection[str] = closed,
     ) -> Decision:
-        return plan(node_id, view, alive, recent_moves, moving, now, rng, limits, only)
+        return plan(node_id, view, alive, recent_moves, moving, now, rng, limits, only, shut)
 
     first = ask(records, busy)
     free = config.max_outbound - len(busy)
@@ -430,21 +436,27 @@ def plan_round(
     needed, more = _sequence(partial(ask, limits=unlimited), records, busy, config.trigger, free)
     view = dict(records)
     moving = set(busy)
+    # One proposal per target and round: a target admits one migration from a source that
+    # its libvirt does not show yet (`reservations.per_source`), and a second proposal
+    # sent in the same instant would be refused.
+    shut = set(closed)
     moves: list[Move] = []
     for wanted in sorted(needed, key=lambda m: -m.cost) + more:  # stable: plan order on ties
         if len(moving) >= config.max_outbound:
             break
-        decision = ask(view, moving, only={wanted.vm})
+        decision = ask(view, moving, only={wanted.vm}, shut=shut)
         if decision.move is not None:
             moves.append(decision.move)
             moving.add(decision.move.vm)
+            shut.add(decision.move.target)
             view = _moved(view, decision.move)
     while True:  # what is left: a slot the look-ahead's moves did not fill, or why it stops
-        last = ask(view, moving)
+        last = ask(view, moving, shut=shut)
         if last.move is None:
             return moves, dataclasses.replace(last, utilization=first.utilization, mean=first.mean)
         moves.append(last.move)
         moving.add(last.move.vm)
+        shut.add(last.move.target)
         view = _moved(view, last.move)
 
 
