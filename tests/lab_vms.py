@@ -365,6 +365,18 @@ def running_mesh(
         finally:
             remove_everywhere(lab, *vms)
             agents.stop_all()
+            _keep_logs(lab, agents, run)
+
+
+def _keep_logs(lab: Lab, agents: LabAgents, run: str) -> None:
+    """Copy the agents' logs to $NOVACRON_LAB_LOGS/<run>/ (set it to study a failed run)."""
+    keep = os.environ.get("NOVACRON_LAB_LOGS")
+    if not keep:
+        return
+    target = Path(keep) / run
+    target.mkdir(parents=True, exist_ok=True)
+    for host in lab.hosts:
+        (target / f"{host.name}.log").write_text(agents.log(host))
 
 
 def lab_fixtures(run: str, vms: Sequence[str] = (), **agent_options: Any) -> tuple[Any, Any]:

@@ -174,7 +174,16 @@ def restart_libvirtd(host: LabHost, after: float = 3.0) -> None:
 
 def one_definition(lab: Lab, agents: LabAgents, vm: str, host: LabHost) -> None:
     """No host but `host` holds a definition of `vm`, and every agent lists it there once."""
-    wait_for(lambda: defined_on(lab, vm), lambda hosts: hosts == [host.name], 60)
+    try:
+        wait_for(lambda: defined_on(lab, vm), lambda hosts: hosts == [host.name], 60)
+    except TimeoutError as exc:  # say what each copy is and what its agent did about it
+        evidence = [
+            f"{h.name}: {domstate(h, vm)!r}; "
+            + " | ".join(line for line in agents.log(h).splitlines() if vm in line)[-1500:]
+            for h in lab.hosts
+            if h is not host
+        ]
+        raise AssertionError(f"{exc}\n" + "\n".join(evidence)) from exc
     for observer in lab.hosts:
         assert hosts_of(agents, observer, vm) == [(host.name, "running")]
 

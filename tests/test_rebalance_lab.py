@@ -81,7 +81,9 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
     _wait_until_settled(lab, h1, quiet=30, timeout=300)
     moves = rebalance(h1, "status")["rebalance"]["moves"]
     assert moves, "h1 was hot, yet nothing moved"
-    assert {m["outcome"] for m in moves} == {"committed"}, moves
+    assert {m["outcome"] for m in moves} == {"committed"}, [
+        (m["vm"], m["target"], m["outcome"], m["outcome_reason"]) for m in moves
+    ]
     for move in moves:
         assert move["reason"].startswith("h1 at "), move
     counts = _migration_counts(lab)
