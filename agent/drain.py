@@ -199,7 +199,9 @@ class Drain:
     async def _move(self, vm: str, now: float) -> None:
         placement = self._migrator.core.place(vm)
         if placement.target is None:
-            self._blocked[vm] = (placement.reason, now + RETRY_AFTER)
+            # A target closed until it shows our last migration opens within seconds.
+            soon = bool(self._migrator.core.targets_full_from_here())
+            self._blocked[vm] = (placement.reason, now + (INTERVAL if soon else RETRY_AFTER))
             return
         try:
             mid = await self._migrator.start_migration(vm, placement.target, {}, purpose="drain")

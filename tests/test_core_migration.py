@@ -980,9 +980,16 @@ def test_the_source_remembers_where_its_last_committed_move_of_a_vm_took_it() ->
 def test_a_target_that_does_not_show_our_last_proposal_yet_is_full_from_here() -> None:
     """The source's mirror of the target's rule (one unseen reservation per source): until
     the target's record lists the arriving VM, another proposal there would be refused."""
-    mesh = two_hosts()
+    mesh = Mesh([host("h1", vm("vm1"), vm("vm2")), host("h2")])
     assert mesh.core("h1").targets_full_from_here() == set()
+    assert mesh.core("h1").place("vm2").target == "h2"
     mesh.request("h1", "vm1", "h2")
     assert mesh.core("h1").targets_full_from_here() == {"h2"}
+    placement = mesh.core("h1").place("vm2")  # a drain looks for the next VM's target
+    assert placement.target is None
+    assert (
+        placement.reason == "no host can take it: h2: does not show h1's last migration there yet"
+    )
     mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
     assert mesh.core("h1").targets_full_from_here() == set()
+    assert mesh.core("h1").place("vm2").target == "h2"

@@ -562,6 +562,7 @@ class MigrationCore:
             self.config.limits,
             self.config.reservations.vcpu_overcommit,
             summary.labels.get(ANTI_AFFINITY_LABEL, ""),
+            self.targets_full_from_here(),
         )
 
     def _request_refusal(

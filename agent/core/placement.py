@@ -17,7 +17,7 @@ sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from novacron.protocol.messages import MemberState, NodeRecord
@@ -58,15 +58,19 @@ def choose_target(
     limits: MigrationLimits,
     overcommit: float,
     anti_affinity: str = "",
+    closed: Collection[str] = (),
 ) -> Placement:
     """The best host for a VM needing `demand` that now runs on `source` (and belongs to
-    anti-affinity group `anti_affinity`, if not "")."""
+    anti-affinity group `anti_affinity`, if not ""); `closed` hosts would refuse a
+    proposal from `source` now (they do not show its last one yet)."""
     candidates: list[tuple[float, float, int, str]] = []
     refusals: list[str] = []
     for node_id, record in sorted(records.items()):
         if node_id == source:
             continue
         why = _unfit(record, member(node_id), demand, limits, overcommit, anti_affinity)
+        if why is None and node_id in closed:
+            why = f"does not show {source}'s last migration there yet"
         if why is not None:
             refusals.append(f"{node_id}: {why}")
             continue
