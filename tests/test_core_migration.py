@@ -181,6 +181,12 @@ def test_progress_forwarding_is_rate_limited_but_renews_the_lease() -> None:
         ({}, "vm1", "h9", "unknown host: h9"),
         ({}, "vm1", "h1", "cannot migrate to itself: vm1 already runs on h1"),
         ({"state": "shutoff"}, "vm1", "h2", "VM not running: vm1 is shutoff"),
+        (
+            {"state": "unknown"},
+            "vm1",
+            "h2",
+            "VM state unknown: vm1's libvirt on h1 is not answering; try again when it answers",
+        ),
         ({"draining": True}, "vm1", "h2", "host draining: h2 takes no new VMs"),
         ({"memory": 2048}, "vm1", "h2", "no capacity: target h2 has 512 MiB free, 2048 MiB needed"),
         (

@@ -583,6 +583,12 @@ class MigrationCore:
             return f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
             return f"host {target} is {member.state.value}"
+        if summary.state == "unknown":
+            own = records.get(self.node_id)
+            down = libvirt_down(own) if own is not None else None
+            since = f"unreachable since {down}" if down else "not answering"
+            where = f"{vm}'s libvirt on {self.node_id}"
+            return f"VM state unknown: {where} is {since}; try again when it answers"
         if summary.state not in MOVABLE:
             return f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
