@@ -9,6 +9,7 @@ agents in tests/test_metrics_agents.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from novacron.agent.core.migration import JobTotals
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
 from novacron.agent.metrics import (
+    VmFamilies,
     buckets,
     exposition,
     membership_families,
@@ -207,6 +209,46 @@ def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
     ours = exposition(registry)
     assert ours == generate_latest(registry)
     assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
+
+
+class _OwnVms(Collector):
+    """The per-VM families of whatever record `own` holds now, through `VmFamilies`."""
+
+    def __init__(self, vms: VmFamilies, own: NodeRecord) -> None:
+        self.vms = vms
+        self.own = own
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.vms.update(self.own)
+
+
+def test_the_per_vm_families_written_ahead_follow_every_new_inventory_sample() -> None:
+    running = VmSummary("web", state="running", vcpus=2, memory_mib=512, cpu_load=0.5)
+    vms = VmFamilies()
+    own = _OwnVms(vms, NodeRecord("n1", 1, vms=(running, VmSummary("db", state="running"))))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(own)
+    assert _sample(exposition(registry, vms.text), 'novacron_vmis{phase="running"}') == 2
+    for version, web in enumerate(
+        (
+            dataclasses.replace(running, state="paused", cpu_load=0.0),
+            dataclasses.replace(running, cpu_load=1.5),  # one value of one VM
+        ),
+        start=2,
+    ):
+        own.own = dataclasses.replace(own.own, version=version, vms=(web, own.own.vms[1]))
+        if version == 3:
+            vms.update(own.own)  # as the daemon does when the inventory publishes
+        text = exposition(registry, vms.text)
+        paused = int(web.state == "paused")
+        assert _sample(text, 'novacron_vmis{phase="paused"}') == paused
+        assert _sample(text, 'novacron_vmis{phase="running"}') == 2 - paused
+        assert _sample(text, 'novacron_vmi_cpu_usage_cores{name="web"}') == web.cpu_load
+        assert text == generate_latest(registry)
+    own.own = dataclasses.replace(own.own, version=4, vms=())  # every VM gone
+    text = exposition(registry, vms.text)
+    assert 'name="web"' not in text.decode() and 'name="db"' not in text.decode()
+    assert _sample(text, 'novacron_vmis{phase="running"}') == 0
 
 
 def _families(*families: Metric) -> bytes:
