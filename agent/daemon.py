@@ -271,11 +271,13 @@ class Agent:
         """The exposition of this agent's metrics, built at each scrape."""
         from . import metrics  # only when on: an agent with metrics off never loads the library
 
-        vms = metrics.VmFamilies()
-        registry = metrics.registry_for(self, self._clock, vms)
+        written = metrics.WrittenFamilies()
+        registry = metrics.registry_for(self, self._clock, written)
         # The per-VM families are written when the inventory publishes, not when scraped.
-        self._own_vms_sampled = lambda: vms.update(self.core.records().get(self.node_id))
-        return lambda: (metrics.exposition(registry, vms.text), metrics.CONTENT_TYPE)
+        self._own_vms_sampled = lambda: metrics.written_vm_families(
+            written, self.core.records().get(self.node_id)
+        )
+        return lambda: (metrics.exposition(registry, written.text), metrics.CONTENT_TYPE)
 
     # --- lifecycle ---------------------------------------------------------------
 

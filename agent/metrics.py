@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from novacron.protocol.messages import MemberState, NodeRecord, VmSummary
+from novacron.protocol.messages import MemberState, NodeRecord
 
 from .core.migration import MigrationCore
 from .core.node import MembershipNode
@@ -71,14 +71,17 @@ class AgentState(Protocol):
 
 class AgentCollector(Collector):
     """Every `novacron_*` family of one agent, built from its state on each `collect()`
-    (the per-VM ones only when this host's VMs changed: `VmFamilies`)."""
+    (the per-VM ones and the histograms only when they changed: `WrittenFamilies`)."""
 
     def __init__(
-        self, agent: AgentState, clock: Callable[[], float], vms: VmFamilies | None = None
+        self,
+        agent: AgentState,
+        clock: Callable[[], float],
+        written: WrittenFamilies | None = None,
     ) -> None:
         self._agent = agent
         self._clock = clock  # the cores' clock, to turn their times into ages
-        self._vms = vms if vms is not None else VmFamilies()
+        self._written = written if written is not None else WrittenFamilies()
 
     def collect(self) -> Iterator[Metric]:
         agent = self._agent
@@ -87,8 +90,9 @@ class AgentCollector(Collector):
         yield from _transport(agent.transport.stats, agent.handling_failures)
         own = agent.core.records().get(agent.node_id)
         yield from _host(agent, own)
-        yield from self._vms.update(own)
-        yield from migration_families(agent.migrator.core)
+        yield from written_vm_families(self._written, own)
+        yield from migration_counts(agent.migrator.core)
+        yield from written_migration_histograms(self._written, agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
 
@@ -96,14 +100,14 @@ class AgentCollector(Collector):
 def registry_for(
     agent: AgentState,
     clock: Callable[[], float],
-    vms: VmFamilies | None = None,
+    written: WrittenFamilies | None = None,
     *,
     process: bool = True,
 ) -> CollectorRegistry:
     """A registry of its own (not the library's global one) holding the agent's collector
     and, with `process`, the standard `process_*` families (RSS, CPU seconds, open files)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent, clock, vms))
+    registry.register(AgentCollector(agent, clock, written))
     if process:
         ProcessCollector(registry=registry)
     return registry
@@ -119,7 +123,7 @@ def exposition(
     sample (about 25 us a sample on the development machines: 11 ms a scrape for
     100 VMs' four families alone). Our names are constants that promtool checks,
     so only label values and help texts are escaped here. A family for which
-    `written` has the text already (`VmFamilies.text`) is not written again.
+    `written` has the text already (`WrittenFamilies.text`) is not written again.
     """
     parts: list[str] = []
     for family in registry.collect():
@@ -351,39 +355,87 @@ def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
         yield family
 
 
-class VmFamilies:
-    """`vm_families` and their text, made once per list of this host's VMs, not per scrape.
+class WrittenFamilies:
+    """Parts of the exposition that change only with a key, made and written once per key.
 
-    They read nothing but the own record's `vms`, a tuple of frozen summaries:
-    while the record holds the same tuple, the families cannot have changed, and
-    a new one is in the record once the inventory samples a difference. The
-    identity check costs nothing at a scrape; comparing 100 VMs by value would.
-    The daemon calls `update` when it publishes an inventory sample, so that a
-    scrape finds the text written; the collector calls it at every scrape, so a
-    scrape is right whoever changed the record.
+    A part's key is cheap to compare and equal only while the part's families
+    are: this host's VMs (a tuple of frozen summaries, replaced when the
+    inventory samples a difference: `Same`) for the per-VM families, the
+    observation counts for the migration histograms (a histogram changes only
+    by an observation). While a part's key is equal, a scrape gets the families
+    made for it and `text` hands the exposition their text, so neither is made
+    again.
     """
 
     def __init__(self) -> None:
-        self._vms: tuple[VmSummary, ...] | None = None
-        self._written: dict[int, tuple[Metric, str]] = {}  # by id: Metric is not hashable
+        self._parts: dict[str, tuple[object, list[Metric]]] = {}
+        # By id (Metric is not hashable); the families held in `_parts` keep their ids theirs.
+        self._text: dict[int, tuple[Metric, str]] = {}
 
-    def update(self, own: NodeRecord | None) -> list[Metric]:
-        """The families of `own`'s VMs, made again only if its VMs are not the last ones."""
-        vms = own.vms if own is not None else ()
-        if vms is not self._vms:
-            families = list(vm_families(own))
-            self._written = {id(family): (family, family_text(family)) for family in families}
-            self._vms = vms
-        return [family for family, _ in self._written.values()]
+    def part(self, name: str, key: object, make: Callable[[], Iterable[Metric]]) -> list[Metric]:
+        """The families of part `name`, made by `make` unless `key` equals the last one's."""
+        held = self._parts.get(name)
+        if held is not None and held[0] == key:
+            return held[1]
+        for family in held[1] if held is not None else ():
+            del self._text[id(family)]
+        families = list(make())
+        self._parts[name] = (key, families)
+        self._text.update((id(family), (family, family_text(family))) for family in families)
+        return families
 
     def text(self, family: Metric) -> str | None:
-        """`family`'s text if it is one of the current families, else None."""
-        # The current families are held in `_written`, so no other object has their ids.
-        written = self._written.get(id(family))
+        """`family`'s text if it is one of the parts' current families, else None."""
+        written = self._text.get(id(family))
         return written[1] if written is not None and written[0] is family else None
 
 
+def written_vm_families(written: WrittenFamilies, own: NodeRecord | None) -> list[Metric]:
+    """`vm_families(own)`, made again only when this host's VMs changed.
+
+    The daemon calls this when it publishes an inventory sample, so that a
+    scrape finds the text written; the collector calls it at every scrape, so a
+    scrape is right whoever changed the record.
+    """
+    vms = own.vms if own is not None else ()
+    return written.part("vms", Same(vms), lambda: vm_families(own))
+
+
+class Same:
+    """A key equal to another only when both hold the very same object.
+
+    For this host's VMs, a tuple of frozen summaries that a new inventory sample
+    replaces: `==` would also cost a comparison of every field of every VM, and
+    take 0.0 for -0.0, which the text tells apart.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: object) -> None:
+        self.held = held
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Same) and other.held is self.held
+
+    __hash__ = None  # type: ignore[assignment]  # a key of `WrittenFamilies`, never hashed
+
+
 def migration_families(core: MigrationCore) -> Iterable[Metric]:
+    yield from migration_counts(core)
+    yield from migration_histograms(core)
+
+
+def written_migration_histograms(written: WrittenFamilies, core: MigrationCore) -> list[Metric]:
+    """`migration_histograms(core)`, made again only when a histogram has observed more.
+
+    A histogram changes by an observation only, which counts one more in it.
+    """
+    histograms = (*core.durations.values(), *core.transferred.values(), core.downtimes)
+    observed = tuple(histogram.count for histogram in histograms)
+    return written.part("migration histograms", observed, lambda: migration_histograms(core))
+
+
+def migration_counts(core: MigrationCore) -> Iterable[Metric]:
     running = GaugeMetricFamily(
         "novacron_vmi_migrations_running",
         "Migrations in flight on this host, by direction.",
@@ -418,6 +470,9 @@ def migration_families(core: MigrationCore) -> Iterable[Metric]:
          stats.reservations_expired),
     ):  # fmt: skip
         yield CounterMetricFamily(f"novacron_vmi_migration_{name}", text, value=value)
+
+
+def migration_histograms(core: MigrationCore) -> Iterable[Metric]:
     yield _by_outcome(
         "novacron_vmi_migration_duration_seconds",
         "Outbound migrations, proposal to end, by outcome.",
