@@ -267,6 +267,17 @@ def _sample(text: bytes, series: str) -> float:
     raise AssertionError(f"no {series} in the exposition")
 
 
+def _migrate(mesh: Mesh, name: str, ends_at: float, totals: JobTotals, error: str = "") -> None:
+    """VM `name` asked to move from h1 to h2, its libvirt job ending at `ends_at` (failed
+    with `error`, if any) with `totals`."""
+    mesh.request("h1", name, "h2")
+    migration = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    mesh.now = ends_at
+    ended = mesh.core("h1").migration_finished(migration, not error, error, mesh.now, totals)
+    mesh.absorb("h1", ended)
+    mesh.flush()
+
+
 def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -> None:
     mesh = Mesh([host("h1", vm("vm1")), host("h2")])
     core = mesh.core("h1")
@@ -280,12 +291,7 @@ def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -
     registry.register(Histograms())
     committed = 'novacron_vmi_migration_duration_seconds_count{outcome="committed"}'
     assert _sample(exposition(registry, written.text), committed) == 0
-    mesh.request("h1", "vm1", "h2")
-    moved = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
-    mesh.now = 2.0
-    totals = JobTotals(data_bytes=1 << 20, downtime_s=0.01)
-    mesh.absorb("h1", core.migration_finished(moved, True, "", mesh.now, totals))
-    mesh.flush()
+    _migrate(mesh, "vm1", 2.0, JobTotals(data_bytes=1 << 20, downtime_s=0.01))
     text = exposition(registry, written.text)
     assert _sample(text, committed) == 1
     assert _sample(text, "novacron_vmi_migration_downtime_seconds_count") == 1
@@ -295,17 +301,9 @@ def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -
 def test_a_migrations_downtime_and_bytes_are_observed_when_its_saga_ends() -> None:
     mesh = Mesh([host("h1", vm("vm1"), vm("vm2")), host("h2")])
     core = mesh.core("h1")
-    mesh.request("h1", "vm1", "h2")
-    moved = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
-    mesh.now = 3.0
-    totals = JobTotals(data_bytes=300 << 20, downtime_s=0.042)
-    mesh.absorb("h1", core.migration_finished(moved, True, "", mesh.now, totals))
-    mesh.flush()
-    mesh.request("h1", "vm2", "h2")
-    failed = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    _migrate(mesh, "vm1", 3.0, JobTotals(data_bytes=300 << 20, downtime_s=0.042))
     job = JobTotals(data_bytes=100 << 20, downtime_s=0.5)  # a pause, but the VM stayed
-    mesh.absorb("h1", core.migration_finished(failed, False, "link cut", mesh.now, job))
-    mesh.flush()
+    _migrate(mesh, "vm2", 3.0, job, error="link cut")
     # Not counted until the saga ends: the failed job's VM is looked for first.
     assert core.transferred["aborted"].count == 0
     mesh.call("h1", "vm_presence", "vm2", seen("h1"))
