@@ -5,7 +5,11 @@ cores and shells already keep (`NodeStats`, `MigrationStats`, `TransportStats`,
 the rebalancer's counts), the member table, this host's own record and the
 migration core's duration histograms are turned into metric families when
 Prometheus asks, so a scrape costs one pass over them and an idle agent pays
-nothing between scrapes.
+nothing between scrapes. Two parts are kept written between scrapes instead
+(`WrittenFamilies`), as they change far less often than a scrape comes and
+are most of its samples: the per-VM families, written when the inventory
+publishes a change of this host's VMs, and the migration histograms, written
+again after a migration ended.
 
 Names follow Prometheus' conventions (`novacron_` prefix, base units,
 `_total` for counters); VMs and migrations take KubeVirt's shape
