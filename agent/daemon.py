@@ -228,6 +228,7 @@ class Agent:
                 migration=self.migrator.core.config,
             )
         self.discovery: Discovery | None = None
+        self._own_vms_sampled: Callable[[], object] = lambda: None  # metrics' hook
         metrics = self._metrics_source() if config.metrics else None
         listen = metrics_address(config)
         self.metrics_server = (
@@ -271,8 +272,13 @@ class Agent:
         """The exposition of this agent's metrics, built at each scrape."""
         from . import metrics  # only when on: an agent with metrics off never loads the library
 
-        registry = metrics.registry_for(self, self._clock)
-        return lambda: (metrics.exposition(registry), metrics.CONTENT_TYPE)
+        written = metrics.WrittenFamilies()
+        registry = metrics.registry_for(self, self._clock, written)
+        # The per-VM families are written when the inventory publishes, not when scraped.
+        self._own_vms_sampled = lambda: metrics.written_vm_families(
+            written, self.core.records().get(self.node_id)
+        )
+        return lambda: (metrics.exposition(registry, written.text), metrics.CONTENT_TYPE)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -461,6 +467,7 @@ class Agent:
         if content != self._last_record:
             self._last_record = content
             await self._dispatch(self.core.update_record(record, self._clock()))
+            self._own_vms_sampled()
             self._wake.set()
             self.rebalancer.poke()
 

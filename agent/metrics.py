@@ -5,7 +5,11 @@ cores and shells already keep (`NodeStats`, `MigrationStats`, `TransportStats`,
 the rebalancer's counts), the member table, this host's own record and the
 migration core's duration histograms are turned into metric families when
 Prometheus asks, so a scrape costs one pass over them and an idle agent pays
-nothing between scrapes.
+nothing between scrapes. Two parts are kept written between scrapes instead
+(`WrittenFamilies`), as they change far less often than a scrape comes and
+are most of its samples: the per-VM families, written when the inventory
+publishes a change of this host's VMs, and the migration histograms, written
+again after a migration ended.
 
 Names follow Prometheus' conventions (`novacron_` prefix, base units,
 `_total` for counters); VMs and migrations take KubeVirt's shape
@@ -70,11 +74,18 @@ class AgentState(Protocol):
 
 
 class AgentCollector(Collector):
-    """Every `novacron_*` family of one agent, built from its state on each `collect()`."""
+    """Every `novacron_*` family of one agent, built from its state on each `collect()`
+    (the per-VM ones and the histograms only when they changed: `WrittenFamilies`)."""
 
-    def __init__(self, agent: AgentState, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        agent: AgentState,
+        clock: Callable[[], float],
+        written: WrittenFamilies | None = None,
+    ) -> None:
         self._agent = agent
         self._clock = clock  # the cores' clock, to turn their times into ages
+        self._written = written if written is not None else WrittenFamilies()
 
     def collect(self) -> Iterator[Metric]:
         agent = self._agent
@@ -83,44 +94,58 @@ class AgentCollector(Collector):
         yield from _transport(agent.transport.stats, agent.handling_failures)
         own = agent.core.records().get(agent.node_id)
         yield from _host(agent, own)
-        yield from vm_families(own)
-        yield from migration_families(agent.migrator.core)
+        yield from written_vm_families(self._written, own)
+        yield from migration_counts(agent.migrator.core)
+        yield from written_migration_histograms(self._written, agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
 
 
 def registry_for(
-    agent: AgentState, clock: Callable[[], float], *, process: bool = True
+    agent: AgentState,
+    clock: Callable[[], float],
+    written: WrittenFamilies | None = None,
+    *,
+    process: bool = True,
 ) -> CollectorRegistry:
     """A registry of its own (not the library's global one) holding the agent's collector
     and, with `process`, the standard `process_*` families (RSS, CPU seconds, open files)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent, clock))
+    registry.register(AgentCollector(agent, clock, written))
     if process:
         ProcessCollector(registry=registry)
     return registry
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
+def exposition(
+    registry: CollectorRegistry, known: Callable[[Metric], str | None] = lambda family: None
+) -> bytes:
     """The registry in Prometheus' text format: what `generate_latest` writes, byte for byte
     (tests/test_observability.py compares them), at a fraction of its cost.
 
     `generate_latest` validates and escapes every metric and label name of every
     sample (about 25 us a sample on the development machines: 11 ms a scrape for
     100 VMs' four families alone). Our names are constants that promtool checks,
-    so only label values and help texts are escaped here.
+    so only label values and help texts are escaped here. A family whose text
+    `known` has already (`WrittenFamilies.text`) is not written again.
     """
-    lines: list[str] = []
+    parts: list[str] = []
     for family in registry.collect():
-        name, kind = family.name, family.type
-        if kind not in EXPOSED_TYPES:
-            raise ValueError(f"{name}: {kind} families are not exposed by this agent")
-        if kind == "counter":
-            name += "_total"
-        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        lines.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-        lines.extend(_sample_line(sample) for sample in family.samples)
-    return "".join(lines).encode()
+        text = known(family)
+        parts.append(family_text(family) if text is None else text)
+    return "".join(parts).encode()
+
+
+def family_text(family: Metric) -> str:
+    """One family in the text format: its HELP and TYPE lines, then its samples."""
+    name, kind = family.name, family.type
+    if kind not in EXPOSED_TYPES:
+        raise ValueError(f"{name}: {kind} families are not exposed by this agent")
+    if kind == "counter":
+        name += "_total"
+    help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    head = f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+    return head + "".join(_sample_line(sample) for sample in family.samples)
 
 
 EXPOSED_TYPES = frozenset({"counter", "gauge", "histogram"})  # none with OpenMetrics-only samples
@@ -334,7 +359,87 @@ def vm_families(own: NodeRecord | None) -> Iterable[Metric]:
         yield family
 
 
+class WrittenFamilies:
+    """Parts of the exposition that change only with a key, made and written once per key.
+
+    A part's key is cheap to compare and equal only while the part's families
+    are: this host's VMs (a tuple of frozen summaries, replaced when the
+    inventory samples a difference: `Same`) for the per-VM families, the
+    observation counts for the migration histograms (a histogram changes only
+    by an observation). While a part's key is equal, a scrape gets the families
+    made for it and `text` hands the exposition their text, so neither is made
+    again.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, tuple[object, list[Metric]]] = {}
+        # By id (Metric is not hashable); the families held in `_parts` keep their ids theirs.
+        self._text: dict[int, tuple[Metric, str]] = {}
+
+    def part(self, name: str, key: object, make: Callable[[], Iterable[Metric]]) -> list[Metric]:
+        """The families of part `name`, made by `make` unless `key` equals the last one's."""
+        held = self._parts.get(name)
+        if held is not None and held[0] == key:
+            return held[1]
+        for family in held[1] if held is not None else ():
+            del self._text[id(family)]
+        families = list(make())
+        self._parts[name] = (key, families)
+        self._text.update((id(family), (family, family_text(family))) for family in families)
+        return families
+
+    def text(self, family: Metric) -> str | None:
+        """`family`'s text if it is one of the parts' current families, else None."""
+        written = self._text.get(id(family))
+        return written[1] if written is not None and written[0] is family else None
+
+
+def written_vm_families(written: WrittenFamilies, own: NodeRecord | None) -> list[Metric]:
+    """`vm_families(own)`, made again only when this host's VMs changed.
+
+    The daemon calls this when it publishes an inventory sample, so that a
+    scrape finds the text written; the collector calls it at every scrape, so a
+    scrape is right whoever changed the record.
+    """
+    vms = own.vms if own is not None else ()
+    return written.part("vms", Same(vms), lambda: vm_families(own))
+
+
+class Same:
+    """A key equal to another only when both hold the very same object.
+
+    For this host's VMs, a tuple of frozen summaries that a new inventory sample
+    replaces: `==` would also cost a comparison of every field of every VM, and
+    take 0.0 for -0.0, which the text tells apart.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: object) -> None:
+        self.held = held
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Same) and other.held is self.held
+
+    __hash__ = None  # type: ignore[assignment]  # a key of `WrittenFamilies`, never hashed
+
+
 def migration_families(core: MigrationCore) -> Iterable[Metric]:
+    yield from migration_counts(core)
+    yield from migration_histograms(core)
+
+
+def written_migration_histograms(written: WrittenFamilies, core: MigrationCore) -> list[Metric]:
+    """`migration_histograms(core)`, made again only when a histogram has observed more.
+
+    A histogram changes by an observation only, which counts one more in it.
+    """
+    histograms = (*core.durations.values(), *core.transferred.values(), core.downtimes)
+    observed = tuple(histogram.count for histogram in histograms)
+    return written.part("migration histograms", observed, lambda: migration_histograms(core))
+
+
+def migration_counts(core: MigrationCore) -> Iterable[Metric]:
     running = GaugeMetricFamily(
         "novacron_vmi_migrations_running",
         "Migrations in flight on this host, by direction.",
@@ -369,6 +474,9 @@ def migration_families(core: MigrationCore) -> Iterable[Metric]:
          stats.reservations_expired),
     ):  # fmt: skip
         yield CounterMetricFamily(f"novacron_vmi_migration_{name}", text, value=value)
+
+
+def migration_histograms(core: MigrationCore) -> Iterable[Metric]:
     yield _by_outcome(
         "novacron_vmi_migration_duration_seconds",
         "Outbound migrations, proposal to end, by outcome.",

@@ -115,6 +115,23 @@ def test_pause_and_drain_show_in_every_agents_metrics(mesh: tuple[Mesh, dict[str
     assert sample(scrape_socket(agents["n2"])[1], "novacron_drain_active") == 0
 
 
+def test_a_vm_stopped_and_started_shows_in_the_next_scrapes(tmp_path: Path) -> None:
+    alone = Mesh(tmp_path)  # of its own: the shared mesh's VM keeps running
+    try:
+        agent = alone.start_agent("n7")
+
+        def shows(phase: str) -> bool:
+            return sample(scrape_socket(agent)[1], f'novacron_vmis{{phase="{phase}"}}') == 1
+
+        wait_until(lambda: shows("running"), 20, "the test driver's VM running")
+        agent.post("/v1/vms/test/stop", {"timeout": 0})
+        wait_until(lambda: shows("shutoff"), 20, "the VM shut off in the metrics")
+        agent.post("/v1/vms/test/start", {})
+        wait_until(lambda: shows("running"), 20, "the VM running again in the metrics")
+    finally:
+        alone.stop()
+
+
 def test_metrics_listen_in_use_is_a_one_line_refusal(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ agents in tests/test_metrics_agents.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -34,11 +35,14 @@ from novacron.agent.core.migration import JobTotals
 from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
 from novacron.agent.core.stats import Histogram
 from novacron.agent.metrics import (
+    WrittenFamilies,
     buckets,
     exposition,
     membership_families,
     migration_families,
     vm_families,
+    written_migration_histograms,
+    written_vm_families,
 )
 from novacron.agent.migrator import job_totals
 from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
@@ -209,6 +213,47 @@ def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
     assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
 
 
+class _OwnVms(Collector):
+    """The per-VM families of whatever record `own` holds now, as the agent's collector
+    has them: through `WrittenFamilies`."""
+
+    def __init__(self, written: WrittenFamilies, own: NodeRecord) -> None:
+        self.written = written
+        self.own = own
+
+    def collect(self) -> Iterator[Metric]:
+        yield from written_vm_families(self.written, self.own)
+
+
+def test_the_per_vm_families_written_ahead_follow_every_new_inventory_sample() -> None:
+    running = VmSummary("web", state="running", vcpus=2, memory_mib=512, cpu_load=0.5)
+    written = WrittenFamilies()
+    own = _OwnVms(written, NodeRecord("n1", 1, vms=(running, VmSummary("db", state="running"))))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(own)
+    assert _sample(exposition(registry, written.text), 'novacron_vmis{phase="running"}') == 2
+    for version, web in enumerate(
+        (
+            dataclasses.replace(running, state="paused", cpu_load=0.0),
+            dataclasses.replace(running, cpu_load=1.5),  # one value of one VM
+        ),
+        start=2,
+    ):
+        own.own = dataclasses.replace(own.own, version=version, vms=(web, own.own.vms[1]))
+        if version == 3:
+            written_vm_families(written, own.own)  # as the daemon does when the inventory publishes
+        text = exposition(registry, written.text)
+        paused = int(web.state == "paused")
+        assert _sample(text, 'novacron_vmis{phase="paused"}') == paused
+        assert _sample(text, 'novacron_vmis{phase="running"}') == 2 - paused
+        assert _sample(text, 'novacron_vmi_cpu_usage_cores{name="web"}') == web.cpu_load
+        assert text == generate_latest(registry)
+    own.own = dataclasses.replace(own.own, version=4, vms=())  # every VM gone
+    text = exposition(registry, written.text)
+    assert 'name="web"' not in text.decode() and 'name="db"' not in text.decode()
+    assert _sample(text, 'novacron_vmis{phase="running"}') == 0
+
+
 def _families(*families: Metric) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(list(families)))
@@ -222,20 +267,43 @@ def _sample(text: bytes, series: str) -> float:
     raise AssertionError(f"no {series} in the exposition")
 
 
+def _migrate(mesh: Mesh, name: str, ends_at: float, totals: JobTotals, error: str = "") -> None:
+    """VM `name` asked to move from h1 to h2, its libvirt job ending at `ends_at` (failed
+    with `error`, if any) with `totals`."""
+    mesh.request("h1", name, "h2")
+    migration = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    mesh.now = ends_at
+    ended = mesh.core("h1").migration_finished(migration, not error, error, mesh.now, totals)
+    mesh.absorb("h1", ended)
+    mesh.flush()
+
+
+def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -> None:
+    mesh = Mesh([host("h1", vm("vm1")), host("h2")])
+    core = mesh.core("h1")
+    written = WrittenFamilies()
+
+    class Histograms(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from written_migration_histograms(written, core)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Histograms())
+    committed = 'novacron_vmi_migration_duration_seconds_count{outcome="committed"}'
+    assert _sample(exposition(registry, written.text), committed) == 0
+    _migrate(mesh, "vm1", 2.0, JobTotals(data_bytes=1 << 20, downtime_s=0.01))
+    text = exposition(registry, written.text)
+    assert _sample(text, committed) == 1
+    assert _sample(text, "novacron_vmi_migration_downtime_seconds_count") == 1
+    assert text == generate_latest(registry)
+
+
 def test_a_migrations_downtime_and_bytes_are_observed_when_its_saga_ends() -> None:
     mesh = Mesh([host("h1", vm("vm1"), vm("vm2")), host("h2")])
     core = mesh.core("h1")
-    mesh.request("h1", "vm1", "h2")
-    moved = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
-    mesh.now = 3.0
-    totals = JobTotals(data_bytes=300 << 20, downtime_s=0.042)
-    mesh.absorb("h1", core.migration_finished(moved, True, "", mesh.now, totals))
-    mesh.flush()
-    mesh.request("h1", "vm2", "h2")
-    failed = mesh.of("h1", StartLibvirtMigration)[-1].migration_id
+    _migrate(mesh, "vm1", 3.0, JobTotals(data_bytes=300 << 20, downtime_s=0.042))
     job = JobTotals(data_bytes=100 << 20, downtime_s=0.5)  # a pause, but the VM stayed
-    mesh.absorb("h1", core.migration_finished(failed, False, "link cut", mesh.now, job))
-    mesh.flush()
+    _migrate(mesh, "vm2", 3.0, job, error="link cut")
     # Not counted until the saga ends: the failed job's VM is looked for first.
     assert core.transferred["aborted"].count == 0
     mesh.call("h1", "vm_presence", "vm2", seen("h1"))
