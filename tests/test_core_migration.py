@@ -996,6 +996,11 @@ def test_a_target_that_does_not_show_our_last_proposal_yet_is_full_from_here() -
     assert (
         placement.reason == "no host can take it: h2: does not show h1's last migration there yet"
     )
+    (refused,) = mesh.request("h1", "vm2", "h2").events  # by hand: refused here, with why
+    assert isinstance(refused, MigrationRefused)
+    assert refused.reason == (
+        "too many migrations from h1: h2 does not show the last one yet; try again in a few seconds"
+    )
     mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
     assert mesh.core("h1").targets_full_from_here() == set()
     assert mesh.core("h1").place("vm2").target == "h2"

@@ -593,6 +593,11 @@ class MigrationCore:
             return f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
             return f"VM {vm} is already migrating ({self._busy[vm]})"
+        if target in self.targets_full_from_here():
+            return (
+                f"too many migrations from {self.node_id}: {target} does not show the last one "
+                "yet; try again in a few seconds"
+            )
         record = records.get(target)
         if record is None:
             return f"unknown host: no record of {target} yet"
