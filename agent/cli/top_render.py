@@ -82,7 +82,7 @@ def _host_lines(hosts: Sequence[HostRow], width: int | None, room: int | None) -
     bar_w = PLAIN_BAR if width is None else max(MIN_BAR, min(MAX_BAR, width - fixed))
     lines = [
         f"HOSTS ({len(ordered)}), BUSIEST CPU FIRST",
-        f"{'HOST':<{name_w}}  {'STATE':<7}  {'CPU':<{bar_w + 6}}  {'cores':<11}"
+        f"{'HOST':<{name_w}}  {'STATE':<7}  {'CPU':<{bar_w + 6}}  {'CORES':<11}"
         f"  {'MEMORY MiB':<{mem_w}}  VMS",
     ]
     for h in ordered:

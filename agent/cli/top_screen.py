@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import curses
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -39,6 +40,10 @@ def show_top(args: argparse.Namespace, out: Output) -> int:
     live = not (args.once or out.json) and sys.stdout.isatty() and sys.stdin.isatty()
     if live:
         watcher = Watcher(first, args.socket, args.interval)
+        # The window's own size, not LINES/COLUMNS a parent process exported: curses
+        # would believe them over the terminal, and draw for a window that is not there.
+        for stale in ("LINES", "COLUMNS"):
+            os.environ.pop(stale, None)
         return int(curses.wrapper(_run, watcher))
     events = changes(None, first)
     data = {"top": first.as_dict(), "events": [dataclasses.asdict(e) for e in events]}
