@@ -1,6 +1,7 @@
 """`nova top` on a terminal, end to end: tmux runs it inside a lab host with real agents while a
 TCG guest migrates; the screen shows the hosts and the migration's progress, the migration's
-end appears among the events, and `q` ends it with exit code 0.
+end appears among the events; the view follows a resize, says when the agent stops
+answering and recovers when it is back; `q` ends it with exit code 0.
 
 The migration cannot converge (the guest dirties memory faster than the bandwidth cap sends
 it) and never escalates, so it is still running whenever the screen is read, however loaded
@@ -13,6 +14,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +40,8 @@ class Terminal:
     """A command in a detached tmux session of its own server, WIDTH x HEIGHT."""
 
     def __init__(self, where: Path, command: list[str]) -> None:
+        if shutil.which("tmux") is None:
+            pytest.fail("no tmux (Debian package tmux): sh scripts/install-system-deps.sh")
         self.server = f"novacron-{RUN}"
         self.status = where / "exit-status"
         # The shell notes the command's exit code; the session ends with it.
@@ -58,6 +62,9 @@ class Terminal:
 
     def wait_screen(self, accept: Callable[[str], bool], timeout: float = 60) -> str:
         return wait_for(self.screen, accept, timeout, interval=0.3)
+
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-x", str(width), "-y", str(height))
 
     def press(self, key: str) -> None:
         self._tmux("send-keys", key)
@@ -85,6 +92,10 @@ def hosts_listed(screen: str) -> bool:
     return alive == {"h1", "h2", "h3"}
 
 
+def widest(screen: str) -> int:
+    return max(len(line) for line in screen.splitlines())
+
+
 def test_nova_top_shows_the_hosts_and_a_running_migration(
     mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path, tmp_path: Path
 ) -> None:
@@ -110,6 +121,16 @@ def test_nova_top_shows_the_hosts_and_a_running_migration(
         told = f"migration of {VM} h1 -> h2 aborted after"
         shown = term.wait_screen(lambda s: told in s and "MIGRATIONS IN FLIGHT (0)" in s)
         print(shown)
+
+        term.resize(90, 30)
+        narrow = term.wait_screen(lambda s: hosts_listed(s) and widest(s) <= 89)
+        assert "RECENT EVENTS" in narrow and told in narrow, "redrawn for the smaller window"
+
+        agents.kill(h1)  # the agent goes away under the view, and comes back
+        term.wait_screen(lambda s: "agent not answering" in s and hosts_listed(s))
+        agents.start(h1)
+        back = term.wait_screen(lambda s: "agent not answering" not in s and "h1 *" in s, 60)
+        assert back.startswith("nova top  h1 "), back
 
         term.press("q")
         assert term.exit_code() == 0
