@@ -125,6 +125,13 @@ def test_a_short_window_counts_the_hosts_that_do_not_fit_and_keeps_migrations_an
     assert next(line for line in lines if line.startswith("h")).startswith("h39"), "busiest"
 
 
+def test_a_tiny_window_gets_what_fits() -> None:
+    for width, height in ((1, 1), (10, 3), (30, 8)):
+        lines = screen(snapshot(migrations=(migration(),)), [Event(T0, "e")], T0, width, height)
+        assert len(lines) <= height and all(len(line) <= width for line in lines)
+        assert "nova top  h1 198.18.0.1".startswith(lines[0][:23])
+
+
 def test_an_agent_not_answering_is_said_over_the_last_view() -> None:
     lines = screen(snapshot(), [], T0 + 9, problem="no socket at /run/x.sock")
     assert lines[1].startswith("agent not answering: no socket at /run/x.sock (retrying; last")
