@@ -42,7 +42,7 @@ class Terminal:
     def __init__(self, where: Path, command: list[str]) -> None:
         if shutil.which("tmux") is None:
             pytest.fail("no tmux (Debian package tmux): sh scripts/install-system-deps.sh")
-        self.server = f"novacron-{RUN}"
+        self.server = str(where / "tmux.sock")  # its own server, gone with the directory
         self.status = where / "exit-status"
         # The shell notes the command's exit code; the session ends with it.
         shell = f"{shlex.join(command)}; echo $? > {shlex.quote(str(self.status))}"
@@ -50,7 +50,7 @@ class Terminal:
 
     def _tmux(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", self.server, *args], capture_output=True, text=True, timeout=30
+            ["tmux", "-S", self.server, *args], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0, f"tmux {args[0]}: {done.stderr}"
         return done.stdout
@@ -74,7 +74,7 @@ class Terminal:
         return int(self.status.read_text())
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", self.server, "kill-server"], capture_output=True)
 
 
 @contextlib.contextmanager
