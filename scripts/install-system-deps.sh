@@ -21,6 +21,7 @@ busybox-static
 openssl
 prometheus
 stress-ng
+tmux
 postgresql
 "
 

@@ -30,6 +30,7 @@ from . import (
     rebalance,
     site,
     template_commands,
+    top,
 )
 from .common import (
     EXIT_BROKEN_PIPE,
@@ -52,6 +53,7 @@ COMMAND_GROUPS: tuple[AddGroup, ...] = (
     rebalance.add_rebalance_commands,
     site.add_site_commands,
     template_commands.add_template_commands,
+    top.add_top_commands,
     federation.add_federation_commands,
     completion.add_completion_commands,
 )
