@@ -22,10 +22,12 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from novacron.protocol.operators import OperatorCommand
 
+from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 
 API_VERSION = "v1"
@@ -51,18 +53,29 @@ class AgentView(Protocol):
 MetricsSource = Callable[[], tuple[bytes, str]]
 
 
-class Refusal(Exception):
-    """A control will not do what was asked: `status` is the HTTP code (4xx), the message why."""
+# The HTTP status of each kind of refusal: the one place a refusal becomes a status code
+# (the site link's outcomes take theirs from here too, `site_controls`).
+HTTP_STATUS = MappingProxyType(
+    {
+        RefusalKind.INVALID: 400,
+        RefusalKind.FORBIDDEN: 403,
+        RefusalKind.UNKNOWN: 404,
+        RefusalKind.CONFLICT: 409,
+        RefusalKind.UNAVAILABLE: 503,
+        RefusalKind.NO_ANSWER: 504,
+    }
+)
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
+
+def http_status(refused: Refused) -> int:
+    """The HTTP status that answers `refused`."""
+    return HTTP_STATUS[refused.kind]
 
 
 class MigrationControl(Protocol):
     """What the API needs to drive migrations (the daemon's `Migrator` fits).
 
-    `migrate` and `cancel` raise `Refusal` with the reason when they will not act.
+    `migrate` and `cancel` raise `Refused` with the reason when they will not act.
     """
 
     async def migrate(self, vm: str, body: dict[str, Any]) -> str: ...
@@ -81,7 +94,7 @@ class MigrationControl(Protocol):
 class VmLifecycle(Protocol):
     """What the API needs to create and run VMs on this host (`vms.VmControl` fits).
 
-    Every method raises `Refusal` with the reason when it will not act.
+    Every method raises `Refused` with the reason when it will not act.
     """
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]: ...
@@ -112,8 +125,8 @@ class DrainControl(Protocol):
 class HostDrainControl(Protocol):
     """What the API needs to drain any host of the mesh (`drain.DrainRequests` fits).
 
-    `ask` and `status_of` raise `Refusal` with the reason when they cannot act
-    (unknown host 404, host not alive or refusing 409, no answer 504).
+    `ask` and `status_of` raise `Refused` with the reason when they cannot act
+    (an unknown host, one not alive or refusing, one that does not answer).
     """
 
     async def ask(
@@ -275,7 +288,7 @@ def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
     async def status(request: Request) -> Response:
         try:
             return json_response(control.status_of(request.params["node_id"]))
-        except Refusal as exc:
+        except Refused as exc:
             raise _http_error(exc) from None
 
     async def start(request: Request) -> Response:
@@ -355,7 +368,7 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         vm = request.params["name"]
         try:
             migration_id = await control.migrate(vm, body)
-        except Refusal as exc:
+        except Refused as exc:
             raise _http_error(exc) from None
         row = control.migration(migration_id) or {}
         answer = {"migration_id": migration_id, "vm": vm, "to": row.get("target")}
@@ -383,7 +396,7 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
         migration_id = request.params["migration_id"]
         try:
             await control.cancel(migration_id)
-        except Refusal as exc:
+        except Refused as exc:
             raise _http_error(exc) from None
         return json_response({"migration_id": migration_id, "cancelling": True}, status=202)
 
@@ -431,18 +444,14 @@ async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Res
     """Run a control's call; its answer as JSON, or its refusal as the HTTP error."""
     try:
         answer = await call
-    except Refusal as exc:
+    except Refused as exc:
         raise _http_error(exc) from None
     return json_response(answer, status=status)
 
 
-_REFUSAL_CODES = frozenset({403, 404, 409, 503, 504})
-
-
-def _http_error(refusal: Refusal) -> HttpError:
-    """The HTTP error for a control's refusal (400 for any code not listed)."""
-    status = refusal.status if refusal.status in _REFUSAL_CODES else 400
-    return HttpError(status, str(refusal))
+def _http_error(refused: Refused) -> HttpError:
+    """The HTTP error for a control's refusal: its kind's status, its reason."""
+    return HttpError(http_status(refused), str(refused))
 
 
 class ApiServer:

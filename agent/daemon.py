@@ -35,7 +35,7 @@ from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
-from .api import ApiServer, MetricsServer, MetricsSource, Refusal
+from .api import ApiServer, MetricsServer, MetricsSource
 from .claims import ClaimCheck
 from .config import (
     AgentConfig,
@@ -49,6 +49,7 @@ from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.gateway import GATEWAY_LABEL, elect
 from .core.node import MembershipNode
+from .core.refusals import RefusalKind, Refused
 from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
@@ -535,7 +536,7 @@ class Agent:
         async def reload() -> None:
             try:
                 await self.reload()
-            except Refusal as exc:
+            except Refused as exc:
                 log.error("%s", exc)
 
         self._spawn(reload(), "reload")
@@ -554,10 +555,10 @@ class Agent:
                 Path(self.config.ca_file), cert_file, key_file, crl, time.time()
             )
         except IdentityProblem as exc:
-            raise Refusal(409, f"reload refused, nothing changed: {exc}") from None
+            raise Refused(RefusalKind.CONFLICT, f"reload refused, nothing changed: {exc}") from None
         problem = _identity_change(self.identity, identity)
         if problem:
-            raise Refusal(409, f"reload refused, nothing changed: {problem}")
+            raise Refused(RefusalKind.CONFLICT, f"reload refused, nothing changed: {problem}")
         self.identity = identity
         self.trust.add_certificate(identity.certificate_bytes)
         self.introductions.set_certificate(identity.certificate_bytes)
@@ -572,7 +573,9 @@ class Agent:
         try:
             verify_revocation_list(data, self.identity.ca_public)
         except IdentityError as exc:
-            raise Refusal(400, f"not a revocation list of this cluster's CA: {exc}") from None
+            raise Refused(
+                RefusalKind.INVALID, f"not a revocation list of this cluster's CA: {exc}"
+            ) from None
         adopted = await self._adopt_revocations(data)
         issued_at, _ = self.keyring.revocations()
         return {

@@ -41,9 +41,9 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
-from .api import Refusal
 from .core.migration import ClusterView
 from .core.migration_policy import INBOUND_LABEL, OUTBOUND_LABEL, published_count
+from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
 from .tasks import cancel_and_wait
 
@@ -205,7 +205,7 @@ class Drain:
             return
         try:
             mid = await self._migrator.start_migration(vm, placement.target, {}, purpose="drain")
-        except Refusal as exc:
+        except Refused as exc:
             self._blocked[vm] = (str(exc), now + RETRY_AFTER)
             return
         self._blocked.pop(vm, None)
@@ -293,7 +293,7 @@ class DrainRequests:
         requested_by: str = "",
         command: OperatorCommand | None = None,
     ) -> dict[str, Any]:
-        """Start (`drain`) or end `node`'s drain; its status, or `Refusal` saying why not.
+        """Start (`drain`) or end `node`'s drain; its status, or `Refused` saying why not.
 
         Another host obeys only an operator's signed `command` (this agent
         relays it; the drained host checks it); this host itself obeys its
@@ -320,8 +320,8 @@ class DrainRequests:
             answer = await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
             verb = "drain" if drain else "undrain"
-            raise Refusal(
-                504,
+            raise Refused(
+                RefusalKind.NO_ANSWER,
                 f"no answer from {node} within {self._timeout:g} s: its agent may be down or "
                 f"unreachable; if the request reached it, it may {verb} all the same "
                 f"(see 'nova host drain {node} --status')",
@@ -329,7 +329,7 @@ class DrainRequests:
         finally:
             self._pending.pop(request_id, None)
         if not answer.accepted:
-            raise Refusal(409, f"{node} refused: {answer.reason}")
+            raise Refused(RefusalKind.CONFLICT, f"{node} refused: {answer.reason}")
         log.info(
             "drain asked over the mesh",
             extra={"fields": {"node": node, "drain": drain, "draining": answer.draining}},
@@ -355,28 +355,30 @@ class DrainRequests:
     ) -> OperatorCommand:
         """Refuse here, before anything is sent, what the drained host would refuse."""
         if command is None:
-            raise Refusal(
-                403,
+            raise Refused(
+                RefusalKind.FORBIDDEN,
                 f"draining {node} from {self.node_id} needs an operator's signed command: "
                 "pass --operator CERT (a certificate from 'nova ca issue NAME --role "
                 f"operator'), or run 'nova host drain' on {node} itself",
             )
         action = "drain" if drain else "undrain"
         if command.action != action or command.target != node:
-            raise Refusal(400, f"the signed command is for {command.action} {command.target}")
+            raise Refused(
+                RefusalKind.INVALID, f"the signed command is for {command.action} {command.target}"
+            )
         try:
             self._authority(command)
         except CommandRefused as exc:
-            raise Refusal(403, str(exc)) from None
+            raise Refused(RefusalKind.FORBIDDEN, str(exc)) from None
         return command
 
     def _check_alive(self, node: str) -> None:
         member = self._mesh().member(node)
         if member is None:
-            raise Refusal(404, self._unknown(node))
+            raise Refused(RefusalKind.UNKNOWN, self._unknown(node))
         if member.state != MemberState.ALIVE:
-            raise Refusal(
-                409,
+            raise Refused(
+                RefusalKind.CONFLICT,
                 f"host not alive: {node} is {member.state.value} in {self.node_id}'s view of the "
                 "mesh; a drain needs its agent, which moves its VMs away",
             )
@@ -391,7 +393,7 @@ class DrainRequests:
         member = mesh.member(node)
         record = mesh.records().get(node)
         if member is None and record is None:
-            raise Refusal(404, self._unknown(node))
+            raise Refused(RefusalKind.UNKNOWN, self._unknown(node))
         vms = {vm.name: vm.state for vm in record.vms} if record is not None else {}
         running = sorted(name for name, state in vms.items() if state in STAYING)
         draining = record.draining if record is not None else False

@@ -47,7 +47,6 @@ from novacron.protocol.messages import (
     MigrationRefuse,
 )
 
-from .api import Refusal
 from .core.events import (
     AbortLibvirtMigration,
     MigrationAction,
@@ -71,6 +70,7 @@ from .core.migration import (
     MigrationInfo,
 )
 from .core.migration_policy import MigrationPolicy, switchover_limit_ms
+from .core.refusals import RefusalKind, Refused
 from .disks import (
     LocalDisk,
     incremental,
@@ -246,10 +246,10 @@ class Migrator:
     # --- the local API's side --------------------------------------------------------------
 
     async def migrate(self, vm: str, body: dict[str, Any]) -> str:
-        """Start moving `vm` as `body` says; the migration id, or `Refusal` with the reason."""
+        """Start moving `vm` as `body` says; the migration id, or `Refused` with the reason."""
         unknown = sorted(set(body) - {"to", "auto", *OVERRIDES})
         if unknown:
-            raise Refusal(400, f"unknown setting(s): {', '.join(unknown)}")
+            raise Refused(RefusalKind.INVALID, f"unknown setting(s): {', '.join(unknown)}")
         target = self._target(vm, body)
         overrides = {k: body[k] for k in OVERRIDES if body.get(k) is not None}
         return await self.start_migration(vm, target, overrides)
@@ -258,39 +258,42 @@ class Migrator:
         """The host named by 'to', or the best one when 'auto' is set (exactly one of them)."""
         target, auto = body.get("to"), body.get("auto")
         if auto is not None and not isinstance(auto, bool):
-            raise Refusal(400, f"'auto' must be true or false, got {auto!r}")
+            raise Refused(RefusalKind.INVALID, f"'auto' must be true or false, got {auto!r}")
         if target is not None and auto:
-            raise Refusal(400, "give a target host ('to') or 'auto', not both")
+            raise Refused(RefusalKind.INVALID, "give a target host ('to') or 'auto', not both")
         if auto:
             placement = self.core.place(vm)
             if placement.target is None:
-                raise Refusal(_refusal_status(placement.reason), placement.reason)
+                raise Refused(placement.kind, placement.reason)
             return placement.target
         if not target or not isinstance(target, str):
-            raise Refusal(400, "no target host given: say where to move the VM ('to' or 'auto')")
+            raise Refused(
+                RefusalKind.INVALID,
+                "no target host given: say where to move the VM ('to' or 'auto')",
+            )
         return target
 
     async def start_migration(
         self, vm: str, target: str, overrides: dict[str, Any], purpose: str = "manual"
     ) -> str:
-        """Propose moving `vm` to `target`; the migration id, or `Refusal` with the reason."""
+        """Propose moving `vm` to `target`; the migration id, or `Refused` with the reason."""
         out = self.core.request_migration(vm, target, overrides, self._clock(), purpose=purpose)
         refused = next((e for e in out.events if isinstance(e, MigrationRefused)), None)
         proposed = next((e for e in out.events if isinstance(e, MigrationProposed)), None)
         await self._apply(out)
-        if refused is not None or proposed is None:
-            reason = refused.reason if refused else "refused"
-            raise Refusal(_refusal_status(reason), reason)
+        if refused is not None:
+            raise Refused(refused.kind, refused.reason)
+        if proposed is None:
+            raise Refused(RefusalKind.CONFLICT, "refused")
         return proposed.migration_id
 
     async def cancel(self, migration_id: str) -> None:
-        """Cancel a running outbound migration, or `Refusal` saying why not."""
+        """Cancel a running outbound migration, or `Refused` saying why not."""
         out = self.core.cancel(migration_id, self._clock())
         refused = next((e for e in out.events if isinstance(e, MigrationCancelRefused)), None)
         await self._apply(out)
         if refused is not None:
-            status = 404 if refused.reason == "unknown migration" else 409
-            raise Refusal(status, f"cannot cancel {migration_id}: {refused.reason}")
+            raise Refused(refused.kind, f"cannot cancel {migration_id}: {refused.reason}")
 
     def migrations(self) -> list[dict[str, Any]]:
         """Running and recent migrations, with their latest job statistics."""
@@ -625,15 +628,6 @@ class Migrator:
 
 
 # --- pure helpers (no I/O) ---------------------------------------------------------------
-
-
-def _refusal_status(reason: str) -> int:
-    """HTTP status of a local refusal: 404 unknown things, 400 bad input, 409 the rest."""
-    if reason.startswith("unknown"):
-        return 404
-    if reason.startswith("bad policy"):
-        return 400
-    return 409
 
 
 def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:

@@ -37,7 +37,6 @@ from typing import Any, Protocol
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from .api import Refusal
 from .core.members import MemberInfo
 from .core.rebalance import (
     Decision,
@@ -48,6 +47,7 @@ from .core.rebalance import (
     plan_round,
     standing,
 )
+from .core.refusals import Refused
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
@@ -262,7 +262,7 @@ class Rebalancer:
         for move in moves:
             try:
                 mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
-            except Refusal as exc:
+            except Refused as exc:
                 self.counts.refused += 1
                 self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
                 log.info(

@@ -22,9 +22,9 @@ from typing import Any
 
 from novacron.protocol.messages import MemberState
 
-from .api import Refusal
 from .core.location import ACTIVE, Recovery, Where, others_claiming, recovery
 from .core.migration import ClusterView
+from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.recovery")
@@ -43,17 +43,19 @@ class Recoveries:
         host = self._host(body)
         busy = self._migrator.core.busy(vm)
         if busy:
-            raise Refusal(409, f"VM {vm} is migrating: its migration decides where it runs")
+            raise Refused(
+                RefusalKind.CONFLICT, f"VM {vm} is migrating: its migration decides where it runs"
+            )
         seen = await self._migrator.locator.look(vm, self._alive())
         plan = recovery(seen, host, vm)
         if isinstance(plan, str):
-            raise Refusal(409, f"cannot recover {vm} on {host}: {plan}")
+            raise Refused(RefusalKind.CONFLICT, f"cannot recover {vm} on {host}: {plan}")
         removed = await self._remove(vm, plan)
         started = ""
         if plan.start:
             started = await self._migrator.locator.boot(vm, host)
             if started.startswith("failed"):
-                raise Refusal(409, f"cannot start {vm} on {host}: {started}")
+                raise Refused(RefusalKind.CONFLICT, f"cannot start {vm} on {host}: {started}")
         doubt = self._migrator.core.settle_doubt(vm)
         fields = {"vm": vm, "on": host, "removed": removed, "started": started or "already ran"}
         log.warning("VM recovered by the operator", extra={"fields": fields})
@@ -68,17 +70,20 @@ class Recoveries:
     def _host(self, body: dict[str, Any]) -> str:
         unknown = sorted(set(body) - {"on"})
         if unknown:
-            raise Refusal(400, f"unknown setting(s): {', '.join(unknown)}")
+            raise Refused(RefusalKind.INVALID, f"unknown setting(s): {', '.join(unknown)}")
         host = body.get("on")
         if not isinstance(host, str) or not host:
-            raise Refusal(400, "say where the VM is to run ('on': a host id)")
+            raise Refused(RefusalKind.INVALID, "say where the VM is to run ('on': a host id)")
         if host == self.node_id:
             return host
         member = self._mesh().member(host)
         if member is None:
-            raise Refusal(404, f"unknown host: {host} is not in {self.node_id}'s view of the mesh")
+            raise Refused(
+                RefusalKind.UNKNOWN,
+                f"unknown host: {host} is not in {self.node_id}'s view of the mesh",
+            )
         if member.state is not MemberState.ALIVE:
-            raise Refusal(409, f"host not alive: {host} is {member.state.value}")
+            raise Refused(RefusalKind.CONFLICT, f"host not alive: {host} is {member.state.value}")
         return host
 
     def _alive(self) -> list[str]:
@@ -95,8 +100,9 @@ class Recoveries:
         for host in plan.remove:
             done = await self._migrator.locator.retire(vm, host, "", force=True)
             if done.startswith("failed"):
-                raise Refusal(
-                    409, f"cannot remove the copy of {vm} on {host}: {done}; nothing started"
+                raise Refused(
+                    RefusalKind.CONFLICT,
+                    f"cannot remove the copy of {vm} on {host}: {done}; nothing started",
                 )
             removed[host] = done
         return removed

@@ -23,7 +23,8 @@ from typing import Any
 
 from novacron.protocol.sitelink import Command, CommandKind, Outcome
 
-from .api import DrainControl, MigrationControl, Refusal, VmLifecycle
+from .api import DrainControl, MigrationControl, VmLifecycle, http_status
+from .core.refusals import Refused
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ class SiteControls:
         """Run `command` here; its outcome (a refusal is an outcome, not an error)."""
         try:
             return await self._execute(command)
-        except Refusal as exc:
+        except Refused as exc:
             return Outcome(
                 command.key,
                 ok=False,
                 host=self.node_id,
-                status=exc.status,
+                status=http_status(exc),
                 detail=str(exc),
                 vm=command.vm or command.spec.name,
             )

@@ -2,8 +2,8 @@
 
 The hypervisor adapter does the work; this module turns an API request into a
 `VmSpec`, checks what the adapter cannot know (this host is draining, the VM is
-migrating, the host has no room) and turns every failure into a `Refusal`
-with an HTTP status and a sentence for the operator. Nothing changes when a
+migrating, the host has no room) and turns every failure into a `Refused`
+of a kind (`RefusalKind`) with a sentence for the operator. Nothing changes when a
 request is refused. The inventory sees the result through libvirt's events,
 so the mesh learns of a new or stopped VM within moments.
 """
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .api import Refusal
+from .core.refusals import RefusalKind, Refused
 from .hypervisor import Hypervisor, LibvirtUnreachable, UnknownVm, VmExists
 from .vmspec import BadSpec, DiskSpec, HypervisorError, VmSpec
 
@@ -56,11 +56,11 @@ class VmControl:
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         spec = spec_from_body(body)
         if self._draining():
-            raise Refusal(409, f"host draining: {self.node_id} takes no new VMs")
+            raise Refused(RefusalKind.CONFLICT, f"host draining: {self.node_id} takes no new VMs")
         free = self._free_memory_mib()
         if free is not None and spec.memory_mib > free:
-            raise Refusal(
-                409,
+            raise Refused(
+                RefusalKind.CONFLICT,
                 f"no capacity: {self.node_id} has {max(free, 0)} MiB free, "
                 f"{spec.memory_mib} MiB needed",
             )
@@ -71,14 +71,16 @@ class VmControl:
     async def start(self, name: str) -> dict[str, Any]:
         why = await self._start_refusal(name) if self._start_refusal is not None else None
         if why:
-            raise Refusal(409, why)
+            raise Refused(RefusalKind.CONFLICT, why)
         started = await self._run(self.hypervisor.start(name))
         return {"name": name, "started": started, "host": self.node_id}
 
     async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         timeout = body.get("timeout", STOP_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise Refusal(400, f"timeout must be a number of seconds >= 0, got {timeout!r}")
+            raise Refused(
+                RefusalKind.INVALID, f"timeout must be a number of seconds >= 0, got {timeout!r}"
+            )
         self._not_migrating(name, "stop")
         how = await self._run(self.hypervisor.stop(name, float(timeout)))
         return {"name": name, "stopped": how, "host": self.node_id}
@@ -88,8 +90,8 @@ class VmControl:
         if not body.get("force"):
             vms = await self._run(self.hypervisor.list())
             if any(vm.name == name and vm.state == "running" for vm in vms):
-                raise Refusal(
-                    409,
+                raise Refused(
+                    RefusalKind.CONFLICT,
                     f"VM {name} is running: stop it first, "
                     "or delete it with --force (?force=1 over HTTP)",
                 )
@@ -98,38 +100,42 @@ class VmControl:
 
     def _not_migrating(self, name: str, what: str) -> None:
         if self._migrating(name):
-            raise Refusal(409, f"VM {name} is migrating: cancel the migration before {what}")
+            raise Refused(
+                RefusalKind.CONFLICT, f"VM {name} is migrating: cancel the migration before {what}"
+            )
 
     async def _run(self, call: Any) -> Any:
-        """Await an adapter call, its errors turned into refusals with a status."""
+        """Await an adapter call, its errors turned into refusals of their kind."""
         try:
             return await call
         except BadSpec as exc:
-            raise Refusal(400, str(exc)) from None
+            raise Refused(RefusalKind.INVALID, str(exc)) from None
         except UnknownVm as exc:
-            raise Refusal(404, f"unknown VM: {exc}") from None
+            raise Refused(RefusalKind.UNKNOWN, f"unknown VM: {exc}") from None
         except VmExists as exc:
-            raise Refusal(409, str(exc)) from None
+            raise Refused(RefusalKind.CONFLICT, str(exc)) from None
         except LibvirtUnreachable as exc:
-            raise Refusal(503, str(exc)) from None
+            raise Refused(RefusalKind.UNAVAILABLE, str(exc)) from None
         except HypervisorError as exc:
-            raise Refusal(409, str(exc)) from None
+            raise Refused(RefusalKind.CONFLICT, str(exc)) from None
 
 
 def spec_from_body(body: dict[str, Any]) -> VmSpec:
-    """The `VmSpec` a create request describes, or `Refusal(400)` naming what is wrong."""
+    """The `VmSpec` a create request describes, or `Refused` (invalid) naming what is wrong."""
     unknown = sorted(set(body) - set(CREATE_FIELDS))
     if unknown:
-        raise Refusal(400, f"unknown field(s): {', '.join(unknown)}")
+        raise Refused(RefusalKind.INVALID, f"unknown field(s): {', '.join(unknown)}")
     missing = [name for name in REQUIRED if name not in body]
     if missing:
-        raise Refusal(400, f"missing field(s): {', '.join(missing)}")
+        raise Refused(RefusalKind.INVALID, f"missing field(s): {', '.join(missing)}")
     for name, kind in CREATE_FIELDS.items():
         value = body.get(name)
         if value is not None and (
             isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind)
         ):
-            raise Refusal(400, f"field {name!r} must be {kind.__name__}, got {value!r}")
+            raise Refused(
+                RefusalKind.INVALID, f"field {name!r} must be {kind.__name__}, got {value!r}"
+            )
     spec = VmSpec(
         name=body["name"],
         vcpus=body["vcpus"],
@@ -142,7 +148,7 @@ def spec_from_body(body: dict[str, Any]) -> VmSpec:
     )
     problems = spec.problems()
     if problems:
-        raise Refusal(400, f"bad spec for VM {spec.name!r}: " + "; ".join(problems))
+        raise Refused(RefusalKind.INVALID, f"bad spec for VM {spec.name!r}: " + "; ".join(problems))
     return spec
 
 
@@ -152,8 +158,12 @@ def _path(value: str | None) -> Path | None:
 
 def _disk(item: Any) -> DiskSpec:
     if not isinstance(item, dict) or not isinstance(item.get("base"), str):
-        raise Refusal(400, f"each disk must be {{'base': PATH, 'size_mib': N}}, got {item!r}")
+        raise Refused(
+            RefusalKind.INVALID, f"each disk must be {{'base': PATH, 'size_mib': N}}, got {item!r}"
+        )
     size = item.get("size_mib")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise Refusal(400, f"disk size_mib must be a whole number of MiB, got {size!r}")
+        raise Refused(
+            RefusalKind.INVALID, f"disk size_mib must be a whole number of MiB, got {size!r}"
+        )
     return DiskSpec(Path(item["base"]), size)

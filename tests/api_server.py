@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from novacron.agent import httpd
-from novacron.agent.api import Refusal, build_router
+from novacron.agent.api import build_router
+from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.httpd import HttpServer
 
 
@@ -105,7 +106,7 @@ class Vms:
         if body.get("fail"):
             raise RuntimeError("a bug")
         if "refuse" in body:
-            raise Refusal(body["refuse"], "refused on purpose")
+            raise Refused(RefusalKind(body["refuse"]), "refused on purpose")
         return {"created": body}
 
     async def start(self, name: str) -> dict[str, Any]:
@@ -141,10 +142,10 @@ class Migrations:
             self.waiting -= 1
 
     async def migrate(self, vm: str, body: dict[str, Any]) -> str:
-        raise Refusal(404, f"unknown VM {vm}")
+        raise Refused(RefusalKind.UNKNOWN, f"unknown VM {vm}")
 
     async def cancel(self, migration_id: str) -> None:
-        raise Refusal(409, "not now")
+        raise Refused(RefusalKind.CONFLICT, "not now")
 
     def migrations(self) -> list[dict[str, Any]]:
         return [self.row]

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from novacron.agent import client, httpd
-from novacron.agent.api import ApiServer
+from novacron.agent.api import HTTP_STATUS, ApiServer
+from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.httpd import HttpServer
 from tests.api_client import UnixHTTPConnection, call, request, until
 from tests.api_server import (
@@ -102,13 +103,29 @@ async def test_a_body_that_is_not_a_json_object_is_refused(
     assert await call(sock, "POST", "/v1/vms", data=data) == (400, {"error": error})
 
 
-async def test_refusals_keep_their_code_and_a_bug_is_a_json_500(
+# What each kind of refusal answers over HTTP: the statuses `nova` and scripts rely on.
+STATUS_OF_KIND = {
+    RefusalKind.INVALID: 400,
+    RefusalKind.FORBIDDEN: 403,
+    RefusalKind.UNKNOWN: 404,
+    RefusalKind.CONFLICT: 409,
+    RefusalKind.UNAVAILABLE: 503,
+    RefusalKind.NO_ANSWER: 504,
+}
+
+
+def test_the_status_table_answers_every_kind_of_refusal() -> None:
+    assert dict(HTTP_STATUS) == STATUS_OF_KIND
+    assert set(HTTP_STATUS) == set(RefusalKind)  # a new kind without a status fails here
+
+
+async def test_refusals_answer_their_kinds_status_and_a_bug_is_a_json_500(
     served: tuple[str, HttpServer, Migrations], caplog: pytest.LogCaptureFixture
 ) -> None:
     sock, _, _ = served
-    for code, expected in ((404, 404), (409, 409), (503, 503), (403, 403), (418, 400), (500, 400)):
-        assert await call(sock, "POST", "/v1/vms", json={"refuse": code}) == (
-            expected,
+    for kind in RefusalKind:
+        assert await call(sock, "POST", "/v1/vms", json={"refuse": kind.value}) == (
+            STATUS_OF_KIND[kind],
             {"error": "refused on purpose"},
         )
     with caplog.at_level(logging.ERROR, logger="novacron.httpd"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from novacron.agent.api import Refusal
+from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.site_commands import SiteCommands
 from novacron.agent.site_controls import SiteControls
 from novacron.coordinator.placement import Request, place
@@ -98,7 +98,7 @@ class Vms:
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         if body["name"] == "taken":
-            raise Refusal(409, "VM taken exists")
+            raise Refused(RefusalKind.CONFLICT, "VM taken exists")
         self.created.append(body["name"])
         return {"name": body["name"], "started": body.get("start", False)}
 

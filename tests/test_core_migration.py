@@ -42,6 +42,7 @@ from novacron.agent.core.migration_policy import (
     MigrationPolicy,
 )
 from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, LIBVIRT_DOWN_LABEL
+from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
     MemberState,
@@ -175,33 +176,59 @@ def test_progress_forwarding_is_rate_limited_but_renews_the_lease() -> None:
 
 
 @pytest.mark.parametrize(
-    ("setup", "name", "target", "reason"),
+    ("setup", "name", "target", "reason", "kind"),
     [
-        ({}, "vm9", "h2", "unknown VM: vm9 does not run on h1"),
-        ({}, "vm1", "h9", "unknown host: h9"),
-        ({}, "vm1", "h1", "cannot migrate to itself: vm1 already runs on h1"),
-        ({"state": "shutoff"}, "vm1", "h2", "VM not running: vm1 is shutoff"),
+        ({}, "vm9", "h2", "unknown VM: vm9 does not run on h1", RefusalKind.UNKNOWN),
+        ({}, "vm1", "h9", "unknown host: h9", RefusalKind.UNKNOWN),
+        ({}, "vm1", "h1", "cannot migrate to itself: vm1 already runs on h1", RefusalKind.CONFLICT),
+        ({"state": "shutoff"}, "vm1", "h2", "VM not running: vm1 is shutoff", RefusalKind.CONFLICT),
         (
             {"state": "unknown"},
             "vm1",
             "h2",
             "VM state unknown: vm1's libvirt on h1 is not answering; try again when it answers",
+            RefusalKind.CONFLICT,
         ),
-        ({"draining": True}, "vm1", "h2", "host draining: h2 takes no new VMs"),
-        ({"memory": 2048}, "vm1", "h2", "no capacity: target h2 has 512 MiB free, 2048 MiB needed"),
+        (
+            {"draining": True},
+            "vm1",
+            "h2",
+            "host draining: h2 takes no new VMs",
+            RefusalKind.CONFLICT,
+        ),
+        (
+            {"memory": 2048},
+            "vm1",
+            "h2",
+            "no capacity: target h2 has 512 MiB free, 2048 MiB needed",
+            RefusalKind.CONFLICT,
+        ),
         (
             {"vcpus": 5, "memory": 256},
             "vm1",
             "h2",
             "no capacity: target h2 has 4 vCPUs free, 5 needed",
+            RefusalKind.CONFLICT,
         ),
-        ({"dead": True}, "vm1", "h2", "host h2 is dead"),
-        ({"inbound": "2"}, "vm1", "h2", "too many migrations: h2 already receives 2 inbound"),
-        ({"cluster": "2"}, "vm1", "h2", "too many migrations: 2 running in the cluster, limit 2"),
+        ({"dead": True}, "vm1", "h2", "host h2 is dead", RefusalKind.CONFLICT),
+        (
+            {"inbound": "2"},
+            "vm1",
+            "h2",
+            "too many migrations: h2 already receives 2 inbound",
+            RefusalKind.CONFLICT,
+        ),
+        (
+            {"cluster": "2"},
+            "vm1",
+            "h2",
+            "too many migrations: 2 running in the cluster, limit 2",
+            RefusalKind.CONFLICT,
+        ),
     ],
 )
 def test_source_refuses_with_a_reason_and_changes_nothing(
-    setup: dict[str, object], name: str, target: str, reason: str
+    setup: dict[str, object], name: str, target: str, reason: str, kind: RefusalKind
 ) -> None:
     memory = int(setup.get("memory", 1024))  # type: ignore[call-overload]
     vcpus = int(setup.get("vcpus", 1))  # type: ignore[call-overload]
@@ -221,7 +248,7 @@ def test_source_refuses_with_a_reason_and_changes_nothing(
     if setup.get("dead"):
         mesh.view.states["h2"] = MemberState.DEAD
     out = mesh.request("h1", name, target)
-    assert out.events == [MigrationRefused(name, target, reason, "", "h1")]
+    assert out.events == [MigrationRefused(name, target, reason, "", "h1", kind)]
     assert out.sends == [] and out.actions == []
     core = mesh.core("h1")
     assert core.outbound() == 0 and core.migrations() == []
@@ -233,6 +260,7 @@ def test_bad_policy_is_refused() -> None:
     (event,) = mesh.request("h1", "vm1", "h2", {"max_downtime": 10}).events
     assert isinstance(event, MigrationRefused)
     assert event.reason == "bad policy: unknown policy setting 'max_downtime'"
+    assert event.kind is RefusalKind.INVALID  # the request's fault, not the state of things
     (event,) = mesh.request("h1", "vm1", "h2", {"max_downtime_ms": 0}).events
     assert isinstance(event, MigrationRefused)
     assert event.reason == "bad policy: max downtime must be >= 1 ms, got 0"
@@ -822,7 +850,7 @@ def test_the_membership_node_is_a_cluster_view() -> None:
     view: ClusterView = node
     core = MigrationCore("h1", view=view, rng=random.Random(1))
     (event,) = core.request_migration("vm1", "h2", None, 0.0).events
-    assert event == MigrationRefused("vm1", "h2", "unknown host: h2", "", "h1")
+    assert event == MigrationRefused("vm1", "h2", "unknown host: h2", "", "h1", RefusalKind.UNKNOWN)
 
 
 def test_one_migration_by_id_is_what_the_list_shows() -> None:

@@ -16,8 +16,9 @@ import libvirt
 import pytest
 
 from novacron.agent import migrator as migrator_module
-from novacron.agent.api import ApiServer, Refusal
+from novacron.agent.api import ApiServer, http_status
 from novacron.agent.core.migration_policy import MigrationPolicy
+from novacron.agent.core.refusals import Refused
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
     BASE_FLAGS,
@@ -136,9 +137,9 @@ async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
 ) -> None:
     sent: list[tuple[str, Message]] = []
     driver = migrator(sent)
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(Refused) as refused:
         await driver.migrate(vm, body)
-    assert refused.value.status == status
+    assert http_status(refused.value) == status
     assert reason in str(refused.value)
     assert sent == [] and driver.migrations() == []
     await driver.close()
@@ -152,13 +153,16 @@ async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
     row = driver.migration(migration_id)
     assert row is not None
     assert (row["vm"], row["target"], row["phase"], row["outcome"]) == ("vm1", "h2", "proposed", "")
-    with pytest.raises(Refusal, match="already migrating"):
+    with pytest.raises(Refused, match="already migrating"):
         await driver.migrate("vm1", {"to": "h2"})
     await driver.cancel(migration_id)
     assert driver.migration(migration_id)["outcome"] == "aborted"  # type: ignore[index]
-    with pytest.raises(Refusal, match="already ended") as again:
+    with pytest.raises(Refused, match="already ended") as again:
         await driver.cancel(migration_id)
-    assert again.value.status == 409
+    assert http_status(again.value) == 409
+    with pytest.raises(Refused, match="cannot cancel nope: unknown migration") as unknown:
+        await driver.cancel("nope")
+    assert http_status(unknown.value) == 404
     await driver.close()
 
 

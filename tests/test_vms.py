@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from novacron.agent.api import ApiServer, Refusal
+from novacron.agent.api import ApiServer, http_status
+from novacron.agent.core.refusals import Refused
 from novacron.agent.hypervisor import Hypervisor
 from novacron.agent.vms import VmControl, spec_from_body
 from tests.api_client import call
@@ -139,9 +140,9 @@ async def test_refusals_change_nothing(api: tuple[str, Host], files: dict[str, s
     ],
 )
 def test_bad_create_requests_say_what_is_wrong(body: dict[str, Any], error: str) -> None:
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(Refused) as refused:
         spec_from_body(body)
-    assert refused.value.status == 400
+    assert http_status(refused.value) == 400
     assert error in str(refused.value)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from novacron.protocol.messages import Message, NodeRecord
 
 from .migration_policy import MigrationPolicy
+from .refusals import RefusalKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class MigrationRefused:
     reason: str  # a sentence for the operator: "no capacity: target h2 has ..."
     migration_id: str = ""  # empty when refused locally before an id was made
     by: str = ""  # the host that refused: this one (local checks) or the target
+    kind: RefusalKind = RefusalKind.CONFLICT  # unknown VM or host, a bad policy, or the state
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,7 @@ class MigrationCancelRefused:
 
     migration_id: str  # the id given
     reason: str  # why not
+    kind: RefusalKind  # unknown: no such migration; conflict: it is ending or in post-copy
 
 
 @dataclass(frozen=True, slots=True)

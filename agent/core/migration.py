@@ -191,6 +191,7 @@ from .placement import (
     libvirt_down,
     room_refusal,
 )
+from .refusals import RefusalKind
 from .reservations import (
     Demand,
     Reservation,
@@ -525,10 +526,14 @@ class MigrationCore:
         try:
             policy = with_overrides(self.config.policy, policy_overrides)
         except PolicyError as exc:
-            return self._refuse_locally(vm, target, f"bad policy: {exc}", out)
-        reason = self._request_refusal(vm, summary, target, records)
-        if reason is not None or summary is None:
-            return self._refuse_locally(vm, target, reason or f"unknown VM: {vm}", out)
+            return self._refuse_locally(
+                vm, target, (RefusalKind.INVALID, f"bad policy: {exc}"), out
+            )
+        refusal = self._request_refusal(vm, summary, target, records)
+        if refusal is not None or summary is None:
+            return self._refuse_locally(
+                vm, target, refusal or (RefusalKind.UNKNOWN, f"unknown VM: {vm}"), out
+            )
         saga = _Saga(
             migration_id=self._new_id(),
             vm=vm,
@@ -553,7 +558,9 @@ class MigrationCore:
         records = self._view.records()
         summary = _find_vm(records.get(self.node_id), vm)
         if summary is None:
-            return Placement(None, f"unknown VM: {vm} does not run on {self.node_id}")
+            return Placement(
+                None, f"unknown VM: {vm} does not run on {self.node_id}", RefusalKind.UNKNOWN
+            )
         return choose_target(
             records,
             self._view.member,
@@ -571,36 +578,48 @@ class MigrationCore:
         summary: VmSummary | None,
         target: str,
         records: Mapping[str, NodeRecord],
-    ) -> str | None:
+    ) -> tuple[RefusalKind, str] | None:
         """Why this host will not even propose: the checks it can make from its own view."""
-        limits = self.config.limits
         if target == self.node_id:
-            return f"cannot migrate to itself: {vm} already runs on {target}"
+            return RefusalKind.CONFLICT, f"cannot migrate to itself: {vm} already runs on {target}"
         if summary is None:
-            return f"unknown VM: {vm} does not run on {self.node_id}"
+            return RefusalKind.UNKNOWN, f"unknown VM: {vm} does not run on {self.node_id}"
         member = self._view.member(target)
         if member is None:
-            return f"unknown host: {target}"
+            return RefusalKind.UNKNOWN, f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
-            return f"host {target} is {member.state.value}"
+            return RefusalKind.CONFLICT, f"host {target} is {member.state.value}"
         if summary.state == "unknown":
             own = records.get(self.node_id)
             down = libvirt_down(own) if own is not None else None
             since = f"unreachable since {down}" if down else "not answering"
             where = f"{vm}'s libvirt on {self.node_id}"
-            return f"VM state unknown: {where} is {since}; try again when it answers"
+            return (
+                RefusalKind.CONFLICT,
+                f"VM state unknown: {where} is {since}; try again when it answers",
+            )
         if summary.state not in MOVABLE:
-            return f"VM not running: {vm} is {summary.state}"
+            return RefusalKind.CONFLICT, f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
-            return f"VM {vm} is already migrating ({self._busy[vm]})"
+            return RefusalKind.CONFLICT, f"VM {vm} is already migrating ({self._busy[vm]})"
         if target in self.targets_full_from_here():
             return (
+                RefusalKind.CONFLICT,
                 f"too many migrations from {self.node_id}: {target} does not show the last one "
-                "yet; try again in a few seconds"
+                "yet; try again in a few seconds",
             )
         record = records.get(target)
         if record is None:
-            return f"unknown host: no record of {target} yet"
+            return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
+        why = self._target_refusal(record, summary, records)
+        return (RefusalKind.CONFLICT, why) if why is not None else None
+
+    def _target_refusal(
+        self, record: NodeRecord, summary: VmSummary, records: Mapping[str, NodeRecord]
+    ) -> str | None:
+        """Why the target, as its record shows it, or the mesh cannot take the VM now."""
+        limits = self.config.limits
+        target = record.node_id
         if record.draining:
             return f"host draining: {target} takes no new VMs"
         if len(self._sagas) >= limits.max_outbound:
@@ -623,10 +642,11 @@ class MigrationCore:
         return room_refusal(record, demand, overcommit, demand.anti_affinity)
 
     def _refuse_locally(
-        self, vm: str, target: str, reason: str, out: MigrationOutput
+        self, vm: str, target: str, refusal: tuple[RefusalKind, str], out: MigrationOutput
     ) -> MigrationOutput:
         self.stats.refused_locally += 1
-        out.events.append(MigrationRefused(vm, target, reason, "", self.node_id))
+        kind, reason = refusal
+        out.events.append(MigrationRefused(vm, target, reason, "", self.node_id, kind))
         return out
 
     def _new_id(self) -> str:
@@ -656,11 +676,18 @@ class MigrationCore:
         saga = self._sagas.get(migration_id)
         if saga is None:
             ended = self._ended.get(migration_id)
-            why = f"already ended: {ended.outcome}" if ended else "unknown migration"
-            out.events.append(MigrationCancelRefused(migration_id, why))
+            if ended is None:
+                out.events.append(
+                    MigrationCancelRefused(migration_id, "unknown migration", RefusalKind.UNKNOWN)
+                )
+            else:
+                why = f"already ended: {ended.outcome}"
+                out.events.append(MigrationCancelRefused(migration_id, why, RefusalKind.CONFLICT))
             return out
         if saga.phase is Phase.POSTCOPY:
-            out.events.append(MigrationCancelRefused(migration_id, POSTCOPY_CANCEL))
+            out.events.append(
+                MigrationCancelRefused(migration_id, POSTCOPY_CANCEL, RefusalKind.CONFLICT)
+            )
         elif saga.phase is Phase.PROPOSED:
             self._abort_before_start(saga, Trigger.CANCEL, CANCELLED, now, out)
         elif saga.phase is Phase.MIGRATING:
@@ -671,7 +698,7 @@ class MigrationCore:
             out.actions.append(AbortLibvirtMigration(migration_id, saga.vm))
         else:
             why = f"already stopping ({saga.phase.value})"
-            out.events.append(MigrationCancelRefused(migration_id, why))
+            out.events.append(MigrationCancelRefused(migration_id, why, RefusalKind.CONFLICT))
         return out
 
     def cancel_vm(self, vm: str, now: float) -> MigrationOutput:

@@ -24,6 +24,7 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .members import MemberInfo
 from .migration_policy import INBOUND_LABEL, MigrationLimits, published_count
+from .refusals import RefusalKind
 from .reservations import Demand, capacity_refusal, free_capacity
 
 ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
@@ -48,6 +49,7 @@ class Placement:
 
     target: str | None
     reason: str = ""  # why there is no target ("" when there is one)
+    kind: RefusalKind = RefusalKind.CONFLICT  # of the refusal when there is no target
 
 
 def choose_target(
