@@ -23,10 +23,11 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from novacron.protocol.operators import OperatorCommand
 
+from .api_requests import MigrateRequest, migrate_request, recover_request
 from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 
@@ -78,7 +79,7 @@ class MigrationControl(Protocol):
     `migrate` and `cancel` raise `Refused` with the reason when they will not act.
     """
 
-    async def migrate(self, vm: str, body: dict[str, Any]) -> str: ...
+    async def migrate(self, vm: str, request: MigrateRequest) -> str: ...
 
     async def cancel(self, migration_id: str) -> None: ...
 
@@ -109,7 +110,7 @@ class VmLifecycle(Protocol):
 class RecoveryControl(Protocol):
     """What the API needs to settle a VM in doubt (`recovery.Recoveries` fits)."""
 
-    async def recover(self, vm: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def recover(self, vm: str, host: str) -> dict[str, Any]: ...
 
 
 class DrainControl(Protocol):
@@ -182,7 +183,8 @@ def build_router(
     if recovery is not None:
 
         async def recover(request: Request) -> Response:
-            return await _controlled(recovery.recover(request.params["name"], _body(request)))
+            host = _parsed(recover_request, request)
+            return await _controlled(recovery.recover(request.params["name"], host))
 
         router.post(f"/{API_VERSION}/vms/{{name}}/recover", recover)
     if drain is not None:
@@ -364,10 +366,10 @@ def _rebalance_routes(router: Router, rebalance: RebalanceControl) -> None:
 
 def _migration_routes(router: Router, control: MigrationControl) -> None:
     async def migrate(request: Request) -> Response:
-        body = _body(request)
         vm = request.params["name"]
+        asked = _parsed(migrate_request, request)
         try:
-            migration_id = await control.migrate(vm, body)
+            migration_id = await control.migrate(vm, asked)
         except Refused as exc:
             raise _http_error(exc) from None
         row = control.migration(migration_id) or {}
@@ -438,6 +440,17 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise HttpError(400, "the request body must be a JSON object")
     return body
+
+
+Parsed = TypeVar("Parsed")
+
+
+def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Parsed:
+    """`request`'s body as `parse` reads it (`api_requests`), or 400 saying what is wrong."""
+    try:
+        return parse(_body(request))
+    except Refused as exc:
+        raise _http_error(exc) from None
 
 
 async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Response:

@@ -47,6 +47,7 @@ from novacron.protocol.messages import (
     MigrationRefuse,
 )
 
+from .api_requests import MigrateRequest
 from .core.events import (
     AbortLibvirtMigration,
     MigrationAction,
@@ -95,14 +96,6 @@ WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its
 # Seconds the end of a job waits for its final statistics: they feed metrics only, and a
 # libvirtd that hangs must not hold back the commit of a VM that already moved.
 TOTALS_TIMEOUT = 2.0
-OVERRIDES = (  # policy settings a request may override (`MigrationPolicy` fields)
-    "bandwidth_mib_s",
-    "max_downtime_ms",
-    "post_copy",
-    "auto_converge",
-    "completion_timeout_min",
-    "completion_timeout_per_gib",
-)
 MIGRATION_MESSAGES = (
     MigrationPropose,
     MigrationAccept,
@@ -245,33 +238,15 @@ class Migrator:
 
     # --- the local API's side --------------------------------------------------------------
 
-    async def migrate(self, vm: str, body: dict[str, Any]) -> str:
-        """Start moving `vm` as `body` says; the migration id, or `Refused` with the reason."""
-        unknown = sorted(set(body) - {"to", "auto", *OVERRIDES})
-        if unknown:
-            raise Refused(RefusalKind.INVALID, f"unknown setting(s): {', '.join(unknown)}")
-        target = self._target(vm, body)
-        overrides = {k: body[k] for k in OVERRIDES if body.get(k) is not None}
-        return await self.start_migration(vm, target, overrides)
-
-    def _target(self, vm: str, body: dict[str, Any]) -> str:
-        """The host named by 'to', or the best one when 'auto' is set (exactly one of them)."""
-        target, auto = body.get("to"), body.get("auto")
-        if auto is not None and not isinstance(auto, bool):
-            raise Refused(RefusalKind.INVALID, f"'auto' must be true or false, got {auto!r}")
-        if target is not None and auto:
-            raise Refused(RefusalKind.INVALID, "give a target host ('to') or 'auto', not both")
-        if auto:
+    async def migrate(self, vm: str, request: MigrateRequest) -> str:
+        """Start moving `vm` as `request` says; the migration id, or `Refused` with the reason."""
+        target = request.target
+        if target is None:
             placement = self.core.place(vm)
             if placement.target is None:
                 raise Refused(placement.kind, placement.reason)
-            return placement.target
-        if not target or not isinstance(target, str):
-            raise Refused(
-                RefusalKind.INVALID,
-                "no target host given: say where to move the VM ('to' or 'auto')",
-            )
-        return target
+            target = placement.target
+        return await self.start_migration(vm, target, dict(request.overrides))
 
     async def start_migration(
         self, vm: str, target: str, overrides: dict[str, Any], purpose: str = "manual"

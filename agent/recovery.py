@@ -38,9 +38,9 @@ class Recoveries:
         self._mesh = mesh  # members and records, as this agent sees them
         self._migrator = migrator  # its core knows doubts and running sagas; its locator looks
 
-    async def recover(self, vm: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Run `vm` on the host `body["on"]` names, after removing every other copy."""
-        host = self._host(body)
+    async def recover(self, vm: str, host: str) -> dict[str, Any]:
+        """Run `vm` on `host`, after removing every other copy."""
+        self._check_host(host)
         busy = self._migrator.core.busy(vm)
         if busy:
             raise Refused(
@@ -67,15 +67,10 @@ class Recoveries:
             "was": doubt.reason if doubt is not None else None,
         }
 
-    def _host(self, body: dict[str, Any]) -> str:
-        unknown = sorted(set(body) - {"on"})
-        if unknown:
-            raise Refused(RefusalKind.INVALID, f"unknown setting(s): {', '.join(unknown)}")
-        host = body.get("on")
-        if not isinstance(host, str) or not host:
-            raise Refused(RefusalKind.INVALID, "say where the VM is to run ('on': a host id)")
+    def _check_host(self, host: str) -> None:
+        """Refuse a host this agent does not know, or does not see alive."""
         if host == self.node_id:
-            return host
+            return
         member = self._mesh().member(host)
         if member is None:
             raise Refused(
@@ -84,7 +79,6 @@ class Recoveries:
             )
         if member.state is not MemberState.ALIVE:
             raise Refused(RefusalKind.CONFLICT, f"host not alive: {host} is {member.state.value}")
-        return host
 
     def _alive(self) -> list[str]:
         """Every host whose libvirt must be asked: this one and every alive member."""

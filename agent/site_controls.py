@@ -24,6 +24,7 @@ from typing import Any
 from novacron.protocol.sitelink import Command, CommandKind, Outcome
 
 from .api import DrainControl, MigrationControl, VmLifecycle, http_status
+from .api_requests import MigrateRequest
 from .core.refusals import Refused
 
 
@@ -67,8 +68,8 @@ class SiteControls:
             await self.vms.delete(command.vm, {"force": command.force})
             return Outcome(key, True, here, 200, f"deleted from {here}", command.vm)
         if kind is CommandKind.MIGRATE:
-            body: dict[str, Any] = {"to": command.target} if command.target else {"auto": True}
-            migration = await self.migrations.migrate(command.vm, body)
+            asked = MigrateRequest(command.target or None)  # no target: the best host now
+            migration = await self.migrations.migrate(command.vm, asked)
             return Outcome(
                 key,
                 True,

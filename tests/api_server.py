@@ -20,6 +20,7 @@ import pytest
 
 from novacron.agent import httpd
 from novacron.agent.api import build_router
+from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.httpd import HttpServer
 
@@ -125,6 +126,7 @@ class Migrations:
     def __init__(self) -> None:
         self.row: dict[str, Any] = {"migration_id": "m1", "outcome": "", "target": "h2"}
         self.looks = 0
+        self.asked: list[tuple[str, MigrateRequest]] = []  # the moves asked, as the API read them
         self.waiting = 0  # held requests waiting for news right now
         self._news = asyncio.Event()
 
@@ -141,7 +143,8 @@ class Migrations:
         finally:
             self.waiting -= 1
 
-    async def migrate(self, vm: str, body: dict[str, Any]) -> str:
+    async def migrate(self, vm: str, request: MigrateRequest) -> str:
+        self.asked.append((vm, request))
         raise Refused(RefusalKind.UNKNOWN, f"unknown VM {vm}")
 
     async def cancel(self, migration_id: str) -> None:
@@ -158,8 +161,15 @@ class Migrations:
         return self.row if migration_id == "m1" else None
 
 
+class Recovery:
+    """Echoes the host the API read from a recover request."""
+
+    async def recover(self, vm: str, host: str) -> dict[str, Any]:
+        return {"vm": vm, "host": host}
+
+
 def router(migrations: Migrations | None = None) -> httpd.Router:
-    return build_router(View(), migrations or Migrations(), vms=Vms())
+    return build_router(View(), migrations or Migrations(), vms=Vms(), recovery=Recovery())
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from novacron.agent import client, httpd
 from novacron.agent.api import HTTP_STATUS, ApiServer
+from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.httpd import HttpServer
 from tests.api_client import UnixHTTPConnection, call, request, until
@@ -67,6 +68,31 @@ async def test_routes_take_path_parameters_and_query_strings(
     assert await call(sock, "POST", "/v1/vms", json={"name": "a"}) == (
         201,
         {"created": {"name": "a"}},
+    )
+
+
+async def test_a_bad_migrate_or_recover_body_is_a_400_that_reaches_no_control(
+    served: tuple[str, HttpServer, Migrations],
+) -> None:
+    sock, _, migrations = served
+    assert await call(sock, "POST", "/v1/vms/a/migrate", json={"to": "h2", "auto": True}) == (
+        400,
+        {"error": "give a target host ('to') or 'auto', not both"},
+    )
+    assert await call(sock, "POST", "/v1/vms/a/recover", json={}) == (
+        400,
+        {"error": "say where the VM is to run ('on': a host id)"},
+    )
+    assert migrations.asked == []
+    asked = {"auto": True, "bandwidth_mib_s": 5}
+    assert await call(sock, "POST", "/v1/vms/a/migrate", json=asked) == (
+        404,
+        {"error": "unknown VM a"},
+    )
+    assert migrations.asked == [("a", MigrateRequest(None, {"bandwidth_mib_s": 5}))]
+    assert await call(sock, "POST", "/v1/vms/a/recover", json={"on": "h1"}) == (
+        200,
+        {"vm": "a", "host": "h1"},
     )
 
 

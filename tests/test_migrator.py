@@ -17,6 +17,7 @@ import pytest
 
 from novacron.agent import migrator as migrator_module
 from novacron.agent.api import ApiServer, http_status
+from novacron.agent.api_requests import MigrateRequest, migrate_request
 from novacron.agent.core.migration_policy import MigrationPolicy
 from novacron.agent.core.refusals import Refused
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
@@ -138,7 +139,7 @@ async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
     sent: list[tuple[str, Message]] = []
     driver = migrator(sent)
     with pytest.raises(Refused) as refused:
-        await driver.migrate(vm, body)
+        await driver.migrate(vm, migrate_request(body))  # the API checks the body first
     assert http_status(refused.value) == status
     assert reason in str(refused.value)
     assert sent == [] and driver.migrations() == []
@@ -148,13 +149,13 @@ async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
 async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
     sent: list[tuple[str, Message]] = []
     driver = migrator(sent)
-    migration_id = await driver.migrate("vm1", {"to": "h2", "bandwidth_mib_s": 5})
+    migration_id = await driver.migrate("vm1", MigrateRequest("h2", {"bandwidth_mib_s": 5}))
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
     row = driver.migration(migration_id)
     assert row is not None
     assert (row["vm"], row["target"], row["phase"], row["outcome"]) == ("vm1", "h2", "proposed", "")
     with pytest.raises(Refused, match="already migrating"):
-        await driver.migrate("vm1", {"to": "h2"})
+        await driver.migrate("vm1", MigrateRequest("h2"))
     await driver.cancel(migration_id)
     assert driver.migration(migration_id)["outcome"] == "aborted"  # type: ignore[index]
     with pytest.raises(Refused, match="already ended") as again:
@@ -169,7 +170,7 @@ async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
 async def test_auto_picks_the_host_with_room() -> None:
     sent: list[tuple[str, Message]] = []
     driver = migrator(sent)
-    migration_id = await driver.migrate("vm1", {"auto": True})
+    migration_id = await driver.migrate("vm1", MigrateRequest(None))
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
     assert driver.migration(migration_id)["target"] == "h2"  # type: ignore[index]
     await driver.close()
