@@ -27,9 +27,16 @@ from typing import Any, Protocol, TypeVar
 
 from novacron.protocol.operators import OperatorCommand
 
-from .api_requests import MigrateRequest, migrate_request, recover_request
+from .api_requests import (
+    MigrateRequest,
+    create_request,
+    migrate_request,
+    recover_request,
+    stop_timeout,
+)
 from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
+from .vmspec import VmSpec
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
@@ -98,13 +105,13 @@ class VmLifecycle(Protocol):
     Every method raises `Refused` with the reason when it will not act.
     """
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]: ...
 
     async def start(self, name: str) -> dict[str, Any]: ...
 
-    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def stop(self, name: str, timeout: float) -> dict[str, Any]: ...
 
-    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def delete(self, name: str, force: bool = False) -> dict[str, Any]: ...
 
 
 class RecoveryControl(Protocol):
@@ -251,17 +258,19 @@ def _view_routes(router: Router, view: AgentView) -> None:
 
 def _vm_routes(router: Router, vms: VmLifecycle) -> None:
     async def create(request: Request) -> Response:
-        return await _controlled(vms.create(_body(request)), status=201)
+        asked = _parsed(create_request, request)
+        return await _controlled(vms.create(asked.spec, asked.start), status=201)
 
     async def start(request: Request) -> Response:
         return await _controlled(vms.start(request.params["name"]))
 
     async def stop(request: Request) -> Response:
-        return await _controlled(vms.stop(request.params["name"], _body(request)))
+        timeout = _parsed(stop_timeout, request)
+        return await _controlled(vms.stop(request.params["name"], timeout))
 
     async def delete(request: Request) -> Response:
         force = request.query.get("force", "") in ("1", "true", "yes")
-        return await _controlled(vms.delete(request.params["name"], {"force": force}))
+        return await _controlled(vms.delete(request.params["name"], force))
 
     router.post(f"/{API_VERSION}/vms", create)
     router.post(f"/{API_VERSION}/vms/{{name}}/start", start)

@@ -3,17 +3,21 @@
 A body is JSON from `nova`, a script or the coordinator's site link: every
 field is checked here, before any control sees it, and a body that is wrong
 is refused (`RefusalKind.INVALID`) with a sentence naming what is wrong. The
-controls (`Migrator`, `Recoveries`) take the typed requests and check only
-what depends on the state of things: the VM, the hosts, the mesh.
+controls (`VmControl`, `Migrator`, `Recoveries`) take the typed requests and
+check only what depends on the state of things: the VM, the host, the mesh.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .core.refusals import RefusalKind, Refused
+from .vmspec import DiskSpec, VmSpec
+
+# --- migrations and recoveries -------------------------------------------------------
 
 OVERRIDES = (  # policy settings a migrate request may override (`MigrationPolicy` fields)
     "bandwidth_mib_s",
@@ -63,3 +67,93 @@ def recover_request(body: Mapping[str, Any]) -> str:
     if not isinstance(host, str) or not host:
         raise Refused(RefusalKind.INVALID, "say where the VM is to run ('on': a host id)")
     return host
+
+
+# --- VMs on this host -----------------------------------------------------------------
+
+CREATE_FIELDS = {
+    "name": str,
+    "vcpus": int,
+    "memory_mib": int,
+    "kernel": str,
+    "initrd": str,
+    "cmdline": str,
+    "disks": list,
+    "labels": dict,
+    "start": bool,
+}
+REQUIRED = ("name", "vcpus", "memory_mib")
+
+STOP_TIMEOUT = 30.0  # seconds a guest gets to power off before it is destroyed
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """Define a VM on this host, and boot it at once if `start`."""
+
+    spec: VmSpec
+    start: bool = False
+
+
+def create_request(body: Mapping[str, Any]) -> CreateRequest:
+    """The VM a create request describes, and whether to start it."""
+    return CreateRequest(spec_from_body(body), bool(body.get("start")))
+
+
+def stop_timeout(body: Mapping[str, Any]) -> float:
+    """Seconds a stop request gives the guest to power off (`STOP_TIMEOUT` if not said)."""
+    timeout = body.get("timeout", STOP_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise Refused(
+            RefusalKind.INVALID, f"timeout must be a number of seconds >= 0, got {timeout!r}"
+        )
+    return float(timeout)
+
+
+def spec_from_body(body: Mapping[str, Any]) -> VmSpec:
+    """The `VmSpec` a create request describes, or `Refused` (invalid) naming what is wrong."""
+    unknown = sorted(set(body) - set(CREATE_FIELDS))
+    if unknown:
+        raise Refused(RefusalKind.INVALID, f"unknown field(s): {', '.join(unknown)}")
+    missing = [name for name in REQUIRED if name not in body]
+    if missing:
+        raise Refused(RefusalKind.INVALID, f"missing field(s): {', '.join(missing)}")
+    for name, kind in CREATE_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind)
+        ):
+            raise Refused(
+                RefusalKind.INVALID, f"field {name!r} must be {kind.__name__}, got {value!r}"
+            )
+    spec = VmSpec(
+        name=body["name"],
+        vcpus=body["vcpus"],
+        memory_mib=body["memory_mib"],
+        kernel=_path(body.get("kernel")),
+        initrd=_path(body.get("initrd")),
+        cmdline=body.get("cmdline") or "",
+        disks=tuple(_disk(d) for d in body.get("disks") or []),
+        labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
+    )
+    problems = spec.problems()
+    if problems:
+        raise Refused(RefusalKind.INVALID, f"bad spec for VM {spec.name!r}: " + "; ".join(problems))
+    return spec
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _disk(item: Any) -> DiskSpec:
+    if not isinstance(item, dict) or not isinstance(item.get("base"), str):
+        raise Refused(
+            RefusalKind.INVALID, f"each disk must be {{'base': PATH, 'size_mib': N}}, got {item!r}"
+        )
+    size = item.get("size_mib")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise Refused(
+            RefusalKind.INVALID, f"disk size_mib must be a whole number of MiB, got {size!r}"
+        )
+    return DiskSpec(Path(item["base"]), size)

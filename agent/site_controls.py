@@ -24,7 +24,7 @@ from typing import Any
 from novacron.protocol.sitelink import Command, CommandKind, Outcome
 
 from .api import DrainControl, MigrationControl, VmLifecycle, http_status
-from .api_requests import MigrateRequest
+from .api_requests import MigrateRequest, create_request, stop_timeout
 from .core.refusals import Refused
 
 
@@ -55,21 +55,23 @@ class SiteControls:
         key, here = command.key, self.node_id
         kind = command.kind
         if kind is CommandKind.CREATE:
-            result = await self.vms.create(create_body(command))
+            create = create_request(create_body(command))  # checked as the API checks it
+            result = await self.vms.create(create.spec, create.start)
             started = " and started" if result.get("started") else ""
             return Outcome(key, True, here, 201, f"created on {here}{started}", command.spec.name)
         if kind is CommandKind.START:
             await self.vms.start(command.vm)
             return Outcome(key, True, here, 200, f"started on {here}", command.vm)
         if kind is CommandKind.STOP:
-            result = await self.vms.stop(command.vm, {"timeout": command.stop_timeout})
+            timeout = stop_timeout({"timeout": command.stop_timeout})
+            result = await self.vms.stop(command.vm, timeout)
             return Outcome(key, True, here, 200, f"stopped ({result.get('stopped')})", command.vm)
         if kind is CommandKind.DELETE:
-            await self.vms.delete(command.vm, {"force": command.force})
+            await self.vms.delete(command.vm, command.force)
             return Outcome(key, True, here, 200, f"deleted from {here}", command.vm)
         if kind is CommandKind.MIGRATE:
-            asked = MigrateRequest(command.target or None)  # no target: the best host now
-            migration = await self.migrations.migrate(command.vm, asked)
+            move = MigrateRequest(command.target or None)  # no target: the best host now
+            migration = await self.migrations.migrate(command.vm, move)
             return Outcome(
                 key,
                 True,

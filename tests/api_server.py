@@ -23,6 +23,7 @@ from novacron.agent.api import build_router
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.httpd import HttpServer
+from novacron.agent.vmspec import VmSpec
 
 
 def exchange(sock: str, data: bytes, half_close: bool = True, timeout: float = 10.0) -> bytes:
@@ -101,23 +102,23 @@ class View:
 
 
 class Vms:
-    """Echoes what the API passed it; `fail` and `refuse` in a body make it misbehave."""
+    """Echoes what the API passed it; a VM named `fail` is a bug, `refuse-KIND` is refused."""
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("fail"):
+    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+        if spec.name == "fail":
             raise RuntimeError("a bug")
-        if "refuse" in body:
-            raise Refused(RefusalKind(body["refuse"]), "refused on purpose")
-        return {"created": body}
+        if spec.name.startswith("refuse-"):
+            raise Refused(RefusalKind(spec.name.removeprefix("refuse-")), "refused on purpose")
+        return {"created": {"name": spec.name, "memory_mib": spec.memory_mib, "start": start}}
 
     async def start(self, name: str) -> dict[str, Any]:
         return {"name": name, "started": True}
 
-    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "body": body}
+    async def stop(self, name: str, timeout: float) -> dict[str, Any]:
+        return {"name": name, "timeout": timeout}
 
-    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, **body}
+    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
+        return {"name": name, "force": force}
 
 
 class Migrations:

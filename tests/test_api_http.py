@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,6 +38,12 @@ from tests.api_server import (
     exchange,
     router,
 )
+
+
+def vm(name: str, **more: Any) -> dict[str, Any]:
+    """A well-formed create request for VM `name`."""
+    return {"name": name, "vcpus": 1, "memory_mib": 64, "kernel": "/boot/vmlinuz", **more}
+
 
 # --- routing and answers --------------------------------------------------------------
 
@@ -63,18 +70,27 @@ async def test_routes_take_path_parameters_and_query_strings(
     assert await call(sock, "DELETE", "/v1/vms/a") == (200, {"name": "a", "force": False})
     assert await call(sock, "POST", "/v1/vms/a/stop", json={"timeout": 3}) == (
         200,
-        {"name": "a", "body": {"timeout": 3}},
+        {"name": "a", "timeout": 3.0},
     )
-    assert await call(sock, "POST", "/v1/vms", json={"name": "a"}) == (
+    assert await call(sock, "POST", "/v1/vms/a/stop") == (200, {"name": "a", "timeout": 30.0})
+    assert await call(sock, "POST", "/v1/vms", json=vm("a", start=True)) == (
         201,
-        {"created": {"name": "a"}},
+        {"created": {"name": "a", "memory_mib": 64, "start": True}},
     )
 
 
-async def test_a_bad_migrate_or_recover_body_is_a_400_that_reaches_no_control(
+async def test_a_bad_body_is_a_400_that_reaches_no_control(
     served: tuple[str, HttpServer, Migrations],
 ) -> None:
     sock, _, migrations = served
+    assert await call(sock, "POST", "/v1/vms", json={"name": "fail"}) == (
+        400,
+        {"error": "missing field(s): vcpus, memory_mib"},
+    )
+    assert await call(sock, "POST", "/v1/vms/a/stop", json={"timeout": -1}) == (
+        400,
+        {"error": "timeout must be a number of seconds >= 0, got -1"},
+    )
     assert await call(sock, "POST", "/v1/vms/a/migrate", json={"to": "h2", "auto": True}) == (
         400,
         {"error": "give a target host ('to') or 'auto', not both"},
@@ -150,12 +166,12 @@ async def test_refusals_answer_their_kinds_status_and_a_bug_is_a_json_500(
 ) -> None:
     sock, _, _ = served
     for kind in RefusalKind:
-        assert await call(sock, "POST", "/v1/vms", json={"refuse": kind.value}) == (
+        assert await call(sock, "POST", "/v1/vms", json=vm(f"refuse-{kind.value}")) == (
             STATUS_OF_KIND[kind],
             {"error": "refused on purpose"},
         )
     with caplog.at_level(logging.ERROR, logger="novacron.httpd"):
-        assert await call(sock, "POST", "/v1/vms", json={"fail": True}) == (
+        assert await call(sock, "POST", "/v1/vms", json=vm("fail")) == (
             500,
             {"error": "Internal Server Error"},
         )
@@ -168,8 +184,8 @@ async def test_the_clis_client_gets_answers_and_errors(
 ) -> None:
     sock, _, _ = served
     assert await asyncio.to_thread(client.get, "/v1/members", sock) == {"members": [{"id": "n1"}]}
-    answer = await asyncio.to_thread(client.post, "/v1/vms", {"name": "x"}, sock)
-    assert answer == {"created": {"name": "x"}}
+    answer = await asyncio.to_thread(client.post, "/v1/vms", vm("x"), sock)
+    assert answer == {"created": {"name": "x", "memory_mib": 64, "start": False}}
     with pytest.raises(client.AgentRequestFailed, match="unknown VM ghost") as failed:
         await asyncio.to_thread(client.post, "/v1/vms/ghost/migrate", {"to": "h2"}, sock)
     assert failed.value.status == 404

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.site_commands import SiteCommands
 from novacron.agent.site_controls import SiteControls
+from novacron.agent.vmspec import VmSpec
 from novacron.coordinator.placement import Request, place
 from novacron.coordinator.ratelimit import RateLimiter
 from novacron.protocol import codec
@@ -96,24 +98,24 @@ class Vms:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body["name"] == "taken":
+    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+        if spec.name == "taken":
             raise Refused(RefusalKind.CONFLICT, "VM taken exists")
-        self.created.append(body["name"])
-        return {"name": body["name"], "started": body.get("start", False)}
+        self.created.append(spec.name)
+        return {"name": spec.name, "started": start}
 
     async def start(self, name: str) -> dict[str, Any]:
         return {}
 
-    async def stop(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def stop(self, name: str, timeout: float) -> dict[str, Any]:
         return {"stopped": "shutdown"}
 
-    async def delete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
         return {}
 
 
 class Nothing:
-    async def migrate(self, vm: str, body: dict[str, Any]) -> str:
+    async def migrate(self, vm: str, request: MigrateRequest) -> str:
         return "m-1"
 
     async def drain(self) -> dict[str, Any]:
