@@ -106,7 +106,10 @@ def test_a_create_request_is_the_vm_spec_and_whether_to_start_it() -> None:
         labels={"tier": "front", "n": "1"},
     )
     assert create_request(body) == CreateRequest(spec, start=True)
-    assert create_request({"name": "a", "vcpus": 1, "memory_mib": 64}).start is False
+    assert (
+        create_request({"name": "a", "vcpus": 1, "memory_mib": 64, "disks": [{"base": "/b"}]}).start
+        is False
+    )
 
 
 @pytest.mark.parametrize(
