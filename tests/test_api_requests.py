@@ -3,6 +3,7 @@ refused (before any control sees it), with the status `nova` shows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,43 +41,33 @@ def test_a_migrate_request_names_the_target_or_auto_and_the_overrides(
     assert migrate_request(body) == asked
 
 
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        ({}, "no target host given: say where to move the VM ('to' or 'auto')"),
-        ({"to": ""}, "no target host given"),
-        ({"to": 7}, "no target host given"),
-        ({"auto": False}, "no target host given"),
-        ({"to": "h2", "speed": 1, "at": 2}, "unknown setting(s): at, speed"),
-        ({"to": "h2", "auto": True}, "give a target host ('to') or 'auto', not both"),
-        ({"to": "", "auto": True}, "give a target host ('to') or 'auto', not both"),
-        ({"auto": "yes"}, "'auto' must be true or false, got 'yes'"),
-        ({"auto": 1}, "'auto' must be true or false, got 1"),
-    ],
-)
-def test_a_bad_migrate_request_is_refused_as_invalid(body: dict[str, Any], reason: str) -> None:
-    with pytest.raises(Refused) as refused:
-        migrate_request(body)
-    assert refused.value.kind is RefusalKind.INVALID and http_status(refused.value) == 400
-    assert str(refused.value).startswith(reason)
-
-
 def test_a_recover_request_names_the_host() -> None:
     assert recover_request({"on": "h1"}) == "h1"
 
 
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    ("parse", "body", "reason"),
     [
-        ({}, "say where the VM is to run ('on': a host id)"),
-        ({"on": ""}, "say where the VM is to run"),
-        ({"on": ["h1"]}, "say where the VM is to run"),
-        ({"on": "h1", "force": True}, "unknown setting(s): force"),
+        (migrate_request, {}, "no target host given: say where to move the VM ('to' or 'auto')"),
+        (migrate_request, {"to": ""}, "no target host given"),
+        (migrate_request, {"to": 7}, "no target host given"),
+        (migrate_request, {"auto": False}, "no target host given"),
+        (migrate_request, {"to": "h2", "speed": 1, "at": 2}, "unknown setting(s): at, speed"),
+        (migrate_request, {"to": "h2", "auto": True}, "give a target host ('to') or 'auto', not"),
+        (migrate_request, {"to": "", "auto": True}, "give a target host ('to') or 'auto', not"),
+        (migrate_request, {"auto": "yes"}, "'auto' must be true or false, got 'yes'"),
+        (migrate_request, {"auto": 1}, "'auto' must be true or false, got 1"),
+        (recover_request, {}, "say where the VM is to run ('on': a host id)"),
+        (recover_request, {"on": ""}, "say where the VM is to run"),
+        (recover_request, {"on": ["h1"]}, "say where the VM is to run"),
+        (recover_request, {"on": "h1", "force": True}, "unknown setting(s): force"),
     ],
 )
-def test_a_bad_recover_request_is_refused_as_invalid(body: dict[str, Any], reason: str) -> None:
+def test_a_bad_migrate_or_recover_request_is_refused_as_invalid(
+    parse: Callable[[dict[str, Any]], object], body: dict[str, Any], reason: str
+) -> None:
     with pytest.raises(Refused) as refused:
-        recover_request(body)
+        parse(body)
     assert refused.value.kind is RefusalKind.INVALID and http_status(refused.value) == 400
     assert str(refused.value).startswith(reason)
 
