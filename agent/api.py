@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from .api_requests import (
 )
 from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
+from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
 API_VERSION = "v1"
@@ -105,13 +107,13 @@ class VmLifecycle(Protocol):
     Every method raises `Refused` with the reason when it will not act.
     """
 
-    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]: ...
+    async def create(self, spec: VmSpec, start: bool = False) -> VmCreated: ...
 
-    async def start(self, name: str) -> dict[str, Any]: ...
+    async def start(self, name: str) -> VmStarted: ...
 
-    async def stop(self, name: str, timeout: float) -> dict[str, Any]: ...
+    async def stop(self, name: str, timeout: float) -> VmStopped: ...
 
-    async def delete(self, name: str, force: bool = False) -> dict[str, Any]: ...
+    async def delete(self, name: str, force: bool = False) -> VmDeleted: ...
 
 
 class RecoveryControl(Protocol):
@@ -462,12 +464,15 @@ def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Pars
         raise _http_error(exc) from None
 
 
-async def _controlled(call: Awaitable[dict[str, Any]], status: int = 200) -> Response:
-    """Run a control's call; its answer as JSON, or its refusal as the HTTP error."""
+async def _controlled(call: Awaitable[object], status: int = 200) -> Response:
+    """Run a control's call; its answer as JSON (a dataclass's fields, in order), or its
+    refusal as the HTTP error."""
     try:
         answer = await call
     except Refused as exc:
         raise _http_error(exc) from None
+    if dataclasses.is_dataclass(answer) and not isinstance(answer, type):
+        return json_response(dataclasses.asdict(answer), status=status)
     return json_response(answer, status=status)
 
 

@@ -57,15 +57,15 @@ class SiteControls:
         if kind is CommandKind.CREATE:
             create = create_request(create_body(command))  # checked as the API checks it
             result = await self.vms.create(create.spec, create.start)
-            started = " and started" if result.get("started") else ""
+            started = " and started" if result.started else ""
             return Outcome(key, True, here, 201, f"created on {here}{started}", command.spec.name)
         if kind is CommandKind.START:
             await self.vms.start(command.vm)
             return Outcome(key, True, here, 200, f"started on {here}", command.vm)
         if kind is CommandKind.STOP:
             timeout = stop_timeout({"timeout": command.stop_timeout})
-            result = await self.vms.stop(command.vm, timeout)
-            return Outcome(key, True, here, 200, f"stopped ({result.get('stopped')})", command.vm)
+            stopped = await self.vms.stop(command.vm, timeout)
+            return Outcome(key, True, here, 200, f"stopped ({stopped.stopped})", command.vm)
         if kind is CommandKind.DELETE:
             await self.vms.delete(command.vm, command.force)
             return Outcome(key, True, here, 200, f"deleted from {here}", command.vm)

@@ -12,11 +12,44 @@ within moments.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .core.refusals import RefusalKind, Refused
 from .hypervisor import Hypervisor, LibvirtUnreachable, UnknownVm, VmExists
 from .vmspec import BadSpec, HypervisorError, VmSpec
+
+# What each control answers: the API sends it as JSON (its fields, in this order), the
+# site link reads it for the coordinator's outcome.
+
+
+@dataclass(frozen=True, slots=True)
+class VmCreated:
+    name: str
+    uuid: str  # libvirt's
+    started: bool  # asked to start, and it did
+    host: str  # this host's id
+
+
+@dataclass(frozen=True, slots=True)
+class VmStarted:
+    name: str
+    started: bool  # False: it was running already
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class VmStopped:
+    name: str
+    stopped: str  # how: graceful, forced, or not running (`hypervisor.StopOutcome`)
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class VmDeleted:
+    name: str
+    deleted: bool
+    removed: list[str]  # the disk files removed with it
 
 
 class VmControl:
@@ -39,7 +72,7 @@ class VmControl:
         self._free_memory_mib = free_memory_mib  # None until the first inventory
         self._start_refusal = start_refusal  # why a VM must not start here (runs elsewhere)
 
-    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+    async def create(self, spec: VmSpec, start: bool = False) -> VmCreated:
         if self._draining():
             raise Refused(RefusalKind.CONFLICT, f"host draining: {self.node_id} takes no new VMs")
         free = self._free_memory_mib()
@@ -51,22 +84,22 @@ class VmControl:
             )
         info = await self._run(self.hypervisor.create(spec))
         started = start and await self._run(self.hypervisor.start(spec.name))
-        return {"name": info.name, "uuid": info.uuid, "started": started, "host": self.node_id}
+        return VmCreated(info.name, info.uuid, started, self.node_id)
 
-    async def start(self, name: str) -> dict[str, Any]:
+    async def start(self, name: str) -> VmStarted:
         why = await self._start_refusal(name) if self._start_refusal is not None else None
         if why:
             raise Refused(RefusalKind.CONFLICT, why)
         started = await self._run(self.hypervisor.start(name))
-        return {"name": name, "started": started, "host": self.node_id}
+        return VmStarted(name, started, self.node_id)
 
-    async def stop(self, name: str, timeout: float) -> dict[str, Any]:
+    async def stop(self, name: str, timeout: float) -> VmStopped:
         """Power `name` off, destroying it if the guest has not after `timeout` seconds."""
         self._not_migrating(name, "stop")
         how = await self._run(self.hypervisor.stop(name, timeout))
-        return {"name": name, "stopped": how, "host": self.node_id}
+        return VmStopped(name, how, self.node_id)
 
-    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
+    async def delete(self, name: str, force: bool = False) -> VmDeleted:
         """Remove `name` and its disks; a running VM only with `force`."""
         self._not_migrating(name, "delete")
         if not force:
@@ -78,7 +111,7 @@ class VmControl:
                     "or delete it with --force (?force=1 over HTTP)",
                 )
         removed = await self._run(self.hypervisor.delete(name))
-        return {"name": name, "deleted": True, "removed": [str(p) for p in removed]}
+        return VmDeleted(name, True, [str(p) for p in removed])
 
     def _not_migrating(self, name: str, what: str) -> None:
         if self._migrating(name):

@@ -23,6 +23,7 @@ from novacron.agent.api import build_router
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.httpd import HttpServer
+from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
 
 
@@ -102,23 +103,25 @@ class View:
 
 
 class Vms:
-    """Echoes what the API passed it; a VM named `fail` is a bug, `refuse-KIND` is refused."""
+    """Echoes in its answers what the API passed it (the uuid is the memory, what a stop
+    did is its timeout, what a delete removed is whether it was forced); a VM named `fail`
+    is a bug, one named `refuse-KIND` is refused."""
 
-    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+    async def create(self, spec: VmSpec, start: bool = False) -> VmCreated:
         if spec.name == "fail":
             raise RuntimeError("a bug")
         if spec.name.startswith("refuse-"):
             raise Refused(RefusalKind(spec.name.removeprefix("refuse-")), "refused on purpose")
-        return {"created": {"name": spec.name, "memory_mib": spec.memory_mib, "start": start}}
+        return VmCreated(spec.name, f"{spec.memory_mib} MiB", start, "n1")
 
-    async def start(self, name: str) -> dict[str, Any]:
-        return {"name": name, "started": True}
+    async def start(self, name: str) -> VmStarted:
+        return VmStarted(name, True, "n1")
 
-    async def stop(self, name: str, timeout: float) -> dict[str, Any]:
-        return {"name": name, "timeout": timeout}
+    async def stop(self, name: str, timeout: float) -> VmStopped:
+        return VmStopped(name, f"within {timeout:g} s", "n1")
 
-    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
-        return {"name": name, "force": force}
+    async def delete(self, name: str, force: bool = False) -> VmDeleted:
+        return VmDeleted(name, True, ["forced"] if force else [])
 
 
 class Migrations:

@@ -61,21 +61,23 @@ async def test_routes_take_path_parameters_and_query_strings(
     )
     assert await call(sock, "POST", "/v1/vms/my%20vm/start") == (
         200,
-        {"name": "my vm", "started": True},
+        {"name": "my vm", "started": True, "host": "n1"},
     )
     assert await call(sock, "DELETE", "/v1/vms/a?force=1&force=0") == (
         200,
-        {"name": "a", "force": True},
+        {"name": "a", "deleted": True, "removed": ["forced"]},
     )
-    assert await call(sock, "DELETE", "/v1/vms/a") == (200, {"name": "a", "force": False})
+    deleted = {"name": "a", "deleted": True, "removed": []}
+    assert await call(sock, "DELETE", "/v1/vms/a") == (200, deleted)
     assert await call(sock, "POST", "/v1/vms/a/stop", json={"timeout": 3}) == (
         200,
-        {"name": "a", "timeout": 3.0},
+        {"name": "a", "stopped": "within 3 s", "host": "n1"},
     )
-    assert await call(sock, "POST", "/v1/vms/a/stop") == (200, {"name": "a", "timeout": 30.0})
+    stopped = {"name": "a", "stopped": "within 30 s", "host": "n1"}
+    assert await call(sock, "POST", "/v1/vms/a/stop") == (200, stopped)
     assert await call(sock, "POST", "/v1/vms", json=vm("a", start=True)) == (
         201,
-        {"created": {"name": "a", "memory_mib": 64, "start": True}},
+        {"name": "a", "uuid": "64 MiB", "started": True, "host": "n1"},
     )
 
 
@@ -177,7 +179,7 @@ async def test_the_clis_client_gets_answers_and_errors(
     sock, _, _ = served
     assert await asyncio.to_thread(client.get, "/v1/members", sock) == {"members": [{"id": "n1"}]}
     answer = await asyncio.to_thread(client.post, "/v1/vms", vm("x"), sock)
-    assert answer == {"created": {"name": "x", "memory_mib": 64, "start": False}}
+    assert answer == {"name": "x", "uuid": "64 MiB", "started": False, "host": "n1"}
     with pytest.raises(client.AgentRequestFailed, match="unknown VM ghost") as failed:
         await asyncio.to_thread(client.post, "/v1/vms/ghost/migrate", {"to": "h2"}, sock)
     assert failed.value.status == 404

@@ -21,6 +21,7 @@ from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.site_commands import SiteCommands
 from novacron.agent.site_controls import SiteControls
+from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
 from novacron.coordinator.placement import Request, place
 from novacron.coordinator.ratelimit import RateLimiter
@@ -98,20 +99,20 @@ class Vms:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    async def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+    async def create(self, spec: VmSpec, start: bool = False) -> VmCreated:
         if spec.name == "taken":
             raise Refused(RefusalKind.CONFLICT, "VM taken exists")
         self.created.append(spec.name)
-        return {"name": spec.name, "started": start}
+        return VmCreated(spec.name, "u", start, "n1")
 
-    async def start(self, name: str) -> dict[str, Any]:
-        return {}
+    async def start(self, name: str) -> VmStarted:
+        return VmStarted(name, True, "n1")
 
-    async def stop(self, name: str, timeout: float) -> dict[str, Any]:
-        return {"stopped": "shutdown"}
+    async def stop(self, name: str, timeout: float) -> VmStopped:
+        return VmStopped(name, "shutdown", "n1")
 
-    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
-        return {}
+    async def delete(self, name: str, force: bool = False) -> VmDeleted:
+        return VmDeleted(name, True, [])
 
 
 class Nothing:
