@@ -1029,6 +1029,7 @@ def test_a_target_that_does_not_show_our_last_proposal_yet_is_full_from_here() -
     assert refused.reason == (
         "too many migrations from h1: h2 does not show the last one yet; try again in a few seconds"
     )
+    assert refused.kind is RefusalKind.CONFLICT
     mesh.view.arriving("vm1", "h1", "h2")  # h2's libvirt shows the incoming domain
     assert mesh.core("h1").targets_full_from_here() == set()
     assert mesh.core("h1").place("vm2").target == "h2"
