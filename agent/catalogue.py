@@ -111,10 +111,15 @@ class Catalogue(Protocol):
         """A large file of the catalogue, to read in chunks."""
 
 
-def open_catalogue(location: str) -> Catalogue:
-    """An http(s):// URL is served over HTTP; a file:// URL or anything else is a directory."""
+TOKEN_ENV = "NOVA_CATALOGUE_TOKEN"
+"""A bearer token sent to HTTP catalogues that ask for one (a coordinator's, reader role)."""
+
+
+def open_catalogue(location: str, token: str = "") -> Catalogue:
+    """An http(s):// URL is served over HTTP (with `token` as a bearer token, if given);
+    a file:// URL or anything else is a directory."""
     if location.startswith(("http://", "https://")):
-        return HttpCatalogue(location.rstrip("/"))
+        return HttpCatalogue(location.rstrip("/"), token)
     return DirectoryCatalogue(Path(location.removeprefix("file://")))
 
 
@@ -152,8 +157,9 @@ class DirectoryCatalogue:
 class HttpCatalogue:
     """A catalogue served by any web server over HTTP or HTTPS (system trust store)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str = "") -> None:
         self.location = url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def read(self, path: str, limit: int) -> bytes:
         with self.open(path) as response:
@@ -166,7 +172,8 @@ class HttpCatalogue:
     def open(self, path: str) -> Iterator[IO[bytes]]:
         url = f"{self.location}/{path}"
         try:
-            response = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+            request = urllib.request.Request(url, headers=self._headers)
+            response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
         except urllib.error.HTTPError as exc:
             raise CatalogueError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
@@ -242,11 +249,8 @@ def publish(
     A version is published once: the same NAME:VERSION again is refused, so
     every copy of a version anywhere is the same template.
     """
-    manifest_file = root / manifest_path(what.name, what.version)
-    for existing in (root / "manifests" / what.name).glob("*.manifest"):
-        held = existing.name.removesuffix(".manifest")
-        if VERSION_RE.fullmatch(held) and version_key(held) == version_key(what.version):
-            raise CatalogueError(f"{what.name}:{what.version} is already published in {root}")
+    if published(root, what.name, what.version) is not None:
+        raise CatalogueError(f"{what.name}:{what.version} is already published in {root}")
     sources = [("image", image), ("kernel", kernel), ("initrd", initrd)]
     files = tuple(
         _add_file(root, role, path, progress) for role, path in sources if path is not None
@@ -270,16 +274,45 @@ def publish(
         signed = sign_manifest(key, manifest)
     except ValueError as exc:
         raise CatalogueError(f"cannot publish {what.name}:{what.version}: {exc}") from None
+    add_manifest(root, manifest, signed)
+    return manifest
+
+
+def published(root: Path, name: str, version: str) -> Path | None:
+    """The manifest file of NAME:VERSION in the catalogue at `root`, if one is there.
+
+    Versions that sort the same (1.0 and 1) are one version: a catalogue holds one of them.
+    """
+    for existing in (root / "manifests" / name).glob("*.manifest"):
+        held = existing.name.removesuffix(".manifest")
+        if VERSION_RE.fullmatch(held) and version_key(held) == version_key(version):
+            return existing
+    return None
+
+
+def incoming(root: Path) -> Path:
+    """A new temporary path in root/files/ for a file on its way in (see `add_manifest`)."""
+    _make_dir(root / "files")
+    return root / "files" / f".incoming.{secrets.token_hex(6)}"
+
+
+def add_file(root: Path, staged: Path, template_file: TemplateFile) -> None:
+    """Move a staged file, already checked against `template_file`, to its place."""
+    os.chmod(staged, 0o644)
+    os.replace(staged, root / file_path(template_file.digest))
+
+
+def add_manifest(root: Path, manifest: Manifest, signed: bytes) -> None:
+    """Write a signed manifest whose files are in place, then the index that lists it."""
+    manifest_file = root / manifest_path(manifest.name, manifest.version)
     _make_dir(manifest_file.parent)
     keyfiles.write_atomic(manifest_file, signed, 0o644)
     write_index(root)
-    return manifest
 
 
 def _add_file(root: Path, role: str, source: Path, progress: Progress) -> TemplateFile:
     """Copy `source` into root/files/ under its SHA-256, hashing it on the way."""
-    _make_dir(root / "files")
-    tmp = root / "files" / f".incoming.{secrets.token_hex(6)}"
+    tmp = incoming(root)
     digest = hashlib.sha256()
     try:
         with open(source, "rb") as src, open(tmp, "xb") as dst:
@@ -292,12 +325,12 @@ def _add_file(root: Path, role: str, source: Path, progress: Progress) -> Templa
                 progress(f"{role} {source.name}", done, total)
             dst.flush()
             os.fsync(dst.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, root / file_path(digest.hexdigest()))
+        added = TemplateFile(role=role, sha256=digest.digest(), size=done)
+        add_file(root, tmp, added)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CatalogueError(f"cannot publish {role} {source}: {exc.strerror or exc}") from None
-    return TemplateFile(role=role, sha256=digest.digest(), size=done)
+    return added
 
 
 def write_index(root: Path) -> list[Entry]:

@@ -10,6 +10,7 @@ request with its result. Errors have one shape:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,7 +20,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+
+from novacron.agent import catalogue
+from novacron.agent.core.templates import MAX_MANIFEST, NAME_RE, VERSION_RE
 
 from .openapi import MAX_PER_PAGE
 from .placement import Decision, Request, place
@@ -35,6 +39,13 @@ from .store import (
     encode_cursor,
 )
 from .targets import site_targets
+from .templates import (
+    Template,
+    TemplateCatalogue,
+    UploadRefused,
+    UploadTooLarge,
+    VersionTaken,
+)
 from .validate import Invalid
 
 if TYPE_CHECKING:
@@ -47,6 +58,8 @@ MAX_WAIT = 300.0  # seconds a blocking query or an operation wait may be held
 DEFAULT_PER_PAGE = 100
 INDEX_HEADER = "X-Nova-Index"
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+UPLOAD_OVERHEAD = 64 * 1024  # bytes of multipart headers and boundaries an upload may add
+OCTETS = "application/octet-stream"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("principal")  # None: anonymous
@@ -132,6 +145,12 @@ class Api:
         r.add_get("/v1/tokens", self.list_tokens)
         r.add_post("/v1/tokens", self.create_token)
         r.add_delete("/v1/tokens/{id}", self.revoke_token)
+        r.add_get("/v1/templates", self.list_templates)
+        r.add_post("/v1/templates", self.upload_template)
+        r.add_get("/v1/templates/{name}", self.get_template)
+        r.add_get("/v1/templates/catalogue/index.json", self.catalogue_index)
+        r.add_get("/v1/templates/catalogue/manifests/{name}/{manifest}", self.catalogue_manifest)
+        r.add_get("/v1/templates/catalogue/files/{sha256}", self.catalogue_file)
 
     # --- middleware -----------------------------------------------------------------------
 
@@ -580,6 +599,96 @@ class Api:
         token = await self.store.revoke_token(request.match_info["id"], _who(request))
         return web.json_response(token)
 
+    # --- templates --------------------------------------------------------------------------
+
+    def _catalogue(self) -> TemplateCatalogue:
+        if self.c.templates is None:
+            raise ApiError(503, "no_catalogue", "this coordinator serves no template catalogue")
+        return self.c.templates
+
+    async def list_templates(self, request: web.Request) -> web.Response:
+        found = await asyncio.to_thread(
+            self._catalogue().search, request.query.get("q", ""), request.query.get("os", "")
+        )
+        rows = [_template_row(t) for t in found]
+        items, token = _page_in_memory(request, rows, "name", await self._page_size(request))
+        return self._listing(items, token, await self.store.index())
+
+    async def get_template(self, request: web.Request) -> web.Response:
+        name = _template_name(request)
+        for template in await asyncio.to_thread(self._catalogue().templates):
+            if template.name == name:
+                return web.json_response(
+                    {"name": name, "versions": [catalogue.describe(e) for e in template.versions]}
+                )
+        raise ApiError(404, "not_found", f"no template {name}")
+
+    async def upload_template(self, request: web.Request) -> web.Response:
+        """A signed manifest (part `manifest`, first), then a part per file named by its role."""
+        into = self._catalogue()
+        limit = into.max_bytes + MAX_MANIFEST + UPLOAD_OVERHEAD
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "too_large", f"a template upload is at most {limit} bytes")
+        if request.content_type != "multipart/form-data":
+            raise bad("body", "multipart/form-data: the part manifest, then image, kernel, initrd")
+        upload = None
+        try:
+            parts = await request.multipart()
+            first = await parts.next()
+            if not isinstance(first, BodyPartReader) or first.name != "manifest":
+                raise bad("manifest", "the first part must be the signed manifest")
+            upload = into.upload(await _read_part(first, MAX_MANIFEST))
+            while (part := await parts.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise bad("body", "nested multipart is not a template file")
+                receiving = upload.receive(part.name or "")
+                try:
+                    while chunk := await part.read_chunk(catalogue.CHUNK):
+                        receiving.feed(chunk)
+                    receiving.finish()
+                finally:
+                    receiving.close()
+            held = catalogue.published(into.root, upload.manifest.name, upload.manifest.version)
+            entry = await upload.commit()
+        except UploadTooLarge as exc:
+            raise ApiError(413, "too_large", str(exc), exc.field) from None
+        except VersionTaken as exc:
+            raise ApiError(409, "conflict", str(exc), exc.field) from None
+        except UploadRefused as exc:
+            raise bad(exc.field, str(exc)) from None
+        except (ValueError, AssertionError) as exc:  # aiohttp's word for a malformed multipart
+            raise bad("body", f"not a readable multipart body: {exc}") from None
+        finally:
+            if upload is not None:
+                upload.discard()
+        ref = f"{entry.name}:{entry.version}"
+        log.info("template uploaded", extra={"fields": {"template": ref, "again": bool(held)}})
+        return web.json_response(catalogue.describe(entry), status=200 if held else 201)
+
+    async def catalogue_index(self, request: web.Request) -> web.StreamResponse:
+        return self._catalogue_file(catalogue.INDEX, "application/json")
+
+    async def catalogue_manifest(self, request: web.Request) -> web.StreamResponse:
+        name = _template_name(request)
+        version = request.match_info["manifest"].removesuffix(".manifest")
+        if not request.match_info["manifest"].endswith(".manifest") or not VERSION_RE.fullmatch(
+            version
+        ):
+            raise bad("manifest", "VERSION.manifest, the version as 1, 12.4 or 2024.6.1")
+        return self._catalogue_file(catalogue.manifest_path(name, version), OCTETS)
+
+    async def catalogue_file(self, request: web.Request) -> web.StreamResponse:
+        digest = request.match_info["sha256"]
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise bad("sha256", "64 lower-case hexadecimal digits")
+        return self._catalogue_file(catalogue.file_path(digest), OCTETS)
+
+    def _catalogue_file(self, relative: str, content_type: str) -> web.StreamResponse:
+        path = self._catalogue().path(relative)
+        if path is None:
+            raise ApiError(404, "not_found", f"the catalogue has no {relative}")
+        return web.FileResponse(path, headers={"Content-Type": content_type})
+
 
 # --- request parts ------------------------------------------------------------------------------
 
@@ -590,6 +699,30 @@ def _who(request: web.Request) -> Principal:
     if principal is None:
         raise ApiError(401, "unauthorized", "no bearer token: send Authorization: Bearer ...")
     return principal
+
+
+def _template_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not NAME_RE.fullmatch(name):
+        raise bad("name", "a template name: lower case letters, digits, '.', '_', '-'")
+    return name
+
+
+def _template_row(template: Template) -> dict[str, Any]:
+    """A template as lists show it: its newest version, and every version's number."""
+    return {
+        **catalogue.describe(template.versions[0]),
+        "versions": [e.version for e in template.versions],
+    }
+
+
+async def _read_part(part: BodyPartReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(catalogue.CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise UploadTooLarge(part.name or "", f"the {part.name} part is over {limit} bytes")
+    return bytes(data)
 
 
 def _not_routed(request: web.Request) -> ApiError:

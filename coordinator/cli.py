@@ -212,6 +212,7 @@ async def _serve(args: argparse.Namespace) -> int:
             burst=max(2 * args.rate, 1),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            templates=str(Path(args.data_dir) / "templates"),
         ),
         is_leader=leadership.is_leader if leadership else lambda: True,
         leader_url=leadership.leader_url if leadership else lambda: "",

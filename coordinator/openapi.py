@@ -317,6 +317,56 @@ SCHEMAS: S = {
     "OperationList": page_of("Operation"),
     "TokenList": page_of("Token"),
     "AuditList": page_of("AuditEntry"),
+    "TemplateVersion": obj(
+        {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "os": {"type": "string"},
+            "description": {"type": "string"},
+            "publisher": {"type": "string"},
+            "publisher_key": {"type": "string"},
+            "image_sha256": {"type": "string"},
+            "size": {"type": "integer"},
+        },
+        ("name", "version", "image_sha256", "size"),
+        closed=False,
+    ),
+    "Template": {
+        "allOf": [
+            ref("TemplateVersion"),
+            obj(
+                {"versions": {"type": "array", "items": {"type": "string"}}},
+                ("versions",),
+                closed=False,
+            ),
+        ]
+    },
+    "TemplateList": page_of("Template"),
+    "TemplateDetail": obj(
+        {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": ref("TemplateVersion")},
+        },
+        ("name", "versions"),
+        closed=False,
+    ),
+    "TemplateUpload": obj(
+        {
+            "manifest": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "image": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "kernel": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "initrd": {"type": "string", "contentMediaType": "application/octet-stream"},
+        },
+        ("manifest", "image"),
+    ),
+    "CatalogueIndex": obj(
+        {
+            "format": {"type": "integer"},
+            "templates": {"type": "array", "items": ref("TemplateVersion")},
+        },
+        ("format", "templates"),
+        closed=False,
+    ),
 }
 
 PARAMETERS: S = {
@@ -367,6 +417,27 @@ PARAMETERS: S = {
         "schema": string(64),
     },
     "force": {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+    "q": {
+        "name": "q",
+        "in": "query",
+        "description": "text in a template's name, description or OS (any case)",
+        "schema": string(256),
+    },
+    "os_filter": {
+        "name": "os",
+        "in": "query",
+        "description": "text in a template's OS (any case)",
+        "schema": string(256),
+    },
+    "template": {"name": "name", "in": "path", "required": True, "schema": string(63)},
+    "manifest": {
+        "name": "manifest",
+        "in": "path",
+        "required": True,
+        "description": "VERSION.manifest",
+        "schema": string(128),
+    },
+    "sha256": {"name": "sha256", "in": "path", "required": True, "schema": string(64)},
     "timeout": {
         "name": "timeout",
         "in": "query",
@@ -645,6 +716,74 @@ PATHS: S = {
         ),
     },
 }
+
+
+OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+PATHS.update(
+    {
+        "/v1/templates": {
+            "get": op(
+                "the template catalogue: each template with its newest version, by name",
+                "reader",
+                answer(200, "TemplateList", "ok"),
+                params=("per_page", "next_token", "q", "os_filter"),
+                operation_id="listTemplates",
+            ),
+            "post": {
+                **op(
+                    "upload a template a publisher signed: the part manifest first, then "
+                    "image (and kernel, initrd); each file is checked against the manifest",
+                    "operator",
+                    {
+                        **answer(201, "TemplateVersion", "published"),
+                        **answer(200, "TemplateVersion", "this very version was held already"),
+                    },
+                    operation_id="uploadTemplate",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": ref("TemplateUpload")}},
+                },
+            },
+        },
+        "/v1/templates/{name}": {
+            "parameters": [param("template")],
+            "get": op(
+                "one template: every version, newest first",
+                "reader",
+                answer(200, "TemplateDetail", "ok"),
+                operation_id="getTemplate",
+            ),
+        },
+        "/v1/templates/catalogue/index.json": {
+            "get": op(
+                "the catalogue's index, as `nova template pull --from URL` reads it",
+                "reader",
+                answer(200, "CatalogueIndex", "ok"),
+                operation_id="catalogueIndex",
+            ),
+        },
+        "/v1/templates/catalogue/manifests/{name}/{manifest}": {
+            "parameters": [param("template"), param("manifest")],
+            "get": op(
+                "a signed manifest (hosts verify it against their trusted publisher keys)",
+                "reader",
+                {"200": {"description": "the manifest", "content": OCTETS}},
+                operation_id="catalogueManifest",
+            ),
+        },
+        "/v1/templates/catalogue/files/{sha256}": {
+            "parameters": [param("sha256")],
+            "get": op(
+                "a template's file by its SHA-256",
+                "reader",
+                {"200": {"description": "the file", "content": OCTETS}},
+                operation_id="catalogueFile",
+            ),
+        },
+    }
+)
 
 
 def document() -> S:

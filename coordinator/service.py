@@ -35,6 +35,7 @@ from .metrics import PATH as METRICS_PATH
 from .ratelimit import RateLimiter
 from .sitelink import SiteLinks
 from .store import TERMINAL, Store
+from .templates import TemplateCatalogue
 from .validate import Validator
 
 log = logging.getLogger("novacron.coordinator")
@@ -50,6 +51,8 @@ class ServiceConfig:
     burst: float = 200.0
     tls_cert: str = ""  # the TLS certificate and key: they also sign the site-link commands
     tls_key: str = ""
+    templates: str = ""  # the template catalogue's directory ("": this coordinator has none)
+    template_max_bytes: int = 64 << 30  # bytes of all files of one uploaded template
 
 
 class Coordinator:
@@ -79,6 +82,11 @@ class Coordinator:
             CommandSigner.from_files(config.tls_cert, config.tls_key) if config.tls_cert else None
         )
         self.links = SiteLinks(self)
+        self.templates = (
+            TemplateCatalogue(Path(config.templates), config.template_max_bytes)
+            if config.templates
+            else None
+        )
         self.api = Api(self)
 
     def now(self) -> float:

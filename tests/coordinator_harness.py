@@ -84,12 +84,19 @@ async def served(
     leader: bool = True,
     leader_url: str = "",
     clock: Any = time.time,
+    template_max_bytes: int = 64 << 20,
 ) -> AsyncIterator[Served]:
     db = await open_database(database, directory)
     store = Store(db, clock=clock, poll=0.2)
     coordinator = Coordinator(
         store,
-        ServiceConfig(node="test-coordinator", rate=rate, burst=max(2 * rate, 1)),
+        ServiceConfig(
+            node="test-coordinator",
+            rate=rate,
+            burst=max(2 * rate, 1),
+            templates=str(directory / "templates"),
+            template_max_bytes=template_max_bytes,
+        ),
         is_leader=lambda: leader,
         leader_url=lambda: leader_url,
         clock=clock,

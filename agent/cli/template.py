@@ -11,6 +11,7 @@ hash-mismatch, truncated, rollback, version-conflict, malformed).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,10 +184,15 @@ def publish(args: argparse.Namespace, out: Output) -> int:
 # --- this host's store and catalogues ------------------------------------------------
 
 
+def _catalogue(location: str) -> catalogue.Catalogue:
+    """A catalogue, sent the token of $NOVA_CATALOGUE_TOKEN if it is served over HTTP."""
+    return catalogue.open_catalogue(location, os.environ.get(catalogue.TOKEN_ENV, ""))
+
+
 def list_templates(args: argparse.Namespace, out: Output) -> int:
     with _refusals(out) as code:
         if args.source:
-            entries = catalogue.read_index(catalogue.open_catalogue(args.source))
+            entries = catalogue.read_index(_catalogue(args.source))
             where = args.source
         else:
             store = _store(args)
@@ -206,7 +212,7 @@ def show(args: argparse.Namespace, out: Output) -> int:
     name, version = _ref(args.ref)
     with _refusals(out) as code:
         if args.source:
-            source = catalogue.open_catalogue(args.source)
+            source = _catalogue(args.source)
             if version is None:
                 version = newest_listed(source, name)
             signed = decode_manifest(catalogue.read_manifest(source, name, version))
@@ -226,7 +232,7 @@ def pull(args: argparse.Namespace, out: Output) -> int:
     name, version = _ref(args.ref)
     with _refusals(out) as code:
         store, trusted = _store(args), _trusted(args)
-        source = catalogue.open_catalogue(args.source)
+        source = _catalogue(args.source)
         result = store.pull(source, name, version, trusted, ProgressLine(out, "pulling"))
         manifest = result.manifest
         data = {

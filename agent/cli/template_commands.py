@@ -10,6 +10,8 @@ import argparse
 
 from .common import Groups, Handler, Parser, handled_later, json_flag
 
+CATALOGUE_HELP = "directory or URL (over HTTP, sends $NOVA_CATALOGUE_TOKEN as a bearer token)"
+
 
 def _later(name: str) -> Handler:
     return handled_later("template", name)
@@ -49,20 +51,20 @@ def add_template_commands(groups: Groups[Parser]) -> None:
     publish.set_defaults(handler=_later("publish"))
 
     listing = commands.add_parser("list", help="templates on this host, or in a catalogue")
-    listing.add_argument("--from", dest="source", metavar="CATALOGUE", help="directory or URL")
+    listing.add_argument("--from", dest="source", metavar="CATALOGUE", help=CATALOGUE_HELP)
     _store_flags(listing)
     listing.set_defaults(handler=_later("list_templates"))
 
     show = commands.add_parser("show", help="one template's manifest (from a catalogue: verified)")
     show.add_argument("ref", metavar="NAME[:VERSION]")
-    show.add_argument("--from", dest="source", metavar="CATALOGUE", help="directory or URL")
+    show.add_argument("--from", dest="source", metavar="CATALOGUE", help=CATALOGUE_HELP)
     _store_flags(show)
     show.set_defaults(handler=_later("show"))
 
     pull = commands.add_parser("pull", help="fetch and verify a template into this host's store")
     pull.add_argument("ref", metavar="NAME[:VERSION]", help="default version: the newest listed")
     pull.add_argument(
-        "--from", dest="source", required=True, metavar="CATALOGUE", help="directory or URL"
+        "--from", dest="source", required=True, metavar="CATALOGUE", help=CATALOGUE_HELP
     )
     _store_flags(pull)
     pull.set_defaults(handler=_later("pull"))
