@@ -191,20 +191,21 @@ async def test_spoiled_uploads_are_refused_naming_the_part_and_nothing_is_stored
     manifest, data = published(tmp_path, keys, "debian-12", "1", image())
     flipped = bytearray(data)
     flipped[1000] ^= 1
-    kernel_like = published(tmp_path, keys, "big", "1", image(MAX_BYTES))
+    oversized = published(tmp_path, keys, "big", "1", image(MAX_BYTES))
+    m, big = manifest, oversized
     cases: list[tuple[str, list[tuple[str, bytes]], int, str]] = [
-        ("a tampered byte", [("manifest", manifest), ("image", bytes(flipped))], 400, "image"),
-        ("a truncated image", [("manifest", manifest), ("image", data[:-1])], 400, "image"),
-        ("bytes past its size", [("manifest", manifest), ("image", data + b"x")], 400, "image"),
-        ("no image", [("manifest", manifest)], 400, "image"),
-        ("the image twice", [("manifest", manifest), ("image", data), ("image", data)], 400, "image"),
-        ("a file it has not", [("manifest", manifest), ("image", data), ("kernel", b"k")], 400, "kernel"),
-        ("files before the manifest", [("image", data), ("manifest", manifest)], 400, "manifest"),
+        ("a tampered byte", [("manifest", m), ("image", bytes(flipped))], 400, "image"),
+        ("a truncated image", [("manifest", m), ("image", data[:-1])], 400, "image"),
+        ("bytes past its size", [("manifest", m), ("image", data + b"x")], 400, "image"),
+        ("no image", [("manifest", m)], 400, "image"),
+        ("the image twice", [("manifest", m), ("image", data), ("image", data)], 400, "image"),
+        ("a file it has not", [("manifest", m), ("image", data), ("kernel", b"k")], 400, "kernel"),
+        ("files before the manifest", [("image", data), ("manifest", m)], 400, "manifest"),
         ("not a manifest", [("manifest", b"\x93garbage"), ("image", data)], 400, "manifest"),
-        ("an unsigned manifest", [("manifest", unsigned(manifest)), ("image", data)], 400, "manifest"),
+        ("an unsigned manifest", [("manifest", unsigned(m)), ("image", data)], 400, "manifest"),
         ("a huge manifest", [("manifest", b"m" * 70_000), ("image", data)], 413, "manifest"),
-        ("over the size taken", [("manifest", kernel_like[0]), ("image", kernel_like[1])], 413, "manifest"),
-    ]  # fmt: skip
+        ("over the size taken", [("manifest", big[0]), ("image", big[1])], 413, "manifest"),
+    ]
     assert decode_manifest(unsigned(manifest)).signature == b""
     for what, parts, status, field in cases:
         got, answer = await upload(api, parts)
