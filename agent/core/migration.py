@@ -1567,7 +1567,7 @@ class MigrationCore:
         """Where this host's latest remembered outbound migration of `vm` took it, if that
         migration committed (None: it failed, or none is remembered)."""
         latest = max(
-            (s for s in self._ended.values() if s.vm == vm and s.source == self.node_id),
+            (s for s in self._ended.values() if s.vm == vm),  # our outbound sagas only
             key=lambda s: s.ended or 0.0,
             default=None,
         )
