@@ -7,8 +7,8 @@ same run: an idle Python interpreter that imports the agent's modules and
 sleeps (the floor any Python agent pays).
 
 Run as root: `.venv/bin/python -m benchmarks.agent_footprint --sizes 5,20,50 --idle 30`
-Sizes above --libvirt-max run their hosts without libvirtd (agents then use
-libvirt's test driver), as the issue allows for the 50-host run.
+Sizes above --libvirt-max (default 20, the size the footprint goal is stated at)
+run their hosts without libvirtd; agents then inventory libvirt's test driver.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class Config:
 
 
 def matrix(runs: int, quick: bool) -> list[Config]:
-    """The configurations the issue asks for, then the downtime and escalation studies."""
+    """The goals' guests (size by dirty rate), then the downtime and escalation studies."""
     rows: list[Config] = []
     for memory in (128, 512):
         for rate in (0, 20, 100):

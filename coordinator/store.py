@@ -57,7 +57,7 @@ class Gone(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who makes a request: a token's name and role (and tenant, for later issues)."""
+    """Who makes a request: a token's name, role and tenant (recorded, not yet enforced)."""
 
     name: str
     role: str
