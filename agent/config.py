@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,16 @@ class AgentConfig:
     metrics_listen: str = _setting(
         "", "ADDR:PORT where /metrics (only) is served on TCP too (default: socket only)"
     )
+    events_nats: str = _setting(
+        "", "nats:// URL of a NATS JetStream server that takes this host's events (default: none)"
+    )
+    events_stream: str = _setting("NOVACRON_EVENTS", "the JetStream stream events go to")
+    events_subject: str = _setting(
+        "novacron.events", "subject prefix of events: <prefix>.member.failed, ..."
+    )
+    events_spool_mib: int = _setting(
+        16, "disk kept for events the sink has not taken yet; the oldest go first (MiB)"
+    )
     labels: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
@@ -94,6 +105,8 @@ class AgentConfig:
     )
 
 
+_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # no wildcards, no empty tokens
+_STREAM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
 _CHOICES = {
     "log_format": ("kv", "json"),
@@ -212,6 +225,14 @@ def _validated(config: AgentConfig) -> AgentConfig:
         if not config.metrics:
             raise ConfigError("metrics_listen needs metrics on (metrics = true)")
         metrics_address(config)
+    if config.events_nats and not config.events_nats.startswith(("nats://", "tls://")):
+        raise ConfigError(f"events_nats {config.events_nats!r} must be a nats:// or tls:// URL")
+    if not 1 <= config.events_spool_mib <= 65536:
+        raise ConfigError("events_spool_mib must be between 1 and 65536")
+    if not _SUBJECT.fullmatch(config.events_subject):
+        raise ConfigError(f"events_subject {config.events_subject!r} is not a NATS subject prefix")
+    if not _STREAM.fullmatch(config.events_stream):
+        raise ConfigError(f"events_stream {config.events_stream!r} is not a JetStream stream name")
     for url in config.coordinator:
         if not url.startswith("https://") or len(url) <= len("https://"):
             raise ConfigError(f"coordinator URL {url!r} must be https:// (the link is TLS)")

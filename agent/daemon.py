@@ -35,7 +35,7 @@ from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
 from . import logs
-from .api import ApiServer, MetricsServer, MetricsSource
+from .api import ApiServer, MetricsServer, MetricsSource, VmLifecycle
 from .claims import ClaimCheck
 from .config import (
     AgentConfig,
@@ -53,6 +53,8 @@ from .core.refusals import RefusalKind, Refused
 from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
+from .event_spool import EventSpool
+from .event_stream import EmittingVms, EventStream, NatsSink
 from .gateway import Gateway, client_tls
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
@@ -89,6 +91,7 @@ INTRO_RETRY = 5.0  # seconds before introducing ourselves to the same address ag
 LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
 JOURNAL_DIR = "migrations"  # under the data dir: outbound migrations in flight
 DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
+EVENT_SPOOL = "events"  # under the data dir: events the sink has not taken yet
 RECENT_EVENTS = 50  # membership events kept for `nova status`
 EXIT_FAILURE = 1  # the agent stopped on its own after a fault: systemd restarts it
 NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id elsewhere yields
@@ -157,6 +160,9 @@ class Agent:
             journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
             dirty_rate=lambda vm: self.inventory.dirty_rate(vm),
         )
+        self.events = _event_stream(config, self.node_id)
+        if self.events is not None:
+            self.migrator.on_event = self.events.emit
         self.inventory = Inventory(
             self.node_id,
             libvirt_uri=config.libvirt_uri,
@@ -201,7 +207,7 @@ class Agent:
             moved_to=self.migrator.core.moved_to,
         )
         self._domain_type_problem = "not decided yet"  # why there is no verdict (status)
-        vms = VmControl(
+        vms: VmLifecycle = VmControl(
             self.hypervisor,
             self.node_id,
             draining=lambda: self.drain.draining,
@@ -209,6 +215,8 @@ class Agent:
             free_memory_mib=self._free_memory_mib,
             start_refusal=self.recoveries.start_refusal,
         )
+        if self.events is not None:
+            vms = EmittingVms(vms, self.events.emit)
         self.site_commands = SiteCommands(
             SiteControls(self.node_id, vms, self.migrator, self.drain),
             Path(config.data_dir) / SITE_COMMANDS,
@@ -337,6 +345,8 @@ class Agent:
         self._spawn(self._domain_type_loop(), "domain-type")
         if self.gateway is not None:
             self._spawn(self.gateway.run(), "site-link")
+        if self.events is not None:
+            self._spawn(self.events.run(), "events")
         await self.drain.start()
         self.rebalancer.start()
         self.claims.start()
@@ -367,6 +377,8 @@ class Agent:
             await self.metrics_server.close()
         await self.introductions.close()
         await self.transport.close()
+        if self.events is not None:
+            await self.events.close()
 
     async def _leave(self) -> None:
         self.notifier.stopping()
@@ -724,7 +736,9 @@ class Agent:
         await self._introduce(host, port)
 
     def _on_event(self, event: Event) -> None:
-        """What the core said happened: log it, and act on what concerns this agent."""
+        """What the core said happened: log it, stream it, and act on what concerns this agent."""
+        if self.events is not None:
+            self.events.emit(event)
         if isinstance(event, MemberRevoked):
             self._revoked(event.node_id)
         elif isinstance(event, IdentityClash):
@@ -808,6 +822,7 @@ class Agent:
             "recent_events": list(self.recent_events)[-20:],
             "site_link": self.gateway.as_dict() if self.gateway is not None else None,
             "site_commands_refused": self.site_commands.refused,
+            "event_stream": self.events.status() if self.events is not None else None,
         }
 
     def _domain_type_status(self) -> dict[str, Any]:
@@ -879,6 +894,15 @@ def _all_addresses() -> list[str]:
             continue
         found += [a.address for a in addrs if a.family == socket.AF_INET]
     return found
+
+
+def _event_stream(config: AgentConfig, node_id: str) -> EventStream | None:
+    """The event stream to NATS JetStream, when `events_nats` names a server."""
+    if not config.events_nats:
+        return None
+    spool = EventSpool(Path(config.data_dir) / EVENT_SPOOL, config.events_spool_mib * 1024 * 1024)
+    sink = NatsSink(config.events_nats, config.events_stream, config.events_subject)
+    return EventStream(node_id, spool, sink)
 
 
 def _coordinator_trust(config: AgentConfig) -> CoordinatorTrust | None:

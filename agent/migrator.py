@@ -154,6 +154,7 @@ class Migrator:
         self._journal = journal  # outbound jobs in flight, for the next life of the agent
         self._dirty_rate = dirty_rate  # for the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
+        self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
         self.locator = Locator(
             node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
@@ -317,6 +318,7 @@ class Migrator:
             await self._send(destination, message)
         for event in out.events:
             self._note(event)
+            self.on_event(event)
         for action in out.actions:
             self._spawn(self._perform(action), f"{type(action).__name__}:{action.migration_id}")
         self._on_change()

@@ -23,6 +23,7 @@ prometheus
 stress-ng
 tmux
 postgresql
+nats-server
 "
 
 missing=""

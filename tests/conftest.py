@@ -30,7 +30,8 @@ from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import preflight
 
-pytest_plugins = ("tests.api_server", "tests.postgres")  # `served`; the session's `postgres`
+# Fixtures: `served`, the session's `postgres`, a `nats_server` per test.
+pytest_plugins = ("tests.api_server", "tests.postgres", "tests.nats_server")
 
 DESELECT = "deselect lab tests with -m 'not lab' (make test-unit)"
 

@@ -124,6 +124,9 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
     if status.get("site_commands_refused"):
         refused = status["site_commands_refused"]
         lines.append(f"site link:    {refused} command(s) refused: not the coordinator's (see log)")
+    stream = status.get("event_stream")
+    if stream:
+        lines.append(f"events:       {event_stream_line(stream)}")
     out.result({"status": status}, lines)
     return EXIT_OK
 
@@ -134,6 +137,17 @@ def _site_link(link: dict[str, Any], node: str) -> str:
     if link["connected"]:
         return f"connected to {link['coordinator']} as site {link['site']}"
     return f"NOT connected to {link['coordinator'] or 'a coordinator'}: {link['last_error']}"
+
+
+def event_stream_line(stream: dict[str, Any]) -> str:
+    """The event stream as `nova status` shows it: where to, and what waits or was lost."""
+    dropped = f", {stream['dropped']} DROPPED (spool full)" if stream["dropped"] else ""
+    if stream["last_error"]:
+        return (
+            f"{stream['backlog']} waiting for {stream['sink']}, which is unreachable: "
+            f"{stream['last_error']}{dropped}"
+        )
+    return f"to {stream['sink']}, {stream['backlog']} waiting{dropped}"
 
 
 def _health(awareness: int) -> str:

@@ -1,0 +1,253 @@
+"""The agent's event stream: domain events to CloudEvents, spooled, delivered in order.
+
+`EventStream.emit` takes what the cores and the API say happened, turns it
+into a CloudEvent (`core.cloud_events`), and spools it (`EventSpool`) before
+returning, so nothing emitted is lost when the sink is away or the agent is
+killed. `run` delivers the spool to the sink oldest first, one event at a
+time: an event is published only after the one before it was acknowledged,
+so the sink holds them in the order they happened. While the sink is
+unreachable the loop waits (1 s, doubling to 30 s) and tries the same event
+again; the spool grows meanwhile, within its bound.
+
+A sink is anything with `publish(event_id, kind, body)` that raises
+`SinkUnavailable` when it did not take the event; it must store an event it
+is given twice (a retry after a lost acknowledgement) once, by its id. NATS
+JetStream does that with the `Nats-Msg-Id` header within the stream's
+duplicate window. A Kafka producer with idempotence enabled and the id as
+the record key would fit the same interface; none is shipped, because no
+Kafka broker runs where the tests run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .core.cloud_events import PREFIX, VmChanged, cloud_event
+from .event_spool import EventSpool
+from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
+from .vmspec import VmSpec
+
+if TYPE_CHECKING:
+    from .api import VmLifecycle
+
+log = logging.getLogger("novacron.events")
+
+RETRY_FIRST = 1.0  # seconds before the first retry of a sink that failed
+RETRY_MAX = 30.0  # and at most this long between retries
+BATCH = 256  # events read from the spool at a time
+DUPLICATE_WINDOW = 3600.0  # seconds JetStream remembers ids: longer than any retry gap
+
+
+class SinkUnavailable(Exception):
+    """The sink did not take the event; it will be offered again."""
+
+
+class EventSink(Protocol):
+    name: str  # for status: "nats://host:4222 stream NOVACRON_EVENTS"
+
+    async def publish(self, event_id: str, kind: str, body: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NatsSink:
+    """A NATS JetStream stream (nats-py); created with its subjects if it does not exist.
+
+    Subjects are `<prefix>.<type after io.novacron.>`, e.g.
+    `novacron.events.member.failed`, so a consumer may take a subset.
+    """
+
+    def __init__(self, url: str, stream: str, subject_prefix: str, timeout: float = 5.0) -> None:
+        self.url = url
+        self.stream = stream
+        self.subject_prefix = subject_prefix
+        self.timeout = timeout
+        self.name = f"{url} stream {stream}"
+        self._nc: Any = None
+        self._js: Any = None
+
+    async def publish(self, event_id: str, kind: str, body: bytes) -> None:
+        subject = f"{self.subject_prefix}.{kind.removeprefix(PREFIX)}"
+        try:
+            # The client's own timeouts do not cover every state of a dying connection.
+            async with asyncio.timeout(2 * self.timeout):
+                js = await self._jetstream()
+                headers = {"Nats-Msg-Id": event_id}
+                await js.publish(subject, body, timeout=self.timeout, headers=headers)
+        except SinkUnavailable:
+            raise
+        except TimeoutError as exc:
+            await self.close()
+            raise SinkUnavailable(f"{self.url}: no answer within {2 * self.timeout:g} s") from exc
+        except Exception as exc:  # nats-py raises many kinds; all mean "not taken"
+            await self.close()
+            raise SinkUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _jetstream(self) -> Any:
+        if self._js is not None and self._nc is not None and self._nc.is_connected:
+            return self._js
+        await self.close()
+        import nats  # optional: only agents that stream events need it
+        from nats.js.errors import NotFoundError
+
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                connect_timeout=2,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=_quiet,  # failures are reported by `publish`, once per outage
+            )
+        except Exception as exc:
+            why = str(exc) or type(exc).__name__
+            raise SinkUnavailable(f"{self.url}: cannot connect: {why}") from exc
+        js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            await js.stream_info(self.stream)
+        except NotFoundError:
+            await js.add_stream(
+                name=self.stream,
+                subjects=[f"{self.subject_prefix}.>"],
+                duplicate_window=DUPLICATE_WINDOW,
+            )
+        self._js = js
+        return js
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await nc.close()
+            except Exception as exc:  # closing a dead connection may fail; it is gone either way
+                log.debug("closing the NATS connection: %s", exc)
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("NATS client: %s", exc)
+
+
+class EventStream:
+    """Emits this host's events into the spool and delivers them to `sink`."""
+
+    def __init__(
+        self,
+        node_id: str,
+        spool: EventSpool,
+        sink: EventSink,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self.spool = spool
+        self.sink = sink
+        self._wall = wall
+        self._life = int(wall() * 1000)  # ids stay unique if the spool is wiped
+        self._news = asyncio.Event()
+        self.delivered = 0  # events delivered in this life
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    def emit(self, event: object) -> None:
+        """Spool `event` if it is one the stream carries (the catalogue says which)."""
+        seq = self.spool.last_seq + 1
+        out = cloud_event(
+            event,
+            source_node=self.node_id,
+            event_id=f"{self.node_id}.{self._life}.{seq}",
+            at=self._wall(),
+        )
+        if out is None:
+            return
+        try:
+            self.spool.append(out)
+        except OSError as exc:  # a full or read-only disk must not stop the agent
+            log.error("event not spooled (%s): %s %s", exc, out["type"], out["subject"])
+            return
+        self._news.set()
+
+    async def run(self) -> None:
+        """Deliver for ever, oldest first; cancel to stop."""
+        wait = RETRY_FIRST
+        while True:
+            batch = self.spool.pending(BATCH)
+            if not batch:
+                self.spool.delivered(self.spool.last_seq)  # nothing readable is left
+                self._news.clear()  # no await since `pending`: no emit slipped in between
+                await self._news.wait()
+                continue
+            done = 0
+            try:
+                for item in batch:
+                    body = json.dumps(item.event, separators=(",", ":")).encode()
+                    await self.sink.publish(item.event["id"], item.event["type"], body)
+                    done = item.seq
+                    self.delivered += 1
+            except SinkUnavailable as exc:
+                self._failed(str(exc))
+            finally:
+                if done:
+                    self.spool.delivered(done)
+            if done == batch[-1].seq:
+                wait = RETRY_FIRST
+                self.last_error = None
+            else:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX)
+
+    def _failed(self, why: str) -> None:
+        if self.last_error is None:
+            log.warning("event sink unreachable, events kept on disk: %s", why)
+        self.last_error = why
+        self.last_error_at = self._wall()
+
+    def status(self) -> dict[str, Any]:
+        """What `nova status` shows of the stream."""
+        return {
+            "sink": self.sink.name,
+            "backlog": self.spool.backlog,
+            "delivered": self.delivered,
+            "dropped": self.spool.dropped,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+class EmittingVms:
+    """A `VmLifecycle` that also tells the stream each change it made (api.VmLifecycle)."""
+
+    def __init__(self, inner: VmLifecycle, emit: Callable[[object], None]) -> None:
+        self._inner = inner
+        self._emit = emit
+
+    async def create(self, spec: VmSpec, start: bool = False) -> VmCreated:
+        done = await self._inner.create(spec, start)
+        self._emit(VmChanged(done.name, "created", {"uuid": done.uuid, "host": done.host}))
+        if done.started:
+            self._emit(VmChanged(done.name, "started", {"host": done.host}))
+        return done
+
+    async def start(self, name: str) -> VmStarted:
+        done = await self._inner.start(name)
+        if done.started:  # not when it was running already
+            self._emit(VmChanged(name, "started", {"host": done.host}))
+        return done
+
+    async def stop(self, name: str, timeout: float) -> VmStopped:
+        done = await self._inner.stop(name, timeout)
+        if done.stopped != "not running":
+            self._emit(VmChanged(name, "stopped", {"how": done.stopped, "host": done.host}))
+        return done
+
+    async def delete(self, name: str, force: bool = False) -> VmDeleted:
+        done = await self._inner.delete(name, force)
+        if done.deleted:
+            self._emit(VmChanged(name, "deleted", {"disks_removed": list(done.removed)}))
+        return done
