@@ -38,6 +38,7 @@ from .core.migration import MigrationCore
 from .core.node import MembershipNode
 from .core.stats import Histogram
 from .drain import Drain
+from .event_stream import EventStream
 from .identity import NodeIdentity
 from .migrator import Migrator
 from .rebalancer import Rebalancer
@@ -71,6 +72,7 @@ class AgentState(Protocol):
     rebalancer: Rebalancer
     drain: Drain
     handling_failures: int
+    events: EventStream | None
 
 
 class AgentCollector(Collector):
@@ -99,6 +101,8 @@ class AgentCollector(Collector):
         yield from written_migration_histograms(self._written, agent.migrator.core)
         yield from _rebalancer(agent.rebalancer)
         yield from _drain(agent.drain)
+        if agent.events is not None:
+            yield from _events(agent.events)
 
 
 def registry_for(
@@ -548,3 +552,26 @@ def _drain(drain: Drain) -> Iterable[Metric]:
     for key in ("running", "moving", "moved", "blocked", "not_moved"):
         vms.add_metric([key], len(status[key]) if status["draining"] else 0)
     yield vms
+
+
+def _events(stream: EventStream) -> Iterable[Metric]:
+    yield GaugeMetricFamily(
+        "novacron_events_waiting",
+        "Events spooled on disk that the sink has not taken yet.",
+        value=stream.spool.backlog,
+    )
+    yield CounterMetricFamily(
+        "novacron_events_delivered",
+        "Events the sink took, since the agent started.",
+        value=stream.delivered,
+    )
+    yield CounterMetricFamily(
+        "novacron_events_dropped",
+        "Events dropped undelivered because the spool was full (kept across restarts).",
+        value=stream.spool.dropped,
+    )
+    yield GaugeMetricFamily(
+        "novacron_events_sink_up",
+        "1 while the last attempt to deliver an event succeeded.",
+        value=int(stream.last_error is None),
+    )

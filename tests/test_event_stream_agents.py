@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +47,23 @@ def _until(check: Any, timeout: float, what: str, show: Any = None) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"{what} within {timeout} s" + (f": {show()}" if show else ""))
         time.sleep(0.2)
+
+
+def _metrics(sock: Path) -> dict[str, float]:
+    """The agent's `novacron_events_*` samples, scraped from its socket."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(str(sock))
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    body = data.partition(b"\r\n\r\n")[2].decode()
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in body.splitlines()
+        if line.startswith("novacron_events_")
+    }
 
 
 def _events(server: NatsServer) -> list[dict[str, Any]]:
@@ -105,12 +123,18 @@ def test_events_wait_out_a_nats_outage_and_arrive_in_order_once(
         ).stdout
         assert "events:" in text and "unreachable" in text, text
         assert waiting["dropped"] == 0
+        down = _metrics(sock)
+        assert down["novacron_events_sink_up"] == 0 and down["novacron_events_waiting"] > 0
         nats_server.start()
         _until(
             lambda: _nova(sock, "status")["status"]["event_stream"]["backlog"] == 0,
             90,
             "the events did not reach NATS after it came back",
         )
+        up = _metrics(sock)
+        assert up["novacron_events_sink_up"] == 1 and up["novacron_events_waiting"] == 0
+        assert up["novacron_events_dropped_total"] == 0
+        assert up["novacron_events_delivered_total"] >= 4  # joined, stopped, suspected, failed
     finally:
         for proc in procs:
             if proc.poll() is None:
