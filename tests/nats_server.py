@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +29,48 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store: Path) -> None:
+    """On loopback by default; in a lab host with its address, `port` and `popen` (which
+    starts a command inside the host: `LabHost.popen`)."""
+
+    def __init__(
+        self,
+        store: Path,
+        address: str = "127.0.0.1",
+        port: int | None = None,
+        popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+    ) -> None:
         program = shutil.which("nats-server")
         if program is None:
             pytest.fail(f"nats-server not found: {MISSING}", pytrace=False)
         self.program = program
         self.store = store
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.address = address
+        self.port = port or free_port()
+        self.url = f"nats://{address}:{self.port}"
         self.log = store / "nats.log"
+        self._popen = popen
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
-        command = [self.program, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        command = [self.program, "-js", "-a", self.address, "-p", str(self.port)]
         command += ["-sd", str(self.store / "js"), "-l", str(self.log)]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        seen = len(self._log_text())  # the log is appended to across restarts
+        self._process = self._popen(command, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 pytest.fail(f"nats-server exited: {self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("nats-server did not listen within 30 s")
+            if "Server is ready" in self._log_text()[seen:]:
+                return
+            time.sleep(0.05)
+        pytest.fail("nats-server was not ready within 30 s")
+
+    def _log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
         process, self._process = self._process, None
