@@ -89,8 +89,9 @@ def test_same_kind_news_continues_its_spread_and_a_new_kind_restarts_it() -> Non
 
 
 def test_a_member_publishing_as_fast_as_it_can_does_not_starve_the_rest() -> None:
-    """Each new version of a hostile member's large record used to be untransmitted, so
-    it rode at the head of every packet and an honest record no longer fitted beside it."""
+    """A new version of a hostile member's large record must not ride at the head of every
+    packet: it keeps its predecessor's transmit count, so an honest record still fits beside
+    it."""
     queue = BroadcastQueue()
     limit, honest_sent = 8, 0
     queue.queue(("record", "honest"), _record("honest", 1, size=700))

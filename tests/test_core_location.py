@@ -1,7 +1,7 @@
 """Where a VM runs after a fault, decided by the hypervisors' evidence (`core/location.py`),
 and how a saga in doubt ends: by evidence, by retiring stale copies, or visibly in doubt.
 
-The cases are the lab's (issue: the source's libvirtd killed in pre-copy, at the
+The cases are the lab's (the source's libvirtd killed in pre-copy, at the
 switchover, at the post-copy switch): what each host's libvirt said there.
 """
 

@@ -1,7 +1,7 @@
 """The fault table of `migration.py`, row by row, then a property over random faults.
 
 Each test runs two or three cores against the fake hypervisor of the harness
-and checks the issue's invariant: afterwards the VM runs on exactly one host,
+and checks the invariant: afterwards the VM runs on exactly one host,
 every record agrees, and the saga's verdict matches what libvirt did.
 """
 

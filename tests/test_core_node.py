@@ -541,7 +541,7 @@ def test_told_we_were_held_dead_we_retry_whom_we_suspect_or_hold_failed() -> Non
 
 def test_a_certificate_request_that_goes_unanswered_is_asked_of_another_member() -> None:
     """A newcomer's Alive is gossiped for about a second; one lost request or answer
-    used to keep it unknown here until the next push-pull, minutes in a large mesh."""
+    must not keep it unknown here until the next push-pull, minutes in a large mesh."""
     node = node_in(snapshot_of(10), "n000")
     newcomer = sign(Alive("n100", 1, address_of("n100")))
     out = node.receive("n003", newcomer, 1.0)

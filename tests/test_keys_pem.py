@@ -1,6 +1,6 @@
 """Keys on libsodium (PyNaCl) and their PEM files, against the code they replaced.
 
-The agent signed and stored keys with `cryptography` until commit 6877d6e. These
+The agent once signed and stored keys with `cryptography`. These
 tests pin what must not change: RFC 8032 signatures, the exact bytes of key
 files, certificates and revocation lists the old code wrote (made with fixed
 seeds, so Ed25519's determinism makes them reproducible), interoperation with
@@ -85,7 +85,7 @@ def test_rfc8032_vectors(seed: str, public: str, message: str, signature: str) -
     assert not signature_valid(verifier, bytes.fromhex(signature), bytes.fromhex(message) + b"!")
 
 
-# --- what the cryptography-based code (commit 6877d6e) wrote, with fixed seeds ---
+# --- what the cryptography-based code wrote, with fixed seeds ---
 
 CA_SEED = bytes(range(32))
 NODE_SIGNING_SEED = bytes(range(32, 64))
@@ -512,7 +512,8 @@ def test_public_keys_compare_by_value_and_secrets_stay_out_of_repr() -> None:
 
 
 def test_the_agent_does_not_load_cryptography() -> None:
-    """Issue 4: cryptography's Rust extension cost the idle agent about 9 MiB."""
+    """cryptography's Rust extension costs an idle agent about 9 MiB
+    (docs/decisions/0004-agent-footprint-libraries.md)."""
     code = "import sys, novacron.agent.daemon; print('cryptography' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120

@@ -62,7 +62,7 @@ def migration_cost(
 ) -> float:
     """A unitless cost for the rebalancer: MiB on the wire, doubled per recent move of the VM.
 
-    Grows with memory and dirty rate (the issue's cost model) and with how
+    Grows with memory and dirty rate (what pre-copy sends, `data_to_send_mib`) and with how
     often the VM moved lately, which damps oscillation. A move that cannot
     converge without escalation costs twice its memory plus what is dirtied
     during one pass, a deliberate penalty rather than infinity so a drain can

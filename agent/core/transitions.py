@@ -26,8 +26,8 @@ shortens the suspicion, down to its minimum, but never ends it). Only our
 own suspicion timing out fails a member here. Why: the side of a partition
 that could not reach a member declares it dead, and the moment the link
 returns those Dead messages flood into the side that could reach it all
-along; two of them from different accusers used to fail it at once (seen in
-the lab and in three-way splits). As accusations, they reach the member,
+along; two of them from different accusers would fail it at once, though it
+is alive. As accusations, they reach the member,
 which refutes them within the minimum timeout. In a real failure many
 members suspect it, so every suspicion runs at its minimum anyway. At equal
 incarnation the stronger state wins (ALIVE < SUSPECT < DEAD, LEFT), which is
