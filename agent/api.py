@@ -379,6 +379,9 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
     async def migrate(request: Request) -> Response:
         vm = request.params["name"]
         asked = _parsed(migrate_request, request)
+        traceparent = dict(request.headers).get("traceparent", "")
+        if traceparent:
+            asked = dataclasses.replace(asked, traceparent=traceparent[:128])
         try:
             migration_id = await control.migrate(vm, asked)
         except Refused as exc:

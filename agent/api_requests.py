@@ -36,6 +36,7 @@ class MigrateRequest:
     target: str | None  # the host named by 'to'; None: the best one, chosen when asked
     # Policy settings given for this move (values the migration core checks: `with_overrides`)
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    traceparent: str = ""  # the request's W3C trace context header, if it had one
 
 
 def migrate_request(body: Mapping[str, Any]) -> MigrateRequest:

@@ -101,6 +101,9 @@ def encode_request(method: str, path: str, body: dict[str, Any] | None) -> bytes
     ]
     if body is not None:
         head.append("Content-Type: application/json")
+    trace = os.environ.get("TRACEPARENT", "")  # a caller's trace: the agent joins it
+    if trace and all(c in "0123456789abcdef-" for c in trace) and len(trace) <= 64:
+        head.append(f"traceparent: {trace}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 

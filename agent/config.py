@@ -93,6 +93,9 @@ class AgentConfig:
     events_spool_mib: int = _setting(
         16, "disk kept for events the sink has not taken yet; the oldest go first (MiB)"
     )
+    tracing_otlp: str = _setting(
+        "", "http(s):// base URL of an OTLP/HTTP collector for migration traces (default: off)"
+    )
     labels: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
@@ -233,6 +236,11 @@ def _validated(config: AgentConfig) -> AgentConfig:
         raise ConfigError(f"events_subject {config.events_subject!r} is not a NATS subject prefix")
     if not _STREAM.fullmatch(config.events_stream):
         raise ConfigError(f"events_stream {config.events_stream!r} is not a JetStream stream name")
+    if config.tracing_otlp and not config.tracing_otlp.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"tracing_otlp {config.tracing_otlp!r} must be an http:// or https:// URL "
+            "(OTLP over HTTP, e.g. http://collector:4318)"
+        )
     for url in config.coordinator:
         if not url.startswith("https://") or len(url) <= len("https://"):
             raise ConfigError(f"coordinator URL {url!r} must be https:// (the link is TLS)")

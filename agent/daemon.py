@@ -69,6 +69,7 @@ from .inventory import Inventory
 from .journal import MigrationJournal
 from .keyring import AgentKeyring
 from .migrator import Migrator
+from .otlp import OtlpExporter
 from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
 from .recovery import Recoveries
@@ -77,6 +78,7 @@ from .security import PeerRefused, TrustStore
 from .site_commands import SiteCommands
 from .site_controls import SiteControls
 from .tasks import cancel_and_wait
+from .tracing import Tracing
 from .transport import Transport, TransportError
 from .view import MeshView
 from .vms import VmControl
@@ -163,6 +165,8 @@ class Agent:
         self.events = _event_stream(config, self.node_id)
         if self.events is not None:
             self.migrator.on_event = self.events.emit
+        self.tracing = _tracing(config, self.node_id)
+        self.migrator.tracing = self.tracing
         self.inventory = Inventory(
             self.node_id,
             libvirt_uri=config.libvirt_uri,
@@ -347,6 +351,8 @@ class Agent:
             self._spawn(self.gateway.run(), "site-link")
         if self.events is not None:
             self._spawn(self.events.run(), "events")
+        if self.tracing is not None:
+            self._spawn(self.tracing.run(), "traces")
         await self.drain.start()
         self.rebalancer.start()
         self.claims.start()
@@ -379,6 +385,8 @@ class Agent:
         await self.transport.close()
         if self.events is not None:
             await self.events.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     async def _leave(self) -> None:
         self.notifier.stopping()
@@ -823,6 +831,7 @@ class Agent:
             "site_link": self.gateway.as_dict() if self.gateway is not None else None,
             "site_commands_refused": self.site_commands.refused,
             "event_stream": self.events.status() if self.events is not None else None,
+            "tracing": self.tracing.status() if self.tracing is not None else None,
         }
 
     def _domain_type_status(self) -> dict[str, Any]:
@@ -903,6 +912,13 @@ def _event_stream(config: AgentConfig, node_id: str) -> EventStream | None:
     spool = EventSpool(Path(config.data_dir) / EVENT_SPOOL, config.events_spool_mib * 1024 * 1024)
     sink = NatsSink(config.events_nats, config.events_stream, config.events_subject)
     return EventStream(node_id, spool, sink)
+
+
+def _tracing(config: AgentConfig, node_id: str) -> Tracing | None:
+    """Migration spans to an OTLP/HTTP collector, when `tracing_otlp` names one."""
+    if not config.tracing_otlp:
+        return None
+    return Tracing(node_id, OtlpExporter(config.tracing_otlp, node_id))
 
 
 def _coordinator_trust(config: AgentConfig) -> CoordinatorTrust | None:

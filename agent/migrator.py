@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
@@ -86,6 +86,9 @@ from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .locator import Locator, connected, find
 from .tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("novacron.migrator")
 
@@ -155,6 +158,7 @@ class Migrator:
         self._dirty_rate = dirty_rate  # for the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
+        self.tracing: Tracing | None = None  # spans of migrations, when traces are on
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
         self.locator = Locator(
             node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
@@ -177,6 +181,8 @@ class Migrator:
         return isinstance(message, MIGRATION_MESSAGES)
 
     async def receive(self, sender: str, message: Message) -> None:
+        if self.tracing is not None:
+            self.tracing.incoming(message)
         await self._apply(self.core.receive(sender, message, self._clock()))
 
     def next_deadline(self) -> float:
@@ -241,6 +247,8 @@ class Migrator:
 
     async def migrate(self, vm: str, request: MigrateRequest) -> str:
         """Start moving `vm` as `request` says; the migration id, or `Refused` with the reason."""
+        if self.tracing is not None:
+            self.tracing.expect(vm, request.traceparent)
         target = request.target
         if target is None:
             placement = self.core.place(vm)
@@ -314,11 +322,16 @@ class Migrator:
 
     async def _apply(self, out: MigrationOutput) -> None:
         """Send the core's messages, note its events, and start its actions."""
+        for event in out.events:  # first: a proposal's span exists before it is sent
+            self.on_event(event)
+            if self.tracing is not None:
+                self.tracing.on_event(event)
         for destination, message in out.sends:
+            if self.tracing is not None:
+                message = self.tracing.outgoing(message)
             await self._send(destination, message)
         for event in out.events:
             self._note(event)
-            self.on_event(event)
         for action in out.actions:
             self._spawn(self._perform(action), f"{type(action).__name__}:{action.migration_id}")
         self._on_change()

@@ -308,6 +308,7 @@ class MigrationPropose:
     reason: str = ""  # manual, drain, rebalance
     anti_affinity: str = ""  # the VM's group: refused where one of it runs or is arriving
     started_at: float = 0.0  # when the source proposed it, wall clock (s): shown on both hosts
+    traceparent: str = ""  # the migration's W3C trace context, "" when it is not traced
 
 
 @dataclass(frozen=True, slots=True)

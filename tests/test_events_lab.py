@@ -1,11 +1,16 @@
-"""The lab's events in NATS JetStream, through a 60 s outage of NATS while a VM moves.
+"""The lab's events in NATS JetStream, through a 60 s outage of NATS while a VM moves;
+and a migration's trace, exported by both agents over OTLP/HTTP.
 
 Three lab hosts stream their events to a real `nats-server -js` running on h1
 (in h1's namespaces, on its lab address). NATS is stopped; a guest migrates
 h1 -> h2 and back while it is away; it comes back after 60 s. Then every
 event is in the stream once, each host's in the order it happened, and the
 two migrations are told by both ends: started, accepted and completed by the
-source, reserved and released (committed) by the target.
+source, reserved and released (committed) by the target. Then a migration
+asked with a `traceparent` is one trace: the source's spans under the
+caller's, the target's reservation under the source's, each agent exporting
+its own over OTLP/HTTP to a receiver on h1 whose payloads the test decodes
+with OpenTelemetry's own protobuf classes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
@@ -39,6 +45,24 @@ NATS_PORT = 4222
 NATS_URL = f"nats://198.18.0.1:{NATS_PORT}"  # h1's lab address
 STREAM = "NOVACRON_EVENTS"
 OUTAGE = 60.0  # seconds NATS is away
+OTLP_PORT = 4318
+OTLP_URL = f"http://198.18.0.1:{OTLP_PORT}"
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # the operator's trace
+
+RECEIVER = """
+import http.server, pathlib, sys
+out = pathlib.Path(sys.argv[3])
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        (out / f"{len(list(out.iterdir())):06d}.pb").write_bytes(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Receiver).serve_forever()
+"""
 
 DUMP = """
 import asyncio, json, sys
@@ -66,7 +90,8 @@ def disk_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[Lab, LabAgents]]:
-    with running_mesh(RUN, vms=["event-vm"], extra_args=["--events-nats", NATS_URL]) as mesh:
+    options = ["--events-nats", NATS_URL, "--tracing-otlp", OTLP_URL]
+    with running_mesh(RUN, vms=["event-vm"], extra_args=options) as mesh:
         yield mesh
 
 
@@ -142,3 +167,59 @@ def test_every_event_of_a_nats_outage_arrives_once_and_in_order(
             if e["subject"] == mid and e["type"] == "io.novacron.migration.reservation-released"
         )  # fmt: skip
         assert released["data"]["outcome"] == "committed"
+
+
+def _spans(directory: Path) -> list[tuple[str, Any]]:
+    """Every span the receiver got: (the exporting host, the span)."""
+    found = []
+    for path in sorted(directory.glob("*.pb")):
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(path.read_bytes())
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                found += [(attributes["host.name"], span) for span in scope_spans.spans]
+    return found
+
+
+def test_a_migration_asked_with_a_trace_is_one_trace_from_both_agents(
+    mesh: tuple[Lab, LabAgents], disk_dir: Path
+) -> None:
+    lab, _ = mesh
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    received = disk_dir / "otlp"
+    received.mkdir()
+    receiver = h1.popen(
+        [str(BIN / "python"), "-c", RECEIVER, "198.18.0.1", str(OTLP_PORT), str(received)]
+    )
+    try:
+        done = h1.run(
+            [str(BIN / "nova"), "--json", "vm", "migrate", "event-vm", "--to", h2.name, "--wait"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TRACEPARENT": CALLER},
+        )
+        answer = json.loads(done.stdout)
+        assert answer["migration"]["outcome"] == "committed", answer
+        trace_id = bytes.fromhex(CALLER.split("-")[1])
+        deadline = time.monotonic() + 60
+        while True:  # each agent sends its spans within a few seconds of the end
+            spans = [(host, s) for host, s in _spans(received) if s.trace_id == trace_id]
+            if {host for host, _ in spans} == {"h1", "h2"} and len(spans) >= 4:
+                break
+            assert time.monotonic() < deadline, f"spans of the trace after 60 s: {spans}"
+            time.sleep(0.5)
+    finally:
+        receiver.kill()
+        receiver.wait(timeout=30)
+    by_name = {span.name: (host, span) for host, span in spans}
+    assert set(by_name) == {"migrate event-vm", "reservation", "libvirt job", "reserve event-vm"}
+    root_host, root = by_name["migrate event-vm"]
+    assert root_host == "h1" and root.parent_span_id == bytes.fromhex(CALLER.split("-")[2])
+    for child in ("reservation", "libvirt job"):
+        assert by_name[child][0] == "h1" and by_name[child][1].parent_span_id == root.span_id
+    reserve_host, reserve = by_name["reserve event-vm"]
+    assert reserve_host == "h2" and reserve.parent_span_id == root.span_id
+    assert root.status.code == reserve.status.code == 1  # OK
+    assert root.start_time_unix_nano <= reserve.start_time_unix_nano < root.end_time_unix_nano

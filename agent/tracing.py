@@ -1,0 +1,80 @@
+"""The agent's traces: migration spans from the core's events, out over OTLP/HTTP.
+
+Off unless `tracing_otlp` names a collector. The spans are made by
+`core.tracing.MigrationSpans`; this shell gives it the wall clock and the
+trace context that crosses hosts: a migration requested through the API
+joins the trace of the request's `traceparent` header; the proposal carries
+the migration's context to the target (`MigrationPropose.traceparent`), whose
+reservation span joins it, so one migration is one trace from both agents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from novacron.protocol.messages import Message, MigrationPropose
+
+from .core import events as ev
+from .core.tracing import MigrationSpans, SpanContext, format_traceparent, parse_traceparent
+from .otlp import OtlpExporter
+
+
+class Tracing:
+    def __init__(
+        self,
+        node_id: str,
+        exporter: OtlpExporter,
+        wall_ns: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.spans = MigrationSpans(node_id, rng or random.SystemRandom())
+        self._wall_ns = wall_ns
+        self._asked: dict[str, SpanContext] = {}  # migration id -> the source's context
+
+    def expect(self, vm: str, traceparent: str | None) -> None:
+        """`vm`'s next migration was asked by a request with this `traceparent` header."""
+        context = parse_traceparent(traceparent)
+        if context is not None:
+            self.spans.expect(vm, context)
+
+    def on_event(self, event: object) -> None:
+        parent = None
+        if isinstance(event, ev.ReservationMade | ev.ReservationRefused):
+            parent = self._asked.pop(event.migration_id, None)
+        self.exporter.add(self.spans.on_event(event, self._wall_ns(), parent))
+
+    def outgoing(self, message: Message) -> Message:
+        """`message` with this migration's trace context, if it is a proposal."""
+        if isinstance(message, MigrationPropose):
+            context = self.spans.context_of(message.migration_id)
+            if context is not None:
+                return dataclasses.replace(message, traceparent=format_traceparent(context))
+        return message
+
+    def incoming(self, message: Message) -> None:
+        """Note the trace context a proposal came with, for the reservation it leads to."""
+        if isinstance(message, MigrationPropose):
+            context = parse_traceparent(message.traceparent)
+            if context is not None:
+                self._asked[message.migration_id] = context
+                if len(self._asked) > 1024:  # proposals never answered must not pile up
+                    self._asked.pop(next(iter(self._asked)))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.exporter.endpoint,
+            "exported": self.exporter.exported,
+            "dropped": self.exporter.dropped,
+            "last_error": self.exporter.last_error,
+        }
+
+    async def run(self) -> None:
+        await self.exporter.run()
+
+    async def close(self) -> None:
+        await self.exporter.flush()
