@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from novacron.agent import client
-from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
+from novacron.protocol.certificates import format_time
 
 from .common import (
     EXIT_FAILED,
@@ -183,8 +183,8 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
 
 
 def _unreachable(record: dict[str, Any]) -> str:
-    since = record.get("labels", {}).get(LIBVIRT_DOWN_LABEL)
-    return f"  unreachable since {since} (VMs as last listed)" if since else ""
+    since = record.get("libvirt_unreachable_since", 0.0)
+    return f"  unreachable since {format_time(since)} (VMs as last listed)" if since else ""
 
 
 def _vm_state(vm: dict[str, Any]) -> str:
