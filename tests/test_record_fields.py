@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from novacron.agent.config import ConfigError, load
 from novacron.protocol import codec
 from novacron.protocol import messages as m
 from novacron.protocol.errors import InvalidField, MalformedRecord, UnsupportedVersion
@@ -135,3 +136,17 @@ def test_a_frame_of_the_label_era_is_refused_at_the_envelope() -> None:
     old = msgpack.packb([2, "nack", "edge-1", {"seq": 1}])
     with pytest.raises(UnsupportedVersion, match="version 2; this node speaks 3"):
         codec.decode(old)
+
+
+def test_an_operator_label_under_the_reserved_prefix_stops_the_agent_with_the_reason() -> None:
+    """Peers would refuse every record the agent signs: refused at start, not in the mesh."""
+    flags = {"labels": {"site": "lyon", "novacron/gateway": "1"}}
+    reason = "labels novacron/gateway: the prefix novacron/ is reserved"
+    with pytest.raises(ConfigError, match=reason):
+        load(flags, environ={}, config_file="/dev/null")
+    environ = {"NOVACRON_LABELS": "site=lyon,novacron/rebalance=paused@1"}
+    with pytest.raises(ConfigError, match="labels novacron/rebalance: the prefix"):
+        load({}, environ=environ, config_file="/dev/null")
+    assert load({"labels": {"site": "lyon"}}, environ={}, config_file="/dev/null").labels == {
+        "site": "lyon"
+    }
