@@ -9,13 +9,19 @@ libvirt reachable).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import io
+import json
 from typing import Any
 
 import msgpack
 import pytest
 
+from novacron.agent.cli import mesh
+from novacron.agent.cli.common import Output
 from novacron.agent.config import ConfigError, load
+from novacron.agent.view import _record_dict
 from novacron.protocol import codec
 from novacron.protocol import messages as m
 from novacron.protocol.errors import InvalidField, MalformedRecord, UnsupportedVersion
@@ -150,3 +156,27 @@ def test_an_operator_label_under_the_reserved_prefix_stops_the_agent_with_the_re
     assert load({"labels": {"site": "lyon"}}, environ={}, config_file="/dev/null").labels == {
         "site": "lyon"
     }
+
+
+def test_nova_host_show_says_what_the_fields_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state that used to show among the labels is shown on its own lines."""
+    record = dataclasses.replace(
+        BASE,
+        migrations_out=1,
+        migrations_in=2,
+        rebalance=m.RebalanceSetting(paused=True, since=1_796_292_000.0),
+        gateway_candidate=True,
+        libvirt_unreachable_since=1_796_292_060.0,
+    )
+    host = {"node_id": "edge-1", "state": "alive", "address": "198.18.0.1:7946"}
+    answer = {**host, "record": json.loads(json.dumps(_record_dict(record)))}  # as the API sends
+    monkeypatch.setattr(mesh.client, "get", lambda path, sock: answer)
+    stdout = io.StringIO()
+    args = argparse.Namespace(node_id="edge-1", socket="/nonexistent")
+    assert mesh.show_host(args, Output(stdout=stdout)) == 0
+    text = stdout.getvalue()
+    assert "unreachable since 2026-12-03T10:01:00Z" in text
+    assert "labels:    site=lyon\n" in text
+    assert "migrating: 1 out, 2 in\n" in text
+    assert "rebalance: paused since 2026-12-03T10:00:00Z\n" in text
+    assert "gateway:   candidate\n" in text
