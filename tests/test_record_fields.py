@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from novacron.agent import client
 from novacron.agent.cli import mesh
 from novacron.agent.cli.common import Output
 from novacron.agent.config import ConfigError, load
@@ -170,7 +171,7 @@ def test_nova_host_show_says_what_the_fields_say(monkeypatch: pytest.MonkeyPatch
     )
     host = {"node_id": "edge-1", "state": "alive", "address": "198.18.0.1:7946"}
     answer = {**host, "record": json.loads(json.dumps(_record_dict(record)))}  # as the API sends
-    monkeypatch.setattr(mesh.client, "get", lambda path, sock: answer)
+    monkeypatch.setattr(client, "get", lambda path, sock: answer)
     stdout = io.StringIO()
     args = argparse.Namespace(node_id="edge-1", socket="/nonexistent")
     assert mesh.show_host(args, Output(stdout=stdout)) == 0
