@@ -18,6 +18,7 @@ Run: `.venv/bin/python -m benchmarks.record_codec [--seconds 1.0] [--json PATH]`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -82,16 +83,13 @@ def label_form(record: NodeRecord) -> NodeRecord:
         "novacron/rebalance": f"{setting}@{record.rebalance.since:.3f}",
         **({"novacron/gateway": "1"} if record.gateway_candidate else {}),
     }
-    return NodeRecord(
-        node_id=record.node_id,
-        version=record.version,
-        capacity=record.capacity,
-        usage=record.usage,
-        load=record.load,
-        vms=record.vms,
+    return dataclasses.replace(
+        record,
         labels=labels,
-        addresses=record.addresses,
-        libvirt_uri=record.libvirt_uri,
+        migrations_out=0,
+        migrations_in=0,
+        rebalance=RebalanceSetting(),
+        gateway_candidate=False,
     )
 
 
