@@ -332,7 +332,7 @@ class Rebalancer:
     # --- the mesh-wide setting -------------------------------------------------------
 
     async def adopt_mesh_setting(self) -> None:
-        newest = newest_setting(self._membership().records(), self.setting)
+        newest = newest_setting(self._membership().records(), self.setting, self._wall())
         if newest != self.setting:
             text = setting_text(newest)
             log.info("rebalance setting from the mesh", extra={"fields": {"setting": text}})
@@ -346,12 +346,26 @@ class Rebalancer:
         await self._publish()
 
 
-def newest_setting(records: Mapping[str, NodeRecord], own: RebalanceSetting) -> RebalanceSetting:
-    """The most recent pause/resume setting among `records` and `own` (own wins a tie)."""
+SETTING_SKEW = 300.0
+"""Seconds a peer's setting may be dated ahead of this host's wall clock and still count.
+
+The newest setting wins, so one dated years ahead would win against every
+later pause or resume; hosts' clocks agree far better than this (operator
+commands are held to the same five minutes). A setting dated further ahead
+counts once this host's clock comes within the skew of it.
+"""
+
+
+def newest_setting(
+    records: Mapping[str, NodeRecord], own: RebalanceSetting, now: float
+) -> RebalanceSetting:
+    """The most recent pause/resume setting among `records` and `own` (own wins a tie),
+    leaving out those dated more than `SETTING_SKEW` after `now` (wall clock)."""
     best = own
     for record in records.values():
-        if record.rebalance.since > best.since:
-            best = record.rebalance
+        setting = record.rebalance
+        if best.since < setting.since <= now + SETTING_SKEW:
+            best = setting
     return best
 
 

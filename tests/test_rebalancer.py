@@ -16,7 +16,7 @@ import pytest
 from novacron.agent import rebalancer as rebalancer_module
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.migrator import Migrator
-from novacron.agent.rebalancer import Rebalancer, newest_setting, setting_text
+from novacron.agent.rebalancer import SETTING_SKEW, Rebalancer, newest_setting, setting_text
 from novacron.protocol.messages import (
     MemberState,
     Message,
@@ -131,11 +131,29 @@ async def test_pause_is_mesh_wide_and_the_newest_setting_wins() -> None:
 
     resumed = RebalanceSetting(paused=False, since=1700000001.0)
     mesh.setting("h2", resumed)  # someone resumed later, elsewhere
-    assert newest_setting(mesh.records(), rebalancer.setting) == resumed
+    now = 1700000002.0
+    assert newest_setting(mesh.records(), rebalancer.setting, now) == resumed
     mesh.setting("h3", RebalanceSetting(paused=True, since=1699999999.0))  # an older pause
-    assert newest_setting(mesh.records(), rebalancer.setting) == resumed
+    assert newest_setting(mesh.records(), rebalancer.setting, now) == resumed
     await rebalancer.adopt_mesh_setting()
     assert not rebalancer.paused and published[-1] == "active@1700000001.000"
+    await migrator.close()
+
+
+async def test_a_setting_dated_far_ahead_of_the_clock_does_not_win() -> None:
+    """A setting dated years ahead would outrank every later pause or resume: it waits for
+    the clock to come near."""
+    mesh, rebalancer, _, _, migrator = setup()  # its wall clock reads 1700000000
+    await rebalancer.pause()
+    forever = RebalanceSetting(paused=False, since=1700000000.0 + 86400 * 365 * 100)
+    mesh.setting("h2", forever)
+    await rebalancer.adopt_mesh_setting()
+    assert rebalancer.paused  # the far-future resume was not taken
+    soon = RebalanceSetting(paused=False, since=1700000000.0 + SETTING_SKEW)
+    mesh.setting("h3", soon)  # a host whose clock runs a few minutes ahead
+    await rebalancer.adopt_mesh_setting()
+    assert rebalancer.setting == soon and not rebalancer.paused
+    assert newest_setting(mesh.records(), soon, forever.since) == forever  # in its time, it counts
     await migrator.close()
 
 
