@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from novacron.protocol.messages import RESERVED_LABEL_PREFIX
+
 DEFAULT_CONFIG_FILE = "/etc/novacron/agent.toml"
 
 
@@ -218,6 +220,13 @@ def _validated(config: AgentConfig) -> AgentConfig:
     for name in ("kvm_probe_kernel", "kvm_probe_initrd"):
         if getattr(config, name) and not Path(getattr(config, name)).is_absolute():
             raise ConfigError(f"{name} must be an absolute path")
+    reserved = sorted(k for k in config.labels if k.startswith(RESERVED_LABEL_PREFIX))
+    if reserved:
+        # Peers refuse a record carrying one: the agent would drop out of their view.
+        raise ConfigError(
+            f"labels {', '.join(reserved)}: the prefix {RESERVED_LABEL_PREFIX} is reserved "
+            "for the agent's own record fields; choose another key"
+        )
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
     if config.reserved_memory_mib < 0:

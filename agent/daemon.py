@@ -47,7 +47,7 @@ from .config import (
 )
 from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
-from .core.gateway import GATEWAY_LABEL, elect
+from .core.gateway import elect
 from .core.node import MembershipNode
 from .core.refusals import RefusalKind, Refused
 from .core.reservations import free_capacity
@@ -476,14 +476,12 @@ class Agent:
             await self._publish_inventory()
 
     async def _publish_inventory(self) -> None:
-        record = await self.inventory.record()
-        labels = {
-            **record.labels,
-            **self.migrator.record_labels(),
-            **self.rebalancer.record_labels(),
-            **({GATEWAY_LABEL: "1"} if self.gateway is not None else {}),
-        }
-        record = dataclasses.replace(record, labels=labels, draining=self.drain.draining)
+        record = dataclasses.replace(
+            self.migrator.with_counts(await self.inventory.record()),
+            rebalance=self.rebalancer.setting,
+            gateway_candidate=self.gateway is not None,
+            draining=self.drain.draining,
+        )
         content = dataclasses.replace(record, version=0)
         if content != self._last_record:
             self._last_record = content

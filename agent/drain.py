@@ -42,7 +42,6 @@ from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, M
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .core.migration import ClusterView
-from .core.migration_policy import INBOUND_LABEL, OUTBOUND_LABEL, published_count
 from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
 from .tasks import cancel_and_wait
@@ -397,7 +396,7 @@ class DrainRequests:
         vms = {vm.name: vm.state for vm in record.vms} if record is not None else {}
         running = sorted(name for name, state in vms.items() if state in STAYING)
         draining = record.draining if record is not None else False
-        arriving = published_count(record, INBOUND_LABEL)
+        arriving = record.migrations_in if record is not None else 0
         return {
             "node_id": node,
             "remote": True,  # seen through the mesh, from `seen_from`
@@ -407,7 +406,7 @@ class DrainRequests:
             "done": draining and not running and not arriving,
             "running": running,
             "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
-            "migrations_out": published_count(record, OUTBOUND_LABEL),
+            "migrations_out": record.migrations_out if record is not None else 0,
             "migrations_in": arriving,
             "record_version": record.version if record is not None else 0,
         }

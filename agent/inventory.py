@@ -13,12 +13,13 @@ events miss. libvirt calls block, so every one runs in a worker thread
 
 An unreachable libvirt is an operational state, not a crash, and it does not
 mean "this host runs nothing": the record keeps the last VMs libvirt listed,
-each in state "unknown", and carries the label `LIBVIRT_DOWN_LABEL` (since
-when, wall clock), so every agent still sees them, counts their memory, and
-sends the host nothing until it can count again (`placement.room_refusal`,
-the target's admission). `warning` says why, one warning is logged, and the
-connection is retried at every refresh (`retry_interval`, by default the
-poll interval), so the first refresh after libvirtd is back lists the VMs.
+each in state "unknown", and says since when it is unreachable (its
+`libvirt_unreachable_since` field, wall clock), so every agent still sees
+them, counts their memory, and sends the host nothing until it can count
+again (`placement.room_refusal`, the target's admission). `warning` says
+why, one warning is logged, and the connection is retried at every refresh
+(`retry_interval`, by default the poll interval), so the first refresh after
+libvirtd is back lists the VMs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ import psutil
 
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
-from .core.placement import LIBVIRT_DOWN_LABEL
 from .core.records import vm_load_limit
 
 log = logging.getLogger(__name__)
@@ -159,11 +158,6 @@ class CpuMeter:
 
 def _idle(times: Any) -> float:
     return float(times.idle + getattr(times, "iowait", 0.0))
-
-
-def wall_time(seconds: float) -> str:
-    """Wall-clock `seconds` as ISO 8601 UTC, to the second."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def existing_dir(path: Path) -> Path:
@@ -470,9 +464,6 @@ class Inventory:
     async def record(self, version: int = 0) -> NodeRecord:
         """This node's record content now; the caller sets the version it gossips."""
         host, vms = await asyncio.gather(self.host(), self.vms())
-        labels = dict(self._labels)
-        if self.unreachable_since is not None:
-            labels[LIBVIRT_DOWN_LABEL] = wall_time(self.unreachable_since)
         return NodeRecord(
             node_id=self.node_id,
             version=version,
@@ -480,9 +471,10 @@ class Inventory:
             usage=host.usage,
             load=host.load_1m,
             vms=vms,
-            labels=labels,
+            labels=dict(self._labels),
             addresses=self._addresses,
             libvirt_uri=self.libvirt_uri,
+            libvirt_unreachable_since=self.unreachable_since or 0.0,
         )
 
     def _measure_due(self, vm: str) -> bool:

@@ -45,6 +45,7 @@ from novacron.protocol.messages import (
     MigrationProgress,
     MigrationPropose,
     MigrationRefuse,
+    NodeRecord,
 )
 
 from .api_requests import MigrateRequest
@@ -196,9 +197,9 @@ class Migrator:
         those still in pre-copy are asked to stop."""
         await self._apply(self.core.set_draining(draining, self._clock()))
 
-    def record_labels(self) -> dict[str, str]:
-        """Migration counters for this host's record, so peers can respect the limits."""
-        return self.core.record_labels()
+    def with_counts(self, record: NodeRecord) -> NodeRecord:
+        """This host's `record` with its migration counters, so peers can respect the limits."""
+        return self.core.with_counts(record)
 
     async def adopt_unfinished(self) -> None:
         """Take charge of outbound jobs an earlier life of this agent left running.

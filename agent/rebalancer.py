@@ -15,11 +15,11 @@ The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
 from here), from the migration core's history.
 
-Pause and resume are mesh-wide: the setting travels as a label in every
-host's record, `novacron/rebalance` = "paused@<unix time>" or
-"active@<unix time>"; each agent adopts the newest it sees and republishes
-it, so one `nova rebalance pause` on any host stops every host within a
-gossip round, and the setting survives the host it was given on.
+Pause and resume are mesh-wide: the setting travels in every host's record
+(its typed `rebalance` field: paused or not, since when, wall clock); each
+agent adopts the newest it sees and republishes it, so one `nova rebalance
+pause` on any host stops every host within a gossip round, and the setting
+survives the host it was given on.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from novacron.protocol.messages import MemberState, NodeRecord
+from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
 from .core.members import MemberInfo
 from .core.rebalance import (
@@ -51,9 +51,6 @@ from .core.refusals import Refused
 from .migrator import Migrator
 
 log = logging.getLogger("novacron.rebalance")
-
-SETTING_LABEL = "novacron/rebalance"
-"""Record label carrying the mesh-wide setting: "active@<unix time>" or "paused@<unix time>"."""
 
 INTERVAL = 5.0  # seconds between planning rounds
 POLL = 0.25  # seconds between looks for a freed outbound slot when no news wakes the loop
@@ -96,7 +93,7 @@ class Rebalancer:
     ) -> None:
         self._migrator = migrator
         self._membership = membership
-        self._publish = publish  # republishes this host's record (with the setting label)
+        self._publish = publish  # republishes this host's record (with the setting)
         self._clock = clock  # the cores' clock (migration history uses it)
         self._wall = wall_clock  # orders pause/resume across hosts
         self.enabled = enabled  # this agent's configuration: False never plans
@@ -106,7 +103,7 @@ class Rebalancer:
             max_outbound=limits.max_outbound, max_inbound=limits.max_inbound
         )
         self._rng = rng or random.Random()
-        self.setting = f"active@{0:.3f}"  # until the mesh says otherwise
+        self.setting = RebalanceSetting()  # active, never set: until the mesh says otherwise
         self.last: Decision | None = None  # the latest round's decision
         self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.counts = RebalanceCounts()  # since start, for metrics
@@ -128,12 +125,9 @@ class Rebalancer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def record_labels(self) -> dict[str, str]:
-        return {SETTING_LABEL: self.setting}
-
     @property
     def paused(self) -> bool:
-        return self.setting.startswith("paused@")
+        return self.setting.paused
 
     # --- the local API's side ------------------------------------------------------
 
@@ -150,7 +144,7 @@ class Rebalancer:
             "node_id": self._migrator.node_id,
             "enabled": self.enabled,
             "paused": self.paused,
-            "setting": self.setting,
+            "setting": setting_text(self.setting),
             "last_decision": _decision_dict(last) if last is not None else None,
             "moves": moves,
         }
@@ -167,11 +161,11 @@ class Rebalancer:
         return answer
 
     async def pause(self) -> dict[str, Any]:
-        await self._set(f"paused@{self._wall():.3f}")
+        await self._set(RebalanceSetting(paused=True, since=self._wall()))
         return self.status()
 
     async def resume(self) -> dict[str, Any]:
-        await self._set(f"active@{self._wall():.3f}")
+        await self._set(RebalanceSetting(paused=False, since=self._wall()))
         return self.status()
 
     # --- the loop ------------------------------------------------------------------
@@ -338,37 +332,46 @@ class Rebalancer:
     # --- the mesh-wide setting -------------------------------------------------------
 
     async def adopt_mesh_setting(self) -> None:
-        newest = newest_setting(self._membership().records(), self.setting)
+        newest = newest_setting(self._membership().records(), self.setting, self._wall())
         if newest != self.setting:
-            log.info("rebalance setting from the mesh", extra={"fields": {"setting": newest}})
+            text = setting_text(newest)
+            log.info("rebalance setting from the mesh", extra={"fields": {"setting": text}})
             self.setting = newest
             await self._publish()
 
-    async def _set(self, setting: str) -> None:
+    async def _set(self, setting: RebalanceSetting) -> None:
         self.setting = setting
-        log.info("rebalance setting changed here", extra={"fields": {"setting": setting}})
+        text = setting_text(setting)
+        log.info("rebalance setting changed here", extra={"fields": {"setting": text}})
         await self._publish()
 
 
-def newest_setting(records: Mapping[str, NodeRecord], own: str) -> str:
-    """The most recent pause/resume setting among `records` and `own` (garbled ones ignored)."""
-    best, best_time = own, _setting_time(own)
+SETTING_SKEW = 300.0
+"""Seconds a peer's setting may be dated ahead of this host's wall clock and still count.
+
+The newest setting wins, so one dated years ahead would win against every
+later pause or resume; hosts' clocks agree far better than this (operator
+commands are held to the same five minutes). A setting dated further ahead
+counts once this host's clock comes within the skew of it.
+"""
+
+
+def newest_setting(
+    records: Mapping[str, NodeRecord], own: RebalanceSetting, now: float
+) -> RebalanceSetting:
+    """The most recent pause/resume setting among `records` and `own` (own wins a tie),
+    leaving out those dated more than `SETTING_SKEW` after `now` (wall clock)."""
+    best = own
     for record in records.values():
-        value = record.labels.get(SETTING_LABEL, "")
-        stamp = _setting_time(value)
-        if stamp > best_time:
-            best, best_time = value, stamp
+        setting = record.rebalance
+        if best.since < setting.since <= now + SETTING_SKEW:
+            best = setting
     return best
 
 
-def _setting_time(value: str) -> float:
-    state, _, stamp = value.partition("@")
-    if state not in ("active", "paused"):
-        return -1.0
-    try:
-        return float(stamp)
-    except ValueError:
-        return -1.0
+def setting_text(setting: RebalanceSetting) -> str:
+    """The setting as `nova rebalance status` shows it: "paused@<unix time>" or "active@..."."""
+    return f"{'paused' if setting.paused else 'active'}@{setting.since:.3f}"
 
 
 def _decision_dict(decision: Decision) -> dict[str, Any]:

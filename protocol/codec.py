@@ -36,13 +36,16 @@ from .errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from .messages import CATALOGUE, Message, Range
+from .messages import CATALOGUE, Message, Range, ReservedKeys
 
-# Version 2: membership claims are signed by the node they are about (or their
-# accuser) and counters are bounded; a version 1 node's unsigned claims would
-# be refused anyway, so the two do not pretend to speak one protocol.
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS: tuple[int, ...] = (2,)
+# Version 3: a host record carries its mesh-wide state (migration counters,
+# the rebalancing switch, gateway candidacy, libvirt's reachability) in typed
+# fields, and refuses the labels that carried it in version 2. A version 2
+# node would ignore those fields (keep rebalancing through a pause, elect a
+# second gateway, undercount migrations), so the two do not pretend to speak
+# one protocol. Version 2 itself signed membership claims and bounded counters.
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS: tuple[int, ...] = (3,)
 
 T = TypeVar("T")
 
@@ -328,8 +331,11 @@ def _make_decoder(hint: Any) -> Decoder:
     if origin is typing.Annotated:
         base, *extras = typing.get_args(hint)
         bounds = next((e for e in extras if isinstance(e, Range)), None)
-        if base is int and bounds is not None:
-            return _bounded_int_decoder(bounds)
+        if base in (int, float) and bounds is not None:
+            return _bounded_decoder(_decoder(base), bounds)
+        reserved = next((e for e in extras if isinstance(e, ReservedKeys)), None)
+        if reserved is not None:
+            return _reserved_keys_decoder(_decoder(base), reserved)
         return _decoder(base)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return _enum_decoder(hint)
@@ -357,15 +363,32 @@ def _decode_int(value: Any, room: int) -> int:
     raise _FieldError("", f"expected an integer, got {_kind(value)}")
 
 
-def _bounded_int_decoder(bounds: Range) -> Decoder:
-    def decode_bounded(value: Any, room: int) -> int:
-        if type(value) is not int:
-            raise _FieldError("", f"expected an integer, got {_kind(value)}")
-        if not bounds.low <= value <= bounds.high:
-            raise _FieldError("", f"{value} is outside {bounds.low}..{bounds.high}")
-        return value
+def _bounded_decoder(base: Decoder, bounds: Range) -> Decoder:
+    def decode_bounded(value: Any, room: int) -> Any:
+        number = base(value, room)  # its type first: a string is not "out of range"
+        if not bounds.low <= number <= bounds.high:
+            raise _FieldError(
+                "", f"{number} is outside {_plain(bounds.low)}..{_plain(bounds.high)}"
+            )
+        return number
 
     return decode_bounded
+
+
+def _plain(bound: float) -> str:
+    """A bound as people write it: whole numbers without a fraction or an exponent."""
+    return str(int(bound)) if float(bound).is_integer() else repr(bound)
+
+
+def _reserved_keys_decoder(base: Decoder, reserved: ReservedKeys) -> Decoder:
+    def decode_reserved(value: Any, room: int) -> Any:
+        mapping = base(value, room)  # keys are strings once the map's own type holds
+        for key in mapping:
+            if key.startswith(reserved.prefix):
+                raise _FieldError(f"[{key[:64]!r}]", f"{reserved.prefix!r} keys are {reserved.why}")
+        return mapping
+
+    return decode_reserved
 
 
 def _decode_float(value: Any, room: int) -> float:

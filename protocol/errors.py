@@ -94,6 +94,11 @@ class MalformedRecord(IdentityError):
     """A signed record's bytes do not decode, or disagree with its envelope."""
 
 
+class RecordContentRefused(MalformedRecord):
+    """Its owner signed the record, but the codec refuses what it says (a field's type or
+    range, a reserved label): the owner's fault, not a relay's."""
+
+
 class BadRecordSignature(IdentityError):
     """A signed record's signature does not verify under its owner's key."""
 

@@ -20,10 +20,23 @@ from typing import Annotated, ClassVar, Union
 
 @dataclass(frozen=True, slots=True)
 class Range:
-    """Inclusive bounds of an integer field; the codec refuses a value outside them."""
+    """Inclusive bounds of a number field (int or float); the codec refuses a value outside them."""
 
-    low: int
-    high: int
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedKeys:
+    """Keys of a string map under `prefix` belong to the protocol, not to users.
+
+    The codec refuses a map holding one, saying `why`: state the agent
+    publishes travels in typed fields, and a label that looks like one is
+    either an old agent's or a forgery, never something to act on.
+    """
+
+    prefix: str
+    why: str
 
 
 MAX_COUNTER = 2**53 - 1
@@ -36,6 +49,33 @@ sends a malformed frame.
 """
 
 Counter = Annotated[int, Range(0, MAX_COUNTER)]
+
+MAX_WALL_TIME = 253_402_300_799.0
+"""The latest wall-clock time (unix seconds) a record may carry: 9999-12-31T23:59:59Z.
+
+Python's datetime ends there, so every time within the bound can be shown;
+a later one, or a negative one, is no time any host lived through.
+"""
+
+WallTime = Annotated[float, Range(0, MAX_WALL_TIME)]
+
+MAX_MIGRATIONS = 1024
+"""The most concurrent migrations one host may say it sends or receives.
+
+Far above any per-host limit (`MigrationLimits`, 2 by default; its bounds
+keep it at or below this): a larger count is a lie whose only effect would be
+to fill the cluster-wide ceiling every peer computes from these counters.
+"""
+
+MigrationCount = Annotated[int, Range(0, MAX_MIGRATIONS)]
+
+RESERVED_LABEL_PREFIX = "novacron/"
+"""Host labels under this prefix are the protocol's; users and peers may not set them."""
+
+HostLabels = Annotated[
+    dict[str, str],
+    ReservedKeys(RESERVED_LABEL_PREFIX, "reserved for the agent's own record fields"),
+]
 
 
 class MemberState(StrEnum):
@@ -74,10 +114,25 @@ class VmSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """The one record a node owns and gossips: its resources and its VMs.
+class RebalanceSetting:
+    """The mesh-wide switch of automatic rebalancing, as one host last heard it.
 
-    `version` grows with every change; a higher version always wins.
+    Every host republishes the newest setting it has seen (by `since`), so a
+    pause given on one host reaches all of them and outlives that host.
+    """
+
+    paused: bool = False
+    since: WallTime = 0.0  # when an operator set it (unix seconds, wall clock); 0: never
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """The one record a node owns and gossips: its resources, its VMs, its mesh-wide state.
+
+    `version` grows with every change; a higher version always wins. Every
+    field below `version` is optional on the wire: a record that lacks one
+    (at its default: no migrations, rebalancing not paused, not a gateway
+    candidate, libvirt reachable) decodes to that default.
     """
 
     node_id: str
@@ -86,10 +141,17 @@ class NodeRecord:
     usage: Resources = field(default_factory=Resources)
     load: float = 0.0  # 1-minute load average
     vms: tuple[VmSummary, ...] = ()
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: HostLabels = field(default_factory=dict)  # the operator's, free-form but the prefix
     addresses: tuple[str, ...] = ()
     libvirt_uri: str = ""
     draining: bool = False
+    migrations_out: MigrationCount = 0  # migrations this host sends now (the cluster ceiling)
+    migrations_in: MigrationCount = 0  # migrations this host receives now (per-host limit)
+    rebalance: RebalanceSetting = field(default_factory=RebalanceSetting)
+    gateway_candidate: bool = False  # configured with coordinator URLs: may hold the site link
+    # When its libvirt stopped answering (unix seconds); 0: it answers. While it
+    # does not, the VMs listed are the last ones seen and the host takes no VM.
+    libvirt_unreachable_since: WallTime = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,8 +66,11 @@ from . import codec
 from .errors import InvalidField
 from .messages import Counter, MemberState, NodeRecord, Range
 
-SITELINK_VERSION = 1
-VERSIONS: tuple[int, ...] = (1,)
+# Version 2: the host records a gateway sends carry mesh-wide state in typed
+# fields and refuse the `novacron/` labels a version 1 gateway would still
+# send, so a mismatch is refused at the envelope, saying which versions each speaks.
+SITELINK_VERSION = 2
+VERSIONS: tuple[int, ...] = (2,)
 DOMAIN = "novacron-sitelink-hello/1"  # what the gateway's signature is over, first
 PATH = "/v1/sitelink"  # the coordinator's WebSocket endpoint
 NONCE_BYTES = 32

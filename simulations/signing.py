@@ -29,9 +29,10 @@ from collections.abc import Callable
 import msgpack
 
 from novacron.protocol.claims import Claim, claim_bytes, signer_of
-from novacron.protocol.codec import pack_struct, unpack_struct
-from novacron.protocol.errors import IdentityError, ProtocolError
+from novacron.protocol.codec import pack_struct
+from novacron.protocol.errors import IdentityError
 from novacron.protocol.messages import NodeRecord, SignedRecord
+from novacron.protocol.records import decode_signed_record
 
 RecordSigner = Callable[[NodeRecord], SignedRecord]
 RecordVerifier = Callable[[SignedRecord], NodeRecord]
@@ -81,10 +82,7 @@ def verify_uncached(signed: SignedRecord) -> NodeRecord:
     """Check the MAC, decode, and check the envelope matches the contents."""
     if not hmac.compare_digest(mac(signed.node_id, signed.record), signed.signature):
         raise IdentityError(f"bad record signature for {signed.node_id}")
-    record = unpack_struct(NodeRecord, signed.record)
-    if record.node_id != signed.node_id or record.version != signed.version:
-        raise ProtocolError("signed record envelope does not match its contents")
-    return record
+    return decode_signed_record(signed)
 
 
 class VerificationCache:

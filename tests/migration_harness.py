@@ -59,8 +59,11 @@ def host(
     vcpus: float = 4.0,
     draining: bool = False,
     labels: Mapping[str, str] | None = None,
+    outbound: int = 0,
+    inbound: int = 0,
+    libvirt_down_since: float = 0.0,
 ) -> NodeRecord:
-    """A host's record with its VMs."""
+    """A host's record with its VMs and the migration counters it publishes."""
     return NodeRecord(
         node_id=node_id,
         version=1,
@@ -69,6 +72,9 @@ def host(
         libvirt_uri=f"qemu+tcp://{node_id}/system",
         draining=draining,
         labels=dict(labels or {}),
+        migrations_out=outbound,
+        migrations_in=inbound,
+        libvirt_unreachable_since=libvirt_down_since,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 from hypothesis import strategies as st
 
-from novacron.protocol.messages import CATALOGUE, Range
+from novacron.protocol.messages import CATALOGUE, Range, ReservedKeys
 
 _text = st.text(max_size=24)
 _ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -24,7 +24,16 @@ def for_hint(hint: Any, depth: int = 0) -> st.SearchStrategy[Any]:
         base, *extras = typing.get_args(hint)
         bounds = next((e for e in extras if isinstance(e, Range)), None)
         if base is int and bounds is not None:
-            return st.integers(bounds.low, bounds.high)
+            return st.integers(int(bounds.low), int(bounds.high))
+        if base is float and bounds is not None:
+            return st.floats(bounds.low, bounds.high)
+        reserved = next((e for e in extras if isinstance(e, ReservedKeys)), None)
+        if reserved is not None:  # a map the codec accepts: no key under the reserved prefix
+            return for_hint(base, depth).map(
+                lambda mapping: {
+                    k: v for k, v in mapping.items() if not k.startswith(reserved.prefix)
+                }
+            )
         return for_hint(base, depth)
     simple: dict[Any, st.SearchStrategy[Any]] = {
         bool: st.booleans(),

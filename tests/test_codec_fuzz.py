@@ -145,3 +145,42 @@ def test_malformed_drain_messages_give_only_protocol_errors(
         return
     assert isinstance(message, cls)  # accepted: then it encodes and decodes to itself
     assert codec.decode(codec.encode(message, "edge-1")).message == message
+
+
+# The host record's typed fields (mesh-wide state) get the same field-aware fuzz: their
+# names with any values, values at and beyond their bounds, labels under the reserved prefix.
+RECORD_FIELDS = (
+    "migrations_out",
+    "migrations_in",
+    "rebalance",
+    "gateway_candidate",
+    "libvirt_unreachable_since",
+    "labels",
+)
+_edge_values = st.sampled_from(
+    [-1, 0, m.MAX_MIGRATIONS, m.MAX_MIGRATIONS + 1, m.MAX_WALL_TIME, m.MAX_WALL_TIME * 2, -0.5]
+)
+_record_value = st.one_of(
+    _any_value,
+    _edge_values,
+    st.fixed_dictionaries({}, optional={"paused": _any_value, "since": _any_value | _edge_values}),
+    st.dictionaries(st.sampled_from(["site", "novacron/rebalance", "novacron/"]), st.text()),
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_malformed_record_fields_give_only_protocol_errors(data: st.DataObject) -> None:
+    fields = data.draw(st.dictionaries(st.sampled_from(RECORD_FIELDS), _record_value))
+    wire = msgpack.packb({"node_id": "edge-1", "version": 1, **fields})
+    try:
+        record = codec.unpack_struct(m.NodeRecord, wire)
+    except ProtocolError:
+        return
+    assert 0 <= record.migrations_out <= m.MAX_MIGRATIONS
+    assert 0 <= record.migrations_in <= m.MAX_MIGRATIONS
+    assert 0 <= record.rebalance.since <= m.MAX_WALL_TIME
+    assert 0 <= record.libvirt_unreachable_since <= m.MAX_WALL_TIME
+    assert isinstance(record.gateway_candidate, bool)
+    assert not any(k.startswith(m.RESERVED_LABEL_PREFIX) for k in record.labels)
+    assert codec.unpack_struct(m.NodeRecord, codec.pack_struct(record)) == record

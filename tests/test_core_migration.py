@@ -36,12 +36,10 @@ from novacron.agent.core.migration import (
     next_phase,
 )
 from novacron.agent.core.migration_policy import (
-    INBOUND_LABEL,
-    OUTBOUND_LABEL,
     MigrationLimits,
     MigrationPolicy,
 )
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, LIBVIRT_DOWN_LABEL
+from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
 from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
@@ -240,9 +238,9 @@ def test_source_refuses_with_a_reason_and_changes_nothing(
             memory_mib=8192,
             vcpus=1.0,
             draining=bool(setup.get("draining")),
-            labels={INBOUND_LABEL: str(setup.get("inbound", "0"))},
+            inbound=int(str(setup.get("inbound", "0"))),
         ),
-        host("h3", labels={OUTBOUND_LABEL: str(setup.get("cluster", "0"))}),
+        host("h3", outbound=int(str(setup.get("cluster", "0")))),
     ]
     mesh = Mesh(records, config=MigrationConfig(reservations=ReservationConfig()))
     if setup.get("dead"):
@@ -282,16 +280,17 @@ def test_outbound_limit() -> None:
     (event,) = mesh.request("h1", "c", "h4").events
     assert isinstance(event, MigrationRefused)
     assert event.reason == "too many migrations: h1 already runs 2 outbound"
-    assert mesh.core("h1").record_labels() == {OUTBOUND_LABEL: "2", INBOUND_LABEL: "0"}
+    published = mesh.core("h1").with_counts(host("h1"))
+    assert (published.migrations_out, published.migrations_in) == (2, 0)
 
 
 def test_cluster_limit_derived_from_alive_hosts() -> None:
     # 12 hosts: the derived ceiling is max(2, ceil(0.25 * 12)) = 3.
     records = [host("h1", vm("vm1"))] + [host(f"x{i}") for i in range(11)]
-    records[1] = host("x0", labels={OUTBOUND_LABEL: "2"})
+    records[1] = host("x0", outbound=2)
     mesh = Mesh(records)
     assert mesh.request("h1", "vm1", "x1").events[0].__class__ is MigrationProposed
-    records[2] = host("x1", labels={OUTBOUND_LABEL: "1"})
+    records[2] = host("x1", outbound=1)
     mesh2 = Mesh(records)
     (event,) = mesh2.request("h1", "vm1", "x2").events
     assert isinstance(event, MigrationRefused)
@@ -872,8 +871,9 @@ def test_one_migration_by_id_is_what_the_list_shows() -> None:
 
 
 def test_a_target_that_cannot_count_its_vms_admits_nothing_and_no_source_proposes() -> None:
-    down = {LIBVIRT_DOWN_LABEL: "2026-12-03T10:00:00Z"}
-    mesh = Mesh([host("h1", vm("vm1")), host("h2", vm("old", 1024, state="unknown"), labels=down)])
+    down = 1_796_292_000.0  # 2026-12-03T10:00:00Z
+    old = vm("old", 1024, state="unknown")
+    mesh = Mesh([host("h1", vm("vm1")), host("h2", old, libvirt_down_since=down)])
     out = mesh.request("h1", "vm1", "h2")
     (refused,) = out.events
     assert isinstance(refused, MigrationRefused)

@@ -14,16 +14,14 @@ from novacron.agent.core.migration_cost import (
     precopy_seconds,
 )
 from novacron.agent.core.migration_policy import (
-    OUTBOUND_LABEL,
     MigrationLimits,
     MigrationPolicy,
     PolicyError,
     cluster_limit,
     cluster_migrations,
     completion_timeout,
-    published_count,
-    record_labels,
     switchover_limit_ms,
+    with_migration_counts,
     with_overrides,
 )
 from novacron.agent.core.reservations import (
@@ -34,6 +32,7 @@ from novacron.agent.core.reservations import (
     capacity_refusal,
     free_capacity,
 )
+from novacron.protocol.messages import MAX_MIGRATIONS
 from tests.migration_harness import host, vm
 
 
@@ -83,15 +82,22 @@ def test_limits() -> None:
         MigrationLimits(max_outbound=0)
 
 
-def test_cluster_count_from_gossiped_labels() -> None:
+def test_cluster_count_from_gossiped_counters() -> None:
     records = {
-        "h1": host("h1", labels={OUTBOUND_LABEL: "5"}),  # ours: our live count wins
-        "h2": host("h2", labels=record_labels(2, 0)),
-        "h3": host("h3", labels={OUTBOUND_LABEL: "garbage"}),
+        "h1": host("h1", outbound=5),  # ours: our live count wins
+        "h2": with_migration_counts(host("h2"), 2, 0),
+        "h3": host("h3", inbound=2),  # receiving is not sending
         "h4": host("h4"),
     }
     assert cluster_migrations(records, "h1", 1) == 3
-    assert published_count(None, OUTBOUND_LABEL) == 0
+
+
+def test_published_counts_stay_within_what_peers_accept() -> None:
+    published = with_migration_counts(host("h1"), MAX_MIGRATIONS + 5, -1)
+    assert (published.migrations_out, published.migrations_in) == (MAX_MIGRATIONS, 0)
+    MigrationLimits(max_outbound=MAX_MIGRATIONS, max_inbound=MAX_MIGRATIONS)
+    with pytest.raises(ValueError, match=f"at most {MAX_MIGRATIONS}"):
+        MigrationLimits(max_inbound=MAX_MIGRATIONS + 1)
 
 
 def test_precopy_arithmetic() -> None:

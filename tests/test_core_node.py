@@ -366,6 +366,30 @@ def test_a_bad_signature_is_dropped_and_counted() -> None:
     assert node.pending_gossip() == 0  # nothing was re-gossiped
 
 
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        ({"labels": {"novacron/rebalance": "paused@9999999999"}}, "'novacron/' keys are reserved"),
+        ({"migrations_out": 1_000_000}, "migrations_out: 1000000 is outside 0..1024"),
+    ],
+    ids=["reserved-label", "absurd-counter"],
+)
+def test_a_record_the_codec_refuses_is_dropped_with_the_reason(
+    claim: dict[str, object], reason: str
+) -> None:
+    """Its owner signed it, so it is not a forgery: it is refused for what it says."""
+    node = node_in(snapshot_of(3))
+    lie = replace(record_for_version("n001", 2), **claim)  # type: ignore[arg-type]
+    out = node.receive("n002", RecordUpdate(make_signer("n001")(lie)), 1.0)
+    (event,) = out.events
+    assert isinstance(event, RecordRejected) and (event.node_id, event.version) == ("n001", 2)
+    assert reason in event.reason and "record bytes do not decode" in event.reason
+    assert node.stats.records_rejected_malformed == 1
+    assert node.stats.records_rejected_bad_signature == 0
+    assert node.record_version("n001") == 1 and node.records()["n001"].labels == {}
+    assert node.pending_gossip() == 0  # nothing was re-gossiped
+
+
 def test_records_of_non_members_are_rejected() -> None:
     node = node_in(snapshot_of(3))
     node.receive("n002", RecordUpdate(signed("stranger", 1)), 1.0)

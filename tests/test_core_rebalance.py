@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from novacron.agent.core.migration_policy import INBOUND_LABEL
 from novacron.agent.core.rebalance import (
     AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
@@ -97,7 +96,7 @@ def test_the_outbound_limit_and_busy_vms() -> None:
 
 
 def test_targets_at_their_inbound_limit_draining_or_dead_take_nothing() -> None:
-    full = host("h2", vm("d", 0.5), labels={INBOUND_LABEL: "2"})
+    full = host("h2", vm("d", 0.5), migrations_in=2)
     draining = host("h3", draining=True)
     dead = host("h4")
     decision = decide([HOT, full, draining, dead], alive={"h1", "h2", "h3"})
@@ -216,7 +215,7 @@ def test_a_host_that_is_shedding_goes_on_down_to_the_band() -> None:
 
 
 def test_targets_that_receive_nothing_yet_are_preferred() -> None:
-    receiving = [host(f"r{i}", vm(f"y{i}", 0.1), labels={INBOUND_LABEL: "1"}) for i in range(4)]
+    receiving = [host(f"r{i}", vm(f"y{i}", 0.1), migrations_in=1) for i in range(4)]
     quiet = [host(f"q{i}", vm(f"z{i}", 0.5)) for i in range(4)]
     for seed in range(5):
         decision = decide([HOT, *receiving, *quiet], seed=seed)
@@ -274,7 +273,7 @@ def test_a_round_never_reports_a_move_it_did_not_start() -> None:
                     vm(f"v{h}-{i}", rng.uniform(0.05, 3.0), GIB * rng.choice((1, 2, 4, 8)))
                     for i in range(rng.randint(0, 6))
                 ),
-                labels={INBOUND_LABEL: str(rng.randint(0, 2))},
+                migrations_in=rng.randint(0, 2),
             )
             for h in range(1, rng.randint(3, 9))
         ]

@@ -139,8 +139,17 @@ async def test_invented_members_are_not_admitted_and_the_mesh_still_takes_newcom
         {"load": 1e300},
         {"usage": Resources(vcpus=1e300)},
         {"libvirt_uri": "qemu+tcp://203.0.113.7/system"},
+        {"labels": {"novacron/rebalance": "paused@9999999999"}},
+        {"migrations_out": 1_000_000},
     ],
-    ids=["million-cores", "huge-load", "huge-usage", "foreign-libvirt-uri"],
+    ids=[
+        "million-cores",
+        "huge-load",
+        "huge-usage",
+        "foreign-libvirt-uri",
+        "reserved-label",
+        "absurd-migration-count",
+    ],
 )
 async def test_a_record_outside_its_bounds_is_refused(
     mesh: Mesh, mallory: Mallory, lie: dict[str, object]

@@ -16,7 +16,7 @@ import libvirt
 import psutil
 import pytest
 
-from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL, room_refusal
+from novacron.agent.core.placement import room_refusal
 from novacron.agent.core.records import RecordBounds, record_problem, vm_load_limit
 from novacron.agent.core.reservations import Demand
 from novacron.agent.inventory import DomainSample, Inventory
@@ -130,7 +130,7 @@ async def test_unreachable_libvirt_keeps_the_last_vms_as_unknown_says_since_when
     try:
         record = await asyncio.wait_for(inv.record(), TIMEOUT)
         assert record.vms == ()  # never reached: nothing known
-        assert record.labels[LIBVIRT_DOWN_LABEL] == "2027-01-15T08:00:00Z"
+        assert record.libvirt_unreachable_since == 1_800_000_000.0  # 2027-01-15T08:00:00Z
         assert record.capacity.memory_mib > 0  # the host part still works
         assert inv.warning is not None and f"test://{config}" in inv.warning
         assert not inv.connected
@@ -140,7 +140,7 @@ async def test_unreachable_libvirt_keeps_the_last_vms_as_unknown_says_since_when
         assert [(vm.name, vm.state, vm.vcpus, vm.memory_mib) for vm in record.vms] == [
             ("vm1", "running", 1, 1024)
         ]
-        assert LIBVIRT_DOWN_LABEL not in record.labels
+        assert record.libvirt_unreachable_since == 0.0
         assert inv.warning is None and inv.connected
 
         config.unlink()  # "libvirtd is gone again": the VMs have not stopped for that
@@ -149,7 +149,7 @@ async def test_unreachable_libvirt_keeps_the_last_vms_as_unknown_says_since_when
         assert [(vm.name, vm.state, vm.memory_mib) for vm in record.vms] == [
             ("vm1", "unknown", 1024)
         ]
-        assert LIBVIRT_DOWN_LABEL in record.labels
+        assert record.libvirt_unreachable_since == 1_800_000_000.0
         assert room_refusal(record, Demand(1, 1), 4.0) == (
             "libvirt unreachable on edge-1 since 2027-01-15T08:00:00Z: its VMs cannot be counted"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from novacron.agent.core.members import MemberInfo
-from novacron.agent.core.migration_policy import INBOUND_LABEL, MigrationLimits
+from novacron.agent.core.migration_policy import MigrationLimits
 from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, Placement, choose_target
 from novacron.agent.core.reservations import Demand
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
@@ -73,14 +73,13 @@ def test_the_source_never_takes_its_own_vm() -> None:
 
 
 def test_draining_dead_full_and_busy_hosts_are_skipped_with_their_reasons() -> None:
-    busy = {INBOUND_LABEL: "2"}
     placement = choose(
         [
             record("h1", 8 * GIB),
             record("h2", 8 * GIB, draining=True),
             record("h3", 8 * GIB),
             record("h4", 8 * GIB, 7936),
-            record("h5", 8 * GIB, labels=busy),
+            record("h5", 8 * GIB, migrations_in=2),
         ],
         Demand(1, 512),
         "h3",

@@ -16,12 +16,13 @@ import pytest
 from novacron.agent import rebalancer as rebalancer_module
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.migrator import Migrator
-from novacron.agent.rebalancer import SETTING_LABEL, Rebalancer, newest_setting
+from novacron.agent.rebalancer import SETTING_SKEW, Rebalancer, newest_setting, setting_text
 from novacron.protocol.messages import (
     MemberState,
     Message,
     MigrationPropose,
     NodeRecord,
+    RebalanceSetting,
     Resources,
     VmSummary,
 )
@@ -60,10 +61,10 @@ class Mesh:
         vms = tuple(v for v in record.vms if v.name != vm)
         self._records[node_id] = NodeRecord(node_id, 2, capacity=record.capacity, vms=vms)
 
-    def label(self, node_id: str, value: str) -> None:
+    def setting(self, node_id: str, setting: RebalanceSetting) -> None:
         record = self._records[node_id]
         self._records[node_id] = NodeRecord(
-            node_id, 2, capacity=record.capacity, vms=record.vms, labels={SETTING_LABEL: value}
+            node_id, 2, capacity=record.capacity, vms=record.vms, rebalance=setting
         )
 
 
@@ -86,7 +87,7 @@ def setup() -> tuple[Mesh, Rebalancer, list[tuple[str, Message]], list[str], Mig
     )
 
     async def publish() -> None:
-        published.append(rebalancer.setting)
+        published.append(setting_text(rebalancer.setting))
 
     rebalancer = Rebalancer(
         migrator,
@@ -125,14 +126,34 @@ async def test_pause_is_mesh_wide_and_the_newest_setting_wins() -> None:
     mesh, rebalancer, _, published, migrator = setup()
     await rebalancer.pause()
     assert rebalancer.paused and published == ["paused@1700000000.000"]
-    assert rebalancer.record_labels() == {SETTING_LABEL: "paused@1700000000.000"}
+    assert rebalancer.setting == RebalanceSetting(paused=True, since=1700000000.0)
+    assert rebalancer.status()["setting"] == "paused@1700000000.000"
 
-    mesh.label("h2", "active@1700000001.000")  # someone resumed later, elsewhere
-    assert newest_setting(mesh.records(), rebalancer.setting) == "active@1700000001.000"
-    mesh.label("h3", "garbled@9999999999")
-    assert newest_setting(mesh.records(), rebalancer.setting) == "active@1700000001.000"
+    resumed = RebalanceSetting(paused=False, since=1700000001.0)
+    mesh.setting("h2", resumed)  # someone resumed later, elsewhere
+    now = 1700000002.0
+    assert newest_setting(mesh.records(), rebalancer.setting, now) == resumed
+    mesh.setting("h3", RebalanceSetting(paused=True, since=1699999999.0))  # an older pause
+    assert newest_setting(mesh.records(), rebalancer.setting, now) == resumed
     await rebalancer.adopt_mesh_setting()
     assert not rebalancer.paused and published[-1] == "active@1700000001.000"
+    await migrator.close()
+
+
+async def test_a_setting_dated_far_ahead_of_the_clock_does_not_win() -> None:
+    """A setting dated years ahead would outrank every later pause or resume: it waits for
+    the clock to come near."""
+    mesh, rebalancer, _, _, migrator = setup()  # its wall clock reads 1700000000
+    await rebalancer.pause()
+    forever = RebalanceSetting(paused=False, since=1700000000.0 + 86400 * 365 * 100)
+    mesh.setting("h2", forever)
+    await rebalancer.adopt_mesh_setting()
+    assert rebalancer.paused  # the far-future resume was not taken
+    soon = RebalanceSetting(paused=False, since=1700000000.0 + SETTING_SKEW)
+    mesh.setting("h3", soon)  # a host whose clock runs a few minutes ahead
+    await rebalancer.adopt_mesh_setting()
+    assert rebalancer.setting == soon and not rebalancer.paused
+    assert newest_setting(mesh.records(), soon, forever.since) == forever  # in its time, it counts
     await migrator.close()
 
 

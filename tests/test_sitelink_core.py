@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.agent.core.commands import CommandLedger, LedgerEntry
-from novacron.agent.core.gateway import GATEWAY_LABEL, elect
+from novacron.agent.core.gateway import elect
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.sitelink import SiteStream
 from novacron.coordinator.stream import StreamPosition, Verdict, advance, judge
@@ -282,7 +282,7 @@ def member(node: str, state: MemberState = ALIVE) -> MemberInfo:
 
 
 def record(node: str, candidate: bool) -> NodeRecord:
-    return NodeRecord(node, 1, labels={GATEWAY_LABEL: "1"} if candidate else {})
+    return NodeRecord(node, 1, gateway_candidate=candidate)
 
 
 def test_the_gateway_is_the_lowest_live_candidate_and_a_suspect_keeps_the_role() -> None:
@@ -319,5 +319,6 @@ def test_mangled_site_link_frames_give_only_protocol_errors(data: st.DataObject)
 
 
 def test_mesh_frames_are_not_site_link_frames() -> None:
-    with pytest.raises(ProtocolError, match="unsupported protocol version 2"):
+    mesh_version = codec.PROTOCOL_VERSION
+    with pytest.raises(ProtocolError, match=f"unsupported protocol version {mesh_version}"):
         wire.decode(codec.encode(Ping(1, "h2"), "h1"))

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from novacron.agent import client
-from novacron.agent.core.placement import LIBVIRT_DOWN_LABEL
+from novacron.protocol.certificates import format_time
 
 from .common import (
     EXIT_FAILED,
@@ -190,15 +190,25 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
         f"libvirt:   {record.get('libvirt_uri', '-')}{_unreachable(record)}",
         f"labels:    {', '.join(f'{k}={v}' for k, v in record.get('labels', {}).items()) or '-'}",
         f"draining:  {'yes' if record.get('draining') else 'no'}",
+        f"migrating: {record.get('migrations_out', 0)} out, {record.get('migrations_in', 0)} in",
+        f"rebalance: {_rebalance(record.get('rebalance', {}))}",
+        f"gateway:   {'candidate' if record.get('gateway_candidate') else 'no'}",
         f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
     ]
     out.result({"host": host}, lines)
     return EXIT_OK
 
 
+def _rebalance(setting: dict[str, Any]) -> str:
+    """The mesh-wide rebalancing switch as this host last published it."""
+    state = "paused" if setting.get("paused") else "active"
+    since = setting.get("since", 0.0)
+    return f"{state} since {format_time(since)}" if since else state
+
+
 def _unreachable(record: dict[str, Any]) -> str:
-    since = record.get("labels", {}).get(LIBVIRT_DOWN_LABEL)
-    return f"  unreachable since {since} (VMs as last listed)" if since else ""
+    since = record.get("libvirt_unreachable_since", 0.0)
+    return f"  unreachable since {format_time(since)} (VMs as last listed)" if since else ""
 
 
 def _vm_state(vm: dict[str, Any]) -> str:

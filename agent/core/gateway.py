@@ -1,7 +1,7 @@
 """Which agent of a site holds the link to the coordinator: the gateway, sans-IO.
 
-Every agent configured with coordinator URLs says so in its record (label
-`GATEWAY_LABEL`); the gateway is the candidate with the lowest node id among
+Every agent configured with coordinator URLs says so in its record (its
+`gateway_candidate` field); the gateway is the candidate with the lowest node id among
 members that are alive or suspect. Each agent computes this from its own
 gossiped view, so all agents that share a view agree, and no election
 messages are needed. A suspect candidate keeps the role until the mesh
@@ -20,15 +20,12 @@ from novacron.protocol.messages import MemberState, NodeRecord
 
 from .members import MemberInfo
 
-GATEWAY_LABEL = "novacron/gateway"
-"""Record label, value "1": this agent has coordinator URLs and may hold the site link."""
-
 HOLDING = (MemberState.ALIVE, MemberState.SUSPECT)  # states in which a candidate keeps the role
 
 
 def is_candidate(record: NodeRecord | None) -> bool:
     """Whether the record's owner is configured to hold the site link."""
-    return record is not None and record.labels.get(GATEWAY_LABEL) == "1"
+    return record is not None and record.gateway_candidate
 
 
 def elect(members: Iterable[MemberInfo], records: Mapping[str, NodeRecord]) -> str | None:

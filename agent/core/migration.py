@@ -171,7 +171,6 @@ from .events import (
 from .location import Doubt, On, Presence, Wait, locate, undecided
 from .members import MemberInfo
 from .migration_policy import (
-    INBOUND_LABEL,
     MIB_PER_GIB,
     MigrationLimits,
     MigrationPolicy,
@@ -179,8 +178,7 @@ from .migration_policy import (
     cluster_limit,
     cluster_migrations,
     completion_timeout,
-    published_count,
-    record_labels,
+    with_migration_counts,
     with_overrides,
 )
 from .placement import (
@@ -625,7 +623,7 @@ class MigrationCore:
         if len(self._sagas) >= limits.max_outbound:
             return f"too many migrations: {self.node_id} already runs {len(self._sagas)} outbound"
         ours = sum(1 for s in self._sagas.values() if s.target == target)
-        inbound = max(published_count(record, INBOUND_LABEL), ours)
+        inbound = max(record.migrations_in, ours)
         if inbound >= limits.max_inbound:
             return f"too many migrations: {target} already receives {inbound} inbound"
         alive = sum(
@@ -1542,9 +1540,9 @@ class MigrationCore:
         """Incoming migrations still arriving (they count against `max_inbound`)."""
         return self._book.inbound()
 
-    def record_labels(self) -> dict[str, str]:
-        """Labels the daemon merges into this host's record so peers can count migrations."""
-        return record_labels(self.outbound(), self.inbound())
+    def with_counts(self, record: NodeRecord) -> NodeRecord:
+        """This host's `record` with its migration counters, so peers can count migrations."""
+        return with_migration_counts(record, self.outbound(), self.inbound())
 
     def busy(self, vm: str) -> bool:
         """Whether `vm` has an outgoing saga that has not ended (it cannot be moved again)."""

@@ -10,8 +10,8 @@ Two frozen values, both with defaults chosen for edge hosts and overridable:
   unknown or out-of-range ones with a sentence the CLI can print.
 - `MigrationLimits` is per host and per cluster: at most 2 outbound and 2
   inbound migrations per host, and a cluster-wide ceiling estimated from the
-  counters every agent publishes in its gossiped record's labels
-  (`record_labels`, `cluster_migrations`).
+  counters every agent publishes in its gossiped record's typed fields
+  (`with_migration_counts`, `cluster_migrations`).
 
 Everything here is a pure function of its arguments: no clock, no state.
 """
@@ -24,15 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from novacron.protocol.messages import NodeRecord
+from novacron.protocol.messages import MAX_MIGRATIONS, NodeRecord
 
 MIB_PER_GIB = 1024
-
-OUTBOUND_LABEL = "novacron/migrations-out"
-"""Record label: how many migrations this host currently sends (a decimal string)."""
-
-INBOUND_LABEL = "novacron/migrations-in"
-"""Record label: how many migrations this host currently receives (a decimal string)."""
 
 
 class PolicyError(ValueError):
@@ -156,6 +150,9 @@ class MigrationLimits:
         """Refuse limits that would forbid every migration or are nonsense."""
         if self.max_outbound < 1 or self.max_inbound < 1:
             raise ValueError("per-host migration limits must be at least 1")
+        if max(self.max_outbound, self.max_inbound) > MAX_MIGRATIONS:
+            # The record's counters could not say it: peers refuse a count above this.
+            raise ValueError(f"per-host migration limits must be at most {MAX_MIGRATIONS}")
         if self.max_cluster < 0 or self.cluster_floor < 1:
             raise ValueError("cluster limits must be positive (max_cluster 0 = derived)")
         if not 0 < self.cluster_fraction <= 1:
@@ -169,27 +166,22 @@ def cluster_limit(limits: MigrationLimits, hosts: int) -> int:
     return max(limits.cluster_floor, math.ceil(limits.cluster_fraction * hosts))
 
 
-def record_labels(outbound: int, inbound: int) -> dict[str, str]:
-    """The labels a host merges into its record so peers can count migrations."""
-    return {OUTBOUND_LABEL: str(outbound), INBOUND_LABEL: str(inbound)}
+def with_migration_counts(record: NodeRecord, outbound: int, inbound: int) -> NodeRecord:
+    """`record` publishing how many migrations its host sends and receives now.
 
-
-def published_count(record: NodeRecord | None, label: str) -> int:
-    """A migration counter a host published in its record (0 if absent or garbled)."""
-    if record is None:
-        return 0
-    try:
-        return max(0, int(record.labels.get(label, "0")))
-    except ValueError:
-        return 0
+    The per-host limits keep both counts within what the record may carry; the
+    bound is applied here as well, so a count past it can never make peers
+    refuse the whole record.
+    """
+    return dataclasses.replace(
+        record,
+        migrations_out=min(max(outbound, 0), MAX_MIGRATIONS),
+        migrations_in=min(max(inbound, 0), MAX_MIGRATIONS),
+    )
 
 
 def cluster_migrations(records: Mapping[str, NodeRecord], self_id: str, own_outbound: int) -> int:
     """Migrations running in the cluster as this host can tell: its own, live, plus
     every other host's published outbound counter (gossip lags, so this is an estimate)."""
-    others = sum(
-        published_count(record, OUTBOUND_LABEL)
-        for node_id, record in records.items()
-        if node_id != self_id
-    )
+    others = sum(record.migrations_out for node_id, record in records.items() if node_id != self_id)
     return own_outbound + others

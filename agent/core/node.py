@@ -1168,6 +1168,8 @@ class MembershipNode:
                 self._hold_for_member(signed)
             elif verdict is RecordVerdict.OUT_OF_BOUNDS:
                 self.stats.records_rejected_out_of_bounds += 1
+            elif verdict is RecordVerdict.MALFORMED:
+                self.stats.records_rejected_malformed += 1
             else:
                 self.stats.records_rejected_bad_signature += 1
             reason = admission.reason or verdict.value

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from novacron.protocol.certificates import format_time
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .members import MemberInfo
-from .migration_policy import INBOUND_LABEL, MigrationLimits, published_count
+from .migration_policy import MigrationLimits
 from .refusals import RefusalKind
 from .reservations import Demand, capacity_refusal, free_capacity
 
@@ -33,14 +34,14 @@ ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 AFFINITY_LABEL = "novacron/affinity"
 """VM label: VMs with the same value stay on one host (never split by the rebalancer)."""
 
-LIBVIRT_DOWN_LABEL = "novacron/libvirt-unreachable-since"
-"""Host record label: its libvirt has not answered since this time (ISO 8601, UTC); its VMs
-are the last ones listed, state unknown, and it takes no VM until it can count again."""
-
 
 def libvirt_down(record: NodeRecord) -> str | None:
-    """Since when `record`'s host cannot reach its libvirt (None: it can)."""
-    return record.labels.get(LIBVIRT_DOWN_LABEL)
+    """Since when `record`'s host cannot reach its libvirt, ISO 8601 UTC (None: it can).
+
+    While it cannot, the record's VMs are the last ones listed, state unknown,
+    and the host takes no VM until it can count them again."""
+    since = record.libvirt_unreachable_since
+    return format_time(since) if since > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,7 @@ def choose_target(
             refusals.append(f"{node_id}: {why}")
             continue
         free = free_capacity(record, [], overcommit).memory_mib
-        inbound = published_count(record, INBOUND_LABEL)
-        candidates.append((utilization(record), -free, inbound, node_id))
+        candidates.append((utilization(record), -free, record.migrations_in, node_id))
     if candidates:
         return Placement(min(candidates)[3])
     if not refusals:
@@ -105,9 +105,8 @@ def _unfit(
         return "not alive" if member is None else member.state.value
     if record.draining:
         return "host draining"
-    inbound = published_count(record, INBOUND_LABEL)
-    if inbound >= limits.max_inbound:
-        return f"too many migrations ({inbound} inbound)"
+    if record.migrations_in >= limits.max_inbound:
+        return f"too many migrations ({record.migrations_in} inbound)"
     return room_refusal(record, demand, overcommit, anti_affinity)
 
 

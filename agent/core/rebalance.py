@@ -51,7 +51,6 @@ from functools import partial
 from novacron.protocol.messages import NodeRecord, VmSummary
 
 from .migration_cost import migration_cost
-from .migration_policy import INBOUND_LABEL, published_count
 from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, room_refusal, utilization
 from .reservations import Demand
 
@@ -299,13 +298,13 @@ def _sample_targets(
         h
         for h, u in util.items()
         if u < mean
-        and published_count(pool[h], INBOUND_LABEL) < config.max_inbound
+        and pool[h].migrations_in < config.max_inbound
         and any(_fits(vm, pool[h], config) for vm in vms)
     )
     # A host already receiving may be receiving from a host whose move this view does not
     # show yet; two big VMs landing at once make it the next hot host (1,000 hosts: most
     # hosts left hot in steady had two VMs arrive in the same second).
-    idle = [h for h in cold if published_count(pool[h], INBOUND_LABEL) == 0]
+    idle = [h for h in cold if pool[h].migrations_in == 0]
     if len(idle) >= config.sample:
         cold = idle
     if len(cold) <= config.sample:
@@ -493,7 +492,6 @@ def _moved(records: Mapping[str, NodeRecord], move: Move) -> dict[str, NodeRecor
     """`records` as they will be once `move` is done (the target also counts one more inbound)."""
     source, target = records[move.source], records[move.target]
     vm = next(v for v in source.vms if v.name == move.vm)
-    inbound = published_count(target, INBOUND_LABEL) + 1
     return {
         **records,
         move.source: dataclasses.replace(
@@ -502,6 +500,6 @@ def _moved(records: Mapping[str, NodeRecord], move: Move) -> dict[str, NodeRecor
         move.target: dataclasses.replace(
             target,
             vms=(*target.vms, vm),
-            labels={**target.labels, INBOUND_LABEL: str(inbound)},
+            migrations_in=target.migrations_in + 1,
         ),
     }

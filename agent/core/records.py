@@ -11,7 +11,10 @@ accepted only when (in this order, cheapest check first):
    record is worthless anyway);
 3. the signature verifies and the signed header matches the contents:
    otherwise "bad-signature";
-4. its contents are within bounds (`RecordBounds`): finite, non-negative
+4. the signed bytes decode (the codec checks every field's type and range,
+   and refuses host labels under the reserved `novacron/` prefix):
+   otherwise "malformed", with the codec's reason;
+5. its contents are within bounds (`RecordBounds`): finite, non-negative
    amounts no host could exceed, and a libvirt URI on the owner's own
    signed address: otherwise "out-of-bounds", with the reason. A member may
    say what it has; it may not say what no host has, nor point migrations
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
 
-from novacron.protocol.errors import ProtocolError
+from novacron.protocol.errors import ProtocolError, RecordContentRefused
 from novacron.protocol.messages import NodeRecord, Resources, SignedRecord
 
 RecordVerifier = Callable[[SignedRecord], NodeRecord]
@@ -43,6 +46,7 @@ class RecordVerdict(Enum):
     NOT_MEMBER = "not-a-member"
     STALE = "stale"
     BAD_SIGNATURE = "bad-signature"
+    MALFORMED = "malformed"
     OUT_OF_BOUNDS = "out-of-bounds"
 
 
@@ -52,7 +56,7 @@ class Admission:
 
     verdict: RecordVerdict  # accepted, or why not
     record: NodeRecord | None = None  # the verified contents (only when accepted)
-    reason: str = ""  # what was out of bounds
+    reason: str = ""  # what was malformed or out of bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,8 @@ def admit(
         return Admission(RecordVerdict.STALE)
     try:
         record = verifier(signed)
+    except RecordContentRefused as exc:  # its owner signed it: the fault is in what it says
+        return Admission(RecordVerdict.MALFORMED, reason=str(exc))
     except ProtocolError:
         return Admission(RecordVerdict.BAD_SIGNATURE)
     if record.node_id != signed.node_id or record.version != signed.version:

@@ -45,6 +45,7 @@ class NodeStats:
     records_rejected_not_member: int = 0  # owner unknown, left, or failed too long ago
     records_rejected_stale: int = 0  # not newer than ours (never verified)
     records_rejected_out_of_bounds: int = 0  # contents no honest host reports
+    records_rejected_malformed: int = 0  # signed, but the codec refuses a field (type, range)
     claims_bad_signature: int = 0  # a claim not signed by whom it must be (forged or altered)
     claims_without_certificate: int = 0  # about a member we never met, uncheckable
     certificates_requested: int = 0  # Alives of unknown nodes that made us ask whoever told us

@@ -12,12 +12,7 @@ from dataclasses import dataclass
 from novacron.agent.core import rebalance
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_cost import expected_migration_seconds
-from novacron.agent.core.migration_policy import (
-    INBOUND_LABEL,
-    OUTBOUND_LABEL,
-    MigrationLimits,
-    MigrationPolicy,
-)
+from novacron.agent.core.migration_policy import MigrationLimits, MigrationPolicy
 from novacron.agent.core.placement import choose_target
 from novacron.agent.core.reservations import Demand
 from novacron.protocol.messages import MemberState, NodeRecord
@@ -30,8 +25,6 @@ utilization = rebalance.utilization
 
 __all__ = [
     "ANTI_AFFINITY_LABEL",
-    "INBOUND_LABEL",
-    "OUTBOUND_LABEL",
     "Decision",
     "Move",
     "Overlay",

@@ -273,10 +273,8 @@ class Cluster:
                 version=host.version,
                 capacity=Resources(vcpus=float(host.cores), memory_mib=host.memory_mib),
                 vms=vms,
-                labels={
-                    planner.OUTBOUND_LABEL: str(len(host.outbound)),
-                    planner.INBOUND_LABEL: str(len(host.inbound)),
-                },
+                migrations_out=len(host.outbound),
+                migrations_in=len(host.inbound),
                 draining=host.draining,
             )
             self._dirty_hosts.discard(name)
