@@ -127,6 +127,13 @@ def show_status(args: argparse.Namespace, out: Output) -> int:
     stream = status.get("event_stream")
     if stream:
         lines.append(f"events:       {event_stream_line(stream)}")
+    traces = status.get("tracing")
+    if traces:
+        failing = f"; FAILING: {traces['last_error']}" if traces["last_error"] else ""
+        lines.append(
+            f"traces:       to {traces['endpoint']}, {traces['exported']} spans sent, "
+            f"{traces['dropped']} dropped{failing}"
+        )
     out.result({"status": status}, lines)
     return EXIT_OK
 
