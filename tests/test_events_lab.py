@@ -223,3 +223,5 @@ def test_a_migration_asked_with_a_trace_is_one_trace_from_both_agents(
     assert reserve_host == "h2" and reserve.parent_span_id == root.span_id
     assert root.status.code == reserve.status.code == 1  # OK
     assert root.start_time_unix_nano <= reserve.start_time_unix_nano < root.end_time_unix_nano
+    code, status = nova(h2, "status")
+    assert code == 0 and status["status"]["tracing"]["exported"] >= 1, status
