@@ -684,6 +684,35 @@ class DrainedSimHost:
         return self._cluster.ended.get(migration_id)
 
 
+@dataclass(frozen=True, slots=True)
+class MeshView:
+    """What every host's view holds at one instant, with the utilizations of its pool."""
+
+    records: Mapping[str, NodeRecord]  # the gossiped records
+    alive: frozenset[str]  # hosts not (yet) seen failed
+    pool: Mapping[str, float]  # utilization of each alive host that takes VMs
+    total: float  # their sum
+
+    @classmethod
+    def of(cls, records: Mapping[str, NodeRecord], alive: frozenset[str]) -> MeshView:
+        pool = {
+            n: planner.utilization(r) for n, r in records.items() if n in alive and not r.draining
+        }
+        return cls(records, alive, pool, sum(pool.values()))
+
+    def above(self, own: NodeRecord, cfg: planner.RebalanceConfig, busy: Collection[str]) -> bool:
+        """Whether `own`'s host may be over its shedding line (`plan` would answer
+        "balanced" otherwise: it counts no more load than this; a speed-up, not a rule)."""
+        mine = planner.utilization(own)
+        name = own.node_id
+        others = self.total - self.pool.get(name, 0.0)
+        count = len(self.pool) - (1 if name in self.pool else 0) + 1
+        if count <= 1:
+            return False
+        mean = (others + mine) / count
+        return mine >= mean + planner.shedding_line(cfg, busy) - 1e-9
+
+
 class Mesh(Strategy):
     """Every host runs the agent's planner on its own (delayed) view, when the agent's
     `RebalanceSchedule` says a round is due."""
@@ -728,97 +757,45 @@ class Mesh(Strategy):
         """Every host whose timed round has come (if `timed`), and every host in `woken`
         whose schedule finds a round due now, plans a round on its view."""
         c = self.cluster
-        records, alive = self.view(now)
+        view = MeshView.of(*self.view(now))
         due = {n for n, sched in self.schedules.items() if sched.timer_due(now)} if timed else set()
-        pool = [
-            (n, planner.utilization(r)) for n, r in records.items() if n in alive and not r.draining
-        ]
-        total = sum(u for _, u in pool)
-        in_pool = dict(pool)
         for name in sorted({*due, *woken}):
             host = c.hosts[name]
-            schedule = self.schedules[name]
             own = c.record(name)
             if name not in due:
-                hot = partial(self._hot, name, own, records, alive, total, in_pool, len(pool))
-                if not schedule.due_now(len(host.outbound), own, hot):
+                hot = partial(self._hot, host, own, view)
+                if not self.schedules[name].due_now(len(host.outbound), own, hot):
                     continue
-            self._round(now, name, own, records, alive, total, in_pool, len(pool))
+            before = seen(own, len(host.outbound))
+            started = 0
+            if self._takes_part(host) and view.above(own, c.config.rebalance, host.outbound):
+                started = self._plan(now, name, own, view)
+            self.schedules[name].planned(now, before, started)
 
-    def _hot(
-        self,
-        name: str,
-        own: NodeRecord,
-        records: Mapping[str, NodeRecord],
-        alive: frozenset[str],
-        total: float,
-        in_pool: Mapping[str, float],
-        pool: int,
-    ) -> bool:
-        """Whether `name` is above its shedding line on its view (`over_line`), after a
+    @staticmethod
+    def _takes_part(host: Host) -> bool:
+        """A failed host plans nothing, and a draining one leaves its VMs to the drain."""
+        return not host.failed and not host.draining
+
+    def _hot(self, host: Host, own: NodeRecord, view: MeshView) -> bool:
+        """Whether `host` is above its shedding line on its view (`over_line`), after a
         cheap look at the mean that rules most hosts out."""
-        host = self.cluster.hosts[name]
-        if host.failed or host.draining:
-            return False
-        if not self._above(name, own, total, in_pool, pool):
-            return False
-        overlay = planner.Overlay(records, name, own)
         cfg = self.cluster.config.rebalance
-        return planner.over_line(name, overlay, alive, host.outbound, cfg)
-
-    def _above(
-        self, name: str, own: NodeRecord, total: float, in_pool: Mapping[str, float], pool: int
-    ) -> bool:
-        """Whether `name` may be over its line (`plan` would answer "balanced" otherwise:
-        it counts no more load than this, skipped here for speed)."""
-        mine = planner.utilization(own)
-        others = total - in_pool.get(name, 0.0)
-        count = pool - (1 if name in in_pool else 0) + 1
-        if count <= 1:
+        if not self._takes_part(host) or not view.above(own, cfg, host.outbound):
             return False
-        mean = (others + mine) / count
-        line = planner.shedding_line(
-            self.cluster.config.rebalance, self.cluster.hosts[name].outbound
-        )
-        return mine >= mean + line - 1e-9
+        overlay = planner.Overlay(view.records, host.name, own)
+        return planner.over_line(host.name, overlay, view.alive, host.outbound, cfg)
 
-    def _round(
-        self,
-        now: float,
-        name: str,
-        own: NodeRecord,
-        records: Mapping[str, NodeRecord],
-        alive: frozenset[str],
-        total: float,
-        in_pool: Mapping[str, float],
-        pool: int,
-    ) -> None:
-        """One planning round of `name`'s, as the agent's rebalancer runs it."""
-        c = self.cluster
-        host = c.hosts[name]
-        before = seen(own, len(host.outbound))
-        started = 0
-        if not host.failed and not host.draining and self._above(name, own, total, in_pool, pool):
-            started = self._plan(now, name, own, records, alive)
-        self.schedules[name].planned(now, before, started)
-
-    def _plan(
-        self,
-        now: float,
-        name: str,
-        own: NodeRecord,
-        records: Mapping[str, NodeRecord],
-        alive: frozenset[str],
-    ) -> int:
+    def _plan(self, now: float, name: str, own: NodeRecord, view: MeshView) -> int:
         """`plan_round` on `name`'s view, its moves started: how many started."""
         c = self.cluster
         host = c.hosts[name]
         c.stats.plan_calls += 1
-        overlay = planner.Overlay(records, name, own)
+        overlay = planner.Overlay(view.records, name, own)
         moves, decision = planner.plan_round(
             name,
             overlay,
-            alive,
+            view.alive,
             c.recent_moves,
             set(host.outbound),
             now,
