@@ -34,7 +34,7 @@ from novacron.agent.core.reservations import (
     capacity_refusal,
     free_capacity,
 )
-from tests.migration_harness import host, vm
+from novacron.simulations.migrations import host, vm
 
 
 def test_overrides_are_checked_by_name_type_and_range() -> None:
