@@ -83,6 +83,7 @@ from novacron.agent.core.reservations import (
     Reservation,
     ReservationBook,
     ReservationConfig,
+    free_capacity,
 )
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
@@ -251,15 +252,10 @@ class Cluster:
             self.touch(host.name)
 
     def free(self, host: Host) -> tuple[float, int]:
-        """vCPUs and MiB the host can still promise (its VMs and pending inbound deducted)."""
-        ratio = self.config.rebalance.vcpu_overcommit
-        vcpus = host.cores * ratio
-        memory = host.memory_mib
-        for vm in host.vms | host.inbound:
-            spec = self.spec(vm)
-            vcpus -= spec.vcpus
-            memory -= spec.memory_mib
-        return vcpus, memory
+        """vCPUs and MiB the host can still promise: the target's own rule (`free_capacity`:
+        its VMs and its pending reservations deducted)."""
+        room = free_capacity(self.record(host.name), host.book, self.reservations.vcpu_overcommit)
+        return room.vcpus, room.memory_mib
 
     def fits(self, vm: str, host: Host) -> bool:
         spec = self.spec(vm)
