@@ -30,7 +30,7 @@ The model (what is real and what is simplified):
   next timed round is a whole interval after any round. It passes the
   planner the targets that would refuse its next proposal (they do not show
   its last one yet), as the agent does. It plans on its own view: the
-  records of every host as they were `gossip_delay` seconds ago (the issue-3
+  records of every host as they were `gossip_delay` seconds ago (the membership
   simulator measured a record update reaching every live node in 0.21 s at
   100 nodes and 0.41-0.89 s at 1,000 nodes (0-10% loss), BENCHMARKS.md), with
   its own record current. It replaces simulating the gossip itself. A
@@ -48,8 +48,8 @@ The model (what is real and what is simplified):
 - Scenario "failure": the failed host's VMs vanish at the failure and are
   restarted elsewhere (in the placement rule's order: least utilized host
   that fits, then most free memory; new VMs too) once the failure is
-  detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the issue-3
-  figures). Restarts are not migrations.
+  detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the membership
+  simulator's figures, BENCHMARKS.md). Restarts are not migrations.
 
 Everything is deterministic for a seed: the workload's draws do not depend
 on the strategy, and every other random choice has its own seeded RNG.
@@ -110,7 +110,7 @@ class SimConfig:
     bandwidth_mib_s: float = 1024.0
     gossip_delay: float = 1.0
     plan_interval: float = 2.0
-    detect_delay: float = 0.0  # 0: the issue-3 figure for the size
+    detect_delay: float = 0.0  # 0: the membership simulator's figure for the size
     rebalance: planner.RebalanceConfig = field(default_factory=planner.RebalanceConfig)
     solver_budget: int = 0  # 0: derived (see `run_all`)
     solver_time_limit: float = 30.0
