@@ -41,6 +41,15 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
+from .core.drain import (
+    LOOK_INTERVAL,
+    RETRY_DELAY,
+    DrainCore,
+    DrainTiming,
+    Ended,
+    not_moved,
+    staying,
+)
 from .core.migration import ClusterView
 from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
@@ -48,16 +57,43 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.drain")
 
-INTERVAL = 1.0  # seconds between looks at what is left to move
-RETRY_AFTER = 10.0  # seconds before a VM that could not be moved is tried again
+INTERVAL = LOOK_INTERVAL  # seconds between looks at what is left to move
+RETRY_AFTER = RETRY_DELAY  # seconds before a VM that could not be moved is tried again
 ANSWER_TIMEOUT = 5.0  # seconds a drain asked over the mesh waits for the host's answer
 MAX_REQUESTER = 64  # characters of a request's `requested_by` kept (it is only logged)
-MOVABLE = ("running", "paused")  # VM states the drain moves away live
-STAYING = ("running", "paused", "blocked", "unknown")  # states that keep a drain from being done
 
 Send = Callable[[str, Message], Awaitable[None]]
 Authority = Callable[[OperatorCommand], str]
 """Checks an operator's signed command: the operator's name, or raises `CommandRefused`."""
+
+
+class _Host:
+    """This host as the drain core reads it: the migrator's view of its VMs and migrations."""
+
+    def __init__(self, migrator: Migrator) -> None:
+        self._migrator = migrator
+
+    def vm_states(self) -> dict[str, str]:
+        return self._migrator.local_vms()
+
+    def busy(self, vm: str) -> bool:
+        return self._migrator.core.busy(vm)
+
+    def arriving(self, vm: str) -> bool:
+        return self._migrator.core.arriving(vm)
+
+    def doubt(self, vm: str) -> str | None:
+        doubt = self._migrator.core.doubt(vm)
+        return doubt.reason if doubt is not None else None
+
+    def outbound(self) -> int:
+        return self._migrator.core.outbound()
+
+    def ended(self, migration_id: str) -> Ended | None:
+        row = self._migrator.migration(migration_id)
+        if row is None or not row["outcome"]:
+            return None
+        return Ended(row["vm"], row["outcome"], row["reason"])
 
 
 class Drain:
@@ -72,16 +108,14 @@ class Drain:
         clock: Callable[[], float],
     ) -> None:
         self._migrator = migrator
+        self._host = _Host(migrator)
         self._state_file = state_file  # exists while the host is draining
         self._publish = publish  # republishes this host's record (with the flag)
         self._clock = clock
         self.draining = state_file.exists()
         self._task: asyncio.Task[None] | None = None
-        self._moves: dict[str, str] = {}  # VM -> id of the drain migration moving it
-        # The ids of every migration this drain started: `_moves` holds only each VM's
-        # latest attempt, and what the drain moved is every one of them that committed.
-        self._started: set[str] = set()
-        self._blocked: dict[str, tuple[str, float]] = {}  # VM -> (why, when to retry)
+        limits = migrator.core.config.limits
+        self._core = DrainCore(limits.max_outbound, DrainTiming(INTERVAL, RETRY_AFTER))
 
     async def start(self) -> None:
         """Resume a drain that was under way when the agent stopped."""
@@ -102,9 +136,7 @@ class Drain:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
             self._state_file.write_text("draining\n")
             self.draining = True
-            self._moves.clear()
-            self._started.clear()
-            self._blocked.clear()
+            self._core.begin()
             await self._publish()
             log.info("drain started", extra={"fields": {"node": self._migrator.node_id}})
         if self._task is None or self._task.done():
@@ -125,7 +157,7 @@ class Drain:
     def status(self) -> dict[str, Any]:
         """What a drain has done and what is left, for `nova host drain`."""
         vms = self._migrator.local_vms()
-        running = sorted(name for name, state in vms.items() if state in STAYING)
+        running = staying(vms)
         core = self._migrator.core
         arriving = [
             {"vm": held.vm, "source": held.source, "phase": held.phase}
@@ -134,12 +166,9 @@ class Drain:
         migrations = {m["migration_id"]: m for m in self._migrator.migrations()}
         moving = [
             {"vm": vm, **_brief(migrations[mid])}
-            for vm, mid in sorted(self._moves.items())
+            for vm, mid in sorted(self._core.moving().items())
             if mid in migrations and not migrations[mid]["outcome"]
         ]
-        moved = sorted(self._moved())
-        # A VM no longer here waits for nothing, whatever stopped an earlier attempt.
-        blocked = {vm: why for vm, (why, _) in sorted(self._blocked.items()) if vm in vms}
         return {
             "node_id": self._migrator.node_id,
             "draining": self.draining,
@@ -147,15 +176,10 @@ class Drain:
             "running": running,
             "arriving": arriving,
             "moving": moving,
-            "moved": moved,
-            "blocked": blocked,
-            "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
+            "moved": sorted(self._core.moved(self._host)),
+            "blocked": self._core.blocked(vms),
+            "not_moved": not_moved(vms),
         }
-
-    def _moved(self) -> set[str]:
-        """The VMs a migration of this drain moved away (committed)."""
-        rows = (self._migrator.migration(mid) for mid in self._started)
-        return {row["vm"] for row in rows if row is not None and row["outcome"] == "committed"}
 
     def _spawn(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="drain")
@@ -163,53 +187,26 @@ class Drain:
     async def _loop(self) -> None:
         while self.draining:
             await self._step()
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(self._core.timing.interval)
 
     async def _step(self) -> None:
-        """Start what the outbound limit allows; note why the rest must wait."""
+        """One look: start what the outbound limit allows; the core notes why the rest wait."""
         now = self._clock()
-        core = self._migrator.core
-        self._note_failures(now)
-        moved = self._moved()
-        for vm, state in sorted(self._migrator.local_vms().items()):
-            if state not in MOVABLE or core.busy(vm) or core.arriving(vm):
+        core, migrations = self._core, self._migrator.core
+        core.look(now, self._host)
+        while (vm := core.next_vm(now, self._host)) is not None:
+            placement = migrations.place(vm)
+            if placement.target is None:
+                core.no_target(vm, placement.reason, now, migrations.targets_full_from_here())
                 continue
-            if vm in moved:  # gone already: this host's record lists it until the next refresh
+            try:
+                mid = await self._migrator.start_migration(
+                    vm, placement.target, {}, purpose="drain"
+                )
+            except Refused as exc:
+                core.refused(vm, str(exc), now)
                 continue
-            doubt = core.doubt(vm)
-            if doubt is not None:
-                self._blocked[vm] = (doubt.reason, now + RETRY_AFTER)
-                continue
-            if vm in self._blocked and now < self._blocked[vm][1]:
-                continue
-            if core.outbound() >= core.config.limits.max_outbound:
-                return
-            await self._move(vm, now)
-
-    def _note_failures(self, now: float) -> None:
-        """A drain migration that failed: say why, and wait before trying that VM again."""
-        for vm, mid in list(self._moves.items()):
-            row = self._migrator.migration(mid)
-            if row is not None and row["outcome"] and row["outcome"] != "committed":
-                why = f"migration {mid} {row['outcome']}: {row['reason'] or 'no reason given'}"
-                self._blocked[vm] = (why, now + RETRY_AFTER)
-                del self._moves[vm]
-
-    async def _move(self, vm: str, now: float) -> None:
-        placement = self._migrator.core.place(vm)
-        if placement.target is None:
-            # A target closed until it shows our last migration opens within seconds.
-            soon = bool(self._migrator.core.targets_full_from_here())
-            self._blocked[vm] = (placement.reason, now + (INTERVAL if soon else RETRY_AFTER))
-            return
-        try:
-            mid = await self._migrator.start_migration(vm, placement.target, {}, purpose="drain")
-        except Refused as exc:
-            self._blocked[vm] = (str(exc), now + RETRY_AFTER)
-            return
-        self._blocked.pop(vm, None)
-        self._moves[vm] = mid
-        self._started.add(mid)
+            core.started(vm, mid)
 
 
 def _brief(migration: dict[str, Any]) -> dict[str, Any]:
@@ -394,7 +391,7 @@ class DrainRequests:
         if member is None and record is None:
             raise Refused(RefusalKind.UNKNOWN, self._unknown(node))
         vms = {vm.name: vm.state for vm in record.vms} if record is not None else {}
-        running = sorted(name for name, state in vms.items() if state in STAYING)
+        running = staying(vms)
         draining = record.draining if record is not None else False
         arriving = record.migrations_in if record is not None else 0
         return {
@@ -405,7 +402,7 @@ class DrainRequests:
             "draining": draining,
             "done": draining and not running and not arriving,
             "running": running,
-            "not_moved": {n: s for n, s in sorted(vms.items()) if s not in STAYING},
+            "not_moved": not_moved(vms),
             "migrations_out": record.migrations_out if record is not None else 0,
             "migrations_in": arriving,
             "record_version": record.version if record is not None else 0,

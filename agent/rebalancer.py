@@ -3,13 +3,11 @@
 Every `interval` seconds the agent asks `core/rebalance.plan_round` what this
 host should do, from its own gossiped view, and starts the moves it gets
 (purpose "rebalance") through the migrator, which applies every limit and
-reservation as for a manual migration. It plans sooner, as soon as it hears
-of it (the daemon's `poke` when this host's record is republished, the
-migrator's next change), when an outbound slot is free and either one of its
-outbound migrations has ended and its record shows the VM gone, or a new
-record of its own shows the host above its shedding line: a hot host would
-otherwise leave a freed slot idle, or a new hotspot unattended, until the
-next tick (the simulator: the 100-host hotspot took 1-2 s longer).
+reservation as for a manual migration. When a round is due, sooner than the
+interval when one of its migrations ended or a new record of its own shows
+it hot, is `core/rebalance_schedule.RebalanceSchedule`'s call; this loop asks
+it whenever it hears news (the daemon's `poke` when this host's record is
+republished, the migrator's next change) or its short poll comes.
 
 The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
@@ -47,6 +45,7 @@ from .core.rebalance import (
     plan_round,
     standing,
 )
+from .core.rebalance_schedule import RebalanceSchedule, Seen, seen
 from .core.refusals import Refused
 from .migrator import Migrator
 
@@ -97,26 +96,33 @@ class Rebalancer:
         self._clock = clock  # the cores' clock (migration history uses it)
         self._wall = wall_clock  # orders pause/resume across hosts
         self.enabled = enabled  # this agent's configuration: False never plans
-        self.interval = interval
         limits = migrator.core.config.limits
         self.config = config or RebalanceConfig(
             max_outbound=limits.max_outbound, max_inbound=limits.max_inbound
         )
+        # When rounds are due, on the event loop's clock (set when the loop starts).
+        self._schedule = RebalanceSchedule(interval, self.config.max_outbound)
         self._rng = rng or random.Random()
         self.setting = RebalanceSetting()  # active, never set: until the mesh says otherwise
         self.last: Decision | None = None  # the latest round's decision
         self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.counts = RebalanceCounts()  # since start, for metrics
         self._task: asyncio.Task[None] | None = None
-        self._outbound_after = 0  # outbound migrations running after the last round
-        self._vms_after: frozenset[str] = frozenset()  # this host's VMs as its record then said
-        self._version_after = -1  # this host's record version then
-        self._judged = (-1, False)  # the latest version `_newly_hot` looked at, and its verdict
         self._poked = asyncio.Event()  # this host's record was republished
 
     # --- lifecycle -----------------------------------------------------------------
 
+    @property
+    def interval(self) -> float:
+        """Seconds between timed rounds."""
+        return self._schedule.interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        self._schedule.interval = seconds
+
     def start(self) -> None:
+        self._schedule.wait_from(asyncio.get_running_loop().time())
         self._task = asyncio.create_task(self._loop(), name="rebalance")
 
     async def close(self) -> None:
@@ -177,17 +183,16 @@ class Rebalancer:
             if self.enabled and not self.paused:
                 await self.round()
             else:
-                self._note_slots()
+                self._schedule.skipped(asyncio.get_running_loop().time(), self._snapshot())
 
     def poke(self) -> None:
         """This host's record was republished: look at once whether to plan now."""
         self._poked.set()
 
     async def _wait(self) -> None:
-        """Until the next round: `interval` seconds, or less once planning is due now."""
+        """Until the next round: its timer, or sooner once planning is due now."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.interval
-        while (left := end - loop.time()) > 0:
+        while (left := self._schedule.next_round - loop.time()) > 0:
             await self._news(min(POLL, left))
             if self.due_now():
                 return
@@ -209,45 +214,26 @@ class Rebalancer:
         self._poked.clear()
 
     def due_now(self) -> bool:
-        """Whether to plan before the interval is up: a free outbound slot, and a freed
-        slot or a new record of this host's showing it above its shedding line."""
-        if self._migrator.core.outbound() >= self.config.max_outbound:
-            return False
-        return self.slot_freed() or self._newly_hot()
+        """Whether to plan before the timer (the schedule's rule, on this host's state)."""
+        return self._schedule.due_now(self._migrator.core.outbound(), self._own(), self._hot)
 
     def slot_freed(self) -> bool:
-        """Whether to plan now: an outbound migration ended since the last round, and this
-        host's record no longer lists the same VMs (planning on a record that still lists
-        the VM that left would count its load here and move too much)."""
-        if self._migrator.core.outbound() >= self._outbound_after:
-            return False
-        return self._own_vms() != self._vms_after
+        """Whether an outbound migration ended since the last round and this host's record
+        no longer lists the same VMs."""
+        return self._schedule.slot_freed(self._migrator.core.outbound(), self._own())
 
-    def _newly_hot(self) -> bool:
-        """A record of this host newer than the last round's puts it above its line (each
-        version judged once: the view's scan is not for every wake-up)."""
-        own = self._own()
-        if own is None or own.version == self._version_after:
-            return False
-        if self._judged[0] != own.version:
-            core = self._membership()
-            alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
-            hot = over_line(
-                self._migrator.node_id, core.records(), alive, self._busy(), self.config
-            )
-            self._judged = (own.version, hot)
-        return self._judged[1]
+    def _hot(self) -> bool:
+        """Whether this host is above its shedding line in its view of the mesh now."""
+        core = self._membership()
+        alive = {m.node_id for m in core.members() if m.state is MemberState.ALIVE}
+        return over_line(self._migrator.node_id, core.records(), alive, self._busy(), self.config)
 
     def _own(self) -> NodeRecord | None:
         return self._membership().records().get(self._migrator.node_id)
 
-    def _own_vms(self) -> frozenset[str]:
-        own = self._own()
-        return frozenset(vm.name for vm in own.vms) if own is not None else frozenset()
-
     async def round(self) -> None:
         """One planning round: decide, and start every move the free slots allow."""
-        seen = self._snapshot()  # what this round plans on; news during its awaits is news
+        before = self._snapshot()  # what this round plans on; news during its awaits is news
         moves, decision = self._decide(self._rng)
         self.last = decision
         self.counts.rounds += 1
@@ -279,17 +265,11 @@ class Rebalancer:
             log.info("rebalance move", extra={"fields": fields})
             started += 1
         self.counts.started += started
-        outbound, self._vms_after, self._version_after = seen
-        self._outbound_after = outbound + started
+        self._schedule.planned(asyncio.get_running_loop().time(), before, started)
 
-    def _note_slots(self) -> None:
-        self._outbound_after, self._vms_after, self._version_after = self._snapshot()
-
-    def _snapshot(self) -> tuple[int, frozenset[str], int]:
+    def _snapshot(self) -> Seen:
         """Outbound migrations, this host's VMs and its record's version, as now."""
-        own = self._own()
-        version = own.version if own is not None else -1
-        return self._migrator.core.outbound(), self._own_vms(), version
+        return seen(self._own(), self._migrator.core.outbound())
 
     def _decide(self, rng: random.Random) -> tuple[list[Move], Decision]:
         core = self._membership()

@@ -2,8 +2,9 @@
 
 Shared helpers live in this folder's helper modules (the ones not named
 test_*: agent_process, api_client, coordinator_harness, core_harness,
-fake_mesh, fuzzing, lab_vms, migration_harness, postgres, strategies; the
-federation's processes live in novacron.simulations.federation). Test modules import from those,
+fake_mesh, fuzzing, lab_vms, postgres, strategies; the federation's processes
+live in novacron.simulations.federation, migration cores with a fake hypervisor in
+novacron.simulations.migrations). Test modules import from those,
 never from one another (tests/test_suite_layout.py checks).
 
 The `lab` marker (a module's `pytestmark = pytest.mark.lab`) is for tests

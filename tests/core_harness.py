@@ -1,7 +1,7 @@
 """A tiny virtual network for testing the membership core: no sockets, no sleeping.
 
-`Net` holds `MembershipNode`s by id and a heap of timed entries (packet
-deliveries and node wake-ups). Links have a fixed small latency; loss, dead
+`Net` holds `MembershipNode`s by id and the simulators' `VirtualClock` of timed
+entries (packet deliveries and node wake-ups). Links have a fixed small latency; loss, dead
 links and partitions are decided with a seeded RNG, so every run is exact and
 repeatable. Signatures are real: the simulator's MACs under per-node keys
 (`simulations/signing.py`).
@@ -10,7 +10,6 @@ repeatable. Signatures are real: the simulator's MACs under per-node keys
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from novacron.protocol.messages import (
     SignedRecord,
     Suspect,
 )
+from novacron.simulations.clock import VirtualClock
 from novacron.simulations.signing import (
     SimKeyring,
     make_signer,
@@ -38,6 +38,7 @@ from novacron.simulations.signing import (
 )
 
 INF = float("inf")
+ENTRY = 0  # the agenda's one kind of entry: a=destination, b=sender, c=message (None: wake)
 verify = verify_uncached  # checks a record's MAC under its owner's key, then decodes
 
 __all__ = ["make_signer", "verify"]
@@ -91,8 +92,7 @@ class Net:
     groups: dict[str, int] | None = None  # partition: only same-group nodes talk
     events: list[tuple[float, str, Event]] = field(default_factory=list)
     sent: list[tuple[str, str, Message]] = field(default_factory=list)  # every send
-    _heap: list[tuple[float, int, str, str, Message | None]] = field(default_factory=list)
-    _seq: int = 0
+    _agenda: VirtualClock = field(default_factory=VirtualClock)
     _wake: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,8 +178,8 @@ class Net:
         self.events.extend((self.now, src, event) for event in output.events)
 
     def run_until(self, until: float) -> None:
-        while self._heap and self._heap[0][0] <= until:
-            time, _, dst, src, message = heapq.heappop(self._heap)
+        while self._agenda.peek_time() <= until:
+            time, _, _, dst, src, message = self._agenda.pop()
             self.now = max(self.now, time)
             node = self.nodes.get(dst)
             if node is None or dst in self.crashed:
@@ -203,8 +203,7 @@ class Net:
             self._push(deadline, node_id, node_id, None)
 
     def _push(self, time: float, dst: str, src: str, message: Message | None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (time, self._seq, dst, src, message))
+        self._agenda.push(time, ENTRY, dst, src, message)
 
     # --- observations ---------------------------------------------------------------
 

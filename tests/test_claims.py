@@ -12,7 +12,7 @@ from typing import Any
 from novacron.agent.claims import ClaimCheck
 from novacron.agent.core.location import Presence, Where
 from novacron.agent.view import MeshView
-from tests.migration_harness import View, host, vm
+from novacron.simulations.migrations import View, host, vm
 
 RUNNING = Presence(Where.RUNNING, "running", "u1")
 ABSENT = Presence(Where.ABSENT, "not defined")

@@ -32,7 +32,7 @@ from novacron.agent.core.location import (
 )
 from novacron.agent.core.migration import MigrationConfig, Phase
 from novacron.protocol.messages import MigrationAbort, MigrationCommit, MigrationPropose
-from tests.migration_harness import Mesh, host, seen, vm
+from novacron.simulations.migrations import Mesh, host, seen, vm
 
 RUNNING = Presence(Where.RUNNING, "running", "u1")
 ABSENT = Presence(Where.ABSENT, "not defined")

@@ -53,7 +53,7 @@ from novacron.protocol.messages import (
     Ping,
     VmSummary,
 )
-from tests.migration_harness import Mesh, View, host, seen, vm
+from novacron.simulations.migrations import Mesh, View, host, seen, vm
 
 
 def two_hosts(**kwargs: object) -> Mesh:

@@ -23,8 +23,8 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.migration import MigrationConfig
 from novacron.agent.core.migration_policy import MigrationLimits
+from novacron.simulations.migrations import Lab, host, vm
 from tests.fuzzing import fuzz
-from tests.migration_harness import Lab, host, vm
 
 HOSTS = ("h1", "h2", "h3")
 

@@ -33,7 +33,7 @@ from novacron.agent.core.reservations import (
     free_capacity,
 )
 from novacron.protocol.messages import MAX_MIGRATIONS
-from tests.migration_harness import host, vm
+from novacron.simulations.migrations import host, vm
 
 
 def test_overrides_are_checked_by_name_type_and_range() -> None:

@@ -46,8 +46,8 @@ from novacron.agent.metrics import (
 )
 from novacron.agent.migrator import job_totals
 from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
+from novacron.simulations.migrations import Mesh, host, seen, vm
 from tests.core_harness import node_in, sign, signed, snapshot_of
-from tests.migration_harness import Mesh, host, seen, vm
 from tests.prometheus_server import RULES, promtool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -191,10 +191,10 @@ async def test_a_new_record_showing_the_host_hot_plans_at_once(
     monkeypatch.setattr(rebalancer_module, "POLL", 60.0)  # only the poke can wake it
     mesh, rebalancer, sent, _, migrator = setup()
     _loads(mesh, "h1", 0.2)  # 0.15 of 4 cores: balanced
+    rebalancer.interval = 60.0  # the next round is a minute after this one
     await rebalancer.round()
     assert sent == [] and not rebalancer.due_now()
 
-    rebalancer.interval = 60.0  # the next round is a minute away
     waiting = asyncio.create_task(rebalancer._wait())
     await asyncio.sleep(0.3)
     assert not waiting.done()

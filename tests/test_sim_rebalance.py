@@ -11,10 +11,13 @@ from novacron.simulations.rebalance import trace_profile
 from novacron.simulations.rebalance.cli import main
 from novacron.simulations.rebalance.sim import (
     Cluster,
+    Host,
     SimConfig,
+    Strategy,
     host_violations,
     place_initial,
     simulate,
+    typical_host,
 )
 from novacron.simulations.rebalance.workload import (
     ANTI_AFFINITY_LABEL,
@@ -197,3 +200,34 @@ def test_cli_writes_a_report(tmp_path):
     assert code == 0
     text = out.read_text()
     assert '"greedy"' in text and '"series"' in text
+
+
+def _drained(hosts: int = 20) -> tuple[Cluster, Strategy, Host]:
+    """A balanced cluster whose median host has just begun to drain."""
+    config = SimConfig(hosts=hosts, vms=10 * hosts, scenario="drain")
+    cluster = Cluster(config, Workload(WorkloadConfig(seed=1, vms=config.vms)))
+    place_initial(cluster, balanced=True, rng=random.Random(1))
+    cluster.samples = cluster.workload.sample(0.0)
+    cluster.remeasure()
+    host = cluster.hosts[typical_host(cluster)]
+    host.draining = True
+    cluster.touch(host.name)
+    return cluster, Strategy(cluster, 1), host
+
+
+def test_the_simulated_drain_proposes_to_each_target_once_as_the_agent_does() -> None:
+    """The agent's drain does not propose to a target that does not show its last
+    migration yet (the target would refuse it); the simulator runs that same drain."""
+    cluster, strategy, host = _drained()
+    strategy.drain_loop(0.0)
+    targets = [m.target for m in cluster.migrations.values() if m.source == host.name]
+    assert len(targets) == 2 and len(set(targets)) == 2, targets
+    assert cluster.stats.refusals == {}
+
+
+def test_the_simulated_target_refuses_with_the_migration_cores_rules() -> None:
+    cluster, _, host = _drained()
+    vm = sorted(cluster.hosts["h0000"].vms)[0]
+    assert cluster.start(vm, host.name, "rebalance") is None
+    assert cluster.last_refusal == f"host draining: {host.name} takes no new VMs"
+    assert cluster.stats.refusals == {"target draining": 1}

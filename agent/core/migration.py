@@ -147,6 +147,13 @@ from novacron.protocol.messages import (
     VmSummary,
 )
 
+from .admission import (
+    Arrival,
+    closed_targets,
+    cluster_refusal,
+    outbound_refusal,
+    target_refusal,
+)
 from .events import (
     AbortLibvirtMigration,
     MigrationAccepted,
@@ -175,7 +182,6 @@ from .migration_policy import (
     MigrationLimits,
     MigrationPolicy,
     PolicyError,
-    cluster_limit,
     cluster_migrations,
     completion_timeout,
     with_migration_counts,
@@ -184,7 +190,6 @@ from .migration_policy import (
 from .placement import (
     ANTI_AFFINITY_LABEL,
     Placement,
-    anti_affinity_clash,
     choose_target,
     libvirt_down,
     room_refusal,
@@ -620,8 +625,9 @@ class MigrationCore:
         target = record.node_id
         if record.draining:
             return f"host draining: {target} takes no new VMs"
-        if len(self._sagas) >= limits.max_outbound:
-            return f"too many migrations: {self.node_id} already runs {len(self._sagas)} outbound"
+        busy = outbound_refusal(self.node_id, len(self._sagas), limits)
+        if busy is not None:
+            return busy.reason
         ours = sum(1 for s in self._sagas.values() if s.target == target)
         inbound = max(record.migrations_in, ours)
         if inbound >= limits.max_inbound:
@@ -632,9 +638,9 @@ class MigrationCore:
             if (m := self._view.member(node_id)) is not None and m.state is MemberState.ALIVE
         )
         running = cluster_migrations(records, self.node_id, len(self._sagas))
-        ceiling = cluster_limit(limits, alive)
-        if running >= ceiling:
-            return f"too many migrations: {running} running in the cluster, limit {ceiling}"
+        full = cluster_refusal(running, alive, limits)
+        if full is not None:
+            return full.reason
         overcommit = self.config.reservations.vcpu_overcommit
         demand = _demand(summary)
         return room_refusal(record, demand, overcommit, demand.anti_affinity)
@@ -1119,43 +1125,17 @@ class MigrationCore:
                 f"refused for {until - now:.0f} s more: {source}'s last reservation here never "
                 "showed in libvirt"
             )
-        unseen = self._book.unseen_from(source)
-        if unseen >= config.per_source:
-            return f"too many migrations from {source}: {unseen} reserved here not started yet"
-        if self._draining or (record is not None and record.draining):
-            return f"host draining: {self.node_id} takes no new VMs"
-        down = libvirt_down(record) if record is not None else None
-        if down is not None:
-            return f"libvirt unreachable on {self.node_id} since {down}: it cannot count its memory"
-        if record is not None and any(vm.name == message.vm for vm in record.vms):
-            return f"VM {message.vm} already runs on {self.node_id}"
-        arriving = self._book.for_vm(message.vm)
-        if arriving is not None and arriving.landed:
-            # It landed here and has left again (its source holds it now): the
-            # hold was only keeping room until our record caught up.
-            self._book.release(arriving.migration_id)
-        elif arriving is not None:
-            return f"VM {message.vm} is already arriving on {self.node_id}"
-        inbound = self._book.inbound()
-        if inbound >= self.config.limits.max_inbound:
-            return f"too many migrations: {self.node_id} already receives {inbound} inbound"
-        clash = self._group_refusal(record, message.anti_affinity)
-        if clash is not None:
-            return clash
         demand = Demand(message.vcpus, message.memory_mib, message.disk_gib, message.anti_affinity)
-        return self._book.admit(self.node_id, record, demand, self.config.reservations)
-
-    def _group_refusal(self, record: NodeRecord | None, group: str) -> str | None:
-        """Why a VM of anti-affinity `group` may not arrive here: one of its group runs here
-        or is arriving (the sources' own checks cannot see each other's moves)."""
-        if not group:
-            return None
-        if record is not None and anti_affinity_clash(record, group):
-            return f"anti-affinity: a VM of group {group} runs on {self.node_id}"
-        other = self._book.arriving_group(group)
-        if other is not None:
-            return f"anti-affinity: {other.vm} of group {group} is already arriving here"
-        return None
+        refusal = target_refusal(
+            self.node_id,
+            record,
+            self._book,
+            Arrival(message.vm, source, demand),
+            draining=self._draining,
+            max_inbound=self.config.limits.max_inbound,
+            config=config,
+        )
+        return refusal.reason if refusal is not None else None
 
     def _held_from(self, sender: str, migration_id: str) -> Reservation | None:
         """The reservation `migration_id` if `sender` owns it; counts why not otherwise."""
@@ -1552,14 +1532,8 @@ class MigrationCore:
         """Targets that would refuse another proposal from this host now: each admits at
         most `per_source` migrations from one source that its libvirt does not show yet
         (`reservations`), and its record does not list that many of ours yet."""
-        records = self._view.records()
-        unseen: dict[str, int] = {}
-        for saga in self._sagas.values():
-            record = records.get(saga.target)
-            if record is None or all(vm.name != saga.vm for vm in record.vms):
-                unseen[saga.target] = unseen.get(saga.target, 0) + 1
-        limit = self.config.reservations.per_source
-        return {target for target, count in unseen.items() if count >= limit}
+        outbound = ((saga.target, saga.vm) for saga in self._sagas.values())
+        return closed_targets(outbound, self._view.records(), self.config.reservations.per_source)
 
     def moved_to(self, vm: str) -> str | None:
         """Where this host's latest remembered outbound migration of `vm` took it, if that

@@ -13,7 +13,7 @@ from novacron.agent.core import rebalance
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration_cost import expected_migration_seconds
 from novacron.agent.core.migration_policy import MigrationLimits, MigrationPolicy
-from novacron.agent.core.placement import choose_target
+from novacron.agent.core.placement import Placement, choose_target
 from novacron.agent.core.reservations import Demand
 from novacron.protocol.messages import MemberState, NodeRecord
 
@@ -70,17 +70,17 @@ def place(
     limits: MigrationLimits,
     overcommit: float,
     anti_affinity: str = "",
-) -> str | None:
-    """The drain loop's target (`placement.choose_target`, least utilized that fits) or None."""
+    closed: Collection[str] = (),
+) -> Placement:
+    """The drain's target (`placement.choose_target`, least utilized that fits), or why none."""
 
     def member(node_id: str) -> MemberInfo | None:
         if node_id not in alive:
             return None
         return MemberInfo(node_id, "", 1, MemberState.ALIVE, 0.0, 0.0)
 
-    return choose_target(
-        records, member, source, Demand(vcpus, memory_mib), limits, overcommit, anti_affinity
-    ).target
+    demand = Demand(vcpus, memory_mib)
+    return choose_target(records, member, source, demand, limits, overcommit, anti_affinity, closed)
 
 
 class Overlay(Mapping[str, NodeRecord]):

@@ -6,32 +6,38 @@ The model (what is real and what is simplified):
   `sample_interval` (10 s, the agent's inventory interval) by `workload`;
   a host's measured load is the sum of its VMs' demand, scaled down to its
   cores when the demand exceeds them (CPU time cannot exceed the cores).
-- A migration is admitted by its target against the target's TRUE state, as
-  the reservation protocol does: not failed, not draining, fewer than 2
-  inbound, memory and vCPUs (x `vcpu_overcommit`) free after its VMs and its
-  pending inbound reservations. The source must have fewer than 2 outbound,
-  and the cluster fewer than max(2, ceil(25% of hosts)) running (enforced on
-  the true count here; the agents estimate it from gossiped counters). The
-  target refuses a VM whose anti-affinity group runs there or is arriving,
-  as the migration core's admission does (since d8dd6ac).
+- A migration is admitted by the migration core's own rules
+  (`agent/core/admission.py`), applied to the TRUE state: the source runs
+  fewer than 2 outbound, the cluster fewer than max(2, ceil(25% of hosts))
+  (the true count here; the agents estimate it from gossiped counters), and
+  the target, from its current record and its reservations (a
+  `ReservationBook` per host), is alive, not draining, receives fewer than 2,
+  has no VM of the same anti-affinity group running or arriving, and holds
+  the VM's memory and vCPUs (x `vcpu_overcommit`). A simulated target's
+  libvirt shows an arriving VM as soon as its copy starts, so the
+  one-unseen-migration-per-source rule never refuses here.
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
   MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
   VM's load counts on the source, then on the target. It ends at that exact
   time, between the 1 s steps when it falls there (as a real migration
   does), and the hotspot and drain are judged at that moment too.
 - Strategy "mesh": every host runs the real `plan_round()` (through
-  `planner.py`) every `plan_interval` seconds, at its own phase (seen at the
-  next whole second), and sooner, as the agent's rebalancer does: when one
-  of its migrations ends (the migrator's change wakes it), and when a new
-  sample of its own load puts it above its shedding line (its record's
-  republication wakes it); its next timed round is then a whole interval
-  later. It plans on its own view: the
-  records of every host as they were `gossip_delay` seconds ago (the issue-3
+  `planner.py`) when the agent's `RebalanceSchedule` says a round is due:
+  every `plan_interval` seconds from its own phase (a timer is seen at the
+  next whole second), and sooner, when one of its migrations ends (the
+  migrator's change wakes the agent) or a new sample of its own load puts it
+  above its shedding line (its record's republication wakes the agent); its
+  next timed round is a whole interval after any round. It passes the
+  planner the targets that would refuse its next proposal (they do not show
+  its last one yet), as the agent does. It plans on its own view: the
+  records of every host as they were `gossip_delay` seconds ago (the membership
   simulator measured a record update reaching every live node in 0.21 s at
   100 nodes and 0.41-0.89 s at 1,000 nodes (0-10% loss), BENCHMARKS.md), with
   its own record current. It replaces simulating the gossip itself. A
-  drained host runs the real drain loop (`placement.choose_target` on its
-  view, 2 outbound at a time, blocked VMs retried after 10 s).
+  drained host runs the agent's drain (`DrainCore`, once a second: VMs by
+  name, 2 outbound at a time, each placed by `placement.choose_target` on its
+  view; a VM with no target is retried after 10 s, or after 1 s when a target
+  only waits to show this host's last migration).
 - Strategy "greedy": a central controller on the true state, every
   `plan_interval`: first drains, then repeatedly the single move that most
   lowers the variance (so the standard deviation) of host utilization,
@@ -42,8 +48,8 @@ The model (what is real and what is simplified):
 - Scenario "failure": the failed host's VMs vanish at the failure and are
   restarted elsewhere (in the placement rule's order: least utilized host
   that fits, then most free memory; new VMs too) once the failure is
-  detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the issue-3
-  figures). Restarts are not migrations.
+  detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the membership
+  simulator's figures, BENCHMARKS.md). Restarts are not migrations.
 
 Everything is deterministic for a seed: the workload's draws do not depend
 on the strategy, and every other random choice has its own seeded RNG.
@@ -56,11 +62,29 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from novacron.agent.core.admission import (
+    Arrival,
+    Refusal,
+    closed_targets,
+    cluster_refusal,
+    outbound_refusal,
+    target_refusal,
+)
+from novacron.agent.core.drain import DrainCore, Ended
 from novacron.agent.core.migration_policy import MigrationLimits, cluster_limit
+from novacron.agent.core.rebalance_schedule import RebalanceSchedule, seen
+from novacron.agent.core.reservations import (
+    Demand,
+    Reservation,
+    ReservationBook,
+    ReservationConfig,
+    free_capacity,
+)
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from . import planner
@@ -86,7 +110,7 @@ class SimConfig:
     bandwidth_mib_s: float = 1024.0
     gossip_delay: float = 1.0
     plan_interval: float = 2.0
-    detect_delay: float = 0.0  # 0: the issue-3 figure for the size
+    detect_delay: float = 0.0  # 0: the membership simulator's figure for the size
     rebalance: planner.RebalanceConfig = field(default_factory=planner.RebalanceConfig)
     solver_budget: int = 0  # 0: derived (see `run_all`)
     solver_time_limit: float = 30.0
@@ -110,14 +134,20 @@ class Host:
     memory_mib: int
     vms: set[str] = field(default_factory=set)
     outbound: set[str] = field(default_factory=set)  # VMs migrating away
-    inbound: set[str] = field(default_factory=set)  # VMs migrating here
+    book: ReservationBook = field(default_factory=ReservationBook)  # room held for arrivals
     draining: bool = False
     failed: bool = False
     version: int = 0
 
+    @property
+    def inbound(self) -> set[str]:
+        """VMs migrating here (each holds a reservation)."""
+        return {held.vm for held in self.book}
+
 
 @dataclass(slots=True)
 class Migration:
+    migration_id: str
     vm: str
     source: str
     target: str
@@ -140,6 +170,7 @@ class Stats:
     refusals: dict[str, int] = field(default_factory=dict)
     decisions: dict[str, int] = field(default_factory=dict)
     plan_calls: int = 0
+    started: int = 0  # migrations started (their ids count them)
     max_concurrent: int = 0
     restarts: int = 0
     lost: int = 0
@@ -152,6 +183,7 @@ class Cluster:
         self.config = config
         self.workload = workload
         self.limits = MigrationLimits()
+        self.reservations = ReservationConfig(vcpu_overcommit=config.rebalance.vcpu_overcommit)
         self.hosts: dict[str, Host] = {
             f"h{i:04d}": Host(f"h{i:04d}", config.cores, config.memory_gib * 1024)
             for i in range(config.hosts)
@@ -159,7 +191,9 @@ class Cluster:
         self.where: dict[str, str] = {}
         self.samples: dict[str, Sample] = {}
         self.measured: dict[str, float] = {}
-        self.migrations: dict[str, Migration] = {}
+        self.migrations: dict[str, Migration] = {}  # by VM
+        self.ended: dict[str, Ended] = {}  # by migration id: how each ended
+        self.last_refusal = ""  # why the latest `start` was refused
         self.recent_moves: dict[str, float] = {}
         self.moves: dict[str, list[tuple[float, str, str]]] = {}
         self.stats = Stats()
@@ -188,7 +222,8 @@ class Cluster:
         mig = self.migrations.pop(vm, None)
         if mig is not None:
             self.hosts[mig.source].outbound.discard(vm)
-            self.hosts[mig.target].inbound.discard(vm)
+            self.hosts[mig.target].book.release(mig.migration_id)
+            self.ended[mig.migration_id] = Ended(vm, "aborted", "a host of it failed")
             self.touch(mig.target)
             self.touch(mig.source)
         if host is not None:
@@ -217,15 +252,10 @@ class Cluster:
             self.touch(host.name)
 
     def free(self, host: Host) -> tuple[float, int]:
-        """vCPUs and MiB the host can still promise (its VMs and pending inbound deducted)."""
-        ratio = self.config.rebalance.vcpu_overcommit
-        vcpus = host.cores * ratio
-        memory = host.memory_mib
-        for vm in host.vms | host.inbound:
-            spec = self.spec(vm)
-            vcpus -= spec.vcpus
-            memory -= spec.memory_mib
-        return vcpus, memory
+        """vCPUs and MiB the host can still promise: the target's own rule (`free_capacity`:
+        its VMs and its pending reservations deducted)."""
+        room = free_capacity(self.record(host.name), host.book, self.reservations.vcpu_overcommit)
+        return room.vcpus, room.memory_mib
 
     def fits(self, vm: str, host: Host) -> bool:
         spec = self.spec(vm)
@@ -285,6 +315,12 @@ class Cluster:
 
     # -- migrations ----------------------------------------------------------
 
+    def closed_targets(self, host: Host, view: Mapping[str, NodeRecord]) -> set[str]:
+        """Targets that would refuse `host`'s next proposal, as its `view` tells (the
+        migration core's `targets_full_from_here`)."""
+        outbound = ((self.migrations[vm].target, vm) for vm in host.outbound)
+        return closed_targets(outbound, view, self.reservations.per_source)
+
     def cluster_limit(self) -> int:
         alive = sum(1 for h in self.hosts.values() if not h.failed)
         return cluster_limit(self.limits, alive)
@@ -292,55 +328,92 @@ class Cluster:
     def refuse(self, why: str) -> None:
         self.stats.refusals[why] = self.stats.refusals.get(why, 0) + 1
 
-    def start(self, vm: str, target: str, purpose: str) -> bool:
-        """Ask `target` to admit `vm` now and start the migration; False (counted) if refused."""
+    def start(self, vm: str, target: str, purpose: str) -> str | None:
+        """Ask `target` to admit `vm` now and start the migration: its id, or None if refused
+        (counted; `last_refusal` says why). The source's and the cluster's limits and the
+        target's admission are the migration core's rules (`agent/core/admission.py`), on
+        the true state."""
         source = self.where.get(vm)
         if source is None:
-            self.refuse("vm gone")
-            return False
+            self._refuse("vm gone", f"{vm} no longer exists")
+            return None
         if vm in self.migrations:
-            self.refuse("vm already migrating")
-            return False
+            self._refuse("vm already migrating", f"{vm} is already migrating")
+            return None
         src, dst = self.hosts[source], self.hosts[target]
         if source == target:
-            self.refuse("target is the source")
-            return False
+            self._refuse("target is the source", f"{vm} already runs on {target}")
+            return None
         if src.failed or dst.failed:
-            self.refuse("host failed")
-            return False
-        if dst.draining:
-            self.refuse("target draining")
-            return False
-        if len(src.outbound) >= self.limits.max_outbound:
-            self.refuse("source outbound limit")
-            return False
-        if len(dst.inbound) >= self.limits.max_inbound:
-            self.refuse("target inbound limit")
-            return False
-        if len(self.migrations) >= self.cluster_limit():
-            self.refuse("cluster limit")
-            return False
-        if not self.fits(vm, dst):
-            self.refuse("target capacity")
-            return False
-        if self.anti_affine_clash(vm, dst):
-            self.refuse("target anti-affinity")
-            return False
+            self._refuse("host failed", f"{source} or {target} has failed")
+            return None
         spec = self.spec(vm)
+        group = spec.labels.get(ANTI_AFFINITY_LABEL, "")
+        alive = sum(1 for h in self.hosts.values() if not h.failed)
+        refusal = (
+            outbound_refusal(source, len(src.outbound), self.limits)
+            or cluster_refusal(len(self.migrations), alive, self.limits)
+            or target_refusal(
+                target,
+                self.record(target),
+                dst.book,
+                Arrival(vm, source, Demand(spec.vcpus, spec.memory_mib, 0.0, group)),
+                draining=dst.draining,
+                max_inbound=self.limits.max_inbound,
+                config=self.reservations,
+            )
+        )
+        if refusal is not None:
+            self._refused(refusal)
+            return None
         dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
         seconds = planner.migration_seconds(spec.memory_mib, self.config.bandwidth_mib_s, dirty)
         if math.isinf(seconds):
-            self.refuse("would not converge")
-            return False
-        self.migrations[vm] = Migration(
-            vm, source, target, self.now, self.now + seconds, spec.vcpus, spec.memory_mib, purpose
+            self._refuse("would not converge", f"{vm} dirties memory faster than it copies")
+            return None
+        self.stats.started += 1
+        mig = Migration(
+            f"m{self.stats.started}",
+            vm,
+            source,
+            target,
+            self.now,
+            self.now + seconds,
+            spec.vcpus,
+            spec.memory_mib,
+            purpose,
         )
+        self.migrations[vm] = mig
         src.outbound.add(vm)
-        dst.inbound.add(vm)
+        # The simulated target's libvirt shows the arriving VM as soon as its copy starts,
+        # and the simulated source never goes quiet: the lease neither lapses nor expires.
+        dst.book.add(
+            Reservation(
+                migration_id=mig.migration_id,
+                vm=vm,
+                source=source,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                disk_gib=0.0,
+                created=self.now,
+                expires=math.inf,
+                anti_affinity=group,
+                purpose=purpose,
+                seen=self.now,
+            )
+        )
         self.touch(source)
         self.touch(target)
         self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
-        return True
+        return mig.migration_id
+
+    def _refused(self, refusal: Refusal) -> None:
+        self._refuse(refusal.rule.value, refusal.reason)
+        return None
+
+    def _refuse(self, key: str, why: str) -> None:
+        self.refuse(key)
+        self.last_refusal = why
 
     def finish_due(self) -> list[Migration]:
         done = sorted(
@@ -351,7 +424,8 @@ class Cluster:
             del self.migrations[mig.vm]
             src, dst = self.hosts[mig.source], self.hosts[mig.target]
             src.outbound.discard(mig.vm)
-            dst.inbound.discard(mig.vm)
+            dst.book.release(mig.migration_id)  # its record lists the VM from now on
+            self.ended[mig.migration_id] = Ended(mig.vm, "committed")
             src.vms.discard(mig.vm)
             dst.vms.add(mig.vm)
             self.where[mig.vm] = mig.target
@@ -499,7 +573,7 @@ class Strategy:
         self.cluster = cluster
         self.seed = seed
         self.info: dict[str, Any] = {}
-        self._drain_blocked: dict[str, float] = {}
+        self.drains: dict[str, DrainCore] = {}  # the drain of every host that drains
         self._views: deque[tuple[float, dict[str, NodeRecord], frozenset[str]]] = deque()
         self.failed_at: dict[str, float] = {}
 
@@ -510,12 +584,8 @@ class Strategy:
     def on_event(self, now: float) -> None:
         """Called right after the scenario's event (and at t = 0)."""
 
-    def wakeups(self, before: float) -> list[float]:
-        """Times before `before` at which this strategy wants `substep` (none: whole seconds)."""
-        return []
-
     def substep(self, now: float) -> None:
-        """Between whole seconds, right after migrations ended at `now` (or a wakeup)."""
+        """Between whole seconds, right after migrations ended at `now`."""
 
     # Gossiped views: the true records as they were `gossip_delay` ago.
     def remember(self, now: float) -> None:
@@ -542,7 +612,8 @@ class Strategy:
         return chosen[1], chosen[2]
 
     def drain_loop(self, now: float) -> None:
-        """The agent's drain loop on every draining host (real `choose_target` on its view)."""
+        """The agent's drain (`DrainCore`) on every draining host, once a second (its look
+        interval), placing with the agent's `choose_target` on the host's view."""
         c = self.cluster
         draining = [h for h in c.hosts.values() if h.draining and not h.failed]
         if not draining:
@@ -551,14 +622,16 @@ class Strategy:
             self.remember(now)  # strategies other than the mesh keep no views of their own
         records, alive = self.view(now)
         for host in draining:
+            core = self.drains.get(host.name)
+            if core is None:
+                core = self.drains[host.name] = DrainCore(c.limits.max_outbound)
+            driven = DrainedSimHost(c, host)
             own = planner.Overlay(records, host.name, c.record(host.name))
-            for vm in sorted(host.vms):
-                if vm in c.migrations or self._drain_blocked.get(vm, -1.0) > now:
-                    continue
-                if len(host.outbound) >= c.limits.max_outbound:
-                    break
+            core.look(now, driven)
+            while (vm := core.next_vm(now, driven)) is not None:
                 spec = c.spec(vm)
-                target = planner.place(
+                closed = c.closed_targets(host, own)
+                placement = planner.place(
                     own,
                     alive,
                     host.name,
@@ -567,121 +640,182 @@ class Strategy:
                     c.limits,
                     c.config.rebalance.vcpu_overcommit,
                     spec.labels.get(planner.ANTI_AFFINITY_LABEL, ""),
+                    closed,
                 )
-                if target is None or not c.start(vm, target, "drain"):
-                    self._drain_blocked[vm] = now + 10.0
+                if placement.target is None:
+                    core.no_target(vm, placement.reason, now, closed)
+                    continue
+                migration_id = c.start(vm, placement.target, "drain")
+                if migration_id is None:
+                    core.refused(vm, c.last_refusal, now)
+                else:
+                    core.started(vm, migration_id)
+
+
+class DrainedSimHost:
+    """A simulated host as the drain core reads it (its VMs all run; none is in doubt)."""
+
+    def __init__(self, cluster: Cluster, host: Host) -> None:
+        self._cluster = cluster
+        self._host = host
+
+    def vm_states(self) -> dict[str, str]:
+        return dict.fromkeys(self._host.vms, "running")
+
+    def busy(self, vm: str) -> bool:
+        return vm in self._host.outbound
+
+    def arriving(self, vm: str) -> bool:
+        return vm in self._host.inbound
+
+    def doubt(self, vm: str) -> str | None:
+        return None
+
+    def outbound(self) -> int:
+        return len(self._host.outbound)
+
+    def ended(self, migration_id: str) -> Ended | None:
+        return self._cluster.ended.get(migration_id)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshView:
+    """What every host's view holds at one instant, with the utilizations of its pool."""
+
+    records: Mapping[str, NodeRecord]  # the gossiped records
+    alive: frozenset[str]  # hosts not (yet) seen failed
+    pool: Mapping[str, float]  # utilization of each alive host that takes VMs
+    total: float  # their sum
+
+    @classmethod
+    def of(cls, records: Mapping[str, NodeRecord], alive: frozenset[str]) -> MeshView:
+        pool = {
+            n: planner.utilization(r) for n, r in records.items() if n in alive and not r.draining
+        }
+        return cls(records, alive, pool, sum(pool.values()))
+
+    def above(self, own: NodeRecord, cfg: planner.RebalanceConfig, busy: Collection[str]) -> bool:
+        """Whether `own`'s host may be over its shedding line (`plan` would answer
+        "balanced" otherwise: it counts no more load than this; a speed-up, not a rule)."""
+        mine = planner.utilization(own)
+        name = own.node_id
+        others = self.total - self.pool.get(name, 0.0)
+        count = len(self.pool) - (1 if name in self.pool else 0) + 1
+        if count <= 1:
+            return False
+        mean = (others + mine) / count
+        return mine >= mean + planner.shedding_line(cfg, busy) - 1e-9
 
 
 class Mesh(Strategy):
-    """Every host runs the agent's planner on its own (delayed) view."""
+    """Every host runs the agent's planner on its own (delayed) view, when the agent's
+    `RebalanceSchedule` says a round is due."""
 
     name = "mesh"
 
     def __init__(self, cluster: Cluster, seed: int) -> None:
         super().__init__(cluster, seed)
         interval = cluster.config.plan_interval
+        max_outbound = cluster.config.rebalance.max_outbound
         phase_rng = random.Random(seed * 31 + 5)
-        self.phase = {h: phase_rng.uniform(0.0, interval) for h in cluster.hosts}
+        self.schedules = {
+            h: RebalanceSchedule(interval, max_outbound, phase_rng.uniform(0.0, interval))
+            for h in cluster.hosts
+        }
         self.rngs = {h: random.Random(f"{seed}:{h}") for h in cluster.hosts}
         self.log: list[dict[str, Any]] = []
-        self.replan: dict[str, float] = {}  # host -> when it plans for a freed slot
-
-    def wakeups(self, before: float) -> list[float]:
-        return [t for t in self.replan.values() if t < before]
 
     def substep(self, now: float) -> None:
-        """A migration ended (records changed: remember them) or a freed host's poll is due."""
-        self.note_freed(now)
+        """Migrations ended at `now`: their sources' migrators changed, which wakes their
+        rebalancers (records changed too: remember them)."""
         self.remember(now)
-        names = [name for name, t in self.replan.items() if t <= now + 1e-9]
-        if names:
-            self._plan(now, set(names))
+        self._wake(now, self._freed())
 
-    def note_freed(self, now: float) -> None:
-        """Hosts whose outbound migration just ended plan at once (the agent's rebalancer
-        wakes on its migrator's change and sees its record without the VM)."""
+    def _freed(self) -> set[str]:
+        """Hosts whose outbound migration just ended."""
         c = self.cluster
-        for name in c.freed:
-            self.replan[name] = min(self.replan.get(name, now), now)
-        c.freed = set()
+        freed, c.freed = c.freed, set()
+        return freed
 
     def step(self, now: float) -> None:
+        """A whole second: timed rounds fall due (a round's timer is seen at the next whole
+        second), and at a sample every host's record is republished, which wakes it."""
         c = self.cluster
-        self.note_freed(now)
+        freed = self._freed()
         self.remember(now)
         self.drain_loop(now)
-        due = {n for n in c.hosts if self._due(n, now) or self.replan.get(n, math.inf) <= now}
         sampled = now % c.workload.config.sample_interval == 0
-        self._plan(now, due, set(c.hosts) - due if sampled else set())
+        self._wake(now, set(c.hosts) if sampled else freed, timed=True)
 
-    def _plan(self, now: float, due: set[str], if_hot: Collection[str] = ()) -> None:
-        """Every host in `due` runs a planning round on its view, and every host in
-        `if_hot` whose own new sample puts it above its shedding line."""
+    def _wake(self, now: float, woken: Collection[str], timed: bool = False) -> None:
+        """Every host whose timed round has come (if `timed`), and every host in `woken`
+        whose schedule finds a round due now, plans a round on its view."""
         c = self.cluster
-        records, alive = self.view(now)
-        cfg = c.config.rebalance
-        pool = [
-            (n, planner.utilization(r)) for n, r in records.items() if n in alive and not r.draining
-        ]
-        total = sum(u for _, u in pool)
-        in_pool = dict(pool)
-        for name in sorted({*due, *if_hot}):
+        view = MeshView.of(*self.view(now))
+        due = {n for n, sched in self.schedules.items() if sched.timer_due(now)} if timed else set()
+        for name in sorted({*due, *woken}):
             host = c.hosts[name]
-            freed = self.replan.pop(name, None) is not None
-            if freed and not (now.is_integer() and self._due(name, now)):
-                self.phase[name] = now  # the agent plans at once and waits a whole interval
-            if host.failed or host.draining:
-                continue
             own = c.record(name)
-            mine = planner.utilization(own)
-            others = total - in_pool.get(name, 0.0)
-            count = len(pool) - (1 if name in in_pool else 0) + 1
-            if count <= 1:
-                continue
-            mean = (others + mine) / count
-            if mine < mean + planner.shedding_line(cfg, host.outbound) - 1e-9:
-                # `plan` would answer "balanced" (it counts no more load, skipped for speed)
-                continue
-            if name not in due:  # woken by its new sample: the agent's `due_now`
-                overlay = planner.Overlay(records, name, own)
-                if len(host.outbound) >= cfg.max_outbound or not planner.over_line(
-                    name, overlay, alive, host.outbound, cfg
-                ):
+            if name not in due:
+                hot = partial(self._hot, host, own, view)
+                if not self.schedules[name].due_now(len(host.outbound), own, hot):
                     continue
-                self.phase[name] = now
-            c.stats.plan_calls += 1
-            moves, decision = planner.plan_round(
-                name,
-                planner.Overlay(records, name, own),
-                alive,
-                c.recent_moves,
-                set(host.outbound),
-                now,
-                self.rngs[name],
-                cfg,
-            )
-            key = decision.reason.split(":")[0]
-            c.stats.decisions[key] = c.stats.decisions.get(key, 0) + 1
-            c.stats.decisions["move"] = c.stats.decisions.get("move", 0) + len(moves)
-            for move in moves:
-                ok = c.start(move.vm, move.target, "rebalance")
-                if len(self.log) < 200:
-                    self.log.append(
-                        {
-                            "t": now,
-                            "host": name,
-                            "vm": move.vm,
-                            "target": move.target,
-                            "admitted": ok,
-                            "reason": move.reason,
-                        }
-                    )
+            before = seen(own, len(host.outbound))
+            started = 0
+            if self._takes_part(host) and view.above(own, c.config.rebalance, host.outbound):
+                started = self._plan(now, name, own, view)
+            self.schedules[name].planned(now, before, started)
 
-    def _due(self, name: str, now: float) -> bool:
-        """This host's planning timer falls due within this second."""
-        interval = self.cluster.config.plan_interval
-        k = math.floor((now - self.phase[name]) / interval)
-        return now >= self.phase[name] and self.phase[name] + k * interval > now - 1.0
+    @staticmethod
+    def _takes_part(host: Host) -> bool:
+        """A failed host plans nothing, and a draining one leaves its VMs to the drain."""
+        return not host.failed and not host.draining
+
+    def _hot(self, host: Host, own: NodeRecord, view: MeshView) -> bool:
+        """Whether `host` is above its shedding line on its view (`over_line`), after a
+        cheap look at the mean that rules most hosts out."""
+        cfg = self.cluster.config.rebalance
+        if not self._takes_part(host) or not view.above(own, cfg, host.outbound):
+            return False
+        overlay = planner.Overlay(view.records, host.name, own)
+        return planner.over_line(host.name, overlay, view.alive, host.outbound, cfg)
+
+    def _plan(self, now: float, name: str, own: NodeRecord, view: MeshView) -> int:
+        """`plan_round` on `name`'s view, its moves started: how many started."""
+        c = self.cluster
+        host = c.hosts[name]
+        c.stats.plan_calls += 1
+        overlay = planner.Overlay(view.records, name, own)
+        moves, decision = planner.plan_round(
+            name,
+            overlay,
+            view.alive,
+            c.recent_moves,
+            set(host.outbound),
+            now,
+            self.rngs[name],
+            c.config.rebalance,
+            c.closed_targets(host, overlay),
+        )
+        key = decision.reason.split(":")[0]
+        c.stats.decisions[key] = c.stats.decisions.get(key, 0) + 1
+        c.stats.decisions["move"] = c.stats.decisions.get("move", 0) + len(moves)
+        started = 0
+        for move in moves:
+            admitted = c.start(move.vm, move.target, "rebalance") is not None
+            started += admitted
+            if len(self.log) < 200:
+                self.log.append(
+                    {
+                        "t": now,
+                        "host": name,
+                        "vm": move.vm,
+                        "target": move.target,
+                        "admitted": admitted,
+                        "reason": move.reason,
+                    }
+                )
+        return started
 
 
 class Greedy(Strategy):
@@ -991,10 +1125,9 @@ def _between_seconds(
     before = now + 1.0
     while True:
         ends = [m.end for m in cluster.migrations.values() if m.end < before]
-        times = ends + strat.wakeups(before)
-        if not times:
+        if not ends:
             return
-        t = max(min(times), now)
+        t = max(min(ends), now)
         cluster.now = t
         ended = cluster.finish_due()
         strat.substep(t)

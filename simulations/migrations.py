@@ -1,4 +1,4 @@
-"""A tiny world for the migration core: hosts, a virtual network and a fake hypervisor.
+"""Migration cores on a virtual network, with a fake hypervisor: for tests and simulators.
 
 `Mesh` holds one `MigrationCore` per host over a shared cluster view and
 delivers their messages (optionally lossy, duplicating and reordering, from a
@@ -7,13 +7,13 @@ hypervisor with libvirt's semantics as far as the saga cares: one active
 domain per VM, a job that moves it only on success, post-copy that cannot be
 aborted, a domain with a running job that refuses a second one, and faults
 (agent killed, libvirtd killed, link cut). The hypervisor is the truth the
-tests check the sagas against. No sockets, no sleeping: a virtual clock.
+tests check the sagas against. No sockets, no sleeping: a virtual clock (the
+simulators' `VirtualClock` holds the messages in flight).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -43,7 +43,10 @@ from novacron.protocol.messages import (
     VmSummary,
 )
 
+from .clock import VirtualClock
+
 E = TypeVar("E")
+DELIVER = 0  # the only kind of entry on the agenda: a=source, b=destination, c=message
 INF = float("inf")
 
 
@@ -163,8 +166,7 @@ class Mesh:
         for node_id in self.view.recs:
             self.start_agent(node_id)
         self.cut: set[frozenset[str]] = set()  # links that drop everything
-        self._inflight: list[tuple[float, int, str, str, Message]] = []  # heap by arrival
-        self._seq = 0
+        self._inflight = VirtualClock()  # messages in flight, by arrival
         self.events: list[tuple[str, MigrationEvent]] = []  # (host, event) in order
         self.actions: list[tuple[str, MigrationAction]] = []  # (host, action) in order
         self.sent: list[tuple[str, str, Message]] = []  # (from, to, message) as sent
@@ -208,15 +210,12 @@ class Mesh:
             copies = 2
         for _ in range(copies):
             delay = self.net_rng.uniform(0.0, self.max_delay) if self.max_delay else 0.0
-            self._seq += 1
-            heapq.heappush(
-                self._inflight, (self.now + delay, self._seq, source, destination, message)
-            )
+            self._inflight.push(self.now + delay, DELIVER, source, destination, message)
 
     def flush(self) -> None:
         """Deliver everything due by now, including replies (a tiny event loop)."""
-        while self._inflight and self._inflight[0][0] <= self.now:
-            _, _, source, destination, message = heapq.heappop(self._inflight)
+        while self._inflight.peek_time() <= self.now:
+            _, _, _, source, destination, message = self._inflight.pop()
             core = self.cores.get(destination)
             if core is None or frozenset((source, destination)) in self.cut:
                 continue
