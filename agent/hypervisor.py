@@ -221,6 +221,7 @@ class Hypervisor:
         opened by `opener`, if not given)."""
         if domain_type not in ("kvm", "qemu", "auto"):
             raise ValueError(f"domain_type must be kvm, qemu or auto, not {domain_type!r}")
+        self._owns_libvirt = libvirt_adapter is None  # closed with the hypervisor if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(uri, opener=opener)
         self.uri = self.libvirt.uri  # the libvirtd this adapter manages
         self.domain_type: DomainType = domain_type  # as configured
@@ -289,8 +290,9 @@ class Hypervisor:
         return self.disk_dir / f"{name}-{disk_target(index)}.qcow2"
 
     async def close(self) -> None:
-        """Close the libvirt connection and threads (the host's: whoever made them)."""
-        await self.libvirt.close()
+        """Close the libvirt connection and threads if they are this adapter's own."""
+        if self._owns_libvirt:
+            await self.libvirt.close()
 
     # -- domain type ----------------------------------------------------------------
 

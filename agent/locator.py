@@ -8,18 +8,18 @@ told, removes a stale copy (`retire`).
 
 libvirt calls block and a libvirtd can wedge (it held a domain's state lock
 for minutes in the lab after being killed mid-post-copy): each look runs in
-the caller's worker threads, counts as "unknown" after `LOOK_TIMEOUT`
-seconds, and a host whose previous look is still blocked is not asked again
-until it returns, so blocked calls never pile up in the threads.
+the host's `LibvirtAdapter` threads (this host's libvirtd on its shared
+connection, a peer's on a connection opened for the look), counts as
+"unknown" after `LOOK_TIMEOUT` seconds, and a host whose previous look is
+still blocked is not asked again until it returns, so blocked calls never
+pile up in the threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -28,6 +28,7 @@ import libvirt
 from .core.location import Presence, Where
 from .core.migration import ClusterView
 from .inventory import in_job
+from .libvirt_adapter import LibvirtAdapter
 
 log = logging.getLogger("novacron.locator")
 
@@ -72,16 +73,13 @@ class Locator:
         node_id: str,
         view: ClusterView,
         *,
-        libvirt_uri: str,
-        opener: Callable[[str], Any],
-        executor: Executor | None = None,
+        libvirt: LibvirtAdapter,
         timeout: float = LOOK_TIMEOUT,
     ) -> None:
         self.node_id = node_id
-        self.libvirt_uri = libvirt_uri  # this host's libvirtd
+        self.libvirt = libvirt  # this host's libvirt connection and threads
+        self.libvirt_uri = libvirt.uri  # this host's libvirtd
         self._view = view  # records and members: where peers' libvirtd are
-        self._opener = opener  # opens a libvirt connection
-        self._executor = executor  # worker threads for blocking calls (None: asyncio's)
         self._timeout = timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}  # host -> a look still blocked
 
@@ -107,9 +105,9 @@ class Locator:
     async def _look_one(self, vm: str, host: str) -> Presence:
         if host in self._pending:
             return Presence(Where.UNKNOWN, f"{host}'s libvirt has not answered an earlier look")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, domain_presence, self._opener, self.uri(host), vm
+        uri = self.uri(host)
+        future = asyncio.ensure_future(
+            self.libvirt.run(domain_presence, self.libvirt, uri, vm, uri=uri)
         )
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout)
@@ -138,17 +136,16 @@ class Locator:
         return await self._act(host, cold_boot, self.uri(host), vm)
 
     async def run(self, host: str, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in the worker threads, given up on (TimeoutError) after the look
-        timeout; libvirt errors are raised as they are."""
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._executor, fn, *args)
-        return await asyncio.wait_for(call, self._timeout)
+        """`fn(self.libvirt, host's URI, *args)` in the worker threads, given up on
+        (TimeoutError) after the look timeout; libvirt errors are raised as they are."""
+        uri = self.uri(host)
+        return await self.libvirt.run(fn, self.libvirt, uri, *args, uri=uri, timeout=self._timeout)
 
     async def _act(self, host: str, fn: Callable[..., str], *args: Any) -> str:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._executor, fn, self._opener, *args)
         try:
-            return await asyncio.wait_for(call, self._timeout * 3)
+            return await self.libvirt.run(
+                fn, self.libvirt, *args, uri=self.uri(host), timeout=self._timeout * 3
+            )
         except TimeoutError:
             return f"failed: {host}'s libvirt did not answer"
         except libvirt.libvirtError as exc:
@@ -156,17 +153,6 @@ class Locator:
 
 
 # --- blocking helpers (worker threads) ----------------------------------------------------
-
-
-@contextlib.contextmanager
-def connected(opener: Callable[[str], Any], uri: str) -> Iterator[Any]:
-    """A connection to the libvirtd at `uri`, closed afterwards (blocking)."""
-    conn = opener(uri)
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 def find(conn: Any, vm: str) -> Any | None:
@@ -179,9 +165,9 @@ def find(conn: Any, vm: str) -> Any | None:
         raise
 
 
-def domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> Presence:
+def domain_presence(adapter: LibvirtAdapter, uri: str, vm: str) -> Presence:
     """What the libvirtd at `uri` says about `vm` (blocking; libvirtError if unreachable)."""
-    with connected(opener, uri) as conn:
+    with adapter.peer(uri) as conn:
         dom = find(conn, vm)
         return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
 
@@ -210,12 +196,10 @@ def _presence(dom: Any) -> Presence:
     return Presence(where, name, uuid, persistent=persistent)
 
 
-def retire_copy(
-    opener: Callable[[str], Any], uri: str, vm: str, uuid: str, force: bool = False
-) -> str:
+def retire_copy(adapter: LibvirtAdapter, uri: str, vm: str, uuid: str, force: bool = False) -> str:
     """Destroy and undefine `vm` at `uri` if it is domain `uuid` ("": any) and does not run
     (`force`: even if it runs) (blocking)."""
-    with connected(opener, uri) as conn:
+    with adapter.peer(uri) as conn:
         dom = find(conn, vm)
         if dom is None:
             return "already gone"
@@ -239,9 +223,9 @@ def retire_copy(
         return " and ".join(done) or "nothing to do"
 
 
-def cold_boot(opener: Callable[[str], Any], uri: str, vm: str) -> str:
+def cold_boot(adapter: LibvirtAdapter, uri: str, vm: str) -> str:
     """Start `vm` at `uri` from its definition, destroying any active half-copy first."""
-    with connected(opener, uri) as conn:
+    with adapter.peer(uri) as conn:
         dom = conn.lookupByName(vm)
         done = []
         if dom.isActive():

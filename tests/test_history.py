@@ -3,7 +3,6 @@ from another host's libvirt (libvirt's test driver; the lab shows it across host
 
 from __future__ import annotations
 
-import libvirt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +16,7 @@ from novacron.agent.history import (
     read_history,
     to_xml,
 )
+from novacron.agent.libvirt_adapter import LibvirtAdapter
 
 TEST_URI = "test:///default"
 
@@ -49,11 +49,9 @@ def test_whatever_another_host_returns_reading_it_never_raises(text: str) -> Non
 
 
 def test_a_domain_carries_its_history() -> None:
-    opener = libvirt.open
-    keeper = opener(TEST_URI)  # the test driver forgets everything when its last client goes
-    add_history(opener, TEST_URI, "test", entry(1))
-    add_history(opener, TEST_URI, "test", entry(2, "aborted"))
-    add_history(opener, TEST_URI, "test", entry(2, "aborted"))  # written twice: kept once
-    assert read_history(opener, TEST_URI, "test") == [entry(1), entry(2, "aborted")]
-    assert read_history(opener, TEST_URI, "no-such-vm") == []
-    keeper.close()
+    adapter = LibvirtAdapter(TEST_URI)  # its connection keeps the test driver's state alive
+    add_history(adapter, TEST_URI, "test", entry(1))
+    add_history(adapter, TEST_URI, "test", entry(2, "aborted"))
+    add_history(adapter, TEST_URI, "test", entry(2, "aborted"))  # written twice: kept once
+    assert read_history(adapter, TEST_URI, "test") == [entry(1), entry(2, "aborted")]
+    assert read_history(adapter, TEST_URI, "no-such-vm") == []
