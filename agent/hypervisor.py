@@ -317,7 +317,7 @@ class Hypervisor:
     async def _decide_auto(self) -> DomainTypeVerdict:
         """KVM if libvirt offers it, /dev/kvm answers and the probe (if any) boots."""
         capabilities = await self._read("read libvirt's capabilities", _capabilities)
-        device = await self.libvirt.run(kvm_device_problem)
+        device = await asyncio.to_thread(kvm_device_problem)
         verdict = choose("auto", capabilities_xml=capabilities, device_problem=device)
         if verdict.domain_type != "kvm" or self.probe is None:
             return verdict
@@ -367,7 +367,7 @@ class Hypervisor:
         Raises BadSpec (the spec or its files), VmExists, LibvirtUnreachable.
         """
         spec.validate()
-        await self.libvirt.run(_check_files, spec)
+        await asyncio.to_thread(_check_files, spec)
         verdict = await self.resolve_domain_type()
         return await self._call(f"create {spec.name}", self._define, spec, verdict.domain_type)
 
@@ -459,7 +459,7 @@ class Hypervisor:
         or disks of domains NovaCron did not create. Returns the files removed.
         """
         meta = await self._call(f"delete {name}", self._undefine, name)
-        return await self.libvirt.run(_remove_files, meta.disks)
+        return await asyncio.to_thread(_remove_files, meta.disks)
 
     def _undefine(self, conn: Any, name: str) -> VmMetadata:
         dom = self._domain(conn, name)

@@ -445,7 +445,7 @@ class Inventory:
         """Connect to libvirt and subscribe to domain events; an unreachable libvirt is fine."""
         self._loop = asyncio.get_running_loop()
         if self._use_events:
-            await self.libvirt.run(start_libvirt_event_loop)
+            await asyncio.to_thread(start_libvirt_event_loop)
         await self._connect()
 
     async def close(self) -> None:
@@ -459,7 +459,7 @@ class Inventory:
 
     async def host(self) -> HostSample:
         """The machine's current figures."""
-        return await self.libvirt.run(sample_host, self._data_dir, self._cpu)
+        return await asyncio.to_thread(sample_host, self._data_dir, self._cpu)
 
     async def vms(self) -> tuple[VmSummary, ...]:
         """The VMs libvirt knows here; while it is unreachable, the last ones it listed, in

@@ -27,6 +27,8 @@ until libvirt gives up on the connection (its keepalive closes a connection
 whose daemon stopped answering, once libvirt's event loop runs:
 `inventory.start_libvirt_event_loop`). Callers without a timeout wait as long
 as libvirt does, as they did when each ran its own threads.
+Work that is no libvirt call (psutil, files, qemu-img on its own) stays on
+asyncio's default threads, where a hung libvirtd cannot hold it up.
 
 Migration jobs. `migrateToURI3` blocks for a whole migration, minutes long. It
 runs in `job`, on a thread of a separate pool of `job_workers` (the per-host

@@ -444,7 +444,7 @@ class Migrator:
         )
         await self._clean_up(poller)
         if prepared and ok:
-            await self.libvirt.run(remove_source_copies, prepared)
+            await asyncio.to_thread(remove_source_copies, prepared)  # files, not libvirt
         elif prepared:
             uri = self.locator.uri(action.target, action.target_uri)
             await self.libvirt.run(self._remove_target_copies, action.vm, uri, prepared, uri=uri)
