@@ -27,7 +27,6 @@ from typing import Any
 import libvirt
 
 from .core.migration import ClusterView
-from .libvirt_adapter import LibvirtAdapter
 from .locator import Locator, find
 
 log = logging.getLogger("novacron.history")
@@ -91,11 +90,10 @@ def from_xml(text: str) -> list[HistoryEntry]:
 # --- blocking helpers (worker threads) ----------------------------------------------------
 
 
-def read_history(adapter: LibvirtAdapter, uri: str, vm: str) -> list[HistoryEntry]:
-    """The history `vm` carries on the libvirtd at `uri` ([] if none or no such VM)."""
-    with adapter.peer(uri) as conn:
-        dom = find(conn, vm)
-        return _carried(dom) if dom is not None else []
+def read_history(conn: Any, vm: str) -> list[HistoryEntry]:
+    """The history `vm` carries on the libvirtd of `conn` ([] if none or no such VM)."""
+    dom = find(conn, vm)
+    return _carried(dom) if dom is not None else []
 
 
 def _carried(dom: Any) -> list[HistoryEntry]:
@@ -105,15 +103,14 @@ def _carried(dom: Any) -> list[HistoryEntry]:
         return []
 
 
-def add_history(adapter: LibvirtAdapter, uri: str, vm: str, entry: HistoryEntry) -> None:
-    """Append `entry` to the history `vm` carries at `uri` (its live and persistent XML)."""
-    with adapter.peer(uri) as conn:
-        dom = conn.lookupByName(vm)
-        entries = [e for e in _carried(dom) if e.migration_id != entry.migration_id] + [entry]
-        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
-        if dom.isPersistent():
-            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
+def add_history(conn: Any, vm: str, entry: HistoryEntry) -> None:
+    """Append `entry` to the history `vm` carries (its live and persistent XML)."""
+    dom = conn.lookupByName(vm)
+    entries = [e for e in _carried(dom) if e.migration_id != entry.migration_id] + [entry]
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+    if dom.isPersistent():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
 
 
 class VmHistory:
@@ -134,7 +131,7 @@ class VmHistory:
     async def record(self, entry: HistoryEntry, vm: str, host: str) -> None:
         """Add `entry` to what `vm` carries on `host` (a failure is logged, not raised)."""
         try:
-            await self._locator.run(host, add_history, vm, entry)
+            await self._locator.call(host, add_history, vm, entry)
         except (libvirt.libvirtError, TimeoutError) as exc:
             fields = {"vm": vm, "host": host, "id": entry.migration_id, "why": str(exc)}
             log.warning("cannot add a migration to the VM's history", extra={"fields": fields})
@@ -145,7 +142,7 @@ class VmHistory:
         hosts = [h for h, r in self._view.records().items() if any(v.name == vm for v in r.vms)]
         for host in sorted(hosts):
             try:
-                carried = await self._locator.run(host, read_history, vm)
+                carried = await self._locator.read(host, read_history, vm)
             except (libvirt.libvirtError, TimeoutError):
                 continue
             for entry in carried:

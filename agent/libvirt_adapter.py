@@ -36,9 +36,10 @@ outbound migration limit) and on a connection of its own: libvirtd serves at
 most `max_client_requests` (5 by default) calls of one connection at once, and
 jobs holding those slots, or the pool's threads, would starve the inventory.
 
-Peers. A connection to another host's libvirtd (a migration target, a look of
-the locator) is opened per call (`peer`) and closed afterwards: such calls are
-rare, and a peer's libvirtd restarts without this host knowing.
+Peers. `read` and `call` take the URI of another host's libvirtd (a migration
+target, a look of the locator) too: such a connection is opened per call and
+closed afterwards (`peer`), since such calls are rare and a peer's libvirtd
+restarts without this host knowing. It gets no retry: it is new.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKERS = 8  # threads for short libvirt calls, to this host's libvirtd and to peers'
-PER_URI = 6  # of those, at most this many wait on one libvirtd (a hung one holds no more)
+# Of those, at most this many wait on one libvirtd: a hung one holds no more. It is
+# libvirtd's own limit on one connection (max_client_requests, 5 by default): this host's
+# calls share one connection, and more of them would only queue inside libvirtd.
+PER_URI = 5
 JOB_WORKERS = MigrationLimits().max_outbound  # threads for migration jobs, one per job
 
 # libvirt error codes that mean "the daemon is gone", not "the request was wrong".
@@ -176,17 +180,35 @@ class LibvirtAdapter:
 
     # --- calls ------------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """`fn(conn, *args)` on this host's connection, retried once on a new connection if
-        the first one turned out dead. For calls that change nothing."""
-        return await self.run(self._on_connection, fn, args, True, timeout=timeout)
+    async def read(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        uri: str | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """`fn(conn, *args)` in a worker thread, on a connection to the libvirtd at `uri`
+        (this host's shared one if None), for calls that change nothing: on this host's
+        connection it is retried once on a new one if the first turned out dead."""
+        where = uri or self.uri
+        return await self.run(self._on, where, fn, args, True, uri=where, timeout=timeout)
 
-    async def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """`fn(conn, *args)` on this host's connection, not retried: a dead connection is
-        dropped and libvirt's error raised."""
-        return await self.run(self._on_connection, fn, args, False, timeout=timeout)
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        uri: str | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """As `read`, for changes: never retried (a dead connection is dropped and libvirt's
+        error raised)."""
+        where = uri or self.uri
+        return await self.run(self._on, where, fn, args, False, uri=where, timeout=timeout)
 
-    def _on_connection(self, fn: Callable[..., T], args: tuple[Any, ...], retry: bool) -> T:
+    def _on(self, uri: str, fn: Callable[..., T], args: tuple[Any, ...], retry: bool) -> T:
+        if uri != self.uri:
+            with self.peer(uri) as conn:
+                return fn(conn, *args)
         conn = self.connection()
         try:
             return fn(conn, *args)
@@ -206,8 +228,9 @@ class LibvirtAdapter:
         uri: str | None = None,
         timeout: float | None = None,
     ) -> T:
-        """`fn(*args)` in a worker thread, counted against the threads of `uri`'s libvirtd
-        (this host's if None). TimeoutError after `timeout` s; the thread is left to end."""
+        """`fn(*args)` in a worker thread (`fn` brings its own connection or handles), counted
+        against the threads of `uri`'s libvirtd (this host's if None). TimeoutError after
+        `timeout` s; the thread is left to end."""
         share = self._share(uri or self.uri)
         loop = asyncio.get_running_loop()
 

@@ -106,9 +106,7 @@ class Locator:
         if host in self._pending:
             return Presence(Where.UNKNOWN, f"{host}'s libvirt has not answered an earlier look")
         uri = self.uri(host)
-        future = asyncio.ensure_future(
-            self.libvirt.run(domain_presence, self.libvirt, uri, vm, uri=uri)
-        )
+        future = asyncio.ensure_future(self.libvirt.read(domain_presence, vm, uri=uri))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
@@ -129,23 +127,24 @@ class Locator:
     async def retire(self, vm: str, host: str, uuid: str, force: bool = False) -> str:
         """Remove the copy of `vm` (domain `uuid`; "" for any) on `host`, unless it runs there
         (`force`: even then): what was done, for the log."""
-        return await self._act(host, retire_copy, self.uri(host), vm, uuid, force)
+        return await self._act(host, retire_copy, vm, uuid, force)
 
     async def boot(self, vm: str, host: str) -> str:
         """Start `vm` afresh on `host` (whatever half-copy is active there is destroyed)."""
-        return await self._act(host, cold_boot, self.uri(host), vm)
+        return await self._act(host, cold_boot, vm)
 
-    async def run(self, host: str, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(self.libvirt, host's URI, *args)` in the worker threads, given up on
-        (TimeoutError) after the look timeout; libvirt errors are raised as they are."""
-        uri = self.uri(host)
-        return await self.libvirt.run(fn, self.libvirt, uri, *args, uri=uri, timeout=self._timeout)
+    async def read(self, host: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(conn, *args)` on `host`'s libvirt, given up on (TimeoutError) after the look
+        timeout; libvirt errors are raised as they are. For reads."""
+        return await self.libvirt.read(fn, *args, uri=self.uri(host), timeout=self._timeout)
+
+    async def call(self, host: str, fn: Callable[..., T], *args: Any) -> T:
+        """As `read`, for changes (not retried)."""
+        return await self.libvirt.call(fn, *args, uri=self.uri(host), timeout=self._timeout)
 
     async def _act(self, host: str, fn: Callable[..., str], *args: Any) -> str:
         try:
-            return await self.libvirt.run(
-                fn, self.libvirt, *args, uri=self.uri(host), timeout=self._timeout * 3
-            )
+            return await self.libvirt.call(fn, *args, uri=self.uri(host), timeout=self._timeout * 3)
         except TimeoutError:
             return f"failed: {host}'s libvirt did not answer"
         except libvirt.libvirtError as exc:
@@ -165,11 +164,10 @@ def find(conn: Any, vm: str) -> Any | None:
         raise
 
 
-def domain_presence(adapter: LibvirtAdapter, uri: str, vm: str) -> Presence:
-    """What the libvirtd at `uri` says about `vm` (blocking; libvirtError if unreachable)."""
-    with adapter.peer(uri) as conn:
-        dom = find(conn, vm)
-        return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
+def domain_presence(conn: Any, vm: str) -> Presence:
+    """What the libvirtd of `conn` says about `vm` (blocking)."""
+    dom = find(conn, vm)
+    return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
 
 
 def _presence(dom: Any) -> Presence:
@@ -196,40 +194,38 @@ def _presence(dom: Any) -> Presence:
     return Presence(where, name, uuid, persistent=persistent)
 
 
-def retire_copy(adapter: LibvirtAdapter, uri: str, vm: str, uuid: str, force: bool = False) -> str:
-    """Destroy and undefine `vm` at `uri` if it is domain `uuid` ("": any) and does not run
+def retire_copy(conn: Any, vm: str, uuid: str, force: bool = False) -> str:
+    """Destroy and undefine `vm` if it is domain `uuid` ("": any) and does not run
     (`force`: even if it runs) (blocking)."""
-    with adapter.peer(uri) as conn:
-        dom = find(conn, vm)
-        if dom is None:
-            return "already gone"
-        presence = _presence(dom)
-        if uuid and presence.uuid != uuid:
-            return f"left alone: another domain of that name (uuid {presence.uuid})"
-        if presence.where is Where.RUNNING and not force:
-            return "left alone: it runs there"
-        done = []
-        if dom.isActive():
-            dom.destroy()
-            done.append(f"destroyed ({presence.detail})")
-        if dom.isPersistent():
-            flags = (
-                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            )
-            dom.undefineFlags(flags)
-            done.append("undefined")
-        return " and ".join(done) or "nothing to do"
+    dom = find(conn, vm)
+    if dom is None:
+        return "already gone"
+    presence = _presence(dom)
+    if uuid and presence.uuid != uuid:
+        return f"left alone: another domain of that name (uuid {presence.uuid})"
+    if presence.where is Where.RUNNING and not force:
+        return "left alone: it runs there"
+    done = []
+    if dom.isActive():
+        dom.destroy()
+        done.append(f"destroyed ({presence.detail})")
+    if dom.isPersistent():
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        )
+        dom.undefineFlags(flags)
+        done.append("undefined")
+    return " and ".join(done) or "nothing to do"
 
 
-def cold_boot(adapter: LibvirtAdapter, uri: str, vm: str) -> str:
-    """Start `vm` at `uri` from its definition, destroying any active half-copy first."""
-    with adapter.peer(uri) as conn:
-        dom = conn.lookupByName(vm)
-        done = []
-        if dom.isActive():
-            dom.destroy()
-            done.append("destroyed what was left")
-        dom.create()
-        return " and ".join([*done, "started"])
+def cold_boot(conn: Any, vm: str) -> str:
+    """Start `vm` from its definition, destroying any active half-copy first (blocking)."""
+    dom = conn.lookupByName(vm)
+    done = []
+    if dom.isActive():
+        dom.destroy()
+        done.append("destroyed what was left")
+    dom.create()
+    return " and ".join([*done, "started"])

@@ -436,9 +436,9 @@ class Migrator:
         if ok:  # the source's domain is gone (UNDEFINE_SOURCE): the target's libvirt keeps
             # the job's statistics, the source's sent in the migration cookie
             uri = self.locator.uri(action.target, action.target_uri)
-            totals = await self.job_totals(final_totals, self.libvirt, uri, action.vm, uri=uri)
+            totals = await self.job_totals(final_totals, action.vm, uri=uri)
         elif poller is not None:  # the domain was there: its libvirt kept the job's end
-            totals = await self.job_totals(final_totals, self.libvirt, self.libvirt_uri, action.vm)
+            totals = await self.job_totals(final_totals, action.vm)
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock(), totals)
         )
@@ -452,11 +452,11 @@ class Migrator:
     async def job_totals(
         self, read: Callable[..., JobTotals | None], *args: Any, uri: str | None = None
     ) -> JobTotals | None:
-        """A finished job's statistics by `read` (a worker thread; `uri`: the libvirtd it
-        asks, this host's if None), or None if libvirt does not answer within
-        `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
+        """A finished job's statistics by `read(conn, *args)` (a worker thread; `uri`: the
+        libvirtd it asks, this host's if None), or None if libvirt cannot say or does not
+        answer within `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
         try:
-            return await self.libvirt.run(read, *args, uri=uri, timeout=TOTALS_TIMEOUT)
+            return await self.libvirt.read(read, *args, uri=uri, timeout=TOTALS_TIMEOUT)
         except libvirt.libvirtError as exc:
             log.debug("no final job statistics: %s", exc)
             return None
@@ -652,16 +652,11 @@ def _completed_totals(dom: Any) -> JobTotals | None:
         return None
 
 
-def final_totals(adapter: LibvirtAdapter, uri: str, vm: str) -> JobTotals | None:
-    """The finished job's totals as the libvirt at `uri` kept them (the target's after a
-    job that moved the VM, the source's after one that did not)."""
-    try:
-        with adapter.peer(uri) as conn:
-            dom = find(conn, vm)
-            return None if dom is None else _completed_totals(dom)
-    except libvirt.libvirtError as exc:
-        log.debug("no final job statistics from %s: %s", uri, exc)
-        return None
+def final_totals(conn: Any, vm: str) -> JobTotals | None:
+    """The finished job's totals as `conn`'s libvirt kept them (the target's after a job
+    that moved the VM, the source's after one that did not)."""
+    dom = find(conn, vm)
+    return None if dom is None else _completed_totals(dom)
 
 
 def _set_max_downtime(dom: Any, milliseconds: int) -> None:

@@ -245,10 +245,7 @@ async def test_a_hung_libvirtd_holds_only_its_share_of_the_threads(
     uri, held = silent_libvirtd
     bounded = LibvirtAdapter(TEST_URI, workers=3, per_uri=2)
     try:
-        looks = [
-            bounded.run(domain_presence, bounded, uri, "vm1", uri=uri, timeout=1.0)
-            for _ in range(5)
-        ]
+        looks = [bounded.read(domain_presence, "vm1", uri=uri, timeout=1.0) for _ in range(5)]
         answers = await asyncio.wait_for(asyncio.gather(*looks, return_exceptions=True), TIMEOUT)
         assert all(isinstance(answer, TimeoutError) for answer in answers)
         await wait_until(lambda: len(held) >= 2)
