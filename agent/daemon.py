@@ -148,7 +148,7 @@ class Agent:
             now=clock(),
         )
         # One connection to this host's libvirtd and one set of threads for every caller.
-        self.libvirt = LibvirtAdapter(config.libvirt_uri)
+        self.libvirt = LibvirtAdapter(config.libvirt_uri, events=True)
         self.migrator = Migrator(
             self.node_id,
             self.core,

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from .core.placement import LIBVIRT_DOWN_LABEL
 from .core.records import vm_load_limit
-from .libvirt_adapter import LibvirtAdapter
+from .libvirt_adapter import LibvirtAdapter, start_libvirt_event_loop
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +69,8 @@ VM_STATES: dict[int, str] = {
 }
 
 
-# --- libvirt's event loop (one per process) -----------------------------------------
-
-_event_loop_lock = threading.Lock()
-_event_loop_running = False
-
-
 def _nothing(conn: Any) -> None:
     """A call that only needs the connection open."""
-
-
-def start_libvirt_event_loop() -> None:
-    """Register libvirt's default event implementation and run it in a daemon thread.
-
-    Idempotent and process-wide. Must happen before a connection is opened
-    for that connection to deliver domain events and close notifications;
-    other adapters (the hypervisor) can call it too.
-    """
-    global _event_loop_running
-    with _event_loop_lock:
-        if _event_loop_running:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
-        thread.start()
-        _event_loop_running = True
-
-
-def _run_event_loop() -> None:
-    while True:
-        if libvirt.virEventRunDefaultImpl() < 0:
-            log.error("libvirt event loop iteration failed")
-            time.sleep(1.0)  # do not spin on a persistent failure
 
 
 # --- the host, through psutil ------------------------------------------------------------

@@ -25,7 +25,7 @@ to the hung one wait for a thread of its share without holding one. A call's
 `timeout` bounds how long its caller waits; the thread itself stays blocked
 until libvirt gives up on the connection (its keepalive closes a connection
 whose daemon stopped answering, once libvirt's event loop runs:
-`inventory.start_libvirt_event_loop`). Callers without a timeout wait as long
+`start_libvirt_event_loop`). Callers without a timeout wait as long
 as libvirt does, as they did when each ran its own threads.
 Work that is no libvirt call (psutil, files, qemu-img on its own) stays on
 asyncio's default threads, where a hung libvirtd cannot hold it up.
@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -73,6 +74,36 @@ CONNECTION_ERRORS = frozenset(
 )
 
 Opener = Callable[[str], Any]
+
+
+# --- libvirt's event loop (one per process) -----------------------------------------
+
+_event_loop_lock = threading.Lock()
+_event_loop_running = False
+
+
+def start_libvirt_event_loop() -> None:
+    """Register libvirt's default event implementation and run it in a daemon thread.
+
+    Idempotent and process-wide. Must happen before a connection is opened
+    for that connection to deliver domain events and close notifications, and
+    to keep itself alive (libvirt's keepalive runs on this loop).
+    """
+    global _event_loop_running
+    with _event_loop_lock:
+        if _event_loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
+        thread.start()
+        _event_loop_running = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            log.error("libvirt event loop iteration failed")
+            time.sleep(1.0)  # do not spin on a persistent failure
 
 
 class Unreachable(libvirt.libvirtError):  # type: ignore[misc]  # libvirt is untyped
@@ -119,10 +150,14 @@ class LibvirtAdapter:
         workers: int = WORKERS,
         per_uri: int = PER_URI,
         job_workers: int = JOB_WORKERS,
+        events: bool = False,
     ) -> None:
+        """`events`: run libvirt's event loop before the first connection is opened, so
+        that every connection delivers events and is kept alive (the agent's)."""
         self.uri = uri  # this host's libvirtd
         self.opener = opener  # opens a connection to a URI; tests open inside a lab host
-        self.opened = 0  # connections opened to this host's libvirtd, for status and tests
+        self.opened = 0  # connections opened so far to this host's libvirtd
+        self._events = events
         self._conn: Any = None  # libvirt.virConnect, opened on first use
         self._conn_lock = threading.Lock()  # one thread (re)opens the connection at a time
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="libvirt")
@@ -151,6 +186,9 @@ class LibvirtAdapter:
                     if self._conn.isAlive():
                         return self._conn
                 self._forget()
+                log.info("libvirt at %s: the connection died; opening a new one", self.uri)
+            if self._events:
+                start_libvirt_event_loop()
             conn = open_connection(self.opener, self.uri)
             self.opened += 1
             with contextlib.suppress(libvirt.libvirtError):  # the test driver has none
