@@ -47,6 +47,13 @@ class Mortal:
         self._conn = conn
         self.dead = False
         self.noticed = False  # a call failed since it died
+        self._events: list[int] = []  # its event subscriptions: they die with it
+
+    def die(self) -> None:
+        self.dead = True
+        for event_id in self._events:
+            self._conn.domainEventDeregisterAny(event_id)
+        self._events.clear()
 
     def isAlive(self) -> int:  # libvirt's name
         return 0 if self.noticed else 1
@@ -61,7 +68,10 @@ class Mortal:
             if self.dead:
                 self.noticed = True
                 raise broken_pipe()
-            return method(*args)
+            answer = method(*args)
+            if name == "domainEventRegisterAny":
+                self._events.append(answer)
+            return answer
 
         return call
 
@@ -82,7 +92,7 @@ class Opener:
     def kill_all(self) -> None:
         """libvirtd dies: every connection open to it is dead."""
         for conn in self.opened:
-            conn.dead = True
+            conn.die()
 
 
 @pytest.fixture
@@ -162,6 +172,27 @@ async def test_a_read_after_libvirtd_restarted_is_answered_on_a_new_connection(
     assert await asyncio.wait_for(adapter.read(_names), TIMEOUT) == ["test"]
     assert len(opener.opened) == 3
     await inventory.close()
+
+
+async def test_after_libvirtd_restarted_domain_events_arrive_on_the_new_connection(
+    opener: Opener, adapter: LibvirtAdapter, tmp_path: Path
+) -> None:
+    inventory = Inventory("h1", libvirt_uri=TEST_URI, data_dir=tmp_path, libvirt_adapter=adapter)
+    operator = libvirt.open(TEST_URI)  # as `virsh` would change the domain
+    try:
+        await asyncio.wait_for(inventory.start(), TIMEOUT)
+        opener.kill_all()
+        await asyncio.wait_for(inventory.record(), TIMEOUT)
+        assert len(opener.opened) == 2
+        await inventory.wait_changed(timeout=0.01)  # forget what happened so far
+        await asyncio.to_thread(operator.lookupByName("test").suspend)
+        assert await inventory.wait_changed(timeout=TIMEOUT) is True
+        record = await asyncio.wait_for(inventory.record(), TIMEOUT)
+        assert [(vm.name, vm.state) for vm in record.vms] == [("test", "paused")]
+    finally:
+        await asyncio.to_thread(operator.lookupByName("test").resume)
+        operator.close()
+        await inventory.close()
 
 
 async def test_a_change_on_a_dead_connection_is_not_retried_and_the_next_call_reconnects(
