@@ -23,9 +23,10 @@ once: a hung libvirtd (frozen, or accepting and never answering) holds that
 many threads and no more, so calls to the other libvirtds go on; further calls
 to the hung one wait for a thread of its share without holding one. A call's
 `timeout` bounds how long its caller waits; the thread itself stays blocked
-until libvirt gives up on the connection (its keepalive closes a connection
-whose daemon stopped answering, once libvirt's event loop runs:
-`start_libvirt_event_loop`). Callers without a timeout wait as long
+until libvirt gives up: its keepalive (5 s x 5 by default) closes an open
+connection whose daemon stopped answering, once libvirt's event loop runs
+(`start_libvirt_event_loop`); an open to a daemon that accepts and never
+answers waits until the socket closes. Callers without a timeout wait as long
 as libvirt does, as they did when each ran its own threads.
 Work that is no libvirt call (psutil, files, qemu-img on its own) stays on
 asyncio's default threads, where a hung libvirtd cannot hold it up.
