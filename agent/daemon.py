@@ -68,6 +68,7 @@ from .introduction import (
 from .inventory import Inventory
 from .journal import MigrationJournal
 from .keyring import AgentKeyring
+from .libvirt_adapter import LibvirtAdapter
 from .migrator import Migrator
 from .otlp import OtlpExporter
 from .peer_certificates import load_peer_certificates, save_peer_certificates
@@ -151,11 +152,14 @@ class Agent:
             keyring=self.keyring,
             now=clock(),
         )
+        # One connection to this host's libvirtd and one set of threads for every caller.
+        self.libvirt = LibvirtAdapter(config.libvirt_uri, events=True)
         self.migrator = Migrator(
             self.node_id,
             self.core,
             host=advertise_address(config),
             libvirt_uri=config.libvirt_uri,
+            libvirt_adapter=self.libvirt,
             send=self._send,
             clock=clock,
             on_change=self._wake_timers,
@@ -177,6 +181,7 @@ class Agent:
             retry_interval=config.inventory_interval,
             reserved_memory_mib=config.reserved_memory_mib,
             may_measure=lambda vm: not self.migrator.core.busy(vm),
+            libvirt_adapter=self.libvirt,
         )
         self.drain = Drain(
             self.migrator,
@@ -200,6 +205,7 @@ class Agent:
             domain_type=config.domain_type,  # type: ignore[arg-type]  # checked by config
             disk_dir=Path(config.disk_dir),
             probe=_probe_guest(config),
+            libvirt_adapter=self.libvirt,
         )
         self.recoveries = Recoveries(self.node_id, lambda: self.core, self.migrator)
         self.claims = ClaimCheck(
@@ -378,6 +384,7 @@ class Agent:
         await self.migrator.close()
         await self.hypervisor.close()
         await self.inventory.close()
+        await self.libvirt.close()
         await self.api.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()

@@ -27,7 +27,7 @@ from typing import Any
 import libvirt
 
 from .core.migration import ClusterView
-from .locator import Locator, connected, find
+from .locator import Locator, find
 
 log = logging.getLogger("novacron.history")
 
@@ -90,11 +90,10 @@ def from_xml(text: str) -> list[HistoryEntry]:
 # --- blocking helpers (worker threads) ----------------------------------------------------
 
 
-def read_history(opener: Callable[[str], Any], uri: str, vm: str) -> list[HistoryEntry]:
-    """The history `vm` carries on the libvirtd at `uri` ([] if none or no such VM)."""
-    with connected(opener, uri) as conn:
-        dom = find(conn, vm)
-        return _carried(dom) if dom is not None else []
+def read_history(conn: Any, vm: str) -> list[HistoryEntry]:
+    """The history `vm` carries on the libvirtd of `conn` ([] if none or no such VM)."""
+    dom = find(conn, vm)
+    return _carried(dom) if dom is not None else []
 
 
 def _carried(dom: Any) -> list[HistoryEntry]:
@@ -104,15 +103,14 @@ def _carried(dom: Any) -> list[HistoryEntry]:
         return []
 
 
-def add_history(opener: Callable[[str], Any], uri: str, vm: str, entry: HistoryEntry) -> None:
-    """Append `entry` to the history `vm` carries at `uri` (its live and persistent XML)."""
-    with connected(opener, uri) as conn:
-        dom = conn.lookupByName(vm)
-        entries = [e for e in _carried(dom) if e.migration_id != entry.migration_id] + [entry]
-        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
-        if dom.isPersistent():
-            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
+def add_history(conn: Any, vm: str, entry: HistoryEntry) -> None:
+    """Append `entry` to the history `vm` carries (its live and persistent XML)."""
+    dom = conn.lookupByName(vm)
+    entries = [e for e in _carried(dom) if e.migration_id != entry.migration_id] + [entry]
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+    if dom.isPersistent():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
 
 
 class VmHistory:
@@ -124,20 +122,16 @@ class VmHistory:
         view: ClusterView,
         locator: Locator,
         local: Callable[[], list[dict[str, Any]]],
-        opener: Callable[[str], Any],
     ) -> None:
         self.node_id = node_id
         self._view = view  # records: which hosts list the VM
         self._locator = locator  # where each host's libvirt is, and its worker threads
         self._local = local  # this agent's migration rows (the API's `migrations`)
-        self._opener = opener
 
     async def record(self, entry: HistoryEntry, vm: str, host: str) -> None:
         """Add `entry` to what `vm` carries on `host` (a failure is logged, not raised)."""
         try:
-            await self._locator.run(
-                host, add_history, self._opener, self._locator.uri(host), vm, entry
-            )
+            await self._locator.call(host, add_history, vm, entry)
         except (libvirt.libvirtError, TimeoutError) as exc:
             fields = {"vm": vm, "host": host, "id": entry.migration_id, "why": str(exc)}
             log.warning("cannot add a migration to the VM's history", extra={"fields": fields})
@@ -147,9 +141,8 @@ class VmHistory:
         rows = {m["migration_id"]: m for m in self._local() if m["vm"] == vm}
         hosts = [h for h, r in self._view.records().items() if any(v.name == vm for v in r.vms)]
         for host in sorted(hosts):
-            uri = self._locator.uri(host)
             try:
-                carried = await self._locator.run(host, read_history, self._opener, uri, vm)
+                carried = await self._locator.read(host, read_history, vm)
             except (libvirt.libvirtError, TimeoutError):
                 continue
             for entry in carried:

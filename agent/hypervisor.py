@@ -1,8 +1,10 @@
 """The hypervisor adapter: VMs on this host's libvirtd, through libvirt-python.
 
 Every libvirt call blocks (an RPC to libvirtd, which may wait on QEMU), so each
-public method is a coroutine that runs its libvirt work in a worker thread
-(`asyncio.to_thread`); the agent's event loop keeps gossiping meanwhile. Waits
+public method is a coroutine that runs its libvirt work in a worker thread of
+the host's `LibvirtAdapter`, on its one connection; the agent's event loop
+keeps gossiping meanwhile. Reads (list, stats, capabilities) are retried once
+on a new connection when libvirtd restarted under them; changes are not. Waits
 (for a guest to shut down, for a probe guest to boot) sleep on the event loop
 between short threaded calls, never inside one long blocking call.
 
@@ -47,6 +49,7 @@ from novacron.agent.domain_type import (
     kvm_device_problem,
 )
 from novacron.agent.inventory import VM_STATES
+from novacron.agent.libvirt_adapter import CONNECTION_ERRORS, LibvirtAdapter, Opener, Unreachable
 from novacron.agent.vmspec import (
     NAMESPACE,
     BadSpec,
@@ -84,11 +87,6 @@ DEFAULT_URI = "qemu:///system"
 DEFAULT_DISK_DIR = Path("/var/lib/novacron/disks")
 DEFAULT_CONSOLE_DIR = Path("/var/log/libvirt/qemu")
 POLL = 0.1  # seconds between state checks while waiting on a guest
-
-# libvirt error codes that mean "the daemon is gone", not "the request was wrong".
-_CONNECTION_ERRORS = frozenset(
-    {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT}
-)
 
 
 class VmExists(HypervisorError):
@@ -216,73 +214,69 @@ class Hypervisor:
         console_dir: Path = DEFAULT_CONSOLE_DIR,
         probe: ProbeGuest | None = None,
         probe_timeout: float = 15.0,
-        opener: Callable[[str], Any] = libvirt.open,
+        opener: Opener = libvirt.open,
+        libvirt_adapter: LibvirtAdapter | None = None,
     ) -> None:
+        """`libvirt_adapter`: the host's connection and threads (one of its own at `uri`,
+        opened by `opener`, if not given)."""
         if domain_type not in ("kvm", "qemu", "auto"):
             raise ValueError(f"domain_type must be kvm, qemu or auto, not {domain_type!r}")
-        self.uri = uri  # the libvirtd this adapter manages
+        self._owns_libvirt = libvirt_adapter is None  # closed with the hypervisor if so
+        self.libvirt = libvirt_adapter or LibvirtAdapter(uri, opener=opener)
+        self.uri = self.libvirt.uri  # the libvirtd this adapter manages
         self.domain_type: DomainType = domain_type  # as configured
         self.disk_dir = disk_dir  # where VM disk overlays are created (on the libvirt host)
         self.console_dir = console_dir  # where each VM's console log goes (on its host)
         self.probe = probe  # if given, `auto` keeps KVM only if this guest boots under it
         self.probe_timeout = probe_timeout  # seconds a KVM probe may take to show a heartbeat
-        self.opener = opener  # opens a connection to a URI; tests open inside a lab host
-        self._conn: Any = None  # libvirt.virConnect, opened on first use
-        self._conn_lock = threading.Lock()  # one thread (re)opens the connection at a time
         self._probe_lock = asyncio.Lock()  # concurrent creates under `auto` probe once
         self.verdict: DomainTypeVerdict | None = None  # the domain type in use, once decided
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _connection(self) -> Any:
-        """The open connection, (re)opened if needed (blocking: call in a thread)."""
-        with self._conn_lock:
-            if self._conn is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    if self._conn.isAlive():
-                        return self._conn
-                self._drop()
-            try:
-                self._conn = self.opener(self.uri)
-            except libvirt.libvirtError as exc:
-                raise LibvirtUnreachable(f"cannot reach libvirt at {self.uri}: {exc}") from None
-            return self._conn
-
-    def _drop(self) -> None:
-        """Forget the connection (it is dead or being closed)."""
-        if self._conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._conn.close()
-        self._conn = None
-
     async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` in a worker thread, translating libvirt errors.
+        """`fn(conn, *args)` on the host's connection, in a worker thread, translating
+        libvirt's errors. Not retried: for changes.
 
-        `what` names the operation for messages ("start vm1"). A lost
-        connection becomes LibvirtUnreachable and is dropped, so the next
-        call reconnects.
+        `what` names the operation for messages ("start vm1"). A lost connection
+        becomes LibvirtUnreachable; the next call opens a new one.
         """
+        with self._translated(what):
+            return await self.libvirt.call(fn, *args)
+
+    async def _read(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """As `_call`, for reads: retried once on a new connection if libvirtd restarted."""
+        with self._translated(what):
+            return await self.libvirt.read(fn, *args)
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (on handles it was given) in a worker thread, as `_call` translates."""
+        with self._translated(what):
+            return await self.libvirt.run(fn, *args)
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
         try:
-            return await asyncio.to_thread(fn, *args)
+            yield
+        except Unreachable as exc:
+            raise LibvirtUnreachable(f"cannot reach libvirt at {self.uri}: {exc}") from None
         except libvirt.libvirtError as exc:
-            if _code(exc) in _CONNECTION_ERRORS:
-                with self._conn_lock:
-                    self._drop()
+            if _code(exc) in CONNECTION_ERRORS:
                 raise LibvirtUnreachable(f"{what}: lost libvirt at {self.uri}: {exc}") from None
             raise HypervisorError(f"{what}: {exc}") from None
 
-    def _domain(self, name: str) -> Any:
+    def _domain(self, conn: Any, name: str) -> Any:
         """The domain called `name` (blocking); UnknownVm if there is none."""
         try:
-            return self._connection().lookupByName(name)
+            return conn.lookupByName(name)
         except libvirt.libvirtError as exc:
             if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
                 raise UnknownVm(f"no VM named {name!r} on {self.uri}") from None
             raise
 
-    def _exists(self, name: str) -> bool:
+    def _exists(self, conn: Any, name: str) -> bool:
         try:
-            self._domain(name)
+            self._domain(conn, name)
         except UnknownVm:
             return False
         return True
@@ -296,13 +290,9 @@ class Hypervisor:
         return self.disk_dir / f"{name}-{disk_target(index)}.qcow2"
 
     async def close(self) -> None:
-        """Close the libvirt connection (reopened if the adapter is used again)."""
-
-        def close() -> None:
-            with self._conn_lock:
-                self._drop()
-
-        await asyncio.to_thread(close)
+        """Close the libvirt connection and threads if they are this adapter's own."""
+        if self._owns_libvirt:
+            await self.libvirt.close()
 
     # -- domain type ----------------------------------------------------------------
 
@@ -326,17 +316,13 @@ class Hypervisor:
 
     async def _decide_auto(self) -> DomainTypeVerdict:
         """KVM if libvirt offers it, /dev/kvm answers and the probe (if any) boots."""
-        capabilities = await self._call("read libvirt's capabilities", self._capabilities)
+        capabilities = await self._read("read libvirt's capabilities", _capabilities)
         device = await asyncio.to_thread(kvm_device_problem)
         verdict = choose("auto", capabilities_xml=capabilities, device_problem=device)
         if verdict.domain_type != "kvm" or self.probe is None:
             return verdict
         outcome = ProbeOutcome(await self._boot_probe(self.probe), self.probe_timeout)
         return choose("auto", capabilities_xml=capabilities, device_problem=device, probe=outcome)
-
-    def _capabilities(self) -> str:
-        """libvirt's capabilities XML: the guests and domain types it offers (blocking)."""
-        return str(self._connection().getCapabilities())
 
     async def _boot_probe(self, probe: ProbeGuest) -> float | None:
         """Boot `probe` as a transient KVM domain; seconds to its marker, or None."""
@@ -354,17 +340,16 @@ class Hypervisor:
         try:
             seen = b""
             while time.monotonic() - started < self.probe_timeout:
-                seen = (seen + await self._call("read KVM probe", _read_stream, stream))[-4096:]
+                seen = (seen + await self._run("read KVM probe", _read_stream, stream))[-4096:]
                 if probe.marker in seen:
                     return time.monotonic() - started
                 await asyncio.sleep(POLL)
             return None
         finally:
-            await self._call("stop KVM probe", _end_probe, dom, stream)
+            await self._run("stop KVM probe", _end_probe, dom, stream)
 
-    def _start_probe(self, xml: str) -> tuple[Any, Any]:
+    def _start_probe(self, conn: Any, xml: str) -> tuple[Any, Any]:
         """Create the transient probe domain and open its console (blocking)."""
-        conn = self._connection()
         dom = conn.createXML(xml, 0)
         stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         try:
@@ -386,10 +371,9 @@ class Hypervisor:
         verdict = await self.resolve_domain_type()
         return await self._call(f"create {spec.name}", self._define, spec, verdict.domain_type)
 
-    def _define(self, spec: VmSpec, domain_type: str) -> VmInfo:
+    def _define(self, conn: Any, spec: VmSpec, domain_type: str) -> VmInfo:
         """Overlays, then defineXML; overlays are removed again if defining fails."""
-        conn = self._connection()
-        if self._exists(spec.name):
+        if self._exists(conn, spec.name):
             raise VmExists(f"a VM named {spec.name!r} already exists on {self.uri}")
         overlays = [self.overlay_path(spec.name, i) for i in range(len(spec.disks))]
         created: list[Path] = []
@@ -415,8 +399,8 @@ class Hypervisor:
         """Start VM `name`; False if it was already running."""
         return await self._call(f"start {name}", self._start, name)
 
-    def _start(self, name: str) -> bool:
-        dom = self._domain(name)
+    def _start(self, conn: Any, name: str) -> bool:
+        dom = self._domain(conn, name)
         if dom.isActive():
             return False
         dom.create()
@@ -432,15 +416,15 @@ class Hypervisor:
             return "not running"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not await self._call(f"stop {name}", self._is_active, name):
+            if not await self._read(f"stop {name}", self._is_active, name):
                 return "graceful"
             await asyncio.sleep(POLL)
         stopped = await self._call(f"stop {name}", self._destroy, name)
         return "forced" if stopped else "graceful"
 
-    def _shutdown(self, name: str) -> bool:
+    def _shutdown(self, conn: Any, name: str) -> bool:
         """Ask the guest to power off; False if it was not running."""
-        dom = self._domain(name)
+        dom = self._domain(conn, name)
         if not dom.isActive():
             return False
         try:
@@ -450,16 +434,16 @@ class Hypervisor:
                 raise
         return True
 
-    def _is_active(self, name: str) -> bool:
+    def _is_active(self, conn: Any, name: str) -> bool:
         try:
-            return bool(self._domain(name).isActive())
+            return bool(self._domain(conn, name).isActive())
         except UnknownVm:
             return False  # a transient VM vanishes when it stops
 
-    def _destroy(self, name: str) -> bool:
+    def _destroy(self, conn: Any, name: str) -> bool:
         """Pull the plug; False if it had stopped in the meantime."""
         try:
-            self._domain(name).destroy()
+            self._domain(conn, name).destroy()
         except UnknownVm:
             return False
         except libvirt.libvirtError as exc:
@@ -477,11 +461,11 @@ class Hypervisor:
         meta = await self._call(f"delete {name}", self._undefine, name)
         return await asyncio.to_thread(_remove_files, meta.disks)
 
-    def _undefine(self, name: str) -> VmMetadata:
-        dom = self._domain(name)
+    def _undefine(self, conn: Any, name: str) -> VmMetadata:
+        dom = self._domain(conn, name)
         meta = parse_metadata(dom.XMLDesc(0))
         if dom.isActive():
-            self._destroy(name)
+            self._destroy(conn, name)
         if dom.isPersistent():
             flags = (
                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -489,18 +473,18 @@ class Hypervisor:
                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
             )
             with contextlib.suppress(UnknownVm):
-                _undefine_domain(self._domain(name), flags)
+                _undefine_domain(self._domain(conn, name), flags)
         return meta
 
     # -- reading --------------------------------------------------------------------
 
     async def list(self) -> list[VmInfo]:
         """Every VM on this host (NovaCron's or not), sorted by name."""
-        return await self._call("list VMs", self._list)
+        return await self._read("list VMs", self._list)
 
-    def _list(self) -> builtins.list[VmInfo]:
+    def _list(self, conn: Any) -> builtins.list[VmInfo]:
         infos = []
-        for dom in self._connection().listAllDomains(0):
+        for dom in conn.listAllDomains(0):
             with _skip_vanished():
                 state = VM_STATES.get(int(dom.state()[0]), "unknown")
                 infos.append(VmInfo(dom.name(), dom.UUIDString(), state, _labels(dom)))
@@ -508,10 +492,10 @@ class Hypervisor:
 
     async def stats(self, name: str) -> VmStats:
         """State, CPU time, memory, and job statistics of VM `name`."""
-        return await self._call(f"stats {name}", self._stats, name)
+        return await self._read(f"stats {name}", self._stats, name)
 
-    def _stats(self, name: str) -> VmStats:
-        dom = self._domain(name)
+    def _stats(self, conn: Any, name: str) -> VmStats:
+        dom = self._domain(conn, name)
         state, max_kib, kib, vcpus, cpu_ns = dom.info()
         active = bool(dom.isActive())
         return VmStats(
@@ -532,6 +516,11 @@ class Hypervisor:
 
 
 # --- helpers (blocking; called in worker threads) --------------------------------------
+
+
+def _capabilities(conn: Any) -> str:
+    """libvirt's capabilities XML: the guests and domain types it offers."""
+    return str(conn.getCapabilities())
 
 
 def _check_files(spec: VmSpec) -> None:

@@ -8,8 +8,9 @@ The hypervisor is the source of truth for what runs here, so VM changes
 should reach the record quickly: libvirt's domain lifecycle events (through
 its default event loop, run in one background thread for the process) wake
 `wait_changed`, and polling every `poll_interval` seconds catches anything
-events miss. libvirt calls block, so every one runs in a worker thread
-(`asyncio.to_thread`), never on the event loop.
+events miss. libvirt calls block, so every one runs in a worker thread of the
+host's `LibvirtAdapter`, on its one connection, never on the event loop; the
+inventory subscribes to domain events on each connection the adapter opens.
 
 An unreachable libvirt is an operational state, not a crash, and it does not
 mean "this host runs nothing": the record keeps the last VMs libvirt listed,
@@ -29,7 +30,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ import psutil
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from .core.records import vm_load_limit
+from .libvirt_adapter import LibvirtAdapter, start_libvirt_event_loop
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +68,8 @@ VM_STATES: dict[int, str] = {
 }
 
 
-# --- libvirt's event loop (one per process) -----------------------------------------
-
-_event_loop_lock = threading.Lock()
-_event_loop_running = False
-
-
-def start_libvirt_event_loop() -> None:
-    """Register libvirt's default event implementation and run it in a daemon thread.
-
-    Idempotent and process-wide. Must happen before a connection is opened
-    for that connection to deliver domain events and close notifications;
-    other adapters (the hypervisor) can call it too.
-    """
-    global _event_loop_running
-    with _event_loop_lock:
-        if _event_loop_running:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
-        thread.start()
-        _event_loop_running = True
-
-
-def _run_event_loop() -> None:
-    while True:
-        if libvirt.virEventRunDefaultImpl() < 0:
-            log.error("libvirt event loop iteration failed")
-            time.sleep(1.0)  # do not spin on a persistent failure
+def _nothing(conn: Any) -> None:
+    """A call that only needs the connection open."""
 
 
 # --- the host, through psutil ------------------------------------------------------------
@@ -389,9 +364,11 @@ class Inventory:
         wall: Callable[[], float] = time.time,
         may_measure: Callable[[str], bool] = lambda vm: True,
         reserved_memory_mib: int = 0,
+        libvirt_adapter: LibvirtAdapter | None = None,
     ) -> None:
         """`may_measure(vm)`: whether that VM's dirty rate may be measured now (the agent
-        says no while it moves the VM, from its decision on)."""
+        says no while it moves the VM, from its decision on); `libvirt_adapter`: the host's
+        libvirt connection and threads (one of its own at `libvirt_uri` if not given)."""
         self.node_id = node_id
         self.libvirt_uri = libvirt_uri  # where the VMs are managed; also gossiped
         self.warning: str | None = None  # why libvirt is unusable right now, if it is
@@ -412,15 +389,20 @@ class Inventory:
         self._cpu = CpuMeter()
         self._history = _CpuHistory(cores=float(psutil.cpu_count() or 1))
         self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
-        self._conn: Any = None  # libvirt.virConnect while connected
-        self._event_id: int | None = None  # lifecycle callback registration
+        self._owns_libvirt = libvirt_adapter is None  # closed with the inventory if so
+        self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri)
+        self._reachable = False  # whether the last call to libvirt worked
+        self._events: tuple[Any, int] | None = None  # (connection, lifecycle callback id)
+        if use_events:
+            self.libvirt.on_open(self._subscribe)
+            self.libvirt.on_close(self._on_close)
         self._last_attempt: float | None = None  # when we last tried to connect
         self._changed = asyncio.Event()  # set by libvirt callbacks (via the loop)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None
+        return self._reachable
 
     async def start(self) -> None:
         """Connect to libvirt and subscribe to domain events; an unreachable libvirt is fine."""
@@ -430,10 +412,11 @@ class Inventory:
         await self._connect()
 
     async def close(self) -> None:
-        """Unsubscribe and close the libvirt connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.to_thread(self._disconnect, conn)
+        """Unsubscribe from libvirt's events (and close the connection if it is ours)."""
+        self._reachable = False
+        await self.libvirt.run(self._unsubscribe)
+        if self._owns_libvirt:
+            await self.libvirt.close()
 
     # --- the record ------------------------------------------------------------------
 
@@ -444,15 +427,15 @@ class Inventory:
     async def vms(self) -> tuple[VmSummary, ...]:
         """The VMs libvirt knows here; while it is unreachable, the last ones it listed, in
         state "unknown" (they have not stopped running because libvirtd did)."""
-        if self._conn is None and self._retry_due():
+        if not self._reachable and self._retry_due():
             await self._connect()
-        conn = self._conn
-        if conn is None:
+        if not self._reachable:
             return self._unknown()
         try:
-            samples = await asyncio.to_thread(read_domains, conn, self._measure_due, self._clock)
+            samples = await self.libvirt.read(read_domains, self._measure_due, self._clock)
         except libvirt.libvirtError as exc:
-            await self._lost(conn, f"listing domains failed: {exc}")
+            self._reachable = False
+            self._unreachable(f"listing domains failed: {exc}")
             return self._unknown()
         self.unreachable_since = None
         self._known = self._summaries(samples)
@@ -554,42 +537,32 @@ class Inventory:
     async def _connect(self) -> None:
         self._last_attempt = self._clock()
         try:
-            self._conn = await asyncio.to_thread(self._open)
+            await self.libvirt.read(_nothing)  # opens the connection if there is none
         except libvirt.libvirtError as exc:
             self._unreachable(f"cannot connect: {exc}")
             return
+        self._reachable = True
         if self.warning is not None:
             log.info("libvirt at %s is reachable again", self.libvirt_uri)
         self.warning = None
 
-    def _open(self) -> Any:
-        """Open the connection and subscribe to events (blocking; in a worker thread)."""
-        conn = libvirt.open(self.libvirt_uri)
-        if self._use_events:
-            try:
-                self._event_id = conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_domain_event, None
-                )
-                conn.registerCloseCallback(self._on_close, None)
-            except libvirt.libvirtError as exc:
-                log.info("libvirt at %s gives no events (%s); polling", self.libvirt_uri, exc)
-        return conn
+    def _subscribe(self, conn: Any) -> None:
+        """Subscribe to domain events on a new connection (blocking; in a worker thread)."""
+        try:
+            event_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_domain_event, None
+            )
+        except libvirt.libvirtError as exc:
+            log.info("libvirt at %s gives no events (%s); polling", self.libvirt_uri, exc)
+            return
+        self._events = (conn, event_id)
 
-    def _disconnect(self, conn: Any) -> None:
-        """Unsubscribe and close (blocking). A dead connection may refuse both: ignore."""
-        event_id, self._event_id = self._event_id, None
-        with contextlib.suppress(libvirt.libvirtError):
-            if event_id is not None:
-                conn.domainEventDeregisterAny(event_id)
-            conn.unregisterCloseCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-    async def _lost(self, conn: Any, why: str) -> None:
-        if self._conn is conn:
-            self._conn = None
-            await asyncio.to_thread(self._disconnect, conn)
-        self._unreachable(why)
+    def _unsubscribe(self) -> None:
+        """Unsubscribe (blocking). A dead connection may refuse: ignore."""
+        events, self._events = self._events, None
+        if events is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                events[0].domainEventDeregisterAny(events[1])
 
     def _unreachable(self, why: str) -> None:
         if self.unreachable_since is None:
@@ -609,7 +582,7 @@ class Inventory:
     def _on_domain_event(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
         self._wake()
 
-    def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
+    def _on_close(self) -> None:
         """libvirt closed the connection (daemon restarted): reconnect on the next read."""
         self._last_attempt = None
         self._wake()

@@ -8,18 +8,18 @@ told, removes a stale copy (`retire`).
 
 libvirt calls block and a libvirtd can wedge (it held a domain's state lock
 for minutes in the lab after being killed mid-post-copy): each look runs in
-the caller's worker threads, counts as "unknown" after `LOOK_TIMEOUT`
-seconds, and a host whose previous look is still blocked is not asked again
-until it returns, so blocked calls never pile up in the threads.
+the host's `LibvirtAdapter` threads (this host's libvirtd on its shared
+connection, a peer's on a connection opened for the look), counts as
+"unknown" after `LOOK_TIMEOUT` seconds, and a host whose previous look is
+still blocked is not asked again until it returns, so blocked calls never
+pile up in the threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -28,6 +28,7 @@ import libvirt
 from .core.location import Presence, Where
 from .core.migration import ClusterView
 from .inventory import in_job
+from .libvirt_adapter import LibvirtAdapter
 
 log = logging.getLogger("novacron.locator")
 
@@ -72,16 +73,13 @@ class Locator:
         node_id: str,
         view: ClusterView,
         *,
-        libvirt_uri: str,
-        opener: Callable[[str], Any],
-        executor: Executor | None = None,
+        libvirt: LibvirtAdapter,
         timeout: float = LOOK_TIMEOUT,
     ) -> None:
         self.node_id = node_id
-        self.libvirt_uri = libvirt_uri  # this host's libvirtd
+        self.libvirt = libvirt  # this host's libvirt connection and threads
+        self.libvirt_uri = libvirt.uri  # this host's libvirtd
         self._view = view  # records and members: where peers' libvirtd are
-        self._opener = opener  # opens a libvirt connection
-        self._executor = executor  # worker threads for blocking calls (None: asyncio's)
         self._timeout = timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}  # host -> a look still blocked
 
@@ -107,10 +105,8 @@ class Locator:
     async def _look_one(self, vm: str, host: str) -> Presence:
         if host in self._pending:
             return Presence(Where.UNKNOWN, f"{host}'s libvirt has not answered an earlier look")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, domain_presence, self._opener, self.uri(host), vm
-        )
+        uri = self.uri(host)
+        future = asyncio.ensure_future(self.libvirt.read(domain_presence, vm, uri=uri))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
@@ -131,24 +127,24 @@ class Locator:
     async def retire(self, vm: str, host: str, uuid: str, force: bool = False) -> str:
         """Remove the copy of `vm` (domain `uuid`; "" for any) on `host`, unless it runs there
         (`force`: even then): what was done, for the log."""
-        return await self._act(host, retire_copy, self.uri(host), vm, uuid, force)
+        return await self._act(host, retire_copy, vm, uuid, force)
 
     async def boot(self, vm: str, host: str) -> str:
         """Start `vm` afresh on `host` (whatever half-copy is active there is destroyed)."""
-        return await self._act(host, cold_boot, self.uri(host), vm)
+        return await self._act(host, cold_boot, vm)
 
-    async def run(self, host: str, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in the worker threads, given up on (TimeoutError) after the look
-        timeout; libvirt errors are raised as they are."""
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._executor, fn, *args)
-        return await asyncio.wait_for(call, self._timeout)
+    async def read(self, host: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(conn, *args)` on `host`'s libvirt, given up on (TimeoutError) after the look
+        timeout; libvirt errors are raised as they are. For reads."""
+        return await self.libvirt.read(fn, *args, uri=self.uri(host), timeout=self._timeout)
+
+    async def call(self, host: str, fn: Callable[..., T], *args: Any) -> T:
+        """As `read`, for changes (not retried)."""
+        return await self.libvirt.call(fn, *args, uri=self.uri(host), timeout=self._timeout)
 
     async def _act(self, host: str, fn: Callable[..., str], *args: Any) -> str:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._executor, fn, self._opener, *args)
         try:
-            return await asyncio.wait_for(call, self._timeout * 3)
+            return await self.libvirt.call(fn, *args, uri=self.uri(host), timeout=self._timeout * 3)
         except TimeoutError:
             return f"failed: {host}'s libvirt did not answer"
         except libvirt.libvirtError as exc:
@@ -156,17 +152,6 @@ class Locator:
 
 
 # --- blocking helpers (worker threads) ----------------------------------------------------
-
-
-@contextlib.contextmanager
-def connected(opener: Callable[[str], Any], uri: str) -> Iterator[Any]:
-    """A connection to the libvirtd at `uri`, closed afterwards (blocking)."""
-    conn = opener(uri)
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 def find(conn: Any, vm: str) -> Any | None:
@@ -179,11 +164,10 @@ def find(conn: Any, vm: str) -> Any | None:
         raise
 
 
-def domain_presence(opener: Callable[[str], Any], uri: str, vm: str) -> Presence:
-    """What the libvirtd at `uri` says about `vm` (blocking; libvirtError if unreachable)."""
-    with connected(opener, uri) as conn:
-        dom = find(conn, vm)
-        return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
+def domain_presence(conn: Any, vm: str) -> Presence:
+    """What the libvirtd of `conn` says about `vm` (blocking)."""
+    dom = find(conn, vm)
+    return _presence(dom) if dom is not None else Presence(Where.ABSENT, "not defined")
 
 
 def _presence(dom: Any) -> Presence:
@@ -210,42 +194,38 @@ def _presence(dom: Any) -> Presence:
     return Presence(where, name, uuid, persistent=persistent)
 
 
-def retire_copy(
-    opener: Callable[[str], Any], uri: str, vm: str, uuid: str, force: bool = False
-) -> str:
-    """Destroy and undefine `vm` at `uri` if it is domain `uuid` ("": any) and does not run
+def retire_copy(conn: Any, vm: str, uuid: str, force: bool = False) -> str:
+    """Destroy and undefine `vm` if it is domain `uuid` ("": any) and does not run
     (`force`: even if it runs) (blocking)."""
-    with connected(opener, uri) as conn:
-        dom = find(conn, vm)
-        if dom is None:
-            return "already gone"
-        presence = _presence(dom)
-        if uuid and presence.uuid != uuid:
-            return f"left alone: another domain of that name (uuid {presence.uuid})"
-        if presence.where is Where.RUNNING and not force:
-            return "left alone: it runs there"
-        done = []
-        if dom.isActive():
-            dom.destroy()
-            done.append(f"destroyed ({presence.detail})")
-        if dom.isPersistent():
-            flags = (
-                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            )
-            dom.undefineFlags(flags)
-            done.append("undefined")
-        return " and ".join(done) or "nothing to do"
+    dom = find(conn, vm)
+    if dom is None:
+        return "already gone"
+    presence = _presence(dom)
+    if uuid and presence.uuid != uuid:
+        return f"left alone: another domain of that name (uuid {presence.uuid})"
+    if presence.where is Where.RUNNING and not force:
+        return "left alone: it runs there"
+    done = []
+    if dom.isActive():
+        dom.destroy()
+        done.append(f"destroyed ({presence.detail})")
+    if dom.isPersistent():
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        )
+        dom.undefineFlags(flags)
+        done.append("undefined")
+    return " and ".join(done) or "nothing to do"
 
 
-def cold_boot(opener: Callable[[str], Any], uri: str, vm: str) -> str:
-    """Start `vm` at `uri` from its definition, destroying any active half-copy first."""
-    with connected(opener, uri) as conn:
-        dom = conn.lookupByName(vm)
-        done = []
-        if dom.isActive():
-            dom.destroy()
-            done.append("destroyed what was left")
-        dom.create()
-        return " and ".join([*done, "started"])
+def cold_boot(conn: Any, vm: str) -> str:
+    """Start `vm` from its definition, destroying any active half-copy first (blocking)."""
+    dom = conn.lookupByName(vm)
+    done = []
+    if dom.isActive():
+        dom.destroy()
+        done.append("destroyed what was left")
+    dom.create()
+    return " and ".join([*done, "started"])

@@ -17,8 +17,10 @@ become libvirt calls:
   (`locator.Locator`) and reports what each said with `vm_presence`;
   `RetireStaleCopy`: removes a copy left where the VM provably does not run.
 
-libvirt calls block, so each runs in a thread of this driver's own pool: a
-long `migrateToURI3` must not starve the inventory's worker threads. The
+libvirt calls block, so each runs in a thread of the host's `LibvirtAdapter`,
+on its shared connection; `migrateToURI3` runs in the adapter's job threads on
+a connection of its own, so a long migration starves neither the inventory
+nor the samples and aborts of the job itself. The
 local API reads and drives migrations through the `MigrationControl` methods
 (`migrate`, `cancel`, `migrations`, `migration`).
 """
@@ -32,7 +34,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
@@ -85,7 +86,8 @@ from .history import HistoryEntry, VmHistory, iso
 from .hypervisor import job_stats
 from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
-from .locator import Locator, connected, find
+from .libvirt_adapter import LibvirtAdapter, Opener, Unreachable
+from .locator import Locator, find
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -96,7 +98,6 @@ log = logging.getLogger("novacron.migrator")
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.5  # seconds between jobStats() samples of a running migration
-WORKERS = 8  # threads for blocking libvirt calls (a migration holds one for its whole run)
 # Seconds the end of a job waits for its final statistics: they feed metrics only, and a
 # libvirtd that hangs must not hold back the commit of a VM that already moved.
 TOTALS_TIMEOUT = 2.0
@@ -133,13 +134,16 @@ class Migrator:
         clock: Callable[[], float],
         on_change: Callable[[], None] = lambda: None,
         config: MigrationConfig | None = None,
-        opener: Callable[[str], Any] = libvirt.open,
+        opener: Opener = libvirt.open,
+        libvirt_adapter: LibvirtAdapter | None = None,
         rng: random.Random | None = None,
         journal: MigrationJournal | None = None,
         dirty_rate: Callable[[str], float | None] = lambda vm: None,
     ) -> None:
         """`host`: this host's address as QEMU on a source must reach it (tcp://host);
-        `dirty_rate`: the inventory's last measurement of a local VM (MiB/s), None if none."""
+        `dirty_rate`: the inventory's last measurement of a local VM (MiB/s), None if none;
+        `libvirt_adapter`: the host's libvirt connection and threads (one of its own at
+        `libvirt_uri`, opened by `opener`, if not given)."""
         self.core = MigrationCore(
             node_id,
             view=view,
@@ -154,20 +158,17 @@ class Migrator:
         self._send = send  # hands a message to the transport
         self._clock = clock  # the core's clock
         self._on_change = on_change  # the core's next deadline may have moved earlier
-        self._opener = opener  # opens a libvirt connection (tests may substitute)
         self._journal = journal  # outbound jobs in flight, for the next life of the agent
         self._dirty_rate = dirty_rate  # for the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self.tracing: Tracing | None = None  # spans of migrations, when traces are on
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="migrator")
-        self.locator = Locator(
-            node_id, view, libvirt_uri=libvirt_uri, opener=opener, executor=self._pool
-        )
-        self.history = VmHistory(node_id, view, self.locator, self.migrations, opener)
+        self._owns_libvirt = libvirt_adapter is None  # closed with the driver if so
+        self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri, opener=opener)
+        self.locator = Locator(node_id, view, libvirt=self.libvirt)
+        self.history = VmHistory(node_id, view, self.locator, self.migrations)
         self._jobs: set[str] = set()  # migration ids whose libvirt job started (their history)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._domains: dict[str, Any] = {}  # migration id -> domain handle of its running job
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
         self._postcopy: set[str] = set()  # migration ids switched to post-copy by us
         # Aborts asked for: one asked before libvirt's job began must still stop it.
@@ -213,7 +214,7 @@ class Migrator:
         if self._journal is None:
             return
         for entry in self._journal.take_all():
-            postcopy = await self._blocking(_in_postcopy, self._opener, self.libvirt_uri, entry.vm)
+            postcopy = await self.libvirt.read(_in_postcopy, entry.vm)
             log.warning(
                 "adopting a migration left by an earlier agent",
                 extra={"fields": {"vm": entry.vm, "id": entry.migration_id, "to": entry.target}},
@@ -229,20 +230,21 @@ class Migrator:
         its end goes to the core as a failed job's does: the evidence decides the outcome."""
         poller = asyncio.ensure_future(self._poll(migration_id, vm))
         try:
-            while await self._blocking(_job_running, self._opener, self.libvirt_uri, vm):
+            while await self.libvirt.read(_job_running, vm):
                 await asyncio.sleep(POLL_INTERVAL)
         except libvirt.libvirtError as exc:
             log.warning("cannot follow an adopted job", extra={"fields": {"why": str(exc)}})
         finally:
             poller.cancel()
-            await self._clean_up(poller, None)
+            await self._clean_up(poller)
         why = "the job an earlier agent started has ended"
         await self._apply(self.core.migration_finished(migration_id, False, why, self._clock()))
 
     async def close(self) -> None:
         """Stop polling and waiting; running libvirt jobs go on under libvirtd."""
         await cancel_and_wait(self._tasks)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._owns_libvirt:
+            await self.libvirt.close()
 
     # --- the local API's side --------------------------------------------------------------
 
@@ -400,10 +402,6 @@ class Migrator:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s crashed", task.get_name(), exc_info=task.exception())
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking libvirt call in this driver's threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
     # --- actions -------------------------------------------------------------------------
 
     async def _perform(self, action: MigrationAction) -> None:
@@ -411,11 +409,11 @@ class Migrator:
             self._jobs.add(action.migration_id)
             await self._migrate(action)
         elif isinstance(action, SwitchToPostCopy):
-            await self._on_domain(action.migration_id, action.vm, "migrateStartPostCopy", 0)
+            await self._on_domain(action.vm, "migrateStartPostCopy", 0)
             self._postcopy.add(action.migration_id)
         elif isinstance(action, AbortLibvirtMigration):
             self._aborts.setdefault(action.migration_id, False)
-            await self._on_domain(action.migration_id, action.vm, "abortJob")
+            await self._on_domain(action.vm, "abortJob")
         elif isinstance(action, ReconcileVm):
             seen = await self.locator.look(action.vm, action.hosts)
             await self._apply(self.core.vm_presence(action.vm, seen, self._clock()))
@@ -427,23 +425,20 @@ class Migrator:
     async def _migrate(self, action: StartLibvirtMigration) -> None:
         """Run one libvirt migration job to its end, sampling it while it runs.
 
-        The end is reported before the sampler and the connection are cleaned up:
-        closing them can wait for a last job-statistics call to return, and the
-        commit must not (it cost ~0.2 s per migration when it did).
+        The end is reported before the sampler is cleaned up: that can wait for a
+        last job-statistics call to return, and the commit must not (it cost ~0.2 s
+        per migration when it did).
         """
         ok, reason = False, ""
         prepared: list[LocalDisk] = []  # disks created on the target, filled by _run_job
-        conn = None
-        dom: Any = None
         poller: asyncio.Future[None] | None = None
         totals: JobTotals | None = None
         try:
-            conn = await self._blocking(self._opener, self.libvirt_uri)
-            dom = await self._blocking(conn.lookupByName, action.vm)
+            await self.libvirt.read(_lookup, action.vm)
             poller = asyncio.ensure_future(self._poll(action.migration_id, action.vm))
             if self._journal is not None:
                 self._journal.record(JournalEntry(action.vm, action.migration_id, action.target))
-            await self._blocking(self._run_job, dom, action, prepared)
+            await self.libvirt.job(self._run_job, action, prepared)
             ok = True
         except Exception as exc:  # any failure is the job's failure: reconcile decides
             reason = str(exc) or type(exc).__name__
@@ -457,26 +452,30 @@ class Migrator:
         if ok:  # the source's domain is gone (UNDEFINE_SOURCE): the target's libvirt keeps
             # the job's statistics, the source's sent in the migration cookie
             uri = self.locator.uri(action.target, action.target_uri)
-            totals = await self.job_totals(final_totals, self._opener, uri, action.vm)
-        elif dom is not None:
-            totals = await self.job_totals(_completed_totals, dom)
+            totals = await self.job_totals(final_totals, action.vm, uri=uri)
+        elif poller is not None:  # the domain was there: its libvirt kept the job's end
+            totals = await self.job_totals(final_totals, action.vm)
         await self._apply(
             self.core.migration_finished(action.migration_id, ok, reason, self._clock(), totals)
         )
-        await self._clean_up(poller, conn)
+        await self._clean_up(poller)
         if prepared and ok:
-            await self._blocking(remove_source_copies, prepared)
+            await asyncio.to_thread(remove_source_copies, prepared)  # files, not libvirt
         elif prepared:
             uri = self.locator.uri(action.target, action.target_uri)
-            await self._blocking(self._remove_target_copies, action.vm, uri, prepared)
+            await self.libvirt.run(self._remove_target_copies, action.vm, uri, prepared, uri=uri)
 
     async def job_totals(
-        self, read: Callable[..., JobTotals | None], *args: Any
+        self, read: Callable[..., JobTotals | None], *args: Any, uri: str | None = None
     ) -> JobTotals | None:
-        """A finished job's statistics by `read` (a worker thread), or None if libvirt does
-        not answer within `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
+        """A finished job's statistics by `read(conn, *args)` (a worker thread; `uri`: the
+        libvirtd it asks, this host's if None), or None if libvirt cannot say or does not
+        answer within `TOTALS_TIMEOUT` (the thread is left to finish on its own)."""
         try:
-            return await asyncio.wait_for(self._blocking(read, *args), TOTALS_TIMEOUT)
+            return await self.libvirt.read(read, *args, uri=uri, timeout=TOTALS_TIMEOUT)
+        except libvirt.libvirtError as exc:
+            log.debug("no final job statistics: %s", exc)
+            return None
         except TimeoutError:
             log.warning(
                 "no final job statistics: libvirt did not answer in time",
@@ -484,18 +483,17 @@ class Migrator:
             )
             return None
 
-    async def _clean_up(self, poller: asyncio.Future[None] | None, conn: Any) -> None:
-        """After a job: stop its sampler, close its connection."""
+    async def _clean_up(self, poller: asyncio.Future[None] | None) -> None:
+        """After a job: stop its sampler."""
         if poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                await self._blocking(conn.close)
 
-    def _run_job(self, dom: Any, action: StartLibvirtMigration, prepared: list[LocalDisk]) -> None:
-        """The blocking `migrateToURI3` call (a worker thread); the local disks it copies are
-        added to `prepared` once their images exist on the target."""
+    def _run_job(self, conn: Any, action: StartLibvirtMigration, prepared: list[LocalDisk]) -> None:
+        """The blocking `migrateToURI3` call (a job thread, on the job's own connection);
+        the local disks it copies are added to `prepared` once their images exist on the
+        target."""
+        dom = conn.lookupByName(action.vm)
         target_uri = self.locator.uri(action.target, action.target_uri)
         disks = local_disks(dom.XMLDesc(0))
         if disks:
@@ -505,7 +503,7 @@ class Migrator:
         params = migration_params(action.policy, action.migration_uri)
         # The measurement the inventory started last (waited for if still running); else
         # the one before.
-        dirty = recent_dirty_rate(dom.connect(), dom)
+        dirty = recent_dirty_rate(conn, dom)
         if dirty is None:
             dirty = self._dirty_rate(action.vm)
         limit = switchover_limit_ms(action.policy, dirty)
@@ -531,62 +529,39 @@ class Migrator:
         An unreachable target keeps them until the next attempt replaces them.
         """
         try:
-            conn = self._opener(uri)
-        except libvirt.libvirtError as exc:
+            with self.libvirt.peer(uri) as conn:
+                remove_target_copies(conn, vm, disks)
+        except Unreachable as exc:
             log.warning(
                 "cannot remove the target's copies of a failed migration's disks",
                 extra={"fields": {"vm": vm, "why": str(exc)}},
             )
-            return
-        try:
-            remove_target_copies(conn, vm, disks)
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
 
     def _prepare_disks(self, dom: Any, disks: list[LocalDisk], target: str, uri: str) -> None:
         """Create the target's copies of `dom`'s local disks (a worker thread)."""
         capacities = [int(dom.blockInfo(disk.path)[0]) for disk in disks]
         try:
-            conn = self._opener(uri)
-        except libvirt.libvirtError as exc:
+            with self.libvirt.peer(uri) as conn:
+                prepare_on_target(conn, disks, capacities)
+        except Unreachable as exc:
             raise RuntimeError(f"cannot reach {target}'s libvirt to prepare disks: {exc}") from None
-        try:
-            prepare_on_target(conn, disks, capacities)
         except libvirt.libvirtError as exc:
             raise RuntimeError(f"cannot prepare the VM's disks on {target}: {exc}") from None
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
 
     async def _poll(self, migration_id: str, vm: str) -> None:
         """Sample the job every `POLL_INTERVAL` s and report it to the core.
 
-        On a connection of its own: the one blocked in `migrateToURI3` answers other
-        calls late. Post-copy switches and aborts use this connection too.
+        On the shared connection, by the VM's name: the job blocks a connection of its
+        own, and a libvirtd restarted mid-job answers again at the next sample.
         """
-        try:
-            conn = await self._blocking(self._opener, self.libvirt_uri)
-        except libvirt.libvirtError as exc:
-            log.warning("no progress for this migration", extra={"fields": {"why": str(exc)}})
-            return
-        try:
-            dom = await self._blocking(conn.lookupByName, vm)
-            self._domains[migration_id] = dom
-            while True:
-                await asyncio.sleep(POLL_INTERVAL)
-                await self._report(migration_id, dom)
-        except libvirt.libvirtError as exc:
-            log.warning("no progress for this migration", extra={"fields": {"why": str(exc)}})
-        finally:
-            self._domains.pop(migration_id, None)
-            with contextlib.suppress(libvirt.libvirtError):
-                await self._blocking(conn.close)
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            await self._report(migration_id, vm)
 
-    async def _report(self, migration_id: str, dom: Any) -> None:
+    async def _report(self, migration_id: str, vm: str) -> None:
         """One job sample, to the core (a failed sample is skipped: the next may work)."""
         try:
-            raw, paused = await self._blocking(_sample, dom)
+            raw, paused = await self.libvirt.read(_sample, vm)
         except libvirt.libvirtError as exc:
             log.debug("job sample failed: %s", exc)
             return
@@ -597,25 +572,16 @@ class Migrator:
             # Asked before this job began (the abortJob found none): ask the job itself.
             self._aborts[migration_id] = True
             with contextlib.suppress(libvirt.libvirtError):
-                await self._blocking(dom.abortJob)
+                await self.libvirt.call(_on_job, vm, "abortJob")
         if sample is not None:
             await self._apply(self.core.migration_progress(migration_id, sample, self._clock()))
 
-    async def _on_domain(self, migration_id: str, vm: str, method: str, *args: Any) -> None:
-        """Call `method` on the domain of a running job (or look the domain up)."""
-        dom = self._domains.get(migration_id)
-        conn = None
+    async def _on_domain(self, vm: str, method: str, *args: Any) -> None:
+        """Call `method` on the domain of a running job."""
         try:
-            if dom is None:
-                conn = await self._blocking(self._opener, self.libvirt_uri)
-                dom = await self._blocking(conn.lookupByName, vm)
-            await self._blocking(getattr(dom, method), *args)
+            await self.libvirt.call(_on_job, vm, method, *args)
         except libvirt.libvirtError as exc:
             log.warning("%s failed", method, extra={"fields": {"vm": vm, "why": str(exc)}})
-        finally:
-            if conn is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    await self._blocking(conn.close)
 
 
 # --- pure helpers (no I/O) ---------------------------------------------------------------
@@ -702,15 +668,11 @@ def _completed_totals(dom: Any) -> JobTotals | None:
         return None
 
 
-def final_totals(opener: Callable[[str], Any], uri: str, vm: str) -> JobTotals | None:
-    """The finished job's totals as the libvirt at `uri` (the target) kept them."""
-    try:
-        with connected(opener, uri) as conn:
-            dom = find(conn, vm)
-            return None if dom is None else _completed_totals(dom)
-    except libvirt.libvirtError as exc:
-        log.debug("no final job statistics from %s: %s", uri, exc)
-        return None
+def final_totals(conn: Any, vm: str) -> JobTotals | None:
+    """The finished job's totals as `conn`'s libvirt kept them (the target's after a job
+    that moved the VM, the source's after one that did not)."""
+    dom = find(conn, vm)
+    return None if dom is None else _completed_totals(dom)
 
 
 def _set_max_downtime(dom: Any, milliseconds: int) -> None:
@@ -734,30 +696,35 @@ PAUSES = {
 }
 
 
-def _sample(dom: Any) -> tuple[dict[str, Any], str]:
+def _lookup(conn: Any, vm: str) -> None:
+    """Raises libvirtError if `vm` is not defined on `conn`."""
+    conn.lookupByName(vm)
+
+
+def _on_job(conn: Any, vm: str, method: str, *args: Any) -> None:
+    """Call `method` (abortJob, migrateStartPostCopy) on `vm`'s domain."""
+    getattr(conn.lookupByName(vm), method)(*args)
+
+
+def _sample(conn: Any, vm: str) -> tuple[dict[str, Any], str]:
     """jobStats() and why the source is paused for the migration: "postcopy", "switchover"
     (the final copy with the guest stopped) or "" (it runs)."""
+    dom = conn.lookupByName(vm)
     raw = dom.jobStats()
     state, reason = dom.state()
     return raw, PAUSES.get(reason, "") if state == libvirt.VIR_DOMAIN_PAUSED else ""
 
 
-def _job_running(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
-    """Whether a libvirt job still holds `vm` at `uri` (False once it is gone from there)."""
-    with connected(opener, uri) as conn:
-        dom = find(conn, vm)
-        return dom is not None and bool(in_job(dom))
+def _job_running(conn: Any, vm: str) -> bool:
+    """Whether a libvirt job still holds `vm` (False once it is gone from there)."""
+    dom = find(conn, vm)
+    return dom is not None and bool(in_job(dom))
 
 
-def _in_postcopy(opener: Callable[[str], Any], uri: str, vm: str) -> bool:
-    """Whether `vm` on the libvirtd at `uri` is paused for post-copy (its memory is split)."""
-    conn = opener(uri)
+def _in_postcopy(conn: Any, vm: str) -> bool:
+    """Whether `vm` is paused for post-copy (its memory is split)."""
     try:
         state, reason = conn.lookupByName(vm).state()
-        paused = state == libvirt.VIR_DOMAIN_PAUSED
-        return bool(paused and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
     except libvirt.libvirtError:
         return False
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+    return bool(state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)

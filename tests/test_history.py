@@ -49,11 +49,10 @@ def test_whatever_another_host_returns_reading_it_never_raises(text: str) -> Non
 
 
 def test_a_domain_carries_its_history() -> None:
-    opener = libvirt.open
-    keeper = opener(TEST_URI)  # the test driver forgets everything when its last client goes
-    add_history(opener, TEST_URI, "test", entry(1))
-    add_history(opener, TEST_URI, "test", entry(2, "aborted"))
-    add_history(opener, TEST_URI, "test", entry(2, "aborted"))  # written twice: kept once
-    assert read_history(opener, TEST_URI, "test") == [entry(1), entry(2, "aborted")]
-    assert read_history(opener, TEST_URI, "no-such-vm") == []
-    keeper.close()
+    conn = libvirt.open(TEST_URI)
+    add_history(conn, "test", entry(1))
+    add_history(conn, "test", entry(2, "aborted"))
+    add_history(conn, "test", entry(2, "aborted"))  # written twice: kept once
+    assert read_history(conn, "test") == [entry(1), entry(2, "aborted")]
+    assert read_history(conn, "no-such-vm") == []
+    conn.close()

@@ -144,7 +144,7 @@ async def test_unreachable_libvirt_keeps_the_last_vms_as_unknown_says_since_when
         assert inv.warning is None and inv.connected
 
         config.unlink()  # "libvirtd is gone again": the VMs have not stopped for that
-        inv._conn.close()
+        inv.libvirt.connection().close()
         record = await asyncio.wait_for(inv.record(), TIMEOUT)
         assert [(vm.name, vm.state, vm.memory_mib) for vm in record.vms] == [
             ("vm1", "unknown", 1024)

@@ -292,7 +292,7 @@ async def test_a_hung_libvirtd_does_not_hold_back_the_end_of_a_job(
     driver = migrator([])
     try:
         uri = f"qemu+tcp://127.0.0.1:{port}/system"
-        read = driver.job_totals(final_totals, libvirt.open, uri, "vm1")
+        read = driver.job_totals(final_totals, "vm1", uri=uri)
         assert await asyncio.wait_for(read, 30) is None
         await accepting
         assert held, "the libvirt client reached the silent daemon"
