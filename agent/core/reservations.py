@@ -92,6 +92,17 @@ class Demand:
     anti_affinity: str = ""  # its anti-affinity group ("" for none)
 
 
+def combined(demands: Iterable[Demand]) -> Demand:
+    """What VMs that arrive together (an affinity group) need of their target at once."""
+    vcpus = memory = 0
+    disk = 0.0
+    for demand in demands:
+        vcpus += demand.vcpus
+        memory += demand.memory_mib
+        disk += demand.disk_gib
+    return Demand(vcpus, memory, disk)
+
+
 def free_capacity(
     record: NodeRecord, reservations: Iterable[Reservation], overcommit: float
 ) -> Resources:
