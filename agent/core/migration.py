@@ -129,12 +129,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from novacron.protocol.messages import (
+    GroupMember,
     MemberState,
     Message,
     MigrationAbort,
@@ -188,8 +189,8 @@ from .placement import (
     Placement,
     anti_affinity_clash,
     choose_target,
+    group_room_refusal,
     libvirt_down,
-    room_refusal,
 )
 from .refusals import RefusalKind
 from .reservations import (
@@ -197,6 +198,7 @@ from .reservations import (
     Reservation,
     ReservationBook,
     ReservationConfig,
+    combined,
     unseen,
 )
 from .stats import Histogram
@@ -456,6 +458,7 @@ class _Saga:
     reconciling_since: float | None = None  # when the evidence was first asked for
     doubt_note: str = ""  # why the outcome is unknown, as last reported
     totals: JobTotals | None = None  # the libvirt job's final statistics, if the driver had them
+    group: tuple[str, ...] = ()  # its affinity group's migration ids, the proposing one first
 
 
 @dataclass(slots=True)
@@ -519,38 +522,63 @@ class MigrationCore:
         purpose: str = "manual",
     ) -> MigrationOutput:
         """Start moving `vm` to `target`, or refuse at once with a reason (nothing changes)."""
+        return self.request_group_migration((vm,), target, policy_overrides, now, purpose=purpose)
+
+    def request_group_migration(
+        self,
+        vms: Sequence[str],
+        target: str,
+        policy_overrides: Mapping[str, Any] | None,
+        now: float,
+        *,
+        purpose: str = "manual",
+    ) -> MigrationOutput:
+        """Start moving VMs that must stay together (an affinity group) to `target`, or
+        refuse them all at once with a reason (nothing changes). One proposal, the first
+        VM's, asks room for all of them; the target reserves it for all or refuses; every
+        VM's migration starts with that one answer (a saga each: each copy commits or
+        aborts on its own). A single VM is the ordinary migration."""
         out = MigrationOutput()
         self.stats.requested += 1
         records = self._view.records()
-        summary = _find_vm(records.get(self.node_id), vm)
+        summaries = [_find_vm(records.get(self.node_id), vm) for vm in vms]
         try:
             policy = with_overrides(self.config.policy, policy_overrides)
         except PolicyError as exc:
             return self._refuse_locally(
-                vm, target, (RefusalKind.INVALID, f"bad policy: {exc}"), out
+                vms, target, (RefusalKind.INVALID, f"bad policy: {exc}"), out
             )
-        refusal = self._request_refusal(vm, summary, target, records)
-        if refusal is not None or summary is None:
-            return self._refuse_locally(
-                vm, target, refusal or (RefusalKind.UNKNOWN, f"unknown VM: {vm}"), out
+        refusal = self._request_refusal(vms, summaries, target, records)
+        found = [summary for summary in summaries if summary is not None]
+        if refusal is not None or not found or len(found) < len(vms):
+            why = refusal or (RefusalKind.UNKNOWN, f"unknown VM: {', '.join(vms)}")
+            return self._refuse_locally(vms, target, why, out)
+        sagas: list[_Saga] = []
+        for summary in found:
+            # Only the first VM's saga proposes and waits for the answer; the others follow it.
+            leads = not sagas
+            saga = _Saga(
+                migration_id=self._new_id(),
+                vm=summary.name,
+                source=self.node_id,
+                target=target,
+                demand=_demand(summary),
+                policy=policy,
+                purpose=purpose,
+                started=now,
+                timer=now + self.config.answer_timeout if leads else INF,
+                retry_at=now + self.config.propose_retry if leads else INF,
+                started_at=self._wall(now),
             )
-        saga = _Saga(
-            migration_id=self._new_id(),
-            vm=vm,
-            source=self.node_id,
-            target=target,
-            demand=_demand(summary),
-            policy=policy,
-            purpose=purpose,
-            started=now,
-            timer=now + self.config.answer_timeout,
-            retry_at=now + self.config.propose_retry,
-            started_at=self._wall(now),
-        )
-        self._sagas[saga.migration_id] = saga
-        self._busy[vm] = saga.migration_id
-        out.sends.append((target, self._proposal(saga)))
-        out.events.append(MigrationProposed(saga.migration_id, vm, self.node_id, target))
+            self._sagas[saga.migration_id] = saga
+            self._busy[saga.vm] = saga.migration_id
+            sagas.append(saga)
+        if len(sagas) > 1:
+            for saga in sagas:
+                saga.group = tuple(each.migration_id for each in sagas)
+        out.sends.append((target, self._proposal(sagas[0])))
+        for saga in sagas:
+            out.events.append(MigrationProposed(saga.migration_id, saga.vm, self.node_id, target))
         return out
 
     def place(self, vm: str) -> Placement:
@@ -574,21 +602,51 @@ class MigrationCore:
 
     def _request_refusal(
         self,
-        vm: str,
-        summary: VmSummary | None,
+        vms: Sequence[str],
+        summaries: Sequence[VmSummary | None],
         target: str,
         records: Mapping[str, NodeRecord],
     ) -> tuple[RefusalKind, str] | None:
-        """Why this host will not even propose: the checks it can make from its own view."""
+        """Why this host will not even propose (the VMs of a group: not any of them): the
+        checks it can make from its own view."""
+        if not vms or len(set(vms)) < len(vms):
+            return RefusalKind.INVALID, "the VMs to move together must be distinct, at least one"
         if target == self.node_id:
-            return RefusalKind.CONFLICT, f"cannot migrate to itself: {vm} already runs on {target}"
-        if summary is None:
-            return RefusalKind.UNKNOWN, f"unknown VM: {vm} does not run on {self.node_id}"
+            names = ", ".join(vms)
+            return (
+                RefusalKind.CONFLICT,
+                f"cannot migrate to itself: {names} already runs on {target}",
+            )
+        for vm, summary in zip(vms, summaries, strict=True):
+            if summary is None:
+                return RefusalKind.UNKNOWN, f"unknown VM: {vm} does not run on {self.node_id}"
         member = self._view.member(target)
         if member is None:
             return RefusalKind.UNKNOWN, f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
             return RefusalKind.CONFLICT, f"host {target} is {member.state.value}"
+        present = [summary for summary in summaries if summary is not None]  # all, as checked
+        for summary in present:
+            refusal = self._vm_refusal(summary, records)
+            if refusal is not None:
+                return refusal
+        if target in self.targets_full_from_here():
+            return (
+                RefusalKind.CONFLICT,
+                f"too many migrations from {self.node_id}: {target} does not show the last one "
+                "yet; try again in a few seconds",
+            )
+        record = records.get(target)
+        if record is None:
+            return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
+        why = self._target_refusal(record, present, records)
+        return (RefusalKind.CONFLICT, why) if why is not None else None
+
+    def _vm_refusal(
+        self, summary: VmSummary, records: Mapping[str, NodeRecord]
+    ) -> tuple[RefusalKind, str] | None:
+        """Why this VM cannot move now: its state, or a migration of it under way."""
+        vm = summary.name
         if summary.state == "unknown":
             own = records.get(self.node_id)
             down = libvirt_down(own) if own is not None else None
@@ -602,32 +660,26 @@ class MigrationCore:
             return RefusalKind.CONFLICT, f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
             return RefusalKind.CONFLICT, f"VM {vm} is already migrating ({self._busy[vm]})"
-        if target in self.targets_full_from_here():
-            return (
-                RefusalKind.CONFLICT,
-                f"too many migrations from {self.node_id}: {target} does not show the last one "
-                "yet; try again in a few seconds",
-            )
-        record = records.get(target)
-        if record is None:
-            return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
-        why = self._target_refusal(record, summary, records)
-        return (RefusalKind.CONFLICT, why) if why is not None else None
+        return None
 
     def _target_refusal(
-        self, record: NodeRecord, summary: VmSummary, records: Mapping[str, NodeRecord]
+        self, record: NodeRecord, summaries: Sequence[VmSummary], records: Mapping[str, NodeRecord]
     ) -> str | None:
-        """Why the target, as its record shows it, or the mesh cannot take the VM now."""
+        """Why the target, as its record shows it, or the mesh cannot take the VMs now (an
+        affinity group's all at once: a slot for each, room for all together)."""
         limits = self.config.limits
         target = record.node_id
+        count = len(summaries)
+        whole = f"; the affinity group needs {count} at once" if count > 1 else ""
         if record.draining:
             return f"host draining: {target} takes no new VMs"
-        if len(self._sagas) >= limits.max_outbound:
-            return f"too many migrations: {self.node_id} already runs {len(self._sagas)} outbound"
+        if len(self._sagas) + count > limits.max_outbound:
+            running = len(self._sagas)
+            return f"too many migrations: {self.node_id} already runs {running} outbound{whole}"
         ours = sum(1 for s in self._sagas.values() if s.target == target)
         inbound = max(published_count(record, INBOUND_LABEL), ours)
-        if inbound >= limits.max_inbound:
-            return f"too many migrations: {target} already receives {inbound} inbound"
+        if inbound + count > limits.max_inbound:
+            return f"too many migrations: {target} already receives {inbound} inbound{whole}"
         alive = sum(
             1
             for node_id in records
@@ -635,18 +687,22 @@ class MigrationCore:
         )
         running = cluster_migrations(records, self.node_id, len(self._sagas))
         ceiling = cluster_limit(limits, alive)
-        if running >= ceiling:
-            return f"too many migrations: {running} running in the cluster, limit {ceiling}"
+        if running + count > ceiling:
+            return f"too many migrations: {running} running in the cluster, limit {ceiling}{whole}"
         overcommit = self.config.reservations.vcpu_overcommit
-        demand = _demand(summary)
-        return room_refusal(record, demand, overcommit, demand.anti_affinity)
+        return group_room_refusal(record, [_demand(s) for s in summaries], overcommit)
 
     def _refuse_locally(
-        self, vm: str, target: str, refusal: tuple[RefusalKind, str], out: MigrationOutput
+        self,
+        vms: Sequence[str],
+        target: str,
+        refusal: tuple[RefusalKind, str],
+        out: MigrationOutput,
     ) -> MigrationOutput:
         self.stats.refused_locally += 1
         kind, reason = refusal
-        out.events.append(MigrationRefused(vm, target, reason, "", self.node_id, kind))
+        for vm in vms:
+            out.events.append(MigrationRefused(vm, target, reason, "", self.node_id, kind))
         return out
 
     def _new_id(self) -> str:
@@ -657,6 +713,19 @@ class MigrationCore:
                 return migration_id
 
     def _proposal(self, saga: _Saga) -> MigrationPropose:
+        """The leading saga's proposal (with the rest of its affinity group, if any)."""
+        group = tuple(
+            GroupMember(
+                other.migration_id,
+                other.vm,
+                other.demand.vcpus,
+                other.demand.memory_mib,
+                other.demand.disk_gib,
+                other.demand.anti_affinity,
+            )
+            for mid in saga.group[1:]
+            if (other := self._sagas.get(mid)) is not None
+        )
         return MigrationPropose(
             migration_id=saga.migration_id,
             vm=saga.vm,
@@ -668,6 +737,7 @@ class MigrationCore:
             reason=saga.purpose,
             anti_affinity=saga.demand.anti_affinity,
             started_at=saga.started_at,
+            group=group,
         )
 
     def cancel(self, migration_id: str, now: float) -> MigrationOutput:
@@ -974,26 +1044,41 @@ class MigrationCore:
         if saga.phase is not Phase.PROPOSED:
             self.stats.duplicates += 1
             return
-        self._move(saga, Trigger.ACCEPT, now)
-        timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
-        saga.timer = now + timeout
-        saga.renew_at = now + self.config.renew_interval
-        saga.forwarded_at = now
-        record = self._view.records().get(saga.target)
-        target_uri = record.libvirt_uri if record is not None else ""
-        out.events.append(
-            MigrationAccepted(saga.migration_id, saga.vm, sender, message.reservation_expires)
-        )
-        out.actions.append(
-            StartLibvirtMigration(
-                saga.migration_id,
-                saga.vm,
-                saga.target,
-                target_uri,
-                message.migration_uri,
-                saga.policy,
+        if saga.group and saga.group[0] != saga.migration_id:
+            self.stats.invalid += 1  # only the group's proposal is answered: all or none
+            return
+        # The target reserved room for the whole affinity group: every VM's copy starts.
+        for each in (saga, *self._waiting_with(saga)):
+            self._move(each, Trigger.ACCEPT, now)
+            each.timer = now + completion_timeout(each.policy, each.demand.memory_mib)
+            each.renew_at = now + self.config.renew_interval
+            each.forwarded_at = now
+            record = self._view.records().get(each.target)
+            target_uri = record.libvirt_uri if record is not None else ""
+            out.events.append(
+                MigrationAccepted(each.migration_id, each.vm, sender, message.reservation_expires)
             )
-        )
+            out.actions.append(
+                StartLibvirtMigration(
+                    each.migration_id,
+                    each.vm,
+                    each.target,
+                    target_uri,
+                    message.migration_uri,
+                    each.policy,
+                )
+            )
+
+    def _waiting_with(self, saga: _Saga) -> list[_Saga]:
+        """The other sagas of `saga`'s affinity group still waiting for the target's answer
+        (they share the one proposal, so its answer is theirs too)."""
+        return [
+            other
+            for mid in saga.group
+            if mid != saga.migration_id
+            and (other := self._sagas.get(mid)) is not None
+            and other.phase is Phase.PROPOSED
+        ]
 
     def _on_refuse(
         self, sender: str, message: MigrationRefuse, now: float, out: MigrationOutput
@@ -1009,10 +1094,11 @@ class MigrationCore:
             self.stats.duplicates += 1  # a late answer to a resent Propose
             return
         reason = message.reason or f"refused by {sender}"
-        saga.error = reason
-        self._move(saga, Trigger.REFUSE, now)
-        self._end(saga, "refused", now)
-        out.events.append(MigrationRefused(saga.vm, sender, reason, saga.migration_id, sender))
+        for each in (saga, *self._waiting_with(saga)):  # a group is refused whole
+            each.error = reason
+            self._move(each, Trigger.REFUSE, now)
+            self._end(each, "refused", now)
+            out.events.append(MigrationRefused(each.vm, sender, reason, each.migration_id, sender))
 
     def _on_revoke(
         self, saga: _Saga, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
@@ -1058,14 +1144,14 @@ class MigrationCore:
         self, sender: str, message: MigrationPropose, now: float, out: MigrationOutput
     ) -> None:
         self.stats.proposals_received += 1
+        arrivals = _arrivals(message)
         if (
             message.source != sender
             or message.target != self.node_id
-            or not message.vm
-            or not message.migration_id
-            or message.vcpus < 0
-            or message.memory_mib < 0
-            or not message.disk_gib >= 0
+            or not all(a.vm and a.migration_id for a in arrivals)
+            or any(a.vcpus < 0 or a.memory_mib < 0 or not a.disk_gib >= 0 for a in arrivals)
+            or len({a.vm for a in arrivals}) < len(arrivals)
+            or len({a.migration_id for a in arrivals}) < len(arrivals)
         ):
             self.stats.invalid += 1
             return
@@ -1078,39 +1164,51 @@ class MigrationCore:
             if not held.landed:
                 out.sends.append((sender, self._accept(held)))
             return
-        reason = self._admission_refusal(message, now)
+        reason = self._admission_refusal(message, arrivals, now)
         if reason is not None:
             self.stats.proposals_refused += 1
             out.sends.append((sender, MigrationRefuse(message.migration_id, reason)))
             out.events.append(ReservationRefused(message.migration_id, message.vm, sender, reason))
             return
+        # One step for the whole affinity group: every member's room is held, each under
+        # its own migration id (its progress, commit and abort are its own), and the
+        # group counts once against the source's unseen reservations.
         ttl = self.config.reservations.ttl
-        held = Reservation(
-            migration_id=message.migration_id,
-            vm=message.vm,
-            source=sender,
-            vcpus=message.vcpus,
-            memory_mib=message.memory_mib,
-            disk_gib=message.disk_gib,
-            created=now,
-            expires=now + ttl,
-            anti_affinity=message.anti_affinity,
-            started_at=message.started_at or self._wall(now),
-            purpose=message.reason,
-        )
-        self._book.add(held)
-        out.sends.append((sender, self._accept(held)))
-        out.events.append(
-            ReservationMade(held.migration_id, held.vm, sender, held.memory_mib, held.expires)
-        )
+        group = message.migration_id if message.group else ""
+        made: list[Reservation] = []
+        for arrival in arrivals:
+            held = Reservation(
+                migration_id=arrival.migration_id,
+                vm=arrival.vm,
+                source=sender,
+                vcpus=arrival.vcpus,
+                memory_mib=arrival.memory_mib,
+                disk_gib=arrival.disk_gib,
+                created=now,
+                expires=now + ttl,
+                anti_affinity=arrival.anti_affinity,
+                started_at=message.started_at or self._wall(now),
+                purpose=message.reason,
+                group=group,
+            )
+            self._book.add(held)
+            made.append(held)
+            out.events.append(
+                ReservationMade(held.migration_id, held.vm, sender, held.memory_mib, held.expires)
+            )
+        out.sends.append((sender, self._accept(made[0])))  # the proposal's own VM's
 
     def _accept(self, held: Reservation) -> MigrationAccept:
         return MigrationAccept(held.migration_id, held.expires, self.migration_uri)
 
-    def _admission_refusal(self, message: MigrationPropose, now: float) -> str | None:
-        """Why this host will not reserve room for the proposed VM (None: it will)."""
-        if message.migration_id in self._inbound_ended:
-            return f"migration {message.migration_id} already ended here"
+    def _admission_refusal(
+        self, message: MigrationPropose, arrivals: Sequence[GroupMember], now: float
+    ) -> str | None:
+        """Why this host will not reserve room for the proposed VM, or for every VM of its
+        affinity group at once (None: it will, for all of them)."""
+        ended = next((a for a in arrivals if a.migration_id in self._inbound_ended), None)
+        if ended is not None:
+            return f"migration {ended.migration_id} already ended here"
         record = self._view.records().get(self.node_id)
         self._book.settle(record)
         self._observe(record, now)
@@ -1129,23 +1227,33 @@ class MigrationCore:
         down = libvirt_down(record) if record is not None else None
         if down is not None:
             return f"libvirt unreachable on {self.node_id} since {down}: it cannot count its memory"
-        if record is not None and any(vm.name == message.vm for vm in record.vms):
-            return f"VM {message.vm} already runs on {self.node_id}"
-        arriving = self._book.for_vm(message.vm)
+        for arrival in arrivals:
+            why = self._arrival_refusal(record, arrival.vm)
+            if why is not None:
+                return why
+        inbound = self._book.inbound()
+        if inbound + len(arrivals) > self.config.limits.max_inbound:
+            whole = f"; its affinity group needs {len(arrivals)} at once" if message.group else ""
+            return f"too many migrations: {self.node_id} already receives {inbound} inbound{whole}"
+        for arrival in arrivals:
+            clash = self._group_refusal(record, arrival.anti_affinity)
+            if clash is not None:
+                return clash
+        demands = [Demand(a.vcpus, a.memory_mib, a.disk_gib, a.anti_affinity) for a in arrivals]
+        return self._book.admit(self.node_id, record, combined(demands), self.config.reservations)
+
+    def _arrival_refusal(self, record: NodeRecord | None, vm: str) -> str | None:
+        """Why `vm` cannot arrive here now: it runs here or is arriving already."""
+        if record is not None and any(summary.name == vm for summary in record.vms):
+            return f"VM {vm} already runs on {self.node_id}"
+        arriving = self._book.for_vm(vm)
         if arriving is not None and arriving.landed:
             # It landed here and has left again (its source holds it now): the
             # hold was only keeping room until our record caught up.
             self._book.release(arriving.migration_id)
         elif arriving is not None:
-            return f"VM {message.vm} is already arriving on {self.node_id}"
-        inbound = self._book.inbound()
-        if inbound >= self.config.limits.max_inbound:
-            return f"too many migrations: {self.node_id} already receives {inbound} inbound"
-        clash = self._group_refusal(record, message.anti_affinity)
-        if clash is not None:
-            return clash
-        demand = Demand(message.vcpus, message.memory_mib, message.disk_gib, message.anti_affinity)
-        return self._book.admit(self.node_id, record, demand, self.config.reservations)
+            return f"VM {vm} is already arriving on {self.node_id}"
+        return None
 
     def _group_refusal(self, record: NodeRecord | None, group: str) -> str | None:
         """Why a VM of anti-affinity `group` may not arrive here: one of its group runs here
@@ -1406,14 +1514,17 @@ class MigrationCore:
     def _abort_before_start(
         self, saga: _Saga, trigger: Trigger, reason: str, now: float, out: MigrationOutput
     ) -> None:
-        """End a saga whose libvirt job never started: the VM certainly stayed here."""
-        saga.error = reason
-        self._move(saga, trigger, now)
-        self._end(saga, "aborted", now)
-        out.sends.append((saga.target, self._abort_message(saga, reason)))
-        out.events.append(
-            MigrationFailed(saga.migration_id, saga.vm, saga.source, saga.target, reason)
-        )
+        """End a saga whose libvirt job never started (the VM certainly stayed here), and
+        with it the rest of its affinity group waiting for the same answer: the group's
+        reservations are freed together (each under its id), none is left to go alone."""
+        for each in (saga, *self._waiting_with(saga)):
+            each.error = reason
+            self._move(each, trigger, now)
+            self._end(each, "aborted", now)
+            out.sends.append((each.target, self._abort_message(each, reason)))
+            out.events.append(
+                MigrationFailed(each.migration_id, each.vm, each.source, each.target, reason)
+            )
 
     def _reconcile(self, saga: _Saga, now: float, why: str, out: MigrationOutput) -> None:
         """Ask the driver what each host's libvirt says; the answer (`vm_presence`) decides."""
@@ -1555,13 +1666,15 @@ class MigrationCore:
         most `per_source` migrations from one source that its libvirt does not show yet
         (`reservations`), and its record does not list that many of ours yet."""
         records = self._view.records()
-        unseen: dict[str, int] = {}
+        unseen: dict[str, set[str]] = {}
         for saga in self._sagas.values():
             record = records.get(saga.target)
             if record is None or all(vm.name != saga.vm for vm in record.vms):
-                unseen[saga.target] = unseen.get(saga.target, 0) + 1
+                # An affinity group was admitted in one step: it counts once there.
+                admission = saga.group[0] if saga.group else saga.migration_id
+                unseen.setdefault(saga.target, set()).add(admission)
         limit = self.config.reservations.per_source
-        return {target for target, count in unseen.items() if count >= limit}
+        return {target for target, admitted in unseen.items() if len(admitted) >= limit}
 
     def moved_to(self, vm: str) -> str | None:
         """Where this host's latest remembered outbound migration of `vm` took it, if that
@@ -1684,6 +1797,19 @@ _HANDLERS: dict[type, Handler] = {
     MigrationCommit: MigrationCore._on_commit,
     MigrationAbort: MigrationCore._on_abort,
 }
+
+
+def _arrivals(message: MigrationPropose) -> list[GroupMember]:
+    """Every VM a proposal asks room for: its own, then the rest of its affinity group."""
+    own = GroupMember(
+        message.migration_id,
+        message.vm,
+        message.vcpus,
+        message.memory_mib,
+        message.disk_gib,
+        message.anti_affinity,
+    )
+    return [own, *message.group]
 
 
 def _demand(summary: VmSummary) -> Demand:
