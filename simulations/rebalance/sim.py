@@ -13,7 +13,9 @@ The model (what is real and what is simplified):
   and the cluster fewer than max(2, ceil(25% of hosts)) running (enforced on
   the true count here; the agents estimate it from gossiped counters). The
   target refuses a VM whose anti-affinity group runs there or is arriving,
-  as the migration core's admission does (since d8dd6ac).
+  as the migration core's admission does (since d8dd6ac). The VMs of an
+  affinity group that the planner moves together are admitted together
+  (`start_group`: room and slots for all of them at once) or not at all.
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
   MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
   VM's load counts on the source, then on the target. It ends at that exact
@@ -61,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from novacron.agent.core.migration_policy import MigrationLimits, cluster_limit
+from novacron.agent.core.reservations import Demand, combined
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from . import planner
@@ -242,7 +245,8 @@ class Cluster:
         )
 
     def held_by_affinity(self, vm: str) -> bool:
-        """Part of an affinity group that shares its host (the planner never splits those)."""
+        """Part of an affinity group that shares its host (greedy and the solver leave those
+        where they are; the mesh's planner moves such a group whole)."""
         group = self.spec(vm).labels.get(AFFINITY_LABEL)
         if not group:
             return False
@@ -329,8 +333,7 @@ class Cluster:
             self.refuse("target anti-affinity")
             return False
         spec = self.spec(vm)
-        dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
-        seconds = planner.migration_seconds(spec.memory_mib, self.config.bandwidth_mib_s, dirty)
+        seconds = self.copy_seconds(vm)
         if math.isinf(seconds):
             self.refuse("would not converge")
             return False
@@ -343,6 +346,44 @@ class Cluster:
         self.touch(target)
         self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
         return True
+
+    def copy_seconds(self, vm: str) -> float:
+        """How long `vm`'s migration takes now (inf: it would not converge)."""
+        dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
+        memory = self.spec(vm).memory_mib
+        return planner.migration_seconds(memory, self.config.bandwidth_mib_s, dirty)
+
+    # -- group admission: an affinity group arrives whole or not at all ----------
+
+    def start_group(self, vms: tuple[str, ...], target: str, purpose: str) -> bool:
+        """Admit every VM of an affinity group on `target` at once, or none (False, counted),
+        as the migration core's group admission does: slots for all of them on the source,
+        the target and in the cluster, the target's room for all of them together, each
+        one's anti-affinity, each copy converging; then start each (each start then holds)."""
+        if len(vms) == 1:
+            return self.start(vms[0], target, purpose)
+        sources = {self.where.get(vm) for vm in vms}
+        source = sources.pop() if len(sources) == 1 else None
+        if source is None:
+            self.refuse("group not on one host")
+            return False
+        src, dst = self.hosts[source], self.hosts[target]
+        vcpus, memory = self.free(dst)
+        need = combined(Demand(self.spec(vm).vcpus, self.spec(vm).memory_mib) for vm in vms)
+        refusal = (
+            "vm already migrating" if any(vm in self.migrations for vm in vms)
+            else "source outbound limit" if len(src.outbound) + len(vms) > self.limits.max_outbound
+            else "target inbound limit" if len(dst.inbound) + len(vms) > self.limits.max_inbound
+            else "cluster limit" if len(self.migrations) + len(vms) > self.cluster_limit()
+            else "target capacity" if need.memory_mib > memory or need.vcpus > vcpus
+            else "target anti-affinity" if any(self.anti_affine_clash(vm, dst) for vm in vms)
+            else "would not converge" if any(math.isinf(self.copy_seconds(vm)) for vm in vms)
+            else ""
+        )  # fmt: skip
+        if refusal:
+            self.refuse(f"group: {refusal}")
+            return False
+        return all([self.start(vm, target, purpose) for vm in vms])
 
     def finish_due(self) -> list[Migration]:
         done = sorted(
@@ -666,13 +707,13 @@ class Mesh(Strategy):
             c.stats.decisions[key] = c.stats.decisions.get(key, 0) + 1
             c.stats.decisions["move"] = c.stats.decisions.get("move", 0) + len(moves)
             for move in moves:
-                ok = c.start(move.vm, move.target, "rebalance")
+                ok = c.start_group(move.vms, move.target, "rebalance")
                 if len(self.log) < 200:
                     self.log.append(
                         {
                             "t": now,
                             "host": name,
-                            "vm": move.vm,
+                            "vm": "+".join(move.vms),
                             "target": move.target,
                             "admitted": ok,
                             "reason": move.reason,
