@@ -427,3 +427,37 @@ def test_a_closed_target_takes_nothing_but_still_counts_in_the_mean() -> None:
         "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig(), {"h2", "h3"}
     )
     assert moves == [] and "no host below mean" in last.reason
+
+
+def test_a_group_that_cannot_start_now_does_not_hold_back_the_long_copies() -> None:
+    """A saturated host must shed its 16 GiB and 8 GiB VMs and holds a pair: with the pair
+    in its look-ahead, the pair (needing both slots) could not start beside the 16 GiB copy
+    and a short copy took the second slot, leaving the 8 GiB one for the tail. The round
+    plans again without the groups that cannot start and starts the 16 and 8 GiB copies."""
+    cores16 = Resources(vcpus=16, memory_mib=64 * GIB)
+    af = {AFFINITY_LABEL: "af"}
+    # 16.0 cores in use on 16: saturated, so the loads that free most go first
+    full = NodeRecord(
+        "h1",
+        1,
+        capacity=cores16,
+        vms=(
+            vm("big", 4.74, memory=16 * GIB),
+            vm("eight", 2.37, memory=8 * GIB),
+            vm("p1", 2.37, memory=4 * GIB, labels=af),
+            vm("p2", 0.59, memory=4 * GIB, labels=af),
+            vm("f1", 1.19, memory=4 * GIB),
+            vm("f2", 1.19, memory=4 * GIB),
+            vm("f3", 0.59, memory=4 * GIB),
+            vm("t1", 1.19, memory=2 * GIB),
+            vm("t2", 0.59, memory=2 * GIB),
+            vm("s1", 0.59, memory=GIB),
+            vm("s2", 0.59, memory=GIB),
+        ),
+    )  # fmt: skip
+    colds = [NodeRecord(f"c{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 3.0),)) for i in range(20)]
+    by_id = {r.node_id: r for r in (full, *colds)}
+    moves, _ = plan_round(
+        "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig()
+    )
+    assert [m.vms for m in moves] == [("big",), ("eight",)]

@@ -599,10 +599,20 @@ def plan_round(
     # sent in the same instant would be refused.
     shut = set(closed)
     moves: list[Move] = []
-    for wanted in sorted(needed, key=lambda m: -m.cost) + more:  # stable: plan order on ties
-        if len(moving) >= config.max_outbound:
-            break
-        decision = ask(view, moving, only={wanted.vm}, shut=shut)
+    queue = sorted(needed, key=lambda m: -m.cost) + more  # stable: plan order on ties
+    while queue and len(moving) < config.max_outbound:
+        wanted = queue.pop(0)
+        room = config.max_outbound - len(moving)
+        if len(wanted.vms) > room:
+            # An affinity group needs a slot per VM at once and waits for a later round;
+            # the look-ahead is planned again without the groups that cannot start now, so
+            # the VMs that must go in its stead (long copies first) are the ones that start.
+            narrow = _narrow(records[node_id], room)
+            ahead = partial(ask, limits=unlimited, only=narrow)
+            needed, more = _sequence(ahead, view, moving, config.trigger, room)
+            queue = sorted(needed, key=lambda m: -m.cost) + more
+            continue
+        decision = ask(view, moving, only=set(wanted.vms), shut=shut)
         if decision.move is not None:
             moves.append(decision.move)
             moving.update(decision.move.vms)
@@ -619,6 +629,20 @@ def plan_round(
 
 
 MAX_PLANNED = 16  # moves a round looks ahead when it orders the shedding
+
+
+def _narrow(own: NodeRecord, room: int) -> set[str]:
+    """This host's VMs whose unit (the VM alone, or its affinity group here) has at most
+    `room` VMs: what can start in `room` free slots."""
+    sizes: dict[str, int] = {}
+    for vm in own.vms:
+        group = vm.labels.get(AFFINITY_LABEL, "")
+        sizes[group] = sizes.get(group, 0) + 1
+    return {
+        vm.name
+        for vm in own.vms
+        if not vm.labels.get(AFFINITY_LABEL) or sizes[vm.labels[AFFINITY_LABEL]] <= room
+    }
 
 
 def _sequence(
