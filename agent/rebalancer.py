@@ -1,16 +1,17 @@
 """Automatic rebalancing on one host: runs the planner, starts its moves, explains them.
 
-Every `interval` seconds the agent asks `core/rebalance.plan_round` what this
-host should do, from its own gossiped view, and starts the moves it gets
-(purpose "rebalance") through the migrator, which applies every limit and
-reservation as for a manual migration; an affinity group's move starts all
-its VMs with one proposal, the target reserving room for all or none. It plans sooner, as soon as it hears
-of it (the daemon's `poke` when this host's record is republished, the
-migrator's next change), when an outbound slot is free and either one of its
-outbound migrations has ended and its record shows the VM gone, or a new
-record of its own shows the host above its shedding line: a hot host would
-otherwise leave a freed slot idle, or a new hotspot unattended, until the
-next tick (the simulator: the 100-host hotspot took 1-2 s longer).
+Every `interval` seconds the agent asks `core/rebalance.plan_round` what
+this host should do, from its own gossiped view, and starts the moves it
+gets (purpose "rebalance") through the migrator, which applies every limit
+and reservation as for a manual migration; an affinity group's move starts
+all its VMs with one proposal, the target reserving room for all or none. It
+plans sooner, as soon as it hears of it (the daemon's `poke` when this
+host's record is republished, the migrator's next change), when an outbound
+slot is free and either one of its outbound migrations has ended and its
+record shows the VM gone, or a new record of its own shows the host above
+its shedding line: a hot host would otherwise leave a freed slot idle, or a
+new hotspot unattended, until the next tick (the simulator: the 100-host
+hotspot took 1-2 s longer).
 
 The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
