@@ -467,7 +467,9 @@ def _best_move(
     found: Move | None = None
     # A saturated host's VMs are starved for CPU: the loads that free most go first and
     # the copy cost does not hold them back (its long copies then start early, alongside
-    # the short ones, instead of last).
+    # the short ones, instead of last). Per outbound slot: an affinity group takes one per
+    # VM, and its load shares those slots (a pair first would hold both slots for what two
+    # single VMs free in turn).
     saturated = mine >= SATURATED
     for unit in units:
         cost = _cost(unit, config)
@@ -480,7 +482,8 @@ def _best_move(
             if _fits(unit, pool[target], config) is not None:
                 continue
             benefit, in_band = judged
-            key = benefit if saturated else benefit / (1.0 + cost / config.cost_scale)
+            per_slot = benefit / len(unit)
+            key = per_slot if saturated else benefit / (1.0 + cost / config.cost_scale)
             if best is None or key > best:
                 best = key
                 found = Move(
