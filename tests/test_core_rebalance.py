@@ -461,21 +461,3 @@ def test_a_group_that_cannot_start_now_does_not_hold_back_the_long_copies() -> N
         "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig()
     )
     assert [m.vms for m in moves] == [("big",), ("eight",)]
-
-
-def test_a_saturated_host_ranks_a_group_by_what_it_frees_per_slot() -> None:
-    """A pair frees more than the biggest single VM, but takes both outbound slots for it:
-    per slot it frees less, so the single VM leaves first and the pair's slots stay free
-    for the VMs that go next."""
-    cores16 = Resources(vcpus=16, memory_mib=64 * GIB)
-    af = {AFFINITY_LABEL: "af"}
-    full = NodeRecord(
-        "h1", 1, capacity=cores16,
-        vms=(
-            vm("p1", 2.5, memory=8 * GIB, labels=af), vm("p2", 2.5, memory=8 * GIB, labels=af),
-            vm("big", 3.5, memory=8 * GIB), *(vm(f"s{i}", 1.5) for i in range(5)),
-        ),
-    )  # fmt: skip
-    colds = [NodeRecord(f"c{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 3.0),)) for i in range(20)]
-    decision = decide([full, *colds])
-    assert decision.move is not None and decision.move.vms == ("big",)

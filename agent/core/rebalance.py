@@ -467,9 +467,7 @@ def _best_move(
     found: Move | None = None
     # A saturated host's VMs are starved for CPU: the loads that free most go first and
     # the copy cost does not hold them back (its long copies then start early, alongside
-    # the short ones, instead of last). Per outbound slot: an affinity group takes one per
-    # VM, and its load shares those slots (a pair first would hold both slots for what two
-    # single VMs free in turn).
+    # the short ones, instead of last).
     saturated = mine >= SATURATED
     for unit in units:
         cost = _cost(unit, config)
@@ -482,8 +480,7 @@ def _best_move(
             if _fits(unit, pool[target], config) is not None:
                 continue
             benefit, in_band = judged
-            per_slot = benefit / len(unit)
-            key = per_slot if saturated else benefit / (1.0 + cost / config.cost_scale)
+            key = benefit if saturated else benefit / (1.0 + cost / config.cost_scale)
             if best is None or key > best:
                 best = key
                 found = Move(
