@@ -105,6 +105,14 @@ def test_the_target_admits_the_whole_group_or_nothing() -> None:
     assert core.reservations() == []
 
 
+def test_a_group_larger_than_the_inbound_limit_is_refused_outright() -> None:
+    core = target(host("h2"))
+    members = tuple(GroupMember(f"m{i}", f"v{i}", 1, 1) for i in range(2, 1000))
+    huge = dataclasses.replace(pair_of(1), group=members)
+    assert answer(core, huge) == ("too many migrations: an affinity group of 999, limit 2 inbound")
+    assert core.reservations() == []
+
+
 def test_a_malformed_group_is_dropped() -> None:
     """A member repeating the proposal's VM or migration id means nothing: no answer."""
     core = target(host("h2"))

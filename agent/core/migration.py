@@ -1227,6 +1227,11 @@ class MigrationCore:
         down = libvirt_down(record) if record is not None else None
         if down is not None:
             return f"libvirt unreachable on {self.node_id} since {down}: it cannot count its memory"
+        limit = self.config.limits.max_inbound
+        if len(arrivals) > limit:  # never admissible: refused before any per-VM work
+            return (
+                f"too many migrations: an affinity group of {len(arrivals)}, limit {limit} inbound"
+            )
         for arrival in arrivals:
             why = self._arrival_refusal(record, arrival.vm)
             if why is not None:
