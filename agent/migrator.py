@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
@@ -264,15 +264,30 @@ class Migrator:
         self, vm: str, target: str, overrides: dict[str, Any], purpose: str = "manual"
     ) -> str:
         """Propose moving `vm` to `target`; the migration id, or `Refused` with the reason."""
-        out = self.core.request_migration(vm, target, overrides, self._clock(), purpose=purpose)
+        (migration_id,) = await self.start_group_migration((vm,), target, overrides, purpose)
+        return migration_id
+
+    async def start_group_migration(
+        self,
+        vms: Sequence[str],
+        target: str,
+        overrides: dict[str, Any],
+        purpose: str = "manual",
+    ) -> list[str]:
+        """Propose moving VMs that must stay together (an affinity group) to `target`, room
+        for all of them reserved at once; their migration ids, in the order of `vms`, or
+        `Refused` with the reason (then none of them moves)."""
+        out = self.core.request_group_migration(
+            vms, target, overrides, self._clock(), purpose=purpose
+        )
         refused = next((e for e in out.events if isinstance(e, MigrationRefused)), None)
-        proposed = next((e for e in out.events if isinstance(e, MigrationProposed)), None)
+        proposed = [e.migration_id for e in out.events if isinstance(e, MigrationProposed)]
         await self._apply(out)
         if refused is not None:
             raise Refused(refused.kind, refused.reason)
-        if proposed is None:
+        if len(proposed) != len(vms):
             raise Refused(RefusalKind.CONFLICT, "refused")
-        return proposed.migration_id
+        return proposed
 
     async def cancel(self, migration_id: str) -> None:
         """Cancel a running outbound migration, or `Refused` saying why not."""

@@ -3,11 +3,12 @@
 Every `interval` seconds the agent asks `core/rebalance.plan_round` what this
 host should do, from its own gossiped view, and starts the moves it gets
 (purpose "rebalance") through the migrator, which applies every limit and
-reservation as for a manual migration. When a round is due, sooner than the
-interval when one of its migrations ended or a new record of its own shows
-it hot, is `core/rebalance_schedule.RebalanceSchedule`'s call; this loop asks
-it whenever it hears news (the daemon's `poke` when this host's record is
-republished, the migrator's next change) or its short poll comes.
+reservation as for a manual migration; an affinity group's move starts all
+its VMs with one proposal, the target reserving room for all or none. When a
+round is due, sooner than the interval when one of its migrations ended or a
+new record of its own shows it hot, is `core/rebalance_schedule.RebalanceSchedule`'s
+call; this loop asks it whenever it hears news (the daemon's `poke` when this
+host's record is republished, the migrator's next change) or its short poll comes.
 
 The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
@@ -241,29 +242,34 @@ class Rebalancer:
         started = 0
         for move in moves:
             try:
-                mid = await self._migrator.start_migration(move.vm, move.target, {}, "rebalance")
+                # An affinity group's VMs go as one: room for all of them, or none moves.
+                mids = await self._migrator.start_group_migration(
+                    move.vms, move.target, {}, "rebalance"
+                )
             except Refused as exc:
                 self.counts.refused += 1
                 self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
                 log.info(
-                    "rebalance move refused", extra={"fields": {"vm": move.vm, "why": str(exc)}}
+                    "rebalance move refused",
+                    extra={"fields": {"vm": "+".join(move.vms), "why": str(exc)}},
                 )
                 continue
-            self.moves.appendleft(
-                {
-                    "migration_id": mid,
-                    "vm": move.vm,
-                    "source": move.source,
-                    "target": move.target,
-                    "reason": move.reason,
-                    "benefit": round(move.benefit, 6),
-                    "cost_mib": round(move.cost, 1),
-                    "wall_time": round(self._wall(), 3),
-                }
-            )
-            fields = {"vm": move.vm, "to": move.target, "why": move.reason}
+            for vm, mid in zip(move.vms, mids, strict=True):
+                self.moves.appendleft(
+                    {
+                        "migration_id": mid,
+                        "vm": vm,
+                        "source": move.source,
+                        "target": move.target,
+                        "reason": move.reason,
+                        "benefit": round(move.benefit, 6),
+                        "cost_mib": round(move.cost, 1),
+                        "wall_time": round(self._wall(), 3),
+                    }
+                )
+            fields = {"vm": "+".join(move.vms), "to": move.target, "why": move.reason}
             log.info("rebalance move", extra={"fields": fields})
-            started += 1
+            started += len(mids)
         self.counts.started += started
         self._schedule.planned(asyncio.get_running_loop().time(), before, started)
 

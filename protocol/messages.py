@@ -356,8 +356,21 @@ class Certificates:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupMember:
+    """Another VM of an affinity group proposed together with the proposal's own VM."""
+
+    migration_id: str  # its own migration, which the reservation is held under
+    vm: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: float = 0.0
+    anti_affinity: str = ""  # its anti-affinity group ("" for none)
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationPropose:
-    """The source asks the target to reserve room for a VM."""
+    """The source asks the target to reserve room for a VM (and, with `group`, for the
+    other VMs of its affinity group at once: all of them, or none)."""
 
     TYPE: ClassVar[str] = "migration-propose"
     migration_id: str
@@ -371,6 +384,7 @@ class MigrationPropose:
     anti_affinity: str = ""  # the VM's group: refused where one of it runs or is arriving
     started_at: float = 0.0  # when the source proposed it, wall clock (s): shown on both hosts
     traceparent: str = ""  # the migration's W3C trace context, "" when it is not traced
+    group: tuple[GroupMember, ...] = ()  # the rest of its affinity group, moving with it
 
 
 @dataclass(frozen=True, slots=True)

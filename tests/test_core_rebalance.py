@@ -10,6 +10,7 @@ from novacron.agent.core.rebalance import (
     AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
     Decision,
+    Move,
     RebalanceConfig,
     plan,
     plan_round,
@@ -122,12 +123,118 @@ def test_anti_affinity_two_vms_of_a_group_never_share_a_host() -> None:
     assert decision.move is not None and decision.move.vm == "c"
 
 
-def test_affinity_groups_are_never_split() -> None:
-    pair = {AFFINITY_LABEL: "web"}
-    source = host("h1", vm("a", 3.0, labels=pair), vm("b", 3.0, labels=pair))
-    decision = decide([source, COLD])
+WEB = {AFFINITY_LABEL: "web"}
+# 0.8 of 10 cores; c and d moved lately (`STAYING`): the pair is what may go, and its
+# load alone (0.4) keeps the host over the line (mean 0.16 with four empty hosts)
+PAIRED = host("h1", vm("a", 2.0, labels=WEB), vm("b", 2.0, labels=WEB), vm("c", 2.0), vm("d", 2.0))
+STAYING = {"c": 900.0, "d": 900.0}
+EMPTY = [host(f"h{i}") for i in range(2, 6)]
+
+
+def _round_of(records: list[NodeRecord], **kw: object) -> tuple[list[Move], Decision]:
+    by_id = {r.node_id: r for r in records}
+    moved: dict[str, float] = kw.pop("moved", {})  # type: ignore[assignment]
+    busy: tuple[str, ...] = kw.pop("busy", ())  # type: ignore[assignment]
+    return plan_round(
+        "h1", by_id, set(by_id), moved, busy, 1000.0, random.Random(1), RebalanceConfig()
+    )
+
+
+def test_an_affinity_group_over_the_line_moves_together_to_one_target() -> None:
+    decision = decide([PAIRED, *EMPTY], moved=STAYING)
+    assert decision.move is not None
+    assert decision.move.vms == ("a", "b") and decision.move.target in {"h2", "h3", "h4", "h5"}
+    assert "affinity group web: a + b (4.00 cores, 2048 MiB) to" in decision.reason
+    moves, last = _round_of([PAIRED, *EMPTY], moved=STAYING)
+    assert [m.vms for m in moves] == [("a", "b")]  # one move, both VMs, one target
+    assert last.reason == "already moving 2 VMs (limit 2)"  # a slot per VM
+
+
+def test_no_target_fits_the_whole_group_so_nothing_moves_and_the_reason_says_so() -> None:
+    # Each cold host has 1.5 GiB free: room for a or b, not for both at once.
+    tight = [host(f"h{i}", vm(f"x{i}", 0.1, memory=64 * GIB - 1536)) for i in range(2, 6)]
+    decision = decide([PAIRED, *tight], moved=STAYING)
     assert decision.move is None
-    assert "no VM may move" in decision.reason
+    assert decision.reason == (
+        "hot (0.80), but no host below mean 0.17 has inbound room "
+        "(affinity groups move whole, all to one target: web (2 VMs, 2048 MiB))"
+    )
+    moves, _ = _round_of([PAIRED, *tight], moved=STAYING)
+    assert moves == []
+    # One inbound slot left on each target: the pair needs two at once.
+    receiving = [host(f"h{i}", migrations_in=1) for i in range(2, 6)]
+    decision = decide([PAIRED, *receiving], moved=STAYING)
+    assert decision.move is None and "affinity groups move whole" in decision.reason
+    # Not a member left behind to go alone: without the label, a fits on its own.
+    alone = host("h1", vm("a", 2.0), vm("b", 2.0), vm("c", 2.0), vm("d", 2.0))
+    assert decide([alone, *tight], moved=STAYING).move is not None
+
+
+def test_a_group_waits_whole_when_a_member_may_not_move_or_slots_are_short() -> None:
+    decision = decide([PAIRED, *EMPTY], moved={**STAYING, "b": 900.0})
+    assert decision.move is None and "no VM may move" in decision.reason
+    decision = decide([PAIRED, *EMPTY], moved=STAYING, busy=("c",))  # one slot free
+    assert decision.move is None and "more members than free slots" in decision.reason
+
+
+def test_a_group_never_ends_split_by_the_planners_own_choice() -> None:
+    """Whatever the cluster: every move of a grouped VM takes every VM of its group on the
+    source, to one target, and no group member moves alone."""
+    for seed in range(150):
+        rng = random.Random(seed)
+        records = [
+            host(
+                f"h{h}",
+                *(
+                    vm(
+                        f"v{h}-{i}",
+                        rng.uniform(0.05, 3.0),
+                        GIB * rng.choice((1, 2, 4)),
+                        labels={AFFINITY_LABEL: f"g{h}-{i % 2}"} if rng.random() < 0.5 else None,
+                    )
+                    for i in range(rng.randint(0, 6))
+                ),
+                migrations_in=rng.randint(0, 1),
+            )
+            for h in range(1, rng.randint(3, 9))
+        ]
+        own = records[0].vms
+        busy = tuple(v.name for v in own[: rng.randint(0, min(1, len(own)))])
+        moves, last = _round_of(records, busy=busy)
+        assert last.move is None
+        groups: dict[str, set[str]] = {}
+        for v in own:
+            if AFFINITY_LABEL in v.labels:
+                groups.setdefault(v.labels[AFFINITY_LABEL], set()).add(v.name)
+        for move in moves:
+            grouped = {g for g, names in groups.items() if set(move.vms) & names}
+            assert set(move.vms) == set().union(*(groups[g] for g in grouped)) or (
+                not grouped and len(move.vms) == 1
+            ), (seed, move)
+            assert not set(move.vms) & set(busy), (seed, move)
+        assert sum(len(m.vms) for m in moves) <= 2 - len(busy), seed
+
+
+def test_a_split_group_is_brought_together_by_the_next_round() -> None:
+    """A member whose migration failed stays behind while the rest landed elsewhere: the
+    host holding fewer members (on a tie the busier one) sends them to the others, before
+    any balancing and even when balanced; the other side stays."""
+    behind = host("h1", vm("b", 1.0, labels=WEB), vm("e", 2.0))  # 0.3
+    landed = host("h2", vm("a", 1.0, labels=WEB))  # 0.1: a moved lately, in cooldown
+    by_id = {r.node_id: r for r in (behind, landed, host("h3", vm("x", 2.0)))}
+    moves, last = plan_round(
+        "h1", by_id, set(by_id), {"a": 900.0}, (), 1000.0, random.Random(1), RebalanceConfig()
+    )
+    assert [(m.vms, m.target, m.rejoin) for m in moves] == [(("b",), "h2", True)]
+    assert moves[0].reason == "affinity group web split: b join its other 1 VM(s) on h2"
+    assert last.move is None and last.reason.endswith("balancing waits for the next round")
+    other = plan("h2", by_id, set(by_id), {"a": 900.0}, (), 1000.0, random.Random(1))
+    assert other.move is None  # the side that stays does not send its half the other way
+    # Where the rest cannot take it, the group stays split and balancing goes on.
+    full = host("h2", vm("a", 1.0, labels=WEB), vm("y", 0.1, memory=63 * GIB))
+    by_id["h2"] = full
+    decision = plan("h1", by_id, set(by_id), {"a": 900.0}, (), 1000.0, random.Random(1))
+    assert decision.move is None or not decision.move.rejoin
 
 
 def test_many_hot_hosts_spread_over_the_cold_ones() -> None:
@@ -319,3 +426,37 @@ def test_a_closed_target_takes_nothing_but_still_counts_in_the_mean() -> None:
         "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig(), {"h2", "h3"}
     )
     assert moves == [] and "no host below mean" in last.reason
+
+
+def test_a_group_that_cannot_start_now_does_not_hold_back_the_long_copies() -> None:
+    """A saturated host must shed its 16 GiB and 8 GiB VMs and holds a pair: with the pair
+    in its look-ahead, the pair (needing both slots) could not start beside the 16 GiB copy
+    and a short copy took the second slot, leaving the 8 GiB one for the tail. The round
+    plans again without the groups that cannot start and starts the 16 and 8 GiB copies."""
+    cores16 = Resources(vcpus=16, memory_mib=64 * GIB)
+    af = {AFFINITY_LABEL: "af"}
+    # 16.0 cores in use on 16: saturated, so the loads that free most go first
+    full = NodeRecord(
+        "h1",
+        1,
+        capacity=cores16,
+        vms=(
+            vm("big", 4.74, memory=16 * GIB),
+            vm("eight", 2.37, memory=8 * GIB),
+            vm("p1", 2.37, memory=4 * GIB, labels=af),
+            vm("p2", 0.59, memory=4 * GIB, labels=af),
+            vm("f1", 1.19, memory=4 * GIB),
+            vm("f2", 1.19, memory=4 * GIB),
+            vm("f3", 0.59, memory=4 * GIB),
+            vm("t1", 1.19, memory=2 * GIB),
+            vm("t2", 0.59, memory=2 * GIB),
+            vm("s1", 0.59, memory=GIB),
+            vm("s2", 0.59, memory=GIB),
+        ),
+    )  # fmt: skip
+    colds = [NodeRecord(f"c{i}", 1, capacity=cores16, vms=(vm(f"o{i}", 3.0),)) for i in range(20)]
+    by_id = {r.node_id: r for r in (full, *colds)}
+    moves, _ = plan_round(
+        "h1", by_id, set(by_id), {}, (), 1000.0, random.Random(1), RebalanceConfig()
+    )
+    assert [m.vms for m in moves] == [("big",), ("eight",)]

@@ -220,3 +220,29 @@ async def test_only_a_record_newer_than_the_last_round_makes_a_round_due() -> No
     _loads(mesh, "h1", 1.0)
     assert rebalancer.due_now() and sent == []
     await migrator.close()
+
+
+async def test_an_affinity_group_moves_with_one_proposal_for_all_its_vms() -> None:
+    """h1's movable load is a pair sharing an affinity label (vm2 is paused and stays): the
+    round sends one proposal that asks room for both, and both show among the moves."""
+    mesh, rebalancer, sent, _, migrator = setup()
+    web = {"novacron/affinity": "web"}
+    own = mesh.records()["h1"]
+    vms = (
+        dataclasses.replace(own.vms[0], labels=web),
+        dataclasses.replace(own.vms[1], labels=web),
+        dataclasses.replace(own.vms[2], state="paused"),
+    )
+    mesh._records["h1"] = dataclasses.replace(own, vms=vms)
+
+    await rebalancer.round()
+
+    (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    assert proposal.vm == "vm0" and [m.vm for m in proposal.group] == ["vm1"]
+    moves = rebalancer.status()["moves"]
+    assert sorted((m["vm"], m["target"], m["outcome"]) for m in moves) == [
+        ("vm0", proposal.target, "running"),
+        ("vm1", proposal.target, "running"),
+    ]
+    assert moves[0]["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15: affinity group web")
+    await migrator.close()

@@ -20,6 +20,7 @@ from novacron.simulations.rebalance.sim import (
     typical_host,
 )
 from novacron.simulations.rebalance.workload import (
+    AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
     Workload,
     WorkloadConfig,
@@ -117,6 +118,44 @@ def test_constraint_checker_catches_planted_violations():
     counted = dict(cluster.stats.violations)
     cluster.check_host(host)  # the same episode is counted once
     assert cluster.stats.violations == counted
+
+
+def test_an_affinity_group_is_admitted_whole_or_not_at_all():
+    """The simulator's admission of a group the planner moves together: slots and room for
+    every member at once on one target, or nothing starts."""
+    cluster = Cluster(SMALL, Workload(WorkloadConfig(seed=1, vms=200)))
+    place_initial(cluster, balanced=True, rng=random.Random(1))
+    cluster.samples = cluster.workload.sample(0.0)
+    by_group: dict[str, list[str]] = {}
+    for name, spec in sorted(cluster.workload.vms.items()):
+        if AFFINITY_LABEL in spec.labels:
+            by_group.setdefault(spec.labels[AFFINITY_LABEL], []).append(name)
+    pair = tuple(next(vms for vms in by_group.values() if len(vms) == 2))
+    source = cluster.where[pair[0]]
+    assert cluster.where[pair[1]] == source
+    target = next(
+        h
+        for h in cluster.hosts.values()
+        if h.name != source and not any(cluster.anti_affine_clash(vm, h) for vm in pair)
+    )
+    # Room for either member, not for both.
+    used = sum(cluster.spec(vm).memory_mib for vm in target.vms)
+    target.memory_mib = used + max(cluster.spec(vm).memory_mib for vm in pair)
+    assert all(cluster.fits(vm, target) for vm in pair)
+    assert not cluster.start_group(pair, target.name, "rebalance")
+    assert cluster.migrations == {} and cluster.stats.refusals == {"group: target capacity": 1}
+    other = next(
+        vm for vm, host in sorted(cluster.where.items()) if host not in (source, target.name)
+    )
+    target.memory_mib = used + sum(cluster.spec(vm).memory_mib for vm in (*pair, other))
+    assert cluster.start(other, target.name, "rebalance") is not None  # one slot left
+    assert not cluster.start_group(pair, target.name, "rebalance")  # the pair needs two
+    assert set(cluster.migrations) == {other}
+    assert cluster.stats.refusals["group: target inbound limit"] == 1
+    cluster.now = cluster.migrations[other].end
+    cluster.finish_due()
+    assert cluster.start_group(pair, target.name, "rebalance")
+    assert {m.vm: m.target for m in cluster.migrations.values()} == dict.fromkeys(pair, target.name)
 
 
 def _hotspot(hot_utilization: float) -> SimConfig:

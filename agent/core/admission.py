@@ -17,7 +17,7 @@ simulated migration is admitted exactly when an agent would admit it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,7 +25,7 @@ from novacron.protocol.messages import NodeRecord
 
 from .migration_policy import MigrationLimits, cluster_limit
 from .placement import anti_affinity_clash, libvirt_down
-from .reservations import Demand, ReservationBook, ReservationConfig
+from .reservations import Demand, ReservationBook, ReservationConfig, combined
 
 
 class Rule(StrEnum):
@@ -64,16 +64,17 @@ def target_refusal(
     node_id: str,
     record: NodeRecord | None,
     book: ReservationBook,
-    arrival: Arrival,
+    arrivals: Sequence[Arrival],
     *,
     draining: bool,
     max_inbound: int,
     config: ReservationConfig,
 ) -> Refusal | None:
-    """Why `node_id` will not reserve room for `arrival` now (None: it will). A landed
-    reservation of the same VM is dropped: the VM has left again, the hold only kept room
-    until this host's record caught up."""
-    source, vm = arrival.source, arrival.vm
+    """Why `node_id` will not reserve room for `arrivals` now: one VM, or an affinity
+    group's VMs all at once (None: it will, for all of them). A landed reservation of an
+    arriving VM is dropped: the VM has left again, the hold only kept room until this
+    host's record caught up."""
+    source, count = arrivals[0].source, len(arrivals)
     unseen = book.unseen_from(source)
     if unseen >= config.per_source:
         return Refusal(
@@ -88,6 +89,34 @@ def target_refusal(
             Rule.LIBVIRT_DOWN,
             f"libvirt unreachable on {node_id} since {down}: it cannot count its memory",
         )
+    if count > max_inbound:  # never admissible: refused before any per-VM work
+        return Refusal(
+            Rule.INBOUND,
+            f"too many migrations: an affinity group of {count}, limit {max_inbound} inbound",
+        )
+    for arrival in arrivals:
+        here = _present_or_arriving(node_id, record, book, arrival.vm)
+        if here is not None:
+            return here
+    inbound = book.inbound()
+    if inbound + count > max_inbound:
+        whole = f"; its affinity group needs {count} at once" if count > 1 else ""
+        return Refusal(
+            Rule.INBOUND,
+            f"too many migrations: {node_id} already receives {inbound} inbound{whole}",
+        )
+    for arrival in arrivals:
+        clash = group_refusal(node_id, record, book, arrival.demand.anti_affinity)
+        if clash is not None:
+            return Refusal(Rule.ANTI_AFFINITY, clash)
+    demand = combined(a.demand for a in arrivals) if count > 1 else arrivals[0].demand
+    short = book.admit(node_id, record, demand, config)
+    return Refusal(Rule.CAPACITY, short) if short is not None else None
+
+
+def _present_or_arriving(
+    node_id: str, record: NodeRecord | None, book: ReservationBook, vm: str
+) -> Refusal | None:
     if record is not None and any(summary.name == vm for summary in record.vms):
         return Refusal(Rule.PRESENT, f"VM {vm} already runs on {node_id}")
     held = book.for_vm(vm)
@@ -95,16 +124,7 @@ def target_refusal(
         book.release(held.migration_id)
     elif held is not None:
         return Refusal(Rule.ARRIVING, f"VM {vm} is already arriving on {node_id}")
-    inbound = book.inbound()
-    if inbound >= max_inbound:
-        return Refusal(
-            Rule.INBOUND, f"too many migrations: {node_id} already receives {inbound} inbound"
-        )
-    clash = group_refusal(node_id, record, book, arrival.demand.anti_affinity)
-    if clash is not None:
-        return Refusal(Rule.ANTI_AFFINITY, clash)
-    short = book.admit(node_id, record, arrival.demand, config)
-    return Refusal(Rule.CAPACITY, short) if short is not None else None
+    return None
 
 
 def group_refusal(
@@ -122,36 +142,50 @@ def group_refusal(
     return None
 
 
-def outbound_refusal(node_id: str, outbound: int, limits: MigrationLimits) -> Refusal | None:
-    """Why `node_id`, running `outbound` migrations, may not start another (None: it may)."""
-    if outbound >= limits.max_outbound:
+def outbound_refusal(
+    node_id: str, outbound: int, limits: MigrationLimits, count: int = 1
+) -> Refusal | None:
+    """Why `node_id`, running `outbound` migrations, may not start `count` more (an
+    affinity group's, all at once) (None: it may)."""
+    if outbound + count > limits.max_outbound:
         return Refusal(
-            Rule.OUTBOUND, f"too many migrations: {node_id} already runs {outbound} outbound"
+            Rule.OUTBOUND,
+            f"too many migrations: {node_id} already runs {outbound} outbound{_whole(count)}",
         )
     return None
 
 
-def cluster_refusal(running: int, alive: int, limits: MigrationLimits) -> Refusal | None:
-    """Why no migration may start while `running` run among `alive` hosts (None: one may)."""
+def cluster_refusal(
+    running: int, alive: int, limits: MigrationLimits, count: int = 1
+) -> Refusal | None:
+    """Why `count` migrations may not start while `running` run among `alive` hosts
+    (None: they may)."""
     ceiling = cluster_limit(limits, alive)
-    if running >= ceiling:
+    if running + count > ceiling:
         return Refusal(
             Rule.CLUSTER,
-            f"too many migrations: {running} running in the cluster, limit {ceiling}",
+            f"too many migrations: {running} running in the cluster, limit {ceiling}"
+            + _whole(count),
         )
     return None
+
+
+def _whole(count: int) -> str:
+    return f"; the affinity group needs {count} at once" if count > 1 else ""
 
 
 def closed_targets(
-    outbound: Iterable[tuple[str, str]], records: Mapping[str, NodeRecord], per_source: int
+    outbound: Iterable[tuple[str, str, str]], records: Mapping[str, NodeRecord], per_source: int
 ) -> set[str]:
     """Targets that would refuse another proposal from this source now: each admits at
-    most `per_source` migrations from one source that its libvirt does not show yet, and
+    most `per_source` admissions from one source that its libvirt does not show yet, and
     its record (`records`, as this source sees it) does not list that many of ours yet.
-    `outbound`: (target, VM) of every migration this source runs."""
-    unseen: dict[str, int] = {}
-    for target, vm in outbound:
+    `outbound`: (target, VM, admission) of every migration this source runs, where the
+    admission names the proposal it was admitted with: an affinity group's VMs were
+    admitted in one step and count once."""
+    unseen: dict[str, set[str]] = {}
+    for target, vm, admission in outbound:
         record = records.get(target)
         if record is None or all(summary.name != vm for summary in record.vms):
-            unseen[target] = unseen.get(target, 0) + 1
-    return {target for target, count in unseen.items() if count >= per_source}
+            unseen.setdefault(target, set()).add(admission)
+    return {target for target, admitted in unseen.items() if len(admitted) >= per_source}

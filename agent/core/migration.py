@@ -129,12 +129,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from novacron.protocol.messages import (
+    GroupMember,
     MemberState,
     Message,
     MigrationAbort,
@@ -191,8 +192,8 @@ from .placement import (
     ANTI_AFFINITY_LABEL,
     Placement,
     choose_target,
+    group_room_refusal,
     libvirt_down,
-    room_refusal,
 )
 from .refusals import RefusalKind
 from .reservations import (
@@ -459,6 +460,7 @@ class _Saga:
     reconciling_since: float | None = None  # when the evidence was first asked for
     doubt_note: str = ""  # why the outcome is unknown, as last reported
     totals: JobTotals | None = None  # the libvirt job's final statistics, if the driver had them
+    group: tuple[str, ...] = ()  # its affinity group's migration ids, the proposing one first
 
 
 @dataclass(slots=True)
@@ -522,38 +524,63 @@ class MigrationCore:
         purpose: str = "manual",
     ) -> MigrationOutput:
         """Start moving `vm` to `target`, or refuse at once with a reason (nothing changes)."""
+        return self.request_group_migration((vm,), target, policy_overrides, now, purpose=purpose)
+
+    def request_group_migration(
+        self,
+        vms: Sequence[str],
+        target: str,
+        policy_overrides: Mapping[str, Any] | None,
+        now: float,
+        *,
+        purpose: str = "manual",
+    ) -> MigrationOutput:
+        """Start moving VMs that must stay together (an affinity group) to `target`, or
+        refuse them all at once with a reason (nothing changes). One proposal, the first
+        VM's, asks room for all of them; the target reserves it for all or refuses; every
+        VM's migration starts with that one answer (a saga each: each copy commits or
+        aborts on its own). A single VM is the ordinary migration."""
         out = MigrationOutput()
         self.stats.requested += 1
         records = self._view.records()
-        summary = _find_vm(records.get(self.node_id), vm)
+        summaries = [_find_vm(records.get(self.node_id), vm) for vm in vms]
         try:
             policy = with_overrides(self.config.policy, policy_overrides)
         except PolicyError as exc:
             return self._refuse_locally(
-                vm, target, (RefusalKind.INVALID, f"bad policy: {exc}"), out
+                vms, target, (RefusalKind.INVALID, f"bad policy: {exc}"), out
             )
-        refusal = self._request_refusal(vm, summary, target, records)
-        if refusal is not None or summary is None:
-            return self._refuse_locally(
-                vm, target, refusal or (RefusalKind.UNKNOWN, f"unknown VM: {vm}"), out
+        refusal = self._request_refusal(vms, summaries, target, records)
+        found = [summary for summary in summaries if summary is not None]
+        if refusal is not None or not found or len(found) < len(vms):
+            why = refusal or (RefusalKind.UNKNOWN, f"unknown VM: {', '.join(vms)}")
+            return self._refuse_locally(vms, target, why, out)
+        sagas: list[_Saga] = []
+        for summary in found:
+            # Only the first VM's saga proposes and waits for the answer; the others follow it.
+            leads = not sagas
+            saga = _Saga(
+                migration_id=self._new_id(),
+                vm=summary.name,
+                source=self.node_id,
+                target=target,
+                demand=_demand(summary),
+                policy=policy,
+                purpose=purpose,
+                started=now,
+                timer=now + self.config.answer_timeout if leads else INF,
+                retry_at=now + self.config.propose_retry if leads else INF,
+                started_at=self._wall(now),
             )
-        saga = _Saga(
-            migration_id=self._new_id(),
-            vm=vm,
-            source=self.node_id,
-            target=target,
-            demand=_demand(summary),
-            policy=policy,
-            purpose=purpose,
-            started=now,
-            timer=now + self.config.answer_timeout,
-            retry_at=now + self.config.propose_retry,
-            started_at=self._wall(now),
-        )
-        self._sagas[saga.migration_id] = saga
-        self._busy[vm] = saga.migration_id
-        out.sends.append((target, self._proposal(saga)))
-        out.events.append(MigrationProposed(saga.migration_id, vm, self.node_id, target))
+            self._sagas[saga.migration_id] = saga
+            self._busy[saga.vm] = saga.migration_id
+            sagas.append(saga)
+        if len(sagas) > 1:
+            for saga in sagas:
+                saga.group = tuple(each.migration_id for each in sagas)
+        out.sends.append((target, self._proposal(sagas[0])))
+        for saga in sagas:
+            out.events.append(MigrationProposed(saga.migration_id, saga.vm, self.node_id, target))
         return out
 
     def place(self, vm: str) -> Placement:
@@ -577,21 +604,51 @@ class MigrationCore:
 
     def _request_refusal(
         self,
-        vm: str,
-        summary: VmSummary | None,
+        vms: Sequence[str],
+        summaries: Sequence[VmSummary | None],
         target: str,
         records: Mapping[str, NodeRecord],
     ) -> tuple[RefusalKind, str] | None:
-        """Why this host will not even propose: the checks it can make from its own view."""
+        """Why this host will not even propose (the VMs of a group: not any of them): the
+        checks it can make from its own view."""
+        if not vms or len(set(vms)) < len(vms):
+            return RefusalKind.INVALID, "the VMs to move together must be distinct, at least one"
         if target == self.node_id:
-            return RefusalKind.CONFLICT, f"cannot migrate to itself: {vm} already runs on {target}"
-        if summary is None:
-            return RefusalKind.UNKNOWN, f"unknown VM: {vm} does not run on {self.node_id}"
+            names = ", ".join(vms)
+            return (
+                RefusalKind.CONFLICT,
+                f"cannot migrate to itself: {names} already runs on {target}",
+            )
+        for vm, summary in zip(vms, summaries, strict=True):
+            if summary is None:
+                return RefusalKind.UNKNOWN, f"unknown VM: {vm} does not run on {self.node_id}"
         member = self._view.member(target)
         if member is None:
             return RefusalKind.UNKNOWN, f"unknown host: {target}"
         if member.state is not MemberState.ALIVE:
             return RefusalKind.CONFLICT, f"host {target} is {member.state.value}"
+        present = [summary for summary in summaries if summary is not None]  # all, as checked
+        for summary in present:
+            refusal = self._vm_refusal(summary, records)
+            if refusal is not None:
+                return refusal
+        if target in self.targets_full_from_here():
+            return (
+                RefusalKind.CONFLICT,
+                f"too many migrations from {self.node_id}: {target} does not show the last one "
+                "yet; try again in a few seconds",
+            )
+        record = records.get(target)
+        if record is None:
+            return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
+        why = self._target_refusal(record, present, records)
+        return (RefusalKind.CONFLICT, why) if why is not None else None
+
+    def _vm_refusal(
+        self, summary: VmSummary, records: Mapping[str, NodeRecord]
+    ) -> tuple[RefusalKind, str] | None:
+        """Why this VM cannot move now: its state, or a migration of it under way."""
+        vm = summary.name
         if summary.state == "unknown":
             own = records.get(self.node_id)
             down = libvirt_down(own) if own is not None else None
@@ -605,52 +662,49 @@ class MigrationCore:
             return RefusalKind.CONFLICT, f"VM not running: {vm} is {summary.state}"
         if vm in self._busy:
             return RefusalKind.CONFLICT, f"VM {vm} is already migrating ({self._busy[vm]})"
-        if target in self.targets_full_from_here():
-            return (
-                RefusalKind.CONFLICT,
-                f"too many migrations from {self.node_id}: {target} does not show the last one "
-                "yet; try again in a few seconds",
-            )
-        record = records.get(target)
-        if record is None:
-            return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
-        why = self._target_refusal(record, summary, records)
-        return (RefusalKind.CONFLICT, why) if why is not None else None
+        return None
 
     def _target_refusal(
-        self, record: NodeRecord, summary: VmSummary, records: Mapping[str, NodeRecord]
+        self, record: NodeRecord, summaries: Sequence[VmSummary], records: Mapping[str, NodeRecord]
     ) -> str | None:
-        """Why the target, as its record shows it, or the mesh cannot take the VM now."""
+        """Why the target, as its record shows it, or the mesh cannot take the VMs now (an
+        affinity group's all at once: a slot for each, room for all together)."""
         limits = self.config.limits
         target = record.node_id
+        count = len(summaries)
+        whole = f"; the affinity group needs {count} at once" if count > 1 else ""
         if record.draining:
             return f"host draining: {target} takes no new VMs"
-        busy = outbound_refusal(self.node_id, len(self._sagas), limits)
+        busy = outbound_refusal(self.node_id, len(self._sagas), limits, count)
         if busy is not None:
             return busy.reason
         ours = sum(1 for s in self._sagas.values() if s.target == target)
         inbound = max(record.migrations_in, ours)
-        if inbound >= limits.max_inbound:
-            return f"too many migrations: {target} already receives {inbound} inbound"
+        if inbound + count > limits.max_inbound:
+            return f"too many migrations: {target} already receives {inbound} inbound{whole}"
         alive = sum(
             1
             for node_id in records
             if (m := self._view.member(node_id)) is not None and m.state is MemberState.ALIVE
         )
         running = cluster_migrations(records, self.node_id, len(self._sagas))
-        full = cluster_refusal(running, alive, limits)
+        full = cluster_refusal(running, alive, limits, count)
         if full is not None:
             return full.reason
         overcommit = self.config.reservations.vcpu_overcommit
-        demand = _demand(summary)
-        return room_refusal(record, demand, overcommit, demand.anti_affinity)
+        return group_room_refusal(record, [_demand(s) for s in summaries], overcommit)
 
     def _refuse_locally(
-        self, vm: str, target: str, refusal: tuple[RefusalKind, str], out: MigrationOutput
+        self,
+        vms: Sequence[str],
+        target: str,
+        refusal: tuple[RefusalKind, str],
+        out: MigrationOutput,
     ) -> MigrationOutput:
         self.stats.refused_locally += 1
         kind, reason = refusal
-        out.events.append(MigrationRefused(vm, target, reason, "", self.node_id, kind))
+        for vm in vms:
+            out.events.append(MigrationRefused(vm, target, reason, "", self.node_id, kind))
         return out
 
     def _new_id(self) -> str:
@@ -661,6 +715,19 @@ class MigrationCore:
                 return migration_id
 
     def _proposal(self, saga: _Saga) -> MigrationPropose:
+        """The leading saga's proposal (with the rest of its affinity group, if any)."""
+        group = tuple(
+            GroupMember(
+                other.migration_id,
+                other.vm,
+                other.demand.vcpus,
+                other.demand.memory_mib,
+                other.demand.disk_gib,
+                other.demand.anti_affinity,
+            )
+            for mid in saga.group[1:]
+            if (other := self._sagas.get(mid)) is not None
+        )
         return MigrationPropose(
             migration_id=saga.migration_id,
             vm=saga.vm,
@@ -672,6 +739,7 @@ class MigrationCore:
             reason=saga.purpose,
             anti_affinity=saga.demand.anti_affinity,
             started_at=saga.started_at,
+            group=group,
         )
 
     def cancel(self, migration_id: str, now: float) -> MigrationOutput:
@@ -978,26 +1046,41 @@ class MigrationCore:
         if saga.phase is not Phase.PROPOSED:
             self.stats.duplicates += 1
             return
-        self._move(saga, Trigger.ACCEPT, now)
-        timeout = completion_timeout(saga.policy, saga.demand.memory_mib)
-        saga.timer = now + timeout
-        saga.renew_at = now + self.config.renew_interval
-        saga.forwarded_at = now
-        record = self._view.records().get(saga.target)
-        target_uri = record.libvirt_uri if record is not None else ""
-        out.events.append(
-            MigrationAccepted(saga.migration_id, saga.vm, sender, message.reservation_expires)
-        )
-        out.actions.append(
-            StartLibvirtMigration(
-                saga.migration_id,
-                saga.vm,
-                saga.target,
-                target_uri,
-                message.migration_uri,
-                saga.policy,
+        if saga.group and saga.group[0] != saga.migration_id:
+            self.stats.invalid += 1  # only the group's proposal is answered: all or none
+            return
+        # The target reserved room for the whole affinity group: every VM's copy starts.
+        for each in (saga, *self._waiting_with(saga)):
+            self._move(each, Trigger.ACCEPT, now)
+            each.timer = now + completion_timeout(each.policy, each.demand.memory_mib)
+            each.renew_at = now + self.config.renew_interval
+            each.forwarded_at = now
+            record = self._view.records().get(each.target)
+            target_uri = record.libvirt_uri if record is not None else ""
+            out.events.append(
+                MigrationAccepted(each.migration_id, each.vm, sender, message.reservation_expires)
             )
-        )
+            out.actions.append(
+                StartLibvirtMigration(
+                    each.migration_id,
+                    each.vm,
+                    each.target,
+                    target_uri,
+                    message.migration_uri,
+                    each.policy,
+                )
+            )
+
+    def _waiting_with(self, saga: _Saga) -> list[_Saga]:
+        """The other sagas of `saga`'s affinity group still waiting for the target's answer
+        (they share the one proposal, so its answer is theirs too)."""
+        return [
+            other
+            for mid in saga.group
+            if mid != saga.migration_id
+            and (other := self._sagas.get(mid)) is not None
+            and other.phase is Phase.PROPOSED
+        ]
 
     def _on_refuse(
         self, sender: str, message: MigrationRefuse, now: float, out: MigrationOutput
@@ -1013,10 +1096,11 @@ class MigrationCore:
             self.stats.duplicates += 1  # a late answer to a resent Propose
             return
         reason = message.reason or f"refused by {sender}"
-        saga.error = reason
-        self._move(saga, Trigger.REFUSE, now)
-        self._end(saga, "refused", now)
-        out.events.append(MigrationRefused(saga.vm, sender, reason, saga.migration_id, sender))
+        for each in (saga, *self._waiting_with(saga)):  # a group is refused whole
+            each.error = reason
+            self._move(each, Trigger.REFUSE, now)
+            self._end(each, "refused", now)
+            out.events.append(MigrationRefused(each.vm, sender, reason, each.migration_id, sender))
 
     def _on_revoke(
         self, saga: _Saga, sender: str, message: MigrationAbort, now: float, out: MigrationOutput
@@ -1062,14 +1146,14 @@ class MigrationCore:
         self, sender: str, message: MigrationPropose, now: float, out: MigrationOutput
     ) -> None:
         self.stats.proposals_received += 1
+        arrivals = _arrivals(message)
         if (
             message.source != sender
             or message.target != self.node_id
-            or not message.vm
-            or not message.migration_id
-            or message.vcpus < 0
-            or message.memory_mib < 0
-            or not message.disk_gib >= 0
+            or not all(a.vm and a.migration_id for a in arrivals)
+            or any(a.vcpus < 0 or a.memory_mib < 0 or not a.disk_gib >= 0 for a in arrivals)
+            or len({a.vm for a in arrivals}) < len(arrivals)
+            or len({a.migration_id for a in arrivals}) < len(arrivals)
         ):
             self.stats.invalid += 1
             return
@@ -1082,39 +1166,51 @@ class MigrationCore:
             if not held.landed:
                 out.sends.append((sender, self._accept(held)))
             return
-        reason = self._admission_refusal(message, now)
+        reason = self._admission_refusal(message, arrivals, now)
         if reason is not None:
             self.stats.proposals_refused += 1
             out.sends.append((sender, MigrationRefuse(message.migration_id, reason)))
             out.events.append(ReservationRefused(message.migration_id, message.vm, sender, reason))
             return
+        # One step for the whole affinity group: every member's room is held, each under
+        # its own migration id (its progress, commit and abort are its own), and the
+        # group counts once against the source's unseen reservations.
         ttl = self.config.reservations.ttl
-        held = Reservation(
-            migration_id=message.migration_id,
-            vm=message.vm,
-            source=sender,
-            vcpus=message.vcpus,
-            memory_mib=message.memory_mib,
-            disk_gib=message.disk_gib,
-            created=now,
-            expires=now + ttl,
-            anti_affinity=message.anti_affinity,
-            started_at=message.started_at or self._wall(now),
-            purpose=message.reason,
-        )
-        self._book.add(held)
-        out.sends.append((sender, self._accept(held)))
-        out.events.append(
-            ReservationMade(held.migration_id, held.vm, sender, held.memory_mib, held.expires)
-        )
+        group = message.migration_id if message.group else ""
+        made: list[Reservation] = []
+        for arrival in arrivals:
+            held = Reservation(
+                migration_id=arrival.migration_id,
+                vm=arrival.vm,
+                source=sender,
+                vcpus=arrival.vcpus,
+                memory_mib=arrival.memory_mib,
+                disk_gib=arrival.disk_gib,
+                created=now,
+                expires=now + ttl,
+                anti_affinity=arrival.anti_affinity,
+                started_at=message.started_at or self._wall(now),
+                purpose=message.reason,
+                group=group,
+            )
+            self._book.add(held)
+            made.append(held)
+            out.events.append(
+                ReservationMade(held.migration_id, held.vm, sender, held.memory_mib, held.expires)
+            )
+        out.sends.append((sender, self._accept(made[0])))  # the proposal's own VM's
 
     def _accept(self, held: Reservation) -> MigrationAccept:
         return MigrationAccept(held.migration_id, held.expires, self.migration_uri)
 
-    def _admission_refusal(self, message: MigrationPropose, now: float) -> str | None:
-        """Why this host will not reserve room for the proposed VM (None: it will)."""
-        if message.migration_id in self._inbound_ended:
-            return f"migration {message.migration_id} already ended here"
+    def _admission_refusal(
+        self, message: MigrationPropose, arrivals: Sequence[GroupMember], now: float
+    ) -> str | None:
+        """Why this host will not reserve room for the proposed VM, or for every VM of its
+        affinity group at once (None: it will, for all of them)."""
+        ended = next((a for a in arrivals if a.migration_id in self._inbound_ended), None)
+        if ended is not None:
+            return f"migration {ended.migration_id} already ended here"
         record = self._view.records().get(self.node_id)
         self._book.settle(record)
         self._observe(record, now)
@@ -1125,12 +1221,15 @@ class MigrationCore:
                 f"refused for {until - now:.0f} s more: {source}'s last reservation here never "
                 "showed in libvirt"
             )
-        demand = Demand(message.vcpus, message.memory_mib, message.disk_gib, message.anti_affinity)
+        members = [
+            Arrival(a.vm, source, Demand(a.vcpus, a.memory_mib, a.disk_gib, a.anti_affinity))
+            for a in arrivals
+        ]
         refusal = target_refusal(
             self.node_id,
             record,
             self._book,
-            Arrival(message.vm, source, demand),
+            members,
             draining=self._draining,
             max_inbound=self.config.limits.max_inbound,
             config=config,
@@ -1384,14 +1483,17 @@ class MigrationCore:
     def _abort_before_start(
         self, saga: _Saga, trigger: Trigger, reason: str, now: float, out: MigrationOutput
     ) -> None:
-        """End a saga whose libvirt job never started: the VM certainly stayed here."""
-        saga.error = reason
-        self._move(saga, trigger, now)
-        self._end(saga, "aborted", now)
-        out.sends.append((saga.target, self._abort_message(saga, reason)))
-        out.events.append(
-            MigrationFailed(saga.migration_id, saga.vm, saga.source, saga.target, reason)
-        )
+        """End a saga whose libvirt job never started (the VM certainly stayed here), and
+        with it the rest of its affinity group waiting for the same answer: the group's
+        reservations are freed together (each under its id), none is left to go alone."""
+        for each in (saga, *self._waiting_with(saga)):
+            each.error = reason
+            self._move(each, trigger, now)
+            self._end(each, "aborted", now)
+            out.sends.append((each.target, self._abort_message(each, reason)))
+            out.events.append(
+                MigrationFailed(each.migration_id, each.vm, each.source, each.target, reason)
+            )
 
     def _reconcile(self, saga: _Saga, now: float, why: str, out: MigrationOutput) -> None:
         """Ask the driver what each host's libvirt says; the answer (`vm_presence`) decides."""
@@ -1532,7 +1634,10 @@ class MigrationCore:
         """Targets that would refuse another proposal from this host now: each admits at
         most `per_source` migrations from one source that its libvirt does not show yet
         (`reservations`), and its record does not list that many of ours yet."""
-        outbound = ((saga.target, saga.vm) for saga in self._sagas.values())
+        outbound = (
+            (saga.target, saga.vm, saga.group[0] if saga.group else saga.migration_id)
+            for saga in self._sagas.values()
+        )
         return closed_targets(outbound, self._view.records(), self.config.reservations.per_source)
 
     def moved_to(self, vm: str) -> str | None:
@@ -1656,6 +1761,19 @@ _HANDLERS: dict[type, Handler] = {
     MigrationCommit: MigrationCore._on_commit,
     MigrationAbort: MigrationCore._on_abort,
 }
+
+
+def _arrivals(message: MigrationPropose) -> list[GroupMember]:
+    """Every VM a proposal asks room for: its own, then the rest of its affinity group."""
+    own = GroupMember(
+        message.migration_id,
+        message.vm,
+        message.vcpus,
+        message.memory_mib,
+        message.disk_gib,
+        message.anti_affinity,
+    )
+    return [own, *message.group]
 
 
 def _demand(summary: VmSummary) -> Demand:

@@ -17,7 +17,8 @@ sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from novacron.protocol.certificates import format_time
@@ -26,13 +27,13 @@ from novacron.protocol.messages import MemberState, NodeRecord
 from .members import MemberInfo
 from .migration_policy import MigrationLimits
 from .refusals import RefusalKind
-from .reservations import Demand, capacity_refusal, free_capacity
+from .reservations import Demand, capacity_refusal, combined, free_capacity
 
 ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 """VM label: VMs with the same value never share a host."""
 
 AFFINITY_LABEL = "novacron/affinity"
-"""VM label: VMs with the same value stay on one host (never split by the rebalancer)."""
+"""VM label: VMs with the same value stay on one host (the rebalancer moves them together)."""
 
 
 def libvirt_down(record: NodeRecord) -> str | None:
@@ -116,13 +117,25 @@ def room_refusal(
     """Why the VM does not fit on `record`'s host: it cannot count its VMs (libvirt
     unreachable), a VM of its anti-affinity group runs there, or memory or vCPUs are short
     (None: it fits). Shared with the rebalancer."""
+    one = dataclasses.replace(demand, anti_affinity=anti_affinity)
+    return group_room_refusal(record, (one,), overcommit)
+
+
+def group_room_refusal(
+    record: NodeRecord, demands: Sequence[Demand], overcommit: float
+) -> str | None:
+    """Why VMs that must share a host (an affinity group) do not fit on `record`'s host
+    together: as `room_refusal`, for each VM's anti-affinity group and for the room of
+    all of them at once (None: they all fit)."""
     down = libvirt_down(record)
     if down is not None:
         return f"libvirt unreachable on {record.node_id} since {down}: its VMs cannot be counted"
-    if anti_affinity and anti_affinity_clash(record, anti_affinity):
-        return f"anti-affinity: a VM of group {anti_affinity} runs there"
+    for demand in demands:
+        group = demand.anti_affinity
+        if group and anti_affinity_clash(record, group):
+            return f"anti-affinity: a VM of group {group} runs there"
     free = free_capacity(record, [], overcommit)
-    return capacity_refusal(record.node_id, free, demand, check_disk=False)
+    return capacity_refusal(record.node_id, free, combined(demands), check_disk=False)
 
 
 def anti_affinity_clash(record: NodeRecord, group: str) -> bool:

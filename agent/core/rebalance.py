@@ -32,8 +32,16 @@ the best benefit for its cost.
   enough; the target's reservation is the final arbiter.
 - Constraints: draining, dead and busy (inbound limit) hosts take nothing;
   memory is never overcommitted, vCPUs by `vcpu_overcommit`; two VMs of one
-  anti-affinity group never share a host; VMs of an affinity group that
-  share this host stay together (the planner never splits them).
+  anti-affinity group never share a host.
+- Affinity: the VMs of an affinity group on this host are one unit. They move
+  together, to one target that holds all of them at once (capacity, each
+  one's anti-affinity, inbound room for every one), counting their whole
+  load, or not at all; the unit needs a free outbound slot per VM. The
+  planner never splits a group. A group split by a failed migration (one
+  member committed, another did not) is brought together again by the next
+  round: the host holding fewer of its members (on a tie, the busier host,
+  then the larger node id, so two hosts never swap) moves them to the host
+  holding most, before any balancing, when they fit there.
 
 `plan` is a pure function of its arguments (the RNG is injected), so the
 simulator runs it unchanged at thousands of hosts and `nova rebalance plan`
@@ -44,14 +52,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from novacron.protocol.messages import NodeRecord, VmSummary
 
 from .migration_cost import migration_cost
-from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, room_refusal, utilization
+from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, group_room_refusal, utilization
 from .reservations import Demand
 
 __all__ = [
@@ -102,14 +110,26 @@ class RebalanceConfig:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """One migration the planner wants, with the numbers that justify it."""
+    """One migration the planner wants (or one per VM of an affinity group, all to the
+    same target), with the numbers that justify it."""
 
     vm: str
     source: str
     target: str
     benefit: float  # drop in the sum of squared utilization deviations
-    cost: float  # `migration_cost`, MiB-equivalents
+    cost: float  # `migration_cost`, MiB-equivalents (every VM of the unit)
     reason: str  # for `nova rebalance status`
+    group: tuple[str, ...] = ()  # the other VMs of `vm`'s affinity group, moving with it
+    rejoin: bool = False  # brings a split affinity group together (not balancing)
+
+    @property
+    def vms(self) -> tuple[str, ...]:
+        """Every VM this move takes to `target`."""
+        return (self.vm, *self.group)
+
+
+Unit = tuple[VmSummary, ...]
+"""VMs that move as one: a VM alone, or the VMs of one affinity group on this host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,27 +171,54 @@ def plan(
 
     if not pool:
         return none("no other host can take VMs")
+    units = _movable(own, recent_moves, busy, now, config)
+    if only is not None:
+        units = [unit for unit in units if any(vm.name in only for vm in unit)]
+    shut = set(closed)
+    rejoin = _rejoin(node_id, own, mean, pool, util, units, shut, config)
+    if rejoin is not None:
+        return Decision(rejoin, rejoin.reason, mine, mean)
     line = shedding_line(config, busy)
     if mine <= mean + line:
         return none(f"balanced: {mine:.2f} <= mean {mean:.2f} + {line:g}")
     if len(busy) >= config.max_outbound:
         return none(f"already moving {len(busy)} VMs (limit {config.max_outbound})")
-    vms = _movable(own, recent_moves, busy, now, config)
-    if only is not None:
-        vms = [vm for vm in vms if vm.name in only]
-    if not vms:
-        return none(f"hot ({mine:.2f}), but no VM may move (cooldown, migrating, or affinity)")
-    open_util = {h: u for h, u in util.items() if h not in closed}
-    targets = _sample_targets(pool, open_util, mean, vms, config, rng)
+    if not units:
+        return none(
+            f"hot ({mine:.2f}), but no VM may move (cooldown, migrating, or an affinity "
+            "group with a member that may not, or more members than free slots)"
+        )
+    open_util = {h: u for h, u in util.items() if h not in shut}
+    targets = _sample_targets(pool, open_util, mean, units, config, rng)
     if not targets:
-        return none(f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room")
-    best = _best_move(node_id, own, mine, mean, vms, targets, pool, util, config, line)
+        return none(
+            f"hot ({mine:.2f}), but no host below mean {mean:.2f} has inbound room"
+            + _groups_note(units)
+        )
+    best = _best_move(node_id, own, mine, mean, units, targets, pool, util, config, line)
     if best is None:
         return none(
             f"hot ({mine:.2f}), but no move fits capacity, affinity and hysteresis "
-            "and is worth a migration"
+            "and is worth a migration" + _groups_note(units)
         )
     return Decision(best, best.reason, mine, mean)
+
+
+def _groups_note(units: list[Unit]) -> str:
+    """What the reason adds when an affinity group was among the candidates: it needed
+    a target with room for all of its VMs at once."""
+    groups = [unit for unit in units if len(unit) > 1]
+    if not groups:
+        return ""
+    shown = ", ".join(
+        f"{_group_of(unit)} ({len(unit)} VMs, {sum(vm.memory_mib for vm in unit)} MiB)"
+        for unit in groups
+    )
+    return f" (affinity groups move whole, all to one target: {shown})"
+
+
+def _group_of(unit: Unit) -> str:
+    return unit[0].labels.get(AFFINITY_LABEL, "")
 
 
 def over_line(
@@ -266,40 +313,129 @@ def _movable(
     busy: Collection[str],
     now: float,
     config: RebalanceConfig,
-) -> list[VmSummary]:
-    """VMs this host may move: running, not migrating, out of cooldown, not held by affinity."""
-    groups: dict[str, int] = {}
+) -> list[Unit]:
+    """The units this host may move (in the order of their first VM in its record): each
+    VM running, not migrating and out of cooldown, the unit loading the host, and a free
+    outbound slot for each of its VMs (a group that cannot all go now waits, whole)."""
+    units: dict[str, list[VmSummary]] = {}
     for vm in own.vms:
-        group = vm.labels.get(AFFINITY_LABEL)
-        if group:
-            groups[group] = groups.get(group, 0) + 1
+        group = vm.labels.get(AFFINITY_LABEL, "")
+        units.setdefault(f"group:{group}" if group else f"vm:{vm.name}", []).append(vm)
+    free = config.max_outbound - len(busy)
+
+    def may_move(vm: VmSummary) -> bool:
+        return (
+            vm.state == "running"
+            and vm.name not in busy
+            and now - recent_moves.get(vm.name, -config.vm_cooldown - 1) >= config.vm_cooldown
+        )
+
     return [
-        vm
-        for vm in own.vms
-        if vm.state == "running"
-        and vm.name not in busy
-        and now - recent_moves.get(vm.name, -config.vm_cooldown - 1) >= config.vm_cooldown
-        and groups.get(vm.labels.get(AFFINITY_LABEL, ""), 0) < 2
-        and vm.cpu_load > 0
+        tuple(unit)
+        for unit in units.values()
+        if len(unit) <= free and all(may_move(vm) for vm in unit) and _load(unit) > 0
     ]
+
+
+def _load(unit: Sequence[VmSummary]) -> float:
+    return sum(vm.cpu_load for vm in unit)
+
+
+def _rejoin(
+    source: str,
+    own: NodeRecord,
+    mean: float,
+    pool: Mapping[str, NodeRecord],
+    util: Mapping[str, float],
+    units: list[Unit],
+    closed: Collection[str],
+    config: RebalanceConfig,
+) -> Move | None:
+    """The move that brings a split affinity group together, if this host is the one to
+    send its members and they fit where most of the group runs (None otherwise).
+
+    Only one side of a split moves: the host with fewer of the group's members, on a tie
+    the busier one, then the larger node id. Every host decides the same from the same
+    view, so two hosts never send their halves to each other."""
+    for unit in units:
+        group = _group_of(unit)
+        if not group:
+            continue
+        here = sum(1 for vm in own.vms if vm.labels.get(AFFINITY_LABEL) == group)
+        there = {
+            h: n
+            for h, r in pool.items()
+            if (n := sum(1 for vm in r.vms if vm.labels.get(AFFINITY_LABEL) == group))
+        }
+        if not there:
+            continue
+        # The side that stays: most members, then the least utilized, then the smallest
+        # id; utilization as the records say (the other host sees this one's so).
+        home = min(there, key=lambda h: (-there[h], util[h], h))
+        mine = utilization(own)
+        if (-there[home], util[home], home) > (-here, mine, source):
+            continue  # this host is the side that stays: the others come here
+        target = pool[home]
+        if home in closed or not _has_inbound_room(target, unit, config):
+            continue
+        if _fits(unit, target, config) is not None:
+            continue
+        names = ", ".join(vm.name for vm in unit)
+        theirs = util[home]
+        src_after = mine - _load(unit) / own.capacity.vcpus
+        benefit = _drop(mine, theirs, src_after, theirs + _share(unit, target), mean)
+        return Move(
+            vm=unit[0].name,
+            source=source,
+            target=home,
+            benefit=benefit,
+            cost=_cost(unit, config),
+            reason=(
+                f"affinity group {group} split: {names} join its other "
+                f"{there[home]} VM(s) on {home}"
+            ),
+            group=tuple(vm.name for vm in unit[1:]),
+            rejoin=True,
+        )
+    return None
+
+
+def _share(unit: Unit, target: NodeRecord) -> float:
+    """The utilization `unit` adds to `target`."""
+    return _load(unit) / target.capacity.vcpus if target.capacity.vcpus > 0 else 0.0
+
+
+def _cost(unit: Unit, config: RebalanceConfig) -> float:
+    """MiB-equivalents on the wire for every VM of `unit`."""
+    return sum(
+        migration_cost(vm.memory_mib, vm.dirty_rate_mib_s, config.bandwidth_mib_s) for vm in unit
+    )
+
+
+def _has_inbound_room(target: NodeRecord, unit: Unit, config: RebalanceConfig) -> bool:
+    """The target receives every VM of `unit` at once within its inbound limit."""
+    return target.migrations_in + len(unit) <= config.max_inbound
 
 
 def _sample_targets(
     pool: Mapping[str, NodeRecord],
     util: Mapping[str, float],
     mean: float,
-    vms: list[VmSummary],
+    units: list[Unit],
     config: RebalanceConfig,
     rng: random.Random,
 ) -> list[str]:
     """Up to `sample` random hosts below the mean with inbound room that can hold at least
-    one of `vms` (sorted for determinism): a sample of hosts that fit nothing wastes a round."""
+    one of `units` (sorted for determinism): a sample of hosts that fit nothing wastes a
+    round."""
     cold = sorted(
         h
         for h, u in util.items()
         if u < mean
-        and pool[h].migrations_in < config.max_inbound
-        and any(_fits(vm, pool[h], config) for vm in vms)
+        and any(
+            _has_inbound_room(pool[h], unit, config) and _fits(unit, pool[h], config) is None
+            for unit in units
+        )
     )
     # A host already receiving may be receiving from a host whose move this view does not
     # show yet; two big VMs landing at once make it the next hot host (1,000 hosts: most
@@ -317,51 +453,62 @@ def _best_move(
     own: NodeRecord,
     mine: float,
     mean: float,
-    vms: list[VmSummary],
+    units: list[Unit],
     targets: list[str],
     pool: Mapping[str, NodeRecord],
     util: Mapping[str, float],
     config: RebalanceConfig,
     line: float,
 ) -> Move | None:
-    """The (VM, target) pair with the best benefit per cost that keeps every rule (`line`:
-    how far above the mean this host may stay, for the reason)."""
+    """The (unit, target) pair with the best benefit per cost that keeps every rule
+    (`line`: how far above the mean this host may stay, for the reason)."""
     best: float | None = None
     found: Move | None = None
     # A saturated host's VMs are starved for CPU: the loads that free most go first and
     # the copy cost does not hold them back (its long copies then start early, alongside
     # the short ones, instead of last).
     saturated = mine >= SATURATED
-    for vm in vms:
-        cost = migration_cost(vm.memory_mib, vm.dirty_rate_mib_s, config.bandwidth_mib_s)
+    for unit in units:
+        cost = _cost(unit, config)
         for target in targets:
-            judged = _benefit(vm, own, pool[target], mine, util[target], mean, config)
+            judged = _benefit(unit, own, pool[target], mine, util[target], mean, config)
             if judged is None or judged[0] < config.min_benefit:
                 continue
-            if not _fits(vm, pool[target], config):
+            if not _has_inbound_room(pool[target], unit, config):
+                continue
+            if _fits(unit, pool[target], config) is not None:
                 continue
             benefit, in_band = judged
             key = benefit if saturated else benefit / (1.0 + cost / config.cost_scale)
             if best is None or key > best:
                 best = key
                 found = Move(
-                    vm=vm.name,
+                    vm=unit[0].name,
                     source=source,
                     target=target,
                     benefit=benefit,
                     cost=cost,
                     reason=(
                         f"{source} at {mine:.2f} > mean {mean:.2f} + {line:g}: "
-                        f"{vm.name} ({vm.cpu_load:.2f} cores, {vm.memory_mib} MiB) to "
-                        f"{target} at {util[target]:.2f}"
+                        f"{_describe(unit)} to {target} at {util[target]:.2f}"
                         + ("" if in_band else " (too big for the band: the pair's peak drops)")
                     ),
+                    group=tuple(vm.name for vm in unit[1:]),
                 )
     return found
 
 
+def _describe(unit: Unit) -> str:
+    """A unit as the reason names it."""
+    load, memory = _load(unit), sum(vm.memory_mib for vm in unit)
+    if len(unit) == 1:
+        return f"{unit[0].name} ({load:.2f} cores, {memory} MiB)"
+    names = " + ".join(vm.name for vm in unit)
+    return f"affinity group {_group_of(unit)}: {names} ({load:.2f} cores, {memory} MiB)"
+
+
 def _benefit(
-    vm: VmSummary,
+    unit: Unit,
     own: NodeRecord,
     target: NodeRecord,
     mine: float,
@@ -369,28 +516,36 @@ def _benefit(
     mean: float,
     config: RebalanceConfig,
 ) -> tuple[float, bool] | None:
-    """Drop in squared deviation from moving `vm`, and whether the target stays in the band.
+    """Drop in squared deviation from moving `unit`, and whether the target stays in the band.
 
     In the band, the target ends at least `target` below the trigger line. A VM
     too big for that may still go where the pair's peak drops by `target` or
     more (the target ends clearly cooler than the source is now); anything
     else would only swap which host is hot. None: the move is not allowed.
     """
-    src_after = mine - vm.cpu_load / own.capacity.vcpus
-    dst_after = theirs + vm.cpu_load / target.capacity.vcpus
+    src_after = mine - _load(unit) / own.capacity.vcpus
+    dst_after = theirs + _share(unit, target)
     in_band = dst_after <= mean + config.trigger - config.target
     if not in_band and dst_after > mine - config.target:
         return None
+    return _drop(mine, theirs, src_after, dst_after, mean), in_band
+
+
+def _drop(mine: float, theirs: float, src_after: float, dst_after: float, mean: float) -> float:
+    """How much a move lowers the source's and target's squared deviation from the mean."""
     before = (mine - mean) ** 2 + (theirs - mean) ** 2
     after = (src_after - mean) ** 2 + (dst_after - mean) ** 2
-    return before - after, in_band
+    return before - after
 
 
-def _fits(vm: VmSummary, target: NodeRecord, config: RebalanceConfig) -> bool:
-    """Capacity and anti-affinity on the target (the same rule as drain placement)."""
-    demand = Demand(vm.vcpus, vm.memory_mib)
-    group = vm.labels.get(ANTI_AFFINITY_LABEL, "")
-    return room_refusal(target, demand, config.vcpu_overcommit, group) is None
+def _fits(unit: Unit, target: NodeRecord, config: RebalanceConfig) -> str | None:
+    """Why `unit` does not fit on the target, all its VMs at once (None: it fits): capacity
+    and anti-affinity, the same rule as drain placement and the target's admission."""
+    demands = [
+        Demand(vm.vcpus, vm.memory_mib, anti_affinity=vm.labels.get(ANTI_AFFINITY_LABEL, ""))
+        for vm in unit
+    ]
+    return group_room_refusal(target, demands, config.vcpu_overcommit)
 
 
 def plan_round(
@@ -431,6 +586,9 @@ def plan_round(
     free = config.max_outbound - len(busy)
     if first.move is None or free <= 0:
         return [], first  # balanced, no free slot, or nothing fits: nothing to order
+    if first.move.rejoin:  # affinity before balance: this round only brings the group together
+        why = f"{first.reason}; balancing waits for the next round"
+        return [first.move], dataclasses.replace(first, move=None, reason=why)
     unlimited = dataclasses.replace(config, max_outbound=len(busy) + MAX_PLANNED)
     needed, more = _sequence(partial(ask, limits=unlimited), records, busy, config.trigger, free)
     view = dict(records)
@@ -440,13 +598,23 @@ def plan_round(
     # sent in the same instant would be refused.
     shut = set(closed)
     moves: list[Move] = []
-    for wanted in sorted(needed, key=lambda m: -m.cost) + more:  # stable: plan order on ties
-        if len(moving) >= config.max_outbound:
-            break
-        decision = ask(view, moving, only={wanted.vm}, shut=shut)
+    queue = sorted(needed, key=lambda m: -m.cost) + more  # stable: plan order on ties
+    while queue and len(moving) < config.max_outbound:
+        wanted = queue.pop(0)
+        room = config.max_outbound - len(moving)
+        if len(wanted.vms) > room:
+            # An affinity group needs a slot per VM at once and waits for a later round;
+            # the look-ahead is planned again without the groups that cannot start now, so
+            # the VMs that must go in its stead (long copies first) are the ones that start.
+            narrow = _narrow(records[node_id], room)
+            ahead = partial(ask, limits=unlimited, only=narrow)
+            needed, more = _sequence(ahead, view, moving, config.trigger, room)
+            queue = sorted(needed, key=lambda m: -m.cost) + more
+            continue
+        decision = ask(view, moving, only=set(wanted.vms), shut=shut)
         if decision.move is not None:
             moves.append(decision.move)
-            moving.add(decision.move.vm)
+            moving.update(decision.move.vms)
             shut.add(decision.move.target)
             view = _moved(view, decision.move)
     while True:  # what is left: a slot the look-ahead's moves did not fill, or why it stops
@@ -454,12 +622,26 @@ def plan_round(
         if last.move is None:
             return moves, dataclasses.replace(last, utilization=first.utilization, mean=first.mean)
         moves.append(last.move)
-        moving.add(last.move.vm)
+        moving.update(last.move.vms)
         shut.add(last.move.target)
         view = _moved(view, last.move)
 
 
 MAX_PLANNED = 16  # moves a round looks ahead when it orders the shedding
+
+
+def _narrow(own: NodeRecord, room: int) -> set[str]:
+    """This host's VMs whose unit (the VM alone, or its affinity group here) has at most
+    `room` VMs: what can start in `room` free slots."""
+    sizes: dict[str, int] = {}
+    for vm in own.vms:
+        group = vm.labels.get(AFFINITY_LABEL, "")
+        sizes[group] = sizes.get(group, 0) + 1
+    return {
+        vm.name
+        for vm in own.vms
+        if not vm.labels.get(AFFINITY_LABEL) or sizes[vm.labels[AFFINITY_LABEL]] <= room
+    }
 
 
 def _sequence(
@@ -472,34 +654,35 @@ def _sequence(
     """The moves `ask` (this host's `plan`, slots no limit) gives one after another: those
     that bring this host down to the trigger line, and those that go on into the band
     below it (hysteresis; not worth starting a long copy first for), at most `slots` of
-    those."""
+    those (an affinity group's move takes a slot per VM)."""
     view = dict(records)
     moving = set(busy)
     needed: list[Move] = []
     more: list[Move] = []
-    while len(needed) + len(more) < MAX_PLANNED and len(more) < slots:
+    while len(needed) + len(more) < MAX_PLANNED and sum(len(m.vms) for m in more) < slots:
         decision = ask(view, moving)
         if decision.move is None:
             break
         above = decision.utilization > decision.mean + trigger
         (needed if above else more).append(decision.move)
-        moving.add(decision.move.vm)
+        moving.update(decision.move.vms)
         view = _moved(view, decision.move)
     return needed, more
 
 
 def _moved(records: Mapping[str, NodeRecord], move: Move) -> dict[str, NodeRecord]:
-    """`records` as they will be once `move` is done (the target also counts one more inbound)."""
+    """`records` as they will be once `move` is done (the target also counts its VMs as
+    inbound)."""
     source, target = records[move.source], records[move.target]
-    vm = next(v for v in source.vms if v.name == move.vm)
+    going = set(move.vms)
     return {
         **records,
         move.source: dataclasses.replace(
-            source, vms=tuple(v for v in source.vms if v.name != move.vm)
+            source, vms=tuple(v for v in source.vms if v.name not in going)
         ),
         move.target: dataclasses.replace(
             target,
-            vms=(*target.vms, vm),
-            migrations_in=target.migrations_in + 1,
+            vms=(*target.vms, *(v for v in source.vms if v.name in going)),
+            migrations_in=target.migrations_in + len(going),
         ),
     }

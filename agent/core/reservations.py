@@ -12,8 +12,9 @@ mid-migration cannot pin capacity forever. Renewals are the source's word,
 though, and a member may lie: a reservation also lives only while this
 host's own libvirt shows the migration (the incoming domain in its record),
 at the latest `confirm_within` seconds after it was made or last seen there,
-whatever the source says. A source holds at most `per_source` reservations
-not yet seen in libvirt, and one whose reservation lapsed unseen is refused
+whatever the source says. A source holds at most `per_source` admissions
+not yet seen in libvirt (an affinity group admitted in one step is one
+admission), and one whose reservation lapsed unseen is refused
 for `penalty` seconds (doubling with each repeat, up to `max_penalty`), so a
 member cannot keep a host's memory and inbound slots with proposals it keeps
 renewing. On commit the reservation is not
@@ -80,6 +81,7 @@ class Reservation:
     purpose: str = ""  # why the source moves it: manual, drain, rebalance
     revoked: bool = False  # this host asked its source to stop it (it began draining)
     seen: float | None = None  # when this host's libvirt last showed the incoming VM
+    group: str = ""  # the leading migration id of the affinity group admitted with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,17 @@ class Demand:
     memory_mib: int  # guest memory
     disk_gib: float = 0.0  # local disk to copy
     anti_affinity: str = ""  # its anti-affinity group ("" for none)
+
+
+def combined(demands: Iterable[Demand]) -> Demand:
+    """What VMs that arrive together (an affinity group) need of their target at once."""
+    vcpus = memory = 0
+    disk = 0.0
+    for demand in demands:
+        vcpus += demand.vcpus
+        memory += demand.memory_mib
+        disk += demand.disk_gib
+    return Demand(vcpus, memory, disk)
 
 
 def free_capacity(
@@ -212,11 +225,14 @@ class ReservationBook:
         return first
 
     def unseen_from(self, source: str) -> int:
-        """Reservations of `source` that libvirt has not shown yet."""
-        return sum(
-            1
-            for r in self._by_id.values()
-            if r.source == source and not r.landed and r.seen is None
+        """Admissions of `source` that libvirt has not shown yet: an affinity group admitted
+        in one step counts once (its members' copies start together)."""
+        return len(
+            {
+                r.group or r.migration_id
+                for r in self._by_id.values()
+                if r.source == source and not r.landed and r.seen is None
+            }
         )
 
     def settle(self, record: NodeRecord | None) -> list[Reservation]:

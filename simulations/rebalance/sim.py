@@ -15,7 +15,9 @@ The model (what is real and what is simplified):
   has no VM of the same anti-affinity group running or arriving, and holds
   the VM's memory and vCPUs (x `vcpu_overcommit`). A simulated target's
   libvirt shows an arriving VM as soon as its copy starts, so the
-  one-unseen-migration-per-source rule never refuses here.
+  one-unseen-migration-per-source rule never refuses here. The VMs of an
+  affinity group that the planner moves together are admitted together
+  (`start_group`: the same rules for all of them at once) or not at all.
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
   MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
   VM's load counts on the source, then on the target. It ends at that exact
@@ -156,6 +158,7 @@ class Migration:
     vcpus: int
     memory_mib: int
     purpose: str
+    admission: str = ""  # the proposal it was admitted with: an affinity group's is shared
 
 
 @dataclass(slots=True)
@@ -272,7 +275,8 @@ class Cluster:
         )
 
     def held_by_affinity(self, vm: str) -> bool:
-        """Part of an affinity group that shares its host (the planner never splits those)."""
+        """Part of an affinity group that shares its host (greedy and the solver leave those
+        where they are; the mesh's planner moves such a group whole)."""
         group = self.spec(vm).labels.get(AFFINITY_LABEL)
         if not group:
             return False
@@ -318,7 +322,8 @@ class Cluster:
     def closed_targets(self, host: Host, view: Mapping[str, NodeRecord]) -> set[str]:
         """Targets that would refuse `host`'s next proposal, as its `view` tells (the
         migration core's `targets_full_from_here`)."""
-        outbound = ((self.migrations[vm].target, vm) for vm in host.outbound)
+        going = (self.migrations[vm] for vm in host.outbound)
+        outbound = ((m.target, m.vm, m.admission or m.migration_id) for m in going)
         return closed_targets(outbound, view, self.reservations.per_source)
 
     def cluster_limit(self) -> int:
@@ -328,7 +333,7 @@ class Cluster:
     def refuse(self, why: str) -> None:
         self.stats.refusals[why] = self.stats.refusals.get(why, 0) + 1
 
-    def start(self, vm: str, target: str, purpose: str) -> str | None:
+    def start(self, vm: str, target: str, purpose: str, admission: str = "") -> str | None:
         """Ask `target` to admit `vm` now and start the migration: its id, or None if refused
         (counted; `last_refusal` says why). The source's and the cluster's limits and the
         target's admission are the migration core's rules (`agent/core/admission.py`), on
@@ -357,7 +362,7 @@ class Cluster:
                 target,
                 self.record(target),
                 dst.book,
-                Arrival(vm, source, Demand(spec.vcpus, spec.memory_mib, 0.0, group)),
+                [Arrival(vm, source, Demand(spec.vcpus, spec.memory_mib, 0.0, group))],
                 draining=dst.draining,
                 max_inbound=self.limits.max_inbound,
                 config=self.reservations,
@@ -366,8 +371,7 @@ class Cluster:
         if refusal is not None:
             self._refused(refusal)
             return None
-        dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
-        seconds = planner.migration_seconds(spec.memory_mib, self.config.bandwidth_mib_s, dirty)
+        seconds = self.copy_seconds(vm)
         if math.isinf(seconds):
             self._refuse("would not converge", f"{vm} dirties memory faster than it copies")
             return None
@@ -382,6 +386,7 @@ class Cluster:
             spec.vcpus,
             spec.memory_mib,
             purpose,
+            admission,
         )
         self.migrations[vm] = mig
         src.outbound.add(vm)
@@ -414,6 +419,56 @@ class Cluster:
     def _refuse(self, key: str, why: str) -> None:
         self.refuse(key)
         self.last_refusal = why
+
+    def copy_seconds(self, vm: str) -> float:
+        """How long `vm`'s migration takes now (inf: it would not converge)."""
+        dirty = self.samples[vm].dirty_rate_mib_s if vm in self.samples else 0.0
+        memory = self.spec(vm).memory_mib
+        return planner.migration_seconds(memory, self.config.bandwidth_mib_s, dirty)
+
+    # -- group admission: an affinity group arrives whole or not at all ----------
+
+    def start_group(self, vms: tuple[str, ...], target: str, purpose: str) -> bool:
+        """Admit every VM of an affinity group on `target` at once, or none (False, counted),
+        by the migration core's rules applied to all of them together (`admission.py`);
+        then start each (each start then holds)."""
+        if len(vms) == 1:
+            return self.start(vms[0], target, purpose) is not None
+        sources = {self.where.get(vm) for vm in vms}
+        source = sources.pop() if len(sources) == 1 else None
+        if source is None:
+            self._refuse("group not on one host", f"{'+'.join(vms)} are not on one host")
+            return False
+        if any(vm in self.migrations for vm in vms):
+            self._refuse("vm already migrating", f"a VM of {'+'.join(vms)} is migrating")
+            return False
+        if any(math.isinf(self.copy_seconds(vm)) for vm in vms):
+            self._refuse("would not converge", f"a VM of {'+'.join(vms)} would not converge")
+            return False
+        src, dst = self.hosts[source], self.hosts[target]
+        alive = sum(1 for h in self.hosts.values() if not h.failed)
+        refusal = (
+            outbound_refusal(source, len(src.outbound), self.limits, len(vms))
+            or cluster_refusal(len(self.migrations), alive, self.limits, len(vms))
+            or target_refusal(
+                target,
+                self.record(target),
+                dst.book,
+                [Arrival(vm, source, self._demand(vm)) for vm in vms],
+                draining=dst.draining,
+                max_inbound=self.limits.max_inbound,
+                config=self.reservations,
+            )
+        )
+        if refusal is not None:
+            self._refuse(f"group: {refusal.rule.value}", refusal.reason)
+            return False
+        admission = f"g{self.stats.started + 1}"
+        return all([self.start(vm, target, purpose, admission) is not None for vm in vms])
+
+    def _demand(self, vm: str) -> Demand:
+        spec = self.spec(vm)
+        return Demand(spec.vcpus, spec.memory_mib, 0.0, spec.labels.get(ANTI_AFFINITY_LABEL, ""))
 
     def finish_due(self) -> list[Migration]:
         done = sorted(
@@ -802,14 +857,14 @@ class Mesh(Strategy):
         c.stats.decisions["move"] = c.stats.decisions.get("move", 0) + len(moves)
         started = 0
         for move in moves:
-            admitted = c.start(move.vm, move.target, "rebalance") is not None
+            admitted = c.start_group(move.vms, move.target, "rebalance")
             started += admitted
             if len(self.log) < 200:
                 self.log.append(
                     {
                         "t": now,
                         "host": name,
-                        "vm": move.vm,
+                        "vm": "+".join(move.vms),
                         "target": move.target,
                         "admitted": admitted,
                         "reason": move.reason,
