@@ -227,6 +227,8 @@ class Agent:
         )
         if self.events is not None:
             vms = EmittingVms(vms, self.events.emit)
+            self.rebalancer.on_event = self.events.emit
+            self.drain.on_event = self.events.emit
         self.site_commands = SiteCommands(
             SiteControls(self.node_id, vms, self.migrator, self.drain),
             Path(config.data_dir) / SITE_COMMANDS,

@@ -41,6 +41,7 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
+from .core.cloud_events import DrainChanged
 from .core.drain import (
     LOOK_INTERVAL,
     RETRY_DELAY,
@@ -116,6 +117,7 @@ class Drain:
         self._task: asyncio.Task[None] | None = None
         limits = migrator.core.config.limits
         self._core = DrainCore(limits.max_outbound, DrainTiming(INTERVAL, RETRY_AFTER))
+        self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
 
     async def start(self) -> None:
         """Resume a drain that was under way when the agent stopped."""
@@ -139,6 +141,7 @@ class Drain:
             self._core.begin()
             await self._publish()
             log.info("drain started", extra={"fields": {"node": self._migrator.node_id}})
+            self.on_event(DrainChanged(self._migrator.node_id, "started"))
         if self._task is None or self._task.done():
             self._spawn()
         return self.status()
@@ -152,6 +155,7 @@ class Drain:
             self._task = None
             await self._publish()
             log.info("drain ended", extra={"fields": {"node": self._migrator.node_id}})
+            self.on_event(DrainChanged(self._migrator.node_id, "ended"))
         return self.status()
 
     def status(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .core.cloud_events import PREFIX, VmChanged, cloud_event
+from .core.events import MigrationProgressed
 from .event_spool import EventSpool
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
@@ -40,6 +41,7 @@ log = logging.getLogger("novacron.events")
 RETRY_FIRST = 1.0  # seconds before the first retry of a sink that failed
 RETRY_MAX = 30.0  # and at most this long between retries
 BATCH = 256  # events read from the spool at a time
+PROGRESS_EVERY = 10.0  # seconds between two progress events of one migration
 DUPLICATE_WINDOW = 3600.0  # seconds JetStream remembers ids: longer than any retry gap
 
 
@@ -151,9 +153,13 @@ class EventStream:
         self.delivered = 0  # events delivered in this life
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self._progress: dict[str, float] = {}  # migration id -> when its progress last went
 
     def emit(self, event: object) -> None:
-        """Spool `event` if it is one the stream carries (the catalogue says which)."""
+        """Spool `event` if it is one the stream carries (the catalogue says which); a
+        migration's progress at most once per `PROGRESS_EVERY` seconds."""
+        if isinstance(event, MigrationProgressed) and not self._progress_due(event):
+            return
         seq = self.spool.last_seq + 1
         out = cloud_event(
             event,
@@ -169,6 +175,16 @@ class EventStream:
             log.error("event not spooled (%s): %s %s", exc, out["type"], out["subject"])
             return
         self._news.set()
+
+    def _progress_due(self, event: MigrationProgressed) -> bool:
+        now = self._wall()
+        last = self._progress.get(event.migration_id)
+        if last is not None and now - last < PROGRESS_EVERY:
+            return False
+        self._progress[event.migration_id] = now
+        for old in [k for k, at in self._progress.items() if now - at > 600]:  # ended long ago
+            del self._progress[old]
+        return True
 
     async def run(self) -> None:
         """Deliver for ever, oldest first; cancel to stop."""

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
+from .core.cloud_events import RebalanceMoved, RebalanceRefused
 from .core.members import MemberInfo
 from .core.rebalance import (
     Decision,
@@ -108,6 +109,7 @@ class Rebalancer:
         self.last: Decision | None = None  # the latest round's decision
         self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.counts = RebalanceCounts()  # since start, for metrics
+        self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self._task: asyncio.Task[None] | None = None
         self._poked = asyncio.Event()  # this host's record was republished
 
@@ -247,6 +249,7 @@ class Rebalancer:
                     move.vms, move.target, {}, "rebalance"
                 )
             except Refused as exc:
+                self.on_event(RebalanceRefused(tuple(move.vms), move.target, str(exc)))
                 self.counts.refused += 1
                 self.last = dataclasses.replace(decision, reason=f"{move.reason}; refused: {exc}")
                 log.info(
@@ -267,6 +270,10 @@ class Rebalancer:
                         "wall_time": round(self._wall(), 3),
                     }
                 )
+            moved = RebalanceMoved(
+                tuple(move.vms), move.source, move.target, move.reason, tuple(mids)
+            )
+            self.on_event(moved)
             fields = {"vm": "+".join(move.vms), "to": move.target, "why": move.reason}
             log.info("rebalance move", extra={"fields": fields})
             started += len(mids)

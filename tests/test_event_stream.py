@@ -13,7 +13,14 @@ import pytest
 
 from novacron.agent.config import ConfigError, load
 from novacron.agent.core import events as ev
-from novacron.agent.core.cloud_events import VmChanged, catalogue, cloud_event
+from novacron.agent.core.cloud_events import (
+    DrainChanged,
+    RebalanceMoved,
+    RebalanceRefused,
+    VmChanged,
+    catalogue,
+    cloud_event,
+)
 from novacron.agent.event_spool import EventSpool
 from novacron.agent.event_stream import EventStream, NatsSink
 from tests.nats_server import NatsServer, wait_for
@@ -217,3 +224,36 @@ def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text("")
     return path
+
+
+# --- what else the stream carries ----------------------------------------------------------
+
+
+def test_rebalancing_moves_and_drains_are_events_too() -> None:
+    moved = RebalanceMoved(("web-1", "web-2"), "h1", "h2", "h1 over its line", ("m1", "m2"))
+    out = cloud_event(moved, source_node="h1", event_id="x", at=0)
+    assert out is not None and out["type"] == "io.novacron.rebalance.moved"
+    assert out["subject"] == "web-1+web-2" and out["data"]["migration_ids"] == ["m1", "m2"]
+    refused = RebalanceRefused(("db",), "h3", "no capacity: h3 has 1 GiB free")
+    assert cloud_event(refused, source_node="h1", event_id="x", at=0)["type"].endswith(  # type: ignore[index]
+        "rebalance.refused"
+    )
+    drained = cloud_event(DrainChanged("h1", "started"), source_node="h1", event_id="x", at=0)
+    assert drained is not None and (drained["type"], drained["subject"]) == (
+        "io.novacron.drain.started",
+        "h1",
+    )
+
+
+def test_a_migrations_progress_goes_out_at_most_every_ten_seconds(tmp_path: Path) -> None:
+    clock = [1000.0]
+    stream = EventStream(
+        "h1", EventSpool(tmp_path, max_bytes=1 << 20), NatsSink("nats://127.0.0.1:9", "S", "x"),
+        wall=lambda: clock[0],
+    )  # fmt: skip
+    for _ in range(30):  # a sample a second for 30 s
+        stream.emit(ev.MigrationProgressed("m1", "vm1", "h1", "h2", 50.0, "precopy"))
+        clock[0] += 1.0
+    stream.emit(ev.MigrationCompleted("m1", "vm1", "h1", "h2", 30.0))
+    kinds = [item.event["type"] for item in stream.spool.pending(100)]
+    assert kinds == ["io.novacron.migration.progressed"] * 3 + ["io.novacron.migration.completed"]

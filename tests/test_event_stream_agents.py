@@ -1,8 +1,8 @@
 """Real agents stream their events to a real NATS JetStream, through an outage of it.
 
 Two `nova-agent` processes on loopback (libvirt's test driver), one of them
-streaming to `nats-server -js`. NATS is stopped; meanwhile the other agent is
-killed and a VM stopped through `nova`; `nova status` says the events wait.
+streaming to `nats-server -js`. NATS is stopped; meanwhile the host drains and undrains,
+the other agent is killed and a VM stopped through `nova`; `nova status` says the events wait.
 NATS comes back: every event is there once, in the order it happened.
 """
 
@@ -92,6 +92,8 @@ def test_events_wait_out_a_nats_outage_and_arrive_in_order_once(
             "n1 did not stream n2 joining",
         )
         nats_server.stop()
+        _nova(sock, "host", "drain")  # n1 drains and undrains while NATS is away
+        _nova(sock, "host", "undrain")
         procs[1].kill()  # n2 dies while NATS is away
         procs[1].wait(timeout=30)
         how = _nova(sock, "vm", "stop", "test", "--timeout", "5")["stopped"]
@@ -149,5 +151,7 @@ def test_events_wait_out_a_nats_outage_and_arrive_in_order_once(
     about_n2 = [e["type"].removeprefix("io.novacron.") for e in events if e["subject"] == "n2"]
     assert about_n2[0] == "member.joined"
     assert about_n2.index("member.suspected") < about_n2.index("member.failed")
+    drains = [e["type"] for e in events if e["type"].startswith("io.novacron.drain.")]
+    assert drains == ["io.novacron.drain.started", "io.novacron.drain.ended"]
     stopped = [e for e in events if e["type"] == "io.novacron.vm.stopped"]
     assert [(e["subject"], e["data"]["how"]) for e in stopped] == [("test", how)]

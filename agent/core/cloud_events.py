@@ -47,6 +47,7 @@ TYPES: dict[type, tuple[str, Callable[[Any], str]]] = {
     ev.MemberRevoked: ("member.revoked", _subject_node),
     ev.IdentityClash: ("member.identity-clash", _subject_node),
     ev.MigrationRefused: ("migration.refused", _subject_migration),
+    ev.MigrationProgressed: ("migration.progressed", _subject_migration),
     ev.MigrationProposed: ("migration.started", _subject_migration),
     ev.MigrationAccepted: ("migration.accepted", _subject_migration),
     ev.MigrationEscalated: ("migration.escalated", _subject_migration),
@@ -73,17 +74,63 @@ class VmChanged:
 VM_VERBS = ("created", "started", "stopped", "deleted")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RebalanceMoved:
+    """The rebalancer started a move: one VM, or an affinity group's VMs together."""
+
+    vms: tuple[str, ...]
+    source: str
+    target: str
+    reason: str  # the planner's: what the move gains
+    migration_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RebalanceRefused:
+    """A move the rebalancer planned was refused when it was to start."""
+
+    vms: tuple[str, ...]
+    target: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DrainChanged:
+    """This host began (`verb` started) or ended (ended) a drain."""
+
+    node_id: str
+    verb: str
+
+
+def _subject_vms(event: Any) -> str:
+    return "+".join(event.vms)
+
+
+HOST_EVENTS: dict[type, tuple[str, Callable[[Any], str]]] = {
+    RebalanceMoved: ("rebalance.moved", _subject_vms),
+    RebalanceRefused: ("rebalance.refused", _subject_vms),
+}
+DRAIN_VERBS = ("started", "ended")
+
+
 def type_of(event: object) -> str | None:
     """The CloudEvents type of a domain event, or None for one that is not streamed."""
     if isinstance(event, VmChanged):
         return PREFIX + "vm." + event.verb if event.verb in VM_VERBS else None
-    entry = TYPES.get(type(event))
+    if isinstance(event, DrainChanged):
+        return PREFIX + "drain." + event.verb if event.verb in DRAIN_VERBS else None
+    entry = _entry(event)
     return PREFIX + entry[0] if entry else None
+
+
+def _entry(event: object) -> tuple[str, Callable[[Any], str]] | None:
+    return TYPES.get(type(event)) or HOST_EVENTS.get(type(event))
 
 
 def catalogue() -> list[str]:
     """Every type the agent streams, sorted (the README's list)."""
-    names = [name for name, _ in TYPES.values()] + [f"vm.{verb}" for verb in VM_VERBS]
+    names = [name for name, _ in (*TYPES.values(), *HOST_EVENTS.values())]
+    names += [f"vm.{verb}" for verb in VM_VERBS] + [f"drain.{verb}" for verb in DRAIN_VERBS]
     return sorted(PREFIX + name for name in names)
 
 
@@ -95,10 +142,14 @@ def cloud_event(event: object, *, source_node: str, event_id: str, at: float) ->
     kind = type_of(event)
     if kind is None:
         return None
+    entry = _entry(event)
     if isinstance(event, VmChanged):
         subject, data = event.vm, {"vm": event.vm, **event.detail}
+    elif isinstance(event, DrainChanged):
+        subject, data = event.node_id, {"node_id": event.node_id}
     else:
-        subject, data = TYPES[type(event)][1](event), _data(event)
+        assert entry is not None  # type_of found it
+        subject, data = entry[1](event), _data(event)
     return {
         "specversion": SPEC_VERSION,
         "id": event_id,
