@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .core.cloud_events import PREFIX, VmChanged, cloud_event
 from .core.events import MigrationProgressed
 from .event_spool import EventSpool
+from .nats_publish import NatsError, NatsPublisher
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
@@ -58,7 +59,7 @@ class EventSink(Protocol):
 
 
 class NatsSink:
-    """A NATS JetStream stream (nats-py); created with its subjects if it does not exist.
+    """A NATS JetStream stream, created with its subjects if it does not exist.
 
     Subjects are `<prefix>.<type after io.novacron.>`, e.g.
     `novacron.events.member.failed`, so a consumer may take a subset.
@@ -70,68 +71,50 @@ class NatsSink:
         self.subject_prefix = subject_prefix
         self.timeout = timeout
         self.name = f"{url} stream {stream}"
-        self._nc: Any = None
-        self._js: Any = None
+        self._conn: NatsPublisher | None = None
 
     async def publish(self, event_id: str, kind: str, body: bytes) -> None:
         subject = f"{self.subject_prefix}.{kind.removeprefix(PREFIX)}"
         try:
-            # The client's own timeouts do not cover every state of a dying connection.
             async with asyncio.timeout(2 * self.timeout):
-                js = await self._jetstream()
-                headers = {"Nats-Msg-Id": event_id}
-                await js.publish(subject, body, timeout=self.timeout, headers=headers)
-        except SinkUnavailable:
-            raise
+                conn = await self._connection()
+                ack = await conn.request(subject, body, {"Nats-Msg-Id": event_id})
+            if "error" in ack:
+                raise NatsError(f"JetStream refused it: {ack['error']}")
         except TimeoutError as exc:
             await self.close()
             raise SinkUnavailable(f"{self.url}: no answer within {2 * self.timeout:g} s") from exc
-        except Exception as exc:  # nats-py raises many kinds; all mean "not taken"
+        except (OSError, ValueError, NatsError, asyncio.IncompleteReadError) as exc:
             await self.close()
-            raise SinkUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-
-    async def _jetstream(self) -> Any:
-        if self._js is not None and self._nc is not None and self._nc.is_connected:
-            return self._js
-        await self.close()
-        import nats  # optional: only agents that stream events need it
-        from nats.js.errors import NotFoundError
-
-        try:
-            self._nc = await nats.connect(
-                self.url,
-                connect_timeout=2,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=_quiet,  # failures are reported by `publish`, once per outage
-            )
-        except Exception as exc:
             why = str(exc) or type(exc).__name__
-            raise SinkUnavailable(f"{self.url}: cannot connect: {why}") from exc
-        js = self._nc.jetstream(timeout=self.timeout)
-        try:
-            await js.stream_info(self.stream)
-        except NotFoundError:
-            await js.add_stream(
-                name=self.stream,
-                subjects=[f"{self.subject_prefix}.>"],
-                duplicate_window=DUPLICATE_WINDOW,
+            raise SinkUnavailable(f"{self.url}: {why}") from exc
+
+    async def _connection(self) -> NatsPublisher:
+        if self._conn is not None and self._conn.connected:
+            return self._conn
+        await self.close()
+        conn = NatsPublisher(self.url)
+        await conn.connect()
+        info = await conn.request(f"$JS.API.STREAM.INFO.{self.stream}", b"")
+        if info.get("error", {}).get("code") == 404:
+            config = {
+                "name": self.stream,
+                "subjects": [f"{self.subject_prefix}.>"],
+                "duplicate_window": int(DUPLICATE_WINDOW * 1e9),  # nanoseconds
+                "storage": "file",
+            }
+            info = await conn.request(
+                f"$JS.API.STREAM.CREATE.{self.stream}", json.dumps(config).encode()
             )
-        self._js = js
-        return js
+        if "error" in info:
+            raise NatsError(f"stream {self.stream}: {info['error']}")
+        self._conn = conn
+        return conn
 
     async def close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
-        if nc is not None:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await nc.close()
-            except Exception as exc:  # closing a dead connection may fail; it is gone either way
-                log.debug("closing the NATS connection: %s", exc)
-
-
-async def _quiet(exc: Exception) -> None:
-    log.debug("NATS client: %s", exc)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
 
 class EventStream:

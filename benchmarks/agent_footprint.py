@@ -7,6 +7,7 @@ same run: an idle Python interpreter that imports the agent's modules and
 sleeps (the floor any Python agent pays).
 
 Run as root: `.venv/bin/python -m benchmarks.agent_footprint --sizes 5,20,50 --idle 30`
+(`--agent-args '...'` gives every agent more options, e.g. the event stream and traces)
 Sizes above --libvirt-max (default 20, the size the footprint goal is stated at)
 run their hosts without libvirtd; agents then inventory libvirt's test driver.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,9 +33,11 @@ from novacron.simulations.lab.agents import LabAgents
 BASELINE = "import novacron.agent.daemon, time; time.sleep({seconds})"
 
 
-def measure_size(size: int, idle: float, libvirt: bool) -> dict[str, Any]:
+def measure_size(
+    size: int, idle: float, libvirt: bool, extra: list[str] | None = None
+) -> dict[str, Any]:
     with Lab(f"bench{size}", size, libvirt=libvirt) as lab:
-        agents = LabAgents(lab, inventory_interval=10.0)
+        agents = LabAgents(lab, inventory_interval=10.0, extra_args=extra or ())
         started = time.monotonic()
         agents.start_all()
         try:
@@ -100,10 +104,17 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measurement")
     parser.add_argument("--libvirt-max", type=int, default=20, help="largest size with libvirtd")
     parser.add_argument("--json", help="write results here too")
+    parser.add_argument(
+        "--agent-args",
+        default="",
+        help="more nova-agent options for every agent, e.g. '--tracing-otlp http://198.18.0.1:4318'",
+    )
     args = parser.parse_args()
+    extra = shlex.split(args.agent_args)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.node()} {platform.machine()} {psutil.cpu_count()} cpus",
+        "agent_args": extra,
         "baseline": baseline(args.idle),
         "sizes": [],
     }
@@ -113,7 +124,7 @@ def main() -> None:
         f"{base['cpu']:.2f}% CPU"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        row = measure_size(size, args.idle, libvirt=size <= args.libvirt_max)
+        row = measure_size(size, args.idle, libvirt=size <= args.libvirt_max, extra=extra)
         result["sizes"].append(row)
         print(
             f"{size:3} hosts: full membership in {row['seconds_to_full_membership']:6.1f}s, "
