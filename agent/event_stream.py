@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .core.cloud_events import PREFIX, VmChanged, cloud_event
 from .core.events import MigrationProgressed
 from .event_spool import EventSpool
-from .nats_publish import NatsError, NatsPublisher
+from .nats_publish import FAILURES, NatsError, NatsPublisher
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
@@ -84,7 +84,7 @@ class NatsSink:
         except TimeoutError as exc:
             await self.close()
             raise SinkUnavailable(f"{self.url}: no answer within {2 * self.timeout:g} s") from exc
-        except (OSError, ValueError, NatsError, asyncio.IncompleteReadError) as exc:
+        except FAILURES as exc:
             await self.close()
             why = str(exc) or type(exc).__name__
             raise SinkUnavailable(f"{self.url}: {why}") from exc

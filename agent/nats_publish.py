@@ -25,6 +25,10 @@ class NatsError(Exception):
     """The server refused, said something this client cannot read, or went away."""
 
 
+# Everything a connection can raise: refused, gone, cut mid-answer, garbled.
+FAILURES = (OSError, ValueError, NatsError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
 class NatsPublisher:
     """One connection to a NATS server that publishes to JetStream and waits for acks."""
 
@@ -119,6 +123,8 @@ class NatsPublisher:
             words = line.split()
             if not words or words[0] not in (b"MSG", b"HMSG"):
                 continue  # +OK, PONG, INFO updates
+            if len(words) < (5 if words[0] == b"HMSG" else 4):
+                raise NatsError(f"{self.url}: a malformed message line {line[:80]!r}")
             kind = words[0].decode()
             subject = words[1].decode()
             total = int(words[-1])

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from novacron.agent.config import ConfigError, load
 from novacron.agent.core import events as ev
@@ -23,6 +25,7 @@ from novacron.agent.core.cloud_events import (
 )
 from novacron.agent.event_spool import EventSpool
 from novacron.agent.event_stream import EventStream, NatsSink
+from novacron.agent.nats_publish import FAILURES, NatsError, NatsPublisher
 from tests.nats_server import NatsServer, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,3 +260,50 @@ def test_a_migrations_progress_goes_out_at_most_every_ten_seconds(tmp_path: Path
     stream.emit(ev.MigrationCompleted("m1", "vm1", "h1", "h2", 30.0))
     kinds = [item.event["type"] for item in stream.spool.pending(100)]
     assert kinds == ["io.novacron.migration.progressed"] * 3 + ["io.novacron.migration.completed"]
+
+
+# --- the agent's own NATS client: what a server sends is untrusted input --------------------
+
+
+async def _answer_to_request(data: bytes) -> dict[str, object]:
+    publisher = NatsPublisher("nats://127.0.0.1:4222")
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    publisher._reader = reader  # a connection whose server sends `data`
+
+    class Sink:
+        def write(self, _data: bytes) -> None: ...
+
+        async def drain(self) -> None: ...
+
+    publisher._writer = Sink()  # type: ignore[assignment]
+    return await publisher.request("novacron.events.x", b"{}")
+
+
+@given(st.binary(max_size=300))
+async def test_anything_a_server_sends_gives_an_answer_or_a_nats_error(data: bytes) -> None:
+    with contextlib.suppress(*FAILURES):  # and nothing else: no IndexError, no KeyError
+        await _answer_to_request(data)
+
+
+async def test_a_server_without_jetstream_is_named_as_such() -> None:
+    reply = b"HMSG _INBOX.x.1 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+    publisher = NatsPublisher("nats://127.0.0.1:4222")
+    publisher._inbox = "_INBOX.x"
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"PING\r\n" + reply)
+    reader.feed_eof()
+    publisher._reader = reader
+    sent: list[bytes] = []
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def drain(self) -> None: ...
+
+    publisher._writer = Sink()  # type: ignore[assignment]
+    with pytest.raises(NatsError, match="is JetStream on"):
+        await publisher.request("novacron.events.x", b"{}", {"Nats-Msg-Id": "e1"})
+    assert sent[0].startswith(b"HPUB novacron.events.x _INBOX.x.1 ") and b"PONG\r\n" in sent
