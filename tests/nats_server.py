@@ -85,7 +85,7 @@ class NatsServer:
 
     async def messages(self, stream: str) -> list[tuple[str, dict[str, Any]]]:
         """Every message the stream holds, in its order: (subject, decoded JSON body); none
-        before the stream exists."""
+        before the stream exists or while it is empty."""
         import json
 
         import nats
@@ -99,6 +99,8 @@ class NatsServer:
             except NotFoundError:
                 return []  # nothing was published yet
             out = []
+            if not info.state.messages:
+                return out  # created, still empty: first_seq is 0, which no message has
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 msg = await js.get_msg(stream, seq)
                 out.append((str(msg.subject), json.loads(msg.data or b"null")))
