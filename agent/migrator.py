@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import libvirt
 
 from novacron.protocol.messages import (
+    JobPhase,
     Message,
     MigrationAbort,
     MigrationAccept,
@@ -581,8 +582,8 @@ class Migrator:
             log.debug("job sample failed: %s", exc)
             return
         if not paused and migration_id in self._postcopy:
-            paused = "postcopy"  # requested: the source pauses for it in a moment
-        sample = progress_sample(migration_id, raw, paused or "precopy")
+            paused = JobPhase.POSTCOPY  # requested: the source pauses for it in a moment
+        sample = progress_sample(migration_id, raw, paused or JobPhase.PRECOPY)
         if sample is not None and self._aborts.get(migration_id) is False:
             # Asked before this job began (the abortJob found none): ask the job itself.
             self._aborts[migration_id] = True
@@ -633,11 +634,10 @@ def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, A
     return params
 
 
-def progress_sample(migration_id: str, raw: dict[str, Any], phase: str) -> MigrationProgress | None:
-    """A `MigrationProgress` from libvirt's jobStats(), or None when no job runs.
-
-    `phase`: precopy, switchover (the source is paused for the final copy) or postcopy.
-    """
+def progress_sample(
+    migration_id: str, raw: dict[str, Any], phase: JobPhase
+) -> MigrationProgress | None:
+    """A `MigrationProgress` from libvirt's jobStats(), or None when no job runs."""
     stats = job_stats(raw)
     if stats is None or stats.kind not in ("bounded", "unbounded"):
         return None
@@ -706,8 +706,8 @@ def _set_max_downtime(dom: Any, milliseconds: int) -> None:
 
 
 PAUSES = {
-    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY: "postcopy",
-    libvirt.VIR_DOMAIN_PAUSED_MIGRATION: "switchover",
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY: JobPhase.POSTCOPY,
+    libvirt.VIR_DOMAIN_PAUSED_MIGRATION: JobPhase.SWITCHOVER,
 }
 
 
@@ -721,13 +721,13 @@ def _on_job(conn: Any, vm: str, method: str, *args: Any) -> None:
     getattr(conn.lookupByName(vm), method)(*args)
 
 
-def _sample(conn: Any, vm: str) -> tuple[dict[str, Any], str]:
-    """jobStats() and why the source is paused for the migration: "postcopy", "switchover"
-    (the final copy with the guest stopped) or "" (it runs)."""
+def _sample(conn: Any, vm: str) -> tuple[dict[str, Any], JobPhase | None]:
+    """jobStats() and why the source is paused for the migration: post-copy, switchover
+    (the final copy with the guest stopped) or None (it runs)."""
     dom = conn.lookupByName(vm)
     raw = dom.jobStats()
     state, reason = dom.state()
-    return raw, PAUSES.get(reason, "") if state == libvirt.VIR_DOMAIN_PAUSED else ""
+    return raw, PAUSES.get(reason) if state == libvirt.VIR_DOMAIN_PAUSED else None
 
 
 def _job_running(conn: Any, vm: str) -> bool:

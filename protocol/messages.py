@@ -78,6 +78,14 @@ HostLabels = Annotated[
 ]
 
 
+class JobPhase(StrEnum):
+    """Where a running migration job stands, as its source reports it."""
+
+    PRECOPY = "precopy"  # memory is copied while the guest runs on the source
+    SWITCHOVER = "switchover"  # the source is paused for the final copy
+    POSTCOPY = "postcopy"  # the guest runs on the target and pulls the pages it lacks
+
+
 class MemberState(StrEnum):
     """What one node believes about another."""
 
@@ -418,7 +426,7 @@ class MigrationProgress:
     dirty_rate: float = 0.0  # pages per second
     iteration: int = 0
     expected_downtime_ms: int = 0
-    phase: str = "precopy"  # precopy, switchover (source paused for the final copy), postcopy
+    phase: JobPhase = JobPhase.PRECOPY
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.members import MemberInfo
 from novacron.agent.core.migration import MigrationConfig, MigrationCore
 from novacron.protocol.messages import (
+    JobPhase,
     MemberState,
     Message,
     MigrationProgress,
@@ -431,7 +432,7 @@ class Lab(Mesh):
         else:
             elapsed = self.now - job.started
             percent = min(99.0, 100.0 * elapsed / job.duration) if job.duration < INF else 40.0
-            phase = "postcopy" if job.switched_at is not None else "precopy"
+            phase = JobPhase.POSTCOPY if job.switched_at is not None else JobPhase.PRECOPY
             stats = MigrationProgress(job.migration_id, percent=percent, phase=phase)
             self._report(job.source, "migration_progress", job.migration_id, stats)
 

@@ -98,7 +98,7 @@ class NatsServer:
                 info = await js.stream_info(stream)
             except NotFoundError:
                 return []  # nothing was published yet
-            out = []
+            out: list[tuple[str, dict[str, Any]]] = []
             if not info.state.messages:
                 return out  # created, still empty: first_seq is 0, which no message has
             for seq in range(info.state.first_seq, info.state.last_seq + 1):

@@ -133,6 +133,15 @@ def test_bad_enum_value_lists_the_allowed_ones() -> None:
         codec.decode(_frame(V, "digest", "edge-1", payload))
 
 
+def test_a_migration_phase_the_protocol_does_not_know_is_refused() -> None:
+    payload = {"migration_id": "m", "phase": "warp"}
+    with pytest.raises(InvalidField, match="not one of precopy, switchover, postcopy"):
+        codec.decode(_frame(V, "migration-progress", "edge-1", payload))
+    for phase in m.JobPhase:
+        frame = codec.encode(m.MigrationProgress("m", phase=phase), "edge-1")
+        assert codec.decode(frame).message == m.MigrationProgress("m", phase=phase)
+
+
 def test_non_finite_numbers_are_refused() -> None:
     payload = {"migration_id": "m", "reservation_expires": float("nan")}
     with pytest.raises(InvalidField, match="finite"):

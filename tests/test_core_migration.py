@@ -26,6 +26,7 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from novacron.agent.core.inbound import COMMIT, Inbound, next_inbound
 from novacron.agent.core.location import Presence, Where
 from novacron.agent.core.migration import (
     TRANSITIONS,
@@ -43,6 +44,7 @@ from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
 from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
+    JobPhase,
     MemberState,
     MigrationAbort,
     MigrationAccept,
@@ -573,7 +575,7 @@ def test_escalation_aborts_when_postcopy_is_not_allowed() -> None:
 def paused_for_switchover(mesh: Mesh, mid: str, at: float, left: int = 0) -> None:
     """A job sample at `at`: the source paused for the final copy, `left` bytes to send."""
     mesh.now = at
-    sample = MigrationProgress(mid, percent=100.0, data_remaining=left, phase="switchover")
+    sample = MigrationProgress(mid, percent=100.0, data_remaining=left, phase=JobPhase.SWITCHOVER)
     mesh.call("h1", "migration_progress", mid, sample)
 
 
@@ -704,7 +706,7 @@ def test_cancel_refusals() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
-    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 80, phase="postcopy"))
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 80, phase=JobPhase.POSTCOPY))
     assert mesh.core("h1").phase_of(mid) is Phase.POSTCOPY
     mesh.call("h1", "cancel", mid)
     mesh.call("h1", "migration_finished", mid, False, "connection lost")
@@ -920,7 +922,7 @@ def test_a_drain_lets_a_migration_in_post_copy_land() -> None:
     mesh = two_hosts()
     mesh.request("h1", "vm1", "h2")
     mid = started(mesh).migration_id
-    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 90, phase="postcopy"))
+    mesh.call("h1", "migration_progress", mid, MigrationProgress(mid, 90, phase=JobPhase.POSTCOPY))
     mesh.absorb("h2", mesh.core("h2").set_draining(True, 1.0))
     mesh.flush()
     assert mesh.of("h1", AbortLibvirtMigration) == []
@@ -937,6 +939,44 @@ def test_only_the_target_may_withdraw_a_reservation() -> None:
     mesh.core("h1").receive("h3", MigrationAbort(mid, "h3 says stop"), 0.5)
     assert mesh.core("h1").phase_of(mid) is Phase.MIGRATING
     assert mesh.core("h1").stats.wrong_peer == 1
+
+
+def test_a_progress_report_back_out_of_post_copy_moves_and_renews_nothing() -> None:
+    mesh = two_hosts()
+    h2 = mesh.core("h2")
+    h2.receive("h1", propose("m1"), 0.0)
+    (held,) = h2.reservations()
+    assert held.phase is Inbound.RESERVED
+    h2.receive("h1", MigrationProgress("m1", 40.0, phase=JobPhase.SWITCHOVER), 1.0)
+    h2.receive("h1", MigrationProgress("m1", 45.0), 2.0)  # the source runs again: allowed
+    assert held.phase is Inbound.PRECOPY
+    h2.receive("h1", MigrationProgress("m1", 50.0, phase=JobPhase.POSTCOPY), 3.0)
+    assert (held.phase, held.percent) == (Inbound.POSTCOPY, 50.0)
+    expires, invalid = held.expires, h2.stats.invalid
+
+    out = h2.receive("h1", MigrationProgress("m1", 99.0, phase=JobPhase.PRECOPY), 10.0)
+
+    assert out.sends == [] and out.events == []
+    assert (held.phase, held.percent, held.expires) == (Inbound.POSTCOPY, 50.0, expires)
+    assert h2.stats.invalid == invalid + 1
+    h2.receive("h1", MigrationCommit("m1"), 11.0)
+    assert held.phase is Inbound.LANDED and held.landed
+    h2.receive("h1", MigrationProgress("m1", 99.0, phase=JobPhase.POSTCOPY), 12.0)
+    assert held.phase is Inbound.LANDED
+
+
+def test_the_inbound_table_lets_nothing_leave_post_copy_or_landed_but_forward() -> None:
+    for phase in Inbound:
+        for trigger in (*JobPhase, COMMIT):
+            after = next_inbound(phase, trigger)
+            if phase is Inbound.LANDED:
+                assert after is None
+            elif trigger == COMMIT:
+                assert after is Inbound.LANDED
+            elif phase is Inbound.POSTCOPY:
+                assert after is (Inbound.POSTCOPY if trigger is JobPhase.POSTCOPY else None)
+            else:
+                assert after is Inbound(trigger.value)
 
 
 # --- reservations a member cannot hold with words alone ----------------------------------

@@ -30,6 +30,7 @@ from novacron.agent.migrator import (
     progress_sample,
 )
 from novacron.protocol.messages import (
+    JobPhase,
     Message,
     MigrationAccept,
     MigrationPropose,
@@ -108,11 +109,11 @@ def test_job_stats_become_progress() -> None:
         "memory_iteration": 3,
         "downtime": 40,
     }
-    sample = progress_sample("m1", raw, "postcopy")
+    sample = progress_sample("m1", raw, JobPhase.POSTCOPY)
     assert sample is not None
     assert (sample.percent, sample.bandwidth, sample.dirty_rate) == (75.0, 1000.0, 7.0)
     assert (sample.iteration, sample.expected_downtime_ms, sample.phase) == (3, 40, "postcopy")
-    assert progress_sample("m1", {"type": libvirt.VIR_DOMAIN_JOB_NONE}, "precopy") is None
+    assert progress_sample("m1", {"type": libvirt.VIR_DOMAIN_JOB_NONE}, JobPhase.PRECOPY) is None
 
 
 # --- requests, with a fake mesh --------------------------------------------------------

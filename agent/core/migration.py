@@ -5,7 +5,9 @@ the request against its own view, propose to the target, drive libvirt through
 actions, escalate a migration that does not converge, and end by committing or
 aborting. As a *target* it admits or refuses proposals against its real free
 capacity minus pending reservations (`reservations.py`) and holds leases that
-expire when the source goes quiet.
+expire when the source goes quiet; an arriving VM moves through the target's
+own phase table (`inbound.py`), and a report that would move it back out of
+post-copy is refused.
 
 Inputs: `request_migration`, `cancel`, `receive(sender, message, now)` for
 the Migration* messages, the driver's reports `migration_progress`,
@@ -136,6 +138,7 @@ from typing import Any, Protocol
 
 from novacron.protocol.messages import (
     GroupMember,
+    JobPhase,
     MemberState,
     Message,
     MigrationAbort,
@@ -176,6 +179,7 @@ from .events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from .inbound import Inbound, next_inbound
 from .location import Doubt, On, Presence, Wait, locate, undecided
 from .members import MemberInfo
 from .migration_policy import (
@@ -829,7 +833,7 @@ class MigrationCore:
         if saga is None or stats.migration_id != migration_id:
             self._count_unknown(migration_id)
             return out
-        trigger = Trigger.SWITCHED if stats.phase == "postcopy" else Trigger.PROGRESS
+        trigger = Trigger.SWITCHED if stats.phase == JobPhase.POSTCOPY else Trigger.PROGRESS
         if saga.phase is Phase.ABORTING:
             trigger = Trigger.PROGRESS
         if next_phase(saga.phase, trigger) is None:
@@ -1135,7 +1139,7 @@ class MigrationCore:
             return out
         reason = f"host draining: {self.node_id} takes no new VMs"
         for held in self._book:
-            if held.landed or held.revoked or held.phase == "postcopy":
+            if held.landed or held.revoked or held.phase is Inbound.POSTCOPY:
                 continue
             held.revoked = True
             out.sends.append((held.source, MigrationAbort(held.migration_id, reason)))
@@ -1259,9 +1263,13 @@ class MigrationCore:
         if held.landed:
             self.stats.duplicates += 1
             return
+        phase = next_inbound(held.phase, message.phase)
+        if phase is None:  # back out of post-copy: stale or false, and it renews nothing
+            self.stats.invalid += 1
+            return
         self._book.renew(held.migration_id, now, self.config.reservations.ttl)
         held.percent = max(0.0, min(100.0, message.percent))
-        held.phase = message.phase
+        held.phase = phase
         out.events.append(
             MigrationProgressed(
                 held.migration_id,
@@ -1509,8 +1517,8 @@ class MigrationCore:
         if saga.adopted:
             return  # the target holds no lease under this id
         sample = saga.last_progress or MigrationProgress(saga.migration_id, saga.percent)
-        if saga.phase is Phase.POSTCOPY and sample.phase != "postcopy":
-            sample = dataclasses.replace(sample, phase="postcopy")
+        if saga.phase is Phase.POSTCOPY and sample.phase != JobPhase.POSTCOPY:
+            sample = dataclasses.replace(sample, phase=JobPhase.POSTCOPY)
         saga.forwarded_at = now
         saga.renew_at = now + self.config.renew_interval
         out.sends.append((saga.target, sample))
@@ -1522,7 +1530,7 @@ class MigrationCore:
         began, when it last copied something."""
         if saga.phase is not Phase.MIGRATING:
             return
-        if stats.phase != "switchover":
+        if stats.phase != JobPhase.SWITCHOVER:
             saga.paused_since = None
             return
         if saga.paused_since is None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from novacron.protocol.messages import NodeRecord, Resources
 
+from .inbound import COMMIT, Inbound, next_inbound
+
 INF = float("inf")
 
 
@@ -73,15 +75,19 @@ class Reservation:
     disk_gib: float  # disk held (local disks are copied)
     created: float  # when it was made (this host's clock)
     expires: float  # when it lapses unless renewed (or, once landed, is dropped)
-    landed: bool = False  # the commit arrived; held until our record shows the VM
     percent: float = 0.0  # last progress the source reported, for `nova migrations`
-    phase: str = "reserved"  # reserved, precopy, postcopy, landed
+    phase: Inbound = Inbound.RESERVED  # moved only through `inbound.INBOUND_MOVES`
     anti_affinity: str = ""  # the arriving VM's anti-affinity group ("" for none)
     started_at: float = 0.0  # when the source proposed it, on the source's wall clock
     purpose: str = ""  # why the source moves it: manual, drain, rebalance
     revoked: bool = False  # this host asked its source to stop it (it began draining)
     seen: float | None = None  # when this host's libvirt last showed the incoming VM
     group: str = ""  # the leading migration id of the affinity group admitted with it
+
+    @property
+    def landed(self) -> bool:
+        """The commit arrived: the VM runs here; the room is held until our record shows it."""
+        return self.phase is Inbound.LANDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +209,9 @@ class ReservationBook:
     def land(self, migration_id: str, now: float, hold: float) -> Reservation | None:
         """The commit arrived: keep the room until our record shows the VM (or `hold` passes)."""
         held = self._by_id.get(migration_id)
-        if held is not None and not held.landed:
-            held.landed = True
-            held.phase = "landed"
+        landed = next_inbound(held.phase, COMMIT) if held is not None else None
+        if held is not None and landed is not None:
+            held.phase = landed
             held.percent = 100.0
             held.expires = now + hold
         return held
