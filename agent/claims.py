@@ -27,8 +27,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .core.location import On, Presence, Where, claimants, locate
-from .core.migration import ClusterView
+from .core.migration.location import On, Presence, Where, claimants, locate
+from .core.migration.saga import ClusterView
 from .locator import Locator
 
 log = logging.getLogger("novacron.claims")

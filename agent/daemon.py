@@ -45,12 +45,12 @@ from .config import (
     parse_cli,
     seed_addresses,
 )
-from .core.config import MembershipConfig
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
-from .core.gateway import elect
-from .core.node import MembershipNode
+from .core.federation.gateway import elect
+from .core.membership.config import MembershipConfig
+from .core.membership.node import MembershipNode
+from .core.migration.reservations import free_capacity
 from .core.refusals import RefusalKind, Refused
-from .core.reservations import free_capacity
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .event_spool import EventSpool

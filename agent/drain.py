@@ -41,8 +41,9 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
-from .core.cloud_events import DrainChanged
-from .core.drain import (
+from .core.migration.saga import ClusterView
+from .core.observability.cloud_events import DrainChanged
+from .core.rebalancing.drain import (
     LOOK_INTERVAL,
     RETRY_DELAY,
     DrainCore,
@@ -51,7 +52,6 @@ from .core.drain import (
     not_moved,
     staying,
 )
-from .core.migration import ClusterView
 from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
 from .tasks import cancel_and_wait

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .core.cloud_events import PREFIX, VmChanged, cloud_event
 from .core.events import MigrationProgressed
+from .core.observability.cloud_events import PREFIX, VmChanged, cloud_event
 from .event_spool import EventSpool
 from .nats_publish import FAILURES, NatsError, NatsPublisher
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped

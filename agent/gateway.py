@@ -45,10 +45,10 @@ from novacron.protocol.sitelink import (
     hello_bytes,
 )
 
-from .core.gateway import elect
-from .core.migration import MigrationConfig
-from .core.node import MembershipNode
-from .core.sitelink import SiteStream, pin_host
+from .core.federation.gateway import elect
+from .core.federation.sitelink import SiteStream, pin_host
+from .core.membership.node import MembershipNode
+from .core.migration.saga import MigrationConfig
 from .identity import NodeIdentity
 from .site_commands import SiteCommands
 

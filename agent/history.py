@@ -26,7 +26,7 @@ from typing import Any
 
 import libvirt
 
-from .core.migration import ClusterView
+from .core.migration.saga import ClusterView
 from .locator import Locator, find
 
 log = logging.getLogger("novacron.history")

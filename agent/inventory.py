@@ -41,7 +41,7 @@ import psutil
 
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
-from .core.records import vm_load_limit
+from .core.membership.records import vm_load_limit
 from .libvirt_adapter import LibvirtAdapter, start_libvirt_event_loop
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from .core.migration_policy import MigrationLimits
+from .core.migration.policy import MigrationLimits
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from urllib.parse import urlparse
 
 import libvirt
 
-from .core.location import Presence, Where
-from .core.migration import ClusterView
+from .core.migration.location import Presence, Where
+from .core.migration.saga import ClusterView
 from .inventory import in_job
 from .libvirt_adapter import LibvirtAdapter
 

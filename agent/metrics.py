@@ -34,9 +34,9 @@ from prometheus_client.utils import floatToGoString
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from .core.migration import MigrationCore
-from .core.node import MembershipNode
-from .core.stats import Histogram
+from .core.membership.node import MembershipNode
+from .core.membership.stats import Histogram
+from .core.migration.saga import MigrationCore
 from .drain import Drain
 from .event_stream import EventStream
 from .identity import NodeIdentity
@@ -234,7 +234,7 @@ def membership_families(core: MembershipNode, now: float) -> Iterable[Metric]:
     for name, value in core.stats.as_dict().items():
         yield CounterMetricFamily(
             f"novacron_membership_{name}",
-            f"Membership core counter {name} (agent/core/stats.py says what it counts).",
+            f"Membership core counter {name} (agent/core/membership/stats.py says what it counts).",
             value=value,
         )
 

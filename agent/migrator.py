@@ -1,7 +1,7 @@
 """The migration driver: carries `MigrationCore`'s decisions to libvirt and the mesh.
 
 The saga itself (who may move what, when to escalate, how a fault ends) lives
-in the sans-IO `core/migration.py`. This module only performs what it asks:
+in the sans-IO `core/migration/saga.py`. This module only performs what it asks:
 Migration* messages from the transport go into `core.receive`, the clock goes
 into `core.tick` when `core.next_deadline()` comes, and the core's *actions*
 become libvirt calls:
@@ -66,14 +66,14 @@ from .core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
-from .core.migration import (
+from .core.migration.policy import MigrationPolicy, switchover_limit_ms
+from .core.migration.saga import (
     ClusterView,
     JobTotals,
     MigrationConfig,
     MigrationCore,
     MigrationInfo,
 )
-from .core.migration_policy import MigrationPolicy, switchover_limit_ms
 from .core.refusals import RefusalKind, Refused
 from .disks import (
     LocalDisk,

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from .core.tracing import Span
+from .core.observability.tracing import Span
 
 log = logging.getLogger("novacron.tracing")
 

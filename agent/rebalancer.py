@@ -36,9 +36,9 @@ from typing import Any, Protocol
 
 from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
-from .core.cloud_events import RebalanceMoved, RebalanceRefused
-from .core.members import MemberInfo
-from .core.rebalance import (
+from .core.membership.members import MemberInfo
+from .core.observability.cloud_events import RebalanceMoved, RebalanceRefused
+from .core.rebalancing.planner import (
     Decision,
     Move,
     RebalanceConfig,
@@ -47,7 +47,7 @@ from .core.rebalance import (
     plan_round,
     standing,
 )
-from .core.rebalance_schedule import RebalanceSchedule, Seen, seen
+from .core.rebalancing.schedule import RebalanceSchedule, Seen, seen
 from .core.refusals import Refused
 from .migrator import Migrator
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from novacron.protocol.messages import MemberState
 
-from .core.location import ACTIVE, Recovery, Where, others_claiming, recovery
-from .core.migration import ClusterView
+from .core.migration.location import ACTIVE, Recovery, Where, others_claiming, recovery
+from .core.migration.saga import ClusterView
 from .core.refusals import RefusalKind, Refused
 from .migrator import Migrator
 

@@ -9,7 +9,7 @@ signed for it (`CoordinatorTrust`: the gateway relays, it does not command;
 a host with no coordinator configured runs nothing from the site link).
 Before a command runs, its key goes
 into the ledger file with an fsync, so no crash can make it run twice
-(`core/commands.py`); a key seen again is answered from the ledger, and a
+(`core/federation/commands.py`); a key seen again is answered from the ledger, and a
 relay repeated while the command still runs waits for the same run.
 """
 
@@ -32,7 +32,7 @@ from novacron.protocol.messages import MemberState, Message, SiteCommandRelay, S
 from novacron.protocol.operators import CommandRefused
 from novacron.protocol.sitelink import Command, Outcome
 
-from .core.commands import CommandLedger, LedgerEntry
+from .core.federation.commands import CommandLedger, LedgerEntry
 from .site_controls import SiteControls
 from .tasks import cancel_and_wait
 

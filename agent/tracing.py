@@ -19,7 +19,12 @@ from typing import Any
 from novacron.protocol.messages import Message, MigrationPropose
 
 from .core import events as ev
-from .core.tracing import MigrationSpans, SpanContext, format_traceparent, parse_traceparent
+from .core.observability.tracing import (
+    MigrationSpans,
+    SpanContext,
+    format_traceparent,
+    parse_traceparent,
+)
 from .otlp import OtlpExporter
 
 

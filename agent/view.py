@@ -12,8 +12,8 @@ from typing import Any
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .claims import ClaimVerdict
-from .core.node import MembershipNode
-from .core.placement import libvirt_down
+from .core.membership.node import MembershipNode
+from .core.placement.targets import libvirt_down
 
 
 class MeshView:

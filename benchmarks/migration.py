@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron.agent.config import AgentConfig
-from novacron.agent.core.migration_policy import MigrationPolicy, switchover_limit_ms
+from novacron.agent.core.migration.policy import MigrationPolicy, switchover_limit_ms
 from novacron.agent.hypervisor import DEFAULT_CONSOLE_DIR
 from novacron.agent.locator import PEER_URI
 from novacron.agent.vmspec import VmSpec, domain_xml

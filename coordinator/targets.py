@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
+from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL
 
 from .placement import Request
 from .store import Store

@@ -499,7 +499,7 @@ class SiteCommandRelay:
 
     `command` is a `sitelink.Command` (`codec.pack_struct`), decoded strictly
     by the receiver. The receiver obeys only the member it sees as the site's
-    gateway (`agent/core/gateway.py`), runs the command at most once (its
+    gateway (`agent/core/federation/gateway.py`), runs the command at most once (its
     ledger) and answers with a `SiteCommandResult`.
     """
 

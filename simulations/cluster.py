@@ -19,10 +19,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Output
-from novacron.agent.core.node import MembershipNode
-from novacron.agent.core.snapshot import ClusterSnapshot
+from novacron.agent.core.membership.config import MembershipConfig
+from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.snapshot import ClusterSnapshot
 from novacron.protocol.messages import NodeRecord, Resources
 
 from .engine import Engine

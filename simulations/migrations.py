@@ -31,9 +31,9 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
-from novacron.agent.core.location import Presence, Where
-from novacron.agent.core.members import MemberInfo
-from novacron.agent.core.migration import MigrationConfig, MigrationCore
+from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.migration.location import Presence, Where
+from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.protocol.messages import (
     JobPhase,
     MemberState,

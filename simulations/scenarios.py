@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Event, RecordUpdated
+from novacron.agent.core.membership.config import MembershipConfig
 from novacron.protocol.messages import MemberState
 
 from .cluster import Cluster, ClusterSettings

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import Event, Output
-from novacron.agent.core.node import MembershipNode
-from novacron.agent.core.snapshot import ClusterSnapshot
+from novacron.agent.core.membership.config import MembershipConfig
+from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.snapshot import ClusterSnapshot
 from novacron.protocol.messages import (
     Alive,
     Dead,

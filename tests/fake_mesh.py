@@ -12,7 +12,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.migrator import Migrator
 from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
 

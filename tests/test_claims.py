@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from novacron.agent.claims import ClaimCheck
-from novacron.agent.core.location import Presence, Where
+from novacron.agent.core.migration.location import Presence, Where
 from novacron.agent.view import MeshView
 from novacron.simulations.migrations import View, host, vm
 

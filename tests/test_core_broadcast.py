@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from novacron.agent.core.awareness import Awareness
-from novacron.agent.core.broadcast import (
+from novacron.agent.core.membership.awareness import Awareness
+from novacron.agent.core.membership.broadcast import (
     MAX_MISFITS,
     BroadcastQueue,
     estimate_size,

@@ -1,5 +1,5 @@
-"""The drain core (`agent/core/drain.py`): which VM a draining host moves next, when a VM
-that could not move is tried again, and what the drain reports as moved and waiting.
+"""The drain core (`agent/core/rebalancing/drain.py`): which VM a draining host moves next,
+when a VM that could not move is tried again, and what the drain reports as moved and waiting.
 
 The agent's `Drain` and the rebalancing simulator drive this same class; the
 agent's shell is tested in tests/test_drain.py, the real moves in the lab.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from novacron.agent.core.drain import DrainCore, DrainTiming, Ended, not_moved, staying
+from novacron.agent.core.rebalancing.drain import DrainCore, DrainTiming, Ended, not_moved, staying
 
 
 @dataclass

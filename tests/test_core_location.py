@@ -1,5 +1,6 @@
-"""Where a VM runs after a fault, decided by the hypervisors' evidence (`core/location.py`),
-and how a saga in doubt ends: by evidence, by retiring stale copies, or visibly in doubt.
+"""Where a VM runs after a fault, decided by the hypervisors' evidence
+(`core/migration/location.py`), and how a saga in doubt ends: by evidence, by retiring stale
+copies, or visibly in doubt.
 
 The cases are the lab's (the source's libvirtd killed in pre-copy, at the
 switchover, at the post-copy switch): what each host's libvirt said there.
@@ -18,7 +19,7 @@ from novacron.agent.core.events import (
     RetireStaleCopy,
     StartLibvirtMigration,
 )
-from novacron.agent.core.location import (
+from novacron.agent.core.migration.location import (
     Doubt,
     On,
     Presence,
@@ -30,7 +31,7 @@ from novacron.agent.core.location import (
     others_claiming,
     recovery,
 )
-from novacron.agent.core.migration import MigrationConfig, Phase
+from novacron.agent.core.migration.saga import MigrationConfig, Phase
 from novacron.protocol.messages import MigrationAbort, MigrationCommit, MigrationPropose
 from novacron.simulations.migrations import Mesh, host, seen, vm
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from novacron.agent.core.members import Member, MemberTable, ProbeOrder
-from novacron.agent.core.snapshot import ClusterSnapshot
-from novacron.agent.core.transitions import (
+from novacron.agent.core.membership.members import Member, MemberTable, ProbeOrder
+from novacron.agent.core.membership.snapshot import ClusterSnapshot
+from novacron.agent.core.membership.transitions import (
     Verdict,
     on_alive,
     on_dead,

@@ -26,9 +26,14 @@ from novacron.agent.core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
-from novacron.agent.core.inbound import COMMIT, Inbound, next_inbound
-from novacron.agent.core.location import Presence, Where
-from novacron.agent.core.migration import (
+from novacron.agent.core.migration.inbound import COMMIT, Inbound, next_inbound
+from novacron.agent.core.migration.location import Presence, Where
+from novacron.agent.core.migration.policy import (
+    MigrationLimits,
+    MigrationPolicy,
+)
+from novacron.agent.core.migration.reservations import ReservationConfig
+from novacron.agent.core.migration.saga import (
     TRANSITIONS,
     MigrationConfig,
     MigrationCore,
@@ -36,13 +41,8 @@ from novacron.agent.core.migration import (
     Trigger,
     next_phase,
 )
-from novacron.agent.core.migration_policy import (
-    MigrationLimits,
-    MigrationPolicy,
-)
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
+from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL
 from novacron.agent.core.refusals import RefusalKind
-from novacron.agent.core.reservations import ReservationConfig
 from novacron.protocol.messages import (
     JobPhase,
     MemberState,
@@ -834,9 +834,9 @@ def test_next_deadline_tracks_the_earliest_timer() -> None:
 
 def test_the_membership_node_is_a_cluster_view() -> None:
     """The daemon hands its `MembershipNode` to the migration core as is."""
-    from novacron.agent.core.config import MembershipConfig
-    from novacron.agent.core.migration import ClusterView
-    from novacron.agent.core.node import MembershipNode
+    from novacron.agent.core.membership.config import MembershipConfig
+    from novacron.agent.core.membership.node import MembershipNode
+    from novacron.agent.core.migration.saga import ClusterView
     from novacron.simulations.signing import SimKeyring
 
     node = MembershipNode(
@@ -944,13 +944,18 @@ def test_only_the_target_may_withdraw_a_reservation() -> None:
 def test_a_progress_report_back_out_of_post_copy_moves_and_renews_nothing() -> None:
     mesh = two_hosts()
     h2 = mesh.core("h2")
+
+    def phase() -> Inbound:
+        (held,) = h2.reservations()
+        return held.phase
+
     h2.receive("h1", propose("m1"), 0.0)
-    (held,) = h2.reservations()
-    assert held.phase is Inbound.RESERVED
+    assert phase() is Inbound.RESERVED
     h2.receive("h1", MigrationProgress("m1", 40.0, phase=JobPhase.SWITCHOVER), 1.0)
     h2.receive("h1", MigrationProgress("m1", 45.0), 2.0)  # the source runs again: allowed
-    assert held.phase is Inbound.PRECOPY
+    assert phase() is Inbound.PRECOPY
     h2.receive("h1", MigrationProgress("m1", 50.0, phase=JobPhase.POSTCOPY), 3.0)
+    (held,) = h2.reservations()
     assert (held.phase, held.percent) == (Inbound.POSTCOPY, 50.0)
     expires, invalid = held.expires, h2.stats.invalid
 
@@ -960,9 +965,9 @@ def test_a_progress_report_back_out_of_post_copy_moves_and_renews_nothing() -> N
     assert (held.phase, held.percent, held.expires) == (Inbound.POSTCOPY, 50.0, expires)
     assert h2.stats.invalid == invalid + 1
     h2.receive("h1", MigrationCommit("m1"), 11.0)
-    assert held.phase is Inbound.LANDED and held.landed
+    assert phase() is Inbound.LANDED and held.landed
     h2.receive("h1", MigrationProgress("m1", 99.0, phase=JobPhase.POSTCOPY), 12.0)
-    assert held.phase is Inbound.LANDED
+    assert phase() is Inbound.LANDED
 
 
 def test_the_inbound_table_lets_nothing_leave_post_copy_or_landed_but_forward() -> None:

@@ -1,4 +1,4 @@
-"""The fault table of `migration.py`, row by row, then a property over random faults.
+"""The fault table of `core/migration/saga.py`, row by row, then a property over random faults.
 
 Each test runs two or three cores against the fake hypervisor of the harness
 and checks the invariant: afterwards the VM runs on exactly one host,
@@ -21,8 +21,8 @@ from novacron.agent.core.events import (
     ReservationReleased,
     StartLibvirtMigration,
 )
-from novacron.agent.core.migration import MigrationConfig
-from novacron.agent.core.migration_policy import MigrationLimits
+from novacron.agent.core.migration.policy import MigrationLimits
+from novacron.agent.core.migration.saga import MigrationConfig
 from novacron.simulations.migrations import Lab, host, vm
 from tests.fuzzing import fuzz
 

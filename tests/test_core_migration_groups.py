@@ -14,8 +14,8 @@ from novacron.agent.core.events import (
     ReservationMade,
     StartLibvirtMigration,
 )
-from novacron.agent.core.migration import MigrationCore, Phase
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL
+from novacron.agent.core.migration.saga import MigrationCore, Phase
+from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL
 from novacron.protocol.messages import (
     GroupMember,
     MigrationAbort,

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from novacron.agent.core.migration_cost import (
+from novacron.agent.core.migration.cost import (
     converges,
     data_to_send_mib,
     expected_migration_seconds,
     migration_cost,
     precopy_seconds,
 )
-from novacron.agent.core.migration_policy import (
+from novacron.agent.core.migration.policy import (
     MigrationLimits,
     MigrationPolicy,
     PolicyError,
@@ -24,7 +24,7 @@ from novacron.agent.core.migration_policy import (
     with_migration_counts,
     with_overrides,
 )
-from novacron.agent.core.reservations import (
+from novacron.agent.core.migration.reservations import (
     Demand,
     Reservation,
     ReservationBook,

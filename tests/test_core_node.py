@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import (
     MemberAlive,
     MemberFailed,
@@ -17,8 +16,9 @@ from novacron.agent.core.events import (
     RecordRejected,
     RecordUpdated,
 )
-from novacron.agent.core.node import MAX_UNPROVEN_LEAP, MembershipNode
-from novacron.agent.core.suspicion import suspicion_timeout
+from novacron.agent.core.membership.config import MembershipConfig
+from novacron.agent.core.membership.node import MAX_UNPROVEN_LEAP, MembershipNode
+from novacron.agent.core.membership.suspicion import suspicion_timeout
 from novacron.protocol.messages import (
     MAX_COUNTER,
     Ack,

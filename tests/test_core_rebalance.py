@@ -1,4 +1,6 @@
-"""The rebalancing planner's rules (`agent/core/rebalance.py`), one by one. Pure, no I/O."""
+"""The rebalancing planner's rules (`agent/core/rebalancing/planner.py`), one by one.
+
+Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import random
 
 import pytest
 
-from novacron.agent.core.rebalance import (
+from novacron.agent.core.rebalancing.planner import (
     AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
     Decision,

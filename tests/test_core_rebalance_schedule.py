@@ -1,4 +1,4 @@
-"""When a host plans (`agent/core/rebalance_schedule.py`): its timer, and the news that
+"""When a host plans (`agent/core/rebalancing/schedule.py`): its timer, and the news that
 makes a round due sooner. The agent's rebalancer (tests/test_rebalancer.py) and the
 rebalancing simulator (tests/test_sim_rebalance.py) drive this same class."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from novacron.agent.core.rebalance_schedule import RebalanceSchedule, seen
+from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 

@@ -6,8 +6,8 @@ second or two of real time.
 
 from __future__ import annotations
 
-from novacron.agent.core.config import MembershipConfig
 from novacron.agent.core.events import MemberFailed, MemberLeft, MemberSuspected
+from novacron.agent.core.membership.config import MembershipConfig
 from novacron.protocol.messages import IndirectPing, MemberState
 from tests.core_harness import Net, record_for
 

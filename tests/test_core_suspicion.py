@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from novacron.agent.core.suspicion import (
+from novacron.agent.core.membership.suspicion import (
     Suspicion,
     remaining_suspicion_time,
     suspicion_timeout,

@@ -27,7 +27,7 @@ from novacron.agent.api import ApiServer, http_status
 from novacron.agent.cli import build_parser
 from novacron.agent.cli import drain as cli_drain
 from novacron.agent.cli.common import Output
-from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.refusals import Refused
 from novacron.agent.drain import Drain, DrainRequests
 from novacron.agent.migrator import Migrator

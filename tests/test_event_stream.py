@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from novacron.agent.config import ConfigError, load
 from novacron.agent.core import events as ev
-from novacron.agent.core.cloud_events import (
+from novacron.agent.core.observability.cloud_events import (
     DrainChanged,
     RebalanceMoved,
     RebalanceRefused,

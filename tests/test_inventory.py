@@ -16,9 +16,9 @@ import libvirt
 import psutil
 import pytest
 
-from novacron.agent.core.placement import room_refusal
-from novacron.agent.core.records import RecordBounds, record_problem, vm_load_limit
-from novacron.agent.core.reservations import Demand
+from novacron.agent.core.membership.records import RecordBounds, record_problem, vm_load_limit
+from novacron.agent.core.migration.reservations import Demand
+from novacron.agent.core.placement.targets import room_refusal
 from novacron.agent.inventory import DomainSample, Inventory
 from novacron.protocol.messages import NodeRecord, Resources
 

@@ -18,7 +18,7 @@ import pytest
 from novacron.agent import migrator as migrator_module
 from novacron.agent.api import ApiServer, http_status
 from novacron.agent.api_requests import MigrateRequest, migrate_request
-from novacron.agent.core.migration_policy import MigrationPolicy
+from novacron.agent.core.migration.policy import MigrationPolicy
 from novacron.agent.core.refusals import Refused
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (

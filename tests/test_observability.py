@@ -31,9 +31,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from novacron.agent.config import ConfigError, load, metrics_address
 from novacron.agent.core.events import StartLibvirtMigration
-from novacron.agent.core.migration import JobTotals
-from novacron.agent.core.rebalance import RebalanceConfig, over_line, standing
-from novacron.agent.core.stats import Histogram
+from novacron.agent.core.membership.stats import Histogram
+from novacron.agent.core.migration.saga import JobTotals
+from novacron.agent.core.rebalancing.planner import RebalanceConfig, over_line, standing
 from novacron.agent.metrics import (
     WrittenFamilies,
     buckets,

@@ -1,13 +1,13 @@
-"""Target selection (`core/placement.py`): who may take a VM, and why not. Pure, no I/O."""
+"""Target selection (`core/placement/targets.py`): who may take a VM, and why not. Pure, no I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from novacron.agent.core.members import MemberInfo
-from novacron.agent.core.migration_policy import MigrationLimits
-from novacron.agent.core.placement import ANTI_AFFINITY_LABEL, Placement, choose_target
-from novacron.agent.core.reservations import Demand
+from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.migration.policy import MigrationLimits
+from novacron.agent.core.migration.reservations import Demand
+from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL, Placement, choose_target
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
 
 GIB = 1024

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import pytest
 
 from novacron.agent import rebalancer as rebalancer_module
-from novacron.agent.core.members import MemberInfo
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.migrator import Migrator
 from novacron.agent.rebalancer import SETTING_SKEW, Rebalancer, newest_setting, setting_text
 from novacron.protocol.messages import (

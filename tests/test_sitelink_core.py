@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from novacron.agent.core.commands import CommandLedger, LedgerEntry
-from novacron.agent.core.gateway import elect
-from novacron.agent.core.members import MemberInfo
-from novacron.agent.core.sitelink import SiteStream
+from novacron.agent.core.federation.commands import CommandLedger, LedgerEntry
+from novacron.agent.core.federation.gateway import elect
+from novacron.agent.core.federation.sitelink import SiteStream
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.coordinator.stream import StreamPosition, Verdict, advance, judge
 from novacron.protocol import codec
 from novacron.protocol import sitelink as wire

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from novacron.agent.core import events as ev
-from novacron.agent.core.tracing import (
+from novacron.agent.core.observability.tracing import (
     MigrationSpans,
     Span,
     SpanContext,

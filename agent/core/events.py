@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from novacron.protocol.messages import Message, NodeRecord
 
-from .migration_policy import MigrationPolicy
+from .migration.policy import MigrationPolicy
 from .refusals import RefusalKind
 
 
@@ -122,7 +122,7 @@ class Output:
 
 # --- migration ---------------------------------------------------------------
 #
-# The migration core (`migration.py`) answers with a `MigrationOutput`: sends
+# The migration core (`migration/saga.py`) answers with a `MigrationOutput`: sends
 # and events as above, plus *actions*, the hypervisor work only the driver
 # can do (libvirt calls). The driver reports the results back as inputs
 # (`migration_progress`, `migration_finished`, `vm_presence`).

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
-from novacron.agent.core import rebalance
-from novacron.agent.core.members import MemberInfo
-from novacron.agent.core.migration_cost import expected_migration_seconds
-from novacron.agent.core.migration_policy import MigrationLimits, MigrationPolicy
-from novacron.agent.core.placement import Placement, choose_target
-from novacron.agent.core.reservations import Demand
+from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.migration.cost import expected_migration_seconds
+from novacron.agent.core.migration.policy import MigrationLimits, MigrationPolicy
+from novacron.agent.core.migration.reservations import Demand
+from novacron.agent.core.placement.targets import Placement, choose_target
+from novacron.agent.core.rebalancing import planner as rebalance
 from novacron.protocol.messages import MemberState, NodeRecord
 
 ANTI_AFFINITY_LABEL = rebalance.ANTI_AFFINITY_LABEL

@@ -7,7 +7,7 @@ The model (what is real and what is simplified):
   a host's measured load is the sum of its VMs' demand, scaled down to its
   cores when the demand exceeds them (CPU time cannot exceed the cores).
 - A migration is admitted by the migration core's own rules
-  (`agent/core/admission.py`), applied to the TRUE state: the source runs
+  (`agent/core/placement/admission.py`), applied to the TRUE state: the source runs
   fewer than 2 outbound, the cluster fewer than max(2, ceil(25% of hosts))
   (the true count here; the agents estimate it from gossiped counters), and
   the target, from its current record and its reservations (a
@@ -19,7 +19,7 @@ The model (what is real and what is simplified):
   affinity group that the planner moves together are admitted together
   (`start_group`: the same rules for all of them at once) or not at all.
 - A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
-  MigrationPolicy())` (`agent/core/migration_cost.py`); until it ends the
+  MigrationPolicy())` (`agent/core/migration/cost.py`); until it ends the
   VM's load counts on the source, then on the target. It ends at that exact
   time, between the 1 s steps when it falls there (as a real migration
   does), and the hotspot and drain are judged at that moment too.
@@ -69,7 +69,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from novacron.agent.core.admission import (
+from novacron.agent.core.migration.policy import MigrationLimits, cluster_limit
+from novacron.agent.core.migration.reservations import (
+    Demand,
+    Reservation,
+    ReservationBook,
+    ReservationConfig,
+    free_capacity,
+)
+from novacron.agent.core.placement.admission import (
     Arrival,
     Refusal,
     closed_targets,
@@ -77,16 +85,8 @@ from novacron.agent.core.admission import (
     outbound_refusal,
     target_refusal,
 )
-from novacron.agent.core.drain import DrainCore, Ended
-from novacron.agent.core.migration_policy import MigrationLimits, cluster_limit
-from novacron.agent.core.rebalance_schedule import RebalanceSchedule, seen
-from novacron.agent.core.reservations import (
-    Demand,
-    Reservation,
-    ReservationBook,
-    ReservationConfig,
-    free_capacity,
-)
+from novacron.agent.core.rebalancing.drain import DrainCore, Ended
+from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from . import planner
@@ -336,7 +336,7 @@ class Cluster:
     def start(self, vm: str, target: str, purpose: str, admission: str = "") -> str | None:
         """Ask `target` to admit `vm` now and start the migration: its id, or None if refused
         (counted; `last_refusal` says why). The source's and the cluster's limits and the
-        target's admission are the migration core's rules (`agent/core/admission.py`), on
+        target's admission are the migration core's rules (`agent/core/placement/admission.py`), on
         the true state."""
         source = self.where.get(vm)
         if source is None:

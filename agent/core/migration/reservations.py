@@ -24,7 +24,7 @@ promised twice in between. A reservation whose VM already appears in the
 record is not counted again (the incoming domain is visible in libvirt while
 pre-copy runs), so nothing is subtracted twice either.
 
-Pure bookkeeping: the saga (`migration.py`) decides when to call what.
+Pure bookkeeping: the saga (`saga.py`) decides when to call what.
 """
 
 from __future__ import annotations

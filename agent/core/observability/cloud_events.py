@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from . import events as ev
+from .. import events as ev
 
 CloudEvent = dict[str, Any]
 SPEC_VERSION = "1.0"

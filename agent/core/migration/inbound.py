@@ -1,6 +1,6 @@
 """The target side of a migration: the phases of an arriving VM and the only moves between them.
 
-The source's saga has its table (`migration.py`); this is the target's. The
+The source's saga has its table (`saga.py`); this is the target's. The
 target learns where a migration stands from its source (`MigrationProgress`
 carries the libvirt job's phase, `MigrationCommit` ends it), so every move
 here is triggered by a message, and a message that would move the VM back

@@ -31,10 +31,10 @@ from novacron.protocol.sitelink import (
     Welcome,
 )
 
-from .members import MemberInfo
-from .migration_policy import MigrationLimits
-from .placement import ANTI_AFFINITY_LABEL, choose_target
-from .reservations import Demand
+from ..membership.members import MemberInfo
+from ..migration.policy import MigrationLimits
+from ..migration.reservations import Demand
+from ..placement.targets import ANTI_AFFINITY_LABEL, choose_target
 
 MAX_UNACKED = 256  # deltas in flight; beyond it nothing new is sent until acks come
 MAX_VMS_PER_DELTA = 8_000  # keeps a delta of large hosts well under the frame limit

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from .members import MemberInfo
+from ..membership.members import MemberInfo
 
 HOLDING = (MemberState.ALIVE, MemberState.SUSPECT)  # states in which a candidate keeps the role
 

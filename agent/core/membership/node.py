@@ -84,18 +84,7 @@ from novacron.protocol.messages import (
     Suspect,
 )
 
-from .accusations import AccusationBudget
-from .awareness import Awareness
-from .bandwidth import GossipBudget
-from .broadcast import (
-    MIN_ITEM_SIZE,
-    BroadcastKey,
-    BroadcastQueue,
-    estimate_size,
-    retransmit_limit,
-)
-from .config import MembershipConfig
-from .events import (
+from ..events import (
     IdentityClash,
     MemberAlive,
     MemberFailed,
@@ -107,6 +96,17 @@ from .events import (
     RecordRejected,
     RecordUpdated,
 )
+from .accusations import AccusationBudget
+from .awareness import Awareness
+from .bandwidth import GossipBudget
+from .broadcast import (
+    MIN_ITEM_SIZE,
+    BroadcastKey,
+    BroadcastQueue,
+    estimate_size,
+    retransmit_limit,
+)
+from .config import MembershipConfig
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe

@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .migration import MOVABLE
+from ..migration.saga import MOVABLE
 
 STAYING = ("running", "paused", "blocked", "unknown")
 """VM states that keep a drain from being done (stopped VMs are not moved: no memory)."""

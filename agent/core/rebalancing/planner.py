@@ -58,9 +58,9 @@ from functools import partial
 
 from novacron.protocol.messages import NodeRecord, VmSummary
 
-from .migration_cost import migration_cost
-from .placement import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, group_room_refusal, utilization
-from .reservations import Demand
+from ..migration.cost import migration_cost
+from ..migration.reservations import Demand
+from ..placement.targets import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, group_room_refusal, utilization
 
 __all__ = [
     "AFFINITY_LABEL",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .migration_policy import MigrationPolicy, completion_timeout
+from .policy import MigrationPolicy, completion_timeout
 
 INF = math.inf
 

@@ -23,9 +23,9 @@ from enum import StrEnum
 
 from novacron.protocol.messages import NodeRecord
 
-from .migration_policy import MigrationLimits, cluster_limit
-from .placement import anti_affinity_clash, libvirt_down
-from .reservations import Demand, ReservationBook, ReservationConfig, combined
+from ..migration.policy import MigrationLimits, cluster_limit
+from ..migration.reservations import Demand, ReservationBook, ReservationConfig, combined
+from .targets import anti_affinity_clash, libvirt_down
 
 
 class Rule(StrEnum):

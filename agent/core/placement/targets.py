@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from novacron.protocol.certificates import format_time
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from .members import MemberInfo
-from .migration_policy import MigrationLimits
-from .refusals import RefusalKind
-from .reservations import Demand, capacity_refusal, combined, free_capacity
+from ..membership.members import MemberInfo
+from ..migration.policy import MigrationLimits
+from ..migration.reservations import Demand, capacity_refusal, combined, free_capacity
+from ..refusals import RefusalKind
 
 ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 """VM label: VMs with the same value never share a host."""

@@ -151,14 +151,7 @@ from novacron.protocol.messages import (
     VmSummary,
 )
 
-from .admission import (
-    Arrival,
-    closed_targets,
-    cluster_refusal,
-    outbound_refusal,
-    target_refusal,
-)
-from .events import (
+from ..events import (
     AbortLibvirtMigration,
     MigrationAccepted,
     MigrationCancelRefused,
@@ -179,10 +172,26 @@ from .events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from ..membership.members import MemberInfo
+from ..membership.stats import Histogram
+from ..placement.admission import (
+    Arrival,
+    closed_targets,
+    cluster_refusal,
+    outbound_refusal,
+    target_refusal,
+)
+from ..placement.targets import (
+    ANTI_AFFINITY_LABEL,
+    Placement,
+    choose_target,
+    group_room_refusal,
+    libvirt_down,
+)
+from ..refusals import RefusalKind
 from .inbound import Inbound, next_inbound
 from .location import Doubt, On, Presence, Wait, locate, undecided
-from .members import MemberInfo
-from .migration_policy import (
+from .policy import (
     MIB_PER_GIB,
     MigrationLimits,
     MigrationPolicy,
@@ -192,14 +201,6 @@ from .migration_policy import (
     with_migration_counts,
     with_overrides,
 )
-from .placement import (
-    ANTI_AFFINITY_LABEL,
-    Placement,
-    choose_target,
-    group_room_refusal,
-    libvirt_down,
-)
-from .refusals import RefusalKind
 from .reservations import (
     Demand,
     Reservation,
@@ -207,7 +208,6 @@ from .reservations import (
     ReservationConfig,
     unseen,
 )
-from .stats import Histogram
 
 __all__ = [
     "TRANSITIONS",

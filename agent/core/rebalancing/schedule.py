@@ -1,4 +1,4 @@
-"""When a host runs its next rebalancing round, sans-IO (the planner is `rebalance.py`).
+"""When a host runs its next rebalancing round, sans-IO (the planner is `planner.py`).
 
 A host plans every `interval` seconds, a whole interval after its last round
 (or skipped round: a paused or disabled rebalancer only notes where it
