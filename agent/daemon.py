@@ -230,7 +230,7 @@ class Agent:
             self.rebalancer.on_event = self.events.emit
             self.drain.on_event = self.events.emit
         self.site_commands = SiteCommands(
-            SiteControls(self.node_id, vms, self.migrator, self.drain),
+            SiteControls(self.node_id, vms, self.migrator, self.drain, self.tracing),
             Path(config.data_dir) / SITE_COMMANDS,
             send=self._send,
             gateway=lambda: elect(self.core.members(), self.core.records()),

@@ -19,13 +19,17 @@ holds a coordinator token with the operator role (checked and audited there).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novacron.protocol.sitelink import Command, CommandKind, Outcome
 
 from .api import DrainControl, MigrationControl, VmLifecycle, http_status
 from .api_requests import MigrateRequest, create_request, stop_timeout
+from .core.observability.tracing import format_traceparent
 from .core.refusals import Refused
+
+if TYPE_CHECKING:  # the annotation only: the daemon decides whether traces are loaded
+    from .tracing import Tracing
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,24 @@ class SiteControls:
     vms: VmLifecycle
     migrations: MigrationControl
     drain: DrainControl
+    tracing: Tracing | None = None
 
     async def execute(self, command: Command) -> Outcome:
         """Run `command` here; its outcome (a refusal is an outcome, not an error)."""
+        if self.tracing is None:
+            return await self._refused_or_done(command, command.traceparent)
+        span = self.tracing.begin(
+            f"site command {command.kind.value}",
+            command.traceparent,
+            {"novacron.command": command.key, "novacron.vm": command.vm or command.spec.name},
+        )
+        outcome = await self._refused_or_done(command, format_traceparent(span.context))
+        self.tracing.end(span, None if outcome.ok else outcome.detail)
+        return outcome
+
+    async def _refused_or_done(self, command: Command, traceparent: str) -> Outcome:
         try:
-            return await self._execute(command)
+            return await self._execute(command, traceparent)
         except Refused as exc:
             return Outcome(
                 command.key,
@@ -51,7 +68,7 @@ class SiteControls:
                 vm=command.vm or command.spec.name,
             )
 
-    async def _execute(self, command: Command) -> Outcome:
+    async def _execute(self, command: Command, traceparent: str) -> Outcome:
         key, here = command.key, self.node_id
         kind = command.kind
         if kind is CommandKind.CREATE:
@@ -70,7 +87,8 @@ class SiteControls:
             await self.vms.delete(command.vm, command.force)
             return Outcome(key, True, here, 200, f"deleted from {here}", command.vm)
         if kind is CommandKind.MIGRATE:
-            move = MigrateRequest(command.target or None)  # no target: the best host now
+            # No target: the best host now. The migration's spans join the command's.
+            move = MigrateRequest(command.target or None, traceparent=traceparent)
             migration = await self.migrations.migrate(command.vm, move)
             return Outcome(
                 key,

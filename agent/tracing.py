@@ -6,6 +6,9 @@ trace context that crosses hosts: a migration requested through the API
 joins the trace of the request's `traceparent` header; the proposal carries
 the migration's context to the target (`MigrationPropose.traceparent`), whose
 reservation span joins it, so one migration is one trace from both agents.
+A coordinator's command gets a span of its own on the host that runs it
+(`begin`/`end`), under the coordinator request's context; a migration it
+starts is that span's child.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from novacron.protocol.messages import Message, MigrationPropose
 from .core import events as ev
 from .core.observability.tracing import (
     MigrationSpans,
+    Span,
     SpanContext,
+    SpanKind,
     format_traceparent,
     parse_traceparent,
+    start_span,
 )
 from .otlp import OtlpExporter
 
@@ -37,7 +43,8 @@ class Tracing:
         rng: random.Random | None = None,
     ) -> None:
         self.exporter = exporter
-        self.spans = MigrationSpans(node_id, rng or random.SystemRandom())
+        self._rng = rng or random.SystemRandom()
+        self.spans = MigrationSpans(node_id, self._rng)
         self._wall_ns = wall_ns
         self._asked: dict[str, SpanContext] = {}  # migration id -> the source's context
 
@@ -46,6 +53,17 @@ class Tracing:
         context = parse_traceparent(traceparent)
         if context is not None:
             self.spans.expect(vm, context)
+
+    def begin(self, name: str, traceparent: str, attributes: dict[str, Any]) -> Span:
+        """A SERVER span for work asked with `traceparent` (a coordinator's command)."""
+        parent = parse_traceparent(traceparent)
+        span = start_span(name, SpanKind.SERVER, self._wall_ns(), parent, self._rng)
+        span.attributes = attributes
+        return span
+
+    def end(self, span: Span, error: str | None) -> None:
+        span.end_ns, span.error = self._wall_ns(), error
+        self.exporter.add([span])
 
     def on_event(self, event: object) -> None:
         parent = None

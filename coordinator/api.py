@@ -46,6 +46,7 @@ from .templates import (
     UploadTooLarge,
     VersionTaken,
 )
+from .tracing import traceparent_of
 from .validate import Invalid
 
 if TYPE_CHECKING:
@@ -466,6 +467,9 @@ class Api:
         existing = await self.store.operation_for_key(command["key"])
         if existing is not None:
             return existing
+        traceparent = traceparent_of(request)
+        if traceparent:  # the site's spans of this command join the request's trace
+            command = {**command, "traceparent": traceparent}
         return await self.store.start_operation(kind, site, target, body, command, _who(request))
 
     async def _repeated(self, request: web.Request, key: str) -> web.Response | None:

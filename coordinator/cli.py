@@ -25,6 +25,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--url", default="", help="how others reach this coordinator")
     serve.add_argument("--node", default=socket.gethostname(), help="this coordinator's id")
     serve.add_argument("--rate", type=float, default=100.0, help="requests/s per token (0: off)")
+    serve.add_argument(
+        "--tracing-otlp",
+        default=env.get("NOVACRON_COORDINATOR_TRACING_OTLP", ""),
+        metavar="URL",
+        help="send the API's spans to this OTLP/HTTP collector (default: no traces)",
+    )
     serve.add_argument("--log-format", choices=("kv", "json"), default="kv")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
@@ -194,6 +201,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("nova-coordinator: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return EXIT_USAGE
+    if args.tracing_otlp and urlsplit(args.tracing_otlp).scheme not in ("http", "https"):
+        print(
+            f"nova-coordinator: error: --tracing-otlp {args.tracing_otlp!r} is not an http:// "
+            "or https:// URL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     db = await open_database(args.database, Path(args.data_dir))
     leadership = None
     if db.dialect == "postgresql":
@@ -213,6 +227,7 @@ async def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             templates=str(Path(args.data_dir) / "templates"),
+            tracing_otlp=args.tracing_otlp,
         ),
         is_leader=leadership.is_leader if leadership else lambda: True,
         leader_url=leadership.leader_url if leadership else lambda: "",
@@ -239,9 +254,17 @@ async def _serve(args: argparse.Namespace) -> int:
         extra={"fields": {"listen": args.listen, "database": db.dialect, "tls": bool(tls)}},
     )
     Notifier().ready(f"serving on {args.listen} ({db.dialect})")
+    traces = (
+        asyncio.create_task(coordinator.tracing.exporter.run(), name="traces")
+        if coordinator.tracing is not None
+        else None
+    )
     await stop.wait()
     await coordinator.links.close()
     await runner.cleanup()
+    if traces is not None and coordinator.tracing is not None:
+        traces.cancel()
+        await coordinator.tracing.exporter.flush()
     if leadership is not None:
         await leadership.close()
     await db.close()

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from novacron.agent.otlp import OtlpExporter
 from novacron.protocol.certificates import verify_certificate
 from novacron.protocol.coordinator_commands import CommandSigner
 from novacron.protocol.errors import IdentityError
@@ -36,6 +37,7 @@ from .ratelimit import RateLimiter
 from .sitelink import SiteLinks
 from .store import TERMINAL, Store
 from .templates import TemplateCatalogue
+from .tracing import RequestTracing
 from .validate import Validator
 
 log = logging.getLogger("novacron.coordinator")
@@ -53,6 +55,7 @@ class ServiceConfig:
     tls_key: str = ""
     templates: str = ""  # the template catalogue's directory ("": this coordinator has none)
     template_max_bytes: int = 64 << 30  # bytes of all files of one uploaded template
+    tracing_otlp: str = ""  # an OTLP/HTTP collector for the API's spans ("": no traces)
 
 
 class Coordinator:
@@ -88,6 +91,11 @@ class Coordinator:
             else None
         )
         self.api = Api(self)
+        self.tracing = (
+            RequestTracing(OtlpExporter(config.tracing_otlp, config.node, "nova-coordinator"))
+            if config.tracing_otlp
+            else None
+        )
 
     def now(self) -> float:
         return self._clock()
@@ -115,6 +123,8 @@ class Coordinator:
     def app(self) -> web.Application:
         # The metrics' middleware first: it times what the API's (auth, errors) answered.
         middlewares = [self.metrics.middleware, self.api.middleware]
+        if self.tracing is not None:  # outermost: the span covers the whole request
+            middlewares.insert(0, self.tracing.middleware)
         app = web.Application(middlewares=middlewares, client_max_size=1024 * 1024)
         app[COORDINATOR] = self
         self.api.routes(app)

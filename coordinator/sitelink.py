@@ -286,4 +286,5 @@ def command_from(body: dict[str, Any]) -> Command:
         else VmSpec(),
         force=bool(body.get("force", False)),
         stop_timeout=float(body.get("stop_timeout", 30.0)),
+        traceparent=str(body.get("traceparent", "")),
     )

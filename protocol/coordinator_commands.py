@@ -45,8 +45,9 @@ SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 
 
 def command_bytes(command: Command) -> bytes:
-    """The exact bytes the coordinator signs: every field of the command but the proof."""
-    unsigned = replace(command, certificate=b"", signature=b"")
+    """The exact bytes the coordinator signs: every field of the command but the proof and
+    the trace context."""
+    unsigned = replace(command, certificate=b"", signature=b"", traceparent="")
     return msgpack.packb([DOMAIN, codec.pack_struct(unsigned)], use_bin_type=True)  # type: ignore[no-any-return]
 
 

@@ -239,6 +239,10 @@ class Command:
     issued_at: float = 0.0
     certificate: bytes = b""
     signature: bytes = b""
+    # The W3C trace context of the coordinator's request, so the command's spans on the
+    # site join its trace. Not signed: it grants nothing, and agents that predate it
+    # verify the same bytes.
+    traceparent: str = ""
 
 
 CATALOGUE: dict[str, type] = {

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +123,13 @@ class CoordinatorProcess:
         args = ["--data-dir", str(self.directory)]
         return [*args, "--database", self.database] if self.database else args
 
-    def start(self, node: str = "c1") -> None:
+    def start(self, node: str = "c1", extra: Sequence[str] = ()) -> None:
+        """Serve (`extra`: more options of `serve`, e.g. `--tracing-otlp URL`)."""
         cmd = [
             str(BIN / "nova-coordinator"), *self._db_args(), "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--tls-cert", str(self.tls[1]), "--tls-key", str(self.tls[2]),
-            "--url", self.url, "--node", node, "--rate", "0",
+            "--url", self.url, "--node", node, "--rate", "0", *extra,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -253,8 +254,10 @@ class Site:
         tls_ca: Path,
         program: tuple[str, ...] = (str(BIN / "nova-agent"),),
         env: dict[str, str] | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
-        """Start `node`'s agent (`program`: another build of it, e.g. a hostile one)."""
+        """Start `node`'s agent (`program`: another build of it, e.g. a hostile one;
+        `extra`: more options)."""
         seeds = ",".join(f"127.0.0.1:{self.ports[n]}" for n in self.nodes if n != node)
         cmd = [
             *program,
@@ -276,6 +279,7 @@ class Site:
             cmd += ["--seeds", seeds]
         if coordinators:
             cmd += ["--coordinator", ",".join(coordinators), "--coordinator-ca", str(tls_ca)]
+        cmd += extra
         (self.directory / "absent.toml").write_text("")
         log = open(self.directory / f"{node}.log", "ab")  # noqa: SIM115 (closed with the process)
         environment = {**os.environ, **env} if env else None

@@ -167,6 +167,9 @@ def commands(
     )
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def create(key: str, name: str = "web", signer: CommandSigner | None = None) -> wire.Command:
     command = wire.Command(
         key, wire.CommandKind.CREATE, host="h1", spec=wire.VmSpec(name, 1, 64, kernel="/k")
@@ -248,6 +251,22 @@ async def test_the_pinned_host_runs_only_what_the_coordinator_signed_for_it(
     assert vms.created == [] and here.refused == len(forged)
     assert (await here.run_here(signed)).ok
     assert (await here.run_here(signed)).ok and vms.created == ["honest"]  # a replay: the ledger
+
+
+async def test_a_commands_trace_context_is_no_part_of_what_the_coordinator_signs(
+    tmp_path: Path, authority: Authority
+) -> None:
+    """The trace context grants nothing: a relay may lose or change it, and an agent that
+    predates the field (which it then ignores) verifies the same signed bytes."""
+    vms = Vms()
+    here = commands(tmp_path, vms, [], authority)
+    traced = authority.signer.sign(
+        dataclasses.replace(create("k1", "traced"), traceparent=TRACEPARENT), time.time()
+    )
+    assert (await here.run_here(dataclasses.replace(traced, traceparent=""))).ok
+    untraced = create("k2", "untraced", authority.signer)
+    assert (await here.run_here(dataclasses.replace(untraced, traceparent=TRACEPARENT))).ok
+    assert vms.created == ["traced", "untraced"]
 
 
 async def test_a_host_with_no_coordinator_configured_refuses_every_command(

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from novacron.simulations.guest import Guest
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents
+from tests import otlp_receiver
 from tests.lab_vms import (
     beats,
     nova,
@@ -49,21 +49,6 @@ OTLP_PORT = 4318
 OTLP_URL = f"http://198.18.0.1:{OTLP_PORT}"
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # the operator's trace
 
-RECEIVER = """
-import http.server, pathlib, sys
-out = pathlib.Path(sys.argv[3])
-class Receiver(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        (out / f"{len(list(out.iterdir())):06d}.pb").write_bytes(body)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Receiver).serve_forever()
-"""
-
 DUMP = """
 import asyncio, json, sys
 import nats
@@ -73,7 +58,7 @@ async def main():
     js = nc.jetstream()
     info = await js.stream_info(sys.argv[2])
     out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
         out.append(json.loads((await js.get_msg(sys.argv[2], seq)).data))
     await nc.close()
     json.dump(out, sys.stdout)
@@ -171,29 +156,13 @@ def test_every_event_of_a_nats_outage_arrives_once_and_in_order(
         assert released["data"]["outcome"] == "committed"
 
 
-def _spans(directory: Path) -> list[tuple[str, Any]]:
-    """Every span the receiver got: (the exporting host, the span)."""
-    found = []
-    for path in sorted(directory.glob("*.pb")):
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(path.read_bytes())
-        for resource_spans in request.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                found += [(attributes["host.name"], span) for span in scope_spans.spans]
-    return found
-
-
 def test_a_migration_asked_with_a_trace_is_one_trace_from_both_agents(
     mesh: tuple[Lab, LabAgents], disk_dir: Path
 ) -> None:
     lab, _ = mesh
     h1, h2 = lab.hosts[0], lab.hosts[1]
-    received = disk_dir / "otlp"
-    received.mkdir()
-    receiver = h1.popen(
-        [str(BIN / "python"), "-c", RECEIVER, "198.18.0.1", str(OTLP_PORT), str(received)]
-    )
+    out = disk_dir / "otlp"
+    receiver = otlp_receiver.start("198.18.0.1", OTLP_PORT, out, popen=h1.popen)
     try:
         done = h1.run(
             [str(BIN / "nova"), "--json", "vm", "migrate", "event-vm", "--to", h2.name, "--wait"],
@@ -207,7 +176,11 @@ def test_a_migration_asked_with_a_trace_is_one_trace_from_both_agents(
         trace_id = bytes.fromhex(CALLER.split("-")[1])
         deadline = time.monotonic() + 60
         while True:  # each agent sends its spans within a few seconds of the end
-            spans = [(host, s) for host, s in _spans(received) if s.trace_id == trace_id]
+            spans = [
+                (resource["host.name"], s)
+                for resource, s in otlp_receiver.received(out)
+                if s.trace_id == trace_id
+            ]
             if {host for host, _ in spans} == {"h1", "h2"} and len(spans) >= 4:
                 break
             assert time.monotonic() < deadline, f"spans of the trace after 60 s: {spans}"

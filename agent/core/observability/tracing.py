@@ -11,6 +11,9 @@ finished spans:
   doubts are span events;
 - on the target, `reserve <vm>` from the reservation to its release.
 
+`start_span` begins any other span (a coordinator's request, a site command
+on the host that runs it) under the context it came with.
+
 A span's parent is the trace context the request came with (the API's
 `traceparent` header on the source, the proposal's on the target), so one
 operation is one trace across hosts; without one, the migration starts a
@@ -80,6 +83,15 @@ def new_id(rng: random.Random, size: int) -> bytes:
             return value
 
 
+def start_span(
+    name: str, kind: SpanKind, now_ns: int, parent: SpanContext | None, rng: random.Random
+) -> Span:
+    """A span begun at `now_ns`: a child of `parent`, or the root of a new trace."""
+    trace_id = parent.trace_id if parent else new_id(rng, 16)
+    context = SpanContext(trace_id, new_id(rng, 8), parent.sampled if parent else True)
+    return Span(context, parent.span_id if parent else b"", name, kind, now_ns)
+
+
 @dataclass(slots=True)
 class _Open:
     root: Span
@@ -131,9 +143,7 @@ class MigrationSpans:
         return []
 
     def _span(self, name: str, kind: SpanKind, now_ns: int, parent: SpanContext | None) -> Span:
-        trace_id = parent.trace_id if parent else new_id(self._rng, 16)
-        context = SpanContext(trace_id, new_id(self._rng, 8), parent.sampled if parent else True)
-        return Span(context, parent.span_id if parent else b"", name, kind, now_ns)
+        return start_span(name, kind, now_ns, parent, self._rng)
 
     def _begin(self, event: ev.MigrationProposed, now_ns: int) -> None:
         parent = self._parents.pop(event.vm, None)
