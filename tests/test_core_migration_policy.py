@@ -32,6 +32,7 @@ from novacron.agent.core.migration.reservations import (
     capacity_refusal,
     free_capacity,
 )
+from novacron.agent.core.placement.admission import cluster_refusal
 from novacron.protocol.messages import MAX_MIGRATIONS
 from novacron.simulations.migrations import host, vm
 
@@ -89,7 +90,16 @@ def test_cluster_count_from_gossiped_counters() -> None:
         "h3": host("h3", inbound=2),  # receiving is not sending
         "h4": host("h4"),
     }
-    assert cluster_migrations(records, "h1", 1) == 3
+    assert cluster_migrations(records, "h1", 1, per_host=2) == 3
+
+
+def test_a_peer_claiming_many_migrations_weighs_as_one_busy_host() -> None:
+    """One member claiming 1,024 outbound migrations must not stop the cluster's moves."""
+    records = {f"h{i}": host(f"h{i}") for i in range(1, 21)}
+    records["h2"] = with_migration_counts(host("h2"), MAX_MIGRATIONS, 0)
+    running = cluster_migrations(records, "h1", 0, per_host=2)
+    assert running == 2
+    assert cluster_refusal(running, len(records), MigrationLimits(), 1) is None  # ceiling 5
 
 
 def test_published_counts_stay_within_what_peers_accept() -> None:

@@ -180,8 +180,19 @@ def with_migration_counts(record: NodeRecord, outbound: int, inbound: int) -> No
     )
 
 
-def cluster_migrations(records: Mapping[str, NodeRecord], self_id: str, own_outbound: int) -> int:
+def cluster_migrations(
+    records: Mapping[str, NodeRecord], self_id: str, own_outbound: int, per_host: int
+) -> int:
     """Migrations running in the cluster as this host can tell: its own, live, plus
-    every other host's published outbound counter (gossip lags, so this is an estimate)."""
-    others = sum(record.migrations_out for node_id, record in records.items() if node_id != self_id)
+    every other host's published outbound counter (gossip lags, so this is an estimate).
+
+    A peer's counter counts for at most `per_host` (the outbound limit): a member
+    claiming hundreds of migrations would otherwise fill the cluster's ceiling alone
+    and stop every other host's moves; so it weighs what an honest busy host weighs.
+    """
+    others = sum(
+        min(record.migrations_out, per_host)
+        for node_id, record in records.items()
+        if node_id != self_id
+    )
     return own_outbound + others

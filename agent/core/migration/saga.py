@@ -691,7 +691,7 @@ class MigrationCore:
             for node_id in records
             if (m := self._view.member(node_id)) is not None and m.state is MemberState.ALIVE
         )
-        running = cluster_migrations(records, self.node_id, len(self._sagas))
+        running = cluster_migrations(records, self.node_id, len(self._sagas), limits.max_outbound)
         full = cluster_refusal(running, alive, limits, count)
         if full is not None:
             return full.reason
