@@ -31,7 +31,9 @@ from typing import IO, Any, Protocol
 from novacron.protocol import keyfiles
 from novacron.protocol.keys import Ed25519PrivateKey, key_id
 
+from .core.images.chunkmap import ChunkMapBuilder
 from .core.templates import (
+    MANIFEST_FORMAT,
     MAX_MANIFEST,
     VERSION_RE,
     Boot,
@@ -259,7 +261,7 @@ def publish(
     if kernel is not None:
         spec = DefaultSpec(spec.memory_mib, spec.vcpus, Boot.KERNEL, spec.cmdline, spec.labels)
     manifest = Manifest(
-        format=1,
+        format=MANIFEST_FORMAT,
         name=what.name,
         version=what.version,
         publisher=what.publisher,
@@ -314,18 +316,21 @@ def _add_file(root: Path, role: str, source: Path, progress: Progress) -> Templa
     """Copy `source` into root/files/ under its SHA-256, hashing it on the way."""
     tmp = incoming(root)
     digest = hashlib.sha256()
+    pieces = ChunkMapBuilder()
     try:
         with open(source, "rb") as src, open(tmp, "xb") as dst:
             total = os.fstat(src.fileno()).st_size
             done = 0
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
+                pieces.feed(chunk)
                 dst.write(chunk)
                 done += len(chunk)
                 progress(f"{role} {source.name}", done, total)
             dst.flush()
             os.fsync(dst.fileno())
-        added = TemplateFile(role=role, sha256=digest.digest(), size=done)
+        chunk_map = pieces.finish().digest()
+        added = TemplateFile(role=role, sha256=digest.digest(), size=done, chunk_map=chunk_map)
         add_file(root, tmp, added)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

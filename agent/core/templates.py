@@ -41,8 +41,13 @@ from novacron.protocol.keys import (
 from novacron.protocol.messages import Range
 from novacron.protocol.sealed import seal, unseal
 
-MANIFEST_FORMAT: Final = 1
-"""The manifest layout this code reads and writes; another is refused, never guessed at."""
+MANIFEST_FORMAT: Final = 2
+"""The manifest layout this code writes: each file with its chunk map's digest, so a copy
+fetched from peers is checked piece by piece (`images.chunkmap`)."""
+
+FORMATS: Final = (1, 2)
+"""The layouts this code reads (1: no chunk maps; such files come whole from a catalogue);
+another is refused, never guessed at."""
 
 MAX_MANIFEST: Final = 64 * 1024  # bytes: a manifest is a few hundred; more is not one
 MAX_FILE_SIZE: Final = 1 << 40  # 1 TiB: larger is a lie meant to fill a disk
@@ -140,6 +145,8 @@ class TemplateFile:
     role: str  # one of ROLES
     sha256: bytes  # SHA-256 of the whole file: its name in every store
     size: Annotated[int, Range(0, MAX_FILE_SIZE)]  # bytes; a shorter copy is truncated
+    # SHA-256 of the SHA-256s of its 1 MiB pieces, in order (format 2; b"" in format 1)
+    chunk_map: bytes = b""
 
     @property
     def digest(self) -> str:
@@ -210,8 +217,8 @@ class SignedManifest:
 def manifest_problems(manifest: Manifest) -> list[str]:
     """Everything wrong with a manifest's contents, as sentences; empty when it is valid."""
     problems = []
-    if manifest.format != MANIFEST_FORMAT:
-        problems.append(f"manifest format {manifest.format} is not {MANIFEST_FORMAT}")
+    if manifest.format not in FORMATS:
+        problems.append(f"manifest format {manifest.format} is not one of {FORMATS}")
     if NAME_RE.fullmatch(manifest.name) is None:
         problems.append(f"name {manifest.name[:80]!r} is not 1-63 of a-z 0-9 . _ -")
     if VERSION_RE.fullmatch(manifest.version) is None:
@@ -222,6 +229,12 @@ def manifest_problems(manifest: Manifest) -> list[str]:
     for f in manifest.files:
         if len(f.sha256) != 32:
             problems.append(f"the {f.role[:16]} hash is {len(f.sha256)} bytes, not 32")
+        chunk_map = 32 if manifest.format >= 2 else 0
+        if len(f.chunk_map) != chunk_map:
+            problems.append(
+                f"the {f.role[:16]} chunk map digest is {len(f.chunk_map)} bytes, not "
+                f"{chunk_map} (format {manifest.format})"
+            )
     spec = manifest.spec
     if (spec.boot is Boot.KERNEL) != ("kernel" in roles):
         problems.append("a kernel file goes with boot 'kernel', and only with it")

@@ -1,0 +1,3 @@
+"""Template images in pieces, sans-IO: the signed chunk map that lets a host check every
+piece on its own (`chunkmap`), and fetching the pieces from many peers at once,
+checking each and avoiding peers that serve bad ones (`fetch`)."""

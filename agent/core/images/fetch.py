@@ -1,0 +1,248 @@
+"""Fetching one file's pieces from many peers at once, sans-IO.
+
+The driver tells `ChunkFetch` which peers hold which pieces (`holds`; a peer
+that holds the whole file, or only what it fetched so far), asks it which
+pieces to request from whom (`requests`), and hands it every answer
+(`arrived`, `failed`) and the time (`expire`). The core decides:
+
+- which piece next: the rarest first (held by the fewest peers), ties broken
+  at random, so many hosts fetching at once spread the pieces among
+  themselves and soon serve each other instead of all asking the first
+  source for the same piece (BitTorrent's rule; Dragonfly and Kraken do the
+  same over their own networks);
+- from whom: among the peers that hold the piece, the one with the fewest
+  requests in flight, at most `per_peer` in flight each and `in_flight` in
+  all;
+- what a bad answer costs the peer: a piece whose SHA-256 is not the chunk
+  map's bans its sender for the rest of the fetch (it lied, or its copy is
+  bad; either way nothing more is taken from it); a request unanswered
+  within `timeout`, or failed, is asked of another holder, and a peer that
+  fails `strikes` times in a row is dropped as unusable;
+- when to fall back: the catalogue (`CATALOGUE`, added with `holds` like a
+  peer) is asked only for pieces no usable peer holds, so a site's own
+  hosts carry the traffic whenever they can.
+
+Every piece is checked against the signed chunk map before it counts; the
+driver writes only pieces the core stored. Pure: no clock of its own (times
+come in), randomness from the injected RNG.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .chunkmap import ChunkMap
+
+CATALOGUE = "catalogue"
+"""The source of last resort: a catalogue that holds every piece."""
+
+INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    per_peer: int = 4  # requests in flight to one peer
+    in_flight: int = 16  # requests in flight in all
+    timeout: float = 10.0  # seconds a request may go unanswered
+    strikes: int = 3  # failures in a row after which a peer is dropped
+
+    def __post_init__(self) -> None:
+        if self.per_peer < 1 or self.in_flight < 1 or self.strikes < 1:
+            raise ValueError("per_peer, in_flight and strikes must be at least 1")
+        if not self.timeout > 0:
+            raise ValueError("timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    peer: str
+    index: int
+
+
+class Arrival(Enum):
+    STORED = "stored"  # the piece checked: write it
+    CORRUPT = "corrupt"  # not the chunk map's piece: its sender is banned
+    UNASKED = "unasked"  # not asked of this peer (late, or never): ignored
+    DUPLICATE = "duplicate"  # held already: ignored
+
+
+@dataclass(slots=True)
+class _Peer:
+    pieces: set[int] | None  # None: every piece
+    in_flight: int = 0
+    strikes: int = 0  # failures since its last good piece
+
+
+@dataclass(slots=True)
+class FetchStats:
+    stored: int = 0
+    corrupt: int = 0
+    failed: int = 0  # failures and timeouts
+    from_catalogue: int = 0  # pieces the catalogue gave
+    by_peer: dict[str, int] = field(default_factory=dict)  # pieces stored, per source
+
+
+class ChunkFetch:
+    """One file's fetch: which pieces are held, asked and from whom (see the module doc)."""
+
+    def __init__(
+        self,
+        chunks: ChunkMap,
+        held: Collection[int] = (),
+        config: FetchConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.config = config or FetchConfig()
+        self._rng = rng or random.Random()
+        self._held = {i for i in held if 0 <= i < chunks.count}
+        self._peers: dict[str, _Peer] = {}
+        self._asked: dict[int, tuple[str, float]] = {}  # piece -> (peer, deadline)
+        self.banned: dict[str, str] = {}  # peer -> why nothing more is taken from it
+        self.stats = FetchStats()
+
+    # --- what the peers hold -------------------------------------------------------------
+
+    def holds(self, peer: str, pieces: Collection[int] | None) -> None:
+        """`peer` holds `pieces` (None: the whole file); replaces what it held before."""
+        if peer in self.banned:
+            return
+        known = self._peers.get(peer)
+        chosen = None if pieces is None else {i for i in pieces if 0 <= i < self.chunks.count}
+        if known is None:
+            self._peers[peer] = _Peer(chosen)
+        else:
+            known.pieces = chosen
+
+    def forget(self, peer: str) -> None:
+        """`peer` left: what it was asked is asked of others."""
+        self._peers.pop(peer, None)
+        for index, (asked, _) in list(self._asked.items()):
+            if asked == peer:
+                del self._asked[index]
+
+    # --- asking ----------------------------------------------------------------------------
+
+    def requests(self, now: float) -> list[Request]:
+        """What to ask now, and of whom; each is noted as in flight until it is answered."""
+        out: list[Request] = []
+        room = self.config.in_flight - len(self._asked)
+        if room <= 0:
+            return out
+        usable = {p: peer for p, peer in self._peers.items() if self._usable(p, peer)}
+        peers_only = {p: peer for p, peer in usable.items() if p != CATALOGUE}
+        for index in self._wanted(peers_only):
+            holders = [p for p, peer in peers_only.items() if _has(peer, index)]
+            if not holders and CATALOGUE in usable:
+                holders = [CATALOGUE]
+            free = [p for p in holders if usable[p].in_flight < self.config.per_peer]
+            if not free:
+                continue
+            least = min(usable[p].in_flight for p in free)
+            peer = self._rng.choice(sorted(p for p in free if usable[p].in_flight == least))
+            usable[peer].in_flight += 1
+            self._asked[index] = (peer, now + self.config.timeout)
+            out.append(Request(peer, index))
+            room -= 1
+            if room == 0:
+                break
+        return out
+
+    def _usable(self, name: str, peer: _Peer) -> bool:
+        return name not in self.banned and peer.strikes < self.config.strikes
+
+    def _wanted(self, peers: dict[str, _Peer]) -> list[int]:
+        """Pieces neither held nor asked, the rarest among `peers` first."""
+        missing = [
+            i for i in range(self.chunks.count) if i not in self._held and i not in self._asked
+        ]
+        order = {i: self._rng.random() for i in missing}
+        return sorted(missing, key=lambda i: (sum(_has(p, i) for p in peers.values()), order[i]))
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def arrived(self, peer: str, index: int, data: bytes) -> Arrival:
+        """`peer` sent piece `index`: stored if it was asked of it and checks."""
+        asked = self._asked.get(index)
+        if asked is None or asked[0] != peer:
+            return Arrival.DUPLICATE if index in self._held else Arrival.UNASKED
+        del self._asked[index]
+        source = self._peers.get(peer)
+        if source is not None:
+            source.in_flight -= 1
+        if not self.chunks.matches(index, data):
+            self.stats.corrupt += 1
+            self.banned[peer] = f"sent a piece {index} that is not the signed one"
+            self._peers.pop(peer, None)
+            self._release(peer)
+            return Arrival.CORRUPT
+        if source is not None:
+            source.strikes = 0
+        self._held.add(index)
+        self.stats.stored += 1
+        self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
+        if peer == CATALOGUE:
+            self.stats.from_catalogue += 1
+        return Arrival.STORED
+
+    def failed(self, peer: str, index: int) -> None:
+        """`peer` could not give piece `index` (an error, or it no longer holds it)."""
+        asked = self._asked.get(index)
+        if asked is None or asked[0] != peer:
+            return
+        del self._asked[index]
+        self._strike(peer)
+
+    def expire(self, now: float) -> list[Request]:
+        """Requests unanswered past their deadline: given up, each a strike on its peer."""
+        late = [Request(p, i) for i, (p, due) in self._asked.items() if now >= due]
+        for request in late:
+            del self._asked[request.index]
+            self._strike(request.peer)
+        return late
+
+    def _strike(self, peer: str) -> None:
+        self.stats.failed += 1
+        source = self._peers.get(peer)
+        if source is not None:
+            source.in_flight -= 1
+            source.strikes += 1
+
+    def _release(self, peer: str) -> None:
+        """A banned peer's other requests are asked of others (their answers are ignored)."""
+        for index, (asked, _) in list(self._asked.items()):
+            if asked == peer:
+                del self._asked[index]
+
+    # --- where it stands -------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        return min((due for _, due in self._asked.values()), default=INF)
+
+    @property
+    def done(self) -> bool:
+        return len(self._held) == self.chunks.count
+
+    @property
+    def held(self) -> frozenset[int]:
+        return frozenset(self._held)
+
+    def held_bytes(self) -> int:
+        return sum(self.chunks.length(i) for i in self._held)
+
+    def stalled(self) -> list[int]:
+        """Pieces missing that no usable source holds: the fetch cannot finish without a
+        new source (a peer that gets them, or a catalogue)."""
+        usable = [peer for p, peer in self._peers.items() if self._usable(p, peer)]
+        return [
+            i
+            for i in range(self.chunks.count)
+            if i not in self._held and not any(_has(peer, i) for peer in usable)
+        ]
+
+
+def _has(peer: _Peer, index: int) -> bool:
+    return peer.pieces is None or index in peer.pieces

@@ -1,0 +1,279 @@
+"""Template images in pieces: the signed chunk map, and fetching pieces from many peers
+(liars, peers that die mid-transfer, a catalogue as the last resort). Pure, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from novacron.agent.catalogue import Publication, publish
+from novacron.agent.core.images.chunkmap import (
+    CHUNK_SIZE,
+    ChunkMap,
+    ChunkMapBuilder,
+    ChunkMapRefused,
+    decode_chunk_map,
+)
+from novacron.agent.core.images.fetch import (
+    CATALOGUE,
+    Arrival,
+    ChunkFetch,
+    FetchConfig,
+    Request,
+)
+from novacron.agent.core.templates import DefaultSpec, TemplateFile, decode_manifest
+from novacron.protocol.keys import Ed25519PrivateKey
+
+
+def image(pieces: float, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(int(pieces * CHUNK_SIZE))
+
+
+def chunk_map(data: bytes) -> ChunkMap:
+    builder = ChunkMapBuilder()
+    builder.feed(data)
+    return builder.finish()
+
+
+# --- the chunk map -------------------------------------------------------------------
+
+
+def test_the_chunk_map_names_each_piece_whatever_sizes_the_bytes_come_in() -> None:
+    data = image(3.5)
+    made = chunk_map(data)
+    assert made.count == 4 and made.size == len(data)
+    assert made.length(3) == CHUNK_SIZE // 2
+    for i in range(4):
+        piece = data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]
+        assert made.digests[i] == hashlib.sha256(piece).digest() and made.matches(i, piece)
+    builder = ChunkMapBuilder()
+    for start in range(0, len(data), 333_333):
+        builder.feed(data[start : start + 333_333])
+    assert builder.finish() == made
+    assert chunk_map(b"") == ChunkMap(0, ())
+
+
+def test_a_piece_that_is_not_the_signed_one_does_not_match() -> None:
+    data = image(2)
+    made = chunk_map(data)
+    piece = data[:CHUNK_SIZE]
+    assert not made.matches(0, piece[:-1])  # truncated
+    assert not made.matches(0, b"\0" + piece[1:])  # one byte changed
+    assert not made.matches(1, piece)  # another piece's bytes
+    assert not made.matches(2, piece) and not made.matches(-1, piece)
+
+
+def test_a_chunk_map_is_taken_only_as_the_manifest_signed_it() -> None:
+    data = image(3)
+    made = chunk_map(data)
+    signed = TemplateFile("image", hashlib.sha256(data).digest(), len(data), made.digest())
+    assert decode_chunk_map(made.encoded(), signed) == made
+    forged = chunk_map(image(3, seed=2))
+    with pytest.raises(ChunkMapRefused, match="not the one its manifest signed"):
+        decode_chunk_map(forged.encoded(), signed)
+    with pytest.raises(ChunkMapRefused, match="3 pieces"):
+        decode_chunk_map(made.encoded()[:-32], signed)
+    with pytest.raises(ChunkMapRefused, match="signs no chunk map"):
+        decode_chunk_map(made.encoded(), dataclasses.replace(signed, chunk_map=b""))
+
+
+def test_a_published_manifest_signs_each_files_chunk_map(tmp_path: Path) -> None:
+    data = image(2.25)
+    (tmp_path / "disk.qcow2").write_bytes(data)
+    key = Ed25519PrivateKey.generate()
+    what = Publication("debian-12", "1", "acme", DefaultSpec(memory_mib=128, vcpus=1))
+    made = publish(tmp_path / "catalogue", key, what, tmp_path / "disk.qcow2", None, None, 0.0)
+    path = tmp_path / "catalogue" / "manifests" / "debian-12" / "1.manifest"
+    signed = decode_manifest(path.read_bytes()).manifest
+    assert signed == made and signed.format == 2
+    assert decode_chunk_map(chunk_map(data).encoded(), signed.image) == chunk_map(data)
+
+
+# --- fetching from peers -------------------------------------------------------------
+
+
+class Swarm:
+    """Peers answering a `ChunkFetch`: honest ones, liars, and ones that never answer."""
+
+    def __init__(self, data: bytes, fetch: ChunkFetch) -> None:
+        self.data = data
+        self.fetch = fetch
+        self.liars: set[str] = set()
+        self.silent: set[str] = set()
+        self.asked: list[Request] = []
+        self.now = 0.0
+
+    def piece(self, index: int) -> bytes:
+        return self.data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+
+    def run(self, rounds: int = 1000) -> None:
+        for _ in range(rounds):
+            if self.fetch.done:
+                return
+            requests = self.fetch.requests(self.now)
+            self.asked += requests
+            for request in requests:
+                if request.peer in self.silent:
+                    continue
+                data = self.piece(request.index)
+                if request.peer in self.liars:
+                    data = bytes(len(data))
+                self.fetch.arrived(request.peer, request.index, data)
+            self.now += 1.0
+            self.fetch.expire(self.now)
+
+
+def fetch_of(data: bytes, **config: int) -> ChunkFetch:
+    return ChunkFetch(chunk_map(data), config=FetchConfig(**config), rng=random.Random(7))
+
+
+def test_pieces_come_from_every_peer_that_has_them_and_each_is_checked() -> None:
+    data = image(12)
+    fetch = fetch_of(data, per_peer=2, in_flight=6)
+    for peer in ("h1", "h2", "h3"):
+        fetch.holds(peer, None)
+    swarm = Swarm(data, fetch)
+    first = fetch.requests(0.0)
+    assert len(first) == 6 and {r.peer for r in first} == {"h1", "h2", "h3"}
+    for request in first:
+        assert fetch.arrived(request.peer, request.index, swarm.piece(request.index)) is (
+            Arrival.STORED
+        )
+    swarm.run()
+    assert fetch.done and fetch.held_bytes() == len(data)
+    assert set(fetch.stats.by_peer) == {"h1", "h2", "h3"}
+    assert fetch.stats.from_catalogue == 0
+
+
+def test_a_peer_that_sends_a_bad_piece_is_banned_and_the_fetch_ends_right() -> None:
+    data = image(10)
+    fetch = fetch_of(data)
+    for peer in ("liar", "h2"):
+        fetch.holds(peer, None)
+    swarm = Swarm(data, fetch)
+    swarm.liars.add("liar")
+    swarm.run()
+    assert fetch.done and "liar" in fetch.banned and "liar" not in fetch.stats.by_peer
+    assert fetch.stats.corrupt >= 1
+    banned_at = next(i for i, r in enumerate(swarm.asked) if r.peer == "liar")
+    later = swarm.asked[banned_at + fetch.config.in_flight :]
+    assert all(r.peer != "liar" for r in later)  # once caught, never asked again
+    fetch.holds("liar", None)  # a banned peer offering again is not taken back
+    assert "liar" not in {r.peer for r in fetch.requests(swarm.now)}
+
+
+def test_a_source_dying_mid_transfer_leaves_the_rest_to_the_others() -> None:
+    data = image(16)
+    fetch = fetch_of(data, per_peer=4, in_flight=8)
+    for peer in ("h1", "h2"):
+        fetch.holds(peer, None)
+    swarm = Swarm(data, fetch)
+    swarm.run(rounds=1)
+    swarm.silent.add("h1")  # killed: never answers again
+    swarm.run()
+    assert fetch.done and fetch.stats.failed >= 1
+    late = [r for r in swarm.asked if r.peer == "h1"][8:]  # after its in-flight were lost
+    assert len(late) <= fetch.config.strikes * fetch.config.per_peer
+
+
+def test_the_catalogue_gives_only_what_no_peer_holds() -> None:
+    data = image(8)
+    fetch = fetch_of(data)
+    fetch.holds("h2", range(0, 5))  # a peer still fetching: it has half
+    fetch.holds(CATALOGUE, None)
+    swarm = Swarm(data, fetch)
+    swarm.run()
+    assert fetch.done
+    assert fetch.stats.by_peer == {"h2": 5, CATALOGUE: 3}
+    by_source = {r.index: r.peer for r in swarm.asked}
+    assert all(by_source[i] == CATALOGUE for i in range(5, 8))
+
+
+def test_the_rarest_piece_is_asked_first() -> None:
+    data = image(6)
+    fetch = fetch_of(data, per_peer=1, in_flight=1)
+    fetch.holds("h1", None)
+    fetch.holds("h2", range(0, 5))
+    fetch.holds("h3", range(0, 5))
+    (first,) = fetch.requests(0.0)
+    assert (first.peer, first.index) == ("h1", 5)  # only h1 has piece 5
+
+
+def test_with_no_source_for_a_piece_the_fetch_says_it_is_stalled() -> None:
+    data = image(4)
+    fetch = fetch_of(data)
+    fetch.holds("h2", {0, 1})
+    swarm = Swarm(data, fetch)
+    swarm.run(rounds=5)
+    assert not fetch.done and fetch.stalled() == [2, 3]
+    fetch.forget("h2")
+    assert fetch.stalled() == [2, 3]  # what was stored stays stored
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.integers(1, 24),
+    holdings=st.lists(st.one_of(st.none(), st.sets(st.integers(0, 23))), min_size=1, max_size=6),
+    liars=st.sets(st.integers(0, 5)),
+    silent=st.sets(st.integers(0, 5)),
+    catalogue=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_any_swarm_ends_with_only_checked_pieces_from_those_that_hold_them(
+    pieces: int,
+    holdings: list[set[int] | None],
+    liars: set[int],
+    silent: set[int],
+    catalogue: bool,
+    seed: int,
+) -> None:
+    data = random.Random(seed).randbytes(pieces * 1024) * (CHUNK_SIZE // 1024)
+    chunks = chunk_map(data)
+    config = FetchConfig(per_peer=2, in_flight=5, timeout=2.0, strikes=2)
+    fetch = ChunkFetch(chunks, config=config, rng=random.Random(seed))
+    names = [f"h{i}" for i in range(len(holdings))]
+    for name, held in zip(names, holdings, strict=True):
+        fetch.holds(name, held)
+    if catalogue:
+        fetch.holds(CATALOGUE, None)
+    swarm = Swarm(data, fetch)
+    swarm.liars = {names[i] for i in liars if i < len(names)}
+    swarm.silent = {names[i] for i in silent if i < len(names)}
+    in_flight: dict[str, int] = {}
+    for _ in range(400):
+        if fetch.done:
+            break
+        requests = fetch.requests(swarm.now)
+        for request in requests:
+            held = dict(zip(names, holdings, strict=True)).get(request.peer)
+            assert request.peer == CATALOGUE or held is None or request.index in held
+            in_flight[request.peer] = in_flight.get(request.peer, 0) + 1
+        assert len(requests) <= config.in_flight
+        for request in requests:
+            if request.peer in swarm.silent:
+                continue
+            data_ = swarm.piece(request.index)
+            if request.peer in swarm.liars:
+                data_ = bytes(len(data_))
+            fetch.arrived(request.peer, request.index, data_)
+        swarm.now += 1.0
+        fetch.expire(swarm.now)
+    honest = [
+        held
+        for name, held in zip(names, holdings, strict=True)
+        if name not in swarm.liars and name not in swarm.silent
+    ]
+    coverable = catalogue or all(
+        any(held is None or i in held for held in honest) for i in range(chunks.count)
+    )
+    if coverable:
+        assert fetch.done
+    for liar in swarm.liars:
+        assert liar not in fetch.stats.by_peer
+    assert sum(fetch.stats.by_peer.values()) == len(fetch.held)
