@@ -7,8 +7,9 @@ already copying); one already in post-copy can only land, and is then moved
 on like any other VM. Then the flag is written and published: the host's
 record carries `draining`, so every other agent stops proposing VMs to it
 and this agent refuses creates. A loop starts a migration for each running
-(or paused) VM (target chosen by `MigrationCore.place`, purpose "drain") as
-long as the per-host outbound limit allows, and retries VMs that found no
+(or paused) VM (target chosen by `MigrationCore.place_group`, purpose
+"drain"; an affinity group's VMs go together, to one host) as long as the
+per-host outbound limit allows, and retries VMs that found no
 target or whose migration failed, after `RETRY_AFTER` seconds. The flag is
 kept in a file under the data directory, so a drain survives an agent
 restart; `undrain` clears it (migrations already running finish).
@@ -89,6 +90,9 @@ class _Host:
 
     def outbound(self) -> int:
         return self._migrator.core.outbound()
+
+    def group_of(self, vm: str) -> str:
+        return self._migrator.core.affinity_group(vm)
 
     def ended(self, migration_id: str) -> Ended | None:
         row = self._migrator.migration(migration_id)
@@ -198,19 +202,19 @@ class Drain:
         now = self._clock()
         core, migrations = self._core, self._migrator.core
         core.look(now, self._host)
-        while (vm := core.next_vm(now, self._host)) is not None:
-            placement = migrations.place(vm)
+        while (move := core.next_move(now, self._host)) is not None:
+            placement = migrations.place_group(move)
             if placement.target is None:
-                core.no_target(vm, placement.reason, now, migrations.targets_full_from_here())
+                core.no_target(move, placement.reason, now, migrations.targets_full_from_here())
                 continue
             try:
-                mid = await self._migrator.start_migration(
-                    vm, placement.target, {}, purpose="drain"
+                mids = await self._migrator.start_group_migration(
+                    move, placement.target, {}, purpose="drain"
                 )
             except Refused as exc:
-                core.refused(vm, str(exc), now)
+                core.refused(move, str(exc), now)
                 continue
-            core.started(vm, mid)
+            core.started(move, mids)
 
 
 def _brief(migration: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class Host:
     ends: dict[str, Ended] = field(default_factory=dict)
     doubts: dict[str, str] = field(default_factory=dict)
     inbound: set[str] = field(default_factory=set)
+    groups: dict[str, str] = field(default_factory=dict)  # VM -> affinity group
 
     def vm_states(self) -> dict[str, str]:
         return self.states
@@ -40,11 +41,17 @@ class Host:
     def ended(self, migration_id: str) -> Ended | None:
         return self.ends.get(migration_id)
 
-    def start(self, core: DrainCore, vm: str) -> str:
-        migration_id = f"m-{vm}-{len(self.ends) + len(self.running)}"
-        self.running[migration_id] = vm
-        core.started(vm, migration_id)
-        return migration_id
+    def group_of(self, vm: str) -> str:
+        return self.groups.get(vm, "")
+
+    def start(self, core: DrainCore, move: tuple[str, ...]) -> list[str]:
+        ids = []
+        for vm in move:
+            migration_id = f"m-{vm}-{len(self.ends) + len(self.running)}"
+            self.running[migration_id] = vm
+            ids.append(migration_id)
+        core.started(move, ids)
+        return ids
 
     def end(self, migration_id: str, outcome: str, reason: str = "") -> None:
         vm = self.running.pop(migration_id)
@@ -54,12 +61,12 @@ class Host:
 
 
 def look(core: DrainCore, host: Host, now: float) -> list[str]:
-    """One look in which every offered VM starts: the VMs started, in order."""
+    """One look in which every offered move starts: the VMs started, in order."""
     core.look(now, host)
-    started = []
-    while (vm := core.next_vm(now, host)) is not None:
-        host.start(core, vm)
-        started.append(vm)
+    started: list[str] = []
+    while (move := core.next_move(now, host)) is not None:
+        host.start(core, move)
+        started += move
     return started
 
 
@@ -79,11 +86,12 @@ def test_a_vm_with_no_target_waits_ten_seconds_but_one_second_if_a_target_only_l
     host = Host({"a": "running", "b": "running"})
     core = DrainCore(max_outbound=2)
     core.look(0.0, host)
-    assert core.next_vm(0.0, host) == "a"
-    core.no_target("a", "no host can take it: h2: host draining", 0.0)
-    assert core.next_vm(0.0, host) == "b"
-    core.no_target("b", "no host can take it: h2: does not show h1's last migration", 0.0, {"h2"})
-    assert core.next_vm(0.0, host) is None  # each VM is offered once a look
+    assert core.next_move(0.0, host) == ("a",)
+    core.no_target(("a",), "no host can take it: h2: host draining", 0.0)
+    assert core.next_move(0.0, host) == ("b",)
+    lags = "no host can take it: h2: does not show h1's last migration"
+    core.no_target(("b",), lags, 0.0, {"h2"})
+    assert core.next_move(0.0, host) is None  # each VM is offered once a look
     assert core.blocked(host.states) == {
         "a": "no host can take it: h2: host draining",
         "b": "no host can take it: h2: does not show h1's last migration",
@@ -98,10 +106,10 @@ def test_a_refused_or_failed_migration_makes_its_vm_wait_with_the_reason() -> No
     host = Host({"a": "running", "b": "running"})
     core = DrainCore(max_outbound=2)
     core.look(0.0, host)
-    assert core.next_vm(0.0, host) == "a"
-    core.refused("a", "too many migrations: 2 running in the cluster, limit 2", 0.0)
-    assert core.next_vm(0.0, host) == "b"
-    migration_id = host.start(core, "b")
+    assert core.next_move(0.0, host) == ("a",)
+    core.refused(("a",), "too many migrations: 2 running in the cluster, limit 2", 0.0)
+    assert core.next_move(0.0, host) == ("b",)
+    (migration_id,) = host.start(core, ("b",))
     host.end(migration_id, "aborted", "cancelled by operator")
     core.look(1.0, host)
     assert core.blocked(host.states) == {
@@ -130,8 +138,44 @@ def test_a_new_drain_forgets_the_last_one() -> None:
     host = Host({"a": "running"})
     core = DrainCore(max_outbound=1, timing=DrainTiming(interval=1.0, retry_after=30.0))
     core.look(0.0, host)
-    assert core.next_vm(0.0, host) == "a"
-    core.refused("a", "no", 0.0)
+    assert core.next_move(0.0, host) == ("a",)
+    core.refused(("a",), "no", 0.0)
     assert look(core, host, 29.0) == []
     core.begin()
     assert look(core, host, 29.0) == ["a"]
+
+
+def test_an_affinity_group_moves_whole_when_a_slot_is_free_for_each() -> None:
+    host = Host({"app": "running", "db": "running", "z": "running"})
+    host.groups = {"app": "shop", "db": "shop"}
+    core = DrainCore(max_outbound=2)
+    core.look(0.0, host)
+    assert core.next_move(0.0, host) == ("app", "db")  # one move: one target for both
+    moves = host.start(core, ("app", "db"))
+    assert core.next_move(0.0, host) is None  # both slots taken
+    for migration_id in moves:
+        host.end(migration_id, "committed")
+    assert look(core, host, 1.0) == ["z"] and core.moved(host) == {"app", "db"}
+
+
+def test_an_affinity_group_waits_while_one_of_its_vms_cannot_move() -> None:
+    host = Host({"app": "running", "db": "running"}, inbound={"db"})
+    host.groups = {"app": "shop", "db": "shop"}
+    core = DrainCore(max_outbound=2)
+    assert look(core, host, 0.0) == []  # db still arriving: app does not go without it
+    host.inbound.clear()
+    core.look(1.0, host)
+    assert core.next_move(1.0, host) == ("app", "db")
+    core.no_target(("app", "db"), "no host has room for both", 1.0)
+    assert core.blocked(host.states) == {
+        "app": "no host has room for both",
+        "db": "no host has room for both",
+    }
+    assert look(core, host, 10.9) == [] and look(core, host, 11.0) == ["app", "db"]
+
+
+def test_a_group_larger_than_the_outbound_limit_goes_one_by_one() -> None:
+    host = Host({"a": "running", "b": "running", "c": "running"})
+    host.groups = dict.fromkeys(host.states, "big")
+    core = DrainCore(max_outbound=2)
+    assert look(core, host, 0.0) == ["a", "b"]  # it could never go whole

@@ -28,6 +28,7 @@ from novacron.agent.cli import build_parser
 from novacron.agent.cli import drain as cli_drain
 from novacron.agent.cli.common import Output
 from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.placement.targets import AFFINITY_LABEL
 from novacron.agent.core.refusals import Refused
 from novacron.agent.drain import Drain, DrainRequests
 from novacron.agent.migrator import Migrator
@@ -37,6 +38,7 @@ from novacron.protocol.messages import (
     MemberState,
     Message,
     MigrationPropose,
+    VmSummary,
 )
 from novacron.protocol.operators import OperatorCommand
 from tests.api_client import call, until
@@ -100,6 +102,43 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
     await again.undrain()
     assert not state.exists() and again.status()["draining"] is False
     assert published[-1] is False
+    await driver.close()
+
+
+class ShopView(FakeView):
+    """h1 also runs an affinity pair, `app` and `db`, that must stay on one host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shop = {AFFINITY_LABEL: "shop"}
+        pair = tuple(
+            VmSummary(name, state="running", vcpus=1, memory_mib=128, labels=shop)
+            for name in ("app", "db")
+        )
+        h1 = self._records["h1"]
+        self._records["h1"] = dataclasses.replace(h1, vms=(*pair, *h1.vms))
+
+
+async def test_a_drain_moves_an_affinity_group_whole_to_one_host(tmp_path: Path) -> None:
+    sent: list[tuple[str, Message]] = []
+
+    async def send(destination: str, message: Message) -> None:
+        sent.append((destination, message))
+
+    driver = Migrator(
+        "h1", ShopView(), host="198.18.0.1", libvirt_uri="test:///default", send=send,
+        clock=lambda: 100.0, rng=random.Random(1),
+    )  # fmt: skip
+    drain = Drain(driver, tmp_path / "draining", publish=_nothing, clock=lambda: 100.0)
+    await drain.drain()
+    await settle()
+    (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    assert (proposal.vm, [g.vm for g in proposal.group]) == ("app", ["db"])
+    assert {row["vm"]: row["target"] for row in drain.status()["moving"]} == {
+        "app": "h2",
+        "db": "h2",
+    }  # both slots: vm1 waits for the next free one
+    await drain.close()
     await driver.close()
 
 

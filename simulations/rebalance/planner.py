@@ -6,14 +6,14 @@ here, so a change of the planner's signature is a one-place fix.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.cost import expected_migration_seconds
 from novacron.agent.core.migration.policy import MigrationLimits, MigrationPolicy
 from novacron.agent.core.migration.reservations import Demand
-from novacron.agent.core.placement.targets import Placement, choose_target
+from novacron.agent.core.placement.targets import Placement, choose_group_target
 from novacron.agent.core.rebalancing import planner as rebalance
 from novacron.protocol.messages import MemberState, NodeRecord
 
@@ -73,14 +73,27 @@ def place(
     closed: Collection[str] = (),
 ) -> Placement:
     """The drain's target (`placement.choose_target`, least utilized that fits), or why none."""
+    demand = Demand(vcpus, memory_mib, anti_affinity=anti_affinity)
+    return place_group(records, alive, source, (demand,), limits, overcommit, closed)
+
+
+def place_group(
+    records: Mapping[str, NodeRecord],
+    alive: Collection[str],
+    source: str,
+    demands: Sequence[Demand],
+    limits: MigrationLimits,
+    overcommit: float,
+    closed: Collection[str] = (),
+) -> Placement:
+    """The drain's one target for VMs that go together (`placement.choose_group_target`)."""
 
     def member(node_id: str) -> MemberInfo | None:
         if node_id not in alive:
             return None
         return MemberInfo(node_id, "", 1, MemberState.ALIVE, 0.0, 0.0)
 
-    demand = Demand(vcpus, memory_mib)
-    return choose_target(records, member, source, demand, limits, overcommit, anti_affinity, closed)
+    return choose_group_target(records, member, source, demands, limits, overcommit, closed)
 
 
 class Overlay(Mapping[str, NodeRecord]):

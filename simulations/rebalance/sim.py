@@ -683,28 +683,23 @@ class Strategy:
             driven = DrainedSimHost(c, host)
             own = planner.Overlay(records, host.name, c.record(host.name))
             core.look(now, driven)
-            while (vm := core.next_vm(now, driven)) is not None:
-                spec = c.spec(vm)
+            while (move := core.next_move(now, driven)) is not None:
                 closed = c.closed_targets(host, own)
-                placement = planner.place(
+                placement = planner.place_group(
                     own,
                     alive,
                     host.name,
-                    spec.vcpus,
-                    spec.memory_mib,
+                    [c._demand(vm) for vm in move],
                     c.limits,
                     c.config.rebalance.vcpu_overcommit,
-                    spec.labels.get(planner.ANTI_AFFINITY_LABEL, ""),
                     closed,
                 )
                 if placement.target is None:
-                    core.no_target(vm, placement.reason, now, closed)
-                    continue
-                migration_id = c.start(vm, placement.target, "drain")
-                if migration_id is None:
-                    core.refused(vm, c.last_refusal, now)
+                    core.no_target(move, placement.reason, now, closed)
+                elif not c.start_group(move, placement.target, "drain"):
+                    core.refused(move, c.last_refusal, now)
                 else:
-                    core.started(vm, migration_id)
+                    core.started(move, [c.migrations[vm].migration_id for vm in move])
 
 
 class DrainedSimHost:
@@ -731,6 +726,9 @@ class DrainedSimHost:
 
     def ended(self, migration_id: str) -> Ended | None:
         return self._cluster.ended.get(migration_id)
+
+    def group_of(self, vm: str) -> str:
+        return self._cluster.spec(vm).labels.get(AFFINITY_LABEL, "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,9 +182,10 @@ from ..placement.admission import (
     target_refusal,
 )
 from ..placement.targets import (
+    AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
     Placement,
-    choose_target,
+    choose_group_target,
     group_room_refusal,
     libvirt_down,
 )
@@ -589,20 +590,28 @@ class MigrationCore:
 
     def place(self, vm: str) -> Placement:
         """Where `vm` (running here) would go now: the best target, or why there is none."""
+        return self.place_group((vm,))
+
+    def place_group(self, vms: Sequence[str]) -> Placement:
+        """Where VMs running here that must stay together would go now, all to one host:
+        the best target, or why there is none."""
         records = self._view.records()
-        summary = _find_vm(records.get(self.node_id), vm)
-        if summary is None:
-            return Placement(
-                None, f"unknown VM: {vm} does not run on {self.node_id}", RefusalKind.UNKNOWN
-            )
-        return choose_target(
+        own = records.get(self.node_id)
+        demands = []
+        for vm in vms:
+            summary = _find_vm(own, vm)
+            if summary is None:
+                return Placement(
+                    None, f"unknown VM: {vm} does not run on {self.node_id}", RefusalKind.UNKNOWN
+                )
+            demands.append(_demand(summary))
+        return choose_group_target(
             records,
             self._view.member,
             self.node_id,
-            Demand(summary.vcpus, summary.memory_mib),
+            demands,
             self.config.limits,
             self.config.reservations.vcpu_overcommit,
-            summary.labels.get(ANTI_AFFINITY_LABEL, ""),
             self.targets_full_from_here(),
         )
 
@@ -1666,6 +1675,11 @@ class MigrationCore:
     def reservations(self) -> list[Reservation]:
         """Inbound reservations held now (copies are not made: do not mutate)."""
         return list(self._book)
+
+    def affinity_group(self, vm: str) -> str:
+        """The affinity group of `vm`, running here, as this host's record lists it ("")."""
+        summary = _find_vm(self._view.records().get(self.node_id), vm)
+        return summary.labels.get(AFFINITY_LABEL, "") if summary is not None else ""
 
     def arriving(self, vm: str) -> bool:
         """Whether `vm` is arriving here (an inbound migration of it has not landed)."""

@@ -67,12 +67,28 @@ def choose_target(
     """The best host for a VM needing `demand` that now runs on `source` (and belongs to
     anti-affinity group `anti_affinity`, if not ""); `closed` hosts would refuse a
     proposal from `source` now (they do not show its last one yet)."""
+    one = dataclasses.replace(demand, anti_affinity=anti_affinity)
+    return choose_group_target(records, member, source, (one,), limits, overcommit, closed)
+
+
+def choose_group_target(
+    records: Mapping[str, NodeRecord],
+    member: Callable[[str], MemberInfo | None],
+    source: str,
+    demands: Sequence[Demand],
+    limits: MigrationLimits,
+    overcommit: float,
+    closed: Collection[str] = (),
+) -> Placement:
+    """The best host for VMs that must arrive together (an affinity group; one VM is a
+    group of one), each `Demand` with its own anti-affinity group: a slot for each and
+    room for all of them at once, as `choose_target` judges one."""
     candidates: list[tuple[float, float, int, str]] = []
     refusals: list[str] = []
     for node_id, record in sorted(records.items()):
         if node_id == source:
             continue
-        why = _unfit(record, member(node_id), demand, limits, overcommit, anti_affinity)
+        why = _unfit(record, member(node_id), demands, limits, overcommit)
         if why is None and node_id in closed:
             why = f"does not show {source}'s last migration there yet"
         if why is not None:
@@ -96,19 +112,19 @@ def utilization(record: NodeRecord) -> float:
 def _unfit(
     record: NodeRecord,
     member: MemberInfo | None,
-    demand: Demand,
+    demands: Sequence[Demand],
     limits: MigrationLimits,
     overcommit: float,
-    anti_affinity: str,
 ) -> str | None:
-    """Why `record`'s host cannot take the VM now (None if it can)."""
+    """Why `record`'s host cannot take the VMs now (None if it can)."""
     if member is None or member.state is not MemberState.ALIVE:
         return "not alive" if member is None else member.state.value
     if record.draining:
         return "host draining"
-    if record.migrations_in >= limits.max_inbound:
-        return f"too many migrations ({record.migrations_in} inbound)"
-    return room_refusal(record, demand, overcommit, anti_affinity)
+    if record.migrations_in + len(demands) > limits.max_inbound:
+        whole = f"; the affinity group needs {len(demands)} at once" if len(demands) > 1 else ""
+        return f"too many migrations ({record.migrations_in} inbound{whole})"
+    return group_room_refusal(record, demands, overcommit)
 
 
 def room_refusal(

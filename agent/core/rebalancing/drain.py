@@ -1,9 +1,14 @@
 """What a draining host moves next, when it tries again, and what it has done, sans-IO.
 
 A drain empties its host by live migration: each look (every `interval`
-seconds) it offers the running (or paused) VMs by name, one at a time, while
-an outbound slot is free; its driver places each one and starts its
-migration, and tells the core what came of it. A VM that found no target,
+seconds) it offers the running (or paused) VMs by name, one move at a time,
+while outbound slots are free; its driver places each move and starts it,
+and tells the core what came of it. VMs of one affinity group move as one:
+the move offered is every movable VM of the group here, placed on one host
+with room for all and started as one group migration, so a drain never
+splits what must stay together (a group larger than the outbound limit
+could never go whole: its VMs go one by one, and the rebalancer brings them
+together again). A VM that found no target,
 whose migration was refused or failed, or whose location is in doubt waits
 `retry_after` seconds before it is offered again; one that found no target
 only because a target does not show this host's last migration there yet
@@ -17,7 +22,7 @@ its model of the cluster), so the simulated drain is the agent's.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,13 +84,18 @@ class DrainedHost(Protocol):
         """How `migration_id` ended (None: still running, or no longer remembered)."""
         ...
 
+    def group_of(self, vm: str) -> str:
+        """`vm`'s affinity group ("" for none)."""
+        ...
+
 
 class DrainCore:
     """One host's drain decisions: which VM next, why the rest wait, what has moved.
 
-    A look begins with `look(now, host)`; then `next_vm(now, host)` is asked
-    until it answers None, and every VM it offers is answered with exactly one
-    of `started`, `no_target` or `refused`. A VM is offered at most once a look.
+    A look begins with `look(now, host)`; then `next_move(now, host)` is asked
+    until it answers None, and every move it offers (one VM, or an affinity
+    group's VMs here) is answered with exactly one of `started`, `no_target` or
+    `refused`. A VM is offered at most once a look.
     """
 
     def __init__(self, max_outbound: int, timing: DrainTiming | None = None) -> None:
@@ -117,49 +127,78 @@ class DrainCore:
                 self._wait(vm, why, now, self.timing.retry_after)
                 del self._moves[vm]
 
-    def next_vm(self, now: float, host: DrainedHost) -> str | None:
-        """The next VM to move now (None: nothing left to start in this look).
+    def next_move(self, now: float, host: DrainedHost) -> tuple[str, ...] | None:
+        """The next VMs to move now, together (None: nothing left to start in this look).
 
         By name: a VM that runs (or is paused) here, is not migrating or arriving,
         was not moved by this drain already (the record lists it until the next
         refresh), is not in doubt and is not waiting to retry, while an outbound
-        slot is free."""
-        moved: set[str] | None = None
-        for vm, state in sorted(host.vm_states().items()):
-            if vm in self._offered or state not in MOVABLE:
+        slot is free; with it, the other VMs of its affinity group here, all of
+        which must be movable now, and a slot for each."""
+        states = host.vm_states()
+        moved = self.moved(host)
+        for vm in sorted(states):
+            if vm in self._offered or not self._movable(vm, states, moved, now, host):
                 continue
-            if host.busy(vm) or host.arriving(vm):
+            move = self._with_group(vm, states, moved, now, host)
+            if move is None:
                 continue
-            if moved is None:
-                moved = self.moved(host)
-            if vm in moved:
-                continue
-            doubt = host.doubt(vm)
-            if doubt is not None:
-                self._wait(vm, doubt, now, self.timing.retry_after)
-                continue
-            if vm in self._blocked and now < self._blocked[vm][1]:
-                continue
-            if host.outbound() >= self.max_outbound:
+            if host.outbound() + len(move) > self.max_outbound:
                 return None
-            self._offered.add(vm)
-            return vm
+            self._offered.update(move)
+            return move
         return None
 
-    def started(self, vm: str, migration_id: str) -> None:
-        """The offered VM's migration started."""
-        self._blocked.pop(vm, None)
-        self._moves[vm] = migration_id
-        self._started.add(migration_id)
+    def _movable(
+        self, vm: str, states: Mapping[str, str], moved: set[str], now: float, host: DrainedHost
+    ) -> bool:
+        if states.get(vm) not in MOVABLE or host.busy(vm) or host.arriving(vm) or vm in moved:
+            return False
+        doubt = host.doubt(vm)
+        if doubt is not None:
+            self._wait(vm, doubt, now, self.timing.retry_after)
+            return False
+        return not (vm in self._blocked and now < self._blocked[vm][1])
 
-    def no_target(self, vm: str, why: str, now: float, closed: Collection[str] = ()) -> None:
-        """No host takes the offered VM now; `closed`: targets that only wait to show this
+    def _with_group(
+        self, vm: str, states: Mapping[str, str], moved: set[str], now: float, host: DrainedHost
+    ) -> tuple[str, ...] | None:
+        """`vm` and the other VMs of its affinity group still here, or None while one of
+        them cannot move now (the group waits for it)."""
+        group = host.group_of(vm)
+        if not group:
+            return (vm,)
+        members = sorted(
+            other
+            for other, state in states.items()
+            if state in MOVABLE and other not in moved and host.group_of(other) == group
+        )
+        if len(members) > self.max_outbound:
+            return (vm,)  # it could never go whole: one by one, rejoined by the rebalancer
+        if any(not self._movable(m, states, moved, now, host) for m in members):
+            return None
+        return tuple(members)
+
+    def started(self, move: Sequence[str], migration_ids: Sequence[str]) -> None:
+        """The offered move's migrations started, one id per VM in the order offered."""
+        for vm, migration_id in zip(move, migration_ids, strict=True):
+            self._blocked.pop(vm, None)
+            self._moves[vm] = migration_id
+            self._started.add(migration_id)
+
+    def no_target(
+        self, move: Sequence[str], why: str, now: float, closed: Collection[str] = ()
+    ) -> None:
+        """No host takes the offered move now; `closed`: targets that only wait to show this
         host's last migration there (they open within seconds: look again soon)."""
-        self._wait(vm, why, now, self.timing.interval if closed else self.timing.retry_after)
+        delay = self.timing.interval if closed else self.timing.retry_after
+        for vm in move:
+            self._wait(vm, why, now, delay)
 
-    def refused(self, vm: str, why: str, now: float) -> None:
-        """The offered VM's migration was refused before it started."""
-        self._wait(vm, why, now, self.timing.retry_after)
+    def refused(self, move: Sequence[str], why: str, now: float) -> None:
+        """The offered move was refused before it started."""
+        for vm in move:
+            self._wait(vm, why, now, self.timing.retry_after)
 
     def _wait(self, vm: str, why: str, now: float, delay: float) -> None:
         self._blocked[vm] = (why, now + delay)
