@@ -129,26 +129,31 @@ class Store:
                 await asyncio.wait_for(event.wait(), step)
 
     async def _stamp(self, tx: Connection, tables: Iterable[str]) -> int:
-        """The next global index, and the tables it changed."""
-        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'index'")
-        row = await tx.fetchone("SELECT value FROM counters WHERE name = 'index'")
-        assert row is not None
-        index = int(row["value"])
-        for table in tables:
-            await tx.execute("UPDATE counters SET value = ? WHERE name = ?", index, table)
+        """The next global index, and the tables it changed (two statements whatever the
+        number of tables: every write pays them, and on PostgreSQL each is a round trip)."""
+        index = await self._next_index(tx)
+        names = tuple(tables)
+        if names:
+            marks = ", ".join("?" * len(names))
+            sql = f"UPDATE counters SET value = ? WHERE name IN ({marks})"
+            await tx.execute(sql, index, *names)
         return index
+
+    async def _next_index(self, tx: Connection) -> int:
+        row = await tx.fetchone(
+            "UPDATE counters SET value = value + 1 WHERE name = 'index' RETURNING value"
+        )
+        assert row is not None
+        return int(row["value"])
 
     async def _event(
         self, tx: Connection, index: int, kind: str, subject: str, site: str, data: dict[str, Any]
     ) -> None:
         """Record an event under a global index of its own (a write may record several;
         `index` is the write's, which the event's is never below)."""
-        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'index'")
-        row = await tx.fetchone("SELECT value FROM counters WHERE name = 'index'")
-        assert row is not None
         await tx.execute(
             "INSERT INTO events (idx, at, type, subject, site, data) VALUES (?, ?, ?, ?, ?, ?)",
-            int(row["value"]),
+            await self._next_index(tx),
             self._clock(),
             kind,
             subject,
@@ -478,20 +483,26 @@ class Store:
                 labels,
                 index,
             )
-            await tx.execute(
-                "DELETE FROM vm_labels WHERE site = ? AND host = ? AND name = ?", site, node, name
-            )
-            for key, value in vm.labels.items():
-                await tx.execute(
-                    "INSERT INTO vm_labels (site, host, name, key, value) VALUES (?, ?, ?, ?, ?)",
-                    site,
-                    node,
-                    name,
-                    key,
-                    value,
-                )
+            if before is None or before["labels"] != labels:  # a state change keeps them
+                await self._replace_labels(tx, site, node, name, vm.labels)
             if vm.state == "running":
                 await self._note_home(tx, site, name, node)
+
+    async def _replace_labels(
+        self, tx: Connection, site: str, node: str, name: str, labels: dict[str, str]
+    ) -> None:
+        await tx.execute(
+            "DELETE FROM vm_labels WHERE site = ? AND host = ? AND name = ?", site, node, name
+        )
+        for key, value in labels.items():
+            await tx.execute(
+                "INSERT INTO vm_labels (site, host, name, key, value) VALUES (?, ?, ?, ?, ?)",
+                site,
+                node,
+                name,
+                key,
+                value,
+            )
 
     async def _note_home(self, tx: Connection, site: str, name: str, node: str) -> None:
         """A VM running on `node`: if it ran elsewhere before, it moved (history)."""
