@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -46,6 +47,16 @@ class FloodCount:
     dropped: int = 0  # given up on (no answer within GIVE_UP, or an error)
 
 
+def room_for_descriptors(wanted: int) -> None:
+    """Raise this process's open-file limit towards `wanted`, as far as the hard limit lets
+    an ordinary user (a login's soft limit is often 1,024: a stranger holding thousands
+    of connections would stop at it and test nothing)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
 class Stranger:
     """Attacks the introduction port of the agent at `host`:`gossip_port` + 1."""
 
@@ -68,6 +79,7 @@ class Stranger:
     @contextlib.contextmanager
     def idle(self, count: int) -> Iterator[list[socket.socket]]:
         """`count` connections that never send a byte (fewer if connecting stalls)."""
+        room_for_descriptors(count + 256)
         held: list[socket.socket] = []
         try:
             for _ in range(count):

@@ -9,6 +9,7 @@ pid. A missing program fails the test with the package to install.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,8 @@ class NatsServer:
         port: int | None = None,
         popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
     ) -> None:
-        program = shutil.which("nats-server")
+        # Debian installs it in /usr/sbin, which an ordinary user's PATH lacks.
+        program = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
         if program is None:
             pytest.fail(f"nats-server not found: {MISSING}", pytrace=False)
         self.program = program

@@ -21,6 +21,7 @@ import pytest
 from novacron.agent.cli import build_parser, main
 from novacron.agent.cli.common import CommandError, UsageError
 from novacron.agent.cli.vms import create_request
+from novacron.agent.core.images.chunkmap import ChunkMapBuilder
 from novacron.agent.core.templates import decode_manifest
 from novacron.protocol import codec
 from novacron.protocol.sealed import Sealed
@@ -192,7 +193,11 @@ def swap_image_under_signature(site: dict[str, Any]) -> None:
     path = manifest_file(site, "2")
     sealed = codec.unpack_struct(Sealed, path.read_bytes())
     manifest = decode_manifest(path.read_bytes()).manifest
-    image = manifest.image.__class__("image", hashlib.sha256(evil).digest(), len(evil))
+    pieces = ChunkMapBuilder()  # the attacker names the other image's pieces too
+    pieces.feed(evil)
+    image = manifest.image.__class__(
+        "image", hashlib.sha256(evil).digest(), len(evil), pieces.finish().digest()
+    )
     body = codec.pack_struct(manifest.__class__(**{**_fields(manifest), "files": (image,)}))
     path.write_bytes(codec.pack_struct(Sealed(body, sealed.signature)))
 

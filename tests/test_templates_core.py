@@ -95,7 +95,9 @@ def test_a_manifest_whose_image_hash_was_swapped_under_its_signature_is_refused(
 @pytest.mark.parametrize(
     "changes",
     [
-        {"format": 2},
+        {"format": 2},  # format 2 signs each file's chunk map: these have none
+        {"format": 3},
+        {"files": (TemplateFile("image", bytes(32), 1, bytes(32)),)},  # a chunk map in format 1
         {"name": "Debian"},
         {"name": "a:b"},
         {"version": "01"},
