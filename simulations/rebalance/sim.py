@@ -1179,6 +1179,7 @@ class Solver(Strategy):
         self.budget = budget
         self.time_limit = time_limit
         self.queue: list[tuple[str, str, str, float]] = []  # (vm, target, purpose, deadline)
+        self.started: dict[str, str] = {}  # VM -> id of the migration started for its move
 
     def on_event(self, now: float) -> None:
         from . import solver
@@ -1195,8 +1196,19 @@ class Solver(Strategy):
                 continue
             if c.where[vm] == target:
                 continue
-            if not c.start(vm, target, purpose):
-                keep.append((vm, target, purpose, deadline))
+            # A move stays queued until its migration commits: the target may refuse it
+            # when the proposal arrives, after `start` returned (it is tried again then).
+            migration_id = self.started.get(vm)
+            ended = c.ended.get(migration_id) if migration_id is not None else None
+            if migration_id is not None and ended is None:
+                keep.append((vm, target, purpose, deadline))  # under way
+                continue
+            if ended is not None and ended.outcome == "committed":
+                continue  # it moved (and was moved on since)
+            started = c.start(vm, target, purpose)
+            if started is not None:
+                self.started[vm] = started
+            keep.append((vm, target, purpose, deadline))
         self.queue = keep
         # A drained host's VMs the plan left behind (e.g. over budget) go by the drain loop.
         self.drain_loop(now)
