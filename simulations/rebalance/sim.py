@@ -16,9 +16,10 @@ The model (what is real and what is simplified):
   source not yet shown in its libvirt, anti-affinity, room for the VM, or an
   affinity group's VMs all at once) or refuses; the source starts the libvirt
   job, forwards its progress (which renews the target's lease) and commits
-  or aborts. Messages between cores take `message_latency` (1 ms) on the
-  simulator's agenda, as do the cores' timers. Refusals, leases, limits and
-  the sagas' outcomes are the core's, not a copy of its rules.
+  or aborts. The cores run on the discrete-event engine
+  (`simulations/engine.py`): their messages take `message_latency` (1 ms),
+  their timers fire on time. Refusals, leases, limits and the sagas'
+  outcomes are the core's, not a copy of its rules.
 - The libvirt side is `simulations.migrations.Hypervisor` (the fake
   hypervisor the migration tests use): the target lists the incoming domain,
   paused, while its job runs (so its reservation is seen); the job lasts
@@ -84,6 +85,7 @@ from novacron.agent.core.events import (
     MigrationProposed,
     MigrationRefused,
     MigrationUndecided,
+    Output,
     ReconcileVm,
     ReservationMade,
     ReservationRefused,
@@ -96,10 +98,12 @@ from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.agent.core.placement.admission import Rule, closed_targets
 from novacron.agent.core.rebalancing.drain import DrainCore, Ended
 from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
-from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
+from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
 
-from ..clock import VirtualClock
+from ..engine import Engine
+from ..metrics import ByteMeter
 from ..migrations import Hypervisor, Report
+from ..network import LinkModel, Network, NetworkConfig
 from . import planner
 from .workload import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, Sample, VmSpec, Workload, WorkloadConfig
 
@@ -107,11 +111,6 @@ SCENARIOS = ("steady", "hotspot", "drain", "failure")
 STRATEGIES = ("none", "greedy", "solver", "mesh")
 OSCILLATION_WINDOW = 600.0
 
-# What the agenda holds: a message arriving (a=destination, b=sender, c=message), a
-# core's timer (a=host, b=generation), a libvirt job's end, a driver's report to its
-# core (a=host, b=core method, c=arguments).
-DELIVER, WAKE, JOB, REPORT = range(4)
-DEADLINE_EPSILON = 1e-6  # nudge for a core whose deadline did not move past a tick
 # Post-copy never begins here: a migration whose pre-copy would not converge within the
 # completion timeout is not started (`copy_seconds` is inf), so no job reaches it.
 POSTCOPY_SECONDS = 1.0
@@ -274,6 +273,28 @@ class SimView:
         return self._records
 
 
+class CoreNode:
+    """A host's migration core as the discrete-event engine drives it: what the core
+    decides goes to the cluster (actions to the hypervisor, events to its bookkeeping),
+    and its messages to the engine's network."""
+
+    __slots__ = ("_cluster", "_name", "core")
+
+    def __init__(self, cluster: Cluster, name: str, core: MigrationCore) -> None:
+        self._cluster = cluster
+        self._name = name
+        self.core = core
+
+    def receive(self, sender: str, message: Message, now: float) -> Output:
+        return self._cluster.handle(self._name, self.core.receive(sender, message, now))
+
+    def tick(self, now: float) -> Output:
+        return self._cluster.handle(self._name, self.core.tick(now))
+
+    def next_deadline(self) -> float:
+        return self.core.next_deadline()
+
+
 class Cluster:
     """The true state: where every VM is, what it loads, what is migrating; each host's
     migration core, the network between them and their hypervisors."""
@@ -302,10 +323,13 @@ class Cluster:
         self.freed: set[str] = set()  # hosts whose outbound migration ended this second
         self.landed = False  # a VM landed since the flag was last cleared
         self._broken: dict[str, set[tuple[str, str]]] = {}
-        self.now = 0.0
-        # Each host's migration core, on the true records; their messages, timers and
-        # libvirt jobs on one agenda; one hypervisor for all, which moves the VMs.
-        self.agenda = VirtualClock()
+        # Each host's migration core, on the true records, driven by the discrete-event
+        # engine (its messages take `message_latency`, its timers fire on time); libvirt
+        # jobs and the drivers' reports on the same clock; one hypervisor for all, which
+        # moves the VMs.
+        link = LinkModel(base_latency=config.message_latency, jitter="none", link_spread=0.0)
+        network = Network(NetworkConfig(link=link), random.Random(config.seed))
+        self.engine = Engine(network, ByteMeter())
         self.migration_config = MigrationConfig(limits=self.limits, reservations=self.reservations)
         self.view = SimView(self)
         self.cores: dict[str, MigrationCore] = {}
@@ -318,13 +342,21 @@ class Cluster:
                 config=self.migration_config,
                 migration_uri=f"tcp://{name}",
             )
-        self._wake_at = dict.fromkeys(self.hosts, math.inf)  # each core's pending wake-up
-        self._generation = dict.fromkeys(self.hosts, 0)  # ... and its valid generation
+            self.engine.add(name, CoreNode(self, name, host.core))
         self.hypervisor = Hypervisor(
             self, self.where, duration=self.copy_seconds, postcopy_seconds=POSTCOPY_SECONDS
         )
 
     # -- state ---------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Simulated time: the engine's clock."""
+        return self.engine.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.engine.clock.now = value
 
     def spec(self, vm: str) -> VmSpec:
         return self.workload.vms[vm]
@@ -523,7 +555,7 @@ class Cluster:
             self.stats.started += 1
         self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
         self.touch(source)
-        self.absorb(source, out)
+        self.engine.feed(source, self.handle(source, out))
         return [event.migration_id for event in proposed]
 
     def _refuse(self, key: str, why: str) -> None:
@@ -544,6 +576,7 @@ class Cluster:
         host.failed = True
         host.core = None
         self.cores.pop(name, None)
+        self.engine.crash(name)
         self.hypervisor.libvirtd_down.add(name)
         for vm in list(host.outbound):
             mig = self.migrations.get(vm)
@@ -555,14 +588,12 @@ class Cluster:
         self.touch(name)
         return lost
 
-    # The driving loop of the cores: outputs in, messages, actions and timers out.
+    # What the cores decide: messages to the engine, actions to the hypervisor.
 
-    def absorb(self, node: str, out: MigrationOutput, after_tick: bool = False) -> None:
-        """Take a core's output: its messages go out with the network's latency, its
-        actions to the hypervisor, its events to the cluster's bookkeeping."""
-        arrival = self.now + self.config.message_latency
-        for destination, message in out.sends:
-            self.agenda.push(arrival, DELIVER, destination, node, message)
+    def handle(self, node: str, out: MigrationOutput) -> Output:
+        """Take a core's output: its actions go to the hypervisor (a driver's report comes
+        back on the clock), its events to the cluster's bookkeeping; its messages are
+        returned for the engine to send."""
         for action in out.actions:
             if isinstance(action, ReconcileVm):
                 report: Report | None = self.hypervisor.presence(node, action)
@@ -570,13 +601,13 @@ class Cluster:
                 report = self.hypervisor.perform(node, action, self.now)
                 self._job_started(action.migration_id)
             if report is not None:
-                self.agenda.push(self.now, REPORT, *report)
+                self.engine.at(self.now, partial(self._report, report))
         for event in out.events:
             self._on_event(node, event)
-        self._reschedule(node, after_tick)
+        return Output(sends=out.sends)
 
     def _job_started(self, migration_id: str) -> None:
-        """A libvirt job began (or switched to post-copy): its end goes on the agenda."""
+        """A libvirt job began (or switched to post-copy): its end goes on the clock."""
         job = self.hypervisor.jobs.get(migration_id)
         if job is None:
             return
@@ -587,7 +618,7 @@ class Cluster:
             end = job.started + job.duration
         if mig is not None and mig.migration_id == migration_id:
             mig.end = end
-        self.agenda.push(end, JOB)
+        self.engine.at(end, self._end_jobs)
 
     def _on_event(self, node: str, event: object) -> None:
         if isinstance(event, MigrationCompleted):
@@ -624,41 +655,20 @@ class Cluster:
         node, method, args = report
         core = self.cores.get(node)
         if core is not None:  # a failed host's driver reports to no one
-            self.absorb(node, getattr(core, method)(*args, self.now))
+            self.engine.feed(node, self.handle(node, getattr(core, method)(*args, self.now)))
 
-    def _reschedule(self, node: str, after_tick: bool) -> None:
-        """Keep one valid wake-up per core, at its next deadline (older entries go stale)."""
-        core = self.cores.get(node)
-        if core is None:
-            return
-        deadline = core.next_deadline()
-        if after_tick and deadline <= self.now:
-            deadline = self.now + DEADLINE_EPSILON  # a core bug must not spin the loop
-        if deadline < self._wake_at[node]:
-            self._generation[node] += 1
-            self._wake_at[node] = deadline
-            self.agenda.push(deadline, WAKE, node, self._generation[node])
+    def _end_jobs(self) -> None:
+        """Jobs due now end (the VM lands, or it stays if the job failed)."""
+        for report in self.hypervisor.advance(self.now, sample=False):
+            self._report(report)
 
     def run_until(self, until: float) -> None:
-        """Everything on the agenda up to `until` (included), in time order."""
-        heap = self.agenda.heap
-        while heap and heap[0][0] <= until:
-            now, _, kind, a, b, c = self.agenda.pop()
-            self.now = now
-            if kind == DELIVER:
-                core = self.cores.get(a)
-                if core is not None:  # a failed host receives nothing
-                    self.absorb(a, core.receive(b, c, now))
-            elif kind == WAKE:
-                if self._generation.get(a) == b and a in self.cores:
-                    self._wake_at[a] = math.inf
-                    self.absorb(a, self.cores[a].tick(now), after_tick=True)
-            elif kind == JOB:
-                for report in self.hypervisor.advance(now, sample=False):
-                    self._report(report)
-            else:
-                self._report((a, b, c))
-        self.now = max(self.now, until)
+        """Everything on the engine's clock up to `until` (included), in time order."""
+        self.engine.run(until)
+
+    def next_time(self) -> float:
+        """When the next thing on the clock happens (inf: nothing is due)."""
+        return self.engine.clock.peek_time()
 
     def sample_jobs(self) -> None:
         """Each running job's statistics, to its source's core (the driver polls them; its
@@ -1386,7 +1396,7 @@ def _between_seconds(
     for real: messages arrive, the cores' timers fire, jobs end (the VM lands, the
     source's slot frees and its agent may plan again at once)."""
     before = now + 1.0
-    while (t := cluster.agenda.peek_time()) < before:
+    while (t := cluster.next_time()) < before:
         cluster.landed = False
         cluster.run_until(t)
         if cluster.freed:
