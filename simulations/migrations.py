@@ -2,22 +2,25 @@
 
 `Mesh` holds one `MigrationCore` per host over a shared cluster view and
 delivers their messages (optionally lossy, duplicating and reordering, from a
-seeded RNG); tests drive the libvirt side by hand. `Lab` adds a fake
-hypervisor with libvirt's semantics as far as the saga cares: one active
-domain per VM, a job that moves it only on success, post-copy that cannot be
-aborted, a domain with a running job that refuses a second one, and faults
-(agent killed, libvirtd killed, link cut). The hypervisor is the truth the
-tests check the sagas against. No sockets, no sleeping: a virtual clock (the
-simulators' `VirtualClock` holds the messages in flight).
+seeded RNG); tests drive the libvirt side by hand. `Hypervisor` is every
+host's libvirt as far as the saga cares: one active domain per VM, a job that
+moves it only on success, post-copy that cannot be aborted, a domain with a
+running job that refuses a second one, and faults (libvirtd killed, link
+cut); it answers the cores' actions with their drivers' reports. `Lab` is a
+`Mesh` whose actions run on a `Hypervisor` (agents killed too); the
+rebalancing simulator runs the same `Hypervisor` under its own cores. The
+hypervisor is the truth the tests check the sagas against. No sockets, no
+sleeping: a virtual clock (the simulators' `VirtualClock` holds the messages
+in flight).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from novacron.agent.core.events import (
     AbortLibvirtMigration,
@@ -278,8 +281,163 @@ class Job:
     abort_requested: bool = False  # virDomainAbortJob was called
 
 
+class Inventory(Protocol):
+    """What the hosts' inventories report as the hypervisor moves domains."""
+
+    def arriving(self, name: str, source: str, target: str) -> None:
+        """The target lists the incoming domain (paused) while a job runs."""
+
+    def move_vm(self, name: str, source: str, target: str) -> None:
+        """The domain moved: the source no longer lists it, the target runs it."""
+
+    def gone(self, name: str, node_id: str) -> None:
+        """The incoming domain of a failed job is gone from `node_id`."""
+
+
+Report = tuple[str, str, tuple[Any, ...]]
+"""(host, core method, arguments): what a host's driver tells its core (`now` appended)."""
+
+
+class Hypervisor:
+    """Every host's libvirt, as far as the saga cares: one active domain per VM, a job
+    that moves it only on success, post-copy that cannot be aborted, a domain with a
+    running job that refuses a second one, libvirtds that die and links that are cut.
+
+    It performs the cores' actions and answers with the reports their drivers would
+    make (`Report`); when they are delivered is the caller's business (the tests'
+    `Lab` at its next step, the rebalancing simulator on its own clock).
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        location: dict[str, str],
+        *,
+        duration: Callable[[str], float],
+        postcopy_seconds: float,
+        linked: Callable[[str, str], bool] = lambda a, b: True,
+    ) -> None:
+        self.inventory = inventory  # whose records list what the hypervisors run
+        self.location = location  # VM -> host running it (the truth)
+        self.duration = duration  # VM -> pre-copy seconds of a job starting now (inf: never)
+        self.postcopy_seconds = postcopy_seconds  # time to finish once in post-copy
+        self.linked = linked  # whether the network joins two hosts
+        self.jobs: dict[str, Job] = {}  # running jobs by migration id
+        self.moved: dict[str, bool] = {}  # ended job -> whether the VM moved
+        self.libvirtd_down: set[str] = set()  # hosts whose libvirtd is dead
+        self.violations: list[str] = []  # broken libvirt rules
+
+    def reachable(self, a: str, b: str) -> bool:
+        return a not in self.libvirtd_down and b not in self.libvirtd_down and self.linked(a, b)
+
+    def perform(self, node_id: str, action: MigrationAction, now: float) -> Report | None:
+        """Carry out a core's libvirt action; a job that cannot start is reported at once.
+        `ReconcileVm` is answered by `presence`, when the caller chooses."""
+        if isinstance(action, StartLibvirtMigration):
+            return self._start(node_id, action, now)
+        if isinstance(action, SwitchToPostCopy):
+            job = self.jobs.get(action.migration_id)
+            if job is not None and job.post_copy_allowed and job.switched_at is None:
+                job.switched_at = now
+        elif isinstance(action, AbortLibvirtMigration):
+            job = self.jobs.get(action.migration_id)
+            if job is not None:
+                if job.switched_at is not None:
+                    self.violations.append(f"abort requested in post-copy: {job}")
+                else:
+                    job.abort_requested = True
+        return None
+
+    def _start(self, node_id: str, action: StartLibvirtMigration, now: float) -> Report | None:
+        busy = any(j.vm == action.vm for j in self.jobs.values())
+        reachable = self.reachable(node_id, action.target)
+        if busy or self.location.get(action.vm) != node_id or not reachable:
+            why = "domain has a job" if busy else "cannot start"
+            self.moved[action.migration_id] = False
+            return (node_id, "migration_finished", (action.migration_id, False, why))
+        self.inventory.arriving(action.vm, node_id, action.target)
+        self.jobs[action.migration_id] = Job(
+            action.migration_id,
+            action.vm,
+            node_id,
+            action.target,
+            now,
+            self.duration(action.vm),
+            action.policy.post_copy,
+        )
+        return None
+
+    def presence(self, asking: str, action: ReconcileVm) -> Report:
+        """The asking host's driver's answer to `ReconcileVm`: what it finds in each host's
+        libvirt (its own, the peers' it can reach): the VM running where it is, a job
+        holding it, or nothing."""
+        found = {}
+        for h in action.hosts:
+            if h in self.libvirtd_down or (h != asking and not self.reachable(asking, h)):
+                found[h] = Presence(Where.UNKNOWN, "unreachable")
+            elif any(j.vm == action.vm and h in (j.source, j.target) for j in self.jobs.values()):
+                found[h] = Presence(Where.MIGRATING, "a job holds it", "u1")
+            elif self.location.get(action.vm) == h:
+                found[h] = Presence(Where.RUNNING, "running", "u1")
+            else:
+                found[h] = Presence(Where.ABSENT)
+        return (asking, "vm_presence", (action.vm, found))
+
+    def next_end(self) -> float:
+        """When the next job would end by itself (inf: none will)."""
+        ends = (
+            j.switched_at + self.postcopy_seconds if j.switched_at is not None
+            else j.started + j.duration
+            for j in self.jobs.values()
+        )  # fmt: skip
+        return min(ends, default=INF)
+
+    def advance(self, now: float, sample: bool = True) -> list[Report]:
+        """Run every job to `now`: end those that are done, failed or aborted; report the
+        others' progress if `sample` (the driver's job-stats poll)."""
+        reports: list[Report] = []
+        for job in list(self.jobs.values()):
+            report = self._run_job(job, now, sample)
+            if report is not None:
+                reports.append(report)
+        return reports
+
+    def _run_job(self, job: Job, now: float, sample: bool) -> Report | None:
+        if job.switched_at is not None:
+            done = now >= job.switched_at + self.postcopy_seconds
+        else:
+            done = now >= job.started + job.duration
+        if not self.reachable(job.source, job.target):
+            # Pre-copy: the guest never left. Post-copy: it already runs on the target,
+            # yet libvirt reports the job as failed.
+            return self.end_job(
+                job, moved=job.switched_at is not None, ok=False, why="connection lost"
+            )
+        if job.abort_requested:
+            return self.end_job(job, moved=False, ok=False, why="operation aborted")
+        if done:
+            return self.end_job(job, moved=True, ok=True, why="")
+        if not sample:
+            return None
+        elapsed = now - job.started
+        percent = min(99.0, 100.0 * elapsed / job.duration) if job.duration < INF else 40.0
+        phase = JobPhase.POSTCOPY if job.switched_at is not None else JobPhase.PRECOPY
+        stats = MigrationProgress(job.migration_id, percent=percent, phase=phase)
+        return (job.source, "migration_progress", (job.migration_id, stats))
+
+    def end_job(self, job: Job, moved: bool, ok: bool, why: str) -> Report:
+        del self.jobs[job.migration_id]
+        self.moved[job.migration_id] = moved
+        if moved:
+            self.location[job.vm] = job.target
+            self.inventory.move_vm(job.vm, job.source, job.target)
+        else:
+            self.inventory.gone(job.vm, job.target)
+        return (job.source, "migration_finished", (job.migration_id, ok, why))
+
+
 class Lab(Mesh):
-    """A `Mesh` whose actions run against a fake hypervisor with fault injection."""
+    """A `Mesh` whose actions run against a fake `Hypervisor` with fault injection."""
 
     def __init__(
         self,
@@ -296,14 +454,8 @@ class Lab(Mesh):
     ) -> None:
         records = list(records)
         self.job_seconds = job_seconds  # pre-copy time of a converging guest
-        self.postcopy_seconds = postcopy_seconds  # time to finish once in post-copy
         self.hot = frozenset(hot)  # VMs that never converge in pre-copy
-        self.location = {v.name: r.node_id for r in records for v in r.vms}  # VM -> active host
-        self.jobs: dict[str, Job] = {}  # running jobs by migration id
-        self.moved: dict[str, bool] = {}  # ended job -> whether the VM moved
-        self.libvirtd_down: set[str] = set()  # hosts whose libvirtd is dead
-        self.violations: list[str] = []  # broken libvirt rules
-        self._reports: list[tuple[str, str, tuple[Any, ...]]] = []  # driver -> core, next step
+        self._reports: list[Report] = []  # driver -> core, next step
         self._reconciles: list[tuple[str, ReconcileVm]] = []  # (asking host, action) to answer
         super().__init__(
             records,
@@ -313,12 +465,26 @@ class Lab(Mesh):
             duplicate=duplicate,
             max_delay=max_delay,
         )
+        self.hypervisor = Hypervisor(
+            self.view,
+            {v.name: r.node_id for r in records for v in r.vms},
+            duration=lambda vm: INF if vm in self.hot else self.job_seconds,
+            postcopy_seconds=postcopy_seconds,
+            linked=lambda a, b: frozenset((a, b)) not in self.cut,
+        )
+        self.location = self.hypervisor.location  # VM -> active host
+        self.jobs = self.hypervisor.jobs  # running jobs by migration id
+        self.moved = self.hypervisor.moved  # ended job -> whether the VM moved
+        self.libvirtd_down = self.hypervisor.libvirtd_down  # hosts whose libvirtd is dead
+        self.violations = self.hypervisor.violations  # broken libvirt rules
 
     # --- the driver ----------------------------------------------------------------------
 
     def start_agent(self, node_id: str) -> None:
         """A (re)started agent; its driver hands over jobs libvirtd still runs for it."""
         super().start_agent(node_id)
+        if not hasattr(self, "hypervisor"):
+            return  # first start: no job runs yet
         for job in [j for j in self.jobs.values() if j.source == node_id]:
             core = self.core(node_id)
             out = core.adopt_job(job.vm, job.target, job.switched_at is not None, self.now)
@@ -342,109 +508,24 @@ class Lab(Mesh):
         return super().absorb(node_id, out)
 
     def on_action(self, node_id: str, action: MigrationAction) -> None:
-        if isinstance(action, StartLibvirtMigration):
-            self._start(node_id, action)
-        elif isinstance(action, SwitchToPostCopy):
-            job = self.jobs.get(action.migration_id)
-            if job is not None and job.post_copy_allowed and job.switched_at is None:
-                job.switched_at = self.now
-        elif isinstance(action, AbortLibvirtMigration):
-            job = self.jobs.get(action.migration_id)
-            if job is not None:
-                if job.switched_at is not None:
-                    self.violations.append(f"abort requested in post-copy: {job}")
-                else:
-                    job.abort_requested = True
-        elif isinstance(action, ReconcileVm):
+        if isinstance(action, ReconcileVm):
             self._reconciles.append((node_id, action))
-
-    def _start(self, node_id: str, action: StartLibvirtMigration) -> None:
-        busy = any(j.vm == action.vm for j in self.jobs.values())
-        reachable = self._reachable(node_id, action.target)
-        if busy or self.location.get(action.vm) != node_id or not reachable:
-            why = "domain has a job" if busy else "cannot start"
-            self.moved[action.migration_id] = False
-            self._report(node_id, "migration_finished", action.migration_id, False, why)
             return
-        duration = INF if action.vm in self.hot else self.job_seconds
-        self.view.arriving(action.vm, node_id, action.target)
-        self.jobs[action.migration_id] = Job(
-            action.migration_id,
-            action.vm,
-            node_id,
-            action.target,
-            self.now,
-            duration,
-            action.policy.post_copy,
-        )
-
-    def _reachable(self, a: str, b: str) -> bool:
-        return (
-            a not in self.libvirtd_down
-            and b not in self.libvirtd_down
-            and frozenset((a, b)) not in self.cut
-        )
-
-    def _report(self, node_id: str, method: str, *args: Any) -> None:
-        self._reports.append((node_id, method, args))
+        report = self.hypervisor.perform(node_id, action, self.now)
+        if report is not None:
+            self._reports.append(report)
 
     def before_step(self) -> None:
         """The hypervisor: run jobs, answer reconciles, deliver the driver's reports."""
-        for job in list(self.jobs.values()):
-            self._run_job(job)
+        self._reports.extend(self.hypervisor.advance(self.now))
         reconciles, self._reconciles = self._reconciles, []
         for asking, action in reconciles:
-            self._report(asking, "vm_presence", action.vm, self._seen(asking, action))
+            self._reports.append(self.hypervisor.presence(asking, action))
         reports, self._reports = self._reports, []
         for node_id, method, args in reports:
             core = self.cores.get(node_id)
             if core is not None:  # a dead agent's driver reports to no one
                 self.absorb(node_id, getattr(core, method)(*args, self.now))
-
-    def _seen(self, asking: str, action: ReconcileVm) -> dict[str, Presence]:
-        """What the asking host's driver finds in each host's libvirt (its own, the peers' it
-        can reach): the VM running where it is, a job holding it, or nothing."""
-        found = {}
-        for h in action.hosts:
-            if h in self.libvirtd_down or (h != asking and not self._reachable(asking, h)):
-                found[h] = Presence(Where.UNKNOWN, "unreachable")
-            elif any(j.vm == action.vm and h in (j.source, j.target) for j in self.jobs.values()):
-                found[h] = Presence(Where.MIGRATING, "a job holds it", "u1")
-            elif self.location[action.vm] == h:
-                found[h] = Presence(Where.RUNNING, "running", "u1")
-            else:
-                found[h] = Presence(Where.ABSENT)
-        return found
-
-    def _run_job(self, job: Job) -> None:
-        if job.switched_at is not None:
-            done = self.now >= job.switched_at + self.postcopy_seconds
-        else:
-            done = self.now >= job.started + job.duration
-        if not self._reachable(job.source, job.target):
-            # Pre-copy: the guest never left. Post-copy: it already runs on the target,
-            # yet libvirt reports the job as failed.
-            self._end_job(job, moved=job.switched_at is not None, ok=False, why="connection lost")
-        elif job.abort_requested:
-            self._end_job(job, moved=False, ok=False, why="operation aborted")
-        elif done:
-            self._end_job(job, moved=True, ok=True, why="")
-        else:
-            elapsed = self.now - job.started
-            percent = min(99.0, 100.0 * elapsed / job.duration) if job.duration < INF else 40.0
-            phase = JobPhase.POSTCOPY if job.switched_at is not None else JobPhase.PRECOPY
-            stats = MigrationProgress(job.migration_id, percent=percent, phase=phase)
-            self._report(job.source, "migration_progress", job.migration_id, stats)
-
-    def _end_job(self, job: Job, moved: bool, ok: bool, why: str) -> None:
-        del self.jobs[job.migration_id]
-        self.moved[job.migration_id] = moved
-        if moved:
-            self.location[job.vm] = job.target
-            self.view.move_vm(job.vm, job.source, job.target)
-        else:
-            self.view.gone(job.vm, job.target)
-        self._report(job.source, "migration_finished", job.migration_id, ok, why)
 
     # --- checks -----------------------------------------------------------------------------
 

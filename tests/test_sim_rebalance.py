@@ -121,8 +121,8 @@ def test_constraint_checker_catches_planted_violations():
 
 
 def test_an_affinity_group_is_admitted_whole_or_not_at_all():
-    """The simulator's admission of a group the planner moves together: slots and room for
-    every member at once on one target, or nothing starts."""
+    """A group the planner moves together goes through the source's migration core as one
+    proposal: slots and room for every member at once on one target, or nothing starts."""
     cluster = Cluster(SMALL, Workload(WorkloadConfig(seed=1, vms=200)))
     place_initial(cluster, balanced=True, rng=random.Random(1))
     cluster.samples = cluster.workload.sample(0.0)
@@ -141,6 +141,7 @@ def test_an_affinity_group_is_admitted_whole_or_not_at_all():
     # Room for either member, not for both.
     used = sum(cluster.spec(vm).memory_mib for vm in target.vms)
     target.memory_mib = used + max(cluster.spec(vm).memory_mib for vm in pair)
+    cluster.touch(target.name)
     assert all(cluster.fits(vm, target) for vm in pair)
     assert not cluster.start_group(pair, target.name, "rebalance")
     assert cluster.migrations == {} and cluster.stats.refusals == {"group: target capacity": 1}
@@ -148,14 +149,19 @@ def test_an_affinity_group_is_admitted_whole_or_not_at_all():
         vm for vm, host in sorted(cluster.where.items()) if host not in (source, target.name)
     )
     target.memory_mib = used + sum(cluster.spec(vm).memory_mib for vm in (*pair, other))
-    assert cluster.start(other, target.name, "rebalance") is not None  # one slot left
+    cluster.touch(target.name)
+    assert cluster.start(other, target.name, "rebalance") is not None
+    cluster.run_until(0.01)  # the target admitted it: one inbound slot left
+    assert target.inbound == {other}
     assert not cluster.start_group(pair, target.name, "rebalance")  # the pair needs two
     assert set(cluster.migrations) == {other}
     assert cluster.stats.refusals["group: target inbound limit"] == 1
-    cluster.now = cluster.migrations[other].end
-    cluster.finish_due()
+    cluster.run_until(cluster.migrations[other].end + 0.01)  # landed, and the target knows
+    assert cluster.where[other] == target.name and not target.inbound
     assert cluster.start_group(pair, target.name, "rebalance")
+    cluster.run_until(cluster.now + 0.01)
     assert {m.vm: m.target for m in cluster.migrations.values()} == dict.fromkeys(pair, target.name)
+    assert target.inbound == set(pair)  # the target reserved room for both at once
 
 
 def _hotspot(hot_utilization: float) -> SimConfig:

@@ -6,23 +6,29 @@ The model (what is real and what is simplified):
   `sample_interval` (10 s, the agent's inventory interval) by `workload`;
   a host's measured load is the sum of its VMs' demand, scaled down to its
   cores when the demand exceeds them (CPU time cannot exceed the cores).
-- A migration is admitted by the migration core's own rules
-  (`agent/core/placement/admission.py`), applied to the TRUE state: the source runs
-  fewer than 2 outbound, the cluster fewer than max(2, ceil(25% of hosts))
-  (the true count here; the agents estimate it from gossiped counters), and
-  the target, from its current record and its reservations (a
-  `ReservationBook` per host), is alive, not draining, receives fewer than 2,
-  has no VM of the same anti-affinity group running or arriving, and holds
-  the VM's memory and vCPUs (x `vcpu_overcommit`). A simulated target's
-  libvirt shows an arriving VM as soon as its copy starts, so the
-  one-unseen-migration-per-source rule never refuses here. The VMs of an
-  affinity group that the planner moves together are admitted together
-  (`start_group`: the same rules for all of them at once) or not at all.
-- A migration lasts `expected_migration_seconds(memory, bandwidth, dirty rate,
-  MigrationPolicy())` (`agent/core/migration/cost.py`); until it ends the
-  VM's load counts on the source, then on the target. It ends at that exact
-  time, between the 1 s steps when it falls there (as a real migration
-  does), and the hotspot and drain are judged at that moment too.
+- Every migration runs through the agent's own `MigrationCore`
+  (`agent/core/migration/saga.py`), one per host, on the true records: the
+  source checks its own limits and what the target's record shows (fewer
+  than 2 outbound, the cluster fewer than max(2, ceil(25% of hosts)) by the
+  published counters, the target alive, not draining, receiving fewer than
+  2, holding the VMs) and proposes; the target admits on its own record and
+  reservations (`agent/core/placement/admission.py`: at most one admission per
+  source not yet shown in its libvirt, anti-affinity, room for the VM, or an
+  affinity group's VMs all at once) or refuses; the source starts the libvirt
+  job, forwards its progress (which renews the target's lease) and commits
+  or aborts. The cores run on the discrete-event engine
+  (`simulations/engine.py`): their messages take `message_latency` (1 ms),
+  their timers fire on time. Refusals, leases, limits and the sagas'
+  outcomes are the core's, not a copy of its rules.
+- The libvirt side is `simulations.migrations.Hypervisor` (the fake
+  hypervisor the migration tests use): the target lists the incoming domain,
+  paused, while its job runs (so its reservation is seen); the job lasts
+  `expected_migration_seconds(memory, bandwidth, dirty rate, MigrationPolicy())`
+  (`agent/core/migration/cost.py`) and ends at that exact time, between the 1 s
+  steps when it falls there (as a real migration does), when the VM lands and
+  its load moves; the hotspot and drain are judged at that moment too. The
+  driver's job samples are taken at every whole second. A VM that would not
+  converge is not proposed.
 - Strategy "mesh": every host runs the real `plan_round()` (through
   `planner.py`) when the agent's `RebalanceSchedule` says a round is due:
   every `plan_interval` seconds from its own phase (a timer is seen at the
@@ -51,7 +57,9 @@ The model (what is real and what is simplified):
   restarted elsewhere (in the placement rule's order: least utilized host
   that fits, then most free memory; new VMs too) once the failure is
   detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the membership
-  simulator's figures, BENCHMARKS.md). Restarts are not migrations.
+  simulator's figures, BENCHMARKS.md). Restarts are not migrations. Its agent
+  and libvirtd go with it: a job to it fails at the next sample and its source's
+  saga finds the VM still at home (reconcile), a proposal to it goes unanswered.
 
 Everything is deterministic for a seed: the workload's draws do not depend
 on the strategy, and every other random choice has its own seeded RNG.
@@ -61,40 +69,80 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from novacron.agent.core.events import (
+    MigrationCompleted,
+    MigrationFailed,
+    MigrationOutput,
+    MigrationProposed,
+    MigrationRefused,
+    MigrationUndecided,
+    Output,
+    ReconcileVm,
+    ReservationMade,
+    ReservationRefused,
+    ReservationReleased,
+)
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.policy import MigrationLimits, cluster_limit
-from novacron.agent.core.migration.reservations import (
-    Demand,
-    Reservation,
-    ReservationBook,
-    ReservationConfig,
-    free_capacity,
-)
-from novacron.agent.core.placement.admission import (
-    Arrival,
-    Refusal,
-    closed_targets,
-    cluster_refusal,
-    outbound_refusal,
-    target_refusal,
-)
+from novacron.agent.core.migration.reservations import ReservationConfig, free_capacity
+from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
+from novacron.agent.core.placement.admission import Rule, closed_targets
 from novacron.agent.core.rebalancing.drain import DrainCore, Ended
 from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
-from novacron.protocol.messages import NodeRecord, Resources, VmSummary
+from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
 
+from ..engine import Engine
+from ..metrics import ByteMeter
+from ..migrations import Hypervisor, Report
+from ..network import LinkModel, Network, NetworkConfig
 from . import planner
 from .workload import AFFINITY_LABEL, ANTI_AFFINITY_LABEL, Sample, VmSpec, Workload, WorkloadConfig
 
 SCENARIOS = ("steady", "hotspot", "drain", "failure")
 STRATEGIES = ("none", "greedy", "solver", "mesh")
 OSCILLATION_WINDOW = 600.0
+
+# Post-copy never begins here: a migration whose pre-copy would not converge within the
+# completion timeout is not started (`copy_seconds` is inf), so no job reaches it.
+POSTCOPY_SECONDS = 1.0
+
+# The migration core's refusal sentences, by the admission rule (or check) they come
+# from: the counters of the report keep the rules' names.
+REFUSAL_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), key)
+    for pattern, key in (
+        (r"^too many migrations from .*(not started yet|does not show)", Rule.SOURCE_UNSEEN),
+        (r"^host draining", Rule.DRAINING),
+        (r"^libvirt unreachable", Rule.LIBVIRT_DOWN),
+        (r"already runs on", Rule.PRESENT),
+        (r"already arriving on", Rule.ARRIVING),
+        (r"receives \d+ inbound|limit \d+ inbound", Rule.INBOUND),
+        (r"^anti-affinity", Rule.ANTI_AFFINITY),
+        (r"^no capacity", Rule.CAPACITY),
+        (r"runs \d+ outbound", Rule.OUTBOUND),
+        (r"running in the cluster", Rule.CLUSTER),
+        (r"is already migrating", "vm already migrating"),
+        (r"^host \S+ is (dead|left|suspect)", "host failed"),
+        (r"^refused for .* never showed", "source penalized"),
+    )
+)
+
+
+def refusal_key(reason: str) -> str:
+    """The counter a refusal counts under: its rule, or the reason's first words."""
+    for pattern, key in REFUSAL_RULES:
+        if pattern.search(reason):
+            return str(key)
+    return reason.split(":")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +159,7 @@ class SimConfig:
     memory_gib: int = 64
     bandwidth_mib_s: float = 1024.0
     gossip_delay: float = 1.0
+    message_latency: float = 0.001  # one way, between two hosts' migration cores
     plan_interval: float = 2.0
     detect_delay: float = 0.0  # 0: the membership simulator's figure for the size
     rebalance: planner.RebalanceConfig = field(default_factory=planner.RebalanceConfig)
@@ -134,17 +183,20 @@ class Host:
     name: str
     cores: int
     memory_mib: int
-    vms: set[str] = field(default_factory=set)
-    outbound: set[str] = field(default_factory=set)  # VMs migrating away
-    book: ReservationBook = field(default_factory=ReservationBook)  # room held for arrivals
+    vms: set[str] = field(default_factory=set)  # VMs running here
+    outbound: set[str] = field(default_factory=set)  # VMs its migration core is sending
+    arriving: set[str] = field(default_factory=set)  # incoming domains of running jobs
+    core: MigrationCore | None = None  # its agent's migration core (None once failed)
     draining: bool = False
     failed: bool = False
     version: int = 0
 
     @property
     def inbound(self) -> set[str]:
-        """VMs migrating here (each holds a reservation)."""
-        return {held.vm for held in self.book}
+        """VMs migrating here: each holds a reservation in the core, until it lands."""
+        if self.core is None:
+            return set()
+        return {held.vm for held in self.core.reservations() if not held.landed}
 
 
 @dataclass(slots=True)
@@ -153,8 +205,8 @@ class Migration:
     vm: str
     source: str
     target: str
-    start: float
-    end: float
+    start: float  # when the source proposed it
+    end: float  # when its libvirt job ends (inf until the target accepted and it began)
     vcpus: int
     memory_mib: int
     purpose: str
@@ -177,10 +229,75 @@ class Stats:
     max_concurrent: int = 0
     restarts: int = 0
     lost: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)  # how the sagas ended
+
+
+class Records(Mapping[str, NodeRecord]):
+    """Every host's record as it would publish it now, built when asked for."""
+
+    __slots__ = ("_cluster",)
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def __getitem__(self, key: str) -> NodeRecord:
+        if key not in self._cluster.hosts:
+            raise KeyError(key)
+        return self._cluster.record(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cluster.hosts)
+
+    def __len__(self) -> int:
+        return len(self._cluster.hosts)
+
+
+class SimView:
+    """The mesh as each host's migration core sees it: every record as published now, and
+    every host alive until it fails. The cores' checks run on the true state, as the
+    simulator's earlier model of them did; the planners keep their delayed views."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._records = Records(cluster)
+        self._alive = {n: MemberInfo(n, "", 1, MemberState.ALIVE, 0.0, 0.0) for n in cluster.hosts}
+        self._dead = {n: MemberInfo(n, "", 1, MemberState.DEAD, 0.0, 0.0) for n in cluster.hosts}
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        host = self._cluster.hosts.get(node_id)
+        if host is None:
+            return None
+        return self._dead[node_id] if host.failed else self._alive[node_id]
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return self._records
+
+
+class CoreNode:
+    """A host's migration core as the discrete-event engine drives it: what the core
+    decides goes to the cluster (actions to the hypervisor, events to its bookkeeping),
+    and its messages to the engine's network."""
+
+    __slots__ = ("_cluster", "_name", "core")
+
+    def __init__(self, cluster: Cluster, name: str, core: MigrationCore) -> None:
+        self._cluster = cluster
+        self._name = name
+        self.core = core
+
+    def receive(self, sender: str, message: Message, now: float) -> Output:
+        return self._cluster.handle(self._name, self.core.receive(sender, message, now))
+
+    def tick(self, now: float) -> Output:
+        return self._cluster.handle(self._name, self.core.tick(now))
+
+    def next_deadline(self) -> float:
+        return self.core.next_deadline()
 
 
 class Cluster:
-    """The true state: where every VM is, what it loads, what is migrating."""
+    """The true state: where every VM is, what it loads, what is migrating; each host's
+    migration core, the network between them and their hypervisors."""
 
     def __init__(self, config: SimConfig, workload: Workload) -> None:
         self.config = config
@@ -204,10 +321,42 @@ class Cluster:
         self._dirty_hosts: set[str] = set(self.hosts)
         self.pending_restart: list[tuple[float, str]] = []
         self.freed: set[str] = set()  # hosts whose outbound migration ended this second
+        self.landed = False  # a VM landed since the flag was last cleared
         self._broken: dict[str, set[tuple[str, str]]] = {}
-        self.now = 0.0
+        # Each host's migration core, on the true records, driven by the discrete-event
+        # engine (its messages take `message_latency`, its timers fire on time); libvirt
+        # jobs and the drivers' reports on the same clock; one hypervisor for all, which
+        # moves the VMs.
+        link = LinkModel(base_latency=config.message_latency, jitter="none", link_spread=0.0)
+        network = Network(NetworkConfig(link=link), random.Random(config.seed))
+        self.engine = Engine(network, ByteMeter())
+        self.migration_config = MigrationConfig(limits=self.limits, reservations=self.reservations)
+        self.view = SimView(self)
+        self.cores: dict[str, MigrationCore] = {}
+        for name, host in self.hosts.items():
+            rng = random.Random(f"{config.seed}:{name}:migration")
+            host.core = self.cores[name] = MigrationCore(
+                name,
+                view=self.view,
+                rng=rng,
+                config=self.migration_config,
+                migration_uri=f"tcp://{name}",
+            )
+            self.engine.add(name, CoreNode(self, name, host.core))
+        self.hypervisor = Hypervisor(
+            self, self.where, duration=self.copy_seconds, postcopy_seconds=POSTCOPY_SECONDS
+        )
 
     # -- state ---------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Simulated time: the engine's clock."""
+        return self.engine.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.engine.clock.now = value
 
     def spec(self, vm: str) -> VmSpec:
         return self.workload.vms[vm]
@@ -221,14 +370,16 @@ class Cluster:
         self.touch(host)
 
     def remove_vm(self, vm: str) -> None:
+        """`vm` is gone (deleted, or lost with its failed host). A migration of it goes on
+        as the agent's would: its libvirt job fails, its saga finds the VM nowhere and
+        ends in doubt; one whose source failed ends with its core."""
         host = self.where.pop(vm, None)
-        mig = self.migrations.pop(vm, None)
-        if mig is not None:
-            self.hosts[mig.source].outbound.discard(vm)
-            self.hosts[mig.target].book.release(mig.migration_id)
-            self.ended[mig.migration_id] = Ended(vm, "aborted", "a host of it failed")
-            self.touch(mig.target)
-            self.touch(mig.source)
+        job = next((j for j in self.hypervisor.jobs.values() if j.vm == vm), None)
+        if job is not None:
+            self._report(self.hypervisor.end_job(job, moved=False, ok=False, why="domain gone"))
+        mig = self.migrations.get(vm)
+        if mig is not None and self.hosts[mig.source].failed:
+            self._ended(mig.source, mig.migration_id, Ended(vm, "aborted", "its host failed"))
         if host is not None:
             self.hosts[host].vms.discard(vm)
             self.touch(host)
@@ -257,7 +408,8 @@ class Cluster:
     def free(self, host: Host) -> tuple[float, int]:
         """vCPUs and MiB the host can still promise: the target's own rule (`free_capacity`:
         its VMs and its pending reservations deducted)."""
-        room = free_capacity(self.record(host.name), host.book, self.reservations.vcpu_overcommit)
+        held = host.core.reservations() if host.core is not None else ()
+        room = free_capacity(self.record(host.name), held, self.reservations.vcpu_overcommit)
         return room.vcpus, room.memory_mib
 
     def fits(self, vm: str, host: Host) -> bool:
@@ -302,13 +454,25 @@ class Cluster:
                 )
                 for vm in sorted(host.vms)
             )
+            # An incoming domain shows in the target's libvirt, paused, while its job runs.
+            incoming = tuple(
+                VmSummary(
+                    name=vm,
+                    state="paused",
+                    vcpus=self.spec(vm).vcpus,
+                    memory_mib=self.spec(vm).memory_mib,
+                    labels=self.spec(vm).labels,
+                )
+                for vm in sorted(host.arriving)
+            )
+            core = host.core
             self._records[name] = NodeRecord(
                 node_id=name,
                 version=host.version,
                 capacity=Resources(vcpus=float(host.cores), memory_mib=host.memory_mib),
-                vms=vms,
-                migrations_out=len(host.outbound),
-                migrations_in=len(host.inbound),
+                vms=vms + incoming,
+                migrations_out=core.outbound() if core is not None else 0,
+                migrations_in=core.inbound() if core is not None else 0,
                 draining=host.draining,
             )
             self._dirty_hosts.discard(name)
@@ -317,12 +481,12 @@ class Cluster:
     def records(self) -> dict[str, NodeRecord]:
         return {name: self.record(name) for name in self.hosts}
 
-    # -- migrations ----------------------------------------------------------
+    # -- migrations: each host's migration core, its messages, the hypervisor ----------
 
     def closed_targets(self, host: Host, view: Mapping[str, NodeRecord]) -> set[str]:
         """Targets that would refuse `host`'s next proposal, as its `view` tells (the
-        migration core's `targets_full_from_here`)."""
-        going = (self.migrations[vm] for vm in host.outbound)
+        migration core's `targets_full_from_here`, on the planner's view)."""
+        going = (self.migrations[vm] for vm in host.outbound if vm in self.migrations)
         outbound = ((m.target, m.vm, m.admission or m.migration_id) for m in going)
         return closed_targets(outbound, view, self.reservations.per_source)
 
@@ -333,88 +497,66 @@ class Cluster:
     def refuse(self, why: str) -> None:
         self.stats.refusals[why] = self.stats.refusals.get(why, 0) + 1
 
-    def start(self, vm: str, target: str, purpose: str, admission: str = "") -> str | None:
-        """Ask `target` to admit `vm` now and start the migration: its id, or None if refused
-        (counted; `last_refusal` says why). The source's and the cluster's limits and the
-        target's admission are the migration core's rules (`agent/core/placement/admission.py`), on
-        the true state."""
-        source = self.where.get(vm)
-        if source is None:
-            self._refuse("vm gone", f"{vm} no longer exists")
-            return None
-        if vm in self.migrations:
-            self._refuse("vm already migrating", f"{vm} is already migrating")
-            return None
-        src, dst = self.hosts[source], self.hosts[target]
-        if source == target:
-            self._refuse("target is the source", f"{vm} already runs on {target}")
-            return None
-        if src.failed or dst.failed:
-            self._refuse("host failed", f"{source} or {target} has failed")
-            return None
-        spec = self.spec(vm)
-        group = spec.labels.get(ANTI_AFFINITY_LABEL, "")
-        alive = sum(1 for h in self.hosts.values() if not h.failed)
-        refusal = (
-            outbound_refusal(source, len(src.outbound), self.limits)
-            or cluster_refusal(len(self.migrations), alive, self.limits)
-            or target_refusal(
-                target,
-                self.record(target),
-                dst.book,
-                [Arrival(vm, source, Demand(spec.vcpus, spec.memory_mib, 0.0, group))],
-                draining=dst.draining,
-                max_inbound=self.limits.max_inbound,
-                config=self.reservations,
-            )
-        )
-        if refusal is not None:
-            self._refused(refusal)
-            return None
-        seconds = self.copy_seconds(vm)
-        if math.isinf(seconds):
-            self._refuse("would not converge", f"{vm} dirties memory faster than it copies")
-            return None
-        self.stats.started += 1
-        mig = Migration(
-            f"m{self.stats.started}",
-            vm,
-            source,
-            target,
-            self.now,
-            self.now + seconds,
-            spec.vcpus,
-            spec.memory_mib,
-            purpose,
-            admission,
-        )
-        self.migrations[vm] = mig
-        src.outbound.add(vm)
-        # The simulated target's libvirt shows the arriving VM as soon as its copy starts,
-        # and the simulated source never goes quiet: the lease neither lapses nor expires.
-        dst.book.add(
-            Reservation(
-                migration_id=mig.migration_id,
-                vm=vm,
-                source=source,
-                vcpus=spec.vcpus,
-                memory_mib=spec.memory_mib,
-                disk_gib=0.0,
-                created=self.now,
-                expires=math.inf,
-                anti_affinity=group,
-                purpose=purpose,
-                seen=self.now,
-            )
-        )
-        self.touch(source)
-        self.touch(target)
-        self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
-        return mig.migration_id
+    def start(self, vm: str, target: str, purpose: str) -> str | None:
+        """Ask `vm`'s host's migration core to move it to `target`: the migration's id once
+        proposed, or None if the source refused at once (counted; `last_refusal` says
+        why). The target answers through the network: a refusal of it ends the
+        migration then (counted too; `ended` tells how each ended)."""
+        ids = self._request((vm,), target, purpose)
+        return ids[0] if ids else None
 
-    def _refused(self, refusal: Refusal) -> None:
-        self._refuse(refusal.rule.value, refusal.reason)
-        return None
+    def start_group(self, vms: tuple[str, ...], target: str, purpose: str) -> bool:
+        """Ask to move an affinity group's VMs to `target` together: one proposal, which
+        the target admits whole (a reservation for each) or refuses (False if the source
+        refused at once; counted under "group: ...")."""
+        if len({self.where.get(vm) for vm in vms}) > 1:
+            self._refuse("group not on one host", f"{'+'.join(vms)} are not on one host")
+            return False
+        return self._request(vms, target, purpose) is not None
+
+    def _request(self, vms: Sequence[str], target: str, purpose: str) -> list[str] | None:
+        prefix = "group: " if len(vms) > 1 else ""
+        source = self.where.get(vms[0])
+        if source is None:
+            self._refuse("vm gone", f"{vms[0]} no longer exists")
+            return None
+        core = self.hosts[source].core
+        if core is None:
+            self._refuse("host failed", f"{source} has failed")
+            return None
+        if any(math.isinf(self.copy_seconds(vm)) for vm in vms):
+            self._refuse(
+                prefix + "would not converge",
+                f"{'+'.join(vms)} dirties memory faster than it copies",
+            )
+            return None
+        out = core.request_group_migration(vms, target, None, self.now, purpose=purpose)
+        proposed = [e for e in out.events if isinstance(e, MigrationProposed)]
+        if not proposed:
+            refused = next(e for e in out.events if isinstance(e, MigrationRefused))
+            self._refuse(prefix + refusal_key(refused.reason), refused.reason)
+            return None
+        admission = proposed[0].migration_id if len(vms) > 1 else ""
+        for event in proposed:
+            spec = self.spec(event.vm)
+            self.migrations[event.vm] = Migration(
+                event.migration_id,
+                event.vm,
+                source,
+                target,
+                self.now,
+                math.inf,
+                spec.vcpus,
+                spec.memory_mib,
+                purpose,
+                admission,
+            )
+            self.hosts[source].outbound.add(event.vm)
+            self.stats.started += 1
+        self.stats.max_concurrent = max(self.stats.max_concurrent, len(self.migrations))
+        self.touch(source)
+        self.engine.feed(source, self.handle(source, out))
+        return [event.migration_id for event in proposed]
 
     def _refuse(self, key: str, why: str) -> None:
         self.refuse(key)
@@ -426,83 +568,152 @@ class Cluster:
         memory = self.spec(vm).memory_mib
         return planner.migration_seconds(memory, self.config.bandwidth_mib_s, dirty)
 
-    # -- group admission: an affinity group arrives whole or not at all ----------
+    def fail_host(self, name: str) -> list[str]:
+        """`name` fails: its agent and libvirtd are gone, its VMs lost (returned). Jobs to
+        it fail at the next sample (libvirt loses the connection); proposals to it go
+        unanswered; its core's own migrations end with it."""
+        host = self.hosts[name]
+        host.failed = True
+        host.core = None
+        self.cores.pop(name, None)
+        self.engine.crash(name)
+        self.hypervisor.libvirtd_down.add(name)
+        for vm in list(host.outbound):
+            mig = self.migrations.get(vm)
+            if mig is not None:
+                self._ended(name, mig.migration_id, Ended(vm, "aborted", "its host failed"))
+        lost = sorted(host.vms)
+        for vm in lost:
+            self.remove_vm(vm)
+        self.touch(name)
+        return lost
 
-    def start_group(self, vms: tuple[str, ...], target: str, purpose: str) -> bool:
-        """Admit every VM of an affinity group on `target` at once, or none (False, counted),
-        by the migration core's rules applied to all of them together (`admission.py`);
-        then start each (each start then holds)."""
-        if len(vms) == 1:
-            return self.start(vms[0], target, purpose) is not None
-        sources = {self.where.get(vm) for vm in vms}
-        source = sources.pop() if len(sources) == 1 else None
-        if source is None:
-            self._refuse("group not on one host", f"{'+'.join(vms)} are not on one host")
-            return False
-        if any(vm in self.migrations for vm in vms):
-            self._refuse("vm already migrating", f"a VM of {'+'.join(vms)} is migrating")
-            return False
-        if any(math.isinf(self.copy_seconds(vm)) for vm in vms):
-            self._refuse("would not converge", f"a VM of {'+'.join(vms)} would not converge")
-            return False
+    # What the cores decide: messages to the engine, actions to the hypervisor.
+
+    def handle(self, node: str, out: MigrationOutput) -> Output:
+        """Take a core's output: its actions go to the hypervisor (a driver's report comes
+        back on the clock), its events to the cluster's bookkeeping; its messages are
+        returned for the engine to send."""
+        for action in out.actions:
+            if isinstance(action, ReconcileVm):
+                report: Report | None = self.hypervisor.presence(node, action)
+            else:
+                report = self.hypervisor.perform(node, action, self.now)
+                self._job_started(action.migration_id)
+            if report is not None:
+                self.engine.at(self.now, partial(self._report, report))
+        for event in out.events:
+            self._on_event(node, event)
+        return Output(sends=out.sends)
+
+    def _job_started(self, migration_id: str) -> None:
+        """A libvirt job began (or switched to post-copy): its end goes on the clock."""
+        job = self.hypervisor.jobs.get(migration_id)
+        if job is None:
+            return
+        mig = self.migrations.get(job.vm)
+        if job.switched_at is not None:
+            end = job.switched_at + self.hypervisor.postcopy_seconds
+        else:
+            end = job.started + job.duration
+        if mig is not None and mig.migration_id == migration_id:
+            mig.end = end
+        self.engine.at(end, self._end_jobs)
+
+    def _on_event(self, node: str, event: object) -> None:
+        if isinstance(event, MigrationCompleted):
+            self._ended(node, event.migration_id, Ended(event.vm, "committed"))
+        elif isinstance(event, MigrationFailed):
+            self._ended(node, event.migration_id, Ended(event.vm, "aborted", event.reason))
+        elif isinstance(event, MigrationRefused) and event.migration_id:
+            mig = self.migrations.get(event.vm)
+            if mig is not None and mig.admission in ("", mig.migration_id):
+                prefix = "group: " if mig.admission else ""
+                self.refuse(prefix + refusal_key(event.reason))
+            self._ended(node, event.migration_id, Ended(event.vm, "refused", event.reason))
+        elif isinstance(event, MigrationUndecided):
+            self._ended(node, event.migration_id, Ended(event.vm, "in-doubt", event.reason))
+            core = self.cores.get(node)
+            if event.vm not in self.where and core is not None:
+                core.settle_doubt(event.vm)  # deleted: nobody will run it again
+        elif isinstance(event, ReservationMade | ReservationRefused | ReservationReleased):
+            self.touch(node)  # its inbound count changed
+
+    def _ended(self, source: str, migration_id: str, end: Ended) -> None:
+        """A migration's saga ended on its source: its slot frees, which wakes the agent."""
+        self.ended[migration_id] = end
+        self.stats.outcomes[end.outcome] = self.stats.outcomes.get(end.outcome, 0) + 1
+        mig = self.migrations.get(end.vm)
+        if mig is not None and mig.migration_id == migration_id:
+            del self.migrations[end.vm]
+        self.hosts[source].outbound.discard(end.vm)
+        self.freed.add(source)
+        self.touch(source)
+
+    def _report(self, report: Report) -> None:
+        """A driver's report (a job's progress or end, where a VM runs) to its core."""
+        node, method, args = report
+        core = self.cores.get(node)
+        if core is not None:  # a failed host's driver reports to no one
+            self.engine.feed(node, self.handle(node, getattr(core, method)(*args, self.now)))
+
+    def _end_jobs(self) -> None:
+        """Jobs due now end (the VM lands, or it stays if the job failed)."""
+        for report in self.hypervisor.advance(self.now, sample=False):
+            self._report(report)
+
+    def run_until(self, until: float) -> None:
+        """Everything on the engine's clock up to `until` (included), in time order."""
+        self.engine.run(until)
+
+    def next_time(self) -> float:
+        """When the next thing on the clock happens (inf: nothing is due)."""
+        return self.engine.clock.peek_time()
+
+    def sample_jobs(self) -> None:
+        """Each running job's statistics, to its source's core (the driver polls them; its
+        forwards renew the target's lease). Jobs whose link failed end here."""
+        for report in self.hypervisor.advance(self.now):
+            self._report(report)
+
+    # -- the hypervisor's side: what the hosts' inventories show -----------------------
+
+    def arriving(self, name: str, source: str, target: str) -> None:
+        self.hosts[target].arriving.add(name)
+        self.touch(target)
+
+    def gone(self, name: str, node_id: str) -> None:
+        self.hosts[node_id].arriving.discard(name)
+        self.touch(node_id)
+
+    def move_vm(self, name: str, source: str, target: str) -> None:
+        """The job moved `name` (the hypervisor's `where` says so already): it lands, its
+        load goes with it, and the checks look at its new host."""
         src, dst = self.hosts[source], self.hosts[target]
-        alive = sum(1 for h in self.hosts.values() if not h.failed)
-        refusal = (
-            outbound_refusal(source, len(src.outbound), self.limits, len(vms))
-            or cluster_refusal(len(self.migrations), alive, self.limits, len(vms))
-            or target_refusal(
-                target,
-                self.record(target),
-                dst.book,
-                [Arrival(vm, source, self._demand(vm)) for vm in vms],
-                draining=dst.draining,
-                max_inbound=self.limits.max_inbound,
-                config=self.reservations,
-            )
-        )
-        if refusal is not None:
-            self._refuse(f"group: {refusal.rule.value}", refusal.reason)
-            return False
-        admission = f"g{self.stats.started + 1}"
-        return all([self.start(vm, target, purpose, admission) is not None for vm in vms])
-
-    def _demand(self, vm: str) -> Demand:
-        spec = self.spec(vm)
-        return Demand(spec.vcpus, spec.memory_mib, 0.0, spec.labels.get(ANTI_AFFINITY_LABEL, ""))
-
-    def finish_due(self) -> list[Migration]:
-        done = sorted(
-            (m for m in self.migrations.values() if m.end <= self.now), key=lambda m: (m.end, m.vm)
-        )
-        self.freed = {mig.source for mig in done}
-        for mig in done:
-            del self.migrations[mig.vm]
-            src, dst = self.hosts[mig.source], self.hosts[mig.target]
-            src.outbound.discard(mig.vm)
-            dst.book.release(mig.migration_id)  # its record lists the VM from now on
-            self.ended[mig.migration_id] = Ended(mig.vm, "committed")
-            src.vms.discard(mig.vm)
-            dst.vms.add(mig.vm)
-            self.where[mig.vm] = mig.target
-            self.recent_moves[mig.vm] = self.now
-            self.stats.migrations += 1
-            self.stats.by_purpose[mig.purpose] = self.stats.by_purpose.get(mig.purpose, 0) + 1
-            self.stats.mib_moved += mig.memory_mib
-            if dst.draining:
-                self.violation("drained host received", f"{mig.vm} landed on draining {dst.name}")
-            history = self.moves.setdefault(mig.vm, [])
-            for when, a, b in history:
-                if a == mig.target and b == mig.source and self.now - when <= OSCILLATION_WINDOW:
-                    self.stats.oscillations += 1
-                    if len(self.stats.oscillation_examples) < 5:
-                        self.stats.oscillation_examples.append(
-                            f"{mig.vm}: {a}->{b} at {when:.0f}s, back at {self.now:.0f}s"
-                        )
-                    break
-            history.append((self.now, mig.source, mig.target))
-            self.check_host(dst)
-            self.remeasure([src, dst])
-        return done
+        dst.arriving.discard(name)
+        src.vms.discard(name)
+        dst.vms.add(name)
+        self.landed = True
+        mig = self.migrations.get(name)
+        purpose = mig.purpose if mig is not None else "adopted"
+        self.recent_moves[name] = self.now
+        self.stats.migrations += 1
+        self.stats.by_purpose[purpose] = self.stats.by_purpose.get(purpose, 0) + 1
+        self.stats.mib_moved += self.spec(name).memory_mib
+        if dst.draining:
+            self.violation("drained host received", f"{name} landed on draining {dst.name}")
+        history = self.moves.setdefault(name, [])
+        for when, a, b in history:
+            if a == target and b == source and self.now - when <= OSCILLATION_WINDOW:
+                self.stats.oscillations += 1
+                if len(self.stats.oscillation_examples) < 5:
+                    self.stats.oscillation_examples.append(
+                        f"{name}: {a}->{b} at {when:.0f}s, back at {self.now:.0f}s"
+                    )
+                break
+        history.append((self.now, source, target))
+        self.check_host(dst)
+        self.remeasure([src, dst])
 
     # -- constraint checker --------------------------------------------------
 
@@ -641,6 +852,7 @@ class Strategy:
 
     def substep(self, now: float) -> None:
         """Between whole seconds, right after migrations ended at `now`."""
+        self.cluster.freed = set()
 
     # Gossiped views: the true records as they were `gossip_delay` ago.
     def remember(self, now: float) -> None:
@@ -975,6 +1187,7 @@ class Solver(Strategy):
         self.budget = budget
         self.time_limit = time_limit
         self.queue: list[tuple[str, str, str, float]] = []  # (vm, target, purpose, deadline)
+        self.started: dict[str, str] = {}  # VM -> id of the migration started for its move
 
     def on_event(self, now: float) -> None:
         from . import solver
@@ -991,8 +1204,19 @@ class Solver(Strategy):
                 continue
             if c.where[vm] == target:
                 continue
-            if not c.start(vm, target, purpose):
-                keep.append((vm, target, purpose, deadline))
+            # A move stays queued until its migration commits: the target may refuse it
+            # when the proposal arrives, after `start` returned (it is tried again then).
+            migration_id = self.started.get(vm)
+            ended = c.ended.get(migration_id) if migration_id is not None else None
+            if migration_id is not None and ended is None:
+                keep.append((vm, target, purpose, deadline))  # under way
+                continue
+            if ended is not None and ended.outcome == "committed":
+                continue  # it moved (and was moved on since)
+            started = c.start(vm, target, purpose)
+            if started is not None:
+                self.started[vm] = started
+            keep.append((vm, target, purpose, deadline))
         self.queue = keep
         # A drained host's VMs the plan left behind (e.g. over budget) go by the drain loop.
         self.drain_loop(now)
@@ -1054,8 +1278,8 @@ def simulate(
     steps = int(horizon)
     for step in range(steps + 1):
         now = float(step)
-        cluster.now = now
-        cluster.finish_due()
+        cluster.run_until(now)
+        cluster.sample_jobs()
         # Scenario events.
         if config.scenario != "steady" and now == config.event_at:
             host = cluster.hosts[event_host]
@@ -1068,16 +1292,8 @@ def simulate(
                 cluster.touch(event_host)
                 drain = {"host": event_host, "vms": len(host.vms), "start": now, "done_at": None}
             elif config.scenario == "failure":
-                host.failed = True
                 strat.failed_at[event_host] = now
-                lost = sorted(host.vms)
-                for vm in lost:
-                    cluster.remove_vm(vm)
-                for mig in list(cluster.migrations.values()):
-                    if event_host in (mig.source, mig.target):
-                        cluster.remove_vm(mig.vm)
-                        if mig.target == event_host:
-                            cluster.add_vm(mig.vm, mig.source)
+                lost = cluster.fail_host(event_host)
                 cluster.pending_restart = [(now + config.detection(), vm) for vm in lost]
                 failure = {"host": event_host, "vms": len(lost), "at": now}
         for due, vm in list(cluster.pending_restart):
@@ -1137,6 +1353,7 @@ def simulate(
         "gib_moved": round(stats.mib_moved / 1024.0, 2),
         "still_migrating": len(cluster.migrations),
         "max_concurrent_migrations": stats.max_concurrent,
+        "migration_outcomes": dict(sorted(stats.outcomes.items())),
         "cluster_limit": cluster.cluster_limit(),
         "oscillations": stats.oscillations,
         "oscillation_examples": stats.oscillation_examples,
@@ -1173,18 +1390,16 @@ def _between_seconds(
     drain: dict[str, Any],
     now: float,
 ) -> None:
-    """Migrations that end between `now` and the next second end then, as real ones do:
-    the VM lands, the source's slot frees and its agent may plan again at once."""
+    """Everything between `now` and the next second happens at its own time, as it does
+    for real: messages arrive, the cores' timers fire, jobs end (the VM lands, the
+    source's slot frees and its agent may plan again at once)."""
     before = now + 1.0
-    while True:
-        ends = [m.end for m in cluster.migrations.values() if m.end < before]
-        if not ends:
-            return
-        t = max(min(ends), now)
-        cluster.now = t
-        ended = cluster.finish_due()
-        strat.substep(t)
-        if ended:
+    while (t := cluster.next_time()) < before:
+        cluster.landed = False
+        cluster.run_until(t)
+        if cluster.freed:
+            strat.substep(t)
+        if cluster.landed:
             _watch_events(cluster, event_host, hotspot, drain, t, _imbalance(cluster)[2])
 
 

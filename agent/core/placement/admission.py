@@ -11,8 +11,8 @@ more than `max_outbound` migrations, and to start one while the cluster runs
 its ceiling (`cluster_limit`) already.
 
 `MigrationCore` applies these on every proposal and request; the rebalancing
-simulator applies the same functions to its model of the cluster, so a
-simulated migration is admitted exactly when an agent would admit it.
+simulator runs a `MigrationCore` on every simulated host, so a simulated
+migration is admitted exactly when an agent would admit it.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ waits one `interval` (that target opens within seconds).
 
 The same class runs in the agent (`agent/drain.py`, which places with
 `MigrationCore.place` and starts through the migrator) and in the
-rebalancing simulator (which places on its view of the mesh and starts on
-its model of the cluster), so the simulated drain is the agent's.
+rebalancing simulator (which places on its view of the mesh and starts
+through the host's own `MigrationCore`), so the simulated drain is the agent's.
 """
 
 from __future__ import annotations
