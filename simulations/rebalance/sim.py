@@ -93,7 +93,7 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.policy import MigrationLimits, cluster_limit
-from novacron.agent.core.migration.reservations import ReservationConfig, free_capacity
+from novacron.agent.core.migration.reservations import Demand, ReservationConfig, free_capacity
 from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.agent.core.placement.admission import Rule, closed_targets
 from novacron.agent.core.rebalancing.drain import DrainCore, Ended
@@ -360,6 +360,11 @@ class Cluster:
 
     def spec(self, vm: str) -> VmSpec:
         return self.workload.vms[vm]
+
+    def demand(self, vm: str) -> Demand:
+        """What `vm` asks of a target, as the agent's `MigrationCore` reads it from a record."""
+        spec = self.spec(vm)
+        return Demand(spec.vcpus, spec.memory_mib, 0.0, spec.labels.get(ANTI_AFFINITY_LABEL, ""))
 
     def touch(self, host: str) -> None:
         self._dirty_hosts.add(host)
@@ -901,7 +906,7 @@ class Strategy:
                     own,
                     alive,
                     host.name,
-                    [c._demand(vm) for vm in move],
+                    [c.demand(vm) for vm in move],
                     c.limits,
                     c.config.rebalance.vcpu_overcommit,
                     closed,
