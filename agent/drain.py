@@ -44,6 +44,7 @@ from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .core.migration.saga import ClusterView
 from .core.observability.cloud_events import DrainChanged
+from .core.placement.targets import AFFINITY_LABEL
 from .core.rebalancing.drain import (
     LOOK_INTERVAL,
     RETRY_DELAY,
@@ -92,7 +93,12 @@ class _Host:
         return self._migrator.core.outbound()
 
     def group_of(self, vm: str) -> str:
-        return self._migrator.core.affinity_group(vm)
+        summary = self._migrator.core.own_vm(vm)
+        return summary.labels.get(AFFINITY_LABEL, "") if summary is not None else ""
+
+    def load(self, vm: str) -> float:
+        summary = self._migrator.core.own_vm(vm)
+        return summary.cpu_load if summary is not None else 0.0
 
     def ended(self, migration_id: str) -> Ended | None:
         row = self._migrator.migration(migration_id)

@@ -22,6 +22,7 @@ class Host:
     doubts: dict[str, str] = field(default_factory=dict)
     inbound: set[str] = field(default_factory=set)
     groups: dict[str, str] = field(default_factory=dict)  # VM -> affinity group
+    loads: dict[str, float] = field(default_factory=dict)  # VM -> CPU load (cores)
 
     def vm_states(self) -> dict[str, str]:
         return self.states
@@ -43,6 +44,9 @@ class Host:
 
     def group_of(self, vm: str) -> str:
         return self.groups.get(vm, "")
+
+    def load(self, vm: str) -> float:
+        return self.loads.get(vm, 0.0)
 
     def start(self, core: DrainCore, move: tuple[str, ...]) -> list[str]:
         ids = []
@@ -179,3 +183,10 @@ def test_a_group_larger_than_the_outbound_limit_goes_one_by_one() -> None:
     host.groups = dict.fromkeys(host.states, "big")
     core = DrainCore(max_outbound=2)
     assert look(core, host, 0.0) == ["a", "b"]  # it could never go whole
+
+
+def test_the_heaviest_vms_are_offered_first() -> None:
+    host = Host({"a": "running", "b": "running", "c": "running", "d": "running"})
+    host.loads = {"c": 2.0, "b": 0.5, "d": 0.5}
+    core = DrainCore(max_outbound=4)
+    assert look(core, host, 0.0) == ["c", "b", "d", "a"]

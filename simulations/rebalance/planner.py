@@ -85,6 +85,7 @@ def place_group(
     limits: MigrationLimits,
     overcommit: float,
     closed: Collection[str] = (),
+    sending: Mapping[str, float] | None = None,
 ) -> Placement:
     """The drain's one target for VMs that go together (`placement.choose_group_target`)."""
 
@@ -93,7 +94,9 @@ def place_group(
             return None
         return MemberInfo(node_id, "", 1, MemberState.ALIVE, 0.0, 0.0)
 
-    return choose_group_target(records, member, source, demands, limits, overcommit, closed)
+    return choose_group_target(
+        records, member, source, demands, limits, overcommit, closed, sending
+    )
 
 
 class Overlay(Mapping[str, NodeRecord]):

@@ -96,6 +96,7 @@ from novacron.agent.core.migration.policy import MigrationLimits, cluster_limit
 from novacron.agent.core.migration.reservations import Demand, ReservationConfig, free_capacity
 from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.agent.core.placement.admission import Rule, closed_targets
+from novacron.agent.core.placement.targets import sending_load
 from novacron.agent.core.rebalancing.drain import DrainCore, Ended
 from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
 from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
@@ -902,6 +903,8 @@ class Strategy:
             core.look(now, driven)
             while (move := core.next_move(now, driven)) is not None:
                 closed = c.closed_targets(host, own)
+                going = (c.migrations[vm] for vm in host.outbound if vm in c.migrations)
+                sending = sending_load(own[host.name], ((m.target, m.vm) for m in going), own)
                 placement = planner.place_group(
                     own,
                     alive,
@@ -910,6 +913,7 @@ class Strategy:
                     c.limits,
                     c.config.rebalance.vcpu_overcommit,
                     closed,
+                    sending,
                 )
                 if placement.target is None:
                     core.no_target(move, placement.reason, now, closed)
@@ -946,6 +950,9 @@ class DrainedSimHost:
 
     def group_of(self, vm: str) -> str:
         return self._cluster.spec(vm).labels.get(AFFINITY_LABEL, "")
+
+    def load(self, vm: str) -> float:
+        return self._cluster.measured.get(vm, 0.0)
 
 
 @dataclass(frozen=True, slots=True)

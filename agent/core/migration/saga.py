@@ -182,12 +182,12 @@ from ..placement.admission import (
     target_refusal,
 )
 from ..placement.targets import (
-    AFFINITY_LABEL,
     ANTI_AFFINITY_LABEL,
     Placement,
     choose_group_target,
     group_room_refusal,
     libvirt_down,
+    sending_load,
 )
 from ..refusals import RefusalKind
 from .inbound import Inbound, next_inbound
@@ -605,6 +605,7 @@ class MigrationCore:
                     None, f"unknown VM: {vm} does not run on {self.node_id}", RefusalKind.UNKNOWN
                 )
             demands.append(_demand(summary))
+        sending = sending_load(own, ((s.target, s.vm) for s in self._sagas.values()), records)
         return choose_group_target(
             records,
             self._view.member,
@@ -613,6 +614,7 @@ class MigrationCore:
             self.config.limits,
             self.config.reservations.vcpu_overcommit,
             self.targets_full_from_here(),
+            sending,
         )
 
     def _request_refusal(
@@ -1676,10 +1678,9 @@ class MigrationCore:
         """Inbound reservations held now (copies are not made: do not mutate)."""
         return list(self._book)
 
-    def affinity_group(self, vm: str) -> str:
-        """The affinity group of `vm`, running here, as this host's record lists it ("")."""
-        summary = _find_vm(self._view.records().get(self.node_id), vm)
-        return summary.labels.get(AFFINITY_LABEL, "") if summary is not None else ""
+    def own_vm(self, vm: str) -> VmSummary | None:
+        """`vm` as this host's own record lists it (None: it does not)."""
+        return _find_vm(self._view.records().get(self.node_id), vm)
 
     def arriving(self, vm: str) -> bool:
         """Whether `vm` is arriving here (an inbound migration of it has not landed)."""

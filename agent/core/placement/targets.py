@@ -18,7 +18,7 @@ sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from novacron.protocol.certificates import format_time
@@ -79,10 +79,12 @@ def choose_group_target(
     limits: MigrationLimits,
     overcommit: float,
     closed: Collection[str] = (),
+    sending: Mapping[str, float] | None = None,
 ) -> Placement:
     """The best host for VMs that must arrive together (an affinity group; one VM is a
     group of one), each `Demand` with its own anti-affinity group: a slot for each and
-    room for all of them at once, as `choose_target` judges one."""
+    room for all of them at once, as `choose_target` judges one. `sending`: the load
+    (cores) `source` is moving to each host now (`sending_load`), counted as that host's."""
     candidates: list[tuple[float, float, int, str]] = []
     refusals: list[str] = []
     for node_id, record in sorted(records.items()):
@@ -95,7 +97,8 @@ def choose_group_target(
             refusals.append(f"{node_id}: {why}")
             continue
         free = free_capacity(record, [], overcommit).memory_mib
-        candidates.append((utilization(record), -free, record.migrations_in, node_id))
+        load = utilization(record, (sending or {}).get(node_id, 0.0))
+        candidates.append((load, -free, record.migrations_in, node_id))
     if candidates:
         return Placement(min(candidates)[3])
     if not refusals:
@@ -103,10 +106,34 @@ def choose_group_target(
     return Placement(None, "no host can take it: " + "; ".join(refusals))
 
 
-def utilization(record: NodeRecord) -> float:
-    """CPU in use over cores (0 for a host that reports no cores)."""
+def utilization(record: NodeRecord, arriving: float = 0.0) -> float:
+    """CPU in use over cores (0 for a host that reports no cores); `arriving`: load on its
+    way there that the record does not show yet."""
     cores = record.capacity.vcpus
-    return sum(vm.cpu_load for vm in record.vms) / cores if cores > 0 else 0.0
+    return (sum(vm.cpu_load for vm in record.vms) + arriving) / cores if cores > 0 else 0.0
+
+
+def sending_load(
+    own: NodeRecord | None,
+    outbound: Iterable[tuple[str, str]],
+    records: Mapping[str, NodeRecord],
+) -> dict[str, float]:
+    """The load (cores) a host is moving to each target now: every VM of `outbound`
+    ((target, VM) of its running migrations), at its load in the host's own record,
+    until the target's record shows it running there (its load is then in that record).
+
+    A draining host choosing the least utilized target would otherwise see the same
+    cool host, still cool, for every VM it sends before the first arrives there."""
+    loads = {vm.name: vm.cpu_load for vm in own.vms} if own is not None else {}
+    sending: dict[str, float] = {}
+    for target, vm in outbound:
+        record = records.get(target)
+        landed = record is not None and any(
+            s.name == vm and s.state == "running" for s in record.vms
+        )
+        if not landed:
+            sending[target] = sending.get(target, 0.0) + loads.get(vm, 0.0)
+    return sending
 
 
 def _unfit(

@@ -1,7 +1,9 @@
 """What a draining host moves next, when it tries again, and what it has done, sans-IO.
 
 A drain empties its host by live migration: each look (every `interval`
-seconds) it offers the running (or paused) VMs by name, one move at a time,
+seconds) it offers the running (or paused) VMs, the heaviest first (each
+goes to the least loaded host that takes it, so the big ones get the
+coolest), one move at a time,
 while outbound slots are free; its driver places each move and starts it,
 and tells the core what came of it. VMs of one affinity group move as one:
 the move offered is every movable VM of the group here, placed on one host
@@ -88,6 +90,10 @@ class DrainedHost(Protocol):
         """`vm`'s affinity group ("" for none)."""
         ...
 
+    def load(self, vm: str) -> float:
+        """`vm`'s CPU load (cores), as the host last measured it."""
+        ...
+
 
 class DrainCore:
     """One host's drain decisions: which VM next, why the rest wait, what has moved.
@@ -130,14 +136,16 @@ class DrainCore:
     def next_move(self, now: float, host: DrainedHost) -> tuple[str, ...] | None:
         """The next VMs to move now, together (None: nothing left to start in this look).
 
-        By name: a VM that runs (or is paused) here, is not migrating or arriving,
+        The heaviest first (CPU load), then by name: a heavy VM placed late finds the
+        cool hosts already warmed by light ones. A VM that runs (or is paused) here, is
+        not migrating or arriving,
         was not moved by this drain already (the record lists it until the next
         refresh), is not in doubt and is not waiting to retry, while an outbound
         slot is free; with it, the other VMs of its affinity group here, all of
         which must be movable now, and a slot for each."""
         states = host.vm_states()
         moved = self.moved(host)
-        for vm in sorted(states):
+        for vm in sorted(states, key=lambda name: (-host.load(name), name)):
             if vm in self._offered or not self._movable(vm, states, moved, now, host):
                 continue
             move = self._with_group(vm, states, moved, now, host)
