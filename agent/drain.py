@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .core.migration.saga import ClusterView
 from .core.observability.cloud_events import DrainChanged
+from .core.observability.tracing import Span, SpanKind, format_traceparent
 from .core.placement.targets import AFFINITY_LABEL
 from .core.rebalancing.drain import (
     LOOK_INTERVAL,
@@ -128,12 +129,14 @@ class Drain:
         limits = migrator.core.config.limits
         self._core = DrainCore(limits.max_outbound, DrainTiming(INTERVAL, RETRY_AFTER))
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
+        self._span: Span | None = None  # the drain's trace span, with traces on, until done
 
     async def start(self) -> None:
         """Resume a drain that was under way when the agent stopped."""
         if self.draining:
             log.info("resuming drain", extra={"fields": {"node": self._migrator.node_id}})
             await self._migrator.set_draining(True)
+            self._begin_span("resumed")
             self._spawn()
 
     async def close(self) -> None:
@@ -152,6 +155,7 @@ class Drain:
             await self._publish()
             log.info("drain started", extra={"fields": {"node": self._migrator.node_id}})
             self.on_event(DrainChanged(self._migrator.node_id, "started"))
+            self._begin_span("started")
         if self._task is None or self._task.done():
             self._spawn()
         return self.status()
@@ -166,7 +170,30 @@ class Drain:
             await self._publish()
             log.info("drain ended", extra={"fields": {"node": self._migrator.node_id}})
             self.on_event(DrainChanged(self._migrator.node_id, "ended"))
+            self._end_span("undrained before the host was empty")
         return self.status()
+
+    # --- the drain's span: its migrations are its children ---------------------------------
+
+    def _begin_span(self, how: str) -> None:
+        tracing = self._migrator.tracing
+        if tracing is not None and self._span is None:
+            attributes = {"novacron.node": self._migrator.node_id, "novacron.drain": how}
+            name = f"drain {self._migrator.node_id}"
+            self._span = tracing.begin(name, "", attributes, SpanKind.INTERNAL)
+
+    def _join(self, move: Sequence[str]) -> None:
+        """The migrations of `move`, about to start, go into the drain's trace."""
+        tracing = self._migrator.tracing
+        if tracing is not None and self._span is not None:
+            for vm in move:
+                tracing.expect(vm, format_traceparent(self._span.context))
+
+    def _end_span(self, error: str | None) -> None:
+        tracing, span, self._span = self._migrator.tracing, self._span, None
+        if tracing is not None and span is not None:
+            span.attributes["novacron.moved"] = len(self._core.moved(self._host))
+            tracing.end(span, error)
 
     def status(self) -> dict[str, Any]:
         """What a drain has done and what is left, for `nova host drain`."""
@@ -201,6 +228,8 @@ class Drain:
     async def _loop(self) -> None:
         while self.draining:
             await self._step()
+            if self._span is not None and self.status()["done"]:
+                self._end_span(None)
             await asyncio.sleep(self._core.timing.interval)
 
     async def _step(self) -> None:
@@ -213,6 +242,7 @@ class Drain:
             if placement.target is None:
                 core.no_target(move, placement.reason, now, migrations.targets_full_from_here())
                 continue
+            self._join(move)
             try:
                 mids = await self._migrator.start_group_migration(
                     move, placement.target, {}, purpose="drain"

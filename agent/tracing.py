@@ -8,7 +8,8 @@ the migration's context to the target (`MigrationPropose.traceparent`), whose
 reservation span joins it, so one migration is one trace from both agents.
 A coordinator's command gets a span of its own on the host that runs it
 (`begin`/`end`), under the coordinator request's context; a migration it
-starts is that span's child.
+starts is that span's child. A drain is a span too, from its start until the
+host is empty (or undrained), with every migration it starts as a child.
 """
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ class Tracing:
         if context is not None:
             self.spans.expect(vm, context)
 
-    def begin(self, name: str, traceparent: str, attributes: dict[str, Any]) -> Span:
-        """A SERVER span for work asked with `traceparent` (a coordinator's command)."""
+    def begin(
+        self,
+        name: str,
+        traceparent: str,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.SERVER,
+    ) -> Span:
+        """A span for work asked with `traceparent` (a coordinator's command), or begun
+        here (a drain: `kind` INTERNAL, no parent)."""
         parent = parse_traceparent(traceparent)
-        span = start_span(name, SpanKind.SERVER, self._wall_ns(), parent, self._rng)
+        span = start_span(name, kind, self._wall_ns(), parent, self._rng)
         span.attributes = attributes
         return span
 

@@ -32,6 +32,7 @@ from novacron.agent.core.placement.targets import AFFINITY_LABEL
 from novacron.agent.core.refusals import Refused
 from novacron.agent.drain import Drain, DrainRequests
 from novacron.agent.migrator import Migrator
+from novacron.agent.tracing import Tracing
 from novacron.protocol.messages import (
     DrainAnswer,
     DrainRequest,
@@ -138,6 +139,37 @@ async def test_a_drain_moves_an_affinity_group_whole_to_one_host(tmp_path: Path)
         "app": "h2",
         "db": "h2",
     }  # both slots: vm1 waits for the next free one
+    await drain.close()
+    await driver.close()
+
+
+class Collected:
+    """An exporter that keeps the spans it is given."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def add(self, spans: Any) -> None:
+        self.spans += list(spans)
+
+
+async def test_a_drain_is_one_span_and_its_migrations_are_its_children(tmp_path: Path) -> None:
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    collected = Collected()
+    driver.tracing = Tracing("h1", collected, rng=random.Random(3))  # type: ignore[arg-type]
+    drain = Drain(driver, tmp_path / "draining", publish=_nothing, clock=lambda: 100.0)
+    await drain.drain()
+    await settle()
+    (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    await driver.cancel(proposal.migration_id)  # the move ends: its spans are exported
+    await drain.undrain()  # before the host was empty: the drain's span ends in error
+    by_name = {span.name: span for span in collected.spans}
+    root = by_name["drain h1"]
+    assert root.error == "undrained before the host was empty" and root.parent_span_id == b""
+    move = by_name["migrate vm1"]
+    assert move.parent_span_id == root.context.span_id
+    assert move.context.trace_id == root.context.trace_id
     await drain.close()
     await driver.close()
 
