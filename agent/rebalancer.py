@@ -38,6 +38,7 @@ from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
 from .core.membership.members import MemberInfo
 from .core.observability.cloud_events import RebalanceMoved, RebalanceRefused
+from .core.observability.tracing import Span, SpanKind, format_traceparent
 from .core.rebalancing.planner import (
     Decision,
     Move,
@@ -241,8 +242,10 @@ class Rebalancer:
         self.last = decision
         self.counts.rounds += 1
         self.counts.planned += len(moves)
+        span = self._round_span(moves)
         started = 0
         for move in moves:
+            self._join(span, move.vms)
             try:
                 # An affinity group's VMs go as one: room for all of them, or none moves.
                 mids = await self._migrator.start_group_migration(
@@ -279,6 +282,24 @@ class Rebalancer:
             started += len(mids)
         self.counts.started += started
         self._schedule.planned(asyncio.get_running_loop().time(), before, started)
+        if span is not None and self._migrator.tracing is not None:
+            span.attributes["novacron.started"] = started
+            self._migrator.tracing.end(span, None if started else "every move refused")
+
+    def _round_span(self, moves: Sequence[Move]) -> Span | None:
+        """A round that plans moves is a span (with traces on); its moves are its children."""
+        tracing = self._migrator.tracing
+        if tracing is None or not moves:
+            return None
+        node = self._migrator.node_id
+        attributes: dict[str, Any] = {"novacron.node": node, "novacron.planned": len(moves)}
+        attributes["novacron.reason"] = moves[0].reason  # why the host sheds load
+        return tracing.begin(f"rebalance {node}", "", attributes, SpanKind.INTERNAL)
+
+    def _join(self, span: Span | None, vms: Sequence[str]) -> None:
+        if span is not None and self._migrator.tracing is not None:
+            for vm in vms:
+                self._migrator.tracing.expect(vm, format_traceparent(span.context))
 
     def _snapshot(self) -> Seen:
         """Outbound migrations, this host's VMs and its record's version, as now."""

@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import random
 from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from novacron.agent import rebalancer as rebalancer_module
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.migrator import Migrator
 from novacron.agent.rebalancer import SETTING_SKEW, Rebalancer, newest_setting, setting_text
+from novacron.agent.tracing import Tracing
 from novacron.protocol.messages import (
     MemberState,
     Message,
@@ -119,6 +122,24 @@ async def test_a_hot_host_proposes_moves_and_explains_them() -> None:
     ]
     assert status["moves"][-1]["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15")
     assert status["last_decision"]["reason"].startswith("balanced: 0.25")  # after both moves
+    await migrator.close()
+
+
+async def test_a_round_that_moves_is_one_span_and_its_moves_are_its_children() -> None:
+    _, rebalancer, sent, _, migrator = setup()
+    spans: list[Any] = []
+    exporter = SimpleNamespace(add=lambda done: spans.extend(done))
+    migrator.tracing = Tracing("h1", exporter, rng=random.Random(5))  # type: ignore[arg-type]
+    await rebalancer.round()
+    proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    for proposal in proposals:
+        await migrator.cancel(proposal.migration_id)  # each move ends: its spans go out
+    (round_span,) = [s for s in spans if s.name == "rebalance h1"]
+    assert round_span.attributes["novacron.started"] == len(proposals) == 2
+    assert round_span.attributes["novacron.reason"].startswith("h1 at 0.75 > mean 0.25")
+    moves = [s for s in spans if s.name.startswith("migrate ")]
+    assert len(moves) == 2
+    assert all(m.parent_span_id == round_span.context.span_id for m in moves)
     await migrator.close()
 
 
