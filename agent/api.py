@@ -37,6 +37,7 @@ from .api_requests import (
 )
 from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
+from .migration_row import MigrationRow
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
@@ -92,11 +93,11 @@ class MigrationControl(Protocol):
 
     async def cancel(self, migration_id: str) -> None: ...
 
-    def migrations(self) -> list[dict[str, Any]]: ...
+    def migrations(self) -> list[MigrationRow]: ...
 
     async def vm_history(self, vm: str) -> list[dict[str, Any]]: ...
 
-    def migration(self, migration_id: str) -> dict[str, Any] | None: ...
+    def migration(self, migration_id: str) -> MigrationRow | None: ...
 
     async def wait_change(self, timeout: float) -> None: ...
 
@@ -386,12 +387,12 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
             migration_id = await control.migrate(vm, asked)
         except Refused as exc:
             raise _http_error(exc) from None
-        row = control.migration(migration_id) or {}
-        answer = {"migration_id": migration_id, "vm": vm, "to": row.get("target")}
+        row = control.migration(migration_id)
+        answer = {"migration_id": migration_id, "vm": vm, "to": row and row.info.target}
         return json_response(answer, status=202)
 
     async def listing(request: Request) -> Response:
-        return json_response({"migrations": control.migrations()})
+        return json_response({"migrations": [row.to_json() for row in control.migrations()]})
 
     async def one(request: Request) -> Response:
         """One migration; with `?wait=S`, answered as soon as it ends or after S seconds (at
@@ -404,8 +405,8 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
             if found is None:
                 raise HttpError(404, f"no migration {migration_id!r} on this host")
             left = deadline - asyncio.get_running_loop().time()
-            if found["outcome"] or left <= 0:
-                return json_response({"migration": found})
+            if found.info.outcome or left <= 0:
+                return json_response({"migration": found.to_json()})
             await control.wait_change(left)
 
     async def cancel(request: Request) -> Response:

@@ -42,7 +42,7 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
-from .core.migration.saga import ClusterView
+from .core.migration.saga import ClusterView, MigrationInfo
 from .core.observability.cloud_events import DrainChanged
 from .core.observability.tracing import Span, SpanKind, format_traceparent
 from .core.placement.targets import AFFINITY_LABEL
@@ -103,9 +103,9 @@ class _Host:
 
     def ended(self, migration_id: str) -> Ended | None:
         row = self._migrator.migration(migration_id)
-        if row is None or not row["outcome"]:
+        if row is None or not row.info.outcome:
             return None
-        return Ended(row["vm"], row["outcome"], row["reason"])
+        return Ended(row.info.vm, row.info.outcome, row.info.reason)
 
 
 class Drain:
@@ -204,11 +204,11 @@ class Drain:
             {"vm": held.vm, "source": held.source, "phase": held.phase}
             for held in sorted(core.reservations(), key=lambda held: held.vm)
         ]
-        migrations = {m["migration_id"]: m for m in self._migrator.migrations()}
+        migrations = {m.info.migration_id: m.info for m in self._migrator.migrations()}
         moving = [
             {"vm": vm, **_brief(migrations[mid])}
             for vm, mid in sorted(self._core.moving().items())
-            if mid in migrations and not migrations[mid]["outcome"]
+            if mid in migrations and not migrations[mid].outcome
         ]
         return {
             "node_id": self._migrator.node_id,
@@ -253,12 +253,12 @@ class Drain:
             core.started(move, mids)
 
 
-def _brief(migration: dict[str, Any]) -> dict[str, Any]:
+def _brief(migration: MigrationInfo) -> dict[str, Any]:
     return {
-        "migration_id": migration["migration_id"],
-        "target": migration["target"],
-        "phase": migration["phase"],
-        "percent": migration["percent"],
+        "migration_id": migration.migration_id,
+        "target": migration.target,
+        "phase": migration.phase,
+        "percent": migration.percent,
     }
 
 

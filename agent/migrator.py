@@ -83,12 +83,13 @@ from .disks import (
     remove_source_copies,
     remove_target_copies,
 )
-from .history import HistoryEntry, VmHistory, iso
+from .history import HistoryEntry, VmHistory
 from .hypervisor import job_stats
 from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .libvirt_adapter import LibvirtAdapter, Opener, Unreachable
 from .locator import Locator, find
+from .migration_row import MigrationRow
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -167,7 +168,9 @@ class Migrator:
         self._owns_libvirt = libvirt_adapter is None  # closed with the driver if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri, opener=opener)
         self.locator = Locator(node_id, view, libvirt=self.libvirt)
-        self.history = VmHistory(node_id, view, self.locator, self.migrations)
+        self.history = VmHistory(
+            node_id, view, self.locator, lambda: [row.to_json() for row in self.migrations()]
+        )
         self._jobs: set[str] = set()  # migration ids whose libvirt job started (their history)
         self._tasks: set[asyncio.Task[None]] = set()
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
@@ -298,7 +301,7 @@ class Migrator:
         if refused is not None:
             raise Refused(refused.kind, f"cannot cancel {migration_id}: {refused.reason}")
 
-    def migrations(self) -> list[dict[str, Any]]:
+    def migrations(self) -> list[MigrationRow]:
         """Running and recent migrations, with their latest job statistics."""
         return [self._row(info) for info in self.core.migrations()]
 
@@ -311,31 +314,18 @@ class Migrator:
         record = self._view.records().get(self.node_id)
         return {vm.name: vm.state for vm in record.vms} if record is not None else {}
 
-    def migration(self, migration_id: str) -> dict[str, Any] | None:
+    def migration(self, migration_id: str) -> MigrationRow | None:
         info = self.core.migration(migration_id)
         return self._row(info) if info is not None else None
 
-    def _row(self, info: MigrationInfo) -> dict[str, Any]:
-        row = dataclasses.asdict(info)
-        now = self._clock()
-        row["elapsed_s"] = round((info.ended if info.ended is not None else now) - info.started, 3)
-        # Wall-clock times, as the source stamped them: the same on both hosts.
-        row["started"] = iso(info.started_at)
-        row["ended"] = iso(info.ended_at)
-        del row["started_at"], row["ended_at"]
-        row["max_downtime_ms"] = self._limits.get(info.migration_id)  # None on the target
-        sample = self._progress.get(info.migration_id)
-        row["stats"] = None
-        if sample is not None:
-            row["stats"] = {
-                "phase": sample.phase,
-                "data_remaining": sample.data_remaining,
-                "bandwidth": sample.bandwidth,
-                "dirty_rate": sample.dirty_rate,
-                "iteration": sample.iteration,
-                "expected_downtime_ms": sample.expected_downtime_ms,
-            }
-        return row
+    def _row(self, info: MigrationInfo) -> MigrationRow:
+        end = info.ended if info.ended is not None else self._clock()
+        return MigrationRow(
+            info,
+            round(end - info.started, 3),
+            self._limits.get(info.migration_id),
+            self._progress.get(info.migration_id),
+        )
 
     # --- output of the core ----------------------------------------------------------------
 

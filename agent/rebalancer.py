@@ -143,12 +143,13 @@ class Rebalancer:
 
     def status(self) -> dict[str, Any]:
         """Recent moves with reasons and outcomes, and what the last round decided."""
-        rows = {m["migration_id"]: m for m in self._migrator.migrations()}
+        rows = {m.info.migration_id: m.info for m in self._migrator.migrations()}
         moves = []
         for move in self.moves:
-            row = rows.get(move["migration_id"], {})
-            outcome = row.get("outcome") or ("running" if row else "unknown")
-            moves.append({**move, "outcome": outcome, "outcome_reason": row.get("reason", "")})
+            row = rows.get(move["migration_id"])
+            outcome = (row.outcome or "running") if row is not None else "unknown"
+            reason = row.reason if row is not None else ""
+            moves.append({**move, "outcome": outcome, "outcome_reason": reason})
         last = self.last
         return {
             "node_id": self._migrator.node_id,

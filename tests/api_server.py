@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -21,8 +22,10 @@ import pytest
 from novacron.agent import httpd
 from novacron.agent.api import build_router
 from novacron.agent.api_requests import MigrateRequest
+from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.httpd import HttpServer
+from novacron.agent.migration_row import MigrationRow
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
 
@@ -128,7 +131,10 @@ class Migrations:
     """One migration, m1, whose outcome the tests set; counts how often it is looked up."""
 
     def __init__(self) -> None:
-        self.row: dict[str, Any] = {"migration_id": "m1", "outcome": "", "target": "h2"}
+        info = MigrationInfo(
+            "m1", "vm1", "h1", "h2", "outbound", "migrating", 10.0, "", "", 0.0, None
+        )
+        self.row = MigrationRow(info, 1.0)
         self.looks = 0
         self.asked: list[tuple[str, MigrateRequest]] = []  # the moves asked, as the API read them
         self.waiting = 0  # held requests waiting for news right now
@@ -136,7 +142,9 @@ class Migrations:
 
     def end(self, outcome: str) -> None:
         """m1 ends, and held requests hear of it (the migrator's `wait_change`)."""
-        self.row["outcome"] = outcome
+        self.row = dataclasses.replace(
+            self.row, info=dataclasses.replace(self.row.info, outcome=outcome)
+        )
         self._news.set()
 
     async def wait_change(self, timeout: float) -> None:
@@ -154,13 +162,13 @@ class Migrations:
     async def cancel(self, migration_id: str) -> None:
         raise Refused(RefusalKind.CONFLICT, "not now")
 
-    def migrations(self) -> list[dict[str, Any]]:
+    def migrations(self) -> list[MigrationRow]:
         return [self.row]
 
     async def vm_history(self, vm: str) -> list[dict[str, Any]]:
-        return [self.row]
+        return [self.row.to_json()]
 
-    def migration(self, migration_id: str) -> dict[str, Any] | None:
+    def migration(self, migration_id: str) -> MigrationRow | None:
         self.looks += 1
         return self.row if migration_id == "m1" else None
 

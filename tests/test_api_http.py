@@ -408,7 +408,7 @@ def threaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ht
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     ended = Migrations()
-    ended.row["outcome"] = "completed"  # a mutated `?wait=` must not hold the fuzz up
+    ended.end("completed")  # a mutated `?wait=` must not hold the fuzz up
     server = HttpServer(router(ended))
     asyncio.run_coroutine_threadsafe(server.start_unix(sock), loop).result(timeout=10)
     yield sock, server

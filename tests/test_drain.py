@@ -31,6 +31,7 @@ from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.placement.targets import AFFINITY_LABEL
 from novacron.agent.core.refusals import Refused
 from novacron.agent.drain import Drain, DrainRequests
+from novacron.agent.migration_row import MigrationRow
 from novacron.agent.migrator import Migrator
 from novacron.agent.tracing import Tracing
 from novacron.protocol.messages import (
@@ -84,7 +85,8 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
         {"off": "shutoff"},
         False,
     )
-    assert driver.migration(proposals[0].migration_id)["purpose"] == "drain"  # type: ignore[index]
+    row = driver.migration(proposals[0].migration_id)
+    assert row is not None and row.info.purpose == "drain"
 
     await driver.cancel(proposals[0].migration_id)
     await settle()
@@ -190,15 +192,18 @@ async def test_a_vm_the_drain_moved_is_not_moved_again_while_the_record_still_li
     (first,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
     real_rows = driver.migrations
 
-    def rows() -> list[dict[str, Any]]:
-        found = real_rows()
-        for row in found:
-            if row["migration_id"] == first.migration_id:
-                row.update(outcome="committed", phase="committed")
-        return found
+    def rows() -> list[MigrationRow]:
+        return [
+            dataclasses.replace(
+                r, info=dataclasses.replace(r.info, outcome="committed", phase="committed")
+            )
+            if r.info.migration_id == first.migration_id
+            else r
+            for r in real_rows()
+        ]
 
-    def row(migration_id: str) -> dict[str, Any] | None:
-        return next((r for r in rows() if r["migration_id"] == migration_id), None)
+    def row(migration_id: str) -> MigrationRow | None:
+        return next((r for r in rows() if r.info.migration_id == migration_id), None)
 
     monkeypatch.setattr(driver, "migrations", rows)
     monkeypatch.setattr(driver, "migration", row)

@@ -154,11 +154,17 @@ async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
     row = driver.migration(migration_id)
     assert row is not None
-    assert (row["vm"], row["target"], row["phase"], row["outcome"]) == ("vm1", "h2", "proposed", "")
+    assert (row.info.vm, row.info.target, row.info.phase, row.info.outcome) == (
+        "vm1",
+        "h2",
+        "proposed",
+        "",
+    )
     with pytest.raises(Refused, match="already migrating"):
         await driver.migrate("vm1", MigrateRequest("h2"))
     await driver.cancel(migration_id)
-    assert driver.migration(migration_id)["outcome"] == "aborted"  # type: ignore[index]
+    ended = driver.migration(migration_id)
+    assert ended is not None and ended.info.outcome == "aborted"
     with pytest.raises(Refused, match="already ended") as again:
         await driver.cancel(migration_id)
     assert http_status(again.value) == 409
@@ -173,7 +179,8 @@ async def test_auto_picks_the_host_with_room() -> None:
     driver = migrator(sent)
     migration_id = await driver.migrate("vm1", MigrateRequest(None))
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
-    assert driver.migration(migration_id)["target"] == "h2"  # type: ignore[index]
+    row = driver.migration(migration_id)
+    assert row is not None and row.info.target == "h2"
     await driver.close()
 
 
