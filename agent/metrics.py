@@ -21,17 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
-
 from novacron.protocol.messages import MemberState, NodeRecord
 
 from .core.membership.node import MembershipNode
@@ -41,6 +30,17 @@ from .drain import Drain
 from .event_stream import EventStream
 from .identity import NodeIdentity
 from .migrator import Migrator
+from .prometheus import (
+    Collector,
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    ProcessCollector,
+    Sample,
+    go_float,
+)
 from .rebalancer import Rebalancer
 from .transport import Transport, TransportStats
 
@@ -114,10 +114,10 @@ def registry_for(
 ) -> CollectorRegistry:
     """A registry of its own (not the library's global one) holding the agent's collector
     and, with `process`, the standard `process_*` families (RSS, CPU seconds, open files)."""
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry()
     registry.register(AgentCollector(agent, clock, written))
     if process:
-        ProcessCollector(registry=registry)
+        registry.register(ProcessCollector())
     return registry
 
 
@@ -157,7 +157,7 @@ _LABEL_ESCAPES = str.maketrans({"\\": r"\\", "\n": r"\n", '"': r"\""})
 
 
 def _sample_line(sample: Sample) -> str:
-    value: str = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+    value = go_float(sample.value)
     stamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
     labels = sample.labels
     if not labels:
@@ -495,9 +495,8 @@ def migration_histograms(core: MigrationCore) -> Iterable[Metric]:
     downtime = HistogramMetricFamily(
         "novacron_vmi_migration_downtime_seconds",
         "How long each committed outbound migration paused the guest at the switchover.",
-        buckets=buckets(core.downtimes),
-        sum_value=core.downtimes.sum,
     )
+    downtime.add_metric([], buckets(core.downtimes), core.downtimes.sum)
     yield downtime
 
 

@@ -12,22 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
+import prometheus_client
+import prometheus_client.core as client
 import pytest
 import yaml
-from prometheus_client import generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector as ClientProcessCollector
 
 from novacron.agent.config import ConfigError, load, metrics_address
 from novacron.agent.core.events import StartLibvirtMigration
@@ -45,6 +41,14 @@ from novacron.agent.metrics import (
     written_vm_families,
 )
 from novacron.agent.migrator import job_totals
+from novacron.agent.prometheus import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    ProcessCollector,
+)
 from novacron.protocol.messages import Leave, NodeRecord, RecordUpdate, Resources, VmSummary
 from novacron.simulations.migrations import Mesh, host, seen, vm
 from tests.core_harness import node_in, sign, signed, snapshot_of
@@ -170,7 +174,7 @@ def test_metrics_listen_must_be_an_address_and_port_with_metrics_on() -> None:
         )
 
 
-class _Families(Collector):
+class _Families:
     """Families of every kind the agent exposes, with label values that need escaping."""
 
     def collect(self) -> Iterator[Metric]:
@@ -193,7 +197,7 @@ class _Families(Collector):
         yield histogram
 
 
-class _Snapshot(Collector):
+class _Snapshot:
     """Families collected once, yielded unchanged on every scrape."""
 
     def __init__(self, families: list[Metric]) -> None:
@@ -204,16 +208,62 @@ class _Snapshot(Collector):
 
 
 def test_exposition_is_byte_for_byte_what_prometheus_client_writes() -> None:
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry()
     registry.register(_Families())
     # The process families read live values (CPU seconds, RSS); both writers get one snapshot.
-    registry.register(_Snapshot(list(ProcessCollector(registry=None).collect())))
+    registry.register(_Snapshot(list(ProcessCollector().collect())))
     ours = exposition(registry)
-    assert ours == generate_latest(registry)
+    assert ours == prometheus_client.generate_latest(registry)  # type: ignore[arg-type]
     assert b'name="quote\\"d"' in ours and b'name="new\\nline"' in ours
 
 
-class _OwnVms(Collector):
+def test_the_agents_families_are_prometheus_clients_for_the_same_calls() -> None:
+    """The agent's own family classes (it does not import prometheus_client) name their
+    samples, labels and buckets as the library's do."""
+    ours: list[Any] = [
+        GaugeMetricFamily("g", "gauge", value=2.5),
+        CounterMetricFamily("c_total", "counter", labels=["a"]),
+        HistogramMetricFamily("h_seconds", "histogram", labels=["outcome"]),
+    ]
+    theirs: list[Any] = [
+        client.GaugeMetricFamily("g", "gauge", value=2.5),
+        client.CounterMetricFamily("c_total", "counter", labels=["a"]),
+        client.HistogramMetricFamily("h_seconds", "histogram", labels=["outcome"]),
+    ]
+    for families in (ours, theirs):
+        families[1].add_metric(["x"], 3)
+        families[2].add_metric(["ok"], [("0.5", 1), ("+Inf", 4)], 7.5)
+    for mine, library in zip(ours, theirs, strict=True):
+        assert (mine.name, mine.type, mine.documentation) == (
+            library.name,
+            library.type,
+            library.documentation,
+        )
+        assert [tuple(s[:4]) for s in mine.samples] == [tuple(s[:4]) for s in library.samples]
+
+
+def test_the_process_families_are_the_librarys() -> None:
+    mine = {f.name: f for f in ProcessCollector().collect()}
+    library = {f.name: f for f in ClientProcessCollector(registry=None).collect()}
+    assert set(mine) == set(library) and len(mine) == 6
+    for name, family in mine.items():
+        assert (family.type, family.documentation) == (
+            library[name].type,
+            library[name].documentation,
+        )
+        assert [s.name for s in family.samples] == [s.name for s in library[name].samples]
+    rss = "process_resident_memory_bytes"
+    assert abs(mine[rss].samples[0].value - library[rss].samples[0].value) < 64 << 20
+
+
+def test_an_idle_agent_never_imports_prometheus_client() -> None:
+    code = "import sys, novacron.agent.daemon, novacron.agent.metrics; "
+    code += "print(any(m.split('.')[0] == 'prometheus_client' for m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+class _OwnVms:
     """The per-VM families of whatever record `own` holds now, as the agent's collector
     has them: through `WrittenFamilies`."""
 
@@ -229,7 +279,7 @@ def test_the_per_vm_families_written_ahead_follow_every_new_inventory_sample() -
     running = VmSummary("web", state="running", vcpus=2, memory_mib=512, cpu_load=0.5)
     written = WrittenFamilies()
     own = _OwnVms(written, NodeRecord("n1", 1, vms=(running, VmSummary("db", state="running"))))
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry()
     registry.register(own)
     assert _sample(exposition(registry, written.text), 'novacron_vmis{phase="running"}') == 2
     for version, web in enumerate(
@@ -247,7 +297,7 @@ def test_the_per_vm_families_written_ahead_follow_every_new_inventory_sample() -
         assert _sample(text, 'novacron_vmis{phase="paused"}') == paused
         assert _sample(text, 'novacron_vmis{phase="running"}') == 2 - paused
         assert _sample(text, 'novacron_vmi_cpu_usage_cores{name="web"}') == web.cpu_load
-        assert text == generate_latest(registry)
+        assert text == prometheus_client.generate_latest(registry)  # type: ignore[arg-type]
     own.own = dataclasses.replace(own.own, version=4, vms=())  # every VM gone
     text = exposition(registry, written.text)
     assert 'name="web"' not in text.decode() and 'name="db"' not in text.decode()
@@ -255,7 +305,7 @@ def test_the_per_vm_families_written_ahead_follow_every_new_inventory_sample() -
 
 
 def _families(*families: Metric) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry()
     registry.register(_Snapshot(list(families)))
     return exposition(registry)
 
@@ -283,11 +333,11 @@ def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -
     core = mesh.core("h1")
     written = WrittenFamilies()
 
-    class Histograms(Collector):
+    class Histograms:
         def collect(self) -> Iterator[Metric]:
             yield from written_migration_histograms(written, core)
 
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry()
     registry.register(Histograms())
     committed = 'novacron_vmi_migration_duration_seconds_count{outcome="committed"}'
     assert _sample(exposition(registry, written.text), committed) == 0
@@ -295,7 +345,7 @@ def test_the_migration_histograms_written_ahead_count_a_migration_that_ended() -
     text = exposition(registry, written.text)
     assert _sample(text, committed) == 1
     assert _sample(text, "novacron_vmi_migration_downtime_seconds_count") == 1
-    assert text == generate_latest(registry)
+    assert text == prometheus_client.generate_latest(registry)  # type: ignore[arg-type]
 
 
 def test_a_migrations_downtime_and_bytes_are_observed_when_its_saga_ends() -> None:
