@@ -19,7 +19,7 @@ Names follow Prometheus' conventions (`novacron_` prefix, base units,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,11 +38,13 @@ from .core.migration import MigrationCore
 from .core.node import MembershipNode
 from .core.stats import Histogram
 from .drain import Drain
-from .event_stream import EventStream
 from .identity import NodeIdentity
 from .migrator import Migrator
 from .rebalancer import Rebalancer
 from .transport import Transport, TransportStats
+
+if TYPE_CHECKING:  # loaded only by an agent with an event stream: memory of every idle agent
+    from .event_stream import EventStream
 
 # The text format every Prometheus 2.x parses (`exposition` writes it).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
