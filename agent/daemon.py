@@ -53,9 +53,6 @@ from .core.migration.reservations import free_capacity
 from .core.refusals import RefusalKind, Refused
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
-from .event_spool import EventSpool
-from .event_stream import EmittingVms, EventStream, NatsSink
-from .gateway import Gateway, client_tls
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
 from .introduction import (
@@ -70,7 +67,6 @@ from .journal import MigrationJournal
 from .keyring import AgentKeyring
 from .libvirt_adapter import LibvirtAdapter
 from .migrator import Migrator
-from .otlp import OtlpExporter
 from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
 from .recovery import Recoveries
@@ -79,13 +75,18 @@ from .security import PeerRefused, TrustStore
 from .site_commands import SiteCommands
 from .site_controls import SiteControls
 from .tasks import cancel_and_wait
-from .tracing import Tracing
 from .transport import Transport, TransportError
 from .view import MeshView
 from .vms import VmControl
 
 if TYPE_CHECKING:  # loaded only by an agent that has a coordinator (_coordinator_trust)
     from novacron.protocol.coordinator_commands import CoordinatorTrust
+
+    # Loaded only by an agent that uses them (an events server, a collector, a
+    # coordinator): every idle agent would otherwise hold their modules.
+    from .event_stream import EventStream
+    from .gateway import Gateway
+    from .tracing import Tracing
 
 log = logging.getLogger("novacron.agent")
 
@@ -226,6 +227,8 @@ class Agent:
             start_refusal=self.recoveries.start_refusal,
         )
         if self.events is not None:
+            from .event_stream import EmittingVms  # loaded only with an event stream
+
             vms = EmittingVms(vms, self.events.emit)
             self.rebalancer.on_event = self.events.emit
             self.drain.on_event = self.events.emit
@@ -239,6 +242,9 @@ class Agent:
         )
         self.gateway: Gateway | None = None  # the site link, if this agent may hold it
         if config.coordinator:
+            # The site link: loaded only with a coordinator (memory of every idle agent).
+            from .gateway import Gateway, client_tls
+
             self.gateway = Gateway(
                 config.coordinator,
                 client_tls(config.coordinator_ca),
@@ -916,6 +922,9 @@ def _event_stream(config: AgentConfig, node_id: str) -> EventStream | None:
     """The event stream to NATS JetStream, when `events_nats` names a server."""
     if not config.events_nats:
         return None
+    from .event_spool import EventSpool  # loaded only with an event stream (memory of idle agents)
+    from .event_stream import EventStream, NatsSink
+
     spool = EventSpool(Path(config.data_dir) / EVENT_SPOOL, config.events_spool_mib * 1024 * 1024)
     sink = NatsSink(config.events_nats, config.events_stream, config.events_subject)
     return EventStream(node_id, spool, sink)
@@ -925,6 +934,9 @@ def _tracing(config: AgentConfig, node_id: str) -> Tracing | None:
     """Migration spans to an OTLP/HTTP collector, when `tracing_otlp` names one."""
     if not config.tracing_otlp:
         return None
+    from .otlp import OtlpExporter  # loaded only with a collector (memory of idle agents)
+    from .tracing import Tracing
+
     return Tracing(node_id, OtlpExporter(config.tracing_otlp, node_id))
 
 

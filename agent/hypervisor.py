@@ -34,7 +34,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +325,8 @@ class Hypervisor:
 
     async def _boot_probe(self, probe: ProbeGuest) -> float | None:
         """Boot `probe` as a transient KVM domain; seconds to its marker, or None."""
+        import uuid  # only for the probe: uuid loads platform and libuuid into every agent
+
         name = f"novacron-kvm-probe-{uuid.uuid4().hex[:8]}"
         spec = VmSpec(name, 1, probe.memory_mib, probe.kernel, probe.initrd, probe.cmdline)
         xml = domain_xml(spec, domain_type="kvm", overlays=(), console_log=None)

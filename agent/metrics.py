@@ -19,7 +19,7 @@ Names follow Prometheus' conventions (`novacron_` prefix, base units,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
@@ -27,7 +27,6 @@ from .core.membership.node import MembershipNode
 from .core.membership.stats import Histogram
 from .core.migration.saga import MigrationCore
 from .drain import Drain
-from .event_stream import EventStream
 from .identity import NodeIdentity
 from .migrator import Migrator
 from .prometheus import (
@@ -43,6 +42,9 @@ from .prometheus import (
 )
 from .rebalancer import Rebalancer
 from .transport import Transport, TransportStats
+
+if TYPE_CHECKING:  # loaded only by an agent with an event stream: memory of every idle agent
+    from .event_stream import EventStream
 
 # The text format every Prometheus 2.x parses (`exposition` writes it).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +92,8 @@ class SiteCommands:
                     detail=f"host {command.host} is {state.value if state else 'unknown'}: "
                     "the command may or may not have run there; check before retrying",
                 )
+            import uuid  # only when relaying: uuid loads platform and libuuid into every agent
+
             request_id = str(uuid.uuid4())
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = (command.host, future)
