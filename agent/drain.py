@@ -44,7 +44,7 @@ from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
 from .core.migration.saga import ClusterView, MigrationInfo
 from .core.observability.cloud_events import DrainChanged
-from .core.observability.tracing import Span, SpanKind, format_traceparent
+from .core.observability.tracing import Span, SpanKind
 from .core.placement.targets import AFFINITY_LABEL
 from .core.rebalancing.drain import (
     LOOK_INTERVAL,
@@ -186,14 +186,17 @@ class Drain:
         """The migrations of `move`, about to start, go into the drain's trace."""
         tracing = self._migrator.tracing
         if tracing is not None and self._span is not None:
-            for vm in move:
-                tracing.expect(vm, format_traceparent(self._span.context))
+            tracing.adopt(self._span, move)
 
     def _end_span(self, error: str | None) -> None:
         tracing, span, self._span = self._migrator.tracing, self._span, None
         if tracing is not None and span is not None:
             span.attributes["novacron.moved"] = len(self._core.moved(self._host))
             tracing.end(span, error)
+
+    def _empty(self, vms: dict[str, str]) -> bool:
+        """Nothing keeps the host from being powered off: no VM runs, is paused or arrives."""
+        return not staying(vms) and not self._migrator.core.reservations()
 
     def status(self) -> dict[str, Any]:
         """What a drain has done and what is left, for `nova host drain`."""
@@ -213,7 +216,7 @@ class Drain:
         return {
             "node_id": self._migrator.node_id,
             "draining": self.draining,
-            "done": self.draining and not running and not arriving,
+            "done": self.draining and self._empty(vms),
             "running": running,
             "arriving": arriving,
             "moving": moving,
@@ -228,7 +231,7 @@ class Drain:
     async def _loop(self) -> None:
         while self.draining:
             await self._step()
-            if self._span is not None and self.status()["done"]:
+            if self._span is not None and self._empty(self._migrator.local_vms()):
                 self._end_span(None)
             await asyncio.sleep(self._core.timing.interval)
 

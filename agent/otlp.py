@@ -138,6 +138,14 @@ class OtlpExporter:
         self.dropped = 0
         self.last_error: str | None = None
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "exported": self.exported,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
     def add(self, spans: Iterable[Span]) -> None:
         for span in spans:
             if len(self._queue) >= QUEUE:

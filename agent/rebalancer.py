@@ -38,7 +38,7 @@ from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
 from .core.membership.members import MemberInfo
 from .core.observability.cloud_events import RebalanceMoved, RebalanceRefused
-from .core.observability.tracing import Span, SpanKind, format_traceparent
+from .core.observability.tracing import Span, SpanKind
 from .core.rebalancing.planner import (
     Decision,
     Move,
@@ -299,8 +299,7 @@ class Rebalancer:
 
     def _join(self, span: Span | None, vms: Sequence[str]) -> None:
         if span is not None and self._migrator.tracing is not None:
-            for vm in vms:
-                self._migrator.tracing.expect(vm, format_traceparent(span.context))
+            self._migrator.tracing.adopt(span, vms)
 
     def _snapshot(self) -> Seen:
         """Outbound migrations, this host's VMs and its record's version, as now."""

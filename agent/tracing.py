@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from novacron.protocol.messages import Message, MigrationPropose
@@ -69,6 +69,11 @@ class Tracing:
         span.attributes = attributes
         return span
 
+    def adopt(self, span: Span, vms: Sequence[str]) -> None:
+        """The next migration of each of `vms` is a child of `span` (a drain, a round)."""
+        for vm in vms:
+            self.spans.expect(vm, span.context)
+
     def end(self, span: Span, error: str | None) -> None:
         span.end_ns, span.error = self._wall_ns(), error
         self.exporter.add([span])
@@ -97,12 +102,7 @@ class Tracing:
                     self._asked.pop(next(iter(self._asked)))
 
     def status(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.exporter.endpoint,
-            "exported": self.exporter.exported,
-            "dropped": self.exporter.dropped,
-            "last_error": self.exporter.last_error,
-        }
+        return self.exporter.status()
 
     async def run(self) -> None:
         await self.exporter.run()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -69,14 +68,6 @@ class RequestTracing:
         span.attributes["http.response.status_code"] = status
         span.error = f"HTTP {status}" if status >= 500 else None
         self.exporter.add([span])
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.exporter.endpoint,
-            "exported": self.exporter.exported,
-            "dropped": self.exporter.dropped,
-            "last_error": self.exporter.last_error,
-        }
 
 
 def traceparent_of(request: web.Request) -> str:
