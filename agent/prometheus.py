@@ -42,8 +42,10 @@ class Metric:
         return dict([*zip(self._labelnames, values, strict=True), *extra])
 
 
-class GaugeMetricFamily(Metric):
-    type = "gauge"
+class _ScalarFamily(Metric):
+    """A family of one value per label set; `suffix` ends each sample's name."""
+
+    suffix = ""
 
     def __init__(
         self,
@@ -52,32 +54,23 @@ class GaugeMetricFamily(Metric):
         value: float | None = None,
         labels: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(name, documentation, labels)
+        super().__init__(name.removesuffix(self.suffix), documentation, labels)
         if value is not None:
             self.add_metric([], value)
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
-        self.samples.append(Sample(self.name, self._labels(labels), value))
+        self.samples.append(Sample(self.name + self.suffix, self._labels(labels), value))
 
 
-class CounterMetricFamily(Metric):
+class GaugeMetricFamily(_ScalarFamily):
+    type = "gauge"
+
+
+class CounterMetricFamily(_ScalarFamily):
     """A counter family is named without `_total`; its samples carry it."""
 
     type = "counter"
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        value: float | None = None,
-        labels: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(name.removesuffix("_total"), documentation, labels)
-        if value is not None:
-            self.add_metric([], value)
-
-    def add_metric(self, labels: Sequence[str], value: float) -> None:
-        self.samples.append(Sample(self.name + "_total", self._labels(labels), value))
+    suffix = "_total"
 
 
 class HistogramMetricFamily(Metric):

@@ -492,9 +492,12 @@ class Cluster:
     def closed_targets(self, host: Host, view: Mapping[str, NodeRecord]) -> set[str]:
         """Targets that would refuse `host`'s next proposal, as its `view` tells (the
         migration core's `targets_full_from_here`, on the planner's view)."""
-        going = (self.migrations[vm] for vm in host.outbound if vm in self.migrations)
-        outbound = ((m.target, m.vm, m.admission or m.migration_id) for m in going)
+        outbound = ((m.target, m.vm, m.admission or m.migration_id) for m in self.outbound_of(host))
         return closed_targets(outbound, view, self.reservations.per_source)
+
+    def outbound_of(self, host: Host) -> list[Migration]:
+        """The migrations `host` sends now."""
+        return [self.migrations[vm] for vm in host.outbound if vm in self.migrations]
 
     def cluster_limit(self) -> int:
         alive = sum(1 for h in self.hosts.values() if not h.failed)
@@ -903,8 +906,8 @@ class Strategy:
             core.look(now, driven)
             while (move := core.next_move(now, driven)) is not None:
                 closed = c.closed_targets(host, own)
-                going = (c.migrations[vm] for vm in host.outbound if vm in c.migrations)
-                sending = sending_load(own[host.name], ((m.target, m.vm) for m in going), own)
+                going = ((m.target, m.vm) for m in c.outbound_of(host))
+                sending = sending_load(own[host.name], going, own)
                 placement = planner.place_group(
                     own,
                     alive,
