@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
@@ -34,6 +34,7 @@ from .api_requests import (
     migrate_request,
     recover_request,
     stop_timeout,
+    template_request,
 )
 from .core.refusals import RefusalKind, Refused
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
@@ -171,6 +172,24 @@ class RebalanceControl(Protocol):
     async def resume(self) -> dict[str, Any]: ...
 
 
+class PullState(Protocol):
+    """One template pull as the API shows it (`mesh_pull.PullStatus` fits)."""
+
+    pull_id: str
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class TemplatePulls(Protocol):
+    """Pulling templates from the mesh (`mesh_pull.Pulls` fits); `start` raises `Refused`."""
+
+    def start(self, name: str, version: str | None) -> PullState: ...
+
+    def get(self, pull_id: str) -> PullState | None: ...
+
+    def listing(self) -> Sequence[PullState]: ...
+
+
 def build_router(
     view: AgentView,
     migrations: MigrationControl | None = None,
@@ -181,11 +200,14 @@ def build_router(
     recovery: RecoveryControl | None = None,
     identity: IdentityControl | None = None,
     metrics: MetricsSource | None = None,
+    pulls: TemplatePulls | None = None,
 ) -> Router:
     """The routes serving `view` (and the controls given) under /v1, and /metrics."""
     router = Router()
     if metrics is not None:
         add_metrics_route(router, metrics)
+    if pulls is not None:
+        _pull_routes(router, pulls)
     if identity is not None:
         _identity_routes(router, identity)
     if vms is not None:
@@ -207,6 +229,29 @@ def build_router(
         _migration_routes(router, migrations)
     _view_routes(router, view)
     return router
+
+
+def _pull_routes(router: Router, pulls: TemplatePulls) -> None:
+    async def start(request: Request) -> Response:
+        name, version = _parsed(template_request, request)
+        try:
+            pull = pulls.start(name, version)
+        except Refused as exc:
+            raise _http_error(exc) from None
+        return json_response({"pull": pull.as_dict()}, status=202)
+
+    async def listing(request: Request) -> Response:
+        return json_response({"pulls": [p.as_dict() for p in pulls.listing()]})
+
+    async def one(request: Request) -> Response:
+        pull = pulls.get(request.params["pull_id"])
+        if pull is None:
+            raise HttpError(404, f"no pull {request.params['pull_id'][:80]!r} on this host")
+        return json_response({"pull": pull.as_dict()})
+
+    router.post(f"/{API_VERSION}/templates/pulls", start)
+    router.get(f"/{API_VERSION}/templates/pulls", listing)
+    router.get(f"/{API_VERSION}/templates/pulls/{{pull_id}}", one)
 
 
 def add_metrics_route(router: Router, metrics: MetricsSource) -> None:
@@ -500,9 +545,10 @@ class ApiServer:
         recovery: RecoveryControl | None = None,
         identity: IdentityControl | None = None,
         metrics: MetricsSource | None = None,
+        pulls: TemplatePulls | None = None,
     ) -> None:
         router = build_router(
-            view, migrations, vms, drain, rebalance, host_drain, recovery, identity, metrics
+            view, migrations, vms, drain, rebalance, host_drain, recovery, identity, metrics, pulls
         )
         self._http = HttpServer(router)
         self.socket_path = Path(socket_path)

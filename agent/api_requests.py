@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.refusals import RefusalKind, Refused
+from .core.templates import parse_ref
 from .vmspec import DiskSpec, VmSpec
 
 # --- migrations and recoveries -------------------------------------------------------
@@ -68,6 +69,20 @@ def recover_request(body: Mapping[str, Any]) -> str:
     if not isinstance(host, str) or not host:
         raise Refused(RefusalKind.INVALID, "say where the VM is to run ('on': a host id)")
     return host
+
+
+def template_request(body: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The template `nova template pull` asks for ('template': NAME or NAME:VERSION)."""
+    unknown = sorted(set(body) - {"template"})
+    if unknown:
+        raise Refused(RefusalKind.INVALID, f"unknown setting(s): {', '.join(unknown)}")
+    ref = body.get("template")
+    if not isinstance(ref, str) or not ref:
+        raise Refused(RefusalKind.INVALID, "say which template ('template': NAME[:VERSION])")
+    try:
+        return parse_ref(ref)
+    except ValueError as exc:
+        raise Refused(RefusalKind.INVALID, str(exc)) from None
 
 
 # --- VMs on this host -----------------------------------------------------------------

@@ -16,12 +16,9 @@ manifest's SHA-256 and size. `publish` writes a directory catalogue.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -172,6 +169,12 @@ class HttpCatalogue:
 
     @contextmanager
     def open(self, path: str) -> Iterator[IO[bytes]]:
+        # Loaded here: an agent that serves and fetches pieces over the mesh only never
+        # pays for an HTTP client in memory.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         url = f"{self.location}/{path}"
         try:
             request = urllib.request.Request(url, headers=self._headers)

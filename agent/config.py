@@ -44,6 +44,9 @@ class AgentConfig:
     )
     interface: str = _setting("", "interface for mDNS and the advertised address (default: all)")
     port: int = _setting(7946, "gossip port; introductions use the next one")
+    image_port: int = _setting(
+        0, "port serving template pieces to peers (default: 0, any free port, gossiped)"
+    )
     peer_heartbeat: float = _setting(
         2.0, "seconds between heartbeats on peer connections; 0 turns them off"
     )
@@ -63,6 +66,12 @@ class AgentConfig:
     )
     trusted_publishers: tuple[str, ...] = _setting(
         (), "public key files of template publishers this host takes templates from (default: none)"
+    )
+    image_serve_mib_s: float = _setting(
+        0.0, "MiB/s this host serves template pieces to peers at most (default: 0, no cap)"
+    )
+    catalogue: str = _setting(
+        "", "template catalogue (directory or URL) for pieces no peer holds (default: none)"
     )
     ca_file: str = _setting("/etc/novacron/ca.pub", "the cluster CA's public key")
     cert_file: str = _setting(
@@ -211,6 +220,10 @@ def _validated(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
     if not 1 <= config.port <= 65535:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
+    if not 0 <= config.image_serve_mib_s < 1e6:
+        raise ConfigError(f"image_serve_mib_s must be 0 or more, got {config.image_serve_mib_s}")
+    if not 0 <= config.image_port <= 65535:
+        raise ConfigError(f"image_port must be between 0 and 65535, got {config.image_port}")
     for seed in config.seeds:
         _split_seed(seed)
     if not (config.peer_heartbeat == 0 or 0.1 <= config.peer_heartbeat <= 600):
@@ -322,7 +335,13 @@ def _metavar(spec: dataclasses.Field[Any]) -> str:
     if spec.name in _CHOICES:
         return "{" + ",".join(_CHOICES[spec.name]) + "}"
     kinds = {"int": "N", "float": "SECONDS"}
-    suffixes = {"_dir": "DIR", "_file": "FILE", "_address": "ADDRESS", "_socket": "PATH"}
+    suffixes = {
+        "_dir": "DIR",
+        "_file": "FILE",
+        "_address": "ADDRESS",
+        "_socket": "PATH",
+        "_mib_s": "MIB_S",
+    }
     for suffix, metavar in suffixes.items():
         if spec.name.endswith(suffix):
             return metavar

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import random
 import signal
 import socket
@@ -47,6 +48,7 @@ from .config import (
 )
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.federation.gateway import elect
+from .core.images.holders import listed
 from .core.membership.config import MembershipConfig
 from .core.membership.node import MembershipNode
 from .core.migration.reservations import free_capacity
@@ -55,6 +57,7 @@ from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
 from .identity import IdentityProblem, NodeIdentity, load_identity
+from .image_service import ImageService
 from .introduction import (
     PORT_OFFSET,
     Introduction,
@@ -66,6 +69,7 @@ from .inventory import Inventory
 from .journal import MigrationJournal
 from .keyring import AgentKeyring
 from .libvirt_adapter import LibvirtAdapter
+from .mesh_pull import MeshPull, PeersView, PullFailed, Pulls, PullStatus
 from .migrator import Migrator
 from .peer_certificates import load_peer_certificates, save_peer_certificates
 from .rebalancer import Rebalancer
@@ -75,6 +79,7 @@ from .security import PeerRefused, TrustStore
 from .site_commands import SiteCommands
 from .site_controls import SiteControls
 from .tasks import cancel_and_wait
+from .template_store import TemplateStore, load_trusted
 from .transport import Transport, TransportError
 from .view import MeshView
 from .vms import VmControl
@@ -144,6 +149,18 @@ class Agent:
             known_at=self._known_at,
             on_twin=self._twin_introduced,
         )
+        self.templates = TemplateStore(Path(config.template_dir))
+        self.images = ImageService.create(
+            self.node_id,
+            identity.key,
+            self.trust,
+            config.bind_address,
+            config.image_port,
+            self.templates,
+            lambda: self.core.records(),
+            serve_rate=config.image_serve_mib_s * 1024 * 1024,
+        )
+        self.pulls = Pulls(self._mesh_pull, on_change=self._publish_inventory)
         self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
             self.node_id,
@@ -278,6 +295,7 @@ class Agent:
             recovery=self.recoveries,
             identity=self,
             metrics=metrics,
+            pulls=self.pulls,
         )
         self.notifier = Notifier()
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -294,6 +312,35 @@ class Agent:
         load_peer_certificates(self._peer_certificates, self.trust)
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
+
+    def _mesh_pull(self, status: PullStatus, name: str, version: str | None) -> MeshPull:
+        """A pull of NAME[:VERSION] from the peers, with this host's trust and catalogue."""
+        if not self.config.trusted_publishers:
+            raise PullFailed(
+                "this host trusts no template publisher: list their public key files "
+                "in trusted_publishers (agent.toml)"
+            )
+        catalogue = None
+        if self.config.catalogue:
+            from .catalogue import TOKEN_ENV, open_catalogue
+
+            catalogue = open_catalogue(self.config.catalogue, os.environ.get(TOKEN_ENV, ""))
+        return MeshPull(
+            status,
+            name,
+            version,
+            store=self.templates,
+            trusted=load_trusted(self.config.trusted_publishers),
+            service=self.images,
+            mesh=PeersView(
+                self.node_id,
+                lambda: self.core.records(),
+                lambda: {m.node_id: m.state for m in self.core.members()},
+            ),
+            catalogue=catalogue,
+            clock=self._clock,
+            on_fetching=self._publish_inventory,
+        )
 
     def _metrics_source(self) -> MetricsSource:
         """The exposition of this agent's metrics, built at each scrape."""
@@ -320,6 +367,12 @@ class Agent:
         except OSError as exc:
             await self.transport.close()
             raise StartupError(str(exc)) from None
+        try:
+            await self.images.start()
+        except TransportError as exc:
+            await self.introductions.close()
+            await self.transport.close()
+            raise StartupError(f"image_port {self.config.image_port}: {exc}") from None
         await self.api.start()
         if self.metrics_server is not None:
             try:
@@ -358,6 +411,7 @@ class Agent:
         self._spawn(self._timer_loop(), "timers")
         self._spawn(self._inventory_loop(), "inventory")
         self._spawn(self._seed_loop(), "seeds")
+        self._spawn(self.images.run(), "images")
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
         self._spawn(self._domain_type_loop(), "domain-type")
@@ -397,6 +451,8 @@ class Agent:
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await self.introductions.close()
+        await self.pulls.close()
+        await self.images.close()
         await self.transport.close()
         if self.events is not None:
             await self.events.close()
@@ -496,6 +552,9 @@ class Agent:
             rebalance=self.rebalancer.setting,
             gateway_candidate=self.gateway is not None,
             draining=self.drain.draining,
+            templates=listed(s.manifest.ref for s in self.templates.whole()),
+            fetching=listed(self.pulls.fetching()),
+            image_port=self.images.port,
         )
         content = dataclasses.replace(record, version=0)
         if content != self._last_record:

@@ -126,6 +126,49 @@ class TemplateStore:
         """Files of a held template that are gone from the store (removed by hand)."""
         return [f for f in manifest.files if not self.file(f).is_file()]
 
+    def whole(self) -> list[SignedManifest]:
+        """The held templates whose files are all in place: what this host can serve."""
+        return [s for s in self.held() if not self.missing_files(s.manifest)]
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writers' lock with `.incoming/` cleared of what an interrupted pull
+        left; `admission` and `install` are called inside it. A context of its own so
+        that a pull from the mesh can hold it across its awaits (entered in a thread)."""
+        with self._locked():
+            self._clear_incoming()
+            yield
+
+    def admission(
+        self, signed: SignedManifest, trusted: Mapping[str, Ed25519PublicKey]
+    ) -> tuple[Manifest, list[TemplateFile]]:
+        """The verified manifest and the files this host lacks of it (none: held already).
+
+        Refused (`TemplateRefused`) for an untrusted or bad signature, a rollback or
+        a version conflict; `StoreError` when the files do not fit. Call it inside
+        `writing()`."""
+        manifest = verify_manifest(signed, trusted)
+        admission = admit(manifest, [s.manifest for s in self.held()])
+        wanted = self.missing_files(manifest)
+        if admission is Admission.HELD and not wanted:
+            return manifest, []
+        self._check_room(manifest, wanted)
+        return manifest, wanted
+
+    def incoming_path(self, template_file: TemplateFile) -> Path:
+        """A fresh path in `.incoming/` for a file being fetched."""
+        return self.root / ".incoming" / f"{template_file.digest}.{secrets.token_hex(4)}"
+
+    def install(self, signed: SignedManifest, staged: list[tuple[TemplateFile, Path]]) -> None:
+        """Move checked files from `.incoming/` into the store, then write the manifest
+        (inside `writing()`): the manifest names only files already in place."""
+        for template_file, tmp in staged:
+            os.chmod(tmp, 0o444)  # a base image is never written: overlays take the writes
+            os.replace(tmp, self.file(template_file))
+        target = self.root / manifest_path(signed.manifest.name, signed.manifest.version)
+        target.parent.mkdir(mode=0o755, exist_ok=True)
+        keyfiles.write_atomic(target, signed.encoded, 0o644)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the store's lock: one writer at a time, across processes."""
@@ -164,27 +207,19 @@ class TemplateStore:
             raise MalformedManifest(
                 f"catalogue {catalogue.location} served {signed.manifest.ref} as {name}:{version}"
             )
-        manifest = verify_manifest(signed, trusted)
-        with self._locked():
-            self._clear_incoming()
-            admission = admit(manifest, [s.manifest for s in self.held()])
-            wanted = self.missing_files(manifest)
-            if admission is Admission.HELD and not wanted:
+        with self.writing():
+            manifest, wanted = self.admission(signed, trusted)
+            if not wanted:
                 return PullResult(manifest, Pulled.ALREADY_HELD, 0)
-            self._check_room(manifest, wanted)
             fetched = [self._fetch(catalogue, manifest, f, progress) for f in wanted]
-            for template_file, tmp in zip(wanted, fetched, strict=True):
-                os.replace(tmp, self.file(template_file))
-            target = self.root / manifest_path(manifest.name, manifest.version)
-            target.parent.mkdir(mode=0o755, exist_ok=True)
-            keyfiles.write_atomic(target, signed.encoded, 0o644)
+            self.install(signed, list(zip(wanted, fetched, strict=True)))
         return PullResult(manifest, Pulled.ADDED, sum(f.size for f in wanted))
 
     def _fetch(
         self, catalogue: Catalogue, manifest: Manifest, expected: TemplateFile, progress: Progress
     ) -> Path:
         """Copy one file into .incoming/, checked on the way; its path when it is right."""
-        tmp = self.root / ".incoming" / f"{expected.digest}.{secrets.token_hex(4)}"
+        tmp = self.incoming_path(expected)
         check = FileCheck(expected, manifest.ref)
         try:
             with catalogue.open(file_path(expected.digest)) as source, open(tmp, "xb") as out:
@@ -195,7 +230,6 @@ class TemplateStore:
                 check.finish()
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o444)  # a base image is never written: overlays take the writes
         except (TemplateRefused, CatalogueError):
             self._clear_incoming()
             raise

@@ -69,6 +69,13 @@ to fill the cluster-wide ceiling every peer computes from these counters.
 
 MigrationCount = Annotated[int, Range(0, MAX_MIGRATIONS)]
 
+Port = Annotated[int, Range(0, 65535)]
+
+MAX_PIECES = 1 << 20
+"""The most 1 MiB pieces one file may have (a 1 TiB image): a larger index is no piece."""
+
+PieceIndex = Annotated[int, Range(0, MAX_PIECES - 1)]
+
 RESERVED_LABEL_PREFIX = "novacron/"
 """Host labels under this prefix are the protocol's; users and peers may not set them."""
 
@@ -160,6 +167,12 @@ class NodeRecord:
     # When its libvirt stopped answering (unix seconds); 0: it answers. While it
     # does not, the VMs listed are the last ones seen and the host takes no VM.
     libvirt_unreachable_since: WallTime = 0.0
+    # Templates (NAME:VERSION) whose files this host holds whole and serves to peers,
+    # those it is fetching now (it serves the pieces it has), and the port of its
+    # image transport (0: it serves none).
+    templates: tuple[str, ...] = ()
+    fetching: tuple[str, ...] = ()
+    image_port: Port = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +530,76 @@ class SiteCommandResult:
     outcome: bytes
 
 
+# --- images: a host fetching a template's files from its peers -------------------
+# These travel on each host's image transport (a second ROUTER with the same keys,
+# `NodeRecord.image_port`), so a 1 MiB piece never queues ahead of gossip.
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateAsk:
+    """Send me the signed manifest of `ref` (NAME:VERSION) and its files' chunk maps."""
+
+    TYPE: ClassVar[str] = "template-ask"
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateGive:
+    """The manifest as its publisher signed it, and one chunk map per file, in order.
+
+    Nothing here is trusted: the asker checks the signature against its own
+    publisher keys and each chunk map against the digest the manifest signs."""
+
+    TYPE: ClassVar[str] = "template-give"
+    ref: str
+    manifest: bytes
+    chunk_maps: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PiecesAsk:
+    """Which pieces of the file `sha256` do you hold?"""
+
+    TYPE: ClassVar[str] = "pieces-ask"
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PiecesHeld:
+    """A bitmap of the pieces of `sha256` the sender holds (bit i of byte i // 8, low bit
+    first); `whole` when it holds the whole file (the bitmap is then empty)."""
+
+    TYPE: ClassVar[str] = "pieces-held"
+    sha256: bytes
+    bitmap: bytes = b""
+    whole: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PieceAsk:
+    TYPE: ClassVar[str] = "piece-ask"
+    sha256: bytes
+    index: PieceIndex
+
+
+@dataclass(frozen=True, slots=True)
+class PieceGive:
+    TYPE: ClassVar[str] = "piece-give"
+    sha256: bytes
+    index: PieceIndex
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLack:
+    """The sender cannot give what was asked (`index` -1: the template or the file)."""
+
+    TYPE: ClassVar[str] = "image-lack"
+    what: str  # the ref or the file's hex SHA-256
+    reason: str
+    index: Annotated[int, Range(-1, MAX_PIECES - 1)] = -1
+
+
 Message = Union[  # noqa: UP007
     Alive,
     Suspect,
@@ -542,6 +625,13 @@ Message = Union[  # noqa: UP007
     DrainAnswer,
     SiteCommandRelay,
     SiteCommandResult,
+    TemplateAsk,
+    TemplateGive,
+    PiecesAsk,
+    PiecesHeld,
+    PieceAsk,
+    PieceGive,
+    ImageLack,
 ]
 
 GOSSIP_TYPES: tuple[type, ...] = (Alive, Suspect, Dead, Leave, RecordUpdate, Revocations)
@@ -573,5 +663,12 @@ CATALOGUE: dict[str, type] = {
         DrainAnswer,
         SiteCommandRelay,
         SiteCommandResult,
+        TemplateAsk,
+        TemplateGive,
+        PiecesAsk,
+        PiecesHeld,
+        PieceAsk,
+        PieceGive,
+        ImageLack,
     )
 }

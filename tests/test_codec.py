@@ -70,6 +70,15 @@ EXAMPLES: list[m.Message] = [
     m.DrainAnswer("req-1", accepted=True, draining=True, running=("web", "db"), record_version=12),
     m.SiteCommandRelay("req-2", command=b"\x81\xa3key\xa2k1"),
     m.SiteCommandResult("req-2", outcome=b"\x81\xa3key\xa2k1"),
+    m.TemplateAsk("debian-12:1"),
+    m.TemplateGive("debian-12:1", manifest=b"signed", chunk_maps=(b"\x01" * 32,)),
+    m.PiecesAsk(b"\x02" * 32),
+    m.PiecesHeld(b"\x02" * 32, bitmap=b"\x05"),
+    m.PiecesHeld(b"\x02" * 32, whole=True),
+    m.PieceAsk(b"\x02" * 32, index=7),
+    m.PieceGive(b"\x02" * 32, index=7, data=b"piece"),
+    m.ImageLack("debian-12:1", reason="not held here"),
+    m.ImageLack("02" * 32, reason="busy", index=7),
 ]
 
 

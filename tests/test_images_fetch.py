@@ -27,8 +27,18 @@ from novacron.agent.core.images.fetch import (
     FetchConfig,
     Request,
 )
+from novacron.agent.core.images.holders import (
+    MAX_LISTED,
+    Holders,
+    bitmap,
+    holders,
+    listed,
+    newest_offered,
+    pieces_of,
+)
 from novacron.agent.core.templates import DefaultSpec, TemplateFile, decode_manifest
 from novacron.protocol.keys import Ed25519PrivateKey
+from novacron.protocol.messages import MemberState, NodeRecord
 
 
 def image(pieces: float, seed: int = 1) -> bytes:
@@ -277,3 +287,42 @@ def test_any_swarm_ends_with_only_checked_pieces_from_those_that_hold_them(
     for liar in swarm.liars:
         assert liar not in fetch.stats.by_peer
     assert sum(fetch.stats.by_peer.values()) == len(fetch.held)
+
+
+# --- who holds which pieces: the bitmap peers send, and the records they gossip ---------
+
+
+@given(st.sets(st.integers(0, 300)), st.integers(0, 300))
+def test_a_bitmap_carries_exactly_the_pieces_held(pieces: set[int], count: int) -> None:
+    assert pieces_of(bitmap(pieces, count), count) == {i for i in pieces if i < count}
+
+
+@given(st.binary(max_size=64), st.integers(0, 300))
+def test_an_untrusted_bitmap_names_no_piece_past_the_file(bits: bytes, count: int) -> None:
+    assert all(0 <= i < count for i in pieces_of(bits, count))
+
+
+def test_holders_are_alive_peers_serving_images_whole_or_in_part() -> None:
+    def record(
+        node: str, port: int = 9, held: tuple[str, ...] = (), fetching: tuple[str, ...] = ()
+    ) -> NodeRecord:
+        return NodeRecord(node, 1, templates=held, fetching=fetching, image_port=port)
+
+    records = {
+        "me": record("me", held=("debian-12:1",)),
+        "a": record("a", held=("debian-12:1",)),
+        "b": record("b", fetching=("debian-12:1",)),
+        "c": record("c", port=0, held=("debian-12:1",)),  # serves no images
+        "d": record("d", held=("debian-12:1",)),  # dead
+        "e": record("e", held=("debian-12:2",)),
+    }
+    states = {n: MemberState.ALIVE for n in records} | {"d": MemberState.DEAD}
+    assert holders(records, "debian-12:1", "me", states) == Holders(("a",), ("b",))
+    assert newest_offered(records.values(), "debian-12") == "2"
+    assert newest_offered(records.values(), "ubuntu") is None
+
+
+def test_a_record_lists_at_most_its_newest_templates() -> None:
+    refs = [f"t{i}:{i}" for i in range(MAX_LISTED + 10)]
+    shown = listed(refs)
+    assert len(shown) == MAX_LISTED and f"t{MAX_LISTED + 9}:{MAX_LISTED + 9}" in shown

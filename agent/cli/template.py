@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from novacron.agent import catalogue
+from novacron.agent import catalogue, client
 from novacron.agent.catalogue import CatalogueError, Entry, Publication
 from novacron.agent.config import AgentConfig, ConfigError, load
 from novacron.agent.core.templates import (
@@ -39,10 +39,20 @@ from novacron.agent.template_store import (
 from novacron.protocol import keyfiles
 from novacron.protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, key_id
 
-from .common import EXIT_FAILED, EXIT_OK, CommandError, Output, UsageError, key_value, make_dir
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    Output,
+    UsageError,
+    ask,
+    key_value,
+    make_dir,
+)
 from .table import render
 
 MiB = 1024 * 1024
+PULL_POLL = 0.5  # seconds between looks at a pull the agent runs
 TEMPLATE_LABEL = "novacron/template"  # on a VM made from a template: NAME:VERSION
 
 
@@ -230,6 +240,8 @@ def show(args: argparse.Namespace, out: Output) -> int:
 
 def pull(args: argparse.Namespace, out: Output) -> int:
     name, version = _ref(args.ref)
+    if not args.source:
+        return pull_from_mesh(args.ref, args.socket, out)
     with _refusals(out) as code:
         store, trusted = _store(args), _trusted(args)
         source = _catalogue(args.source)
@@ -247,6 +259,33 @@ def pull(args: argparse.Namespace, out: Output) -> int:
             [f"{manifest.ref} {verb}: verified, image {data['image_path']}"],
         )
     return code[0]
+
+
+def pull_from_mesh(ref: str, socket: str | None, out: Output) -> int:
+    """Have the agent pull `ref` from its peers; progress shown until it ends."""
+    answer, code = ask(out, client.post, "/v1/templates/pulls", {"template": ref}, socket)
+    if answer is None:
+        return code
+    status = answer["pull"]
+    shown = ProgressLine(out, "pulling")
+    while status["state"] not in ("done", "failed"):
+        time.sleep(PULL_POLL)
+        answer, code = ask(out, client.get, f"/v1/templates/pulls/{status['pull_id']}", socket)
+        if answer is None:
+            return code
+        status = answer["pull"]
+        if status["total_bytes"]:
+            shown(status["template"], status["done_bytes"], status["total_bytes"])
+    if status["state"] == "failed":
+        out.error(f"pull of {status['template']} failed: {status['error']}", status)
+        return EXIT_FAILED
+    sources = ", ".join(f"{peer} {n}" for peer, n in sorted(status["sources"].items()))
+    verb = "pulled" if status["outcome"] == Pulled.ADDED.value else "already held"
+    lines = [f"{status['template']} {verb} from the mesh: verified"]
+    if sources:
+        lines.append(f"  pieces from: {sources}")
+    out.result(status, lines)
+    return EXIT_OK
 
 
 def remove(args: argparse.Namespace, out: Output) -> int:

@@ -61,10 +61,20 @@ def add_template_commands(groups: Groups[Parser]) -> None:
     _store_flags(show)
     show.set_defaults(handler=_later("show"))
 
-    pull = commands.add_parser("pull", help="fetch and verify a template into this host's store")
-    pull.add_argument("ref", metavar="NAME[:VERSION]", help="default version: the newest listed")
+    pull = commands.add_parser(
+        "pull",
+        help="fetch and verify a template into this host's store: from the peers that hold "
+        "it (through the agent), or with --from from a catalogue",
+    )
+    pull.add_argument("ref", metavar="NAME[:VERSION]", help="default version: the newest offered")
     pull.add_argument(
-        "--from", dest="source", required=True, metavar="CATALOGUE", help=CATALOGUE_HELP
+        "--from",
+        dest="source",
+        metavar="CATALOGUE",
+        help=f"{CATALOGUE_HELP} (default: the mesh, through the agent)",
+    )
+    pull.add_argument(
+        "--socket", help="agent API socket, for a pull from the mesh (default: the agent's)"
     )
     _store_flags(pull)
     pull.set_defaults(handler=_later("pull"))

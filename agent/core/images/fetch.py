@@ -100,6 +100,7 @@ class ChunkFetch:
         self._rng = rng or random.Random()
         self._held = {i for i in held if 0 <= i < chunks.count}
         self._peers: dict[str, _Peer] = {}
+        self._count = [0] * chunks.count  # peers (not the catalogue) holding each piece
         self._asked: dict[int, tuple[str, float]] = {}  # piece -> (peer, deadline)
         self.banned: dict[str, str] = {}  # peer -> why nothing more is taken from it
         self.stats = FetchStats()
@@ -110,16 +111,30 @@ class ChunkFetch:
         """`peer` holds `pieces` (None: the whole file); replaces what it held before."""
         if peer in self.banned:
             return
-        known = self._peers.get(peer)
         chosen = None if pieces is None else {i for i in pieces if 0 <= i < self.chunks.count}
+        known = self._peers.get(peer)
         if known is None:
-            self._peers[peer] = _Peer(chosen)
+            known = self._peers[peer] = _Peer(set())
         else:
-            known.pieces = chosen
+            self._recount(peer, known, -1)
+        known.pieces = chosen
+        self._recount(peer, known, +1)
+
+    def _recount(self, name: str, peer: _Peer, step: int) -> None:
+        """Add `step` to the holder count of each piece `peer` holds."""
+        if name == CATALOGUE or step == 0:
+            return
+        if peer.pieces is None:
+            self._count = [c + step for c in self._count]
+        else:
+            for i in peer.pieces:
+                self._count[i] += step
 
     def forget(self, peer: str) -> None:
         """`peer` left: what it was asked is asked of others."""
-        self._peers.pop(peer, None)
+        known = self._peers.pop(peer, None)
+        if known is not None:
+            self._recount(peer, known, -1)
         for index, (asked, _) in list(self._asked.items()):
             if asked == peer:
                 del self._asked[index]
@@ -134,7 +149,9 @@ class ChunkFetch:
             return out
         usable = {p: peer for p, peer in self._peers.items() if self._usable(p, peer)}
         peers_only = {p: peer for p, peer in usable.items() if p != CATALOGUE}
-        for index in self._wanted(peers_only):
+        for index in self._wanted():
+            if all(peer.in_flight >= self.config.per_peer for peer in usable.values()):
+                break  # every source is busy: nothing more to ask now
             holders = [p for p, peer in peers_only.items() if _has(peer, index)]
             if not holders and CATALOGUE in usable:
                 holders = [CATALOGUE]
@@ -154,13 +171,15 @@ class ChunkFetch:
     def _usable(self, name: str, peer: _Peer) -> bool:
         return name not in self.banned and peer.strikes < self.config.strikes
 
-    def _wanted(self, peers: dict[str, _Peer]) -> list[int]:
-        """Pieces neither held nor asked, the rarest among `peers` first."""
+    def _wanted(self) -> list[int]:
+        """Pieces neither held nor asked, the rarest among the peers first (ties at random)."""
+        count = self._count
         missing = [
             i for i in range(self.chunks.count) if i not in self._held and i not in self._asked
         ]
-        order = {i: self._rng.random() for i in missing}
-        return sorted(missing, key=lambda i: (sum(_has(p, i) for p in peers.values()), order[i]))
+        self._rng.shuffle(missing)
+        missing.sort(key=count.__getitem__)  # stable: the shuffle breaks ties
+        return missing
 
     # --- answers ---------------------------------------------------------------------------
 
@@ -176,7 +195,7 @@ class ChunkFetch:
         if not self.chunks.matches(index, data):
             self.stats.corrupt += 1
             self.banned[peer] = f"sent a piece {index} that is not the signed one"
-            self._peers.pop(peer, None)
+            self.forget(peer)
             self._release(peer)
             return Arrival.CORRUPT
         if source is not None:

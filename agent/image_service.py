@@ -1,0 +1,280 @@
+"""This host's image transport: serving template pieces to peers, and carrying answers
+to the pulls that asked for them.
+
+A second ROUTER with the host's own Curve keys and trust store (so only
+certified, unrevoked members connect), on a port of its own that the record
+names (`image_port`): a 1 MiB piece never waits ahead of gossip in a queue.
+
+Serving answers only what the store holds whole, or the pieces a pull in
+progress here has already checked; it reads in threads, a bounded number at
+once per peer, so a peer asking for everything at once gets `busy` answers
+instead of this host's memory. Nothing here decides what to fetch: that is
+`mesh_pull` with the sans-IO `ChunkFetch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from novacron.protocol.codec import Limits
+from novacron.protocol.keys import NodeKey
+from novacron.protocol.messages import (
+    ImageLack,
+    Message,
+    NodeRecord,
+    PieceAsk,
+    PieceGive,
+    PiecesAsk,
+    PiecesHeld,
+    TemplateAsk,
+    TemplateGive,
+)
+
+from .core.images.chunkmap import CHUNK_SIZE, ChunkMap, ChunkMapBuilder, decode_chunk_map
+from .core.images.holders import bitmap
+from .core.templates import SignedManifest, TemplateFile, TemplateRefused
+from .logs import Throttle
+from .security import TrustStore
+from .template_store import TemplateStore
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+# A piece is 1 MiB and the envelope a few bytes more; the frame limit leaves room.
+IMAGE_LIMITS = Limits(max_frame=CHUNK_SIZE + 64 * 1024)
+SERVE_PER_PEER = 8  # piece reads in progress for one peer; more are answered "busy"
+SERVE_IN_ALL = 16  # piece reads in progress for all peers
+READ_BLOCK = 4 * CHUNK_SIZE  # bytes read at a time while computing a chunk map
+
+
+@dataclass
+class Partial:
+    """A file a pull in progress here is writing: the pieces it checked can be served."""
+
+    path: Path
+    chunks: ChunkMap
+    held: Callable[[], frozenset[int]]
+
+
+@dataclass
+class Inbox:
+    """Answers for one pull: what it asked of whom arrives here."""
+
+    queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)
+
+
+class ImageService:
+    """Serves pieces on the image transport and routes answers to the pulls waiting."""
+
+    def __init__(
+        self,
+        node_id: str,
+        transport: Transport,
+        store: TemplateStore,
+        records: Callable[[], Mapping[str, NodeRecord]],
+        serve_rate: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.serve_rate = serve_rate  # bytes per second served in all; 0: unlimited
+        self._clock = clock
+        self._free_at = 0.0  # when the paced uplink is free for the next piece
+        self.transport = transport
+        self.store = store
+        self._records = records
+        self.partial: dict[bytes, Partial] = {}  # file SHA-256 -> a pull's file in progress
+        self._inboxes: dict[object, Inbox] = {}  # a pull -> its inbox
+        self._reading: dict[str, int] = {}  # peer -> piece reads in progress for it
+        self._chunk_maps: dict[bytes, bytes] = {}  # file SHA-256 -> its checked chunk map
+        self._serving = asyncio.Semaphore(SERVE_IN_ALL)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._throttle = Throttle(log)
+        self.served_pieces = 0
+        self.served_bytes = 0
+
+    @classmethod
+    def create(
+        cls,
+        node_id: str,
+        key: NodeKey,
+        trust: TrustStore,
+        bind: str,
+        port: int,
+        store: TemplateStore,
+        records: Callable[[], Mapping[str, NodeRecord]],
+        serve_rate: float = 0.0,
+    ) -> ImageService:
+        transport = Transport(node_id, key, trust, bind, port, limits=IMAGE_LIMITS)
+        return cls(node_id, transport, store, records, serve_rate)
+
+    async def start(self) -> None:
+        await self.transport.start()
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.transport.close()
+
+    # --- talking to peers --------------------------------------------------------------
+
+    def address_of(self, peer: str) -> str | None:
+        """`host:image_port` of `peer`, from its record; None when it serves no images."""
+        record = self._records().get(peer)
+        if record is None or record.image_port == 0 or not record.addresses:
+            return None
+        host = record.addresses[0].rsplit(":", 1)[0]
+        return f"{host}:{record.image_port}"
+
+    async def send(self, peer: str, message: Message) -> bool:
+        address = self.address_of(peer)
+        if address is None:
+            return False
+        return await self.transport.send(peer, address, message)
+
+    def inbox(self, owner: object) -> Inbox:
+        """Open an inbox for `owner` (a pull); every answer arriving goes to each open one."""
+        box = self._inboxes[owner] = Inbox()
+        return box
+
+    def close_inbox(self, owner: object) -> None:
+        self._inboxes.pop(owner, None)
+
+    async def run(self) -> None:
+        """Receive until cancelled: asks are served, answers handed to the open inboxes."""
+        while True:
+            sender, message = await self.transport.recv()
+            if isinstance(message, TemplateAsk | PiecesAsk | PieceAsk):
+                self._spawn(self._serve(sender, message))
+            elif isinstance(message, TemplateGive | PiecesHeld | PieceGive | ImageLack):
+                for box in self._inboxes.values():
+                    box.queue.put_nowait((sender, message))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- serving -----------------------------------------------------------------------
+
+    async def _serve(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> None:
+        try:
+            answer = await self._answer(peer, ask)
+        except (OSError, TemplateRefused) as exc:
+            self._throttle(
+                (peer, "serve"),
+                logging.WARNING,
+                "cannot serve %s to %s: %s",
+                type(ask).__name__,
+                peer,
+                exc,
+            )
+            answer = _lack(ask, "cannot read it here")
+        await self.send(peer, answer)
+
+    async def _answer(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> Message:
+        if isinstance(ask, TemplateAsk):
+            return await self._template(ask)
+        if isinstance(ask, PiecesAsk):
+            return self._pieces_held(ask)
+        return await self._piece(peer, ask)
+
+    async def _template(self, ask: TemplateAsk) -> Message:
+        signed = next((s for s in self.store.whole() if s.manifest.ref == ask.ref), None)
+        if signed is None:
+            return ImageLack(ask.ref, "not held here")
+        maps = [await self._chunk_map(signed, f) for f in signed.manifest.files]
+        return TemplateGive(ask.ref, signed.encoded, tuple(maps))
+
+    async def _chunk_map(self, signed: SignedManifest, template_file: TemplateFile) -> bytes:
+        """The file's chunk map, computed from its bytes once and checked against the
+        manifest (a store file changed on disk is not served as the signed one)."""
+        known = self._chunk_maps.get(template_file.sha256)
+        if known is None:
+            path = self.store.file(template_file)
+            built = await asyncio.to_thread(_build_chunk_map, path)
+            decode_chunk_map(built.encoded(), template_file)  # TemplateRefused if it differs
+            known = self._chunk_maps[template_file.sha256] = built.encoded()
+        return known
+
+    def _whole_file(self, sha256: bytes) -> Path | None:
+        for signed in self.store.whole():
+            for template_file in signed.manifest.files:
+                if template_file.sha256 == sha256:
+                    return self.store.file(template_file)
+        return None
+
+    def _pieces_held(self, ask: PiecesAsk) -> Message:
+        partial = self.partial.get(ask.sha256)
+        if partial is not None:
+            return PiecesHeld(ask.sha256, bitmap(partial.held(), partial.chunks.count))
+        if self._whole_file(ask.sha256) is not None:
+            return PiecesHeld(ask.sha256, whole=True)
+        return ImageLack(ask.sha256.hex(), "not held here")
+
+    async def _piece(self, peer: str, ask: PieceAsk) -> Message:
+        path: Path | None
+        partial = self.partial.get(ask.sha256)
+        if partial is not None:
+            path = partial.path if ask.index in partial.held() else None
+        else:
+            path = self._whole_file(ask.sha256)
+        if path is None:
+            return ImageLack(ask.sha256.hex(), "piece not held here", ask.index)
+        if self._reading.get(peer, 0) >= SERVE_PER_PEER:
+            return ImageLack(ask.sha256.hex(), "busy", ask.index)
+        self._reading[peer] = self._reading.get(peer, 0) + 1
+        try:
+            await self._pace(CHUNK_SIZE)
+            async with self._serving:
+                data = await asyncio.to_thread(_read_piece, path, ask.index)
+        finally:
+            self._reading[peer] -= 1
+            if not self._reading[peer]:
+                del self._reading[peer]
+        if not data:
+            return ImageLack(ask.sha256.hex(), "no such piece", ask.index)
+        self.served_pieces += 1
+        self.served_bytes += len(data)
+        return PieceGive(ask.sha256, ask.index, data)
+
+    async def _pace(self, size: int) -> None:
+        """Wait for this piece's turn on the uplink when serving is capped: pieces leave
+        one after another at `serve_rate`, so peers fetching never fill an edge link."""
+        if self.serve_rate <= 0:
+            return
+        now = self._clock()
+        start = max(now, self._free_at)
+        self._free_at = start + size / self.serve_rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+def _lack(ask: TemplateAsk | PiecesAsk | PieceAsk, reason: str) -> ImageLack:
+    if isinstance(ask, TemplateAsk):
+        return ImageLack(ask.ref, reason)
+    index = ask.index if isinstance(ask, PieceAsk) else -1
+    return ImageLack(ask.sha256.hex(), reason, index)
+
+
+def _read_piece(path: Path, index: int) -> bytes:
+    with open(path, "rb") as source:
+        return os.pread(source.fileno(), CHUNK_SIZE, index * CHUNK_SIZE)
+
+
+def _build_chunk_map(path: Path) -> ChunkMap:
+    builder = ChunkMapBuilder()
+    with open(path, "rb") as source:
+        while block := source.read(READ_BLOCK):
+            builder.feed(block)
+    return builder.finish()
