@@ -31,7 +31,7 @@ import psutil
 
 from novacron.protocol.certificates import format_time
 from novacron.protocol.errors import IdentityError
-from novacron.protocol.messages import Message, NodeRecord
+from novacron.protocol.messages import Message, NodeRecord, TemplateWanted
 from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
@@ -53,6 +53,7 @@ from .core.membership.config import MembershipConfig
 from .core.membership.node import MembershipNode
 from .core.migration.reservations import free_capacity
 from .core.refusals import RefusalKind, Refused
+from .core.templates import parse_ref
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
@@ -161,6 +162,7 @@ class Agent:
             serve_rate=config.image_serve_mib_s * 1024 * 1024,
         )
         self.pulls = Pulls(self._mesh_pull, on_change=self._publish_inventory)
+        self.images.on_wanted = self._template_wanted
         self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
             self.node_id,
@@ -184,6 +186,7 @@ class Agent:
             journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
             dirty_rate=lambda vm: self.inventory.dirty_rate(vm),
         )
+        self.migrator.want_template = self._want_template
         self.events = _event_stream(config, self.node_id)
         if self.events is not None:
             self.migrator.on_event = self.events.emit
@@ -340,6 +343,25 @@ class Agent:
             catalogue=catalogue,
             clock=self._clock,
             on_fetching=self._publish_inventory,
+        )
+
+    async def _want_template(self, target: str, ref: str) -> bool:
+        return await self.images.send(target, TemplateWanted(ref))
+
+    def _template_wanted(self, peer: str, ref: str) -> None:
+        """A peer is about to move a VM made from `ref` here: pull it from the mesh."""
+        try:
+            name, version = parse_ref(ref)
+            pull = self.pulls.start(name, version)
+        except (ValueError, Refused) as exc:
+            log.warning(
+                "cannot fetch the template a peer wants here",
+                extra={"fields": {"peer": peer, "template": ref[:80], "why": str(exc)}},
+            )
+            return
+        log.info(
+            "fetching a template a peer wants here",
+            extra={"fields": {"peer": peer, "template": ref, "pull": pull.pull_id}},
         )
 
     def _metrics_source(self) -> MetricsSource:

@@ -488,7 +488,7 @@ class Hypervisor:
         for dom in conn.listAllDomains(0):
             with _skip_vanished():
                 state = VM_STATES.get(int(dom.state()[0]), "unknown")
-                infos.append(VmInfo(dom.name(), dom.UUIDString(), state, _labels(dom)))
+                infos.append(VmInfo(dom.name(), dom.UUIDString(), state, domain_labels(dom)))
         return sorted(infos, key=lambda info: info.name)
 
     async def stats(self, name: str) -> VmStats:
@@ -510,7 +510,7 @@ class Hypervisor:
             memory_mib=int(kib) // 1024,
             max_memory_mib=int(max_kib) // 1024,
             rss_mib=int(dom.memoryStats().get("rss", 0)) // 1024 if active else None,
-            labels=_labels(dom),
+            labels=domain_labels(dom),
             job=job_stats(dom.jobStats(0)) if active else None,
             last_job=_last_job(dom),
         )
@@ -593,7 +593,7 @@ def _undefine_domain(dom: Any, flags: int) -> None:
         dom.undefine()
 
 
-def _labels(dom: Any) -> dict[str, str]:
+def domain_labels(dom: Any) -> dict[str, str]:
     """A domain's NovaCron labels; {} for domains without NovaCron metadata."""
     try:
         element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)

@@ -35,6 +35,7 @@ from novacron.protocol.messages import (
     PiecesHeld,
     TemplateAsk,
     TemplateGive,
+    TemplateWanted,
 )
 
 from .core.images.chunkmap import CHUNK_SIZE, ChunkMap, ChunkMapBuilder, decode_chunk_map
@@ -97,6 +98,8 @@ class ImageService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = Throttle(log)
         self.served_pieces = 0
+        # A peer about to migrate a VM here asks this host to fetch its template.
+        self.on_wanted: Callable[[str, str], None] = lambda peer, ref: None
         self.served_bytes = 0
 
     @classmethod
@@ -156,6 +159,8 @@ class ImageService:
             sender, message = await self.transport.recv()
             if isinstance(message, TemplateAsk | PiecesAsk | PieceAsk):
                 self._spawn(self._serve(sender, message))
+            elif isinstance(message, TemplateWanted):
+                self.on_wanted(sender, message.ref)
             elif isinstance(message, TemplateGive | PiecesHeld | PieceGive | ImageLack):
                 for box in self._inboxes.values():
                     box.queue.put_nowait((sender, message))

@@ -66,6 +66,7 @@ from .core.events import (
     StartLibvirtMigration,
     SwitchToPostCopy,
 )
+from .core.images.holders import lacking
 from .core.migration.policy import MigrationPolicy, switchover_limit_ms
 from .core.migration.saga import (
     ClusterView,
@@ -84,7 +85,7 @@ from .disks import (
     remove_target_copies,
 )
 from .history import HistoryEntry, VmHistory
-from .hypervisor import job_stats
+from .hypervisor import domain_labels, job_stats
 from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .libvirt_adapter import LibvirtAdapter, Opener, Unreachable
@@ -165,6 +166,8 @@ class Migrator:
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self.tracing: Tracing | None = None  # spans of migrations, when traces are on
+        # Asks a target to fetch a template (image transport); False if it cannot be told.
+        self.want_template: Callable[[str, str], Awaitable[bool]] | None = None
         self._owns_libvirt = libvirt_adapter is None  # closed with the driver if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri, opener=opener)
         self.locator = Locator(node_id, view, libvirt=self.libvirt)
@@ -281,6 +284,7 @@ class Migrator:
         """Propose moving VMs that must stay together (an affinity group) to `target`, room
         for all of them reserved at once; their migration ids, in the order of `vms`, or
         `Refused` with the reason (then none of them moves)."""
+        await self._target_holds_templates(vms, target)
         out = self.core.request_group_migration(
             vms, target, overrides, self._clock(), purpose=purpose
         )
@@ -292,6 +296,31 @@ class Migrator:
         if len(proposed) != len(vms):
             raise Refused(RefusalKind.CONFLICT, "refused")
         return proposed
+
+    async def _target_holds_templates(self, vms: Sequence[str], target: str) -> None:
+        """`Refused` when `target` lacks the template of one of `vms` (its disk's base would
+        be missing there); the target is asked to fetch it from the mesh meanwhile."""
+        labels = {}
+        for vm in vms:
+            try:
+                labels[vm] = await self.libvirt.call(_labels_of, vm)
+            except libvirt.libvirtError:
+                continue  # no such VM here, or no libvirt: the core's refusal says so
+        missing = lacking(self._view.records().get(target), labels)
+        if not missing:
+            return
+        vm, ref = missing[0]
+        told = self.want_template is not None and await self.want_template(target, ref)
+        doing = (
+            "it is fetching it from its peers now; migrate again once it holds it "
+            f"(nova host show {target})"
+            if told
+            else "it cannot be asked to fetch it (no image transport known)"
+        )
+        raise Refused(
+            RefusalKind.CONFLICT,
+            f"{target} lacks template {ref}, the base of {vm}'s disk: {doing}",
+        )
 
     async def cancel(self, migration_id: str) -> None:
         """Cancel a running outbound migration, or `Refused` saying why not."""
@@ -704,6 +733,10 @@ PAUSES = {
 def _lookup(conn: Any, vm: str) -> None:
     """Raises libvirtError if `vm` is not defined on `conn`."""
     conn.lookupByName(vm)
+
+
+def _labels_of(conn: Any, vm: str) -> dict[str, str]:
+    return domain_labels(conn.lookupByName(vm))
 
 
 def _on_job(conn: Any, vm: str, method: str, *args: Any) -> None:

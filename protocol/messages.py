@@ -544,6 +544,17 @@ class TemplateAsk:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateWanted:
+    """Fetch `ref` from the mesh: a VM made from it is about to move to you.
+
+    The receiver pulls it as its operator would (its own trusted publishers decide);
+    it is never told where the pieces come from."""
+
+    TYPE: ClassVar[str] = "template-wanted"
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateGive:
     """The manifest as its publisher signed it, and one chunk map per file, in order.
 
@@ -626,6 +637,7 @@ Message = Union[  # noqa: UP007
     SiteCommandRelay,
     SiteCommandResult,
     TemplateAsk,
+    TemplateWanted,
     TemplateGive,
     PiecesAsk,
     PiecesHeld,
@@ -664,6 +676,7 @@ CATALOGUE: dict[str, type] = {
         SiteCommandRelay,
         SiteCommandResult,
         TemplateAsk,
+        TemplateWanted,
         TemplateGive,
         PiecesAsk,
         PiecesHeld,

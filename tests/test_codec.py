@@ -71,6 +71,7 @@ EXAMPLES: list[m.Message] = [
     m.SiteCommandRelay("req-2", command=b"\x81\xa3key\xa2k1"),
     m.SiteCommandResult("req-2", outcome=b"\x81\xa3key\xa2k1"),
     m.TemplateAsk("debian-12:1"),
+    m.TemplateWanted("debian-12:1"),
     m.TemplateGive("debian-12:1", manifest=b"signed", chunk_maps=(b"\x01" * 32,)),
     m.PiecesAsk(b"\x02" * 32),
     m.PiecesHeld(b"\x02" * 32, bitmap=b"\x05"),

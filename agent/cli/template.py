@@ -22,6 +22,7 @@ from novacron.agent import catalogue, client
 from novacron.agent.catalogue import CatalogueError, Entry, Publication
 from novacron.agent.config import AgentConfig, ConfigError, load
 from novacron.agent.core.templates import (
+    TEMPLATE_LABEL,
     DefaultSpec,
     Manifest,
     TemplateRefused,
@@ -53,7 +54,6 @@ from .table import render
 
 MiB = 1024 * 1024
 PULL_POLL = 0.5  # seconds between looks at a pull the agent runs
-TEMPLATE_LABEL = "novacron/template"  # on a VM made from a template: NAME:VERSION
 
 
 @contextmanager

@@ -81,6 +81,10 @@ _LIMITS: Final = codec.Limits(
 # --- refusals -------------------------------------------------------------------
 
 
+TEMPLATE_LABEL = "novacron/template"
+"""The label of a VM made from a template: NAME:VERSION, whose image is its disk's base."""
+
+
 class TemplateRefused(ProtocolError):
     """A template cannot be taken; `reason` names why in one word, for scripts."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from ..templates import parse_ref, version_key
+from ..templates import TEMPLATE_LABEL, parse_ref, version_key
 
 MAX_LISTED = 64
 """The most templates a record lists as held (and as being fetched): the record
@@ -42,6 +42,19 @@ def holders(
         elif ref in record.fetching:
             partial.append(node)
     return Holders(tuple(whole), tuple(partial))
+
+
+def lacking(
+    target: NodeRecord | None, labels: Mapping[str, Mapping[str, str]]
+) -> list[tuple[str, str]]:
+    """(VM, template) for each VM (by its labels) made from a template the target does not
+    hold whole: its disk's base would be missing there, so the target must fetch it first."""
+    held = set(target.templates) if target is not None else set()
+    return sorted(
+        (vm, ref)
+        for vm, vm_labels in labels.items()
+        if (ref := vm_labels.get(TEMPLATE_LABEL)) and ref not in held
+    )
 
 
 def newest_offered(records: Iterable[NodeRecord], name: str) -> str | None:
