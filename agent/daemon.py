@@ -926,6 +926,13 @@ class Agent:
             "site_commands_refused": self.site_commands.refused,
             "event_stream": self.events.status() if self.events is not None else None,
             "tracing": self.tracing.status() if self.tracing is not None else None,
+            "templates": {
+                "dir": str(self.templates.root),
+                "image_port": self.images.port,
+                "served_pieces": self.images.served_pieces,
+                "served_bytes": self.images.served_bytes,
+                "pulls_running": list(self.pulls.fetching()),
+            },
         }
 
     def _domain_type_status(self) -> dict[str, Any]:

@@ -288,6 +288,15 @@ def pull_from_mesh(ref: str, socket: str | None, out: Output) -> int:
     return EXIT_OK
 
 
+def _agent_templates(socket: str | None) -> dict[str, Any] | None:
+    """The running agent's template settings (`nova status`), or None if none answers."""
+    try:
+        templates = client.get("/v1/status", socket).get("templates")
+    except (client.AgentUnavailable, client.AgentRequestFailed, client.MalformedAnswer):
+        return None
+    return templates if isinstance(templates, dict) and templates.get("dir") else None
+
+
 def remove(args: argparse.Namespace, out: Output) -> int:
     name, version = _ref(args.ref)
     with _refusals(out) as code:
@@ -343,15 +352,26 @@ def _describe_lines(manifest: Manifest, where: str, checked: str) -> list[str]:
     return lines
 
 
-def template_defaults(args: argparse.Namespace) -> dict[str, Any]:
+def template_defaults(args: argparse.Namespace, out: Output | None = None) -> dict[str, Any]:
     """What `nova vm create --template NAME[:VERSION]` starts from: the held template's
-    image as the first disk's base, its kernel and initrd, its spec, and a label naming it."""
+    image as the first disk's base, its kernel and initrd, its spec, and a label naming it.
+
+    The store is the running agent's (its `template_dir`), else the configured one. A
+    template this host lacks is pulled from the mesh through the agent first (given
+    `out`, where its progress shows)."""
     name, version = _ref(args.template)
-    store = TemplateStore(Path(_settings(args).template_dir))
+    agent = _agent_templates(args.socket)
+    store = TemplateStore(Path(agent["dir"] if agent else _settings(args).template_dir))
     try:
         manifest = store.find(name, version)
     except StoreError as exc:
-        raise CommandError(str(exc)) from None
+        if out is None or agent is None:
+            raise CommandError(str(exc)) from None
+        if pull_from_mesh(args.template, args.socket, out) != EXIT_OK:
+            raise CommandError(
+                f"template {args.template} is not on this host and was not pulled"
+            ) from None
+        manifest = store.find(name, version)
     missing = store.missing_files(manifest)
     if missing:
         raise CommandError(

@@ -78,7 +78,7 @@ def add_vm_lifecycle_commands(vm_commands: Groups[Parser]) -> None:
 
 
 def create_vm(args: argparse.Namespace, out: Output) -> int:
-    answer, code = ask(out, client.post, "/v1/vms", create_request(args), args.socket)
+    answer, code = ask(out, client.post, "/v1/vms", create_request(args, out), args.socket)
     if answer is None:
         return code
     what = "created and started" if answer["started"] else "created (not started)"
@@ -86,13 +86,14 @@ def create_vm(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def create_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The agent's create request: the flags, over a template's defaults if one is named."""
+def create_request(args: argparse.Namespace, out: Output | None = None) -> dict[str, Any]:
+    """The agent's create request: the flags, over a template's defaults if one is named
+    (pulled from the mesh through the agent first if this host lacks it, given `out`)."""
     base: dict[str, Any] = {"vcpus": DEFAULT_VCPUS, "cmdline": "", "disks": [], "labels": {}}
     if args.template:
         from .template import template_defaults  # loads the signing library: only when used
 
-        base = template_defaults(args)
+        base = template_defaults(args, out)
     elif args.memory is None:
         raise UsageError("--memory is required (or --template, whose spec gives it)")
     body: dict[str, Any] = {
