@@ -31,6 +31,11 @@ CLI::
 
     python -m novacron.simulations.guest build [--out DIR] [--force]
     python -m novacron.simulations.guest boot [--out DIR] [--seconds N] [ARG=VALUE ...]
+    python -m novacron.simulations.guest template --key PUBLISHER.key --to CATALOGUE
+
+`template` signs the built guest into a catalogue as template `test-guest:1`
+(its blank disk the image, its kernel and initramfs the boot files), the
+first template a mesh can spread (docs/templates.md).
 
 `boot` runs the guest under plain QEMU/TCG (no libvirt, no network) and
 prints its console, time to first heartbeat included.
@@ -557,10 +562,33 @@ def _boot(args: argparse.Namespace) -> int:
     return 0
 
 
+TEMPLATE_NAME = "test-guest"
+
+
+def publish_template(
+    guest: Guest, key: Path, catalogue: Path, version: str = "1", memory_mib: int = 128
+) -> int:
+    """Sign the guest into `catalogue` as template test-guest:VERSION with publisher `key`:
+    the blank disk is its image, the kernel and initramfs boot it, heartbeats on."""
+    from novacron.agent.cli import main as nova  # the signing library: only for this command
+
+    argv = ["template", "publish", str(guest.disk), "--name", TEMPLATE_NAME]
+    argv += ["--version", version, "--key", str(key), "--to", str(catalogue)]
+    argv += ["--memory", str(memory_mib), "--kernel", str(guest.kernel)]
+    argv += ["--initrd", str(guest.initrd), "--cmdline", DEFAULT_CMDLINE, "--os", "busybox"]
+    argv += ["--description", "NovaCron's test guest: a heartbeat on its console every 100 ms"]
+    return nova(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`build` or `boot` the test guest (module docstring)."""
+    """`build` or `boot` the test guest, or publish it as a `template` (module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m novacron.simulations.guest")
-    parser.add_argument("command", choices=["build", "boot"])
+    parser.add_argument("command", choices=["build", "boot", "template"])
+    parser.add_argument(
+        "--key", type=Path, help="template: the publisher key (nova template keygen)"
+    )
+    parser.add_argument("--to", type=Path, help="template: the catalogue directory")
+    parser.add_argument("--version", default="1", help="template: its version (1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="build directory")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--seconds", type=float, default=3.0, help="boot: run this long")
@@ -572,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             guest = build(args.out, force=args.force)
             print(f"kernel {guest.kernel}\ninitrd {guest.initrd}\ndisk   {guest.disk}")
             return 0
+        if args.command == "template":
+            if args.key is None or args.to is None:
+                parser.error("template needs --key FILE and --to CATALOGUE")
+            return publish_template(build(args.out), args.key, args.to, args.version)
         return _boot(args)
     except GuestBuildError as exc:
         print(f"guest: {exc}", file=sys.stderr)
