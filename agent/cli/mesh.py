@@ -200,10 +200,18 @@ def show_host(args: argparse.Namespace, out: Output) -> int:
         f"migrating: {record.get('migrations_out', 0)} out, {record.get('migrations_in', 0)} in",
         f"rebalance: {_rebalance(record.get('rebalance', {}))}",
         f"gateway:   {'candidate' if record.get('gateway_candidate') else 'no'}",
+        f"templates: {_templates(record)}",
         f"vms:       {len(record.get('vms', []))}   record version {record.get('version', '-')}",
     ]
     out.result({"host": host}, lines)
     return EXIT_OK
+
+
+def _templates(record: dict[str, Any]) -> str:
+    """The templates the host holds whole, and those it is fetching now."""
+    held = ", ".join(record.get("templates", [])) or "-"
+    fetching = ", ".join(record.get("fetching", []))
+    return f"{held}   fetching: {fetching}" if fetching else held
 
 
 def _rebalance(setting: dict[str, Any]) -> str:
