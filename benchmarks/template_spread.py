@@ -104,7 +104,8 @@ def pull_all(
         for name, proc in procs.items():
             if name not in done and proc.poll() is not None:
                 if proc.returncode != 0:
-                    raise RuntimeError(f"{name}: {' '.join(argv)} failed: {proc.stderr.read()}")
+                    _, err = proc.communicate()
+                    raise RuntimeError(f"{name}: {' '.join(argv)} failed: {err}")
                 done[name] = time.monotonic() - start
         if time.monotonic() - start > timeout:
             for proc in procs.values():
