@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.lab_soak import machine
 from novacron.agent.cli import main as nova
 from novacron.simulations.lab import Lab, LabHost
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
@@ -42,15 +42,6 @@ from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 WORK = Path("/var/lib/novacron-test")
 HTTP_PORT = 8080
 NAME = "bench"
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.partition(":")[2].strip()
-            break
-    return {"cpus": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
 def make_template(work: Path, size_mib: int) -> tuple[Path, Path]:

@@ -3,8 +3,10 @@
 Brings up 3 lab hosts (network namespaces, each with its own libvirtd and a
 `nova-agent`), shows membership converging by mDNS, kills one agent with
 SIGKILL, shows the others detect the failure, restarts it, shows it rejoin
-with a higher incarnation; then boots a test guest on h1 and migrates it live
-to h2 with `nova vm migrate --wait`, showing its heartbeat carrying on; and
+with a higher incarnation; then signs the test guest as template test-guest:1,
+creates a VM from it on h1 and migrates it live to h2, which never had the
+template: h2 fetches it from h1 over the mesh first, then `nova vm migrate
+--wait` moves the VM, its heartbeat carrying on; and
 removes everything it made, even on Ctrl-C. Every line says when (wall clock,
 and seconds since the start), and every wait says what it waits for.
 Run as root: `python -m novacron.simulations.demo [--hosts N] [--name LAB]`.
@@ -13,6 +15,8 @@ Run as root: `python -m novacron.simulations.demo [--hosts N] [--name LAB]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -21,7 +25,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from novacron.agent.vmspec import VmSpec, domain_xml
+from novacron.agent.cli import main as nova_main
 from novacron.simulations import guest as guest_files
 from novacron.simulations.lab import Lab, LabError
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
@@ -31,6 +35,8 @@ from novacron.simulations.lab.host import LabHost
 VM = "demo-vm"
 CONSOLE = Path("/var/log/libvirt/qemu") / f"{VM}.console.log"  # per host (private mount)
 MESH_TIMEOUT = 60.0  # seconds for the agents to find each other
+TEMPLATES = Path("/var/lib/libvirt/novacron-templates")  # each host's own store (private)
+TEMPLATE = f"{guest_files.TEMPLATE_NAME}:1"
 
 _START = time.monotonic()
 
@@ -76,7 +82,10 @@ def watch_mesh(agents: LabAgents, lab: Lab) -> None:
 
 def run(hosts: int, name: str) -> None:
     with Lab(name, hosts, progress=lambda line: say(line.strip())) as lab:
-        agents = LabAgents(lab)
+        publisher = lab.state_dir / "publisher"
+        assert nova_main(["template", "keygen", "demo", "--out", str(publisher)]) == 0
+        trust = ["--trusted-publishers", str(publisher / "demo.pub")]
+        agents = LabAgents(lab, extra_args=["--template-dir", str(TEMPLATES), *trust])
         say(f"starting {hosts} agents (certificates from a fresh cluster CA, no seeds: mDNS only)")
         agents.start_all()
         try:
@@ -102,7 +111,7 @@ def run(hosts: int, name: str) -> None:
                 wait_for(partial(states, agents, host, victim.name), lambda s: s == "alive", 60)
             say(f"{victim.name} rejoined (it refuted its death with a higher incarnation)")
             show_members(agents, observer)
-            migrate_a_guest(lab, agents)
+            migrate_a_guest(lab, agents, publisher)
         finally:
             stop_agents(lab, agents)
             say("removing the lab: host inits, libvirtd and virtlogd, then the namespaces")
@@ -135,23 +144,39 @@ def narrated(host: LabHost, command: list[str]) -> None:
         raise LabError(f"`{' '.join(command)}` failed (exit {proc.returncode})")
 
 
-def migrate_a_guest(lab: Lab, agents: LabAgents) -> None:
+def migrate_a_guest(lab: Lab, agents: LabAgents, publisher: Path) -> None:
     source, target = lab.hosts[0], lab.hosts[1]
+    nova = str(BIN / "nova")
     say("building the test guest from Debian packages (cached after the first run)")
     guest = guest_files.build()
-    spec = VmSpec(VM, 1, 128, guest.kernel, guest.initrd, guest.cmdline())
-    xml = agents.host_dir(source) / f"{VM}.xml"
-    xml.write_text(domain_xml(spec, domain_type="qemu", overlays=(), console_log=CONSOLE))
-    virsh = ["virsh", "-q", "-c", "qemu:///system"]
-    source.run([*virsh, "define", str(xml)], check=True, capture_output=True)
-    source.run([*virsh, "start", VM], check=True, capture_output=True)
+    catalogue = publisher / "catalogue"
+    say(f"signing it as template {TEMPLATE} into a catalogue ({catalogue})")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        guest_files.publish_template(guest, publisher / "demo.key", catalogue)
+    for line in printed.getvalue().splitlines():
+        say(f"    {line}")
+    say(f"{source.name} pulls the template from the catalogue, then creates {VM} from it")
+    narrated(
+        source,
+        [nova, "template", "pull", TEMPLATE, "--from", str(catalogue), "--store", str(TEMPLATES),
+         "--trust", str(publisher / "demo.pub")],
+    )  # fmt: skip
+    narrated(source, [nova, "vm", "create", VM, "--template", TEMPLATE, "--start"])
     say(f"{VM} started on {source.name} (TCG, no KVM); waiting for its console's heartbeats")
     beats = wait_heartbeat_above(source, VM, CONSOLE, 9)
     say(f"{VM} boots on {source.name}; its console says 'heartbeat {beats[-1]}'")
     say(f"waiting until the agents' gossip lists {VM} on {source.name}")
     wait_for(partial(_vm_host, agents, target), lambda h: h == source.name, timeout=30)
-    say(f"every agent lists {VM} on {source.name}; now: nova vm migrate {VM} --to {target.name}")
-    narrated(source, [str(BIN / "nova"), "vm", "migrate", VM, "--to", target.name, "--wait"])
+    say(f"{target.name} has never held {TEMPLATE}: nova vm migrate {VM} --to {target.name}")
+    refused = source.run(
+        [nova, "vm", "migrate", VM, "--to", target.name], capture_output=True, text=True
+    )
+    say(f"    {refused.stderr.strip() or refused.stdout.strip()}")
+    say(f"waiting for {target.name} to fetch {TEMPLATE} from its peers (pieces checked)")
+    wait_for(partial(_templates, agents, source, target.name), lambda t: TEMPLATE in t, 120)
+    say(f"{target.name} holds {TEMPLATE}; now: nova vm migrate {VM} --to {target.name} --wait")
+    narrated(source, [nova, "vm", "migrate", VM, "--to", target.name, "--wait"])
     before = heartbeats(source)[-1]
     say(f"waiting for {VM}'s heartbeat on {target.name} (for as long as the guest runs)")
     after = wait_heartbeat_above(target, VM, CONSOLE, before)
@@ -159,9 +184,14 @@ def migrate_a_guest(lab: Lab, agents: LabAgents) -> None:
         f"(no reboot: it would restart from 1)")  # fmt: skip
     wait_for(partial(_vm_host, agents, lab.hosts[-1]), lambda h: h == target.name, timeout=30)
     say(f"every agent now lists {VM} on {target.name}")
-    say(f"removing {VM} (virsh destroy and undefine on {target.name})")
-    target.run([*virsh, "destroy", VM], capture_output=True)
-    target.run([*virsh, "undefine", VM], capture_output=True)
+    say(f"removing {VM} (nova vm delete --force on {target.name})")
+    target.run([nova, "vm", "delete", VM, "--force"], capture_output=True)
+
+
+def _templates(agents: LabAgents, observer: LabHost, host: str) -> list[str]:
+    """The templates `host` holds whole, as `observer` hears it gossip."""
+    answer = agents.nova(observer, "host", "show", host)
+    return list(answer.get("host", {}).get("record", {}).get("templates", []))
 
 
 def _vm_host(agents: LabAgents, observer: LabHost) -> str | None:
