@@ -93,7 +93,8 @@ class ImageService:
         self.partial: dict[bytes, Partial] = {}  # file SHA-256 -> a pull's file in progress
         self._inboxes: dict[object, Inbox] = {}  # a pull -> its inbox
         self._reading: dict[str, int] = {}  # peer -> piece reads in progress for it
-        self._chunk_maps: dict[bytes, bytes] = {}  # file SHA-256 -> its checked chunk map
+        # file SHA-256 -> its chunk map, checked (computed once however many ask)
+        self._chunk_maps: dict[bytes, asyncio.Future[bytes]] = {}
         self._serving = asyncio.Semaphore(SERVE_IN_ALL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = Throttle(log)
@@ -202,15 +203,29 @@ class ImageService:
         return TemplateGive(ask.ref, signed.encoded, tuple(maps))
 
     async def _chunk_map(self, signed: SignedManifest, template_file: TemplateFile) -> bytes:
-        """The file's chunk map, computed from its bytes once and checked against the
-        manifest (a store file changed on disk is not served as the signed one)."""
-        known = self._chunk_maps.get(template_file.sha256)
-        if known is None:
-            path = self.store.file(template_file)
-            built = await asyncio.to_thread(_build_chunk_map, path)
-            decode_chunk_map(built.encoded(), template_file)  # TemplateRefused if it differs
-            known = self._chunk_maps[template_file.sha256] = built.encoded()
-        return known
+        """The file's chunk map as the store keeps it, checked against the manifest; for a
+        file stored without one, computed from its bytes once (one computation however
+        many peers ask at once) and kept."""
+        computing = self._chunk_maps.get(template_file.sha256)
+        if computing is None:
+            computing = asyncio.ensure_future(self._load_chunk_map(template_file))
+            self._chunk_maps[template_file.sha256] = computing
+        try:
+            return await asyncio.shield(computing)
+        except (OSError, TemplateRefused):
+            self._chunk_maps.pop(template_file.sha256, None)  # asked again: tried again
+            raise
+
+    async def _load_chunk_map(self, template_file: TemplateFile) -> bytes:
+        kept = self.store.chunk_map_file(template_file)
+        try:
+            return decode_chunk_map(kept.read_bytes(), template_file).encoded()
+        except (OSError, TemplateRefused):
+            pass  # none kept (a store from before chunk maps), or not the signed one
+        built = await asyncio.to_thread(_build_chunk_map, self.store.file(template_file))
+        encoded = decode_chunk_map(built.encoded(), template_file).encoded()
+        await asyncio.to_thread(self.store.keep_chunk_map, template_file, encoded)
+        return encoded
 
     def _whole_file(self, sha256: bytes) -> Path | None:
         for signed in self.store.whole():

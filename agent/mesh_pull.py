@@ -55,7 +55,7 @@ from .template_store import Pulled, PullResult, StoreError, TemplateStore, newes
 
 log = logging.getLogger(__name__)
 
-ASK_TIMEOUT = 10.0  # seconds a holder may take to send a template's manifest
+ASK_TIMEOUT = 30.0  # seconds a holder may take to send a manifest (its chunk maps included)
 REFRESH = 1.0  # seconds between looks at who holds what (records, partial holders' maps)
 STALL_TIMEOUT = 60.0  # seconds without a new piece after which a pull gives up
 
@@ -255,7 +255,8 @@ class MeshPull:
             for template_file in wanted:
                 staged.append((template_file, await self._file(template_file, by_digest)))
                 self._held_before += template_file.size
-            await asyncio.to_thread(self.store.install, signed, staged)
+            maps_by_file = {f.sha256: by_digest[f.sha256].encoded() for f in wanted}
+            await asyncio.to_thread(self.store.install, signed, staged, maps_by_file)
             return PullResult(manifest, Pulled.ADDED, self.status.total_bytes)
         finally:
             await asyncio.to_thread(_leave, writing)

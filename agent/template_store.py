@@ -38,6 +38,7 @@ from .catalogue import (
     read_index,
     read_manifest,
 )
+from .core.images.chunkmap import ChunkMapBuilder, decode_chunk_map
 from .core.templates import (
     Admission,
     FileCheck,
@@ -126,6 +127,10 @@ class TemplateStore:
         """Files of a held template that are gone from the store (removed by hand)."""
         return [f for f in manifest.files if not self.file(f).is_file()]
 
+    def chunk_map_file(self, template_file: TemplateFile) -> Path:
+        """Where the chunk map of a held file is kept (what peers fetching it ask for)."""
+        return self.root / "chunkmaps" / template_file.digest
+
     def whole(self) -> list[SignedManifest]:
         """The held templates whose files are all in place: what this host can serve."""
         return [s for s in self.held() if not self.missing_files(s.manifest)]
@@ -159,15 +164,30 @@ class TemplateStore:
         """A fresh path in `.incoming/` for a file being fetched."""
         return self.root / ".incoming" / f"{template_file.digest}.{secrets.token_hex(4)}"
 
-    def install(self, signed: SignedManifest, staged: list[tuple[TemplateFile, Path]]) -> None:
-        """Move checked files from `.incoming/` into the store, then write the manifest
-        (inside `writing()`): the manifest names only files already in place."""
+    def install(
+        self,
+        signed: SignedManifest,
+        staged: list[tuple[TemplateFile, Path]],
+        chunk_maps: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        """Move checked files from `.incoming/` into the store, with the chunk maps given
+        (by file SHA-256), then write the manifest (inside `writing()`): the manifest
+        names only files already in place."""
         for template_file, tmp in staged:
             os.chmod(tmp, 0o444)  # a base image is never written: overlays take the writes
             os.replace(tmp, self.file(template_file))
+            encoded = (chunk_maps or {}).get(template_file.sha256)
+            if encoded is not None:
+                self.keep_chunk_map(template_file, encoded)
         target = self.root / manifest_path(signed.manifest.name, signed.manifest.version)
         target.parent.mkdir(mode=0o755, exist_ok=True)
         keyfiles.write_atomic(target, signed.encoded, 0o644)
+
+    def keep_chunk_map(self, template_file: TemplateFile, encoded: bytes) -> None:
+        """Keep a held file's chunk map, so that serving it never hashes the file again."""
+        path = self.chunk_map_file(template_file)
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        keyfiles.write_atomic(path, encoded, 0o644)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -211,23 +231,36 @@ class TemplateStore:
             manifest, wanted = self.admission(signed, trusted)
             if not wanted:
                 return PullResult(manifest, Pulled.ALREADY_HELD, 0)
-            fetched = [self._fetch(catalogue, manifest, f, progress) for f in wanted]
-            self.install(signed, list(zip(wanted, fetched, strict=True)))
+            maps: dict[bytes, bytes] = {}
+            fetched = [self._fetch(catalogue, manifest, f, progress, maps) for f in wanted]
+            self.install(signed, list(zip(wanted, fetched, strict=True)), maps)
         return PullResult(manifest, Pulled.ADDED, sum(f.size for f in wanted))
 
     def _fetch(
-        self, catalogue: Catalogue, manifest: Manifest, expected: TemplateFile, progress: Progress
+        self,
+        catalogue: Catalogue,
+        manifest: Manifest,
+        expected: TemplateFile,
+        progress: Progress,
+        maps: dict[bytes, bytes],
     ) -> Path:
-        """Copy one file into .incoming/, checked on the way; its path when it is right."""
+        """Copy one file into .incoming/, checked on the way; its path when it is right.
+        Its chunk map, computed on the way, goes into `maps` when the manifest signs one."""
         tmp = self.incoming_path(expected)
         check = FileCheck(expected, manifest.ref)
+        pieces = ChunkMapBuilder()
         try:
             with catalogue.open(file_path(expected.digest)) as source, open(tmp, "xb") as out:
                 while chunk := source.read(CHUNK):
                     check.feed(chunk)
+                    pieces.feed(chunk)
                     out.write(chunk)
                     progress(f"{manifest.ref} {expected.role}", check.received, expected.size)
                 check.finish()
+                if expected.chunk_map:
+                    maps[expected.sha256] = decode_chunk_map(
+                        pieces.finish().encoded(), expected
+                    ).encoded()
                 out.flush()
                 os.fsync(out.fileno())
         except (TemplateRefused, CatalogueError):
@@ -288,6 +321,7 @@ class TemplateStore:
             deleted = sorted(path for path in doomed if path.exists())
             for path in deleted:
                 path.unlink()
+                (self.root / "chunkmaps" / path.name).unlink(missing_ok=True)
         return gone, deleted
 
 
