@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 # A piece is 1 MiB and the envelope a few bytes more; the frame limit leaves room.
 IMAGE_LIMITS = Limits(max_frame=CHUNK_SIZE + 64 * 1024)
-SERVE_PER_PEER = 8  # piece reads in progress for one peer; more are answered "busy"
-SERVE_IN_ALL = 16  # piece reads in progress for all peers
+SERVE_PER_PEER = 16  # piece reads in progress for one peer; more are answered "busy"
+SERVE_IN_ALL = 32  # piece reads in progress for all peers
 READ_BLOCK = 4 * CHUNK_SIZE  # bytes read at a time while computing a chunk map
 
 

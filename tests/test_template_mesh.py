@@ -114,8 +114,9 @@ def held_digest(host: Host) -> str | None:
 
 
 def templates_seen(viewer: Host, holder: str) -> list[str]:
+    """What `viewer` hears `holder` offer, [] until it holds `holder` alive."""
     _, answer = api(viewer, f"/v1/hosts/{holder}")
-    return list(answer["record"]["templates"])
+    return list(answer["record"]["templates"]) if answer["state"] == "alive" else []
 
 
 @pytest.fixture

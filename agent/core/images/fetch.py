@@ -44,7 +44,7 @@ INF = float("inf")
 
 @dataclass(frozen=True, slots=True)
 class FetchConfig:
-    per_peer: int = 4  # requests in flight to one peer
+    per_peer: int = 8  # requests in flight to one peer
     in_flight: int = 16  # requests in flight in all
     timeout: float = 10.0  # seconds a request may go unanswered
     strikes: int = 3  # failures in a row after which a peer is dropped
