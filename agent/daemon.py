@@ -31,7 +31,7 @@ import psutil
 
 from novacron.protocol.certificates import format_time
 from novacron.protocol.errors import IdentityError
-from novacron.protocol.messages import Message, NodeRecord, TemplateWanted
+from novacron.protocol.messages import MemberState, Message, NodeRecord, TemplateWanted
 from novacron.protocol.operators import OperatorCommand, verify_command
 from novacron.protocol.revocation import verify_revocation_list
 
@@ -48,7 +48,7 @@ from .config import (
 )
 from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
 from .core.federation.gateway import elect
-from .core.images.holders import listed
+from .core.images.holders import holders, listed
 from .core.membership.config import MembershipConfig
 from .core.membership.node import MembershipNode
 from .core.migration.reservations import free_capacity
@@ -335,21 +335,23 @@ class Agent:
             store=self.templates,
             trusted=load_trusted(self.config.trusted_publishers),
             service=self.images,
-            mesh=PeersView(
-                self.node_id,
-                lambda: self.core.records(),
-                lambda: {m.node_id: m.state for m in self.core.members()},
-            ),
+            mesh=PeersView(self.node_id, lambda: self.core.records(), self._member_states),
             catalogue=catalogue,
             clock=self._clock,
             on_fetching=self._publish_inventory,
         )
+
+    def _member_states(self) -> dict[str, MemberState]:
+        return {m.node_id: m.state for m in self.core.members()}
 
     async def _want_template(self, target: str, ref: str) -> bool:
         return await self.images.send(target, TemplateWanted(ref))
 
     def _template_wanted(self, peer: str, ref: str) -> None:
         """A peer is about to move a VM made from `ref` here: pull it from the mesh."""
+        found = holders(self.core.records(), ref, self.node_id, self._member_states())
+        if not found.whole:
+            return  # nobody to fetch it from: a stale ask, or a peer asking for nothing
         try:
             name, version = parse_ref(ref)
             pull = self.pulls.start(name, version)

@@ -15,6 +15,7 @@ instead of this host's memory. Nothing here decides what to fetch: that is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 # A piece is 1 MiB and the envelope a few bytes more; the frame limit leaves room.
 IMAGE_LIMITS = Limits(max_frame=CHUNK_SIZE + 64 * 1024)
+# Frames queued on the image transport each way: 1 MiB pieces, so a peer that floods
+# it costs at most this many MiB (the mesh transport queues 10,000 small frames).
+IMAGE_QUEUE = 128
+INBOX = 256  # answers waiting for one pull; past that they are dropped (asked again later)
 SERVE_PER_PEER = 16  # piece reads in progress for one peer; more are answered "busy"
 SERVE_IN_ALL = 32  # piece reads in progress for all peers
 READ_BLOCK = 4 * CHUNK_SIZE  # bytes read at a time while computing a chunk map
@@ -68,7 +73,7 @@ class Partial:
 class Inbox:
     """Answers for one pull: what it asked of whom arrives here."""
 
-    queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(INBOX))
 
 
 class ImageService:
@@ -115,7 +120,9 @@ class ImageService:
         records: Callable[[], Mapping[str, NodeRecord]],
         serve_rate: float = 0.0,
     ) -> ImageService:
-        transport = Transport(node_id, key, trust, bind, port, limits=IMAGE_LIMITS)
+        transport = Transport(
+            node_id, key, trust, bind, port, limits=IMAGE_LIMITS, queue=IMAGE_QUEUE
+        )
         return cls(node_id, transport, store, records, serve_rate)
 
     async def start(self) -> None:
@@ -164,7 +171,8 @@ class ImageService:
                 self.on_wanted(sender, message.ref)
             elif isinstance(message, TemplateGive | PiecesHeld | PieceGive | ImageLack):
                 for box in self._inboxes.values():
-                    box.queue.put_nowait((sender, message))
+                    with contextlib.suppress(asyncio.QueueFull):  # unasked floods end here
+                        box.queue.put_nowait((sender, message))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

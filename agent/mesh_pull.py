@@ -13,6 +13,7 @@ is complete, and an interrupted pull leaves only `.incoming/` behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -346,7 +347,8 @@ class MeshPull:
             answer: Message = PieceGive(expected.sha256, index, data)
         except (CatalogueError, OSError) as exc:
             answer = ImageLack(expected.digest, str(exc), index)
-        self._box.queue.put_nowait((CATALOGUE, answer))
+        with contextlib.suppress(asyncio.QueueFull):  # asked again after its timeout
+            self._box.queue.put_nowait((CATALOGUE, answer))
 
     def _answer(
         self, fetch: ChunkFetch, expected: TemplateFile, sender: str, message: Message, fd: int

@@ -153,6 +153,7 @@ class Transport:
         limits: Limits = DEFAULT_LIMITS,
         linger: float = 0.2,
         heartbeat: float = HEARTBEAT_S,
+        queue: int = RECV_HWM,
     ) -> None:
         self.node_id = node_id  # our sender id on every frame
         self.trust = trust  # decides which Curve keys may connect
@@ -161,6 +162,7 @@ class Transport:
         self._bind = bind
         self._port = port  # 0: let the OS choose; see `port` after start()
         self._limits = limits  # MAXMSGSIZE and the decoder use the same bound
+        self._queue = queue  # frames queued each way (so a queue costs queue * max_frame)
         self._linger_ms = int(linger * 1000)  # how long close() lets queued frames drain
         self._heartbeat_ms = int(heartbeat * 1000)  # 0: TCP's own back-off alone, as before
         self._ctx: zmq.asyncio.Context | None = None  # own context: ZAP is per context
@@ -181,7 +183,7 @@ class Transport:
         self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=provider)
         router = self._socket(zmq.ROUTER)
         router.curve_server = True
-        router.rcvhwm = RECV_HWM
+        router.rcvhwm = self._queue
         self._beat(router)
         self._router = router
         try:
@@ -317,7 +319,7 @@ class Transport:
         self.forget(peer_id)
         dealer = self._socket(zmq.DEALER)
         dealer.curve_serverkey = cert.curve_public_z85().encode()
-        dealer.sndhwm = SEND_HWM
+        dealer.sndhwm = min(SEND_HWM, self._queue)
         dealer.rcvhwm = 1  # peers never answer on this socket; do not buffer if they try
         dealer.reconnect_ivl_max = RECONNECT_MAX_MS
         self._beat(dealer)
