@@ -5,13 +5,19 @@ nodes, so it must encode to know a packet's size. `codec.encode` costs tens of
 microseconds per message, which at 10,000 nodes is a large share of the run.
 `ByteMeter` therefore has two modes, and every report says which was used:
 
-- exact (`sample_every=1`): every sent message is encoded with
-  `codec.encode(message, sender)`; a message object sent to several peers is
-  encoded once (a small cache keyed by object identity, which holds the object
-  so its id cannot be reused while cached; the core relays the very gossip
-  objects it received, so most relayed items are cache hits);
+- exact (`sample_every=1`): every sent message is counted at its exact encoded
+  size, but a message is encoded only the first time it is seen. A frame is
+  `[version, type, sender, payload]`, so its size is the sender id's string
+  plus the same frame's size with an empty sender (`codec.encode(message, "")`
+  less one byte): that second part is cached. Gossip items (Alive, Suspect,
+  Dead, ...) are cached by value: the core relays the very objects it
+  received, and the copies it makes (an Alive without its certificate, a
+  signed Dead re-sent to a failed member) are equal values, so nearly every
+  item is encoded once per run. Other messages (probes, which are unique, and
+  push-pull) are cached by object identity; the cache holds the object, so its
+  id cannot be reused while cached;
 - sampled (`sample_every=k`): every k-th sent message (a deterministic
-  counter, not a random draw) is encoded and its size counted k times. Packet
+  counter, not a random draw) is sized as above and counted k times. Packet
   counts stay exact; byte totals are estimates whose error shrinks with the
   number of packets. Push-pull messages are never sampled: at 10,000 nodes a
   digest is most of a second's traffic, and counting one in ten, ten times
@@ -21,27 +27,41 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   `codec.encode` would, without encoding its 10,000 lines every time.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
-that is what the node's uplink carries. They are also added to the current
-time slot (`SLOT` seconds, set by the engine before each node's output), with
-the number of live nodes at that moment, so a report can state the peak over
-any 1 s window (`peak_rate`: the busiest run of `SLOTS_PER_SECOND` consecutive
-slots, per live node), not only averages. Push-pull messages (`Digest`,
-`Delta`) are full-state exchanges that a real transport sends as a stream;
-they are counted like everything else but not checked against the packet
-budget, which applies to datagrams (probes and gossip).
+that is what the node's uplink carries. The engine hands the meter all of one
+node's sends of one moment at once (`count_sends`), so the per-node and
+per-slot totals are updated once per batch, not once per message. Bytes are
+also added to the current time slot (`SLOT` seconds, set by the engine before
+each node's output), with the number of live nodes at that moment, so a report
+can state the peak over any 1 s window (`peak_rate`: the busiest run of
+`SLOTS_PER_SECOND` consecutive slots, per live node), not only averages.
+Push-pull messages (`Digest`, `Delta`) are full-state exchanges that a real
+transport sends as a stream; they are counted like everything else but not
+checked against the packet budget, which applies to datagrams (probes and
+gossip).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from novacron.protocol.codec import encode, pack_struct
-from novacron.protocol.messages import Digest, MemberDigest, Message
+from novacron.protocol.messages import (
+    Alive,
+    Dead,
+    Digest,
+    Leave,
+    MemberDigest,
+    Message,
+    RecordUpdate,
+    Revocations,
+    Suspect,
+)
 
-_CACHE_LIMIT = 4096  # identity cache entries before it is cleared
+_CACHE_LIMIT = 1 << 16  # entries of either size cache before it is cleared
+_BY_VALUE = frozenset({Alive, Suspect, Dead, Leave, RecordUpdate, Revocations})  # gossip items
 SLOTS_PER_SECOND = 10  # time slots per second: windows slide by a tenth of a second
 SLOT = 1.0 / SLOTS_PER_SECOND
 STREAM_TYPES = frozenset({"digest", "delta"})  # push-pull: a stream, not bound by the budget
@@ -61,10 +81,12 @@ class ByteMeter:
         self.packets_by_type: Counter[str] = Counter()
         self.max_packet = 0  # largest encoded message seen
         self.max_datagram_message = 0  # largest encoded message other than push-pull
-        self.over_budget = 0  # encoded non-push-pull messages larger than `budget`
+        self.over_budget = 0  # distinct non-push-pull messages encoded larger than `budget`
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
-        self._cache: dict[int, tuple[Message, int, int]] = {}
+        self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
+        self._by_id: dict[int, int] = {}  # id of any other message -> likewise
+        self._held: dict[int, Message] = {}  # those messages, so their ids stay theirs
         self._digests = DigestSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
@@ -88,27 +110,45 @@ class ByteMeter:
 
     def count(self, sender: str, message: Message) -> None:
         """Account for one message `sender` sends."""
-        self.packets += 1
-        kind = message.TYPE
-        self.packets_by_type[kind] += 1
-        if kind in STREAM_TYPES:
-            size = self.size(sender, message)  # never sampled (module docstring)
-        else:
-            self._countdown -= 1
-            if self._countdown:
-                return
-            self._countdown = self.sample_every
-            hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
-            if hit is not None and hit[0] is message and hit[1] == len(sender):
-                size = hit[2] * self.sample_every
+        self.count_sends(sender, ((sender, message),))
+
+    def count_sends(self, sender: str, sends: Iterable[tuple[str, Message]]) -> None:
+        """Account for the messages `sender` sends at one moment ((destination, message)
+        pairs, as in an `Output`): per message by type, per node and slot once."""
+        sender_size = _str_size(sender)
+        every = self.sample_every
+        countdown = self._countdown
+        packets_by_type = self.packets_by_type
+        bytes_by_type = self.bytes_by_type
+        by_value = self._by_value
+        sent = total = 0
+        for _, message in sends:
+            sent += 1
+            kind = message.TYPE
+            packets_by_type[kind] += 1
+            if kind in STREAM_TYPES:
+                size = self.size(sender, message)  # never sampled (module docstring)
             else:
-                size = self.size(sender, message) * self.sample_every
-        self.bytes += size
-        self.bytes_by_node[sender] += size
-        self.bytes_by_type[kind] += size
+                countdown -= 1
+                if countdown:
+                    continue
+                countdown = every
+                rest = by_value.get(message) if type(message) in _BY_VALUE else None
+                if rest is not None:  # the common case, inlined: a relayed gossip item
+                    size = (rest + sender_size) * every
+                else:
+                    size = self.size(sender, message) * every
+            total += size
+            bytes_by_type[kind] += size
+        self._countdown = countdown
+        self.packets += sent
+        if not total:
+            return
+        self.bytes += total
+        self.bytes_by_node[sender] += total
         if self._slot >= 0:
-            self.slot_bytes[self._slot] += size
-            self._count_second(sender, size)
+            self.slot_bytes[self._slot] += total
+            self._count_second(sender, total)
 
     def _count_second(self, sender: str, size: int) -> None:
         second = self._slot // SLOTS_PER_SECOND
@@ -119,23 +159,32 @@ class ByteMeter:
             self.node_peak_second[sender] = sent
 
     def size(self, sender: str, message: Message) -> int:
-        """Encoded size of `message` from `sender`, encoding each object once.
+        """Encoded size of `message` from `sender`, encoding each message once.
 
-        The size depends on the sender only through the length of its id (a
-        msgpack string's header depends on its length alone), so one cached
-        size serves every relay of the same gossip object whose id is as long.
+        The size depends on the sender only through its id's string (a msgpack
+        string's header depends on its length alone), so what is cached is the
+        size of the frame with an empty sender, less that empty string's byte.
         """
-        key = id(message)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is message and hit[1] == len(sender):
-            return hit[2]
-        if isinstance(message, Digest):
-            size = self._digests.size(sender, message)
+        if type(message) in _BY_VALUE:
+            cache: dict[Any, int] = self._by_value
+            key: Any = message
         else:
-            size = len(encode(message, sender))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (message, len(sender), size)
+            cache, key = self._by_id, id(message)
+        rest = cache.get(key)
+        if rest is not None and (cache is self._by_value or self._held[key] is message):
+            return rest + _str_size(sender)
+        if isinstance(message, Digest):
+            rest = self._digests.size("", message) - 1
+        else:
+            rest = len(encode(message, "")) - 1
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+            if cache is self._by_id:
+                self._held.clear()
+        cache[key] = rest
+        if cache is self._by_id:
+            self._held[key] = message
+        size = rest + _str_size(sender)
         self.max_packet = max(self.max_packet, size)
         if message.TYPE not in STREAM_TYPES:
             self.max_datagram_message = max(self.max_datagram_message, size)

@@ -13,7 +13,17 @@ import pytest
 
 from novacron.agent.core.events import Output
 from novacron.protocol.codec import encode
-from novacron.protocol.messages import Ack, Digest, MemberDigest, MemberState, Message, Ping
+from novacron.protocol.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Digest,
+    MemberDigest,
+    MemberState,
+    Message,
+    Ping,
+    Suspect,
+)
 from novacron.simulations.clock import VirtualClock
 from novacron.simulations.engine import Engine
 from novacron.simulations.metrics import ByteMeter, DigestSizer, percentile
@@ -237,6 +247,27 @@ def test_byte_meter_exact_and_sampled() -> None:
     assert exact.packets == sampled.packets == 8
     assert sampled.mode() == {"mode": "sampled", "every": 4}
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+
+
+def test_byte_meter_sizes_equal_messages_once_and_exactly_for_any_sender() -> None:
+    meter = ByteMeter()
+    sends: list[tuple[str, Message]] = []
+    expected = 0
+    for sender in ("a", "node-00001", "x" * 40, "y" * 300):
+        batch: list[tuple[str, Message]] = [
+            ("peer", Suspect("n", 7, "b", bytes(64))),  # equal values, distinct objects
+            ("peer", Dead("n", 70_000, "b", bytes(64))),
+            ("peer", Alive("n", 1, "sim://n", signature=bytes(64))),
+            ("peer", Ping(seq=3, target="n", gossip=(Suspect("n", 7, "b", bytes(64)),))),
+        ]
+        meter.count_sends(sender, batch)
+        sends.extend(batch)
+        batch_bytes = sum(len(encode(message, sender)) for _, message in batch)
+        expected += batch_bytes
+        assert meter.bytes_by_node[sender] == batch_bytes
+    assert meter.bytes == expected
+    assert meter.packets == len(sends) == 16
+    assert meter.packets_by_type["suspect"] == 4
 
 
 def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
