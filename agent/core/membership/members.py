@@ -162,12 +162,20 @@ class MemberTable:
     ) -> list[Member]:
         found: list[Member] = []
         seen: set[int] = set()
+        base, base_ids, overlay = self._base, self._base_ids, self._overlay
+        base_count = len(base_ids)
+        extra_ids = self._extra_ids
+        randrange = rng.randrange
         for _ in range(8 * k + 8):
-            index = rng.randrange(total)
+            index = randrange(total)
             if index in seen:
                 continue
             seen.add(index)
-            member = self.get(self.id_at(index))
+            # self.get(self.id_at(index)), inlined: this is every gossip round's hot path
+            node_id = base_ids[index] if index < base_count else extra_ids[index - base_count]
+            member = overlay.get(node_id)
+            if member is None:
+                member = base.get(node_id)
             if member is not None and accept(member):
                 found.append(member)
                 if len(found) == k:

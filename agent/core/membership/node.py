@@ -342,16 +342,20 @@ class MembershipNode:
         pending = self._probes.pending
         if pending is not None:
             deadline = pending.deadline if pending.indirect_sent else pending.timeout_at
+        # Comparisons rather than min(): the engine asks after every message.
         if not self._left:
-            deadline = min(
-                deadline, self._next_probe_at, self._next_push_pull_at, self._next_reconnect_at
-            )
-            if self._recheck:
-                deadline = min(deadline, self._next_recheck_at)
-        if self._queue:
-            deadline = min(deadline, self._next_gossip_at)
-        if self._suspicion_heap:
-            deadline = min(deadline, self._suspicion_heap[0][0])
+            if self._next_probe_at < deadline:
+                deadline = self._next_probe_at
+            if self._next_push_pull_at < deadline:
+                deadline = self._next_push_pull_at
+            if self._next_reconnect_at < deadline:
+                deadline = self._next_reconnect_at
+            if self._recheck and self._next_recheck_at < deadline:
+                deadline = self._next_recheck_at
+        if self._queue and self._next_gossip_at < deadline:
+            deadline = self._next_gossip_at
+        if self._suspicion_heap and self._suspicion_heap[0][0] < deadline:
+            deadline = self._suspicion_heap[0][0]
         if self._awaiting:
             deadline = min(deadline, next(iter(self._awaiting.values()))[1] + CERTIFICATE_WAIT)
         if self._probes.relays:
