@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from novacron.protocol.codec import encode, pack_struct
 from novacron.protocol.messages import (
@@ -232,25 +232,51 @@ class DigestSizer:
     """
 
     def __init__(self) -> None:
-        self._lines: dict[int, tuple[MemberDigest, int]] = {}  # id -> (line, encoded size)
+        self._sizes: dict[int, int] = {}  # id of a line -> its encoded size
+        self._held: list[MemberDigest] = []  # those lines, so their ids stay theirs
+
+    def _line_size(self, line: MemberDigest) -> int:
+        if len(self._held) >= _LINE_CACHE_LIMIT:
+            self._sizes.clear()
+            self._held.clear()
+        size = self._sizes[id(line)] = len(pack_struct(line))
+        self._held.append(line)
+        return size
 
     def size(self, sender: str, digest: Digest) -> int:
         bare = Digest(reply=digest.reply, crl_issued_at=digest.crl_issued_at)
         total = len(encode(bare, sender))
         if digest.members:
             total += _str_size("members") + _container_header(len(digest.members))
-            lines = self._lines
-            for line in digest.members:
-                hit = lines.get(id(line))
-                if hit is None or hit[0] is not line:
-                    if len(lines) >= _LINE_CACHE_LIMIT:
-                        lines.clear()
-                    hit = lines[id(line)] = (line, len(pack_struct(line)))
-                total += hit[1]
+            # A cached id is a held line's, so it cannot be another line's: one
+            # C-level pass looks them all up; the few misses are encoded.
+            found = list(map(self._sizes.get, map(id, digest.members)))
+            if None in found:
+                found = [
+                    self._line_size(line) if size is None else size
+                    for line, size in zip(digest.members, found, strict=True)
+                ]
+            total += sum(cast(list[int], found))
         if digest.records:
             total += _str_size("records") + _container_header(len(digest.records))
-            total += sum(_str_size(k) + _int_size(v) for k, v in digest.records.items())
+            total += _records_size(digest.records)
         return total
+
+
+def _records_size(records: dict[str, int]) -> int:
+    """Bytes of a digest's record versions (keys and values, no header).
+
+    The usual case in C-level passes: ASCII ids shorter than 32 bytes (a one-byte
+    string header each) and versions below 128 (one byte each); anything else
+    entry by entry."""
+    keys_short = max(map(len, records)) < 32 and "".join(records).isascii()
+    values = records.values()
+    values_small = min(values) >= 0 and max(values) < 128
+    if keys_short and values_small:
+        return sum(map(len, records)) + 2 * len(records)
+    if keys_short:
+        return sum(map(len, records)) + len(records) + sum(map(_int_size, values))
+    return sum(_str_size(k) + _int_size(v) for k, v in records.items())
 
 
 _LINE_CACHE_LIMIT = 200_000  # digest lines whose size is remembered (the shared ones)

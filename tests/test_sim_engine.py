@@ -290,6 +290,13 @@ def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
         digest = Digest(lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]))
         sender = rng.choice(["a", "node-00001", "x" * 40])
         assert sizer.size(sender, digest) == len(encode(digest, sender))
+    for records in (
+        {f"node-{i:05d}": i % 128 for i in range(300)},  # short ASCII ids, small versions
+        {f"node-{i:05d}": i * 1000 for i in range(300)},
+        {"n" * 31: 1, "long-" * 8: 2, "nöde": 3, "x" * 300: 70_000},
+    ):
+        digest = Digest((), records)
+        assert sizer.size("me", digest) == len(encode(digest, "me"))
     meter = ByteMeter(sample_every=10)
     digest = Digest((MemberDigest("a", 1, MemberState.ALIVE),), {"a": 1})
     meter.count("me", digest)  # the first of ten: a sampled message would count nothing
