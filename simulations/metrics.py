@@ -42,6 +42,7 @@ gossip).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -49,12 +50,16 @@ from typing import Any, cast
 
 from novacron.protocol.codec import encode, pack_struct
 from novacron.protocol.messages import (
+    Ack,
     Alive,
     Dead,
     Digest,
+    IndirectPing,
     Leave,
     MemberDigest,
     Message,
+    Nack,
+    Ping,
     RecordUpdate,
     Revocations,
     Suspect,
@@ -85,8 +90,9 @@ class ByteMeter:
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
-        self._by_id: dict[int, int] = {}  # id of any other message -> likewise
-        self._held: dict[int, Message] = {}  # those messages, so their ids stay theirs
+        # id of any other message -> (the message, held so the id stays its own, size
+        # less the sender's id)
+        self._by_id: dict[int, tuple[Message, int]] = {}
         self._digests = DigestSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
@@ -166,31 +172,52 @@ class ByteMeter:
         size of the frame with an empty sender, less that empty string's byte.
         """
         if type(message) in _BY_VALUE:
-            cache: dict[Any, int] = self._by_value
-            key: Any = message
+            found = self._by_value.get(message)
+            fresh = found is None
+            rest = self._item_rest(message) if found is None else found
         else:
-            cache, key = self._by_id, id(message)
-        rest = cache.get(key)
-        if rest is not None and (cache is self._by_value or self._held[key] is message):
-            return rest + _str_size(sender)
-        if isinstance(message, Digest):
-            rest = self._digests.size("", message) - 1
-        else:
-            rest = len(encode(message, "")) - 1
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-            if cache is self._by_id:
-                self._held.clear()
-        cache[key] = rest
-        if cache is self._by_id:
-            self._held[key] = message
+            held = self._by_id.get(id(message))  # a held id is that message's own
+            fresh = held is None
+            if held is None:
+                if len(self._by_id) >= _CACHE_LIMIT:
+                    self._by_id.clear()
+                held = self._by_id[id(message)] = (message, self._measure(message))
+            rest = held[1]
         size = rest + _str_size(sender)
-        self.max_packet = max(self.max_packet, size)
-        if message.TYPE not in STREAM_TYPES:
-            self.max_datagram_message = max(self.max_datagram_message, size)
-            if self.budget and size > self.budget:
-                self.over_budget += 1
+        if fresh:  # first seen: the largest sizes and the budget check
+            self.max_packet = max(self.max_packet, size)
+            if message.TYPE not in STREAM_TYPES:
+                self.max_datagram_message = max(self.max_datagram_message, size)
+                if self.budget and size > self.budget:
+                    self.over_budget += 1
         return size
+
+    def _item_rest(self, item: Message) -> int:
+        """A gossip item's frame size less the sender's id, cached by value."""
+        rest = self._by_value.get(item)
+        if rest is None:
+            if len(self._by_value) >= _CACHE_LIMIT:
+                self._by_value.clear()
+            rest = self._by_value[item] = len(encode(item, "")) - 1
+        return rest
+
+    def _measure(self, message: Message) -> int:
+        """Frame size of `message` less the sender's id, computed.
+
+        A probe carrying gossip is sized as the same probe without it plus the
+        `gossip` field: its name, the array header and each item as the codec
+        tags it, `[type, payload]`, one byte less than the item's own frame
+        less the sender's id (a 2- rather than 4-element array, no version).
+        The map header stays one byte (a probe has fewer than 16 fields)."""
+        if isinstance(message, Digest):
+            return self._digests.size("", message) - 1
+        if not isinstance(message, Ping | IndirectPing | Ack | Nack) or not message.gossip:
+            return len(encode(message, "")) - 1
+        gossip = message.gossip
+        bare: Message = dataclasses.replace(message, gossip=())
+        items = sum(self._item_rest(item) - 1 for item in gossip)
+        field = _str_size("gossip") + _container_header(len(gossip)) + items
+        return len(encode(bare, "")) - 1 + field
 
     def peak_rate(self, start: float = 0.0, end: float = math.inf) -> float | None:
         """The most bytes per live node sent in any 1 s window within [start, end).

@@ -18,10 +18,17 @@ from novacron.protocol.messages import (
     Alive,
     Dead,
     Digest,
+    Gossip,
+    IndirectPing,
+    Leave,
     MemberDigest,
     MemberState,
     Message,
+    Nack,
     Ping,
+    RecordUpdate,
+    Revocations,
+    SignedRecord,
     Suspect,
 )
 from novacron.simulations.clock import VirtualClock
@@ -268,6 +275,28 @@ def test_byte_meter_sizes_equal_messages_once_and_exactly_for_any_sender() -> No
     assert meter.bytes == expected
     assert meter.packets == len(sends) == 16
     assert meter.packets_by_type["suspect"] == 4
+
+
+def test_probes_are_sized_exactly_from_their_gossip_items() -> None:
+    items: list[Gossip] = [
+        Alive("n", 3, "sim://n", certificate=bytes(300), signature=bytes(64)),
+        Suspect("m", 2**40, "b", bytes(64)),
+        Dead("o", 1, "c"),
+        Leave("p", 9, bytes(64)),
+        RecordUpdate(SignedRecord("q", 70_000, bytes(500), bytes(64))),
+        Revocations(bytes(2000)),
+    ]
+    meter = ByteMeter()
+    for count in (0, 1, 6, 15, 16, 17, 40):
+        gossip = tuple(items[i % len(items)] for i in range(count))
+        for message in (
+            Ping(seq=count, target="t", gossip=gossip),
+            IndirectPing(2**33, "t", "r", "sim://t", want_nack=False, gossip=gossip),
+            Ack(seq=300, gossip=gossip),
+            Nack(seq=1, gossip=gossip),
+        ):
+            for sender in ("a", "x" * 40):
+                assert meter.size(sender, message) == len(encode(message, sender))
 
 
 def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
