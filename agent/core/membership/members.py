@@ -21,9 +21,11 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from novacron.protocol.messages import MemberState
 
+T = TypeVar("T")
 SCAN_LIMIT = 64  # tables this small are sampled by scanning; larger by rejection
 
 
@@ -134,6 +136,26 @@ class MemberTable:
             yield overlay.get(node_id) or self._base[node_id]
         for node_id in self._extra_ids:
             yield overlay[node_id]
+
+    def map_members(
+        self, shared: Mapping[str, T], fresh: Callable[[Member], T], *, skip: str = ""
+    ) -> list[T]:
+        """One value per member, in `__iter__`'s order: `shared[id]` for a member that
+        is still the base's own value (when `shared` has it), else `fresh(member)`; the
+        member `skip` always gets `fresh`. Members untouched since the base cost one
+        dictionary lookup each, with no `Member` read: push-pull digests at 10,000."""
+        overlay, base, get = self._overlay, self._base, shared.get
+        values: list[T | None] = [
+            None if node_id in overlay or node_id == skip else get(node_id)
+            for node_id in self._base_ids
+        ]
+        for position in [i for i, value in enumerate(values) if value is None]:
+            node_id = self._base_ids[position]
+            member = overlay.get(node_id) or base[node_id]
+            value = get(node_id) if node_id != skip and base[node_id] is member else None
+            values[position] = fresh(member) if value is None else value
+        values.extend(fresh(overlay[node_id]) for node_id in self._extra_ids)
+        return cast(list[T], values)
 
     def overlay_size(self) -> int:
         """How many members this node holds privately (memory diagnostics)."""

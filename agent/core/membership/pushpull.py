@@ -71,11 +71,13 @@ def build_digest(
     `own` is the sender's line about itself, signed and with its certificate,
     because the receiver applies it: that is how a newcomer introduces itself.
     """
-    members = tuple(
-        own if m.node_id == own.node_id else digest_line(m, table, shared) for m in table
-    )
+
+    def fresh(member: Member) -> MemberDigest:  # a member changed here, or ourselves
+        return own if member.node_id == own.node_id else digest_line(member, table, shared)
+
+    members = table.map_members(shared, fresh, skip=own.node_id)
     return Digest(
-        members=members, records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
+        members=tuple(members), records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
     )
 
 
