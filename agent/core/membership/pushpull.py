@@ -104,6 +104,8 @@ def build_deltas(
         line = theirs.get(member.node_id)
         if line is None:
             newer = member.state is ALIVE
+        elif member.incarnation == line.incarnation and member.state is line.state:
+            continue  # the same news (most lines): never newer
         else:
             newer = supersedes(member.incarnation, member.state, line.incarnation, line.state)
         if newer:

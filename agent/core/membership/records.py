@@ -149,7 +149,11 @@ class RecordStore:
 
     def newer_than(self, versions: Mapping[str, int]) -> list[SignedRecord]:
         """Stored records whose version is above the one in `versions` (0 if absent)."""
-        return [signed for signed in self if signed.version > versions.get(signed.node_id, 0)]
+        get = versions.get
+        newer = [
+            node_id for node_id, version in self.versions().items() if version > get(node_id, 0)
+        ]
+        return [self._signed.get(node_id) or self._base_signed[node_id] for node_id in newer]
 
 
 def admit(
