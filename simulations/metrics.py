@@ -9,13 +9,14 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   size, but a message is encoded only the first time it is seen. A frame is
   `[version, type, sender, payload]`, so its size is the sender id's string
   plus the same frame's size with an empty sender (`codec.encode(message, "")`
-  less one byte): that second part is cached. Gossip items (Alive, Suspect,
-  Dead, ...) are cached by value: the core relays the very objects it
-  received, and the copies it makes (an Alive without its certificate, a
-  signed Dead re-sent to a failed member) are equal values, so nearly every
-  item is encoded once per run. Other messages (probes, which are unique, and
-  push-pull) are cached by object identity; the cache holds the object, so its
-  id cannot be reused while cached;
+  less one byte): that second part is cached. Every message object is cached
+  by identity (the cache holds the object, so its id cannot be reused while
+  cached; the core relays the very gossip objects it received). Gossip items
+  (Alive, Suspect, Dead, ...) are also cached by value: the copies the core
+  makes (an Alive without its certificate, a signed Dead re-sent to a failed
+  member) are equal values, so nearly every item is encoded once per run, and
+  a probe carrying items is sized as the probe without them plus their cached
+  sizes;
 - sampled (`sample_every=k`): every k-th sent message (a deterministic
   counter, not a random draw) is sized as above and counted k times. Packet
   counts stay exact; byte totals are estimates whose error shrinks with the
@@ -90,8 +91,8 @@ class ByteMeter:
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
-        # id of any other message -> (the message, held so the id stays its own, size
-        # less the sender's id)
+        # id of any message sent -> (the message, held so the id stays its own, size
+        # less the sender's id): one lookup without hashing the message's fields
         self._by_id: dict[int, tuple[Message, int]] = {}
         self._digests = DigestSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
@@ -126,7 +127,7 @@ class ByteMeter:
         countdown = self._countdown
         packets_by_type = self.packets_by_type
         bytes_by_type = self.bytes_by_type
-        by_value = self._by_value
+        by_id = self._by_id
         sent = total = 0
         for _, message in sends:
             sent += 1
@@ -139,9 +140,9 @@ class ByteMeter:
                 if countdown:
                     continue
                 countdown = every
-                rest = by_value.get(message) if type(message) in _BY_VALUE else None
-                if rest is not None:  # the common case, inlined: a relayed gossip item
-                    size = (rest + sender_size) * every
+                held = by_id.get(id(message))
+                if held is not None:  # the common case, inlined: a relayed gossip item
+                    size = (held[1] + sender_size) * every
                 else:
                     size = self.size(sender, message) * every
             total += size
@@ -171,18 +172,19 @@ class ByteMeter:
         string's header depends on its length alone), so what is cached is the
         size of the frame with an empty sender, less that empty string's byte.
         """
+        held = self._by_id.get(id(message))  # a held id is that message's own
+        if held is not None:
+            return held[1] + _str_size(sender)
         if type(message) in _BY_VALUE:
             found = self._by_value.get(message)
             fresh = found is None
             rest = self._item_rest(message) if found is None else found
         else:
-            held = self._by_id.get(id(message))  # a held id is that message's own
-            fresh = held is None
-            if held is None:
-                if len(self._by_id) >= _CACHE_LIMIT:
-                    self._by_id.clear()
-                held = self._by_id[id(message)] = (message, self._measure(message))
-            rest = held[1]
+            fresh = True
+            rest = self._measure(message)
+        if len(self._by_id) >= _CACHE_LIMIT:
+            self._by_id.clear()
+        self._by_id[id(message)] = (message, rest)
         size = rest + _str_size(sender)
         if fresh:  # first seen: the largest sizes and the budget check
             self.max_packet = max(self.max_packet, size)
