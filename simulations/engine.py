@@ -121,14 +121,14 @@ class Engine:
         clock = self.clock
         now = clock.now
         if output.sends:
-            self.meter.at(now, len(self.nodes))
-            count = self.meter.count
+            meter = self.meter
+            meter.at(now, len(self.nodes))
+            meter.count_sends(node_id, output.sends)
             route = self.network.route
             heap = clock.heap
             previous: str | None = None
             datagram: list[Message] | None = None
             for dest, message in output.sends:
-                count(node_id, message)
                 if dest == previous:  # consecutive sends to one peer share a datagram
                     if datagram is not None:
                         datagram.append(message)

@@ -5,13 +5,20 @@ nodes, so it must encode to know a packet's size. `codec.encode` costs tens of
 microseconds per message, which at 10,000 nodes is a large share of the run.
 `ByteMeter` therefore has two modes, and every report says which was used:
 
-- exact (`sample_every=1`): every sent message is encoded with
-  `codec.encode(message, sender)`; a message object sent to several peers is
-  encoded once (a small cache keyed by object identity, which holds the object
-  so its id cannot be reused while cached; the core relays the very gossip
-  objects it received, so most relayed items are cache hits);
+- exact (`sample_every=1`): every sent message is counted at its exact encoded
+  size, but a message is encoded only the first time it is seen. A frame is
+  `[version, type, sender, payload]`, so its size is the sender id's string
+  plus the same frame's size with an empty sender (`codec.encode(message, "")`
+  less one byte): that second part is cached. Every message object is cached
+  by identity (the cache holds the object, so its id cannot be reused while
+  cached; the core relays the very gossip objects it received). Gossip items
+  (Alive, Suspect, Dead, ...) are also cached by value: the copies the core
+  makes (an Alive without its certificate, a signed Dead re-sent to a failed
+  member) are equal values, so nearly every item is encoded once per run, and
+  a probe carrying items is sized as the probe without them plus their cached
+  sizes;
 - sampled (`sample_every=k`): every k-th sent message (a deterministic
-  counter, not a random draw) is encoded and its size counted k times. Packet
+  counter, not a random draw) is sized as above and counted k times. Packet
   counts stay exact; byte totals are estimates whose error shrinks with the
   number of packets. Push-pull messages are never sampled: at 10,000 nodes a
   digest is most of a second's traffic, and counting one in ten, ten times
@@ -21,27 +28,46 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   `codec.encode` would, without encoding its 10,000 lines every time.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
-that is what the node's uplink carries. They are also added to the current
-time slot (`SLOT` seconds, set by the engine before each node's output), with
-the number of live nodes at that moment, so a report can state the peak over
-any 1 s window (`peak_rate`: the busiest run of `SLOTS_PER_SECOND` consecutive
-slots, per live node), not only averages. Push-pull messages (`Digest`,
-`Delta`) are full-state exchanges that a real transport sends as a stream;
-they are counted like everything else but not checked against the packet
-budget, which applies to datagrams (probes and gossip).
+that is what the node's uplink carries. The engine hands the meter all of one
+node's sends of one moment at once (`count_sends`), so the per-node and
+per-slot totals are updated once per batch, not once per message. Bytes are
+also added to the current time slot (`SLOT` seconds, set by the engine before
+each node's output), with the number of live nodes at that moment, so a report
+can state the peak over any 1 s window (`peak_rate`: the busiest run of
+`SLOTS_PER_SECOND` consecutive slots, per live node), not only averages.
+Push-pull messages (`Digest`, `Delta`) are full-state exchanges that a real
+transport sends as a stream; they are counted like everything else but not
+checked against the packet budget, which applies to datagrams (probes and
+gossip).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from novacron.protocol.codec import encode, pack_struct
-from novacron.protocol.messages import Digest, MemberDigest, Message
+from novacron.protocol.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Digest,
+    IndirectPing,
+    Leave,
+    MemberDigest,
+    Message,
+    Nack,
+    Ping,
+    RecordUpdate,
+    Revocations,
+    Suspect,
+)
 
-_CACHE_LIMIT = 4096  # identity cache entries before it is cleared
+_CACHE_LIMIT = 1 << 16  # entries of either size cache before it is cleared
+_BY_VALUE = frozenset({Alive, Suspect, Dead, Leave, RecordUpdate, Revocations})  # gossip items
 SLOTS_PER_SECOND = 10  # time slots per second: windows slide by a tenth of a second
 SLOT = 1.0 / SLOTS_PER_SECOND
 STREAM_TYPES = frozenset({"digest", "delta"})  # push-pull: a stream, not bound by the budget
@@ -61,10 +87,13 @@ class ByteMeter:
         self.packets_by_type: Counter[str] = Counter()
         self.max_packet = 0  # largest encoded message seen
         self.max_datagram_message = 0  # largest encoded message other than push-pull
-        self.over_budget = 0  # encoded non-push-pull messages larger than `budget`
+        self.over_budget = 0  # distinct non-push-pull messages encoded larger than `budget`
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
-        self._cache: dict[int, tuple[Message, int, int]] = {}
+        self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
+        # id of any message sent -> (the message, held so the id stays its own, size
+        # less the sender's id): one lookup without hashing the message's fields
+        self._by_id: dict[int, tuple[Message, int]] = {}
         self._digests = DigestSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
@@ -88,27 +117,45 @@ class ByteMeter:
 
     def count(self, sender: str, message: Message) -> None:
         """Account for one message `sender` sends."""
-        self.packets += 1
-        kind = message.TYPE
-        self.packets_by_type[kind] += 1
-        if kind in STREAM_TYPES:
-            size = self.size(sender, message)  # never sampled (module docstring)
-        else:
-            self._countdown -= 1
-            if self._countdown:
-                return
-            self._countdown = self.sample_every
-            hit = self._cache.get(id(message))  # size()'s cache check, inlined: hot path
-            if hit is not None and hit[0] is message and hit[1] == len(sender):
-                size = hit[2] * self.sample_every
+        self.count_sends(sender, ((sender, message),))
+
+    def count_sends(self, sender: str, sends: Iterable[tuple[str, Message]]) -> None:
+        """Account for the messages `sender` sends at one moment ((destination, message)
+        pairs, as in an `Output`): per message by type, per node and slot once."""
+        sender_size = _str_size(sender)
+        every = self.sample_every
+        countdown = self._countdown
+        packets_by_type = self.packets_by_type
+        bytes_by_type = self.bytes_by_type
+        by_id = self._by_id
+        sent = total = 0
+        for _, message in sends:
+            sent += 1
+            kind = message.TYPE
+            packets_by_type[kind] += 1
+            if kind in STREAM_TYPES:
+                size = self.size(sender, message)  # never sampled (module docstring)
             else:
-                size = self.size(sender, message) * self.sample_every
-        self.bytes += size
-        self.bytes_by_node[sender] += size
-        self.bytes_by_type[kind] += size
+                countdown -= 1
+                if countdown:
+                    continue
+                countdown = every
+                held = by_id.get(id(message))
+                if held is not None:  # the common case, inlined: a relayed gossip item
+                    size = (held[1] + sender_size) * every
+                else:
+                    size = self.size(sender, message) * every
+            total += size
+            bytes_by_type[kind] += size
+        self._countdown = countdown
+        self.packets += sent
+        if not total:
+            return
+        self.bytes += total
+        self.bytes_by_node[sender] += total
         if self._slot >= 0:
-            self.slot_bytes[self._slot] += size
-            self._count_second(sender, size)
+            self.slot_bytes[self._slot] += total
+            self._count_second(sender, total)
 
     def _count_second(self, sender: str, size: int) -> None:
         second = self._slot // SLOTS_PER_SECOND
@@ -119,29 +166,60 @@ class ByteMeter:
             self.node_peak_second[sender] = sent
 
     def size(self, sender: str, message: Message) -> int:
-        """Encoded size of `message` from `sender`, encoding each object once.
+        """Encoded size of `message` from `sender`, encoding each message once.
 
-        The size depends on the sender only through the length of its id (a
-        msgpack string's header depends on its length alone), so one cached
-        size serves every relay of the same gossip object whose id is as long.
+        The size depends on the sender only through its id's string (a msgpack
+        string's header depends on its length alone), so what is cached is the
+        size of the frame with an empty sender, less that empty string's byte.
         """
-        key = id(message)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is message and hit[1] == len(sender):
-            return hit[2]
-        if isinstance(message, Digest):
-            size = self._digests.size(sender, message)
+        held = self._by_id.get(id(message))  # a held id is that message's own
+        if held is not None:
+            return held[1] + _str_size(sender)
+        if type(message) in _BY_VALUE:
+            found = self._by_value.get(message)
+            fresh = found is None
+            rest = self._item_rest(message) if found is None else found
         else:
-            size = len(encode(message, sender))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (message, len(sender), size)
-        self.max_packet = max(self.max_packet, size)
-        if message.TYPE not in STREAM_TYPES:
-            self.max_datagram_message = max(self.max_datagram_message, size)
-            if self.budget and size > self.budget:
-                self.over_budget += 1
+            fresh = True
+            rest = self._measure(message)
+        if len(self._by_id) >= _CACHE_LIMIT:
+            self._by_id.clear()
+        self._by_id[id(message)] = (message, rest)
+        size = rest + _str_size(sender)
+        if fresh:  # first seen: the largest sizes and the budget check
+            self.max_packet = max(self.max_packet, size)
+            if message.TYPE not in STREAM_TYPES:
+                self.max_datagram_message = max(self.max_datagram_message, size)
+                if self.budget and size > self.budget:
+                    self.over_budget += 1
         return size
+
+    def _item_rest(self, item: Message) -> int:
+        """A gossip item's frame size less the sender's id, cached by value."""
+        rest = self._by_value.get(item)
+        if rest is None:
+            if len(self._by_value) >= _CACHE_LIMIT:
+                self._by_value.clear()
+            rest = self._by_value[item] = len(encode(item, "")) - 1
+        return rest
+
+    def _measure(self, message: Message) -> int:
+        """Frame size of `message` less the sender's id, computed.
+
+        A probe carrying gossip is sized as the same probe without it plus the
+        `gossip` field: its name, the array header and each item as the codec
+        tags it, `[type, payload]`, one byte less than the item's own frame
+        less the sender's id (a 2- rather than 4-element array, no version).
+        The map header stays one byte (a probe has fewer than 16 fields)."""
+        if isinstance(message, Digest):
+            return self._digests.size("", message) - 1
+        if not isinstance(message, Ping | IndirectPing | Ack | Nack) or not message.gossip:
+            return len(encode(message, "")) - 1
+        gossip = message.gossip
+        bare: Message = dataclasses.replace(message, gossip=())
+        items = sum(self._item_rest(item) - 1 for item in gossip)
+        field = _str_size("gossip") + _container_header(len(gossip)) + items
+        return len(encode(bare, "")) - 1 + field
 
     def peak_rate(self, start: float = 0.0, end: float = math.inf) -> float | None:
         """The most bytes per live node sent in any 1 s window within [start, end).
@@ -183,25 +261,51 @@ class DigestSizer:
     """
 
     def __init__(self) -> None:
-        self._lines: dict[int, tuple[MemberDigest, int]] = {}  # id -> (line, encoded size)
+        self._sizes: dict[int, int] = {}  # id of a line -> its encoded size
+        self._held: list[MemberDigest] = []  # those lines, so their ids stay theirs
+
+    def _line_size(self, line: MemberDigest) -> int:
+        if len(self._held) >= _LINE_CACHE_LIMIT:
+            self._sizes.clear()
+            self._held.clear()
+        size = self._sizes[id(line)] = len(pack_struct(line))
+        self._held.append(line)
+        return size
 
     def size(self, sender: str, digest: Digest) -> int:
         bare = Digest(reply=digest.reply, crl_issued_at=digest.crl_issued_at)
         total = len(encode(bare, sender))
         if digest.members:
             total += _str_size("members") + _container_header(len(digest.members))
-            lines = self._lines
-            for line in digest.members:
-                hit = lines.get(id(line))
-                if hit is None or hit[0] is not line:
-                    if len(lines) >= _LINE_CACHE_LIMIT:
-                        lines.clear()
-                    hit = lines[id(line)] = (line, len(pack_struct(line)))
-                total += hit[1]
+            # A cached id is a held line's, so it cannot be another line's: one
+            # C-level pass looks them all up; the few misses are encoded.
+            found = list(map(self._sizes.get, map(id, digest.members)))
+            if None in found:
+                found = [
+                    self._line_size(line) if size is None else size
+                    for line, size in zip(digest.members, found, strict=True)
+                ]
+            total += sum(cast(list[int], found))
         if digest.records:
             total += _str_size("records") + _container_header(len(digest.records))
-            total += sum(_str_size(k) + _int_size(v) for k, v in digest.records.items())
+            total += _records_size(digest.records)
         return total
+
+
+def _records_size(records: dict[str, int]) -> int:
+    """Bytes of a digest's record versions (keys and values, no header).
+
+    The usual case in C-level passes: ASCII ids shorter than 32 bytes (a one-byte
+    string header each) and versions below 128 (one byte each); anything else
+    entry by entry."""
+    keys_short = max(map(len, records)) < 32 and "".join(records).isascii()
+    values = records.values()
+    values_small = min(values) >= 0 and max(values) < 128
+    if keys_short and values_small:
+        return sum(map(len, records)) + 2 * len(records)
+    if keys_short:
+        return sum(map(len, records)) + len(records) + sum(map(_int_size, values))
+    return sum(_str_size(k) + _int_size(v) for k, v in records.items())
 
 
 _LINE_CACHE_LIMIT = 200_000  # digest lines whose size is remembered (the shared ones)

@@ -48,6 +48,31 @@ def test_snapshot_table_shares_the_base_and_keeps_changes_private() -> None:
     assert sum(1 for _ in one) == 1001
 
 
+def test_map_members_uses_shared_values_only_for_unchanged_members() -> None:
+    members = [(f"n{i}", f"a{i}") for i in range(50)]
+    snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
+    table = MemberTable(snapshot.members, snapshot.node_ids)
+    table.put(Member("n7", "a7", 2, SUSPECT, 3.0))  # changed here
+    table.put(snapshot.members["n9"])  # written back unchanged: still the base's value
+    table.put(Member("new", "b", 1, ALIVE, 3.0))  # not in the base
+    shared = {node_id: f"shared {node_id}" for node_id in snapshot.node_ids if node_id != "n3"}
+
+    def fresh(m: Member) -> str:
+        return f"fresh {m.node_id} {m.incarnation} {m.state}"
+
+    expected = [
+        shared[m.node_id]
+        if table.is_shared(m) and m.node_id in shared and m.node_id != "n5"
+        else fresh(m)
+        for m in table
+    ]
+    assert table.map_members(shared, fresh, skip="n5") == expected
+    by_id = dict(zip((m.node_id for m in table), expected, strict=True))
+    assert by_id["n3"] == "fresh n3 1 alive" and by_id["n7"] == "fresh n7 2 suspect"
+    assert by_id["n5"].startswith("fresh") and by_id["n9"] == "shared n9"
+    assert by_id["new"] == "fresh new 1 alive" and by_id["n1"] == "shared n1"
+
+
 def test_dead_members_are_tracked_for_reconnection() -> None:
     table = MemberTable()
     table.put(Member("a", "", 1, ALIVE, 0.0))

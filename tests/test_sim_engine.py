@@ -13,7 +13,24 @@ import pytest
 
 from novacron.agent.core.events import Output
 from novacron.protocol.codec import encode
-from novacron.protocol.messages import Ack, Digest, MemberDigest, MemberState, Message, Ping
+from novacron.protocol.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Digest,
+    Gossip,
+    IndirectPing,
+    Leave,
+    MemberDigest,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    RecordUpdate,
+    Revocations,
+    SignedRecord,
+    Suspect,
+)
 from novacron.simulations.clock import VirtualClock
 from novacron.simulations.engine import Engine
 from novacron.simulations.metrics import ByteMeter, DigestSizer, percentile
@@ -239,6 +256,49 @@ def test_byte_meter_exact_and_sampled() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
 
 
+def test_byte_meter_sizes_equal_messages_once_and_exactly_for_any_sender() -> None:
+    meter = ByteMeter()
+    sends: list[tuple[str, Message]] = []
+    expected = 0
+    for sender in ("a", "node-00001", "x" * 40, "y" * 300):
+        batch: list[tuple[str, Message]] = [
+            ("peer", Suspect("n", 7, "b", bytes(64))),  # equal values, distinct objects
+            ("peer", Dead("n", 70_000, "b", bytes(64))),
+            ("peer", Alive("n", 1, "sim://n", signature=bytes(64))),
+            ("peer", Ping(seq=3, target="n", gossip=(Suspect("n", 7, "b", bytes(64)),))),
+        ]
+        meter.count_sends(sender, batch)
+        sends.extend(batch)
+        batch_bytes = sum(len(encode(message, sender)) for _, message in batch)
+        expected += batch_bytes
+        assert meter.bytes_by_node[sender] == batch_bytes
+    assert meter.bytes == expected
+    assert meter.packets == len(sends) == 16
+    assert meter.packets_by_type["suspect"] == 4
+
+
+def test_probes_are_sized_exactly_from_their_gossip_items() -> None:
+    items: list[Gossip] = [
+        Alive("n", 3, "sim://n", certificate=bytes(300), signature=bytes(64)),
+        Suspect("m", 2**40, "b", bytes(64)),
+        Dead("o", 1, "c"),
+        Leave("p", 9, bytes(64)),
+        RecordUpdate(SignedRecord("q", 70_000, bytes(500), bytes(64))),
+        Revocations(bytes(2000)),
+    ]
+    meter = ByteMeter()
+    for count in (0, 1, 6, 15, 16, 17, 40):
+        gossip = tuple(items[i % len(items)] for i in range(count))
+        for message in (
+            Ping(seq=count, target="t", gossip=gossip),
+            IndirectPing(2**33, "t", "r", "sim://t", want_nack=False, gossip=gossip),
+            Ack(seq=300, gossip=gossip),
+            Nack(seq=1, gossip=gossip),
+        ):
+            for sender in ("a", "x" * 40):
+                assert meter.size(sender, message) == len(encode(message, sender))
+
+
 def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
     rng = random.Random(1)
     sizer = DigestSizer()
@@ -259,6 +319,13 @@ def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
         digest = Digest(lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]))
         sender = rng.choice(["a", "node-00001", "x" * 40])
         assert sizer.size(sender, digest) == len(encode(digest, sender))
+    for records in (
+        {f"node-{i:05d}": i % 128 for i in range(300)},  # short ASCII ids, small versions
+        {f"node-{i:05d}": i * 1000 for i in range(300)},
+        {"n" * 31: 1, "long-" * 8: 2, "nöde": 3, "x" * 300: 70_000},
+    ):
+        digest = Digest((), records)
+        assert sizer.size("me", digest) == len(encode(digest, "me"))
     meter = ByteMeter(sample_every=10)
     digest = Digest((MemberDigest("a", 1, MemberState.ALIVE),), {"a": 1})
     meter.count("me", digest)  # the first of ten: a sampled message would count nothing

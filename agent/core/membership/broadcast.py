@@ -144,18 +144,25 @@ class BroadcastQueue:
 
     def take_sized(self, budget: int, limit: int) -> tuple[list[Gossip], int]:
         """`take`, with the estimated bytes of what it took."""
-        self._drop_over(limit)
+        buckets = self._buckets
+        if len(buckets) > limit:
+            self._drop_over(limit)
         chosen = self._choose(budget)
+        size = 0
         for item in chosen:
-            bucket = self._buckets[item.transmits]
-            del bucket[bisect.bisect_left(bucket, item.seq)]
-            item.transmits += 1
-            if item.transmits >= limit:
+            size += item.size
+            seq = item.seq
+            bucket = buckets[item.transmits]
+            del bucket[bisect.bisect_left(bucket, seq)]
+            transmits = item.transmits = item.transmits + 1
+            if transmits >= limit:
                 del self._by_key[item.key]
-                del self._items[item.seq]
+                del self._items[seq]
+            elif transmits < len(buckets):
+                bisect.insort(buckets[transmits], seq)
             else:
-                bisect.insort(self._bucket(item.transmits), item.seq)
-        return [item.message for item in chosen], sum(item.size for item in chosen)
+                buckets.append([seq])  # the first item sent this often
+        return [item.message for item in chosen], size
 
     def _choose(self, budget: int) -> list[_Item]:
         chosen: list[_Item] = []

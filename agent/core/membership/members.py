@@ -21,9 +21,11 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from novacron.protocol.messages import MemberState
 
+T = TypeVar("T")
 SCAN_LIMIT = 64  # tables this small are sampled by scanning; larger by rejection
 
 
@@ -135,6 +137,26 @@ class MemberTable:
         for node_id in self._extra_ids:
             yield overlay[node_id]
 
+    def map_members(
+        self, shared: Mapping[str, T], fresh: Callable[[Member], T], *, skip: str = ""
+    ) -> list[T]:
+        """One value per member, in `__iter__`'s order: `shared[id]` for a member that
+        is still the base's own value (when `shared` has it), else `fresh(member)`; the
+        member `skip` always gets `fresh`. Members untouched since the base cost one
+        dictionary lookup each, with no `Member` read: push-pull digests at 10,000."""
+        overlay, base, get = self._overlay, self._base, shared.get
+        values: list[T | None] = [
+            None if node_id in overlay or node_id == skip else get(node_id)
+            for node_id in self._base_ids
+        ]
+        for position in [i for i, value in enumerate(values) if value is None]:
+            node_id = self._base_ids[position]
+            member = overlay.get(node_id) or base[node_id]
+            value = get(node_id) if node_id != skip and base[node_id] is member else None
+            values[position] = fresh(member) if value is None else value
+        values.extend(fresh(overlay[node_id]) for node_id in self._extra_ids)
+        return cast(list[T], values)
+
     def overlay_size(self) -> int:
         """How many members this node holds privately (memory diagnostics)."""
         return len(self._overlay)
@@ -162,12 +184,20 @@ class MemberTable:
     ) -> list[Member]:
         found: list[Member] = []
         seen: set[int] = set()
+        base, base_ids, overlay = self._base, self._base_ids, self._overlay
+        base_count = len(base_ids)
+        extra_ids = self._extra_ids
+        randrange = rng.randrange
         for _ in range(8 * k + 8):
-            index = rng.randrange(total)
+            index = randrange(total)
             if index in seen:
                 continue
             seen.add(index)
-            member = self.get(self.id_at(index))
+            # self.get(self.id_at(index)), inlined: this is every gossip round's hot path
+            node_id = base_ids[index] if index < base_count else extra_ids[index - base_count]
+            member = overlay.get(node_id)
+            if member is None:
+                member = base.get(node_id)
             if member is not None and accept(member):
                 found.append(member)
                 if len(found) == k:

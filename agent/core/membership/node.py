@@ -342,16 +342,20 @@ class MembershipNode:
         pending = self._probes.pending
         if pending is not None:
             deadline = pending.deadline if pending.indirect_sent else pending.timeout_at
+        # Comparisons rather than min(): the engine asks after every message.
         if not self._left:
-            deadline = min(
-                deadline, self._next_probe_at, self._next_push_pull_at, self._next_reconnect_at
-            )
-            if self._recheck:
-                deadline = min(deadline, self._next_recheck_at)
-        if self._queue:
-            deadline = min(deadline, self._next_gossip_at)
-        if self._suspicion_heap:
-            deadline = min(deadline, self._suspicion_heap[0][0])
+            if self._next_probe_at < deadline:
+                deadline = self._next_probe_at
+            if self._next_push_pull_at < deadline:
+                deadline = self._next_push_pull_at
+            if self._next_reconnect_at < deadline:
+                deadline = self._next_reconnect_at
+            if self._recheck and self._next_recheck_at < deadline:
+                deadline = self._next_recheck_at
+        if self._queue and self._next_gossip_at < deadline:
+            deadline = self._next_gossip_at
+        if self._suspicion_heap and self._suspicion_heap[0][0] < deadline:
+            deadline = self._suspicion_heap[0][0]
         if self._awaiting:
             deadline = min(deadline, next(iter(self._awaiting.values()))[1] + CERTIFICATE_WAIT)
         if self._probes.relays:
@@ -681,7 +685,7 @@ class MembershipNode:
             return
         accusation = (
             message
-            if isinstance(message, Suspect | Dead) and message.node_id == self.node_id
+            if isinstance(message, _ACCUSATIONS) and message.node_id == self.node_id
             else None
         )
         incarnation = self._me().incarnation if accusation is not None else 0
@@ -800,7 +804,8 @@ class MembershipNode:
 
     def _suspect(self, current: Member, incarnation: int, by: str, now: float, out: Output) -> None:
         node_id = current.node_id
-        self._members.put(dataclasses.replace(current, state=SUSPECT, state_since=now))
+        address, proof = current.address, current.proof
+        self._members.put(Member(node_id, address, current.incarnation, SUSPECT, now, proof))
         self._start_suspicion(node_id, incarnation, by, now)
         out.events.append(MemberSuspected(node_id, incarnation, by))
 
@@ -1443,7 +1448,8 @@ class MembershipNode:
                 break
             self._budget.spend(size)
             self.stats.gossip_sent += len(items)
-            out.sends.extend((target.node_id, item) for item in items)
+            node_id = target.node_id
+            out.sends.extend([(node_id, item) for item in items])
 
     def _piggyback(self, now: float) -> tuple[Gossip, ...]:
         """Gossip items for one probe message, as far as the gossip budget allows
@@ -1513,6 +1519,7 @@ def _valid_claim(node_id: str, incarnation: int) -> bool:
     return bool(node_id) and 0 <= incarnation <= MAX_COUNTER
 
 
+_ACCUSATIONS = (Suspect, Dead)  # claims that the accused answers (`_answer_accusation`)
 _REVOCATIONS_KEY: BroadcastKey = ("revocations", "")  # one list: a newer one replaces it
 ClaimT = TypeVar("ClaimT", Alive, Suspect, Dead, Leave)
 MAX_UNPROVEN_LEAP = 64  # incarnations a refutation may jump over a line it cannot check

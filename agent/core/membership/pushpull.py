@@ -71,11 +71,13 @@ def build_digest(
     `own` is the sender's line about itself, signed and with its certificate,
     because the receiver applies it: that is how a newcomer introduces itself.
     """
-    members = tuple(
-        own if m.node_id == own.node_id else digest_line(m, table, shared) for m in table
-    )
+
+    def fresh(member: Member) -> MemberDigest:  # a member changed here, or ourselves
+        return own if member.node_id == own.node_id else digest_line(member, table, shared)
+
+    members = table.map_members(shared, fresh, skip=own.node_id)
     return Digest(
-        members=members, records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
+        members=tuple(members), records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
     )
 
 
@@ -102,6 +104,8 @@ def build_deltas(
         line = theirs.get(member.node_id)
         if line is None:
             newer = member.state is ALIVE
+        elif member.incarnation == line.incarnation and member.state is line.state:
+            continue  # the same news (most lines): never newer
         else:
             newer = supersedes(member.incarnation, member.state, line.incarnation, line.state)
         if newer:

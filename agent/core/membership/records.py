@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 from urllib.parse import urlsplit
 
 from novacron.protocol.errors import ProtocolError, RecordContentRefused
@@ -75,6 +76,9 @@ class RecordBounds:
     max_vms: int = 10_000  # VMs on one host
     max_load_per_core: float = 64.0  # load average (and VM load) per core, overcommitted
     max_dirty_rate_mib_s: float = 1024.0 * 1024.0  # memory written per second by one VM
+
+
+_version = attrgetter("version")
 
 
 class RecordStore:
@@ -136,12 +140,20 @@ class RecordStore:
                 yield signed
 
     def versions(self) -> dict[str, int]:
-        """Owner id -> stored version, for a push-pull digest."""
-        return {signed.node_id: signed.version for signed in self}
+        """Owner id -> stored version, for a push-pull digest (in `__iter__`'s order:
+        the base's, then records new here; a record newer here keeps its base place)."""
+        base = self._base_signed
+        versions = dict(zip(base, map(_version, base.values()), strict=True))
+        versions.update(zip(self._signed, map(_version, self._signed.values()), strict=True))
+        return versions
 
     def newer_than(self, versions: Mapping[str, int]) -> list[SignedRecord]:
         """Stored records whose version is above the one in `versions` (0 if absent)."""
-        return [signed for signed in self if signed.version > versions.get(signed.node_id, 0)]
+        get = versions.get
+        newer = [
+            node_id for node_id, version in self.versions().items() if version > get(node_id, 0)
+        ]
+        return [self._signed.get(node_id) or self._base_signed[node_id] for node_id in newer]
 
 
 def admit(
