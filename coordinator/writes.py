@@ -40,8 +40,15 @@ log = logging.getLogger("novacron.coordinator.writes")
 
 T = TypeVar("T")
 
-MAX_BATCH = 256  # writes in one transaction at most (a batch of snapshots is long enough)
-EVENTS_PER_INSERT = 100  # rows of one multi-row INSERT (6 parameters each: SQLite allows 32,766)
+# Writes in one transaction at most (the first of a batch waits for the last). SQLite runs
+# in the process: a batch holds the event loop from BEGIN to COMMIT, so its batches are
+# shorter; PostgreSQL's yield the loop at every round trip.
+MAX_BATCH = {"sqlite": 16, "postgresql": 64}
+# Events go in with multi-row INSERTs of these sizes (the largest that fit, then smaller):
+# a handful of statement shapes, so PostgreSQL's prepared statements (asyncpg caches 100 a
+# connection) are not pushed out by one shape per batch size.
+EVENT_CHUNKS = (64, 16, 4, 1)
+TABLES = ("sites", "hosts", "vms", "operations", "tokens")  # the tables with an index of their own
 
 
 class Batch:
@@ -77,21 +84,26 @@ class Batch:
         """Insert the events and stamp the changed tables (before the commit); the tables."""
         if self._index is None:
             return frozenset()
-        first = self._index + 1
-        for start in range(0, len(self._events), EVENTS_PER_INSERT):
-            rows = self._events[start : start + EVENTS_PER_INSERT]
-            values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in rows)
+        start = 0
+        while start < len(self._events):
+            size = next(c for c in EVENT_CHUNKS if c <= len(self._events) - start)
+            values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in range(size))
             args: list[Any] = []
-            for n, row in enumerate(rows, start=first + start):
-                args += [n, *row]
+            for n, row in enumerate(self._events[start : start + size], start=start):
+                args += [self._index + 1 + n, *row]
             await self.tx.execute(
                 f"INSERT INTO events (idx, at, type, subject, site, data) VALUES {values}", *args
             )
+            start += size
         last = self._index + len(self._events)
-        names = ("index", *sorted(self._tables))
-        marks = ", ".join("?" * len(names))
+        unknown = self._tables.difference(TABLES)
+        if unknown:
+            raise ValueError(f"no index is kept for {sorted(unknown)}")
+        # One statement shape whatever the tables: the ones not changed are named as "index".
+        names = [t if t in self._tables else "index" for t in TABLES]
+        marks = ", ".join("?" * (1 + len(names)))
         await self.tx.execute(
-            f"UPDATE counters SET value = ? WHERE name IN ({marks})", last, *names
+            f"UPDATE counters SET value = ? WHERE name IN ({marks})", last, "index", *names
         )
         return frozenset(self._tables)
 
@@ -124,12 +136,12 @@ class Writer:
         *,
         clock: Callable[[], float],
         committed: Callable[[frozenset[str]], None],
-        max_batch: int = MAX_BATCH,
+        max_batch: dict[str, int] | None = None,
     ) -> None:
         self._database = database  # called each batch: the store's database may be wrapped later
         self._clock = clock
         self._committed = committed  # the tables a committed batch changed
-        self._max_batch = max_batch
+        self._max_batch = max_batch or MAX_BATCH
         self._waiting: deque[_Write[Any]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.counts = WriterCounts()
@@ -149,7 +161,8 @@ class Writer:
         try:
             while self._waiting:
                 batch = []
-                while self._waiting and len(batch) < self._max_batch:
+                most = self._max_batch[self._database().dialect]
+                while self._waiting and len(batch) < most:
                     item = self._waiting.popleft()
                     if not item.done.done():  # its caller stopped waiting: not run
                         batch.append(item)
