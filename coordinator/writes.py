@@ -43,7 +43,7 @@ T = TypeVar("T")
 # Writes in one transaction at most (the first of a batch waits for the last, and a batch's
 # callers all resume at once). SQLite runs in the process: a batch holds the event loop from
 # BEGIN to COMMIT. On PostgreSQL, batches of 8 served the load benchmark better than 64
-# (create p99, deltas applied, requests served) while keeping most of the throughput.
+# (create p99, deltas applied, requests served), at some cost in the store's throughput.
 MAX_BATCH = {"sqlite": 16, "postgresql": 8}
 # Events go in with multi-row INSERTs of these sizes (the largest that fit, then smaller):
 # a handful of statement shapes, so PostgreSQL's prepared statements (asyncpg caches 100 a
