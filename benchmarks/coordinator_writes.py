@@ -7,7 +7,12 @@ cost the store, on SQLite and on PostgreSQL, against a one-row read in the same 
 `--deltas` deltas, round robin over the sites, each a host's record in which
 one VM changed state (the load benchmark's churn), applied one after
 another; then `--operations` operations started (what `POST /v1/vms`
-writes); and, as the baseline, as many reads of one VM. The store is the
+writes); and, as the baseline, as many reads of one VM. Then the same writes
+arriving together, as they do in a coordinator: every site sends `--rounds`
+deltas (each after the one before it was acknowledged, as a site link does)
+at once, while `--clients` clients each start operations one after another
+until `--operations` are started; what each write waited, and how many
+writes a second were committed. The store is the
 coordinator's own (`coordinator/store.py`) on a database made for the run
 (PostgreSQL started as the tests start it, with fsync off: round trips and
 locks are what is measured, not the disk). Run it on two builds in turn
@@ -49,7 +54,15 @@ async def timed(times: list[float], call: Awaitable[Any]) -> None:
     times.append(time.perf_counter() - started)
 
 
-async def run(database: str, sites: int, vms: int, deltas: int, operations: int) -> dict[str, Any]:
+async def run(
+    database: str,
+    sites: int,
+    vms: int,
+    deltas: int,
+    operations: int,
+    rounds: int,
+    clients: int,
+) -> dict[str, Any]:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as directory:
         url = database
         if database == "postgresql":
@@ -101,6 +114,7 @@ async def run(database: str, sites: int, vms: int, deltas: int, operations: int)
         read: list[float] = []
         for n in range(max(deltas, operations)):
             await timed(read, store.vm(f"s{n % sites}", f"s{n % sites}-h0-vm0"))
+        together = await concurrent(store, records, sites, rounds, clients, operations)
         await db.close()
     return {
         "database": database,
@@ -112,6 +126,64 @@ async def run(database: str, sites: int, vms: int, deltas: int, operations: int)
         "baseline_read": summary(read),
         "delta_over_read": round(statistics.median(applied) / statistics.median(read), 1),
         "operation_over_read": round(statistics.median(started) / statistics.median(read), 1),
+        "together": together,
+    }
+
+
+async def concurrent(
+    store: Store,
+    records: dict[tuple[str, str], NodeRecord],
+    sites: int,
+    rounds: int,
+    clients: int,
+    operations: int,
+) -> dict[str, Any]:
+    """Every site streaming deltas and `clients` clients starting operations, all at once."""
+    applied: list[float] = []
+    started: list[float] = []
+
+    async def site_stream(s: int) -> None:
+        site = f"s{s}"
+        for n in range(rounds):
+            host = f"h{n % HOSTS_PER_SITE}"
+            old = records[site, host]
+            vms_now = list(old.vms)
+            flip = vms_now[n % len(vms_now)]
+            state = "paused" if flip.state == "running" else "running"
+            vms_now[n % len(vms_now)] = VmSummary(
+                flip.name, flip.uuid, state, flip.vcpus, flip.memory_mib, labels=flip.labels
+            )
+            records[site, host] = record(host, old.version + 1, tuple(vms_now))
+            position = await store.position(site)
+            delta = wire.Delta(
+                position.stream,
+                position.applied + 1,
+                hosts=(wire.HostState(host, MemberState.ALIVE, records[site, host]),),
+            )
+            await timed(applied, store.apply_delta(site, delta))
+
+    async def client(c: int) -> None:
+        for n in range(c, operations, clients):
+            command = {"key": f"together-{n}", "kind": "start", "vm": "s0-h0-vm0"}
+            call = store.start_operation("start", "s0", "s0-h0-vm0", {}, command, LOCAL_ADMIN)
+            await timed(started, call)
+
+    counts = getattr(store, "writes", None)  # the batching writer's, where there is one
+    batches_before = counts.batches if counts is not None else 0
+    began = time.perf_counter()
+    await asyncio.gather(
+        *(site_stream(s) for s in range(sites)), *(client(c) for c in range(clients))
+    )
+    wall = time.perf_counter() - began
+    return {
+        "deltas": len(applied),
+        "operations": len(started),
+        "clients": clients,
+        "wall_s": round(wall, 2),
+        "writes_per_s": round((len(applied) + len(started)) / wall, 1),
+        "apply_delta": summary(applied),
+        "start_operation": summary(started),
+        "transactions": counts.batches - batches_before if counts is not None else None,
     }
 
 
@@ -130,9 +202,21 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--deltas", type=int, default=1000)
     parser.add_argument("--operations", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = asyncio.run(run(args.database, args.sites, args.vms, args.deltas, args.operations))
+    result = asyncio.run(
+        run(
+            args.database,
+            args.sites,
+            args.vms,
+            args.deltas,
+            args.operations,
+            args.rounds,
+            args.clients,
+        )
+    )
     result["machine"] = f"{platform.node()}, {platform.processor() or platform.machine()}"
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     text = json.dumps(result, indent=2)

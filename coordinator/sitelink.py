@@ -220,14 +220,16 @@ class SiteLinks:
                 )
 
     async def _delta(self, link: Link, delta: Delta) -> None:
-        verdict, why, refused = await self.store.apply_delta(link.site, delta)
-        if verdict is Verdict.RESYNC:
-            log.info("site stream resync", extra={"fields": {"site": link.site, "why": why}})
-            await link.send(encode(Resync(why), self.c.node))
+        applied = await self.store.apply_delta(link.site, delta)  # returns once committed
+        if applied.verdict is Verdict.RESYNC:
+            log.info(
+                "site stream resync", extra={"fields": {"site": link.site, "why": applied.why}}
+            )
+            await link.send(encode(Resync(applied.why), self.c.node))
             return
-        await link.send(encode(Ack(delta.stream, delta.seq, refused), self.c.node))
+        await link.send(encode(Ack(delta.stream, delta.seq, applied.refused), self.c.node))
         if delta.accepted:
-            await self._send_pinned(link, {a.key for a in delta.accepted} - set(refused))
+            await self._send_pinned(link, {a.key for a in delta.accepted} - set(applied.refused))
         if delta.outcomes or delta.accepted:
             self.c.operations_changed()
 

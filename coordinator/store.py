@@ -1,11 +1,14 @@
 """The coordinator's state: sites, their views, operations, commands, events, in one database.
 
-Every write runs in one transaction that also takes the next global index,
-records an event (CloudEvents 1.0 when served) under it and stamps the
-tables it changed, so a list's `X-Nova-Index` and a blocking query's wait
-(`wait_for`) follow every change, and `GET /v1/events?index=N` replays them.
-Domain methods return plain dicts and raise `StoreError` subclasses; HTTP
-status codes are the API's business.
+Every write is a function of a `Batch` (writes.py) run by the store's one
+writer, which commits the writes that arrive together in one transaction
+that takes the next global index, records their events (CloudEvents 1.0 when
+served) under indexes of their own and stamps the tables they changed, so a
+list's `X-Nova-Index` and a blocking query's wait (`wait_for`) follow every
+change, and `GET /v1/events?index=N` replays them. A write method returns
+only once its write committed. Domain methods return plain dicts (a delta's
+fate: `Applied`) and raise `StoreError` subclasses; HTTP status codes are the
+API's business.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from novacron.protocol.sitelink import Delta, HostState, Outcome
 
 from .db import Connection, Database, Row
-from .stream import StreamPosition, Verdict, advance, judge
+from .stream import Applied, StreamPosition, Verdict, advance, judge
+from .writes import Batch, Work, Writer, WriterCounts
 
 ENROLL_TTL = 24 * 3600.0  # seconds an enrollment token stays valid
 ROLES = ("reader", "operator", "admin")  # each includes the ones before it
 TERMINAL = ("succeeded", "failed", "cancelled")  # operation states that never change again
 UNFINISHED_COMMANDS = ("pending", "sent", "pinned")
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -108,6 +114,14 @@ class Store:
         self._clock = clock
         self.changes = Changes()
         self._poll = poll  # seconds between index polls for a follower (others write)
+        # Every write goes through the writer, which batches those that arrive together; the
+        # database is looked up each batch (the coordinator wraps `db` to time its calls).
+        self._writer = Writer(lambda: self.db, clock=clock, committed=self.changes.notify)
+
+    @property
+    def writes(self) -> WriterCounts:
+        """What the writer did: writes and batches committed, batches run again one by one."""
+        return self._writer.counts
 
     # --- indexes, events, blocking ---------------------------------------------------
 
@@ -128,38 +142,10 @@ class Store:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), step)
 
-    async def _stamp(self, tx: Connection, tables: Iterable[str]) -> int:
-        """The next global index, and the tables it changed (two statements whatever the
-        number of tables: every write pays them, and on PostgreSQL each is a round trip)."""
-        index = await self._next_index(tx)
-        names = tuple(tables)
-        if names:
-            marks = ", ".join("?" * len(names))
-            sql = f"UPDATE counters SET value = ? WHERE name IN ({marks})"
-            await tx.execute(sql, index, *names)
-        return index
-
-    async def _next_index(self, tx: Connection) -> int:
-        row = await tx.fetchone(
-            "UPDATE counters SET value = value + 1 WHERE name = 'index' RETURNING value"
-        )
-        assert row is not None
-        return int(row["value"])
-
-    async def _event(
-        self, tx: Connection, index: int, kind: str, subject: str, site: str, data: dict[str, Any]
-    ) -> None:
-        """Record an event under a global index of its own (a write may record several;
-        `index` is the write's, which the event's is never below)."""
-        await tx.execute(
-            "INSERT INTO events (idx, at, type, subject, site, data) VALUES (?, ?, ?, ?, ?, ?)",
-            await self._next_index(tx),
-            self._clock(),
-            kind,
-            subject,
-            site,
-            json.dumps(data, sort_keys=True),
-        )
+    async def _write(self, work: Work[T]) -> T:
+        """Run `work` in the writer's next transaction (writes.py): what it returned, once
+        committed."""
+        return await self._writer.write(work)
 
     async def events_after(self, index: int, limit: int) -> list[Row]:
         rows = await self.db.fetch(
@@ -180,10 +166,12 @@ class Store:
         """A new site awaiting enrollment, and its one-time enrollment token."""
         token = "nve_" + secrets.token_urlsafe(32)
         now = self._clock()
-        async with self.db.transaction() as tx:
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
             if await tx.fetchone("SELECT name FROM sites WHERE name = ?", name):
                 raise Conflict(f"site {name!r} exists")
-            index = await self._stamp(tx, ("sites",))
+            index = await b.stamp(("sites",))
             await tx.execute(
                 "INSERT INTO sites (name, state, enroll_hash, enroll_expires, labels, cost, "
                 "created_at, created_by, modify_index) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
@@ -196,8 +184,9 @@ class Store:
                 by.name,
                 index,
             )
-            await self._event(tx, index, "site.added", name, name, {"by": by.name})
-        self.changes.notify(("sites",))
+            b.event("site.added", name, name, {"by": by.name})
+
+        await self._write(write)
         return await self.site(name), token
 
     async def new_enrollment(self, name: str, by: Principal) -> str:
@@ -206,8 +195,10 @@ class Store:
         if site["state"] != "pending":
             raise Conflict(f"site {name!r} is {site['state']}: enrollment tokens are for new sites")
         token = "nve_" + secrets.token_urlsafe(32)
-        async with self.db.transaction() as tx:
-            index = await self._stamp(tx, ("sites",))
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
+            index = await b.stamp(("sites",))
             await tx.execute(
                 "UPDATE sites SET enroll_hash = ?, enroll_expires = ?, modify_index = ? "
                 "WHERE name = ?",
@@ -216,14 +207,18 @@ class Store:
                 index,
                 name,
             )
-            await self._event(tx, index, "site.token", name, name, {"by": by.name})
+            b.event("site.token", name, name, {"by": by.name})
+
+        await self._write(write)
         return token
 
     async def enroll(self, token: str, ca_public: bytes) -> Row:
         """Bind `ca_public` to the site whose one-time `token` this is (and spend the token)."""
         digest = hash_secret(token)
         now = self._clock()
-        async with self.db.transaction() as tx:
+
+        async def write(b: Batch) -> str:
+            tx = b.tx
             row = await tx.fetchone(
                 "SELECT name, enroll_expires FROM sites WHERE enroll_hash = ?", digest
             )
@@ -237,7 +232,7 @@ class Store:
             other = await tx.fetchone("SELECT name FROM sites WHERE ca_public = ?", ca_public)
             if other is not None:
                 raise Conflict(f"this CA is already enrolled as site {other['name']!r}")
-            index = await self._stamp(tx, ("sites",))
+            index = await b.stamp(("sites",))
             await tx.execute(
                 "UPDATE sites SET state = 'enrolled', ca_public = ?, enroll_hash = NULL, "
                 "enroll_expires = NULL, enrolled_at = ?, modify_index = ?, "
@@ -247,9 +242,10 @@ class Store:
                 index,
                 row["name"],
             )
-            await self._event(tx, index, "site.enrolled", row["name"], row["name"], {})
-        self.changes.notify(("sites",))
-        return await self.site(row["name"])
+            b.event("site.enrolled", row["name"], row["name"], {})
+            return str(row["name"])
+
+        return await self.site(await self._write(write))
 
     async def site(self, name: str) -> Row:
         row = await self.db.fetchone("SELECT * FROM sites WHERE name = ?", name)
@@ -273,7 +269,8 @@ class Store:
         revision: int | None,
         by: Principal,
     ) -> Row:
-        async with self.db.transaction() as tx:
+        async def write(b: Batch) -> None:
+            tx = b.tx
             row = await tx.fetchone("SELECT revision FROM sites WHERE name = ?", name)
             if row is None:
                 raise NotFound(f"no site {name!r}")
@@ -281,7 +278,7 @@ class Store:
                 raise PreconditionFailed(
                     f"site {name!r} is at revision {row['revision']}, not {revision}"
                 )
-            index = await self._stamp(tx, ("sites",))
+            index = await b.stamp(("sites",))
             if labels is not None:
                 await tx.execute(
                     "UPDATE sites SET labels = ? WHERE name = ?", json.dumps(labels), name
@@ -293,29 +290,34 @@ class Store:
                 index,
                 name,
             )
-            await self._event(tx, index, "site.updated", name, name, {"by": by.name})
-        self.changes.notify(("sites",))
+            b.event("site.updated", name, name, {"by": by.name})
+
+        await self._write(write)
         return await self.site(name)
 
     async def revoke_site(self, name: str, by: Principal) -> Row:
         """The site's link is refused from now on; its last view is kept, marked stale."""
-        async with self.db.transaction() as tx:
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
             if await tx.fetchone("SELECT name FROM sites WHERE name = ?", name) is None:
                 raise NotFound(f"no site {name!r}")
-            index = await self._stamp(tx, ("sites",))
+            index = await b.stamp(("sites",))
             await tx.execute(
                 "UPDATE sites SET state = 'revoked', enroll_hash = NULL, connected = 0, "
                 "revision = revision + 1, modify_index = ? WHERE name = ?",
                 index,
                 name,
             )
-            await self._event(tx, index, "site.revoked", name, name, {"by": by.name})
-        self.changes.notify(("sites",))
+            b.event("site.revoked", name, name, {"by": by.name})
+
+        await self._write(write)
         return await self.site(name)
 
     async def link_changed(self, name: str, connected: bool, gateway: str) -> None:
-        async with self.db.transaction() as tx:
-            index = await self._stamp(tx, ("sites",))
+        async def write(b: Batch) -> None:
+            tx = b.tx
+            index = await b.stamp(("sites",))
             await tx.execute(
                 "UPDATE sites SET connected = ?, gateway = ?, last_seen = ?, modify_index = ? "
                 "WHERE name = ?",
@@ -326,8 +328,9 @@ class Store:
                 name,
             )
             kind = "site.connected" if connected else "site.disconnected"
-            await self._event(tx, index, kind, name, name, {"gateway": gateway})
-        self.changes.notify(("sites",))
+            b.event(kind, name, name, {"gateway": gateway})
+
+        await self._write(write)
 
     async def position(self, name: str) -> StreamPosition:
         row = await self.db.fetchone("SELECT stream, applied FROM sites WHERE name = ?", name)
@@ -337,21 +340,24 @@ class Store:
 
     # --- the site's view ------------------------------------------------------------------
 
-    async def apply_delta(self, site: str, delta: Delta) -> tuple[Verdict, str, tuple[str, ...]]:
-        """Judge and apply one delta of `site`'s stream in one transaction.
+    async def apply_delta(self, site: str, delta: Delta) -> Applied:
+        """Judge and apply one delta of `site`'s stream, returning once it is committed (with
+        the site's other deltas that arrived meanwhile, in one transaction).
 
-        Returns the verdict, why (for a resync) and the keys of pins it refuses
+        Says the verdict, why (for a resync) and the keys of pins it refuses
         (their operations were cancelled or gave up before the pin arrived)."""
-        async with self.db.transaction() as tx:
+
+        async def write(b: Batch) -> Applied:
+            tx = b.tx
             row = await tx.fetchone("SELECT stream, applied FROM sites WHERE name = ?", site)
             position = StreamPosition(row["stream"], int(row["applied"])) if row else None
             if position is None:
-                return Verdict.RESYNC, "unknown site", ()
+                return Applied(Verdict.RESYNC, "unknown site")
             verdict, why = judge(position, delta)
             if verdict is not Verdict.APPLY:
-                return verdict, why, ()
+                return Applied(verdict, why)
             tables = ("sites", "hosts", "vms", "operations")
-            index = await self._stamp(tx, tables)
+            index = await b.stamp(tables)
             if delta.snapshot_start:
                 await self._clear_view(tx, site)
             for host in delta.hosts:
@@ -365,7 +371,7 @@ class Store:
                 if not await self._pin(tx, pin.key, pin.host, index):
                     refused.append(pin.key)
             for outcome in delta.outcomes:
-                await self._finish(tx, outcome, index)
+                await self._finish(b, outcome, index)
             after = advance(position, delta)
             await tx.execute(
                 "UPDATE sites SET stream = ?, applied = ?, last_seen = ?, modify_index = ? "
@@ -379,9 +385,10 @@ class Store:
             if delta.hosts or delta.gone:
                 subject = f"{site}/{delta.stream}/{delta.seq}"
                 data = {"hosts": [h.node_id for h in delta.hosts], "gone": list(delta.gone)}
-                await self._event(tx, index, "site.view", subject, site, data)
-        self.changes.notify(tables)
-        return verdict, "", tuple(refused)
+                b.event("site.view", subject, site, data)
+            return Applied(verdict, "", tuple(refused))
+
+        return await self._write(write)
 
     async def _clear_view(self, tx: Connection, site: str) -> None:
         # Hosts are marked, not deleted: the snapshot's end removes those it did not name.
@@ -640,8 +647,10 @@ class Store:
         """A new operation (and the command that carries it to `site`, if any)."""
         op_id = str(uuid.uuid4())
         now = self._clock()
-        async with self.db.transaction() as tx:
-            index = await self._stamp(tx, ("operations",))
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
+            index = await b.stamp(("operations",))
             await tx.execute(
                 "INSERT INTO operations (id, kind, status, site, target, request, created_by, "
                 "created_at, updated_at, modify_index, detail) "
@@ -668,10 +677,9 @@ class Store:
                     now,
                     now,
                 )
-            await self._event(
-                tx, index, "operation.created", op_id, site, {"kind": kind, "target": target}
-            )
-        self.changes.notify(("operations",))
+            b.event("operation.created", op_id, site, {"kind": kind, "target": target})
+
+        await self._write(write)
         return await self.operation(op_id)
 
     async def operation(self, op_id: str) -> Row:
@@ -702,7 +710,9 @@ class Store:
 
     async def cancel_operation(self, op_id: str, by: Principal) -> Row:
         """Cancel an operation whose command no host has started yet."""
-        async with self.db.transaction() as tx:
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
             row = await tx.fetchone("SELECT status FROM operations WHERE id = ?", op_id)
             if row is None:
                 raise NotFound(f"no operation {op_id!r}")
@@ -715,9 +725,9 @@ class Store:
                 raise Conflict(
                     f"operation {op_id} already runs on {command['host']}: it cannot be cancelled"
                 )
-            index = await self._stamp(tx, ("operations",))
+            index = await b.stamp(("operations",))
             await self._end_operation(
-                tx, op_id, "cancelled", index, error=f"cancelled by {by.name}", code="cancelled"
+                b, op_id, "cancelled", index, error=f"cancelled by {by.name}", code="cancelled"
             )
             if command is not None:
                 await tx.execute(
@@ -725,20 +735,24 @@ class Store:
                     self._clock(),
                     command["key"],
                 )
-        self.changes.notify(("operations",))
+
+        await self._write(write)
         return await self.operation(op_id)
 
     async def fail_operation(self, op_id: str, code: str, error: str) -> None:
         """End an operation that cannot be carried out (placement found nothing, ...)."""
-        async with self.db.transaction() as tx:
-            index = await self._stamp(tx, ("operations",))
-            await self._end_operation(tx, op_id, "failed", index, error=error, code=code)
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
+            index = await b.stamp(("operations",))
+            await self._end_operation(b, op_id, "failed", index, error=error, code=code)
             await tx.execute("UPDATE commands SET state = 'failed' WHERE operation = ?", op_id)
-        self.changes.notify(("operations",))
+
+        await self._write(write)
 
     async def _end_operation(
         self,
-        tx: Connection,
+        b: Batch,
         op_id: str,
         status: str,
         index: int,
@@ -748,7 +762,7 @@ class Store:
         result: dict[str, Any] | None = None,
         detail: str = "",
     ) -> None:
-        await tx.execute(
+        await b.tx.execute(
             "UPDATE operations SET status = ?, error = ?, error_code = ?, result = ?, "
             "progress = ?, detail = ?, updated_at = ?, modify_index = ? WHERE id = ?",
             status,
@@ -761,7 +775,7 @@ class Store:
             index,
             op_id,
         )
-        await self._event(tx, index, f"operation.{status}", op_id, "", {"error": error})
+        b.event(f"operation.{status}", op_id, "", {"error": error})
 
     async def commands_to_send(self, site: str) -> list[dict[str, Any]]:
         """The site's unfinished commands, oldest first, each with its pin if it has one."""
@@ -783,11 +797,12 @@ class Store:
         return {(r["site"], r["state"]): int(r["n"]) for r in rows}
 
     async def command_sent(self, key: str) -> None:
-        async with self.db.transaction() as tx:
+        async def write(b: Batch) -> None:
+            tx = b.tx
             row = await tx.fetchone("SELECT operation, state FROM commands WHERE key = ?", key)
             if row is None or row["state"] not in ("pending", "sent"):
                 return
-            index = await self._stamp(tx, ("operations",))
+            index = await b.stamp(("operations",))
             await tx.execute(
                 "UPDATE commands SET state = 'sent', attempts = attempts + 1, updated_at = ? "
                 "WHERE key = ?",
@@ -802,7 +817,8 @@ class Store:
                 index,
                 row["operation"],
             )
-        self.changes.notify(("operations",))
+
+        await self._write(write)
 
     async def _pin(self, tx: Connection, key: str, host: str, index: int) -> bool:
         """Record the host a command runs on; False if its operation no longer wants it."""
@@ -827,7 +843,8 @@ class Store:
         )
         return True
 
-    async def _finish(self, tx: Connection, outcome: Outcome, index: int) -> None:
+    async def _finish(self, b: Batch, outcome: Outcome, index: int) -> None:
+        tx = b.tx
         row = await tx.fetchone(
             "SELECT operation, state, site FROM commands WHERE key = ?", outcome.key
         )
@@ -845,14 +862,14 @@ class Store:
             return
         if outcome.ok:
             await self._end_operation(
-                tx, row["operation"], "succeeded", index, result=result, detail=outcome.detail
+                b, row["operation"], "succeeded", index, result=result, detail=outcome.detail
             )
         else:
             code = {404: "not_found", 409: "conflict", 503: "unavailable"}.get(
                 outcome.status, "failed"
             )
             await self._end_operation(
-                tx,
+                b,
                 row["operation"],
                 "failed",
                 index,
@@ -881,8 +898,10 @@ class Store:
             raise StoreError(f"role must be one of {', '.join(ROLES)}")
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        async with self.db.transaction() as tx:
-            index = await self._stamp(tx, ("tokens",))
+
+        async def write(b: Batch) -> None:
+            tx = b.tx
+            index = await b.stamp(("tokens",))
             await tx.execute(
                 "INSERT INTO tokens (id, name, role, tenant, secret_hash, created_at, created_by, "
                 "modify_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -895,7 +914,9 @@ class Store:
                 by.name,
                 index,
             )
-            await self._event(tx, index, "token.created", token_id, "", {"role": role})
+            b.event("token.created", token_id, "", {"role": role})
+
+        await self._write(write)
         return await self.token(token_id), f"nvc_{token_id}_{secret}"
 
     async def token(self, token_id: str) -> Row:
@@ -915,19 +936,22 @@ class Store:
         )
 
     async def revoke_token(self, token_id: str, by: Principal) -> Row:
-        async with self.db.transaction() as tx:
+        async def write(b: Batch) -> None:
+            tx = b.tx
             row = await tx.fetchone("SELECT revoked_at FROM tokens WHERE id = ?", token_id)
             if row is None:
                 raise NotFound(f"no token {token_id!r}")
             if row["revoked_at"] is None:
-                index = await self._stamp(tx, ("tokens",))
+                index = await b.stamp(("tokens",))
                 await tx.execute(
                     "UPDATE tokens SET revoked_at = ?, modify_index = ? WHERE id = ?",
                     self._clock(),
                     index,
                     token_id,
                 )
-                await self._event(tx, index, "token.revoked", token_id, "", {"by": by.name})
+                b.event("token.revoked", token_id, "", {"by": by.name})
+
+        await self._write(write)
         return await self.token(token_id)
 
     async def authenticate(self, bearer: str) -> Principal | None:

@@ -29,6 +29,16 @@ class StreamPosition:
     applied: int = 0  # the last sequence applied
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What became of a delta once its transaction committed: the verdict, why (for a
+    resync), and the keys of the pins it refused."""
+
+    verdict: Verdict
+    why: str = ""
+    refused: tuple[str, ...] = ()
+
+
 def judge(position: StreamPosition, delta: Delta) -> tuple[Verdict, str]:
     """What to do with `delta` given `position`, and why (for the log and the Resync)."""
     if delta.stream == position.stream and position.stream:
