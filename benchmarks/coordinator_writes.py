@@ -54,6 +54,26 @@ async def timed(times: list[float], call: Awaitable[Any]) -> None:
     times.append(time.perf_counter() - started)
 
 
+async def flipped(
+    store: Any, records: dict[tuple[str, str], NodeRecord], site: str, host: str, n: int
+) -> wire.Delta:
+    """The site's next delta: host's record with its n-th VM's state flipped."""
+    old = records[site, host]
+    vms_now = list(old.vms)
+    flip = vms_now[n % len(vms_now)]
+    state = "paused" if flip.state == "running" else "running"
+    vms_now[n % len(vms_now)] = VmSummary(
+        flip.name, flip.uuid, state, flip.vcpus, flip.memory_mib, labels=flip.labels
+    )
+    records[site, host] = record(host, old.version + 1, tuple(vms_now))
+    position = await store.position(site)
+    return wire.Delta(
+        position.stream,
+        position.applied + 1,
+        hosts=(wire.HostState(host, MemberState.ALIVE, records[site, host]),),
+    )
+
+
 async def run(
     database: str,
     sites: int,
@@ -91,20 +111,7 @@ async def run(
         applied: list[float] = []
         for n in range(deltas):
             site, host = f"s{n % sites}", f"h{(n // sites) % HOSTS_PER_SITE}"
-            old = records[site, host]
-            vms_now = list(old.vms)
-            flip = vms_now[n % len(vms_now)]
-            state = "paused" if flip.state == "running" else "running"
-            vms_now[n % len(vms_now)] = VmSummary(
-                flip.name, flip.uuid, state, flip.vcpus, flip.memory_mib, labels=flip.labels
-            )
-            records[site, host] = record(host, old.version + 1, tuple(vms_now))
-            position = await store.position(site)
-            delta = wire.Delta(
-                position.stream,
-                position.applied + 1,
-                hosts=(wire.HostState(host, MemberState.ALIVE, records[site, host]),),
-            )
+            delta = await flipped(store, records, site, host, n)
             await timed(applied, store.apply_delta(site, delta))
         started: list[float] = []
         for n in range(operations):
@@ -146,20 +153,7 @@ async def concurrent(
         site = f"s{s}"
         for n in range(rounds):
             host = f"h{n % HOSTS_PER_SITE}"
-            old = records[site, host]
-            vms_now = list(old.vms)
-            flip = vms_now[n % len(vms_now)]
-            state = "paused" if flip.state == "running" else "running"
-            vms_now[n % len(vms_now)] = VmSummary(
-                flip.name, flip.uuid, state, flip.vcpus, flip.memory_mib, labels=flip.labels
-            )
-            records[site, host] = record(host, old.version + 1, tuple(vms_now))
-            position = await store.position(site)
-            delta = wire.Delta(
-                position.stream,
-                position.applied + 1,
-                hosts=(wire.HostState(host, MemberState.ALIVE, records[site, host]),),
-            )
+            delta = await flipped(store, records, site, host, n)
             await timed(applied, store.apply_delta(site, delta))
 
     async def client(c: int) -> None:
