@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class Partial:
 
     path: Path
     chunks: ChunkMap
-    held: Callable[[], frozenset[int]]
+    held: AbstractSet[int]  # the pull's own set of pieces written, read as it grows
 
 
 @dataclass
@@ -235,18 +236,11 @@ class ImageService:
         await asyncio.to_thread(self.store.keep_chunk_map, template_file, encoded)
         return encoded
 
-    def _whole_file(self, sha256: bytes) -> Path | None:
-        for signed in self.store.whole():
-            for template_file in signed.manifest.files:
-                if template_file.sha256 == sha256:
-                    return self.store.file(template_file)
-        return None
-
     def _pieces_held(self, ask: PiecesAsk) -> Message:
         partial = self.partial.get(ask.sha256)
         if partial is not None:
-            return PiecesHeld(ask.sha256, bitmap(partial.held(), partial.chunks.count))
-        if self._whole_file(ask.sha256) is not None:
+            return PiecesHeld(ask.sha256, bitmap(partial.held, partial.chunks.count))
+        if self.store.checked_file(ask.sha256) is not None:
             return PiecesHeld(ask.sha256, whole=True)
         return ImageLack(ask.sha256.hex(), "not held here")
 
@@ -254,9 +248,9 @@ class ImageService:
         path: Path | None
         partial = self.partial.get(ask.sha256)
         if partial is not None:
-            path = partial.path if ask.index in partial.held() else None
+            path = partial.path if ask.index in partial.held else None
         else:
-            path = self._whole_file(ask.sha256)
+            path = self.store.checked_file(ask.sha256)
         if path is None:
             return ImageLack(ask.sha256.hex(), "piece not held here", ask.index)
         if self._reading.get(peer, 0) >= SERVE_PER_PEER:

@@ -268,7 +268,7 @@ class MeshPull:
         path = self.store.incoming_path(expected)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         written: set[int] = set()  # pieces on disk: only these are served to others
-        self.service.partial[expected.sha256] = Partial(path, chunks, lambda: frozenset(written))
+        self.service.partial[expected.sha256] = Partial(path, chunks, written)
         try:
             os.ftruncate(fd, expected.size)
             fetch = ChunkFetch(chunks, config=self.config, rng=self._rng)

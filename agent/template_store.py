@@ -131,6 +131,12 @@ class TemplateStore:
         """Where the chunk map of a held file is kept (what peers fetching it ask for)."""
         return self.root / "chunkmaps" / template_file.digest
 
+    def checked_file(self, sha256: bytes) -> Path | None:
+        """The stored file with this SHA-256, if held: `files/` names only files checked
+        against their signed manifest, so one lookup answers a peer's ask for a piece."""
+        path = self.root / file_path(sha256.hex())
+        return path if path.is_file() else None
+
     def whole(self) -> list[SignedManifest]:
         """The held templates whose files are all in place: what this host can serve."""
         return [s for s in self.held() if not self.missing_files(s.manifest)]

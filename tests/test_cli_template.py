@@ -23,6 +23,7 @@ from novacron.agent.cli.common import CommandError, UsageError
 from novacron.agent.cli.vms import create_request
 from novacron.agent.core.images.chunkmap import ChunkMapBuilder
 from novacron.agent.core.templates import decode_manifest
+from novacron.agent.template_store import TemplateStore
 from novacron.protocol import codec
 from novacron.protocol.sealed import Sealed
 
@@ -141,9 +142,15 @@ def test_publish_then_pull_verifies_and_keeps_the_image(
     )
     assert (code, again["outcome"], again["fetched_bytes"]) == (0, "already held", 0)
 
+    store = TemplateStore(Path(site["store"]))  # what the agent serves peers from
+    digest = hashlib.sha256(IMAGE).digest()
+    assert store.checked_file(digest) == Path(answer["image_path"])
+    assert store.checked_file(hashlib.sha256(b"never held").digest()) is None
+
     code, removed, _ = run_json(capsys, "template", "rm", "debian-12")
     assert code == 0 and removed["removed"] == ["debian-12:1"]
     assert not Path(answer["image_path"]).exists()
+    assert store.checked_file(digest) is None
     assert run_json(capsys, "template", "list")[1]["templates"] == []
 
 
