@@ -527,7 +527,7 @@ async def _controlled(call: Awaitable[object], status: int = 200) -> Response:
 
 def _http_error(refused: Refused) -> HttpError:
     """The HTTP error for a control's refusal: its kind's status, its reason."""
-    return HttpError(http_status(refused), str(refused))
+    return HttpError(http_status(refused), str(refused), details=refused.details)
 
 
 class ApiServer:

@@ -31,9 +31,10 @@ class AgentPermissionDenied(AgentUnavailable):
 class AgentRequestFailed(Exception):
     """The agent answered with an error."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.details = details or {}  # the answer's other fields: facts to act on
 
 
 class MalformedAnswer(Exception):
@@ -165,6 +166,7 @@ def _decode(status: int, body: bytes) -> Any:
     except ValueError:
         raise AgentRequestFailed(status, "the agent sent a non-JSON answer") from None
     if status >= 400:
-        message = data.get("error") if isinstance(data, dict) else None
-        raise AgentRequestFailed(status, str(message or f"HTTP {status}"))
+        details = dict(data) if isinstance(data, dict) else {}
+        message = details.pop("error", None)
+        raise AgentRequestFailed(status, str(message or f"HTTP {status}"), details)
     return data

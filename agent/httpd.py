@@ -54,16 +54,22 @@ HANGUP_POLL = 0.5  # seconds between hang-up checks while that input is full and
 
 
 class HttpError(Exception):
-    """An HTTP error answer: `status`, and `reason` as the JSON body's "error"."""
+    """An HTTP error answer: `status`, and `reason` as the JSON body's "error"; `details`,
+    facts a client can act on, go beside it in the body."""
 
     def __init__(
-        self, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = ()
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        details: Mapping[str, object] | None = None,
     ) -> None:
         reason = reason or _phrase(status)
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = tuple(headers)
+        self.details = dict(details or {})
 
 
 @dataclass(frozen=True)
@@ -93,9 +99,16 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode())
 
 
-def error_response(status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """`{"error": reason}` with `status`: every error this server sends looks like this."""
-    return replace(json_response({"error": reason}, status), headers=tuple(headers))
+def error_response(
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]] = (),
+    details: Mapping[str, object] | None = None,
+) -> Response:
+    """`{"error": reason}` with `status`: every error this server sends looks like this
+    (with a refusal's `details` beside the reason)."""
+    body = {**(details or {}), "error": reason}
+    return replace(json_response(body, status), headers=tuple(headers))
 
 
 class Router:
@@ -399,7 +412,7 @@ class _Connection:
             handler, params = self.router.resolve(request.method, request.path)
             response = await handler(replace(request, params=params))
         except HttpError as exc:
-            response = error_response(exc.status, exc.reason, exc.headers)
+            response = error_response(exc.status, exc.reason, exc.headers, exc.details)
         except Exception:
             log.exception("API request failed", extra={"fields": {"request": f"{method} {target}"}})
             response = error_response(500, _phrase(500))

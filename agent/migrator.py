@@ -320,6 +320,7 @@ class Migrator:
         raise Refused(
             RefusalKind.CONFLICT,
             f"{target} lacks template {ref}, the base of {vm}'s disk: {doing}",
+            {"lacking_template": ref, "host": target, "fetching": told},
         )
 
     async def cancel(self, migration_id: str) -> None:

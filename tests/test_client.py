@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,8 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from novacron.agent import client
+from novacron.agent import client, httpd
+from novacron.agent.cli import main as nova_main
+from novacron.agent.cli import migrate as migrate_cli
 from novacron.agent.client import MalformedAnswer, encode_request, parse_answer
+from novacron.agent.core.refusals import RefusalKind, Refused
 
 
 def test_a_content_length_answer_is_cut_at_its_length() -> None:
@@ -135,3 +139,95 @@ def test_a_garbled_answer_says_the_agent_did_not_answer(
 def test_no_socket_says_the_agent_is_not_running(tmp_path: Path) -> None:
     with pytest.raises(client.AgentUnavailable, match="not running"):
         client.get("/v1/status", socket_file=str(tmp_path / "none.sock"))
+
+
+# --- `nova vm migrate` to a host that lacks the VM's template ----------------------------
+
+
+def answer(status: int, body: dict[str, object]) -> bytes:
+    data = json.dumps(body).encode()
+    return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(data), data)
+
+
+LACKING = {
+    "error": "h3 lacks template test-guest:1, the base of web's disk: it is fetching it",
+    "lacking_template": "test-guest:1",
+    "host": "h3",
+    "fetching": True,
+}
+
+
+def host_record(templates: list[str], fetching: list[str]) -> bytes:
+    return answer(200, {"node_id": "h3", "record": {"templates": templates, "fetching": fetching}})
+
+
+@pytest.fixture
+def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migrate_cli, "TEMPLATE_LOOK", 0.01)
+    monkeypatch.setattr(migrate_cli, "FETCH_QUIET", 0.2)
+
+
+def test_an_error_answer_keeps_the_facts_beside_the_reason(
+    canned: tuple[str, list[bytes], list[bytes]],
+) -> None:
+    path, answers, _ = canned
+    answers.append(answer(409, LACKING))
+    with pytest.raises(client.AgentRequestFailed, match="lacks template") as caught:
+        client.post("/v1/vms/web/migrate", {"to": "h3"}, socket_file=path)
+    assert caught.value.status == 409
+    assert caught.value.details == {k: v for k, v in LACKING.items() if k != "error"}
+
+
+def test_a_refusal_with_details_sends_them_beside_the_error() -> None:
+    refused = Refused(RefusalKind.CONFLICT, "h3 lacks it", {"lacking_template": "t:1"})
+    response = httpd.error_response(409, str(refused), details=refused.details)
+    assert json.loads(response.body) == {"lacking_template": "t:1", "error": "h3 lacks it"}
+
+
+def test_migrate_follows_the_targets_fetch_then_starts_the_migration(
+    canned: tuple[str, list[bytes], list[bytes]],
+    quick_looks: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, answers, seen = canned
+    answers += [
+        answer(409, LACKING),
+        host_record([], ["test-guest:1"]),
+        host_record([], ["test-guest:1"]),
+        host_record(["test-guest:1"], []),
+        answer(200, {"migration_id": "m7", "to": "h3"}),
+    ]
+    code = nova_main(["vm", "migrate", "web", "--to", "h3", "--socket", path])
+    out, err = capsys.readouterr()
+    assert code == 0 and "migration m7 of web to h3 started" in out
+    assert "h3 is fetching template test-guest:1 from its peers" in err
+    assert "h3 holds template test-guest:1: migrating" in err
+    asked = [request.split(b" ", 2)[:2] for request in seen]
+    assert asked == [[b"POST", b"/v1/vms/web/migrate"]] + [[b"GET", b"/v1/hosts/h3"]] * 3 + [
+        [b"POST", b"/v1/vms/web/migrate"]
+    ]
+
+
+def test_migrate_gives_up_on_a_target_that_is_not_fetching(
+    canned: tuple[str, list[bytes], list[bytes]],
+    quick_looks: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, answers, seen = canned
+    answers += [answer(409, LACKING)] + [host_record([], [])] * 200
+    code = nova_main(["--json", "vm", "migrate", "web", "--to", "h3", "--socket", path])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    error = json.loads(out)["error"]
+    assert "h3 lacks template test-guest:1 and has not been fetching it" in error
+    assert not any(request.startswith(b"POST") for request in seen[1:])  # never moved
+
+
+def test_migrate_refused_by_a_target_that_cannot_be_told_ends_at_once(
+    canned: tuple[str, list[bytes], list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, answers, seen = canned
+    answers.append(answer(409, {**LACKING, "fetching": False}))
+    code = nova_main(["vm", "migrate", "web", "--to", "h3", "--socket", path])
+    assert code == 1 and "lacks template" in capsys.readouterr().err
+    assert len(seen) == 1

@@ -3,13 +3,16 @@
 The agent on this host runs the migration (it is the source); these commands
 only ask it and watch. `--wait` follows the migration to its end with a live
 progress line and exits 0 when the VM runs on the target, 1 with the reason
-when it does not, so a script can rely on the exit code alone.
+when it does not, so a script can rely on the exit code alone. A target that
+lacks the VM's template fetches it from its peers first; the command follows
+that fetch (a progress line) and then starts the migration.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from novacron.agent import client
@@ -25,6 +28,10 @@ from .common import (
 )
 from .table import render
 
+TEMPLATE_ASKS = 3  # a target that loses the template again after fetching it is asked anew
+TEMPLATE_LOOK = 1.0  # seconds between looks at the target's record while it fetches
+LOG_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
+FETCH_QUIET = 30.0  # seconds a target neither fetching nor holding the template is given up
 WAIT_HOLD = 0.5  # seconds the agent holds each look (it answers at once when the migration ends)
 MIB = 1024 * 1024
 PAGE = 4096  # libvirt reports the dirty rate in pages per second
@@ -83,7 +90,7 @@ def migrate_vm(args: argparse.Namespace, out: Output) -> int:
         body["completion_timeout_min"] = args.completion_timeout
     if args.post_copy is not None:
         body["post_copy"] = args.post_copy
-    answer, code = ask(out, client.post, f"/v1/vms/{args.vm}/migrate", body, args.socket)
+    answer, code = ask(out, _start, args, out, body)
     if answer is None:
         return code
     migration_id, target = answer["migration_id"], answer["to"]
@@ -92,6 +99,53 @@ def migrate_vm(args: argparse.Namespace, out: Output) -> int:
         out.result({"migration_id": migration_id, "vm": args.vm, "to": target}, [line])
         return EXIT_OK
     return _wait(args, out, migration_id)
+
+
+def _start(args: argparse.Namespace, out: Output, body: dict[str, Any]) -> Any:
+    """Ask the agent to migrate; when the target lacks the VM's template and is fetching
+    it from its peers, follow that fetch and ask again once the target holds it."""
+    for _ in range(TEMPLATE_ASKS):
+        try:
+            return client.post(f"/v1/vms/{args.vm}/migrate", body, args.socket)
+        except client.AgentRequestFailed as exc:
+            ref, host = exc.details.get("lacking_template"), exc.details.get("host")
+            if not (isinstance(ref, str) and isinstance(host, str) and exc.details.get("fetching")):
+                raise
+            _await_template(args, out, host, ref)
+            body = {**{k: v for k, v in body.items() if k != "auto"}, "to": host}  # it fetched
+    return client.post(f"/v1/vms/{args.vm}/migrate", body, args.socket)
+
+
+def _await_template(args: argparse.Namespace, out: Output, host: str, ref: str) -> None:
+    """Wait until `host`'s gossiped record lists `ref` as held whole, with a progress line;
+    `AgentRequestFailed` once it has been neither fetching nor holding it for a while."""
+    live = not out.json and sys.stderr.isatty()
+    started = last_seen = time.monotonic()
+    last_line = ""
+    while True:
+        record = client.get(f"/v1/hosts/{host}", args.socket).get("record") or {}
+        now = time.monotonic()
+        if ref in record.get("templates", ()):
+            break
+        if ref in record.get("fetching", ()):
+            last_seen = now
+        elif now - last_seen > FETCH_QUIET:
+            raise client.AgentRequestFailed(
+                409,
+                f"{host} lacks template {ref} and has not been fetching it for "
+                f"{FETCH_QUIET:.0f} s: no peer may hold it whole (see 'nova host show {host}' "
+                "and that host's agent log; 'nova template pull' on it says why)",
+            )
+        waited = now - started if live else (now - started) // LOG_EVERY * LOG_EVERY
+        line = f"{host} is fetching template {ref} from its peers ({waited:.0f} s)"
+        if not out.json and line != last_line:
+            _draw(line, last_line, live)
+            last_line = line
+        time.sleep(TEMPLATE_LOOK)
+    if live and last_line:
+        print(file=sys.stderr)
+    if not out.json:
+        print(f"{host} holds template {ref}: migrating", file=sys.stderr, flush=True)
 
 
 def _wait(args: argparse.Namespace, out: Output, migration_id: str) -> int:

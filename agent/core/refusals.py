@@ -8,6 +8,7 @@ link's outcomes take theirs from that same table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -28,6 +29,10 @@ class Refused(Exception):
     Nothing changed when it is raised.
     """
 
-    def __init__(self, kind: RefusalKind, reason: str) -> None:
+    def __init__(
+        self, kind: RefusalKind, reason: str, details: Mapping[str, object] | None = None
+    ) -> None:
         super().__init__(reason)
         self.kind = kind
+        # Facts a caller can act on without parsing the sentence (plain JSON values).
+        self.details: dict[str, object] = dict(details or {})
