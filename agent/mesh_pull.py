@@ -52,6 +52,7 @@ from .core.templates import (
     verify_manifest,
 )
 from .image_service import ImageService, Inbox, Partial
+from .piece_writer import PieceWriter
 from .template_store import Pulled, PullResult, StoreError, TemplateStore, newest_listed
 
 log = logging.getLogger(__name__)
@@ -269,22 +270,23 @@ class MeshPull:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         written: set[int] = set()  # pieces on disk: only these are served to others
         self.service.partial[expected.sha256] = Partial(path, chunks, written)
+        writer = PieceWriter(fd, written)
         try:
             os.ftruncate(fd, expected.size)
             fetch = ChunkFetch(chunks, config=self.config, rng=self._rng)
-            await self._fetch(fetch, expected, fd, written)
-            os.fsync(fd)
+            await self._fetch(fetch, expected, writer)
+            await writer.finish()
+            await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         finally:
+            writer.close()
             os.close(fd)
             self.service.partial.pop(expected.sha256, None)
         return path
 
-    async def _fetch(
-        self, fetch: ChunkFetch, expected: TemplateFile, fd: int, written: set[int]
-    ) -> None:
+    async def _fetch(self, fetch: ChunkFetch, expected: TemplateFile, writer: PieceWriter) -> None:
         sources: set[str] = set()
         next_look = 0.0
         last_piece = self._clock()
@@ -296,9 +298,9 @@ class MeshPull:
             await self._ask(fetch, expected, now)
             wait = min(next_look, fetch.next_deadline()) - self._clock()
             sender, message = await self._next(wait)
-            stored = None if message is None else self._answer(fetch, expected, sender, message, fd)
+            stored = None if message is None else self._answer(fetch, expected, sender, message)
             if stored is not None:
-                written.add(stored)
+                await writer.write(stored.index, stored.data)
                 last_piece = self._clock()
                 self._show(fetch)
             fetch.expire(self._clock())
@@ -351,9 +353,9 @@ class MeshPull:
             self._box.queue.put_nowait((CATALOGUE, answer))
 
     def _answer(
-        self, fetch: ChunkFetch, expected: TemplateFile, sender: str, message: Message, fd: int
-    ) -> int | None:
-        """Apply one answer; the piece's index when it was a piece stored (written)."""
+        self, fetch: ChunkFetch, expected: TemplateFile, sender: str, message: Message
+    ) -> PieceGive | None:
+        """Apply one answer; the piece when it was one checked and taken (to be written)."""
         if isinstance(message, PieceGive) and message.sha256 == expected.sha256:
             arrival = fetch.arrived(sender, message.index, message.data)
             if arrival is Arrival.CORRUPT:
@@ -364,9 +366,8 @@ class MeshPull:
                 self.status.banned[sender] = fetch.banned.get(sender, "corrupt piece")
             if arrival is not Arrival.STORED:
                 return None
-            os.pwrite(fd, message.data, message.index * CHUNK_SIZE)
             self.status.sources[sender] = self.status.sources.get(sender, 0) + 1
-            return message.index
+            return message
         if isinstance(message, PiecesHeld) and message.sha256 == expected.sha256:
             pieces = None if message.whole else pieces_of(message.bitmap, fetch.chunks.count)
             fetch.holds(sender, pieces)
