@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ INDEX_FORMAT = 1
 MAX_INDEX = 16 * 1024 * 1024  # bytes; a catalogue of thousands of templates is far less
 CHUNK = 1024 * 1024  # bytes read and hashed at a time
 HTTP_TIMEOUT = 30.0  # seconds without a byte before an HTTP catalogue counts as gone
+SKIP_BLOCK = 4 * 1024 * 1024  # bytes read and dropped at a time before a range a server ignored
 
 Progress = Callable[[str, int, int], None]
 """Told (what, bytes done, bytes in all) as a long copy goes."""
@@ -109,6 +110,9 @@ class Catalogue(Protocol):
     def open(self, path: str) -> AbstractContextManager[IO[bytes]]:
         """A large file of the catalogue, to read in chunks."""
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """At most `size` bytes of a large file from `offset` (fewer at its end)."""
+
 
 TOKEN_ENV = "NOVA_CATALOGUE_TOKEN"
 """A bearer token sent to HTTP catalogues that ask for one (a coordinator's, reader role)."""
@@ -152,6 +156,11 @@ class DirectoryCatalogue:
         with source:
             yield source
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        with self.open(path) as source:
+            source.seek(offset)
+            return source.read(size)
+
 
 class HttpCatalogue:
     """A catalogue served by any web server over HTTP or HTTPS (system trust store)."""
@@ -167,8 +176,25 @@ class HttpCatalogue:
             raise CatalogueError(f"{self.location}/{path} is over {limit} bytes")
         return data
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """One HTTP range request; from a server that ignores ranges (200, the whole file),
+        the bytes before `offset` are read and dropped."""
+        last = offset + size - 1
+        with self.open(path, {"Range": f"bytes={offset}-{last}"}) as response:
+            if getattr(response, "status", 200) == 206:
+                headers = getattr(response, "headers", {})
+                started = _range_start(headers.get("Content-Range", ""))
+                if started != offset:
+                    raise CatalogueError(
+                        f"{self.location}/{path}: asked for bytes from {offset}, got a range "
+                        f"from {started}"
+                    )
+                return _read_exactly(response, size)
+            _skip(response, offset)
+            return _read_exactly(response, size)
+
     @contextmanager
-    def open(self, path: str) -> Iterator[IO[bytes]]:
+    def open(self, path: str, headers: Mapping[str, str] | None = None) -> Iterator[IO[bytes]]:
         # Loaded here: an agent that serves and fetches pieces over the mesh only never
         # pays for an HTTP client in memory.
         import http.client
@@ -177,7 +203,7 @@ class HttpCatalogue:
 
         url = f"{self.location}/{path}"
         try:
-            request = urllib.request.Request(url, headers=self._headers)
+            request = urllib.request.Request(url, headers={**self._headers, **(headers or {})})
             response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
         except urllib.error.HTTPError as exc:
             raise CatalogueError(f"{url}: HTTP {exc.code} {exc.reason}") from None
@@ -189,6 +215,33 @@ class HttpCatalogue:
                 yield response
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 raise CatalogueError(f"{url}: the transfer failed: {exc}") from None
+
+
+def _range_start(content_range: str) -> int | None:
+    """Where a `Content-Range: bytes FIRST-LAST/SIZE` answer starts; None if unreadable."""
+    unit, _, span = content_range.partition(" ")
+    first = span.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+def _skip(source: IO[bytes], count: int) -> None:
+    while count > 0:
+        skipped = source.read(min(count, SKIP_BLOCK))
+        if not skipped:
+            return
+        count -= len(skipped)
+
+
+def _read_exactly(source: IO[bytes], size: int) -> bytes:
+    """Up to `size` bytes: fewer only where the file ends."""
+    parts, left = [], size
+    while left > 0:
+        part = source.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 # --- reading ---------------------------------------------------------------------

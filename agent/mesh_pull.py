@@ -387,19 +387,8 @@ def _leave(context: AbstractContextManager[None]) -> None:
 
 
 def _read_catalogue_piece(catalogue: Catalogue, expected: TemplateFile, index: int) -> bytes:
-    """Piece `index` of a catalogue's file: seeks where the source can, reads past where not."""
-    offset = index * CHUNK_SIZE
-    with catalogue.open(file_path(expected.digest)) as source:
-        if source.seekable():
-            source.seek(offset)
-        else:
-            left = offset
-            while left > 0:
-                skipped = source.read(min(left, 4 * CHUNK_SIZE))
-                if not skipped:
-                    break
-                left -= len(skipped)
-        return source.read(CHUNK_SIZE)
+    """Piece `index` of a catalogue's file (a range request to an HTTP catalogue)."""
+    return catalogue.read_range(file_path(expected.digest), index * CHUNK_SIZE, CHUNK_SIZE)
 
 
 # --- the pulls of this host ------------------------------------------------------------
