@@ -73,6 +73,11 @@ class AgentConfig:
     catalogue: str = _setting(
         "", "template catalogue (directory or URL) for pieces no peer holds (default: none)"
     )
+    template_unused_grace: float = _setting(
+        604800.0,
+        "seconds a template no VM on this host uses is kept, then removed "
+        "(default: 604800, 7 days; 0: kept for ever)",
+    )
     ca_file: str = _setting("/etc/novacron/ca.pub", "the cluster CA's public key")
     cert_file: str = _setting(
         "", "this host's certificate (default: /etc/novacron/<node id or hostname>.crt)"
@@ -242,6 +247,8 @@ def _validated(config: AgentConfig) -> AgentConfig:
         )
     if config.inventory_interval <= 0:
         raise ConfigError("inventory_interval must be positive")
+    if config.template_unused_grace < 0:
+        raise ConfigError("template_unused_grace must not be negative (0 keeps templates)")
     if config.reserved_memory_mib < 0:
         raise ConfigError("reserved_memory_mib must not be negative")
     if config.rebalance_interval <= 0:

@@ -80,6 +80,7 @@ from .security import PeerRefused, TrustStore
 from .site_commands import SiteCommands
 from .site_controls import SiteControls
 from .tasks import cancel_and_wait
+from .template_retention import TemplateRetention
 from .template_store import TemplateStore, load_trusted
 from .transport import Transport, TransportError
 from .view import MeshView
@@ -162,6 +163,13 @@ class Agent:
             serve_rate=config.image_serve_mib_s * 1024 * 1024,
         )
         self.pulls = Pulls(self._mesh_pull, on_change=self._publish_inventory)
+        self.retention = TemplateRetention(
+            self.templates,
+            Path(config.disk_dir),
+            config.template_unused_grace,
+            own_record=lambda: self._last_record,
+            on_removed=self._publish_inventory,
+        )
         self.images.on_wanted = self._template_wanted
         self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
@@ -436,6 +444,7 @@ class Agent:
         self._spawn(self._inventory_loop(), "inventory")
         self._spawn(self._seed_loop(), "seeds")
         self._spawn(self.images.run(), "images")
+        self._spawn(self.retention.run(), "template-retention")
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
         self._spawn(self._domain_type_loop(), "domain-type")

@@ -137,6 +137,14 @@ class TemplateStore:
         path = self.root / file_path(sha256.hex())
         return path if path.is_file() else None
 
+    def based_on(self, bases: set[Path]) -> set[str]:
+        """The held templates (NAME:VERSION) one of whose files is among `bases`."""
+        return {
+            s.manifest.ref
+            for s in self.held()
+            if any(self.file(f).resolve() in bases for f in s.manifest.files)
+        }
+
     def whole(self) -> list[SignedManifest]:
         """The held templates whose files are all in place: what this host can serve."""
         return [s for s in self.held() if not self.missing_files(s.manifest)]
@@ -331,9 +339,19 @@ class TemplateStore:
         return gone, deleted
 
 
+def disk_bases(disk_dir: Path) -> set[Path]:
+    """The base files (resolved) of the qcow2 disks in `disk_dir`."""
+    return {base for _, base in _disks_and_bases(disk_dir)}
+
+
 def overlays_on(bases: set[Path], disk_dir: Path) -> list[Path]:
     """The qcow2 files in `disk_dir` whose backing file is one of `bases`."""
-    wanted = {str(base.resolve()) for base in bases}
+    wanted = {base.resolve() for base in bases}
+    return [disk for disk, base in _disks_and_bases(disk_dir) if base in wanted]
+
+
+def _disks_and_bases(disk_dir: Path) -> list[tuple[Path, Path]]:
+    """(disk, its base file resolved) for each qcow2 disk in `disk_dir` that has a base."""
     try:
         candidates = sorted(p for p in disk_dir.iterdir() if p.is_file())
     except FileNotFoundError:
@@ -343,8 +361,8 @@ def overlays_on(bases: set[Path], disk_dir: Path) -> list[Path]:
     found = []
     for path in candidates:
         backing = qcow2_backing_file(path)
-        if backing is not None and str((disk_dir / backing).resolve()) in wanted:
-            found.append(path)
+        if backing is not None:
+            found.append((path, (disk_dir / backing).resolve()))
     return found
 
 

@@ -261,3 +261,34 @@ def test_pulls_that_cannot_succeed_say_why_and_change_nothing(mesh: Mesh) -> Non
     assert code == 400 and "template name" in error
     code, error = api(n2, "/v1/templates/pulls", {"template": "debian-12", "from": "x"})
     assert code == 400 and "unknown setting" in error
+
+
+def test_a_template_no_vm_uses_for_the_grace_is_removed_and_one_a_disk_uses_is_kept(
+    mesh: Mesh,
+) -> None:
+    """n1 keeps templates unused for 2 s. While a VM disk in its disk directory has the
+    image as base, the template stays; once that disk is gone, the template is removed,
+    files and manifest, and n1's record no longer offers it."""
+    hold_from_catalogue(mesh, "n1")
+    n1, n2 = mesh.hosts["n1"], mesh.hosts["n2"]
+    disks = n1.dir / "disks"
+    disks.mkdir()
+    (image,) = (n1.store / "files").glob("*")
+    overlay = disks / "web-1-vda.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-u", "-b", str(image),
+         str(overlay), "64M"],
+        check=True,
+    )  # fmt: skip
+    n1.args += ["--disk-dir", str(disks), "--template-unused-grace", "2"]
+    mesh.start("n1")
+    mesh.start("n2")
+    until(lambda: templates_seen(n2, "n1") == ["debian-12:1"], 60, "n2 never saw n1's template")
+    time.sleep(6)  # three graces, with a look every second: a disk's base must stay
+    assert image.exists() and templates_seen(n2, "n1") == ["debian-12:1"]
+
+    overlay.unlink()  # the VM is deleted
+    until(lambda: not image.exists(), 30, "n1 kept a template no VM used")
+    assert not list(n1.store.glob("manifests/*/*.manifest"))
+    until(lambda: templates_seen(n2, "n1") == [], 30, "n1's record still offers the template")
+    assert b"template debian-12:1 removed" in (n1.dir / "agent.log").read_bytes()
