@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from novacron.agent.config import ConfigError, load
 from novacron.agent.core.images.retention import Retention, used_refs
 from novacron.agent.core.templates import TEMPLATE_LABEL
 
@@ -42,3 +45,9 @@ def test_a_vm_label_or_a_disk_base_counts_as_use() -> None:
     labels = [{TEMPLATE_LABEL: "debian-12:1", "team": "edge"}, {"team": "web"}, {}]
     assert used_refs(labels, ["alpine:3"]) == {"debian-12:1", "alpine:3"}
     assert used_refs([{TEMPLATE_LABEL: ""}], []) == set()
+
+
+def test_a_negative_grace_is_refused_at_start_and_the_default_is_a_week() -> None:
+    with pytest.raises(ConfigError, match="template_unused_grace must not be negative"):
+        load({"template_unused_grace": -1.0}, environ={}, config_file="/dev/null")
+    assert load({}, environ={}, config_file="/dev/null").template_unused_grace == 7 * 86400
