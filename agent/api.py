@@ -37,6 +37,7 @@ from .api_requests import (
     template_request,
 )
 from .core.refusals import RefusalKind, Refused
+from .history import HistoryRow
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 from .migration_row import MigrationRow
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
@@ -96,7 +97,7 @@ class MigrationControl(Protocol):
 
     def migrations(self) -> list[MigrationRow]: ...
 
-    async def vm_history(self, vm: str) -> list[dict[str, Any]]: ...
+    async def vm_history(self, vm: str) -> list[HistoryRow]: ...
 
     def migration(self, migration_id: str) -> MigrationRow | None: ...
 
@@ -466,7 +467,8 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
 
     async def history(request: Request) -> Response:
         """A VM's migrations as it carries them, with this host's own (the same anywhere)."""
-        return json_response({"migrations": await control.vm_history(request.params["name"])})
+        rows = await control.vm_history(request.params["name"])
+        return json_response({"migrations": [row.to_json() for row in rows]})
 
     router.get(f"/{API_VERSION}/vms/{{name}}/migrations", history)
     router.get(f"/{API_VERSION}/migrations", listing)

@@ -24,6 +24,7 @@ from novacron.agent.api import build_router
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.core.refusals import RefusalKind, Refused
+from novacron.agent.history import HistoryRow
 from novacron.agent.httpd import HttpServer
 from novacron.agent.migration_row import MigrationRow
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
@@ -165,8 +166,8 @@ class Migrations:
     def migrations(self) -> list[MigrationRow]:
         return [self.row]
 
-    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
-        return [self.row.to_json()]
+    async def vm_history(self, vm: str) -> list[HistoryRow]:
+        return [HistoryRow(vm, local=self.row)]
 
     def migration(self, migration_id: str) -> MigrationRow | None:
         self.looks += 1
