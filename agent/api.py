@@ -24,7 +24,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from novacron.protocol.operators import OperatorCommand
 
@@ -37,6 +37,7 @@ from .api_requests import (
     template_request,
 )
 from .core.refusals import RefusalKind, Refused
+from .drain import DrainStatus, RemoteDrainStatus
 from .history import HistoryRow
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 from .migration_row import MigrationRow
@@ -128,11 +129,11 @@ class RecoveryControl(Protocol):
 class DrainControl(Protocol):
     """What the API needs to drain this host (`drain.Drain` fits)."""
 
-    async def drain(self) -> dict[str, Any]: ...
+    async def drain(self) -> DrainStatus: ...
 
-    async def undrain(self) -> dict[str, Any]: ...
+    async def undrain(self) -> DrainStatus: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> DrainStatus: ...
 
 
 class HostDrainControl(Protocol):
@@ -148,9 +149,9 @@ class HostDrainControl(Protocol):
         drain: bool,
         requested_by: str = "",
         command: OperatorCommand | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> DrainStatus | RemoteDrainStatus: ...
 
-    def status_of(self, node: str) -> dict[str, Any]: ...
+    def status_of(self, node: str) -> DrainStatus | RemoteDrainStatus: ...
 
 
 class IdentityControl(Protocol):
@@ -329,7 +330,7 @@ def _vm_routes(router: Router, vms: VmLifecycle) -> None:
 
 def _drain_routes(router: Router, drain: DrainControl) -> None:
     async def status(request: Request) -> Response:
-        return json_response(drain.status())
+        return json_response(drain.status().to_json())
 
     async def start(request: Request) -> Response:
         return await _controlled(drain.drain(), status=202)
@@ -347,7 +348,7 @@ def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
 
     async def status(request: Request) -> Response:
         try:
-            return json_response(control.status_of(request.params["node_id"]))
+            return json_response(control.status_of(request.params["node_id"]).to_json())
         except Refused as exc:
             raise _http_error(exc) from None
 
@@ -515,13 +516,22 @@ def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Pars
         raise _http_error(exc) from None
 
 
+@runtime_checkable
+class Answer(Protocol):
+    """A control's typed answer that says its own JSON shape (`drain.DrainStatus`, ...)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 async def _controlled(call: Awaitable[object], status: int = 200) -> Response:
-    """Run a control's call; its answer as JSON (a dataclass's fields, in order), or its
-    refusal as the HTTP error."""
+    """Run a control's call; its answer as JSON (its `to_json`, or else a dataclass's
+    fields, in order), or its refusal as the HTTP error."""
     try:
         answer = await call
     except Refused as exc:
         raise _http_error(exc) from None
+    if isinstance(answer, Answer):
+        return json_response(answer.to_json(), status=status)
     if dataclasses.is_dataclass(answer) and not isinstance(answer, type):
         return json_response(dataclasses.asdict(answer), status=status)
     return json_response(answer, status=status)

@@ -7,16 +7,26 @@ the same keys, in the same order, with the same values.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from novacron.agent.api import build_router
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.saga import MigrationInfo
+from novacron.agent.drain import Arriving, DrainStatus, Moving, RemoteDrainStatus
 from novacron.agent.history import HistoryEntry, HistoryRow, VmHistory
+from novacron.agent.httpd import HttpServer
 from novacron.agent.locator import Locator
 from novacron.agent.migration_row import MigrationRow
 from novacron.protocol.messages import NodeRecord, VmSummary
+from novacron.protocol.operators import OperatorCommand
+from tests.api_server import View, answers, exchange
 
 START, END = 1_800_000_000.0, 1_800_000_005.25
 
@@ -106,3 +116,125 @@ async def test_a_vms_history_merges_by_id_oldest_first() -> None:
     ]
     assert same_json(found[2].to_json(), rows[1].to_json())
     assert await history.of("vm9") == []
+
+
+# --- drains -----------------------------------------------------------------------------------
+
+DRAINING = DrainStatus(
+    "h1",
+    draining=True,
+    running=("vm1", "vm2"),
+    arriving=(Arriving("vm3", "h3", "precopy"),),
+    moving=(Moving("vm1", "m1", "h2", "precopy", 42.5),),
+    moved=("vm0",),
+    blocked={"vm2": "no host has room"},
+    not_moved={"off": "shutoff"},
+)
+DRAINING_JSON = {  # as `Drain.status` wrote it when it was a dict
+    "node_id": "h1",
+    "draining": True,
+    "done": False,
+    "running": ["vm1", "vm2"],
+    "arriving": [{"vm": "vm3", "source": "h3", "phase": "precopy"}],
+    "moving": [
+        {"vm": "vm1", "migration_id": "m1", "target": "h2", "phase": "precopy", "percent": 42.5}
+    ],
+    "moved": ["vm0"],
+    "blocked": {"vm2": "no host has room"},
+    "not_moved": {"off": "shutoff"},
+}
+SEEN = RemoteDrainStatus(
+    "h1", "h2", "alive", True, False, ("vm1",), {"off": "shutoff"}, 1, 0, 7
+)  # fmt: skip
+SEEN_JSON = {  # as `DrainRequests._seen` wrote it when it was a dict
+    "node_id": "h1",
+    "remote": True,
+    "seen_from": "h2",
+    "state": "alive",
+    "draining": True,
+    "done": False,
+    "running": ["vm1"],
+    "not_moved": {"off": "shutoff"},
+    "migrations_out": 1,
+    "migrations_in": 0,
+    "record_version": 7,
+}
+
+
+def test_a_drain_status_is_typed_and_its_json_is_the_old_dict() -> None:
+    assert DRAINING.moving[0].target == "h2" and DRAINING.arriving[0].source == "h3"
+    assert (DRAINING.running, DRAINING.moved) == (("vm1", "vm2"), ("vm0",))
+    assert same_json(DRAINING.to_json(), DRAINING_JSON)
+    idle = DrainStatus("h1", draining=False)
+    assert (idle.done, idle.running, idle.blocked, idle.not_moved) == (False, (), {}, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DRAINING.draining = False  # type: ignore[misc]
+
+
+def test_a_remote_drain_status_says_it_was_seen_from_another_host() -> None:
+    assert (SEEN.node_id, SEEN.seen_from, SEEN.record_version) == ("h1", "h2", 7)
+    assert same_json(SEEN.to_json(), SEEN_JSON)
+    # A host's answer replaces what its record said, in place (the keys keep their order).
+    answered = dataclasses.replace(SEEN, done=True, running=(), record_version=8)
+    assert same_json(
+        answered.to_json(), {**SEEN_JSON, "done": True, "running": [], "record_version": 8}
+    )
+
+
+class _Drain:
+    """This host's drain, always `DRAINING`."""
+
+    async def drain(self) -> DrainStatus:
+        return DRAINING
+
+    async def undrain(self) -> DrainStatus:
+        return dataclasses.replace(DRAINING, draining=False)
+
+    def status(self) -> DrainStatus:
+        return DRAINING
+
+
+class _HostDrain:
+    """Drains of other hosts: h1 is seen as `SEEN`."""
+
+    async def ask(
+        self,
+        node: str,
+        drain: bool,
+        requested_by: str = "",
+        command: OperatorCommand | None = None,
+    ) -> DrainStatus | RemoteDrainStatus:
+        return SEEN
+
+    def status_of(self, node: str) -> DrainStatus | RemoteDrainStatus:
+        return SEEN
+
+
+async def _served(tmp_path: Path, **controls: Any) -> tuple[str, HttpServer]:
+    server = HttpServer(build_router(View(), **controls))
+    sock = str(tmp_path / "api.sock")
+    await server.start_unix(sock)
+    return sock, server
+
+
+async def _raw(sock: str, method: str, path: str) -> tuple[int, bytes]:
+    """(status, body bytes) of one request without a body."""
+    data = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    ((status, _, body),) = answers(await asyncio.to_thread(exchange, sock, data))
+    return status, body
+
+
+async def test_the_api_sends_a_drains_json_byte_for_byte_as_before(tmp_path: Path) -> None:
+    sock, server = await _served(tmp_path, drain=_Drain(), host_drain=_HostDrain())
+    try:
+        before = json.dumps(DRAINING_JSON).encode()
+        assert await _raw(sock, "GET", "/v1/drain") == (200, before)
+        assert await _raw(sock, "POST", "/v1/drain") == (202, before)
+        undrained = json.dumps({**DRAINING_JSON, "draining": False}).encode()
+        assert await _raw(sock, "POST", "/v1/undrain") == (200, undrained)
+        seen = json.dumps(SEEN_JSON).encode()
+        assert await _raw(sock, "GET", "/v1/hosts/h1/drain") == (200, seen)
+        assert await _raw(sock, "POST", "/v1/hosts/h1/drain") == (202, seen)
+        assert await _raw(sock, "POST", "/v1/hosts/h1/undrain") == (200, seen)
+    finally:
+        await server.close()
