@@ -24,7 +24,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from novacron.protocol.operators import OperatorCommand
 
@@ -37,12 +37,15 @@ from .api_requests import (
     template_request,
 )
 from .core.refusals import RefusalKind, Refused
-from .drain import DrainStatus, RemoteDrainStatus
-from .history import HistoryRow
 from .httpd import HttpError, HttpServer, Request, Response, Router, json_response
 from .migration_row import MigrationRow
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
+
+if TYPE_CHECKING:  # the controls' answers; their modules drive libvirt, this one only serves
+    from .drain import DrainStatus, RemoteDrainStatus
+    from .history import HistoryRow
+    from .recovery import Recovered
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
@@ -123,7 +126,7 @@ class VmLifecycle(Protocol):
 class RecoveryControl(Protocol):
     """What the API needs to settle a VM in doubt (`recovery.Recoveries` fits)."""
 
-    async def recover(self, vm: str, host: str) -> dict[str, Any]: ...
+    async def recover(self, vm: str, host: str) -> Recovered: ...
 
 
 class DrainControl(Protocol):

@@ -27,6 +27,7 @@ from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.history import HistoryRow
 from novacron.agent.httpd import HttpServer
 from novacron.agent.migration_row import MigrationRow
+from novacron.agent.recovery import Recovered
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
 
@@ -174,11 +175,20 @@ class Migrations:
         return self.row if migration_id == "m1" else None
 
 
+class Echoed(Recovered):
+    """A recovery whose answer is only what the API passed in (the VM and the host)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "host": self.host}
+
+
 class Recovery:
     """Echoes the host the API read from a recover request."""
 
-    async def recover(self, vm: str, host: str) -> dict[str, Any]:
-        return {"vm": vm, "host": host}
+    async def recover(self, vm: str, host: str) -> Recovered:
+        return Echoed(vm, host, started=False, removed={}, was=None)
 
 
 def router(migrations: Migrations | None = None) -> httpd.Router:

@@ -18,15 +18,18 @@ import pytest
 
 from novacron.agent.api import build_router
 from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.migration.location import Presence, Where
 from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.drain import Arriving, DrainStatus, Moving, RemoteDrainStatus
 from novacron.agent.history import HistoryEntry, HistoryRow, VmHistory
 from novacron.agent.httpd import HttpServer
 from novacron.agent.locator import Locator
 from novacron.agent.migration_row import MigrationRow
+from novacron.agent.recovery import Recovered, Recoveries
 from novacron.protocol.messages import NodeRecord, VmSummary
 from novacron.protocol.operators import OperatorCommand
 from tests.api_server import View, answers, exchange
+from tests.fake_mesh import FakeView, migrator
 
 START, END = 1_800_000_000.0, 1_800_000_005.25
 
@@ -217,11 +220,11 @@ async def _served(tmp_path: Path, **controls: Any) -> tuple[str, HttpServer]:
     return sock, server
 
 
-async def _raw(sock: str, method: str, path: str) -> tuple[int, bytes]:
-    """(status, body bytes) of one request without a body."""
-    data = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
-    ((status, _, body),) = answers(await asyncio.to_thread(exchange, sock, data))
-    return status, body
+async def _raw(sock: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """(status, body bytes) of one request, as the API's socket answers it."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    ((status, _, answer),) = answers(await asyncio.to_thread(exchange, sock, head.encode() + body))
+    return status, answer
 
 
 async def test_the_api_sends_a_drains_json_byte_for_byte_as_before(tmp_path: Path) -> None:
@@ -238,3 +241,53 @@ async def test_the_api_sends_a_drains_json_byte_for_byte_as_before(tmp_path: Pat
         assert await _raw(sock, "POST", "/v1/hosts/h1/undrain") == (200, seen)
     finally:
         await server.close()
+
+
+# --- a VM recovered by the operator -------------------------------------------------------
+
+
+async def test_a_recovery_answers_what_it_did_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vm1 is defined, stopped, on both hosts: recovered on h1, h2's copy goes."""
+    driver = migrator([])
+    stopped = Presence(Where.STOPPED, "shut off", "u1", persistent=True)
+
+    async def look(vm: str, hosts: list[str]) -> dict[str, Presence]:
+        return {host: stopped for host in hosts}
+
+    async def retire(vm: str, host: str, uuid: str, force: bool = False) -> str:
+        return "undefined"
+
+    async def boot(vm: str, host: str) -> str:
+        return "started"
+
+    monkeypatch.setattr(driver.locator, "look", look)
+    monkeypatch.setattr(driver.locator, "retire", retire)
+    monkeypatch.setattr(driver.locator, "boot", boot)
+    try:
+        recovered = await Recoveries("h1", FakeView, driver).recover("vm1", "h1")
+    finally:
+        await driver.close()
+    assert recovered == Recovered("vm1", "h1", True, {"h2": "undefined"}, None)
+    before = {"vm": "vm1", "host": "h1", "started": True, "removed": {"h2": "undefined"}}
+    assert same_json(recovered.to_json(), {**before, "was": None})
+
+
+class _Recovery:
+    async def recover(self, vm: str, host: str) -> Recovered:
+        return Recovered(vm, host, False, {"h2": "undefined"}, "in doubt after m1")
+
+
+async def test_the_api_sends_a_recoverys_json_byte_for_byte_as_before(tmp_path: Path) -> None:
+    sock, server = await _served(tmp_path, recovery=_Recovery())
+    try:
+        answer = await _raw(sock, "POST", "/v1/vms/a/recover", b'{"on": "h1"}')
+    finally:
+        await server.close()
+    before = {  # as `Recoveries.recover` wrote it when it was a dict
+        "vm": "a",
+        "host": "h1",
+        "started": False,
+        "removed": {"h2": "undefined"},
+        "was": "in doubt after m1",
+    }
+    assert answer == (200, json.dumps(before).encode())
