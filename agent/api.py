@@ -24,7 +24,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from novacron.protocol.operators import OperatorCommand
 
@@ -41,6 +41,11 @@ from .httpd import HttpError, HttpServer, Request, Response, Router, json_respon
 from .migration_row import MigrationRow
 from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
+
+if TYPE_CHECKING:  # the controls' answers; their modules drive libvirt, this one only serves
+    from .drain import DrainStatus, RemoteDrainStatus
+    from .history import HistoryRow
+    from .recovery import Recovered
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
@@ -96,7 +101,7 @@ class MigrationControl(Protocol):
 
     def migrations(self) -> list[MigrationRow]: ...
 
-    async def vm_history(self, vm: str) -> list[dict[str, Any]]: ...
+    async def vm_history(self, vm: str) -> list[HistoryRow]: ...
 
     def migration(self, migration_id: str) -> MigrationRow | None: ...
 
@@ -121,17 +126,17 @@ class VmLifecycle(Protocol):
 class RecoveryControl(Protocol):
     """What the API needs to settle a VM in doubt (`recovery.Recoveries` fits)."""
 
-    async def recover(self, vm: str, host: str) -> dict[str, Any]: ...
+    async def recover(self, vm: str, host: str) -> Recovered: ...
 
 
 class DrainControl(Protocol):
     """What the API needs to drain this host (`drain.Drain` fits)."""
 
-    async def drain(self) -> dict[str, Any]: ...
+    async def drain(self) -> DrainStatus: ...
 
-    async def undrain(self) -> dict[str, Any]: ...
+    async def undrain(self) -> DrainStatus: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> DrainStatus: ...
 
 
 class HostDrainControl(Protocol):
@@ -147,9 +152,9 @@ class HostDrainControl(Protocol):
         drain: bool,
         requested_by: str = "",
         command: OperatorCommand | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> DrainStatus | RemoteDrainStatus: ...
 
-    def status_of(self, node: str) -> dict[str, Any]: ...
+    def status_of(self, node: str) -> DrainStatus | RemoteDrainStatus: ...
 
 
 class IdentityControl(Protocol):
@@ -328,7 +333,7 @@ def _vm_routes(router: Router, vms: VmLifecycle) -> None:
 
 def _drain_routes(router: Router, drain: DrainControl) -> None:
     async def status(request: Request) -> Response:
-        return json_response(drain.status())
+        return json_response(drain.status().to_json())
 
     async def start(request: Request) -> Response:
         return await _controlled(drain.drain(), status=202)
@@ -346,7 +351,7 @@ def _host_drain_routes(router: Router, control: HostDrainControl) -> None:
 
     async def status(request: Request) -> Response:
         try:
-            return json_response(control.status_of(request.params["node_id"]))
+            return json_response(control.status_of(request.params["node_id"]).to_json())
         except Refused as exc:
             raise _http_error(exc) from None
 
@@ -466,7 +471,8 @@ def _migration_routes(router: Router, control: MigrationControl) -> None:
 
     async def history(request: Request) -> Response:
         """A VM's migrations as it carries them, with this host's own (the same anywhere)."""
-        return json_response({"migrations": await control.vm_history(request.params["name"])})
+        rows = await control.vm_history(request.params["name"])
+        return json_response({"migrations": [row.to_json() for row in rows]})
 
     router.get(f"/{API_VERSION}/vms/{{name}}/migrations", history)
     router.get(f"/{API_VERSION}/migrations", listing)
@@ -513,13 +519,22 @@ def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Pars
         raise _http_error(exc) from None
 
 
+@runtime_checkable
+class Answer(Protocol):
+    """A control's typed answer that says its own JSON shape (`drain.DrainStatus`, ...)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 async def _controlled(call: Awaitable[object], status: int = 200) -> Response:
-    """Run a control's call; its answer as JSON (a dataclass's fields, in order), or its
-    refusal as the HTTP error."""
+    """Run a control's call; its answer as JSON (its `to_json`, or else a dataclass's
+    fields, in order), or its refusal as the HTTP error."""
     try:
         answer = await call
     except Refused as exc:
         raise _http_error(exc) from None
+    if isinstance(answer, Answer):
+        return json_response(answer.to_json(), status=status)
     if dataclasses.is_dataclass(answer) and not isinstance(answer, type):
         return json_response(dataclasses.asdict(answer), status=status)
     return json_response(answer, status=status)

@@ -27,6 +27,10 @@ named, whose agent starts (or ends) its own drain exactly as a local
 `nova host drain` does and answers with a `DrainAnswer`. While it runs, the
 asking host follows it in what the mesh knows: the drained host's gossiped
 record (its `draining` flag and the VMs it still runs).
+
+What a drain answers is typed: `DrainStatus` for this host's own drain,
+`RemoteDrainStatus` for another's as the mesh shows it; the local API turns
+them into JSON (`to_json`), nothing else does.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,99 @@ MAX_REQUESTER = 64  # characters of a request's `requested_by` kept (it is only 
 Send = Callable[[str, Message], Awaitable[None]]
 Authority = Callable[[OperatorCommand], str]
 """Checks an operator's signed command: the operator's name, or raises `CommandRefused`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arriving:
+    """A VM migrating here while the host drains (it is moved on once it lands)."""
+
+    vm: str
+    source: str  # the host it comes from
+    phase: str  # the reservation's phase: reserved, precopy, postcopy, landed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "source": self.source, "phase": self.phase}
+
+
+@dataclass(frozen=True, slots=True)
+class Moving:
+    """A VM this drain is moving away right now."""
+
+    vm: str
+    migration_id: str
+    target: str  # the host it goes to
+    phase: str  # the migration's phase
+    percent: float  # its last progress, 0..100
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "migration_id": self.migration_id,
+            "target": self.target,
+            "phase": self.phase,
+            "percent": self.percent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStatus:
+    """This host's drain: what it has done and what is left, for `nova host drain`."""
+
+    node_id: str
+    draining: bool
+    done: bool = False  # nothing runs, is paused or arrives here: it may be powered off
+    running: tuple[str, ...] = ()  # VMs still here that keep the drain from being done
+    arriving: tuple[Arriving, ...] = ()
+    moving: tuple[Moving, ...] = ()
+    moved: tuple[str, ...] = ()  # VMs this drain moved away
+    blocked: Mapping[str, str] = field(default_factory=dict)  # VM -> why it waits
+    not_moved: Mapping[str, str] = field(default_factory=dict)  # stopped VM -> its state
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "draining": self.draining,
+            "done": self.done,
+            "running": list(self.running),
+            "arriving": [a.to_json() for a in self.arriving],
+            "moving": [m.to_json() for m in self.moving],
+            "moved": list(self.moved),
+            "blocked": dict(self.blocked),
+            "not_moved": dict(self.not_moved),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDrainStatus:
+    """Another host's drain as this agent knows it: that host's gossiped record, or its
+    answer to a request. What only the drained host knows (what it is moving, why VMs
+    wait) is not here."""
+
+    node_id: str
+    seen_from: str  # the agent that tells
+    state: str | None  # the host's member state (None if not a member)
+    draining: bool
+    done: bool
+    running: tuple[str, ...]
+    not_moved: Mapping[str, str]  # stopped VM -> its state
+    migrations_out: int
+    migrations_in: int
+    record_version: int  # of the record (or answer) it was read from
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "remote": True,  # seen through the mesh, from `seen_from`
+            "seen_from": self.seen_from,
+            "state": self.state,
+            "draining": self.draining,
+            "done": self.done,
+            "running": list(self.running),
+            "not_moved": dict(self.not_moved),
+            "migrations_out": self.migrations_out,
+            "migrations_in": self.migrations_in,
+            "record_version": self.record_version,
+        }
 
 
 class _Host:
@@ -145,7 +243,7 @@ class Drain:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def drain(self) -> dict[str, Any]:
+    async def drain(self) -> DrainStatus:
         if not self.draining:
             await self._migrator.set_draining(True)  # before anything else: nothing lands
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +258,7 @@ class Drain:
             self._spawn()
         return self.status()
 
-    async def undrain(self) -> dict[str, Any]:
+    async def undrain(self) -> DrainStatus:
         if self.draining:
             self._state_file.unlink(missing_ok=True)
             self.draining = False
@@ -198,32 +296,30 @@ class Drain:
         """Nothing keeps the host from being powered off: no VM runs, is paused or arrives."""
         return not staying(vms) and not self._migrator.core.reservations()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DrainStatus:
         """What a drain has done and what is left, for `nova host drain`."""
         vms = self._migrator.local_vms()
-        running = staying(vms)
-        core = self._migrator.core
-        arriving = [
-            {"vm": held.vm, "source": held.source, "phase": held.phase}
-            for held in sorted(core.reservations(), key=lambda held: held.vm)
-        ]
+        held = sorted(self._migrator.core.reservations(), key=lambda held: held.vm)
+        return DrainStatus(
+            node_id=self._migrator.node_id,
+            draining=self.draining,
+            done=self.draining and self._empty(vms),
+            running=tuple(staying(vms)),
+            arriving=tuple(Arriving(h.vm, h.source, h.phase) for h in held),
+            moving=self._moving(),
+            moved=tuple(sorted(self._core.moved(self._host))),
+            blocked=self._core.blocked(vms),
+            not_moved=not_moved(vms),
+        )
+
+    def _moving(self) -> tuple[Moving, ...]:
+        """The drain's migrations still running, by VM."""
         migrations = {m.info.migration_id: m.info for m in self._migrator.migrations()}
-        moving = [
-            {"vm": vm, **_brief(migrations[mid])}
+        return tuple(
+            _moving(vm, migrations[mid])
             for vm, mid in sorted(self._core.moving().items())
             if mid in migrations and not migrations[mid].outcome
-        ]
-        return {
-            "node_id": self._migrator.node_id,
-            "draining": self.draining,
-            "done": self.draining and self._empty(vms),
-            "running": running,
-            "arriving": arriving,
-            "moving": moving,
-            "moved": sorted(self._core.moved(self._host)),
-            "blocked": self._core.blocked(vms),
-            "not_moved": not_moved(vms),
-        }
+        )
 
     def _spawn(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="drain")
@@ -256,13 +352,8 @@ class Drain:
             core.started(move, mids)
 
 
-def _brief(migration: MigrationInfo) -> dict[str, Any]:
-    return {
-        "migration_id": migration.migration_id,
-        "target": migration.target,
-        "phase": migration.phase,
-        "percent": migration.percent,
-    }
+def _moving(vm: str, migration: MigrationInfo) -> Moving:
+    return Moving(vm, migration.migration_id, migration.target, migration.phase, migration.percent)
 
 
 class DrainRequests:
@@ -335,7 +426,7 @@ class DrainRequests:
         drain: bool,
         requested_by: str = "",
         command: OperatorCommand | None = None,
-    ) -> dict[str, Any]:
+    ) -> DrainStatus | RemoteDrainStatus:
         """Start (`drain`) or end `node`'s drain; its status, or `Refused` saying why not.
 
         Another host obeys only an operator's signed `command` (this agent
@@ -377,15 +468,15 @@ class DrainRequests:
             "drain asked over the mesh",
             extra={"fields": {"node": node, "drain": drain, "draining": answer.draining}},
         )
-        return {
-            **self._seen(node),
-            "draining": answer.draining,
-            "done": answer.draining and not answer.running,
-            "running": list(answer.running),
-            "record_version": answer.record_version,
-        }
+        return replace(
+            self._seen(node),
+            draining=answer.draining,
+            done=answer.draining and not answer.running,
+            running=tuple(answer.running),
+            record_version=answer.record_version,
+        )
 
-    def status_of(self, node: str) -> dict[str, Any]:
+    def status_of(self, node: str) -> DrainStatus | RemoteDrainStatus:
         """`node`'s drain: this host's own status, or another's as its gossiped record shows it."""
         if node == self.node_id:
             return self._drain.status()
@@ -429,9 +520,8 @@ class DrainRequests:
     def _unknown(self, node: str) -> str:
         return f"unknown host: {node} is not in {self.node_id}'s view of the mesh"
 
-    def _seen(self, node: str) -> dict[str, Any]:
-        """`node`'s drain as its gossiped record shows it (the same keys as `Drain.status`,
-        but for what only the drained host knows: what it is moving and why VMs wait)."""
+    def _seen(self, node: str) -> RemoteDrainStatus:
+        """`node`'s drain as its gossiped record shows it."""
         mesh = self._mesh()
         member = mesh.member(node)
         record = mesh.records().get(node)
@@ -441,19 +531,18 @@ class DrainRequests:
         running = staying(vms)
         draining = record.draining if record is not None else False
         arriving = record.migrations_in if record is not None else 0
-        return {
-            "node_id": node,
-            "remote": True,  # seen through the mesh, from `seen_from`
-            "seen_from": self.node_id,
-            "state": member.state.value if member is not None else None,
-            "draining": draining,
-            "done": draining and not running and not arriving,
-            "running": running,
-            "not_moved": not_moved(vms),
-            "migrations_out": record.migrations_out if record is not None else 0,
-            "migrations_in": arriving,
-            "record_version": record.version if record is not None else 0,
-        }
+        return RemoteDrainStatus(
+            node_id=node,
+            seen_from=self.node_id,
+            state=member.state.value if member is not None else None,
+            draining=draining,
+            done=draining and not running and not arriving,
+            running=tuple(running),
+            not_moved=not_moved(vms),
+            migrations_out=record.migrations_out if record is not None else 0,
+            migrations_in=arriving,
+            record_version=record.version if record is not None else 0,
+        )
 
     def _settle(self, sender: str, answer: DrainAnswer) -> None:
         pending = self._pending.get(answer.request_id)
@@ -489,12 +578,12 @@ class DrainRequests:
             await self._send(sender, DrainAnswer(request.request_id, accepted=False, reason=why))
             return
         own = self._mesh().records().get(self.node_id)
-        arriving = tuple(a["vm"] for a in status["arriving"])  # here too, in a moment
+        arriving = tuple(a.vm for a in status.arriving)  # here too, in a moment
         answer = DrainAnswer(
             request.request_id,
             accepted=True,
-            draining=status["draining"],
-            running=tuple(dict.fromkeys((*status["running"], *arriving))),
+            draining=status.draining,
+            running=tuple(dict.fromkeys((*status.running, *arriving))),
             record_version=own.version if own is not None else 0,
         )
         await self._send(sender, answer)

@@ -10,7 +10,8 @@ reads it from the VM's host's libvirt. Times are the source's wall clock, as
 both hosts show them.
 
 `VmHistory.of(vm)` merges that record with this agent's own rows for the VM
-(a migration still running, one whose record could not be written), by id.
+(a migration still running, one whose record could not be written), by id,
+into `HistoryRow`s.
 The metadata comes from another host's libvirt, so it is parsed with bounds:
 at most `MAX_BYTES`, `KEEP` entries, `MAX_TEXT` characters per attribute.
 """
@@ -21,13 +22,14 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import libvirt
 
 from .core.migration.saga import ClusterView
 from .locator import Locator, find
+from .migration_row import MigrationRow
+from .migration_row import iso as iso  # the API's times; still importable from here
 
 log = logging.getLogger("novacron.history")
 
@@ -113,6 +115,39 @@ def add_history(conn: Any, vm: str, entry: HistoryEntry) -> None:
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(entries), KEY, NAMESPACE, flags)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One migration of a VM as `nova vm migrations` lists it: this agent's own row, the
+    entry the VM carries, or both (where both speak, the carried entry wins: it is the
+    source's final word, the same on every host)."""
+
+    vm: str
+    local: MigrationRow | None = None  # this agent's row, while it still keeps one
+    carried: HistoryEntry | None = None  # what the VM's metadata says
+
+    @property
+    def migration_id(self) -> str:
+        if self.carried is not None:
+            return self.carried.migration_id
+        assert self.local is not None, "a history row has a local row or a carried entry"
+        return self.local.info.migration_id
+
+    @property
+    def started(self) -> str:
+        """When it began as the API shows it ("" if unknown): the rows' order."""
+        if self.carried is not None:
+            return iso(self.carried.started_at) or ""
+        assert self.local is not None, "a history row has a local row or a carried entry"
+        return iso(self.local.info.started_at) or ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's shape: the local row's keys, overwritten by the carried entry's."""
+        row = self.local.to_json() if self.local is not None else {}
+        if self.carried is not None:
+            row.update(_row(self.carried, self.vm))
+        return row
+
+
 class VmHistory:
     """A VM's migrations as this agent can tell them (see the module docstring)."""
 
@@ -121,7 +156,7 @@ class VmHistory:
         node_id: str,
         view: ClusterView,
         locator: Locator,
-        local: Callable[[], list[dict[str, Any]]],
+        local: Callable[[], list[MigrationRow]],
     ) -> None:
         self.node_id = node_id
         self._view = view  # records: which hosts list the VM
@@ -136,9 +171,11 @@ class VmHistory:
             fields = {"vm": vm, "host": host, "id": entry.migration_id, "why": str(exc)}
             log.warning("cannot add a migration to the VM's history", extra={"fields": fields})
 
-    async def of(self, vm: str) -> list[dict[str, Any]]:
+    async def of(self, vm: str) -> list[HistoryRow]:
         """Every migration of `vm` known here or carried by it, oldest first."""
-        rows = {m["migration_id"]: m for m in self._local() if m["vm"] == vm}
+        rows = {
+            m.info.migration_id: HistoryRow(vm, local=m) for m in self._local() if m.info.vm == vm
+        }
         hosts = [h for h, r in self._view.records().items() if any(v.name == vm for v in r.vms)]
         for host in sorted(hosts):
             try:
@@ -147,16 +184,9 @@ class VmHistory:
                 continue
             for entry in carried:
                 known = rows.get(entry.migration_id)
-                rows[entry.migration_id] = {**(known or {}), **_row(entry, vm)}
-        return sorted(rows.values(), key=lambda row: row.get("started") or "")
-
-
-def iso(wall: float | None) -> str | None:
-    """A wall-clock time as the API shows it: ISO 8601 UTC, milliseconds (None stays None)."""
-    if not wall:
-        return None
-    moment = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-    return moment.replace("+00:00", "Z")
+                local = known.local if known is not None else None
+                rows[entry.migration_id] = HistoryRow(vm, local=local, carried=entry)
+        return sorted(rows.values(), key=lambda row: row.started)
 
 
 def _row(entry: HistoryEntry, vm: str) -> dict[str, Any]:

@@ -542,7 +542,7 @@ def _rebalancer(rebalancer: Rebalancer) -> Iterable[Metric]:
 def _drain(drain: Drain) -> Iterable[Metric]:
     status = drain.status()
     yield GaugeMetricFamily(
-        "novacron_drain_active", "1 while this host drains.", value=int(status["draining"])
+        "novacron_drain_active", "1 while this host drains.", value=int(status.draining)
     )
     vms = GaugeMetricFamily(
         "novacron_drain_vms",
@@ -550,8 +550,15 @@ def _drain(drain: Drain) -> Iterable[Metric]:
         "blocked (no target found), not_moved (stopped VMs stay).",
         labels=["status"],
     )
-    for key in ("running", "moving", "moved", "blocked", "not_moved"):
-        vms.add_metric([key], len(status[key]) if status["draining"] else 0)
+    counts = {
+        "running": len(status.running),
+        "moving": len(status.moving),
+        "moved": len(status.moved),
+        "blocked": len(status.blocked),
+        "not_moved": len(status.not_moved),
+    }
+    for key, count in counts.items():
+        vms.add_metric([key], count if status.draining else 0)
     yield vms
 
 

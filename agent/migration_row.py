@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .core.events import MigrationProgressed
 from .core.migration.saga import MigrationInfo
-from .history import iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +44,11 @@ class MigrationRow:
                 "expected_downtime_ms": sample.expected_downtime_ms,
             }
         return row
+
+
+def iso(wall: float | None) -> str | None:
+    """A wall-clock time as the API shows it: ISO 8601 UTC, milliseconds (None stays None)."""
+    if not wall:
+        return None
+    moment = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")

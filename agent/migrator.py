@@ -84,7 +84,7 @@ from .disks import (
     remove_source_copies,
     remove_target_copies,
 )
-from .history import HistoryEntry, VmHistory
+from .history import HistoryEntry, HistoryRow, VmHistory
 from .hypervisor import domain_labels, job_stats
 from .inventory import in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
@@ -171,9 +171,7 @@ class Migrator:
         self._owns_libvirt = libvirt_adapter is None  # closed with the driver if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri, opener=opener)
         self.locator = Locator(node_id, view, libvirt=self.libvirt)
-        self.history = VmHistory(
-            node_id, view, self.locator, lambda: [row.to_json() for row in self.migrations()]
-        )
+        self.history = VmHistory(node_id, view, self.locator, self.migrations)
         self._jobs: set[str] = set()  # migration ids whose libvirt job started (their history)
         self._tasks: set[asyncio.Task[None]] = set()
         self._change: asyncio.Future[None] | None = None  # resolved at the next `_apply`
@@ -335,7 +333,7 @@ class Migrator:
         """Running and recent migrations, with their latest job statistics."""
         return [self._row(info) for info in self.core.migrations()]
 
-    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
+    async def vm_history(self, vm: str) -> list[HistoryRow]:
         """Every migration of `vm`: what it carries from host to host, and this host's own."""
         return await self.history.of(vm)
 

@@ -17,7 +17,8 @@ denies is logged and ignored: a record may be stale, or lie.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from novacron.protocol.messages import MemberState
@@ -30,6 +31,26 @@ from .migrator import Migrator
 log = logging.getLogger("novacron.recovery")
 
 
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What `nova vm recover` did: the VM runs on `host`, every other copy removed."""
+
+    vm: str
+    host: str
+    started: bool  # booted now (False: it already ran there)
+    removed: Mapping[str, str]  # host -> what its copy's removal did
+    was: str | None  # the doubt it settled (None if none was recorded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "host": self.host,
+            "started": self.started,
+            "removed": dict(self.removed),
+            "was": self.was,
+        }
+
+
 class Recoveries:
     """`nova vm recover` and the check before `nova vm start` (see the module docstring)."""
 
@@ -38,7 +59,7 @@ class Recoveries:
         self._mesh = mesh  # members and records, as this agent sees them
         self._migrator = migrator  # its core knows doubts and running sagas; its locator looks
 
-    async def recover(self, vm: str, host: str) -> dict[str, Any]:
+    async def recover(self, vm: str, host: str) -> Recovered:
         """Run `vm` on `host`, after removing every other copy."""
         self._check_host(host)
         busy = self._migrator.core.busy(vm)
@@ -59,13 +80,7 @@ class Recoveries:
         doubt = self._migrator.core.settle_doubt(vm)
         fields = {"vm": vm, "on": host, "removed": removed, "started": started or "already ran"}
         log.warning("VM recovered by the operator", extra={"fields": fields})
-        return {
-            "vm": vm,
-            "host": host,
-            "started": plan.start,
-            "removed": removed,
-            "was": doubt.reason if doubt is not None else None,
-        }
+        return Recovered(vm, host, plan.start, removed, doubt.reason if doubt is not None else None)
 
     def _check_host(self, host: str) -> None:
         """Refuse a host this agent does not know, or does not see alive."""

@@ -100,7 +100,7 @@ class SiteControls:
                 migration,
             )
         status = await (self.drain.drain() if kind is CommandKind.DRAIN else self.drain.undrain())
-        what = "draining" if status["draining"] else "not draining"
+        what = "draining" if status.draining else "not draining"
         return Outcome(key, True, here, 200, f"{here} {what}")
 
 

@@ -24,8 +24,10 @@ from novacron.agent.api import build_router
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.core.refusals import RefusalKind, Refused
+from novacron.agent.history import HistoryRow
 from novacron.agent.httpd import HttpServer
 from novacron.agent.migration_row import MigrationRow
+from novacron.agent.recovery import Recovered
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
 
@@ -165,19 +167,28 @@ class Migrations:
     def migrations(self) -> list[MigrationRow]:
         return [self.row]
 
-    async def vm_history(self, vm: str) -> list[dict[str, Any]]:
-        return [self.row.to_json()]
+    async def vm_history(self, vm: str) -> list[HistoryRow]:
+        return [HistoryRow(vm, local=self.row)]
 
     def migration(self, migration_id: str) -> MigrationRow | None:
         self.looks += 1
         return self.row if migration_id == "m1" else None
 
 
+class Echoed(Recovered):
+    """A recovery whose answer is only what the API passed in (the VM and the host)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "host": self.host}
+
+
 class Recovery:
     """Echoes the host the API read from a recover request."""
 
-    async def recover(self, vm: str, host: str) -> dict[str, Any]:
-        return {"vm": vm, "host": host}
+    async def recover(self, vm: str, host: str) -> Recovered:
+        return Echoed(vm, host, started=False, removed={}, was=None)
 
 
 def router(migrations: Migrations | None = None) -> httpd.Router:

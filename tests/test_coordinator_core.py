@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
+from novacron.agent.drain import DrainStatus
 from novacron.agent.site_commands import SiteCommands
 from novacron.agent.site_controls import SiteControls
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
@@ -119,11 +119,11 @@ class Nothing:
     async def migrate(self, vm: str, request: MigrateRequest) -> str:
         return "m-1"
 
-    async def drain(self) -> dict[str, Any]:
-        return {"draining": True}
+    async def drain(self) -> DrainStatus:
+        return DrainStatus("h1", draining=True)
 
-    async def undrain(self) -> dict[str, Any]:
-        return {"draining": False}
+    async def undrain(self) -> DrainStatus:
+        return DrainStatus("h1", draining=False)
 
 
 @dataclass(frozen=True)

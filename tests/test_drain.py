@@ -30,7 +30,7 @@ from novacron.agent.cli.common import Output
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.placement.targets import AFFINITY_LABEL
 from novacron.agent.core.refusals import Refused
-from novacron.agent.drain import Drain, DrainRequests
+from novacron.agent.drain import Drain, DrainRequests, DrainStatus, RemoteDrainStatus
 from novacron.agent.migration_row import MigrationRow
 from novacron.agent.migrator import Migrator
 from novacron.agent.tracing import Tracing
@@ -71,7 +71,7 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
         return drain
 
     drain = make()
-    assert drain.status()["draining"] is False
+    assert drain.status().draining is False
 
     await drain.drain()
     await settle()
@@ -79,9 +79,9 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
     proposals = [m for d, m in sent if isinstance(m, MigrationPropose)]
     assert [(p.vm, p.target) for p in proposals] == [("vm1", "h2")]
     status = drain.status()
-    assert status["moving"][0]["vm"] == "vm1" and status["moving"][0]["target"] == "h2"
-    assert (status["running"], status["not_moved"], status["done"]) == (
-        ["vm1"],
+    assert status.moving[0].vm == "vm1" and status.moving[0].target == "h2"
+    assert (status.running, status.not_moved, status.done) == (
+        ("vm1",),
         {"off": "shutoff"},
         False,
     )
@@ -90,7 +90,7 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
 
     await driver.cancel(proposals[0].migration_id)
     await settle()
-    blocked = drain.status()["blocked"]
+    blocked = drain.status().blocked
     assert blocked == {
         "vm1": f"migration {proposals[0].migration_id} aborted: cancelled by operator"
     }
@@ -103,7 +103,7 @@ async def test_a_drain_moves_running_vms_retries_failures_and_survives_a_restart
     again = make()  # ... and a new life resumes it from the flag file
     assert again.draining is True
     await again.undrain()
-    assert not state.exists() and again.status()["draining"] is False
+    assert not state.exists() and again.status().draining is False
     assert published[-1] is False
     await driver.close()
 
@@ -137,7 +137,7 @@ async def test_a_drain_moves_an_affinity_group_whole_to_one_host(tmp_path: Path)
     await settle()
     (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
     assert (proposal.vm, [g.vm for g in proposal.group]) == ("app", ["db"])
-    assert {row["vm"]: row["target"] for row in drain.status()["moving"]} == {
+    assert {row.vm: row.target for row in drain.status().moving} == {
         "app": "h2",
         "db": "h2",
     }  # both slots: vm1 waits for the next free one
@@ -211,7 +211,7 @@ async def test_a_vm_the_drain_moved_is_not_moved_again_while_the_record_still_li
     await settle()
     assert [m.vm for _, m in sent if isinstance(m, MigrationPropose)] == ["vm1"]
     status = drain.status()
-    assert (status["moved"], status["blocked"]) == (["vm1"], {})
+    assert (status.moved, status.blocked) == (("vm1",), {})
     await drain.close()
     await driver.close()
 
@@ -348,9 +348,9 @@ async def test_a_drain_asked_from_another_host_is_carried_out_by_the_drained_hos
     async with two_hosts(tmp_path) as (mesh, _, h1, h2):
         answer = await h2.requests.ask("h1", True, "alice", h2.command(True))
 
-        assert (answer["node_id"], answer["draining"], answer["done"]) == ("h1", True, False)
-        assert answer["running"] == ["vm1"] and answer["remote"] is True
-        assert answer["record_version"] == mesh.records()["h1"].version == 2
+        assert (answer.node_id, answer.draining, answer.done) == ("h1", True, False)
+        assert answer.running == ("vm1",) and isinstance(answer, RemoteDrainStatus)
+        assert answer.record_version == mesh.records()["h1"].version == 2
         assert h1.drain.draining and (tmp_path / "h1" / "draining").exists()
         assert not h2.drain.draining
         await settle()
@@ -364,27 +364,29 @@ async def test_a_drain_asked_from_another_host_is_carried_out_by_the_drained_hos
         ]
 
         status = h2.requests.status_of("h1")  # what the mesh shows h2
-        assert (status["draining"], status["running"], status["done"]) == (True, ["vm1"], False)
-        assert status["seen_from"] == "h2" and status["not_moved"] == {"off": "shutoff"}
+        assert (status.draining, status.running, status.done) == (True, ("vm1",), False)
+        assert isinstance(status, RemoteDrainStatus)
+        assert status.seen_from == "h2" and status.not_moved == {"off": "shutoff"}
         mesh.vm_gone("h1", "vm1")
-        assert h2.requests.status_of("h1")["done"] is True
+        assert h2.requests.status_of("h1").done is True
         assert h1.requests.status_of("h1") == h1.drain.status()  # its own: the local status
 
         again = await h2.requests.ask("h1", True, "bob", h2.command(True))  # changes nothing
-        assert again["draining"] is True and again["record_version"] == 3
+        assert isinstance(again, RemoteDrainStatus)
+        assert again.draining is True and again.record_version == 3
 
         undrained = await h2.requests.ask("h1", False, "alice", h2.command(False))
-        assert (undrained["draining"], undrained["node_id"]) == (False, "h1")
+        assert (undrained.draining, undrained.node_id) == (False, "h1")
         assert not h1.drain.draining and not (tmp_path / "h1" / "draining").exists()
-        assert h2.requests.status_of("h1")["draining"] is False
+        assert h2.requests.status_of("h1").draining is False
 
 
 async def test_asking_this_host_itself_is_the_local_drain(tmp_path: Path) -> None:
     async with two_hosts(tmp_path) as (_, net, h1, _h2):
         answer = await h1.requests.ask("h1", True)
-        assert answer == h1.drain.status() and answer["draining"] is True
-        assert "remote" not in answer and net.sent == []
-        assert (await h1.requests.ask("h1", False))["draining"] is False
+        assert answer == h1.drain.status() and answer.draining is True
+        assert isinstance(answer, DrainStatus) and net.sent == []
+        assert (await h1.requests.ask("h1", False)).draining is False
 
 
 async def test_a_request_naming_another_host_or_from_a_non_member_is_refused(
@@ -489,7 +491,7 @@ async def test_api_drains_and_undrains_any_host_and_shows_its_drain(tmp_path: Pa
             "h2",
         )
         status, own = await call(sock, "GET", "/v1/hosts/h2/drain")
-        assert (status, own) == (200, h2.drain.status())
+        assert (status, own) == (200, h2.drain.status().to_json())
 
         assert (await call(sock, "GET", "/v1/hosts/h9/drain")) == (
             404,
