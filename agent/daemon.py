@@ -171,6 +171,7 @@ class Agent:
             on_removed=self._publish_inventory,
         )
         self.images.on_wanted = self._template_wanted
+        self.images.on_damaged = lambda: self._spawn(self._publish_inventory(), "publish")
         self.keyring = AgentKeyring(identity.key, self.trust, identity.revocations_bytes)
         self.core = MembershipNode(
             self.node_id,
@@ -579,13 +580,22 @@ class Agent:
             await self.inventory.wait_changed(timeout=self.config.inventory_interval)
             await self._publish_inventory()
 
+    def _offered_templates(self) -> list[str]:
+        """The templates this host holds whole and offers peers: none whose file was found
+        altered on this disk (`images.damaged`)."""
+        return [
+            s.manifest.ref
+            for s in self.templates.whole()
+            if not any(f.sha256 in self.images.damaged for f in s.manifest.files)
+        ]
+
     async def _publish_inventory(self) -> None:
         record = dataclasses.replace(
             self.migrator.with_counts(await self.inventory.record()),
             rebalance=self.rebalancer.setting,
             gateway_candidate=self.gateway is not None,
             draining=self.drain.draining,
-            templates=listed(s.manifest.ref for s in self.templates.whole()),
+            templates=listed(self._offered_templates()),
             fetching=listed(self.pulls.fetching()),
             image_port=self.images.port,
         )

@@ -42,7 +42,7 @@ from novacron.protocol.messages import (
 
 from .core.images.chunkmap import CHUNK_SIZE, ChunkMap, ChunkMapBuilder, decode_chunk_map
 from .core.images.holders import bitmap
-from .core.templates import SignedManifest, TemplateFile, TemplateRefused
+from .core.templates import TemplateFile, TemplateRefused
 from .logs import Throttle
 from .security import TrustStore
 from .template_store import TemplateStore
@@ -100,7 +100,7 @@ class ImageService:
         self._inboxes: dict[object, Inbox] = {}  # a pull -> its inbox
         self._reading: dict[str, int] = {}  # peer -> piece reads in progress for it
         # file SHA-256 -> its chunk map, checked (computed once however many ask)
-        self._chunk_maps: dict[bytes, asyncio.Future[bytes]] = {}
+        self._chunk_maps: dict[bytes, asyncio.Future[ChunkMap]] = {}
         self._serving = asyncio.Semaphore(SERVE_IN_ALL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = Throttle(log)
@@ -108,6 +108,9 @@ class ImageService:
         # A peer about to migrate a VM here asks this host to fetch its template.
         self.on_wanted: Callable[[str, str], None] = lambda peer, ref: None
         self.served_bytes = 0
+        # file SHA-256 -> (inode, mtime) of a held file found altered on this disk
+        self.damaged: dict[bytes, tuple[int, int]] = {}
+        self.on_damaged: Callable[[], None] = lambda: None  # the record must stop offering it
 
     @classmethod
     def create(
@@ -208,10 +211,10 @@ class ImageService:
         signed = next((s for s in self.store.whole() if s.manifest.ref == ask.ref), None)
         if signed is None:
             return ImageLack(ask.ref, "not held here")
-        maps = [await self._chunk_map(signed, f) for f in signed.manifest.files]
+        maps = [(await self._chunk_map(f)).encoded() for f in signed.manifest.files]
         return TemplateGive(ask.ref, signed.encoded, tuple(maps))
 
-    async def _chunk_map(self, signed: SignedManifest, template_file: TemplateFile) -> bytes:
+    async def _chunk_map(self, template_file: TemplateFile) -> ChunkMap:
         """The file's chunk map as the store keeps it, checked against the manifest; for a
         file stored without one, computed from its bytes once (one computation however
         many peers ask at once) and kept."""
@@ -225,32 +228,70 @@ class ImageService:
             self._chunk_maps.pop(template_file.sha256, None)  # asked again: tried again
             raise
 
-    async def _load_chunk_map(self, template_file: TemplateFile) -> bytes:
+    async def _load_chunk_map(self, template_file: TemplateFile) -> ChunkMap:
         kept = self.store.chunk_map_file(template_file)
         try:
-            return decode_chunk_map(kept.read_bytes(), template_file).encoded()
+            return decode_chunk_map(kept.read_bytes(), template_file)
         except (OSError, TemplateRefused):
             pass  # none kept (a store from before chunk maps), or not the signed one
         built = await asyncio.to_thread(_build_chunk_map, self.store.file(template_file))
-        encoded = decode_chunk_map(built.encoded(), template_file).encoded()
-        await asyncio.to_thread(self.store.keep_chunk_map, template_file, encoded)
-        return encoded
+        checked = decode_chunk_map(built.encoded(), template_file)
+        await asyncio.to_thread(self.store.keep_chunk_map, template_file, checked.encoded())
+        return checked
+
+    async def _serving_map(self, sha256: bytes) -> ChunkMap | None:
+        """The signed chunk map of a whole file held here, which every piece served is
+        checked against; None for a file no held template names."""
+        computing = self._chunk_maps.get(sha256)
+        ready = computing is not None and computing.done() and not computing.cancelled()
+        if computing is not None and ready and computing.exception() is None:
+            return computing.result()
+        files = (f for s in self.store.whole() for f in s.manifest.files)  # once per file
+        template_file = next((f for f in files if f.sha256 == sha256), None)
+        return None if template_file is None else await self._chunk_map(template_file)
+
+    def _damaged_here(self, sha256: bytes, path: Path) -> bool:
+        """Whether this file was found altered on this host's disk (and not replaced since:
+        a pull that puts it back writes a new file)."""
+        marked = self.damaged.get(sha256)
+        if marked is None:
+            return False
+        if marked != _identity(path):
+            del self.damaged[sha256]  # replaced: checked again as it is served
+            return False
+        return True
+
+    def _mark_damaged(self, sha256: bytes, path: Path, index: int) -> None:
+        self.damaged[sha256] = _identity(path)
+        log.error(
+            "a held image does not match its signed hash on this host's disk: no longer "
+            "served or offered; remove and pull its template again",
+            extra={"fields": {"file": str(path), "piece": index, "sha256": sha256.hex()}},
+        )
+        self.on_damaged()
 
     def _pieces_held(self, ask: PiecesAsk) -> Message:
         partial = self.partial.get(ask.sha256)
         if partial is not None:
             return PiecesHeld(ask.sha256, bitmap(partial.held, partial.chunks.count))
-        if self.store.checked_file(ask.sha256) is not None:
+        path = self.store.checked_file(ask.sha256)
+        if path is not None and not self._damaged_here(ask.sha256, path):
             return PiecesHeld(ask.sha256, whole=True)
         return ImageLack(ask.sha256.hex(), "not held here")
 
     async def _piece(self, peer: str, ask: PieceAsk) -> Message:
         path: Path | None
+        chunks: ChunkMap | None = None  # what a whole file's piece is checked against
         partial = self.partial.get(ask.sha256)
-        if partial is not None:
+        if partial is not None:  # its pieces were checked as they arrived
             path = partial.path if ask.index in partial.held else None
         else:
             path = self.store.checked_file(ask.sha256)
+            if path is not None and self._damaged_here(ask.sha256, path):
+                path = None
+            if path is not None:
+                chunks = await self._serving_map(ask.sha256)
+                path = None if chunks is None else path
         if path is None:
             return ImageLack(ask.sha256.hex(), "piece not held here", ask.index)
         if self._reading.get(peer, 0) >= SERVE_PER_PEER:
@@ -266,6 +307,9 @@ class ImageService:
                 del self._reading[peer]
         if not data:
             return ImageLack(ask.sha256.hex(), "no such piece", ask.index)
+        if chunks is not None and not await asyncio.to_thread(chunks.matches, ask.index, data):
+            self._mark_damaged(ask.sha256, path, ask.index)
+            return ImageLack(ask.sha256.hex(), "damaged here", ask.index)
         self.served_pieces += 1
         self.served_bytes += len(data)
         return PieceGive(ask.sha256, ask.index, data)
@@ -287,6 +331,15 @@ def _lack(ask: TemplateAsk | PiecesAsk | PieceAsk, reason: str) -> ImageLack:
         return ImageLack(ask.ref, reason)
     index = ask.index if isinstance(ask, PieceAsk) else -1
     return ImageLack(ask.sha256.hex(), reason, index)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Which file is at `path` now (inode, modification time): a new one after a re-pull."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_ino, stat.st_mtime_ns)
 
 
 def _read_piece(path: Path, index: int) -> bytes:

@@ -1,4 +1,5 @@
-"""A certified member floods a host's image transport while it pulls a template.
+"""A certified member floods a host's image transport while it pulls a template, or
+claims to hold the template and serves junk.
 
 Mallory sends 1 MiB pieces nobody asked for, of the very file the host is
 fetching, as fast as her socket takes them. The host's queues for image frames
@@ -9,18 +10,32 @@ nothing from her and ends with the signed bytes from the honest holder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from novacron.agent.cli import main as nova
+from novacron.agent.client import AgentRequestFailed
 from novacron.agent.image_service import IMAGE_LIMITS
 from novacron.agent.transport import Transport
-from novacron.protocol.messages import PieceGive
-from tests.hostile import Mallory, Mesh, wait_until
+from novacron.protocol.messages import (
+    ImageLack,
+    NodeRecord,
+    PieceAsk,
+    PieceGive,
+    PiecesAsk,
+    PiecesHeld,
+    RecordUpdate,
+    TemplateAsk,
+)
+from novacron.protocol.records import sign_record
+from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
 
@@ -97,3 +112,99 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
     held = tmp_path / "stores" / "n2" / "files" / hashlib.sha256(IMAGE).hexdigest()
     assert hashlib.sha256(held.read_bytes()).digest() == sha
     assert peak < FLOOD_LIMIT_MIB * MiB, f"n2 grew to {peak // MiB} MiB under {sent} pieces"
+
+
+async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_banned(
+    tmp_path: Path,
+) -> None:
+    """Mallory gossips that she holds flood-test:1 whole and answers every piece asked of
+    her with junk. The pull bans her at her first piece, takes nothing from her, and ends
+    with the signed bytes from the honest holder."""
+    public = _published(tmp_path)
+    mesh = Mesh(tmp_path / "mesh")
+
+    def options(name: str) -> list[str]:
+        store = tmp_path / "stores" / name
+        return ["--template-dir", str(store), "--trusted-publishers", str(public)]
+
+    pull = ["template", "pull", "flood-test", "--from", str(tmp_path / "cat"), "--trust"]
+    assert nova([*pull, str(public), "--store", str(tmp_path / "stores" / "n1")]) == 0
+    holder = mesh.start_agent("n1", [*options("n1"), "--image-serve-mib-s", "4"])
+    puller = mesh.start_agent("n2", options("n2"))
+    sha = hashlib.sha256(IMAGE).digest()
+    asked: list[int] = []
+    try:
+        mesh.wait_converged()
+        async with Mallory(mesh) as mallory:
+            await mallory.join(holder, puller)
+            images = Transport(
+                mallory.node_id, mallory.key, mallory.trust, "127.0.0.1", 0, limits=IMAGE_LIMITS
+            )
+            await images.start()
+            claim = NodeRecord(
+                mallory.node_id,
+                version=1,
+                addresses=(mallory.address,),
+                templates=("flood-test:1",),
+                image_port=images.port,
+            )
+            await mallory.send(puller, RecordUpdate(sign_record(mallory.key, claim)))
+            wait_until(
+                lambda: _offers(puller, mallory.node_id) == ["flood-test:1"],
+                30,
+                "n2 hears Mallory offer flood-test:1",
+            )
+            back = f"127.0.0.1:{puller.status()['templates']['image_port']}"
+            liar = asyncio.create_task(_serve_junk(images, back, sha, asked))
+            try:
+                started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
+                pull_id = started["pull"]["pull_id"]
+                status = await _pull_ended(puller, pull_id, timeout=120)
+            finally:
+                liar.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await liar
+                await images.close()
+    finally:
+        mesh.stop()
+    assert asked, f"Mallory was never asked for a piece: the test shows nothing ({status})"
+    assert status["state"] == "done", status
+    assert mallory.node_id in status["banned"], status
+    assert set(status["sources"]) == {"n1"}, status
+    held = tmp_path / "stores" / "n2" / "files" / sha.hex()
+    assert hashlib.sha256(held.read_bytes()).digest() == sha
+
+
+def _offers(agent: AgentProcess, host: str) -> list[str]:
+    """The templates `agent` hears `host` offer ([] until it knows `host`)."""
+    try:
+        record = agent.api(f"/v1/hosts/{host}")["record"] or {}
+    except AgentRequestFailed:
+        return []
+    return list(record.get("templates", []))
+
+
+async def _pull_ended(agent: AgentProcess, pull_id: str, timeout: float) -> dict[str, Any]:
+    """The pull's status once it ended, looked at without blocking the loop (Mallory's
+    tasks answer meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pull = await asyncio.to_thread(agent.api, f"/v1/templates/pulls/{pull_id}")
+        if pull["pull"]["state"] not in ("finding", "fetching"):
+            return dict(pull["pull"])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{agent.node_id}'s pull did not end within {timeout:.0f} s")
+
+
+async def _serve_junk(images: Transport, back: str, sha: bytes, asked: list[int]) -> None:
+    """Answer every piece asked with 1 MiB of junk; claim to hold all of them."""
+    junk = os.urandom(MiB)
+    while True:
+        sender, message = await images.recv()
+        if isinstance(message, PieceAsk):
+            asked.append(message.index)
+            await images.send(sender, back, PieceGive(sha, message.index, junk))
+        elif isinstance(message, PiecesAsk):
+            await images.send(sender, back, PiecesHeld(sha, whole=True))
+        elif isinstance(message, TemplateAsk):
+            await images.send(sender, back, ImageLack(message.ref, "not here"))
