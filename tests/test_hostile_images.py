@@ -54,9 +54,11 @@ def _published(root: Path) -> Path:
     return root / "acme.pub"
 
 
-async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_taken(
-    tmp_path: Path,
-) -> None:
+def _holder_and_puller(
+    tmp_path: Path, serve_mib_s: float
+) -> tuple[Mesh, AgentProcess, AgentProcess]:
+    """n1 holding flood-test:1 (serving at `serve_mib_s`) and n2 holding nothing, both
+    trusting its publisher, each with its own store under `tmp_path`/stores."""
     public = _published(tmp_path)
     mesh = Mesh(tmp_path / "mesh")
 
@@ -66,9 +68,15 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
 
     pull = ["template", "pull", "flood-test", "--from", str(tmp_path / "cat"), "--trust"]
     assert nova([*pull, str(public), "--store", str(tmp_path / "stores" / "n1")]) == 0
+    holder = mesh.start_agent("n1", [*options("n1"), "--image-serve-mib-s", str(serve_mib_s)])
+    return mesh, holder, mesh.start_agent("n2", options("n2"))
+
+
+async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_taken(
+    tmp_path: Path,
+) -> None:
     # The honest holder serves slowly, so the flood runs for the whole pull.
-    holder = mesh.start_agent("n1", [*options("n1"), "--image-serve-mib-s", "2"])
-    puller = mesh.start_agent("n2", options("n2"))
+    mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=2)
     try:
         mesh.wait_converged()
         async with Mallory(mesh) as mallory:
@@ -120,17 +128,7 @@ async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_bann
     """Mallory gossips that she holds flood-test:1 whole and answers every piece asked of
     her with junk. The pull bans her at her first piece, takes nothing from her, and ends
     with the signed bytes from the honest holder."""
-    public = _published(tmp_path)
-    mesh = Mesh(tmp_path / "mesh")
-
-    def options(name: str) -> list[str]:
-        store = tmp_path / "stores" / name
-        return ["--template-dir", str(store), "--trusted-publishers", str(public)]
-
-    pull = ["template", "pull", "flood-test", "--from", str(tmp_path / "cat"), "--trust"]
-    assert nova([*pull, str(public), "--store", str(tmp_path / "stores" / "n1")]) == 0
-    holder = mesh.start_agent("n1", [*options("n1"), "--image-serve-mib-s", "4"])
-    puller = mesh.start_agent("n2", options("n2"))
+    mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=4)
     sha = hashlib.sha256(IMAGE).digest()
     asked: list[int] = []
     try:
