@@ -250,6 +250,15 @@ class ImageService:
         template_file = next((f for f in files if f.sha256 == sha256), None)
         return None if template_file is None else await self._chunk_map(template_file)
 
+    async def _checked_serving_map(self, sha256: bytes, path: Path) -> ChunkMap | None:
+        """`_serving_map`, with a file whose rebuilt chunk map is not the signed one (it
+        kept none, and its bytes changed) marked damaged like a bad piece."""
+        try:
+            return await self._serving_map(sha256)
+        except TemplateRefused:
+            self._mark_damaged(sha256, path, -1)
+            return None
+
     def _damaged_here(self, sha256: bytes, path: Path) -> bool:
         """Whether this file was found altered on this host's disk (and not replaced since:
         a pull that puts it back writes a new file)."""
@@ -290,7 +299,7 @@ class ImageService:
             if path is not None and self._damaged_here(ask.sha256, path):
                 path = None
             if path is not None:
-                chunks = await self._serving_map(ask.sha256)
+                chunks = await self._checked_serving_map(ask.sha256, path)
                 path = None if chunks is None else path
         if path is None:
             return ImageLack(ask.sha256.hex(), "piece not held here", ask.index)

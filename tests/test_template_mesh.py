@@ -206,13 +206,16 @@ def test_a_template_spreads_from_peers_and_its_source_killed_mid_transfer_is_rep
     assert until(lambda: templates_seen(mesh.hosts["n2"], "n3") == ["debian-12:1"], 30, "")
 
 
+@pytest.mark.parametrize("chunk_map", ["kept", "lost"])
 def test_a_copy_altered_on_a_holders_disk_is_never_served_and_no_longer_offered(
-    mesh: Mesh,
+    mesh: Mesh, chunk_map: str
 ) -> None:
     """n2's copy of the image was altered on its disk. n2 checks every piece it reads
     against the signed chunk map before serving it: n3 gets nothing from n2 and ends with
     the signed bytes from n1, and n2 says so in its log and stops offering the template.
-    (A peer that sends corrupt pieces on purpose is banned: test_hostile_images.py.)"""
+    Without its kept chunk map, n2 rebuilds one from its bytes, finds it is not the
+    signed one, and the same follows. (A peer that sends corrupt pieces on purpose is
+    banned: test_hostile_images.py.)"""
     hold_from_catalogue(mesh, "n1")
     hold_from_catalogue(mesh, "n2")
     (bad,) = (mesh.hosts["n2"].store / "files").glob("*")
@@ -221,6 +224,9 @@ def test_a_copy_altered_on_a_holders_disk_is_never_served_and_no_longer_offered(
     for offset in range(100, len(data), MiB):
         data[offset] ^= 0xFF  # every piece differs from the signed one
     bad.write_bytes(bytes(data))
+    if chunk_map == "lost":
+        for kept in (mesh.hosts["n2"].store / "chunkmaps").glob("*"):
+            kept.unlink()
     for name in ("n1", "n2", "n3"):
         mesh.start(name)
     n3 = mesh.hosts["n3"]
