@@ -70,11 +70,18 @@ class Partial:
     held: AbstractSet[int]  # the pull's own set of pieces written, read as it grows
 
 
+def _any(sender: str, message: Message) -> bool:
+    return True
+
+
 @dataclass
 class Inbox:
     """Answers for one pull: what it asked of whom arrives here."""
 
     queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(INBOX))
+    # Whether the pull awaits this answer: a piece nobody asked for is dropped before it
+    # queues, so a flood of them costs no memory however slowly the pull drains its inbox.
+    wants: Callable[[str, Message], bool] = _any
 
 
 class ImageService:
@@ -175,7 +182,9 @@ class ImageService:
                 self.on_wanted(sender, message.ref)
             elif isinstance(message, TemplateGive | PiecesHeld | PieceGive | ImageLack):
                 for box in self._inboxes.values():
-                    with contextlib.suppress(asyncio.QueueFull):  # unasked floods end here
+                    if not box.wants(sender, message):
+                        continue  # unasked: a flood ends here
+                    with contextlib.suppress(asyncio.QueueFull):
                         box.queue.put_nowait((sender, message))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

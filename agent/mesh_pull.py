@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,8 @@ class MeshPull:
         try:
             os.ftruncate(fd, expected.size)
             fetch = ChunkFetch(chunks, config=self.config, rng=self._rng)
+            assert self._box is not None
+            self._box.wants = partial(_awaited, fetch, expected.sha256)
             await self._fetch(fetch, expected, writer)
             await writer.finish()
             await asyncio.to_thread(os.fsync, fd)
@@ -281,6 +284,8 @@ class MeshPull:
             path.unlink(missing_ok=True)
             raise
         finally:
+            if self._box is not None:
+                self._box.wants = lambda sender, message: True
             writer.close()
             os.close(fd)
             self.service.partial.pop(expected.sha256, None)
@@ -384,6 +389,14 @@ class MeshPull:
 
 def _leave(context: AbstractContextManager[None]) -> None:
     context.__exit__(None, None, None)
+
+
+def _awaited(fetch: ChunkFetch, sha256: bytes, sender: str, message: Message) -> bool:
+    """Whether a pull fetching file `sha256` awaits `message`: a piece of another file,
+    or one not asked of `sender`, is not."""
+    if isinstance(message, PieceGive):
+        return message.sha256 == sha256 and fetch.awaits(sender, message.index)
+    return True
 
 
 def _read_catalogue_piece(catalogue: Catalogue, expected: TemplateFile, index: int) -> bytes:

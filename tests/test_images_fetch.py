@@ -326,3 +326,21 @@ def test_a_record_lists_at_most_its_newest_templates() -> None:
     refs = [f"t{i}:{i}" for i in range(MAX_LISTED + 10)]
     shown = listed(refs)
     assert len(shown) == MAX_LISTED and f"t{MAX_LISTED + 9}:{MAX_LISTED + 9}" in shown
+
+
+def test_a_pull_awaits_only_the_pieces_it_asked_of_each_peer() -> None:
+    data = image(3)
+    fetch = ChunkFetch(chunk_map(data), config=FetchConfig(per_peer=1, in_flight=2))
+    fetch.holds("n1", None)
+    fetch.holds("n2", None)
+    asked = {r.index: r.peer for r in fetch.requests(0.0)}
+    assert len(asked) == 2
+    for index, peer in asked.items():
+        assert fetch.awaits(peer, index)
+        other = "n2" if peer == "n1" else "n1"
+        assert not fetch.awaits(other, index)  # the same piece, unasked of the other
+    (never,) = set(range(3)) - set(asked)
+    assert not fetch.awaits("n1", never) and not fetch.awaits("n2", never)
+    index, peer = next(iter(asked.items()))
+    fetch.arrived(peer, index, data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE])
+    assert not fetch.awaits(peer, index)  # arrived: a second copy is not awaited

@@ -207,6 +207,11 @@ class ChunkFetch:
             self.stats.from_catalogue += 1
         return Arrival.STORED
 
+    def awaits(self, peer: str, index: int) -> bool:
+        """Whether piece `index` was asked of `peer` and has not arrived or expired."""
+        asked = self._asked.get(index)
+        return asked is not None and asked[0] == peer
+
     def failed(self, peer: str, index: int) -> None:
         """`peer` could not give piece `index` (an error, or it no longer holds it)."""
         asked = self._asked.get(index)
