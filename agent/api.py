@@ -45,6 +45,7 @@ from .vmspec import VmSpec
 if TYPE_CHECKING:  # the controls' answers; their modules drive libvirt, this one only serves
     from .drain import DrainStatus, RemoteDrainStatus
     from .history import HistoryRow
+    from .rebalancer import RebalancePlan, RebalanceStatus
     from .recovery import Recovered
 
 API_VERSION = "v1"
@@ -168,13 +169,13 @@ class IdentityControl(Protocol):
 class RebalanceControl(Protocol):
     """What the API needs to show and steer rebalancing (`rebalancer.Rebalancer` fits)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> RebalanceStatus: ...
 
-    def preview(self) -> dict[str, Any]: ...
+    def preview(self) -> RebalancePlan: ...
 
-    async def pause(self) -> dict[str, Any]: ...
+    async def pause(self) -> RebalanceStatus: ...
 
-    async def resume(self) -> dict[str, Any]: ...
+    async def resume(self) -> RebalanceStatus: ...
 
 
 class PullState(Protocol):
@@ -409,10 +410,10 @@ def _requested_by(body: dict[str, Any]) -> str:
 
 def _rebalance_routes(router: Router, rebalance: RebalanceControl) -> None:
     async def status(request: Request) -> Response:
-        return json_response(rebalance.status())
+        return json_response(rebalance.status().to_json())
 
     async def plan(request: Request) -> Response:
-        return json_response(rebalance.preview())
+        return json_response(rebalance.preview().to_json())
 
     async def pause(request: Request) -> Response:
         return await _controlled(rebalance.pause())
