@@ -52,18 +52,27 @@ API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
 
 
+@runtime_checkable
+class Answer(Protocol):
+    """A typed answer that says its own JSON shape (`drain.DrainStatus`, `view.VmRow`, ...)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class AgentView(Protocol):
-    """What the API needs from the daemon: plain, JSON-ready snapshots of its state."""
+    """What the API needs from the daemon: snapshots of its state, each saying its JSON
+    (`view.MeshView` answers with `MeshStatus`, `MemberRow`, `HostView`, `VmRow` and
+    `Conflict`; the API needs no more of them than their JSON)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Answer: ...
 
-    def members(self) -> list[dict[str, Any]]: ...
+    def members(self) -> Sequence[Answer]: ...
 
-    def host(self, node_id: str | None) -> dict[str, Any] | None: ...
+    def host(self, node_id: str | None) -> Answer | None: ...
 
-    def vms(self) -> list[dict[str, Any]]: ...
+    def vms(self) -> Sequence[Answer]: ...
 
-    def conflicts(self) -> list[dict[str, Any]]: ...
+    def conflicts(self) -> Sequence[Answer]: ...
 
 
 # The metrics in Prometheus' text format and its content type (`metrics.exposition`);
@@ -288,20 +297,21 @@ def _identity_routes(router: Router, identity: IdentityControl) -> None:
 
 def _view_routes(router: Router, view: AgentView) -> None:
     async def status(request: Request) -> Response:
-        return json_response(view.status())
+        return json_response(view.status().to_json())
 
     async def members(request: Request) -> Response:
-        return json_response({"members": view.members()})
+        return json_response({"members": [row.to_json() for row in view.members()]})
 
     async def host(request: Request) -> Response:
         node_id = request.params.get("node_id")
         found = view.host(node_id)
         if found is None:
             raise HttpError(404, f"no host {node_id!r} in this agent's view of the mesh")
-        return json_response(found)
+        return json_response(found.to_json())
 
     async def vms(request: Request) -> Response:
-        return json_response({"vms": view.vms(), "conflicts": view.conflicts()})
+        vms = [row.to_json() for row in view.vms()]
+        return json_response({"vms": vms, "conflicts": [c.to_json() for c in view.conflicts()]})
 
     router.get(f"/{API_VERSION}/status", status)
     router.get(f"/{API_VERSION}/members", members)
@@ -518,13 +528,6 @@ def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Pars
         return parse(_body(request))
     except Refused as exc:
         raise _http_error(exc) from None
-
-
-@runtime_checkable
-class Answer(Protocol):
-    """A control's typed answer that says its own JSON shape (`drain.DrainStatus`, ...)."""
-
-    def to_json(self) -> dict[str, Any]: ...
 
 
 async def _controlled(call: Awaitable[object], status: int = 200) -> Response:

@@ -113,9 +113,7 @@ async def test_a_hot_host_proposes_moves_and_explains_them() -> None:
     await rebalancer.round()
 
     proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
-    assert [(p.vm, p.target) for p in proposals] == [
-        (m.vm, m.target) for m in preview.moves
-    ]
+    assert [(p.vm, p.target) for p in proposals] == [(m.vm, m.target) for m in preview.moves]
     status = rebalancer.status()
     assert [(m.move.vm, m.outcome) for m in status.moves] == [
         (p.vm, "running") for p in reversed(proposals)

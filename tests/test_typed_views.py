@@ -10,16 +10,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from novacron.agent.api import build_router
+from novacron.agent.claims import ClaimVerdict
+from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.membership.stats import NodeStats
+from novacron.agent.core.placement.targets import libvirt_down
 from novacron.agent.core.rebalancing.planner import Decision, Move
 from novacron.agent.httpd import HttpServer
 from novacron.agent.rebalancer import MoveRow, RebalancePlan, RebalanceStatus, StartedMove
-from novacron.protocol.messages import RebalanceSetting
+from novacron.agent.view import Conflict, HostView, MemberRow, MeshStatus, MeshView, VmRow
+from novacron.protocol.messages import (
+    MemberState,
+    NodeRecord,
+    RebalanceSetting,
+    Resources,
+    VmSummary,
+)
 from tests.api_server import View, answers, exchange
 
 WALL = 1_700_000_000.123456
@@ -191,3 +203,220 @@ def test_rebalancing_answers_are_frozen_values(answer: object) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(answer, first, None)
     assert not hasattr(answer, "__dict__")  # slotted
+
+
+# --- the mesh view ----------------------------------------------------------------------------
+
+NOW = 1000.0
+WEB = VmSummary("web", "u-web", "running", 2, 1024, 0.4567, labels={"tier": "front"})
+DB = VmSummary("db", "u-db", "paused", 4, 4096, 1.0)
+RECORDS = {
+    "h1": NodeRecord(
+        "h1",
+        7,
+        capacity=Resources(vcpus=8, memory_mib=16384, disk_gib=100),
+        vms=(WEB, DB),
+        load=0.5,
+        addresses=("198.18.0.1", "fd00::1"),
+    ),
+    "h2": NodeRecord("h2", 3, vms=(WEB,), libvirt_unreachable_since=1_796_292_000.0),
+    "h9": NodeRecord("h9", 1),  # a record whose host this agent does not know as a member
+}
+MEMBERS = [
+    MemberInfo("h2", "198.18.0.2:7946", 4, MemberState.SUSPECT, NOW - 2.0004, NOW - 3.12345),
+    MemberInfo("h1", "198.18.0.1:7946", 2, MemberState.ALIVE, NOW - 60.0, NOW),
+    MemberInfo("h3", "198.18.0.3:7946", 1, MemberState.DEAD, NOW + 1, NOW - 90),  # clock step
+]
+DAEMON = {"uptime_s": 12.5, "libvirt_connected": True, "site_link": None}
+VERDICTS = {"web": ClaimVerdict("web", ("h1",), {"h2": "h2's libvirt: not defined"}, (), 0.0)}
+
+
+class _Core:
+    """The membership core's reads `MeshView` makes: h1 is this host."""
+
+    node_id, address, incarnation, awareness = "h1", "198.18.0.1:7946", 2, 1
+
+    def __init__(self) -> None:
+        self.stats = NodeStats(messages_received=5)
+
+    def members(self) -> list[MemberInfo]:
+        return MEMBERS
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        return next((m for m in MEMBERS if m.node_id == node_id), None)
+
+    def records(self) -> Mapping[str, NodeRecord]:
+        return RECORDS
+
+    def record_version(self, node_id: str) -> int:
+        return RECORDS[node_id].version
+
+    def pending_gossip(self) -> int:
+        return 3
+
+
+def _mesh() -> MeshView:
+    return MeshView(
+        lambda: _Core(),  # type: ignore[arg-type,return-value]
+        lambda: NOW,
+        lambda: dict(DAEMON),
+        lambda: VERDICTS,
+        lambda: {"h3": "revoked"},
+    )
+
+
+# What `MeshView` answered when its answers were dicts: its old code, kept here to compare.
+
+
+def _old_status(core: _Core) -> dict[str, Any]:
+    counts = {state.value: 0 for state in MemberState}
+    for member in core.members():
+        counts[member.state.value] += 1
+    return {
+        "node_id": core.node_id,
+        "address": core.address,
+        "incarnation": core.incarnation,
+        "awareness": core.awareness,
+        "members": counts,
+        "record_version": core.record_version(core.node_id),
+        "records": len(core.records()),
+        "gossip_queued": core.pending_gossip(),
+        "stats": core.stats.as_dict(),
+        **DAEMON,
+    }
+
+
+def _old_members(core: _Core) -> list[dict[str, Any]]:
+    rows = []
+    for member in sorted(core.members(), key=lambda m: m.node_id):
+        record = core.records().get(member.node_id)
+        rows.append(
+            {
+                "node_id": member.node_id,
+                "address": member.address,
+                "state": member.state.value,
+                "incarnation": member.incarnation,
+                "load": record.load if record is not None else None,
+                "last_heard_s": None
+                if member.node_id == core.node_id
+                else round(max(0.0, NOW - member.last_heard), 3),
+                "state_for_s": round(max(0.0, NOW - member.state_since), 3),
+                "self": member.node_id == core.node_id,
+                "note": {"h3": "revoked"}.get(member.node_id),
+            }
+        )
+    return rows
+
+
+def _old_host(core: _Core, node_id: str) -> dict[str, Any]:
+    member = core.member(node_id)
+    record = core.records().get(node_id)
+    data = dataclasses.asdict(record) if record is not None else None
+    if data is not None and record is not None:
+        data["addresses"] = list(record.addresses)
+    return {
+        "node_id": node_id,
+        "state": member.state.value if member is not None else None,
+        "incarnation": member.incarnation if member is not None else None,
+        "address": member.address if member is not None else None,
+        "record": data,
+    }
+
+
+def _old_vms(core: _Core) -> list[dict[str, Any]]:
+    rows = []
+    for host_id, record in sorted(core.records().items()):
+        member = core.member(host_id)
+        for vm in record.vms:
+            rows.append(
+                {
+                    "name": vm.name,
+                    "uuid": vm.uuid,
+                    "state": vm.state,
+                    "host": host_id,
+                    "host_state": member.state.value if member is not None else "unknown",
+                    "vcpus": vm.vcpus,
+                    "memory_mib": vm.memory_mib,
+                    "cpu_load": vm.cpu_load,
+                    "libvirt_unreachable_since": libvirt_down(record),
+                }
+            )
+    return sorted(rows, key=lambda row: (row["name"], row["host"]))
+
+
+def _old_vms_and_conflicts(core: _Core) -> dict[str, Any]:
+    vms, conflicts = [], []
+    for row in _old_vms(core):
+        verdict = VERDICTS.get(row["name"])
+        why = verdict.denied.get(row["host"]) if verdict is not None else None
+        if why and verdict is not None:
+            conflicts.append({**row, "why": why, "runs_on": list(verdict.runs_on)})
+        else:
+            vms.append(row)
+    return {"vms": vms, "conflicts": conflicts}
+
+
+def test_the_mesh_status_is_typed_and_its_json_is_the_old_dict() -> None:
+    status = _mesh().status()
+    assert isinstance(status, MeshStatus)
+    assert (status.node_id, status.record_version, status.records) == ("h1", 7, 3)
+    assert status.members == {"alive": 1, "suspect": 1, "dead": 1, "left": 0}
+    assert status.stats["messages_received"] == 5 and status.daemon == DAEMON
+    assert json.dumps(status.to_json()) == json.dumps(_old_status(_Core()))
+
+
+def test_members_are_typed_rows_and_their_json_is_the_old_dicts() -> None:
+    rows = _mesh().members()
+    assert [(r.node_id, r.state, r.is_self, r.note) for r in rows] == [
+        ("h1", MemberState.ALIVE, True, None),
+        ("h2", MemberState.SUSPECT, False, None),
+        ("h3", MemberState.DEAD, False, "revoked"),
+    ]
+    assert rows[0].last_heard_s is None and rows[1].last_heard_s == pytest.approx(3.12345)
+    assert rows[2].state_for_s == 0.0 and rows[2].load is None  # no record of h3
+    assert all(isinstance(r, MemberRow) for r in rows)
+    assert json.dumps([r.to_json() for r in rows]) == json.dumps(_old_members(_Core()))
+
+
+@pytest.mark.parametrize("node_id", ["h1", "h2", "h3", "h9"])
+def test_a_host_is_typed_and_its_json_is_the_old_dict(node_id: str) -> None:
+    host = _mesh().host(node_id)
+    assert isinstance(host, HostView) and host.node_id == node_id
+    assert host.record is RECORDS.get(node_id)
+    assert (host.state is None) == (node_id == "h9")
+    assert json.dumps(host.to_json()) == json.dumps(_old_host(_Core(), node_id))
+
+
+def test_this_host_is_the_host_without_a_name_and_an_unknown_one_is_none() -> None:
+    assert _mesh().host(None) == _mesh().host("h1")
+    assert _mesh().host("h7") is None
+
+
+def test_vms_and_conflicts_are_typed_and_their_json_is_the_old_dicts() -> None:
+    mesh = _mesh()
+    vms, conflicts = mesh.vms(), mesh.conflicts()
+    assert [(v.name, v.host, v.host_state) for v in vms] == [
+        ("db", "h1", "alive"),
+        ("web", "h1", "alive"),
+    ]
+    (conflict,) = conflicts
+    assert isinstance(conflict, Conflict) and isinstance(conflict.vm, VmRow)
+    assert (conflict.vm.host, conflict.runs_on) == ("h2", ("h1",))
+    assert conflict.vm.libvirt_unreachable_since == "2026-12-03T10:00:00Z"
+    answer = {"vms": [v.to_json() for v in vms], "conflicts": [c.to_json() for c in conflicts]}
+    assert json.dumps(answer) == json.dumps(_old_vms_and_conflicts(_Core()))
+
+
+async def test_the_api_sends_the_views_json_byte_for_byte_as_before(tmp_path: Path) -> None:
+    sock, server = await _served(tmp_path, view=_mesh())
+    core = _Core()
+    try:
+        assert await _raw(sock, "GET", "/v1/status") == (200, _bytes(_old_status(core)))
+        members = {"members": _old_members(core)}
+        assert await _raw(sock, "GET", "/v1/members") == (200, _bytes(members))
+        assert await _raw(sock, "GET", "/v1/hosts/self") == (200, _bytes(_old_host(core, "h1")))
+        assert await _raw(sock, "GET", "/v1/hosts/h9") == (200, _bytes(_old_host(core, "h9")))
+        assert (await _raw(sock, "GET", "/v1/hosts/h7"))[0] == 404
+        assert await _raw(sock, "GET", "/v1/vms") == (200, _bytes(_old_vms_and_conflicts(core)))
+    finally:
+        await server.close()
