@@ -43,6 +43,7 @@ from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
 if TYPE_CHECKING:  # the controls' answers; their modules drive libvirt, this one only serves
+    from .daemon_status import CertificateStatus, RevocationsPublished
     from .drain import DrainStatus, RemoteDrainStatus
     from .history import HistoryRow
     from .rebalancer import RebalancePlan, RebalanceStatus
@@ -170,9 +171,9 @@ class HostDrainControl(Protocol):
 class IdentityControl(Protocol):
     """What the API needs to reload the identity files and spread revocations (the daemon)."""
 
-    async def reload(self) -> dict[str, Any]: ...
+    async def reload(self) -> CertificateStatus: ...
 
-    async def publish_revocations(self, data: bytes) -> dict[str, Any]: ...
+    async def publish_revocations(self, data: bytes) -> RevocationsPublished: ...
 
 
 class RebalanceControl(Protocol):
@@ -192,7 +193,7 @@ class PullState(Protocol):
 
     pull_id: str
 
-    def as_dict(self) -> dict[str, Any]: ...
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class TemplatePulls(Protocol):
@@ -253,16 +254,16 @@ def _pull_routes(router: Router, pulls: TemplatePulls) -> None:
             pull = pulls.start(name, version)
         except Refused as exc:
             raise _http_error(exc) from None
-        return json_response({"pull": pull.as_dict()}, status=202)
+        return json_response({"pull": pull.to_json()}, status=202)
 
     async def listing(request: Request) -> Response:
-        return json_response({"pulls": [p.as_dict() for p in pulls.listing()]})
+        return json_response({"pulls": [p.to_json() for p in pulls.listing()]})
 
     async def one(request: Request) -> Response:
         pull = pulls.get(request.params["pull_id"])
         if pull is None:
             raise HttpError(404, f"no pull {request.params['pull_id'][:80]!r} on this host")
-        return json_response({"pull": pull.as_dict()})
+        return json_response({"pull": pull.to_json()})
 
     router.post(f"/{API_VERSION}/templates/pulls", start)
     router.get(f"/{API_VERSION}/templates/pulls", listing)

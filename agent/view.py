@@ -17,6 +17,7 @@ from novacron.protocol.messages import MemberState, NodeRecord
 from .claims import ClaimVerdict
 from .core.membership.node import MembershipNode
 from .core.placement.targets import libvirt_down
+from .daemon_status import DaemonStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class MeshStatus:
     records: int  # records held, this host's included
     gossip_queued: int  # broadcasts waiting for their retransmit budget
     stats: Mapping[str, int]  # the membership core's counters, as they were then
-    daemon: Mapping[str, Any]  # the daemon's facts (uptime, libvirt, identity, ...), JSON-ready
+    daemon: DaemonStatus  # the daemon's facts (uptime, libvirt, identity, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +47,7 @@ class MeshStatus:
             "records": self.records,
             "gossip_queued": self.gossip_queued,
             "stats": dict(self.stats),
-            **self.daemon,
+            **self.daemon.to_json(),
         }
 
 
@@ -148,7 +149,7 @@ class MeshView:
         self,
         core: Callable[[], MembershipNode],
         clock: Callable[[], float],
-        extra_status: Callable[[], dict[str, Any]],
+        extra_status: Callable[[], DaemonStatus],
         claims: Callable[[], Mapping[str, ClaimVerdict]] = dict,
         notes: Callable[[], dict[str, str]] = dict,
     ) -> None:

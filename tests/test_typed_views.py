@@ -22,8 +22,18 @@ from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.membership.stats import NodeStats
 from novacron.agent.core.placement.targets import libvirt_down
 from novacron.agent.core.rebalancing.planner import Decision, Move
+from novacron.agent.daemon_status import (
+    CertificateStatus,
+    DaemonStatus,
+    RevocationsPublished,
+    TemplatesStatus,
+)
+from novacron.agent.event_stream import StreamStatus
 from novacron.agent.httpd import HttpServer
+from novacron.agent.mesh_pull import PullStatus
+from novacron.agent.otlp import ExporterStatus
 from novacron.agent.rebalancer import MoveRow, RebalancePlan, RebalanceStatus, StartedMove
+from novacron.agent.transport import TransportStats
 from novacron.agent.view import Conflict, HostView, MemberRow, MeshStatus, MeshView, VmRow
 from novacron.protocol.messages import (
     MemberState,
@@ -227,7 +237,6 @@ MEMBERS = [
     MemberInfo("h1", "198.18.0.1:7946", 2, MemberState.ALIVE, NOW - 60.0, NOW),
     MemberInfo("h3", "198.18.0.3:7946", 1, MemberState.DEAD, NOW + 1, NOW - 90),  # clock step
 ]
-DAEMON = {"uptime_s": 12.5, "libvirt_connected": True, "site_link": None}
 VERDICTS = {"web": ClaimVerdict("web", ("h1",), {"h2": "h2's libvirt: not defined"}, (), 0.0)}
 
 
@@ -259,7 +268,7 @@ def _mesh() -> MeshView:
     return MeshView(
         lambda: _Core(),  # type: ignore[arg-type,return-value]
         lambda: NOW,
-        lambda: dict(DAEMON),
+        _daemon,
         lambda: VERDICTS,
         lambda: {"h3": "revoked"},
     )
@@ -282,7 +291,7 @@ def _old_status(core: _Core) -> dict[str, Any]:
         "records": len(core.records()),
         "gossip_queued": core.pending_gossip(),
         "stats": core.stats.as_dict(),
-        **DAEMON,
+        **DAEMON_JSON,
     }
 
 
@@ -361,7 +370,7 @@ def test_the_mesh_status_is_typed_and_its_json_is_the_old_dict() -> None:
     assert isinstance(status, MeshStatus)
     assert (status.node_id, status.record_version, status.records) == ("h1", 7, 3)
     assert status.members == {"alive": 1, "suspect": 1, "dead": 1, "left": 0}
-    assert status.stats["messages_received"] == 5 and status.daemon == DAEMON
+    assert status.stats["messages_received"] == 5 and status.daemon == _daemon()
     assert json.dumps(status.to_json()) == json.dumps(_old_status(_Core()))
 
 
@@ -420,3 +429,162 @@ async def test_the_api_sends_the_views_json_byte_for_byte_as_before(tmp_path: Pa
         assert await _raw(sock, "GET", "/v1/vms") == (200, _bytes(_old_vms_and_conflicts(core)))
     finally:
         await server.close()
+
+
+# --- the daemon's status, a reload, a revocation list ------------------------------------------
+
+NOT_AFTER = 1_796_292_000.0  # 2026-12-03T10:00:00Z
+CERTIFICATE = CertificateStatus(42, NOT_AFTER, 86_399.6, True)
+CERTIFICATE_JSON = {  # as `Agent._certificate_status` wrote it
+    "serial": 42,
+    "not_after": "2026-12-03T10:00:00Z",
+    "expires_in_s": 86_400,
+    "expiring": True,
+}
+STREAM = StreamStatus("nats://127.0.0.1:4222", 3, 10, 1, "refused", 1_700_000_000.5)
+EXPORTER = ExporterStatus("http://127.0.0.1:4318", 7, 0, None)
+EVENT = {"event": "MemberJoined", "at": 1_700_000_000.123, "node_id": "h2"}
+
+
+def _daemon(**changes: Any) -> DaemonStatus:
+    status = DaemonStatus(
+        certificate=CERTIFICATE,
+        revocations_issued_at=NOT_AFTER - 3600,
+        revoked_members=("mallory",),
+        identity_clashes={"h7": ["198.18.0.7:7946", "198.18.0.8:7946"]},
+        uptime_s=12.46,
+        libvirt_uri="qemu:///system",
+        libvirt_connected=True,
+        libvirt_warning=None,
+        domain_type="kvm",
+        domain_type_reason="/dev/kvm usable and libvirt offers kvm",
+        transport=TransportStats(sent=5, bytes_sent=900),
+        handling_failures=0,
+        introductions={"open": 0, "introduced": 2, "checked": 2, "refused": {}},
+        refusals={"expired": 1},
+        last_refusal="h9: certificate expired",
+        recent_events=(EVENT,),
+        site_link=None,
+        site_commands_refused=0,
+        event_stream=STREAM,
+        tracing=EXPORTER,
+        templates=TemplatesStatus("/var/lib/novacron/templates", 7947, 4, 4096, ("p1",)),
+    )
+    return dataclasses.replace(status, **changes)
+
+
+DAEMON_JSON = {  # as `Agent._daemon_status` wrote it when it was a dict
+    "certificate": CERTIFICATE_JSON,
+    "revocations_issued_at": "2026-12-03T09:00:00Z",
+    "revoked_members": ["mallory"],
+    "identity_clashes": {"h7": ["198.18.0.7:7946", "198.18.0.8:7946"]},
+    "uptime_s": 12.5,
+    "libvirt_uri": "qemu:///system",
+    "libvirt_connected": True,
+    "libvirt_warning": None,
+    "domain_type": "kvm",
+    "domain_type_reason": "/dev/kvm usable and libvirt offers kvm",
+    "transport": dataclasses.asdict(TransportStats(sent=5, bytes_sent=900)),
+    "handling_failures": 0,
+    "introductions": {"open": 0, "introduced": 2, "checked": 2, "refused": {}},
+    "refusals": {"expired": 1},
+    "last_refusal": "h9: certificate expired",
+    "recent_events": [EVENT],
+    "site_link": None,
+    "site_commands_refused": 0,
+    "event_stream": {
+        "sink": "nats://127.0.0.1:4222",
+        "backlog": 3,
+        "delivered": 10,
+        "dropped": 1,
+        "last_error": "refused",
+        "last_error_at": 1_700_000_000.5,
+    },
+    "tracing": {
+        "endpoint": "http://127.0.0.1:4318",
+        "exported": 7,
+        "dropped": 0,
+        "last_error": None,
+    },
+    "templates": {
+        "dir": "/var/lib/novacron/templates",
+        "image_port": 7947,
+        "served_pieces": 4,
+        "served_bytes": 4096,
+        "pulls_running": ["p1"],
+    },
+}
+
+
+def test_the_daemons_status_is_typed_and_its_json_is_the_old_dict() -> None:
+    status = _daemon()
+    assert status.certificate.serial == 42 and status.certificate.expiring
+    assert status.event_stream is not None and status.event_stream.backlog == 3
+    assert status.tracing is not None and status.tracing.exported == 7
+    assert status.transport.sent == 5 and status.templates.pulls_running == ("p1",)
+    assert json.dumps(status.to_json()) == json.dumps(DAEMON_JSON)
+    # Without a revocation list, a stream, traces or a verdict on the domain type yet:
+    bare = _daemon(
+        revocations_issued_at=0.0,
+        event_stream=None,
+        tracing=None,
+        domain_type=None,
+        domain_type_reason="not decided yet",
+    )
+    before = {**DAEMON_JSON, "revocations_issued_at": None, "event_stream": None, "tracing": None}
+    before.update(domain_type=None, domain_type_reason="not decided yet")
+    assert json.dumps(bare.to_json()) == json.dumps(before)
+
+
+def test_a_reload_and_a_revocation_list_answer_typed() -> None:
+    assert json.dumps(CERTIFICATE.to_json()) == json.dumps(CERTIFICATE_JSON)
+    published = RevocationsPublished(True, NOT_AFTER, ("mallory",))
+    before = {"adopted": True, "issued_at": "2026-12-03T10:00:00Z", "revoked_members": ["mallory"]}
+    assert json.dumps(published.to_json()) == json.dumps(before)
+
+
+class _Identity:
+    """Reloads to `CERTIFICATE`; any revocation list is adopted."""
+
+    async def reload(self) -> CertificateStatus:
+        return CERTIFICATE
+
+    async def publish_revocations(self, data: bytes) -> RevocationsPublished:
+        return RevocationsPublished(True, NOT_AFTER, ("mallory",))
+
+
+async def test_the_api_sends_the_daemons_answers_byte_for_byte_as_before(tmp_path: Path) -> None:
+    sock, server = await _served(tmp_path, view=_mesh(), identity=_Identity())
+    try:
+        assert await _raw(sock, "GET", "/v1/status") == (200, _bytes(_old_status(_Core())))
+        assert await _raw(sock, "POST", "/v1/reload") == (200, _bytes(CERTIFICATE_JSON))
+        revoked = {
+            "adopted": True,
+            "issued_at": "2026-12-03T10:00:00Z",
+            "revoked_members": ["mallory"],
+        }
+        crl = b'{"crl": "AAAA"}'
+        assert await _raw(sock, "POST", "/v1/revocations", crl) == (200, _bytes(revoked))
+    finally:
+        await server.close()
+
+
+def test_a_pulls_json_is_what_it_was() -> None:
+    pull = PullStatus("p1", "debian:12", "done", 10, 10, "added", started=5.0, ended=6.0)
+    pull.sources["h2"] = 3
+    assert json.dumps(pull.to_json()) == json.dumps(
+        {
+            "pull_id": "p1",
+            "template": "debian:12",
+            "state": "done",
+            "done_bytes": 10,
+            "total_bytes": 10,
+            "outcome": "added",
+            "error": "",
+            "reason": "",
+            "sources": {"h2": 3},
+            "banned": {},
+            "started": 5.0,
+            "ended": 6.0,
+        }
+    )
