@@ -43,26 +43,37 @@ from .vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from .vmspec import VmSpec
 
 if TYPE_CHECKING:  # the controls' answers; their modules drive libvirt, this one only serves
+    from .daemon_status import CertificateStatus, RevocationsPublished
     from .drain import DrainStatus, RemoteDrainStatus
     from .history import HistoryRow
+    from .rebalancer import RebalancePlan, RebalanceStatus
     from .recovery import Recovered
 
 API_VERSION = "v1"
 MAX_WAIT = 10.0  # longest a `?wait=` request is held
 
 
+@runtime_checkable
+class Answer(Protocol):
+    """A typed answer that says its own JSON shape (`drain.DrainStatus`, `view.VmRow`, ...)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class AgentView(Protocol):
-    """What the API needs from the daemon: plain, JSON-ready snapshots of its state."""
+    """What the API needs from the daemon: snapshots of its state, each saying its JSON
+    (`view.MeshView` answers with `MeshStatus`, `MemberRow`, `HostView`, `VmRow` and
+    `Conflict`; the API needs no more of them than their JSON)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Answer: ...
 
-    def members(self) -> list[dict[str, Any]]: ...
+    def members(self) -> Sequence[Answer]: ...
 
-    def host(self, node_id: str | None) -> dict[str, Any] | None: ...
+    def host(self, node_id: str | None) -> Answer | None: ...
 
-    def vms(self) -> list[dict[str, Any]]: ...
+    def vms(self) -> Sequence[Answer]: ...
 
-    def conflicts(self) -> list[dict[str, Any]]: ...
+    def conflicts(self) -> Sequence[Answer]: ...
 
 
 # The metrics in Prometheus' text format and its content type (`metrics.exposition`);
@@ -160,21 +171,21 @@ class HostDrainControl(Protocol):
 class IdentityControl(Protocol):
     """What the API needs to reload the identity files and spread revocations (the daemon)."""
 
-    async def reload(self) -> dict[str, Any]: ...
+    async def reload(self) -> CertificateStatus: ...
 
-    async def publish_revocations(self, data: bytes) -> dict[str, Any]: ...
+    async def publish_revocations(self, data: bytes) -> RevocationsPublished: ...
 
 
 class RebalanceControl(Protocol):
     """What the API needs to show and steer rebalancing (`rebalancer.Rebalancer` fits)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> RebalanceStatus: ...
 
-    def preview(self) -> dict[str, Any]: ...
+    def preview(self) -> RebalancePlan: ...
 
-    async def pause(self) -> dict[str, Any]: ...
+    async def pause(self) -> RebalanceStatus: ...
 
-    async def resume(self) -> dict[str, Any]: ...
+    async def resume(self) -> RebalanceStatus: ...
 
 
 class PullState(Protocol):
@@ -182,7 +193,7 @@ class PullState(Protocol):
 
     pull_id: str
 
-    def as_dict(self) -> dict[str, Any]: ...
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class TemplatePulls(Protocol):
@@ -243,16 +254,16 @@ def _pull_routes(router: Router, pulls: TemplatePulls) -> None:
             pull = pulls.start(name, version)
         except Refused as exc:
             raise _http_error(exc) from None
-        return json_response({"pull": pull.as_dict()}, status=202)
+        return json_response({"pull": pull.to_json()}, status=202)
 
     async def listing(request: Request) -> Response:
-        return json_response({"pulls": [p.as_dict() for p in pulls.listing()]})
+        return json_response({"pulls": [p.to_json() for p in pulls.listing()]})
 
     async def one(request: Request) -> Response:
         pull = pulls.get(request.params["pull_id"])
         if pull is None:
             raise HttpError(404, f"no pull {request.params['pull_id'][:80]!r} on this host")
-        return json_response({"pull": pull.as_dict()})
+        return json_response({"pull": pull.to_json()})
 
     router.post(f"/{API_VERSION}/templates/pulls", start)
     router.get(f"/{API_VERSION}/templates/pulls", listing)
@@ -287,20 +298,21 @@ def _identity_routes(router: Router, identity: IdentityControl) -> None:
 
 def _view_routes(router: Router, view: AgentView) -> None:
     async def status(request: Request) -> Response:
-        return json_response(view.status())
+        return json_response(view.status().to_json())
 
     async def members(request: Request) -> Response:
-        return json_response({"members": view.members()})
+        return json_response({"members": [row.to_json() for row in view.members()]})
 
     async def host(request: Request) -> Response:
         node_id = request.params.get("node_id")
         found = view.host(node_id)
         if found is None:
             raise HttpError(404, f"no host {node_id!r} in this agent's view of the mesh")
-        return json_response(found)
+        return json_response(found.to_json())
 
     async def vms(request: Request) -> Response:
-        return json_response({"vms": view.vms(), "conflicts": view.conflicts()})
+        vms = [row.to_json() for row in view.vms()]
+        return json_response({"vms": vms, "conflicts": [c.to_json() for c in view.conflicts()]})
 
     router.get(f"/{API_VERSION}/status", status)
     router.get(f"/{API_VERSION}/members", members)
@@ -409,10 +421,10 @@ def _requested_by(body: dict[str, Any]) -> str:
 
 def _rebalance_routes(router: Router, rebalance: RebalanceControl) -> None:
     async def status(request: Request) -> Response:
-        return json_response(rebalance.status())
+        return json_response(rebalance.status().to_json())
 
     async def plan(request: Request) -> Response:
-        return json_response(rebalance.preview())
+        return json_response(rebalance.preview().to_json())
 
     async def pause(request: Request) -> Response:
         return await _controlled(rebalance.pause())
@@ -517,13 +529,6 @@ def _parsed(parse: Callable[[dict[str, Any]], Parsed], request: Request) -> Pars
         return parse(_body(request))
     except Refused as exc:
         raise _http_error(exc) from None
-
-
-@runtime_checkable
-class Answer(Protocol):
-    """A control's typed answer that says its own JSON shape (`drain.DrainStatus`, ...)."""
-
-    def to_json(self) -> dict[str, Any]: ...
 
 
 async def _controlled(call: Awaitable[object], status: int = 200) -> Response:

@@ -54,6 +54,7 @@ from .core.membership.node import MembershipNode
 from .core.migration.reservations import free_capacity
 from .core.refusals import RefusalKind, Refused
 from .core.templates import parse_ref
+from .daemon_status import CertificateStatus, DaemonStatus, RevocationsPublished, TemplatesStatus
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
@@ -676,7 +677,7 @@ class Agent:
 
         self._spawn(reload(), "reload")
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> CertificateStatus:
         """Read the identity files again: a renewed certificate, a newer revocation list.
 
         The keys must stay the same (a new key means a new identity: restart);
@@ -700,10 +701,10 @@ class Agent:
         if identity.revocations_bytes:
             await self._adopt_revocations(identity.revocations_bytes)
         self._spawn(self._reintroduce(), "reintroduce")
-        log.info("identity reloaded", extra={"fields": self._certificate_status()})
+        log.info("identity reloaded", extra={"fields": self._certificate_status().to_json()})
         return self._certificate_status()
 
-    async def publish_revocations(self, data: bytes) -> dict[str, Any]:
+    async def publish_revocations(self, data: bytes) -> RevocationsPublished:
         """A revocation list from the operator: adopt it and spread it through the mesh."""
         try:
             verify_revocation_list(data, self.identity.ca_public)
@@ -713,11 +714,7 @@ class Agent:
             ) from None
         adopted = await self._adopt_revocations(data)
         issued_at, _ = self.keyring.revocations()
-        return {
-            "adopted": adopted,
-            "issued_at": format_time(issued_at),
-            "revoked_members": sorted(self.revoked_members),
-        }
+        return RevocationsPublished(adopted, issued_at, tuple(sorted(self.revoked_members)))
 
     async def _adopt_revocations(self, data: bytes) -> bool:
         before = self.keyring.revocations()[0]
@@ -740,15 +737,10 @@ class Agent:
             notes[node] = f"one id at {len(addresses)} addresses: {', '.join(addresses)}"
         return notes
 
-    def _certificate_status(self) -> dict[str, Any]:
+    def _certificate_status(self) -> CertificateStatus:
         cert = self.identity.certificate
         left = cert.not_after - time.time()
-        return {
-            "serial": cert.serial,
-            "not_after": format_time(cert.not_after),
-            "expires_in_s": round(left),
-            "expiring": left < CERTIFICATE_WARNING,
-        }
+        return CertificateStatus(cert.serial, cert.not_after, left, left < CERTIFICATE_WARNING)
 
     def _operator(self, command: OperatorCommand) -> str:
         """The operator who signed `command`, or `CommandRefused` (see `protocol/operators`)."""
@@ -925,42 +917,42 @@ class Agent:
 
     # --- status -------------------------------------------------------------------
 
-    def _daemon_status(self) -> dict[str, Any]:
-        issued_at = self.keyring.revocations()[0]
-        return {
-            "certificate": self._certificate_status(),
-            "revocations_issued_at": format_time(issued_at) if issued_at else None,
-            "revoked_members": sorted(self.revoked_members),
-            "identity_clashes": dict(self.clashes),
-            "uptime_s": round(self._clock() - self._started, 1),
-            "libvirt_uri": self.config.libvirt_uri,
-            "libvirt_connected": self.inventory.connected,
-            "libvirt_warning": self.inventory.warning,
-            **self._domain_type_status(),
-            "transport": dataclasses.asdict(self.transport.stats),
-            "handling_failures": self.handling_failures,
-            "introductions": self.introductions.stats(),
-            "refusals": {str(k): v for k, v in self.trust.refusals.items()},
-            "last_refusal": _reason(self.trust.last_certificate_refusal),
-            "recent_events": list(self.recent_events)[-20:],
-            "site_link": self.gateway.as_dict() if self.gateway is not None else None,
-            "site_commands_refused": self.site_commands.refused,
-            "event_stream": self.events.status() if self.events is not None else None,
-            "tracing": self.tracing.status() if self.tracing is not None else None,
-            "templates": {
-                "dir": str(self.templates.root),
-                "image_port": self.images.port,
-                "served_pieces": self.images.served_pieces,
-                "served_bytes": self.images.served_bytes,
-                "pulls_running": list(self.pulls.fetching()),
-            },
-        }
-
-    def _domain_type_status(self) -> dict[str, Any]:
+    def _daemon_status(self) -> DaemonStatus:
         verdict = self.hypervisor.verdict
-        if verdict is None:
-            return {"domain_type": None, "domain_type_reason": self._domain_type_problem}
-        return {"domain_type": verdict.domain_type, "domain_type_reason": verdict.reason}
+        domain_type, why = (
+            (None, self._domain_type_problem)
+            if verdict is None
+            else (verdict.domain_type, verdict.reason)
+        )
+        return DaemonStatus(
+            certificate=self._certificate_status(),
+            revocations_issued_at=self.keyring.revocations()[0],
+            revoked_members=tuple(sorted(self.revoked_members)),
+            identity_clashes=dict(self.clashes),
+            uptime_s=self._clock() - self._started,
+            libvirt_uri=self.config.libvirt_uri,
+            libvirt_connected=self.inventory.connected,
+            libvirt_warning=self.inventory.warning,
+            domain_type=domain_type,
+            domain_type_reason=why,
+            transport=dataclasses.replace(self.transport.stats),  # a copy: the counters go on
+            handling_failures=self.handling_failures,
+            introductions=self.introductions.stats(),
+            refusals={str(k): v for k, v in self.trust.refusals.items()},
+            last_refusal=_reason(self.trust.last_certificate_refusal),
+            recent_events=tuple(self.recent_events)[-20:],
+            site_link=self.gateway.as_dict() if self.gateway is not None else None,
+            site_commands_refused=self.site_commands.refused,
+            event_stream=self.events.status() if self.events is not None else None,
+            tracing=self.tracing.status() if self.tracing is not None else None,
+            templates=TemplatesStatus(
+                str(self.templates.root),
+                self.images.port,
+                self.images.served_pieces,
+                self.images.served_bytes,
+                tuple(self.pulls.fetching()),
+            ),
+        )
 
     def _status_line(self) -> str:
         alive = sum(1 for m in self.core.members() if m.state.value == "alive")

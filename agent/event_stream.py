@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .core.events import MigrationProgressed
@@ -117,6 +118,28 @@ class NatsSink:
             await conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """What `nova status` shows of the event stream."""
+
+    sink: str  # where events go
+    backlog: int  # events kept on disk, not yet delivered
+    delivered: int  # since start
+    dropped: int  # events the spool let go (full)
+    last_error: str | None  # why the sink is unreachable (None while it is not)
+    last_error_at: float | None  # when that was (wall clock)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sink": self.sink,
+            "backlog": self.backlog,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+
 class EventStream:
     """Emits this host's events into the spool and delivers them to `sink`."""
 
@@ -204,16 +227,16 @@ class EventStream:
         self.last_error = why
         self.last_error_at = self._wall()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StreamStatus:
         """What `nova status` shows of the stream."""
-        return {
-            "sink": self.sink.name,
-            "backlog": self.spool.backlog,
-            "delivered": self.delivered,
-            "dropped": self.spool.dropped,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
+        return StreamStatus(
+            self.sink.name,
+            self.spool.backlog,
+            self.delivered,
+            self.spool.dropped,
+            self.last_error,
+            self.last_error_at,
+        )
 
     async def close(self) -> None:
         await self.sink.close()

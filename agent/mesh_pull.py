@@ -84,7 +84,7 @@ class PullStatus:
     started: float = field(default_factory=time.time)
     ended: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "pull_id": self.pull_id,
             "template": self.ref,

@@ -22,6 +22,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,6 +119,24 @@ def encode_request(service: str, node_id: str, spans: Iterable[Span]) -> bytes:
 # --- the exporter --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ExporterStatus:
+    """What `nova status` shows of the span exporter."""
+
+    endpoint: str  # the collector
+    exported: int  # spans it took since start
+    dropped: int  # spans dropped: the queue was full while the collector was away
+    last_error: str | None  # why the last send failed (None once one succeeds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "exported": self.exported,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+
 class OtlpExporter:
     """Finished spans to an OTLP/HTTP collector, batched, never blocking the caller."""
 
@@ -138,13 +157,8 @@ class OtlpExporter:
         self.dropped = 0
         self.last_error: str | None = None
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.endpoint,
-            "exported": self.exported,
-            "dropped": self.dropped,
-            "last_error": self.last_error,
-        }
+    def status(self) -> ExporterStatus:
+        return ExporterStatus(self.endpoint, self.exported, self.dropped, self.last_error)
 
     def add(self, spans: Iterable[Span]) -> None:
         for span in spans:

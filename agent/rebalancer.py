@@ -19,6 +19,9 @@ Pause and resume are mesh-wide: the setting travels in every host's record
 agent adopts the newest it sees and republishes it, so one `nova rebalance
 pause` on any host stops every host within a gossip round, and the setting
 survives the host it was given on.
+
+What the rebalancer answers is typed (`RebalanceStatus`, `RebalancePlan`); the
+local API alone turns them into JSON (`to_json`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,105 @@ class RebalanceCounts:
     refused: int = 0  # of those, refused when starting (limits, reservations, a VM busy)
 
 
+@dataclass(frozen=True, slots=True)
+class StartedMove:
+    """One VM's migration a round started, with the numbers that chose it."""
+
+    migration_id: str
+    vm: str
+    source: str
+    target: str
+    reason: str  # why the host shed this VM (the planner's words)
+    benefit: float  # drop in the sum of squared utilization deviations
+    cost_mib: float  # the planner's migration cost, MiB-equivalents
+    wall_time: float  # when it started (unix seconds, wall clock)
+
+    def to_json(self) -> dict[str, Any]:
+        # Rounded here, not when kept: the numbers stay exact inside the agent.
+        return {
+            "migration_id": self.migration_id,
+            "vm": self.vm,
+            "source": self.source,
+            "target": self.target,
+            "reason": self.reason,
+            "benefit": round(self.benefit, 6),
+            "cost_mib": round(self.cost_mib, 1),
+            "wall_time": round(self.wall_time, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRow:
+    """A started move as `nova rebalance status` lists it: with how its migration went."""
+
+    move: StartedMove
+    outcome: str  # the migration's outcome, "running", or "unknown" once it is forgotten
+    outcome_reason: str  # why it ended so ("" when running, committed or forgotten)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.move.to_json(),
+            "outcome": self.outcome,
+            "outcome_reason": self.outcome_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceStatus:
+    """This host's rebalancing: switched on or not, the mesh-wide setting, the last round's
+    decision and the recent moves (newest first)."""
+
+    node_id: str
+    enabled: bool  # this agent's configuration: False never plans
+    setting: RebalanceSetting  # the mesh-wide pause or resume this host follows
+    last_decision: Decision | None  # None before the first round
+    moves: tuple[MoveRow, ...] = ()
+
+    @property
+    def paused(self) -> bool:
+        return self.setting.paused
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_decision
+        return {
+            "node_id": self.node_id,
+            "enabled": self.enabled,
+            "paused": self.paused,
+            "setting": setting_text(self.setting),
+            "last_decision": decision_json(last) if last is not None else None,
+            "moves": [row.to_json() for row in self.moves],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RebalancePlan:
+    """What this host would do now (`nova rebalance plan`): the moves a round would start,
+    and the planner's last decision, which says why the round stopped there."""
+
+    decision: Decision
+    moves: tuple[Move, ...] = ()
+
+    @property
+    def move(self) -> Move | None:
+        """The round's first move (it explains the round), else the decision's."""
+        return self.moves[0] if self.moves else self.decision.move
+
+    @property
+    def reason(self) -> str:
+        """Why the host sheds load when it moves; why it moves nothing otherwise."""
+        return self.moves[0].reason if self.moves else self.decision.reason
+
+    def to_json(self) -> dict[str, Any]:
+        # The decision's keys in its order, the first move's in place of the decision's own.
+        move = self.move
+        return {
+            **decision_json(self.decision),
+            "move": dataclasses.asdict(move) if move is not None else None,
+            "reason": self.reason,
+            "moves": [dataclasses.asdict(m) for m in self.moves],
+        }
+
+
 class Rebalancer:
     """One host's rebalancing loop, its history, and the mesh-wide pause setting."""
 
@@ -108,7 +210,7 @@ class Rebalancer:
         self._rng = rng or random.Random()
         self.setting = RebalanceSetting()  # active, never set: until the mesh says otherwise
         self.last: Decision | None = None  # the latest round's decision
-        self.moves: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.moves: deque[StartedMove] = deque(maxlen=HISTORY)  # newest first
         self.counts = RebalanceCounts()  # since start, for metrics
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self._task: asyncio.Task[None] | None = None
@@ -141,41 +243,31 @@ class Rebalancer:
 
     # --- the local API's side ------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RebalanceStatus:
         """Recent moves with reasons and outcomes, and what the last round decided."""
         rows = {m.info.migration_id: m.info for m in self._migrator.migrations()}
         moves = []
         for move in self.moves:
-            row = rows.get(move["migration_id"])
+            row = rows.get(move.migration_id)
             outcome = (row.outcome or "running") if row is not None else "unknown"
             reason = row.reason if row is not None else ""
-            moves.append({**move, "outcome": outcome, "outcome_reason": reason})
-        last = self.last
-        return {
-            "node_id": self._migrator.node_id,
-            "enabled": self.enabled,
-            "paused": self.paused,
-            "setting": setting_text(self.setting),
-            "last_decision": _decision_dict(last) if last is not None else None,
-            "moves": moves,
-        }
+            moves.append(MoveRow(move, outcome, reason))
+        return RebalanceStatus(
+            self._migrator.node_id, self.enabled, self.setting, self.last, tuple(moves)
+        )
 
-    def preview(self) -> dict[str, Any]:
+    def preview(self) -> RebalancePlan:
         """What this host would do now, without doing it (a copy of the RNG: no side effect)."""
         rng = random.Random()
         rng.setstate(self._rng.getstate())
         moves, decision = self._decide(rng)
-        answer = _decision_dict(decision)
-        answer["moves"] = [dataclasses.asdict(m) for m in moves]
-        if moves:  # the first move explains the round; the last decision why it stopped
-            answer["move"], answer["reason"] = answer["moves"][0], moves[0].reason
-        return answer
+        return RebalancePlan(decision, tuple(moves))
 
-    async def pause(self) -> dict[str, Any]:
+    async def pause(self) -> RebalanceStatus:
         await self._set(RebalanceSetting(paused=True, since=self._wall()))
         return self.status()
 
-    async def resume(self) -> dict[str, Any]:
+    async def resume(self) -> RebalanceStatus:
         await self._set(RebalanceSetting(paused=False, since=self._wall()))
         return self.status()
 
@@ -263,16 +355,16 @@ class Rebalancer:
                 continue
             for vm, mid in zip(move.vms, mids, strict=True):
                 self.moves.appendleft(
-                    {
-                        "migration_id": mid,
-                        "vm": vm,
-                        "source": move.source,
-                        "target": move.target,
-                        "reason": move.reason,
-                        "benefit": round(move.benefit, 6),
-                        "cost_mib": round(move.cost, 1),
-                        "wall_time": round(self._wall(), 3),
-                    }
+                    StartedMove(
+                        mid,
+                        vm,
+                        move.source,
+                        move.target,
+                        move.reason,
+                        move.benefit,
+                        move.cost,
+                        self._wall(),
+                    )
                 )
             moved = RebalanceMoved(
                 tuple(move.vms), move.source, move.target, move.reason, tuple(mids)
@@ -388,7 +480,8 @@ def setting_text(setting: RebalanceSetting) -> str:
     return f"{'paused' if setting.paused else 'active'}@{setting.since:.3f}"
 
 
-def _decision_dict(decision: Decision) -> dict[str, Any]:
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """A planner's decision as the local API shows it (its numbers rounded)."""
     move = decision.move
     return {
         "move": dataclasses.asdict(move) if move is not None else None,

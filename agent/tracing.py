@@ -32,7 +32,7 @@ from .core.observability.tracing import (
     parse_traceparent,
     start_span,
 )
-from .otlp import OtlpExporter
+from .otlp import ExporterStatus, OtlpExporter
 
 
 class Tracing:
@@ -101,7 +101,7 @@ class Tracing:
                 if len(self._asked) > 1024:  # proposals never answered must not pile up
                     self._asked.pop(next(iter(self._asked)))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ExporterStatus:
         return self.exporter.status()
 
     async def run(self) -> None:

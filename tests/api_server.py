@@ -30,6 +30,7 @@ from novacron.agent.migration_row import MigrationRow
 from novacron.agent.recovery import Recovered
 from novacron.agent.vms import VmCreated, VmDeleted, VmStarted, VmStopped
 from novacron.agent.vmspec import VmSpec
+from tests.fake_mesh import Fixed
 
 
 def exchange(sock: str, data: bytes, half_close: bool = True, timeout: float = 10.0) -> bytes:
@@ -91,19 +92,19 @@ def error_of(answer: tuple[int, dict[str, str], bytes]) -> str:
 
 
 class View:
-    def status(self) -> dict[str, Any]:
-        return {"node_id": "n1"}
+    def status(self) -> Fixed:
+        return Fixed({"node_id": "n1"})
 
-    def members(self) -> list[dict[str, Any]]:
-        return [{"id": "n1"}]
+    def members(self) -> list[Fixed]:
+        return [Fixed({"id": "n1"})]
 
-    def host(self, node_id: str | None) -> dict[str, Any] | None:
-        return {"id": node_id or "n1"} if node_id in (None, "n1") else None
+    def host(self, node_id: str | None) -> Fixed | None:
+        return Fixed({"id": node_id or "n1"}) if node_id in (None, "n1") else None
 
-    def conflicts(self) -> list[dict[str, Any]]:
+    def conflicts(self) -> list[Fixed]:
         return []
 
-    def vms(self) -> list[dict[str, Any]]:
+    def vms(self) -> list[Fixed]:
         return []
 
 

@@ -2,8 +2,9 @@
 
 `FakeView` is two alive hosts (h1 runs `vm1` and the stopped `off`), the view
 a `Migrator` asks; `NoView` is an empty mesh view for an `ApiServer` whose
-tests are about other routes; `migrator(sent)` is h1's migrator on libvirt's
-test driver, its messages appended to `sent`.
+tests are about other routes (a fake view answers with `Fixed` JSON);
+`migrator(sent)` is h1's migrator on libvirt's test driver, its messages
+appended to `sent`.
 """
 
 from __future__ import annotations
@@ -56,20 +57,30 @@ def migrator(sent: list[tuple[str, Message]]) -> Migrator:
     )
 
 
+class Fixed:
+    """A fake view's answer: whatever JSON the test gives it (the API needs only `to_json`)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.body)
+
+
 class NoView:
     """A mesh with nothing in it."""
 
-    def status(self) -> dict[str, Any]:
-        return {}
+    def status(self) -> Fixed:
+        return Fixed({})
 
-    def members(self) -> list[dict[str, Any]]:
+    def members(self) -> list[Fixed]:
         return []
 
-    def host(self, node_id: str | None) -> dict[str, Any] | None:
+    def host(self, node_id: str | None) -> Fixed | None:
         return None
 
-    def conflicts(self) -> list[dict[str, Any]]:
+    def conflicts(self) -> list[Fixed]:
         return []
 
-    def vms(self) -> list[dict[str, Any]]:
+    def vms(self) -> list[Fixed]:
         return []

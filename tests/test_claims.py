@@ -61,11 +61,11 @@ async def test_a_claim_the_claimants_libvirt_denies_is_listed_apart_not_believed
     assert looks.looked == [("web", ("h1", "h3"))]
     assert claims.believed("web", "h3") == "h3's libvirt: not defined"
     mesh = MeshView(lambda: Core(view), lambda: 0.0, dict, lambda: claims.verdicts)  # type: ignore[arg-type,return-value]
-    assert [(row["name"], row["host"]) for row in mesh.vms()] == [("web", "h1")]
+    assert [(row.name, row.host) for row in mesh.vms()] == [("web", "h1")]
     (conflict,) = mesh.conflicts()
-    assert (conflict["host"], conflict["runs_on"], conflict["why"]) == (
+    assert (conflict.vm.host, conflict.runs_on, conflict.why) == (
         "h3",
-        ["h1"],
+        ("h1",),
         "h3's libvirt: not defined",
     )
     await claims.check()

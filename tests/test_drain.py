@@ -44,7 +44,7 @@ from novacron.protocol.messages import (
 )
 from novacron.protocol.operators import OperatorCommand
 from tests.api_client import call, until
-from tests.fake_mesh import FakeView, NoView, migrator
+from tests.fake_mesh import FakeView, Fixed, NoView, migrator
 from tests.operators import Operator
 
 
@@ -531,8 +531,8 @@ def nova(sock: str, *argv: str) -> tuple[int, str, str]:
 
 
 class StatusView(NoView):
-    def status(self) -> dict[str, Any]:
-        return {"node_id": "h2"}
+    def status(self) -> Fixed:
+        return Fixed({"node_id": "h2"})
 
 
 async def test_nova_drains_another_host_and_waits_for_its_record_to_show_it_empty(

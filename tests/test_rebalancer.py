@@ -106,22 +106,21 @@ def setup() -> tuple[Mesh, Rebalancer, list[tuple[str, Message]], list[str], Mig
 async def test_a_hot_host_proposes_moves_and_explains_them() -> None:
     _, rebalancer, sent, _, migrator = setup()
     preview = rebalancer.preview()
-    assert preview["move"] is not None and preview["utilization"] == 0.75
-    assert len(preview["moves"]) == 2  # both outbound slots: 0.75 stays hot after one move
+    assert preview.move is not None and preview.decision.utilization == 0.75
+    assert len(preview.moves) == 2  # both outbound slots: 0.75 stays hot after one move
     assert sent == []  # a preview moves nothing
 
     await rebalancer.round()
 
     proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
-    assert [(p.vm, p.target) for p in proposals] == [
-        (m["vm"], m["target"]) for m in preview["moves"]
-    ]
+    assert [(p.vm, p.target) for p in proposals] == [(m.vm, m.target) for m in preview.moves]
     status = rebalancer.status()
-    assert [(m["vm"], m["outcome"]) for m in status["moves"]] == [
+    assert [(m.move.vm, m.outcome) for m in status.moves] == [
         (p.vm, "running") for p in reversed(proposals)
     ]
-    assert status["moves"][-1]["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15")
-    assert status["last_decision"]["reason"].startswith("balanced: 0.25")  # after both moves
+    assert status.moves[-1].move.reason.startswith("h1 at 0.75 > mean 0.25 + 0.15")
+    assert status.last_decision is not None
+    assert status.last_decision.reason.startswith("balanced: 0.25")  # after both moves
     await migrator.close()
 
 
@@ -148,7 +147,7 @@ async def test_pause_is_mesh_wide_and_the_newest_setting_wins() -> None:
     await rebalancer.pause()
     assert rebalancer.paused and published == ["paused@1700000000.000"]
     assert rebalancer.setting == RebalanceSetting(paused=True, since=1700000000.0)
-    assert rebalancer.status()["setting"] == "paused@1700000000.000"
+    assert rebalancer.status().to_json()["setting"] == "paused@1700000000.000"
 
     resumed = RebalanceSetting(paused=False, since=1700000001.0)
     mesh.setting("h2", resumed)  # someone resumed later, elsewhere
@@ -187,11 +186,11 @@ async def test_a_freed_slot_triggers_the_next_round_once_the_record_shows_the_vm
     assert migrator.core.outbound() == 2 and not rebalancer.slot_freed()
 
     first = rebalancer.moves[-1]
-    await migrator.cancel(first["migration_id"])  # one of the two moves ends
+    await migrator.cancel(first.migration_id)  # one of the two moves ends
     assert migrator.core.outbound() == 1
     assert not rebalancer.slot_freed()  # the record still lists the same VMs
 
-    mesh.gone("h1", first["vm"])
+    mesh.gone("h1", first.vm)
     assert rebalancer.slot_freed()
     await rebalancer.round()
     assert not rebalancer.slot_freed()  # noted again after the round
@@ -260,10 +259,10 @@ async def test_an_affinity_group_moves_with_one_proposal_for_all_its_vms() -> No
 
     (proposal,) = [m for _, m in sent if isinstance(m, MigrationPropose)]
     assert proposal.vm == "vm0" and [m.vm for m in proposal.group] == ["vm1"]
-    moves = rebalancer.status()["moves"]
-    assert sorted((m["vm"], m["target"], m["outcome"]) for m in moves) == [
+    moves = rebalancer.status().moves
+    assert sorted((m.move.vm, m.move.target, m.outcome) for m in moves) == [
         ("vm0", proposal.target, "running"),
         ("vm1", proposal.target, "running"),
     ]
-    assert moves[0]["reason"].startswith("h1 at 0.75 > mean 0.25 + 0.15: affinity group web")
+    assert moves[0].move.reason.startswith("h1 at 0.75 > mean 0.25 + 0.15: affinity group web")
     await migrator.close()
