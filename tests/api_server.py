@@ -205,3 +205,19 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, HttpServer, Migrati
     await server.start_unix(sock)
     yield sock, server, migrations
     await server.close()
+
+
+async def serve_api(tmp_path: Path, view: Any = None, **controls: Any) -> tuple[str, HttpServer]:
+    """The local API's router with `view` (default `View()`) and `controls`, served on a
+    unix socket in `tmp_path`; (socket path, server: close it)."""
+    server = HttpServer(build_router(view if view is not None else View(), **controls))
+    sock = str(tmp_path / "api.sock")
+    await server.start_unix(sock)
+    return sock, server
+
+
+async def raw_answer(sock: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """(status, body bytes) of one request, as the API's socket answers it."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    ((status, _, answer),) = answers(await asyncio.to_thread(exchange, sock, head.encode() + body))
+    return status, answer

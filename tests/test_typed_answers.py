@@ -7,7 +7,6 @@ the same keys, in the same order, with the same values.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -16,19 +15,17 @@ from typing import Any, cast
 
 import pytest
 
-from novacron.agent.api import build_router
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.location import Presence, Where
 from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.drain import Arriving, DrainStatus, Moving, RemoteDrainStatus
 from novacron.agent.history import HistoryEntry, HistoryRow, VmHistory
-from novacron.agent.httpd import HttpServer
 from novacron.agent.locator import Locator
 from novacron.agent.migration_row import MigrationRow
 from novacron.agent.recovery import Recovered, Recoveries
 from novacron.protocol.messages import NodeRecord, VmSummary
 from novacron.protocol.operators import OperatorCommand
-from tests.api_server import View, answers, exchange
+from tests.api_server import raw_answer, serve_api
 from tests.fake_mesh import FakeView, migrator
 
 START, END = 1_800_000_000.0, 1_800_000_005.25
@@ -213,32 +210,18 @@ class _HostDrain:
         return SEEN
 
 
-async def _served(tmp_path: Path, **controls: Any) -> tuple[str, HttpServer]:
-    server = HttpServer(build_router(View(), **controls))
-    sock = str(tmp_path / "api.sock")
-    await server.start_unix(sock)
-    return sock, server
-
-
-async def _raw(sock: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    """(status, body bytes) of one request, as the API's socket answers it."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    ((status, _, answer),) = answers(await asyncio.to_thread(exchange, sock, head.encode() + body))
-    return status, answer
-
-
 async def test_the_api_sends_a_drains_json_byte_for_byte_as_before(tmp_path: Path) -> None:
-    sock, server = await _served(tmp_path, drain=_Drain(), host_drain=_HostDrain())
+    sock, server = await serve_api(tmp_path, drain=_Drain(), host_drain=_HostDrain())
     try:
         before = json.dumps(DRAINING_JSON).encode()
-        assert await _raw(sock, "GET", "/v1/drain") == (200, before)
-        assert await _raw(sock, "POST", "/v1/drain") == (202, before)
+        assert await raw_answer(sock, "GET", "/v1/drain") == (200, before)
+        assert await raw_answer(sock, "POST", "/v1/drain") == (202, before)
         undrained = json.dumps({**DRAINING_JSON, "draining": False}).encode()
-        assert await _raw(sock, "POST", "/v1/undrain") == (200, undrained)
+        assert await raw_answer(sock, "POST", "/v1/undrain") == (200, undrained)
         seen = json.dumps(SEEN_JSON).encode()
-        assert await _raw(sock, "GET", "/v1/hosts/h1/drain") == (200, seen)
-        assert await _raw(sock, "POST", "/v1/hosts/h1/drain") == (202, seen)
-        assert await _raw(sock, "POST", "/v1/hosts/h1/undrain") == (200, seen)
+        assert await raw_answer(sock, "GET", "/v1/hosts/h1/drain") == (200, seen)
+        assert await raw_answer(sock, "POST", "/v1/hosts/h1/drain") == (202, seen)
+        assert await raw_answer(sock, "POST", "/v1/hosts/h1/undrain") == (200, seen)
     finally:
         await server.close()
 
@@ -278,9 +261,9 @@ class _Recovery:
 
 
 async def test_the_api_sends_a_recoverys_json_byte_for_byte_as_before(tmp_path: Path) -> None:
-    sock, server = await _served(tmp_path, recovery=_Recovery())
+    sock, server = await serve_api(tmp_path, recovery=_Recovery())
     try:
-        answer = await _raw(sock, "POST", "/v1/vms/a/recover", b'{"on": "h1"}')
+        answer = await raw_answer(sock, "POST", "/v1/vms/a/recover", b'{"on": "h1"}')
     finally:
         await server.close()
     before = {  # as `Recoveries.recover` wrote it when it was a dict

@@ -7,7 +7,6 @@ the same keys, in the same order, with the same values.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from novacron.agent.api import build_router
 from novacron.agent.claims import ClaimVerdict
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.membership.stats import NodeStats
@@ -29,7 +27,6 @@ from novacron.agent.daemon_status import (
     TemplatesStatus,
 )
 from novacron.agent.event_stream import StreamStatus
-from novacron.agent.httpd import HttpServer
 from novacron.agent.mesh_pull import PullStatus
 from novacron.agent.otlp import ExporterStatus
 from novacron.agent.rebalancer import MoveRow, RebalancePlan, RebalanceStatus, StartedMove
@@ -42,23 +39,9 @@ from novacron.protocol.messages import (
     Resources,
     VmSummary,
 )
-from tests.api_server import View, answers, exchange
+from tests.api_server import raw_answer, serve_api
 
 WALL = 1_700_000_000.123456
-
-
-async def _served(tmp_path: Path, view: Any = None, **controls: Any) -> tuple[str, HttpServer]:
-    server = HttpServer(build_router(view if view is not None else View(), **controls))
-    sock = str(tmp_path / "api.sock")
-    await server.start_unix(sock)
-    return sock, server
-
-
-async def _raw(sock: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    """(status, body bytes) of one request, as the API's socket answers it."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    ((status, _, answer),) = answers(await asyncio.to_thread(exchange, sock, head.encode() + body))
-    return status, answer
 
 
 def _bytes(old: object) -> bytes:
@@ -189,20 +172,20 @@ class _Rebalance:
 
 
 async def test_the_api_sends_rebalancings_json_byte_for_byte_as_before(tmp_path: Path) -> None:
-    sock, server = await _served(tmp_path, rebalance=_Rebalance())
+    sock, server = await serve_api(tmp_path, rebalance=_Rebalance())
     try:
-        assert await _raw(sock, "GET", "/v1/rebalance") == (200, _bytes(STATUS_JSON))
-        assert await _raw(sock, "POST", "/v1/rebalance/pause") == (200, _bytes(STATUS_JSON))
+        assert await raw_answer(sock, "GET", "/v1/rebalance") == (200, _bytes(STATUS_JSON))
+        assert await raw_answer(sock, "POST", "/v1/rebalance/pause") == (200, _bytes(STATUS_JSON))
         resumed = {
             **STATUS_JSON,
             "paused": False,
             "setting": "active@1700000001.123",
             "moves": [],
         }
-        assert await _raw(sock, "POST", "/v1/rebalance/resume") == (200, _bytes(resumed))
+        assert await raw_answer(sock, "POST", "/v1/rebalance/resume") == (200, _bytes(resumed))
         plan = {"move": FIRST_JSON, "reason": FIRST.reason, "utilization": 0.75, "mean": 0.25}
         plan["moves"] = [FIRST_JSON, SECOND_JSON]
-        assert await _raw(sock, "GET", "/v1/rebalance/plan") == (200, _bytes(plan))
+        assert await raw_answer(sock, "GET", "/v1/rebalance/plan") == (200, _bytes(plan))
     finally:
         await server.close()
 
@@ -417,16 +400,22 @@ def test_vms_and_conflicts_are_typed_and_their_json_is_the_old_dicts() -> None:
 
 
 async def test_the_api_sends_the_views_json_byte_for_byte_as_before(tmp_path: Path) -> None:
-    sock, server = await _served(tmp_path, view=_mesh())
+    sock, server = await serve_api(tmp_path, view=_mesh())
     core = _Core()
     try:
-        assert await _raw(sock, "GET", "/v1/status") == (200, _bytes(_old_status(core)))
+        assert await raw_answer(sock, "GET", "/v1/status") == (200, _bytes(_old_status(core)))
         members = {"members": _old_members(core)}
-        assert await _raw(sock, "GET", "/v1/members") == (200, _bytes(members))
-        assert await _raw(sock, "GET", "/v1/hosts/self") == (200, _bytes(_old_host(core, "h1")))
-        assert await _raw(sock, "GET", "/v1/hosts/h9") == (200, _bytes(_old_host(core, "h9")))
-        assert (await _raw(sock, "GET", "/v1/hosts/h7"))[0] == 404
-        assert await _raw(sock, "GET", "/v1/vms") == (200, _bytes(_old_vms_and_conflicts(core)))
+        assert await raw_answer(sock, "GET", "/v1/members") == (200, _bytes(members))
+        assert await raw_answer(sock, "GET", "/v1/hosts/self") == (
+            200,
+            _bytes(_old_host(core, "h1")),
+        )
+        assert await raw_answer(sock, "GET", "/v1/hosts/h9") == (200, _bytes(_old_host(core, "h9")))
+        assert (await raw_answer(sock, "GET", "/v1/hosts/h7"))[0] == 404
+        assert await raw_answer(sock, "GET", "/v1/vms") == (
+            200,
+            _bytes(_old_vms_and_conflicts(core)),
+        )
     finally:
         await server.close()
 
@@ -554,17 +543,17 @@ class _Identity:
 
 
 async def test_the_api_sends_the_daemons_answers_byte_for_byte_as_before(tmp_path: Path) -> None:
-    sock, server = await _served(tmp_path, view=_mesh(), identity=_Identity())
+    sock, server = await serve_api(tmp_path, view=_mesh(), identity=_Identity())
     try:
-        assert await _raw(sock, "GET", "/v1/status") == (200, _bytes(_old_status(_Core())))
-        assert await _raw(sock, "POST", "/v1/reload") == (200, _bytes(CERTIFICATE_JSON))
+        assert await raw_answer(sock, "GET", "/v1/status") == (200, _bytes(_old_status(_Core())))
+        assert await raw_answer(sock, "POST", "/v1/reload") == (200, _bytes(CERTIFICATE_JSON))
         revoked = {
             "adopted": True,
             "issued_at": "2026-12-03T10:00:00Z",
             "revoked_members": ["mallory"],
         }
         crl = b'{"crl": "AAAA"}'
-        assert await _raw(sock, "POST", "/v1/revocations", crl) == (200, _bytes(revoked))
+        assert await raw_answer(sock, "POST", "/v1/revocations", crl) == (200, _bytes(revoked))
     finally:
         await server.close()
 
