@@ -70,7 +70,8 @@ class Partial:
     held: AbstractSet[int]  # the pull's own set of pieces written, read as it grows
 
 
-def _any(sender: str, message: Message) -> bool:
+def every_answer(sender: str, message: Message) -> bool:
+    """An inbox's default filter: it takes every answer (a pull not fetching pieces)."""
     return True
 
 
@@ -81,7 +82,7 @@ class Inbox:
     queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(INBOX))
     # Whether the pull awaits this answer: a piece nobody asked for is dropped before it
     # queues, so a flood of them costs no memory however slowly the pull drains its inbox.
-    wants: Callable[[str, Message], bool] = _any
+    wants: Callable[[str, Message], bool] = every_answer
 
 
 class ImageService:

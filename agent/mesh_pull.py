@@ -52,7 +52,7 @@ from .core.templates import (
     decode_manifest,
     verify_manifest,
 )
-from .image_service import ImageService, Inbox, Partial
+from .image_service import ImageService, Inbox, Partial, every_answer
 from .piece_writer import PieceWriter
 from .template_store import Pulled, PullResult, StoreError, TemplateStore, newest_listed
 
@@ -285,7 +285,7 @@ class MeshPull:
             raise
         finally:
             if self._box is not None:
-                self._box.wants = lambda sender, message: True
+                self._box.wants = every_answer
             writer.close()
             os.close(fd)
             self.service.partial.pop(expected.sha256, None)

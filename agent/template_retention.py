@@ -67,10 +67,11 @@ class TemplateRetention:
         record = self._own_record()
         if record is None or record.libvirt_unreachable_since:
             return []  # which VMs use what is not known now
-        held = {s.manifest.ref for s in await asyncio.to_thread(self.store.held)}
+        manifests = await asyncio.to_thread(self.store.held)
         bases = await asyncio.to_thread(disk_bases, self.disk_dir)
-        in_disks = await asyncio.to_thread(self.store.based_on, bases)
+        in_disks = await asyncio.to_thread(self.store.based_on, manifests, bases)
         used = used_refs((vm.labels for vm in record.vms), in_disks)
+        held = {s.manifest.ref for s in manifests}
         removed = []
         for ref in self.retention.look(held, used, self._clock()):
             if await asyncio.to_thread(self._remove, ref):

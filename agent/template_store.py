@@ -18,7 +18,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -137,11 +137,11 @@ class TemplateStore:
         path = self.root / file_path(sha256.hex())
         return path if path.is_file() else None
 
-    def based_on(self, bases: set[Path]) -> set[str]:
-        """The held templates (NAME:VERSION) one of whose files is among `bases`."""
+    def based_on(self, held: Iterable[SignedManifest], bases: set[Path]) -> set[str]:
+        """The templates of `held` (NAME:VERSION) one of whose files is among `bases`."""
         return {
             s.manifest.ref
-            for s in self.held()
+            for s in held
             if any(self.file(f).resolve() in bases for f in s.manifest.files)
         }
 
