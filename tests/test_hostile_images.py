@@ -85,10 +85,7 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
         mesh.wait_converged()
         async with Mallory(mesh) as mallory:
             await mallory.join(holder, puller)
-            flood = Transport(
-                mallory.node_id, mallory.key, mallory.trust, "127.0.0.1", 0, limits=IMAGE_LIMITS
-            )
-            await flood.start()
+            flood = await _image_transport(mallory)
             try:
                 wait_until(
                     lambda: puller.api("/v1/hosts/n1")["record"]["templates"] == ["flood-test:1"],
@@ -139,10 +136,7 @@ async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_bann
         mesh.wait_converged()
         async with Mallory(mesh) as mallory:
             await mallory.join(holder, puller)
-            images = Transport(
-                mallory.node_id, mallory.key, mallory.trust, "127.0.0.1", 0, limits=IMAGE_LIMITS
-            )
-            await images.start()
+            images = await _image_transport(mallory)
             claim = NodeRecord(
                 mallory.node_id,
                 version=1,
@@ -184,6 +178,15 @@ def _offers(agent: AgentProcess, host: str) -> list[str]:
     except AgentRequestFailed:
         return []
     return list(record.get("templates", []))
+
+
+async def _image_transport(mallory: Mallory) -> Transport:
+    """An image transport of Mallory's own (her keys, any free port), started."""
+    transport = Transport(
+        mallory.node_id, mallory.key, mallory.trust, "127.0.0.1", 0, limits=IMAGE_LIMITS
+    )
+    await transport.start()
+    return transport
 
 
 async def _pull_ended(agent: AgentProcess, pull_id: str, timeout: float) -> dict[str, Any]:
