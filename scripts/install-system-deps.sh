@@ -26,42 +26,59 @@ postgresql
 nats-server
 "
 
+# The lab's guests run emulated (TCG). Debian 12's QEMU 7.2 loses dirty pages
+# when it migrates a TCG guest, so a moved guest now and then crashes
+# (BENCHMARKS.md, "Why the lab's migrated guests break"); QEMU 10 does not.
+# QEMU 10 and the libvirt 11 that drives it (libvirt 9 passes -no-acpi, which
+# QEMU 10 rejects) come from Debian's bookworm-backports. KVM hosts never take
+# that path and run with either pair.
+BACKPORTS_PACKAGES="qemu-system-x86 qemu-utils qemu-system-common
+qemu-system-data seabios libvirt-daemon libvirt-daemon-driver-qemu
+libvirt-clients libvirt-dev libvirt0 libvirt-common libvirt-daemon-common
+libvirt-daemon-log"
+BACKPORTS_SOURCE=/etc/apt/sources.list.d/novacron-bookworm-backports.sources
+
+installed_at_least() {  # PACKAGE VERSION
+    v=$(dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true)
+    [ -n "$v" ] && dpkg --compare-versions "$v" ge "$2"
+}
+
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+if [ "$codename" = "bookworm" ] && ! { installed_at_least qemu-system-x86 1:10 \
+        && installed_at_least libvirt-daemon 11 && installed_at_least libvirt-dev 11; }; then
+    if [ "$(id -u)" != "0" ]; then
+        echo "install-system-deps: QEMU 10 and libvirt 11 from bookworm-backports are needed; run as root to install them" >&2
+        exit 1
+    fi
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d; then
+        echo "install-system-deps: adding Debian's bookworm-backports ($BACKPORTS_SOURCE)"
+        cat > "$BACKPORTS_SOURCE" <<'SOURCE'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCE
+    fi
+    echo "install-system-deps: installing QEMU 10 and libvirt 11 from bookworm-backports"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # Only these packages come from backports; their other dependencies
+    # stay Debian 12's own.
+    pinned=""
+    for p in $BACKPORTS_PACKAGES; do
+        pinned="$pinned $p/bookworm-backports"
+    done
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $pinned
+fi
+
 missing=""
 for p in $PACKAGES; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
     fi
 done
-
-# Debian 12's libvirt 9.0 drives QEMU 7.2. A QEMU from bookworm-backports
-# (10.x) rejects options that libvirt passes (-no-acpi), so guests fail to
-# start; such a QEMU is replaced by Debian 12's own.
-QEMU_PACKAGES="qemu-system-x86 qemu-utils qemu-system-common qemu-system-data
-qemu-system-gui qemu-system-modules-opengl qemu-system-modules-spice seabios"
-qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
-if [ -n "$qemu_version" ] && dpkg --compare-versions "$qemu_version" ge 1:8; then
-    if [ "$(id -u)" != "0" ]; then
-        echo "install-system-deps: QEMU $qemu_version is newer than Debian 12's libvirt supports; run as root to replace it" >&2
-        exit 1
-    fi
-    echo "install-system-deps: replacing QEMU $qemu_version with Debian 12's"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # Each installed piece goes back to bookworm's version, or is removed
-    # (a trailing "-") where bookworm has none (the split-out modules).
-    downgrade=""
-    for p in $QEMU_PACKAGES; do
-        if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-            if apt-cache madison "$p" | grep -q " bookworm/"; then
-                downgrade="$downgrade $p/bookworm"
-            else
-                downgrade="$downgrade $p-"
-            fi
-        fi
-    done
-    # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends --allow-downgrades $downgrade
-fi
 
 if [ -z "$missing" ]; then
     echo "install-system-deps: all Debian packages present"
