@@ -13,6 +13,7 @@ iproute2
 iputils-ping
 libvirt-daemon
 libvirt-daemon-driver-qemu
+libvirt-daemon-driver-storage
 libvirt-clients
 libvirt-dev
 qemu-system-x86
@@ -34,8 +35,8 @@ nats-server
 # that path and run with either pair.
 BACKPORTS_PACKAGES="qemu-system-x86 qemu-utils qemu-system-common
 qemu-system-data seabios libvirt-daemon libvirt-daemon-driver-qemu
-libvirt-clients libvirt-dev libvirt0 libvirt-common libvirt-daemon-common
-libvirt-daemon-log"
+libvirt-daemon-driver-storage libvirt-clients libvirt-dev libvirt0
+libvirt-common libvirt-daemon-common libvirt-daemon-log"
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/novacron-bookworm-backports.sources
 
 installed_at_least() {  # PACKAGE VERSION
@@ -45,7 +46,9 @@ installed_at_least() {  # PACKAGE VERSION
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 if [ "$codename" = "bookworm" ] && ! { installed_at_least qemu-system-x86 1:10 \
-        && installed_at_least libvirt-daemon 11 && installed_at_least libvirt-dev 11; }; then
+        && installed_at_least libvirt-daemon-driver-qemu 11 \
+        && installed_at_least libvirt-daemon-driver-storage 11 \
+        && installed_at_least libvirt-dev 11; }; then
     if [ "$(id -u)" != "0" ]; then
         echo "install-system-deps: QEMU 10 and libvirt 11 from bookworm-backports are needed; run as root to install them" >&2
         exit 1
