@@ -270,13 +270,23 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
             return None
         time.sleep(0.1)
         fields = _dirty_rate_fields(conn, dom)
-    # QEMU 7.2 stamps the start with the host's CLOCK_MONOTONIC, in seconds (later QEMUs
-    # with wall-clock time: a start in the future is a clock this cannot judge).
     started = fields.get("dirtyrate.calc_start_time")
-    age = time.monotonic() - started if isinstance(started, int) else None
-    if age is None or not -5 <= age <= max_age:
+    if not isinstance(started, int):
+        return None
+    if not -5 <= measurement_age(started, time.time(), time.monotonic()) <= max_age:
         return None
     return _finished_rate(fields)
+
+
+def measurement_age(started: int, wall: float, monotonic: float) -> float:
+    """Seconds since a dirty-rate measurement stamped `started` began.
+
+    QEMU before 8.2 stamps the start with the host's CLOCK_MONOTONIC, later ones with
+    wall-clock time, both in whole seconds. The two clocks are decades apart (seconds
+    since boot against seconds since 1970), so the clock nearer the stamp is its own.
+    """
+    now = wall if abs(wall - started) < abs(monotonic - started) else monotonic
+    return now - started
 
 
 def _dirty_rate_fields(conn: Any, dom: Any) -> dict[str, Any]:

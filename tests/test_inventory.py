@@ -19,7 +19,7 @@ import pytest
 from novacron.agent.core.membership.records import RecordBounds, record_problem, vm_load_limit
 from novacron.agent.core.migration.reservations import Demand
 from novacron.agent.core.placement.targets import room_refusal
-from novacron.agent.inventory import DomainSample, Inventory
+from novacron.agent.inventory import DomainSample, Inventory, measurement_age
 from novacron.protocol.messages import NodeRecord, Resources
 
 TIMEOUT = 10.0
@@ -270,3 +270,12 @@ def test_a_vms_cpu_load_never_exceeds_what_its_peers_accept(tmp_path: Path) -> N
     beyond = dataclasses.replace(vm, cpu_load=cores * 1.01)
     problem = record_problem(dataclasses.replace(record, vms=(beyond,)), RecordBounds(), "")
     assert "cpu load" in problem
+
+
+def test_a_dirty_rate_measurement_is_aged_by_the_clock_its_qemu_stamped_it_with() -> None:
+    """QEMU 7.2 stamps a measurement's start with CLOCK_MONOTONIC, QEMU 8.2 and later with
+    wall-clock time; a measurement begun 3 s ago is 3 s old on either."""
+    wall, monotonic = 1_796_400_000.4, 39_512.7
+    assert measurement_age(39_509, wall, monotonic) == pytest.approx(3.7)
+    assert measurement_age(1_796_399_997, wall, monotonic) == pytest.approx(3.4)
+    assert measurement_age(1_796_399_000, wall, monotonic) == pytest.approx(1000.4)
