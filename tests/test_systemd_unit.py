@@ -73,19 +73,25 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield scratch
 
 
-def verify(root: Path, name: str = NAME) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def verify(root: Path, name: str = NAME) -> tuple[int, str]:
+    """`systemd-analyze verify`'s exit code and what it said about anything but the
+    machine's own units. Those are copied in for the targets ours names and are the
+    distribution's: e.g. libvirt 11's libvirtd.service says `Type=notify-reload`, which
+    Debian 12's systemd 252 does not know and ignores."""
+    done = subprocess.run(
         [_systemd_analyze(), "verify", f"--root={root}", name],
         capture_output=True,
         text=True,
         timeout=60,
     )
+    machine_units = f"{root}/usr/lib/systemd/system/"
+    said = (done.stdout + done.stderr).splitlines(keepends=True)
+    return done.returncode, "".join(line for line in said if not line.startswith(machine_units))
 
 
 def test_the_installed_unit_verifies_without_any_output(root: Path) -> None:
     assert (root / "etc/systemd/system" / NAME).read_text() == UNIT.read_text()
-    done = verify(root)
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    assert verify(root) == (0, "")
 
 
 def test_the_unit_runs_what_the_install_put_there(root: Path) -> None:
@@ -104,8 +110,7 @@ def test_an_install_without_the_agent_fails_verification(root: Path, tmp_path: P
     shutil.copytree(root / "usr/lib/systemd/system", bare / "usr/lib/systemd/system", symlinks=True)
     (bare / "etc/systemd/system").mkdir(parents=True)
     shutil.copy2(UNIT, bare / "etc/systemd/system" / NAME)
-    done = verify(bare)
-    assert "is not executable" in done.stdout + done.stderr
+    assert "is not executable" in verify(bare)[1]
 
 
 @pytest.mark.parametrize("name", [NAME, "novacron-coordinator.service"])
@@ -188,7 +193,7 @@ def test_the_printed_dropin_makes_moved_directories_writable(root: Path, tmp_pat
         checked = verify(root)
     finally:
         shutil.rmtree(dropin_dir)
-    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    assert checked == (0, "")
 
 
 # --- the coordinator's unit ---------------------------------------------------------
@@ -202,8 +207,7 @@ def test_the_installed_coordinator_unit_verifies_without_any_output(root: Path) 
     (start,) = directives(COORDINATOR_UNIT.read_text())["ExecStart"]
     program = start.split()[0]
     assert os.readlink(root / "usr/local/bin/nova-coordinator") == program
-    done = verify(root, COORDINATOR_UNIT.name)
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    assert verify(root, COORDINATOR_UNIT.name) == (0, "")
 
 
 def test_the_coordinator_unit_runs_unprivileged_and_notifies() -> None:
