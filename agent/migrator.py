@@ -641,7 +641,10 @@ def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:
 def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, Any]:
     """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap, which holds
     in post-copy too (QEMU's post-copy is otherwise unlimited: a capped link would be
-    flooded the moment a migration escalates)."""
+    flooded the moment a migration escalates).
+
+    A dict because it is libvirt's own wire format (`VIR_MIGRATE_PARAM_*` names to values):
+    it goes straight to `migrateToURI3` and to nothing else of ours."""
     params: dict[str, Any] = {}
     if migration_uri:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
