@@ -60,6 +60,7 @@ from .daemon_status import (
     RecentEvent,
     RevocationsPublished,
     TemplatesStatus,
+    event_fields,
 )
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
@@ -916,9 +917,8 @@ class Agent:
         kind = type(event).__name__
         if kind == "RecordUpdated":
             return  # frequent and boring: every host refreshes its record
-        fields = {k: v for k, v in dataclasses.asdict(event).items() if k != "record"}
         level = logging.WARNING if kind in ("MemberFailed", "MemberSuspected") else logging.INFO
-        log.log(level, kind, extra={"fields": fields})
+        log.log(level, kind, extra={"fields": event_fields(event)})
         self.recent_events.append(RecentEvent(event, time.time()))
 
     # --- status -------------------------------------------------------------------

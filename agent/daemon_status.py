@@ -87,8 +87,17 @@ class RecentEvent:
     at: float  # unix seconds when the daemon heard of it
 
     def to_json(self) -> dict[str, Any]:
-        fields = {k: v for k, v in dataclasses.asdict(self.event).items() if k != "record"}
-        return {"event": type(self.event).__name__, "at": round(self.at, 3), **fields}
+        return {
+            "event": type(self.event).__name__,
+            "at": round(self.at, 3),
+            **event_fields(self.event),
+        }
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """A membership event's fields as its log line and `nova status` show them (without a
+    record: it is large, and a host's own view tells it)."""
+    return {k: v for k, v in dataclasses.asdict(event).items() if k != "record"}
 
 
 @dataclass(frozen=True, slots=True)
