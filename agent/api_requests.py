@@ -14,20 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.migration.policy import PolicyOverrides
 from .core.refusals import RefusalKind, Refused
 from .core.templates import parse_ref
 from .vmspec import DiskSpec, VmSpec
 
 # --- migrations and recoveries -------------------------------------------------------
 
-OVERRIDES = (  # policy settings a migrate request may override (`MigrationPolicy` fields)
-    "bandwidth_mib_s",
-    "max_downtime_ms",
-    "post_copy",
-    "auto_converge",
-    "completion_timeout_min",
-    "completion_timeout_per_gib",
-)
+# Policy settings a migrate request may override (`PolicyOverrides` fields), each with the
+# JSON types it takes: a bool is no number here, and a downtime is a whole number of ms.
+OVERRIDES: Mapping[str, tuple[type, ...]] = {
+    "bandwidth_mib_s": (int, float),
+    "max_downtime_ms": (int,),
+    "post_copy": (bool,),
+    "auto_converge": (bool,),
+    "completion_timeout_min": (int, float),
+    "completion_timeout_per_gib": (int, float),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +38,7 @@ class MigrateRequest:
     """Move a VM: to the host named, or to the best host now (`target` None: 'auto')."""
 
     target: str | None  # the host named by 'to'; None: the best one, chosen when asked
-    # Policy settings given for this move (values the migration core checks: `with_overrides`)
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    overrides: PolicyOverrides = field(default_factory=PolicyOverrides)  # settings for this move
     traceparent: str = ""  # the request's W3C trace context header, if it had one
 
 
@@ -50,7 +52,7 @@ def migrate_request(body: Mapping[str, Any]) -> MigrateRequest:
         raise Refused(RefusalKind.INVALID, f"'auto' must be true or false, got {auto!r}")
     if target is not None and auto:
         raise Refused(RefusalKind.INVALID, "give a target host ('to') or 'auto', not both")
-    overrides = {k: body[k] for k in OVERRIDES if body.get(k) is not None}
+    overrides = _overrides(body)
     if auto:
         return MigrateRequest(None, overrides)
     if not target or not isinstance(target, str):
@@ -58,6 +60,19 @@ def migrate_request(body: Mapping[str, Any]) -> MigrateRequest:
             RefusalKind.INVALID, "no target host given: say where to move the VM ('to' or 'auto')"
         )
     return MigrateRequest(target, overrides)
+
+
+def _overrides(body: Mapping[str, Any]) -> PolicyOverrides:
+    """The policy settings `body` gives, their types checked (their ranges are the policy's)."""
+    given = {name: body[name] for name in OVERRIDES if body.get(name) is not None}
+    for name, value in given.items():
+        kinds = OVERRIDES[name]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise Refused(
+                RefusalKind.INVALID,
+                f"bad policy: policy setting {name!r} has the wrong type: {value!r}",
+            )
+    return PolicyOverrides(**given)
 
 
 def recover_request(body: Mapping[str, Any]) -> str:

@@ -359,11 +359,6 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def as_dict(config: AgentConfig) -> dict[str, Any]:
-    """The configuration as plain data (for `nova status --json` and logs)."""
-    return dataclasses.asdict(config)
-
-
 def from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:
     """The flags that were actually given."""
     return {k: v for k, v in vars(namespace).items() if k in _FIELDS and v is not None}

@@ -54,7 +54,14 @@ from .core.membership.node import MembershipNode
 from .core.migration.reservations import free_capacity
 from .core.refusals import RefusalKind, Refused
 from .core.templates import parse_ref
-from .daemon_status import CertificateStatus, DaemonStatus, RevocationsPublished, TemplatesStatus
+from .daemon_status import (
+    CertificateStatus,
+    DaemonStatus,
+    RecentEvent,
+    RevocationsPublished,
+    TemplatesStatus,
+    event_fields,
+)
 from .discovery import Discovery, DuplicateNode, PeerEvent, PeerFound
 from .drain import Drain, DrainRequests
 from .hypervisor import Hypervisor, HypervisorError, ProbeGuest
@@ -311,7 +318,7 @@ class Agent:
             pulls=self.pulls,
         )
         self.notifier = Notifier()
-        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.recent_events: deque[RecentEvent] = deque(maxlen=RECENT_EVENTS)
         self._wake = asyncio.Event()  # the core's next deadline may have moved earlier
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # running loops and introductions
@@ -908,12 +915,11 @@ class Agent:
 
     def _log_event(self, event: Event) -> None:
         kind = type(event).__name__
-        fields = {k: v for k, v in dataclasses.asdict(event).items() if k != "record"}
         if kind == "RecordUpdated":
             return  # frequent and boring: every host refreshes its record
         level = logging.WARNING if kind in ("MemberFailed", "MemberSuspected") else logging.INFO
-        log.log(level, kind, extra={"fields": fields})
-        self.recent_events.append({"event": kind, "at": round(time.time(), 3), **fields})
+        log.log(level, kind, extra={"fields": event_fields(event)})
+        self.recent_events.append(RecentEvent(event, time.time()))
 
     # --- status -------------------------------------------------------------------
 
@@ -941,7 +947,7 @@ class Agent:
             refusals={str(k): v for k, v in self.trust.refusals.items()},
             last_refusal=_reason(self.trust.last_certificate_refusal),
             recent_events=tuple(self.recent_events)[-20:],
-            site_link=self.gateway.as_dict() if self.gateway is not None else None,
+            site_link=self.gateway.link_status() if self.gateway is not None else None,
             site_commands_refused=self.site_commands.refused,
             event_stream=self.events.status() if self.events is not None else None,
             tracing=self.tracing.status() if self.tracing is not None else None,

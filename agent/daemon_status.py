@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from novacron.protocol.certificates import format_time
 
+from .core.events import Event
+
 if TYPE_CHECKING:  # the daemon's parts whose status this carries; only their types are needed
     from .event_stream import StreamStatus
+    from .gateway import SiteLinkStatus
+    from .introduction import IntroductionStats
     from .otlp import ExporterStatus
     from .transport import TransportStats
 
@@ -76,6 +80,27 @@ class TemplatesStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentEvent:
+    """A membership event as `nova status` lists it: what happened, and when."""
+
+    event: Event  # the core's event (never a `RecordUpdated`: too frequent to list)
+    at: float  # unix seconds when the daemon heard of it
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": type(self.event).__name__,
+            "at": round(self.at, 3),
+            **event_fields(self.event),
+        }
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """A membership event's fields as its log line and `nova status` show them (without a
+    record: it is large, and a host's own view tells it)."""
+    return {k: v for k, v in dataclasses.asdict(event).items() if k != "record"}
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonStatus:
     """The daemon's facts in `nova status`, beside the membership core's."""
 
@@ -91,11 +116,11 @@ class DaemonStatus:
     domain_type_reason: str  # why that type, or why none yet
     transport: TransportStats  # a copy: the live counters go on
     handling_failures: int
-    introductions: Mapping[str, Any]  # `Introductions.stats()`
+    introductions: IntroductionStats
     refusals: Mapping[str, int]  # peer refusals by kind
     last_refusal: str | None  # the last certificate refusal's reason
-    recent_events: tuple[Mapping[str, Any], ...]  # membership events, oldest first
-    site_link: Mapping[str, Any] | None  # the gateway's `as_dict`; None without a coordinator
+    recent_events: tuple[RecentEvent, ...]  # membership events, oldest first
+    site_link: SiteLinkStatus | None  # None without a coordinator
     site_commands_refused: int
     event_stream: StreamStatus | None  # None without an event stream
     tracing: ExporterStatus | None  # None without traces
@@ -103,7 +128,7 @@ class DaemonStatus:
 
     def to_json(self) -> dict[str, Any]:
         issued_at = self.revocations_issued_at
-        stream, tracing = self.event_stream, self.tracing
+        stream, tracing, link = self.event_stream, self.tracing, self.site_link
         return {
             "certificate": self.certificate.to_json(),
             "revocations_issued_at": format_time(issued_at) if issued_at else None,
@@ -117,11 +142,11 @@ class DaemonStatus:
             "domain_type_reason": self.domain_type_reason,
             "transport": dataclasses.asdict(self.transport),
             "handling_failures": self.handling_failures,
-            "introductions": dict(self.introductions),
+            "introductions": self.introductions.to_json(),
             "refusals": dict(self.refusals),
             "last_refusal": self.last_refusal,
-            "recent_events": [dict(event) for event in self.recent_events],
-            "site_link": self.site_link,
+            "recent_events": [event.to_json() for event in self.recent_events],
+            "site_link": link.to_json() if link is not None else None,
             "site_commands_refused": self.site_commands_refused,
             "event_stream": stream.to_json() if stream is not None else None,
             "tracing": tracing.to_json() if tracing is not None else None,

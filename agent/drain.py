@@ -47,6 +47,7 @@ from typing import Any
 from novacron.protocol.messages import DrainAnswer, DrainRequest, MemberState, Message
 from novacron.protocol.operators import MAX_AGE, CommandRefused, OperatorCommand
 
+from .core.migration.policy import PolicyOverrides
 from .core.migration.saga import ClusterView, MigrationInfo
 from .core.observability.cloud_events import DrainChanged
 from .core.observability.tracing import Span, SpanKind
@@ -344,7 +345,7 @@ class Drain:
             self._join(move)
             try:
                 mids = await self._migrator.start_group_migration(
-                    move, placement.target, {}, purpose="drain"
+                    move, placement.target, PolicyOverrides(), purpose="drain"
                 )
             except Refused as exc:
                 core.refused(move, str(exc), now)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import ssl
@@ -85,6 +86,22 @@ class LinkStatus:
     last_error: str = ""
     attempts: int = 0
     commands_run: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLinkStatus:
+    """The site link in `nova status`: the link's state and the stream it carries."""
+
+    link: LinkStatus  # a copy: the live one goes on changing
+    stream: str  # the id of the stream of deltas to the coordinator
+    unacknowledged: int  # deltas sent and not yet acknowledged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.link),
+            "stream": self.stream,
+            "unacknowledged": self.unacknowledged,
+        }
 
 
 class Gateway:
@@ -329,12 +346,11 @@ class Gateway:
         self.status.commands_run += 1
         self._stream.report(outcome)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **self.status.__dict__,
-            "stream": self._stream.stream,
-            "unacknowledged": self._stream.unacked,
-        }
+    def link_status(self) -> SiteLinkStatus:
+        """For `nova status`: the link now, with the stream it carries."""
+        return SiteLinkStatus(
+            dataclasses.replace(self.status), self._stream.stream, self._stream.unacked
+        )
 
 
 def aiohttp_timeout() -> Any:

@@ -60,7 +60,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -144,6 +144,24 @@ class _Connection:
     released: bool = False  # its slot was given back (served, or closed for room)
 
 
+@dataclass(frozen=True, slots=True)
+class IntroductionStats:
+    """What the introduction port has done since start (`nova status` shows it)."""
+
+    open: int  # connections open now
+    introduced: int  # introductions answered with our certificate
+    checked: int  # certificates given the full checks
+    refused: Mapping[str, int]  # refusals by kind, sorted by kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "open": self.open,
+            "introduced": self.introduced,
+            "checked": self.checked,
+            "refused": dict(self.refused),
+        }
+
+
 class IntroductionServer:
     """Answers introductions: checks the caller's certificate, returns ours."""
 
@@ -184,14 +202,14 @@ class IntroductionServer:
         """Introductions and connections turned down since start."""
         return sum(self._tally.total.values())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> IntroductionStats:
         """For `nova status`: connections open now, introductions made, refusals by kind."""
-        return {
-            "open": self._gate.open,
-            "introduced": self.introduced,
-            "checked": self.checked,
-            "refused": dict(sorted(self._tally.total.items())),
-        }
+        return IntroductionStats(
+            self._gate.open,
+            self.introduced,
+            self.checked,
+            dict(sorted(self._tally.total.items())),
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 

@@ -67,7 +67,7 @@ from .core.events import (
     SwitchToPostCopy,
 )
 from .core.images.holders import lacking
-from .core.migration.policy import MigrationPolicy, switchover_limit_ms
+from .core.migration.policy import MigrationPolicy, PolicyOverrides, switchover_limit_ms
 from .core.migration.saga import (
     ClusterView,
     JobTotals,
@@ -263,10 +263,10 @@ class Migrator:
             if placement.target is None:
                 raise Refused(placement.kind, placement.reason)
             target = placement.target
-        return await self.start_migration(vm, target, dict(request.overrides))
+        return await self.start_migration(vm, target, request.overrides)
 
     async def start_migration(
-        self, vm: str, target: str, overrides: dict[str, Any], purpose: str = "manual"
+        self, vm: str, target: str, overrides: PolicyOverrides, purpose: str = "manual"
     ) -> str:
         """Propose moving `vm` to `target`; the migration id, or `Refused` with the reason."""
         (migration_id,) = await self.start_group_migration((vm,), target, overrides, purpose)
@@ -276,7 +276,7 @@ class Migrator:
         self,
         vms: Sequence[str],
         target: str,
-        overrides: dict[str, Any],
+        overrides: PolicyOverrides,
         purpose: str = "manual",
     ) -> list[str]:
         """Propose moving VMs that must stay together (an affinity group) to `target`, room
@@ -641,7 +641,10 @@ def migration_flags(policy: MigrationPolicy, disks: list[LocalDisk]) -> int:
 def migration_params(policy: MigrationPolicy, migration_uri: str) -> dict[str, Any]:
     """migrateToURI3 typed parameters: where QEMU connects, and the bandwidth cap, which holds
     in post-copy too (QEMU's post-copy is otherwise unlimited: a capped link would be
-    flooded the moment a migration escalates)."""
+    flooded the moment a migration escalates).
+
+    A dict because it is libvirt's own wire format (`VIR_MIGRATE_PARAM_*` names to values):
+    it goes straight to `migrateToURI3` and to nothing else of ours."""
     params: dict[str, Any] = {}
     if migration_uri:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri

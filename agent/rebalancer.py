@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from novacron.protocol.messages import MemberState, NodeRecord, RebalanceSetting
 
 from .core.membership.members import MemberInfo
+from .core.migration.policy import PolicyOverrides
 from .core.observability.cloud_events import RebalanceMoved, RebalanceRefused
 from .core.observability.tracing import Span, SpanKind
 from .core.rebalancing.planner import (
@@ -342,7 +343,7 @@ class Rebalancer:
             try:
                 # An affinity group's VMs go as one: room for all of them, or none moves.
                 mids = await self._migrator.start_group_migration(
-                    move.vms, move.target, {}, "rebalance"
+                    move.vms, move.target, PolicyOverrides(), "rebalance"
                 )
             except Refused as exc:
                 self.on_event(RebalanceRefused(tuple(move.vms), move.target, str(exc)))

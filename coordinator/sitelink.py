@@ -30,14 +30,11 @@ from novacron.protocol.sitelink import (
     Ack,
     Challenge,
     Command,
-    CommandKind,
     Delta,
-    Disk,
     Hello,
     RefusalCode,
     Refused,
     Resync,
-    VmSpec,
     Welcome,
     decode,
     encode,
@@ -115,12 +112,12 @@ class SiteLinks:
 
     async def _send_commands(self, link: Link) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            for body in await self.store.commands_to_send(link.site):
-                if body["key"] in link.sent or self._links.get(link.site) is not link:
+            for command in await self.store.commands_to_send(link.site):
+                if command.key in link.sent or self._links.get(link.site) is not link:
                     continue
-                link.sent.add(body["key"])
-                await link.send(self._command_frame(body))
-                await self.store.command_sent(body["key"])
+                link.sent.add(command.key)
+                await link.send(self._command_frame(command))
+                await self.store.command_sent(command.key)
 
     async def _send_pinned(self, link: Link, keys: set[str]) -> None:
         """The commands whose pins were just committed, pinned and signed for their host.
@@ -128,12 +125,11 @@ class SiteLinks:
         The gateway runs a pinned command only as the coordinator signed it: the
         host checks that signature, which covers the host it runs on."""
         with contextlib.suppress(ConnectionError, RuntimeError):
-            for body in await self.store.commands_to_send(link.site):
-                if body["key"] in keys and body.get("host"):
-                    await link.send(self._command_frame(body))
+            for command in await self.store.commands_to_send(link.site):
+                if command.key in keys and command.host:
+                    await link.send(self._command_frame(command))
 
-    def _command_frame(self, body: dict[str, Any]) -> bytes:
-        command = command_from(body)
+    def _command_frame(self, command: Command) -> bytes:
         if self.c.signer is not None:
             command = self.c.signer.sign(command, self.c.now())
         return encode(command, self.c.node)
@@ -262,31 +258,3 @@ def authenticate(hello: Hello, nonce: bytes, site: dict[str, Any] | None, now: f
 
 def _gateway_of(hello: Hello) -> str:
     return decode_certificate(hello.certificate).node_id
-
-
-def command_from(body: dict[str, Any]) -> Command:
-    """The wire command for a stored command body (with its pin, if any)."""
-    spec = body.get("spec") or {}
-    return Command(
-        body["key"],
-        CommandKind(body["kind"]),
-        host=body.get("host", ""),
-        vm=body.get("vm", ""),
-        target=body.get("target", ""),
-        spec=VmSpec(
-            name=spec.get("name", ""),
-            vcpus=spec.get("vcpus", 0),
-            memory_mib=spec.get("memory_mib", 0),
-            kernel=spec.get("kernel", ""),
-            initrd=spec.get("initrd", ""),
-            cmdline=spec.get("cmdline", ""),
-            disks=tuple(Disk(d["base"], d.get("size_mib", 0)) for d in spec.get("disks", [])),
-            labels=dict(spec.get("labels", {})),
-            start=spec.get("start", True),
-        )
-        if spec
-        else VmSpec(),
-        force=bool(body.get("force", False)),
-        stop_timeout=float(body.get("stop_timeout", 30.0)),
-        traceparent=str(body.get("traceparent", "")),
-    )

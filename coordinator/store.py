@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from novacron.protocol.sitelink import Delta, HostState, Outcome
+from novacron.protocol.sitelink import (
+    Command,
+    CommandKind,
+    Delta,
+    Disk,
+    HostState,
+    Outcome,
+    VmSpec,
+)
 
 from .db import Connection, Database, Row
 from .stream import Applied, StreamPosition, Verdict, advance, judge
@@ -777,7 +785,7 @@ class Store:
         )
         b.event(f"operation.{status}", op_id, "", {"error": error})
 
-    async def commands_to_send(self, site: str) -> list[dict[str, Any]]:
+    async def commands_to_send(self, site: str) -> list[Command]:
         """The site's unfinished commands, oldest first, each with its pin if it has one."""
         rows = await self.db.fetch(
             "SELECT key, body, host FROM commands WHERE site = ? AND state IN (?, ?, ?) "
@@ -785,7 +793,7 @@ class Store:
             site,
             *UNFINISHED_COMMANDS,
         )
-        return [{**json.loads(r["body"]), "host": r["host"]} for r in rows]
+        return [command_from({**json.loads(r["body"]), "host": r["host"]}) for r in rows]
 
     async def unfinished_commands(self) -> dict[tuple[str, str], int]:
         """How many commands each site has not finished, by (site, state)."""
@@ -1101,3 +1109,32 @@ def decode_cursor(token: str, size: int) -> tuple[str, ...] | None:
     if not all(isinstance(p, str) for p in parts):
         return None
     return tuple(parts)
+
+
+def command_from(body: dict[str, Any]) -> Command:
+    """The wire command for a stored command body (with its pin, if any): the store keeps
+    bodies as JSON, and hands out commands."""
+    spec = body.get("spec") or {}
+    return Command(
+        body["key"],
+        CommandKind(body["kind"]),
+        host=body.get("host", ""),
+        vm=body.get("vm", ""),
+        target=body.get("target", ""),
+        spec=VmSpec(
+            name=spec.get("name", ""),
+            vcpus=spec.get("vcpus", 0),
+            memory_mib=spec.get("memory_mib", 0),
+            kernel=spec.get("kernel", ""),
+            initrd=spec.get("initrd", ""),
+            cmdline=spec.get("cmdline", ""),
+            disks=tuple(Disk(d["base"], d.get("size_mib", 0)) for d in spec.get("disks", [])),
+            labels=dict(spec.get("labels", {})),
+            start=spec.get("start", True),
+        )
+        if spec
+        else VmSpec(),
+        force=bool(body.get("force", False)),
+        stop_timeout=float(body.get("stop_timeout", 30.0)),
+        traceparent=str(body.get("traceparent", "")),
+    )

@@ -36,6 +36,7 @@ from novacron.agent.core.events import (
 )
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.location import Presence, Where
+from novacron.agent.core.migration.policy import PolicyOverrides
 from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.protocol.messages import (
     JobPhase,
@@ -226,7 +227,7 @@ class Mesh:
             self.absorb(destination, core.receive(source, message, self.now))
 
     def request(
-        self, source: str, name: str, target: str, overrides: Mapping[str, Any] | None = None
+        self, source: str, name: str, target: str, overrides: PolicyOverrides | None = None
     ) -> MigrationOutput:
         out = self.absorb(
             source, self.core(source).request_migration(name, target, overrides, self.now)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from novacron.agent import client, httpd
 from novacron.agent.api import HTTP_STATUS, ApiServer
 from novacron.agent.api_requests import MigrateRequest
+from novacron.agent.core.migration.policy import PolicyOverrides
 from novacron.agent.core.refusals import RefusalKind
 from novacron.agent.httpd import HttpServer
 from tests.api_client import UnixHTTPConnection, call, request, until
@@ -107,7 +108,7 @@ async def test_a_bad_body_is_a_400_that_reaches_no_control(
         404,
         {"error": "unknown VM a"},
     )
-    assert migrations.asked == [("a", MigrateRequest(None, {"bandwidth_mib_s": 5}))]
+    assert migrations.asked == [("a", MigrateRequest(None, PolicyOverrides(bandwidth_mib_s=5)))]
     assert await call(sock, "POST", "/v1/vms/a/recover", json={"on": "h1"}) == (
         200,
         {"vm": "a", "host": "h1"},

@@ -18,6 +18,7 @@ from novacron.agent.api_requests import (
     recover_request,
     stop_timeout,
 )
+from novacron.agent.core.migration.policy import PolicyOverrides
 from novacron.agent.core.refusals import RefusalKind, Refused
 from novacron.agent.vmspec import DiskSpec, VmSpec
 
@@ -30,9 +31,12 @@ from novacron.agent.vmspec import DiskSpec, VmSpec
         ({"auto": True}, MigrateRequest(None)),
         (
             {"to": "h2", "bandwidth_mib_s": 5, "post_copy": True, "max_downtime_ms": None},
-            MigrateRequest("h2", {"bandwidth_mib_s": 5, "post_copy": True}),
+            MigrateRequest("h2", PolicyOverrides(bandwidth_mib_s=5, post_copy=True)),
         ),
-        ({"auto": True, "auto_converge": False}, MigrateRequest(None, {"auto_converge": False})),
+        (
+            {"auto": True, "auto_converge": False},
+            MigrateRequest(None, PolicyOverrides(auto_converge=False)),
+        ),
     ],
 )
 def test_a_migrate_request_names_the_target_or_auto_and_the_overrides(
@@ -57,6 +61,21 @@ def test_a_recover_request_names_the_host() -> None:
         (migrate_request, {"to": "", "auto": True}, "give a target host ('to') or 'auto', not"),
         (migrate_request, {"auto": "yes"}, "'auto' must be true or false, got 'yes'"),
         (migrate_request, {"auto": 1}, "'auto' must be true or false, got 1"),
+        (
+            migrate_request,
+            {"to": "h2", "max_downtime_ms": 1.5},
+            "bad policy: policy setting 'max_downtime_ms' has the wrong type: 1.5",
+        ),
+        (
+            migrate_request,
+            {"auto": True, "bandwidth_mib_s": True},
+            "bad policy: policy setting 'bandwidth_mib_s' has the wrong type: True",
+        ),
+        (
+            migrate_request,
+            {"to": "h2", "post_copy": "yes"},
+            "bad policy: policy setting 'post_copy' has the wrong type: 'yes'",
+        ),
         (recover_request, {}, "say where the VM is to run ('on': a host id)"),
         (recover_request, {"on": ""}, "say where the VM is to run"),
         (recover_request, {"on": ["h1"]}, "say where the VM is to run"),

@@ -21,7 +21,7 @@ from novacron.agent.core.events import (
     ReservationReleased,
     StartLibvirtMigration,
 )
-from novacron.agent.core.migration.policy import MigrationLimits
+from novacron.agent.core.migration.policy import MigrationLimits, PolicyOverrides
 from novacron.agent.core.migration.saga import MigrationConfig
 from novacron.simulations.migrations import Lab, host, vm
 from tests.fuzzing import fuzz
@@ -164,7 +164,7 @@ def test_cancel_mid_migration() -> None:
 def test_hot_guest_completes_under_postcopy_and_aborts_without() -> None:
     world = Lab([host("h1", vm("a"), vm("b")), host("h2")], hot={"a", "b"})
     world.request("h1", "a", "h2")
-    world.request("h1", "b", "h2", {"post_copy": False})
+    world.request("h1", "b", "h2", PolicyOverrides(post_copy=False))
     world.run(40.0)
     assert [e.vm for e in world.of("h1", MigrationCompleted)] == ["a"]
     (failed,) = world.of("h1", MigrationFailed)
@@ -205,7 +205,7 @@ def apply(world: Lab, op: Op) -> None:
     if kind == "request":
         source = world.location[first]
         if world.cores[source] is not None:
-            world.request(source, first, second, {"post_copy": flag})
+            world.request(source, first, second, PolicyOverrides(post_copy=flag))
     elif kind == "cancel":
         source = world.location[first]
         if world.cores[source] is not None:

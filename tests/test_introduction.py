@@ -142,7 +142,7 @@ async def test_a_member_is_introduced_and_each_side_learns_the_other(cluster: Cl
     assert known is not None and known.encoded == cluster.n2.encoded
     again = await cluster.introduce(cluster.n2.encoded)  # from memory, no second check
     assert again.node_id == "n1"
-    assert cluster.server.stats()["introduced"] == 2 and cluster.server.checked == 1
+    assert cluster.server.stats().introduced == 2 and cluster.server.checked == 1
 
 
 async def test_refusals_name_their_cause(cluster: Cluster) -> None:
@@ -178,7 +178,7 @@ async def test_an_address_that_sent_a_forged_certificate_gets_no_new_one_checked
     second = await _exchange(cluster.port, request_bytes(next(forgeries)), "127.0.2.1")
     assert second == b""  # reset unanswered: over a limit, an answer is not worth its cost
     assert cluster.server.checked == 1
-    assert cluster.server.stats()["refused"] == {"bad-signature": 1, "busy": 1}
+    assert cluster.server.stats().refused == {"bad-signature": 1, "busy": 1}
     # Another address is not held responsible.
     honest = await _exchange(cluster.port, request_bytes(cluster.n2.encoded), "127.0.2.2")
     assert honest[:1] == b"+"
@@ -191,7 +191,7 @@ async def test_an_address_over_its_rate_is_refused_before_anything_is_read() -> 
             assert (await cluster.introduce(cluster.n2.encoded)).node_id == "n1"
         with pytest.raises(IntroductionFailed, match="closed the connection without answering"):
             await cluster.introduce(cluster.n2.encoded)
-        assert cluster.server.stats()["refused"] == {"busy": 1}
+        assert cluster.server.stats().refused == {"busy": 1}
         # Another address has its own rate.
         other = await _exchange(cluster.port, request_bytes(cluster.n2.encoded), "127.0.3.1")
         assert other[:1] == b"+"
@@ -217,7 +217,7 @@ async def test_a_request_that_never_completes_is_dropped_at_its_deadline() -> No
         answer = await asyncio.wait_for(reader.read(), timeout=5)
         assert "did not arrive within 0.3 s" in _refusal_text(answer)
         writer.close()
-        assert cluster.server.stats()["open"] == 0
+        assert cluster.server.stats().open == 0
     finally:
         await cluster.server.close()
 
@@ -229,7 +229,7 @@ async def test_when_every_slot_is_taken_the_oldest_arriving_request_makes_room()
         for host in range(1, 4):
             where = ("127.0.0.1", cluster.port + 1)
             stalled.append(socket.create_connection(where, 5, (f"127.0.4.{host}", 0)))
-        while cluster.server.stats()["open"] < 3:
+        while cluster.server.stats().open < 3:
             await asyncio.sleep(0.01)
         met = await cluster.introduce(cluster.n2.encoded)  # a fourth, honest and quick
         assert met.node_id == "n1"

@@ -18,7 +18,7 @@ import pytest
 from novacron.agent import migrator as migrator_module
 from novacron.agent.api import ApiServer, http_status
 from novacron.agent.api_requests import MigrateRequest, migrate_request
-from novacron.agent.core.migration.policy import MigrationPolicy
+from novacron.agent.core.migration.policy import MigrationPolicy, PolicyOverrides
 from novacron.agent.core.refusals import Refused
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
@@ -150,7 +150,9 @@ async def test_bad_requests_are_refused_with_the_reason_and_send_nothing(
 async def test_a_request_proposes_to_the_target_and_shows_in_the_list() -> None:
     sent: list[tuple[str, Message]] = []
     driver = migrator(sent)
-    migration_id = await driver.migrate("vm1", MigrateRequest("h2", {"bandwidth_mib_s": 5}))
+    migration_id = await driver.migrate(
+        "vm1", MigrateRequest("h2", PolicyOverrides(bandwidth_mib_s=5))
+    )
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
     row = driver.migration(migration_id)
     assert row is not None

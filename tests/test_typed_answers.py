@@ -15,15 +15,17 @@ from typing import Any, cast
 
 import pytest
 
+from novacron.agent.api_requests import migrate_request
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.location import Presence, Where
+from novacron.agent.core.migration.policy import PolicyOverrides
 from novacron.agent.core.migration.saga import MigrationInfo
 from novacron.agent.drain import Arriving, DrainStatus, Moving, RemoteDrainStatus
 from novacron.agent.history import HistoryEntry, HistoryRow, VmHistory
 from novacron.agent.locator import Locator
 from novacron.agent.migration_row import MigrationRow
 from novacron.agent.recovery import Recovered, Recoveries
-from novacron.protocol.messages import NodeRecord, VmSummary
+from novacron.protocol.messages import Message, NodeRecord, VmSummary
 from novacron.protocol.operators import OperatorCommand
 from tests.api_server import raw_answer, serve_api
 from tests.fake_mesh import FakeView, migrator
@@ -274,3 +276,34 @@ async def test_the_api_sends_a_recoverys_json_byte_for_byte_as_before(tmp_path: 
         "was": "in doubt after m1",
     }
     assert answer == (200, json.dumps(before).encode())
+
+
+# --- a migration's policy overrides ------------------------------------------------------------
+
+
+async def test_overrides_are_typed_by_the_api_and_a_bad_one_is_answered_as_before(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent)
+    sock, server = await serve_api(tmp_path, migrations=driver)
+    try:
+        # The migration core refused these when overrides were dicts; the API does now.
+        for body, before in [
+            (b'{"to": "h2", "max_downtime_ms": 1.5}', "'max_downtime_ms' has the wrong type: 1.5"),
+            (b'{"auto": true, "post_copy": "yes"}', "'post_copy' has the wrong type: 'yes'"),
+            (b'{"to": "h2", "bandwidth_mib_s": -1}', None),  # a range: still the policy's
+        ]:
+            answer = await raw_answer(sock, "POST", "/v1/vms/vm1/migrate", body)
+            why = (
+                f"bad policy: policy setting {before}"
+                if before is not None
+                else "bad policy: bandwidth must be >= 0 MiB/s, got -1"
+            )
+            assert answer == (400, json.dumps({"error": why}).encode())
+        assert sent == [] and driver.migrations() == []
+    finally:
+        await server.close()
+        await driver.close()
+    asked = migrate_request({"to": "h2", "bandwidth_mib_s": 5, "post_copy": False})
+    assert asked.overrides == PolicyOverrides(bandwidth_mib_s=5, post_copy=False)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from novacron.agent.claims import ClaimVerdict
+from novacron.agent.core.events import IdentityClash, MemberFailed, MemberJoined
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.membership.stats import NodeStats
 from novacron.agent.core.placement.targets import libvirt_down
@@ -23,10 +24,13 @@ from novacron.agent.core.rebalancing.planner import Decision, Move
 from novacron.agent.daemon_status import (
     CertificateStatus,
     DaemonStatus,
+    RecentEvent,
     RevocationsPublished,
     TemplatesStatus,
 )
 from novacron.agent.event_stream import StreamStatus
+from novacron.agent.gateway import LinkStatus, SiteLinkStatus
+from novacron.agent.introduction import IntroductionStats
 from novacron.agent.mesh_pull import PullStatus
 from novacron.agent.otlp import ExporterStatus
 from novacron.agent.rebalancer import MoveRow, RebalancePlan, RebalanceStatus, StartedMove
@@ -432,7 +436,14 @@ CERTIFICATE_JSON = {  # as `Agent._certificate_status` wrote it
 }
 STREAM = StreamStatus("nats://127.0.0.1:4222", 3, 10, 1, "refused", 1_700_000_000.5)
 EXPORTER = ExporterStatus("http://127.0.0.1:4318", 7, 0, None)
-EVENT = {"event": "MemberJoined", "at": 1_700_000_000.123, "node_id": "h2"}
+EVENT = RecentEvent(MemberJoined("h2", 3, "198.18.0.2:7946"), 1_700_000_000.1234)
+EVENT_JSON = {  # as `Agent._log_event` kept it when it was a dict
+    "event": "MemberJoined",
+    "at": 1_700_000_000.123,
+    "node_id": "h2",
+    "incarnation": 3,
+    "address": "198.18.0.2:7946",
+}
 
 
 def _daemon(**changes: Any) -> DaemonStatus:
@@ -449,7 +460,7 @@ def _daemon(**changes: Any) -> DaemonStatus:
         domain_type_reason="/dev/kvm usable and libvirt offers kvm",
         transport=TransportStats(sent=5, bytes_sent=900),
         handling_failures=0,
-        introductions={"open": 0, "introduced": 2, "checked": 2, "refused": {}},
+        introductions=IntroductionStats(0, 2, 2, {}),
         refusals={"expired": 1},
         last_refusal="h9: certificate expired",
         recent_events=(EVENT,),
@@ -478,7 +489,7 @@ DAEMON_JSON = {  # as `Agent._daemon_status` wrote it when it was a dict
     "introductions": {"open": 0, "introduced": 2, "checked": 2, "refused": {}},
     "refusals": {"expired": 1},
     "last_refusal": "h9: certificate expired",
-    "recent_events": [EVENT],
+    "recent_events": [EVENT_JSON],
     "site_link": None,
     "site_commands_refused": 0,
     "event_stream": {
@@ -523,6 +534,66 @@ def test_the_daemons_status_is_typed_and_its_json_is_the_old_dict() -> None:
     before = {**DAEMON_JSON, "revocations_issued_at": None, "event_stream": None, "tracing": None}
     before.update(domain_type=None, domain_type_reason="not decided yet")
     assert json.dumps(bare.to_json()) == json.dumps(before)
+
+
+LINK = SiteLinkStatus(
+    LinkStatus("h1", True, "wss://coordinator.example:8443", "lyon", "", 2, 5), "s-1", 3
+)
+LINK_JSON = {  # as `Gateway.as_dict` wrote it
+    "gateway": "h1",
+    "connected": True,
+    "coordinator": "wss://coordinator.example:8443",
+    "site": "lyon",
+    "last_error": "",
+    "attempts": 2,
+    "commands_run": 5,
+    "stream": "s-1",
+    "unacknowledged": 3,
+}
+CLASH = RecentEvent(IdentityClash("h5", ("198.18.0.5:7946", "198.18.0.6:7946"), None), WALL)
+CLASH_JSON = {
+    "event": "IdentityClash",
+    "at": 1_700_000_000.123,
+    "node_id": "h5",
+    "addresses": ["198.18.0.5:7946", "198.18.0.6:7946"],
+    "this_life_began": None,
+}
+FAILED = RecentEvent(MemberFailed("h3", 4, "h2"), WALL + 1)
+FAILED_JSON = {"event": "MemberFailed", "at": 1_700_000_001.123, "node_id": "h3"}
+FAILED_JSON.update(incarnation=4, by="h2")
+
+
+async def test_the_api_sends_the_site_link_and_events_byte_for_byte_as_before(
+    tmp_path: Path,
+) -> None:
+    linked = _daemon(
+        introductions=IntroductionStats(2, 9, 7, {"bad-signature": 1, "busy": 4}),
+        recent_events=(EVENT, CLASH, FAILED),
+        site_link=LINK,
+    )
+    view = MeshView(
+        lambda: _Core(),  # type: ignore[arg-type,return-value]
+        lambda: NOW,
+        lambda: linked,
+        lambda: VERDICTS,
+        lambda: {"h3": "revoked"},
+    )
+    before = _old_status(_Core())
+    before.update(
+        introductions={
+            "open": 2,
+            "introduced": 9,
+            "checked": 7,
+            "refused": {"bad-signature": 1, "busy": 4},
+        },
+        recent_events=[EVENT_JSON, CLASH_JSON, FAILED_JSON],
+        site_link=LINK_JSON,
+    )
+    sock, server = await serve_api(tmp_path, view=view)
+    try:
+        assert await raw_answer(sock, "GET", "/v1/status") == (200, _bytes(before))
+    finally:
+        await server.close()
 
 
 def test_a_reload_and_a_revocation_list_answer_typed() -> None:

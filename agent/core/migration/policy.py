@@ -6,8 +6,8 @@ Two frozen values, both with defaults chosen for edge hosts and overridable:
   auto-converge, and the escalation rule for a guest that does not converge
   (after `completion_timeout_per_gib` seconds per GiB of guest memory, switch
   to post-copy if allowed, else abort). `with_overrides` applies an operator's
-  per-migration settings (`nova vm migrate --bandwidth ...`) and refuses
-  unknown or out-of-range ones with a sentence the CLI can print.
+  per-migration settings (`PolicyOverrides`: `nova vm migrate --bandwidth ...`)
+  and refuses out-of-range ones with a sentence the CLI can print.
 - `MigrationLimits` is per host and per cluster: at most 2 outbound and 2
   inbound migrations per host, and a cluster-wide ceiling estimated from the
   counters every agent publishes in its gossiped record's typed fields
@@ -22,7 +22,6 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from novacron.protocol.messages import MAX_MIGRATIONS, NodeRecord
 
@@ -79,34 +78,37 @@ class MigrationPolicy:
             )
 
 
-_POLICY_TYPES: dict[str, tuple[type, ...]] = {
-    "bandwidth_mib_s": (int, float),
-    "max_downtime_ms": (int,),
-    "auto_converge": (bool,),
-    "post_copy": (bool,),
-    "completion_timeout_per_gib": (int, float),
-    "completion_timeout_min": (int, float),
-}
+@dataclass(frozen=True, slots=True)
+class PolicyOverrides:
+    """An operator's settings for one migration (`nova vm migrate --bandwidth ...`).
 
-
-def with_overrides(policy: MigrationPolicy, overrides: Mapping[str, Any] | None) -> MigrationPolicy:
-    """`policy` with an operator's per-migration settings applied, checked one by one.
-
-    Raises `PolicyError` naming the bad setting: an unknown name, a wrong type
-    (a bool is not a number here, a float is not a whole number of ms), or a
-    value out of range.
+    Each field is a `MigrationPolicy` field of the same name; None leaves the
+    configured value. The local API builds this from a request's body, its
+    types checked there (`api_requests.migrate_request`); the ranges are the
+    policy's to check, once applied (`with_overrides`).
     """
-    if not overrides:
+
+    bandwidth_mib_s: float | None = None
+    max_downtime_ms: int | None = None
+    auto_converge: bool | None = None
+    post_copy: bool | None = None
+    completion_timeout_per_gib: float | None = None
+    completion_timeout_min: float | None = None
+
+
+def with_overrides(policy: MigrationPolicy, overrides: PolicyOverrides | None) -> MigrationPolicy:
+    """`policy` with an operator's per-migration settings applied.
+
+    Raises `PolicyError` naming a setting whose value is out of range.
+    """
+    if overrides is None:
         return policy
-    changes: dict[str, Any] = {}
-    for name, value in overrides.items():
-        kinds = _POLICY_TYPES.get(name)
-        if kinds is None:
-            raise PolicyError(f"unknown policy setting {name!r}")
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise PolicyError(f"policy setting {name!r} has the wrong type: {value!r}")
-        changes[name] = value
-    return dataclasses.replace(policy, **changes)
+    changes = {
+        field.name: value
+        for field in dataclasses.fields(overrides)
+        if (value := getattr(overrides, field.name)) is not None
+    }
+    return dataclasses.replace(policy, **changes) if changes else policy
 
 
 IDLE_MAX_DOWNTIME_MS = 50  # switchover limit for a guest measured idle, without a cap
