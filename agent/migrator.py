@@ -67,6 +67,7 @@ from .core.events import (
     SwitchToPostCopy,
 )
 from .core.images.holders import lacking
+from .core.images.target_fetch import refusal_details
 from .core.migration.policy import MigrationPolicy, switchover_limit_ms
 from .core.migration.saga import (
     ClusterView,
@@ -329,7 +330,7 @@ class Migrator:
         raise Refused(
             RefusalKind.CONFLICT,
             f"{target} lacks template {ref}, the base of {vm}'s disk: {doing}",
-            {"lacking_template": ref, "host": target, "fetching": told},
+            refusal_details(target, ref, told),
         )
 
     async def cancel(self, migration_id: str) -> None:
