@@ -45,6 +45,10 @@ class FakeView:
     def records(self) -> Mapping[str, NodeRecord]:
         return self._records
 
+    def gossip(self, node_id: str, **fields: Any) -> None:
+        """`node_id`'s next record, with `fields` changed, as gossip brings it."""
+        self._records[node_id] = dataclasses.replace(self._records[node_id], **fields)
+
 
 TEMPLATE = "debian-12:1"
 
