@@ -270,7 +270,9 @@ class Agent:
             self.rebalancer.on_event = self.events.emit
             self.drain.on_event = self.events.emit
         self.site_commands = SiteCommands(
-            SiteControls(self.node_id, vms, self.migrator, self.drain, self.tracing),
+            SiteControls(
+                self.node_id, vms, self.migrator, self.drain, self.core.records, self.tracing
+            ),
             Path(config.data_dir) / SITE_COMMANDS,
             send=self._send,
             gateway=lambda: elect(self.core.members(), self.core.records()),

@@ -338,7 +338,7 @@ class Drain:
         core, migrations = self._core, self._migrator.core
         core.look(now, self._host)
         while (move := core.next_move(now, self._host)) is not None:
-            placement = migrations.place_group(move)
+            placement = migrations.place_group(move, await self._migrator.vm_templates(move))
             if placement.target is None:
                 core.no_target(move, placement.reason, now, migrations.targets_full_from_here())
                 continue

@@ -67,6 +67,7 @@ from .core.events import (
     SwitchToPostCopy,
 )
 from .core.images.holders import lacking
+from .core.images.target_fetch import refusal_details
 from .core.migration.policy import MigrationPolicy, PolicyOverrides, switchover_limit_ms
 from .core.migration.saga import (
     ClusterView,
@@ -76,6 +77,7 @@ from .core.migration.saga import (
     MigrationInfo,
 )
 from .core.refusals import RefusalKind, Refused
+from .core.templates import template_of
 from .disks import (
     LocalDisk,
     incremental,
@@ -259,7 +261,7 @@ class Migrator:
             self.tracing.expect(vm, request.traceparent)
         target = request.target
         if target is None:
-            placement = self.core.place(vm)
+            placement = self.core.place(vm, await self.vm_templates((vm,)))
             if placement.target is None:
                 raise Refused(placement.kind, placement.reason)
             target = placement.target
@@ -295,15 +297,25 @@ class Migrator:
             raise Refused(RefusalKind.CONFLICT, "refused")
         return proposed
 
-    async def _target_holds_templates(self, vms: Sequence[str], target: str) -> None:
-        """`Refused` when `target` lacks the template of one of `vms` (its disk's base would
-        be missing there); the target is asked to fetch it from the mesh meanwhile."""
+    async def vm_templates(self, vms: Sequence[str]) -> dict[str, str]:
+        """The template each of `vms` was made from, by its domain's labels (records do not
+        carry VMs' labels): placement prefers a host that holds it."""
+        labels = await self._vm_labels(vms)
+        return {vm: ref for vm, vm_labels in labels.items() if (ref := template_of(vm_labels))}
+
+    async def _vm_labels(self, vms: Sequence[str]) -> dict[str, dict[str, str]]:
         labels = {}
         for vm in vms:
             try:
                 labels[vm] = await self.libvirt.call(_labels_of, vm)
             except libvirt.libvirtError:
                 continue  # no such VM here, or no libvirt: the core's refusal says so
+        return labels
+
+    async def _target_holds_templates(self, vms: Sequence[str], target: str) -> None:
+        """`Refused` when `target` lacks the template of one of `vms` (its disk's base would
+        be missing there); the target is asked to fetch it from the mesh meanwhile."""
+        labels = await self._vm_labels(vms)
         missing = lacking(self._view.records().get(target), labels)
         if not missing:
             return
@@ -318,7 +330,7 @@ class Migrator:
         raise Refused(
             RefusalKind.CONFLICT,
             f"{target} lacks template {ref}, the base of {vm}'s disk: {doing}",
-            {"lacking_template": ref, "host": target, "fetching": told},
+            refusal_details(target, ref, told),
         )
 
     async def cancel(self, migration_id: str) -> None:

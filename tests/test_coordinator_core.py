@@ -7,6 +7,7 @@ of the agent (the ledger file), obeying only the site's gateway.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from novacron.agent import site_controls
 from novacron.agent.api_requests import MigrateRequest
 from novacron.agent.core.refusals import RefusalKind, Refused
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.agent.drain import DrainStatus
 from novacron.agent.site_commands import SiteCommands
 from novacron.agent.site_controls import SiteControls
@@ -28,8 +31,15 @@ from novacron.coordinator.ratelimit import RateLimiter
 from novacron.protocol import codec
 from novacron.protocol import sitelink as wire
 from novacron.protocol.coordinator_commands import CommandSigner, CoordinatorTrust
-from novacron.protocol.messages import MemberState, Message, SiteCommandRelay, SiteCommandResult
+from novacron.protocol.messages import (
+    MemberState,
+    Message,
+    MigrationPropose,
+    SiteCommandRelay,
+    SiteCommandResult,
+)
 from novacron.simulations.federation import tls_files
+from tests.fake_mesh import TEMPLATE, FakeView, labelled_libvirt, migrator
 
 
 @dataclass(frozen=True)
@@ -152,11 +162,13 @@ def commands(
     sent: list[tuple[str, Message]],
     authority: Authority | None,
     gateway: str = "g",
+    controls: SiteControls | None = None,
 ) -> SiteCommands:
     async def send(to: str, message: Message) -> None:
         sent.append((to, message))
 
-    controls = SiteControls("h1", vms, Nothing(), Nothing())  # type: ignore[arg-type]
+    if controls is None:
+        controls = SiteControls("h1", vms, Nothing(), Nothing(), dict)  # type: ignore[arg-type]
     return SiteCommands(
         controls,
         tmp_path / "ledger",
@@ -277,3 +289,85 @@ async def test_a_host_with_no_coordinator_configured_refuses_every_command(
     outcome = await here.run_here(create("k1", signer=authority.signer))
     assert outcome.status == 403 and "no coordinator configured" in outcome.detail
     assert vms.created == [] and here.refused == 1
+
+
+# --- a migrate to a host that must fetch the VM's template first ------------------------
+
+
+class FetchingMesh:
+    """h1's real migrator in `FakeView`'s mesh, on libvirt's test driver where vm1 is made
+    from `TEMPLATE`, which h2 lacks; asked to fetch it, h2 does if `fetches` (its record
+    lists it as fetching, then as held), else it never starts."""
+
+    def __init__(self, tmp_path: Path, fetches: bool) -> None:
+        self.view = FakeView()
+        self.sent: list[tuple[str, Message]] = []
+        uri = labelled_libvirt(tmp_path, {"vm1": {TEMPLATE_LABEL: TEMPLATE}})
+        self.driver = migrator(self.sent, self.view, uri)
+        self.driver.want_template = self._want
+        self.asked: list[tuple[str, str]] = []
+        self._fetches = fetches
+        self._fetching: set[asyncio.Task[None]] = set()
+
+    def controls(self) -> SiteControls:
+        return SiteControls("h1", Vms(), self.driver, Nothing(), self.view.records)  # type: ignore[arg-type]
+
+    def proposals(self) -> list[tuple[str, str]]:
+        return [(to, m.vm) for to, m in self.sent if isinstance(m, MigrationPropose)]
+
+    async def _want(self, target: str, ref: str) -> bool:
+        self.asked.append((target, ref))
+        if self._fetches:
+            self._fetching.add(asyncio.create_task(self._fetch(target, ref)))
+        return True
+
+    async def _fetch(self, host: str, ref: str) -> None:
+        self.view.gossip(host, fetching=(ref,))
+        await asyncio.sleep(0.1)
+        self.view.gossip(host, templates=(ref,), fetching=())
+
+
+def migrate(key: str, signer: CommandSigner, target: str = "h2") -> wire.Command:
+    command = wire.Command(key, wire.CommandKind.MIGRATE, host="h1", vm="vm1", target=target)
+    return signer.sign(command, time.time())
+
+
+@pytest.fixture
+def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(site_controls, "TEMPLATE_LOOK", 0.01)
+    monkeypatch.setattr(site_controls, "FETCH_QUIET", 0.3)
+
+
+@pytest.mark.parametrize("target", ["h2", ""])
+async def test_a_migrate_command_waits_for_the_targets_fetch_then_migrates(
+    tmp_path: Path, authority: Authority, quick_looks: None, target: str
+) -> None:
+    """As `nova vm migrate` does: the target fetches the template, then the VM moves there
+    (with no target named too: the agents' choice, the only other host, lacks it)."""
+    mesh = FetchingMesh(tmp_path, fetches=True)
+    here = commands(tmp_path, Vms(), [], authority, controls=mesh.controls())
+    outcome = await here.run(migrate("k1", authority.signer, target))
+    assert (outcome.ok, outcome.status, outcome.migration != "") == (True, 202, True)
+    assert outcome.detail == (
+        f"migration {outcome.migration} started from h1 once h2 held template {TEMPLATE}"
+    )
+    assert mesh.asked == [("h2", TEMPLATE)] and mesh.proposals() == [("h2", "vm1")]
+    await mesh.driver.close()
+
+
+async def test_a_migrate_command_gives_up_on_a_target_that_does_not_fetch(
+    tmp_path: Path, authority: Authority, quick_looks: None
+) -> None:
+    mesh = FetchingMesh(tmp_path, fetches=False)
+    here = commands(tmp_path, Vms(), [], authority, controls=mesh.controls())
+    outcome = await here.run(migrate("k1", authority.signer))
+    assert (outcome.ok, outcome.status) == (False, 409)
+    assert outcome.detail.startswith(
+        f"h2 lacks template {TEMPLATE} and has not been fetching it for 0 s: no peer may hold"
+    )
+    assert mesh.asked == [("h2", TEMPLATE)] and mesh.proposals() == []  # never moved
+    mesh.driver.want_template = None  # a host that cannot ask h2 to fetch: no wait at all
+    refused = await here.run(migrate("k2", authority.signer))
+    assert (refused.ok, refused.status) == (False, 409)
+    assert "it cannot be asked to fetch it" in refused.detail and mesh.proposals() == []
+    await mesh.driver.close()

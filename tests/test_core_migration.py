@@ -44,6 +44,7 @@ from novacron.agent.core.migration.saga import (
 )
 from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL
 from novacron.agent.core.refusals import RefusalKind
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.protocol.messages import (
     JobPhase,
     MemberState,
@@ -1054,6 +1055,19 @@ def test_the_source_remembers_where_its_last_committed_move_of_a_vm_took_it() ->
     mesh.call("h1", "migration_finished", mid, True, "")
     assert mesh.core("h1").moved_to("vm1") == "h2"
     assert mesh.core("h2").moved_to("vm1") is None  # the target moved nothing
+
+
+def test_place_prefers_a_host_holding_the_vms_template_by_its_labels_or_as_told() -> None:
+    """h2 and h3 are alike (h2 wins their tie); h3 holds debian-12:1 whole. The template
+    is the VM's label where the view carries VM labels, else what the driver read."""
+    labelled = dataclasses.replace(vm("vm1"), labels={TEMPLATE_LABEL: "debian-12:1"})
+    h3 = dataclasses.replace(host("h3"), templates=("debian-12:1",))
+    mesh = Mesh([host("h1", labelled, vm("vm2")), host("h2"), h3])
+    core = mesh.core("h1")
+    assert core.place("vm1").target == "h3"
+    assert core.place("vm2").target == "h2"
+    assert core.place("vm2", {"vm2": "debian-12:1"}).target == "h3"
+    assert core.place_group(("vm1", "vm2")).target == "h3"  # the one template among them
 
 
 def test_a_target_that_does_not_show_our_last_proposal_yet_is_full_from_here() -> None:

@@ -30,6 +30,7 @@ from novacron.agent.cli.common import Output
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.placement.targets import AFFINITY_LABEL
 from novacron.agent.core.refusals import Refused
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.agent.drain import Drain, DrainRequests, DrainStatus, RemoteDrainStatus
 from novacron.agent.migration_row import MigrationRow
 from novacron.agent.migrator import Migrator
@@ -44,7 +45,15 @@ from novacron.protocol.messages import (
 )
 from novacron.protocol.operators import OperatorCommand
 from tests.api_client import call, until
-from tests.fake_mesh import FakeView, Fixed, NoView, migrator
+from tests.fake_mesh import (
+    TEMPLATE,
+    FakeView,
+    Fixed,
+    HolderView,
+    NoView,
+    labelled_libvirt,
+    migrator,
+)
 from tests.operators import Operator
 
 
@@ -141,6 +150,20 @@ async def test_a_drain_moves_an_affinity_group_whole_to_one_host(tmp_path: Path)
         "app": "h2",
         "db": "h2",
     }  # both slots: vm1 waits for the next free one
+    await drain.close()
+    await driver.close()
+
+
+async def test_a_drain_sends_a_vm_to_a_host_that_holds_its_template(tmp_path: Path) -> None:
+    """h2 and h3 are alike but for h3 holding vm1's template (its domain names it): vm1
+    goes there, so no image has to travel first."""
+    sent: list[tuple[str, Message]] = []
+    uri = labelled_libvirt(tmp_path, {"vm1": {TEMPLATE_LABEL: TEMPLATE}})
+    driver = migrator(sent, HolderView(), uri)
+    drain = Drain(driver, tmp_path / "draining", publish=_nothing, clock=lambda: 100.0)
+    await drain.drain()
+    await settle()
+    assert [(d, m.vm) for d, m in sent if isinstance(m, MigrationPropose)] == [("h3", "vm1")]
     await drain.close()
     await driver.close()
 

@@ -20,6 +20,7 @@ from novacron.agent.api import ApiServer, http_status
 from novacron.agent.api_requests import MigrateRequest, migrate_request
 from novacron.agent.core.migration.policy import MigrationPolicy, PolicyOverrides
 from novacron.agent.core.refusals import Refused
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.agent.disks import LocalDisk, local_disks, volume_xml
 from novacron.agent.migrator import (
     BASE_FLAGS,
@@ -37,7 +38,7 @@ from novacron.protocol.messages import (
     Ping,
 )
 from tests.api_client import call
-from tests.fake_mesh import NoView, migrator
+from tests.fake_mesh import TEMPLATE, HolderView, NoView, labelled_libvirt, migrator
 
 # --- libvirt arguments ----------------------------------------------------------------
 
@@ -183,6 +184,19 @@ async def test_auto_picks_the_host_with_room() -> None:
     assert [(d, type(m)) for d, m in sent] == [("h2", MigrationPropose)]
     row = driver.migration(migration_id)
     assert row is not None and row.info.target == "h2"
+    await driver.close()
+
+
+@pytest.mark.parametrize(("labels", "target"), [({TEMPLATE_LABEL: TEMPLATE}, "h3"), ({}, "h2")])
+async def test_auto_prefers_a_host_that_holds_the_vms_template(
+    tmp_path: Path, labels: dict[str, str], target: str
+) -> None:
+    """The template is the one vm1's domain names: h3 holds it and wins h2's tie, so no
+    image travels; a VM of no template goes where it went before (h2)."""
+    sent: list[tuple[str, Message]] = []
+    driver = migrator(sent, HolderView(), labelled_libvirt(tmp_path, {"vm1": labels}))
+    await driver.migrate("vm1", MigrateRequest(None))
+    assert [(d, type(m)) for d, m in sent] == [(target, MigrationPropose)]
     await driver.close()
 
 

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from novacron.agent.core.membership.members import MemberInfo
 from novacron.agent.core.migration.policy import MigrationLimits
 from novacron.agent.core.migration.reservations import Demand
-from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL, Placement, choose_target
+from novacron.agent.core.placement.targets import (
+    ANTI_AFFINITY_LABEL,
+    HOLDER_LEAD,
+    Placement,
+    choose_group_target,
+    choose_target,
+)
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
 
 GIB = 1024
@@ -118,3 +124,75 @@ def test_a_host_with_a_vm_of_the_same_anti_affinity_group_is_skipped() -> None:
     alone = {k: v for k, v in by_id.items() if k != "h3"}
     refused = choose_target(alone, members(), "h1", SMALL, MigrationLimits(), 4.0, "db")
     assert refused.reason == "no host can take it: h2: anti-affinity: a VM of group db runs there"
+
+
+# --- a host that already holds the VM's template -----------------------------------------
+
+TEMPLATE = "debian-12:1"
+FROM_TEMPLATE = Demand(1, 512, template=TEMPLATE)
+
+
+def loaded(node: str, utilization: float, **kw: object) -> NodeRecord:
+    """A host of 4 cores and 8 GiB whose one VM keeps `utilization` of its cores busy."""
+    vm = VmSummary(f"{node}-vm", vcpus=2, memory_mib=1024, cpu_load=4 * utilization)
+    capacity = Resources(vcpus=4, memory_mib=8 * GIB)
+    return NodeRecord(node, 1, capacity=capacity, vms=(vm,), **kw)  # type: ignore[arg-type]
+
+
+def test_a_host_holding_the_template_wins_over_an_equal_or_slightly_better_one() -> None:
+    source = record("h1", GIB)
+    holder = loaded("h3", 0.3, templates=(TEMPLATE,))
+    equal = loaded("h2", 0.3)  # would win the tie by its node id
+    assert choose([source, equal, holder], FROM_TEMPLATE).target == "h3"
+    better = loaded("h2", 0.2, templates=("other:1",))  # less busy, but would fetch the image
+    assert choose([source, better, holder], FROM_TEMPLATE).target == "h3"
+
+
+def test_a_much_busier_holder_loses_to_a_host_that_would_fetch_the_image() -> None:
+    """The lead is bounded: VMs of one template do not all pile onto its one holder."""
+    source = record("h1", GIB)
+    holder = loaded("h3", 0.3 + HOLDER_LEAD + 0.05, templates=(TEMPLATE,))
+    assert choose([source, loaded("h2", 0.3), holder], FROM_TEMPLATE).target == "h2"
+
+
+def test_a_holder_that_does_not_fit_is_never_chosen() -> None:
+    held = {"templates": (TEMPLATE,)}
+    unfit = [
+        loaded("h3", 0.0, draining=True, **held),
+        loaded("h4", 0.0, migrations_in=2, **held),
+        record("h5", 8 * GIB, 7936, **held),  # 256 MiB free
+        loaded("h6", 0.0, **held),  # dead
+    ]
+    placement = choose([record("h1", GIB), loaded("h2", 0.9), *unfit], FROM_TEMPLATE, "h6")
+    assert placement.target == "h2"
+    alone = choose([record("h1", GIB), *unfit], FROM_TEMPLATE, "h6")
+    assert alone.target is None and alone.reason.startswith("no host can take it: h3: ")
+
+
+def test_without_a_holder_the_choice_is_the_one_made_for_a_vm_of_no_template() -> None:
+    hosts = [
+        record("h1", GIB),
+        loaded("h2", 0.4, templates=("debian-12:2",)),  # another version is another image
+        loaded("h3", 0.1),
+        loaded("h4", 0.1, fetching=(TEMPLATE,)),  # not whole yet
+        record("h5", 16 * GIB),
+    ]
+    assert choose(hosts, FROM_TEMPLATE) == choose(hosts, SMALL) == Placement("h5")
+    assert choose(hosts[:-1], FROM_TEMPLATE) == choose(hosts[:-1], SMALL) == Placement("h3")
+
+
+def test_a_group_prefers_a_host_holding_every_template_of_its_vms() -> None:
+    web = Demand(1, 512, template=TEMPLATE)
+    cache = Demand(1, 512, template="redis:7")
+    hosts = {
+        r.node_id: r
+        for r in (
+            record("h1", GIB),
+            loaded("h2", 0.2, templates=(TEMPLATE,)),  # only one of the two
+            loaded("h3", 0.3, templates=(TEMPLATE, "redis:7")),
+        )
+    }
+    both = choose_group_target(hosts, members(), "h1", (web, cache), MigrationLimits(), 4.0)
+    assert both.target == "h3"
+    plain = (Demand(1, 512), Demand(1, 512))
+    assert choose_group_target(hosts, members(), "h1", plain, MigrationLimits(), 4.0).target == "h2"

@@ -12,13 +12,15 @@ from hypothesis import strategies as st
 
 from novacron.agent.core.federation.commands import CommandLedger, LedgerEntry
 from novacron.agent.core.federation.gateway import elect
-from novacron.agent.core.federation.sitelink import SiteStream
+from novacron.agent.core.federation.sitelink import SiteStream, pin_host
 from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.migration.policy import MigrationLimits
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.coordinator.stream import StreamPosition, Verdict, advance, judge
 from novacron.protocol import codec
 from novacron.protocol import sitelink as wire
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import MemberState, NodeRecord, Ping, VmSummary
+from novacron.protocol.messages import MemberState, NodeRecord, Ping, Resources, VmSummary
 
 from .fuzzing import fuzz
 from .strategies import for_struct, mutations
@@ -146,6 +148,29 @@ def test_nothing_new_is_sent_while_too_many_deltas_wait() -> None:
     assert sent == stream.unacked
     stream.ack(wire.Ack("s1", sent))
     assert stream.observe(view(host("h1", version + 1)))  # the change was not lost
+
+
+# --- which host runs a command --------------------------------------------------------
+
+
+def test_a_new_vm_of_a_template_is_pinned_to_a_host_that_holds_it() -> None:
+    """h2 and h3 are alike (h2 wins their tie) but h3 holds the template the VM names."""
+    room = Resources(vcpus=4, memory_mib=4096)
+    records = {
+        "h2": NodeRecord("h2", 1, capacity=room),
+        "h3": NodeRecord("h3", 1, capacity=room, templates=("debian-12:1",)),
+    }
+
+    def member(node: str) -> MemberInfo:
+        return MemberInfo(node, f"{node}:7946", 1, ALIVE, 0.0, 0.0)
+
+    def pinned(labels: dict[str, str]) -> tuple[str | None, str]:
+        spec = wire.VmSpec("web", 1, 64, kernel="/k", labels=labels)
+        command = wire.Command("k", wire.CommandKind.CREATE, spec=spec)
+        return pin_host(command, records, member, MigrationLimits(), 4.0)
+
+    assert pinned({TEMPLATE_LABEL: "debian-12:1"}) == ("h3", "")
+    assert pinned({}) == pinned({TEMPLATE_LABEL: "debian-12:2"}) == ("h2", "")
 
 
 # --- the coordinator's verdicts ---------------------------------------------------------

@@ -16,6 +16,15 @@ import time
 from typing import Any
 
 from novacron.agent import client
+from novacron.agent.core.images.target_fetch import (
+    FETCH_QUIET,
+    TEMPLATE_ASKS,
+    TEMPLATE_LOOK,
+    AwaitedFetch,
+    FetchState,
+    FetchWatch,
+    awaited_fetch,
+)
 
 from .common import (
     EXIT_FAILED,
@@ -28,10 +37,7 @@ from .common import (
 )
 from .table import render
 
-TEMPLATE_ASKS = 3  # a target that loses the template again after fetching it is asked anew
-TEMPLATE_LOOK = 1.0  # seconds between looks at the target's record while it fetches
 LOG_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
-FETCH_QUIET = 30.0  # seconds a target neither fetching nor holding the template is given up
 WAIT_HOLD = 0.5  # seconds the agent holds each look (it answers at once when the migration ends)
 MIB = 1024 * 1024
 PAGE = 4096  # libvirt reports the dirty rate in pages per second
@@ -108,35 +114,33 @@ def _start(args: argparse.Namespace, out: Output, body: dict[str, Any]) -> Any:
         try:
             return client.post(f"/v1/vms/{args.vm}/migrate", body, args.socket)
         except client.AgentRequestFailed as exc:
-            ref, host = exc.details.get("lacking_template"), exc.details.get("host")
-            if not (isinstance(ref, str) and isinstance(host, str) and exc.details.get("fetching")):
+            awaited = awaited_fetch(exc.details)
+            if awaited is None:
                 raise
-            _await_template(args, out, host, ref)
-            body = {**{k: v for k, v in body.items() if k != "auto"}, "to": host}  # it fetched
+            _await_template(args, out, awaited)
+            # That host by name: --auto could now choose another, one that lacks it.
+            body = {**{k: v for k, v in body.items() if k != "auto"}, "to": awaited.host}
     return client.post(f"/v1/vms/{args.vm}/migrate", body, args.socket)
 
 
-def _await_template(args: argparse.Namespace, out: Output, host: str, ref: str) -> None:
-    """Wait until `host`'s gossiped record lists `ref` as held whole, with a progress line;
-    `AgentRequestFailed` once it has been neither fetching nor holding it for a while."""
+def _await_template(args: argparse.Namespace, out: Output, awaited: AwaitedFetch) -> None:
+    """Wait until the target's gossiped record lists the template as held whole, with a
+    progress line; `AgentRequestFailed` once it has been neither fetching nor holding it
+    for a while."""
+    host, ref = awaited.host, awaited.ref
     live = not out.json and sys.stderr.isatty()
-    started = last_seen = time.monotonic()
+    watch = FetchWatch(awaited, time.monotonic(), FETCH_QUIET)
     last_line = ""
     while True:
         record = client.get(f"/v1/hosts/{host}", args.socket).get("record") or {}
         now = time.monotonic()
-        if ref in record.get("templates", ()):
+        state = watch.look(record.get("templates", ()), record.get("fetching", ()), now)
+        if state is FetchState.HELD:
             break
-        if ref in record.get("fetching", ()):
-            last_seen = now
-        elif now - last_seen > FETCH_QUIET:
-            raise client.AgentRequestFailed(
-                409,
-                f"{host} lacks template {ref} and has not been fetching it for "
-                f"{FETCH_QUIET:.0f} s: no peer may hold it whole (see 'nova host show {host}' "
-                "and that host's agent log; 'nova template pull' on it says why)",
-            )
-        waited = now - started if live else (now - started) // LOG_EVERY * LOG_EVERY
+        if state is FetchState.QUIET:
+            raise client.AgentRequestFailed(409, watch.gave_up())
+        since = now - watch.started
+        waited = since if live else since // LOG_EVERY * LOG_EVERY
         line = f"{host} is fetching template {ref} from its peers ({waited:.0f} s)"
         if not out.json and line != last_line:
             _draw(line, last_line, live)

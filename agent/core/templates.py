@@ -85,6 +85,11 @@ TEMPLATE_LABEL = "novacron/template"
 """The label of a VM made from a template: NAME:VERSION, whose image is its disk's base."""
 
 
+def template_of(labels: Mapping[str, str]) -> str:
+    """The template a VM with `labels` was made from ("" for none)."""
+    return labels.get(TEMPLATE_LABEL, "")
+
+
 class TemplateRefused(ProtocolError):
     """A template cannot be taken; `reason` names why in one word, for scripts."""
 

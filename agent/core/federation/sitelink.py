@@ -35,6 +35,7 @@ from ..membership.members import MemberInfo
 from ..migration.policy import MigrationLimits
 from ..migration.reservations import Demand
 from ..placement.targets import ANTI_AFFINITY_LABEL, choose_target
+from ..templates import template_of
 
 MAX_UNACKED = 256  # deltas in flight; beyond it nothing new is sent until acks come
 MAX_VMS_PER_DELTA = 8_000  # keeps a delta of large hosts well under the frame limit
@@ -241,7 +242,8 @@ def pin_host(
     """The host that must run `command` in this view, or (None, why no host can).
 
     A new VM goes where the agents' own placement puts it (`choose_target`,
-    as `nova vm migrate --auto` does); a command about a VM goes to the host
+    as `nova vm migrate --auto` does: a host holding its template, by its
+    labels, is preferred); a command about a VM goes to the host
     that runs it (the running copy, while a migration shows two); a drain to
     the host it names."""
     if command.kind is CommandKind.CREATE:
@@ -250,7 +252,8 @@ def pin_host(
         if where:
             return None, f"a VM named {spec.name} already exists on {where[0]}"
         group = spec.labels.get(ANTI_AFFINITY_LABEL, "")
-        demand = Demand(spec.vcpus, spec.memory_mib, anti_affinity=group)
+        template = template_of(spec.labels)
+        demand = Demand(spec.vcpus, spec.memory_mib, anti_affinity=group, template=template)
         placement = choose_target(records, member, "", demand, limits, overcommit, group)
         return placement.target, placement.reason
     if command.kind in (CommandKind.DRAIN, CommandKind.UNDRAIN):

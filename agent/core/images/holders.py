@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from novacron.protocol.messages import MemberState, NodeRecord
 
-from ..templates import TEMPLATE_LABEL, parse_ref, version_key
+from ..templates import parse_ref, template_of, version_key
 
 MAX_LISTED = 64
 """The most templates a record lists as held (and as being fetched): the record
@@ -53,7 +53,7 @@ def lacking(
     return sorted(
         (vm, ref)
         for vm, vm_labels in labels.items()
-        if (ref := vm_labels.get(TEMPLATE_LABEL)) and ref not in held
+        if (ref := template_of(vm_labels)) and ref not in held
     )
 
 

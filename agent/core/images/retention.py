@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..templates import TEMPLATE_LABEL
+from ..templates import template_of
 
 
 def used_refs(vm_labels: Iterable[Mapping[str, str]], disk_bases: Iterable[str]) -> set[str]:
     """The templates in use: named by a VM's label, or the base of a disk (by ref)."""
-    named = {labels[TEMPLATE_LABEL] for labels in vm_labels if labels.get(TEMPLATE_LABEL)}
+    named = {ref for labels in vm_labels if (ref := template_of(labels))}
     return named | set(disk_bases)
 
 

@@ -98,6 +98,7 @@ class Demand:
     memory_mib: int  # guest memory
     disk_gib: float = 0.0  # local disk to copy
     anti_affinity: str = ""  # its anti-affinity group ("" for none)
+    template: str = ""  # the template (NAME:VERSION) its disk's base comes from ("" for none)
 
 
 def combined(demands: Iterable[Demand]) -> Demand:

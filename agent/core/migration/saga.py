@@ -190,6 +190,7 @@ from ..placement.targets import (
     sending_load,
 )
 from ..refusals import RefusalKind
+from ..templates import template_of
 from .inbound import Inbound, next_inbound
 from .location import Doubt, On, Presence, Wait, locate, undecided
 from .policy import (
@@ -589,13 +590,16 @@ class MigrationCore:
             out.events.append(MigrationProposed(saga.migration_id, saga.vm, self.node_id, target))
         return out
 
-    def place(self, vm: str) -> Placement:
+    def place(self, vm: str, templates: Mapping[str, str] | None = None) -> Placement:
         """Where `vm` (running here) would go now: the best target, or why there is none."""
-        return self.place_group((vm,))
+        return self.place_group((vm,), templates)
 
-    def place_group(self, vms: Sequence[str]) -> Placement:
+    def place_group(
+        self, vms: Sequence[str], templates: Mapping[str, str] | None = None
+    ) -> Placement:
         """Where VMs running here that must stay together would go now, all to one host:
-        the best target, or why there is none."""
+        the best target, or why there is none. `templates`: the template each VM was made
+        from, as its domain says, for a view whose VM summaries carry no labels."""
         records = self._view.records()
         own = records.get(self.node_id)
         demands = []
@@ -605,7 +609,7 @@ class MigrationCore:
                 return Placement(
                     None, f"unknown VM: {vm} does not run on {self.node_id}", RefusalKind.UNKNOWN
                 )
-            demands.append(_demand(summary))
+            demands.append(_demand(summary, (templates or {}).get(vm, "")))
         sending = sending_load(own, ((s.target, s.vm) for s in self._sagas.values()), records)
         return choose_group_target(
             records,
@@ -1800,8 +1804,9 @@ def _arrivals(message: MigrationPropose) -> list[GroupMember]:
     return [own, *message.group]
 
 
-def _demand(summary: VmSummary) -> Demand:
-    """What `summary`'s VM asks of a target: its size and its anti-affinity group."""
-    return Demand(
-        summary.vcpus, summary.memory_mib, 0.0, summary.labels.get(ANTI_AFFINITY_LABEL, "")
-    )
+def _demand(summary: VmSummary, template: str = "") -> Demand:
+    """What `summary`'s VM asks of a target: its size, its anti-affinity group and the
+    template its disk comes from (`template`, else as its labels say)."""
+    labels = summary.labels
+    group = labels.get(ANTI_AFFINITY_LABEL, "")
+    return Demand(summary.vcpus, summary.memory_mib, 0.0, group, template or template_of(labels))

@@ -11,6 +11,12 @@ the node id, so every agent given the same view picks the same host and the
 choice is reproducible.
 A host already running a VM of the same anti-affinity group never qualifies.
 
+A host whose record says it holds the VMs' templates whole counts as
+`HOLDER_LEAD` less utilized than it is: among the hosts that qualify, it wins
+over one that would first have to fetch the image, unless it is much busier.
+When no VM comes from a template, or no qualifying host holds it, the order
+is the one above.
+
 When nothing qualifies, the answer says why for each host, so an operator
 sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
 """
@@ -34,6 +40,12 @@ ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 
 AFFINITY_LABEL = "novacron/affinity"
 """VM label: VMs with the same value stay on one host (the rebalancer moves them together)."""
+
+HOLDER_LEAD = 0.25
+"""How much busier (CPU in use over cores) a host holding the VMs' templates may be than
+the best host lacking them and still be chosen. Holding them saves a fetch of the image
+before the VM can move or start there; a lead without bound would send every VM of one
+template (a drain's, say) to the same holder until it is full."""
 
 
 def libvirt_down(record: NodeRecord) -> str | None:
@@ -98,12 +110,20 @@ def choose_group_target(
             continue
         free = free_capacity(record, [], overcommit).memory_mib
         load = utilization(record, (sending or {}).get(node_id, 0.0))
-        candidates.append((load, -free, record.migrations_in, node_id))
+        lead = HOLDER_LEAD if holds_templates(record, demands) else 0.0
+        candidates.append((load - lead, -free, record.migrations_in, node_id))
     if candidates:
         return Placement(min(candidates)[3])
     if not refusals:
         return Placement(None, "no other host in the mesh")
     return Placement(None, "no host can take it: " + "; ".join(refusals))
+
+
+def holds_templates(record: NodeRecord, demands: Sequence[Demand]) -> bool:
+    """Whether `record`'s host holds whole every template the VMs come from (False when none
+    comes from a template: there is nothing to save)."""
+    wanted = {demand.template for demand in demands if demand.template}
+    return bool(wanted) and wanted.issubset(record.templates)
 
 
 def utilization(record: NodeRecord, arriving: float = 0.0) -> float:
