@@ -250,7 +250,7 @@ def dirty_rate_stats(host: LabHost, vm: str) -> dict[str, str]:
 
 
 def dirty_rate_started(host: LabHost, vm: str) -> int:
-    """When QEMU last started measuring `vm`'s dirty rate (in seconds of its own clock; 0: never)."""
+    """When QEMU last started measuring `vm`'s dirty rate (its own clock's seconds; 0: never)."""
     return int(dirty_rate_stats(host, vm).get("dirtyrate.calc_start_time", 0))
 
 
