@@ -47,10 +47,9 @@ from novacron.agent.domain_type import (
     choose,
     kvm_device_problem,
 )
-from novacron.agent.inventory import VM_STATES
+from novacron.agent.inventory import VM_STATES, domain_labels
 from novacron.agent.libvirt_adapter import CONNECTION_ERRORS, LibvirtAdapter, Opener, Unreachable
 from novacron.agent.vmspec import (
-    NAMESPACE,
     BadSpec,
     HypervisorError,
     VmMetadata,
@@ -591,17 +590,6 @@ def _undefine_domain(dom: Any, flags: int) -> None:
         if _code(exc) not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
             raise
         dom.undefine()
-
-
-def domain_labels(dom: Any) -> dict[str, str]:
-    """A domain's NovaCron labels; {} for domains without NovaCron metadata."""
-    try:
-        element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
-    except libvirt.libvirtError as exc:
-        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-            return {}
-        raise
-    return parse_metadata(str(element)).labels
 
 
 def _last_job(dom: Any) -> JobStats | None:

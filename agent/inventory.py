@@ -42,7 +42,9 @@ import psutil
 from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 
 from .core.membership.records import vm_load_limit
+from .core.placement.targets import gossiped_labels
 from .libvirt_adapter import LibvirtAdapter, start_libvirt_event_loop
+from .vmspec import NAMESPACE, parse_metadata
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ class DomainSample:
     held: bool = False  # to be measured, but a libvirt job held it (e.g. it just arrived)
     measuring: bool = False  # a dirty-rate measurement was started by this read
     read_at: float = 0.0  # the inventory's clock when libvirt gave `cpu_time_ns`
+    labels: Mapping[str, str] = field(default_factory=dict)  # those placement reads
 
 
 def read_domains(
@@ -225,12 +228,24 @@ def read_domains(
                     held=wanted and bool(job),
                     measuring=measuring,
                     read_at=read_at,
+                    labels=gossiped_labels(domain_labels(dom)),
                 )
             )
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
     return samples
+
+
+def domain_labels(dom: Any) -> dict[str, str]:
+    """A domain's NovaCron labels; {} for domains without NovaCron metadata."""
+    try:
+        element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return {}
+        raise
+    return parse_metadata(str(element)).labels
 
 
 def _measured_dirty_rates(conn: Any, domains: list[Any]) -> dict[str, float]:
@@ -507,6 +522,7 @@ class Inventory:
                 memory_mib=s.memory_mib,
                 cpu_load=self._history.load(s) if s.state == "running" else 0.0,
                 dirty_rate_mib_s=self.dirty_rate(s.name) or 0.0,
+                labels=dict(s.labels),
             )
             for s in sorted(samples, key=lambda s: s.name)
         )

@@ -87,8 +87,8 @@ from .disks import (
     remove_target_copies,
 )
 from .history import HistoryEntry, HistoryRow, VmHistory
-from .hypervisor import domain_labels, job_stats
-from .inventory import in_job, recent_dirty_rate
+from .hypervisor import job_stats
+from .inventory import domain_labels, in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .libvirt_adapter import LibvirtAdapter, Opener, Unreachable
 from .locator import Locator, find

@@ -279,3 +279,42 @@ def test_a_dirty_rate_measurement_is_aged_by_the_clock_its_qemu_stamped_it_with(
     assert measurement_age(39_509, wall, monotonic) == pytest.approx(3.7)
     assert measurement_age(1_796_399_997, wall, monotonic) == pytest.approx(3.4)
     assert measurement_age(1_796_399_000, wall, monotonic) == pytest.approx(1000.4)
+
+
+GROUPED_VM = """<node>
+  <domain type='test'>
+    <name>db-1</name>
+    <uuid>11111111-2222-3333-4444-666666666666</uuid>
+    <memory>1048576</memory>
+    <vcpu>1</vcpu>
+    <os><type>hvm</type></os>
+    <metadata>
+      <nc:vm xmlns:nc="urn:novacron:vm:1">
+        <nc:label key="novacron/anti-affinity">db</nc:label>
+        <nc:label key="novacron/affinity">shard-a</nc:label>
+        <nc:label key="team">blue</nc:label>
+      </nc:vm>
+    </metadata>
+  </domain>
+</node>
+"""
+
+
+async def test_a_vms_placement_labels_reach_its_hosts_record(tmp_path: Path) -> None:
+    """Targets, drains and the rebalancer judge groups by the records: a host gossips
+    its VMs' affinity and anti-affinity groups (not their other labels), so a second VM
+    of group db finds no room here."""
+    config = tmp_path / "node.xml"
+    config.write_text(GROUPED_VM)
+    inv = Inventory("edge-1", libvirt_uri=f"test://{config}", data_dir=tmp_path)
+    await asyncio.wait_for(inv.start(), TIMEOUT)
+    try:
+        record = await asyncio.wait_for(inv.record(), TIMEOUT)
+    finally:
+        await asyncio.wait_for(inv.close(), TIMEOUT)
+
+    (vm,) = record.vms
+    assert vm.labels == {"novacron/anti-affinity": "db", "novacron/affinity": "shard-a"}
+    small = Demand(vcpus=1, memory_mib=64)
+    assert room_refusal(record, small, 1.0, anti_affinity="db") is not None
+    assert room_refusal(record, small, 1.0, anti_affinity="web") is None

@@ -41,6 +41,15 @@ ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 AFFINITY_LABEL = "novacron/affinity"
 """VM label: VMs with the same value stay on one host (the rebalancer moves them together)."""
 
+GOSSIPED_VM_LABELS = (AFFINITY_LABEL, ANTI_AFFINITY_LABEL)
+"""The VM labels placement reads from host records: each host gossips these of its VMs."""
+
+
+def gossiped_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Of a VM's `labels`, those its host's record carries (the rest stay in libvirt)."""
+    return {key: labels[key] for key in GOSSIPED_VM_LABELS if labels.get(key)}
+
+
 HOLDER_LEAD = 0.25
 """How much busier (CPU in use over cores) a host holding the VMs' templates may be than
 the best host lacking them and still be chosen. Holding them saves a fetch of the image
