@@ -454,6 +454,51 @@ def test_a_vm_that_landed_and_left_again_may_come_back_at_once() -> None:
     assert [r.landed for r in mesh.core("h2").reservations()] == [False]
 
 
+def test_a_vm_sent_back_at_once_is_not_refused_for_the_record_it_just_left() -> None:
+    """h1's record lists vm1 until h1's inventory reads libvirt again; h1 knows vm1 left
+    for h2 (it committed that move), so h2 sending it straight back is no duplicate."""
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mesh.call("h1", "migration_finished", started(mesh).migration_id, True, "")
+    mesh.view.arriving("vm1", "h1", "h2")  # h2 lists it; h1's record is not read again yet
+    mesh.view.update(
+        "h2", vms=tuple(v if v.name != "vm1" else vm("vm1") for v in mesh.view.recs["h2"].vms)
+    )
+    mesh.now = 1.0
+    mesh.request("h2", "vm1", "h1")
+    assert mesh.of("h1", ReservationRefused) == []
+    assert len(mesh.of("h2", StartLibvirtMigration)) == 1
+
+
+def test_a_grouped_vm_sent_back_at_once_does_not_clash_with_itself() -> None:
+    """An anti-affinity VM's stale listing on the host it left is no group member there."""
+    mesh = Mesh([host("h1", grouped("vm1", "db")), host("h2")])
+    mesh.request("h1", "vm1", "h2")
+    mesh.call("h1", "migration_finished", started(mesh).migration_id, True, "")
+    mesh.view.update("h2", vms=(grouped("vm1", "db"),))  # h1's record still lists it too
+    mesh.now = 1.0
+    mesh.request("h2", "vm1", "h1")
+    assert mesh.of("h2", MigrationRefused) == [] and mesh.of("h1", ReservationRefused) == []
+    assert len(mesh.of("h2", StartLibvirtMigration)) == 1
+
+
+def test_a_vm_that_came_back_is_refused_as_present_again() -> None:
+    """Once vm1 is back on h1, a proposal from the host it left is a duplicate again."""
+    mesh = two_hosts()
+    mesh.request("h1", "vm1", "h2")
+    mesh.call("h1", "migration_finished", started(mesh).migration_id, True, "")
+    mesh.view.move_vm("vm1", "h1", "h2")
+    mesh.now = 1.0
+    mesh.request("h2", "vm1", "h1")
+    mesh.call("h2", "migration_finished", started(mesh, "h2").migration_id, True, "")
+    mesh.view.arriving("vm1", "h2", "h1")
+    mesh.view.update("h1", vms=(vm("vm1"),))  # running on h1, still listed by h2 as well
+    mesh.now = 2.0
+    mesh.request("h2", "vm1", "h1")
+    (refused,) = mesh.of("h1", ReservationRefused)
+    assert refused.reason == "VM vm1 already runs on h1"
+
+
 def test_duplicate_propose_is_answered_once_reserved() -> None:
     core = MigrationCore("h2", view=View([host("h2"), host("h1")]), rng=random.Random(1))
     first = core.receive("h1", propose(), 0.0).sends

@@ -661,7 +661,12 @@ class MigrationCore:
         record = records.get(target)
         if record is None:
             return RefusalKind.UNKNOWN, f"unknown host: no record of {target} yet"
-        why = self._target_refusal(record, present, records)
+        # The target's record may still list a VM it sent here a moment ago: that copy
+        # counts neither against its room nor as a member of the VM's own group there
+        # (whether it really runs there is the target's to say).
+        moving = {summary.name for summary in present}
+        others = tuple(summary for summary in record.vms if summary.name not in moving)
+        why = self._target_refusal(dataclasses.replace(record, vms=others), present, records)
         return (RefusalKind.CONFLICT, why) if why is not None else None
 
     def _vm_refusal(
@@ -1247,7 +1252,7 @@ class MigrationCore:
         ]
         refusal = target_refusal(
             self.node_id,
-            record,
+            self._without_departed(record, members),
             self._book,
             members,
             draining=self._draining,
@@ -1255,6 +1260,20 @@ class MigrationCore:
             config=config,
         )
         return refusal.reason if refusal is not None else None
+
+    def _without_departed(
+        self, record: NodeRecord | None, arrivals: Sequence[Arrival]
+    ) -> NodeRecord | None:
+        """This host's `record` without the arriving VMs it sent to their source itself:
+        the record lists a VM that left until the inventory reads libvirt again, and a VM
+        sent straight back must not be refused as present here (or fill its own room)."""
+        if record is None:
+            return None
+        departed = {a.vm for a in arrivals if self.left_for(a.vm) == a.source}
+        if not departed:
+            return record
+        vms = tuple(summary for summary in record.vms if summary.name not in departed)
+        return dataclasses.replace(record, vms=vms)
 
     def _held_from(self, sender: str, migration_id: str) -> Reservation | None:
         """The reservation `migration_id` if `sender` owns it; counts why not otherwise."""
@@ -1673,6 +1692,22 @@ class MigrationCore:
             default=None,
         )
         return latest.target if latest is not None and latest.outcome == "committed" else None
+
+    def left_for(self, vm: str) -> str | None:
+        """The host `vm` went to from here, if the last committed migration of it that this
+        host took part in sent it away (None: it arrived here last, or never moved)."""
+        moves: list[tuple[float, str | None]] = [
+            (saga.ended or 0.0, saga.target)
+            for saga in self._ended.values()
+            if saga.vm == vm and saga.outcome == "committed"
+        ]
+        moves += [
+            (info.ended or 0.0, None)
+            for info in self._inbound_ended.values()
+            if info.vm == vm and info.outcome == "committed"
+        ]
+        last = max(moves, key=lambda move: move[0], default=None)
+        return last[1] if last is not None else None
 
     def phase_of(self, migration_id: str) -> Phase | None:
         """The phase of an outbound saga, running or remembered; None if unknown."""
