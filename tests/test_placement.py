@@ -13,7 +13,9 @@ from novacron.agent.core.placement.targets import (
     Placement,
     choose_group_target,
     choose_target,
+    new_vm_target,
 )
+from novacron.agent.core.templates import TEMPLATE_LABEL
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
 
 GIB = 1024
@@ -196,3 +198,45 @@ def test_a_group_prefers_a_host_holding_every_template_of_its_vms() -> None:
     assert both.target == "h3"
     plain = (Demand(1, 512), Demand(1, 512))
     assert choose_group_target(hosts, members(), "h1", plain, MigrationLimits(), 4.0).target == "h2"
+
+
+# --- a new VM: no source, its groups and template read from its labels -------------------
+
+
+def new_vm(records: list[NodeRecord], labels: dict[str, str], *dead: str) -> Placement:
+    by_id = {r.node_id: r for r in records}
+    return new_vm_target(by_id, members(*dead), 1, 512, labels, MigrationLimits(), 4.0)
+
+
+def test_a_new_vm_may_go_to_any_host_in_the_migration_order() -> None:
+    """No host is its source: the emptiest host qualifies like any other."""
+    hosts = [record("h1", 16 * GIB), loaded("h2", 0.1), loaded("h3", 0.2)]
+    assert new_vm(hosts, {}) == Placement("h1")
+    assert new_vm(hosts, {}, "h1") == choose(hosts) == Placement("h2")
+
+
+def test_a_new_vm_is_kept_off_hosts_that_would_refuse_a_migration() -> None:
+    unfit = [
+        loaded("h1", 0.0, draining=True),
+        loaded("h2", 0.0, migrations_in=2),  # at the inbound limit
+        loaded("h3", 0.0),  # dead
+    ]
+    assert new_vm([*unfit, loaded("h4", 0.9)], {}, "h3") == Placement("h4")
+    refused = new_vm(unfit, {}, "h3")
+    assert refused.target is None and refused.reason.startswith("no host can take it: h1: ")
+
+
+def test_a_new_vm_takes_its_anti_affinity_group_and_template_from_its_labels() -> None:
+    group = {ANTI_AFFINITY_LABEL: "db"}
+    taken = NodeRecord(
+        "h1",
+        1,
+        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
+        vms=(VmSummary("db-1", vcpus=1, memory_mib=512, labels=group),),
+    )
+    assert new_vm([taken, loaded("h2", 0.5)], group) == Placement("h2")
+    assert new_vm([taken, loaded("h2", 0.5)], {}) == Placement("h1")
+    holder = loaded("h3", 0.2, templates=(TEMPLATE,))
+    labels = {TEMPLATE_LABEL: TEMPLATE}
+    assert new_vm([loaded("h2", 0.1), holder], labels) == Placement("h3")
+    assert new_vm([loaded("h2", 0.1), holder], {}) == Placement("h2")

@@ -7,6 +7,9 @@ import functools
 import random
 from typing import Any
 
+from novacron.agent.core.membership.members import MemberInfo
+from novacron.agent.core.placement.targets import new_vm_target
+from novacron.protocol.messages import MemberState
 from novacron.simulations.rebalance import trace_profile
 from novacron.simulations.rebalance.cli import main
 from novacron.simulations.rebalance.sim import (
@@ -16,6 +19,7 @@ from novacron.simulations.rebalance.sim import (
     Strategy,
     host_violations,
     place_initial,
+    place_new,
     simulate,
     typical_host,
 )
@@ -276,3 +280,61 @@ def test_the_simulated_target_refuses_with_the_migration_cores_rules() -> None:
     assert cluster.start(vm, host.name, "rebalance") is None
     assert cluster.last_refusal == f"host draining: {host.name} takes no new VMs"
     assert cluster.stats.refusals == {"target draining": 1}
+
+
+# --- where a new or restarted VM goes: the agent's own rule -------------------------------
+
+
+def _agent_places(cluster: Cluster, vm: str) -> str | None:
+    """Where the agent's rule puts `vm`, on the cluster's records and its hosts' states."""
+
+    def member(node_id: str) -> MemberInfo:
+        state = MemberState.DEAD if cluster.hosts[node_id].failed else MemberState.ALIVE
+        return MemberInfo(node_id, "", 1, state, 0.0, 0.0)
+
+    spec = cluster.spec(vm)
+    overcommit = SimConfig().rebalance.vcpu_overcommit
+    return new_vm_target(
+        cluster.records(), member, spec.vcpus, spec.memory_mib, spec.labels,
+        cluster.limits, overcommit,
+    ).target  # fmt: skip
+
+
+def test_restarted_vms_go_where_the_agents_rule_puts_them() -> None:
+    """A failed host's VMs, restarted one after another, land where the agent's placement
+    puts each: never on the failed or the draining host, never beside their anti-affinity
+    group."""
+    cluster, _, draining = _drained()
+    failed = next(h for h in cluster.hosts.values() if h is not draining and len(h.vms) >= 8)
+    lost = cluster.fail_host(failed.name)
+    assert any(ANTI_AFFINITY_LABEL in cluster.spec(vm).labels for vm in lost)
+    for vm in lost:
+        target = place_new(cluster, vm)
+        assert target is not None and target == _agent_places(cluster, vm)
+        assert target not in (failed.name, draining.name)
+        cluster.add_vm(vm, target)
+        assert host_violations(cluster, cluster.hosts[target]) == []
+
+
+def test_a_new_vm_skips_a_host_at_its_inbound_migration_limit() -> None:
+    """The agent does not place on a host that already receives its limit of migrations;
+    nor does the simulator, though the host is the least utilized and has room."""
+    cluster, _, _ = _drained()
+    vm = min(cluster.where, key=lambda n: (cluster.spec(n).memory_mib, n))
+    cluster.remove_vm(vm)  # it comes back as a new VM
+    first = place_new(cluster, vm)
+    assert first is not None
+    senders = sorted(
+        (h for h in cluster.hosts.values() if h.name != first and not h.draining),
+        key=lambda h: h.name,
+    )
+    moved = 0
+    for sender in senders:
+        small = min(sender.vms, key=lambda n: (cluster.spec(n).memory_mib, n))
+        if moved < cluster.limits.max_inbound and cluster.start(small, first, "rebalance"):
+            moved += 1
+    cluster.run_until(0.01)  # the proposals arrive; the target admits both
+    assert cluster.record(first).migrations_in == cluster.limits.max_inbound
+    assert cluster.fits(vm, cluster.hosts[first])  # room enough: only the limit turns it down
+    target = place_new(cluster, vm)
+    assert target not in (None, first) and target == _agent_places(cluster, vm)

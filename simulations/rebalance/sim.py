@@ -54,10 +54,10 @@ The model (what is real and what is simplified):
 - Strategy "solver": `solver.solve` on a snapshot (t = 0 in steady, the event
   otherwise), then its moves are started as the limits allow.
 - Scenario "failure": the failed host's VMs vanish at the failure and are
-  restarted elsewhere (in the placement rule's order: least utilized host
-  that fits, then most free memory; new VMs too) once the failure is
-  detected, 9.25 s later at 100 hosts and 13.6 s at 1,000 (the membership
-  simulator's figures, BENCHMARKS.md). Restarts are not migrations. Its agent
+  restarted elsewhere (where the agent puts a new VM, `new_vm_target`, on
+  the true records: new VMs from churn too) once the failure is detected,
+  9.25 s later at 100 hosts and 13.6 s at 1,000 (the membership simulator's
+  figures, BENCHMARKS.md). Restarts are not migrations. Its agent
   and libvirtd go with it: a job to it fails at the next sample and its source's
   saga finds the VM still at home (reconcile), a proposal to it goes unanswered.
 
@@ -96,7 +96,7 @@ from novacron.agent.core.migration.policy import MigrationLimits, cluster_limit
 from novacron.agent.core.migration.reservations import Demand, ReservationConfig, free_capacity
 from novacron.agent.core.migration.saga import MigrationConfig, MigrationCore
 from novacron.agent.core.placement.admission import Rule, closed_targets
-from novacron.agent.core.placement.targets import sending_load
+from novacron.agent.core.placement.targets import new_vm_target, sending_load
 from novacron.agent.core.rebalancing.drain import DrainCore, Ended
 from novacron.agent.core.rebalancing.schedule import RebalanceSchedule, seen
 from novacron.protocol.messages import MemberState, Message, NodeRecord, Resources, VmSummary
@@ -822,20 +822,22 @@ def typical_host(cluster: Cluster) -> str:
     return min(cluster.hosts.values(), key=lambda h: (abs(len(h.vms) - median), h.name)).name
 
 
-def place_new(cluster: Cluster, vm: str, exclude: str = "") -> str | None:
-    """Where a new or restarted VM goes: the placement rule's order (`choose_target`: least
-    utilized host that fits, then most free memory), on the true state."""
-    best: tuple[float, int, str] | None = None
-    for host in cluster.hosts.values():
-        if host.failed or host.draining or host.name == exclude:
-            continue
-        if not cluster.fits(vm, host) or cluster.anti_affine_clash(vm, host):
-            continue
-        memory = cluster.free(host)[1]
-        key = (cluster.util(host), -memory, host.name)
-        if best is None or key < best:
-            best = key
-    return best[-1] if best else None
+def place_new(cluster: Cluster, vm: str) -> str | None:
+    """Where a new or restarted VM goes: the agent's own rule (`new_vm_target`), on the true
+    records (a draining host's says so) and membership (a failed host is dead), or None."""
+    spec = cluster.spec(vm)
+    view = cluster.view
+    overcommit = cluster.reservations.vcpu_overcommit
+    placement = new_vm_target(
+        view.records(),
+        view.member,
+        spec.vcpus,
+        spec.memory_mib,
+        spec.labels,
+        cluster.limits,
+        overcommit,
+    )
+    return placement.target
 
 
 # -- strategies --------------------------------------------------------------
@@ -1316,7 +1318,7 @@ def simulate(
                 cluster.pending_restart.remove((due, vm))
                 if vm not in workload.vms:
                     continue
-                target = place_new(cluster, vm, exclude=event_host)
+                target = place_new(cluster, vm)
                 if target is None:
                     cluster.stats.lost += 1
                 else:

@@ -33,9 +33,7 @@ from novacron.protocol.sitelink import (
 
 from ..membership.members import MemberInfo
 from ..migration.policy import MigrationLimits
-from ..migration.reservations import Demand
-from ..placement.targets import ANTI_AFFINITY_LABEL, choose_target
-from ..templates import template_of
+from ..placement.targets import new_vm_target
 
 MAX_UNACKED = 256  # deltas in flight; beyond it nothing new is sent until acks come
 MAX_VMS_PER_DELTA = 8_000  # keeps a delta of large hosts well under the frame limit
@@ -241,20 +239,19 @@ def pin_host(
 ) -> tuple[str | None, str]:
     """The host that must run `command` in this view, or (None, why no host can).
 
-    A new VM goes where the agents' own placement puts it (`choose_target`,
-    as `nova vm migrate --auto` does: a host holding its template, by its
-    labels, is preferred); a command about a VM goes to the host
-    that runs it (the running copy, while a migration shows two); a drain to
-    the host it names."""
+    A new VM goes where the agents' own placement puts it (`new_vm_target`:
+    hosts in the order `nova vm migrate --auto` uses, with no source; a host
+    holding its template, by its labels, is preferred); a command about a VM
+    goes to the host that runs it (the running copy, while a migration shows
+    two); a drain to the host it names."""
     if command.kind is CommandKind.CREATE:
         spec = command.spec
         where = _hosts_of(records, spec.name)
         if where:
             return None, f"a VM named {spec.name} already exists on {where[0]}"
-        group = spec.labels.get(ANTI_AFFINITY_LABEL, "")
-        template = template_of(spec.labels)
-        demand = Demand(spec.vcpus, spec.memory_mib, anti_affinity=group, template=template)
-        placement = choose_target(records, member, "", demand, limits, overcommit, group)
+        placement = new_vm_target(
+            records, member, spec.vcpus, spec.memory_mib, spec.labels, limits, overcommit
+        )
         return placement.target, placement.reason
     if command.kind in (CommandKind.DRAIN, CommandKind.UNDRAIN):
         info = member(command.target)

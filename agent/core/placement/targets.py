@@ -17,6 +17,10 @@ over one that would first have to fetch the image, unless it is much busier.
 When no VM comes from a template, or no qualifying host holds it, the order
 is the one above.
 
+A new VM (created through a site's link, or restarted after its host failed)
+goes where the same order puts it with no source (`new_vm_target`): its
+anti-affinity group and template are read from its labels.
+
 When nothing qualifies, the answer says why for each host, so an operator
 sees "h2: host draining; h3: no capacity ..." rather than a bare "no target".
 """
@@ -34,6 +38,7 @@ from ..membership.members import MemberInfo
 from ..migration.policy import MigrationLimits
 from ..migration.reservations import Demand, capacity_refusal, combined, free_capacity
 from ..refusals import RefusalKind
+from ..templates import template_of
 
 ANTI_AFFINITY_LABEL = "novacron/anti-affinity"
 """VM label: VMs with the same value never share a host."""
@@ -90,6 +95,23 @@ def choose_target(
     proposal from `source` now (they do not show its last one yet)."""
     one = dataclasses.replace(demand, anti_affinity=anti_affinity)
     return choose_group_target(records, member, source, (one,), limits, overcommit, closed)
+
+
+def new_vm_target(
+    records: Mapping[str, NodeRecord],
+    member: Callable[[str], MemberInfo | None],
+    vcpus: int,
+    memory_mib: int,
+    labels: Mapping[str, str],
+    limits: MigrationLimits,
+    overcommit: float,
+) -> Placement:
+    """The host a new VM of `vcpus` and `memory_mib` with `labels` goes to: `choose_target`
+    with no source (every host is a candidate), its anti-affinity group and its template
+    as its labels name them."""
+    group = labels.get(ANTI_AFFINITY_LABEL, "")
+    demand = Demand(vcpus, memory_mib, anti_affinity=group, template=template_of(labels))
+    return choose_target(records, member, "", demand, limits, overcommit, group)
 
 
 def choose_group_target(
