@@ -1297,6 +1297,12 @@ class MembershipNode:
             digest = self._digest(reply=False)
             self._budget.spend(digest_size(digest))
             out.sends.append((peer, digest))
+            # It counts as our push-pull: a partner chosen for a sooner one (whoever
+            # told us we were held failed) is dropped, and the timer starts afresh.
+            self._pull_from = None
+            self._last_push_pull = now
+            interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
+            self._next_push_pull_at = max(self._next_push_pull_at, now + interval)
 
     def _push_pull_soon(self, peer: str, now: float, *, gap: float, spread: float) -> None:
         """Make `peer` our next push-pull partner, no sooner than `gap` after our last
