@@ -17,8 +17,9 @@ from novacron.protocol.messages import (
     MemberState,
     Message,
     Ping,
+    RecordUpdate,
 )
-from tests.core_harness import CONFIG, address_of, ids, node_in, sign, snapshot_of
+from tests.core_harness import CONFIG, address_of, ids, node_in, record_for, sign, snapshot_of
 
 
 def live(node_id: str) -> bool:
@@ -168,3 +169,25 @@ def test_size_estimates_err_on_the_large_side_by_little() -> None:
     deltas = [Delta(full[:25]), Delta(full[25:])]
     encoded = sum(len(encode(delta, "node-00001")) for delta in deltas)
     assert encoded <= deltas_size(deltas) <= 1.5 * encoded
+
+
+def gossip_after_answering(reply: bool) -> int:
+    """Gossip items a node sends in the second after answering a digest that lists
+    nothing (a large answer: every member, with certificates)."""
+    node = node_in(snapshot_of(40), "n000")
+    node.update_record(record_for("n000", load=5.0), 0.0)  # something to gossip
+    node.receive("n001", Digest(reply=reply), 0.0)
+    sent = 0
+    now = 0.0
+    while now < 1.0:
+        now = node.next_deadline()
+        sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
+    return sent
+
+
+def test_the_answer_to_a_pull_is_paid_from_the_gossip_budget() -> None:
+    """A pull's answer (after a heal, one side's refutations) stands in for gossip:
+    the answering node's gossip waits. A digest asking for a reply (the periodic
+    exchange, a join) is answered outside the budget, as memberlist's streams are."""
+    assert gossip_after_answering(reply=True) > 0
+    assert gossip_after_answering(reply=False) == 0
