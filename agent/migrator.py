@@ -298,8 +298,9 @@ class Migrator:
         return proposed
 
     async def vm_templates(self, vms: Sequence[str]) -> dict[str, str]:
-        """The template each of `vms` was made from, by its domain's labels (records do not
-        carry VMs' labels): placement prefers a host that holds it."""
+        """The template each of `vms` was made from, by its domain's labels (records carry
+        only the placement labels, not the template): placement prefers a host that holds
+        it."""
         labels = await self._vm_labels(vms)
         return {vm: ref for vm, vm_labels in labels.items() if (ref := template_of(vm_labels))}
 

@@ -599,7 +599,7 @@ class MigrationCore:
     ) -> Placement:
         """Where VMs running here that must stay together would go now, all to one host:
         the best target, or why there is none. `templates`: the template each VM was made
-        from, as its domain says, for a view whose VM summaries carry no labels."""
+        from, as its domain says (VM summaries carry the placement labels, not the template)."""
         records = self._view.records()
         own = records.get(self.node_id)
         demands = []
