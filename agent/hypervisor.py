@@ -592,10 +592,17 @@ def _undefine_domain(dom: Any, flags: int) -> None:
         dom.undefine()
 
 
+# Reading a completed job's statistics without KEEP_COMPLETED discards them: the agent
+# reads them too, and must leave them for `virsh domjobinfo --completed` and other tools.
+COMPLETED_JOB_KEPT = (
+    libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+)
+
+
 def _last_job(dom: Any) -> JobStats | None:
     """The domain's last completed job (e.g. the incoming migration), if libvirt kept it."""
     try:
-        return job_stats(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+        return job_stats(dom.jobStats(COMPLETED_JOB_KEPT))
     except libvirt.libvirtError:
         return None
 

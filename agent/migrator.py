@@ -87,7 +87,7 @@ from .disks import (
     remove_target_copies,
 )
 from .history import HistoryEntry, HistoryRow, VmHistory
-from .hypervisor import job_stats
+from .hypervisor import COMPLETED_JOB_KEPT, job_stats
 from .inventory import domain_labels, in_job, recent_dirty_rate
 from .journal import JournalEntry, MigrationJournal
 from .libvirt_adapter import LibvirtAdapter, Opener, Unreachable
@@ -711,7 +711,7 @@ def job_totals(raw: dict[str, Any]) -> JobTotals | None:
 def _completed_totals(dom: Any) -> JobTotals | None:
     """The finished job's totals from `dom`'s libvirt; None if it cannot say."""
     try:
-        return job_totals(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+        return job_totals(dom.jobStats(COMPLETED_JOB_KEPT))
     except libvirt.libvirtError as exc:
         log.debug("no final job statistics: %s", exc)
         return None

@@ -97,6 +97,14 @@ def test_migrate_keeps_the_guest_running_and_every_agent_agrees(
     sent = "novacron_vmi_migration_data_processed_bytes"
     assert metric(scraped, f'{sent}_count{{outcome="committed"}}') == 1
     assert metric(scraped, f'{sent}_sum{{outcome="committed"}}') > 1 << 20  # the guest's memory
+    # The agents read the job's statistics and left them for the operator's own tools.
+    job = h2.run(
+        ["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", "test-vm"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert "Completed" in job and "Total downtime" in job, job
     print(f"migrated in {migration['elapsed_s']} s; heartbeat ..{last_on_source} | {after[0]}..")
     the_same_migration_everywhere(lab, agents, "test-vm", migration["migration_id"])
     delete_guest(h2, disk_dir, "test-vm")
