@@ -665,8 +665,7 @@ class MigrationCore:
         # counts neither against its room nor as a member of the VM's own group there
         # (whether it really runs there is the target's to say).
         moving = {summary.name for summary in present}
-        others = tuple(summary for summary in record.vms if summary.name not in moving)
-        why = self._target_refusal(dataclasses.replace(record, vms=others), present, records)
+        why = self._target_refusal(_without_vms(record, moving), present, records)
         return (RefusalKind.CONFLICT, why) if why is not None else None
 
     def _vm_refusal(
@@ -1270,10 +1269,7 @@ class MigrationCore:
         if record is None:
             return None
         departed = {a.vm for a in arrivals if self.left_for(a.vm) == a.source}
-        if not departed:
-            return record
-        vms = tuple(summary for summary in record.vms if summary.name not in departed)
-        return dataclasses.replace(record, vms=vms)
+        return _without_vms(record, departed) if departed else record
 
     def _held_from(self, sender: str, migration_id: str) -> Reservation | None:
         """The reservation `migration_id` if `sender` owns it; counts why not otherwise."""
@@ -1758,6 +1754,12 @@ def recover_hint(vm: str, doubt: Doubt) -> str:
     if doubt.candidates:
         return f"{command} (HOST: {', '.join(doubt.candidates)} hold a copy)"
     return f"{command} on a host that holds its definition and disks"
+
+
+def _without_vms(record: NodeRecord, names: set[str]) -> NodeRecord:
+    """`record` as if the VMs named `names` were not listed in it."""
+    vms = tuple(summary for summary in record.vms if summary.name not in names)
+    return dataclasses.replace(record, vms=vms)
 
 
 def _find_vm(record: NodeRecord | None, vm: str) -> VmSummary | None:
