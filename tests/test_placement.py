@@ -31,6 +31,12 @@ def record(node: str, memory_mib: int, *vms: int, **kw: object) -> NodeRecord:
     )
 
 
+def one_vm(node: str, memory_mib: int, vm: VmSummary, **kw: object) -> NodeRecord:
+    """A 4-vCPU host of `memory_mib` running `vm` alone."""
+    capacity = Resources(vcpus=4, memory_mib=memory_mib)
+    return NodeRecord(node, 1, capacity=capacity, vms=(vm,), **kw)  # type: ignore[arg-type]
+
+
 def members(*dead: str) -> Callable[[str], MemberInfo]:
     def member(node_id: str) -> MemberInfo:
         state = MemberState.DEAD if node_id in dead else MemberState.ALIVE
@@ -56,18 +62,8 @@ def test_among_equally_loaded_hosts_the_one_with_most_free_memory_wins() -> None
 
 def test_the_least_utilized_host_wins_over_the_one_with_most_free_memory() -> None:
     """A drained host's VMs go where they lower the imbalance; memory only breaks ties."""
-    busy = NodeRecord(
-        "h2",
-        1,
-        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
-        vms=(VmSummary("hot", vcpus=2, memory_mib=1024, cpu_load=2.0),),
-    )
-    calm = NodeRecord(
-        "h3",
-        1,
-        capacity=Resources(vcpus=4, memory_mib=8 * GIB),
-        vms=(VmSummary("idle", vcpus=2, memory_mib=4096, cpu_load=0.2),),
-    )
+    busy = one_vm("h2", 64 * GIB, VmSummary("hot", vcpus=2, memory_mib=1024, cpu_load=2.0))
+    calm = one_vm("h3", 8 * GIB, VmSummary("idle", vcpus=2, memory_mib=4096, cpu_load=0.2))
     assert choose([record("h1", GIB), busy, calm]).target == "h3"
 
 
@@ -102,24 +98,14 @@ def test_draining_dead_full_and_busy_hosts_are_skipped_with_their_reasons() -> N
 
 def test_vcpus_count_with_the_overcommit_ratio() -> None:
     # 4 cores x 4.0 = 16 vCPUs; 15 are taken on h2
-    full = NodeRecord(
-        "h2",
-        1,
-        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
-        vms=(VmSummary("big", vcpus=15, memory_mib=1024),),
-    )
+    full = one_vm("h2", 64 * GIB, VmSummary("big", vcpus=15, memory_mib=1024))
     assert choose([record("h1", GIB), full], Demand(1, 512)).target == "h2"
     assert choose([record("h1", GIB), full], Demand(2, 512)).target is None
 
 
 def test_a_host_with_a_vm_of_the_same_anti_affinity_group_is_skipped() -> None:
     group = {ANTI_AFFINITY_LABEL: "db"}
-    taken = NodeRecord(
-        "h2",
-        1,
-        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
-        vms=(VmSummary("db-1", vcpus=1, memory_mib=512, labels=group),),
-    )
+    taken = one_vm("h2", 64 * GIB, VmSummary("db-1", vcpus=1, memory_mib=512, labels=group))
     by_id = {r.node_id: r for r in (record("h1", GIB), taken, record("h3", 8 * GIB))}
     placement = choose_target(by_id, members(), "h1", SMALL, MigrationLimits(), 4.0, "db")
     assert placement.target == "h3"  # h2 has far more room, but a db VM already runs there
@@ -137,8 +123,7 @@ FROM_TEMPLATE = Demand(1, 512, template=TEMPLATE)
 def loaded(node: str, utilization: float, **kw: object) -> NodeRecord:
     """A host of 4 cores and 8 GiB whose one VM keeps `utilization` of its cores busy."""
     vm = VmSummary(f"{node}-vm", vcpus=2, memory_mib=1024, cpu_load=4 * utilization)
-    capacity = Resources(vcpus=4, memory_mib=8 * GIB)
-    return NodeRecord(node, 1, capacity=capacity, vms=(vm,), **kw)  # type: ignore[arg-type]
+    return one_vm(node, 8 * GIB, vm, **kw)
 
 
 def test_a_host_holding_the_template_wins_over_an_equal_or_slightly_better_one() -> None:
@@ -228,12 +213,7 @@ def test_a_new_vm_is_kept_off_hosts_that_would_refuse_a_migration() -> None:
 
 def test_a_new_vm_takes_its_anti_affinity_group_and_template_from_its_labels() -> None:
     group = {ANTI_AFFINITY_LABEL: "db"}
-    taken = NodeRecord(
-        "h1",
-        1,
-        capacity=Resources(vcpus=4, memory_mib=64 * GIB),
-        vms=(VmSummary("db-1", vcpus=1, memory_mib=512, labels=group),),
-    )
+    taken = one_vm("h1", 64 * GIB, VmSummary("db-1", vcpus=1, memory_mib=512, labels=group))
     assert new_vm([taken, loaded("h2", 0.5)], group) == Placement("h2")
     assert new_vm([taken, loaded("h2", 0.5)], {}) == Placement("h1")
     holder = loaded("h3", 0.2, templates=(TEMPLATE,))
