@@ -6,6 +6,10 @@ test files one at a time (as a shared machine allows), each in a fresh
 `pytest`, round after round; a round passes when every file passes. It stops
 when `--passes` rounds in a row have passed, or after `--max-rounds`.
 
+A soak outlives no session that ends; `--resume REPORT` continues the one that
+report describes, rounds and streak included, but only on the very code it ran
+(the same commit, no uncommitted change), the same files and the same load.
+
 Every failing file's pytest output is kept in `--keep` (default
 /var/lib/novacron-test/soak-<pid>), and every heartbeat wait of the lab tests
 (tests/lab_vms.py's `wait_beat_above`, which follows the guest rather than a
@@ -14,7 +18,7 @@ life under load. The summary, and with `--json` a file, gives the command, the
 machine, the date, every round's outcome and those waits.
 
 Run as root: `.venv/bin/python -m benchmarks.lab_soak [--passes 10] [--tests FILE ...]
-[--load 1] --json benchmarks/results/lab_soak.json`
+[--load 1] [--resume REPORT] --json benchmarks/results/lab_soak.json`
 """
 
 from __future__ import annotations
@@ -58,6 +62,48 @@ def machine() -> dict[str, Any]:
             model = line.partition(":")[2].strip()
             break
     return {"cpus": os.cpu_count(), "cpu": model, "kernel": platform.release()}
+
+
+def code_version() -> str:
+    """The commit the tests run from, marked `+dirty` if anything tracked is changed."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+
+
+class ResumeRefused(Exception):
+    """A report that cannot be continued here; the message says why."""
+
+
+def resumed(
+    previous: dict[str, Any], code: str, tests: list[str], load: str
+) -> list[dict[str, Any]]:
+    """The rounds of a stopped soak to continue from, if it ran what this one would."""
+    if code.endswith("+dirty"):
+        raise ResumeRefused(f"the tests here have uncommitted changes ({code})")
+    if previous.get("code") != code:
+        raise ResumeRefused(f"the report ran {previous.get('code')}, this is {code}")
+    if previous.get("tests") != tests:
+        raise ResumeRefused("the report ran other test files")
+    if previous.get("load") != load:
+        raise ResumeRefused(f"the report ran under {previous.get('load')}, this under {load}")
+    rounds = previous.get("rounds")
+    if not isinstance(rounds, list):
+        raise ResumeRefused("the report has no rounds")
+    return rounds
+
+
+def streak_of(rounds: list[dict[str, Any]]) -> int:
+    """Rounds passed in a row at the end."""
+    streak = 0
+    for done in rounds:
+        streak = streak + 1 if done["ok"] else 0
+    return streak
 
 
 def start_load(cpus: int) -> subprocess.Popen[bytes] | None:
@@ -154,8 +200,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     """Rounds until the goal or the limit; the report is written after every round, so a
     soak stopped early (SIGTERM, Ctrl-C) keeps what it found."""
     args.keep.mkdir(parents=True, exist_ok=True)
-    rounds: list[dict[str, Any]] = []
-    streak = 0
+    rounds: list[dict[str, Any]] = list(args.rounds_before)
+    streak = streak_of(rounds)
     load = start_load(args.load)
     try:
         while streak < args.passes and len(rounds) < args.max_rounds:
@@ -196,7 +242,9 @@ def report(args: argparse.Namespace, rounds: list[dict[str, Any]], streak: int) 
         ),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "load": f"stress-ng --cpu {args.load}" if args.load else "none",
+        "code": args.code,
+        "earlier_commands": args.earlier_commands,
+        "load": load_name(args.load),
         "tests": list(args.tests),
         "goal": args.passes,
         "reached": streak >= args.passes,
@@ -206,6 +254,10 @@ def report(args: argparse.Namespace, rounds: list[dict[str, Any]], streak: int) 
         "heartbeat_waits": wait_summary(waits),
         "rounds": rounds,
     }
+
+
+def load_name(cpus: int) -> str:
+    return f"stress-ng --cpu {cpus}" if cpus else "none"
 
 
 def write(args: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -229,10 +281,21 @@ def main() -> int:
         "--keep", type=Path, default=Path(f"/var/lib/novacron-test/soak-{os.getpid()}")
     )
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--resume", type=Path, metavar="REPORT", help="continue this soak")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("lab_soak: run as root (the lab tests build network namespaces)", file=sys.stderr)
         return 1
+    args.code = code_version()
+    args.rounds_before, args.earlier_commands = [], []
+    if args.resume is not None:
+        try:
+            previous = json.loads(args.resume.read_text())
+            args.rounds_before = resumed(previous, args.code, args.tests, load_name(args.load))
+            args.earlier_commands = [*previous.get("earlier_commands", []), previous["command"]]
+        except (OSError, ValueError, KeyError, ResumeRefused) as error:
+            print(f"lab_soak: cannot resume {args.resume}: {error}", file=sys.stderr)
+            return 2
     # SIGTERM ends the soak as Ctrl-C does: the running test's labs come down, load stops.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     done = soak(args)
