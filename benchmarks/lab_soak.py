@@ -298,6 +298,9 @@ def main() -> int:
             return 2
     # SIGTERM ends the soak as Ctrl-C does: the running test's labs come down, load stops.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A shell starts a background job (`nohup ... &`) with SIGINT ignored, and pytest would
+    # inherit that: the SIGINT that `interrupt` sends must reach it, or its labs stay up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     done = soak(args)
     write(args, done)
     print(

@@ -221,7 +221,14 @@ def test_source_libvirtd_killed_at_the_switchover_the_vm_lands_once_on_the_targe
     assert target is not None
     os.kill(target, signal.SIGSTOP)
     try:
-        wait_for(lambda: domstate(h1, "slb-vm"), lambda s: s.startswith("paused"), 120, 0.1)
+        # Paused is where the final copy starts, not where it ends: the kill waits until
+        # QEMU has sent all of it, so the target holds the whole guest.
+        wait_for(
+            lambda: (domstate(h1, "slb-vm"), data_remaining(h1, "slb-vm")),
+            lambda seen: seen[0].startswith("paused") and seen[1] == 0.0,
+            120,
+            0.1,
+        )
         h1.kill_libvirtd()
     finally:
         os.kill(target, signal.SIGCONT)
@@ -230,9 +237,26 @@ def test_source_libvirtd_killed_at_the_switchover_the_vm_lands_once_on_the_targe
 
     row = ended(h1, "slb-vm", timeout=60)
     print(f"reported: {row['outcome']}: {row['reason'] or row['escalation']}")
-    assert row["outcome"] == "committed", row
+    where = {h.name: domstate(h, "slb-vm") for h in (h1, h2)}
+    assert row["outcome"] == "committed", (row, where)
     settled_on(lab, agents, "slb-vm", h2, before)
     one_definition(lab, agents, "slb-vm", h2)
+
+
+def data_remaining(host: LabHost, vm: str) -> float | None:
+    """What `virsh domjobinfo` on `host` says is left to send of `vm`'s migration (its
+    number, whatever the unit), or None while it says nothing."""
+    done = host.run(
+        ["virsh", "-c", "qemu:///system", "domjobinfo", vm],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    for line in str(done.stdout).splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "Data remaining" and value.split():
+            return float(value.split()[0])
+    return None
 
 
 def test_source_libvirtd_killed_at_the_post_copy_switch_leaves_no_second_copy(
