@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -160,8 +161,9 @@ def test_a_migration_waits_for_a_dirty_rate_measurement_in_progress(
 
         rate = recent_dirty_rate(conn, dom)  # what the migrator asks before a job
 
-        assert rate is not None and rate < 8.0, "the measurement was waited for: idle"
         ((_, fields),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+        now = f"wall {time.time():.0f}, monotonic {time.monotonic():.0f}"
+        assert rate is not None and rate < 8.0, f"not waited for or not idle: {fields}, {now}"
         assert fields["dirtyrate.calc_status"] == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
     finally:
         conn.close()
