@@ -107,10 +107,11 @@ from .broadcast import (
     retransmit_limit,
 )
 from .config import MembershipConfig
+from .heal import HealPulls
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
-from .pushpull import build_deltas, build_digest, push_pull_scale
+from .pushpull import build_deltas, build_digest, deltas_size, digest_size, push_pull_scale
 from .records import RecordStore, RecordVerdict, admit
 from .snapshot import ClusterSnapshot
 from .stats import NodeStats
@@ -144,12 +145,14 @@ class MembershipNode:
     __slots__ = (
         "_accusations",
         "_answered",
+        "_asked_reply",
         "_awaiting",
         "_awareness",
         "_born",
         "_budget",
         "_digest_lines",
         "_forwarded",
+        "_heal_pulls",
         "_heard",
         "_held_records",
         "_keyring",
@@ -268,8 +271,10 @@ class MembershipNode:
         self._awaiting: dict[str, tuple[Alive, float, str, int]] = {}
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
+        self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
+        self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
 
@@ -299,6 +304,7 @@ class MembershipNode:
             if node_id == self.node_id:
                 continue
             self._seeds[node_id] = address
+            self._remember(self._asked_reply, node_id, now)
             digest = digest or self._digest(reply=True)
             out.sends.append((node_id, digest))
         return out
@@ -329,6 +335,8 @@ class MembershipNode:
             self._tick_certificates(now, out)
         if not self._left:
             self._tick_push_pull(now, out)
+            if now >= self._heal_pulls.due:
+                self._tick_heal_pull(now, out)
             self._tick_reconnect(now, out)
             self._tick_recheck(now, out)
         if now >= self._next_gossip_at and self._queue:
@@ -350,6 +358,8 @@ class MembershipNode:
                 deadline = self._next_push_pull_at
             if self._next_reconnect_at < deadline:
                 deadline = self._next_reconnect_at
+            if self._heal_pulls.due < deadline:
+                deadline = self._heal_pulls.due
             if self._recheck and self._next_recheck_at < deadline:
                 deadline = self._next_recheck_at
         if self._queue and self._next_gossip_at < deadline:
@@ -746,6 +756,8 @@ class MembershipNode:
         elif current.state is not ALIVE:
             out.events.append(MemberAlive(node_id, incarnation))
             since = now
+            if current.state is DEAD:
+                self._on_return(node_id, now)
         else:
             since = current.state_since
         self._suspicions.pop(node_id, None)
@@ -1000,8 +1012,26 @@ class MembershipNode:
         self._remember(self._answered, sender, now)
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
-            self._push_pull_soon(sender, now)
+            interval = self.config.push_pull_interval
+            self._push_pull_soon(sender, now, gap=interval, spread=interval)
             self._recheck_failed(now)
+
+    def _on_return(self, node_id: str, now: float) -> None:
+        """A member we held failed is alive again: the network between us has probably
+        healed, and the others we hold failed may be as wrong. We plan a push-pull
+        with a member that came back (`heal.py`), and sweep whom we still hold failed
+        (`_recheck_failed`): each answers our Ping with its refutation, so the last
+        few pairs need no one's luck."""
+        self._recheck_failed(now)
+        self._heal_pulls.on_return(
+            node_id,
+            now,
+            self._rng,
+            failed=self._members.count(MemberState.DEAD),
+            alive=self._members.count(MemberState.ALIVE),
+            gap=self.config.reconnect_interval,
+            spread=HEAL_PULL_SPREAD,
+        )
 
     def _recheck_failed(self, now: float) -> None:
         """We were held failed, so we were probably cut off, and so may be wrong about
@@ -1249,15 +1279,37 @@ class MembershipNode:
         if peer is not None:
             self.stats.push_pulls_sent += 1
             self._last_push_pull = now
+            self._remember(self._asked_reply, peer.node_id, now)
             out.sends.append((peer.node_id, self._digest(reply=True)))
 
-    def _push_pull_soon(self, peer: str, now: float) -> None:
-        """Make `peer` our next push-pull partner, within one push-pull interval (unscaled;
-        at a random moment in it, so that a healed side does not send all its digests in
-        the same second) and no sooner than one interval after our last push-pull."""
+    def _tick_heal_pull(self, now: float, out: Output) -> None:
+        """A push-pull with a member that came back (`heal.py`). Only its answer is
+        asked for (`reply=False`): its side's news comes to us, ours goes to it when
+        its side pulls; half the bytes of a two-way exchange. The digest is paid from
+        the gossip budget: gossip waits while a pull brings what it would have."""
+
+        def is_live(node_id: str) -> bool:
+            return self._live_member(node_id) is not None
+
+        peer = self._heal_pulls.take(now, self._rng, is_live)
+        if peer is not None:
+            self.stats.heal_pulls_sent += 1
+            digest = self._digest(reply=False)
+            self._budget.spend(digest_size(digest))
+            out.sends.append((peer, digest))
+            # It counts as our push-pull: a partner chosen for a sooner one (whoever
+            # told us we were held failed) is dropped, and the timer starts afresh.
+            self._pull_from = None
+            self._last_push_pull = now
+            interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
+            self._next_push_pull_at = max(self._next_push_pull_at, now + interval)
+
+    def _push_pull_soon(self, peer: str, now: float, *, gap: float, spread: float) -> None:
+        """Make `peer` our next push-pull partner, no sooner than `gap` after our last
+        push-pull, at a random moment within `spread` of that (so that a healed side
+        does not send all its digests in the same second)."""
         self._pull_from = peer
-        interval = self.config.push_pull_interval
-        soonest = max(now, self._last_push_pull + interval) + self._rng.random() * interval
+        soonest = max(now, self._last_push_pull + gap) + self._rng.random() * spread
         self._next_push_pull_at = min(self._next_push_pull_at, soonest)
 
     def _tick_reconnect(self, now: float, out: Output) -> None:
@@ -1273,6 +1325,12 @@ class MembershipNode:
         if now < self._next_reconnect_at:
             return
         self._next_reconnect_at = now + self.config.reconnect_interval
+        if now - self._heal_pulls.returned_at < self.config.reconnect_interval:
+            # A heal is under way (members we held failed keep coming back): every
+            # one we still hold failed is tried, not one at random, so that the last
+            # pairs wait at most an interval rather than for a damped coin.
+            self._recheck_failed(now)
+            return
         # Serf's damping: try with probability failed/alive, so that a mesh
         # does not hammer its few dead hosts, while a healed side (many
         # "failed") tries at every interval.
@@ -1336,6 +1394,12 @@ class MembershipNode:
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
             out.sends.append((sender, self._digest(reply=False)))
+        elif self._asked_reply.pop(sender, None) is None:
+            # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
+            # after a heal, its answer is most of one side's refutations, paid from the
+            # gossip budget, whose items it makes redundant, so that pulls and gossip
+            # together stay within the node's bandwidth.
+            self._budget.spend(deltas_size(deltas))
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
         """Apply what a push-pull peer knew newer: revocations, members, then records.
@@ -1527,6 +1591,7 @@ CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two node
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
