@@ -754,7 +754,7 @@ class MembershipNode:
             since = now
             held = self._held_records.pop(node_id, None)
         elif current.state is not ALIVE:
-            out.events.append(MemberAlive(node_id, incarnation))
+            out.events.append(MemberAlive(node_id, incarnation, was_failed=current.state is DEAD))
             since = now
             if current.state is DEAD:
                 self._on_return(node_id, now)
