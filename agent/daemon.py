@@ -850,6 +850,7 @@ class Agent:
             if isinstance(event, MemberAlive) and event.was_failed:
                 # Before this output's sends: they may be the first to the returned member.
                 self.transport.reconnect(event.node_id)
+                self.images.transport.reconnect(event.node_id)
         for destination, message in out.sends:
             await self._send(destination, message)
         for event in out.events:

@@ -358,8 +358,9 @@ class Transport:
         retransmissions), so the old connection may be seconds from its next try
         when the peer is back. The membership sees the return first: from then
         on the peer is alive to everyone, and a request to it must get through
-        now. A new DEALER connects at once; frames queued on the old one were
-        meant for a failed member and go with it.
+        now. A new DEALER connects at once. Frames queued on the old one go with
+        it; they were sent while the peer was unreachable, and a peer that
+        restarted does not get those even from the old connection.
         """
         self.forget(peer_id)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls
+from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
 from novacron.agent.core.membership.node import MembershipNode
 from novacron.agent.core.membership.pushpull import deltas_size, digest_size
 from novacron.protocol.codec import encode
@@ -172,14 +172,15 @@ def test_size_estimates_err_on_the_large_side_by_little() -> None:
 
 
 def gossip_after_answering(reply: bool) -> int:
-    """Gossip items a node sends in the second after answering a digest that lists
-    nothing (a large answer: every member, with certificates)."""
+    """Gossip items a node sends in the 0.9 s after answering a digest that lists
+    nothing (a large answer: every member, with certificates; the debt it leaves is
+    at most a second of the gossip rate)."""
     node = node_in(snapshot_of(40), "n000")
     node.update_record(record_for("n000", load=5.0), 0.0)  # something to gossip
     node.receive("n001", Digest(reply=reply), 0.0)
     sent = 0
     now = 0.0
-    while now < 1.0:
+    while now < 0.9:
         now = node.next_deadline()
         sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
     return sent
@@ -191,3 +192,50 @@ def test_the_answer_to_a_pull_is_paid_from_the_gossip_budget() -> None:
     exchange, a join) is answered outside the budget, as memberlist's streams are."""
     assert gossip_after_answering(reply=True) > 0
     assert gossip_after_answering(reply=False) == 0
+
+
+def heal_pulls_after_a_lone_return(observer: str) -> int:
+    """Pulls `observer`, in a 5-member mesh, sends in 20 s after the one member it held
+    failed comes back (nobody else is held failed)."""
+    node, now = failed_all(observer, ["n004"], 5)
+    node.receive("n004", sign(Alive("n004", 2, address_of("n004"))), now)
+    end = now + 20.0
+    while now < end:
+        now = node.next_deadline()
+        node.tick(now)
+    return node.stats.heal_pulls_sent
+
+
+def test_one_member_back_with_nobody_else_failed_brings_no_pull() -> None:
+    """The member back is not "still failed": with no one else held failed there is
+    nothing a pull could bring (in a small mesh the damping alone would often pull)."""
+    assert [heal_pulls_after_a_lone_return(f"n00{i}") for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_a_member_pulls_once_per_gap_and_its_answers_never_owe_more_than_a_second() -> None:
+    """A member asking again and again (a broken or hostile peer) gets one answer per
+    heal pull gap, and our gossip never owes more than a second of its rate for them."""
+    node = node_in(snapshot_of(40), "n000")
+    first = node.receive("n001", Digest(reply=False), 0.0)
+    again = node.receive("n001", Digest(reply=False), 1.0)
+    assert any(isinstance(m, Delta) for _, m in first.sends)
+    assert not again.sends and node.stats.pulls_ignored == 1
+    later = node.receive("n001", Digest(reply=False), CONFIG.reconnect_interval)
+    assert any(isinstance(m, Delta) for _, m in later.sends)
+    for sender in ids(40)[2:12]:
+        node.receive(sender, Digest(reply=False), CONFIG.reconnect_interval)
+    # gossip resumes once the budget refills from at most a second's debt
+    node.update_record(record_for("n000", load=5.0), CONFIG.reconnect_interval)
+    now, sent = CONFIG.reconnect_interval, 0
+    while now < CONFIG.reconnect_interval + 2.0 and not sent:
+        now = node.next_deadline()
+        sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
+    assert sent
+
+
+def test_a_sweep_tries_the_newest_suspects_then_the_latest_failed_never_more() -> None:
+    assert sweep_order(["s1", "s2"], ["f1", "f2", "f3"], 4) == ["f3", "f2", "s2", "s1"]
+    full = [f"s{i}" for i in range(6)]
+    assert sweep_order(full, ["f1"], 4) == ["s5", "s4", "s3", "s2"]  # no room for the failed
+    assert sweep_order(full[:4], ["f1"], 4) == ["s3", "s2", "s1", "s0"]
+    assert sweep_order([], [], 4) == []

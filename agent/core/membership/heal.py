@@ -79,7 +79,19 @@ class HealPulls:
         if now < self._due:
             return None
         self._due = INF
-        self._last = now
         candidates = [node_id for node_id in self._returned if is_live(node_id)]
         self._returned.clear()
-        return rng.choice(candidates) if candidates else None
+        if not candidates:
+            return None  # no pull went out: the next return may plan one without a gap
+        self._last = now
+        return rng.choice(candidates)
+
+
+def sweep_order(suspects: list[str], failed: list[str], limit: int) -> list[str]:
+    """Whom a sweep of the doubted tries, the first last (the caller pops): the newest
+    suspects, then the most recently failed, `limit` in all."""
+    doubtful = suspects[-limit:]
+    room = limit - len(doubtful)
+    if room > 0:
+        doubtful += failed[-room:]
+    return doubtful[::-1]

@@ -107,7 +107,7 @@ from .broadcast import (
     retransmit_limit,
 )
 from .config import MembershipConfig
-from .heal import HealPulls
+from .heal import HealPulls, sweep_order
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
@@ -169,6 +169,7 @@ class MembershipNode:
         "_probe_order",
         "_probes",
         "_pull_from",
+        "_pulled_by",
         "_queue",
         "_recheck",
         "_records",
@@ -272,6 +273,7 @@ class MembershipNode:
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
+        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
@@ -756,13 +758,13 @@ class MembershipNode:
         elif current.state is not ALIVE:
             out.events.append(MemberAlive(node_id, incarnation, was_failed=current.state is DEAD))
             since = now
-            if current.state is DEAD:
-                self._on_return(node_id, now)
         else:
             since = current.state_since
         self._suspicions.pop(node_id, None)
         proof = message.signature
         self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
+        if current is not None and current.state is DEAD:
+            self._on_return(node_id, now)  # counted alive already: it is not "still failed"
         if held is not None:
             self._offer_record(held, now, out, announce_new=True)
 
@@ -1042,10 +1044,18 @@ class MembershipNode:
         cut off would time out and fail a member that never heard of it."""
         if self._recheck:
             return  # a sweep is under way
-        doubtful = list(self._suspicions)[-MAX_RECHECKS:]
-        doubtful += self._members.dead_ids()[len(doubtful) - MAX_RECHECKS :]
-        self._recheck = doubtful[::-1]
+        self._recheck = sweep_order(list(self._suspicions), self._reconnectable(now), MAX_RECHECKS)
         self._next_recheck_at = now
+
+    def _reconnectable(self, now: float) -> list[str]:
+        """Members held failed for less than `reconnect_timeout`, the most recent last:
+        those longer gone are not tried again (Serf reaps them)."""
+        timeout = self.config.reconnect_timeout
+        return [
+            node_id
+            for node_id in self._members.dead_ids()
+            if now - self._state_since(node_id) < timeout
+        ]
 
     def _send_directly(self, peer: str, item: Gossip, out: Output) -> None:
         """A gossip item for one peer only: sent now, paid from the gossip budget."""
@@ -1338,11 +1348,7 @@ class MembershipNode:
         alive = max(1, self._members.count(MemberState.ALIVE))
         if failed == 0 or self._rng.random() > failed / alive:
             return
-        candidates = [
-            node_id
-            for node_id in self._members.dead_ids()
-            if now - self._state_since(node_id) < self.config.reconnect_timeout
-        ]
+        candidates = self._reconnectable(now)
         target = self._members.get(self._rng.choice(candidates)) if candidates else None
         if target is not None:
             self._reconnect(target, now, out)
@@ -1381,6 +1387,10 @@ class MembershipNode:
                 self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
+        pull = not message.reply and not self._asked_within(sender, now)
+        if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
+            self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
+            return
         issued_at, crl = self._keyring.revocations()
         newer_crl = crl if issued_at > message.crl_issued_at else b""
         deltas = build_deltas(
@@ -1394,12 +1404,20 @@ class MembershipNode:
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
             out.sends.append((sender, self._digest(reply=False)))
-        elif self._asked_reply.pop(sender, None) is None:
+        elif pull:
             # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
             # after a heal, its answer is most of one side's refutations, paid from the
             # gossip budget, whose items it makes redundant, so that pulls and gossip
-            # together stay within the node's bandwidth.
-            self._budget.spend(deltas_size(deltas))
+            # together stay within the node's bandwidth; but never more than a second
+            # of gossip is owed for it, so pulls cannot silence our gossip for long.
+            self._remember(self._pulled_by, sender, now)
+            self._budget.spend(deltas_size(deltas), floor=-self._budget.rate)
+
+    def _asked_within(self, sender: str, now: float) -> bool:
+        """Whether a digest from `sender` answers one we sent it asking for a reply, within
+        a push-pull interval (an answer that never came is forgotten then)."""
+        asked = self._asked_reply.pop(sender, None)
+        return asked is not None and now - asked < self.config.push_pull_interval
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
         """Apply what a push-pull peer knew newer: revocations, members, then records.
