@@ -46,7 +46,14 @@ from .config import (
     parse_cli,
     seed_addresses,
 )
-from .core.events import Event, IdentityClash, MemberRevoked, Output, RecordRejected
+from .core.events import (
+    Event,
+    IdentityClash,
+    MemberAlive,
+    MemberRevoked,
+    Output,
+    RecordRejected,
+)
 from .core.federation.gateway import elect
 from .core.images.holders import holders, listed
 from .core.membership.config import MembershipConfig
@@ -839,6 +846,11 @@ class Agent:
     # --- output of the core --------------------------------------------------------
 
     async def _dispatch(self, out: Output) -> None:
+        for event in out.events:
+            if isinstance(event, MemberAlive) and event.was_failed:
+                # Before this output's sends: they may be the first to the returned member.
+                self.transport.reconnect(event.node_id)
+                self.images.transport.reconnect(event.node_id)
         for destination, message in out.sends:
             await self._send(destination, message)
         for event in out.events:

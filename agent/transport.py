@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = "*"  # pyzmq's default domain: every socket of this context
 SEND_HWM = 1000  # frames queued per peer before sends are dropped (gossip is lossy)
 RECV_HWM = 10_000  # frames queued on the ROUTER before libzmq pushes back on senders
+RECONNECT_MS = 100  # first wait before connecting again to a peer that is down (libzmq's)
 RECONNECT_MAX_MS = 2_000  # back-off cap when a peer is down: retry, but not in a tight loop
 # A link that drops for a minute leaves TCP retransmitting on a back-off that
 # reaches two minutes, so a connection could stay silent long after the link
@@ -154,6 +155,7 @@ class Transport:
         linger: float = 0.2,
         heartbeat: float = HEARTBEAT_S,
         queue: int = RECV_HWM,
+        reconnect_ms: tuple[int, int] = (RECONNECT_MS, RECONNECT_MAX_MS),
     ) -> None:
         self.node_id = node_id  # our sender id on every frame
         self.trust = trust  # decides which Curve keys may connect
@@ -165,6 +167,7 @@ class Transport:
         self._queue = queue  # frames queued each way (so a queue costs queue * max_frame)
         self._linger_ms = int(linger * 1000)  # how long close() lets queued frames drain
         self._heartbeat_ms = int(heartbeat * 1000)  # 0: TCP's own back-off alone, as before
+        self._reconnect_ms = reconnect_ms  # first and longest wait between connects
         self._ctx: zmq.asyncio.Context | None = None  # own context: ZAP is per context
         self._auth: AsyncioAuthenticator | None = None
         self._router: zmq.asyncio.Socket | None = None
@@ -323,7 +326,7 @@ class Transport:
         dealer.curve_serverkey = cert.curve_public_z85().encode()
         dealer.sndhwm = min(SEND_HWM, self._queue)
         dealer.rcvhwm = 1  # peers never answer on this socket; do not buffer if they try
-        dealer.reconnect_ivl_max = RECONNECT_MAX_MS
+        dealer.reconnect_ivl, dealer.reconnect_ivl_max = self._reconnect_ms
         self._beat(dealer)
         dealer.ipv6 = address.startswith("[")
         try:
@@ -346,6 +349,20 @@ class Transport:
         if now - self._resets.get(peer_id, -RESET_AFTER) >= RESET_AFTER:
             self._resets[peer_id] = now
             self.forget(peer_id)
+
+    def reconnect(self, peer_id: str) -> None:
+        """Connect anew to `peer_id`, which has just come back from failure.
+
+        While a peer is unreachable libzmq retries its connection with a back-off
+        (and a connection that carried frames into the void also waits on TCP's
+        retransmissions), so the old connection may be seconds from its next try
+        when the peer is back. The membership sees the return first: from then
+        on the peer is alive to everyone, and a request to it must get through
+        now. A new DEALER connects at once. Frames queued on the old one go with
+        it; they were sent while the peer was unreachable, and a peer that
+        restarted does not get those even from the old connection.
+        """
+        self.forget(peer_id)
 
     def forget(self, peer_id: str) -> None:
         """Close the connection to `peer_id` (it left, died, or moved)."""

@@ -99,6 +99,22 @@ def test_alive_with_higher_incarnation_overrides_suspicion() -> None:
     assert not node.tick(1000.0).events
 
 
+def test_a_member_back_from_failure_is_told_apart_from_a_refuted_suspicion() -> None:
+    """The agent connects anew to a member it held failed (the old connection may sit in
+    a back-off from the cut), not to one it only suspected."""
+    node = node_in(snapshot_of(5))
+    node.receive("n002", sign(Suspect("n001", 1, "n002")), 1.0)
+    assert node.receive("n001", alive("n001", 2), 1.5).events == [
+        MemberAlive("n001", 2, was_failed=False)
+    ]
+    node.receive("n002", sign(Suspect("n001", 2, "n002")), 2.0)
+    failed = node.tick(1000.0).events
+    assert MemberFailed("n001", 2, "n000") in failed
+    assert node.receive("n001", alive("n001", 3), 1001.0).events == [
+        MemberAlive("n001", 3, was_failed=True)
+    ]
+
+
 def test_a_node_declared_dead_refutes_unless_it_left() -> None:
     node = node_in(snapshot_of(5))
     node.receive("n001", sign(Dead("n000", 1, "n001")), 1.0)

@@ -152,6 +152,29 @@ async def test_ping_and_ack_cross_both_ways(
     assert a.trust.refusals.total() == 0 and b.trust.refusals.total() == 0
 
 
+async def test_a_peer_back_from_failure_is_reached_at_once_not_after_the_back_off(
+    start: Started, ca: Ed25519PrivateKey, alpha: Member, beta: Member
+) -> None:
+    """While a peer is away, libzmq waits longer and longer between connects; told the
+    peer is back (`reconnect`), the transport connects now. Here the wait is made a
+    minute, so a frame sent over the old connection could not arrive in time."""
+    trust = trust_of(ca, alpha, beta)
+    a = Transport("alpha", alpha.key, trust, HOST, 0, reconnect_ms=(60_000, 60_000))
+    start.transports.append(a)
+    await within(a.start())
+    b = await start(beta, trust_of(ca, alpha, beta))
+    port = b.port
+    assert await within(a.send("beta", b.address, Ping(seq=1, target="beta")))
+    assert await within(b.recv()) == ("alpha", Ping(seq=1, target="beta"))
+
+    await within(b.close())  # beta's host dies; alpha's connection waits a minute to retry
+    await asyncio.sleep(QUIET)
+    b = await start(beta, trust_of(ca, alpha, beta), port)  # back, at the same address
+    a.reconnect("beta")
+    assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
+    assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+
+
 # --- refusals ----------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ class MemberAlive:
 
     node_id: str
     incarnation: int
+    was_failed: bool = False  # held failed, not only suspected: it comes back from a cut
 
 
 @dataclass(frozen=True, slots=True)

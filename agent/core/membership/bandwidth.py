@@ -16,6 +16,8 @@ anything else is sent. Pure arithmetic over the caller's clock.
 
 from __future__ import annotations
 
+import math
+
 
 class GossipBudget:
     """A token bucket of bytes, refilled at `rate` per second up to `burst`."""
@@ -35,6 +37,7 @@ class GossipBudget:
             self._since = now
         return self._tokens
 
-    def spend(self, size: int) -> None:
-        """Account for `size` bytes just sent."""
-        self._tokens -= size
+    def spend(self, size: int, *, floor: float = -math.inf) -> None:
+        """Account for `size` bytes just sent; on their account the debt goes no deeper
+        than `floor` (a debt already deeper stays as it is)."""
+        self._tokens = max(self._tokens - size, min(self._tokens, floor))

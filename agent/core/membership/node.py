@@ -107,10 +107,11 @@ from .broadcast import (
     retransmit_limit,
 )
 from .config import MembershipConfig
+from .heal import HealPulls, sweep_order
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
-from .pushpull import build_deltas, build_digest, push_pull_scale
+from .pushpull import build_deltas, build_digest, deltas_size, digest_size, push_pull_scale
 from .records import RecordStore, RecordVerdict, admit
 from .snapshot import ClusterSnapshot
 from .stats import NodeStats
@@ -144,12 +145,14 @@ class MembershipNode:
     __slots__ = (
         "_accusations",
         "_answered",
+        "_asked_reply",
         "_awaiting",
         "_awareness",
         "_born",
         "_budget",
         "_digest_lines",
         "_forwarded",
+        "_heal_pulls",
         "_heard",
         "_held_records",
         "_keyring",
@@ -166,6 +169,7 @@ class MembershipNode:
         "_probe_order",
         "_probes",
         "_pull_from",
+        "_pulled_by",
         "_queue",
         "_recheck",
         "_records",
@@ -268,8 +272,11 @@ class MembershipNode:
         self._awaiting: dict[str, tuple[Alive, float, str, int]] = {}
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
+        self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
+        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
+        self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
 
@@ -299,6 +306,7 @@ class MembershipNode:
             if node_id == self.node_id:
                 continue
             self._seeds[node_id] = address
+            self._remember(self._asked_reply, node_id, now)
             digest = digest or self._digest(reply=True)
             out.sends.append((node_id, digest))
         return out
@@ -329,6 +337,8 @@ class MembershipNode:
             self._tick_certificates(now, out)
         if not self._left:
             self._tick_push_pull(now, out)
+            if now >= self._heal_pulls.due:
+                self._tick_heal_pull(now, out)
             self._tick_reconnect(now, out)
             self._tick_recheck(now, out)
         if now >= self._next_gossip_at and self._queue:
@@ -350,6 +360,8 @@ class MembershipNode:
                 deadline = self._next_push_pull_at
             if self._next_reconnect_at < deadline:
                 deadline = self._next_reconnect_at
+            if self._heal_pulls.due < deadline:
+                deadline = self._heal_pulls.due
             if self._recheck and self._next_recheck_at < deadline:
                 deadline = self._next_recheck_at
         if self._queue and self._next_gossip_at < deadline:
@@ -744,13 +756,15 @@ class MembershipNode:
             since = now
             held = self._held_records.pop(node_id, None)
         elif current.state is not ALIVE:
-            out.events.append(MemberAlive(node_id, incarnation))
+            out.events.append(MemberAlive(node_id, incarnation, was_failed=current.state is DEAD))
             since = now
         else:
             since = current.state_since
         self._suspicions.pop(node_id, None)
         proof = message.signature
         self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
+        if current is not None and current.state is DEAD:
+            self._on_return(node_id, now)  # counted alive already: it is not "still failed"
         if held is not None:
             self._offer_record(held, now, out, announce_new=True)
 
@@ -1000,8 +1014,26 @@ class MembershipNode:
         self._remember(self._answered, sender, now)
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
-            self._push_pull_soon(sender, now)
+            interval = self.config.push_pull_interval
+            self._push_pull_soon(sender, now, gap=interval, spread=interval)
             self._recheck_failed(now)
+
+    def _on_return(self, node_id: str, now: float) -> None:
+        """A member we held failed is alive again: the network between us has probably
+        healed, and the others we hold failed may be as wrong. We plan a push-pull
+        with a member that came back (`heal.py`), and sweep whom we still hold failed
+        (`_recheck_failed`): each answers our Ping with its refutation, so the last
+        few pairs need no one's luck."""
+        self._recheck_failed(now)
+        self._heal_pulls.on_return(
+            node_id,
+            now,
+            self._rng,
+            failed=self._members.count(MemberState.DEAD),
+            alive=self._members.count(MemberState.ALIVE),
+            gap=self.config.reconnect_interval,
+            spread=HEAL_PULL_SPREAD,
+        )
 
     def _recheck_failed(self, now: float) -> None:
         """We were held failed, so we were probably cut off, and so may be wrong about
@@ -1012,10 +1044,18 @@ class MembershipNode:
         cut off would time out and fail a member that never heard of it."""
         if self._recheck:
             return  # a sweep is under way
-        doubtful = list(self._suspicions)[-MAX_RECHECKS:]
-        doubtful += self._members.dead_ids()[len(doubtful) - MAX_RECHECKS :]
-        self._recheck = doubtful[::-1]
+        self._recheck = sweep_order(list(self._suspicions), self._reconnectable(now), MAX_RECHECKS)
         self._next_recheck_at = now
+
+    def _reconnectable(self, now: float) -> list[str]:
+        """Members held failed for less than `reconnect_timeout`, the most recent last:
+        those longer gone are not tried again (Serf reaps them)."""
+        timeout = self.config.reconnect_timeout
+        return [
+            node_id
+            for node_id in self._members.dead_ids()
+            if now - self._state_since(node_id) < timeout
+        ]
 
     def _send_directly(self, peer: str, item: Gossip, out: Output) -> None:
         """A gossip item for one peer only: sent now, paid from the gossip budget."""
@@ -1249,15 +1289,37 @@ class MembershipNode:
         if peer is not None:
             self.stats.push_pulls_sent += 1
             self._last_push_pull = now
+            self._remember(self._asked_reply, peer.node_id, now)
             out.sends.append((peer.node_id, self._digest(reply=True)))
 
-    def _push_pull_soon(self, peer: str, now: float) -> None:
-        """Make `peer` our next push-pull partner, within one push-pull interval (unscaled;
-        at a random moment in it, so that a healed side does not send all its digests in
-        the same second) and no sooner than one interval after our last push-pull."""
+    def _tick_heal_pull(self, now: float, out: Output) -> None:
+        """A push-pull with a member that came back (`heal.py`). Only its answer is
+        asked for (`reply=False`): its side's news comes to us, ours goes to it when
+        its side pulls; half the bytes of a two-way exchange. The digest is paid from
+        the gossip budget: gossip waits while a pull brings what it would have."""
+
+        def is_live(node_id: str) -> bool:
+            return self._live_member(node_id) is not None
+
+        peer = self._heal_pulls.take(now, self._rng, is_live)
+        if peer is not None:
+            self.stats.heal_pulls_sent += 1
+            digest = self._digest(reply=False)
+            self._budget.spend(digest_size(digest))
+            out.sends.append((peer, digest))
+            # It counts as our push-pull: a partner chosen for a sooner one (whoever
+            # told us we were held failed) is dropped, and the timer starts afresh.
+            self._pull_from = None
+            self._last_push_pull = now
+            interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
+            self._next_push_pull_at = max(self._next_push_pull_at, now + interval)
+
+    def _push_pull_soon(self, peer: str, now: float, *, gap: float, spread: float) -> None:
+        """Make `peer` our next push-pull partner, no sooner than `gap` after our last
+        push-pull, at a random moment within `spread` of that (so that a healed side
+        does not send all its digests in the same second)."""
         self._pull_from = peer
-        interval = self.config.push_pull_interval
-        soonest = max(now, self._last_push_pull + interval) + self._rng.random() * interval
+        soonest = max(now, self._last_push_pull + gap) + self._rng.random() * spread
         self._next_push_pull_at = min(self._next_push_pull_at, soonest)
 
     def _tick_reconnect(self, now: float, out: Output) -> None:
@@ -1273,6 +1335,12 @@ class MembershipNode:
         if now < self._next_reconnect_at:
             return
         self._next_reconnect_at = now + self.config.reconnect_interval
+        if now - self._heal_pulls.returned_at < self.config.reconnect_interval:
+            # A heal is under way (members we held failed keep coming back): every
+            # one we still hold failed is tried, not one at random, so that the last
+            # pairs wait at most an interval rather than for a damped coin.
+            self._recheck_failed(now)
+            return
         # Serf's damping: try with probability failed/alive, so that a mesh
         # does not hammer its few dead hosts, while a healed side (many
         # "failed") tries at every interval.
@@ -1280,11 +1348,7 @@ class MembershipNode:
         alive = max(1, self._members.count(MemberState.ALIVE))
         if failed == 0 or self._rng.random() > failed / alive:
             return
-        candidates = [
-            node_id
-            for node_id in self._members.dead_ids()
-            if now - self._state_since(node_id) < self.config.reconnect_timeout
-        ]
+        candidates = self._reconnectable(now)
         target = self._members.get(self._rng.choice(candidates)) if candidates else None
         if target is not None:
             self._reconnect(target, now, out)
@@ -1323,6 +1387,10 @@ class MembershipNode:
                 self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
+        pull = not message.reply and not self._asked_within(sender, now)
+        if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
+            self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
+            return
         issued_at, crl = self._keyring.revocations()
         newer_crl = crl if issued_at > message.crl_issued_at else b""
         deltas = build_deltas(
@@ -1336,6 +1404,20 @@ class MembershipNode:
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
             out.sends.append((sender, self._digest(reply=False)))
+        elif pull:
+            # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
+            # after a heal, its answer is most of one side's refutations, paid from the
+            # gossip budget, whose items it makes redundant, so that pulls and gossip
+            # together stay within the node's bandwidth; but never more than a second
+            # of gossip is owed for it, so pulls cannot silence our gossip for long.
+            self._remember(self._pulled_by, sender, now)
+            self._budget.spend(deltas_size(deltas), floor=-self._budget.rate)
+
+    def _asked_within(self, sender: str, now: float) -> bool:
+        """Whether a digest from `sender` answers one we sent it asking for a reply, within
+        a push-pull interval (an answer that never came is forgotten then)."""
+        asked = self._asked_reply.pop(sender, None)
+        return asked is not None and now - asked < self.config.push_pull_interval
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
         """Apply what a push-pull peer knew newer: revocations, members, then records.
@@ -1527,6 +1609,7 @@ CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two node
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up

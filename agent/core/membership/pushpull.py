@@ -144,6 +144,25 @@ def _split(items: list[MemberDigest | SignedRecord], crl: bytes, max_bytes: int)
     return deltas
 
 
+def digest_size(digest: Digest) -> int:
+    """Encoded bytes of a digest, estimated on the large side (for the gossip budget)."""
+    size = _DIGEST_OVERHEAD + sum(len(node_id) for node_id in digest.records)
+    size += _VERSION_OVERHEAD * len(digest.records)
+    for line in digest.members:
+        variable = len(line.address) + len(line.signature) + len(line.certificate)
+        size += _DIGEST_LINE_OVERHEAD + len(line.node_id) + variable
+    return size
+
+
+def deltas_size(deltas: list[Delta]) -> int:
+    """Encoded bytes of push-pull answers, estimated on the large side."""
+    size = 0
+    for delta in deltas:
+        size += len(delta.crl) + sum(_size(line) for line in delta.members)
+        size += sum(_size(record) for record in delta.records)
+    return size
+
+
 def _size(item: MemberDigest | SignedRecord) -> int:
     """Encoded bytes of one item, estimated on the large side (field names included)."""
     if isinstance(item, MemberDigest):
@@ -154,3 +173,6 @@ def _size(item: MemberDigest | SignedRecord) -> int:
 
 _LINE_OVERHEAD = 80  # map header, six field names, integers and headers of a MemberDigest
 _RECORD_OVERHEAD = 60  # the same for a SignedRecord
+_DIGEST_OVERHEAD = 64  # a digest's own header and field names
+_DIGEST_LINE_OVERHEAD = 36  # a digest line's map header, field names and integers
+_VERSION_OVERHEAD = 4  # a record version's integer and string header

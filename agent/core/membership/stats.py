@@ -38,6 +38,8 @@ class NodeStats:
     gossip_deferred: int = 0  # gossip rounds cut short: the gossip budget was spent
     push_pulls_sent: int = 0  # push-pull digests sent on the timer
     reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
+    heal_pulls_sent: int = 0  # push-pulls with a member that came back from failure (`heal.py`)
+    pulls_ignored: int = 0  # a member's pulls sooner than the heal pull gap after its last
     failed_members_told: int = 0  # members we hold failed that spoke to us, told so
     digests_received: int = 0  # push-pull digests answered
     records_accepted: int = 0  # newer verified records stored

@@ -1,0 +1,97 @@
+"""Push-pull with members that come back from failure: how a healed split catches up.
+
+When a partition heals, each side holds the other failed at incarnation n,
+and only each member's own Alive at n + 1 changes that. Every member refutes
+within seconds, but gossip then carries the N refutations one item at a time
+through a rate-capped channel, each item sent about `retransmit_limit` times
+by every node: the wait for the last pair grows as N log N over the rate.
+Serf answers a reconnected member with a full push-pull; so do we: the first
+member that comes back makes us plan one push-pull with a member that came
+back, whose answer carries every refutation it holds in one exchange.
+
+Rules:
+
+- a pull is planned when a member we held failed comes back, damped as
+  Serf damps reconnects (probability failed/alive): after a split nearly
+  every node pulls, while one restarted member in a healthy mesh draws a
+  digest from hardly anyone;
+- it goes out at a random moment within `spread` (so that a healed side
+  does not send all its digests in the same second), and at most once per
+  `gap` (the reconnect interval);
+- its partner is drawn, when it goes out, from the members that came back
+  since the last pull and are still alive (not the first one: every node on
+  a side sees the same few come back first, and would all pull from them).
+
+Pure bookkeeping over the caller's clock and random generator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+INF = float("inf")
+MAX_RETURNED = 64  # members remembered as pull partners between two pulls
+
+
+class HealPulls:
+    """When to push-pull with a member that came back from failure, and with whom."""
+
+    __slots__ = ("_due", "_last", "_returned", "returned_at")
+
+    def __init__(self) -> None:
+        self._due = INF  # when the planned pull goes out (inf: none planned)
+        self._last = -INF  # when the last one went out
+        self._returned: list[str] = []  # members back since then, the newest last
+        self.returned_at = -INF  # when a member we held failed last came back
+
+    @property
+    def due(self) -> float:
+        """When `take` next has a partner to offer (inf: no pull planned)."""
+        return self._due
+
+    def on_return(
+        self,
+        node_id: str,
+        now: float,
+        rng: random.Random,
+        *,
+        failed: int,
+        alive: int,
+        gap: float,
+        spread: float,
+    ) -> None:
+        """`node_id`, held failed, is alive again; we still hold `failed` members
+        failed and `alive` alive."""
+        self.returned_at = now
+        if len(self._returned) >= MAX_RETURNED:
+            del self._returned[0]
+        self._returned.append(node_id)
+        if self._due < INF or failed <= 0:
+            return  # one is planned already; or nothing else to learn
+        if rng.random() > failed / max(1, alive):
+            return
+        self._due = max(now, self._last + gap) + rng.random() * spread
+
+    def take(self, now: float, rng: random.Random, is_live: Callable[[str], bool]) -> str | None:
+        """The partner of the pull due at `now`, if one is due and a returned member
+        is still alive; the plan is spent either way."""
+        if now < self._due:
+            return None
+        self._due = INF
+        candidates = [node_id for node_id in self._returned if is_live(node_id)]
+        self._returned.clear()
+        if not candidates:
+            return None  # no pull went out: the next return may plan one without a gap
+        self._last = now
+        return rng.choice(candidates)
+
+
+def sweep_order(suspects: list[str], failed: list[str], limit: int) -> list[str]:
+    """Whom a sweep of the doubted tries, the first last (the caller pops): the newest
+    suspects, then the most recently failed, `limit` in all."""
+    doubtful = suspects[-limit:]
+    room = limit - len(doubtful)
+    if room > 0:
+        doubtful += failed[-room:]
+    return doubtful[::-1]

@@ -1,0 +1,241 @@
+"""Push-pull with members that come back from failure (`heal.py`), on a virtual clock."""
+
+from __future__ import annotations
+
+import random
+
+from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
+from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.pushpull import deltas_size, digest_size
+from novacron.protocol.codec import encode
+from novacron.protocol.messages import (
+    Alive,
+    Dead,
+    Delta,
+    Digest,
+    MemberDigest,
+    MemberState,
+    Message,
+    Ping,
+    RecordUpdate,
+)
+from tests.core_harness import CONFIG, address_of, ids, node_in, record_for, sign, snapshot_of
+
+
+def live(node_id: str) -> bool:
+    return True
+
+
+def plan(pulls: HealPulls, node_id: str, now: float, *, failed: int = 50, alive: int = 50) -> None:
+    rng = random.Random(1)
+    pulls.on_return(node_id, now, rng, failed=failed, alive=alive, gap=10.0, spread=5.0)
+
+
+def test_a_return_plans_one_pull_within_the_spread() -> None:
+    pulls = HealPulls()
+    plan(pulls, "a", 100.0)
+    assert 100.0 <= pulls.due <= 105.0
+    due = pulls.due
+    plan(pulls, "b", 101.0)  # planned already: the plan stands
+    assert pulls.due == due
+    assert pulls.take(due - 0.01, random.Random(1), live) is None  # not yet
+    assert pulls.take(due, random.Random(1), live) in ("a", "b")
+    assert pulls.due == float("inf") and pulls.take(due + 1, random.Random(1), live) is None
+
+
+def test_pulls_are_at_least_the_gap_apart() -> None:
+    pulls = HealPulls()
+    plan(pulls, "a", 0.0)
+    first = pulls.due
+    pulls.take(first, random.Random(1), live)
+    plan(pulls, "b", first + 1.0)
+    assert first + 10.0 <= pulls.due <= first + 15.0
+
+
+def test_no_pull_when_nothing_else_is_held_failed_and_rarely_in_a_healthy_mesh() -> None:
+    pulls = HealPulls()
+    plan(pulls, "a", 0.0, failed=0, alive=99)
+    assert pulls.due == float("inf")
+    rng = random.Random(7)
+    planned = 0
+    for i in range(1000):  # one member back, one other failed, 999 alive
+        pulls = HealPulls()
+        pulls.on_return("a", float(i), rng, failed=1, alive=999, gap=10.0, spread=5.0)
+        planned += pulls.due < float("inf")
+    assert planned < 10  # Serf's damping: about failed/alive of the time
+
+
+def test_the_partner_is_drawn_from_the_members_back_and_still_alive() -> None:
+    """Not always the first back: a whole side sees the same few come back first."""
+    pulls = HealPulls()
+    for i in range(MAX_RETURNED + 10):
+        plan(pulls, f"m{i:03d}", 0.0)
+    partners = set()
+    rng = random.Random(3)
+    for _ in range(50):
+        copy = HealPulls()
+        for i in range(MAX_RETURNED + 10):
+            plan(copy, f"m{i:03d}", 0.0)
+        partners.add(copy.take(copy.due, rng, lambda n: n != "m073"))
+    assert len(partners) > 10
+    assert "m000" not in partners  # forgotten: only the last MAX_RETURNED are kept
+    assert "m073" not in partners  # failed again meanwhile
+    gone = HealPulls()
+    plan(gone, "a", 0.0)
+    assert gone.take(gone.due, rng, lambda n: False) is None  # nobody left to ask
+
+
+def failed_all(node_id: str, members: list[str], size: int) -> tuple[MembershipNode, float]:
+    """A node of a `size`-member mesh that holds `members` failed (split from them)."""
+    node = node_in(snapshot_of(size), node_id)
+    for member in members:
+        node.receive("n001", sign(Dead(member, 1, "n001")), 0.0)
+        node.receive("n002", sign(Dead(member, 1, "n002")), 0.0)
+    now = 1000.0
+    node.tick(now)
+    node.tick(now + CONFIG.probe_interval)
+    for member in members:
+        info = node.member(member)
+        assert info is not None and info.state is MemberState.DEAD
+    return node, now + CONFIG.probe_interval
+
+
+def test_a_failed_member_coming_back_brings_a_pull_from_the_members_back() -> None:
+    other_side = [f"n{i:03d}" for i in range(10, 20)]
+    node, now = failed_all("n000", other_side, 20)
+    node.receive("n010", sign(Alive("n010", 2, address_of("n010"))), now)  # refuted
+    node.receive("n011", sign(Alive("n011", 2, address_of("n011"))), now + 0.1)
+    digests: list[tuple[str, Message]] = []
+    end = now + 5.0 + CONFIG.gossip_interval
+    while not digests and now < end:
+        now = node.next_deadline()
+        digests = [(d, m) for d, m in node.tick(now).sends if isinstance(m, Digest)]
+    ((partner, digest),) = digests
+    assert partner in ("n010", "n011") and isinstance(digest, Digest) and not digest.reply
+    assert node.stats.heal_pulls_sent == 1
+
+
+def test_a_failed_member_coming_back_starts_a_sweep_of_the_others_held_failed() -> None:
+    """The last few pairs of a heal are not left to gossip: each member we still hold
+    failed gets our Ping with our claim, and answers it with its refutation."""
+    other_side = [f"n{i:03d}" for i in range(10, 20)]
+    node, now = failed_all("n000", other_side, 20)
+    node.receive("n010", sign(Alive("n010", 2, address_of("n010"))), now)
+    pinged: set[str] = set()
+    end = now + 12 * CONFIG.gossip_interval
+    while now < end:
+        now = node.next_deadline()
+        sends = node.tick(now).sends
+        pinged |= {d for d, m in sends if isinstance(m, Ping) and d in other_side}
+    assert pinged == set(other_side) - {"n010"}
+
+
+def pings_after_return(delay: float) -> dict[str, int]:
+    """Pings to the still-failed members in the reconnect interval after one return
+    (and the time a sweep started in it takes)."""
+    other_side = [f"n{i:03d}" for i in range(10, 20)]
+    node, now = failed_all("n000", other_side, 60)  # 10 failed, 50 alive: damped 1 in 5
+    back = now + delay
+    while node.next_deadline() < back:
+        node.tick(node.next_deadline())
+    now = back
+    node.receive("n010", sign(Alive("n010", 2, address_of("n010"))), now)
+    pinged = dict.fromkeys(other_side[1:], 0)
+    end = now + CONFIG.reconnect_interval + 12 * CONFIG.gossip_interval  # a sweep's time
+    while now < end:
+        now = node.next_deadline()
+        for dest, message in node.tick(now).sends:
+            if isinstance(message, Ping) and dest in pinged:
+                pinged[dest] += 1
+    return pinged
+
+
+def test_soon_after_a_return_the_reconnect_tick_tries_all_still_failed() -> None:
+    """Besides the sweep the return starts, the next reconnect tick sweeps again: a
+    pair whose Ping or answer was lost waits an interval, not for a damped coin.
+    (The tick may fall within the first sweep, which it then leaves alone; of two
+    returns half an interval apart, one has its tick after the sweep.)"""
+    runs = [pings_after_return(delay) for delay in (0.0, CONFIG.reconnect_interval / 2)]
+    assert all(count >= 1 for run in runs for count in run.values())
+    assert any(all(count >= 2 for count in run.values()) for run in runs)
+
+
+def test_size_estimates_err_on_the_large_side_by_little() -> None:
+    lines = tuple(MemberDigest(f"node-{i:05d}", 3, MemberState.ALIVE) for i in range(500))
+    digest = Digest(members=lines, records={f"node-{i:05d}": 12 for i in range(500)})
+    encoded = len(encode(digest, "node-00001"))
+    assert encoded <= digest_size(digest) <= 1.15 * encoded
+    full = tuple(MemberDigest(m, 4, MemberState.ALIVE, address_of(m), b"s" * 64) for m in ids(50))
+    deltas = [Delta(full[:25]), Delta(full[25:])]
+    encoded = sum(len(encode(delta, "node-00001")) for delta in deltas)
+    assert encoded <= deltas_size(deltas) <= 1.5 * encoded
+
+
+def gossip_after_answering(reply: bool) -> int:
+    """Gossip items a node sends in the 0.9 s after answering a digest that lists
+    nothing (a large answer: every member, with certificates; the debt it leaves is
+    at most a second of the gossip rate)."""
+    node = node_in(snapshot_of(40), "n000")
+    node.update_record(record_for("n000", load=5.0), 0.0)  # something to gossip
+    node.receive("n001", Digest(reply=reply), 0.0)
+    sent = 0
+    now = 0.0
+    while now < 0.9:
+        now = node.next_deadline()
+        sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
+    return sent
+
+
+def test_the_answer_to_a_pull_is_paid_from_the_gossip_budget() -> None:
+    """A pull's answer (after a heal, one side's refutations) stands in for gossip:
+    the answering node's gossip waits. A digest asking for a reply (the periodic
+    exchange, a join) is answered outside the budget, as memberlist's streams are."""
+    assert gossip_after_answering(reply=True) > 0
+    assert gossip_after_answering(reply=False) == 0
+
+
+def heal_pulls_after_a_lone_return(observer: str) -> int:
+    """Pulls `observer`, in a 5-member mesh, sends in 20 s after the one member it held
+    failed comes back (nobody else is held failed)."""
+    node, now = failed_all(observer, ["n004"], 5)
+    node.receive("n004", sign(Alive("n004", 2, address_of("n004"))), now)
+    end = now + 20.0
+    while now < end:
+        now = node.next_deadline()
+        node.tick(now)
+    return node.stats.heal_pulls_sent
+
+
+def test_one_member_back_with_nobody_else_failed_brings_no_pull() -> None:
+    """The member back is not "still failed": with no one else held failed there is
+    nothing a pull could bring (in a small mesh the damping alone would often pull)."""
+    assert [heal_pulls_after_a_lone_return(f"n00{i}") for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_a_member_pulls_once_per_gap_and_its_answers_never_owe_more_than_a_second() -> None:
+    """A member asking again and again (a broken or hostile peer) gets one answer per
+    heal pull gap, and our gossip never owes more than a second of its rate for them."""
+    node = node_in(snapshot_of(40), "n000")
+    first = node.receive("n001", Digest(reply=False), 0.0)
+    again = node.receive("n001", Digest(reply=False), 1.0)
+    assert any(isinstance(m, Delta) for _, m in first.sends)
+    assert not again.sends and node.stats.pulls_ignored == 1
+    later = node.receive("n001", Digest(reply=False), CONFIG.reconnect_interval)
+    assert any(isinstance(m, Delta) for _, m in later.sends)
+    for sender in ids(40)[2:12]:
+        node.receive(sender, Digest(reply=False), CONFIG.reconnect_interval)
+    # gossip resumes once the budget refills from at most a second's debt
+    node.update_record(record_for("n000", load=5.0), CONFIG.reconnect_interval)
+    now, sent = CONFIG.reconnect_interval, 0
+    while now < CONFIG.reconnect_interval + 2.0 and not sent:
+        now = node.next_deadline()
+        sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
+    assert sent
+
+
+def test_a_sweep_tries_the_newest_suspects_then_the_latest_failed_never_more() -> None:
+    assert sweep_order(["s1", "s2"], ["f1", "f2", "f3"], 4) == ["f3", "f2", "s2", "s1"]
+    full = [f"s{i}" for i in range(6)]
+    assert sweep_order(full, ["f1"], 4) == ["s5", "s4", "s3", "s2"]  # no room for the failed
+    assert sweep_order(full[:4], ["f1"], 4) == ["s3", "s2", "s1", "s0"]
+    assert sweep_order([], [], 4) == []
