@@ -279,7 +279,7 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
     """
     fields = _dirty_rate_fields(conn, dom)
     deadline = time.monotonic() + DIRTY_RATE_PERIOD + 0.5
-    while fields.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURING:
+    while measuring(fields, time.time(), time.monotonic()):
         if time.monotonic() > deadline:
             log.warning("a dirty-rate measurement is still running as a migration starts")
             return None
@@ -291,6 +291,19 @@ def recent_dirty_rate(conn: Any, dom: Any, max_age: float = DIRTY_RATE_MAX_AGE) 
     if not -5 <= measurement_age(started, time.time(), time.monotonic()) <= max_age:
         return None
     return _finished_rate(fields)
+
+
+def measuring(fields: Mapping[str, Any], wall: float, monotonic: float) -> bool:
+    """Whether libvirt's dirty-rate `fields` show a measurement under way. Just after it
+    is started, QEMU 10 reports it "unstarted" with its start time already stamped
+    (its sampling thread has not run yet): that one is under way too."""
+    status = fields.get("dirtyrate.calc_status")
+    if status == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURING:
+        return True
+    started = fields.get("dirtyrate.calc_start_time")
+    if status != libvirt.VIR_DOMAIN_DIRTYRATE_UNSTARTED or not isinstance(started, int):
+        return False
+    return 0 <= measurement_age(started, wall, monotonic) <= DIRTY_RATE_PERIOD + 1
 
 
 def measurement_age(started: int, wall: float, monotonic: float) -> float:

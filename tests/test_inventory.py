@@ -19,7 +19,7 @@ import pytest
 from novacron.agent.core.membership.records import RecordBounds, record_problem, vm_load_limit
 from novacron.agent.core.migration.reservations import Demand
 from novacron.agent.core.placement.targets import room_refusal
-from novacron.agent.inventory import DomainSample, Inventory, measurement_age
+from novacron.agent.inventory import DomainSample, Inventory, measurement_age, measuring
 from novacron.protocol.messages import NodeRecord, Resources
 
 TIMEOUT = 10.0
@@ -318,3 +318,21 @@ async def test_a_vms_placement_labels_reach_its_hosts_record(tmp_path: Path) -> 
     small = Demand(vcpus=1, memory_mib=64)
     assert room_refusal(record, small, 1.0, anti_affinity="db") is not None
     assert room_refusal(record, small, 1.0, anti_affinity="web") is None
+
+
+def test_a_measurement_just_started_counts_as_under_way_though_qemu_says_unstarted() -> None:
+    """QEMU 10 reports a measurement "unstarted", with its start stamped, until its
+    sampling thread runs: a migration asking then must wait, not start under it (a lab
+    soak round caught `recent_dirty_rate` giving up on one in that state)."""
+    wall, mono = 1_796_447_145.4, 67_767.0
+    stamped = {"dirtyrate.calc_start_time": 1_796_447_145, "dirtyrate.calc_period": 1}
+    unstarted = {**stamped, "dirtyrate.calc_status": libvirt.VIR_DOMAIN_DIRTYRATE_UNSTARTED}
+    assert measuring(unstarted, wall, mono)
+    assert measuring({**unstarted, "dirtyrate.calc_start_time": 67_767}, wall, mono)  # old QEMU
+    running = {**stamped, "dirtyrate.calc_status": libvirt.VIR_DOMAIN_DIRTYRATE_MEASURING}
+    assert measuring(running, wall, mono)
+    done = {**stamped, "dirtyrate.calc_status": libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED}
+    assert not measuring(done, wall, mono)
+    assert not measuring(unstarted, wall + 60, mono + 60)  # stamped long ago: never ran
+    assert not measuring({"dirtyrate.calc_status": 0}, wall, mono)  # never started at all
+    assert not measuring({}, wall, mono)
