@@ -201,6 +201,18 @@ class PairViews:
         else:
             self.same_not_alive += (state != 0) - (old != 0)
 
+    def hold_cross_failed(self) -> None:
+        """Every observer holds every member across the partition failed, as nodes
+        started from a split's views (`Cluster.start_split`) do."""
+        n = len(self.ids)
+        rows = {
+            side: bytes(self.FAILED if g != side else 0 for g in self.group)
+            for side in set(self.group)
+        }
+        for o, side in enumerate(self.group):
+            self.views[o * n : (o + 1) * n] = rows[side]
+        self.cross_not_alive = self.cross_failed = self.cross_pairs
+
     def not_alive_pairs(self) -> int:
         """Pairs (on any side) whose observer does not see the member alive."""
         return self.cross_not_alive + self.same_not_alive

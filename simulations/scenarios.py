@@ -60,6 +60,7 @@ class Params:
     verify_cache: bool = True
     groups: str = "2"  # partition-heal: "K" equal sides, or sizes "1,*" ("*": the rest)
     split: float | None = None  # partition-heal: longest split (None: until all failed)
+    held_split: bool = False  # partition-heal: start split, each side failing the others
     churn: float = 0.1  # churn: fraction of the nodes restarted in each period
     churn_period: float = 60.0  # churn: seconds per period
     downtime: float = 20.0  # churn: mean seconds a restarting node is down (0.5x-1.5x)
@@ -88,7 +89,10 @@ def build(params: Params) -> Cluster:
         verify_cache=params.verify_cache,
     )
     cluster = Cluster(settings)
-    cluster.start_converged(0.0)
+    if params.held_split:
+        cluster.start_split(split_sides(params, cluster.ids))
+    else:
+        cluster.start_converged(0.0)
     slow_count = round(params.slow_fraction * params.nodes)
     if slow_count:
         slow = random.Random(f"{params.seed}/slow").sample(cluster.ids, slow_count)
@@ -337,23 +341,40 @@ HEAL_CHECKPOINTS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)  # s after the
 RECOVERY_FRACTIONS = (0.5, 0.9, 0.99, 0.999, 1.0)
 
 
-def partition_heal(cluster: Cluster, params: Params) -> Results:
-    """Split into sides of any sizes until each has failed the others (or `split`
-    seconds); heal; how long until every node sees every node alive again."""
-    cluster.engine.run(params.warmup)
-    sizes = parse_groups(params.groups, params.nodes)
-    order = pick(params, "partition", cluster.ids, params.nodes)
+def split_sides(params: Params, ids: list[str]) -> list[list[str]]:
+    """The partition's sides (`--groups`), each sorted; the same for the same seed."""
+    order = pick(params, "partition", ids, params.nodes)
     sides, at = [], 0
-    for size in sizes:
+    for size in parse_groups(params.groups, params.nodes):
         sides.append(sorted(order[at : at + size]))
         at += size
+    return sides
+
+
+def partition_heal(cluster: Cluster, params: Params) -> Results:
+    """Split into sides of any sizes until each has failed the others (or `split`
+    seconds); heal; how long until every node sees every node alive again.
+
+    With `held_split` the nodes started split, each side holding the others failed
+    (as after a split held long, its failure gossip long since spent); the warm-up
+    then runs split, and the heal follows it."""
+    sides = split_sides(params, cluster.ids)
+    sizes = [len(side) for side in sides]
     views = PairViews(cluster.ids, {n: i for i, side in enumerate(sides) for n in side})
+    if params.held_split:
+        views.hold_cross_failed()
+    else:
+        cluster.engine.run(params.warmup)
     cluster.engine.listeners.append(views)
     start = cluster.engine.now
     split_traffic = Traffic(cluster)
-    cluster.network.partition(sides)
-    split_limit = start + (params.split if params.split is not None else 600.0)
-    all_failed_at = run_until(cluster, split_limit, views.all_cross_failed)
+    if params.held_split:
+        cluster.engine.run(start + params.warmup)
+        all_failed_at = start if views.all_cross_failed() else None
+    else:
+        cluster.network.partition(sides)
+        split_limit = start + (params.split if params.split is not None else 600.0)
+        all_failed_at = run_until(cluster, split_limit, views.all_cross_failed)
     failed_at_heal, not_alive_at_heal = views.cross_failed, views.not_alive_pairs()
     split_rates = split_traffic.rates()
     false_in_split = views.false_failures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -46,6 +47,23 @@ def test_snapshot_table_shares_the_base_and_keeps_changes_private() -> None:
     assert one.overlay_size() == 2 and len(one) == 1001 and len(two) == 1000
     assert one.count(ALIVE) == 1000 and one.count(SUSPECT) == 1
     assert sum(1 for _ in one) == 1001
+
+
+def test_a_split_snapshot_holds_the_other_side_failed_for_every_table_on_it() -> None:
+    members = [(f"n{i}", f"a{i}") for i in range(10)]
+    converged = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
+    side = converged.with_failed(["n7", "n3"])
+    assert converged.members["n3"].state is ALIVE and not converged.dead_ids  # unchanged
+    assert side.dead_ids == ("n3", "n7") and side.member_digests["n3"].state is DEAD
+    counted = MemberTable(side.members, side.node_ids, side.state_counts, side.dead_ids)
+    scanned = MemberTable(side.members, side.node_ids)
+    for table in (counted, scanned):
+        assert table.count(DEAD) == 2 and table.count(ALIVE) == 8
+        assert table.dead_ids() == ["n3", "n7"] and table.overlay_size() == 0
+    counted.put(dataclasses.replace(side.members["n3"], incarnation=2, state=ALIVE))
+    assert counted.dead_ids() == ["n7"] and counted.count(ALIVE) == 9
+    with pytest.raises(ValueError, match="not members"):
+        converged.with_failed(["stranger"])
 
 
 def test_map_members_uses_shared_values_only_for_unchanged_members() -> None:

@@ -20,8 +20,9 @@ import pytest
 from novacron.protocol.errors import ProtocolError
 from novacron.protocol.messages import MemberState, SignedRecord, Suspect
 from novacron.simulations.cluster import initial_record
+from novacron.simulations.gossip import main as gossip_main
 from novacron.simulations.report import run, to_json
-from novacron.simulations.scenarios import Params, build, parse_groups
+from novacron.simulations.scenarios import Params, build, parse_groups, split_sides
 from novacron.simulations.signing import (
     ClaimCache,
     SimKeyring,
@@ -63,6 +64,26 @@ def test_a_healed_partition_of_any_shape_converges(groups: str) -> None:
     assert r["everyone_alive_again_s"] is not None
     assert r["pairs_not_alive_at_end"] == 0
     assert r["false_failures_during_split"] == 0
+
+
+@pytest.mark.parametrize("groups", ["2", "1,*"])
+def test_a_split_held_long_starts_failed_across_and_heals(groups: str) -> None:
+    params = Params(nodes=50, seed=3, groups=groups, held_split=True)
+    cluster = build(params)
+    sides = split_sides(params, cluster.ids)
+    held = {info.node_id: info.state for info in cluster.members[sides[0][0]].members()}
+    assert {held[n] for n in sides[1]} == {MemberState.DEAD}
+    assert {held[n] for n in sides[0]} == {MemberState.ALIVE}
+    r = results("partition-heal", groups=groups, held_split=True)
+    assert r["cross_pairs_failed_at_heal"] == r["pairs_not_alive_at_heal"] == r["cross_pairs"]
+    assert r["everyone_alive_again_s"] is not None
+    assert r["pairs_not_alive_at_end"] == 0
+    assert r["false_failures_during_split"] == r["false_failures_after_heal"] == 0
+
+
+def test_a_held_split_is_refused_outside_a_partition_heal() -> None:
+    for argv in (["--scenario", "churn"], ["--scenario", "partition-heal", "--split", "5"]):
+        assert gossip_main([*argv, "--held-split", "--nodes", "10"]) == 2
 
 
 def test_partition_sides_are_parsed_and_bad_shapes_refused() -> None:

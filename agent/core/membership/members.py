@@ -1,7 +1,7 @@
 """The member table: who is in the cluster, at which incarnation, in which state.
 
 Copy-on-write by design. A table may sit on a shared, read-only *base*
-(a `ClusterSnapshot`'s members, all alive at incarnation 1) and keep only its
+(a `ClusterSnapshot`'s members, at incarnation 1) and keep only its
 own differences in a small *overlay* dict. Ten thousand simulated nodes then
 share one 10,000-entry base instead of holding 10^8 entries, and each node's
 memory grows with what changed, not with the cluster size.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -65,12 +65,13 @@ class MemberTable:
         base: Mapping[str, Member] | None = None,
         base_ids: tuple[str, ...] = (),
         base_counts: Mapping[MemberState, int] | None = None,
+        base_dead: Iterable[str] = (),
     ) -> None:
         """An empty table, or one over a shared base.
 
         `base_counts` (members per state in the base) saves an O(N) scan per
-        table when many tables share one base; the base must then hold no
-        DEAD member (a snapshot's never does).
+        table when many tables share one base; `base_dead` must then name the
+        base's DEAD members (a converged snapshot has none).
         """
         self._base: Mapping[str, Member] = base if base is not None else {}  # shared, read-only
         self._base_ids = base_ids  # the base's ids in index order (shared)
@@ -80,6 +81,7 @@ class MemberTable:
         self._dead: dict[str, None] = {}  # ids currently DEAD (ordered set)
         if base_counts is not None:
             self._counts.update(base_counts)
+            self._dead = dict.fromkeys(base_dead)
             return
         for member in self._base.values():
             self._counts[member.state] += 1

@@ -215,7 +215,9 @@ class MembershipNode:
     ) -> MembershipNode:
         """A node that starts converged, sharing `snapshot` copy-on-write."""
         node = cls.__new__(cls)
-        members = MemberTable(snapshot.members, snapshot.node_ids, snapshot.state_counts)
+        members = MemberTable(
+            snapshot.members, snapshot.node_ids, snapshot.state_counts, snapshot.dead_ids
+        )
         records = RecordStore(snapshot.signed_records, snapshot.records)
         lines = snapshot.member_digests
         node._setup(node_id, address, config, rng, keyring, members, records, lines, now)
