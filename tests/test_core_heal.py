@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from novacron.agent.core.events import MemberAlive, MemberFailed
 from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
 from novacron.agent.core.membership.node import MembershipNode
 from novacron.agent.core.membership.pushpull import deltas_size, digest_size
@@ -19,6 +20,8 @@ from novacron.protocol.messages import (
     Ping,
     RecordUpdate,
 )
+from novacron.simulations.report import run
+from novacron.simulations.scenarios import Params
 from tests.core_harness import CONFIG, address_of, ids, node_in, record_for, sign, snapshot_of
 
 
@@ -239,3 +242,93 @@ def test_a_sweep_tries_the_newest_suspects_then_the_latest_failed_never_more() -
     assert sweep_order(full, ["f1"], 4) == ["s5", "s4", "s3", "s2"]  # no room for the failed
     assert sweep_order(full[:4], ["f1"], 4) == ["s3", "s2", "s1", "s0"]
     assert sweep_order([], [], 4) == []
+
+
+# --- rejoining after being cut off ---------------------------------------------------
+
+
+def alive_line(node_id: str, incarnation: int, key: bytes | None = None) -> MemberDigest:
+    """A push-pull answer's line: the member's own signed Alive (forged with `key`)."""
+    claim = sign(Alive(node_id, incarnation, address_of(node_id)), key)
+    return MemberDigest(node_id, incarnation, MemberState.ALIVE, claim.address, claim.signature)
+
+
+def state(node: MembershipNode, node_id: str) -> MemberState:
+    info = node.member(node_id)
+    assert info is not None
+    return info.state
+
+
+def test_a_node_told_it_was_cut_off_takes_back_the_failures_it_held_from_one_answer() -> None:
+    """Cut off alone, a node fails everyone; each would have to refute, one Ping at a
+    time. Told it was held failed, it rejoins as a newcomer: a push-pull answer's own
+    signed ALIVE lines at the incarnations it holds failed make them alive again."""
+    node = node_in(snapshot_of(5).with_failed(["n001", "n002", "n003"]))
+    answer = Delta(members=(alive_line("n001", 1),))
+    node.receive("n004", answer, 5.0)
+    assert state(node, "n001") is MemberState.DEAD  # an old Alive does not undo a failure
+
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)  # we were held failed
+    assert node.incarnation == 2
+    out = node.receive("n004", answer, 11.0)
+    assert MemberAlive("n001", 1, was_failed=True) in out.events
+    assert state(node, "n001") is MemberState.ALIVE
+
+    forged = alive_line("n002", 1, key=b"mallory" * 4)
+    unsigned = MemberDigest("n003", 1, MemberState.ALIVE, address_of("n003"))
+    node.receive("n004", Delta(members=(forged, unsigned)), 12.0)
+    assert state(node, "n002") is state(node, "n003") is MemberState.DEAD
+    assert node.stats.claims_bad_signature == node.stats.lines_unsigned == 1
+
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), 10.0 + 2 * 30.0)
+    assert state(node, "n002") is MemberState.DEAD  # rejoining is over
+
+
+def test_a_failure_seen_after_rejoining_is_news_not_a_stale_verdict() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001"]))
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)
+    node.receive("n003", sign(Dead("n002", 1, "n003")), 11.0)  # suspected, then failed
+    events = [e for t in range(12, 60) for e in node.tick(float(t)).events]
+    assert MemberFailed("n002", 1, "n000") in events
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), 60.0)  # still rejoining
+    assert state(node, "n002") is MemberState.DEAD
+
+
+def test_a_rejoining_node_asks_for_and_gets_the_alive_lines_of_whom_it_holds_failed() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001"]))
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)
+    sent = [m for t in range(11, 71) for _, m in node.tick(float(t)).sends]
+    digests = [m for m in sent if isinstance(m, Digest)]
+    assert digests and all(d.rejoining for d in digests)
+
+    peer = node_in(snapshot_of(5), "n004")
+    held = tuple(
+        MemberDigest(n, 1, MemberState.DEAD if n == "n001" else MemberState.ALIVE) for n in ids(5)
+    )
+    for rejoining, expected in ((False, set()), (True, {"n001"})):
+        asking = Digest(members=held, reply=True, rejoining=rejoining)
+        out = peer.receive("n003", asking, 20.0)
+        lines = {
+            line.node_id for m in out.sends if isinstance(m[1], Delta) for line in m[1].members
+        }
+        assert lines == expected
+    ahead = Digest(
+        members=(held[0], MemberDigest("n001", 2, MemberState.DEAD), *held[2:]),
+        reply=True,
+        rejoining=True,
+    )
+    out = peer.receive("n002", ahead, 21.0)
+    assert not [m for _, m in out.sends if isinstance(m, Delta) and m.members]
+
+
+def test_a_node_cut_off_alone_rejoins_without_every_member_refuting() -> None:
+    report = run(
+        "partition-heal",
+        Params(nodes=50, seed=3, groups="1,*", held_split=True),
+        with_runtime=False,
+    )
+    counters = report["simulation"]["core_counters"]
+    assert report["results"]["pairs_not_alive_at_end"] == 0
+    assert report["results"]["false_failures_after_heal"] == 0
+    assert counters["failures_withdrawn"] > 0
+    assert counters["refutations"] < 49  # fewer than the members the lone node held failed

@@ -150,6 +150,7 @@ class MembershipNode:
         "_awareness",
         "_born",
         "_budget",
+        "_cut_off_seen",
         "_digest_lines",
         "_forwarded",
         "_heal_pulls",
@@ -174,6 +175,7 @@ class MembershipNode:
         "_recheck",
         "_records",
         "_refuted_clone_at",
+        "_rejoining_until",
         "_rng",
         "_seeds",
         "_suspicion_heap",
@@ -281,6 +283,8 @@ class MembershipNode:
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
+        self._cut_off_seen = -INF  # when we last learnt we had been cut off (`_rejoin`)
+        self._rejoining_until = -INF  # until when we take others' view of whom we failed
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -309,7 +313,7 @@ class MembershipNode:
                 continue
             self._seeds[node_id] = address
             self._remember(self._asked_reply, node_id, now)
-            digest = digest or self._digest(reply=True)
+            digest = digest or self._digest(now, reply=True)
             out.sends.append((node_id, digest))
         return out
 
@@ -1017,8 +1021,24 @@ class MembershipNode:
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
             interval = self.config.push_pull_interval
+            self._rejoin(now)
             self._push_pull_soon(sender, now, gap=interval, spread=interval)
             self._recheck_failed(now)
+
+    def _rejoin(self, now: float) -> None:
+        """We were held failed, so we were cut off: those we hold failed we probably
+        failed ourselves while cut off, and each would have to refute to change our
+        mind, one Ping of ours at a time (a node cut off alone holds everyone failed).
+        Instead we rejoin as a newcomer joins: for the next two push-pull intervals,
+        a push-pull answer's ALIVE line at the incarnation we hold failed, signed by
+        the member, makes it alive here (`_merge_line`), and our digests ask for such
+        lines (`Digest.rejoining`). Only for members failed before we learnt it: a
+        failure we see after rejoining is news, not a stale verdict. A wrong answer
+        costs little: a member it calls alive that is gone is failed again by our
+        own probes."""
+        if now >= self._rejoining_until:
+            self._cut_off_seen = now
+        self._rejoining_until = now + 2 * self.config.push_pull_interval
 
     def _on_return(self, node_id: str, now: float) -> None:
         """A member we held failed is alive again: the network between us has probably
@@ -1264,14 +1284,20 @@ class MembershipNode:
 
     # --- anti-entropy ----------------------------------------------------------------------
 
-    def _digest(self, *, reply: bool) -> Digest:
+    def _digest(self, now: float, *, reply: bool) -> Digest:
         """What we know, with our own line signed and certified (a newcomer's introduction)."""
         me = self._me()
         cert = self._keyring.certificate(self.node_id)
         own = MemberDigest(self.node_id, me.incarnation, me.state, me.address, me.proof, cert)
         crl_issued_at = self._keyring.revocations()[0]
         return build_digest(
-            self._members, self._records, self._digest_lines, own, crl_issued_at, reply=reply
+            self._members,
+            self._records,
+            self._digest_lines,
+            own,
+            crl_issued_at,
+            reply=reply,
+            rejoining=now < self._rejoining_until,
         )
 
     def _tick_push_pull(self, now: float, out: Output) -> None:
@@ -1292,7 +1318,7 @@ class MembershipNode:
             self.stats.push_pulls_sent += 1
             self._last_push_pull = now
             self._remember(self._asked_reply, peer.node_id, now)
-            out.sends.append((peer.node_id, self._digest(reply=True)))
+            out.sends.append((peer.node_id, self._digest(now, reply=True)))
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
@@ -1306,7 +1332,7 @@ class MembershipNode:
         peer = self._heal_pulls.take(now, self._rng, is_live)
         if peer is not None:
             self.stats.heal_pulls_sent += 1
-            digest = self._digest(reply=False)
+            digest = self._digest(now, reply=False)
             self._budget.spend(digest_size(digest))
             out.sends.append((peer, digest))
             # It counts as our push-pull: a partner chosen for a sooner one (whoever
@@ -1405,7 +1431,7 @@ class MembershipNode:
         )
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
-            out.sends.append((sender, self._digest(reply=False)))
+            out.sends.append((sender, self._digest(now, reply=False)))
         elif pull:
             # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
             # after a heal, its answer is most of one side's refutations, paid from the
@@ -1477,12 +1503,16 @@ class MembershipNode:
             and line.node_id != self.node_id
             and not supersedes(line.incarnation, line.state, current.incarnation, current.state)
         ):
+            if now < self._rejoining_until and self._doubts(current, line):
+                self._withdraw_failure(current, line, now, out)
             return  # the common case: nothing new, no message objects built
         ahead = current is not None and line.incarnation > current.incarnation
         about_us = line.node_id == self.node_id
         if about_us and line.state is ALIVE and not ahead:
             return  # what we say of ourselves, echoed back
         if about_us and line.state is not ALIVE:
+            if line.state is DEAD and not self._left and line.incarnation >= self._me().incarnation:
+                self._rejoin(now)  # a peer held this life of ours failed: we were cut off
             self._refute_held_gone(line.incarnation, now)
             return
         if line.state in (ALIVE, LEFT) or ahead:
@@ -1505,6 +1535,33 @@ class MembershipNode:
             return
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
+
+    def _doubts(self, current: Member, line: MemberDigest) -> bool:
+        """Whether `line` says ALIVE of a member we failed before we learnt we had been
+        cut off, at the incarnation we failed it (`_rejoin`)."""
+        return (
+            current.state is DEAD
+            and line.state is ALIVE
+            and line.incarnation == current.incarnation
+            and current.state_since <= self._cut_off_seen
+        )
+
+    def _withdraw_failure(
+        self, current: Member, line: MemberDigest, now: float, out: Output
+    ) -> None:
+        """Take a member's own signed ALIVE line over the failure we declared while cut
+        off. Not passed on: the others' view is theirs (they hear the member's own
+        refutation if they too hold it failed)."""
+        claim = line_claim(line)
+        if not line.signature:
+            self.stats.lines_unsigned += 1
+        elif not isinstance(claim, Alive) or not claim.address:
+            self.stats.messages_invalid += 1
+        elif not self._keyring.verify_claim(claim):
+            self.stats.claims_bad_signature += 1
+        else:
+            self.stats.failures_withdrawn += 1
+            self._set_alive(current, claim, now, out)
 
     # --- dissemination ---------------------------------------------------------------------
 

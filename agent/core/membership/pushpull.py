@@ -27,6 +27,7 @@ from .records import RecordStore
 from .transitions import supersedes
 
 ALIVE = MemberState.ALIVE  # module constant: enum attribute access is slow in O(N) loops
+DEAD = MemberState.DEAD
 PUSH_PULL_SCALE_THRESHOLD = 32  # memberlist: clusters above this push-pull less often
 
 
@@ -65,6 +66,7 @@ def build_digest(
     crl_issued_at: float,
     *,
     reply: bool,
+    rejoining: bool = False,
 ) -> Digest:
     """Everything this node knows, as (incarnation, state) lines and record versions.
 
@@ -77,7 +79,11 @@ def build_digest(
 
     members = table.map_members(shared, fresh, skip=own.node_id)
     return Digest(
-        members=tuple(members), records=store.versions(), reply=reply, crl_issued_at=crl_issued_at
+        members=tuple(members),
+        records=store.versions(),
+        reply=reply,
+        crl_issued_at=crl_issued_at,
+        rejoining=rejoining,
     )
 
 
@@ -97,8 +103,13 @@ def build_deltas(
     would be ignored there), with its certificate, which the peer lacks.
     Large answers (a newcomer in a big mesh) are split so that no frame comes
     near the frame limit. Empty when there is nothing to send.
+
+    A rejoining peer (`Digest.rejoining`) also gets our ALIVE line for each
+    member it holds DEAD at the same incarnation: it was the one cut off, and
+    takes our view of them as a newcomer would (`MembershipNode._merge_line`).
     """
     theirs = {line.node_id: line for line in digest.members}
+    rejoining = digest.rejoining
     items: list[MemberDigest | SignedRecord] = []
     for member in table:
         line = theirs.get(member.node_id)
@@ -106,6 +117,8 @@ def build_deltas(
             newer = member.state is ALIVE
         elif member.incarnation == line.incarnation and member.state is line.state:
             continue  # the same news (most lines): never newer
+        elif rejoining and line.state is DEAD and member.state is ALIVE:
+            newer = member.incarnation >= line.incarnation
         else:
             newer = supersedes(member.incarnation, member.state, line.incarnation, line.state)
         if newer:
