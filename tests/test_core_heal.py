@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from novacron.agent.core.events import MemberAlive, MemberFailed
@@ -259,39 +260,74 @@ def state(node: MembershipNode, node_id: str) -> MemberState:
     return info.state
 
 
+def told_it_was_failed(node: MembershipNode, by: str, now: float) -> list[tuple[float, str]]:
+    """`by` tells `node` it holds it failed: when `node` sends rejoining digests, to whom,
+    in the next minute."""
+    node.receive(by, sign(Dead(node.node_id, node.incarnation, by)), now)
+    sent = [(now + t, send) for t in range(1, 60) for send in node.tick(now + t).sends]
+    return [(t, peer) for t, (peer, m) in sent if isinstance(m, Digest) and m.rejoining]
+
+
 def test_a_node_told_it_was_cut_off_takes_back_the_failures_it_held_from_one_answer() -> None:
     """Cut off alone, a node fails everyone; each would have to refute, one Ping at a
-    time. Told it was held failed, it rejoins as a newcomer: a push-pull answer's own
-    signed ALIVE lines at the incarnations it holds failed make them alive again."""
+    time. Told it was held failed, it rejoins as a newcomer: the answer of the member
+    it asks, in the members' own signed ALIVE lines, makes them alive again."""
     node = node_in(snapshot_of(5).with_failed(["n001", "n002", "n003"]))
     answer = Delta(members=(alive_line("n001", 1),))
     node.receive("n004", answer, 5.0)
     assert state(node, "n001") is MemberState.DEAD  # an old Alive does not undo a failure
 
-    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)  # we were held failed
-    assert node.incarnation == 2
-    out = node.receive("n004", answer, 11.0)
+    ((asked_at, peer),) = told_it_was_failed(node, "n004", 10.0)
+    assert node.incarnation == 2 and peer == "n004"  # whoever told us, asked
+    out = node.receive("n004", answer, asked_at + 0.01)
     assert MemberAlive("n001", 1, was_failed=True) in out.events
     assert state(node, "n001") is MemberState.ALIVE
 
     forged = alive_line("n002", 1, key=b"mallory" * 4)
     unsigned = MemberDigest("n003", 1, MemberState.ALIVE, address_of("n003"))
-    node.receive("n004", Delta(members=(forged, unsigned)), 12.0)
+    node.receive("n004", Delta(members=(forged, unsigned)), asked_at + 0.02)
     assert state(node, "n002") is state(node, "n003") is MemberState.DEAD
     assert node.stats.claims_bad_signature == node.stats.lines_unsigned == 1
 
-    node.receive("n004", Delta(members=(alive_line("n002", 1),)), 10.0 + 2 * 30.0)
-    assert state(node, "n002") is MemberState.DEAD  # rejoining is over
 
-
-def test_a_failure_seen_after_rejoining_is_news_not_a_stale_verdict() -> None:
-    node = node_in(snapshot_of(5).with_failed(["n001"]))
-    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)
-    node.receive("n003", sign(Dead("n002", 1, "n003")), 11.0)  # suspected, then failed
-    events = [e for t in range(12, 60) for e in node.tick(float(t)).events]
-    assert MemberFailed("n002", 1, "n000") in events
-    node.receive("n004", Delta(members=(alive_line("n002", 1),)), 60.0)  # still rejoining
+def test_only_the_member_asked_while_rejoining_can_undo_a_failure() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001", "n002"]))
+    ((asked_at, _),) = told_it_was_failed(node, "n004", 10.0)
+    node.receive("n003", Delta(members=(alive_line("n001", 1),)), asked_at + 0.01)  # not asked
+    assert state(node, "n001") is MemberState.DEAD
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), asked_at + 30.0)  # too late
     assert state(node, "n002") is MemberState.DEAD
+
+
+def test_rejoining_starts_only_on_a_members_signed_dead_and_does_not_slide() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001"]))
+    node.receive("n004", sign(Dead("n000", 1, "n004"), key=b"mallory" * 4), 10.0)  # forged
+    lines = tuple(MemberDigest(n, 1, MemberState.DEAD) for n in ids(5))
+    node.receive("n003", Digest(members=lines, reply=True), 10.5)  # a peer's word only
+    assert node.incarnation == 2  # the line is refuted, but that is no rejoining
+    assert not node._digest(11.0, reply=False).rejoining
+
+    node.receive("n004", sign(Dead("n000", 2, "n004")), 20.0)  # rejoining until 80
+    node.receive("n002", sign(Dead("n000", 3, "n002")), 50.0)  # told again: no longer
+    assert node._digest(79.9, reply=False).rejoining
+    assert not node._digest(80.0, reply=False).rejoining
+
+
+def test_a_failure_older_than_the_reconnect_timeout_or_seen_after_rejoining_stays() -> None:
+    config = dataclasses.replace(CONFIG, reconnect_timeout=5.0)
+    node = node_in(snapshot_of(5).with_failed(["n001"]), config=config)  # failed at 0
+    ((asked_at, _),) = told_it_was_failed(node, "n004", 10.0)
+    node.receive("n004", Delta(members=(alive_line("n001", 1),)), asked_at + 0.01)
+    assert state(node, "n001") is MemberState.DEAD  # we would not even retry it
+
+    node = node_in(snapshot_of(5))
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)  # rejoining from 10
+    node.receive("n003", sign(Dead("n002", 1, "n003")), 11.0)
+    ticks = [(float(t), node.tick(float(t))) for t in range(12, 60)]
+    assert MemberFailed("n002", 1, "n000") in [e for _, out in ticks for e in out.events]
+    asked = [t for t, out in ticks for p, m in out.sends if isinstance(m, Digest) and p == "n004"]
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), asked[-1] + 0.01)
+    assert state(node, "n002") is MemberState.DEAD  # failed after we learnt: news
 
 
 def test_a_rejoining_node_asks_for_and_gets_the_alive_lines_of_whom_it_holds_failed() -> None:

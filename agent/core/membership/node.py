@@ -145,6 +145,7 @@ class MembershipNode:
     __slots__ = (
         "_accusations",
         "_answered",
+        "_asked_rejoining",
         "_asked_reply",
         "_awaiting",
         "_awareness",
@@ -285,6 +286,7 @@ class MembershipNode:
         self._next_recheck_at = INF  # when the next of them is tried
         self._cut_off_seen = -INF  # when we last learnt we had been cut off (`_rejoin`)
         self._rejoining_until = -INF  # until when we take others' view of whom we failed
+        self._asked_rejoining: dict[str, float] = {}  # id -> when we sent it such a digest
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -1026,19 +1028,20 @@ class MembershipNode:
             self._recheck_failed(now)
 
     def _rejoin(self, now: float) -> None:
-        """We were held failed, so we were cut off: those we hold failed we probably
-        failed ourselves while cut off, and each would have to refute to change our
-        mind, one Ping of ours at a time (a node cut off alone holds everyone failed).
-        Instead we rejoin as a newcomer joins: for the next two push-pull intervals,
-        a push-pull answer's ALIVE line at the incarnation we hold failed, signed by
-        the member, makes it alive here (`_merge_line`), and our digests ask for such
-        lines (`Digest.rejoining`). Only for members failed before we learnt it: a
-        failure we see after rejoining is news, not a stale verdict. A wrong answer
-        costs little: a member it calls alive that is gone is failed again by our
-        own probes."""
+        """A member's signed Dead about this life of ours: we were cut off, so those we
+        hold failed we probably failed ourselves while cut off, and each would have to
+        refute to change our mind, one Ping of ours at a time (a node cut off alone
+        holds everyone failed). Instead we rejoin as a newcomer joins: for the next
+        two push-pull intervals (the exchange with whoever told us is planned within
+        them), our digests ask for ALIVE lines of whom we hold failed
+        (`Digest.rejoining`), and the answer of a member we asked, in its members' own
+        signed lines, makes them alive here (`_merge_line`). Only members failed
+        before we learnt it and within `reconnect_timeout` (those we would still
+        retry): a failure we see after is news. The window does not slide: a member
+        that keeps telling us we are failed does not keep us rejoining."""
         if now >= self._rejoining_until:
             self._cut_off_seen = now
-        self._rejoining_until = now + 2 * self.config.push_pull_interval
+            self._rejoining_until = now + 2 * self.config.push_pull_interval
 
     def _on_return(self, node_id: str, now: float) -> None:
         """A member we held failed is alive again: the network between us has probably
@@ -1297,8 +1300,17 @@ class MembershipNode:
             own,
             crl_issued_at,
             reply=reply,
-            rejoining=now < self._rejoining_until,
+            rejoining=self._rejoining(now),
         )
+
+    def _rejoining(self, now: float) -> bool:
+        return now < self._rejoining_until
+
+    def _send_digest(self, peer: str, digest: Digest, now: float, out: Output) -> None:
+        """Send a push-pull digest; a rejoining one makes `peer`'s answer count (`_rejoin`)."""
+        if digest.rejoining:
+            self._remember(self._asked_rejoining, peer, now)
+        out.sends.append((peer, digest))
 
     def _tick_push_pull(self, now: float, out: Output) -> None:
         if now < self._next_push_pull_at:
@@ -1318,7 +1330,7 @@ class MembershipNode:
             self.stats.push_pulls_sent += 1
             self._last_push_pull = now
             self._remember(self._asked_reply, peer.node_id, now)
-            out.sends.append((peer.node_id, self._digest(now, reply=True)))
+            self._send_digest(peer.node_id, self._digest(now, reply=True), now, out)
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
@@ -1334,7 +1346,7 @@ class MembershipNode:
             self.stats.heal_pulls_sent += 1
             digest = self._digest(now, reply=False)
             self._budget.spend(digest_size(digest))
-            out.sends.append((peer, digest))
+            self._send_digest(peer, digest, now, out)
             # It counts as our push-pull: a partner chosen for a sooner one (whoever
             # told us we were held failed) is dropped, and the timer starts afresh.
             self._pull_from = None
@@ -1503,7 +1515,7 @@ class MembershipNode:
             and line.node_id != self.node_id
             and not supersedes(line.incarnation, line.state, current.incarnation, current.state)
         ):
-            if now < self._rejoining_until and self._doubts(current, line):
+            if self._asked_rejoining and self._doubts(current, line, sender, now):
                 self._withdraw_failure(current, line, now, out)
             return  # the common case: nothing new, no message objects built
         ahead = current is not None and line.incarnation > current.incarnation
@@ -1511,8 +1523,6 @@ class MembershipNode:
         if about_us and line.state is ALIVE and not ahead:
             return  # what we say of ourselves, echoed back
         if about_us and line.state is not ALIVE:
-            if line.state is DEAD and not self._left and line.incarnation >= self._me().incarnation:
-                self._rejoin(now)  # a peer held this life of ours failed: we were cut off
             self._refute_held_gone(line.incarnation, now)
             return
         if line.state in (ALIVE, LEFT) or ahead:
@@ -1536,31 +1546,37 @@ class MembershipNode:
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
 
-    def _doubts(self, current: Member, line: MemberDigest) -> bool:
-        """Whether `line` says ALIVE of a member we failed before we learnt we had been
-        cut off, at the incarnation we failed it (`_rejoin`)."""
+    def _doubts(self, current: Member, line: MemberDigest, sender: str, now: float) -> bool:
+        """Whether `line`, from a member we asked while rejoining, says ALIVE of a member
+        we failed before we learnt we had been cut off, at the incarnation we failed it
+        (`_rejoin`)."""
+        cut_off = self._cut_off_seen
         return (
             current.state is DEAD
             and line.state is ALIVE
             and line.incarnation == current.incarnation
-            and current.state_since <= self._cut_off_seen
+            and cut_off - self.config.reconnect_timeout < current.state_since < cut_off
+            and now - self._asked_rejoining.get(sender, -INF) < self.config.push_pull_interval
+            and not self._left
         )
 
     def _withdraw_failure(
         self, current: Member, line: MemberDigest, now: float, out: Output
     ) -> None:
         """Take a member's own signed ALIVE line over the failure we declared while cut
-        off. Not passed on: the others' view is theirs (they hear the member's own
-        refutation if they too hold it failed)."""
-        claim = line_claim(line)
+        off, and stop spreading our Dead about it. The line is not passed on: the
+        others' view is theirs (they hear the member's own refutation if they too
+        hold it failed)."""
+        claim = Alive(line.node_id, line.incarnation, line.address, signature=line.signature)
         if not line.signature:
             self.stats.lines_unsigned += 1
-        elif not isinstance(claim, Alive) or not claim.address:
+        elif not claim.address:
             self.stats.messages_invalid += 1
         elif not self._keyring.verify_claim(claim):
             self.stats.claims_bad_signature += 1
         else:
             self.stats.failures_withdrawn += 1
+            self._queue.drop(_member_key(line.node_id))
             self._set_alive(current, claim, now, out)
 
     # --- dissemination ---------------------------------------------------------------------
