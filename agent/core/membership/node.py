@@ -1013,8 +1013,10 @@ class MembershipNode:
         """`sender` told us someone accuses us. Whether we just refuted it or had
         already (the claim is about an older incarnation), the sender holds a wrong
         belief about us: it gets our current Alive directly, not by chance of gossip.
-        A Dead about us means we were cut off from someone: we also push-pull with the
-        sender soon, for the state we missed. Once per sender per gossip interval."""
+        A Dead about us means we were cut off from someone: we rejoin (`_rejoin`) and
+        pull the sender's view soon, as a heal pull goes (within a reconnect interval
+        of our last push-pull, spread over `HEAL_PULL_SPREAD`). Once per sender per
+        gossip interval."""
         if self._left or claim.incarnation > incarnation:
             return  # we left (stay gone), or an accusation ahead of us (not believed)
         if now - self._answered.get(sender, -INF) < self.config.gossip_interval:
@@ -1022,9 +1024,9 @@ class MembershipNode:
         self._remember(self._answered, sender, now)
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
-            interval = self.config.push_pull_interval
             self._rejoin(now)
-            self._push_pull_soon(sender, now, gap=interval, spread=interval)
+            gap = self.config.reconnect_interval  # as for a heal pull: rejoining waits on it
+            self._push_pull_soon(sender, now, gap=gap, spread=HEAL_PULL_SPREAD)
             self._recheck_failed(now)
 
     def _rejoin(self, now: float) -> None:
@@ -1326,11 +1328,19 @@ class MembershipNode:
 
             peers = self._members.sample(self._rng, 1, is_peer)
             peer = peers[0] if peers else None
-        if peer is not None:
-            self.stats.push_pulls_sent += 1
-            self._last_push_pull = now
+        if peer is None:
+            return
+        self.stats.push_pulls_sent += 1
+        self._last_push_pull = now
+        if self._rejoining(now):
+            # A pull, paid from the gossip budget as a heal pull is: what we need is
+            # the peer's view; its side pulls ours if it too was cut off from us.
+            digest = self._digest(now, reply=False)
+            self._budget.spend(digest_size(digest))
+        else:
+            digest = self._digest(now, reply=True)
             self._remember(self._asked_reply, peer.node_id, now)
-            self._send_digest(peer.node_id, self._digest(now, reply=True), now, out)
+        self._send_digest(peer.node_id, digest, now, out)
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
