@@ -7,7 +7,7 @@ import random
 
 from novacron.agent.core.events import MemberAlive, MemberFailed
 from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
-from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.node import HEAL_PULL_SPREAD, MembershipNode
 from novacron.agent.core.membership.pushpull import deltas_size, digest_size
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
@@ -279,6 +279,7 @@ def test_a_node_told_it_was_cut_off_takes_back_the_failures_it_held_from_one_ans
 
     ((asked_at, peer),) = told_it_was_failed(node, "n004", 10.0)
     assert node.incarnation == 2 and peer == "n004"  # whoever told us, asked
+    assert asked_at <= 10.0 + CONFIG.reconnect_interval + HEAL_PULL_SPREAD  # as a heal pull
     out = node.receive("n004", answer, asked_at + 0.01)
     assert MemberAlive("n001", 1, was_failed=True) in out.events
     assert state(node, "n001") is MemberState.ALIVE
