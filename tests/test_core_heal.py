@@ -369,3 +369,19 @@ def test_a_node_cut_off_alone_rejoins_without_every_member_refuting() -> None:
     assert report["results"]["false_failures_after_heal"] == 0
     assert counters["failures_withdrawn"] > 0
     assert counters["refutations"] < 49  # fewer than the members the lone node held failed
+
+
+def test_a_rejoining_node_sweeps_whom_it_still_holds_failed_until_rejoining_ends() -> None:
+    """Those a rejoining pull's answer does not bring back (a third side's, failed by its
+    sender too) each get our Ping again and again, not once per reconnect interval."""
+    failed = [f"n{i:03d}" for i in range(10, 20)]
+    node = node_in(snapshot_of(40).with_failed(failed))
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
+    pings: list[tuple[float, str]] = []
+    now = 10.0
+    while now < 80.0:
+        now = node.next_deadline()
+        pings += [(now, d) for d, m in node.tick(now).sends if isinstance(m, Ping) and d in failed]
+    soon = [d for t, d in pings if t < 15.0]
+    assert set(soon) == set(failed) and len(soon) >= 2 * len(failed)
+    assert len([t for t, _ in pings if t >= 72.0]) <= 2  # rejoining is over: damped again

@@ -1404,12 +1404,20 @@ class MembershipNode:
             self._reconnect(target, now, out)
 
     def _tick_recheck(self, now: float, out: Output) -> None:
-        """The next member of a sweep (`_recheck_failed`), if it is due and still doubted."""
+        """The next member of a sweep (`_recheck_failed`), if it is due and still doubted.
+        While we rejoin, a sweep that ends starts again: an answer to our rejoining pull
+        brings back the members its sender's side holds alive, and those of a third side
+        it holds failed too are then the few we still hold failed, each of which
+        answers our Ping at once, rather than at the next reconnect tick."""
         while self._recheck and now >= self._next_recheck_at:
             member = self._members.get(self._recheck.pop())
             if member is not None and member.state in (SUSPECT, DEAD):
                 self._reconnect(member, now, out)
                 self._next_recheck_at = now + self.config.gossip_interval
+        if not self._recheck and self._rejoining(now):
+            self._recheck = sweep_order(
+                list(self._suspicions), self._reconnectable(now), MAX_RECHECKS
+            )
 
     def _reconnect(self, target: Member, now: float, out: Output) -> None:
         """A Ping to a member we hold failed (or suspect), carrying our signed claim."""
