@@ -338,6 +338,11 @@ class Digest:
     # verdicts, so a member it holds DEAD at the incarnation the receiver holds ALIVE
     # is answered with the member's ALIVE line (see `pushpull.build_deltas`).
     rejoining: bool = False
+    # One part of an exchange sent in parts: the lines and record versions of the
+    # member ids from `first` (inclusive) to `end` (exclusive), "" leaving that side
+    # open. Its answers (Deltas, the reply Digest) cover the same ids only.
+    first: str = ""
+    end: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -342,9 +342,9 @@ def test_a_rejoining_node_asks_for_and_gets_the_alive_lines_of_whom_it_holds_fai
     held = tuple(
         MemberDigest(n, 1, MemberState.DEAD if n == "n001" else MemberState.ALIVE) for n in ids(5)
     )
-    for rejoining, expected in ((False, set()), (True, {"n001"})):
+    for when, rejoining, expected in ((20.0, False, set()), (40.0, True, {"n001"})):
         asking = Digest(members=held, reply=True, rejoining=rejoining)
-        out = peer.receive("n003", asking, 20.0)
+        out = peer.receive("n003", asking, when)  # one exchange per reconnect interval
         lines = {
             line.node_id for m in out.sends if isinstance(m[1], Delta) for line in m[1].members
         }
@@ -354,7 +354,7 @@ def test_a_rejoining_node_asks_for_and_gets_the_alive_lines_of_whom_it_holds_fai
         reply=True,
         rejoining=True,
     )
-    out = peer.receive("n002", ahead, 21.0)
+    out = peer.receive("n002", ahead, 41.0)
     assert not [m for _, m in out.sends if isinstance(m, Delta) and m.members]
 
 

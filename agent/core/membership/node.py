@@ -111,7 +111,14 @@ from .heal import HealPulls, sweep_order
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
-from .pushpull import build_deltas, build_digest, deltas_size, digest_size, push_pull_scale
+from .pushpull import (
+    build_deltas,
+    build_digest,
+    deltas_size,
+    digest_size,
+    plan_parts,
+    push_pull_scale,
+)
 from .records import RecordStore, RecordVerdict, admit
 from .snapshot import ClusterSnapshot
 from .stats import NodeStats
@@ -163,11 +170,16 @@ class MembershipNode:
         "_members",
         "_moves",
         "_next_gossip_at",
+        "_next_part_at",
         "_next_probe_at",
         "_next_push_pull_at",
         "_next_recheck_at",
         "_next_reconnect_at",
         "_own_record",
+        "_part_answered",
+        "_part_gap",
+        "_parts",
+        "_parts_to",
         "_probe_order",
         "_probes",
         "_pull_from",
@@ -219,7 +231,11 @@ class MembershipNode:
         """A node that starts converged, sharing `snapshot` copy-on-write."""
         node = cls.__new__(cls)
         members = MemberTable(
-            snapshot.members, snapshot.node_ids, snapshot.state_counts, snapshot.dead_ids
+            snapshot.members,
+            snapshot.node_ids,
+            snapshot.state_counts,
+            snapshot.dead_ids,
+            base_sorted=True,  # a snapshot's ids are sorted
         )
         records = RecordStore(snapshot.signed_records, snapshot.records)
         lines = snapshot.member_digests
@@ -278,9 +294,14 @@ class MembershipNode:
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
-        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
+        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its whole digest
+        self._part_answered: dict[str, float] = {}  # id -> when we last answered its part
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
+        self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
+        self._parts_to = ""  # the member they go to
+        self._next_part_at = INF  # when the next of them goes
+        self._part_gap = PART_GAP  # seconds between them in this exchange
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
@@ -366,6 +387,8 @@ class MembershipNode:
                 deadline = self._next_probe_at
             if self._next_push_pull_at < deadline:
                 deadline = self._next_push_pull_at
+            if self._next_part_at < deadline:
+                deadline = self._next_part_at
             if self._next_reconnect_at < deadline:
                 deadline = self._next_reconnect_at
             if self._heal_pulls.due < deadline:
@@ -1289,7 +1312,7 @@ class MembershipNode:
 
     # --- anti-entropy ----------------------------------------------------------------------
 
-    def _digest(self, now: float, *, reply: bool) -> Digest:
+    def _digest(self, now: float, *, reply: bool, within: tuple[str, str] = ("", "")) -> Digest:
         """What we know, with our own line signed and certified (a newcomer's introduction)."""
         me = self._me()
         cert = self._keyring.certificate(self.node_id)
@@ -1303,6 +1326,7 @@ class MembershipNode:
             crl_issued_at,
             reply=reply,
             rejoining=self._rejoining(now),
+            within=within,
         )
 
     def _rejoining(self, now: float) -> bool:
@@ -1315,6 +1339,8 @@ class MembershipNode:
         out.sends.append((peer, digest))
 
     def _tick_push_pull(self, now: float, out: Output) -> None:
+        if now >= self._next_part_at:
+            self._send_part(now, out)
         if now < self._next_push_pull_at:
             return
         interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
@@ -1332,6 +1358,17 @@ class MembershipNode:
             return
         self.stats.push_pulls_sent += 1
         self._last_push_pull = now
+        part_bytes = self.config.push_pull_part_bytes
+        if chosen is None and part_bytes and not self._rejoining(now):
+            # The periodic exchange, in parts; one with a member chosen for it (whoever
+            # told us we were held failed) or while rejoining is needed whole, now.
+            parts = plan_parts(self._members.ids_in("", ""), part_bytes)
+            self._parts, self._parts_to = parts[::-1], peer.node_id
+            self._part_gap = min(PART_GAP, interval / (2 * len(parts)))
+            self._send_part(now, out)
+            return
+        self._parts.clear()
+        self._next_part_at = INF
         if self._rejoining(now):
             # A pull, paid from the gossip budget as a heal pull is: what we need is
             # the peer's view; its side pulls ours if it too was cut off from us.
@@ -1341,6 +1378,17 @@ class MembershipNode:
             digest = self._digest(now, reply=True)
             self._remember(self._asked_reply, peer.node_id, now)
         self._send_digest(peer.node_id, digest, now, out)
+
+    def _send_part(self, now: float, out: Output) -> None:
+        """The next part of the exchange under way (`plan_parts`), if its member lives."""
+        part = self._parts.pop()
+        self._next_part_at = now + self._part_gap if self._parts else INF
+        if self._live_member(self._parts_to) is None:
+            self._parts.clear()
+            self._next_part_at = INF
+            return
+        self._remember(self._asked_reply, self._parts_to, now)
+        out.sends.append((self._parts_to, self._digest(now, reply=True, within=part)))
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
@@ -1445,23 +1493,36 @@ class MembershipNode:
                 self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
+        if sender not in self._members:
+            self.stats.messages_from_unknown += 1  # it did not introduce itself: no answer
+            return
         pull = not message.reply and not self._asked_within(sender, now)
         if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
             self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
             return
+        if message.reply and not self._may_answer(sender, message, now):
+            self.stats.exchanges_ignored += 1
+            return
         issued_at, crl = self._keyring.revocations()
         newer_crl = crl if issued_at > message.crl_issued_at else b""
+        part = bool(message.first or message.end)
+        limit = self.config.max_delta_bytes
+        if part:  # small answers, one a part: the rest waits for the next exchange
+            limit = min(limit, PART_ANSWER_PARTS * max(1, self.config.push_pull_part_bytes))
         deltas = build_deltas(
             message,
             self._members,
             self._records,
             self._keyring.certificate,
             newer_crl,
-            self.config.max_delta_bytes,
+            limit,
         )
+        if part:
+            deltas = deltas[:1]
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
-            out.sends.append((sender, self._digest(now, reply=False)))
+            within = (message.first, message.end)
+            out.sends.append((sender, self._digest(now, reply=False, within=within)))
         elif pull:
             # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
             # after a heal, its answer is most of one side's refutations, paid from the
@@ -1470,6 +1531,26 @@ class MembershipNode:
             # of gossip is owed for it, so pulls cannot silence our gossip for long.
             self._remember(self._pulled_by, sender, now)
             self._budget.spend(deltas_size(deltas), floor=-self._budget.rate)
+
+    def _may_answer(self, sender: str, message: Digest, now: float) -> bool:
+        """Whether a push-pull `sender` starts gets an answer: a part at most one per half
+        a part gap, a whole digest (or a "part" of more than two parts' ids) one per
+        reconnect interval. Twice a member's honest pace: a member asking faster, which
+        costs it a few bytes each time, would have us send it our state again and again
+        (and a part's answer is at most one Delta of a few parts, `_on_digest`)."""
+        part_bytes = self.config.push_pull_part_bytes
+        if message.first or message.end:
+            held = len(self._members.ids_in(message.first, message.end))
+            if held * MIN_PART_LINE <= 2 * part_bytes:
+                last = self._part_answered.get(sender, -INF)
+                if now - last < PART_GAP / 2:
+                    return False
+                self._remember(self._part_answered, sender, now)
+                return True
+        if now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
+            return False
+        self._remember(self._pulled_by, sender, now)
+        return True
 
     def _asked_within(self, sender: str, now: float) -> bool:
         """Whether a digest from `sender` answers one we sent it asking for a reply, within
@@ -1703,6 +1784,9 @@ MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
 HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
+PART_GAP = 1.0  # seconds between the parts of a push-pull exchange (at most)
+MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
+PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
