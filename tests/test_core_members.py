@@ -66,6 +66,22 @@ def test_a_split_snapshot_holds_the_other_side_failed_for_every_table_on_it() ->
         converged.with_failed(["stranger"])
 
 
+def test_ids_in_a_range_come_sorted_whatever_the_order_members_arrived_in() -> None:
+    members = [(f"n{i}", f"a{i}") for i in range(10)]
+    snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
+    shared = MemberTable(snapshot.members, snapshot.node_ids, base_sorted=True)
+    assert shared.ids_in("n3", "n6") == ["n3", "n4", "n5"]
+    assert shared.ids_in("", "n1") == ["n0"] and shared.ids_in("n8", "") == ["n8", "n9"]
+    shared.put(Member("m1", "b", 1, ALIVE, 1.0))  # an arrival after the base
+    shared.put(Member("n55", "b", 1, ALIVE, 1.0))
+    assert shared.ids_in("n5", "n6") == ["n5", "n55"]
+    assert shared.ids_in("", "") == sorted([*snapshot.node_ids, "m1", "n55"])
+    fresh = MemberTable()
+    for node_id in ("c", "a", "b"):
+        fresh.put(Member(node_id, "x", 1, ALIVE, 0.0))
+    assert fresh.ids_in("", "") == ["a", "b", "c"] and fresh.ids_in("b", "") == ["b", "c"]
+
+
 def test_map_members_uses_shared_values_only_for_unchanged_members() -> None:
     members = [(f"n{i}", f"a{i}") for i in range(50)]
     snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
