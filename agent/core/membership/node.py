@@ -1554,7 +1554,7 @@ class MembershipNode:
 
     def _asked_within(self, sender: str, now: float) -> bool:
         """Whether a digest from `sender` answers one we sent it asking for a reply, within
-        a push-pull interval (an answer that never came is forgotten then)."""
+        a push-pull interval. The ask is forgotten either way: one answer per ask."""
         asked = self._asked_reply.pop(sender, None)
         return asked is not None and now - asked < self.config.push_pull_interval
 
