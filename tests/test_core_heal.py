@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 
 from novacron.agent.core.events import MemberAlive, MemberFailed
@@ -385,3 +386,33 @@ def test_a_rejoining_node_sweeps_whom_it_still_holds_failed_until_rejoining_ends
     soon = [d for t, d in pings if t < 15.0]
     assert set(soon) == set(failed) and len(soon) >= 2 * len(failed)
     assert len([t for t, _ in pings if t >= 72.0]) <= 2  # rejoining is over: damped again
+
+
+def test_while_rejoining_pulls_go_to_members_back_by_themselves_and_sooner() -> None:
+    """The members an answer takes back are its sender's side, which we now have; the
+    next pull goes to a member that came back by itself (another side), 2 s after the
+    last rather than a reconnect interval."""
+    failed = [f"n{i:03d}" for i in range(10, 60)]
+    node = node_in(snapshot_of(60).with_failed(failed))
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
+    now, asked = 10.0, False
+    while not asked:  # until our rejoining pull goes to whoever told us
+        now = node.next_deadline()
+        asked = any(isinstance(m, Digest) for _, m in node.tick(now).sends)
+    taken_back = tuple(alive_line(n, 1) for n in failed[:10])
+    node.receive("n001", Delta(members=taken_back), now + 0.01)
+    assert node.stats.failures_withdrawn == 10
+    now += 0.02
+    pulls: list[tuple[float, str]] = []
+    for i, member in enumerate(failed[10:20]):  # ten come back by themselves, 3 s apart
+        back = now + 3.0 * i
+        while node.next_deadline() < back:
+            t = node.next_deadline()
+            pulls += [(t, p) for p, m in node.tick(t).sends if isinstance(m, Digest)]
+        node.receive(member, sign(Alive(member, 2, address_of(member))), back)
+    end = now + 30.0
+    while node.next_deadline() < end:
+        t = node.next_deadline()
+        pulls += [(t, p) for p, m in node.tick(t).sends if isinstance(m, Digest)]
+    assert pulls and not {p for _, p in pulls} & set(failed[:10])
+    assert len(pulls) >= 2 and min(b - a for (a, _), (b, _) in itertools.pairwise(pulls)) < 10.0

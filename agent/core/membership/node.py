@@ -779,7 +779,11 @@ class MembershipNode:
     def _learn(self, node_id: str, certificate: bytes) -> bool:
         return bool(certificate) and self._keyring.learn_certificate(node_id, certificate)
 
-    def _set_alive(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+    def _set_alive(
+        self, current: Member | None, message: Alive, now: float, out: Output, *, back: bool = True
+    ) -> None:
+        """Hold the member alive, as `message` says; `back`: a member we held failed came
+        back to us (its own refutation or a direct word), which plans a heal pull."""
         node_id, incarnation, address = message.node_id, message.incarnation, message.address
         held = None
         if current is None:
@@ -794,7 +798,7 @@ class MembershipNode:
         self._suspicions.pop(node_id, None)
         proof = message.signature
         self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
-        if current is not None and current.state is DEAD:
+        if current is not None and current.state is DEAD and back:
             self._on_return(node_id, now)  # counted alive already: it is not "still failed"
         if held is not None:
             self._offer_record(held, now, out, announce_new=True)
@@ -1081,7 +1085,9 @@ class MembershipNode:
             self._rng,
             failed=self._members.count(MemberState.DEAD),
             alive=self._members.count(MemberState.ALIVE),
-            gap=self.config.reconnect_interval,
+            # While we rejoin, each answer brings back one side: the next pull, to a
+            # member of a side still held failed, need not wait a reconnect interval.
+            gap=REJOIN_PULL_GAP if self._rejoining(now) else self.config.reconnect_interval,
             spread=HEAL_PULL_SPREAD,
         )
 
@@ -1676,7 +1682,9 @@ class MembershipNode:
         else:
             self.stats.failures_withdrawn += 1
             self._queue.drop(_member_key(line.node_id))
-            self._set_alive(current, claim, now, out)
+            # Not a return: its side's view we have; as a pull partner it would bring
+            # the same again, where one that comes back by itself brings a side we lack.
+            self._set_alive(current, claim, now, out, back=False)
 
     # --- dissemination ---------------------------------------------------------------------
 
@@ -1783,6 +1791,7 @@ CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two node
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+REJOIN_PULL_GAP = 2.0  # seconds between our heal pulls while we rejoin (`_on_return`)
 HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
 PART_GAP = 1.0  # seconds between the parts of a push-pull exchange (at most)
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
