@@ -1472,6 +1472,8 @@ class MembershipNode:
             self._recheck = sweep_order(
                 list(self._suspicions), self._reconnectable(now), MAX_RECHECKS
             )
+            # One Ping per gossip interval still, whatever the last of the sweep was.
+            self._next_recheck_at = max(self._next_recheck_at, now + self.config.gossip_interval)
 
     def _reconnect(self, target: Member, now: float, out: Output) -> None:
         """A Ping to a member we hold failed (or suspect), carrying our signed claim."""
