@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -160,6 +161,7 @@ class MembershipNode:
         "_budget",
         "_cut_off_seen",
         "_digest_lines",
+        "_exchange_answered",
         "_forwarded",
         "_heal_pulls",
         "_heard",
@@ -177,7 +179,6 @@ class MembershipNode:
         "_next_reconnect_at",
         "_own_record",
         "_part_answered",
-        "_part_gap",
         "_parts",
         "_parts_to",
         "_probe_order",
@@ -294,14 +295,14 @@ class MembershipNode:
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
-        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its whole digest
+        self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
         self._part_answered: dict[str, float] = {}  # id -> when we last answered its part
+        self._exchange_answered: dict[str, float] = {}  # id -> ... its whole push-pull
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
         self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
         self._parts_to = ""  # the member they go to
         self._next_part_at = INF  # when the next of them goes
-        self._part_gap = PART_GAP  # seconds between them in this exchange
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
@@ -1368,9 +1369,13 @@ class MembershipNode:
         if chosen is None and part_bytes and not self._rejoining(now):
             # The periodic exchange, in parts; one with a member chosen for it (whoever
             # told us we were held failed) or while rejoining is needed whole, now.
-            parts = plan_parts(self._members.ids_in("", ""), part_bytes)
+            ids = self._members.ids_in("", "")
+            size, parts = part_bytes, plan_parts(ids, part_bytes)
+            most = max(1, int(interval / (2 * PART_GAP)))  # within half the interval
+            while len(parts) > most:  # a mesh too large for the part size: larger parts
+                size = math.ceil(size * len(parts) / most) + 1
+                parts = plan_parts(ids, size)
             self._parts, self._parts_to = parts[::-1], peer.node_id
-            self._part_gap = min(PART_GAP, interval / (2 * len(parts)))
             self._send_part(now, out)
             return
         self._parts.clear()
@@ -1388,7 +1393,7 @@ class MembershipNode:
     def _send_part(self, now: float, out: Output) -> None:
         """The next part of the exchange under way (`plan_parts`), if its member lives."""
         part = self._parts.pop()
-        self._next_part_at = now + self._part_gap if self._parts else INF
+        self._next_part_at = now + PART_GAP if self._parts else INF
         if self._live_member(self._parts_to) is None:
             self._parts.clear()
             self._next_part_at = INF
@@ -1555,9 +1560,9 @@ class MembershipNode:
                     return False
                 self._remember(self._part_answered, sender, now)
                 return True
-        if now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
+        if now - self._exchange_answered.get(sender, -INF) < self.config.reconnect_interval:
             return False
-        self._remember(self._pulled_by, sender, now)
+        self._remember(self._exchange_answered, sender, now)
         return True
 
     def _asked_within(self, sender: str, now: float) -> bool:
@@ -1795,7 +1800,7 @@ MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
 REJOIN_PULL_GAP = 2.0  # seconds between our heal pulls while we rejoin (`_on_return`)
 HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
-PART_GAP = 1.0  # seconds between the parts of a push-pull exchange (at most)
+PART_GAP = 1.0  # seconds between the parts of a push-pull exchange
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
 PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
