@@ -32,10 +32,14 @@ def test_parts_cover_every_id_once_in_order_each_about_the_size_asked() -> None:
     assert plan_parts([], 4000) == [("", "")]
 
 
-def exchange(part_bytes: int, **settings: float) -> tuple[Net, MembershipNode, MembershipNode]:
+def exchange(
+    part_bytes: int, interval: float = CONFIG.push_pull_interval
+) -> tuple[Net, MembershipNode, MembershipNode]:
     """Two live members among 300 (the rest failed, so each picks the other for its
     periodic push-pull); each holds records the other lacks."""
-    config = dataclasses.replace(CONFIG, push_pull_part_bytes=part_bytes, **settings)
+    config = dataclasses.replace(
+        CONFIG, push_pull_part_bytes=part_bytes, push_pull_interval=interval
+    )
     snapshot = snapshot_of(300).with_failed([n for n in ids(300) if n not in ("n010", "n150")])
     net = Net(config=config)
     one, other = node_in(snapshot, "n010", config), node_in(snapshot, "n150", config)
@@ -106,7 +110,7 @@ def test_a_parts_answer_is_at_most_one_delta_of_a_few_parts() -> None:
 def test_an_exchange_takes_at_most_half_the_interval_whatever_the_mesh() -> None:
     """A mesh too large for the part size gets larger parts, not an exchange that
     outlasts the interval (the next one would cut it short, its last ranges never sent)."""
-    net, one, _ = exchange(500, push_pull_interval=4.0)  # 300 members: every 20 s, 10 parts
+    net, one, _ = exchange(500, interval=4.0)  # 300 members: every 20 s, 10 parts
     parts = [m for src, _, m in net.sent if src == "n010" and isinstance(m, Digest) and m.reply]
     starts = [m for m in parts if m.first == ""]
     ends = [m for m in parts if m.end == ""]
