@@ -117,3 +117,13 @@ def test_an_exchange_takes_at_most_half_the_interval_whatever_the_mesh() -> None
     assert len(starts) >= 10 and len(ends) >= len(starts) - 1  # exchanges run to their end
     assert len(parts) <= 10 * len(starts)
     assert one.record_version("n020") == 3
+
+
+def test_a_node_with_parts_off_still_answers_a_part_as_a_part() -> None:
+    node = node_in(snapshot_of(300), config=dataclasses.replace(CONFIG, push_pull_part_bytes=0))
+    part = Digest(reply=True, first="n100", end="n160")
+    answered = [bool(node.receive("n008", part, t).sends) for t in (1.0, 1.6)]
+    assert answered == [True, True]  # a part's pace, not a whole digest's
+    out = node.receive("n009", part, 1.0)
+    deltas = [m for _, m in out.sends if not isinstance(m, Digest)]
+    assert deltas and len(encode(deltas[0], "n000")) > 1000  # not capped at a few bytes

@@ -1521,7 +1521,7 @@ class MembershipNode:
         part = bool(message.first or message.end)
         limit = self.config.max_delta_bytes
         if part:  # small answers, one a part: the rest waits for the next exchange
-            limit = min(limit, PART_ANSWER_PARTS * max(1, self.config.push_pull_part_bytes))
+            limit = min(limit, PART_ANSWER_PARTS * self._part_bytes_answered())
         deltas = build_deltas(
             message,
             self._members,
@@ -1551,10 +1551,9 @@ class MembershipNode:
         reconnect interval. Twice a member's honest pace: a member asking faster, which
         costs it a few bytes each time, would have us send it our state again and again
         (and a part's answer is at most one Delta of a few parts, `_on_digest`)."""
-        part_bytes = self.config.push_pull_part_bytes
         if message.first or message.end:
             held = len(self._members.ids_in(message.first, message.end))
-            if held * MIN_PART_LINE <= 2 * part_bytes:
+            if held * MIN_PART_LINE <= 2 * self._part_bytes_answered():
                 last = self._part_answered.get(sender, -INF)
                 if now - last < PART_GAP / 2:
                     return False
@@ -1564,6 +1563,11 @@ class MembershipNode:
             return False
         self._remember(self._exchange_answered, sender, now)
         return True
+
+    def _part_bytes_answered(self) -> int:
+        """The part size we answer others' parts by: ours, or the default if we send
+        none (a node with parts off still answers a mesh that uses them)."""
+        return self.config.push_pull_part_bytes or DEFAULT_PART_BYTES
 
     def _asked_within(self, sender: str, now: float) -> bool:
         """Whether a digest from `sender` answers one we sent it asking for a reply, within
@@ -1801,6 +1805,7 @@ MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
 REJOIN_PULL_GAP = 2.0  # seconds between our heal pulls while we rejoin (`_on_return`)
 HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
 PART_GAP = 1.0  # seconds between the parts of a push-pull exchange
+DEFAULT_PART_BYTES = MembershipConfig().push_pull_part_bytes
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
 PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
