@@ -273,6 +273,7 @@ class Restarts:
         self.live = live  # the nodes up now (a live view, such as the cluster's members)
         self.floor: dict[str, int] = {}  # node -> lowest incarnation of its current life
         self.down_since: dict[str, float] = {}  # nodes down now -> since when
+        self.back_at: dict[str, float] = {}  # node -> when its current life began
         self.declared: dict[str, set[str]] = {}  # down node -> observers that failed it
         self.detected: set[str] = set()  # down nodes every live node has failed
         self.ever_down: set[str] = set()  # nodes that went down at some point
@@ -287,8 +288,9 @@ class Restarts:
         self.declared[node] = set()
         self.ever_down.add(node)
 
-    def came_back(self, node: str) -> None:
+    def came_back(self, node: str, now: float) -> None:
         """`node` runs again (a fresh process)."""
+        self.back_at[node] = now
         del self.down_since[node]
         del self.declared[node]
         self.detected.discard(node)

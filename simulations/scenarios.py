@@ -458,6 +458,7 @@ def cost(cluster: Cluster, params: Params) -> Results:
 RETURN_POLLS = tuple(i / 4 for i in range(1, 21)) + tuple(float(i) for i in range(6, 61))
 """Seconds after a node's return at which the scenario looks whether all see it alive."""
 RETURN_DEADLINE = 5.0  # a returning node should be seen alive by all within this
+MAX_LATE_REPORTED = 20  # returns missed at 5 s reported in detail (and observers each)
 
 
 def churn(cluster: Cluster, params: Params) -> Results:
@@ -472,6 +473,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
     engine.listeners.append(restarts)
     seen: list[float | None] = []  # per return: seconds until every live node saw it alive
     apart_at_5s: list[int] = []  # per return: live nodes not seeing it alive 5 s after
+    late: list[dict[str, object]] = []  # returns some live node missed at 5 s, and why
     traffic = Traffic(cluster)
     end = start + params.limit(600.0)
     rng = random.Random(f"{params.seed}/churn")
@@ -489,7 +491,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
             busy_until[node] = back_at
             scheduled += 1
             engine.at(down_at, _go_down(cluster, restarts, node))
-            engine.at(back_at, _come_back(cluster, restarts, node, seen, apart_at_5s))
+            engine.at(back_at, _come_back(cluster, restarts, node, seen, apart_at_5s, late))
         period_start += params.churn_period
     engine.run(end)
     returned = [t for t in seen if t is not None]
@@ -509,6 +511,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
         "returns_seen_by_all_within_5s": sum(1 for t in returned if t <= RETURN_DEADLINE),
         "returns_never_seen_by_all": len(seen) - len(returned),
         "observers_not_seeing_a_return_at_5s": summary([float(n) for n in apart_at_5s]),
+        "returns_missed_at_5s": late[:MAX_LATE_REPORTED],
         "traffic": traffic.rates(),
     }
 
@@ -529,11 +532,12 @@ def _come_back(
     node: str,
     seen: list[float | None],
     apart_at_5s: list[int],
+    late: list[dict[str, object]],
 ) -> Callable[[], None]:
     def back() -> None:
         if node not in restarts.down_since:
             return
-        restarts.came_back(node)
+        restarts.came_back(node, cluster.engine.now)
         cluster.restart(node)
         returned = cluster.engine.now
         process = cluster.members[node]
@@ -555,12 +559,42 @@ def _come_back(
             blind = _not_seeing_alive(cluster, node, stop_at_first=after != RETURN_DEADLINE)
             if after == RETURN_DEADLINE:
                 apart_at_5s.append(blind)
+                if blind:
+                    late.append(_missed_return(cluster, restarts, node, index))
             if blind == 0:
                 seen[index] = after
 
         return look
 
     return back
+
+
+def _missed_return(
+    cluster: Cluster, restarts: Restarts, node: str, index: int
+) -> dict[str, object]:
+    """A return some live node does not see 5 s after it: who, and what each holds."""
+    now = cluster.engine.now
+    observers = []
+    for observer, process in cluster.members.items():
+        view = process.member(node) if observer != node else None
+        if observer == node or (view is not None and view.state is MemberState.ALIVE):
+            continue
+        back = restarts.back_at.get(observer)
+        observers.append(
+            {
+                "observer": observer,
+                "holds": None if view is None else view.state.name,
+                "at_incarnation": None if view is None else view.incarnation,
+                "observer_back_s_ago": None if back is None else round(now - back, 2),
+            }
+        )
+    return {
+        "return": index,
+        "node": node,
+        "at_s": round(now - RETURN_DEADLINE, 2),
+        "node_incarnation": cluster.members[node].incarnation,
+        "observers": observers[:MAX_LATE_REPORTED],
+    }
 
 
 def _not_seeing_alive(cluster: Cluster, node: str, *, stop_at_first: bool) -> int:

@@ -105,6 +105,17 @@ def test_churn_marks_no_healthy_node_failed_and_returns_are_seen() -> None:
     assert r["return_seen_alive_by_all_s"]["max"] <= 5.0
 
 
+def test_churn_names_the_observers_that_miss_a_return_and_what_they_hold() -> None:
+    r = results("churn", nodes=30, loss=0.4, duration=120.0, churn=0.2, downtime=20.0)
+    missed = r["returns_missed_at_5s"]
+    assert 0 < len(missed) <= r["returns_measured"] - r["returns_seen_by_all_within_5s"]
+    for entry in missed:
+        assert entry["observers"], entry  # somebody did not hold it alive
+        for observer in entry["observers"]:
+            assert observer["observer"] != entry["node"]
+            assert observer["holds"] in (None, "SUSPECT", "DEAD", "LEFT")
+
+
 def test_an_isolated_node_catches_up_within_two_push_pull_intervals() -> None:
     r = results("catch-up", isolation=30.0)
     assert r["records_missing_at_heal"] > 0
