@@ -14,8 +14,8 @@ from novacron.agent.core.membership.config import MembershipConfig
 from novacron.agent.core.membership.node import MembershipNode
 from novacron.agent.core.membership.pushpull import plan_parts
 from novacron.protocol.codec import encode
-from novacron.protocol.messages import Digest, RecordUpdate
-from tests.core_harness import CONFIG, Net, ids, node_in, signed, snapshot_of
+from novacron.protocol.messages import Delta, Digest, Leave, MemberState, RecordUpdate
+from tests.core_harness import CONFIG, Net, ids, node_in, sign, signed, snapshot_of
 
 
 def test_parts_cover_every_id_once_in_order_each_about_the_size_asked() -> None:
@@ -127,3 +127,70 @@ def test_a_node_with_parts_off_still_answers_a_part_as_a_part() -> None:
     out = node.receive("n009", part, 1.0)
     deltas = [m for _, m in out.sends if not isinstance(m, Digest)]
     assert deltas and len(encode(deltas[0], "n000")) > 1000  # not capped at a few bytes
+
+
+def first_parts(
+    node: MembershipNode, count: int, now: float = 0.0
+) -> tuple[list[tuple[str, Digest]], float]:
+    """Tick `node` as its deadlines come until it has sent the first `count` parts of an
+    exchange; those parts with whom each went to, and the time."""
+    parts: list[tuple[str, Digest]] = []
+    while len(parts) < count:
+        out = node.tick(now)
+        for to, m in out.sends:
+            if isinstance(m, Digest) and m.reply:
+                parts = [(to, m)] if m.first == "" else [*parts, (to, m)]
+        now = max(node.next_deadline(), now + 0.01)
+    return parts, now
+
+
+def test_an_answer_to_a_part_that_comes_late_is_still_that_parts_answer() -> None:
+    """The answer to one part, come after the next part went, is matched by its range:
+    it gets the Deltas of that range, and the answer to the next part is not taken
+    for a pull (which would refuse the member's real pull for a reconnect interval)."""
+    # No probes within the test (nobody answers them here), an exchange every 20 s.
+    config = dataclasses.replace(CONFIG, probe_interval=1000.0, push_pull_interval=4.0)
+    two_alive = snapshot_of(300).with_failed([n for n in ids(300) if n not in ("n010", "n150")])
+    one, other = node_in(two_alive, "n010", config), node_in(two_alive, "n150", config)
+    one.receive("n290", RecordUpdate(signed("n005", 5)), 0.0)  # in the first part's range
+    sent, now = first_parts(one, 2)
+    parts = [part for _, part in sent]
+    answers = []
+    for part in parts:
+        answers += [m for _, m in other.receive("n010", part, now).sends if isinstance(m, Digest)]
+        now += 0.6
+    late, next_ = answers
+    assert (late.first, late.end) == (parts[0].first, parts[0].end) != (next_.first, next_.end)
+    out = one.receive("n150", late, now)
+    news = [r.node_id for _, m in out.sends if isinstance(m, Delta) for r in m.records]
+    assert "n005" in news  # the first range's news
+    one.receive("n150", next_, now + 0.1)
+    assert one.receive("n150", Digest(reply=False), now + 1.0).sends  # a pull, answered
+    assert one.stats.pulls_ignored == one.stats.unasked_parts == 0
+
+
+def test_a_part_nobody_asked_for_gets_nothing() -> None:
+    node = node_in(snapshot_of(300))
+    assert not node.receive("n008", Digest(reply=False, first="n100", end="n160"), 1.0).sends
+    assert node.stats.unasked_parts == 1
+
+
+def test_an_exchange_whose_member_fails_goes_on_with_another() -> None:
+    """The rest of the parts go to another live member: every range is exchanged."""
+    config = dataclasses.replace(CONFIG, probe_interval=1000.0, push_pull_interval=4.0)
+    alive = ("n010", "n150", "n200")
+    three_alive = snapshot_of(300).with_failed([n for n in ids(300) if n not in alive])
+    one = node_in(three_alive, "n010", config)
+    sent, now = first_parts(one, 1)
+    partner = sent[0][0]
+    other = next(n for n in alive[1:] if n != partner)
+    one.receive(partner, sign(Leave(partner, 1)), now)  # it left: no longer a member to ask
+    left = one.member(partner)
+    assert left is not None and left.state is MemberState.LEFT
+    rest: list[tuple[str, Digest]] = []
+    while not rest or rest[-1][1].end != "":  # until the exchange's last part
+        out = one.tick(now)
+        rest += [(to, m) for to, m in out.sends if isinstance(m, Digest) and m.reply]
+        now = max(one.next_deadline(), now + 0.01)
+    assert rest[0][1].first == sent[0][1].end  # no range skipped
+    assert {to for to, _ in rest} == {other}

@@ -180,6 +180,7 @@ class MembershipNode:
         "_own_record",
         "_part_answered",
         "_parts",
+        "_parts_asked",
         "_parts_to",
         "_probe_order",
         "_probes",
@@ -303,6 +304,8 @@ class MembershipNode:
         self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
         self._parts_to = ""  # the member they go to
         self._next_part_at = INF  # when the next of them goes
+        # (member, first, end) -> when we sent it that part of the exchange under way
+        self._parts_asked: dict[tuple[str, str, str], float] = {}
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
@@ -1355,12 +1358,7 @@ class MembershipNode:
         chosen, self._pull_from = self._pull_from, None
         peer = self._live_member(chosen) if chosen is not None else None
         if peer is None:
-
-            def is_peer(member: Member) -> bool:
-                return member.state is ALIVE and member.node_id != self.node_id
-
-            peers = self._members.sample(self._rng, 1, is_peer)
-            peer = peers[0] if peers else None
+            peer = self._push_pull_partner()
         if peer is None:
             return
         self.stats.push_pulls_sent += 1
@@ -1376,6 +1374,7 @@ class MembershipNode:
                 size = math.ceil(size * len(parts) / most) + 1
                 parts = plan_parts(ids, size)
             self._parts, self._parts_to = parts[::-1], peer.node_id
+            self._parts_asked.clear()  # answers to the last exchange's parts are late now
             self._send_part(now, out)
             return
         self._parts.clear()
@@ -1390,15 +1389,28 @@ class MembershipNode:
             self._remember(self._asked_reply, peer.node_id, now)
         self._send_digest(peer.node_id, digest, now, out)
 
+    def _push_pull_partner(self) -> Member | None:
+        def is_peer(member: Member) -> bool:
+            return member.state is ALIVE and member.node_id != self.node_id
+
+        peers = self._members.sample(self._rng, 1, is_peer)
+        return peers[0] if peers else None
+
     def _send_part(self, now: float, out: Output) -> None:
-        """The next part of the exchange under way (`plan_parts`), if its member lives."""
+        """The next part of the exchange under way (`plan_parts`). If its member is no
+        longer alive here, the rest goes to another: the exchange covers every id. A
+        part carries our own line only if our id is in its range; a member that holds
+        us failed needs none of them to tell us so (`_tell_if_failed`)."""
         part = self._parts.pop()
         self._next_part_at = now + PART_GAP if self._parts else INF
         if self._live_member(self._parts_to) is None:
-            self._parts.clear()
-            self._next_part_at = INF
-            return
-        self._remember(self._asked_reply, self._parts_to, now)
+            partner = self._push_pull_partner()
+            if partner is None:
+                self._parts.clear()
+                self._next_part_at = INF
+                return
+            self._parts_to = partner.node_id
+        self._parts_asked[(self._parts_to, *part)] = now
         out.sends.append((self._parts_to, self._digest(now, reply=True, within=part)))
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
@@ -1509,7 +1521,13 @@ class MembershipNode:
         if sender not in self._members:
             self.stats.messages_from_unknown += 1  # it did not introduce itself: no answer
             return
-        pull = not message.reply and not self._asked_within(sender, now)
+        if message.reply or self._part_asked(sender, message, now):
+            pull = False  # an exchange begun, or the answer to a part of ours
+        elif message.first or message.end:
+            self.stats.unasked_parts += 1  # we pull whole digests only: not a pull
+            return
+        else:
+            pull = not self._asked_within(sender, now)
         if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
             self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
             return
@@ -1573,6 +1591,13 @@ class MembershipNode:
         """Whether a digest from `sender` answers one we sent it asking for a reply, within
         a push-pull interval. The ask is forgotten either way: one answer per ask."""
         asked = self._asked_reply.pop(sender, None)
+        return asked is not None and now - asked < self.config.push_pull_interval
+
+    def _part_asked(self, sender: str, message: Digest, now: float) -> bool:
+        """Whether a part from `sender` answers one of the exchange under way that we
+        sent it, within a push-pull interval: matched by range, so an answer that comes
+        after we sent the next part still counts. One answer per part."""
+        asked = self._parts_asked.pop((sender, message.first, message.end), None)
         return asked is not None and now - asked < self.config.push_pull_interval
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
