@@ -334,6 +334,15 @@ class Digest:
     records: dict[str, Counter] = field(default_factory=dict)  # node id -> version
     reply: bool = False
     crl_issued_at: float = 0.0  # issue time of the newest revocation list the sender holds
+    # The sender was cut off and rejoins: what it holds failed may be its own stale
+    # verdicts, so a member it holds DEAD at the incarnation the receiver holds ALIVE
+    # is answered with the member's ALIVE line (see `pushpull.build_deltas`).
+    rejoining: bool = False
+    # One part of an exchange sent in parts: the lines and record versions of the
+    # member ids from `first` (inclusive) to `end` (exclusive), "" leaving that side
+    # open. Its answers (Deltas, the reply Digest) cover the same ids only.
+    first: str = ""
+    end: str = ""
 
 
 @dataclass(frozen=True, slots=True)

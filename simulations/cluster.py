@@ -102,16 +102,31 @@ class Cluster:
         """Every node alive, knowing everyone and every record (shared snapshot)."""
         snapshot = self._converged_snapshot(now)
         for node_id in self.ids:
-            node = MembershipNode.from_snapshot(
-                node_id,
-                snapshot,
-                address=address_of(node_id),
-                config=self.settings.membership,
-                rng=self.rng_for(node_id),
-                keyring=SimKeyring(node_id, self.verifier, self.claims),
-                now=now,
-            )
-            self._register(node_id, node, None)
+            self._start_from(node_id, snapshot, now)
+
+    def start_split(self, sides: list[list[str]], now: float = 0.0) -> None:
+        """Every node alive, each side holding every other side failed, as after a
+        partition held long, and the network split so: a heal without the hours of
+        simulated failure detection before it (one shared view per side)."""
+        converged = self._converged_snapshot(now)
+        for side in sides:
+            others = set(self.ids).difference(side)
+            snapshot = converged.with_failed(others)
+            for node_id in side:
+                self._start_from(node_id, snapshot, now)
+        self.network.partition(sides)
+
+    def _start_from(self, node_id: str, snapshot: ClusterSnapshot, now: float) -> None:
+        node = MembershipNode.from_snapshot(
+            node_id,
+            snapshot,
+            address=address_of(node_id),
+            config=self.settings.membership,
+            rng=self.rng_for(node_id),
+            keyring=SimKeyring(node_id, self.verifier, self.claims),
+            now=now,
+        )
+        self._register(node_id, node, None)
 
     def _converged_snapshot(self, now: float) -> ClusterSnapshot:
         records = [make_signer(n)(initial_record(n)) for n in self.ids]

@@ -44,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         'or "100,300,*" ("*": the rest)',
     )
     p.add_argument("--split", type=float, default=None, help="partition-heal: longest split, s")
+    p.add_argument(
+        "--held-split",
+        action="store_true",
+        help="partition-heal: start split, each side already holding the others failed "
+        "(a split held long), run --warmup so, then heal",
+    )
     p.add_argument("--churn", type=float, default=d.churn, help="churn: fraction per period")
     p.add_argument("--churn-period", type=float, default=d.churn_period, help="churn: s")
     p.add_argument("--downtime", type=float, default=d.downtime, help="churn: mean time down, s")
@@ -76,6 +82,7 @@ def params_from(args: argparse.Namespace) -> Params:
         verify_cache=not args.no_verify_cache,
         groups=args.groups,
         split=args.split,
+        held_split=args.held_split,
         churn=args.churn,
         churn_period=args.churn_period,
         downtime=args.downtime,
@@ -94,6 +101,8 @@ def bad_arguments(args: argparse.Namespace) -> str | None:
         return "--churn-period must be positive and --downtime not negative"
     if args.split is not None and args.split < 0:
         return "--split must not be negative"
+    if args.held_split and (args.scenario != "partition-heal" or args.split is not None):
+        return "--held-split is for --scenario partition-heal, without --split"
     return None
 
 

@@ -273,7 +273,9 @@ class DigestSizer:
         return size
 
     def size(self, sender: str, digest: Digest) -> int:
-        bare = Digest(reply=digest.reply, crl_issued_at=digest.crl_issued_at)
+        bare = Digest(
+            reply=digest.reply, crl_issued_at=digest.crl_issued_at, rejoining=digest.rejoining
+        )
         total = len(encode(bare, sender))
         if digest.members:
             total += _str_size("members") + _container_header(len(digest.members))

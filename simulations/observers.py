@@ -201,6 +201,18 @@ class PairViews:
         else:
             self.same_not_alive += (state != 0) - (old != 0)
 
+    def hold_cross_failed(self) -> None:
+        """Every observer holds every member across the partition failed, as nodes
+        started from a split's views (`Cluster.start_split`) do."""
+        n = len(self.ids)
+        rows = {
+            side: bytes(self.FAILED if g != side else 0 for g in self.group)
+            for side in set(self.group)
+        }
+        for o, side in enumerate(self.group):
+            self.views[o * n : (o + 1) * n] = rows[side]
+        self.cross_not_alive = self.cross_failed = self.cross_pairs
+
     def not_alive_pairs(self) -> int:
         """Pairs (on any side) whose observer does not see the member alive."""
         return self.cross_not_alive + self.same_not_alive
@@ -261,6 +273,7 @@ class Restarts:
         self.live = live  # the nodes up now (a live view, such as the cluster's members)
         self.floor: dict[str, int] = {}  # node -> lowest incarnation of its current life
         self.down_since: dict[str, float] = {}  # nodes down now -> since when
+        self.back_at: dict[str, float] = {}  # node -> when its current life began
         self.declared: dict[str, set[str]] = {}  # down node -> observers that failed it
         self.detected: set[str] = set()  # down nodes every live node has failed
         self.ever_down: set[str] = set()  # nodes that went down at some point
@@ -275,8 +288,9 @@ class Restarts:
         self.declared[node] = set()
         self.ever_down.add(node)
 
-    def came_back(self, node: str) -> None:
+    def came_back(self, node: str, now: float) -> None:
         """`node` runs again (a fresh process)."""
+        self.back_at[node] = now
         del self.down_since[node]
         del self.declared[node]
         self.detected.discard(node)

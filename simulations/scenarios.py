@@ -60,6 +60,7 @@ class Params:
     verify_cache: bool = True
     groups: str = "2"  # partition-heal: "K" equal sides, or sizes "1,*" ("*": the rest)
     split: float | None = None  # partition-heal: longest split (None: until all failed)
+    held_split: bool = False  # partition-heal: start split, each side failing the others
     churn: float = 0.1  # churn: fraction of the nodes restarted in each period
     churn_period: float = 60.0  # churn: seconds per period
     downtime: float = 20.0  # churn: mean seconds a restarting node is down (0.5x-1.5x)
@@ -88,7 +89,10 @@ def build(params: Params) -> Cluster:
         verify_cache=params.verify_cache,
     )
     cluster = Cluster(settings)
-    cluster.start_converged(0.0)
+    if params.held_split:
+        cluster.start_split(split_sides(params, cluster.ids))
+    else:
+        cluster.start_converged(0.0)
     slow_count = round(params.slow_fraction * params.nodes)
     if slow_count:
         slow = random.Random(f"{params.seed}/slow").sample(cluster.ids, slow_count)
@@ -337,23 +341,40 @@ HEAL_CHECKPOINTS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)  # s after the
 RECOVERY_FRACTIONS = (0.5, 0.9, 0.99, 0.999, 1.0)
 
 
-def partition_heal(cluster: Cluster, params: Params) -> Results:
-    """Split into sides of any sizes until each has failed the others (or `split`
-    seconds); heal; how long until every node sees every node alive again."""
-    cluster.engine.run(params.warmup)
-    sizes = parse_groups(params.groups, params.nodes)
-    order = pick(params, "partition", cluster.ids, params.nodes)
+def split_sides(params: Params, ids: list[str]) -> list[list[str]]:
+    """The partition's sides (`--groups`), each sorted; the same for the same seed."""
+    order = pick(params, "partition", ids, params.nodes)
     sides, at = [], 0
-    for size in sizes:
+    for size in parse_groups(params.groups, params.nodes):
         sides.append(sorted(order[at : at + size]))
         at += size
+    return sides
+
+
+def partition_heal(cluster: Cluster, params: Params) -> Results:
+    """Split into sides of any sizes until each has failed the others (or `split`
+    seconds); heal; how long until every node sees every node alive again.
+
+    With `held_split` the nodes started split, each side holding the others failed
+    (as after a split held long, its failure gossip long since spent); the warm-up
+    then runs split, and the heal follows it."""
+    sides = split_sides(params, cluster.ids)
+    sizes = [len(side) for side in sides]
     views = PairViews(cluster.ids, {n: i for i, side in enumerate(sides) for n in side})
+    if params.held_split:
+        views.hold_cross_failed()
+    else:
+        cluster.engine.run(params.warmup)
     cluster.engine.listeners.append(views)
     start = cluster.engine.now
     split_traffic = Traffic(cluster)
-    cluster.network.partition(sides)
-    split_limit = start + (params.split if params.split is not None else 600.0)
-    all_failed_at = run_until(cluster, split_limit, views.all_cross_failed)
+    if params.held_split:
+        cluster.engine.run(start + params.warmup)
+        all_failed_at = start if views.all_cross_failed() else None
+    else:
+        cluster.network.partition(sides)
+        split_limit = start + (params.split if params.split is not None else 600.0)
+        all_failed_at = run_until(cluster, split_limit, views.all_cross_failed)
     failed_at_heal, not_alive_at_heal = views.cross_failed, views.not_alive_pairs()
     split_rates = split_traffic.rates()
     false_in_split = views.false_failures
@@ -437,6 +458,7 @@ def cost(cluster: Cluster, params: Params) -> Results:
 RETURN_POLLS = tuple(i / 4 for i in range(1, 21)) + tuple(float(i) for i in range(6, 61))
 """Seconds after a node's return at which the scenario looks whether all see it alive."""
 RETURN_DEADLINE = 5.0  # a returning node should be seen alive by all within this
+MAX_LATE_REPORTED = 20  # returns missed at 5 s reported in detail (and observers each)
 
 
 def churn(cluster: Cluster, params: Params) -> Results:
@@ -451,6 +473,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
     engine.listeners.append(restarts)
     seen: list[float | None] = []  # per return: seconds until every live node saw it alive
     apart_at_5s: list[int] = []  # per return: live nodes not seeing it alive 5 s after
+    late: list[dict[str, object]] = []  # returns some live node missed at 5 s, and why
     traffic = Traffic(cluster)
     end = start + params.limit(600.0)
     rng = random.Random(f"{params.seed}/churn")
@@ -468,7 +491,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
             busy_until[node] = back_at
             scheduled += 1
             engine.at(down_at, _go_down(cluster, restarts, node))
-            engine.at(back_at, _come_back(cluster, restarts, node, seen, apart_at_5s))
+            engine.at(back_at, _come_back(cluster, restarts, node, seen, apart_at_5s, late))
         period_start += params.churn_period
     engine.run(end)
     returned = [t for t in seen if t is not None]
@@ -488,6 +511,7 @@ def churn(cluster: Cluster, params: Params) -> Results:
         "returns_seen_by_all_within_5s": sum(1 for t in returned if t <= RETURN_DEADLINE),
         "returns_never_seen_by_all": len(seen) - len(returned),
         "observers_not_seeing_a_return_at_5s": summary([float(n) for n in apart_at_5s]),
+        "returns_missed_at_5s": late[:MAX_LATE_REPORTED],
         "traffic": traffic.rates(),
     }
 
@@ -508,11 +532,12 @@ def _come_back(
     node: str,
     seen: list[float | None],
     apart_at_5s: list[int],
+    late: list[dict[str, object]],
 ) -> Callable[[], None]:
     def back() -> None:
         if node not in restarts.down_since:
             return
-        restarts.came_back(node)
+        restarts.came_back(node, cluster.engine.now)
         cluster.restart(node)
         returned = cluster.engine.now
         process = cluster.members[node]
@@ -534,12 +559,42 @@ def _come_back(
             blind = _not_seeing_alive(cluster, node, stop_at_first=after != RETURN_DEADLINE)
             if after == RETURN_DEADLINE:
                 apart_at_5s.append(blind)
+                if blind:
+                    late.append(_missed_return(cluster, restarts, node, index))
             if blind == 0:
                 seen[index] = after
 
         return look
 
     return back
+
+
+def _missed_return(
+    cluster: Cluster, restarts: Restarts, node: str, index: int
+) -> dict[str, object]:
+    """A return some live node does not see 5 s after it: who, and what each holds."""
+    now = cluster.engine.now
+    observers = []
+    for observer, process in cluster.members.items():
+        view = process.member(node) if observer != node else None
+        if observer == node or (view is not None and view.state is MemberState.ALIVE):
+            continue
+        back = restarts.back_at.get(observer)
+        observers.append(
+            {
+                "observer": observer,
+                "holds": None if view is None else view.state.name,
+                "at_incarnation": None if view is None else view.incarnation,
+                "observer_back_s_ago": None if back is None else round(now - back, 2),
+            }
+        )
+    return {
+        "return": index,
+        "node": node,
+        "at_s": round(now - RETURN_DEADLINE, 2),
+        "node_incarnation": cluster.members[node].incarnation,
+        "observers": observers[:MAX_LATE_REPORTED],
+    }
 
 
 def _not_seeing_alive(cluster: Cluster, node: str, *, stop_at_first: bool) -> int:

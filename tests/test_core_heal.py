@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import random
 
+from novacron.agent.core.events import MemberAlive, MemberFailed
 from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
-from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.node import HEAL_PULL_SPREAD, MembershipNode
 from novacron.agent.core.membership.pushpull import deltas_size, digest_size
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
@@ -19,6 +22,8 @@ from novacron.protocol.messages import (
     Ping,
     RecordUpdate,
 )
+from novacron.simulations.report import run
+from novacron.simulations.scenarios import Params
 from tests.core_harness import CONFIG, address_of, ids, node_in, record_for, sign, snapshot_of
 
 
@@ -239,3 +244,175 @@ def test_a_sweep_tries_the_newest_suspects_then_the_latest_failed_never_more() -
     assert sweep_order(full, ["f1"], 4) == ["s5", "s4", "s3", "s2"]  # no room for the failed
     assert sweep_order(full[:4], ["f1"], 4) == ["s3", "s2", "s1", "s0"]
     assert sweep_order([], [], 4) == []
+
+
+# --- rejoining after being cut off ---------------------------------------------------
+
+
+def alive_line(node_id: str, incarnation: int, key: bytes | None = None) -> MemberDigest:
+    """A push-pull answer's line: the member's own signed Alive (forged with `key`)."""
+    claim = sign(Alive(node_id, incarnation, address_of(node_id)), key)
+    return MemberDigest(node_id, incarnation, MemberState.ALIVE, claim.address, claim.signature)
+
+
+def state(node: MembershipNode, node_id: str) -> MemberState:
+    info = node.member(node_id)
+    assert info is not None
+    return info.state
+
+
+def told_it_was_failed(node: MembershipNode, by: str, now: float) -> list[tuple[float, str]]:
+    """`by` tells `node` it holds it failed: when `node` sends rejoining digests, to whom,
+    in the next minute."""
+    node.receive(by, sign(Dead(node.node_id, node.incarnation, by)), now)
+    sent = [(now + t, send) for t in range(1, 60) for send in node.tick(now + t).sends]
+    return [(t, peer) for t, (peer, m) in sent if isinstance(m, Digest) and m.rejoining]
+
+
+def test_a_node_told_it_was_cut_off_takes_back_the_failures_it_held_from_one_answer() -> None:
+    """Cut off alone, a node fails everyone; each would have to refute, one Ping at a
+    time. Told it was held failed, it rejoins as a newcomer: the answer of the member
+    it asks, in the members' own signed ALIVE lines, makes them alive again."""
+    node = node_in(snapshot_of(5).with_failed(["n001", "n002", "n003"]))
+    answer = Delta(members=(alive_line("n001", 1),))
+    node.receive("n004", answer, 5.0)
+    assert state(node, "n001") is MemberState.DEAD  # an old Alive does not undo a failure
+
+    ((asked_at, peer),) = told_it_was_failed(node, "n004", 10.0)
+    assert node.incarnation == 2 and peer == "n004"  # whoever told us, asked
+    assert asked_at <= 10.0 + CONFIG.reconnect_interval + HEAL_PULL_SPREAD  # as a heal pull
+    out = node.receive("n004", answer, asked_at + 0.01)
+    assert MemberAlive("n001", 1, was_failed=True) in out.events
+    assert state(node, "n001") is MemberState.ALIVE
+
+    forged = alive_line("n002", 1, key=b"mallory" * 4)
+    unsigned = MemberDigest("n003", 1, MemberState.ALIVE, address_of("n003"))
+    node.receive("n004", Delta(members=(forged, unsigned)), asked_at + 0.02)
+    assert state(node, "n002") is state(node, "n003") is MemberState.DEAD
+    assert node.stats.claims_bad_signature == node.stats.lines_unsigned == 1
+
+
+def test_only_the_member_asked_while_rejoining_can_undo_a_failure() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001", "n002"]))
+    ((asked_at, _),) = told_it_was_failed(node, "n004", 10.0)
+    node.receive("n003", Delta(members=(alive_line("n001", 1),)), asked_at + 0.01)  # not asked
+    assert state(node, "n001") is MemberState.DEAD
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), asked_at + 30.0)  # too late
+    assert state(node, "n002") is MemberState.DEAD
+
+
+def test_rejoining_starts_only_on_a_members_signed_dead_and_does_not_slide() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001"]))
+    node.receive("n004", sign(Dead("n000", 1, "n004"), key=b"mallory" * 4), 10.0)  # forged
+    lines = tuple(MemberDigest(n, 1, MemberState.DEAD) for n in ids(5))
+    node.receive("n003", Digest(members=lines, reply=True), 10.5)  # a peer's word only
+    assert node.incarnation == 2  # the line is refuted, but that is no rejoining
+    assert not node._digest(11.0, reply=False).rejoining
+
+    node.receive("n004", sign(Dead("n000", 2, "n004")), 20.0)  # rejoining until 80
+    node.receive("n002", sign(Dead("n000", 3, "n002")), 50.0)  # told again: no longer
+    assert node._digest(79.9, reply=False).rejoining
+    assert not node._digest(80.0, reply=False).rejoining
+
+
+def test_a_failure_older_than_the_reconnect_timeout_or_seen_after_rejoining_stays() -> None:
+    config = dataclasses.replace(CONFIG, reconnect_timeout=5.0)
+    node = node_in(snapshot_of(5).with_failed(["n001"]), config=config)  # failed at 0
+    ((asked_at, _),) = told_it_was_failed(node, "n004", 10.0)
+    node.receive("n004", Delta(members=(alive_line("n001", 1),)), asked_at + 0.01)
+    assert state(node, "n001") is MemberState.DEAD  # we would not even retry it
+
+    node = node_in(snapshot_of(5))
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)  # rejoining from 10
+    node.receive("n003", sign(Dead("n002", 1, "n003")), 11.0)
+    ticks = [(float(t), node.tick(float(t))) for t in range(12, 60)]
+    assert MemberFailed("n002", 1, "n000") in [e for _, out in ticks for e in out.events]
+    asked = [t for t, out in ticks for p, m in out.sends if isinstance(m, Digest) and p == "n004"]
+    node.receive("n004", Delta(members=(alive_line("n002", 1),)), asked[-1] + 0.01)
+    assert state(node, "n002") is MemberState.DEAD  # failed after we learnt: news
+
+
+def test_a_rejoining_node_asks_for_and_gets_the_alive_lines_of_whom_it_holds_failed() -> None:
+    node = node_in(snapshot_of(5).with_failed(["n001"]))
+    node.receive("n004", sign(Dead("n000", 1, "n004")), 10.0)
+    sent = [m for t in range(11, 71) for _, m in node.tick(float(t)).sends]
+    digests = [m for m in sent if isinstance(m, Digest)]
+    assert digests and all(d.rejoining for d in digests)
+
+    peer = node_in(snapshot_of(5), "n004")
+    held = tuple(
+        MemberDigest(n, 1, MemberState.DEAD if n == "n001" else MemberState.ALIVE) for n in ids(5)
+    )
+    for when, rejoining, expected in ((20.0, False, set()), (40.0, True, {"n001"})):
+        asking = Digest(members=held, reply=True, rejoining=rejoining)
+        out = peer.receive("n003", asking, when)  # one exchange per reconnect interval
+        lines = {
+            line.node_id for m in out.sends if isinstance(m[1], Delta) for line in m[1].members
+        }
+        assert lines == expected
+    ahead = Digest(
+        members=(held[0], MemberDigest("n001", 2, MemberState.DEAD), *held[2:]),
+        reply=True,
+        rejoining=True,
+    )
+    out = peer.receive("n002", ahead, 41.0)
+    assert not [m for _, m in out.sends if isinstance(m, Delta) and m.members]
+
+
+def test_a_node_cut_off_alone_rejoins_without_every_member_refuting() -> None:
+    report = run(
+        "partition-heal",
+        Params(nodes=50, seed=3, groups="1,*", held_split=True),
+        with_runtime=False,
+    )
+    counters = report["simulation"]["core_counters"]
+    assert report["results"]["pairs_not_alive_at_end"] == 0
+    assert report["results"]["false_failures_after_heal"] == 0
+    assert counters["failures_withdrawn"] > 0
+    assert counters["refutations"] < 49  # fewer than the members the lone node held failed
+
+
+def test_a_rejoining_node_sweeps_whom_it_still_holds_failed_until_rejoining_ends() -> None:
+    """Those a rejoining pull's answer does not bring back (a third side's, failed by its
+    sender too) each get our Ping again and again, not once per reconnect interval."""
+    failed = [f"n{i:03d}" for i in range(10, 20)]
+    node = node_in(snapshot_of(40).with_failed(failed))
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
+    pings: list[tuple[float, str]] = []
+    now = 10.0
+    while now < 80.0:
+        now = node.next_deadline()
+        pings += [(now, d) for d, m in node.tick(now).sends if isinstance(m, Ping) and d in failed]
+    soon = [d for t, d in pings if t < 15.0]
+    assert set(soon) == set(failed) and len(soon) >= 2 * len(failed)
+    assert len([t for t, _ in pings if t >= 72.0]) <= 2  # rejoining is over: damped again
+
+
+def test_while_rejoining_pulls_go_to_members_back_by_themselves_and_sooner() -> None:
+    """The members an answer takes back are its sender's side, which we now have; the
+    next pull goes to a member that came back by itself (another side), 2 s after the
+    last rather than a reconnect interval."""
+    failed = [f"n{i:03d}" for i in range(10, 60)]
+    node = node_in(snapshot_of(60).with_failed(failed))
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
+    now, asked = 10.0, False
+    while not asked:  # until our rejoining pull goes to whoever told us
+        now = node.next_deadline()
+        asked = any(isinstance(m, Digest) for _, m in node.tick(now).sends)
+    taken_back = tuple(alive_line(n, 1) for n in failed[:10])
+    node.receive("n001", Delta(members=taken_back), now + 0.01)
+    assert node.stats.failures_withdrawn == 10
+    now += 0.02
+    pulls: list[tuple[float, str]] = []
+    for i, member in enumerate(failed[10:20]):  # ten come back by themselves, 3 s apart
+        back = now + 3.0 * i
+        while node.next_deadline() < back:
+            t = node.next_deadline()
+            pulls += [(t, p) for p, m in node.tick(t).sends if isinstance(m, Digest)]
+        node.receive(member, sign(Alive(member, 2, address_of(member))), back)
+    end = now + 30.0
+    while node.next_deadline() < end:
+        t = node.next_deadline()
+        pulls += [(t, p) for p, m in node.tick(t).sends if isinstance(m, Digest)]
+    assert pulls and not {p for _, p in pulls} & set(failed[:10])
+    assert len(pulls) >= 2 and min(b - a for (a, _), (b, _) in itertools.pairwise(pulls)) < 10.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -46,6 +47,39 @@ def test_snapshot_table_shares_the_base_and_keeps_changes_private() -> None:
     assert one.overlay_size() == 2 and len(one) == 1001 and len(two) == 1000
     assert one.count(ALIVE) == 1000 and one.count(SUSPECT) == 1
     assert sum(1 for _ in one) == 1001
+
+
+def test_a_split_snapshot_holds_the_other_side_failed_for_every_table_on_it() -> None:
+    members = [(f"n{i}", f"a{i}") for i in range(10)]
+    converged = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
+    side = converged.with_failed(["n7", "n3"])
+    assert converged.members["n3"].state is ALIVE and not converged.dead_ids  # unchanged
+    assert side.dead_ids == ("n3", "n7") and side.member_digests["n3"].state is DEAD
+    counted = MemberTable(side.members, side.node_ids, side.state_counts, side.dead_ids)
+    scanned = MemberTable(side.members, side.node_ids)
+    for table in (counted, scanned):
+        assert table.count(DEAD) == 2 and table.count(ALIVE) == 8
+        assert table.dead_ids() == ["n3", "n7"] and table.overlay_size() == 0
+    counted.put(dataclasses.replace(side.members["n3"], incarnation=2, state=ALIVE))
+    assert counted.dead_ids() == ["n7"] and counted.count(ALIVE) == 9
+    with pytest.raises(ValueError, match="not members"):
+        converged.with_failed(["stranger"])
+
+
+def test_ids_in_a_range_come_sorted_whatever_the_order_members_arrived_in() -> None:
+    members = [(f"n{i}", f"a{i}") for i in range(10)]
+    snapshot = ClusterSnapshot.converged(members, sign_claim=sign_claim_as_signer)
+    shared = MemberTable(snapshot.members, snapshot.node_ids, base_sorted=True)
+    assert shared.ids_in("n3", "n6") == ["n3", "n4", "n5"]
+    assert shared.ids_in("", "n1") == ["n0"] and shared.ids_in("n8", "") == ["n8", "n9"]
+    shared.put(Member("m1", "b", 1, ALIVE, 1.0))  # an arrival after the base
+    shared.put(Member("n55", "b", 1, ALIVE, 1.0))
+    assert shared.ids_in("n5", "n6") == ["n5", "n55"]
+    assert shared.ids_in("", "") == sorted([*snapshot.node_ids, "m1", "n55"])
+    fresh = MemberTable()
+    for node_id in ("c", "a", "b"):
+        fresh.put(Member(node_id, "x", 1, ALIVE, 0.0))
+    assert fresh.ids_in("", "") == ["a", "b", "c"] and fresh.ids_in("b", "") == ["b", "c"]
 
 
 def test_map_members_uses_shared_values_only_for_unchanged_members() -> None:

@@ -423,7 +423,7 @@ def test_push_pull_sends_only_newer_records_and_members() -> None:
     old, new = node_in(snapshot, "n000"), node_in(snapshot, "n001")
     new.receive("n007", RecordUpdate(signed("n007", 4)), 1.0)
     new.receive("n009", sign(Suspect("n009", 1, "n001")), 1.0)
-    digest = old._digest(reply=True)
+    digest = old._digest(1.0, reply=True)
     assert len(digest.members) == 50 and len(digest.records) == 50
     out = new.receive("n000", digest, 2.0)
     ((_, delta),) = sends_of(out, Delta)

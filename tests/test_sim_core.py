@@ -20,8 +20,9 @@ import pytest
 from novacron.protocol.errors import ProtocolError
 from novacron.protocol.messages import MemberState, SignedRecord, Suspect
 from novacron.simulations.cluster import initial_record
+from novacron.simulations.gossip import main as gossip_main
 from novacron.simulations.report import run, to_json
-from novacron.simulations.scenarios import Params, build, parse_groups
+from novacron.simulations.scenarios import Params, build, parse_groups, split_sides
 from novacron.simulations.signing import (
     ClaimCache,
     SimKeyring,
@@ -65,6 +66,26 @@ def test_a_healed_partition_of_any_shape_converges(groups: str) -> None:
     assert r["false_failures_during_split"] == 0
 
 
+@pytest.mark.parametrize("groups", ["2", "1,*"])
+def test_a_split_held_long_starts_failed_across_and_heals(groups: str) -> None:
+    params = Params(nodes=50, seed=3, groups=groups, held_split=True)
+    cluster = build(params)
+    sides = split_sides(params, cluster.ids)
+    held = {info.node_id: info.state for info in cluster.members[sides[0][0]].members()}
+    assert {held[n] for n in sides[1]} == {MemberState.DEAD}
+    assert {held[n] for n in sides[0]} == {MemberState.ALIVE}
+    r = results("partition-heal", groups=groups, held_split=True)
+    assert r["cross_pairs_failed_at_heal"] == r["pairs_not_alive_at_heal"] == r["cross_pairs"]
+    assert r["everyone_alive_again_s"] is not None
+    assert r["pairs_not_alive_at_end"] == 0
+    assert r["false_failures_during_split"] == r["false_failures_after_heal"] == 0
+
+
+def test_a_held_split_is_refused_outside_a_partition_heal() -> None:
+    for argv in (["--scenario", "churn"], ["--scenario", "partition-heal", "--split", "5"]):
+        assert gossip_main([*argv, "--held-split", "--nodes", "10"]) == 2
+
+
 def test_partition_sides_are_parsed_and_bad_shapes_refused() -> None:
     assert parse_groups("3", 100) == [34, 33, 33]
     assert parse_groups("1,*", 1000) == [1, 999]
@@ -82,6 +103,17 @@ def test_churn_marks_no_healthy_node_failed_and_returns_are_seen() -> None:
     assert r["down_nodes_failed_by_all_before_return"] > 0  # the long absences were noticed
     assert r["returns_never_seen_by_all"] == 0
     assert r["return_seen_alive_by_all_s"]["max"] <= 5.0
+
+
+def test_churn_names_the_observers_that_miss_a_return_and_what_they_hold() -> None:
+    r = results("churn", nodes=30, loss=0.4, duration=120.0, churn=0.2, downtime=20.0)
+    missed = r["returns_missed_at_5s"]
+    assert 0 < len(missed) <= r["returns_measured"] - r["returns_seen_by_all_within_5s"]
+    for entry in missed:
+        assert entry["observers"], entry  # somebody did not hold it alive
+        for observer in entry["observers"]:
+            assert observer["observer"] != entry["node"]
+            assert observer["holds"] in (None, "SUSPECT", "DEAD", "LEFT")
 
 
 def test_an_isolated_node_catches_up_within_two_push_pull_intervals() -> None:

@@ -134,6 +134,12 @@ class BroadcastQueue:
         else:
             bisect.insort(bucket, seq)
 
+    def drop(self, key: BroadcastKey) -> None:
+        """Forget the item about `key`, if one is queued (a claim we took back)."""
+        item = self._by_key.get(key)
+        if item is not None:
+            self._unlink(item)
+
     def take(self, budget: int, limit: int) -> list[Gossip]:
         """Items for one packet of `budget` bytes, counting one transmission each.
 

@@ -38,6 +38,10 @@ class MembershipConfig:
     accusations_per_probe: float = 2.0  # an accuser's Suspects and Deads per probe interval...
     accusation_burst: float = 10.0  # ...with at most this many at once (`accusations.py`)
     max_delta_bytes: int = 1024 * 1024  # a push-pull answer is split into Deltas this large
+    # The periodic push-pull goes out in parts of about this many bytes, one a second
+    # (`pushpull.plan_parts`), so that no second of a node's traffic holds a whole
+    # digest (570 KB at 10,000 members); 0 sends it whole.
+    push_pull_part_bytes: int = 4000
     record_bounds: RecordBounds = field(default_factory=RecordBounds)  # what a record may say
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class MembershipConfig:
             raise ValueError("probe_timeout must not exceed probe_interval")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ValueError("suspicion multipliers must be at least 1")
+        if self.push_pull_part_bytes < 0:
+            raise ValueError("push_pull_part_bytes must not be negative")
         if self.awareness_max_multiplier < 1:
             raise ValueError("awareness_max_multiplier must be at least 1")
         if self.gossip_nodes < 0 or self.indirect_checks < 0 or self.retransmit_mult < 1:

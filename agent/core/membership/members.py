@@ -1,7 +1,7 @@
 """The member table: who is in the cluster, at which incarnation, in which state.
 
 Copy-on-write by design. A table may sit on a shared, read-only *base*
-(a `ClusterSnapshot`'s members, all alive at incarnation 1) and keep only its
+(a `ClusterSnapshot`'s members, at incarnation 1) and keep only its
 own differences in a small *overlay* dict. Ten thousand simulated nodes then
 share one 10,000-entry base instead of holding 10^8 entries, and each node's
 memory grows with what changed, not with the cluster size.
@@ -17,9 +17,10 @@ probe order work on indices, so neither copies the member list.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -58,19 +59,32 @@ class MemberInfo:
 class MemberTable:
     """Members by id: a shared base plus a private overlay of changes."""
 
-    __slots__ = ("_base", "_base_ids", "_counts", "_dead", "_extra_ids", "_overlay")
+    __slots__ = (
+        "_base",
+        "_base_ids",
+        "_base_sorted",
+        "_counts",
+        "_dead",
+        "_extra_ids",
+        "_overlay",
+        "_sorted",
+    )
 
     def __init__(
         self,
         base: Mapping[str, Member] | None = None,
         base_ids: tuple[str, ...] = (),
         base_counts: Mapping[MemberState, int] | None = None,
+        base_dead: Iterable[str] = (),
+        *,
+        base_sorted: bool = False,
     ) -> None:
         """An empty table, or one over a shared base.
 
         `base_counts` (members per state in the base) saves an O(N) scan per
-        table when many tables share one base; the base must then hold no
-        DEAD member (a snapshot's never does).
+        table when many tables share one base; `base_dead` must then name the
+        base's DEAD members (a converged snapshot has none). `base_sorted` says
+        `base_ids` is in id order, so tables share it for `ids_in`.
         """
         self._base: Mapping[str, Member] = base if base is not None else {}  # shared, read-only
         self._base_ids = base_ids  # the base's ids in index order (shared)
@@ -78,8 +92,11 @@ class MemberTable:
         self._extra_ids: list[str] = []  # ids not in the base, in arrival order
         self._counts: dict[MemberState, int] = dict.fromkeys(MemberState, 0)  # per state
         self._dead: dict[str, None] = {}  # ids currently DEAD (ordered set)
+        self._base_sorted = base_sorted  # whether `_base_ids` is in id order
+        self._sorted: Sequence[str] | None = None  # every id in id order (built on demand)
         if base_counts is not None:
             self._counts.update(base_counts)
+            self._dead = dict.fromkeys(base_dead)
             return
         for member in self._base.values():
             self._counts[member.state] += 1
@@ -103,6 +120,7 @@ class MemberTable:
         old = self.get(member.node_id)
         if old is None:
             self._extra_ids.append(member.node_id)
+            self._sorted = None
         else:
             self._counts[old.state] -= 1
             if old.state is MemberState.DEAD:
@@ -123,6 +141,21 @@ class MemberTable:
     def dead_ids(self) -> list[str]:
         """Ids of DEAD members (a copy; usually short)."""
         return list(self._dead)
+
+    def ids_in(self, first: str, end: str) -> list[str]:
+        """Member ids from `first` (inclusive) to `end` (exclusive), in id order; ""
+        leaves that side open. O(log N) plus the ids returned, once the order is built
+        (shared with the base when nothing was added to it)."""
+        ordered = self._sorted
+        if ordered is None:
+            if self._base_sorted and not self._extra_ids:
+                ordered = self._base_ids
+            else:
+                ordered = tuple(sorted((*self._base_ids, *self._extra_ids)))
+            self._sorted = ordered
+        lo = bisect.bisect_left(ordered, first) if first else 0
+        hi = bisect.bisect_left(ordered, end) if end else len(ordered)
+        return list(ordered[lo:hi])
 
     def id_at(self, index: int) -> str:
         """The id at a stable position (see the module docstring)."""

@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -111,7 +112,14 @@ from .heal import HealPulls, sweep_order
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
-from .pushpull import build_deltas, build_digest, deltas_size, digest_size, push_pull_scale
+from .pushpull import (
+    build_deltas,
+    build_digest,
+    deltas_size,
+    digest_size,
+    plan_parts,
+    push_pull_scale,
+)
 from .records import RecordStore, RecordVerdict, admit
 from .snapshot import ClusterSnapshot
 from .stats import NodeStats
@@ -145,12 +153,15 @@ class MembershipNode:
     __slots__ = (
         "_accusations",
         "_answered",
+        "_asked_rejoining",
         "_asked_reply",
         "_awaiting",
         "_awareness",
         "_born",
         "_budget",
+        "_cut_off_seen",
         "_digest_lines",
+        "_exchange_answered",
         "_forwarded",
         "_heal_pulls",
         "_heard",
@@ -161,11 +172,16 @@ class MembershipNode:
         "_members",
         "_moves",
         "_next_gossip_at",
+        "_next_part_at",
         "_next_probe_at",
         "_next_push_pull_at",
         "_next_recheck_at",
         "_next_reconnect_at",
         "_own_record",
+        "_part_answered",
+        "_parts",
+        "_parts_asked",
+        "_parts_to",
         "_probe_order",
         "_probes",
         "_pull_from",
@@ -174,6 +190,7 @@ class MembershipNode:
         "_recheck",
         "_records",
         "_refuted_clone_at",
+        "_rejoining_until",
         "_rng",
         "_seeds",
         "_suspicion_heap",
@@ -215,7 +232,13 @@ class MembershipNode:
     ) -> MembershipNode:
         """A node that starts converged, sharing `snapshot` copy-on-write."""
         node = cls.__new__(cls)
-        members = MemberTable(snapshot.members, snapshot.node_ids, snapshot.state_counts)
+        members = MemberTable(
+            snapshot.members,
+            snapshot.node_ids,
+            snapshot.state_counts,
+            snapshot.dead_ids,
+            base_sorted=True,  # a snapshot's ids are sorted
+        )
         records = RecordStore(snapshot.signed_records, snapshot.records)
         lines = snapshot.member_digests
         node._setup(node_id, address, config, rng, keyring, members, records, lines, now)
@@ -274,11 +297,21 @@ class MembershipNode:
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
         self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
+        self._part_answered: dict[str, float] = {}  # id -> when we last answered its part
+        self._exchange_answered: dict[str, float] = {}  # id -> ... its whole push-pull
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
+        self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
+        self._parts_to = ""  # the member they go to
+        self._next_part_at = INF  # when the next of them goes
+        # (member, first, end) -> when we sent it that part of the exchange under way
+        self._parts_asked: dict[tuple[str, str, str], float] = {}
         self._heal_pulls = HealPulls()  # push-pulls with members that came back
         self._recheck: list[str] = []  # failed members to try again, the next one last
         self._next_recheck_at = INF  # when the next of them is tried
+        self._cut_off_seen = -INF  # when we last learnt we had been cut off (`_rejoin`)
+        self._rejoining_until = -INF  # until when we take others' view of whom we failed
+        self._asked_rejoining: dict[str, float] = {}  # id -> when we sent it such a digest
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -307,7 +340,7 @@ class MembershipNode:
                 continue
             self._seeds[node_id] = address
             self._remember(self._asked_reply, node_id, now)
-            digest = digest or self._digest(reply=True)
+            digest = digest or self._digest(now, reply=True)
             out.sends.append((node_id, digest))
         return out
 
@@ -358,6 +391,8 @@ class MembershipNode:
                 deadline = self._next_probe_at
             if self._next_push_pull_at < deadline:
                 deadline = self._next_push_pull_at
+            if self._next_part_at < deadline:
+                deadline = self._next_part_at
             if self._next_reconnect_at < deadline:
                 deadline = self._next_reconnect_at
             if self._heal_pulls.due < deadline:
@@ -748,7 +783,11 @@ class MembershipNode:
     def _learn(self, node_id: str, certificate: bytes) -> bool:
         return bool(certificate) and self._keyring.learn_certificate(node_id, certificate)
 
-    def _set_alive(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
+    def _set_alive(
+        self, current: Member | None, message: Alive, now: float, out: Output, *, back: bool = True
+    ) -> None:
+        """Hold the member alive, as `message` says; `back`: a member we held failed came
+        back to us (its own refutation or a direct word), which plans a heal pull."""
         node_id, incarnation, address = message.node_id, message.incarnation, message.address
         held = None
         if current is None:
@@ -763,7 +802,7 @@ class MembershipNode:
         self._suspicions.pop(node_id, None)
         proof = message.signature
         self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
-        if current is not None and current.state is DEAD:
+        if current is not None and current.state is DEAD and back:
             self._on_return(node_id, now)  # counted alive already: it is not "still failed"
         if held is not None:
             self._offer_record(held, now, out, announce_new=True)
@@ -1005,8 +1044,10 @@ class MembershipNode:
         """`sender` told us someone accuses us. Whether we just refuted it or had
         already (the claim is about an older incarnation), the sender holds a wrong
         belief about us: it gets our current Alive directly, not by chance of gossip.
-        A Dead about us means we were cut off from someone: we also push-pull with the
-        sender soon, for the state we missed. Once per sender per gossip interval."""
+        A Dead about us means we were cut off from someone: we rejoin (`_rejoin`) and
+        pull the sender's view soon, as a heal pull goes (within a reconnect interval
+        of our last push-pull, spread over `HEAL_PULL_SPREAD`). Once per sender per
+        gossip interval."""
         if self._left or claim.incarnation > incarnation:
             return  # we left (stay gone), or an accusation ahead of us (not believed)
         if now - self._answered.get(sender, -INF) < self.config.gossip_interval:
@@ -1014,9 +1055,26 @@ class MembershipNode:
         self._remember(self._answered, sender, now)
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
-            interval = self.config.push_pull_interval
-            self._push_pull_soon(sender, now, gap=interval, spread=interval)
+            self._rejoin(now)
+            gap = self.config.reconnect_interval  # as for a heal pull: rejoining waits on it
+            self._push_pull_soon(sender, now, gap=gap, spread=HEAL_PULL_SPREAD)
             self._recheck_failed(now)
+
+    def _rejoin(self, now: float) -> None:
+        """A member's signed Dead about this life of ours: we were cut off, so those we
+        hold failed we probably failed ourselves while cut off, and each would have to
+        refute to change our mind, one Ping of ours at a time (a node cut off alone
+        holds everyone failed). Instead we rejoin as a newcomer joins: for the next
+        two push-pull intervals (the exchange with whoever told us is planned within
+        them), our digests ask for ALIVE lines of whom we hold failed
+        (`Digest.rejoining`), and the answer of a member we asked, in its members' own
+        signed lines, makes them alive here (`_merge_line`). Only members failed
+        before we learnt it and within `reconnect_timeout` (those we would still
+        retry): a failure we see after is news. The window does not slide: a member
+        that keeps telling us we are failed does not keep us rejoining."""
+        if now >= self._rejoining_until:
+            self._cut_off_seen = now
+            self._rejoining_until = now + 2 * self.config.push_pull_interval
 
     def _on_return(self, node_id: str, now: float) -> None:
         """A member we held failed is alive again: the network between us has probably
@@ -1031,7 +1089,9 @@ class MembershipNode:
             self._rng,
             failed=self._members.count(MemberState.DEAD),
             alive=self._members.count(MemberState.ALIVE),
-            gap=self.config.reconnect_interval,
+            # While we rejoin, each answer brings back one side: the next pull, to a
+            # member of a side still held failed, need not wait a reconnect interval.
+            gap=REJOIN_PULL_GAP if self._rejoining(now) else self.config.reconnect_interval,
             spread=HEAL_PULL_SPREAD,
         )
 
@@ -1262,17 +1322,35 @@ class MembershipNode:
 
     # --- anti-entropy ----------------------------------------------------------------------
 
-    def _digest(self, *, reply: bool) -> Digest:
+    def _digest(self, now: float, *, reply: bool, within: tuple[str, str] = ("", "")) -> Digest:
         """What we know, with our own line signed and certified (a newcomer's introduction)."""
         me = self._me()
         cert = self._keyring.certificate(self.node_id)
         own = MemberDigest(self.node_id, me.incarnation, me.state, me.address, me.proof, cert)
         crl_issued_at = self._keyring.revocations()[0]
         return build_digest(
-            self._members, self._records, self._digest_lines, own, crl_issued_at, reply=reply
+            self._members,
+            self._records,
+            self._digest_lines,
+            own,
+            crl_issued_at,
+            reply=reply,
+            rejoining=self._rejoining(now),
+            within=within,
         )
 
+    def _rejoining(self, now: float) -> bool:
+        return now < self._rejoining_until
+
+    def _send_digest(self, peer: str, digest: Digest, now: float, out: Output) -> None:
+        """Send a push-pull digest; a rejoining one makes `peer`'s answer count (`_rejoin`)."""
+        if digest.rejoining:
+            self._remember(self._asked_rejoining, peer, now)
+        out.sends.append((peer, digest))
+
     def _tick_push_pull(self, now: float, out: Output) -> None:
+        if now >= self._next_part_at:
+            self._send_part(now, out)
         if now < self._next_push_pull_at:
             return
         interval = push_pull_scale(self.config.push_pull_interval, len(self._members))
@@ -1280,17 +1358,60 @@ class MembershipNode:
         chosen, self._pull_from = self._pull_from, None
         peer = self._live_member(chosen) if chosen is not None else None
         if peer is None:
-
-            def is_peer(member: Member) -> bool:
-                return member.state is ALIVE and member.node_id != self.node_id
-
-            peers = self._members.sample(self._rng, 1, is_peer)
-            peer = peers[0] if peers else None
-        if peer is not None:
-            self.stats.push_pulls_sent += 1
-            self._last_push_pull = now
+            peer = self._push_pull_partner()
+        if peer is None:
+            return
+        self.stats.push_pulls_sent += 1
+        self._last_push_pull = now
+        part_bytes = self.config.push_pull_part_bytes
+        if chosen is None and part_bytes and not self._rejoining(now):
+            # The periodic exchange, in parts; one with a member chosen for it (whoever
+            # told us we were held failed) or while rejoining is needed whole, now.
+            ids = self._members.ids_in("", "")
+            size, parts = part_bytes, plan_parts(ids, part_bytes)
+            most = max(1, int(interval / (2 * PART_GAP)))  # within half the interval
+            while len(parts) > most:  # a mesh too large for the part size: larger parts
+                size = math.ceil(size * len(parts) / most) + 1
+                parts = plan_parts(ids, size)
+            self._parts, self._parts_to = parts[::-1], peer.node_id
+            self._parts_asked.clear()  # answers to the last exchange's parts are late now
+            self._send_part(now, out)
+            return
+        self._parts.clear()
+        self._next_part_at = INF
+        if self._rejoining(now):
+            # A pull, paid from the gossip budget as a heal pull is: what we need is
+            # the peer's view; its side pulls ours if it too was cut off from us.
+            digest = self._digest(now, reply=False)
+            self._budget.spend(digest_size(digest))
+        else:
+            digest = self._digest(now, reply=True)
             self._remember(self._asked_reply, peer.node_id, now)
-            out.sends.append((peer.node_id, self._digest(reply=True)))
+        self._send_digest(peer.node_id, digest, now, out)
+
+    def _push_pull_partner(self) -> Member | None:
+        def is_peer(member: Member) -> bool:
+            return member.state is ALIVE and member.node_id != self.node_id
+
+        peers = self._members.sample(self._rng, 1, is_peer)
+        return peers[0] if peers else None
+
+    def _send_part(self, now: float, out: Output) -> None:
+        """The next part of the exchange under way (`plan_parts`). If its member is no
+        longer alive here, the rest goes to another: the exchange covers every id. A
+        part carries our own line only if our id is in its range; a member that holds
+        us failed needs none of them to tell us so (`_tell_if_failed`)."""
+        part = self._parts.pop()
+        self._next_part_at = now + PART_GAP if self._parts else INF
+        if self._live_member(self._parts_to) is None:
+            partner = self._push_pull_partner()
+            if partner is None:
+                self._parts.clear()
+                self._next_part_at = INF
+                return
+            self._parts_to = partner.node_id
+        self._parts_asked[(self._parts_to, *part)] = now
+        out.sends.append((self._parts_to, self._digest(now, reply=True, within=part)))
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
@@ -1304,9 +1425,9 @@ class MembershipNode:
         peer = self._heal_pulls.take(now, self._rng, is_live)
         if peer is not None:
             self.stats.heal_pulls_sent += 1
-            digest = self._digest(reply=False)
+            digest = self._digest(now, reply=False)
             self._budget.spend(digest_size(digest))
-            out.sends.append((peer, digest))
+            self._send_digest(peer, digest, now, out)
             # It counts as our push-pull: a partner chosen for a sooner one (whoever
             # told us we were held failed) is dropped, and the timer starts afresh.
             self._pull_from = None
@@ -1354,12 +1475,22 @@ class MembershipNode:
             self._reconnect(target, now, out)
 
     def _tick_recheck(self, now: float, out: Output) -> None:
-        """The next member of a sweep (`_recheck_failed`), if it is due and still doubted."""
+        """The next member of a sweep (`_recheck_failed`), if it is due and still doubted.
+        While we rejoin, a sweep that ends starts again: an answer to our rejoining pull
+        brings back the members its sender's side holds alive, and those of a third side
+        it holds failed too are then the few we still hold failed, each of which
+        answers our Ping at once, rather than at the next reconnect tick."""
         while self._recheck and now >= self._next_recheck_at:
             member = self._members.get(self._recheck.pop())
             if member is not None and member.state in (SUSPECT, DEAD):
                 self._reconnect(member, now, out)
                 self._next_recheck_at = now + self.config.gossip_interval
+        if not self._recheck and self._rejoining(now):
+            self._recheck = sweep_order(
+                list(self._suspicions), self._reconnectable(now), MAX_RECHECKS
+            )
+            # One Ping per gossip interval still, whatever the last of the sweep was.
+            self._next_recheck_at = max(self._next_recheck_at, now + self.config.gossip_interval)
 
     def _reconnect(self, target: Member, now: float, out: Output) -> None:
         """A Ping to a member we hold failed (or suspect), carrying our signed claim."""
@@ -1387,23 +1518,42 @@ class MembershipNode:
                 self._note_return(line)
             if line.node_id in (sender, self.node_id):
                 self._merge_line(sender, line, now, out, announce_new=True)
-        pull = not message.reply and not self._asked_within(sender, now)
+        if sender not in self._members:
+            self.stats.messages_from_unknown += 1  # it did not introduce itself: no answer
+            return
+        if message.reply or self._part_asked(sender, message, now):
+            pull = False  # an exchange begun, or the answer to a part of ours
+        elif message.first or message.end:
+            self.stats.unasked_parts += 1  # we pull whole digests only: not a pull
+            return
+        else:
+            pull = not self._asked_within(sender, now)
         if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
             self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
             return
+        if message.reply and not self._may_answer(sender, message, now):
+            self.stats.exchanges_ignored += 1
+            return
         issued_at, crl = self._keyring.revocations()
         newer_crl = crl if issued_at > message.crl_issued_at else b""
+        part = bool(message.first or message.end)
+        limit = self.config.max_delta_bytes
+        if part:  # small answers, one a part: the rest waits for the next exchange
+            limit = min(limit, PART_ANSWER_PARTS * self._part_bytes_answered())
         deltas = build_deltas(
             message,
             self._members,
             self._records,
             self._keyring.certificate,
             newer_crl,
-            self.config.max_delta_bytes,
+            limit,
         )
+        if part:
+            deltas = deltas[:1]
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
-            out.sends.append((sender, self._digest(reply=False)))
+            within = (message.first, message.end)
+            out.sends.append((sender, self._digest(now, reply=False, within=within)))
         elif pull:
             # A pull (`_tick_heal_pull`), not the second half of an exchange we began:
             # after a heal, its answer is most of one side's refutations, paid from the
@@ -1413,10 +1563,41 @@ class MembershipNode:
             self._remember(self._pulled_by, sender, now)
             self._budget.spend(deltas_size(deltas), floor=-self._budget.rate)
 
+    def _may_answer(self, sender: str, message: Digest, now: float) -> bool:
+        """Whether a push-pull `sender` starts gets an answer: a part at most one per half
+        a part gap, a whole digest (or a "part" of more than two parts' ids) one per
+        reconnect interval. Twice a member's honest pace: a member asking faster, which
+        costs it a few bytes each time, would have us send it our state again and again
+        (and a part's answer is at most one Delta of a few parts, `_on_digest`)."""
+        if message.first or message.end:
+            held = len(self._members.ids_in(message.first, message.end))
+            if held * MIN_PART_LINE <= 2 * self._part_bytes_answered():
+                last = self._part_answered.get(sender, -INF)
+                if now - last < PART_GAP / 2:
+                    return False
+                self._remember(self._part_answered, sender, now)
+                return True
+        if now - self._exchange_answered.get(sender, -INF) < self.config.reconnect_interval:
+            return False
+        self._remember(self._exchange_answered, sender, now)
+        return True
+
+    def _part_bytes_answered(self) -> int:
+        """The part size we answer others' parts by: ours, or the default if we send
+        none (a node with parts off still answers a mesh that uses them)."""
+        return self.config.push_pull_part_bytes or DEFAULT_PART_BYTES
+
     def _asked_within(self, sender: str, now: float) -> bool:
         """Whether a digest from `sender` answers one we sent it asking for a reply, within
-        a push-pull interval (an answer that never came is forgotten then)."""
+        a push-pull interval. The ask is forgotten either way: one answer per ask."""
         asked = self._asked_reply.pop(sender, None)
+        return asked is not None and now - asked < self.config.push_pull_interval
+
+    def _part_asked(self, sender: str, message: Digest, now: float) -> bool:
+        """Whether a part from `sender` answers one of the exchange under way that we
+        sent it, within a push-pull interval: matched by range, so an answer that comes
+        after we sent the next part still counts. One answer per part."""
+        asked = self._parts_asked.pop((sender, message.first, message.end), None)
         return asked is not None and now - asked < self.config.push_pull_interval
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
@@ -1475,6 +1656,8 @@ class MembershipNode:
             and line.node_id != self.node_id
             and not supersedes(line.incarnation, line.state, current.incarnation, current.state)
         ):
+            if self._asked_rejoining and self._doubts(current, line, sender, now):
+                self._withdraw_failure(current, line, now, out)
             return  # the common case: nothing new, no message objects built
         ahead = current is not None and line.incarnation > current.incarnation
         about_us = line.node_id == self.node_id
@@ -1503,6 +1686,41 @@ class MembershipNode:
             return
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
+
+    def _doubts(self, current: Member, line: MemberDigest, sender: str, now: float) -> bool:
+        """Whether `line`, from a member we asked while rejoining, says ALIVE of a member
+        we failed before we learnt we had been cut off, at the incarnation we failed it
+        (`_rejoin`)."""
+        cut_off = self._cut_off_seen
+        return (
+            current.state is DEAD
+            and line.state is ALIVE
+            and line.incarnation == current.incarnation
+            and cut_off - self.config.reconnect_timeout < current.state_since < cut_off
+            and now - self._asked_rejoining.get(sender, -INF) < self.config.push_pull_interval
+            and not self._left
+        )
+
+    def _withdraw_failure(
+        self, current: Member, line: MemberDigest, now: float, out: Output
+    ) -> None:
+        """Take a member's own signed ALIVE line over the failure we declared while cut
+        off, and stop spreading our Dead about it. The line is not passed on: the
+        others' view is theirs (they hear the member's own refutation if they too
+        hold it failed)."""
+        claim = Alive(line.node_id, line.incarnation, line.address, signature=line.signature)
+        if not line.signature:
+            self.stats.lines_unsigned += 1
+        elif not claim.address:
+            self.stats.messages_invalid += 1
+        elif not self._keyring.verify_claim(claim):
+            self.stats.claims_bad_signature += 1
+        else:
+            self.stats.failures_withdrawn += 1
+            self._queue.drop(_member_key(line.node_id))
+            # Not a return: its side's view we have; as a pull partner it would bring
+            # the same again, where one that comes back by itself brings a side we lack.
+            self._set_alive(current, claim, now, out, back=False)
 
     # --- dissemination ---------------------------------------------------------------------
 
@@ -1609,7 +1827,12 @@ CLASH_WINDOW = 60.0  # seconds: an address flipping back within this is two node
 MAX_TRACKED_MOVES = 4096  # members whose last address change is remembered
 MAX_HELD_RECORDS = 1024  # records kept while their owner is not yet a member
 MAX_AWAITED = 1024  # Alives kept while their node's certificate is asked for
+REJOIN_PULL_GAP = 2.0  # seconds between our heal pulls while we rejoin (`_on_return`)
 HEAL_PULL_SPREAD = 10.0  # seconds within which a push-pull with a returned member goes out
+PART_GAP = 1.0  # seconds between the parts of a push-pull exchange
+DEFAULT_PART_BYTES = MembershipConfig().push_pull_part_bytes
+MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
+PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up

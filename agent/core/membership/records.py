@@ -27,7 +27,7 @@ base (a `ClusterSnapshot`'s records), so memory per node is O(changes).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
@@ -146,6 +146,25 @@ class RecordStore:
         versions = dict(zip(base, map(_version, base.values()), strict=True))
         versions.update(zip(self._signed, map(_version, self._signed.values()), strict=True))
         return versions
+
+    def versions_of(self, owners: Iterable[str]) -> dict[str, int]:
+        """Owner id -> stored version, for the `owners` whose record we hold."""
+        found = {}
+        for node_id in owners:
+            signed = self._signed.get(node_id) or self._base_signed.get(node_id)
+            if signed is not None:
+                found[node_id] = signed.version
+        return found
+
+    def newer_among(self, owners: Iterable[str], versions: Mapping[str, int]) -> list[SignedRecord]:
+        """The stored records of `owners` whose version is above the one in `versions`."""
+        get = versions.get
+        newer = []
+        for node_id in owners:
+            signed = self._signed.get(node_id) or self._base_signed.get(node_id)
+            if signed is not None and signed.version > get(node_id, 0):
+                newer.append(signed)
+        return newer
 
     def newer_than(self, versions: Mapping[str, int]) -> list[SignedRecord]:
         """Stored records whose version is above the one in `versions` (0 if absent)."""

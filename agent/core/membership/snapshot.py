@@ -12,6 +12,8 @@ member lookup of every node goes through them, and the proxy costs a call.)
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,15 +29,16 @@ SNAPSHOT_INCARNATION = 1  # every member of a converged snapshot is alive at thi
 
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
-    """Members (all alive) and verified records, shared read-only by many nodes."""
+    """Members and verified records, shared read-only by many nodes."""
 
     node_ids: tuple[str, ...]  # member ids, sorted: the stable positions of the base
-    members: Mapping[str, Member]  # id -> alive member at incarnation 1 (shared values)
+    members: Mapping[str, Member]  # id -> member at incarnation 1 (shared values)
     member_digests: Mapping[str, MemberDigest]  # id -> its push-pull digest line, built once
     signed_records: Mapping[str, SignedRecord]  # owner id -> signed record
     records: Mapping[str, NodeRecord]  # owner id -> verified contents
     taken_at: float  # the time the view describes (members' `state_since`)
-    state_counts: Mapping[MemberState, int]  # members per state (all alive), computed once
+    state_counts: Mapping[MemberState, int]  # members per state, computed once
+    dead_ids: tuple[str, ...] = ()  # members held failed (none in a converged view)
 
     @classmethod
     def converged(
@@ -89,4 +92,29 @@ class ClusterSnapshot:
             records=decoded,
             taken_at=now,
             state_counts={MemberState.ALIVE: len(node_ids)},
+        )
+
+    def with_failed(self, failed: Iterable[str]) -> ClusterSnapshot:
+        """This view as one side of a partition held long sees it: every member in
+        `failed` held failed at the incarnation it had (a side fails the others at
+        their incarnation and never hears them refute), its gossip long since sent.
+        Values stay shared, so a simulator builds one such view per side."""
+        dead = tuple(sorted(set(failed)))
+        unknown = [node_id for node_id in dead if node_id not in self.members]
+        if unknown:
+            raise ValueError(f"not members: {', '.join(unknown[:3])}")
+        members = dict(self.members)
+        digests = dict(self.member_digests)
+        for node_id in dead:
+            member = dataclasses.replace(
+                members[node_id], state=MemberState.DEAD, state_since=self.taken_at
+            )
+            members[node_id] = member
+            digests[node_id] = MemberDigest(node_id, member.incarnation, MemberState.DEAD)
+        return dataclasses.replace(
+            self,
+            members=members,
+            member_digests=digests,
+            state_counts=Counter(member.state for member in members.values()),
+            dead_ids=tuple(sorted(set(self.dead_ids) | set(dead))),
         )

@@ -40,7 +40,10 @@ class NodeStats:
     reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
     heal_pulls_sent: int = 0  # push-pulls with a member that came back from failure (`heal.py`)
     pulls_ignored: int = 0  # a member's pulls sooner than the heal pull gap after its last
+    exchanges_ignored: int = 0  # a member's push-pulls sooner than allowed after its last
+    unasked_parts: int = 0  # parts answering none we sent (we never pull by parts)
     failed_members_told: int = 0  # members we hold failed that spoke to us, told so
+    failures_withdrawn: int = 0  # members we held failed while cut off, alive on rejoining
     digests_received: int = 0  # push-pull digests answered
     records_accepted: int = 0  # newer verified records stored
     records_rejected_bad_signature: int = 0  # signature or header did not verify
