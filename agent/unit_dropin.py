@@ -5,8 +5,9 @@ read-only (`ProtectSystem=strict`) except its state and runtime directories,
 /var/lib/novacron and /run/novacron, and does not see /home, /root and
 /run/user at all (`ProtectHome=yes`). The defaults live in those two
 directories; a setting that moves a directory the agent writes (`disk_dir`,
-`data_dir`, the API socket's) elsewhere, or puts a file it reads under a home
-directory, needs the lines printed here, derived from the same configuration
+`data_dir`, `template_dir`, the API socket's) elsewhere, or puts a file or
+directory it reads (its identity, publishers' keys, a catalogue directory)
+under a home directory, needs the lines printed here, derived from the same configuration
 the agent would run with.
 """
 
@@ -38,15 +39,20 @@ def written(config: AgentConfig) -> list[tuple[str, PurePosixPath]]:
     return [
         ("data_dir", _absolute(config.data_dir)),
         ("disk_dir", _absolute(config.disk_dir)),
+        ("template_dir", _absolute(config.template_dir)),
         ("api_socket", _absolute(config.api_socket).parent),
     ]
 
 
 def read(config: AgentConfig, hostname: str) -> list[tuple[str, PurePosixPath]]:
-    """(setting, file) of every file the agent reads at start."""
+    """(setting, path) of every file the agent reads at start, and of a catalogue
+    directory it reads templates from."""
     cert, key = identity_paths(config, hostname)
     files = [("ca_file", config.ca_file), ("cert_file", str(cert)), ("key_file", str(key))]
     files += [("crl_file", config.crl_file)] if config.crl_file else []
+    files += [("trusted_publishers", key_file) for key_file in config.trusted_publishers]
+    if config.catalogue and not config.catalogue.startswith(("http://", "https://")):
+        files.append(("catalogue", config.catalogue))
     return [(name, _absolute(path)) for name, path in files]
 
 
@@ -86,7 +92,7 @@ def dropin(config: AgentConfig, config_file: str | None = None, hostname: str = 
         if _under(path, HIDDEN) and path not in seen:
             seen.add(path)
             home = True
-            lines += [f"# {setting}: read at start", f"BindReadOnlyPaths={_quoted(path)}"]
+            lines += [f"# {setting}: read", f"BindReadOnlyPaths={_quoted(path)}"]
     if home:
         lines += [
             "# A path under /home, /root or /run/user: those become empty instead of",

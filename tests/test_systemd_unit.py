@@ -173,7 +173,10 @@ def test_the_printed_dropin_makes_moved_directories_writable(root: Path, tmp_pat
     config.write_text(
         'disk_dir = "/srv/novacron disks"\n'
         'data_dir = "/var/lib/novacron/state"\n'
+        'template_dir = "/srv/templates"\n'
         'cert_file = "/home/ops/edge-01.crt"\n'
+        'trusted_publishers = ["/home/ops/publisher.pub", "/etc/novacron/other.pub"]\n'
+        'catalogue = "/home/ops/catalogue"\n'
     )
     done = subprocess.run(
         [str(Path(sys.executable).parent / "nova-agent"), "--config", str(config),
@@ -182,9 +185,17 @@ def test_the_printed_dropin_makes_moved_directories_writable(root: Path, tmp_pat
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")
     found = directives(done.stdout)
-    assert found["ReadWritePaths"] == ['"/srv/novacron disks"']  # data_dir: the unit's own
-    assert found["ExecStartPre"] == ['+/bin/mkdir -p "/srv/novacron disks"']
-    assert found["BindReadOnlyPaths"] == ["/home/ops/edge-01.crt"]
+    # data_dir is the unit's own state directory: writable already
+    assert found["ReadWritePaths"] == ['"/srv/novacron disks"', "/srv/templates"]
+    assert found["ExecStartPre"] == [
+        '+/bin/mkdir -p "/srv/novacron disks"',
+        "+/bin/mkdir -p /srv/templates",
+    ]
+    assert found["BindReadOnlyPaths"] == [
+        "/home/ops/edge-01.crt",
+        "/home/ops/publisher.pub",
+        "/home/ops/catalogue",
+    ]
     assert found["ProtectHome"] == ["tmpfs"]
     dropin_dir = root / "etc/systemd/system" / f"{NAME}.d"
     dropin_dir.mkdir(exist_ok=True)
