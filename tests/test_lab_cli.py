@@ -140,4 +140,7 @@ def test_kill_start_stop_and_restart_one_agent(printed: dict[str, str]) -> None:
 def test_the_printed_down_command_removes_the_lab(printed: dict[str, str], tmp_path: Path) -> None:
     done = run_printed(printed["down"], tmp_path)
     assert done.returncode == 0, done.stderr
+    # It says what it stops while it waits for them: the agents and each host's daemons.
+    stopping = re.search(r"stopping \d+ processes \((.*)\)", done.stdout)
+    assert stopping and "nova-agent" in stopping[1] and "libvirtd" in stopping[1], done.stdout
     assert lab("status", "--name", NAME, "--json").stdout.count('"hosts"') == 0
