@@ -14,7 +14,15 @@ from novacron.agent.core.membership.config import MembershipConfig
 from novacron.agent.core.membership.node import MembershipNode
 from novacron.agent.core.membership.pushpull import plan_parts
 from novacron.protocol.codec import encode
-from novacron.protocol.messages import Delta, Digest, Leave, MemberState, RecordUpdate
+from novacron.protocol.messages import (
+    Dead,
+    Delta,
+    Digest,
+    Leave,
+    MemberState,
+    RecordUpdate,
+    Suspect,
+)
 from tests.core_harness import CONFIG, Net, ids, node_in, sign, signed, snapshot_of
 
 
@@ -92,12 +100,15 @@ def test_a_member_asking_faster_than_its_honest_pace_is_not_answered() -> None:
     whole, part = Digest(reply=True), Digest(reply=True, first="n100", end="n160")
     answered = [bool(node.receive("n007", whole, t).sends) for t in (1.0, 2.0, 11.5)]
     assert answered == [True, False, True]  # one per reconnect interval (10 s)
-    answered = [bool(node.receive("n008", part, t).sends) for t in (1.0, 1.2, 1.6, 1.7)]
-    assert answered == [True, False, True, False]  # one per half second
+    times = (1.0, 1.2, 1.6, 2.3, 3.3, 3.5)
+    answered = [bool(node.receive("n008", part, t).sends) for t in times]
+    assert answered == [True, True, False, True, True, False]  # one a second, two at once
+    flood = [bool(node.receive("n010", part, 1.0 + i / 10).sends) for i in range(100)]
+    assert sum(flood) <= 11  # ten times a second for ten seconds: its honest pace
     every_id = Digest(reply=True, first="n000", end="n299")  # a "part" of nearly all
     answered = [bool(node.receive("n009", every_id, t).sends) for t in (1.0, 1.6)]
     assert answered == [True, False]  # counted as a whole digest
-    assert node.stats.exchanges_ignored == 4
+    assert node.stats.exchanges_ignored == 4 + flood.count(False)
 
 
 def test_a_parts_answer_is_at_most_one_delta_of_a_few_parts() -> None:
@@ -110,13 +121,14 @@ def test_a_parts_answer_is_at_most_one_delta_of_a_few_parts() -> None:
 def test_an_exchange_takes_at_most_half_the_interval_whatever_the_mesh() -> None:
     """A mesh too large for the part size gets larger parts, not an exchange that
     outlasts the interval (the next one would cut it short, its last ranges never sent)."""
-    net, one, _ = exchange(500, interval=4.0)  # 300 members: every 20 s, 10 parts
+    net, one, other = exchange(500, interval=4.0)  # 300 members: every 20 s, 10 parts
     parts = [m for src, _, m in net.sent if src == "n010" and isinstance(m, Digest) and m.reply]
     starts = [m for m in parts if m.first == ""]
     ends = [m for m in parts if m.end == ""]
     assert len(starts) >= 10 and len(ends) >= len(starts) - 1  # exchanges run to their end
     assert len(parts) <= 10 * len(starts)
     assert one.record_version("n020") == 3
+    assert one.stats.exchanges_ignored == other.stats.exchanges_ignored == 0  # all answered
 
 
 def test_a_node_with_parts_off_still_answers_a_part_as_a_part() -> None:
@@ -175,8 +187,11 @@ def test_a_part_nobody_asked_for_gets_nothing() -> None:
     assert node.stats.unasked_parts == 1
 
 
-def test_an_exchange_whose_member_fails_goes_on_with_another() -> None:
-    """The rest of the parts go to another live member: every range is exchanged."""
+@pytest.mark.parametrize("fate", [MemberState.SUSPECT, MemberState.LEFT])
+def test_an_exchange_whose_member_fails_goes_on_with_another(fate: MemberState) -> None:
+    """The rest of the parts go to another live member as soon as the partner is in
+    doubt (its failure may take longer to declare than the exchange): every range is
+    exchanged, the one it left unanswered again."""
     config = dataclasses.replace(CONFIG, probe_interval=1000.0, push_pull_interval=4.0)
     alive = ("n010", "n150", "n200")
     three_alive = snapshot_of(300).with_failed([n for n in ids(300) if n not in alive])
@@ -184,13 +199,54 @@ def test_an_exchange_whose_member_fails_goes_on_with_another() -> None:
     sent, now = first_parts(one, 1)
     partner = sent[0][0]
     other = next(n for n in alive[1:] if n != partner)
-    one.receive(partner, sign(Leave(partner, 1)), now)  # it left: no longer a member to ask
-    left = one.member(partner)
-    assert left is not None and left.state is MemberState.LEFT
+    if fate is MemberState.LEFT:
+        one.receive(partner, sign(Leave(partner, 1)), now)
+    else:
+        one.receive(other, sign(Suspect(partner, 1, other)), now)
+    gone = one.member(partner)
+    assert gone is not None and gone.state is fate
     rest: list[tuple[str, Digest]] = []
     while not rest or rest[-1][1].end != "":  # until the exchange's last part
         out = one.tick(now)
         rest += [(to, m) for to, m in out.sends if isinstance(m, Digest) and m.reply]
         now = max(one.next_deadline(), now + 0.01)
-    assert rest[0][1].first == sent[0][1].end  # no range skipped
+    # The range it left unanswered goes again, first; then the rest, none skipped.
+    ranges = [(part.first, part.end) for _, part in rest]
+    assert ranges[0] == (sent[0][1].first, sent[0][1].end)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert {to for to, _ in rest} == {other}
+
+
+def test_parts_sent_while_rejoining_take_back_what_the_partner_holds_alive() -> None:
+    """A node told it was held failed while its exchange in parts is under way: the
+    parts it sends from then on ask, as its rejoining pull does, for the lines of the
+    members it holds failed, and the answer of the member asked takes them back."""
+    config = dataclasses.replace(CONFIG, probe_interval=1000.0, push_pull_interval=4.0)
+    cut_off = snapshot_of(300).with_failed([n for n in ids(300) if n not in ("n010", "n150")])
+    one, other = node_in(cut_off, "n010", config), node_in(snapshot_of(300), "n150", config)
+    _, now = first_parts(one, 1)
+    one.receive("n150", sign(Dead("n010", 1, "n150")), now)  # it learns it was cut off
+    part = None
+    while part is None:
+        now = max(one.next_deadline(), now + 0.01)
+        sent = [m for _, m in one.tick(now).sends if isinstance(m, Digest) and m.reply]
+        part = sent[0] if sent else None
+    assert part.rejoining and (part.first or part.end)
+    for _, answer in other.receive("n010", part, now).sends:
+        one.receive("n150", answer, now + 0.01)
+    in_range = [n for n in ids(300) if part.first <= n and (not part.end or n < part.end)]
+    in_range = [n for n in in_range if n != "n150"]  # held alive all along
+    taken_back = [n for n in in_range if (m := one.member(n)) and m.state is MemberState.ALIVE]
+    assert one.stats.failures_withdrawn == len(taken_back) > 10
+
+
+def test_a_whole_digest_answering_a_part_is_its_answer_not_a_pull() -> None:
+    """A node that does not know parts (an older one) answers one with its whole
+    digest: that is the answer, and its own pull after it is answered as a pull."""
+    config = dataclasses.replace(CONFIG, probe_interval=1000.0, push_pull_interval=4.0)
+    two_alive = snapshot_of(300).with_failed([n for n in ids(300) if n not in ("n010", "n150")])
+    one = node_in(two_alive, "n010", config)
+    _, now = first_parts(one, 1)
+    one.receive("n150", Digest(reply=False), now)  # the whole answer
+    assert one.receive("n150", Digest(reply=False), now + 1.0).sends  # then a pull
+    assert one.stats.pulls_ignored == one.stats.unasked_parts == 0

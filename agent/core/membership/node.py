@@ -1369,7 +1369,7 @@ class MembershipNode:
             # told us we were held failed) or while rejoining is needed whole, now.
             ids = self._members.ids_in("", "")
             size, parts = part_bytes, plan_parts(ids, part_bytes)
-            most = max(1, int(interval / (2 * PART_GAP)))  # within half the interval
+            most = _most_parts(interval)
             while len(parts) > most:  # a mesh too large for the part size: larger parts
                 size = math.ceil(size * len(parts) / most) + 1
                 parts = plan_parts(ids, size)
@@ -1401,17 +1401,25 @@ class MembershipNode:
         longer alive here, the rest goes to another: the exchange covers every id. A
         part carries our own line only if our id is in its range; a member that holds
         us failed needs none of them to tell us so (`_tell_if_failed`)."""
-        part = self._parts.pop()
-        self._next_part_at = now + PART_GAP if self._parts else INF
-        if self._live_member(self._parts_to) is None:
+        current = self._members.get(self._parts_to)
+        if current is None or current.state is not ALIVE:
+            # Suspected already: its failure may take a suspicion timeout to declare,
+            # longer than the exchange. The ranges it left unanswered go again first.
             partner = self._push_pull_partner()
             if partner is None:
                 self._parts.clear()
                 self._next_part_at = INF
                 return
+            gone = self._parts_to
+            unanswered = [key for key in self._parts_asked if key[0] == gone]
+            for key in unanswered:
+                del self._parts_asked[key]
+            self._parts.extend((first, end) for _, first, end in reversed(unanswered))
             self._parts_to = partner.node_id
+        part = self._parts.pop()
+        self._next_part_at = now + PART_GAP if self._parts else INF
         self._parts_asked[(self._parts_to, *part)] = now
-        out.sends.append((self._parts_to, self._digest(now, reply=True, within=part)))
+        self._send_digest(self._parts_to, self._digest(now, reply=True, within=part), now, out)
 
     def _tick_heal_pull(self, now: float, out: Output) -> None:
         """A push-pull with a member that came back (`heal.py`). Only its answer is
@@ -1564,23 +1572,34 @@ class MembershipNode:
             self._budget.spend(deltas_size(deltas), floor=-self._budget.rate)
 
     def _may_answer(self, sender: str, message: Digest, now: float) -> bool:
-        """Whether a push-pull `sender` starts gets an answer: a part at most one per half
-        a part gap, a whole digest (or a "part" of more than two parts' ids) one per
-        reconnect interval. Twice a member's honest pace: a member asking faster, which
-        costs it a few bytes each time, would have us send it our state again and again
-        (and a part's answer is at most one Delta of a few parts, `_on_digest`)."""
+        """Whether a push-pull `sender` starts gets an answer: parts at a member's honest
+        pace, one a part gap, with a burst of `PART_BURST` for jitter; a whole digest
+        (or a "part" of more than twice the ids a part may hold) one per reconnect
+        interval. A member asking faster, which costs it a few bytes each time, would
+        have us send it our state again and again (and a part's answer is at most one
+        Delta of a few parts, `_on_digest`)."""
         if message.first or message.end:
             held = len(self._members.ids_in(message.first, message.end))
-            if held * MIN_PART_LINE <= 2 * self._part_bytes_answered():
-                last = self._part_answered.get(sender, -INF)
-                if now - last < PART_GAP / 2:
+            if held <= 2 * self._part_ids_allowed():
+                # The time its allowance is next spent (a virtual token bucket).
+                due = max(self._part_answered.get(sender, -INF), now)
+                if due - now > (PART_BURST - 1) * PART_GAP:
                     return False
-                self._remember(self._part_answered, sender, now)
+                self._remember(self._part_answered, sender, due + PART_GAP)
                 return True
         if now - self._exchange_answered.get(sender, -INF) < self.config.reconnect_interval:
             return False
         self._remember(self._exchange_answered, sender, now)
         return True
+
+    def _part_ids_allowed(self) -> int:
+        """The ids a member's part may hold at most: a part's bytes of lines, or, in a
+        mesh too large for that within half the interval, the larger share that the
+        sender's `_tick_push_pull` plans then."""
+        members = len(self._members)
+        interval = push_pull_scale(self.config.push_pull_interval, members)
+        by_size = self._part_bytes_answered() // MIN_PART_LINE
+        return max(by_size, math.ceil(members / _most_parts(interval)))
 
     def _part_bytes_answered(self) -> int:
         """The part size we answer others' parts by: ours, or the default if we send
@@ -1596,8 +1615,13 @@ class MembershipNode:
     def _part_asked(self, sender: str, message: Digest, now: float) -> bool:
         """Whether a part from `sender` answers one of the exchange under way that we
         sent it, within a push-pull interval: matched by range, so an answer that comes
-        after we sent the next part still counts. One answer per part."""
-        asked = self._parts_asked.pop((sender, message.first, message.end), None)
+        after we sent the next part still counts. One answer per part. A whole digest
+        answers every part we sent it (a node without parts answers with one)."""
+        if message.first or message.end:
+            asked = self._parts_asked.pop((sender, message.first, message.end), None)
+        else:
+            keys = [key for key in self._parts_asked if key[0] == sender]
+            asked = max((self._parts_asked.pop(key) for key in keys), default=None)
         return asked is not None and now - asked < self.config.push_pull_interval
 
     def _on_delta(self, sender: str, message: Delta, now: float, out: Output) -> None:
@@ -1833,6 +1857,7 @@ PART_GAP = 1.0  # seconds between the parts of a push-pull exchange
 DEFAULT_PART_BYTES = MembershipConfig().push_pull_part_bytes
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
 PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
+PART_BURST = 2  # a member's parts answered back to back at most (jitter), then one a gap
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
@@ -1865,3 +1890,8 @@ _HANDLERS: dict[type, Handler] = {
     RecordUpdate: MembershipNode._on_gossip_message,
     Revocations: MembershipNode._on_gossip_message,
 }
+
+
+def _most_parts(interval: float) -> int:
+    """The parts an exchange may have: sent one a `PART_GAP`, within half `interval`."""
+    return max(1, int(interval / (2 * PART_GAP)))
