@@ -117,7 +117,9 @@ class AgentConfig:
         metadata={"help": "this host's labels, e.g. site=lyon (default: none)"},
     )
     coordinator: tuple[str, ...] = _setting(
-        (), "https:// URLs of the coordinator(s); such an agent may hold the site link"
+        (),
+        "https:// URLs of the coordinator(s); such an agent may hold the site link "
+        "(default: none, the site runs on its own)",
     )
     coordinator_ca: str = _setting(
         "", "PEM bundle that issued the coordinator's TLS certificate (default: the system's)"

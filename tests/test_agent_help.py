@@ -39,6 +39,7 @@ def test_every_setting_has_a_help_line_with_its_default() -> None:
             option = f"--no-{setting.name.replace('_', '-')}"  # shown as --x, --no-x
         assert option in helps, option
         assert "(default: " in helps[option], (option, helps[option])
+        assert "(default: ()" not in helps[option], (option, helps[option])  # said in words
     assert "(default: 7946)" in helps["--port"]
     assert "(default: on)" in helps["--no-mdns"]
     assert "(default: /var/lib/novacron/disks)" in helps["--disk-dir"]
