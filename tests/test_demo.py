@@ -6,7 +6,6 @@ what is checked here is how it speaks and how `make demo` passes the name on.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from novacron.simulations import demo
-from novacron.simulations.lab.processes import MARKER_VAR, is_running
-from novacron.simulations.lab.teardown import tear_down
 
 REPO = Path(__file__).resolve().parent.parent
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d +[+-]\d+\.\ds\] ")
@@ -50,18 +47,3 @@ def test_make_demo_passes_the_lab_name_on() -> None:
         ["make", "-n", "-C", str(REPO), "demo"], capture_output=True, text=True, timeout=60
     )
     assert "--name" not in plain.stdout
-
-
-def test_the_teardown_says_what_it_stops(tmp_path: Path) -> None:
-    """The seconds a lab takes to go are narrated: which processes, how many."""
-    lab = f"demotest{os.getpid()}"
-    marked = {**os.environ, MARKER_VAR: lab}
-    sleeper = subprocess.Popen(["sleep", "600"], env=marked)
-    lines: list[str] = []
-    try:
-        report = tear_down(lab, tmp_path, lines.append)
-        assert report.killed == [sleeper.pid] and not is_running(sleeper.pid)
-    finally:
-        sleeper.kill()
-        sleeper.wait(timeout=10)
-    assert lines == ["stopping 1 processes (1 sleep)"]

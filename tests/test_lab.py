@@ -35,6 +35,7 @@ from novacron.simulations.lab.agents import wait_for
 from novacron.simulations.lab.cli import main
 from novacron.simulations.lab.naming import owns_netns, validate_lab_name
 from novacron.simulations.lab.netns import list_netns, netns_pids
+from novacron.simulations.lab.processes import MARKER_VAR, is_running
 from novacron.simulations.lab.state import HostRecord
 
 pytestmark = pytest.mark.lab
@@ -202,6 +203,22 @@ def test_a_lab_name_in_use_is_refused_and_left_alone(lab: Lab) -> None:
 
 
 # -- teardown ---------------------------------------------------------------
+
+
+def test_the_teardown_says_what_it_stops(tmp_path: Path) -> None:
+    """The seconds a lab takes to go (the demo's last) are narrated: which processes,
+    how many."""
+    lab = f"{RUN}t"
+    marked = {**os.environ, MARKER_VAR: lab}
+    sleeper = subprocess.Popen(["sleep", "600"], env=marked)
+    lines: list[str] = []
+    try:
+        report = tear_down(lab, tmp_path, lines.append)
+        assert report.killed == [sleeper.pid] and not is_running(sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    assert lines == ["stopping 1 processes (1 sleep)"]
 
 
 def test_down_removes_namespaces_processes_and_state() -> None:
