@@ -13,14 +13,16 @@ steady state when the experiment begins.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from novacron.agent.core.events import Event, RecordUpdated
 from novacron.agent.core.membership.config import MembershipConfig
+from novacron.agent.core.membership.members import MemberInfo
 from novacron.protocol.messages import MemberState
 
 from .cluster import Cluster, ClusterSettings
@@ -575,10 +577,7 @@ def _missed_return(
     """A return some live node does not see 5 s after it: who, and what each holds."""
     now = cluster.engine.now
     observers = []
-    for observer, process in cluster.members.items():
-        view = process.member(node) if observer != node else None
-        if observer == node or (view is not None and view.state is MemberState.ALIVE):
-            continue
+    for observer, view in _blind_observers(cluster, node):
         back = restarts.back_at.get(observer)
         observers.append(
             {
@@ -597,18 +596,20 @@ def _missed_return(
     }
 
 
-def _not_seeing_alive(cluster: Cluster, node: str, *, stop_at_first: bool) -> int:
-    """How many live nodes do not hold `node` alive (1 at most if `stop_at_first`)."""
-    blind = 0
+def _blind_observers(cluster: Cluster, node: str) -> Iterator[tuple[str, MemberInfo | None]]:
+    """Each live node that does not hold `node` alive, with what it holds of it."""
     for observer, process in cluster.members.items():
         if observer == node:
             continue
         view = process.member(node)
         if view is None or view.state is not MemberState.ALIVE:
-            blind += 1
-            if stop_at_first:
-                return blind
-    return blind
+            yield observer, view
+
+
+def _not_seeing_alive(cluster: Cluster, node: str, *, stop_at_first: bool) -> int:
+    """How many live nodes do not hold `node` alive (1 at most if `stop_at_first`)."""
+    blind = _blind_observers(cluster, node)
+    return sum(1 for _ in itertools.islice(blind, 1 if stop_at_first else None))
 
 
 SCENARIOS: dict[str, Callable[[Cluster, Params], Results]] = {
