@@ -98,17 +98,18 @@ def test_a_stranger_that_did_not_introduce_itself_gets_no_answer() -> None:
 def test_a_member_asking_faster_than_its_honest_pace_is_not_answered() -> None:
     node = node_in(snapshot_of(300))
     whole, part = Digest(reply=True), Digest(reply=True, first="n100", end="n160")
-    answered = [bool(node.receive("n007", whole, t).sends) for t in (1.0, 2.0, 11.5)]
-    assert answered == [True, False, True]  # one per reconnect interval (10 s)
+    times = (1.0, 2.0, 2.5, 3.0, 11.5, 12.0)
+    answered = [bool(node.receive("n007", whole, t).sends) for t in times]
+    assert answered == [True, True, True, False, True, False]  # 3 at once, then one a 10 s
     times = (1.0, 1.2, 1.6, 2.3, 3.3, 3.5)
     answered = [bool(node.receive("n008", part, t).sends) for t in times]
     assert answered == [True, True, False, True, True, False]  # one a second, two at once
     flood = [bool(node.receive("n010", part, 1.0 + i / 10).sends) for i in range(100)]
     assert sum(flood) <= 11  # ten times a second for ten seconds: its honest pace
     every_id = Digest(reply=True, first="n000", end="n299")  # a "part" of nearly all
-    answered = [bool(node.receive("n009", every_id, t).sends) for t in (1.0, 1.6)]
-    assert answered == [True, False]  # counted as a whole digest
-    assert node.stats.exchanges_ignored == 4 + flood.count(False)
+    answered = [bool(node.receive("n009", every_id, t).sends) for t in (1.0, 1.2, 1.4, 1.6)]
+    assert answered == [True, True, True, False]  # counted as a whole digest
+    assert node.stats.exchanges_ignored == 5 + flood.count(False)
 
 
 def test_a_parts_answer_is_at_most_one_delta_of_a_few_parts() -> None:

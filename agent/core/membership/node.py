@@ -297,8 +297,9 @@ class MembershipNode:
         self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
         self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
-        self._part_answered: dict[str, float] = {}  # id -> when we last answered its part
-        self._exchange_answered: dict[str, float] = {}  # id -> ... its whole push-pull
+        # id -> when its allowance of answered parts, or whole exchanges, is next spent
+        self._part_answered: dict[str, float] = {}
+        self._exchange_answered: dict[str, float] = {}
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
         self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
@@ -423,6 +424,9 @@ class MembershipNode:
         )
         self._queue.queue(_member_key(self.node_id), leave, urgent=True)
         self._gossip_round(now, out)
+        # A seed we asked to join has not answered yet, so gossip cannot reach it,
+        # yet it may already hold us alive (it took our Alive from the join).
+        out.sends.extend((seed, leave) for seed in self._seeds if seed not in self._members)
         self._next_gossip_at = now + self.config.gossip_interval
         return out
 
@@ -1575,21 +1579,27 @@ class MembershipNode:
         """Whether a push-pull `sender` starts gets an answer: parts at a member's honest
         pace, one a part gap, with a burst of `PART_BURST` for jitter; a whole digest
         (or a "part" of more than twice the ids a part may hold) one per reconnect
-        interval. A member asking faster, which costs it a few bytes each time, would
-        have us send it our state again and again (and a part's answer is at most one
-        Delta of a few parts, `_on_digest`)."""
+        interval, with a burst of `EXCHANGE_BURST`: an agent restarted soon after its
+        last exchange joins again, and must learn the mesh from the answer. A member
+        asking faster, which costs it a few bytes each time, would have us send it our
+        state again and again (and a part's answer is at most one Delta of a few
+        parts, `_on_digest`)."""
         if message.first or message.end:
             held = len(self._members.ids_in(message.first, message.end))
             if held <= 2 * self._part_ids_allowed():
-                # The time its allowance is next spent (a virtual token bucket).
-                due = max(self._part_answered.get(sender, -INF), now)
-                if due - now > (PART_BURST - 1) * PART_GAP:
-                    return False
-                self._remember(self._part_answered, sender, due + PART_GAP)
-                return True
-        if now - self._exchange_answered.get(sender, -INF) < self.config.reconnect_interval:
+                return self._paced(self._part_answered, sender, now, PART_GAP, PART_BURST)
+        gap = self.config.reconnect_interval
+        return self._paced(self._exchange_answered, sender, now, gap, EXCHANGE_BURST)
+
+    def _paced(
+        self, due_at: dict[str, float], sender: str, now: float, gap: float, burst: int
+    ) -> bool:
+        """One answer per `gap`, `burst` back to back at most: a virtual token bucket
+        (GCRA) whose `due_at` holds when the sender's allowance is next spent."""
+        due = max(due_at.get(sender, -INF), now)
+        if due - now > (burst - 1) * gap:
             return False
-        self._remember(self._exchange_answered, sender, now)
+        self._remember(due_at, sender, due + gap)
         return True
 
     def _part_ids_allowed(self) -> int:
@@ -1858,6 +1868,7 @@ DEFAULT_PART_BYTES = MembershipConfig().push_pull_part_bytes
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
 PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 PART_BURST = 2  # a member's parts answered back to back at most (jitter), then one a gap
+EXCHANGE_BURST = 3  # a member's whole exchanges answered back to back at most (its joins)
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
