@@ -218,7 +218,7 @@ def test_the_teardown_says_what_it_stops(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
-    assert lines == ["stopping 1 processes (1 sleep)"]
+    assert lines == ["stopping 1 process (1 sleep)"]
 
 
 def test_down_removes_namespaces_processes_and_state() -> None:

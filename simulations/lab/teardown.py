@@ -57,7 +57,8 @@ def end_processes(lab: str, namespaces: list[str], progress: Progress) -> list[i
         pids = lab_pids(lab, namespaces)
         if not pids:
             return killed
-        progress(f"stopping {len(pids)} processes ({_names(pids)})")
+        noun = "process" if len(pids) == 1 else "processes"
+        progress(f"stopping {len(pids)} {noun} ({_names(pids)})")
         survivors = processes.terminate(pids)
         killed.extend(sorted(pids - set(survivors)))
     left = lab_pids(lab, namespaces)
