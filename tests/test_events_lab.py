@@ -101,7 +101,11 @@ def _waiting(host: LabHost) -> int:
 
 
 def _migrate(vm: str, source: LabHost, target: LabHost) -> str:
-    code, answer = nova(source, "vm", "migrate", vm, "--to", target.name, "--wait")
+    # Capped, so the copy outlasts a few of the source's progress samples (half a second
+    # apart) on a quiet machine too: an idle guest's copy, uncapped, can finish before one.
+    # The long completion timeout keeps a loaded machine's slow copy from escalating.
+    args = ("--to", target.name, "--bandwidth", "16", "--completion-timeout", "300", "--wait")
+    code, answer = nova(source, "vm", "migrate", vm, *args)
     assert (code, answer["migration"]["outcome"]) == (0, "committed"), answer
     return str(answer["migration"]["migration_id"])
 
