@@ -362,7 +362,7 @@ class MeshPull:
     ) -> PieceGive | None:
         """Apply one answer; the piece when it was one checked and taken (to be written)."""
         if isinstance(message, PieceGive) and message.sha256 == expected.sha256:
-            arrival = fetch.arrived(sender, message.index, message.data)
+            arrival = fetch.arrived(sender, message.index, message.data, self._clock())
             if arrival is Arrival.CORRUPT:
                 log.warning(
                     "a peer sent a corrupt piece: nothing more is taken from it",

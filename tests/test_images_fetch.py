@@ -134,7 +134,7 @@ class Swarm:
                 data = self.piece(request.index)
                 if request.peer in self.liars:
                     data = bytes(len(data))
-                self.fetch.arrived(request.peer, request.index, data)
+                self.fetch.arrived(request.peer, request.index, data, self.now)
             self.now += 1.0
             self.fetch.expire(self.now)
 
@@ -152,7 +152,7 @@ def test_pieces_come_from_every_peer_that_has_them_and_each_is_checked() -> None
     first = fetch.requests(0.0)
     assert len(first) == 6 and {r.peer for r in first} == {"h1", "h2", "h3"}
     for request in first:
-        assert fetch.arrived(request.peer, request.index, swarm.piece(request.index)) is (
+        assert fetch.arrived(request.peer, request.index, swarm.piece(request.index), 0.0) is (
             Arrival.STORED
         )
     swarm.run()
@@ -271,7 +271,7 @@ def test_any_swarm_ends_with_only_checked_pieces_from_those_that_hold_them(
             data_ = swarm.piece(request.index)
             if request.peer in swarm.liars:
                 data_ = bytes(len(data_))
-            fetch.arrived(request.peer, request.index, data_)
+            fetch.arrived(request.peer, request.index, data_, swarm.now)
         swarm.now += 1.0
         fetch.expire(swarm.now)
     honest = [
@@ -342,5 +342,5 @@ def test_a_pull_awaits_only_the_pieces_it_asked_of_each_peer() -> None:
     (never,) = set(range(3)) - set(asked)
     assert not fetch.awaits("n1", never) and not fetch.awaits("n2", never)
     index, peer = next(iter(asked.items()))
-    fetch.arrived(peer, index, data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE])
+    fetch.arrived(peer, index, data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE], 0.0)
     assert not fetch.awaits(peer, index)  # arrived: a second copy is not awaited

@@ -183,8 +183,8 @@ class ChunkFetch:
 
     # --- answers ---------------------------------------------------------------------------
 
-    def arrived(self, peer: str, index: int, data: bytes) -> Arrival:
-        """`peer` sent piece `index`: stored if it was asked of it and checks."""
+    def arrived(self, peer: str, index: int, data: bytes, now: float) -> Arrival:
+        """`peer` sent piece `index` at `now`: stored if it was asked of it and checks."""
         asked = self._asked.get(index)
         if asked is None or asked[0] != peer:
             return Arrival.DUPLICATE if index in self._held else Arrival.UNASKED
