@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import random
@@ -22,6 +23,7 @@ from novacron.agent.core.images.chunkmap import (
 )
 from novacron.agent.core.images.fetch import (
     CATALOGUE,
+    INF,
     Arrival,
     ChunkFetch,
     FetchConfig,
@@ -287,6 +289,106 @@ def test_any_swarm_ends_with_only_checked_pieces_from_those_that_hold_them(
     for liar in swarm.liars:
         assert liar not in fetch.stats.by_peer
     assert sum(fetch.stats.by_peer.values()) == len(fetch.held)
+
+
+# --- deadlines that follow each peer's deliveries -------------------------------------
+
+
+class InOrder:
+    """A holder answering the requests asked of it in the order they were asked, as a
+    holder serves one requester's asks."""
+
+    def __init__(self, fetch: ChunkFetch, name: str, data: bytes) -> None:
+        self.fetch, self.name, self.data = fetch, name, data
+        self.queue: list[int] = []  # pieces asked of it and not answered yet, oldest first
+
+    def take(self, requests: list[Request]) -> None:
+        self.queue += [r.index for r in requests if r.peer == self.name]
+
+    def answer(self, now: float) -> Arrival:
+        index = self.queue.pop(0)
+        data = self.data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+        return self.fetch.arrived(self.name, index, data, now)
+
+
+def test_a_busy_holder_that_keeps_delivering_is_slow_not_failing() -> None:
+    data = image(40)
+    fetch = fetch_of(data, per_peer=8, in_flight=16)
+    fetch.holds("busy", None)
+    busy = InOrder(fetch, "busy", data)
+    busy.take(fetch.requests(0.0))
+    assert len(busy.queue) == 8
+    for tick in range(1, 121):  # every half second for 60 s
+        now = tick / 2
+        if tick % 4 == 0:  # one piece every 2 s: each request waits 16 s, past the timeout
+            assert busy.answer(now) is Arrival.STORED
+            busy.take(fetch.requests(now))
+        assert fetch.expire(now) == []
+    assert fetch.stats.stored == 30 and fetch.stats.failed == 0  # no strike
+    assert len(busy.queue) == 8
+
+
+def test_a_holder_gone_silent_loses_its_requests_timeout_after_its_last_piece() -> None:
+    data = image(12)
+    fetch = fetch_of(data, per_peer=6, in_flight=12)
+    fetch.holds("h1", None)
+    fetch.holds("h2", None)
+    h1, h2 = InOrder(fetch, "h1", data), InOrder(fetch, "h2", data)
+    first = fetch.requests(0.0)
+    h1.take(first)
+    h2.take(first)
+    assert len(h1.queue) == len(h2.queue) == 6
+    for now, holder in ((1, h2), (1.5, h2), (2, h1), (2.5, h2), (3, h2), (3.5, h2), (3.8, h2)):
+        holder.answer(now)
+    h1.answer(4.0)  # its last piece
+    assert h2.queue == [] and fetch.requests(4.0) == []  # h2 idle; h1 silent from 4 s
+    assert fetch.expire(13.99) == []
+    late = fetch.expire(14.0)
+    assert sorted(late, key=lambda r: r.index) == [Request("h1", i) for i in sorted(h1.queue)]
+    again = fetch.requests(14.0)
+    assert sorted(again, key=lambda r: r.index) == [Request("h2", i) for i in sorted(h1.queue)]
+
+
+def test_a_lost_answer_is_asked_again_once_later_requests_have_come() -> None:
+    data = image(8)
+    fetch = fetch_of(data, per_peer=4, in_flight=4)
+    fetch.holds("h1", None)
+    h1 = InOrder(fetch, "h1", data)
+    h1.take(fetch.requests(0.0))
+    lost = h1.queue.pop(0)  # its answer never comes; the holder keeps sending the rest
+    for now in (1.0, 2.0, 3.0):
+        h1.answer(now)
+        h1.take(fetch.requests(now))
+        assert fetch.expire(now) == []  # fewer than per_peer later ones came
+    h1.answer(4.0)  # the fourth asked after it
+    assert fetch.expire(4.0) == [Request("h1", lost)]
+    assert Request("h1", lost) in fetch.requests(4.0)
+
+
+def test_the_next_deadline_is_when_a_request_is_first_given_up() -> None:
+    data = image(8)
+    fetch = fetch_of(data, per_peer=4, in_flight=4)
+    fetch.holds("h1", None)
+    h1 = InOrder(fetch, "h1", data)
+    h1.take(fetch.requests(0.0))
+    h1.queue.pop(0)  # lost
+    given_up: list[tuple[float, int]] = []
+    for tick in range(1, 81):  # every half second for 40 s
+        now = tick / 2
+        if now in (3.0, 6.0, 9.0, 12.0, 15.0):  # a piece every 3 s, then silence
+            h1.answer(now)
+        h1.take(fetch.requests(now))
+        due = fetch.next_deadline()
+        if due < INF:
+            assert copy.deepcopy(fetch).expire(due - 0.001) == []
+            assert copy.deepcopy(fetch).expire(due) != []
+        late = fetch.expire(now)
+        assert bool(late) == (now >= due)
+        if late:
+            given_up.append((now, len(late)))
+    # the lost one once four asked after it came (12 s); the rest 10 s after the last piece
+    assert given_up == [(12.0, 1), (25.0, 3)]
+    assert fetch.next_deadline() == INF  # h1 struck out: nothing asked, nothing due
 
 
 # --- who holds which pieces: the bitmap peers send, and the records they gossip ---------

@@ -15,9 +15,17 @@ pieces to request from whom (`requests`), and hands it every answer
   all;
 - what a bad answer costs the peer: a piece whose SHA-256 is not the chunk
   map's bans its sender for the rest of the fetch (it lied, or its copy is
-  bad; either way nothing more is taken from it); a request unanswered
-  within `timeout`, or failed, is asked of another holder, and a peer that
-  fails `strikes` times in a row is dropped as unusable;
+  bad; either way nothing more is taken from it); a request failed or given
+  up is asked of another holder, and a peer that fails `strikes` times in a
+  row is dropped as unusable;
+- when to give a request up: when its peer has sent no piece for `timeout`
+  (counted from the request if it was asked later), not `timeout` after it
+  was asked: a holder serving many hosts has a long queue, and one that
+  keeps sending pieces is slow, not failing; and at once when `per_peer`
+  requests asked of the same peer after it have come first, as its answer
+  was then lost (TCP's fast retransmit: a holder answers one requester's
+  asks about in the order asked; the catalogue, whose pieces the driver
+  reads side by side, is not held to that);
 - when to fall back: the catalogue (`CATALOGUE`, added with `holds` like a
   peer) is asked only for pieces no usable peer holds, so a site's own
   hosts carry the traffic whenever they can.
@@ -46,7 +54,7 @@ INF = float("inf")
 class FetchConfig:
     per_peer: int = 8  # requests in flight to one peer
     in_flight: int = 16  # requests in flight in all
-    timeout: float = 10.0  # seconds a request may go unanswered
+    timeout: float = 10.0  # seconds a peer may send no piece before its requests are given up
     strikes: int = 3  # failures in a row after which a peer is dropped
 
     def __post_init__(self) -> None:
@@ -74,13 +82,25 @@ class _Peer:
     pieces: set[int] | None  # None: every piece
     in_flight: int = 0
     strikes: int = 0  # failures since its last good piece
+    delivered: float = -INF  # when it last sent a piece that checked
+
+
+@dataclass(slots=True)
+class _Ask:
+    """A request in flight."""
+
+    peer: str
+    at: float  # when it was asked
+    order: int  # asked before every request with a higher one
+    overtaken: int = 0  # requests asked of its peer after it that came before it
+    lost_at: float = INF  # when the `per_peer`-th of them came: its answer is taken as lost
 
 
 @dataclass(slots=True)
 class FetchStats:
     stored: int = 0
     corrupt: int = 0
-    failed: int = 0  # failures and timeouts
+    failed: int = 0  # failures and requests given up
     from_catalogue: int = 0  # pieces the catalogue gave
     by_peer: dict[str, int] = field(default_factory=dict)  # pieces stored, per source
 
@@ -101,7 +121,8 @@ class ChunkFetch:
         self._held = {i for i in held if 0 <= i < chunks.count}
         self._peers: dict[str, _Peer] = {}
         self._count = [0] * chunks.count  # peers (not the catalogue) holding each piece
-        self._asked: dict[int, tuple[str, float]] = {}  # piece -> (peer, deadline)
+        self._asked: dict[int, _Ask] = {}  # piece -> its request in flight
+        self._asks = 0  # requests made: the next one's order
         self.banned: dict[str, str] = {}  # peer -> why nothing more is taken from it
         self.stats = FetchStats()
 
@@ -135,8 +156,8 @@ class ChunkFetch:
         known = self._peers.pop(peer, None)
         if known is not None:
             self._recount(peer, known, -1)
-        for index, (asked, _) in list(self._asked.items()):
-            if asked == peer:
+        for index, asked in list(self._asked.items()):
+            if asked.peer == peer:
                 del self._asked[index]
 
     # --- asking ----------------------------------------------------------------------------
@@ -161,7 +182,8 @@ class ChunkFetch:
             least = min(usable[p].in_flight for p in free)
             peer = self._rng.choice(sorted(p for p in free if usable[p].in_flight == least))
             usable[peer].in_flight += 1
-            self._asked[index] = (peer, now + self.config.timeout)
+            self._asked[index] = _Ask(peer, now, self._asks)
+            self._asks += 1
             out.append(Request(peer, index))
             room -= 1
             if room == 0:
@@ -186,7 +208,7 @@ class ChunkFetch:
     def arrived(self, peer: str, index: int, data: bytes, now: float) -> Arrival:
         """`peer` sent piece `index` at `now`: stored if it was asked of it and checks."""
         asked = self._asked.get(index)
-        if asked is None or asked[0] != peer:
+        if asked is None or asked.peer != peer:
             return Arrival.DUPLICATE if index in self._held else Arrival.UNASKED
         del self._asked[index]
         source = self._peers.get(peer)
@@ -200,6 +222,8 @@ class ChunkFetch:
             return Arrival.CORRUPT
         if source is not None:
             source.strikes = 0
+            source.delivered = max(source.delivered, now)
+        self._overtake(asked, now)
         self._held.add(index)
         self.stats.stored += 1
         self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
@@ -210,19 +234,46 @@ class ChunkFetch:
     def awaits(self, peer: str, index: int) -> bool:
         """Whether piece `index` was asked of `peer` and has not arrived or expired."""
         asked = self._asked.get(index)
-        return asked is not None and asked[0] == peer
+        return asked is not None and asked.peer == peer
 
     def failed(self, peer: str, index: int) -> None:
         """`peer` could not give piece `index` (an error, or it no longer holds it)."""
         asked = self._asked.get(index)
-        if asked is None or asked[0] != peer:
+        if asked is None or asked.peer != peer:
             return
         del self._asked[index]
         self._strike(peer)
 
+    def _overtake(self, came: _Ask, now: float) -> None:
+        """`came` arrived: each request asked of its peer before it and still awaited was
+        overtaken once more, and one overtaken `per_peer` times is taken as lost.
+
+        This relies on a holder answering one requester's asks about in the order
+        asked: they come over one connection, `ImageService` starts serving them in
+        the order they come (paced, they take their turns on the uplink in that order)
+        and its answers go back over one connection; only piece reads running side by
+        side may finish out of turn. The catalogue is exempt: the driver reads its
+        pieces side by side, each a range request of its own, so they come in any
+        order (one lost there is given up once the catalogue has sent nothing for
+        `timeout`)."""
+        if came.peer == CATALOGUE:
+            return
+        for asked in self._asked.values():
+            if asked.peer == came.peer and asked.order < came.order:
+                asked.overtaken += 1
+                if asked.overtaken == self.config.per_peer:
+                    asked.lost_at = now
+
+    def _due(self, asked: _Ask) -> float:
+        """When `asked` is given up: `timeout` after its peer's last piece (or after it
+        was asked, if that is later), or when its answer was taken as lost."""
+        source = self._peers.get(asked.peer)
+        delivered = -INF if source is None else source.delivered
+        return min(asked.lost_at, max(asked.at, delivered) + self.config.timeout)
+
     def expire(self, now: float) -> list[Request]:
-        """Requests unanswered past their deadline: given up, each a strike on its peer."""
-        late = [Request(p, i) for i, (p, due) in self._asked.items() if now >= due]
+        """Requests given up by `now` (see `_due`): each a strike on its peer."""
+        late = [Request(a.peer, i) for i, a in self._asked.items() if now >= self._due(a)]
         for request in late:
             del self._asked[request.index]
             self._strike(request.peer)
@@ -237,14 +288,15 @@ class ChunkFetch:
 
     def _release(self, peer: str) -> None:
         """A banned peer's other requests are asked of others (their answers are ignored)."""
-        for index, (asked, _) in list(self._asked.items()):
-            if asked == peer:
+        for index, asked in list(self._asked.items()):
+            if asked.peer == peer:
                 del self._asked[index]
 
     # --- where it stands -------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        return min((due for _, due in self._asked.values()), default=INF)
+        """The earliest time `expire` gives a request up, as things stand now."""
+        return min((self._due(a) for a in self._asked.values()), default=INF)
 
     @property
     def done(self) -> bool:
