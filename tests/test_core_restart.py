@@ -5,15 +5,20 @@ reaches those that hold it alive."""
 from __future__ import annotations
 
 from novacron.agent.core.membership.node import MembershipNode
-from novacron.protocol.messages import MemberState
-from tests.core_harness import CONFIG, Net, address_of, make_node
+from novacron.protocol.messages import Leave, MemberState, Suspect
+from tests.core_harness import CONFIG, Net, address_of, make_node, sign
 
 
-def restarted(net: Net, node_id: str, seed: str) -> MembershipNode:
-    """`node_id` killed, held suspect by `seed`, and started again (a new life at
-    incarnation 1, knowing nobody), joining through `seed`."""
+def state_of(node: MembershipNode, member: str) -> MemberState | None:
+    info = node.member(member)
+    return None if info is None else info.state
+
+
+def restarted(net: Net, node_id: str, seed: str, *, noticed: bool = True) -> MembershipNode:
+    """`node_id` killed, held suspect by `seed` if `noticed`, and started again (a new
+    life at incarnation 1, knowing nobody), joining through `seed`."""
     net.crash(node_id)
-    while (held := net.nodes[seed].member(node_id)) and held.state is MemberState.ALIVE:
+    while noticed and state_of(net.nodes[seed], node_id) is MemberState.ALIVE:
         net.run_for(0.1)
     assert net.now < CONFIG.reconnect_interval  # within one of the join's exchange
     net.crashed.discard(node_id)
@@ -40,6 +45,48 @@ def test_a_member_that_leaves_right_after_a_restart_is_held_left_not_failed() ->
     assert node.member("n000") is None
     net.apply("n001", node.leave(net.now))
     net.run_for(CONFIG.gossip_interval)  # the agent gossips a moment more, then exits
+    net.crash("n001")
+    net.run_for(CONFIG.reconnect_interval * 3)
+    held = net.nodes["n000"].member("n001")
+    assert held is not None and held.state is MemberState.LEFT
+
+
+def test_a_goodbye_said_at_once_is_heard_though_the_last_life_was_higher() -> None:
+    """The last life refuted a suspicion (incarnation 2); the new one starts at 1 and
+    leaves before anything came back: its Leave at 1 is below what the peer holds. The
+    join's answer, coming while it says goodbye, tells it so: it signs the Leave again
+    at the incarnation the peer holds, and sends it there."""
+    net = Net(config=CONFIG)
+    net.start_joined(2)
+    first = net.nodes["n001"]
+    net.apply("n001", first.receive("n000", sign(Suspect("n001", 1, "n000")), net.now))
+    net.run_for(1.0)
+    held = net.nodes["n000"].member("n001")
+    assert held is not None and (held.incarnation, held.state) == (2, MemberState.ALIVE)
+    node = restarted(net, "n001", "n000")
+    assert node.incarnation == 1
+    net.apply("n001", node.leave(net.now))
+    net.run_for(CONFIG.gossip_interval)  # the agent gossips a moment more, then exits
+    net.crash("n001")
+    net.run_for(CONFIG.reconnect_interval * 3)
+    held = net.nodes["n000"].member("n001")
+    assert held is not None and held.state is MemberState.LEFT
+
+
+def test_a_crash_loop_past_the_answers_allowed_still_says_goodbye() -> None:
+    """Lives one after another faster than whole exchanges are answered: the last one's
+    join is refused, it knows nobody, and its Leave goes to its seed directly."""
+    net = Net(config=CONFIG)
+    net.start_joined(2)
+    for _ in range(4):
+        node = restarted(net, "n001", "n000", noticed=False)
+        net.run_for(0.5)
+    assert net.nodes["n000"].stats.exchanges_ignored >= 1
+    assert node.member("n000") is None  # the last life's join was not answered
+    out = node.leave(net.now)
+    assert [dest for dest, m in out.sends if isinstance(m, Leave)] == ["n000"]
+    net.apply("n001", out)
+    net.run_for(CONFIG.gossip_interval)
     net.crash("n001")
     net.run_for(CONFIG.reconnect_interval * 3)
     held = net.nodes["n000"].member("n001")

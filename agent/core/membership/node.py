@@ -1695,6 +1695,9 @@ class MembershipNode:
             return  # the common case: nothing new, no message objects built
         ahead = current is not None and line.incarnation > current.incarnation
         about_us = line.node_id == self.node_id
+        if about_us and self._left:
+            self._repeat_leave(sender, line, now, out)
+            return
         if about_us and line.state is ALIVE and not ahead:
             return  # what we say of ourselves, echoed back
         if about_us and line.state is not ALIVE:
@@ -1720,6 +1723,26 @@ class MembershipNode:
             return
         suspect = Suspect(line.node_id, line.incarnation, sender)
         self._handle_suspect(suspect, now, out, signed=False)
+
+    def _repeat_leave(self, sender: str, line: MemberDigest, now: float, out: Output) -> None:
+        """We left, and `sender` holds us otherwise: our Leave has not reached it, or it
+        holds a life of ours from before a restart at a higher incarnation, where a
+        Leave at ours is ignored. It gets our Leave directly, signed again at the
+        incarnation it holds if that is higher (a line we cannot check moves us at most
+        MAX_UNPROVEN_LEAP). Once per sender per gossip interval."""
+        if line.state is LEFT:
+            return  # it holds us gone, whichever life it saw leave
+        me = self._me()
+        if line.incarnation > me.incarnation:
+            incarnation = min(line.incarnation, me.incarnation + MAX_UNPROVEN_LEAP, MAX_COUNTER)
+            leave = self._sign(Leave(self.node_id, incarnation))
+            me = dataclasses.replace(me, incarnation=incarnation, proof=leave.signature)
+            self._members.put(me)
+            self._queue.queue(_member_key(self.node_id), leave, urgent=True)
+        if now - self._answered.get(sender, -INF) >= self.config.gossip_interval:
+            self._remember(self._answered, sender, now)
+            leave = Leave(self.node_id, me.incarnation, me.proof)
+            self._send_directly(sender, leave, out)
 
     def _doubts(self, current: Member, line: MemberDigest, sender: str, now: float) -> bool:
         """Whether `line`, from a member we asked while rejoining, says ALIVE of a member
