@@ -4,6 +4,7 @@ reaches those that hold it alive."""
 
 from __future__ import annotations
 
+from novacron.agent.core.events import Output
 from novacron.agent.core.membership.node import MembershipNode
 from novacron.protocol.messages import Leave, MemberState, Suspect
 from tests.core_harness import CONFIG, Net, address_of, make_node, sign
@@ -27,6 +28,16 @@ def restarted(net: Net, node_id: str, seed: str, *, noticed: bool = True) -> Mem
     return node
 
 
+def held_after_goodbye(net: Net, goodbye: Output) -> MemberState | None:
+    """n001 says goodbye (`goodbye`, what `leave` gave), gossips a moment more and exits
+    (as the agent does): how n000 holds it once n000 had time to fail it."""
+    net.apply("n001", goodbye)
+    net.run_for(CONFIG.gossip_interval)
+    net.crash("n001")
+    net.run_for(CONFIG.reconnect_interval * 3)
+    return state_of(net.nodes["n000"], "n001")
+
+
 def test_a_member_restarted_within_a_reconnect_interval_learns_the_mesh_at_once() -> None:
     net = Net(config=CONFIG)
     net.start_joined(2)
@@ -43,12 +54,7 @@ def test_a_member_that_leaves_right_after_a_restart_is_held_left_not_failed() ->
     node = restarted(net, "n001", "n000")
     net.run_for(0.001)  # its join is on its way; nothing has come back yet
     assert node.member("n000") is None
-    net.apply("n001", node.leave(net.now))
-    net.run_for(CONFIG.gossip_interval)  # the agent gossips a moment more, then exits
-    net.crash("n001")
-    net.run_for(CONFIG.reconnect_interval * 3)
-    held = net.nodes["n000"].member("n001")
-    assert held is not None and held.state is MemberState.LEFT
+    assert held_after_goodbye(net, node.leave(net.now)) is MemberState.LEFT
 
 
 def test_a_goodbye_said_at_once_is_heard_though_the_last_life_was_higher() -> None:
@@ -65,12 +71,7 @@ def test_a_goodbye_said_at_once_is_heard_though_the_last_life_was_higher() -> No
     assert held is not None and (held.incarnation, held.state) == (2, MemberState.ALIVE)
     node = restarted(net, "n001", "n000")
     assert node.incarnation == 1
-    net.apply("n001", node.leave(net.now))
-    net.run_for(CONFIG.gossip_interval)  # the agent gossips a moment more, then exits
-    net.crash("n001")
-    net.run_for(CONFIG.reconnect_interval * 3)
-    held = net.nodes["n000"].member("n001")
-    assert held is not None and held.state is MemberState.LEFT
+    assert held_after_goodbye(net, node.leave(net.now)) is MemberState.LEFT
 
 
 def test_a_crash_loop_past_the_answers_allowed_still_says_goodbye() -> None:
@@ -85,9 +86,4 @@ def test_a_crash_loop_past_the_answers_allowed_still_says_goodbye() -> None:
     assert node.member("n000") is None  # the last life's join was not answered
     out = node.leave(net.now)
     assert [dest for dest, m in out.sends if isinstance(m, Leave)] == ["n000"]
-    net.apply("n001", out)
-    net.run_for(CONFIG.gossip_interval)
-    net.crash("n001")
-    net.run_for(CONFIG.reconnect_interval * 3)
-    held = net.nodes["n000"].member("n001")
-    assert held is not None and held.state is MemberState.LEFT
+    assert held_after_goodbye(net, out) is MemberState.LEFT
