@@ -294,7 +294,7 @@ class MembershipNode:
         # id -> (its Alive, when we last asked for its certificate, whom, how often)
         self._awaiting: dict[str, tuple[Alive, float, str, int]] = {}
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
-        self._answered: dict[str, float] = {}  # id -> when we last sent it our Alive
+        self._answered: dict[str, float] = {}  # id -> when it may next get our Alive or Leave
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
         self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
         # id -> when its allowance of answered parts, or whole exchanges, is next spent
@@ -415,20 +415,27 @@ class MembershipNode:
         out = Output()
         if self._left:
             return out
-        me = self._me()
         self._left = True
         self._probes.pending = None
-        leave = self._sign(Leave(self.node_id, me.incarnation))
-        self._members.put(
-            dataclasses.replace(me, state=LEFT, state_since=now, proof=leave.signature)
-        )
-        self._queue.queue(_member_key(self.node_id), leave, urgent=True)
+        leave = self._say_leave(self._me().incarnation, now)
         self._gossip_round(now, out)
         # A seed we asked to join has not answered yet, so gossip cannot reach it,
         # yet it may already hold us alive (it took our Alive from the join).
         out.sends.extend((seed, leave) for seed in self._seeds if seed not in self._members)
         self._next_gossip_at = now + self.config.gossip_interval
         return out
+
+    def _say_leave(self, incarnation: int, since: float) -> Leave:
+        """Our Leave at `incarnation`, signed, held as our own line (left since `since`)
+        and queued for gossip first."""
+        leave = self._sign(Leave(self.node_id, incarnation))
+        me = dataclasses.replace(
+            self._me(), incarnation=incarnation, state=LEFT, state_since=since,
+            proof=leave.signature,
+        )  # fmt: skip
+        self._members.put(me)
+        self._queue.queue(_member_key(self.node_id), leave, urgent=True)
+        return leave
 
     def update_record(self, record: NodeRecord, now: float) -> Output:
         """Publish new contents for our record: next version, signed, stored, gossiped."""
@@ -1054,9 +1061,8 @@ class MembershipNode:
         gossip interval."""
         if self._left or claim.incarnation > incarnation:
             return  # we left (stay gone), or an accusation ahead of us (not believed)
-        if now - self._answered.get(sender, -INF) < self.config.gossip_interval:
+        if not self._paced(self._answered, sender, now, self.config.gossip_interval, 1):
             return
-        self._remember(self._answered, sender, now)
         self._send_directly(sender, self._own_alive(self._me()), out)
         if isinstance(claim, Dead) and self._me().incarnation > incarnation:
             self._rejoin(now)
@@ -1733,15 +1739,11 @@ class MembershipNode:
         if line.state is LEFT:
             return  # it holds us gone, whichever life it saw leave
         me = self._me()
+        leave = Leave(self.node_id, me.incarnation, me.proof)
         if line.incarnation > me.incarnation:
             incarnation = min(line.incarnation, me.incarnation + MAX_UNPROVEN_LEAP, MAX_COUNTER)
-            leave = self._sign(Leave(self.node_id, incarnation))
-            me = dataclasses.replace(me, incarnation=incarnation, proof=leave.signature)
-            self._members.put(me)
-            self._queue.queue(_member_key(self.node_id), leave, urgent=True)
-        if now - self._answered.get(sender, -INF) >= self.config.gossip_interval:
-            self._remember(self._answered, sender, now)
-            leave = Leave(self.node_id, me.incarnation, me.proof)
+            leave = self._say_leave(incarnation, me.state_since)
+        if self._paced(self._answered, sender, now, self.config.gossip_interval, 1):
             self._send_directly(sender, leave, out)
 
     def _doubts(self, current: Member, line: MemberDigest, sender: str, now: float) -> bool:
