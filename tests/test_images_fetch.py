@@ -311,12 +311,18 @@ class InOrder:
         return self.fetch.arrived(self.name, index, data, now)
 
 
+def one_holder(name: str, pieces: int, per_peer: int, in_flight: int) -> tuple[ChunkFetch, InOrder]:
+    """A fetch of `pieces` from holder `name` alone, its first requests asked at 0 s."""
+    data = image(pieces)
+    fetch = fetch_of(data, per_peer=per_peer, in_flight=in_flight)
+    fetch.holds(name, None)
+    holder = InOrder(fetch, name, data)
+    holder.take(fetch.requests(0.0))
+    return fetch, holder
+
+
 def test_a_busy_holder_that_keeps_delivering_is_slow_not_failing() -> None:
-    data = image(40)
-    fetch = fetch_of(data, per_peer=8, in_flight=16)
-    fetch.holds("busy", None)
-    busy = InOrder(fetch, "busy", data)
-    busy.take(fetch.requests(0.0))
+    fetch, busy = one_holder("busy", 40, per_peer=8, in_flight=16)
     assert len(busy.queue) == 8
     for tick in range(1, 121):  # every half second for 60 s
         now = tick / 2
@@ -350,11 +356,7 @@ def test_a_holder_gone_silent_loses_its_requests_timeout_after_its_last_piece() 
 
 
 def test_a_lost_answer_is_asked_again_once_later_requests_have_come() -> None:
-    data = image(8)
-    fetch = fetch_of(data, per_peer=4, in_flight=4)
-    fetch.holds("h1", None)
-    h1 = InOrder(fetch, "h1", data)
-    h1.take(fetch.requests(0.0))
+    fetch, h1 = one_holder("h1", 8, per_peer=4, in_flight=4)
     lost = h1.queue.pop(0)  # its answer never comes; the holder keeps sending the rest
     for now in (1.0, 2.0, 3.0):
         h1.answer(now)
@@ -366,11 +368,7 @@ def test_a_lost_answer_is_asked_again_once_later_requests_have_come() -> None:
 
 
 def test_the_next_deadline_is_when_a_request_is_first_given_up() -> None:
-    data = image(8)
-    fetch = fetch_of(data, per_peer=4, in_flight=4)
-    fetch.holds("h1", None)
-    h1 = InOrder(fetch, "h1", data)
-    h1.take(fetch.requests(0.0))
+    fetch, h1 = one_holder("h1", 8, per_peer=4, in_flight=4)
     h1.queue.pop(0)  # lost
     given_up: list[tuple[float, int]] = []
     for tick in range(1, 81):  # every half second for 40 s
