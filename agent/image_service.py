@@ -59,6 +59,11 @@ INBOX = 256  # answers waiting for one pull; past that they are dropped (asked a
 SERVE_PER_PEER = 16  # piece reads in progress for one peer; more are answered "busy"
 SERVE_IN_ALL = 32  # piece reads in progress for all peers
 READ_BLOCK = 4 * CHUNK_SIZE  # bytes read at a time while computing a chunk map
+# A member's first ask can arrive before its record (which names its image port) has:
+# the answer waits this long for it, polling this often, at most this many per peer.
+REPLY_WAIT = 10.0
+REPLY_POLL = 0.1
+WAITING_PER_PEER = 64
 
 
 @dataclass
@@ -107,6 +112,7 @@ class ImageService:
         self.partial: dict[bytes, Partial] = {}  # file SHA-256 -> a pull's file in progress
         self._inboxes: dict[object, Inbox] = {}  # a pull -> its inbox
         self._reading: dict[str, int] = {}  # peer -> piece reads in progress for it
+        self._waiting: dict[str, int] = {}  # peer -> asks waiting for its record
         # file SHA-256 -> its chunk map, checked (computed once however many ask)
         self._chunk_maps: dict[bytes, asyncio.Future[ChunkMap]] = {}
         self._serving = asyncio.Semaphore(SERVE_IN_ALL)
@@ -196,6 +202,8 @@ class ImageService:
     # --- serving -----------------------------------------------------------------------
 
     async def _serve(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> None:
+        if not await self._answerable(peer):
+            return
         try:
             answer = await self._answer(peer, ask)
         except (OSError, TemplateRefused) as exc:
@@ -209,6 +217,34 @@ class ImageService:
             )
             answer = _lack(ask, "cannot read it here")
         await self.send(peer, answer)
+
+    async def _answerable(self, peer: str) -> bool:
+        """Whether `peer` can be answered: at once when its record names its image port;
+        a member met a moment ago (authenticated, its record still on its way) after the
+        record arrives. Dropped unanswered past `REPLY_WAIT` or `WAITING_PER_PEER`: the
+        asker asks again."""
+        if self.address_of(peer) is not None:
+            return True
+        if self._waiting.get(peer, 0) >= WAITING_PER_PEER:
+            return False
+        self._waiting[peer] = self._waiting.get(peer, 0) + 1
+        try:
+            deadline = self._clock() + REPLY_WAIT
+            while self.address_of(peer) is None:
+                if self._clock() >= deadline:
+                    self._throttle(
+                        (peer, "no address"),
+                        logging.WARNING,
+                        "not answering %s: no record of it names its image port",
+                        peer,
+                    )
+                    return False
+                await asyncio.sleep(REPLY_POLL)
+            return True
+        finally:
+            self._waiting[peer] -= 1
+            if not self._waiting[peer]:
+                del self._waiting[peer]
 
     async def _answer(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> Message:
         if isinstance(ask, TemplateAsk):

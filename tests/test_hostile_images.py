@@ -34,6 +34,7 @@ from novacron.protocol.messages import (
     PiecesHeld,
     RecordUpdate,
     TemplateAsk,
+    TemplateGive,
 )
 from novacron.protocol.records import sign_record
 from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
@@ -169,6 +170,40 @@ async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_bann
     assert set(status["sources"]) == {"n1"}, status
     held = tmp_path / "stores" / "n2" / "files" / sha.hex()
     assert hashlib.sha256(held.read_bytes()).digest() == sha
+
+
+async def test_an_ask_arriving_before_the_askers_record_is_answered_once_it_arrives(
+    tmp_path: Path,
+) -> None:
+    """A member met a moment ago asks for a manifest before its record, which names the
+    port answers go to, has reached the holder (a puller asking at once after it joined).
+    The holder answers once the record arrives, not never: a dropped answer left the
+    puller waiting 30 s before it asked another holder."""
+    mesh, holder, _ = _holder_and_puller(tmp_path, serve_mib_s=4)
+    try:
+        mesh.wait_converged()
+        async with Mallory(mesh, "newcomer") as newcomer:
+            await newcomer.join(holder)
+            images = await _image_transport(newcomer)
+            try:
+                wait_until(lambda: holder.state_of("newcomer") == "alive", 30, "n1 knows her")
+                there = f"127.0.0.1:{holder.status()['templates']['image_port']}"
+                assert await images.send(holder.node_id, there, TemplateAsk("flood-test:1"))
+                await asyncio.sleep(1.0)  # the ask is at the holder, her record is not
+                record = NodeRecord(
+                    newcomer.node_id,
+                    version=1,
+                    addresses=(newcomer.address,),
+                    image_port=images.port,
+                )
+                await newcomer.send(holder, RecordUpdate(sign_record(newcomer.key, record)))
+                sender, answer = await asyncio.wait_for(images.recv(), 15)
+            finally:
+                await images.close()
+    finally:
+        mesh.stop()
+    assert sender == holder.node_id, sender
+    assert isinstance(answer, TemplateGive) and answer.ref == "flood-test:1", answer
 
 
 def _offers(agent: AgentProcess, host: str) -> list[str]:
