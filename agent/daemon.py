@@ -971,6 +971,7 @@ class Agent:
                 self.images.served_pieces,
                 self.images.served_bytes,
                 tuple(self.pulls.fetching()),
+                self.images.asks_waiting,
             ),
         )
 

@@ -68,6 +68,7 @@ class TemplatesStatus:
     served_pieces: int  # pieces served to other hosts since start
     served_bytes: int
     pulls_running: tuple[str, ...]  # pull ids fetching now
+    asks_waiting: int  # asks from members whose records have not arrived yet
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class TemplatesStatus:
             "served_pieces": self.served_pieces,
             "served_bytes": self.served_bytes,
             "pulls_running": list(self.pulls_running),
+            "asks_waiting": self.asks_waiting,
         }
 
 

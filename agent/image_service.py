@@ -151,8 +151,10 @@ class ImageService:
         return self.transport.port
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.transport.close()
 
     # --- talking to peers --------------------------------------------------------------
@@ -184,7 +186,7 @@ class ImageService:
         while True:
             sender, message = await self.transport.recv()
             if isinstance(message, TemplateAsk | PiecesAsk | PieceAsk):
-                self._spawn(self._serve(sender, message))
+                self._take_ask(sender, message)
             elif isinstance(message, TemplateWanted):
                 self.on_wanted(sender, message.ref)
             elif isinstance(message, TemplateGive | PiecesHeld | PieceGive | ImageLack):
@@ -194,16 +196,62 @@ class ImageService:
                     with contextlib.suppress(asyncio.QueueFull):
                         box.queue.put_nowait((sender, message))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _take_ask(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> None:
+        """Serve `ask`: at once when `peer`'s record names its image port; else once the
+        record arrives, at most `WAITING_PER_PEER` asks of a peer waiting (counted here,
+        before any task runs, so a burst of asks cannot pass the count)."""
+        if self.address_of(peer) is not None:
+            self._spawn(self._serve(peer, ask))
+            return
+        if self._waiting.get(peer, 0) >= WAITING_PER_PEER:
+            self._throttle(
+                (peer, "waiting"),
+                logging.WARNING,
+                "dropped an ask of %s: %d of its asks already wait for its record",
+                peer,
+                WAITING_PER_PEER,
+            )
+            return
+        self._waiting[peer] = self._waiting.get(peer, 0) + 1
+        task = self._spawn(self._serve_when_known(peer, ask))
+        task.add_done_callback(lambda _: self._done_waiting(peer))
+
+    def _done_waiting(self, peer: str) -> None:
+        self._waiting[peer] -= 1
+        if not self._waiting[peer]:
+            del self._waiting[peer]
+
+    @property
+    def asks_waiting(self) -> int:
+        """Asks from members whose records have not arrived yet (`nova status`)."""
+        return sum(self._waiting.values())
+
+    async def _serve_when_known(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> None:
+        """Serve `ask` once `peer`'s record names its image port: a member met a moment ago
+        (authenticated, its record on its way) asks before this host could answer it.
+        Dropped unanswered after `REPLY_WAIT`; the asker asks again."""
+        deadline = self._clock() + REPLY_WAIT
+        while self.address_of(peer) is None:
+            if self._clock() >= deadline:
+                self._throttle(
+                    (peer, "no address"),
+                    logging.WARNING,
+                    "not answering %s: no record of it names its image port",
+                    peer,
+                )
+                return
+            await asyncio.sleep(REPLY_POLL)
+        await self._serve(peer, ask)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- serving -----------------------------------------------------------------------
 
     async def _serve(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> None:
-        if not await self._answerable(peer):
-            return
         try:
             answer = await self._answer(peer, ask)
         except (OSError, TemplateRefused) as exc:
@@ -217,34 +265,6 @@ class ImageService:
             )
             answer = _lack(ask, "cannot read it here")
         await self.send(peer, answer)
-
-    async def _answerable(self, peer: str) -> bool:
-        """Whether `peer` can be answered: at once when its record names its image port;
-        a member met a moment ago (authenticated, its record still on its way) after the
-        record arrives. Dropped unanswered past `REPLY_WAIT` or `WAITING_PER_PEER`: the
-        asker asks again."""
-        if self.address_of(peer) is not None:
-            return True
-        if self._waiting.get(peer, 0) >= WAITING_PER_PEER:
-            return False
-        self._waiting[peer] = self._waiting.get(peer, 0) + 1
-        try:
-            deadline = self._clock() + REPLY_WAIT
-            while self.address_of(peer) is None:
-                if self._clock() >= deadline:
-                    self._throttle(
-                        (peer, "no address"),
-                        logging.WARNING,
-                        "not answering %s: no record of it names its image port",
-                        peer,
-                    )
-                    return False
-                await asyncio.sleep(REPLY_POLL)
-            return True
-        finally:
-            self._waiting[peer] -= 1
-            if not self._waiting[peer]:
-                del self._waiting[peer]
 
     async def _answer(self, peer: str, ask: TemplateAsk | PiecesAsk | PieceAsk) -> Message:
         if isinstance(ask, TemplateAsk):

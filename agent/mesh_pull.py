@@ -59,6 +59,7 @@ from .template_store import Pulled, PullResult, StoreError, TemplateStore, newes
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 30.0  # seconds a holder may take to send a manifest (its chunk maps included)
+ASK_AGAIN = 3.0  # seconds between asks of one holder for the manifest within that time
 REFRESH = 1.0  # seconds between looks at who holds what (records, partial holders' maps)
 STALL_TIMEOUT = 60.0  # seconds without a new piece after which a pull gives up
 
@@ -220,12 +221,18 @@ class MeshPull:
         raise PullFailed(f"no holder of {self.ref} gave its manifest: " + "; ".join(problems))
 
     async def _ask_template(self, peer: str) -> TemplateGive:
-        if not await self.service.send(peer, TemplateAsk(self.ref)):
-            raise PullFailed("not reachable")
+        """`peer`'s answer to our ask for the manifest, asked again every `ASK_AGAIN` s: an
+        ask or its answer may be lost (the holder restarted on another port, or cannot
+        answer us until our record reaches it), and asking again costs a few bytes."""
         deadline = self._clock() + ASK_TIMEOUT
-        while (left := deadline - self._clock()) > 0:
-            sender, message = await self._next(left)
-            if sender != peer:
+        next_ask = self._clock()
+        while (now := self._clock()) < deadline:
+            if now >= next_ask:
+                if not await self.service.send(peer, TemplateAsk(self.ref)):
+                    raise PullFailed("not reachable")
+                next_ask = now + ASK_AGAIN
+            sender, message = await self._next(min(deadline, next_ask) - now)
+            if message is None or sender != peer:
                 continue
             if isinstance(message, TemplateGive) and message.ref == self.ref:
                 return message

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -37,7 +38,7 @@ from novacron.protocol.messages import (
     TemplateGive,
 )
 from novacron.protocol.records import sign_record
-from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
+from tests.hostile import AgentProcess, Mallory, Mesh, kill, wait_until
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
 
@@ -189,7 +190,11 @@ async def test_an_ask_arriving_before_the_askers_record_is_answered_once_it_arri
                 wait_until(lambda: holder.state_of("newcomer") == "alive", 30, "n1 knows her")
                 there = f"127.0.0.1:{holder.status()['templates']['image_port']}"
                 assert await images.send(holder.node_id, there, TemplateAsk("flood-test:1"))
-                await asyncio.sleep(1.0)  # the ask is at the holder, her record is not
+                wait_until(
+                    lambda: holder.status()["templates"]["asks_waiting"] == 1,
+                    15,
+                    "n1 holds her ask, waiting for her record",
+                )
                 record = NodeRecord(
                     newcomer.node_id,
                     version=1,
@@ -204,6 +209,90 @@ async def test_an_ask_arriving_before_the_askers_record_is_answered_once_it_arri
         mesh.stop()
     assert sender == holder.node_id, sender
     assert isinstance(answer, TemplateGive) and answer.ref == "flood-test:1", answer
+
+
+async def test_a_lost_ask_for_the_manifest_is_asked_again(tmp_path: Path) -> None:
+    """The one holder left loses the puller's first ask for the manifest, as a holder
+    restarted on another port or not yet told of the puller does. The puller asks again
+    within seconds and the pull ends with the signed bytes; asked once, it waited 30 s
+    and failed."""
+    mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=16)
+    sha = hashlib.sha256(IMAGE).digest()
+    asks: list[float] = []
+    try:
+        mesh.wait_converged()
+        async with Mallory(mesh, "relay") as relay:
+            await relay.join(holder, puller)
+            images = await _image_transport(relay)
+            try:
+                record = NodeRecord(
+                    relay.node_id, version=1, addresses=(relay.address,), image_port=images.port
+                )
+                await relay.send(holder, RecordUpdate(sign_record(relay.key, record)))
+                copy = await _copy_of(images, holder, sha)
+                kill(holder)
+                claim = dataclasses.replace(record, version=2, templates=("flood-test:1",))
+                await relay.send(puller, RecordUpdate(sign_record(relay.key, claim)))
+                wait_until(
+                    lambda: (
+                        _offers(puller, relay.node_id) == ["flood-test:1"]
+                        and puller.state_of(holder.node_id) != "alive"
+                    ),
+                    60,
+                    "n2 hears the relay offer flood-test:1 and has failed n1",
+                )
+                back = f"127.0.0.1:{puller.status()['templates']['image_port']}"
+                serving = asyncio.create_task(_serve_losing_first_ask(images, back, copy, asks))
+                try:
+                    started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
+                    status = await _pull_ended(puller, started["pull"]["pull_id"], timeout=120)
+                finally:
+                    serving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await serving
+            finally:
+                await images.close()
+    finally:
+        mesh.stop()
+    assert len(asks) >= 2, f"the manifest was asked for {len(asks)} times ({status})"
+    assert status["state"] == "done", status
+    assert set(status["sources"]) == {relay.node_id}, status
+    held = tmp_path / "stores" / "n2" / "files" / sha.hex()
+    assert hashlib.sha256(held.read_bytes()).digest() == sha
+
+
+async def _copy_of(images: Transport, holder: AgentProcess, sha: bytes) -> dict[str, Any]:
+    """flood-test:1's manifest answer and every piece, asked of `holder` as any member may."""
+    there = f"127.0.0.1:{holder.status()['templates']['image_port']}"
+    pieces = len(IMAGE) // MiB
+    assert await images.send(holder.node_id, there, TemplateAsk("flood-test:1"))
+    for index in range(pieces):
+        assert await images.send(holder.node_id, there, PieceAsk(sha, index))
+    copy: dict[str, Any] = {"pieces": {}}
+    while "manifest" not in copy or len(copy["pieces"]) < pieces:
+        _, message = await asyncio.wait_for(images.recv(), 30)
+        if isinstance(message, TemplateGive):
+            copy["manifest"] = message
+        elif isinstance(message, PieceGive):
+            copy["pieces"][message.index] = message
+    return copy
+
+
+async def _serve_losing_first_ask(
+    images: Transport, back: str, copy: dict[str, Any], asks: list[float]
+) -> None:
+    """Serve `copy` as a whole holder would, except that the first ask for the manifest
+    is lost."""
+    while True:
+        sender, message = await images.recv()
+        if isinstance(message, TemplateAsk):
+            asks.append(time.monotonic())
+            if len(asks) > 1:
+                await images.send(sender, back, copy["manifest"])
+        elif isinstance(message, PiecesAsk):
+            await images.send(sender, back, PiecesHeld(message.sha256, whole=True))
+        elif isinstance(message, PieceAsk):
+            await images.send(sender, back, copy["pieces"][message.index])
 
 
 def _offers(agent: AgentProcess, host: str) -> list[str]:

@@ -468,7 +468,7 @@ def _daemon(**changes: Any) -> DaemonStatus:
         site_commands_refused=0,
         event_stream=STREAM,
         tracing=EXPORTER,
-        templates=TemplatesStatus("/var/lib/novacron/templates", 7947, 4, 4096, ("p1",)),
+        templates=TemplatesStatus("/var/lib/novacron/templates", 7947, 4, 4096, ("p1",), 2),
     )
     return dataclasses.replace(status, **changes)
 
@@ -512,6 +512,7 @@ DAEMON_JSON = {  # as `Agent._daemon_status` wrote it when it was a dict
         "served_pieces": 4,
         "served_bytes": 4096,
         "pulls_running": ["p1"],
+        "asks_waiting": 2,
     },
 }
 
