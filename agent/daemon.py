@@ -112,8 +112,11 @@ if TYPE_CHECKING:  # loaded only by an agent that has a coordinator (_coordinato
 
 log = logging.getLogger("novacron.agent")
 
-SEED_RETRY = 10.0  # seconds between attempts to reach static seeds while alone
-INTRO_RETRY = 5.0  # seconds before introducing ourselves to the same address again
+# Knocking at static seeds while alone: 1 s after a failed try, doubling to 10 s, so an
+# agent that starts before its seed (a site powering up) meets it seconds after it starts.
+SEED_RETRY_FIRST = 1.0
+SEED_RETRY = 10.0  # also: seconds between retries of mDNS adverts we did not meet
+INTRO_RETRY = 1.0  # seconds before introducing ourselves to the same address again
 LEAVE_GRACE = 1.0  # seconds of gossip after a graceful leave before closing
 JOURNAL_DIR = "migrations"  # under the data dir: outbound migrations in flight
 DRAIN_FILE = "draining"  # under the data dir: exists while this host drains
@@ -461,6 +464,7 @@ class Agent:
         self._spawn(self._timer_loop(), "timers")
         self._spawn(self._inventory_loop(), "inventory")
         self._spawn(self._seed_loop(), "seeds")
+        self._spawn(self._advert_loop(), "adverts")
         self._spawn(self.images.run(), "images")
         self._spawn(self.retention.run(), "template-retention")
         self._spawn(self._watchdog_loop(), "watchdog")
@@ -625,18 +629,27 @@ class Agent:
             self.rebalancer.poke()
 
     async def _seed_loop(self) -> None:
-        """Keep knocking: static seeds while we are alone, and advertised peers we lack.
-
-        An mDNS advert is announced once; if the introduction that followed it
-        failed (the peer was still starting, the host was busy), nothing would
-        ever try again, and two groups that never met would stay apart.
-        """
+        """Knock at the static seeds while we are alone: soon after a failed try, then
+        less often (`SEED_RETRY_FIRST` doubling to `SEED_RETRY`), from the start again
+        whenever we find ourselves alone."""
         seeds = seed_addresses(self.config)
+        wait = SEED_RETRY_FIRST
+        while seeds:
+            await asyncio.sleep(wait)
+            if not self._alone():
+                wait = SEED_RETRY_FIRST
+                continue
+            for host, port in seeds:
+                await self._introduce_and_join(host, port, expected=None)
+            wait = min(2 * wait, SEED_RETRY)
+
+    async def _advert_loop(self) -> None:
+        """Keep knocking at advertised peers we lack: an mDNS advert is announced once;
+        if the introduction that followed it failed (the peer was still starting, the
+        host was busy), nothing would ever try again, and two groups that never met
+        would stay apart."""
         while True:
             await asyncio.sleep(SEED_RETRY)
-            if seeds and self._alone():
-                for host, port in seeds:
-                    await self._introduce_and_join(host, port, expected=None)
             for peer in self.discovery.peers if self.discovery is not None else []:
                 member = self.core.member(peer.node_id)
                 if member is None or member.state.value != "alive":

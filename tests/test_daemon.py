@@ -140,6 +140,55 @@ def test_nova_says_when_the_agent_is_not_running(tmp_path: Path) -> None:
     assert "the agent is not running" in done.stderr
 
 
+def members_of(socket: Path) -> dict[str, str]:
+    """node id -> state, as `nova members` on the agent at `socket` lists them ({} if none)."""
+    out = subprocess.run(
+        [str(BIN / "nova"), "--json", "members", "--socket", str(socket)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    try:
+        rows = json.loads(out.stdout).get("members", [])
+    except json.JSONDecodeError:
+        return {}
+    return {m["node_id"]: m["state"] for m in rows}
+
+
+def test_an_agent_started_before_its_seed_meets_it_soon_after_the_seed_starts(ca: Path) -> None:
+    """A site powering up: n2 starts first and cannot reach its seed n1; n1 starts a
+    moment later. n2 knocks again within seconds, not at its steady interval (10 s)."""
+    assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
+    first, second = free_port_pair(), free_port_pair()
+    (ca / "absent.toml").write_text("")
+    one = agent_args(ca, first)
+    two = agent_args(ca, second, node="n2")
+    two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
+    two[two.index("--data-dir") + 1] = str(ca / "data2")
+    two += ["--seeds", f"127.0.0.1:{first}"]
+    log = (ca / "n2.log").open("wb")
+    procs = [subprocess.Popen(two, stderr=log)]
+    try:
+        deadline = time.monotonic() + 30
+        while b"introduction failed" not in (ca / "n2.log").read_bytes():
+            assert time.monotonic() < deadline, "n2 never tried its seed"
+            time.sleep(0.1)
+        failed_at = time.monotonic()
+        procs.append(subprocess.Popen(one, stderr=subprocess.DEVNULL))
+        while members_of(ca / "agent2.sock").get("n1") != "alive":
+            assert time.monotonic() < deadline + 30, "n2 never met n1"
+            time.sleep(0.2)
+        met_after = time.monotonic() - failed_at
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.close()
+    print(f"n2 met n1 {met_after:.1f} s after its first try failed")
+    # Its tries: 1, 3 and 7 s after the first; the steady interval would be at 10.
+    assert met_after < 9, f"n2 met n1 only {met_after:.1f} s after its first try failed"
+
+
 def test_two_agents_meet_through_a_static_seed_without_mdns(ca: Path) -> None:
     """Where multicast does not pass: --seeds alone builds the mesh."""
     assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
