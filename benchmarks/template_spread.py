@@ -142,12 +142,13 @@ def measure(
             shape(lab, host, args.rate_mbit)
         hold = ["template", "pull", NAME, "--from", str(catalogue), "--store"]
         assert nova([*hold, str(store(work, source)), "--trust", str(public)]) == 0
-        wait_for(
-            lambda: agents.nova(receivers[-1], "host", "show", source.name),
-            lambda a: a["host"]["record"]["templates"] == [f"{NAME}:1"],
-            60,
-            0.5,
-        )
+        for receiver in receivers:  # every one hears h1 offer it before any pull starts
+            wait_for(
+                lambda r=receiver: agents.nova(r, "host", "show", source.name),
+                lambda a: a["host"]["record"]["templates"] == [f"{NAME}:1"],
+                60,
+                0.5,
+            )
         print(f"mesh: {len(receivers)} hosts pulling from the mesh", file=sys.stderr)
         mesh = pull_all(receivers, ["template", "pull", NAME, "--json"], work, args.timeout)
         served = {h.name: agents.nova(h, "status")["status"]["templates"] for h in lab.hosts}
