@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def measure(
         assert nova([*hold, str(store(work, source)), "--trust", str(public)]) == 0
         for receiver in receivers:  # every one hears h1 offer it before any pull starts
             wait_for(
-                lambda r=receiver: agents.nova(r, "host", "show", source.name),
+                partial(agents.nova, receiver, "host", "show", source.name),
                 lambda a: a["host"]["record"]["templates"] == [f"{NAME}:1"],
                 60,
                 0.5,
