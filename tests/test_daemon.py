@@ -140,6 +140,19 @@ def test_nova_says_when_the_agent_is_not_running(tmp_path: Path) -> None:
     assert "the agent is not running" in done.stderr
 
 
+def seeded_pair(ca: Path) -> tuple[list[str], list[str]]:
+    """Command lines of n1 and of n2, whose one seed is n1 (no mDNS), in `ca`'s directory."""
+    assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
+    first, second = free_port_pair(), free_port_pair()
+    (ca / "absent.toml").write_text("")
+    one = agent_args(ca, first)
+    two = agent_args(ca, second, node="n2")
+    two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
+    two[two.index("--data-dir") + 1] = str(ca / "data2")
+    two += ["--seeds", f"127.0.0.1:{first}"]
+    return one, two
+
+
 def members_of(socket: Path) -> dict[str, str]:
     """node id -> state, as `nova members` on the agent at `socket` lists them ({} if none)."""
     out = subprocess.run(
@@ -158,14 +171,7 @@ def members_of(socket: Path) -> dict[str, str]:
 def test_an_agent_started_before_its_seed_meets_it_soon_after_the_seed_starts(ca: Path) -> None:
     """A site powering up: n2 starts first and cannot reach its seed n1; n1 starts a
     moment later. n2 knocks again within seconds, not at its steady interval (10 s)."""
-    assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
-    first, second = free_port_pair(), free_port_pair()
-    (ca / "absent.toml").write_text("")
-    one = agent_args(ca, first)
-    two = agent_args(ca, second, node="n2")
-    two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
-    two[two.index("--data-dir") + 1] = str(ca / "data2")
-    two += ["--seeds", f"127.0.0.1:{first}"]
+    one, two = seeded_pair(ca)
     log = (ca / "n2.log").open("wb")
     procs = [subprocess.Popen(two, stderr=log)]
     try:
@@ -191,26 +197,12 @@ def test_an_agent_started_before_its_seed_meets_it_soon_after_the_seed_starts(ca
 
 def test_two_agents_meet_through_a_static_seed_without_mdns(ca: Path) -> None:
     """Where multicast does not pass: --seeds alone builds the mesh."""
-    assert nova(["ca", "issue", "n2", "--dir", str(ca / "ca"), "--out", str(ca)]) == 0
-    first, second = free_port_pair(), free_port_pair()
-    (ca / "absent.toml").write_text("")
-    one = agent_args(ca, first)
-    two = agent_args(ca, second, node="n2")
-    two[two.index("--api-socket") + 1] = str(ca / "agent2.sock")
-    two[two.index("--data-dir") + 1] = str(ca / "data2")
-    two += ["--seeds", f"127.0.0.1:{first}"]
+    one, two = seeded_pair(ca)
     procs = [subprocess.Popen(args, stderr=subprocess.DEVNULL) for args in (one, two)]
     try:
         for sock in ("agent.sock", "agent2.sock"):
             for _ in range(60):
-                out = subprocess.run(
-                    [str(BIN / "nova"), "--json", "members", "--socket", str(ca / sock)],
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
-                rows = json.loads(out.stdout).get("members", [])
-                states = {m["node_id"]: m["state"] for m in rows}
+                states = members_of(ca / sock)
                 if states == {"n1": "alive", "n2": "alive"}:
                     break
                 time.sleep(0.5)

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +154,9 @@ async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_bann
                 "n2 hears Mallory offer flood-test:1",
             )
             back = f"127.0.0.1:{puller.status()['templates']['image_port']}"
-            liar = asyncio.create_task(_serve_junk(images, back, sha, asked))
             try:
-                started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
-                pull_id = started["pull"]["pull_id"]
-                status = await _pull_ended(puller, pull_id, timeout=120)
+                status = await _pull_while(puller, _serve_junk(images, back, sha, asked))
             finally:
-                liar.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await liar
                 await images.close()
     finally:
         mesh.stop()
@@ -242,14 +237,8 @@ async def test_a_lost_ask_for_the_manifest_is_asked_again(tmp_path: Path) -> Non
                     "n2 hears the relay offer flood-test:1 and has failed n1",
                 )
                 back = f"127.0.0.1:{puller.status()['templates']['image_port']}"
-                serving = asyncio.create_task(_serve_losing_first_ask(images, back, copy, asks))
-                try:
-                    started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
-                    status = await _pull_ended(puller, started["pull"]["pull_id"], timeout=120)
-                finally:
-                    serving.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await serving
+                serving = _serve_losing_first_ask(images, back, copy, asks)
+                status = await _pull_while(puller, serving)
             finally:
                 await images.close()
     finally:
@@ -311,6 +300,18 @@ async def _image_transport(mallory: Mallory) -> Transport:
     )
     await transport.start()
     return transport
+
+
+async def _pull_while(puller: AgentProcess, serving: Coroutine[Any, Any, None]) -> dict[str, Any]:
+    """`puller` pulls flood-test:1 while `serving` answers its asks; the pull once ended."""
+    task = asyncio.create_task(serving)
+    try:
+        started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
+        return await _pull_ended(puller, started["pull"]["pull_id"], timeout=120)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _pull_ended(agent: AgentProcess, pull_id: str, timeout: float) -> dict[str, Any]:
