@@ -12,7 +12,6 @@ The local API reads the core through `MeshView`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -94,7 +93,7 @@ from .sdnotify import Notifier
 from .security import PeerRefused, TrustStore
 from .site_commands import SiteCommands
 from .site_controls import SiteControls
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, wait_event
 from .template_retention import TemplateRetention
 from .template_store import TemplateStore, load_trusted
 from .transport import Transport, TransportError
@@ -574,8 +573,7 @@ class Agent:
             delay = min(self.core.next_deadline(), self.migrator.next_deadline()) - self._clock()
             if delay > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
+                await wait_event(self._wake, min(delay, 1.0))
                 continue
             if self.core.next_deadline() <= self._clock():
                 await self._dispatch(self.core.tick(self._clock()))

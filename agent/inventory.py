@@ -44,6 +44,7 @@ from novacron.protocol.messages import NodeRecord, Resources, VmSummary
 from .core.membership.records import vm_load_limit
 from .core.placement.targets import gossiped_labels
 from .libvirt_adapter import LibvirtAdapter, start_libvirt_event_loop
+from .tasks import wait_event
 from .vmspec import NAMESPACE, parse_metadata
 
 log = logging.getLogger(__name__)
@@ -560,9 +561,7 @@ class Inventory:
         wait = self._poll_interval if timeout is None else timeout
         if self._look_again_soon():  # e.g. a VM that just arrived, in libvirt's migration job
             wait = min(wait, REMEASURE_DELAY)
-        try:
-            await asyncio.wait_for(self._changed.wait(), wait)
-        except TimeoutError:
+        if not await wait_event(self._changed, wait):
             return False
         self._changed.clear()
         return True

@@ -16,7 +16,6 @@ cannot be sent after one retry are dropped and counted, and at most
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import struct
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import h11
 
 from .core.observability.tracing import Span
+from .tasks import wait_event
 
 log = logging.getLogger("novacron.tracing")
 
@@ -172,8 +172,7 @@ class OtlpExporter:
     async def run(self) -> None:
         """Send batches for ever; cancel to stop (`flush` first to send what waits)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), FLUSH_EVERY)
+            await wait_event(self._ready, FLUSH_EVERY)
             self._ready.clear()
             await self.flush()
 

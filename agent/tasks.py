@@ -18,3 +18,19 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set (True) or `timeout` seconds pass (False).
+
+    Not `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 that returns
+    normally when the event is set in the instant its task is cancelled, and
+    the cancellation is lost; a loop waiting that way then runs on, and the
+    close that cancelled it waits for ever. `asyncio.timeout` keeps it.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -147,8 +147,11 @@ class Store:
                 return current
             event = self.changes.event(table)
             step = left if self._poll is None else min(left, self._poll)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+            # that arrives as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), step)
+                async with asyncio.timeout(step):
+                    await event.wait()
 
     async def _write(self, work: Work[T]) -> T:
         """Run `work` in the writer's next transaction (writes.py): what it returned, once
