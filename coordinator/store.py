@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from novacron.agent.tasks import wait_event
 from novacron.protocol.sitelink import (
     Command,
     CommandKind,
@@ -147,11 +147,7 @@ class Store:
                 return current
             event = self.changes.event(table)
             step = left if self._poll is None else min(left, self._poll)
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
-            # that arrives as the event is set.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(step):
-                    await event.wait()
+            await wait_event(event, step)
 
     async def _write(self, work: Work[T]) -> T:
         """Run `work` in the writer's next transaction (writes.py): what it returned, once
