@@ -132,6 +132,9 @@ def test_agent_restarted_at_once_is_back_in_the_mesh(mesh: tuple[Lab, LabAgents]
     agents.wait_for_full_mesh(timeout=60)
     for host in lab.hosts:
         assert agents.states(host) == {h.name: "alive" for h in lab.hosts}
+    # Back in the mesh means usable: the survivors' connections to its previous life
+    # must carry their answers to the new one, or a migration it proposes goes unanswered.
+    _requests_answered_both_ways(agents, victim, [h for h in lab.hosts if h is not victim])
 
 
 def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, LabAgents]) -> None:
@@ -152,8 +155,14 @@ def test_cut_link_fails_the_host_then_heals_without_operator(mesh: tuple[Lab, La
     # Healed means usable: once everyone sees everyone alive, a request over the mesh to
     # or from the cut host is answered at the first try, as a migration proposal must be
     # (the connections must not still sit in TCP's retransmission back-off).
+    _requests_answered_both_ways(agents, cut, others)
+
+
+def _requests_answered_both_ways(agents: LabAgents, host: LabHost, others: list[LabHost]) -> None:
+    """A request over the mesh from `host` to each of `others`, and back, is answered at
+    the first try (`nova host undrain` asks the named host and waits for its answer)."""
     operator = str(agents.operator())
-    for asker, asked in [*((h, cut) for h in others), *((cut, h) for h in others)]:
+    for asker, asked in [*((h, host) for h in others), *((host, h) for h in others)]:
         answer = agents.nova(asker, "host", "undrain", asked.name, "--operator", operator)
         assert answer["ok"] is True, f"{asker.name} asked {asked.name}: {answer}"
 
