@@ -210,7 +210,7 @@ class Agent:
             clock=clock,
             on_change=self._wake_timers,
             journal=MigrationJournal(Path(config.data_dir) / JOURNAL_DIR),
-            dirty_rate=lambda vm: self.inventory.dirty_rate(vm),
+            dirty_rates=lambda vm: self.inventory.dirty_rates(vm),
         )
         self.migrator.want_template = self._want_template
         self.events = _event_stream(config, self.node_id)

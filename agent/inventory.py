@@ -58,6 +58,7 @@ DIRTY_RATE_EVERY = 10.0  # seconds between a VM's measurements, however often th
 REMEASURE_DELAY = 0.5  # seconds before trying again to measure a VM a job held ...
 REMEASURE_WINDOW = 5.0  # ... for this long; then at the normal refresh interval
 DIRTY_RATE_MAX_AGE = 60.0  # seconds a measured dirty rate is trusted for migration decisions
+DIRTY_RATES_KEPT = 8  # measurements kept per VM: more than `DIRTY_RATE_MAX_AGE` s of them
 
 VM_STATES: dict[int, str] = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -427,7 +428,8 @@ class Inventory:
         self._held_since: float | None = None  # since when jobs have held VMs to be measured
         self._cpu = CpuMeter()
         self._history = _CpuHistory(cores=float(psutil.cpu_count() or 1))
-        self._dirty: dict[str, tuple[float, float]] = {}  # VM name -> (MiB/s, when measured)
+        # VM name -> its measurements as (MiB/s, when started), oldest first
+        self._dirty: dict[str, list[tuple[float, float]]] = {}
         self._owns_libvirt = libvirt_adapter is None  # closed with the inventory if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri)
         self._reachable = False  # whether the last call to libvirt worked
@@ -507,10 +509,13 @@ class Inventory:
 
     def dirty_rate(self, vm: str) -> float | None:
         """MiB/s `vm` last wrote to memory here, if measured in the last `DIRTY_RATE_MAX_AGE` s."""
-        known = self._dirty.get(vm)
-        if known is None or self._clock() - known[1] > DIRTY_RATE_MAX_AGE:
-            return None
-        return known[0]
+        rates = self.dirty_rates(vm)
+        return rates[-1] if rates else None
+
+    def dirty_rates(self, vm: str) -> list[float]:
+        """Every rate measured for `vm` here in the last `DIRTY_RATE_MAX_AGE` s, oldest first."""
+        oldest = self._clock() - DIRTY_RATE_MAX_AGE
+        return [rate for rate, started in self._dirty.get(vm, ()) if started >= oldest]
 
     def _summaries(self, samples: list[DomainSample]) -> tuple[VmSummary, ...]:
         now = self._clock()
@@ -522,7 +527,7 @@ class Inventory:
         # inventory does not know (an earlier life's) is not trusted.
         for s in samples:
             if s.dirty_mib_s is not None and s.name in self._measured:
-                self._dirty[s.name] = (s.dirty_mib_s, self._measured[s.name])
+                self._keep_rate(s.name, s.dirty_mib_s, self._measured[s.name])
         self._measured |= {s.name: now for s in samples if s.measuring}
         self._history.keep_only({s.uuid for s in samples})
         for name in set(self._dirty) - running:
@@ -540,6 +545,15 @@ class Inventory:
             )
             for s in sorted(samples, key=lambda s: s.name)
         )
+
+    def _keep_rate(self, vm: str, rate: float, started: float) -> None:
+        """Add a measurement (QEMU returns its last one on every read: kept once)."""
+        kept = self._dirty.setdefault(vm, [])
+        if kept and kept[-1][1] == started:
+            kept[-1] = (rate, started)
+        else:
+            kept.append((rate, started))
+            del kept[:-DIRTY_RATES_KEPT]
 
     def _note_held(self, held: bool, now: float) -> None:
         """Remember since when libvirt jobs have held VMs the inventory wanted to measure."""

@@ -143,10 +143,10 @@ class Migrator:
         libvirt_adapter: LibvirtAdapter | None = None,
         rng: random.Random | None = None,
         journal: MigrationJournal | None = None,
-        dirty_rate: Callable[[str], float | None] = lambda vm: None,
+        dirty_rates: Callable[[str], Sequence[float]] = lambda vm: (),
     ) -> None:
         """`host`: this host's address as QEMU on a source must reach it (tcp://host);
-        `dirty_rate`: the inventory's last measurement of a local VM (MiB/s), None if none;
+        `dirty_rates`: the inventory's measurements of a local VM in the last minute (MiB/s);
         `libvirt_adapter`: the host's libvirt connection and threads (one of its own at
         `libvirt_uri`, opened by `opener`, if not given)."""
         self.core = MigrationCore(
@@ -164,7 +164,7 @@ class Migrator:
         self._clock = clock  # the core's clock
         self._on_change = on_change  # the core's next deadline may have moved earlier
         self._journal = journal  # outbound jobs in flight, for the next life of the agent
-        self._dirty_rate = dirty_rate  # for the switchover limit
+        self._dirty_rates = dirty_rates  # the last minute's measurements: the switchover limit
         self._limits: dict[str, int] = {}  # migration id -> max downtime given to QEMU
         self.on_event: Callable[[object], None] = lambda event: None  # the event stream's
         self.tracing: Tracing | None = None  # spans of migrations, when traces are on
@@ -548,11 +548,10 @@ class Migrator:
             prepared.extend(disks)
         flags = migration_flags(action.policy, disks)
         params = migration_params(action.policy, action.migration_uri)
-        # The measurement the inventory started last (waited for if still running); else
-        # the one before.
-        dirty = recent_dirty_rate(conn, dom)
-        if dirty is None:
-            dirty = self._dirty_rate(action.vm)
+        # The measurement the inventory started last (waited for if still running), with
+        # the others of the last minute.
+        last = recent_dirty_rate(conn, dom)
+        dirty = [*self._dirty_rates(action.vm), *([] if last is None else [last])]
         limit = switchover_limit_ms(action.policy, dirty)
         self._limits[action.migration_id] = limit
         _set_max_downtime(dom, limit)
@@ -563,7 +562,7 @@ class Migrator:
             "to": target_uri,
             "disks": len(disks),
             "max_downtime_ms": limit,
-            "dirty_mib_s": dirty,
+            "dirty_mib_s": max(dirty, default=None),
         }
         log.info("libvirt migration starting", extra={"fields": fields})
         dom.migrateToURI3(target_uri, params, flags)

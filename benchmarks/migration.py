@@ -111,7 +111,7 @@ class Config:
         # What NovaCron's policy picks for this guest (it measures the dirty rate itself;
         # the row's `max_downtime_ms` says what it picked), given to virsh as well.
         policy = MigrationPolicy(self.bandwidth, self.max_downtime_ms)
-        return switchover_limit_ms(policy, self.dirty_rate)
+        return switchover_limit_ms(policy, [self.dirty_rate])
 
 
 def matrix(runs: int, quick: bool) -> list[Config]:
@@ -628,8 +628,8 @@ def main() -> None:
         "machine": machine(),
         "code": code_version(),
         "policy_default": {
-            "max_downtime_ms_idle": switchover_limit_ms(MigrationPolicy(), 0.0),
-            "max_downtime_ms": switchover_limit_ms(MigrationPolicy(), None),
+            "max_downtime_ms_idle": switchover_limit_ms(MigrationPolicy(), [0.0]),
+            "max_downtime_ms": switchover_limit_ms(MigrationPolicy(), []),
             "bandwidth_mib_s": MigrationPolicy().bandwidth_mib_s,
         },
     }

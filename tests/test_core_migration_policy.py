@@ -51,16 +51,23 @@ def test_overrides_change_only_what_they_give_and_are_checked_for_range() -> Non
 
 def test_only_a_guest_measured_idle_gets_the_low_switchover_limit() -> None:
     policy = MigrationPolicy()
-    assert switchover_limit_ms(policy, 0.0) == 50
-    assert switchover_limit_ms(policy, 8.0) == 50
-    assert switchover_limit_ms(policy, 16.0) == 300  # more passes: TCG guests broke
-    assert switchover_limit_ms(policy, None) == 300  # not measured: no risk taken
+    assert switchover_limit_ms(policy, [0.0]) == 50
+    assert switchover_limit_ms(policy, [3.0, 8.0, 1.0]) == 50
+    assert switchover_limit_ms(policy, [16.0]) == 300  # more passes: TCG guests broke
+    assert switchover_limit_ms(policy, []) == 300  # not measured: no risk taken
     capped = with_overrides(policy, PolicyOverrides(bandwidth_mib_s=30))
-    assert switchover_limit_ms(capped, 0.0) == 300  # a low limit under a cap broke guests
+    assert switchover_limit_ms(capped, [0.0]) == 300  # a low limit under a cap broke guests
     set_by_hand = with_overrides(capped, PolicyOverrides(max_downtime_ms=20))
-    assert switchover_limit_ms(set_by_hand, 50.0) == 20
+    assert switchover_limit_ms(set_by_hand, [50.0]) == 20
     with pytest.raises(PolicyError, match="max downtime must be >= 1 ms"):
         with_overrides(policy, PolicyOverrides(max_downtime_ms=0))
+
+
+def test_a_guest_idle_in_one_sample_but_writing_in_another_is_not_idle() -> None:
+    """A loaded host can starve a writing guest through one whole 1 s sample; the last
+    sample reading idle must not give it the low limit."""
+    assert switchover_limit_ms(MigrationPolicy(), [38.0, 41.0, 2.0]) == 300
+    assert switchover_limit_ms(MigrationPolicy(), [2.0, 40.0]) == 300
 
 
 def test_completion_timeout_scales_per_gib_with_a_floor() -> None:

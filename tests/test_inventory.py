@@ -188,6 +188,26 @@ def test_a_dirty_rate_is_trusted_a_minute_from_its_start_and_forgotten_when_the_
     assert inv.dirty_rate("vm1") is None
 
 
+def test_the_last_minutes_measurements_are_kept_each_once(tmp_path: Path) -> None:
+    """A migration judges a guest idle only on every rate of the last minute, so they are
+    all kept: each once, however often QEMU returns the same result."""
+    now = [100.0]
+    inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: now[0])
+    running = DomainSample("vm1", "u1", "running", 1, 1024, 0)
+    for rate in (40.0, 38.0, 2.0):  # a writing guest, its last sample taken while starved
+        inv._summaries([dataclasses.replace(running, measuring=True)])
+        now[0] += 2
+        inv._summaries([dataclasses.replace(running, dirty_mib_s=rate)])
+        inv._summaries([dataclasses.replace(running, dirty_mib_s=rate)])  # read again
+        now[0] += 8
+    assert inv.dirty_rates("vm1") == [40.0, 38.0, 2.0]
+    assert inv.dirty_rate("vm1") == 2.0  # the latest, as gossiped
+    now[0] += 31  # the first one started 61 s ago
+    assert inv.dirty_rates("vm1") == [38.0, 2.0]
+    inv._summaries([dataclasses.replace(running, state="shutoff")])
+    assert inv.dirty_rates("vm1") == []
+
+
 def test_a_rate_this_inventory_did_not_start_is_not_trusted(tmp_path: Path) -> None:
     inv = Inventory("edge-1", libvirt_uri=TEST_URI, data_dir=tmp_path, clock=lambda: 100.0)
     # e.g. QEMU's result from the agent's previous life: its age is unknown
