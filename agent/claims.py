@@ -22,7 +22,6 @@ other copy is left alone; `nova vm start` refuses it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from .core.migration.location import On, Presence, Where, claimants, locate
 from .core.migration.saga import ClusterView
 from .locator import Locator
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.claims")
 
@@ -75,9 +75,7 @@ class ClaimCheck:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def _loop(self) -> None:
         while True:

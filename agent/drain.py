@@ -36,7 +36,6 @@ them into JSON (`to_json`), nothing else does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -240,9 +239,7 @@ class Drain:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def drain(self) -> DrainStatus:
         if not self.draining:

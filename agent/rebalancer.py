@@ -27,7 +27,6 @@ local API alone turns them into JSON (`to_json`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -55,6 +54,7 @@ from .core.rebalancing.planner import (
 from .core.rebalancing.schedule import RebalanceSchedule, Seen, seen
 from .core.refusals import Refused
 from .migrator import Migrator
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("novacron.rebalance")
 
@@ -234,9 +234,7 @@ class Rebalancer:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     @property
     def paused(self) -> bool:

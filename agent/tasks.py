@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from collections.abc import Iterable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE = 2.0  # seconds a cancelled task gets to end before it is cancelled again
+CANCEL_TRIES = 3  # cancellations before a task is left behind, so a close always ends
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -12,12 +19,38 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
 
     Their outcomes are dropped: at close a task's own error was already
     logged by whoever watched it, and one failure must not keep the others
-    from being waited for.
+    from being waited for. A task still running after `CANCEL_GRACE` lost
+    its cancellation (a swallowed `CancelledError`, or Python 3.11's
+    `wait_for`): it is named in the log with where it waits and cancelled
+    again; after `CANCEL_TRIES` it is left behind, so a stopping agent never
+    hangs on one bug.
     """
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    pending = set(tasks)
+    for attempt in range(1, CANCEL_TRIES + 1):
+        for task in pending:
+            task.cancel()
+        if not pending:
+            return
+        done, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not log it as forgotten
+        for task in pending:
+            log.error(
+                "a task did not end when cancelled (%d of %d)%s",
+                attempt,
+                CANCEL_TRIES,
+                _where(task),
+            )
+
+
+def _where(task: asyncio.Future[Any]) -> str:
+    """`task`'s name and stack, for a log line."""
+    if not isinstance(task, asyncio.Task):
+        return f": {task!r}"
+    stack = io.StringIO()
+    task.print_stack(limit=8, file=stack)
+    return f": {task.get_name()}\n{stack.getvalue()}"
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

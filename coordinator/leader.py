@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import asyncpg
 
+from novacron.agent.tasks import cancel_and_wait
+
 log = logging.getLogger("novacron.coordinator.leader")
 
 LOCK_KEY = 0x4E4F5641  # "NOVA": one lock per database
@@ -48,9 +50,7 @@ class Leadership:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 
-from novacron.agent.tasks import wait_event
+import pytest
+
+from novacron.agent import tasks
+from novacron.agent.tasks import cancel_and_wait, wait_event
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
@@ -62,3 +67,49 @@ async def test_wait_event_says_whether_the_event_came() -> None:
     assert await wait_event(event, 0.01) is False
     event.set()
     assert await wait_event(event, 0.01) is True
+
+
+async def test_a_task_that_swallows_its_cancellation_does_not_hang_the_close(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop that lost its cancellation once is cancelled again, and named in the log,
+    so a stopping agent costs a log line, not a hang; one that never ends is left behind."""
+    monkeypatch.setattr(tasks, "CANCEL_GRACE", 0.2)
+    swallowed: list[int] = []
+    release = asyncio.Event()
+
+    async def loses_one_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(1)
+
+    async def never_ends() -> None:  # until the test releases it
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async def fails() -> None:
+        raise RuntimeError("logged by whoever watched it")
+
+    lost = asyncio.create_task(loses_one_cancel(), name="loses-one-cancel")
+    stuck = asyncio.create_task(never_ends(), name="never-ends")
+    failed = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="novacron.agent.tasks"):
+        closing = asyncio.create_task(cancel_and_wait([lost, stuck, failed]))
+        closed, _ = await asyncio.wait({closing}, timeout=5)
+    lost_ended, left_behind = lost.cancelled(), not stuck.done()
+    lost.cancel()  # the clean-up ends both tasks, and a close still waiting for them
+    release.set()
+    await asyncio.gather(closing, lost, stuck, return_exceptions=True)
+    assert closed, "the close waited for a task that never ended"
+    assert lost_ended and swallowed == [1]
+    assert left_behind  # after the last try
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("loses-one-cancel" in line for line in lines) == 1
+    assert sum("never-ends" in line for line in lines) == tasks.CANCEL_TRIES
+    assert any("never_ends" in line and "release.wait()" in line for line in lines)  # where
