@@ -83,6 +83,7 @@ from .introduction import (
 from .inventory import Inventory
 from .journal import MigrationJournal
 from .keyring import AgentKeyring
+from .last_members import load_last_members, save_last_members
 from .libvirt_adapter import LibvirtAdapter
 from .mesh_pull import MeshPull, PeersView, PullFailed, Pulls, PullStatus
 from .migrator import Migrator
@@ -124,8 +125,11 @@ RECENT_EVENTS = 50  # membership events kept for `nova status`
 EXIT_FAILURE = 1  # the agent stopped on its own after a fault: systemd restarts it
 NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id elsewhere yields
 CERTIFICATE_WARNING = 14 * 86400.0  # warn this long before our certificate expires
-CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate (and saves of peers')
+CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate
 PEER_CERTIFICATES = "peer-certificates"  # under the data dir: members' certificates, for restarts
+LAST_MEMBERS = "last-members"  # under the data dir: alive members' addresses, for restarts
+PEERS_SAVE = 1.0  # seconds between looks for changes to those two files
+REJOIN_TRIES = 3  # remembered members knocked at, at random, each time the seeds are
 SITE_COMMANDS = "site-commands.log"  # under the data dir: coordinator commands started here
 
 
@@ -341,6 +345,8 @@ class Agent:
         self.clashes: dict[str, list[str]] = {}  # node id -> the addresses it speaks from
         self._peer_certificates = Path(config.data_dir) / PEER_CERTIFICATES
         load_peer_certificates(self._peer_certificates, self.trust)
+        self._last_members = Path(config.data_dir) / LAST_MEMBERS
+        self._remembered = load_last_members(self._last_members)  # our previous life's peers
         self._intro_attempts: dict[str, float] = {}  # address -> when we last tried
         self._last_record: NodeRecord | None = None  # content last published (version 0)
 
@@ -468,6 +474,7 @@ class Agent:
         self._spawn(self.retention.run(), "template-retention")
         self._spawn(self._watchdog_loop(), "watchdog")
         self._spawn(self._certificate_loop(), "certificate")
+        self._spawn(self._keep_peers_loop(), "keep-peers")
         self._spawn(self._domain_type_loop(), "domain-type")
         if self.gateway is not None:
             self._spawn(self.gateway.run(), "site-link")
@@ -627,18 +634,21 @@ class Agent:
             self.rebalancer.poke()
 
     async def _seed_loop(self) -> None:
-        """Knock at the static seeds while we are alone: soon after a failed try, then
-        less often (`SEED_RETRY_FIRST` doubling to `SEED_RETRY`), from the start again
-        whenever we find ourselves alone."""
+        """Knock at the static seeds, and at a few members our previous life saw alive,
+        while we are alone: soon after a failed try, then less often (`SEED_RETRY_FIRST`
+        doubling to `SEED_RETRY`), from the start again whenever we find ourselves alone."""
         seeds = seed_addresses(self.config)
         wait = SEED_RETRY_FIRST
-        while seeds:
+        while seeds or self._remembered:
             await asyncio.sleep(wait)
             if not self._alone():
                 wait = SEED_RETRY_FIRST
                 continue
-            for host, port in seeds:
-                await self._introduce_and_join(host, port, expected=None)
+            tries = min(REJOIN_TRIES, len(self._remembered))
+            knock = [*seeds, *random.sample(self._remembered, tries)]
+            await asyncio.gather(
+                *(self._introduce_and_join(host, port, expected=None) for host, port in knock)
+            )
             wait = min(2 * wait, SEED_RETRY)
 
     async def _advert_loop(self) -> None:
@@ -690,8 +700,32 @@ class Agent:
                     left / 86400,
                     self.node_id,
                 )
-            save_peer_certificates(self._peer_certificates, self.trust)
             await asyncio.sleep(min(left, CERTIFICATE_CHECK))
+
+    async def _keep_peers_loop(self) -> None:
+        """Save the peers' certificates and the alive members' addresses within a second
+        of a change, for the next life of this agent.
+
+        An agent killed a minute after it met its peers must know them when it
+        comes back: else it refuses their connections until it is introduced
+        again, and libzmq may never retry a connection a peer refused once (a
+        restarted source's migration proposals then went unanswered for minutes);
+        and it must know where they are, or only seeds and mDNS bring it back.
+        """
+        certificates, members = -1, set[str]()
+        while True:
+            if self.trust.changes != certificates:
+                certificates = self.trust.changes
+                save_peer_certificates(self._peer_certificates, self.trust)
+            alive = {
+                m.address
+                for m in self.core.members()
+                if m.state.value == "alive" and m.node_id != self.node_id and m.address
+            }
+            if alive and alive != members:  # alone is no news: keep where they were
+                members = alive
+                save_last_members(self._last_members, alive)
+            await asyncio.sleep(PEERS_SAVE)
 
     def reload_in_background(self) -> None:
         """SIGHUP (systemctl reload): reload, and log the refusal if there is one."""

@@ -138,6 +138,7 @@ class TrustStore:
         # The most recent refusal of a certificate someone presented: an unknown key
         # is ordinary life (a member that restarted, not yet reintroduced), not this.
         self.last_certificate_refusal: PeerRefused | None = None
+        self.changes = 0  # certificates bound or dropped since start: when to save them
 
     @property
     def ca_key_id(self) -> str:
@@ -198,6 +199,7 @@ class TrustStore:
             self._by_key[cert.curve_key] = cert
             self._by_encoding[cert.encoded] = cert
             self._keys_of.setdefault(cert.node_id, set()).add(cert.curve_key)
+            self.changes += known is None or known.encoded != cert.encoded
         self._refused.pop(cert.curve_key, None)
 
     def update_revocations(self, data: bytes) -> bool:
@@ -217,6 +219,7 @@ class TrustStore:
         """Drop every certificate of `node_id` (e.g. it left for good)."""
         for key in self._keys_of.pop(node_id, set()):
             self._by_encoding.pop(self._by_key.pop(key).encoded, None)
+            self.changes += 1
 
     def certificates(self) -> list[Certificate]:
         """Every certificate held (valid or not: the caller judges)."""

@@ -181,8 +181,8 @@ class Mesh:
         (directory / "agent.toml").write_text("")  # every setting from flags below
         port = port or free_port_pair()
         seeds = [a.address for a in self.agents.values() if a.running()]
-        if seed is not None:
-            seeds = [self.agents[seed].address]
+        if seed is not None:  # "": none, as the first agent of a mesh
+            seeds = [self.agents[seed].address] if seed else []
         args = [
             str(BIN / "nova-agent"),
             "--config", str(directory / "agent.toml"),

@@ -160,3 +160,22 @@ def test_an_ordinary_restart_is_not_reported_as_an_attack(mesh: Mesh, moved: boo
         ]
         assert warnings == [], agent.node_id
         assert agent.status()["last_refusal"] is None, agent.node_id
+
+
+def test_an_agent_killed_just_after_meeting_its_peers_knows_them_when_it_comes_back(
+    mesh: Mesh,
+) -> None:
+    """Killed seconds after it met the mesh (no clean close, long before any periodic
+    save), it still holds their certificates when it comes back: it refuses none of
+    their reconnections, which libzmq may never retry once refused."""
+    mesh.start(3)
+    n1 = mesh["n1"]
+    time.sleep(2)  # well under a minute after the meeting
+    n1.proc.kill()
+    n1.proc.wait(timeout=10)
+    # No seeds, as the mesh's first agent: it meets the others only when they call.
+    mesh.start_agent("n1", certify=False, port=n1.port, seed="")
+    mesh.wait_converged()
+    restarted = mesh["n1"]
+    assert restarted.status()["transport"]["refused_connections"] == 0
+    assert "peer refused" not in restarted.log()  # either life

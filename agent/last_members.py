@@ -1,0 +1,65 @@
+"""Where the members were, kept in the data directory, so a restarted agent can rejoin.
+
+A restarted agent knows no member. The others still hold its previous life
+alive, then failed, and cannot reach the new one: it does not know their
+addresses, so it answers none of them. Static seeds and mDNS bring it back,
+but the mesh's own seed has no seed but itself, and mDNS may be off or not
+cross a router. So, as Serf's snapshot does, the agent keeps the addresses
+of the members it last saw alive and knocks at some of them while it is
+alone. A file that does not decode is ignored; every address found in it is
+only ever introduced to, which checks the certificate of whoever answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgpack
+
+from novacron.protocol.errors import IdentityFileError
+from novacron.protocol.keyfiles import write_atomic
+
+log = logging.getLogger(__name__)
+
+MAX_FILE = 4 * 1024 * 1024  # far above 10,000 members' addresses; a larger file is not ours
+MAX_ADDRESS = 300  # characters: a longer "address" is not one
+
+
+def save_last_members(path: Path, addresses: Iterable[str]) -> None:
+    """Write the members' addresses (`host:port`), atomically."""
+    data = msgpack.packb(sorted(addresses), use_bin_type=True)
+    try:
+        write_atomic(path, data)
+    except (OSError, IdentityFileError) as exc:
+        log.warning("cannot keep the members' addresses in %s: %s", path, exc)
+
+
+def load_last_members(path: Path) -> list[tuple[str, int]]:
+    """The addresses kept in `path` as (host, port); those that do not parse are skipped."""
+    try:
+        with path.open("rb") as source:
+            data = source.read(MAX_FILE + 1)
+        kept = msgpack.unpackb(data) if len(data) <= MAX_FILE else []
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, msgpack.UnpackException) as exc:
+        log.warning("ignoring the kept members' addresses in %s: %s", path, exc)
+        return []
+    addresses = []
+    for address in kept if isinstance(kept, list) else []:
+        with contextlib.suppress(ValueError):
+            addresses.append(split_address(address))
+    return addresses
+
+
+def split_address(address: object) -> tuple[str, int]:
+    """`host:port` as (host, port); ValueError if it is not one."""
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        raise ValueError(f"not an address: {address!r:.80}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"not host:port: {address!r:.80}")
+    return host, int(port)
