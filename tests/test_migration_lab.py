@@ -138,9 +138,9 @@ def the_same_migration_everywhere(lab: Lab, agents: LabAgents, vm: str, mid: str
 @pytest.fixture(scope="module")
 def dirty_vm(mesh: tuple[Lab, LabAgents], guest: Guest, disk_dir: Path) -> Iterator[str]:
     """A guest on h1 that keeps dirtying memory with non-zero data: 40 MiB/s, five times
-    the rate under which the agent calls a guest idle, as its switchover limit follows
-    libvirt's one-second sample of it; at 20 MiB/s (sampled 16 on a quiet machine) a
-    loaded fresh-clone run sampled it idle once."""
+    the rate under which the agent calls a guest idle (in every one-second sample of the
+    last minute; at 20 MiB/s, sampled 16 on a quiet machine, a loaded run once sampled
+    it idle)."""
     lab, agents = mesh
     start_guest(lab, agents, disk_dir, guest, "dirty-vm", dirty_mib=32, dirty_rate=40)
     yield "dirty-vm"
