@@ -54,6 +54,7 @@ HEARTBEAT_S = 2.0  # default: PING a peer every this many seconds...
 HEARTBEAT_MISSES = 3  # ...and drop the connection after this many intervals without a word
 CONNECT_TIMEOUT_MS = 2_000  # a TCP connect still pending after this is retried
 RESET_AFTER = 5.0  # seconds between rebuilds of a DEALER whose sends keep failing
+MAX_TRACKED_CONNECTIONS = 20_000  # peers whose connections to us are told apart (logs only)
 LOG_INTERVAL = 5.0  # seconds between repeated warnings about the same peer and problem
 
 
@@ -173,6 +174,7 @@ class Transport:
         self._router: zmq.asyncio.Socket | None = None
         self._dealers: dict[str, tuple[str, bytes, zmq.asyncio.Socket]] = {}  # peer -> ...
         self._resets: dict[str, float] = {}  # peer -> when its DEALER was last rebuilt
+        self._connections: dict[str, bytes] = {}  # peer -> routing id of its latest connection
         self._warn = _WarnOnce()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -348,6 +350,8 @@ class Transport:
         now = time.monotonic()
         if now - self._resets.get(peer_id, -RESET_AFTER) >= RESET_AFTER:
             self._resets[peer_id] = now
+            if self._dealers.get(peer_id) is not None:
+                log.info("connecting anew to %s: its send queue is full", peer_id)
             self.forget(peer_id)
 
     def reconnect(self, peer_id: str) -> None:
@@ -362,6 +366,8 @@ class Transport:
         it; they were sent while the peer was unreachable, and a peer that
         restarted does not get those even from the old connection.
         """
+        if self._dealers.get(peer_id) is not None:
+            log.info("connecting anew to %s: it came back", peer_id)
         self.forget(peer_id)
 
     def forget(self, peer_id: str) -> None:
@@ -397,6 +403,7 @@ class Transport:
         node_id = self._authenticated_node(frames[1])
         if node_id is None:
             return None
+        self._note_connection(node_id, frames[0].bytes)
         try:
             envelope = codec.decode(frames[1].bytes, self._limits)
         except ProtocolError as exc:
@@ -414,6 +421,16 @@ class Transport:
             )
             return None
         return node_id, envelope.message
+
+    def _note_connection(self, node_id: str, routing_id: bytes) -> None:
+        """Log a peer's new connection to us: with ours to it, the history of a link."""
+        known = self._connections.get(node_id)
+        if known != routing_id:
+            if known is not None:  # rate-limited: a member cannot flood the log by reconnecting
+                self._warn(node_id, "anew", "%s connected to us anew", node_id, level=logging.INFO)
+            if len(self._connections) >= MAX_TRACKED_CONNECTIONS:
+                self._connections.clear()
+            self._connections[node_id] = routing_id
 
     def _authenticated_node(self, frame: zmq.Frame) -> str | None:
         """The node id certified for the Curve key that ZAP authenticated for `frame`."""

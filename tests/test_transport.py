@@ -8,6 +8,7 @@ of hanging it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -173,6 +174,30 @@ async def test_a_peer_back_from_failure_is_reached_at_once_not_after_the_back_of
     a.reconnect("beta")
     assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
     assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+
+
+async def test_each_end_of_a_rebuilt_connection_says_so_in_the_log(
+    start: Started,
+    ca: Ed25519PrivateKey,
+    alpha: Member,
+    beta: Member,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The history of a link an operator reads when a peer stops answering: the sender
+    connects anew, the receiver sees the peer's new connection; first contacts are quiet."""
+    a = await start(alpha, trust_of(ca, alpha, beta))
+    b = await start(beta, trust_of(ca, alpha, beta))
+    with caplog.at_level(logging.INFO, logger="novacron.agent.transport"):
+        assert await within(a.send("beta", b.address, Ping(seq=1, target="beta")))
+        await within(b.recv())
+        assert caplog.messages == []
+        a.reconnect("beta")
+        assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
+        assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+    assert caplog.messages == [
+        "connecting anew to beta: it came back",
+        "alpha connected to us anew",
+    ]
 
 
 # --- refusals ----------------------------------------------------------------------
