@@ -123,8 +123,9 @@ def test_killed_agent_is_failed_then_rejoins_with_higher_incarnation(
 
 
 def test_agent_restarted_at_once_is_back_in_the_mesh(mesh: tuple[Lab, LabAgents]) -> None:
-    """Restarted before anyone noticed: peers' connections to it are refused until it
-    has learnt their certificates again, and must not stay dead after that."""
+    """Restarted before anyone noticed: it still knows its peers' certificates and
+    addresses (kept in its data directory), so their connections to it are not refused,
+    and the mesh is whole and usable both ways again."""
     lab, agents = mesh
     victim = lab.hosts[0]
     agents.kill(victim, signal.SIGKILL)
