@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -12,18 +11,18 @@ log = logging.getLogger(__name__)
 
 CANCEL_GRACE = 2.0  # seconds a cancelled task gets to end before it is cancelled again
 CANCEL_TRIES = 3  # cancellations before a task is left behind, so a close always ends
+MAX_AWAITS = 12  # frames of a stuck task's await chain named in the log
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Cancel every task and wait until each has ended.
 
-    Their outcomes are dropped: at close a task's own error was already
-    logged by whoever watched it, and one failure must not keep the others
-    from being waited for. A task still running after `CANCEL_GRACE` lost
-    its cancellation (a swallowed `CancelledError`, or Python 3.11's
-    `wait_for`): it is named in the log with where it waits and cancelled
-    again; after `CANCEL_TRIES` it is left behind, so a stopping agent never
-    hangs on one bug.
+    One failure must not keep the others from being waited for: a task that
+    had failed is logged with its error, not raised. A task still running
+    after `CANCEL_GRACE` lost its cancellation (a swallowed `CancelledError`,
+    or Python 3.11's `wait_for`): it is named in the log with the awaits it
+    sits in and cancelled again; after `CANCEL_TRIES` it is left behind, so a
+    stopping agent never hangs on one bug.
     """
     pending = set(tasks)
     for attempt in range(1, CANCEL_TRIES + 1):
@@ -33,8 +32,9 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
             return
         done, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE)
         for task in done:
-            if not task.cancelled():
-                task.exception()  # retrieved, so asyncio does not log it as forgotten
+            error = None if task.cancelled() else task.exception()
+            if error is not None:  # nobody else may have looked: say it once, here
+                log.error("%s had failed", _name(task), exc_info=error)
         for task in pending:
             log.error(
                 "a task did not end when cancelled (%d of %d)%s",
@@ -42,15 +42,6 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
                 CANCEL_TRIES,
                 _where(task),
             )
-
-
-def _where(task: asyncio.Future[Any]) -> str:
-    """`task`'s name and stack, for a log line."""
-    if not isinstance(task, asyncio.Task):
-        return f": {task!r}"
-    stack = io.StringIO()
-    task.print_stack(limit=8, file=stack)
-    return f": {task.get_name()}\n{stack.getvalue()}"
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -67,3 +58,23 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+
+
+def _where(task: asyncio.Future[Any]) -> str:
+    """`task`'s name and the awaits it sits in, innermost last, for a log line."""
+    if not isinstance(task, asyncio.Task):
+        return f": {task!r}"
+    lines = [f": {task.get_name()}"]
+    awaiting: Any = task.get_coro()
+    for _ in range(MAX_AWAITS):
+        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    return "\n".join(lines)

@@ -87,17 +87,20 @@ async def test_a_task_that_swallows_its_cancellation_does_not_hang_the_close(
                     raise
                 swallowed.append(1)
 
+    async def released() -> None:
+        await release.wait()
+
     async def never_ends() -> None:  # until the test releases it
         while not release.is_set():
             with contextlib.suppress(asyncio.CancelledError):
-                await release.wait()
+                await released()
 
     async def fails() -> None:
         raise RuntimeError("logged by whoever watched it")
 
     lost = asyncio.create_task(loses_one_cancel(), name="loses-one-cancel")
     stuck = asyncio.create_task(never_ends(), name="never-ends")
-    failed = asyncio.create_task(fails())
+    failed = asyncio.create_task(fails(), name="fails")
     await asyncio.sleep(0)
     with caplog.at_level(logging.ERROR, logger="novacron.agent.tasks"):
         closing = asyncio.create_task(cancel_and_wait([lost, stuck, failed]))
@@ -112,4 +115,6 @@ async def test_a_task_that_swallows_its_cancellation_does_not_hang_the_close(
     lines = [r.getMessage() for r in caplog.records]
     assert sum("loses-one-cancel" in line for line in lines) == 1
     assert sum("never-ends" in line for line in lines) == tasks.CANCEL_TRIES
-    assert any("never_ends" in line and "release.wait()" in line for line in lines)  # where
+    assert any("in never_ends" in line and "in released" in line for line in lines)  # where
+    failures = [r for r in caplog.records if r.getMessage() == "fails had failed"]
+    assert len(failures) == 1 and failures[0].exc_info is not None  # not raised, not lost
