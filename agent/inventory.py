@@ -429,7 +429,7 @@ class Inventory:
         self._cpu = CpuMeter()
         self._history = _CpuHistory(cores=float(psutil.cpu_count() or 1))
         # VM name -> its measurements as (MiB/s, when started), oldest first
-        self._dirty: dict[str, list[tuple[float, float]]] = {}
+        self._dirty: dict[str, tuple[tuple[float, float], ...]] = {}
         self._owns_libvirt = libvirt_adapter is None  # closed with the inventory if so
         self.libvirt = libvirt_adapter or LibvirtAdapter(libvirt_uri)
         self._reachable = False  # whether the last call to libvirt worked
@@ -547,13 +547,12 @@ class Inventory:
         )
 
     def _keep_rate(self, vm: str, rate: float, started: float) -> None:
-        """Add a measurement (QEMU returns its last one on every read: kept once)."""
-        kept = self._dirty.setdefault(vm, [])
+        """Add a measurement (QEMU returns its last one on every read: kept once). A new
+        tuple each time: a migration's job thread reads them (`dirty_rates`)."""
+        kept = self._dirty.get(vm, ())
         if kept and kept[-1][1] == started:
-            kept[-1] = (rate, started)
-        else:
-            kept.append((rate, started))
-            del kept[:-DIRTY_RATES_KEPT]
+            kept = kept[:-1]
+        self._dirty[vm] = (*kept, (rate, started))[-DIRTY_RATES_KEPT:]
 
     def _note_held(self, held: bool, now: float) -> None:
         """Remember since when libvirt jobs have held VMs the inventory wanted to measure."""
