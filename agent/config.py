@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from novacron.protocol.messages import RESERVED_LABEL_PREFIX
+
+MAX_ADDRESS = 300  # characters: a longer "host:port" is not one
 
 DEFAULT_CONFIG_FILE = "/etc/novacron/agent.toml"
 
@@ -279,10 +282,37 @@ def _validated(config: AgentConfig) -> AgentConfig:
 
 
 def _split_seed(seed: str) -> tuple[str, int]:
-    host, sep, port = seed.rpartition(":")
+    try:
+        return split_address(seed)
+    except ValueError:
+        raise ConfigError(f"seed {seed!r} is not address:port") from None
+
+
+HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
+
+
+def split_address(address: object) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets, or not) as (host, port), the host an IP address or
+    a DNS name; ValueError otherwise. Addresses come from files and peers too: one that
+    would make the resolver raise something else must be refused here."""
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        raise ValueError(f"not an address: {address!r:.80}")
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"seed {seed!r} is not address:port")
+        raise ValueError(f"not host:port: {address!r:.80}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"not an IP address or host name: {host!r:.80}") from None
     return host, int(port)
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as the transport and the membership write it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def metrics_address(config: AgentConfig) -> tuple[str, int] | None:

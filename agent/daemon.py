@@ -12,6 +12,7 @@ The local API reads the core through `MeshView`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -40,10 +41,12 @@ from .claims import ClaimCheck
 from .config import (
     AgentConfig,
     ConfigError,
+    host_port,
     identity_paths,
     metrics_address,
     parse_cli,
     seed_addresses,
+    split_address,
 )
 from .core.events import (
     Event,
@@ -127,8 +130,9 @@ NEWCOMER_WINDOW = 120.0  # seconds: an agent this young that meets its own id el
 CERTIFICATE_WARNING = 14 * 86400.0  # warn this long before our certificate expires
 CERTIFICATE_CHECK = 60.0  # seconds between looks at our certificate
 PEER_CERTIFICATES = "peer-certificates"  # under the data dir: members' certificates, for restarts
-LAST_MEMBERS = "last-members"  # under the data dir: alive members' addresses, for restarts
+LAST_MEMBERS = "last-members"  # under the data dir: members' addresses, for restarts
 PEERS_SAVE = 1.0  # seconds between looks for changes to those two files
+MEMBERS_SAVE = 10.0  # seconds between saves of the addresses, after the first
 REJOIN_TRIES = 3  # remembered members knocked at, at random, each time the seeds are
 SITE_COMMANDS = "site-commands.log"  # under the data dir: coordinator commands started here
 
@@ -494,7 +498,7 @@ class Agent:
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
-        save_peer_certificates(self._peer_certificates, self.trust)
+        save_peer_certificates(self._peer_certificates, self.trust.certificates())
         if self.discovery is not None:
             await self.discovery.close()
         await self.drain_requests.close()
@@ -646,9 +650,14 @@ class Agent:
                 continue
             tries = min(REJOIN_TRIES, len(self._remembered))
             knock = [*seeds, *random.sample(self._remembered, tries)]
-            await asyncio.gather(
-                *(self._introduce_and_join(host, port, expected=None) for host, port in knock)
+            outcomes = await asyncio.gather(
+                *(self._introduce_and_join(host, port, expected=None) for host, port in knock),
+                return_exceptions=True,
             )
+            for (host, port), outcome in zip(knock, outcomes, strict=True):
+                if isinstance(outcome, Exception):  # one bad address must not stop the loop
+                    where = host_port(host, port)
+                    log.error("knocking at %s failed", where, exc_info=outcome)
             wait = min(2 * wait, SEED_RETRY)
 
     async def _advert_loop(self) -> None:
@@ -712,20 +721,30 @@ class Agent:
         restarted source's migration proposals then went unanswered for minutes);
         and it must know where they are, or only seeds and mDNS bring it back.
         """
-        certificates, members = -1, set[str]()
+        certificates, members, members_saved = -1, set[str](), -MEMBERS_SAVE
         while True:
             if self.trust.changes != certificates:
                 certificates = self.trust.changes
-                save_peer_certificates(self._peer_certificates, self.trust)
-            alive = {
-                m.address
-                for m in self.core.members()
-                if m.state.value == "alive" and m.node_id != self.node_id and m.address
-            }
-            if alive and alive != members:  # alone is no news: keep where they were
-                members = alive
-                save_last_members(self._last_members, alive)
+                held = self.trust.certificates()  # a copy, taken on the loop
+                await asyncio.to_thread(save_peer_certificates, self._peer_certificates, held)
+            known = self._member_addresses()
+            # Alone is no news (keep where they were); a member that keeps moving costs
+            # one write per `MEMBERS_SAVE`; the first meeting is saved at once.
+            due = not members or self._clock() - members_saved >= MEMBERS_SAVE
+            if known and known != members and due:
+                members, members_saved = known, self._clock()
+                await asyncio.to_thread(save_last_members, self._last_members, known)
+                self._remembered = [split_address(address) for address in known]
             await asyncio.sleep(PEERS_SAVE)
+
+    def _member_addresses(self) -> set[str]:
+        """Where the members are, or were before they failed (they may come back there
+        first): every member but us and those that left or are not addressable."""
+        return {
+            m.address
+            for m in self.core.members()
+            if m.node_id != self.node_id and m.state.value != "left" and _addressable(m.address)
+        }
 
     def reload_in_background(self) -> None:
         """SIGHUP (systemctl reload): reload, and log the refusal if there is one."""
@@ -788,9 +807,8 @@ class Agent:
         for member in self.core.members():
             if member.node_id == self.node_id or member.state.value != "alive":
                 continue
-            host, _, port = member.address.rpartition(":")
-            if host and port.isdigit():
-                await self._introduce(host, int(port))
+            with contextlib.suppress(ValueError):
+                await self._introduce(*split_address(member.address))
 
     def _member_notes(self) -> dict[str, str]:
         notes = {node: "revoked" for node in self.revoked_members}
@@ -821,7 +839,7 @@ class Agent:
             self._spawn(self._introduce_and_join(host, event.port, event.node_id), "mdns-join")
 
     async def _introduce_and_join(self, host: str, port: int, expected: str | None) -> None:
-        address = f"{host}:{port}"
+        address = host_port(host, port)
         introduction = await self._introduce(host, port)
         if introduction is None:
             return
@@ -860,11 +878,12 @@ class Agent:
         """A peer knows our id alive at another address: a previous life of ours (we
         moved, it died) or another agent running with our key. Whoever answers there
         with our own certificate is the second one."""
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
+        try:
+            host, port = split_address(address)
+        except ValueError:
             return
         try:
-            there = await introduce(self.identity.certificate_bytes, self.trust, host, int(port))
+            there = await introduce(self.identity.certificate_bytes, self.trust, host, port)
         except IntroductionFailed:
             return  # nobody, or not us: a previous life, which the mesh will fail
         if there.certificate.node_id == self.node_id:
@@ -875,7 +894,7 @@ class Agent:
             self._clash(IdentityClash(self.node_id, (self.address, address), self._started))
 
     async def _introduce(self, host: str, port: int) -> Introduction | None:
-        address = f"{host}:{port}"
+        address = host_port(host, port)
         if _is_own_address(host, port, self.config.port):
             return None  # a seed list naming every host names us too
         now = self._clock()
@@ -908,8 +927,8 @@ class Agent:
             return
         if self.trust.certificate_for(destination) is None:
             # Learnt by gossip or push-pull before we met: swap certificates first.
-            host, _, port = address.rpartition(":")
-            self._spawn(self._introduce_only(host, int(port)), "introduce")
+            with contextlib.suppress(ValueError):
+                self._spawn(self._introduce_only(*split_address(address)), "introduce")
             return
         await self.transport.send(destination, address, message)
 
@@ -1038,6 +1057,14 @@ def _identity_change(old: NodeIdentity, new: NodeIdentity) -> str:
     ):
         return "the keys changed: a new key is a new identity; restart the agent"
     return ""
+
+
+def _addressable(address: str) -> bool:
+    try:
+        split_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_own_address(host: str, port: int, own_port: int) -> bool:

@@ -506,6 +506,8 @@ async def introduce(
                     raise
                 why = exc.strerror or str(exc)
                 raise IntroductionFailed(f"cannot reach {endpoint}: {why}") from None
+            except ValueError as exc:  # a host the resolver refuses outright (UnicodeError)
+                raise IntroductionFailed(f"cannot reach {endpoint}: {exc}") from None
             writer.write(request_bytes(certificate))
             await writer.drain()
             status = await reader.readexactly(1)

@@ -22,10 +22,11 @@ import msgpack
 from novacron.protocol.errors import IdentityFileError
 from novacron.protocol.keyfiles import write_atomic
 
+from .config import split_address
+
 log = logging.getLogger(__name__)
 
 MAX_FILE = 4 * 1024 * 1024  # far above 10,000 members' addresses; a larger file is not ours
-MAX_ADDRESS = 300  # characters: a longer "address" is not one
 
 
 def save_last_members(path: Path, addresses: Iterable[str]) -> None:
@@ -53,13 +54,3 @@ def load_last_members(path: Path) -> list[tuple[str, int]]:
         with contextlib.suppress(ValueError):
             addresses.append(split_address(address))
     return addresses
-
-
-def split_address(address: object) -> tuple[str, int]:
-    """`host:port` as (host, port); ValueError if it is not one."""
-    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
-        raise ValueError(f"not an address: {address!r:.80}")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"not host:port: {address!r:.80}")
-    return host, int(port)

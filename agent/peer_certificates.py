@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgpack
 
+from novacron.protocol.certificates import Certificate
 from novacron.protocol.errors import IdentityFileError
 from novacron.protocol.keyfiles import write_atomic
 
@@ -26,9 +28,10 @@ log = logging.getLogger(__name__)
 MAX_FILE = 64 * 1024 * 1024  # far above 10,000 certificates; a larger file is not ours
 
 
-def save_peer_certificates(path: Path, trust: TrustStore) -> None:
-    """Write every certificate the trust store holds (atomically, readable by root only)."""
-    data = msgpack.packb([cert.encoded for cert in trust.certificates()], use_bin_type=True)
+def save_peer_certificates(path: Path, certificates: Iterable[Certificate]) -> None:
+    """Write the certificates (atomically, readable by root only). Thread-safe for a list
+    taken from the trust store (`TrustStore.certificates` is a copy)."""
+    data = msgpack.packb([cert.encoded for cert in certificates], use_bin_type=True)
     try:
         write_atomic(path, data)
     except (OSError, IdentityFileError) as exc:

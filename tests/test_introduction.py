@@ -145,6 +145,16 @@ async def test_a_member_is_introduced_and_each_side_learns_the_other(cluster: Cl
     assert cluster.server.stats().introduced == 2 and cluster.server.checked == 1
 
 
+async def test_a_host_the_resolver_refuses_is_an_introduction_that_failed(
+    cluster: Cluster,
+) -> None:
+    """asyncio raises UnicodeError, not OSError, for such a host (an address read from a
+    file or told by a peer): it must fail as any unreachable address does, not escape."""
+    for host in ("a..b", "x" * 64 + ".example"):
+        with pytest.raises(IntroductionFailed, match="cannot reach"):
+            await introduce(cluster.n2.encoded, cluster.client_trust(), host, cluster.port)
+
+
 async def test_refusals_name_their_cause(cluster: Cluster) -> None:
     other_ca = Ed25519PrivateKey.generate()
     cases = [
