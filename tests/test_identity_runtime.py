@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from novacron.protocol import keyfiles
@@ -179,3 +180,18 @@ def test_an_agent_killed_just_after_meeting_its_peers_knows_them_when_it_comes_b
     restarted = mesh["n1"]
     assert restarted.status()["transport"]["refused_connections"] == 0
     assert "peer refused" not in restarted.log()  # either life
+
+
+def test_an_agent_alone_rejoins_through_its_kept_members_whatever_else_the_file_holds(
+    mesh: Mesh,
+) -> None:
+    """No seeds, no mDNS: the members' addresses kept from a previous life bring it in;
+    entries that are no address (a host the resolver chokes on) are passed over."""
+    mesh.start(1)
+    data = mesh.root / "n2" / "data"
+    data.mkdir(parents=True)
+    kept = ["a..b:7946", "under_score:1", "198.18.0.99", mesh["n1"].address]
+    (data / "last-members").write_bytes(msgpack.packb(kept))
+    n2 = mesh.start_agent("n2", seed="")
+    mesh.wait_converged()
+    assert n2.running() and "Traceback" not in n2.log()
