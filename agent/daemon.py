@@ -638,7 +638,7 @@ class Agent:
             self.rebalancer.poke()
 
     async def _seed_loop(self) -> None:
-        """Knock at the static seeds, and at a few members our previous life saw alive,
+        """Knock at the static seeds, and at a few members we remember (`last-members`),
         while we are alone: soon after a failed try, then less often (`SEED_RETRY_FIRST`
         doubling to `SEED_RETRY`), from the start again whenever we find ourselves alone."""
         seeds = seed_addresses(self.config)
@@ -712,8 +712,8 @@ class Agent:
             await asyncio.sleep(min(left, CERTIFICATE_CHECK))
 
     async def _keep_peers_loop(self) -> None:
-        """Save the peers' certificates and the alive members' addresses within a second
-        of a change, for the next life of this agent.
+        """Save the peers' certificates within a second of a change, and the members'
+        addresses soon after one, for the next life of this agent.
 
         An agent killed a minute after it met its peers must know them when it
         comes back: else it refuses their connections until it is introduced
@@ -721,20 +721,21 @@ class Agent:
         restarted source's migration proposals then went unanswered for minutes);
         and it must know where they are, or only seeds and mDNS bring it back.
         """
-        certificates, members, members_saved = -1, set[str](), -MEMBERS_SAVE
+        certificates, members, looked = -1, set[str](), -MEMBERS_SAVE
         while True:
             if self.trust.changes != certificates:
                 certificates = self.trust.changes
                 held = self.trust.certificates()  # a copy, taken on the loop
                 await asyncio.to_thread(save_peer_certificates, self._peer_certificates, held)
-            known = self._member_addresses()
-            # Alone is no news (keep where they were); a member that keeps moving costs
-            # one write per `MEMBERS_SAVE`; the first meeting is saved at once.
-            due = not members or self._clock() - members_saved >= MEMBERS_SAVE
-            if known and known != members and due:
-                members, members_saved = known, self._clock()
-                await asyncio.to_thread(save_last_members, self._last_members, known)
-                self._remembered = [split_address(address) for address in known]
+            # The first meeting is saved at once; later, the members are looked at
+            # every `MEMBERS_SAVE` (a member that keeps moving costs no more); alone
+            # is no news: the file keeps where they were.
+            if not members or self._clock() - looked >= MEMBERS_SAVE:
+                known, looked = self._member_addresses(), self._clock()
+                if known and known != members:
+                    members = known
+                    await asyncio.to_thread(save_last_members, self._last_members, known)
+                    self._remembered = [split_address(address) for address in known]
             await asyncio.sleep(PEERS_SAVE)
 
     def _member_addresses(self) -> set[str]:
