@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from novacron.agent.hypervisor import Hypervisor
+from novacron.agent.inventory import DIRTY_RATE_MAX_AGE
 from novacron.agent.vmspec import VmSpec
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
@@ -254,18 +255,24 @@ def dirty_rate_started(host: LabHost, vm: str) -> int:
     return int(dirty_rate_stats(host, vm).get("dirtyrate.calc_start_time", 0))
 
 
-def wait_measured_idle(host: LabHost, vm: str, timeout: float = 40) -> None:
-    """Until the agent's inventory has measured `vm` writing at most 8 MiB/s (a guest is
-    measured at its start, booting and busy, then every 10 s)."""
-    wait_for(
-        partial(dirty_rate_stats, host, vm),
-        lambda stats: (
-            stats.get("dirtyrate.calc_status") == "2"
-            and int(stats.get("dirtyrate.megabytes_per_second", "99")) <= 8
-        ),
-        timeout=timeout,
-        interval=0.5,
-    )
+def wait_measured_idle(host: LabHost, vm: str, timeout: float = 150) -> None:
+    """Until the agent calls `vm` idle: every measurement of the last minute at most
+    8 MiB/s (a guest is measured at its start, booting and busy, then every 10 s), i.e. a
+    minute of idle readings from the first one on."""
+    deadline = time.monotonic() + timeout
+    idle_since: float | None = None
+    while True:
+        stats = dirty_rate_stats(host, vm)
+        if stats.get("dirtyrate.calc_status") == "2":  # finished (else: one is running)
+            if int(stats.get("dirtyrate.megabytes_per_second", "99")) > 8:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+        if idle_since is not None and time.monotonic() - idle_since > DIRTY_RATE_MAX_AGE + 1:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{vm} on {host.name} not measured idle for a minute: {stats}")
+        time.sleep(0.5)
 
 
 def running_on(lab: Lab, vm: str) -> list[str]:

@@ -28,7 +28,7 @@ from tests.lab_vms import SLOW, ended, lab_fixtures, nova, start_guest
 
 pytestmark = pytest.mark.lab
 
-RUN = f"t{os.getpid() % 100000}"
+RUN = f"tt{os.getpid() % 100000}"  # its own prefix: labs and kept logs go by it
 VM = "top-vm"
 mesh, disk_dir = lab_fixtures(RUN, (VM,))
 WIDTH, HEIGHT = 120, 40
