@@ -54,6 +54,7 @@ from .core.events import (
     MemberAlive,
     MemberRevoked,
     Output,
+    ReachedIndirectly,
     RecordRejected,
 )
 from .core.federation.gateway import elect
@@ -916,6 +917,8 @@ class Agent:
                 # Before this output's sends: they may be the first to the returned member.
                 self.transport.reconnect(event.node_id)
                 self.images.transport.reconnect(event.node_id)
+            elif isinstance(event, ReachedIndirectly):
+                self.transport.unanswered(event.node_id)
         for destination, message in out.sends:
             await self._send(destination, message)
         for event in out.events:
@@ -994,8 +997,8 @@ class Agent:
 
     def _log_event(self, event: Event) -> None:
         kind = type(event).__name__
-        if kind == "RecordUpdated":
-            return  # frequent and boring: every host refreshes its record
+        if kind in ("RecordUpdated", "ReachedIndirectly"):
+            return  # frequent and boring, or logged by the transport when it acts on it
         level = logging.WARNING if kind in ("MemberFailed", "MemberSuspected") else logging.INFO
         log.log(level, kind, extra={"fields": event_fields(event)})
         self.recent_events.append(RecentEvent(event, time.time()))

@@ -13,6 +13,7 @@ from novacron.agent.core.events import (
     MemberLeft,
     MemberSuspected,
     Output,
+    ReachedIndirectly,
     RecordRejected,
     RecordUpdated,
 )
@@ -254,6 +255,28 @@ def test_missing_acks_ask_relays_and_ping_again_then_suspect_and_grow_awareness(
     node.tick(second + 3 * CONFIG.probe_timeout)  # awareness 2 stretches the timings
     out = node.tick(second + 3 * CONFIG.probe_interval)
     assert MemberSuspected(target, 1, "n000") in out.events
+
+
+def test_a_target_answering_only_through_a_relay_is_reported_so() -> None:
+    """Alive, but not to us directly: the driver must learn it, since a connection that
+    carries nothing any more is its own to rebuild. Answered directly, nothing is said."""
+    node = node_in(snapshot_of(5))
+    now, ping, target = drive_probe(node, 0.0)
+    relays = sends_of(node.tick(now + CONFIG.probe_timeout), IndirectPing)
+    relay = relays[0][0]
+    out = node.receive(relay, Ack(ping.seq), now + 0.7)
+    assert ReachedIndirectly(target, relay) in out.events
+    assert not [
+        e
+        for e in node.tick(now + 10 * CONFIG.probe_interval).events
+        if isinstance(e, MemberSuspected)
+    ]
+
+    direct = node_in(snapshot_of(5))
+    now, ping, target = drive_probe(direct, 0.0)
+    direct.tick(now + CONFIG.probe_timeout)  # relays asked, and the target pinged again
+    out = direct.receive(target, Ack(ping.seq), now + 0.7)
+    assert not [e for e in out.events if isinstance(e, ReachedIndirectly)]
 
 
 def test_an_ack_to_the_repeat_spares_the_target() -> None:

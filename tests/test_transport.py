@@ -200,6 +200,31 @@ async def test_each_end_of_a_rebuilt_connection_says_so_in_the_log(
     ]
 
 
+async def test_a_peer_that_answers_others_twice_but_not_us_gets_a_new_connection(
+    start: Started,
+    ca: Ed25519PrivateKey,
+    alpha: Member,
+    beta: Member,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a = await start(alpha, trust_of(ca, alpha, beta))
+    b = await start(beta, trust_of(ca, alpha, beta))
+    assert await within(a.send("beta", b.address, Ping(seq=1, target="beta")))
+    await within(b.recv())
+    with caplog.at_level(logging.INFO, logger="novacron.agent.transport"):
+        a.unanswered("beta")  # once: maybe only slow
+        assert caplog.messages == []
+        a.unanswered("beta")  # twice within the window: rebuilt
+        a.unanswered("beta")
+        a.unanswered("beta")  # and again at once: not more often than every few seconds
+        assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
+        assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+    assert caplog.messages == [
+        "connecting anew to beta: it answers others, not us",
+        "alpha connected to us anew",
+    ]
+
+
 # --- refusals ----------------------------------------------------------------------
 
 

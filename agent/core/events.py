@@ -35,6 +35,16 @@ class MemberAlive:
 
 
 @dataclass(frozen=True, slots=True)
+class ReachedIndirectly:
+    """Our probe of `node_id` was answered only through the relay `via`: the member is
+    alive, but our path to it or its path back to us failed. A transport that keeps
+    connections rebuilds its own to it: a connection refused once may never recover."""
+
+    node_id: str
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class MemberSuspected:
     """This node now suspects `node_id`."""
 
@@ -99,6 +109,7 @@ class RecordRejected:
 Event = (
     MemberJoined
     | MemberAlive
+    | ReachedIndirectly
     | MemberSuspected
     | MemberFailed
     | MemberLeft

@@ -94,6 +94,7 @@ from ..events import (
     MemberRevoked,
     MemberSuspected,
     Output,
+    ReachedIndirectly,
     RecordRejected,
     RecordUpdated,
 )
@@ -631,6 +632,8 @@ class MembershipNode:
             self.stats.acks_received += 1
             if not pending.indirect_sent:
                 self._health(-1)
+            elif sender != pending.target:
+                out.events.append(ReachedIndirectly(pending.target, sender))
         elif message.seq in self._probes.relays:
             relay = self._probes.relays.pop(message.seq)
             self.stats.acks_relayed += 1
