@@ -54,7 +54,6 @@ HEARTBEAT_S = 2.0  # default: PING a peer every this many seconds...
 HEARTBEAT_MISSES = 3  # ...and drop the connection after this many intervals without a word
 CONNECT_TIMEOUT_MS = 2_000  # a TCP connect still pending after this is retried
 RESET_AFTER = 5.0  # seconds between rebuilds of a DEALER whose sends keep failing
-UNANSWERED_WINDOW = 30.0  # seconds: two probes answered only via relays in it: rebuild
 MAX_TRACKED_CONNECTIONS = 20_000  # peers whose connections to us are told apart (logs only)
 LOG_INTERVAL = 5.0  # seconds between repeated warnings about the same peer and problem
 
@@ -176,7 +175,6 @@ class Transport:
         self._dealers: dict[str, tuple[str, bytes, zmq.asyncio.Socket]] = {}  # peer -> ...
         self._resets: dict[str, float] = {}  # peer -> when its DEALER was last rebuilt
         self._connections: dict[str, bytes] = {}  # peer -> routing id of its latest connection
-        self._unanswered: dict[str, float] = {}  # peer -> when a probe first reached it indirectly
         self._warn = _WarnOnce()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -357,23 +355,15 @@ class Transport:
             self.forget(peer_id)
 
     def unanswered(self, peer_id: str) -> None:
-        """`peer_id` answered a probe of ours only through a relay. The second time
-        within `UNANSWERED_WINDOW`, rebuild our connection to it (at most every
-        `RESET_AFTER` seconds): once can be a slow peer, and a rebuild drops the
-        frames queued on the old connection.
+        """`peer_id` answers our probes only through relays, probe after probe: rebuild
+        our connection to it (at most every `RESET_AFTER` seconds; a rebuild drops the
+        frames queued on the old connection).
 
         libzmq may leave a connection that a peer's ZAP handler refused once
         neither connected nor failing (libzmq #3519): frames queue on it and
         are never sent, and no send ever says so. A new socket means a new
         handshake; if the path itself is broken, the new one fails as the old.
         """
-        now = time.monotonic()
-        first = self._unanswered.pop(peer_id, None)
-        if first is None or now - first > UNANSWERED_WINDOW:
-            if len(self._unanswered) >= MAX_TRACKED_CONNECTIONS:
-                self._unanswered.clear()
-            self._unanswered[peer_id] = now
-            return
         self._reset_stuck(peer_id, "it answers others, not us")
 
     def reconnect(self, peer_id: str) -> None:

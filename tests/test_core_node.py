@@ -257,26 +257,48 @@ def test_missing_acks_ask_relays_and_ping_again_then_suspect_and_grow_awareness(
     assert MemberSuspected(target, 1, "n000") in out.events
 
 
-def test_a_target_answering_only_through_a_relay_is_reported_so() -> None:
-    """Alive, but not to us directly: the driver must learn it, since a connection that
-    carries nothing any more is its own to rebuild. Answered directly, nothing is said."""
+def answer_probes(
+    node: MembershipNode, watched: str, answers: list[str], now: float = 0.0
+) -> list[ReachedIndirectly]:
+    """Probe until `watched` was probed once per entry of `answers`, answering each probe
+    of it "direct" (the target acks) or "relay" (a relay asked forwards the ack), and
+    every other probe directly; the ReachedIndirectly events that came out."""
+    seen: list[ReachedIndirectly] = []
+    left = list(answers)
+    while left:
+        now, ping, target = drive_probe(node, now)
+        how = left.pop(0) if target == watched else "direct"
+        if how == "direct":
+            out = node.receive(target, Ack(ping.seq), now + 0.01)
+        else:
+            relays = sends_of(node.tick(now + CONFIG.probe_timeout), IndirectPing)
+            out = node.receive(relays[0][0], Ack(ping.seq), now + CONFIG.probe_timeout + 0.01)
+        assert node._probes.pending is None, "the answer ended the probe"
+        seen += [e for e in out.events if isinstance(e, ReachedIndirectly)]
+        now = node.next_deadline()
+    return seen
+
+
+def test_a_member_answering_probe_after_probe_only_through_relays_is_reported() -> None:
+    """Alive, but not to us directly, twice in a row: the driver must learn it, since a
+    connection that carries nothing any more is its own to rebuild. Once is a slow member;
+    a direct answer in between starts the count again."""
+    assert answer_probes(node_in(snapshot_of(3)), "n001", ["relay"]) == []
+    (event,) = answer_probes(node_in(snapshot_of(3)), "n001", ["relay", "relay"])
+    assert event == ReachedIndirectly("n001", "n002")  # the only possible relay
+    assert answer_probes(node_in(snapshot_of(3)), "n001", ["relay", "direct", "relay"]) == []
+
+
+def test_only_the_target_or_a_relay_asked_can_answer_a_probe() -> None:
+    """Another member acking our sequence number (they are easy to guess) neither ends the
+    probe nor speaks for the target."""
     node = node_in(snapshot_of(5))
     now, ping, target = drive_probe(node, 0.0)
-    relays = sends_of(node.tick(now + CONFIG.probe_timeout), IndirectPing)
-    relay = relays[0][0]
-    out = node.receive(relay, Ack(ping.seq), now + 0.7)
-    assert ReachedIndirectly(target, relay) in out.events
-    assert not [
-        e
-        for e in node.tick(now + 10 * CONFIG.probe_interval).events
-        if isinstance(e, MemberSuspected)
-    ]
-
-    direct = node_in(snapshot_of(5))
-    now, ping, target = drive_probe(direct, 0.0)
-    direct.tick(now + CONFIG.probe_timeout)  # relays asked, and the target pinged again
-    out = direct.receive(target, Ack(ping.seq), now + 0.7)
-    assert not [e for e in out.events if isinstance(e, ReachedIndirectly)]
+    stranger = next(n for n in ("n001", "n002", "n003", "n004") if n != target)
+    node.receive(stranger, Ack(ping.seq), now + 0.01)
+    assert node._probes.pending is not None and node.stats.acks_received == 0
+    node.receive(target, Ack(ping.seq), now + 0.02)
+    assert node._probes.pending is None and node.stats.acks_received == 1
 
 
 def test_an_ack_to_the_repeat_spares_the_target() -> None:

@@ -36,9 +36,11 @@ class MemberAlive:
 
 @dataclass(frozen=True, slots=True)
 class ReachedIndirectly:
-    """Our probe of `node_id` was answered only through the relay `via`: the member is
-    alive, but our path to it or its path back to us failed. A transport that keeps
-    connections rebuilds its own to it: a connection refused once may never recover."""
+    """Probes of `node_id` were answered only through relays, several in a row (the last
+    by `via`): the member is alive, but our path to it or its path back to us failed. A
+    transport that keeps connections rebuilds its own to it: one refused once may never
+    recover by itself. (If the broken half is the member's own connection to us, its
+    probes of us say so there.)"""
 
     node_id: str
     via: str

@@ -598,6 +598,7 @@ class MembershipNode:
             )
 
         relays = self._members.sample(self._rng, self.config.indirect_checks, is_relay)
+        pending.relays = tuple(relay.node_id for relay in relays)
         want_nack = self.config.lifeguard
         pending.expected_nacks = len(relays) if want_nack else 0
         for relay in relays:
@@ -627,12 +628,19 @@ class MembershipNode:
     def _on_ack(self, sender: str, message: Ack, now: float, out: Output) -> None:
         self._heard[sender] = now
         pending = self._probes.pending
-        if pending is not None and message.seq == pending.seq:
+        directly = pending is not None and sender == pending.target
+        if (
+            pending is not None
+            and message.seq == pending.seq
+            and (
+                directly or sender in pending.relays  # no one else may answer for it
+            )
+        ):
             self._probes.pending = None
             self.stats.acks_received += 1
             if not pending.indirect_sent:
                 self._health(-1)
-            elif sender != pending.target:
+            if self._probes.answered(pending.target, directly):
                 out.events.append(ReachedIndirectly(pending.target, sender))
         elif message.seq in self._probes.relays:
             relay = self._probes.relays.pop(message.seq)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from novacron.protocol.messages import MAX_COUNTER
 
 MAX_CHECKS = 64  # members waiting to be probed because a peer said they failed
+INDIRECT_IN_A_ROW = 2  # probes in a row a member answers only via relays: tell the driver
+MAX_INDIRECT = 4096  # members whose relayed answers are counted (then the counts restart)
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class PendingProbe:
     indirect_sent: bool = False  # relays were asked
     expected_nacks: int = 0  # relays asked to send a Nack (Lifeguard)
     nacks: int = 0  # Nacks received so far
+    relays: tuple[str, ...] = ()  # the members asked to try for us: their Acks count
 
 
 @dataclass(slots=True)
@@ -61,7 +64,7 @@ class RelayedProbe:
 class ProbeTracker:
     """Sequence numbers, our pending probe, and the relays we owe an answer."""
 
-    __slots__ = ("_checks", "_next_seq", "checked_last", "pending", "relays", "retry")
+    __slots__ = ("_checks", "_indirect", "_next_seq", "checked_last", "pending", "relays", "retry")
 
     def __init__(self) -> None:
         self._next_seq = 1  # 0 is never used, so a zero seq never matches
@@ -70,6 +73,20 @@ class ProbeTracker:
         self.relays: dict[int, RelayedProbe] = {}  # our relay ping seq -> request
         self._checks: dict[str, None] = {}  # members others said failed: to probe ourselves
         self.checked_last = False  # the last probe was such a check (they alternate)
+        self._indirect: dict[str, int] = {}  # member -> probes in a row it answered via relays
+
+    def answered(self, target: str, directly: bool) -> bool:
+        """Note how `target` answered a probe; whether that was through relays for the
+        `INDIRECT_IN_A_ROW`th time in a row (then the count starts again). Once can be
+        a slow target; in a row, our own path to it has failed."""
+        count = 0 if directly else self._indirect.pop(target, 0) + 1
+        self._indirect.pop(target, None)
+        if count == 0 or count >= INDIRECT_IN_A_ROW:
+            return count > 0
+        if len(self._indirect) >= MAX_INDIRECT:
+            self._indirect.clear()
+        self._indirect[target] = count
+        return False
 
     def check(self, node_id: str) -> None:
         """Probe `node_id` soon: a peer says it failed while we hold it alive.
