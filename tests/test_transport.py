@@ -176,24 +176,33 @@ async def test_a_peer_back_from_failure_is_reached_at_once_not_after_the_back_of
     assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
 
 
+async def crosses(a: Transport, b: Transport, seq: int) -> None:
+    """A Ping from alpha (`a`) reaches beta (`b`)."""
+    assert await within(a.send("beta", b.address, Ping(seq=seq, target="beta")))
+    assert await within(b.recv()) == ("alpha", Ping(seq=seq, target="beta"))
+
+
+@pytest.fixture
+async def pair(
+    start: Started, ca: Ed25519PrivateKey, alpha: Member, beta: Member
+) -> tuple[Transport, Transport]:
+    """alpha's and beta's transports, started, trusting each other."""
+    return await start(alpha, trust_of(ca, alpha, beta)), await start(
+        beta, trust_of(ca, alpha, beta)
+    )
+
+
 async def test_each_end_of_a_rebuilt_connection_says_so_in_the_log(
-    start: Started,
-    ca: Ed25519PrivateKey,
-    alpha: Member,
-    beta: Member,
-    caplog: pytest.LogCaptureFixture,
+    pair: tuple[Transport, Transport], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The history of a link an operator reads when a peer stops answering: the sender
     connects anew, the receiver sees the peer's new connection; first contacts are quiet."""
-    a = await start(alpha, trust_of(ca, alpha, beta))
-    b = await start(beta, trust_of(ca, alpha, beta))
+    a, b = pair
     with caplog.at_level(logging.INFO, logger="novacron.agent.transport"):
-        assert await within(a.send("beta", b.address, Ping(seq=1, target="beta")))
-        await within(b.recv())
+        await crosses(a, b, 1)
         assert caplog.messages == []
         a.reconnect("beta")
-        assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
-        assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+        await crosses(a, b, 2)
     assert caplog.messages == [
         "connecting anew to beta: it came back",
         "alpha connected to us anew",
@@ -201,27 +210,17 @@ async def test_each_end_of_a_rebuilt_connection_says_so_in_the_log(
 
 
 async def test_a_peer_that_answers_others_but_not_us_gets_a_new_connection_now_and_then(
-    start: Started,
-    ca: Ed25519PrivateKey,
-    alpha: Member,
-    beta: Member,
-    caplog: pytest.LogCaptureFixture,
+    pair: tuple[Transport, Transport], caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = await start(alpha, trust_of(ca, alpha, beta))
-    b = await start(beta, trust_of(ca, alpha, beta))
-    assert await within(a.send("beta", b.address, Ping(seq=1, target="beta")))
-    await within(b.recv())
+    a, b = pair
+    await crosses(a, b, 1)
     with caplog.at_level(logging.INFO, logger="novacron.agent.transport"):
         a.unanswered("beta")
-        assert await within(a.send("beta", b.address, Ping(seq=2, target="beta")))
-        assert await within(b.recv()) == ("alpha", Ping(seq=2, target="beta"))
+        await crosses(a, b, 2)
         a.unanswered("beta")  # said again at once: the new connection is kept a while
-        assert await within(a.send("beta", b.address, Ping(seq=3, target="beta")))
-        assert await within(b.recv()) == ("alpha", Ping(seq=3, target="beta"))
-    assert caplog.messages == [
-        "connecting anew to beta: it answers others, not us",
-        "alpha connected to us anew",
-    ]
+        await crosses(a, b, 3)
+    rebuilt = "connecting anew to beta: it answers others, not us"
+    assert caplog.messages == [rebuilt, "alpha connected to us anew"]
 
 
 # --- refusals ----------------------------------------------------------------------
