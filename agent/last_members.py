@@ -5,8 +5,8 @@ alive, then failed, and cannot reach the new one: it does not know their
 addresses, so it answers none of them. Static seeds and mDNS bring it back,
 but the mesh's own seed has no seed but itself, and mDNS may be off or not
 cross a router. So, as Serf's snapshot does, the agent keeps the addresses
-of the members it last saw alive and knocks at some of them while it is
-alone. A file that does not decode is ignored; every address found in it is
+of its members (alive or failed, not those that left) and knocks at some of
+them while it is alone. A file that does not decode is ignored; every address found in it is
 only ever introduced to, which checks the certificate of whoever answers.
 """
 

@@ -79,8 +79,8 @@ class ProbeTracker:
         """Note how `target` answered a probe; whether that was through relays for the
         `INDIRECT_IN_A_ROW`th time in a row (then the count starts again). Once can be
         a slow target; in a row, our own path to it has failed."""
-        count = 0 if directly else self._indirect.pop(target, 0) + 1
-        self._indirect.pop(target, None)
+        before = self._indirect.pop(target, 0)
+        count = 0 if directly else before + 1
         if count == 0 or count >= INDIRECT_IN_A_ROW:
             return count > 0
         if len(self._indirect) >= MAX_INDIRECT:
