@@ -722,7 +722,8 @@ class Agent:
         restarted source's migration proposals then went unanswered for minutes);
         and it must know where they are, or only seeds and mDNS bring it back.
         """
-        certificates, members, looked = -1, set[str](), -MEMBERS_SAVE
+        certificates, looked = -1, -MEMBERS_SAVE
+        members: dict[str, tuple[str, int]] = {}
         while True:
             if self.trust.changes != certificates:
                 certificates = self.trust.changes
@@ -733,20 +734,22 @@ class Agent:
             # is no news: the file keeps where they were.
             if not members or self._clock() - looked >= MEMBERS_SAVE:
                 known, looked = self._member_addresses(), self._clock()
-                if known and known != members:
+                if known and known.keys() != members.keys():
                     members = known
-                    await asyncio.to_thread(save_last_members, self._last_members, known)
-                    self._remembered = [split_address(address) for address in known]
+                    await asyncio.to_thread(save_last_members, self._last_members, list(known))
+                    self._remembered = list(known.values())
             await asyncio.sleep(PEERS_SAVE)
 
-    def _member_addresses(self) -> set[str]:
+    def _member_addresses(self) -> dict[str, tuple[str, int]]:
         """Where the members are, or were before they failed (they may come back there
-        first): every member but us and those that left or are not addressable."""
-        return {
-            m.address
-            for m in self.core.members()
-            if m.node_id != self.node_id and m.state.value != "left" and _addressable(m.address)
-        }
+        first): every member's address but ours and those of members that left, each
+        with its (host, port); an address that does not parse is no address."""
+        known = {}
+        for m in self.core.members():
+            if m.node_id != self.node_id and m.state.value != "left":
+                with contextlib.suppress(ValueError):
+                    known[m.address] = split_address(m.address)
+        return known
 
     def reload_in_background(self) -> None:
         """SIGHUP (systemctl reload): reload, and log the refusal if there is one."""
@@ -809,8 +812,11 @@ class Agent:
         for member in self.core.members():
             if member.node_id == self.node_id or member.state.value != "alive":
                 continue
-            with contextlib.suppress(ValueError):
-                await self._introduce(*split_address(member.address))
+            try:
+                host, port = split_address(member.address)
+            except ValueError:
+                continue
+            await self._introduce(host, port)
 
     def _member_notes(self) -> dict[str, str]:
         notes = {node: "revoked" for node in self.revoked_members}
@@ -1061,14 +1067,6 @@ def _identity_change(old: NodeIdentity, new: NodeIdentity) -> str:
     ):
         return "the keys changed: a new key is a new identity; restart the agent"
     return ""
-
-
-def _addressable(address: str) -> bool:
-    try:
-        split_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_own_address(host: str, port: int, own_port: int) -> bool:

@@ -66,9 +66,9 @@ def _name(task: asyncio.Future[Any]) -> str:
 
 def _where(task: asyncio.Future[Any]) -> str:
     """`task`'s name and the awaits it sits in, innermost last, for a log line."""
+    lines = [f": {_name(task)}"]
     if not isinstance(task, asyncio.Task):
-        return f": {task!r}"
-    lines = [f": {task.get_name()}"]
+        return lines[0]
     awaiting: Any = task.get_coro()
     for _ in range(MAX_AWAITS):
         frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)

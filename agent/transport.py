@@ -350,9 +350,7 @@ class Transport:
         now = time.monotonic()
         if now - self._resets.get(peer_id, -RESET_AFTER) >= RESET_AFTER:
             self._resets[peer_id] = now
-            if self._dealers.get(peer_id) is not None:
-                log.info("connecting anew to %s: %s", peer_id, why)
-            self.forget(peer_id)
+            self._rebuild(peer_id, why)
 
     def unanswered(self, peer_id: str) -> None:
         """`peer_id` answers our probes only through relays, probe after probe: rebuild
@@ -378,8 +376,12 @@ class Transport:
         it; they were sent while the peer was unreachable, and a peer that
         restarted does not get those even from the old connection.
         """
-        if self._dealers.get(peer_id) is not None:
-            log.info("connecting anew to %s: it came back", peer_id)
+        self._rebuild(peer_id, "it came back")
+
+    def _rebuild(self, peer_id: str, why: str) -> None:
+        """Drop our connection to `peer_id`, saying why; the next send makes a new one."""
+        if peer_id in self._dealers:
+            log.info("connecting anew to %s: %s", peer_id, why)
         self.forget(peer_id)
 
     def forget(self, peer_id: str) -> None:
