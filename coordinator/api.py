@@ -411,7 +411,7 @@ class Api:
         if decision.chosen is None:
             raise ApiError(409, "no_placement", decision.reason)
         site = decision.chosen
-        if body["name"] in await self.store.vm_names(site):
+        if await self.store.vm_exists(site, body["name"]):
             raise ApiError(409, "conflict", f"site {site} already runs a VM named {body['name']}")
         spec: dict[str, Any] = {
             k: body[k]

@@ -41,6 +41,7 @@ from novacron.protocol.sitelink import (
     hello_bytes,
 )
 
+from .store import UNFINISHED_COMMANDS
 from .stream import Verdict
 
 if TYPE_CHECKING:
@@ -101,18 +102,20 @@ class SiteLinks:
         for task in list(self._kicks):
             task.cancel()
 
-    def kick(self, site: str) -> None:
-        """Send `site` its commands not yet sent on its link (if it is connected)."""
+    def kick(self, site: str, *, backlog: bool = False) -> None:
+        """Send `site` its commands never sent (`backlog`: every unfinished one, as a new
+        link must, since the last link may have lost what it carried), if it is connected."""
         link = self._links.get(site)
         if link is None:
             return
-        task = asyncio.create_task(self._send_commands(link), name=f"commands:{site}")
+        states = UNFINISHED_COMMANDS if backlog else ("pending",)
+        task = asyncio.create_task(self._send_commands(link, states), name=f"commands:{site}")
         self._kicks.add(task)
         task.add_done_callback(self._kicks.discard)
 
-    async def _send_commands(self, link: Link) -> None:
+    async def _send_commands(self, link: Link, states: tuple[str, ...]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            for command in await self.store.commands_to_send(link.site):
+            for command in await self.store.commands_to_send(link.site, states=states):
                 if command.key in link.sent or self._links.get(link.site) is not link:
                     continue
                 link.sent.add(command.key)
@@ -124,9 +127,11 @@ class SiteLinks:
 
         The gateway runs a pinned command only as the coordinator signed it: the
         host checks that signature, which covers the host it runs on."""
+        if not keys:
+            return  # (no keys would read every unfinished command)
         with contextlib.suppress(ConnectionError, RuntimeError):
-            for command in await self.store.commands_to_send(link.site):
-                if command.key in keys and command.host:
+            for command in await self.store.commands_to_send(link.site, keys=keys):
+                if command.host:
                     await link.send(self._command_frame(command))
 
     def _command_frame(self, command: Command) -> bytes:
@@ -162,7 +167,7 @@ class SiteLinks:
             position = await self.store.position(site)
             await link.send(encode(Welcome(site, position.stream, position.applied), self.c.node))
             await self.store.link_changed(site, True, gateway)
-            self.kick(site)
+            self.kick(site, backlog=True)
             await self._receive(link)
         finally:
             if self._links.get(site) is link:

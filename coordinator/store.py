@@ -636,9 +636,12 @@ class Store:
         )
         return {r["site"] for r in rows}
 
-    async def vm_names(self, site: str) -> set[str]:
-        rows = await self.db.fetch("SELECT DISTINCT name FROM vms WHERE site = ?", site)
-        return {r["name"] for r in rows}
+    async def vm_exists(self, site: str, name: str) -> bool:
+        """Whether `site` runs a VM named `name` (on any of its hosts)."""
+        row = await self.db.fetchone(
+            "SELECT 1 AS found FROM vms WHERE site = ? AND name = ? LIMIT 1", site, name
+        )
+        return row is not None
 
     # --- operations and commands ------------------------------------------------------------
 
@@ -784,14 +787,22 @@ class Store:
         )
         b.event(f"operation.{status}", op_id, "", {"error": error})
 
-    async def commands_to_send(self, site: str) -> list[Command]:
-        """The site's unfinished commands, oldest first, each with its pin if it has one."""
-        rows = await self.db.fetch(
-            "SELECT key, body, host FROM commands WHERE site = ? AND state IN (?, ?, ?) "
-            "ORDER BY created_at, key",
-            site,
-            *UNFINISHED_COMMANDS,
-        )
+    async def commands_to_send(
+        self,
+        site: str,
+        *,
+        states: tuple[str, ...] = UNFINISHED_COMMANDS,
+        keys: Iterable[str] = (),
+    ) -> list[Command]:
+        """The site's commands in `states` (every unfinished one unless told), oldest
+        first, each with its pin if it has one; only those among `keys` if any are given.
+        A link reads what it has not sent yet, not the whole backlog, on each kick: a site
+        slow to finish its commands must not make every new one cost more."""
+        wanted = sorted(set(keys))
+        sql = f"SELECT key, body, host FROM commands WHERE site = ? AND state IN ({_marks(states)})"
+        if wanted:
+            sql += f" AND key IN ({_marks(wanted)})"
+        rows = await self.db.fetch(sql + " ORDER BY created_at, key", site, *states, *wanted)
         return [command_from({**json.loads(r["body"]), "host": r["host"]}) for r in rows]
 
     async def unfinished_commands(self) -> dict[tuple[str, str], int]:
@@ -1056,6 +1067,11 @@ def _host_row(row: Row) -> Row:
         "vm_count": int(row["vm_count"]),
         "vms": {"vcpus": int(row["vm_vcpus"]), "memory_mib": int(row["vm_memory_mib"])},
     }
+
+
+def _marks(values: tuple[str, ...] | list[str]) -> str:
+    """As many `?` placeholders as `values`, comma-separated."""
+    return ", ".join("?" * len(values))
 
 
 def _vm_row(row: Row) -> Row:
