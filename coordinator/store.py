@@ -149,10 +149,10 @@ class Store:
             step = left if self._poll is None else min(left, self._poll)
             await wait_event(event, step)
 
-    async def _write(self, work: Work[T]) -> T:
+    async def _write(self, work: Work[T], *, streamed: bool = False) -> T:
         """Run `work` in the writer's next transaction (writes.py): what it returned, once
-        committed."""
-        return await self._writer.write(work)
+        committed. `streamed`: a site link's write, which lets the API's go first."""
+        return await self._writer.write(work, streamed=streamed)
 
     async def events_after(self, index: int, limit: int) -> list[Row]:
         rows = await self.db.fetch(
@@ -337,7 +337,7 @@ class Store:
             kind = "site.connected" if connected else "site.disconnected"
             b.event(kind, name, name, {"gateway": gateway})
 
-        await self._write(write)
+        await self._write(write, streamed=True)
 
     async def position(self, name: str) -> StreamPosition:
         row = await self.db.fetchone("SELECT stream, applied FROM sites WHERE name = ?", name)
@@ -395,7 +395,7 @@ class Store:
                 b.event("site.view", subject, site, data)
             return Applied(verdict, "", tuple(refused))
 
-        return await self._write(write)
+        return await self._write(write, streamed=True)
 
     async def _clear_view(self, tx: Connection, site: str) -> None:
         # Hosts are marked, not deleted: the snapshot's end removes those it did not name.
@@ -836,7 +836,7 @@ class Store:
                 row["operation"],
             )
 
-        await self._write(write)
+        await self._write(write, streamed=True)
 
     async def _pin(self, tx: Connection, key: str, host: str, index: int) -> bool:
         """Record the host a command runs on; False if its operation no longer wants it."""

@@ -19,6 +19,12 @@ transaction, with one index stamp and their events inserted together:
 - A write whose caller stopped waiting before the writer took it is not run;
   one taken already runs to its end (a delta committed but not acknowledged
   is sent again by the site and judged a duplicate).
+- Writes asked for through the API go first: a batch takes them before the
+  site links' writes (deltas, sends, link state), each kind in its order of
+  arrival. A hundred sites streaming keep up to a hundred deltas waiting, and
+  an operator's create must not wait behind all of them; a site's delta only
+  waits longer for its acknowledgement, and its stream resumes from the last
+  one either way.
 
 The writer is a task that exists while writes wait: the first write to find
 none starts it, and it ends when no write is left.
@@ -143,16 +149,18 @@ class Writer:
         self._clock = clock
         self._committed = committed  # the tables a committed batch changed
         self._max_batch = max_batch or MAX_BATCH
-        self._waiting: deque[_Write[Any]] = deque()
+        self._asked: deque[_Write[Any]] = deque()  # writes an API request waits on
+        self._streamed: deque[_Write[Any]] = deque()  # writes of the site links
         self._task: asyncio.Task[None] | None = None
         self.counts = WriterCounts()
 
-    async def write(self, work: Work[T]) -> T:
+    async def write(self, work: Work[T], *, streamed: bool = False) -> T:
         """What `work` returned, once the transaction it ran in committed; or what it raised
-        (or the commit raised) when it ran alone."""
+        (or the commit raised) when it ran alone. `streamed`: a site link's write, which
+        waits behind those the API asked for."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
-        self._waiting.append(_Write(work, done))
+        (self._streamed if streamed else self._asked).append(_Write(work, done))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain(), name="coordinator-writer")
         return await done
@@ -160,21 +168,22 @@ class Writer:
     async def _drain(self) -> None:
         batch: list[_Write[Any]] = []
         try:
-            while self._waiting:
+            while self._asked or self._streamed:
                 batch = []
                 most = self._max_batch[self._database().dialect]
-                while self._waiting and len(batch) < most:
-                    item = self._waiting.popleft()
-                    if not item.done.done():  # its caller stopped waiting: not run
-                        batch.append(item)
+                for waiting in (self._asked, self._streamed):
+                    while waiting and len(batch) < most:
+                        item = waiting.popleft()
+                        if not item.done.done():  # its caller stopped waiting: not run
+                            batch.append(item)
                 if batch:
                     await self._run(batch)
                 batch = []
         finally:  # cancelled (the loop stops): nobody is left waiting forever
-            for item in (*batch, *self._waiting):
+            for item in (*batch, *self._asked, *self._streamed):
                 if not item.done.done():
                     item.done.cancel()
-            if not self._waiting:
+            if not (self._asked or self._streamed):
                 self._task = None
 
     async def _run(self, batch: list[_Write[Any]]) -> None:
