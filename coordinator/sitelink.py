@@ -68,6 +68,7 @@ class Link:
     gateway: str
     ws: web.WebSocketResponse
     sent: set[str] = field(default_factory=set)  # command keys sent on this connection
+    backlog_sent: bool = False  # one pass over every unfinished command has ended
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: bytes) -> None:
@@ -102,25 +103,38 @@ class SiteLinks:
         for task in list(self._kicks):
             task.cancel()
 
-    def kick(self, site: str, *, backlog: bool = False) -> None:
-        """Send `site` its commands never sent (`backlog`: every unfinished one, as a new
-        link must, since the last link may have lost what it carried), if it is connected."""
+    def kick(self, site: str) -> None:
+        """Send `site` its commands not yet sent on its link (if it is connected)."""
         link = self._links.get(site)
         if link is None:
             return
-        states = UNFINISHED_COMMANDS if backlog else ("pending",)
-        task = asyncio.create_task(self._send_commands(link, states), name=f"commands:{site}")
+        task = asyncio.create_task(self._send_commands(link), name=f"commands:{site}")
         self._kicks.add(task)
         task.add_done_callback(self._kicks.discard)
 
-    async def _send_commands(self, link: Link, states: tuple[str, ...]) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
+    async def _send_commands(self, link: Link) -> None:
+        """Every unfinished command until one pass over them all has ended on this link
+        (the last link may have lost what it carried), then only those never sent: a
+        site slow to finish its commands must not make each new one cost more."""
+        backlog = not link.backlog_sent
+        states = UNFINISHED_COMMANDS if backlog else ("pending",)
+        try:
             for command in await self.store.commands_to_send(link.site, states=states):
                 if command.key in link.sent or self._links.get(link.site) is not link:
                     continue
                 link.sent.add(command.key)
                 await link.send(self._command_frame(command))
                 await self.store.command_sent(command.key)
+        except (ConnectionError, RuntimeError):
+            return  # the link is gone; the next one sends what is left
+        except Exception as exc:  # the database: the next kick reads again
+            log.warning(
+                "could not send a site its commands",
+                extra={"fields": {"site": link.site, "why": repr(exc)[:200]}},
+            )
+            return
+        if backlog:
+            link.backlog_sent = True
 
     async def _send_pinned(self, link: Link, keys: set[str]) -> None:
         """The commands whose pins were just committed, pinned and signed for their host.
@@ -167,7 +181,7 @@ class SiteLinks:
             position = await self.store.position(site)
             await link.send(encode(Welcome(site, position.stream, position.applied), self.c.node))
             await self.store.link_changed(site, True, gateway)
-            self.kick(site, backlog=True)
+            self.kick(site)
             await self._receive(link)
         finally:
             if self._links.get(site) is link:

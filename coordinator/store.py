@@ -45,6 +45,7 @@ ENROLL_TTL = 24 * 3600.0  # seconds an enrollment token stays valid
 ROLES = ("reader", "operator", "admin")  # each includes the ones before it
 TERMINAL = ("succeeded", "failed", "cancelled")  # operation states that never change again
 UNFINISHED_COMMANDS = ("pending", "sent", "pinned")
+KEYS_PER_READ = 32  # command keys looked up in one statement
 
 T = TypeVar("T")
 
@@ -325,15 +326,20 @@ class Store:
         async def write(b: Batch) -> None:
             tx = b.tx
             index = await b.stamp(("sites",))
-            await tx.execute(
+            # A site revoked while its link came up stays disconnected: the revocation
+            # closes the link, and this write may commit after it.
+            changed = await tx.execute(
                 "UPDATE sites SET connected = ?, gateway = ?, last_seen = ?, modify_index = ? "
-                "WHERE name = ?",
+                "WHERE name = ? AND (state <> 'revoked' OR ? = 0)",
                 int(connected),
                 gateway,
                 self._clock(),
                 index,
                 name,
+                int(connected),
             )
+            if not changed:
+                return
             kind = "site.connected" if connected else "site.disconnected"
             b.event(kind, name, name, {"gateway": gateway})
 
@@ -798,11 +804,25 @@ class Store:
         first, each with its pin if it has one; only those among `keys` if any are given.
         A link reads what it has not sent yet, not the whole backlog, on each kick: a site
         slow to finish its commands must not make every new one cost more."""
+        sql = (
+            "SELECT key, body, host, created_at FROM commands "
+            f"WHERE site = ? AND state IN ({_marks(states)})"
+        )
+        order = " ORDER BY created_at, key"
         wanted = sorted(set(keys))
-        sql = f"SELECT key, body, host FROM commands WHERE site = ? AND state IN ({_marks(states)})"
-        if wanted:
-            sql += f" AND key IN ({_marks(wanted)})"
-        rows = await self.db.fetch(sql + " ORDER BY created_at, key", site, *states, *wanted)
+        if not wanted:
+            rows = await self.db.fetch(sql + order, site, *states)
+        else:
+            # Keys in chunks of one size (the last padded with its own last key): one
+            # statement shape however many keys a delta names, and none too long to run.
+            rows = []
+            for start in range(0, len(wanted), KEYS_PER_READ):
+                chunk = wanted[start : start + KEYS_PER_READ]
+                chunk += chunk[-1:] * (KEYS_PER_READ - len(chunk))
+                rows += await self.db.fetch(
+                    f"{sql} AND key IN ({_marks(chunk)}){order}", site, *states, *chunk
+                )
+            rows.sort(key=lambda r: (r["created_at"], r["key"]))
         return [command_from({**json.loads(r["body"]), "host": r["host"]}) for r in rows]
 
     async def unfinished_commands(self) -> dict[tuple[str, str], int]:

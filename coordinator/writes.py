@@ -21,10 +21,10 @@ transaction, with one index stamp and their events inserted together:
   is sent again by the site and judged a duplicate).
 - Writes asked for through the API go first: a batch takes them before the
   site links' writes (deltas, sends, link state), each kind in its order of
-  arrival. A hundred sites streaming keep up to a hundred deltas waiting, and
-  an operator's create must not wait behind all of them; a site's delta only
-  waits longer for its acknowledgement, and its stream resumes from the last
-  one either way.
+  arrival, but keeps half its room for the site links while any of theirs
+  wait. A hundred sites streaming keep up to a hundred deltas waiting, and an
+  operator's create must not wait behind all of them; a flood of API writes
+  must not hold a site's deltas back for good either.
 
 The writer is a task that exists while writes wait: the first write to find
 none starts it, and it ends when no write is left.
@@ -171,11 +171,11 @@ class Writer:
             while self._asked or self._streamed:
                 batch = []
                 most = self._max_batch[self._database().dialect]
-                for waiting in (self._asked, self._streamed):
-                    while waiting and len(batch) < most:
-                        item = waiting.popleft()
-                        if not item.done.done():  # its caller stopped waiting: not run
-                            batch.append(item)
+                # The site links keep half of a batch while any of theirs wait: however
+                # many API writes queue, a delta is never held back for good.
+                kept = min(len(self._streamed), most // 2)
+                _take(self._asked, batch, most - kept)
+                _take(self._streamed, batch, most)
                 if batch:
                     await self._run(batch)
                 batch = []
@@ -226,6 +226,15 @@ class Writer:
         self.counts.failed_writes += 1
         if not item.done.done():
             item.done.set_exception(exc)
+
+
+def _take(waiting: deque[_Write[Any]], batch: list[_Write[Any]], most: int) -> None:
+    """Move writes from `waiting` into `batch` until it holds `most`; those whose caller
+    stopped waiting are dropped, not run."""
+    while waiting and len(batch) < most:
+        item = waiting.popleft()
+        if not item.done.done():
+            batch.append(item)
 
 
 def _resolve(item: _Write[Any], result: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,39 @@ async def test_a_command_for_a_site_that_is_away_stays_pending_visibly_and_can_b
     ack = await again.send(wire.Delta("s1", 2, accepted=(wire.Accepted(command.key, "h1"),)))
     assert ack.cancelled == (command.key,)  # a late pin of a cancelled command is refused
     assert again.inbox.empty()  # and the cancelled command was not sent again
+    await again.close()
+
+
+async def test_what_a_lost_link_carried_is_sent_on_the_next_even_after_a_failed_read(
+    api: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command sent on a link that went down is sent again on the next link; if that
+    link's first read of the unfinished commands fails, a later kick still sends it."""
+    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
+    site = FakeSite(api.url, identity)
+    await site.connect()
+    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1, 2),)))
+    await api.call("POST", "/v1/vms/lyon:vm0000/stop", {"timeout": 5})
+    lost = await site.next(wire.Command)
+    await site.close()  # the link goes down before the site pins the command
+
+    read = api.store.commands_to_send
+    failed: list[str] = []
+
+    async def failing_once(site: str, **how: Any) -> list[wire.Command]:
+        if not failed:
+            failed.append(site)
+            raise sqlite3.OperationalError("database is locked")
+        return await read(site, **how)
+
+    monkeypatch.setattr(api.store, "commands_to_send", failing_once)
+    again = FakeSite(api.url, identity)
+    await again.connect()
+    await again.send(wire.Delta("s1", 2))
+    assert failed == ["lyon"] and again.inbox.empty()
+    await api.call("POST", "/v1/vms/lyon:vm0001/stop", {"timeout": 5})
+    sent = {(await again.next(wire.Command)).key for _ in range(2)}
+    assert lost.key in sent and len(sent) == 2
     await again.close()
 
 

@@ -348,3 +348,38 @@ async def test_an_operators_write_goes_before_the_deltas_waiting_ahead_of_it(
     assert operation <= 2 * most, (
         f"the operation committed after {operation} of the 64 deltas queued before it"
     )
+
+
+async def test_a_flood_of_api_writes_never_holds_a_sites_delta_back_for_good(
+    store: Store, database: str
+) -> None:
+    (site,) = await enrolled(store, 1)
+    index_before = await store.index()
+    most = MAX_BATCH["postgresql" if database else "sqlite"]
+    flood = 8 * most
+
+    async def operation(n: int) -> None:
+        command = {"key": f"flood-{n}", "kind": "start", "vm": "s00-h0-vm0"}
+        await store.start_operation("start", "s00", "s00-h0-vm0", {}, command, LOCAL_ADMIN)
+
+    operations = [asyncio.create_task(operation(n)) for n in range(flood)]
+    await asyncio.sleep(0)
+    applied = await store.apply_delta(site.name, site.change())
+    assert applied.verdict is Verdict.APPLY
+    await asyncio.gather(*operations)
+
+    events = await store.events_after(index_before, 10_000)
+    delta = next(i for i, e in enumerate(events) if e["type"] == "site.view")
+    assert delta <= 2 * most, f"the delta waited for {delta} of {flood} API writes"
+
+
+async def test_a_site_revoked_while_its_link_comes_up_stays_disconnected(store: Store) -> None:
+    (site,) = await enrolled(store, 1)
+    await store.link_changed(site.name, True, "gw")
+    await store.revoke_site(site.name, LOCAL_ADMIN)
+    index = await store.index()
+    # The link's own write, queued before the revocation, commits after it.
+    await store.link_changed(site.name, True, "gw")
+    row = await store.site(site.name)
+    assert (row["state"], row["connected"]) == ("revoked", False)
+    assert [e["type"] for e in await store.events_after(index, 10)] == []
