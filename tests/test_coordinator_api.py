@@ -351,6 +351,24 @@ async def test_what_a_lost_link_carried_is_sent_on_the_next_even_after_a_failed_
     await again.close()
 
 
+async def test_every_command_a_delta_pins_is_sent_pinned_however_many(
+    api: Served, tmp_path: Path
+) -> None:
+    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
+    site = FakeSite(api.url, identity)
+    await site.connect()
+    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1, 40),)))
+    for n in range(40):
+        await api.call("POST", f"/v1/vms/lyon:vm{n:04}/stop", {"timeout": 5})
+    keys = {(await site.next(wire.Command)).key for _ in range(40)}
+    accepted = tuple(wire.Accepted(key, "h1") for key in sorted(keys))
+    ack = await site.send(wire.Delta("s1", 2, accepted=accepted))
+    assert ack.cancelled == ()
+    pinned = [await site.next(wire.Command) for _ in range(40)]
+    assert {c.key for c in pinned} == keys and {c.host for c in pinned} == {"h1"}
+    await site.close()
+
+
 async def test_an_operation_ends_with_the_site_outcome_and_waiters_see_it(
     api: Served, tmp_path: Path
 ) -> None:
