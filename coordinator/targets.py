@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from novacron.agent.core.placement.targets import ANTI_AFFINITY_LABEL
 
@@ -38,13 +37,6 @@ class SiteTarget:
         return self.runs_groups
 
 
-def host_room(host: Mapping[str, Any]) -> tuple[float, int]:
-    """(vCPUs, MiB) free for a new VM on a host that takes new VMs (`host_capacities`)."""
-    vcpus = float(host["vcpus"]) * OVERCOMMIT - int(host["vm_vcpus"])
-    memory = int(host["memory_mib"]) - int(host["vm_memory_mib"])
-    return max(vcpus, 0.0), max(memory, 0)
-
-
 async def site_targets(store: Store, request: Request) -> list[SiteTarget]:
     """Every enrolled site as a target for `request`."""
     grouped = (
@@ -52,12 +44,7 @@ async def site_targets(store: Store, request: Request) -> list[SiteTarget]:
         if request.anti_affinity
         else set()
     )
-    rooms: dict[str, tuple[float, int]] = {}
-    for host in await store.host_capacities():
-        vcpus, memory = host_room(host)
-        best = rooms.get(host["site"], (0.0, 0))
-        if (memory, vcpus) > (best[1], best[0]):
-            rooms[host["site"]] = (vcpus, memory)
+    rooms = await store.site_rooms(OVERCOMMIT)
     targets = []
     for site in await store.sites():
         if site["state"] != "enrolled":

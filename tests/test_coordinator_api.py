@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from novacron.coordinator import openapi
 from novacron.coordinator.service import DOCUMENT
 from novacron.protocol import sitelink as wire
+from novacron.protocol.messages import MemberState
 
 from .coordinator_harness import (
     FakeSite,
@@ -366,6 +368,37 @@ async def test_every_command_a_delta_pins_is_sent_pinned_however_many(
     assert ack.cancelled == ()
     pinned = [await site.next(wire.Command) for _ in range(40)]
     assert {c.key for c in pinned} == keys and {c.host for c in pinned} == {"h1"}
+    await site.close()
+
+
+async def test_a_sites_room_is_its_roomiest_host_that_takes_new_vms(
+    api: Served, tmp_path: Path
+) -> None:
+    """Draining and failed hosts do not count; a host's room never goes below zero."""
+    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
+    site = FakeSite(api.url, identity)
+    await site.connect()
+    used = host_state("used", 1, 2)  # 8 cores, 16,384 MiB, two VMs of 1 vCPU and 64 MiB
+    draining = host_state("draining", 1, memory=65536)
+    draining = replace(draining, record=replace(draining.record, draining=True))
+    failed = replace(host_state("failed", 1, memory=65536), state=MemberState.DEAD)
+    full = host_state("full", 1, 3, memory=100)  # 192 MiB of VMs on 100
+    hosts = (used, draining, failed, full)
+    await site.send(wire.Delta("s1", 1, True, True, hosts=hosts))
+    body = {"vcpus": 1, "memory_mib": 64}
+    status, answer, _ = await api.call("POST", "/v1/placement/explain", body)
+    assert status == 200, answer
+    (lyon,) = [c for c in answer["candidates"] if c["name"] == "lyon"]
+    assert (lyon["free_vcpus"], lyon["free_memory_mib"]) == (8 * 4 - 2, 16384 - 128)
+
+    await site.send(wire.Delta("s1", 2, hosts=(replace(used, state=MemberState.DEAD),)))
+    (lyon,) = [
+        c
+        for c in (await api.call("POST", "/v1/placement/explain", body))[1]["candidates"]
+        if c["name"] == "lyon"
+    ]
+    assert (lyon["free_vcpus"], lyon["free_memory_mib"]) == (8 * 4 - 3, 0)
+    assert not lyon["fits"]
     await site.close()
 
 
