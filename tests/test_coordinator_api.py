@@ -295,13 +295,19 @@ async def test_vm_lists_paginate_filter_and_block(api: Served, tmp_path: Path) -
     await site.close()
 
 
-async def test_a_command_for_a_site_that_is_away_stays_pending_visibly_and_can_be_cancelled(
-    api: Served, tmp_path: Path
-) -> None:
+async def linked_site(api: Served, tmp_path: Path, *hosts: wire.HostState) -> FakeSite:
+    """Site lyon (region eu) enrolled, its link up, its snapshot of `hosts` acknowledged."""
     identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
     site = FakeSite(api.url, identity)
     await site.connect()
-    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1, 1),)))
+    await site.send(wire.Delta("s1", 1, True, True, hosts=hosts))
+    return site
+
+
+async def test_a_command_for_a_site_that_is_away_stays_pending_visibly_and_can_be_cancelled(
+    api: Served, tmp_path: Path
+) -> None:
+    site = await linked_site(api, tmp_path, host_state("h1", 1, 1))
     status, op, headers = await api.call("POST", "/v1/vms/lyon:vm0000/stop", {"timeout": 5})
     assert status == 202 and headers["Location"] == f"/v1/operations/{op['id']}"
     command = await site.next(wire.Command)
@@ -312,7 +318,7 @@ async def test_a_command_for_a_site_that_is_away_stays_pending_visibly_and_can_b
     assert pending["status"] == "running" and "link is down" in pending["detail"]
     status, cancelled, _ = await api.call("DELETE", f"/v1/operations/{op['id']}")
     assert status == 200 and cancelled["status"] == "cancelled"
-    again = FakeSite(api.url, identity)
+    again = FakeSite(api.url, site.identity)
     await again.connect()
     ack = await again.send(wire.Delta("s1", 2, accepted=(wire.Accepted(command.key, "h1"),)))
     assert ack.cancelled == (command.key,)  # a late pin of a cancelled command is refused
@@ -325,10 +331,7 @@ async def test_what_a_lost_link_carried_is_sent_on_the_next_even_after_a_failed_
 ) -> None:
     """A command sent on a link that went down is sent again on the next link; if that
     link's first read of the unfinished commands fails, a later kick still sends it."""
-    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
-    site = FakeSite(api.url, identity)
-    await site.connect()
-    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1, 2),)))
+    site = await linked_site(api, tmp_path, host_state("h1", 1, 2))
     await api.call("POST", "/v1/vms/lyon:vm0000/stop", {"timeout": 5})
     lost = await site.next(wire.Command)
     await site.close()  # the link goes down before the site pins the command
@@ -343,7 +346,7 @@ async def test_what_a_lost_link_carried_is_sent_on_the_next_even_after_a_failed_
         return await read(site, **how)
 
     monkeypatch.setattr(api.store, "commands_to_send", failing_once)
-    again = FakeSite(api.url, identity)
+    again = FakeSite(api.url, site.identity)
     await again.connect()
     await again.send(wire.Delta("s1", 2))
     assert failed == ["lyon"] and again.inbox.empty()
@@ -356,10 +359,7 @@ async def test_what_a_lost_link_carried_is_sent_on_the_next_even_after_a_failed_
 async def test_every_command_a_delta_pins_is_sent_pinned_however_many(
     api: Served, tmp_path: Path
 ) -> None:
-    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
-    site = FakeSite(api.url, identity)
-    await site.connect()
-    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1, 40),)))
+    site = await linked_site(api, tmp_path, host_state("h1", 1, 40))
     for n in range(40):
         await api.call("POST", f"/v1/vms/lyon:vm{n:04}/stop", {"timeout": 5})
     keys = {(await site.next(wire.Command)).key for _ in range(40)}
@@ -375,16 +375,12 @@ async def test_a_sites_room_is_its_roomiest_host_that_takes_new_vms(
     api: Served, tmp_path: Path
 ) -> None:
     """Draining and failed hosts do not count; a host's room never goes below zero."""
-    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
-    site = FakeSite(api.url, identity)
-    await site.connect()
     used = host_state("used", 1, 2)  # 8 cores, 16,384 MiB, two VMs of 1 vCPU and 64 MiB
     draining = host_state("draining", 1, memory=65536)
     draining = replace(draining, record=replace(draining.record, draining=True))
     failed = replace(host_state("failed", 1, memory=65536), state=MemberState.DEAD)
     full = host_state("full", 1, 3, memory=100)  # 192 MiB of VMs on 100
-    hosts = (used, draining, failed, full)
-    await site.send(wire.Delta("s1", 1, True, True, hosts=hosts))
+    site = await linked_site(api, tmp_path, used, draining, failed, full)
     body = {"vcpus": 1, "memory_mib": 64}
     status, answer, _ = await api.call("POST", "/v1/placement/explain", body)
     assert status == 200, answer
@@ -405,10 +401,7 @@ async def test_a_sites_room_is_its_roomiest_host_that_takes_new_vms(
 async def test_an_operation_ends_with_the_site_outcome_and_waiters_see_it(
     api: Served, tmp_path: Path
 ) -> None:
-    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
-    site = FakeSite(api.url, identity)
-    await site.connect()
-    await site.send(wire.Delta("s1", 1, True, True, hosts=(host_state("h1", 1),)))
+    site = await linked_site(api, tmp_path, host_state("h1", 1))
     body = {"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "/k",
             "constraints": {"labels": {"region": "eu"}}}  # fmt: skip
     status, op, _ = await api.call("POST", "/v1/vms", body, role="operator")
