@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,40 @@ def test_nova_talks_to_the_coordinator_through_a_context(fed: Federation) -> Non
     assert code == 1 and "no target fits" in answer["error"]
     code, answer, _ = cli(fed, "--coordinator", "https://127.0.0.1:1", "sites")
     assert code == 3 and "cannot reach the coordinator" in answer["error"]
+
+
+def test_nova_drains_and_migrates_through_the_coordinator(fed: Federation) -> None:
+    """`nova host drain/undrain SITE/HOST` and `nova vm migrate VM --site S` with a context:
+    each an operation the site carries out, or refuses with its reason."""
+    assert fed.api is not None
+    c = fed.coordinator
+    config = fed.root / "xdg-ops"
+    code, _, err = cli(
+        fed, "context", "add", "ops", c.url, "--token", fed.api.token, "--ca", str(fed.tls[0]),
+        config=config,
+    )  # fmt: skip
+    assert code == 0, err
+
+    def p1_draining(expected: bool) -> bool:
+        assert fed.api is not None
+        rows = fed.api.get("/v1/hosts?site=paris")["items"]
+        return bool(next(h for h in rows if h["node_id"] == "p1")["draining"]) is expected
+
+    for action, draining in (("drain", True), ("undrain", False)):
+        code, answer, err = cli(fed, "host", action, "paris/p1", config=config)
+        assert code == 0, err
+        done = fed.api.wait_operation(answer["operation"]["id"])
+        assert done["status"] == "succeeded", done
+        assert done["detail"] == f"p1 {'draining' if draining else 'not draining'}", done
+        wait_until(f"p1 {action}ed in the view", partial(p1_draining, draining))
+
+    status, op = create(fed, "mover", "eu-central")
+    assert status == 202 and fed.api.wait_operation(op["id"])["status"] == "succeeded"
+    code, answer, err = cli(
+        fed, "vm", "migrate", "mover", "--auto", "--site", "paris", config=config
+    )
+    assert code == 0, err  # accepted: the site judges it
+    done = fed.api.wait_operation(answer["operation"]["id"])
+    assert done["status"] == "failed", done
+    assert done["error"]["message"] == "no other host in the mesh", done
+    assert [vm["host"] for vm in copies(fed, "mover")] == ["p1"]
