@@ -216,6 +216,9 @@ def test_an_uplink_cut_the_site_goes_on_a_command_waits_visibly_and_runs_once_on
         fed, "p1", "vm", "create", "alone-1", "--memory", "64", "--kernel", kernel
     )
     assert code == 0, (made, err)  # the site's own CLI goes on without the coordinator
+    for action, draining in (("drain", True), ("undrain", False)):
+        code, answer, err = local_nova(fed, "p1", "host", action)
+        assert code == 0 and answer["drain"]["draining"] is draining, (answer, err)
     status, refused = create(fed, "late-0", "eu-central")
     assert status == 409 and "link down" in refused["error"]["message"]  # placement looks away
     status, op, _ = fed.api.call(
