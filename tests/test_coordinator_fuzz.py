@@ -1,7 +1,8 @@
 """Schemathesis against the coordinator's served OpenAPI document: no 5xx, no answer that
 violates the document, bad input refused, whatever the generated request.
 
-A real `nova-coordinator` process on loopback (SQLite), with an admin token:
+A real `nova-coordinator` process on loopback (on SQLite, then on the suite's
+PostgreSQL), with an admin token:
 every operation of the document gets generated requests, valid and invalid,
 and every answer is checked against the document (status codes, content
 types, schemas, headers).
@@ -35,16 +36,18 @@ EXAMPLES = 15 if FULL else 8  # generated requests per operation (bounded: make 
 class Plain:
     """The coordinator over plain HTTP on loopback (TLS is the federation tests' business)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, database: str) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [str(BIN / "nova-coordinator"), "--data-dir", str(directory)]
+        if database:
+            self.command += ["--database", database]
 
     def admin(self, *args: str) -> str:
         out = subprocess.run(
-            [str(BIN / "nova-coordinator"), "--data-dir", str(self.directory), *args],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            [*self.command, *args], capture_output=True, text=True, timeout=60, check=True
+        )
         return out.stdout.strip().splitlines()[-1]
 
 
@@ -57,17 +60,21 @@ def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[socket.socket]:
         yield sock
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def coordinator(
-    tmp_path_factory: pytest.TempPathFactory, notify: socket.socket
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    notify: socket.socket,
 ) -> Iterator[tuple[str, str]]:
-    plain = Plain(tmp_path_factory.mktemp("fuzzed"))
+    database = ""
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").database()
+    plain = Plain(tmp_path_factory.mktemp("fuzzed"), database)
     token = plain.admin("token", "create", "fuzzer", "--role", "admin")
     plain.admin("site", "add", "lyon")
     log = open(plain.directory / "log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [str(BIN / "nova-coordinator"), "--data-dir", str(plain.directory), "serve",
-         "--listen", f"127.0.0.1:{plain.port}", "--rate", "0"],
+        [*plain.command, "serve", "--listen", f"127.0.0.1:{plain.port}", "--rate", "0"],
         stdout=log, stderr=log, env={**os.environ, "NOTIFY_SOCKET": notify.getsockname()},
     )  # fmt: skip
     try:
