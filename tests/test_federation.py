@@ -35,10 +35,10 @@ pytestmark = pytest.mark.agents  # real agent processes on loopback
 
 
 class Federation:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database: str) -> None:
         self.root = root
         self.tls = tls_files(root / "tls")
-        self.coordinator = CoordinatorProcess(root / "coordinator", self.tls)
+        self.coordinator = CoordinatorProcess(root / "coordinator", self.tls, database)
         self.coordinator.directory.mkdir()
         self.sites: dict[str, Site] = {}
         self.api: Api | None = None
@@ -54,9 +54,15 @@ class Federation:
         return self.api.get(f"/v1/sites/{name}")  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation(tmp_path_factory.mktemp("federation"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    """The two sites and a coordinator on SQLite, then on the suite's PostgreSQL."""
+    database = ""
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").database()
+    fed = Federation(tmp_path_factory.mktemp("federation"), database)
     c = fed.coordinator
     lyon_token = c.admin("site", "add", "lyon", "--label", "region=eu-west")["enrollment_token"]
     paris_token = c.admin("site", "add", "paris", "--label", "region=eu-central")[
