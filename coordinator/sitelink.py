@@ -53,6 +53,10 @@ HELLO_TIMEOUT = 10.0  # seconds a site has to answer the challenge
 HEARTBEAT = 15.0  # seconds between WebSocket pings (a dead site is noticed in ~2 of them)
 
 
+RETRY_FIRST = 1.0  # seconds before a pass over a site's commands the database failed is retried
+RETRY_MAX = 30.0
+
+
 class LinkRefused(Exception):
     def __init__(self, code: RefusalCode, reason: str) -> None:
         super().__init__(reason)
@@ -69,6 +73,7 @@ class Link:
     ws: web.WebSocketResponse
     sent: set[str] = field(default_factory=set)  # command keys sent on this connection
     backlog_sent: bool = False  # one pass over every unfinished command has ended
+    retry: float = RETRY_FIRST  # seconds before a failed pass is tried again (doubling)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: bytes) -> None:
@@ -115,26 +120,35 @@ class SiteLinks:
     async def _send_commands(self, link: Link) -> None:
         """Every unfinished command until one pass over them all has ended on this link
         (the last link may have lost what it carried), then only those never sent: a
-        site slow to finish its commands must not make each new one cost more."""
+        site slow to finish its commands must not make each new one cost more. A pass
+        the database failed is tried again, sooner than the next command would."""
         backlog = not link.backlog_sent
         states = UNFINISHED_COMMANDS if backlog else ("pending",)
         try:
             for command in await self.store.commands_to_send(link.site, states=states):
                 if command.key in link.sent or self._links.get(link.site) is not link:
                     continue
+                frame = self._command_frame(command)
                 link.sent.add(command.key)
-                await link.send(self._command_frame(command))
+                await link.send(frame)
                 await self.store.command_sent(command.key)
         except (ConnectionError, RuntimeError):
             return  # the link is gone; the next one sends what is left
-        except Exception as exc:  # the database: the next kick reads again
+        except Exception as exc:
             log.warning(
-                "could not send a site its commands",
-                extra={"fields": {"site": link.site, "why": repr(exc)[:200]}},
+                "could not send a site its commands; trying again",
+                extra={"fields": {"site": link.site, "in_s": link.retry, "why": repr(exc)[:200]}},
             )
+            asyncio.get_running_loop().call_later(link.retry, self._retry, link)
+            link.retry = min(2 * link.retry, RETRY_MAX)
             return
+        link.retry = RETRY_FIRST
         if backlog:
             link.backlog_sent = True
+
+    def _retry(self, link: Link) -> None:
+        if self._links.get(link.site) is link:
+            self.kick(link.site)
 
     async def _send_pinned(self, link: Link, keys: set[str]) -> None:
         """The commands whose pins were just committed, pinned and signed for their host.
@@ -180,9 +194,14 @@ class SiteLinks:
         try:
             position = await self.store.position(site)
             await link.send(encode(Welcome(site, position.stream, position.applied), self.c.node))
-            await self.store.link_changed(site, True, gateway)
+            if not await self.store.link_changed(site, True, gateway):
+                # Revoked between its handshake and now, before this link could be dropped.
+                await self.drop(site, "the site was revoked")
+                return ws
             self.kick(site)
             await self._receive(link)
+        except (ConnectionError, RuntimeError):
+            pass  # the link went down as it came up: recorded below, as any end of a link
         finally:
             if self._links.get(site) is link:
                 del self._links[site]

@@ -322,28 +322,31 @@ class Store:
         await self._write(write)
         return await self.site(name)
 
-    async def link_changed(self, name: str, connected: bool, gateway: str) -> None:
-        async def write(b: Batch) -> None:
+    async def link_changed(self, name: str, connected: bool, gateway: str) -> bool:
+        """Record the site's link up or down; False, changing nothing, for a link coming
+        up of a site revoked meanwhile (the revocation may commit before this write)."""
+
+        async def write(b: Batch) -> bool:
             tx = b.tx
+            if connected:
+                row = await tx.fetchone("SELECT state FROM sites WHERE name = ?", name)
+                if row is None or row["state"] == "revoked":
+                    return False
             index = await b.stamp(("sites",))
-            # A site revoked while its link came up stays disconnected: the revocation
-            # closes the link, and this write may commit after it.
-            changed = await tx.execute(
+            await tx.execute(
                 "UPDATE sites SET connected = ?, gateway = ?, last_seen = ?, modify_index = ? "
-                "WHERE name = ? AND (state <> 'revoked' OR ? = 0)",
+                "WHERE name = ?",
                 int(connected),
                 gateway,
                 self._clock(),
                 index,
                 name,
-                int(connected),
             )
-            if not changed:
-                return
             kind = "site.connected" if connected else "site.disconnected"
             b.event(kind, name, name, {"gateway": gateway})
+            return True
 
-        await self._write(write, streamed=True)
+        return await self._write(write, streamed=True)
 
     async def position(self, name: str) -> StreamPosition:
         row = await self.db.fetchone("SELECT stream, applied FROM sites WHERE name = ?", name)

@@ -379,7 +379,7 @@ async def test_a_site_revoked_while_its_link_comes_up_stays_disconnected(store: 
     await store.revoke_site(site.name, LOCAL_ADMIN)
     index = await store.index()
     # The link's own write, queued before the revocation, commits after it.
-    await store.link_changed(site.name, True, "gw")
+    assert not await store.link_changed(site.name, True, "gw")
     row = await store.site(site.name)
     assert (row["state"], row["connected"]) == ("revoked", False)
     assert [e["type"] for e in await store.events_after(index, 10)] == []
