@@ -157,10 +157,12 @@ class MeshPull:
         """Pull, or raise `PullFailed`, `TemplateRefused`, `StoreError` or `CatalogueError`."""
         self._box = self.service.inbox(self)
         try:
+            # One wait for a holder, however it is spent between the version and its holders.
+            until = self._clock() + (0.0 if self.catalogue is not None else HOLDER_WAIT)
             if self.version is None:
-                self.version = await self._newest()
+                self.version = await self._newest(until)
             self.status.ref = self.ref
-            found = await self._holders()
+            found = await self._holders(until)
             if found is None:
                 return await self._from_catalogue(f"no alive peer holds {self.ref} whole")
             signed, maps = await self._template(list(found.whole))
@@ -172,11 +174,11 @@ class MeshPull:
         finally:
             self.service.close_inbox(self)
 
-    async def _newest(self) -> str:
+    async def _newest(self, until: float) -> str:
         def offered() -> str | None:
             return newest_offered(self.mesh.records().values(), self.name)
 
-        version = await self._looked_for(offered)
+        version = await self._looked_for(offered, until)
         if version is None and self.catalogue is not None:
             return newest_listed(self.catalogue, self.name)
         if version is None:
@@ -187,18 +189,17 @@ class MeshPull:
             )
         return version
 
-    async def _holders(self) -> Holders | None:
+    async def _holders(self, until: float) -> Holders | None:
         def whole() -> Holders | None:
             found = holders(self.mesh.records(), self.ref, self.mesh.me, self.mesh.states())
             return found if found.whole else None
 
-        return await self._looked_for(whole)
+        return await self._looked_for(whole, until)
 
-    async def _looked_for(self, find: Callable[[], T | None]) -> T | None:
-        """What `find` finds in the records, looked for again every `REFRESH` s for up to
-        `HOLDER_WAIT` s when the pull has no catalogue to fall back on (else at once)."""
-        deadline = self._clock() + (0.0 if self.catalogue is not None else HOLDER_WAIT)
-        while (found := find()) is None and self._clock() < deadline:
+    async def _looked_for(self, find: Callable[[], T | None], until: float) -> T | None:
+        """What `find` finds in the records, looked for again every `REFRESH` s until
+        `until` (the pull's clock)."""
+        while (found := find()) is None and self._clock() < until:
             await asyncio.sleep(REFRESH)
         return found
 

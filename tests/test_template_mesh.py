@@ -212,7 +212,10 @@ def test_a_pull_asked_before_the_host_has_heard_of_a_holder_waits_for_one(mesh: 
     """n2 is asked for debian-12 while it knows no member (its seed n1 is not up yet):
     the pull looks for a holder while the records arrive, rather than failing at once."""
     hold_from_catalogue(mesh, "n1")
+    n1 = mesh.hosts["n1"]
     n2 = mesh.start("n2")
+    # n1 knocks at n2 as soon as it starts (n2's own retries of its seed back off).
+    n1.args += ["--seeds", f"127.0.0.1:{n2.args[n2.args.index('--port') + 1]}"]
     until(lambda: api(n2, "/v1/status")[0] == 200, 30, "n2's agent never answered")
     puller = pull(n2)
     until(lambda: api(n2, "/v1/templates/pulls")[1]["pulls"], 10, "n2 never began the pull")
