@@ -13,44 +13,25 @@ only ever introduced to, which checks the certificate of whoever answers.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import msgpack
-
-from novacron.protocol.errors import IdentityFileError
-from novacron.protocol.keyfiles import write_atomic
-
 from .config import split_address
-
-log = logging.getLogger(__name__)
+from .kept_lists import load_kept, save_kept
 
 MAX_FILE = 4 * 1024 * 1024  # far above 10,000 members' addresses; a larger file is not ours
+WHAT = "the members' addresses"
 
 
 def save_last_members(path: Path, addresses: Iterable[str]) -> None:
     """Write the members' addresses (`host:port`), atomically."""
-    data = msgpack.packb(sorted(addresses), use_bin_type=True)
-    try:
-        write_atomic(path, data)
-    except (OSError, IdentityFileError) as exc:
-        log.warning("cannot keep the members' addresses in %s: %s", path, exc)
+    save_kept(path, sorted(addresses), WHAT)
 
 
 def load_last_members(path: Path) -> list[tuple[str, int]]:
     """The addresses kept in `path` as (host, port); those that do not parse are skipped."""
-    try:
-        with path.open("rb") as source:
-            data = source.read(MAX_FILE + 1)
-        kept = msgpack.unpackb(data) if len(data) <= MAX_FILE else []
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, msgpack.UnpackException) as exc:
-        log.warning("ignoring the kept members' addresses in %s: %s", path, exc)
-        return []
     addresses = []
-    for address in kept if isinstance(kept, list) else []:
+    for address in load_kept(path, WHAT, MAX_FILE):
         with contextlib.suppress(ValueError):
             addresses.append(split_address(address))
     return addresses

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from novacron.protocol.keys import Ed25519PublicKey
 from novacron.protocol.messages import (
@@ -42,7 +42,7 @@ from novacron.protocol.messages import (
 from .catalogue import Catalogue, CatalogueError, file_path
 from .core.images.chunkmap import CHUNK_SIZE, ChunkMap, ChunkMapRefused, decode_chunk_map
 from .core.images.fetch import CATALOGUE, Arrival, ChunkFetch, FetchConfig
-from .core.images.holders import holders, newest_offered, pieces_of
+from .core.images.holders import Holders, holders, newest_offered, pieces_of
 from .core.refusals import RefusalKind, Refused
 from .core.templates import (
     MalformedManifest,
@@ -57,11 +57,16 @@ from .piece_writer import PieceWriter
 from .template_store import Pulled, PullResult, StoreError, TemplateStore, newest_listed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ASK_TIMEOUT = 30.0  # seconds a holder may take to send a manifest (its chunk maps included)
 ASK_AGAIN = 3.0  # seconds between asks of one holder for the manifest within that time
 REFRESH = 1.0  # seconds between looks at who holds what (records, partial holders' maps)
 STALL_TIMEOUT = 60.0  # seconds without a new piece after which a pull gives up
+# Seconds a pull with no catalogue to fall back on looks for a peer offering the template
+# before it fails: a host that just joined, or a template published a moment ago, shows in
+# the records within seconds, and failing at once would send the operator to try again.
+HOLDER_WAIT = 15.0
 
 
 class PullFailed(Exception):
@@ -152,11 +157,13 @@ class MeshPull:
         """Pull, or raise `PullFailed`, `TemplateRefused`, `StoreError` or `CatalogueError`."""
         self._box = self.service.inbox(self)
         try:
+            # One wait for a holder, however it is spent between the version and its holders.
+            until = self._clock() + (0.0 if self.catalogue is not None else HOLDER_WAIT)
             if self.version is None:
-                self.version = self._newest()
+                self.version = await self._newest(until)
             self.status.ref = self.ref
-            found = holders(self.mesh.records(), self.ref, self.mesh.me, self.mesh.states())
-            if not found.whole:
+            found = await self._holders(until)
+            if found is None:
                 return await self._from_catalogue(f"no alive peer holds {self.ref} whole")
             signed, maps = await self._template(list(found.whole))
             if maps is None:
@@ -167,16 +174,34 @@ class MeshPull:
         finally:
             self.service.close_inbox(self)
 
-    def _newest(self) -> str:
-        version = newest_offered(self.mesh.records().values(), self.name)
+    async def _newest(self, until: float) -> str:
+        def offered() -> str | None:
+            return newest_offered(self.mesh.records().values(), self.name)
+
+        version = await self._looked_for(offered, until)
         if version is None and self.catalogue is not None:
             return newest_listed(self.catalogue, self.name)
         if version is None:
             raise PullFailed(
-                f"no peer holds a template named {self.name} and this host has no catalogue "
-                "(catalogue in agent.toml, or nova template pull --from CATALOGUE)"
+                f"no peer holds a template named {self.name} (looked for {HOLDER_WAIT:.0f} s) "
+                "and this host has no catalogue (catalogue in agent.toml, or nova template "
+                "pull --from CATALOGUE)"
             )
         return version
+
+    async def _holders(self, until: float) -> Holders | None:
+        def whole() -> Holders | None:
+            found = holders(self.mesh.records(), self.ref, self.mesh.me, self.mesh.states())
+            return found if found.whole else None
+
+        return await self._looked_for(whole, until)
+
+    async def _looked_for(self, find: Callable[[], T | None], until: float) -> T | None:
+        """What `find` finds in the records, looked for again every `REFRESH` s until
+        `until` (the pull's clock)."""
+        while (found := find()) is None and self._clock() < until:
+            await asyncio.sleep(REFRESH)
+        return found
 
     async def _from_catalogue(self, why: str) -> PullResult:
         if self.catalogue is None:

@@ -208,6 +208,25 @@ def test_a_template_spreads_from_peers_and_its_source_killed_mid_transfer_is_rep
     assert until(lambda: templates_seen(mesh.hosts["n2"], "n3") == ["debian-12:1"], 30, "")
 
 
+def test_a_pull_asked_before_the_host_has_heard_of_a_holder_waits_for_one(mesh: Mesh) -> None:
+    """n2 is asked for debian-12 while it knows no member (its seed n1 is not up yet):
+    the pull looks for a holder while the records arrive, rather than failing at once."""
+    hold_from_catalogue(mesh, "n1")
+    n1 = mesh.hosts["n1"]
+    n2 = mesh.start("n2")
+    # n1 knocks at n2 as soon as it starts (n2's own retries of its seed back off).
+    n1.args += ["--seeds", f"127.0.0.1:{n2.args[n2.args.index('--port') + 1]}"]
+    until(lambda: api(n2, "/v1/status")[0] == 200, 30, "n2's agent never answered")
+    puller = pull(n2)
+    until(lambda: api(n2, "/v1/templates/pulls")[1]["pulls"], 10, "n2 never began the pull")
+    mesh.start("n1")
+    out, err = puller.communicate(timeout=120)
+    assert puller.returncode == 0, err
+    result = json.loads(out)
+    assert result["state"] == "done" and result["sources"].get("n1", 0) > 0
+    assert held_digest(n2) == expected_digest(mesh)
+
+
 @pytest.mark.parametrize("chunk_map", ["kept", "lost"])
 def test_a_copy_altered_on_a_holders_disk_is_never_served_and_no_longer_offered(
     mesh: Mesh, chunk_map: str
@@ -263,7 +282,8 @@ def test_pulls_that_cannot_succeed_say_why_and_change_nothing(mesh: Mesh) -> Non
     nobody = pull(n2, "ubuntu-24")
     out, _ = nobody.communicate(timeout=60)
     assert nobody.returncode == 1
-    assert "no peer holds a template named ubuntu-24" in json.loads(out)["error"]
+    error = json.loads(out)["error"]
+    assert "no peer holds a template named ubuntu-24 (looked for 15 s)" in error
 
     untrusted = pull(n4)
     out, _ = untrusted.communicate(timeout=60)
