@@ -66,6 +66,34 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("principal")  # None: anonymous
 
 
+def _refuse_nul_in_address(request: web.Request) -> None:
+    """PostgreSQL can neither store nor compare text holding a NUL character (SQLite can):
+    refused before any handler, on either database, naming the parameter."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if "\x00" in name or "\x00" in value:
+            raise ApiError(400, "invalid", f"{name.strip(chr(0))}: a NUL character", name)
+
+
+def _nul_at(value: Any, where: str) -> str | None:
+    """The path (`a.b[2]`) of the first string in a JSON document holding a NUL character."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if "\x00" in key:
+                return inner
+            found = _nul_at(item, inner)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _nul_at(item, f"{where}[{n}]")
+            if found is not None:
+                return found
+    return None
+
+
 class ApiError(Exception):
     """An answer other than success: status, stable code, message, and the field at fault."""
 
@@ -170,6 +198,7 @@ class Api:
                 raise _not_routed(request)
             if role != "none":
                 request[PRINCIPAL] = await self._authorize(request, role)
+            _refuse_nul_in_address(request)
             if request.method in MUTATING and not self.c.is_leader():
                 raise self._not_leader(request)
             response = await handler(request)
@@ -250,6 +279,9 @@ class Api:
             self.c.validator.check(body, {"$ref": f"#/components/schemas/{schema}"})
         except Invalid as exc:
             raise ApiError(400, "invalid", str(exc), exc.field or None) from None
+        field = _nul_at(body, "")
+        if field is not None:
+            raise ApiError(400, "invalid", f"{field or 'body'}: a NUL character", field or None)
         return body  # type: ignore[no-any-return]
 
     async def _page_size(self, request: web.Request) -> int:

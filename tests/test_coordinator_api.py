@@ -141,6 +141,26 @@ async def test_bad_bodies_are_refused_naming_the_field_and_change_nothing(
     assert await api.store.index() == before
 
 
+async def test_a_nul_character_anywhere_in_a_request_is_refused_naming_where(
+    api: Served,
+) -> None:
+    """PostgreSQL cannot hold a NUL in text (SQLite can): refused alike on both, before
+    anything reads or changes the store."""
+    before = await api.store.index()
+    for method, path, body, field in (
+        ("GET", "/v1/hosts?site=ly%00on", None, "site"),
+        ("GET", "/v1/vms/lyon%00:vm", None, "id"),
+        ("POST", "/v1/sites", {"name": "lyon", "labels": {"region": "eu\x00"}}, "labels.region"),
+    ):
+        raw = None if body is None else json.dumps(body).encode()  # json escapes the NUL
+        status, answer, _ = await api.call(method, path, raw=raw)
+        assert status == 400 and answer["error"]["code"] == "invalid", (path, answer)
+        assert "NUL" in answer["error"]["message"], answer
+        assert answer["error"]["field"] == field, answer
+    assert await api.store.sites() == []
+    assert await api.store.index() == before
+
+
 async def test_malformed_json_oversized_bodies_and_absurd_queries_get_4xx(api: Served) -> None:
     status, answer, _ = await api.call("POST", "/v1/sites", raw=b"{not json")
     assert status == 400 and answer["error"]["code"] == "malformed_json"
