@@ -347,6 +347,21 @@ async def test_a_site_revoked_while_its_link_comes_up_is_cut_off(
     await site.close()
 
 
+async def test_a_delta_with_a_nul_character_closes_the_link_and_changes_nothing(
+    api: Served, tmp_path: Path
+) -> None:
+    """As the API refuses NUL characters, so does the site link: PostgreSQL cannot hold
+    them, and a delta that failed its transaction would be sent again and again."""
+    identity = await enrolled_site(api, "lyon", tmp_path / "lyon", region="eu")
+    site = FakeSite(api.url, identity)
+    await site.connect()
+    hosts = (host_state("h1", 1, 1, prefix="vm\x00"),)
+    assert await site.send(wire.Delta("s1", 1, True, True, hosts=hosts)) is None  # closed
+    assert (await api.call("GET", "/v1/hosts?site=lyon"))[1]["items"] == []
+    assert (await api.call("GET", "/v1/vms?site=lyon"))[1]["items"] == []
+    await site.close()
+
+
 async def test_a_command_for_a_site_that_is_away_stays_pending_visibly_and_can_be_cancelled(
     api: Served, tmp_path: Path
 ) -> None:
