@@ -61,6 +61,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """`wait_until` for a test whose own event loop must keep running meanwhile (a Mallory
+    answering pings: blocked, she misses them and the agents fail her): `condition` is
+    polled in a thread."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
 class CertificateAuthority:
     """The operator's CA: issues node certificates and signs revocation lists."""
 

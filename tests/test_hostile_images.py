@@ -39,7 +39,7 @@ from novacron.protocol.messages import (
     TemplateGive,
 )
 from novacron.protocol.records import sign_record
-from tests.hostile import AgentProcess, Mallory, Mesh, kill, wait_until
+from tests.hostile import AgentProcess, Mallory, Mesh, eventually, kill
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
 
@@ -90,7 +90,7 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
             await mallory.join(holder, puller)
             flood = await _image_transport(mallory)
             try:
-                wait_until(
+                await eventually(
                     lambda: puller.api("/v1/hosts/n1")["record"]["templates"] == ["flood-test:1"],
                     30,
                     "n2 hears n1 offer flood-test:1",
@@ -148,7 +148,7 @@ async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_bann
                 image_port=images.port,
             )
             await mallory.send(puller, RecordUpdate(sign_record(mallory.key, claim)))
-            wait_until(
+            await eventually(
                 lambda: _offers(puller, mallory.node_id) == ["flood-test:1"],
                 30,
                 "n2 hears Mallory offer flood-test:1",
@@ -182,10 +182,10 @@ async def test_an_ask_arriving_before_the_askers_record_is_answered_once_it_arri
             await newcomer.join(holder)
             images = await _image_transport(newcomer)
             try:
-                wait_until(lambda: holder.state_of("newcomer") == "alive", 30, "n1 knows her")
+                await eventually(lambda: holder.state_of("newcomer") == "alive", 30, "n1 knows her")
                 there = f"127.0.0.1:{holder.status()['templates']['image_port']}"
                 assert await images.send(holder.node_id, there, TemplateAsk("flood-test:1"))
-                wait_until(
+                await eventually(
                     lambda: holder.status()["templates"]["asks_waiting"] == 1,
                     15,
                     "n1 holds her ask, waiting for her record",
@@ -228,7 +228,7 @@ async def test_a_lost_ask_for_the_manifest_is_asked_again(tmp_path: Path) -> Non
                 kill(holder)
                 claim = dataclasses.replace(record, version=2, templates=("flood-test:1",))
                 await relay.send(puller, RecordUpdate(sign_record(relay.key, claim)))
-                wait_until(
+                await eventually(
                     lambda: (
                         _offers(puller, relay.node_id) == ["flood-test:1"]
                         and puller.state_of(holder.node_id) != "alive"
