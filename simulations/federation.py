@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from novacron.agent.cli import main as nova
+from novacron.simulations.lab.netns import call_in
 from novacron.simulations.ports import free_port, free_port_pair
 
 BIN = Path(sys.executable).parent
@@ -319,9 +321,11 @@ class Cable:
     coordinator's certificate names 127.0.0.1, as the relay does).
     """
 
-    def __init__(self, to_port: int) -> None:
+    def __init__(self, to_port: int, listener: socket.socket | None = None) -> None:
+        """Relay to the coordinator's `to_port` on loopback, from `listener` (default: a
+        new one on a free loopback port; a lab host's own, from `cables_into`)."""
         self._to = to_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = listener or socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self._cut = False
@@ -378,3 +382,34 @@ class Cable:
             self._open.discard(source)
             self._open.discard(sink)
         source.close()  # each socket is the source of exactly one pump
+
+
+class Uplink:
+    """A site's uplink made of several cables (one per host), cut and healed as one."""
+
+    def __init__(self, cables: Sequence[Cable]) -> None:
+        self.cables = list(cables)
+
+    def cut(self) -> None:
+        for cable in self.cables:
+            cable.cut()
+
+    def heal(self) -> None:
+        for cable in self.cables:
+            cable.heal()
+
+    def close(self) -> None:
+        for cable in self.cables:
+            cable.close()
+
+
+def cables_into(host_pids: Sequence[int], to_port: int, port: int) -> Uplink:
+    """An uplink from lab hosts (their inits' PIDs) to the coordinator on this machine's
+    loopback: in each host, a cable listening on the host's own 127.0.0.1:`port`.
+
+    A lab host has no route out of 198.18.0.0/15, so its agent reaches the
+    coordinator only through its cable, at https://127.0.0.1:`port`, a name
+    the coordinator's certificate holds.
+    """
+    listen = partial(socket.create_server, ("127.0.0.1", port))
+    return Uplink([Cable(to_port, call_in(pid, listen)) for pid in host_pids])

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -30,7 +28,7 @@ from novacron.agent.inventory import DIRTY_RATE_MAX_AGE
 from novacron.agent.vmspec import VmSpec
 from novacron.simulations import guest as guest_mod
 from novacron.simulations.guest import Guest
-from novacron.simulations.lab import Lab, LabHost, heartbeat
+from novacron.simulations.lab import Lab, LabHost, heartbeat, netns
 from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 
 MEMORY_MIB = 128
@@ -43,42 +41,10 @@ SLOW = (
     *("--no-post-copy", "--completion-timeout", "600"),
 )
 
-CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def opener_in(host: LabHost) -> Callable[[str], Any]:
-    """A libvirt opener whose connections are made from inside `host`'s network.
-
-    setns(CLONE_NEWNET) affects only the calling thread, and a socket stays in
-    the namespace it was created in, so a short-lived thread joins the host's
-    namespace, opens the connection and ends; the connection is then usable
-    from any thread.
-    """
-
-    def open_in_host(uri: str) -> Any:
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                fd = os.open(f"/proc/{host.init_pid}/ns/net", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns into {host.name}")
-                finally:
-                    os.close(fd)
-                box["conn"] = libvirt.open(uri)
-            except BaseException as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=run, name=f"libvirt-open-{host.name}")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["conn"]
-
-    return open_in_host
+    """A libvirt opener whose connections are made from inside `host`'s network."""
+    return lambda uri: netns.call_in(host.init_pid, partial(libvirt.open, uri))
 
 
 def host_path(host: LabHost, path: Path) -> Path:
@@ -372,10 +338,10 @@ def running_mesh(
         finally:
             remove_everywhere(lab, *vms)
             agents.stop_all()
-            _keep_logs(lab, agents, run)
+            keep_logs(lab, agents, run)
 
 
-def _keep_logs(lab: Lab, agents: LabAgents, run: str) -> None:
+def keep_logs(lab: Lab, agents: LabAgents, run: str) -> None:
     """Copy the agents' logs to $NOVACRON_LAB_LOGS/<run>/ (set it to study a failed run)."""
     keep = os.environ.get("NOVACRON_LAB_LOGS")
     if not keep:
@@ -383,7 +349,8 @@ def _keep_logs(lab: Lab, agents: LabAgents, run: str) -> None:
     target = Path(keep) / run
     target.mkdir(parents=True, exist_ok=True)
     for host in lab.hosts:
-        (target / f"{host.name}.log").write_text(agents.log(host))
+        if (agents.host_dir(host) / "agent.log").exists():  # a host may never have run one
+            (target / f"{host.name}.log").write_text(agents.log(host))
 
 
 def lab_fixtures(run: str, vms: Sequence[str] = (), **agent_options: Any) -> tuple[Any, Any]:

@@ -9,12 +9,18 @@ is unreachable from inside a host, which keeps tests from leaking traffic.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import subprocess
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from novacron.simulations.lab.errors import LabError
 from novacron.simulations.lab.naming import BRIDGE, HOST_IFACE, LAB_NET
+
+T = TypeVar("T")
 
 MULTICAST_NET = "224.0.0.0/4"
 """Routed explicitly to eth0 so mDNS (224.0.0.251:5353) leaves the host on it."""
@@ -98,3 +104,37 @@ def port_state(switch: str, port: str) -> str:
     if not links:
         return "missing"
     return "up" if "UP" in links[0].get("flags", []) else "down"
+
+
+CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def call_in(pid: int, fn: Callable[[], T]) -> T:
+    """`fn()` run in the network namespace of process `pid` (a lab host's init).
+
+    setns(CLONE_NEWNET) affects only the calling thread, and a socket stays in
+    the namespace it was created in, so a short-lived thread joins the
+    namespace, calls `fn` and ends: what `fn` opened (a libvirt connection, a
+    listening socket) is then usable from any thread, in that namespace.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into the namespace of pid {pid}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"netns-{pid}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
