@@ -264,6 +264,7 @@ def test_an_uplink_cut_the_site_migrates_and_rebalances_and_a_command_runs_once_
     assert pending["status"] == "pending" and "link is down" in pending["detail"], pending
     assert running_on(fed.lab, "late-1") == []
     fed.uplinks["paris"].heal()
+    healed_at = time.monotonic()
 
     _coordinator, site = wait_until(
         "the coordinator's view of paris equal to the site's, late-1 in it",
@@ -271,7 +272,10 @@ def test_an_uplink_cut_the_site_migrates_and_rebalances_and_a_command_runs_once_
         timeout=10,
     )
     assert ("web-1", target.name, "running") in site
-    print(f"paris after {time.monotonic() - cut_at:.0f} s cut: {sorted(site)}")
+    print(
+        f"paris cut off {healed_at - cut_at:.0f} s; views equal "
+        f"{time.monotonic() - healed_at:.1f} s after the heal: {sorted(site)}"
+    )
     done = fed.api.wait_operation(late["id"])
     assert done["status"] == "succeeded", done
     assert running_on(fed.lab, "late-1") == [done["result"]["host"]]  # it ran once
