@@ -47,7 +47,7 @@ from .templates import (
     VersionTaken,
 )
 from .tracing import traceparent_of
-from .validate import Invalid
+from .validate import Invalid, nul_at
 
 if TYPE_CHECKING:
     from .service import Coordinator
@@ -72,26 +72,6 @@ def _refuse_nul_in_address(request: web.Request) -> None:
     for name, value in (*request.match_info.items(), *request.query.items()):
         if "\x00" in name or "\x00" in value:
             raise ApiError(400, "invalid", f"{name.strip(chr(0))}: a NUL character", name)
-
-
-def _nul_at(value: Any, where: str) -> str | None:
-    """The path (`a.b[2]`) of the first string in a JSON document holding a NUL character."""
-    if isinstance(value, str):
-        return where if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            inner = f"{where}.{key}" if where else str(key)
-            if "\x00" in key:
-                return inner
-            found = _nul_at(item, inner)
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for n, item in enumerate(value):
-            found = _nul_at(item, f"{where}[{n}]")
-            if found is not None:
-                return found
-    return None
 
 
 class ApiError(Exception):
@@ -279,7 +259,7 @@ class Api:
             self.c.validator.check(body, {"$ref": f"#/components/schemas/{schema}"})
         except Invalid as exc:
             raise ApiError(400, "invalid", str(exc), exc.field or None) from None
-        field = _nul_at(body, "")
+        field = nul_at(body)
         if field is not None:
             raise ApiError(400, "invalid", f"{field or 'body'}: a NUL character", field or None)
         return body  # type: ignore[no-any-return]

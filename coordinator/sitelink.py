@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from novacron.protocol.sitelink import (
 
 from .store import UNFINISHED_COMMANDS
 from .stream import Verdict
+from .validate import nul_at
 
 if TYPE_CHECKING:
     from .service import Coordinator
@@ -246,10 +246,10 @@ class SiteLinks:
                 )
                 await link.ws.close(message=b"protocol error")
                 return
-            if isinstance(message, Delta) and _holds_nul(message):
+            if isinstance(message, Delta) and (nul := nul_at(message)) is not None:
                 log.warning(
                     "a site's delta holds a NUL character; closing",
-                    extra={"fields": {"site": link.site, "seq": message.seq}},
+                    extra={"fields": {"site": link.site, "seq": message.seq, "at": nul}},
                 )
                 await link.ws.close(message=b"protocol error: a NUL character in a delta")
                 return
@@ -304,17 +304,3 @@ def authenticate(hello: Hello, nonce: bytes, site: dict[str, Any] | None, now: f
 
 def _gateway_of(hello: Hello) -> str:
     return decode_certificate(hello.certificate).node_id
-
-
-def _holds_nul(value: object) -> bool:
-    """Whether any string of a decoded message holds a NUL character: PostgreSQL can neither
-    store nor compare one, and the API refuses them on either database."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, tuple | list | set | frozenset):
-        return any(_holds_nul(item) for item in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return any(_holds_nul(getattr(value, f.name)) for f in dataclasses.fields(value))
-    return False

@@ -9,6 +9,7 @@ is wrong with it, so a client fixes the right thing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from functools import cache
@@ -126,3 +127,29 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
         type(value), "null" if value is None else "a number"
     )
+
+
+def nul_at(value: object, where: str = "") -> str | None:
+    """The path (`a.b[2]`) of the first string in `value` that holds a NUL character, keys
+    included, or None: PostgreSQL can neither store nor compare one, so the API and the
+    site link refuse them on either database. `value` is decoded JSON or a decoded
+    site-link message (dataclasses, tuples)."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            found = inner if isinstance(key, str) and "\x00" in key else nul_at(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple | set | frozenset):
+        for n, item in enumerate(value):
+            found = nul_at(item, f"{where}[{n}]")
+            if found is not None:
+                return found
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            found = nul_at(getattr(value, f.name), f"{where}.{f.name}" if where else f.name)
+            if found is not None:
+                return found
+    return None
