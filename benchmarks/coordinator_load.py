@@ -7,12 +7,18 @@ A real `nova-coordinator` process (plain HTTP on loopback: TLS is the same
 for every request and not what is measured here), on SQLite or on a
 PostgreSQL started for the run. `--sites` simulated sites speak the real
 site link (`protocol/sitelink.py`, enrolled with real CA keys): each sends a
-snapshot of its hosts and VMs, then one delta a second during the load.
-Locust (`benchmarks/locustfile.py`) runs `--users` clients, each at
-`--rate` requests a second, over `GET /v1/vms` (one site, 100 a page),
-`GET /v1/vms/{id}` and `POST /v1/vms`. Then: the coordinator's RSS, and the
-time a site of 1,000 VMs takes to resynchronize (reconnect, new stream,
-snapshot applied and acknowledged). Figures go to stdout and `--out`.
+snapshot of its hosts and VMs, then one delta a second during the load
+(the sites' deltas spread evenly over each second, or with `--deltas
+together` all in the same instant). Locust (`benchmarks/locustfile.py`) runs
+`--users` independent clients, each at `--rate` requests a second on
+average, over `GET /v1/vms` (one site, 100 a page), `GET /v1/vms/{id}`,
+`POST /v1/vms` and the baseline `GET /v1/status`; beside it, one lone
+client (`benchmarks/latency_probe.py`) times `GET /v1/status` one request at
+a time. `--pin` gives the coordinator a core of its own and the sites and
+clients the others, as if they ran on other machines. Then: the
+coordinator's RSS, and the time a site of 1,000 VMs takes to resynchronize
+(reconnect, new stream, snapshot applied and acknowledged). Figures go to
+stdout and `--out`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,8 +161,10 @@ class SimSite:
             if acked >= seq:
                 return
 
-    async def churn(self, ws: aiohttp.ClientWebSocketResponse, stop: float) -> int:
-        """One delta a second: a host's record moves on (one VM changes state)."""
+    async def churn(self, ws: aiohttp.ClientWebSocketResponse, stop: float, offset: float) -> int:
+        """One delta a second, the first after `offset` seconds: a host's record moves on
+        (one VM changes state)."""
+        await asyncio.sleep(offset)
         sent = 0
         while time.monotonic() < stop:
             host = sent % HOSTS_PER_SITE
@@ -182,7 +192,15 @@ class SimSite:
 
 
 async def _sites_main(
-    url: str, token: str, vms: int, sites: int, ready: Any, go: Any, duration: float, out: Any
+    url: str,
+    token: str,
+    vms: int,
+    sites: int,
+    ready: Any,
+    go: Any,
+    duration: float,
+    out: Any,
+    together: bool,
 ) -> None:
     per_site = vms // sites
     sims = [SimSite(f"site{i:03}", per_site) for i in range(sites)]
@@ -212,7 +230,10 @@ async def _sites_main(
         go.wait()
         stop = time.monotonic() + duration
         sent = await asyncio.gather(
-            *(sim.churn(ws, stop) for sim, ws in zip(sims, links, strict=False))
+            *(
+                sim.churn(ws, stop, 0.0 if together else i / sites)
+                for i, (sim, ws) in enumerate(zip(sims, links, strict=False))
+            )
         )
         await links[-1].close()  # the big site's link drops; it comes back with a new stream
         began = time.monotonic()
@@ -266,13 +287,18 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
         stdout=log,
         stderr=log,
     )
+    if args.pin:  # the coordinator on the first core; this process and its children on the rest
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(server.pid, cores[:1])
+        os.sched_setaffinity(0, cores[1:])
     try:
         wait_until("the coordinator", lambda: _up(url), 30)
         ready, go = multiprocessing.Event(), multiprocessing.Event()
+        together = args.deltas == "together"
         out: multiprocessing.Queue[dict[str, Any]] = multiprocessing.Queue()
         sites = multiprocessing.Process(
             target=_sites_process,
-            args=(url, token, args.vms, args.sites, ready, go, args.duration + 10, out),
+            args=(url, token, args.vms, args.sites, ready, go, args.duration + 10, out, together),
         )
         sites.start()
         while not ready.wait(timeout=5):
@@ -297,8 +323,16 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
         env["NOVA_RATE"] = str(args.rate)
         coordinator = psutil.Process(server.pid)
         before, began = coordinator.cpu_times(), time.monotonic()
+        probe = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.latency_probe", url, token, str(args.duration)],
+            stdout=subprocess.PIPE,
+        )
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(locust, env=env, capture_output=True, timeout=args.duration + 120)
         after, ended = coordinator.cpu_times(), time.monotonic()
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # locust's, the one child reaped
+        generator = waited.ru_utime + waited.ru_stime - children.ru_utime - children.ru_stime
+        lone = json.loads(probe.communicate(timeout=60)[0])
         busy = (after.user + after.system - before.user - before.system) / (ended - began)
         result = out.get(timeout=600)
         sites.join(timeout=60)
@@ -308,13 +342,17 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
             **result,
             "coordinator_rss_mib": round(rss / 2**20, 1),
             "coordinator_cpu_percent_of_a_core": round(100 * busy, 1),
+            "locust_cpu_percent_of_a_core": round(100 * generator / (ended - began), 1),
             "load_average_1min": round(os.getloadavg()[0], 1),
             "requests": stats,
+            "lone_client_status": lone,
         }
     finally:
         server.terminate()
         server.wait(timeout=60)
         log.close()
+        if args.keep_log:
+            shutil.copyfile(directory / "coordinator.log", args.keep_log)
 
 
 def _up(url: str) -> bool:
@@ -347,7 +385,20 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--rate", type=float, default=4.0, help="requests/s per user")
     parser.add_argument("--duration", type=int, default=30)
+    parser.add_argument(
+        "--deltas",
+        choices=("spread", "together"),
+        default="spread",
+        help="the sites' deltas spread evenly over each second, or all sent at once",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="a core for the coordinator alone, the others for the sites and the clients "
+        "(as if they ran on other machines)",
+    )
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep-log", type=Path, help="copy the coordinator's log here")
     args = parser.parse_args()
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coord-bench-")))
@@ -365,6 +416,8 @@ def main() -> None:
         "sites": args.sites,
         "users": args.users,
         "rate_per_user": args.rate,
+        "deltas": args.deltas,
+        "pinned": args.pin,
         **figures,
     }
     print(json.dumps(report, indent=1))

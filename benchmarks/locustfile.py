@@ -1,7 +1,8 @@
 """Locust clients for `benchmarks/coordinator_load.py` (configured by its environment).
 
 Each user reads a site's VMs (100 a page), reads one VM, asks for a VM to be
-created, or reads `/v1/status` (6:3:1:1), at `NOVA_RATE` requests a second.
+created, or reads `/v1/status` (6:3:1:1), at `NOVA_RATE` requests a second on average
+(exponential waits: independent clients, not a lockstep).
 `/v1/status` is the baseline: a request that touches the database once, so
 the others' figures can be read against the server's own cost on the same,
 shared machine in the same run.
@@ -13,7 +14,7 @@ import itertools
 import os
 import random
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
 TOKEN = os.environ.get("NOVA_TOKEN", "")
 SITES = int(os.environ.get("NOVA_SITES", "100"))
@@ -22,8 +23,19 @@ RATE = float(os.environ.get("NOVA_RATE", "4"))
 _names = itertools.count()
 
 
+def poisson_wait(user: FastHttpUser) -> float:
+    """Seconds until the user's next request: exponential, mean 1/RATE.
+
+    Each user is then an independent client whose requests arrive as a
+    Poisson process. With a constant pace instead, the 50 users, spawned
+    together, stay in lockstep and send 50 requests in the same instant four
+    times a second, so the median request waits for half of that burst.
+    """
+    return random.expovariate(RATE)
+
+
 class ApiUser(FastHttpUser):
-    wait_time = constant_throughput(RATE)
+    wait_time = poisson_wait
 
     default_headers = {"Authorization": f"Bearer {TOKEN}"}
 
