@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +184,12 @@ def _bring_up(fed: LabFederation, site: str, names: tuple[str, ...], token: str,
     code, paused = nova(hosts[0], "rebalance", "pause")  # resumed by the test that wants it
     assert code == 0, paused
     for host in hosts:  # the pause is the mesh's: every agent holds it
-        wait_until(f"{host.name} paused", lambda h=host: _rebalance(h)["paused"], timeout=30)
+        wait_until(f"{host.name} paused", partial(_paused, host), timeout=30)
 
 
-def _rebalance(host: LabHost) -> dict[str, Any]:
+def _paused(host: LabHost) -> bool:
     code, answer = nova(host, "rebalance", "status")
-    return answer["rebalance"] if code == 0 else {"paused": False}  # type: ignore[no-any-return]
+    return code == 0 and bool(answer["rebalance"]["paused"])
 
 
 def _keep_coordinator_log(coordinator: CoordinatorProcess) -> None:
