@@ -27,6 +27,11 @@ from .schema import LATEST, MIGRATIONS, render
 Row = dict[str, Any]
 
 
+def placeholders(count: int) -> str:
+    """`count` `?` placeholders, comma-separated: an IN list or one row of VALUES."""
+    return ", ".join("?" * count)
+
+
 class DatabaseError(Exception):
     """The database cannot be used (unreachable, newer schema, ...); the message says why."""
 

@@ -37,7 +37,7 @@ from novacron.protocol.sitelink import (
     VmSpec,
 )
 
-from .db import Connection, Database, Row
+from .db import Connection, Database, Row, placeholders
 from .stream import Applied, StreamPosition, Verdict, advance, judge
 from .writes import Batch, Work, Writer, WriterCounts
 
@@ -820,7 +820,7 @@ class Store:
         slow to finish its commands must not make every new one cost more."""
         sql = (
             "SELECT key, body, host, created_at FROM commands "
-            f"WHERE site = ? AND state IN ({_marks(states)})"
+            f"WHERE site = ? AND state IN ({placeholders(len(states))})"
         )
         order = " ORDER BY created_at, key"
         wanted = sorted(set(keys))
@@ -834,7 +834,7 @@ class Store:
                 chunk = wanted[start : start + KEYS_PER_READ]
                 chunk += chunk[-1:] * (KEYS_PER_READ - len(chunk))
                 rows += await self.db.fetch(
-                    f"{sql} AND key IN ({_marks(chunk)}){order}", site, *states, *chunk
+                    f"{sql} AND key IN ({placeholders(len(chunk))}){order}", site, *states, *chunk
                 )
             rows.sort(key=lambda r: (r["created_at"], r["key"]))
         return [command_from({**json.loads(r["body"]), "host": r["host"]}) for r in rows]
@@ -1101,11 +1101,6 @@ def _host_row(row: Row) -> Row:
         "vm_count": int(row["vm_count"]),
         "vms": {"vcpus": int(row["vm_vcpus"]), "memory_mib": int(row["vm_memory_mib"])},
     }
-
-
-def _marks(values: tuple[str, ...] | list[str]) -> str:
-    """As many `?` placeholders as `values`, comma-separated."""
-    return ", ".join("?" * len(values))
 
 
 def _vm_row(row: Row) -> Row:

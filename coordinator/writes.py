@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .db import Connection, Database
+from .db import Connection, Database, placeholders
 
 log = logging.getLogger("novacron.coordinator.writes")
 
@@ -94,7 +94,7 @@ class Batch:
         start = 0
         while start < len(self._events):
             size = next(c for c in EVENT_CHUNKS if c <= len(self._events) - start)
-            values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in range(size))
+            values = ", ".join(f"({placeholders(6)})" for _ in range(size))
             args: list[Any] = []
             for n, row in enumerate(self._events[start : start + size], start=start):
                 args += [self._index + 1 + n, *row]
@@ -108,9 +108,11 @@ class Batch:
             raise ValueError(f"no index is kept for {sorted(unknown)}")
         # One statement shape whatever the tables: the ones not changed are named as "index".
         names = [t if t in self._tables else "index" for t in TABLES]
-        marks = ", ".join("?" * (1 + len(names)))
         await self.tx.execute(
-            f"UPDATE counters SET value = ? WHERE name IN ({marks})", last, "index", *names
+            f"UPDATE counters SET value = ? WHERE name IN ({placeholders(1 + len(names))})",
+            last,
+            "index",
+            *names,
         )
         return frozenset(self._tables)
 
