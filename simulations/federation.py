@@ -331,7 +331,8 @@ class Cable:
         self._cut = False
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def cut(self) -> None:
         with self._lock:
@@ -346,8 +347,13 @@ class Cable:
             self._cut = False
 
     def close(self) -> None:
+        """Cut, stop listening and end the accepting thread (a lab host's listener holds
+        its network namespace for as long as it is open)."""
         self.cut()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
+        self._acceptor.join(timeout=10)
 
     def _accept(self) -> None:
         while True:
@@ -364,7 +370,12 @@ class Cable:
             except OSError:
                 near.close()
                 continue
+            far.settimeout(None)  # the timeout was for connecting: a quiet link stays up
             with self._lock:
+                if self._cut:  # cut while this one was connecting
+                    near.close()
+                    far.close()
+                    continue
                 self._open.update((near, far))
             for a, b in ((near, far), (far, near)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -412,4 +423,11 @@ def cables_into(host_pids: Sequence[int], to_port: int, port: int) -> Uplink:
     the coordinator's certificate holds.
     """
     listen = partial(socket.create_server, ("127.0.0.1", port))
-    return Uplink([Cable(to_port, call_in(pid, listen)) for pid in host_pids])
+    uplink = Uplink([])
+    try:
+        for pid in host_pids:
+            uplink.cables.append(Cable(to_port, call_in(pid, listen)))
+    except BaseException:
+        uplink.close()
+        raise
+    return uplink

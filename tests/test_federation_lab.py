@@ -8,7 +8,7 @@ is its three cables, cut and healed as one. Guests are the TCG test guest,
 so "runs" means its heartbeat shows on the host's console.
 
 `NOVACRON_UPLINK_CUT=300` makes the uplink cut last the issue's five
-minutes (by default it lasts as long as its scenario, about two).
+minutes (by default it lasts as long as its scenario: 18 s in one run).
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ class LabFederation:
         rows = self.api.get("/v1/vms?per_page=1000")["items"]
         return [(r["site"], r["host"], r["state"]) for r in rows if r["name"] == vm]
 
+    def wait_running(self, vm: str, site: str, host: str) -> None:
+        """Until the coordinator's view holds `vm` once, running on `site`/`host`."""
+        want = [(site, host, "running")]
+        wait_until(f"{vm} running once on {site}/{host}", lambda: self.copies(vm) == want)
+
     def create(self, name: str, site: str = "", region: str = "", key: str = "") -> Any:
         """`POST /v1/vms` of a test guest; the operation (202 asserted)."""
         constraints: dict[str, Any] = {"labels": {"region": region}} if region else {}
@@ -125,9 +130,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[LabF
         for site, region in REGIONS.items()
     }
     secret = coordinator.admin("token", "create", "ops", "--role", "admin")["secret"]
-    coordinator.start()
     api = Api(coordinator.url, secret, tls[0])
     try:
+        coordinator.start()
         with Lab(RUN, 6) as lab:
             agents = LabAgents(
                 lab,
@@ -142,11 +147,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[LabF
                     _bring_up(fed, site, names, tokens[site], tls[0])
                 yield fed
             finally:
+                for uplink in fed.uplinks.values():
+                    uplink.close()
                 remove_everywhere(lab, *VMS)
                 agents.stop_all()
                 keep_logs(lab, agents, RUN)
-                for uplink in fed.uplinks.values():
-                    uplink.close()
     finally:
         coordinator.stop()
         _keep_coordinator_log(coordinator)
@@ -212,8 +217,7 @@ def test_a_vm_created_through_the_api_boots_on_the_site_its_constraints_select(
     assert host in SITES["lyon"]
     assert running_on(fed.lab, "edge-1") == [host]
     wait_beat_above(fed.host(host), "edge-1", 3)  # the guest really boots and runs
-    wait_until("edge-1 running in the coordinator's view", lambda: fed.copies("edge-1"))
-    assert fed.copies("edge-1") == [("lyon", host, "running")]
+    fed.wait_running("edge-1", "lyon", host)
     remove_everywhere(fed.lab, "edge-1")
 
 
@@ -229,8 +233,7 @@ def test_the_coordinator_killed_mid_create_then_restarted_leaves_exactly_one_vm(
     assert done["status"] == "succeeded", done
     host = done["result"]["host"]
     wait_until("lyon linked again", lambda: fed.site("lyon")["connected"], timeout=60)
-    wait_until("db-1 in the coordinator's view", lambda: fed.copies("db-1"))
-    assert fed.copies("db-1") == [("lyon", host, "running")]
+    fed.wait_running("db-1", "lyon", host)
     assert running_on(fed.lab, "db-1") == [host]  # one QEMU, on the host the site named
     remove_everywhere(fed.lab, "db-1")
 
@@ -267,15 +270,17 @@ def test_an_uplink_cut_the_site_migrates_and_rebalances_and_a_command_runs_once_
     fed.uplinks["paris"].heal()
     healed_at = time.monotonic()
 
-    _coordinator, site = wait_until(
-        "the coordinator's view of paris equal to the site's, late-1 in it",
-        lambda: (v := fed.views("paris"))[0] == v[1] and "late-1" in {n for n, _, _ in v[1]} and v,
-        timeout=10,
-    )
+    while True:  # the bound is the issue's: timed from the heal to the sample that agreed
+        sampled = time.monotonic()
+        coordinator, site = fed.views("paris")
+        if coordinator == site and "late-1" in {name for name, _, _ in site}:
+            break
+        assert sampled - healed_at < 10, f"views still differ: {coordinator} / {site}"
+        time.sleep(0.2)
     assert ("web-1", target.name, "running") in site
     print(
         f"paris cut off {healed_at - cut_at:.0f} s; views equal "
-        f"{time.monotonic() - healed_at:.1f} s after the heal: {sorted(site)}"
+        f"{sampled - healed_at:.1f} s after the heal: {sorted(site)}"
     )
     done = fed.api.wait_operation(late["id"])
     assert done["status"] == "succeeded", done
@@ -308,6 +313,8 @@ def _rebalance_while_cut(fed: LabFederation, hot_host: LabHost) -> None:
     print(f"rebalanced while cut off: {[(m['vm'], m['target']) for m in moved]}")
     code, answer = nova(hot_host, "rebalance", "pause")
     assert code == 0, answer
+    for host in paris:  # no agent may start a move after this
+        wait_until(f"{host.name} paused", partial(_paused, host), timeout=30)
     wait_until(
         "no migration in flight in paris",
         lambda: not any(not m["outcome"] for h in paris for m in migrations(h)),
@@ -335,8 +342,7 @@ def test_the_gateway_host_killed_another_holds_the_link_within_15_s_and_no_comma
         host = done["result"]["host"]
         assert host != gateway.name and running_on(fed.lab, "cache-1") == [host]
         wait_beat_above(fed.host(host), "cache-1", 3)
-        wait_until("cache-1 in the coordinator's view", lambda: fed.copies("cache-1"))
-        assert fed.copies("cache-1") == [("lyon", host, "running")]
+        fed.wait_running("cache-1", "lyon", host)
     finally:
         fed.agents.restart(gateway)
         remove_everywhere(fed.lab, "cache-1")
