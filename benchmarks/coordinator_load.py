@@ -14,8 +14,9 @@ together` all in the same instant). Locust (`benchmarks/locustfile.py`) runs
 average, over `GET /v1/vms` (one site, 100 a page), `GET /v1/vms/{id}`,
 `POST /v1/vms` and the baseline `GET /v1/status`; beside it, one lone
 client (`benchmarks/latency_probe.py`) times `GET /v1/status` one request at
-a time. `--pin` gives the coordinator a core of its own and the sites and
-clients the others, as if they ran on other machines. Then: the
+a time. `--pin` keeps the sites and the clients off the coordinator's core,
+as if they ran on other machines (PostgreSQL, started before, is not
+pinned: its backends may run on any core). Then: the
 coordinator's RSS, and the time a site of 1,000 VMs takes to resynchronize
 (reconnect, new stream, snapshot applied and acknowledged). Figures go to
 stdout and `--out`.
@@ -55,6 +56,7 @@ from tests.postgres import running_postgres
 
 BIN = Path(sys.executable).parent
 HOSTS_PER_SITE = 10
+PROBE_DELAY = 3  # seconds the lone client waits for locust's users to be up
 BIG_SITE_VMS = 1000
 
 
@@ -323,8 +325,9 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
         env["NOVA_RATE"] = str(args.rate)
         coordinator = psutil.Process(server.pid)
         before, began = coordinator.cpu_times(), time.monotonic()
+        window = (str(args.duration - PROBE_DELAY), str(PROBE_DELAY))  # seconds, and from when
         probe = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.latency_probe", url, token, str(args.duration)],
+            [sys.executable, "-m", "benchmarks.latency_probe", url, token, *window],
             stdout=subprocess.PIPE,
         )
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -394,8 +397,8 @@ def main() -> None:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="a core for the coordinator alone, the others for the sites and the clients "
-        "(as if they ran on other machines)",
+        help="the coordinator on the first core, the sites and the clients on the others "
+        "(PostgreSQL is not pinned)",
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep-log", type=Path, help="copy the coordinator's log here")

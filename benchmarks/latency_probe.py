@@ -1,11 +1,12 @@
 """One lone client's view of the coordinator during a load: `GET /v1/status`, 20 a second.
 
-    python -m benchmarks.latency_probe URL TOKEN SECONDS
+    python -m benchmarks.latency_probe URL TOKEN SECONDS [DELAY]
 
-Run beside the load generator by `benchmarks/coordinator_load.py`. One
-blocking connection, one request at a time, timed around the request alone:
-what an operator's script sees, without the load generator's own scheduling
-in the figure. Prints {count, p50_ms, p90_ms, p99_ms, max_ms} as JSON.
+Run beside the load generator by `benchmarks/coordinator_load.py`, from
+DELAY seconds on (once the load is up). One blocking connection, one request
+at a time, timed around the request alone: what an operator's script sees,
+without the load generator's event loop in the figure (it may share the
+generator's core). Prints {count, p50_ms, p90_ms, p99_ms, max_ms} as JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def summary(took: list[float]) -> dict[str, float]:
 
 def main() -> None:
     url, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)
     print(json.dumps(summary(measure(url, token, seconds))))
 
 
