@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from novacron.protocol import codec
 from novacron.protocol import messages as m
-from tests.hostile import Mallory, Mesh, wait_until
+from tests.hostile import Mallory, Mesh, eventually
 from tests.strategies import any_message
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
@@ -120,7 +120,7 @@ async def test_hostile_frames_through_the_full_receive_path_stop_nothing(mesh: M
             if i % 100 == 99:
                 await asyncio.sleep(0.05)  # let the agent keep up; the point is content
         counted = _counted(before)
-        wait_until(
+        await eventually(
             lambda: _counted(victim.status()) - counted >= len(frames),
             60,
             "the agent accounts for every frame (decoded, refused or dropped)",

@@ -10,6 +10,7 @@ API, and whether the processes still run.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import time
@@ -29,7 +30,7 @@ from novacron.protocol.messages import (
     Suspect,
 )
 from novacron.protocol.records import sign_record
-from tests.hostile import Mallory, Mesh, wait_until
+from tests.hostile import Mallory, Mesh, eventually
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
 
@@ -55,7 +56,7 @@ async def mallory(mesh: Mesh) -> AsyncIterator[Mallory]:
     """A new liar for each test (her own id and certificate), joined to every agent."""
     async with Mallory(mesh, f"mallory{next(_names)}") as mallory:
         await mallory.join(*mesh.agents.values())
-        wait_until(
+        await eventually(
             lambda: all(a.state_of(mallory.node_id) == "alive" for a in mesh.agents.values()),
             20,
             f"every agent lists {mallory.node_id} as a member",
@@ -63,16 +64,21 @@ async def mallory(mesh: Mesh) -> AsyncIterator[Mallory]:
         yield mallory
 
 
-def still_whole(mesh: Mesh, seconds: float) -> None:
-    """For `seconds`, every agent runs and sees n1..n3 alive."""
+async def still_whole(mesh: Mesh, seconds: float) -> None:
+    """For `seconds`, every agent runs and sees n1..n3 alive (looked at from a thread: the
+    test's event loop, and Mallory's answers to pings, keep running meanwhile)."""
     deadline = time.monotonic() + seconds
-    ids = set(mesh.agents)
     while time.monotonic() < deadline:
-        for agent in mesh.agents.values():
-            assert agent.running(), f"{agent.node_id} exited:\n{agent.log()[-3000:]}"
-            alive = {n for n, row in agent.members().items() if row["state"] == "alive"}
-            assert ids <= alive, f"{agent.node_id} sees only {sorted(alive)} alive"
-        time.sleep(0.5)
+        await asyncio.to_thread(_whole, mesh)
+        await asyncio.sleep(0.5)
+
+
+def _whole(mesh: Mesh) -> None:
+    ids = set(mesh.agents)
+    for agent in mesh.agents.values():
+        assert agent.running(), f"{agent.node_id} exited:\n{agent.log()[-3000:]}"
+        alive = {n for n, row in agent.members().items() if row["state"] == "alive"}
+        assert ids <= alive, f"{agent.node_id} sees only {sorted(alive)} alive"
 
 
 async def test_deep_nesting_inside_a_typed_field_is_dropped_and_the_agent_carries_on(
@@ -87,12 +93,12 @@ async def test_deep_nesting_inside_a_typed_field_is_dropped_and_the_agent_carrie
     frame = msgpack.packb([PROTOCOL_VERSION, "digest", mallory.node_id, payload])
     malformed = mesh["n2"].status()["transport"]["malformed"]
     await mallory.send_raw(mesh["n2"], frame)
-    wait_until(
+    await eventually(
         lambda: mesh["n2"].status()["transport"]["malformed"] > malformed,
         10,
         "n2 counts the frame as malformed",
     )
-    still_whole(mesh, 3)
+    await still_whole(mesh, 3)
 
 
 async def test_a_claim_at_the_largest_incarnation_does_not_evict_its_victim(
@@ -101,7 +107,7 @@ async def test_a_claim_at_the_largest_incarnation_does_not_evict_its_victim(
     for agent in mesh.agents.values():
         await mallory.send(agent, Suspect("n2", HUGE, mallory.node_id))
         await mallory.send(agent, Dead("n2", HUGE, mallory.node_id))
-    still_whole(mesh, 12)
+    await still_whole(mesh, 12)
     assert mesh["n2"].status()["incarnation"] < 100
 
 
@@ -112,7 +118,7 @@ async def test_an_alive_forged_for_another_member_changes_nothing(
     for agent in (mesh["n1"], mesh["n3"]):
         await mallory.send(agent, mallory.alive("n2", 50, mallory.address))
         await mallory.send(agent, Alive("n2", 60, mallory.address))  # unsigned
-    still_whole(mesh, 3)
+    await still_whole(mesh, 3)
     for agent in (mesh["n1"], mesh["n3"]):
         row = agent.members()["n2"]
         assert row["address"] == real and row["incarnation"] < 50
@@ -125,11 +131,11 @@ async def test_invented_members_are_not_admitted_and_the_mesh_still_takes_newcom
         fake = f"ghost-{i:05d}"
         await mallory.send(mesh["n1"], mallory.alive(fake, 1, f"127.0.0.1:{10000 + i}"))
         await mallory.send(mesh["n1"], Alive(fake + "-u", 1, f"127.0.0.1:{20000 + i}"))
-    time.sleep(2)
+    await asyncio.sleep(2)
     ghosts = [n for n in mesh["n1"].members() if n.startswith("ghost-")]
     assert ghosts == []
     mesh.start_agent("n4", seed="n1")  # joins through n1, the flooded agent
-    mesh.wait_converged()
+    await asyncio.to_thread(mesh.wait_converged)
 
 
 @pytest.mark.parametrize(
@@ -163,10 +169,10 @@ async def test_a_record_outside_its_bounds_is_refused(
     )
     await mallory.send(mesh["n1"], RecordUpdate(sign_record(mallory.key, honest)))
     host = f"/v1/hosts/{mallory.node_id}"
-    wait_until(lambda: mesh["n1"].api(host)["record"] is not None, 10, "n1 holds her record")
+    await eventually(lambda: mesh["n1"].api(host)["record"] is not None, 10, "n1 holds her record")
     lying = dataclasses.replace(honest, version=2, **lie)  # type: ignore[arg-type]
     await mallory.send(mesh["n1"], RecordUpdate(sign_record(mallory.key, lying)))
-    time.sleep(2)
+    await asyncio.sleep(2)
     record = mesh["n1"].api(host)["record"]
     assert record["version"] == 1, f"n1 took the lying record: {record}"
     assert f"record refused: {mallory.node_id} version 2" in mesh["n1"].log()
@@ -174,6 +180,6 @@ async def test_a_record_outside_its_bounds_is_refused(
 
 async def test_a_member_cannot_drain_another_host(mesh: Mesh, mallory: Mallory) -> None:
     await mallory.send(mesh["n2"], DrainRequest("r1", "n2", True, mallory.node_id))
-    wait_until(lambda: "drain request refused" in mesh["n2"].log(), 10, "n2 refuses")
+    await eventually(lambda: "drain request refused" in mesh["n2"].log(), 10, "n2 refuses")
     assert mesh["n2"].api("/v1/drain")["draining"] is False
     assert "not authorized" in mesh["n2"].log()

@@ -7,6 +7,7 @@ Real agents on loopback (tests/hostile.py), driven as an operator would:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from novacron.protocol import keyfiles
 from novacron.protocol.messages import Ping
-from tests.hostile import AgentProcess, Mallory, Mesh, wait_until
+from tests.hostile import AgentProcess, Mallory, Mesh, eventually, wait_until
 
 pytestmark = pytest.mark.agents  # real agent processes on loopback
 
@@ -39,7 +40,7 @@ async def mallory(mesh: Mesh) -> AsyncIterator[Mallory]:
     mesh.start(3)
     async with Mallory(mesh) as mallory:
         await mallory.join(*mesh.agents.values())
-        wait_until(
+        await eventually(
             lambda: all(a.state_of("mallory") == "alive" for a in mesh.agents.values()),
             20,
             "every agent lists mallory as a member",
@@ -56,17 +57,19 @@ async def test_a_revocation_published_on_one_host_expels_the_member_everywhere(
     assert answer["adopted"] is True and answer["revoked_members"] == ["mallory"]
 
     for agent in mesh.agents.values():  # gossip carries it to the others
-        wait_until(partial(_expelled, agent, "mallory"), 10, f"{agent.node_id} expels mallory")
+        await eventually(
+            partial(_expelled, agent, "mallory"), 10, f"{agent.node_id} expels mallory"
+        )
         assert agent.status()["revoked_members"] == ["mallory"]
         assert agent.members()["mallory"]["state"] == "left"
     refused = mesh["n2"].status()["transport"]["unauthorized"]
     await mallory.send(mesh["n2"], Ping(1, "n2"))  # a connection made before: refused now
-    wait_until(
+    await eventually(
         lambda: mesh["n2"].status()["transport"]["unauthorized"] > refused,
         10,
         "n2 drops what mallory still sends",
     )
-    mesh.wait_converged()  # the honest members are untouched
+    await asyncio.to_thread(mesh.wait_converged)  # the honest members are untouched
     again = mesh["n3"].post("/v1/revocations", {"crl": data})
     assert again["adopted"] is False  # not newer: nothing to spread
 
