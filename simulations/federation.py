@@ -98,6 +98,33 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> An
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def agent_status(socket: Path) -> dict[str, Any]:
+    """`nova status` of the agent serving `socket` ({} while it does not answer)."""
+    out = subprocess.run(
+        [str(BIN / "nova"), "--json", "status", "--socket", str(socket)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return json.loads(out.stdout)["status"] if out.returncode == 0 and out.stdout else {}
+
+
+View = set[tuple[str, str, str]]  # {(VM, host, state)}
+
+
+def views_agree(
+    views: Callable[[], tuple[View, View]], holds: Callable[[View], bool], since: float
+) -> tuple[View, float]:
+    """The site's view once the coordinator's equals it and `holds` it, and how long after
+    `since` (a heal) the sample that agreed was taken; fails once a sample taken 10 s
+    after `since` still differs (the issue's bound, timed to the sample, not its answer)."""
+    while True:
+        sampled = time.monotonic()
+        coordinator, site = views()
+        if coordinator == site and holds(site):
+            return site, sampled - since
+        assert sampled - since < 10, f"views still differ: {coordinator} / {site}"
+        time.sleep(0.2)
+
+
 class CoordinatorProcess:
     """`nova-coordinator serve` over TLS on loopback, with its data in `directory`."""
 
@@ -288,11 +315,7 @@ class Site:
         self.procs[node] = subprocess.Popen(cmd, stdout=log, stderr=log, env=environment)
 
     def status(self, node: str) -> dict[str, Any]:
-        out = subprocess.run(
-            [str(BIN / "nova"), "--json", "status", "--socket", str(self.socket(node))],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        return json.loads(out.stdout)["status"] if out.returncode == 0 else {}
+        return agent_status(self.socket(node))
 
     def kill(self, node: str) -> None:
         proc = self.procs[node]

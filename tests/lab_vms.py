@@ -241,6 +241,18 @@ def wait_measured_idle(host: LabHost, vm: str, timeout: float = 150) -> None:
         time.sleep(0.5)
 
 
+def rebalance_paused(host: LabHost) -> bool:
+    """Whether `host`'s agent holds the mesh's rebalancing pause (False while it does not
+    answer)."""
+    code, answer = nova(host, "rebalance", "status")
+    return code == 0 and bool(answer["rebalance"]["paused"])
+
+
+def migration_under_way(hosts: Sequence[LabHost]) -> bool:
+    """Whether any of `hosts` has a migration under way (one without an outcome yet)."""
+    return any(not m["outcome"] for host in hosts for m in migrations(host))
+
+
 def running_on(lab: Lab, vm: str) -> list[str]:
     """The hosts whose libvirtd runs `vm` now (exactly one, after any migration)."""
     return [host.name for host in lab.hosts if vm in domains(host)]

@@ -24,8 +24,10 @@ from novacron.simulations.lab.agents import BIN, LabAgents, wait_for
 from tests.lab_vms import (
     beats,
     everyone_sees,
+    migration_under_way,
     migrations,
     nova,
+    rebalance_paused,
     running_mesh,
     running_on,
     scratch_dir,
@@ -66,7 +68,7 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
     h1, _, h3 = lab.hosts
     rebalance(h3, "pause")
     for host in lab.hosts:  # the pause reached every agent
-        wait_for(partial(_paused, host), bool, 15)
+        wait_for(partial(rebalance_paused, host), bool, 15)
     before = {}
     for vm in GUESTS:
         # Hot on a quiet machine too: rewriting 24 MiB at 30 MiB/s the four used about
@@ -113,10 +115,6 @@ def test_piled_up_guests_are_spread_until_balanced_then_left_alone(
         assert move["vm"] in done.stdout and move["reason"] in done.stdout
 
 
-def _paused(host: LabHost) -> bool:
-    return bool(rebalance(host, "status")["rebalance"]["paused"])
-
-
 def _wait_until_settled(lab: Lab, hot: LabHost, quiet: float, timeout: float) -> None:
     """Until `hot` is within the threshold by its own view and no migration started or ran
     anywhere for `quiet` seconds (load readings are noisy: one balanced look is not enough)."""
@@ -126,7 +124,7 @@ def _wait_until_settled(lab: Lab, hot: LabHost, quiet: float, timeout: float) ->
     while time.monotonic() < deadline:
         plan = rebalance(hot, "plan")["plan"]
         now_counts = _migration_counts(lab)
-        running = any(not m["outcome"] for h in lab.hosts for m in migrations(h))
+        running = migration_under_way(lab.hosts)
         balanced = plan["move"] is None and str(plan["reason"]).startswith("balanced")
         if now_counts != counts or running or not balanced:
             counts, since = now_counts, time.monotonic()
