@@ -16,7 +16,10 @@ average, over `GET /v1/vms` (one site, 100 a page), `GET /v1/vms/{id}`,
 client (`benchmarks/latency_probe.py`) times `GET /v1/status` one request at
 a time. `--pin` keeps the sites and the clients off the coordinator's core,
 as if they ran on other machines (PostgreSQL, started before, is not
-pinned: its backends may run on any core). Then: the
+pinned: its backends may run on any core). Percentiles come from every
+request's own time (not locust's rounded histogram), over the whole load and
+over its steady state: the requests started `WARM_UP` seconds or more after
+the first, leaving out the 50 clients connecting at once. Then: the
 coordinator's RSS, and the time a site of 1,000 VMs takes to resynchronize
 (reconnect, new stream, snapshot applied and acknowledged). Figures go to
 stdout and `--out`.
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
 import json
 import multiprocessing
 import os
@@ -51,12 +53,15 @@ from novacron.protocol.certificates import issue_certificate
 from novacron.protocol.keys import Ed25519PrivateKey, NodeKey
 from novacron.protocol.messages import MemberState, NodeRecord, Resources, VmSummary
 from novacron.simulations.federation import wait_until
+from novacron.simulations.metrics import percentile, rounded
 from novacron.simulations.ports import free_port
 from tests.postgres import running_postgres
 
 BIN = Path(sys.executable).parent
 HOSTS_PER_SITE = 10
-PROBE_DELAY = 3  # seconds the lone client waits for locust's users to be up
+# Seconds from the start of the load left out of the steady-state figures (50 clients
+# connecting at once), and before the lone client starts.
+WARM_UP = 3
 BIG_SITE_VMS = 1000
 
 
@@ -313,19 +318,19 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
             "NOVA_SITES": str(args.sites),
             "NOVA_VM_IDS": ",".join(ids),
         }
-        csv_prefix = directory / "locust"
+        samples = directory / "samples.json"
+        env["NOVA_SAMPLES"] = str(samples)
         go.set()
         time.sleep(2)  # the churn is under way
         locust = [
             str(BIN / "locust"), "-f", str(Path(__file__).with_name("locustfile.py")),
             "--headless", "-u", str(args.users), "-r", str(args.users),
-            "-t", f"{args.duration}s", "--host", url, "--csv", str(csv_prefix),
-            "--only-summary", "--loglevel", "WARNING",
+            "-t", f"{args.duration}s", "--host", url, "--only-summary", "--loglevel", "WARNING",
         ]  # fmt: skip
         env["NOVA_RATE"] = str(args.rate)
         coordinator = psutil.Process(server.pid)
         before, began = coordinator.cpu_times(), time.monotonic()
-        window = (str(args.duration - PROBE_DELAY), str(PROBE_DELAY))  # seconds, and from when
+        window = (str(args.duration - WARM_UP), str(WARM_UP))  # seconds, and from when
         probe = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.latency_probe", url, token, *window],
             stdout=subprocess.PIPE,
@@ -340,14 +345,15 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
         result = out.get(timeout=600)
         sites.join(timeout=60)
         rss = psutil.Process(server.pid).memory_info().rss
-        stats = _stats(Path(f"{csv_prefix}_stats.csv"))
+        taken = json.loads(samples.read_text())
         return {
             **result,
             "coordinator_rss_mib": round(rss / 2**20, 1),
             "coordinator_cpu_percent_of_a_core": round(100 * busy, 1),
             "locust_cpu_percent_of_a_core": round(100 * generator / (ended - began), 1),
             "load_average_1min": round(os.getloadavg()[0], 1),
-            "requests": stats,
+            "requests": _stats(taken, 0.0),
+            "requests_steady": _stats(taken, WARM_UP),
             "lone_client_status": lone,
         }
     finally:
@@ -366,18 +372,25 @@ def _up(url: str) -> bool:
         return False
 
 
-def _stats(path: Path) -> dict[str, Any]:
-    rows = {}
-    with open(path) as source:
-        for row in csv.DictReader(source):
-            rows[row["Name"]] = {
-                "count": int(row["Request Count"]),
-                "failures": int(row["Failure Count"]),
-                "p50_ms": float(row["50%"]),
-                "p99_ms": float(row["99%"]),
-                "rps": round(float(row["Requests/s"]), 1),
-            }
-    return rows
+def _stats(samples: list[list[Any]], after: float) -> dict[str, Any]:
+    """Count, failures, p50, p99 and rate of each kind of request and of all of them,
+    over the requests started `after` seconds or more into the load."""
+    start = min(at for at, *_ in samples) + after
+    end = max(at + took / 1000 for at, _, took, _ in samples)
+    kept = [s for s in samples if s[0] >= start]
+    kinds: dict[str, list[list[Any]]] = {"all": kept}
+    for sample in kept:
+        kinds.setdefault(sample[1], []).append(sample)
+    return {
+        name: {
+            "count": len(rows),
+            "failures": sum(1 for *_, failed in rows if failed),
+            "p50_ms": rounded(percentile([r[2] for r in rows], 0.5), 2),
+            "p99_ms": rounded(percentile([r[2] for r in rows], 0.99), 2),
+            "rps": round(len(rows) / (end - start), 1),
+        }
+        for name, rows in kinds.items()
+    }
 
 
 def main() -> None:

@@ -5,22 +5,41 @@ created, or reads `/v1/status` (6:3:1:1), at `NOVA_RATE` requests a second on av
 (exponential waits: independent clients, not a lockstep).
 `/v1/status` is the baseline: a request that touches the database once, so
 the others' figures can be read against the server's own cost on the same,
-shared machine in the same run.
+shared machine in the same run. With `NOVA_SAMPLES` set, every request's
+start (epoch seconds), name, milliseconds and failure go to that file as JSON
+when locust quits: the benchmark takes its percentiles from them, exactly
+and over the window it chooses.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+from typing import Any
 
-from locust import FastHttpUser, task
+from locust import FastHttpUser, events, task
 
 TOKEN = os.environ.get("NOVA_TOKEN", "")
 SITES = int(os.environ.get("NOVA_SITES", "100"))
 VM_IDS = os.environ.get("NOVA_VM_IDS", "").split(",")
 RATE = float(os.environ.get("NOVA_RATE", "4"))
+SAMPLES = os.environ.get("NOVA_SAMPLES", "")
 _names = itertools.count()
+_samples: list[tuple[float, str, float, bool]] = []
+
+
+@events.request.add_listener
+def _sample(name: str, response_time: float, exception: Any, start_time: float, **_: Any) -> None:
+    _samples.append((start_time, name, response_time, exception is not None))
+
+
+@events.quitting.add_listener
+def _write_samples(**_: Any) -> None:
+    if SAMPLES:
+        with open(SAMPLES, "w") as out:
+            json.dump(_samples, out)
 
 
 def poisson_wait(user: FastHttpUser) -> float:

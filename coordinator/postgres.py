@@ -19,6 +19,8 @@ import asyncpg
 
 from .db import Connection, DatabaseError, Row, numbered
 
+# Connections, all opened at the start and kept (asyncpg keeps the pool's floor open when
+# idle): a burst after a quiet spell does not wait for new backends to start.
 POOL_SIZE = 8
 
 
@@ -39,7 +41,9 @@ class PostgresDatabase:
     @classmethod
     async def connect(cls, url: str) -> PostgresDatabase:
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
+            pool = await asyncpg.create_pool(
+                url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=10
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from None
         assert pool is not None
