@@ -476,9 +476,6 @@ class Api:
         body: dict[str, Any],
         command: dict[str, Any],
     ) -> dict[str, Any]:
-        existing = await self.store.operation_for_key(command["key"])
-        if existing is not None:
-            return existing
         traceparent = traceparent_of(request)
         if traceparent:  # the site's spans of this command join the request's trace
             command = {**command, "traceparent": traceparent}

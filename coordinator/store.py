@@ -674,17 +674,35 @@ class Store:
         command: dict[str, Any] | None,
         by: Principal,
     ) -> Row:
-        """A new operation (and the command that carries it to `site`, if any)."""
+        """A new operation (and the command that carries it to `site`, if any); or, when a
+        command with the same idempotency key exists already (a retry that overtook its
+        first request, both past their checks), the operation that command carries."""
         op_id = str(uuid.uuid4())
         now = self._clock()
 
-        async def write(b: Batch) -> None:
+        async def write(b: Batch) -> Row:
             tx = b.tx
+            if command is not None:
+                added = await tx.execute(
+                    "INSERT INTO commands (key, operation, site, body, state, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    command["key"],
+                    op_id,
+                    site,
+                    json.dumps(command, sort_keys=True),
+                    now,
+                    now,
+                )
+                if not added:
+                    existing = await tx.fetchone(_OPERATION_FOR_KEY, command["key"])
+                    assert existing is not None  # written with its command; neither is deleted
+                    return existing
             index = await b.stamp(("operations",))
-            await tx.execute(
+            row = await tx.fetchone(
                 "INSERT INTO operations (id, kind, status, site, target, request, created_by, "
                 "created_at, updated_at, modify_index, detail) "
-                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 op_id,
                 kind,
                 site,
@@ -696,21 +714,11 @@ class Store:
                 index,
                 f"waiting to be sent to site {site}",
             )
-            if command is not None:
-                await tx.execute(
-                    "INSERT INTO commands (key, operation, site, body, state, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                    command["key"],
-                    op_id,
-                    site,
-                    json.dumps(command, sort_keys=True),
-                    now,
-                    now,
-                )
+            assert row is not None
             b.event("operation.created", op_id, site, {"kind": kind, "target": target})
+            return row
 
-        await self._write(write)
-        return await self.operation(op_id)
+        return _operation_row(await self._write(write))
 
     async def operation(self, op_id: str) -> Row:
         row = await self.db.fetchone("SELECT * FROM operations WHERE id = ?", op_id)
@@ -720,8 +728,8 @@ class Store:
 
     async def operation_for_key(self, key: str) -> Row | None:
         """The operation whose command has idempotency key `key`, if there is one."""
-        row = await self.db.fetchone("SELECT operation FROM commands WHERE key = ?", key)
-        return await self.operation(row["operation"]) if row is not None else None
+        row = await self.db.fetchone(_OPERATION_FOR_KEY, key)
+        return _operation_row(row) if row is not None else None
 
     async def operations(self, per_page: int, after: str | None) -> tuple[list[Row], str | None]:
         """Newest first, by (created_at, id)."""
@@ -1116,6 +1124,11 @@ def _vm_row(row: Row) -> Row:
         "cpu_load": row["cpu_load"],
         "labels": json.loads(row["labels"]),
     }
+
+
+_OPERATION_FOR_KEY = (
+    "SELECT o.* FROM commands c JOIN operations o ON o.id = c.operation WHERE c.key = ?"
+)
 
 
 def _operation_row(row: Row) -> Row:

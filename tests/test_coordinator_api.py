@@ -484,6 +484,29 @@ async def test_an_operation_ends_with_the_site_outcome_and_waiters_see_it(
     await site.close()
 
 
+async def test_requests_retried_at_once_with_one_idempotency_key_make_one_operation(
+    api: Served, tmp_path: Path
+) -> None:
+    """A client that times out and retries while its first request is still being served:
+    every answer is the same operation, and the site is sent one command."""
+    site = await linked_site(api, tmp_path, host_state("h1", 1, 1))
+    body = {"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "/k"}
+    for path, key in (("/v1/vms", "create-web"), ("/v1/vms/lyon:vm0000/stop", "stop-vm0000")):
+        answers = await asyncio.gather(
+            *(api.call("POST", path, body if path == "/v1/vms" else {}, headers={
+                "Idempotency-Key": key}) for _ in range(8))
+        )  # fmt: skip
+        assert {status for status, _, _ in answers} == {202}, answers
+        assert len({op["id"] for _, op, _ in answers}) == 1
+        command = await site.next(wire.Command)
+        assert command.key.endswith(":" + key)
+    listed = (await api.call("GET", "/v1/operations?per_page=100"))[1]["items"]
+    assert len(listed) == 2
+    await asyncio.sleep(0.2)
+    assert site.inbox.empty()
+    await site.close()
+
+
 # --- events, audit, limits, followers ---------------------------------------------------------
 
 

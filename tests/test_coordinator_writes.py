@@ -16,7 +16,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -172,22 +172,25 @@ async def test_a_bad_write_in_a_batch_fails_alone_and_the_others_commit(store: S
     first = await store.start_operation("start", "s00", "s00-h0-vm0", {}, command, LOCAL_ADMIN)
     failed_before = store.writes.failed_batches
 
-    def operation(key: str) -> Awaitable[Row]:
+    def operation(key: str, kind: str = "start") -> Awaitable[Row]:
         body = {"key": key, "kind": "start", "vm": "s00-h0-vm0"}
-        return store.start_operation("start", "s00", "s00-h0-vm0", {}, body, LOCAL_ADMIN)
+        return store.start_operation(kind, "s00", "s00-h0-vm0", {}, body, LOCAL_ADMIN)
 
-    # Submitted together, before the writer runs: one batch, with a command key already
-    # taken (the database refuses it) and a site that exists (the store refuses it).
+    # Submitted together, before the writer runs: one batch, with an operation of no kind
+    # (the database refuses it), a site that exists (the store refuses it), and a command
+    # key already taken (a retry: answered with the operation that has it).
     calls: list[Awaitable[Any]] = [store.apply_delta(s.name, s.change()) for s in sites[:4]]
-    calls += [operation("fresh-1"), operation("taken"), store.add_site("s03", {}, 0, LOCAL_ADMIN)]
+    calls += [operation("fresh-1"), operation("bad", cast(str, None))]
+    calls += [store.add_site("s03", {}, 0, LOCAL_ADMIN), operation("taken")]
     calls += [store.apply_delta(s.name, s.change()) for s in sites[4:]]
     calls += [operation("fresh-2")]
     results = await asyncio.gather(*calls, return_exceptions=True)
 
     assert store.writes.failed_batches == failed_before + 1
-    duplicate, existing = results[5], results[6]
-    assert isinstance(duplicate, sqlite3.IntegrityError | asyncpg.UniqueViolationError)
+    refused, existing, retried = results[5], results[6], results[7]
+    assert isinstance(refused, sqlite3.IntegrityError | asyncpg.NotNullViolationError)
     assert isinstance(existing, Conflict)
+    assert retried == first
     ok = results[:5] + results[7:]
     assert not [r for r in ok if isinstance(r, BaseException)], ok
     for site in sites:
@@ -195,6 +198,7 @@ async def test_a_bad_write_in_a_batch_fails_alone_and_the_others_commit(store: S
         assert await view_states(store, site.name) == site.states()
     assert (await store.operation_for_key("fresh-1")) is not None
     assert (await store.operation_for_key("fresh-2")) is not None
+    assert (await store.operation_for_key("bad")) is None, "its command went with it"
     assert (await store.operation_for_key("taken")) == first, "the first keeps its key"
     assert len(await store.sites()) == 8
 
