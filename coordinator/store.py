@@ -564,24 +564,28 @@ class Store:
             rows = await self.db.fetch("SELECT * FROM hosts ORDER BY site, node_id")
         return [_host_row(r) for r in rows]
 
-    async def site_rooms(self, overcommit: float) -> dict[str, tuple[float, int]]:
-        """Each site's roomiest host that takes new VMs (alive, not draining) as (vCPUs,
-        MiB) free: memory its capacity less its VMs' (at least 0), vCPUs its cores times
-        `overcommit` less its VMs' (at least 0), the most memory first, then vCPUs. One row
-        a site from the database, not one a host: placement asks on every create."""
+    async def placement_sites(self, overcommit: float) -> list[tuple[Row, tuple[float, int]]]:
+        """Every enrolled site with the room of its roomiest host that takes new VMs (alive,
+        not draining) as (vCPUs, MiB) free: memory its capacity less its VMs' (at least 0),
+        vCPUs its cores times `overcommit` less its VMs' (at least 0), the most memory
+        first, then vCPUs; (0, 0) for a site with no such host. One query, one row a site:
+        placement asks on every create."""
         free_vcpus = f"vcpus * {float(overcommit)!r} - vm_vcpus"
         free_memory = "memory_mib - vm_memory_mib"
         rows = await self.db.fetch(
-            "SELECT site, free_vcpus, free_memory FROM ("
+            "SELECT s.*, r.free_vcpus AS room_vcpus, r.free_memory AS room_memory "
+            "FROM sites s LEFT JOIN ("
             " SELECT site, free_vcpus, free_memory, ROW_NUMBER() OVER ("
             "  PARTITION BY site ORDER BY free_memory DESC, free_vcpus DESC) AS nth FROM ("
             f"  SELECT site, CASE WHEN {free_vcpus} > 0 THEN {free_vcpus} ELSE 0 END"
             "   AS free_vcpus,"
             f"  CASE WHEN {free_memory} > 0 THEN {free_memory} ELSE 0 END AS free_memory"
-            "  FROM hosts WHERE state = 'alive' AND draining = 0) AS rooms) AS ranked "
-            "WHERE nth = 1"
+            "  FROM hosts WHERE state = 'alive' AND draining = 0) AS rooms) AS r "
+            "ON r.site = s.name AND r.nth = 1 WHERE s.state = 'enrolled' ORDER BY s.name"
         )
-        return {r["site"]: (float(r["free_vcpus"]), int(r["free_memory"])) for r in rows}
+        return [
+            (_site_row(r), (float(r["room_vcpus"] or 0), int(r["room_memory"] or 0))) for r in rows
+        ]
 
     async def host(self, site: str, node: str) -> Row:
         row = await self.db.fetchone(

@@ -44,19 +44,14 @@ async def site_targets(store: Store, request: Request) -> list[SiteTarget]:
         if request.anti_affinity
         else set()
     )
-    rooms = await store.site_rooms(OVERCOMMIT)
-    targets = []
-    for site in await store.sites():
-        if site["state"] != "enrolled":
-            continue
-        targets.append(
-            SiteTarget(
-                site["name"],
-                {**site["labels"], "site": site["name"]},
-                site["connected"],
-                float(site["cost"]),
-                rooms.get(site["name"], (0.0, 0)),
-                frozenset({request.anti_affinity}) if site["name"] in grouped else frozenset(),
-            )
+    return [
+        SiteTarget(
+            site["name"],
+            {**site["labels"], "site": site["name"]},
+            site["connected"],
+            float(site["cost"]),
+            room,
+            frozenset({request.anti_affinity}) if site["name"] in grouped else frozenset(),
         )
-    return targets
+        for site, room in await store.placement_sites(OVERCOMMIT)
+    ]
