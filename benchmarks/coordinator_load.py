@@ -19,7 +19,9 @@ as if they ran on other machines (PostgreSQL, started before, is not
 pinned: its backends may run on any core). Percentiles come from every
 request's own time (not locust's rounded histogram), over the whole load and
 over its steady state: the requests started `WARM_UP` seconds or more after
-the first, leaving out the 50 clients connecting at once. Then: the
+the first, leaving out the 50 clients connecting at once. Failed requests
+count with their time; requests still under way when locust stops are not
+counted. Then: the
 coordinator's RSS, and the time a site of 1,000 VMs takes to resynchronize
 (reconnect, new stream, snapshot applied and acknowledged). Figures go to
 stdout and `--out`.
@@ -59,8 +61,9 @@ from tests.postgres import running_postgres
 
 BIN = Path(sys.executable).parent
 HOSTS_PER_SITE = 10
-# Seconds from the start of the load left out of the steady-state figures (50 clients
-# connecting at once), and before the lone client starts.
+# Seconds from the first request left out of the steady-state figures (50 clients
+# connecting at once). The lone client waits as long from locust's launch, which comes
+# about a second before locust's first request.
 WARM_UP = 3
 BIG_SITE_VMS = 1000
 
@@ -336,7 +339,9 @@ def run(args: argparse.Namespace, database: str, directory: Path) -> dict[str, A
             stdout=subprocess.PIPE,
         )
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(locust, env=env, capture_output=True, timeout=args.duration + 120)
+        ran = subprocess.run(locust, env=env, capture_output=True, timeout=args.duration + 120)
+        if not samples.exists():  # failed requests are counted; a locust that did not run is not
+            raise RuntimeError(f"locust ended with {ran.returncode}: {ran.stderr[-2000:]!r}")
         after, ended = coordinator.cpu_times(), time.monotonic()
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # locust's, the one child reaped
         generator = waited.ru_utime + waited.ru_stime - children.ru_utime - children.ru_stime

@@ -378,8 +378,12 @@ class Api:
 
     async def _host_command(self, request: web.Request, kind: str) -> web.Response:
         site, node = request.match_info["site"], request.match_info["host"]
+        key = _command_key(request)
+        existing = await self._repeated(request, key)
+        if existing is not None:
+            return existing
         await self.store.host(site, node)  # 404 if the site's view has no such host
-        command = {"key": _command_key(request), "kind": kind, "target": node}
+        command = {"key": key, "kind": kind, "target": node}
         operation = await self._operation(request, kind, site, node, {}, command)
         return self._accepted(operation)
 
@@ -462,8 +466,12 @@ class Api:
         self, request: web.Request, kind: str, extra: dict[str, Any]
     ) -> web.Response:
         site, name = _vm_id(request)
+        key = _command_key(request)
+        existing = await self._repeated(request, key)
+        if existing is not None:  # even if the VM is gone since: the first request's answer
+            return existing
         await self.store.vm(site, name)  # 404 if no site reported it
-        command = {"key": _command_key(request), "kind": kind, "vm": name, **extra}
+        command = {"key": key, "kind": kind, "vm": name, **extra}
         operation = await self._operation(request, kind, site, name, extra, command)
         return self._accepted(operation)
 
@@ -482,7 +490,7 @@ class Api:
         return await self.store.start_operation(kind, site, target, body, command, _who(request))
 
     async def _repeated(self, request: web.Request, key: str) -> web.Response | None:
-        """The answer to a create already made with this Idempotency-Key, if any."""
+        """The answer to a request already made with this Idempotency-Key, if any."""
         existing = await self.store.operation_for_key(key)
         return self._accepted(existing) if existing is not None else None
 

@@ -19,8 +19,8 @@ import asyncpg
 
 from .db import Connection, DatabaseError, Row, numbered
 
-# Connections, all opened at the start and kept (asyncpg keeps the pool's floor open when
-# idle): a burst after a quiet spell does not wait for new backends to start.
+# Connections, all opened at the start and never closed for being idle: a burst after a
+# quiet spell does not wait for new backends to start.
 POOL_SIZE = 8
 
 
@@ -42,7 +42,11 @@ class PostgresDatabase:
     async def connect(cls, url: str) -> PostgresDatabase:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=10
+                url,
+                min_size=POOL_SIZE,
+                max_size=POOL_SIZE,
+                max_inactive_connection_lifetime=0,
+                timeout=10,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from None

@@ -683,8 +683,9 @@ class Store:
         by: Principal,
     ) -> Row:
         """A new operation (and the command that carries it to `site`, if any); or, when a
-        command with the same idempotency key exists already (a retry that overtook its
-        first request, both past their checks), the operation that command carries."""
+        command with the same idempotency key exists already, the operation that command
+        carries. The API answers a retry without a write when it finds the key first; this
+        is for requests with one key served at once, each past that check."""
         op_id = str(uuid.uuid4())
         now = self._clock()
 
@@ -1152,8 +1153,9 @@ def _operation_row(row: Row) -> Row:
         "request": json.loads(row["request"]),
         "result": json.loads(row["result"]),
         "created_by": row["created_by"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        # float(): SQLite's RETURNING gives a whole REAL as an int, where SELECT gives a float.
+        "created_at": float(row["created_at"]),
+        "updated_at": float(row["updated_at"]),
     }
 
 

@@ -497,13 +497,21 @@ async def test_requests_retried_at_once_with_one_idempotency_key_make_one_operat
                 "Idempotency-Key": key}) for _ in range(8))
         )  # fmt: skip
         assert {status for status, _, _ in answers} == {202}, answers
-        assert len({op["id"] for _, op, _ in answers}) == 1
+        assert all(op == answers[0][1] for _, op, _ in answers), "one operation, one answer"
         command = await site.next(wire.Command)
         assert command.key.endswith(":" + key)
     listed = (await api.call("GET", "/v1/operations?per_page=100"))[1]["items"]
     assert len(listed) == 2
     await asyncio.sleep(0.2)
     assert site.inbox.empty()
+    stop = answers[0][1]
+    # The VM is gone by the time the client retries: the retry still gets its operation.
+    await site.send(wire.Delta("s1", 2, hosts=(host_state("h1", 2),)))
+    status, again, _ = await api.call(
+        "POST", "/v1/vms/lyon:vm0000/stop", {}, headers={"Idempotency-Key": "stop-vm0000"}
+    )
+    assert (status, again["id"]) == (202, stop["id"])
+    assert (await api.call("POST", "/v1/vms/lyon:vm0000/stop", {}))[0] == 404
     await site.close()
 
 

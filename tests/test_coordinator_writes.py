@@ -183,7 +183,7 @@ async def test_a_bad_write_in_a_batch_fails_alone_and_the_others_commit(store: S
     calls += [operation("fresh-1"), operation("bad", cast(str, None))]
     calls += [store.add_site("s03", {}, 0, LOCAL_ADMIN), operation("taken")]
     calls += [store.apply_delta(s.name, s.change()) for s in sites[4:]]
-    calls += [operation("fresh-2")]
+    calls += [operation("fresh-2"), operation("twice"), operation("twice")]
     results = await asyncio.gather(*calls, return_exceptions=True)
 
     assert store.writes.failed_batches == failed_before + 1
@@ -198,7 +198,10 @@ async def test_a_bad_write_in_a_batch_fails_alone_and_the_others_commit(store: S
         assert await view_states(store, site.name) == site.states()
     assert (await store.operation_for_key("fresh-1")) is not None
     assert (await store.operation_for_key("fresh-2")) is not None
-    assert (await store.operation_for_key("bad")) is None, "its command went with it"
+    assert results[-1] == results[-2], "a key given twice at once: one operation"
+    assert await store.db.fetch("SELECT key FROM commands WHERE key IN ('bad', 'twice')") == [
+        {"key": "twice"}
+    ], "the refused operation's command went with it"
     assert (await store.operation_for_key("taken")) == first, "the first keeps its key"
     assert len(await store.sites()) == 8
 
