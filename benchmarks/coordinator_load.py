@@ -386,15 +386,17 @@ def _stats(samples: list[list[Any]], after: float) -> dict[str, Any]:
     kinds: dict[str, list[list[Any]]] = {"all": kept}
     for sample in kept:
         kinds.setdefault(sample[1], []).append(sample)
+    return {name: _summary(rows, end - start) for name, rows in kinds.items()}
+
+
+def _summary(rows: list[list[Any]], seconds: float) -> dict[str, Any]:
+    took = [took for _, _, took, _ in rows]
     return {
-        name: {
-            "count": len(rows),
-            "failures": sum(1 for *_, failed in rows if failed),
-            "p50_ms": rounded(percentile([r[2] for r in rows], 0.5), 2),
-            "p99_ms": rounded(percentile([r[2] for r in rows], 0.99), 2),
-            "rps": round(len(rows) / (end - start), 1),
-        }
-        for name, rows in kinds.items()
+        "count": len(rows),
+        "failures": sum(1 for *_, failed in rows if failed),
+        "p50_ms": rounded(percentile(took, 0.5), 2),
+        "p99_ms": rounded(percentile(took, 0.99), 2),
+        "rps": round(len(rows) / seconds, 1),
     }
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from novacron.simulations.metrics import percentile
+from novacron.simulations.metrics import percentile, rounded
 
 INTERVAL = 0.05  # seconds between requests
 
@@ -43,8 +43,7 @@ def measure(url: str, token: str, seconds: float) -> list[float]:
 
 def summary(took: list[float]) -> dict[str, float | None]:
     def at(fraction: float) -> float | None:
-        value = percentile(took, fraction)
-        return None if value is None else round(value, 2)
+        return rounded(percentile(took, fraction), 2)
 
     return {"count": len(took), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
             "max_ms": at(1.0)}  # fmt: skip
