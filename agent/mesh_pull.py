@@ -361,9 +361,13 @@ class MeshPull:
         for peer in found.whole:
             fetch.holds(peer, None)
             sources.add(peer)
-        for peer in found.partial:  # they count as sources once their bitmaps answer
-            if await self.service.send(peer, PiecesAsk(expected.sha256)):
+        for peer in found.partial:  # each holds nothing until its bitmap answers
+            if peer not in sources:
+                fetch.holds(peer, ())
                 sources.add(peer)
+            if not await self.service.send(peer, PiecesAsk(expected.sha256)):
+                fetch.forget(peer)
+                sources.discard(peer)
         if self.catalogue is not None and CATALOGUE not in sources and fetch.stalled():
             fetch.holds(CATALOGUE, None)
             sources.add(CATALOGUE)

@@ -217,6 +217,25 @@ def test_the_rarest_piece_is_asked_first() -> None:
     assert (first.peer, first.index) == ("h1", 5)  # only h1 has piece 5
 
 
+def test_a_host_keeps_an_equal_share_of_its_requests_at_each_holder() -> None:
+    data = image(64)
+    alone = fetch_of(data, per_peer=8, in_flight=16)
+    alone.holds("h1", None)
+    assert [r.peer for r in alone.requests(0.0)] == ["h1"] * 8  # deep enough for a fast link
+    crowd = fetch_of(data, per_peer=8, in_flight=16)
+    crowd.holds("h1", None)  # the first source, which every host fetching waits on
+    for i in range(2, 11):
+        crowd.holds(f"h{i}", range(0, 64, i))  # hosts fetching too, each with some pieces
+    crowd.holds("h11", ())  # fetching, nothing yet: still one of the hosts sharing h1
+    asked = crowd.requests(0.0)
+    per_peer = {peer: sum(r.peer == peer for r in asked) for peer in {r.peer for r in asked}}
+    assert per_peer["h1"] == 1 and max(per_peer.values()) == 1  # 16 // 11 holders
+    three = fetch_of(data, per_peer=8, in_flight=16)
+    for name in ("h1", "h2", "h3"):
+        three.holds(name, None)
+    assert sorted(r.peer for r in three.requests(0.0)) == ["h1"] * 5 + ["h2"] * 5 + ["h3"] * 5
+
+
 def test_with_no_source_for_a_piece_the_fetch_says_it_is_stalled() -> None:
     data = image(4)
     fetch = fetch_of(data)

@@ -11,8 +11,8 @@ pieces to request from whom (`requests`), and hands it every answer
   source for the same piece (BitTorrent's rule; Dragonfly and Kraken do the
   same over their own networks);
 - from whom: among the peers that hold the piece, the one with the fewest
-  requests in flight, at most `per_peer` in flight each and `in_flight` in
-  all;
+  requests in flight, each peer an equal share of `in_flight` at once (at
+  least one, at most `per_peer`: see `ChunkFetch.share`);
 - what a bad answer costs the peer: a piece whose SHA-256 is not the chunk
   map's bans its sender for the rest of the fetch (it lied, or its copy is
   bad; either way nothing more is taken from it); a request failed or given
@@ -52,7 +52,7 @@ INF = float("inf")
 
 @dataclass(frozen=True, slots=True)
 class FetchConfig:
-    per_peer: int = 8  # requests in flight to one peer
+    per_peer: int = 8  # requests in flight to one peer, at most (see `ChunkFetch.share`)
     in_flight: int = 16  # requests in flight in all
     timeout: float = 10.0  # seconds a peer may send no piece before its requests are given up
     strikes: int = 3  # failures in a row after which a peer is dropped
@@ -123,6 +123,7 @@ class ChunkFetch:
         self._count = [0] * chunks.count  # peers (not the catalogue) holding each piece
         self._asked: dict[int, _Ask] = {}  # piece -> its request in flight
         self._asks = 0  # requests made: the next one's order
+        self._share = self.config.per_peer  # requests in flight to one peer, as things stand
         self.banned: dict[str, str] = {}  # peer -> why nothing more is taken from it
         self.stats = FetchStats()
 
@@ -169,19 +170,23 @@ class ChunkFetch:
         if room <= 0:
             return out
         usable = {p: peer for p, peer in self._peers.items() if self._usable(p, peer)}
+        self._share = self.share(sum(p != CATALOGUE for p in usable))
         peers_only = {p: peer for p, peer in usable.items() if p != CATALOGUE}
+        free = {p: peer for p, peer in usable.items() if self._free(p, peer)}
         for index in self._wanted():
-            if all(peer.in_flight >= self.config.per_peer for peer in usable.values()):
+            if not free:
                 break  # every source is busy: nothing more to ask now
             holders = [p for p, peer in peers_only.items() if _has(peer, index)]
             if not holders and CATALOGUE in usable:
                 holders = [CATALOGUE]
-            free = [p for p in holders if usable[p].in_flight < self.config.per_peer]
-            if not free:
+            choices = [p for p in holders if p in free]
+            if not choices:
                 continue
-            least = min(usable[p].in_flight for p in free)
-            peer = self._rng.choice(sorted(p for p in free if usable[p].in_flight == least))
-            usable[peer].in_flight += 1
+            least = min(free[p].in_flight for p in choices)
+            peer = self._rng.choice(sorted(p for p in choices if free[p].in_flight == least))
+            free[peer].in_flight += 1
+            if not self._free(peer, free[peer]):
+                del free[peer]
             self._asked[index] = _Ask(peer, now, self._asks)
             self._asks += 1
             out.append(Request(peer, index))
@@ -189,6 +194,23 @@ class ChunkFetch:
             if room == 0:
                 break
         return out
+
+    def share(self, peers: int) -> int:
+        """Requests in flight to one peer when `peers` usable peers are known: an equal
+        share of `in_flight`, at least one, at most `per_peer`.
+
+        A holder serves every host fetching from it, and its queue is what each of
+        them waits behind: N hosts pulling from N sources keep about one request at
+        each, so a piece asked of the first source leaves within seconds, not after
+        N * `per_peer` others, and two hosts seldom ask it the same piece before one
+        of them holds it. Alone with one holder, a host keeps `per_peer` in flight
+        there, enough to keep a fast link busy."""
+        return max(1, min(self.config.per_peer, self.config.in_flight // max(1, peers)))
+
+    def _free(self, name: str, peer: _Peer) -> bool:
+        """Whether `peer` may be asked one more piece (the catalogue: up to `per_peer`)."""
+        limit = self.config.per_peer if name == CATALOGUE else self._share
+        return peer.in_flight < limit
 
     def _usable(self, name: str, peer: _Peer) -> bool:
         return name not in self.banned and peer.strikes < self.config.strikes
