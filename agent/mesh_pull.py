@@ -365,9 +365,7 @@ class MeshPull:
             if peer not in sources:
                 fetch.holds(peer, ())
                 sources.add(peer)
-            if not await self.service.send(peer, PiecesAsk(expected.sha256)):
-                fetch.forget(peer)
-                sources.discard(peer)
+            await self.service.send(peer, PiecesAsk(expected.sha256))
         if self.catalogue is not None and CATALOGUE not in sources and fetch.stalled():
             fetch.holds(CATALOGUE, None)
             sources.add(CATALOGUE)

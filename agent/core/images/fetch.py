@@ -123,7 +123,6 @@ class ChunkFetch:
         self._count = [0] * chunks.count  # peers (not the catalogue) holding each piece
         self._asked: dict[int, _Ask] = {}  # piece -> its request in flight
         self._asks = 0  # requests made: the next one's order
-        self._share = self.config.per_peer  # requests in flight to one peer, as things stand
         self.banned: dict[str, str] = {}  # peer -> why nothing more is taken from it
         self.stats = FetchStats()
 
@@ -170,9 +169,9 @@ class ChunkFetch:
         if room <= 0:
             return out
         usable = {p: peer for p, peer in self._peers.items() if self._usable(p, peer)}
-        self._share = self.share(sum(p != CATALOGUE for p in usable))
         peers_only = {p: peer for p, peer in usable.items() if p != CATALOGUE}
-        free = {p: peer for p, peer in usable.items() if self._free(p, peer)}
+        share = self.share(len(peers_only))
+        free = {p: peer for p, peer in usable.items() if self._free(p, peer, share)}
         for index in self._wanted():
             if not free:
                 break  # every source is busy: nothing more to ask now
@@ -185,7 +184,7 @@ class ChunkFetch:
             least = min(free[p].in_flight for p in choices)
             peer = self._rng.choice(sorted(p for p in choices if free[p].in_flight == least))
             free[peer].in_flight += 1
-            if not self._free(peer, free[peer]):
+            if not self._free(peer, free[peer], share):
                 del free[peer]
             self._asked[index] = _Ask(peer, now, self._asks)
             self._asks += 1
@@ -196,20 +195,23 @@ class ChunkFetch:
         return out
 
     def share(self, peers: int) -> int:
-        """Requests in flight to one peer when `peers` usable peers are known: an equal
-        share of `in_flight`, at least one, at most `per_peer`.
+        """Requests in flight to one peer when `peers` usable peers are known (whole
+        holders and hosts fetching the file, even those that hold nothing yet; not the
+        catalogue, nor banned or struck-out peers): an equal share of `in_flight`, at
+        least one, at most `per_peer`.
 
-        A holder serves every host fetching from it, and its queue is what each of
-        them waits behind: N hosts pulling from N sources keep about one request at
-        each, so a piece asked of the first source leaves within seconds, not after
-        N * `per_peer` others, and two hosts seldom ask it the same piece before one
-        of them holds it. Alone with one holder, a host keeps `per_peer` in flight
-        there, enough to keep a fast link busy."""
+        The peers fetching the same file are also what a holder's queue is shared
+        with: N hosts pulling from each other keep about one request at each, so a
+        piece asked of the first source leaves within seconds, not after N *
+        `per_peer` others, and two hosts seldom ask it the same piece before one of
+        them holds it. Alone with one holder, a host keeps `per_peer` in flight there,
+        enough to keep a fast link busy. The price: with a share of one, a lost answer
+        holds its peer's slot until `timeout` (no later request can overtake it)."""
         return max(1, min(self.config.per_peer, self.config.in_flight // max(1, peers)))
 
-    def _free(self, name: str, peer: _Peer) -> bool:
+    def _free(self, name: str, peer: _Peer, share: int) -> bool:
         """Whether `peer` may be asked one more piece (the catalogue: up to `per_peer`)."""
-        limit = self.config.per_peer if name == CATALOGUE else self._share
+        limit = self.config.per_peer if name == CATALOGUE else share
         return peer.in_flight < limit
 
     def _usable(self, name: str, peer: _Peer) -> bool:
