@@ -1,5 +1,6 @@
 """Template images in pieces: the signed chunk map, and fetching pieces from many peers
-(liars, peers that die mid-transfer, a catalogue as the last resort). Pure, no I/O."""
+(liars, peers that die mid-transfer, a catalogue as the last resort). No I/O: the one
+test of the pull's driver gives it an image service that only notes what it was sent."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import hashlib
 import random
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +41,9 @@ from novacron.agent.core.images.holders import (
     pieces_of,
 )
 from novacron.agent.core.templates import DefaultSpec, TemplateFile, decode_manifest
+from novacron.agent.image_service import ImageService
+from novacron.agent.mesh_pull import MeshPull, PeersView, PullStatus
+from novacron.agent.template_store import TemplateStore
 from novacron.protocol.keys import Ed25519PrivateKey
 from novacron.protocol.messages import MemberState, NodeRecord
 
@@ -234,6 +239,45 @@ def test_a_host_keeps_an_equal_share_of_its_requests_at_each_holder() -> None:
     for name in ("h1", "h2", "h3"):
         three.holds(name, None)
     assert sorted(r.peer for r in three.requests(0.0)) == ["h1"] * 5 + ["h2"] * 5 + ["h3"] * 5
+
+
+class Bitmaps:
+    """The image service as a pull sees it: bitmap requests sent, or not (`unreachable`)."""
+
+    def __init__(self, unreachable: set[str]) -> None:
+        self.unreachable = unreachable
+        self.asked: list[str] = []
+
+    async def send(self, peer: str, message: object) -> bool:
+        self.asked.append(peer)
+        return peer not in self.unreachable
+
+
+async def test_hosts_fetching_share_the_first_source_before_their_bitmaps_answer() -> None:
+    data = image(32)
+    chunks = chunk_map(data)
+    expected = TemplateFile("image", hashlib.sha256(data).digest(), len(data), chunks.digest())
+    ref = "bench:1"
+    records = {"h1": NodeRecord("h1", 1, templates=(ref,), image_port=9)}
+    for i in range(2, 12):  # ten more hosts pulling it at once, none with a piece yet
+        records[f"h{i}"] = NodeRecord(f"h{i}", 1, fetching=(ref,), image_port=9)
+    states = {node: MemberState.ALIVE for node in records}
+    service = Bitmaps(unreachable={"h5"})
+    pull = MeshPull(
+        PullStatus("p1", ref),
+        "bench",
+        "1",
+        store=cast(TemplateStore, None),
+        trusted={},
+        service=cast(ImageService, service),
+        mesh=PeersView("h2", lambda: records, lambda: states),
+    )
+    fetch = ChunkFetch(chunks, config=FetchConfig(per_peer=8, in_flight=16))
+    sources: set[str] = set()
+    await pull._look(fetch, expected, sources)
+    assert sources == set(records) - {"h2"}  # h5 too: its bitmap may come on the next look
+    assert sorted(service.asked) == sorted(f"h{i}" for i in range(3, 12))
+    assert [r.peer for r in fetch.requests(0.0)] == ["h1"]  # 16 // 10 holders: one each
 
 
 def test_with_no_source_for_a_piece_the_fetch_says_it_is_stalled() -> None:
