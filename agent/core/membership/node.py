@@ -110,6 +110,7 @@ from .broadcast import (
 )
 from .config import MembershipConfig
 from .heal import HealPulls, sweep_order
+from .joining import JoinAsks
 from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
@@ -167,6 +168,7 @@ class MembershipNode:
         "_heal_pulls",
         "_heard",
         "_held_records",
+        "_join_asks",
         "_keyring",
         "_last_push_pull",
         "_left",
@@ -282,6 +284,7 @@ class MembershipNode:
         self._probe_order = ProbeOrder()  # shuffled round-robin over members
         self._heard: dict[str, float] = {}  # id -> last direct protocol message from it
         self._seeds: dict[str, str] = {}  # join seeds: id -> address (admitted before known)
+        self._join_asks = JoinAsks(JOIN_ANSWER_WAIT)  # which seed is asked for the mesh
         self._own_record: NodeRecord | None = None  # our record's contents, for re-issue
         self._version_floor = 0  # highest version of our record seen from an older life
         self._left = False  # we left gracefully: no probing, no refuting
@@ -332,19 +335,32 @@ class MembershipNode:
     # --- public API -------------------------------------------------------------
 
     def join(self, peers: Iterable[tuple[str, str]], now: float) -> Output:
-        """Introduce ourselves to seed `(node id, address)` pairs by push-pull."""
+        """Join through seed `(node id, address)` pairs: one is asked for the mesh by
+        push-pull, the others are introduced to us (`joining.py`)."""
         out = Output()
         me = self._me()
         self._queue.queue(_member_key(self.node_id), self._own_alive(me), urgent=True)
-        digest: Digest | None = None
         for node_id, address in peers:
             if node_id == self.node_id:
                 continue
             self._seeds[node_id] = address
-            self._remember(self._asked_reply, node_id, now)
-            digest = digest or self._digest(now, reply=True)
-            out.sends.append((node_id, digest))
+            if self._join_asks.ask(node_id, now):
+                self._ask_for_mesh(node_id, now, out)
+            else:
+                cert = self._keyring.certificate(self.node_id)
+                introduction = dataclasses.replace(self._own_alive(me), certificate=cert)
+                self._send_directly(node_id, introduction, out)
         return out
+
+    def _ask_for_mesh(self, seed: str, now: float, out: Output) -> None:
+        self._remember(self._asked_reply, seed, now)
+        out.sends.append((seed, self._digest(now, reply=True)))
+
+    def _tick_join(self, now: float, out: Output) -> None:
+        """The seed asked for the mesh did not answer in time: ask the next one."""
+        seed = self._join_asks.next_seed(now)
+        if seed is not None:
+            self._ask_for_mesh(seed, now, out)
 
     def receive(self, sender: str, message: Message, now: float) -> Output:
         """Handle one message from `sender` (a node id)."""
@@ -371,6 +387,8 @@ class MembershipNode:
         if self._awaiting:
             self._tick_certificates(now, out)
         if not self._left:
+            if now >= self._join_asks.due:
+                self._tick_join(now, out)
             self._tick_push_pull(now, out)
             if now >= self._heal_pulls.due:
                 self._tick_heal_pull(now, out)
@@ -401,6 +419,8 @@ class MembershipNode:
                 deadline = self._heal_pulls.due
             if self._recheck and self._next_recheck_at < deadline:
                 deadline = self._next_recheck_at
+            if self._join_asks.due < deadline:
+                deadline = self._join_asks.due
         if self._queue and self._next_gossip_at < deadline:
             deadline = self._next_gossip_at
         if self._suspicion_heap and self._suspicion_heap[0][0] < deadline:
@@ -1541,6 +1561,7 @@ class MembershipNode:
         claim is refuted first and the Delta already carries our new Alive).
         """
         self._heard[sender] = now
+        self._join_asks.heard_from(sender)
         self.stats.digests_received += 1
         for line in message.members:
             if line.node_id == sender:
@@ -1655,6 +1676,7 @@ class MembershipNode:
         """Apply what a push-pull peer knew newer: revocations, members, then records.
         If it held us failed, it gets our refutation at once, not by chance of gossip."""
         self._heard[sender] = now
+        self._join_asks.heard_from(sender)
         incarnation = self._me().incarnation
         if message.crl:
             self._handle_revocations(Revocations(message.crl), now, out)
@@ -1906,6 +1928,7 @@ PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts
 PART_BURST = 2  # a member's parts answered back to back at most (jitter), then one a gap
 EXCHANGE_BURST = 3  # a member's whole exchanges answered back to back at most (its joins)
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
+JOIN_ANSWER_WAIT = 2.0  # seconds the seed asked for the mesh has to answer (`joining.py`)
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
 

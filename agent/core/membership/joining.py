@@ -1,0 +1,76 @@
+"""Joining through seeds: the mesh is sent to a newcomer once, not once per seed.
+
+A newcomer knows nothing, so a seed's answer to its join digest is the whole
+mesh: every member with its signed line and certificate, about 800 KB at
+1,000 members. memberlist joins by push-pull with every seed it is given, so
+a node joining through three seeds is sent the mesh three times in the same
+second, and an agent that finds twenty peers by mDNS as it starts could be
+sent it twenty times. Under churn (hosts rebooting all day) those answers
+were the largest part of the busiest seconds.
+
+Rules:
+
+- one seed at a time is asked for the mesh (a join digest, answered in full);
+- every other seed is introduced to us with our signed Alive and its
+  certificate (a few hundred bytes): it holds us alive and gossips our
+  arrival, so the news still starts from every seed at once;
+- the seed asked has `wait` seconds to answer (a Delta or its own digest);
+  if it does not (it died, the answer was lost, or it already answered us
+  within its exchange allowance), the next seed introduced is asked;
+- once answered, or once the wait is over, a seed given later is asked at
+  once: a peer we do not hold alive after we have the mesh may be on the
+  other side of a split, and only a full exchange tells us.
+
+Pure bookkeeping over the caller's clock.
+"""
+
+from __future__ import annotations
+
+INF = float("inf")
+MAX_SPARE_SEEDS = 16  # seeds kept to ask next; more are introduced, not kept
+
+
+class JoinAsks:
+    """Which seed is asked for the mesh, until when, and whom to ask next."""
+
+    __slots__ = ("_asked", "_asked_at", "_spare", "wait")
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait  # seconds the seed asked has to answer
+        self._asked: str | None = None  # the seed asked and not yet heard from
+        self._asked_at = -INF  # when it was asked
+        self._spare: list[str] = []  # seeds to ask next, in the order given
+
+    @property
+    def due(self) -> float:
+        """When `next_seed` has a seed to ask (inf: nobody waiting, or no spare)."""
+        if self._asked is None or not self._spare:
+            return INF
+        return self._asked_at + self.wait
+
+    def ask(self, seed: str, now: float) -> bool:
+        """`seed` is given to join through: True if it is to be asked for the mesh
+        now; False if a seed asked is still within its wait (`seed` is kept to ask
+        next, and only introduced to us for now)."""
+        if self._asked is not None and now < self._asked_at + self.wait:
+            known = seed == self._asked or seed in self._spare
+            if not known and len(self._spare) < MAX_SPARE_SEEDS:
+                self._spare.append(seed)
+            return False
+        self._asked, self._asked_at = seed, now
+        if seed in self._spare:
+            self._spare.remove(seed)
+        return True
+
+    def heard_from(self, sender: str) -> None:
+        """A push-pull message from `sender`: if it is the seed asked, it answered."""
+        if sender == self._asked:
+            self._asked = None
+            self._spare.clear()
+
+    def next_seed(self, now: float) -> str | None:
+        """The seed to ask now because the one asked did not answer within the wait."""
+        if now < self.due:
+            return None
+        self._asked, self._asked_at = self._spare.pop(0), now
+        return self._asked

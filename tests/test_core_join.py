@@ -1,0 +1,91 @@
+"""Joining through several seeds: the mesh is sent to the newcomer once, every seed
+still learns of it at once, and a seed that does not answer is replaced by the next."""
+
+from __future__ import annotations
+
+from novacron.agent.core.membership.joining import JoinAsks
+from novacron.agent.core.membership.node import JOIN_ANSWER_WAIT, MembershipNode
+from novacron.protocol.messages import Alive, Delta, Digest, MemberState
+from tests.core_harness import CONFIG, Net, address_of, make_node, record_for
+
+SEEDS = ["n001", "n002", "n003"]
+
+
+def newcomer(net: Net) -> MembershipNode:
+    node = make_node("n100", net.config, now=net.now)
+    net.add(node)
+    net.apply("n100", node.update_record(record_for("n100"), net.now))
+    return node
+
+
+def mesh_answers(net: Net) -> list[str]:
+    """The seeds that sent the newcomer the mesh (a Delta listing other members)."""
+    return [
+        src
+        for src, dst, message in net.sent
+        if dst == "n100" and isinstance(message, Delta) and len(message.members) > 1
+    ]
+
+
+def test_a_node_joining_through_three_seeds_is_sent_the_mesh_once() -> None:
+    net = Net(config=CONFIG)
+    net.start_converged(10)
+    node = newcomer(net)
+    out = node.join([(s, address_of(s)) for s in SEEDS], net.now)
+    asked = [dst for dst, message in out.sends if isinstance(message, Digest)]
+    introduced = [dst for dst, message in out.sends if isinstance(message, Alive)]
+    assert asked == ["n001"] and introduced == ["n002", "n003"]
+    net.apply("n100", out)
+    net.run_for(0.05)
+    assert mesh_answers(net) == ["n001"]
+    assert {m.node_id for m in node.members()} >= set(net.nodes) - {"n100"}
+    for seed in SEEDS:  # each seed holds the newcomer alive, so its arrival spreads from three
+        assert net.state_in(seed, "n100") is MemberState.ALIVE
+    net.run_for(2.0)
+    assert net.all_see("n100", MemberState.ALIVE)
+    assert mesh_answers(net) == ["n001"]  # no second answer after the wait either
+
+
+def test_a_seed_that_does_not_answer_is_replaced_by_the_next_after_the_wait() -> None:
+    net = Net(config=CONFIG)
+    net.start_converged(10)
+    net.crash("n001")
+    node = newcomer(net)
+    net.apply("n100", node.join([(s, address_of(s)) for s in SEEDS], net.now))
+    net.run_for(JOIN_ANSWER_WAIT - 0.1)
+    assert mesh_answers(net) == []  # the seed asked is dead: nobody else was asked yet
+    net.run_for(0.2)
+    assert mesh_answers(net) == ["n002"]
+    assert node.member("n005") is not None
+    net.run_for(JOIN_ANSWER_WAIT * 2)
+    assert mesh_answers(net) == ["n002"]  # answered: n003 is never asked
+
+
+def test_peers_found_one_by_one_while_waiting_are_introduced_not_asked() -> None:
+    """The agent joins through each peer mDNS finds, one call per peer, as they come."""
+    net = Net(config=CONFIG)
+    net.start_converged(10)
+    node = newcomer(net)
+    for i, seed in enumerate(SEEDS):
+        net.apply("n100", node.join([(seed, address_of(seed))], net.now))
+        if i == 0:
+            net.crash("n001")  # it got the join digest, then died before answering
+    net.run_for(0.5)
+    assert mesh_answers(net) == []
+    net.run_for(JOIN_ANSWER_WAIT)
+    assert mesh_answers(net) == ["n002"]
+
+
+def test_a_seed_given_after_the_mesh_answered_is_asked_at_once() -> None:
+    """A peer not held alive once we have the mesh may be across a split: a full
+    exchange with it is what tells us."""
+    asks = JoinAsks(wait=2.0)
+    assert asks.ask("a", 0.0)
+    assert not asks.ask("b", 0.5)
+    asks.heard_from("a")
+    assert asks.due == float("inf")  # answered: b is not asked for the mesh later
+    assert asks.ask("c", 1.0)
+    assert not asks.ask("d", 1.5)
+    assert asks.next_seed(2.9) is None
+    assert asks.next_seed(3.0) == "d"  # c stayed silent past its wait
+    assert asks.ask("e", 5.1)  # d's wait is over too: e is asked at once
