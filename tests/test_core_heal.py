@@ -301,11 +301,11 @@ def test_only_the_member_asked_while_rejoining_can_undo_a_failure() -> None:
     assert state(node, "n002") is MemberState.DEAD
 
 
-def test_rejoining_starts_only_on_a_members_signed_dead_and_does_not_slide() -> None:
+def test_rejoining_starts_only_on_a_members_word_and_does_not_slide() -> None:
     node = node_in(snapshot_of(5).with_failed(["n001"]))
     node.receive("n004", sign(Dead("n000", 1, "n004"), key=b"mallory" * 4), 10.0)  # forged
     lines = tuple(MemberDigest(n, 1, MemberState.DEAD) for n in ids(5))
-    node.receive("n003", Digest(members=lines, reply=True), 10.5)  # a peer's word only
+    node.receive("zed", Digest(members=lines, reply=True), 10.5)  # a stranger's word
     assert node.incarnation == 2  # the line is refuted, but that is no rejoining
     assert not node._digest(11.0, reply=False).rejoining
 
@@ -313,6 +313,25 @@ def test_rejoining_starts_only_on_a_members_signed_dead_and_does_not_slide() -> 
     node.receive("n002", sign(Dead("n000", 3, "n002")), 50.0)  # told again: no longer
     assert node._digest(79.9, reply=False).rejoining
     assert not node._digest(80.0, reply=False).rejoining
+
+
+def test_a_member_whose_digest_holds_us_failed_makes_us_rejoin_and_pull_its_view() -> None:
+    """After a split, the first word a node gets of being held failed may be a pull of
+    the other side: its digest's line about us, a member's authenticated word as its
+    signed Dead would be. The node rejoins, and the pull it sends that member brings
+    back whom it held failed, though the member's own side has not refuted yet."""
+    node = node_in(snapshot_of(6).with_failed(["n003", "n004", "n005"]))
+    held = {"n000": MemberState.DEAD, "n001": MemberState.DEAD, "n002": MemberState.DEAD}
+    lines = tuple(MemberDigest(n, 1, held.get(n, MemberState.ALIVE)) for n in ids(6))
+    node.receive("n004", Digest(members=(*lines[:4], alive_line("n004", 2), lines[5])), 10.0)
+    assert node.incarnation == 2
+    assert node._digest(10.5, reply=False).rejoining
+    sent = [(t, p, m) for t in range(11, 31) for p, m in node.tick(float(t)).sends]
+    asked = [t for t, p, m in sent if isinstance(m, Digest) and p == "n004" and m.rejoining]
+    assert asked  # within a reconnect interval and the spread of a heal pull
+    answer = Delta(members=(alive_line("n003", 1), alive_line("n005", 1)))
+    node.receive("n004", answer, asked[0] + 0.01)
+    assert [state(node, n) for n in ("n003", "n004", "n005")] == [MemberState.ALIVE] * 3
 
 
 def test_a_failure_older_than_the_reconnect_timeout_or_seen_after_rejoining_stays() -> None:
