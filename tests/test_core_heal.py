@@ -334,6 +334,14 @@ def test_a_member_whose_digest_holds_us_failed_makes_us_rejoin_and_pull_its_view
     assert [state(node, n) for n in ("n003", "n004", "n005")] == [MemberState.ALIVE] * 3
 
 
+def test_a_digest_holding_a_life_before_our_restart_failed_is_refuted_not_rejoined() -> None:
+    node = node_in(snapshot_of(5))
+    lines = tuple(MemberDigest(n, 7 if n == "n000" else 1, MemberState.DEAD) for n in ids(5))
+    node.receive("n003", Digest(members=lines, reply=True), 10.0)
+    assert node.incarnation == 8
+    assert not node._digest(10.5, reply=False).rejoining
+
+
 def test_a_failure_older_than_the_reconnect_timeout_or_seen_after_rejoining_stays() -> None:
     config = dataclasses.replace(CONFIG, reconnect_timeout=5.0)
     node = node_in(snapshot_of(5).with_failed(["n001"]), config=config)  # failed at 0

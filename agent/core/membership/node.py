@@ -1027,7 +1027,8 @@ class MembershipNode:
         if self._left or line.incarnation < me.incarnation:
             return  # we said goodbye; or our newer Alive, in this exchange, answers it
         self._refute(min(line.incarnation, me.incarnation + MAX_UNPROVEN_LEAP), now)
-        if line.state is DEAD and sender in self._members:
+        this_life = line.incarnation == me.incarnation  # above it: a life before a restart
+        if line.state is DEAD and this_life and sender in self._members:
             self._cut_off(sender, now)
 
     def _two_places(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
