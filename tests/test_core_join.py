@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from novacron.agent.core.membership.joining import JoinAsks
 from novacron.agent.core.membership.node import JOIN_ANSWER_WAIT, MembershipNode
-from novacron.protocol.messages import Alive, Delta, Digest, MemberState
-from tests.core_harness import CONFIG, Net, address_of, make_node, record_for
+from novacron.agent.core.membership.pushpull import only
+from novacron.protocol.messages import Delta, Digest, MemberState, Suspect
+from tests.core_harness import CONFIG, Net, address_of, make_node, record_for, sign
 
 SEEDS = ["n001", "n002", "n003"]
 
@@ -32,8 +33,9 @@ def test_a_node_joining_through_three_seeds_is_sent_the_mesh_once() -> None:
     net.start_converged(10)
     node = newcomer(net)
     out = node.join([(s, address_of(s)) for s in SEEDS], net.now)
-    asked = [dst for dst, message in out.sends if isinstance(message, Digest)]
-    introduced = [dst for dst, message in out.sends if isinstance(message, Alive)]
+    digests = [(dst, m) for dst, m in out.sends if isinstance(m, Digest)]
+    asked = [dst for dst, m in digests if not (m.first or m.end)]
+    introduced = [dst for dst, m in digests if (m.first, m.end) == only("n100")]
     assert asked == ["n001"] and introduced == ["n002", "n003"]
     net.apply("n100", out)
     net.run_for(0.05)
@@ -89,3 +91,31 @@ def test_a_seed_given_after_the_mesh_answered_is_asked_at_once() -> None:
     assert asks.next_seed(2.9) is None
     assert asks.next_seed(3.0) == "d"  # c stayed silent past its wait
     assert asks.ask("e", 5.1)  # d's wait is over too: e is asked at once
+
+
+def test_a_restarted_node_refutes_its_last_life_though_the_seed_asked_never_knew_it() -> None:
+    """The mesh holds n007's last life failed at incarnation 2; n007 restarts at 1 and
+    joins first through n100, which joined after that failure (a newcomer is not told of
+    failed members). The other seeds, asked how they hold it, make it refute at once."""
+    net = Net(config=CONFIG)
+    net.start_converged(8)
+    net.apply("n007", net.nodes["n007"].receive("n001", sign(Suspect("n007", 1, "n001")), net.now))
+    net.run_for(1.0)
+    net.crash("n007")
+    while not all(net.state_in(o, "n007") is MemberState.DEAD for o in ids_up(net)):
+        net.run_for(1.0)
+    seed = newcomer(net)
+    net.apply("n100", seed.join([("n000", address_of("n000"))], net.now))
+    net.run_for(1.0)
+    assert seed.member("n007") is None
+    net.crashed.discard("n007")
+    node = make_node("n007", net.config, seed=1, now=net.now)
+    net.add(node, node.join([(s, address_of(s)) for s in ("n100", "n001", "n002")], net.now))
+    net.run_for(0.1)
+    assert node.incarnation > 2  # refuted: the mesh's Dead at 2 no longer holds it
+    net.run_for(5.0)
+    assert net.all_see("n007", MemberState.ALIVE)
+
+
+def ids_up(net: Net) -> list[str]:
+    return [n for n in net.live() if n != "n007"]

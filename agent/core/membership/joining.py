@@ -11,9 +11,13 @@ were the largest part of the busiest seconds.
 Rules:
 
 - one seed at a time is asked for the mesh (a join digest, answered in full);
-- every other seed is introduced to us with our signed Alive and its
-  certificate (a few hundred bytes): it holds us alive and gossips our
-  arrival, so the news still starts from every seed at once;
+- every other seed gets a digest of our own line only (one part of an
+  exchange, a few hundred bytes with our certificate): it holds us alive
+  and gossips our arrival, so the news still starts from every seed at
+  once; and it answers with how it holds us, so that a life of ours from
+  before a restart, held failed at a higher incarnation, is refuted even
+  when the seed asked never heard of it (a seed that joined after that
+  life failed is not told of failed members);
 - the seed asked has `wait` seconds to answer (a Delta or its own digest);
   if it does not (it died, the answer was lost, or it already answered us
   within its exchange allowance), the next seed introduced is asked;

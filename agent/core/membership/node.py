@@ -119,6 +119,7 @@ from .pushpull import (
     build_digest,
     deltas_size,
     digest_size,
+    only,
     plan_parts,
     push_pull_scale,
 )
@@ -346,10 +347,8 @@ class MembershipNode:
             self._seeds[node_id] = address
             if self._join_asks.ask(node_id, now):
                 self._ask_for_mesh(node_id, now, out)
-            else:
-                cert = self._keyring.certificate(self.node_id)
-                introduction = dataclasses.replace(self._own_alive(me), certificate=cert)
-                self._send_directly(node_id, introduction, out)
+            else:  # a part holding our id only: how it holds us, not the mesh
+                out.sends.append((node_id, self._digest(now, reply=True, within=only(me.node_id))))
         return out
 
     def _ask_for_mesh(self, seed: str, now: float, out: Output) -> None:

@@ -57,6 +57,11 @@ def plan_parts(ids: Sequence[str], part_bytes: int) -> list[tuple[str, str]]:
     return list(zip(["", *bounds], [*bounds, ""], strict=True))
 
 
+def only(node_id: str) -> tuple[str, str]:
+    """The range `(first, end)` of ids that holds `node_id` and no other."""
+    return node_id, node_id + "\0"
+
+
 def digest_line(
     member: Member, table: MemberTable, shared: Mapping[str, MemberDigest]
 ) -> MemberDigest:
