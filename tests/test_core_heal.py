@@ -7,8 +7,18 @@ import itertools
 import random
 
 from novacron.agent.core.events import MemberAlive, MemberFailed
-from novacron.agent.core.membership.heal import MAX_RETURNED, HealPulls, sweep_order
-from novacron.agent.core.membership.node import HEAL_PULL_SPREAD, MembershipNode
+from novacron.agent.core.membership.heal import (
+    ANSWER_WAIT,
+    MAX_RETURNED,
+    HealPulls,
+    sweep_order,
+)
+from novacron.agent.core.membership.node import (
+    HEAL_PULL_SPREAD,
+    PULL_ANSWER_GAP,
+    PULL_BURST,
+    MembershipNode,
+)
 from novacron.agent.core.membership.pushpull import deltas_size, digest_size
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
@@ -44,8 +54,24 @@ def test_a_return_plans_one_pull_within_the_spread() -> None:
     plan(pulls, "b", 101.0)  # planned already: the plan stands
     assert pulls.due == due
     assert pulls.take(due - 0.01, random.Random(1), live) is None  # not yet
-    assert pulls.take(due, random.Random(1), live) in ("a", "b")
+    partner = pulls.take(due, random.Random(1), live)
+    assert partner in ("a", "b")
+    pulls.answered(partner)
     assert pulls.due == float("inf") and pulls.take(due + 1, random.Random(1), live) is None
+
+
+def test_a_pull_not_answered_within_the_wait_goes_to_another_member_back() -> None:
+    pulls = HealPulls()
+    for node_id in ("a", "b", "c"):
+        plan(pulls, node_id, 100.0)
+    first = pulls.take(pulls.due, random.Random(1), live)
+    sent_at = pulls.due - ANSWER_WAIT
+    pulls.answered("someone else")  # not the partner: the wait stands
+    assert pulls.take(sent_at + ANSWER_WAIT - 0.01, random.Random(1), live) is None
+    second = pulls.take(sent_at + ANSWER_WAIT, random.Random(1), live)
+    assert second in ("a", "b", "c") and second != first
+    pulls.answered(second)
+    assert pulls.due == float("inf")  # answered: the third is not asked
 
 
 def test_pulls_are_at_least_the_gap_apart() -> None:
@@ -236,6 +262,21 @@ def test_a_member_pulls_once_per_gap_and_its_answers_never_owe_more_than_a_secon
         now = node.next_deadline()
         sent += sum(isinstance(m, RecordUpdate) for _, m in node.tick(now).sends)
     assert sent
+
+
+def test_pulls_from_many_members_at_once_are_answered_a_few_a_second() -> None:
+    """After a split every side draws its pull partners from the few members back
+    first: those few must not answer dozens of pulls (megabytes) in one second."""
+    node = node_in(snapshot_of(40), "n000")
+
+    def answered(senders: list[str], now: float) -> int:
+        outs = [node.receive(sender, Digest(reply=False), now) for sender in senders]
+        return sum(any(isinstance(m, Delta) for _, m in out.sends) for out in outs)
+
+    assert answered(ids(40)[1:11], 10.0) == PULL_BURST
+    assert node.stats.pulls_busy == 10 - PULL_BURST
+    assert answered(ids(40)[11:13], 10.0 + PULL_ANSWER_GAP) == 1
+    assert answered(ids(40)[1:3], 20.0) == 2  # later, the same members are answered again
 
 
 def test_a_sweep_tries_the_newest_suspects_then_the_latest_failed_never_more() -> None:

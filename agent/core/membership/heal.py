@@ -20,7 +20,11 @@ Rules:
   `gap` (the reconnect interval);
 - its partner is drawn, when it goes out, from the members that came back
   since the last pull and are still alive (not the first one: every node on
-  a side sees the same few come back first, and would all pull from them).
+  a side sees the same few come back first, and would all pull from them);
+- a pull not answered within `ANSWER_WAIT` goes to another of them: the
+  partner may be answering its share of pulls already (a node answers a few
+  a second, or the few back first would answer dozens), or the answer was
+  lost.
 
 Pure bookkeeping over the caller's clock and random generator.
 """
@@ -32,23 +36,33 @@ from collections.abc import Callable
 
 INF = float("inf")
 MAX_RETURNED = 64  # members remembered as pull partners between two pulls
+ANSWER_WAIT = 1.0  # seconds a pull's partner has to answer before another is asked
 
 
 class HealPulls:
     """When to push-pull with a member that came back from failure, and with whom."""
 
-    __slots__ = ("_due", "_last", "_returned", "returned_at")
+    __slots__ = ("_asked", "_due", "_last", "_retry_at", "_returned", "returned_at")
 
     def __init__(self) -> None:
         self._due = INF  # when the planned pull goes out (inf: none planned)
         self._last = -INF  # when the last one went out
         self._returned: list[str] = []  # members back since then, the newest last
+        self._asked: str | None = None  # the partner of the last pull, until it answers
+        self._retry_at = INF  # when another is asked if it has not answered
         self.returned_at = -INF  # when a member we held failed last came back
 
     @property
     def due(self) -> float:
         """When `take` next has a partner to offer (inf: no pull planned)."""
-        return self._due
+        return min(self._due, self._retry_at)
+
+    def answered(self, sender: str) -> None:
+        """A push-pull answer from `sender`: if it is the partner of our pull, no other
+        is asked in its place."""
+        if sender == self._asked:
+            self._asked = None
+            self._retry_at = INF
 
     def on_return(
         self,
@@ -76,15 +90,21 @@ class HealPulls:
     def take(self, now: float, rng: random.Random, is_live: Callable[[str], bool]) -> str | None:
         """The partner of the pull due at `now`, if one is due and a returned member
         is still alive; the plan is spent either way."""
-        if now < self._due:
+        if now < self.due:
             return None
-        self._due = INF
-        candidates = [node_id for node_id in self._returned if is_live(node_id)]
+        self._due = self._retry_at = INF
+        candidates = [n for n in self._returned if is_live(n) and n != self._asked]
         self._returned.clear()
         if not candidates:
+            self._asked = None
             return None  # no pull went out: the next return may plan one without a gap
         self._last = now
-        return rng.choice(candidates)
+        self._asked = rng.choice(candidates)
+        candidates.remove(self._asked)
+        self._returned.extend(candidates)  # whom to ask if it does not answer
+        if candidates:
+            self._retry_at = now + ANSWER_WAIT
+        return self._asked
 
 
 def sweep_order(suspects: list[str], failed: list[str], limit: int) -> list[str]:

@@ -190,6 +190,7 @@ class MembershipNode:
         "_probes",
         "_pull_from",
         "_pulled_by",
+        "_pulls_answered",
         "_queue",
         "_recheck",
         "_records",
@@ -305,6 +306,7 @@ class MembershipNode:
         # id -> when its allowance of answered parts, or whole exchanges, is next spent
         self._part_answered: dict[str, float] = {}
         self._exchange_answered: dict[str, float] = {}
+        self._pulls_answered: dict[str, float] = {}  # "" -> when our pull allowance is spent
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
         self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
@@ -1596,6 +1598,12 @@ class MembershipNode:
         if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
             self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
             return
+        if pull and not self._paced(self._pulls_answered, "", now, PULL_ANSWER_GAP, PULL_BURST):
+            # Every side draws its pull partners from the few members back first, so
+            # without a bound those few answer dozens of pulls a second (megabytes);
+            # a puller left unanswered pulls again from another as members come back.
+            self.stats.pulls_busy += 1
+            return
         if message.reply and not self._may_answer(sender, message, now):
             self.stats.exchanges_ignored += 1
             return
@@ -1692,6 +1700,7 @@ class MembershipNode:
         If it held us failed, it gets our refutation at once, not by chance of gossip."""
         self._heard[sender] = now
         self._join_asks.heard_from(sender)
+        self._heal_pulls.answered(sender)
         incarnation = self._me().incarnation
         if message.crl:
             self._handle_revocations(Revocations(message.crl), now, out)
@@ -1941,6 +1950,8 @@ DEFAULT_PART_BYTES = MembershipConfig().push_pull_part_bytes
 MIN_PART_LINE = 40  # bytes a member takes in a part at least (`pushpull.plan_parts`)
 PART_ANSWER_PARTS = 4  # a part's answer is at most one Delta of this many parts' bytes
 PART_BURST = 2  # a member's parts answered back to back at most (jitter), then one a gap
+PULL_ANSWER_GAP = 0.25  # seconds between the heal pulls we answer, all members together ...
+PULL_BURST = 4  # ... with this many back to back at most
 EXCHANGE_BURST = 3  # a member's whole exchanges answered back to back at most (its joins)
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
 JOIN_ANSWER_WAIT = 2.0  # seconds the seed asked for the mesh has to answer (`joining.py`)

@@ -40,6 +40,7 @@ class NodeStats:
     reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
     heal_pulls_sent: int = 0  # push-pulls with a member that came back from failure (`heal.py`)
     pulls_ignored: int = 0  # a member's pulls sooner than the heal pull gap after its last
+    pulls_busy: int = 0  # pulls left unanswered: we answered our share of pulls just now
     exchanges_ignored: int = 0  # a member's push-pulls sooner than allowed after its last
     unasked_parts: int = 0  # parts answering none we sent (we never pull by parts)
     failed_members_told: int = 0  # members we hold failed that spoke to us, told so
