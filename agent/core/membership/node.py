@@ -1601,7 +1601,7 @@ class MembershipNode:
         if pull and not self._paced(self._pulls_answered, "", now, PULL_ANSWER_GAP, PULL_BURST):
             # Every side draws its pull partners from the few members back first, so
             # without a bound those few answer dozens of pulls a second (megabytes);
-            # a puller left unanswered pulls again from another as members come back.
+            # a puller left unanswered asks another a second later (`heal.ANSWER_WAIT`).
             self.stats.pulls_busy += 1
             return
         if message.reply and not self._may_answer(sender, message, now):
