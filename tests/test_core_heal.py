@@ -264,6 +264,26 @@ def test_a_member_pulls_once_per_gap_and_its_answers_never_owe_more_than_a_secon
     assert sent
 
 
+def test_a_pull_with_nothing_newer_is_answered_so_the_puller_asks_nobody_else() -> None:
+    peer = node_in(snapshot_of(5), "n004")
+    same_view = node_in(snapshot_of(5), "n000")._digest(10.0, reply=False)
+    ((whom, answer),) = peer.receive("n000", same_view, 10.0).sends
+    assert whom == "n000" and answer == Delta()
+
+    node = node_in(snapshot_of(12).with_failed(ids(12)[4:]))  # damping: failed/alive > 1
+    pulls = node._heal_pulls
+    for member in ("n004", "n005", "n006"):
+        node.receive(member, sign(Alive(member, 2, address_of(member))), 10.0)
+    now = 10.0
+    while now < 40.0 and node.stats.heal_pulls_sent == 0:
+        now = node.next_deadline()
+        node.tick(now)
+    asked = pulls._asked
+    assert asked is not None and pulls.due < now + 2.0  # another is asked if it is silent
+    node.receive(asked, answer, now + 0.1)
+    assert pulls.due == float("inf")
+
+
 def test_pulls_from_many_members_at_once_are_answered_a_few_a_second() -> None:
     """After a split every side draws its pull partners from the few members back
     first: those few must not answer dozens of pulls (megabytes) in one second."""

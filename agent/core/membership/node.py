@@ -1119,12 +1119,12 @@ class MembershipNode:
         self._recheck_failed(now)
 
     def _rejoin(self, now: float) -> None:
-        """A member's signed Dead about this life of ours: we were cut off, so those we
-        hold failed we probably failed ourselves while cut off, and each would have to
-        refute to change our mind, one Ping of ours at a time (a node cut off alone
-        holds everyone failed). Instead we rejoin as a newcomer joins: for the next
-        two push-pull intervals (the exchange with whoever told us is planned within
-        them), our digests ask for ALIVE lines of whom we hold failed
+        """A member's signed Dead (or digest line) about this life of ours: we were cut
+        off, so those we hold failed we probably failed ourselves while cut off, and
+        each would have to refute to change our mind, one Ping of ours at a time (a
+        node cut off alone holds everyone failed). Instead we rejoin as a newcomer
+        joins: for the next two push-pull intervals (the exchange with whoever told us
+        is planned within them), our digests ask for ALIVE lines of whom we hold failed
         (`Digest.rejoining`), and the answer of a member we asked, in its members' own
         signed lines, makes them alive here (`_merge_line`). Only members failed
         before we learnt it and within `reconnect_timeout` (those we would still
@@ -1623,6 +1623,8 @@ class MembershipNode:
         )
         if part:
             deltas = deltas[:1]
+        elif pull and not deltas:
+            deltas = [Delta()]  # nothing newer: said, so that the puller asks nobody else
         out.sends.extend((sender, delta) for delta in deltas)
         if message.reply:
             within = (message.first, message.end)
