@@ -9,6 +9,7 @@ import random
 from novacron.agent.core.events import MemberAlive, MemberFailed
 from novacron.agent.core.membership.heal import (
     ANSWER_WAIT,
+    MAX_RETRIES,
     MAX_RETURNED,
     HealPulls,
     sweep_order,
@@ -26,6 +27,7 @@ from novacron.protocol.messages import (
     Dead,
     Delta,
     Digest,
+    Leave,
     MemberDigest,
     MemberState,
     Message,
@@ -284,6 +286,22 @@ def test_a_pull_with_nothing_newer_is_answered_so_the_puller_asks_nobody_else() 
     assert pulls.due == float("inf")
 
 
+def test_a_silent_partner_is_replaced_at_most_twice_a_planned_pull() -> None:
+    """Each retry is a whole digest: a pull whose partners all stay silent (busy, or
+    pulled by us moments ago) must not send one a second to every member back."""
+    pulls = HealPulls()
+    for i in range(10):
+        plan(pulls, f"m{i}", 100.0)
+    asked = []
+    now = pulls.due
+    while now < 200.0 and pulls.due < float("inf"):
+        now = pulls.due
+        partner = pulls.take(now, random.Random(1), live)
+        if partner is not None:
+            asked.append(partner)
+    assert len(asked) == 1 + MAX_RETRIES and len(set(asked)) == len(asked)
+
+
 def test_pulls_from_many_members_at_once_are_answered_a_few_a_second() -> None:
     """After a split every side draws its pull partners from the few members back
     first: those few must not answer dozens of pulls (megabytes) in one second."""
@@ -393,6 +411,19 @@ def test_a_member_whose_digest_holds_us_failed_makes_us_rejoin_and_pull_its_view
     answer = Delta(members=(alive_line("n003", 1), alive_line("n005", 1)))
     node.receive("n004", answer, asked[0] + 0.01)
     assert [state(node, n) for n in ("n003", "n004", "n005")] == [MemberState.ALIVE] * 3
+
+
+def test_a_digest_from_a_member_not_held_alive_holding_us_failed_is_no_rejoining() -> None:
+    """A member that left (or was revoked, which leaves it held left) or one we hold
+    failed without its own refutation in the digest: its word about us is refuted but
+    starts nothing, as its signed Dead would not."""
+    node = node_in(snapshot_of(5).with_failed(["n004"]))
+    node.receive("n003", sign(Leave("n003", 1)), 5.0)
+    dead_us = (MemberDigest("n000", 1, MemberState.DEAD),)
+    node.receive("n003", Digest(members=dead_us, reply=False), 10.0)
+    node.receive("n004", Digest(members=dead_us, reply=False), 10.5)
+    assert node.incarnation == 2
+    assert not node._digest(11.0, reply=False).rejoining
 
 
 def test_a_digest_holding_a_life_before_our_restart_failed_is_refuted_not_rejoined() -> None:

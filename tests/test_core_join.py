@@ -119,3 +119,33 @@ def test_a_restarted_node_refutes_its_last_life_though_the_seed_asked_never_knew
 
 def ids_up(net: Net) -> list[str]:
     return [n for n in net.live() if n != "n007"]
+
+
+def test_a_slow_answer_from_a_seed_asked_earlier_ends_the_join() -> None:
+    """On a slow link the mesh's answer may come after the next seed was asked: it
+    ends the join all the same, so the seeds do not each send the mesh in turn."""
+    asks = JoinAsks(wait=2.0)
+    assert asks.ask("a", 0.0)
+    assert not asks.ask("b", 0.0) and not asks.ask("c", 0.0)
+    assert asks.next_seed(2.0) == "b"
+    asks.heard_from("a")  # a's whole answer, late
+    assert asks.due == float("inf") and asks.next_seed(10.0) is None
+
+
+def test_a_seed_answering_its_introduction_has_not_sent_the_mesh() -> None:
+    """The seeds introduced answer a one-id part; if that answer comes once such a seed
+    is the one asked, it is still not the mesh, and the wait for the mesh goes on."""
+    net = Net(config=CONFIG)
+    net.start_converged(10)
+    node = newcomer(net)
+    out = node.join([(s, address_of(s)) for s in SEEDS], 0.0)
+    ((_, part),) = [(d, m) for d, m in out.sends if d == "n002" and isinstance(m, Digest)]
+    held = net.nodes["n002"].receive("n100", part, 0.01).sends  # its answer, slow to come
+    assert next(m for _, m in held if isinstance(m, Digest)).first == "n100"
+    asked = [d for d, m in node.tick(JOIN_ANSWER_WAIT).sends if isinstance(m, Digest)]
+    assert asked == ["n002"]  # n001 stayed silent
+    for _, message in held:
+        node.receive("n002", message, JOIN_ANSWER_WAIT + 0.5)
+    assert node.next_deadline() <= 2 * JOIN_ANSWER_WAIT  # still waiting for the mesh
+    asked = [d for d, m in node.tick(2 * JOIN_ANSWER_WAIT).sends if isinstance(m, Digest)]
+    assert asked == ["n003"]

@@ -21,10 +21,10 @@ Rules:
 - its partner is drawn, when it goes out, from the members that came back
   since the last pull and are still alive (not the first one: every node on
   a side sees the same few come back first, and would all pull from them);
-- a pull not answered within `ANSWER_WAIT` goes to another of them: the
-  partner may be answering its share of pulls already (a node answers a few
-  a second, or the few back first would answer dozens), or the answer was
-  lost.
+- a pull not answered within `ANSWER_WAIT` goes to another of them, at most
+  `MAX_RETRIES` times a plan (each is a whole digest): the partner may be
+  answering its share of pulls already (a node answers a few a second, or
+  the few back first would answer dozens), or the answer was lost.
 
 Pure bookkeeping over the caller's clock and random generator.
 """
@@ -37,12 +37,13 @@ from collections.abc import Callable
 INF = float("inf")
 MAX_RETURNED = 64  # members remembered as pull partners between two pulls
 ANSWER_WAIT = 1.0  # seconds a pull's partner has to answer before another is asked
+MAX_RETRIES = 2  # others asked, one after another, for one planned pull at most
 
 
 class HealPulls:
     """When to push-pull with a member that came back from failure, and with whom."""
 
-    __slots__ = ("_asked", "_due", "_last", "_retry_at", "_returned", "returned_at")
+    __slots__ = ("_asked", "_due", "_last", "_retries", "_retry_at", "_returned", "returned_at")
 
     def __init__(self) -> None:
         self._due = INF  # when the planned pull goes out (inf: none planned)
@@ -50,6 +51,7 @@ class HealPulls:
         self._returned: list[str] = []  # members back since then, the newest last
         self._asked: str | None = None  # the partner of the last pull, until it answers
         self._retry_at = INF  # when another is asked if it has not answered
+        self._retries = 0  # others still to ask for the planned pull under way
         self.returned_at = -INF  # when a member we held failed last came back
 
     @property
@@ -92,6 +94,10 @@ class HealPulls:
         is still alive; the plan is spent either way."""
         if now < self.due:
             return None
+        if now >= self._due:
+            self._retries = MAX_RETRIES  # a planned pull; else a retry of the last one
+        else:
+            self._retries -= 1
         self._due = self._retry_at = INF
         candidates = [n for n in self._returned if is_live(n) and n != self._asked]
         self._returned.clear()
@@ -102,7 +108,7 @@ class HealPulls:
         self._asked = rng.choice(candidates)
         candidates.remove(self._asked)
         self._returned.extend(candidates)  # whom to ask if it does not answer
-        if candidates:
+        if candidates and self._retries > 0:
             self._retry_at = now + ANSWER_WAIT
         return self._asked
 

@@ -18,9 +18,11 @@ Rules:
   before a restart, held failed at a higher incarnation, is refuted even
   when the seed asked never heard of it (a seed that joined after that
   life failed is not told of failed members);
-- the seed asked has `wait` seconds to answer (a Delta or its own digest);
-  if it does not (it died, the answer was lost, or it already answered us
-  within its exchange allowance), the next seed introduced is asked;
+- the seed asked has `wait` seconds to answer (its whole digest, which
+  follows its Deltas); if it does not (it died, the answer was lost or is
+  slow, or it already answered us within its exchange allowance), the next
+  seed introduced is asked; an answer from any seed asked ends the join, so
+  a slow answer does not set every seed answering in turn;
 - once answered, or once the wait is over, a seed given later is asked at
   once: a peer we do not hold alive after we have the mesh may be on the
   other side of a split, and only a full exchange tells us.
@@ -37,11 +39,12 @@ MAX_SPARE_SEEDS = 16  # seeds kept to ask next; more are introduced, not kept
 class JoinAsks:
     """Which seed is asked for the mesh, until when, and whom to ask next."""
 
-    __slots__ = ("_asked", "_asked_at", "_spare", "wait")
+    __slots__ = ("_asked", "_asked_at", "_asking", "_spare", "wait")
 
     def __init__(self, wait: float) -> None:
         self.wait = wait  # seconds the seed asked has to answer
-        self._asked: str | None = None  # the seed asked and not yet heard from
+        self._asked: str | None = None  # the seed asked last, while no seed has answered
+        self._asking: set[str] = set()  # every seed asked since, any of whom may answer
         self._asked_at = -INF  # when it was asked
         self._spare: list[str] = []  # seeds to ask next, in the order given
 
@@ -61,15 +64,19 @@ class JoinAsks:
             if not known and len(self._spare) < MAX_SPARE_SEEDS:
                 self._spare.append(seed)
             return False
+        if self._asked is None:
+            self._asking.clear()  # a join of its own: the last one was answered
         self._asked, self._asked_at = seed, now
+        self._asking.add(seed)
         if seed in self._spare:
             self._spare.remove(seed)
         return True
 
     def heard_from(self, sender: str) -> None:
-        """A push-pull message from `sender`: if it is the seed asked, it answered."""
-        if sender == self._asked:
+        """A whole digest from `sender`: if it is a seed we asked, the mesh came."""
+        if sender in self._asking:
             self._asked = None
+            self._asking.clear()
             self._spare.clear()
 
     def next_seed(self, now: float) -> str | None:
@@ -77,4 +84,5 @@ class JoinAsks:
         if now < self.due:
             return None
         self._asked, self._asked_at = self._spare.pop(0), now
+        self._asking.add(self._asked)
         return self._asked

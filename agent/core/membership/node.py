@@ -1029,7 +1029,9 @@ class MembershipNode:
             return  # we said goodbye; or our newer Alive, in this exchange, answers it
         self._refute(min(line.incarnation, me.incarnation + MAX_UNPROVEN_LEAP), now)
         this_life = line.incarnation == me.incarnation  # above it: a life before a restart
-        if line.state is DEAD and this_life and sender in self._members:
+        # As a signed Dead counts: only a member we hold alive, within its accusations.
+        held_failed = line.state is DEAD and this_life
+        if held_failed and self._live_member(sender) and self._accusations.allow(sender, now):
             self._cut_off(sender, now)
 
     def _two_places(self, current: Member | None, message: Alive, now: float, out: Output) -> None:
@@ -1578,13 +1580,17 @@ class MembershipNode:
         claim is refuted first and the Delta already carries our new Alive).
         """
         self._heard[sender] = now
-        self._join_asks.heard_from(sender)
+        if not (message.first or message.end):
+            self._join_asks.heard_from(sender)  # a whole digest: the mesh's answer came
         self.stats.digests_received += 1
-        for line in message.members:
+        # The sender's own line first, whatever the ids' order: whether it is alive
+        # decides how its word about us counts (`_refute_held_gone`).
+        lines = [line for line in message.members if line.node_id in (sender, self.node_id)]
+        lines.sort(key=lambda line: line.node_id != sender)
+        for line in lines:
             if line.node_id == sender:
                 self._note_return(line)
-            if line.node_id in (sender, self.node_id):
-                self._merge_line(sender, line, now, out, announce_new=True)
+            self._merge_line(sender, line, now, out, announce_new=True)
         if sender not in self._members:
             self.stats.messages_from_unknown += 1  # it did not introduce itself: no answer
             return
@@ -1701,7 +1707,6 @@ class MembershipNode:
         """Apply what a push-pull peer knew newer: revocations, members, then records.
         If it held us failed, it gets our refutation at once, not by chance of gossip."""
         self._heard[sender] = now
-        self._join_asks.heard_from(sender)
         self._heal_pulls.answered(sender)
         incarnation = self._me().incarnation
         if message.crl:
