@@ -75,9 +75,10 @@ class Partial:
     held: AbstractSet[int]  # the pull's own set of pieces written, read as it grows
 
 
-def every_answer(sender: str, message: Message) -> bool:
-    """An inbox's default filter: it takes every answer (a pull not fetching pieces)."""
-    return True
+def no_answer(sender: str, message: Message) -> bool:
+    """An inbox's filter while its pull has asked nothing (it looks for holders in the
+    records, or is between files): whatever arrives then was not asked for."""
+    return False
 
 
 @dataclass
@@ -85,9 +86,9 @@ class Inbox:
     """Answers for one pull: what it asked of whom arrives here."""
 
     queue: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(INBOX))
-    # Whether the pull awaits this answer: a piece nobody asked for is dropped before it
+    # Whether the pull awaits this answer: one it did not ask for is dropped before it
     # queues, so a flood of them costs no memory however slowly the pull drains its inbox.
-    wants: Callable[[str, Message], bool] = every_answer
+    wants: Callable[[str, Message], bool] = no_answer
 
 
 class ImageService:

@@ -52,7 +52,7 @@ from .core.templates import (
     decode_manifest,
     verify_manifest,
 )
-from .image_service import ImageService, Inbox, Partial, every_answer
+from .image_service import ImageService, Inbox, Partial, no_answer
 from .piece_writer import PieceWriter
 from .template_store import Pulled, PullResult, StoreError, TemplateStore, newest_listed
 
@@ -249,21 +249,24 @@ class MeshPull:
         """`peer`'s answer to our ask for the manifest, asked again every `ASK_AGAIN` s: an
         ask or its answer may be lost (the holder restarted on another port, or cannot
         answer us until our record reaches it), and asking again costs a few bytes."""
-        deadline = self._clock() + ASK_TIMEOUT
-        next_ask = self._clock()
-        while (now := self._clock()) < deadline:
-            if now >= next_ask:
-                if not await self.service.send(peer, TemplateAsk(self.ref)):
-                    raise PullFailed("not reachable")
-                next_ask = now + ASK_AGAIN
-            sender, message = await self._next(min(deadline, next_ask) - now)
-            if message is None or sender != peer:
-                continue
-            if isinstance(message, TemplateGive) and message.ref == self.ref:
-                return message
-            if isinstance(message, ImageLack) and message.what == self.ref:
-                raise PullFailed(f"answered: {message.reason}")
-        raise PullFailed(f"no answer within {ASK_TIMEOUT:.0f} s")
+        assert self._box is not None
+        self._box.wants = partial(_template_answer, peer, self.ref)
+        try:
+            deadline = self._clock() + ASK_TIMEOUT
+            next_ask = self._clock()
+            while (now := self._clock()) < deadline:
+                if now >= next_ask:
+                    if not await self.service.send(peer, TemplateAsk(self.ref)):
+                        raise PullFailed("not reachable")
+                    next_ask = now + ASK_AGAIN
+                _, message = await self._next(min(deadline, next_ask) - now)
+                if isinstance(message, TemplateGive):
+                    return message
+                if isinstance(message, ImageLack):
+                    raise PullFailed(f"answered: {message.reason}")
+            raise PullFailed(f"no answer within {ASK_TIMEOUT:.0f} s")
+        finally:
+            self._box.wants = no_answer
 
     async def _next(self, timeout: float) -> tuple[str, Message | None]:
         assert self._box is not None
@@ -317,7 +320,7 @@ class MeshPull:
             raise
         finally:
             if self._box is not None:
-                self._box.wants = every_answer
+                self._box.wants = no_answer
             writer.close()
             os.close(fd)
             self.service.partial.pop(expected.sha256, None)
@@ -423,6 +426,15 @@ class MeshPull:
 
 def _leave(context: AbstractContextManager[None]) -> None:
     context.__exit__(None, None, None)
+
+
+def _template_answer(peer: str, ref: str, sender: str, message: Message) -> bool:
+    """Whether a pull that asked `peer` for template `ref` awaits `message`."""
+    if sender != peer:
+        return False
+    if isinstance(message, TemplateGive):
+        return message.ref == ref
+    return isinstance(message, ImageLack) and message.what == ref
 
 
 def _awaited(fetch: ChunkFetch, sha256: bytes, sender: str, message: Message) -> bool:

@@ -25,7 +25,7 @@ import pytest
 
 from novacron.agent.cli import main as nova
 from novacron.agent.client import AgentRequestFailed
-from novacron.agent.image_service import IMAGE_LIMITS
+from novacron.agent.image_service import IMAGE_LIMITS, INBOX
 from novacron.agent.transport import Transport
 from novacron.protocol.messages import (
     ImageLack,
@@ -95,24 +95,8 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
                     30,
                     "n2 hears n1 offer flood-test:1",
                 )
-                port = puller.status()["templates"]["image_port"]
                 started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
-                pull_id = started["pull"]["pull_id"]
-                sha = hashlib.sha256(IMAGE).digest()
-                junk = os.urandom(MiB)
-                process = psutil.Process(puller.proc.pid)
-                peak, sent, index = 0, 0, 0
-                while True:
-                    status = puller.api(f"/v1/templates/pulls/{pull_id}")["pull"]
-                    if status["state"] != "fetching" and status["state"] != "finding":
-                        break
-                    for _ in range(64):
-                        index = (index + 1) % 16
-                        message = PieceGive(sha, index, junk)
-                        if await flood.send(puller.node_id, f"127.0.0.1:{port}", message):
-                            sent += 1
-                        await asyncio.sleep(0)
-                    peak = max(peak, process.memory_info().rss)
+                status, sent, peak = await _flood(flood, puller, started["pull"]["pull_id"])
             finally:
                 await flood.close()
     finally:
@@ -122,8 +106,62 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
     assert set(status["sources"]) == {"n1"}, status
     assert sent > 100, f"the flood hardly ran ({sent} pieces)"
     held = tmp_path / "stores" / "n2" / "files" / hashlib.sha256(IMAGE).hexdigest()
-    assert hashlib.sha256(held.read_bytes()).digest() == sha
+    assert hashlib.sha256(held.read_bytes()).digest() == hashlib.sha256(IMAGE).digest()
     assert peak < FLOOD_LIMIT_MIB * MiB, f"n2 grew to {peak // MiB} MiB under {sent} pieces"
+
+
+async def test_a_flood_of_pieces_while_a_pull_looks_for_a_holder_is_never_queued(
+    tmp_path: Path,
+) -> None:
+    """A pull of a version nobody offers yet looks for a holder for a while, asking
+    nothing: pieces flooding in then are not its answers, and cost it nothing."""
+    mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=2)
+    try:
+        mesh.wait_converged()
+        async with Mallory(mesh) as mallory:
+            await mallory.join(holder, puller)
+            flood = await _image_transport(mallory)
+            try:
+                started = puller.post("/v1/templates/pulls", {"template": "flood-test:2"})
+                status, sent, peak = await _flood(
+                    flood, puller, started["pull"]["pull_id"], enough=4 * INBOX
+                )
+            finally:
+                await flood.close()
+    finally:
+        mesh.stop()
+    print(f"flood while finding: {sent} pieces sent, n2 peak {peak // MiB} MiB")
+    assert status["state"] == "finding", status  # the flood ran while it looked
+    assert sent >= 4 * INBOX, f"the flood hardly ran ({sent} pieces)"
+    assert peak < FLOOD_LIMIT_MIB * MiB, f"n2 grew to {peak // MiB} MiB under {sent} pieces"
+
+
+async def _flood(
+    flood: Transport, puller: AgentProcess, pull_id: str, enough: int | None = None
+) -> tuple[dict[str, Any], int, int]:
+    """Send `puller` pieces of flood-test:1 nobody asked for while pull `pull_id` looks for
+    holders or fetches (until `enough` were sent, if given): the pull's last status, the
+    pieces sent and the puller's peak resident memory."""
+    port = puller.status()["templates"]["image_port"]
+    sha = hashlib.sha256(IMAGE).digest()
+    junk = os.urandom(MiB)
+    process = psutil.Process(puller.proc.pid)
+    peak, sent, index = 0, 0, 0
+    while enough is None or sent < enough:
+        status = puller.api(f"/v1/templates/pulls/{pull_id}")["pull"]
+        if status["state"] not in ("finding", "fetching"):
+            break
+        for _ in range(64):
+            index = (index + 1) % 16
+            message = PieceGive(sha, index, junk)
+            if await flood.send(puller.node_id, f"127.0.0.1:{port}", message):
+                sent += 1
+            await asyncio.sleep(0)
+        peak = max(peak, process.memory_info().rss)
+    for _ in range(10):  # what was sent last is taken in (or dropped) in this time
+        peak = max(peak, process.memory_info().rss)
+        await asyncio.sleep(0.1)
+    return status, sent, peak
 
 
 async def test_a_member_claiming_the_template_and_serving_corrupt_pieces_is_banned(
