@@ -487,7 +487,7 @@ async def test_an_operation_ends_with_the_site_outcome_and_waiters_see_it(
 async def _operation_once(api: Served, op_id: str, detail: str) -> dict[str, Any]:
     """The operation once its detail starts with `detail` (the store records a send after it)."""
     for _ in range(200):
-        op = (await api.call("GET", f"/v1/operations/{op_id}"))[1]
+        op: dict[str, Any] = (await api.call("GET", f"/v1/operations/{op_id}"))[1]
         if op["detail"].startswith(detail):
             return op
         await asyncio.sleep(0.02)
