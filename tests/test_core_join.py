@@ -3,10 +3,10 @@ still learns of it at once, and a seed that does not answer is replaced by the n
 
 from __future__ import annotations
 
-from novacron.agent.core.membership.joining import JoinAsks
+from novacron.agent.core.membership.joining import CATCH_UP_AFTER, JoinAsks
 from novacron.agent.core.membership.node import JOIN_ANSWER_WAIT, MembershipNode
 from novacron.agent.core.membership.pushpull import only
-from novacron.protocol.messages import Delta, Digest, MemberState, Suspect
+from novacron.protocol.messages import Delta, Digest, MemberState, Message, Suspect
 from tests.core_harness import CONFIG, Net, address_of, make_node, record_for, sign
 
 SEEDS = ["n001", "n002", "n003"]
@@ -84,8 +84,8 @@ def test_a_seed_given_after_the_mesh_answered_is_asked_at_once() -> None:
     asks = JoinAsks(wait=2.0)
     assert asks.ask("a", 0.0)
     assert not asks.ask("b", 0.5)
-    asks.heard_from("a")
-    assert asks.due == float("inf")  # answered: b is not asked for the mesh later
+    asks.heard_from("a", 1.0)
+    assert asks.next_seed(10.0) is None  # answered: b is not asked for the mesh later
     assert asks.ask("c", 1.0)
     assert not asks.ask("d", 1.5)
     assert asks.next_seed(2.9) is None
@@ -128,8 +128,8 @@ def test_a_slow_answer_from_a_seed_asked_earlier_ends_the_join() -> None:
     assert asks.ask("a", 0.0)
     assert not asks.ask("b", 0.0) and not asks.ask("c", 0.0)
     assert asks.next_seed(2.0) == "b"
-    asks.heard_from("a")  # a's whole answer, late
-    assert asks.due == float("inf") and asks.next_seed(10.0) is None
+    asks.heard_from("a", 1.0)  # a's whole answer, late
+    assert asks.next_seed(10.0) is None
 
 
 def test_a_seed_answering_its_introduction_has_not_sent_the_mesh() -> None:
@@ -149,3 +149,29 @@ def test_a_seed_answering_its_introduction_has_not_sent_the_mesh() -> None:
     assert node.next_deadline() <= 2 * JOIN_ANSWER_WAIT  # still waiting for the mesh
     asked = [d for d, m in node.tick(2 * JOIN_ANSWER_WAIT).sends if isinstance(m, Digest)]
     assert asked == ["n003"]
+
+
+def test_a_newcomer_pulls_what_came_since_the_mesh_from_another_member_once() -> None:
+    """The seed's answer is its view when it answered: a second later the newcomer asks
+    another member, once, for what it holds newer (its answer, not its digest)."""
+    net = Net(config=CONFIG)
+    net.start_converged(10)
+    node = newcomer(net)
+    net.apply("n100", node.join([("n001", address_of("n001"))], net.now))
+    net.run_for(CATCH_UP_AFTER - 0.1)  # the answer came a few ms after the join
+    assert pulls_by_newcomer(net.sent) == []
+    net.run_for(0.2)
+    (partner,) = pulls_by_newcomer(net.sent)
+    assert partner != "n001" and partner in net.nodes
+    net.run_for(20.0)
+    assert pulls_by_newcomer(net.sent) == [partner]  # once a join
+    assert node.stats.catch_up_pulls_sent == 1
+
+
+def pulls_by_newcomer(sent: list[tuple[str, str, Message]]) -> list[str]:
+    """Whom the newcomer sent a pull (a whole digest asking only for an answer)."""
+    return [
+        dst
+        for src, dst, m in sent
+        if src == "n100" and isinstance(m, Digest) and not m.reply and not (m.first or m.end)
+    ]

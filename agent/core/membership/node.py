@@ -190,7 +190,7 @@ class MembershipNode:
         "_probes",
         "_pull_from",
         "_pulled_by",
-        "_pulls_answered",
+        "_pulls_due_at",
         "_queue",
         "_recheck",
         "_records",
@@ -306,7 +306,7 @@ class MembershipNode:
         # id -> when its allowance of answered parts, or whole exchanges, is next spent
         self._part_answered: dict[str, float] = {}
         self._exchange_answered: dict[str, float] = {}
-        self._pulls_answered: dict[str, float] = {}  # "" -> when our pull allowance is spent
+        self._pulls_due_at = -INF  # when our allowance of answered pulls is next spent
         self._last_push_pull = -INF  # when we last sent a push-pull digest
         self._pull_from: str | None = None  # peer our next push-pull goes to, if chosen
         self._parts: list[tuple[str, str]] = []  # id ranges of the exchange still to send
@@ -350,18 +350,39 @@ class MembershipNode:
             if self._join_asks.ask(node_id, now):
                 self._ask_for_mesh(node_id, now, out)
             else:  # a part holding our id only: how it holds us, not the mesh
-                out.sends.append((node_id, self._digest(now, reply=True, within=only(me.node_id))))
+                part = self._digest(now, reply=True, within=only(me.node_id))
+                self._send_digest(node_id, part, now, out)
         return out
 
-    def _ask_for_mesh(self, seed: str, now: float, out: Output) -> None:
-        self._remember(self._asked_reply, seed, now)
-        out.sends.append((seed, self._digest(now, reply=True)))
+    def _ask_for_mesh(self, peer: str, now: float, out: Output) -> None:
+        """A whole exchange with `peer`: our digest, its answer and its digest."""
+        self._remember(self._asked_reply, peer, now)
+        self._send_digest(peer, self._digest(now, reply=True), now, out)
+
+    def _pull(self, peer: str, now: float, out: Output) -> None:
+        """Ask `peer` for what it holds newer than we do (its answer only, not its
+        digest), paid from the gossip budget: gossip waits while the answer brings
+        what it would have."""
+        digest = self._digest(now, reply=False)
+        self._budget.spend(digest_size(digest))
+        self._send_digest(peer, digest, now, out)
 
     def _tick_join(self, now: float, out: Output) -> None:
-        """The seed asked for the mesh did not answer in time: ask the next one."""
+        """The seed asked for the mesh did not answer in time: ask the next one. Or the
+        mesh came a moment ago: pull what came since from another member."""
         seed = self._join_asks.next_seed(now)
         if seed is not None:
             self._ask_for_mesh(seed, now, out)
+        answered_by = self._join_asks.catch_up(now)
+        if answered_by is not None:
+
+            def is_other(member: Member) -> bool:
+                return member.state is ALIVE and member.node_id not in (self.node_id, answered_by)
+
+            others = self._members.sample(self._rng, 1, is_other)
+            if others:
+                self.stats.catch_up_pulls_sent += 1
+                self._pull(others[0].node_id, now, out)
 
     def receive(self, sender: str, message: Message, now: float) -> Output:
         """Handle one message from `sender` (a node id)."""
@@ -1440,14 +1461,11 @@ class MembershipNode:
         self._parts.clear()
         self._next_part_at = INF
         if self._rejoining(now):
-            # A pull, paid from the gossip budget as a heal pull is: what we need is
-            # the peer's view; its side pulls ours if it too was cut off from us.
-            digest = self._digest(now, reply=False)
-            self._budget.spend(digest_size(digest))
+            # A pull, as a heal pull is: what we need is the peer's view; its side
+            # pulls ours if it too was cut off from us.
+            self._pull(peer.node_id, now, out)
         else:
-            digest = self._digest(now, reply=True)
-            self._remember(self._asked_reply, peer.node_id, now)
-        self._send_digest(peer.node_id, digest, now, out)
+            self._ask_for_mesh(peer.node_id, now, out)
 
     def _push_pull_partner(self) -> Member | None:
         def is_peer(member: Member) -> bool:
@@ -1493,9 +1511,7 @@ class MembershipNode:
         peer = self._heal_pulls.take(now, self._rng, is_live)
         if peer is not None:
             self.stats.heal_pulls_sent += 1
-            digest = self._digest(now, reply=False)
-            self._budget.spend(digest_size(digest))
-            self._send_digest(peer, digest, now, out)
+            self._pull(peer, now, out)
             # It counts as our push-pull: a partner chosen for a sooner one (whoever
             # told us we were held failed) is dropped, and the timer starts afresh.
             self._pull_from = None
@@ -1581,7 +1597,7 @@ class MembershipNode:
         """
         self._heard[sender] = now
         if not (message.first or message.end):
-            self._join_asks.heard_from(sender)  # a whole digest: the mesh's answer came
+            self._join_asks.heard_from(sender, now)  # a whole digest: the mesh came
         self.stats.digests_received += 1
         # The sender's own line first, whatever the ids' order: whether it is alive
         # decides how its word about us counts (`_refute_held_gone`).
@@ -1604,12 +1620,15 @@ class MembershipNode:
         if pull and now - self._pulled_by.get(sender, -INF) < self.config.reconnect_interval:
             self.stats.pulls_ignored += 1  # a member pulls once per heal pull gap at most
             return
-        if pull and not self._paced(self._pulls_answered, "", now, PULL_ANSWER_GAP, PULL_BURST):
+        if pull:
             # Every side draws its pull partners from the few members back first, so
             # without a bound those few answer dozens of pulls a second (megabytes);
             # a puller left unanswered asks another a second later (`heal.ANSWER_WAIT`).
-            self.stats.pulls_busy += 1
-            return
+            due = allowance(self._pulls_due_at, now, PULL_ANSWER_GAP, PULL_BURST)
+            if due is None:
+                self.stats.pulls_busy += 1
+                return
+            self._pulls_due_at = due
         if message.reply and not self._may_answer(sender, message, now):
             self.stats.exchanges_ignored += 1
             return
@@ -1663,12 +1682,12 @@ class MembershipNode:
     def _paced(
         self, due_at: dict[str, float], sender: str, now: float, gap: float, burst: int
     ) -> bool:
-        """One answer per `gap`, `burst` back to back at most: a virtual token bucket
-        (GCRA) whose `due_at` holds when the sender's allowance is next spent."""
-        due = max(due_at.get(sender, -INF), now)
-        if due - now > (burst - 1) * gap:
+        """One answer per `gap`, `burst` back to back at most (`allowance`), where
+        `due_at` holds when each sender's allowance is next spent."""
+        due = allowance(due_at.get(sender, -INF), now, gap, burst)
+        if due is None:
             return False
-        self._remember(due_at, sender, due + gap)
+        self._remember(due_at, sender, due)
         return True
 
     def _part_ids_allowed(self) -> int:
@@ -1993,6 +2012,16 @@ _HANDLERS: dict[type, Handler] = {
     RecordUpdate: MembershipNode._on_gossip_message,
     Revocations: MembershipNode._on_gossip_message,
 }
+
+
+def allowance(due_at: float, now: float, gap: float, burst: int) -> float | None:
+    """A virtual token bucket (GCRA) of one answer per `gap`, `burst` back to back at
+    most: when the allowance is next spent if one more is answered at `now` (`due_at`:
+    when it was next spent before), or None if it is spent."""
+    due = max(due_at, now)
+    if due - now > (burst - 1) * gap:
+        return None
+    return due + gap
 
 
 def _most_parts(interval: float) -> int:
