@@ -172,6 +172,8 @@ class ChunkFetch:
         peers_only = {p: peer for p, peer in usable.items() if p != CATALOGUE}
         share = self.share(len(peers_only))
         free = {p: peer for p, peer in usable.items() if self._free(p, peer, share)}
+        if not free:
+            return out  # every source is busy: the pieces left are not even sorted
         for index in self._wanted():
             if not free:
                 break  # every source is busy: nothing more to ask now
