@@ -83,24 +83,7 @@ async def test_a_flood_of_unasked_pieces_costs_a_bounded_amount_and_is_never_tak
     tmp_path: Path,
 ) -> None:
     # The honest holder serves slowly, so the flood runs for the whole pull.
-    mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=2)
-    try:
-        mesh.wait_converged()
-        async with Mallory(mesh) as mallory:
-            await mallory.join(holder, puller)
-            flood = await _image_transport(mallory)
-            try:
-                await eventually(
-                    lambda: puller.api("/v1/hosts/n1")["record"]["templates"] == ["flood-test:1"],
-                    30,
-                    "n2 hears n1 offer flood-test:1",
-                )
-                started = puller.post("/v1/templates/pulls", {"template": "flood-test:1"})
-                status, sent, peak = await _flood(flood, puller, started["pull"]["pull_id"])
-            finally:
-                await flood.close()
-    finally:
-        mesh.stop()
+    status, sent, peak = await _pull_flooded(tmp_path, "flood-test:1")
     print(f"flood: {sent} pieces sent, n2 peak {peak // MiB} MiB")
     assert status["state"] == "done", status
     assert set(status["sources"]) == {"n1"}, status
@@ -115,6 +98,18 @@ async def test_a_flood_of_pieces_while_a_pull_looks_for_a_holder_is_never_queued
 ) -> None:
     """A pull of a version nobody offers yet looks for a holder for a while, asking
     nothing: pieces flooding in then are not its answers, and cost it nothing."""
+    status, sent, peak = await _pull_flooded(tmp_path, "flood-test:2", enough=4 * INBOX)
+    print(f"flood while finding: {sent} pieces sent, n2 peak {peak // MiB} MiB")
+    assert status["state"] == "finding", status  # the flood ran while it looked
+    assert sent >= 4 * INBOX, f"the flood hardly ran ({sent} pieces)"
+    assert peak < FLOOD_LIMIT_MIB * MiB, f"n2 grew to {peak // MiB} MiB under {sent} pieces"
+
+
+async def _pull_flooded(
+    tmp_path: Path, ref: str, enough: int | None = None
+) -> tuple[dict[str, Any], int, int]:
+    """n2 pulls `ref` while Mallory floods it with pieces of flood-test:1 nobody asked
+    for (n1 holds flood-test:1 and serves it slowly): see `_flood`."""
     mesh, holder, puller = _holder_and_puller(tmp_path, serve_mib_s=2)
     try:
         mesh.wait_converged()
@@ -122,18 +117,17 @@ async def test_a_flood_of_pieces_while_a_pull_looks_for_a_holder_is_never_queued
             await mallory.join(holder, puller)
             flood = await _image_transport(mallory)
             try:
-                started = puller.post("/v1/templates/pulls", {"template": "flood-test:2"})
-                status, sent, peak = await _flood(
-                    flood, puller, started["pull"]["pull_id"], enough=4 * INBOX
+                await eventually(
+                    lambda: puller.api("/v1/hosts/n1")["record"]["templates"] == ["flood-test:1"],
+                    30,
+                    "n2 hears n1 offer flood-test:1",
                 )
+                started = puller.post("/v1/templates/pulls", {"template": ref})
+                return await _flood(flood, puller, started["pull"]["pull_id"], enough)
             finally:
                 await flood.close()
     finally:
         mesh.stop()
-    print(f"flood while finding: {sent} pieces sent, n2 peak {peak // MiB} MiB")
-    assert status["state"] == "finding", status  # the flood ran while it looked
-    assert sent >= 4 * INBOX, f"the flood hardly ran ({sent} pieces)"
-    assert peak < FLOOD_LIMIT_MIB * MiB, f"n2 grew to {peak // MiB} MiB under {sent} pieces"
 
 
 async def _flood(
