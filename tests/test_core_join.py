@@ -46,7 +46,6 @@ def test_a_node_joining_through_three_seeds_is_sent_the_mesh_once() -> None:
     net.run_for(2.0)
     assert net.all_see("n100", MemberState.ALIVE)
     assert mesh_answers(net) == ["n001"]  # no second answer after the wait either
-    assert node.stats.unasked_parts == 0  # the introduced seeds' answers were asked for
 
 
 def test_a_seed_that_does_not_answer_is_replaced_by_the_next_after_the_wait() -> None:

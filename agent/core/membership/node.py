@@ -350,9 +350,8 @@ class MembershipNode:
             if self._join_asks.ask(node_id, now):
                 self._ask_for_mesh(node_id, now, out)
             else:  # a part holding our id only: how it holds us, not the mesh
-                within = only(me.node_id)
-                self._parts_asked[(node_id, *within)] = now  # its answer is asked for
-                self._send_digest(node_id, self._digest(now, reply=True, within=within), now, out)
+                part = self._digest(now, reply=True, within=only(me.node_id))
+                self._send_digest(node_id, part, now, out)
         return out
 
     def _ask_for_mesh(self, peer: str, now: float, out: Output) -> None:
