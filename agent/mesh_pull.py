@@ -259,7 +259,9 @@ class MeshPull:
                     if not await self.service.send(peer, TemplateAsk(self.ref)):
                         raise PullFailed("not reachable")
                     next_ask = now + ASK_AGAIN
-                _, message = await self._next(min(deadline, next_ask) - now)
+                sender, message = await self._next(min(deadline, next_ask) - now)
+                if message is None or not _template_answer(peer, self.ref, sender, message):
+                    continue  # one queued before the filter changed (another holder's)
                 if isinstance(message, TemplateGive):
                     return message
                 if isinstance(message, ImageLack):
@@ -311,7 +313,7 @@ class MeshPull:
             os.ftruncate(fd, expected.size)
             fetch = ChunkFetch(chunks, config=self.config, rng=self._rng)
             assert self._box is not None
-            self._box.wants = partial(_awaited, fetch, expected.sha256)
+            self._box.wants = partial(_awaited, fetch, expected)
             await self._fetch(fetch, expected, writer)
             await writer.finish()
             await asyncio.to_thread(os.fsync, fd)
@@ -437,12 +439,16 @@ def _template_answer(peer: str, ref: str, sender: str, message: Message) -> bool
     return isinstance(message, ImageLack) and message.what == ref
 
 
-def _awaited(fetch: ChunkFetch, sha256: bytes, sender: str, message: Message) -> bool:
-    """Whether a pull fetching file `sha256` awaits `message`: a piece of another file,
-    or one not asked of `sender`, is not."""
+def _awaited(fetch: ChunkFetch, expected: TemplateFile, sender: str, message: Message) -> bool:
+    """Whether a pull fetching file `expected` awaits `message`: a piece asked of
+    `sender`, or what one of the fetch's sources says it holds or lacks of that file."""
     if isinstance(message, PieceGive):
-        return message.sha256 == sha256 and fetch.awaits(sender, message.index)
-    return True
+        return message.sha256 == expected.sha256 and fetch.awaits(sender, message.index)
+    if isinstance(message, PiecesHeld):
+        return message.sha256 == expected.sha256 and fetch.knows(sender)
+    if isinstance(message, ImageLack):
+        return message.what == expected.digest and fetch.knows(sender)
+    return False
 
 
 def _read_catalogue_piece(catalogue: Catalogue, expected: TemplateFile, index: int) -> bytes:

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import random
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -41,11 +42,19 @@ from novacron.agent.core.images.holders import (
     pieces_of,
 )
 from novacron.agent.core.templates import DefaultSpec, TemplateFile, decode_manifest
-from novacron.agent.image_service import ImageService
-from novacron.agent.mesh_pull import MeshPull, PeersView, PullStatus
+from novacron.agent.image_service import ImageService, Inbox
+from novacron.agent.mesh_pull import MeshPull, PeersView, PullFailed, PullStatus, _awaited
 from novacron.agent.template_store import TemplateStore
 from novacron.protocol.keys import Ed25519PrivateKey
-from novacron.protocol.messages import MemberState, NodeRecord
+from novacron.protocol.messages import (
+    ImageLack,
+    MemberState,
+    Message,
+    NodeRecord,
+    PieceGive,
+    PiecesHeld,
+    TemplateGive,
+)
 
 
 def image(pieces: float, seed: int = 1) -> bytes:
@@ -507,3 +516,58 @@ def test_a_pull_awaits_only_the_pieces_it_asked_of_each_peer() -> None:
     index, peer = next(iter(asked.items()))
     fetch.arrived(peer, index, data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE], 0.0)
     assert not fetch.awaits(peer, index)  # arrived: a second copy is not awaited
+
+
+class Answering:
+    """The image service as a pull's manifest asks see it: each ask to a holder is
+    answered with that holder's scripted answers, through the inbox's filter as the
+    service's receive loop applies it."""
+
+    def __init__(self, answers: dict[str, list[Message]]) -> None:
+        self.answers = answers
+        self.box = Inbox()
+
+    async def send(self, peer: str, message: object) -> bool:
+        for answer in self.answers.get(peer, []):
+            if self.box.wants(peer, answer):
+                self.box.queue.put_nowait((peer, answer))
+        return True
+
+
+async def test_a_holders_late_answers_do_not_answer_for_the_next_holder_asked() -> None:
+    """Holder A answers each ask twice (its asks waited for our record, then were all
+    served): its second "cannot give" must not fail the ask to holder B."""
+    lack = ImageLack("bench:1", "cannot read it here")
+    give = TemplateGive("bench:1", b"manifest", ())
+    service = Answering({"a": [lack, lack], "b": [give]})
+    pull = MeshPull(
+        PullStatus("p1", "bench:1"),
+        "bench",
+        "1",
+        store=cast(TemplateStore, None),
+        trusted={},
+        service=cast(ImageService, service),
+        mesh=cast(PeersView, None),
+    )
+    pull._box = service.box
+    with pytest.raises(PullFailed, match="cannot read it here"):
+        await pull._ask_template("a")
+    assert await pull._ask_template("b") == give
+
+
+def test_while_fetching_a_file_only_its_sources_answers_about_it_are_taken() -> None:
+    data = image(4)
+    chunks = chunk_map(data)
+    expected = TemplateFile("image", hashlib.sha256(data).digest(), len(data), chunks.digest())
+    fetch = ChunkFetch(chunks, config=FetchConfig(per_peer=1, in_flight=1))
+    fetch.holds("h1", None)
+    (asked,) = fetch.requests(0.0)
+    wants = partial(_awaited, fetch, expected)
+    assert wants("h1", PiecesHeld(expected.sha256, whole=True))
+    assert wants("h1", ImageLack(expected.digest, "gone", asked.index))
+    assert wants("h1", PieceGive(expected.sha256, asked.index, b"x"))
+    assert not wants("h1", PieceGive(expected.sha256, asked.index + 1, b"x"))  # not asked
+    assert not wants("h1", PiecesHeld(b"\0" * 32, whole=True))  # another file
+    assert not wants("m", PiecesHeld(expected.sha256, whole=True))  # not a source
+    assert not wants("m", ImageLack(expected.digest, "gone"))
+    assert not wants("h1", TemplateGive("bench:1", b"x" * 1000, ()))  # nothing asked it

@@ -151,6 +151,10 @@ class ChunkFetch:
             for i in peer.pieces:
                 self._count[i] += step
 
+    def knows(self, peer: str) -> bool:
+        """Whether `peer` is one of this fetch's sources (whatever it holds)."""
+        return peer in self._peers
+
     def forget(self, peer: str) -> None:
         """`peer` left: what it was asked is asked of others."""
         known = self._peers.pop(peer, None)
