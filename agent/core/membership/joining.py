@@ -26,8 +26,10 @@ Rules:
 - once answered, or once the wait is over, a seed given later is asked at
   once: a peer we do not hold alive after we have the mesh may be on the
   other side of a split, and only a full exchange tells us;
-- `CATCH_UP_AFTER` seconds after the mesh came, we pull once from another
-  member what it holds newer. The seed's answer is its view when it
+- `CATCH_UP_AFTER` seconds after the mesh first came, we pull once from
+  another member what it holds newer (once a life: the joins an agent
+  makes later, for peers mDNS finds, are answered by members that know
+  the mesh as it is). The seed's answer is its view when it
   answered: a member back from failure a moment before, still held failed
   there, is not in it (a newcomer is told only of live members), and the
   gossip of its return may be spent before the mesh knows us. Our first
@@ -48,7 +50,15 @@ CATCH_UP_AFTER = 1.0  # seconds after the mesh's answer that we pull what came s
 class JoinAsks:
     """Which seed is asked for the mesh, until when, and whom to ask next."""
 
-    __slots__ = ("_answered_by", "_asked", "_asked_at", "_asking", "_catch_up_at", "_spare", "wait")
+    __slots__ = (
+        "_answered_by",
+        "_asked",
+        "_asked_at",
+        "_asking",
+        "_catch_up_at",
+        "_spare",
+        "wait",
+    )
 
     def __init__(self, wait: float) -> None:
         self.wait = wait  # seconds the seed asked has to answer
@@ -57,8 +67,8 @@ class JoinAsks:
         self._asking: deque[str] = deque(maxlen=MAX_SPARE_SEEDS + 1)
         self._asked_at = -INF  # when it was asked
         self._spare: list[str] = []  # seeds to ask next, in the order given
-        self._catch_up_at = INF  # when we pull what came since the mesh's answer
-        self._answered_by = ""  # the seed whose answer that was
+        self._catch_up_at = INF  # when we pull what came since the mesh's first answer
+        self._answered_by = ""  # the seed whose answer that was ("": none yet)
 
     @property
     def due(self) -> float:
@@ -94,7 +104,8 @@ class JoinAsks:
             self._asked = None
             self._asking.clear()
             self._spare.clear()
-            self._catch_up_at, self._answered_by = now + CATCH_UP_AFTER, sender
+            if not self._answered_by:
+                self._catch_up_at, self._answered_by = now + CATCH_UP_AFTER, sender
 
     def next_seed(self, now: float) -> str | None:
         """The seed to ask now because the one asked did not answer within the wait."""
@@ -105,8 +116,8 @@ class JoinAsks:
         return self._asked
 
     def catch_up(self, now: float) -> str | None:
-        """The seed that sent us the mesh, once it is time to pull from another member
-        what came since (once a join); None before, and after."""
+        """The seed that first sent us the mesh, once it is time to pull from another
+        member what came since (once a life); None before, and after."""
         if now < self._catch_up_at:
             return None
         self._catch_up_at = INF
