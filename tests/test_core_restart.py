@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from novacron.agent.core.events import Output
 from novacron.agent.core.membership.node import MembershipNode
-from novacron.protocol.messages import Leave, MemberState, Suspect
+from novacron.protocol.messages import Dead, Leave, MemberState, Suspect
 from tests.core_harness import CONFIG, Net, address_of, make_node, sign
 
 
@@ -87,3 +87,30 @@ def test_a_crash_loop_past_the_answers_allowed_still_says_goodbye() -> None:
     out = node.leave(net.now)
     assert [dest for dest, m in out.sends if isinstance(m, Leave)] == ["n000"]
     assert held_after_goodbye(net, out) is MemberState.LEFT
+
+
+def test_a_node_missed_by_a_refutation_is_corrected_when_it_passes_on_the_old_claim() -> None:
+    """n004 was cut off while n005 refuted a suspicion (incarnation 2) and the mesh
+    spread that; back in the mesh but still unable to reach n005, it is told n005's
+    old life failed (a late Dead at 1) and passes that on. Those it tells hold n005
+    alive at 2 and answer with its Alive: n004 holds it alive again within a second,
+    not once its own suspicion runs out and a probe it cannot send fails."""
+    net = Net(config=CONFIG)
+    net.start_converged(6)
+    others = [n for n in net.nodes if n != "n004"]
+    net.partition(["n004"], others)
+    refuted = net.nodes["n005"].receive("n001", sign(Suspect("n005", 1, "n001")), net.now)
+    net.apply("n005", refuted)
+    net.run_for(3.0)  # the refutation's gossip is spent within the five others
+    held = [net.nodes[n].member("n005") for n in others]
+    assert all(info is not None and info.incarnation == 2 for info in held)
+    net.heal()
+    net.break_link("n004", "n005")
+    observer = net.nodes["n004"]
+    late = sign(Dead("n005", 1, "n003"))  # n003's Dead, as it had declared it
+    net.apply("n004", observer.receive("n002", late, net.now))
+    assert state_of(observer, "n005") is MemberState.SUSPECT
+    net.run_for(1.0)
+    info = observer.member("n005")
+    assert info is not None and (info.state, info.incarnation) == (MemberState.ALIVE, 2)
+    assert sum(net.nodes[n].stats.stale_claims_corrected for n in others) >= 1

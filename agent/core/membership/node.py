@@ -162,6 +162,7 @@ class MembershipNode:
         "_awareness",
         "_born",
         "_budget",
+        "_corrected",
         "_cut_off_seen",
         "_digest_lines",
         "_exchange_answered",
@@ -300,6 +301,7 @@ class MembershipNode:
         # id -> (its Alive, when we last asked for its certificate, whom, how often)
         self._awaiting: dict[str, tuple[Alive, float, str, int]] = {}
         self._told: dict[str, float] = {}  # failed member -> when we last told it so
+        self._corrected: dict[str, float] = {}  # id -> when it may next get a stale claim corrected
         self._answered: dict[str, float] = {}  # id -> when it may next get our Alive or Leave
         self._asked_reply: dict[str, float] = {}  # id -> when we sent it a digest asking one
         self._pulled_by: dict[str, float] = {}  # id -> when we last answered its pull
@@ -803,6 +805,8 @@ class MembershipNode:
         _GOSSIP_HANDLERS[type(message)](self, message, now, out, True)
         if accusation is not None:
             self._answer_accusation(sender, accusation, incarnation, now, out)
+        elif isinstance(message, _ACCUSATIONS):
+            self._correct_stale(sender, message, now, out)
 
     def _handle_alive(
         self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
@@ -1113,6 +1117,24 @@ class MembershipNode:
         self._remember(self._told, sender, now)
         self.stats.failed_members_told += 1
         self._send_directly(sender, self._sign(Dead(sender, member.incarnation, self.node_id)), out)
+
+    def _correct_stale(self, sender: str, claim: Suspect | Dead, now: float, out: Output) -> None:
+        """`sender` passed on an accusation of a life we hold refuted, or restarted
+        past: it gets that member's signed Alive directly. The Alive's gossip reaches
+        nearly every node within a second or two, but not surely every one; a node it
+        missed that is then told the old life's Dead (declared late by a node it
+        also missed) holds the member failed, and spreads that, until it next
+        probes it. Once per sender per gossip interval."""
+        member = self._members.get(claim.node_id)
+        if member is None or member.state not in (ALIVE, SUSPECT) or not member.proof:
+            return
+        if member.incarnation <= claim.incarnation:
+            return
+        if not self._paced(self._corrected, sender, now, self.config.gossip_interval, 1):
+            return
+        self.stats.stale_claims_corrected += 1
+        alive = Alive(member.node_id, member.incarnation, member.address, signature=member.proof)
+        self._send_directly(sender, alive, out)
 
     def _answer_accusation(
         self, sender: str, claim: Suspect | Dead, incarnation: int, now: float, out: Output

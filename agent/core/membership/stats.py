@@ -45,6 +45,7 @@ class NodeStats:
     exchanges_ignored: int = 0  # a member's push-pulls sooner than allowed after its last
     unasked_parts: int = 0  # parts answering none we sent (we never pull by parts)
     failed_members_told: int = 0  # members we hold failed that spoke to us, told so
+    stale_claims_corrected: int = 0  # accusations of a refuted life answered with its Alive
     failures_withdrawn: int = 0  # members we held failed while cut off, alive on rejoining
     digests_received: int = 0  # push-pull digests answered
     records_accepted: int = 0  # newer verified records stored
