@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from novacron.agent.core.events import Output
 from novacron.agent.core.membership.node import MembershipNode
-from novacron.protocol.messages import Dead, Leave, MemberState, Suspect
+from novacron.protocol.messages import Alive, Dead, Leave, MemberState, Suspect
 from tests.core_harness import CONFIG, Net, address_of, make_node, sign
 
 
@@ -114,3 +114,25 @@ def test_a_node_missed_by_a_refutation_is_corrected_when_it_passes_on_the_old_cl
     info = observer.member("n005")
     assert info is not None and (info.state, info.incarnation) == (MemberState.ALIVE, 2)
     assert sum(net.nodes[n].stats.stale_claims_corrected for n in others) >= 1
+
+
+def test_a_stale_claim_is_corrected_once_a_gossip_interval_and_never_when_malformed() -> None:
+    net = Net(config=CONFIG)
+    net.start_converged(4)
+    net.apply("n003", net.nodes["n003"].receive("n001", sign(Suspect("n003", 1, "n001")), net.now))
+    net.run_for(3.0)  # n003 refuted: every node holds it alive at 2
+    node = net.nodes["n000"]
+
+    def corrections(claim: Suspect | Dead) -> list[Alive]:
+        out = node.receive("n002", claim, net.now)
+        return [m for dst, m in out.sends if dst == "n002" and isinstance(m, Alive)]
+
+    (alive,) = corrections(sign(Dead("n003", 1, "n001")))
+    assert (alive.node_id, alive.incarnation) == ("n003", 2)
+    assert corrections(sign(Suspect("n003", 1, "n001"))) == []  # within the same interval
+    net.run_for(CONFIG.gossip_interval)
+    assert corrections(Suspect("n003", 1, "")) == []  # no accuser: not a claim at all
+    assert len(corrections(sign(Suspect("n003", 1, "n001")))) == 1
+    net.run_for(CONFIG.gossip_interval)
+    net.apply("n000", node.leave(net.now))
+    assert corrections(sign(Dead("n003", 1, "n001"))) == []  # gone: it speaks for no one

@@ -1124,9 +1124,13 @@ class MembershipNode:
         nearly every node within a second or two, but not surely every one; a node it
         missed that is then told the old life's Dead (declared late by a node it
         also missed) holds the member failed, and spreads that, until it next
-        probes it. Once per sender per gossip interval."""
+        probes it. Once per sender per gossip interval, and never more than a
+        second of our gossip owed for it: a stale claim is not checked for its
+        signature (old news stops before that), so anyone admitted can ask."""
+        if self._left or not _valid_claim(claim.node_id, claim.incarnation) or not claim.by:
+            return
         member = self._members.get(claim.node_id)
-        if member is None or member.state not in (ALIVE, SUSPECT) or not member.proof:
+        if member is None or member.state is not ALIVE or not member.proof:
             return
         if member.incarnation <= claim.incarnation:
             return
@@ -1134,7 +1138,8 @@ class MembershipNode:
             return
         self.stats.stale_claims_corrected += 1
         alive = Alive(member.node_id, member.incarnation, member.address, signature=member.proof)
-        self._send_directly(sender, alive, out)
+        self._budget.spend(estimate_size(alive), floor=-self._budget.rate)
+        out.sends.append((sender, alive))
 
     def _answer_accusation(
         self, sender: str, claim: Suspect | Dead, incarnation: int, now: float, out: Output
