@@ -376,15 +376,10 @@ class MembershipNode:
         if seed is not None:
             self._ask_for_mesh(seed, now, out)
         answered_by = self._join_asks.catch_up(now)
-        if answered_by is not None:
-
-            def is_other(member: Member) -> bool:
-                return member.state is ALIVE and member.node_id not in (self.node_id, answered_by)
-
-            others = self._members.sample(self._rng, 1, is_other)
-            if others:
-                self.stats.catch_up_pulls_sent += 1
-                self._pull(others[0].node_id, now, out)
+        other = self._push_pull_partner(besides=answered_by) if answered_by is not None else None
+        if other is not None:
+            self.stats.catch_up_pulls_sent += 1
+            self._pull(other.node_id, now, out)
 
     def receive(self, sender: str, message: Message, now: float) -> Output:
         """Handle one message from `sender` (a node id)."""
@@ -1138,8 +1133,7 @@ class MembershipNode:
             return
         self.stats.stale_claims_corrected += 1
         alive = Alive(member.node_id, member.incarnation, member.address, signature=member.proof)
-        self._budget.spend(estimate_size(alive), floor=-self._budget.rate)
-        out.sends.append((sender, alive))
+        self._send_directly(sender, alive, out, floor=-self._budget.rate)
 
     def _answer_accusation(
         self, sender: str, claim: Suspect | Dead, incarnation: int, now: float, out: Output
@@ -1225,9 +1219,10 @@ class MembershipNode:
             if now - self._state_since(node_id) < timeout
         ]
 
-    def _send_directly(self, peer: str, item: Gossip, out: Output) -> None:
-        """A gossip item for one peer only: sent now, paid from the gossip budget."""
-        self._budget.spend(estimate_size(item))
+    def _send_directly(self, peer: str, item: Gossip, out: Output, *, floor: float = -INF) -> None:
+        """A gossip item for one peer only: sent now, paid from the gossip budget (whose
+        debt it deepens no further than `floor`)."""
+        self._budget.spend(estimate_size(item), floor=floor)
         out.sends.append((peer, item))
 
     def _remember(self, times: dict[str, float], node_id: str, now: float) -> None:
@@ -1494,9 +1489,11 @@ class MembershipNode:
         else:
             self._ask_for_mesh(peer.node_id, now, out)
 
-    def _push_pull_partner(self) -> Member | None:
+    def _push_pull_partner(self, besides: str = "") -> Member | None:
+        """A live member drawn at random, neither us nor `besides`."""
+
         def is_peer(member: Member) -> bool:
-            return member.state is ALIVE and member.node_id != self.node_id
+            return member.state is ALIVE and member.node_id not in (self.node_id, besides)
 
         peers = self._members.sample(self._rng, 1, is_peer)
         return peers[0] if peers else None
