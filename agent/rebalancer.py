@@ -12,7 +12,8 @@ host's record is republished, the migrator's next change) or its short poll come
 
 The planner's cooldown needs to know which VMs moved lately: a VM's last
 move is the end of the committed migration that brought it here (or took it
-from here), from the migration core's history.
+from here), from the migration core's history, or now while one is still
+arriving.
 
 Pause and resume are mesh-wide: the setting travels in every host's record
 (its typed `rebalance` field: paused or not, since when, wall clock); each
@@ -413,10 +414,15 @@ class Rebalancer:
         )
 
     def _recent_moves(self) -> dict[str, float]:
-        """VM -> when it last moved to or from this host (committed migrations)."""
+        """VM -> when it last moved to or from this host: the end of a committed migration,
+        or now for one still arriving. An arriving VM may run here already (the switchover
+        is done, the source's Commit not yet come), and it has moved all the same."""
+        now = self._clock()
         moved: dict[str, float] = {}
         for info in self._migrator.core.migrations():
-            if info.outcome == "committed" and info.ended is not None:
+            if info.direction == "inbound" and not info.outcome:
+                moved[info.vm] = now
+            elif info.outcome == "committed" and info.ended is not None:
                 moved[info.vm] = max(moved.get(info.vm, info.ended), info.ended)
         return moved
 

@@ -266,3 +266,26 @@ async def test_an_affinity_group_moves_with_one_proposal_for_all_its_vms() -> No
     ]
     assert moves[0].move.reason.startswith("h1 at 0.75 > mean 0.25 + 0.15: affinity group web")
     await migrator.close()
+
+
+async def test_a_vm_that_arrived_but_is_not_committed_yet_is_not_moved_on() -> None:
+    """Between the switchover (the VM runs here and the inventory lists it) and the
+    source's Commit, the inbound migration has not ended: the VM has just moved all the
+    same, so the cooldown keeps it here. Without it a host made hot by the arrival sent
+    the VM straight on, even back to the host it came from."""
+    mesh, rebalancer, sent, _, migrator = setup()
+    mesh.gone("h1", "vm2")
+    propose = MigrationPropose("in-1", "vm2", "h2", "h1", 1, 256, reason="rebalance")
+    await migrator.receive("h2", propose)
+    assert [type(m).__name__ for _, m in sent] == ["MigrationAccept"]
+    record = mesh.records()["h1"]
+    arrived = VmSummary("vm2", state="running", vcpus=1, memory_mib=256, cpu_load=2.0)
+    mesh._records["h1"] = dataclasses.replace(
+        record, version=record.version + 1, vms=(*record.vms, arrived)
+    )  # the busiest VM here, so without the cooldown it would go first
+
+    assert [m.vm for m in rebalancer.preview().moves] == ["vm0", "vm1"]
+    await rebalancer.round()
+    proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
+    assert sorted(p.vm for p in proposals) == ["vm0", "vm1"]
+    await migrator.close()
