@@ -14,7 +14,9 @@ Rules:
 - a pull is planned when a member we held failed comes back, damped as
   Serf damps reconnects (probability failed/alive): after a split nearly
   every node pulls, while one restarted member in a healthy mesh draws a
-  digest from hardly anyone;
+  digest from hardly anyone. The caller may lift the damping when it knows
+  better (a node rejoining after a cut-off, answered by a member it held
+  failed: the rest of that member's side is likely alive too);
 - it goes out at a random moment within `spread` (so that a healed side
   does not send all its digests in the same second), and at most once per
   `gap` (the reconnect interval);
@@ -55,6 +57,11 @@ class HealPulls:
         self.returned_at = -INF  # when a member we held failed last came back
 
     @property
+    def last(self) -> float:
+        """When the last pull went out (-inf: never)."""
+        return self._last
+
+    @property
     def due(self) -> float:
         """When `take` next has a partner to offer (inf: no pull planned)."""
         return min(self._due, self._retry_at)
@@ -76,16 +83,18 @@ class HealPulls:
         alive: int,
         gap: float,
         spread: float,
+        damped: bool = True,
     ) -> None:
         """`node_id`, held failed, is alive again; we still hold `failed` members
-        failed and `alive` alive."""
+        failed and `alive` alive. `damped=False`: a pull is planned whatever the
+        ratio (the caller knows the others held failed are likely alive too)."""
         self.returned_at = now
         if len(self._returned) >= MAX_RETURNED:
             del self._returned[0]
         self._returned.append(node_id)
         if self._due < INF or failed <= 0:
             return  # one is planned already; or nothing else to learn
-        if rng.random() > failed / max(1, alive):
+        if damped and rng.random() > failed / max(1, alive):
             return
         self._due = max(now, self._last + gap) + rng.random() * spread
 

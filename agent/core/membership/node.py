@@ -833,7 +833,7 @@ class MembershipNode:
             self._refute(message.incarnation, now)
         else:
             self._note_move(current, message, now, out)
-            self._set_alive(current, message, now, out)
+            self._set_alive(current, message, now, out, direct=sender == message.node_id)
             if announce_new or current is not None:
                 # Passed on without the certificate: who lacks it asks for it, once.
                 gossip = (
@@ -847,10 +847,18 @@ class MembershipNode:
         return bool(certificate) and self._keyring.learn_certificate(node_id, certificate)
 
     def _set_alive(
-        self, current: Member | None, message: Alive, now: float, out: Output, *, back: bool = True
+        self,
+        current: Member | None,
+        message: Alive,
+        now: float,
+        out: Output,
+        *,
+        back: bool = True,
+        direct: bool = False,
     ) -> None:
         """Hold the member alive, as `message` says; `back`: a member we held failed came
-        back to us (its own refutation or a direct word), which plans a heal pull."""
+        back to us (its own refutation or a direct word), which plans a heal pull;
+        `direct`: the member itself sent it."""
         node_id, incarnation, address = message.node_id, message.incarnation, message.address
         held = None
         if current is None:
@@ -866,7 +874,8 @@ class MembershipNode:
         proof = message.signature
         self._members.put(Member(node_id, address, incarnation, ALIVE, since, proof))
         if current is not None and current.state is DEAD and back:
-            self._on_return(node_id, now)  # counted alive already: it is not "still failed"
+            # counted alive already: it is not "still failed"
+            self._on_return(node_id, now, direct=direct)
         if held is not None:
             self._offer_record(held, now, out, announce_new=True)
 
@@ -1178,23 +1187,30 @@ class MembershipNode:
             self._cut_off_seen = now
             self._rejoining_until = now + 2 * self.config.push_pull_interval
 
-    def _on_return(self, node_id: str, now: float) -> None:
+    def _on_return(self, node_id: str, now: float, *, direct: bool = False) -> None:
         """A member we held failed is alive again: the network between us has probably
         healed, and the others we hold failed may be as wrong. We plan a push-pull
         with a member that came back (`heal.py`), and sweep whom we still hold failed
         (`_recheck_failed`): each answers our Ping with its refutation, so the last
-        few pairs need no one's luck."""
+        few pairs need no one's luck. `direct`: the member told us itself."""
         self._recheck_failed(now)
+        rejoining = self._rejoining(now)
+        # While we rejoin, each answer brings back one side: the next pull, to a member
+        # of a side still held failed, need not wait a reconnect interval, nor the
+        # spread that keeps a healed side's first pulls apart. A member answering us
+        # itself (a sweep's Ping) shows its side was reachable all along, and what it
+        # holds alive is likely alive: with few left failed, the damping's coin would
+        # leave them to the sweep, one Ping at a time.
+        followed = rejoining and self._heal_pulls.last >= self._cut_off_seen
         self._heal_pulls.on_return(
             node_id,
             now,
             self._rng,
             failed=self._members.count(MemberState.DEAD),
             alive=self._members.count(MemberState.ALIVE),
-            # While we rejoin, each answer brings back one side: the next pull, to a
-            # member of a side still held failed, need not wait a reconnect interval.
-            gap=REJOIN_PULL_GAP if self._rejoining(now) else self.config.reconnect_interval,
-            spread=HEAL_PULL_SPREAD,
+            gap=REJOIN_PULL_GAP if rejoining else self.config.reconnect_interval,
+            spread=REJOIN_PULL_GAP if followed else HEAL_PULL_SPREAD,
+            damped=not (rejoining and direct),
         )
 
     def _recheck_failed(self, now: float) -> None:
