@@ -92,6 +92,7 @@ class Net:
     groups: dict[str, int] | None = None  # partition: only same-group nodes talk
     events: list[tuple[float, str, Event]] = field(default_factory=list)
     sent: list[tuple[str, str, Message]] = field(default_factory=list)  # every send
+    sent_at: list[float] = field(default_factory=list)  # when each of `sent` was sent
     _agenda: VirtualClock = field(default_factory=VirtualClock)
     _wake: dict[str, float] = field(default_factory=dict)
 
@@ -173,6 +174,7 @@ class Net:
     def apply(self, src: str, output: Output) -> None:
         for dst, message in output.sends:
             self.sent.append((src, dst, message))
+            self.sent_at.append(self.now)
             if self._delivers(src, dst):
                 self._push(self.now + self.latency, dst, src, message)
         self.events.extend((self.now, src, event) for event in output.events)

@@ -3,10 +3,12 @@ still learns of it at once, and a seed that does not answer is replaced by the n
 
 from __future__ import annotations
 
+from collections import Counter
+
 from novacron.agent.core.membership.joining import CATCH_UP_AFTER, JoinAsks
-from novacron.agent.core.membership.node import JOIN_ANSWER_WAIT, MembershipNode
+from novacron.agent.core.membership.node import ANNOUNCE_BATCH, JOIN_ANSWER_WAIT, MembershipNode
 from novacron.agent.core.membership.pushpull import only
-from novacron.protocol.messages import Delta, Digest, MemberState, Message, Suspect
+from novacron.protocol.messages import Alive, Delta, Digest, MemberState, Message, Suspect
 from tests.core_harness import CONFIG, Net, address_of, make_node, record_for, sign
 
 SEEDS = ["n001", "n002", "n003"]
@@ -177,3 +179,37 @@ def pulls_by_newcomer(sent: list[tuple[str, str, Message]]) -> list[str]:
         for src, dst, m in sent
         if src == "n100" and isinstance(m, Digest) and not m.reply and not (m.first or m.end)
     ]
+
+
+def test_a_newcomer_tells_every_member_of_its_life_itself_once_a_few_at_a_time() -> None:
+    """Gossip reaches nearly every member, not surely every one. As it catches up, the
+    newcomer sends its Alive to each live member but its seed, a batch per gossip
+    interval, once a life: a member that no gossip of it reached holds it alive all the
+    same (here n077, cut off from everyone else)."""
+    net = Net(config=CONFIG)
+    net.start_converged(120)
+    for other in net.nodes:
+        if other not in ("n077", "n100"):
+            net.break_link("n077", other)
+    node = newcomer(net)
+    net.apply("n100", node.join([("n001", address_of("n001"))], net.now))
+    net.run_for(CATCH_UP_AFTER + 3.0)
+    told = [(t, dst) for t, src, dst, m in timed(net) if own_alive_from_newcomer(src, m)]
+    members = {n for n in net.nodes if n not in ("n001", "n100")}
+    assert {dst for _, dst in told} >= members and node.stats.announced == len(members)
+    at_once = Counter(t for t, _ in told)  # its gossip rounds send its Alive too
+    assert max(at_once.values()) <= ANNOUNCE_BATCH + CONFIG.gossip_nodes
+    seen = net.nodes["n077"].member("n100")
+    assert seen is not None and seen.state is MemberState.ALIVE
+
+    net.apply("n100", node.join([("n002", address_of("n002"))], net.now))  # found by mDNS
+    net.run_for(10.0)
+    assert node.stats.announced == len(members)  # once a life, not once a join
+
+
+def timed(net: Net) -> list[tuple[float, str, str, Message]]:
+    return [(t, src, dst, m) for t, (src, dst, m) in zip(net.sent_at, net.sent, strict=True)]
+
+
+def own_alive_from_newcomer(src: str, message: Message) -> bool:
+    return src == "n100" and isinstance(message, Alive) and message.node_id == "n100"

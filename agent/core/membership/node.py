@@ -155,6 +155,7 @@ class MembershipNode:
 
     __slots__ = (
         "_accusations",
+        "_announce",
         "_answered",
         "_asked_rejoining",
         "_asked_reply",
@@ -176,6 +177,7 @@ class MembershipNode:
         "_left",
         "_members",
         "_moves",
+        "_next_announce_at",
         "_next_gossip_at",
         "_next_part_at",
         "_next_probe_at",
@@ -322,6 +324,8 @@ class MembershipNode:
         self._cut_off_seen = -INF  # when we last learnt we had been cut off (`_rejoin`)
         self._rejoining_until = -INF  # until when we take others' view of whom we failed
         self._asked_rejoining: dict[str, float] = {}  # id -> when we sent it such a digest
+        self._announce: list[str] = []  # members still to be sent our new life's Alive
+        self._next_announce_at = INF  # when the next batch of them goes
 
     def _own_member(self, incarnation: int, now: float) -> Member:
         """Our own table entry, with our signed Alive as its proof."""
@@ -376,10 +380,40 @@ class MembershipNode:
         if seed is not None:
             self._ask_for_mesh(seed, now, out)
         answered_by = self._join_asks.catch_up(now)
-        other = self._push_pull_partner(besides=answered_by) if answered_by is not None else None
+        if answered_by is None:
+            return
+        other = self._push_pull_partner(besides=answered_by)
         if other is not None:
             self.stats.catch_up_pulls_sent += 1
             self._pull(other.node_id, now, out)
+        self._plan_announce(answered_by, now)
+
+    def _plan_announce(self, seed: str, now: float) -> None:
+        """Once a life, as we catch up: every live member but the seed that sent us the
+        mesh is to be sent our Alive by us (`_tick_announce`). Gossip reaches nearly every
+        member, not surely every one (each hears an item about 16 times at 1,000 members,
+        so about one in e^16 hears it not at all): a host back from a restart stays failed
+        for whom gossip missed, until a probe or exchange comes round, minutes at scale."""
+        self._announce = [
+            m.node_id
+            for m in self._members
+            if m.state is ALIVE and m.node_id not in (self.node_id, seed)
+        ]
+        self._rng.shuffle(self._announce)
+        self._next_announce_at = now
+
+    def _tick_announce(self, now: float, out: Output) -> None:
+        """The next `ANNOUNCE_BATCH` of the members to be told of our life, one gossip
+        interval after the last: the Alive alone, without our certificate (whoever lacks it
+        asks), outside the gossip budget (once a life: the budget would owe it for seconds,
+        holding back the gossip a newcomer has to pass on)."""
+        alive = self._own_alive(self._me())
+        for _ in range(min(ANNOUNCE_BATCH, len(self._announce))):
+            member = self._live_member(self._announce.pop())
+            if member is not None:
+                self.stats.announced += 1
+                out.sends.append((member.node_id, alive))
+        self._next_announce_at = now + self.config.gossip_interval if self._announce else INF
 
     def receive(self, sender: str, message: Message, now: float) -> Output:
         """Handle one message from `sender` (a node id)."""
@@ -413,6 +447,8 @@ class MembershipNode:
                 self._tick_heal_pull(now, out)
             self._tick_reconnect(now, out)
             self._tick_recheck(now, out)
+            if now >= self._next_announce_at:
+                self._tick_announce(now, out)
         if now >= self._next_gossip_at and self._queue:
             self._gossip_round(now, out)
             self._next_gossip_at = now + self.config.gossip_interval
@@ -440,6 +476,8 @@ class MembershipNode:
                 deadline = self._next_recheck_at
             if self._join_asks.due < deadline:
                 deadline = self._join_asks.due
+            if self._next_announce_at < deadline:
+                deadline = self._next_announce_at
         if self._queue and self._next_gossip_at < deadline:
             deadline = self._next_gossip_at
         if self._suspicion_heap and self._suspicion_heap[0][0] < deadline:
@@ -2020,6 +2058,7 @@ PULL_ANSWER_GAP = 0.25  # seconds between the heal pulls we answer, all members 
 PULL_BURST = 4  # ... with this many back to back at most
 EXCHANGE_BURST = 3  # a member's whole exchanges answered back to back at most (its joins)
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
+ANNOUNCE_BATCH = 50  # members sent our new life's Alive per gossip interval (250 a second)
 JOIN_ANSWER_WAIT = 2.0  # seconds the seed asked for the mesh has to answer (`joining.py`)
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up

@@ -40,6 +40,7 @@ class NodeStats:
     reconnects_attempted: int = 0  # Pings (with our Dead about it) sent to failed members
     heal_pulls_sent: int = 0  # push-pulls with a member that came back from failure (`heal.py`)
     catch_up_pulls_sent: int = 0  # pulls right after a join, of what came since (`joining.py`)
+    announced: int = 0  # our new life's Alive sent by us to a member, once a life
     pulls_ignored: int = 0  # a member's pulls sooner than the heal pull gap after its last
     pulls_busy: int = 0  # pulls left unanswered: we answered our share of pulls just now
     exchanges_ignored: int = 0  # a member's push-pulls sooner than allowed after its last
