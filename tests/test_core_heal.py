@@ -16,6 +16,7 @@ from novacron.agent.core.membership.heal import (
 )
 from novacron.agent.core.membership.node import (
     HEAL_PULL_SPREAD,
+    MAX_UNDAMPED_PULLS,
     PULL_ANSWER_GAP,
     PULL_BURST,
     REJOIN_PULL_GAP,
@@ -541,33 +542,69 @@ def test_while_rejoining_pulls_go_to_members_back_by_themselves_and_sooner() -> 
     assert len(pulls) >= 2 and min(b - a for (a, _), (b, _) in itertools.pairwise(pulls)) < 10.0
 
 
+def rejoined_after_one_pull(
+    failed: list[str], count: int, seed: int
+) -> tuple[MembershipNode, float]:
+    """A node of `count` holding `failed` failed, told it was cut off at 10 s, whose first
+    rejoining pull (to whoever told it) is answered without them: its sender held them
+    failed too. Returns the node and when that answer came."""
+    node = node_in(snapshot_of(count).with_failed(failed))
+    node._rng = random.Random(seed)
+    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
+    now, pulled = 10.0, False
+    while not pulled:
+        now = node.next_deadline()
+        pulled = any(isinstance(m, Digest) for _, m in node.tick(now).sends)
+    node.receive("n001", Delta(members=()), now + 0.01)
+    return node, now + 0.01
+
+
+def pulls_while_answering(
+    node: MembershipNode, failed: list[str], since: float, until: float, every: float
+) -> tuple[list[tuple[float, str]], list[float]]:
+    """Run `node` from `since` to `until`; each member of `failed` it pings answers with
+    its refutation, at most one every `every` seconds. Its pulls, and when each answered."""
+    pulls: list[tuple[float, str]] = []
+    answered: list[float] = []
+    while (t := node.next_deadline()) < until:
+        for peer, message in node.tick(max(t, since)).sends:
+            if isinstance(message, Digest):
+                pulls.append((t, peer))
+            elif (
+                isinstance(message, Ping)
+                and peer in failed
+                and (not answered or t - answered[-1] >= every)
+            ):
+                answered.append(t)
+                node.receive(peer, sign(Alive(peer, 2, address_of(peer))), t + 0.002)
+    return pulls, answered
+
+
 def test_a_rejoining_node_pulls_from_a_member_that_answers_its_sweep_however_few_are_left() -> None:
     """After a rejoining pull's answer, a few of a side may still be held failed (its
     sender had not heard them refute). The first of them to answer our sweep's Ping shows
-    its side was there all along: we pull its view a gap after our last pull, not when the
-    damping's coin (a few failed among hundreds alive) comes up, nor a whole heal spread
-    later, so the rest come back in one answer rather than one Ping at a time."""
+    its side was there all along: we pull its view a gap after our last pull, within as
+    much again, not when the damping's coin (a few failed among hundreds alive) comes up,
+    nor a whole heal spread later, so the rest come back in one answer rather than one
+    Ping at a time. On every draw of the node's random generator, not one."""
     failed = [f"n{i:03d}" for i in range(100, 112)]  # 12 of 300: a coin of 4%
-    node = node_in(snapshot_of(300).with_failed(failed))
-    node.receive("n001", sign(Dead("n000", 1, "n001")), 10.0)
-    now, first = 10.0, None
-    while first is None:  # our first rejoining pull, to whoever told us
-        now = node.next_deadline()
-        first = next((m for p, m in node.tick(now).sends if isinstance(m, Digest)), None)
-    node.receive("n001", Delta(members=()), now + 0.01)  # its sender held these failed too
+    for seed in range(12):
+        node, answered_at = rejoined_after_one_pull(failed, 300, seed)
+        pulls, answered = pulls_while_answering(node, failed, answered_at, answered_at + 8, 0.0)
+        assert answered, "the sweep pinged none of those still held failed"
+        later = [(t, p) for t, p in pulls if t > answered[0]]
+        assert later, f"seed {seed}: no pull after the sweep was answered at {answered[0]:.2f}"
+        assert later[0][1] in failed  # to a member that came back
+        soonest = max(answered[0], answered_at - 0.01 + REJOIN_PULL_GAP)
+        assert later[0][0] <= soonest + REJOIN_PULL_GAP, seed  # the gap, then its spread
 
-    pulls: list[tuple[float, str]] = []
-    answered: list[float] = []
-    end = now + 8.0
-    while (t := node.next_deadline()) < end:
-        for peer, message in node.tick(t).sends:
-            if isinstance(message, Digest):
-                pulls.append((t, peer))
-            elif isinstance(message, Ping) and peer in failed and len(answered) < 3:
-                answered.append(t)  # three of them answer the sweep, with their refutation
-                node.receive(peer, sign(Alive(peer, 2, address_of(peer))), t + 0.002)
-    assert answered, "the sweep pinged none of those still held failed"
-    later = [(t, p) for t, p in pulls if t > answered[0]]
-    assert later, f"no pull after the sweep was answered at {answered[0]:.2f}"
-    assert later[0][1] in failed  # to a member that came back
-    assert later[0][0] <= max(answered[0], now) + REJOIN_PULL_GAP * 2  # gap, then its spread
+
+def test_a_rejoining_node_plans_few_pulls_on_members_words_whatever_the_coin() -> None:
+    """Members we hold failed that keep telling us they are alive (here one every 5 s,
+    more than a pull's gap and spread) draw at most `MAX_UNDAMPED_PULLS` pulls a
+    rejoining beyond what the coin (12 of 1,000: about 1%) grants."""
+    failed = [f"n{i:03d}" for i in range(100, 112)]
+    node, answered_at = rejoined_after_one_pull(failed, 1000, 1)
+    pulls, answered = pulls_while_answering(node, failed, answered_at, answered_at + 60, 5.0)
+    assert len(answered) >= MAX_UNDAMPED_PULLS + 3
+    assert MAX_UNDAMPED_PULLS <= len(pulls) <= MAX_UNDAMPED_PULLS + 1

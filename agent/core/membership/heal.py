@@ -84,19 +84,21 @@ class HealPulls:
         gap: float,
         spread: float,
         damped: bool = True,
-    ) -> None:
+    ) -> bool:
         """`node_id`, held failed, is alive again; we still hold `failed` members
         failed and `alive` alive. `damped=False`: a pull is planned whatever the
-        ratio (the caller knows the others held failed are likely alive too)."""
+        ratio (the caller knows the others held failed are likely alive too).
+        True if this return planned the pull."""
         self.returned_at = now
         if len(self._returned) >= MAX_RETURNED:
             del self._returned[0]
         self._returned.append(node_id)
         if self._due < INF or failed <= 0:
-            return  # one is planned already; or nothing else to learn
+            return False  # one is planned already; or nothing else to learn
         if damped and rng.random() > failed / max(1, alive):
-            return
+            return False
         self._due = max(now, self._last + gap) + rng.random() * spread
+        return True
 
     def take(self, now: float, rng: random.Random, is_live: Callable[[str], bool]) -> str | None:
         """The partner of the pull due at `now`, if one is due and a returned member

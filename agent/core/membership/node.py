@@ -204,6 +204,7 @@ class MembershipNode:
         "_suspicion_heap",
         "_suspicions",
         "_told",
+        "_undamped_left",
         "_version_floor",
         "address",
         "config",
@@ -323,6 +324,7 @@ class MembershipNode:
         self._next_recheck_at = INF  # when the next of them is tried
         self._cut_off_seen = -INF  # when we last learnt we had been cut off (`_rejoin`)
         self._rejoining_until = -INF  # until when we take others' view of whom we failed
+        self._undamped_left = 0  # heal pulls this rejoining may still plan undamped
         self._asked_rejoining: dict[str, float] = {}  # id -> when we sent it such a digest
         self._announce: list[str] = []  # members still to be sent our new life's Alive
         self._next_announce_at = INF  # when the next batch of them goes
@@ -1224,6 +1226,7 @@ class MembershipNode:
         if now >= self._rejoining_until:
             self._cut_off_seen = now
             self._rejoining_until = now + 2 * self.config.push_pull_interval
+            self._undamped_left = MAX_UNDAMPED_PULLS
 
     def _on_return(self, node_id: str, now: float, *, direct: bool = False) -> None:
         """A member we held failed is alive again: the network between us has probably
@@ -1233,14 +1236,19 @@ class MembershipNode:
         few pairs need no one's luck. `direct`: the member told us itself."""
         self._recheck_failed(now)
         rejoining = self._rejoining(now)
-        # While we rejoin, each answer brings back one side: the next pull, to a member
-        # of a side still held failed, need not wait a reconnect interval, nor the
-        # spread that keeps a healed side's first pulls apart. A member answering us
-        # itself (a sweep's Ping) shows its side was reachable all along, and what it
-        # holds alive is likely alive: with few left failed, the damping's coin would
-        # leave them to the sweep, one Ping at a time.
-        followed = rejoining and self._heal_pulls.last >= self._cut_off_seen
-        self._heal_pulls.on_return(
+        # While we rejoin, each answer brings back one side: once we pulled since we
+        # learnt we were cut off, the next pull, to a member of a side still held
+        # failed, need not wait a reconnect interval, nor the spread that keeps a
+        # healed side's first pulls apart. A member we held failed telling us itself
+        # that it is alive (answering a sweep's Ping, announcing a new life) shows that
+        # it, and likely what it holds alive, was there all along: an answer leaves
+        # some of a side failed when its sender had not heard them refute, and with a
+        # few left among thousands alive the damping's coin would leave them to the
+        # sweep, one Ping at a time. At most `MAX_UNDAMPED_PULLS` a rejoining: members
+        # we hold failed could otherwise draw a whole digest every few seconds.
+        followed = rejoining and self._last_push_pull >= self._cut_off_seen
+        undamped = followed and direct and self._undamped_left > 0
+        planned = self._heal_pulls.on_return(
             node_id,
             now,
             self._rng,
@@ -1248,8 +1256,10 @@ class MembershipNode:
             alive=self._members.count(MemberState.ALIVE),
             gap=REJOIN_PULL_GAP if rejoining else self.config.reconnect_interval,
             spread=REJOIN_PULL_GAP if followed else HEAL_PULL_SPREAD,
-            damped=not (rejoining and direct),
+            damped=not undamped,
         )
+        if planned and undamped:
+            self._undamped_left -= 1
 
     def _recheck_failed(self, now: float) -> None:
         """We were held failed, so we were probably cut off, and so may be wrong about
@@ -2058,7 +2068,8 @@ PULL_ANSWER_GAP = 0.25  # seconds between the heal pulls we answer, all members 
 PULL_BURST = 4  # ... with this many back to back at most
 EXCHANGE_BURST = 3  # a member's whole exchanges answered back to back at most (its joins)
 MAX_RECHECKS = 64  # failed members tried again after we learn we were held failed
-ANNOUNCE_BATCH = 50  # members sent our new life's Alive per gossip interval (250 a second)
+ANNOUNCE_BATCH = 50  # members sent our new life's Alive per gossip interval
+MAX_UNDAMPED_PULLS = 6  # heal pulls a rejoining may plan on a direct word, whatever the coin
 JOIN_ANSWER_WAIT = 2.0  # seconds the seed asked for the mesh has to answer (`joining.py`)
 CERTIFICATE_WAIT = 1.0  # seconds before the same certificate is asked for again
 CERTIFICATE_ATTEMPTS = 3  # members asked for one certificate before we give up
