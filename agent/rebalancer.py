@@ -416,13 +416,20 @@ class Rebalancer:
     def _recent_moves(self) -> dict[str, float]:
         """VM -> when it last moved to or from this host: the end of a committed migration,
         or now for one still arriving. An arriving VM may run here already (the switchover
-        is done, the source's Commit not yet come), and it has moved all the same."""
+        is done, the source's Commit not yet come), and it has moved all the same; so has
+        one that runs here after an inbound migration that ended otherwise (its Commit
+        lost, the reservation expired; or in doubt)."""
         now = self._clock()
+        own = self._own()
+        here = {vm.name for vm in own.vms} if own is not None else set()
         moved: dict[str, float] = {}
         for info in self._migrator.core.migrations():
-            if info.direction == "inbound" and not info.outcome:
+            inbound = info.direction == "inbound"
+            if inbound and not info.outcome:
                 moved[info.vm] = now
-            elif info.outcome == "committed" and info.ended is not None:
+            elif info.ended is not None and (
+                info.outcome == "committed" or (inbound and info.vm in here)
+            ):
                 moved[info.vm] = max(moved.get(info.vm, info.ended), info.ended)
         return moved
 

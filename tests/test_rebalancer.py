@@ -289,3 +289,24 @@ async def test_a_vm_that_arrived_but_is_not_committed_yet_is_not_moved_on() -> N
     proposals = [m for _, m in sent if isinstance(m, MigrationPropose)]
     assert sorted(p.vm for p in proposals) == ["vm0", "vm1"]
     await migrator.close()
+
+
+async def test_a_vm_that_arrived_though_its_migration_expired_is_not_moved_on() -> None:
+    """The source's Commit lost, the reservation runs out while the VM runs here: it has
+    moved all the same, and the cooldown keeps it here."""
+    mesh, rebalancer, _, _, migrator = setup()
+    mesh.gone("h1", "vm2")
+    propose = MigrationPropose("in-1", "vm2", "h2", "h1", 1, 256, reason="rebalance")
+    await migrator.receive("h2", propose)
+    record = mesh.records()["h1"]
+    arrived = VmSummary("vm2", state="running", vcpus=1, memory_mib=256, cpu_load=2.0)
+    mesh._records["h1"] = dataclasses.replace(
+        record, version=record.version + 1, vms=(*record.vms, arrived)
+    )
+    migrator._clock = lambda: 1000.0  # long past the lease: nothing renewed or committed it
+    await migrator.tick()
+    (info,) = [m for m in migrator.core.migrations() if m.migration_id == "in-1"]
+    assert info.outcome == "expired"
+
+    assert [m.vm for m in rebalancer.preview().moves] == ["vm0", "vm1"]
+    await migrator.close()
