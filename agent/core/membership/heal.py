@@ -57,11 +57,6 @@ class HealPulls:
         self.returned_at = -INF  # when a member we held failed last came back
 
     @property
-    def last(self) -> float:
-        """When the last pull went out (-inf: never)."""
-        return self._last
-
-    @property
     def due(self) -> float:
         """When `take` next has a partner to offer (inf: no pull planned)."""
         return min(self._due, self._retry_at)
