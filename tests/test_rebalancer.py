@@ -303,10 +303,13 @@ async def test_a_vm_that_arrived_though_its_migration_expired_is_not_moved_on() 
     mesh._records["h1"] = dataclasses.replace(
         record, version=record.version + 1, vms=(*record.vms, arrived)
     )
-    migrator._clock = lambda: 1000.0  # long past the lease: nothing renewed or committed it
+    migrator._clock = rebalancer._clock = lambda: 1000.0  # long past the lease
     await migrator.tick()
     (info,) = [m for m in migrator.core.migrations() if m.migration_id == "in-1"]
     assert info.outcome == "expired"
 
     assert [m.vm for m in rebalancer.preview().moves] == ["vm0", "vm1"]
+    later = 1000.0 + rebalancer.config.vm_cooldown
+    rebalancer._clock = lambda: later  # the cooldown over, it may move again, first
+    assert rebalancer.preview().moves[0].vm == "vm2"
     await migrator.close()

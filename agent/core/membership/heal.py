@@ -79,11 +79,13 @@ class HealPulls:
         gap: float,
         spread: float,
         damped: bool = True,
+        since: float = -INF,
     ) -> bool:
         """`node_id`, held failed, is alive again; we still hold `failed` members
         failed and `alive` alive. `damped=False`: a pull is planned whatever the
         ratio (the caller knows the others held failed are likely alive too).
-        True if this return planned the pull."""
+        `since`: when another pull of the caller's went out that counts for the gap
+        (a rejoining node's exchange). True if this return planned the pull."""
         self.returned_at = now
         if len(self._returned) >= MAX_RETURNED:
             del self._returned[0]
@@ -92,7 +94,7 @@ class HealPulls:
             return False  # one is planned already; or nothing else to learn
         if damped and rng.random() > failed / max(1, alive):
             return False
-        self._due = max(now, self._last + gap) + rng.random() * spread
+        self._due = max(now, max(self._last, since) + gap) + rng.random() * spread
         return True
 
     def take(self, now: float, rng: random.Random, is_live: Callable[[str], bool]) -> str | None:

@@ -1246,7 +1246,7 @@ class MembershipNode:
         # few left among thousands alive the damping's coin would leave them to the
         # sweep, one Ping at a time. At most `MAX_UNDAMPED_PULLS` a rejoining: members
         # we hold failed could otherwise draw a whole digest every few seconds.
-        followed = rejoining and self._last_push_pull >= self._cut_off_seen
+        followed = rejoining and self._last_push_pull > self._cut_off_seen
         undamped = followed and direct and self._undamped_left > 0
         planned = self._heal_pulls.on_return(
             node_id,
@@ -1257,6 +1257,7 @@ class MembershipNode:
             gap=REJOIN_PULL_GAP if rejoining else self.config.reconnect_interval,
             spread=REJOIN_PULL_GAP if followed else HEAL_PULL_SPREAD,
             damped=not undamped,
+            since=self._last_push_pull if rejoining else -INF,
         )
         if planned and undamped:
             self._undamped_left -= 1
