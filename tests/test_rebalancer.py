@@ -268,21 +268,27 @@ async def test_an_affinity_group_moves_with_one_proposal_for_all_its_vms() -> No
     await migrator.close()
 
 
+async def arrive_uncommitted(mesh: Mesh, migrator: Migrator) -> None:
+    """vm2 arrives on h1 from h2: h1 reserved room for it, and h1's record lists it running,
+    the busiest VM there (without a cooldown it would be moved first), but no Commit came."""
+    mesh.gone("h1", "vm2")
+    propose = MigrationPropose("in-1", "vm2", "h2", "h1", 1, 256, reason="rebalance")
+    await migrator.receive("h2", propose)
+    record = mesh.records()["h1"]
+    arrived = VmSummary("vm2", state="running", vcpus=1, memory_mib=256, cpu_load=2.0)
+    mesh._records["h1"] = dataclasses.replace(
+        record, version=record.version + 1, vms=(*record.vms, arrived)
+    )
+
+
 async def test_a_vm_that_arrived_but_is_not_committed_yet_is_not_moved_on() -> None:
     """Between the switchover (the VM runs here and the inventory lists it) and the
     source's Commit, the inbound migration has not ended: the VM has just moved all the
     same, so the cooldown keeps it here. Without it a host made hot by the arrival sent
     the VM straight on, even back to the host it came from."""
     mesh, rebalancer, sent, _, migrator = setup()
-    mesh.gone("h1", "vm2")
-    propose = MigrationPropose("in-1", "vm2", "h2", "h1", 1, 256, reason="rebalance")
-    await migrator.receive("h2", propose)
+    await arrive_uncommitted(mesh, migrator)
     assert [type(m).__name__ for _, m in sent] == ["MigrationAccept"]
-    record = mesh.records()["h1"]
-    arrived = VmSummary("vm2", state="running", vcpus=1, memory_mib=256, cpu_load=2.0)
-    mesh._records["h1"] = dataclasses.replace(
-        record, version=record.version + 1, vms=(*record.vms, arrived)
-    )  # the busiest VM here, so without the cooldown it would go first
 
     assert [m.vm for m in rebalancer.preview().moves] == ["vm0", "vm1"]
     await rebalancer.round()
@@ -295,14 +301,7 @@ async def test_a_vm_that_arrived_though_its_migration_expired_is_not_moved_on() 
     """The source's Commit lost, the reservation runs out while the VM runs here: it has
     moved all the same, and the cooldown keeps it here."""
     mesh, rebalancer, _, _, migrator = setup()
-    mesh.gone("h1", "vm2")
-    propose = MigrationPropose("in-1", "vm2", "h2", "h1", 1, 256, reason="rebalance")
-    await migrator.receive("h2", propose)
-    record = mesh.records()["h1"]
-    arrived = VmSummary("vm2", state="running", vcpus=1, memory_mib=256, cpu_load=2.0)
-    mesh._records["h1"] = dataclasses.replace(
-        record, version=record.version + 1, vms=(*record.vms, arrived)
-    )
+    await arrive_uncommitted(mesh, migrator)
     migrator._clock = rebalancer._clock = lambda: 1000.0  # long past the lease
     await migrator.tick()
     (info,) = [m for m in migrator.core.migrations() if m.migration_id == "in-1"]

@@ -396,11 +396,7 @@ class MembershipNode:
         member, not surely every one (each hears an item about 16 times at 1,000 members,
         so about one in e^16 hears it not at all): a host back from a restart stays failed
         for whom gossip missed, until a probe or exchange comes round, minutes at scale."""
-        self._announce = [
-            m.node_id
-            for m in self._members
-            if m.state is ALIVE and m.node_id not in (self.node_id, seed)
-        ]
+        self._announce = [m.node_id for m in self._members if self._is_other(seed, m)]
         self._rng.shuffle(self._announce)
         self._next_announce_at = now
 
@@ -1556,11 +1552,7 @@ class MembershipNode:
 
     def _push_pull_partner(self, besides: str = "") -> Member | None:
         """A live member drawn at random, neither us nor `besides`."""
-
-        def is_peer(member: Member) -> bool:
-            return member.state is ALIVE and member.node_id not in (self.node_id, besides)
-
-        peers = self._members.sample(self._rng, 1, is_peer)
+        peers = self._members.sample(self._rng, 1, functools.partial(self._is_other, besides))
         return peers[0] if peers else None
 
     def _send_part(self, now: float, out: Output) -> None:
