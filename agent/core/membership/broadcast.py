@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 
 from novacron.protocol.messages import Alive, Dead, Gossip, Leave, Revocations, Suspect
 
-BroadcastKey = tuple[str, str]
-"""("member", node id) for membership news, ("record", node id) for records."""
+BroadcastKey = str | tuple[str, str]
+"""A member's own id for membership news (the id the table holds: no key object
+per item), ("record", node id) for records, ("revocations", "") for the list."""
 
 MIN_ITEM_SIZE = 32  # below this much free budget no gossip item can fit
 MAX_MISFITS = 8  # items too large for what is left of a packet before we stop looking
@@ -84,21 +86,25 @@ class _Item:
         self.transmits = 0  # how many packets carried it so far
 
 
+_seq = operator.attrgetter("seq")
+
+
 class BroadcastQueue:
     """Gossip items waiting to be piggybacked, bucketed by transmit count.
 
-    `_buckets[t]` lists the sequence numbers of the items sent `t` times in
-    ascending order, so the next packet scans bucket 0 oldest-first, then
-    bucket 1, and so on. Urgent items get negative sequence numbers (the most
-    recent the lowest), so they sort first. Keeping each bucket sorted costs a
-    binary search and a memmove per promotion; no sorting on the hot path.
+    `_buckets[t]` holds the items sent `t` times in ascending sequence order,
+    so the next packet scans bucket 0 oldest-first, then bucket 1, and so on.
+    Urgent items get negative sequence numbers (the most recent the lowest),
+    so they sort first. Keeping each bucket sorted costs a binary search and a
+    memmove per promotion; no sorting on the hot path. An item is held by its
+    bucket and by its key, nothing else: a healing node queues news of every
+    member that came back, thousands of items at once.
     """
 
-    __slots__ = ("_buckets", "_by_key", "_items", "_next_seq", "_next_urgent")
+    __slots__ = ("_buckets", "_by_key", "_next_seq", "_next_urgent")
 
     def __init__(self) -> None:
-        self._buckets: list[list[int]] = []  # index = transmits so far; sorted seqs
-        self._items: dict[int, _Item] = {}  # every live item by sequence number
+        self._buckets: list[list[_Item]] = []  # index = transmits so far; sorted by seq
         self._by_key: dict[BroadcastKey, _Item] = {}  # the one live item per key
         self._next_seq = 1  # sequence number of the next queued item
         self._next_urgent = -1  # sequence number of the next urgent item (decreasing)
@@ -125,14 +131,13 @@ class BroadcastQueue:
         item = _Item(key, message, seq, estimate_size(message))
         item.transmits = transmits
         self._by_key[key] = item
-        self._items[seq] = item
         bucket = self._bucket(transmits)
         if urgent:
-            bucket.insert(0, seq)  # the lowest sequence number of all
-        elif not bucket or bucket[-1] < seq:
-            bucket.append(seq)  # the newest ordinary item: appending keeps the order
+            bucket.insert(0, item)  # the lowest sequence number of all
+        elif not bucket or bucket[-1].seq < seq:
+            bucket.append(item)  # the newest ordinary item: appending keeps the order
         else:
-            bisect.insort(bucket, seq)
+            bisect.insort(bucket, item, key=_seq)
 
     def drop(self, key: BroadcastKey) -> None:
         """Forget the item about `key`, if one is queued (a claim we took back)."""
@@ -157,27 +162,23 @@ class BroadcastQueue:
         size = 0
         for item in chosen:
             size += item.size
-            seq = item.seq
             bucket = buckets[item.transmits]
-            del bucket[bisect.bisect_left(bucket, seq)]
+            del bucket[bisect.bisect_left(bucket, item.seq, key=_seq)]
             transmits = item.transmits = item.transmits + 1
             if transmits >= limit:
                 del self._by_key[item.key]
-                del self._items[seq]
             elif transmits < len(buckets):
-                bisect.insort(buckets[transmits], seq)
+                bisect.insort(buckets[transmits], item, key=_seq)
             else:
-                buckets.append([seq])  # the first item sent this often
+                buckets.append([item])  # the first item sent this often
         return [item.message for item in chosen], size
 
     def _choose(self, budget: int) -> list[_Item]:
         chosen: list[_Item] = []
         free = budget
         misfits = 0
-        items = self._items
         for bucket in self._buckets:
-            for seq in bucket:
-                item = items[seq]
+            for item in bucket:
                 if item.size <= free:
                     chosen.append(item)
                     free -= item.size
@@ -193,18 +194,16 @@ class BroadcastQueue:
 
     def _unlink(self, item: _Item) -> None:
         bucket = self._buckets[item.transmits]
-        del bucket[bisect.bisect_left(bucket, item.seq)]
-        del self._items[item.seq]
+        del bucket[bisect.bisect_left(bucket, item.seq, key=_seq)]
         del self._by_key[item.key]
 
     def _drop_over(self, limit: int) -> None:
         """Forget items that reached a (possibly lowered) retransmit limit."""
         while len(self._buckets) > max(limit, 0):
-            for seq in self._buckets.pop():
-                item = self._items.pop(seq)
+            for item in self._buckets.pop():
                 del self._by_key[item.key]
 
-    def _bucket(self, transmits: int) -> list[int]:
+    def _bucket(self, transmits: int) -> list[_Item]:
         while len(self._buckets) <= transmits:
             self._buckets.append([])
         return self._buckets[transmits]

@@ -2021,7 +2021,7 @@ class MembershipNode:
 
 
 def _member_key(node_id: str) -> BroadcastKey:
-    return ("member", node_id)
+    return node_id  # the member's own id: nothing allocated per queued item
 
 
 def _record_key(node_id: str) -> BroadcastKey:
