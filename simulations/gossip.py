@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from .network import JITTER_KINDS
@@ -59,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify-cache", action="store_true")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--no-runtime", action="store_true", help="omit wall-clock and memory")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        help="a progress line on stderr every so many seconds of wall clock (0: none)",
+    )
     return p
 
 
@@ -116,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    report = run(args.scenario, params_from(args), with_runtime=not args.no_runtime)
+    say = None if args.progress_every <= 0 else partial(print, file=sys.stderr, flush=True)
+    report = run(
+        args.scenario,
+        params_from(args),
+        with_runtime=not args.no_runtime,
+        progress=say,
+        progress_every=args.progress_every,
+    )
     print("\n".join(summary_lines(report)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import json
 import platform
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -32,12 +33,21 @@ def rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def run(name: str, params: Params, *, with_runtime: bool = True) -> dict[str, Any]:
-    """Build a converged cluster, run scenario `name` on it, and report."""
+def run(
+    name: str,
+    params: Params,
+    *,
+    with_runtime: bool = True,
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = 30.0,
+) -> dict[str, Any]:
+    """Build a converged cluster, run scenario `name` on it, and report; `progress`
+    gets a line about every `progress_every` seconds of wall clock."""
     scenario = SCENARIOS[name]
     began, rss_before = time.perf_counter(), rss()
     cluster = build(params)
     built, rss_built = time.perf_counter(), rss()
+    ticks = [0] if progress is None else report_progress(cluster, progress, progress_every, began)
     results = scenario(cluster, params)
     finished, rss_after = time.perf_counter(), rss()
     report: dict[str, Any] = {
@@ -46,7 +56,7 @@ def run(name: str, params: Params, *, with_runtime: bool = True) -> dict[str, An
         "membership": dataclasses.asdict(cluster.settings.membership),
         "results": results,
         "traffic_total": traffic_total(cluster),
-        "simulation": simulation_stats(cluster),
+        "simulation": simulation_stats(cluster, not_counted=ticks[0]),
     }
     if with_runtime:
         nodes = max(1, params.nodes)
@@ -61,6 +71,35 @@ def run(name: str, params: Params, *, with_runtime: bool = True) -> dict[str, An
             "python": platform.python_version(),
         }
     return report
+
+
+def report_progress(
+    cluster: Cluster, say: Callable[[str], None], every: float, began: float
+) -> list[int]:
+    """Once a simulated second, tell `say` how far the run is, when `every` seconds of
+    wall clock passed since the last line: a 10,000-node heal runs for an hour.
+
+    A pure observer: it reads the clock and the process, never a node, so the
+    report is the same with or without it once the heap entries it scheduled
+    (the returned count, kept up to date) are left out."""
+    engine = cluster.engine
+    last = time.perf_counter()
+    ticks = [1]
+
+    def tick() -> None:
+        nonlocal last
+        ticks[0] += 1
+        wall = time.perf_counter()
+        if wall - last >= every:
+            last = wall
+            say(
+                f"simulated {engine.now:.0f} s, wall clock {wall - began:.0f} s, "
+                f"RSS {rss() / MIB:,.0f} MiB"
+            )
+        engine.at(engine.now + 1.0, tick)
+
+    engine.at(engine.now + 1.0, tick)
+    return ticks
 
 
 def traffic_total(cluster: Cluster) -> Results:
@@ -87,13 +126,14 @@ def traffic_total(cluster: Cluster) -> Results:
     }
 
 
-def simulation_stats(cluster: Cluster) -> Results:
-    """What the engine did: ticks, deliveries, drops, verification cache use."""
+def simulation_stats(cluster: Cluster, not_counted: int = 0) -> Results:
+    """What the engine did: ticks, deliveries, drops, verification cache use, leaving
+    out `not_counted` heap entries (the progress lines')."""
     engine, network = cluster.engine, cluster.network
     return {
         "simulated_s": rounded(engine.now, 4),
         "engine": dict(sorted(engine.stats.items())),
-        "heap_entries_pushed": engine.clock.pushed,
+        "heap_entries_pushed": engine.clock.pushed - not_counted,
         "drops": dict(sorted(network.drops.items())),
         "delivered": network.delivered,
         "verification": {

@@ -86,6 +86,26 @@ def test_a_held_split_is_refused_outside_a_partition_heal() -> None:
         assert gossip_main([*argv, "--held-split", "--nodes", "10"]) == 2
 
 
+def test_a_long_run_says_how_far_it_is_and_reports_the_same(tmp_path: Path) -> None:
+    params = Params(nodes=40, seed=3, groups="2", held_split=True)
+    lines: list[str] = []
+    say = lines.append
+    told = run("partition-heal", params, with_runtime=False, progress=say, progress_every=0.0)
+    quiet = run("partition-heal", params, with_runtime=False)
+    assert to_json(told) == to_json(quiet)
+    assert len(lines) >= told["simulation"]["simulated_s"] - 1  # one a simulated second here
+    assert lines[0].startswith("simulated 1 s, wall clock ") and "RSS" in lines[0]
+    for every, lines_expected in (("0.000001", True), ("0", False)):
+        command = [
+            sys.executable, "-m", "novacron.simulations.gossip", "--scenario", "dissemination",
+            "--nodes", "20", "--progress-every", every,
+        ]  # fmt: skip
+        out = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+        assert ("simulated 1 s, wall clock" in out.stderr) is lines_expected, out.stderr
+        assert "simulated 1 s" not in out.stdout
+    assert "scenario dissemination" in out.stdout
+
+
 def test_partition_sides_are_parsed_and_bad_shapes_refused() -> None:
     assert parse_groups("3", 100) == [34, 33, 33]
     assert parse_groups("1,*", 1000) == [1, 999]
