@@ -62,6 +62,13 @@ def test_a_split_snapshot_holds_the_other_side_failed_for_every_table_on_it() ->
         assert table.dead_ids() == ["n3", "n7"] and table.overlay_size() == 0
     counted.put(dataclasses.replace(side.members["n3"], incarnation=2, state=ALIVE))
     assert counted.dead_ids() == ["n7"] and counted.count(ALIVE) == 9
+    for table in (counted, scanned):  # the base's failed first, then in the order they died
+        table.put(dataclasses.replace(side.members["n7"], state_since=5.0))
+        table.put(dataclasses.replace(side.members["n1"], state=DEAD))
+        table.put(dataclasses.replace(side.members["n3"], incarnation=3, state=DEAD))
+        assert table.dead_ids() == ["n7", "n1", "n3"] and table.count(DEAD) == 3
+        table.put(dataclasses.replace(side.members["n7"], incarnation=2, state=ALIVE))
+        assert table.dead_ids() == ["n1", "n3"] and table.count(DEAD) == 2
     with pytest.raises(ValueError, match="not members"):
         converged.with_failed(["stranger"])
 

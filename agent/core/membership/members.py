@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -61,6 +61,7 @@ class MemberTable:
 
     __slots__ = (
         "_base",
+        "_base_dead",
         "_base_ids",
         "_base_sorted",
         "_counts",
@@ -75,7 +76,7 @@ class MemberTable:
         base: Mapping[str, Member] | None = None,
         base_ids: tuple[str, ...] = (),
         base_counts: Mapping[MemberState, int] | None = None,
-        base_dead: Iterable[str] = (),
+        base_dead: Sequence[str] = (),
         *,
         base_sorted: bool = False,
     ) -> None:
@@ -91,17 +92,21 @@ class MemberTable:
         self._overlay: dict[str, Member] = {}  # this node's changes and additions
         self._extra_ids: list[str] = []  # ids not in the base, in arrival order
         self._counts: dict[MemberState, int] = dict.fromkeys(MemberState, 0)  # per state
-        self._dead: dict[str, None] = {}  # ids currently DEAD (ordered set)
+        # DEAD members: the base's (shared; each counts while not in the overlay), then
+        # the overlay's in the order they died. A healed side's node would otherwise
+        # copy the thousands the base holds failed, and keep the dict's size after
+        # they come back (a dict never shrinks).
+        self._base_dead = base_dead
+        self._dead: dict[str, None] = {}  # ids DEAD in the overlay (ordered set)
         self._base_sorted = base_sorted  # whether `_base_ids` is in id order
         self._sorted: Sequence[str] | None = None  # every id in id order (built on demand)
         if base_counts is not None:
             self._counts.update(base_counts)
-            self._dead = dict.fromkeys(base_dead)
             return
         for member in self._base.values():
             self._counts[member.state] += 1
-            if member.state is MemberState.DEAD:
-                self._dead[member.node_id] = None
+        dead = MemberState.DEAD
+        self._base_dead = tuple(m.node_id for m in self._base.values() if m.state is dead)
 
     def __len__(self) -> int:
         """Every member ever known, in any state (this node included)."""
@@ -124,7 +129,7 @@ class MemberTable:
         else:
             self._counts[old.state] -= 1
             if old.state is MemberState.DEAD:
-                del self._dead[old.node_id]
+                self._dead.pop(old.node_id, None)  # absent if it was the base's value
         self._counts[member.state] += 1
         if member.state is MemberState.DEAD:
             self._dead[member.node_id] = None
@@ -139,8 +144,11 @@ class MemberTable:
         return self._counts[state]
 
     def dead_ids(self) -> list[str]:
-        """Ids of DEAD members (a copy; usually short)."""
-        return list(self._dead)
+        """Ids of DEAD members, the base's first, then in the order they died (a copy)."""
+        overlay = self._overlay
+        return [node_id for node_id in self._base_dead if node_id not in overlay] + list(
+            self._dead
+        )
 
     def ids_in(self, first: str, end: str) -> list[str]:
         """Member ids from `first` (inclusive) to `end` (exclusive), in id order; ""
