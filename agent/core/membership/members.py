@@ -146,9 +146,7 @@ class MemberTable:
     def dead_ids(self) -> list[str]:
         """Ids of DEAD members, the base's first, then in the order they died (a copy)."""
         overlay = self._overlay
-        return [node_id for node_id in self._base_dead if node_id not in overlay] + list(
-            self._dead
-        )
+        return [node_id for node_id in self._base_dead if node_id not in overlay] + list(self._dead)
 
     def ids_in(self, first: str, end: str) -> list[str]:
         """Member ids from `first` (inclusive) to `end` (exclusive), in id order; ""
