@@ -11,7 +11,9 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   plus the same frame's size with an empty sender (`codec.encode(message, "")`
   less one byte): that second part is cached. Every message object is cached
   by identity (the cache holds the object, so its id cannot be reused while
-  cached; the core relays the very gossip objects it received). Gossip items
+  cached; the core relays the very gossip objects it received), except
+  push-pull messages: each goes to one peer once, and holding 65,536 of them
+  would hold their lines, gigabytes in a 10,000-node heal. Gossip items
   (Alive, Suspect, Dead, ...) are also cached by value: the copies the core
   makes (an Alive without its certificate, a signed Dead re-sent to a failed
   member) are equal values, so nearly every item is encoded once per run, and
@@ -182,9 +184,10 @@ class ByteMeter:
         else:
             fresh = True
             rest = self._measure(message)
-        if len(self._by_id) >= _CACHE_LIMIT:
-            self._by_id.clear()
-        self._by_id[id(message)] = (message, rest)
+        if message.TYPE not in STREAM_TYPES:  # push-pull goes to one peer, once: not held
+            if len(self._by_id) >= _CACHE_LIMIT:
+                self._by_id.clear()
+            self._by_id[id(message)] = (message, rest)
         size = rest + _str_size(sender)
         if fresh:  # first seen: the largest sizes and the budget check
             self.max_packet = max(self.max_packet, size)

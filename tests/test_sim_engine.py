@@ -8,6 +8,7 @@ crashes, slow inboxes, wake-up scheduling and determinism.
 from __future__ import annotations
 
 import random
+import sys
 
 import pytest
 
@@ -17,6 +18,7 @@ from novacron.protocol.messages import (
     Ack,
     Alive,
     Dead,
+    Delta,
     Digest,
     Gossip,
     IndirectPing,
@@ -275,6 +277,18 @@ def test_byte_meter_sizes_equal_messages_once_and_exactly_for_any_sender() -> No
     assert meter.bytes == expected
     assert meter.packets == len(sends) == 16
     assert meter.packets_by_type["suspect"] == 4
+
+
+def test_push_pull_messages_are_sized_exactly_and_not_held() -> None:
+    meter = ByteMeter(sample_every=10)
+    lines = tuple(MemberDigest(f"n{i}", 1, MemberState.ALIVE) for i in range(500))
+    delta, digest = Delta(members=lines), Digest(members=lines)
+    held_before = sys.getrefcount(delta), sys.getrefcount(digest)
+    meter.count_sends("me", [("peer", delta), ("peer", digest)])
+    # A heal sends thousands of answers of thousands of lines each, every one once:
+    # the meter must not keep them (and their lines) alive.
+    assert (sys.getrefcount(delta), sys.getrefcount(digest)) == held_before
+    assert meter.bytes == len(encode(delta, "me")) + len(encode(digest, "me"))
 
 
 def test_probes_are_sized_exactly_from_their_gossip_items() -> None:
