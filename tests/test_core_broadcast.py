@@ -9,6 +9,7 @@ from novacron.agent.core.membership.broadcast import (
     estimate_size,
     retransmit_limit,
 )
+from novacron.agent.core.membership.members import Member
 from novacron.protocol.codec import encode
 from novacron.protocol.messages import (
     Ack,
@@ -16,6 +17,7 @@ from novacron.protocol.messages import (
     Dead,
     Gossip,
     Leave,
+    MemberState,
     RecordUpdate,
     SignedRecord,
     Suspect,
@@ -38,6 +40,23 @@ def test_each_item_is_sent_at_most_limit_times() -> None:
         sent += len(queue.take(1400, limit=3))
     assert sent == 3
     assert len(queue) == 0
+
+
+def test_a_member_queued_goes_out_as_its_alive_one_object_for_all_its_sends() -> None:
+    queue = BroadcastQueue()
+    member = Member("a", "sim://a", 5, MemberState.ALIVE, 3.0, bytes(64))
+    alive = Alive("a", 5, "sim://a", b"", bytes(64))
+    queue.queue("a", member)
+    assert queue.items() == [(alive, 0)]
+    assert estimate_size(member) == estimate_size(alive)
+    first = queue.take(1400, limit=5)
+    assert first == [alive]
+    assert queue.take(1400, limit=5)[0] is first[0]  # relayed as one object
+    # Newer news of the same kind continues the spread, whichever form it takes.
+    queue.queue("a", Member("a", "sim://a", 6, MemberState.ALIVE, 4.0, bytes(64)))
+    assert queue.items() == [(Alive("a", 6, "sim://a", b"", bytes(64)), 2)]
+    queue.queue("a", Alive("a", 7, "sim://a"))
+    assert queue.items() == [(Alive("a", 7, "sim://a"), 2)]
 
 
 def test_newer_news_about_a_node_replaces_older() -> None:

@@ -25,6 +25,12 @@ Rules, after memberlist's `TransmitLimitedQueue`, with three differences:
   afresh. Otherwise a member that re-publishes as fast as it can would stay at
   zero transmissions and ride at the head of every packet in the mesh.
 
+News that a member is alive may be queued as the member's table entry
+(`Member`) rather than as an `Alive`: it stands for the Alive it was learnt
+from, without certificate, and becomes one when first sent. A node that learns
+thousands of members back from one push-pull answer (a healed partition) then
+holds no message per member for the many it never gets to send.
+
 Sizes are cheap estimates of the msgpack encoding (no encoding on the hot
 path); `estimate_size` errs on the large side by a few bytes.
 """
@@ -34,8 +40,11 @@ from __future__ import annotations
 import bisect
 import math
 import operator
+from typing import cast
 
 from novacron.protocol.messages import Alive, Dead, Gossip, Leave, Revocations, Suspect
+
+from .members import Member
 
 BroadcastKey = str | tuple[str, str]
 """A member's own id for membership news (the id the table holds: no key object
@@ -58,8 +67,19 @@ def retransmit_limit(retransmit_mult: int, n: int) -> int:
     return retransmit_mult * math.ceil(math.log10(n + 1))
 
 
-def estimate_size(item: Gossip) -> int:
+Queued = Gossip | Member
+"""What the queue holds: a gossip item, or a member standing for its Alive."""
+
+
+def alive_of(member: Member) -> Alive:
+    """The Alive a queued member stands for (passed on without certificate)."""
+    return Alive(member.node_id, member.incarnation, member.address, b"", member.proof)
+
+
+def estimate_size(item: Queued) -> int:
     """Bytes this item adds to a packet, estimated from its variable-length parts."""
+    if isinstance(item, Member):
+        return _ALIVE_OVERHEAD + len(item.node_id) + len(item.address) + len(item.proof)
     if isinstance(item, Alive):
         variable = len(item.address) + len(item.certificate) + len(item.signature)
         return _ALIVE_OVERHEAD + len(item.node_id) + variable
@@ -78,15 +98,20 @@ class _Item:
 
     __slots__ = ("key", "message", "seq", "size", "transmits")
 
-    def __init__(self, key: BroadcastKey, message: Gossip, seq: int, size: int) -> None:
+    def __init__(self, key: BroadcastKey, message: Queued, seq: int, size: int) -> None:
         self.key = key  # what it is about; a newer item with the same key replaces it
-        self.message = message  # the gossip item itself, sent as is
+        self.message = message  # the gossip item, sent as is (a Member: its Alive)
         self.seq = seq  # queue order: higher is newer
         self.size = size  # estimated encoded bytes
         self.transmits = 0  # how many packets carried it so far
 
 
 _seq = operator.attrgetter("seq")
+
+
+def _kind(message: Queued) -> type:
+    """What a replacement must match to keep its predecessor's transmit count."""
+    return Alive if type(message) is Member else type(message)
 
 
 class BroadcastQueue:
@@ -115,14 +140,14 @@ class BroadcastQueue:
     def __bool__(self) -> bool:
         return bool(self._by_key)
 
-    def queue(self, key: BroadcastKey, message: Gossip, *, urgent: bool = False) -> None:
+    def queue(self, key: BroadcastKey, message: Queued, *, urgent: bool = False) -> None:
         """Queue `message`, replacing any older item about the same key (see the module
         docstring for what a replacement of the same kind keeps)."""
         transmits = 0
         old = self._by_key.get(key)
         if old is not None:
             self._unlink(old)
-            if type(old.message) is type(message) and not urgent:
+            if _kind(old.message) is _kind(message) and not urgent:
                 transmits = old.transmits
         if urgent:
             seq, self._next_urgent = self._next_urgent, self._next_urgent - 1
@@ -161,6 +186,8 @@ class BroadcastQueue:
         chosen = self._choose(budget)
         size = 0
         for item in chosen:
+            if type(item.message) is Member:
+                item.message = alive_of(item.message)  # one object for all its sends
             size += item.size
             bucket = buckets[item.transmits]
             del bucket[bisect.bisect_left(bucket, item.seq, key=_seq)]
@@ -171,7 +198,7 @@ class BroadcastQueue:
                 bisect.insort(buckets[transmits], item, key=_seq)
             else:
                 buckets.append([item])  # the first item sent this often
-        return [item.message for item in chosen], size
+        return [cast(Gossip, item.message) for item in chosen], size
 
     def _choose(self, budget: int) -> list[_Item]:
         chosen: list[_Item] = []
@@ -210,4 +237,7 @@ class BroadcastQueue:
 
     def items(self) -> list[tuple[Gossip, int]]:
         """Queued items with their transmit counts (for tests and diagnostics)."""
-        return [(item.message, item.transmits) for item in self._by_key.values()]
+        return [
+            (alive_of(m) if isinstance(m := item.message, Member) else m, item.transmits)
+            for item in self._by_key.values()
+        ]

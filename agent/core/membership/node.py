@@ -840,13 +840,22 @@ class MembershipNode:
             self._correct_stale(sender, message, now, out)
 
     def _handle_alive(
-        self, message: Alive, now: float, out: Output, announce_new: bool, sender: str = ""
+        self,
+        message: Alive,
+        now: float,
+        out: Output,
+        announce_new: bool,
+        sender: str = "",
+        *,
+        from_line: bool = False,
     ) -> None:
         """Alive: a join, a refutation, or old news (see `transitions.on_alive`).
 
         Believed only when signed by the node it is about. A member we never
         heard of cannot be checked without its certificate: the Alive waits
         while we ask `sender` (who believed it, so holds the certificate).
+        `from_line`: built here from a push-pull line, so passed on as the
+        member's new table entry (`BroadcastQueue`), not as a copy of its own.
         """
         if not _valid_claim(message.node_id, message.incarnation) or not message.address:
             self.stats.messages_invalid += 1  # an Alive names where its node is
@@ -872,11 +881,14 @@ class MembershipNode:
             self._set_alive(current, message, now, out, direct=sender == message.node_id)
             if announce_new or current is not None:
                 # Passed on without the certificate: who lacks it asks for it, once.
-                gossip = (
-                    dataclasses.replace(message, certificate=b"")
-                    if message.certificate
-                    else message
-                )
+                gossip: Alive | Member | None = self._members.get(message.node_id)
+                if not from_line:
+                    gossip = (
+                        dataclasses.replace(message, certificate=b"")
+                        if message.certificate
+                        else message
+                    )
+                assert gossip is not None
                 self._queue.queue(_member_key(message.node_id), gossip)
 
     def _learn(self, node_id: str, certificate: bytes) -> bool:
@@ -1882,7 +1894,9 @@ class MembershipNode:
                 self._handle_leave(claim, now, out)
                 return
             alive = dataclasses.replace(claim, certificate=line.certificate)
-            self._handle_alive(alive, now, out, announce_new and line.state is ALIVE)
+            self._handle_alive(
+                alive, now, out, announce_new and line.state is ALIVE, from_line=True
+            )
             if line.state is ALIVE:
                 return
         if current is not None and current.state is ALIVE and line.node_id != self.node_id:
