@@ -57,6 +57,7 @@ def test_a_split_snapshot_holds_the_other_side_failed_for_every_table_on_it() ->
     assert side.dead_ids == ("n3", "n7") and side.member_digests["n3"].state is DEAD
     counted = MemberTable(side.members, side.node_ids, side.state_counts, side.dead_ids)
     scanned = MemberTable(side.members, side.node_ids)
+    assert counted._base_dead is side.dead_ids  # shared by every table on the side, not copied
     for table in (counted, scanned):
         assert table.count(DEAD) == 2 and table.count(ALIVE) == 8
         assert table.dead_ids() == ["n3", "n7"] and table.overlay_size() == 0

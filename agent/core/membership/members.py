@@ -84,7 +84,8 @@ class MemberTable:
 
         `base_counts` (members per state in the base) saves an O(N) scan per
         table when many tables share one base; `base_dead` must then name the
-        base's DEAD members (a converged snapshot has none). `base_sorted` says
+        base's DEAD members (a converged snapshot has none), and is shared, not
+        copied, when a tuple. `base_sorted` says
         `base_ids` is in id order, so tables share it for `ids_in`.
         """
         self._base: Mapping[str, Member] = base if base is not None else {}  # shared, read-only
@@ -96,7 +97,7 @@ class MemberTable:
         # the overlay's in the order they died. A healed side's node would otherwise
         # copy the thousands the base holds failed, and keep the dict's size after
         # they come back (a dict never shrinks).
-        self._base_dead = base_dead
+        self._base_dead = tuple(base_dead)  # the same tuple when given one
         self._dead: dict[str, None] = {}  # ids DEAD in the overlay (ordered set)
         self._base_sorted = base_sorted  # whether `_base_ids` is in id order
         self._sorted: Sequence[str] | None = None  # every id in id order (built on demand)
@@ -144,9 +145,19 @@ class MemberTable:
         return self._counts[state]
 
     def dead_ids(self) -> list[str]:
-        """Ids of DEAD members, the base's first, then in the order they died (a copy)."""
+        """Ids of DEAD members, the base's first, then in the order they died (a copy).
+
+        A member once in the overlay stays there, so the base's failed that came
+        back can be forgotten: once most have, this table keeps its own tuple of
+        the rest, and a node rejoining after a heal, asking every tick, scans the
+        few it still holds failed rather than the thousands the base did."""
+        if not self._base_dead:
+            return list(self._dead)
         overlay = self._overlay
-        return [node_id for node_id in self._base_dead if node_id not in overlay] + list(self._dead)
+        still = [node_id for node_id in self._base_dead if node_id not in overlay]
+        if len(still) * 2 < len(self._base_dead):
+            self._base_dead = tuple(still)
+        return still + list(self._dead)
 
     def ids_in(self, first: str, end: str) -> list[str]:
         """Member ids from `first` (inclusive) to `end` (exclusive), in id order; ""

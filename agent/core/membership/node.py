@@ -881,15 +881,15 @@ class MembershipNode:
             self._set_alive(current, message, now, out, direct=sender == message.node_id)
             if announce_new or current is not None:
                 # Passed on without the certificate: who lacks it asks for it, once.
-                gossip: Alive | Member | None = self._members.get(message.node_id)
-                if not from_line:
-                    gossip = (
-                        dataclasses.replace(message, certificate=b"")
-                        if message.certificate
-                        else message
-                    )
-                assert gossip is not None
-                self._queue.queue(_member_key(message.node_id), gossip)
+                gossip: Alive | Member | None
+                if from_line:
+                    gossip = self._members.get(message.node_id)  # what `_set_alive` put
+                elif message.certificate:
+                    gossip = dataclasses.replace(message, certificate=b"")
+                else:
+                    gossip = message
+                if gossip is not None:
+                    self._queue.queue(_member_key(message.node_id), gossip)
 
     def _learn(self, node_id: str, certificate: bytes) -> bool:
         return bool(certificate) and self._keyring.learn_certificate(node_id, certificate)
