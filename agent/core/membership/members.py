@@ -85,8 +85,8 @@ class MemberTable:
         `base_counts` (members per state in the base) saves an O(N) scan per
         table when many tables share one base; `base_dead` must then name the
         base's DEAD members (a converged snapshot has none), and is shared, not
-        copied, when a tuple. `base_sorted` says
-        `base_ids` is in id order, so tables share it for `ids_in`.
+        copied, when a tuple. `base_sorted` says `base_ids` is in id order, so
+        tables share it for `ids_in`.
         """
         self._base: Mapping[str, Member] = base if base is not None else {}  # shared, read-only
         self._base_ids = base_ids  # the base's ids in index order (shared)
