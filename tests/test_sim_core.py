@@ -86,7 +86,7 @@ def test_a_held_split_is_refused_outside_a_partition_heal() -> None:
         assert gossip_main([*argv, "--held-split", "--nodes", "10"]) == 2
 
 
-def test_a_long_run_says_how_far_it_is_and_reports_the_same(tmp_path: Path) -> None:
+def test_a_long_run_says_how_far_it_is_and_reports_the_same() -> None:
     params = Params(nodes=40, seed=3, groups="2", held_split=True)
     lines: list[str] = []
     say = lines.append
