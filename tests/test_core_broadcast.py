@@ -34,7 +34,7 @@ def test_retransmit_limit_is_mult_times_log10_n() -> None:
 
 def test_each_item_is_sent_at_most_limit_times() -> None:
     queue = BroadcastQueue()
-    queue.queue(("member", "a"), Alive("a", 1))
+    queue.queue("a", Alive("a", 1))
     sent = 0
     for _ in range(10):
         sent += len(queue.take(1400, limit=3))
@@ -61,8 +61,8 @@ def test_a_member_queued_goes_out_as_its_alive_one_object_for_all_its_sends() ->
 
 def test_newer_news_about_a_node_replaces_older() -> None:
     queue = BroadcastQueue()
-    queue.queue(("member", "a"), Suspect("a", 4, "b"))
-    queue.queue(("member", "a"), Alive("a", 5))
+    queue.queue("a", Suspect("a", 4, "b"))
+    queue.queue("a", Alive("a", 5))
     queue.queue(("record", "a"), _record("a", 1))
     queue.queue(("record", "a"), _record("a", 2))
     items = queue.take(1400, limit=5)
@@ -74,22 +74,22 @@ def test_newer_news_about_a_node_replaces_older() -> None:
 def test_least_transmitted_then_oldest_first_within_budget() -> None:
     queue = BroadcastQueue()
     for name in ("a", "b", "c"):
-        queue.queue(("member", name), Alive(name, 1))
+        queue.queue(name, Alive(name, 1))
     one = estimate_size(Alive("a", 1))
     assert queue.take(one, limit=10) == [Alive("a", 1)]  # oldest first: none starves
     assert queue.take(one, limit=10) == [Alive("b", 1)]
     assert queue.take(one, limit=10) == [Alive("c", 1)]
-    queue.queue(("member", "d"), Alive("d", 1))
+    queue.queue("d", Alive("d", 1))
     assert queue.take(2 * one, limit=10) == [Alive("d", 1), Alive("a", 1)]  # untransmitted
 
 
 def test_urgent_news_goes_first_and_starts_afresh() -> None:
     queue = BroadcastQueue()
-    queue.queue(("member", "a"), Alive("a", 1))
-    queue.queue(("member", "me"), Alive("me", 2))
+    queue.queue("a", Alive("a", 1))
+    queue.queue("me", Alive("me", 2))
     queue.take(1400, limit=10)  # both sent once
-    queue.queue(("member", "b"), Alive("b", 1))
-    queue.queue(("member", "me"), Alive("me", 3), urgent=True)  # a refutation of ours
+    queue.queue("b", Alive("b", 1))
+    queue.queue("me", Alive("me", 3), urgent=True)  # a refutation of ours
     one = estimate_size(Alive("a", 1))
     assert queue.take(one, limit=10) == [Alive("me", 3)]
     assert dict(queue.items())[Alive("me", 3)] == 1
@@ -98,11 +98,11 @@ def test_urgent_news_goes_first_and_starts_afresh() -> None:
 def test_same_kind_news_continues_its_spread_and_a_new_kind_restarts_it() -> None:
     queue = BroadcastQueue()
     queue.queue(("record", "h"), _record("h", 1))
-    queue.queue(("member", "x"), Suspect("x", 1, "a"))
+    queue.queue("x", Suspect("x", 1, "a"))
     for _ in range(3):
         queue.take(1400, limit=10)
     queue.queue(("record", "h"), _record("h", 2))  # a newer record: same spread, 3 sent
-    queue.queue(("member", "x"), Alive("x", 2))  # a refutation: spread afresh
+    queue.queue("x", Alive("x", 2))  # a refutation: spread afresh
     counts = {type(m).__name__: n for m, n in queue.items()}
     assert counts == {"RecordUpdate": 3, "Alive": 0}
 
@@ -126,7 +126,7 @@ def test_a_member_publishing_as_fast_as_it_can_does_not_starve_the_rest() -> Non
 def test_budget_limits_a_packet_and_oversized_items_go_alone() -> None:
     queue = BroadcastQueue()
     for i in range(100):
-        queue.queue(("member", f"n{i}"), Alive(f"n{i}", 1, "addr"))
+        queue.queue(f"n{i}", Alive(f"n{i}", 1, "addr"))
     items = queue.take(1400, limit=4)
     assert 0 < sum(estimate_size(i) for i in items) <= 1400
     big = _record("big", 1, size=5000)
@@ -140,7 +140,7 @@ def test_a_small_item_behind_a_few_large_ones_still_fills_the_packet() -> None:
     queue.queue(("record", "first"), _record("first", 1, size=700))
     for i in range(MAX_MISFITS):
         queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
-    queue.queue(("member", "small"), Alive("small", 1))
+    queue.queue("small", Alive("small", 1))
     items = queue.take(1400, limit=4)
     assert items == [_record("first", 1, size=700), Alive("small", 1)]
 
@@ -152,7 +152,7 @@ def test_a_packet_as_good_as_full_stops_looking_but_nothing_starves() -> None:
     queue.queue(("record", "first"), _record("first", 1, size=700))
     for i in range(MAX_MISFITS + 1):
         queue.queue(("record", f"big{i}"), _record(f"big{i}", 1, size=900))
-    queue.queue(("member", "small"), Alive("small", 1))
+    queue.queue("small", Alive("small", 1))
     assert queue.take(1400, limit=4) == [_record("first", 1, size=700)]
     sent_small = 0
     for _ in range(4 * (MAX_MISFITS + 3)):
