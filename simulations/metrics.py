@@ -89,7 +89,12 @@ class ByteMeter:
         self.packets_by_type: Counter[str] = Counter()
         self.max_packet = 0  # largest encoded message seen
         self.max_datagram_message = 0  # largest encoded message other than push-pull
-        self.over_budget = 0  # distinct non-push-pull messages encoded larger than `budget`
+        # Non-push-pull messages encoded larger than `budget`, each held once: gossip
+        # items by value, other messages by identity (holding one keeps its id its
+        # own). Kept apart from the size caches, which are cleared, so a message sent
+        # again after a clear still counts once. There are few: packets are filled to
+        # an estimate of the budget.
+        self._over_budget: dict[object, Message] = {}
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
@@ -194,8 +199,14 @@ class ByteMeter:
             if message.TYPE not in STREAM_TYPES:
                 self.max_datagram_message = max(self.max_datagram_message, size)
                 if self.budget and size > self.budget:
-                    self.over_budget += 1
+                    key = message if type(message) in _BY_VALUE else id(message)
+                    self._over_budget.setdefault(key, message)
         return size
+
+    @property
+    def over_budget(self) -> int:
+        """How many distinct non-push-pull messages were larger than `budget`."""
+        return len(self._over_budget)
 
     def _item_rest(self, item: Message) -> int:
         """A gossip item's frame size less the sender's id, cached by value."""

@@ -372,3 +372,17 @@ def test_each_nodes_busiest_second_is_kept() -> None:
             meter.count("other", message)
     assert meter.node_peak_second["me"] == 10 * 5 * size
     assert meter.node_peak_second["other"] == meter.size("other", message)
+
+
+def test_a_message_over_the_budget_counts_once_however_often_it_is_sent() -> None:
+    meter = ByteMeter()
+    meter.budget = 1_000
+    big = Ping(seq=1, target="t", gossip=(Revocations(bytes(2_000)),))
+    item = Revocations(bytes(3_000))  # a gossip item: counted once by value
+    meter.count_sends("a", [("b", big), ("c", item)])
+    # Tens of thousands of small messages in between fill the meter's size caches,
+    # which are then cleared; the same message sent again is still the same one.
+    for seq in range(70_000):
+        meter.count_sends("a", [("b", Ping(seq=seq, target="t")), ("b", Alive(f"n{seq}", 1))])
+    meter.count_sends("a", [("d", big), ("e", Revocations(bytes(3_000)))])
+    assert meter.over_budget == 2
