@@ -65,8 +65,10 @@ def line_claim(line: MemberDigest) -> Alive | Leave:
 
     A line of a left member carries the member's Leave; any other line the
     member's Alive at the line's incarnation and address (a suspicion or a
-    failure is vouched for by the peer that sends the line, not signed).
+    failure is vouched for by the peer that sends the line, not signed),
+    with the line's certificate, which travels beside the signature as it does
+    on an Alive.
     """
     if line.state is MemberState.LEFT:
         return Leave(line.node_id, line.incarnation, signature=line.signature)
-    return Alive(line.node_id, line.incarnation, line.address, signature=line.signature)
+    return Alive(line.node_id, line.incarnation, line.address, line.certificate, line.signature)

@@ -110,29 +110,39 @@ class VerificationCache:
 
 
 class ClaimCache:
-    """Claim verifications shared by all simulated nodes: each claim object is checked
-    once per process. Gossip relays the very objects it received, so one accusation
+    """Claim verifications shared by all simulated nodes: each claim is checked once
+    per process. Gossip relays the very objects it received, so one accusation
     heard by ten thousand nodes costs one MAC here, as records do with
-    `VerificationCache`. A hit requires the same object (held, so its id is not
-    reused while cached); a forgery is another object and is checked, and refused,
-    on its own. A real node verifies every claim itself."""
+    `VerificationCache`; such a hit is by identity (the object held, so its id is
+    not reused while cached). Push-pull lines are read into a new claim by every
+    receiver, so a claim is also looked up by value: a verdict depends on the
+    claim's fields alone, signature included, so an equal claim has the same one
+    and a forgery, which differs in its signature, is checked and refused on its
+    own. A real node verifies every claim itself."""
 
     def __init__(self, limit: int = 200_000) -> None:
-        self.limit = limit  # entries before the cache is emptied
-        self._seen: dict[int, tuple[Claim, bool]] = {}  # id -> (claim, verdict)
+        self.limit = limit  # entries of either map before it is emptied
+        self._by_id: dict[int, tuple[Claim, bool]] = {}  # id -> (claim, verdict)
+        self._by_value: dict[Claim, bool] = {}  # claim -> verdict
         self.hits = 0  # verifications answered from the cache
         self.misses = 0  # verifications computed
 
     def __call__(self, claim: Claim) -> bool:
-        found = self._seen.get(id(claim))
+        found = self._by_id.get(id(claim))
         if found is not None and found[0] is claim:
             self.hits += 1
             return found[1]
+        verdict = self._by_value.get(claim)
+        if verdict is not None:
+            self.hits += 1
+            return verdict
         self.misses += 1
         verdict = hmac.compare_digest(sign_claim_as_signer(claim), claim.signature)
-        if len(self._seen) >= self.limit:
-            self._seen.clear()
-        self._seen[id(claim)] = (claim, verdict)
+        for seen in (self._by_id, self._by_value):
+            if len(seen) >= self.limit:
+                seen.clear()
+        self._by_id[id(claim)] = (claim, verdict)
+        self._by_value[claim] = verdict
         return verdict
 
 

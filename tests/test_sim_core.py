@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from novacron.protocol.claims import line_claim
 from novacron.protocol.errors import ProtocolError
-from novacron.protocol.messages import MemberState, SignedRecord, Suspect
+from novacron.protocol.messages import Alive, MemberDigest, MemberState, SignedRecord, Suspect
 from novacron.simulations.cluster import initial_record
 from novacron.simulations.gossip import main as gossip_main
 from novacron.simulations.report import run, to_json
@@ -200,6 +201,21 @@ def test_shared_claim_checks_refuse_forgeries_and_check_each_claim_once() -> Non
     assert not cache(forged)
     assert not SimKeyring("node-9", claims=cache).verify_claim(forged)
     assert SimKeyring("node-9", claims=cache).verify_claim(claim)
+
+
+def test_a_claim_read_anew_from_each_line_is_checked_once_and_a_forged_one_refused() -> None:
+    cache = ClaimCache()
+    alive = Alive("node-1", 2, "sim://node-1")
+    line = MemberDigest("node-1", 2, MemberState.ALIVE, "sim://node-1", sign_claim_as_signer(alive))
+    # Every receiver of a push-pull answer reads its own claim from the line.
+    assert cache(line_claim(line)) and cache(line_claim(line))
+    assert (cache.misses, cache.hits) == (1, 1)
+    forged = dataclasses.replace(line, signature=sign_claim_as_signer(alive, key=bytes(32)))
+    assert not cache(line_claim(forged))
+    assert not cache(line_claim(forged))
+    moved = dataclasses.replace(line, address="sim://elsewhere")  # the signature of another
+    assert not cache(line_claim(moved))
+    assert cache(line_claim(line))
 
 
 def test_a_restarted_node_rejoins_with_a_higher_incarnation() -> None:

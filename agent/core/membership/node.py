@@ -1893,9 +1893,8 @@ class MembershipNode:
             if isinstance(claim, Leave):
                 self._handle_leave(claim, now, out)
                 return
-            alive = dataclasses.replace(claim, certificate=line.certificate)
             self._handle_alive(
-                alive, now, out, announce_new and line.state is ALIVE, from_line=True
+                claim, now, out, announce_new and line.state is ALIVE, from_line=True
             )
             if line.state is ALIVE:
                 return
