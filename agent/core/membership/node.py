@@ -115,6 +115,7 @@ from .keyring import Keyring
 from .members import Member, MemberInfo, MemberTable, ProbeOrder
 from .probe import PendingProbe, ProbeTracker, RelayedProbe
 from .pushpull import (
+    LineCache,
     build_deltas,
     build_digest,
     deltas_size,
@@ -175,6 +176,7 @@ class MembershipNode:
         "_keyring",
         "_last_push_pull",
         "_left",
+        "_line_cache",
         "_members",
         "_moves",
         "_next_announce_at",
@@ -223,7 +225,18 @@ class MembershipNode:
         now: float,
     ) -> None:
         """A node that knows only itself; `join` introduces it to seeds."""
-        self._setup(node_id, address, config, rng, keyring, MemberTable(), RecordStore(), {}, now)
+        self._setup(
+            node_id,
+            address,
+            config,
+            rng,
+            keyring,
+            MemberTable(),
+            RecordStore(),
+            {},
+            LineCache(),
+            now,
+        )
         self._members.put(self._own_member(1, now))
         self._start_timers(now)
 
@@ -249,8 +262,8 @@ class MembershipNode:
             base_sorted=True,  # a snapshot's ids are sorted
         )
         records = RecordStore(snapshot.signed_records, snapshot.records)
-        lines = snapshot.member_digests
-        node._setup(node_id, address, config, rng, keyring, members, records, lines, now)
+        lines = snapshot.member_digests, snapshot.line_cache
+        node._setup(node_id, address, config, rng, keyring, members, records, *lines, now)
         me = node._members.get(node_id)
         if me is None or me.address != address:
             incarnation = me.incarnation if me is not None else 1
@@ -269,6 +282,7 @@ class MembershipNode:
         members: MemberTable,
         records: RecordStore,
         digest_lines: Mapping[str, MemberDigest],
+        line_cache: LineCache,
         now: float,
     ) -> None:
         self.node_id = node_id  # our id: the key of everything we own
@@ -280,6 +294,7 @@ class MembershipNode:
         self._members = members  # who we know (copy-on-write over a snapshot's base)
         self._records = records  # verified records (copy-on-write likewise)
         self._digest_lines = digest_lines  # the snapshot's shared push-pull lines
+        self._line_cache = line_cache  # lines of members changed since (shared likewise)
         self._queue = BroadcastQueue()  # gossip waiting to go out
         burst = config.gossip_nodes * config.packet_budget  # one full gossip round
         self._budget = GossipBudget(config.gossip_rate, burst, now)  # bytes of gossip we may send
@@ -1510,6 +1525,7 @@ class MembershipNode:
             self._digest_lines,
             own,
             crl_issued_at,
+            cache=self._line_cache,
             reply=reply,
             rejoining=self._rejoining(now),
             within=within,

@@ -62,8 +62,38 @@ def only(node_id: str) -> tuple[str, str]:
     return node_id, node_id + "\0"
 
 
+class LineCache:
+    """Digest lines of members changed since the snapshot, one object per (id,
+    incarnation, state).
+
+    A digest lists every member and a node sends one each push-pull, so the
+    lines of those that changed would otherwise be built anew each time; the
+    nodes of a simulator built from one snapshot share one cache (lines are
+    immutable values). Emptied when full.
+    """
+
+    __slots__ = ("_lines", "limit")
+
+    def __init__(self, limit: int = 1 << 17) -> None:
+        self.limit = limit  # lines held before the cache is emptied
+        self._lines: dict[tuple[str, int, MemberState], MemberDigest] = {}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def line(self, member: Member) -> MemberDigest:
+        """The line saying `member`'s incarnation and state (without its address)."""
+        key = (member.node_id, member.incarnation, member.state)
+        found = self._lines.get(key)
+        if found is None:
+            if len(self._lines) >= self.limit:
+                self._lines.clear()
+            found = self._lines[key] = MemberDigest(*key)
+        return found
+
+
 def digest_line(
-    member: Member, table: MemberTable, shared: Mapping[str, MemberDigest]
+    member: Member, table: MemberTable, shared: Mapping[str, MemberDigest], cache: LineCache
 ) -> MemberDigest:
     """The digest line for `member`, reusing the snapshot's line when unchanged.
 
@@ -78,7 +108,7 @@ def digest_line(
         cached = shared.get(member.node_id)
         if cached is not None:
             return cached
-    return MemberDigest(member.node_id, member.incarnation, member.state)
+    return cache.line(member)
 
 
 def build_digest(
@@ -88,6 +118,7 @@ def build_digest(
     own: MemberDigest,
     crl_issued_at: float,
     *,
+    cache: LineCache,
     reply: bool,
     rejoining: bool = False,
     within: tuple[str, str] = ("", ""),
@@ -100,7 +131,7 @@ def build_digest(
     """
 
     def fresh(member: Member) -> MemberDigest:  # a member changed here, or ourselves
-        return own if member.node_id == own.node_id else digest_line(member, table, shared)
+        return own if member.node_id == own.node_id else digest_line(member, table, shared, cache)
 
     if within == ("", ""):
         members = table.map_members(shared, fresh, skip=own.node_id)

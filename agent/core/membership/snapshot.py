@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from novacron.protocol.claims import Claim
 from novacron.protocol.codec import unpack_struct
 from novacron.protocol.messages import Alive, MemberDigest, MemberState, NodeRecord, SignedRecord
 
 from .members import Member
+from .pushpull import LineCache
 from .records import RecordVerifier
 
 SNAPSHOT_INCARNATION = 1  # every member of a converged snapshot is alive at this incarnation
@@ -39,6 +40,9 @@ class ClusterSnapshot:
     taken_at: float  # the time the view describes (members' `state_since`)
     state_counts: Mapping[MemberState, int]  # members per state, computed once
     dead_ids: tuple[str, ...] = ()  # members held failed (none in a converged view)
+    # Lines of members changed since, shared by every node built from this view (and
+    # from its `with_failed` sides): equal values, built once.
+    line_cache: LineCache = field(default_factory=LineCache, compare=False)
 
     @classmethod
     def converged(
