@@ -287,9 +287,7 @@ class DigestSizer:
         return size
 
     def size(self, sender: str, digest: Digest) -> int:
-        bare = Digest(
-            reply=digest.reply, crl_issued_at=digest.crl_issued_at, rejoining=digest.rejoining
-        )
+        bare = dataclasses.replace(digest, members=(), records={})  # every other field kept
         total = len(encode(bare, sender))
         if digest.members:
             total += _str_size("members") + _container_header(len(digest.members))

@@ -313,7 +313,7 @@ def test_probes_are_sized_exactly_from_their_gossip_items() -> None:
                 assert meter.size(sender, message) == len(encode(message, sender))
 
 
-def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
+def test_digests_are_sized_exactly_from_their_parts_those_of_one_range_too() -> None:
     rng = random.Random(1)
     sizer = DigestSizer()
     for trial in range(100):
@@ -330,7 +330,10 @@ def test_digests_are_sized_exactly_from_their_parts_and_never_sampled() -> None:
         )
         versions = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**31, 2**32, 2**53 - 1]
         records = {f"node-{i:05d}": rng.choice(versions) for i in range(rng.choice([0, 3, 300]))}
-        digest = Digest(lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]))
+        first, end = rng.choice([("", ""), ("", "node-00042"), ("node-00042", "node-01000")])
+        digest = Digest(
+            lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]), first=first, end=end
+        )
         sender = rng.choice(["a", "node-00001", "x" * 40])
         assert sizer.size(sender, digest) == len(encode(digest, sender))
     for records in (
