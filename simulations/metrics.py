@@ -25,8 +25,8 @@ microseconds per message, which at 10,000 nodes is a large share of the run.
   number of packets. Push-pull messages are never sampled: at 10,000 nodes a
   digest is most of a second's traffic, and counting one in ten, ten times
   over, would put spikes into the per-second figures that no node sent.
-  A `Digest` is sized from its parts (the encoded size of each line, cached
-  per line object: most lines are a snapshot's shared ones), exactly as
+  A `Digest` or `Delta` is sized from its parts (the encoded size of each
+  line, cached per line object: the core shares equal lines), exactly as
   `codec.encode` would, without encoding its 10,000 lines every time.
 
 Bytes are counted when a node sends, whatever happens to the packet later:
@@ -56,6 +56,7 @@ from novacron.protocol.messages import (
     Ack,
     Alive,
     Dead,
+    Delta,
     Digest,
     IndirectPing,
     Leave,
@@ -101,7 +102,7 @@ class ByteMeter:
         # id of any message sent -> (the message, held so the id stays its own, size
         # less the sender's id): one lookup without hashing the message's fields
         self._by_id: dict[int, tuple[Message, int]] = {}
-        self._digests = DigestSizer()
+        self._push_pull = PushPullSizer()
         self.slot_bytes: list[int] = []  # bytes sent in each time slot, from time 0
         self.slot_nodes: list[int] = []  # live nodes when each slot was last written
         self._slot = -1  # index of the slot bytes are being added to
@@ -225,8 +226,8 @@ class ByteMeter:
         tags it, `[type, payload]`, one byte less than the item's own frame
         less the sender's id (a 2- rather than 4-element array, no version).
         The map header stays one byte (a probe has fewer than 16 fields)."""
-        if isinstance(message, Digest):
-            return self._digests.size("", message) - 1
+        if isinstance(message, Digest | Delta):
+            return self._push_pull.size("", message) - 1
         if not isinstance(message, Ping | IndirectPing | Ack | Nack) or not message.gossip:
             return len(encode(message, "")) - 1
         gossip = message.gossip
@@ -264,14 +265,15 @@ class ByteMeter:
         return {"mode": "sampled", "every": self.sample_every}
 
 
-class DigestSizer:
-    """The encoded size of a `Digest`, from the sizes of its parts.
+class PushPullSizer:
+    """The encoded size of a `Digest` or a `Delta`, from the sizes of its parts.
 
     `codec.encode` writes `[version, type, sender, {field: value}]`, leaving
-    out fields at their default. So the size is that of the same digest with
+    out fields at their default. So the size is that of the same message with
     no lines and no records, plus, for each of the two when present, its key,
     its container header and its entries: each line's own encoding (cached
-    per line object) and each record entry's string and integer.
+    per line object: the core shares equal lines), and each record entry's
+    string and integer (a digest) or each signed record's encoding (a delta).
     """
 
     def __init__(self) -> None:
@@ -286,24 +288,33 @@ class DigestSizer:
         self._held.append(line)
         return size
 
-    def size(self, sender: str, digest: Digest) -> int:
-        bare = dataclasses.replace(digest, members=(), records={})  # every other field kept
-        total = len(encode(bare, sender))
-        if digest.members:
-            total += _str_size("members") + _container_header(len(digest.members))
-            # A cached id is a held line's, so it cannot be another line's: one
-            # C-level pass looks them all up; the few misses are encoded.
-            found = list(map(self._sizes.get, map(id, digest.members)))
-            if None in found:
-                found = [
-                    self._line_size(line) if size is None else size
-                    for line, size in zip(digest.members, found, strict=True)
-                ]
-            total += sum(cast(list[int], found))
-        if digest.records:
-            total += _str_size("records") + _container_header(len(digest.records))
-            total += _records_size(digest.records)
+    def size(self, sender: str, message: Digest | Delta) -> int:
+        if isinstance(message, Digest):
+            bare: Digest | Delta = dataclasses.replace(message, members=(), records={})
+        else:
+            bare = dataclasses.replace(message, members=(), records=())
+        total = len(encode(bare, sender))  # every other field as it is
+        if message.members:
+            total += _str_size("members") + _container_header(len(message.members))
+            total += self._lines_size(message.members)
+        if message.records:
+            total += _str_size("records") + _container_header(len(message.records))
+            if isinstance(message, Digest):
+                total += _records_size(message.records)
+            else:
+                total += sum(len(pack_struct(record)) for record in message.records)
         return total
+
+    def _lines_size(self, lines: tuple[MemberDigest, ...]) -> int:
+        # A cached id is a held line's, so it cannot be another line's: one
+        # C-level pass looks them all up; the few misses are encoded.
+        found = list(map(self._sizes.get, map(id, lines)))
+        if None in found:
+            found = [
+                self._line_size(line) if size is None else size
+                for line, size in zip(lines, found, strict=True)
+            ]
+        return sum(cast(list[int], found))
 
 
 def _records_size(records: dict[str, int]) -> int:
@@ -322,7 +333,7 @@ def _records_size(records: dict[str, int]) -> int:
     return sum(_str_size(k) + _int_size(v) for k, v in records.items())
 
 
-_LINE_CACHE_LIMIT = 200_000  # digest lines whose size is remembered (the shared ones)
+_LINE_CACHE_LIMIT = 200_000  # push-pull lines whose size is remembered (the shared ones)
 
 
 def _container_header(length: int) -> int:

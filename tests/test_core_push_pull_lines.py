@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from novacron.agent.core.membership.members import Member, MemberTable
-from novacron.agent.core.membership.pushpull import LineCache, build_digest
+from novacron.agent.core.membership.pushpull import LineCache, build_deltas, build_digest
 from novacron.agent.core.membership.records import RecordStore
 from novacron.protocol.messages import Digest, MemberDigest, MemberState
 
@@ -42,3 +44,26 @@ def test_the_cache_is_bounded_and_lines_stay_right_once_it_is_emptied() -> None:
         assert len(cache) <= 3
         expected = [MemberDigest(f"n{i}", 1 + i, ALIVE) for i in range(1, index + 1)]
         assert list(lines[1:]) == expected
+
+
+def test_answers_hand_on_the_same_signed_lines_with_a_certificate_only_for_strangers() -> None:
+    cache = LineCache()
+    table = MemberTable()
+    for name in ("n0", "n1", "n2"):
+        table.put(dataclasses.replace(member(name, 2, ALIVE), proof=f"proof-{name}".encode()))
+    asked = Digest(members=(MemberDigest("n0", 2, ALIVE), MemberDigest("n1", 1, ALIVE)))
+
+    def answer() -> tuple[MemberDigest, ...]:
+        (delta,) = build_deltas(asked, table, RecordStore(), certificate, b"", 1 << 20, cache=cache)
+        return delta.members
+
+    first, second = answer(), answer()
+    assert first == (
+        MemberDigest("n1", 2, ALIVE, "sim://n1", b"proof-n1"),
+        MemberDigest("n2", 2, ALIVE, "sim://n2", b"proof-n2", b"certificate-n2"),
+    )
+    assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def certificate(node_id: str) -> bytes:
+    return f"certificate-{node_id}".encode()

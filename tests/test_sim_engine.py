@@ -35,7 +35,7 @@ from novacron.protocol.messages import (
 )
 from novacron.simulations.clock import VirtualClock
 from novacron.simulations.engine import Engine
-from novacron.simulations.metrics import ByteMeter, DigestSizer, percentile
+from novacron.simulations.metrics import ByteMeter, PushPullSizer, percentile
 from novacron.simulations.network import LinkModel, Network, NetworkConfig, link_base
 
 FIXED = LinkModel(base_latency=0.01, jitter="none", link_spread=0.0)
@@ -313,9 +313,9 @@ def test_probes_are_sized_exactly_from_their_gossip_items() -> None:
                 assert meter.size(sender, message) == len(encode(message, sender))
 
 
-def test_digests_are_sized_exactly_from_their_parts_those_of_one_range_too() -> None:
+def test_push_pull_is_sized_exactly_from_its_parts_those_of_one_range_too() -> None:
     rng = random.Random(1)
-    sizer = DigestSizer()
+    sizer = PushPullSizer()
     for trial in range(100):
         count = 70_000 if trial == 0 else rng.choice([0, 1, 15, 16, 17, 300])
         lines = tuple(
@@ -336,6 +336,12 @@ def test_digests_are_sized_exactly_from_their_parts_those_of_one_range_too() -> 
         )
         sender = rng.choice(["a", "node-00001", "x" * 40])
         assert sizer.size(sender, digest) == len(encode(digest, sender))
+        signed = tuple(
+            SignedRecord(node_id, version, bytes(rng.choice([0, 40, 300])), bytes(64))
+            for node_id, version in list(records.items())[: rng.choice([0, 1, 20])]
+        )
+        delta = Delta(lines, signed, rng.choice([b"", bytes(500)]))
+        assert sizer.size(sender, delta) == len(encode(delta, sender))
     for records in (
         {f"node-{i:05d}": i % 128 for i in range(300)},  # short ASCII ids, small versions
         {f"node-{i:05d}": i * 1000 for i in range(300)},

@@ -1754,6 +1754,7 @@ class MembershipNode:
             self._keyring.certificate,
             newer_crl,
             limit,
+            cache=self._line_cache,
         )
         if part:
             deltas = deltas[:1]

@@ -63,23 +63,25 @@ def only(node_id: str) -> tuple[str, str]:
 
 
 class LineCache:
-    """Digest lines of members changed since the snapshot, one object per (id,
-    incarnation, state).
+    """Push-pull lines, one object per value: the digest lines of members changed
+    since the snapshot, and the signed lines of answers.
 
     A digest lists every member and a node sends one each push-pull, so the
-    lines of those that changed would otherwise be built anew each time; the
-    nodes of a simulator built from one snapshot share one cache (lines are
-    immutable values). Emptied when full.
+    lines of those that changed would otherwise be built anew each time, and a
+    healing node answers pull after pull with the same signed lines. The nodes
+    of a simulator built from one snapshot share one cache (lines are immutable
+    values). Each kind is emptied when full.
     """
 
-    __slots__ = ("_lines", "limit")
+    __slots__ = ("_lines", "_signed", "limit")
 
     def __init__(self, limit: int = 1 << 17) -> None:
-        self.limit = limit  # lines held before the cache is emptied
+        self.limit = limit  # lines of each kind held before they are forgotten
         self._lines: dict[tuple[str, int, MemberState], MemberDigest] = {}
+        self._signed: dict[tuple[str, int, MemberState, str, bytes, bytes], MemberDigest] = {}
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return len(self._lines) + len(self._signed)
 
     def line(self, member: Member) -> MemberDigest:
         """The line saying `member`'s incarnation and state (without its address)."""
@@ -89,6 +91,24 @@ class LineCache:
             if len(self._lines) >= self.limit:
                 self._lines.clear()
             found = self._lines[key] = MemberDigest(*key)
+        return found
+
+    def signed(self, member: Member, certificate: bytes) -> MemberDigest:
+        """The line handing `member` on: with its address, its own signature and
+        `certificate` (for a receiver that lacks it, else empty)."""
+        key = (
+            member.node_id,
+            member.incarnation,
+            member.state,
+            member.address,
+            member.proof,
+            certificate,
+        )
+        found = self._signed.get(key)
+        if found is None:
+            if len(self._signed) >= self.limit:
+                self._signed.clear()
+            found = self._signed[key] = MemberDigest(*key)
         return found
 
 
@@ -162,6 +182,8 @@ def build_deltas(
     certificate: Callable[[str], bytes],
     crl: bytes,
     max_bytes: int,
+    *,
+    cache: LineCache,
 ) -> list[Delta]:
     """What this node knows that is newer than `digest` says, in Deltas of `max_bytes`.
 
@@ -198,16 +220,7 @@ def build_deltas(
             newer = supersedes(member.incarnation, member.state, line.incarnation, line.state)
         if newer:
             cert = certificate(member.node_id) if line is None else b""
-            items.append(
-                MemberDigest(
-                    member.node_id,
-                    member.incarnation,
-                    member.state,
-                    member.address,
-                    member.proof,
-                    cert,
-                )
-            )
+            items.append(cache.signed(member, cert))
     items.extend(newer_records)
     return _split(items, crl, max_bytes)
 
