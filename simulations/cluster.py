@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from novacron.agent.core.events import Output
 from novacron.agent.core.membership.config import MembershipConfig
 from novacron.agent.core.membership.node import MembershipNode
+from novacron.agent.core.membership.pushpull import LINE_CACHE_LIMIT, LineCache
 from novacron.agent.core.membership.snapshot import ClusterSnapshot
 from novacron.protocol.messages import NodeRecord, Resources
 
@@ -85,6 +86,8 @@ class Cluster:
         self.engine = Engine(self.network, self.meter)
         self.verifier = VerificationCache(settings.verify_cache)
         self.claims = ClaimCache() if settings.verify_cache else None  # shared claim checks
+        # push-pull lines shared by every process started fresh (as a snapshot's nodes share its)
+        self.lines = LineCache(max(LINE_CACHE_LIMIT, 4 * settings.nodes))
         self.members: dict[str, MembershipNode] = {}  # current process of each live node
         self.crashed: set[str] = set()  # nodes currently down
         self.ever_crashed: set[str] = set()  # nodes that were down at some point
@@ -147,6 +150,7 @@ class Cluster:
             rng=self.rng_for(node_id),
             keyring=SimKeyring(node_id, self.verifier, self.claims),
             now=now,
+            line_cache=self.lines,
         )
         output = node.join([(s, address_of(s)) for s in seeds], now)
         self._register(node_id, node, output)

@@ -93,9 +93,10 @@ class ByteMeter:
         # Non-push-pull messages encoded larger than `budget`, each held once: gossip
         # items by value, other messages by identity (holding one keeps its id its
         # own). Kept apart from the size caches, which are cleared, so a message sent
-        # again after a clear still counts once. There are few: packets are filled to
-        # an estimate of the budget.
+        # again after a clear still counts once. There are few (packets are filled to
+        # an estimate of the budget); past `_CACHE_LIMIT` the rest are counted, not held.
         self._over_budget: dict[object, Message] = {}
+        self._over_budget_unheld = 0
         self.budget = 0  # packet budget to check against (0: do not check)
         self._countdown = sample_every
         self._by_value: dict[Message, int] = {}  # gossip item -> size less the sender's id
@@ -200,14 +201,23 @@ class ByteMeter:
             if message.TYPE not in STREAM_TYPES:
                 self.max_datagram_message = max(self.max_datagram_message, size)
                 if self.budget and size > self.budget:
-                    key = message if type(message) in _BY_VALUE else id(message)
-                    self._over_budget.setdefault(key, message)
+                    self._note_over_budget(message)
         return size
+
+    def _note_over_budget(self, message: Message) -> None:
+        key = message if type(message) in _BY_VALUE else id(message)
+        if key in self._over_budget:
+            return
+        if len(self._over_budget) < _CACHE_LIMIT:
+            self._over_budget[key] = message
+        else:
+            self._over_budget_unheld += 1
 
     @property
     def over_budget(self) -> int:
-        """How many distinct non-push-pull messages were larger than `budget`."""
-        return len(self._over_budget)
+        """How many distinct non-push-pull messages were larger than `budget` (past
+        `_CACHE_LIMIT` of them, a message sent again may count again)."""
+        return len(self._over_budget) + self._over_budget_unheld
 
     def _item_rest(self, item: Message) -> int:
         """A gossip item's frame size less the sender's id, cached by value."""

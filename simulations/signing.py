@@ -118,7 +118,9 @@ class ClaimCache:
     receiver, so a claim is also looked up by value: a verdict depends on the
     claim's fields alone, signature included, so an equal claim has the same one
     and a forgery, which differs in its signature, is checked and refused on its
-    own. A real node verifies every claim itself."""
+    own. (Only with an `int` incarnation: `True == 1 == 1.0`, yet msgpack signs
+    them apart. The codec admits nothing else; a test might.) A real node
+    verifies every claim itself."""
 
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit  # entries of either map before it is emptied
@@ -132,7 +134,8 @@ class ClaimCache:
         if found is not None and found[0] is claim:
             self.hits += 1
             return found[1]
-        verdict = self._by_value.get(claim)
+        by_value = type(claim.incarnation) is int
+        verdict = self._by_value.get(claim) if by_value else None
         if verdict is not None:
             self.hits += 1
             return verdict
@@ -142,7 +145,8 @@ class ClaimCache:
             if len(seen) >= self.limit:
                 seen.clear()
         self._by_id[id(claim)] = (claim, verdict)
-        self._by_value[claim] = verdict
+        if by_value:
+            self._by_value[claim] = verdict
         return verdict
 
 

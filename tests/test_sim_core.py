@@ -107,6 +107,17 @@ def test_a_long_run_says_how_far_it_is_and_reports_the_same() -> None:
     assert "scenario dissemination" in out.stdout
 
 
+def test_every_simulated_node_shares_one_cache_of_push_pull_lines_per_start() -> None:
+    # Nodes of one snapshot and of its held sides, and processes started fresh, each
+    # share a cache: at 10,000 nodes a cache per node would hold 10^8 lines.
+    cluster = build(Params(nodes=30, seed=5, groups="3", held_split=True))
+    caches = {id(node._line_cache) for node in cluster.members.values()}
+    assert len(caches) == 1
+    cluster.crash("node-00007")
+    cluster.restart("node-00007")
+    assert cluster.members["node-00007"]._line_cache is cluster.lines
+
+
 def test_partition_sides_are_parsed_and_bad_shapes_refused() -> None:
     assert parse_groups("3", 100) == [34, 33, 33]
     assert parse_groups("1,*", 1000) == [1, 999]
@@ -216,6 +227,11 @@ def test_a_claim_read_anew_from_each_line_is_checked_once_and_a_forged_one_refus
     moved = dataclasses.replace(line, address="sim://elsewhere")  # the signature of another
     assert not cache(line_claim(moved))
     assert cache(line_claim(line))
+    one = Alive("node-1", 1, "sim://node-1")
+    one = dataclasses.replace(one, signature=sign_claim_as_signer(one))
+    assert cache(one)
+    # Equal as values, signed apart: True == 1, but msgpack packs a bool.
+    assert not cache(dataclasses.replace(one, incarnation=True))
 
 
 def test_a_restarted_node_rejoins_with_a_higher_incarnation() -> None:

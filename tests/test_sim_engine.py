@@ -325,6 +325,7 @@ def test_push_pull_is_sized_exactly_from_its_parts_those_of_one_range_too() -> N
                 rng.choice(list(MemberState)),
                 rng.choice(["", "sim://node:7946"]),
                 rng.choice([b"", bytes(64)]),
+                rng.choice([b"", bytes(293)]),
             )
             for i in range(count)
         )
@@ -332,7 +333,13 @@ def test_push_pull_is_sized_exactly_from_its_parts_those_of_one_range_too() -> N
         records = {f"node-{i:05d}": rng.choice(versions) for i in range(rng.choice([0, 3, 300]))}
         first, end = rng.choice([("", ""), ("", "node-00042"), ("node-00042", "node-01000")])
         digest = Digest(
-            lines, records, rng.random() < 0.5, rng.choice([0.0, 12.5]), first=first, end=end
+            lines,
+            records,
+            rng.random() < 0.5,
+            rng.choice([0.0, 12.5]),
+            rejoining=rng.random() < 0.5,
+            first=first,
+            end=end,
         )
         sender = rng.choice(["a", "node-00001", "x" * 40])
         assert sizer.size(sender, digest) == len(encode(digest, sender))

@@ -223,20 +223,13 @@ class MembershipNode:
         rng: random.Random,
         keyring: Keyring,
         now: float,
+        line_cache: LineCache | None = None,
     ) -> None:
-        """A node that knows only itself; `join` introduces it to seeds."""
-        self._setup(
-            node_id,
-            address,
-            config,
-            rng,
-            keyring,
-            MemberTable(),
-            RecordStore(),
-            {},
-            LineCache(),
-            now,
-        )
+        """A node that knows only itself; `join` introduces it to seeds. `line_cache`:
+        push-pull lines shared with the other nodes of one process (a simulator's)."""
+        lines = line_cache if line_cache is not None else LineCache()
+        tables = MemberTable(), RecordStore()
+        self._setup(node_id, address, config, rng, keyring, *tables, {}, lines, now)
         self._members.put(self._own_member(1, now))
         self._start_timers(now)
 
@@ -262,8 +255,18 @@ class MembershipNode:
             base_sorted=True,  # a snapshot's ids are sorted
         )
         records = RecordStore(snapshot.signed_records, snapshot.records)
-        lines = snapshot.member_digests, snapshot.line_cache
-        node._setup(node_id, address, config, rng, keyring, members, records, *lines, now)
+        node._setup(
+            node_id,
+            address,
+            config,
+            rng,
+            keyring,
+            members,
+            records,
+            snapshot.member_digests,
+            snapshot.line_cache,
+            now,
+        )
         me = node._members.get(node_id)
         if me is None or me.address != address:
             incarnation = me.incarnation if me is not None else 1
