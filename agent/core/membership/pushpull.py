@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from novacron.protocol.messages import Delta, Digest, MemberDigest, MemberState, SignedRecord
 
@@ -87,30 +88,22 @@ class LineCache:
 
     def line(self, member: Member) -> MemberDigest:
         """The line saying `member`'s incarnation and state (without its address)."""
-        key = (member.node_id, member.incarnation, member.state)
-        found = self._lines.get(key)
-        if found is None:
-            if len(self._lines) >= self.limit:
-                self._lines.clear()
-            found = self._lines[key] = MemberDigest(*key)
-        return found
+        return self._held(self._lines, (member.node_id, member.incarnation, member.state))
 
     def signed(self, member: Member, certificate: bytes) -> MemberDigest:
         """The line handing `member` on: with its address, its own signature and
         `certificate` (for a receiver that lacks it, else empty)."""
-        key = (
-            member.node_id,
-            member.incarnation,
-            member.state,
-            member.address,
-            member.proof,
-            certificate,
-        )
-        found = self._signed.get(key)
+        node_id, incarnation, state = member.node_id, member.incarnation, member.state
+        fields = (node_id, incarnation, state, member.address, member.proof, certificate)
+        return self._held(self._signed, fields)
+
+    def _held(self, lines: dict[Any, MemberDigest], fields: tuple[Any, ...]) -> MemberDigest:
+        """The line of these fields (MemberDigest's, in order), built once."""
+        found = lines.get(fields)
         if found is None:
-            if len(self._signed) >= self.limit:
-                self._signed.clear()
-            found = self._signed[key] = MemberDigest(*key)
+            if len(lines) >= self.limit:
+                lines.clear()
+            found = lines[fields] = MemberDigest(*fields)
         return found
 
 
