@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from novacron.agent.core.events import Output
 from novacron.agent.core.membership.config import MembershipConfig
 from novacron.agent.core.membership.node import MembershipNode
-from novacron.agent.core.membership.pushpull import LINE_CACHE_LIMIT, LineCache
+from novacron.agent.core.membership.pushpull import LineCache
 from novacron.agent.core.membership.snapshot import ClusterSnapshot
 from novacron.protocol.messages import NodeRecord, Resources
 
@@ -87,7 +87,7 @@ class Cluster:
         self.verifier = VerificationCache(settings.verify_cache)
         self.claims = ClaimCache() if settings.verify_cache else None  # shared claim checks
         # push-pull lines shared by every process started fresh (as a snapshot's nodes share its)
-        self.lines = LineCache(max(LINE_CACHE_LIMIT, 4 * settings.nodes))
+        self.lines = LineCache.shared_by(settings.nodes)
         self.members: dict[str, MembershipNode] = {}  # current process of each live node
         self.crashed: set[str] = set()  # nodes currently down
         self.ever_crashed: set[str] = set()  # nodes that were down at some point

@@ -227,9 +227,18 @@ class MembershipNode:
     ) -> None:
         """A node that knows only itself; `join` introduces it to seeds. `line_cache`:
         push-pull lines shared with the other nodes of one process (a simulator's)."""
-        lines = line_cache if line_cache is not None else LineCache()
-        tables = MemberTable(), RecordStore()
-        self._setup(node_id, address, config, rng, keyring, *tables, {}, lines, now)
+        self._setup(
+            node_id,
+            address,
+            config,
+            rng,
+            keyring,
+            MemberTable(),
+            RecordStore(),
+            {},
+            line_cache if line_cache is not None else LineCache(),
+            now,
+        )
         self._members.put(self._own_member(1, now))
         self._start_timers(now)
 

@@ -83,6 +83,11 @@ class LineCache:
         self._lines: dict[tuple[str, int, MemberState], MemberDigest] = {}
         self._signed: dict[tuple[str, int, MemberState, str, bytes, bytes], MemberDigest] = {}
 
+    @classmethod
+    def shared_by(cls, nodes: int) -> LineCache:
+        """One cache for `nodes` simulated nodes of one process: a few lines per member."""
+        return cls(max(LINE_CACHE_LIMIT, 4 * nodes))
+
     def __len__(self) -> int:
         return len(self._lines) + len(self._signed)
 

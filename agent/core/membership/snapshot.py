@@ -22,7 +22,7 @@ from novacron.protocol.codec import unpack_struct
 from novacron.protocol.messages import Alive, MemberDigest, MemberState, NodeRecord, SignedRecord
 
 from .members import Member
-from .pushpull import LINE_CACHE_LIMIT, LineCache
+from .pushpull import LineCache
 from .records import RecordVerifier
 
 SNAPSHOT_INCARNATION = 1  # every member of a converged snapshot is alive at this incarnation
@@ -96,8 +96,7 @@ class ClusterSnapshot:
             records=decoded,
             taken_at=now,
             state_counts={MemberState.ALIVE: len(node_ids)},
-            # one cache for every node built from this view: a few lines per member
-            line_cache=LineCache(max(LINE_CACHE_LIMIT, 4 * len(node_ids))),
+            line_cache=LineCache.shared_by(len(node_ids)),  # every node built from it
         )
 
     def with_failed(self, failed: Iterable[str]) -> ClusterSnapshot:
